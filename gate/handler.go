@@ -30,16 +30,16 @@ type CloseReason uint8
 
 // Reasons a connection ends.
 const (
-	CloseClient        CloseReason = iota + 1 // the client closed or reset it
-	CloseLogout                               // LOGOUT
-	CloseIdle                                 // silent past the idle timeout
-	CloseLoginTimeout                         // no login in time
-	CloseProtocol                             // a fatal protocol error
-	CloseRateLimited                          // over its rate for too long
-	CloseSlowClient                           // its outbound queue stayed full
-	CloseKicked                               // the Handler asked (kickout, failed login)
-	CloseShutdown                             // the gate is shutting down
-	CloseBlocked                              // its uid or IP was put on a list
+	CloseClient       CloseReason = iota + 1 // the client closed or reset it
+	CloseLogout                              // LOGOUT
+	CloseIdle                                // silent past the idle timeout
+	CloseLoginTimeout                        // no login in time
+	CloseProtocol                            // a fatal protocol error
+	CloseRateLimited                         // over its rate for too long
+	CloseSlowClient                          // its outbound queue stayed full
+	CloseKicked                              // the Handler asked (kickout, failed login)
+	CloseShutdown                            // the gate is shutting down
+	CloseBlocked                             // its uid or IP was put on a list
 )
 
 var closeReasonNames = [...]string{
