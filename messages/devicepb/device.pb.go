@@ -60,6 +60,9 @@ const (
 	// A second LOGIN on a connection that is already logged in (or whose
 	// login is in progress).
 	Code_ALREADY_LOGGED_IN Code = 9
+	// The gate is at its connection cap or draining; the client should
+	// reconnect later or to another gate.
+	Code_SERVER_BUSY Code = 10
 	// The token is malformed, wrongly signed, or issued for another
 	// (appcode, uid).
 	Code_AUTH_FAILED Code = 20
@@ -103,6 +106,7 @@ var (
 		7:  "APP_MISMATCH",
 		8:  "RATE_LIMITED",
 		9:  "ALREADY_LOGGED_IN",
+		10: "SERVER_BUSY",
 		20: "AUTH_FAILED",
 		21: "TOKEN_EXPIRED",
 		22: "UID_BLOCKED",
@@ -128,6 +132,7 @@ var (
 		"APP_MISMATCH":        7,
 		"RATE_LIMITED":        8,
 		"ALREADY_LOGGED_IN":   9,
+		"SERVER_BUSY":         10,
 		"AUTH_FAILED":         20,
 		"TOKEN_EXPIRED":       21,
 		"UID_BLOCKED":         22,
@@ -1501,7 +1506,7 @@ const file_courier_device_v1_device_proto_rawDesc = "" +
 	"\bhas_more\x18\x03 \x01(\bR\ahasMore\"L\n" +
 	"\x05Error\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.courier.device.v1.CodeR\x04code\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason*\xa3\x03\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason*\xb4\x03\n" +
 	"\x04Code\x12\x06\n" +
 	"\x02OK\x10\x00\x12\x17\n" +
 	"\x13UNSUPPORTED_VERSION\x10\x01\x12\x13\n" +
@@ -1513,6 +1518,8 @@ const file_courier_device_v1_device_proto_rawDesc = "" +
 	"\fAPP_MISMATCH\x10\a\x12\x10\n" +
 	"\fRATE_LIMITED\x10\b\x12\x15\n" +
 	"\x11ALREADY_LOGGED_IN\x10\t\x12\x0f\n" +
+	"\vSERVER_BUSY\x10\n" +
+	"\x12\x0f\n" +
 	"\vAUTH_FAILED\x10\x14\x12\x11\n" +
 	"\rTOKEN_EXPIRED\x10\x15\x12\x0f\n" +
 	"\vUID_BLOCKED\x10\x16\x12\x0f\n" +
