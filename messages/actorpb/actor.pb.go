@@ -1178,6 +1178,70 @@ func (x *SessionRecord) GetZstd() bool {
 	return false
 }
 
+// IdentityMeta is an identity's durable record besides its inbox.
+type IdentityMeta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Highest inbox seq ever assigned.
+	LastSeq uint32 `protobuf:"varint,1,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// Highest session epoch ever assigned.
+	LastEpoch uint64 `protobuf:"varint,2,opt,name=last_epoch,json=lastEpoch,proto3" json:"last_epoch,omitempty"`
+	// The current (or last) session; online says whether it is live.
+	Session       *SessionRecord `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IdentityMeta) Reset() {
+	*x = IdentityMeta{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdentityMeta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdentityMeta) ProtoMessage() {}
+
+func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
+func (*IdentityMeta) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *IdentityMeta) GetLastSeq() uint32 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *IdentityMeta) GetLastEpoch() uint64 {
+	if x != nil {
+		return x.LastEpoch
+	}
+	return 0
+}
+
+func (x *IdentityMeta) GetSession() *SessionRecord {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
 // InboxEntry is a stored message waiting for an acknowledgement.
 type InboxEntry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1196,7 +1260,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1272,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1285,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -1299,7 +1363,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1375,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1388,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -1445,7 +1509,12 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"appVersion\x12%\n" +
 	"\x0flogged_in_at_ms\x18\a \x01(\x03R\floggedInAtMs\x12\x16\n" +
 	"\x06online\x18\b \x01(\bR\x06online\x12\x12\n" +
-	"\x04zstd\x18\t \x01(\bR\x04zstd\"\x97\x02\n" +
+	"\x04zstd\x18\t \x01(\bR\x04zstd\"\x83\x01\n" +
+	"\fIdentityMeta\x12\x19\n" +
+	"\blast_seq\x18\x01 \x01(\rR\alastSeq\x12\x1d\n" +
+	"\n" +
+	"last_epoch\x18\x02 \x01(\x04R\tlastEpoch\x129\n" +
+	"\asession\x18\x03 \x01(\v2\x1f.courier.actor.v1.SessionRecordR\asession\"\x97\x02\n" +
 	"\n" +
 	"InboxEntry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\rR\x03seq\x12+\n" +
@@ -1475,7 +1544,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),           // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),       // 1: courier.actor.v1.DeviceLogin
@@ -1492,34 +1561,36 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*PresenceQuery)(nil),     // 12: courier.actor.v1.PresenceQuery
 	(*PresenceReply)(nil),     // 13: courier.actor.v1.PresenceReply
 	(*SessionRecord)(nil),     // 14: courier.actor.v1.SessionRecord
-	(*InboxEntry)(nil),        // 15: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil), // 16: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),    // 17: courier.device.v1.Login
-	(*devicepb.C2C)(nil),      // 18: courier.device.v1.C2C
-	(devicepb.KickReason)(0),  // 19: courier.device.v1.KickReason
-	(devicepb.Platform)(0),    // 20: courier.device.v1.Platform
-	(devicepb.Kind)(0),        // 21: courier.device.v1.Kind
+	(*IdentityMeta)(nil),      // 15: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),        // 16: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil), // 17: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),    // 18: courier.device.v1.Login
+	(*devicepb.C2C)(nil),      // 19: courier.device.v1.C2C
+	(devicepb.KickReason)(0),  // 20: courier.device.v1.KickReason
+	(devicepb.Platform)(0),    // 21: courier.device.v1.Platform
+	(devicepb.Kind)(0),        // 22: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	17, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	18, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	18, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	19, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
-	19, // 8: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	20, // 8: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
 	0,  // 9: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	20, // 10: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	21, // 10: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
 	0,  // 11: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	20, // 12: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	21, // 13: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	21, // 12: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	14, // 13: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	22, // 14: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -1533,7 +1604,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,16 @@
+package store
+
+import "errors"
+
+var (
+	// ErrClosed is returned by a store that has been closed.
+	ErrClosed = errors.New("store: closed")
+	// ErrBadIdentity is returned for an empty or too long uid.
+	ErrBadIdentity = errors.New("store: bad identity")
+	// ErrUnavailable wraps failures of the underlying storage: nothing was
+	// written, the caller may retry.
+	ErrUnavailable = errors.New("store: unavailable")
+	// ErrOverloaded is returned when the commit queue stays full for longer
+	// than the submit timeout.
+	ErrOverloaded = errors.New("store: commit queue full")
+)

@@ -1,0 +1,84 @@
+// Package store is the durable inbox of Courier: per identity (appcode +
+// uid) its undelivered messages by seq, its session record and last seq and
+// epoch, and the idempotency records of pushes and C2C sends.
+//
+// Writes are asynchronous and group-committed: Submit queues a Write and
+// returns; a committer turns everything queued into one batch with one
+// sync, then calls each Write's done function. Writes complete in the
+// order they were submitted. A device actor keeps at most one Write in
+// flight, so its own writes are applied in order and a failed Write can be
+// rolled back by reloading.
+//
+// Implementations are safe for concurrent use.
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/courier-im/courier/messages/actorpb"
+)
+
+// MaxUIDLen is the longest uid the store (and the protocol) accepts.
+const MaxUIDLen = 128
+
+// Identity names a device actor: an app and a user of it.
+type Identity struct {
+	App uint16
+	UID string
+}
+
+// String returns "app/uid".
+func (id Identity) String() string { return fmt.Sprintf("%d/%s", id.App, id.UID) }
+
+// Valid reports whether the identity can be stored.
+func (id Identity) Valid() bool { return id.UID != "" && len(id.UID) <= MaxUIDLen }
+
+// Snapshot is what Load returns: everything an actor needs to rebuild
+// itself.
+type Snapshot struct {
+	Meta *actorpb.IdentityMeta
+	// Inbox holds the undelivered entries in seq order.
+	Inbox []*actorpb.InboxEntry
+}
+
+// IdemPut records the answer to an idempotent request under a key.
+type IdemPut struct {
+	Key    string
+	Record *actorpb.IdempotencyRecord
+}
+
+// Write is one atomic change to one identity.
+type Write struct {
+	ID Identity
+	// Meta, if set, replaces the identity's meta record.
+	Meta *actorpb.IdentityMeta
+	// Put adds inbox entries (or replaces them, by seq).
+	Put []*actorpb.InboxEntry
+	// Delete removes inbox entries by seq.
+	Delete []uint32
+	// Idem records idempotency keys; they expire at Record.ExpiresAtMs.
+	Idem []IdemPut
+}
+
+// Empty reports whether the write changes nothing.
+func (w *Write) Empty() bool {
+	return w.Meta == nil && len(w.Put) == 0 && len(w.Delete) == 0 && len(w.Idem) == 0
+}
+
+// Store is the durable inbox.
+type Store interface {
+	// Load returns the identity's meta (a zero meta if it has none) and its
+	// whole inbox in seq order.
+	Load(ctx context.Context, id Identity) (*Snapshot, error)
+	// Idempotency returns the record stored under key, or nil if there is
+	// none or it has expired.
+	Idempotency(ctx context.Context, id Identity, key string) (*actorpb.IdempotencyRecord, error)
+	// Submit queues w for the next group commit and returns at once. done
+	// is called exactly once, from the committer's goroutine, when w is
+	// durable (nil) or has failed; it must not block. Writes complete in
+	// submission order. After Close, done is called with ErrClosed.
+	Submit(w *Write, done func(error))
+	// Close flushes queued writes and releases the store.
+	Close() error
+}
