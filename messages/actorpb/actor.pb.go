@@ -499,8 +499,14 @@ func (x *OutFrame) GetBody() []byte {
 // in order; then, if login is set, the connection's login state changes;
 // then, if close is set, the connection is closed after the frames.
 type ToConn struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	ConnId uint64                 `protobuf:"varint,1,opt,name=conn_id,json=connId,proto3" json:"conn_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The identity the connection belongs to, so that a gate that no longer
+	// has the connection can tell the identity's actor.
+	AppCode uint32 `protobuf:"varint,7,opt,name=app_code,json=appCode,proto3" json:"app_code,omitempty"`
+	Uid     string `protobuf:"bytes,8,opt,name=uid,proto3" json:"uid,omitempty"`
+	// The gate instance the connection belongs to (set on remote delivery).
+	GateId string `protobuf:"bytes,9,opt,name=gate_id,json=gateId,proto3" json:"gate_id,omitempty"`
+	ConnId uint64 `protobuf:"varint,1,opt,name=conn_id,json=connId,proto3" json:"conn_id,omitempty"`
 	// The session epoch the sender believes in. A gate drops a ToConn whose
 	// epoch is older than the connection's (a stale actor's late write).
 	Epoch         uint64        `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
@@ -540,6 +546,27 @@ func (x *ToConn) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ToConn.ProtoReflect.Descriptor instead.
 func (*ToConn) Descriptor() ([]byte, []int) {
 	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ToConn) GetAppCode() uint32 {
+	if x != nil {
+		return x.AppCode
+	}
+	return 0
+}
+
+func (x *ToConn) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *ToConn) GetGateId() string {
+	if x != nil {
+		return x.GateId
+	}
+	return ""
 }
 
 func (x *ToConn) GetConnId() uint64 {
@@ -660,6 +687,391 @@ func (x *LoginOutcome) GetZstd() bool {
 	return false
 }
 
+// Envelope carries a message to an identity's actor. It is sent to the
+// host actor of the node that owns the identity (rendezvous hashing over
+// the cluster's members), which activates the identity's actor if needed
+// and hands it the body.
+type Envelope struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AppCode uint32                 `protobuf:"varint,1,opt,name=app_code,json=appCode,proto3" json:"app_code,omitempty"`
+	Uid     string                 `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	// A request's id and the address of the node waiting for its Reply; 0
+	// and empty for one-way messages.
+	ReqId        uint64 `protobuf:"varint,3,opt,name=req_id,json=reqId,proto3" json:"req_id,omitempty"`
+	ReplyAddress string `protobuf:"bytes,4,opt,name=reply_address,json=replyAddress,proto3" json:"reply_address,omitempty"`
+	// How often the envelope was forwarded because ownership moved.
+	Hops uint32 `protobuf:"varint,5,opt,name=hops,proto3" json:"hops,omitempty"`
+	// Types that are valid to be assigned to Body:
+	//
+	//	*Envelope_Login
+	//	*Envelope_Frame
+	//	*Envelope_Closed
+	//	*Envelope_C2C
+	//	*Envelope_Push
+	//	*Envelope_Kick
+	//	*Envelope_Presence
+	Body          isEnvelope_Body `protobuf_oneof:"body"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Envelope) Reset() {
+	*x = Envelope{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Envelope) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Envelope) ProtoMessage() {}
+
+func (x *Envelope) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
+func (*Envelope) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Envelope) GetAppCode() uint32 {
+	if x != nil {
+		return x.AppCode
+	}
+	return 0
+}
+
+func (x *Envelope) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *Envelope) GetReqId() uint64 {
+	if x != nil {
+		return x.ReqId
+	}
+	return 0
+}
+
+func (x *Envelope) GetReplyAddress() string {
+	if x != nil {
+		return x.ReplyAddress
+	}
+	return ""
+}
+
+func (x *Envelope) GetHops() uint32 {
+	if x != nil {
+		return x.Hops
+	}
+	return 0
+}
+
+func (x *Envelope) GetBody() isEnvelope_Body {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *Envelope) GetLogin() *DeviceLogin {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_Login); ok {
+			return x.Login
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetFrame() *DeviceFrame {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_Frame); ok {
+			return x.Frame
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetClosed() *DeviceClosed {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_Closed); ok {
+			return x.Closed
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetC2C() *C2CSend {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_C2C); ok {
+			return x.C2C
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetPush() *Push {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_Push); ok {
+			return x.Push
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetKick() *Kick {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_Kick); ok {
+			return x.Kick
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetPresence() *PresenceQuery {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_Presence); ok {
+			return x.Presence
+		}
+	}
+	return nil
+}
+
+type isEnvelope_Body interface {
+	isEnvelope_Body()
+}
+
+type Envelope_Login struct {
+	Login *DeviceLogin `protobuf:"bytes,10,opt,name=login,proto3,oneof"`
+}
+
+type Envelope_Frame struct {
+	Frame *DeviceFrame `protobuf:"bytes,11,opt,name=frame,proto3,oneof"`
+}
+
+type Envelope_Closed struct {
+	Closed *DeviceClosed `protobuf:"bytes,12,opt,name=closed,proto3,oneof"`
+}
+
+type Envelope_C2C struct {
+	C2C *C2CSend `protobuf:"bytes,13,opt,name=c2c,proto3,oneof"`
+}
+
+type Envelope_Push struct {
+	Push *Push `protobuf:"bytes,14,opt,name=push,proto3,oneof"`
+}
+
+type Envelope_Kick struct {
+	Kick *Kick `protobuf:"bytes,15,opt,name=kick,proto3,oneof"`
+}
+
+type Envelope_Presence struct {
+	Presence *PresenceQuery `protobuf:"bytes,16,opt,name=presence,proto3,oneof"`
+}
+
+func (*Envelope_Login) isEnvelope_Body() {}
+
+func (*Envelope_Frame) isEnvelope_Body() {}
+
+func (*Envelope_Closed) isEnvelope_Body() {}
+
+func (*Envelope_C2C) isEnvelope_Body() {}
+
+func (*Envelope_Push) isEnvelope_Body() {}
+
+func (*Envelope_Kick) isEnvelope_Body() {}
+
+func (*Envelope_Presence) isEnvelope_Body() {}
+
+// Reply answers an Envelope that carried a req_id.
+type Reply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	ReqId uint64                 `protobuf:"varint,1,opt,name=req_id,json=reqId,proto3" json:"req_id,omitempty"`
+	// Types that are valid to be assigned to Body:
+	//
+	//	*Reply_Push
+	//	*Reply_Kick
+	//	*Reply_Presence
+	//	*Reply_Failure
+	Body          isReply_Body `protobuf_oneof:"body"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reply) Reset() {
+	*x = Reply{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reply) ProtoMessage() {}
+
+func (x *Reply) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reply.ProtoReflect.Descriptor instead.
+func (*Reply) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Reply) GetReqId() uint64 {
+	if x != nil {
+		return x.ReqId
+	}
+	return 0
+}
+
+func (x *Reply) GetBody() isReply_Body {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *Reply) GetPush() *PushReply {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_Push); ok {
+			return x.Push
+		}
+	}
+	return nil
+}
+
+func (x *Reply) GetKick() *KickReply {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_Kick); ok {
+			return x.Kick
+		}
+	}
+	return nil
+}
+
+func (x *Reply) GetPresence() *PresenceReply {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_Presence); ok {
+			return x.Presence
+		}
+	}
+	return nil
+}
+
+func (x *Reply) GetFailure() *Failure {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_Failure); ok {
+			return x.Failure
+		}
+	}
+	return nil
+}
+
+type isReply_Body interface {
+	isReply_Body()
+}
+
+type Reply_Push struct {
+	Push *PushReply `protobuf:"bytes,10,opt,name=push,proto3,oneof"`
+}
+
+type Reply_Kick struct {
+	Kick *KickReply `protobuf:"bytes,11,opt,name=kick,proto3,oneof"`
+}
+
+type Reply_Presence struct {
+	Presence *PresenceReply `protobuf:"bytes,12,opt,name=presence,proto3,oneof"`
+}
+
+type Reply_Failure struct {
+	Failure *Failure `protobuf:"bytes,13,opt,name=failure,proto3,oneof"`
+}
+
+func (*Reply_Push) isReply_Body() {}
+
+func (*Reply_Kick) isReply_Body() {}
+
+func (*Reply_Presence) isReply_Body() {}
+
+func (*Reply_Failure) isReply_Body() {}
+
+// Failure: the request could not be handled. code is a gRPC status code.
+type Failure struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Failure) Reset() {
+	*x = Failure{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Failure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Failure) ProtoMessage() {}
+
+func (x *Failure) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Failure.ProtoReflect.Descriptor instead.
+func (*Failure) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Failure) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *Failure) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 type Push struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Msgtype        uint32                 `protobuf:"varint,1,opt,name=msgtype,proto3" json:"msgtype,omitempty"`
@@ -674,7 +1086,7 @@ type Push struct {
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[8]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +1098,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[8]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +1111,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{8}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Push) GetMsgtype() uint32 {
@@ -759,7 +1171,7 @@ type PushReply struct {
 
 func (x *PushReply) Reset() {
 	*x = PushReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[9]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +1183,7 @@ func (x *PushReply) String() string {
 func (*PushReply) ProtoMessage() {}
 
 func (x *PushReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[9]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +1196,7 @@ func (x *PushReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushReply.ProtoReflect.Descriptor instead.
 func (*PushReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{9}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PushReply) GetCode() int32 {
@@ -839,7 +1251,7 @@ type Kick struct {
 
 func (x *Kick) Reset() {
 	*x = Kick{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +1263,7 @@ func (x *Kick) String() string {
 func (*Kick) ProtoMessage() {}
 
 func (x *Kick) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +1276,7 @@ func (x *Kick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kick.ProtoReflect.Descriptor instead.
 func (*Kick) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{10}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Kick) GetReason() devicepb.KickReason {
@@ -890,7 +1302,7 @@ type KickReply struct {
 
 func (x *KickReply) Reset() {
 	*x = KickReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +1314,7 @@ func (x *KickReply) String() string {
 func (*KickReply) ProtoMessage() {}
 
 func (x *KickReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +1327,7 @@ func (x *KickReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickReply.ProtoReflect.Descriptor instead.
 func (*KickReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{11}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *KickReply) GetWasOnline() bool {
@@ -933,7 +1345,7 @@ type PresenceQuery struct {
 
 func (x *PresenceQuery) Reset() {
 	*x = PresenceQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1357,7 @@ func (x *PresenceQuery) String() string {
 func (*PresenceQuery) ProtoMessage() {}
 
 func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1370,7 @@ func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceQuery.ProtoReflect.Descriptor instead.
 func (*PresenceQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
 }
 
 type PresenceReply struct {
@@ -978,7 +1390,7 @@ type PresenceReply struct {
 
 func (x *PresenceReply) Reset() {
 	*x = PresenceReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +1402,7 @@ func (x *PresenceReply) String() string {
 func (*PresenceReply) ProtoMessage() {}
 
 func (x *PresenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +1415,7 @@ func (x *PresenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceReply.ProtoReflect.Descriptor instead.
 func (*PresenceReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PresenceReply) GetOnline() bool {
@@ -1087,7 +1499,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1511,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1524,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -1193,7 +1605,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +1617,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +1630,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -1260,7 +1672,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1684,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1697,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -1363,7 +1775,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1787,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1800,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -1452,8 +1864,11 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\x03cmd\x18\x01 \x01(\rR\x03cmd\x12\x18\n" +
 	"\amsgtype\x18\x02 \x01(\rR\amsgtype\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\rR\x03seq\x12\x12\n" +
-	"\x04body\x18\x04 \x01(\fR\x04body\"\xda\x01\n" +
-	"\x06ToConn\x12\x17\n" +
+	"\x04body\x18\x04 \x01(\fR\x04body\"\xa0\x02\n" +
+	"\x06ToConn\x12\x19\n" +
+	"\bapp_code\x18\a \x01(\rR\aappCode\x12\x10\n" +
+	"\x03uid\x18\b \x01(\tR\x03uid\x12\x17\n" +
+	"\agate_id\x18\t \x01(\tR\x06gateId\x12\x17\n" +
 	"\aconn_id\x18\x01 \x01(\x04R\x06connId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x122\n" +
 	"\x06frames\x18\x03 \x03(\v2\x1a.courier.actor.v1.OutFrameR\x06frames\x124\n" +
@@ -1465,7 +1880,33 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\bapp_code\x18\x02 \x01(\rR\aappCode\x12\x10\n" +
 	"\x03uid\x18\x03 \x01(\tR\x03uid\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12\x12\n" +
-	"\x04zstd\x18\x05 \x01(\bR\x04zstd\"\xbd\x01\n" +
+	"\x04zstd\x18\x05 \x01(\bR\x04zstd\"\x81\x04\n" +
+	"\bEnvelope\x12\x19\n" +
+	"\bapp_code\x18\x01 \x01(\rR\aappCode\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x15\n" +
+	"\x06req_id\x18\x03 \x01(\x04R\x05reqId\x12#\n" +
+	"\rreply_address\x18\x04 \x01(\tR\freplyAddress\x12\x12\n" +
+	"\x04hops\x18\x05 \x01(\rR\x04hops\x125\n" +
+	"\x05login\x18\n" +
+	" \x01(\v2\x1d.courier.actor.v1.DeviceLoginH\x00R\x05login\x125\n" +
+	"\x05frame\x18\v \x01(\v2\x1d.courier.actor.v1.DeviceFrameH\x00R\x05frame\x128\n" +
+	"\x06closed\x18\f \x01(\v2\x1e.courier.actor.v1.DeviceClosedH\x00R\x06closed\x12-\n" +
+	"\x03c2c\x18\r \x01(\v2\x19.courier.actor.v1.C2CSendH\x00R\x03c2c\x12,\n" +
+	"\x04push\x18\x0e \x01(\v2\x16.courier.actor.v1.PushH\x00R\x04push\x12,\n" +
+	"\x04kick\x18\x0f \x01(\v2\x16.courier.actor.v1.KickH\x00R\x04kick\x12=\n" +
+	"\bpresence\x18\x10 \x01(\v2\x1f.courier.actor.v1.PresenceQueryH\x00R\bpresenceB\x06\n" +
+	"\x04body\"\x82\x02\n" +
+	"\x05Reply\x12\x15\n" +
+	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
+	"\x04push\x18\n" +
+	" \x01(\v2\x1b.courier.actor.v1.PushReplyH\x00R\x04push\x121\n" +
+	"\x04kick\x18\v \x01(\v2\x1b.courier.actor.v1.KickReplyH\x00R\x04kick\x12=\n" +
+	"\bpresence\x18\f \x01(\v2\x1f.courier.actor.v1.PresenceReplyH\x00R\bpresence\x125\n" +
+	"\afailure\x18\r \x01(\v2\x19.courier.actor.v1.FailureH\x00R\afailureB\x06\n" +
+	"\x04body\"7\n" +
+	"\aFailure\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xbd\x01\n" +
 	"\x04Push\x12\x18\n" +
 	"\amsgtype\x18\x01 \x01(\rR\amsgtype\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x16\n" +
@@ -1544,7 +1985,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),           // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),       // 1: courier.actor.v1.DeviceLogin
@@ -1554,43 +1995,57 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*OutFrame)(nil),          // 5: courier.actor.v1.OutFrame
 	(*ToConn)(nil),            // 6: courier.actor.v1.ToConn
 	(*LoginOutcome)(nil),      // 7: courier.actor.v1.LoginOutcome
-	(*Push)(nil),              // 8: courier.actor.v1.Push
-	(*PushReply)(nil),         // 9: courier.actor.v1.PushReply
-	(*Kick)(nil),              // 10: courier.actor.v1.Kick
-	(*KickReply)(nil),         // 11: courier.actor.v1.KickReply
-	(*PresenceQuery)(nil),     // 12: courier.actor.v1.PresenceQuery
-	(*PresenceReply)(nil),     // 13: courier.actor.v1.PresenceReply
-	(*SessionRecord)(nil),     // 14: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),      // 15: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),        // 16: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil), // 17: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),    // 18: courier.device.v1.Login
-	(*devicepb.C2C)(nil),      // 19: courier.device.v1.C2C
-	(devicepb.KickReason)(0),  // 20: courier.device.v1.KickReason
-	(devicepb.Platform)(0),    // 21: courier.device.v1.Platform
-	(devicepb.Kind)(0),        // 22: courier.device.v1.Kind
+	(*Envelope)(nil),          // 8: courier.actor.v1.Envelope
+	(*Reply)(nil),             // 9: courier.actor.v1.Reply
+	(*Failure)(nil),           // 10: courier.actor.v1.Failure
+	(*Push)(nil),              // 11: courier.actor.v1.Push
+	(*PushReply)(nil),         // 12: courier.actor.v1.PushReply
+	(*Kick)(nil),              // 13: courier.actor.v1.Kick
+	(*KickReply)(nil),         // 14: courier.actor.v1.KickReply
+	(*PresenceQuery)(nil),     // 15: courier.actor.v1.PresenceQuery
+	(*PresenceReply)(nil),     // 16: courier.actor.v1.PresenceReply
+	(*SessionRecord)(nil),     // 17: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),      // 18: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),        // 19: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil), // 20: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),    // 21: courier.device.v1.Login
+	(*devicepb.C2C)(nil),      // 22: courier.device.v1.C2C
+	(devicepb.KickReason)(0),  // 23: courier.device.v1.KickReason
+	(devicepb.Platform)(0),    // 24: courier.device.v1.Platform
+	(devicepb.Kind)(0),        // 25: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	18, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	21, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	19, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	22, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
-	20, // 8: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 9: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	21, // 10: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	0,  // 11: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	21, // 12: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	14, // 13: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	22, // 14: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
+	2,  // 9: courier.actor.v1.Envelope.frame:type_name -> courier.actor.v1.DeviceFrame
+	3,  // 10: courier.actor.v1.Envelope.closed:type_name -> courier.actor.v1.DeviceClosed
+	4,  // 11: courier.actor.v1.Envelope.c2c:type_name -> courier.actor.v1.C2CSend
+	11, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
+	13, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
+	15, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
+	12, // 15: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
+	14, // 16: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
+	16, // 17: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
+	10, // 18: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
+	23, // 19: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 20: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	24, // 21: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	0,  // 22: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	24, // 23: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	17, // 24: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	25, // 25: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -1598,13 +2053,28 @@ func file_courier_actor_v1_actor_proto_init() {
 	if File_courier_actor_v1_actor_proto != nil {
 		return
 	}
+	file_courier_actor_v1_actor_proto_msgTypes[8].OneofWrappers = []any{
+		(*Envelope_Login)(nil),
+		(*Envelope_Frame)(nil),
+		(*Envelope_Closed)(nil),
+		(*Envelope_C2C)(nil),
+		(*Envelope_Push)(nil),
+		(*Envelope_Kick)(nil),
+		(*Envelope_Presence)(nil),
+	}
+	file_courier_actor_v1_actor_proto_msgTypes[9].OneofWrappers = []any{
+		(*Reply_Push)(nil),
+		(*Reply_Kick)(nil),
+		(*Reply_Presence)(nil),
+		(*Reply_Failure)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,94 @@
+package actors
+
+import (
+	"fmt"
+	"time"
+)
+
+// Config tunes device actors. Every node of a cluster should use the same.
+type Config struct {
+	// Heartbeat is the keepalive interval announced in LOGIN_ACK (default
+	// 30 s; the gate closes connections silent for 3 heartbeats).
+	Heartbeat time.Duration
+	// RetryInitial is the wait before the first redelivery of an
+	// unacknowledged message (default 2 s).
+	RetryInitial time.Duration
+	// RetryMax caps the wait between redeliveries (default 30 s); the wait
+	// doubles after each attempt.
+	RetryMax time.Duration
+	// Window is the most messages delivered and not yet acknowledged per
+	// device (default 32).
+	Window int
+	// DefaultTTL is the expiry of pushes that name none (default 72 h).
+	DefaultTTL time.Duration
+	// MaxTTL caps the expiry an app-server may ask for (default 30 days).
+	MaxTTL time.Duration
+	// C2CTTL is the expiry of C2C messages (default 7 days).
+	C2CTTL time.Duration
+	// InboxMaxMessages is the most unacknowledged stored messages per
+	// identity (default 1000). Beyond it new stored messages are refused
+	// (RESOURCE_EXHAUSTED to the API, INBOX_FULL to a C2C sender): accepted
+	// messages are never dropped to make room.
+	InboxMaxMessages int
+	// InboxMaxBytes is the most payload bytes stored per identity (default
+	// 4 MiB), with the same policy.
+	InboxMaxBytes int
+	// IdempotencyTTL is how long idempotency keys and C2C client message
+	// ids are remembered (default 24 h).
+	IdempotencyTTL time.Duration
+	// PullPage is the most messages one PULL_ACK carries (default 100).
+	PullPage int
+	// PassivateAfter is the idle time after which an identity with nothing
+	// in flight leaves memory (default 2 minutes). It comes back from the
+	// store on its next message.
+	PassivateAfter time.Duration
+}
+
+// DefaultConfig returns the defaults documented on Config's fields.
+func DefaultConfig() Config {
+	return Config{
+		Heartbeat:        30 * time.Second,
+		RetryInitial:     2 * time.Second,
+		RetryMax:         30 * time.Second,
+		Window:           32,
+		DefaultTTL:       72 * time.Hour,
+		MaxTTL:           30 * 24 * time.Hour,
+		C2CTTL:           7 * 24 * time.Hour,
+		InboxMaxMessages: 1000,
+		InboxMaxBytes:    4 << 20,
+		IdempotencyTTL:   24 * time.Hour,
+		PullPage:         100,
+		PassivateAfter:   2 * time.Minute,
+	}
+}
+
+// Validate reports the first field that is out of range, by name.
+func (c *Config) Validate() error {
+	switch {
+	case c.Heartbeat < time.Second:
+		return fmt.Errorf("actors: heartbeat %v: must be at least 1s", c.Heartbeat)
+	case c.RetryInitial <= 0:
+		return fmt.Errorf("actors: retry_initial %v: must be positive", c.RetryInitial)
+	case c.RetryMax < c.RetryInitial:
+		return fmt.Errorf("actors: retry_max %v: must be at least retry_initial %v", c.RetryMax, c.RetryInitial)
+	case c.Window < 1 || c.Window > 4096:
+		return fmt.Errorf("actors: window %d: must be in [1, 4096]", c.Window)
+	case c.DefaultTTL <= 0:
+		return fmt.Errorf("actors: default_ttl %v: must be positive", c.DefaultTTL)
+	case c.MaxTTL < c.DefaultTTL:
+		return fmt.Errorf("actors: max_ttl %v: must be at least default_ttl %v", c.MaxTTL, c.DefaultTTL)
+	case c.C2CTTL <= 0:
+		return fmt.Errorf("actors: c2c_ttl %v: must be positive", c.C2CTTL)
+	case c.InboxMaxMessages < 1:
+		return fmt.Errorf("actors: inbox_max_messages %d: must be at least 1", c.InboxMaxMessages)
+	case c.InboxMaxBytes < 1024:
+		return fmt.Errorf("actors: inbox_max_bytes %d: must be at least 1024", c.InboxMaxBytes)
+	case c.IdempotencyTTL < time.Minute:
+		return fmt.Errorf("actors: idempotency_ttl %v: must be at least 1m", c.IdempotencyTTL)
+	case c.PullPage < 1 || c.PullPage > 1000:
+		return fmt.Errorf("actors: pull_page %d: must be in [1, 1000]", c.PullPage)
+	case c.PassivateAfter < 100*time.Millisecond:
+		return fmt.Errorf("actors: passivate_after %v: must be at least 100ms", c.PassivateAfter)
+	}
+	return nil
+}

@@ -1,0 +1,676 @@
+package actors
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/actors/store"
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/devicepb"
+)
+
+// ReplyTo names the caller waiting for the answer to a request.
+type ReplyTo struct {
+	Address string
+	ReqID   uint64
+}
+
+// Effect is an output of the state machine, performed by the actor wrapper
+// in the order the machine produced them. Exactly one of ToConn and Reply
+// is set.
+type Effect struct {
+	// ToConn goes to the gate that holds Conn.
+	Conn   *actorpb.ConnRef
+	ToConn *actorpb.ToConn
+	// Reply answers a request.
+	ReplyTo ReplyTo
+	Reply   *actorpb.Reply
+	// OnFail, if set, replaces ToConn (or Reply) when a store write this
+	// effect waited for failed; otherwise the effect is dropped then.
+	FailConn  *actorpb.ToConn
+	FailReply *actorpb.Reply
+}
+
+// item is an inbox entry and its delivery state in the current session.
+type item struct {
+	e        *actorpb.InboxEntry
+	sent      bool // written to the current session, not yet acked
+	delivered bool // written to some session before (later writes are retries)
+	attempts int       // writes to the current session
+	due      time.Time // next redelivery, when sent
+}
+
+// queued is an effect waiting for the store write numbered tag.
+type queued struct {
+	tag uint64
+	eff Effect
+}
+
+// Device is the state machine of one identity: its session, its inbox and
+// what is in flight. It performs no I/O: inputs are method calls, outputs
+// are a store Write to submit (TakeWrite) and Effects to perform
+// (Effects). An output that depends on a write is held back until that
+// write is durable ("output commit"), so an app-server never hears
+// "accepted" and a device never receives a message before it is stored,
+// and everything a device receives keeps the order the machine produced.
+//
+// At most one write is in flight; changes made meanwhile accumulate into
+// the next one. If a write fails the machine must be discarded and rebuilt
+// from the store (Broken reports it), since its memory is ahead of the
+// store.
+//
+// A Device is not safe for concurrent use.
+type Device struct {
+	cfg     *Config
+	id      store.Identity
+	stats   Stats
+	newID   func() string
+	meta    *actorpb.IdentityMeta
+	session *actorpb.SessionRecord // nil when offline
+
+	inbox    []*item // by seq
+	byMsgID  map[string]*item
+	bytes    int
+	inflight int
+	// minExpiry is a lower bound of the inbox's earliest expiry (Unix ms,
+	// 0: none), so that most calls skip the expiry scan.
+	minExpiry int64
+	// recentIdem remembers idempotency records written while active, so a
+	// duplicate that arrives before its first write is durable is caught.
+	recentIdem map[string]*actorpb.IdempotencyRecord
+
+	// Output commit. Writes are numbered from 1; submitted is the number
+	// of the last write handed out by TakeWrite, durable the last one that
+	// completed.
+	next      *store.Write
+	submitted uint64
+	durable   uint64
+	inFlight  bool
+	waiting   []queued
+	ready     []Effect
+	broken    bool
+}
+
+const maxRecentIdem = 256
+
+// NewDevice rebuilds the machine of id from a store snapshot.
+func NewDevice(cfg *Config, id store.Identity, snap *store.Snapshot, stats Stats, newID func() string) *Device {
+	if stats == nil {
+		stats = NopStats{}
+	}
+	d := &Device{
+		cfg:        cfg,
+		id:         id,
+		stats:      stats,
+		newID:      newID,
+		meta:       snap.Meta,
+		byMsgID:    make(map[string]*item, len(snap.Inbox)),
+		recentIdem: map[string]*actorpb.IdempotencyRecord{},
+	}
+	if d.meta == nil {
+		d.meta = &actorpb.IdentityMeta{}
+	}
+	if s := d.meta.Session; s != nil && s.Online {
+		d.session = s
+	}
+	d.inbox = make([]*item, 0, len(snap.Inbox))
+	for _, e := range snap.Inbox {
+		it := &item{e: e}
+		d.inbox = append(d.inbox, it)
+		d.byMsgID[e.MsgId] = it
+		d.bytes += len(e.Payload)
+		d.noteExpiry(e.ExpiresAtMs)
+	}
+	sort.Slice(d.inbox, func(i, j int) bool { return d.inbox[i].e.Seq < d.inbox[j].e.Seq })
+	return d
+}
+
+// Online reports whether the identity has a live session.
+func (d *Device) Online() bool { return d.session != nil }
+
+// Pending returns the number of stored messages not yet acknowledged.
+func (d *Device) Pending() int { return len(d.inbox) }
+
+// Broken reports that a write failed: the machine is ahead of the store
+// and must be rebuilt.
+func (d *Device) Broken() bool { return d.broken }
+
+// Idle reports whether the machine can be dropped from memory without
+// losing anything: no write pending or in flight, no effect waiting, no
+// message delivered and unacknowledged.
+func (d *Device) Idle() bool {
+	return d.next == nil && !d.inFlight && len(d.waiting) == 0 && len(d.ready) == 0 && d.inflight == 0
+}
+
+// KnowsIdempotencyKey reports whether key was written while the machine
+// was in memory (the caller need not ask the store).
+func (d *Device) KnowsIdempotencyKey(key string) bool {
+	_, ok := d.recentIdem[key]
+	return ok
+}
+
+// ---- output commit ----
+
+func (d *Device) write() *store.Write {
+	if d.next == nil {
+		d.next = &store.Write{ID: d.id}
+	}
+	return d.next
+}
+
+func (d *Device) persistMeta() { d.write().Meta = d.meta }
+
+// emit queues an effect behind every write the machine has produced so far.
+func (d *Device) emit(e Effect) {
+	switch {
+	case d.next != nil:
+		d.waiting = append(d.waiting, queued{d.submitted + 1, e})
+	case d.inFlight:
+		d.waiting = append(d.waiting, queued{d.submitted, e})
+	default:
+		d.ready = append(d.ready, e)
+	}
+}
+
+// TakeWrite returns the write to submit now, or nil if there is none or
+// one is already in flight. The caller must call WriteDone for it.
+func (d *Device) TakeWrite() *store.Write {
+	if d.inFlight || d.next == nil || d.broken {
+		return nil
+	}
+	w := d.next
+	d.next = nil
+	d.submitted++
+	d.inFlight = true
+	return w
+}
+
+// WriteDone records the outcome of the write last taken.
+func (d *Device) WriteDone(err error) {
+	d.inFlight = false
+	if err != nil {
+		d.broken = true
+		// Everything produced after the machine got ahead of the store is
+		// void: answer requests with a failure, drop the rest.
+		for _, q := range d.waiting {
+			switch {
+			case q.eff.FailReply != nil:
+				d.ready = append(d.ready, Effect{ReplyTo: q.eff.ReplyTo, Reply: q.eff.FailReply})
+			case q.eff.FailConn != nil:
+				d.ready = append(d.ready, Effect{Conn: q.eff.Conn, ToConn: q.eff.FailConn})
+			}
+		}
+		d.waiting = nil
+		d.next = nil
+		return
+	}
+	d.durable = d.submitted
+	n := 0
+	for _, q := range d.waiting {
+		if q.tag > d.durable {
+			break
+		}
+		d.ready = append(d.ready, q.eff)
+		n++
+	}
+	d.waiting = d.waiting[n:]
+	if len(d.waiting) == 0 {
+		d.waiting = nil
+	}
+}
+
+// Effects returns the effects to perform now, in order, and forgets them.
+func (d *Device) Effects() []Effect {
+	out := d.ready
+	d.ready = nil
+	return out
+}
+
+// ---- inputs ----
+
+func sameConn(a, b *actorpb.ConnRef) bool {
+	return a != nil && b != nil && a.ConnId == b.ConnId && a.GateId == b.GateId && a.GateAddress == b.GateAddress
+}
+
+func frame(cmd messages.Cmd, msgtype, seq uint32, body proto.Message) *actorpb.OutFrame {
+	f := &actorpb.OutFrame{Cmd: uint32(cmd), Msgtype: msgtype, Seq: seq}
+	if body != nil {
+		b, err := proto.Marshal(body)
+		if err != nil {
+			// Marshalling our own generated messages cannot fail.
+			panic(fmt.Sprintf("actors: marshal %T: %v", body, err))
+		}
+		f.Body = b
+	}
+	return f
+}
+
+func (d *Device) toConn(conn *actorpb.ConnRef, epoch uint64, frames ...*actorpb.OutFrame) *actorpb.ToConn {
+	return &actorpb.ToConn{AppCode: uint32(d.id.App), Uid: d.id.UID, ConnId: conn.ConnId, Epoch: epoch, Frames: frames}
+}
+
+// Login starts a new session on the connection in m, ending any other.
+func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
+	d.endSession(devicepb.KickReason_LOGGED_IN_ELSEWHERE, "logged in on another connection", m.Conn)
+	d.expire(now)
+	d.meta.LastEpoch++
+	l := m.GetLogin()
+	d.session = &actorpb.SessionRecord{
+		Epoch:        d.meta.LastEpoch,
+		Conn:         m.Conn,
+		GateAddr:     m.GateAddr,
+		DeviceId:     l.GetDeviceId(),
+		Platform:     l.GetPlatform(),
+		AppVersion:   l.GetAppVersion(),
+		LoggedInAtMs: now.UnixMilli(),
+		Online:       true,
+		Zstd:         l.GetZstd(),
+	}
+	d.meta.Session = d.session
+	d.persistMeta()
+	ack := &devicepb.LoginAck{
+		Code:             devicepb.Code_OK,
+		Epoch:            d.session.Epoch,
+		HeartbeatSeconds: uint32(d.cfg.Heartbeat / time.Second),
+		ServerTimeMs:     now.UnixMilli(),
+		Pending:          uint32(len(d.inbox)),
+		Zstd:             d.session.Zstd,
+		LastSeq:          d.meta.LastSeq,
+	}
+	tc := d.toConn(m.Conn, d.session.Epoch, frame(messages.CmdLoginAck, 0, m.FrameSeq, ack))
+	tc.Login = &actorpb.LoginOutcome{Ok: true, AppCode: uint32(d.id.App), Uid: d.id.UID, Epoch: d.session.Epoch, Zstd: d.session.Zstd}
+	fail := d.toConn(m.Conn, 0, frame(messages.CmdLoginAck, 0, m.FrameSeq,
+		&devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE, Reason: "session could not be recorded; retry"}))
+	fail.Login = &actorpb.LoginOutcome{Ok: false}
+	d.emit(Effect{Conn: m.Conn, ToConn: tc, FailConn: fail})
+	d.pump(now)
+}
+
+// endSession kicks the current session, unless it is on conn.
+func (d *Device) endSession(reason devicepb.KickReason, detail string, except *actorpb.ConnRef) bool {
+	s := d.session
+	if s == nil || sameConn(s.Conn, except) {
+		return false
+	}
+	tc := d.toConn(s.Conn, s.Epoch, frame(messages.CmdKickout, 0, 0, &devicepb.Kickout{Reason: reason, Detail: detail}))
+	tc.Close = true
+	tc.CloseReason = reason.String()
+	d.emit(Effect{Conn: s.Conn, ToConn: tc})
+	d.goOffline()
+	return true
+}
+
+// goOffline marks the session ended; what was in flight waits for the next.
+func (d *Device) goOffline() {
+	if d.session == nil {
+		return
+	}
+	d.session.Online = false
+	d.session = nil
+	d.persistMeta()
+	for _, it := range d.inbox {
+		it.sent, it.attempts = false, 0
+	}
+	d.inflight = 0
+}
+
+// Closed ends the session if it is the one on the closed connection; a
+// late close of an older connection changes nothing.
+func (d *Device) Closed(now time.Time, m *actorpb.DeviceClosed) {
+	if d.session != nil && sameConn(d.session.Conn, m.Conn) {
+		d.goOffline()
+	}
+}
+
+// Frame handles a device frame: S2C_ACK, C2C_PUSH_ACK, PULL. Acks are
+// accepted from any connection of the identity (the device has the
+// message, whichever connection it came on); answers go to the connection
+// that asked.
+func (d *Device) Frame(now time.Time, m *actorpb.DeviceFrame) {
+	switch messages.Cmd(m.Cmd) {
+	case messages.CmdS2CAck:
+		var ack devicepb.S2CAck
+		if proto.Unmarshal(m.Body, &ack) == nil {
+			d.ack(now, ack.MsgId)
+		}
+	case messages.CmdC2CPushAck:
+		var ack devicepb.C2CPushAck
+		if proto.Unmarshal(m.Body, &ack) != nil {
+			return
+		}
+		d.ack(now, ack.MsgId)
+		// Answered even for an unknown id: the receiver's ack of a message
+		// already deleted must still stop its resending.
+		d.emit(Effect{Conn: m.Conn, ToConn: d.toConn(m.Conn, m.Epoch,
+			frame(messages.CmdC2CPushAckAck, m.Msgtype, m.Seq, &devicepb.C2CPushAckAck{MsgId: ack.MsgId}))})
+	case messages.CmdPull:
+		var pull devicepb.Pull
+		if proto.Unmarshal(m.Body, &pull) != nil {
+			return
+		}
+		d.expire(now)
+		d.emit(Effect{Conn: m.Conn, ToConn: d.toConn(m.Conn, m.Epoch,
+			frame(messages.CmdPullAck, m.Msgtype, m.Seq, d.pull(pull.AfterSeq, pull.Limit)))})
+	}
+	d.pump(now)
+}
+
+func (d *Device) ack(now time.Time, msgID string) {
+	it, ok := d.byMsgID[msgID]
+	if !ok {
+		return
+	}
+	d.remove(it)
+	d.stats.Acked(d.id.App, it.e.Msgtype, now.Sub(time.UnixMilli(it.e.SentAtMs)))
+}
+
+// remove deletes an entry from the inbox (memory and store).
+func (d *Device) remove(it *item) {
+	i := sort.Search(len(d.inbox), func(i int) bool { return d.inbox[i].e.Seq >= it.e.Seq })
+	if i < len(d.inbox) && d.inbox[i] == it {
+		d.inbox = append(d.inbox[:i], d.inbox[i+1:]...)
+	}
+	delete(d.byMsgID, it.e.MsgId)
+	d.bytes -= len(it.e.Payload)
+	if it.sent {
+		d.inflight--
+	}
+	w := d.write()
+	w.Delete = append(w.Delete, it.e.Seq)
+}
+
+func (d *Device) pull(after, limit uint32) *devicepb.PullAck {
+	if limit == 0 || int(limit) > d.cfg.PullPage {
+		limit = uint32(d.cfg.PullPage)
+	}
+	i := sort.Search(len(d.inbox), func(i int) bool { return d.inbox[i].e.Seq > after })
+	ack := &devicepb.PullAck{Code: devicepb.Code_OK}
+	for ; i < len(d.inbox) && len(ack.Messages) < int(limit); i++ {
+		e := d.inbox[i].e
+		ack.Messages = append(ack.Messages, &devicepb.StoredMessage{
+			Seq: e.Seq, Kind: e.Kind, MsgId: e.MsgId, Msgtype: e.Msgtype, Payload: e.Payload,
+			SentAtMs: e.SentAtMs, ExpiresAtMs: e.ExpiresAtMs, FromUid: e.FromUid, ClientMsgId: e.ClientMsgId,
+		})
+	}
+	ack.HasMore = i < len(d.inbox)
+	return ack
+}
+
+// Push accepts an app-server's push. rec is the idempotency record the
+// caller found in the store for m's key (nil if none or no key).
+func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.IdempotencyRecord) {
+	if !m.Stored {
+		d.stats.Accepted(d.id.App, m.Msgtype, false)
+		id := d.newID()
+		online := d.session != nil
+		if online {
+			d.emit(Effect{Conn: d.session.Conn, ToConn: d.toConn(d.session.Conn, d.session.Epoch,
+				frame(messages.CmdS2C, m.Msgtype, 0, &devicepb.S2C{MsgId: id, Payload: m.Payload, SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs}))})
+			d.stats.Delivered(d.id.App, m.Msgtype)
+		} else {
+			d.stats.Dropped(d.id.App, m.Msgtype)
+		}
+		d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{MsgId: id, Online: online}}}, nil)
+		return
+	}
+	if m.IdempotencyKey != "" {
+		if r, ok := d.recentIdem[m.IdempotencyKey]; ok {
+			rec = r
+		}
+		if rec != nil {
+			d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{
+				MsgId: rec.MsgId, Seq: rec.Seq, Duplicate: true, Online: d.session != nil}}}, nil)
+			return
+		}
+	}
+	d.expire(now)
+	if err := d.room(len(m.Payload)); err != "" {
+		d.reply(to, failure(codes.ResourceExhausted, err), nil)
+		return
+	}
+	e := &actorpb.InboxEntry{
+		Kind: devicepb.Kind_KIND_S2C, MsgId: d.newID(), Msgtype: m.Msgtype, Payload: m.Payload,
+		SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs,
+	}
+	d.accept(now, e, "push:"+m.IdempotencyKey, m.IdempotencyKey != "")
+	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{
+		MsgId: e.MsgId, Seq: e.Seq, Online: d.session != nil}}},
+		failure(codes.Unavailable, "the inbox store is unavailable: nothing was accepted; retry with the same idempotency key"))
+	d.pump(now)
+}
+
+// room returns why a new entry of n bytes does not fit, or "".
+func (d *Device) room(n int) string {
+	if len(d.inbox) >= d.cfg.InboxMaxMessages {
+		return fmt.Sprintf("inbox of %s is full: %d messages waiting for acknowledgement", d.id, len(d.inbox))
+	}
+	if d.bytes+n > d.cfg.InboxMaxBytes {
+		return fmt.Sprintf("inbox of %s is full: %d bytes waiting, limit %d", d.id, d.bytes, d.cfg.InboxMaxBytes)
+	}
+	return ""
+}
+
+// accept assigns the next seq to e and stores it, with an idempotency
+// record under key when remember is set.
+func (d *Device) accept(now time.Time, e *actorpb.InboxEntry, key string, remember bool) {
+	d.meta.LastSeq++
+	e.Seq = d.meta.LastSeq
+	it := &item{e: e}
+	d.inbox = append(d.inbox, it)
+	d.byMsgID[e.MsgId] = it
+	d.bytes += len(e.Payload)
+	d.noteExpiry(e.ExpiresAtMs)
+	w := d.write()
+	w.Put = append(w.Put, e)
+	d.persistMeta()
+	if remember {
+		rec := &actorpb.IdempotencyRecord{MsgId: e.MsgId, Seq: e.Seq, ExpiresAtMs: now.Add(d.cfg.IdempotencyTTL).UnixMilli()}
+		w.Idem = append(w.Idem, store.IdemPut{Key: key, Record: rec})
+		if len(d.recentIdem) >= maxRecentIdem {
+			for k := range d.recentIdem {
+				delete(d.recentIdem, k)
+				break
+			}
+		}
+		d.recentIdem[key] = rec
+	}
+	d.stats.Accepted(d.id.App, e.Msgtype, true)
+}
+
+func failure(code codes.Code, msg string) *actorpb.Reply {
+	return &actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(code), Message: msg}}}
+}
+
+func (d *Device) reply(to ReplyTo, r, onFail *actorpb.Reply) {
+	if to.ReqID == 0 {
+		return
+	}
+	r.ReqId = to.ReqID
+	if onFail != nil {
+		onFail.ReqId = to.ReqID
+	} else {
+		onFail = failure(codes.Unavailable, "the inbox store is unavailable; retry")
+		onFail.ReqId = to.ReqID
+	}
+	d.emit(Effect{ReplyTo: to, Reply: r, FailReply: onFail})
+}
+
+// C2CKey is the idempotency key of a C2C message in its receiver's space.
+func C2CKey(fromUID, clientMsgID string) string { return "c2c:" + fromUID + "\x00" + clientMsgID }
+
+// C2C stores a message from another user of the app and acknowledges it to
+// the sender's connection. rec is the idempotency record the caller found
+// for C2CKey (nil if none).
+func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.IdempotencyRecord) {
+	c := m.GetC2C()
+	key := C2CKey(m.FromUid, c.GetClientMsgId())
+	ackTo := func(code devicepb.Code, msgID, reason string) *actorpb.ToConn {
+		return &actorpb.ToConn{
+			AppCode: uint32(d.id.App), Uid: m.FromUid, ConnId: m.ReplyTo.GetConnId(), Epoch: m.ReplyEpoch,
+			Frames: []*actorpb.OutFrame{frame(messages.CmdC2CAck, m.Msgtype, m.FrameSeq,
+				&devicepb.C2CAck{Code: code, MsgId: msgID, ClientMsgId: c.GetClientMsgId(), Reason: reason})},
+		}
+	}
+	if r, ok := d.recentIdem[key]; ok {
+		rec = r
+	}
+	if rec != nil {
+		d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_OK, rec.MsgId, "")})
+		return
+	}
+	d.expire(now)
+	if err := d.room(len(c.GetPayload())); err != "" {
+		d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_INBOX_FULL, "", err)})
+		return
+	}
+	e := &actorpb.InboxEntry{
+		Kind: devicepb.Kind_KIND_C2C, MsgId: d.newID(), Msgtype: m.Msgtype, Payload: c.GetPayload(),
+		SentAtMs: m.AtMs, ExpiresAtMs: now.Add(d.cfg.C2CTTL).UnixMilli(), FromUid: m.FromUid, ClientMsgId: c.GetClientMsgId(),
+	}
+	d.accept(now, e, key, c.GetClientMsgId() != "")
+	d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_OK, e.MsgId, ""),
+		FailConn: ackTo(devicepb.Code_STORE_UNAVAILABLE, "", "the message could not be stored; resend it")})
+	d.pump(now)
+}
+
+// Kick ends the session at an app-server's or operator's request.
+func (d *Device) Kick(now time.Time, to ReplyTo, m *actorpb.Kick) {
+	reason := m.Reason
+	if reason == devicepb.KickReason_KICK_REASON_UNSPECIFIED {
+		reason = devicepb.KickReason_KICKED_BY_APP_SERVER
+	}
+	was := d.endSession(reason, m.Detail, nil)
+	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Kick{Kick: &actorpb.KickReply{WasOnline: was}}}, nil)
+}
+
+// Presence answers whether the identity is online, and where.
+func (d *Device) Presence(to ReplyTo) {
+	p := &actorpb.PresenceReply{Online: d.session != nil, Pending: uint32(len(d.inbox))}
+	if s := d.session; s != nil {
+		p.Conn, p.Epoch, p.GateAddr = s.Conn, s.Epoch, s.GateAddr
+		p.DeviceId, p.Platform, p.AppVersion, p.LoggedInAtMs = s.DeviceId, s.Platform, s.AppVersion, s.LoggedInAtMs
+	}
+	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Presence{Presence: p}}, nil)
+}
+
+// Tick redelivers what is due and expires what is past its expiry.
+func (d *Device) Tick(now time.Time) {
+	d.expire(now)
+	if d.session == nil {
+		return
+	}
+	var frames []*actorpb.OutFrame
+	for _, it := range d.inbox {
+		if !it.sent || it.due.After(now) {
+			continue
+		}
+		frames = append(frames, d.deliveryFrame(it.e))
+		it.attempts++
+		it.due = now.Add(d.backoff(it.attempts))
+		d.stats.Retried(d.id.App, it.e.Msgtype)
+	}
+	if len(frames) > 0 {
+		d.emit(Effect{Conn: d.session.Conn, ToConn: d.toConn(d.session.Conn, d.session.Epoch, frames...)})
+	}
+	d.pump(now)
+}
+
+// NextDue returns when Tick should next run (zero: no need).
+func (d *Device) NextDue() time.Time {
+	var next time.Time
+	if d.minExpiry != 0 {
+		next = time.UnixMilli(d.minExpiry)
+	}
+	seen := 0
+	for _, it := range d.inbox {
+		if seen >= d.inflight {
+			break
+		}
+		if it.sent {
+			seen++
+			if next.IsZero() || it.due.Before(next) {
+				next = it.due
+			}
+		}
+	}
+	return next
+}
+
+func (d *Device) backoff(attempts int) time.Duration {
+	b := d.cfg.RetryInitial
+	for i := 1; i < attempts && b < d.cfg.RetryMax; i++ {
+		b *= 2
+	}
+	return min(b, d.cfg.RetryMax)
+}
+
+func (d *Device) noteExpiry(ms int64) {
+	if ms != 0 && (d.minExpiry == 0 || ms < d.minExpiry) {
+		d.minExpiry = ms
+	}
+}
+
+// expire deletes entries past their expiry.
+func (d *Device) expire(now time.Time) {
+	nowMs := now.UnixMilli()
+	if d.minExpiry == 0 || nowMs < d.minExpiry {
+		return
+	}
+	var gone []*item
+	d.minExpiry = 0
+	for _, it := range d.inbox {
+		if exp := it.e.ExpiresAtMs; exp != 0 && exp <= nowMs {
+			gone = append(gone, it)
+		} else {
+			d.noteExpiry(exp)
+		}
+	}
+	for _, it := range gone {
+		d.remove(it)
+		d.stats.Expired(d.id.App, it.e.Msgtype)
+	}
+}
+
+func (d *Device) deliveryFrame(e *actorpb.InboxEntry) *actorpb.OutFrame {
+	if e.Kind == devicepb.Kind_KIND_C2C {
+		return frame(messages.CmdC2CPush, e.Msgtype, e.Seq, &devicepb.C2CPush{
+			MsgId: e.MsgId, FromUid: e.FromUid, Payload: e.Payload, SentAtMs: e.SentAtMs, ClientMsgId: e.ClientMsgId})
+	}
+	return frame(messages.CmdS2C, e.Msgtype, e.Seq, &devicepb.S2C{
+		MsgId: e.MsgId, Payload: e.Payload, SentAtMs: e.SentAtMs, ExpiresAtMs: e.ExpiresAtMs})
+}
+
+// pump delivers unsent entries in seq order while the window has room, in
+// one effect.
+func (d *Device) pump(now time.Time) {
+	if d.session == nil || d.inflight >= d.cfg.Window {
+		return
+	}
+	var frames []*actorpb.OutFrame
+	for _, it := range d.inbox {
+		if d.inflight >= d.cfg.Window {
+			break
+		}
+		if it.sent {
+			continue
+		}
+		frames = append(frames, d.deliveryFrame(it.e))
+		it.sent, it.attempts = true, 1
+		it.due = now.Add(d.backoff(1))
+		d.inflight++
+		if it.delivered {
+			d.stats.Retried(d.id.App, it.e.Msgtype)
+		} else {
+			it.delivered = true
+			d.stats.Delivered(d.id.App, it.e.Msgtype)
+		}
+	}
+	if len(frames) > 0 {
+		d.emit(Effect{Conn: d.session.Conn, ToConn: d.toConn(d.session.Conn, d.session.Epoch, frames...)})
+	}
+}

@@ -1,0 +1,43 @@
+package cluster
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	members         prometheus.Gauge
+	active          prometheus.Gauge
+	activations     prometheus.Counter
+	passivations    prometheus.Counter
+	moved           prometheus.Counter
+	forwarded       prometheus.Counter
+	requestTimeouts prometheus.Counter
+	undeliverable   prometheus.Counter
+	staleConns      prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		members: prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_cluster_device_hosts",
+			Help: "Members of the cluster that host device actors."}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_actors_active",
+			Help: "Identity actors in memory on this node."}),
+		activations: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_actors_activations_total",
+			Help: "Identity actors activated on this node."}),
+		passivations: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_actors_passivations_total",
+			Help: "Identity actors that left memory after being idle."}),
+		moved: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_actors_moved_total",
+			Help: "Identity actors stopped here because another member owns them now."}),
+		forwarded: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_forwarded_total",
+			Help: "Envelopes forwarded to another member during a topology change."}),
+		requestTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_request_timeouts_total",
+			Help: "Requests to identities whose reply did not come in time."}),
+		undeliverable: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_undeliverable_total",
+			Help: "One-way envelopes dropped because no member hosts identities."}),
+		staleConns: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_stale_conn_deliveries_total",
+			Help: "Deliveries to connections that were gone; the identity's actor was told."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.forwarded,
+			m.requestTimeouts, m.undeliverable, m.staleConns)
+	}
+	return m
+}

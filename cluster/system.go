@@ -1,0 +1,384 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	pcluster "github.com/asynkron/protoactor-go/cluster"
+	"github.com/asynkron/protoactor-go/cluster/clusterproviders/test"
+	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
+	"github.com/asynkron/protoactor-go/remote"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+
+	"github.com/courier-im/courier/messages/actorpb"
+)
+
+// DeviceKind is the cluster kind members declare when they host device
+// actors. Placement only considers members of this kind.
+const DeviceKind = "device"
+
+// Well-known actor names on every node.
+const (
+	gateSinkName = "courier-gate"
+	repliesName  = "courier-replies"
+)
+
+// ChildFactory makes the actor of one identity. The actor receives
+// *actorpb.Envelope messages (counting them), and sends *Passivate to its
+// parent when idle.
+type ChildFactory func(app uint16, uid string) actor.Producer
+
+// GateSink is the local gate as the cluster sees it.
+type GateSink interface {
+	// GateID is the gate's instance id, new on every start.
+	GateID() string
+	// Deliver acts on one of the gate's connections. It returns an error
+	// if the connection is not (or no longer) there.
+	Deliver(m *actorpb.ToConn) error
+}
+
+// System is a node's membership in the cluster and the way the rest of
+// Courier talks to identities and to gates anywhere in it. Its methods are
+// safe for concurrent use.
+type System struct {
+	cfg      Config
+	log      *slog.Logger
+	actors   *actor.ActorSystem
+	cluster  *pcluster.Cluster
+	address  string
+	newChild ChildFactory
+
+	placement atomic.Pointer[placement]
+	gate      atomic.Pointer[gateHolder]
+	replies   replyRegistry
+	metrics   *metrics
+
+	replyPIDs sync.Map // address -> *actor.PID of its replies actor
+	sinkPIDs  sync.Map // address -> *actor.PID of its gate sink
+
+	shutdownOnce sync.Once
+}
+
+type gateHolder struct{ g GateSink }
+
+// Start joins the node to the cluster. newChild may be nil for a node that
+// hosts no identities (it then declares no device kind). Start returns once
+// the node sees itself in the cluster's topology.
+func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *slog.Logger) (*System, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &System{cfg: cfg, log: log, newChild: newChild, metrics: newMetrics(reg)}
+	s.placement.Store(newPlacement(nil, cfg.Shards, 0))
+
+	host, portStr, _ := net.SplitHostPort(cfg.Bind)
+	port, _ := strconv.Atoi(portStr)
+	// Remote.Start panics when it cannot listen: find out first.
+	if port != 0 {
+		l, err := net.Listen("tcp", cfg.Bind)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: bind %s: %w", cfg.Bind, err)
+		}
+		l.Close()
+	}
+	libLog := log.With("component", "protoactor")
+	s.actors = actor.NewActorSystem(
+		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return libLog }),
+		actor.WithDeadLetterThrottleCount(3),
+		actor.WithDeadLetterThrottleInterval(10*time.Second),
+	)
+	ropts := []remote.ConfigOption{
+		// Batches of up to 1000 envelopes must fit gRPC's message limit.
+		remote.WithServerOptions(grpc.MaxRecvMsgSize(64 << 20)),
+		remote.WithDialOptions(grpc.WithInsecure(), grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20))),
+		remote.WithEndpointWriterBatchSize(500),
+	}
+	if cfg.Advertise != "" {
+		ropts = append(ropts, remote.WithAdvertisedHost(cfg.Advertise))
+	}
+	rcfg := remote.Configure(host, port, ropts...)
+
+	provider := test.NewTestProvider(test.NewInMemAgent())
+	var kinds []*pcluster.Kind
+	if newChild != nil {
+		// The kind is declared for placement; activation goes through our
+		// hosts, never through the library's identity lookup.
+		kinds = append(kinds, pcluster.NewKind(DeviceKind, actor.PropsFromFunc(func(actor.Context) {})))
+	}
+	ccfg := pcluster.Configure(cfg.Name, provider, disthash.New(), rcfg, pcluster.WithKinds(kinds...))
+	s.cluster = pcluster.New(s.actors, ccfg)
+
+	topo := make(chan struct{}, 1)
+	s.actors.EventStream.Subscribe(func(ev any) {
+		if t, ok := ev.(*pcluster.ClusterTopology); ok {
+			s.onTopology(t)
+			select {
+			case topo <- struct{}{}:
+			default:
+			}
+		}
+	})
+	if err := s.startMember(); err != nil {
+		return nil, err
+	}
+	s.address = s.actors.Address()
+
+	for i := range cfg.Shards {
+		if _, err := s.actors.Root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newHost(s) }), hostName(i)); err != nil {
+			s.Shutdown()
+			return nil, fmt.Errorf("cluster: spawn host %d: %w", i, err)
+		}
+	}
+	if _, err := s.actors.Root.SpawnNamed(actor.PropsFromFunc(s.receiveReply), repliesName); err != nil {
+		s.Shutdown()
+		return nil, fmt.Errorf("cluster: spawn replies actor: %w", err)
+	}
+	if _, err := s.actors.Root.SpawnNamed(actor.PropsFromFunc(s.receiveToConn), gateSinkName); err != nil {
+		s.Shutdown()
+		return nil, fmt.Errorf("cluster: spawn gate sink: %w", err)
+	}
+
+	deadline := time.After(30 * time.Second)
+	for newChild != nil && s.placement.Load().find(s.address) == nil {
+		select {
+		case <-topo:
+		case <-deadline:
+			s.Shutdown()
+			return nil, errors.New("cluster: this node did not appear in the cluster topology within 30s")
+		}
+	}
+	log.Info("cluster: member started", "address", s.address, "cluster", cfg.Name, "provider", cfg.Provider)
+	return s, nil
+}
+
+func (s *System) startMember() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("cluster: start member: %v", r)
+		}
+	}()
+	s.cluster.StartMember()
+	return nil
+}
+
+func (s *System) onTopology(t *pcluster.ClusterTopology) {
+	var addrs []string
+	for _, m := range t.Members {
+		for _, k := range m.Kinds {
+			if k == DeviceKind {
+				addrs = append(addrs, m.Address())
+				break
+			}
+		}
+	}
+	p := newPlacement(addrs, s.cfg.Shards, t.TopologyHash)
+	s.placement.Store(p)
+	s.metrics.members.Set(float64(len(addrs)))
+	s.log.Info("cluster: topology", "members", len(t.Members), "device_hosts", len(addrs), "hash", t.TopologyHash)
+	if s.address == "" {
+		return
+	}
+	for i := range s.cfg.Shards {
+		s.actors.Root.Send(actor.NewPID(s.address, hostName(i)), &topologyChanged{p})
+	}
+}
+
+func (p *placement) find(address string) *placedMember {
+	for i := range p.members {
+		if p.members[i].address == address {
+			return &p.members[i]
+		}
+	}
+	return nil
+}
+
+// Address is this node's address in the cluster.
+func (s *System) Address() string { return s.address }
+
+// Actors returns the node's actor system.
+func (s *System) Actors() *actor.ActorSystem { return s.actors }
+
+// Members returns the addresses of the members that host identities.
+func (s *System) Members() []string {
+	p := s.placement.Load()
+	out := make([]string, len(p.members))
+	for i, m := range p.members {
+		out[i] = m.address
+	}
+	return out
+}
+
+// SetGate registers the node's gate, to which ToConn messages for this
+// node's connections are delivered.
+func (s *System) SetGate(g GateSink) { s.gate.Store(&gateHolder{g}) }
+
+// Send delivers env to the actor of its identity, wherever it lives.
+func (s *System) Send(env *actorpb.Envelope) {
+	hash := identityHash(uint16(env.AppCode), env.Uid)
+	owner := s.placement.Load().owner(hash)
+	if owner == nil {
+		s.fail(env, codes.Unavailable, "cluster: no member hosts identities")
+		return
+	}
+	s.actors.Root.Send(owner.hosts[shard(hash, s.cfg.Shards)], env)
+}
+
+// Request sends env to its identity's actor and waits for the Reply, until
+// ctx is done or the configured request timeout passes. A Failure reply is
+// returned as is; the error is only for a reply that did not come.
+func (s *System) Request(ctx context.Context, env *actorpb.Envelope) (*actorpb.Reply, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		defer cancel()
+	}
+	id, ch := s.replies.register()
+	defer s.replies.forget(id)
+	env.ReqId, env.ReplyAddress = id, s.address
+	s.Send(env)
+	select {
+	case r := <-ch:
+		return r, nil
+	case <-ctx.Done():
+		s.metrics.requestTimeouts.Inc()
+		return nil, fmt.Errorf("%w: %s/%d/%s", ErrNoReply, ctx.Err(), env.AppCode, env.Uid)
+	}
+}
+
+// Reply answers a request made with Request on any node.
+func (s *System) Reply(address string, r *actorpb.Reply) {
+	if address == s.address {
+		s.replies.deliver(r)
+		return
+	}
+	s.actors.Root.Send(s.pidOf(&s.replyPIDs, address, repliesName), r)
+}
+
+func (s *System) pidOf(cache *sync.Map, address, name string) *actor.PID {
+	if p, ok := cache.Load(address); ok {
+		return p.(*actor.PID)
+	}
+	p := actor.NewPID(address, name)
+	cache.Store(address, p)
+	return p
+}
+
+// fail answers a request envelope that cannot be delivered.
+func (s *System) fail(env *actorpb.Envelope, code codes.Code, msg string) {
+	if env.ReqId == 0 {
+		s.metrics.undeliverable.Inc()
+		return
+	}
+	s.Reply(env.ReplyAddress, &actorpb.Reply{ReqId: env.ReqId, Body: &actorpb.Reply_Failure{
+		Failure: &actorpb.Failure{Code: int32(code), Message: msg}}})
+}
+
+func (s *System) receiveReply(ctx actor.Context) {
+	if r, ok := ctx.Message().(*actorpb.Reply); ok {
+		s.replies.deliver(r)
+	}
+}
+
+// SendToConn delivers m to the gate that holds conn, on any node.
+func (s *System) SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) {
+	if conn.GetGateAddress() == s.address {
+		s.deliverLocal(conn.GetGateId(), m)
+		return
+	}
+	m.GateId = conn.GetGateId()
+	s.actors.Root.Send(s.pidOf(&s.sinkPIDs, conn.GetGateAddress(), gateSinkName), m)
+}
+
+func (s *System) receiveToConn(ctx actor.Context) {
+	if m, ok := ctx.Message().(*actorpb.ToConn); ok {
+		s.deliverLocal(m.GateId, m)
+	}
+}
+
+// deliverLocal hands m to the local gate. When the connection is gone (or
+// belonged to an earlier run of the gate), the identity's actor is told,
+// so that it stops believing in the session.
+func (s *System) deliverLocal(gateID string, m *actorpb.ToConn) {
+	h := s.gate.Load()
+	var err error
+	if h == nil || h.g.GateID() != gateID {
+		err = ErrNoGate
+	} else {
+		err = h.g.Deliver(m)
+	}
+	if err == nil || m.Uid == "" {
+		return
+	}
+	s.metrics.staleConns.Inc()
+	s.Send(&actorpb.Envelope{AppCode: m.AppCode, Uid: m.Uid, Body: &actorpb.Envelope_Closed{Closed: &actorpb.DeviceClosed{
+		Conn:   &actorpb.ConnRef{GateAddress: s.address, GateId: gateID, ConnId: m.ConnId},
+		Epoch:  m.Epoch,
+		Reason: "connection gone",
+	}}})
+}
+
+// Shutdown leaves the cluster and stops the actor system. It is safe to
+// call more than once.
+func (s *System) Shutdown() {
+	s.shutdownOnce.Do(func() {
+		if s.cluster != nil {
+			s.cluster.Shutdown(true)
+		}
+	})
+}
+
+// replyRegistry correlates replies with waiting requests, without the
+// library's futures (whose late replies race; see FACTS).
+type replyRegistry struct {
+	next   atomic.Uint64
+	shards [32]replyShard
+}
+
+type replyShard struct {
+	mu      sync.Mutex
+	waiting map[uint64]chan *actorpb.Reply
+}
+
+func (r *replyRegistry) register() (uint64, chan *actorpb.Reply) {
+	id := r.next.Add(1)
+	ch := make(chan *actorpb.Reply, 1)
+	sh := &r.shards[id%uint64(len(r.shards))]
+	sh.mu.Lock()
+	if sh.waiting == nil {
+		sh.waiting = map[uint64]chan *actorpb.Reply{}
+	}
+	sh.waiting[id] = ch
+	sh.mu.Unlock()
+	return id, ch
+}
+
+func (r *replyRegistry) forget(id uint64) {
+	sh := &r.shards[id%uint64(len(r.shards))]
+	sh.mu.Lock()
+	delete(sh.waiting, id)
+	sh.mu.Unlock()
+}
+
+func (r *replyRegistry) deliver(rep *actorpb.Reply) {
+	sh := &r.shards[rep.ReqId%uint64(len(r.shards))]
+	sh.mu.Lock()
+	ch := sh.waiting[rep.ReqId]
+	delete(sh.waiting, rep.ReqId)
+	sh.mu.Unlock()
+	if ch != nil {
+		ch <- rep // buffered 1, and deleted above: never blocks
+	}
+}
