@@ -144,7 +144,7 @@ func (a *deviceActor) envelope(ctx actor.Context, env *actorpb.Envelope) {
 		}
 		d.C2C(now, b.C2C, rec)
 	case *actorpb.Envelope_Push:
-		rec, err := a.idempotency(d, "push:"+b.Push.IdempotencyKey, b.Push.Stored && b.Push.IdempotencyKey != "")
+		rec, err := a.idempotency(d, PushKey(b.Push.IdempotencyKey), b.Push.Stored && b.Push.IdempotencyKey != "")
 		if err != nil {
 			a.unavailable(env, to)
 			return

@@ -377,6 +377,9 @@ func (d *Device) remove(it *item) {
 	}
 	delete(d.byMsgID, it.e.MsgId)
 	d.bytes -= len(it.e.Payload)
+	if len(d.inbox) == 0 {
+		d.minExpiry = 0
+	}
 	if it.sent {
 		d.inflight--
 	}
@@ -419,7 +422,7 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 		return
 	}
 	if m.IdempotencyKey != "" {
-		if r, ok := d.recentIdem[m.IdempotencyKey]; ok {
+		if r, ok := d.recentIdem[PushKey(m.IdempotencyKey)]; ok {
 			rec = r
 		}
 		if rec != nil {
@@ -437,7 +440,7 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 		Kind: devicepb.Kind_KIND_S2C, MsgId: d.newID(), Msgtype: m.Msgtype, Payload: m.Payload,
 		SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs,
 	}
-	d.accept(now, e, "push:"+m.IdempotencyKey, m.IdempotencyKey != "")
+	d.accept(now, e, PushKey(m.IdempotencyKey), m.IdempotencyKey != "")
 	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{
 		MsgId: e.MsgId, Seq: e.Seq, Online: d.session != nil}}},
 		failure(codes.Unavailable, "the inbox store is unavailable: nothing was accepted; retry with the same idempotency key"))
@@ -499,6 +502,9 @@ func (d *Device) reply(to ReplyTo, r, onFail *actorpb.Reply) {
 	}
 	d.emit(Effect{ReplyTo: to, Reply: r, FailReply: onFail})
 }
+
+// PushKey is the store key of an app-server's idempotency key.
+func PushKey(key string) string { return "push:" + key }
 
 // C2CKey is the idempotency key of a C2C message in its receiver's space.
 func C2CKey(fromUID, clientMsgID string) string { return "c2c:" + fromUID + "\x00" + clientMsgID }

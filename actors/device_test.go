@@ -1,0 +1,424 @@
+package actors
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/actors/store"
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/devicepb"
+)
+
+// harness drives a Device like the actor wrapper does, with an in-memory
+// store of the writes, so the state machine is tested without a cluster.
+type harness struct {
+	t       *testing.T
+	cfg     Config
+	d       *Device
+	now     time.Time
+	writes  []*store.Write
+	effects []Effect
+	ids     int
+}
+
+func newHarness(t *testing.T) *harness {
+	h := &harness{t: t, cfg: DefaultConfig(), now: time.UnixMilli(1_800_000_000_000)}
+	h.d = NewDevice(&h.cfg, store.Identity{App: 2, UID: "driver-7"}, &store.Snapshot{}, nil, func() string {
+		h.ids++
+		return fmt.Sprintf("m%d", h.ids)
+	})
+	return h
+}
+
+// settle commits every pending write successfully and collects effects.
+func (h *harness) settle() []Effect {
+	h.t.Helper()
+	for {
+		h.effects = append(h.effects, h.d.Effects()...)
+		w := h.d.TakeWrite()
+		if w == nil {
+			break
+		}
+		h.writes = append(h.writes, w)
+		h.d.WriteDone(nil)
+	}
+	out := h.effects
+	h.effects = nil
+	return out
+}
+
+func conn(id uint64) *actorpb.ConnRef {
+	return &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: id}
+}
+
+func (h *harness) login(c uint64) uint64 {
+	h.d.Login(h.now, &actorpb.DeviceLogin{Conn: conn(c), FrameSeq: 1, Login: &devicepb.Login{Uid: "driver-7"}})
+	return h.d.session.Epoch
+}
+
+func (h *harness) push(payload string, reqID uint64) {
+	h.d.Push(h.now, ReplyTo{"api", reqID}, &actorpb.Push{Stored: true, Payload: []byte(payload), SentAtMs: h.now.UnixMilli(),
+		ExpiresAtMs: h.now.Add(time.Hour).UnixMilli()}, nil)
+}
+
+// frames returns the decoded frames of the effects sent to conn c.
+func framesTo(effs []Effect, c uint64) []*actorpb.OutFrame {
+	var out []*actorpb.OutFrame
+	for _, e := range effs {
+		if e.ToConn != nil && e.Conn.ConnId == c {
+			out = append(out, e.ToConn.Frames...)
+		}
+	}
+	return out
+}
+
+func cmds(fs []*actorpb.OutFrame) []messages.Cmd {
+	var out []messages.Cmd
+	for _, f := range fs {
+		out = append(out, messages.Cmd(f.Cmd))
+	}
+	return out
+}
+
+func body[T proto.Message](t *testing.T, f *actorpb.OutFrame, m T) T {
+	t.Helper()
+	if err := proto.Unmarshal(f.Body, m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestLoginAckThenPendingInSeqOrder(t *testing.T) {
+	h := newHarness(t)
+	for i := range 3 {
+		h.push(fmt.Sprintf("p%d", i), uint64(i+1))
+	}
+	effs := h.settle()
+	if len(framesTo(effs, 1)) != 0 {
+		t.Fatal("frames sent while offline")
+	}
+	replies := 0
+	for _, e := range effs {
+		if r := e.Reply.GetPush(); r != nil {
+			replies++
+			if r.Seq != uint32(replies) || r.Online {
+				t.Fatalf("reply %d: %v", replies, r)
+			}
+		}
+	}
+	if replies != 3 {
+		t.Fatalf("%d push replies", replies)
+	}
+	h.login(1)
+	fs := framesTo(h.settle(), 1)
+	if got := cmds(fs); len(got) != 4 || got[0] != messages.CmdLoginAck || got[1] != messages.CmdS2C {
+		t.Fatalf("frames after login: %v", got)
+	}
+	ack := body(t, fs[0], &devicepb.LoginAck{})
+	if ack.Pending != 3 || ack.Epoch != 1 || ack.LastSeq != 3 || ack.Code != devicepb.Code_OK {
+		t.Fatalf("login ack: %v", ack)
+	}
+	for i, f := range fs[1:] {
+		if f.Seq != uint32(i+1) || string(body(t, f, &devicepb.S2C{}).Payload) != fmt.Sprintf("p%d", i) {
+			t.Fatalf("push %d: seq %d", i, f.Seq)
+		}
+	}
+}
+
+// TestOutputCommit checks that nothing depending on a write leaves the
+// machine before the write is durable, and that a failed write turns the
+// replies into failures and drops the deliveries.
+func TestOutputCommit(t *testing.T) {
+	h := newHarness(t)
+	h.login(1)
+	h.settle()
+	h.push("a", 7)
+	if effs := h.d.Effects(); len(effs) != 0 {
+		t.Fatalf("effects before the write: %v", effs)
+	}
+	w := h.d.TakeWrite()
+	if w == nil || len(w.Put) != 1 {
+		t.Fatalf("write = %v", w)
+	}
+	h.push("b", 8) // accumulates into the next write while one is in flight
+	if h.d.TakeWrite() != nil {
+		t.Fatal("second write while one is in flight")
+	}
+	h.d.WriteDone(errors.New("disk on fire"))
+	if !h.d.Broken() {
+		t.Fatal("not broken after a failed write")
+	}
+	effs := h.d.Effects()
+	if len(framesTo(effs, 1)) != 0 {
+		t.Fatal("delivered a message whose write failed")
+	}
+	var codesSeen []int32
+	for _, e := range effs {
+		if f := e.Reply.GetFailure(); f != nil {
+			codesSeen = append(codesSeen, f.Code)
+		}
+	}
+	if len(codesSeen) != 2 || codesSeen[0] != int32(codes.Unavailable) {
+		t.Fatalf("failure replies: %v", codesSeen)
+	}
+}
+
+func TestAckDeletesAndRetryBacksOff(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.RetryInitial, h.cfg.RetryMax = time.Second, 3*time.Second
+	h.login(1)
+	h.push("a", 1)
+	h.settle()
+	if due := h.d.NextDue(); !due.Equal(h.now.Add(time.Second)) {
+		t.Fatalf("next due %v", due.Sub(h.now))
+	}
+	// No ack: redelivered after 1 s, 2 s, 3 s (capped), same seq and id.
+	for _, wait := range []time.Duration{time.Second, 2 * time.Second, 3 * time.Second, 3 * time.Second} {
+		h.now = h.now.Add(wait)
+		h.d.Tick(h.now)
+		fs := framesTo(h.settle(), 1)
+		if len(fs) != 1 || fs[0].Seq != 1 || body(t, fs[0], &devicepb.S2C{}).MsgId != "m1" {
+			t.Fatalf("retry after %v: %v", wait, fs)
+		}
+	}
+	ackBody, _ := proto.Marshal(&devicepb.S2CAck{MsgId: "m1"})
+	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ackBody})
+	h.settle()
+	last := h.writes[len(h.writes)-1]
+	if len(last.Delete) != 1 || last.Delete[0] != 1 {
+		t.Fatalf("ack did not delete: %+v", last)
+	}
+	if h.d.Pending() != 0 || !h.d.Idle() || !h.d.NextDue().IsZero() {
+		t.Fatalf("after ack: pending %d idle %v", h.d.Pending(), h.d.Idle())
+	}
+}
+
+func TestExpiry(t *testing.T) {
+	h := newHarness(t)
+	h.d.Push(h.now, ReplyTo{}, &actorpb.Push{Stored: true, Payload: []byte("x"), ExpiresAtMs: h.now.Add(time.Minute).UnixMilli()}, nil)
+	h.push("y", 0)
+	h.settle()
+	h.now = h.now.Add(2 * time.Minute)
+	h.d.Tick(h.now)
+	h.settle()
+	if h.d.Pending() != 1 {
+		t.Fatalf("pending after expiry = %d", h.d.Pending())
+	}
+	h.login(1)
+	fs := framesTo(h.settle(), 1)
+	if len(fs) != 2 || fs[1].Seq != 2 {
+		t.Fatalf("expired message delivered: %v", cmds(fs))
+	}
+}
+
+func TestSecondLoginKicksFirstAndStaleCloseIsIgnored(t *testing.T) {
+	h := newHarness(t)
+	e1 := h.login(1)
+	h.settle()
+	e2 := h.login(2)
+	effs := h.settle()
+	old := framesTo(effs, 1)
+	if len(old) != 1 || messages.Cmd(old[0].Cmd) != messages.CmdKickout {
+		t.Fatalf("old connection got %v", cmds(old))
+	}
+	if k := body(t, old[0], &devicepb.Kickout{}); k.Reason != devicepb.KickReason_LOGGED_IN_ELSEWHERE {
+		t.Fatalf("kick reason %v", k.Reason)
+	}
+	for _, e := range effs {
+		if e.Conn.ConnId == 1 && (!e.ToConn.Close || e.ToConn.Epoch != e1) {
+			t.Fatalf("kick not closing with the old epoch: %+v", e.ToConn)
+		}
+	}
+	if e2 <= e1 {
+		t.Fatalf("epochs %d then %d", e1, e2)
+	}
+	// The old connection's close arrives late: the new session stays.
+	h.d.Closed(h.now, &actorpb.DeviceClosed{Conn: conn(1), Epoch: e1})
+	h.settle()
+	if !h.d.Online() || h.d.session.Conn.ConnId != 2 {
+		t.Fatal("stale close ended the new session")
+	}
+	h.d.Closed(h.now, &actorpb.DeviceClosed{Conn: conn(2), Epoch: e2})
+	h.settle()
+	if h.d.Online() {
+		t.Fatal("close of the current connection did not end the session")
+	}
+}
+
+func TestIdempotentPush(t *testing.T) {
+	h := newHarness(t)
+	p := &actorpb.Push{Stored: true, Payload: []byte("x"), IdempotencyKey: "order-1"}
+	h.d.Push(h.now, ReplyTo{"api", 1}, p, nil)
+	h.d.Push(h.now, ReplyTo{"api", 2}, p, nil) // before the first is durable
+	effs := h.settle()
+	if h.d.Pending() != 1 {
+		t.Fatalf("stored %d copies", h.d.Pending())
+	}
+	r1, r2 := effs[0].Reply.GetPush(), effs[1].Reply.GetPush()
+	if r1.Duplicate || !r2.Duplicate || r1.MsgId != r2.MsgId || r1.Seq != r2.Seq {
+		t.Fatalf("replies %v / %v", r1, r2)
+	}
+	if len(h.writes[0].Idem) != 1 {
+		t.Fatal("idempotency key not stored")
+	}
+	// After a restart the caller passes the stored record.
+	h.d.Push(h.now, ReplyTo{"api", 3}, p, &actorpb.IdempotencyRecord{MsgId: "old", Seq: 9})
+	if r := h.settle()[0].Reply.GetPush(); !r.Duplicate || r.MsgId != "m1" {
+		t.Fatalf("recent key must win over an older record: %v", r)
+	}
+}
+
+func TestInboxLimit(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.InboxMaxMessages = 2
+	for i := range 3 {
+		h.push("x", uint64(i+1))
+	}
+	effs := h.settle()
+	if f := effs[2].Reply.GetFailure(); f == nil || f.Code != int32(codes.ResourceExhausted) {
+		t.Fatalf("third push: %v", effs[2].Reply)
+	}
+	if h.d.Pending() != 2 {
+		t.Fatalf("pending %d", h.d.Pending())
+	}
+}
+
+func TestWindowAndPull(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.Window, h.cfg.PullPage = 2, 3
+	for i := range 5 {
+		h.push(fmt.Sprint(i), 0)
+	}
+	h.settle()
+	h.login(1)
+	if fs := framesTo(h.settle(), 1); len(fs) != 3 { // LOGIN_ACK + window of 2
+		t.Fatalf("frames after login: %v", cmds(fs))
+	}
+	pull, _ := proto.Marshal(&devicepb.Pull{AfterSeq: 1, Limit: 10})
+	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdPull), Seq: 44, Body: pull})
+	fs := framesTo(h.settle(), 1)
+	if len(fs) != 1 || fs[0].Seq != 44 {
+		t.Fatalf("pull answer: %v", fs)
+	}
+	pa := body(t, fs[0], &devicepb.PullAck{})
+	if len(pa.Messages) != 3 || pa.Messages[0].Seq != 2 || !pa.HasMore {
+		t.Fatalf("pull ack: %v", pa)
+	}
+	// Acking one opens the window for the next in seq order.
+	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: "m1"})
+	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
+	if fs := framesTo(h.settle(), 1); len(fs) != 1 || fs[0].Seq != 3 {
+		t.Fatalf("after ack: %v", fs)
+	}
+}
+
+func TestFireAndForget(t *testing.T) {
+	h := newHarness(t)
+	h.d.Push(h.now, ReplyTo{"api", 1}, &actorpb.Push{Payload: []byte("gps")}, nil)
+	effs := h.settle()
+	if r := effs[0].Reply.GetPush(); r.Online || r.Seq != 0 || len(h.writes) != 0 {
+		t.Fatalf("offline fire-and-forget: %v, %d writes", r, len(h.writes))
+	}
+	h.login(1)
+	h.d.Push(h.now, ReplyTo{"api", 2}, &actorpb.Push{Payload: []byte("gps")}, nil)
+	fs := framesTo(h.settle(), 1)
+	if got := cmds(fs); len(got) != 2 || got[0] != messages.CmdLoginAck || got[1] != messages.CmdS2C || fs[1].Seq != 0 {
+		t.Fatalf("fire-and-forget must follow LOGIN_ACK with seq 0: %v", got)
+	}
+}
+
+func TestC2CStoreAckDeliverAckAck(t *testing.T) {
+	h := newHarness(t)
+	h.login(1)
+	h.settle()
+	send := &actorpb.C2CSend{ReplyTo: conn(9), ReplyEpoch: 4, FrameSeq: 77, FromUid: "rider-3",
+		C2C: &devicepb.C2C{ToUid: "driver-7", ClientMsgId: "c-1", Payload: []byte("where are you")}}
+	h.d.C2C(h.now, send, nil)
+	effs := h.settle()
+	toSender := framesTo(effs, 9)
+	if len(toSender) != 1 || toSender[0].Seq != 77 {
+		t.Fatalf("sender frames: %v", toSender)
+	}
+	ca := body(t, toSender[0], &devicepb.C2CAck{})
+	if ca.Code != devicepb.Code_OK || ca.ClientMsgId != "c-1" || ca.MsgId == "" {
+		t.Fatalf("C2C_ACK %v", ca)
+	}
+	push := framesTo(effs, 1)
+	cp := body(t, push[0], &devicepb.C2CPush{})
+	if messages.Cmd(push[0].Cmd) != messages.CmdC2CPush || cp.FromUid != "rider-3" || cp.MsgId != ca.MsgId {
+		t.Fatalf("C2C_PUSH %v", cp)
+	}
+	// Resent before the receiver's ack: acknowledged again, stored once.
+	h.d.C2C(h.now, send, nil)
+	if ca2 := body(t, framesTo(h.settle(), 9)[0], &devicepb.C2CAck{}); ca2.MsgId != ca.MsgId || h.d.Pending() != 1 {
+		t.Fatalf("resend: %v, pending %d", ca2, h.d.Pending())
+	}
+	ack, _ := proto.Marshal(&devicepb.C2CPushAck{MsgId: ca.MsgId})
+	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdC2CPushAck), Seq: 5, Body: ack})
+	aa := framesTo(h.settle(), 1)
+	if len(aa) != 1 || messages.Cmd(aa[0].Cmd) != messages.CmdC2CPushAckAck || aa[0].Seq != 5 || h.d.Pending() != 0 {
+		t.Fatalf("ack-ack: %v pending %d", cmds(aa), h.d.Pending())
+	}
+	// Resent after the ack: still acknowledged with the same id, not stored.
+	h.d.C2C(h.now, send, nil)
+	if ca3 := body(t, framesTo(h.settle(), 9)[0], &devicepb.C2CAck{}); ca3.MsgId != ca.MsgId || h.d.Pending() != 0 {
+		t.Fatalf("resend after ack: %v", ca3)
+	}
+}
+
+func TestKickAndPresence(t *testing.T) {
+	h := newHarness(t)
+	h.d.Kick(h.now, ReplyTo{"api", 1}, &actorpb.Kick{Detail: "bye"})
+	if r := h.settle()[0].Reply.GetKick(); r.WasOnline {
+		t.Fatal("kick of an offline identity reported online")
+	}
+	h.login(1)
+	h.settle()
+	h.d.Presence(ReplyTo{"api", 2})
+	if p := h.settle()[0].Reply.GetPresence(); !p.Online || p.Conn.ConnId != 1 {
+		t.Fatalf("presence %v", p)
+	}
+	h.d.Kick(h.now, ReplyTo{"api", 3}, &actorpb.Kick{Detail: "bye"})
+	effs := h.settle()
+	k := framesTo(effs, 1)
+	if len(k) != 1 || body(t, k[0], &devicepb.Kickout{}).Reason != devicepb.KickReason_KICKED_BY_APP_SERVER {
+		t.Fatalf("kick frames %v", k)
+	}
+	if h.d.Online() {
+		t.Fatal("still online after kick")
+	}
+}
+
+func TestRestoreFromSnapshot(t *testing.T) {
+	cfg := DefaultConfig()
+	snap := &store.Snapshot{
+		Meta: &actorpb.IdentityMeta{LastSeq: 9, LastEpoch: 3, Session: &actorpb.SessionRecord{Epoch: 3, Conn: conn(5), Online: true}},
+		Inbox: []*actorpb.InboxEntry{
+			{Seq: 8, MsgId: "b", Payload: []byte("2")},
+			{Seq: 4, MsgId: "a", Payload: []byte("1")},
+		},
+	}
+	d := NewDevice(&cfg, store.Identity{App: 1, UID: "u"}, snap, nil, func() string { return "n" })
+	if !d.Online() || d.Pending() != 2 || d.inbox[0].e.Seq != 4 {
+		t.Fatal("snapshot not restored")
+	}
+	now := time.Now()
+	d.Tick(now)
+	var fs []*actorpb.OutFrame
+	for _, e := range d.Effects() {
+		fs = append(fs, e.ToConn.Frames...)
+	}
+	if len(fs) != 2 || fs[0].Seq != 4 || fs[1].Seq != 8 {
+		t.Fatalf("resumed delivery: %v", fs)
+	}
+	d.Push(now, ReplyTo{}, &actorpb.Push{Stored: true}, nil)
+	if w := d.TakeWrite(); w.Put[0].Seq != 10 {
+		t.Fatalf("next seq %d, want 10", w.Put[0].Seq)
+	}
+}
