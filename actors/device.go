@@ -38,11 +38,11 @@ type Effect struct {
 
 // item is an inbox entry and its delivery state in the current session.
 type item struct {
-	e        *actorpb.InboxEntry
-	sent      bool // written to the current session, not yet acked
-	delivered bool // written to some session before (later writes are retries)
-	attempts int       // writes to the current session
-	due      time.Time // next redelivery, when sent
+	e         *actorpb.InboxEntry
+	sent      bool      // written to the current session, not yet acked
+	delivered bool      // written to some session before (later writes are retries)
+	attempts  int       // writes to the current session
+	due       time.Time // next redelivery, when sent
 }
 
 // queued is an effect waiting for the store write numbered tag.

@@ -26,9 +26,9 @@ type Stats interface {
 // NopStats discards every event.
 type NopStats struct{}
 
-func (NopStats) Accepted(uint16, uint32, bool)           {}
-func (NopStats) Delivered(uint16, uint32)                {}
-func (NopStats) Acked(uint16, uint32, time.Duration)     {}
-func (NopStats) Retried(uint16, uint32)                  {}
-func (NopStats) Expired(uint16, uint32)                  {}
-func (NopStats) Dropped(uint16, uint32)                  {}
+func (NopStats) Accepted(uint16, uint32, bool)       {}
+func (NopStats) Delivered(uint16, uint32)            {}
+func (NopStats) Acked(uint16, uint32, time.Duration) {}
+func (NopStats) Retried(uint16, uint32)              {}
+func (NopStats) Expired(uint16, uint32)              {}
+func (NopStats) Dropped(uint16, uint32)              {}

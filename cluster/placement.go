@@ -19,7 +19,7 @@ type placement struct {
 
 type placedMember struct {
 	address string
-	seed    uint64    // hash of the address
+	seed    uint64       // hash of the address
 	hosts   []*actor.PID // host actors on that member, by shard
 }
 
