@@ -19,10 +19,6 @@ type Config struct {
 	// Window is the most messages delivered and not yet acknowledged per
 	// device (default 32).
 	Window int
-	// DefaultTTL is the expiry of pushes that name none (default 72 h).
-	DefaultTTL time.Duration
-	// MaxTTL caps the expiry an app-server may ask for (default 30 days).
-	MaxTTL time.Duration
 	// C2CTTL is the expiry of C2C messages (default 7 days).
 	C2CTTL time.Duration
 	// InboxMaxMessages is the most unacknowledged stored messages per
@@ -51,8 +47,6 @@ func DefaultConfig() Config {
 		RetryInitial:     2 * time.Second,
 		RetryMax:         30 * time.Second,
 		Window:           32,
-		DefaultTTL:       72 * time.Hour,
-		MaxTTL:           30 * 24 * time.Hour,
 		C2CTTL:           7 * 24 * time.Hour,
 		InboxMaxMessages: 1000,
 		InboxMaxBytes:    4 << 20,
@@ -66,29 +60,25 @@ func DefaultConfig() Config {
 func (c *Config) Validate() error {
 	switch {
 	case c.Heartbeat < time.Second:
-		return fmt.Errorf("actors: heartbeat %v: must be at least 1s", c.Heartbeat)
+		return fmt.Errorf("actors.heartbeat %v: must be at least 1s", c.Heartbeat)
 	case c.RetryInitial <= 0:
-		return fmt.Errorf("actors: retry_initial %v: must be positive", c.RetryInitial)
+		return fmt.Errorf("actors.retry-initial %v: must be positive", c.RetryInitial)
 	case c.RetryMax < c.RetryInitial:
-		return fmt.Errorf("actors: retry_max %v: must be at least retry_initial %v", c.RetryMax, c.RetryInitial)
+		return fmt.Errorf("actors.retry-max %v: must be at least retry-initial %v", c.RetryMax, c.RetryInitial)
 	case c.Window < 1 || c.Window > 4096:
-		return fmt.Errorf("actors: window %d: must be in [1, 4096]", c.Window)
-	case c.DefaultTTL <= 0:
-		return fmt.Errorf("actors: default_ttl %v: must be positive", c.DefaultTTL)
-	case c.MaxTTL < c.DefaultTTL:
-		return fmt.Errorf("actors: max_ttl %v: must be at least default_ttl %v", c.MaxTTL, c.DefaultTTL)
+		return fmt.Errorf("actors.window %d: must be in [1, 4096]", c.Window)
 	case c.C2CTTL <= 0:
-		return fmt.Errorf("actors: c2c_ttl %v: must be positive", c.C2CTTL)
+		return fmt.Errorf("actors.c2c-ttl %v: must be positive", c.C2CTTL)
 	case c.InboxMaxMessages < 1:
-		return fmt.Errorf("actors: inbox_max_messages %d: must be at least 1", c.InboxMaxMessages)
+		return fmt.Errorf("actors.inbox-max-messages %d: must be at least 1", c.InboxMaxMessages)
 	case c.InboxMaxBytes < 1024:
-		return fmt.Errorf("actors: inbox_max_bytes %d: must be at least 1024", c.InboxMaxBytes)
+		return fmt.Errorf("actors.inbox-max-bytes %d: must be at least 1024", c.InboxMaxBytes)
 	case c.IdempotencyTTL < time.Minute:
-		return fmt.Errorf("actors: idempotency_ttl %v: must be at least 1m", c.IdempotencyTTL)
+		return fmt.Errorf("actors.idempotency-ttl %v: must be at least 1m", c.IdempotencyTTL)
 	case c.PullPage < 1 || c.PullPage > 1000:
-		return fmt.Errorf("actors: pull_page %d: must be in [1, 1000]", c.PullPage)
+		return fmt.Errorf("actors.pull-page %d: must be in [1, 1000]", c.PullPage)
 	case c.PassivateAfter < 100*time.Millisecond:
-		return fmt.Errorf("actors: passivate_after %v: must be at least 100ms", c.PassivateAfter)
+		return fmt.Errorf("actors.passivate-after %v: must be at least 100ms", c.PassivateAfter)
 	}
 	return nil
 }

@@ -49,29 +49,29 @@ func DefaultConfig() Config {
 
 func (c *Config) validate() error {
 	if c.Name == "" {
-		return fmt.Errorf("cluster: name: must not be empty")
+		return fmt.Errorf("cluster.name: must not be empty")
 	}
 	host, port, err := net.SplitHostPort(c.Bind)
 	if err != nil {
-		return fmt.Errorf("cluster: bind %q: %v", c.Bind, err)
+		return fmt.Errorf("cluster.bind %q: %v", c.Bind, err)
 	}
 	if _, err := strconv.Atoi(port); err != nil {
-		return fmt.Errorf("cluster: bind %q: bad port", c.Bind)
+		return fmt.Errorf("cluster.bind %q: bad port", c.Bind)
 	}
 	if (host == "" || host == "0.0.0.0" || host == "::") && c.Advertise == "" {
-		return fmt.Errorf("cluster: advertise: required when bind is %q", c.Bind)
+		return fmt.Errorf("cluster.advertise: required when bind is %q", c.Bind)
 	}
 	if c.Provider != ProviderMemory {
-		return fmt.Errorf("cluster: provider %q: must be %q", c.Provider, ProviderMemory)
+		return fmt.Errorf("cluster.provider %q: must be %q", c.Provider, ProviderMemory)
 	}
 	if c.Shards < 1 || c.Shards > 256 {
-		return fmt.Errorf("cluster: shards %d: must be in [1, 256]", c.Shards)
+		return fmt.Errorf("cluster.shards %d: must be in [1, 256]", c.Shards)
 	}
 	if c.RequestTimeout <= 0 {
-		return fmt.Errorf("cluster: request_timeout %v: must be positive", c.RequestTimeout)
+		return fmt.Errorf("cluster.request-timeout %v: must be positive", c.RequestTimeout)
 	}
 	if c.MaxHops < 1 {
-		return fmt.Errorf("cluster: max_hops %d: must be at least 1", c.MaxHops)
+		return fmt.Errorf("cluster.max-hops %d: must be at least 1", c.MaxHops)
 	}
 	return nil
 }

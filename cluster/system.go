@@ -258,6 +258,42 @@ func (s *System) Request(ctx context.Context, env *actorpb.Envelope) (*actorpb.R
 	}
 }
 
+// RequestMany sends every envelope at once and waits for all replies (or
+// ctx). Replies are in the order of envs; a missing reply is nil with its
+// error set.
+func (s *System) RequestMany(ctx context.Context, envs []*actorpb.Envelope) ([]*actorpb.Reply, []error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		defer cancel()
+	}
+	ids := make([]uint64, len(envs))
+	chans := make([]chan *actorpb.Reply, len(envs))
+	for i, env := range envs {
+		ids[i], chans[i] = s.replies.register()
+		env.ReqId, env.ReplyAddress = ids[i], s.address
+	}
+	defer func() {
+		for _, id := range ids {
+			s.replies.forget(id)
+		}
+	}()
+	for _, env := range envs {
+		s.Send(env)
+	}
+	replies := make([]*actorpb.Reply, len(envs))
+	errs := make([]error, len(envs))
+	for i, ch := range chans {
+		select {
+		case replies[i] = <-ch:
+		case <-ctx.Done():
+			s.metrics.requestTimeouts.Inc()
+			errs[i] = fmt.Errorf("%w: %s/%d/%s", ErrNoReply, ctx.Err(), envs[i].AppCode, envs[i].Uid)
+		}
+	}
+	return replies, errs
+}
+
 // Reply answers a request made with Request on any node.
 func (s *System) Reply(address string, r *actorpb.Reply) {
 	if address == s.address {

@@ -72,6 +72,11 @@ type Pebble struct {
 	log  *slog.Logger
 	now  func() time.Time
 
+	// mu guards db against use after Close (Pebble panics then): reads
+	// hold it shared, Close exclusively.
+	mu     sync.RWMutex
+	closed bool
+
 	quit      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -138,6 +143,11 @@ func (s *Pebble) Load(_ context.Context, id Identity) (*Snapshot, error) {
 	if !id.Valid() {
 		return nil, ErrBadIdentity
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
 	snap := &Snapshot{Meta: &actorpb.IdentityMeta{}}
 	v, closer, err := s.db.Get(appendIDKey(nil, prefixMeta, id))
 	switch {
@@ -183,6 +193,11 @@ func (s *Pebble) Idempotency(_ context.Context, id Identity, key string) (*actor
 }
 
 func (s *Pebble) idemRecord(k []byte) (*actorpb.IdempotencyRecord, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
 	v, closer, err := s.db.Get(k)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, nil
@@ -329,7 +344,10 @@ func (s *Pebble) Close() error {
 		s.c.close()
 		close(s.quit)
 		s.wg.Wait()
+		s.mu.Lock()
+		s.closed = true
 		s.closeErr = s.db.Close()
+		s.mu.Unlock()
 	})
 	return s.closeErr
 }

@@ -1,0 +1,88 @@
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// AllApps is the scope of an operator key: every app and the node-wide
+// settings.
+const AllApps = -1
+
+// Keys maps an API key to the appcode it acts for (or AllApps).
+type Keys map[string]int
+
+type scopeKey struct{}
+
+// scope is what a call's key allows.
+type scope struct{ app int }
+
+func (s scope) allows(app uint32) bool { return s.app == AllApps || uint32(s.app) == app }
+
+func (s scope) operator() bool { return s.app == AllApps }
+
+// check returns PERMISSION_DENIED unless the key acts for app.
+func (s scope) check(app uint32) error {
+	if !s.allows(app) {
+		return status.Errorf(codes.PermissionDenied, "this API key acts for appcode %d, not %d", s.app, app)
+	}
+	return nil
+}
+
+func (k Keys) lookup(ctx context.Context) (scope, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get("authorization")
+	if len(vals) == 0 {
+		return scope{}, status.Error(codes.Unauthenticated, `missing API key: send metadata "authorization: Bearer <key>"`)
+	}
+	key, ok := strings.CutPrefix(vals[0], "Bearer ")
+	if !ok {
+		return scope{}, status.Error(codes.Unauthenticated, `malformed authorization metadata: want "Bearer <key>"`)
+	}
+	// Compare against every key in constant time per key, so the time
+	// taken does not tell which prefix matched.
+	found, app := false, 0
+	for k, a := range k {
+		if subtle.ConstantTimeCompare([]byte(k), []byte(key)) == 1 {
+			found, app = true, a
+		}
+	}
+	if !found {
+		return scope{}, status.Error(codes.Unauthenticated, "unknown API key")
+	}
+	return scope{app: app}, nil
+}
+
+func (k Keys) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	s, err := k.lookup(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return h(context.WithValue(ctx, scopeKey{}, s), req)
+}
+
+type scopedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s scopedStream) Context() context.Context { return s.ctx }
+
+func (k Keys) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	s, err := k.lookup(ss.Context())
+	if err != nil {
+		return err
+	}
+	return h(srv, scopedStream{ss, context.WithValue(ss.Context(), scopeKey{}, s)})
+}
+
+func scopeOf(ctx context.Context) scope {
+	s, _ := ctx.Value(scopeKey{}).(scope)
+	return s
+}

@@ -1,0 +1,149 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/courier-im/courier/gate"
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/messages/devicepb"
+)
+
+// Lists are the gate's black and white lists (implemented by *gate.Lists).
+type Lists interface {
+	Snapshot() gate.ListsSnapshot
+	Modify(func(*gate.ListsSnapshot)) error
+}
+
+func toAPI(s gate.ListsSnapshot, app uint32, all bool) *apipb.AccessLists {
+	out := &apipb.AccessLists{WhitelistMode: s.WhitelistMode, IpBlacklist: s.IPBlacklist, IpWhitelist: s.IPWhitelist}
+	apps := make([]int, 0, len(s.UIDBlacklist))
+	for a := range s.UIDBlacklist {
+		if all || uint32(a) == app {
+			apps = append(apps, int(a))
+		}
+	}
+	sort.Ints(apps)
+	for _, a := range apps {
+		out.UidBlacklists = append(out.UidBlacklists, &apipb.UidList{AppCode: uint32(a), Uids: s.UIDBlacklist[uint16(a)]})
+	}
+	return out
+}
+
+// GetAccessLists implements apipb.CourierServer. An app key sees its own
+// uid blacklist and the IP lists; an operator key with app_code 0 sees
+// every app's.
+func (s *Server) GetAccessLists(ctx context.Context, r *apipb.GetAccessListsRequest) (*apipb.AccessLists, error) {
+	if s.lists == nil {
+		return nil, status.Error(codes.FailedPrecondition, errNoLists.Error())
+	}
+	sc := scopeOf(ctx)
+	all := r.AppCode == 0 && sc.operator()
+	if !all {
+		if err := sc.check(r.AppCode); err != nil {
+			return nil, err
+		}
+	}
+	return toAPI(s.lists.Snapshot(), r.AppCode, all), nil
+}
+
+// UpdateAccessList implements apipb.CourierServer. IP lists and whitelist
+// mode need an operator key; an app key may change its own uid blacklist.
+// A uid added to the blacklist is kicked at once.
+func (s *Server) UpdateAccessList(ctx context.Context, r *apipb.UpdateAccessListRequest) (*apipb.AccessLists, error) {
+	if s.lists == nil {
+		return nil, status.Error(codes.FailedPrecondition, errNoLists.Error())
+	}
+	sc := scopeOf(ctx)
+	switch r.List {
+	case apipb.AccessList_IP_BLACKLIST, apipb.AccessList_IP_WHITELIST:
+		if !sc.operator() {
+			return nil, status.Error(codes.PermissionDenied, "IP lists are node-wide: they need an operator key")
+		}
+		for i, e := range slices.Concat(r.Add, r.Remove) {
+			if _, err := netip.ParsePrefix(e); err != nil {
+				if _, err := netip.ParseAddr(e); err != nil {
+					return nil, status.Errorf(codes.InvalidArgument, "entry %d %q: not an IP address or CIDR prefix", i, e)
+				}
+			}
+		}
+	case apipb.AccessList_UID_BLACKLIST:
+		if err := sc.check(r.AppCode); err != nil {
+			return nil, err
+		}
+		for i, uid := range slices.Concat(r.Add, r.Remove) {
+			if err := checkIdentity(r.AppCode, uid); err != nil {
+				return nil, status.Errorf(codes.InvalidArgument, "entry %d: %s", i, status.Convert(err).Message())
+			}
+		}
+	default:
+		if r.WhitelistMode == nil {
+			return nil, status.Errorf(codes.InvalidArgument, "list %v: must be IP_BLACKLIST, IP_WHITELIST or UID_BLACKLIST", r.List)
+		}
+	}
+	if r.WhitelistMode != nil && !sc.operator() {
+		return nil, status.Error(codes.PermissionDenied, "whitelist_mode is node-wide: it needs an operator key")
+	}
+	err := s.lists.Modify(func(l *gate.ListsSnapshot) {
+		if r.WhitelistMode != nil {
+			l.WhitelistMode = *r.WhitelistMode
+		}
+		switch r.List {
+		case apipb.AccessList_IP_BLACKLIST:
+			l.IPBlacklist = edit(l.IPBlacklist, r.Add, r.Remove)
+		case apipb.AccessList_IP_WHITELIST:
+			l.IPWhitelist = edit(l.IPWhitelist, r.Add, r.Remove)
+		case apipb.AccessList_UID_BLACKLIST:
+			if l.UIDBlacklist == nil {
+				l.UIDBlacklist = map[uint16][]string{}
+			}
+			l.UIDBlacklist[uint16(r.AppCode)] = edit(l.UIDBlacklist[uint16(r.AppCode)], r.Add, r.Remove)
+			if len(l.UIDBlacklist[uint16(r.AppCode)]) == 0 {
+				delete(l.UIDBlacklist, uint16(r.AppCode))
+			}
+		}
+	})
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "lists: %v", err)
+	}
+	if r.List == apipb.AccessList_UID_BLACKLIST && len(r.Add) > 0 {
+		envs := make([]*actorpb.Envelope, len(r.Add))
+		for i, uid := range r.Add {
+			envs[i] = &actorpb.Envelope{AppCode: r.AppCode, Uid: uid, Body: &actorpb.Envelope_Kick{Kick: &actorpb.Kick{
+				Reason: devicepb.KickReason_UID_BLACKLISTED, Detail: "this account is blocked"}}}
+		}
+		_, errs := s.req.RequestMany(ctx, envs)
+		for i, err := range errs {
+			if err != nil {
+				return nil, status.Errorf(codes.Unavailable, "uid %q is blacklisted but could not be kicked yet (%v): it cannot log in again; retry to kick it", r.Add[i], err)
+			}
+		}
+	}
+	all := sc.operator() && r.List != apipb.AccessList_UID_BLACKLIST
+	return toAPI(s.lists.Snapshot(), r.AppCode, all), nil
+}
+
+// edit returns list with add appended (once) and remove taken out.
+func edit(list, add, remove []string) []string {
+	out := make([]string, 0, len(list)+len(add))
+	for _, e := range list {
+		if !slices.Contains(remove, e) {
+			out = append(out, e)
+		}
+	}
+	for _, e := range add {
+		if !slices.Contains(out, e) && !slices.Contains(remove, e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+var _ = fmt.Sprintf

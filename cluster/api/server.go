@@ -1,0 +1,250 @@
+// Package api serves the gRPC API app-servers use (package courier.v1):
+// push to one identity or many, kick, presence, delivery statistics, the
+// devices' upstream traffic, and the gate's access lists. Every call is
+// authenticated by an API key that acts for one appcode (or, for an
+// operator key, all of them). Handlers turn calls into requests to the
+// identities' actors through the cluster layer; they hold no state of
+// their own.
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/courier-im/courier/actors/store"
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+// Requester sends requests to identities (implemented by *cluster.System).
+type Requester interface {
+	Request(ctx context.Context, env *actorpb.Envelope) (*actorpb.Reply, error)
+	RequestMany(ctx context.Context, envs []*actorpb.Envelope) ([]*actorpb.Reply, []error)
+}
+
+// Limits bound what a call may ask.
+type Limits struct {
+	// MaxPayload is the largest push payload (default 60 KiB, to fit a
+	// 64 KiB frame with its envelope).
+	MaxPayload int
+	// MaxBatch is the most items of a PushMany or uids of a Presence
+	// (default 1000).
+	MaxBatch int
+	// DefaultTTL and MaxTTL: a push without ttl_ms expires after
+	// DefaultTTL; none may ask for more than MaxTTL.
+	DefaultTTL time.Duration
+	MaxTTL     time.Duration
+	// MaxIdempotencyKey is the longest idempotency key (default 128 bytes).
+	MaxIdempotencyKey int
+}
+
+// DefaultLimits returns the defaults documented on Limits.
+func DefaultLimits() Limits {
+	return Limits{MaxPayload: 60 << 10, MaxBatch: 1000, DefaultTTL: 72 * time.Hour, MaxTTL: 30 * 24 * time.Hour, MaxIdempotencyKey: 128}
+}
+
+// Server implements apipb.CourierServer.
+type Server struct {
+	apipb.UnimplementedCourierServer
+	keys   Keys
+	req    Requester
+	limits Limits
+	now    func() time.Time
+	lists  Lists
+}
+
+// New returns a server that authenticates with keys and reaches
+// identities through req. lists may be nil on a node without a gate.
+func New(keys Keys, req Requester, limits Limits, lists Lists) *Server {
+	return &Server{keys: keys, req: req, limits: limits, now: time.Now, lists: lists}
+}
+
+// Register adds the server and its authentication to g's options; call
+// before creating the grpc.Server.
+func (s *Server) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(s.keys.unary),
+		grpc.ChainStreamInterceptor(s.keys.stream),
+	}
+}
+
+func checkIdentity(app uint32, uid string) error {
+	if app == 0 || app > 0xFFFF {
+		return status.Errorf(codes.InvalidArgument, "app_code %d: must be in [1, 65535]", app)
+	}
+	if uid == "" {
+		return status.Error(codes.InvalidArgument, "uid: must not be empty")
+	}
+	if len(uid) > store.MaxUIDLen || !utf8.ValidString(uid) {
+		return status.Errorf(codes.InvalidArgument, "uid: must be valid UTF-8 of at most %d bytes", store.MaxUIDLen)
+	}
+	return nil
+}
+
+// pushEnvelope validates one push and turns it into an envelope.
+func (s *Server) pushEnvelope(sc scope, r *apipb.PushRequest, now time.Time) (*actorpb.Envelope, error) {
+	if err := checkIdentity(r.AppCode, r.Uid); err != nil {
+		return nil, err
+	}
+	if err := sc.check(r.AppCode); err != nil {
+		return nil, err
+	}
+	switch {
+	case r.Msgtype > 0xFFFF:
+		return nil, status.Errorf(codes.InvalidArgument, "msgtype %d: must be in [0, 65535]", r.Msgtype)
+	case len(r.Payload) > s.limits.MaxPayload:
+		return nil, status.Errorf(codes.InvalidArgument, "payload: %d bytes, limit %d", len(r.Payload), s.limits.MaxPayload)
+	case len(r.IdempotencyKey) > s.limits.MaxIdempotencyKey:
+		return nil, status.Errorf(codes.InvalidArgument, "idempotency_key: %d bytes, limit %d", len(r.IdempotencyKey), s.limits.MaxIdempotencyKey)
+	case r.TtlMs < 0:
+		return nil, status.Errorf(codes.InvalidArgument, "ttl_ms %d: must not be negative", r.TtlMs)
+	case time.Duration(r.TtlMs)*time.Millisecond > s.limits.MaxTTL:
+		return nil, status.Errorf(codes.InvalidArgument, "ttl_ms %d: more than the maximum %v", r.TtlMs, s.limits.MaxTTL)
+	case r.Delivery != apipb.Delivery_DELIVERY_STORED && r.Delivery != apipb.Delivery_DELIVERY_FIRE_AND_FORGET:
+		return nil, status.Errorf(codes.InvalidArgument, "delivery %d: unknown", r.Delivery)
+	case r.Delivery == apipb.Delivery_DELIVERY_FIRE_AND_FORGET && r.IdempotencyKey != "":
+		return nil, status.Error(codes.InvalidArgument, "idempotency_key: only stored pushes are deduplicated")
+	}
+	ttl := time.Duration(r.TtlMs) * time.Millisecond
+	if ttl == 0 {
+		ttl = s.limits.DefaultTTL
+	}
+	return &actorpb.Envelope{AppCode: r.AppCode, Uid: r.Uid, Body: &actorpb.Envelope_Push{Push: &actorpb.Push{
+		Msgtype:        r.Msgtype,
+		Payload:        r.Payload,
+		Stored:         r.Delivery == apipb.Delivery_DELIVERY_STORED,
+		IdempotencyKey: r.IdempotencyKey,
+		SentAtMs:       now.UnixMilli(),
+		ExpiresAtMs:    now.Add(ttl).UnixMilli(),
+	}}}, nil
+}
+
+// replyError turns a missing reply or a Failure into a gRPC status.
+func replyError(r *actorpb.Reply, err error) error {
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "the identity's actor did not answer in time (%v); the push may or may not have been accepted: retry with the same idempotency key", err)
+	}
+	if f := r.GetFailure(); f != nil {
+		return status.Error(codes.Code(f.Code), f.Message)
+	}
+	return nil
+}
+
+func pushResponse(r *actorpb.Reply) (*apipb.PushResponse, error) {
+	p := r.GetPush()
+	if p == nil {
+		return nil, status.Errorf(codes.Internal, "unexpected reply %T", r.GetBody())
+	}
+	return &apipb.PushResponse{MsgId: p.MsgId, Seq: p.Seq, Duplicate: p.Duplicate, Online: p.Online}, nil
+}
+
+// Push implements apipb.CourierServer.
+func (s *Server) Push(ctx context.Context, r *apipb.PushRequest) (*apipb.PushResponse, error) {
+	env, err := s.pushEnvelope(scopeOf(ctx), r, s.now())
+	if err != nil {
+		return nil, err
+	}
+	rep, err := s.req.Request(ctx, env)
+	if err := replyError(rep, err); err != nil {
+		return nil, err
+	}
+	return pushResponse(rep)
+}
+
+// PushMany implements apipb.CourierServer.
+func (s *Server) PushMany(ctx context.Context, r *apipb.PushManyRequest) (*apipb.PushManyResponse, error) {
+	if len(r.Items) > s.limits.MaxBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "items: %d, limit %d per call", len(r.Items), s.limits.MaxBatch)
+	}
+	sc, now := scopeOf(ctx), s.now()
+	results := make([]*apipb.PushItemResult, len(r.Items))
+	envs := make([]*actorpb.Envelope, 0, len(r.Items))
+	idx := make([]int, 0, len(r.Items))
+	for i, it := range r.Items {
+		env, err := s.pushEnvelope(sc, it, now)
+		if err != nil {
+			st := status.Convert(err)
+			results[i] = &apipb.PushItemResult{Code: int32(st.Code()), Error: fmt.Sprintf("items[%d]: %s", i, st.Message())}
+			continue
+		}
+		envs = append(envs, env)
+		idx = append(idx, i)
+	}
+	reps, errs := s.req.RequestMany(ctx, envs)
+	for j, i := range idx {
+		if err := replyError(reps[j], errs[j]); err != nil {
+			st := status.Convert(err)
+			results[i] = &apipb.PushItemResult{Code: int32(st.Code()), Error: st.Message()}
+			continue
+		}
+		resp, err := pushResponse(reps[j])
+		if err != nil {
+			results[i] = &apipb.PushItemResult{Code: int32(codes.Internal), Error: err.Error()}
+			continue
+		}
+		results[i] = &apipb.PushItemResult{Response: resp}
+	}
+	return &apipb.PushManyResponse{Results: results}, nil
+}
+
+// Kick implements apipb.CourierServer.
+func (s *Server) Kick(ctx context.Context, r *apipb.KickRequest) (*apipb.KickResponse, error) {
+	if err := checkIdentity(r.AppCode, r.Uid); err != nil {
+		return nil, err
+	}
+	if err := scopeOf(ctx).check(r.AppCode); err != nil {
+		return nil, err
+	}
+	if len(r.Reason) > 256 {
+		return nil, status.Error(codes.InvalidArgument, "reason: at most 256 bytes")
+	}
+	rep, err := s.req.Request(ctx, &actorpb.Envelope{AppCode: r.AppCode, Uid: r.Uid,
+		Body: &actorpb.Envelope_Kick{Kick: &actorpb.Kick{Detail: r.Reason}}})
+	if err := replyError(rep, err); err != nil {
+		return nil, err
+	}
+	return &apipb.KickResponse{WasOnline: rep.GetKick().GetWasOnline()}, nil
+}
+
+// Presence implements apipb.CourierServer.
+func (s *Server) Presence(ctx context.Context, r *apipb.PresenceRequest) (*apipb.PresenceResponse, error) {
+	if err := scopeOf(ctx).check(r.AppCode); err != nil {
+		return nil, err
+	}
+	if len(r.Uids) == 0 || len(r.Uids) > s.limits.MaxBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "uids: %d, want 1 to %d", len(r.Uids), s.limits.MaxBatch)
+	}
+	envs := make([]*actorpb.Envelope, len(r.Uids))
+	for i, uid := range r.Uids {
+		if err := checkIdentity(r.AppCode, uid); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "uids[%d]: %s", i, status.Convert(err).Message())
+		}
+		envs[i] = &actorpb.Envelope{AppCode: r.AppCode, Uid: uid, Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}}
+	}
+	reps, errs := s.req.RequestMany(ctx, envs)
+	out := &apipb.PresenceResponse{Entries: make([]*apipb.PresenceEntry, len(envs))}
+	for i := range envs {
+		if err := replyError(reps[i], errs[i]); err != nil {
+			return nil, err
+		}
+		p := reps[i].GetPresence()
+		e := &apipb.PresenceEntry{Uid: r.Uids[i], Online: p.GetOnline(), Pending: p.GetPending()}
+		if p.GetOnline() {
+			e.Session = &apipb.Session{
+				GateNode: p.Conn.GetGateNode(), GateAddr: p.GateAddr, Epoch: p.Epoch, DeviceId: p.DeviceId,
+				Platform: p.Platform.String(), AppVersion: p.AppVersion, LoggedInAtMs: p.LoggedInAtMs,
+			}
+		}
+		out.Entries[i] = e
+	}
+	return out, nil
+}
+
+var errNoLists = errors.New("this node has no gate")

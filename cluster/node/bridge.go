@@ -1,0 +1,116 @@
+package node
+
+import (
+	"bytes"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/actors/store"
+	"github.com/courier-im/courier/cluster"
+	"github.com/courier-im/courier/gate"
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/devicepb"
+)
+
+// bridge is the gate's Handler: it turns the gate's events into envelopes
+// for the identities' actors. It runs on the gate's event loops and never
+// blocks: sends to actors are asynchronous.
+type bridge struct {
+	sys      *cluster.System
+	gateID   string
+	gateAddr string // the gate's public address, for presence
+	node     string
+	g        *gate.Gate // set after the gate is created
+	upstream Upstream
+}
+
+// Upstream takes the devices' C2S frames (the upstream router).
+type Upstream interface {
+	// C2S hands over one frame and returns the C2S_ACK to answer.
+	C2S(c gate.ConnInfo, h messages.Header, m *devicepb.C2S) *devicepb.C2SAck
+}
+
+// noUpstream answers every C2S with NO_SUBSCRIBER.
+type noUpstream struct{}
+
+func (noUpstream) C2S(gate.ConnInfo, messages.Header, *devicepb.C2S) *devicepb.C2SAck {
+	return &devicepb.C2SAck{Code: devicepb.Code_NO_SUBSCRIBER, Reason: "no app-server is subscribed to this appcode and msgtype"}
+}
+
+func (b *bridge) ref(id gate.ConnID) *actorpb.ConnRef {
+	return &actorpb.ConnRef{GateAddress: b.sys.Address(), GateId: b.gateID, ConnId: uint64(id), GateNode: b.node}
+}
+
+// Login implements gate.Handler.
+func (b *bridge) Login(c gate.ConnInfo, frameSeq uint32, login *devicepb.Login) {
+	b.sys.Send(&actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &actorpb.Envelope_Login{Login: &actorpb.DeviceLogin{
+		Conn: b.ref(c.ID), Login: login, FrameSeq: frameSeq, AtMs: time.Now().UnixMilli(), GateAddr: b.gateAddr,
+	}}})
+}
+
+// Frame implements gate.Handler.
+func (b *bridge) Frame(c gate.ConnInfo, h messages.Header, body []byte) {
+	switch h.Cmd {
+	case messages.CmdC2S:
+		var m devicepb.C2S
+		if err := proto.Unmarshal(body, &m); err != nil {
+			return // the gate checked the body decodes
+		}
+		ack := b.upstream.C2S(c, h, &m)
+		if ack.ClientMsgId == "" {
+			ack.ClientMsgId = m.ClientMsgId
+		}
+		b.reply(c, h, messages.CmdC2SAck, ack)
+	case messages.CmdC2C:
+		var m devicepb.C2C
+		if err := proto.Unmarshal(body, &m); err != nil {
+			return
+		}
+		if m.ToUid == "" || len(m.ToUid) > store.MaxUIDLen || m.ToUid == c.UID {
+			b.reply(c, h, messages.CmdC2CAck, &devicepb.C2CAck{Code: devicepb.Code_BAD_RECEIVER, ClientMsgId: m.ClientMsgId,
+				Reason: "to_uid must be another user's uid of at most 128 bytes"})
+			return
+		}
+		if b.g != nil && b.g.Lists().UIDBlocked(c.AppCode, m.ToUid) {
+			b.reply(c, h, messages.CmdC2CAck, &devicepb.C2CAck{Code: devicepb.Code_RECEIVER_BLOCKED, ClientMsgId: m.ClientMsgId,
+				Reason: "the receiver is blocked"})
+			return
+		}
+		b.sys.Send(&actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: m.ToUid, Body: &actorpb.Envelope_C2C{C2C: &actorpb.C2CSend{
+			ReplyTo: b.ref(c.ID), ReplyEpoch: c.Epoch, FrameSeq: h.Seq, Msgtype: uint32(h.MsgType), FromUid: c.UID,
+			C2C: &m, AtMs: time.Now().UnixMilli(),
+		}}})
+	default: // S2C_ACK, C2C_PUSH_ACK, PULL: the device's own actor
+		b.sys.Send(&actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &actorpb.Envelope_Frame{Frame: &actorpb.DeviceFrame{
+			Conn: b.ref(c.ID), Epoch: c.Epoch, Cmd: uint32(h.Cmd), Msgtype: uint32(h.MsgType), Seq: h.Seq, Body: bytes.Clone(body),
+		}}})
+	}
+}
+
+// reply answers a frame on its own connection, straight through the gate.
+func (b *bridge) reply(c gate.ConnInfo, h messages.Header, cmd messages.Cmd, m proto.Message) {
+	body, _ := proto.Marshal(m)
+	if b.g == nil {
+		return
+	}
+	_ = b.g.Deliver(&actorpb.ToConn{AppCode: uint32(c.AppCode), Uid: c.UID, ConnId: uint64(c.ID), Epoch: c.Epoch,
+		Frames: []*actorpb.OutFrame{{Cmd: uint32(cmd), Msgtype: uint32(h.MsgType), Seq: h.Seq, Body: body}}})
+}
+
+// Closed implements gate.Handler.
+func (b *bridge) Closed(c gate.ConnInfo, reason gate.CloseReason) {
+	b.sys.Send(&actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &actorpb.Envelope_Closed{Closed: &actorpb.DeviceClosed{
+		Conn: b.ref(c.ID), Epoch: c.Epoch, Reason: reason.String(),
+	}}})
+}
+
+// sink adapts the gate to cluster.GateSink.
+type sink struct {
+	g  *gate.Gate
+	id string
+}
+
+func (s sink) GateID() string                    { return s.id }
+func (s sink) Deliver(m *actorpb.ToConn) error { return s.g.Deliver(m) }

@@ -1,0 +1,119 @@
+package node
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/courier-im/courier/actors"
+	"github.com/courier-im/courier/cluster"
+	"github.com/courier-im/courier/cluster/api"
+	"github.com/courier-im/courier/gate"
+)
+
+// Config is everything a node runs with. Each field is also a setting of
+// `courier` (flag, environment variable, config file key): see Settings.
+type Config struct {
+	// Name identifies the node in logs and presence (default: host name).
+	Name string
+	// DataDir holds the embedded store (default "./data").
+	DataDir string
+	// APIAddr is the gRPC API's listen address (default ":7001").
+	APIAddr string
+	// HTTPAddr serves /metrics and /healthz (default ":7002"; "" disables).
+	HTTPAddr string
+	// GatePublicAddr is the gate address presence reports (default: the
+	// gate's listen address).
+	GatePublicAddr string
+	// StoreNoSync skips the store's fsync (benchmarks only: a crash may
+	// lose the last accepted messages).
+	StoreNoSync bool
+	// AppSecrets maps an appcode to the HS256 secret of its device tokens.
+	AppSecrets map[string]string
+	// APIKeys maps an API key to the appcode it acts for, or "*" for an
+	// operator key.
+	APIKeys map[string]string
+	// ShutdownGrace bounds the graceful shutdown (default 10 s).
+	ShutdownGrace time.Duration
+
+	Gate    gate.Config
+	Cluster cluster.Config
+	Actors  actors.Config
+	API     api.Limits
+}
+
+// DefaultConfig returns the defaults of every setting.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "courier"
+	}
+	g := gate.DefaultConfig()
+	a := actors.DefaultConfig()
+	a.Heartbeat = g.HeartbeatInterval
+	return Config{
+		Name:          host,
+		DataDir:       "./data",
+		APIAddr:       ":7001",
+		HTTPAddr:      ":7002",
+		ShutdownGrace: 10 * time.Second,
+		AppSecrets:    map[string]string{},
+		APIKeys:       map[string]string{},
+		Gate:          g,
+		Cluster:       cluster.DefaultConfig(),
+		Actors:        a,
+		API:           api.DefaultLimits(),
+	}
+}
+
+// resolve derives component settings from the node's and checks what the
+// components do not.
+func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error) {
+	if c.DataDir == "" {
+		return nil, nil, fmt.Errorf("node: data-dir: must not be empty")
+	}
+	if c.APIAddr == "" {
+		return nil, nil, fmt.Errorf("node: api-addr: must not be empty")
+	}
+	secrets = make(map[uint16][]byte, len(c.AppSecrets))
+	for app, secret := range c.AppSecrets {
+		n, err := strconv.ParseUint(app, 10, 16)
+		if err != nil || n == 0 {
+			return nil, nil, fmt.Errorf("node: app-secret %q: the appcode must be in [1, 65535]", app)
+		}
+		if len(secret) < 16 {
+			return nil, nil, fmt.Errorf("node: app-secret for app %s: at least 16 bytes, got %d", app, len(secret))
+		}
+		secrets[uint16(n)] = []byte(secret)
+	}
+	keys = make(api.Keys, len(c.APIKeys))
+	for key, app := range c.APIKeys {
+		if len(key) < 16 {
+			return nil, nil, fmt.Errorf("node: api-key %q...: at least 16 bytes", key[:min(4, len(key))])
+		}
+		if strings.TrimSpace(app) == "*" {
+			keys[key] = api.AllApps
+			continue
+		}
+		n, err := strconv.ParseUint(app, 10, 16)
+		if err != nil || n == 0 {
+			return nil, nil, fmt.Errorf("node: api-key %s...: appcode %q must be in [1, 65535] or \"*\"", key[:4], app)
+		}
+		keys[key] = int(n)
+	}
+	// The actors announce the gate's heartbeat in LOGIN_ACK.
+	c.Actors.Heartbeat = c.Gate.HeartbeatInterval
+	if err := c.Actors.Validate(); err != nil {
+		return nil, nil, err
+	}
+	if c.API.DefaultTTL > c.API.MaxTTL {
+		return nil, nil, fmt.Errorf("node: api.default-ttl %v: more than api.max-ttl %v", c.API.DefaultTTL, c.API.MaxTTL)
+	}
+	if c.API.MaxPayload < 1 || c.API.MaxPayload+1024 > int(c.Gate.MaxFrameSize) {
+		return nil, nil, fmt.Errorf("node: api.max-payload %d: must be positive and leave 1 KiB of the %d-byte frame limit for the envelope",
+			c.API.MaxPayload, c.Gate.MaxFrameSize)
+	}
+	return secrets, keys, nil
+}

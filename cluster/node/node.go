@@ -1,0 +1,195 @@
+// Package node assembles a Courier node: its cluster membership, the
+// device actors and their inbox store, the gate, the gRPC API and the HTTP
+// endpoint of metrics and health. It is what `courier` runs and what the
+// tests start as a separate process.
+//
+// Start order matters: the cluster member starts first, because the
+// actor library replaces gRPC's global logger when it starts its remoting
+// (see docs/operating.md); then the store, the gate and the API. Shutdown
+// reverses it: the gate kicks its devices (they reconnect elsewhere), the
+// API stops, the actors' last writes drain into the store, the store
+// closes, the node leaves the cluster.
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+
+	"github.com/courier-im/courier/actors"
+	"github.com/courier-im/courier/actors/store"
+	"github.com/courier-im/courier/cluster"
+	"github.com/courier-im/courier/cluster/api"
+	"github.com/courier-im/courier/gate"
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+// Node is a running Courier node.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	reg   *prometheus.Registry
+	sys   *cluster.System
+	store *store.Pebble
+	gate  *gate.Gate
+	grpc  *grpc.Server
+	apiLn net.Listener
+	http  *http.Server
+	httpL net.Listener
+
+	gateErr chan error
+	wg      sync.WaitGroup
+	once    sync.Once
+}
+
+// Start builds and starts a node. On error everything already started is
+// stopped again.
+func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	secrets, keys, err := cfg.resolve()
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: log, reg: prometheus.NewRegistry(), gateErr: make(chan error, 1)}
+	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	defer func() {
+		if err != nil {
+			n.Shutdown(context.Background())
+		}
+	}()
+
+	n.store, err = store.OpenPebble(store.PebbleConfig{Dir: filepath.Join(cfg.DataDir, "inbox"), NoSync: cfg.StoreNoSync}, log)
+	if err != nil {
+		return nil, err
+	}
+	deps := &actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: actors.NewIDGen(), Log: log, Stats: actors.NopStats{}}
+	// The cluster member starts before any other gRPC in the process.
+	n.sys, err = cluster.Start(cfg.Cluster, deps.Producer, n.reg, log)
+	if err != nil {
+		return nil, err
+	}
+	deps.Router = n.sys
+
+	gcfg := cfg.Gate
+	gcfg.AppSecrets = secrets
+	br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, upstream: noUpstream{}}
+	n.gate, err = gate.New(gcfg, br, n.reg, log)
+	if err != nil {
+		return nil, err
+	}
+	br.g = n.gate
+	n.sys.SetGate(sink{n.gate, br.gateID})
+	if err := n.gate.Start(); err != nil {
+		return nil, err
+	}
+	br.gateAddr = cfg.GatePublicAddr
+	if br.gateAddr == "" {
+		br.gateAddr = n.gate.Addr().String()
+	}
+
+	srv := api.New(keys, n.sys, cfg.API, n.gate.Lists())
+	n.grpc = grpc.NewServer(srv.ServerOptions()...)
+	apipb.RegisterCourierServer(n.grpc, srv)
+	if n.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+		return nil, fmt.Errorf("node: api-addr %s: %w", cfg.APIAddr, err)
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.grpc.Serve(n.apiLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			log.Error("node: gRPC API stopped", "err", err)
+		}
+	}()
+
+	if cfg.HTTPAddr != "" {
+		if n.httpL, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return nil, fmt.Errorf("node: http-addr %s: %w", cfg.HTTPAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			if err := n.http.Serve(n.httpL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("node: HTTP stopped", "err", err)
+			}
+		}()
+	}
+	log.Info("node: started", "name", cfg.Name, "gate", n.GateAddr(), "api", n.APIAddr(), "http", n.HTTPAddr(),
+		"cluster", n.sys.Address(), "data", cfg.DataDir)
+	return n, nil
+}
+
+func newInstanceID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// GateAddr is the gate's listen address.
+func (n *Node) GateAddr() string { return n.gate.Addr().String() }
+
+// APIAddr is the gRPC API's listen address.
+func (n *Node) APIAddr() string { return n.apiLn.Addr().String() }
+
+// HTTPAddr is the metrics endpoint's address ("" if disabled).
+func (n *Node) HTTPAddr() string {
+	if n.httpL == nil {
+		return ""
+	}
+	return n.httpL.Addr().String()
+}
+
+// Shutdown stops the node gracefully within ctx. Safe to call twice.
+func (n *Node) Shutdown(ctx context.Context) error {
+	var errs []error
+	n.once.Do(func() {
+		if n.gate != nil {
+			if err := n.gate.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("gate: %w", err))
+			}
+		}
+		if n.grpc != nil {
+			stopped := make(chan struct{})
+			go func() { n.grpc.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-ctx.Done():
+				n.grpc.Stop()
+			}
+		}
+		if n.http != nil {
+			_ = n.http.Shutdown(ctx)
+		}
+		n.wg.Wait()
+		// Actors stop before the store closes. Every accepted message is
+		// already durable; what an actor has not written yet is at most a
+		// session going offline, which the next activation corrects.
+		if n.sys != nil {
+			n.sys.Shutdown()
+		}
+		if n.store != nil {
+			if err := n.store.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("store: %w", err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}

@@ -1,0 +1,163 @@
+package node
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+)
+
+// BindSettings declares every setting of cfg on fs, with cfg's current
+// values as defaults. Flags are named like the config file's keys
+// ("gate.heartbeat-interval"); the environment variable of a setting is
+// COURIER_ followed by its name in upper case with '.' and '-' as '_'
+// (COURIER_GATE_HEARTBEAT_INTERVAL).
+func BindSettings(fs *pflag.FlagSet, c *Config) {
+	fs.StringVar(&c.Name, "name", c.Name, "node name in logs and presence")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory of the embedded inbox store")
+	fs.StringVar(&c.APIAddr, "api-addr", c.APIAddr, "gRPC API listen address")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, `/metrics and /healthz listen address ("" disables)`)
+	fs.StringVar(&c.GatePublicAddr, "gate-public-addr", c.GatePublicAddr, "gate address reported by presence (default: the gate's listen address)")
+	fs.BoolVar(&c.StoreNoSync, "store-no-sync", c.StoreNoSync, "skip the store's fsync (benchmarks only: a crash may lose accepted messages)")
+	fs.StringToStringVar(&c.AppSecrets, "app-secret", c.AppSecrets, "APPCODE=SECRET: HS256 secret of an app's device tokens (repeatable, at least 16 bytes)")
+	fs.StringToStringVar(&c.APIKeys, "api-key", c.APIKeys, `KEY=APPCODE: an app-server API key and the appcode it acts for, "*" for an operator key (repeatable)`)
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "bound on graceful shutdown")
+
+	g := &c.Gate
+	fs.StringVar(&g.Addr, "gate.addr", g.Addr, "device TCP listen address")
+	fs.IntVar(&g.Loops, "gate.loops", g.Loops, "event loops (0: one per CPU)")
+	fs.Uint32Var(&g.MaxFrameSize, "gate.max-frame-size", g.MaxFrameSize, "largest frame body accepted, and cap on a decompressed body")
+	fs.IntVar(&g.MaxConns, "gate.max-conns", g.MaxConns, "connection cap (0: open-files limit minus gate.fd-reserve)")
+	fs.IntVar(&g.FDReserve, "gate.fd-reserve", g.FDReserve, "file descriptors kept free for everything but device connections")
+	fs.DurationVar(&g.LoginTimeout, "gate.login-timeout", g.LoginTimeout, "close connections not logged in after this")
+	fs.DurationVar(&g.HeartbeatInterval, "gate.heartbeat-interval", g.HeartbeatInterval, "keepalive interval announced in LOGIN_ACK")
+	fs.DurationVar(&g.IdleTimeout, "gate.idle-timeout", g.IdleTimeout, "close connections silent for this long (0: 3 heartbeats)")
+	fs.DurationVar(&g.TickInterval, "gate.tick-interval", g.TickInterval, "granularity of the login and idle timers")
+	fs.IntVar(&g.CompressThreshold, "gate.compress-threshold", g.CompressThreshold, "compress bodies to zstd clients from this size")
+	fs.IntVar(&g.OutQueueFrames, "gate.out-queue-frames", g.OutQueueFrames, "frames waiting per connection before it counts as a slow client")
+	fs.IntVar(&g.OutQueueBytes, "gate.out-queue-bytes", g.OutQueueBytes, "bytes waiting per connection before it counts as a slow client")
+	fs.IntVar(&g.MaxOutboundBuffered, "gate.max-outbound-buffered", g.MaxOutboundBuffered, "bytes buffered for a peer that does not read before it is disconnected")
+	fs.IntVar(&g.FramesPerSecond, "gate.frames-per-second", g.FramesPerSecond, "frames a connection may send per second (0: no limit)")
+	fs.IntVar(&g.FrameBurst, "gate.frame-burst", g.FrameBurst, "burst of gate.frames-per-second")
+	fs.IntVar(&g.BytesPerSecond, "gate.bytes-per-second", g.BytesPerSecond, "bytes a connection may send per second (0: no limit)")
+	fs.IntVar(&g.ByteBurst, "gate.byte-burst", g.ByteBurst, "burst of gate.bytes-per-second")
+	fs.Float64Var(&g.NewConnsPerIP, "gate.new-conns-per-ip", g.NewConnsPerIP, "new connections per second per source IP (0: no limit)")
+	fs.IntVar(&g.NewConnsPerIPBurst, "gate.new-conns-per-ip-burst", g.NewConnsPerIPBurst, "burst of gate.new-conns-per-ip")
+	fs.IntVar(&g.IPLimiterSize, "gate.ip-limiter-size", g.IPLimiterSize, "source addresses remembered by the connection rate limit")
+	fs.StringVar(&g.ListsFile, "gate.lists-file", g.ListsFile, "JSON file of the black/white lists, reloaded when it changes")
+	fs.DurationVar(&g.ListsPollInterval, "gate.lists-poll-interval", g.ListsPollInterval, "how often gate.lists-file is checked")
+
+	cl := &c.Cluster
+	fs.StringVar(&cl.Name, "cluster.name", cl.Name, "cluster name")
+	fs.StringVar(&cl.Bind, "cluster.bind", cl.Bind, "actor remoting listen address")
+	fs.StringVar(&cl.Advertise, "cluster.advertise", cl.Advertise, "actor remoting address other nodes use (default: the bound address)")
+	fs.StringVar(&cl.Provider, "cluster.provider", cl.Provider, `membership provider ("memory": a single node)`)
+	fs.IntVar(&cl.Shards, "cluster.shards", cl.Shards, "host actors per node (same on every node)")
+	fs.DurationVar(&cl.RequestTimeout, "cluster.request-timeout", cl.RequestTimeout, "bound on a request to an identity's actor")
+	fs.IntVar(&cl.MaxHops, "cluster.max-hops", cl.MaxHops, "forwards allowed while nodes disagree about ownership")
+
+	a := &c.Actors
+	fs.DurationVar(&a.RetryInitial, "actors.retry-initial", a.RetryInitial, "wait before the first redelivery of an unacknowledged message")
+	fs.DurationVar(&a.RetryMax, "actors.retry-max", a.RetryMax, "cap of the doubling wait between redeliveries")
+	fs.IntVar(&a.Window, "actors.window", a.Window, "messages delivered and not yet acknowledged per device")
+	fs.DurationVar(&a.C2CTTL, "actors.c2c-ttl", a.C2CTTL, "expiry of C2C messages")
+	fs.IntVar(&a.InboxMaxMessages, "actors.inbox-max-messages", a.InboxMaxMessages, "stored messages per identity; beyond, new ones are refused")
+	fs.IntVar(&a.InboxMaxBytes, "actors.inbox-max-bytes", a.InboxMaxBytes, "stored payload bytes per identity; beyond, new ones are refused")
+	fs.DurationVar(&a.IdempotencyTTL, "actors.idempotency-ttl", a.IdempotencyTTL, "how long idempotency keys and C2C client ids are remembered")
+	fs.IntVar(&a.PullPage, "actors.pull-page", a.PullPage, "most messages in one PULL_ACK")
+	fs.DurationVar(&a.PassivateAfter, "actors.passivate-after", a.PassivateAfter, "idle time after which an identity leaves memory")
+
+	l := &c.API
+	fs.IntVar(&l.MaxPayload, "api.max-payload", l.MaxPayload, "largest push payload in bytes")
+	fs.IntVar(&l.MaxBatch, "api.max-batch", l.MaxBatch, "most items in a PushMany or uids in a Presence")
+	fs.DurationVar(&l.DefaultTTL, "api.default-ttl", l.DefaultTTL, "expiry of a push without ttl_ms")
+	fs.DurationVar(&l.MaxTTL, "api.max-ttl", l.MaxTTL, "largest ttl_ms a push may ask for")
+	fs.IntVar(&l.MaxIdempotencyKey, "api.max-idempotency-key", l.MaxIdempotencyKey, "longest idempotency key in bytes")
+}
+
+// EnvName returns the environment variable of a setting.
+func EnvName(setting string) string {
+	return "COURIER_" + strings.NewReplacer(".", "_", "-", "_").Replace(strings.ToUpper(setting))
+}
+
+// ApplyFileAndEnv sets, for every setting not given on the command line,
+// its value from the config file (if path is not empty), then from the
+// environment, which wins over the file. Unknown keys in the file are an
+// error that names them.
+func ApplyFileAndEnv(fs *pflag.FlagSet, path string, getenv func(string) string) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *pflag.Flag) { given[f.Name] = true })
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("config file: %w", err)
+		}
+		var tree map[string]any
+		if err := yaml.Unmarshal(b, &tree); err != nil {
+			return fmt.Errorf("config file %s: %w", path, err)
+		}
+		flat := map[string]string{}
+		if err := flatten(fs, "", tree, flat); err != nil {
+			return fmt.Errorf("config file %s: %w", path, err)
+		}
+		keys := make([]string, 0, len(flat))
+		for k := range flat {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if given[k] {
+				continue
+			}
+			if err := fs.Set(k, flat[k]); err != nil {
+				return fmt.Errorf("config file %s: %s: %w", path, k, err)
+			}
+		}
+	}
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || given[f.Name] {
+			return
+		}
+		if v := getenv(EnvName(f.Name)); v != "" {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s: %w", EnvName(f.Name), e)
+			}
+		}
+	})
+	return err
+}
+
+// flatten turns nested maps into "a.b" keys. A map under a key that is a
+// map-valued setting (app-secret, api-key) becomes "k=v,k=v".
+func flatten(fs *pflag.FlagSet, prefix string, tree map[string]any, out map[string]string) error {
+	for k, v := range tree {
+		name := k
+		if prefix != "" {
+			name = prefix + "." + k
+		}
+		f := fs.Lookup(name)
+		m, isMap := v.(map[string]any)
+		switch {
+		case f != nil && isMap && f.Value.Type() == "stringToString":
+			parts := make([]string, 0, len(m))
+			for mk, mv := range m {
+				parts = append(parts, fmt.Sprintf("%s=%v", mk, mv))
+			}
+			sort.Strings(parts)
+			out[name] = strings.Join(parts, ",")
+		case f != nil && !isMap:
+			out[name] = fmt.Sprint(v)
+		case f == nil && isMap:
+			if err := flatten(fs, name, m, out); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("unknown setting %q", name)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,115 @@
+// Command courier runs a Courier node: the devices' gate, their actors and
+// inbox, and the gRPC API of app-servers.
+//
+//	courier --dev                       # one node, demo app and keys, ./data
+//	courier --config node.yaml          # settings from a file
+//	courier --gate.addr :7000 --app-secret 1=... --api-key KEY=1
+//
+// Every setting is a flag, a COURIER_* environment variable and a key of
+// the YAML config file; `courier --help` lists them with their defaults.
+// Precedence: flags, then environment, then file, then defaults.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"github.com/courier-im/courier/cluster/node"
+)
+
+// Demo credentials of --dev: printed at start, never for production.
+const (
+	devSecret = "courier-dev-secret-app-1"
+	devKey    = "courier-dev-api-key-0001"
+	devOpKey  = "courier-dev-operator-key"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	cfg := node.DefaultConfig()
+	fs := pflag.NewFlagSet("courier", pflag.ContinueOnError)
+	fs.SortFlags = false
+	configPath := fs.String("config", "", "YAML config file (keys are the flag names; nested maps allowed)")
+	dev := fs.Bool("dev", false, "development mode: a demo app (appcode 1) with a known token secret and API keys")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logJSON := fs.Bool("log-json", false, "log as JSON lines")
+	node.BindSettings(fs, &cfg)
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: courier [flags]\n\nEvery flag is also an environment variable (COURIER_GATE_ADDR for --gate.addr)\nand a config file key.\n\n%s", fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == pflag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if err := node.ApplyFileAndEnv(fs, *configPath, os.Getenv); err != nil {
+		fmt.Fprintln(os.Stderr, "courier:", err)
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "courier: --log-level %q: %v\n", *logLevel, err)
+		return 2
+	}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	if *logJSON {
+		h = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	}
+	log := slog.New(h)
+	if *dev {
+		if len(cfg.AppSecrets) == 0 {
+			cfg.AppSecrets["1"] = devSecret
+		}
+		if len(cfg.APIKeys) == 0 {
+			cfg.APIKeys[devKey] = "1"
+			cfg.APIKeys[devOpKey] = "*"
+		}
+	}
+	if len(cfg.AppSecrets) == 0 {
+		log.Warn("no --app-secret configured: every device login will fail")
+	}
+
+	n, err := node.Start(cfg, log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "courier:", err)
+		return 1
+	}
+	if *dev {
+		printDevHelp(n)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	<-ctx.Done()
+	stop()
+	log.Info("courier: shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	if err := n.Shutdown(sctx); err != nil {
+		log.Error("courier: shutdown", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func printDevHelp(n *node.Node) {
+	gate, api := n.GateAddr(), n.APIAddr()
+	fmt.Fprintf(os.Stderr, `
+Courier is running (development mode).
+  devices connect to  %s   (appcode 1, token secret %q)
+  app-servers call    %s   (API key %q; operator key %q)
+  metrics             http://%s/metrics
+
+Try it, in another terminal:
+  bin/courierctl device --gate %s --app 1 --uid alice --secret %s
+  bin/courierctl push   --api %s --key %s --app 1 --uid alice --payload 'hello alice'
+`, gate, devSecret, api, devKey, devOpKey, n.HTTPAddr(), gate, devSecret, api, devKey)
+}

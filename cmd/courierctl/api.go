@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+// apiFlags are the connection settings of every API command.
+type apiFlags struct {
+	addr    string
+	key     string
+	timeout time.Duration
+}
+
+func (f *apiFlags) bind(c *cobra.Command) {
+	c.Flags().StringVar(&f.addr, "api", envOr("COURIER_API", "127.0.0.1:7001"), "gRPC API address (env COURIER_API)")
+	c.Flags().StringVar(&f.key, "key", os.Getenv("COURIER_API_KEY"), "API key (env COURIER_API_KEY)")
+	c.Flags().DurationVar(&f.timeout, "timeout", 10*time.Second, "call timeout")
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// dial connects and returns a context carrying the key.
+func (f *apiFlags) dial() (apipb.CourierClient, context.Context, func(), error) {
+	if f.key == "" {
+		return nil, nil, nil, fmt.Errorf("--key (or COURIER_API_KEY) is required")
+	}
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("--api %s: %w", f.addr, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.key)
+	return apipb.NewCourierClient(conn), ctx, func() { cancel(); conn.Close() }, nil
+}
+
+func printJSON(m proto.Message) {
+	b, _ := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(m)
+	var v any
+	_ = json.Unmarshal(b, &v)
+	out, _ := json.MarshalIndent(v, "", "  ")
+	fmt.Println(string(out))
+}
+
+func pushCmd() *cobra.Command {
+	var f apiFlags
+	var app, msgtype uint32
+	var uids []string
+	var payload, key string
+	var ttl time.Duration
+	var ff bool
+	c := &cobra.Command{
+		Use:   "push",
+		Short: "Push a message to one or more identities",
+		Example: `  courierctl push --key KEY --app 1 --uid alice --payload 'order 17 is ready'
+  courierctl push --key KEY --app 1 --uid alice --uid bob --payload hi --fire-and-forget`,
+		RunE: func(*cobra.Command, []string) error {
+			if len(uids) == 0 {
+				return fmt.Errorf("--uid is required")
+			}
+			cl, ctx, done, err := f.dial()
+			if err != nil {
+				return err
+			}
+			defer done()
+			delivery := apipb.Delivery_DELIVERY_STORED
+			if ff {
+				delivery = apipb.Delivery_DELIVERY_FIRE_AND_FORGET
+			}
+			req := func(uid string) *apipb.PushRequest {
+				return &apipb.PushRequest{AppCode: app, Uid: uid, Msgtype: msgtype, Payload: []byte(payload),
+					Delivery: delivery, IdempotencyKey: key, TtlMs: ttl.Milliseconds()}
+			}
+			if len(uids) == 1 {
+				resp, err := cl.Push(ctx, req(uids[0]))
+				if err != nil {
+					return err
+				}
+				printJSON(resp)
+				return nil
+			}
+			many := &apipb.PushManyRequest{}
+			for _, u := range uids {
+				many.Items = append(many.Items, req(u))
+			}
+			resp, err := cl.PushMany(ctx, many)
+			if err != nil {
+				return err
+			}
+			printJSON(resp)
+			return nil
+		},
+	}
+	f.bind(c)
+	c.Flags().Uint32Var(&app, "app", 1, "appcode")
+	c.Flags().StringArrayVar(&uids, "uid", nil, "receiver uid (repeat for several: one PushMany call)")
+	c.Flags().Uint32Var(&msgtype, "msgtype", 0, "msgtype (business line)")
+	c.Flags().StringVar(&payload, "payload", "", "payload (bytes of the string)")
+	c.Flags().StringVar(&key, "idempotency-key", "", "idempotency key (a retry with the same key is a no-op)")
+	c.Flags().DurationVar(&ttl, "ttl", 0, "expiry (0: the node's default)")
+	c.Flags().BoolVar(&ff, "fire-and-forget", false, "deliver only if online now; never stored or retried")
+	return c
+}
+
+func kickCmd() *cobra.Command {
+	var f apiFlags
+	var app uint32
+	var uid, reason string
+	c := &cobra.Command{
+		Use:   "kick",
+		Short: "End an identity's session (KICKOUT, then close)",
+		RunE: func(*cobra.Command, []string) error {
+			cl, ctx, done, err := f.dial()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := cl.Kick(ctx, &apipb.KickRequest{AppCode: app, Uid: uid, Reason: reason})
+			if err != nil {
+				return err
+			}
+			printJSON(resp)
+			return nil
+		},
+	}
+	f.bind(c)
+	c.Flags().Uint32Var(&app, "app", 1, "appcode")
+	c.Flags().StringVar(&uid, "uid", "", "uid")
+	c.Flags().StringVar(&reason, "reason", "kicked by the operator", "detail shown to the device")
+	return c
+}
+
+func presenceCmd() *cobra.Command {
+	var f apiFlags
+	var app uint32
+	var uids []string
+	c := &cobra.Command{
+		Use:   "presence",
+		Short: "Tell whether identities are online, and where",
+		RunE: func(*cobra.Command, []string) error {
+			cl, ctx, done, err := f.dial()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := cl.Presence(ctx, &apipb.PresenceRequest{AppCode: app, Uids: uids})
+			if err != nil {
+				return err
+			}
+			printJSON(resp)
+			return nil
+		},
+	}
+	f.bind(c)
+	c.Flags().Uint32Var(&app, "app", 1, "appcode")
+	c.Flags().StringArrayVar(&uids, "uid", nil, "uid (repeatable)")
+	return c
+}
+
+func listsCmd() *cobra.Command {
+	var f apiFlags
+	var app uint32
+	c := &cobra.Command{
+		Use:   "lists",
+		Short: "Show the gate's black/white lists",
+		RunE: func(*cobra.Command, []string) error {
+			cl, ctx, done, err := f.dial()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := cl.GetAccessLists(ctx, &apipb.GetAccessListsRequest{AppCode: app})
+			if err != nil {
+				return err
+			}
+			printJSON(resp)
+			return nil
+		},
+	}
+	f.bind(c)
+	c.Flags().Uint32Var(&app, "app", 0, "appcode (0 with an operator key: all)")
+	for _, verb := range []string{"add", "remove"} {
+		c.AddCommand(listEditCmd(verb))
+	}
+	return c
+}
+
+func listEditCmd(verb string) *cobra.Command {
+	var f apiFlags
+	var app uint32
+	var list string
+	c := &cobra.Command{
+		Use:   verb + " ENTRY...",
+		Short: strings.ToUpper(verb[:1]) + verb[1:] + " entries of a list (ip-blacklist, ip-whitelist, uid-blacklist)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			kinds := map[string]apipb.AccessList{
+				"ip-blacklist": apipb.AccessList_IP_BLACKLIST, "ip-whitelist": apipb.AccessList_IP_WHITELIST,
+				"uid-blacklist": apipb.AccessList_UID_BLACKLIST,
+			}
+			kind, ok := kinds[list]
+			if !ok {
+				return fmt.Errorf("--list %q: want ip-blacklist, ip-whitelist or uid-blacklist", list)
+			}
+			cl, ctx, done, err := f.dial()
+			if err != nil {
+				return err
+			}
+			defer done()
+			req := &apipb.UpdateAccessListRequest{List: kind, AppCode: app}
+			if verb == "add" {
+				req.Add = args
+			} else {
+				req.Remove = args
+			}
+			resp, err := cl.UpdateAccessList(ctx, req)
+			if err != nil {
+				return err
+			}
+			printJSON(resp)
+			return nil
+		},
+	}
+	f.bind(c)
+	c.Flags().Uint32Var(&app, "app", 1, "appcode (uid-blacklist)")
+	c.Flags().StringVar(&list, "list", "uid-blacklist", "ip-blacklist, ip-whitelist or uid-blacklist")
+	return c
+}
