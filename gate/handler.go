@@ -40,6 +40,7 @@ const (
 	CloseKicked                              // the Handler asked (kickout, failed login)
 	CloseShutdown                            // the gate is shutting down
 	CloseBlocked                             // its uid or IP was put on a list
+	CloseLoginFailed                         // the gate refused its LOGIN (uid, token, uid blacklist)
 )
 
 var closeReasonNames = [...]string{
@@ -53,6 +54,7 @@ var closeReasonNames = [...]string{
 	CloseKicked:       "kicked",
 	CloseShutdown:     "shutdown",
 	CloseBlocked:      "blocked",
+	CloseLoginFailed:  "login_failed",
 }
 
 func (r CloseReason) String() string {
@@ -80,6 +82,12 @@ type Handler interface {
 	Frame(c ConnInfo, h messages.Header, body []byte)
 	// Closed is called once for every connection that reached Login, when
 	// it ends, whatever the reason (LOGOUT included: the gate answers
-	// LOGOUT_ACK and closes).
+	// LOGOUT_ACK and closes). A connection that ends while its login is
+	// pending is reported with Epoch 0; if a successful LoginOutcome for
+	// it arrives afterwards, Deliver calls Closed a second time with the
+	// outcome's identity and epoch (reason CloseClient), so the node never
+	// keeps a session online for a connection that is gone. Implementations
+	// must therefore treat Closed as idempotent per (ID, Epoch). Closed is
+	// called on an event loop, or on the goroutine calling Deliver.
 	Closed(c ConnInfo, reason CloseReason)
 }

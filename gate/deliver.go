@@ -1,0 +1,231 @@
+package gate
+
+import (
+	"context"
+
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/devicepb"
+)
+
+// maxIovecs is the most buffers one writev takes (Linux IOV_MAX).
+const maxIovecs = 1024
+
+// Deliver acts on one of the gate's connections. It may be called from
+// any goroutine (and from Handler callbacks); it never blocks on the
+// network.
+//
+// The frames are encoded at once (header with the connection's appcode;
+// a body of at least Config.CompressThreshold bytes is zstd-compressed
+// for a connection that negotiated it, if that makes it smaller) into the
+// connection's bounded queue, which its event loop drains with one writev
+// for everything waiting. Then, on the loop, in this order: if m.Login is
+// set, the login's outcome applies (ok: the connection is logged in as
+// app, uid, epoch, zstd, and frames of m are its first; not ok: it is
+// closed after the frames, CloseKicked); if m.Close is set, the
+// connection is closed after the frames (CloseKicked). Frames of the ToConn
+// carrying the LoginOutcome are never compressed: the client learns about
+// compression from the LOGIN_ACK among them.
+//
+// Errors: ErrUnknownConn if the gate does not hold the connection (also
+// once it is closing); ErrStaleEpoch if m.Epoch is older than the
+// connection's session (m is dropped); ErrNoLoginPending for a
+// LoginOutcome without a login in progress; ErrSlowClient if the queue
+// would overflow (the frames are dropped, KICKOUT SLOW_CLIENT is queued
+// and the connection closes, CloseSlowClient); ErrBadFrame for a command
+// the server does not send (nothing is queued); ErrClosed while the gate
+// stops.
+//
+// A successful LoginOutcome for a connection that has already closed
+// makes the gate call Handler.Closed with the outcome's identity and epoch
+// (reason CloseClient), so that the node does not believe it online.
+func (g *Gate) Deliver(m *actorpb.ToConn) error {
+	s := g.reg.get(ConnID(m.GetConnId()))
+	if s == nil {
+		return g.deliverGone(m)
+	}
+	var size int
+	for _, f := range m.Frames {
+		if f.Cmd > 0xFF || !messages.Cmd(f.Cmd).FromServer() {
+			g.metrics.deliverDropped.WithLabelValues("bad_frame").Inc()
+			return ErrBadFrame
+		}
+		size += messages.HeaderSize + len(f.Body)
+	}
+
+	s.mu.Lock()
+	switch {
+	case s.sClosed || s.sCloseReq != 0:
+		s.mu.Unlock()
+		return g.deliverGone(m)
+	case m.Epoch < s.sEpoch:
+		s.mu.Unlock()
+		g.metrics.deliverDropped.WithLabelValues("stale_epoch").Inc()
+		return ErrStaleEpoch
+	case m.Login != nil && !s.sLoginPending:
+		s.mu.Unlock()
+		g.metrics.deliverDropped.WithLabelValues("no_login_pending").Inc()
+		return ErrNoLoginPending
+	}
+	if len(m.Frames) > 0 {
+		if int(s.outFrames)+len(m.Frames) > g.cfg.OutQueueFrames || int(s.outBytes)+size > g.cfg.OutQueueBytes {
+			kick, _ := messages.AppendMessage(nil, messages.Header{Cmd: messages.CmdKickout, AppCode: s.sApp},
+				&devicepb.Kickout{Reason: kickSlow.reason, Detail: kickSlow.detail})
+			s.out, s.outFrames, s.outBytes = [][]byte{kick}, 1, int32(len(kick))
+			s.pendingLogin = nil
+			s.sCloseReq = CloseSlowClient
+			sched := s.schedule()
+			s.mu.Unlock()
+			g.slowClient(limitOutQueue)
+			g.log.Debug("gate: outbound queue full; disconnecting", "conn", s.id, "remote", s.remote)
+			if sched {
+				s.execDrain()
+			}
+			return ErrSlowClient
+		}
+		buf := make([]byte, 0, size)
+		for _, f := range m.Frames {
+			buf = g.appendFrame(buf, f, s.sApp, s.sZstd)
+		}
+		s.out = append(s.out, buf)
+		s.outFrames += int32(len(m.Frames))
+		s.outBytes += int32(len(buf))
+	}
+	if lo := m.Login; lo != nil {
+		s.sLoginPending = false
+		s.pendingLogin = lo
+		if lo.Ok {
+			s.sEpoch, s.sApp, s.sZstd = lo.Epoch, uint16(lo.AppCode), lo.Zstd && s.sAskedZstd
+		} else {
+			s.sCloseReq = CloseKicked
+		}
+	}
+	if m.Close && s.sCloseReq == 0 {
+		s.sCloseReq = CloseKicked
+	}
+	sched := s.schedule()
+	s.mu.Unlock()
+
+	for _, f := range m.Frames {
+		g.metrics.framesOut[f.Cmd].Inc()
+	}
+	if m.Close {
+		g.log.Debug("gate: close requested", "conn", s.id, "reason", m.CloseReason)
+	}
+	if sched {
+		return s.execDrain()
+	}
+	return nil
+}
+
+// schedule reports whether the caller must queue a drain (s.mu held).
+func (s *conn) schedule() bool {
+	if s.drainQueued {
+		return false
+	}
+	s.drainQueued = true
+	return true
+}
+
+// execDrain queues s's drain on its loop.
+func (s *conn) execDrain() error {
+	if err := s.loop.el.Execute(context.Background(), s); err != nil {
+		return ErrClosed
+	}
+	return nil
+}
+
+// deliverGone answers a Deliver for a connection the gate no longer holds.
+func (g *Gate) deliverGone(m *actorpb.ToConn) error {
+	g.metrics.deliverDropped.WithLabelValues("unknown_conn").Inc()
+	id := ConnID(m.GetConnId())
+	if lo := m.GetLogin(); lo.GetOk() && id != 0 && uint64(id) <= g.nextID.Load() {
+		g.h.Closed(ConnInfo{ID: id, AppCode: uint16(lo.AppCode), UID: lo.Uid, Epoch: lo.Epoch}, CloseClient)
+	}
+	return ErrUnknownConn
+}
+
+// appendFrame encodes f for a connection with appcode app.
+func (g *Gate) appendFrame(dst []byte, f *actorpb.OutFrame, app uint16, zstd bool) []byte {
+	h := messages.Header{Cmd: messages.Cmd(f.Cmd), AppCode: app, MsgType: uint16(f.Msgtype), Seq: f.Seq}
+	if zstd && len(f.Body) > 0 && len(f.Body) >= g.cfg.CompressThreshold {
+		start := len(dst)
+		dst = messages.AppendHeader(dst, h)
+		dst = g.zstd.Compress(dst, f.Body)
+		if n := len(dst) - start - messages.HeaderSize; n < len(f.Body) {
+			h.Flags, h.Length = messages.FlagZstd, uint32(n)
+			messages.PutHeader(dst[start:], h)
+			return dst
+		}
+		dst = dst[:start]
+	}
+	return messages.AppendFrame(dst, h, f.Body)
+}
+
+// Run drains s's queue on its event loop (s is a gnet.Runnable, so
+// queuing a drain allocates nothing of ours).
+func (s *conn) Run(context.Context) error {
+	s.drain()
+	return nil
+}
+
+// drain writes what Deliver queued in one writev, then applies a login
+// outcome and a close request (event loop only).
+func (s *conn) drain() {
+	if s.closed {
+		return
+	}
+	s.mu.Lock()
+	out, login, closeReq, zstd := s.out, s.pendingLogin, s.sCloseReq, s.sZstd
+	s.out, s.outFrames, s.outBytes, s.pendingLogin, s.drainQueued = nil, 0, 0, nil, false
+	s.mu.Unlock()
+	if len(out) > 0 && !s.writeQueued(out) {
+		return
+	}
+	if login != nil {
+		s.applyLogin(login, zstd)
+	}
+	if closeReq != 0 {
+		s.closeOnLoop(closeReq)
+	}
+}
+
+// writeQueued writes bufs; false if s closed meanwhile.
+func (s *conn) writeQueued(bufs [][]byte) bool {
+	g := s.loop.g
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	if s.c.OutboundBuffered()+total > g.cfg.MaxOutboundBuffered {
+		g.slowClient(limitOutBuffered)
+		g.log.Debug("gate: outbound buffer full; disconnecting", "conn", s.id, "remote", s.remote)
+		s.closeOnLoop(CloseSlowClient)
+		return false
+	}
+	for len(bufs) > 0 && !s.closed {
+		n := min(len(bufs), maxIovecs)
+		_, _ = s.c.Writev(bufs[:n])
+		g.metrics.writeBatches.Inc()
+		bufs = bufs[n:]
+	}
+	g.metrics.bytesOut.Add(float64(total))
+	return !s.closed
+}
+
+// applyLogin makes the Handler's answer to LOGIN effective.
+func (s *conn) applyLogin(o *actorpb.LoginOutcome, zstd bool) {
+	g := s.loop.g
+	if s.state != statePending {
+		g.log.Warn("gate: login outcome without a pending login", "conn", s.id)
+		return
+	}
+	if !o.Ok {
+		g.metrics.loginFailures.WithLabelValues("REJECTED").Inc()
+		return // the close follows
+	}
+	s.state = stateLoggedIn
+	s.app, s.uid, s.epoch, s.zstd = uint16(o.AppCode), o.Uid, o.Epoch, zstd
+	s.lastActive = g.nowTick()
+	g.metrics.logins.Inc()
+}

@@ -1,0 +1,44 @@
+// Package bucket is a token bucket small enough to embed in every
+// connection: 16 bytes, no lock, no allocation. The rate and burst are
+// passed on each call (they are the same for every connection), and time
+// is a caller-supplied monotonic clock in nanoseconds. A Bucket is not safe
+// for concurrent use.
+package bucket
+
+// Bucket holds tokens that refill at a rate up to a burst. The zero Bucket
+// is full on first use.
+type Bucket struct {
+	tokens int64
+	last   int64 // clock at which tokens were last exact; 0: never used
+}
+
+const second = int64(1e9)
+
+// Take refills the bucket to now at perSecond tokens per second (capped at
+// burst) and takes n tokens if that many are there. now must be positive
+// and never decrease. perSecond and burst must be positive.
+func (b *Bucket) Take(now, n, perSecond, burst int64) bool {
+	if b.last == 0 {
+		b.tokens, b.last = burst, now
+	}
+	if elapsed := now - b.last; elapsed > 0 {
+		if elapsed >= (burst-b.tokens)*second/perSecond+second/perSecond+1 {
+			// Long enough to fill up; also keeps the product below from
+			// overflowing after hours of silence.
+			b.tokens, b.last = burst, now
+		} else if add := elapsed * perSecond / second; add > 0 {
+			b.tokens += add
+			// Advance only by the time those whole tokens took, so that
+			// frequent callers do not lose the fractions.
+			b.last += add * second / perSecond
+			if b.tokens >= burst {
+				b.tokens, b.last = burst, now
+			}
+		}
+	}
+	if b.tokens < n {
+		return false
+	}
+	b.tokens -= n
+	return true
+}

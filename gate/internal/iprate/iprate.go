@@ -1,0 +1,71 @@
+// Package iprate limits events (new connections) per source IP with one
+// golang.org/x/time/rate limiter per address, kept in a bounded LRU so that
+// a scan from many addresses costs bounded memory. It is safe for
+// concurrent use.
+package iprate
+
+import (
+	"container/list"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Limiter allows perSecond events per address with bursts of burst.
+type Limiter struct {
+	limit rate.Limit
+	burst int
+	max   int
+
+	mu  sync.Mutex
+	m   map[netip.Addr]*list.Element
+	lru list.List // front: most recently used; values are *entry
+}
+
+type entry struct {
+	addr netip.Addr
+	lim  *rate.Limiter
+}
+
+// New returns a limiter that remembers at most maxAddrs addresses. When it
+// is full, the address least recently seen is forgotten (and starts again
+// with a full burst if it comes back).
+func New(perSecond float64, burst, maxAddrs int) *Limiter {
+	if maxAddrs < 1 {
+		maxAddrs = 1
+	}
+	return &Limiter{limit: rate.Limit(perSecond), burst: burst, max: maxAddrs,
+		m: make(map[netip.Addr]*list.Element)}
+}
+
+// Allow reports whether one more event from a is allowed at now.
+func (l *Limiter) Allow(a netip.Addr, now time.Time) bool {
+	a = a.Unmap().WithZone("")
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if el, ok := l.m[a]; ok {
+		l.lru.MoveToFront(el)
+		return el.Value.(*entry).lim.AllowN(now, 1)
+	}
+	var e *entry
+	if l.lru.Len() >= l.max {
+		el := l.lru.Back()
+		e = el.Value.(*entry)
+		delete(l.m, e.addr)
+		l.lru.Remove(el)
+		e.addr, e.lim = a, rate.NewLimiter(l.limit, l.burst)
+	} else {
+		e = &entry{addr: a, lim: rate.NewLimiter(l.limit, l.burst)}
+	}
+	l.m[a] = l.lru.PushFront(e)
+	return e.lim.AllowN(now, 1)
+}
+
+// Len returns how many addresses are remembered.
+func (l *Limiter) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lru.Len()
+}

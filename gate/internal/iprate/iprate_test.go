@@ -1,0 +1,31 @@
+package iprate
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+func TestPerAddressAndBounded(t *testing.T) {
+	l := New(1, 2, 3)
+	now := time.Unix(1000, 0)
+	a := netip.MustParseAddr("10.0.0.1")
+	if !l.Allow(a, now) || !l.Allow(a, now) {
+		t.Fatal("burst refused")
+	}
+	if l.Allow(a, now) {
+		t.Fatal("third event in the same instant allowed")
+	}
+	if !l.Allow(netip.MustParseAddr("::ffff:10.0.0.2"), now) {
+		t.Fatal("another address refused")
+	}
+	if !l.Allow(a, now.Add(time.Second)) {
+		t.Fatal("no refill after a second")
+	}
+	for i := range 10 {
+		l.Allow(netip.AddrFrom4([4]byte{10, 1, 0, byte(i)}), now)
+	}
+	if l.Len() != 3 {
+		t.Fatalf("remembers %d addresses, want 3", l.Len())
+	}
+}

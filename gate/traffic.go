@@ -1,0 +1,238 @@
+package gate
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/devicepb"
+	"github.com/panjf2000/gnet/v2"
+	"google.golang.org/protobuf/proto"
+)
+
+// maxUIDLen is the longest uid accepted at login, in bytes.
+const maxUIDLen = 128
+
+// OnTraffic parses every whole frame gnet has buffered. A partial frame
+// stays in gnet's buffer (Peek without Discard) until more arrives; the
+// body of an oversized frame is never read. Replies are batched into one
+// write per callback.
+func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
+	s, _ := c.Context().(*conn)
+	if s == nil {
+		return gnet.Close
+	}
+	g, l := e.g, s.loop
+	now := g.nanos()
+	act := gnet.None
+	frames := 0
+	for act == gnet.None {
+		hb, err := c.Peek(messages.HeaderSize)
+		if err != nil {
+			break // short: wait for more
+		}
+		h, herr := messages.ParseHeader(hb, g.cfg.MaxFrameSize)
+		if herr != nil && !errors.Is(herr, messages.ErrBadFlags) {
+			act = s.headerError(h, herr, hb)
+			break
+		}
+		total := messages.HeaderSize + int(h.Length)
+		if c.InboundBuffered() < total {
+			break
+		}
+		frames++
+		if limit := s.overRate(now, total); limit != "" {
+			g.metrics.limitHits.WithLabelValues(limit).Inc()
+			l.sendError(s.replyApp(h), h.Seq, devicepb.Code_RATE_LIMITED, "sending too fast")
+			s.closeReason = CloseRateLimited
+			act = gnet.Close
+			break
+		}
+		frame, err := c.Peek(total)
+		if err != nil {
+			break
+		}
+		g.metrics.framesIn[h.Cmd].Inc()
+		g.metrics.bytesIn.Add(float64(total))
+		act = s.onFrame(h, herr != nil, frame[messages.HeaderSize:])
+		_, _ = c.Discard(total)
+		if len(l.out) >= maxReplyBuf {
+			l.flush(s)
+		}
+	}
+	if frames > 0 {
+		s.lastActive = now / int64(g.cfg.TickInterval)
+	}
+	l.flush(s)
+	if s.closed {
+		return gnet.Close // closed while writing; gnet ignores the stale conn
+	}
+	return act
+}
+
+// overRate takes a frame of size bytes from the connection's buckets and
+// names the limit that ran dry, if one did.
+func (s *conn) overRate(now int64, size int) string {
+	cfg := &s.loop.g.cfg
+	if cfg.FramesPerSecond > 0 && !s.frameTokens.Take(now, 1, int64(cfg.FramesPerSecond), int64(cfg.FrameBurst)) {
+		return limitFrameRate
+	}
+	if cfg.BytesPerSecond > 0 && !s.byteTokens.Take(now, int64(size), int64(cfg.BytesPerSecond), int64(cfg.ByteBurst)) {
+		return limitByteRate
+	}
+	return ""
+}
+
+// replyApp is the appcode of answers: the login's once logged in, else
+// the frame's.
+func (s *conn) replyApp(h messages.Header) uint16 {
+	if s.state == stateLoggedIn {
+		return s.app
+	}
+	return h.AppCode
+}
+
+// headerError answers a header that ends the connection.
+func (s *conn) headerError(h messages.Header, err error, raw []byte) gnet.Action {
+	l := s.loop
+	s.closeReason = CloseProtocol
+	switch {
+	case errors.Is(err, messages.ErrBadMagic):
+		l.g.metrics.protocolErrors.WithLabelValues("BAD_MAGIC").Inc()
+		l.g.log.Debug("gate: bad magic; closing", "conn", s.id, "remote", s.remote, "head", strconv.Quote(string(raw)))
+		return gnet.Close
+	case errors.Is(err, messages.ErrFrameTooLarge):
+		l.g.metrics.limitHits.WithLabelValues(limitFrameSize).Inc()
+		l.sendError(s.replyApp(h), h.Seq, devicepb.Code_FRAME_TOO_LARGE,
+			"frame body of "+strconv.FormatUint(uint64(h.Length), 10)+" bytes above the limit of "+
+				strconv.FormatUint(uint64(l.g.cfg.MaxFrameSize), 10))
+	default:
+		l.sendError(s.replyApp(h), h.Seq, messages.WireCode(err), err.Error())
+	}
+	l.g.log.Debug("gate: fatal header; closing", "conn", s.id, "remote", s.remote, "err", err)
+	return gnet.Close
+}
+
+// onFrame checks a whole frame in the protocol's order (after magic,
+// version and length: flags, logged in, command known, appcode, body) and
+// acts on it.
+func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Action {
+	l := s.loop
+	g := l.g
+	app := s.replyApp(h)
+	if badFlags {
+		l.sendError(app, h.Seq, devicepb.Code_BAD_FLAGS, "reserved flag bits set")
+		return gnet.None
+	}
+	if h.Compressed() && !s.zstd {
+		l.sendError(app, h.Seq, devicepb.Code_BAD_FLAGS, "zstd flag without compression negotiated at login")
+		return gnet.None
+	}
+	switch {
+	case s.state == stateFresh && h.Cmd != messages.CmdLogin:
+		l.sendError(app, h.Seq, devicepb.Code_NOT_LOGGED_IN, "LOGIN must be the first frame")
+		s.closeReason = CloseProtocol
+		return gnet.Close
+	case s.state != stateFresh && h.Cmd == messages.CmdLogin:
+		l.sendError(app, h.Seq, devicepb.Code_ALREADY_LOGGED_IN, "already logged in or logging in")
+		return gnet.None
+	case s.state == statePending:
+		l.sendError(app, h.Seq, devicepb.Code_NOT_LOGGED_IN, "frame before LOGIN_ACK")
+		s.closeReason = CloseProtocol
+		return gnet.Close
+	}
+	if !h.Cmd.FromClient() {
+		l.sendError(app, h.Seq, devicepb.Code_UNKNOWN_COMMAND, "unknown command "+h.Cmd.String())
+		return gnet.None
+	}
+	if s.state == stateLoggedIn && h.AppCode != s.app {
+		l.sendError(app, h.Seq, devicepb.Code_APP_MISMATCH,
+			"appcode "+strconv.Itoa(int(h.AppCode))+" differs from the login's "+strconv.Itoa(int(s.app)))
+		return gnet.None
+	}
+	if h.Compressed() {
+		out, err := g.zstd.Decompress(l.dbuf[:0], body)
+		if err != nil {
+			l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "body does not decompress within the frame limit")
+			return gnet.None
+		}
+		l.dbuf, body = out, out
+		h.Flags &^= messages.FlagZstd
+		h.Length = uint32(len(body))
+	}
+	switch h.Cmd {
+	case messages.CmdLogin:
+		return s.onLogin(h, body)
+	case messages.CmdKeepalive:
+		if len(body) != 0 {
+			l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "KEEPALIVE has no body")
+			return gnet.None
+		}
+		l.reply(app, messages.CmdKeepaliveAck, h.Seq, nil)
+		return gnet.None
+	case messages.CmdLogout:
+		if len(body) != 0 {
+			l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "LOGOUT has no body")
+			return gnet.None
+		}
+		l.reply(app, messages.CmdLogoutAck, h.Seq, nil)
+		s.closeReason = CloseLogout
+		return gnet.Close
+	}
+	if !l.checkBody(h.Cmd, body) {
+		l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "body does not decode as "+h.Cmd.String())
+		return gnet.None
+	}
+	g.h.Frame(s.info(), h, body)
+	return gnet.None
+}
+
+// onLogin checks a LOGIN at the edge (uid, token, uid blacklist) and hands
+// it to the Handler, whose answer comes back through Deliver.
+func (s *conn) onLogin(h messages.Header, body []byte) gnet.Action {
+	l := s.loop
+	g := l.g
+	m := &devicepb.Login{}
+	if err := proto.Unmarshal(body, m); err != nil {
+		l.sendError(h.AppCode, h.Seq, devicepb.Code_BAD_BODY, "body does not decode as LOGIN")
+		return gnet.None
+	}
+	if m.Uid == "" || len(m.Uid) > maxUIDLen {
+		return s.failLogin(h, devicepb.Code_BAD_UID, "uid must be 1 to 128 bytes")
+	}
+	if err := g.auth.Verify(h.AppCode, m.Uid, m.Token); err != nil {
+		code := loginCode(err)
+		g.log.Debug("gate: token refused", "conn", s.id, "remote", s.remote, "app", h.AppCode, "uid", m.Uid, "err", err)
+		return s.failLogin(h, code, loginReasons[code])
+	}
+	if g.lists.cur.Load().uidBlocked(h.AppCode, m.Uid) {
+		g.metrics.listHits.WithLabelValues(listUIDBlacklist).Inc()
+		return s.failLogin(h, devicepb.Code_UID_BLOCKED, "uid blocked")
+	}
+	s.state = statePending
+	s.app, s.uid, s.deviceID = h.AppCode, m.Uid, m.DeviceId
+	s.reachedLogin = true
+	s.mu.Lock()
+	s.sApp, s.sLoginPending, s.sAskedZstd = h.AppCode, true, m.Zstd
+	s.mu.Unlock()
+	g.h.Login(s.info(), h.Seq, m)
+	return gnet.None
+}
+
+var loginReasons = map[devicepb.Code]string{
+	devicepb.Code_AUTH_FAILED:   "token verification failed",
+	devicepb.Code_TOKEN_EXPIRED: "token expired",
+	devicepb.Code_UNKNOWN_APP:   "unknown appcode",
+}
+
+// failLogin answers LOGIN_ACK with a failure code, then closes.
+func (s *conn) failLogin(h messages.Header, code devicepb.Code, reason string) gnet.Action {
+	l := s.loop
+	l.g.metrics.loginFailures.WithLabelValues(code.String()).Inc()
+	l.reply(h.AppCode, messages.CmdLoginAck, h.Seq, &devicepb.LoginAck{
+		Code: code, Reason: reason, ServerTimeMs: time.Now().UnixMilli(),
+	})
+	s.closeReason = CloseLoginFailed
+	return gnet.Close
+}
