@@ -12,8 +12,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -42,6 +44,7 @@ func run(args []string) int {
 	dev := fs.Bool("dev", false, "development mode: a demo app (appcode 1) with a known token secret and API keys")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logJSON := fs.Bool("log-json", false, "log as JSON lines")
+	addrFile := fs.String("addr-file", "", "write the bound addresses as JSON to this file once started (for tools and tests)")
 	node.BindSettings(fs, &cfg)
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: courier [flags]\n\nEvery flag is also an environment variable (COURIER_GATE_ADDR for --gate.addr)\nand a config file key.\n\n%s", fs.FlagUsages())
@@ -84,6 +87,16 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "courier:", err)
 		return 1
 	}
+	if *addrFile != "" {
+		b, _ := json.Marshal(map[string]string{"gate": n.GateAddr(), "api": n.APIAddr(), "http": n.HTTPAddr()})
+		err := os.WriteFile(*addrFile+".tmp", b, 0o644)
+		if err == nil {
+			err = os.Rename(*addrFile+".tmp", *addrFile)
+		}
+		if err != nil {
+			log.Error("courier: --addr-file", "err", err)
+		}
+	}
 	if *dev {
 		printDevHelp(n)
 	}
@@ -100,8 +113,21 @@ func run(args []string) int {
 	return 0
 }
 
+// dialable turns a listen address such as ":7000" or "[::]:7001" into one
+// a client can dial on this machine.
+func dialable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
 func printDevHelp(n *node.Node) {
-	gate, api := n.GateAddr(), n.APIAddr()
+	gate, api := dialable(n.GateAddr()), dialable(n.APIAddr())
 	fmt.Fprintf(os.Stderr, `
 Courier is running (development mode).
   devices connect to  %s   (appcode 1, token secret %q)
@@ -111,5 +137,5 @@ Courier is running (development mode).
 Try it, in another terminal:
   bin/courierctl device --gate %s --app 1 --uid alice --secret %s
   bin/courierctl push   --api %s --key %s --app 1 --uid alice --payload 'hello alice'
-`, gate, devSecret, api, devKey, devOpKey, n.HTTPAddr(), gate, devSecret, api, devKey)
+`, gate, devSecret, api, devKey, devOpKey, dialable(n.HTTPAddr()), gate, devSecret, api, devKey)
 }

@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -70,6 +71,17 @@ func show(name string, h messages.Header, m proto.Message) {
 	if m != nil {
 		b, _ := protojson.Marshal(m)
 		s = string(b)
+	}
+	// Payloads are bytes; show them as text when they are.
+	switch p := m.(type) {
+	case *devicepb.S2C:
+		if utf8.Valid(p.Payload) {
+			s = fmt.Sprintf("msg_id=%s payload=%q", p.MsgId, p.Payload)
+		}
+	case *devicepb.C2CPush:
+		if utf8.Valid(p.Payload) {
+			s = fmt.Sprintf("msg_id=%s from=%s payload=%q", p.MsgId, p.FromUid, p.Payload)
+		}
 	}
 	fmt.Printf("%s %-16s seq=%-6d msgtype=%-4d %s\n", time.Now().Format("15:04:05.000"), name, h.Seq, h.MsgType, s)
 }

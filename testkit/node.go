@@ -1,0 +1,270 @@
+package testkit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/courier-im/courier/gate"
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+// Credentials every test node is started with.
+const (
+	// App1Secret signs device tokens of appcode 1; App2Secret of appcode 2.
+	App1Secret = "testkit-secret-of-app-1"
+	App2Secret = "testkit-secret-of-app-2"
+	// App1Key and App2Key are API keys acting for appcode 1 and 2;
+	// OperatorKey acts for all.
+	App1Key     = "testkit-api-key-app-1"
+	App2Key     = "testkit-api-key-app-2"
+	OperatorKey = "testkit-api-key-operator"
+)
+
+var (
+	buildOnce sync.Once
+	buildBin  string
+	buildErr  error
+)
+
+// moduleRoot finds the repository from this source file.
+func moduleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+// CourierBinary builds cmd/courier once per test process (with the race
+// detector when the tests run with it) and returns its path.
+func CourierBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "courier-testkit-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildBin = filepath.Join(dir, "courier")
+		args := []string{"build", "-o", buildBin}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		args = append(args, "./cmd/courier")
+		cmd := exec.Command("go", args...)
+		cmd.Dir = moduleRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build cmd/courier: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("testkit: %v", buildErr)
+	}
+	return buildBin
+}
+
+// NodeOptions tunes StartNode.
+type NodeOptions struct {
+	// DataDir is the node's data directory (default: a new temp dir).
+	DataDir string
+	// Args are extra flags, after the testkit's defaults (so they win).
+	Args []string
+}
+
+// Node is a courier node running as a separate process, as in production.
+type Node struct {
+	t       testing.TB
+	opts    NodeOptions
+	cmd     *exec.Cmd
+	logs    *syncBuffer
+	exited  chan struct{}
+	GateAddr string
+	APIAddr  string
+	HTTPAddr string
+}
+
+// syncBuffer collects a process's output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// StartNode starts a node on 127.0.0.1 with free ports, fast timers for
+// tests, and the testkit's credentials. It is stopped (SIGKILL) at the end
+// of the test, and the test fails if the node reported a data race.
+func StartNode(t testing.TB, opts NodeOptions) *Node {
+	t.Helper()
+	if opts.DataDir == "" {
+		opts.DataDir = t.TempDir()
+	}
+	n := &Node{t: t, opts: opts}
+	n.start()
+	return n
+}
+
+func (n *Node) start() {
+	t := n.t
+	t.Helper()
+	bin := CourierBinary(t)
+	addrFile := filepath.Join(n.opts.DataDir, "addrs.json")
+	_ = os.Remove(addrFile)
+	args := []string{
+		"--name", "test-node",
+		"--data-dir", n.opts.DataDir,
+		"--addr-file", addrFile,
+		"--gate.addr", "127.0.0.1:0",
+		"--api-addr", "127.0.0.1:0",
+		"--http-addr", "127.0.0.1:0",
+		"--cluster.bind", "127.0.0.1:0",
+		"--app-secret", "1=" + App1Secret,
+		"--app-secret", "2=" + App2Secret,
+		"--api-key", App1Key + "=1",
+		"--api-key", App2Key + "=2",
+		"--api-key", OperatorKey + "=*",
+		"--gate.tick-interval", "50ms",
+		"--gate.new-conns-per-ip", "0",
+		"--gate.frames-per-second", "0",
+		"--gate.bytes-per-second", "0",
+		"--actors.retry-initial", "300ms",
+		"--actors.retry-max", "1s",
+		"--shutdown-grace", "5s",
+		"--log-level", "debug",
+	}
+	args = append(args, n.opts.Args...)
+	n.cmd = exec.Command(bin, args...)
+	n.logs = &syncBuffer{}
+	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
+	n.cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66")
+	if err := n.cmd.Start(); err != nil {
+		t.Fatalf("testkit: start courier: %v", err)
+	}
+	n.exited = make(chan struct{})
+	go func() { _ = n.cmd.Wait(); close(n.exited) }()
+	t.Cleanup(func() {
+		n.kill()
+		if strings.Contains(n.logs.String(), "WARNING: DATA RACE") {
+			t.Errorf("testkit: the node reported a data race:\n%s", n.logs.String())
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
+			var a struct{ Gate, API, HTTP string }
+			if json.Unmarshal(b, &a) == nil && a.Gate != "" {
+				n.GateAddr, n.APIAddr, n.HTTPAddr = a.Gate, a.API, a.HTTP
+				return
+			}
+		}
+		select {
+		case <-n.exited:
+			t.Fatalf("testkit: courier exited at start (%v):\n%s", n.cmd.ProcessState, n.logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testkit: courier did not start within 60s:\n%s", n.logs.String())
+		}
+	}
+}
+
+func (n *Node) kill() {
+	select {
+	case <-n.exited:
+		return
+	default:
+	}
+	_ = n.cmd.Process.Kill()
+	<-n.exited
+}
+
+// Logs returns what the node has written so far.
+func (n *Node) Logs() string { return n.logs.String() }
+
+// Stop stops the node with sig (SIGTERM: graceful; SIGKILL: a crash) and
+// waits for the process to end.
+func (n *Node) Stop(sig syscall.Signal) {
+	n.t.Helper()
+	_ = n.cmd.Process.Signal(sig)
+	select {
+	case <-n.exited:
+	case <-time.After(30 * time.Second):
+		n.t.Fatalf("testkit: courier did not exit after %v:\n%s", sig, n.logs.String())
+	}
+	if sig == syscall.SIGTERM && !n.cmd.ProcessState.Success() {
+		n.t.Fatalf("testkit: courier exited with %v after SIGTERM:\n%s", n.cmd.ProcessState, n.logs.String())
+	}
+}
+
+// Restart starts the node again on the same data directory (with new
+// ports). The node must have been stopped.
+func (n *Node) Restart() {
+	n.t.Helper()
+	n.start()
+}
+
+// Token mints a device token for uid of app (1 or 2).
+func Token(t testing.TB, app uint16, uid string) string {
+	t.Helper()
+	secret := App1Secret
+	if app == 2 {
+		secret = App2Secret
+	}
+	tok, err := gate.MintToken([]byte(secret), app, uid, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// Device dials the node's gate and logs uid in on app, failing the test
+// unless the login succeeds.
+func (n *Node) Device(t testing.TB, app uint16, uid string) *Device {
+	t.Helper()
+	d := Dial(t, n.GateAddr, DeviceConfig{AppCode: app})
+	if ack := d.Login(uid, Token(t, app, uid), false); ack.Code != 0 {
+		t.Fatalf("testkit: login of %d/%s: %v %s", app, uid, ack.Code, ack.Reason)
+	}
+	return d
+}
+
+// API returns a client of the node's gRPC API that authenticates with
+// key; Ctx adds the key to a context.
+func (n *Node) API(t testing.TB) apipb.CourierClient {
+	t.Helper()
+	conn, err := grpc.NewClient(n.APIAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return apipb.NewCourierClient(conn)
+}
+
+// Ctx returns a context carrying key, cancelled at the end of the test.
+func Ctx(t testing.TB, key string) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+}

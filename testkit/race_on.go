@@ -1,0 +1,7 @@
+//go:build race
+
+package testkit
+
+// raceEnabled reports whether the tests run with the race detector, so the
+// node binary is built with it too.
+const raceEnabled = true
