@@ -93,7 +93,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		}
 	case *actor.ReceiveTimeout:
 		if a.d == nil || a.d.Idle() {
-			ctx.Send(ctx.Parent(), &cluster.Passivate{App: a.id.App, UID: a.id.UID, Seen: a.seen})
+			ctx.Request(ctx.Parent(), &cluster.Passivate{App: a.id.App, UID: a.id.UID, Seen: a.seen})
 		}
 		return
 	case *actor.Stopping:
