@@ -185,6 +185,11 @@ func (d *Device) TakeWrite() *store.Write {
 	}
 	w := d.next
 	d.next = nil
+	if w.Meta != nil {
+		// The committer encodes the write on its own goroutine while the
+		// machine goes on changing its meta.
+		w.Meta = proto.Clone(w.Meta).(*actorpb.IdentityMeta)
+	}
 	d.submitted++
 	d.inFlight = true
 	return w

@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -20,7 +21,7 @@ import (
 type bridge struct {
 	sys      *cluster.System
 	gateID   string
-	gateAddr string // the gate's public address, for presence
+	gateAddr atomic.Pointer[string] // the gate's public address, for presence (known after Start)
 	node     string
 	g        *gate.Gate // set after the gate is created
 	upstream Upstream
@@ -43,10 +44,17 @@ func (b *bridge) ref(id gate.ConnID) *actorpb.ConnRef {
 	return &actorpb.ConnRef{GateAddress: b.sys.Address(), GateId: b.gateID, ConnId: uint64(id), GateNode: b.node}
 }
 
+func (b *bridge) publicAddr() string {
+	if p := b.gateAddr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
 // Login implements gate.Handler.
 func (b *bridge) Login(c gate.ConnInfo, frameSeq uint32, login *devicepb.Login) {
 	b.sys.Send(&actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &actorpb.Envelope_Login{Login: &actorpb.DeviceLogin{
-		Conn: b.ref(c.ID), Login: login, FrameSeq: frameSeq, AtMs: time.Now().UnixMilli(), GateAddr: b.gateAddr,
+		Conn: b.ref(c.ID), Login: login, FrameSeq: frameSeq, AtMs: time.Now().UnixMilli(), GateAddr: b.publicAddr(),
 	}}})
 }
 
@@ -112,5 +120,5 @@ type sink struct {
 	id string
 }
 
-func (s sink) GateID() string                    { return s.id }
+func (s sink) GateID() string                  { return s.id }
 func (s sink) Deliver(m *actorpb.ToConn) error { return s.g.Deliver(m) }

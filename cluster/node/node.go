@@ -94,12 +94,14 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 	br.g = n.gate
 	n.sys.SetGate(sink{n.gate, br.gateID})
+	public := cfg.GatePublicAddr
+	br.gateAddr.Store(&public)
 	if err := n.gate.Start(); err != nil {
 		return nil, err
 	}
-	br.gateAddr = cfg.GatePublicAddr
-	if br.gateAddr == "" {
-		br.gateAddr = n.gate.Addr().String()
+	if public == "" {
+		public = n.gate.Addr().String()
+		br.gateAddr.Store(&public)
 	}
 
 	srv := api.New(keys, n.sys, cfg.API, n.gate.Lists())
