@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"slices"
 	"sort"
@@ -145,5 +144,3 @@ func edit(list, add, remove []string) []string {
 	}
 	return out
 }
-
-var _ = fmt.Sprintf

@@ -18,7 +18,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/courier-im/courier/actors/stats"
 	"github.com/courier-im/courier/actors/store"
+	"github.com/courier-im/courier/cluster/upstream"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/apipb"
 )
@@ -50,6 +52,17 @@ func DefaultLimits() Limits {
 	return Limits{MaxPayload: 60 << 10, MaxBatch: 1000, DefaultTTL: 72 * time.Hour, MaxTTL: 30 * 24 * time.Hour, MaxIdempotencyKey: 128}
 }
 
+// Deps are what the server works with.
+type Deps struct {
+	Keys   Keys
+	Req    Requester
+	Limits Limits
+	// Lists, Stats and Upstream may be nil on a node without a gate.
+	Lists    Lists
+	Stats    *stats.Recorder
+	Upstream *upstream.Router
+}
+
 // Server implements apipb.CourierServer.
 type Server struct {
 	apipb.UnimplementedCourierServer
@@ -58,16 +71,17 @@ type Server struct {
 	limits Limits
 	now    func() time.Time
 	lists  Lists
+	stats  *stats.Recorder
+	up     *upstream.Router
 }
 
-// New returns a server that authenticates with keys and reaches
-// identities through req. lists may be nil on a node without a gate.
-func New(keys Keys, req Requester, limits Limits, lists Lists) *Server {
-	return &Server{keys: keys, req: req, limits: limits, now: time.Now, lists: lists}
+// New returns a server.
+func New(d Deps) *Server {
+	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream}
 }
 
-// Register adds the server and its authentication to g's options; call
-// before creating the grpc.Server.
+// ServerOptions returns the options that authenticate every call; pass
+// them to grpc.NewServer.
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(s.keys.unary),

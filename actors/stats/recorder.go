@@ -1,0 +1,304 @@
+// Package stats keeps a node's delivery statistics per appcode and msgtype
+// (the business's "arrival rate"): how many messages were accepted,
+// delivered, acknowledged, retried, expired and dropped, the upstream
+// traffic received and acknowledged by app-servers, and the latency from
+// acceptance to acknowledgement, in total and over a recent window.
+//
+// Counters are kept in 10-second slots for the last hour and latencies in
+// one-minute slots, so a window is accurate to its slot size. A Recorder is
+// safe for concurrent use; it implements actors.Stats and upstream.Stats,
+// and is a prometheus.Collector.
+package stats
+
+import (
+	"sort"
+	"sync"
+	"time"
+)
+
+// Events counted.
+const (
+	evAccepted = iota
+	evDelivered
+	evAcked
+	evRetried
+	evExpired
+	evDropped
+	evUpReceived
+	evUpAcked
+)
+
+const (
+	slotSize    = 10 * time.Second
+	numSlots    = 360 // one hour of 10 s slots
+	latSlotSize = time.Minute
+	numLatSlots = 60
+	// MaxWindow is the longest window Snapshot can answer.
+	MaxWindow = time.Hour
+	// maxKeys bounds the (appcode, msgtype) pairs tracked; beyond it
+	// events of new msgtypes are counted under OtherMsgtype.
+	maxKeys = 4096
+)
+
+// OtherMsgtype collects the msgtypes beyond the tracking limit.
+const OtherMsgtype = uint32(1 << 31)
+
+// Counts are event counts.
+type Counts struct {
+	Accepted, Delivered, Acked, Retried, Expired, Dropped uint64
+	UpstreamReceived, UpstreamAcked                       uint64
+	// AcceptedStored counts the accepted messages that were stored (the
+	// arrival rate's denominator).
+	AcceptedStored uint64
+}
+
+func (c *Counts) add(o *Counts) {
+	c.Accepted += o.Accepted
+	c.Delivered += o.Delivered
+	c.Acked += o.Acked
+	c.Retried += o.Retried
+	c.Expired += o.Expired
+	c.Dropped += o.Dropped
+	c.UpstreamReceived += o.UpstreamReceived
+	c.UpstreamAcked += o.UpstreamAcked
+	c.AcceptedStored += o.AcceptedStored
+}
+
+// ArrivalRate is acknowledged / accepted-stored, or 0 when nothing was
+// accepted.
+func (c *Counts) ArrivalRate() float64 {
+	if c.AcceptedStored == 0 {
+		return 0
+	}
+	return float64(c.Acked) / float64(c.AcceptedStored)
+}
+
+func (c *Counts) inc(ev int) {
+	switch ev {
+	case evAccepted:
+		c.Accepted++
+	case evDelivered:
+		c.Delivered++
+	case evAcked:
+		c.Acked++
+	case evRetried:
+		c.Retried++
+	case evExpired:
+		c.Expired++
+	case evDropped:
+		c.Dropped++
+	case evUpReceived:
+		c.UpstreamReceived++
+	case evUpAcked:
+		c.UpstreamAcked++
+	}
+}
+
+// Latency summarises acknowledgement latencies, in microseconds.
+type Latency struct {
+	P50, P90, P99, P999, Max, Count uint64
+}
+
+func (h *histogram) summary() Latency {
+	return Latency{P50: h.percentile(50), P90: h.percentile(90), P99: h.percentile(99), P999: h.percentile(99.9), Max: h.max, Count: h.n}
+}
+
+// Key is an appcode and a msgtype.
+type Key struct {
+	App     uint16
+	Msgtype uint32
+}
+
+type slot struct {
+	epoch int64 // slot number since the Unix epoch
+	c     Counts
+}
+
+type latSlot struct {
+	epoch int64
+	h     histogram
+}
+
+type series struct {
+	mu      sync.Mutex
+	total   Counts
+	totalH  histogram
+	slots   [numSlots]slot
+	latency [numLatSlots]*latSlot
+}
+
+// Recorder is a node's delivery statistics.
+type Recorder struct {
+	now func() time.Time
+
+	mu     sync.RWMutex
+	series map[Key]*series
+}
+
+// New returns an empty recorder.
+func New() *Recorder {
+	return &Recorder{now: time.Now, series: map[Key]*series{}}
+}
+
+func (r *Recorder) get(app uint16, msgtype uint32) *series {
+	k := Key{app, msgtype}
+	r.mu.RLock()
+	s := r.series[k]
+	r.mu.RUnlock()
+	if s != nil {
+		return s
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s = r.series[k]; s != nil {
+		return s
+	}
+	if len(r.series) >= maxKeys {
+		k.Msgtype = OtherMsgtype
+		if s = r.series[k]; s != nil {
+			return s
+		}
+	}
+	s = &series{}
+	r.series[k] = s
+	return s
+}
+
+func (r *Recorder) record(app uint16, msgtype uint32, ev int, stored bool, lat time.Duration) {
+	s := r.get(app, msgtype)
+	now := r.now()
+	n := now.UnixNano() / int64(slotSize)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := &s.slots[n%numSlots]
+	if sl.epoch != n {
+		*sl = slot{epoch: n}
+	}
+	sl.c.inc(ev)
+	s.total.inc(ev)
+	if ev == evAccepted && stored {
+		sl.c.AcceptedStored++
+		s.total.AcceptedStored++
+	}
+	if ev == evAcked {
+		s.totalH.record(lat)
+		ln := now.UnixNano() / int64(latSlotSize)
+		ls := s.latency[ln%numLatSlots]
+		if ls == nil {
+			ls = &latSlot{}
+			s.latency[ln%numLatSlots] = ls
+		}
+		if ls.epoch != ln {
+			*ls = latSlot{epoch: ln}
+		}
+		ls.h.record(lat)
+	}
+}
+
+// Accepted implements actors.Stats.
+func (r *Recorder) Accepted(app uint16, msgtype uint32, stored bool) {
+	r.record(app, msgtype, evAccepted, stored, 0)
+}
+
+// Delivered implements actors.Stats.
+func (r *Recorder) Delivered(app uint16, msgtype uint32) { r.record(app, msgtype, evDelivered, false, 0) }
+
+// Acked implements actors.Stats.
+func (r *Recorder) Acked(app uint16, msgtype uint32, latency time.Duration) {
+	r.record(app, msgtype, evAcked, false, latency)
+}
+
+// Retried implements actors.Stats.
+func (r *Recorder) Retried(app uint16, msgtype uint32) { r.record(app, msgtype, evRetried, false, 0) }
+
+// Expired implements actors.Stats.
+func (r *Recorder) Expired(app uint16, msgtype uint32) { r.record(app, msgtype, evExpired, false, 0) }
+
+// Dropped implements actors.Stats and upstream.Stats.
+func (r *Recorder) Dropped(app uint16, msgtype uint32) { r.record(app, msgtype, evDropped, false, 0) }
+
+// UpstreamReceived implements upstream.Stats.
+func (r *Recorder) UpstreamReceived(app uint16, msgtype uint32) {
+	r.record(app, msgtype, evUpReceived, false, 0)
+}
+
+// UpstreamAcked implements upstream.Stats.
+func (r *Recorder) UpstreamAcked(app uint16, msgtype uint32) {
+	r.record(app, msgtype, evUpAcked, false, 0)
+}
+
+// UpstreamDropped implements upstream.Stats.
+func (r *Recorder) UpstreamDropped(app uint16, msgtype uint32) { r.Dropped(app, msgtype) }
+
+// Stat is the statistics of one key.
+type Stat struct {
+	Key
+	Total, Window               Counts
+	TotalLatency, WindowLatency Latency
+}
+
+// Snapshot returns the statistics of app's msgtypes (all if msgtypes is
+// empty), sorted by msgtype, with the recent window of length window
+// (rounded up to 10 s for counters and to a minute for latencies), and
+// their sum.
+func (r *Recorder) Snapshot(app uint16, msgtypes []uint32, window time.Duration) (per []Stat, all Stat) {
+	window = min(max(window, slotSize), MaxWindow)
+	want := map[uint32]bool{}
+	for _, m := range msgtypes {
+		want[m] = true
+	}
+	r.mu.RLock()
+	var keys []Key
+	for k := range r.series {
+		if k.App == app && (len(want) == 0 || want[k.Msgtype]) {
+			keys = append(keys, k)
+		}
+	}
+	ss := make([]*series, len(keys))
+	for i, k := range keys {
+		ss[i] = r.series[k]
+	}
+	r.mu.RUnlock()
+	sort.Slice(keys, func(i, j int) bool { return keys[i].Msgtype < keys[j].Msgtype })
+	idx := map[Key]*series{}
+	for i, k := range keys {
+		idx[k] = ss[i]
+	}
+
+	now := r.now()
+	cur := now.UnixNano() / int64(slotSize)
+	first := cur - int64((window+slotSize-1)/slotSize) + 1
+	lcur := now.UnixNano() / int64(latSlotSize)
+	lfirst := lcur - int64((window+latSlotSize-1)/latSlotSize) + 1
+
+	all = Stat{Key: Key{App: app}}
+	var allH, allWH histogram
+	for _, k := range keys {
+		s := idx[k]
+		st := Stat{Key: k}
+		var wh histogram
+		s.mu.Lock()
+		st.Total = s.total
+		for i := range s.slots {
+			if sl := &s.slots[i]; sl.epoch >= first && sl.epoch <= cur {
+				st.Window.add(&sl.c)
+			}
+		}
+		for _, ls := range s.latency {
+			if ls != nil && ls.epoch >= lfirst && ls.epoch <= lcur {
+				wh.merge(&ls.h)
+			}
+		}
+		st.TotalLatency = s.totalH.summary()
+		allH.merge(&s.totalH)
+		s.mu.Unlock()
+		st.WindowLatency = wh.summary()
+		allWH.merge(&wh)
+		all.Total.add(&st.Total)
+		all.Window.add(&st.Window)
+		per = append(per, st)
+	}
+	all.TotalLatency, all.WindowLatency = allH.summary(), allWH.summary()
+	return per, all
+}
+

@@ -1,0 +1,90 @@
+package stats
+
+import (
+	"testing"
+	"time"
+)
+
+func TestHistogramBuckets(t *testing.T) {
+	for _, us := range []uint64{0, 1, 7, 8, 15, 16, 17, 100, 999, 1000, 123456, 1 << 39} {
+		b := bucketOf(us)
+		if up := upper(b); up < us || (b > 0 && upper(b-1) >= us) {
+			t.Fatalf("%d µs: bucket %d covers (%d, %d]", us, b, upper(b-1), up)
+		}
+		if us >= 8 && float64(upper(b)) > float64(us)*1.125+1 {
+			t.Fatalf("%d µs: bucket upper %d is more than 12.5%% above", us, upper(b))
+		}
+	}
+	var h histogram
+	for i := 1; i <= 1000; i++ {
+		h.record(time.Duration(i) * time.Millisecond)
+	}
+	check := func(name string, got, want uint64) {
+		if float64(got) < float64(want) || float64(got) > float64(want)*1.13 {
+			t.Errorf("%s = %d µs, want about %d", name, got, want)
+		}
+	}
+	check("p50", h.percentile(50), 500_000)
+	check("p99", h.percentile(99), 990_000)
+	if h.percentile(100) != 1_000_000 || h.max != 1_000_000 {
+		t.Errorf("max %d", h.max)
+	}
+}
+
+func TestRecorderTotalsAndWindow(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	r := New()
+	r.now = func() time.Time { return now }
+	for range 10 {
+		r.Accepted(1, 7, true)
+	}
+	r.Accepted(1, 7, false)
+	r.Delivered(1, 7)
+	r.Acked(1, 7, 20*time.Millisecond)
+	r.Expired(1, 7)
+	r.Accepted(1, 8, true)
+	r.Accepted(2, 7, true) // another app: not in app 1's snapshot
+
+	now = now.Add(30 * time.Minute)
+	for range 4 {
+		r.Accepted(1, 7, true)
+		r.Acked(1, 7, 2*time.Millisecond)
+	}
+	r.Dropped(1, 7)
+	r.UpstreamReceived(1, 7)
+	r.UpstreamAcked(1, 7)
+
+	per, all := r.Snapshot(1, nil, time.Minute)
+	if len(per) != 2 || per[0].Msgtype != 7 || per[1].Msgtype != 8 {
+		t.Fatalf("keys %+v", per)
+	}
+	s := per[0]
+	if s.Total.Accepted != 15 || s.Total.AcceptedStored != 14 || s.Total.Acked != 5 || s.Total.Expired != 1 || s.Total.Dropped != 1 {
+		t.Fatalf("totals %+v", s.Total)
+	}
+	if s.Window.Accepted != 4 || s.Window.Acked != 4 || s.Window.UpstreamReceived != 1 || s.Window.Expired != 0 {
+		t.Fatalf("window %+v", s.Window)
+	}
+	if got := s.Window.ArrivalRate(); got != 1 {
+		t.Fatalf("window arrival rate %v", got)
+	}
+	if got := s.Total.ArrivalRate(); got != 5.0/14 {
+		t.Fatalf("total arrival rate %v", got)
+	}
+	if s.WindowLatency.Count != 4 || s.WindowLatency.Max != 2000 || s.TotalLatency.Max != 20000 {
+		t.Fatalf("latency window %+v total %+v", s.WindowLatency, s.TotalLatency)
+	}
+	if all.Total.Accepted != 16 || all.Window.Accepted != 4 {
+		t.Fatalf("sum %+v", all.Total)
+	}
+	only, _ := r.Snapshot(1, []uint32{8}, time.Hour)
+	if len(only) != 1 || only[0].Total.Accepted != 1 {
+		t.Fatalf("filtered %+v", only)
+	}
+	// An hour later the old slots no longer count.
+	now = now.Add(2 * time.Hour)
+	per, _ = r.Snapshot(1, []uint32{7}, time.Hour)
+	if per[0].Window.Accepted != 0 || per[0].Total.Accepted != 15 {
+		t.Fatalf("stale window %+v", per[0].Window)
+	}
+}

@@ -1,0 +1,415 @@
+// Package upstream routes the devices' C2S traffic to the app-servers
+// subscribed to it over the API's Upstream stream. It does not pass
+// through the device actors: high-rate upstream such as GPS reports goes
+// from the gate's event loop into a bounded queue per (appcode, msgtype)
+// and from there to a subscriber with room.
+//
+// Subscribers of the same appcode and msgtype share the load: each
+// message goes to one of them, the least loaded with room first. A
+// subscriber acknowledges what it has processed; what it holds
+// unacknowledged when its stream ends goes back to the front of the queue
+// and to another subscriber (at-least-once). Without any subscriber a C2S
+// is refused (NO_SUBSCRIBER); with a full queue it is refused
+// (UPSTREAM_BUSY): nothing accepted is dropped silently. Queued messages
+// live in memory: a node that crashes loses what its subscribers had not
+// yet acknowledged (docs/operating.md).
+//
+// A Router is safe for concurrent use. Lock order: Router.mu only.
+package upstream
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+var (
+	// ErrNoSubscriber: nobody is subscribed to the message's appcode and
+	// msgtype.
+	ErrNoSubscriber = errors.New("upstream: no subscriber")
+	// ErrFull: the queue of the message's appcode and msgtype is full.
+	ErrFull = errors.New("upstream: queue full")
+	// ErrClosed: the router is shut down.
+	ErrClosed = errors.New("upstream: closed")
+)
+
+// Config bounds the router.
+type Config struct {
+	// QueueLen is the most messages waiting per (appcode, msgtype) for a
+	// subscriber with room (default 65,536).
+	QueueLen int
+	// MaxAge drops queued messages no subscriber took for this long
+	// (default 10 minutes); each is counted as dropped.
+	MaxAge time.Duration
+	// DefaultInFlight is a subscriber's window when it asks for none
+	// (default 1024); MaxInFlight caps what it may ask (default 65,536).
+	DefaultInFlight int
+	MaxInFlight     int
+	// MaxBatch is the most messages in one UpstreamDelivery (default 256).
+	MaxBatch int
+}
+
+// DefaultConfig returns the defaults documented on Config.
+func DefaultConfig() Config {
+	return Config{QueueLen: 1 << 16, MaxAge: 10 * time.Minute, DefaultInFlight: 1024, MaxInFlight: 1 << 16, MaxBatch: 256}
+}
+
+// Stats receives the router's events (implemented by the node's delivery
+// statistics).
+type Stats interface {
+	UpstreamReceived(app uint16, msgtype uint32)
+	UpstreamAcked(app uint16, msgtype uint32)
+	UpstreamDropped(app uint16, msgtype uint32)
+}
+
+type key struct {
+	app     uint16
+	msgtype uint32
+}
+
+// message is a C2S on its way to an app-server.
+type message struct {
+	m        *apipb.UpstreamMessage
+	queuedAt time.Time
+}
+
+// queue is a FIFO of one (appcode, msgtype).
+type queue struct {
+	items []*message
+	head  int
+}
+
+func (q *queue) len() int           { return len(q.items) - q.head }
+func (q *queue) push(m *message)    { q.items = append(q.items, m) }
+func (q *queue) peek() *message     { return q.items[q.head] }
+func (q *queue) pushFront(m *message) {
+	if q.head > 0 {
+		q.head--
+		q.items[q.head] = m
+		return
+	}
+	q.items = append([]*message{m}, q.items...)
+}
+
+func (q *queue) pop() *message {
+	m := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	} else if q.head > 1024 && q.head > len(q.items)/2 {
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items, q.head = q.items[:n], 0
+	}
+	return m
+}
+
+// Subscriber is one app-server stream.
+type Subscriber struct {
+	r        *Router
+	app      uint16
+	all      bool
+	msgtypes map[uint32]bool
+	window   int
+	inflight map[uint64]*message
+	outbox   []*apipb.UpstreamMessage
+	notify   chan struct{}
+	closed   bool
+}
+
+// Router is a node's upstream router.
+type Router struct {
+	cfg   Config
+	stats Stats
+	now   func() time.Time
+
+	mu     sync.Mutex
+	queues map[key]*queue
+	subs   map[uint16][]*Subscriber
+	nextID uint64
+	rr     int
+	closed bool
+
+	quit chan struct{}
+	wg   sync.WaitGroup
+}
+
+// New returns a router; stats may be nil.
+func New(cfg Config, stats Stats) *Router {
+	r := &Router{cfg: cfg, stats: stats, now: time.Now, queues: map[key]*queue{}, subs: map[uint16][]*Subscriber{}, quit: make(chan struct{})}
+	r.wg.Add(1)
+	go r.expireLoop()
+	return r
+}
+
+func (s *Subscriber) takes(msgtype uint32) bool { return s.all || s.msgtypes[msgtype] }
+
+// Publish accepts a device's C2S for the app-servers. It returns
+// ErrNoSubscriber or ErrFull when it does not accept it.
+func (r *Router) Publish(m *apipb.UpstreamMessage) error {
+	k := key{uint16(m.AppCode), m.Msgtype}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	subscribed := false
+	for _, s := range r.subs[k.app] {
+		if s.takes(k.msgtype) {
+			subscribed = true
+			break
+		}
+	}
+	if !subscribed {
+		return ErrNoSubscriber
+	}
+	q := r.queues[k]
+	if q == nil {
+		q = &queue{}
+		r.queues[k] = q
+	}
+	if q.len() >= r.cfg.QueueLen {
+		return ErrFull
+	}
+	r.nextID++
+	m.DeliveryId = r.nextID
+	q.push(&message{m: m, queuedAt: r.now()})
+	if r.stats != nil {
+		r.stats.UpstreamReceived(k.app, k.msgtype)
+	}
+	r.dispatchLocked(k, q)
+	return nil
+}
+
+// dispatchLocked hands queued messages of k to subscribers with room, the
+// least loaded first.
+func (r *Router) dispatchLocked(k key, q *queue) {
+	subs := r.subs[k.app]
+	for q.len() > 0 {
+		var best *Subscriber
+		for i := range subs {
+			s := subs[(r.rr+i)%len(subs)]
+			if s.closed || !s.takes(k.msgtype) || len(s.inflight) >= s.window {
+				continue
+			}
+			if best == nil || len(s.inflight) < len(best.inflight) {
+				best = s
+			}
+		}
+		if best == nil {
+			return
+		}
+		r.rr++
+		m := q.pop()
+		m.m.Attempt++
+		best.inflight[m.m.DeliveryId] = m
+		best.outbox = append(best.outbox, m.m)
+		select {
+		case best.notify <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Subscribe registers an app-server for app and msgtypes (empty: all of
+// the app's). window is its in-flight limit (0: the default).
+func (r *Router) Subscribe(app uint16, msgtypes []uint32, window int) (*Subscriber, error) {
+	if window <= 0 {
+		window = r.cfg.DefaultInFlight
+	}
+	window = min(window, r.cfg.MaxInFlight)
+	s := &Subscriber{r: r, app: app, all: len(msgtypes) == 0, msgtypes: map[uint32]bool{}, window: window,
+		inflight: map[uint64]*message{}, notify: make(chan struct{}, 1)}
+	for _, t := range msgtypes {
+		s.msgtypes[t] = true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, ErrClosed
+	}
+	r.subs[app] = append(r.subs[app], s)
+	// Messages that waited for a subscriber with room go to the new one.
+	for k, q := range r.queues {
+		if k.app == app && s.takes(k.msgtype) {
+			r.dispatchLocked(k, q)
+		}
+	}
+	return s, nil
+}
+
+// Next blocks until messages are ready for the subscriber (at most the
+// router's MaxBatch) or done is closed; nil means the subscriber or the
+// router is closed.
+func (s *Subscriber) Next(done <-chan struct{}) []*apipb.UpstreamMessage {
+	for {
+		s.r.mu.Lock()
+		if s.closed {
+			s.r.mu.Unlock()
+			return nil
+		}
+		if len(s.outbox) > 0 {
+			n := min(len(s.outbox), s.r.cfg.MaxBatch)
+			out := make([]*apipb.UpstreamMessage, n)
+			copy(out, s.outbox)
+			rest := copy(s.outbox, s.outbox[n:])
+			clear(s.outbox[rest:])
+			s.outbox = s.outbox[:rest]
+			if rest > 0 {
+				select {
+				case s.notify <- struct{}{}:
+				default:
+				}
+			}
+			s.r.mu.Unlock()
+			return out
+		}
+		s.r.mu.Unlock()
+		select {
+		case <-s.notify:
+		case <-done:
+			return nil
+		case <-s.r.quit:
+			return nil
+		}
+	}
+}
+
+// Ack records that the subscriber processed the deliveries; ids it does
+// not hold are ignored. Freed room is filled at once.
+func (s *Subscriber) Ack(ids []uint64) {
+	r := s.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	touched := map[key]bool{}
+	for _, id := range ids {
+		m, ok := s.inflight[id]
+		if !ok {
+			continue
+		}
+		delete(s.inflight, id)
+		k := key{uint16(m.m.AppCode), m.m.Msgtype}
+		touched[k] = true
+		if r.stats != nil {
+			r.stats.UpstreamAcked(k.app, k.msgtype)
+		}
+	}
+	for k := range touched {
+		if q := r.queues[k]; q != nil {
+			r.dispatchLocked(k, q)
+		}
+	}
+}
+
+// Close ends the subscription: what it held unacknowledged goes back to
+// the front of its queues, in delivery order, for the other subscribers.
+func (s *Subscriber) Close() {
+	r := s.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	subs := r.subs[s.app]
+	for i, x := range subs {
+		if x == s {
+			r.subs[s.app] = append(subs[:i:i], subs[i+1:]...)
+			break
+		}
+	}
+	// Requeue newest first so that the oldest ends up at the front.
+	back := make([]*message, 0, len(s.inflight))
+	for _, m := range s.inflight {
+		back = append(back, m)
+	}
+	sortByID(back)
+	touched := map[key]bool{}
+	for i := len(back) - 1; i >= 0; i-- {
+		m := back[i]
+		k := key{uint16(m.m.AppCode), m.m.Msgtype}
+		q := r.queues[k]
+		if q == nil {
+			q = &queue{}
+			r.queues[k] = q
+		}
+		q.pushFront(m)
+		touched[k] = true
+	}
+	s.inflight, s.outbox = nil, nil
+	for k := range touched {
+		r.dispatchLocked(k, r.queues[k])
+	}
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+func sortByID(ms []*message) {
+	// Insertion sort: a subscriber's window is small and mostly ordered.
+	for i := 1; i < len(ms); i++ {
+		for j := i; j > 0 && ms[j].m.DeliveryId < ms[j-1].m.DeliveryId; j-- {
+			ms[j], ms[j-1] = ms[j-1], ms[j]
+		}
+	}
+}
+
+// Queued returns how many messages wait for a subscriber, in all queues.
+func (r *Router) Queued() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, q := range r.queues {
+		n += q.len()
+	}
+	return n
+}
+
+// expireLoop drops messages that waited longer than MaxAge.
+func (r *Router) expireLoop() {
+	defer r.wg.Done()
+	t := time.NewTicker(min(r.cfg.MaxAge/4, 10*time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-r.quit:
+			return
+		case <-t.C:
+			r.expire()
+		}
+	}
+}
+
+func (r *Router) expire() {
+	cut := r.now().Add(-r.cfg.MaxAge)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, q := range r.queues {
+		for q.len() > 0 && q.peek().queuedAt.Before(cut) {
+			q.pop()
+			if r.stats != nil {
+				r.stats.UpstreamDropped(k.app, k.msgtype)
+			}
+		}
+		if q.len() == 0 {
+			delete(r.queues, k)
+		}
+	}
+}
+
+// Close stops the router: subscribers' Next returns nil, Publish fails.
+func (r *Router) Close() {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.closed = true
+	r.mu.Unlock()
+	close(r.quit)
+	r.wg.Wait()
+}
