@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,7 +32,10 @@ import (
 // 20,000 descriptors here and the clients need their own. The child
 // serves a gate with an auto-accepting handler and answers "stats" lines
 // on stdin (after runtime.GC and debug.FreeOSMemory) with its RSS and heap.
-const benchChildEnv = "COURIER_GATE_BENCH_CHILD"
+const (
+	benchChildEnv  = "COURIER_GATE_BENCH_CHILD"
+	childNofileEnv = "COURIER_GATE_CHILD_NOFILE" // RLIMIT_NOFILE of the child
+)
 
 func TestMain(m *testing.M) {
 	if os.Getenv(benchChildEnv) == "1" {
@@ -62,6 +66,15 @@ func (*acceptAll) Closed(gate.ConnInfo, gate.CloseReason)       {}
 func benchChild() int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg := gate.DefaultConfig()
+	if s := os.Getenv(childNofileEnv); s != "" {
+		// A low open-files limit, to show the cap keeps accept from EMFILE.
+		n, _ := strconv.ParseUint(s, 10, 64)
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: n}); err != nil {
+			log.Error("child: setrlimit", "err", err)
+			return 1
+		}
+		cfg.FDReserve = 64
+	}
 	cfg.Addr = "127.0.0.1:0"
 	cfg.AppSecrets = map[uint16][]byte{app1: secret1}
 	cfg.NewConnsPerIP = 0
@@ -138,58 +151,8 @@ func TestGateMemory(t *testing.T) {
 		}
 	}
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), benchChildEnv+"=1")
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		stdin.Close()
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
-	lines := bufio.NewScanner(stdout)
-	readLine := func(prefix string) string {
-		t.Helper()
-		if !lines.Scan() {
-			t.Fatalf("child: %v", lines.Err())
-		}
-		l := lines.Text()
-		if !strings.HasPrefix(l, prefix) {
-			t.Fatalf("child said %q, want %s...", l, prefix)
-		}
-		return strings.TrimPrefix(l, prefix)
-	}
-	addr := readLine("ADDR ")
-	stats := func() childStats {
-		t.Helper()
-		if _, err := io.WriteString(stdin, "stats\n"); err != nil {
-			t.Fatal(err)
-		}
-		var s childStats
-		var g int64
-		_, err := fmt.Sscanf(readLine("STATS "), "rss=%d heap_inuse=%d stack_inuse=%d sys=%d conns=%d goroutines=%d",
-			&s.rss, &s.heap, &s.stack, &s.sys, &s.conns, &g)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	ch := startChild(t)
+	addr, stats := ch.addr, ch.stats
 
 	// Source addresses differ per run, so TIME_WAIT of earlier runs does
 	// not get in the way: 127.<rotating>.<n>.1, 4,000 connections each.
@@ -228,6 +191,71 @@ func TestGateMemory(t *testing.T) {
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// child is a gate in a child process.
+type child struct {
+	addr  string
+	stats func() childStats
+}
+
+// startChild re-executes the test binary as a gate process with the
+// extra environment env ("K=V"); it is stopped at the end of the test.
+func startChild(t *testing.T, env ...string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), benchChildEnv+"=1"), env...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	lines := bufio.NewScanner(stdout)
+	readLine := func(prefix string) string {
+		t.Helper()
+		if !lines.Scan() {
+			t.Fatalf("child: %v (exited?)", lines.Err())
+		}
+		l := lines.Text()
+		if !strings.HasPrefix(l, prefix) {
+			t.Fatalf("child said %q, want %s...", l, prefix)
+		}
+		return strings.TrimPrefix(l, prefix)
+	}
+	ch := &child{addr: readLine("ADDR ")}
+	ch.stats = func() childStats {
+		t.Helper()
+		if _, err := io.WriteString(stdin, "stats\n"); err != nil {
+			t.Fatalf("child: %v", err)
+		}
+		var s childStats
+		var g int64
+		_, err := fmt.Sscanf(readLine("STATS "), "rss=%d heap_inuse=%d stack_inuse=%d sys=%d conns=%d goroutines=%d",
+			&s.rss, &s.heap, &s.stack, &s.sys, &s.conns, &g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	return ch
+}
 
 // loginMany opens n connections (numbered from first) and logs each in,
 // 32 at a time, with a minimal client: the load generator must stay light.
