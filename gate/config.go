@@ -50,7 +50,8 @@ type Config struct {
 
 	// OutQueueFrames and OutQueueBytes bound the frames waiting for a
 	// connection's event loop. A Deliver that would pass either limit
-	// disconnects the client (CloseSlowClient).
+	// disconnects the client (CloseSlowClient); so does a single Deliver
+	// larger than OutQueueBytes.
 	OutQueueFrames int
 	OutQueueBytes  int
 	// MaxOutboundBuffered bounds what gnet holds for a connection whose
@@ -188,8 +189,8 @@ func (c *Config) validate() error {
 	if c.OutQueueFrames < 1 || c.OutQueueFrames > 1<<20 {
 		return invalid("Config.OutQueueFrames %d: want 1..1Mi", c.OutQueueFrames)
 	}
-	if c.OutQueueBytes < int(c.MaxFrameSize)+messages.HeaderSize {
-		return invalid("Config.OutQueueBytes %d: want at least one frame of Config.MaxFrameSize (%d)", c.OutQueueBytes, int(c.MaxFrameSize)+messages.HeaderSize)
+	if c.OutQueueBytes < int(c.MaxFrameSize)+messages.HeaderSize || c.OutQueueBytes > 1<<30 {
+		return invalid("Config.OutQueueBytes %d: want one frame of Config.MaxFrameSize (%d) up to 1 GiB", c.OutQueueBytes, int(c.MaxFrameSize)+messages.HeaderSize)
 	}
 	if c.MaxOutboundBuffered < int(c.MaxFrameSize)+messages.HeaderSize {
 		return invalid("Config.MaxOutboundBuffered %d: want at least one frame of Config.MaxFrameSize (%d)", c.MaxOutboundBuffered, int(c.MaxFrameSize)+messages.HeaderSize)

@@ -34,19 +34,18 @@ type conn struct {
 	remote netip.AddrPort
 
 	// event loop only
-	uid, deviceID   string
-	epoch           uint64
-	openedAt        int64 // tick
-	lastActive      int64 // tick of the last frame received
-	frameTokens     bucket.Bucket
-	byteTokens      bucket.Bucket
-	app             uint16
-	state           connState
-	zstd            bool // compression negotiated
-	reachedLogin    bool // the Handler saw Login: it gets Closed
-	closed          bool
-	closeReason     CloseReason
-	loginFailReason string // metrics label when a failed login closes
+	uid, deviceID string
+	epoch         uint64
+	openedAt      int64 // tick
+	lastActive    int64 // tick of the last frame received
+	frameTokens   bucket.Bucket
+	byteTokens    bucket.Bucket
+	app           uint16
+	state         connState
+	zstd          bool // compression negotiated
+	reachedLogin  bool // the Handler saw Login: it gets Closed
+	closed        bool
+	closeReason   CloseReason
 
 	// shared with Deliver, under mu
 	mu            sync.Mutex

@@ -227,5 +227,8 @@ func (s *conn) applyLogin(o *actorpb.LoginOutcome, zstd bool) {
 	s.state = stateLoggedIn
 	s.app, s.uid, s.epoch, s.zstd = uint16(o.AppCode), o.Uid, o.Epoch, zstd
 	s.lastActive = g.nowTick()
+	// The idle deadline may come before the login deadline the wheel
+	// holds; the wheel only tolerates deadlines moving later.
+	s.loop.wheel.Schedule(&s.node, s.deadline(g))
 	g.metrics.logins.Inc()
 }

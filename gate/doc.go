@@ -8,4 +8,25 @@
 // Event-loop callbacks never block. Other goroutines write to a connection
 // only through its bounded outbound queue, which the connection's loop
 // drains in batches.
+//
+// The node implements Handler (called on the event loops, must not block)
+// and answers through Gate.Deliver (any goroutine): a login's outcome with
+// its LOGIN_ACK, frames to write, a close. Logins are verified at the edge
+// (Authenticator; HS256 JWTs by default, see MintToken) and checked
+// against the uid blacklist before the Handler sees them. Timeouts run on
+// one timing wheel per loop, so a tick costs the connections that came due,
+// not all of them. Black and white lists change at runtime through
+// Gate.Lists or a JSON file (ListsSnapshot documents the format). Counters
+// are courier_gate_* on the Prometheus registerer given to New.
+//
+// Beyond PROTOCOL.md, clients may see: an ERROR with seq 0 right after
+// connecting, SERVER_BUSY (connection cap reached, or the gate is
+// draining) or RATE_LIMITED (too many new connections from the address),
+// then a close; a close without any frame when the source address is
+// refused by the IP lists; ERROR RATE_LIMITED answering the frame that ran
+// a per-connection rate dry, then a close; KICKOUT SLOW_CLIENT when its
+// outbound queue overflowed, KICKOUT UID_BLACKLISTED or
+// KICKED_BY_OPERATOR when a list update refuses a connected client, and
+// KICKOUT SERVER_SHUTDOWN on Shutdown. APP_MISMATCH is checked after
+// "command known" and before "body decodes".
 package gate

@@ -116,7 +116,7 @@ func New(cfg Config, h Handler, reg prometheus.Registerer, log *slog.Logger) (*G
 	g.events = &events{g: g}
 	g.loops.Store(&[]*loop{})
 	g.lists = &Lists{g: g}
-	if err := g.lists.Update(cfg.Lists); err != nil {
+	if err := g.lists.update(cfg.Lists, "config"); err != nil {
 		return nil, fmt.Errorf("%w: Config.Lists: %v", ErrInvalidConfig, err)
 	}
 	if cfg.ListsFile != "" {

@@ -135,10 +135,13 @@ func (l *Lists) Snapshot() ListsSnapshot { return l.cur.Load().src.clone() }
 
 // Update replaces the lists with s. It returns an error wrapping
 // ErrBadLists, and changes nothing, if an entry does not parse.
-func (l *Lists) Update(s ListsSnapshot) error {
+func (l *Lists) Update(s ListsSnapshot) error { return l.update(s, "api") }
+
+// update is Update with the source named in logs and metrics.
+func (l *Lists) update(s ListsSnapshot, source string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.updateLocked(s, "api")
+	return l.updateLocked(s, source)
 }
 
 // Modify applies f to a copy of the current lists and stores the result,

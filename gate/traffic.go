@@ -58,7 +58,9 @@ func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
 		act = s.onFrame(h, herr != nil, frame[messages.HeaderSize:])
 		_, _ = c.Discard(total)
 		if len(l.out) >= maxReplyBuf {
-			l.flush(s)
+			if l.flush(s); s.closed {
+				return gnet.Close // gnet ignores the stale conn
+			}
 		}
 	}
 	if frames > 0 {

@@ -10,8 +10,10 @@ func TestPerAddressAndBounded(t *testing.T) {
 	l := New(1, 2, 3)
 	now := time.Unix(1000, 0)
 	a := netip.MustParseAddr("10.0.0.1")
-	if !l.Allow(a, now) || !l.Allow(a, now) {
-		t.Fatal("burst refused")
+	for i := range 2 {
+		if !l.Allow(a, now) {
+			t.Fatalf("burst event %d refused", i)
+		}
 	}
 	if l.Allow(a, now) {
 		t.Fatal("third event in the same instant allowed")

@@ -1,0 +1,93 @@
+package testkit
+
+import (
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/devicepb"
+)
+
+// recorder is a testing.TB whose Fatalf records instead of stopping.
+type recorder struct {
+	testing.TB
+	failed string
+}
+
+func (r *recorder) Helper() {}
+func (r *recorder) Fatalf(format string, args ...any) {
+	r.failed = fmt.Sprintf(format, args...)
+}
+
+func TestEventually(t *testing.T) {
+	n := 0
+	Eventually(t, time.Second, func() bool { n++; return n == 3 }, "third poll")
+	if n != 3 {
+		t.Fatalf("polled %d times", n)
+	}
+	r := &recorder{TB: t}
+	start := time.Now()
+	Eventually(r, 30*time.Millisecond, func() bool { return false }, "never %s", "true")
+	if r.failed == "" || time.Since(start) < 30*time.Millisecond {
+		t.Fatalf("no failure on timeout (%q)", r.failed)
+	}
+	if want := "condition not met within 30ms: never true"; r.failed != want {
+		t.Fatalf("message %q, want %q", r.failed, want)
+	}
+}
+
+// TestDeviceAgainstScriptedServer runs a Device against a tiny scripted
+// server: login with compression, a compressed push, a keepalive, close.
+func TestDeviceAgainstScriptedServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	z, _ := zstdCodec()
+	payload := make([]byte, 4096)
+	serverErr := make(chan error, 1)
+	go func() {
+		serverErr <- func() error {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r := messages.NewReader(c, 1<<20)
+			f, err := r.ReadFrame()
+			if err != nil || f.Cmd != messages.CmdLogin {
+				return fmt.Errorf("want LOGIN: %v %v", f.Cmd, err)
+			}
+			out, _ := messages.AppendMessage(nil, messages.Header{Cmd: messages.CmdLoginAck, AppCode: 7, Seq: f.Seq},
+				&devicepb.LoginAck{Code: devicepb.Code_OK, Zstd: true})
+			s2c, _ := messages.AppendMessage(nil, messages.Header{}, &devicepb.S2C{MsgId: "m", Payload: payload})
+			out = messages.AppendFrame(out, messages.Header{Cmd: messages.CmdS2C, AppCode: 7, Seq: 9, Flags: messages.FlagZstd},
+				z.Compress(nil, s2c[messages.HeaderSize:]))
+			if _, err := c.Write(out); err != nil {
+				return err
+			}
+			if f, err = r.ReadFrame(); err != nil || f.Cmd != messages.CmdKeepalive || f.AppCode != 7 {
+				return fmt.Errorf("want KEEPALIVE: %v %v", f.Cmd, err)
+			}
+			out = messages.AppendFrame(nil, messages.Header{Cmd: messages.CmdKeepaliveAck, AppCode: 7, Seq: f.Seq}, nil)
+			_, err = c.Write(out)
+			return err
+		}()
+	}()
+	d := Dial(t, ln.Addr().String(), DeviceConfig{AppCode: 7, LocalAddr: "127.0.0.1", Timeout: 2 * time.Second})
+	if ack := d.Login("u", "t", true); ack.Code != devicepb.Code_OK || !d.Compressing() {
+		t.Fatalf("login: %v", ack)
+	}
+	f := d.Expect(messages.CmdS2C)
+	if !f.Compressed() || len(f.Msg.(*devicepb.S2C).Payload) != len(payload) {
+		t.Fatalf("S2C %+v", f.Header)
+	}
+	d.Keepalive()
+	d.ExpectClosed()
+	if err := <-serverErr; err != nil {
+		t.Fatal(err)
+	}
+}
