@@ -2,16 +2,20 @@ package node
 
 import (
 	"bytes"
+	"errors"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/courier-im/courier/actors"
 	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/cluster"
+	"github.com/courier-im/courier/cluster/upstream"
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
 	"github.com/courier-im/courier/messages/devicepb"
 )
 
@@ -24,20 +28,8 @@ type bridge struct {
 	gateAddr atomic.Pointer[string] // the gate's public address, for presence (known after Start)
 	node     string
 	g        *gate.Gate // set after the gate is created
-	upstream Upstream
-}
-
-// Upstream takes the devices' C2S frames (the upstream router).
-type Upstream interface {
-	// C2S hands over one frame and returns the C2S_ACK to answer.
-	C2S(c gate.ConnInfo, h messages.Header, m *devicepb.C2S) *devicepb.C2SAck
-}
-
-// noUpstream answers every C2S with NO_SUBSCRIBER.
-type noUpstream struct{}
-
-func (noUpstream) C2S(gate.ConnInfo, messages.Header, *devicepb.C2S) *devicepb.C2SAck {
-	return &devicepb.C2SAck{Code: devicepb.Code_NO_SUBSCRIBER, Reason: "no app-server is subscribed to this appcode and msgtype"}
+	up       *upstream.Router
+	ids      *actors.IDGen
 }
 
 func (b *bridge) ref(id gate.ConnID) *actorpb.ConnRef {
@@ -66,11 +58,7 @@ func (b *bridge) Frame(c gate.ConnInfo, h messages.Header, body []byte) {
 		if err := proto.Unmarshal(body, &m); err != nil {
 			return // the gate checked the body decodes
 		}
-		ack := b.upstream.C2S(c, h, &m)
-		if ack.ClientMsgId == "" {
-			ack.ClientMsgId = m.ClientMsgId
-		}
-		b.reply(c, h, messages.CmdC2SAck, ack)
+		b.reply(c, h, messages.CmdC2SAck, b.c2s(c, h, &m))
 	case messages.CmdC2C:
 		var m devicepb.C2C
 		if err := proto.Unmarshal(body, &m); err != nil {
@@ -95,6 +83,26 @@ func (b *bridge) Frame(c gate.ConnInfo, h messages.Header, body []byte) {
 			Conn: b.ref(c.ID), Epoch: c.Epoch, Cmd: uint32(h.Cmd), Msgtype: uint32(h.MsgType), Seq: h.Seq, Body: bytes.Clone(body),
 		}}})
 	}
+}
+
+// c2s hands a C2S to the upstream router (never through the device
+// actor) and returns the answer for the device.
+func (b *bridge) c2s(c gate.ConnInfo, h messages.Header, m *devicepb.C2S) *devicepb.C2SAck {
+	id := b.ids.Next()
+	err := b.up.Publish(&apipb.UpstreamMessage{
+		AppCode: uint32(c.AppCode), Msgtype: uint32(h.MsgType), Uid: c.UID, DeviceId: c.DeviceID,
+		MsgId: id, ClientMsgId: m.ClientMsgId, Payload: m.Payload, ReceivedAtMs: time.Now().UnixMilli(),
+	})
+	ack := &devicepb.C2SAck{Code: devicepb.Code_OK, MsgId: id, ClientMsgId: m.ClientMsgId}
+	switch {
+	case errors.Is(err, upstream.ErrNoSubscriber):
+		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_NO_SUBSCRIBER, "", "no app-server is subscribed to this appcode and msgtype"
+	case errors.Is(err, upstream.ErrFull):
+		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_UPSTREAM_BUSY, "", "the app-servers are behind: retry later"
+	case err != nil:
+		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_UNAVAILABLE, "", "the node is shutting down: retry"
+	}
+	return ack
 }
 
 // reply answers a frame on its own connection, straight through the gate.

@@ -10,6 +10,7 @@ import (
 	"github.com/courier-im/courier/actors"
 	"github.com/courier-im/courier/cluster"
 	"github.com/courier-im/courier/cluster/api"
+	"github.com/courier-im/courier/cluster/upstream"
 	"github.com/courier-im/courier/gate"
 )
 
@@ -38,10 +39,11 @@ type Config struct {
 	// ShutdownGrace bounds the graceful shutdown (default 10 s).
 	ShutdownGrace time.Duration
 
-	Gate    gate.Config
-	Cluster cluster.Config
-	Actors  actors.Config
-	API     api.Limits
+	Gate     gate.Config
+	Cluster  cluster.Config
+	Actors   actors.Config
+	API      api.Limits
+	Upstream upstream.Config
 }
 
 // DefaultConfig returns the defaults of every setting.
@@ -65,6 +67,7 @@ func DefaultConfig() Config {
 		Cluster:       cluster.DefaultConfig(),
 		Actors:        a,
 		API:           api.DefaultLimits(),
+		Upstream:      upstream.DefaultConfig(),
 	}
 }
 
@@ -114,6 +117,17 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	if c.API.MaxPayload < 1 || c.API.MaxPayload+1024 > int(c.Gate.MaxFrameSize) {
 		return nil, nil, fmt.Errorf("node: api.max-payload %d: must be positive and leave 1 KiB of the %d-byte frame limit for the envelope",
 			c.API.MaxPayload, c.Gate.MaxFrameSize)
+	}
+	u := c.Upstream
+	switch {
+	case u.QueueLen < 1:
+		return nil, nil, fmt.Errorf("node: upstream.queue-len %d: must be at least 1", u.QueueLen)
+	case u.MaxAge < time.Second:
+		return nil, nil, fmt.Errorf("node: upstream.max-age %v: must be at least 1s", u.MaxAge)
+	case u.DefaultInFlight < 1 || u.MaxInFlight < u.DefaultInFlight:
+		return nil, nil, fmt.Errorf("node: upstream.default-in-flight %d: must be in [1, upstream.max-in-flight %d]", u.DefaultInFlight, u.MaxInFlight)
+	case u.MaxBatch < 1:
+		return nil, nil, fmt.Errorf("node: upstream.max-batch %d: must be at least 1", u.MaxBatch)
 	}
 	return secrets, keys, nil
 }

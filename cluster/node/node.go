@@ -30,9 +30,11 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/courier-im/courier/actors"
+	"github.com/courier-im/courier/actors/stats"
 	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/cluster"
 	"github.com/courier-im/courier/cluster/api"
+	"github.com/courier-im/courier/cluster/upstream"
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages/apipb"
 )
@@ -44,6 +46,8 @@ type Node struct {
 	reg   *prometheus.Registry
 	sys   *cluster.System
 	store *store.Pebble
+	stats *stats.Recorder
+	up    *upstream.Router
 	gate  *gate.Gate
 	grpc  *grpc.Server
 	apiLn net.Listener
@@ -77,7 +81,11 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	deps := &actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: actors.NewIDGen(), Log: log, Stats: actors.NopStats{}}
+	n.stats = stats.New()
+	n.reg.MustRegister(n.stats)
+	n.up = upstream.New(cfg.Upstream, n.stats)
+	ids := actors.NewIDGen()
+	deps := &actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats}
 	// The cluster member starts before any other gRPC in the process.
 	n.sys, err = cluster.Start(cfg.Cluster, deps.Producer, n.reg, log)
 	if err != nil {
@@ -87,7 +95,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 
 	gcfg := cfg.Gate
 	gcfg.AppSecrets = secrets
-	br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, upstream: noUpstream{}}
+	br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, up: n.up, ids: ids}
 	n.gate, err = gate.New(gcfg, br, n.reg, log)
 	if err != nil {
 		return nil, err
@@ -104,7 +112,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		br.gateAddr.Store(&public)
 	}
 
-	srv := api.New(keys, n.sys, cfg.API, n.gate.Lists())
+	srv := api.New(api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Lists: n.gate.Lists(), Stats: n.stats, Upstream: n.up})
 	n.grpc = grpc.NewServer(srv.ServerOptions()...)
 	apipb.RegisterCourierServer(n.grpc, srv)
 	if n.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
@@ -167,6 +175,10 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			if err := n.gate.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("gate: %w", err))
 			}
+		}
+		if n.up != nil {
+			// Upstream streams end so that GracefulStop does not wait for them.
+			n.up.Close()
 		}
 		if n.grpc != nil {
 			stopped := make(chan struct{})

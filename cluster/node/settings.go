@@ -76,6 +76,13 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.DurationVar(&l.DefaultTTL, "api.default-ttl", l.DefaultTTL, "expiry of a push without ttl_ms")
 	fs.DurationVar(&l.MaxTTL, "api.max-ttl", l.MaxTTL, "largest ttl_ms a push may ask for")
 	fs.IntVar(&l.MaxIdempotencyKey, "api.max-idempotency-key", l.MaxIdempotencyKey, "longest idempotency key in bytes")
+
+	u := &c.Upstream
+	fs.IntVar(&u.QueueLen, "upstream.queue-len", u.QueueLen, "C2S messages queued per appcode and msgtype for a subscriber with room; beyond, UPSTREAM_BUSY")
+	fs.DurationVar(&u.MaxAge, "upstream.max-age", u.MaxAge, "queued C2S messages no subscriber took for this long are dropped (and counted)")
+	fs.IntVar(&u.DefaultInFlight, "upstream.default-in-flight", u.DefaultInFlight, "unacknowledged deliveries per subscriber that asks for no limit")
+	fs.IntVar(&u.MaxInFlight, "upstream.max-in-flight", u.MaxInFlight, "most unacknowledged deliveries a subscriber may ask for")
+	fs.IntVar(&u.MaxBatch, "upstream.max-batch", u.MaxBatch, "most messages in one delivery to a subscriber")
 }
 
 // EnvName returns the environment variable of a setting.

@@ -81,9 +81,9 @@ type queue struct {
 	head  int
 }
 
-func (q *queue) len() int           { return len(q.items) - q.head }
-func (q *queue) push(m *message)    { q.items = append(q.items, m) }
-func (q *queue) peek() *message     { return q.items[q.head] }
+func (q *queue) len() int        { return len(q.items) - q.head }
+func (q *queue) push(m *message) { q.items = append(q.items, m) }
+func (q *queue) peek() *message  { return q.items[q.head] }
 func (q *queue) pushFront(m *message) {
 	if q.head > 0 {
 		q.head--
