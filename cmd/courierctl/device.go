@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -86,10 +90,40 @@ func show(name string, h messages.Header, m proto.Message) {
 	fmt.Printf("%s %-16s seq=%-6d msgtype=%-4d %s\n", time.Now().Format("15:04:05.000"), name, h.Seq, h.MsgType, s)
 }
 
+// commands reads "c2c UID TEXT", "c2s MSGTYPE TEXT" and "pull AFTER_SEQ"
+// lines and sends them.
+func (d *demoDevice) commands(in io.Reader) {
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		f := strings.SplitN(strings.TrimSpace(sc.Text()), " ", 3)
+		var err error
+		switch {
+		case len(f) == 3 && f[0] == "c2c":
+			err = d.send(messages.CmdC2C, 0, &devicepb.C2C{ToUid: f[1], ClientMsgId: strconv.FormatInt(time.Now().UnixNano(), 36), Payload: []byte(f[2])})
+		case len(f) == 3 && f[0] == "c2s":
+			var mt uint64
+			if mt, err = strconv.ParseUint(f[1], 10, 16); err == nil {
+				err = d.send(messages.CmdC2S, uint16(mt), &devicepb.C2S{ClientMsgId: strconv.FormatInt(time.Now().UnixNano(), 36), Payload: []byte(f[2])})
+			}
+		case len(f) == 2 && f[0] == "pull":
+			var after uint64
+			if after, err = strconv.ParseUint(f[1], 10, 32); err == nil {
+				err = d.send(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: uint32(after)})
+			}
+		case len(f) == 1 && f[0] == "":
+		default:
+			fmt.Fprintln(os.Stderr, `commands: "c2c UID TEXT", "c2s MSGTYPE TEXT", "pull AFTER_SEQ"`)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "send:", err)
+		}
+	}
+}
+
 func deviceCmd() *cobra.Command {
 	var addr, uid, secret, token, deviceID string
 	var app uint32
-	var noAck bool
+	var noAck, interactive bool
 	c := &cobra.Command{
 		Use:   "device",
 		Short: "Act as a demo device: log in, print pushes, acknowledge them",
@@ -116,6 +150,9 @@ func deviceCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 			defer stop()
 			go func() { <-ctx.Done(); _ = d.send(messages.CmdLogout, 0, nil) }()
+			if interactive {
+				go d.commands(os.Stdin)
+			}
 			r := messages.NewReader(conn, 1<<20)
 			var heartbeat *time.Ticker
 			defer func() {
@@ -175,5 +212,6 @@ func deviceCmd() *cobra.Command {
 	c.Flags().StringVar(&token, "token", "", "a token (instead of --secret)")
 	c.Flags().StringVar(&deviceID, "device-id", "courierctl", "device id")
 	c.Flags().BoolVar(&noAck, "no-ack", false, "do not acknowledge pushes (to watch redelivery)")
+	c.Flags().BoolVar(&interactive, "stdin", true, `read commands from standard input: "c2c UID TEXT", "c2s MSGTYPE TEXT", "pull AFTER_SEQ"`)
 	return c
 }

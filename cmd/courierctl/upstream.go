@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+func upstreamCmd() *cobra.Command {
+	var f apiFlags
+	var app, window uint32
+	var msgtypes []uint
+	c := &cobra.Command{
+		Use:   "upstream",
+		Short: "Act as a demo app-server: print the devices' C2S traffic and acknowledge it",
+		RunE: func(*cobra.Command, []string) error {
+			cl, _, done, err := f.dial()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			defer stop()
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.key)
+			st, err := cl.Upstream(ctx)
+			if err != nil {
+				return err
+			}
+			if err := st.Send(&apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Subscribe{Subscribe: &apipb.Subscribe{
+				AppCode: app, Msgtypes: toU32(msgtypes), MaxInFlight: window}}}); err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "subscribed to app %d msgtypes %v; Ctrl-C to stop\n", app, msgtypes)
+			for {
+				d, err := st.Recv()
+				if err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				ids := make([]uint64, 0, len(d.Messages))
+				for _, m := range d.Messages {
+					p := fmt.Sprintf("%x", m.Payload)
+					if utf8.Valid(m.Payload) {
+						p = fmt.Sprintf("%q", m.Payload)
+					}
+					fmt.Printf("%s C2S app=%d msgtype=%d uid=%s msg_id=%s client_msg_id=%s attempt=%d payload=%s\n",
+						time.UnixMilli(m.ReceivedAtMs).Format("15:04:05.000"), m.AppCode, m.Msgtype, m.Uid, m.MsgId, m.ClientMsgId, m.Attempt, p)
+					ids = append(ids, m.DeliveryId)
+				}
+				if err := st.Send(&apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Ack{Ack: &apipb.UpstreamAck{DeliveryIds: ids}}}); err != nil {
+					return err
+				}
+			}
+		},
+	}
+	f.bind(c)
+	c.Flags().Uint32Var(&app, "app", 1, "appcode")
+	c.Flags().UintSliceVar(&msgtypes, "msgtype", nil, "msgtypes to take (default: all of the app's)")
+	c.Flags().Uint32Var(&window, "window", 0, "most unacknowledged deliveries (0: the node's default)")
+	return c
+}
+
+func statsCmd() *cobra.Command {
+	var f apiFlags
+	var app uint32
+	var msgtypes []uint
+	var window time.Duration
+	c := &cobra.Command{
+		Use:   "stats",
+		Short: "Show delivery statistics (arrival rate, ack latency) per msgtype",
+		RunE: func(*cobra.Command, []string) error {
+			cl, ctx, done, err := f.dial()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := cl.Stats(ctx, &apipb.StatsRequest{AppCode: app, Msgtypes: toU32(msgtypes), WindowSeconds: uint32(window / time.Second)})
+			if err != nil {
+				return err
+			}
+			printJSON(resp)
+			return nil
+		},
+	}
+	f.bind(c)
+	c.Flags().Uint32Var(&app, "app", 1, "appcode")
+	c.Flags().UintSliceVar(&msgtypes, "msgtype", nil, "only these msgtypes")
+	c.Flags().DurationVar(&window, "window", time.Minute, "recent window (at most 1h)")
+	return c
+}
+
+func toU32(v []uint) []uint32 {
+	out := make([]uint32, len(v))
+	for i, x := range v {
+		out[i] = uint32(x)
+	}
+	return out
+}
