@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/courier-im/courier/messages/actorpb"
 )
@@ -103,7 +104,7 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 	ropts := []remote.ConfigOption{
 		// Batches of up to 1000 envelopes must fit gRPC's message limit.
 		remote.WithServerOptions(grpc.MaxRecvMsgSize(64 << 20)),
-		remote.WithDialOptions(grpc.WithInsecure(), grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20))),
+		remote.WithDialOptions(grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20))),
 		remote.WithEndpointWriterBatchSize(500),
 	}
 	if cfg.Advertise != "" {

@@ -85,11 +85,11 @@ type NodeOptions struct {
 
 // Node is a courier node running as a separate process, as in production.
 type Node struct {
-	t       testing.TB
-	opts    NodeOptions
-	cmd     *exec.Cmd
-	logs    *syncBuffer
-	exited  chan struct{}
+	t        testing.TB
+	opts     NodeOptions
+	cmd      *exec.Cmd
+	logs     *syncBuffer
+	exited   chan struct{}
 	GateAddr string
 	APIAddr  string
 	HTTPAddr string

@@ -201,7 +201,9 @@ func (r *Recorder) Accepted(app uint16, msgtype uint32, stored bool) {
 }
 
 // Delivered implements actors.Stats.
-func (r *Recorder) Delivered(app uint16, msgtype uint32) { r.record(app, msgtype, evDelivered, false, 0) }
+func (r *Recorder) Delivered(app uint16, msgtype uint32) {
+	r.record(app, msgtype, evDelivered, false, 0)
+}
 
 // Acked implements actors.Stats.
 func (r *Recorder) Acked(app uint16, msgtype uint32, latency time.Duration) {
@@ -301,4 +303,3 @@ func (r *Recorder) Snapshot(app uint16, msgtypes []uint32, window time.Duration)
 	all.TotalLatency, all.WindowLatency = allH.summary(), allWH.summary()
 	return per, all
 }
-

@@ -340,4 +340,3 @@ func TestStatisticsMatchWhatHappened(t *testing.T) {
 		t.Fatal("app 2's key read app 1's statistics")
 	}
 }
-
