@@ -1,0 +1,81 @@
+package node
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func TestSettingsPrecedence(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "node.yaml")
+	err := os.WriteFile(file, []byte(`
+name: from-file
+data-dir: /file/data
+gate:
+  addr: ":9000"
+  heartbeat-interval: 45s
+actors.window: 8
+app-secret:
+  "1": file-secret-0123456789
+`), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	BindSettings(fs, &cfg)
+	if err := fs.Parse([]string{"--name", "from-flag"}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"COURIER_DATA_DIR": "/env/data", "COURIER_NAME": "from-env", "COURIER_ACTORS_WINDOW": "16"}
+	if err := ApplyFileAndEnv(fs, file, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case cfg.Name != "from-flag":
+		t.Errorf("name %q: the flag must win", cfg.Name)
+	case cfg.DataDir != "/env/data":
+		t.Errorf("data-dir %q: the environment must win over the file", cfg.DataDir)
+	case cfg.Gate.Addr != ":9000" || cfg.Gate.HeartbeatInterval != 45*time.Second:
+		t.Errorf("gate from file: %q %v", cfg.Gate.Addr, cfg.Gate.HeartbeatInterval)
+	case cfg.Actors.Window != 16:
+		t.Errorf("window %d", cfg.Actors.Window)
+	case cfg.AppSecrets["1"] != "file-secret-0123456789":
+		t.Errorf("secrets %v", cfg.AppSecrets)
+	}
+	if _, _, err := cfg.resolve(); err != nil {
+		t.Fatalf("resolve: %v", err)
+	}
+	if cfg.Actors.Heartbeat != 45*time.Second {
+		t.Errorf("actors announce heartbeat %v, gate uses 45s", cfg.Actors.Heartbeat)
+	}
+}
+
+func TestSettingsErrorsNameTheField(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "bad.yaml")
+	_ = os.WriteFile(file, []byte("gate:\n  adr: x\n"), 0o644)
+	cfg := DefaultConfig()
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	BindSettings(fs, &cfg)
+	if err := ApplyFileAndEnv(fs, file, func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), `"gate.adr"`) {
+		t.Fatalf("unknown key: %v", err)
+	}
+	bad := func(mut func(*Config), field string) {
+		t.Helper()
+		c := DefaultConfig()
+		mut(&c)
+		if _, _, err := c.resolve(); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("want an error naming %s, got %v", field, err)
+		}
+	}
+	bad(func(c *Config) { c.AppSecrets = map[string]string{"0": "0123456789abcdef"} }, "app-secret")
+	bad(func(c *Config) { c.AppSecrets = map[string]string{"1": "short"} }, "app-secret")
+	bad(func(c *Config) { c.APIKeys = map[string]string{"0123456789abcdef": "x"} }, "api-key")
+	bad(func(c *Config) { c.Actors.Window = 0 }, "actors.window")
+	bad(func(c *Config) { c.Upstream.QueueLen = 0 }, "upstream.queue-len")
+	bad(func(c *Config) { c.API.MaxPayload = 1 << 20 }, "api.max-payload")
+}
