@@ -9,4 +9,6 @@ var (
 	// ErrNoGate: the connection's gate is not on this node (or is an
 	// earlier run of it).
 	ErrNoGate = errors.New("cluster: no such gate on this node")
+	// ErrConnGone: the gate no longer has the connection.
+	ErrConnGone = errors.New("cluster: connection gone")
 )

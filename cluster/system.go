@@ -43,8 +43,8 @@ type ChildFactory func(app uint16, uid string) actor.Producer
 type GateSink interface {
 	// GateID is the gate's instance id, new on every start.
 	GateID() string
-	// Deliver acts on one of the gate's connections. It returns an error
-	// if the connection is not (or no longer) there.
+	// Deliver acts on one of the gate's connections. It returns
+	// ErrConnGone if the connection is not (or no longer) there.
 	Deliver(m *actorpb.ToConn) error
 }
 
@@ -356,7 +356,7 @@ func (s *System) deliverLocal(gateID string, m *actorpb.ToConn) {
 	} else {
 		err = h.g.Deliver(m)
 	}
-	if err == nil || m.Uid == "" {
+	if (!errors.Is(err, ErrNoGate) && !errors.Is(err, ErrConnGone)) || m.Uid == "" {
 		return
 	}
 	s.metrics.staleConns.Inc()

@@ -128,5 +128,14 @@ type sink struct {
 	id string
 }
 
-func (s sink) GateID() string                  { return s.id }
-func (s sink) Deliver(m *actorpb.ToConn) error { return s.g.Deliver(m) }
+func (s sink) GateID() string { return s.id }
+
+// Deliver reports only a connection that is gone: the gate itself handles
+// (and tells the actor about) slow clients, and a stale epoch is a late
+// write the current session must not hear of.
+func (s sink) Deliver(m *actorpb.ToConn) error {
+	if err := s.g.Deliver(m); errors.Is(err, gate.ErrUnknownConn) || errors.Is(err, gate.ErrClosed) {
+		return cluster.ErrConnGone
+	}
+	return nil
+}
