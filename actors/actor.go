@@ -186,6 +186,13 @@ func (a *deviceActor) unavailable(env *actorpb.Envelope, to ReplyTo) {
 			Frames: []*actorpb.OutFrame{frame(messages.CmdC2CAck, m.Msgtype, m.FrameSeq, &devicepb.C2CAck{
 				Code: devicepb.Code_STORE_UNAVAILABLE, ClientMsgId: m.GetC2C().GetClientMsgId(), Reason: why})}}
 		a.deps.Router.SendToConn(m.ReplyTo, tc)
+	case *actorpb.Envelope_Frame:
+		if messages.Cmd(b.Frame.Cmd) == messages.CmdPull {
+			a.deps.Router.SendToConn(b.Frame.Conn, &actorpb.ToConn{AppCode: uint32(a.id.App), Uid: a.id.UID,
+				ConnId: b.Frame.GetConn().GetConnId(), Epoch: b.Frame.Epoch,
+				Frames: []*actorpb.OutFrame{frame(messages.CmdPullAck, b.Frame.Msgtype, b.Frame.Seq,
+					&devicepb.PullAck{Code: devicepb.Code_STORE_UNAVAILABLE})}})
+		}
 	default:
 		if to.ReqID != 0 {
 			r := failure(codes.Unavailable, why)

@@ -19,6 +19,11 @@ type Config struct {
 	// Window is the most messages delivered and not yet acknowledged per
 	// device (default 32).
 	Window int
+	// WindowBytes bounds the payload bytes delivered and not yet
+	// acknowledged per device (default 256 KiB; one message always fits),
+	// and the payload bytes of one PULL_ACK, so that no burst can fill the
+	// gate's per-connection queue.
+	WindowBytes int
 	// C2CTTL is the expiry of C2C messages (default 7 days).
 	C2CTTL time.Duration
 	// InboxMaxMessages is the most unacknowledged stored messages per
@@ -47,6 +52,7 @@ func DefaultConfig() Config {
 		RetryInitial:     2 * time.Second,
 		RetryMax:         30 * time.Second,
 		Window:           32,
+		WindowBytes:      256 << 10,
 		C2CTTL:           7 * 24 * time.Hour,
 		InboxMaxMessages: 1000,
 		InboxMaxBytes:    4 << 20,
@@ -67,6 +73,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("actors.retry-max %v: must be at least retry-initial %v", c.RetryMax, c.RetryInitial)
 	case c.Window < 1 || c.Window > 4096:
 		return fmt.Errorf("actors.window %d: must be in [1, 4096]", c.Window)
+	case c.WindowBytes < 1024:
+		return fmt.Errorf("actors.window-bytes %d: must be at least 1024", c.WindowBytes)
 	case c.C2CTTL <= 0:
 		return fmt.Errorf("actors.c2c-ttl %v: must be positive", c.C2CTTL)
 	case c.InboxMaxMessages < 1:

@@ -73,10 +73,11 @@ type Device struct {
 	meta    *actorpb.IdentityMeta
 	session *actorpb.SessionRecord // nil when offline
 
-	inbox    []*item // by seq
-	byMsgID  map[string]*item
-	bytes    int
-	inflight int
+	inbox         []*item // by seq
+	byMsgID       map[string]*item
+	bytes         int
+	inflight      int
+	inflightBytes int
 	// minExpiry is a lower bound of the inbox's earliest expiry (Unix ms,
 	// 0: none), so that most calls skip the expiry scan.
 	minExpiry int64
@@ -321,7 +322,7 @@ func (d *Device) goOffline() {
 	for _, it := range d.inbox {
 		it.sent, it.attempts = false, 0
 	}
-	d.inflight = 0
+	d.inflight, d.inflightBytes = 0, 0
 }
 
 // Closed ends the session if it is the one on the closed connection; a
@@ -387,6 +388,7 @@ func (d *Device) remove(it *item) {
 	}
 	if it.sent {
 		d.inflight--
+		d.inflightBytes -= len(it.e.Payload)
 	}
 	w := d.write()
 	w.Delete = append(w.Delete, it.e.Seq)
@@ -398,8 +400,12 @@ func (d *Device) pull(after, limit uint32) *devicepb.PullAck {
 	}
 	i := sort.Search(len(d.inbox), func(i int) bool { return d.inbox[i].e.Seq > after })
 	ack := &devicepb.PullAck{Code: devicepb.Code_OK}
+	size := 0
 	for ; i < len(d.inbox) && len(ack.Messages) < int(limit); i++ {
 		e := d.inbox[i].e
+		if size += len(e.Payload); size > d.cfg.WindowBytes && len(ack.Messages) > 0 {
+			break
+		}
 		ack.Messages = append(ack.Messages, &devicepb.StoredMessage{
 			Seq: e.Seq, Kind: e.Kind, MsgId: e.MsgId, Msgtype: e.Msgtype, Payload: e.Payload,
 			SentAtMs: e.SentAtMs, ExpiresAtMs: e.ExpiresAtMs, FromUid: e.FromUid, ClientMsgId: e.ClientMsgId,
@@ -656,8 +662,8 @@ func (d *Device) deliveryFrame(e *actorpb.InboxEntry) *actorpb.OutFrame {
 		MsgId: e.MsgId, Payload: e.Payload, SentAtMs: e.SentAtMs, ExpiresAtMs: e.ExpiresAtMs})
 }
 
-// pump delivers unsent entries in seq order while the window has room, in
-// one effect.
+// pump delivers unsent entries in seq order while the window (count and
+// bytes) has room, in one effect.
 func (d *Device) pump(now time.Time) {
 	if d.session == nil || d.inflight >= d.cfg.Window {
 		return
@@ -670,10 +676,14 @@ func (d *Device) pump(now time.Time) {
 		if it.sent {
 			continue
 		}
+		if d.inflight > 0 && d.inflightBytes+len(it.e.Payload) > d.cfg.WindowBytes {
+			break
+		}
 		frames = append(frames, d.deliveryFrame(it.e))
 		it.sent, it.attempts = true, 1
 		it.due = now.Add(d.backoff(1))
 		d.inflight++
+		d.inflightBytes += len(it.e.Payload)
 		if it.delivered {
 			d.stats.Retried(d.id.App, it.e.Msgtype)
 		} else {

@@ -422,3 +422,34 @@ func TestRestoreFromSnapshot(t *testing.T) {
 		t.Fatalf("next seq %d, want 10", w.Put[0].Seq)
 	}
 }
+
+// TestWindowBytes: large messages are delivered a few at a time, so a
+// login with a big backlog never overflows the gate's queue; a single
+// message larger than the window still goes out.
+func TestWindowBytes(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.WindowBytes = 100 << 10
+	big := string(make([]byte, 40<<10))
+	for range 5 {
+		h.push(big, 0)
+	}
+	h.settle()
+	h.login(1)
+	if fs := framesTo(h.settle(), 1); len(fs) != 3 { // LOGIN_ACK + 2 × 40 KiB
+		t.Fatalf("frames after login: %d", len(fs))
+	}
+	pull, _ := proto.Marshal(&devicepb.Pull{})
+	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdPull), Body: pull})
+	pa := body(t, framesTo(h.settle(), 1)[0], &devicepb.PullAck{})
+	if len(pa.Messages) != 2 || !pa.HasMore {
+		t.Fatalf("PULL_ACK of %d messages, has_more %v", len(pa.Messages), pa.HasMore)
+	}
+	h2 := newHarness(t)
+	h2.cfg.WindowBytes = 1024
+	h2.push(string(make([]byte, 4096)), 0)
+	h2.settle()
+	h2.login(1)
+	if fs := framesTo(h2.settle(), 1); len(fs) != 2 {
+		t.Fatalf("a message above the window must still go out: %d frames", len(fs))
+	}
+}

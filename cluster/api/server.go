@@ -23,6 +23,7 @@ import (
 	"github.com/courier-im/courier/cluster/upstream"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/messages/devicepb"
 )
 
 // Requester sends requests to identities (implemented by *cluster.System).
@@ -219,8 +220,12 @@ func (s *Server) Kick(ctx context.Context, r *apipb.KickRequest) (*apipb.KickRes
 	if len(r.Reason) > 256 {
 		return nil, status.Error(codes.InvalidArgument, "reason: at most 256 bytes")
 	}
+	reason := devicepb.KickReason_KICKED_BY_APP_SERVER
+	if scopeOf(ctx).operator() {
+		reason = devicepb.KickReason_KICKED_BY_OPERATOR
+	}
 	rep, err := s.req.Request(ctx, &actorpb.Envelope{AppCode: r.AppCode, Uid: r.Uid,
-		Body: &actorpb.Envelope_Kick{Kick: &actorpb.Kick{Detail: r.Reason}}})
+		Body: &actorpb.Envelope_Kick{Kick: &actorpb.Kick{Reason: reason, Detail: r.Reason}}})
 	if err := replyError(rep, err); err != nil {
 		return nil, err
 	}

@@ -63,6 +63,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.DurationVar(&a.RetryInitial, "actors.retry-initial", a.RetryInitial, "wait before the first redelivery of an unacknowledged message")
 	fs.DurationVar(&a.RetryMax, "actors.retry-max", a.RetryMax, "cap of the doubling wait between redeliveries")
 	fs.IntVar(&a.Window, "actors.window", a.Window, "messages delivered and not yet acknowledged per device")
+	fs.IntVar(&a.WindowBytes, "actors.window-bytes", a.WindowBytes, "payload bytes delivered and not yet acknowledged per device, and per PULL_ACK")
 	fs.DurationVar(&a.C2CTTL, "actors.c2c-ttl", a.C2CTTL, "expiry of C2C messages")
 	fs.IntVar(&a.InboxMaxMessages, "actors.inbox-max-messages", a.InboxMaxMessages, "stored messages per identity; beyond, new ones are refused")
 	fs.IntVar(&a.InboxMaxBytes, "actors.inbox-max-bytes", a.InboxMaxBytes, "stored payload bytes per identity; beyond, new ones are refused")

@@ -78,7 +78,8 @@ const (
 	Code_NO_SUBSCRIBER Code = 40
 	// The upstream buffer towards the app-servers is full; retry later.
 	Code_UPSTREAM_BUSY Code = 41
-	// The C2C receiver uid is empty, invalid, or the sender itself.
+	// The C2C receiver uid is empty, longer than 128 bytes, or the sender
+	// itself.
 	Code_BAD_RECEIVER Code = 42
 	// The C2C receiver is on the app's blacklist.
 	Code_RECEIVER_BLOCKED Code = 43
@@ -183,7 +184,8 @@ const (
 	KickReason_KICK_REASON_UNSPECIFIED KickReason = 0
 	// The same (appcode, uid) logged in on another connection.
 	KickReason_LOGGED_IN_ELSEWHERE KickReason = 1
-	// An operator ended the session.
+	// An operator ended the session (through the API with an operator key),
+	// or the client's address was put on the gate's IP blacklist.
 	KickReason_KICKED_BY_OPERATOR KickReason = 2
 	// The app-server ended the session through the API.
 	KickReason_KICKED_BY_APP_SERVER KickReason = 3
@@ -1208,7 +1210,8 @@ type StoredMessage struct {
 	Msgtype  uint32                 `protobuf:"varint,4,opt,name=msgtype,proto3" json:"msgtype,omitempty"`
 	Payload  []byte                 `protobuf:"bytes,5,opt,name=payload,proto3" json:"payload,omitempty"`
 	SentAtMs int64                  `protobuf:"varint,6,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
-	// S2C only: 0 means no expiry.
+	// When the platform stops delivering it, Unix milliseconds (0: never).
+	// C2C messages expire too (by default 7 days after they were sent).
 	ExpiresAtMs int64 `protobuf:"varint,7,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
 	// C2C only.
 	FromUid       string `protobuf:"bytes,8,opt,name=from_uid,json=fromUid,proto3" json:"from_uid,omitempty"`
