@@ -10,9 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/courier-im/courier/cmd/courier-bench/internal/wire"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/devicepb"
-	"github.com/courier-im/courier/cmd/courier-bench/internal/wire"
 )
 
 // Device states.
