@@ -585,6 +585,7 @@ func (l *loop) loginResult(d *device, code uint8, t int64) {
 	l.loginLeft--
 	l.record(Record{Kind: LoginDone, Code: code, Dev: uint32(d.g), Idx: uint64(d.start), T: t})
 	if l.loginLeft == 0 && len(l.pend) == 0 && l.loginDone != nil {
+		l.flushRecords()
 		done := l.loginDone
 		l.loginDone = nil
 		done()
@@ -673,6 +674,7 @@ func (l *loop) paceTraffic(t int64) {
 	}
 	if t >= tr.end || (tr.count > 0 && tr.sent >= tr.count) {
 		l.tr = nil
+		l.flushRecords()
 		tr.done(tr.sent)
 		return
 	}
