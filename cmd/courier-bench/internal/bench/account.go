@@ -267,8 +267,8 @@ func (a *accountant) upstream(idx uint64, msgHash uint64, uid string, t int64) {
 // pushTotals is the final accounting of a push run.
 type pushTotals struct {
 	Pushed, Accepted, Dropped, Failed, Delivered, Lost, Mismatched, Unexpected, Dups, Unknown, Foreign int64
-	ExpectedNow                                                                                      int64
-	LostSample                                                                                       []string
+	ExpectedNow                                                                                        int64
+	LostSample                                                                                         []string
 }
 
 // expectedPushes counts accepted pushes to online devices (those the

@@ -110,7 +110,9 @@ func (r *Result) lat(name string, h *hdrhistogram.Histogram) {
 	}
 }
 
-func (r *Result) note(format string, args ...any) { r.Notes = append(r.Notes, fmt.Sprintf(format, args...)) }
+func (r *Result) note(format string, args ...any) {
+	r.Notes = append(r.Notes, fmt.Sprintf(format, args...))
+}
 
 // Figure returns the value of the named figure (false if absent).
 func (r *Result) Figure(name string) (float64, bool) {
