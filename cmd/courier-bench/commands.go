@@ -178,6 +178,8 @@ func connectCmd() *cobra.Command {
 	c.bind(cmd)
 	cmd.Flags().Float64Var(&cc.Rate, "rate", 0, "logins per second (0: as fast as --login-inflight allows)")
 	cmd.Flags().StringVar(&memAt, "mem-at", "", "device counts at which to sample the idle node's memory, e.g. 5000,15000 (slope per device between the first and last)")
+	cmd.Flags().DurationVar(&cc.MemWait, "mem-wait", 0, "extra wait before each memory sample (e.g. for idle actors to passivate)")
+	cmd.Flags().StringVar(&cc.HeapProfile, "heap-profile", "", "write the node's heap profile at the last sample to this file (needs its pprof)")
 	return cmd
 }
 

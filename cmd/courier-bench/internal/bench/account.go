@@ -418,27 +418,28 @@ func (a *accountant) counts() (delivered, c2cRecvd, c2sRecvd, c2sAckOK int64) {
 	return a.delivered, a.c2cRecvd, a.c2sRecvd, a.c2sAckOK
 }
 
-// c2cPending counts C2C messages acknowledged OK and not yet received.
+// c2cPending counts C2C messages sent and not yet acknowledged, or
+// acknowledged OK and not yet received.
 func (a *accountant) c2cPending() int64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var n int64
 	for _, c := range a.c2c {
-		if c.sent && c.acked && c.code == 0 && c.recvs == 0 {
+		if c.sent && (!c.acked || (c.code == 0 && c.recvs == 0)) {
 			n++
 		}
 	}
 	return n
 }
 
-// c2sPending counts C2S messages acknowledged OK and not yet received by
-// the app-server.
+// c2sPending counts C2S messages sent and not yet acknowledged, or
+// acknowledged OK and not yet received by the app-server.
 func (a *accountant) c2sPending() int64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var n int64
 	for _, c := range a.c2s {
-		if c.sent && c.acked && c.code == 0 && c.recvs == 0 {
+		if c.sent && (!c.acked || (c.code == 0 && c.recvs == 0)) {
 			n++
 		}
 	}

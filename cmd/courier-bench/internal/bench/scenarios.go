@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,12 @@ type ConnectConfig struct {
 	// Settle bounds the wait for the node to go idle before a sample
 	// (default 20 s).
 	Settle time.Duration
+	// MemWait is an extra wait before each sample, e.g. for idle actors
+	// to passivate (--actors.passivate-after).
+	MemWait time.Duration
+	// HeapProfile, if set, is a file for the node's heap profile taken
+	// with the last sample (needs its pprof).
+	HeapProfile string
 }
 
 // memSample is the node's memory at a number of logged-in devices.
@@ -37,7 +44,8 @@ func Connect(ctx context.Context, cfg Config, cc ConnectConfig) (*Result, error)
 	if cc.Settle <= 0 {
 		cc.Settle = 20 * time.Second
 	}
-	s, err := open(ctx, cfg, "connect", map[string]any{"rate": cc.Rate, "mem_at": cc.MemAt, "inflight": cfg.LoginInflight})
+	s, err := open(ctx, cfg, "connect", map[string]any{"rate": cc.Rate, "mem_at": cc.MemAt, "inflight": cfg.LoginInflight,
+		"mem_wait_s": cc.MemWait.Seconds()})
 	if err != nil {
 		return nil, err
 	}
@@ -83,6 +91,7 @@ func Connect(ctx context.Context, cfg Config, cc ConnectConfig) (*Result, error)
 		loginSpan += time.Duration(span)
 		from = to
 		if wantMem {
+			time.Sleep(cc.MemWait)
 			m, err := s.memSample(ctx, to)
 			if err != nil {
 				s.res.note("memory at %d devices: %v", to, err)
@@ -96,6 +105,11 @@ func Connect(ctx context.Context, cfg Config, cc ConnectConfig) (*Result, error)
 	wg.Wait()
 	if err := s.nodeAlive(); err != nil {
 		return nil, err
+	}
+	if cc.HeapProfile != "" {
+		if err := s.heapProfile(ctx, cc.HeapProfile); err != nil {
+			s.res.note("heap profile: %v", err)
+		}
 	}
 	st := s.devStats()
 	s.res.Devices = st
@@ -132,6 +146,18 @@ func Connect(ctx context.Context, cfg Config, cc ConnectConfig) (*Result, error)
 		s.res.note("memory excludes the kernel's socket buffers (a few KiB per idle TCP connection, on both ends)")
 	}
 	return s.res, nil
+}
+
+func (s *session) heapProfile(ctx context.Context, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	err = s.node.Heap(ctx, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // memSample waits for the node to go idle, makes it collect garbage if
@@ -412,7 +438,7 @@ func C2C(ctx context.Context, cfg Config, tc TrafficConfig) (*Result, error) {
 	})
 	c0 := s.measuring(ctx)
 	_, sendSecs, terr := s.traffic(ctx, farm.SentC2C, tc)
-	s.waitDrain(ctx, s.acct.c2cPending, func() int64 { _, n, _, _ := s.acct.counts(); return n })
+	s.waitDrain(ctx, s.acct.c2cPending, func() int64 { st := s.devStats(); return st.AckC2C + st.RecvC2C })
 	time.Sleep(200 * time.Millisecond)
 	c1 := s.readCPU(ctx)
 	close(stop)
@@ -486,7 +512,7 @@ func Upstream(ctx context.Context, cfg Config, tc TrafficConfig) (*Result, error
 	})
 	c0 := s.measuring(ctx)
 	_, sendSecs, terr := s.traffic(ctx, farm.SentC2S, tc)
-	s.waitDrain(ctx, s.acct.c2sPending, func() int64 { _, _, n, _ := s.acct.counts(); return n })
+	s.waitDrain(ctx, s.acct.c2sPending, func() int64 { _, _, n, _ := s.acct.counts(); return n + s.devStats().AckC2S })
 	c1 := s.readCPU(ctx)
 	close(stop)
 	wg.Wait()

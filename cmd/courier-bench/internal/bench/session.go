@@ -35,7 +35,7 @@ func open(ctx context.Context, cfg Config, scenario string, settings map[string]
 	}
 	s := &session{cfg: cfg, acct: newAccountant(cfg.Devices, cfg.UIDPrefix)}
 	s.res = &Result{Scenario: scenario, Started: time.Now().UTC().Truncate(time.Second), Command: cfg.Command,
-		Machine: thisMachine(), Settings: settings}
+		Machine: thisMachine(), Settings: settings, Figures: []Figure{}, Latencies: []Latency{}}
 	if cfg.Spawn != "" {
 		n, err := nodeproc.Start(ctx, cfg.Spawn, cfg.SpawnArgs)
 		if err != nil {

@@ -77,7 +77,9 @@ func (f *Farm) devices(from, to int) [][]*device {
 }
 
 // each runs fn(loop, its devices in [from, to), done) on every loop and
-// waits until all have called done or ctx ends.
+// waits until all have called done or ctx ends. After ctx ends, the
+// waiting goroutine lingers until the loops call done or the process
+// exits (workers exit right after a cancelled run).
 func (f *Farm) each(ctx context.Context, from, to int, fn func(l *loop, devs []*device, done func())) error {
 	per := f.devices(from, to)
 	var wg sync.WaitGroup

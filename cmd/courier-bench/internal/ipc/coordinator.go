@@ -189,7 +189,7 @@ func (w *Worker) Stop(timeout time.Duration) error {
 	select {
 	case <-w.gone:
 	case <-time.After(timeout):
-		w.Kill()
+		_ = w.cmd.Process.Kill()
 		<-w.gone
 	}
 	err := w.cmd.Wait()
@@ -201,7 +201,9 @@ func (w *Worker) Stop(timeout time.Duration) error {
 	return err
 }
 
-// Kill ends the worker at once.
+// Kill ends the worker at once and reaps it.
 func (w *Worker) Kill() {
 	_ = w.cmd.Process.Kill()
+	<-w.gone
+	_ = w.cmd.Wait()
 }

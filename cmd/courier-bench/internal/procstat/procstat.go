@@ -192,6 +192,27 @@ func (n Node) GC(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
+// Heap writes the node's heap profile (after a GC) from its pprof to w.
+func (n Node) Heap(ctx context.Context, w io.Writer) error {
+	if n.Pprof == "" {
+		return errors.New("procstat: the node has no pprof address (start it with --pprof-addr)")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.Pprof+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("procstat: pprof heap: %s", resp.Status)
+	}
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
 // Profile writes a CPU profile of d seconds from the node's pprof to w.
 func (n Node) Profile(ctx context.Context, d time.Duration, w io.Writer) error {
 	if n.Pprof == "" {
