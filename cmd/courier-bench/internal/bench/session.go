@@ -176,9 +176,9 @@ func (s *session) measuring(ctx context.Context) cpu {
 
 // cpu is a reading of the node's and the generator's CPU time.
 type cpu struct {
-	at        time.Time
-	node, gen time.Duration
-	nodeOK    bool
+	at              time.Time
+	node, gen, work time.Duration // work: the device workers' share of gen
+	nodeOK          bool
 }
 
 func (s *session) readCPU(ctx context.Context) cpu {
@@ -186,6 +186,7 @@ func (s *session) readCPU(ctx context.Context) cpu {
 	for _, w := range s.workers {
 		if d, err := procstat.CPU(w.PID()); err == nil {
 			c.gen += d
+			c.work += d
 		}
 	}
 	if d, err := s.node.CPU(ctx); err == nil {
@@ -211,6 +212,18 @@ func (s *session) cpuFigures(a, b cpu, msgs int64, what string) {
 	gen := (b.gen - a.gen).Seconds()
 	s.res.fig("bench CPU", gen, "s")
 	s.res.fig("bench CPU share", 100*gen/wall, "% of a core")
+	if work := (b.work - a.work).Seconds(); msgs > 0 && work > 0 {
+		s.res.fig("bench device workers' CPU per "+what, work*1e6/float64(msgs), "µs")
+	}
+	var rss int64
+	for _, w := range s.workers {
+		if r, err := procstat.RSS(w.PID()); err == nil {
+			rss += r
+		}
+	}
+	if rss > 0 {
+		s.res.fig("bench device workers' RSS", float64(rss)/(1<<20), "MiB")
+	}
 }
 
 // progress prints line() every second until stop is closed.
