@@ -24,8 +24,11 @@ test:
 	$(GO) test -race -count=1 -timeout 15m $(GOPKGS)
 	$(GO) test -run '^$$' -fuzz FuzzParser -fuzztime 10s ./messages/
 
+# The codec's Go benchmarks, then the standard load set of courier-bench
+# against a fresh node (cmd/courier-bench/bench.sh; a few minutes).
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./messages/...
+	$(GO) test -run '^$$' -bench . -benchmem ./messages/... ./cmd/courier-bench/internal/wire/
+	BIN=$(BIN) cmd/courier-bench/bench.sh
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParser -fuzztime $(FUZZTIME) ./messages/

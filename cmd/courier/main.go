@@ -45,6 +45,7 @@ func run(args []string) int {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logJSON := fs.Bool("log-json", false, "log as JSON lines")
 	addrFile := fs.String("addr-file", "", "write the bound addresses as JSON to this file once started (for tools and tests)")
+	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (\"\" disables; for profiling only)")
 	node.BindSettings(fs, &cfg)
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: courier [flags]\n\nEvery flag is also an environment variable (COURIER_GATE_ADDR for --gate.addr)\nand a config file key.\n\n%s", fs.FlagUsages())
@@ -87,8 +88,14 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "courier:", err)
 		return 1
 	}
+	addrs := map[string]string{"gate": n.GateAddr(), "api": n.APIAddr(), "http": n.HTTPAddr()}
+	if *pprofAddr != "" {
+		if addrs["pprof"], err = startPprof(*pprofAddr, log); err != nil {
+			log.Error("courier: --pprof-addr", "err", err)
+		}
+	}
 	if *addrFile != "" {
-		b, _ := json.Marshal(map[string]string{"gate": n.GateAddr(), "api": n.APIAddr(), "http": n.HTTPAddr()})
+		b, _ := json.Marshal(addrs)
 		err := os.WriteFile(*addrFile+".tmp", b, 0o644)
 		if err == nil {
 			err = os.Rename(*addrFile+".tmp", *addrFile)

@@ -1,0 +1,479 @@
+package bench
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/courier-im/courier/cmd/courier-bench/internal/farm"
+	"github.com/courier-im/courier/messages/devicepb"
+)
+
+// newHist returns a histogram of microseconds from 1 µs to 10 minutes
+// at 3 significant digits.
+func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, 600_000_000, 3) }
+
+func recordNs(h *hdrhistogram.Histogram, ns int64) {
+	_ = h.RecordValue(max(ns/1000, 1))
+}
+
+// States of a push as the API answered it.
+const (
+	pushPending  uint8 = iota // not answered yet
+	pushAccepted              // accepted (stored, or fire-and-forget written to an online device)
+	pushDropped               // fire-and-forget to an offline device: the API said it was dropped
+	pushFailed                // the call or the item failed
+)
+
+// pushRec is everything known about one push, by index.
+type pushRec struct {
+	sendNs   int64
+	recvNs   int64
+	respHash uint64
+	recvHash uint64
+	respSeq  uint32
+	recvSeq  uint32
+	dev      int32 // target device (>= devices: a ghost that never logs in)
+	recvDev  int32
+	state    uint8
+	online   bool
+	recvs    uint8
+}
+
+const chunkSize = 1 << 16
+
+// c2cRec and c2sRec are what is known about one C2C or C2S message.
+type c2cRec struct {
+	sentNs, ackNs, recvNs int64
+	ackHash, recvHash     uint64
+	sender, receiver      int32
+	code                  uint8
+	sent, acked           bool
+	recvs                 uint8
+}
+
+type c2sRec struct {
+	sentNs, ackNs, recvNs int64
+	ackHash, recvHash     uint64
+	sender                int32
+	recvUID               string
+	code                  uint8
+	sent, acked           bool
+	recvs                 uint8
+}
+
+// accountant joins what the app-server side did (pushes, upstream
+// receipts) with what the devices recorded. It is safe for concurrent
+// use.
+type accountant struct {
+	mu      sync.Mutex
+	devices int
+	prefix  string
+
+	// logins
+	loginLat            *hdrhistogram.Histogram
+	loginOK, loginFail  int64
+	loginCodes          map[string]int64
+	firstDial, lastDone int64
+
+	// pushes, by index
+	pushes    [][]pushRec
+	npush     int64
+	pushLat   *hdrhistogram.Histogram // API call → device receipt
+	apiLat    *hdrhistogram.Histogram // API call → API answer
+	delivered int64                   // first receipts of this run's pushes
+	lastRecv  int64                   // time of the latest first receipt (push, C2C or C2S)
+	dups      int64
+	unknown   int64 // receipts of indices never pushed
+	foreign   int64 // receipts of other runs' messages
+
+	// C2C and C2S, by index
+	c2c      map[uint64]*c2cRec
+	c2cRecvd int64
+	c2s      map[uint64]*c2sRec
+	c2sRecvd int64
+	c2sAckOK int64
+}
+
+func newAccountant(devices int, prefix string) *accountant {
+	return &accountant{
+		devices: devices, prefix: prefix,
+		loginLat: newHist(), loginCodes: map[string]int64{},
+		pushLat: newHist(), apiLat: newHist(),
+		c2c: map[uint64]*c2cRec{}, c2s: map[uint64]*c2sRec{},
+	}
+}
+
+// loginCode names a LoginDone code.
+func loginCode(c uint8) string {
+	switch c {
+	case farm.CodeConnectFailed:
+		return "connect failed"
+	case farm.CodeTimeout:
+		return "timeout"
+	case farm.CodeClosed:
+		return "closed before LOGIN_ACK"
+	}
+	return devicepb.Code(c).String()
+}
+
+func (a *accountant) resetLogins() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.loginLat.Reset()
+	a.loginOK, a.loginFail, a.firstDial, a.lastDone = 0, 0, 0, 0
+	a.loginCodes = map[string]int64{}
+}
+
+// push returns the record of push i, growing the table; a.mu is held.
+func (a *accountant) push(i int64) *pushRec {
+	for int64(len(a.pushes))*chunkSize <= i {
+		a.pushes = append(a.pushes, make([]pushRec, chunkSize))
+	}
+	return &a.pushes[i/chunkSize][i%chunkSize]
+}
+
+// reserve allocates n push indices to targets dev(i) and stamps their
+// send time.
+func (a *accountant) reserve(n int, sendNs int64, dev func(i int64) int32) int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	first := a.npush
+	for i := first; i < first+int64(n); i++ {
+		r := a.push(i)
+		r.sendNs, r.dev, r.recvDev = sendNs, dev(i), -1
+	}
+	a.npush += int64(n)
+	return first
+}
+
+// answered records the API's answer for push i.
+func (a *accountant) answered(i int64, state uint8, online bool, seq uint32, hash uint64, callNs int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.push(i)
+	r.state, r.online, r.respSeq, r.respHash = state, online, seq, hash
+	if callNs > 0 {
+		recordNs(a.apiLat, callNs)
+	}
+}
+
+// records takes a batch of device records.
+func (a *accountant) records(rs []farm.Record) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, r := range rs {
+		switch r.Kind {
+		case farm.LoginDone:
+			start := int64(r.Idx)
+			if a.firstDial == 0 || start < a.firstDial {
+				a.firstDial = start
+			}
+			a.lastDone = max(a.lastDone, r.T)
+			if r.Code == 0 {
+				a.loginOK++
+				recordNs(a.loginLat, r.T-start)
+			} else {
+				a.loginFail++
+				a.loginCodes[loginCode(r.Code)]++
+			}
+		case farm.RecvS2C:
+			if int64(r.Idx) >= a.npush {
+				a.unknown++
+				continue
+			}
+			p := a.push(int64(r.Idx))
+			if p.recvs > 0 {
+				p.recvs = min(p.recvs+1, 255)
+				a.dups++
+				continue
+			}
+			p.recvs = 1
+			p.recvNs, p.recvHash, p.recvSeq, p.recvDev = r.T, r.Hash, r.Seq, int32(r.Dev)
+			recordNs(a.pushLat, r.T-p.sendNs)
+			a.delivered++
+			a.lastRecv = max(a.lastRecv, r.T)
+		case farm.RecvForeign:
+			a.foreign++
+		case farm.SentC2C:
+			c := a.c2cRec(r.Idx)
+			c.sent, c.sentNs, c.sender = true, r.T, int32(r.Dev)
+		case farm.AckC2C:
+			c := a.c2cRec(r.Idx)
+			if !c.acked {
+				c.acked, c.ackNs, c.code, c.ackHash = true, r.T, r.Code, r.Hash
+			}
+		case farm.RecvC2C:
+			c := a.c2cRec(r.Idx)
+			if c.recvs == 0 {
+				c.recvNs, c.recvHash, c.receiver = r.T, r.Hash, int32(r.Dev)
+				a.c2cRecvd++
+				a.lastRecv = max(a.lastRecv, r.T)
+			} else {
+				a.dups++
+			}
+			c.recvs = min(c.recvs+1, 255)
+		case farm.SentC2S:
+			c := a.c2sRec(r.Idx)
+			c.sent, c.sentNs, c.sender = true, r.T, int32(r.Dev)
+		case farm.AckC2S:
+			c := a.c2sRec(r.Idx)
+			if !c.acked {
+				c.acked, c.ackNs, c.code, c.ackHash = true, r.T, r.Code, r.Hash
+				if r.Code == 0 {
+					a.c2sAckOK++
+				}
+			}
+		}
+	}
+}
+
+func (a *accountant) c2cRec(i uint64) *c2cRec {
+	c := a.c2c[i]
+	if c == nil {
+		c = &c2cRec{sender: -1, receiver: -1}
+		a.c2c[i] = c
+	}
+	return c
+}
+
+func (a *accountant) c2sRec(i uint64) *c2sRec {
+	c := a.c2s[i]
+	if c == nil {
+		c = &c2sRec{sender: -1}
+		a.c2s[i] = c
+	}
+	return c
+}
+
+// upstream records a C2S message the app-server received.
+func (a *accountant) upstream(idx uint64, msgHash uint64, uid string, t int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.c2sRec(idx)
+	if c.recvs == 0 {
+		c.recvNs, c.recvHash, c.recvUID = t, msgHash, uid
+		a.c2sRecvd++
+		a.lastRecv = max(a.lastRecv, t)
+	} else {
+		a.dups++
+	}
+	c.recvs = min(c.recvs+1, 255)
+}
+
+// pushTotals is the final accounting of a push run.
+type pushTotals struct {
+	Pushed, Accepted, Dropped, Failed, Delivered, Lost, Mismatched, Unexpected, Dups, Unknown, Foreign int64
+	ExpectedNow                                                                                        int64
+	LostSample                                                                                         []string
+}
+
+// expectedPushes counts accepted pushes to online devices (those the
+// drain waits for) and their first receipts.
+func (a *accountant) pushProgress() (expected, delivered, answered int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := int64(0); i < a.npush; i++ {
+		p := a.push(i)
+		if p.state != pushPending {
+			answered++
+		}
+		if p.state == pushAccepted && int(p.dev) < a.devices {
+			expected++
+			if p.recvs > 0 {
+				delivered++
+			}
+		}
+	}
+	return expected, delivered, answered
+}
+
+// pushTotals joins the API's answers with the receipts: a push accepted
+// and never received is lost; one received with another seq, msg id or
+// device than the API said is mismatched.
+func (a *accountant) pushTotals(uid func(dev int32) string) pushTotals {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t := pushTotals{Pushed: a.npush, Dups: a.dups, Unknown: a.unknown, Foreign: a.foreign}
+	for i := int64(0); i < a.npush; i++ {
+		p := a.push(i)
+		if p.recvs > 0 {
+			t.Delivered++
+		}
+		switch p.state {
+		case pushAccepted:
+			t.Accepted++
+			if p.recvs == 0 {
+				t.Lost++
+				if len(t.LostSample) < 20 {
+					t.LostSample = append(t.LostSample, fmt.Sprintf("push %d to %s (seq %d)", i, uid(p.dev), p.respSeq))
+				}
+			} else if p.recvHash != p.respHash || p.recvSeq != p.respSeq || p.recvDev != p.dev {
+				t.Mismatched++
+			}
+		case pushDropped:
+			t.Dropped++
+			if p.recvs > 0 {
+				t.Unexpected++
+			}
+		default:
+			t.Failed++
+			if p.recvs > 0 {
+				t.Unexpected++
+			}
+		}
+	}
+	return t
+}
+
+// msgTotals is the final accounting of C2C or C2S messages.
+type msgTotals struct {
+	Sent, AckOK, Refused, NoAck, Delivered, Lost, Mismatched, Dups int64
+	RefusedBy                                                      map[string]int64
+	LostSample                                                     []string
+	AckLat, DeliverLat                                             *hdrhistogram.Histogram
+}
+
+func (a *accountant) c2cTotals() msgTotals {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t := msgTotals{RefusedBy: map[string]int64{}, AckLat: newHist(), DeliverLat: newHist(), Dups: a.dups}
+	for idx, c := range a.c2c {
+		if !c.sent {
+			continue
+		}
+		t.Sent++
+		if c.recvs > 0 {
+			t.Delivered++
+			recordNs(t.DeliverLat, c.recvNs-c.sentNs)
+			if c.receiver != c.sender^1 || (c.acked && c.ackHash != c.recvHash) {
+				t.Mismatched++
+			}
+		}
+		switch {
+		case !c.acked:
+			t.NoAck++
+		case c.code != 0:
+			t.Refused++
+			t.RefusedBy[devicepb.Code(c.code).String()]++
+		default:
+			t.AckOK++
+			recordNs(t.AckLat, c.ackNs-c.sentNs)
+			if c.recvs == 0 {
+				t.Lost++
+				if len(t.LostSample) < 20 {
+					t.LostSample = append(t.LostSample, fmt.Sprintf("c2c %d from %s%d", idx, a.prefix, c.sender))
+				}
+			}
+		}
+	}
+	sort.Strings(t.LostSample)
+	return t
+}
+
+func (a *accountant) c2sTotals() msgTotals {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t := msgTotals{RefusedBy: map[string]int64{}, AckLat: newHist(), DeliverLat: newHist(), Dups: a.dups}
+	for idx, c := range a.c2s {
+		if !c.sent {
+			continue
+		}
+		t.Sent++
+		if c.recvs > 0 {
+			t.Delivered++
+			recordNs(t.DeliverLat, c.recvNs-c.sentNs)
+			if c.recvUID != fmt.Sprintf("%s%d", a.prefix, c.sender) || (c.acked && c.code == 0 && c.ackHash != c.recvHash) {
+				t.Mismatched++
+			}
+		}
+		switch {
+		case !c.acked:
+			t.NoAck++
+		case c.code != 0:
+			t.Refused++
+			t.RefusedBy[devicepb.Code(c.code).String()]++
+		default:
+			t.AckOK++
+			recordNs(t.AckLat, c.ackNs-c.sentNs)
+			if c.recvs == 0 {
+				t.Lost++
+				if len(t.LostSample) < 20 {
+					t.LostSample = append(t.LostSample, fmt.Sprintf("c2s %d from %s%d", idx, a.prefix, c.sender))
+				}
+			}
+		}
+	}
+	sort.Strings(t.LostSample)
+	return t
+}
+
+// counts returns the progress counters.
+func (a *accountant) counts() (delivered, c2cRecvd, c2sRecvd, c2sAckOK int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.delivered, a.c2cRecvd, a.c2sRecvd, a.c2sAckOK
+}
+
+// c2cPending counts C2C messages sent and not yet acknowledged, or
+// acknowledged OK and not yet received.
+func (a *accountant) c2cPending() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var n int64
+	for _, c := range a.c2c {
+		if c.sent && (!c.acked || (c.code == 0 && c.recvs == 0)) {
+			n++
+		}
+	}
+	return n
+}
+
+// c2sPending counts C2S messages sent and not yet acknowledged, or
+// acknowledged OK and not yet received by the app-server.
+func (a *accountant) c2sPending() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var n int64
+	for _, c := range a.c2s {
+		if c.sent && (!c.acked || (c.code == 0 && c.recvs == 0)) {
+			n++
+		}
+	}
+	return n
+}
+
+// logins returns the login figures since the last reset.
+func (a *accountant) logins() (ok, fail int64, codes map[string]int64, spanNs int64, lat *hdrhistogram.Histogram) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	codes = map[string]int64{}
+	for k, v := range a.loginCodes {
+		codes[k] = v
+	}
+	return a.loginOK, a.loginFail, codes, a.lastDone - a.firstDial, hdrhistogram.Import(a.loginLat.Export())
+}
+
+// pushLatencies returns copies of the push histograms.
+func (a *accountant) pushLatencies() (toDevice, api *hdrhistogram.Histogram) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return hdrhistogram.Import(a.pushLat.Export()), hdrhistogram.Import(a.apiLat.Export())
+}
+
+// lastReceipt returns the time of the latest first receipt.
+func (a *accountant) lastReceipt() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return time.Unix(0, a.lastRecv)
+}
+
+// pushed returns how many pushes were reserved.
+func (a *accountant) pushed() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.npush
+}

@@ -1,0 +1,227 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/courier-im/courier/cmd/courier-bench/internal/ipc"
+	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/testkit"
+)
+
+// The scenarios re-execute this test binary as their workers.
+func TestMain(m *testing.M) {
+	if os.Getenv(ipc.EnvWorker) != "" {
+		os.Exit(ipc.WorkerMain())
+	}
+	os.Exit(m.Run())
+}
+
+func testConfig(n *testkit.Node, devices int) Config {
+	return Config{
+		Gate: n.GateAddr, API: n.APIAddr, Metrics: n.HTTPAddr,
+		Secret: testkit.App1Secret, APIKey: testkit.App1Key,
+		Devices: devices, DrainIdle: time.Second, Drain: 20 * time.Second,
+	}
+}
+
+func fig(t *testing.T, r *Result, name string) int64 {
+	t.Helper()
+	v, ok := r.Figure(name)
+	if !ok {
+		t.Fatalf("no figure %q in %+v", name, r.Figures)
+	}
+	return int64(v)
+}
+
+// lostIndex reads the index out of a lost-sample line "push 42 to ...".
+func lostIndex(t *testing.T, s string) int64 {
+	var i int64
+	if _, err := fmt.Sscanf(s, "push %d to", &i); err != nil {
+		t.Fatalf("lost sample %q: %v", s, err)
+	}
+	return i
+}
+
+// TestAgainstNode runs every scenario small against one real node
+// process, and checks the bench's own accounting where the answer is
+// known in advance.
+func TestAgainstNode(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{})
+	// The node's actors.Deps.Producer sets shared fields on its first
+	// call, which races when two of its shards make that call at once:
+	// one identity first.
+	n.Device(t, 1, "warm-up")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	// Devices discard (ack without recording) every push whose index is a
+	// multiple of 7, and 3 of 43 targets never log in: exactly those
+	// pushes must be reported lost, and nothing else.
+	t.Run("stored loss is exact", func(t *testing.T) {
+		const devices, ghosts, count, every = 40, 3, 700, 7
+		cfg := testConfig(n, devices)
+		cfg.DropEvery = every
+		r, err := Push(ctx, cfg, PushConfig{Count: count, Duration: time.Minute, Ghosts: ghosts, Concurrency: 8, VerifyPending: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lost := func(i int64) bool { return i%every == 0 || i%(devices+ghosts) >= devices }
+		var want, discarded int64
+		for i := range int64(count) {
+			if lost(i) {
+				want++
+			}
+			if i%every == 0 && i%(devices+ghosts) < devices {
+				discarded++
+			}
+		}
+		if r.Lost != want || fig(t, r, "lost") != want {
+			t.Fatalf("lost %d, want %d\n%+v", r.Lost, want, r.Figures)
+		}
+		if got := fig(t, r, "delivered"); got != count-want {
+			t.Fatalf("delivered %d, want %d", got, count-want)
+		}
+		if fig(t, r, "accepted") != count || fig(t, r, "mismatched (seq, msg id or device)") != 0 || fig(t, r, "failed") != 0 {
+			t.Fatalf("figures %+v", r.Figures)
+		}
+		if len(r.LostSample) == 0 {
+			t.Fatal("no lost sample")
+		}
+		for _, s := range r.LostSample {
+			if i := lostIndex(t, s); !lost(i) {
+				t.Fatalf("push %d reported lost: %s", i, s)
+			}
+		}
+		// The discarded pushes were acknowledged: only the ghosts' are
+		// pending on the node (Presence counts devices only).
+		if p := fig(t, r, "pending on the node after drain (Presence)"); p != 0 {
+			t.Fatalf("pending %d", p)
+		}
+		if r.Devices.Discarded < discarded { // more if a discarded push was redelivered
+			t.Fatalf("discarded %d, want %d", r.Devices.Discarded, discarded)
+		}
+	})
+
+	// Fire-and-forget to uids that never log in is dropped by the node,
+	// which says so: dropped, not lost. Discarded pushes are lost.
+	t.Run("fire-and-forget drops and loss are told apart", func(t *testing.T) {
+		const devices, ghosts, count, every = 30, 5, 350, 4
+		cfg := testConfig(n, devices)
+		cfg.DropEvery = every
+		r, err := Push(ctx, cfg, PushConfig{Count: count, Duration: time.Minute, Ghosts: ghosts, Batch: 10, FireAndForget: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wantLost, wantDropped int64
+		for i := range int64(count) {
+			switch {
+			case i%(devices+ghosts) >= devices:
+				wantDropped++
+			case i%every == 0:
+				wantLost++
+			}
+		}
+		if r.Lost != wantLost || fig(t, r, "dropped (offline, as the API said)") != wantDropped {
+			t.Fatalf("lost %d (want %d), figures %+v", r.Lost, wantLost, r.Figures)
+		}
+	})
+
+	// The app-server waits 150 ms between stamping a push and calling the
+	// API: the API→device latency must include exactly that.
+	t.Run("injected delay is measured", func(t *testing.T) {
+		const delay = 150 * time.Millisecond
+		cfg := testConfig(n, 10)
+		cfg.InjectDelay = delay
+		r, err := Push(ctx, cfg, PushConfig{Count: 60, Duration: time.Minute, Concurrency: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dev, _ := r.LatencyOf("API call → device receipt")
+		api, _ := r.LatencyOf("API call → API answer")
+		if dev.Count != 60 || api.Count != 60 {
+			t.Fatalf("counts %d %d", dev.Count, api.Count)
+		}
+		lo := delay.Microseconds()
+		if dev.P50 < lo || dev.P50 > lo+api.P99+50_000 {
+			t.Fatalf("p50 %dµs with a %v delay (API answers p99 %dµs)", dev.P50, delay, api.P99)
+		}
+		if api.P50 >= lo {
+			t.Fatalf("the delay leaked into the API call latency: %dµs", api.P50)
+		}
+	})
+
+	t.Run("c2c", func(t *testing.T) {
+		r, err := C2C(ctx, testConfig(n, 20), TrafficConfig{Rate: 2000, Count: 200, Duration: 30 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Lost != 0 || fig(t, r, "sent") != 200 || fig(t, r, "delivered") != 200 || fig(t, r, "acked OK (stored)") != 200 ||
+			fig(t, r, "mismatched (receiver or msg id)") != 0 {
+			t.Fatalf("figures %+v notes %v", r.Figures, r.Notes)
+		}
+		if l, ok := r.LatencyOf("C2C → C2C_PUSH (receiver)"); !ok || l.Count != 200 {
+			t.Fatalf("latencies %+v", r.Latencies)
+		}
+	})
+
+	t.Run("upstream", func(t *testing.T) {
+		r, err := Upstream(ctx, testConfig(n, 20), TrafficConfig{Rate: 2000, Count: 200, Duration: 30 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Lost != 0 || fig(t, r, "sent") != 200 || fig(t, r, "received by the app-server") != 200 ||
+			fig(t, r, "mismatched (uid or msg id)") != 0 {
+			t.Fatalf("figures %+v notes %v", r.Figures, r.Notes)
+		}
+	})
+
+	t.Run("reconnect", func(t *testing.T) {
+		r, err := Reconnect(ctx, testConfig(n, 30), ReconnectConfig{Count: 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fig(t, r, "relogins") != 20 || fig(t, r, "online at the end") != 30 {
+			t.Fatalf("figures %+v notes %v", r.Figures, r.Notes)
+		}
+	})
+
+	t.Run("connect", func(t *testing.T) {
+		r, err := Connect(ctx, testConfig(n, 40), ConnectConfig{MemAt: []int{10, 40}, Settle: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fig(t, r, "logins") != 40 || fig(t, r, "login failures") != 0 {
+			t.Fatalf("figures %+v notes %v", r.Figures, r.Notes)
+		}
+		if _, ok := r.Figure("node RSS per device (10→40)"); !ok {
+			t.Fatalf("no memory slope: %+v", r.Figures)
+		}
+	})
+}
+
+// A node without the Upstream API makes the scenario fail with a clear
+// error before any device connects.
+func TestUpstreamUnimplemented(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	apipb.RegisterCourierServer(srv, apipb.UnimplementedCourierServer{})
+	go func() { _ = srv.Serve(l) }()
+	defer srv.Stop()
+	cfg := Config{Gate: "127.0.0.1:1", API: l.Addr().String(), Secret: "s", APIKey: "k", Devices: 2}
+	_, err = Upstream(context.Background(), cfg, TrafficConfig{Count: 1})
+	if !errors.Is(err, ErrUpstreamUnimplemented) || !strings.Contains(err.Error(), "Upstream API") {
+		t.Fatalf("err = %v", err)
+	}
+}
