@@ -34,15 +34,21 @@ type Deps struct {
 	Now func() time.Time
 }
 
-// Producer returns the producer of the actor of one identity; it fits
-// cluster.ChildFactory.
-func (d *Deps) Producer(app uint16, uid string) actor.Producer {
+// NewDeps fills in the defaults of d (the clock, no statistics) and
+// returns it. Call it once, before the actors start.
+func NewDeps(d Deps) *Deps {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
 	if d.Stats == nil {
 		d.Stats = NopStats{}
 	}
+	return &d
+}
+
+// Producer returns the producer of the actor of one identity; it fits
+// cluster.ChildFactory. d must come from NewDeps.
+func (d *Deps) Producer(app uint16, uid string) actor.Producer {
 	return func() actor.Actor {
 		return &deviceActor{deps: d, id: store.Identity{App: app, UID: uid}}
 	}

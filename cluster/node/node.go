@@ -85,7 +85,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	n.reg.MustRegister(n.stats)
 	n.up = upstream.New(cfg.Upstream, n.stats)
 	ids := actors.NewIDGen()
-	deps := &actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats}
+	deps := actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats})
 	// The cluster member starts before any other gRPC in the process.
 	n.sys, err = cluster.Start(cfg.Cluster, deps.Producer, n.reg, log)
 	if err != nil {
