@@ -188,8 +188,9 @@ func (d *Device) TakeWrite() *store.Write {
 	d.next = nil
 	if w.Meta != nil {
 		// The committer encodes the write on its own goroutine while the
-		// machine goes on changing its meta.
-		w.Meta = proto.Clone(w.Meta).(*actorpb.IdentityMeta)
+		// machine goes on changing its meta; session records are never
+		// changed once made, so a shallow copy is a snapshot.
+		w.Meta = &actorpb.IdentityMeta{LastSeq: d.meta.LastSeq, LastEpoch: d.meta.LastEpoch, Session: d.meta.Session}
 	}
 	d.submitted++
 	d.inFlight = true
@@ -313,10 +314,15 @@ func (d *Device) endSession(reason devicepb.KickReason, detail string, except *a
 
 // goOffline marks the session ended; what was in flight waits for the next.
 func (d *Device) goOffline() {
-	if d.session == nil {
+	s := d.session
+	if s == nil {
 		return
 	}
-	d.session.Online = false
+	// A new record: the old one may be part of a write in flight.
+	d.meta.Session = &actorpb.SessionRecord{
+		Epoch: s.Epoch, Conn: s.Conn, GateAddr: s.GateAddr, DeviceId: s.DeviceId, Platform: s.Platform,
+		AppVersion: s.AppVersion, LoggedInAtMs: s.LoggedInAtMs, Online: false, Zstd: s.Zstd,
+	}
 	d.session = nil
 	d.persistMeta()
 	for _, it := range d.inbox {

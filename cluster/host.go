@@ -104,7 +104,7 @@ func (h *host) route(ctx actor.Context, env *actorpb.Envelope) {
 			h.sys.fail(env, codes.Unavailable, "cluster: this node hosts no identities")
 			return
 		}
-		pid := ctx.Spawn(actor.PropsFromProducer(h.sys.newChild(k.app, k.uid)))
+		pid := ctx.Spawn(actor.PropsFromProducer(h.sys.newChild(k.app, k.uid), actor.WithDispatcher(h.sys.dispatcher)))
 		c = &child{pid: pid}
 		h.children[k] = c
 		h.byPID[pid.Id] = k

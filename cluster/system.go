@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -64,6 +65,8 @@ type System struct {
 	replies   replyRegistry
 	metrics   *metrics
 
+	dispatcher *poolDispatcher
+
 	replyPIDs sync.Map // address -> *actor.PID of its replies actor
 	sinkPIDs  sync.Map // address -> *actor.PID of its gate sink
 
@@ -82,7 +85,8 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &System{cfg: cfg, log: log, newChild: newChild, metrics: newMetrics(reg)}
+	s := &System{cfg: cfg, log: log, newChild: newChild, metrics: newMetrics(reg),
+		dispatcher: newPoolDispatcher(4*runtime.GOMAXPROCS(0), 1<<16, 300)}
 	s.placement.Store(newPlacement(nil, cfg.Shards, 0))
 
 	host, portStr, _ := net.SplitHostPort(cfg.Bind)
@@ -138,7 +142,8 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 	s.address = s.actors.Address()
 
 	for i := range cfg.Shards {
-		if _, err := s.actors.Root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newHost(s) }), hostName(i)); err != nil {
+		props := actor.PropsFromProducer(func() actor.Actor { return newHost(s) }, actor.WithDispatcher(s.dispatcher))
+		if _, err := s.actors.Root.SpawnNamed(props, hostName(i)); err != nil {
 			s.Shutdown()
 			return nil, fmt.Errorf("cluster: spawn host %d: %w", i, err)
 		}
@@ -374,6 +379,7 @@ func (s *System) Shutdown() {
 		if s.cluster != nil {
 			s.cluster.Shutdown(true)
 		}
+		s.dispatcher.stop()
 	})
 }
 
