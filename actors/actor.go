@@ -9,17 +9,19 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/courier-im/courier/actors/store"
-	"github.com/courier-im/courier/cluster"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/devicepb"
 )
 
 // Router is how a device actor reaches gates and callers anywhere in the
-// cluster (implemented by *cluster.System).
+// cluster, and leaves memory (implemented by *cluster.System).
 type Router interface {
 	SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn)
 	Reply(address string, r *actorpb.Reply)
+	// Passivate asks to stop the actor; seen is the number of envelopes
+	// it has received.
+	Passivate(app uint16, uid string, pid *actor.PID, seen uint64)
 }
 
 // Deps are what every device actor of a node shares.
@@ -99,7 +101,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		}
 	case *actor.ReceiveTimeout:
 		if a.d == nil || a.d.Idle() {
-			ctx.Request(ctx.Parent(), &cluster.Passivate{App: a.id.App, UID: a.id.UID, Seen: a.seen})
+			a.deps.Router.Passivate(a.id.App, a.id.UID, ctx.Self(), a.seen)
 		}
 		return
 	case *actor.Stopping:

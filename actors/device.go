@@ -30,11 +30,14 @@ type Effect struct {
 	// Reply answers a request.
 	ReplyTo ReplyTo
 	Reply   *actorpb.Reply
-	// OnFail, if set, replaces ToConn (or Reply) when a store write this
-	// effect waited for failed; otherwise the effect is dropped then.
-	FailConn  *actorpb.ToConn
-	FailReply *actorpb.Reply
+	// FailConn, if set, replaces ToConn when a store write this effect
+	// waited for failed; otherwise the effect is dropped then. A Reply is
+	// replaced by a Failure with FailMsg (or a generic message).
+	FailConn *actorpb.ToConn
+	FailMsg  string
 }
+
+const storeDown = "the inbox store is unavailable; retry"
 
 // item is an inbox entry and its delivery state in the current session.
 type item struct {
@@ -94,6 +97,7 @@ type Device struct {
 	inFlight  bool
 	waiting   []queued
 	ready     []Effect
+	spare     []Effect // the other buffer of ready (see Effects)
 	broken    bool
 }
 
@@ -206,8 +210,14 @@ func (d *Device) WriteDone(err error) {
 		// void: answer requests with a failure, drop the rest.
 		for _, q := range d.waiting {
 			switch {
-			case q.eff.FailReply != nil:
-				d.ready = append(d.ready, Effect{ReplyTo: q.eff.ReplyTo, Reply: q.eff.FailReply})
+			case q.eff.Reply != nil:
+				msg := q.eff.FailMsg
+				if msg == "" {
+					msg = storeDown
+				}
+				r := failure(codes.Unavailable, msg)
+				r.ReqId = q.eff.ReplyTo.ReqID
+				d.ready = append(d.ready, Effect{ReplyTo: q.eff.ReplyTo, Reply: r})
 			case q.eff.FailConn != nil:
 				d.ready = append(d.ready, Effect{Conn: q.eff.Conn, ToConn: q.eff.FailConn})
 			}
@@ -225,16 +235,18 @@ func (d *Device) WriteDone(err error) {
 		d.ready = append(d.ready, q.eff)
 		n++
 	}
-	d.waiting = d.waiting[n:]
-	if len(d.waiting) == 0 {
-		d.waiting = nil
-	}
+	rest := copy(d.waiting, d.waiting[n:])
+	clear(d.waiting[rest:])
+	d.waiting = d.waiting[:rest]
 }
 
 // Effects returns the effects to perform now, in order, and forgets them.
+// The slice is the machine's: it stays valid until the next call of
+// Effects, and must not be kept.
 func (d *Device) Effects() []Effect {
 	out := d.ready
-	d.ready = nil
+	clear(d.spare)
+	d.ready, d.spare = d.spare[:0], out
 	return out
 }
 
@@ -435,7 +447,7 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 		} else {
 			d.stats.Dropped(d.id.App, m.Msgtype)
 		}
-		d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{MsgId: id, Online: online}}}, nil)
+		d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{MsgId: id, Online: online}}}, "")
 		return
 	}
 	if m.IdempotencyKey != "" {
@@ -444,13 +456,13 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 		}
 		if rec != nil {
 			d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{
-				MsgId: rec.MsgId, Seq: rec.Seq, Duplicate: true, Online: d.session != nil}}}, nil)
+				MsgId: rec.MsgId, Seq: rec.Seq, Duplicate: true, Online: d.session != nil}}}, "")
 			return
 		}
 	}
 	d.expire(now)
 	if err := d.room(len(m.Payload)); err != "" {
-		d.reply(to, failure(codes.ResourceExhausted, err), nil)
+		d.reply(to, failure(codes.ResourceExhausted, err), "")
 		return
 	}
 	e := &actorpb.InboxEntry{
@@ -460,7 +472,7 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 	d.accept(now, e, PushKey(m.IdempotencyKey), m.IdempotencyKey != "")
 	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{
 		MsgId: e.MsgId, Seq: e.Seq, Online: d.session != nil}}},
-		failure(codes.Unavailable, "the inbox store is unavailable: nothing was accepted; retry with the same idempotency key"))
+		"the inbox store is unavailable: nothing was accepted; retry with the same idempotency key")
 	d.pump(now)
 }
 
@@ -506,18 +518,12 @@ func failure(code codes.Code, msg string) *actorpb.Reply {
 	return &actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(code), Message: msg}}}
 }
 
-func (d *Device) reply(to ReplyTo, r, onFail *actorpb.Reply) {
+func (d *Device) reply(to ReplyTo, r *actorpb.Reply, failMsg string) {
 	if to.ReqID == 0 {
 		return
 	}
 	r.ReqId = to.ReqID
-	if onFail != nil {
-		onFail.ReqId = to.ReqID
-	} else {
-		onFail = failure(codes.Unavailable, "the inbox store is unavailable; retry")
-		onFail.ReqId = to.ReqID
-	}
-	d.emit(Effect{ReplyTo: to, Reply: r, FailReply: onFail})
+	d.emit(Effect{ReplyTo: to, Reply: r, FailMsg: failMsg})
 }
 
 // PushKey is the store key of an app-server's idempotency key.
@@ -568,7 +574,7 @@ func (d *Device) Kick(now time.Time, to ReplyTo, m *actorpb.Kick) {
 		reason = devicepb.KickReason_KICKED_BY_APP_SERVER
 	}
 	was := d.endSession(reason, m.Detail, nil)
-	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Kick{Kick: &actorpb.KickReply{WasOnline: was}}}, nil)
+	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Kick{Kick: &actorpb.KickReply{WasOnline: was}}}, "")
 }
 
 // Presence answers whether the identity is online, and where.
@@ -578,7 +584,7 @@ func (d *Device) Presence(to ReplyTo) {
 		p.Conn, p.Epoch, p.GateAddr = s.Conn, s.Epoch, s.GateAddr
 		p.DeviceId, p.Platform, p.AppVersion, p.LoggedInAtMs = s.DeviceId, s.Platform, s.AppVersion, s.LoggedInAtMs
 	}
-	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Presence{Presence: p}}, nil)
+	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Presence{Presence: p}}, "")
 }
 
 // Tick redelivers what is due and expires what is past its expiry.

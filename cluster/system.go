@@ -36,8 +36,8 @@ const (
 )
 
 // ChildFactory makes the actor of one identity. The actor receives
-// *actorpb.Envelope messages (counting them), and sends *Passivate to its
-// parent when idle.
+// *actorpb.Envelope messages (counting them), and calls System.Passivate
+// when idle.
 type ChildFactory func(app uint16, uid string) actor.Producer
 
 // GateSink is the local gate as the cluster sees it.
@@ -66,6 +66,7 @@ type System struct {
 	metrics   *metrics
 
 	dispatcher *poolDispatcher
+	local      []localShard
 
 	replyPIDs sync.Map // address -> *actor.PID of its replies actor
 	sinkPIDs  sync.Map // address -> *actor.PID of its gate sink
@@ -88,6 +89,10 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 	s := &System{cfg: cfg, log: log, newChild: newChild, metrics: newMetrics(reg),
 		dispatcher: newPoolDispatcher(4*runtime.GOMAXPROCS(0), 1<<16, 300)}
 	s.placement.Store(newPlacement(nil, cfg.Shards, 0))
+	s.local = make([]localShard, 64)
+	for i := range s.local {
+		s.local[i].children = map[childKey]*child{}
+	}
 
 	host, portStr, _ := net.SplitHostPort(cfg.Bind)
 	port, _ := strconv.Atoi(portStr)
@@ -194,11 +199,8 @@ func (s *System) onTopology(t *pcluster.ClusterTopology) {
 	s.placement.Store(p)
 	s.metrics.members.Set(float64(len(addrs)))
 	s.log.Info("cluster: topology", "members", len(t.Members), "device_hosts", len(addrs), "hash", t.TopologyHash)
-	if s.address == "" {
-		return
-	}
-	for i := range s.cfg.Shards {
-		s.actors.Root.Send(actor.NewPID(s.address, hostName(i)), &topologyChanged{p})
+	if s.address != "" {
+		s.dropMoved(p)
 	}
 }
 
@@ -232,15 +234,7 @@ func (s *System) Members() []string {
 func (s *System) SetGate(g GateSink) { s.gate.Store(&gateHolder{g}) }
 
 // Send delivers env to the actor of its identity, wherever it lives.
-func (s *System) Send(env *actorpb.Envelope) {
-	hash := identityHash(uint16(env.AppCode), env.Uid)
-	owner := s.placement.Load().owner(hash)
-	if owner == nil {
-		s.fail(env, codes.Unavailable, "cluster: no member hosts identities")
-		return
-	}
-	s.actors.Root.Send(owner.hosts[shard(hash, s.cfg.Shards)], env)
-}
+func (s *System) Send(env *actorpb.Envelope) { s.route(env) }
 
 // Request sends env to its identity's actor and waits for the Reply, until
 // ctx is done or the configured request timeout passes. A Failure reply is

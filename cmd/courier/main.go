@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -44,6 +45,7 @@ func run(args []string) int {
 	dev := fs.Bool("dev", false, "development mode: a demo app (appcode 1) with a known token secret and API keys")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logJSON := fs.Bool("log-json", false, "log as JSON lines")
+	gcPercent := fs.Int("gc-percent", 200, "Go GC target percentage (the GOGC environment variable wins); higher trades memory under load for CPU")
 	addrFile := fs.String("addr-file", "", "write the bound addresses as JSON to this file once started (for tools and tests)")
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (\"\" disables; for profiling only)")
 	node.BindSettings(fs, &cfg)
@@ -70,6 +72,9 @@ func run(args []string) int {
 		h = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})
 	}
 	log := slog.New(h)
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(*gcPercent)
+	}
 	if *dev {
 		if len(cfg.AppSecrets) == 0 {
 			cfg.AppSecrets["1"] = devSecret
