@@ -48,13 +48,10 @@ func NewDeps(d Deps) *Deps {
 	return &d
 }
 
-// Producer returns the producer of the actor of one identity; it fits
-// cluster.ChildFactory. d must come from NewDeps.
-func (d *Deps) Producer(app uint16, uid string) actor.Producer {
-	return func() actor.Actor {
-		return &deviceActor{deps: d, id: store.Identity{App: app, UID: uid}}
-	}
-}
+// NewActor makes a device actor; it takes its identity from the first
+// envelope it receives. It fits cluster.ChildFactory; d must come from
+// NewDeps.
+func (d *Deps) NewActor() actor.Actor { return &deviceActor{deps: d} }
 
 // Messages a device actor sends itself.
 type (
@@ -79,8 +76,10 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		ctx.SetReceiveTimeout(a.deps.Config.PassivateAfter)
-		a.load(ctx)
 	case *actorpb.Envelope:
+		if a.seen == 0 {
+			a.id = store.Identity{App: uint16(m.AppCode), UID: m.Uid}
+		}
 		a.seen++
 		a.envelope(ctx, m)
 	case *writeDone:
@@ -100,7 +99,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 			a.d.Tick(a.deps.Now())
 		}
 	case *actor.ReceiveTimeout:
-		if a.d == nil || a.d.Idle() {
+		if a.seen > 0 && (a.d == nil || a.d.Idle()) {
 			a.deps.Router.Passivate(a.id.App, a.id.UID, ctx.Self(), a.seen)
 		}
 		return

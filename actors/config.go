@@ -40,8 +40,8 @@ type Config struct {
 	// PullPage is the most messages one PULL_ACK carries (default 100).
 	PullPage int
 	// PassivateAfter is the idle time after which an identity with nothing
-	// in flight leaves memory (default 2 minutes). It comes back from the
-	// store on its next message.
+	// in flight leaves memory (default 30 s), online or not. It comes back
+	// from the store on its next message (a read of its meta and inbox).
 	PassivateAfter time.Duration
 }
 
@@ -58,7 +58,7 @@ func DefaultConfig() Config {
 		InboxMaxBytes:    4 << 20,
 		IdempotencyTTL:   24 * time.Hour,
 		PullPage:         100,
-		PassivateAfter:   2 * time.Minute,
+		PassivateAfter:   30 * time.Second,
 	}
 }
 

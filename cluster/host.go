@@ -45,8 +45,7 @@ func (s *System) routeLocal(hash uint64, env *actorpb.Envelope) {
 	sh.mu.Lock()
 	c, ok := sh.children[k]
 	if !ok {
-		props := actor.PropsFromProducer(s.newChild(k.app, k.uid), actor.WithDispatcher(s.dispatcher))
-		c = &child{pid: s.actors.Root.Spawn(props)}
+		c = &child{pid: s.actors.Root.Spawn(s.childProps)}
 		sh.children[k] = c
 		s.metrics.active.Inc()
 		s.metrics.activations.Inc()

@@ -35,10 +35,11 @@ const (
 	repliesName  = "courier-replies"
 )
 
-// ChildFactory makes the actor of one identity. The actor receives
-// *actorpb.Envelope messages (counting them), and calls System.Passivate
-// when idle.
-type ChildFactory func(app uint16, uid string) actor.Producer
+// ChildFactory makes the actor of an identity. The actor learns its
+// identity from the first *actorpb.Envelope it receives, counts the
+// envelopes, and calls System.Passivate when idle. One factory (and one
+// Props) serves every identity, so an actor costs no Props of its own.
+type ChildFactory actor.Producer
 
 // GateSink is the local gate as the cluster sees it.
 type GateSink interface {
@@ -58,7 +59,8 @@ type System struct {
 	actors   *actor.ActorSystem
 	cluster  *pcluster.Cluster
 	address  string
-	newChild ChildFactory
+	newChild   ChildFactory
+	childProps *actor.Props
 
 	placement atomic.Pointer[placement]
 	gate      atomic.Pointer[gateHolder]
@@ -89,6 +91,9 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 	s := &System{cfg: cfg, log: log, newChild: newChild, metrics: newMetrics(reg),
 		dispatcher: newPoolDispatcher(4*runtime.GOMAXPROCS(0), 1<<16, 300)}
 	s.placement.Store(newPlacement(nil, cfg.Shards, 0))
+	if newChild != nil {
+		s.childProps = actor.PropsFromProducer(actor.Producer(newChild), actor.WithDispatcher(s.dispatcher))
+	}
 	s.local = make([]localShard, 64)
 	for i := range s.local {
 		s.local[i].children = map[childKey]*child{}

@@ -36,8 +36,12 @@ type PebbleConfig struct {
 	Dir string
 	// MaxBatch is the most writes committed with one sync (default 1024).
 	MaxBatch int
-	// QueueLen is the length of the commit queue (default 8192).
+	// QueueLen is the length of the commit queues, all lanes together
+	// (default 8192).
 	QueueLen int
+	// Lanes is the number of batches committed concurrently (default 2):
+	// one is applied while another waits for its sync.
+	Lanes int
 	// SweepInterval is how often expired idempotency keys are deleted
 	// (default 1 minute).
 	SweepInterval time.Duration
@@ -57,6 +61,9 @@ func (c *PebbleConfig) setDefaults() error {
 	}
 	if c.QueueLen <= 0 {
 		c.QueueLen = 8192
+	}
+	if c.Lanes <= 0 {
+		c.Lanes = 2
 	}
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = time.Minute
@@ -91,7 +98,14 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	db, err := pebble.Open(cfg.Dir, &pebble.Options{Logger: pebbleLogger{log}})
+	db, err := pebble.Open(cfg.Dir, &pebble.Options{
+		Logger: pebbleLogger{log},
+		// Most inbox entries are acknowledged within seconds: a larger
+		// memtable lets an entry and its deletion meet there and vanish
+		// at flush, instead of being flushed and compacted away later.
+		MemTableSize:                32 << 20,
+		MemTableStopWritesThreshold: 4,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("store: open pebble in %s: %w", cfg.Dir, err)
 	}
@@ -99,7 +113,7 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	if cfg.NoSync {
 		s.sync = pebble.NoSync
 	}
-	s.c = newCommitter(cfg.QueueLen, cfg.MaxBatch, s.commit)
+	s.c = newCommitter(cfg.Lanes, cfg.QueueLen, cfg.MaxBatch, s.commit)
 	s.c.observe = cfg.Observe
 	s.wg.Add(1)
 	go s.sweepLoop(cfg.SweepInterval)
@@ -228,8 +242,10 @@ func (s *Pebble) commit(ws []pending) error {
 	defer b.Close()
 	var key []byte
 	var val []byte
+	sync := false
 	for _, p := range ws {
 		w := p.w
+		sync = sync || w.NeedsSync()
 		if w.Meta != nil {
 			var err error
 			if val, err = (proto.MarshalOptions{}).MarshalAppend(val[:0], w.Meta); err != nil {
@@ -249,7 +265,11 @@ func (s *Pebble) commit(ws []pending) error {
 			}
 		}
 		for _, seq := range w.Delete {
-			if err := b.Delete(inboxKey(key[:0], w.ID, seq), nil); err != nil {
+			// An inbox key is set exactly once (seqs are never reused
+			// once written), which is what SingleDelete needs: the
+			// entry and its tombstone cancel out at the first flush or
+			// compaction that sees both.
+			if err := b.SingleDelete(inboxKey(key[:0], w.ID, seq), nil); err != nil {
 				return err
 			}
 		}
@@ -269,7 +289,11 @@ func (s *Pebble) commit(ws []pending) error {
 			}
 		}
 	}
-	if err := b.Commit(s.sync); err != nil {
+	opts := pebble.NoSync
+	if sync {
+		opts = s.sync
+	}
+	if err := b.Commit(opts); err != nil {
 		return fmt.Errorf("%w: commit: %v", ErrUnavailable, err)
 	}
 	return nil

@@ -4,10 +4,10 @@
 //
 // Writes are asynchronous and group-committed: Submit queues a Write and
 // returns; a committer turns everything queued into one batch with one
-// sync, then calls each Write's done function. Writes complete in the
-// order they were submitted. A device actor keeps at most one Write in
-// flight, so its own writes are applied in order and a failed Write can be
-// rolled back by reloading.
+// sync, then calls each Write's done function. The writes of one identity
+// complete in the order they were submitted. A device actor keeps at most
+// one Write in flight anyway, so a failed Write can be rolled back by
+// reloading.
 //
 // Implementations are safe for concurrent use.
 package store
@@ -61,6 +61,15 @@ type Write struct {
 	Idem []IdemPut
 }
 
+// NeedsSync reports whether the write must be durable before it counts as
+// done. Only deletions of inbox entries need not: losing one in a crash
+// means the acknowledged message is delivered once more (with the same
+// msg id and seq), which at-least-once delivery allows. They are written
+// without a sync of their own and made durable by the next synced commit.
+func (w *Write) NeedsSync() bool {
+	return w.Meta != nil || len(w.Put) > 0 || len(w.Idem) > 0
+}
+
 // Empty reports whether the write changes nothing.
 func (w *Write) Empty() bool {
 	return w.Meta == nil && len(w.Put) == 0 && len(w.Delete) == 0 && len(w.Idem) == 0
@@ -76,8 +85,9 @@ type Store interface {
 	Idempotency(ctx context.Context, id Identity, key string) (*actorpb.IdempotencyRecord, error)
 	// Submit queues w for the next group commit and returns at once. done
 	// is called exactly once, from the committer's goroutine, when w is
-	// durable (nil) or has failed; it must not block. Writes complete in
-	// submission order. After Close, done is called with ErrClosed.
+	// durable (nil) or has failed; it must not block. The writes of one
+	// identity complete in submission order. After Close, done is called
+	// with ErrClosed.
 	Submit(w *Write, done func(error))
 	// Close flushes queued writes and releases the store.
 	Close() error

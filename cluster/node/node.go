@@ -77,7 +77,23 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		}
 	}()
 
-	n.store, err = store.OpenPebble(store.PebbleConfig{Dir: filepath.Join(cfg.DataDir, "inbox"), NoSync: cfg.StoreNoSync}, log)
+	commitSeconds := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_seconds",
+		Help: "Time of one group commit of the inbox store (write and sync).", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14)})
+	batchWrites := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_writes",
+		Help: "Writes (one per identity) in one group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)})
+	commitErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_commit_errors_total",
+		Help: "Group commits that failed (their writes were refused)."})
+	n.reg.MustRegister(commitSeconds, batchWrites, commitErrors)
+	n.store, err = store.OpenPebble(store.PebbleConfig{
+		Dir: filepath.Join(cfg.DataDir, "inbox"), NoSync: cfg.StoreNoSync,
+		Observe: func(writes int, d time.Duration, err error) {
+			commitSeconds.Observe(d.Seconds())
+			batchWrites.Observe(float64(writes))
+			if err != nil {
+				commitErrors.Inc()
+			}
+		},
+	}, log)
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +103,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	ids := actors.NewIDGen()
 	deps := actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats})
 	// The cluster member starts before any other gRPC in the process.
-	n.sys, err = cluster.Start(cfg.Cluster, deps.Producer, n.reg, log)
+	n.sys, err = cluster.Start(cfg.Cluster, deps.NewActor, n.reg, log)
 	if err != nil {
 		return nil, err
 	}
