@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/messages/actorpb"
@@ -42,6 +43,8 @@ type PebbleConfig struct {
 	// Lanes is the number of batches committed concurrently (default 2):
 	// one is applied while another waits for its sync.
 	Lanes int
+	// CacheSize is the block cache in bytes (default 64 MiB).
+	CacheSize int
 	// SweepInterval is how often expired idempotency keys are deleted
 	// (default 1 minute).
 	SweepInterval time.Duration
@@ -61,6 +64,9 @@ func (c *PebbleConfig) setDefaults() error {
 	}
 	if c.QueueLen <= 0 {
 		c.QueueLen = 8192
+	}
+	if c.CacheSize <= 0 {
+		c.CacheSize = 64 << 20
 	}
 	if c.Lanes <= 0 {
 		c.Lanes = 2
@@ -98,14 +104,26 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	db, err := pebble.Open(cfg.Dir, &pebble.Options{
+	cache := pebble.NewCache(int64(cfg.CacheSize))
+	defer cache.Unref() // the DB holds its own reference
+	opts := &pebble.Options{
 		Logger: pebbleLogger{log},
+		// Filter and index blocks of the tables stay cached: idempotency
+		// lookups read them for every new push and C2C id.
+		Cache:  cache,
 		// Most inbox entries are acknowledged within seconds: a larger
 		// memtable lets an entry and its deletion meet there and vanish
 		// at flush, instead of being flushed and compacted away later.
 		MemTableSize:                32 << 20,
 		MemTableStopWritesThreshold: 4,
-	})
+	}
+	// Nearly every idempotency lookup is for a key that does not exist
+	// (a new push or C2C id): Bloom filters answer those without reading
+	// the tables.
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	db, err := pebble.Open(cfg.Dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("store: open pebble in %s: %w", cfg.Dir, err)
 	}
