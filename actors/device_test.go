@@ -453,3 +453,25 @@ func TestWindowBytes(t *testing.T) {
 		t.Fatalf("a message above the window must still go out: %d frames", len(fs))
 	}
 }
+
+// TestWriteSnapshotsMeta: a write handed to the store is not changed by
+// what the machine does while it is in flight (the committer encodes it on
+// its own goroutine).
+func TestWriteSnapshotsMeta(t *testing.T) {
+	h := newHarness(t)
+	h.login(1)
+	w := h.d.TakeWrite()
+	if w == nil || w.Meta == nil || !w.Meta.Session.Online {
+		t.Fatalf("login write %+v", w)
+	}
+	h.d.Closed(h.now, &actorpb.DeviceClosed{Conn: conn(1), Epoch: 1})
+	h.push("x", 0)
+	if !w.Meta.Session.Online || w.Meta.LastSeq != 0 {
+		t.Fatalf("in-flight write changed: online %v last_seq %d", w.Meta.Session.Online, w.Meta.LastSeq)
+	}
+	h.d.WriteDone(nil)
+	next := h.d.TakeWrite()
+	if next.Meta.Session.Online || next.Meta.LastSeq != 1 {
+		t.Fatalf("next write: online %v last_seq %d", next.Meta.Session.Online, next.Meta.LastSeq)
+	}
+}
