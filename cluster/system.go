@@ -54,11 +54,11 @@ type GateSink interface {
 // Courier talks to identities and to gates anywhere in it. Its methods are
 // safe for concurrent use.
 type System struct {
-	cfg      Config
-	log      *slog.Logger
-	actors   *actor.ActorSystem
-	cluster  *pcluster.Cluster
-	address  string
+	cfg        Config
+	log        *slog.Logger
+	actors     *actor.ActorSystem
+	cluster    *pcluster.Cluster
+	address    string
 	newChild   ChildFactory
 	childProps *actor.Props
 

@@ -110,7 +110,7 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 		Logger: pebbleLogger{log},
 		// Filter and index blocks of the tables stay cached: idempotency
 		// lookups read them for every new push and C2C id.
-		Cache:  cache,
+		Cache: cache,
 		// Most inbox entries are acknowledged within seconds: a larger
 		// memtable lets an entry and its deletion meet there and vanish
 		// at flush, instead of being flushed and compacted away later.
