@@ -52,6 +52,21 @@ func (f *apiFlags) dial() (apipb.CourierClient, context.Context, func(), error) 
 	return apipb.NewCourierClient(conn), ctx, func() { cancel(); conn.Close() }, nil
 }
 
+// call dials, makes one call and prints its answer as JSON.
+func (f *apiFlags) call(do func(context.Context, apipb.CourierClient) (proto.Message, error)) error {
+	cl, ctx, done, err := f.dial()
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := do(ctx, cl)
+	if err != nil {
+		return err
+	}
+	printJSON(resp)
+	return nil
+}
+
 func printJSON(m proto.Message) {
 	b, _ := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(m)
 	var v any
@@ -128,17 +143,9 @@ func kickCmd() *cobra.Command {
 		Use:   "kick",
 		Short: "End an identity's session (KICKOUT, then close)",
 		RunE: func(*cobra.Command, []string) error {
-			cl, ctx, done, err := f.dial()
-			if err != nil {
-				return err
-			}
-			defer done()
-			resp, err := cl.Kick(ctx, &apipb.KickRequest{AppCode: app, Uid: uid, Reason: reason})
-			if err != nil {
-				return err
-			}
-			printJSON(resp)
-			return nil
+			return f.call(func(ctx context.Context, cl apipb.CourierClient) (proto.Message, error) {
+				return cl.Kick(ctx, &apipb.KickRequest{AppCode: app, Uid: uid, Reason: reason})
+			})
 		},
 	}
 	f.bind(c)
@@ -156,17 +163,9 @@ func presenceCmd() *cobra.Command {
 		Use:   "presence",
 		Short: "Tell whether identities are online, and where",
 		RunE: func(*cobra.Command, []string) error {
-			cl, ctx, done, err := f.dial()
-			if err != nil {
-				return err
-			}
-			defer done()
-			resp, err := cl.Presence(ctx, &apipb.PresenceRequest{AppCode: app, Uids: uids})
-			if err != nil {
-				return err
-			}
-			printJSON(resp)
-			return nil
+			return f.call(func(ctx context.Context, cl apipb.CourierClient) (proto.Message, error) {
+				return cl.Presence(ctx, &apipb.PresenceRequest{AppCode: app, Uids: uids})
+			})
 		},
 	}
 	f.bind(c)
@@ -182,17 +181,9 @@ func listsCmd() *cobra.Command {
 		Use:   "lists",
 		Short: "Show the gate's black/white lists",
 		RunE: func(*cobra.Command, []string) error {
-			cl, ctx, done, err := f.dial()
-			if err != nil {
-				return err
-			}
-			defer done()
-			resp, err := cl.GetAccessLists(ctx, &apipb.GetAccessListsRequest{AppCode: app})
-			if err != nil {
-				return err
-			}
-			printJSON(resp)
-			return nil
+			return f.call(func(ctx context.Context, cl apipb.CourierClient) (proto.Message, error) {
+				return cl.GetAccessLists(ctx, &apipb.GetAccessListsRequest{AppCode: app})
+			})
 		},
 	}
 	f.bind(c)

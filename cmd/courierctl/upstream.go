@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/messages/apipb"
 )
@@ -79,17 +80,9 @@ func statsCmd() *cobra.Command {
 		Use:   "stats",
 		Short: "Show delivery statistics (arrival rate, ack latency) per msgtype",
 		RunE: func(*cobra.Command, []string) error {
-			cl, ctx, done, err := f.dial()
-			if err != nil {
-				return err
-			}
-			defer done()
-			resp, err := cl.Stats(ctx, &apipb.StatsRequest{AppCode: app, Msgtypes: toU32(msgtypes), WindowSeconds: uint32(window / time.Second)})
-			if err != nil {
-				return err
-			}
-			printJSON(resp)
-			return nil
+			return f.call(func(ctx context.Context, cl apipb.CourierClient) (proto.Message, error) {
+				return cl.Stats(ctx, &apipb.StatsRequest{AppCode: app, Msgtypes: toU32(msgtypes), WindowSeconds: uint32(window / time.Second)})
+			})
 		},
 	}
 	f.bind(c)
