@@ -75,6 +75,12 @@ type Device struct {
 	newID   func() string
 	meta    *actorpb.IdentityMeta
 	session *actorpb.SessionRecord // nil when offline
+	// savedLastSeq is the LastSeq in the stored meta. Each stored entry
+	// carries its seq, so a push need not rewrite the meta; the meta's
+	// LastSeq is brought up to date when entries are deleted (atomically
+	// with the deletion), so the highest seq is never forgotten.
+	savedLastSeq uint32
+	takenLastSeq uint32 // LastSeq of the meta in the write in flight
 
 	inbox         []*item // by seq
 	byMsgID       map[string]*item
@@ -124,7 +130,9 @@ func NewDevice(cfg *Config, id store.Identity, snap *store.Snapshot, stats Stats
 		d.session = s
 	}
 	d.inbox = make([]*item, 0, len(snap.Inbox))
+	d.savedLastSeq = d.meta.LastSeq
 	for _, e := range snap.Inbox {
+		d.meta.LastSeq = max(d.meta.LastSeq, e.Seq)
 		it := &item{e: e}
 		d.inbox = append(d.inbox, it)
 		d.byMsgID[e.MsgId] = it
@@ -168,7 +176,11 @@ func (d *Device) write() *store.Write {
 	return d.next
 }
 
-func (d *Device) persistMeta() { d.write().Meta = d.meta }
+// persistMeta stores the meta (a session change) durably.
+func (d *Device) persistMeta() {
+	w := d.write()
+	w.Meta, w.Sync = d.meta, true
+}
 
 // emit queues an effect behind every write the machine has produced so far.
 func (d *Device) emit(e Effect) {
@@ -195,6 +207,7 @@ func (d *Device) TakeWrite() *store.Write {
 		// machine goes on changing its meta; session records are never
 		// changed once made, so a shallow copy is a snapshot.
 		w.Meta = &actorpb.IdentityMeta{LastSeq: d.meta.LastSeq, LastEpoch: d.meta.LastEpoch, Session: d.meta.Session}
+		d.takenLastSeq = d.meta.LastSeq
 	}
 	d.submitted++
 	d.inFlight = true
@@ -227,6 +240,7 @@ func (d *Device) WriteDone(err error) {
 		return
 	}
 	d.durable = d.submitted
+	d.savedLastSeq = max(d.savedLastSeq, d.takenLastSeq)
 	n := 0
 	for _, q := range d.waiting {
 		if q.tag > d.durable {
@@ -410,6 +424,12 @@ func (d *Device) remove(it *item) {
 	}
 	w := d.write()
 	w.Delete = append(w.Delete, it.e.Seq)
+	if w.Meta == nil && d.meta.LastSeq > d.savedLastSeq {
+		// The deleted entry may have carried the highest seq: keep it in
+		// the meta, in the same atomic write (no sync needed: lost
+		// together with the deletion, the entry keeps it).
+		w.Meta = d.meta
+	}
 }
 
 func (d *Device) pull(after, limit uint32) *devicepb.PullAck {
@@ -499,10 +519,11 @@ func (d *Device) accept(now time.Time, e *actorpb.InboxEntry, key string, rememb
 	d.noteExpiry(e.ExpiresAtMs)
 	w := d.write()
 	w.Put = append(w.Put, e)
-	d.persistMeta()
+	w.Sync = true
 	if remember {
 		rec := &actorpb.IdempotencyRecord{MsgId: e.MsgId, Seq: e.Seq, ExpiresAtMs: now.Add(d.cfg.IdempotencyTTL).UnixMilli()}
 		w.Idem = append(w.Idem, store.IdemPut{Key: key, Record: rec})
+		w.Sync = true
 		if len(d.recentIdem) >= maxRecentIdem {
 			for k := range d.recentIdem {
 				delete(d.recentIdem, k)

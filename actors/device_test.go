@@ -475,3 +475,43 @@ func TestWriteSnapshotsMeta(t *testing.T) {
 		t.Fatalf("next write: online %v last_seq %d", next.Meta.Session.Online, next.Meta.LastSeq)
 	}
 }
+
+// TestLastSeqWithoutMetaWrites: a push stores only its entry; the meta's
+// last seq catches up in the write that deletes entries, so a restart
+// never reuses a seq.
+func TestLastSeqWithoutMetaWrites(t *testing.T) {
+	h := newHarness(t)
+	h.push("a", 0)
+	h.push("b", 0)
+	h.settle()
+	for _, w := range h.writes {
+		if w.Meta != nil || !w.Sync {
+			t.Fatalf("push write: meta %v sync %v", w.Meta, w.Sync)
+		}
+	}
+	// Restored from entries alone, the seq goes on after the highest.
+	cfg := DefaultConfig()
+	d := NewDevice(&cfg, store.Identity{App: 1, UID: "u"}, &store.Snapshot{
+		Meta: &actorpb.IdentityMeta{LastSeq: 3}, Inbox: []*actorpb.InboxEntry{{Seq: 12, MsgId: "x"}}}, nil, func() string { return "y" })
+	d.Push(h.now, ReplyTo{}, &actorpb.Push{Stored: true}, nil)
+	if w := d.TakeWrite(); w.Put[0].Seq != 13 {
+		t.Fatalf("next seq %d, want 13", w.Put[0].Seq)
+	}
+	// Deleting entries brings the stored last seq along, without a sync
+	// (an ack may come on any connection, even while the identity has no
+	// session).
+	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: "m2"})
+	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
+	h.settle()
+	last := h.writes[len(h.writes)-1]
+	if len(last.Delete) != 1 || last.Meta == nil || last.Meta.LastSeq != 2 || last.Sync {
+		t.Fatalf("delete write: %+v", last)
+	}
+	// Once stored, later deletions do not repeat it.
+	ack, _ = proto.Marshal(&devicepb.S2CAck{MsgId: "m1"})
+	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
+	h.settle()
+	if last = h.writes[len(h.writes)-1]; last.Meta != nil {
+		t.Fatalf("meta written again: %+v", last)
+	}
+}

@@ -263,7 +263,7 @@ func (s *Pebble) commit(ws []pending) error {
 	sync := false
 	for _, p := range ws {
 		w := p.w
-		sync = sync || w.NeedsSync()
+		sync = sync || w.Sync
 		if w.Meta != nil {
 			var err error
 			if val, err = (proto.MarshalOptions{}).MarshalAppend(val[:0], w.Meta); err != nil {

@@ -37,6 +37,8 @@ func (id Identity) Valid() bool { return id.UID != "" && len(id.UID) <= MaxUIDLe
 // Snapshot is what Load returns: everything an actor needs to rebuild
 // itself.
 type Snapshot struct {
+	// Meta's LastSeq may be behind the inbox's highest seq: writers need
+	// not store it with every entry (the entry carries its seq).
 	Meta *actorpb.IdentityMeta
 	// Inbox holds the undelivered entries in seq order.
 	Inbox []*actorpb.InboxEntry
@@ -59,15 +61,12 @@ type Write struct {
 	Delete []uint32
 	// Idem records idempotency keys; they expire at Record.ExpiresAtMs.
 	Idem []IdemPut
-}
-
-// NeedsSync reports whether the write must be durable before it counts as
-// done. Only deletions of inbox entries need not: losing one in a crash
-// means the acknowledged message is delivered once more (with the same
-// msg id and seq), which at-least-once delivery allows. They are written
-// without a sync of their own and made durable by the next synced commit.
-func (w *Write) NeedsSync() bool {
-	return w.Meta != nil || len(w.Put) > 0 || len(w.Idem) > 0
+	// Sync asks for the write to be durable before it counts as done. A
+	// write without it is made durable by the next synced commit, or lost
+	// in a crash: the writer decides what it can afford to lose (a device
+	// actor: the deletion of an acknowledged message, which then is
+	// delivered once more).
+	Sync bool
 }
 
 // Empty reports whether the write changes nothing.

@@ -421,10 +421,33 @@ func testRestart(t *testing.T, sig syscall.Signal) {
 		}
 		ackS2C(d, m.MsgId)
 	}
-	// The seq goes on from where it was.
+	d.Keepalive() // the acks are in
+	// A crash right after the acks: their deletions may be lost (the
+	// messages then come again, with their seq and id), but no seq is
+	// ever handed out twice.
+	n.Stop(syscall.SIGKILL)
+	n.Restart()
+	d = testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
+	ack = d.Login("nora", testkit.Token(t, 1, "nora"), false)
+	if ack.LastSeq != count || ack.Pending > count {
+		t.Fatalf("after acks and a crash: last_seq %d pending %d", ack.LastSeq, ack.Pending)
+	}
 	r := push(t, n.API(t), testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: "nora", Payload: []byte("next")})
 	if r.Seq != count+1 {
 		t.Fatalf("seq after restart %d, want %d", r.Seq, count+1)
+	}
+	for {
+		seq, m := expectS2C(t, d)
+		ackS2C(d, m.MsgId)
+		if seq == count+1 {
+			if string(m.Payload) != "next" {
+				t.Fatalf("seq %d payload %q", seq, m.Payload)
+			}
+			break
+		}
+		if seq > count || string(m.Payload) != strconv.Itoa(int(seq)-1) {
+			t.Fatalf("redelivery seq %d payload %q", seq, m.Payload)
+		}
 	}
 }
 
