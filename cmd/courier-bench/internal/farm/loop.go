@@ -366,6 +366,11 @@ func (l *loop) frame(d *device, h messages.Header, body []byte, t int64) {
 		default:
 			l.record(Record{Kind: kind, Dev: uint32(d.g), Seq: h.Seq, Idx: p.Index, Hash: wire.Hash(msgID), T: t})
 		}
+		if h.Cmd == messages.CmdS2C && h.Seq == 0 {
+			// Fire-and-forget: not in the inbox, nothing to acknowledge
+			// (as docs/protocol.md tells clients).
+			return
+		}
 		start := l.beginFrame()
 		l.wbuf = wire.AppendMsgIDAck(l.wbuf, msgID)
 		l.endFrame(d, start, ack, h.MsgType)
