@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -70,6 +71,10 @@ type deviceActor struct {
 
 	timer   *time.Timer
 	timerAt time.Time
+	// detached counts deletions submitted without waiting that the store
+	// has not finished: the actor does not passivate before they are
+	// done, or its next activation would load the entries again.
+	detached atomic.Int32
 }
 
 func (a *deviceActor) Receive(ctx actor.Context) {
@@ -99,7 +104,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 			a.d.Tick(a.deps.Now())
 		}
 	case *actor.ReceiveTimeout:
-		if a.seen > 0 && (a.d == nil || a.d.Idle()) {
+		if a.seen > 0 && (a.d == nil || a.d.Idle()) && a.detached.Load() == 0 {
 			a.deps.Router.Passivate(a.id.App, a.id.UID, ctx.Self(), a.seen)
 		}
 		return
@@ -215,6 +220,15 @@ func (a *deviceActor) perform(ctx actor.Context) {
 	d := a.d
 	if d == nil {
 		return
+	}
+	if w := d.TakeDetached(); w != nil {
+		a.detached.Add(1)
+		a.deps.Store.Submit(w, func(err error) {
+			if err != nil {
+				a.deps.Log.Debug("actors: deleting acknowledged messages failed; they will be delivered again", "identity", w.ID, "err", err)
+			}
+			a.detached.Add(-1)
+		})
 	}
 	if w := d.TakeWrite(); w != nil {
 		self, root := ctx.Self(), ctx.ActorSystem().Root

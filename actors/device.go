@@ -194,6 +194,34 @@ func (d *Device) emit(e Effect) {
 	}
 }
 
+// TakeDetached returns the pending write if it only deletes inbox
+// entries, or nil. Such a write is submitted without waiting: nothing the
+// machine emits depends on it (lost in a crash, an acknowledged message is
+// delivered once more), and the store keeps an identity's writes in order.
+// The caller does not call WriteDone for it; it may ignore its failure.
+func (d *Device) TakeDetached() *store.Write {
+	w := d.next
+	if w == nil || d.broken || w.Meta != nil || len(w.Put) > 0 || len(w.Idem) > 0 {
+		return nil
+	}
+	d.next = nil
+	// Effects queued behind this write now wait only for the write in
+	// flight, if any.
+	for i := range d.waiting {
+		if d.waiting[i].tag > d.submitted {
+			d.waiting[i].tag = d.submitted
+		}
+	}
+	if !d.inFlight {
+		for _, q := range d.waiting {
+			d.ready = append(d.ready, q.eff)
+		}
+		clear(d.waiting)
+		d.waiting = d.waiting[:0]
+	}
+	return w
+}
+
 // TakeWrite returns the write to submit now, or nil if there is none or
 // one is already in flight. The caller must call WriteDone for it.
 func (d *Device) TakeWrite() *store.Write {

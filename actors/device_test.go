@@ -40,6 +40,9 @@ func newHarness(t *testing.T) *harness {
 func (h *harness) settle() []Effect {
 	h.t.Helper()
 	for {
+		if w := h.d.TakeDetached(); w != nil {
+			h.writes = append(h.writes, w)
+		}
 		h.effects = append(h.effects, h.d.Effects()...)
 		w := h.d.TakeWrite()
 		if w == nil {
