@@ -166,6 +166,8 @@ func (a *deviceActor) envelope(ctx actor.Context, env *actorpb.Envelope) {
 		d.Kick(now, to, b.Kick)
 	case *actorpb.Envelope_Presence:
 		d.Presence(to)
+	case *actorpb.Envelope_Sweep:
+		d.Tick(now)
 	default:
 		if to.ReqID != 0 {
 			a.deps.Router.Reply(to.Address, failure(codes.Unimplemented, "actors: unknown request"))

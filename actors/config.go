@@ -39,6 +39,11 @@ type Config struct {
 	IdempotencyTTL time.Duration
 	// PullPage is the most messages one PULL_ACK carries (default 100).
 	PullPage int
+	// ExpirySweep is how often the node looks through the inbox store for
+	// expired messages of identities that are not in memory (devices that
+	// never came back), and has their actors drop them (default 10 min;
+	// 0 disables).
+	ExpirySweep time.Duration
 	// PassivateAfter is the idle time after which an identity with nothing
 	// in flight leaves memory (default 30 s), online or not. It comes back
 	// from the store on its next message (a read of its meta and inbox).
@@ -59,6 +64,7 @@ func DefaultConfig() Config {
 		IdempotencyTTL:   24 * time.Hour,
 		PullPage:         100,
 		PassivateAfter:   30 * time.Second,
+		ExpirySweep:      10 * time.Minute,
 	}
 }
 
@@ -85,6 +91,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("actors.idempotency-ttl %v: must be at least 1m", c.IdempotencyTTL)
 	case c.PullPage < 1 || c.PullPage > 1000:
 		return fmt.Errorf("actors.pull-page %d: must be in [1, 1000]", c.PullPage)
+	case c.ExpirySweep != 0 && c.ExpirySweep < 100*time.Millisecond:
+		return fmt.Errorf("actors.expiry-sweep %v: must be 0 (off) or at least 100ms", c.ExpirySweep)
 	case c.PassivateAfter < 100*time.Millisecond:
 		return fmt.Errorf("actors.passivate-after %v: must be at least 100ms", c.PassivateAfter)
 	}

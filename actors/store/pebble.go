@@ -212,6 +212,47 @@ func (s *Pebble) Load(_ context.Context, id Identity) (*Snapshot, error) {
 	return snap, nil
 }
 
+// Expired implements Store.
+func (s *Pebble) Expired(ctx context.Context, now time.Time, max int, fn func(Identity)) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixInbox}, UpperBound: []byte{prefixInbox + 1}})
+	if err != nil {
+		return fmt.Errorf("%w: inbox scan: %v", ErrUnavailable, err)
+	}
+	defer it.Close()
+	nowMs := now.UnixMilli()
+	var last []byte // idkey of the last identity reported
+	n := 0
+	var e actorpb.InboxEntry
+	for ok := it.First(); ok && n < max; ok = it.Next() {
+		k := it.Key()
+		if len(k) < 4+4 || len(k) < 4+int(k[3])+4 {
+			continue
+		}
+		idk := k[:4+int(k[3])] // prefix, app, uid length, uid
+		if last != nil && bytes.Equal(idk, last) {
+			continue
+		}
+		if err := proto.Unmarshal(it.Value(), &e); err != nil || e.ExpiresAtMs == 0 || e.ExpiresAtMs > nowMs {
+			continue
+		}
+		last = bytes.Clone(idk)
+		fn(Identity{App: binary.BigEndian.Uint16(idk[1:3]), UID: string(idk[4:])})
+		n++
+		if n%1024 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("%w: inbox scan: %v", ErrUnavailable, err)
+	}
+	return nil
+}
+
 // Idempotency implements Store.
 func (s *Pebble) Idempotency(_ context.Context, id Identity, key string) (*actorpb.IdempotencyRecord, error) {
 	rec, err := s.idemRecord(idemKey(id, key))

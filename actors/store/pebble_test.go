@@ -231,3 +231,29 @@ func BenchmarkPebbleCommit(b *testing.B) {
 	}
 	wg.Wait()
 }
+
+func TestPebbleExpired(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	now := time.Now()
+	exp := func(seq uint32, at time.Time) *actorpb.InboxEntry {
+		e := entry(seq)
+		e.ExpiresAtMs = at.UnixMilli()
+		return e
+	}
+	// a: one live and one expired entry; b: only live; c: expired twice.
+	commitSync(t, s, &Write{ID: Identity{App: 1, UID: "a"}, Put: []*actorpb.InboxEntry{exp(1, now.Add(time.Hour)), exp(2, now.Add(-time.Second))}})
+	commitSync(t, s, &Write{ID: Identity{App: 1, UID: "b"}, Put: []*actorpb.InboxEntry{exp(1, now.Add(time.Hour)), entry(2)}})
+	commitSync(t, s, &Write{ID: Identity{App: 2, UID: "c"}, Put: []*actorpb.InboxEntry{exp(1, now.Add(-time.Minute)), exp(2, now.Add(-time.Second))}})
+	var got []Identity
+	if err := s.Expired(context.Background(), now, 100, func(id Identity) { got = append(got, id) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0] != (Identity{1, "a"}) || got[1] != (Identity{2, "c"}) {
+		t.Fatalf("expired identities %v", got)
+	}
+	got = nil
+	_ = s.Expired(context.Background(), now, 1, func(id Identity) { got = append(got, id) })
+	if len(got) != 1 {
+		t.Fatalf("max not respected: %v", got)
+	}
+}

@@ -15,6 +15,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/courier-im/courier/messages/actorpb"
 )
@@ -88,6 +89,12 @@ type Store interface {
 	// identity complete in submission order. After Close, done is called
 	// with ErrClosed.
 	Submit(w *Write, done func(error))
+	// Expired calls fn for every identity that holds an inbox entry whose
+	// expiry is before now, once per identity, at most max identities.
+	// It reads the whole inbox, so it is for an occasional background
+	// sweep (the inbox of a healthy platform is small: messages leave it
+	// when acknowledged).
+	Expired(ctx context.Context, now time.Time, max int, fn func(Identity)) error
 	// Close flushes queued writes and releases the store.
 	Close() error
 }

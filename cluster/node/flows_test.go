@@ -340,3 +340,22 @@ func TestStatisticsMatchWhatHappened(t *testing.T) {
 		t.Fatal("app 2's key read app 1's statistics")
 	}
 }
+
+// TestExpirySweepWithoutLogin: expired messages of a device that never
+// comes back are dropped (and counted) by the background sweep.
+func TestExpirySweepWithoutLogin(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--actors.expiry-sweep", "300ms", "--actors.passivate-after", "200ms"}})
+	api := n.API(t)
+	for range 3 {
+		push(t, api, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: "gone", Msgtype: 9, TtlMs: 300})
+	}
+	push(t, api, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: "gone", Msgtype: 9})
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		st, err := api.Stats(testkit.Ctx(t, testkit.App1Key), &apipb.StatsRequest{AppCode: 1, Msgtypes: []uint32{9}})
+		return err == nil && len(st.Msgtypes) == 1 && st.Msgtypes[0].Total.Expired == 3
+	}, "the sweep never expired the messages")
+	d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
+	if la := d.Login("gone", testkit.Token(t, 1, "gone"), false); la.Pending != 1 {
+		t.Fatalf("pending %d, want the 1 message without a short expiry", la.Pending)
+	}
+}

@@ -36,6 +36,7 @@ import (
 	"github.com/courier-im/courier/cluster/api"
 	"github.com/courier-im/courier/cluster/upstream"
 	"github.com/courier-im/courier/gate"
+	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/apipb"
 )
 
@@ -55,6 +56,7 @@ type Node struct {
 	httpL net.Listener
 
 	gateErr chan error
+	quit    chan struct{} // stops the expiry sweep
 	wg      sync.WaitGroup
 	once    sync.Once
 }
@@ -69,7 +71,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: log, reg: prometheus.NewRegistry(), gateErr: make(chan error, 1)}
+	n := &Node{cfg: cfg, log: log, reg: prometheus.NewRegistry(), gateErr: make(chan error, 1), quit: make(chan struct{})}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {
@@ -142,6 +144,11 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		}
 	}()
 
+	if cfg.Actors.ExpirySweep > 0 {
+		n.wg.Add(1)
+		go n.sweepExpired(cfg.Actors.ExpirySweep)
+	}
+
 	if cfg.HTTPAddr != "" {
 		if n.httpL, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 			return nil, fmt.Errorf("node: http-addr %s: %w", cfg.HTTPAddr, err)
@@ -161,6 +168,33 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	log.Info("node: started", "name", cfg.Name, "gate", n.GateAddr(), "api", n.APIAddr(), "http", n.HTTPAddr(),
 		"cluster", n.sys.Address(), "data", cfg.DataDir)
 	return n, nil
+}
+
+// sweepExpired periodically has the actors of identities with expired
+// messages drop them, so that devices that never come back do not keep
+// their messages on disk forever. An identity found is sent a Sweep; its
+// actor expires what is due (counted as expired) and passivates again.
+func (n *Node) sweepExpired(every time.Duration) {
+	defer n.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.quit:
+			return
+		case <-t.C:
+		}
+		count := 0
+		err := n.store.Expired(context.Background(), time.Now(), 100_000, func(id store.Identity) {
+			count++
+			n.sys.Send(&actorpb.Envelope{AppCode: uint32(id.App), Uid: id.UID, Body: &actorpb.Envelope_Sweep{Sweep: &actorpb.Sweep{}}})
+		})
+		if err != nil {
+			n.log.Warn("node: expiry sweep", "err", err)
+		} else if count > 0 {
+			n.log.Debug("node: expiry sweep", "identities", count)
+		}
+	}
 }
 
 func newInstanceID() string {
@@ -187,6 +221,7 @@ func (n *Node) HTTPAddr() string {
 func (n *Node) Shutdown(ctx context.Context) error {
 	var errs []error
 	n.once.Do(func() {
+		close(n.quit)
 		if n.gate != nil {
 			if err := n.gate.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("gate: %w", err))

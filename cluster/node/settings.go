@@ -70,6 +70,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.DurationVar(&a.IdempotencyTTL, "actors.idempotency-ttl", a.IdempotencyTTL, "how long idempotency keys and C2C client ids are remembered")
 	fs.IntVar(&a.PullPage, "actors.pull-page", a.PullPage, "most messages in one PULL_ACK")
 	fs.DurationVar(&a.PassivateAfter, "actors.passivate-after", a.PassivateAfter, "idle time after which an identity leaves memory")
+	fs.DurationVar(&a.ExpirySweep, "actors.expiry-sweep", a.ExpirySweep, "how often expired messages of identities not in memory are dropped (0: only when they come back)")
 
 	l := &c.API
 	fs.IntVar(&l.MaxPayload, "api.max-payload", l.MaxPayload, "largest push payload in bytes")

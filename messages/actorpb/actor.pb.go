@@ -710,6 +710,7 @@ type Envelope struct {
 	//	*Envelope_Push
 	//	*Envelope_Kick
 	//	*Envelope_Presence
+	//	*Envelope_Sweep
 	Body          isEnvelope_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -850,6 +851,15 @@ func (x *Envelope) GetPresence() *PresenceQuery {
 	return nil
 }
 
+func (x *Envelope) GetSweep() *Sweep {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_Sweep); ok {
+			return x.Sweep
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Body interface {
 	isEnvelope_Body()
 }
@@ -882,6 +892,10 @@ type Envelope_Presence struct {
 	Presence *PresenceQuery `protobuf:"bytes,16,opt,name=presence,proto3,oneof"`
 }
 
+type Envelope_Sweep struct {
+	Sweep *Sweep `protobuf:"bytes,17,opt,name=sweep,proto3,oneof"`
+}
+
 func (*Envelope_Login) isEnvelope_Body() {}
 
 func (*Envelope_Frame) isEnvelope_Body() {}
@@ -895,6 +909,47 @@ func (*Envelope_Push) isEnvelope_Body() {}
 func (*Envelope_Kick) isEnvelope_Body() {}
 
 func (*Envelope_Presence) isEnvelope_Body() {}
+
+func (*Envelope_Sweep) isEnvelope_Body() {}
+
+// Sweep asks an identity's actor to drop its expired messages (sent by the
+// node's background sweep of the inbox store, for identities that hold
+// expired messages and may never come back).
+type Sweep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Sweep) Reset() {
+	*x = Sweep{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Sweep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Sweep) ProtoMessage() {}
+
+func (x *Sweep) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Sweep.ProtoReflect.Descriptor instead.
+func (*Sweep) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{9}
+}
 
 // Reply answers an Envelope that carried a req_id.
 type Reply struct {
@@ -913,7 +968,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[9]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +980,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[9]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +993,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{9}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Reply) GetReqId() uint64 {
@@ -1030,7 +1085,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1097,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1110,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{10}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Failure) GetCode() int32 {
@@ -1086,7 +1141,7 @@ type Push struct {
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1153,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1166,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{11}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Push) GetMsgtype() uint32 {
@@ -1171,7 +1226,7 @@ type PushReply struct {
 
 func (x *PushReply) Reset() {
 	*x = PushReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1238,7 @@ func (x *PushReply) String() string {
 func (*PushReply) ProtoMessage() {}
 
 func (x *PushReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1251,7 @@ func (x *PushReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushReply.ProtoReflect.Descriptor instead.
 func (*PushReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PushReply) GetCode() int32 {
@@ -1251,7 +1306,7 @@ type Kick struct {
 
 func (x *Kick) Reset() {
 	*x = Kick{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1318,7 @@ func (x *Kick) String() string {
 func (*Kick) ProtoMessage() {}
 
 func (x *Kick) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1331,7 @@ func (x *Kick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kick.ProtoReflect.Descriptor instead.
 func (*Kick) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Kick) GetReason() devicepb.KickReason {
@@ -1302,7 +1357,7 @@ type KickReply struct {
 
 func (x *KickReply) Reset() {
 	*x = KickReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1369,7 @@ func (x *KickReply) String() string {
 func (*KickReply) ProtoMessage() {}
 
 func (x *KickReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1382,7 @@ func (x *KickReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickReply.ProtoReflect.Descriptor instead.
 func (*KickReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *KickReply) GetWasOnline() bool {
@@ -1345,7 +1400,7 @@ type PresenceQuery struct {
 
 func (x *PresenceQuery) Reset() {
 	*x = PresenceQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1412,7 @@ func (x *PresenceQuery) String() string {
 func (*PresenceQuery) ProtoMessage() {}
 
 func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1425,7 @@ func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceQuery.ProtoReflect.Descriptor instead.
 func (*PresenceQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
 }
 
 type PresenceReply struct {
@@ -1390,7 +1445,7 @@ type PresenceReply struct {
 
 func (x *PresenceReply) Reset() {
 	*x = PresenceReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1457,7 @@ func (x *PresenceReply) String() string {
 func (*PresenceReply) ProtoMessage() {}
 
 func (x *PresenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1470,7 @@ func (x *PresenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceReply.ProtoReflect.Descriptor instead.
 func (*PresenceReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PresenceReply) GetOnline() bool {
@@ -1499,7 +1554,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1511,7 +1566,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1524,7 +1579,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -1605,7 +1660,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1672,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1685,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -1672,7 +1727,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1739,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +1752,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -1775,7 +1830,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +1842,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +1855,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -1880,7 +1935,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\bapp_code\x18\x02 \x01(\rR\aappCode\x12\x10\n" +
 	"\x03uid\x18\x03 \x01(\tR\x03uid\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12\x12\n" +
-	"\x04zstd\x18\x05 \x01(\bR\x04zstd\"\x81\x04\n" +
+	"\x04zstd\x18\x05 \x01(\bR\x04zstd\"\xb2\x04\n" +
 	"\bEnvelope\x12\x19\n" +
 	"\bapp_code\x18\x01 \x01(\rR\aappCode\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x15\n" +
@@ -1894,8 +1949,10 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\x03c2c\x18\r \x01(\v2\x19.courier.actor.v1.C2CSendH\x00R\x03c2c\x12,\n" +
 	"\x04push\x18\x0e \x01(\v2\x16.courier.actor.v1.PushH\x00R\x04push\x12,\n" +
 	"\x04kick\x18\x0f \x01(\v2\x16.courier.actor.v1.KickH\x00R\x04kick\x12=\n" +
-	"\bpresence\x18\x10 \x01(\v2\x1f.courier.actor.v1.PresenceQueryH\x00R\bpresenceB\x06\n" +
-	"\x04body\"\x82\x02\n" +
+	"\bpresence\x18\x10 \x01(\v2\x1f.courier.actor.v1.PresenceQueryH\x00R\bpresence\x12/\n" +
+	"\x05sweep\x18\x11 \x01(\v2\x17.courier.actor.v1.SweepH\x00R\x05sweepB\x06\n" +
+	"\x04body\"\a\n" +
+	"\x05Sweep\"\x82\x02\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
 	"\x04push\x18\n" +
@@ -1985,7 +2042,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),           // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),       // 1: courier.actor.v1.DeviceLogin
@@ -1996,56 +2053,58 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ToConn)(nil),            // 6: courier.actor.v1.ToConn
 	(*LoginOutcome)(nil),      // 7: courier.actor.v1.LoginOutcome
 	(*Envelope)(nil),          // 8: courier.actor.v1.Envelope
-	(*Reply)(nil),             // 9: courier.actor.v1.Reply
-	(*Failure)(nil),           // 10: courier.actor.v1.Failure
-	(*Push)(nil),              // 11: courier.actor.v1.Push
-	(*PushReply)(nil),         // 12: courier.actor.v1.PushReply
-	(*Kick)(nil),              // 13: courier.actor.v1.Kick
-	(*KickReply)(nil),         // 14: courier.actor.v1.KickReply
-	(*PresenceQuery)(nil),     // 15: courier.actor.v1.PresenceQuery
-	(*PresenceReply)(nil),     // 16: courier.actor.v1.PresenceReply
-	(*SessionRecord)(nil),     // 17: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),      // 18: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),        // 19: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil), // 20: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),    // 21: courier.device.v1.Login
-	(*devicepb.C2C)(nil),      // 22: courier.device.v1.C2C
-	(devicepb.KickReason)(0),  // 23: courier.device.v1.KickReason
-	(devicepb.Platform)(0),    // 24: courier.device.v1.Platform
-	(devicepb.Kind)(0),        // 25: courier.device.v1.Kind
+	(*Sweep)(nil),             // 9: courier.actor.v1.Sweep
+	(*Reply)(nil),             // 10: courier.actor.v1.Reply
+	(*Failure)(nil),           // 11: courier.actor.v1.Failure
+	(*Push)(nil),              // 12: courier.actor.v1.Push
+	(*PushReply)(nil),         // 13: courier.actor.v1.PushReply
+	(*Kick)(nil),              // 14: courier.actor.v1.Kick
+	(*KickReply)(nil),         // 15: courier.actor.v1.KickReply
+	(*PresenceQuery)(nil),     // 16: courier.actor.v1.PresenceQuery
+	(*PresenceReply)(nil),     // 17: courier.actor.v1.PresenceReply
+	(*SessionRecord)(nil),     // 18: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),      // 19: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),        // 20: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil), // 21: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),    // 22: courier.device.v1.Login
+	(*devicepb.C2C)(nil),      // 23: courier.device.v1.C2C
+	(devicepb.KickReason)(0),  // 24: courier.device.v1.KickReason
+	(devicepb.Platform)(0),    // 25: courier.device.v1.Platform
+	(devicepb.Kind)(0),        // 26: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	21, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	22, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	22, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	23, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
 	2,  // 9: courier.actor.v1.Envelope.frame:type_name -> courier.actor.v1.DeviceFrame
 	3,  // 10: courier.actor.v1.Envelope.closed:type_name -> courier.actor.v1.DeviceClosed
 	4,  // 11: courier.actor.v1.Envelope.c2c:type_name -> courier.actor.v1.C2CSend
-	11, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
-	13, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
-	15, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
-	12, // 15: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
-	14, // 16: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
-	16, // 17: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
-	10, // 18: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	23, // 19: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 20: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	24, // 21: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	0,  // 22: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	24, // 23: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	17, // 24: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	25, // 25: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	12, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
+	14, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
+	16, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
+	9,  // 15: courier.actor.v1.Envelope.sweep:type_name -> courier.actor.v1.Sweep
+	13, // 16: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
+	15, // 17: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
+	17, // 18: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
+	11, // 19: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
+	24, // 20: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 21: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	25, // 22: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	0,  // 23: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	25, // 24: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	18, // 25: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	26, // 26: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -2061,8 +2120,9 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Envelope_Push)(nil),
 		(*Envelope_Kick)(nil),
 		(*Envelope_Presence)(nil),
+		(*Envelope_Sweep)(nil),
 	}
-	file_courier_actor_v1_actor_proto_msgTypes[9].OneofWrappers = []any{
+	file_courier_actor_v1_actor_proto_msgTypes[10].OneofWrappers = []any{
 		(*Reply_Push)(nil),
 		(*Reply_Kick)(nil),
 		(*Reply_Presence)(nil),
@@ -2074,7 +2134,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
