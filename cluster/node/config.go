@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -109,7 +110,8 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	// The actors announce the gate's heartbeat in LOGIN_ACK.
 	c.Actors.Heartbeat = c.Gate.HeartbeatInterval
 	if err := c.Actors.Validate(); err != nil {
-		return nil, nil, err
+		// The heartbeat is the gate's setting.
+		return nil, nil, errors.New(strings.Replace(err.Error(), "actors.heartbeat", "gate.heartbeat-interval", 1))
 	}
 	if c.API.DefaultTTL > c.API.MaxTTL {
 		return nil, nil, fmt.Errorf("node: api.default-ttl %v: more than api.max-ttl %v", c.API.DefaultTTL, c.API.MaxTTL)
@@ -130,4 +132,42 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 		return nil, nil, fmt.Errorf("node: upstream.max-batch %d: must be at least 1", u.MaxBatch)
 	}
 	return secrets, keys, nil
+}
+
+// gateSettings names the gate's Config fields as the node's settings, so
+// that a gate configuration error names what the operator set. Longer
+// names come first: the replacer tries them in order.
+var gateSettings = strings.NewReplacer(
+	"Config.NewConnsPerIPBurst", "gate.new-conns-per-ip-burst",
+	"Config.NewConnsPerIP", "gate.new-conns-per-ip",
+	"Config.MaxOutboundBuffered", "gate.max-outbound-buffered",
+	"Config.ListsPollInterval", "gate.lists-poll-interval",
+	"Config.HeartbeatInterval", "gate.heartbeat-interval",
+	"Config.CompressThreshold", "gate.compress-threshold",
+	"Config.FramesPerSecond", "gate.frames-per-second",
+	"Config.BytesPerSecond", "gate.bytes-per-second",
+	"Config.OutQueueFrames", "gate.out-queue-frames",
+	"Config.OutQueueBytes", "gate.out-queue-bytes",
+	"Config.IPLimiterSize", "gate.ip-limiter-size",
+	"Config.MaxFrameSize", "gate.max-frame-size",
+	"Config.LoginTimeout", "gate.login-timeout",
+	"Config.TickInterval", "gate.tick-interval",
+	"Config.IdleTimeout", "gate.idle-timeout",
+	"Config.AppSecrets", "app-secret",
+	"Config.FrameBurst", "gate.frame-burst",
+	"Config.ByteBurst", "gate.byte-burst",
+	"Config.FDReserve", "gate.fd-reserve",
+	"Config.ListsFile", "gate.lists-file",
+	"Config.MaxConns", "gate.max-conns",
+	"Config.Lists", "gate.lists-file",
+	"Config.Loops", "gate.loops",
+	"Config.Addr", "gate.addr",
+)
+
+// gateError rewrites a gate configuration error in the node's terms.
+func gateError(err error) error {
+	if !errors.Is(err, gate.ErrInvalidConfig) {
+		return err
+	}
+	return errors.New("node: " + gateSettings.Replace(err.Error()))
 }

@@ -116,7 +116,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, up: n.up, ids: ids}
 	n.gate, err = gate.New(gcfg, br, n.reg, log)
 	if err != nil {
-		return nil, err
+		return nil, gateError(err)
 	}
 	br.g = n.gate
 	n.sys.SetGate(sink{n.gate, br.gateID})
