@@ -45,24 +45,54 @@ type pushRec struct {
 
 const chunkSize = 1 << 16
 
-// c2cRec and c2sRec are what is known about one C2C or C2S message.
-type c2cRec struct {
+// msgRec is what is known about one C2C or C2S message: when it was
+// sent, acknowledged to its sender (with which code) and received.
+type msgRec struct {
 	sentNs, ackNs, recvNs int64
 	ackHash, recvHash     uint64
-	sender, receiver      int32
+	sender                int32
 	code                  uint8
 	sent, acked           bool
 	recvs                 uint8
 }
 
+type c2cRec struct {
+	msgRec
+	receiver int32
+}
+
 type c2sRec struct {
-	sentNs, ackNs, recvNs int64
-	ackHash, recvHash     uint64
-	sender                int32
-	recvUID               string
-	code                  uint8
-	sent, acked           bool
-	recvs                 uint8
+	msgRec
+	recvUID string
+}
+
+// tally counts one message into t; mismatch says whether what arrived
+// differs from what was sent, lost describes it if it was lost.
+func (t *msgTotals) tally(r *msgRec, mismatch bool, lost func() string) {
+	t.Sent++
+	if r.recvs > 0 {
+		t.Delivered++
+		recordNs(t.DeliverLat, r.recvNs-r.sentNs)
+		if mismatch {
+			t.Mismatched++
+		}
+	}
+	switch {
+	case !r.acked:
+		t.NoAck++
+	case r.code != 0:
+		t.Refused++
+		t.RefusedBy[devicepb.Code(r.code).String()]++
+	default:
+		t.AckOK++
+		recordNs(t.AckLat, r.ackNs-r.sentNs)
+		if r.recvs == 0 {
+			t.Lost++
+			if len(t.LostSample) < 20 {
+				t.LostSample = append(t.LostSample, lost())
+			}
+		}
+	}
 }
 
 // accountant joins what the app-server side did (pushes, upstream
@@ -234,7 +264,7 @@ func (a *accountant) records(rs []farm.Record) {
 func (a *accountant) c2cRec(i uint64) *c2cRec {
 	c := a.c2c[i]
 	if c == nil {
-		c = &c2cRec{sender: -1, receiver: -1}
+		c = &c2cRec{msgRec: msgRec{sender: -1}, receiver: -1}
 		a.c2c[i] = c
 	}
 	return c
@@ -243,7 +273,7 @@ func (a *accountant) c2cRec(i uint64) *c2cRec {
 func (a *accountant) c2sRec(i uint64) *c2sRec {
 	c := a.c2s[i]
 	if c == nil {
-		c = &c2sRec{sender: -1}
+		c = &c2sRec{msgRec: msgRec{sender: -1}}
 		a.c2s[i] = c
 	}
 	return c
@@ -345,30 +375,8 @@ func (a *accountant) c2cTotals() msgTotals {
 		if !c.sent {
 			continue
 		}
-		t.Sent++
-		if c.recvs > 0 {
-			t.Delivered++
-			recordNs(t.DeliverLat, c.recvNs-c.sentNs)
-			if c.receiver != c.sender^1 || (c.acked && c.ackHash != c.recvHash) {
-				t.Mismatched++
-			}
-		}
-		switch {
-		case !c.acked:
-			t.NoAck++
-		case c.code != 0:
-			t.Refused++
-			t.RefusedBy[devicepb.Code(c.code).String()]++
-		default:
-			t.AckOK++
-			recordNs(t.AckLat, c.ackNs-c.sentNs)
-			if c.recvs == 0 {
-				t.Lost++
-				if len(t.LostSample) < 20 {
-					t.LostSample = append(t.LostSample, fmt.Sprintf("c2c %d from %s%d", idx, a.prefix, c.sender))
-				}
-			}
-		}
+		t.tally(&c.msgRec, c.receiver != c.sender^1 || (c.acked && c.ackHash != c.recvHash),
+			func() string { return fmt.Sprintf("c2c %d from %s%d", idx, a.prefix, c.sender) })
 	}
 	sort.Strings(t.LostSample)
 	return t
@@ -382,30 +390,8 @@ func (a *accountant) c2sTotals() msgTotals {
 		if !c.sent {
 			continue
 		}
-		t.Sent++
-		if c.recvs > 0 {
-			t.Delivered++
-			recordNs(t.DeliverLat, c.recvNs-c.sentNs)
-			if c.recvUID != fmt.Sprintf("%s%d", a.prefix, c.sender) || (c.acked && c.code == 0 && c.ackHash != c.recvHash) {
-				t.Mismatched++
-			}
-		}
-		switch {
-		case !c.acked:
-			t.NoAck++
-		case c.code != 0:
-			t.Refused++
-			t.RefusedBy[devicepb.Code(c.code).String()]++
-		default:
-			t.AckOK++
-			recordNs(t.AckLat, c.ackNs-c.sentNs)
-			if c.recvs == 0 {
-				t.Lost++
-				if len(t.LostSample) < 20 {
-					t.LostSample = append(t.LostSample, fmt.Sprintf("c2s %d from %s%d", idx, a.prefix, c.sender))
-				}
-			}
-		}
+		t.tally(&c.msgRec, c.recvs > 0 && (c.recvUID != fmt.Sprintf("%s%d", a.prefix, c.sender) || (c.acked && c.code == 0 && c.ackHash != c.recvHash)),
+			func() string { return fmt.Sprintf("c2s %d from %s%d", idx, a.prefix, c.sender) })
 	}
 	sort.Strings(t.LostSample)
 	return t
