@@ -129,16 +129,15 @@ func rssBytes() int64 {
 
 type childStats struct{ rss, heap, stack, sys, conns int64 }
 
-// TestGateMemory measures the gate's memory per idle logged-in connection
-// and its login rate. It runs only with COURIER_GATE_MEMBENCH=1:
+// BenchmarkGateMemory measures the gate's memory per idle logged-in
+// connection and its login rate, once whatever b.N (it is a measurement of
+// sizes, not of a repeated operation):
 //
-//	COURIER_GATE_MEMBENCH=1 go test -run TestGateMemory -v -timeout 10m ./gate/
+//	go test -run '^$' -bench GateMemory -benchtime 1x -v -timeout 10m ./gate/
 //
-// COURIER_GATE_MEMBENCH_CONNS sets the sizes (default "5000,15000").
-func TestGateMemory(t *testing.T) {
-	if os.Getenv("COURIER_GATE_MEMBENCH") != "1" {
-		t.Skip("set COURIER_GATE_MEMBENCH=1 to run the memory benchmark")
-	}
+// COURIER_GATE_MEMBENCH_CONNS sets the sizes (default "5000,15000"). It
+// reports rss-B/conn and heap-B/conn between the first and last size.
+func BenchmarkGateMemory(t *testing.B) {
 	sizes := []int{5000, 15000}
 	if s := os.Getenv("COURIER_GATE_MEMBENCH_CONNS"); s != "" {
 		sizes = sizes[:0]
@@ -188,6 +187,12 @@ func TestGateMemory(t *testing.T) {
 		t.Logf("per connection between %d and %d: rss %.0f B, heap %.0f B",
 			a.conns, b.conns, float64(b.rss-a.rss)/n, float64(b.heap-a.heap)/n)
 	}
+	if len(points) > 1 {
+		a, b := points[0], points[len(points)-1]
+		n := float64(b.conns - a.conns)
+		t.ReportMetric(float64(b.rss-a.rss)/n, "rss-B/conn")
+		t.ReportMetric(float64(b.heap-a.heap)/n, "heap-B/conn")
+	}
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
@@ -200,7 +205,7 @@ type child struct {
 
 // startChild re-executes the test binary as a gate process with the
 // extra environment env ("K=V"); it is stopped at the end of the test.
-func startChild(t *testing.T, env ...string) *child {
+func startChild(t testing.TB, env ...string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(append(os.Environ(), benchChildEnv+"=1"), env...)
