@@ -292,6 +292,11 @@ func TestRunReturnsAfterShutdown(t *testing.T) {
 	if ack := d.Login("run", token(t, app1, "run"), false); ack.Code != devicepb.Code_OK {
 		t.Fatal(ack.Code)
 	}
+	select {
+	case <-g.Done():
+		t.Fatal("Done closed while the gate runs")
+	default:
+	}
 	if err := g.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -302,5 +307,13 @@ func TestRunReturnsAfterShutdown(t *testing.T) {
 		}
 	case <-time.After(wait):
 		t.Fatal("Run did not return")
+	}
+	select {
+	case <-g.Done():
+	default:
+		t.Fatal("Done not closed after Shutdown")
+	}
+	if err := g.Err(); err != nil {
+		t.Fatalf("Err after Shutdown: %v", err)
 	}
 }

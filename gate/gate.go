@@ -174,6 +174,22 @@ func (g *Gate) Run() error {
 	return g.runErr
 }
 
+// Done is closed when the gate's event engine has stopped, after Shutdown
+// or by itself; Err then says which.
+func (g *Gate) Done() <-chan struct{} { return g.done }
+
+// Err returns nil while the gate runs and after Shutdown, and an error
+// wrapping ErrEngineStopped once the engine stopped by itself: the gate is
+// then dead. Read it after Done is closed.
+func (g *Gate) Err() error {
+	select {
+	case <-g.done:
+		return g.runErr
+	default:
+		return nil
+	}
+}
+
 // serve runs gnet until it returns; any return without Shutdown is fatal.
 func (g *Gate) serve(addr string) {
 	defer g.wg.Done()

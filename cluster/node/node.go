@@ -55,10 +55,9 @@ type Node struct {
 	http  *http.Server
 	httpL net.Listener
 
-	gateErr chan error
-	quit    chan struct{} // stops the expiry sweep
-	wg      sync.WaitGroup
-	once    sync.Once
+	quit chan struct{} // stops the expiry sweep
+	wg   sync.WaitGroup
+	once sync.Once
 }
 
 // Start builds and starts a node. On error everything already started is
@@ -71,7 +70,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: log, reg: prometheus.NewRegistry(), gateErr: make(chan error, 1), quit: make(chan struct{})}
+	n := &Node{cfg: cfg, log: log, reg: prometheus.NewRegistry(), quit: make(chan struct{})}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {
@@ -202,6 +201,14 @@ func newInstanceID() string {
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// Failed is closed when a part the node cannot live without stopped by
+// itself (the gate's event engine); Err says why. The process should exit
+// rather than go on as a node that serves no device.
+func (n *Node) Failed() <-chan struct{} { return n.gate.Done() }
+
+// Err returns why the node failed, or nil.
+func (n *Node) Err() error { return n.gate.Err() }
 
 // GateAddr is the gate's listen address.
 func (n *Node) GateAddr() string { return n.gate.Addr().String() }

@@ -113,13 +113,25 @@ func run(args []string) int {
 		printDevHelp(n)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	<-ctx.Done()
+	failed := false
+	select {
+	case <-ctx.Done():
+	case <-n.Failed():
+		// Only a gate that died by itself gets here before a signal.
+		if err := n.Err(); err != nil {
+			log.Error("courier: the gate stopped; shutting down", "err", err)
+			failed = true
+		}
+	}
 	stop()
 	log.Info("courier: shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 	defer cancel()
 	if err := n.Shutdown(sctx); err != nil {
 		log.Error("courier: shutdown", "err", err)
+		return 1
+	}
+	if failed {
 		return 1
 	}
 	return 0
