@@ -1,0 +1,71 @@
+package cluster
+
+import (
+	"fmt"
+	"testing"
+)
+
+func TestPlacementStableAndBalanced(t *testing.T) {
+	three := newPlacement([]string{"10.0.0.1:7100", "10.0.0.2:7100", "10.0.0.3:7100"}, 8, 1)
+	// The member order given does not matter.
+	shuffled := newPlacement([]string{"10.0.0.3:7100", "10.0.0.1:7100", "10.0.0.2:7100"}, 8, 1)
+	const n = 30000
+	per := map[string]int{}
+	for i := range n {
+		h := identityHash(uint16(1+i%3), fmt.Sprintf("driver-%d", i))
+		a, b := three.owner(h), shuffled.owner(h)
+		if a.address != b.address {
+			t.Fatalf("identity %d: owner depends on member order", i)
+		}
+		per[a.address]++
+		if s := shard(h, 8); s < 0 || s >= 8 {
+			t.Fatalf("shard %d", s)
+		}
+	}
+	for addr, c := range per {
+		if c < n/3*85/100 || c > n/3*115/100 {
+			t.Fatalf("member %s owns %d of %d identities: unbalanced %v", addr, c, n, per)
+		}
+	}
+}
+
+// TestPlacementMovesOnlyWhatMust: a member joining takes about its share,
+// and every identity that moves goes to it; a member leaving moves only
+// its own identities.
+func TestPlacementMovesOnlyWhatMust(t *testing.T) {
+	before := newPlacement([]string{"a:1", "b:1", "c:1"}, 4, 1)
+	after := newPlacement([]string{"a:1", "b:1", "c:1", "d:1"}, 4, 2)
+	const n = 20000
+	moved := 0
+	for i := range n {
+		h := identityHash(2, fmt.Sprintf("u%d", i))
+		o1, o2 := before.owner(h).address, after.owner(h).address
+		if o1 != o2 {
+			moved++
+			if o2 != "d:1" {
+				t.Fatalf("identity moved from %s to %s, not to the new member", o1, o2)
+			}
+		}
+	}
+	if moved < n/4*80/100 || moved > n/4*120/100 {
+		t.Fatalf("%d of %d identities moved when a fourth member joined", moved, n)
+	}
+	for i := range n {
+		h := identityHash(2, fmt.Sprintf("u%d", i))
+		if o := after.owner(h).address; o != "d:1" && before.owner(h).address != o {
+			t.Fatalf("identity of %s moved when d left", o)
+		}
+	}
+	if newPlacement(nil, 4, 0).owner(1) != nil {
+		t.Fatal("an empty placement has an owner")
+	}
+}
+
+func TestIdentityHashSeparatesApps(t *testing.T) {
+	if identityHash(1, "u") == identityHash(2, "u") || identityHash(1, "u") == identityHash(1, "v") {
+		t.Fatal("hash collisions on trivial identities")
+	}
+	if identityHash(0x0102, "") == identityHash(0x0201, "") {
+		t.Fatal("app bytes not ordered in the hash")
+	}
+}

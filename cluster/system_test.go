@@ -1,0 +1,152 @@
+package cluster
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/testkit"
+)
+
+// echo is a test identity actor: it answers presence queries with the
+// number of envelopes it has seen, and passivates when asked through a
+// kick.
+type echo struct {
+	sys  *System
+	seen uint64
+	app  uint16
+	uid  string
+	log  *sync.Map // uid -> []string of closes received
+}
+
+func (e *echo) Receive(ctx actor.Context) {
+	env, ok := ctx.Message().(*actorpb.Envelope)
+	if !ok {
+		return
+	}
+	e.seen++
+	e.app, e.uid = uint16(env.AppCode), env.Uid
+	switch b := env.Body.(type) {
+	case *actorpb.Envelope_Presence:
+		e.sys.Reply(env.ReplyAddress, &actorpb.Reply{ReqId: env.ReqId, Body: &actorpb.Reply_Presence{
+			Presence: &actorpb.PresenceReply{Pending: uint32(e.seen)}}})
+	case *actorpb.Envelope_Kick:
+		// Asks to leave memory; a stale count must be refused.
+		e.sys.Passivate(e.app, e.uid, ctx.Self(), e.seen-1)
+		e.sys.Passivate(e.app, e.uid, ctx.Self(), e.seen)
+		e.sys.Reply(env.ReplyAddress, &actorpb.Reply{ReqId: env.ReqId, Body: &actorpb.Reply_Kick{Kick: &actorpb.KickReply{}}})
+	case *actorpb.Envelope_Closed:
+		e.log.Store(env.Uid, b.Closed.Reason)
+	}
+}
+
+type fakeGate struct {
+	mu  sync.Mutex
+	got []*actorpb.ToConn
+}
+
+func (g *fakeGate) GateID() string { return "gate-1" }
+
+func (g *fakeGate) Deliver(m *actorpb.ToConn) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if m.ConnId == 404 {
+		return ErrConnGone
+	}
+	g.got = append(g.got, m)
+	return nil
+}
+
+// TestSystemOneMember runs one real member (in-memory membership, real
+// remoting) through routing, request/reply, passivation and gate delivery.
+// One member per test process: the library's remoting start races with
+// other gRPC in the process (FACTS).
+func TestSystemOneMember(t *testing.T) {
+	var sys *System
+	closes := &sync.Map{}
+	reg := prometheus.NewRegistry()
+	cfg := DefaultConfig()
+	sys, err := Start(cfg, func() actor.Actor { return &echo{sys: sys, log: closes} }, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sys.Shutdown)
+	if m := sys.Members(); len(m) != 1 || m[0] != sys.Address() {
+		t.Fatalf("members %v, address %s", m, sys.Address())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	presence := func(uid string) uint32 {
+		t.Helper()
+		r, err := sys.Request(ctx, &actorpb.Envelope{AppCode: 1, Uid: uid, Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetPresence().GetPending()
+	}
+
+	// One actor per identity, each seeing its own envelopes in order.
+	for i := uint32(1); i <= 3; i++ {
+		if got := presence("alice"); got != i {
+			t.Fatalf("alice's actor saw %d envelopes, want %d", got, i)
+		}
+	}
+	if got := presence("bob"); got != 1 {
+		t.Fatalf("bob's actor saw %d", got)
+	}
+	envs := make([]*actorpb.Envelope, 50)
+	for i := range envs {
+		envs[i] = &actorpb.Envelope{AppCode: 2, Uid: "many", Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}}
+	}
+	reps, errs := sys.RequestMany(ctx, envs)
+	seen := map[uint32]bool{}
+	for i := range reps {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		seen[reps[i].GetPresence().GetPending()] = true
+	}
+	if len(seen) != 50 {
+		t.Fatalf("RequestMany: %d distinct answers", len(seen))
+	}
+
+	// Passivation: only the request with the current count stops the
+	// actor; the identity comes back fresh on its next envelope.
+	if testutil.ToFloat64(sys.metrics.active) != 3 {
+		t.Fatalf("active actors %v", testutil.ToFloat64(sys.metrics.active))
+	}
+	if _, err := sys.Request(ctx, &actorpb.Envelope{AppCode: 1, Uid: "alice", Body: &actorpb.Envelope_Kick{Kick: &actorpb.Kick{}}}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return testutil.ToFloat64(sys.metrics.passivations) == 1 }, "no passivation")
+	if got := presence("alice"); got != 1 {
+		t.Fatalf("reactivated alice saw %d envelopes, want 1", got)
+	}
+
+	// Gate delivery: a live connection gets the frames; a gone one makes
+	// the identity's actor hear of it.
+	g := &fakeGate{}
+	sys.SetGate(g)
+	sys.SendToConn(&actorpb.ConnRef{GateAddress: sys.Address(), GateId: "gate-1", ConnId: 7}, &actorpb.ToConn{ConnId: 7, AppCode: 1, Uid: "bob"})
+	sys.SendToConn(&actorpb.ConnRef{GateAddress: sys.Address(), GateId: "gate-1", ConnId: 404}, &actorpb.ToConn{ConnId: 404, AppCode: 1, Uid: "carol"})
+	sys.SendToConn(&actorpb.ConnRef{GateAddress: sys.Address(), GateId: "an-earlier-run", ConnId: 8}, &actorpb.ToConn{ConnId: 8, AppCode: 1, Uid: "dave"})
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		_, c := closes.Load("carol")
+		_, d := closes.Load("dave")
+		return c && d
+	}, "the actors of gone connections were not told")
+	g.mu.Lock()
+	if len(g.got) != 1 || g.got[0].ConnId != 7 {
+		t.Fatalf("delivered %v", g.got)
+	}
+	g.mu.Unlock()
+	if testutil.ToFloat64(sys.metrics.staleConns) != 2 {
+		t.Fatalf("stale deliveries %v", testutil.ToFloat64(sys.metrics.staleConns))
+	}
+}
