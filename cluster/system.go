@@ -105,6 +105,7 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 	if port != 0 {
 		l, err := net.Listen("tcp", cfg.Bind)
 		if err != nil {
+			s.dispatcher.stop()
 			return nil, fmt.Errorf("cluster: bind %s: %w", cfg.Bind, err)
 		}
 		l.Close()
@@ -130,7 +131,8 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 	var kinds []*pcluster.Kind
 	if newChild != nil {
 		// The kind is declared for placement; activation goes through our
-		// hosts, never through the library's identity lookup.
+		// own routing (routeLocal), never through the library's identity
+		// lookup.
 		kinds = append(kinds, pcluster.NewKind(DeviceKind, actor.PropsFromFunc(func(actor.Context) {})))
 	}
 	ccfg := pcluster.Configure(cfg.Name, provider, disthash.New(), rcfg, pcluster.WithKinds(kinds...))
@@ -147,6 +149,7 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		}
 	})
 	if err := s.startMember(); err != nil {
+		s.dispatcher.stop()
 		return nil, err
 	}
 	s.address = s.actors.Address()
