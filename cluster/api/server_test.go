@@ -1,0 +1,154 @@
+package api
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+// fakeReq answers every push with seq 1 and records the envelopes.
+type fakeReq struct{ got []*actorpb.Envelope }
+
+func (f *fakeReq) Request(_ context.Context, env *actorpb.Envelope) (*actorpb.Reply, error) {
+	f.got = append(f.got, env)
+	return &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{MsgId: "m", Seq: 1}}}, nil
+}
+
+func (f *fakeReq) RequestMany(ctx context.Context, envs []*actorpb.Envelope) ([]*actorpb.Reply, []error) {
+	reps, errs := make([]*actorpb.Reply, len(envs)), make([]error, len(envs))
+	for i, e := range envs {
+		reps[i], errs[i] = f.Request(ctx, e)
+	}
+	return reps, errs
+}
+
+func scoped(app int) context.Context { return context.WithValue(context.Background(), scopeKey{}, scope{app: app}) }
+
+func TestPushValidationNamesTheField(t *testing.T) {
+	req := &fakeReq{}
+	s := New(Deps{Req: req, Limits: DefaultLimits()})
+	now := time.UnixMilli(1_800_000_000_000)
+	s.now = func() time.Time { return now }
+	ok := func() *apipb.PushRequest {
+		return &apipb.PushRequest{AppCode: 1, Uid: "u", Msgtype: 3, Payload: []byte("x"), TtlMs: 60_000}
+	}
+	tests := []struct {
+		name  string
+		mut   func(*apipb.PushRequest)
+		code  codes.Code
+		field string
+	}{
+		{"app 0", func(r *apipb.PushRequest) { r.AppCode = 0 }, codes.InvalidArgument, "app_code"},
+		{"app too big", func(r *apipb.PushRequest) { r.AppCode = 70000 }, codes.InvalidArgument, "app_code"},
+		{"empty uid", func(r *apipb.PushRequest) { r.Uid = "" }, codes.InvalidArgument, "uid"},
+		{"long uid", func(r *apipb.PushRequest) { r.Uid = strings.Repeat("u", 129) }, codes.InvalidArgument, "uid"},
+		{"bad utf-8 uid", func(r *apipb.PushRequest) { r.Uid = "\xff" }, codes.InvalidArgument, "uid"},
+		{"msgtype", func(r *apipb.PushRequest) { r.Msgtype = 1 << 16 }, codes.InvalidArgument, "msgtype"},
+		{"payload", func(r *apipb.PushRequest) { r.Payload = make([]byte, 61<<10) }, codes.InvalidArgument, "payload"},
+		{"negative ttl", func(r *apipb.PushRequest) { r.TtlMs = -1 }, codes.InvalidArgument, "ttl_ms"},
+		{"ttl above max", func(r *apipb.PushRequest) { r.TtlMs = (31 * 24 * time.Hour).Milliseconds() }, codes.InvalidArgument, "ttl_ms"},
+		{"key too long", func(r *apipb.PushRequest) { r.IdempotencyKey = strings.Repeat("k", 129) }, codes.InvalidArgument, "idempotency_key"},
+		{"key on fire-and-forget", func(r *apipb.PushRequest) {
+			r.Delivery, r.IdempotencyKey = apipb.Delivery_DELIVERY_FIRE_AND_FORGET, "k"
+		}, codes.InvalidArgument, "idempotency_key"},
+		{"unknown delivery", func(r *apipb.PushRequest) { r.Delivery = 7 }, codes.InvalidArgument, "delivery"},
+		{"other app", func(r *apipb.PushRequest) { r.AppCode = 2 }, codes.PermissionDenied, "appcode"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := ok()
+			tt.mut(r)
+			_, err := s.Push(scoped(1), r)
+			if st := status.Convert(err); st.Code() != tt.code || !strings.Contains(st.Message(), tt.field) {
+				t.Fatalf("got %v %q, want %v naming %q", st.Code(), st.Message(), tt.code, tt.field)
+			}
+		})
+	}
+	if len(req.got) != 0 {
+		t.Fatalf("%d invalid pushes reached an actor", len(req.got))
+	}
+	if _, err := s.Push(scoped(1), ok()); err != nil {
+		t.Fatal(err)
+	}
+	p := req.got[0].GetPush()
+	if !p.Stored || p.SentAtMs != now.UnixMilli() || p.ExpiresAtMs != now.Add(time.Minute).UnixMilli() || p.Msgtype != 3 {
+		t.Fatalf("envelope %v", p)
+	}
+	r := ok()
+	r.TtlMs = 0
+	if _, err := s.Push(scoped(AllApps), r); err != nil {
+		t.Fatal(err)
+	}
+	if p := req.got[1].GetPush(); p.ExpiresAtMs != now.Add(72*time.Hour).UnixMilli() {
+		t.Fatalf("default ttl: expires %d", p.ExpiresAtMs)
+	}
+}
+
+func TestPushManyItemsFailAlone(t *testing.T) {
+	s := New(Deps{Req: &fakeReq{}, Limits: DefaultLimits()})
+	resp, err := s.PushMany(scoped(1), &apipb.PushManyRequest{Items: []*apipb.PushRequest{
+		{AppCode: 1, Uid: "a"}, {AppCode: 1, Uid: ""}, {AppCode: 2, Uid: "b"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []codes.Code{codes.OK, codes.InvalidArgument, codes.PermissionDenied}
+	for i, r := range resp.Results {
+		if codes.Code(r.Code) != want[i] {
+			t.Fatalf("item %d: %v %s", i, codes.Code(r.Code), r.Error)
+		}
+	}
+	if !strings.HasPrefix(resp.Results[1].Error, "items[1]:") {
+		t.Fatalf("error does not name the item: %q", resp.Results[1].Error)
+	}
+	many := &apipb.PushManyRequest{Items: make([]*apipb.PushRequest, 1001)}
+	if _, err := s.PushMany(scoped(1), many); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("1001 items: %v", err)
+	}
+}
+
+func TestKeys(t *testing.T) {
+	keys := Keys{"key-of-app-one-000": 1, "operator-key-00000": AllApps}
+	call := func(md ...string) (scope, error) {
+		var got scope
+		ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(md...))
+		_, err := keys.unary(ctx, nil, &grpc.UnaryServerInfo{}, func(ctx context.Context, _ any) (any, error) {
+			got = scopeOf(ctx)
+			return nil, nil
+		})
+		return got, err
+	}
+	if _, err := call(); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("no key: %v", err)
+	}
+	if _, err := call("authorization", "key-of-app-one-000"); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("no Bearer: %v", err)
+	}
+	if _, err := call("authorization", "Bearer nope"); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("unknown key: %v", err)
+	}
+	sc, err := call("authorization", "Bearer key-of-app-one-000")
+	if err != nil || !sc.allows(1) || sc.allows(2) || sc.operator() {
+		t.Fatalf("app key: %+v %v", sc, err)
+	}
+	sc, err = call("authorization", "Bearer operator-key-00000")
+	if err != nil || !sc.allows(2) || !sc.operator() {
+		t.Fatalf("operator key: %+v %v", sc, err)
+	}
+}
+
+func TestEditList(t *testing.T) {
+	got := edit([]string{"a", "b", "c"}, []string{"d", "a", "e"}, []string{"b", "e"})
+	if strings.Join(got, ",") != "a,c,d" {
+		t.Fatalf("edit = %v", got)
+	}
+}
