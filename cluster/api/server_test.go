@@ -31,7 +31,9 @@ func (f *fakeReq) RequestMany(ctx context.Context, envs []*actorpb.Envelope) ([]
 	return reps, errs
 }
 
-func scoped(app int) context.Context { return context.WithValue(context.Background(), scopeKey{}, scope{app: app}) }
+func scoped(app int) context.Context {
+	return context.WithValue(context.Background(), scopeKey{}, scope{app: app})
+}
 
 func TestPushValidationNamesTheField(t *testing.T) {
 	req := &fakeReq{}
