@@ -1,38 +1,10 @@
-// Package upstream routes the devices' C2S traffic to the app-servers
-// subscribed to it over the API's Upstream stream. It does not pass
-// through the device actors: high-rate upstream such as GPS reports goes
-// from the gate's event loop into a bounded queue per (appcode, msgtype)
-// and from there to a subscriber with room.
-//
-// Subscribers of the same appcode and msgtype share the load: each
-// message goes to one of them, the least loaded with room first. A
-// subscriber acknowledges what it has processed; what it holds
-// unacknowledged when its stream ends goes back to the front of the queue
-// and to another subscriber (at-least-once). Without any subscriber a C2S
-// is refused (NO_SUBSCRIBER); with a full queue it is refused
-// (UPSTREAM_BUSY): nothing accepted is dropped silently. Queued messages
-// live in memory: a node that crashes loses what its subscribers had not
-// yet acknowledged (docs/operating.md).
-//
-// A Router is safe for concurrent use. Lock order: Router.mu only.
 package upstream
 
 import (
-	"errors"
 	"sync"
 	"time"
 
 	"github.com/courier-im/courier/messages/apipb"
-)
-
-var (
-	// ErrNoSubscriber: nobody is subscribed to the message's appcode and
-	// msgtype.
-	ErrNoSubscriber = errors.New("upstream: no subscriber")
-	// ErrFull: the queue of the message's appcode and msgtype is full.
-	ErrFull = errors.New("upstream: queue full")
-	// ErrClosed: the router is shut down.
-	ErrClosed = errors.New("upstream: closed")
 )
 
 // Config bounds the router.

@@ -1,0 +1,8 @@
+// Package api serves the gRPC API app-servers use (package courier.v1):
+// push to one identity or many, kick, presence, delivery statistics, the
+// devices' upstream traffic, and the gate's access lists. Every call is
+// authenticated by an API key that acts for one appcode (or, for an
+// operator key, all of them). Handlers turn calls into requests to the
+// identities' actors through the cluster layer; they hold no state of
+// their own.
+package api

@@ -1,0 +1,13 @@
+package upstream
+
+import "errors"
+
+var (
+	// ErrNoSubscriber: nobody is subscribed to the message's appcode and
+	// msgtype.
+	ErrNoSubscriber = errors.New("upstream: no subscriber")
+	// ErrFull: the queue of the message's appcode and msgtype is full.
+	ErrFull = errors.New("upstream: queue full")
+	// ErrClosed: the router is shut down.
+	ErrClosed = errors.New("upstream: closed")
+)
