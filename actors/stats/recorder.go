@@ -241,21 +241,15 @@ func (r *Recorder) Snapshot(app uint16, msgtypes []uint32, window time.Duration)
 	}
 	r.mu.RLock()
 	var keys []Key
-	for k := range r.series {
+	idx := map[Key]*series{}
+	for k, s := range r.series {
 		if k.App == app && (len(want) == 0 || want[k.Msgtype]) {
 			keys = append(keys, k)
+			idx[k] = s
 		}
-	}
-	ss := make([]*series, len(keys))
-	for i, k := range keys {
-		ss[i] = r.series[k]
 	}
 	r.mu.RUnlock()
 	sort.Slice(keys, func(i, j int) bool { return keys[i].Msgtype < keys[j].Msgtype })
-	idx := map[Key]*series{}
-	for i, k := range keys {
-		idx[k] = ss[i]
-	}
 
 	now := r.now()
 	cur := now.UnixNano() / int64(slotSize)
