@@ -96,7 +96,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 			a.deps.Log.Warn("actors: store write failed; reloading identity", "identity", a.id, "err", m.err)
 			a.perform(ctx)
 			a.d = nil
-			a.load(ctx)
+			a.load()
 		}
 	case tick:
 		a.timerAt = time.Time{}
@@ -119,7 +119,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	a.perform(ctx)
 }
 
-func (a *deviceActor) load(ctx actor.Context) bool {
+func (a *deviceActor) load() bool {
 	snap, err := a.deps.Store.Load(context.Background(), a.id)
 	if err != nil {
 		a.deps.Log.Warn("actors: loading identity failed", "identity", a.id, "err", err)
@@ -135,7 +135,7 @@ func (a *deviceActor) load(ctx actor.Context) bool {
 
 func (a *deviceActor) envelope(ctx actor.Context, env *actorpb.Envelope) {
 	to := ReplyTo{Address: env.ReplyAddress, ReqID: env.ReqId}
-	if a.d == nil && !a.load(ctx) {
+	if a.d == nil && !a.load() {
 		a.unavailable(env, to)
 		return
 	}

@@ -1,6 +1,10 @@
-// Package cluster sets up the Proto.Actor cluster a node belongs to (its
-// membership in Consul, or in memory for a single node and for tests) and
-// gives the rest of Courier the thin layer it uses to send to an identity's
-// actor, working around the library's known gaps: lost sends to stale PIDs,
-// the fixed 5 s activation round trip, and blocked members.
+// Package cluster sets up the Proto.Actor cluster a node belongs to (today
+// with in-memory membership: a single node) and gives the rest of Courier
+// the thin layer it uses to reach an identity's actor and a connection's
+// gate. It works around the library's known gaps: identities are placed by
+// our own rendezvous hashing over the members and activated by our own
+// routing, so no sender holds a PID that passivation could make stale (the
+// library silently loses such sends) and no send waits for the library's
+// 5 s activation round trip; requests are correlated without the library's
+// futures, whose late replies race.
 package cluster

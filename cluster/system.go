@@ -224,9 +224,6 @@ func (p *placement) find(address string) *placedMember {
 // Address is this node's address in the cluster.
 func (s *System) Address() string { return s.address }
 
-// Actors returns the node's actor system.
-func (s *System) Actors() *actor.ActorSystem { return s.actors }
-
 // Members returns the addresses of the members that host identities.
 func (s *System) Members() []string {
 	p := s.placement.Load()

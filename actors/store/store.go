@@ -58,11 +58,6 @@ type Write struct {
 	Sync bool
 }
 
-// Empty reports whether the write changes nothing.
-func (w *Write) Empty() bool {
-	return w.Meta == nil && len(w.Put) == 0 && len(w.Delete) == 0 && len(w.Idem) == 0
-}
-
 // Store is the durable inbox.
 type Store interface {
 	// Load returns the identity's meta (a zero meta if it has none) and its

@@ -134,35 +134,44 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	return secrets, keys, nil
 }
 
-// gateSettings names the gate's Config fields as the node's settings, so
-// that a gate configuration error names what the operator set. Longer
-// names come first: the replacer tries them in order.
-var gateSettings = strings.NewReplacer(
-	"Config.NewConnsPerIPBurst", "gate.new-conns-per-ip-burst",
-	"Config.NewConnsPerIP", "gate.new-conns-per-ip",
-	"Config.MaxOutboundBuffered", "gate.max-outbound-buffered",
-	"Config.ListsPollInterval", "gate.lists-poll-interval",
-	"Config.HeartbeatInterval", "gate.heartbeat-interval",
-	"Config.CompressThreshold", "gate.compress-threshold",
-	"Config.FramesPerSecond", "gate.frames-per-second",
-	"Config.BytesPerSecond", "gate.bytes-per-second",
-	"Config.OutQueueFrames", "gate.out-queue-frames",
-	"Config.OutQueueBytes", "gate.out-queue-bytes",
-	"Config.IPLimiterSize", "gate.ip-limiter-size",
-	"Config.MaxFrameSize", "gate.max-frame-size",
-	"Config.LoginTimeout", "gate.login-timeout",
-	"Config.TickInterval", "gate.tick-interval",
-	"Config.IdleTimeout", "gate.idle-timeout",
-	"Config.AppSecrets", "app-secret",
-	"Config.FrameBurst", "gate.frame-burst",
-	"Config.ByteBurst", "gate.byte-burst",
-	"Config.FDReserve", "gate.fd-reserve",
-	"Config.ListsFile", "gate.lists-file",
-	"Config.MaxConns", "gate.max-conns",
-	"Config.Lists", "gate.lists-file",
-	"Config.Loops", "gate.loops",
-	"Config.Addr", "gate.addr",
-)
+// gateFields names the gate's Config fields as the node's settings, so
+// that a gate configuration error names what the operator set (a test
+// checks every setting exists). Longer field names come first: the
+// replacer tries them in order.
+var gateFields = [][2]string{
+	{"Config.NewConnsPerIPBurst", "gate.new-conns-per-ip-burst"},
+	{"Config.NewConnsPerIP", "gate.new-conns-per-ip"},
+	{"Config.MaxOutboundBuffered", "gate.max-outbound-buffered"},
+	{"Config.ListsPollInterval", "gate.lists-poll-interval"},
+	{"Config.HeartbeatInterval", "gate.heartbeat-interval"},
+	{"Config.CompressThreshold", "gate.compress-threshold"},
+	{"Config.FramesPerSecond", "gate.frames-per-second"},
+	{"Config.BytesPerSecond", "gate.bytes-per-second"},
+	{"Config.OutQueueFrames", "gate.out-queue-frames"},
+	{"Config.OutQueueBytes", "gate.out-queue-bytes"},
+	{"Config.IPLimiterSize", "gate.ip-limiter-size"},
+	{"Config.MaxFrameSize", "gate.max-frame-size"},
+	{"Config.LoginTimeout", "gate.login-timeout"},
+	{"Config.TickInterval", "gate.tick-interval"},
+	{"Config.IdleTimeout", "gate.idle-timeout"},
+	{"Config.AppSecrets", "app-secret"},
+	{"Config.FrameBurst", "gate.frame-burst"},
+	{"Config.ByteBurst", "gate.byte-burst"},
+	{"Config.FDReserve", "gate.fd-reserve"},
+	{"Config.ListsFile", "gate.lists-file"},
+	{"Config.MaxConns", "gate.max-conns"},
+	{"Config.Lists", "gate.lists-file"},
+	{"Config.Loops", "gate.loops"},
+	{"Config.Addr", "gate.addr"},
+}
+
+var gateSettings = func() *strings.Replacer {
+	var pairs []string
+	for _, f := range gateFields {
+		pairs = append(pairs, f[0], f[1])
+	}
+	return strings.NewReplacer(pairs...)
+}()
 
 // gateError rewrites a gate configuration error in the node's terms.
 func gateError(err error) error {

@@ -3,10 +3,13 @@
 // endpoint of metrics and health. It is what `courier` runs and what the
 // tests start as a separate process.
 //
-// Start order matters: the cluster member starts first, because the
-// actor library replaces gRPC's global logger when it starts its remoting
-// (see docs/operating.md); then the store, the gate and the API. Shutdown
-// reverses it: the gate kicks its devices (they reconnect elsewhere), the
-// API stops, the actors' last writes drain into the store, the store
-// closes, the node leaves the cluster.
+// Start order matters: the store opens, then the cluster member starts,
+// before any other gRPC in the process, because the actor library replaces
+// gRPC's global logger when it starts its remoting; then the gate and the
+// API. Shutdown reverses it: the gate kicks its devices (they reconnect
+// elsewhere), the upstream streams and the API stop, the node leaves the
+// cluster and its actors stop, and the store closes after committing what
+// was queued. Every accepted message is durable before this; what an actor
+// had not written yet is at most a session going offline, which the next
+// activation corrects.
 package node

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/courier-im/courier/gate"
 )
 
 func TestSettingsPrecedence(t *testing.T) {
@@ -78,4 +81,26 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.Actors.Window = 0 }, "actors.window")
 	bad(func(c *Config) { c.Upstream.QueueLen = 0 }, "upstream.queue-len")
 	bad(func(c *Config) { c.API.MaxPayload = 1 << 20 }, "api.max-payload")
+}
+
+// TestGateFieldsAreSettings: every name a gate error is rewritten to is a
+// setting, and no gate field is shadowed by a shorter one listed first.
+func TestGateFieldsAreSettings(t *testing.T) {
+	cfg := DefaultConfig()
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	BindSettings(fs, &cfg)
+	for i, f := range gateFields {
+		if fs.Lookup(f[1]) == nil {
+			t.Errorf("%s maps to %q, which is not a setting", f[0], f[1])
+		}
+		for _, g := range gateFields[:i] {
+			if strings.HasPrefix(f[0], g[0]) {
+				t.Errorf("%s is shadowed by %s listed before it", f[0], g[0])
+			}
+		}
+	}
+	err := gateError(fmt.Errorf("%w: Config.NewConnsPerIPBurst 0: bad", gate.ErrInvalidConfig))
+	if !strings.Contains(err.Error(), "gate.new-conns-per-ip-burst 0") {
+		t.Fatalf("rewritten: %v", err)
+	}
 }

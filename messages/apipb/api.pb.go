@@ -902,8 +902,9 @@ type Counters struct {
 	Retried uint64 `protobuf:"varint,4,opt,name=retried,proto3" json:"retried,omitempty"`
 	// Expired before an acknowledgement.
 	Expired uint64 `protobuf:"varint,5,opt,name=expired,proto3" json:"expired,omitempty"`
-	// Dropped: fire-and-forget to an offline device, an inbox over its limit,
-	// a slow client's queue.
+	// Dropped: fire-and-forget to an offline device, and upstream messages
+	// no app-server took in time. (A push refused because the inbox is full
+	// was never accepted, so it is not counted.)
 	Dropped uint64 `protobuf:"varint,6,opt,name=dropped,proto3" json:"dropped,omitempty"`
 	// Upstream (C2S) messages received from devices and acknowledged by an
 	// app-server.

@@ -1,0 +1,52 @@
+package api
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/courier-im/courier/actors/stats"
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+// Stats implements apipb.CourierServer.
+func (s *Server) Stats(ctx context.Context, r *apipb.StatsRequest) (*apipb.StatsResponse, error) {
+	if err := scopeOf(ctx).check(r.AppCode); err != nil {
+		return nil, err
+	}
+	if s.stats == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this node keeps no statistics")
+	}
+	if r.WindowSeconds > uint32(stats.MaxWindow/time.Second) {
+		return nil, status.Errorf(codes.InvalidArgument, "window_seconds %d: at most %d", r.WindowSeconds, int(stats.MaxWindow/time.Second))
+	}
+	window := time.Duration(r.WindowSeconds) * time.Second
+	if window == 0 {
+		window = time.Minute
+	}
+	per, all := s.stats.Snapshot(uint16(r.AppCode), r.Msgtypes, window)
+	out := &apipb.StatsResponse{AppCode: r.AppCode, WindowSeconds: uint32(window / time.Second), All: toStats(all)}
+	for _, st := range per {
+		out.Msgtypes = append(out.Msgtypes, toStats(st))
+	}
+	return out, nil
+}
+
+func toCounters(c stats.Counts) *apipb.Counters {
+	return &apipb.Counters{Accepted: c.Accepted, Delivered: c.Delivered, Acked: c.Acked, Retried: c.Retried,
+		Expired: c.Expired, Dropped: c.Dropped, UpstreamReceived: c.UpstreamReceived, UpstreamAcked: c.UpstreamAcked}
+}
+
+func toLatency(l stats.Latency) *apipb.Latency {
+	return &apipb.Latency{P50Us: l.P50, P90Us: l.P90, P99Us: l.P99, P999Us: l.P999, MaxUs: l.Max, Count: l.Count}
+}
+
+func toStats(st stats.Stat) *apipb.MsgtypeStats {
+	return &apipb.MsgtypeStats{
+		Msgtype: st.Msgtype, Total: toCounters(st.Total), Window: toCounters(st.Window),
+		ArrivalRateTotal: st.Total.ArrivalRate(), ArrivalRateWindow: st.Window.ArrivalRate(),
+		AckLatencyTotal: toLatency(st.TotalLatency), AckLatencyWindow: toLatency(st.WindowLatency),
+	}
+}
