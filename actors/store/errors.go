@@ -13,4 +13,8 @@ var (
 	// ErrOverloaded is returned when the commit queue stays full for longer
 	// than the submit timeout.
 	ErrOverloaded = errors.New("store: commit queue full")
+	// ErrFenced is returned for a write whose owner epoch is no longer the
+	// identity's: another activation claimed the identity since. Nothing
+	// was written; the writer must stop acting for the identity.
+	ErrFenced = errors.New("store: identity claimed by another owner")
 )

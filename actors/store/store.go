@@ -26,6 +26,10 @@ func (id Identity) Valid() bool { return id.UID != "" && len(id.UID) <= MaxUIDLe
 // Snapshot is what Load returns: everything an actor needs to rebuild
 // itself.
 type Snapshot struct {
+	// Owner is the owner epoch this Load claimed: every later write of the
+	// caller carries it (Write.Owner), and fails with ErrFenced once
+	// another Load of the same identity has claimed it since.
+	Owner uint64
 	// Meta's LastSeq may be behind the inbox's highest seq: writers need
 	// not store it with every entry (the entry carries its seq).
 	Meta *actorpb.IdentityMeta
@@ -42,6 +46,11 @@ type IdemPut struct {
 // Write is one atomic change to one identity.
 type Write struct {
 	ID Identity
+	// Owner is the owner epoch of the activation that wrote it (from its
+	// Snapshot). If the identity has been claimed again since, the write
+	// fails with ErrFenced and changes nothing; the other writes of the
+	// same batch are not affected.
+	Owner uint64
 	// Meta, if set, replaces the identity's meta record.
 	Meta *actorpb.IdentityMeta
 	// Put adds inbox entries (or replaces them, by seq).
@@ -60,8 +69,10 @@ type Write struct {
 
 // Store is the durable inbox.
 type Store interface {
-	// Load returns the identity's meta (a zero meta if it has none) and its
-	// whole inbox in seq order.
+	// Load claims the identity for the caller and returns its meta (a
+	// zero meta if it has none), its whole inbox in seq order and the new
+	// owner epoch. From then on, writes of earlier claims fail with
+	// ErrFenced: exactly one activation of an identity can write.
 	Load(ctx context.Context, id Identity) (*Snapshot, error)
 	// Idempotency returns the record stored under key, or nil if there is
 	// none or it has expired.
