@@ -10,7 +10,7 @@ FUZZTIME  ?= 60s
 
 export PATH := $(BIN):$(PATH)
 
-.PHONY: build run test check bench proto fuzz tools clean vet lint fmt tidy-check proto-check
+.PHONY: build run test check bench proto fuzz tools consul clean vet lint fmt tidy-check proto-check
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
@@ -40,6 +40,11 @@ tools: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/staticcheck
 
 $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/staticcheck: tools/go.mod tools/go.sum
 	cd tools && $(GO) build -o $(BIN)/ tool
+
+# The Consul agent of the tests and of `make cluster`: v1.13.9 built from
+# the module proxy (tools/consul) once per machine; prints its path.
+consul:
+	@scripts/consul.sh
 
 proto: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler"; exit 1; }

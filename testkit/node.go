@@ -159,6 +159,7 @@ func (n *Node) start() {
 	n.logs = &syncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
 	n.cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66")
+	n.cmd.SysProcAttr = childProcAttr()
 	if err := n.cmd.Start(); err != nil {
 		t.Fatalf("testkit: start courier: %v", err)
 	}
