@@ -22,7 +22,7 @@ type consulBackend struct {
 	service  string
 	ttl      time.Duration
 	dereg    time.Duration
-	wait     time.Duration // a blocking query's longest wait
+	wait     time.Duration   // a blocking query's longest wait
 	badMeta  map[string]bool // owned by the watcher goroutine
 	addrDesc string
 	log      *slog.Logger
