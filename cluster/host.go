@@ -98,6 +98,24 @@ func (s *System) dropMoved(p *placement) {
 	}
 }
 
+// dropAll stops every local actor: this node rejoined as a new instance,
+// and while it was taken for gone other members may have taken over its
+// identities. Their state is in the store.
+func (s *System) dropAll() {
+	for i := range s.local {
+		sh := &s.local[i]
+		sh.mu.Lock()
+		children := sh.children
+		sh.children = map[childKey]*child{}
+		sh.mu.Unlock()
+		for _, c := range children {
+			s.metrics.active.Dec()
+			s.metrics.moved.Inc()
+			s.actors.Root.Poison(c.pid)
+		}
+	}
+}
+
 // host receives the envelopes other members send to this node's
 // identities, and forwards those whose owner changed meanwhile.
 type host struct{ sys *System }
@@ -111,21 +129,27 @@ func (h *host) Receive(ctx actor.Context) {
 }
 
 // route sends env towards the owner of its identity: here, or to the
-// owner's host while members disagree (at most MaxHops times, then here).
+// owner's host. While members disagree about the owner an envelope may be
+// forwarded up to MaxHops times; beyond, or when no member hosts
+// identities, a request fails with a retryable error and a one-way
+// envelope is counted as undeliverable. An identity is never served by a
+// node that does not own it: two owners could both act for it.
 func (s *System) route(env *actorpb.Envelope) {
 	hash := identityHash(uint16(env.AppCode), env.Uid)
 	owner := s.placement.Load().owner(hash)
-	if owner != nil && owner.address != s.address {
-		if int(env.Hops) < s.cfg.MaxHops {
-			env.Hops++
-			s.actors.Root.Send(owner.hosts[shard(hash, s.cfg.Shards)], env)
-			s.metrics.forwarded.Inc()
-			return
-		}
-		// Members disagree for longer than a few hops: serve here rather
-		// than bounce; the store keeps the identity's state consistent.
-		s.log.Warn("cluster: identity owned elsewhere, serving locally after max hops",
-			"app", env.AppCode, "uid", env.Uid, "owner", owner.address)
+	switch {
+	case owner == nil:
+		s.fail(env, codes.Unavailable, "cluster: no live member hosts identities; retry")
+	case owner.address == s.address:
+		s.routeLocal(hash, env)
+	case int(env.Hops) >= s.cfg.MaxHops:
+		s.metrics.hopsExceeded.Inc()
+		s.log.Warn("cluster: members disagree about an identity's owner; refusing rather than serving it here",
+			"app", env.AppCode, "uid", env.Uid, "owner", owner.address, "hops", env.Hops)
+		s.fail(env, codes.Unavailable, "cluster: the identity's owner is changing; retry")
+	default:
+		env.Hops++
+		s.actors.Root.Send(owner.hosts[shard(hash, s.cfg.Shards)], env)
+		s.metrics.forwarded.Inc()
 	}
-	s.routeLocal(hash, env)
 }

@@ -9,6 +9,7 @@ type metrics struct {
 	passivations    prometheus.Counter
 	moved           prometheus.Counter
 	forwarded       prometheus.Counter
+	hopsExceeded    prometheus.Counter
 	requestTimeouts prometheus.Counter
 	undeliverable   prometheus.Counter
 	staleConns      prometheus.Counter
@@ -27,7 +28,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		moved: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_actors_moved_total",
 			Help: "Identity actors stopped here because another member owns them now."}),
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_forwarded_total",
-			Help: "Envelopes forwarded to another member during a topology change."}),
+			Help: "Envelopes this node sent on to the member that owns their identity."}),
+		hopsExceeded: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_hops_exceeded_total",
+			Help: "Envelopes refused because members disagreed about their owner for more than cluster.max-hops forwards."}),
 		requestTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_request_timeouts_total",
 			Help: "Requests to identities whose reply did not come in time."}),
 		undeliverable: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_undeliverable_total",
@@ -36,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Deliveries to connections that were gone; the identity's actor was told."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.forwarded,
+		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.forwarded, m.hopsExceeded,
 			m.requestTimeouts, m.undeliverable, m.staleConns)
 	}
 	return m

@@ -9,7 +9,9 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc/codes"
 
+	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/testkit"
 )
@@ -77,6 +79,16 @@ func TestSystemOneMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(sys.Shutdown)
+	// Before joining, no member hosts identities: requests fail at once,
+	// retryably.
+	early, err := sys.Request(context.Background(), &actorpb.Envelope{AppCode: 1, Uid: "early", Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}})
+	if err != nil || early.GetFailure().GetCode() != int32(codes.Unavailable) {
+		t.Fatalf("request before joining: %v %v", early, err)
+	}
+	self := membership.Member{Name: "test", Roles: membership.RoleActors | membership.RoleAPI, APIAddr: "127.0.0.1:1"}
+	if err := sys.Join(context.Background(), self, nil); err != nil {
+		t.Fatal(err)
+	}
 	if m := sys.Members(); len(m) != 1 || m[0] != sys.Address() {
 		t.Fatalf("members %v, address %s", m, sys.Address())
 	}

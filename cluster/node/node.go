@@ -23,6 +23,7 @@ import (
 	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/cluster"
 	"github.com/courier-im/courier/cluster/api"
+	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/cluster/upstream"
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages/actorpb"
@@ -44,22 +45,33 @@ type Node struct {
 	http  *http.Server
 	httpL net.Listener
 
-	quit chan struct{} // stops the expiry sweep
+	roles membership.Roles
+	quit  chan struct{} // stops the expiry sweep and the load publisher
+	never chan struct{} // Failed of a node without a gate
 	wg   sync.WaitGroup
 	once sync.Once
 }
 
-// Start builds and starts a node. On error everything already started is
-// stopped again.
+// Version is the node's version, published to the other members (set
+// at build time: -ldflags "-X github.com/courier-im/courier/cluster/node.Version=...").
+var Version = "dev"
+
+// Start builds and starts a node with the components of its roles and
+// joins the cluster. On error everything already started is stopped
+// again.
 func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if log == nil {
 		log = slog.Default()
+	}
+	roles, err := cfg.roles()
+	if err != nil {
+		return nil, err
 	}
 	secrets, keys, err := cfg.resolve()
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: log, reg: prometheus.NewRegistry(), quit: make(chan struct{})}
+	n := &Node{cfg: cfg, log: log, roles: roles, reg: prometheus.NewRegistry(), quit: make(chan struct{}), never: make(chan struct{})}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {
@@ -67,72 +79,73 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		}
 	}()
 
-	commitSeconds := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_seconds",
-		Help: "Time of one group commit of the inbox store (write and sync).", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14)})
-	batchWrites := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_writes",
-		Help: "Writes (one per identity) in one group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)})
-	commitErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_commit_errors_total",
-		Help: "Group commits that failed (their writes were refused)."})
-	n.reg.MustRegister(commitSeconds, batchWrites, commitErrors)
-	n.store, err = store.OpenPebble(store.PebbleConfig{
-		Dir: filepath.Join(cfg.DataDir, "inbox"), NoSync: cfg.StoreNoSync,
-		Observe: func(writes int, d time.Duration, err error) {
-			commitSeconds.Observe(d.Seconds())
-			batchWrites.Observe(float64(writes))
-			if err != nil {
-				commitErrors.Inc()
-			}
-		},
-	}, log)
-	if err != nil {
-		return nil, err
-	}
+	var newChild cluster.ChildFactory
+	ids := actors.NewIDGen()
 	n.stats = stats.New()
 	n.reg.MustRegister(n.stats)
-	n.up = upstream.New(cfg.Upstream, n.stats)
-	ids := actors.NewIDGen()
-	deps := actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats})
-	// The cluster member starts before any other gRPC in the process.
-	n.sys, err = cluster.Start(cfg.Cluster, deps.NewActor, n.reg, log)
-	if err != nil {
-		return nil, err
-	}
-	deps.Router = n.sys
-
-	gcfg := cfg.Gate
-	gcfg.AppSecrets = secrets
-	br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, up: n.up, ids: ids}
-	n.gate, err = gate.New(gcfg, br, n.reg, log)
-	if err != nil {
-		return nil, gateError(err)
-	}
-	br.g = n.gate
-	n.sys.SetGate(sink{n.gate, br.gateID})
-	public := cfg.GatePublicAddr
-	br.gateAddr.Store(&public)
-	if err := n.gate.Start(); err != nil {
-		return nil, err
-	}
-	if public == "" {
-		public = n.gate.Addr().String()
-		br.gateAddr.Store(&public)
-	}
-
-	srv := api.New(api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Lists: n.gate.Lists(), Stats: n.stats, Upstream: n.up})
-	n.grpc = grpc.NewServer(srv.ServerOptions()...)
-	apipb.RegisterCourierServer(n.grpc, srv)
-	if n.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
-		return nil, fmt.Errorf("node: api-addr %s: %w", cfg.APIAddr, err)
-	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		if err := n.grpc.Serve(n.apiLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			log.Error("node: gRPC API stopped", "err", err)
+	var deps *actors.Deps
+	if roles.Has(membership.RoleActors) {
+		if err := n.openStore(); err != nil {
+			return nil, err
 		}
-	}()
+		deps = actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats})
+		newChild = deps.NewActor
+	}
+	n.up = upstream.New(cfg.Upstream, n.stats)
+	// The cluster member starts before any other gRPC in the process.
+	n.sys, err = cluster.Start(cfg.Cluster, newChild, n.reg, log)
+	if err != nil {
+		return nil, err
+	}
+	if deps != nil {
+		deps.Router = n.sys
+	}
 
-	if cfg.Actors.ExpirySweep > 0 {
+	self := membership.Member{Name: cfg.Name, Roles: roles, Version: Version}
+	if roles.Has(membership.RoleGate) {
+		gcfg := cfg.Gate
+		gcfg.AppSecrets = secrets
+		br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, up: n.up, ids: ids}
+		n.gate, err = gate.New(gcfg, br, n.reg, log)
+		if err != nil {
+			return nil, gateError(err)
+		}
+		br.g = n.gate
+		n.sys.SetGate(sink{n.gate, br.gateID})
+		public := cfg.GatePublicAddr
+		br.gateAddr.Store(&public)
+		if err := n.gate.Start(); err != nil {
+			return nil, err
+		}
+		if public == "" {
+			public = reachable(n.gate.Addr().String(), n.sys.Address())
+			br.gateAddr.Store(&public)
+		}
+		self.GateID, self.GateAddr = br.gateID, public
+	}
+
+	if roles.Has(membership.RoleAPI) {
+		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.up}
+		if n.gate != nil {
+			deps.Lists = n.gate.Lists()
+		}
+		srv := api.New(deps)
+		n.grpc = grpc.NewServer(srv.ServerOptions()...)
+		apipb.RegisterCourierServer(n.grpc, srv)
+		if n.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+			return nil, fmt.Errorf("node: api-addr %s: %w", cfg.APIAddr, err)
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			if err := n.grpc.Serve(n.apiLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				log.Error("node: gRPC API stopped", "err", err)
+			}
+		}()
+		self.APIAddr = reachable(n.apiLn.Addr().String(), n.sys.Address())
+	}
+
+	if n.store != nil && cfg.Actors.ExpirySweep > 0 {
 		n.wg.Add(1)
 		go n.sweepExpired(cfg.Actors.ExpirySweep)
 	}
@@ -152,10 +165,94 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 				log.Error("node: HTTP stopped", "err", err)
 			}
 		}()
+		self.HTTPAddr = reachable(n.httpL.Addr().String(), n.sys.Address())
 	}
-	log.Info("node: started", "name", cfg.Name, "gate", n.GateAddr(), "api", n.APIAddr(), "http", n.HTTPAddr(),
-		"cluster", n.sys.Address(), "data", cfg.DataDir)
+
+	self.Load = n.load()
+	if err := n.sys.Join(context.Background(), self, n.rejoined); err != nil {
+		return nil, err
+	}
+	n.wg.Add(1)
+	go n.publishLoad(cfg.Cluster.LoadInterval)
+	log.Info("node: started", "name", cfg.Name, "roles", roles.String(), "gate", n.GateAddr(), "api", n.APIAddr(),
+		"http", n.HTTPAddr(), "cluster", n.sys.Address(), "data", cfg.DataDir)
 	return n, nil
+}
+
+// openStore opens the inbox store of the node's actors.
+func (n *Node) openStore() (err error) {
+	commitSeconds := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_seconds",
+		Help: "Time of one group commit of the inbox store (write and sync).", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14)})
+	batchWrites := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_writes",
+		Help: "Writes (one per identity) in one group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)})
+	commitErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_commit_errors_total",
+		Help: "Group commits that failed (their writes were refused)."})
+	n.reg.MustRegister(commitSeconds, batchWrites, commitErrors)
+	n.store, err = store.OpenPebble(store.PebbleConfig{
+		Dir: filepath.Join(n.cfg.DataDir, "inbox"), NoSync: n.cfg.StoreNoSync,
+		Observe: func(writes int, d time.Duration, err error) {
+			commitSeconds.Observe(d.Seconds())
+			batchWrites.Observe(float64(writes))
+			if err != nil {
+				commitErrors.Inc()
+			}
+		},
+	}, n.log)
+	return err
+}
+
+// load is what the node publishes about how busy it is.
+func (n *Node) load() membership.Load {
+	var l membership.Load
+	if n.gate != nil {
+		l.Conns, l.MaxConns = n.gate.Conns(), n.gate.MaxConns()
+	}
+	if n.sys != nil {
+		l.Actors = n.sys.Active()
+	}
+	return l
+}
+
+// publishLoad hands the node's load to the membership, which publishes
+// it when it changed.
+func (n *Node) publishLoad(every time.Duration) {
+	defer n.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.quit:
+			return
+		case <-t.C:
+			n.sys.SetLoad(n.load())
+		}
+	}
+}
+
+// rejoined is called when the node had to rejoin the cluster as a new
+// instance: the other members took it for gone and ended the sessions on
+// its gate, so its devices are told to reconnect and log in again.
+func (n *Node) rejoined() {
+	if n.gate != nil {
+		n.log.Warn("node: rejoined the cluster as a new instance; devices on this gate must log in again")
+		n.gate.KickAll()
+	}
+}
+
+// reachable turns a listen address such as ":7001" or "0.0.0.0:7001" into
+// one other machines can dial, with the host of the node's remoting
+// address (which other members reach).
+func reachable(listen, remoting string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		if h, _, err := net.SplitHostPort(remoting); err == nil {
+			host = h
+		}
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // sweepExpired periodically has the actors of identities with expired
@@ -194,16 +291,36 @@ func newInstanceID() string {
 // Failed is closed when a part the node cannot live without stopped by
 // itself (the gate's event engine); Err says why. The process should exit
 // rather than go on as a node that serves no device.
-func (n *Node) Failed() <-chan struct{} { return n.gate.Done() }
+func (n *Node) Failed() <-chan struct{} {
+	if n.gate == nil {
+		return n.never
+	}
+	return n.gate.Done()
+}
 
 // Err returns why the node failed, or nil.
-func (n *Node) Err() error { return n.gate.Err() }
+func (n *Node) Err() error {
+	if n.gate == nil {
+		return nil
+	}
+	return n.gate.Err()
+}
 
-// GateAddr is the gate's listen address.
-func (n *Node) GateAddr() string { return n.gate.Addr().String() }
+// GateAddr is the gate's listen address ("" without the gate role).
+func (n *Node) GateAddr() string {
+	if n.gate == nil {
+		return ""
+	}
+	return n.gate.Addr().String()
+}
 
-// APIAddr is the gRPC API's listen address.
-func (n *Node) APIAddr() string { return n.apiLn.Addr().String() }
+// APIAddr is the gRPC API's listen address ("" without the api role).
+func (n *Node) APIAddr() string {
+	if n.apiLn == nil {
+		return ""
+	}
+	return n.apiLn.Addr().String()
+}
 
 // HTTPAddr is the metrics endpoint's address ("" if disabled).
 func (n *Node) HTTPAddr() string {
