@@ -48,8 +48,8 @@ type Node struct {
 	roles membership.Roles
 	quit  chan struct{} // stops the expiry sweep and the load publisher
 	never chan struct{} // Failed of a node without a gate
-	wg   sync.WaitGroup
-	once sync.Once
+	wg    sync.WaitGroup
+	once  sync.Once
 }
 
 // Version is the node's version, published to the other members (set
