@@ -79,6 +79,10 @@ func CourierBinary(t testing.TB) string {
 type NodeOptions struct {
 	// DataDir is the node's data directory (default: a new temp dir).
 	DataDir string
+	// Name is the node's name (default "test-node").
+	Name string
+	// Roles are the node's roles ("gate,api"; default all).
+	Roles string
 	// Args are extra flags, after the testkit's defaults (so they win).
 	Args []string
 }
@@ -90,9 +94,13 @@ type Node struct {
 	cmd      *exec.Cmd
 	logs     *syncBuffer
 	exited   chan struct{}
+	// The node's addresses in its current run (empty for a component
+	// its roles do not include).
 	GateAddr string
 	APIAddr  string
 	HTTPAddr string
+	// ClusterAddr is the node's actor remoting address.
+	ClusterAddr string
 }
 
 // syncBuffer collects a process's output.
@@ -132,8 +140,12 @@ func (n *Node) start() {
 	bin := CourierBinary(t)
 	addrFile := filepath.Join(n.opts.DataDir, "addrs.json")
 	_ = os.Remove(addrFile)
+	name := n.opts.Name
+	if name == "" {
+		name = "test-node"
+	}
 	args := []string{
-		"--name", "test-node",
+		"--name", name,
 		"--data-dir", n.opts.DataDir,
 		"--addr-file", addrFile,
 		"--gate.addr", "127.0.0.1:0",
@@ -153,6 +165,9 @@ func (n *Node) start() {
 		"--actors.retry-max", "1s",
 		"--shutdown-grace", "5s",
 		"--log-level", "debug",
+	}
+	if n.opts.Roles != "" {
+		args = append(args, "--roles", n.opts.Roles)
 	}
 	args = append(args, n.opts.Args...)
 	n.cmd = exec.Command(bin, args...)
@@ -174,9 +189,9 @@ func (n *Node) start() {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
-			var a struct{ Gate, API, HTTP string }
-			if json.Unmarshal(b, &a) == nil && a.Gate != "" {
-				n.GateAddr, n.APIAddr, n.HTTPAddr = a.Gate, a.API, a.HTTP
+			var a struct{ Gate, API, HTTP, Cluster string }
+			if json.Unmarshal(b, &a) == nil && a.Cluster != "" {
+				n.GateAddr, n.APIAddr, n.HTTPAddr, n.ClusterAddr = a.Gate, a.API, a.HTTP, a.Cluster
 				return
 			}
 		}
@@ -268,4 +283,31 @@ func Ctx(t testing.TB, key string) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+}
+
+// Name returns the node's name.
+func (n *Node) Name() string {
+	if n.opts.Name == "" {
+		return "test-node"
+	}
+	return n.opts.Name
+}
+
+// Roles returns the node's roles as given ("gate,actors,api" if none
+// were).
+func (n *Node) Roles() string {
+	if n.opts.Roles == "" {
+		return "gate,actors,api"
+	}
+	return n.opts.Roles
+}
+
+// Running reports whether the node's process runs.
+func (n *Node) Running() bool {
+	select {
+	case <-n.exited:
+		return false
+	default:
+		return true
+	}
 }

@@ -306,6 +306,12 @@ func (n *Node) Err() error {
 	return n.gate.Err()
 }
 
+// Roles returns the node's roles ("gate,actors,api").
+func (n *Node) Roles() string { return n.roles.String() }
+
+// ClusterAddr is the node's actor remoting address.
+func (n *Node) ClusterAddr() string { return n.sys.Address() }
+
 // GateAddr is the gate's listen address ("" without the gate role).
 func (n *Node) GateAddr() string {
 	if n.gate == nil {

@@ -93,7 +93,8 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "courier:", err)
 		return 1
 	}
-	addrs := map[string]string{"gate": n.GateAddr(), "api": n.APIAddr(), "http": n.HTTPAddr()}
+	addrs := map[string]string{"name": cfg.Name, "roles": n.Roles(), "gate": n.GateAddr(), "api": n.APIAddr(),
+		"http": n.HTTPAddr(), "cluster": n.ClusterAddr()}
 	if *pprofAddr != "" {
 		if addrs["pprof"], err = startPprof(*pprofAddr, log); err != nil {
 			log.Error("courier: --pprof-addr", "err", err)

@@ -1,0 +1,141 @@
+package node_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/courier-im/courier/cluster"
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/messages/devicepb"
+	"github.com/courier-im/courier/testkit"
+)
+
+// These tests run a real Consul and three node processes with different
+// roles: node1 gate+api, node2 actors, node3 everything.
+
+// uidOwnedBy returns a uid of app 1, starting with prefix, whose actor
+// lives on owner (among the cluster's actor nodes).
+func uidOwnedBy(t *testing.T, c *testkit.Cluster, owner *testkit.Node, prefix string) string {
+	t.Helper()
+	var actorAddrs []string
+	for _, n := range c.Running() {
+		if n.Roles() == "gate,actors,api" || n.Roles() == "actors" {
+			actorAddrs = append(actorAddrs, n.ClusterAddr)
+		}
+	}
+	for i := range 1000 {
+		uid := fmt.Sprintf("%s-%d", prefix, i)
+		if cluster.OwnerOf(actorAddrs, 1, uid) == owner.ClusterAddr {
+			return uid
+		}
+	}
+	t.Fatalf("no uid owned by %s", owner.Name())
+	return ""
+}
+
+func TestClusterFlowsAcrossNodes(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", ""}})
+	n1, n2, n3 := c.Node("node1"), c.Node("node2"), c.Node("node3")
+	if n2.GateAddr != "" || n2.APIAddr != "" || n1.GateAddr == "" {
+		t.Fatalf("roles not honoured: node2 gate %q api %q", n2.GateAddr, n2.APIAddr)
+	}
+	api1, api3 := n1.API(t), n3.API(t)
+
+	t.Run("S2C: device on node1, actor on node2, API on node3", func(t *testing.T) {
+		uid := uidOwnedBy(t, c, n2, "s2c")
+		d := testkit.Dial(t, n1.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		if ack := d.Login(uid, testkit.Token(t, 1, uid), false); ack.Code != devicepb.Code_OK {
+			t.Fatalf("login: %v", ack)
+		}
+		pr, err := api3.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: []string{uid}})
+		if err != nil || !pr.Entries[0].Online || pr.Entries[0].Session.GateAddr != n1.GateAddr {
+			t.Fatalf("presence from node3: %v %v", pr, err)
+		}
+		r := push(t, api3, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("order 1")})
+		if !r.Online || r.Seq != 1 {
+			t.Fatalf("push: %v", r)
+		}
+		seq, m := expectS2C(t, d)
+		if seq != 1 || string(m.Payload) != "order 1" || m.MsgId != r.MsgId {
+			t.Fatalf("S2C seq %d %v", seq, m)
+		}
+		// Not acknowledged: delivered again, same seq and id.
+		if seq2, m2 := expectS2C(t, d); seq2 != 1 || m2.MsgId != m.MsgId {
+			t.Fatalf("redelivery seq %d %v", seq2, m2)
+		}
+		ackS2C(d, m.MsgId)
+		testkit.Eventually(t, 10*time.Second, func() bool {
+			pr, err := api1.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: []string{uid}})
+			return err == nil && pr.Entries[0].Pending == 0
+		}, "the acked message left the inbox")
+		if v, _ := n2.Metric("courier_actors_active"); v < 1 {
+			t.Fatalf("node2 holds no actor (%v)", v)
+		}
+	})
+
+	t.Run("offline inbox, then login on another gate and PULL", func(t *testing.T) {
+		uid := uidOwnedBy(t, c, n2, "inbox")
+		for i := range 3 {
+			push(t, api1, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte(fmt.Sprint(i))})
+		}
+		d := testkit.Dial(t, n3.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		if ack := d.Login(uid, testkit.Token(t, 1, uid), false); ack.Pending != 3 {
+			t.Fatalf("pending %d", ack.Pending)
+		}
+		seq := d.NextSeq()
+		d.Send(messages.CmdPull, seq, &devicepb.Pull{AfterSeq: 0, Limit: 10})
+		for {
+			f, err := d.ReadFrame()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.Cmd == messages.CmdPullAck {
+				if pa := f.Msg.(*devicepb.PullAck); len(pa.Messages) != 3 || pa.Messages[2].Seq != 3 {
+					t.Fatalf("PULL_ACK %v", pa)
+				}
+				break
+			}
+		}
+	})
+
+	t.Run("C2C between gates of node1 and node3, actors on node2 and node3", func(t *testing.T) {
+		from := uidOwnedBy(t, c, n3, "rider")
+		to := uidOwnedBy(t, c, n2, "driver")
+		rider := testkit.Dial(t, n1.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		rider.Login(from, testkit.Token(t, 1, from), false)
+		driver := testkit.Dial(t, n3.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		driver.Login(to, testkit.Token(t, 1, to), false)
+		ack := expectC2CAck(t, rider, sendC2C(rider, to, "c-1", "where are you?"))
+		if ack.Code != devicepb.Code_OK {
+			t.Fatalf("C2C_ACK %v", ack)
+		}
+		p := driver.Expect(messages.CmdC2CPush).Msg.(*devicepb.C2CPush)
+		if p.FromUid != from || p.MsgId != ack.MsgId {
+			t.Fatalf("C2C_PUSH %v", p)
+		}
+		driver.Send(messages.CmdC2CPushAck, driver.NextSeq(), &devicepb.C2CPushAck{MsgId: p.MsgId})
+		driver.Expect(messages.CmdC2CPushAckAck)
+	})
+
+	t.Run("login on a second gate kicks the first; kick from the API", func(t *testing.T) {
+		uid := uidOwnedBy(t, c, n2, "kick")
+		first := testkit.Dial(t, n1.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		first.Login(uid, testkit.Token(t, 1, uid), false)
+		second := testkit.Dial(t, n3.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		if ack := second.Login(uid, testkit.Token(t, 1, uid), false); ack.Code != devicepb.Code_OK {
+			t.Fatalf("second login %v", ack)
+		}
+		if k := first.Expect(messages.CmdKickout).Msg.(*devicepb.Kickout); k.Reason != devicepb.KickReason_LOGGED_IN_ELSEWHERE {
+			t.Fatalf("kickout %v", k)
+		}
+		first.ExpectClosed()
+		r, err := api1.Kick(testkit.Ctx(t, testkit.App1Key), &apipb.KickRequest{AppCode: 1, Uid: uid, Reason: "ops"})
+		if err != nil || !r.WasOnline {
+			t.Fatalf("kick: %v %v", r, err)
+		}
+		second.Expect(messages.CmdKickout)
+		second.ExpectClosed()
+	})
+}
