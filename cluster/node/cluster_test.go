@@ -1,11 +1,19 @@
 package node_test
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
 	"testing"
 	"time"
 
+	"github.com/asynkron/protoactor-go/remote"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/courier-im/courier/cluster"
+	"github.com/courier-im/courier/cluster/mtls"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/apipb"
 	"github.com/courier-im/courier/messages/devicepb"
@@ -138,4 +146,97 @@ func TestClusterFlowsAcrossNodes(t *testing.T) {
 		second.Expect(messages.CmdKickout)
 		second.ExpectClosed()
 	})
+}
+
+// remotingConnect opens the actor remoting stream of addr with creds and
+// says hello as a member would; it returns the error of the first answer.
+func remotingConnect(addr string, creds credentials.TransportCredentials) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := remote.NewRemotingClient(conn).Receive(ctx)
+	if err != nil {
+		return err
+	}
+	err = stream.Send(&remote.RemoteMessage{MessageType: &remote.RemoteMessage_ConnectRequest{ConnectRequest: &remote.ConnectRequest{
+		ConnectionType: &remote.ConnectRequest_ServerConnection{ServerConnection: &remote.ServerConnection{SystemId: "rogue", Address: "127.0.0.1:1"}}}}})
+	if err != nil {
+		return err
+	}
+	m, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if m.GetConnectResponse() == nil {
+		return fmt.Errorf("unexpected answer %v", m)
+	}
+	return nil
+}
+
+// TestClusterMutualTLS runs members over mutual TLS and shows that the
+// remoting port refuses every peer without a certificate of the cluster's
+// CA: plaintext, TLS without a client certificate, and a certificate of
+// another CA.
+func TestClusterMutualTLS(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors"}, TLS: true})
+	n1, n2 := c.Node("node1"), c.Node("node2")
+	uid := uidOwnedBy(t, c, n2, "tls")
+	d := testkit.Dial(t, n1.GateAddr, testkit.DeviceConfig{AppCode: 1})
+	d.Login(uid, testkit.Token(t, 1, uid), false)
+	r := push(t, n1.API(t), testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("over TLS")})
+	if _, m := expectS2C(t, d); m.MsgId != r.MsgId {
+		t.Fatalf("S2C %v", m)
+	}
+
+	load := func(args []string) *tls.Config {
+		t.Helper()
+		files := mtls.Files{CA: args[1], Cert: args[3], Key: args[5]}
+		tc, err := files.Config()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tc
+	}
+	member := load(c.NodeCertArgs("extra"))
+	if err := remotingConnect(n2.ClusterAddr, credentials.NewTLS(member)); err != nil {
+		t.Fatalf("a certificate of the cluster's CA was refused: %v", err)
+	}
+	if err := remotingConnect(n2.ClusterAddr, insecure.NewCredentials()); err == nil {
+		t.Fatal("plaintext peer accepted")
+	} else {
+		t.Logf("plaintext peer: %v", err)
+	}
+	noCert := member.Clone()
+	noCert.Certificates = nil
+	if err := remotingConnect(n2.ClusterAddr, credentials.NewTLS(noCert)); err == nil {
+		t.Fatal("peer without a client certificate accepted")
+	} else {
+		t.Logf("peer without a certificate: %v", err)
+	}
+	otherCA, err := mtls.NewCA("another CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue, err := mtls.IssueNode(otherCA, "rogue", []string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogueCert, err := tls.X509KeyPair(rogue.Cert, rogue.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withRogue := member.Clone()
+	// Presented whatever the server asks for (Go's client would otherwise
+	// send no certificate the server's CA did not sign).
+	withRogue.Certificates = nil
+	withRogue.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &rogueCert, nil }
+	if err := remotingConnect(n2.ClusterAddr, credentials.NewTLS(withRogue)); err == nil {
+		t.Fatal("peer with a certificate of another CA accepted")
+	} else {
+		t.Logf("peer with another CA's certificate: %v", err)
+	}
 }

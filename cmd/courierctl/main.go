@@ -17,7 +17,8 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(tokenCmd(), deviceCmd(), pushCmd(), kickCmd(), presenceCmd(), statsCmd(), upstreamCmd(), listsCmd())
+	root.AddCommand(tokenCmd(), deviceCmd(), pushCmd(), kickCmd(), presenceCmd(), statsCmd(), upstreamCmd(), listsCmd(),
+		certsCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "courierctl:", err)
 		os.Exit(1)
