@@ -89,11 +89,11 @@ type NodeOptions struct {
 
 // Node is a courier node running as a separate process, as in production.
 type Node struct {
-	t        testing.TB
-	opts     NodeOptions
-	cmd      *exec.Cmd
-	logs     *syncBuffer
-	exited   chan struct{}
+	t      testing.TB
+	opts   NodeOptions
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan struct{}
 	// The node's addresses in its current run (empty for a component
 	// its roles do not include).
 	GateAddr string
