@@ -2,6 +2,7 @@ package membership
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -90,6 +91,9 @@ type Member struct {
 	// GateID is the gate's instance id (gate role), GateAddr its public
 	// address for devices.
 	GateID, GateAddr string
+	// Apps are the appcodes whose devices the gate accepts (it has their
+	// token secrets); empty means every app.
+	Apps []uint16
 	// APIAddr is the gRPC API (api role); HTTPAddr serves metrics, health
 	// and gate discovery.
 	APIAddr, HTTPAddr string
@@ -107,6 +111,11 @@ type Member struct {
 	Blocked bool
 }
 
+// AcceptsApp reports whether the member's gate accepts devices of app.
+func (m *Member) AcceptsApp(app uint16) bool {
+	return len(m.Apps) == 0 || slices.Contains(m.Apps, app)
+}
+
 // Live reports whether the member takes part in the cluster.
 func (m *Member) Live() bool { return m.Health == HealthPassing && !m.Blocked }
 
@@ -122,7 +131,7 @@ const (
 func sameShape(a, b *Member) bool {
 	return a.ID == b.ID && a.Name == b.Name && a.Address == b.Address && a.Roles == b.Roles &&
 		a.Version == b.Version && a.GateID == b.GateID && a.GateAddr == b.GateAddr &&
-		a.APIAddr == b.APIAddr && a.HTTPAddr == b.HTTPAddr
+		a.APIAddr == b.APIAddr && a.HTTPAddr == b.HTTPAddr && slices.Equal(a.Apps, b.Apps)
 }
 
 // Meta keys of a member's registration. Consul allows 64 keys of at most
@@ -140,6 +149,7 @@ const (
 	metaMaxConns = "max_conns"
 	metaActors   = "actors"
 	metaStarted  = "started_ms"
+	metaApps     = "apps"
 )
 
 // maxMetaValue is Consul's limit on a meta value.
@@ -152,7 +162,26 @@ func encodeMeta(m *Member) map[string]string {
 		metaGateID: m.GateID, metaGateAddr: m.GateAddr, metaAPIAddr: m.APIAddr, metaHTTPAddr: m.HTTPAddr,
 		metaConns: strconv.Itoa(m.Load.Conns), metaMaxConns: strconv.Itoa(m.Load.MaxConns),
 		metaActors: strconv.Itoa(m.Load.Actors), metaStarted: strconv.FormatInt(m.StartedAt.UnixMilli(), 10),
+		metaApps: encodeApps(m.Apps),
 	}
+}
+
+func encodeApps(apps []uint16) string {
+	parts := make([]string, len(apps))
+	for i, a := range apps {
+		parts[i] = strconv.Itoa(int(a))
+	}
+	return strings.Join(parts, ",")
+}
+
+func decodeApps(s string) []uint16 {
+	var out []uint16
+	for _, p := range strings.Split(s, ",") {
+		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n > 0 {
+			out = append(out, uint16(n))
+		}
+	}
+	return out
 }
 
 // decodeMeta reads a registration's metadata and remoting address. A
@@ -173,6 +202,7 @@ func decodeMeta(meta map[string]string, address string) (Member, error) {
 		return n
 	}
 	m.Load = Load{Conns: num(metaConns), MaxConns: num(metaMaxConns), Actors: num(metaActors)}
+	m.Apps = decodeApps(meta[metaApps])
 	if ms, err := strconv.ParseInt(meta[metaStarted], 10, 64); err == nil {
 		m.StartedAt = time.UnixMilli(ms)
 	}

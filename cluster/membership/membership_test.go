@@ -3,6 +3,7 @@ package membership
 import (
 	"context"
 	"errors"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -36,7 +37,7 @@ func TestParseRoles(t *testing.T) {
 
 func TestMetaRoundTrip(t *testing.T) {
 	m := Member{ID: "n1-abc", Name: "n1", Address: "10.0.0.1:7100", Roles: RoleGate | RoleActors, Version: "v1.2",
-		GateID: "g1", GateAddr: "203.0.113.1:7000", APIAddr: "10.0.0.1:7001", HTTPAddr: "10.0.0.1:7002",
+		GateID: "g1", GateAddr: "203.0.113.1:7000", Apps: []uint16{1, 65535}, APIAddr: "10.0.0.1:7001", HTTPAddr: "10.0.0.1:7002",
 		Load: Load{Conns: 5, MaxConns: 100, Actors: 7}, StartedAt: time.UnixMilli(1700000000123)}
 	got, err := decodeMeta(encodeMeta(&m), m.Address)
 	if err != nil {
@@ -44,7 +45,7 @@ func TestMetaRoundTrip(t *testing.T) {
 	}
 	got.StartedAt = got.StartedAt.UTC()
 	m.StartedAt = m.StartedAt.UTC()
-	if got != m {
+	if !reflect.DeepEqual(got, m) {
 		t.Fatalf("round trip\n got %+v\nwant %+v", got, m)
 	}
 	if _, err := decodeMeta(map[string]string{"id": "x"}, "h:1"); err == nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/courier-im/courier/cluster"
+	"github.com/courier-im/courier/cluster/discovery"
 	"github.com/courier-im/courier/cluster/mtls"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/apipb"
@@ -239,4 +242,36 @@ func TestClusterMutualTLS(t *testing.T) {
 	} else {
 		t.Logf("peer with another CA's certificate: %v", err)
 	}
+}
+
+// TestGateDiscovery: every api node lists the live gates least loaded
+// first, and a gate that dies leaves the list within the membership TTL.
+func TestGateDiscovery(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", ""}})
+	n1, n2, n3 := c.Node("node1"), c.Node("node2"), c.Node("node3")
+	ctx := context.Background()
+	gates, err := discovery.Fetch(ctx, "http://"+n3.HTTPAddr, 1)
+	if err != nil || len(gates) != 2 {
+		t.Fatalf("gates from node3: %v %v", gates, err)
+	}
+	if _, err := discovery.Fetch(ctx, "http://"+n2.HTTPAddr, 1); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("a node without the api role served discovery: %v", err)
+	}
+	for i := range 3 {
+		n1.Device(t, 1, fmt.Sprintf("load-%d", i))
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		gates, err := discovery.Fetch(ctx, "http://"+n1.HTTPAddr, 1)
+		return err == nil && len(gates) == 2 && gates[0].Addr == n3.GateAddr && gates[1].Addr == n1.GateAddr && gates[1].Conns == 3
+	}, "node3's idle gate listed before node1's busy one")
+	if _, err := discovery.Fetch(ctx, "http://"+n1.HTTPAddr, 3); err == nil {
+		t.Fatal("gates listed for an app none of them accepts")
+	}
+	n3.Stop(syscall.SIGKILL)
+	start := time.Now()
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		gates, err := discovery.Fetch(ctx, "http://"+n1.HTTPAddr, 1)
+		return err == nil && len(gates) == 1 && gates[0].Addr == n1.GateAddr
+	}, "the dead gate left the list")
+	t.Logf("a killed gate left discovery after %v (TTL 1s)", time.Since(start).Round(10*time.Millisecond))
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/cluster"
 	"github.com/courier-im/courier/cluster/api"
+	"github.com/courier-im/courier/cluster/discovery"
 	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/cluster/upstream"
 	"github.com/courier-im/courier/gate"
@@ -122,6 +124,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 			br.gateAddr.Store(&public)
 		}
 		self.GateID, self.GateAddr = br.gateID, public
+		self.Apps = gateApps(secrets)
 	}
 
 	if roles.Has(membership.RoleAPI) {
@@ -157,6 +160,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		if roles.Has(membership.RoleAPI) {
+			mux.Handle(discovery.Path, discovery.Handler(n.sys.View))
+		}
 		n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		n.wg.Add(1)
 		go func() {
@@ -237,6 +243,21 @@ func (n *Node) rejoined() {
 		n.log.Warn("node: rejoined the cluster as a new instance; devices on this gate must log in again")
 		n.gate.KickAll()
 	}
+}
+
+// gateApps lists the apps whose devices the gate accepts, for gate
+// discovery. Beyond 80 apps the list would not fit the membership's
+// metadata and none is published, meaning every app.
+func gateApps(secrets map[uint16][]byte) []uint16 {
+	if len(secrets) > 80 {
+		return nil
+	}
+	apps := make([]uint16, 0, len(secrets))
+	for app := range secrets {
+		apps = append(apps, app)
+	}
+	slices.Sort(apps)
+	return apps
 }
 
 // reachable turns a listen address such as ":7001" or "0.0.0.0:7001" into

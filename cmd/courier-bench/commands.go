@@ -39,6 +39,7 @@ func (c *common) bind(cmd *cobra.Command) {
 	c.cfg = d
 	f := cmd.Flags()
 	f.StringVar(&c.cfg.Gate, "gate", d.Gate, "the node's device gate (IPv4:port)")
+	f.StringVar(&c.cfg.Discover, "discover", "", "an api node's HTTP address (http://HOST:PORT): take the gates from its gate discovery instead of --gate, workers spread over them")
 	f.StringVar(&c.cfg.API, "api", d.API, "the node's gRPC API")
 	f.StringVar(&c.cfg.Metrics, "node-metrics", d.Metrics, `the node's /metrics host:port, for its CPU and memory ("" : none)`)
 	f.StringVar(&c.cfg.Pprof, "node-pprof", "", "the node's pprof host:port (courier --pprof-addr), to force a GC before memory samples and for --profile")

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/courier-im/courier/cluster/discovery"
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/devicepb"
@@ -121,7 +122,7 @@ func (d *demoDevice) commands(in io.Reader) {
 }
 
 func deviceCmd() *cobra.Command {
-	var addr, uid, secret, token, deviceID string
+	var addr, discover, uid, secret, token, deviceID string
 	var app uint32
 	var noAck, interactive bool
 	c := &cobra.Command{
@@ -137,7 +138,7 @@ func deviceCmd() *cobra.Command {
 					return err
 				}
 			}
-			conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			conn, err := dialGate(addr, discover, uint16(app))
 			if err != nil {
 				return err
 			}
@@ -206,6 +207,7 @@ func deviceCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&addr, "gate", envOr("COURIER_GATE", "127.0.0.1:7000"), "gate address (env COURIER_GATE)")
+	c.Flags().StringVar(&discover, "discover", os.Getenv("COURIER_DISCOVER"), "ask this node's gate discovery (http://HOST:PORT of an api node) for a gate instead of --gate (env COURIER_DISCOVER)")
 	c.Flags().Uint32Var(&app, "app", 1, "appcode")
 	c.Flags().StringVar(&uid, "uid", "", "uid")
 	c.Flags().StringVar(&secret, "secret", os.Getenv("COURIER_APP_SECRET"), "the app's token secret, to mint a token (env COURIER_APP_SECRET)")
@@ -214,4 +216,28 @@ func deviceCmd() *cobra.Command {
 	c.Flags().BoolVar(&noAck, "no-ack", false, "do not acknowledge pushes (to watch redelivery)")
 	c.Flags().BoolVar(&interactive, "stdin", true, `read commands from standard input: "c2c UID TEXT", "c2s MSGTYPE TEXT", "pull AFTER_SEQ"`)
 	return c
+}
+
+// dialGate connects to addr, or, with a discovery URL, to the least loaded
+// gate that accepts the app's devices (the next one if it cannot).
+func dialGate(addr, discover string, app uint16) (net.Conn, error) {
+	if discover == "" {
+		return net.DialTimeout("tcp", addr, 5*time.Second)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	gates, err := discovery.Fetch(ctx, discover, app)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, g := range gates {
+		conn, err := net.DialTimeout("tcp", g.Addr, 5*time.Second)
+		if err == nil {
+			fmt.Fprintf(os.Stderr, "connected to gate %s (node %s, %d connections)\n", g.Addr, g.Node, g.Conns)
+			return conn, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("no gate answered: %w", errors.Join(errs...))
 }

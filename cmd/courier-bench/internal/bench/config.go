@@ -23,9 +23,14 @@ type Config struct {
 	// the run (the addresses and PID are then its own); SpawnArgs are
 	// extra flags for it.
 	Gate, API, Metrics, Pprof string
-	NodePID                   int
-	Spawn                     string
-	SpawnArgs                 []string
+	// Discover, if set, is an api node's HTTP address (http://HOST:PORT):
+	// the gates come from its gate discovery instead of Gate, and the
+	// workers spread over them (worker i on gate i mod their number,
+	// least loaded first).
+	Discover  string
+	NodePID   int
+	Spawn     string
+	SpawnArgs []string
 
 	// AppCode, Secret (device tokens) and APIKey (app-server).
 	AppCode uint16
