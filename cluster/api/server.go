@@ -12,6 +12,7 @@ import (
 
 	"github.com/courier-im/courier/actors/stats"
 	"github.com/courier-im/courier/actors/store"
+	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/cluster/upstream"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/apipb"
@@ -54,6 +55,10 @@ type Deps struct {
 	Lists    Lists
 	Stats    *stats.Recorder
 	Upstream *upstream.Router
+	// Members returns the node's view of the cluster, and Provider names
+	// the membership provider (for Members; may be nil).
+	Members  func() *membership.View
+	Provider string
 }
 
 // Server implements apipb.CourierServer.
@@ -66,11 +71,14 @@ type Server struct {
 	lists  Lists
 	stats  *stats.Recorder
 	up     *upstream.Router
+	view   func() *membership.View
+	prov   string
 }
 
 // New returns a server.
 func New(d Deps) *Server {
-	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream}
+	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream,
+		view: d.Members, prov: d.Provider}
 }
 
 // ServerOptions returns the options that authenticate every call; pass

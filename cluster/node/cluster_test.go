@@ -11,8 +11,10 @@ import (
 
 	"github.com/asynkron/protoactor-go/remote"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/courier-im/courier/cluster"
 	"github.com/courier-im/courier/cluster/discovery"
@@ -244,9 +246,10 @@ func TestClusterMutualTLS(t *testing.T) {
 	}
 }
 
-// TestGateDiscovery: every api node lists the live gates least loaded
-// first, and a gate that dies leaves the list within the membership TTL.
-func TestGateDiscovery(t *testing.T) {
+// TestDiscoveryAndMembers: every api node lists the live gates least
+// loaded first, and a gate that dies leaves the list within the
+// membership TTL; Members shows every node, and the dead one as blocked.
+func TestDiscoveryAndMembers(t *testing.T) {
 	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", ""}})
 	n1, n2, n3 := c.Node("node1"), c.Node("node2"), c.Node("node3")
 	ctx := context.Background()
@@ -267,6 +270,29 @@ func TestGateDiscovery(t *testing.T) {
 	if _, err := discovery.Fetch(ctx, "http://"+n1.HTTPAddr, 3); err == nil {
 		t.Fatal("gates listed for an app none of them accepts")
 	}
+
+	api1 := n1.API(t)
+	if _, err := api1.Members(testkit.Ctx(t, testkit.App1Key), &apipb.MembersRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("Members with an app's key: %v", err)
+	}
+	members := func() map[string]*apipb.Member {
+		t.Helper()
+		r, err := api1.Members(testkit.Ctx(t, testkit.OperatorKey), &apipb.MembersRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]*apipb.Member{}
+		for _, m := range r.Members {
+			out[m.Name] = m
+		}
+		return out
+	}
+	ms := members()
+	if len(ms) != 3 || !ms["node1"].Live || strings.Join(ms["node2"].Roles, ",") != "actors" || ms["node3"].GateAddr != n3.GateAddr ||
+		ms["node1"].ApiAddr != n1.APIAddr || ms["node2"].Address != n2.ClusterAddr || ms["node1"].Conns != 3 || ms["node2"].Version == "" {
+		t.Fatalf("members %v", ms)
+	}
+
 	n3.Stop(syscall.SIGKILL)
 	start := time.Now()
 	testkit.Eventually(t, 10*time.Second, func() bool {
@@ -274,4 +300,7 @@ func TestGateDiscovery(t *testing.T) {
 		return err == nil && len(gates) == 1 && gates[0].Addr == n1.GateAddr
 	}, "the dead gate left the list")
 	t.Logf("a killed gate left discovery after %v (TTL 1s)", time.Since(start).Round(10*time.Millisecond))
+	if m := members()["node3"]; m == nil || m.Live || !m.Blocked || m.Health != "critical" {
+		t.Fatalf("the killed node in Members: %v", m)
+	}
 }

@@ -128,7 +128,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 
 	if roles.Has(membership.RoleAPI) {
-		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.up}
+		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.up,
+			Members: n.sys.View, Provider: cfg.Cluster.Provider}
 		if n.gate != nil {
 			deps.Lists = n.gate.Lists()
 		}

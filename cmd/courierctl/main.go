@@ -18,7 +18,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(tokenCmd(), deviceCmd(), pushCmd(), kickCmd(), presenceCmd(), statsCmd(), upstreamCmd(), listsCmd(),
-		certsCmd())
+		certsCmd(), membersCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "courierctl:", err)
 		os.Exit(1)
