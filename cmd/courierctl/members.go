@@ -82,4 +82,3 @@ func dash(s string) string {
 	}
 	return s
 }
-
