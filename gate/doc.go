@@ -27,6 +27,8 @@
 // a per-connection rate dry, then a close; KICKOUT SLOW_CLIENT when its
 // outbound queue overflowed, KICKOUT UID_BLACKLISTED or
 // KICKED_BY_OPERATOR when a list update refuses a connected client, and
-// KICKOUT SERVER_SHUTDOWN on Shutdown. APP_MISMATCH is checked after
+// KICKOUT SERVER_SHUTDOWN on Shutdown; LOGIN_ACK BAD_LOGIN_FIELD for a
+// LOGIN whose device_id, app_version or token is over its limit
+// (MaxDeviceIDLen, MaxAppVersionLen, MaxTokenLen). APP_MISMATCH is checked after
 // "command known" and before "body decodes".
 package gate

@@ -11,8 +11,18 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// maxUIDLen is the longest uid accepted at login, in bytes.
-const maxUIDLen = 128
+// Limits of the LOGIN fields, in bytes. A longer uid is answered
+// LOGIN_ACK BAD_UID, a longer device id, app version or token
+// BAD_LOGIN_FIELD.
+const (
+	maxUIDLen = 128
+	// MaxDeviceIDLen is the longest Login.device_id.
+	MaxDeviceIDLen = 128
+	// MaxAppVersionLen is the longest Login.app_version.
+	MaxAppVersionLen = 128
+	// MaxTokenLen is the longest Login.token.
+	MaxTokenLen = 4096
+)
 
 // OnTraffic parses every whole frame gnet has buffered. A partial frame
 // stays in gnet's buffer (Peek without Discard) until more arrives; the
@@ -203,6 +213,9 @@ func (s *conn) onLogin(h messages.Header, body []byte) gnet.Action {
 	if m.Uid == "" || len(m.Uid) > maxUIDLen {
 		return s.failLogin(h, devicepb.Code_BAD_UID, "uid must be 1 to 128 bytes")
 	}
+	if reason := loginFieldTooLong(m); reason != "" {
+		return s.failLogin(h, devicepb.Code_BAD_LOGIN_FIELD, reason)
+	}
 	if err := g.auth.Verify(h.AppCode, m.Uid, m.Token); err != nil {
 		code := loginCode(err)
 		g.log.Debug("gate: token refused", "conn", s.id, "remote", s.remote, "app", h.AppCode, "uid", m.Uid, "err", err)
@@ -220,6 +233,20 @@ func (s *conn) onLogin(h messages.Header, body []byte) gnet.Action {
 	s.mu.Unlock()
 	g.h.Login(s.info(), h.Seq, m)
 	return gnet.None
+}
+
+// loginFieldTooLong names the first LOGIN field (other than uid) over its
+// limit, or returns "".
+func loginFieldTooLong(m *devicepb.Login) string {
+	switch {
+	case len(m.DeviceId) > MaxDeviceIDLen:
+		return "device_id longer than " + strconv.Itoa(MaxDeviceIDLen) + " bytes"
+	case len(m.AppVersion) > MaxAppVersionLen:
+		return "app_version longer than " + strconv.Itoa(MaxAppVersionLen) + " bytes"
+	case len(m.Token) > MaxTokenLen:
+		return "token longer than " + strconv.Itoa(MaxTokenLen) + " bytes"
+	}
+	return ""
 }
 
 var loginReasons = map[devicepb.Code]string{

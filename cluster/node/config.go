@@ -140,6 +140,7 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 // replacer tries them in order.
 var gateFields = [][2]string{
 	{"Config.NewConnsPerIPBurst", "gate.new-conns-per-ip-burst"},
+	{"Config.MaxTokenLifetime", "gate.max-token-lifetime"},
 	{"Config.NewConnsPerIP", "gate.new-conns-per-ip"},
 	{"Config.MaxOutboundBuffered", "gate.max-outbound-buffered"},
 	{"Config.ListsPollInterval", "gate.lists-poll-interval"},

@@ -49,6 +49,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.IntVar(&g.IPLimiterSize, "gate.ip-limiter-size", g.IPLimiterSize, "source addresses remembered by the connection rate limit")
 	fs.StringVar(&g.ListsFile, "gate.lists-file", g.ListsFile, "JSON file of the black/white lists, reloaded when it changes")
 	fs.DurationVar(&g.ListsPollInterval, "gate.lists-poll-interval", g.ListsPollInterval, "how often gate.lists-file is checked")
+	fs.DurationVar(&g.MaxTokenLifetime, "gate.max-token-lifetime", g.MaxTokenLifetime, "refuse device tokens without iat or whose exp - iat is longer (0: any lifetime)")
 
 	cl := &c.Cluster
 	fs.StringVar(&cl.Name, "cluster.name", cl.Name, "cluster name")
