@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -102,5 +103,22 @@ func TestGateFieldsAreSettings(t *testing.T) {
 	err := gateError(fmt.Errorf("%w: Config.NewConnsPerIPBurst 0: bad", gate.ErrInvalidConfig))
 	if !strings.Contains(err.Error(), "gate.new-conns-per-ip-burst 0") {
 		t.Fatalf("rewritten: %v", err)
+	}
+}
+
+// TestNodeRefusesExposedRemoting: a node whose actor remoting would listen
+// beyond loopback does not start, and says which setting to change.
+func TestNodeRefusesExposedRemoting(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.DataDir, cfg.APIAddr, cfg.HTTPAddr, cfg.Gate.Addr = t.TempDir(), "127.0.0.1:0", "", "127.0.0.1:0"
+	cfg.AppSecrets = map[string]string{"1": "0123456789abcdef"}
+	cfg.Cluster.Bind, cfg.Cluster.Advertise = "0.0.0.0:0", "10.0.0.1:7100"
+	n, err := Start(cfg, nil)
+	if err == nil {
+		n.Shutdown(context.Background())
+		t.Fatal("the node started with remoting on 0.0.0.0")
+	}
+	if !strings.Contains(err.Error(), "cluster.bind") || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("error %q does not name cluster.bind and loopback", err)
 	}
 }
