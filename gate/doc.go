@@ -5,7 +5,11 @@
 // rest of the node through a narrow interface. It owns connections, not
 // business state.
 //
-// Event-loop callbacks never block. Other goroutines write to a connection
+// Event-loop callbacks never block. Compressed bodies are decoded by one
+// zstd decoder per loop (made at the loop's first compressed frame) into
+// the loop's buffer, so decoder memory grows with the loops, never with
+// the connections; bodies sent are compressed on the caller of Deliver,
+// each caller with its own encoder. Other goroutines write to a connection
 // only through its bounded outbound queue, which the connection's loop
 // drains in batches.
 //

@@ -164,12 +164,12 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 		return gnet.None
 	}
 	if h.Compressed() {
-		out, err := g.zstd.Decompress(l.dbuf[:0], body)
+		out, err := l.decompress(body)
 		if err != nil {
-			l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "body does not decompress within the frame limit")
+			l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "body does not decompress within the frame limit (windows up to 8 MiB)")
 			return gnet.None
 		}
-		l.dbuf, body = out, out
+		body = out
 		h.Flags &^= messages.FlagZstd
 		h.Length = uint32(len(body))
 	}
