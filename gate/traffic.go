@@ -52,7 +52,7 @@ func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
 			break
 		}
 		frames++
-		if limit := s.overRate(now, total); limit != "" {
+		if limit := s.overRate(now, h.Cmd, total); limit != "" {
 			g.metrics.limitHits.WithLabelValues(limit).Inc()
 			l.sendError(s.replyApp(h), h.Seq, devicepb.Code_RATE_LIMITED, "sending too fast")
 			s.closeReason = CloseRateLimited
@@ -83,11 +83,13 @@ func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
 	return act
 }
 
-// overRate takes a frame of size bytes from the connection's buckets and
-// names the limit that ran dry, if one did.
-func (s *conn) overRate(now int64, size int) string {
+// overRate takes a frame of cmd and size bytes from the connection's
+// buckets and names the limit that ran dry, if one did. Acks the client
+// owes and its keepalives pass the frame limit on credit (ackcredit.go).
+func (s *conn) overRate(now int64, cmd messages.Cmd, size int) string {
 	cfg := &s.loop.g.cfg
-	if cfg.FramesPerSecond > 0 && !s.frameTokens.Take(now, 1, int64(cfg.FramesPerSecond), int64(cfg.FrameBurst)) {
+	if cfg.FramesPerSecond > 0 && !s.freeFrame(cmd, now) &&
+		!s.frameTokens.Take(now, 1, int64(cfg.FramesPerSecond), int64(cfg.FrameBurst)) {
 		return limitFrameRate
 	}
 	if cfg.BytesPerSecond > 0 && !s.byteTokens.Take(now, int64(size), int64(cfg.BytesPerSecond), int64(cfg.ByteBurst)) {
