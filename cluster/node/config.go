@@ -130,6 +130,11 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 		return nil, nil, fmt.Errorf("node: upstream.default-in-flight %d: must be in [1, upstream.max-in-flight %d]", u.DefaultInFlight, u.MaxInFlight)
 	case u.MaxBatch < 1:
 		return nil, nil, fmt.Errorf("node: upstream.max-batch %d: must be at least 1", u.MaxBatch)
+	case u.AppMaxBytes < int64(c.Gate.MaxFrameSize)+upstream.MessageOverhead+1024:
+		return nil, nil, fmt.Errorf("node: upstream.app-max-bytes %d: must hold one message of the %d-byte frame limit (at least %d)",
+			u.AppMaxBytes, c.Gate.MaxFrameSize, int64(c.Gate.MaxFrameSize)+upstream.MessageOverhead+1024)
+	case u.MaxBytes < u.AppMaxBytes:
+		return nil, nil, fmt.Errorf("node: upstream.max-bytes %d: must be at least upstream.app-max-bytes %d", u.MaxBytes, u.AppMaxBytes)
 	}
 	return secrets, keys, nil
 }

@@ -86,6 +86,8 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.IntVar(&u.DefaultInFlight, "upstream.default-in-flight", u.DefaultInFlight, "unacknowledged deliveries per subscriber that asks for no limit")
 	fs.IntVar(&u.MaxInFlight, "upstream.max-in-flight", u.MaxInFlight, "most unacknowledged deliveries a subscriber may ask for")
 	fs.IntVar(&u.MaxBatch, "upstream.max-batch", u.MaxBatch, "most messages in one delivery to a subscriber")
+	fs.Int64Var(&u.AppMaxBytes, "upstream.app-max-bytes", u.AppMaxBytes, "bytes of C2S messages held per appcode, queued or in flight; beyond, UPSTREAM_BUSY")
+	fs.Int64Var(&u.MaxBytes, "upstream.max-bytes", u.MaxBytes, "bytes of C2S messages held for all apps, queued or in flight; beyond, UPSTREAM_BUSY")
 }
 
 // EnvName returns the environment variable of a setting.

@@ -72,3 +72,41 @@ func TestDrainingFullInboxIsNeverRateLimited(t *testing.T) {
 		return err == nil && pr.Entries[0].Online && pr.Entries[0].Pending == 0
 	}, "every message acknowledged")
 }
+
+// TestC2SOverTheAppByteBudgetGetsUpstreamBusy: when the node holds its
+// app's byte budget of upstream messages (queued or in flight at a
+// subscriber that does not ack), a device's C2S gets UPSTREAM_BUSY; an
+// ack makes room again.
+func TestC2SOverTheAppByteBudgetGetsUpstreamBusy(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--upstream.app-max-bytes", "70000"}})
+	sub := subscribe(t, n, 1, nil, 1, false)
+	d := n.Device(t, 1, "gps")
+	payload := make([]byte, 30<<10)
+	c2s := func(id string) *devicepb.C2SAck {
+		t.Helper()
+		seq := d.NextSeq()
+		d.Send(messages.CmdC2S, seq, &devicepb.C2S{ClientMsgId: id, Payload: payload})
+		f := d.Expect(messages.CmdC2SAck)
+		if f.Seq != seq {
+			t.Fatalf("C2S_ACK seq %d, want %d", f.Seq, seq)
+		}
+		return f.Msg.(*devicepb.C2SAck)
+	}
+	// The subscription may take a moment to register.
+	testkit.Eventually(t, 5*time.Second, func() bool { return c2s("first").Code == devicepb.Code_OK }, "no subscriber")
+	if a := c2s("second"); a.Code != devicepb.Code_OK { // queued behind the one in flight
+		t.Fatalf("second: %v", a)
+	}
+	a := c2s("third") // 90 KiB > 70,000 bytes
+	if a.Code != devicepb.Code_UPSTREAM_BUSY || a.ClientMsgId != "third" || a.MsgId != "" {
+		t.Fatalf("over the budget: %v", a)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return sub.count() == 1 }, "the subscriber has the first")
+	sub.mu.Lock()
+	id := sub.got[0].DeliveryId
+	sub.mu.Unlock()
+	if err := sub.stream.Send(&apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Ack{Ack: &apipb.UpstreamAck{DeliveryIds: []uint64{id}}}}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return c2s("again").Code == devicepb.Code_OK }, "no room after the ack")
+}
