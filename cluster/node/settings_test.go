@@ -84,6 +84,10 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.Upstream.AppMaxBytes = 1000 }, "upstream.app-max-bytes")
 	bad(func(c *Config) { c.Upstream.MaxBytes = c.Upstream.AppMaxBytes - 1 }, "upstream.max-bytes")
 	bad(func(c *Config) { c.API.MaxPayload = 1 << 20 }, "api.max-payload")
+	bad(func(c *Config) { c.API.MaxRequestBytes = 1 << 10 }, "api.max-request-bytes")
+	bad(func(c *Config) { c.API.MaxConcurrentStreams = 0 }, "api.max-concurrent-streams")
+	bad(func(c *Config) { c.API.KeepaliveMinTime = 0 }, "api.keepalive-min-time")
+	bad(func(c *Config) { c.API.MaxConnectionIdle = time.Millisecond }, "api.max-connection-idle")
 }
 
 // TestGateFieldsAreSettings: every name a gate error is rewritten to is a

@@ -21,6 +21,10 @@ type Config struct {
 	MaxInFlight     int
 	// MaxBatch is the most messages in one UpstreamDelivery (default 256).
 	MaxBatch int
+	// MaxBatchBytes bounds the Size of the messages in one UpstreamDelivery
+	// (default 1 MiB, well under gRPC clients' default 4 MiB receive
+	// limit); a single larger message still goes alone.
+	MaxBatchBytes int64
 	// AppMaxBytes bounds the bytes (Size) of the messages the router
 	// holds for one appcode, queued or in flight at a subscriber (default
 	// 64 MiB); MaxBytes bounds them for all apps together (default 256
@@ -32,7 +36,7 @@ type Config struct {
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
 	return Config{QueueLen: 1 << 16, MaxAge: 10 * time.Minute, DefaultInFlight: 1024, MaxInFlight: 1 << 16, MaxBatch: 256,
-		AppMaxBytes: 64 << 20, MaxBytes: 256 << 20}
+		MaxBatchBytes: 1 << 20, AppMaxBytes: 64 << 20, MaxBytes: 256 << 20}
 }
 
 // MessageOverhead is what the router counts for a message on top of its
@@ -242,8 +246,8 @@ func (r *Router) Subscribe(app uint16, msgtypes []uint32, window int) (*Subscrib
 }
 
 // Next blocks until messages are ready for the subscriber (at most the
-// router's MaxBatch) or done is closed; nil means the subscriber or the
-// router is closed.
+// router's MaxBatch, and MaxBatchBytes unless a single message is larger)
+// or done is closed; nil means the subscriber or the router is closed.
 func (s *Subscriber) Next(done <-chan struct{}) []*apipb.UpstreamMessage {
 	for {
 		s.r.mu.Lock()
@@ -252,7 +256,13 @@ func (s *Subscriber) Next(done <-chan struct{}) []*apipb.UpstreamMessage {
 			return nil
 		}
 		if len(s.outbox) > 0 {
-			n := min(len(s.outbox), s.r.cfg.MaxBatch)
+			n, bytes := 1, Size(s.outbox[0])
+			for n < min(len(s.outbox), s.r.cfg.MaxBatch) {
+				if bytes += Size(s.outbox[n]); bytes > s.r.cfg.MaxBatchBytes {
+					break
+				}
+				n++
+			}
 			out := make([]*apipb.UpstreamMessage, n)
 			copy(out, s.outbox)
 			rest := copy(s.outbox, s.outbox[n:])

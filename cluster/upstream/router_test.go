@@ -185,3 +185,43 @@ func TestMessageSizeCountsEveryField(t *testing.T) {
 		t.Fatalf("size %d, want %d (overhead %d)", got, want, base)
 	}
 }
+
+// TestBatchesAreBoundedInBytes: a delivery holds at most MaxBatchBytes of
+// messages, except a single message larger than that, which goes alone.
+func TestBatchesAreBoundedInBytes(t *testing.T) {
+	one := Size(sized(1, "m00", 1000))
+	cfg := DefaultConfig()
+	cfg.MaxBatchBytes = 3 * one
+	r := New(cfg, nil)
+	defer r.Close()
+	placeholder, _ := r.Subscribe(1, nil, 1) // takes the first, the rest queue
+	for i := range 8 {
+		if err := r.Publish(sized(1, fmt.Sprintf("m%02d", i), 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Publish(sized(1, "big", 5000)); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := r.Subscribe(1, nil, 100)
+	placeholder.Close() // its message comes back to s too
+	var sizes []int
+	for total := 0; total < 9; {
+		got := take(t, s)
+		if len(got) == 0 {
+			t.Fatalf("after %d messages, nothing", total)
+		}
+		var bytes int64
+		for _, m := range got {
+			bytes += Size(m)
+		}
+		if len(got) > 1 && bytes > cfg.MaxBatchBytes {
+			t.Fatalf("a batch of %d messages, %d bytes", len(got), bytes)
+		}
+		sizes = append(sizes, len(got))
+		total += len(got)
+	}
+	if last := sizes[len(sizes)-1]; last != 1 {
+		t.Fatalf("batches %v: the large message must go alone", sizes)
+	}
+}
