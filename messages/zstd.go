@@ -46,10 +46,6 @@ func NewZstd(maxBody uint32) (*Zstd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("messages: zstd encoder: %w", err)
 	}
-	dec, err := NewZstdDecoder(maxBody)
-	if err != nil {
-		return nil, err
-	}
 	// As many idle encoders are kept as goroutines are likely to compress
 	// at once (the actors' dispatcher runs 4 per CPU); more callers than
 	// that get a fresh encoder that is dropped afterwards.
@@ -59,7 +55,6 @@ func NewZstd(maxBody uint32) (*Zstd, error) {
 		decoders: make(chan *ZstdDecoder, runtime.GOMAXPROCS(0)),
 	}
 	z.encoders <- enc
-	z.decoders <- dec
 	return z, nil
 }
 
@@ -83,7 +78,8 @@ func (z *Zstd) Compress(dst, src []byte) []byte {
 }
 
 // Decompress appends the decompressed form of src to dst, like
-// ZstdDecoder.Decompress, with a decoder from the codec's pool.
+// ZstdDecoder.Decompress, with a decoder from the codec's pool (made on
+// first use).
 func (z *Zstd) Decompress(dst, src []byte) ([]byte, error) {
 	var d *ZstdDecoder
 	select {
