@@ -93,22 +93,23 @@ func TestRecorderTotalsAndWindow(t *testing.T) {
 // ceil(q/100 × n)-th smallest, so with few samples the high percentiles
 // report the worst rather than drop it.
 func TestPercentilesUseNearestRank(t *testing.T) {
-	var ten histogram // 9 × 10 ms and one 130 ms
-	for range 9 {
-		ten.record(10 * time.Millisecond)
+	// n-1 samples of 10 ms and one of 130 ms.
+	oneSlow := func(n int) *histogram {
+		h := &histogram{}
+		for range n - 1 {
+			h.record(10 * time.Millisecond)
+		}
+		h.record(130 * time.Millisecond)
+		return h
 	}
-	ten.record(130 * time.Millisecond)
+	ten := oneSlow(10)
 	if got := ten.percentile(99); got != 130_000 {
 		t.Errorf("p99 of 10 samples = %d µs, want the worst, 130000", got)
 	}
 	if got := ten.percentile(90); got < 10_000 || got > 11_250 {
 		t.Errorf("p90 of 10 samples = %d µs, want the 9th, about 10000", got)
 	}
-	var hundred histogram // 99 × 10 ms and one 130 ms
-	for range 99 {
-		hundred.record(10 * time.Millisecond)
-	}
-	hundred.record(130 * time.Millisecond)
+	hundred := oneSlow(100)
 	if got := hundred.percentile(99.9); got != 130_000 {
 		t.Errorf("p99.9 of 100 samples = %d µs, want the worst, 130000", got)
 	}
