@@ -26,7 +26,9 @@ type Config struct {
 	// (default "courier").
 	Name string
 	// Bind is the host:port of the node's actor remoting endpoint (default
-	// "127.0.0.1:0", a free port).
+	// "127.0.0.1:0", a free port). Without TLS it must be a loopback
+	// address: a plaintext endpoint does not authenticate its peers
+	// (checkRemotingExposure).
 	Bind string
 	// Advertise is the host:port other nodes use to reach this one
 	// (default: the bound address). Required when Bind is 0.0.0.0.
