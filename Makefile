@@ -10,13 +10,22 @@ FUZZTIME  ?= 60s
 
 export PATH := $(BIN):$(PATH)
 
-.PHONY: build run test check bench proto fuzz tools consul clean vet lint fmt tidy-check proto-check
+.PHONY: build run cluster test check bench proto fuzz tools consul clean vet lint fmt tidy-check proto-check
+
+# The version every node publishes to the cluster (courierctl members).
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X github.com/courier-im/courier/cluster/node.Version=$(VERSION)
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
 run: build
 	$(BIN)/courier --dev
+
+# Three nodes with different roles on a Consul dev agent, on loopback
+# (scripts/cluster.sh says how to reach them; Ctrl-C stops everything).
+cluster:
+	@scripts/cluster.sh
 
 # The race detector on everything, then a short fixed run of the frame
 # decoder's fuzz target (make fuzz runs it longer).
