@@ -238,15 +238,6 @@ func (s *System) onView(v *membership.View) {
 	}
 }
 
-func (p *placement) find(address string) *placedMember {
-	for i := range p.members {
-		if p.members[i].address == address {
-			return &p.members[i]
-		}
-	}
-	return nil
-}
-
 // Address is this node's address in the cluster.
 func (s *System) Address() string { return s.address }
 
