@@ -304,3 +304,120 @@ func TestDiscoveryAndMembers(t *testing.T) {
 		t.Fatalf("the killed node in Members: %v", m)
 	}
 }
+
+// loginOutcome is what one racing device saw.
+type loginOutcome struct {
+	dev    int
+	epoch  uint64 // of its LOGIN_ACK OK (0: refused)
+	kicked bool   // KICKOUT LOGGED_IN_ELSEWHERE, then closed
+	err    error
+}
+
+// TestSimultaneousLoginsOnThreeGates: 20 devices log in as the same
+// identity at once on three gates of three nodes, for 20 rounds; each
+// round leaves exactly one live session cluster-wide (the one presence
+// reports), and every other connection, the previous round's survivor
+// included, is kicked and closed.
+func TestSimultaneousLoginsOnThreeGates(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "gate,actors", ""}})
+	gates := []string{c.Node("node1").GateAddr, c.Node("node2").GateAddr, c.Node("node3").GateAddr}
+	api := c.Node("node1").API(t)
+	const uid, devices, rounds = "racer", 20, 20
+	token := testkit.Token(t, 1, uid)
+	events := make(chan loginOutcome, devices*rounds*2)
+	run := func(dev int, d *testkit.Device) {
+		seq := uint32(1)
+		if err := d.TrySend(messages.Header{Cmd: messages.CmdLogin, AppCode: 1, Seq: seq},
+			&devicepb.Login{Uid: uid, Token: token, DeviceId: fmt.Sprintf("dev-%d", dev), Platform: devicepb.Platform_ANDROID}); err != nil {
+			events <- loginOutcome{dev: dev, err: err}
+			return
+		}
+		acked := false
+		for {
+			f, err := d.ReadFrame()
+			switch {
+			case err != nil && testkit.Closed(err) && acked:
+				return // closed after its KICKOUT
+			case err != nil:
+				events <- loginOutcome{dev: dev, err: err}
+				return
+			case f.Cmd == messages.CmdLoginAck:
+				ack := f.Msg.(*devicepb.LoginAck)
+				if ack.Code != devicepb.Code_OK {
+					events <- loginOutcome{dev: dev, err: fmt.Errorf("LOGIN_ACK %v %s", ack.Code, ack.Reason)}
+					return
+				}
+				acked = true
+				events <- loginOutcome{dev: dev, epoch: ack.Epoch}
+			case f.Cmd == messages.CmdKickout:
+				if k := f.Msg.(*devicepb.Kickout); k.Reason != devicepb.KickReason_LOGGED_IN_ELSEWHERE {
+					events <- loginOutcome{dev: dev, err: fmt.Errorf("kickout %v", k.Reason)}
+					return
+				}
+				events <- loginOutcome{dev: dev, kicked: true}
+			case f.Cmd == messages.CmdKeepaliveAck:
+			default:
+				events <- loginOutcome{dev: dev, err: fmt.Errorf("unexpected %v", f.Cmd)}
+				return
+			}
+		}
+	}
+	prevWinner := -1
+	for round := range rounds {
+		epochs := map[int]uint64{}
+		kicked := map[int]bool{}
+		ds := make([]*testkit.Device, devices)
+		for i := range devices {
+			ds[i] = testkit.Dial(t, gates[i%len(gates)], testkit.DeviceConfig{AppCode: 1, Timeout: 60 * time.Second})
+		}
+		base := round * devices
+		for i, d := range ds {
+			go run(base+i, d)
+		}
+		wantKicked := devices - 1
+		if prevWinner >= 0 {
+			wantKicked++
+		}
+		deadline := time.After(60 * time.Second)
+		for len(epochs) < devices || len(kicked) < wantKicked {
+			select {
+			case ev := <-events:
+				switch {
+				case ev.err != nil:
+					t.Fatalf("round %d, device %d: %v", round, ev.dev, ev.err)
+				case ev.kicked:
+					kicked[ev.dev] = true
+				default:
+					epochs[ev.dev] = ev.epoch
+				}
+			case <-deadline:
+				t.Fatalf("round %d: %d LOGIN_ACKs, %d kicked of %d", round, len(epochs), len(kicked), wantKicked)
+			}
+		}
+		if prevWinner >= 0 && !kicked[prevWinner] {
+			t.Fatalf("round %d: the previous round's survivor was not kicked", round)
+		}
+		winner := -1
+		for dev, e := range epochs {
+			if !kicked[dev] {
+				if winner >= 0 {
+					t.Fatalf("round %d: devices %d and %d both live", round, winner, dev)
+				}
+				winner = dev
+				pr, err := api.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: []string{uid}})
+				if err != nil || !pr.Entries[0].Online || pr.Entries[0].Session.Epoch != e {
+					t.Fatalf("round %d: presence %v %v, survivor's epoch %d", round, pr, err, e)
+				}
+			}
+		}
+		// The survivor's session works.
+		ds[winner-base].Send(messages.CmdKeepalive, 2, nil)
+		prevWinner = winner
+	}
+	// No other event arrived: nothing was kicked twice or refused late.
+	select {
+	case ev := <-events:
+		t.Fatalf("late event %+v", ev)
+	case <-time.After(500 * time.Millisecond):
+	}
+}
