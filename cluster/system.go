@@ -65,6 +65,8 @@ type System struct {
 	metrics   *metrics
 	onRejoin  func()
 
+	nodeHandler atomic.Pointer[NodeHandler]
+
 	dispatcher *poolDispatcher
 	local      []localShard
 
@@ -148,6 +150,10 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 	if _, err := s.actors.Root.SpawnNamed(actor.PropsFromFunc(s.receiveToConn), gateSinkName); err != nil {
 		s.Shutdown()
 		return nil, fmt.Errorf("cluster: spawn gate sink: %w", err)
+	}
+	if _, err := s.actors.Root.SpawnNamed(actor.PropsFromFunc(s.receiveNodeRequest), nodeName); err != nil {
+		s.Shutdown()
+		return nil, fmt.Errorf("cluster: spawn node actor: %w", err)
 	}
 	log.Info("cluster: remoting started", "address", s.address, "cluster", cfg.Name, "tls", cfg.TLS.Enabled())
 	return s, nil

@@ -87,7 +87,14 @@ type Deps struct {
 	// the membership provider (for Members; may be nil).
 	Members  func() *membership.View
 	Provider string
+	// ClusterStats, if set, gathers every live node's statistics for
+	// Stats (otherwise Stats answers with this node's Stats alone).
+	ClusterStats ClusterStats
 }
+
+// ClusterStats returns the raw statistics of app of every live node that
+// answered before ctx ended, and the names of those that did not.
+type ClusterStats func(ctx context.Context, app uint16, msgtypes []uint32, window time.Duration) ([][]stats.RawStat, []string)
 
 // Server implements apipb.CourierServer.
 type Server struct {
@@ -101,12 +108,14 @@ type Server struct {
 	up     *upstream.Router
 	view   func() *membership.View
 	prov   string
+
+	clusterStats ClusterStats
 }
 
 // New returns a server.
 func New(d Deps) *Server {
 	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream,
-		view: d.Members, prov: d.Provider}
+		view: d.Members, prov: d.Provider, clusterStats: d.ClusterStats}
 }
 
 // ServerOptions returns the options that authenticate every call and

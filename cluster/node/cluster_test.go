@@ -151,6 +151,29 @@ func TestClusterFlowsAcrossNodes(t *testing.T) {
 		second.Expect(messages.CmdKickout)
 		second.ExpectClosed()
 	})
+
+	t.Run("statistics summed across nodes", func(t *testing.T) {
+		on2, on3 := uidOwnedBy(t, c, n2, "stats"), uidOwnedBy(t, c, n3, "stats")
+		for i := range 5 {
+			uid := on2
+			if i >= 3 {
+				uid = on3
+			}
+			push(t, api1, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Msgtype: 42, Payload: []byte("x")})
+		}
+		d := testkit.Dial(t, n1.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		d.Login(on3, testkit.Token(t, 1, on3), false)
+		for range 2 {
+			_, m := expectS2C(t, d)
+			ackS2C(d, m.MsgId)
+		}
+		// node1 hosts no actor: every count comes from node2 and node3.
+		testkit.Eventually(t, 10*time.Second, func() bool {
+			st, err := api1.Stats(testkit.Ctx(t, testkit.App1Key), &apipb.StatsRequest{AppCode: 1, Msgtypes: []uint32{42}})
+			return err == nil && len(st.NodesMissing) == 0 && st.All.Total.Accepted == 5 && st.All.Total.Acked == 2 &&
+				st.All.AckLatencyTotal.Count == 2
+		}, "node1's Stats sums the three nodes")
+	})
 }
 
 // remotingConnect opens the actor remoting stream of addr with creds and

@@ -102,6 +102,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if deps != nil {
 		deps.Router = n.sys
 	}
+	n.sys.SetNodeHandler(n.answerNode)
 
 	self := membership.Member{Name: cfg.Name, Roles: roles, Version: Version}
 	if roles.Has(membership.RoleGate) {
@@ -129,7 +130,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 
 	if roles.Has(membership.RoleAPI) {
 		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.up,
-			Members: n.sys.View, Provider: cfg.Cluster.Provider}
+			Members: n.sys.View, Provider: cfg.Cluster.Provider, ClusterStats: n.clusterStats}
 		if n.gate != nil {
 			deps.Lists = n.gate.Lists()
 		}

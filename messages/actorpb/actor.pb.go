@@ -961,6 +961,7 @@ type Reply struct {
 	//	*Reply_Kick
 	//	*Reply_Presence
 	//	*Reply_Failure
+	//	*Reply_StatsPart
 	Body          isReply_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1046,6 +1047,15 @@ func (x *Reply) GetFailure() *Failure {
 	return nil
 }
 
+func (x *Reply) GetStatsPart() *StatsPart {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_StatsPart); ok {
+			return x.StatsPart
+		}
+	}
+	return nil
+}
+
 type isReply_Body interface {
 	isReply_Body()
 }
@@ -1066,6 +1076,10 @@ type Reply_Failure struct {
 	Failure *Failure `protobuf:"bytes,13,opt,name=failure,proto3,oneof"`
 }
 
+type Reply_StatsPart struct {
+	StatsPart *StatsPart `protobuf:"bytes,20,opt,name=stats_part,json=statsPart,proto3,oneof"`
+}
+
 func (*Reply_Push) isReply_Body() {}
 
 func (*Reply_Kick) isReply_Body() {}
@@ -1073,6 +1087,8 @@ func (*Reply_Kick) isReply_Body() {}
 func (*Reply_Presence) isReply_Body() {}
 
 func (*Reply_Failure) isReply_Body() {}
+
+func (*Reply_StatsPart) isReply_Body() {}
 
 // Failure: the request could not be handled. code is a gRPC status code.
 type Failure struct {
@@ -1536,6 +1552,455 @@ func (x *PresenceReply) GetPending() uint32 {
 	return 0
 }
 
+// NodeRequest asks a node, not an identity: a cluster-wide service sends
+// it to the well-known node actor of every member concerned and combines
+// their Replies.
+type NodeRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ReqId        uint64                 `protobuf:"varint,1,opt,name=req_id,json=reqId,proto3" json:"req_id,omitempty"`
+	ReplyAddress string                 `protobuf:"bytes,2,opt,name=reply_address,json=replyAddress,proto3" json:"reply_address,omitempty"`
+	// Types that are valid to be assigned to Body:
+	//
+	//	*NodeRequest_Stats
+	Body          isNodeRequest_Body `protobuf_oneof:"body"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeRequest) Reset() {
+	*x = NodeRequest{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeRequest) ProtoMessage() {}
+
+func (x *NodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
+func (*NodeRequest) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *NodeRequest) GetReqId() uint64 {
+	if x != nil {
+		return x.ReqId
+	}
+	return 0
+}
+
+func (x *NodeRequest) GetReplyAddress() string {
+	if x != nil {
+		return x.ReplyAddress
+	}
+	return ""
+}
+
+func (x *NodeRequest) GetBody() isNodeRequest_Body {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *NodeRequest) GetStats() *StatsQuery {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_Stats); ok {
+			return x.Stats
+		}
+	}
+	return nil
+}
+
+type isNodeRequest_Body interface {
+	isNodeRequest_Body()
+}
+
+type NodeRequest_Stats struct {
+	Stats *StatsQuery `protobuf:"bytes,10,opt,name=stats,proto3,oneof"`
+}
+
+func (*NodeRequest_Stats) isNodeRequest_Body() {}
+
+// StatsQuery asks for a node's delivery statistics of one app, answered
+// with a StatsPart.
+type StatsQuery struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AppCode uint32                 `protobuf:"varint,1,opt,name=app_code,json=appCode,proto3" json:"app_code,omitempty"`
+	// Only these msgtypes; empty means all.
+	Msgtypes      []uint32 `protobuf:"varint,2,rep,packed,name=msgtypes,proto3" json:"msgtypes,omitempty"`
+	WindowMs      int64    `protobuf:"varint,3,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsQuery) Reset() {
+	*x = StatsQuery{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsQuery) ProtoMessage() {}
+
+func (x *StatsQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsQuery.ProtoReflect.Descriptor instead.
+func (*StatsQuery) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *StatsQuery) GetAppCode() uint32 {
+	if x != nil {
+		return x.AppCode
+	}
+	return 0
+}
+
+func (x *StatsQuery) GetMsgtypes() []uint32 {
+	if x != nil {
+		return x.Msgtypes
+	}
+	return nil
+}
+
+func (x *StatsQuery) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+// StatCounts are event counts (actors/stats.Counts).
+type StatCounts struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Accepted         uint64                 `protobuf:"varint,1,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	Delivered        uint64                 `protobuf:"varint,2,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	Acked            uint64                 `protobuf:"varint,3,opt,name=acked,proto3" json:"acked,omitempty"`
+	Retried          uint64                 `protobuf:"varint,4,opt,name=retried,proto3" json:"retried,omitempty"`
+	Expired          uint64                 `protobuf:"varint,5,opt,name=expired,proto3" json:"expired,omitempty"`
+	Dropped          uint64                 `protobuf:"varint,6,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	UpstreamReceived uint64                 `protobuf:"varint,7,opt,name=upstream_received,json=upstreamReceived,proto3" json:"upstream_received,omitempty"`
+	UpstreamAcked    uint64                 `protobuf:"varint,8,opt,name=upstream_acked,json=upstreamAcked,proto3" json:"upstream_acked,omitempty"`
+	AcceptedStored   uint64                 `protobuf:"varint,9,opt,name=accepted_stored,json=acceptedStored,proto3" json:"accepted_stored,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *StatCounts) Reset() {
+	*x = StatCounts{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatCounts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatCounts) ProtoMessage() {}
+
+func (x *StatCounts) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatCounts.ProtoReflect.Descriptor instead.
+func (*StatCounts) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *StatCounts) GetAccepted() uint64 {
+	if x != nil {
+		return x.Accepted
+	}
+	return 0
+}
+
+func (x *StatCounts) GetDelivered() uint64 {
+	if x != nil {
+		return x.Delivered
+	}
+	return 0
+}
+
+func (x *StatCounts) GetAcked() uint64 {
+	if x != nil {
+		return x.Acked
+	}
+	return 0
+}
+
+func (x *StatCounts) GetRetried() uint64 {
+	if x != nil {
+		return x.Retried
+	}
+	return 0
+}
+
+func (x *StatCounts) GetExpired() uint64 {
+	if x != nil {
+		return x.Expired
+	}
+	return 0
+}
+
+func (x *StatCounts) GetDropped() uint64 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
+}
+
+func (x *StatCounts) GetUpstreamReceived() uint64 {
+	if x != nil {
+		return x.UpstreamReceived
+	}
+	return 0
+}
+
+func (x *StatCounts) GetUpstreamAcked() uint64 {
+	if x != nil {
+		return x.UpstreamAcked
+	}
+	return 0
+}
+
+func (x *StatCounts) GetAcceptedStored() uint64 {
+	if x != nil {
+		return x.AcceptedStored
+	}
+	return 0
+}
+
+// Hist is a latency histogram's non-empty buckets (index[i] holds
+// count[i] samples), its sample count and maximum in microseconds.
+type Hist struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         []uint32               `protobuf:"varint,1,rep,packed,name=index,proto3" json:"index,omitempty"`
+	Count         []uint32               `protobuf:"varint,2,rep,packed,name=count,proto3" json:"count,omitempty"`
+	N             uint64                 `protobuf:"varint,3,opt,name=n,proto3" json:"n,omitempty"`
+	MaxUs         uint64                 `protobuf:"varint,4,opt,name=max_us,json=maxUs,proto3" json:"max_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Hist) Reset() {
+	*x = Hist{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Hist) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Hist) ProtoMessage() {}
+
+func (x *Hist) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Hist.ProtoReflect.Descriptor instead.
+func (*Hist) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Hist) GetIndex() []uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return nil
+}
+
+func (x *Hist) GetCount() []uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return nil
+}
+
+func (x *Hist) GetN() uint64 {
+	if x != nil {
+		return x.N
+	}
+	return 0
+}
+
+func (x *Hist) GetMaxUs() uint64 {
+	if x != nil {
+		return x.MaxUs
+	}
+	return 0
+}
+
+// RawStat is one msgtype's statistics on one node.
+type RawStat struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Msgtype       uint32                 `protobuf:"varint,1,opt,name=msgtype,proto3" json:"msgtype,omitempty"`
+	Total         *StatCounts            `protobuf:"bytes,2,opt,name=total,proto3" json:"total,omitempty"`
+	Window        *StatCounts            `protobuf:"bytes,3,opt,name=window,proto3" json:"window,omitempty"`
+	TotalLatency  *Hist                  `protobuf:"bytes,4,opt,name=total_latency,json=totalLatency,proto3" json:"total_latency,omitempty"`
+	WindowLatency *Hist                  `protobuf:"bytes,5,opt,name=window_latency,json=windowLatency,proto3" json:"window_latency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RawStat) Reset() {
+	*x = RawStat{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RawStat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RawStat) ProtoMessage() {}
+
+func (x *RawStat) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RawStat.ProtoReflect.Descriptor instead.
+func (*RawStat) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RawStat) GetMsgtype() uint32 {
+	if x != nil {
+		return x.Msgtype
+	}
+	return 0
+}
+
+func (x *RawStat) GetTotal() *StatCounts {
+	if x != nil {
+		return x.Total
+	}
+	return nil
+}
+
+func (x *RawStat) GetWindow() *StatCounts {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *RawStat) GetTotalLatency() *Hist {
+	if x != nil {
+		return x.TotalLatency
+	}
+	return nil
+}
+
+func (x *RawStat) GetWindowLatency() *Hist {
+	if x != nil {
+		return x.WindowLatency
+	}
+	return nil
+}
+
+// StatsPart is one node's answer to a StatsQuery.
+type StatsPart struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Stats         []*RawStat             `protobuf:"bytes,1,rep,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsPart) Reset() {
+	*x = StatsPart{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsPart) ProtoMessage() {}
+
+func (x *StatsPart) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsPart.ProtoReflect.Descriptor instead.
+func (*StatsPart) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *StatsPart) GetStats() []*RawStat {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
 // SessionRecord is an identity's current session, stored durably.
 type SessionRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1554,7 +2019,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1566,7 +2031,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1579,7 +2044,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -1660,7 +2125,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +2137,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +2150,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -1727,7 +2192,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +2204,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +2217,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -1830,7 +2295,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +2307,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +2320,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -1952,14 +2417,16 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\bpresence\x18\x10 \x01(\v2\x1f.courier.actor.v1.PresenceQueryH\x00R\bpresence\x12/\n" +
 	"\x05sweep\x18\x11 \x01(\v2\x17.courier.actor.v1.SweepH\x00R\x05sweepB\x06\n" +
 	"\x04body\"\a\n" +
-	"\x05Sweep\"\x82\x02\n" +
+	"\x05Sweep\"\xc0\x02\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
 	"\x04push\x18\n" +
 	" \x01(\v2\x1b.courier.actor.v1.PushReplyH\x00R\x04push\x121\n" +
 	"\x04kick\x18\v \x01(\v2\x1b.courier.actor.v1.KickReplyH\x00R\x04kick\x12=\n" +
 	"\bpresence\x18\f \x01(\v2\x1f.courier.actor.v1.PresenceReplyH\x00R\bpresence\x125\n" +
-	"\afailure\x18\r \x01(\v2\x19.courier.actor.v1.FailureH\x00R\afailureB\x06\n" +
+	"\afailure\x18\r \x01(\v2\x19.courier.actor.v1.FailureH\x00R\afailure\x12<\n" +
+	"\n" +
+	"stats_part\x18\x14 \x01(\v2\x1b.courier.actor.v1.StatsPartH\x00R\tstatsPartB\x06\n" +
 	"\x04body\"7\n" +
 	"\aFailure\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
@@ -1996,7 +2463,42 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\vapp_version\x18\a \x01(\tR\n" +
 	"appVersion\x12%\n" +
 	"\x0flogged_in_at_ms\x18\b \x01(\x03R\floggedInAtMs\x12\x18\n" +
-	"\apending\x18\t \x01(\rR\apending\"\xbb\x02\n" +
+	"\apending\x18\t \x01(\rR\apending\"\x87\x01\n" +
+	"\vNodeRequest\x12\x15\n" +
+	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12#\n" +
+	"\rreply_address\x18\x02 \x01(\tR\freplyAddress\x124\n" +
+	"\x05stats\x18\n" +
+	" \x01(\v2\x1c.courier.actor.v1.StatsQueryH\x00R\x05statsB\x06\n" +
+	"\x04body\"`\n" +
+	"\n" +
+	"StatsQuery\x12\x19\n" +
+	"\bapp_code\x18\x01 \x01(\rR\aappCode\x12\x1a\n" +
+	"\bmsgtypes\x18\x02 \x03(\rR\bmsgtypes\x12\x1b\n" +
+	"\twindow_ms\x18\x03 \x01(\x03R\bwindowMs\"\xa7\x02\n" +
+	"\n" +
+	"StatCounts\x12\x1a\n" +
+	"\baccepted\x18\x01 \x01(\x04R\baccepted\x12\x1c\n" +
+	"\tdelivered\x18\x02 \x01(\x04R\tdelivered\x12\x14\n" +
+	"\x05acked\x18\x03 \x01(\x04R\x05acked\x12\x18\n" +
+	"\aretried\x18\x04 \x01(\x04R\aretried\x12\x18\n" +
+	"\aexpired\x18\x05 \x01(\x04R\aexpired\x12\x18\n" +
+	"\adropped\x18\x06 \x01(\x04R\adropped\x12+\n" +
+	"\x11upstream_received\x18\a \x01(\x04R\x10upstreamReceived\x12%\n" +
+	"\x0eupstream_acked\x18\b \x01(\x04R\rupstreamAcked\x12'\n" +
+	"\x0faccepted_stored\x18\t \x01(\x04R\x0eacceptedStored\"W\n" +
+	"\x04Hist\x12\x14\n" +
+	"\x05index\x18\x01 \x03(\rR\x05index\x12\x14\n" +
+	"\x05count\x18\x02 \x03(\rR\x05count\x12\f\n" +
+	"\x01n\x18\x03 \x01(\x04R\x01n\x12\x15\n" +
+	"\x06max_us\x18\x04 \x01(\x04R\x05maxUs\"\x89\x02\n" +
+	"\aRawStat\x12\x18\n" +
+	"\amsgtype\x18\x01 \x01(\rR\amsgtype\x122\n" +
+	"\x05total\x18\x02 \x01(\v2\x1c.courier.actor.v1.StatCountsR\x05total\x124\n" +
+	"\x06window\x18\x03 \x01(\v2\x1c.courier.actor.v1.StatCountsR\x06window\x12;\n" +
+	"\rtotal_latency\x18\x04 \x01(\v2\x16.courier.actor.v1.HistR\ftotalLatency\x12=\n" +
+	"\x0ewindow_latency\x18\x05 \x01(\v2\x16.courier.actor.v1.HistR\rwindowLatency\"<\n" +
+	"\tStatsPart\x12/\n" +
+	"\x05stats\x18\x01 \x03(\v2\x19.courier.actor.v1.RawStatR\x05stats\"\xbb\x02\n" +
 	"\rSessionRecord\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12-\n" +
 	"\x04conn\x18\x02 \x01(\v2\x19.courier.actor.v1.ConnRefR\x04conn\x12\x1b\n" +
@@ -2042,7 +2544,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),           // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),       // 1: courier.actor.v1.DeviceLogin
@@ -2062,23 +2564,29 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*KickReply)(nil),         // 15: courier.actor.v1.KickReply
 	(*PresenceQuery)(nil),     // 16: courier.actor.v1.PresenceQuery
 	(*PresenceReply)(nil),     // 17: courier.actor.v1.PresenceReply
-	(*SessionRecord)(nil),     // 18: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),      // 19: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),        // 20: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil), // 21: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),    // 22: courier.device.v1.Login
-	(*devicepb.C2C)(nil),      // 23: courier.device.v1.C2C
-	(devicepb.KickReason)(0),  // 24: courier.device.v1.KickReason
-	(devicepb.Platform)(0),    // 25: courier.device.v1.Platform
-	(devicepb.Kind)(0),        // 26: courier.device.v1.Kind
+	(*NodeRequest)(nil),       // 18: courier.actor.v1.NodeRequest
+	(*StatsQuery)(nil),        // 19: courier.actor.v1.StatsQuery
+	(*StatCounts)(nil),        // 20: courier.actor.v1.StatCounts
+	(*Hist)(nil),              // 21: courier.actor.v1.Hist
+	(*RawStat)(nil),           // 22: courier.actor.v1.RawStat
+	(*StatsPart)(nil),         // 23: courier.actor.v1.StatsPart
+	(*SessionRecord)(nil),     // 24: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),      // 25: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),        // 26: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil), // 27: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),    // 28: courier.device.v1.Login
+	(*devicepb.C2C)(nil),      // 29: courier.device.v1.C2C
+	(devicepb.KickReason)(0),  // 30: courier.device.v1.KickReason
+	(devicepb.Platform)(0),    // 31: courier.device.v1.Platform
+	(devicepb.Kind)(0),        // 32: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	22, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	28, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	23, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	29, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
@@ -2093,18 +2601,25 @@ var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	15, // 17: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
 	17, // 18: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
 	11, // 19: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	24, // 20: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 21: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	25, // 22: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	0,  // 23: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	25, // 24: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	18, // 25: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	26, // 26: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	23, // 20: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	30, // 21: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 22: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	31, // 23: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	19, // 24: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	20, // 25: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	20, // 26: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	21, // 27: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	21, // 28: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	22, // 29: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	0,  // 30: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	31, // 31: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	24, // 32: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	32, // 33: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -2127,6 +2642,10 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Reply_Kick)(nil),
 		(*Reply_Presence)(nil),
 		(*Reply_Failure)(nil),
+		(*Reply_StatsPart)(nil),
+	}
+	file_courier_actor_v1_actor_proto_msgTypes[18].OneofWrappers = []any{
+		(*NodeRequest_Stats)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2134,7 +2653,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

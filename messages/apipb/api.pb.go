@@ -1184,7 +1184,10 @@ type StatsResponse struct {
 	WindowSeconds uint32                 `protobuf:"varint,2,opt,name=window_seconds,json=windowSeconds,proto3" json:"window_seconds,omitempty"`
 	Msgtypes      []*MsgtypeStats        `protobuf:"bytes,3,rep,name=msgtypes,proto3" json:"msgtypes,omitempty"`
 	// Sums over the msgtypes returned.
-	All           *MsgtypeStats `protobuf:"bytes,4,opt,name=all,proto3" json:"all,omitempty"`
+	All *MsgtypeStats `protobuf:"bytes,4,opt,name=all,proto3" json:"all,omitempty"`
+	// The statistics are the sum over the cluster's live nodes. Nodes that
+	// did not answer in time are named here; their counts are missing.
+	NodesMissing  []string `protobuf:"bytes,5,rep,name=nodes_missing,json=nodesMissing,proto3" json:"nodes_missing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1243,6 +1246,13 @@ func (x *StatsResponse) GetMsgtypes() []*MsgtypeStats {
 func (x *StatsResponse) GetAll() *MsgtypeStats {
 	if x != nil {
 		return x.All
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetNodesMissing() []string {
+	if x != nil {
+		return x.NodesMissing
 	}
 	return nil
 }
@@ -2203,12 +2213,13 @@ const file_courier_v1_api_proto_rawDesc = "" +
 	"\x12arrival_rate_total\x18\x04 \x01(\x01R\x10arrivalRateTotal\x12.\n" +
 	"\x13arrival_rate_window\x18\x05 \x01(\x01R\x11arrivalRateWindow\x12?\n" +
 	"\x11ack_latency_total\x18\x06 \x01(\v2\x13.courier.v1.LatencyR\x0fackLatencyTotal\x12A\n" +
-	"\x12ack_latency_window\x18\a \x01(\v2\x13.courier.v1.LatencyR\x10ackLatencyWindow\"\xb3\x01\n" +
+	"\x12ack_latency_window\x18\a \x01(\v2\x13.courier.v1.LatencyR\x10ackLatencyWindow\"\xd8\x01\n" +
 	"\rStatsResponse\x12\x19\n" +
 	"\bapp_code\x18\x01 \x01(\rR\aappCode\x12%\n" +
 	"\x0ewindow_seconds\x18\x02 \x01(\rR\rwindowSeconds\x124\n" +
 	"\bmsgtypes\x18\x03 \x03(\v2\x18.courier.v1.MsgtypeStatsR\bmsgtypes\x12*\n" +
-	"\x03all\x18\x04 \x01(\v2\x18.courier.v1.MsgtypeStatsR\x03all\"}\n" +
+	"\x03all\x18\x04 \x01(\v2\x18.courier.v1.MsgtypeStatsR\x03all\x12#\n" +
+	"\rnodes_missing\x18\x05 \x03(\tR\fnodesMissing\"}\n" +
 	"\x0fUpstreamRequest\x125\n" +
 	"\tsubscribe\x18\x01 \x01(\v2\x15.courier.v1.SubscribeH\x00R\tsubscribe\x12+\n" +
 	"\x03ack\x18\x02 \x01(\v2\x17.courier.v1.UpstreamAckH\x00R\x03ackB\x06\n" +

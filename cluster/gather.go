@@ -1,0 +1,86 @@
+package cluster
+
+import (
+	"context"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/cluster/membership"
+	"github.com/courier-im/courier/messages/actorpb"
+)
+
+// nodeName is the well-known actor of every node that answers
+// NodeRequests (cluster-wide services: statistics).
+const nodeName = "courier-node"
+
+// NodeHandler answers a NodeRequest on this node. It runs on the node
+// actor, one request at a time, and must be quick.
+type NodeHandler func(*actorpb.NodeRequest) *actorpb.Reply
+
+// SetNodeHandler installs the node's answer to NodeRequests. Until then,
+// and for requests it does not know, the answer is a Failure.
+func (s *System) SetNodeHandler(h NodeHandler) { s.nodeHandler.Store(&h) }
+
+func (s *System) answerNode(req *actorpb.NodeRequest) *actorpb.Reply {
+	var r *actorpb.Reply
+	if h := s.nodeHandler.Load(); h != nil {
+		r = (*h)(req)
+	}
+	if r == nil {
+		r = &actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{
+			Code: int32(codes.Unimplemented), Message: "cluster: this node does not answer that request"}}}
+	}
+	r.ReqId = req.ReqId
+	return r
+}
+
+func (s *System) receiveNodeRequest(ctx actor.Context) {
+	if req, ok := ctx.Message().(*actorpb.NodeRequest); ok {
+		s.Reply(req.ReplyAddress, s.answerNode(req))
+	}
+}
+
+// Gather sends req to every live member with all of roles (this node
+// answers directly) and returns the replies that came before ctx ended,
+// by member name, and the names of the members that did not answer.
+func (s *System) Gather(ctx context.Context, roles membership.Roles, req *actorpb.NodeRequest) (map[string]*actorpb.Reply, []string) {
+	members := s.View().Live(roles)
+	type pending struct {
+		name string
+		id   uint64
+		ch   chan *actorpb.Reply
+	}
+	replies := make(map[string]*actorpb.Reply, len(members))
+	var waiting []pending
+	for _, m := range members {
+		if m.Address == s.address {
+			q := proto.Clone(req).(*actorpb.NodeRequest)
+			replies[m.Name] = s.answerNode(q)
+			continue
+		}
+		id, ch := s.replies.register()
+		q := proto.Clone(req).(*actorpb.NodeRequest)
+		q.ReqId, q.ReplyAddress = id, s.address
+		s.actors.Root.Send(actor.NewPID(m.Address, nodeName), q)
+		waiting = append(waiting, pending{m.Name, id, ch})
+	}
+	var missing []string
+	for _, p := range waiting {
+		select {
+		case r := <-p.ch:
+			replies[p.name] = r
+			continue
+		default:
+		}
+		select {
+		case r := <-p.ch:
+			replies[p.name] = r
+		case <-ctx.Done():
+			s.replies.forget(p.id)
+			missing = append(missing, p.name)
+		}
+	}
+	return replies, missing
+}
