@@ -152,6 +152,31 @@ func TestClusterFlowsAcrossNodes(t *testing.T) {
 		second.ExpectClosed()
 	})
 
+	t.Run("a uid blacklisted through node1 is refused at node3's gate, and at a gate that joins later", func(t *testing.T) {
+		_, err := api1.UpdateAccessList(testkit.Ctx(t, testkit.App1Key), &apipb.UpdateAccessListRequest{
+			List: apipb.AccessList_UID_BLACKLIST, AppCode: 1, Add: []string{"banned"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The call returned: every gate has the list.
+		d := testkit.Dial(t, n3.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		if ack := d.Login("banned", testkit.Token(t, 1, "banned"), false); ack.Code != devicepb.Code_UID_BLOCKED {
+			t.Fatalf("login at node3: %v", ack)
+		}
+		lists, err := api3.GetAccessLists(testkit.Ctx(t, testkit.App1Key), &apipb.GetAccessListsRequest{AppCode: 1})
+		if err != nil || len(lists.UidBlacklists) != 1 || lists.UidBlacklists[0].Uids[0] != "banned" {
+			t.Fatalf("lists at node3: %v %v", lists, err)
+		}
+		n4 := c.AddNode("gate")
+		c.WaitConverged()
+		d = testkit.Dial(t, n4.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		if ack := d.Login("banned", testkit.Token(t, 1, "banned"), false); ack.Code != devicepb.Code_UID_BLOCKED {
+			t.Fatalf("login at the new node4: %v", ack)
+		}
+		n4.Stop(syscall.SIGTERM)
+		c.WaitConverged()
+	})
+
 	t.Run("statistics summed across nodes", func(t *testing.T) {
 		on2, on3 := uidOwnedBy(t, c, n2, "stats"), uidOwnedBy(t, c, n3, "stats")
 		for i := range 5 {

@@ -130,10 +130,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 
 	if roles.Has(membership.RoleAPI) {
 		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.up,
-			Members: n.sys.View, Provider: cfg.Cluster.Provider, ClusterStats: n.clusterStats}
-		if n.gate != nil {
-			deps.Lists = n.gate.Lists()
-		}
+			Members: n.sys.View, Provider: cfg.Cluster.Provider, ClusterStats: n.clusterStats, Lists: clusterLists{n}}
 		srv := api.New(deps)
 		n.grpc = grpc.NewServer(srv.ServerOptions()...)
 		apipb.RegisterCourierServer(n.grpc, srv)
@@ -180,6 +177,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err := n.sys.Join(context.Background(), self, n.rejoined); err != nil {
 		return nil, err
 	}
+	n.syncLists()
 	n.wg.Add(1)
 	go n.publishLoad(cfg.Cluster.LoadInterval)
 	log.Info("node: started", "name", cfg.Name, "roles", roles.String(), "gate", n.GateAddr(), "api", n.APIAddr(),

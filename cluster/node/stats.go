@@ -15,13 +15,15 @@ import (
 const statsWait = 2 * time.Second
 
 // answerNode answers the NodeRequests of the other members: this node's
-// part of the cluster's statistics.
+// part of the cluster's statistics, and its gate's access lists.
 func (n *Node) answerNode(req *actorpb.NodeRequest) *actorpb.Reply {
 	switch b := req.Body.(type) {
 	case *actorpb.NodeRequest_Stats:
 		q := b.Stats
 		raw := n.stats.Raw(uint16(q.AppCode), q.Msgtypes, time.Duration(q.WindowMs)*time.Millisecond)
 		return &actorpb.Reply{Body: &actorpb.Reply_StatsPart{StatsPart: toStatsPart(raw)}}
+	case *actorpb.NodeRequest_ListsEdit, *actorpb.NodeRequest_ListsGet:
+		return n.answerLists(req)
 	}
 	return &actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{
 		Code: int32(codes.Unimplemented), Message: "node: unknown node request"}}}

@@ -12,6 +12,7 @@
 package actorpb
 
 import (
+	apipb "github.com/courier-im/courier/messages/apipb"
 	devicepb "github.com/courier-im/courier/messages/devicepb"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -962,6 +963,7 @@ type Reply struct {
 	//	*Reply_Presence
 	//	*Reply_Failure
 	//	*Reply_StatsPart
+	//	*Reply_Lists
 	Body          isReply_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1056,6 +1058,15 @@ func (x *Reply) GetStatsPart() *StatsPart {
 	return nil
 }
 
+func (x *Reply) GetLists() *ListsReply {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_Lists); ok {
+			return x.Lists
+		}
+	}
+	return nil
+}
+
 type isReply_Body interface {
 	isReply_Body()
 }
@@ -1080,6 +1091,10 @@ type Reply_StatsPart struct {
 	StatsPart *StatsPart `protobuf:"bytes,20,opt,name=stats_part,json=statsPart,proto3,oneof"`
 }
 
+type Reply_Lists struct {
+	Lists *ListsReply `protobuf:"bytes,21,opt,name=lists,proto3,oneof"`
+}
+
 func (*Reply_Push) isReply_Body() {}
 
 func (*Reply_Kick) isReply_Body() {}
@@ -1089,6 +1104,8 @@ func (*Reply_Presence) isReply_Body() {}
 func (*Reply_Failure) isReply_Body() {}
 
 func (*Reply_StatsPart) isReply_Body() {}
+
+func (*Reply_Lists) isReply_Body() {}
 
 // Failure: the request could not be handled. code is a gRPC status code.
 type Failure struct {
@@ -1562,6 +1579,8 @@ type NodeRequest struct {
 	// Types that are valid to be assigned to Body:
 	//
 	//	*NodeRequest_Stats
+	//	*NodeRequest_ListsEdit
+	//	*NodeRequest_ListsGet
 	Body          isNodeRequest_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1627,6 +1646,24 @@ func (x *NodeRequest) GetStats() *StatsQuery {
 	return nil
 }
 
+func (x *NodeRequest) GetListsEdit() *apipb.UpdateAccessListRequest {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_ListsEdit); ok {
+			return x.ListsEdit
+		}
+	}
+	return nil
+}
+
+func (x *NodeRequest) GetListsGet() *ListsGet {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_ListsGet); ok {
+			return x.ListsGet
+		}
+	}
+	return nil
+}
+
 type isNodeRequest_Body interface {
 	isNodeRequest_Body()
 }
@@ -1635,7 +1672,104 @@ type NodeRequest_Stats struct {
 	Stats *StatsQuery `protobuf:"bytes,10,opt,name=stats,proto3,oneof"`
 }
 
+type NodeRequest_ListsEdit struct {
+	// Apply this (validated) edit to the node's gate lists; answered with
+	// the lists after it.
+	ListsEdit *apipb.UpdateAccessListRequest `protobuf:"bytes,11,opt,name=lists_edit,json=listsEdit,proto3,oneof"`
+}
+
+type NodeRequest_ListsGet struct {
+	// Answer with the node's gate lists.
+	ListsGet *ListsGet `protobuf:"bytes,12,opt,name=lists_get,json=listsGet,proto3,oneof"`
+}
+
 func (*NodeRequest_Stats) isNodeRequest_Body() {}
+
+func (*NodeRequest_ListsEdit) isNodeRequest_Body() {}
+
+func (*NodeRequest_ListsGet) isNodeRequest_Body() {}
+
+type ListsGet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListsGet) Reset() {
+	*x = ListsGet{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListsGet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListsGet) ProtoMessage() {}
+
+func (x *ListsGet) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListsGet.ProtoReflect.Descriptor instead.
+func (*ListsGet) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
+}
+
+// ListsReply is a gate's whole lists, in the JSON of gate.ListsSnapshot
+// (the lists file's format).
+type ListsReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Json          []byte                 `protobuf:"bytes,1,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListsReply) Reset() {
+	*x = ListsReply{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListsReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListsReply) ProtoMessage() {}
+
+func (x *ListsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListsReply.ProtoReflect.Descriptor instead.
+func (*ListsReply) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListsReply) GetJson() []byte {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
 
 // StatsQuery asks for a node's delivery statistics of one app, answered
 // with a StatsPart.
@@ -1651,7 +1785,7 @@ type StatsQuery struct {
 
 func (x *StatsQuery) Reset() {
 	*x = StatsQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1663,7 +1797,7 @@ func (x *StatsQuery) String() string {
 func (*StatsQuery) ProtoMessage() {}
 
 func (x *StatsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1676,7 +1810,7 @@ func (x *StatsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsQuery.ProtoReflect.Descriptor instead.
 func (*StatsQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StatsQuery) GetAppCode() uint32 {
@@ -1718,7 +1852,7 @@ type StatCounts struct {
 
 func (x *StatCounts) Reset() {
 	*x = StatCounts{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1730,7 +1864,7 @@ func (x *StatCounts) String() string {
 func (*StatCounts) ProtoMessage() {}
 
 func (x *StatCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1743,7 +1877,7 @@ func (x *StatCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatCounts.ProtoReflect.Descriptor instead.
 func (*StatCounts) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StatCounts) GetAccepted() uint64 {
@@ -1823,7 +1957,7 @@ type Hist struct {
 
 func (x *Hist) Reset() {
 	*x = Hist{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1835,7 +1969,7 @@ func (x *Hist) String() string {
 func (*Hist) ProtoMessage() {}
 
 func (x *Hist) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1848,7 +1982,7 @@ func (x *Hist) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hist.ProtoReflect.Descriptor instead.
 func (*Hist) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Hist) GetIndex() []uint32 {
@@ -1893,7 +2027,7 @@ type RawStat struct {
 
 func (x *RawStat) Reset() {
 	*x = RawStat{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +2039,7 @@ func (x *RawStat) String() string {
 func (*RawStat) ProtoMessage() {}
 
 func (x *RawStat) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2052,7 @@ func (x *RawStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawStat.ProtoReflect.Descriptor instead.
 func (*RawStat) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RawStat) GetMsgtype() uint32 {
@@ -1966,7 +2100,7 @@ type StatsPart struct {
 
 func (x *StatsPart) Reset() {
 	*x = StatsPart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1978,7 +2112,7 @@ func (x *StatsPart) String() string {
 func (*StatsPart) ProtoMessage() {}
 
 func (x *StatsPart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1991,7 +2125,7 @@ func (x *StatsPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsPart.ProtoReflect.Descriptor instead.
 func (*StatsPart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StatsPart) GetStats() []*RawStat {
@@ -2019,7 +2153,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2031,7 +2165,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2044,7 +2178,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -2125,7 +2259,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2271,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,7 +2284,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -2192,7 +2326,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2204,7 +2338,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2217,7 +2351,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -2295,7 +2429,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2307,7 +2441,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2320,7 +2454,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -2348,7 +2482,7 @@ var File_courier_actor_v1_actor_proto protoreflect.FileDescriptor
 
 const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\n" +
-	"\x1ccourier/actor/v1/actor.proto\x12\x10courier.actor.v1\x1a\x1ecourier/device/v1/device.proto\"{\n" +
+	"\x1ccourier/actor/v1/actor.proto\x12\x10courier.actor.v1\x1a\x1ecourier/device/v1/device.proto\x1a\x14courier/v1/api.proto\"{\n" +
 	"\aConnRef\x12!\n" +
 	"\fgate_address\x18\x01 \x01(\tR\vgateAddress\x12\x17\n" +
 	"\agate_id\x18\x02 \x01(\tR\x06gateId\x12\x17\n" +
@@ -2417,7 +2551,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\bpresence\x18\x10 \x01(\v2\x1f.courier.actor.v1.PresenceQueryH\x00R\bpresence\x12/\n" +
 	"\x05sweep\x18\x11 \x01(\v2\x17.courier.actor.v1.SweepH\x00R\x05sweepB\x06\n" +
 	"\x04body\"\a\n" +
-	"\x05Sweep\"\xc0\x02\n" +
+	"\x05Sweep\"\xf6\x02\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
 	"\x04push\x18\n" +
@@ -2426,7 +2560,8 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\bpresence\x18\f \x01(\v2\x1f.courier.actor.v1.PresenceReplyH\x00R\bpresence\x125\n" +
 	"\afailure\x18\r \x01(\v2\x19.courier.actor.v1.FailureH\x00R\afailure\x12<\n" +
 	"\n" +
-	"stats_part\x18\x14 \x01(\v2\x1b.courier.actor.v1.StatsPartH\x00R\tstatsPartB\x06\n" +
+	"stats_part\x18\x14 \x01(\v2\x1b.courier.actor.v1.StatsPartH\x00R\tstatsPart\x124\n" +
+	"\x05lists\x18\x15 \x01(\v2\x1c.courier.actor.v1.ListsReplyH\x00R\x05listsB\x06\n" +
 	"\x04body\"7\n" +
 	"\aFailure\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
@@ -2463,13 +2598,21 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\vapp_version\x18\a \x01(\tR\n" +
 	"appVersion\x12%\n" +
 	"\x0flogged_in_at_ms\x18\b \x01(\x03R\floggedInAtMs\x12\x18\n" +
-	"\apending\x18\t \x01(\rR\apending\"\x87\x01\n" +
+	"\apending\x18\t \x01(\rR\apending\"\x88\x02\n" +
 	"\vNodeRequest\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12#\n" +
 	"\rreply_address\x18\x02 \x01(\tR\freplyAddress\x124\n" +
 	"\x05stats\x18\n" +
-	" \x01(\v2\x1c.courier.actor.v1.StatsQueryH\x00R\x05statsB\x06\n" +
-	"\x04body\"`\n" +
+	" \x01(\v2\x1c.courier.actor.v1.StatsQueryH\x00R\x05stats\x12D\n" +
+	"\n" +
+	"lists_edit\x18\v \x01(\v2#.courier.v1.UpdateAccessListRequestH\x00R\tlistsEdit\x129\n" +
+	"\tlists_get\x18\f \x01(\v2\x1a.courier.actor.v1.ListsGetH\x00R\blistsGetB\x06\n" +
+	"\x04body\"\n" +
+	"\n" +
+	"\bListsGet\" \n" +
+	"\n" +
+	"ListsReply\x12\x12\n" +
+	"\x04json\x18\x01 \x01(\fR\x04json\"`\n" +
 	"\n" +
 	"StatsQuery\x12\x19\n" +
 	"\bapp_code\x18\x01 \x01(\rR\aappCode\x12\x1a\n" +
@@ -2544,49 +2687,52 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
-	(*ConnRef)(nil),           // 0: courier.actor.v1.ConnRef
-	(*DeviceLogin)(nil),       // 1: courier.actor.v1.DeviceLogin
-	(*DeviceFrame)(nil),       // 2: courier.actor.v1.DeviceFrame
-	(*DeviceClosed)(nil),      // 3: courier.actor.v1.DeviceClosed
-	(*C2CSend)(nil),           // 4: courier.actor.v1.C2CSend
-	(*OutFrame)(nil),          // 5: courier.actor.v1.OutFrame
-	(*ToConn)(nil),            // 6: courier.actor.v1.ToConn
-	(*LoginOutcome)(nil),      // 7: courier.actor.v1.LoginOutcome
-	(*Envelope)(nil),          // 8: courier.actor.v1.Envelope
-	(*Sweep)(nil),             // 9: courier.actor.v1.Sweep
-	(*Reply)(nil),             // 10: courier.actor.v1.Reply
-	(*Failure)(nil),           // 11: courier.actor.v1.Failure
-	(*Push)(nil),              // 12: courier.actor.v1.Push
-	(*PushReply)(nil),         // 13: courier.actor.v1.PushReply
-	(*Kick)(nil),              // 14: courier.actor.v1.Kick
-	(*KickReply)(nil),         // 15: courier.actor.v1.KickReply
-	(*PresenceQuery)(nil),     // 16: courier.actor.v1.PresenceQuery
-	(*PresenceReply)(nil),     // 17: courier.actor.v1.PresenceReply
-	(*NodeRequest)(nil),       // 18: courier.actor.v1.NodeRequest
-	(*StatsQuery)(nil),        // 19: courier.actor.v1.StatsQuery
-	(*StatCounts)(nil),        // 20: courier.actor.v1.StatCounts
-	(*Hist)(nil),              // 21: courier.actor.v1.Hist
-	(*RawStat)(nil),           // 22: courier.actor.v1.RawStat
-	(*StatsPart)(nil),         // 23: courier.actor.v1.StatsPart
-	(*SessionRecord)(nil),     // 24: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),      // 25: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),        // 26: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil), // 27: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),    // 28: courier.device.v1.Login
-	(*devicepb.C2C)(nil),      // 29: courier.device.v1.C2C
-	(devicepb.KickReason)(0),  // 30: courier.device.v1.KickReason
-	(devicepb.Platform)(0),    // 31: courier.device.v1.Platform
-	(devicepb.Kind)(0),        // 32: courier.device.v1.Kind
+	(*ConnRef)(nil),                       // 0: courier.actor.v1.ConnRef
+	(*DeviceLogin)(nil),                   // 1: courier.actor.v1.DeviceLogin
+	(*DeviceFrame)(nil),                   // 2: courier.actor.v1.DeviceFrame
+	(*DeviceClosed)(nil),                  // 3: courier.actor.v1.DeviceClosed
+	(*C2CSend)(nil),                       // 4: courier.actor.v1.C2CSend
+	(*OutFrame)(nil),                      // 5: courier.actor.v1.OutFrame
+	(*ToConn)(nil),                        // 6: courier.actor.v1.ToConn
+	(*LoginOutcome)(nil),                  // 7: courier.actor.v1.LoginOutcome
+	(*Envelope)(nil),                      // 8: courier.actor.v1.Envelope
+	(*Sweep)(nil),                         // 9: courier.actor.v1.Sweep
+	(*Reply)(nil),                         // 10: courier.actor.v1.Reply
+	(*Failure)(nil),                       // 11: courier.actor.v1.Failure
+	(*Push)(nil),                          // 12: courier.actor.v1.Push
+	(*PushReply)(nil),                     // 13: courier.actor.v1.PushReply
+	(*Kick)(nil),                          // 14: courier.actor.v1.Kick
+	(*KickReply)(nil),                     // 15: courier.actor.v1.KickReply
+	(*PresenceQuery)(nil),                 // 16: courier.actor.v1.PresenceQuery
+	(*PresenceReply)(nil),                 // 17: courier.actor.v1.PresenceReply
+	(*NodeRequest)(nil),                   // 18: courier.actor.v1.NodeRequest
+	(*ListsGet)(nil),                      // 19: courier.actor.v1.ListsGet
+	(*ListsReply)(nil),                    // 20: courier.actor.v1.ListsReply
+	(*StatsQuery)(nil),                    // 21: courier.actor.v1.StatsQuery
+	(*StatCounts)(nil),                    // 22: courier.actor.v1.StatCounts
+	(*Hist)(nil),                          // 23: courier.actor.v1.Hist
+	(*RawStat)(nil),                       // 24: courier.actor.v1.RawStat
+	(*StatsPart)(nil),                     // 25: courier.actor.v1.StatsPart
+	(*SessionRecord)(nil),                 // 26: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),                  // 27: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),                    // 28: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil),             // 29: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),                // 30: courier.device.v1.Login
+	(*devicepb.C2C)(nil),                  // 31: courier.device.v1.C2C
+	(devicepb.KickReason)(0),              // 32: courier.device.v1.KickReason
+	(devicepb.Platform)(0),                // 33: courier.device.v1.Platform
+	(*apipb.UpdateAccessListRequest)(nil), // 34: courier.v1.UpdateAccessListRequest
+	(devicepb.Kind)(0),                    // 35: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	28, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	30, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	29, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	31, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
@@ -2601,25 +2747,28 @@ var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	15, // 17: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
 	17, // 18: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
 	11, // 19: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	23, // 20: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
-	30, // 21: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 22: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	31, // 23: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	19, // 24: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
-	20, // 25: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
-	20, // 26: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
-	21, // 27: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
-	21, // 28: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
-	22, // 29: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
-	0,  // 30: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	31, // 31: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	24, // 32: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	32, // 33: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	34, // [34:34] is the sub-list for method output_type
-	34, // [34:34] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	25, // 20: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	20, // 21: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
+	32, // 22: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 23: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	33, // 24: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	21, // 25: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	34, // 26: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	19, // 27: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
+	22, // 28: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	22, // 29: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	23, // 30: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	23, // 31: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	24, // 32: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	0,  // 33: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	33, // 34: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	26, // 35: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	35, // 36: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	37, // [37:37] is the sub-list for method output_type
+	37, // [37:37] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -2643,9 +2792,12 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Reply_Presence)(nil),
 		(*Reply_Failure)(nil),
 		(*Reply_StatsPart)(nil),
+		(*Reply_Lists)(nil),
 	}
 	file_courier_actor_v1_actor_proto_msgTypes[18].OneofWrappers = []any{
 		(*NodeRequest_Stats)(nil),
+		(*NodeRequest_ListsEdit)(nil),
+		(*NodeRequest_ListsGet)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2653,7 +2805,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
