@@ -84,3 +84,30 @@ func (s *System) Gather(ctx context.Context, roles membership.Roles, req *actorp
 	}
 	return replies, missing
 }
+
+// Serve spawns the well-known actor name on this node, which hands every
+// message other nodes send it (SendNode) to fn, one at a time. fn must
+// not block.
+func (s *System) Serve(name string, fn func(proto.Message)) error {
+	_, err := s.actors.Root.SpawnNamed(actor.PropsFromFunc(func(ctx actor.Context) {
+		if m, ok := ctx.Message().(proto.Message); ok {
+			fn(m)
+		}
+	}), name)
+	return err
+}
+
+// SendNode sends m to the well-known actor name of the node at address
+// (this node's included), without waiting.
+func (s *System) SendNode(address, name string, m proto.Message) {
+	s.actors.Root.Send(actor.NewPID(address, name), m)
+}
+
+// OnView has fn called with the membership view whenever the live
+// members change (and with the first view), on the membership's goroutine,
+// after placement. Call it before Join.
+func (s *System) OnView(fn func(*membership.View)) {
+	s.viewMu.Lock()
+	s.viewHooks = append(s.viewHooks, fn)
+	s.viewMu.Unlock()
+}

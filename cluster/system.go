@@ -66,6 +66,8 @@ type System struct {
 	onRejoin  func()
 
 	nodeHandler atomic.Pointer[NodeHandler]
+	viewMu      sync.Mutex
+	viewHooks   []func(*membership.View)
 
 	dispatcher *poolDispatcher
 	local      []localShard
@@ -241,6 +243,12 @@ func (s *System) onView(v *membership.View) {
 	s.log.Info("cluster: placement", "live_members", len(v.Live(0)), "actor_members", len(addrs), "view", v.Seq)
 	if s.newChild != nil {
 		s.dropMoved(p)
+	}
+	s.viewMu.Lock()
+	hooks := s.viewHooks
+	s.viewMu.Unlock()
+	for _, fn := range hooks {
+		fn(v)
 	}
 }
 

@@ -39,7 +39,7 @@ func serve(t *testing.T, lim Limits) *served {
 	up := upstream.New(upstream.DefaultConfig(), nil)
 	t.Cleanup(up.Close)
 	req := &fakeReq{}
-	s := New(Deps{Keys: Keys{testKey: 1}, Req: req, Limits: lim, Upstream: up})
+	s := New(Deps{Keys: Keys{testKey: 1}, Req: req, Limits: lim, Upstream: upstream.NewLocalHub(up)})
 	srv := grpc.NewServer(s.ServerOptions()...)
 	apipb.RegisterCourierServer(srv, s)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -82,7 +82,7 @@ type Deps struct {
 	// Lists, Stats and Upstream may be nil on a node without a gate.
 	Lists    Lists
 	Stats    *stats.Recorder
-	Upstream *upstream.Router
+	Upstream *upstream.Hub
 	// Members returns the node's view of the cluster, and Provider names
 	// the membership provider (for Members; may be nil).
 	Members  func() *membership.View
@@ -105,7 +105,7 @@ type Server struct {
 	now    func() time.Time
 	lists  Lists
 	stats  *stats.Recorder
-	up     *upstream.Router
+	up     *upstream.Hub
 	view   func() *membership.View
 	prov   string
 

@@ -469,3 +469,46 @@ func TestSimultaneousLoginsOnThreeGates(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 }
+
+// TestUpstreamAcrossNodes: a device's C2S at node1's gate reaches
+// app-servers subscribed on node1's and node3's APIs, shared between them,
+// acked; when node3 dies holding deliveries it did not acknowledge, they
+// go to the subscriber on node1.
+func TestUpstreamAcrossNodes(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", ""}})
+	n1, n3 := c.Node("node1"), c.Node("node3")
+	// node3's app-server takes deliveries and never acks them.
+	far := subscribe(t, n3, 1, []uint32{9}, 4, false)
+	d := n1.Device(t, 1, "gps")
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		ack := sendC2S(t, d, 9, "probe")
+		return ack.Code == devicepb.Code_OK
+	}, "the subscription on node3 reached node1's gate")
+	testkit.Eventually(t, 10*time.Second, func() bool { return far.count() == 1 }, "node3's app-server got the probe")
+	far.mu.Lock()
+	m := far.got[0]
+	far.mu.Unlock()
+	if m.Uid != "gps" || m.Msgtype != 9 || m.AppCode != 1 {
+		t.Fatalf("delivery %v", m)
+	}
+	near := subscribe(t, n1, 1, []uint32{9}, 100, true)
+	for i := range 20 {
+		if ack := sendC2S(t, d, 9, fmt.Sprint(i)); ack.Code != devicepb.Code_OK {
+			t.Fatalf("C2S %d: %v", i, ack)
+		}
+	}
+	// node3's window (4, one taken by the probe) fills; node1 takes the rest.
+	testkit.Eventually(t, 10*time.Second, func() bool { return far.count() == 4 && near.count() == 17 }, "shared: %d on node3, %d on node1", far.count(), near.count())
+	n3.Stop(syscall.SIGKILL)
+	// What node3 held comes to node1: every C2S acked by an app-server once.
+	testkit.Eventually(t, 15*time.Second, func() bool { return near.count() == 21 }, "node3's deliveries redelivered to node1 (%d)", near.count())
+	ids := near.ids()
+	for i := range 20 {
+		if ids[fmt.Sprint(i)] != 1 {
+			t.Fatalf("C2S %d reached node1's app-server %d times", i, ids[fmt.Sprint(i)])
+		}
+	}
+	if ids["probe"] != 1 {
+		t.Fatalf("the probe reached node1 %d times", ids["probe"])
+	}
+}

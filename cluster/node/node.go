@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/actors"
 	"github.com/courier-im/courier/actors/stats"
@@ -41,6 +42,7 @@ type Node struct {
 	store *store.Pebble
 	stats *stats.Recorder
 	up    *upstream.Router
+	hub   *upstream.Hub
 	gate  *gate.Gate
 	grpc  *grpc.Server
 	apiLn net.Listener
@@ -103,6 +105,21 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		deps.Router = n.sys
 	}
 	n.sys.SetNodeHandler(n.answerNode)
+	n.hub = upstream.NewHub(n.up, upTransport{n.sys}, log)
+	if err := n.sys.Serve(upstreamName, n.hub.Receive); err != nil {
+		return nil, fmt.Errorf("node: upstream actor: %w", err)
+	}
+	n.sys.OnView(func(v *membership.View) {
+		var live []string
+		for _, m := range v.Live(0) {
+			live = append(live, m.Address)
+		}
+		var gates []upstream.GateRef
+		for _, m := range v.Live(membership.RoleGate) {
+			gates = append(gates, upstream.GateRef{Address: m.Address, Instance: m.ID})
+		}
+		n.hub.SetMembers(live, gates)
+	})
 
 	self := membership.Member{Name: cfg.Name, Roles: roles, Version: Version}
 	if roles.Has(membership.RoleGate) {
@@ -129,7 +146,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 
 	if roles.Has(membership.RoleAPI) {
-		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.up,
+		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.hub,
 			Members: n.sys.View, Provider: cfg.Cluster.Provider, ClusterStats: n.clusterStats, Lists: clusterLists{n}}
 		srv := api.New(deps)
 		n.grpc = grpc.NewServer(srv.ServerOptions()...)
@@ -184,6 +201,16 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		"http", n.HTTPAddr(), "cluster", n.sys.Address(), "data", cfg.DataDir)
 	return n, nil
 }
+
+// upstreamName is the well-known actor of every node's upstream hub.
+const upstreamName = "courier-upstream"
+
+// upTransport carries the upstream hubs' messages over remoting.
+type upTransport struct{ sys *cluster.System }
+
+func (t upTransport) Self() string { return t.sys.Address() }
+
+func (t upTransport) Send(address string, m proto.Message) { t.sys.SendNode(address, upstreamName, m) }
 
 // openStore opens the inbox store of the node's actors.
 func (n *Node) openStore() (err error) {
@@ -367,8 +394,12 @@ func (n *Node) Shutdown(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("gate: %w", err))
 			}
 		}
+		if n.hub != nil {
+			// Upstream streams end so that GracefulStop does not wait for
+			// them; this node's subscriptions leave the other gates.
+			n.hub.Close()
+		}
 		if n.up != nil {
-			// Upstream streams end so that GracefulStop does not wait for them.
 			n.up.Close()
 		}
 		if n.grpc != nil {

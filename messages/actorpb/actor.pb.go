@@ -2135,6 +2135,248 @@ func (x *StatsPart) GetStats() []*RawStat {
 	return nil
 }
 
+// UpstreamSubscribe: an app-server subscribed on the api node at
+// sink_address; the gate node holds a subscription for it in its upstream
+// router (a proxy) and sends it what its devices publish, until
+// UpstreamUnsubscribe or the api node leaves the cluster.
+type UpstreamSubscribe struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique in the cluster and across restarts of the api node.
+	SubId       string   `protobuf:"bytes,1,opt,name=sub_id,json=subId,proto3" json:"sub_id,omitempty"`
+	SinkAddress string   `protobuf:"bytes,2,opt,name=sink_address,json=sinkAddress,proto3" json:"sink_address,omitempty"`
+	AppCode     uint32   `protobuf:"varint,3,opt,name=app_code,json=appCode,proto3" json:"app_code,omitempty"`
+	Msgtypes    []uint32 `protobuf:"varint,4,rep,packed,name=msgtypes,proto3" json:"msgtypes,omitempty"`
+	// Deliveries the gate may have in flight to this subscription.
+	Window        uint32 `protobuf:"varint,5,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamSubscribe) Reset() {
+	*x = UpstreamSubscribe{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamSubscribe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamSubscribe) ProtoMessage() {}
+
+func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamSubscribe.ProtoReflect.Descriptor instead.
+func (*UpstreamSubscribe) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *UpstreamSubscribe) GetSubId() string {
+	if x != nil {
+		return x.SubId
+	}
+	return ""
+}
+
+func (x *UpstreamSubscribe) GetSinkAddress() string {
+	if x != nil {
+		return x.SinkAddress
+	}
+	return ""
+}
+
+func (x *UpstreamSubscribe) GetAppCode() uint32 {
+	if x != nil {
+		return x.AppCode
+	}
+	return 0
+}
+
+func (x *UpstreamSubscribe) GetMsgtypes() []uint32 {
+	if x != nil {
+		return x.Msgtypes
+	}
+	return nil
+}
+
+func (x *UpstreamSubscribe) GetWindow() uint32 {
+	if x != nil {
+		return x.Window
+	}
+	return 0
+}
+
+type UpstreamUnsubscribe struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SubId         string                 `protobuf:"bytes,1,opt,name=sub_id,json=subId,proto3" json:"sub_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamUnsubscribe) Reset() {
+	*x = UpstreamUnsubscribe{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamUnsubscribe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamUnsubscribe) ProtoMessage() {}
+
+func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamUnsubscribe.ProtoReflect.Descriptor instead.
+func (*UpstreamUnsubscribe) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *UpstreamUnsubscribe) GetSubId() string {
+	if x != nil {
+		return x.SubId
+	}
+	return ""
+}
+
+// UpstreamBatch: deliveries from the gate at gate_address to a
+// subscription; their delivery ids are the gate router's.
+type UpstreamBatch struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	SubId         string                   `protobuf:"bytes,1,opt,name=sub_id,json=subId,proto3" json:"sub_id,omitempty"`
+	GateAddress   string                   `protobuf:"bytes,2,opt,name=gate_address,json=gateAddress,proto3" json:"gate_address,omitempty"`
+	Messages      []*apipb.UpstreamMessage `protobuf:"bytes,3,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamBatch) Reset() {
+	*x = UpstreamBatch{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamBatch) ProtoMessage() {}
+
+func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamBatch.ProtoReflect.Descriptor instead.
+func (*UpstreamBatch) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *UpstreamBatch) GetSubId() string {
+	if x != nil {
+		return x.SubId
+	}
+	return ""
+}
+
+func (x *UpstreamBatch) GetGateAddress() string {
+	if x != nil {
+		return x.GateAddress
+	}
+	return ""
+}
+
+func (x *UpstreamBatch) GetMessages() []*apipb.UpstreamMessage {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+// UpstreamAck: the app-server processed these deliveries (the gate
+// router's ids).
+type UpstreamAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SubId         string                 `protobuf:"bytes,1,opt,name=sub_id,json=subId,proto3" json:"sub_id,omitempty"`
+	DeliveryIds   []uint64               `protobuf:"varint,2,rep,packed,name=delivery_ids,json=deliveryIds,proto3" json:"delivery_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamAck) Reset() {
+	*x = UpstreamAck{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamAck) ProtoMessage() {}
+
+func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamAck.ProtoReflect.Descriptor instead.
+func (*UpstreamAck) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *UpstreamAck) GetSubId() string {
+	if x != nil {
+		return x.SubId
+	}
+	return ""
+}
+
+func (x *UpstreamAck) GetDeliveryIds() []uint64 {
+	if x != nil {
+		return x.DeliveryIds
+	}
+	return nil
+}
+
 // SessionRecord is an identity's current session, stored durably.
 type SessionRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2153,7 +2395,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2407,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2420,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -2259,7 +2501,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2271,7 +2513,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2284,7 +2526,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -2326,7 +2568,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2338,7 +2580,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2351,7 +2593,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -2429,7 +2671,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2441,7 +2683,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2454,7 +2696,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -2641,7 +2883,22 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\rtotal_latency\x18\x04 \x01(\v2\x16.courier.actor.v1.HistR\ftotalLatency\x12=\n" +
 	"\x0ewindow_latency\x18\x05 \x01(\v2\x16.courier.actor.v1.HistR\rwindowLatency\"<\n" +
 	"\tStatsPart\x12/\n" +
-	"\x05stats\x18\x01 \x03(\v2\x19.courier.actor.v1.RawStatR\x05stats\"\xbb\x02\n" +
+	"\x05stats\x18\x01 \x03(\v2\x19.courier.actor.v1.RawStatR\x05stats\"\x9c\x01\n" +
+	"\x11UpstreamSubscribe\x12\x15\n" +
+	"\x06sub_id\x18\x01 \x01(\tR\x05subId\x12!\n" +
+	"\fsink_address\x18\x02 \x01(\tR\vsinkAddress\x12\x19\n" +
+	"\bapp_code\x18\x03 \x01(\rR\aappCode\x12\x1a\n" +
+	"\bmsgtypes\x18\x04 \x03(\rR\bmsgtypes\x12\x16\n" +
+	"\x06window\x18\x05 \x01(\rR\x06window\",\n" +
+	"\x13UpstreamUnsubscribe\x12\x15\n" +
+	"\x06sub_id\x18\x01 \x01(\tR\x05subId\"\x82\x01\n" +
+	"\rUpstreamBatch\x12\x15\n" +
+	"\x06sub_id\x18\x01 \x01(\tR\x05subId\x12!\n" +
+	"\fgate_address\x18\x02 \x01(\tR\vgateAddress\x127\n" +
+	"\bmessages\x18\x03 \x03(\v2\x1b.courier.v1.UpstreamMessageR\bmessages\"G\n" +
+	"\vUpstreamAck\x12\x15\n" +
+	"\x06sub_id\x18\x01 \x01(\tR\x05subId\x12!\n" +
+	"\fdelivery_ids\x18\x02 \x03(\x04R\vdeliveryIds\"\xbb\x02\n" +
 	"\rSessionRecord\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12-\n" +
 	"\x04conn\x18\x02 \x01(\v2\x19.courier.actor.v1.ConnRefR\x04conn\x12\x1b\n" +
@@ -2687,7 +2944,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),                       // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),                   // 1: courier.actor.v1.DeviceLogin
@@ -2715,24 +2972,29 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*Hist)(nil),                          // 23: courier.actor.v1.Hist
 	(*RawStat)(nil),                       // 24: courier.actor.v1.RawStat
 	(*StatsPart)(nil),                     // 25: courier.actor.v1.StatsPart
-	(*SessionRecord)(nil),                 // 26: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),                  // 27: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),                    // 28: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil),             // 29: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),                // 30: courier.device.v1.Login
-	(*devicepb.C2C)(nil),                  // 31: courier.device.v1.C2C
-	(devicepb.KickReason)(0),              // 32: courier.device.v1.KickReason
-	(devicepb.Platform)(0),                // 33: courier.device.v1.Platform
-	(*apipb.UpdateAccessListRequest)(nil), // 34: courier.v1.UpdateAccessListRequest
-	(devicepb.Kind)(0),                    // 35: courier.device.v1.Kind
+	(*UpstreamSubscribe)(nil),             // 26: courier.actor.v1.UpstreamSubscribe
+	(*UpstreamUnsubscribe)(nil),           // 27: courier.actor.v1.UpstreamUnsubscribe
+	(*UpstreamBatch)(nil),                 // 28: courier.actor.v1.UpstreamBatch
+	(*UpstreamAck)(nil),                   // 29: courier.actor.v1.UpstreamAck
+	(*SessionRecord)(nil),                 // 30: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),                  // 31: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),                    // 32: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil),             // 33: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),                // 34: courier.device.v1.Login
+	(*devicepb.C2C)(nil),                  // 35: courier.device.v1.C2C
+	(devicepb.KickReason)(0),              // 36: courier.device.v1.KickReason
+	(devicepb.Platform)(0),                // 37: courier.device.v1.Platform
+	(*apipb.UpdateAccessListRequest)(nil), // 38: courier.v1.UpdateAccessListRequest
+	(*apipb.UpstreamMessage)(nil),         // 39: courier.v1.UpstreamMessage
+	(devicepb.Kind)(0),                    // 40: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	30, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	34, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	31, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	35, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
@@ -2749,26 +3011,27 @@ var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	11, // 19: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
 	25, // 20: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
 	20, // 21: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
-	32, // 22: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	36, // 22: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
 	0,  // 23: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	33, // 24: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	37, // 24: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
 	21, // 25: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
-	34, // 26: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	38, // 26: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
 	19, // 27: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
 	22, // 28: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
 	22, // 29: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
 	23, // 30: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
 	23, // 31: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
 	24, // 32: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
-	0,  // 33: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	33, // 34: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	26, // 35: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	35, // 36: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	37, // [37:37] is the sub-list for method output_type
-	37, // [37:37] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	39, // 33: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
+	0,  // 34: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	37, // 35: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	30, // 36: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	40, // 37: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	38, // [38:38] is the sub-list for method output_type
+	38, // [38:38] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -2805,7 +3068,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
