@@ -519,5 +519,5 @@ const localAddress = "local"
 
 type localTransport struct{}
 
-func (localTransport) Self() string              { return localAddress }
+func (localTransport) Self() string               { return localAddress }
 func (localTransport) Send(string, proto.Message) {}
