@@ -81,6 +81,12 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.Actors.Window = 0 }, "actors.window")
 	bad(func(c *Config) { c.Upstream.QueueLen = 0 }, "upstream.queue-len")
 	bad(func(c *Config) { c.API.MaxPayload = 1 << 20 }, "api.max-payload")
+	bad(func(c *Config) { c.Actors.C2CSenderMaxMessages = c.Actors.C2CMaxMessages + 1 }, "actors.c2c-sender-max-messages")
+	bad(func(c *Config) { c.Actors.MaxPendingWrites = 0 }, "actors.max-pending-writes")
+	// The login burst and a PULL_ACK must fit the gate's queue for a
+	// connection, whatever the messages contain.
+	bad(func(c *Config) { c.Actors.WindowBytes = 512 << 10 }, "actors.window-bytes")
+	bad(func(c *Config) { c.Actors.Window = 600 }, "actors.window")
 }
 
 // TestGateFieldsAreSettings: every name a gate error is rewritten to is a
