@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -39,6 +40,8 @@ type fakeStore struct {
 	closed  bool
 	queue   chan pendingWrite
 	hold    chan struct{} // while not nil, writes wait for it to close
+	release func()        // closes hold
+	held    atomic.Int32  // writes waiting for hold
 	failW   func(*store.Write) error
 	failL   atomic.Int32 // loads to fail
 	panicL  atomic.Int32 // loads to panic in
@@ -72,7 +75,9 @@ func (s *fakeStore) run() {
 		hold := s.hold
 		s.mu.Unlock()
 		if hold != nil {
+			s.held.Add(1)
 			<-hold
+			s.held.Add(-1)
 		}
 		p.done(s.apply(p.w))
 	}
@@ -81,11 +86,8 @@ func (s *fakeStore) run() {
 // holdWrites makes writes wait until release is called.
 func (s *fakeStore) holdWrites() (release func()) {
 	ch := make(chan struct{})
-	s.mu.Lock()
-	s.hold = ch
-	s.mu.Unlock()
 	var once sync.Once
-	return func() {
+	release = func() {
 		once.Do(func() {
 			s.mu.Lock()
 			s.hold = nil
@@ -93,6 +95,10 @@ func (s *fakeStore) holdWrites() (release func()) {
 			close(ch)
 		})
 	}
+	s.mu.Lock()
+	s.hold, s.release = ch, release
+	s.mu.Unlock()
+	return release
 }
 
 func (s *fakeStore) apply(w *store.Write) error {
@@ -188,6 +194,12 @@ func (s *fakeStore) Expired(context.Context, time.Time, int, func(store.Identity
 
 func (s *fakeStore) Close() error {
 	s.closeMu.Do(func() {
+		s.mu.Lock()
+		release := s.release
+		s.mu.Unlock()
+		if release != nil {
+			release()
+		}
 		s.qmu.Lock()
 		s.closed = true
 		close(s.queue)
@@ -499,4 +511,139 @@ func TestActorPassivatesAfterBeingBusy(t *testing.T) {
 	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
 	h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
 	h.waitPassivated(alice, 1)
+}
+
+// TestFencedActorStopsAndTheNextEnvelopeClaimsAgain: an actor whose write
+// the store fences (another activation claimed the identity meanwhile)
+// answers its waiting caller with a retryable UNAVAILABLE that says the
+// identity moved, delivers nothing, and leaves the routing layer; the
+// identity's next envelope activates a fresh actor, which claims the
+// identity again and serves it.
+func TestFencedActorStopsAndTheNextEnvelopeClaimsAgain(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	release := h.store.holdWrites()
+	replies := make(chan *actorpb.Reply, 1)
+	go func() {
+		replies <- h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x"), IdempotencyKey: "k1"}))
+	}()
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.held.Load() > 0 }, "the push was never written")
+	h.store.claim(alice) // another node loads the identity
+	release()
+	rep := <-replies
+	if f := rep.GetFailure(); f == nil || f.Code != int32(codes.Unavailable) || f.Message != Moved {
+		t.Fatalf("the fenced push was answered %v, want UNAVAILABLE %q", rep, Moved)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.retired, alice) == 1 }, "the fenced actor did not retire")
+	if n := len(h.r.frames(uint32(messages.CmdS2C))); n != 0 {
+		t.Fatalf("the fenced actor delivered %d messages", n)
+	}
+	if h.store.stored(alice) != 0 {
+		t.Fatal("a fenced write changed the store")
+	}
+	// The retry with the same key is served by a fresh activation.
+	rep = h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x"), IdempotencyKey: "k1"}))
+	if p := rep.GetPush(); p == nil || p.Duplicate || p.Seq != 1 {
+		t.Fatalf("retry after the move: %v", rep)
+	}
+	if a := h.r.count(h.r.activations, alice); a != 2 {
+		t.Fatalf("%d activations, want 2", a)
+	}
+	if h.store.stored(alice) != 1 {
+		t.Fatal("the retry was not stored")
+	}
+}
+
+// TestFencedDeletionRetiresTheActor: a deletion (submitted without
+// waiting) that the store fences also ends the actor.
+func TestFencedDeletionRetiresTheActor(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil {
+		t.Fatalf("push: %v", rep)
+	}
+	var s2c []*actorpb.OutFrame
+	testkit.Eventually(t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) > 0 }, "no delivery")
+	var m devicepb.S2C
+	if err := proto.Unmarshal(s2c[0].Body, &m); err != nil {
+		t.Fatal(err)
+	}
+	h.store.claim(alice)
+	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
+	h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.retired, alice) == 1 }, "the actor of a fenced deletion did not retire")
+	if p := h.presence(alice); !p.Online || p.Pending != 1 {
+		t.Fatalf("the fresh activation: online %v pending %d", p.Online, p.Pending)
+	}
+}
+
+// TestStorePressureReachesTheCallers: while the store does not complete
+// writes, at most the node's budget of writes is pending; beyond it new
+// stored pushes, C2C and logins are refused at once with their documented
+// codes instead of waiting (or blocking an actor on a full commit queue),
+// identities that need no write are served as usual, and what must still
+// be written (a session's end) waits for room and is written once the
+// store catches up.
+func TestStorePressureReachesTheCallers(t *testing.T) {
+	h := newActorHarness(t, func(c *Config) { c.MaxPendingWrites = 2 })
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	release := h.store.holdWrites()
+	defer release()
+	// Two pushes take the budget and wait for the store.
+	var waiting sync.WaitGroup
+	for _, uid := range []string{"w1", "w2"} {
+		waiting.Add(1)
+		go func() {
+			defer waiting.Done()
+			if rep := h.r.request(env(store.Identity{App: 1, UID: uid}, &actorpb.Push{Stored: true})); rep.GetPush() == nil {
+				t.Errorf("push to %s once the store caught up: %v", uid, rep)
+			}
+		}()
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.deps.Writes.Full() }, "the pushes never took the budget")
+	// New stored work is refused at once.
+	start := time.Now()
+	for i := range 50 {
+		rep := h.r.request(env(store.Identity{App: 1, UID: fmt.Sprint("other-", i)}, &actorpb.Push{Stored: true}))
+		if f := rep.GetFailure(); f == nil || f.Code != int32(codes.Unavailable) {
+			t.Fatalf("push while the store is behind: %v, want UNAVAILABLE", rep)
+		}
+	}
+	h.r.Send(env(store.Identity{App: 1, UID: "bob"}, &actorpb.C2CSend{ReplyTo: c, FromUid: "carol", FrameSeq: 5,
+		C2C: &devicepb.C2C{ToUid: "bob", ClientMsgId: "c1"}}))
+	h.r.Send(env(store.Identity{App: 1, UID: "dave"}, &actorpb.DeviceLogin{Conn: c, FrameSeq: 6, Login: &devicepb.Login{Uid: "dave"}}))
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		return len(h.r.frames(uint32(messages.CmdC2CAck))) == 1 && len(h.r.frames(uint32(messages.CmdLoginAck))) == 2
+	}, "C2C and LOGIN were not answered while the store is behind")
+	var ca devicepb.C2CAck
+	_ = proto.Unmarshal(h.r.frames(uint32(messages.CmdC2CAck))[0].Body, &ca)
+	var la devicepb.LoginAck
+	_ = proto.Unmarshal(h.r.frames(uint32(messages.CmdLoginAck))[1].Body, &la)
+	if ca.Code != devicepb.Code_STORE_UNAVAILABLE || la.Code != devicepb.Code_STORE_UNAVAILABLE {
+		t.Fatalf("C2C_ACK %v, LOGIN_ACK %v; want STORE_UNAVAILABLE", ca.Code, la.Code)
+	}
+	// An identity that needs no write is served as usual.
+	h.presence(store.Identity{App: 1, UID: "eve"})
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("answers took %v while the store was behind", d)
+	}
+	// A session's end must still be written: it waits for room.
+	h.r.Send(env(alice, &actorpb.DeviceClosed{Conn: c, Epoch: 1}))
+	if p := h.presence(alice); p.Online {
+		t.Fatal("presence says online after the close")
+	}
+	h.store.mu.Lock()
+	held := h.store.held.Load() + int32(len(h.store.queue))
+	h.store.mu.Unlock()
+	if held > 2 {
+		t.Fatalf("%d writes handed to the store, budget 2", held)
+	}
+	release()
+	waiting.Wait()
+	testkit.Eventually(t, 5*time.Second, func() bool { return !h.store.session(alice).GetOnline() },
+		"the session's end was never written")
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.deps.Writes.InUse() == 0 }, "write slots leaked")
 }

@@ -767,14 +767,20 @@ func (d *Device) Kick(now time.Time, to ReplyTo, m *actorpb.Kick) {
 	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Kick{Kick: &actorpb.KickReply{WasOnline: was}}}, "")
 }
 
-// Presence answers whether the identity is online, and where.
+// Presence answers whether the identity is online, and where. The answer
+// is what the machine knows now; it does not wait for writes in flight (a
+// session's end being written, a push being stored), so that presence is
+// answered even while the store is behind.
 func (d *Device) Presence(to ReplyTo) {
+	if to.ReqID == 0 {
+		return
+	}
 	p := &actorpb.PresenceReply{Online: d.session != nil, Pending: uint32(len(d.inbox))}
 	if s := d.session; s != nil {
 		p.Conn, p.Epoch, p.GateAddr = s.Conn, s.Epoch, s.GateAddr
 		p.DeviceId, p.Platform, p.AppVersion, p.LoggedInAtMs = s.DeviceId, s.Platform, s.AppVersion, s.LoggedInAtMs
 	}
-	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Presence{Presence: p}}, "")
+	d.ready = append(d.ready, Effect{ReplyTo: to, Reply: &actorpb.Reply{ReqId: to.ReqID, Body: &actorpb.Reply_Presence{Presence: p}}})
 }
 
 // Tick redelivers what is due and expires what is past its expiry.

@@ -593,3 +593,57 @@ func TestRecentKeysKeptUntilDurable(t *testing.T) {
 		t.Fatalf("%d keys in memory once durable, want at most %d", len(h.d.recentIdem), maxRecentIdem)
 	}
 }
+
+// TestFencedWriteAnswersMovedAndDeliversNothing: every write carries the
+// snapshot's owner epoch; when the store fences one (another activation
+// claimed the identity), the machine answers every waiting caller with a
+// retryable failure that says the identity moved, delivers nothing more,
+// and reports itself fenced.
+func TestFencedWriteAnswersMovedAndDeliversNothing(t *testing.T) {
+	cfg := DefaultConfig()
+	d := NewDevice(&cfg, store.Identity{App: 1, UID: "u"}, &store.Snapshot{Owner: 7}, nil, func() string { return "m" })
+	now := time.Now()
+	d.Login(now, &actorpb.DeviceLogin{Conn: conn(1), FrameSeq: 1, Login: &devicepb.Login{Uid: "u"}})
+	w := d.TakeWrite()
+	if w.Owner != 7 {
+		t.Fatalf("write owner %d, want the snapshot's 7", w.Owner)
+	}
+	d.Push(now, ReplyTo{"api", 1}, &actorpb.Push{Stored: true, Payload: []byte("x"), IdempotencyKey: "k"}, nil)
+	d.C2C(now, &actorpb.C2CSend{ReplyTo: conn(2), FromUid: "v", FrameSeq: 3, C2C: &devicepb.C2C{ToUid: "u", ClientMsgId: "c"}}, nil)
+	d.WriteDone(fmt.Errorf("commit: %w", store.ErrFenced))
+	if !d.Fenced() || !d.Broken() {
+		t.Fatal("a fenced write must leave the machine fenced and broken")
+	}
+	var replies, acks int
+	for _, e := range d.Effects() {
+		if f := e.Reply.GetFailure(); f != nil {
+			replies++
+			if f.Code != int32(codes.Unavailable) || f.Message != Moved {
+				t.Fatalf("waiting push answered %v", f)
+			}
+			continue
+		}
+		for _, f := range e.ToConn.GetFrames() {
+			switch messages.Cmd(f.Cmd) {
+			case messages.CmdC2CAck:
+				if a := body(t, f, &devicepb.C2CAck{}); a.Code != devicepb.Code_STORE_UNAVAILABLE {
+					t.Fatalf("waiting C2C answered %v", a)
+				}
+				acks++
+			case messages.CmdLoginAck:
+				if a := body(t, f, &devicepb.LoginAck{}); a.Code != devicepb.Code_STORE_UNAVAILABLE {
+					t.Fatalf("waiting login answered %v", a)
+				}
+				acks++
+			default:
+				t.Fatalf("a fenced machine delivered %v", messages.Cmd(f.Cmd))
+			}
+		}
+	}
+	if replies != 1 || acks != 2 {
+		t.Fatalf("%d replies and %d device answers, want 1 and 2", replies, acks)
+	}
+	if d.TakeWrite() != nil || d.TakeDetached() != nil {
+		t.Fatal("a fenced machine wrote again")
+	}
+}
