@@ -69,7 +69,7 @@ type System struct {
 	gatesMu sync.RWMutex
 	gates   map[string]struct{}
 	replies replyRegistry
-	metrics   *metrics
+	metrics *metrics
 
 	dispatcher *poolDispatcher
 	local      []localShard
