@@ -61,7 +61,7 @@ func (b *bridge) Frame(c gate.ConnInfo, h messages.Header, body []byte) {
 		}
 		if len(m.ClientMsgId) > actors.MaxClientMsgIDLen {
 			b.reply(c, h, messages.CmdC2SAck, &devicepb.C2SAck{Code: devicepb.Code_CLIENT_MSG_ID_TOO_LONG,
-				ClientMsgId: m.ClientMsgId[:actors.MaxClientMsgIDLen], Reason: clientIDTooLong(len(m.ClientMsgId))})
+				ClientMsgId: m.ClientMsgId, Reason: clientIDTooLong(len(m.ClientMsgId))})
 			return
 		}
 		b.reply(c, h, messages.CmdC2SAck, b.c2s(c, h, &m))
@@ -72,7 +72,7 @@ func (b *bridge) Frame(c gate.ConnInfo, h messages.Header, body []byte) {
 		}
 		if len(m.ClientMsgId) > actors.MaxClientMsgIDLen {
 			b.reply(c, h, messages.CmdC2CAck, &devicepb.C2CAck{Code: devicepb.Code_CLIENT_MSG_ID_TOO_LONG,
-				ClientMsgId: m.ClientMsgId[:actors.MaxClientMsgIDLen], Reason: clientIDTooLong(len(m.ClientMsgId))})
+				ClientMsgId: m.ClientMsgId, Reason: clientIDTooLong(len(m.ClientMsgId))})
 			return
 		}
 		if m.ToUid == "" || len(m.ToUid) > store.MaxUIDLen || m.ToUid == c.UID {
@@ -97,7 +97,7 @@ func (b *bridge) Frame(c gate.ConnInfo, h messages.Header, body []byte) {
 }
 
 func clientIDTooLong(n int) string {
-	return fmt.Sprintf("client_msg_id of %d bytes: at most %d (the answer echoes its first %d)", n, actors.MaxClientMsgIDLen, actors.MaxClientMsgIDLen)
+	return fmt.Sprintf("client_msg_id of %d bytes: at most %d", n, actors.MaxClientMsgIDLen)
 }
 
 // c2s hands a C2S to the upstream router (never through the device
