@@ -1,9 +1,9 @@
 package node_test
 
 import (
-	"fmt"
-	"strings"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/apipb"
@@ -11,131 +11,102 @@ import (
 	"github.com/courier-im/courier/testkit"
 )
 
-// drainAcking reads what a logged-in device receives and acknowledges
-// every stored message as it arrives, until want messages were seen or
-// the test fails: a KICKOUT or a closed connection fails it. It returns
-// the messages' payloads by msg id.
-func drainAcking(t *testing.T, d *testkit.Device, want int) map[string]string {
-	t.Helper()
-	got := map[string]string{}
-	for len(got) < want {
+// defaultRateLimits turns the gate's per-connection rate limits back on
+// at their production defaults (testkit starts nodes without them).
+var defaultRateLimits = []string{
+	"--gate.frames-per-second", "50", "--gate.frame-burst", "200",
+	"--gate.bytes-per-second", "262144", "--gate.byte-burst", "1048576",
+}
+
+// TestDrainingFullInboxIsNeverRateLimited: a device with the default
+// limits logs in to a full inbox (1,000 stored messages, the default
+// maximum) and acknowledges each message as it arrives, as the protocol's
+// example client does: it receives all of them and is never answered
+// RATE_LIMITED, because acknowledgements of what the server sent are
+// credited against what it delivered.
+func TestDrainingFullInboxIsNeverRateLimited(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: defaultRateLimits})
+	api := n.API(t)
+	const count = 1000
+	req := &apipb.PushManyRequest{}
+	for i := range count {
+		req.Items = append(req.Items, &apipb.PushRequest{AppCode: 1, Uid: "drainer", Payload: []byte("order " + strconv.Itoa(i))})
+	}
+	resp, err := api.PushMany(testkit.Ctx(t, testkit.App1Key), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range resp.Results {
+		if r.Code != 0 {
+			t.Fatalf("item %d: %d %s", i, r.Code, r.Error)
+		}
+	}
+
+	d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1, Timeout: 15 * time.Second})
+	if ack := d.Login("drainer", testkit.Token(t, 1, "drainer"), false); ack.Code != devicepb.Code_OK || ack.Pending != count {
+		t.Fatalf("LOGIN_ACK %v pending %d", ack.Code, ack.Pending)
+	}
+	seen := map[uint32]bool{}
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(seen) < count {
+		if time.Now().After(deadline) {
+			t.Fatalf("received %d of %d messages in 2 minutes", len(seen), count)
+		}
 		f, err := d.ReadFrame()
 		if err != nil {
-			t.Fatalf("after %d of %d messages: %v", len(got), want, err)
+			t.Fatalf("after %d of %d messages: %v", len(seen), count, err)
 		}
-		switch m := f.Msg.(type) {
-		case *devicepb.S2C:
-			got[m.MsgId] = string(m.Payload)
-			ackS2C(d, m.MsgId)
-		case *devicepb.C2CPush:
-			got[m.MsgId] = string(m.Payload)
-			d.Send(messages.CmdC2CPushAck, d.NextSeq(), &devicepb.C2CPushAck{MsgId: m.MsgId})
-		case *devicepb.C2CPushAckAck:
-		case *devicepb.Kickout:
-			t.Fatalf("after %d of %d messages: KICKOUT %v %q", len(got), want, m.Reason, m.Detail)
-		default:
-			t.Fatalf("after %d of %d messages: unexpected %v", len(got), want, f.Cmd)
+		switch f.Cmd {
+		case messages.CmdS2C:
+			seen[f.Seq] = true
+			d.Send(messages.CmdS2CAck, d.NextSeq(), &devicepb.S2CAck{MsgId: f.Msg.(*devicepb.S2C).MsgId})
+		case messages.CmdError:
+			t.Fatalf("after %d of %d messages: ERROR %v", len(seen), count, f.Msg)
+		case messages.CmdKickout:
+			t.Fatalf("after %d of %d messages: KICKOUT %v", len(seen), count, f.Msg)
 		}
 	}
-	return got
+	d.Keepalive() // still open, still not limited
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		pr, err := api.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: []string{"drainer"}})
+		return err == nil && pr.Entries[0].Online && pr.Entries[0].Pending == 0
+	}, "every message acknowledged")
 }
 
-// TestHugeClientMsgIDsDoNotLockOutTheReceiver is the attack of issue 9:
-// one user sends another 40 C2C with 60 KiB client message ids and empty
-// payloads. They must be refused with a clear code, and the receiver's
-// login must never overflow the gate's queue for its connection.
-func TestHugeClientMsgIDsDoNotLockOutTheReceiver(t *testing.T) {
-	n := testkit.StartNode(t, testkit.NodeOptions{})
-	mallory := n.Device(t, 1, "mallory")
-	for i := range 40 {
-		id := fmt.Sprintf("%02d", i) + strings.Repeat("x", 60<<10)
-		seq := sendC2C(mallory, "victim", id, "")
-		if ack := expectC2CAck(t, mallory, seq); ack.Code != devicepb.Code_CLIENT_MSG_ID_TOO_LONG || ack.ClientMsgId != id {
-			t.Fatalf("C2C %d with a 60 KiB client_msg_id: %v %q (echoed %d bytes)", i, ack.Code, ack.Reason, len(ack.ClientMsgId))
+// TestC2SOverTheAppByteBudgetGetsUpstreamBusy: when the node holds its
+// app's byte budget of upstream messages (queued or in flight at a
+// subscriber that does not ack), a device's C2S gets UPSTREAM_BUSY; an
+// ack makes room again.
+func TestC2SOverTheAppByteBudgetGetsUpstreamBusy(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--upstream.app-max-bytes", "70000"}})
+	sub := subscribe(t, n, 1, nil, 1, false)
+	d := n.Device(t, 1, "gps")
+	payload := make([]byte, 30<<10)
+	c2s := func(id string) *devicepb.C2SAck {
+		t.Helper()
+		seq := d.NextSeq()
+		d.Send(messages.CmdC2S, seq, &devicepb.C2S{ClientMsgId: id, Payload: payload})
+		f := d.Expect(messages.CmdC2SAck)
+		if f.Seq != seq {
+			t.Fatalf("C2S_ACK seq %d, want %d", f.Seq, seq)
 		}
+		return f.Msg.(*devicepb.C2SAck)
 	}
-	// The limit is 128 bytes, for C2S too.
-	if ack := expectC2CAck(t, mallory, sendC2C(mallory, "victim", strings.Repeat("y", 128), "")); ack.Code != devicepb.Code_OK {
-		t.Fatalf("C2C with a 128-byte client_msg_id: %v %q", ack.Code, ack.Reason)
+	// The subscription may take a moment to register.
+	testkit.Eventually(t, 5*time.Second, func() bool { return c2s("first").Code == devicepb.Code_OK }, "no subscriber")
+	if a := c2s("second"); a.Code != devicepb.Code_OK { // queued behind the one in flight
+		t.Fatalf("second: %v", a)
 	}
-	if ack := expectC2CAck(t, mallory, sendC2C(mallory, "victim", strings.Repeat("y", 129), "")); ack.Code != devicepb.Code_CLIENT_MSG_ID_TOO_LONG {
-		t.Fatalf("C2C with a 129-byte client_msg_id: %v", ack.Code)
+	a := c2s("third") // 90 KiB > 70,000 bytes
+	if a.Code != devicepb.Code_UPSTREAM_BUSY || a.ClientMsgId != "third" || a.MsgId != "" {
+		t.Fatalf("over the budget: %v", a)
 	}
-	if ack := sendC2S(t, mallory, 3, strings.Repeat("z", 129)); ack.Code != devicepb.Code_CLIENT_MSG_ID_TOO_LONG {
-		t.Fatalf("C2S with a 129-byte client_msg_id: %v", ack.Code)
+	testkit.Eventually(t, 5*time.Second, func() bool { return sub.count() == 1 }, "the subscriber has the first")
+	sub.mu.Lock()
+	id := sub.got[0].DeliveryId
+	sub.mu.Unlock()
+	if err := sub.stream.Send(&apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Ack{Ack: &apipb.UpstreamAck{DeliveryIds: []uint64{id}}}}); err != nil {
+		t.Fatal(err)
 	}
-	victim := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
-	ack := victim.Login("victim", testkit.Token(t, 1, "victim"), false)
-	if ack.Code != devicepb.Code_OK {
-		t.Fatalf("LOGIN_ACK %v", ack)
-	}
-	// Whatever is waiting arrives, without KICKOUT SLOW_CLIENT.
-	drainAcking(t, victim, int(ack.Pending))
-	victim.Keepalive()
-}
-
-// TestC2CFloodDoesNotStarveAppServerPushes is the C2C lockout of issue 9:
-// users fill another's inbox with C2C until they are refused. An
-// app-server's stored push to that user is still accepted, and the user
-// logs in, receives and acknowledges everything normally, the push
-// included.
-func TestC2CFloodDoesNotStarveAppServerPushes(t *testing.T) {
-	n := testkit.StartNode(t, testkit.NodeOptions{})
-	api := n.API(t)
-	// Ten senders of 100 messages each, then one more each: the default
-	// inbox (1000 messages) was full of C2C before the fix. Now C2C has a
-	// budget of its own (1000 per receiver) and a share per sender (100).
-	stored := 0
-	for s := range 10 {
-		d := n.Device(t, 1, fmt.Sprintf("flooder-%d", s))
-		seqs := make([]uint32, 101)
-		for i := range seqs {
-			seqs[i] = sendC2C(d, "target", fmt.Sprintf("f%d-%d", s, i), "spam")
-		}
-		for _, seq := range seqs {
-			switch ack := expectC2CAck(t, d, seq); ack.Code {
-			case devicepb.Code_OK:
-				stored++
-			case devicepb.Code_INBOX_FULL:
-			default:
-				t.Fatalf("C2C_ACK %v %q", ack.Code, ack.Reason)
-			}
-		}
-	}
-	if stored != 1000 {
-		t.Fatalf("%d C2C stored, want 1000: 100 from each sender", stored)
-	}
-	// The receiver's C2C room is full: an eleventh sender is refused too.
-	late := n.Device(t, 1, "flooder-late")
-	if ack := expectC2CAck(t, late, sendC2C(late, "target", "late-1", "spam")); ack.Code != devicepb.Code_INBOX_FULL {
-		t.Fatalf("C2C to a receiver with 1000 C2C waiting: %v", ack.Code)
-	}
-	r, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: "target", Payload: []byte("your ride is here")})
-	if err != nil {
-		t.Fatalf("app-server push after a C2C flood (%d C2C stored): %v", stored, err)
-	}
-	victim := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
-	if ack := victim.Login("target", testkit.Token(t, 1, "target"), false); ack.Code != devicepb.Code_OK || int(ack.Pending) != stored+1 {
-		t.Fatalf("LOGIN_ACK %v pending %d, want %d", ack.Code, ack.Pending, stored+1)
-	}
-	got := drainAcking(t, victim, stored+1)
-	if got[r.MsgId] != "your ride is here" {
-		t.Fatal("the app-server's push was not delivered")
-	}
-	// The connection is still fine: the last confirmations of C2C acks,
-	// then the answer to a keepalive.
-	seq := victim.NextSeq()
-	victim.Send(messages.CmdKeepalive, seq, nil)
-	for {
-		f, err := victim.ReadFrame()
-		if err != nil {
-			t.Fatalf("waiting for KEEPALIVE_ACK: %v", err)
-		}
-		if f.Cmd == messages.CmdKeepaliveAck && f.Seq == seq {
-			break
-		}
-		if f.Cmd != messages.CmdC2CPushAckAck {
-			t.Fatalf("got %v, want C2C_PUSH_ACK_ACK or KEEPALIVE_ACK", f.Cmd)
-		}
-	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return c2s("again").Code == devicepb.Code_OK }, "no room after the ack")
 }
