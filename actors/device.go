@@ -203,9 +203,6 @@ func (d *Device) Broken() bool { return d.broken }
 // activation owns the identity now, and this one must stop.
 func (d *Device) Fenced() bool { return d.fenced }
 
-// Writing reports whether a write taken with TakeWrite has not completed.
-func (d *Device) Writing() bool { return d.inFlight }
-
 // WriteReady reports whether TakeDetached or TakeWrite would return a
 // write now.
 func (d *Device) WriteReady() bool {
