@@ -12,12 +12,18 @@
 //     that member's host actor); the owner activates the identity's actor
 //     and hands it the envelope. No identity is served by a node that does
 //     not own it: after cluster.max-hops forwards, or with no actor member,
-//     a request fails with a retryable error. Passivation and moves stop
-//     an actor only once it has received every envelope sent to it.
-//   - the rest of system.go: request/reply correlated by our own ids
-//     (random start, unique per node and across restarts) without the
-//     library's futures, whose late replies race; gate sinks that deliver
-//     an actor's frames to the gate holding the connection.
+//     a request fails with a retryable error.
+//   - gate liveness (AddGate, RemoveGate, GateAlive): the gate instances
+//     alive, the local gate's and, fed by membership, other members'. When
+//     one goes away every identity actor in memory is told (a GateDown
+//     envelope), and actors that load later check their session against
+//     the set, so a session on a gate that is gone is over at once.
+//   - request/reply (system.go) correlated by our own ids (random start,
+//     unique per node and across restarts) without the library's futures,
+//     whose late replies race; gate sinks that deliver an actor's frames to
+//     the gate holding the connection; gather.go: requests to nodes rather
+//     than identities (cluster-wide statistics, access lists) and the
+//     well-known actors of other cluster services (upstream).
 //
 // It works around the library's known gaps: identities are placed by our
 // own hashing and activated by our own routing, so no sender holds a PID
@@ -26,10 +32,15 @@
 // The library's cluster and its Consul provider are not used (see package
 // membership).
 //
-// Goroutines: the actor system's (mailboxes on the pool dispatcher, the
-// remoting's streams) and the membership's watcher, on which placement
-// changes run. What may be lost: an envelope to a member that dies before
-// it is handled (a request then times out with ErrNoReply, and its caller
-// may retry); one-way envelopes to an identity while no member hosts
-// identities are counted as undeliverable.
+// Goroutines and what may be lost: actor mailboxes run on a fixed pool of
+// workers (poolDispatcher) that never grows; when it is busy, runs wait in
+// a list bounded by the number of actors. Placement and gate liveness
+// change on the membership's watcher goroutine. Envelopes are counted per
+// identity under a shard lock, and an actor stops (passivates, or moves
+// because another member owns it now) only when it has received every
+// envelope counted for it, so passivation loses nothing; an actor retired
+// after its store write was fenced hands the envelopes that still reach it
+// back to routing. One-way envelopes to a node that is gone are lost
+// (requests time out with ErrNoReply, and the caller may retry); what they
+// carried is repeated by their sender or corrected at the next load.
 package cluster

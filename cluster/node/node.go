@@ -102,7 +102,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		return nil, err
 	}
 	if deps != nil {
-		deps.Router = n.sys
+		deps.Router, deps.Gates = n.sys, n.sys
 	}
 	n.sys.SetNodeHandler(n.answerNode)
 	n.hub = upstream.NewHub(n.up, upTransport{n.sys}, log)
@@ -221,8 +221,12 @@ func (n *Node) openStore() (err error) {
 	commitErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_commit_errors_total",
 		Help: "Group commits that failed (their writes were refused)."})
 	n.reg.MustRegister(commitSeconds, batchWrites, commitErrors)
+	// Every lane of the commit queue holds the actors' whole write budget,
+	// so that submitting a write never waits (actors.WriteBudget).
+	const lanes = 2
 	n.store, err = store.OpenPebble(store.PebbleConfig{
 		Dir: filepath.Join(n.cfg.DataDir, "inbox"), NoSync: n.cfg.StoreNoSync,
+		Lanes: lanes, QueueLen: lanes * n.cfg.Actors.MaxPendingWrites,
 		Observe: func(writes int, d time.Duration, err error) {
 			commitSeconds.Observe(d.Seconds())
 			batchWrites.Observe(float64(writes))
