@@ -20,7 +20,9 @@ type Config struct {
 	// gate discovery, tried in turn before every connection. Without any,
 	// devices use Gates.
 	Discover []string
-	// Gates are gate addresses used when Discover is empty.
+	// Gates are gate addresses, tried in random order: for the first
+	// connection of every device if set (so a test places the devices),
+	// and for every connection when Discover is empty.
 	Gates []string
 	// APIs are the gRPC API addresses; a call that fails retryably is
 	// retried on the next one.

@@ -51,9 +51,9 @@ func (d *device) run(startAt time.Time) {
 		return
 	}
 	backoff := w.cfg.Backoff
-	for !w.stopped() {
+	for first := true; !w.stopped(); first = false {
 		var r *messages.Reader
-		conn, gate, err := d.dial()
+		conn, gate, err := d.dial(first)
 		if err == nil {
 			var ack *devicepb.LoginAck
 			ack, r, err = d.login(conn)
@@ -118,8 +118,8 @@ func jitter(d time.Duration) time.Duration {
 
 // dial connects to the first gate discovery (or Config.Gates) offers
 // that accepts a connection.
-func (d *device) dial() (net.Conn, string, error) {
-	gates, err := d.w.gates()
+func (d *device) dial(first bool) (net.Conn, string, error) {
+	gates, err := d.w.gates(first)
 	if err != nil {
 		return nil, "", err
 	}

@@ -355,8 +355,8 @@ func (w *Workload) maintain() {
 }
 
 // gates returns gate addresses to try, from discovery or the config.
-func (w *Workload) gates() ([]string, error) {
-	if len(w.cfg.Discover) == 0 {
+func (w *Workload) gates(first bool) ([]string, error) {
+	if len(w.cfg.Discover) == 0 || (first && len(w.cfg.Gates) > 0) {
 		out := append([]string(nil), w.cfg.Gates...)
 		rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
 		return out, nil
