@@ -25,7 +25,9 @@ func (s *System) SetNodeHandler(h NodeHandler) { s.nodeHandler.Store(&h) }
 
 func (s *System) answerNode(req *actorpb.NodeRequest) *actorpb.Reply {
 	var r *actorpb.Reply
-	if h := s.nodeHandler.Load(); h != nil {
+	if lc := req.GetLeaseCheck(); lc != nil {
+		r = s.answerLease(lc)
+	} else if h := s.nodeHandler.Load(); h != nil {
 		r = (*h)(req)
 	}
 	if r == nil {

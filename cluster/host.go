@@ -159,6 +159,9 @@ func (s *System) route(env *actorpb.Envelope) {
 	switch {
 	case owner == nil:
 		s.fail(env, codes.Unavailable, "cluster: no live member hosts identities; retry")
+	case owner.address == s.address && !s.members.LeaseValid():
+		s.metrics.leaseRefused.Inc()
+		s.fail(env, codes.Unavailable, "cluster: this node is not sure it is still a member (its membership lease lapsed); retry")
 	case owner.address == s.address:
 		s.routeLocal(hash, env)
 	case int(env.Hops) >= s.cfg.MaxHops:

@@ -15,6 +15,7 @@ type metrics struct {
 	requestTimeouts prometheus.Counter
 	undeliverable   prometheus.Counter
 	staleConns      prometheus.Counter
+	leaseRefused    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -43,11 +44,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "One-way envelopes dropped because no member hosts identities."}),
 		staleConns: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_stale_conn_deliveries_total",
 			Help: "Deliveries to connections that were gone; the identity's actor was told."}),
+		leaseRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_lease_refused_total",
+			Help: "Envelopes refused and frames not delivered for this node's identities while it held no membership lease."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.retired, m.gates, m.forwarded,
 			m.hopsExceeded,
-			m.requestTimeouts, m.undeliverable, m.staleConns)
+			m.requestTimeouts, m.undeliverable, m.staleConns, m.leaseRefused)
 	}
 	return m
 }

@@ -76,6 +76,7 @@ type System struct {
 	nodeHandler atomic.Pointer[NodeHandler]
 	viewMu      sync.Mutex
 	viewHooks   []func(*membership.View)
+	leaseHooks  []func(valid bool) // under viewMu
 
 	dispatcher *poolDispatcher
 	local      []localShard
@@ -116,6 +117,8 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		return nil, err
 	}
 	s.members.Subscribe(s.onView)
+	s.members.SetConfirm(s.confirmLease)
+	s.members.OnLease(s.onLease)
 
 	host, portStr, _ := net.SplitHostPort(cfg.Bind)
 	port, _ := strconv.Atoi(portStr)
@@ -453,6 +456,12 @@ func (s *System) receiveReply(ctx actor.Context) {
 
 // SendToConn delivers m to the gate that holds conn, on any node.
 func (s *System) SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) {
+	if !s.members.LeaseValid() {
+		// Without its lease this node may no longer own the identity:
+		// its owner delivers.
+		s.metrics.leaseRefused.Inc()
+		return
+	}
 	if conn.GetGateAddress() == s.address {
 		s.deliverLocal(conn.GetGateId(), m)
 		return

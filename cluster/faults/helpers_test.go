@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,4 +76,37 @@ func presence(t *testing.T, api apipb.CourierClient, uid string) (bool, string) 
 		return false, ""
 	}
 	return true, e.Session.GateAddr
+}
+
+// dumpOnFailure logs, if the test failed, every node's log lines that
+// contain one of words.
+func dumpOnFailure(t *testing.T, c *testkit.Cluster, words ...string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, n := range c.Nodes {
+			var b strings.Builder
+			for _, line := range strings.Split(n.Logs(), "\n") {
+				for _, w := range words {
+					if strings.Contains(line, w) {
+						b.WriteString(line)
+						b.WriteByte('\n')
+						break
+					}
+				}
+			}
+			t.Logf("%s:\n%s", n.Name(), b.String())
+		}
+	})
+}
+
+// metrics reads one series from every running node, by node name.
+func metrics(c *testkit.Cluster, series string) map[string]float64 {
+	out := map[string]float64{}
+	for _, n := range c.Running() {
+		v, _ := n.Metric(series)
+		out[n.Name()] = v
+	}
+	return out
 }

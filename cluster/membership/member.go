@@ -109,6 +109,10 @@ type Member struct {
 	// Blocked: the instance was seen not live once and is never taken
 	// back.
 	Blocked bool
+	// Grace: the provider does not say the instance is passing, but it
+	// was live before an outage of the provider (or another member
+	// vouched for it) and has a grace to refresh: it is taken as live.
+	Grace bool
 }
 
 // AcceptsApp reports whether the member's gate accepts devices of app.
@@ -117,7 +121,7 @@ func (m *Member) AcceptsApp(app uint16) bool {
 }
 
 // Live reports whether the member takes part in the cluster.
-func (m *Member) Live() bool { return m.Health == HealthPassing && !m.Blocked }
+func (m *Member) Live() bool { return (m.Health == HealthPassing || m.Grace) && !m.Blocked }
 
 // Health values.
 const (

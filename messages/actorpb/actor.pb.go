@@ -1028,6 +1028,7 @@ type Reply struct {
 	//	*Reply_Failure
 	//	*Reply_StatsPart
 	//	*Reply_Lists
+	//	*Reply_LeaseVouch
 	Body          isReply_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1131,6 +1132,15 @@ func (x *Reply) GetLists() *ListsReply {
 	return nil
 }
 
+func (x *Reply) GetLeaseVouch() *LeaseVouch {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_LeaseVouch); ok {
+			return x.LeaseVouch
+		}
+	}
+	return nil
+}
+
 type isReply_Body interface {
 	isReply_Body()
 }
@@ -1159,6 +1169,10 @@ type Reply_Lists struct {
 	Lists *ListsReply `protobuf:"bytes,21,opt,name=lists,proto3,oneof"`
 }
 
+type Reply_LeaseVouch struct {
+	LeaseVouch *LeaseVouch `protobuf:"bytes,30,opt,name=lease_vouch,json=leaseVouch,proto3,oneof"`
+}
+
 func (*Reply_Push) isReply_Body() {}
 
 func (*Reply_Kick) isReply_Body() {}
@@ -1170,6 +1184,8 @@ func (*Reply_Failure) isReply_Body() {}
 func (*Reply_StatsPart) isReply_Body() {}
 
 func (*Reply_Lists) isReply_Body() {}
+
+func (*Reply_LeaseVouch) isReply_Body() {}
 
 // Failure: the request could not be handled. code is a gRPC status code.
 type Failure struct {
@@ -1645,6 +1661,7 @@ type NodeRequest struct {
 	//	*NodeRequest_Stats
 	//	*NodeRequest_ListsEdit
 	//	*NodeRequest_ListsGet
+	//	*NodeRequest_LeaseCheck
 	Body          isNodeRequest_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1728,6 +1745,15 @@ func (x *NodeRequest) GetListsGet() *ListsGet {
 	return nil
 }
 
+func (x *NodeRequest) GetLeaseCheck() *LeaseCheck {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_LeaseCheck); ok {
+			return x.LeaseCheck
+		}
+	}
+	return nil
+}
+
 type isNodeRequest_Body interface {
 	isNodeRequest_Body()
 }
@@ -1747,11 +1773,136 @@ type NodeRequest_ListsGet struct {
 	ListsGet *ListsGet `protobuf:"bytes,12,opt,name=lists_get,json=listsGet,proto3,oneof"`
 }
 
+type NodeRequest_LeaseCheck struct {
+	// Vouch for the asker's membership while the provider cannot be
+	// reached (cluster/membership/lease.go); answered with LeaseVouch.
+	LeaseCheck *LeaseCheck `protobuf:"bytes,30,opt,name=lease_check,json=leaseCheck,proto3,oneof"`
+}
+
 func (*NodeRequest_Stats) isNodeRequest_Body() {}
 
 func (*NodeRequest_ListsEdit) isNodeRequest_Body() {}
 
 func (*NodeRequest_ListsGet) isNodeRequest_Body() {}
+
+func (*NodeRequest_LeaseCheck) isNodeRequest_Body() {}
+
+// LeaseCheck names the asking member instance.
+type LeaseCheck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        string                 `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseCheck) Reset() {
+	*x = LeaseCheck{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseCheck) ProtoMessage() {}
+
+func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseCheck.ProtoReflect.Descriptor instead.
+func (*LeaseCheck) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *LeaseCheck) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+// LeaseVouch: vouch is true when the answering node sees the asker live
+// and cannot trust the provider itself (it cannot reach it, or it is
+// within its grace after an outage); it then promises not to take the
+// asker for gone for a TTL. The rest says why.
+type LeaseVouch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vouch         bool                   `protobuf:"varint,1,opt,name=vouch,proto3" json:"vouch,omitempty"`
+	Live          bool                   `protobuf:"varint,2,opt,name=live,proto3" json:"live,omitempty"`
+	ProviderDown  bool                   `protobuf:"varint,3,opt,name=provider_down,json=providerDown,proto3" json:"provider_down,omitempty"`
+	Settling      bool                   `protobuf:"varint,4,opt,name=settling,proto3" json:"settling,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseVouch) Reset() {
+	*x = LeaseVouch{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseVouch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseVouch) ProtoMessage() {}
+
+func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseVouch.ProtoReflect.Descriptor instead.
+func (*LeaseVouch) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *LeaseVouch) GetVouch() bool {
+	if x != nil {
+		return x.Vouch
+	}
+	return false
+}
+
+func (x *LeaseVouch) GetLive() bool {
+	if x != nil {
+		return x.Live
+	}
+	return false
+}
+
+func (x *LeaseVouch) GetProviderDown() bool {
+	if x != nil {
+		return x.ProviderDown
+	}
+	return false
+}
+
+func (x *LeaseVouch) GetSettling() bool {
+	if x != nil {
+		return x.Settling
+	}
+	return false
+}
 
 type ListsGet struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1761,7 +1912,7 @@ type ListsGet struct {
 
 func (x *ListsGet) Reset() {
 	*x = ListsGet{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1924,7 @@ func (x *ListsGet) String() string {
 func (*ListsGet) ProtoMessage() {}
 
 func (x *ListsGet) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +1937,7 @@ func (x *ListsGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsGet.ProtoReflect.Descriptor instead.
 func (*ListsGet) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
 }
 
 // ListsReply is a gate's whole lists, in the JSON of gate.ListsSnapshot
@@ -1800,7 +1951,7 @@ type ListsReply struct {
 
 func (x *ListsReply) Reset() {
 	*x = ListsReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1812,7 +1963,7 @@ func (x *ListsReply) String() string {
 func (*ListsReply) ProtoMessage() {}
 
 func (x *ListsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1825,7 +1976,7 @@ func (x *ListsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsReply.ProtoReflect.Descriptor instead.
 func (*ListsReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListsReply) GetJson() []byte {
@@ -1849,7 +2000,7 @@ type StatsQuery struct {
 
 func (x *StatsQuery) Reset() {
 	*x = StatsQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1861,7 +2012,7 @@ func (x *StatsQuery) String() string {
 func (*StatsQuery) ProtoMessage() {}
 
 func (x *StatsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1874,7 +2025,7 @@ func (x *StatsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsQuery.ProtoReflect.Descriptor instead.
 func (*StatsQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StatsQuery) GetAppCode() uint32 {
@@ -1916,7 +2067,7 @@ type StatCounts struct {
 
 func (x *StatCounts) Reset() {
 	*x = StatCounts{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +2079,7 @@ func (x *StatCounts) String() string {
 func (*StatCounts) ProtoMessage() {}
 
 func (x *StatCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2092,7 @@ func (x *StatCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatCounts.ProtoReflect.Descriptor instead.
 func (*StatCounts) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StatCounts) GetAccepted() uint64 {
@@ -2021,7 +2172,7 @@ type Hist struct {
 
 func (x *Hist) Reset() {
 	*x = Hist{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +2184,7 @@ func (x *Hist) String() string {
 func (*Hist) ProtoMessage() {}
 
 func (x *Hist) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +2197,7 @@ func (x *Hist) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hist.ProtoReflect.Descriptor instead.
 func (*Hist) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Hist) GetIndex() []uint32 {
@@ -2091,7 +2242,7 @@ type RawStat struct {
 
 func (x *RawStat) Reset() {
 	*x = RawStat{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2103,7 +2254,7 @@ func (x *RawStat) String() string {
 func (*RawStat) ProtoMessage() {}
 
 func (x *RawStat) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2116,7 +2267,7 @@ func (x *RawStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawStat.ProtoReflect.Descriptor instead.
 func (*RawStat) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RawStat) GetMsgtype() uint32 {
@@ -2164,7 +2315,7 @@ type StatsPart struct {
 
 func (x *StatsPart) Reset() {
 	*x = StatsPart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2327,7 @@ func (x *StatsPart) String() string {
 func (*StatsPart) ProtoMessage() {}
 
 func (x *StatsPart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2340,7 @@ func (x *StatsPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsPart.ProtoReflect.Descriptor instead.
 func (*StatsPart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatsPart) GetStats() []*RawStat {
@@ -2218,7 +2369,7 @@ type UpstreamSubscribe struct {
 
 func (x *UpstreamSubscribe) Reset() {
 	*x = UpstreamSubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2381,7 @@ func (x *UpstreamSubscribe) String() string {
 func (*UpstreamSubscribe) ProtoMessage() {}
 
 func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2394,7 @@ func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamSubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamSubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpstreamSubscribe) GetSubId() string {
@@ -2290,7 +2441,7 @@ type UpstreamUnsubscribe struct {
 
 func (x *UpstreamUnsubscribe) Reset() {
 	*x = UpstreamUnsubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2302,7 +2453,7 @@ func (x *UpstreamUnsubscribe) String() string {
 func (*UpstreamUnsubscribe) ProtoMessage() {}
 
 func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2315,7 +2466,7 @@ func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamUnsubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamUnsubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UpstreamUnsubscribe) GetSubId() string {
@@ -2338,7 +2489,7 @@ type UpstreamBatch struct {
 
 func (x *UpstreamBatch) Reset() {
 	*x = UpstreamBatch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2350,7 +2501,7 @@ func (x *UpstreamBatch) String() string {
 func (*UpstreamBatch) ProtoMessage() {}
 
 func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2363,7 +2514,7 @@ func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamBatch.ProtoReflect.Descriptor instead.
 func (*UpstreamBatch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UpstreamBatch) GetSubId() string {
@@ -2399,7 +2550,7 @@ type UpstreamAck struct {
 
 func (x *UpstreamAck) Reset() {
 	*x = UpstreamAck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2411,7 +2562,7 @@ func (x *UpstreamAck) String() string {
 func (*UpstreamAck) ProtoMessage() {}
 
 func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2424,7 +2575,7 @@ func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAck.ProtoReflect.Descriptor instead.
 func (*UpstreamAck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpstreamAck) GetSubId() string {
@@ -2459,7 +2610,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2471,7 +2622,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2484,7 +2635,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -2565,7 +2716,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2577,7 +2728,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2590,7 +2741,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -2632,7 +2783,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2644,7 +2795,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2657,7 +2808,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -2735,7 +2886,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2747,7 +2898,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2760,7 +2911,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -2860,7 +3011,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\x04body\"#\n" +
 	"\bGateDown\x12\x17\n" +
 	"\agate_id\x18\x01 \x01(\tR\x06gateId\"\a\n" +
-	"\x05Sweep\"\xf6\x02\n" +
+	"\x05Sweep\"\xb7\x03\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
 	"\x04push\x18\n" +
@@ -2870,7 +3021,9 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\afailure\x18\r \x01(\v2\x19.courier.actor.v1.FailureH\x00R\afailure\x12<\n" +
 	"\n" +
 	"stats_part\x18\x14 \x01(\v2\x1b.courier.actor.v1.StatsPartH\x00R\tstatsPart\x124\n" +
-	"\x05lists\x18\x15 \x01(\v2\x1c.courier.actor.v1.ListsReplyH\x00R\x05listsB\x06\n" +
+	"\x05lists\x18\x15 \x01(\v2\x1c.courier.actor.v1.ListsReplyH\x00R\x05lists\x12?\n" +
+	"\vlease_vouch\x18\x1e \x01(\v2\x1c.courier.actor.v1.LeaseVouchH\x00R\n" +
+	"leaseVouchB\x06\n" +
 	"\x04body\"7\n" +
 	"\aFailure\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
@@ -2907,7 +3060,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\vapp_version\x18\a \x01(\tR\n" +
 	"appVersion\x12%\n" +
 	"\x0flogged_in_at_ms\x18\b \x01(\x03R\floggedInAtMs\x12\x18\n" +
-	"\apending\x18\t \x01(\rR\apending\"\x88\x02\n" +
+	"\apending\x18\t \x01(\rR\apending\"\xc9\x02\n" +
 	"\vNodeRequest\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12#\n" +
 	"\rreply_address\x18\x02 \x01(\tR\freplyAddress\x124\n" +
@@ -2915,8 +3068,19 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	" \x01(\v2\x1c.courier.actor.v1.StatsQueryH\x00R\x05stats\x12D\n" +
 	"\n" +
 	"lists_edit\x18\v \x01(\v2#.courier.v1.UpdateAccessListRequestH\x00R\tlistsEdit\x129\n" +
-	"\tlists_get\x18\f \x01(\v2\x1a.courier.actor.v1.ListsGetH\x00R\blistsGetB\x06\n" +
-	"\x04body\"\n" +
+	"\tlists_get\x18\f \x01(\v2\x1a.courier.actor.v1.ListsGetH\x00R\blistsGet\x12?\n" +
+	"\vlease_check\x18\x1e \x01(\v2\x1c.courier.actor.v1.LeaseCheckH\x00R\n" +
+	"leaseCheckB\x06\n" +
+	"\x04body\"$\n" +
+	"\n" +
+	"LeaseCheck\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\tR\x06member\"w\n" +
+	"\n" +
+	"LeaseVouch\x12\x14\n" +
+	"\x05vouch\x18\x01 \x01(\bR\x05vouch\x12\x12\n" +
+	"\x04live\x18\x02 \x01(\bR\x04live\x12#\n" +
+	"\rprovider_down\x18\x03 \x01(\bR\fproviderDown\x12\x1a\n" +
+	"\bsettling\x18\x04 \x01(\bR\bsettling\"\n" +
 	"\n" +
 	"\bListsGet\" \n" +
 	"\n" +
@@ -3011,7 +3175,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),                       // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),                   // 1: courier.actor.v1.DeviceLogin
@@ -3033,36 +3197,38 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*PresenceQuery)(nil),                 // 17: courier.actor.v1.PresenceQuery
 	(*PresenceReply)(nil),                 // 18: courier.actor.v1.PresenceReply
 	(*NodeRequest)(nil),                   // 19: courier.actor.v1.NodeRequest
-	(*ListsGet)(nil),                      // 20: courier.actor.v1.ListsGet
-	(*ListsReply)(nil),                    // 21: courier.actor.v1.ListsReply
-	(*StatsQuery)(nil),                    // 22: courier.actor.v1.StatsQuery
-	(*StatCounts)(nil),                    // 23: courier.actor.v1.StatCounts
-	(*Hist)(nil),                          // 24: courier.actor.v1.Hist
-	(*RawStat)(nil),                       // 25: courier.actor.v1.RawStat
-	(*StatsPart)(nil),                     // 26: courier.actor.v1.StatsPart
-	(*UpstreamSubscribe)(nil),             // 27: courier.actor.v1.UpstreamSubscribe
-	(*UpstreamUnsubscribe)(nil),           // 28: courier.actor.v1.UpstreamUnsubscribe
-	(*UpstreamBatch)(nil),                 // 29: courier.actor.v1.UpstreamBatch
-	(*UpstreamAck)(nil),                   // 30: courier.actor.v1.UpstreamAck
-	(*SessionRecord)(nil),                 // 31: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),                  // 32: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),                    // 33: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil),             // 34: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),                // 35: courier.device.v1.Login
-	(*devicepb.C2C)(nil),                  // 36: courier.device.v1.C2C
-	(devicepb.KickReason)(0),              // 37: courier.device.v1.KickReason
-	(devicepb.Platform)(0),                // 38: courier.device.v1.Platform
-	(*apipb.UpdateAccessListRequest)(nil), // 39: courier.v1.UpdateAccessListRequest
-	(*apipb.UpstreamMessage)(nil),         // 40: courier.v1.UpstreamMessage
-	(devicepb.Kind)(0),                    // 41: courier.device.v1.Kind
+	(*LeaseCheck)(nil),                    // 20: courier.actor.v1.LeaseCheck
+	(*LeaseVouch)(nil),                    // 21: courier.actor.v1.LeaseVouch
+	(*ListsGet)(nil),                      // 22: courier.actor.v1.ListsGet
+	(*ListsReply)(nil),                    // 23: courier.actor.v1.ListsReply
+	(*StatsQuery)(nil),                    // 24: courier.actor.v1.StatsQuery
+	(*StatCounts)(nil),                    // 25: courier.actor.v1.StatCounts
+	(*Hist)(nil),                          // 26: courier.actor.v1.Hist
+	(*RawStat)(nil),                       // 27: courier.actor.v1.RawStat
+	(*StatsPart)(nil),                     // 28: courier.actor.v1.StatsPart
+	(*UpstreamSubscribe)(nil),             // 29: courier.actor.v1.UpstreamSubscribe
+	(*UpstreamUnsubscribe)(nil),           // 30: courier.actor.v1.UpstreamUnsubscribe
+	(*UpstreamBatch)(nil),                 // 31: courier.actor.v1.UpstreamBatch
+	(*UpstreamAck)(nil),                   // 32: courier.actor.v1.UpstreamAck
+	(*SessionRecord)(nil),                 // 33: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),                  // 34: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),                    // 35: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil),             // 36: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),                // 37: courier.device.v1.Login
+	(*devicepb.C2C)(nil),                  // 38: courier.device.v1.C2C
+	(devicepb.KickReason)(0),              // 39: courier.device.v1.KickReason
+	(devicepb.Platform)(0),                // 40: courier.device.v1.Platform
+	(*apipb.UpdateAccessListRequest)(nil), // 41: courier.v1.UpdateAccessListRequest
+	(*apipb.UpstreamMessage)(nil),         // 42: courier.v1.UpstreamMessage
+	(devicepb.Kind)(0),                    // 43: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	35, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	37, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	36, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	38, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
@@ -3078,29 +3244,31 @@ var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	16, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
 	18, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
 	12, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	26, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
-	21, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
-	37, // 23: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 24: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	38, // 25: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	22, // 26: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
-	39, // 27: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
-	20, // 28: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
-	23, // 29: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
-	23, // 30: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
-	24, // 31: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
-	24, // 32: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
-	25, // 33: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
-	40, // 34: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
-	0,  // 35: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	38, // 36: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	31, // 37: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	41, // 38: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	39, // [39:39] is the sub-list for method output_type
-	39, // [39:39] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	28, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	23, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
+	21, // 23: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
+	39, // 24: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 25: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	40, // 26: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	24, // 27: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	41, // 28: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	22, // 29: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
+	20, // 30: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
+	25, // 31: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	25, // 32: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	26, // 33: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	26, // 34: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	27, // 35: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	42, // 36: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
+	0,  // 37: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	40, // 38: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	33, // 39: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	43, // 40: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -3126,11 +3294,13 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Reply_Failure)(nil),
 		(*Reply_StatsPart)(nil),
 		(*Reply_Lists)(nil),
+		(*Reply_LeaseVouch)(nil),
 	}
 	file_courier_actor_v1_actor_proto_msgTypes[19].OneofWrappers = []any{
 		(*NodeRequest_Stats)(nil),
 		(*NodeRequest_ListsEdit)(nil),
 		(*NodeRequest_ListsGet)(nil),
+		(*NodeRequest_LeaseCheck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3138,7 +3308,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
