@@ -512,3 +512,53 @@ func TestUpstreamAcrossNodes(t *testing.T) {
 		t.Fatalf("the probe reached node1 %d times", ids["probe"])
 	}
 }
+
+// TestSessionsOnDepartedGateEnd: when the node of a gate dies, the
+// sessions on that gate are offline on every identity's actor, wherever
+// it lives, within the membership TTL + 1 s.
+func TestSessionsOnDepartedGateEnd(t *testing.T) {
+	const ttl = time.Second // testkit's --cluster.ttl
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate", "actors", ""}})
+	n1, n2, n3 := c.Node("node1"), c.Node("node2"), c.Node("node3")
+	uids := []string{uidOwnedBy(t, c, n2, "on-dead-gate"), uidOwnedBy(t, c, n3, "on-dead-gate")}
+	for _, uid := range uids {
+		n1.Device(t, 1, uid)
+	}
+	survivor := uidOwnedBy(t, c, n2, "on-live-gate")
+	n3.Device(t, 1, survivor)
+	api := n3.API(t)
+	online := func() map[string]bool {
+		pr, err := api.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: append(uids, survivor)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, e := range pr.Entries {
+			out[e.Uid] = e.Online
+		}
+		return out
+	}
+	if o := online(); !o[uids[0]] || !o[uids[1]] || !o[survivor] {
+		t.Fatalf("before: %v", o)
+	}
+	n1.Stop(syscall.SIGKILL)
+	killed := time.Now()
+	for {
+		o := online()
+		if !o[uids[0]] && !o[uids[1]] {
+			if !o[survivor] {
+				t.Fatal("the session on a live gate ended too")
+			}
+			break
+		}
+		if time.Since(killed) > 10*time.Second {
+			t.Fatalf("sessions on the dead gate still online after 10s: %v", o)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(killed)
+	t.Logf("sessions on the killed gate offline cluster-wide after %v (TTL %v)", took.Round(time.Millisecond), ttl)
+	if took > ttl+time.Second {
+		t.Fatalf("took %v, more than the TTL + 1 s", took)
+	}
+}
