@@ -311,3 +311,20 @@ func (n *Node) Running() bool {
 		return true
 	}
 }
+
+// Pause stops the node's process (SIGSTOP) without killing it, as a
+// long GC pause, a frozen VM or a partition would; Resume continues it.
+func (n *Node) Pause() {
+	n.t.Helper()
+	if err := n.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		n.t.Fatalf("testkit: pause: %v", err)
+	}
+}
+
+// Resume continues a paused node (SIGCONT).
+func (n *Node) Resume() {
+	n.t.Helper()
+	if err := n.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		n.t.Fatalf("testkit: resume: %v", err)
+	}
+}

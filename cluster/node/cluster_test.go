@@ -562,3 +562,64 @@ func TestSessionsOnDepartedGateEnd(t *testing.T) {
 		t.Fatalf("took %v, more than the TTL + 1 s", took)
 	}
 }
+
+// TestPausedNodeRejoins: a node frozen for longer than the membership TTL
+// is taken for gone (its instance blocked, its gate's sessions ended);
+// when it runs again it notices, rejoins as a new instance without a
+// restart, tells its devices to reconnect (KICKOUT SERVER_SHUTDOWN), and
+// serves again.
+func TestPausedNodeRejoins(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", ""}})
+	n1, n2, n3 := c.Node("node1"), c.Node("node2"), c.Node("node3")
+	uid := uidOwnedBy(t, c, n2, "frozen")
+	d := n1.Device(t, 1, uid)
+	api3 := n3.API(t)
+	members := func() map[string][]*apipb.Member {
+		r, err := api3.Members(testkit.Ctx(t, testkit.OperatorKey), &apipb.MembersRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string][]*apipb.Member{}
+		for _, m := range r.Members {
+			out[m.Name] = append(out[m.Name], m)
+		}
+		return out
+	}
+	old := members()["node1"][0].Id
+
+	n1.Pause()
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		pr, err := api3.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: []string{uid}})
+		return err == nil && !pr.Entries[0].Online
+	}, "the frozen gate's session still online")
+	time.Sleep(time.Second) // well past the TTL
+	n1.Resume()
+
+	// The device hears it must reconnect.
+	if k := d.Expect(messages.CmdKickout).Msg.(*devicepb.Kickout); k.Reason != devicepb.KickReason_SERVER_SHUTDOWN {
+		t.Fatalf("kickout %v", k)
+	}
+	d.ExpectClosed()
+	testkit.Eventually(t, 15*time.Second, func() bool {
+		ms := members()["node1"]
+		live, blocked := 0, 0
+		for _, m := range ms {
+			if m.Live && m.Id != old {
+				live++
+			}
+			if m.Id == old && m.Blocked {
+				blocked++
+			}
+		}
+		return live == 1 && (blocked == 1 || len(ms) == 1)
+	}, "node1 back as a new instance, its old one blocked or gone")
+	// It serves again: a login on its gate, a push through node3.
+	d = n1.Device(t, 1, uid)
+	r := push(t, api3, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("after the pause")})
+	if _, m := expectS2C(t, d); m.MsgId != r.MsgId {
+		t.Fatalf("S2C %v", m)
+	}
+	if v, _ := n1.Metric("courier_cluster_rejoins_total"); v < 1 {
+		t.Fatalf("rejoins %v", v)
+	}
+}
