@@ -124,7 +124,7 @@ type Membership struct {
 
 	view   atomic.Pointer[View]
 	seq    uint64        // views published, owned by the watcher
-	rejoin chan struct{} // the watcher saw this instance out
+	rejoin chan struct{} // the watcher saw this node's current instance out
 	quit   chan struct{}
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -268,10 +268,19 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 		case <-m.quit:
 			return
 		case <-m.rejoin:
+			if m.selfBlocked() {
+				m.rejoinAs(ctx, "this instance was seen out of the cluster")
+				lastOK, lastLoad = time.Now(), time.Now()
+			}
+			continue
+		case <-t.C:
+		}
+		if m.selfBlocked() {
+			// Seen out while it was being registered (or before this node
+			// knew it as its own): the others block it for good.
 			m.rejoinAs(ctx, "this instance was seen out of the cluster")
 			lastOK, lastLoad = time.Now(), time.Now()
 			continue
-		case <-t.C:
 		}
 		if m.be.canExpire() && time.Since(lastOK) > m.cfg.TTL {
 			// Others may have seen this instance expire and taken over its
@@ -283,7 +292,9 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 		m.mu.Lock()
 		self, load, changed := m.self, m.load, m.load != m.published
 		m.mu.Unlock()
-		rctx, cancel := context.WithTimeout(ctx, every)
+		// A call may take up to the TTL: a slow agent (one that just
+		// restarted) is not yet a missed refresh.
+		rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
 		var err error
 		if changed && time.Since(lastLoad) >= m.cfg.LoadInterval {
 			self.Load = load
@@ -351,11 +362,16 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 		m.log.Debug("membership: removing the old instance failed (it expires)", "member", old.ID, "err", err)
 	}
 	cancel()
-	// Drain a rejoin request made about the old instance.
-	select {
-	case <-m.rejoin:
-	default:
-	}
+}
+
+// selfBlocked reports whether this node's current instance is blocked in
+// its own view: it was live and then was not, so the others take it for
+// gone.
+func (m *Membership) selfBlocked() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.blocked[m.self.ID]
+	return ok
 }
 
 // watchLoop follows the registrations and publishes views.
@@ -422,7 +438,7 @@ func (m *Membership) publish(regs []Member) {
 			}
 		}
 	}
-	selfOut := m.wasLive[selfID] && !live[selfID]
+	_, selfOut := m.blocked[selfID]
 	m.wasLive = live
 	for id, since := range m.blocked {
 		if !present[id] && now.Sub(since) > 10*m.cfg.DeregisterAfter {

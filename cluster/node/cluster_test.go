@@ -623,3 +623,59 @@ func TestPausedNodeRejoins(t *testing.T) {
 		t.Fatalf("rejoins %v", v)
 	}
 }
+
+// TestConsulOutage: while Consul is down the nodes keep serving by the
+// last view they had; when it is back (with its data) they rejoin and
+// serve again.
+func TestConsulOutage(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", ""}})
+	n1, n2, n3 := c.Node("node1"), c.Node("node2"), c.Node("node3")
+	uid := uidOwnedBy(t, c, n2, "outage")
+	d := n1.Device(t, 1, uid)
+	api := n3.API(t)
+	c.Consul.Stop()
+	// Routing goes on without Consul.
+	r := push(t, api, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("during")})
+	if _, m := expectS2C(t, d); m.MsgId != r.MsgId {
+		t.Fatalf("S2C during the outage %v", m)
+	}
+	time.Sleep(2 * time.Second) // past the TTL
+	c.Consul.Restart()
+	c.WaitConverged()
+	// The nodes rejoined as new instances (a slow agent just after its
+	// restart may make some rejoin more than once); devices log in again
+	// and everything flows.
+	testkit.Eventually(t, 30*time.Second, func() bool { return loginAndReceive(t, n1, api, uid) }, "a push delivered after Consul came back")
+}
+
+// loginAndReceive logs uid in at n's gate and pushes to it through api;
+// it reports whether the push arrived (false on any failure on the way).
+func loginAndReceive(t *testing.T, n *testkit.Node, api apipb.CourierClient, uid string) bool {
+	d, err := testkit.DialErr(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
+	if err != nil {
+		return false
+	}
+	defer d.Close()
+	if err := d.TrySend(messages.Header{Cmd: messages.CmdLogin, AppCode: 1, Seq: 1},
+		&devicepb.Login{Uid: uid, Token: testkit.Token(t, 1, uid), DeviceId: "d"}); err != nil {
+		return false
+	}
+	if f, err := d.ReadFrame(); err != nil || f.Cmd != messages.CmdLoginAck || f.Msg.(*devicepb.LoginAck).Code != devicepb.Code_OK {
+		return false
+	}
+	r, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("after")})
+	if err != nil {
+		return false
+	}
+	for {
+		f, err := d.ReadFrame()
+		if err != nil || f.Cmd != messages.CmdS2C {
+			return false
+		}
+		m := f.Msg.(*devicepb.S2C)
+		_ = d.TrySend(messages.Header{Cmd: messages.CmdS2CAck, AppCode: 1, Seq: 2}, &devicepb.S2CAck{MsgId: m.MsgId})
+		if m.MsgId == r.MsgId {
+			return true
+		}
+	}
+}
