@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/courier-im/courier/client"
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages/apipb"
 )
@@ -267,4 +268,25 @@ func Ctx(t testing.TB, key string) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+}
+
+// Client logs uid of app in through a client.Client (the library's
+// device: keepalive, acks, reconnects) with fast reconnect settings for
+// tests; mut, if not nil, adjusts the configuration first. The client is
+// closed at the end of the test.
+func (n *Node) Client(t testing.TB, app uint16, uid string, mut func(*client.Config)) *client.Client {
+	t.Helper()
+	cfg := client.Config{Addr: n.GateAddr, AppCode: app, UID: uid, Token: Token(t, app, uid), DeviceID: "client-" + uid,
+		BackoffInitial: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond, ShutdownJitter: 200 * time.Millisecond}
+	if mut != nil {
+		mut(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatalf("testkit: client login of %d/%s: %v", app, uid, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
