@@ -54,7 +54,7 @@ func upstreamCmd() *cobra.Command {
 					if utf8.Valid(m.Payload) {
 						p = fmt.Sprintf("%q", m.Payload)
 					}
-					fmt.Printf("%s C2S app=%d msgtype=%d uid=%s msg_id=%s client_msg_id=%s attempt=%d payload=%s\n",
+					fmt.Fprintf(f.out, "%s C2S app=%d msgtype=%d uid=%s msg_id=%s client_msg_id=%s attempt=%d payload=%s\n",
 						time.UnixMilli(m.ReceivedAtMs).Format("15:04:05.000"), m.AppCode, m.Msgtype, m.Uid, m.MsgId, m.ClientMsgId, m.Attempt, p)
 					ids = append(ids, m.DeliveryId)
 				}
