@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/client"
+	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/devicepb"
 )
@@ -111,7 +112,9 @@ func (d *Device) Close() { d.closeMu.Do(func() { _ = d.c.Close() }) }
 // compress and decompress from then on.
 func (d *Device) Login(uid, token string, zstd bool) *devicepb.LoginAck {
 	d.t.Helper()
-	return d.LoginWith(&devicepb.Login{Uid: uid, Token: token, DeviceId: "dev-" + uid,
+	deviceID := "dev-" + uid
+	deviceID = deviceID[:min(len(deviceID), gate.MaxDeviceIDLen)]
+	return d.LoginWith(&devicepb.Login{Uid: uid, Token: token, DeviceId: deviceID,
 		Platform: devicepb.Platform_ANDROID, AppVersion: "test", Zstd: zstd})
 }
 

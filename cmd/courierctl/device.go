@@ -54,7 +54,7 @@ func tokenCmd() *cobra.Command {
 	c.Flags().StringVar(&uid, "uid", "", "uid")
 	c.Flags().StringVar(&secret, "secret", os.Getenv("COURIER_APP_SECRET"), "the app's token secret (env COURIER_APP_SECRET)")
 	c.Flags().StringVar(&secretFile, "secret-file", "", "read the app's token secret from this file")
-	c.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "token lifetime")
+	c.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "token lifetime (at most the node's gate.max-token-lifetime, 7 days by default)")
 	return c
 }
 
