@@ -190,6 +190,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("client: AppCode: must be in [1, 65535]")
 	case len(c.UID) == 0 || len(c.UID) > 128:
 		return fmt.Errorf("client: UID: must be 1 to 128 bytes, got %d", len(c.UID))
+	case len(c.DeviceID) > 128 || len(c.AppVersion) > 128:
+		return fmt.Errorf("client: DeviceID and AppVersion: at most 128 bytes each (the gate refuses longer)")
 	case c.Token == "" && c.TokenSource == nil:
 		return fmt.Errorf("client: Token or TokenSource is required")
 	case c.Addr == "" && c.Discovery == "":
