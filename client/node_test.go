@@ -316,7 +316,7 @@ func TestDialRefused(t *testing.T) {
 	}
 	// A token source is asked again once after AUTH_FAILED.
 	var asked atomic.Int32
-	_, err = client.Dial(context.Background(), client.Config{Addr: n.GateAddr, AppCode: 1, UID: "gina",
+	c, err := client.Dial(context.Background(), client.Config{Addr: n.GateAddr, AppCode: 1, UID: "gina",
 		TokenSource: func(context.Context) (string, error) {
 			if asked.Add(1) == 1 {
 				return testkit.Token(t, 1, "mallory"), nil
@@ -326,6 +326,7 @@ func TestDialRefused(t *testing.T) {
 	if err != nil || asked.Load() != 2 {
 		t.Fatalf("Dial with a token source: %v after %d tokens", err, asked.Load())
 	}
+	c.Close()
 	// Nothing listening: Dial keeps trying until its context ends.
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()
