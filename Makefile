@@ -10,7 +10,7 @@ FUZZTIME  ?= 60s
 
 export PATH := $(BIN):$(PATH)
 
-.PHONY: build run test check bench proto fuzz tools clean vet lint fmt tidy-check proto-check
+.PHONY: build run test check bench proto fuzz tools clean vet lint fmt tidy-check proto-check proto-lint
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
@@ -48,7 +48,7 @@ proto: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 		--go-grpc_out=. --go-grpc_opt=module=github.com/courier-im/courier \
 		$(PROTOS)
 
-check: fmt vet lint tidy-check proto-check
+check: fmt vet lint tidy-check proto-check proto-lint
 
 fmt:
 	@out=$$(find . -name '*.go' ! -name '*.pb.go' ! -path './bin/*' ! -path './.cache/*' -print0 | xargs -0 gofmt -l); \
@@ -76,6 +76,13 @@ proto-check: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 	for f in $$(git ls-files 'messages/*.pb.go'); do \
 		[ -f $$tmp/$$f ] || { echo "generated file without a .proto: $$f"; exit 1; }; \
 	done
+
+# The .proto files' packages and the options of other languages'
+# generators (java_package, objc_class_prefix, swift_prefix,
+# csharp_namespace, ...), read from the descriptors protoc produced for the
+# generated code (which proto-check keeps fresh).
+proto-lint:
+	$(GO) test -count=1 -run '^TestProtoOptions$$' ./messages/
 
 clean:
 	rm -rf $(BIN)
