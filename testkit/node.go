@@ -251,16 +251,23 @@ func (n *Node) Device(t testing.TB, app uint16, uid string) *Device {
 	return d
 }
 
-// API returns a client of the node's gRPC API that authenticates with
-// key; Ctx adds the key to a context.
+// API returns a client of the node's gRPC API (plaintext); Ctx adds an
+// API key to a call's context.
 func (n *Node) API(t testing.TB) apipb.CourierClient {
 	t.Helper()
-	conn, err := grpc.NewClient(n.APIAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return apipb.NewCourierClient(n.GRPC(t, grpc.WithTransportCredentials(insecure.NewCredentials())))
+}
+
+// GRPC returns a connection to the node's API port made with opts (which
+// must say how to secure it), closed at the end of the test.
+func (n *Node) GRPC(t testing.TB, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(n.APIAddr, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return apipb.NewCourierClient(conn)
+	return conn
 }
 
 // Ctx returns a context carrying key, cancelled at the end of the test.

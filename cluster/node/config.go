@@ -26,6 +26,13 @@ type Config struct {
 	APIAddr string
 	// HTTPAddr serves /metrics and /healthz (default ":7002"; "" disables).
 	HTTPAddr string
+	// APITLSCert and APITLSKey are PEM files of the API's certificate and
+	// key: set, the API speaks only TLS (default: plaintext).
+	APITLSCert string
+	APITLSKey  string
+	// APITLSClientCA is a PEM file of the CAs whose client certificates
+	// the API requires (default: no client certificate asked).
+	APITLSClientCA string
 	// GatePublicAddr is the gate address presence reports (default: the
 	// gate's listen address).
 	GatePublicAddr string

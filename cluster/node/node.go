@@ -17,6 +17,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 
 	"github.com/courier-im/courier/actors"
 	"github.com/courier-im/courier/actors/stats"
@@ -39,8 +43,9 @@ type Node struct {
 	stats *stats.Recorder
 	up    *upstream.Router
 	gate  *gate.Gate
-	grpc  *grpc.Server
-	apiLn net.Listener
+	grpc   *grpc.Server
+	health *health.Server
+	apiLn  net.Listener
 	http  *http.Server
 	httpL net.Listener
 
@@ -118,9 +123,24 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		br.gateAddr.Store(&public)
 	}
 
+	apiTLS, err := cfg.apiTLS()
+	if err != nil {
+		return nil, err
+	}
 	srv := api.New(api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Lists: n.gate.Lists(), Stats: n.stats, Upstream: n.up})
-	n.grpc = grpc.NewServer(srv.ServerOptions()...)
+	opts := srv.ServerOptions()
+	if apiTLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(apiTLS)))
+	}
+	n.grpc = grpc.NewServer(opts...)
 	apipb.RegisterCourierServer(n.grpc, srv)
+	// grpc.health.v1 (for load balancers; no API key needed) and server
+	// reflection (grpcurl works without the .proto files).
+	n.health = health.NewServer()
+	n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(n.grpc, n.health)
+	reflection.Register(n.grpc)
 	if n.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
 		return nil, fmt.Errorf("node: api-addr %s: %w", cfg.APIAddr, err)
 	}
@@ -153,6 +173,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 			}
 		}()
 	}
+	n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	log.Info("node: started", "name", cfg.Name, "gate", n.GateAddr(), "api", n.APIAddr(), "http", n.HTTPAddr(),
 		"cluster", n.sys.Address(), "data", cfg.DataDir)
 	return n, nil
@@ -218,6 +240,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	var errs []error
 	n.once.Do(func() {
 		close(n.quit)
+		if n.health != nil {
+			n.health.Shutdown() // NOT_SERVING: load balancers stop sending calls
+		}
 		if n.gate != nil {
 			if err := n.gate.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("gate: %w", err))

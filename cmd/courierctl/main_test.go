@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -161,5 +162,25 @@ func TestDeviceKickedExits(t *testing.T) {
 	n.Device(t, 1, "carol")
 	if c := d.exit(t); c != 1 || !strings.Contains(d.errw.String(), "LOGGED_IN_ELSEWHERE") {
 		t.Fatalf("exit %d:\n%s\n%s", c, d.out.String(), d.errw.String())
+	}
+}
+
+func TestAPIOverTLS(t *testing.T) {
+	files := testkit.NewTLSFiles(t)
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--api.tls-cert", files.ServerCert, "--api.tls-key", files.ServerKey,
+		"--api.tls-client-ca", files.CA}})
+	keyFile := t.TempDir() + "/key"
+	if err := os.WriteFile(keyFile, []byte(testkit.App1Key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"presence", "--api", n.APIAddr, "--key-file", keyFile, "--uid", "alice", "--tls-ca", files.CA}
+	var out, errw bytes.Buffer
+	if code := run(append(base, "--tls-cert", files.ClientCert, "--tls-key", files.ClientKey), nil, &out, &errw); code != 0 || !strings.Contains(out.String(), `"uid": "alice"`) {
+		t.Fatalf("presence over mutual TLS: exit %d\n%s\n%s", code, out.String(), errw.String())
+	}
+	out.Reset()
+	errw.Reset()
+	if code := run(base, nil, &out, &errw); code != 1 || !strings.Contains(errw.String(), "Unavailable") {
+		t.Fatalf("presence without a client certificate: exit %d\n%s\n%s", code, out.String(), errw.String())
 	}
 }
