@@ -35,19 +35,19 @@ import (
 
 // Node is a running Courier node.
 type Node struct {
-	cfg   Config
-	log   *slog.Logger
-	reg   *prometheus.Registry
-	sys   *cluster.System
-	store *store.Pebble
-	stats *stats.Recorder
-	up    *upstream.Router
-	gate  *gate.Gate
+	cfg    Config
+	log    *slog.Logger
+	reg    *prometheus.Registry
+	sys    *cluster.System
+	store  *store.Pebble
+	stats  *stats.Recorder
+	up     *upstream.Router
+	gate   *gate.Gate
 	grpc   *grpc.Server
 	health *health.Server
 	apiLn  net.Listener
-	http  *http.Server
-	httpL net.Listener
+	http   *http.Server
+	httpL  net.Listener
 
 	quit chan struct{} // stops the expiry sweep
 	wg   sync.WaitGroup
