@@ -35,19 +35,20 @@ import (
 
 // Node is a running Courier node.
 type Node struct {
-	cfg    Config
-	log    *slog.Logger
-	reg    *prometheus.Registry
-	sys    *cluster.System
-	store  *store.Pebble
-	stats  *stats.Recorder
-	up     *upstream.Router
-	gate   *gate.Gate
-	grpc   *grpc.Server
-	health *health.Server
-	apiLn  net.Listener
-	http   *http.Server
-	httpL  net.Listener
+	cfg   Config
+	log   *slog.Logger
+	reg   *prometheus.Registry
+	sys   *cluster.System
+	store *store.Pebble
+	stats *stats.Recorder
+	up    *upstream.Router
+	gate  *gate.Gate
+	grpc  *grpc.Server
+	apiLn net.Listener
+	http  *http.Server
+	httpL net.Listener
+
+	health *health.Server // grpc.health.v1 on the API port
 
 	quit chan struct{} // stops the expiry sweep
 	wg   sync.WaitGroup
