@@ -33,8 +33,12 @@ func errorFrame(code devicepb.Code, reason string) []byte {
 	return b
 }
 
-// OnBoot releases the port holder: gnet's first listener now has the port.
-func (e *events) OnBoot(gnet.Engine) gnet.Action {
+// OnBoot releases the port holder (gnet's first listener now has the
+// port) and keeps the engine, to stop it on Shutdown.
+func (e *events) OnBoot(eng gnet.Engine) gnet.Action {
+	e.g.mu.Lock()
+	e.g.engine = &eng
+	e.g.mu.Unlock()
 	e.g.closeHolder()
 	return gnet.None
 }

@@ -48,7 +48,8 @@ type Gate struct {
 	mu      sync.Mutex // guards started, addr, holder
 	started bool
 	addr    *net.TCPAddr
-	holder  int // fd holding the port until gnet has bound; -1 when closed
+	holder  int          // fd holding the port until gnet has bound; -1 when closed
+	engine  *gnet.Engine // from OnBoot: stops the engine when no loop is known
 
 	ready        chan struct{} // closed at the first OnTick: every loop listens
 	readyOnce    sync.Once
@@ -259,8 +260,9 @@ func (g *Gate) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// stopEngine makes gnet return: at once through a loop that is known,
-// or at the next tick.
+// stopEngine makes gnet return: at once through a loop that is known, or
+// through the engine (a gate that never had a connection knows no loop;
+// without this it would wait for the next tick).
 func (g *Gate) stopEngine() {
 	g.stopping.Store(true)
 	for _, l := range *g.loops.Load() {
@@ -271,6 +273,18 @@ func (g *Gate) stopEngine() {
 			return
 		}
 	}
+	g.mu.Lock()
+	eng := g.engine
+	g.mu.Unlock()
+	if eng == nil {
+		return
+	}
+	// Engine.Stop signals the engine at once, then polls until it is
+	// down; the poll ends when gnet.Run has returned.
+	ctx, cancel := context.WithCancel(context.Background())
+	g.wg.Add(2)
+	go func() { defer g.wg.Done(); _ = eng.Stop(ctx) }()
+	go func() { defer g.wg.Done(); <-g.done; cancel() }()
 }
 
 func (g *Gate) signalDrained() { g.drainedOnce.Do(func() { close(g.drained) }) }

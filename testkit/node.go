@@ -82,6 +82,8 @@ type NodeOptions struct {
 	DataDir string
 	// Args are extra flags, after the testkit's defaults (so they win).
 	Args []string
+	// Env are extra environment variables ("COURIER_X=v").
+	Env []string
 }
 
 // Node is a courier node running as a separate process, as in production.
@@ -159,7 +161,7 @@ func (n *Node) start() {
 	n.cmd = exec.Command(bin, args...)
 	n.logs = &syncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
-	n.cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66")
+	n.cmd.Env = append(append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66"), n.opts.Env...)
 	if err := n.cmd.Start(); err != nil {
 		t.Fatalf("testkit: start courier: %v", err)
 	}
@@ -200,6 +202,9 @@ func (n *Node) kill() {
 	_ = n.cmd.Process.Kill()
 	<-n.exited
 }
+
+// DataDir returns the node's data directory.
+func (n *Node) DataDir() string { return n.opts.DataDir }
 
 // Logs returns what the node has written so far.
 func (n *Node) Logs() string { return n.logs.String() }

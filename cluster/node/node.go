@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,7 +50,8 @@ type Node struct {
 	http  *http.Server
 	httpL net.Listener
 
-	health *health.Server // grpc.health.v1 on the API port
+	health   *health.Server // grpc.health.v1 on the API port
+	stopping atomic.Bool    // Shutdown has begun: not ready
 
 	quit chan struct{} // stops the expiry sweep
 	wg   sync.WaitGroup
@@ -63,7 +66,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 	secrets, keys, err := cfg.resolve()
 	if err != nil {
-		return nil, err
+		return nil, asConfigError(err)
 	}
 	n := &Node{cfg: cfg, log: log, reg: prometheus.NewRegistry(), quit: make(chan struct{})}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -91,7 +94,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		},
 	}, log)
 	if err != nil {
-		return nil, err
+		return nil, storeOpenError(cfg.DataDir, err)
 	}
 	n.stats = stats.New()
 	n.reg.MustRegister(n.stats)
@@ -126,7 +129,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 
 	apiTLS, err := cfg.apiTLS()
 	if err != nil {
-		return nil, err
+		return nil, asConfigError(err)
 	}
 	srv := api.New(api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Lists: n.gate.Lists(), Stats: n.stats, Upstream: n.up})
 	opts := srv.ServerOptions()
@@ -165,6 +168,13 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if err := n.Ready(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ready")
+		})
 		n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		n.wg.Add(1)
 		go func() {
@@ -214,6 +224,36 @@ func newInstanceID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// Ready returns nil when the node serves: its store is open, its gate
+// listens, and it is a member of the cluster hosting identities; otherwise
+// an error saying what is missing. A node that has begun to shut down is
+// not ready.
+func (n *Node) Ready() error {
+	var missing []string
+	if n.stopping.Load() {
+		missing = append(missing, "shutting down")
+	}
+	if n.store == nil {
+		missing = append(missing, "store not open")
+	}
+	if n.gate == nil {
+		missing = append(missing, "no gate")
+	} else {
+		select {
+		case <-n.gate.Done():
+			missing = append(missing, "gate stopped")
+		default:
+		}
+	}
+	if n.sys == nil || !n.sys.Joined() {
+		missing = append(missing, "not a member of the cluster")
+	}
+	if len(missing) > 0 {
+		return errors.New(strings.Join(missing, "; "))
+	}
+	return nil
+}
+
 // Failed is closed when a part the node cannot live without stopped by
 // itself (the gate's event engine); Err says why. The process should exit
 // rather than go on as a node that serves no device.
@@ -240,6 +280,9 @@ func (n *Node) HTTPAddr() string {
 func (n *Node) Shutdown(ctx context.Context) error {
 	var errs []error
 	n.once.Do(func() {
+		start := time.Now()
+		step := func(what string) { n.log.Debug("node: shutdown: "+what, "after", time.Since(start)) }
+		n.stopping.Store(true)
 		close(n.quit)
 		if n.health != nil {
 			n.health.Shutdown() // NOT_SERVING: load balancers stop sending calls
@@ -248,6 +291,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			if err := n.gate.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("gate: %w", err))
 			}
+			step("gate stopped")
 		}
 		if n.up != nil {
 			// Upstream streams end so that GracefulStop does not wait for them.
@@ -261,21 +305,25 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			case <-ctx.Done():
 				n.grpc.Stop()
 			}
+			step("API stopped")
 		}
 		if n.http != nil {
 			_ = n.http.Shutdown(ctx)
 		}
 		n.wg.Wait()
+		step("HTTP stopped")
 		// Actors stop before the store closes. Every accepted message is
 		// already durable; what an actor has not written yet is at most a
 		// session going offline, which the next activation corrects.
 		if n.sys != nil {
 			n.sys.Shutdown()
+			step("actors stopped")
 		}
 		if n.store != nil {
 			if err := n.store.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("store: %w", err))
 			}
+			step("store closed")
 		}
 	})
 	return errors.Join(errs...)

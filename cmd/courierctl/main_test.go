@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -182,5 +183,38 @@ func TestAPIOverTLS(t *testing.T) {
 	errw.Reset()
 	if code := run(base, nil, &out, &errw); code != 1 || !strings.Contains(errw.String(), "Unavailable") {
 		t.Fatalf("presence without a client certificate: exit %d\n%s\n%s", code, out.String(), errw.String())
+	}
+}
+
+func TestStatsTable(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{})
+	c := n.Client(t, 1, "alice", nil)
+	api := n.API(t)
+	for _, mt := range []uint32{3, 3, 9} {
+		if _, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: "alice", Msgtype: mt, Payload: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Recv(testkit.Ctx(t, "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := []string{"stats", "--api", n.APIAddr, "--key", testkit.App1Key}
+	var out, errw bytes.Buffer
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		out.Reset()
+		return run(args, nil, &out, &errw) == 0 && regexp.MustCompile(`(?m)^\s+all\s+3\s+3\s+3\s`).MatchString(out.String())
+	}, "stats never counted the 3 acks:\n%s%s", &out, &errw)
+	table := out.String()
+	for _, want := range []string{"app 1, last 1m0s:", "RATE (msg/s)", "ARRIVAL", "ACK p50", "since the node started:", "100.0%"} {
+		if !strings.Contains(table, want) {
+			t.Fatalf("no %q in\n%s", want, table)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^\s+3\s+2\s+2\s+2\s+0\s+0\s+0\s+0\.03\s+100\.0%\s+\d+(\.\d)?(µs|ms)`).MatchString(table) {
+		t.Fatalf("msgtype 3's row:\n%s", table)
+	}
+	out.Reset()
+	if code := run(append(args, "--json"), nil, &out, &errw); code != 0 || !strings.Contains(out.String(), `"arrivalRateTotal": 1`) {
+		t.Fatalf("--json: %d\n%s", code, out.String())
 	}
 }
