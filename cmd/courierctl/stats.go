@@ -53,7 +53,6 @@ as it is, for machines.`,
 	return c
 }
 
-
 // printStats writes the statistics as two tables: the window, and since
 // the node started.
 func printStats(w io.Writer, r *apipb.StatsResponse) {
