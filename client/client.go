@@ -252,7 +252,21 @@ func (c *Client) sendOptions(opts []SendOption) sendOpts {
 	return o
 }
 
+// MaxClientMsgIDLen is the longest client message id the server accepts
+// (docs/protocol.md).
+const MaxClientMsgIDLen = 128
+
+func checkClientMsgID(id string) error {
+	if len(id) > MaxClientMsgIDLen {
+		return fmt.Errorf("client: client message id of %d bytes: at most %d", len(id), MaxClientMsgIDLen)
+	}
+	return nil
+}
+
 func (c *Client) send(ctx context.Context, cmd messages.Cmd, msgtype uint16, id string, body proto.Message) (sendResult, error) {
+	if err := checkClientMsgID(id); err != nil {
+		return sendResult{}, err
+	}
 	if n := proto.Size(body); n > int(c.cfg.MaxFrameSize) {
 		return sendResult{}, fmt.Errorf("%w: %d-byte body, limit %d", ErrTooLarge, n, c.cfg.MaxFrameSize)
 	}
