@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/courier-im/courier/gate/internal/iprate"
+	"github.com/courier-im/courier/gate/internal/ipset"
 	"github.com/courier-im/courier/gate/internal/wheel"
 	"github.com/courier-im/courier/messages"
 	"github.com/panjf2000/gnet/v2"
@@ -32,6 +33,7 @@ type Gate struct {
 	metrics  *metrics
 	lists    *Lists
 	ipRate   *iprate.Limiter // nil: no per-IP limit
+	proxies  *ipset.Set      // trusted PROXY protocol senders; nil: none
 	reg      *registry
 	events   *events
 	maxConns int64
@@ -113,6 +115,9 @@ func New(cfg Config, h Handler, reg prometheus.Registerer, log *slog.Logger) (*G
 	g.loginTicks, g.idleTicks = ceil(cfg.LoginTimeout), ceil(cfg.idleTimeout())
 	if cfg.NewConnsPerIP > 0 {
 		g.ipRate = iprate.New(cfg.NewConnsPerIP, cfg.NewConnsPerIPBurst, cfg.IPLimiterSize)
+	}
+	if cfg.ProxyProtocol {
+		g.proxies, _ = ipset.Parse(cfg.ProxyFrom) // validated
 	}
 	g.events = &events{g: g}
 	g.loops.Store(&[]*loop{})

@@ -16,7 +16,9 @@ import (
 	reflectpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/messages/devicepb"
 	"github.com/courier-im/courier/testkit"
 )
 
@@ -130,4 +132,22 @@ func TestAPIMutualTLS(t *testing.T) {
 	if err != nil || r.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health over mutual TLS: %v %v", r, err)
 	}
+}
+
+// TestProxyProtocolSettings: the node's gate.proxy-* settings reach the
+// gate: a connection from the trusted balancer needs its PROXY header.
+func TestProxyProtocolSettings(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--gate.proxy-protocol", "--gate.proxy-from", "127.0.0.20"}})
+	login, _ := messages.AppendMessage(nil, messages.Header{Cmd: messages.CmdLogin, AppCode: 1, Seq: 1},
+		&devicepb.Login{Uid: "lb-client", Token: testkit.Token(t, 1, "lb-client")})
+	bare := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{LocalAddr: "127.0.0.20"})
+	bare.SendRaw(login)
+	bare.ExpectClosed()
+	d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{LocalAddr: "127.0.0.20"})
+	d.SendRaw(append([]byte("PROXY TCP4 198.51.100.1 10.0.0.1 4000 7000\r\n"), login...))
+	if f := d.Expect(messages.CmdLoginAck); f.Msg.(*devicepb.LoginAck).Code != devicepb.Code_OK {
+		t.Fatalf("login through the balancer: %v", f.Msg)
+	}
+	// A direct client elsewhere needs no header.
+	n.Device(t, 1, "direct")
 }

@@ -52,6 +52,8 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.Float64Var(&g.NewConnsPerIP, "gate.new-conns-per-ip", g.NewConnsPerIP, "new connections per second per source IP (0: no limit)")
 	fs.IntVar(&g.NewConnsPerIPBurst, "gate.new-conns-per-ip-burst", g.NewConnsPerIPBurst, "burst of gate.new-conns-per-ip")
 	fs.IntVar(&g.IPLimiterSize, "gate.ip-limiter-size", g.IPLimiterSize, "source addresses remembered by the connection rate limit")
+	fs.BoolVar(&g.ProxyProtocol, "gate.proxy-protocol", g.ProxyProtocol, "connections from gate.proxy-from must start with a PROXY protocol header (v2 or v1) naming the client")
+	fs.StringSliceVar(&g.ProxyFrom, "gate.proxy-from", g.ProxyFrom, "addresses or CIDRs of the load balancers trusted to send PROXY headers (comma-separated or repeated)")
 	fs.StringVar(&g.ListsFile, "gate.lists-file", g.ListsFile, "JSON file of the black/white lists, reloaded when it changes")
 	fs.DurationVar(&g.ListsPollInterval, "gate.lists-poll-interval", g.ListsPollInterval, "how often gate.lists-file is checked")
 	fs.DurationVar(&g.MaxTokenLifetime, "gate.max-token-lifetime", g.MaxTokenLifetime, "refuse device tokens without iat or whose exp - iat is longer (0: any lifetime)")
