@@ -118,7 +118,7 @@ func TestDeviceVerboseAndEndOfInput(t *testing.T) {
 	// The push is labelled with its inbox seq, the ack it sends with its
 	// own frame seq.
 	d.waitFor(t, fmt.Sprintf("← S2C              inbox-seq=%-5d msgtype=4    msg_id=%s payload=\"order 17\"", r.Seq, r.MsgId))
-	d.waitFor(t, fmt.Sprintf(`→ S2C_ACK          seq=`))
+	d.waitFor(t, `→ S2C_ACK          seq=`)
 	d.waitFor(t, fmt.Sprintf(`{"msgId":"%s"}`, r.MsgId))
 	fmt.Fprintln(d.in, "c2c bob hello bob")
 	d.waitFor(t, "← C2C_ACK OK msg_id=")
