@@ -72,6 +72,7 @@ type System struct {
 
 	// handingOff holds the PIDs (by id) of actors handing off.
 	handingOff sync.Map
+	left       atomic.Bool // Shutdown has begun
 
 	// memberGates are the gate instances of live members as of the last
 	// view (owned by the membership's watcher goroutine).
@@ -137,7 +138,7 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		s.dispatcher.stop()
 		return nil, err
 	}
-	libLog := log.With("component", "protoactor")
+	libLog := slog.New(libHandler{log.Handler()}).With("component", "protoactor")
 	s.actors = actor.NewActorSystem(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return libLog }),
 		actor.WithDeadLetterThrottleCount(3),
@@ -516,6 +517,7 @@ func (s *System) deliverLocal(gateID string, m *actorpb.ToConn) {
 // system. It is safe to call more than once.
 func (s *System) Shutdown() {
 	s.shutdownOnce.Do(func() {
+		s.left.Store(true)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := s.members.Leave(ctx); err != nil {
 			s.log.Warn("cluster: leaving", "err", err)

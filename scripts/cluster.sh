@@ -189,7 +189,7 @@ Every address is in $dir/addrs.json.
 Try it, in another terminal:
   bin/courierctl members --api 127.0.0.1:$((BASE + 1)) --key courier-dev-operator-key
   curl 'http://127.0.0.1:$((BASE + 2))/v1/gates?app=1'
-  bin/courierctl device --discover http://127.0.0.1:$((BASE + 2)) --app 1 --uid alice --secret courier-dev-secret-app-1
+  bin/courierctl device --discover http://127.0.0.1:$((BASE + 2))/v1/gates --app 1 --uid alice --secret courier-dev-secret-app-1
   bin/courierctl push --api 127.0.0.1:$((BASE + 21)) --key courier-dev-api-key-0001 --app 1 --uid alice --payload 'hello from node3'
 
 Ctrl-C stops the cluster.

@@ -90,6 +90,6 @@ for i in "${!roles[@]}"; do
 done
 more=$(IFS=,; echo "${node_pids[*]:1}")
 echo "layout $layout: roles ${roles[*]}; node pids ${node_pids[*]}; results in $OUT"
-flags=(--discover "http://$http" --api "$api" --node-pid "${node_pids[0]}" --devices "$DEVICES")
+flags=(--discover "http://$http/v1/gates" --api "$api" --node-pid "${node_pids[0]}" --devices "$DEVICES")
 [ -n "$more" ] && flags+=(--more-node-pids "$more")
 "$BIN/courier-bench" push "${flags[@]}" --out "$OUT/push-$layout.json" "$@"
