@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/courier-im/courier/client"
 	"github.com/courier-im/courier/cluster"
 	"github.com/courier-im/courier/cluster/discovery"
 	"github.com/courier-im/courier/cluster/mtls"
@@ -318,6 +319,16 @@ func TestDiscoveryAndMembers(t *testing.T) {
 	if _, err := discovery.Fetch(ctx, "http://"+n1.HTTPAddr, 3); err == nil {
 		t.Fatal("gates listed for an app none of them accepts")
 	}
+
+	// The Go client library finds a gate through it.
+	cl := n1.Client(t, 1, "found", func(cfg *client.Config) { cfg.Addr, cfg.Discovery = "", "http://"+n3.HTTPAddr+discovery.Path })
+	r := push(t, n3.API(t), testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: "found", Payload: []byte("via discovery")})
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer rcancel()
+	if m, err := cl.Recv(rctx); err != nil || m.MsgID != r.MsgId {
+		t.Fatalf("client through discovery: %v %v", m, err)
+	}
+	cl.Close()
 
 	api1 := n1.API(t)
 	if _, err := api1.Members(testkit.Ctx(t, testkit.App1Key), &apipb.MembersRequest{}); status.Code(err) != codes.PermissionDenied {
