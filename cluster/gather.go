@@ -46,9 +46,19 @@ func (s *System) receiveNodeRequest(ctx actor.Context) {
 
 // Gather sends req to every live member with all of roles (this node
 // answers directly) and returns the replies that came before ctx ended,
-// by member name, and the names of the members that did not answer.
+// by member name, and the names of the members that did not answer. (Two
+// live members of the same name are told apart by their instance ids.)
 func (s *System) Gather(ctx context.Context, roles membership.Roles, req *actorpb.NodeRequest) (map[string]*actorpb.Reply, []string) {
 	members := s.View().Live(roles)
+	names := map[string]int{}
+	for _, m := range members {
+		names[m.Name]++
+	}
+	for i := range members {
+		if names[members[i].Name] > 1 {
+			members[i].Name += "/" + members[i].ID
+		}
+	}
 	type pending struct {
 		name string
 		id   uint64

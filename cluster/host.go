@@ -91,35 +91,71 @@ func (s *System) Retire(app uint16, uid string, pid *actor.PID) {
 		s.metrics.retired.Inc()
 	}
 	sh.mu.Unlock()
+	s.handoffEnded(pid) // fenced while handing off
 	s.actors.Root.Poison(pid)
 }
 
-// dropMoved stops the local actors of identities another member owns now.
-// Their state is in the store; they come back on the owner at their next
-// envelope.
+// HandedOff is called by an identity's actor that finished handing its
+// identity off (actors.Router): it stops.
+func (s *System) HandedOff(_ uint16, _ string, pid *actor.PID) {
+	s.handoffEnded(pid)
+	s.actors.Root.Poison(pid)
+}
+
+// handoff tells actors that left this node's routing (another member owns
+// their identity now, or this node is leaving) to complete what they have
+// in flight and stop (*actorpb.Handoff).
+func (s *System) handoff(pids []*actor.PID) {
+	for _, pid := range pids {
+		s.handingOff.Store(pid.Id, struct{}{})
+		s.metrics.handoffs.Inc()
+		s.metrics.handingOff.Inc()
+		s.actors.Root.Send(pid, &actorpb.Handoff{})
+	}
+}
+
+func (s *System) handoffEnded(pid *actor.PID) {
+	if _, ok := s.handingOff.LoadAndDelete(pid.Id); ok {
+		s.metrics.handingOff.Dec()
+	}
+}
+
+// handoffsPending reports how many actors have not finished handing off.
+func (s *System) handoffsPending() int {
+	n := 0
+	s.handingOff.Range(func(any, any) bool { n++; return true })
+	return n
+}
+
+// dropMoved hands off the local actors of identities this node does not
+// own under p (another member does, or none: this node is leaving). They
+// leave the routing at once, under their shard's lock, so that no
+// envelope is sent to them after the Handoff: every envelope they got
+// before it is theirs to complete. The new owner loads the identity from
+// the store at its next envelope (claiming it: a write of the old
+// activation that lands after that claim is fenced, and its caller is
+// told to retry).
 func (s *System) dropMoved(p *placement) {
 	for i := range s.local {
 		sh := &s.local[i]
 		var moved []*actor.PID
 		sh.mu.Lock()
 		for k, c := range sh.children {
-			if o := p.owner(identityHash(k.app, k.uid)); o != nil && o.address != s.address {
+			if o := p.owner(identityHash(k.app, k.uid)); o == nil || o.address != s.address {
 				delete(sh.children, k)
 				moved = append(moved, c.pid)
 			}
 		}
 		sh.mu.Unlock()
-		for _, pid := range moved {
-			s.metrics.active.Dec()
-			s.metrics.moved.Inc()
-			s.actors.Root.Poison(pid)
-		}
+		s.metrics.active.Sub(float64(len(moved)))
+		s.metrics.moved.Add(float64(len(moved)))
+		s.handoff(moved)
 	}
 }
 
-// dropAll stops every local actor: this node rejoined as a new instance,
-// and while it was taken for gone other members may have taken over its
-// identities. Their state is in the store.
+// dropAll hands off every local actor: this node rejoined as a new
+// instance, and while it was taken for gone other members may have taken
+// over its identities (their writes fence this node's).
 func (s *System) dropAll() {
 	for i := range s.local {
 		sh := &s.local[i]
@@ -127,11 +163,13 @@ func (s *System) dropAll() {
 		children := sh.children
 		sh.children = map[childKey]*child{}
 		sh.mu.Unlock()
+		pids := make([]*actor.PID, 0, len(children))
 		for _, c := range children {
-			s.metrics.active.Dec()
-			s.metrics.moved.Inc()
-			s.actors.Root.Poison(c.pid)
+			pids = append(pids, c.pid)
 		}
+		s.metrics.active.Sub(float64(len(pids)))
+		s.metrics.moved.Add(float64(len(pids)))
+		s.handoff(pids)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -68,6 +69,10 @@ type System struct {
 	replies  replyRegistry
 	metrics  *metrics
 	onRejoin func()
+
+	// handingOff holds the PIDs (by id) of actors handing off.
+	handingOff sync.Map
+	left       atomic.Bool // Shutdown has begun
 
 	// memberGates are the gate instances of live members as of the last
 	// view (owned by the membership's watcher goroutine).
@@ -136,7 +141,7 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		s.dispatcher.stop()
 		return nil, err
 	}
-	libLog := log.With("component", "protoactor")
+	libLog := slog.New(libHandler{log.Handler()}).With("component", "protoactor")
 	s.actors = actor.NewActorSystem(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return libLog }),
 		actor.WithDeadLetterThrottleCount(3),
@@ -275,6 +280,22 @@ func (s *System) Members() []string {
 		out[i] = m.address
 	}
 	return out
+}
+
+// leavePlacement routes every identity as if this node were gone (it has
+// left the membership, so no new view comes) and hands its actors off.
+func (s *System) leavePlacement() {
+	v := s.view.Load()
+	var addrs []string
+	for _, m := range v.Live(membership.RoleActors) {
+		if m.Address != s.address && !slices.Contains(addrs, m.Address) {
+			addrs = append(addrs, m.Address)
+		}
+	}
+	p := newPlacement(addrs, s.cfg.Shards, v.Seq+1)
+	s.placement.Store(p)
+	s.dropMoved(p)
+	s.log.Info("cluster: left; identities handed off", "to_members", len(addrs), "handing_off", s.handoffsPending())
 }
 
 // syncGates makes the live gates those of the view's live members with
@@ -498,16 +519,29 @@ func (s *System) deliverLocal(gateID string, m *actorpb.ToConn) {
 	}}})
 }
 
-// Shutdown leaves the cluster (other members stop routing here at once)
-// and stops remoting and the actor system. It is safe to call more than
-// once.
+// Shutdown leaves the cluster (other members stop routing here at once),
+// hands every identity off to its new owner (each actor completes what it
+// has in flight; envelopes still arriving are forwarded), waits for the
+// handoffs within the request timeout, and stops remoting and the actor
+// system. It is safe to call more than once.
 func (s *System) Shutdown() {
 	s.shutdownOnce.Do(func() {
+		s.left.Store(true)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := s.members.Leave(ctx); err != nil {
 			s.log.Warn("cluster: leaving", "err", err)
 		}
 		cancel()
+		if s.actors != nil && s.newChild != nil {
+			s.leavePlacement()
+			deadline := time.Now().Add(s.cfg.RequestTimeout)
+			for s.handoffsPending() > 0 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n := s.handoffsPending(); n > 0 {
+				s.log.Warn("cluster: stopping with handoffs unfinished; their callers time out and retry", "actors", n)
+			}
+		}
 		if s.remote != nil {
 			s.remote.Shutdown(true)
 		}

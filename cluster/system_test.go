@@ -29,6 +29,10 @@ type echo struct {
 }
 
 func (e *echo) Receive(ctx actor.Context) {
+	if _, ok := ctx.Message().(*actorpb.Handoff); ok {
+		e.sys.HandedOff(e.app, e.uid, ctx.Self())
+		return
+	}
 	env, ok := ctx.Message().(*actorpb.Envelope)
 	if !ok {
 		return

@@ -100,10 +100,11 @@ start_postgres() {
 		-l "$dir/postgres.log" start >/dev/null
 	pg_ctl_cmd=("${as[@]}" "$pgbin/pg_ctl" -D "$pg_dir/data")
 	echo "cluster: PostgreSQL on 127.0.0.1:$port (log $dir/postgres.log)"
-	# The flag that points the nodes at it is the PostgreSQL store's
-	# (issue 10); until that store exists the nodes keep Pebble.
-	if "$bin/courier" --help 2>&1 | grep -q -- '--store.postgres'; then
-		store_args=(--store.postgres "postgres://courier@127.0.0.1:$port/postgres")
+	# The nodes find it in COURIER_STORE_DSN (not in argv, which every
+	# local user can read).
+	if "$bin/courier" --help 2>&1 | grep -q -- '--store.dsn'; then
+		store_args=(--store postgres)
+		export COURIER_STORE_DSN="postgres://courier@127.0.0.1:$port/postgres?sslmode=disable"
 	else
 		echo "cluster: this build has no PostgreSQL store yet: the nodes use Pebble" >&2
 	fi
@@ -188,7 +189,7 @@ Every address is in $dir/addrs.json.
 Try it, in another terminal:
   bin/courierctl members --api 127.0.0.1:$((BASE + 1)) --key courier-dev-operator-key
   curl 'http://127.0.0.1:$((BASE + 2))/v1/gates?app=1'
-  bin/courierctl device --discover http://127.0.0.1:$((BASE + 2)) --app 1 --uid alice --secret courier-dev-secret-app-1
+  bin/courierctl device --discover http://127.0.0.1:$((BASE + 2))/v1/gates --app 1 --uid alice --secret courier-dev-secret-app-1
   bin/courierctl push --api 127.0.0.1:$((BASE + 21)) --key courier-dev-api-key-0001 --app 1 --uid alice --payload 'hello from node3'
 
 Ctrl-C stops the cluster.

@@ -137,7 +137,7 @@ type Membership struct {
 
 	view   atomic.Pointer[View]
 	seq    uint64        // views published, owned by the watcher
-	rejoin chan struct{} // the watcher saw this instance out
+	rejoin chan struct{} // the watcher saw this node's current instance out
 	quit   chan struct{}
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -285,10 +285,19 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 		case <-m.quit:
 			return
 		case <-m.rejoin:
+			if m.selfBlocked() {
+				m.rejoinAs(ctx, "this instance was seen out of the cluster")
+				lastLoad = time.Now()
+			}
+			continue
+		case <-t.C:
+		}
+		if m.selfBlocked() {
+			// Seen out while it was being registered (or before this node
+			// knew it as its own): the others block it for good.
 			m.rejoinAs(ctx, "this instance was seen out of the cluster")
 			lastLoad = time.Now()
 			continue
-		case <-t.C:
 		}
 		if m.be.canExpire() && !m.LeaseValid() {
 			// Others may have seen this instance expire and taken over its
@@ -300,6 +309,9 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 		m.mu.Lock()
 		self, load, changed := m.self, m.load, m.load != m.published
 		m.mu.Unlock()
+		// A slow call (an agent that just restarted) that fails is covered
+		// by the other members' vouching (lease.go), so it may take no
+		// longer than the refresh period.
 		rctx, cancel := context.WithTimeout(ctx, every)
 		sent := time.Now()
 		var err error
@@ -397,11 +409,16 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 		m.log.Debug("membership: removing the old instance failed (it expires)", "member", old.ID, "err", err)
 	}
 	cancel()
-	// Drain a rejoin request made about the old instance.
-	select {
-	case <-m.rejoin:
-	default:
-	}
+}
+
+// selfBlocked reports whether this node's current instance is blocked in
+// its own view: it was live and then was not, so the others take it for
+// gone.
+func (m *Membership) selfBlocked() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.blocked[m.self.ID]
+	return ok
 }
 
 // maxWatchWait is the longest a blocking query of the registrations
@@ -498,7 +515,7 @@ func (m *Membership) publish(regs []Member) {
 			}
 		}
 	}
-	selfOut := m.wasLive[selfID] && !live[selfID]
+	_, selfOut := m.blocked[selfID]
 	m.wasLive = live
 	for id, since := range m.blocked {
 		if !present[id] && now.Sub(since) > 10*m.cfg.DeregisterAfter {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/courier-im/courier/client"
 	"github.com/courier-im/courier/cluster"
 	"github.com/courier-im/courier/cluster/discovery"
 	"github.com/courier-im/courier/cluster/mtls"
@@ -319,6 +320,16 @@ func TestDiscoveryAndMembers(t *testing.T) {
 		t.Fatal("gates listed for an app none of them accepts")
 	}
 
+	// The Go client library finds a gate through it.
+	cl := n1.Client(t, 1, "found", func(cfg *client.Config) { cfg.Addr, cfg.Discovery = "", "http://"+n3.HTTPAddr+discovery.Path })
+	r := push(t, n3.API(t), testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: "found", Payload: []byte("via discovery")})
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer rcancel()
+	if m, err := cl.Recv(rctx); err != nil || m.MsgID != r.MsgId {
+		t.Fatalf("client through discovery: %v %v", m, err)
+	}
+	cl.Close()
+
 	api1 := n1.API(t)
 	if _, err := api1.Members(testkit.Ctx(t, testkit.App1Key), &apipb.MembersRequest{}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("Members with an app's key: %v", err)
@@ -510,5 +521,172 @@ func TestUpstreamAcrossNodes(t *testing.T) {
 	}
 	if ids["probe"] != 1 {
 		t.Fatalf("the probe reached node1 %d times", ids["probe"])
+	}
+}
+
+// TestSessionsOnDepartedGateEnd: when the node of a gate dies, the
+// sessions on that gate are offline on every identity's actor, wherever
+// it lives, within the membership TTL + 1 s.
+func TestSessionsOnDepartedGateEnd(t *testing.T) {
+	const ttl = time.Second // testkit's --cluster.ttl
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate", "actors", ""}})
+	n1, n2, n3 := c.Node("node1"), c.Node("node2"), c.Node("node3")
+	uids := []string{uidOwnedBy(t, c, n2, "on-dead-gate"), uidOwnedBy(t, c, n3, "on-dead-gate")}
+	for _, uid := range uids {
+		n1.Device(t, 1, uid)
+	}
+	survivor := uidOwnedBy(t, c, n2, "on-live-gate")
+	n3.Device(t, 1, survivor)
+	api := n3.API(t)
+	online := func() map[string]bool {
+		pr, err := api.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: append(uids, survivor)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, e := range pr.Entries {
+			out[e.Uid] = e.Online
+		}
+		return out
+	}
+	if o := online(); !o[uids[0]] || !o[uids[1]] || !o[survivor] {
+		t.Fatalf("before: %v", o)
+	}
+	n1.Stop(syscall.SIGKILL)
+	killed := time.Now()
+	for {
+		o := online()
+		if !o[uids[0]] && !o[uids[1]] {
+			if !o[survivor] {
+				t.Fatal("the session on a live gate ended too")
+			}
+			break
+		}
+		if time.Since(killed) > 10*time.Second {
+			t.Fatalf("sessions on the dead gate still online after 10s: %v", o)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(killed)
+	t.Logf("sessions on the killed gate offline cluster-wide after %v (TTL %v)", took.Round(time.Millisecond), ttl)
+	if took > ttl+time.Second {
+		t.Fatalf("took %v, more than the TTL + 1 s", took)
+	}
+}
+
+// TestPausedNodeRejoins: a node frozen for longer than the membership TTL
+// is taken for gone (its instance blocked, its gate's sessions ended);
+// when it runs again it notices, rejoins as a new instance without a
+// restart, tells its devices to reconnect (KICKOUT SERVER_SHUTDOWN), and
+// serves again.
+func TestPausedNodeRejoins(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", ""}})
+	n1, n2, n3 := c.Node("node1"), c.Node("node2"), c.Node("node3")
+	uid := uidOwnedBy(t, c, n2, "frozen")
+	d := n1.Device(t, 1, uid)
+	api3 := n3.API(t)
+	members := func() map[string][]*apipb.Member {
+		r, err := api3.Members(testkit.Ctx(t, testkit.OperatorKey), &apipb.MembersRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string][]*apipb.Member{}
+		for _, m := range r.Members {
+			out[m.Name] = append(out[m.Name], m)
+		}
+		return out
+	}
+	old := members()["node1"][0].Id
+
+	n1.Pause()
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		pr, err := api3.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: []string{uid}})
+		return err == nil && !pr.Entries[0].Online
+	}, "the frozen gate's session still online")
+	time.Sleep(time.Second) // well past the TTL
+	n1.Resume()
+
+	// The device hears it must reconnect.
+	if k := d.Expect(messages.CmdKickout).Msg.(*devicepb.Kickout); k.Reason != devicepb.KickReason_SERVER_SHUTDOWN {
+		t.Fatalf("kickout %v", k)
+	}
+	d.ExpectClosed()
+	testkit.Eventually(t, 15*time.Second, func() bool {
+		ms := members()["node1"]
+		live, blocked := 0, 0
+		for _, m := range ms {
+			if m.Live && m.Id != old {
+				live++
+			}
+			if m.Id == old && m.Blocked {
+				blocked++
+			}
+		}
+		return live == 1 && (blocked == 1 || len(ms) == 1)
+	}, "node1 back as a new instance, its old one blocked or gone")
+	// It serves again: a login on its gate, a push through node3.
+	d = n1.Device(t, 1, uid)
+	r := push(t, api3, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("after the pause")})
+	if _, m := expectS2C(t, d); m.MsgId != r.MsgId {
+		t.Fatalf("S2C %v", m)
+	}
+	if v, _ := n1.Metric("courier_cluster_rejoins_total"); v < 1 {
+		t.Fatalf("rejoins %v", v)
+	}
+}
+
+// TestConsulOutage: while Consul is down the nodes keep serving by the
+// last view they had; when it is back (with its data) they rejoin and
+// serve again.
+func TestConsulOutage(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", ""}})
+	n1, n2, n3 := c.Node("node1"), c.Node("node2"), c.Node("node3")
+	uid := uidOwnedBy(t, c, n2, "outage")
+	d := n1.Device(t, 1, uid)
+	api := n3.API(t)
+	c.Consul.Stop()
+	// Routing goes on without Consul.
+	r := push(t, api, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("during")})
+	if _, m := expectS2C(t, d); m.MsgId != r.MsgId {
+		t.Fatalf("S2C during the outage %v", m)
+	}
+	time.Sleep(2 * time.Second) // past the TTL
+	c.Consul.Restart()
+	c.WaitConverged()
+	// The nodes rejoined as new instances (a slow agent just after its
+	// restart may make some rejoin more than once); devices log in again
+	// and everything flows.
+	testkit.Eventually(t, 30*time.Second, func() bool { return loginAndReceive(t, n1, api, uid) }, "a push delivered after Consul came back")
+}
+
+// loginAndReceive logs uid in at n's gate and pushes to it through api;
+// it reports whether the push arrived (false on any failure on the way).
+func loginAndReceive(t *testing.T, n *testkit.Node, api apipb.CourierClient, uid string) bool {
+	d, err := testkit.DialErr(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
+	if err != nil {
+		return false
+	}
+	defer d.Close()
+	if err := d.TrySend(messages.Header{Cmd: messages.CmdLogin, AppCode: 1, Seq: 1},
+		&devicepb.Login{Uid: uid, Token: testkit.Token(t, 1, uid), DeviceId: "d"}); err != nil {
+		return false
+	}
+	if f, err := d.ReadFrame(); err != nil || f.Cmd != messages.CmdLoginAck || f.Msg.(*devicepb.LoginAck).Code != devicepb.Code_OK {
+		return false
+	}
+	r, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("after")})
+	if err != nil {
+		return false
+	}
+	for {
+		f, err := d.ReadFrame()
+		if err != nil || f.Cmd != messages.CmdS2C {
+			return false
+		}
+		m := f.Msg.(*devicepb.S2C)
+		_ = d.TrySend(messages.Header{Cmd: messages.CmdS2CAck, AppCode: 1, Seq: 2}, &devicepb.S2CAck{MsgId: m.MsgId})
+		if m.MsgId == r.MsgId {
+			return true
+		}
 	}
 }

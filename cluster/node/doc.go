@@ -1,8 +1,11 @@
 // Package node assembles a Courier node from the components of its roles
 // (gate, actors, api): its cluster membership, the device actors and their
-// inbox store (actors), the gate (gate), the gRPC API and gate discovery
-// (api), and the HTTP endpoint of metrics and health (every node). It is
-// what `courier` runs and what the tests start as a separate process.
+// inbox store (actors), the gate (gate), the gRPC API (with TLS,
+// grpc.health.v1 and reflection) and gate discovery (api), and the HTTP
+// endpoint of metrics, /healthz and /readyz (Node.Ready; every node). It
+// is what `courier` runs and what the tests start as a separate process.
+// Start's errors say what to fix: ErrConfig for a setting (named),
+// ErrDataDirInUse for a data directory another process holds.
 //
 // Start order matters: the store opens, then the actor system and its
 // remoting start, before any other gRPC in the process, because the actor
@@ -15,8 +18,9 @@
 //
 // Shutdown reverses it: the gate kicks its devices (they reconnect
 // elsewhere), the upstream streams and the API stop, the node leaves the
-// cluster (others stop routing to it at once) and its actors stop, and the
-// store closes after committing what was queued. Every accepted message is
-// durable before this; what an actor had not written yet is at most a
-// session going offline, which the next activation corrects.
+// cluster (others stop routing to it at once) and hands its identities
+// off (each actor completes what it has in flight), and the store closes
+// after committing what was queued. Every accepted message is durable
+// before this; what an actor had not written yet is at most a session
+// going offline, which the next activation corrects.
 package node

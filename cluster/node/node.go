@@ -11,13 +11,19 @@ import (
 	"net/http"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/actors"
@@ -49,6 +55,9 @@ type Node struct {
 	http  *http.Server
 	httpL net.Listener
 
+	health   *health.Server // grpc.health.v1 on the API port
+	stopping atomic.Bool    // Shutdown has begun: not ready
+
 	roles membership.Roles
 	quit  chan struct{} // stops the expiry sweep and the load publisher
 	never chan struct{} // Failed of a node without a gate
@@ -56,8 +65,9 @@ type Node struct {
 	once  sync.Once
 }
 
-// Version is the node's version, published to the other members (set
-// at build time: -ldflags "-X github.com/courier-im/courier/cluster/node.Version=...").
+// Version is the node's version, published to the other members (the
+// courier command sets it to its own, which `make build` and `make
+// release` stamp).
 var Version = "dev"
 
 // Start builds and starts a node with the components of its roles and
@@ -69,11 +79,11 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 	roles, err := cfg.roles()
 	if err != nil {
-		return nil, err
+		return nil, asConfigError(err)
 	}
 	secrets, keys, err := cfg.resolve()
 	if err != nil {
-		return nil, err
+		return nil, asConfigError(err)
 	}
 	n := &Node{cfg: cfg, log: log, roles: roles, reg: prometheus.NewRegistry(), quit: make(chan struct{}), never: make(chan struct{})}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -90,7 +100,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	var deps *actors.Deps
 	if roles.Has(membership.RoleActors) {
 		if err := n.openStore(); err != nil {
-			return nil, err
+			return nil, storeOpenError(cfg.DataDir, err)
 		}
 		deps = actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats})
 		newChild = deps.NewActor
@@ -148,9 +158,24 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if roles.Has(membership.RoleAPI) {
 		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.hub,
 			Members: n.sys.View, Provider: cfg.Cluster.Provider, ClusterStats: n.clusterStats, Lists: clusterLists{n}}
+		apiTLS, err := cfg.apiTLS()
+		if err != nil {
+			return nil, asConfigError(err)
+		}
 		srv := api.New(deps)
-		n.grpc = grpc.NewServer(srv.ServerOptions()...)
+		opts := srv.ServerOptions()
+		if apiTLS != nil {
+			opts = append(opts, grpc.Creds(credentials.NewTLS(apiTLS)))
+		}
+		n.grpc = grpc.NewServer(opts...)
 		apipb.RegisterCourierServer(n.grpc, srv)
+		// grpc.health.v1 (for load balancers; no API key needed) and server
+		// reflection (grpcurl works without the .proto files).
+		n.health = health.NewServer()
+		n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+		n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+		healthpb.RegisterHealthServer(n.grpc, n.health)
+		reflection.Register(n.grpc)
 		if n.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
 			return nil, fmt.Errorf("node: api-addr %s: %w", cfg.APIAddr, err)
 		}
@@ -179,6 +204,13 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		if roles.Has(membership.RoleAPI) {
 			mux.Handle(discovery.Path, discovery.Handler(n.discoveryView))
 		}
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if err := n.Ready(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ready")
+		})
 		n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		n.wg.Add(1)
 		go func() {
@@ -198,6 +230,10 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	n.syncLists()
 	n.wg.Add(1)
 	go n.publishLoad(cfg.Cluster.LoadInterval)
+	if n.health != nil {
+		n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+		n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	}
 	log.Info("node: started", "name", cfg.Name, "roles", roles.String(), "gate", n.GateAddr(), "api", n.APIAddr(),
 		"http", n.HTTPAddr(), "cluster", n.sys.Address(), "data", cfg.DataDir)
 	return n, nil
@@ -366,6 +402,38 @@ func newInstanceID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// Ready returns nil when the node serves: the parts of its roles run (the
+// store open, the gate listening) and it is a live member of the cluster;
+// otherwise an error saying what is missing. A node that has begun to shut down is
+// not ready.
+func (n *Node) Ready() error {
+	var missing []string
+	if n.stopping.Load() {
+		missing = append(missing, "shutting down")
+	}
+	if n.store == nil && n.roles.Has(membership.RoleActors) {
+		missing = append(missing, "store not open")
+	}
+	if n.gate == nil {
+		if n.roles.Has(membership.RoleGate) {
+			missing = append(missing, "no gate")
+		}
+	} else {
+		select {
+		case <-n.gate.Done():
+			missing = append(missing, "gate stopped")
+		default:
+		}
+	}
+	if n.sys == nil || !n.sys.Joined() {
+		missing = append(missing, "not a member of the cluster")
+	}
+	if len(missing) > 0 {
+		return errors.New(strings.Join(missing, "; "))
+	}
+	return nil
+}
+
 // Failed is closed when a part the node cannot live without stopped by
 // itself (the gate's event engine); Err says why. The process should exit
 // rather than go on as a node that serves no device.
@@ -418,11 +486,18 @@ func (n *Node) HTTPAddr() string {
 func (n *Node) Shutdown(ctx context.Context) error {
 	var errs []error
 	n.once.Do(func() {
+		start := time.Now()
+		step := func(what string) { n.log.Debug("node: shutdown: "+what, "after", time.Since(start)) }
+		n.stopping.Store(true)
 		close(n.quit)
+		if n.health != nil {
+			n.health.Shutdown() // NOT_SERVING: load balancers stop sending calls
+		}
 		if n.gate != nil {
 			if err := n.gate.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("gate: %w", err))
 			}
+			step("gate stopped")
 		}
 		if n.hub != nil {
 			// Upstream streams end so that GracefulStop does not wait for
@@ -440,21 +515,25 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			case <-ctx.Done():
 				n.grpc.Stop()
 			}
+			step("API stopped")
 		}
 		if n.http != nil {
 			_ = n.http.Shutdown(ctx)
 		}
 		n.wg.Wait()
+		step("HTTP stopped")
 		// Actors stop before the store closes. Every accepted message is
 		// already durable; what an actor has not written yet is at most a
 		// session going offline, which the next activation corrects.
 		if n.sys != nil {
 			n.sys.Shutdown()
+			step("actors stopped")
 		}
 		if n.store != nil {
 			if err := n.store.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("store: %w", err))
 			}
+			step("store closed")
 		}
 	})
 	return errors.Join(errs...)

@@ -359,10 +359,10 @@ func (s *Subscription) resubscribe() {
 	}
 }
 
-// Next blocks until deliveries are ready (at most the router's MaxBatch)
-// or done is closed; nil means the subscription or the node is closing.
+// Next blocks until deliveries are ready (at most the router's MaxBatch
+// and MaxBatchBytes, unless a single message is larger) or done is closed; nil means the subscription or the node is closing.
 func (s *Subscription) Next(done <-chan struct{}) []*apipb.UpstreamMessage {
-	return s.fan.take(done, s.h.r.cfg.MaxBatch)
+	return s.fan.take(done, s.h.r.cfg.MaxBatch, s.h.r.cfg.MaxBatchBytes)
 }
 
 // Ack acknowledges deliveries to the gates they came from.
@@ -455,7 +455,10 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 	}
 }
 
-func (f *fanin) take(done <-chan struct{}, max int) []*apipb.UpstreamMessage {
+// take returns the next deliveries: at most maxN messages and maxBytes
+// of Size (a single larger message goes alone), blocking until there are
+// some or done is closed.
+func (f *fanin) take(done <-chan struct{}, maxN int, maxBytes int64) []*apipb.UpstreamMessage {
 	for {
 		f.mu.Lock()
 		if f.closed {
@@ -463,12 +466,24 @@ func (f *fanin) take(done <-chan struct{}, max int) []*apipb.UpstreamMessage {
 			return nil
 		}
 		if len(f.outbox) > 0 {
-			n := min(len(f.outbox), max)
+			n, bytes := 1, Size(f.outbox[0])
+			for n < min(len(f.outbox), maxN) {
+				if bytes += Size(f.outbox[n]); bytes > maxBytes {
+					break
+				}
+				n++
+			}
 			out := make([]*apipb.UpstreamMessage, n)
 			copy(out, f.outbox)
 			rest := copy(f.outbox, f.outbox[n:])
 			clear(f.outbox[rest:])
 			f.outbox = f.outbox[:rest]
+			if rest > 0 {
+				select {
+				case f.notify <- struct{}{}:
+				default:
+				}
+			}
 			f.mu.Unlock()
 			return out
 		}

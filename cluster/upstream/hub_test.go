@@ -152,3 +152,55 @@ func TestHubLocalAndRemoteGates(t *testing.T) {
 		t.Fatalf("held after acks: %d, %d", r1.Bytes(), r2.Bytes())
 	}
 }
+
+// TestHubBatchesFitTheByteBound: however many deliveries the gates have
+// queued for a subscription, one Next returns at most MaxBatchBytes
+// (app-servers keep gRPC's default 4 MiB receive limit).
+func TestHubBatchesFitTheByteBound(t *testing.T) {
+	r := New(DefaultConfig(), nil)
+	defer r.Close()
+	h := NewLocalHub(r)
+	defer h.Close()
+	first, _ := r.Subscribe(1, nil, 1) // holds one, the rest queue
+	defer first.Close()
+	for i := range 100 {
+		if err := r.Publish(&apipb.UpstreamMessage{AppCode: 1, MsgId: fmt.Sprint(i), Payload: make([]byte, 60<<10)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, _ := h.Subscribe(1, nil, 1000)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.fan.mu.Lock()
+		n := len(s.fan.outbox)
+		s.fan.mu.Unlock()
+		if n == 99 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	got := 0
+	for got < 99 {
+		batch := next1(t, s)
+		var size int64
+		for _, m := range batch {
+			size += Size(m)
+		}
+		if size > r.cfg.MaxBatchBytes {
+			t.Fatalf("a batch of %d messages, %d bytes", len(batch), size)
+		}
+		got += len(batch)
+	}
+}
+
+func next1(t *testing.T, s *Subscription) []*apipb.UpstreamMessage {
+	t.Helper()
+	done := make(chan struct{})
+	timer := time.AfterFunc(2*time.Second, func() { close(done) })
+	defer timer.Stop()
+	b := s.Next(done)
+	if b == nil {
+		t.Fatal("no batch")
+	}
+	return b
+}

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,7 +18,7 @@ func membersCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "members",
 		Short: "List the cluster's nodes: roles, addresses, load, health, version, blocked instances (operator key)",
-		RunE: func(*cobra.Command, []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, ctx, done, err := f.dial()
 			if err != nil {
 				return err
@@ -30,10 +29,10 @@ func membersCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				printJSON(resp)
+				printJSON(cmd.OutOrStdout(), resp)
 				return nil
 			}
-			printMembers(os.Stdout, resp)
+			printMembers(cmd.OutOrStdout(), resp)
 			return nil
 		},
 	}

@@ -977,6 +977,48 @@ func (x *GateDown) GetGateId() string {
 	return ""
 }
 
+// Handoff tells an identity's actor that another member owns its
+// identity now (membership changed, or this node is leaving): it takes no
+// new work, completes what it has in flight (the store write and what
+// waits for it: API replies, deliveries, acknowledgements), hands any
+// envelope that still reaches it to the new owner, and stops. Sent only
+// inside a node.
+type Handoff struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Handoff) Reset() {
+	*x = Handoff{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Handoff) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Handoff) ProtoMessage() {}
+
+func (x *Handoff) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Handoff.ProtoReflect.Descriptor instead.
+func (*Handoff) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{10}
+}
+
 // Sweep asks an identity's actor to drop its expired messages (sent by the
 // node's background sweep of the inbox store, for identities that hold
 // expired messages and may never come back).
@@ -988,7 +1030,7 @@ type Sweep struct {
 
 func (x *Sweep) Reset() {
 	*x = Sweep{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1042,7 @@ func (x *Sweep) String() string {
 func (*Sweep) ProtoMessage() {}
 
 func (x *Sweep) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1055,7 @@ func (x *Sweep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sweep.ProtoReflect.Descriptor instead.
 func (*Sweep) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{10}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{11}
 }
 
 // Reply answers an Envelope that carried a req_id.
@@ -1036,7 +1078,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1090,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1103,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{11}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Reply) GetReqId() uint64 {
@@ -1198,7 +1240,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1252,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1265,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Failure) GetCode() int32 {
@@ -1254,7 +1296,7 @@ type Push struct {
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1308,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1321,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Push) GetMsgtype() uint32 {
@@ -1339,7 +1381,7 @@ type PushReply struct {
 
 func (x *PushReply) Reset() {
 	*x = PushReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1393,7 @@ func (x *PushReply) String() string {
 func (*PushReply) ProtoMessage() {}
 
 func (x *PushReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1406,7 @@ func (x *PushReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushReply.ProtoReflect.Descriptor instead.
 func (*PushReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PushReply) GetCode() int32 {
@@ -1419,7 +1461,7 @@ type Kick struct {
 
 func (x *Kick) Reset() {
 	*x = Kick{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1473,7 @@ func (x *Kick) String() string {
 func (*Kick) ProtoMessage() {}
 
 func (x *Kick) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1486,7 @@ func (x *Kick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kick.ProtoReflect.Descriptor instead.
 func (*Kick) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Kick) GetReason() devicepb.KickReason {
@@ -1470,7 +1512,7 @@ type KickReply struct {
 
 func (x *KickReply) Reset() {
 	*x = KickReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +1524,7 @@ func (x *KickReply) String() string {
 func (*KickReply) ProtoMessage() {}
 
 func (x *KickReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +1537,7 @@ func (x *KickReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickReply.ProtoReflect.Descriptor instead.
 func (*KickReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *KickReply) GetWasOnline() bool {
@@ -1513,7 +1555,7 @@ type PresenceQuery struct {
 
 func (x *PresenceQuery) Reset() {
 	*x = PresenceQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1567,7 @@ func (x *PresenceQuery) String() string {
 func (*PresenceQuery) ProtoMessage() {}
 
 func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1580,7 @@ func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceQuery.ProtoReflect.Descriptor instead.
 func (*PresenceQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
 }
 
 type PresenceReply struct {
@@ -1558,7 +1600,7 @@ type PresenceReply struct {
 
 func (x *PresenceReply) Reset() {
 	*x = PresenceReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1570,7 +1612,7 @@ func (x *PresenceReply) String() string {
 func (*PresenceReply) ProtoMessage() {}
 
 func (x *PresenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1583,7 +1625,7 @@ func (x *PresenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceReply.ProtoReflect.Descriptor instead.
 func (*PresenceReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PresenceReply) GetOnline() bool {
@@ -1669,7 +1711,7 @@ type NodeRequest struct {
 
 func (x *NodeRequest) Reset() {
 	*x = NodeRequest{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +1723,7 @@ func (x *NodeRequest) String() string {
 func (*NodeRequest) ProtoMessage() {}
 
 func (x *NodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +1736,7 @@ func (x *NodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
 func (*NodeRequest) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NodeRequest) GetReqId() uint64 {
@@ -1797,7 +1839,7 @@ type LeaseCheck struct {
 
 func (x *LeaseCheck) Reset() {
 	*x = LeaseCheck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +1851,7 @@ func (x *LeaseCheck) String() string {
 func (*LeaseCheck) ProtoMessage() {}
 
 func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +1864,7 @@ func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseCheck.ProtoReflect.Descriptor instead.
 func (*LeaseCheck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LeaseCheck) GetMember() string {
@@ -1848,7 +1890,7 @@ type LeaseVouch struct {
 
 func (x *LeaseVouch) Reset() {
 	*x = LeaseVouch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1860,7 +1902,7 @@ func (x *LeaseVouch) String() string {
 func (*LeaseVouch) ProtoMessage() {}
 
 func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1873,7 +1915,7 @@ func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseVouch.ProtoReflect.Descriptor instead.
 func (*LeaseVouch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LeaseVouch) GetVouch() bool {
@@ -1912,7 +1954,7 @@ type ListsGet struct {
 
 func (x *ListsGet) Reset() {
 	*x = ListsGet{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +1966,7 @@ func (x *ListsGet) String() string {
 func (*ListsGet) ProtoMessage() {}
 
 func (x *ListsGet) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +1979,7 @@ func (x *ListsGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsGet.ProtoReflect.Descriptor instead.
 func (*ListsGet) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
 }
 
 // ListsReply is a gate's whole lists, in the JSON of gate.ListsSnapshot
@@ -1951,7 +1993,7 @@ type ListsReply struct {
 
 func (x *ListsReply) Reset() {
 	*x = ListsReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1963,7 +2005,7 @@ func (x *ListsReply) String() string {
 func (*ListsReply) ProtoMessage() {}
 
 func (x *ListsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1976,7 +2018,7 @@ func (x *ListsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsReply.ProtoReflect.Descriptor instead.
 func (*ListsReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListsReply) GetJson() []byte {
@@ -2000,7 +2042,7 @@ type StatsQuery struct {
 
 func (x *StatsQuery) Reset() {
 	*x = StatsQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2012,7 +2054,7 @@ func (x *StatsQuery) String() string {
 func (*StatsQuery) ProtoMessage() {}
 
 func (x *StatsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2025,7 +2067,7 @@ func (x *StatsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsQuery.ProtoReflect.Descriptor instead.
 func (*StatsQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StatsQuery) GetAppCode() uint32 {
@@ -2067,7 +2109,7 @@ type StatCounts struct {
 
 func (x *StatCounts) Reset() {
 	*x = StatCounts{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2079,7 +2121,7 @@ func (x *StatCounts) String() string {
 func (*StatCounts) ProtoMessage() {}
 
 func (x *StatCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2092,7 +2134,7 @@ func (x *StatCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatCounts.ProtoReflect.Descriptor instead.
 func (*StatCounts) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatCounts) GetAccepted() uint64 {
@@ -2172,7 +2214,7 @@ type Hist struct {
 
 func (x *Hist) Reset() {
 	*x = Hist{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2184,7 +2226,7 @@ func (x *Hist) String() string {
 func (*Hist) ProtoMessage() {}
 
 func (x *Hist) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2197,7 +2239,7 @@ func (x *Hist) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hist.ProtoReflect.Descriptor instead.
 func (*Hist) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Hist) GetIndex() []uint32 {
@@ -2242,7 +2284,7 @@ type RawStat struct {
 
 func (x *RawStat) Reset() {
 	*x = RawStat{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2254,7 +2296,7 @@ func (x *RawStat) String() string {
 func (*RawStat) ProtoMessage() {}
 
 func (x *RawStat) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2267,7 +2309,7 @@ func (x *RawStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawStat.ProtoReflect.Descriptor instead.
 func (*RawStat) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RawStat) GetMsgtype() uint32 {
@@ -2315,7 +2357,7 @@ type StatsPart struct {
 
 func (x *StatsPart) Reset() {
 	*x = StatsPart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2369,7 @@ func (x *StatsPart) String() string {
 func (*StatsPart) ProtoMessage() {}
 
 func (x *StatsPart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2382,7 @@ func (x *StatsPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsPart.ProtoReflect.Descriptor instead.
 func (*StatsPart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatsPart) GetStats() []*RawStat {
@@ -2369,7 +2411,7 @@ type UpstreamSubscribe struct {
 
 func (x *UpstreamSubscribe) Reset() {
 	*x = UpstreamSubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2381,7 +2423,7 @@ func (x *UpstreamSubscribe) String() string {
 func (*UpstreamSubscribe) ProtoMessage() {}
 
 func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2394,7 +2436,7 @@ func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamSubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamSubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UpstreamSubscribe) GetSubId() string {
@@ -2441,7 +2483,7 @@ type UpstreamUnsubscribe struct {
 
 func (x *UpstreamUnsubscribe) Reset() {
 	*x = UpstreamUnsubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2495,7 @@ func (x *UpstreamUnsubscribe) String() string {
 func (*UpstreamUnsubscribe) ProtoMessage() {}
 
 func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2508,7 @@ func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamUnsubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamUnsubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UpstreamUnsubscribe) GetSubId() string {
@@ -2489,7 +2531,7 @@ type UpstreamBatch struct {
 
 func (x *UpstreamBatch) Reset() {
 	*x = UpstreamBatch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2543,7 @@ func (x *UpstreamBatch) String() string {
 func (*UpstreamBatch) ProtoMessage() {}
 
 func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2556,7 @@ func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamBatch.ProtoReflect.Descriptor instead.
 func (*UpstreamBatch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpstreamBatch) GetSubId() string {
@@ -2550,7 +2592,7 @@ type UpstreamAck struct {
 
 func (x *UpstreamAck) Reset() {
 	*x = UpstreamAck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2562,7 +2604,7 @@ func (x *UpstreamAck) String() string {
 func (*UpstreamAck) ProtoMessage() {}
 
 func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2575,7 +2617,7 @@ func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAck.ProtoReflect.Descriptor instead.
 func (*UpstreamAck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UpstreamAck) GetSubId() string {
@@ -2610,7 +2652,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2622,7 +2664,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2635,7 +2677,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -2716,7 +2758,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2728,7 +2770,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2741,7 +2783,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -2783,7 +2825,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2795,7 +2837,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2808,7 +2850,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -2886,7 +2928,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2898,7 +2940,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2911,7 +2953,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -3010,7 +3052,8 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\tgate_down\x18\x12 \x01(\v2\x1a.courier.actor.v1.GateDownH\x00R\bgateDownB\x06\n" +
 	"\x04body\"#\n" +
 	"\bGateDown\x12\x17\n" +
-	"\agate_id\x18\x01 \x01(\tR\x06gateId\"\a\n" +
+	"\agate_id\x18\x01 \x01(\tR\x06gateId\"\t\n" +
+	"\aHandoff\"\a\n" +
 	"\x05Sweep\"\xb7\x03\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
@@ -3161,7 +3204,9 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\x11IdempotencyRecord\x12\x15\n" +
 	"\x06msg_id\x18\x01 \x01(\tR\x05msgId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\rR\x03seq\x12\"\n" +
-	"\rexpires_at_ms\x18\x03 \x01(\x03R\vexpiresAtMsB0Z.github.com/courier-im/courier/messages/actorpbb\x06proto3"
+	"\rexpires_at_ms\x18\x03 \x01(\x03R\vexpiresAtMsB{\n" +
+	"\x13im.courier.actor.v1B\n" +
+	"ActorProtoP\x01Z.github.com/courier-im/courier/messages/actorpb\xa2\x02\x03CAV\xaa\x02\x10Courier.Actor.V1\xba\x02\fCourierActorb\x06proto3"
 
 var (
 	file_courier_actor_v1_actor_proto_rawDescOnce sync.Once
@@ -3175,7 +3220,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),                       // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),                   // 1: courier.actor.v1.DeviceLogin
@@ -3187,83 +3232,84 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*LoginOutcome)(nil),                  // 7: courier.actor.v1.LoginOutcome
 	(*Envelope)(nil),                      // 8: courier.actor.v1.Envelope
 	(*GateDown)(nil),                      // 9: courier.actor.v1.GateDown
-	(*Sweep)(nil),                         // 10: courier.actor.v1.Sweep
-	(*Reply)(nil),                         // 11: courier.actor.v1.Reply
-	(*Failure)(nil),                       // 12: courier.actor.v1.Failure
-	(*Push)(nil),                          // 13: courier.actor.v1.Push
-	(*PushReply)(nil),                     // 14: courier.actor.v1.PushReply
-	(*Kick)(nil),                          // 15: courier.actor.v1.Kick
-	(*KickReply)(nil),                     // 16: courier.actor.v1.KickReply
-	(*PresenceQuery)(nil),                 // 17: courier.actor.v1.PresenceQuery
-	(*PresenceReply)(nil),                 // 18: courier.actor.v1.PresenceReply
-	(*NodeRequest)(nil),                   // 19: courier.actor.v1.NodeRequest
-	(*LeaseCheck)(nil),                    // 20: courier.actor.v1.LeaseCheck
-	(*LeaseVouch)(nil),                    // 21: courier.actor.v1.LeaseVouch
-	(*ListsGet)(nil),                      // 22: courier.actor.v1.ListsGet
-	(*ListsReply)(nil),                    // 23: courier.actor.v1.ListsReply
-	(*StatsQuery)(nil),                    // 24: courier.actor.v1.StatsQuery
-	(*StatCounts)(nil),                    // 25: courier.actor.v1.StatCounts
-	(*Hist)(nil),                          // 26: courier.actor.v1.Hist
-	(*RawStat)(nil),                       // 27: courier.actor.v1.RawStat
-	(*StatsPart)(nil),                     // 28: courier.actor.v1.StatsPart
-	(*UpstreamSubscribe)(nil),             // 29: courier.actor.v1.UpstreamSubscribe
-	(*UpstreamUnsubscribe)(nil),           // 30: courier.actor.v1.UpstreamUnsubscribe
-	(*UpstreamBatch)(nil),                 // 31: courier.actor.v1.UpstreamBatch
-	(*UpstreamAck)(nil),                   // 32: courier.actor.v1.UpstreamAck
-	(*SessionRecord)(nil),                 // 33: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),                  // 34: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),                    // 35: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil),             // 36: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),                // 37: courier.device.v1.Login
-	(*devicepb.C2C)(nil),                  // 38: courier.device.v1.C2C
-	(devicepb.KickReason)(0),              // 39: courier.device.v1.KickReason
-	(devicepb.Platform)(0),                // 40: courier.device.v1.Platform
-	(*apipb.UpdateAccessListRequest)(nil), // 41: courier.v1.UpdateAccessListRequest
-	(*apipb.UpstreamMessage)(nil),         // 42: courier.v1.UpstreamMessage
-	(devicepb.Kind)(0),                    // 43: courier.device.v1.Kind
+	(*Handoff)(nil),                       // 10: courier.actor.v1.Handoff
+	(*Sweep)(nil),                         // 11: courier.actor.v1.Sweep
+	(*Reply)(nil),                         // 12: courier.actor.v1.Reply
+	(*Failure)(nil),                       // 13: courier.actor.v1.Failure
+	(*Push)(nil),                          // 14: courier.actor.v1.Push
+	(*PushReply)(nil),                     // 15: courier.actor.v1.PushReply
+	(*Kick)(nil),                          // 16: courier.actor.v1.Kick
+	(*KickReply)(nil),                     // 17: courier.actor.v1.KickReply
+	(*PresenceQuery)(nil),                 // 18: courier.actor.v1.PresenceQuery
+	(*PresenceReply)(nil),                 // 19: courier.actor.v1.PresenceReply
+	(*NodeRequest)(nil),                   // 20: courier.actor.v1.NodeRequest
+	(*LeaseCheck)(nil),                    // 21: courier.actor.v1.LeaseCheck
+	(*LeaseVouch)(nil),                    // 22: courier.actor.v1.LeaseVouch
+	(*ListsGet)(nil),                      // 23: courier.actor.v1.ListsGet
+	(*ListsReply)(nil),                    // 24: courier.actor.v1.ListsReply
+	(*StatsQuery)(nil),                    // 25: courier.actor.v1.StatsQuery
+	(*StatCounts)(nil),                    // 26: courier.actor.v1.StatCounts
+	(*Hist)(nil),                          // 27: courier.actor.v1.Hist
+	(*RawStat)(nil),                       // 28: courier.actor.v1.RawStat
+	(*StatsPart)(nil),                     // 29: courier.actor.v1.StatsPart
+	(*UpstreamSubscribe)(nil),             // 30: courier.actor.v1.UpstreamSubscribe
+	(*UpstreamUnsubscribe)(nil),           // 31: courier.actor.v1.UpstreamUnsubscribe
+	(*UpstreamBatch)(nil),                 // 32: courier.actor.v1.UpstreamBatch
+	(*UpstreamAck)(nil),                   // 33: courier.actor.v1.UpstreamAck
+	(*SessionRecord)(nil),                 // 34: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),                  // 35: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),                    // 36: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil),             // 37: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),                // 38: courier.device.v1.Login
+	(*devicepb.C2C)(nil),                  // 39: courier.device.v1.C2C
+	(devicepb.KickReason)(0),              // 40: courier.device.v1.KickReason
+	(devicepb.Platform)(0),                // 41: courier.device.v1.Platform
+	(*apipb.UpdateAccessListRequest)(nil), // 42: courier.v1.UpdateAccessListRequest
+	(*apipb.UpstreamMessage)(nil),         // 43: courier.v1.UpstreamMessage
+	(devicepb.Kind)(0),                    // 44: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	37, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	38, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	38, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	39, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
 	2,  // 9: courier.actor.v1.Envelope.frame:type_name -> courier.actor.v1.DeviceFrame
 	3,  // 10: courier.actor.v1.Envelope.closed:type_name -> courier.actor.v1.DeviceClosed
 	4,  // 11: courier.actor.v1.Envelope.c2c:type_name -> courier.actor.v1.C2CSend
-	13, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
-	15, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
-	17, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
-	10, // 15: courier.actor.v1.Envelope.sweep:type_name -> courier.actor.v1.Sweep
+	14, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
+	16, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
+	18, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
+	11, // 15: courier.actor.v1.Envelope.sweep:type_name -> courier.actor.v1.Sweep
 	9,  // 16: courier.actor.v1.Envelope.gate_down:type_name -> courier.actor.v1.GateDown
-	14, // 17: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
-	16, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
-	18, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
-	12, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	28, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
-	23, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
-	21, // 23: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
-	39, // 24: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	15, // 17: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
+	17, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
+	19, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
+	13, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
+	29, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	24, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
+	22, // 23: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
+	40, // 24: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
 	0,  // 25: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	40, // 26: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	24, // 27: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
-	41, // 28: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
-	22, // 29: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
-	20, // 30: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
-	25, // 31: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
-	25, // 32: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
-	26, // 33: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
-	26, // 34: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
-	27, // 35: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
-	42, // 36: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
+	41, // 26: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	25, // 27: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	42, // 28: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	23, // 29: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
+	21, // 30: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
+	26, // 31: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	26, // 32: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	27, // 33: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	27, // 34: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	28, // 35: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	43, // 36: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
 	0,  // 37: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	40, // 38: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	33, // 39: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	43, // 40: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	41, // 38: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	34, // 39: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	44, // 40: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
 	41, // [41:41] is the sub-list for method output_type
 	41, // [41:41] is the sub-list for method input_type
 	41, // [41:41] is the sub-list for extension type_name
@@ -3287,7 +3333,7 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Envelope_Sweep)(nil),
 		(*Envelope_GateDown)(nil),
 	}
-	file_courier_actor_v1_actor_proto_msgTypes[11].OneofWrappers = []any{
+	file_courier_actor_v1_actor_proto_msgTypes[12].OneofWrappers = []any{
 		(*Reply_Push)(nil),
 		(*Reply_Kick)(nil),
 		(*Reply_Presence)(nil),
@@ -3296,7 +3342,7 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Reply_Lists)(nil),
 		(*Reply_LeaseVouch)(nil),
 	}
-	file_courier_actor_v1_actor_proto_msgTypes[19].OneofWrappers = []any{
+	file_courier_actor_v1_actor_proto_msgTypes[20].OneofWrappers = []any{
 		(*NodeRequest_Stats)(nil),
 		(*NodeRequest_ListsEdit)(nil),
 		(*NodeRequest_ListsGet)(nil),
@@ -3308,7 +3354,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   37,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -27,8 +27,11 @@ type Config struct {
 	// the gates come from its gate discovery instead of Gate, and the
 	// workers spread over them (worker i on gate i mod their number,
 	// least loaded first).
-	Discover  string
-	NodePID   int
+	Discover string
+	NodePID  int
+	// MorePIDs are the other local node processes of a cluster: their CPU
+	// is added to the node's, so that CPU per message is the cluster's.
+	MorePIDs  []int
 	Spawn     string
 	SpawnArgs []string
 

@@ -211,6 +211,11 @@ func (s *session) readCPU(ctx context.Context) cpu {
 	}
 	if d, err := s.node.CPU(ctx); err == nil {
 		c.node, c.nodeOK = d, true
+		for _, pid := range s.cfg.MorePIDs {
+			d, err := procstat.CPU(pid)
+			c.node += d
+			c.nodeOK = c.nodeOK && err == nil
+		}
 	}
 	return c
 }
