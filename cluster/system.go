@@ -247,7 +247,7 @@ func (s *System) onView(v *membership.View) {
 	}
 	seen := map[string]bool{}
 	var addrs []string
-	for _, m := range v.Live(membership.RoleActors) {
+	for _, m := range v.Serving(membership.RoleActors) {
 		if !seen[m.Address] {
 			seen[m.Address] = true
 			addrs = append(addrs, m.Address)
@@ -287,7 +287,7 @@ func (s *System) Members() []string {
 func (s *System) leavePlacement() {
 	v := s.view.Load()
 	var addrs []string
-	for _, m := range v.Live(membership.RoleActors) {
+	for _, m := range v.Serving(membership.RoleActors) {
 		if m.Address != s.address && !slices.Contains(addrs, m.Address) {
 			addrs = append(addrs, m.Address)
 		}
@@ -543,7 +543,15 @@ func (s *System) Shutdown() {
 			}
 		}
 		if s.remote != nil {
-			s.remote.Shutdown(true)
+			// Not the library's graceful stop: it writes a flag its
+			// stream readers read without a lock (a data race whenever a
+			// member still sends here, as members do to a node that
+			// drained while it was live), then waits up to 10 s for
+			// streams that other members keep open. Every handoff is
+			// done; stopping the server refuses what still arrives (its
+			// senders route elsewhere), and our own outgoing streams
+			// flush until the actor system stops.
+			s.remote.Shutdown(false)
 		}
 		if s.actors != nil {
 			s.actors.Shutdown()

@@ -167,6 +167,7 @@ func (n *Node) start() {
 		"--actors.retry-initial", "300ms",
 		"--actors.retry-max", "1s",
 		"--shutdown-grace", "5s",
+		"--drain-window", "1s",
 		"--log-level", "debug",
 	}
 	if n.opts.Roles != "" {
@@ -237,6 +238,28 @@ func (n *Node) Stop(sig syscall.Signal) {
 	}
 	if sig == syscall.SIGTERM && !n.cmd.ProcessState.Success() {
 		n.t.Fatalf("testkit: courier exited with %v after SIGTERM:\n%s", n.cmd.ProcessState, n.logs.String())
+	}
+}
+
+// Signal sends sig to the node's process and returns at once.
+func (n *Node) Signal(sig syscall.Signal) {
+	n.t.Helper()
+	if err := n.cmd.Process.Signal(sig); err != nil {
+		n.t.Fatalf("testkit: signal %v: %v", sig, err)
+	}
+}
+
+// WaitExit waits up to d for the node's process to end by itself and
+// fails the test unless it did, with exit status 0.
+func (n *Node) WaitExit(d time.Duration) {
+	n.t.Helper()
+	select {
+	case <-n.exited:
+	case <-time.After(d):
+		n.t.Fatalf("testkit: courier did not exit within %v:\n%s", d, n.logs.String())
+	}
+	if !n.cmd.ProcessState.Success() {
+		n.t.Fatalf("testkit: courier exited with %v:\n%s", n.cmd.ProcessState, n.logs.String())
 	}
 }
 

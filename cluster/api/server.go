@@ -90,6 +90,8 @@ type Deps struct {
 	// ClusterStats, if set, gathers every live node's statistics for
 	// Stats (otherwise Stats answers with this node's Stats alone).
 	ClusterStats ClusterStats
+	// Drain begins a node's drain (for Drain; nil: unavailable).
+	Drain Drainer
 }
 
 // ClusterStats returns the raw statistics of app of every live node that
@@ -110,12 +112,13 @@ type Server struct {
 	prov   string
 
 	clusterStats ClusterStats
+	drain        Drainer
 }
 
 // New returns a server.
 func New(d Deps) *Server {
 	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream,
-		view: d.Members, prov: d.Provider, clusterStats: d.ClusterStats}
+		view: d.Members, prov: d.Provider, clusterStats: d.ClusterStats, drain: d.Drain}
 }
 
 // ServerOptions returns the options that authenticate every call and

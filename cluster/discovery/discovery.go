@@ -42,11 +42,12 @@ type errorBody struct {
 	Error string `json:"error"`
 }
 
-// Gates returns the live gates of v that accept app's devices, least
-// loaded first (then by fewer connections, then by address).
+// Gates returns the live gates of v that accept app's devices and are not
+// draining, least loaded first (then by fewer connections, then by
+// address).
 func Gates(v *membership.View, app uint16) []Gate {
 	var out []Gate
-	for _, m := range v.Live(membership.RoleGate) {
+	for _, m := range v.Serving(membership.RoleGate) {
 		if !m.AcceptsApp(app) {
 			continue
 		}

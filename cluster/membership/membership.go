@@ -236,6 +236,21 @@ func (m *Membership) Join(ctx context.Context, self Member) error {
 	}
 }
 
+// SetDraining publishes that this node is draining (Member.Draining) at
+// once, and keeps it so until the node leaves.
+func (m *Membership) SetDraining(ctx context.Context) error {
+	m.mu.Lock()
+	m.self.Draining = true
+	self := m.self
+	self.Load = m.load
+	m.mu.Unlock()
+	if err := m.be.register(ctx, &self); err != nil {
+		return fmt.Errorf("membership: publish draining: %w", err)
+	}
+	m.log.Info("membership: this node is draining", "member", self.ID)
+	return nil
+}
+
 // SetLoad records the node's load; it is published within the load
 // interval when it changed.
 func (m *Membership) SetLoad(l Load) {
@@ -309,10 +324,10 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 		m.mu.Lock()
 		self, load, changed := m.self, m.load, m.load != m.published
 		m.mu.Unlock()
-		// A slow call (an agent that just restarted) that fails is covered
-		// by the other members' vouching (lease.go), so it may take no
-		// longer than the refresh period.
-		rctx, cancel := context.WithTimeout(ctx, every)
+		// A call may take half the TTL: a busy agent is not yet a missed
+		// refresh. One that fails leaves time to ask the other members
+		// to vouch (lease.go) before the lease lapses.
+		rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
 		sent := time.Now()
 		var err error
 		if changed && time.Since(lastLoad) >= m.cfg.LoadInterval {
@@ -346,7 +361,7 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 				// lease still runs. Register the same instance again; the
 				// others give it a grace after their own outage.
 				self.Load = load
-				rctx, cancel := context.WithTimeout(ctx, every)
+				rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
 				err := m.be.register(rctx, &self)
 				cancel()
 				if err == nil {

@@ -55,8 +55,14 @@ type Config struct {
 	// content, trailing newlines removed, is the secret.
 	AppSecretFiles map[string]string
 	APIKeyFiles    map[string]string
-	// ShutdownGrace bounds the graceful shutdown (default 10 s).
+	// ShutdownGrace bounds the graceful shutdown, the drain included
+	// (default 30 s).
 	ShutdownGrace time.Duration
+	// DrainWindow spreads a drain's kickouts (SIGTERM, courierctl drain)
+	// over this long, so that the other gates are not hit by a reconnect
+	// storm (default 10 s; 0 kicks every device at once; less than
+	// ShutdownGrace).
+	DrainWindow time.Duration
 
 	Gate     gate.Config
 	Cluster  cluster.Config
@@ -80,7 +86,8 @@ func DefaultConfig() Config {
 		DataDir:       "./data",
 		APIAddr:       ":7001",
 		HTTPAddr:      ":7002",
-		ShutdownGrace: 10 * time.Second,
+		ShutdownGrace: 30 * time.Second,
+		DrainWindow:   10 * time.Second,
 		AppSecrets:    map[string]string{},
 		APIKeys:       map[string]string{},
 		Gate:          g,
@@ -108,6 +115,10 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	}
 	if c.APIAddr == "" {
 		return nil, nil, fmt.Errorf("node: api-addr: must not be empty")
+	}
+	if c.DrainWindow < 0 || c.DrainWindow > api.MaxDrainWindow || c.DrainWindow >= c.ShutdownGrace {
+		return nil, nil, fmt.Errorf("node: drain-window %v: must be in [0, %v] and less than shutdown-grace %v",
+			c.DrainWindow, api.MaxDrainWindow, c.ShutdownGrace)
 	}
 	appSecrets, apiKeys, err := c.withFiles()
 	if err != nil {

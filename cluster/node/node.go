@@ -57,6 +57,8 @@ type Node struct {
 
 	health   *health.Server // grpc.health.v1 on the API port
 	stopping atomic.Bool    // Shutdown has begun: not ready
+	drain    *drainState    // drain.go
+	drainMu  sync.Mutex
 
 	roles membership.Roles
 	quit  chan struct{} // stops the expiry sweep and the load publisher
@@ -85,7 +87,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, asConfigError(err)
 	}
-	n := &Node{cfg: cfg, log: log, roles: roles, reg: prometheus.NewRegistry(), quit: make(chan struct{}), never: make(chan struct{})}
+	n := &Node{cfg: cfg, log: log, roles: roles, reg: prometheus.NewRegistry(), quit: make(chan struct{}), never: make(chan struct{}),
+		drain: newDrainState()}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {
@@ -157,7 +160,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 
 	if roles.Has(membership.RoleAPI) {
 		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.hub,
-			Members: n.sys.View, Provider: cfg.Cluster.Provider, ClusterStats: n.clusterStats, Lists: clusterLists{n}}
+			Members: n.sys.View, Provider: cfg.Cluster.Provider, ClusterStats: n.clusterStats, Lists: clusterLists{n},
+			Drain: n.drainMember}
 		apiTLS, err := cfg.apiTLS()
 		if err != nil {
 			return nil, asConfigError(err)

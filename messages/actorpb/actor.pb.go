@@ -1071,6 +1071,7 @@ type Reply struct {
 	//	*Reply_StatsPart
 	//	*Reply_Lists
 	//	*Reply_LeaseVouch
+	//	*Reply_DrainStarted
 	Body          isReply_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1183,6 +1184,15 @@ func (x *Reply) GetLeaseVouch() *LeaseVouch {
 	return nil
 }
 
+func (x *Reply) GetDrainStarted() *DrainStarted {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_DrainStarted); ok {
+			return x.DrainStarted
+		}
+	}
+	return nil
+}
+
 type isReply_Body interface {
 	isReply_Body()
 }
@@ -1215,6 +1225,10 @@ type Reply_LeaseVouch struct {
 	LeaseVouch *LeaseVouch `protobuf:"bytes,30,opt,name=lease_vouch,json=leaseVouch,proto3,oneof"`
 }
 
+type Reply_DrainStarted struct {
+	DrainStarted *DrainStarted `protobuf:"bytes,31,opt,name=drain_started,json=drainStarted,proto3,oneof"`
+}
+
 func (*Reply_Push) isReply_Body() {}
 
 func (*Reply_Kick) isReply_Body() {}
@@ -1228,6 +1242,8 @@ func (*Reply_StatsPart) isReply_Body() {}
 func (*Reply_Lists) isReply_Body() {}
 
 func (*Reply_LeaseVouch) isReply_Body() {}
+
+func (*Reply_DrainStarted) isReply_Body() {}
 
 // Failure: the request could not be handled. code is a gRPC status code.
 type Failure struct {
@@ -1704,6 +1720,7 @@ type NodeRequest struct {
 	//	*NodeRequest_ListsEdit
 	//	*NodeRequest_ListsGet
 	//	*NodeRequest_LeaseCheck
+	//	*NodeRequest_Drain
 	Body          isNodeRequest_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1796,6 +1813,15 @@ func (x *NodeRequest) GetLeaseCheck() *LeaseCheck {
 	return nil
 }
 
+func (x *NodeRequest) GetDrain() *DrainStart {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
 type isNodeRequest_Body interface {
 	isNodeRequest_Body()
 }
@@ -1821,6 +1847,11 @@ type NodeRequest_LeaseCheck struct {
 	LeaseCheck *LeaseCheck `protobuf:"bytes,30,opt,name=lease_check,json=leaseCheck,proto3,oneof"`
 }
 
+type NodeRequest_Drain struct {
+	// Begin draining this node (answered with DrainStarted).
+	Drain *DrainStart `protobuf:"bytes,31,opt,name=drain,proto3,oneof"`
+}
+
 func (*NodeRequest_Stats) isNodeRequest_Body() {}
 
 func (*NodeRequest_ListsEdit) isNodeRequest_Body() {}
@@ -1828,6 +1859,123 @@ func (*NodeRequest_ListsEdit) isNodeRequest_Body() {}
 func (*NodeRequest_ListsGet) isNodeRequest_Body() {}
 
 func (*NodeRequest_LeaseCheck) isNodeRequest_Body() {}
+
+func (*NodeRequest_Drain) isNodeRequest_Body() {}
+
+// DrainStart: spread the gate's kickouts over window_ms (0: the node's
+// setting).
+type DrainStart struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WindowMs      int64                  `protobuf:"varint,1,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainStart) Reset() {
+	*x = DrainStart{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainStart) ProtoMessage() {}
+
+func (x *DrainStart) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainStart.ProtoReflect.Descriptor instead.
+func (*DrainStart) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DrainStart) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+// DrainStarted: the node began draining.
+type DrainStarted struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        string                 `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	WindowMs      int64                  `protobuf:"varint,2,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	Conns         uint32                 `protobuf:"varint,3,opt,name=conns,proto3" json:"conns,omitempty"`
+	Actors        uint32                 `protobuf:"varint,4,opt,name=actors,proto3" json:"actors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainStarted) Reset() {
+	*x = DrainStarted{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainStarted) ProtoMessage() {}
+
+func (x *DrainStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainStarted.ProtoReflect.Descriptor instead.
+func (*DrainStarted) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DrainStarted) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *DrainStarted) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+func (x *DrainStarted) GetConns() uint32 {
+	if x != nil {
+		return x.Conns
+	}
+	return 0
+}
+
+func (x *DrainStarted) GetActors() uint32 {
+	if x != nil {
+		return x.Actors
+	}
+	return 0
+}
 
 // LeaseCheck names the asking member instance.
 type LeaseCheck struct {
@@ -1839,7 +1987,7 @@ type LeaseCheck struct {
 
 func (x *LeaseCheck) Reset() {
 	*x = LeaseCheck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1851,7 +1999,7 @@ func (x *LeaseCheck) String() string {
 func (*LeaseCheck) ProtoMessage() {}
 
 func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1864,7 +2012,7 @@ func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseCheck.ProtoReflect.Descriptor instead.
 func (*LeaseCheck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LeaseCheck) GetMember() string {
@@ -1890,7 +2038,7 @@ type LeaseVouch struct {
 
 func (x *LeaseVouch) Reset() {
 	*x = LeaseVouch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1902,7 +2050,7 @@ func (x *LeaseVouch) String() string {
 func (*LeaseVouch) ProtoMessage() {}
 
 func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1915,7 +2063,7 @@ func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseVouch.ProtoReflect.Descriptor instead.
 func (*LeaseVouch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *LeaseVouch) GetVouch() bool {
@@ -1954,7 +2102,7 @@ type ListsGet struct {
 
 func (x *ListsGet) Reset() {
 	*x = ListsGet{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1966,7 +2114,7 @@ func (x *ListsGet) String() string {
 func (*ListsGet) ProtoMessage() {}
 
 func (x *ListsGet) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1979,7 +2127,7 @@ func (x *ListsGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsGet.ProtoReflect.Descriptor instead.
 func (*ListsGet) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
 }
 
 // ListsReply is a gate's whole lists, in the JSON of gate.ListsSnapshot
@@ -1993,7 +2141,7 @@ type ListsReply struct {
 
 func (x *ListsReply) Reset() {
 	*x = ListsReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2005,7 +2153,7 @@ func (x *ListsReply) String() string {
 func (*ListsReply) ProtoMessage() {}
 
 func (x *ListsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2018,7 +2166,7 @@ func (x *ListsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsReply.ProtoReflect.Descriptor instead.
 func (*ListsReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListsReply) GetJson() []byte {
@@ -2042,7 +2190,7 @@ type StatsQuery struct {
 
 func (x *StatsQuery) Reset() {
 	*x = StatsQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2054,7 +2202,7 @@ func (x *StatsQuery) String() string {
 func (*StatsQuery) ProtoMessage() {}
 
 func (x *StatsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2067,7 +2215,7 @@ func (x *StatsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsQuery.ProtoReflect.Descriptor instead.
 func (*StatsQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StatsQuery) GetAppCode() uint32 {
@@ -2109,7 +2257,7 @@ type StatCounts struct {
 
 func (x *StatCounts) Reset() {
 	*x = StatCounts{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2269,7 @@ func (x *StatCounts) String() string {
 func (*StatCounts) ProtoMessage() {}
 
 func (x *StatCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2282,7 @@ func (x *StatCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatCounts.ProtoReflect.Descriptor instead.
 func (*StatCounts) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatCounts) GetAccepted() uint64 {
@@ -2214,7 +2362,7 @@ type Hist struct {
 
 func (x *Hist) Reset() {
 	*x = Hist{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2226,7 +2374,7 @@ func (x *Hist) String() string {
 func (*Hist) ProtoMessage() {}
 
 func (x *Hist) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2239,7 +2387,7 @@ func (x *Hist) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hist.ProtoReflect.Descriptor instead.
 func (*Hist) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Hist) GetIndex() []uint32 {
@@ -2284,7 +2432,7 @@ type RawStat struct {
 
 func (x *RawStat) Reset() {
 	*x = RawStat{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2444,7 @@ func (x *RawStat) String() string {
 func (*RawStat) ProtoMessage() {}
 
 func (x *RawStat) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2457,7 @@ func (x *RawStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawStat.ProtoReflect.Descriptor instead.
 func (*RawStat) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RawStat) GetMsgtype() uint32 {
@@ -2357,7 +2505,7 @@ type StatsPart struct {
 
 func (x *StatsPart) Reset() {
 	*x = StatsPart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2517,7 @@ func (x *StatsPart) String() string {
 func (*StatsPart) ProtoMessage() {}
 
 func (x *StatsPart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2530,7 @@ func (x *StatsPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsPart.ProtoReflect.Descriptor instead.
 func (*StatsPart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StatsPart) GetStats() []*RawStat {
@@ -2411,7 +2559,7 @@ type UpstreamSubscribe struct {
 
 func (x *UpstreamSubscribe) Reset() {
 	*x = UpstreamSubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2423,7 +2571,7 @@ func (x *UpstreamSubscribe) String() string {
 func (*UpstreamSubscribe) ProtoMessage() {}
 
 func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2436,7 +2584,7 @@ func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamSubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamSubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpstreamSubscribe) GetSubId() string {
@@ -2483,7 +2631,7 @@ type UpstreamUnsubscribe struct {
 
 func (x *UpstreamUnsubscribe) Reset() {
 	*x = UpstreamUnsubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2643,7 @@ func (x *UpstreamUnsubscribe) String() string {
 func (*UpstreamUnsubscribe) ProtoMessage() {}
 
 func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2656,7 @@ func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamUnsubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamUnsubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UpstreamUnsubscribe) GetSubId() string {
@@ -2531,7 +2679,7 @@ type UpstreamBatch struct {
 
 func (x *UpstreamBatch) Reset() {
 	*x = UpstreamBatch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2543,7 +2691,7 @@ func (x *UpstreamBatch) String() string {
 func (*UpstreamBatch) ProtoMessage() {}
 
 func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2556,7 +2704,7 @@ func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamBatch.ProtoReflect.Descriptor instead.
 func (*UpstreamBatch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpstreamBatch) GetSubId() string {
@@ -2592,7 +2740,7 @@ type UpstreamAck struct {
 
 func (x *UpstreamAck) Reset() {
 	*x = UpstreamAck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2604,7 +2752,7 @@ func (x *UpstreamAck) String() string {
 func (*UpstreamAck) ProtoMessage() {}
 
 func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2617,7 +2765,7 @@ func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAck.ProtoReflect.Descriptor instead.
 func (*UpstreamAck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *UpstreamAck) GetSubId() string {
@@ -2652,7 +2800,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2664,7 +2812,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2677,7 +2825,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -2758,7 +2906,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2770,7 +2918,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2783,7 +2931,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -2825,7 +2973,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2837,7 +2985,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2850,7 +2998,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -2928,7 +3076,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2940,7 +3088,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2953,7 +3101,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -3054,7 +3202,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\bGateDown\x12\x17\n" +
 	"\agate_id\x18\x01 \x01(\tR\x06gateId\"\t\n" +
 	"\aHandoff\"\a\n" +
-	"\x05Sweep\"\xb7\x03\n" +
+	"\x05Sweep\"\xfe\x03\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
 	"\x04push\x18\n" +
@@ -3066,7 +3214,8 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"stats_part\x18\x14 \x01(\v2\x1b.courier.actor.v1.StatsPartH\x00R\tstatsPart\x124\n" +
 	"\x05lists\x18\x15 \x01(\v2\x1c.courier.actor.v1.ListsReplyH\x00R\x05lists\x12?\n" +
 	"\vlease_vouch\x18\x1e \x01(\v2\x1c.courier.actor.v1.LeaseVouchH\x00R\n" +
-	"leaseVouchB\x06\n" +
+	"leaseVouch\x12E\n" +
+	"\rdrain_started\x18\x1f \x01(\v2\x1e.courier.actor.v1.DrainStartedH\x00R\fdrainStartedB\x06\n" +
 	"\x04body\"7\n" +
 	"\aFailure\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
@@ -3103,7 +3252,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\vapp_version\x18\a \x01(\tR\n" +
 	"appVersion\x12%\n" +
 	"\x0flogged_in_at_ms\x18\b \x01(\x03R\floggedInAtMs\x12\x18\n" +
-	"\apending\x18\t \x01(\rR\apending\"\xc9\x02\n" +
+	"\apending\x18\t \x01(\rR\apending\"\xff\x02\n" +
 	"\vNodeRequest\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12#\n" +
 	"\rreply_address\x18\x02 \x01(\tR\freplyAddress\x124\n" +
@@ -3113,8 +3262,17 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"lists_edit\x18\v \x01(\v2#.courier.v1.UpdateAccessListRequestH\x00R\tlistsEdit\x129\n" +
 	"\tlists_get\x18\f \x01(\v2\x1a.courier.actor.v1.ListsGetH\x00R\blistsGet\x12?\n" +
 	"\vlease_check\x18\x1e \x01(\v2\x1c.courier.actor.v1.LeaseCheckH\x00R\n" +
-	"leaseCheckB\x06\n" +
-	"\x04body\"$\n" +
+	"leaseCheck\x124\n" +
+	"\x05drain\x18\x1f \x01(\v2\x1c.courier.actor.v1.DrainStartH\x00R\x05drainB\x06\n" +
+	"\x04body\")\n" +
+	"\n" +
+	"DrainStart\x12\x1b\n" +
+	"\twindow_ms\x18\x01 \x01(\x03R\bwindowMs\"q\n" +
+	"\fDrainStarted\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\tR\x06member\x12\x1b\n" +
+	"\twindow_ms\x18\x02 \x01(\x03R\bwindowMs\x12\x14\n" +
+	"\x05conns\x18\x03 \x01(\rR\x05conns\x12\x16\n" +
+	"\x06actors\x18\x04 \x01(\rR\x06actors\"$\n" +
 	"\n" +
 	"LeaseCheck\x12\x16\n" +
 	"\x06member\x18\x01 \x01(\tR\x06member\"w\n" +
@@ -3220,7 +3378,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),                       // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),                   // 1: courier.actor.v1.DeviceLogin
@@ -3243,38 +3401,40 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*PresenceQuery)(nil),                 // 18: courier.actor.v1.PresenceQuery
 	(*PresenceReply)(nil),                 // 19: courier.actor.v1.PresenceReply
 	(*NodeRequest)(nil),                   // 20: courier.actor.v1.NodeRequest
-	(*LeaseCheck)(nil),                    // 21: courier.actor.v1.LeaseCheck
-	(*LeaseVouch)(nil),                    // 22: courier.actor.v1.LeaseVouch
-	(*ListsGet)(nil),                      // 23: courier.actor.v1.ListsGet
-	(*ListsReply)(nil),                    // 24: courier.actor.v1.ListsReply
-	(*StatsQuery)(nil),                    // 25: courier.actor.v1.StatsQuery
-	(*StatCounts)(nil),                    // 26: courier.actor.v1.StatCounts
-	(*Hist)(nil),                          // 27: courier.actor.v1.Hist
-	(*RawStat)(nil),                       // 28: courier.actor.v1.RawStat
-	(*StatsPart)(nil),                     // 29: courier.actor.v1.StatsPart
-	(*UpstreamSubscribe)(nil),             // 30: courier.actor.v1.UpstreamSubscribe
-	(*UpstreamUnsubscribe)(nil),           // 31: courier.actor.v1.UpstreamUnsubscribe
-	(*UpstreamBatch)(nil),                 // 32: courier.actor.v1.UpstreamBatch
-	(*UpstreamAck)(nil),                   // 33: courier.actor.v1.UpstreamAck
-	(*SessionRecord)(nil),                 // 34: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),                  // 35: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),                    // 36: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil),             // 37: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),                // 38: courier.device.v1.Login
-	(*devicepb.C2C)(nil),                  // 39: courier.device.v1.C2C
-	(devicepb.KickReason)(0),              // 40: courier.device.v1.KickReason
-	(devicepb.Platform)(0),                // 41: courier.device.v1.Platform
-	(*apipb.UpdateAccessListRequest)(nil), // 42: courier.v1.UpdateAccessListRequest
-	(*apipb.UpstreamMessage)(nil),         // 43: courier.v1.UpstreamMessage
-	(devicepb.Kind)(0),                    // 44: courier.device.v1.Kind
+	(*DrainStart)(nil),                    // 21: courier.actor.v1.DrainStart
+	(*DrainStarted)(nil),                  // 22: courier.actor.v1.DrainStarted
+	(*LeaseCheck)(nil),                    // 23: courier.actor.v1.LeaseCheck
+	(*LeaseVouch)(nil),                    // 24: courier.actor.v1.LeaseVouch
+	(*ListsGet)(nil),                      // 25: courier.actor.v1.ListsGet
+	(*ListsReply)(nil),                    // 26: courier.actor.v1.ListsReply
+	(*StatsQuery)(nil),                    // 27: courier.actor.v1.StatsQuery
+	(*StatCounts)(nil),                    // 28: courier.actor.v1.StatCounts
+	(*Hist)(nil),                          // 29: courier.actor.v1.Hist
+	(*RawStat)(nil),                       // 30: courier.actor.v1.RawStat
+	(*StatsPart)(nil),                     // 31: courier.actor.v1.StatsPart
+	(*UpstreamSubscribe)(nil),             // 32: courier.actor.v1.UpstreamSubscribe
+	(*UpstreamUnsubscribe)(nil),           // 33: courier.actor.v1.UpstreamUnsubscribe
+	(*UpstreamBatch)(nil),                 // 34: courier.actor.v1.UpstreamBatch
+	(*UpstreamAck)(nil),                   // 35: courier.actor.v1.UpstreamAck
+	(*SessionRecord)(nil),                 // 36: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),                  // 37: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),                    // 38: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil),             // 39: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),                // 40: courier.device.v1.Login
+	(*devicepb.C2C)(nil),                  // 41: courier.device.v1.C2C
+	(devicepb.KickReason)(0),              // 42: courier.device.v1.KickReason
+	(devicepb.Platform)(0),                // 43: courier.device.v1.Platform
+	(*apipb.UpdateAccessListRequest)(nil), // 44: courier.v1.UpdateAccessListRequest
+	(*apipb.UpstreamMessage)(nil),         // 45: courier.v1.UpstreamMessage
+	(devicepb.Kind)(0),                    // 46: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	38, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	40, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	39, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	41, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
@@ -3290,31 +3450,33 @@ var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	17, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
 	19, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
 	13, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	29, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
-	24, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
-	22, // 23: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
-	40, // 24: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 25: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	41, // 26: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	25, // 27: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
-	42, // 28: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
-	23, // 29: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
-	21, // 30: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
-	26, // 31: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
-	26, // 32: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
-	27, // 33: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
-	27, // 34: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
-	28, // 35: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
-	43, // 36: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
-	0,  // 37: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	41, // 38: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	34, // 39: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	44, // 40: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	41, // [41:41] is the sub-list for method output_type
-	41, // [41:41] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	31, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	26, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
+	24, // 23: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
+	22, // 24: courier.actor.v1.Reply.drain_started:type_name -> courier.actor.v1.DrainStarted
+	42, // 25: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 26: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	43, // 27: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	27, // 28: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	44, // 29: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	25, // 30: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
+	23, // 31: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
+	21, // 32: courier.actor.v1.NodeRequest.drain:type_name -> courier.actor.v1.DrainStart
+	28, // 33: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	28, // 34: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	29, // 35: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	29, // 36: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	30, // 37: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	45, // 38: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
+	0,  // 39: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	43, // 40: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	36, // 41: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	46, // 42: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	43, // [43:43] is the sub-list for method output_type
+	43, // [43:43] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -3341,12 +3503,14 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Reply_StatsPart)(nil),
 		(*Reply_Lists)(nil),
 		(*Reply_LeaseVouch)(nil),
+		(*Reply_DrainStarted)(nil),
 	}
 	file_courier_actor_v1_actor_proto_msgTypes[20].OneofWrappers = []any{
 		(*NodeRequest_Stats)(nil),
 		(*NodeRequest_ListsEdit)(nil),
 		(*NodeRequest_ListsGet)(nil),
 		(*NodeRequest_LeaseCheck)(nil),
+		(*NodeRequest_Drain)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3354,7 +3518,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
