@@ -25,6 +25,10 @@ type ClusterOptions struct {
 	// TLS makes the members talk over mutual TLS, with a CA and node
 	// certificates the testkit makes.
 	TLS bool
+	// Network, if set, puts every node in a namespace of its own on it
+	// and Consul on its cluster network (Network.ClusterHost), so that a
+	// test can cut nodes off (Network.Cut). It implies TLS.
+	Network *Network
 }
 
 // Cluster is a Courier cluster for tests, in the manner of hashicorp
@@ -49,7 +53,15 @@ type Cluster struct {
 // sees every other one live.
 func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t, opts: opts, Consul: StartConsul(t)}
+	if opts.Network != nil {
+		opts.TLS = true
+	}
+	c := &Cluster{t: t, opts: opts}
+	if opts.Network != nil {
+		c.Consul = StartConsulOn(t, opts.Network.ClusterHost())
+	} else {
+		c.Consul = StartConsul(t)
+	}
 	if opts.TLS {
 		c.Certs = t.TempDir()
 		var err error
@@ -81,12 +93,17 @@ func (c *Cluster) AddNode(roles string, args ...string) *Node {
 		"--cluster.ttl", "1s",
 		"--cluster.load-interval", "200ms",
 	}
+	var hosts []string
+	if nw := c.opts.Network; nw != nil {
+		clusterIP, _ := nw.AddHost(name)
+		hosts = append(hosts, clusterIP)
+	}
 	if c.opts.TLS {
-		all = append(all, c.NodeCertArgs(name)...)
+		all = append(all, c.NodeCertArgs(name, hosts...)...)
 	}
 	all = append(all, c.opts.Args...)
 	all = append(all, args...)
-	n := StartNode(c.t, NodeOptions{Name: name, Roles: roles, Args: all})
+	n := StartNode(c.t, NodeOptions{Name: name, Roles: roles, Args: all, Network: c.opts.Network})
 	c.mu.Lock()
 	c.Nodes = append(c.Nodes, n)
 	c.mu.Unlock()
@@ -94,10 +111,11 @@ func (c *Cluster) AddNode(roles string, args ...string) *Node {
 }
 
 // NodeCertArgs makes a certificate of the cluster's CA for node name
-// (valid for 127.0.0.1 and localhost) and returns the flags that use it.
-func (c *Cluster) NodeCertArgs(name string) []string {
+// (valid for 127.0.0.1, localhost and hosts) and returns the flags that
+// use it.
+func (c *Cluster) NodeCertArgs(name string, hosts ...string) []string {
 	c.t.Helper()
-	p, err := mtls.IssueNode(c.ca, name, []string{"127.0.0.1", "localhost"}, 24*time.Hour)
+	p, err := mtls.IssueNode(c.ca, name, append([]string{"127.0.0.1", "localhost"}, hosts...), 24*time.Hour)
 	if err != nil {
 		c.t.Fatal(err)
 	}

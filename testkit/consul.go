@@ -56,9 +56,10 @@ func ConsulBinary(t testing.TB) string {
 // Stop and Restart keep the data and the ports, for tests of a Consul
 // outage.
 type Consul struct {
-	t   testing.TB
-	bin string
-	dir string
+	t    testing.TB
+	bin  string
+	dir  string
+	host string // the address it listens on
 	// Addr is the agent's HTTP address (host:port), what nodes are given
 	// as --cluster.consul.
 	Addr  string
@@ -70,17 +71,24 @@ type Consul struct {
 	exited chan struct{}
 }
 
-// StartConsul starts a Consul agent and waits until it has a leader and
-// has registered itself. It is killed at the end of the test.
+// StartConsul starts a Consul agent on 127.0.0.1 and waits until it has a
+// leader and has registered itself. It is killed at the end of the test.
 func StartConsul(t testing.TB) *Consul {
 	t.Helper()
-	c := &Consul{t: t, bin: ConsulBinary(t), dir: t.TempDir()}
+	return StartConsulOn(t, "127.0.0.1")
+}
+
+// StartConsulOn is StartConsul on another local address (a Network's
+// ClusterHost).
+func StartConsulOn(t testing.TB, host string) *Consul {
+	t.Helper()
+	c := &Consul{t: t, bin: ConsulBinary(t), dir: t.TempDir(), host: host}
 	ports, err := freePorts(len(c.ports))
 	if err != nil {
 		t.Fatalf("testkit: ports for Consul: %v", err)
 	}
 	copy(c.ports[:], ports)
-	c.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(c.ports[0]))
+	c.Addr = net.JoinHostPort(host, strconv.Itoa(c.ports[0]))
 	t.Cleanup(c.kill)
 	c.start()
 	return c
@@ -115,7 +123,7 @@ func (c *Consul) start() {
 		"-server", "-bootstrap-expect", "1",
 		"-data-dir", filepath.Join(c.dir, "data"),
 		"-node", "testkit",
-		"-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-bind", c.host, "-client", c.host,
 		"-http-port", p(0), "-serf-lan-port", p(1), "-serf-wan-port", p(2), "-server-port", p(3),
 		"-dns-port", "-1", "-grpc-port", "-1",
 		// Raft's fastest timers (elections in about a second), check

@@ -88,6 +88,11 @@ type NodeOptions struct {
 	Args []string
 	// Env are extra environment variables ("COURIER_X=v").
 	Env []string
+	// Network, if set, runs the node in a namespace of its own on it
+	// (Network.AddHost(Name)): gate, API and HTTP listen on its public
+	// address, remoting on its cluster address (not loopback: Args must
+	// carry the mutual TLS flags).
+	Network *Network
 }
 
 // Node is a courier node running as a separate process, as in production.
@@ -147,14 +152,18 @@ func (n *Node) start() {
 	if name == "" {
 		name = "test-node"
 	}
+	public, cluster := "127.0.0.1", "127.0.0.1"
+	if n.opts.Network != nil {
+		cluster, public = n.opts.Network.AddHost(name)
+	}
 	args := []string{
 		"--name", name,
 		"--data-dir", n.opts.DataDir,
 		"--addr-file", addrFile,
-		"--gate.addr", "127.0.0.1:0",
-		"--api-addr", "127.0.0.1:0",
-		"--http-addr", "127.0.0.1:0",
-		"--cluster.bind", "127.0.0.1:0",
+		"--gate.addr", public + ":0",
+		"--api-addr", public + ":0",
+		"--http-addr", public + ":0",
+		"--cluster.bind", cluster + ":0",
 		"--app-secret", "1=" + App1Secret,
 		"--app-secret", "2=" + App2Secret,
 		"--api-key", App1Key + "=1",
@@ -175,6 +184,9 @@ func (n *Node) start() {
 	}
 	args = append(args, n.opts.Args...)
 	n.cmd = exec.Command(bin, args...)
+	if n.opts.Network != nil {
+		n.cmd = n.opts.Network.Command(name, bin, args...)
+	}
 	n.logs = &syncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
 	n.cmd.Env = append(append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66"), n.opts.Env...)
