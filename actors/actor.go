@@ -67,6 +67,10 @@ type deviceActor struct {
 	deps *Deps
 	id   store.Identity
 	d    *Device // nil until loaded (or after a failed reload)
+	// owner is the owner epoch of the last Load: every write carries it,
+	// and fails with store.ErrFenced once another activation claimed
+	// the identity.
+	owner uint64
 	seen uint64  // envelopes received, for the passivation handshake
 
 	timer   *time.Timer
@@ -125,6 +129,7 @@ func (a *deviceActor) load() bool {
 		a.deps.Log.Warn("actors: loading identity failed", "identity", a.id, "err", err)
 		return false
 	}
+	a.owner = snap.Owner
 	a.d = NewDevice(a.deps.Config, a.id, snap, a.deps.Stats, a.deps.IDs.Next)
 	// A restarted node finds sessions that were live: resume delivery of
 	// what waits for them (a gate that no longer has the connection says
@@ -224,6 +229,7 @@ func (a *deviceActor) perform(ctx actor.Context) {
 		return
 	}
 	if w := d.TakeDetached(); w != nil {
+		w.Owner = a.owner
 		a.detached.Add(1)
 		a.deps.Store.Submit(w, func(err error) {
 			if err != nil {
@@ -233,6 +239,7 @@ func (a *deviceActor) perform(ctx actor.Context) {
 		})
 	}
 	if w := d.TakeWrite(); w != nil {
+		w.Owner = a.owner
 		self, root := ctx.Self(), ctx.ActorSystem().Root
 		a.deps.Store.Submit(w, func(err error) { root.Send(self, &writeDone{err}) })
 	}
