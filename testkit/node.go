@@ -81,6 +81,20 @@ type NodeOptions struct {
 	DataDir string
 	// Args are extra flags, after the testkit's defaults (so they win).
 	Args []string
+	// PostgresDSN, if set, runs the node on the PostgreSQL store of that
+	// database. If empty and the environment has COURIER_TEST_STORE=postgres,
+	// the node gets a new database of the shared test server (so a whole
+	// end-to-end suite runs on PostgreSQL: make test does it).
+	PostgresDSN string
+}
+
+// TestStore returns the store the end-to-end tests run on by default:
+// "postgres" if COURIER_TEST_STORE says so, else "pebble".
+func TestStore() string {
+	if os.Getenv("COURIER_TEST_STORE") == "postgres" {
+		return "postgres"
+	}
+	return "pebble"
 }
 
 // Node is a courier node running as a separate process, as in production.
@@ -121,6 +135,9 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 	if opts.DataDir == "" {
 		opts.DataDir = t.TempDir()
 	}
+	if opts.PostgresDSN == "" && TestStore() == "postgres" {
+		opts.PostgresDSN = PostgresDB(t)
+	}
 	n := &Node{t: t, opts: opts}
 	n.start()
 	return n
@@ -154,11 +171,18 @@ func (n *Node) start() {
 		"--shutdown-grace", "5s",
 		"--log-level", "debug",
 	}
+	if n.opts.PostgresDSN != "" {
+		args = append(args, "--store", "postgres", "--store.timeout", "3s")
+	}
 	args = append(args, n.opts.Args...)
 	n.cmd = exec.Command(bin, args...)
 	n.logs = &syncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
 	n.cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66")
+	if n.opts.PostgresDSN != "" {
+		// The environment, not argv: as an operator should pass it.
+		n.cmd.Env = append(n.cmd.Env, "COURIER_STORE_DSN="+n.opts.PostgresDSN)
+	}
 	if err := n.cmd.Start(); err != nil {
 		t.Fatalf("testkit: start courier: %v", err)
 	}

@@ -390,8 +390,10 @@ func TestPassivationKeepsInbox(t *testing.T) {
 	}
 }
 
-func testRestart(t *testing.T, sig syscall.Signal) {
-	n := testkit.StartNode(t, testkit.NodeOptions{})
+func testRestart(t *testing.T, sig syscall.Signal) { testRestartWith(t, sig, testkit.NodeOptions{}) }
+
+func testRestartWith(t *testing.T, sig syscall.Signal, opts testkit.NodeOptions) {
+	n := testkit.StartNode(t, opts)
 	api := n.API(t)
 	const count = 200
 	reqs := &apipb.PushManyRequest{}
