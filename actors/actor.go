@@ -71,7 +71,7 @@ type deviceActor struct {
 	// and fails with store.ErrFenced once another activation claimed
 	// the identity.
 	owner uint64
-	seen uint64  // envelopes received, for the passivation handshake
+	seen  uint64 // envelopes received, for the passivation handshake
 
 	timer   *time.Timer
 	timerAt time.Time
