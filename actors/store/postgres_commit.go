@@ -65,6 +65,7 @@ type pgBatch struct {
 	inbox, idem, meta map[pgOwned]pgRow
 	inboxOrd, idemOrd []pgOwned // first-seen order (deterministic statements)
 	metaOrd           []pgOwned
+	sync              bool // some write asked for durability
 }
 
 func (b *pgBatch) set(m map[pgOwned]pgRow, ord *[]pgOwned, k pgOwned, r pgRow) {
@@ -74,9 +75,10 @@ func (b *pgBatch) set(m map[pgOwned]pgRow, ord *[]pgOwned, k pgOwned, r pgRow) {
 	m[k] = r
 }
 
-// commit writes a batch in one transaction (one WAL flush; every commit
-// is synchronous, Write.Sync or not: the writes a device actor submits
-// unsynced are small deletions).
+// commit writes a batch in one transaction: one WAL flush if a write of
+// it asked for Sync; otherwise the transaction commits with
+// synchronous_commit off for itself alone (durable with the next flush,
+// as Pebble's unsynced batches).
 func (s *Postgres) commit(_ int, ws []pending) error {
 	b := &pgBatch{inbox: map[pgOwned]pgRow{}, idem: map[pgOwned]pgRow{}, meta: map[pgOwned]pgRow{}}
 	for i, p := range ws {
@@ -86,6 +88,7 @@ func (s *Postgres) commit(_ int, ws []pending) error {
 		b.fenceApp = append(b.fenceApp, app)
 		b.fenceUID = append(b.fenceUID, []byte(uid))
 		b.fenceOwner = append(b.fenceOwner, owner)
+		b.sync = b.sync || w.Sync
 		if w.Meta != nil {
 			v, err := proto.Marshal(w.Meta)
 			if err != nil {
@@ -132,6 +135,11 @@ func (s *Postgres) commit(_ int, ws []pending) error {
 // fenced.
 func (s *Postgres) send(ctx context.Context, b *pgBatch) ([]bool, error) {
 	q := &pgx.Batch{}
+	pre := 0
+	if !b.sync && !s.cfg.NoSync {
+		q.Queue("SELECT set_config('synchronous_commit', 'off', true)")
+		pre = 1
+	}
 	q.Queue(sqlFence, b.fenceApp, b.fenceUID, b.fenceOwner, b.fence)
 	stmts := 1
 	if len(b.metaOrd) > 0 {
@@ -178,6 +186,11 @@ func (s *Postgres) send(ctx context.Context, b *pgBatch) ([]bool, error) {
 	}
 	br := s.pool.SendBatch(ctx, q)
 	defer br.Close()
+	for range pre {
+		if _, err := br.Exec(); err != nil {
+			return nil, err
+		}
+	}
 	allowed := make([]bool, len(b.fence))
 	rows, err := br.Query()
 	if err != nil {
