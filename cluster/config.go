@@ -3,6 +3,7 @@ package cluster
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"time"
 )
@@ -17,7 +18,8 @@ type Config struct {
 	// (default "courier").
 	Name string
 	// Bind is the host:port of the node's actor remoting endpoint (default
-	// "127.0.0.1:0", a free port).
+	// "127.0.0.1:0", a free port). It must be a loopback address: the
+	// endpoint does not authenticate its peers (checkRemotingExposure).
 	Bind string
 	// Advertise is the host:port other nodes use to reach this one
 	// (default: the bound address). Required when Bind is 0.0.0.0.
@@ -58,6 +60,9 @@ func (c *Config) validate() error {
 	if _, err := strconv.Atoi(port); err != nil {
 		return fmt.Errorf("cluster.bind %q: bad port", c.Bind)
 	}
+	if err := checkRemotingExposure(c); err != nil {
+		return err
+	}
 	if (host == "" || host == "0.0.0.0" || host == "::") && c.Advertise == "" {
 		return fmt.Errorf("cluster.advertise: required when bind is %q", c.Bind)
 	}
@@ -74,4 +79,23 @@ func (c *Config) validate() error {
 		return fmt.Errorf("cluster.max-hops %d: must be at least 1", c.MaxHops)
 	}
 	return nil
+}
+
+// checkRemotingExposure refuses a remoting endpoint other machines could
+// reach. The remoting port accepts any envelope from whoever connects
+// (logins, pushes, kicks: everything the API's keys and the devices'
+// tokens guard), so until members authenticate each other with mutual
+// TLS it may only listen on a loopback address. This is the one place
+// to lift the rule once mutual TLS is configured.
+func checkRemotingExposure(c *Config) error {
+	host, _, _ := net.SplitHostPort(c.Bind)
+	if host == "localhost" {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("cluster.bind %q: must be a loopback address (127.0.0.1, ::1 or localhost): "+
+		"the actor remoting port accepts unauthenticated envelopes, so it must not be reachable from "+
+		"other machines until members use mutual TLS (docs/operating.md)", c.Bind)
 }

@@ -35,29 +35,40 @@ func loginCode(err error) devicepb.Code {
 }
 
 // tokenClaims are the claims of a Courier JWT: sub is the uid, app the
-// appcode, exp the expiry (required).
+// appcode, exp the expiry (required), iat the issue time (required when
+// a maximum lifetime is set), nbf optional.
 type tokenClaims struct {
 	App uint16 `json:"app"`
 	jwt.RegisteredClaims
 }
 
+// MaxIssuedAtSkew is how far in the future a token's iat may be (the
+// app-server's clock ahead of the gate's) when a maximum lifetime is set.
+const MaxIssuedAtSkew = time.Minute
+
 // JWTAuthenticator verifies HS256 JWTs signed with a per-app secret. The
-// token's claims must be sub = uid, app = appcode, and an exp in the
-// future. It is safe for concurrent use.
+// token's claims must be sub = uid, app = appcode, an exp in the future,
+// an nbf (if present) in the past, and, when a maximum lifetime is set,
+// an iat at most MaxIssuedAtSkew ahead of now with exp - iat at most the
+// maximum. It is safe for concurrent use.
 type JWTAuthenticator struct {
-	secrets map[uint16][]byte
-	parser  *jwt.Parser
+	secrets     map[uint16][]byte
+	parser      *jwt.Parser
+	maxLifetime time.Duration
 }
 
 // NewJWTAuthenticator returns an authenticator for the apps in secrets
-// (appcode → HS256 secret). The map is copied.
-func NewJWTAuthenticator(secrets map[uint16][]byte) *JWTAuthenticator {
+// (appcode → HS256 secret). The map is copied. maxLifetime > 0 refuses
+// tokens without iat or whose exp - iat exceeds it; 0 accepts any
+// lifetime.
+func NewJWTAuthenticator(secrets map[uint16][]byte, maxLifetime time.Duration) *JWTAuthenticator {
 	return &JWTAuthenticator{
 		secrets: maps.Clone(secrets),
 		parser: jwt.NewParser(
 			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 			jwt.WithExpirationRequired(),
 		),
+		maxLifetime: maxLifetime,
 	}
 }
 
@@ -78,6 +89,26 @@ func (a *JWTAuthenticator) Verify(appCode uint16, uid, token string) error {
 		return fmt.Errorf("%w: token is for another uid", ErrAuthFailed)
 	case claims.App != appCode:
 		return fmt.Errorf("%w: token is for appcode %d", ErrAuthFailed, claims.App)
+	}
+	return a.checkLifetime(&claims)
+}
+
+// checkLifetime refuses a token that may live longer than the maximum:
+// without iat, with an iat in the future (which would stretch the
+// lifetime), or with exp - iat above the maximum. exp is known present.
+func (a *JWTAuthenticator) checkLifetime(c *tokenClaims) error {
+	if a.maxLifetime == 0 {
+		return nil
+	}
+	if c.IssuedAt == nil {
+		return fmt.Errorf("%w: token has no iat (required with a maximum token lifetime)", ErrAuthFailed)
+	}
+	iat, exp := c.IssuedAt.Time, c.ExpiresAt.Time
+	if iat.After(time.Now().Add(MaxIssuedAtSkew)) {
+		return fmt.Errorf("%w: token iat is in the future", ErrAuthFailed)
+	}
+	if life := exp.Sub(iat); life > a.maxLifetime {
+		return fmt.Errorf("%w: token lifetime %v (exp - iat) above the maximum %v", ErrAuthFailed, life, a.maxLifetime)
 	}
 	return nil
 }

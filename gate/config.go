@@ -88,6 +88,10 @@ type Config struct {
 	// AppSecrets maps an appcode to its HS256 secret for the default JWT
 	// authenticator. Ignored when Authenticator is set.
 	AppSecrets map[uint16][]byte
+	// MaxTokenLifetime, for the default JWT authenticator: a token must
+	// carry iat, and exp - iat must not exceed this (0: any lifetime, iat
+	// optional). Ignored when Authenticator is set.
+	MaxTokenLifetime time.Duration
 	// Authenticator verifies login tokens (nil: JWT HS256 with
 	// AppSecrets).
 	Authenticator Authenticator
@@ -123,6 +127,8 @@ func DefaultConfig() Config {
 		IPLimiterSize:      1 << 16, // ~10 MiB at most for the limiters
 
 		ListsPollInterval: 5 * time.Second, // operators see a list edit apply within seconds
+
+		MaxTokenLifetime: 7 * 24 * time.Hour, // a leaked token is good for a week at most
 	}
 }
 
@@ -221,6 +227,9 @@ func (c *Config) validate() error {
 	}
 	if _, err := compileLists(c.Lists); err != nil {
 		return invalid("Config.Lists: %v", err)
+	}
+	if c.MaxTokenLifetime < 0 {
+		return invalid("Config.MaxTokenLifetime %v: want >= 0", c.MaxTokenLifetime)
 	}
 	if c.Authenticator == nil {
 		if len(c.AppSecrets) == 0 {

@@ -40,6 +40,8 @@ type conn struct {
 	lastActive    int64 // tick of the last frame received
 	frameTokens   bucket.Bucket
 	byteTokens    bucket.Bucket
+	ackCredit     int32 // acks the client owes for what was written to it (ackcredit.go)
+	freeKeepalive int64 // nanos from which a KEEPALIVE passes the frame limit free
 	app           uint16
 	state         connState
 	zstd          bool // compression negotiated
@@ -61,6 +63,8 @@ type conn struct {
 	sClosed       bool // OnClose ran
 	drainQueued   bool // a drain task is on the loop's queue
 	sCloseReq     CloseReason
+	sAckCredit    int32  // ack credit of the queued frames, moved to ackCredit by drain
+	loginAck      []byte // the queued LOGIN_ACK frame (in out) until drained
 }
 
 // info describes the connection to the Handler (event loop only).

@@ -32,7 +32,9 @@ const maxIovecs = 1024
 // connection's session (m is dropped); ErrNoLoginPending for a
 // LoginOutcome without a login in progress; ErrSlowClient if the queue
 // would overflow (the frames are dropped, KICKOUT SLOW_CLIENT is queued
-// and the connection closes, CloseSlowClient); ErrBadFrame for a command
+// and the connection closes, CloseSlowClient; a LOGIN_ACK still waiting,
+// queued or in m, is kept and sent before the KICKOUT, and its outcome
+// applies before the close); ErrBadFrame for a command
 // the server does not send (nothing is queued); ErrClosed while the gate
 // stops.
 //
@@ -45,12 +47,14 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 		return g.deliverGone(m)
 	}
 	var size int
+	var credit int32
 	for _, f := range m.Frames {
 		if f.Cmd > 0xFF || !messages.Cmd(f.Cmd).FromServer() {
 			g.metrics.deliverDropped.WithLabelValues("bad_frame").Inc()
 			return ErrBadFrame
 		}
 		size += messages.HeaderSize + len(f.Body)
+		credit += ackCredit(f)
 	}
 
 	s.mu.Lock()
@@ -67,36 +71,30 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 		g.metrics.deliverDropped.WithLabelValues("no_login_pending").Inc()
 		return ErrNoLoginPending
 	}
-	if len(m.Frames) > 0 {
-		if int(s.outFrames)+len(m.Frames) > g.cfg.OutQueueFrames || int(s.outBytes)+size > g.cfg.OutQueueBytes {
-			kick, _ := messages.AppendMessage(nil, messages.Header{Cmd: messages.CmdKickout, AppCode: s.sApp},
-				&devicepb.Kickout{Reason: kickSlow.reason, Detail: kickSlow.detail})
-			s.out, s.outFrames, s.outBytes = [][]byte{kick}, 1, int32(len(kick))
-			s.pendingLogin = nil
-			s.sCloseReq = CloseSlowClient
-			sched := s.schedule()
-			s.mu.Unlock()
-			g.slowClient(limitOutQueue)
-			g.log.Debug("gate: outbound queue full; disconnecting", "conn", s.id, "remote", s.remote)
-			if sched {
-				s.execDrain()
-			}
-			return ErrSlowClient
-		}
+	overflow := int(s.outFrames)+len(m.Frames) > g.cfg.OutQueueFrames || int(s.outBytes)+size > g.cfg.OutQueueBytes
+	switch {
+	case overflow:
+		s.overflow(m)
+	case len(m.Frames) > 0:
 		buf := make([]byte, 0, size)
 		for _, f := range m.Frames {
+			start := len(buf)
 			buf = g.appendFrame(buf, f, s.sApp, s.sZstd)
+			if m.Login != nil && messages.Cmd(f.Cmd) == messages.CmdLoginAck {
+				s.loginAck = buf[start:len(buf):len(buf)]
+			}
 		}
 		s.out = append(s.out, buf)
 		s.outFrames += int32(len(m.Frames))
 		s.outBytes += int32(len(buf))
+		s.sAckCredit += credit
 	}
 	if lo := m.Login; lo != nil {
 		s.sLoginPending = false
 		s.pendingLogin = lo
 		if lo.Ok {
 			s.sEpoch, s.sApp, s.sZstd = lo.Epoch, uint16(lo.AppCode), lo.Zstd && s.sAskedZstd
-		} else {
+		} else if s.sCloseReq == 0 {
 			s.sCloseReq = CloseKicked
 		}
 	}
@@ -106,6 +104,14 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 	sched := s.schedule()
 	s.mu.Unlock()
 
+	if overflow {
+		g.slowClient(limitOutQueue)
+		g.log.Debug("gate: outbound queue full; disconnecting", "conn", s.id, "remote", s.remote)
+		if sched {
+			_ = s.execDrain()
+		}
+		return ErrSlowClient
+	}
 	for _, f := range m.Frames {
 		g.metrics.framesOut[f.Cmd].Inc()
 	}
@@ -116,6 +122,32 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 		return s.execDrain()
 	}
 	return nil
+}
+
+// overflow replaces what waits in s's queue with KICKOUT SLOW_CLIENT and
+// asks for the close (s.mu held). A LOGIN_ACK still waiting (in the queue
+// or in m) goes out first and its outcome is applied before the close:
+// a client always learns the outcome of its login, and the node hears
+// the session end with its epoch.
+func (s *conn) overflow(m *actorpb.ToConn) {
+	g := s.loop.g
+	ack := s.loginAck
+	if m.Login != nil {
+		for _, f := range m.Frames {
+			if messages.Cmd(f.Cmd) == messages.CmdLoginAck {
+				ack = g.appendFrame(nil, f, s.sApp, false)
+				break
+			}
+		}
+	}
+	kick, _ := messages.AppendMessage(nil, messages.Header{Cmd: messages.CmdKickout, AppCode: s.sApp},
+		&devicepb.Kickout{Reason: kickSlow.reason, Detail: kickSlow.detail})
+	s.out, s.outFrames, s.outBytes = [][]byte{kick}, 1, int32(len(kick))
+	if ack != nil {
+		s.out, s.outFrames, s.outBytes = [][]byte{ack, kick}, 2, int32(len(ack)+len(kick))
+	}
+	s.loginAck, s.sAckCredit = nil, 0
+	s.sCloseReq = CloseSlowClient
 }
 
 // schedule reports whether the caller must queue a drain (s.mu held).
@@ -176,9 +208,11 @@ func (s *conn) drain() {
 		return
 	}
 	s.mu.Lock()
-	out, login, closeReq, zstd := s.out, s.pendingLogin, s.sCloseReq, s.sZstd
-	s.out, s.outFrames, s.outBytes, s.pendingLogin, s.drainQueued = nil, 0, 0, nil, false
+	out, login, closeReq, zstd, credit := s.out, s.pendingLogin, s.sCloseReq, s.sZstd, s.sAckCredit
+	s.out, s.outFrames, s.outBytes, s.pendingLogin, s.drainQueued, s.sAckCredit = nil, 0, 0, nil, false, 0
+	s.loginAck = nil
 	s.mu.Unlock()
+	s.addAckCredit(credit)
 	if len(out) > 0 && !s.writeQueued(out) {
 		return
 	}

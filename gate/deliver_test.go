@@ -317,3 +317,73 @@ func TestRunReturnsAfterShutdown(t *testing.T) {
 		t.Fatalf("Err after Shutdown: %v", err)
 	}
 }
+
+// overflowAtLogin answers a login with LOGIN_ACK OK and, while that is
+// still queued (both Delivers run inside the Login callback, on the
+// connection's loop, before its queue drains), more frames than the
+// queue holds: in one Deliver with the LOGIN_ACK (together) or in a
+// second one (after).
+type overflowAtLogin struct {
+	*fakeHandler
+	together bool
+}
+
+func (h *overflowAtLogin) Login(c gate.ConnInfo, seq uint32, l *devicepb.Login) {
+	g := h.g.Load()
+	epoch := 100 + h.epoch.Add(1)
+	ack := &actorpb.OutFrame{Cmd: uint32(messages.CmdLoginAck), Seq: seq,
+		Body: mustMarshal(&devicepb.LoginAck{Code: devicepb.Code_OK, Epoch: epoch, HeartbeatSeconds: 1})}
+	login := &actorpb.LoginOutcome{Ok: true, AppCode: uint32(c.AppCode), Uid: c.UID, Epoch: epoch}
+	burst := s2c(c, epoch, 1, make([]byte, 40<<10)).Frames[0]
+	if h.together {
+		_ = g.Deliver(&actorpb.ToConn{ConnId: uint64(c.ID), Epoch: epoch, Login: login,
+			Frames: []*actorpb.OutFrame{ack, burst, burst, burst}})
+		return
+	}
+	_ = g.Deliver(&actorpb.ToConn{ConnId: uint64(c.ID), Epoch: epoch, Login: login, Frames: []*actorpb.OutFrame{ack}})
+	for range 3 {
+		_ = g.Deliver(&actorpb.ToConn{ConnId: uint64(c.ID), Epoch: epoch, Frames: []*actorpb.OutFrame{burst}})
+	}
+}
+
+// TestLoginOutcomeSurvivesQueueOverflow: when the outbound queue
+// overflows while a LOGIN_ACK waits in it, the client still gets the
+// LOGIN_ACK (then KICKOUT SLOW_CLIENT): a client always learns the
+// outcome of its login. The node hears the session end with its epoch.
+func TestLoginOutcomeSurvivesQueueOverflow(t *testing.T) {
+	for _, together := range []bool{false, true} {
+		t.Run(map[bool]string{false: "overflow after the LOGIN_ACK", true: "overflow with the LOGIN_ACK"}[together], func(t *testing.T) {
+			cfg := testConfig()
+			cfg.OutQueueBytes = 100 << 10 // two 40 KiB frames fit, not three
+			h := &overflowAtLogin{fakeHandler: &fakeHandler{}, together: together}
+			g, err := gate.New(cfg, h, nil, testLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.g.Store(g)
+			if err := g.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), wait)
+				defer cancel()
+				_ = g.Shutdown(ctx)
+			})
+			d := testkit.Dial(t, g.Addr().String(), testkit.DeviceConfig{AppCode: app1})
+			d.Send(messages.CmdLogin, 1, &devicepb.Login{Uid: "uma", Token: token(t, app1, "uma")})
+			f, err := d.ReadFrame()
+			if err != nil || f.Cmd != messages.CmdLoginAck || f.Seq != 1 || f.Msg.(*devicepb.LoginAck).Code != devicepb.Code_OK {
+				t.Fatalf("first frame %v %v %v: the client did not learn the outcome of its login", f.Cmd, f.Msg, err)
+			}
+			if f := d.Expect(messages.CmdKickout); f.Msg.(*devicepb.Kickout).Reason != devicepb.KickReason_SLOW_CLIENT {
+				t.Fatalf("kickout %v", f.Msg)
+			}
+			d.ExpectClosed()
+			testkit.Eventually(t, wait, func() bool { return len(h.closedFor("uma")) > 0 }, "Closed for uma")
+			c := h.closedFor("uma")[0]
+			if c.reason != gate.CloseSlowClient || c.info.Epoch == 0 {
+				t.Fatalf("Closed %+v: want slow_client with the session's epoch", c)
+			}
+		})
+	}
+}

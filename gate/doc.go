@@ -5,7 +5,11 @@
 // rest of the node through a narrow interface. It owns connections, not
 // business state.
 //
-// Event-loop callbacks never block. Other goroutines write to a connection
+// Event-loop callbacks never block. Compressed bodies are decoded by one
+// zstd decoder per loop (made at the loop's first compressed frame) into
+// the loop's buffer, so decoder memory grows with the loops, never with
+// the connections; bodies sent are compressed on the caller of Deliver,
+// each caller with its own encoder. Other goroutines write to a connection
 // only through its bounded outbound queue, which the connection's loop
 // drains in batches.
 //
@@ -24,9 +28,14 @@
 // draining) or RATE_LIMITED (too many new connections from the address),
 // then a close; a close without any frame when the source address is
 // refused by the IP lists; ERROR RATE_LIMITED answering the frame that ran
-// a per-connection rate dry, then a close; KICKOUT SLOW_CLIENT when its
-// outbound queue overflowed, KICKOUT UID_BLACKLISTED or
-// KICKED_BY_OPERATOR when a list update refuses a connected client, and
-// KICKOUT SERVER_SHUTDOWN on Shutdown. APP_MISMATCH is checked after
-// "command known" and before "body decodes".
+// a per-connection rate dry, then a close (acks of what the gate delivered
+// and one KEEPALIVE per half heartbeat pass the frame rate on credit, see
+// ackcredit.go); KICKOUT SLOW_CLIENT when its outbound queue overflowed
+// (after a LOGIN_ACK still queued, never instead of it), KICKOUT
+// UID_BLACKLISTED or KICKED_BY_OPERATOR when a list update refuses a
+// connected client, and KICKOUT SERVER_SHUTDOWN on Shutdown; LOGIN_ACK
+// BAD_LOGIN_FIELD for a LOGIN whose device_id, app_version or token is
+// over its limit (MaxDeviceIDLen, MaxAppVersionLen, MaxTokenLen).
+// APP_MISMATCH is checked after "command known" and before "body
+// decodes".
 package gate

@@ -120,7 +120,7 @@ func (e *events) OnClose(c gnet.Conn, err error) gnet.Action {
 	g.reg.del(s.id)
 	s.mu.Lock()
 	s.sClosed = true
-	s.out, s.pendingLogin = nil, nil
+	s.out, s.pendingLogin, s.loginAck = nil, nil, nil
 	s.mu.Unlock()
 
 	reason := s.closeReason

@@ -106,7 +106,7 @@ func New(cfg Config, h Handler, reg prometheus.Registerer, log *slog.Logger) (*G
 		quit:     make(chan struct{}),
 	}
 	if g.auth == nil {
-		g.auth = NewJWTAuthenticator(cfg.AppSecrets)
+		g.auth = NewJWTAuthenticator(cfg.AppSecrets, cfg.MaxTokenLifetime)
 	}
 	ceil := func(d time.Duration) int64 { return int64((d+cfg.TickInterval-1)/cfg.TickInterval) + 1 }
 	g.loginTicks, g.idleTicks = ceil(cfg.LoginTimeout), ceil(cfg.idleTimeout())

@@ -6,6 +6,7 @@ import (
 
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/devicepb"
 	"github.com/courier-im/courier/testkit"
 )
@@ -64,7 +65,7 @@ func TestNewConnectionsPerIP(t *testing.T) {
 func TestFrameRateLimit(t *testing.T) {
 	tg := startGate(t, func(c *gate.Config) { c.FramesPerSecond = 1; c.FrameBurst = 6 })
 	d, _ := tg.login(t, "fast", false) // the LOGIN takes one token
-	for range 5 {
+	for range 6 {                      // the first KEEPALIVE of a half heartbeat is free
 		d.Keepalive()
 	}
 	d.Send(messages.CmdKeepalive, 99, nil)
@@ -75,6 +76,63 @@ func TestFrameRateLimit(t *testing.T) {
 		t.Fatalf("reason %v", r)
 	}
 	tg.waitMetric(t, 1, "courier_gate_limit_hits_total", "limit", "frame_rate")
+}
+
+// TestAcksAreCreditedAgainstDeliveries: acks of frames the gate wrote
+// (S2C, C2C_PUSH, each message of a PULL_ACK) pass the frame limit on
+// credit, however fast they come; acks beyond what was delivered pay
+// like any frame and run the limit dry.
+func TestAcksAreCreditedAgainstDeliveries(t *testing.T) {
+	tg := startGate(t, func(c *gate.Config) { c.FramesPerSecond = 1; c.FrameBurst = 5 })
+	d, ack := tg.login(t, "acker", false) // the LOGIN takes one token
+	c := tg.connOf(t, "acker")
+	tc := &actorpb.ToConn{ConnId: uint64(c.ID), Epoch: ack.Epoch}
+	for i := range 20 {
+		tc.Frames = append(tc.Frames, s2c(c, 0, uint32(i+1), []byte("x")).Frames[0])
+	}
+	pull := &devicepb.PullAck{}
+	for i := range 10 {
+		pull.Messages = append(pull.Messages, &devicepb.StoredMessage{Seq: uint32(21 + i), Kind: devicepb.Kind_KIND_C2C, MsgId: "p"})
+	}
+	tc.Frames = append(tc.Frames, &actorpb.OutFrame{Cmd: uint32(messages.CmdPullAck), Seq: 7, Body: mustMarshal(pull)})
+	if err := tg.Deliver(tc); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		d.Expect(messages.CmdS2C)
+	}
+	d.Expect(messages.CmdPullAck)
+	// 30 acks back to back, 6 times the burst: all on credit.
+	for i := range 20 {
+		d.Send(messages.CmdS2CAck, uint32(100+i), &devicepb.S2CAck{MsgId: "m"})
+	}
+	for i := range 10 {
+		d.Send(messages.CmdC2CPushAck, uint32(200+i), &devicepb.C2CPushAck{MsgId: "p"})
+	}
+	d.Keepalive() // free as well: the first of this half heartbeat
+	testkit.Eventually(t, wait, func() bool { return len(tg.h.Frames()) == 30 }, "30 acks reach the handler (got %d)", len(tg.h.Frames()))
+	// The credit is spent: more acks take tokens (4 left) and then fail.
+	for i := range 10 {
+		if err := d.TrySend(messages.Header{Cmd: messages.CmdS2CAck, AppCode: app1, Seq: uint32(300 + i)}, &devicepb.S2CAck{MsgId: "m"}); err != nil {
+			break // closed
+		}
+	}
+	for {
+		f, err := d.ReadFrame()
+		if err != nil {
+			t.Fatalf("no RATE_LIMITED before the close: %v", err)
+		}
+		if f.Cmd == messages.CmdError {
+			if e := f.Msg.(*devicepb.Error); e.Code != devicepb.Code_RATE_LIMITED || f.Seq < 300 {
+				t.Fatalf("ERROR %v for seq %d", e, f.Seq)
+			}
+			break
+		}
+	}
+	d.ExpectClosed()
+	if n := len(tg.h.Frames()); n > 30+5 {
+		t.Fatalf("handler got %d frames: acks beyond the credit were not limited", n)
+	}
 }
 
 func TestByteRateLimit(t *testing.T) {

@@ -35,6 +35,10 @@ func TestLoginFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tooLong, err := gate.MintToken(secret1, app1, "frank", gate.DefaultConfig().MaxTokenLifetime+time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name  string
 		app   uint16
@@ -47,6 +51,7 @@ func TestLoginFailures(t *testing.T) {
 		{"token of another app", app1, "frank", mustToken(t, secret1, app2, "frank"), devicepb.Code_AUTH_FAILED},
 		{"token signed with another secret", app1, "frank", mustToken(t, secret2, app1, "frank"), devicepb.Code_AUTH_FAILED},
 		{"expired token", app1, "frank", expired, devicepb.Code_TOKEN_EXPIRED},
+		{"token lifetime over the maximum", app1, "frank", tooLong, devicepb.Code_AUTH_FAILED},
 		{"unknown app", 9, "frank", mustToken(t, secret1, 9, "frank"), devicepb.Code_UNKNOWN_APP},
 		{"empty uid", app1, "", token(t, app1, ""), devicepb.Code_BAD_UID},
 		{"uid too long", app1, strings.Repeat("u", 129), token(t, app1, strings.Repeat("u", 129)), devicepb.Code_BAD_UID},
@@ -66,10 +71,10 @@ func TestLoginFailures(t *testing.T) {
 	if n := len(tg.h.Logins()); n != 0 {
 		t.Fatalf("handler saw %d logins", n)
 	}
-	tg.waitMetric(t, 4, "courier_gate_login_failures_total", "reason", "AUTH_FAILED")
+	tg.waitMetric(t, 5, "courier_gate_login_failures_total", "reason", "AUTH_FAILED")
 	tg.waitMetric(t, 1, "courier_gate_login_failures_total", "reason", "TOKEN_EXPIRED")
 	tg.waitMetric(t, 1, "courier_gate_list_hits_total", "list", "uid_blacklist")
-	tg.waitMetric(t, 9, "courier_gate_closes_total", "reason", "login_failed")
+	tg.waitMetric(t, 10, "courier_gate_closes_total", "reason", "login_failed")
 	// A 128-byte uid is fine.
 	long := strings.Repeat("v", 128)
 	d := tg.dial(t)
@@ -85,6 +90,49 @@ func mustToken(t testing.TB, secret []byte, app uint16, uid string) string {
 		t.Fatal(err)
 	}
 	return tok
+}
+
+// TestLoginFieldsOverTheirLimitAreRefused: a LOGIN whose device_id,
+// app_version or token is over its documented limit gets LOGIN_ACK
+// BAD_LOGIN_FIELD naming the field, and never reaches the node; fields at
+// their limit pass.
+func TestLoginFieldsOverTheirLimitAreRefused(t *testing.T) {
+	tg := startGate(t, nil)
+	login := func(uid string) *devicepb.Login {
+		return &devicepb.Login{Uid: uid, Token: token(t, app1, uid), DeviceId: "d", AppVersion: "1.0"}
+	}
+	tests := []struct {
+		field string
+		mut   func(*devicepb.Login)
+	}{
+		{"device_id", func(l *devicepb.Login) { l.DeviceId = strings.Repeat("d", gate.MaxDeviceIDLen+1) }},
+		{"app_version", func(l *devicepb.Login) { l.AppVersion = strings.Repeat("v", gate.MaxAppVersionLen+1) }},
+		// A token padded past the limit: the size is refused before the
+		// signature is looked at.
+		{"token", func(l *devicepb.Login) { l.Token += strings.Repeat("=", gate.MaxTokenLen+1-len(l.Token)) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.field, func(t *testing.T) {
+			d := tg.dial(t)
+			m := login("olga")
+			tt.mut(m)
+			ack := d.LoginWith(m)
+			if ack.Code != devicepb.Code_BAD_LOGIN_FIELD || !strings.Contains(ack.Reason, tt.field) {
+				t.Fatalf("LOGIN_ACK %v %q, want BAD_LOGIN_FIELD naming %s", ack.Code, ack.Reason, tt.field)
+			}
+			d.ExpectClosed()
+		})
+	}
+	if n := len(tg.h.Logins()); n != 0 {
+		t.Fatalf("handler saw %d logins", n)
+	}
+	tg.waitMetric(t, 3, "courier_gate_login_failures_total", "reason", "BAD_LOGIN_FIELD")
+	// At the limits the login goes through.
+	m := login("petra")
+	m.DeviceId, m.AppVersion = strings.Repeat("d", gate.MaxDeviceIDLen), strings.Repeat("v", gate.MaxAppVersionLen)
+	if ack := tg.dial(t).LoginWith(m); ack.Code != devicepb.Code_OK {
+		t.Fatalf("fields at their limits: %v %q", ack.Code, ack.Reason)
+	}
 }
 
 func TestLoginRejectedByNode(t *testing.T) {
@@ -155,7 +203,7 @@ func TestIdleTimeout(t *testing.T) {
 }
 
 func TestJWTAuthenticator(t *testing.T) {
-	a := gate.NewJWTAuthenticator(map[uint16][]byte{app1: secret1})
+	a := gate.NewJWTAuthenticator(map[uint16][]byte{app1: secret1}, gate.DefaultConfig().MaxTokenLifetime)
 	if err := a.Verify(app1, "u", mustToken(t, secret1, app1, "u")); err != nil {
 		t.Fatal(err)
 	}

@@ -25,11 +25,32 @@ type loop struct {
 	el         gnet.EventLoop
 	tickQueued atomic.Bool // a tick task is on the loop's queue
 
-	wheel *wheel.Wheel[conn] // every connection of the loop, by deadline
-	out   []byte             // replies of the current callback, written once
-	dbuf  []byte             // decompressed body of the current frame
-	check [256]proto.Message // reused messages for checking bodies
+	wheel *wheel.Wheel[conn]    // every connection of the loop, by deadline
+	out   []byte                // replies of the current callback, written once
+	dbuf  []byte                // decompressed body of the current frame
+	zdec  *messages.ZstdDecoder // the loop's decoder, made at its first compressed frame
+	check [256]proto.Message    // reused messages for checking bodies
 	tmp   []*conn
+}
+
+// decompress decodes a compressed body into the loop's buffer (valid
+// until the next frame). Every connection of the loop shares its one
+// decoder, so decoder memory grows with the loops, not the connections.
+func (l *loop) decompress(body []byte) ([]byte, error) {
+	if l.zdec == nil {
+		d, err := messages.NewZstdDecoder(l.g.cfg.MaxFrameSize)
+		if err != nil {
+			l.g.log.Error("gate: zstd decoder", "err", err)
+			return nil, err
+		}
+		l.zdec = d
+	}
+	out, err := l.zdec.Decompress(l.dbuf[:0], body)
+	if err != nil {
+		return nil, err
+	}
+	l.dbuf = out
+	return out, nil
 }
 
 // exec runs f on the loop. Errors mean the engine is stopping, when the

@@ -53,11 +53,11 @@ type acceptAll struct {
 func (h *acceptAll) Login(c gate.ConnInfo, seq uint32, l *devicepb.Login) {
 	g := h.g.Load()
 	epoch := h.epoch.Add(1)
-	body, _ := proto.Marshal(&devicepb.LoginAck{Code: devicepb.Code_OK, Epoch: epoch,
+	body, _ := proto.Marshal(&devicepb.LoginAck{Code: devicepb.Code_OK, Epoch: epoch, Zstd: l.Zstd,
 		HeartbeatSeconds: uint32(g.HeartbeatInterval() / time.Second), ServerTimeMs: time.Now().UnixMilli()})
 	_ = g.Deliver(&actorpb.ToConn{ConnId: uint64(c.ID), Epoch: epoch,
 		Frames: []*actorpb.OutFrame{{Cmd: uint32(messages.CmdLoginAck), Seq: seq, Body: body}},
-		Login:  &actorpb.LoginOutcome{Ok: true, AppCode: uint32(c.AppCode), Uid: c.UID, Epoch: epoch}})
+		Login:  &actorpb.LoginOutcome{Ok: true, AppCode: uint32(c.AppCode), Uid: c.UID, Epoch: epoch, Zstd: l.Zstd}})
 }
 
 func (*acceptAll) Frame(gate.ConnInfo, messages.Header, []byte) {}

@@ -11,8 +11,18 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// maxUIDLen is the longest uid accepted at login, in bytes.
-const maxUIDLen = 128
+// Limits of the LOGIN fields, in bytes. A longer uid is answered
+// LOGIN_ACK BAD_UID, a longer device id, app version or token
+// BAD_LOGIN_FIELD.
+const (
+	maxUIDLen = 128
+	// MaxDeviceIDLen is the longest Login.device_id.
+	MaxDeviceIDLen = 128
+	// MaxAppVersionLen is the longest Login.app_version.
+	MaxAppVersionLen = 128
+	// MaxTokenLen is the longest Login.token.
+	MaxTokenLen = 4096
+)
 
 // OnTraffic parses every whole frame gnet has buffered. A partial frame
 // stays in gnet's buffer (Peek without Discard) until more arrives; the
@@ -42,7 +52,7 @@ func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
 			break
 		}
 		frames++
-		if limit := s.overRate(now, total); limit != "" {
+		if limit := s.overRate(now, h.Cmd, total); limit != "" {
 			g.metrics.limitHits.WithLabelValues(limit).Inc()
 			l.sendError(s.replyApp(h), h.Seq, devicepb.Code_RATE_LIMITED, "sending too fast")
 			s.closeReason = CloseRateLimited
@@ -73,11 +83,13 @@ func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
 	return act
 }
 
-// overRate takes a frame of size bytes from the connection's buckets and
-// names the limit that ran dry, if one did.
-func (s *conn) overRate(now int64, size int) string {
+// overRate takes a frame of cmd and size bytes from the connection's
+// buckets and names the limit that ran dry, if one did. Acks the client
+// owes and its keepalives pass the frame limit on credit (ackcredit.go).
+func (s *conn) overRate(now int64, cmd messages.Cmd, size int) string {
 	cfg := &s.loop.g.cfg
-	if cfg.FramesPerSecond > 0 && !s.frameTokens.Take(now, 1, int64(cfg.FramesPerSecond), int64(cfg.FrameBurst)) {
+	if cfg.FramesPerSecond > 0 && !s.freeFrame(cmd, now) &&
+		!s.frameTokens.Take(now, 1, int64(cfg.FramesPerSecond), int64(cfg.FrameBurst)) {
 		return limitFrameRate
 	}
 	if cfg.BytesPerSecond > 0 && !s.byteTokens.Take(now, int64(size), int64(cfg.BytesPerSecond), int64(cfg.ByteBurst)) {
@@ -154,12 +166,12 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 		return gnet.None
 	}
 	if h.Compressed() {
-		out, err := g.zstd.Decompress(l.dbuf[:0], body)
+		out, err := l.decompress(body)
 		if err != nil {
-			l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "body does not decompress within the frame limit")
+			l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "body does not decompress within the frame limit (windows up to 8 MiB)")
 			return gnet.None
 		}
-		l.dbuf, body = out, out
+		body = out
 		h.Flags &^= messages.FlagZstd
 		h.Length = uint32(len(body))
 	}
@@ -203,6 +215,9 @@ func (s *conn) onLogin(h messages.Header, body []byte) gnet.Action {
 	if m.Uid == "" || len(m.Uid) > maxUIDLen {
 		return s.failLogin(h, devicepb.Code_BAD_UID, "uid must be 1 to 128 bytes")
 	}
+	if reason := loginFieldTooLong(m); reason != "" {
+		return s.failLogin(h, devicepb.Code_BAD_LOGIN_FIELD, reason)
+	}
 	if err := g.auth.Verify(h.AppCode, m.Uid, m.Token); err != nil {
 		code := loginCode(err)
 		g.log.Debug("gate: token refused", "conn", s.id, "remote", s.remote, "app", h.AppCode, "uid", m.Uid, "err", err)
@@ -220,6 +235,20 @@ func (s *conn) onLogin(h messages.Header, body []byte) gnet.Action {
 	s.mu.Unlock()
 	g.h.Login(s.info(), h.Seq, m)
 	return gnet.None
+}
+
+// loginFieldTooLong names the first LOGIN field (other than uid) over its
+// limit, or returns "".
+func loginFieldTooLong(m *devicepb.Login) string {
+	switch {
+	case len(m.DeviceId) > MaxDeviceIDLen:
+		return "device_id longer than " + strconv.Itoa(MaxDeviceIDLen) + " bytes"
+	case len(m.AppVersion) > MaxAppVersionLen:
+		return "app_version longer than " + strconv.Itoa(MaxAppVersionLen) + " bytes"
+	case len(m.Token) > MaxTokenLen:
+		return "token longer than " + strconv.Itoa(MaxTokenLen) + " bytes"
+	}
+	return ""
 }
 
 var loginReasons = map[devicepb.Code]string{

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/devicepb"
 	"google.golang.org/protobuf/proto"
@@ -131,7 +132,9 @@ func (d *Device) Close() { d.closeMu.Do(func() { _ = d.conn.Close() }) }
 // compress and decompress from then on.
 func (d *Device) Login(uid, token string, zstd bool) *devicepb.LoginAck {
 	d.t.Helper()
-	return d.LoginWith(&devicepb.Login{Uid: uid, Token: token, DeviceId: "dev-" + uid,
+	deviceID := "dev-" + uid
+	deviceID = deviceID[:min(len(deviceID), gate.MaxDeviceIDLen)]
+	return d.LoginWith(&devicepb.Login{Uid: uid, Token: token, DeviceId: deviceID,
 		Platform: devicepb.Platform_ANDROID, AppVersion: "test", Zstd: zstd})
 }
 

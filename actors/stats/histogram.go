@@ -1,6 +1,7 @@
 package stats
 
 import (
+	"math"
 	"math/bits"
 	"time"
 )
@@ -55,15 +56,16 @@ func (h *histogram) merge(o *histogram) {
 	h.max = max(h.max, o.max)
 }
 
-// percentile returns the q-th percentile (0 < q ≤ 100) in µs.
+// percentile returns the q-th percentile (0 < q ≤ 100) in µs, by the
+// nearest-rank definition: the ceil(q/100 × n)-th smallest sample, so
+// that with few samples a high percentile reports the worst instead of
+// dropping it. q is taken to a thousandth of a percent.
 func (h *histogram) percentile(q float64) uint64 {
 	if h.n == 0 {
 		return 0
 	}
-	rank := uint64(q / 100 * float64(h.n))
-	if rank == 0 {
-		rank = 1
-	}
+	q1000 := uint64(math.Round(q * 1000)) // in 1/1000 %
+	rank := max((q1000*h.n+100_000-1)/100_000, 1)
 	var seen uint64
 	for b, c := range h.counts {
 		seen += uint64(c)

@@ -25,9 +25,13 @@ const (
 	numLatSlots = 60
 	// MaxWindow is the longest window Snapshot can answer.
 	MaxWindow = time.Hour
-	// maxKeys bounds the (appcode, msgtype) pairs tracked; beyond it
-	// events of new msgtypes are counted under OtherMsgtype.
-	maxKeys = 4096
+	// maxKeysPerApp bounds the msgtypes tracked per appcode; beyond it
+	// events of the app's new msgtypes are counted under its
+	// OtherMsgtype. The budget is per app so that one app's devices
+	// cannot push another app's msgtypes into "other"; the number of
+	// apps is bounded by the node's configuration (a device logs in only
+	// to an app with a secret).
+	maxKeysPerApp = 4096
 )
 
 // OtherMsgtype collects the msgtypes beyond the tracking limit.
@@ -123,11 +127,12 @@ type Recorder struct {
 
 	mu     sync.RWMutex
 	series map[Key]*series
+	keys   map[uint16]int // msgtypes tracked per app, OtherMsgtype excluded
 }
 
 // New returns an empty recorder.
 func New() *Recorder {
-	return &Recorder{now: time.Now, series: map[Key]*series{}}
+	return &Recorder{now: time.Now, series: map[Key]*series{}, keys: map[uint16]int{}}
 }
 
 func (r *Recorder) get(app uint16, msgtype uint32) *series {
@@ -143,10 +148,14 @@ func (r *Recorder) get(app uint16, msgtype uint32) *series {
 	if s = r.series[k]; s != nil {
 		return s
 	}
-	if len(r.series) >= maxKeys {
-		k.Msgtype = OtherMsgtype
-		if s = r.series[k]; s != nil {
-			return s
+	if k.Msgtype != OtherMsgtype {
+		if r.keys[app] >= maxKeysPerApp {
+			k.Msgtype = OtherMsgtype
+			if s = r.series[k]; s != nil {
+				return s
+			}
+		} else {
+			r.keys[app]++
 		}
 	}
 	s = &series{}

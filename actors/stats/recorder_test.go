@@ -88,3 +88,70 @@ func TestRecorderTotalsAndWindow(t *testing.T) {
 		t.Fatalf("stale window %+v", per[0].Window)
 	}
 }
+
+// TestPercentilesUseNearestRank: the q-th percentile of n samples is the
+// ceil(q/100 × n)-th smallest, so with few samples the high percentiles
+// report the worst rather than drop it.
+func TestPercentilesUseNearestRank(t *testing.T) {
+	// n-1 samples of 10 ms and one of 130 ms.
+	oneSlow := func(n int) *histogram {
+		h := &histogram{}
+		for range n - 1 {
+			h.record(10 * time.Millisecond)
+		}
+		h.record(130 * time.Millisecond)
+		return h
+	}
+	ten := oneSlow(10)
+	if got := ten.percentile(99); got != 130_000 {
+		t.Errorf("p99 of 10 samples = %d µs, want the worst, 130000", got)
+	}
+	if got := ten.percentile(90); got < 10_000 || got > 11_250 {
+		t.Errorf("p90 of 10 samples = %d µs, want the 9th, about 10000", got)
+	}
+	hundred := oneSlow(100)
+	if got := hundred.percentile(99.9); got != 130_000 {
+		t.Errorf("p99.9 of 100 samples = %d µs, want the worst, 130000", got)
+	}
+	if got := hundred.percentile(99); got > 11_250 {
+		t.Errorf("p99 of 100 samples = %d µs, want the 99th, about 10000", got)
+	}
+	var two histogram
+	two.record(time.Millisecond)
+	two.record(100 * time.Millisecond)
+	if got := two.percentile(50); got > 1_125 {
+		t.Errorf("p50 of 2 samples = %d µs, want the 1st, about 1000", got)
+	}
+	s := ten.summary()
+	if s.P99 != 130_000 || s.P999 != 130_000 || s.Max != 130_000 {
+		t.Errorf("summary %+v", s)
+	}
+}
+
+// TestStatsKeyBudgetIsPerApp: one app's devices using more msgtypes than
+// the budget push only that app's new msgtypes into "other"; another
+// app's new msgtypes keep their own series.
+func TestStatsKeyBudgetIsPerApp(t *testing.T) {
+	r := New()
+	for m := range uint32(maxKeysPerApp + 10) {
+		r.Accepted(1, m, true)
+	}
+	r.Accepted(2, 7, true)
+	per, all := r.Snapshot(2, nil, time.Minute)
+	if len(per) != 1 || per[0].Msgtype != 7 || per[0].Total.Accepted != 1 {
+		t.Fatalf("app 2's msgtype 7 went elsewhere: %+v", per)
+	}
+	if all.Total.Accepted != 1 {
+		t.Fatalf("app 2 sum %+v", all.Total)
+	}
+	per, all = r.Snapshot(1, nil, time.Minute)
+	if len(per) != maxKeysPerApp+1 {
+		t.Fatalf("app 1 has %d series, want its budget %d and other", len(per), maxKeysPerApp)
+	}
+	if last := per[len(per)-1]; last.Msgtype != OtherMsgtype || last.Total.Accepted != 10 {
+		t.Fatalf("app 1's overflow: %+v", last)
+	}
+	if all.Total.Accepted != maxKeysPerApp+10 {
+		t.Fatalf("app 1 sum %d", all.Total.Accepted)
+	}
+}

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/courier-im/courier/actors/stats"
@@ -38,11 +39,38 @@ type Limits struct {
 	MaxTTL     time.Duration
 	// MaxIdempotencyKey is the longest idempotency key (default 128 bytes).
 	MaxIdempotencyKey int
+
+	// MaxRequestBytes is the largest request message the server reads
+	// (default 16 MiB): a PushMany must fit in it, so MaxBatch pushes of
+	// up to MaxRequestBytes/MaxBatch bytes each (16 KiB at the defaults),
+	// or fewer larger ones. A larger request is refused by gRPC with
+	// RESOURCE_EXHAUSTED before any of it is handled. gRPC reads a
+	// request before it is authenticated, so this also bounds what an
+	// unauthenticated client makes the server buffer per call.
+	MaxRequestBytes int
+	// MaxConcurrentStreams bounds the calls open at once on one
+	// connection (default 256); further calls wait in the client.
+	MaxConcurrentStreams uint32
+	// KeepaliveMinTime is the shortest interval at which a client may
+	// ping (default 10 s, also without a call open); faster pingers get
+	// GOAWAY too_many_pings.
+	KeepaliveMinTime time.Duration
+	// KeepaliveTime: a connection quiet for this long is pinged (default
+	// 1 minute), and closed if the ping is not answered within
+	// KeepaliveTimeout (default 20 s): an app-server that vanished stops
+	// holding its upstream deliveries.
+	KeepaliveTime    time.Duration
+	KeepaliveTimeout time.Duration
+	// MaxConnectionIdle closes a connection with no call open for this
+	// long (default 5 minutes) with GOAWAY; clients reconnect on demand.
+	MaxConnectionIdle time.Duration
 }
 
 // DefaultLimits returns the defaults documented on Limits.
 func DefaultLimits() Limits {
-	return Limits{MaxPayload: 60 << 10, MaxBatch: 1000, DefaultTTL: 72 * time.Hour, MaxTTL: 30 * 24 * time.Hour, MaxIdempotencyKey: 128}
+	return Limits{MaxPayload: 60 << 10, MaxBatch: 1000, DefaultTTL: 72 * time.Hour, MaxTTL: 30 * 24 * time.Hour, MaxIdempotencyKey: 128,
+		MaxRequestBytes: 16 << 20, MaxConcurrentStreams: 256, KeepaliveMinTime: 10 * time.Second,
+		KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second, MaxConnectionIdle: 5 * time.Minute}
 }
 
 // Deps are what the server works with.
@@ -73,12 +101,21 @@ func New(d Deps) *Server {
 	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream}
 }
 
-// ServerOptions returns the options that authenticate every call; pass
-// them to grpc.NewServer.
+// ServerOptions returns the options that authenticate every call and
+// apply the connection limits of Limits (request size, concurrent
+// streams, keepalive policy, idle connections); pass them to
+// grpc.NewServer.
 func (s *Server) ServerOptions() []grpc.ServerOption {
+	l := s.limits
 	return []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(s.keys.unary),
 		grpc.ChainStreamInterceptor(s.keys.stream),
+		grpc.MaxRecvMsgSize(l.MaxRequestBytes),
+		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.KeepaliveMinTime, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time: l.KeepaliveTime, Timeout: l.KeepaliveTimeout, MaxConnectionIdle: l.MaxConnectionIdle,
+		}),
 	}
 }
 

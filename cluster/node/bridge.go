@@ -99,6 +99,8 @@ func (b *bridge) c2s(c gate.ConnInfo, h messages.Header, m *devicepb.C2S) *devic
 		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_NO_SUBSCRIBER, "", "no app-server is subscribed to this appcode and msgtype"
 	case errors.Is(err, upstream.ErrFull):
 		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_UPSTREAM_BUSY, "", "the app-servers are behind: retry later"
+	case errors.Is(err, upstream.ErrOverBudget):
+		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_UPSTREAM_BUSY, "", "the app-servers are behind (upstream memory budget full): retry later"
 	case err != nil:
 		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_UNAVAILABLE, "", "the node is shutting down: retry"
 	}

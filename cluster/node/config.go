@@ -147,6 +147,9 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 		return nil, nil, fmt.Errorf("node: api.max-payload %d: must be positive and leave 1 KiB of the %d-byte frame limit for the envelope",
 			c.API.MaxPayload, c.Gate.MaxFrameSize)
 	}
+	if err := checkAPILimits(&c.API); err != nil {
+		return nil, nil, err
+	}
 	u := c.Upstream
 	switch {
 	case u.QueueLen < 1:
@@ -157,6 +160,13 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 		return nil, nil, fmt.Errorf("node: upstream.default-in-flight %d: must be in [1, upstream.max-in-flight %d]", u.DefaultInFlight, u.MaxInFlight)
 	case u.MaxBatch < 1:
 		return nil, nil, fmt.Errorf("node: upstream.max-batch %d: must be at least 1", u.MaxBatch)
+	case u.MaxBatchBytes < 1:
+		return nil, nil, fmt.Errorf("node: upstream.max-batch-bytes %d: must be at least 1", u.MaxBatchBytes)
+	case u.AppMaxBytes < int64(c.Gate.MaxFrameSize)+upstream.MessageOverhead+1024:
+		return nil, nil, fmt.Errorf("node: upstream.app-max-bytes %d: must hold one message of the %d-byte frame limit (at least %d)",
+			u.AppMaxBytes, c.Gate.MaxFrameSize, int64(c.Gate.MaxFrameSize)+upstream.MessageOverhead+1024)
+	case u.MaxBytes < u.AppMaxBytes:
+		return nil, nil, fmt.Errorf("node: upstream.max-bytes %d: must be at least upstream.app-max-bytes %d", u.MaxBytes, u.AppMaxBytes)
 	}
 	return secrets, keys, nil
 }
@@ -206,6 +216,7 @@ func (c *Config) resolveStore() error {
 // replacer tries them in order.
 var gateFields = [][2]string{
 	{"Config.NewConnsPerIPBurst", "gate.new-conns-per-ip-burst"},
+	{"Config.MaxTokenLifetime", "gate.max-token-lifetime"},
 	{"Config.NewConnsPerIP", "gate.new-conns-per-ip"},
 	{"Config.MaxOutboundBuffered", "gate.max-outbound-buffered"},
 	{"Config.ListsPollInterval", "gate.lists-poll-interval"},
@@ -245,4 +256,24 @@ func gateError(err error) error {
 		return err
 	}
 	return errors.New("node: " + gateSettings.Replace(err.Error()))
+}
+
+// checkAPILimits checks the gRPC server's connection limits.
+func checkAPILimits(l *api.Limits) error {
+	switch {
+	case l.MaxRequestBytes < l.MaxPayload+4096 || l.MaxRequestBytes > 1<<30:
+		return fmt.Errorf("node: api.max-request-bytes %d: must hold one push of api.max-payload (at least %d) and be at most 1 GiB",
+			l.MaxRequestBytes, l.MaxPayload+4096)
+	case l.MaxConcurrentStreams < 1:
+		return fmt.Errorf("node: api.max-concurrent-streams %d: must be at least 1", l.MaxConcurrentStreams)
+	case l.KeepaliveMinTime < time.Second:
+		return fmt.Errorf("node: api.keepalive-min-time %v: must be at least 1s", l.KeepaliveMinTime)
+	case l.KeepaliveTime < time.Second:
+		return fmt.Errorf("node: api.keepalive-time %v: must be at least 1s", l.KeepaliveTime)
+	case l.KeepaliveTimeout < time.Second:
+		return fmt.Errorf("node: api.keepalive-timeout %v: must be at least 1s", l.KeepaliveTimeout)
+	case l.MaxConnectionIdle < time.Second:
+		return fmt.Errorf("node: api.max-connection-idle %v: must be at least 1s", l.MaxConnectionIdle)
+	}
+	return nil
 }

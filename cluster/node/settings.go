@@ -55,6 +55,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.IntVar(&g.IPLimiterSize, "gate.ip-limiter-size", g.IPLimiterSize, "source addresses remembered by the connection rate limit")
 	fs.StringVar(&g.ListsFile, "gate.lists-file", g.ListsFile, "JSON file of the black/white lists, reloaded when it changes")
 	fs.DurationVar(&g.ListsPollInterval, "gate.lists-poll-interval", g.ListsPollInterval, "how often gate.lists-file is checked")
+	fs.DurationVar(&g.MaxTokenLifetime, "gate.max-token-lifetime", g.MaxTokenLifetime, "refuse device tokens without iat or whose exp - iat is longer (0: any lifetime)")
 
 	cl := &c.Cluster
 	fs.StringVar(&cl.Name, "cluster.name", cl.Name, "cluster name")
@@ -84,6 +85,12 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.DurationVar(&l.DefaultTTL, "api.default-ttl", l.DefaultTTL, "expiry of a push without ttl_ms")
 	fs.DurationVar(&l.MaxTTL, "api.max-ttl", l.MaxTTL, "largest ttl_ms a push may ask for")
 	fs.IntVar(&l.MaxIdempotencyKey, "api.max-idempotency-key", l.MaxIdempotencyKey, "longest idempotency key in bytes")
+	fs.IntVar(&l.MaxRequestBytes, "api.max-request-bytes", l.MaxRequestBytes, "largest gRPC request in bytes (a whole PushMany); larger ones get RESOURCE_EXHAUSTED")
+	fs.Uint32Var(&l.MaxConcurrentStreams, "api.max-concurrent-streams", l.MaxConcurrentStreams, "calls open at once per API connection; more wait")
+	fs.DurationVar(&l.KeepaliveMinTime, "api.keepalive-min-time", l.KeepaliveMinTime, "shortest ping interval allowed to API clients; faster ones are disconnected")
+	fs.DurationVar(&l.KeepaliveTime, "api.keepalive-time", l.KeepaliveTime, "ping an API connection quiet for this long")
+	fs.DurationVar(&l.KeepaliveTimeout, "api.keepalive-timeout", l.KeepaliveTimeout, "close an API connection whose ping is not answered within this")
+	fs.DurationVar(&l.MaxConnectionIdle, "api.max-connection-idle", l.MaxConnectionIdle, "close an API connection with no call open for this long")
 
 	u := &c.Upstream
 	fs.IntVar(&u.QueueLen, "upstream.queue-len", u.QueueLen, "C2S messages queued per appcode and msgtype for a subscriber with room; beyond, UPSTREAM_BUSY")
@@ -91,6 +98,9 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.IntVar(&u.DefaultInFlight, "upstream.default-in-flight", u.DefaultInFlight, "unacknowledged deliveries per subscriber that asks for no limit")
 	fs.IntVar(&u.MaxInFlight, "upstream.max-in-flight", u.MaxInFlight, "most unacknowledged deliveries a subscriber may ask for")
 	fs.IntVar(&u.MaxBatch, "upstream.max-batch", u.MaxBatch, "most messages in one delivery to a subscriber")
+	fs.Int64Var(&u.MaxBatchBytes, "upstream.max-batch-bytes", u.MaxBatchBytes, "most bytes in one delivery to a subscriber (keep under its gRPC receive limit, 4 MiB by default)")
+	fs.Int64Var(&u.AppMaxBytes, "upstream.app-max-bytes", u.AppMaxBytes, "bytes of C2S messages held per appcode, queued or in flight; beyond, UPSTREAM_BUSY")
+	fs.Int64Var(&u.MaxBytes, "upstream.max-bytes", u.MaxBytes, "bytes of C2S messages held for all apps, queued or in flight; beyond, UPSTREAM_BUSY")
 }
 
 // EnvName returns the environment variable of a setting.

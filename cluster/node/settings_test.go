@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -80,6 +81,8 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.APIKeys = map[string]string{"0123456789abcdef": "x"} }, "api-key")
 	bad(func(c *Config) { c.Actors.Window = 0 }, "actors.window")
 	bad(func(c *Config) { c.Upstream.QueueLen = 0 }, "upstream.queue-len")
+	bad(func(c *Config) { c.Upstream.AppMaxBytes = 1000 }, "upstream.app-max-bytes")
+	bad(func(c *Config) { c.Upstream.MaxBytes = c.Upstream.AppMaxBytes - 1 }, "upstream.max-bytes")
 	bad(func(c *Config) { c.API.MaxPayload = 1 << 20 }, "api.max-payload")
 	bad(func(c *Config) { c.Store = "mysql" }, `store "mysql"`)
 	bad(func(c *Config) { c.Store = "postgres" }, "store.dsn")
@@ -89,6 +92,10 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreLanes = "postgres", "x", 16 }, "store.lanes")
 	bad(func(c *Config) { c.StoreTimeout = time.Millisecond }, "store.timeout")
 	bad(func(c *Config) { c.Gate.ListsFile, c.Gate.ListsPollInterval = "x", 0 }, "gate.lists-poll-interval")
+	bad(func(c *Config) { c.API.MaxRequestBytes = 1 << 10 }, "api.max-request-bytes")
+	bad(func(c *Config) { c.API.MaxConcurrentStreams = 0 }, "api.max-concurrent-streams")
+	bad(func(c *Config) { c.API.KeepaliveMinTime = 0 }, "api.keepalive-min-time")
+	bad(func(c *Config) { c.API.MaxConnectionIdle = time.Millisecond }, "api.max-connection-idle")
 }
 
 // TestStoreDSNFromFileAndEnv: the DSN comes from store.dsn-file (its
@@ -147,5 +154,22 @@ func TestGateFieldsAreSettings(t *testing.T) {
 	err := gateError(fmt.Errorf("%w: Config.NewConnsPerIPBurst 0: bad", gate.ErrInvalidConfig))
 	if !strings.Contains(err.Error(), "gate.new-conns-per-ip-burst 0") {
 		t.Fatalf("rewritten: %v", err)
+	}
+}
+
+// TestNodeRefusesExposedRemoting: a node whose actor remoting would listen
+// beyond loopback does not start, and says which setting to change.
+func TestNodeRefusesExposedRemoting(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.DataDir, cfg.APIAddr, cfg.HTTPAddr, cfg.Gate.Addr = t.TempDir(), "127.0.0.1:0", "", "127.0.0.1:0"
+	cfg.AppSecrets = map[string]string{"1": "0123456789abcdef"}
+	cfg.Cluster.Bind, cfg.Cluster.Advertise = "0.0.0.0:0", "10.0.0.1:7100"
+	n, err := Start(cfg, nil)
+	if err == nil {
+		n.Shutdown(context.Background())
+		t.Fatal("the node started with remoting on 0.0.0.0")
+	}
+	if !strings.Contains(err.Error(), "cluster.bind") || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("error %q does not name cluster.bind and loopback", err)
 	}
 }

@@ -9,8 +9,11 @@
 // subscriber acknowledges what it has processed; what it holds
 // unacknowledged when its stream ends goes back to the front of the queue
 // and to another subscriber (at-least-once). Without any subscriber a C2S
-// is refused (NO_SUBSCRIBER); with a full queue it is refused
-// (UPSTREAM_BUSY): nothing accepted is dropped silently. Queued messages
+// is refused (NO_SUBSCRIBER); with a full queue, or when the router holds
+// its byte budget for the app or for the node (queued and in flight
+// together, Size per message), it is refused (UPSTREAM_BUSY): nothing
+// accepted is dropped silently, and memory is bounded whatever the
+// number of msgtypes and subscribers. Queued messages
 // live in memory: a node that crashes loses what its subscribers had not
 // yet acknowledged (docs/operating.md).
 //

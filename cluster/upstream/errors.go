@@ -8,6 +8,10 @@ var (
 	ErrNoSubscriber = errors.New("upstream: no subscriber")
 	// ErrFull: the queue of the message's appcode and msgtype is full.
 	ErrFull = errors.New("upstream: queue full")
+	// ErrOverBudget: the router already holds as many bytes as allowed
+	// for the message's appcode (Config.AppMaxBytes) or for the node
+	// (Config.MaxBytes).
+	ErrOverBudget = errors.New("upstream: byte budget full")
 	// ErrClosed: the router is shut down.
 	ErrClosed = errors.New("upstream: closed")
 )

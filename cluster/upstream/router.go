@@ -21,11 +21,33 @@ type Config struct {
 	MaxInFlight     int
 	// MaxBatch is the most messages in one UpstreamDelivery (default 256).
 	MaxBatch int
+	// MaxBatchBytes bounds the Size of the messages in one UpstreamDelivery
+	// (default 1 MiB, well under gRPC clients' default 4 MiB receive
+	// limit); a single larger message still goes alone.
+	MaxBatchBytes int64
+	// AppMaxBytes bounds the bytes (Size) of the messages the router
+	// holds for one appcode, queued or in flight at a subscriber (default
+	// 64 MiB); MaxBytes bounds them for all apps together (default 256
+	// MiB). Beyond either a C2S is refused (ErrOverBudget).
+	AppMaxBytes int64
+	MaxBytes    int64
 }
 
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
-	return Config{QueueLen: 1 << 16, MaxAge: 10 * time.Minute, DefaultInFlight: 1024, MaxInFlight: 1 << 16, MaxBatch: 256}
+	return Config{QueueLen: 1 << 16, MaxAge: 10 * time.Minute, DefaultInFlight: 1024, MaxInFlight: 1 << 16, MaxBatch: 256,
+		MaxBatchBytes: 1 << 20, AppMaxBytes: 64 << 20, MaxBytes: 256 << 20}
+}
+
+// MessageOverhead is what the router counts for a message on top of its
+// fields: the message and its protobuf state, its queue slot, and its
+// entry in a subscriber's in-flight map.
+const MessageOverhead = 256
+
+// Size is what a message counts against the byte budgets: its payload,
+// its ids and MessageOverhead.
+func Size(m *apipb.UpstreamMessage) int64 {
+	return int64(MessageOverhead + len(m.Payload) + len(m.Uid) + len(m.DeviceId) + len(m.MsgId) + len(m.ClientMsgId))
 }
 
 // Stats receives the router's events (implemented by the node's delivery
@@ -45,6 +67,7 @@ type key struct {
 type message struct {
 	m        *apipb.UpstreamMessage
 	queuedAt time.Time
+	size     int64 // Size(m), held against the budgets until acked or dropped
 }
 
 // queue is a FIFO of one (appcode, msgtype).
@@ -98,12 +121,14 @@ type Router struct {
 	stats Stats
 	now   func() time.Time
 
-	mu     sync.Mutex
-	queues map[key]*queue
-	subs   map[uint16][]*Subscriber
-	nextID uint64
-	rr     int
-	closed bool
+	mu       sync.Mutex
+	queues   map[key]*queue
+	subs     map[uint16][]*Subscriber
+	appBytes map[uint16]int64 // Size of what is held per app, queued or in flight
+	bytes    int64            // the sum of appBytes
+	nextID   uint64
+	rr       int
+	closed   bool
 
 	quit chan struct{}
 	wg   sync.WaitGroup
@@ -111,7 +136,8 @@ type Router struct {
 
 // New returns a router; stats may be nil.
 func New(cfg Config, stats Stats) *Router {
-	r := &Router{cfg: cfg, stats: stats, now: time.Now, queues: map[key]*queue{}, subs: map[uint16][]*Subscriber{}, quit: make(chan struct{})}
+	r := &Router{cfg: cfg, stats: stats, now: time.Now, queues: map[key]*queue{}, subs: map[uint16][]*Subscriber{},
+		appBytes: map[uint16]int64{}, quit: make(chan struct{})}
 	r.wg.Add(1)
 	go r.expireLoop()
 	return r
@@ -120,7 +146,7 @@ func New(cfg Config, stats Stats) *Router {
 func (s *Subscriber) takes(msgtype uint32) bool { return s.all || s.msgtypes[msgtype] }
 
 // Publish accepts a device's C2S for the app-servers. It returns
-// ErrNoSubscriber or ErrFull when it does not accept it.
+// ErrNoSubscriber, ErrFull or ErrOverBudget when it does not accept it.
 func (r *Router) Publish(m *apipb.UpstreamMessage) error {
 	k := key{uint16(m.AppCode), m.Msgtype}
 	r.mu.Lock()
@@ -146,9 +172,15 @@ func (r *Router) Publish(m *apipb.UpstreamMessage) error {
 	if q.len() >= r.cfg.QueueLen {
 		return ErrFull
 	}
+	size := Size(m)
+	if r.appBytes[k.app]+size > r.cfg.AppMaxBytes || r.bytes+size > r.cfg.MaxBytes {
+		return ErrOverBudget
+	}
+	r.appBytes[k.app] += size
+	r.bytes += size
 	r.nextID++
 	m.DeliveryId = r.nextID
-	q.push(&message{m: m, queuedAt: r.now()})
+	q.push(&message{m: m, queuedAt: r.now(), size: size})
 	if r.stats != nil {
 		r.stats.UpstreamReceived(k.app, k.msgtype)
 	}
@@ -214,8 +246,8 @@ func (r *Router) Subscribe(app uint16, msgtypes []uint32, window int) (*Subscrib
 }
 
 // Next blocks until messages are ready for the subscriber (at most the
-// router's MaxBatch) or done is closed; nil means the subscriber or the
-// router is closed.
+// router's MaxBatch, and MaxBatchBytes unless a single message is larger)
+// or done is closed; nil means the subscriber or the router is closed.
 func (s *Subscriber) Next(done <-chan struct{}) []*apipb.UpstreamMessage {
 	for {
 		s.r.mu.Lock()
@@ -224,7 +256,13 @@ func (s *Subscriber) Next(done <-chan struct{}) []*apipb.UpstreamMessage {
 			return nil
 		}
 		if len(s.outbox) > 0 {
-			n := min(len(s.outbox), s.r.cfg.MaxBatch)
+			n, bytes := 1, Size(s.outbox[0])
+			for n < min(len(s.outbox), s.r.cfg.MaxBatch) {
+				if bytes += Size(s.outbox[n]); bytes > s.r.cfg.MaxBatchBytes {
+					break
+				}
+				n++
+			}
 			out := make([]*apipb.UpstreamMessage, n)
 			copy(out, s.outbox)
 			rest := copy(s.outbox, s.outbox[n:])
@@ -264,6 +302,7 @@ func (s *Subscriber) Ack(ids []uint64) {
 		}
 		delete(s.inflight, id)
 		k := key{uint16(m.m.AppCode), m.m.Msgtype}
+		r.release(k.app, m.size)
 		touched[k] = true
 		if r.stats != nil {
 			r.stats.UpstreamAcked(k.app, k.msgtype)
@@ -330,6 +369,22 @@ func sortByID(ms []*message) {
 	}
 }
 
+// release gives back the budget of a message no longer held (r.mu held).
+func (r *Router) release(app uint16, size int64) {
+	r.bytes -= size
+	if r.appBytes[app] -= size; r.appBytes[app] == 0 {
+		delete(r.appBytes, app)
+	}
+}
+
+// Bytes returns the Size of everything the router holds, queued or in
+// flight.
+func (r *Router) Bytes() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.bytes
+}
+
 // Queued returns how many messages wait for a subscriber, in all queues.
 func (r *Router) Queued() int {
 	r.mu.Lock()
@@ -362,7 +417,7 @@ func (r *Router) expire() {
 	defer r.mu.Unlock()
 	for k, q := range r.queues {
 		for q.len() > 0 && q.peek().queuedAt.Before(cut) {
-			q.pop()
+			r.release(k.app, q.pop().size)
 			if r.stats != nil {
 				r.stats.UpstreamDropped(k.app, k.msgtype)
 			}

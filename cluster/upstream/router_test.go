@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -99,5 +100,128 @@ func TestExpireQueued(t *testing.T) {
 	}
 	if got := take(t, s); len(got) != 1 || got[0].MsgId != "a" {
 		t.Fatalf("in flight message must stay: %v", got)
+	}
+}
+
+// sized returns a message of app with a payload of n bytes.
+func sized(app uint32, id string, n int) *apipb.UpstreamMessage {
+	return &apipb.UpstreamMessage{AppCode: app, Msgtype: 1, MsgId: id, Uid: "u", Payload: make([]byte, n)}
+}
+
+// TestByteBudgetsPerAppAndNode: what the router holds for an app, queued
+// or in flight at a subscriber, is bounded in bytes per app and for the
+// node, whatever the counts allow; acks and expiry give the room back.
+func TestByteBudgetsPerAppAndNode(t *testing.T) {
+	one := Size(sized(1, "m00", 1000))
+	cfg := DefaultConfig()
+	cfg.DefaultInFlight = 2
+	cfg.AppMaxBytes = 10 * one // 2 in flight + 8 queued
+	cfg.MaxBytes = 15 * one
+	r := New(cfg, nil)
+	defer r.Close()
+	now := time.Now()
+	r.now = func() time.Time { return now }
+	s1, _ := r.Subscribe(1, nil, 0)
+	s2, _ := r.Subscribe(2, nil, 0)
+	for i := range 10 {
+		if err := r.Publish(sized(1, fmt.Sprintf("m%02d", i), 1000)); err != nil {
+			t.Fatalf("app 1 message %d within its budget: %v", i, err)
+		}
+	}
+	if err := r.Publish(sized(1, "m10", 1000)); !errors.Is(err, ErrOverBudget) {
+		t.Fatalf("app 1 over its budget: %v", err)
+	}
+	// App 2 has its own budget, but the node's is shared: 5 more fit.
+	for i := range 5 {
+		if err := r.Publish(sized(2, fmt.Sprintf("n%02d", i), 1000)); err != nil {
+			t.Fatalf("app 2 message %d within the node's budget: %v", i, err)
+		}
+	}
+	if err := r.Publish(sized(2, "n05", 1000)); !errors.Is(err, ErrOverBudget) {
+		t.Fatalf("node over its budget: %v", err)
+	}
+	if got := r.Bytes(); got != 15*one {
+		t.Fatalf("router holds %d bytes, want %d", got, 15*one)
+	}
+	// An ack of app 1's in-flight messages gives room back (the freed
+	// window takes two queued ones, still counted).
+	got := take(t, s1)
+	if len(got) != 2 {
+		t.Fatalf("app 1 in flight: %d", len(got))
+	}
+	s1.Ack([]uint64{got[0].DeliveryId, got[1].DeliveryId})
+	for i := range 2 {
+		if err := r.Publish(sized(1, fmt.Sprintf("m1%d", i), 1000)); err != nil {
+			t.Fatalf("after the ack, message %d: %v", i, err)
+		}
+	}
+	if err := r.Publish(sized(1, "m12", 1000)); !errors.Is(err, ErrOverBudget) {
+		t.Fatalf("app 1 full again: %v", err)
+	}
+	// A subscriber that goes away hands its messages back: still held.
+	_ = take(t, s2)
+	s2.Close()
+	if got := r.Bytes(); got != 15*one {
+		t.Fatalf("after a subscriber left the router holds %d bytes, want %d", got, 15*one)
+	}
+	// Expiry of what waits gives the room back; in flight stays.
+	now = now.Add(cfg.MaxAge + time.Second)
+	r.expire()
+	if got := r.Bytes(); got != 2*one { // app 1's window
+		t.Fatalf("after expiry the router holds %d bytes, want %d", got, 2*one)
+	}
+	if err := r.Publish(sized(1, "m13", 1000)); err != nil {
+		t.Fatalf("after expiry: %v", err)
+	}
+}
+
+// TestMessageSizeCountsEveryField: a message's size is what the router
+// keeps for it (its fields plus a fixed overhead), so ids cannot be used
+// to get around the budget.
+func TestMessageSizeCountsEveryField(t *testing.T) {
+	base := Size(&apipb.UpstreamMessage{})
+	m := &apipb.UpstreamMessage{Uid: "uid", DeviceId: "device", MsgId: "msg", ClientMsgId: "client-id", Payload: []byte("payload")}
+	if got, want := Size(m), base+3+6+3+9+7; got != want || base < 128 {
+		t.Fatalf("size %d, want %d (overhead %d)", got, want, base)
+	}
+}
+
+// TestBatchesAreBoundedInBytes: a delivery holds at most MaxBatchBytes of
+// messages, except a single message larger than that, which goes alone.
+func TestBatchesAreBoundedInBytes(t *testing.T) {
+	one := Size(sized(1, "m00", 1000))
+	cfg := DefaultConfig()
+	cfg.MaxBatchBytes = 3 * one
+	r := New(cfg, nil)
+	defer r.Close()
+	placeholder, _ := r.Subscribe(1, nil, 1) // takes the first, the rest queue
+	for i := range 8 {
+		if err := r.Publish(sized(1, fmt.Sprintf("m%02d", i), 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Publish(sized(1, "big", 5000)); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := r.Subscribe(1, nil, 100)
+	placeholder.Close() // its message comes back to s too
+	var sizes []int
+	for total := 0; total < 9; {
+		got := take(t, s)
+		if len(got) == 0 {
+			t.Fatalf("after %d messages, nothing", total)
+		}
+		var bytes int64
+		for _, m := range got {
+			bytes += Size(m)
+		}
+		if len(got) > 1 && bytes > cfg.MaxBatchBytes {
+			t.Fatalf("a batch of %d messages, %d bytes", len(got), bytes)
+		}
+		sizes = append(sizes, len(got))
+		total += len(got)
+	}
+	if last := sizes[len(sizes)-1]; last != 1 {
+		t.Fatalf("batches %v: the large message must go alone", sizes)
 	}
 }

@@ -43,7 +43,7 @@ func tokenCmd() *cobra.Command {
 	c.Flags().Uint32Var(&app, "app", 1, "appcode")
 	c.Flags().StringVar(&uid, "uid", "", "uid")
 	c.Flags().StringVar(&secret, "secret", os.Getenv("COURIER_APP_SECRET"), "the app's token secret (env COURIER_APP_SECRET)")
-	c.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "token lifetime")
+	c.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "token lifetime (at most the node's gate.max-token-lifetime, 7 days by default)")
 	return c
 }
 

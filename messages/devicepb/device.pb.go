@@ -74,6 +74,10 @@ const (
 	Code_UNKNOWN_APP Code = 23
 	// The uid is empty or longer than 128 bytes.
 	Code_BAD_UID Code = 24
+	// Another LOGIN field is over its limit: device_id or app_version
+	// longer than 128 bytes, or a token longer than 4096 bytes. The reason
+	// names the field.
+	Code_BAD_LOGIN_FIELD Code = 25
 	// No app-server is subscribed to the frame's (appcode, msgtype).
 	Code_NO_SUBSCRIBER Code = 40
 	// The upstream buffer towards the app-servers is full; retry later.
@@ -113,6 +117,7 @@ var (
 		22: "UID_BLOCKED",
 		23: "UNKNOWN_APP",
 		24: "BAD_UID",
+		25: "BAD_LOGIN_FIELD",
 		40: "NO_SUBSCRIBER",
 		41: "UPSTREAM_BUSY",
 		42: "BAD_RECEIVER",
@@ -139,6 +144,7 @@ var (
 		"UID_BLOCKED":         22,
 		"UNKNOWN_APP":         23,
 		"BAD_UID":             24,
+		"BAD_LOGIN_FIELD":     25,
 		"NO_SUBSCRIBER":       40,
 		"UPSTREAM_BUSY":       41,
 		"BAD_RECEIVER":        42,
@@ -1509,7 +1515,7 @@ const file_courier_device_v1_device_proto_rawDesc = "" +
 	"\bhas_more\x18\x03 \x01(\bR\ahasMore\"L\n" +
 	"\x05Error\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.courier.device.v1.CodeR\x04code\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason*\xb4\x03\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason*\xc9\x03\n" +
 	"\x04Code\x12\x06\n" +
 	"\x02OK\x10\x00\x12\x17\n" +
 	"\x13UNSUPPORTED_VERSION\x10\x01\x12\x13\n" +
@@ -1527,7 +1533,8 @@ const file_courier_device_v1_device_proto_rawDesc = "" +
 	"\rTOKEN_EXPIRED\x10\x15\x12\x0f\n" +
 	"\vUID_BLOCKED\x10\x16\x12\x0f\n" +
 	"\vUNKNOWN_APP\x10\x17\x12\v\n" +
-	"\aBAD_UID\x10\x18\x12\x11\n" +
+	"\aBAD_UID\x10\x18\x12\x13\n" +
+	"\x0fBAD_LOGIN_FIELD\x10\x19\x12\x11\n" +
 	"\rNO_SUBSCRIBER\x10(\x12\x11\n" +
 	"\rUPSTREAM_BUSY\x10)\x12\x10\n" +
 	"\fBAD_RECEIVER\x10*\x12\x14\n" +
