@@ -104,6 +104,7 @@ type Node struct {
 	cmd      *exec.Cmd
 	logs     *syncBuffer
 	exited   chan struct{}
+	stopped  bool // by Stop, not by itself
 	GateAddr string
 	APIAddr  string
 	HTTPAddr string
@@ -140,6 +141,18 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 	}
 	n := &Node{t: t, opts: opts}
 	n.start()
+	t.Cleanup(func() {
+		exited := !n.kill() && !n.stopped
+		switch logs := n.logs.String(); {
+		case strings.Contains(logs, "WARNING: DATA RACE"):
+			t.Errorf("testkit: the node reported a data race:\n%s", logs)
+		case exited:
+			// A node that died by itself explains the failures it caused.
+			t.Errorf("testkit: the node exited by itself (%v):\n%s", n.cmd.ProcessState, tail([]byte(logs)))
+		case t.Failed():
+			t.Logf("testkit: the node's last logs:\n%s", tail([]byte(logs)))
+		}
+	})
 	return n
 }
 
@@ -186,14 +199,8 @@ func (n *Node) start() {
 	if err := n.cmd.Start(); err != nil {
 		t.Fatalf("testkit: start courier: %v", err)
 	}
-	n.exited = make(chan struct{})
+	n.exited, n.stopped = make(chan struct{}), false
 	go func() { _ = n.cmd.Wait(); close(n.exited) }()
-	t.Cleanup(func() {
-		n.kill()
-		if strings.Contains(n.logs.String(), "WARNING: DATA RACE") {
-			t.Errorf("testkit: the node reported a data race:\n%s", n.logs.String())
-		}
-	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
@@ -209,19 +216,22 @@ func (n *Node) start() {
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
+			n.kill()
 			t.Fatalf("testkit: courier did not start within 60s:\n%s", n.logs.String())
 		}
 	}
 }
 
-func (n *Node) kill() {
+// kill stops the process and reports whether it was still running.
+func (n *Node) kill() bool {
 	select {
 	case <-n.exited:
-		return
+		return false
 	default:
 	}
 	_ = n.cmd.Process.Kill()
 	<-n.exited
+	return true
 }
 
 // Logs returns what the node has written so far.
@@ -231,6 +241,7 @@ func (n *Node) Logs() string { return n.logs.String() }
 // waits for the process to end.
 func (n *Node) Stop(sig syscall.Signal) {
 	n.t.Helper()
+	n.stopped = true
 	_ = n.cmd.Process.Signal(sig)
 	select {
 	case <-n.exited:

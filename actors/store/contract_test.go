@@ -471,7 +471,7 @@ func testFencingConcurrent(t *testing.T, k kind) {
 	id := Identity{App: 1, UID: "race"}
 	for round := range 20 {
 		first := load(t, s, id)
-		base := uint32(round * 1000)
+		base := uint32(round * 1_000_000)
 		var mu sync.Mutex
 		ok := map[uint32]bool{}
 		var fenced atomic.Int32
@@ -499,7 +499,8 @@ func testFencingConcurrent(t *testing.T, k kind) {
 					t.Errorf("write %d: %v", seq, err)
 					return
 				}
-				if i == 900 {
+				if i == 900_000 {
+					t.Errorf("round %d: still writing after 900,000 writes", round)
 					return
 				}
 			}
