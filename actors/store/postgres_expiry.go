@@ -13,12 +13,12 @@ import (
 // time from the earliest expiry and claims the identities it finds for
 // ExpiredLease (an UPDATE that only one node's can win per identity), so
 // nodes sweeping at once report disjoint identities. It reads at most
-// 16 pages per call.
+// 10 × max index entries per call (entries of identities another node
+// holds are passed over).
 func (s *Postgres) Expired(ctx context.Context, now time.Time, max int, fn func(Identity)) error {
 	const (
-		page     = 1000
-		maxPages = 16
-		sqlPage  = `SELECT app, uid, expires_at, seq FROM courier_inbox
+		page    = 1000
+		sqlPage = `SELECT app, uid, expires_at, seq FROM courier_inbox
 WHERE expires_at <= $1 AND (expires_at, app, uid, seq) > ($2, $3, $4, $5)
 ORDER BY expires_at, app, uid, seq LIMIT $6`
 		// At most $5 identities of the page whose lease has run out;
@@ -42,7 +42,7 @@ RETURNING app, uid`
 		reported   int
 		seen       = map[Identity]bool{}
 	)
-	for range maxPages {
+	for scanned := 0; scanned < 10*max; scanned += page {
 		if reported >= max {
 			return nil
 		}
