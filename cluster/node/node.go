@@ -97,7 +97,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	deps.Router = n.sys
+	deps.Router, deps.Gates = n.sys, n.sys
 
 	gcfg := cfg.Gate
 	gcfg.AppSecrets = secrets
@@ -176,17 +176,29 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 
 // openStore opens the configured inbox store.
 func openStore(cfg Config, log *slog.Logger, observe func(int, time.Duration, error), swept func(int)) (store.Store, error) {
+	lanes := cfg.StoreLanes
+	if lanes == 0 {
+		lanes = 2 // Pebble: one batch applied while another syncs
+		if cfg.Store == "postgres" {
+			lanes = 4 // round trips and WAL flushes overlap
+		}
+	}
+	// Every lane of the commit queue holds the actors' whole write budget,
+	// so that submitting a write never waits (actors.WriteBudget), plus
+	// room for the loads' claims (Pebble; bounded by the actor workers)
+	// and the sweep's rounds (one per lane).
+	queue := lanes * (cfg.Actors.MaxPendingWrites + 256)
 	if cfg.Store == "postgres" {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		s, err := store.OpenPostgres(ctx, store.PostgresConfig{DSN: cfg.StoreDSN, MaxConns: cfg.StoreMaxConns, Lanes: cfg.StoreLanes,
-			Timeout: cfg.StoreTimeout, NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept}, log)
+		s, err := store.OpenPostgres(ctx, store.PostgresConfig{DSN: cfg.StoreDSN, MaxConns: cfg.StoreMaxConns, Lanes: lanes,
+			QueueLen: queue, Timeout: cfg.StoreTimeout, NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept}, log)
 		if err != nil {
 			return nil, fmt.Errorf("node: store postgres: %w", err)
 		}
 		return s, nil
 	}
-	return store.OpenPebble(store.PebbleConfig{Dir: filepath.Join(cfg.DataDir, "inbox"), Lanes: cfg.StoreLanes,
+	return store.OpenPebble(store.PebbleConfig{Dir: filepath.Join(cfg.DataDir, "inbox"), Lanes: lanes, QueueLen: queue,
 		NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept}, log)
 }
 

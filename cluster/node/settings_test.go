@@ -92,6 +92,12 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreLanes = "postgres", "x", 16 }, "store.lanes")
 	bad(func(c *Config) { c.StoreTimeout = time.Millisecond }, "store.timeout")
 	bad(func(c *Config) { c.Gate.ListsFile, c.Gate.ListsPollInterval = "x", 0 }, "gate.lists-poll-interval")
+	bad(func(c *Config) { c.Actors.C2CSenderMaxMessages = c.Actors.C2CMaxMessages + 1 }, "actors.c2c-sender-max-messages")
+	bad(func(c *Config) { c.Actors.MaxPendingWrites = 0 }, "actors.max-pending-writes")
+	// The login burst and a PULL_ACK must fit the gate's queue for a
+	// connection, whatever the messages contain.
+	bad(func(c *Config) { c.Actors.WindowBytes = 512 << 10 }, "actors.window-bytes")
+	bad(func(c *Config) { c.Actors.Window = 600 }, "actors.window")
 	bad(func(c *Config) { c.API.MaxRequestBytes = 1 << 10 }, "api.max-request-bytes")
 	bad(func(c *Config) { c.API.MaxConcurrentStreams = 0 }, "api.max-concurrent-streams")
 	bad(func(c *Config) { c.API.KeepaliveMinTime = 0 }, "api.keepalive-min-time")
