@@ -106,10 +106,10 @@ func (s *Pebble) SweepIdempotency(max int) (int, error) {
 	var lastExp uint64
 	for ok := it.First(); ok && n < max; ok = it.Next() {
 		k := it.Key()
-		lastExp = binary.BigEndian.Uint64(k[1:9])
 		if len(k) < 9+4 {
 			continue
 		}
+		lastExp = binary.BigEndian.Uint64(k[1:9])
 		id, _, ok := parseIDKey(k[9:])
 		if !ok {
 			continue
