@@ -9,9 +9,6 @@ import (
 type pending struct {
 	w    *Write
 	done func(error)
-	// claim marks a Load's claim of w.ID rather than a write: the store
-	// sets w.Owner to the new owner epoch.
-	claim bool
 	// sweep, if set, makes this an expiry sweep round of the lane (w is
 	// unused).
 	sweep *idemSweep
@@ -28,8 +25,7 @@ type pending struct {
 // It runs several lanes, each with its own queue and goroutine, so that
 // one batch is assembled and applied while another waits for its sync
 // (the storage engine joins concurrent syncs). An identity always uses
-// the same lane: its writes (and its claims) complete in the order they
-// were submitted.
+// the same lane: its writes complete in the order they were submitted.
 //
 // The commit function returns the failure of the whole batch (every write
 // of it fails with that error) or nil; it may fail single writes by

@@ -56,6 +56,9 @@ type kind struct {
 	// breakCommits makes every commit fail until the returned function
 	// is called.
 	breakCommits func(t *testing.T, s Store) (restore func())
+	// widenRaces, if set, makes the window between a commit's owner
+	// check and its commit long enough for a test to hit.
+	widenRaces func(s Store)
 }
 
 func kinds() []kind {
@@ -75,6 +78,9 @@ func kinds() []kind {
 				return open(), open
 			},
 			sweep: func(s Store, max int) (int, error) { return s.(*Pebble).SweepIdempotency(max) },
+			// Pebble makes a batch visible within microseconds of its
+			// owner check; a millisecond lets claims land in between.
+			widenRaces: func(s Store) { s.(*Pebble).commitDelay.Store(int64(time.Millisecond)) },
 			breakCommits: func(_ *testing.T, s Store) func() {
 				// Pebble fails a commit only when the disk does: the
 				// hook stands in for it, on the real commit path.
@@ -468,6 +474,9 @@ func testFencedWriteAlone(t *testing.T, k kind) {
 // second's snapshot; every other failed with ErrFenced and left nothing.
 func testFencingConcurrent(t *testing.T, k kind) {
 	s, _ := k.open(t, opts{clock: newClock()})
+	if k.widenRaces != nil {
+		k.widenRaces(s)
+	}
 	id := Identity{App: 1, UID: "race"}
 	for round := range 20 {
 		first := load(t, s, id)
@@ -559,7 +568,7 @@ func testGroupCommit(t *testing.T, k kind) {
 		owners[w] = load(t, s, Identity{App: 1, UID: fmt.Sprintf("u%d", w)}).Owner
 	}
 	mu.Lock()
-	batches, writes = 0, 0 // Pebble's claims go through the committer
+	batches, writes = 0, 0 // only the writes below
 	mu.Unlock()
 	var wg sync.WaitGroup
 	for w := range writers {

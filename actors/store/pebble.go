@@ -117,12 +117,11 @@ func (c *PebbleConfig) setDefaults() error {
 
 // Pebble is the single-node Store on an embedded Pebble database.
 //
-// Each commit lane is the only writer of its identities' keys (inbox,
-// meta, owner, idempotency records); the expiry sweep deletes through the
-// lanes too, so a record rewritten while the sweep looks at it is never
-// deleted. Loads claim the identity through its lane: a claim is ordered
-// with the identity's writes, so every write submitted before it is
-// visible to the Load and every write of an older owner after it fails.
+// Each commit lane is the only writer of its identities' inbox, meta and
+// idempotency keys; the expiry sweep deletes through the lanes too, so a
+// record rewritten while the sweep looks at it is never deleted. Owner
+// epochs are pebbleOwners': a Load's claim sees every write that passed
+// its owner check before it, and fences every write checked after it.
 type Pebble struct {
 	db   *pebble.DB
 	c    *committer
@@ -131,9 +130,7 @@ type Pebble struct {
 	log  *slog.Logger
 	now  func() time.Time
 
-	// owners caches the owner epochs per lane (only the lane's goroutine
-	// touches its map); the 'o' keys are the truth.
-	owners []map[Identity]uint64
+	own *pebbleOwners
 
 	// mu guards db against use after Close (Pebble panics then): reads
 	// hold it shared, Close exclusively.
@@ -148,17 +145,17 @@ type Pebble struct {
 	sweepStart atomic.Int64
 	sweptUpTo  atomic.Uint64
 
-	// failCommit, if set, fails every commit with it (tests of failures).
-	failCommit atomic.Pointer[error]
+	// failCommit, if set, fails every commit with it (tests of failures);
+	// commitDelay (ns) widens the window between the owner check and the
+	// commit (tests of fencing).
+	failCommit  atomic.Pointer[error]
+	commitDelay atomic.Int64
 
 	quit      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
 }
-
-// maxOwnerCache bounds the owner epochs cached per lane.
-const maxOwnerCache = 1 << 16
 
 // OpenPebble opens (or creates) the store in cfg.Dir.
 func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
@@ -191,8 +188,7 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open pebble in %s: %w", cfg.Dir, err)
 	}
-	s := &Pebble{db: db, cfg: cfg, sync: pebble.Sync, log: log, now: cfg.Now, quit: make(chan struct{}),
-		owners: make([]map[Identity]uint64, cfg.Lanes)}
+	s := &Pebble{db: db, cfg: cfg, sync: pebble.Sync, log: log, now: cfg.Now, quit: make(chan struct{})}
 	if err := s.upgrade(); err != nil {
 		db.Close()
 		return nil, err
@@ -200,9 +196,7 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	if cfg.NoSync {
 		s.sync = pebble.NoSync
 	}
-	for i := range s.owners {
-		s.owners[i] = map[Identity]uint64{}
-	}
+	s.own = newPebbleOwners(db)
 	s.c = newCommitter(cfg.Lanes, cfg.QueueLen, cfg.MaxBatch, s.commit)
 	s.c.observe = cfg.Observe
 	s.wg.Add(1)
@@ -307,29 +301,22 @@ func prefixEnd(p []byte) []byte {
 	return nil
 }
 
-// Load implements Store. It claims the identity through its commit lane,
-// then reads.
-func (s *Pebble) Load(ctx context.Context, id Identity) (*Snapshot, error) {
+// Load implements Store. It claims the identity (pebbleOwners), then
+// reads.
+func (s *Pebble) Load(_ context.Context, id Identity) (*Snapshot, error) {
 	if !id.Valid() {
 		return nil, ErrBadIdentity
-	}
-	claim := &Write{ID: id}
-	errc := make(chan error, 1)
-	s.c.submit(pending{w: claim, claim: true, done: func(err error) { errc <- err }})
-	select {
-	case err := <-errc:
-		if err != nil {
-			return nil, fmt.Errorf("claim %s: %w", id, err)
-		}
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: claim %s: %v", ErrUnavailable, id, ctx.Err())
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
 		return nil, ErrClosed
 	}
-	snap := &Snapshot{Owner: claim.Owner, Meta: &actorpb.IdentityMeta{}}
+	owner, err := s.own.claim(id)
+	if err != nil {
+		return nil, err
+	}
+	snap := &Snapshot{Owner: owner, Meta: &actorpb.IdentityMeta{}}
 	v, closer, err := s.db.Get(appendIDKey(nil, prefixMeta, id))
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):

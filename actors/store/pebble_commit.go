@@ -1,9 +1,9 @@
 package store
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -19,81 +19,59 @@ type idemSweep struct {
 }
 
 // commit writes a batch with one sync. It runs on the lane's goroutine,
-// the only writer of the lane's identities.
-func (s *Pebble) commit(lane int, ws []pending) error {
-	owners := s.owners[lane]
-	// The cache is trimmed between batches only: an owner claimed in this
-	// batch is not in the database yet and must stay cached.
-	for id := range owners {
-		if len(owners) <= maxOwnerCache {
-			break
-		}
-		delete(owners, id)
+// the only writer of the lane's identities' inbox, meta and idempotency
+// keys.
+func (s *Pebble) commit(_ int, ws []pending) error {
+	// Fence first: a write whose owner has been claimed since fails
+	// alone; the others count as in flight (a claim waits for them)
+	// until the batch is committed.
+	release, err := s.own.check(ws)
+	if err != nil {
+		return err
 	}
+	defer release()
 	b := s.db.NewBatch()
 	defer b.Close()
 	var (
-		claimed []Identity
-		key     []byte
-		val     []byte
-		sync    bool
+		key  []byte
+		val  []byte
+		sync bool
 		// what this batch wrote, for the lookups of later writes in it
 		putExpiry  map[string]int64 // inbox key -> expiry
 		idemExpiry map[string]int64 // idempotency key -> expiry
 	)
-	fail := func(err error) error {
-		for _, id := range claimed {
-			delete(owners, id)
-		}
-		return err
-	}
 	for i := range ws {
 		p := &ws[i]
-		w := p.w
 		if p.sweep != nil {
 			if err := s.applySweep(b, p.sweep, idemExpiry); err != nil {
-				return fail(err)
+				return err
 			}
 			continue
 		}
-		cur, err := s.ownerOf(owners, w.ID)
-		if err != nil {
-			return fail(err)
-		}
-		if p.claim {
-			cur++
-			owners[w.ID] = cur
-			claimed = append(claimed, w.ID)
-			if err := b.Set(appendIDKey(key[:0], prefixOwner, w.ID), binary.BigEndian.AppendUint64(nil, cur), nil); err != nil {
-				return fail(err)
-			}
-			w.Owner = cur
+		if p.err != nil {
 			continue
 		}
-		if cur == 0 || w.Owner != cur {
-			p.err = ErrFenced
-			continue
-		}
+		w := p.w
 		sync = sync || w.Sync
 		if w.Meta != nil {
 			if val, err = (proto.MarshalOptions{}).MarshalAppend(val[:0], w.Meta); err != nil {
-				return fail(err)
+				return err
 			}
 			if err := b.Set(appendIDKey(key[:0], prefixMeta, w.ID), val, nil); err != nil {
-				return fail(err)
+				return err
 			}
 		}
 		for _, e := range w.Put {
 			if val, err = (proto.MarshalOptions{}).MarshalAppend(val[:0], e); err != nil {
-				return fail(err)
+				return err
 			}
 			key = inboxKey(key[:0], w.ID, e.Seq)
 			if err := b.Set(key, val, nil); err != nil {
-				return fail(err)
+				return err
 			}
 			if e.ExpiresAtMs != 0 {
 				if err := b.Set(inboxExpiryKey(nil, e.ExpiresAtMs, key), nil, nil); err != nil {
-					return fail(err)
+					return err
 				}
 				if putExpiry == nil {
 					putExpiry = map[string]int64{}
@@ -105,7 +83,7 @@ func (s *Pebble) commit(lane int, ws []pending) error {
 			key = inboxKey(key[:0], w.ID, seq)
 			exp, found, err := s.storedExpiry(key, putExpiry)
 			if err != nil {
-				return fail(err)
+				return err
 			}
 			if !found {
 				continue
@@ -115,25 +93,25 @@ func (s *Pebble) commit(lane int, ws []pending) error {
 			// entry and its tombstone cancel out at the first flush or
 			// compaction that sees both. So is its index key.
 			if err := b.SingleDelete(key, nil); err != nil {
-				return fail(err)
+				return err
 			}
 			if exp != 0 {
 				if err := b.SingleDelete(inboxExpiryKey(nil, exp, key), nil); err != nil {
-					return fail(err)
+					return err
 				}
 			}
 		}
 		for _, ip := range w.Idem {
 			if val, err = (proto.MarshalOptions{}).MarshalAppend(val[:0], ip.Record); err != nil {
-				return fail(err)
+				return err
 			}
 			ik := idemKey(w.ID, ip.Key)
 			if err := b.Set(ik, val, nil); err != nil {
-				return fail(err)
+				return err
 			}
 			if ip.Record.ExpiresAtMs != 0 {
 				if err := b.Set(expiryKey(ip.Record.ExpiresAtMs, ik), nil, nil); err != nil {
-					return fail(err)
+					return err
 				}
 			}
 			if idemExpiry == nil {
@@ -150,33 +128,15 @@ func (s *Pebble) commit(lane int, ws []pending) error {
 		opts = s.sync
 	}
 	if err := s.failCommit.Load(); err != nil {
-		return fail(*err)
+		return *err
+	}
+	if d := s.commitDelay.Load(); d > 0 {
+		time.Sleep(time.Duration(d))
 	}
 	if err := b.Commit(opts); err != nil {
-		return fail(fmt.Errorf("%w: commit: %v", ErrUnavailable, err))
+		return fmt.Errorf("%w: commit: %v", ErrUnavailable, err)
 	}
 	return nil
-}
-
-// ownerOf returns the owner epoch of id (0: never claimed).
-func (s *Pebble) ownerOf(owners map[Identity]uint64, id Identity) (uint64, error) {
-	if o, ok := owners[id]; ok {
-		return o, nil
-	}
-	v, closer, err := s.db.Get(appendIDKey(nil, prefixOwner, id))
-	var o uint64
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-	case err != nil:
-		return 0, fmt.Errorf("%w: owner of %s: %v", ErrUnavailable, id, err)
-	default:
-		if len(v) == 8 {
-			o = binary.BigEndian.Uint64(v)
-		}
-		closer.Close()
-	}
-	owners[id] = o
-	return o, nil
 }
 
 // storedExpiry returns the expiry of the inbox entry under key, and

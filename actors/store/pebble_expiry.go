@@ -101,7 +101,7 @@ func (s *Pebble) SweepIdempotency(max int) (int, error) {
 		s.mu.RUnlock()
 		return 0, fmt.Errorf("%w: idempotency expiry index: %v", ErrUnavailable, err)
 	}
-	rounds := make([]*idemSweep, len(s.owners))
+	rounds := make([]*idemSweep, s.cfg.Lanes)
 	n := 0
 	var lastExp uint64
 	for ok := it.First(); ok && n < max; ok = it.Next() {
