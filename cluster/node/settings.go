@@ -19,6 +19,9 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.Name, "name", c.Name, "node name in logs and presence")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory of the embedded inbox store")
 	fs.StringVar(&c.APIAddr, "api-addr", c.APIAddr, "gRPC API listen address")
+	fs.StringVar(&c.APITLSCert, "api.tls-cert", c.APITLSCert, "PEM certificate of the gRPC API; with api.tls-key the API speaks only TLS")
+	fs.StringVar(&c.APITLSKey, "api.tls-key", c.APITLSKey, "PEM private key of api.tls-cert")
+	fs.StringVar(&c.APITLSClientCA, "api.tls-client-ca", c.APITLSClientCA, "PEM file of CAs; set, the API requires client certificates signed by one of them")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, `/metrics and /healthz listen address ("" disables)`)
 	fs.StringVar(&c.GatePublicAddr, "gate-public-addr", c.GatePublicAddr, "gate address reported by presence (default: the gate's listen address)")
 	fs.StringVar(&c.Store, "store", c.Store, `inbox store: "pebble" (embedded, in data-dir) or "postgres" (shared by a cluster's nodes)`)
@@ -30,6 +33,8 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.BoolVar(&c.StoreNoSync, "store-no-sync", c.StoreNoSync, "skip the store's fsync, or commit with synchronous_commit off (benchmarks only: a crash may lose accepted messages)")
 	fs.StringToStringVar(&c.AppSecrets, "app-secret", c.AppSecrets, "APPCODE=SECRET: HS256 secret of an app's device tokens (repeatable, at least 16 bytes)")
 	fs.StringToStringVar(&c.APIKeys, "api-key", c.APIKeys, `KEY=APPCODE: an app-server API key and the appcode it acts for, "*" for an operator key (repeatable)`)
+	fs.StringToStringVar(&c.AppSecretFiles, "app-secret-file", c.AppSecretFiles, "APPCODE=FILE: an app's token secret read from FILE (repeatable; keeps it out of argv)")
+	fs.StringToStringVar(&c.APIKeyFiles, "api-key-file", c.APIKeyFiles, `FILE=APPCODE: an API key read from FILE and the appcode it acts for, "*" for an operator key (repeatable)`)
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "bound on graceful shutdown")
 
 	g := &c.Gate
@@ -53,6 +58,8 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.Float64Var(&g.NewConnsPerIP, "gate.new-conns-per-ip", g.NewConnsPerIP, "new connections per second per source IP (0: no limit)")
 	fs.IntVar(&g.NewConnsPerIPBurst, "gate.new-conns-per-ip-burst", g.NewConnsPerIPBurst, "burst of gate.new-conns-per-ip")
 	fs.IntVar(&g.IPLimiterSize, "gate.ip-limiter-size", g.IPLimiterSize, "source addresses remembered by the connection rate limit")
+	fs.BoolVar(&g.ProxyProtocol, "gate.proxy-protocol", g.ProxyProtocol, "connections from gate.proxy-from must start with a PROXY protocol header (v2 or v1) naming the client")
+	fs.StringSliceVar(&g.ProxyFrom, "gate.proxy-from", g.ProxyFrom, "addresses or CIDRs of the load balancers trusted to send PROXY headers (comma-separated or repeated)")
 	fs.StringVar(&g.ListsFile, "gate.lists-file", g.ListsFile, "JSON file of the black/white lists, reloaded when it changes")
 	fs.DurationVar(&g.ListsPollInterval, "gate.lists-poll-interval", g.ListsPollInterval, "how often gate.lists-file is checked")
 	fs.DurationVar(&g.MaxTokenLifetime, "gate.max-token-lifetime", g.MaxTokenLifetime, "refuse device tokens without iat or whose exp - iat is longer (0: any lifetime)")
