@@ -543,14 +543,10 @@ func (s *System) Shutdown() {
 			}
 		}
 		if s.remote != nil {
-			// Not the library's graceful stop: it writes a flag its
-			// stream readers read without a lock (a data race whenever a
-			// member still sends here, as members do to a node that
-			// drained while it was live), then waits up to 10 s for
-			// streams that other members keep open. Every handoff is
-			// done; stopping the server refuses what still arrives (its
-			// senders route elsewhere), and our own outgoing streams
-			// flush until the actor system stops.
+			// Not the library's graceful shutdown: it flags its stream
+			// readers as suspended without synchronization while they read
+			// (a data race the detector reports whenever a peer is
+			// connected). The handoffs are done; the server just stops.
 			s.remote.Shutdown(false)
 		}
 		if s.actors != nil {

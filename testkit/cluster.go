@@ -29,11 +29,15 @@ type ClusterOptions struct {
 	// and Consul on its cluster network (Network.ClusterHost), so that a
 	// test can cut nodes off (Network.Cut). It implies TLS.
 	Network *Network
+	// Store is "postgres" (every node on one new database of the test
+	// PostgreSQL: the cluster's store) or "pebble" (each node its own);
+	// default: TestStore().
+	Store string
 }
 
 // Cluster is a Courier cluster for tests, in the manner of hashicorp
-// raft's MakeCluster: a real Consul agent and N node processes on
-// loopback, one cluster member per process (the actor library's remoting
+// raft's MakeCluster: a real Consul agent, a real PostgreSQL (Store
+// "postgres") and N node processes on loopback, one cluster member per process (the actor library's remoting
 // races with other gRPC in a process, FACTS). Every process is killed at
 // the end of the test, whatever happened.
 type Cluster struct {
@@ -44,6 +48,8 @@ type Cluster struct {
 	// node, NAME.pem and NAME-key.pem.
 	Certs string
 	ca    mtls.PEM
+	// DSN is the cluster's PostgreSQL database (Store "postgres").
+	DSN string
 
 	mu    sync.Mutex
 	Nodes []*Node
@@ -53,6 +59,9 @@ type Cluster struct {
 // sees every other one live.
 func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	t.Helper()
+	if opts.Store == "" {
+		opts.Store = TestStore()
+	}
 	if opts.Network != nil {
 		opts.TLS = true
 	}
@@ -61,6 +70,9 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 		c.Consul = StartConsulOn(t, opts.Network.ClusterHost())
 	} else {
 		c.Consul = StartConsul(t)
+	}
+	if opts.Store == "postgres" {
+		c.DSN = PostgresDB(t)
 	}
 	if opts.TLS {
 		c.Certs = t.TempDir()
@@ -103,7 +115,7 @@ func (c *Cluster) AddNode(roles string, args ...string) *Node {
 	}
 	all = append(all, c.opts.Args...)
 	all = append(all, args...)
-	n := StartNode(c.t, NodeOptions{Name: name, Roles: roles, Args: all, Network: c.opts.Network})
+	n := StartNode(c.t, NodeOptions{Name: name, Roles: roles, Args: all, PostgresDSN: c.DSN, Network: c.opts.Network})
 	c.mu.Lock()
 	c.Nodes = append(c.Nodes, n)
 	c.mu.Unlock()

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"sort"
@@ -16,9 +17,11 @@ import (
 )
 
 // Lists are the black and white lists of the cluster's gates: LocalLists
-// for a node's own gate, or the node's cluster-wide lists, which apply an
-// edit on every live gate. An Edit error with a gRPC status is passed on;
-// any other is a bad edit (INVALID_ARGUMENT).
+// for a node's own gate, or the node's cluster-wide lists, which store an
+// edit (in the inbox store, when the node has one) and apply it on every
+// live gate. An Edit error with a gRPC status is passed on; one wrapping
+// gate.ErrBadLists is a bad edit (INVALID_ARGUMENT); any other means the
+// edit could not be stored and nothing changed (UNAVAILABLE).
 type Lists interface {
 	Snapshot(ctx context.Context) (gate.ListsSnapshot, error)
 	Edit(ctx context.Context, r *apipb.UpdateAccessListRequest) error
@@ -76,7 +79,11 @@ func listsError(err error) error {
 	if st, ok := status.FromError(err); ok {
 		return st.Err()
 	}
-	return status.Errorf(codes.InvalidArgument, "lists: %v", err)
+	if errors.Is(err, gate.ErrBadLists) {
+		return status.Errorf(codes.InvalidArgument, "lists: %v", err)
+	}
+	// Not stored: nothing changed.
+	return status.Errorf(codes.Unavailable, "lists: the change could not be stored (%v); nothing changed, retry", err)
 }
 
 // UpdateAccessList implements apipb.CourierServer. IP lists and whitelist

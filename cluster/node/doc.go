@@ -7,6 +7,12 @@
 // Start's errors say what to fix: ErrConfig for a setting (named),
 // ErrDataDirInUse for a data directory another process holds.
 //
+// The node keeps the gate's access lists in the store (lists.go): it
+// loads them before the gate accepts devices, stores each API change
+// before answering, applies it on every live gate of the cluster, and
+// polls the stored version every second, applying what other nodes
+// stored.
+//
 // Start order matters: the store opens, then the actor system and its
 // remoting start, before any other gRPC in the process, because the actor
 // library replaces gRPC's global logger when it starts its remoting; then

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -25,8 +26,11 @@ const listsWait = 2 * time.Second
 
 // clusterLists are the access lists of every gate in the cluster
 // (api.Lists): an edit is sent to every live member with the gate role,
-// which applies it to its own lists; the answer comes from this node's
-// gate, or from another one.
+// which stores it (its durableLists: in the shared PostgreSQL store, where
+// the edit is idempotent, or in its own Pebble) and applies it; the answer
+// comes from this node's gate, or from another one. Gates that were not
+// live then get it from the shared store within a second (listsPoll), or,
+// with Pebble, copy the others' lists when they join.
 type clusterLists struct{ n *Node }
 
 func (l clusterLists) Edit(ctx context.Context, r *apipb.UpdateAccessListRequest) error {
@@ -92,8 +96,13 @@ func (n *Node) answerLists(req *actorpb.NodeRequest) *actorpb.Reply {
 		return fail(codes.FailedPrecondition, "this node has no gate")
 	}
 	if e := req.GetListsEdit(); e != nil {
-		if err := n.gate.Lists().Modify(func(s *gate.ListsSnapshot) { api.ApplyListEdit(s, e) }); err != nil {
+		// Stored first (in force here once stored), then in the gate.
+		err := n.lists.Modify(func(s *gate.ListsSnapshot) { api.ApplyListEdit(s, e) })
+		switch {
+		case errors.Is(err, gate.ErrBadLists):
 			return fail(codes.InvalidArgument, err.Error())
+		case err != nil:
+			return fail(codes.Unavailable, "not stored: "+err.Error())
 		}
 	}
 	b, err := json.Marshal(n.gate.Lists().Snapshot())
@@ -104,18 +113,19 @@ func (n *Node) answerLists(req *actorpb.NodeRequest) *actorpb.Reply {
 }
 
 // syncLists gives a gate that just joined the lists the other gates
-// have, unless it reads them from a file. An edit made between its
-// joining and this copy may be overwritten on this gate (until the lists
-// live in the shared store).
+// have, unless it reads them from a file or shares the store they keep
+// them in (PostgreSQL: it loaded them at start). With a store of its own
+// (Pebble), an edit made between its joining and this copy may be
+// overwritten on this gate.
 func (n *Node) syncLists() {
-	if n.gate == nil || n.cfg.Gate.ListsFile != "" || len(n.sys.View().Live(membership.RoleGate)) < 2 {
+	if n.gate == nil || n.cfg.Gate.ListsFile != "" || n.cfg.Store == "postgres" || len(n.sys.View().Live(membership.RoleGate)) < 2 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), listsWait)
 	defer cancel()
 	s, err := n.peerLists(ctx)
 	if err == nil {
-		err = n.gate.Lists().Update(s)
+		err = n.lists.Modify(func(l *gate.ListsSnapshot) { *l = s })
 	}
 	if err != nil {
 		n.log.Warn("node: could not copy the access lists from the other gates; this gate starts with its own", "err", err)

@@ -45,7 +45,8 @@ type Node struct {
 	log   *slog.Logger
 	reg   *prometheus.Registry
 	sys   *cluster.System
-	store *store.Pebble
+	store store.Store
+	lists *durableLists
 	stats *stats.Recorder
 	up    *upstream.Router
 	hub   *upstream.Hub
@@ -101,10 +102,29 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	n.stats = stats.New()
 	n.reg.MustRegister(n.stats)
 	var deps *actors.Deps
-	if roles.Has(membership.RoleActors) {
-		if err := n.openStore(); err != nil {
-			return nil, storeOpenError(cfg.DataDir, err)
+	if roles.Has(membership.RoleActors) || roles.Has(membership.RoleGate) {
+		// The actors' inbox, and the gate's stored access lists.
+		commitSeconds := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_seconds",
+			Help: "Time of one group commit of the inbox store (write and sync).", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14)})
+		batchWrites := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_writes",
+			Help: "Writes (one per identity) in one group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)})
+		commitErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_commit_errors_total",
+			Help: "Group commits that failed (their writes were refused)."})
+		swept := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_swept_records_total",
+			Help: "Expired idempotency and C2C-dedup records deleted by the store's sweep."})
+		n.reg.MustRegister(commitSeconds, batchWrites, commitErrors, swept)
+		observe := func(writes int, d time.Duration, err error) {
+			commitSeconds.Observe(d.Seconds())
+			batchWrites.Observe(float64(writes))
+			if err != nil {
+				commitErrors.Inc()
+			}
 		}
+		if n.store, err = openStore(cfg, log, observe, func(k int) { swept.Add(float64(k)) }); err != nil {
+			return nil, err
+		}
+	}
+	if roles.Has(membership.RoleActors) {
 		deps = actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats})
 		newChild = deps.NewActor
 	}
@@ -138,6 +158,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if roles.Has(membership.RoleGate) {
 		gcfg := cfg.Gate
 		gcfg.AppSecrets = secrets
+		// The node keeps the lists in the store and applies them (and the
+		// lists file) to the gate itself.
+		gcfg.ListsFile = ""
 		br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, up: n.up, ids: ids}
 		n.gate, err = gate.New(gcfg, br, n.reg, log)
 		if err != nil {
@@ -147,6 +170,19 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		n.sys.SetGate(sink{n.gate, br.gateID})
 		public := cfg.GatePublicAddr
 		br.gateAddr.Store(&public)
+		// The stored lists are in force before the first device connects.
+		n.lists = &durableLists{st: n.store, gate: n.gate.Lists(), log: log, file: cfg.Gate.ListsFile}
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err = n.lists.start(sctx, cfg.Gate.Lists)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			n.lists.run(n.quit, cfg.Gate.ListsPollInterval)
+		}()
 		if err := n.gate.Start(); err != nil {
 			return nil, err
 		}
@@ -193,7 +229,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		self.APIAddr = reachable(n.apiLn.Addr().String(), n.sys.Address())
 	}
 
-	if n.store != nil && cfg.Actors.ExpirySweep > 0 {
+	if roles.Has(membership.RoleActors) && cfg.Actors.ExpirySweep > 0 {
 		n.wg.Add(1)
 		go n.sweepExpired(cfg.Actors.ExpirySweep)
 	}
@@ -239,7 +275,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	}
 	log.Info("node: started", "name", cfg.Name, "roles", roles.String(), "gate", n.GateAddr(), "api", n.APIAddr(),
-		"http", n.HTTPAddr(), "cluster", n.sys.Address(), "data", cfg.DataDir)
+		"http", n.HTTPAddr(), "cluster", n.sys.Address(), "store", cfg.Store, "data", cfg.DataDir)
 	return n, nil
 }
 
@@ -253,30 +289,36 @@ func (t upTransport) Self() string { return t.sys.Address() }
 
 func (t upTransport) Send(address string, m proto.Message) { t.sys.SendNode(address, upstreamName, m) }
 
-// openStore opens the inbox store of the node's actors.
-func (n *Node) openStore() (err error) {
-	commitSeconds := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_seconds",
-		Help: "Time of one group commit of the inbox store (write and sync).", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14)})
-	batchWrites := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_writes",
-		Help: "Writes (one per identity) in one group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)})
-	commitErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_commit_errors_total",
-		Help: "Group commits that failed (their writes were refused)."})
-	n.reg.MustRegister(commitSeconds, batchWrites, commitErrors)
+// openStore opens the configured inbox store.
+func openStore(cfg Config, log *slog.Logger, observe func(int, time.Duration, error), swept func(int)) (store.Store, error) {
+	lanes := cfg.StoreLanes
+	if lanes == 0 {
+		lanes = 2 // Pebble: one batch applied while another syncs
+		if cfg.Store == "postgres" {
+			lanes = 4 // round trips and WAL flushes overlap
+		}
+	}
 	// Every lane of the commit queue holds the actors' whole write budget,
-	// so that submitting a write never waits (actors.WriteBudget).
-	const lanes = 2
-	n.store, err = store.OpenPebble(store.PebbleConfig{
-		Dir: filepath.Join(n.cfg.DataDir, "inbox"), NoSync: n.cfg.StoreNoSync,
-		Lanes: lanes, QueueLen: lanes * n.cfg.Actors.MaxPendingWrites,
-		Observe: func(writes int, d time.Duration, err error) {
-			commitSeconds.Observe(d.Seconds())
-			batchWrites.Observe(float64(writes))
-			if err != nil {
-				commitErrors.Inc()
-			}
-		},
-	}, n.log)
-	return err
+	// so that submitting a write never waits (actors.WriteBudget), plus
+	// room for the loads' claims (Pebble; bounded by the actor workers)
+	// and the sweep's rounds (one per lane).
+	queue := lanes * (cfg.Actors.MaxPendingWrites + 256)
+	if cfg.Store == "postgres" {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s, err := store.OpenPostgres(ctx, store.PostgresConfig{DSN: cfg.StoreDSN, MaxConns: cfg.StoreMaxConns, Lanes: lanes,
+			QueueLen: queue, Timeout: cfg.StoreTimeout, NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept}, log)
+		if err != nil {
+			return nil, fmt.Errorf("node: store postgres: %w", err)
+		}
+		return s, nil
+	}
+	s, err := store.OpenPebble(store.PebbleConfig{Dir: filepath.Join(cfg.DataDir, "inbox"), Lanes: lanes, QueueLen: queue,
+		NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept}, log)
+	if err != nil {
+		return nil, storeOpenError(cfg.DataDir, err)
+	}
+	return s, nil
 }
 
 // load is what the node publishes about how busy it is.
@@ -415,7 +457,7 @@ func (n *Node) Ready() error {
 	if n.stopping.Load() {
 		missing = append(missing, "shutting down")
 	}
-	if n.store == nil && n.roles.Has(membership.RoleActors) {
+	if n.store == nil && (n.roles.Has(membership.RoleActors) || n.roles.Has(membership.RoleGate)) {
 		missing = append(missing, "store not open")
 	}
 	if n.gate == nil {
