@@ -33,6 +33,10 @@ type ClusterOptions struct {
 	// PostgreSQL: the cluster's store) or "pebble" (each node its own);
 	// default: TestStore().
 	Store string
+	// Postgres, if set, is the server the cluster's database is made on
+	// (a test's own, which it may stop and restart) instead of the shared
+	// one; it implies Store "postgres".
+	Postgres *Postgres
 }
 
 // Cluster is a Courier cluster for tests, in the manner of hashicorp
@@ -62,6 +66,9 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	if opts.Store == "" {
 		opts.Store = TestStore()
 	}
+	if opts.Postgres != nil {
+		opts.Store = "postgres"
+	}
 	if opts.Network != nil {
 		opts.TLS = true
 	}
@@ -72,7 +79,11 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 		c.Consul = StartConsul(t)
 	}
 	if opts.Store == "postgres" {
-		c.DSN = PostgresDB(t)
+		if opts.Postgres != nil {
+			c.DSN = opts.Postgres.CreateDB(t)
+		} else {
+			c.DSN = PostgresDB(t)
+		}
 	}
 	if opts.TLS {
 		c.Certs = t.TempDir()
