@@ -110,3 +110,12 @@ func metrics(c *testkit.Cluster, series string) map[string]float64 {
 	}
 	return out
 }
+
+// nodeMetrics reads series from one node.
+func nodeMetrics(n *testkit.Node, series ...string) map[string]float64 {
+	out := map[string]float64{}
+	for _, s := range series {
+		out[s], _ = n.Metric(s)
+	}
+	return out
+}
