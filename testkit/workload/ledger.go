@@ -146,17 +146,21 @@ type Devices struct {
 type FaultReport struct {
 	Name string    `json:"name"`
 	At   time.Time `json:"at"`
-	// Interruption: the longest time, over the identities pushed to, from
-	// the fault until the first delivery of a push first tried after it
-	// (how long pushes stopped flowing). Median is the median over the
-	// identities.
+	// Interruption: how long pushes stopped flowing: the longest wait of a
+	// push, tried from a second before the fault until the next fault,
+	// for its first delivery, counted from the fault (or from its first
+	// try, if later). Median is the median over the identities of each
+	// one's longest wait (a fault that moves some identities leaves the
+	// others at the normal latency).
 	Interruption time.Duration `json:"interruption"`
 	Median       time.Duration `json:"median"`
-	// APIWait: the longest time an app-server kept retrying a push it
-	// started around the fault before it was accepted.
+	// APIWait: the longest an app-server kept trying one of those pushes
+	// (counted the same way) until it was accepted.
 	APIWait time.Duration `json:"api_wait"`
-	// Reconnects: sessions that ended between this fault and the next.
-	Reconnects int `json:"reconnects"`
+	// Reconnects: sessions that ended between this fault and the next;
+	// PeakReconnects the most logins in any second of that time.
+	Reconnects     int `json:"reconnects"`
+	PeakReconnects int `json:"peak_reconnects"`
 	// DevicesBack: from the fault until every device whose session ended
 	// in the fault's first 10 s was logged in again (0: none ended).
 	DevicesBack time.Duration `json:"devices_back"`
@@ -212,9 +216,9 @@ func (l *Ledger) String() string {
 		fmt.Fprintf(&b, "       %s\n", u)
 	}
 	for _, f := range l.Faults {
-		fmt.Fprintf(&b, "fault  %-28s interruption %v (median %v)  api wait %v  reconnects %d  devices back %v\n",
+		fmt.Fprintf(&b, "fault  %-28s interruption %v (median %v)  api wait %v  reconnects %d (peak %d/s)  devices back %v\n",
 			f.Name, f.Interruption.Round(time.Millisecond), f.Median.Round(time.Millisecond),
-			f.APIWait.Round(time.Millisecond), f.Reconnects, f.DevicesBack.Round(time.Millisecond))
+			f.APIWait.Round(time.Millisecond), f.Reconnects, f.PeakReconnects, f.DevicesBack.Round(time.Millisecond))
 	}
 	return b.String()
 }
@@ -313,34 +317,32 @@ func faultReports(marks []mark, accepts []accept, receipts []receipt, sessions [
 			end = marks[i+1].at
 		}
 		f := FaultReport{Name: m.name, At: m.at}
-		// Per identity: the first delivery of a push first tried after
-		// the fault.
-		first := map[string]time.Time{}
+		// How long pushes tried from just before the fault until the next
+		// one waited for their first delivery, counted from the fault (or
+		// from their first try, if later). Per identity, the longest.
+		worst := map[string]time.Duration{}
 		for _, a := range accepts {
-			if a.kind != KindPush || a.start.Before(m.at) {
+			if a.kind != KindPush || a.start.Before(m.at.Add(-time.Second)) || (!end.IsZero() && !a.start.Before(end)) {
 				continue
 			}
-			if wait := a.at.Sub(a.start); a.start.Before(m.at.Add(30*time.Second)) && wait > f.APIWait {
+			from := a.start
+			if from.Before(m.at) {
+				from = m.at
+			}
+			if wait := a.at.Sub(from); wait > f.APIWait {
 				f.APIWait = wait
 			}
 			t, ok := firstRecv[a.key]
 			if !ok {
-				continue
+				continue // lost: counted as such
 			}
-			if cur, ok := first[a.uid]; !ok || t.Before(cur) {
-				first[a.uid] = t
-			}
-		}
-		// Pushes started just before the fault and caught in it count for
-		// the API wait too.
-		for _, a := range accepts {
-			if a.kind == KindPush && a.start.Before(m.at) && a.at.After(m.at) {
-				f.APIWait = max(f.APIWait, a.at.Sub(a.start))
+			if wait := t.Sub(from); wait > worst[a.uid] {
+				worst[a.uid] = wait
 			}
 		}
 		var gaps []time.Duration
-		for _, t := range first {
-			gaps = append(gaps, t.Sub(m.at))
+		for _, d := range worst {
+			gaps = append(gaps, d)
 		}
 		if len(gaps) > 0 {
 			slices.Sort(gaps)
@@ -350,6 +352,13 @@ func faultReports(marks []mark, accepts []accept, receipts []receipt, sessions [
 		// Sessions ended by the fault, and when their devices were back:
 		// for each device whose session ended in the fault's first 10 s,
 		// the first login after its last such end.
+		var ups []time.Time
+		for _, s := range sessions {
+			if !s.Up.Before(m.at) && (end.IsZero() || s.Up.Before(end)) {
+				ups = append(ups, s.Up)
+			}
+		}
+		f.PeakReconnects = PeakRate(ups, time.Second)
 		lastDown := map[int]time.Time{}
 		for _, s := range sessions {
 			if s.Down.IsZero() || s.Down.Before(m.at) || (!end.IsZero() && !s.Down.Before(end)) {
