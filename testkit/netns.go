@@ -61,11 +61,16 @@ func NewNetwork(t testing.TB) *Network {
 		}
 	}
 	t.Cleanup(nw.remove)
-	for _, br := range []struct {
+	for i, br := range []struct {
 		name string
 		net  int
 	}{{nw.bridge("c"), nw.c}, {nw.bridge("p"), nw.p}} {
-		nw.ip("link", "add", br.name, "type", "bridge")
+		// A bridge takes the lowest MAC of its ports unless it has its
+		// own: a node added later would change it under the others'
+		// ARP caches, and they would lose the root namespace (Consul,
+		// PostgreSQL) for seconds.
+		mac := fmt.Sprintf("02:cf:%02x:%02x:%02x:%02x", b[0], b[1], nw.c, i)
+		nw.ip("link", "add", br.name, "address", mac, "type", "bridge")
 		nw.ip("addr", "add", fmt.Sprintf("10.213.%d.254/24", br.net), "dev", br.name)
 		nw.ip("link", "set", br.name, "up")
 	}

@@ -300,6 +300,7 @@ func (n *Node) Signal(sig syscall.Signal) {
 // fails the test unless it did, with exit status 0.
 func (n *Node) WaitExit(d time.Duration) {
 	n.t.Helper()
+	n.stopped = true // an exit the test asked for
 	select {
 	case <-n.exited:
 	case <-time.After(d):
