@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/apipb"
 	"github.com/courier-im/courier/messages/devicepb"
 	"github.com/courier-im/courier/testkit"
@@ -34,7 +35,18 @@ func loginCode(t *testing.T, n *testkit.Node, uid string) devicepb.Code {
 	t.Helper()
 	d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
 	defer d.Close()
-	return d.Login(uid, testkit.Token(t, 1, uid), false).Code
+	d.Send(messages.CmdLogin, d.NextSeq(), &devicepb.Login{Uid: uid, Token: testkit.Token(t, 1, uid), DeviceId: "dev-" + uid})
+	f, err := d.ReadFrame()
+	switch {
+	case err != nil:
+		t.Fatalf("login of %s: %v", uid, err)
+	case f.Cmd == messages.CmdKickout && f.Msg.(*devicepb.Kickout).Reason == devicepb.KickReason_UID_BLACKLISTED:
+		// The ban came into force while the login was on its way.
+		return devicepb.Code_UID_BLOCKED
+	case f.Cmd != messages.CmdLoginAck:
+		t.Fatalf("login of %s: got %v", uid, f.Cmd)
+	}
+	return f.Msg.(*devicepb.LoginAck).Code
 }
 
 // TestBannedUIDStaysBannedAfterRestart: a uid banned through the API
