@@ -61,7 +61,7 @@ wait_for() { # what, seconds, command...
 
 # ---- the store ----------------------------------------------------------
 # start_store prepares the inbox store and sets store_args, the flags every
-# actors node gets. stop_store undoes it.
+# node gets. stop_store undoes it.
 store_args=()
 pg_dir=""
 start_store() {
@@ -97,9 +97,9 @@ start_postgres() {
 	fi
 	"${as[@]}" "$pgbin/initdb" -D "$pg_dir/data" -A trust -U courier >"$dir/postgres-init.log"
 	"${as[@]}" "$pgbin/pg_ctl" -D "$pg_dir/data" -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1" \
-		-l "$dir/postgres.log" start >/dev/null
+		-l "$pg_dir/postgres.log" start >/dev/null
 	pg_ctl_cmd=("${as[@]}" "$pgbin/pg_ctl" -D "$pg_dir/data")
-	echo "cluster: PostgreSQL on 127.0.0.1:$port (log $dir/postgres.log)"
+	echo "cluster: PostgreSQL on 127.0.0.1:$port (log $pg_dir/postgres.log)"
 	# The nodes find it in COURIER_STORE_DSN (not in argv, which every
 	# local user can read).
 	if "$bin/courier" --help 2>&1 | grep -q -- '--store.dsn'; then
@@ -158,9 +158,7 @@ for i in 0 1 2; do
 		--gate.addr "127.0.0.1:$p" --api-addr "127.0.0.1:$((p + 1))" --http-addr "127.0.0.1:$((p + 2))"
 		--cluster.bind "127.0.0.1:$((p + 3))" --cluster.provider consul --cluster.consul "127.0.0.1:$CONSUL_PORT"
 		--addr-file "$dir/$name.json")
-	if [[ ${roles[i]} == *actors* ]]; then
-		args+=("${store_args[@]}")
-	fi
+	args+=("${store_args[@]}") # actors keep their inboxes there, gates their access lists
 	# shellcheck disable=SC2046
 	"$bin/courier" "${args[@]}" $(tls_args "$name") >"$dir/$name.log" 2>&1 &
 	pids+=($!)
