@@ -46,12 +46,21 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
-// courierctlEnv are the variables courierctl reads; a node ignores them
-// without a warning (they are often set in the same shell).
-var courierctlEnv = map[string]bool{"COURIER_API": true, "COURIER_GATE": true, "COURIER_APP_SECRET": true,
-	"COURIER_API_TLS": true, "COURIER_API_TLS_CA": true,
-	"COURIER_API_TLS_CERT": true, "COURIER_API_TLS_KEY": true, "COURIER_GATE_TLS": true, "COURIER_GATE_TLS_CA": true,
+// courierctlEnv are the old names of courierctl's variables (it reads
+// COURIERCTL_* now, and these with a warning) that are no setting of the
+// node: a node ignores them without a warning, as they may be set in the
+// same shell.
+var courierctlEnv = map[string]bool{"COURIER_API": true, "COURIER_GATE": true,
+	"COURIER_API_TLS": true, "COURIER_API_TLS_CA": true, "COURIER_GATE_TLS": true, "COURIER_GATE_TLS_CA": true,
 	"COURIER_GATE_TLS_CERT": true, "COURIER_GATE_TLS_KEY": true}
+
+// courierctlHint is added to an error about one of the node's variables
+// that courierctl once read with another meaning.
+var courierctlHint = map[string]string{
+	"COURIER_API_KEY":      "COURIERCTL_KEY",
+	"COURIER_API_KEY_FILE": "COURIERCTL_KEY_FILE",
+	"COURIER_APP_SECRET":   "COURIERCTL_SECRET",
+}
 
 // run runs the node until a signal and returns the exit code: 0 after a
 // clean shutdown, 1 when the node failed, 2 for a mistake on the command
@@ -100,6 +109,12 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 	}
 	if err := node.ApplyFileAndEnv(fs, *configPath, getenv); err != nil {
 		fmt.Fprintln(stderr, "courier:", err)
+		for env, ctl := range courierctlHint {
+			if strings.HasPrefix(err.Error(), env+":") {
+				fmt.Fprintf(stderr, "courier: %s is the node's setting (--%s, a map); a value for courierctl goes in %s\n",
+					env, strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(env, "COURIER_"), "_", "-")), ctl)
+			}
+		}
 		return 2
 	}
 	var level slog.Level
