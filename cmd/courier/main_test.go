@@ -132,6 +132,20 @@ func TestCourierctlVariablesInTheSameShell(t *testing.T) {
 	}
 }
 
+// TestConfigFileFromEnvironment: COURIER_CONFIG names the settings file
+// like --config (it used to be applied after the file was read, so the
+// file was silently ignored).
+func TestConfigFileFromEnvironment(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(file, []byte("gate:\n  adr: x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errw := courier(t, []string{"COURIER_CONFIG=" + file}, loopback(t)...)
+	if code != 2 || !strings.Contains(errw, `unknown setting "gate.adr"`) {
+		t.Fatalf("COURIER_CONFIG with an unknown key: exit %d\n%s", code, errw)
+	}
+}
+
 func TestUnknownEnv(t *testing.T) {
 	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
 	cfg := node.DefaultConfig()
