@@ -155,19 +155,6 @@ func TestLoginAckAndEpochs(t *testing.T) {
 	}
 }
 
-// drain reads frames for d until quiet for idle, and returns them.
-func drain(d *testkit.Device, idle time.Duration) []testkit.Frame {
-	var out []testkit.Frame
-	for {
-		_ = d.Conn().SetReadDeadline(time.Now().Add(idle))
-		f, err := d.ReadFrame()
-		if err != nil {
-			return out
-		}
-		out = append(out, f)
-	}
-}
-
 // TestWindowAndRedelivery: §9.3 — at most the window of stored messages
 // is delivered and not acknowledged; a client that never acks gets one
 // window and then only redeliveries of it (same msg_id and seq); an ack
