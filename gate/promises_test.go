@@ -130,12 +130,12 @@ func TestBadMagicAfterLoginCloses(t *testing.T) {
 // as activity for the idle timeout (not only KEEPALIVE), and frames the
 // server sends do not.
 func TestAnyClientFrameIsActivity(t *testing.T) {
-	tg := startGate(t, func(c *gate.Config) { c.IdleTimeout = 300 * time.Millisecond })
+	tg := startGate(t, func(c *gate.Config) { c.IdleTimeout = time.Second })
 	chatty, _ := tg.login(t, "chatty", false)
 	listener, ack := tg.login(t, "listener", false)
 	lc := tg.connOf(t, "listener")
 	start := time.Now()
-	for i := uint32(1); time.Since(start) < time.Second; i++ {
+	for i := uint32(1); time.Since(start) < 2500*time.Millisecond; i++ {
 		// chatty sends acks only, listener receives pushes only.
 		chatty.Send(messages.CmdS2CAck, i, &devicepb.S2CAck{MsgId: "m"})
 		_ = tg.Deliver(s2c(lc, ack.Epoch, i, []byte("x")))

@@ -30,10 +30,24 @@ func send(t *testing.T, d *testkit.Device, h messages.Header, body proto.Message
 }
 
 // expectHeader reads the next frame of cmd and checks its seq, msgtype
-// and appcode.
+// and appcode. Waiting for an answer, it skips pushes (S2C, C2C_PUSH):
+// on a loaded machine a redelivery (300 ms in tests) may come first.
 func expectHeader(t *testing.T, d *testkit.Device, cmd messages.Cmd, seq uint32, msgtype, app uint16) testkit.Frame {
 	t.Helper()
-	f := d.Expect(cmd)
+	var f testkit.Frame
+	for {
+		var err error
+		if f, err = d.ReadFrame(); err != nil {
+			t.Fatalf("waiting for %v: %v", cmd, err)
+		}
+		push := f.Cmd == messages.CmdS2C || f.Cmd == messages.CmdC2CPush
+		if f.Cmd == cmd || !push {
+			break
+		}
+	}
+	if f.Cmd != cmd {
+		t.Fatalf("got %v (seq %d, body %v), want %v", f.Cmd, f.Seq, f.Msg, cmd)
+	}
 	if f.Seq != seq || f.MsgType != msgtype || f.AppCode != app {
 		t.Fatalf("%v: seq %d msgtype %d appcode %d, want seq %d msgtype %d appcode %d", cmd, f.Seq, f.MsgType, f.AppCode, seq, msgtype, app)
 	}
@@ -194,7 +208,7 @@ func TestWindowAndRedelivery(t *testing.T) {
 		t.Fatalf("seq 1 delivered %d times in 2.5 s without an ack: no redelivery", seen[1])
 	}
 	ackS2C(d, ids[1])
-	// The window has room for one more: seq 4 (redeliveries of 2 and 3
+	// The window has room for one more: seq 4 (redeliveries of 1 to 3
 	// may come first).
 	for {
 		seq, m := expectS2C(t, d)
@@ -204,8 +218,8 @@ func TestWindowAndRedelivery(t *testing.T) {
 			}
 			break
 		}
-		if seq != 2 && seq != 3 {
-			t.Fatalf("after acking seq 1: seq %d, want 4 (or a redelivery of 2, 3)", seq)
+		if seq > 3 {
+			t.Fatalf("after acking seq 1: seq %d, want 4 (or a redelivery of 1 to 3)", seq)
 		}
 	}
 	d.Close()
