@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	reflectpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
@@ -255,5 +256,21 @@ func TestUnauthenticatedCallsAreBounded(t *testing.T) {
 		if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 			t.Fatalf("sequential health checks: %v", err)
 		}
+	}
+}
+
+// TestCallHeadersAreBounded: a call's headers are at most 64 KiB; a gRPC
+// client learns the limit from the server's settings and fails a larger
+// call itself (INTERNAL), and the connection serves other calls.
+func TestCallHeadersAreBounded(t *testing.T) {
+	s := serve(t, DefaultLimits())
+	ctx := metadata.AppendToOutgoingContext(authed(t, 10*time.Second), "x-big", strings.Repeat("h", 100<<10))
+	_, err := s.client.Push(ctx, &apipb.PushRequest{AppCode: 1, Uid: "u"})
+	if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "header list size") {
+		t.Fatalf("a call with 100 KiB of metadata: %v, want INTERNAL about the header list size", err)
+	}
+	ctx = metadata.AppendToOutgoingContext(authed(t, 10*time.Second), "x-fine", strings.Repeat("h", 32<<10))
+	if _, err := s.client.Push(ctx, &apipb.PushRequest{AppCode: 1, Uid: "u"}); err != nil {
+		t.Fatalf("a call with 32 KiB of metadata: %v", err)
 	}
 }
