@@ -97,7 +97,7 @@ wait_for() { # what, seconds, command...
 
 # ---- the store ----------------------------------------------------------
 # start_store prepares the inbox store and sets store_args, the flags every
-# actors node gets. stop_store undoes it.
+# node gets. stop_store undoes it.
 store_args=()
 pg_dir=""
 start_store() {
@@ -205,9 +205,7 @@ for i in 0 1 2; do
 		--gate.addr "127.0.0.1:$p" --api-addr "127.0.0.1:$((p + 1))" --http-addr "127.0.0.1:$((p + 2))"
 		--cluster.bind "127.0.0.1:$((p + 3))" --cluster.provider consul --cluster.consul "127.0.0.1:$CONSUL_PORT"
 		--addr-file "$dir/$name.json")
-	# Every node opens the store: actor nodes for the inboxes, gate nodes
-	# for the access lists.
-	args+=("${store_args[@]}")
+	args+=("${store_args[@]}") # actors keep their inboxes there, gates their access lists
 	# shellcheck disable=SC2046
 	supervise "$name" "$dir/$name.log" "$bin/courier" "${args[@]}" $(tls_args "$name")
 done

@@ -98,6 +98,9 @@ type NodeOptions struct {
 	// the node gets a new database of the shared test server (so a whole
 	// end-to-end suite runs on PostgreSQL: make test does it).
 	PostgresDSN string
+	// Pebble keeps the node on the embedded store whatever
+	// COURIER_TEST_STORE says (tests of the node's own disk).
+	Pebble bool
 }
 
 // TestStore returns the store the end-to-end tests run on by default:
@@ -152,7 +155,7 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 	if opts.DataDir == "" {
 		opts.DataDir = t.TempDir()
 	}
-	if opts.PostgresDSN == "" && TestStore() == "postgres" {
+	if opts.PostgresDSN == "" && !opts.Pebble && TestStore() == "postgres" {
 		opts.PostgresDSN = PostgresDB(t)
 	}
 	n := &Node{t: t, opts: opts}

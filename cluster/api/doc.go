@@ -5,4 +5,14 @@
 // operator key, all of them). Handlers turn calls into requests to the
 // identities' actors through the cluster layer; they hold no state of
 // their own.
+//
+// Admission (admission.go) happens before a call's request is read: the
+// key is checked in gRPC's tap handle, on the connection's reader
+// goroutine (it never blocks), and Server.Listener caps the connections
+// gRPC serves. What a client without a key can make the node hold is
+// thereby bounded by Limits (MaxConnections, MaxUnauthenticatedCalls,
+// MaxRequestBytes) and a fixed bound on a call's headers. gRPC owns the
+// goroutines of connections and calls; the only ones this package starts
+// are timers that close connections over the cap, and the tap's releases
+// of the slots of calls without a key when they end.
 package api

@@ -65,13 +65,24 @@ type Limits struct {
 	// MaxConnectionIdle closes a connection with no call open for this
 	// long (default 5 minutes) with GOAWAY; clients reconnect on demand.
 	MaxConnectionIdle time.Duration
+	// MaxConnections bounds the API connections open at once (default
+	// 1024; Server.Listener). Calls on a connection over it get
+	// RESOURCE_EXHAUSTED, and it is closed.
+	MaxConnections int
+	// MaxUnauthenticatedCalls bounds the calls without an API key
+	// (health checks, reflection) open at once on the node (default 16):
+	// with MaxConnections, it bounds what a client without a key can make
+	// the node hold. Other calls are authenticated before their request
+	// is read.
+	MaxUnauthenticatedCalls int
 }
 
 // DefaultLimits returns the defaults documented on Limits.
 func DefaultLimits() Limits {
 	return Limits{MaxPayload: 60 << 10, MaxBatch: 1000, DefaultTTL: 72 * time.Hour, MaxTTL: 30 * 24 * time.Hour, MaxIdempotencyKey: 128,
 		MaxRequestBytes: 16 << 20, MaxConcurrentStreams: 256, KeepaliveMinTime: 10 * time.Second,
-		KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second, MaxConnectionIdle: 5 * time.Minute}
+		KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second, MaxConnectionIdle: 5 * time.Minute,
+		MaxConnections: 1024, MaxUnauthenticatedCalls: 16}
 }
 
 // Deps are what the server works with.
@@ -108,6 +119,7 @@ type Server struct {
 	lists  Lists
 	stats  *stats.Recorder
 	up     *upstream.Hub
+	adm    *admission
 	view   func() *membership.View
 	prov   string
 
@@ -118,16 +130,19 @@ type Server struct {
 // New returns a server.
 func New(d Deps) *Server {
 	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream,
-		view: d.Members, prov: d.Provider, clusterStats: d.ClusterStats, drain: d.Drain}
+		adm: newAdmission(d.Keys, d.Limits), view: d.Members, prov: d.Provider, clusterStats: d.ClusterStats, drain: d.Drain}
 }
 
-// ServerOptions returns the options that authenticate every call and
-// apply the connection limits of Limits (request size, concurrent
-// streams, keepalive policy, idle connections); pass them to
-// grpc.NewServer.
+// ServerOptions returns the options that authenticate every call (from
+// its headers, before its request is read) and apply the limits of
+// Limits (request size, concurrent streams, calls without a key,
+// keepalive policy, idle connections); pass them to grpc.NewServer, and
+// serve on Listener for the connection cap.
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	l := s.limits
 	return []grpc.ServerOption{
+		grpc.InTapHandle(s.adm.tap),
+		grpc.MaxHeaderListSize(maxHeaderListSize),
 		grpc.ChainUnaryInterceptor(s.keys.unary),
 		grpc.ChainStreamInterceptor(s.keys.stream),
 		grpc.MaxRecvMsgSize(l.MaxRequestBytes),

@@ -378,6 +378,10 @@ func checkAPILimits(l *api.Limits) error {
 		return fmt.Errorf("node: api.keepalive-timeout %v: must be at least 1s", l.KeepaliveTimeout)
 	case l.MaxConnectionIdle < time.Second:
 		return fmt.Errorf("node: api.max-connection-idle %v: must be at least 1s", l.MaxConnectionIdle)
+	case l.MaxConnections < 1:
+		return fmt.Errorf("node: api.max-connections %d: must be at least 1", l.MaxConnections)
+	case l.MaxUnauthenticatedCalls < 1:
+		return fmt.Errorf("node: api.max-unauthenticated-calls %d: must be at least 1 (health checks need one)", l.MaxUnauthenticatedCalls)
 	}
 	return nil
 }

@@ -115,6 +115,8 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.DurationVar(&l.KeepaliveTime, "api.keepalive-time", l.KeepaliveTime, "ping an API connection quiet for this long")
 	fs.DurationVar(&l.KeepaliveTimeout, "api.keepalive-timeout", l.KeepaliveTimeout, "close an API connection whose ping is not answered within this")
 	fs.DurationVar(&l.MaxConnectionIdle, "api.max-connection-idle", l.MaxConnectionIdle, "close an API connection with no call open for this long")
+	fs.IntVar(&l.MaxConnections, "api.max-connections", l.MaxConnections, "API connections open at once; calls on further ones get RESOURCE_EXHAUSTED and they are closed")
+	fs.IntVar(&l.MaxUnauthenticatedCalls, "api.max-unauthenticated-calls", l.MaxUnauthenticatedCalls, "calls without an API key (health checks, reflection) open at once; more get RESOURCE_EXHAUSTED")
 
 	u := &c.Upstream
 	fs.IntVar(&u.QueueLen, "upstream.queue-len", u.QueueLen, "C2S messages queued per appcode and msgtype for a subscriber with room; beyond, UPSTREAM_BUSY")

@@ -102,6 +102,8 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.API.MaxConcurrentStreams = 0 }, "api.max-concurrent-streams")
 	bad(func(c *Config) { c.API.KeepaliveMinTime = 0 }, "api.keepalive-min-time")
 	bad(func(c *Config) { c.API.MaxConnectionIdle = time.Millisecond }, "api.max-connection-idle")
+	bad(func(c *Config) { c.API.MaxConnections = 0 }, "api.max-connections")
+	bad(func(c *Config) { c.API.MaxUnauthenticatedCalls = 0 }, "api.max-unauthenticated-calls")
 }
 
 // TestStoreDSNFromFileAndEnv: the DSN comes from store.dsn-file (its
