@@ -49,8 +49,9 @@ stop_all() {
 
 # supervise NAME LOG COMMAND...: runs COMMAND in the background and again
 # a second after it exits, until the cluster stops; NAME.pid holds the
-# current process id. SIGTERM to the supervisor stops its process
-# (continued first, in case it was paused) and the supervisor.
+# current process id, and while NAME.hold exists it is not started again.
+# SIGTERM to the supervisor stops its process (continued first, in case it
+# was paused) and the supervisor.
 supervise() {
 	local name=$1 log=$2
 	shift 2
@@ -70,6 +71,9 @@ supervise() {
 			fi
 			echo "cluster: $name exited ($rc); starting it again" | tee -a "$log" >&2
 			sleep 1
+			# NAME.hold keeps it down (a machine that takes a while to come
+			# back: courier-bench chaos --down).
+			while [ -e "$dir/$name.hold" ] && [ ! -e "$dir/stopping" ]; do sleep 0.2; done
 		done
 	) &
 	pids+=($!)

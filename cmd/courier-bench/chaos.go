@@ -84,6 +84,7 @@ identity, and each fault's interruption. Loopback clusters only.`,
 	f.IntVar(&cfg.Count, "count", 0, "stop after this many faults (0: until --duration)")
 	f.DurationVar(&cfg.Every, "every", 20*time.Second, "mean pause between the cluster being whole again and the next fault")
 	f.DurationVar(&cfg.PauseFor, "pause", 10*time.Second, "how long a paused node stays stopped")
+	f.DurationVar(&cfg.Down, "down", 10*time.Second, "how long a killed node stays down before it is started again (past the TTL its identities fail over; 0: at once)")
 	f.DurationVar(&cfg.Heal, "heal", 2*time.Minute, "longest wait for the cluster to be whole again after a fault")
 	f.DurationVar(&cfg.Settle, "settle", 2*time.Minute, "longest wait at the end for what was accepted to arrive")
 	f.Uint64Var(&cfg.Seed, "seed", 0, "seed of the faults' draw (0: random; printed)")

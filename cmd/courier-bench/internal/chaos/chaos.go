@@ -60,6 +60,10 @@ type Config struct {
 	// beyond the default membership TTL of 3 s, so it comes back a
 	// zombie).
 	PauseFor time.Duration
+	// Down is how long a killed node stays down before make cluster's
+	// supervisor may start it again (default 10 s: beyond the TTL, so
+	// that its identities fail over to another node; 0: at once).
+	Down time.Duration
 	// Heal bounds the wait for the cluster to be whole after a fault.
 	Heal time.Duration
 	// Settle bounds the wait, after the traffic stops, for what was
@@ -180,7 +184,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		at := w.Fault(name)
 		a := Applied{Name: name}
-		if err := ops.apply(ctx, f.kind, target, cfg.PauseFor); err != nil {
+		if err := ops.apply(ctx, f.kind, target, cfg.PauseFor, cfg.Down); err != nil {
 			a.Err = err.Error()
 			logf("  %v", err)
 		}
@@ -287,11 +291,23 @@ func (o *ops) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 // apply applies one fault.
-func (o *ops) apply(ctx context.Context, kind, target string, pause time.Duration) error {
+func (o *ops) apply(ctx context.Context, kind, target string, pause, down time.Duration) error {
 	switch kind {
 	case Kill:
-		_, err := o.c.signal(target, syscall.SIGKILL)
-		return err
+		if down <= 0 {
+			_, err := o.c.signal(target, syscall.SIGKILL)
+			return err
+		}
+		release, err := o.c.hold(target)
+		if err != nil {
+			return err
+		}
+		defer release()
+		if _, err := o.c.signal(target, syscall.SIGKILL); err != nil {
+			return err
+		}
+		sleep(ctx, down)
+		return nil
 	case Term:
 		_, err := o.c.signal(target, syscall.SIGTERM)
 		return err

@@ -94,6 +94,15 @@ func (c *cluster) signal(name string, sig syscall.Signal) (int, error) {
 	return pid, nil
 }
 
+// hold keeps name's supervisor from starting it again until release.
+func (c *cluster) hold(name string) (release func(), err error) {
+	p := filepath.Join(c.dir, name+".hold")
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		return nil, fmt.Errorf("chaos: hold %s: %w", name, err)
+	}
+	return func() { _ = os.Remove(p) }, nil
+}
+
 // pgCtl is the cluster's pg_ctl script, or "" without PostgreSQL.
 func (c *cluster) pgCtl() string {
 	p := filepath.Join(c.dir, "pg_ctl")
