@@ -74,6 +74,7 @@ func (s *System) Gather(ctx context.Context, roles membership.Roles, req *actorp
 			continue
 		}
 		id, ch := s.replies.register()
+		s.replies.sentTo(id, m.Address)
 		q := proto.Clone(req).(*actorpb.NodeRequest)
 		q.ReqId, q.ReplyAddress = id, s.address
 		s.actors.Root.Send(actor.NewPID(m.Address, nodeName), q)
@@ -106,6 +107,7 @@ func (s *System) AskNode(ctx context.Context, address string, req *actorpb.NodeR
 	}
 	id, ch := s.replies.register()
 	defer s.replies.forget(id)
+	s.replies.sentTo(id, address)
 	q := proto.Clone(req).(*actorpb.NodeRequest)
 	q.ReqId, q.ReplyAddress = id, s.address
 	s.actors.Root.Send(actor.NewPID(address, nodeName), q)

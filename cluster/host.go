@@ -209,6 +209,9 @@ func (s *System) route(env *actorpb.Envelope) {
 		s.fail(env, codes.Unavailable, "cluster: the identity's owner is changing; retry")
 	default:
 		env.Hops++
+		if env.ReqId != 0 && env.ReplyAddress == s.address {
+			s.replies.sentTo(env.ReqId, owner.address)
+		}
 		s.actors.Root.Send(owner.hosts[shard(hash, s.cfg.Shards)], env)
 		s.metrics.forwarded.Inc()
 	}

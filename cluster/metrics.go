@@ -18,6 +18,7 @@ type metrics struct {
 	undeliverable   prometheus.Counter
 	staleConns      prometheus.Counter
 	leaseRefused    prometheus.Counter
+	unreachable     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -52,11 +53,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Deliveries to connections that were gone; the identity's actor was told."}),
 		leaseRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_lease_refused_total",
 			Help: "Envelopes refused and frames not delivered for this node's identities while it held no membership lease."}),
+		unreachable: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_unreachable_total",
+			Help: "Requests answered UNAVAILABLE at once because the member they were sent to could not be reached."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.retired, m.gates, m.forwarded,
 			m.hopsExceeded, m.handoffs, m.handingOff,
-			m.requestTimeouts, m.undeliverable, m.staleConns, m.leaseRefused)
+			m.requestTimeouts, m.undeliverable, m.staleConns, m.leaseRefused, m.unreachable)
 	}
 	return m
 }

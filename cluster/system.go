@@ -147,6 +147,7 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		actor.WithDeadLetterThrottleCount(3),
 		actor.WithDeadLetterThrottleInterval(10*time.Second),
 	)
+	s.actors.EventStream.Subscribe(s.deadLetter)
 	s.remote = remote.NewRemote(s.actors, remote.Configure(host, port, ropts...))
 	if err := s.startRemote(); err != nil {
 		s.dispatcher.stop()
@@ -459,6 +460,41 @@ func (s *System) pidOf(cache *sync.Map, address, name string) *actor.PID {
 	return p
 }
 
+// deadLetter answers, at once, a request the actor library could not
+// deliver (its member's remoting cannot be reached: the member died or is
+// cut off), and the requests sent to a member whose connection broke,
+// instead of leaving their callers to wait for their deadline: they retry
+// while membership catches up. It runs on the library's event stream, in
+// the goroutine that gave up on the message.
+func (s *System) deadLetter(evt any) {
+	if t, ok := evt.(*remote.EndpointTerminatedEvent); ok {
+		// The connection to a member broke (it died, or restarted): the
+		// requests it had not answered are lost with it.
+		if n := s.replies.failTo(t.Address); n > 0 {
+			s.metrics.unreachable.Add(float64(n))
+			s.log.Info("cluster: the connection to a member broke; its pending requests fail (retry)", "address", t.Address, "requests", n)
+		}
+		return
+	}
+	dl, ok := evt.(*actor.DeadLetterEvent)
+	if !ok {
+		return
+	}
+	switch m := dl.Message.(type) {
+	case *actorpb.Envelope:
+		if m.ReqId != 0 {
+			s.metrics.unreachable.Inc()
+			s.fail(m, codes.Unavailable, "cluster: the node that owns the identity cannot be reached; retry")
+		}
+	case *actorpb.NodeRequest:
+		if m.ReqId != 0 {
+			s.metrics.unreachable.Inc()
+			s.Reply(m.ReplyAddress, &actorpb.Reply{ReqId: m.ReqId, Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{
+				Code: int32(codes.Unavailable), Message: "cluster: the node cannot be reached"}}})
+		}
+	}
+}
+
 // fail answers a request envelope that cannot be delivered.
 func (s *System) fail(env *actorpb.Envelope, code codes.Code, msg string) {
 	if env.ReqId == 0 {
@@ -575,7 +611,14 @@ func (r *replyRegistry) init() {
 
 type replyShard struct {
 	mu      sync.Mutex
-	waiting map[uint64]chan *actorpb.Reply
+	waiting map[uint64]waiter
+}
+
+// waiter is a request waiting for its reply: where it went (the member's
+// remoting address; "" while unknown or local) and where the reply goes.
+type waiter struct {
+	ch chan *actorpb.Reply
+	to string
 }
 
 func (r *replyRegistry) register() (uint64, chan *actorpb.Reply) {
@@ -587,11 +630,49 @@ func (r *replyRegistry) register() (uint64, chan *actorpb.Reply) {
 	sh := &r.shards[id%uint64(len(r.shards))]
 	sh.mu.Lock()
 	if sh.waiting == nil {
-		sh.waiting = map[uint64]chan *actorpb.Reply{}
+		sh.waiting = map[uint64]waiter{}
 	}
-	sh.waiting[id] = ch
+	sh.waiting[id] = waiter{ch: ch}
 	sh.mu.Unlock()
 	return id, ch
+}
+
+// sentTo records that request id went to the member at address.
+func (r *replyRegistry) sentTo(id uint64, address string) {
+	sh := &r.shards[id%uint64(len(r.shards))]
+	sh.mu.Lock()
+	if w, ok := sh.waiting[id]; ok {
+		w.to = address
+		sh.waiting[id] = w
+	}
+	sh.mu.Unlock()
+}
+
+// failTo answers every request sent to the member at address with a
+// retryable failure (its connection broke: they were lost with it), and
+// returns how many.
+func (r *replyRegistry) failTo(address string) int {
+	n := 0
+	for i := range r.shards {
+		sh := &r.shards[i]
+		var lost []uint64
+		var chans []chan *actorpb.Reply
+		sh.mu.Lock()
+		for id, w := range sh.waiting {
+			if w.to == address {
+				lost = append(lost, id)
+				chans = append(chans, w.ch)
+				delete(sh.waiting, id)
+			}
+		}
+		sh.mu.Unlock()
+		for j, ch := range chans {
+			ch <- &actorpb.Reply{ReqId: lost[j], Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{
+				Code: int32(codes.Unavailable), Message: "cluster: the connection to the node that owns the identity broke; retry"}}}
+		}
+		n += len(lost)
+	}
+	return n
 }
 
 func (r *replyRegistry) forget(id uint64) {
@@ -604,10 +685,10 @@ func (r *replyRegistry) forget(id uint64) {
 func (r *replyRegistry) deliver(rep *actorpb.Reply) {
 	sh := &r.shards[rep.ReqId%uint64(len(r.shards))]
 	sh.mu.Lock()
-	ch := sh.waiting[rep.ReqId]
+	w, ok := sh.waiting[rep.ReqId]
 	delete(sh.waiting, rep.ReqId)
 	sh.mu.Unlock()
-	if ch != nil {
-		ch <- rep // buffered 1, and deleted above: never blocks
+	if ok {
+		w.ch <- rep // buffered 1, and deleted above: never blocks
 	}
 }
