@@ -78,10 +78,11 @@ type System struct {
 	// view (owned by the membership's watcher goroutine).
 	memberGates map[string]bool
 
-	nodeHandler atomic.Pointer[NodeHandler]
-	viewMu      sync.Mutex
-	viewHooks   []func(*membership.View)
-	leaseHooks  []func(valid bool) // under viewMu
+	nodeHandler   atomic.Pointer[NodeHandler]
+	undeliverable atomic.Pointer[func(*actorpb.Envelope)]
+	viewMu        sync.Mutex
+	viewHooks     []func(*membership.View)
+	leaseHooks    []func(valid bool) // under viewMu
 
 	dispatcher *poolDispatcher
 	local      []localShard
@@ -482,7 +483,10 @@ func (s *System) deadLetter(evt any) {
 	}
 	switch m := dl.Message.(type) {
 	case *actorpb.Envelope:
-		if m.ReqId != 0 {
+		if h := s.undeliverable.Load(); h != nil {
+			s.metrics.unreachable.Inc()
+			(*h)(m)
+		} else if m.ReqId != 0 {
 			s.metrics.unreachable.Inc()
 			s.fail(m, codes.Unavailable, "cluster: the node that owns the identity cannot be reached; retry")
 		}
@@ -494,6 +498,13 @@ func (s *System) deadLetter(evt any) {
 		}
 	}
 }
+
+// OnUndeliverable has fn answer the envelopes the actor library could not
+// deliver to their identity's node (it cannot be reached): a request, a
+// device's login, C2C or PULL, which would otherwise wait for their
+// deadline (actors.Refusal says how). Without it only requests are
+// answered. fn runs on the library's goroutine and must not block.
+func (s *System) OnUndeliverable(fn func(env *actorpb.Envelope)) { s.undeliverable.Store(&fn) }
 
 // fail answers a request envelope that cannot be delivered.
 func (s *System) fail(env *actorpb.Envelope, code codes.Code, msg string) {

@@ -54,3 +54,36 @@ func TestGateKilled(t *testing.T) {
 		t.Errorf("a session on the dead gate lasted %v", offline)
 	}
 }
+
+// TestGateAndActorNodeKilled: SIGKILL of a node that holds both the
+// devices' connections and some of their identities' actors. The devices
+// reconnect to the other gate at once; those whose identities lived on
+// the dead node cannot log in until the cluster takes it for gone (the
+// TTL), and are told so at once (LOGIN_ACK STORE_UNAVAILABLE: retry)
+// rather than left waiting for the login timeout.
+func TestGateAndActorNodeKilled(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", "gate,actors"}, Store: "postgres"})
+	n1, n3 := c.Node("node1"), c.Node("node3")
+	cfg := load(c, 40)
+	cfg.Gates = []string{n3.GateAddr}
+	cfg.PushRate, cfg.C2CRate = 80, 20
+	w := startLoad(t, cfg)
+	time.Sleep(2 * time.Second)
+
+	w.Fault("SIGKILL gate and actor node3")
+	n3.Stop(syscall.SIGKILL)
+	testkit.Eventually(t, 30*time.Second, func() bool { return w.OnlineGate(n1.GateAddr) == cfg.Devices },
+		"every device back, on node1's gate")
+	time.Sleep(2 * time.Second)
+
+	l := finish(t, w)
+	if !l.Clean(true) {
+		t.Fatal("the ledger is not clean")
+	}
+	f := l.Faults[0]
+	t.Logf("devices back %v after the kill (TTL 1 s); pushes interrupted %v; %s", f.DevicesBack.Round(time.Millisecond),
+		f.Interruption.Round(time.Millisecond), f.Worst)
+	if f.DevicesBack > 6*time.Second {
+		t.Errorf("the last device came back only %v after the kill", f.DevicesBack)
+	}
+}

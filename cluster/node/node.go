@@ -138,6 +138,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		deps.Router, deps.Gates = n.sys, n.sys
 	}
 	n.sys.SetNodeHandler(n.answerNode)
+	n.sys.OnUndeliverable(n.undeliverable)
 	n.hub = upstream.NewHub(n.up, upTransport{n.sys}, log)
 	if err := n.sys.Serve(upstreamName, n.hub.Receive); err != nil {
 		return nil, fmt.Errorf("node: upstream actor: %w", err)

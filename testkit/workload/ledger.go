@@ -164,6 +164,9 @@ type FaultReport struct {
 	// DevicesBack: from the fault until every device whose session ended
 	// in the fault's first 10 s was logged in again (0: none ended).
 	DevicesBack time.Duration `json:"devices_back"`
+	// Worst names the push that waited longest and the device that came
+	// back last, for a look at the logs.
+	Worst string `json:"worst,omitempty"`
 }
 
 // Ledger is the exact account of a run.
@@ -219,6 +222,9 @@ func (l *Ledger) String() string {
 		fmt.Fprintf(&b, "fault  %-28s interruption %v (median %v)  api wait %v  reconnects %d (peak %d/s)  devices back %v\n",
 			f.Name, f.Interruption.Round(time.Millisecond), f.Median.Round(time.Millisecond),
 			f.APIWait.Round(time.Millisecond), f.Reconnects, f.PeakReconnects, f.DevicesBack.Round(time.Millisecond))
+		if f.Worst != "" {
+			fmt.Fprintf(&b, "       worst: %s\n", f.Worst)
+		}
 	}
 	return b.String()
 }
@@ -321,6 +327,8 @@ func faultReports(marks []mark, accepts []accept, receipts []receipt, sessions [
 		// one waited for their first delivery, counted from the fault (or
 		// from their first try, if later). Per identity, the longest.
 		worst := map[string]time.Duration{}
+		var worstPush string
+		var worstWait time.Duration
 		for _, a := range accepts {
 			if a.kind != KindPush || a.start.Before(m.at.Add(-time.Second)) || (!end.IsZero() && !a.start.Before(end)) {
 				continue
@@ -338,6 +346,12 @@ func faultReports(marks []mark, accepts []accept, receipts []receipt, sessions [
 			}
 			if wait := t.Sub(from); wait > worst[a.uid] {
 				worst[a.uid] = wait
+				if wait > worstWait {
+					worstWait = wait
+					worstPush = fmt.Sprintf("push %s to %s tried %+v, accepted %+v, received %+v after the fault",
+						a.key, a.uid, a.start.Sub(m.at).Round(time.Millisecond), a.at.Sub(m.at).Round(time.Millisecond),
+						t.Sub(m.at).Round(time.Millisecond))
+				}
 			}
 		}
 		var gaps []time.Duration
@@ -369,19 +383,26 @@ func faultReports(marks []mark, accepts []accept, receipts []receipt, sessions [
 				lastDown[s.Dev] = s.Down
 			}
 		}
+		lastDev := ""
 		for dev, down := range lastDown {
 			var up time.Time
+			var gate string
 			for _, s := range sessions {
 				if s.Dev == dev && !s.Up.Before(down) && (up.IsZero() || s.Up.Before(up)) {
-					up = s.Up
+					up, gate = s.Up, s.Gate
 				}
 			}
 			if up.IsZero() {
 				f.DevicesBack = -1 // a device never came back
+				lastDev = fmt.Sprintf("device %d never came back", dev)
 				break
 			}
-			f.DevicesBack = max(f.DevicesBack, up.Sub(m.at))
+			if back := up.Sub(m.at); back > f.DevicesBack {
+				f.DevicesBack = back
+				lastDev = fmt.Sprintf("device %d back on %s", dev, gate)
+			}
 		}
+		f.Worst = strings.Trim(worstPush+"; "+lastDev, "; ")
 		out = append(out, f)
 	}
 	return out
