@@ -147,7 +147,8 @@ type FaultReport struct {
 	Name string    `json:"name"`
 	At   time.Time `json:"at"`
 	// Interruption: how long pushes stopped flowing: the longest wait of a
-	// push, tried from a second before the fault until the next fault,
+	// push, tried from a second before the fault until a second before the
+	// next fault,
 	// for its first delivery, counted from the fault (or from its first
 	// try, if later). Median is the median over the identities of each
 	// one's longest wait (a fault that moves some identities leaves the
@@ -330,7 +331,9 @@ func faultReports(marks []mark, accepts []accept, receipts []receipt, sessions [
 		var worstPush string
 		var worstWait time.Duration
 		for _, a := range accepts {
-			if a.kind != KindPush || a.start.Before(m.at.Add(-time.Second)) || (!end.IsZero() && !a.start.Before(end)) {
+			// From a second before this fault to a second before the next
+			// (the next one counts those).
+			if a.kind != KindPush || a.start.Before(m.at.Add(-time.Second)) || (!end.IsZero() && !a.start.Before(end.Add(-time.Second))) {
 				continue
 			}
 			from := a.start
