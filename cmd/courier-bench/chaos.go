@@ -32,8 +32,8 @@ accepted, delivered, lost, stored twice, redelivered, out of order per
 identity, and each fault's interruption. Loopback clusters only.`,
 		Example: `  make cluster STORE=postgres &                       # in another terminal
   courier-bench chaos --duration 10m                   # the soak
-  courier-bench chaos --faults kill:node1 --count 1 --devices 10000   # a gate dies under 10,000 devices
-  courier-bench chaos --faults drain:node3 --count 1 --devices 10000  # the drain's peak reconnect rate`,
+  courier-bench chaos --faults kill:node1 --count 1 --devices 10000 --start-on node1   # a gate dies under 10,000 devices
+  courier-bench chaos --faults drain:node1 --count 1 --devices 10000 --start-on node1  # the drain's peak reconnect rate`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if faults != "" {
@@ -99,6 +99,7 @@ identity, and each fault's interruption. Loopback clusters only.`,
 	f.Float64Var(&cfg.Load.C2CRate, "c2c-rate", 50, "C2C messages/s")
 	f.Float64Var(&cfg.Load.C2SRate, "c2s-rate", 50, "C2S messages/s")
 	f.StringVar(&sources, "sources", "127.0.10.1-127.0.10.250", "loopback source addresses the devices dial from (the gate limits new connections per address)")
+	f.StringVar(&cfg.StartOn, "start-on", "", "connect every device to this node's gate first (then through discovery)")
 	f.StringVar(&out, "out", "", "write the report as JSON to this file")
 	return cmd
 }

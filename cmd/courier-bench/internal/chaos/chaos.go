@@ -71,6 +71,10 @@ type Config struct {
 	Settle time.Duration
 	// Seed makes the faults' draw repeatable (0: random).
 	Seed uint64
+	// StartOn, if set, is the node whose gate every device connects to
+	// first (to measure what its gate's failure or drain moves); later
+	// connections go through discovery.
+	StartOn string
 	// OperatorKey calls Drain and Members.
 	OperatorKey string
 	// Load is the workload; its Discover and APIs are filled from the
@@ -124,6 +128,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if len(cfg.Load.APIs) == 0 {
 		return nil, errors.New("chaos: the cluster has no node with the api role")
+	}
+	if cfg.StartOn != "" {
+		n, ok := c.node(cfg.StartOn)
+		if !ok || n.Gate == "" {
+			return nil, fmt.Errorf("chaos: --start-on %q: no node of that name with a gate", cfg.StartOn)
+		}
+		cfg.Load.Gates = []string{n.Gate}
 	}
 	seed := cfg.Seed
 	if seed == 0 {
