@@ -14,7 +14,10 @@ import (
 // no member rejoins as a new instance, no device is told to reconnect,
 // and nothing accepted is lost.
 func TestConsulRestarted(t *testing.T) {
-	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", ""}})
+	// A TTL of 2 s: a Consul agent that just restarted answers slowly, and
+	// on a busy machine so do the members asked to vouch.
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", ""},
+		Args: []string{"--cluster.ttl", "2s"}})
 	dumpOnFailure(t, c, "membership", "lease", "vouch", "level=WARN", "level=ERROR")
 	cfg := load(c, 20)
 	cfg.PushRate, cfg.C2CRate, cfg.C2SRate = 40, 10, 10
@@ -24,7 +27,7 @@ func TestConsulRestarted(t *testing.T) {
 	rejoins := metrics(c, "courier_cluster_rejoins_total")
 	w.Fault("Consul killed")
 	c.Consul.Stop()
-	time.Sleep(5 * time.Second) // five TTLs
+	time.Sleep(6 * time.Second) // three TTLs
 	w.Fault("Consul restarted")
 	c.Consul.Restart()
 	c.WaitConverged()

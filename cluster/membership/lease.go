@@ -115,7 +115,10 @@ func (m *Membership) askPeers(ctx context.Context) bool {
 		return false
 	}
 	sent, valid := time.Now(), m.LeaseValid()
-	cctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/3)
+	// The answers help only while the lease runs: wait that long (a
+	// member slow to answer, on a busy machine, is not a missing one).
+	budget := max(time.Until(time.Unix(0, m.lease.Load())), m.cfg.TTL/4)
+	cctx, cancel := context.WithTimeout(ctx, min(budget, m.cfg.TTL/2))
 	ok := confirm(cctx, m.View())
 	cancel()
 	// A lease that lapsed before the round began is lost for good; one

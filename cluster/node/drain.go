@@ -32,9 +32,11 @@ func newDrainState() *drainState {
 // longer lists its gate; its gate refuses new connections and tells its
 // devices to reconnect elsewhere with KICKOUT SERVER_SHUTDOWN spread over
 // window (gate.MoveOff). Sessions on its gate go on until their device
-// is told to move. It returns when no device is left and no handoff is
-// pending, or with ctx's error. A second call waits for the first drain.
-// Shutdown stops the node afterwards.
+// is told to move. A node alone in its cluster (or with no other gate)
+// kicks its devices at once: there is nowhere to spread them to. It
+// returns when no device is left and no handoff is pending, or with
+// ctx's error. A second call waits for the first drain. Shutdown stops
+// the node afterwards.
 func (n *Node) Drain(ctx context.Context, window time.Duration) error {
 	d := n.drain
 	select {
@@ -59,13 +61,29 @@ func (n *Node) Drain(ctx context.Context, window time.Duration) error {
 
 	start := time.Now()
 	l := n.load()
+	v := n.sys.View()
+	others := func(r membership.Roles) bool {
+		for _, m := range v.Serving(r) {
+			if m.ID != v.Self.ID {
+				return true
+			}
+		}
+		return false
+	}
+	if !others(membership.RoleGate) {
+		window = 0 // no other gate to move to: spreading would only delay the stop
+	}
 	n.log.Info("node: draining", "window", window, "conns", l.Conns, "actors", l.Actors)
 	if n.health != nil {
 		n.health.Shutdown() // NOT_SERVING: app-servers' balancers move to other api nodes
 	}
 	var errs []error
-	if err := n.sys.Drain(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("node: drain: identities: %w", err))
+	if others(0) {
+		// Alone, the node keeps its identities to the end: nobody could
+		// take them over.
+		if err := n.sys.Drain(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("node: drain: identities: %w", err))
+		}
 	}
 	if n.gate != nil {
 		if err := n.gate.MoveOff(ctx, window); err != nil {
