@@ -120,6 +120,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		if n.store, err = openStore(cfg, log, observe, func(k int) { swept.Add(float64(k)) }); err != nil {
 			return nil, err
 		}
+		n.store = newFenceCounting(n.store, n.reg)
 	}
 	if roles.Has(membership.RoleActors) {
 		deps = actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats})
