@@ -279,6 +279,33 @@ func (s *System) Members() []string {
 	return out
 }
 
+// lingerAfterLeave is how long a leaving node keeps its remoting up after
+// it left the membership: members that have not yet seen it leave may
+// still send it envelopes, which it forwards to their new owners.
+const lingerAfterLeave = time.Second
+
+// drainRemoting waits until what this node sent (replies, deliveries,
+// forwarded envelopes, handed-off closes) has reached the other members
+// (a ping answered by each: remoting keeps order per peer), and until
+// lingerAfterLeave has passed since it left, before remoting stops.
+func (s *System) drainRemoting(left time.Time) {
+	others := false
+	for _, m := range s.View().Live(0) {
+		others = others || m.Address != s.address
+	}
+	if !others {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	defer cancel()
+	if _, missing := s.Gather(ctx, 0, &actorpb.NodeRequest{Body: &actorpb.NodeRequest_Ping{Ping: &actorpb.Ping{}}}); len(missing) > 0 {
+		s.log.Debug("cluster: members that did not answer the leaving node's ping", "members", missing)
+	}
+	if rest := lingerAfterLeave - time.Since(left); rest > 0 {
+		time.Sleep(rest)
+	}
+}
+
 // leavePlacement routes every identity as if this node were gone (it has
 // left the membership, so no new view comes) and hands its actors off.
 func (s *System) leavePlacement() {
@@ -523,6 +550,7 @@ func (s *System) Shutdown() {
 			s.log.Warn("cluster: leaving", "err", err)
 		}
 		cancel()
+		left := time.Now()
 		if s.actors != nil && s.newChild != nil {
 			s.leavePlacement()
 			deadline := time.Now().Add(s.cfg.RequestTimeout)
@@ -532,6 +560,9 @@ func (s *System) Shutdown() {
 			if n := s.handoffsPending(); n > 0 {
 				s.log.Warn("cluster: stopping with handoffs unfinished; their callers time out and retry", "actors", n)
 			}
+		}
+		if s.actors != nil {
+			s.drainRemoting(left)
 		}
 		if s.remote != nil {
 			// Not the library's graceful shutdown: it flags its stream

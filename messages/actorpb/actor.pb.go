@@ -1070,6 +1070,7 @@ type Reply struct {
 	//	*Reply_Failure
 	//	*Reply_StatsPart
 	//	*Reply_Lists
+	//	*Reply_Pong
 	Body          isReply_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1173,6 +1174,15 @@ func (x *Reply) GetLists() *ListsReply {
 	return nil
 }
 
+func (x *Reply) GetPong() *Pong {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_Pong); ok {
+			return x.Pong
+		}
+	}
+	return nil
+}
+
 type isReply_Body interface {
 	isReply_Body()
 }
@@ -1201,6 +1211,10 @@ type Reply_Lists struct {
 	Lists *ListsReply `protobuf:"bytes,21,opt,name=lists,proto3,oneof"`
 }
 
+type Reply_Pong struct {
+	Pong *Pong `protobuf:"bytes,22,opt,name=pong,proto3,oneof"`
+}
+
 func (*Reply_Push) isReply_Body() {}
 
 func (*Reply_Kick) isReply_Body() {}
@@ -1213,6 +1227,44 @@ func (*Reply_StatsPart) isReply_Body() {}
 
 func (*Reply_Lists) isReply_Body() {}
 
+func (*Reply_Pong) isReply_Body() {}
+
+type Pong struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pong) Reset() {
+	*x = Pong{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pong) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pong) ProtoMessage() {}
+
+func (x *Pong) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pong.ProtoReflect.Descriptor instead.
+func (*Pong) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
+}
+
 // Failure: the request could not be handled. code is a gRPC status code.
 type Failure struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1224,7 +1276,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1288,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1301,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Failure) GetCode() int32 {
@@ -1280,7 +1332,7 @@ type Push struct {
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1344,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1357,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Push) GetMsgtype() uint32 {
@@ -1365,7 +1417,7 @@ type PushReply struct {
 
 func (x *PushReply) Reset() {
 	*x = PushReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1429,7 @@ func (x *PushReply) String() string {
 func (*PushReply) ProtoMessage() {}
 
 func (x *PushReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1442,7 @@ func (x *PushReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushReply.ProtoReflect.Descriptor instead.
 func (*PushReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PushReply) GetCode() int32 {
@@ -1445,7 +1497,7 @@ type Kick struct {
 
 func (x *Kick) Reset() {
 	*x = Kick{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1509,7 @@ func (x *Kick) String() string {
 func (*Kick) ProtoMessage() {}
 
 func (x *Kick) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1522,7 @@ func (x *Kick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kick.ProtoReflect.Descriptor instead.
 func (*Kick) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Kick) GetReason() devicepb.KickReason {
@@ -1496,7 +1548,7 @@ type KickReply struct {
 
 func (x *KickReply) Reset() {
 	*x = KickReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +1560,7 @@ func (x *KickReply) String() string {
 func (*KickReply) ProtoMessage() {}
 
 func (x *KickReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +1573,7 @@ func (x *KickReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickReply.ProtoReflect.Descriptor instead.
 func (*KickReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *KickReply) GetWasOnline() bool {
@@ -1539,7 +1591,7 @@ type PresenceQuery struct {
 
 func (x *PresenceQuery) Reset() {
 	*x = PresenceQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1603,7 @@ func (x *PresenceQuery) String() string {
 func (*PresenceQuery) ProtoMessage() {}
 
 func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1616,7 @@ func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceQuery.ProtoReflect.Descriptor instead.
 func (*PresenceQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
 }
 
 type PresenceReply struct {
@@ -1584,7 +1636,7 @@ type PresenceReply struct {
 
 func (x *PresenceReply) Reset() {
 	*x = PresenceReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1596,7 +1648,7 @@ func (x *PresenceReply) String() string {
 func (*PresenceReply) ProtoMessage() {}
 
 func (x *PresenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1609,7 +1661,7 @@ func (x *PresenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceReply.ProtoReflect.Descriptor instead.
 func (*PresenceReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PresenceReply) GetOnline() bool {
@@ -1687,6 +1739,7 @@ type NodeRequest struct {
 	//	*NodeRequest_Stats
 	//	*NodeRequest_ListsEdit
 	//	*NodeRequest_ListsGet
+	//	*NodeRequest_Ping
 	Body          isNodeRequest_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1694,7 +1747,7 @@ type NodeRequest struct {
 
 func (x *NodeRequest) Reset() {
 	*x = NodeRequest{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1706,7 +1759,7 @@ func (x *NodeRequest) String() string {
 func (*NodeRequest) ProtoMessage() {}
 
 func (x *NodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1719,7 +1772,7 @@ func (x *NodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
 func (*NodeRequest) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NodeRequest) GetReqId() uint64 {
@@ -1770,6 +1823,15 @@ func (x *NodeRequest) GetListsGet() *ListsGet {
 	return nil
 }
 
+func (x *NodeRequest) GetPing() *Ping {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_Ping); ok {
+			return x.Ping
+		}
+	}
+	return nil
+}
+
 type isNodeRequest_Body interface {
 	isNodeRequest_Body()
 }
@@ -1789,11 +1851,55 @@ type NodeRequest_ListsGet struct {
 	ListsGet *ListsGet `protobuf:"bytes,12,opt,name=lists_get,json=listsGet,proto3,oneof"`
 }
 
+type NodeRequest_Ping struct {
+	// Answer at once (a node that leaves uses it as a barrier: once a
+	// member answered, everything sent to it before has arrived).
+	Ping *Ping `protobuf:"bytes,13,opt,name=ping,proto3,oneof"`
+}
+
 func (*NodeRequest_Stats) isNodeRequest_Body() {}
 
 func (*NodeRequest_ListsEdit) isNodeRequest_Body() {}
 
 func (*NodeRequest_ListsGet) isNodeRequest_Body() {}
+
+func (*NodeRequest_Ping) isNodeRequest_Body() {}
+
+type Ping struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ping) Reset() {
+	*x = Ping{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ping) ProtoMessage() {}
+
+func (x *Ping) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ping.ProtoReflect.Descriptor instead.
+func (*Ping) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+}
 
 type ListsGet struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1803,7 +1909,7 @@ type ListsGet struct {
 
 func (x *ListsGet) Reset() {
 	*x = ListsGet{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1815,7 +1921,7 @@ func (x *ListsGet) String() string {
 func (*ListsGet) ProtoMessage() {}
 
 func (x *ListsGet) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1828,7 +1934,7 @@ func (x *ListsGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsGet.ProtoReflect.Descriptor instead.
 func (*ListsGet) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
 }
 
 // ListsReply is a gate's whole lists, in the JSON of gate.ListsSnapshot
@@ -1842,7 +1948,7 @@ type ListsReply struct {
 
 func (x *ListsReply) Reset() {
 	*x = ListsReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +1960,7 @@ func (x *ListsReply) String() string {
 func (*ListsReply) ProtoMessage() {}
 
 func (x *ListsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +1973,7 @@ func (x *ListsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsReply.ProtoReflect.Descriptor instead.
 func (*ListsReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListsReply) GetJson() []byte {
@@ -1891,7 +1997,7 @@ type StatsQuery struct {
 
 func (x *StatsQuery) Reset() {
 	*x = StatsQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1903,7 +2009,7 @@ func (x *StatsQuery) String() string {
 func (*StatsQuery) ProtoMessage() {}
 
 func (x *StatsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1916,7 +2022,7 @@ func (x *StatsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsQuery.ProtoReflect.Descriptor instead.
 func (*StatsQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StatsQuery) GetAppCode() uint32 {
@@ -1958,7 +2064,7 @@ type StatCounts struct {
 
 func (x *StatCounts) Reset() {
 	*x = StatCounts{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1970,7 +2076,7 @@ func (x *StatCounts) String() string {
 func (*StatCounts) ProtoMessage() {}
 
 func (x *StatCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1983,7 +2089,7 @@ func (x *StatCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatCounts.ProtoReflect.Descriptor instead.
 func (*StatCounts) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatCounts) GetAccepted() uint64 {
@@ -2063,7 +2169,7 @@ type Hist struct {
 
 func (x *Hist) Reset() {
 	*x = Hist{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2075,7 +2181,7 @@ func (x *Hist) String() string {
 func (*Hist) ProtoMessage() {}
 
 func (x *Hist) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2088,7 +2194,7 @@ func (x *Hist) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hist.ProtoReflect.Descriptor instead.
 func (*Hist) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Hist) GetIndex() []uint32 {
@@ -2133,7 +2239,7 @@ type RawStat struct {
 
 func (x *RawStat) Reset() {
 	*x = RawStat{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2145,7 +2251,7 @@ func (x *RawStat) String() string {
 func (*RawStat) ProtoMessage() {}
 
 func (x *RawStat) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2158,7 +2264,7 @@ func (x *RawStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawStat.ProtoReflect.Descriptor instead.
 func (*RawStat) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RawStat) GetMsgtype() uint32 {
@@ -2206,7 +2312,7 @@ type StatsPart struct {
 
 func (x *StatsPart) Reset() {
 	*x = StatsPart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2218,7 +2324,7 @@ func (x *StatsPart) String() string {
 func (*StatsPart) ProtoMessage() {}
 
 func (x *StatsPart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2231,7 +2337,7 @@ func (x *StatsPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsPart.ProtoReflect.Descriptor instead.
 func (*StatsPart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatsPart) GetStats() []*RawStat {
@@ -2260,7 +2366,7 @@ type UpstreamSubscribe struct {
 
 func (x *UpstreamSubscribe) Reset() {
 	*x = UpstreamSubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2272,7 +2378,7 @@ func (x *UpstreamSubscribe) String() string {
 func (*UpstreamSubscribe) ProtoMessage() {}
 
 func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2285,7 +2391,7 @@ func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamSubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamSubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UpstreamSubscribe) GetSubId() string {
@@ -2332,7 +2438,7 @@ type UpstreamUnsubscribe struct {
 
 func (x *UpstreamUnsubscribe) Reset() {
 	*x = UpstreamUnsubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2344,7 +2450,7 @@ func (x *UpstreamUnsubscribe) String() string {
 func (*UpstreamUnsubscribe) ProtoMessage() {}
 
 func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2357,7 +2463,7 @@ func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamUnsubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamUnsubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UpstreamUnsubscribe) GetSubId() string {
@@ -2380,7 +2486,7 @@ type UpstreamBatch struct {
 
 func (x *UpstreamBatch) Reset() {
 	*x = UpstreamBatch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2392,7 +2498,7 @@ func (x *UpstreamBatch) String() string {
 func (*UpstreamBatch) ProtoMessage() {}
 
 func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2405,7 +2511,7 @@ func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamBatch.ProtoReflect.Descriptor instead.
 func (*UpstreamBatch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpstreamBatch) GetSubId() string {
@@ -2441,7 +2547,7 @@ type UpstreamAck struct {
 
 func (x *UpstreamAck) Reset() {
 	*x = UpstreamAck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2559,7 @@ func (x *UpstreamAck) String() string {
 func (*UpstreamAck) ProtoMessage() {}
 
 func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2572,7 @@ func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAck.ProtoReflect.Descriptor instead.
 func (*UpstreamAck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UpstreamAck) GetSubId() string {
@@ -2501,7 +2607,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2513,7 +2619,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2526,7 +2632,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -2607,7 +2713,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2619,7 +2725,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2632,7 +2738,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -2674,7 +2780,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2686,7 +2792,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2699,7 +2805,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -2777,7 +2883,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2789,7 +2895,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2802,7 +2908,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -2903,7 +3009,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\bGateDown\x12\x17\n" +
 	"\agate_id\x18\x01 \x01(\tR\x06gateId\"\t\n" +
 	"\aHandoff\"\a\n" +
-	"\x05Sweep\"\xf6\x02\n" +
+	"\x05Sweep\"\xa4\x03\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
 	"\x04push\x18\n" +
@@ -2913,8 +3019,10 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\afailure\x18\r \x01(\v2\x19.courier.actor.v1.FailureH\x00R\afailure\x12<\n" +
 	"\n" +
 	"stats_part\x18\x14 \x01(\v2\x1b.courier.actor.v1.StatsPartH\x00R\tstatsPart\x124\n" +
-	"\x05lists\x18\x15 \x01(\v2\x1c.courier.actor.v1.ListsReplyH\x00R\x05listsB\x06\n" +
-	"\x04body\"7\n" +
+	"\x05lists\x18\x15 \x01(\v2\x1c.courier.actor.v1.ListsReplyH\x00R\x05lists\x12,\n" +
+	"\x04pong\x18\x16 \x01(\v2\x16.courier.actor.v1.PongH\x00R\x04pongB\x06\n" +
+	"\x04body\"\x06\n" +
+	"\x04Pong\"7\n" +
 	"\aFailure\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\xbd\x01\n" +
@@ -2950,7 +3058,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\vapp_version\x18\a \x01(\tR\n" +
 	"appVersion\x12%\n" +
 	"\x0flogged_in_at_ms\x18\b \x01(\x03R\floggedInAtMs\x12\x18\n" +
-	"\apending\x18\t \x01(\rR\apending\"\x88\x02\n" +
+	"\apending\x18\t \x01(\rR\apending\"\xb6\x02\n" +
 	"\vNodeRequest\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12#\n" +
 	"\rreply_address\x18\x02 \x01(\tR\freplyAddress\x124\n" +
@@ -2958,8 +3066,10 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	" \x01(\v2\x1c.courier.actor.v1.StatsQueryH\x00R\x05stats\x12D\n" +
 	"\n" +
 	"lists_edit\x18\v \x01(\v2#.courier.v1.UpdateAccessListRequestH\x00R\tlistsEdit\x129\n" +
-	"\tlists_get\x18\f \x01(\v2\x1a.courier.actor.v1.ListsGetH\x00R\blistsGetB\x06\n" +
-	"\x04body\"\n" +
+	"\tlists_get\x18\f \x01(\v2\x1a.courier.actor.v1.ListsGetH\x00R\blistsGet\x12,\n" +
+	"\x04ping\x18\r \x01(\v2\x16.courier.actor.v1.PingH\x00R\x04pingB\x06\n" +
+	"\x04body\"\x06\n" +
+	"\x04Ping\"\n" +
 	"\n" +
 	"\bListsGet\" \n" +
 	"\n" +
@@ -3056,7 +3166,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),                       // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),                   // 1: courier.actor.v1.DeviceLogin
@@ -3071,82 +3181,86 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*Handoff)(nil),                       // 10: courier.actor.v1.Handoff
 	(*Sweep)(nil),                         // 11: courier.actor.v1.Sweep
 	(*Reply)(nil),                         // 12: courier.actor.v1.Reply
-	(*Failure)(nil),                       // 13: courier.actor.v1.Failure
-	(*Push)(nil),                          // 14: courier.actor.v1.Push
-	(*PushReply)(nil),                     // 15: courier.actor.v1.PushReply
-	(*Kick)(nil),                          // 16: courier.actor.v1.Kick
-	(*KickReply)(nil),                     // 17: courier.actor.v1.KickReply
-	(*PresenceQuery)(nil),                 // 18: courier.actor.v1.PresenceQuery
-	(*PresenceReply)(nil),                 // 19: courier.actor.v1.PresenceReply
-	(*NodeRequest)(nil),                   // 20: courier.actor.v1.NodeRequest
-	(*ListsGet)(nil),                      // 21: courier.actor.v1.ListsGet
-	(*ListsReply)(nil),                    // 22: courier.actor.v1.ListsReply
-	(*StatsQuery)(nil),                    // 23: courier.actor.v1.StatsQuery
-	(*StatCounts)(nil),                    // 24: courier.actor.v1.StatCounts
-	(*Hist)(nil),                          // 25: courier.actor.v1.Hist
-	(*RawStat)(nil),                       // 26: courier.actor.v1.RawStat
-	(*StatsPart)(nil),                     // 27: courier.actor.v1.StatsPart
-	(*UpstreamSubscribe)(nil),             // 28: courier.actor.v1.UpstreamSubscribe
-	(*UpstreamUnsubscribe)(nil),           // 29: courier.actor.v1.UpstreamUnsubscribe
-	(*UpstreamBatch)(nil),                 // 30: courier.actor.v1.UpstreamBatch
-	(*UpstreamAck)(nil),                   // 31: courier.actor.v1.UpstreamAck
-	(*SessionRecord)(nil),                 // 32: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),                  // 33: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),                    // 34: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil),             // 35: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),                // 36: courier.device.v1.Login
-	(*devicepb.C2C)(nil),                  // 37: courier.device.v1.C2C
-	(devicepb.KickReason)(0),              // 38: courier.device.v1.KickReason
-	(devicepb.Platform)(0),                // 39: courier.device.v1.Platform
-	(*apipb.UpdateAccessListRequest)(nil), // 40: courier.v1.UpdateAccessListRequest
-	(*apipb.UpstreamMessage)(nil),         // 41: courier.v1.UpstreamMessage
-	(devicepb.Kind)(0),                    // 42: courier.device.v1.Kind
+	(*Pong)(nil),                          // 13: courier.actor.v1.Pong
+	(*Failure)(nil),                       // 14: courier.actor.v1.Failure
+	(*Push)(nil),                          // 15: courier.actor.v1.Push
+	(*PushReply)(nil),                     // 16: courier.actor.v1.PushReply
+	(*Kick)(nil),                          // 17: courier.actor.v1.Kick
+	(*KickReply)(nil),                     // 18: courier.actor.v1.KickReply
+	(*PresenceQuery)(nil),                 // 19: courier.actor.v1.PresenceQuery
+	(*PresenceReply)(nil),                 // 20: courier.actor.v1.PresenceReply
+	(*NodeRequest)(nil),                   // 21: courier.actor.v1.NodeRequest
+	(*Ping)(nil),                          // 22: courier.actor.v1.Ping
+	(*ListsGet)(nil),                      // 23: courier.actor.v1.ListsGet
+	(*ListsReply)(nil),                    // 24: courier.actor.v1.ListsReply
+	(*StatsQuery)(nil),                    // 25: courier.actor.v1.StatsQuery
+	(*StatCounts)(nil),                    // 26: courier.actor.v1.StatCounts
+	(*Hist)(nil),                          // 27: courier.actor.v1.Hist
+	(*RawStat)(nil),                       // 28: courier.actor.v1.RawStat
+	(*StatsPart)(nil),                     // 29: courier.actor.v1.StatsPart
+	(*UpstreamSubscribe)(nil),             // 30: courier.actor.v1.UpstreamSubscribe
+	(*UpstreamUnsubscribe)(nil),           // 31: courier.actor.v1.UpstreamUnsubscribe
+	(*UpstreamBatch)(nil),                 // 32: courier.actor.v1.UpstreamBatch
+	(*UpstreamAck)(nil),                   // 33: courier.actor.v1.UpstreamAck
+	(*SessionRecord)(nil),                 // 34: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),                  // 35: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),                    // 36: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil),             // 37: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),                // 38: courier.device.v1.Login
+	(*devicepb.C2C)(nil),                  // 39: courier.device.v1.C2C
+	(devicepb.KickReason)(0),              // 40: courier.device.v1.KickReason
+	(devicepb.Platform)(0),                // 41: courier.device.v1.Platform
+	(*apipb.UpdateAccessListRequest)(nil), // 42: courier.v1.UpdateAccessListRequest
+	(*apipb.UpstreamMessage)(nil),         // 43: courier.v1.UpstreamMessage
+	(devicepb.Kind)(0),                    // 44: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	36, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	38, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	37, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	39, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
 	2,  // 9: courier.actor.v1.Envelope.frame:type_name -> courier.actor.v1.DeviceFrame
 	3,  // 10: courier.actor.v1.Envelope.closed:type_name -> courier.actor.v1.DeviceClosed
 	4,  // 11: courier.actor.v1.Envelope.c2c:type_name -> courier.actor.v1.C2CSend
-	14, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
-	16, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
-	18, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
+	15, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
+	17, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
+	19, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
 	11, // 15: courier.actor.v1.Envelope.sweep:type_name -> courier.actor.v1.Sweep
 	9,  // 16: courier.actor.v1.Envelope.gate_down:type_name -> courier.actor.v1.GateDown
-	15, // 17: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
-	17, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
-	19, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
-	13, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	27, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
-	22, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
-	38, // 23: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 24: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	39, // 25: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	23, // 26: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
-	40, // 27: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
-	21, // 28: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
-	24, // 29: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
-	24, // 30: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
-	25, // 31: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
-	25, // 32: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
-	26, // 33: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
-	41, // 34: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
-	0,  // 35: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	39, // 36: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	32, // 37: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	42, // 38: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	39, // [39:39] is the sub-list for method output_type
-	39, // [39:39] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	16, // 17: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
+	18, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
+	20, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
+	14, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
+	29, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	24, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
+	13, // 23: courier.actor.v1.Reply.pong:type_name -> courier.actor.v1.Pong
+	40, // 24: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 25: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	41, // 26: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	25, // 27: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	42, // 28: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	23, // 29: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
+	22, // 30: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
+	26, // 31: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	26, // 32: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	27, // 33: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	27, // 34: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	28, // 35: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	43, // 36: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
+	0,  // 37: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	41, // 38: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	34, // 39: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	44, // 40: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -3172,11 +3286,13 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Reply_Failure)(nil),
 		(*Reply_StatsPart)(nil),
 		(*Reply_Lists)(nil),
+		(*Reply_Pong)(nil),
 	}
-	file_courier_actor_v1_actor_proto_msgTypes[20].OneofWrappers = []any{
+	file_courier_actor_v1_actor_proto_msgTypes[21].OneofWrappers = []any{
 		(*NodeRequest_Stats)(nil),
 		(*NodeRequest_ListsEdit)(nil),
 		(*NodeRequest_ListsGet)(nil),
+		(*NodeRequest_Ping)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3184,7 +3300,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
