@@ -317,6 +317,7 @@ func (g *Gate) loopOf(el gnet.EventLoop) *loop {
 		}
 	}
 	l := &loop{g: g, el: el, wheel: wheel.New[conn](wheelSlots, g.nowTick())}
+	l.drainTask = &drainTask{l}
 	next := append(append(make([]*loop, 0, len(old)+1), old...), l)
 	g.loops.Store(&next)
 	return l
