@@ -160,7 +160,6 @@ func (s *conn) schedule() bool {
 	return true
 }
 
-
 // deliverGone answers a Deliver for a connection the gate no longer holds.
 func (g *Gate) deliverGone(m *actorpb.ToConn) error {
 	g.metrics.deliverDropped.WithLabelValues("unknown_conn").Inc()
