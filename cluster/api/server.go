@@ -101,6 +101,11 @@ func New(d Deps) *Server {
 	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream}
 }
 
+// streamWorkers is the number of goroutines that run calls. A push call
+// holds its goroutine until the actors answered (after the store's sync),
+// so there are more of them than cores.
+const streamWorkers = 64
+
 // ServerOptions returns the options that authenticate every call and
 // apply the connection limits of Limits (request size, concurrent
 // streams, keepalive policy, idle connections); pass them to
@@ -112,6 +117,10 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 		grpc.ChainStreamInterceptor(s.keys.stream),
 		grpc.MaxRecvMsgSize(l.MaxRequestBytes),
 		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
+		// Handlers run on long-lived goroutines that keep their grown
+		// stacks (a goroutine per call spent a tenth of a small call's
+		// CPU growing its stack); calls beyond them get their own.
+		grpc.NumStreamWorkers(streamWorkers),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time: l.KeepaliveTime, Timeout: l.KeepaliveTimeout, MaxConnectionIdle: l.MaxConnectionIdle,
@@ -132,8 +141,9 @@ func checkIdentity(app uint32, uid string) error {
 	return nil
 }
 
-// pushEnvelope validates one push and turns it into an envelope.
-func (s *Server) pushEnvelope(sc scope, r *apipb.PushRequest, now time.Time) (*actorpb.Envelope, error) {
+// pushEnvelope validates one push and makes it an envelope (in env, if
+// not nil).
+func (s *Server) pushEnvelope(sc scope, r *apipb.PushRequest, now time.Time, env *pushEnv) (*actorpb.Envelope, error) {
 	if err := checkIdentity(r.AppCode, r.Uid); err != nil {
 		return nil, err
 	}
@@ -160,14 +170,29 @@ func (s *Server) pushEnvelope(sc scope, r *apipb.PushRequest, now time.Time) (*a
 	if ttl == 0 {
 		ttl = s.limits.DefaultTTL
 	}
-	return &actorpb.Envelope{AppCode: r.AppCode, Uid: r.Uid, Body: &actorpb.Envelope_Push{Push: &actorpb.Push{
+	if env == nil {
+		env = &pushEnv{}
+	}
+	env.push = actorpb.Push{
 		Msgtype:        r.Msgtype,
 		Payload:        r.Payload,
 		Stored:         r.Delivery == apipb.Delivery_DELIVERY_STORED,
 		IdempotencyKey: r.IdempotencyKey,
 		SentAtMs:       now.UnixMilli(),
 		ExpiresAtMs:    now.Add(ttl).UnixMilli(),
-	}}}, nil
+	}
+	env.body.Push = &env.push
+	env.env = actorpb.Envelope{AppCode: r.AppCode, Uid: r.Uid, Body: &env.body}
+	return &env.env, nil
+}
+
+// pushEnv is the three messages of a push's envelope in one allocation
+// (PushMany makes one slice of them per call). The actor does not keep
+// them once it has handled the push.
+type pushEnv struct {
+	env  actorpb.Envelope
+	body actorpb.Envelope_Push
+	push actorpb.Push
 }
 
 // replyError turns a missing reply or a Failure into a gRPC status.
@@ -181,17 +206,22 @@ func replyError(r *actorpb.Reply, err error) error {
 	return nil
 }
 
-func pushResponse(r *actorpb.Reply) (*apipb.PushResponse, error) {
+// pushResponse fills out (new if nil) from a push's reply.
+func pushResponse(r *actorpb.Reply, out *apipb.PushResponse) (*apipb.PushResponse, error) {
 	p := r.GetPush()
 	if p == nil {
 		return nil, status.Errorf(codes.Internal, "unexpected reply %T", r.GetBody())
 	}
-	return &apipb.PushResponse{MsgId: p.MsgId, Seq: p.Seq, Duplicate: p.Duplicate, Online: p.Online}, nil
+	if out == nil {
+		out = &apipb.PushResponse{}
+	}
+	out.MsgId, out.Seq, out.Duplicate, out.Online = p.MsgId, p.Seq, p.Duplicate, p.Online
+	return out, nil
 }
 
 // Push implements apipb.CourierServer.
 func (s *Server) Push(ctx context.Context, r *apipb.PushRequest) (*apipb.PushResponse, error) {
-	env, err := s.pushEnvelope(scopeOf(ctx), r, s.now())
+	env, err := s.pushEnvelope(scopeOf(ctx), r, s.now(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -199,7 +229,7 @@ func (s *Server) Push(ctx context.Context, r *apipb.PushRequest) (*apipb.PushRes
 	if err := replyError(rep, err); err != nil {
 		return nil, err
 	}
-	return pushResponse(rep)
+	return pushResponse(rep, nil)
 }
 
 // PushMany implements apipb.CourierServer.
@@ -207,15 +237,20 @@ func (s *Server) PushMany(ctx context.Context, r *apipb.PushManyRequest) (*apipb
 	if len(r.Items) > s.limits.MaxBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "items: %d, limit %d per call", len(r.Items), s.limits.MaxBatch)
 	}
-	sc, now := scopeOf(ctx), s.now()
-	results := make([]*apipb.PushItemResult, len(r.Items))
-	envs := make([]*actorpb.Envelope, 0, len(r.Items))
-	idx := make([]int, 0, len(r.Items))
+	sc, now, n := scopeOf(ctx), s.now(), len(r.Items)
+	// The messages of all items in a few allocations, not a few per item.
+	results := make([]*apipb.PushItemResult, n)
+	resultsOf := make([]apipb.PushItemResult, n)
+	responses := make([]apipb.PushResponse, n)
+	slab := make([]pushEnv, n)
+	envs := make([]*actorpb.Envelope, 0, n)
+	idx := make([]int, 0, n)
 	for i, it := range r.Items {
-		env, err := s.pushEnvelope(sc, it, now)
+		results[i] = &resultsOf[i]
+		env, err := s.pushEnvelope(sc, it, now, &slab[i])
 		if err != nil {
 			st := status.Convert(err)
-			results[i] = &apipb.PushItemResult{Code: int32(st.Code()), Error: fmt.Sprintf("items[%d]: %s", i, st.Message())}
+			resultsOf[i] = apipb.PushItemResult{Code: int32(st.Code()), Error: fmt.Sprintf("items[%d]: %s", i, st.Message())}
 			continue
 		}
 		envs = append(envs, env)
@@ -225,15 +260,15 @@ func (s *Server) PushMany(ctx context.Context, r *apipb.PushManyRequest) (*apipb
 	for j, i := range idx {
 		if err := replyError(reps[j], errs[j]); err != nil {
 			st := status.Convert(err)
-			results[i] = &apipb.PushItemResult{Code: int32(st.Code()), Error: st.Message()}
+			resultsOf[i] = apipb.PushItemResult{Code: int32(st.Code()), Error: st.Message()}
 			continue
 		}
-		resp, err := pushResponse(reps[j])
+		resp, err := pushResponse(reps[j], &responses[i])
 		if err != nil {
-			results[i] = &apipb.PushItemResult{Code: int32(codes.Internal), Error: err.Error()}
+			resultsOf[i] = apipb.PushItemResult{Code: int32(codes.Internal), Error: err.Error()}
 			continue
 		}
-		results[i] = &apipb.PushItemResult{Response: resp}
+		resultsOf[i].Response = resp
 	}
 	return &apipb.PushManyResponse{Results: results}, nil
 }
