@@ -2,7 +2,10 @@ package actors
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -15,14 +18,28 @@ import (
 	"github.com/courier-im/courier/messages/devicepb"
 )
 
-// Router is how a device actor reaches gates and callers anywhere in the
-// cluster, and leaves memory (implemented by *cluster.System).
+// Router is how a device actor reaches gates, callers and other actors
+// anywhere in the cluster, and leaves memory (implemented by
+// *cluster.System).
 type Router interface {
 	SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn)
 	Reply(address string, r *actorpb.Reply)
 	// Passivate asks to stop the actor; seen is the number of envelopes
-	// it has received.
+	// it has received. It stops only if that is every envelope sent to it.
 	Passivate(app uint16, uid string, pid *actor.PID, seen uint64)
+	// Retire stops the actor at once: the identity's next envelope
+	// activates a fresh actor. Envelopes already on their way to the
+	// retired one reach it anyway; it hands them back to Send.
+	Retire(app uint16, uid string, pid *actor.PID)
+	// Send delivers an envelope to its identity's actor, wherever it is.
+	Send(env *actorpb.Envelope)
+}
+
+// Gates tells which gate instances are alive (implemented by
+// *cluster.System). A session on a gate instance that is not alive has
+// ended, even if nobody said so: its connection went with the gate.
+type Gates interface {
+	GateAlive(id string) bool
 }
 
 // Deps are what every device actor of a node shares.
@@ -30,21 +47,36 @@ type Deps struct {
 	Config *Config
 	Store  store.Store
 	Router Router
-	Stats  Stats
-	IDs    *IDGen
-	Log    *slog.Logger
+	// Gates may be nil: every gate instance is then taken for alive.
+	Gates Gates
+	Stats Stats
+	IDs   *IDGen
+	Log   *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Writes is the node's budget of pending store writes (default: one
+	// of Config.MaxPendingWrites slots).
+	Writes *WriteBudget
 }
 
-// NewDeps fills in the defaults of d (the clock, no statistics) and
-// returns it. Call it once, before the actors start.
+// NewDeps fills in the defaults of d (the clock, no statistics, the write
+// budget) and returns it. Call it once, before the actors start.
 func NewDeps(d Deps) *Deps {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
 	if d.Stats == nil {
 		d.Stats = NopStats{}
+	}
+	if d.Log == nil {
+		d.Log = slog.Default()
+	}
+	if d.Writes == nil {
+		n := d.Config.MaxPendingWrites
+		if n <= 0 {
+			n = DefaultConfig().MaxPendingWrites
+		}
+		d.Writes = NewWriteBudget(n)
 	}
 	return &d
 }
@@ -56,61 +88,139 @@ func (d *Deps) NewActor() actor.Actor { return &deviceActor{deps: d} }
 
 // Messages a device actor sends itself.
 type (
-	writeDone struct{ err error }
-	tick      struct{}
+	writeDone      struct{ err error }
+	detachedFenced struct{}
+	slotFree       struct{}
+	tick           struct{}
+	reload         struct{}
+	idleCheck      struct{}
 )
+
+// Answers of envelopes the actor cannot hand to its machine.
+const (
+	overloaded = "the inbox store is overloaded: nothing was accepted; retry later with the same idempotency key"
+	crashed    = "the identity's actor failed on this request: nothing was accepted; retry later with the same idempotency key"
+)
+
+// keptCloses is how many recent connection closes an actor remembers, to
+// apply again whenever it rebuilds its machine from the store (a close
+// whose write failed, or that came while the store could not be read,
+// must not leave the session online).
+const keptCloses = 8
 
 // deviceActor performs the I/O of one identity's Device: it loads the
 // state, submits writes, sends effects, arms the retry timer and asks to
-// passivate when idle.
+// passivate when idle. It recovers from its own panics (the library's
+// supervisor would replace it with a fresh actor that knows neither its
+// identity nor how many envelopes it has received, and could never
+// passivate again): the machine is dropped and rebuilt from the store.
 type deviceActor struct {
 	deps *Deps
 	id   store.Identity
-	d    *Device // nil until loaded (or after a failed reload)
+	d    *Device // nil until loaded (or after a failed write or a panic)
 	seen uint64  // envelopes received, for the passivation handshake
 
 	timer   *time.Timer
 	timerAt time.Time
+	// idleTimer checks every PassivateAfter whether the actor has been
+	// idle that long (the library's receive timeout is not used: it fires
+	// once, and its timer races with the mailbox).
+	idleTimer  *time.Timer
+	lastActive time.Time
 	// detached counts deletions submitted without waiting that the store
 	// has not finished: the actor does not passivate before they are
 	// done, or its next activation would load the entries again.
 	detached atomic.Int32
+	// writing: a write taken from a machine has not completed. No machine
+	// is loaded meanwhile (the load could miss the write).
+	writing bool
+	// slotWait: registered with the write budget, waiting for a slot.
+	slotWait bool
+	// fenceSeen: a detached write was fenced while a write was in flight;
+	// the actor stops when that write completes.
+	fenceSeen bool
+	// retired: the actor left the routing layer (fenced); it only hands
+	// the envelopes that still reach it back to the router.
+	retired bool
+
+	// closes are the recent closes of the identity's connections,
+	// applied again to every machine loaded; unapplied says one came
+	// while no machine could be loaded (the load is retried meanwhile).
+	closes      []*actorpb.DeviceClosed
+	unapplied   bool
+	reloadTimer *time.Timer
+	reloadWait  time.Duration
 }
 
 func (a *deviceActor) Receive(ctx actor.Context) {
-	switch m := ctx.Message().(type) {
+	defer func() {
+		if r := recover(); r != nil {
+			a.crashed(ctx, r)
+		}
+	}()
+	msg := ctx.Message()
+	if _, ok := msg.(idleCheck); !ok {
+		a.lastActive = time.Now()
+	}
+	switch m := msg.(type) {
 	case *actor.Started:
-		ctx.SetReceiveTimeout(a.deps.Config.PassivateAfter)
+		a.armIdle(ctx, a.deps.Config.PassivateAfter)
 	case *actorpb.Envelope:
 		if a.seen == 0 {
 			a.id = store.Identity{App: uint16(m.AppCode), UID: m.Uid}
 		}
 		a.seen++
-		a.envelope(ctx, m)
-	case *writeDone:
-		if a.d == nil {
+		if a.retired {
+			a.deps.Router.Send(m)
 			return
 		}
-		a.d.WriteDone(m.err)
-		if m.err != nil {
-			a.deps.Log.Warn("actors: store write failed; reloading identity", "identity", a.id, "err", m.err)
-			a.perform(ctx)
-			a.d = nil
-			a.load()
+		a.envelope(ctx, m)
+	case *writeDone:
+		a.writing = false
+		if a.retired {
+			return
 		}
+		a.writeDone(ctx, m.err)
+		if a.retired {
+			return
+		}
+	case detachedFenced:
+		if a.retired || a.d == nil {
+			return
+		}
+		if a.writing {
+			a.fenceSeen = true // the write in flight ends it
+			return
+		}
+		a.fence(ctx)
+		return
+	case slotFree:
+		a.slotWait = false
 	case tick:
 		a.timerAt = time.Time{}
 		if a.d != nil {
 			a.d.Tick(a.deps.Now())
 		}
-	case *actor.ReceiveTimeout:
-		if a.seen > 0 && (a.d == nil || a.d.Idle()) && a.detached.Load() == 0 {
+	case reload:
+		a.reloadTimer = nil
+		if a.retired || a.d != nil || a.writing || !a.unapplied {
+			return
+		}
+		a.load(ctx)
+	case idleCheck:
+		if wait := a.deps.Config.PassivateAfter - time.Since(a.lastActive); wait > 0 {
+			a.armIdle(ctx, wait)
+			return
+		}
+		a.armIdle(ctx, a.deps.Config.PassivateAfter) // in case the router says not yet
+		if a.idle() {
 			a.deps.Router.Passivate(a.id.App, a.id.UID, ctx.Self(), a.seen)
 		}
 		return
 	case *actor.Stopping:
-		if a.timer != nil {
-			a.timer.Stop()
+		a.stopTimers()
+		if a.slotWait {
+			a.deps.Writes.Forget(a)
 		}
 		return
 	default:
@@ -119,25 +229,195 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	a.perform(ctx)
 }
 
-func (a *deviceActor) load() bool {
-	snap, err := a.deps.Store.Load(context.Background(), a.id)
+// idle reports whether the actor may leave memory without losing
+// anything.
+func (a *deviceActor) idle() bool {
+	return a.seen > 0 && !a.retired && (a.d == nil || a.d.Idle()) && a.detached.Load() == 0 &&
+		!a.writing && !a.unapplied && !a.slotWait
+}
+
+// armIdle schedules the next idle check.
+func (a *deviceActor) armIdle(ctx actor.Context, after time.Duration) {
+	self, root := ctx.Self(), ctx.ActorSystem().Root
+	a.idleTimer = time.AfterFunc(after, func() { root.Send(self, idleCheck{}) })
+}
+
+func (a *deviceActor) stopTimers() {
+	if a.timer != nil {
+		a.timer.Stop()
+	}
+	if a.idleTimer != nil {
+		a.idleTimer.Stop()
+	}
+	if a.reloadTimer != nil {
+		a.reloadTimer.Stop()
+		a.reloadTimer = nil
+	}
+}
+
+func (a *deviceActor) writeDone(ctx actor.Context, err error) {
+	if a.d == nil {
+		// The write of a machine dropped after a panic: the store has it
+		// now, so a machine may be loaded again.
+		if a.unapplied {
+			a.load(ctx)
+		}
+		return
+	}
+	a.d.WriteDone(err)
+	switch {
+	case a.d.Fenced(), a.fenceSeen:
+		a.fence(ctx)
+	case err != nil:
+		a.deps.Log.Warn("actors: store write failed; reloading identity", "identity", a.id, "err", err)
+		a.perform(ctx) // the failures
+		a.d = nil
+		a.load(ctx)
+	}
+}
+
+// fence ends an actor whose identity another activation has claimed:
+// every waiting caller gets a retryable failure (the machine's Abort),
+// nothing more is delivered, and the actor leaves the routing layer, so
+// that the identity's next envelope activates a fresh actor that claims
+// it again (here, or on the member that owns it now).
+func (a *deviceActor) fence(ctx actor.Context) {
+	if !a.d.Broken() {
+		a.d.Abort(codes.Unavailable, Moved)
+	}
+	a.sendEffects()
+	a.deps.Log.Info("actors: identity claimed by another activation; stopping", "identity", a.id)
+	a.retired = true
+	a.d = nil
+	a.stopTimers()
+	a.deps.Router.Retire(a.id.App, a.id.UID, ctx.Self())
+	// The next activation reads the store, where a close this actor
+	// applied may have been fenced: it hears of them again.
+	for _, c := range a.closes {
+		a.deps.Router.Send(&actorpb.Envelope{AppCode: uint32(a.id.App), Uid: a.id.UID, Body: &actorpb.Envelope_Closed{Closed: c}})
+	}
+}
+
+// crashed handles a panic of the actor (a bug): the envelope being
+// handled is answered, the machine's waiting callers get a retryable
+// failure, and the machine is dropped, to be rebuilt from the store once
+// no write of it is in flight.
+func (a *deviceActor) crashed(ctx actor.Context, r any) {
+	defer func() {
+		if r2 := recover(); r2 != nil {
+			a.deps.Log.Error("actors: panic while recovering from a panic", "identity", a.id, "panic", r2)
+			a.d = nil
+		}
+	}()
+	a.deps.Log.Error("actors: panic in an identity's actor; its state is rebuilt from the store",
+		"identity", a.id, "panic", r, "message", fmt.Sprintf("%T", ctx.Message()), "stack", string(debug.Stack()))
+	if env, ok := ctx.Message().(*actorpb.Envelope); ok {
+		a.refuse(env, codes.Internal, devicepb.Code_INTERNAL, crashed)
+	}
+	if a.d != nil {
+		d := a.d
+		a.d = nil
+		d.Abort(codes.Unavailable, crashed)
+		for _, e := range d.Effects() {
+			a.send(e)
+		}
+	}
+}
+
+// load reads the identity from the store and builds its machine. The
+// session it finds has ended if its gate instance is gone or one of the
+// recent closes names its connection.
+func (a *deviceActor) load(ctx actor.Context) bool {
+	c, cancel := context.WithTimeout(context.Background(), a.deps.Config.StoreTimeout)
+	snap, err := a.deps.Store.Load(c, a.id)
+	cancel()
 	if err != nil {
 		a.deps.Log.Warn("actors: loading identity failed", "identity", a.id, "err", err)
+		if a.unapplied {
+			a.scheduleReload(ctx)
+		}
 		return false
 	}
-	a.d = NewDevice(a.deps.Config, a.id, snap, a.deps.Stats, a.deps.IDs.Next)
-	// A restarted node finds sessions that were live: resume delivery of
-	// what waits for them (a gate that no longer has the connection says
-	// so, and the session ends).
-	a.d.Tick(a.deps.Now())
+	a.reloadWait = 0
+	d := NewDevice(a.deps.Config, a.id, snap, a.deps.Stats, a.deps.IDs.Next)
+	a.d = d
+	now := a.deps.Now()
+	if s := d.Session(); s != nil && !a.gateAlive(s.GetConn().GetGateId()) {
+		d.GateDown(now, s.GetConn().GetGateId())
+	}
+	for _, c := range a.closes {
+		d.Closed(now, c)
+	}
+	a.unapplied = false
+	// A session on a live gate resumes: what was in flight is delivered
+	// again (a gate that no longer has the connection says so, and the
+	// session ends).
+	d.Tick(now)
 	return true
+}
+
+func (a *deviceActor) gateAlive(id string) bool {
+	return a.deps.Gates == nil || a.deps.Gates.GateAlive(id)
+}
+
+// scheduleReload retries a failed load later (100 ms, doubling to 5 s),
+// for a close that must still be applied.
+func (a *deviceActor) scheduleReload(ctx actor.Context) {
+	if a.reloadTimer != nil {
+		return
+	}
+	a.reloadWait = min(max(2*a.reloadWait, 100*time.Millisecond), 5*time.Second)
+	self, root := ctx.Self(), ctx.ActorSystem().Root
+	a.reloadTimer = time.AfterFunc(a.reloadWait, func() { root.Send(self, reload{}) })
+}
+
+// noteClose remembers a close of one of the identity's connections.
+func (a *deviceActor) noteClose(c *actorpb.DeviceClosed) {
+	if len(a.closes) == keptCloses {
+		copy(a.closes, a.closes[1:])
+		a.closes = a.closes[:keptCloses-1]
+	}
+	a.closes = append(a.closes, c)
+}
+
+// needsWrite reports whether handling env stores something new.
+func needsWrite(env *actorpb.Envelope) bool {
+	switch b := env.Body.(type) {
+	case *actorpb.Envelope_Login, *actorpb.Envelope_C2C:
+		return true
+	case *actorpb.Envelope_Push:
+		return b.Push.GetStored()
+	}
+	return false
 }
 
 func (a *deviceActor) envelope(ctx actor.Context, env *actorpb.Envelope) {
 	to := ReplyTo{Address: env.ReplyAddress, ReqID: env.ReqId}
-	if a.d == nil && !a.load() {
-		a.unavailable(env, to)
+	if why := checkEnvelope(env); why != "" {
+		a.deps.Log.Debug("actors: refusing a bad envelope", "identity", a.id, "why", why)
+		if to.ReqID != 0 {
+			a.reply(to, failure(codes.InvalidArgument, "actors: bad envelope: "+why))
+		}
 		return
+	}
+	if c := env.GetClosed(); c != nil {
+		a.noteClose(c)
+	}
+	if needsWrite(env) && a.deps.Writes.Full() {
+		a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, overloaded)
+		return
+	}
+	if a.d == nil {
+		if env.GetGateDown() != nil {
+			return // the next load checks the session's gate anyway
+		}
+		if env.GetClosed() != nil {
+			a.unapplied = true
+		}
+		if a.writing || !a.load(ctx) {
+			a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, storeDown)
+			return
+		}
 	}
 	now := a.deps.Now()
 	d := a.d
@@ -148,17 +428,19 @@ func (a *deviceActor) envelope(ctx actor.Context, env *actorpb.Envelope) {
 		d.Frame(now, b.Frame)
 	case *actorpb.Envelope_Closed:
 		d.Closed(now, b.Closed)
+	case *actorpb.Envelope_GateDown:
+		d.GateDown(now, b.GateDown.GateId)
 	case *actorpb.Envelope_C2C:
 		rec, err := a.idempotency(d, C2CKey(b.C2C.FromUid, b.C2C.GetC2C().GetClientMsgId()), b.C2C.GetC2C().GetClientMsgId() != "")
 		if err != nil {
-			a.unavailable(env, to)
+			a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, storeDown)
 			return
 		}
 		d.C2C(now, b.C2C, rec)
 	case *actorpb.Envelope_Push:
 		rec, err := a.idempotency(d, PushKey(b.Push.IdempotencyKey), b.Push.Stored && b.Push.IdempotencyKey != "")
 		if err != nil {
-			a.unavailable(env, to)
+			a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, storeDown)
 			return
 		}
 		d.Push(now, to, b.Push, rec)
@@ -168,10 +450,6 @@ func (a *deviceActor) envelope(ctx actor.Context, env *actorpb.Envelope) {
 		d.Presence(to)
 	case *actorpb.Envelope_Sweep:
 		d.Tick(now)
-	default:
-		if to.ReqID != 0 {
-			a.deps.Router.Reply(to.Address, failure(codes.Unimplemented, "actors: unknown request"))
-		}
 	}
 }
 
@@ -180,69 +458,64 @@ func (a *deviceActor) idempotency(d *Device, key string, use bool) (*actorpb.Ide
 	if !use || d.KnowsIdempotencyKey(key) {
 		return nil, nil
 	}
-	return a.deps.Store.Idempotency(context.Background(), a.id, key)
+	c, cancel := context.WithTimeout(context.Background(), a.deps.Config.StoreTimeout)
+	defer cancel()
+	return a.deps.Store.Idempotency(c, a.id, key)
 }
 
-// unavailable answers an envelope that cannot be handled because the
-// store cannot be read.
-func (a *deviceActor) unavailable(env *actorpb.Envelope, to ReplyTo) {
-	const why = "the inbox store is unavailable; retry"
+func (a *deviceActor) reply(to ReplyTo, r *actorpb.Reply) {
+	r.ReqId = to.ReqID
+	a.deps.Router.Reply(to.Address, r)
+}
+
+// refuse answers an envelope the machine does not get: a request with
+// code and why, a LOGIN, C2C or PULL with the device code dc; anything
+// else is dropped (an acknowledgement is then repeated by the device, or
+// its message delivered again).
+func (a *deviceActor) refuse(env *actorpb.Envelope, code codes.Code, dc devicepb.Code, why string) {
 	switch b := env.Body.(type) {
 	case *actorpb.Envelope_Login:
 		tc := &actorpb.ToConn{AppCode: uint32(a.id.App), Uid: a.id.UID, ConnId: b.Login.GetConn().GetConnId(),
 			Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, b.Login.FrameSeq,
-				&devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE, Reason: why})},
+				&devicepb.LoginAck{Code: dc, Reason: why})},
 			Login: &actorpb.LoginOutcome{Ok: false}}
 		a.deps.Router.SendToConn(b.Login.Conn, tc)
 	case *actorpb.Envelope_C2C:
 		m := b.C2C
 		tc := &actorpb.ToConn{AppCode: uint32(a.id.App), Uid: m.FromUid, ConnId: m.ReplyTo.GetConnId(), Epoch: m.ReplyEpoch,
 			Frames: []*actorpb.OutFrame{frame(messages.CmdC2CAck, m.Msgtype, m.FrameSeq, &devicepb.C2CAck{
-				Code: devicepb.Code_STORE_UNAVAILABLE, ClientMsgId: m.GetC2C().GetClientMsgId(), Reason: why})}}
+				Code: dc, ClientMsgId: m.GetC2C().GetClientMsgId(), Reason: why})}}
 		a.deps.Router.SendToConn(m.ReplyTo, tc)
 	case *actorpb.Envelope_Frame:
 		if messages.Cmd(b.Frame.Cmd) == messages.CmdPull {
 			a.deps.Router.SendToConn(b.Frame.Conn, &actorpb.ToConn{AppCode: uint32(a.id.App), Uid: a.id.UID,
 				ConnId: b.Frame.GetConn().GetConnId(), Epoch: b.Frame.Epoch,
 				Frames: []*actorpb.OutFrame{frame(messages.CmdPullAck, b.Frame.Msgtype, b.Frame.Seq,
-					&devicepb.PullAck{Code: devicepb.Code_STORE_UNAVAILABLE})}})
+					&devicepb.PullAck{Code: dc})}})
 		}
 	default:
-		if to.ReqID != 0 {
-			r := failure(codes.Unavailable, why)
-			r.ReqId = to.ReqID
-			a.deps.Router.Reply(to.Address, r)
+		if env.ReqId != 0 {
+			a.reply(ReplyTo{Address: env.ReplyAddress, ReqID: env.ReqId}, failure(code, why))
 		}
 	}
 }
 
-// perform submits the next write, sends released effects and re-arms the
-// timer.
+// perform submits the next write (when the budget has a slot), sends
+// released effects and re-arms the timer.
 func (a *deviceActor) perform(ctx actor.Context) {
 	d := a.d
 	if d == nil {
 		return
 	}
-	if w := d.TakeDetached(); w != nil {
-		a.detached.Add(1)
-		a.deps.Store.Submit(w, func(err error) {
-			if err != nil {
-				a.deps.Log.Debug("actors: deleting acknowledged messages failed; they will be delivered again", "identity", w.ID, "err", err)
-			}
-			a.detached.Add(-1)
-		})
-	}
-	if w := d.TakeWrite(); w != nil {
+	if d.WriteReady() && !a.slotWait {
 		self, root := ctx.Self(), ctx.ActorSystem().Root
-		a.deps.Store.Submit(w, func(err error) { root.Send(self, &writeDone{err}) })
-	}
-	for _, e := range d.Effects() {
-		if e.ToConn != nil {
-			a.deps.Router.SendToConn(e.Conn, e.ToConn)
-		} else if e.Reply != nil {
-			a.deps.Router.Reply(e.ReplyTo.Address, e.Reply)
+		if a.deps.Writes.Acquire(a, func() { root.Send(self, slotFree{}) }) {
+			a.submit(ctx)
+		} else {
+			a.slotWait = true
 		}
 	}
+	a.sendEffects()
 	next := d.NextDue()
 	if next.IsZero() || (!a.timerAt.IsZero() && !next.Before(a.timerAt)) {
 		return
@@ -253,4 +526,53 @@ func (a *deviceActor) perform(ctx actor.Context) {
 	a.timerAt = next
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	a.timer = time.AfterFunc(max(time.Until(next), time.Millisecond), func() { root.Send(self, tick{}) })
+}
+
+// submit hands the machine's ready write to the store; the caller holds a
+// slot of the write budget, which the write's completion frees.
+func (a *deviceActor) submit(ctx actor.Context) {
+	d := a.d
+	self, root := ctx.Self(), ctx.ActorSystem().Root
+	budget := a.deps.Writes
+	if w := d.TakeDetached(); w != nil {
+		a.detached.Add(1)
+		a.deps.Store.Submit(w, func(err error) {
+			budget.Release()
+			if err != nil {
+				a.deps.Log.Debug("actors: deleting acknowledged messages failed; they will be delivered again", "identity", w.ID, "err", err)
+			}
+			if errors.Is(err, store.ErrFenced) {
+				root.Send(self, detachedFenced{})
+			}
+			a.detached.Add(-1)
+		})
+		return
+	}
+	w := d.TakeWrite()
+	if w == nil { // not ready after all: give the slot back
+		budget.Release()
+		return
+	}
+	a.writing = true
+	a.deps.Store.Submit(w, func(err error) {
+		budget.Release()
+		root.Send(self, &writeDone{err})
+	})
+}
+
+func (a *deviceActor) sendEffects() {
+	if a.d == nil {
+		return
+	}
+	for _, e := range a.d.Effects() {
+		a.send(e)
+	}
+}
+
+func (a *deviceActor) send(e Effect) {
+	if e.ToConn != nil {
+		a.deps.Router.SendToConn(e.Conn, e.ToConn)
+	} else if e.Reply != nil {
+		a.deps.Router.Reply(e.ReplyTo.Address, e.Reply)
+	}
 }

@@ -19,21 +19,39 @@ type Config struct {
 	// Window is the most messages delivered and not yet acknowledged per
 	// device (default 32).
 	Window int
-	// WindowBytes bounds the payload bytes delivered and not yet
+	// WindowBytes bounds the bytes of the messages delivered and not yet
 	// acknowledged per device (default 256 KiB; one message always fits),
-	// and the payload bytes of one PULL_ACK, so that no burst can fill the
-	// gate's per-connection queue.
+	// and the bytes of one PULL_ACK's messages. A message counts as its
+	// whole stored entry (EntryBytes: payload, ids, sender, times) plus a
+	// frame header, which bounds the frame that carries it, so that no
+	// burst can fill the gate's per-connection queue whatever the entries
+	// contain.
 	WindowBytes int
 	// C2CTTL is the expiry of C2C messages (default 7 days).
 	C2CTTL time.Duration
-	// InboxMaxMessages is the most unacknowledged stored messages per
-	// identity (default 1000). Beyond it new stored messages are refused
-	// (RESOURCE_EXHAUSTED to the API, INBOX_FULL to a C2C sender): accepted
-	// messages are never dropped to make room.
+	// InboxMaxMessages is the most unacknowledged stored pushes from
+	// app-servers per identity (default 1000). Beyond it new pushes are
+	// refused (RESOURCE_EXHAUSTED): accepted messages are never dropped to
+	// make room. C2C messages have their own budget (C2CMaxMessages), so
+	// what devices send never fills the app-servers' room.
 	InboxMaxMessages int
-	// InboxMaxBytes is the most payload bytes stored per identity (default
-	// 4 MiB), with the same policy.
+	// InboxMaxBytes is the most bytes of stored pushes from app-servers
+	// per identity, counted as EntryBytes (default 4 MiB), with the same
+	// policy.
 	InboxMaxBytes int
+	// C2CMaxMessages is the most unacknowledged C2C messages per receiver
+	// (default 1000). Beyond it new ones are refused (INBOX_FULL to the
+	// sender).
+	C2CMaxMessages int
+	// C2CMaxBytes is the most bytes of unacknowledged C2C messages per
+	// receiver, counted as EntryBytes (default 4 MiB).
+	C2CMaxBytes int
+	// C2CSenderMaxMessages is the share of a receiver's C2C budget one
+	// sender may hold: its unacknowledged messages to that receiver
+	// (default 100), so that one user cannot fill another's inbox alone.
+	C2CSenderMaxMessages int
+	// C2CSenderMaxBytes is the same share in bytes (default 512 KiB).
+	C2CSenderMaxBytes int
 	// IdempotencyTTL is how long idempotency keys and C2C client message
 	// ids are remembered (default 24 h).
 	IdempotencyTTL time.Duration
@@ -48,6 +66,18 @@ type Config struct {
 	// in flight leaves memory (default 30 s), online or not. It comes back
 	// from the store on its next message (a read of its meta and inbox).
 	PassivateAfter time.Duration
+	// MaxPendingWrites bounds the store writes the node's actors have
+	// submitted and not yet seen complete (default 4096). When the store
+	// falls that far behind, new work that needs a write is refused at
+	// once (UNAVAILABLE to the API, STORE_UNAVAILABLE to devices) instead
+	// of queueing without bound; what the actors must still write (a
+	// session's end, deletions of acknowledged messages) waits for room.
+	// The store's commit queue must hold this many writes in any one lane,
+	// so that submitting never waits.
+	MaxPendingWrites int
+	// StoreTimeout bounds one read of the inbox store: loading an identity
+	// or looking up an idempotency key (default 5 s).
+	StoreTimeout time.Duration
 }
 
 // DefaultConfig returns the defaults documented on Config's fields.
@@ -61,10 +91,18 @@ func DefaultConfig() Config {
 		C2CTTL:           7 * 24 * time.Hour,
 		InboxMaxMessages: 1000,
 		InboxMaxBytes:    4 << 20,
-		IdempotencyTTL:   24 * time.Hour,
-		PullPage:         100,
-		PassivateAfter:   30 * time.Second,
-		ExpirySweep:      10 * time.Minute,
+		C2CMaxMessages:   1000,
+		C2CMaxBytes:      4 << 20,
+		// One sender may hold a tenth of a receiver's C2C messages and an
+		// eighth of its C2C bytes.
+		C2CSenderMaxMessages: 100,
+		C2CSenderMaxBytes:    512 << 10,
+		IdempotencyTTL:       24 * time.Hour,
+		PullPage:             100,
+		PassivateAfter:       30 * time.Second,
+		ExpirySweep:          10 * time.Minute,
+		MaxPendingWrites:     4096,
+		StoreTimeout:         5 * time.Second,
 	}
 }
 
@@ -87,6 +125,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("actors.inbox-max-messages %d: must be at least 1", c.InboxMaxMessages)
 	case c.InboxMaxBytes < 1024:
 		return fmt.Errorf("actors.inbox-max-bytes %d: must be at least 1024", c.InboxMaxBytes)
+	case c.C2CMaxMessages < 1:
+		return fmt.Errorf("actors.c2c-max-messages %d: must be at least 1", c.C2CMaxMessages)
+	case c.C2CMaxBytes < 1024:
+		return fmt.Errorf("actors.c2c-max-bytes %d: must be at least 1024", c.C2CMaxBytes)
+	case c.C2CSenderMaxMessages < 1 || c.C2CSenderMaxMessages > c.C2CMaxMessages:
+		return fmt.Errorf("actors.c2c-sender-max-messages %d: must be in [1, actors.c2c-max-messages %d]", c.C2CSenderMaxMessages, c.C2CMaxMessages)
+	case c.C2CSenderMaxBytes < 1024 || c.C2CSenderMaxBytes > c.C2CMaxBytes:
+		return fmt.Errorf("actors.c2c-sender-max-bytes %d: must be in [1024, actors.c2c-max-bytes %d]", c.C2CSenderMaxBytes, c.C2CMaxBytes)
 	case c.IdempotencyTTL < time.Minute:
 		return fmt.Errorf("actors.idempotency-ttl %v: must be at least 1m", c.IdempotencyTTL)
 	case c.PullPage < 1 || c.PullPage > 1000:
@@ -95,6 +141,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("actors.expiry-sweep %v: must be 0 (off) or at least 100ms", c.ExpirySweep)
 	case c.PassivateAfter < 100*time.Millisecond:
 		return fmt.Errorf("actors.passivate-after %v: must be at least 100ms", c.PassivateAfter)
+	case c.MaxPendingWrites < 1 || c.MaxPendingWrites > 1<<20:
+		return fmt.Errorf("actors.max-pending-writes %d: must be in [1, 1048576]", c.MaxPendingWrites)
+	case c.StoreTimeout < 10*time.Millisecond:
+		return fmt.Errorf("actors.store-timeout %v: must be at least 10ms", c.StoreTimeout)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -37,11 +38,29 @@ type Effect struct {
 	FailMsg  string
 }
 
-const storeDown = "the inbox store is unavailable; retry"
+const (
+	storeDown = "the inbox store is unavailable; retry"
+	// Moved answers the callers a fenced actor leaves waiting: another
+	// activation of the identity has claimed it.
+	Moved = "the identity moved to another node while this request was in flight: nothing was accepted; retry with the same idempotency key"
+)
+
+// MaxClientMsgIDLen is the longest client_msg_id of a C2C or C2S a device
+// may send, in bytes.
+const MaxClientMsgIDLen = 128
+
+// EntryBytes is what an inbox entry counts against every byte budget (the
+// inbox's, the window's, a PULL_ACK's): its stored encoding plus a frame
+// header. It bounds the frame that delivers the entry (S2C and C2C_PUSH
+// carry a subset of its fields under the same small field numbers) and
+// its share of a PULL_ACK (a StoredMessage has its fields, plus a few
+// bytes of wrapping), so the budgets hold whatever the entries contain.
+func EntryBytes(e *actorpb.InboxEntry) int { return proto.Size(e) + messages.HeaderSize }
 
 // item is an inbox entry and its delivery state in the current session.
 type item struct {
 	e         *actorpb.InboxEntry
+	size      int       // EntryBytes(e)
 	sent      bool      // written to the current session, not yet acked
 	delivered bool      // written to some session before (later writes are retries)
 	attempts  int       // writes to the current session
@@ -73,6 +92,7 @@ type Device struct {
 	id      store.Identity
 	stats   Stats
 	newID   func() string
+	owner   uint64 // the owner epoch of the snapshot, stamped on every write
 	meta    *actorpb.IdentityMeta
 	session *actorpb.SessionRecord // nil when offline
 	// savedLastSeq is the LastSeq in the stored meta. Each stored entry
@@ -82,17 +102,24 @@ type Device struct {
 	savedLastSeq uint32
 	takenLastSeq uint32 // LastSeq of the meta in the write in flight
 
-	inbox         []*item // by seq
-	byMsgID       map[string]*item
-	bytes         int
+	inbox   []*item // by seq
+	byMsgID map[string]*item
+	// Budgets: app-server pushes and C2C messages are counted apart, so
+	// that what devices send never fills the app-servers' room, and C2C
+	// per sender, so that one user cannot fill another's C2C room alone.
+	s2c, c2c      usage
+	senders       map[string]*usage // C2C by sender uid
 	inflight      int
 	inflightBytes int
 	// minExpiry is a lower bound of the inbox's earliest expiry (Unix ms,
 	// 0: none), so that most calls skip the expiry scan.
 	minExpiry int64
 	// recentIdem remembers idempotency records written while active, so a
-	// duplicate that arrives before its first write is durable is caught.
-	recentIdem map[string]*actorpb.IdempotencyRecord
+	// duplicate that arrives before its first write is durable is caught
+	// (the store does not have it yet). idemOrder lists its keys oldest
+	// first; a key leaves memory only once its record is durable.
+	recentIdem map[string]idemMemo
+	idemOrder  []string
 
 	// Output commit. Writes are numbered from 1; submitted is the number
 	// of the last write handed out by TakeWrite, durable the last one that
@@ -105,8 +132,22 @@ type Device struct {
 	ready     []Effect
 	spare     []Effect // the other buffer of ready (see Effects)
 	broken    bool
+	fenced    bool
 }
 
+// usage is what a part of the inbox holds.
+type usage struct{ n, bytes int }
+
+// idemMemo is a remembered idempotency record and the number of the write
+// that makes it durable.
+type idemMemo struct {
+	rec *actorpb.IdempotencyRecord
+	tag uint64
+}
+
+// maxRecentIdem is how many durable idempotency keys stay in memory;
+// keys whose records are not durable yet stay regardless (they are bounded
+// by the inbox limits: each belongs to a stored message).
 const maxRecentIdem = 256
 
 // NewDevice rebuilds the machine of id from a store snapshot.
@@ -119,9 +160,11 @@ func NewDevice(cfg *Config, id store.Identity, snap *store.Snapshot, stats Stats
 		id:         id,
 		stats:      stats,
 		newID:      newID,
+		owner:      snap.Owner,
 		meta:       snap.Meta,
 		byMsgID:    make(map[string]*item, len(snap.Inbox)),
-		recentIdem: map[string]*actorpb.IdempotencyRecord{},
+		senders:    map[string]*usage{},
+		recentIdem: map[string]idemMemo{},
 	}
 	if d.meta == nil {
 		d.meta = &actorpb.IdentityMeta{}
@@ -133,10 +176,10 @@ func NewDevice(cfg *Config, id store.Identity, snap *store.Snapshot, stats Stats
 	d.savedLastSeq = d.meta.LastSeq
 	for _, e := range snap.Inbox {
 		d.meta.LastSeq = max(d.meta.LastSeq, e.Seq)
-		it := &item{e: e}
+		it := &item{e: e, size: EntryBytes(e)}
 		d.inbox = append(d.inbox, it)
 		d.byMsgID[e.MsgId] = it
-		d.bytes += len(e.Payload)
+		d.count(it, 1)
 		d.noteExpiry(e.ExpiresAtMs)
 	}
 	sort.Slice(d.inbox, func(i, j int) bool { return d.inbox[i].e.Seq < d.inbox[j].e.Seq })
@@ -146,12 +189,25 @@ func NewDevice(cfg *Config, id store.Identity, snap *store.Snapshot, stats Stats
 // Online reports whether the identity has a live session.
 func (d *Device) Online() bool { return d.session != nil }
 
+// Session returns the live session, or nil.
+func (d *Device) Session() *actorpb.SessionRecord { return d.session }
+
 // Pending returns the number of stored messages not yet acknowledged.
 func (d *Device) Pending() int { return len(d.inbox) }
 
-// Broken reports that a write failed: the machine is ahead of the store
-// and must be rebuilt.
+// Broken reports that a write failed (or the machine was aborted): it is
+// ahead of the store and must be rebuilt.
 func (d *Device) Broken() bool { return d.broken }
+
+// Fenced reports that a write failed with store.ErrFenced: another
+// activation owns the identity now, and this one must stop.
+func (d *Device) Fenced() bool { return d.fenced }
+
+// WriteReady reports whether TakeDetached or TakeWrite would return a
+// write now.
+func (d *Device) WriteReady() bool {
+	return d.next != nil && !d.broken && (!d.inFlight || d.detachable(d.next))
+}
 
 // Idle reports whether the machine can be dropped from memory without
 // losing anything: no write pending or in flight, no effect waiting, no
@@ -167,11 +223,48 @@ func (d *Device) KnowsIdempotencyKey(key string) bool {
 	return ok
 }
 
+// remember keeps rec in memory under key until it is durable, and forgets
+// the oldest durable keys beyond maxRecentIdem.
+func (d *Device) remember(key string, rec *actorpb.IdempotencyRecord) {
+	d.recentIdem[key] = idemMemo{rec: rec, tag: d.submitted + 1} // in d.next
+	d.idemOrder = append(d.idemOrder, key)
+	for len(d.recentIdem) > maxRecentIdem {
+		oldest := d.idemOrder[0]
+		if d.recentIdem[oldest].tag > d.durable {
+			break // the oldest key is not durable yet, and no later one is
+		}
+		delete(d.recentIdem, oldest)
+		d.idemOrder[0] = ""
+		d.idemOrder = d.idemOrder[1:]
+	}
+}
+
+// count adds (sign 1) or removes (sign -1) an entry from the budgets.
+func (d *Device) count(it *item, sign int) {
+	if it.e.Kind != devicepb.Kind_KIND_C2C {
+		d.s2c.n += sign
+		d.s2c.bytes += sign * it.size
+		return
+	}
+	d.c2c.n += sign
+	d.c2c.bytes += sign * it.size
+	u := d.senders[it.e.FromUid]
+	if u == nil {
+		u = &usage{}
+		d.senders[it.e.FromUid] = u
+	}
+	u.n += sign
+	u.bytes += sign * it.size
+	if u.n <= 0 {
+		delete(d.senders, it.e.FromUid)
+	}
+}
+
 // ---- output commit ----
 
 func (d *Device) write() *store.Write {
 	if d.next == nil {
-		d.next = &store.Write{ID: d.id}
+		d.next = &store.Write{ID: d.id, Owner: d.owner}
 	}
 	return d.next
 }
@@ -201,7 +294,7 @@ func (d *Device) emit(e Effect) {
 // The caller does not call WriteDone for it; it may ignore its failure.
 func (d *Device) TakeDetached() *store.Write {
 	w := d.next
-	if w == nil || d.broken || w.Meta != nil || len(w.Put) > 0 || len(w.Idem) > 0 {
+	if w == nil || d.broken || !d.detachable(w) {
 		return nil
 	}
 	d.next = nil
@@ -220,6 +313,10 @@ func (d *Device) TakeDetached() *store.Write {
 		d.waiting = d.waiting[:0]
 	}
 	return w
+}
+
+func (d *Device) detachable(w *store.Write) bool {
+	return w.Meta == nil && len(w.Put) == 0 && len(w.Idem) == 0
 }
 
 // TakeWrite returns the write to submit now, or nil if there is none or
@@ -242,29 +339,20 @@ func (d *Device) TakeWrite() *store.Write {
 	return w
 }
 
-// WriteDone records the outcome of the write last taken.
+// WriteDone records the outcome of the write last taken. A failure
+// breaks the machine (Broken): what waited for the write, or was produced
+// after it, is answered with a failure (Abort). A write fenced by the store
+// (store.ErrFenced) also makes it Fenced: its callers hear that the
+// identity moved.
 func (d *Device) WriteDone(err error) {
 	d.inFlight = false
 	if err != nil {
-		d.broken = true
-		// Everything produced after the machine got ahead of the store is
-		// void: answer requests with a failure, drop the rest.
-		for _, q := range d.waiting {
-			switch {
-			case q.eff.Reply != nil:
-				msg := q.eff.FailMsg
-				if msg == "" {
-					msg = storeDown
-				}
-				r := failure(codes.Unavailable, msg)
-				r.ReqId = q.eff.ReplyTo.ReqID
-				d.ready = append(d.ready, Effect{ReplyTo: q.eff.ReplyTo, Reply: r})
-			case q.eff.FailConn != nil:
-				d.ready = append(d.ready, Effect{Conn: q.eff.Conn, ToConn: q.eff.FailConn})
-			}
+		if errors.Is(err, store.ErrFenced) {
+			d.fenced = true
+			d.Abort(codes.Unavailable, Moved)
+			return
 		}
-		d.waiting = nil
-		d.next = nil
+		d.Abort(codes.Unavailable, "")
 		return
 	}
 	d.durable = d.submitted
@@ -280,6 +368,35 @@ func (d *Device) WriteDone(err error) {
 	rest := copy(d.waiting, d.waiting[n:])
 	clear(d.waiting[rest:])
 	d.waiting = d.waiting[:rest]
+}
+
+// Abort breaks the machine: everything that waits for a write is void.
+// Waiting requests are answered with a failure of code (msg, or the
+// effect's own failure message, or a generic one), connections that wait
+// for an answer get their failure frame (FailConn), and the rest is
+// dropped: nothing more is delivered. Effects already released stay. The
+// actor then rebuilds the machine from the store, or stops.
+func (d *Device) Abort(code codes.Code, msg string) {
+	d.broken = true
+	for _, q := range d.waiting {
+		switch {
+		case q.eff.Reply != nil:
+			m := msg
+			if m == "" {
+				m = q.eff.FailMsg
+			}
+			if m == "" {
+				m = storeDown
+			}
+			r := failure(code, m)
+			r.ReqId = q.eff.ReplyTo.ReqID
+			d.ready = append(d.ready, Effect{ReplyTo: q.eff.ReplyTo, Reply: r})
+		case q.eff.FailConn != nil:
+			d.ready = append(d.ready, Effect{Conn: q.eff.Conn, ToConn: q.eff.FailConn})
+		}
+	}
+	d.waiting = nil
+	d.next = nil
 }
 
 // Effects returns the effects to perform now, in order, and forgets them.
@@ -393,6 +510,14 @@ func (d *Device) Closed(now time.Time, m *actorpb.DeviceClosed) {
 	}
 }
 
+// GateDown ends the session if it is on the gate instance gateID, which
+// is gone: nothing is sent to it (there is nobody to tell).
+func (d *Device) GateDown(now time.Time, gateID string) {
+	if d.session != nil && d.session.GetConn().GetGateId() == gateID {
+		d.goOffline()
+	}
+}
+
 // Frame handles a device frame: S2C_ACK, C2C_PUSH_ACK, PULL. Acks are
 // accepted from any connection of the identity (the device has the
 // message, whichever connection it came on); answers go to the connection
@@ -442,13 +567,13 @@ func (d *Device) remove(it *item) {
 		d.inbox = append(d.inbox[:i], d.inbox[i+1:]...)
 	}
 	delete(d.byMsgID, it.e.MsgId)
-	d.bytes -= len(it.e.Payload)
+	d.count(it, -1)
 	if len(d.inbox) == 0 {
 		d.minExpiry = 0
 	}
 	if it.sent {
 		d.inflight--
-		d.inflightBytes -= len(it.e.Payload)
+		d.inflightBytes -= it.size
 	}
 	w := d.write()
 	w.Delete = append(w.Delete, it.e.Seq)
@@ -469,7 +594,7 @@ func (d *Device) pull(after, limit uint32) *devicepb.PullAck {
 	size := 0
 	for ; i < len(d.inbox) && len(ack.Messages) < int(limit); i++ {
 		e := d.inbox[i].e
-		if size += len(e.Payload); size > d.cfg.WindowBytes && len(ack.Messages) > 0 {
+		if size += d.inbox[i].size; size > d.cfg.WindowBytes && len(ack.Messages) > 0 {
 			break
 		}
 		ack.Messages = append(ack.Messages, &devicepb.StoredMessage{
@@ -500,7 +625,7 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 	}
 	if m.IdempotencyKey != "" {
 		if r, ok := d.recentIdem[PushKey(m.IdempotencyKey)]; ok {
-			rec = r
+			rec = r.rec
 		}
 		if rec != nil {
 			d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{
@@ -509,13 +634,13 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 		}
 	}
 	d.expire(now)
-	if err := d.room(len(m.Payload)); err != "" {
-		d.reply(to, failure(codes.ResourceExhausted, err), "")
-		return
-	}
 	e := &actorpb.InboxEntry{
 		Kind: devicepb.Kind_KIND_S2C, MsgId: d.newID(), Msgtype: m.Msgtype, Payload: m.Payload,
-		SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs,
+		SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs, Seq: d.meta.LastSeq + 1,
+	}
+	if err := d.room(e); err != "" {
+		d.reply(to, failure(codes.ResourceExhausted, err), "")
+		return
 	}
 	d.accept(now, e, PushKey(m.IdempotencyKey), m.IdempotencyKey != "")
 	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{
@@ -524,26 +649,46 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 	d.pump(now)
 }
 
-// room returns why a new entry of n bytes does not fit, or "".
-func (d *Device) room(n int) string {
-	if len(d.inbox) >= d.cfg.InboxMaxMessages {
-		return fmt.Sprintf("inbox of %s is full: %d messages waiting for acknowledgement", d.id, len(d.inbox))
+// room returns why e (its seq already set) does not fit in its budget,
+// or "". App-server pushes and C2C messages have budgets of their own;
+// C2C also per sender.
+func (d *Device) room(e *actorpb.InboxEntry) string {
+	n := EntryBytes(e)
+	if e.Kind != devicepb.Kind_KIND_C2C {
+		if d.s2c.n >= d.cfg.InboxMaxMessages {
+			return fmt.Sprintf("inbox of %s is full: %d pushes waiting for acknowledgement", d.id, d.s2c.n)
+		}
+		if d.s2c.bytes+n > d.cfg.InboxMaxBytes {
+			return fmt.Sprintf("inbox of %s is full: %d bytes of pushes waiting, limit %d", d.id, d.s2c.bytes, d.cfg.InboxMaxBytes)
+		}
+		return ""
 	}
-	if d.bytes+n > d.cfg.InboxMaxBytes {
-		return fmt.Sprintf("inbox of %s is full: %d bytes waiting, limit %d", d.id, d.bytes, d.cfg.InboxMaxBytes)
+	if d.c2c.n >= d.cfg.C2CMaxMessages {
+		return fmt.Sprintf("the receiver's inbox is full: %d messages from users waiting for acknowledgement", d.c2c.n)
+	}
+	if d.c2c.bytes+n > d.cfg.C2CMaxBytes {
+		return fmt.Sprintf("the receiver's inbox is full: %d bytes of messages from users waiting, limit %d", d.c2c.bytes, d.cfg.C2CMaxBytes)
+	}
+	if u := d.senders[e.FromUid]; u != nil {
+		if u.n >= d.cfg.C2CSenderMaxMessages {
+			return fmt.Sprintf("the receiver has not acknowledged %d of your messages yet: that is your share of its inbox", u.n)
+		}
+		if u.bytes+n > d.cfg.C2CSenderMaxBytes {
+			return fmt.Sprintf("the receiver has not acknowledged %d bytes of your messages yet, your share of its inbox is %d", u.bytes, d.cfg.C2CSenderMaxBytes)
+		}
 	}
 	return ""
 }
 
-// accept assigns the next seq to e and stores it, with an idempotency
-// record under key when remember is set.
+// accept stores e under its seq (the next one) with an idempotency record
+// under key when remember is set.
 func (d *Device) accept(now time.Time, e *actorpb.InboxEntry, key string, remember bool) {
 	d.meta.LastSeq++
 	e.Seq = d.meta.LastSeq
-	it := &item{e: e}
+	it := &item{e: e, size: EntryBytes(e)}
 	d.inbox = append(d.inbox, it)
 	d.byMsgID[e.MsgId] = it
-	d.bytes += len(e.Payload)
+	d.count(it, 1)
 	d.noteExpiry(e.ExpiresAtMs)
 	w := d.write()
 	w.Put = append(w.Put, e)
@@ -551,14 +696,7 @@ func (d *Device) accept(now time.Time, e *actorpb.InboxEntry, key string, rememb
 	if remember {
 		rec := &actorpb.IdempotencyRecord{MsgId: e.MsgId, Seq: e.Seq, ExpiresAtMs: now.Add(d.cfg.IdempotencyTTL).UnixMilli()}
 		w.Idem = append(w.Idem, store.IdemPut{Key: key, Record: rec})
-		w.Sync = true
-		if len(d.recentIdem) >= maxRecentIdem {
-			for k := range d.recentIdem {
-				delete(d.recentIdem, k)
-				break
-			}
-		}
-		d.recentIdem[key] = rec
+		d.remember(key, rec)
 	}
 	d.stats.Accepted(d.id.App, e.Msgtype, true)
 }
@@ -595,20 +733,20 @@ func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.Idempotency
 		}
 	}
 	if r, ok := d.recentIdem[key]; ok {
-		rec = r
+		rec = r.rec
 	}
 	if rec != nil {
 		d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_OK, rec.MsgId, "")})
 		return
 	}
 	d.expire(now)
-	if err := d.room(len(c.GetPayload())); err != "" {
+	e := &actorpb.InboxEntry{
+		Kind: devicepb.Kind_KIND_C2C, MsgId: d.newID(), Msgtype: m.Msgtype, Payload: c.GetPayload(), Seq: d.meta.LastSeq + 1,
+		SentAtMs: m.AtMs, ExpiresAtMs: now.Add(d.cfg.C2CTTL).UnixMilli(), FromUid: m.FromUid, ClientMsgId: c.GetClientMsgId(),
+	}
+	if err := d.room(e); err != "" {
 		d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_INBOX_FULL, "", err)})
 		return
-	}
-	e := &actorpb.InboxEntry{
-		Kind: devicepb.Kind_KIND_C2C, MsgId: d.newID(), Msgtype: m.Msgtype, Payload: c.GetPayload(),
-		SentAtMs: m.AtMs, ExpiresAtMs: now.Add(d.cfg.C2CTTL).UnixMilli(), FromUid: m.FromUid, ClientMsgId: c.GetClientMsgId(),
 	}
 	d.accept(now, e, key, c.GetClientMsgId() != "")
 	d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_OK, e.MsgId, ""),
@@ -626,14 +764,20 @@ func (d *Device) Kick(now time.Time, to ReplyTo, m *actorpb.Kick) {
 	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Kick{Kick: &actorpb.KickReply{WasOnline: was}}}, "")
 }
 
-// Presence answers whether the identity is online, and where.
+// Presence answers whether the identity is online, and where. The answer
+// is what the machine knows now; it does not wait for writes in flight (a
+// session's end being written, a push being stored), so that presence is
+// answered even while the store is behind.
 func (d *Device) Presence(to ReplyTo) {
+	if to.ReqID == 0 {
+		return
+	}
 	p := &actorpb.PresenceReply{Online: d.session != nil, Pending: uint32(len(d.inbox))}
 	if s := d.session; s != nil {
 		p.Conn, p.Epoch, p.GateAddr = s.Conn, s.Epoch, s.GateAddr
 		p.DeviceId, p.Platform, p.AppVersion, p.LoggedInAtMs = s.DeviceId, s.Platform, s.AppVersion, s.LoggedInAtMs
 	}
-	d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Presence{Presence: p}}, "")
+	d.ready = append(d.ready, Effect{ReplyTo: to, Reply: &actorpb.Reply{ReqId: to.ReqID, Body: &actorpb.Reply_Presence{Presence: p}}})
 }
 
 // Tick redelivers what is due and expires what is past its expiry.
@@ -737,14 +881,14 @@ func (d *Device) pump(now time.Time) {
 		if it.sent {
 			continue
 		}
-		if d.inflight > 0 && d.inflightBytes+len(it.e.Payload) > d.cfg.WindowBytes {
+		if d.inflight > 0 && d.inflightBytes+it.size > d.cfg.WindowBytes {
 			break
 		}
 		frames = append(frames, d.deliveryFrame(it.e))
 		it.sent, it.attempts = true, 1
 		it.due = now.Add(d.backoff(1))
 		d.inflight++
-		d.inflightBytes += len(it.e.Payload)
+		d.inflightBytes += it.size
 		if it.delivered {
 			d.stats.Retried(d.id.App, it.e.Msgtype)
 		} else {

@@ -518,3 +518,132 @@ func TestLastSeqWithoutMetaWrites(t *testing.T) {
 		t.Fatalf("meta written again: %+v", last)
 	}
 }
+
+// TestLoginBurstCountsWholeEntries: the window and a PULL_ACK are bounded
+// by the bytes of whole entries, not of payloads, so that entries with
+// large ids (stored before ids were capped, or ids a peer sent) never make
+// a login burst overflow the gate's queue.
+func TestLoginBurstCountsWholeEntries(t *testing.T) {
+	cfg := DefaultConfig()
+	bigID := string(make([]byte, 60<<10))
+	snap := &store.Snapshot{}
+	for i := range 40 {
+		snap.Inbox = append(snap.Inbox, &actorpb.InboxEntry{Seq: uint32(i + 1), Kind: devicepb.Kind_KIND_C2C,
+			MsgId: fmt.Sprintf("m%d", i), FromUid: "mallory", ClientMsgId: fmt.Sprintf("%02d", i) + bigID})
+	}
+	d := NewDevice(&cfg, store.Identity{App: 1, UID: "victim"}, snap, nil, func() string { return "n" })
+	now := time.Now()
+	d.Login(now, &actorpb.DeviceLogin{Conn: conn(1), FrameSeq: 1, Login: &devicepb.Login{Uid: "victim"}})
+	d.TakeWrite()
+	d.WriteDone(nil)
+	burst, frames := 0, 0
+	for _, e := range d.Effects() {
+		for _, f := range e.ToConn.GetFrames() {
+			burst += messages.HeaderSize + len(f.Body)
+			frames++
+		}
+	}
+	if frames < 2 || burst > cfg.WindowBytes+1024 {
+		t.Fatalf("login burst of %d frames, %d bytes: over the window of %d bytes", frames, burst, cfg.WindowBytes)
+	}
+	pull, _ := proto.Marshal(&devicepb.Pull{})
+	d.Frame(now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdPull), Seq: 9, Body: pull})
+	effs := d.Effects()
+	if len(effs) != 1 || len(effs[0].ToConn.Frames) != 1 {
+		t.Fatalf("PULL answered with %d effects", len(effs))
+	}
+	if f := effs[0].ToConn.Frames[0]; messages.HeaderSize+len(f.Body) > cfg.WindowBytes+1024 {
+		t.Fatalf("PULL_ACK of %d bytes: over the window of %d bytes", messages.HeaderSize+len(f.Body), cfg.WindowBytes)
+	}
+}
+
+// TestRecentKeysKeptUntilDurable: an idempotency key the machine has
+// accepted is found in memory until its record is durable, however many
+// keys came since; the store cannot answer for it before. Once durable,
+// keys may leave memory (the store has them).
+func TestRecentKeysKeptUntilDurable(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.InboxMaxMessages = 10_000
+	key := func(i int) string { return fmt.Sprintf("order-%d", i) }
+	h.d.Push(h.now, ReplyTo{"api", 1}, &actorpb.Push{Stored: true, IdempotencyKey: key(0)}, nil)
+	inFlight := h.d.TakeWrite() // the first write stays in flight
+	const n = 3 * maxRecentIdem
+	for i := 1; i < n; i++ {
+		h.d.Push(h.now, ReplyTo{"api", uint64(i + 1)}, &actorpb.Push{Stored: true, IdempotencyKey: key(i)}, nil)
+	}
+	// Retries of every key, before anything is durable: the store has
+	// none of them (the caller passes no record).
+	for i := range n {
+		if !h.d.KnowsIdempotencyKey(PushKey(key(i))) {
+			t.Fatalf("key %d forgotten before its record is durable", i)
+		}
+		h.d.Push(h.now, ReplyTo{"api", uint64(n + i + 1)}, &actorpb.Push{Stored: true, IdempotencyKey: key(i)}, nil)
+	}
+	if h.d.Pending() != n {
+		t.Fatalf("%d messages stored for %d keys", h.d.Pending(), n)
+	}
+	if inFlight == nil || len(inFlight.Idem) != 1 {
+		t.Fatalf("first write %+v", inFlight)
+	}
+	h.d.WriteDone(nil)
+	h.settle()
+	h.d.Push(h.now, ReplyTo{"api", 9999}, &actorpb.Push{Stored: true, IdempotencyKey: "one-more"}, nil)
+	h.settle()
+	if len(h.d.recentIdem) > maxRecentIdem {
+		t.Fatalf("%d keys in memory once durable, want at most %d", len(h.d.recentIdem), maxRecentIdem)
+	}
+}
+
+// TestFencedWriteAnswersMovedAndDeliversNothing: every write carries the
+// snapshot's owner epoch; when the store fences one (another activation
+// claimed the identity), the machine answers every waiting caller with a
+// retryable failure that says the identity moved, delivers nothing more,
+// and reports itself fenced.
+func TestFencedWriteAnswersMovedAndDeliversNothing(t *testing.T) {
+	cfg := DefaultConfig()
+	d := NewDevice(&cfg, store.Identity{App: 1, UID: "u"}, &store.Snapshot{Owner: 7}, nil, func() string { return "m" })
+	now := time.Now()
+	d.Login(now, &actorpb.DeviceLogin{Conn: conn(1), FrameSeq: 1, Login: &devicepb.Login{Uid: "u"}})
+	w := d.TakeWrite()
+	if w.Owner != 7 {
+		t.Fatalf("write owner %d, want the snapshot's 7", w.Owner)
+	}
+	d.Push(now, ReplyTo{"api", 1}, &actorpb.Push{Stored: true, Payload: []byte("x"), IdempotencyKey: "k"}, nil)
+	d.C2C(now, &actorpb.C2CSend{ReplyTo: conn(2), FromUid: "v", FrameSeq: 3, C2C: &devicepb.C2C{ToUid: "u", ClientMsgId: "c"}}, nil)
+	d.WriteDone(fmt.Errorf("commit: %w", store.ErrFenced))
+	if !d.Fenced() || !d.Broken() {
+		t.Fatal("a fenced write must leave the machine fenced and broken")
+	}
+	var replies, acks int
+	for _, e := range d.Effects() {
+		if f := e.Reply.GetFailure(); f != nil {
+			replies++
+			if f.Code != int32(codes.Unavailable) || f.Message != Moved {
+				t.Fatalf("waiting push answered %v", f)
+			}
+			continue
+		}
+		for _, f := range e.ToConn.GetFrames() {
+			switch messages.Cmd(f.Cmd) {
+			case messages.CmdC2CAck:
+				if a := body(t, f, &devicepb.C2CAck{}); a.Code != devicepb.Code_STORE_UNAVAILABLE {
+					t.Fatalf("waiting C2C answered %v", a)
+				}
+				acks++
+			case messages.CmdLoginAck:
+				if a := body(t, f, &devicepb.LoginAck{}); a.Code != devicepb.Code_STORE_UNAVAILABLE {
+					t.Fatalf("waiting login answered %v", a)
+				}
+				acks++
+			default:
+				t.Fatalf("a fenced machine delivered %v", messages.Cmd(f.Cmd))
+			}
+		}
+	}
+	if replies != 1 || acks != 2 {
+		t.Fatalf("%d replies and %d device answers, want 1 and 2", replies, acks)
+	}
+	if d.TakeWrite() != nil || d.TakeDetached() != nil {
+		t.Fatal("a fenced machine wrote again")
+	}
+}

@@ -10,17 +10,28 @@ import (
 // every mailbox run; a device actor's run is short and deep, so that
 // goroutine spends more time growing its stack than handling the message
 // (a sixth of the node's CPU under load). Workers keep their grown
-// stacks. When every worker is busy and the queue is full, Schedule falls
-// back to a new goroutine rather than block the sender.
+// stacks.
+//
+// Schedule never blocks the sender (a gate event loop, a timer, the
+// store's committer) and never starts a goroutine: when every worker is
+// busy and the queue is full, the run waits in an overflow list that the
+// workers drain before they take new work. Both hold at most one run per
+// mailbox (a mailbox schedules itself again only after its run started),
+// so they are bounded by the number of actors, not by the traffic.
 //
 // Only Courier's own actors use it: none of them ever waits for another
-// actor, so a worker is never blocked on work queued behind it.
+// actor, and none blocks on the store's commit (actors.WriteBudget), so a
+// worker is never blocked on work queued behind it.
 type poolDispatcher struct {
 	work       chan func()
 	throughput int
 	stopped    atomic.Bool
 	quit       chan struct{}
 	wg         sync.WaitGroup
+
+	mu       sync.Mutex
+	overflow []func()
+	nOver    atomic.Int64 // len(overflow), read without the lock
 }
 
 func newPoolDispatcher(workers, queue, throughput int) *poolDispatcher {
@@ -32,9 +43,17 @@ func newPoolDispatcher(workers, queue, throughput int) *poolDispatcher {
 	return d
 }
 
+func nop() {}
+
 func (d *poolDispatcher) loop() {
 	defer d.wg.Done()
 	for {
+		if d.nOver.Load() > 0 {
+			if fn := d.popOverflow(); fn != nil {
+				fn()
+				continue
+			}
+		}
 		select {
 		case fn := <-d.work:
 			fn()
@@ -44,16 +63,47 @@ func (d *poolDispatcher) loop() {
 	}
 }
 
+func (d *poolDispatcher) popOverflow() func() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.overflow) == 0 {
+		return nil
+	}
+	fn := d.overflow[0]
+	d.overflow[0] = nil
+	d.overflow = d.overflow[1:]
+	d.nOver.Add(-1)
+	return fn
+}
+
 // Schedule implements actor.Dispatcher.
 func (d *poolDispatcher) Schedule(fn func()) {
-	if !d.stopped.Load() {
-		select {
-		case d.work <- fn:
-			return
-		default:
-		}
+	if d.stopped.Load() {
+		// The workers are gone (the node is stopping): the run still
+		// happens, so that no message is left unhandled.
+		go fn()
+		return
 	}
-	go fn()
+	select {
+	case d.work <- fn:
+		return
+	default:
+	}
+	d.mu.Lock()
+	d.overflow = append(d.overflow, fn)
+	d.nOver.Add(1)
+	d.mu.Unlock()
+	if d.stopped.Load() {
+		d.drainOverflow() // stop may have drained before the append
+		return
+	}
+	// A worker that found the overflow empty and then waits on an empty
+	// queue would not see it: wake one. If the queue is full instead, the
+	// workers are busy and look at the overflow before their next run.
+	select {
+	case d.work <- nop:
+	default:
+	}
 }
 
 // Throughput implements actor.Dispatcher: messages a mailbox handles
@@ -73,7 +123,14 @@ func (d *poolDispatcher) stop() {
 		case fn := <-d.work:
 			go fn()
 		default:
+			d.drainOverflow()
 			return
 		}
+	}
+}
+
+func (d *poolDispatcher) drainOverflow() {
+	for fn := d.popOverflow(); fn != nil; fn = d.popOverflow() {
+		go fn()
 	}
 }

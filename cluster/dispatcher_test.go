@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -9,33 +10,41 @@ import (
 	"github.com/courier-im/courier/messages/actorpb"
 )
 
-func TestPoolDispatcherRunsEverything(t *testing.T) {
+// TestPoolDispatcherNeverBlocksNorSpawns: with every worker blocked and
+// the queue full, Schedule neither blocks the sender nor starts a
+// goroutine per run (it used to, without bound); everything runs once the
+// workers are free, and after stop.
+func TestPoolDispatcherNeverBlocksNorSpawns(t *testing.T) {
 	d := newPoolDispatcher(2, 4, 10)
 	var ran atomic.Int64
 	var wg sync.WaitGroup
 	block := make(chan struct{})
-	// Two blocked workers and a full queue: Schedule must not block; the
-	// overflow runs on goroutines of its own.
 	for range 2 {
 		wg.Add(1)
 		d.Schedule(func() { defer wg.Done(); <-block; ran.Add(1) })
 	}
-	for range 20 {
-		wg.Add(1)
-		done := make(chan struct{})
-		go func() {
+	time.Sleep(50 * time.Millisecond) // both workers are in their blocked runs
+	before := runtime.NumGoroutine()
+	const runs = 1000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range runs {
+			wg.Add(1)
 			d.Schedule(func() { defer wg.Done(); ran.Add(1) })
-			close(done)
-		}()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Fatal("Schedule blocked while every worker was busy")
 		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Schedule blocked while every worker was busy")
+	}
+	if grown := runtime.NumGoroutine() - before; grown > 10 {
+		t.Fatalf("%d goroutines started for %d runs waiting for a worker", grown, runs)
 	}
 	close(block)
 	wg.Wait()
-	if ran.Load() != 22 || d.Throughput() != 10 {
+	if ran.Load() != runs+2 || d.Throughput() != 10 {
 		t.Fatalf("ran %d, throughput %d", ran.Load(), d.Throughput())
 	}
 	d.stop()

@@ -7,4 +7,20 @@
 // library silently loses such sends) and no send waits for the library's
 // 5 s activation round trip; requests are correlated without the library's
 // futures, whose late replies race.
+//
+// It also knows which gate instances are alive (AddGate, RemoveGate,
+// GateAlive): the local gate's, and, fed by membership, other members'.
+// When one goes away every identity actor in memory is told (a GateDown
+// envelope), and actors that load later check their session against the
+// set, so a session on a gate that is gone is over at once.
+//
+// Goroutines and what may be lost: actor mailboxes run on a fixed pool of
+// workers (poolDispatcher) that never grows; when it is busy, runs wait in
+// a list bounded by the number of actors. Envelopes are counted per
+// identity under a shard lock, and an actor stops (passivates) only when
+// it has received every envelope counted for it, so passivation loses
+// nothing; an actor retired after its store write was fenced hands the
+// envelopes that still reach it back to routing. One-way envelopes to a
+// node that is gone are lost (requests time out with ErrNoReply); what
+// they carried is repeated by their sender or corrected at the next load.
 package cluster

@@ -75,6 +75,25 @@ func (s *System) Passivate(app uint16, uid string, pid *actor.PID, seen uint64) 
 	s.actors.Root.Poison(pid)
 }
 
+// Retire stops an identity's actor at once (actors.Router): its
+// identity's next envelope activates a fresh actor. It is for an actor
+// that must not go on (another activation claimed its identity); the
+// envelopes already sent to it still reach it, and it sends them back
+// through Send. pid is the caller's own PID.
+func (s *System) Retire(app uint16, uid string, pid *actor.PID) {
+	k := childKey{app, uid}
+	sh := &s.local[shard(identityHash(app, uid), len(s.local))]
+	sh.mu.Lock()
+	c, ok := sh.children[k]
+	if ok && c.pid.Id == pid.Id {
+		delete(sh.children, k)
+		s.metrics.active.Dec()
+		s.metrics.retired.Inc()
+	}
+	sh.mu.Unlock()
+	s.actors.Root.Poison(pid)
+}
+
 // dropMoved stops the local actors of identities another member owns now.
 // Their state is in the store; they come back on the owner at their next
 // envelope.

@@ -8,6 +8,8 @@ type metrics struct {
 	activations     prometheus.Counter
 	passivations    prometheus.Counter
 	moved           prometheus.Counter
+	retired         prometheus.Counter
+	gates           prometheus.Gauge
 	forwarded       prometheus.Counter
 	requestTimeouts prometheus.Counter
 	undeliverable   prometheus.Counter
@@ -26,6 +28,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Identity actors that left memory after being idle."}),
 		moved: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_actors_moved_total",
 			Help: "Identity actors stopped here because another member owns them now."}),
+		retired: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_actors_retired_total",
+			Help: "Identity actors stopped because another activation claimed their identity in the store."}),
+		gates: prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_cluster_gates",
+			Help: "Gate instances this node knows to be alive; sessions on any other are ended."}),
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_forwarded_total",
 			Help: "Envelopes forwarded to another member during a topology change."}),
 		requestTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_request_timeouts_total",
@@ -36,7 +42,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Deliveries to connections that were gone; the identity's actor was told."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.forwarded,
+		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.retired, m.gates, m.forwarded,
 			m.requestTimeouts, m.undeliverable, m.staleConns)
 	}
 	return m

@@ -64,8 +64,12 @@ type System struct {
 
 	placement atomic.Pointer[placement]
 	gate      atomic.Pointer[gateHolder]
-	replies   replyRegistry
-	metrics   *metrics
+	// gates are the ids of the gate instances known to be alive: the
+	// local gate's, and (fed by membership) other members'.
+	gatesMu sync.RWMutex
+	gates   map[string]struct{}
+	replies replyRegistry
+	metrics *metrics
 
 	dispatcher *poolDispatcher
 	local      []localShard
@@ -88,7 +92,7 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &System{cfg: cfg, log: log, newChild: newChild, metrics: newMetrics(reg),
+	s := &System{cfg: cfg, log: log, newChild: newChild, metrics: newMetrics(reg), gates: map[string]struct{}{},
 		dispatcher: newPoolDispatcher(4*runtime.GOMAXPROCS(0), 1<<16, 300)}
 	s.placement.Store(newPlacement(nil, cfg.Shards, 0))
 	if newChild != nil {
@@ -235,8 +239,59 @@ func (s *System) Members() []string {
 }
 
 // SetGate registers the node's gate, to which ToConn messages for this
-// node's connections are delivered.
-func (s *System) SetGate(g GateSink) { s.gate.Store(&gateHolder{g}) }
+// node's connections are delivered, and adds its instance to the live
+// gates.
+func (s *System) SetGate(g GateSink) {
+	s.gate.Store(&gateHolder{g})
+	s.AddGate(g.GateID())
+}
+
+// AddGate records that the gate instance id is alive. Sessions on gate
+// instances that are not recorded are taken for ended (GateAlive).
+func (s *System) AddGate(id string) {
+	s.gatesMu.Lock()
+	s.gates[id] = struct{}{}
+	n := len(s.gates)
+	s.gatesMu.Unlock()
+	s.metrics.gates.Set(float64(n))
+}
+
+// RemoveGate records that the gate instance id is gone (its member left,
+// or the gate stopped), and tells every identity actor in this node's
+// memory (a GateDown envelope), so that a session on it ends at once. An
+// identity not in memory finds out when it next loads.
+func (s *System) RemoveGate(id string) {
+	s.gatesMu.Lock()
+	_, ok := s.gates[id]
+	delete(s.gates, id)
+	n := len(s.gates)
+	s.gatesMu.Unlock()
+	if !ok {
+		return
+	}
+	s.metrics.gates.Set(float64(n))
+	told := 0
+	for i := range s.local {
+		sh := &s.local[i]
+		sh.mu.Lock()
+		for k, c := range sh.children {
+			c.forwarded++
+			s.actors.Root.Send(c.pid, &actorpb.Envelope{AppCode: uint32(k.app), Uid: k.uid,
+				Body: &actorpb.Envelope_GateDown{GateDown: &actorpb.GateDown{GateId: id}}})
+			told++
+		}
+		sh.mu.Unlock()
+	}
+	s.log.Info("cluster: gate instance gone", "gate_id", id, "actors_told", told)
+}
+
+// GateAlive reports whether the gate instance id is alive (actors.Gates).
+func (s *System) GateAlive(id string) bool {
+	s.gatesMu.RLock()
+	_, ok := s.gates[id]
+	s.gatesMu.RUnlock()
+	return ok
+}
 
 // Send delivers env to the actor of its identity, wherever it lives.
 func (s *System) Send(env *actorpb.Envelope) { s.route(env) }

@@ -37,12 +37,18 @@ func (e *echo) Receive(ctx actor.Context) {
 		e.sys.Reply(env.ReplyAddress, &actorpb.Reply{ReqId: env.ReqId, Body: &actorpb.Reply_Presence{
 			Presence: &actorpb.PresenceReply{Pending: uint32(e.seen)}}})
 	case *actorpb.Envelope_Kick:
-		// Asks to leave memory; a stale count must be refused.
-		e.sys.Passivate(e.app, e.uid, ctx.Self(), e.seen-1)
-		e.sys.Passivate(e.app, e.uid, ctx.Self(), e.seen)
+		if b.Kick.Detail == "retire" {
+			e.sys.Retire(e.app, e.uid, ctx.Self())
+		} else {
+			// Asks to leave memory; a stale count must be refused.
+			e.sys.Passivate(e.app, e.uid, ctx.Self(), e.seen-1)
+			e.sys.Passivate(e.app, e.uid, ctx.Self(), e.seen)
+		}
 		e.sys.Reply(env.ReplyAddress, &actorpb.Reply{ReqId: env.ReqId, Body: &actorpb.Reply_Kick{Kick: &actorpb.KickReply{}}})
 	case *actorpb.Envelope_Closed:
 		e.log.Store(env.Uid, b.Closed.Reason)
+	case *actorpb.Envelope_GateDown:
+		e.log.Store(env.Uid, "gate down "+b.GateDown.GateId)
 	}
 }
 
@@ -148,5 +154,40 @@ func TestSystemOneMember(t *testing.T) {
 	g.mu.Unlock()
 	if testutil.ToFloat64(sys.metrics.staleConns) != 2 {
 		t.Fatalf("stale deliveries %v", testutil.ToFloat64(sys.metrics.staleConns))
+	}
+
+	// Gate liveness: the local gate is alive once set; when it goes away
+	// every actor in memory hears of it, and counts the envelope (it can
+	// still passivate).
+	if !sys.GateAlive("gate-1") || sys.GateAlive("an-earlier-run") {
+		t.Fatal("live gates: the local gate's instance only")
+	}
+	sys.AddGate("gate-of-another-member")
+	sys.RemoveGate("gate-1")
+	if sys.GateAlive("gate-1") || !sys.GateAlive("gate-of-another-member") {
+		t.Fatal("RemoveGate did not remove exactly that gate")
+	}
+	for _, uid := range []string{"bob", "many", "carol", "dave"} {
+		testkit.Eventually(t, 5*time.Second, func() bool {
+			v, _ := closes.Load(uid)
+			return v == "gate down gate-1"
+		}, "the actor of "+uid+" was not told that its gate is gone")
+	}
+	passivated := testutil.ToFloat64(sys.metrics.passivations)
+	if _, err := sys.Request(ctx, &actorpb.Envelope{AppCode: 1, Uid: "bob", Body: &actorpb.Envelope_Kick{Kick: &actorpb.Kick{}}}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return testutil.ToFloat64(sys.metrics.passivations) == passivated+1 },
+		"bob did not passivate after the gate's broadcast")
+
+	// Retire: the actor leaves at once; the next envelope activates a
+	// fresh one.
+	presence("erin")
+	presence("erin")
+	if _, err := sys.Request(ctx, &actorpb.Envelope{AppCode: 1, Uid: "erin", Body: &actorpb.Envelope_Kick{Kick: &actorpb.Kick{Detail: "retire"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := presence("erin"); got != 1 || testutil.ToFloat64(sys.metrics.retired) != 1 {
+		t.Fatalf("after Retire the next envelope reached an actor that saw %d (retired %v)", got, testutil.ToFloat64(sys.metrics.retired))
 	}
 }

@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -58,10 +59,20 @@ func (b *bridge) Frame(c gate.ConnInfo, h messages.Header, body []byte) {
 		if err := proto.Unmarshal(body, &m); err != nil {
 			return // the gate checked the body decodes
 		}
+		if len(m.ClientMsgId) > actors.MaxClientMsgIDLen {
+			b.reply(c, h, messages.CmdC2SAck, &devicepb.C2SAck{Code: devicepb.Code_CLIENT_MSG_ID_TOO_LONG,
+				ClientMsgId: m.ClientMsgId, Reason: clientIDTooLong(len(m.ClientMsgId))})
+			return
+		}
 		b.reply(c, h, messages.CmdC2SAck, b.c2s(c, h, &m))
 	case messages.CmdC2C:
 		var m devicepb.C2C
 		if err := proto.Unmarshal(body, &m); err != nil {
+			return
+		}
+		if len(m.ClientMsgId) > actors.MaxClientMsgIDLen {
+			b.reply(c, h, messages.CmdC2CAck, &devicepb.C2CAck{Code: devicepb.Code_CLIENT_MSG_ID_TOO_LONG,
+				ClientMsgId: m.ClientMsgId, Reason: clientIDTooLong(len(m.ClientMsgId))})
 			return
 		}
 		if m.ToUid == "" || len(m.ToUid) > store.MaxUIDLen || m.ToUid == c.UID {
@@ -83,6 +94,10 @@ func (b *bridge) Frame(c gate.ConnInfo, h messages.Header, body []byte) {
 			Conn: b.ref(c.ID), Epoch: c.Epoch, Cmd: uint32(h.Cmd), Msgtype: uint32(h.MsgType), Seq: h.Seq, Body: bytes.Clone(body),
 		}}})
 	}
+}
+
+func clientIDTooLong(n int) string {
+	return fmt.Sprintf("client_msg_id of %d bytes: at most %d", n, actors.MaxClientMsgIDLen)
 }
 
 // c2s hands a C2S to the upstream router (never through the device

@@ -113,6 +113,19 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 		// The heartbeat is the gate's setting.
 		return nil, nil, errors.New(strings.Replace(err.Error(), "actors.heartbeat", "gate.heartbeat-interval", 1))
 	}
+	// The login burst (LOGIN_ACK and a window of messages) and one
+	// PULL_ACK or round of redeliveries must fit the gate's queues for a
+	// connection together, whatever the messages contain: a window counts
+	// whole entries, and one message above the window still goes out (up
+	// to a frame, plus its ids and times).
+	if burst := c.Actors.WindowBytes + int(c.Gate.MaxFrameSize) + 4096; 2*burst > c.Gate.OutQueueBytes || 2*burst > c.Gate.MaxOutboundBuffered {
+		return nil, nil, fmt.Errorf("node: actors.window-bytes %d: two windows and a frame each (%d bytes with gate.max-frame-size %d) must fit gate.out-queue-bytes (%d) and gate.max-outbound-buffered (%d)",
+			c.Actors.WindowBytes, 2*burst, c.Gate.MaxFrameSize, c.Gate.OutQueueBytes, c.Gate.MaxOutboundBuffered)
+	}
+	if 2*(c.Actors.Window+1) > c.Gate.OutQueueFrames {
+		return nil, nil, fmt.Errorf("node: actors.window %d: two windows and their LOGIN_ACK (%d frames) must fit gate.out-queue-frames (%d)",
+			c.Actors.Window, 2*(c.Actors.Window+1), c.Gate.OutQueueFrames)
+	}
 	if c.API.DefaultTTL > c.API.MaxTTL {
 		return nil, nil, fmt.Errorf("node: api.default-ttl %v: more than api.max-ttl %v", c.API.DefaultTTL, c.API.MaxTTL)
 	}

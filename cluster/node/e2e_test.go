@@ -390,9 +390,15 @@ func TestPassivationKeepsInbox(t *testing.T) {
 	}
 }
 
+var activeRe = regexp.MustCompile(`(?m)^courier_actors_active (\d+)`)
+
 func testRestart(t *testing.T, sig syscall.Signal) {
-	n := testkit.StartNode(t, testkit.NodeOptions{})
+	// Short passivation: every identity of this test leaves memory soon
+	// after its last message, unless something keeps it (a ghost session).
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--actors.passivate-after", "300ms"}})
 	api := n.API(t)
+	// olga is online when the node stops, and never comes back.
+	n.Device(t, 1, "olga")
 	const count = 200
 	reqs := &apipb.PushManyRequest{}
 	for i := range count {
@@ -409,6 +415,9 @@ func testRestart(t *testing.T, sig syscall.Signal) {
 	}
 	n.Stop(sig)
 	n.Restart()
+	restarted := time.Now()
+	api = n.API(t)
+	expectGhostGone(t, n, api, "olga", restarted)
 	d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
 	ack := d.Login("nora", testkit.Token(t, 1, "nora"), false)
 	if ack.Pending != count {
@@ -449,6 +458,46 @@ func testRestart(t *testing.T, sig syscall.Signal) {
 			t.Fatalf("redelivery seq %d payload %q", seq, m.Payload)
 		}
 	}
+}
+
+// expectGhostGone checks that uid, online when the node stopped, is
+// offline after the restart: presence says so within 2 s, a stored push
+// answers online=false, a fire-and-forget push is counted dropped and not
+// delivered, and the identity leaves memory (nothing is in flight to a
+// session that no longer exists).
+func expectGhostGone(t *testing.T, n *testkit.Node, api apipb.CourierClient, uid string, restarted time.Time) {
+	t.Helper()
+	var online bool
+	for {
+		pr, err := api.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: []string{uid}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if online = pr.Entries[0].Online; !online || time.Since(restarted) > 2*time.Second {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if online {
+		t.Fatalf("%s still online 2 s after the restart", uid)
+	}
+	if r := push(t, api, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("stored")}); r.Online {
+		t.Fatalf("stored push to %s after the restart answered online", uid)
+	}
+	const ffType = 77
+	if r := push(t, api, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Msgtype: ffType, Payload: []byte("gps"),
+		Delivery: apipb.Delivery_DELIVERY_FIRE_AND_FORGET}); r.Online {
+		t.Fatalf("fire-and-forget push to %s after the restart answered online", uid)
+	}
+	st, err := api.Stats(testkit.Ctx(t, testkit.App1Key), &apipb.StatsRequest{AppCode: 1, Msgtypes: []uint32{ffType}})
+	if err != nil || len(st.Msgtypes) != 1 {
+		t.Fatalf("stats: %v %v", st, err)
+	}
+	if tot := st.Msgtypes[0].Total; tot.Dropped != 1 || tot.Delivered != 0 {
+		t.Fatalf("fire-and-forget to a ghost: dropped %d delivered %d, want 1 and 0", tot.Dropped, tot.Delivered)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return metric(t, n, activeRe) == 0 },
+		"an identity stayed in memory after the restart (a ghost session keeps it busy)")
 }
 
 func TestRestartAfterSIGTERM(t *testing.T) { testRestart(t, syscall.SIGTERM) }

@@ -74,8 +74,12 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	commitErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_commit_errors_total",
 		Help: "Group commits that failed (their writes were refused)."})
 	n.reg.MustRegister(commitSeconds, batchWrites, commitErrors)
+	// Every lane of the commit queue holds the actors' whole write budget,
+	// so that submitting a write never waits (actors.WriteBudget).
+	const lanes = 2
 	n.store, err = store.OpenPebble(store.PebbleConfig{
 		Dir: filepath.Join(cfg.DataDir, "inbox"), NoSync: cfg.StoreNoSync,
+		Lanes: lanes, QueueLen: lanes * cfg.Actors.MaxPendingWrites,
 		Observe: func(writes int, d time.Duration, err error) {
 			commitSeconds.Observe(d.Seconds())
 			batchWrites.Observe(float64(writes))
@@ -97,7 +101,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	deps.Router = n.sys
+	deps.Router, deps.Gates = n.sys, n.sys
 
 	gcfg := cfg.Gate
 	gcfg.AppSecrets = secrets

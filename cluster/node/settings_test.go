@@ -84,6 +84,12 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.Upstream.AppMaxBytes = 1000 }, "upstream.app-max-bytes")
 	bad(func(c *Config) { c.Upstream.MaxBytes = c.Upstream.AppMaxBytes - 1 }, "upstream.max-bytes")
 	bad(func(c *Config) { c.API.MaxPayload = 1 << 20 }, "api.max-payload")
+	bad(func(c *Config) { c.Actors.C2CSenderMaxMessages = c.Actors.C2CMaxMessages + 1 }, "actors.c2c-sender-max-messages")
+	bad(func(c *Config) { c.Actors.MaxPendingWrites = 0 }, "actors.max-pending-writes")
+	// The login burst and a PULL_ACK must fit the gate's queue for a
+	// connection, whatever the messages contain.
+	bad(func(c *Config) { c.Actors.WindowBytes = 512 << 10 }, "actors.window-bytes")
+	bad(func(c *Config) { c.Actors.Window = 600 }, "actors.window")
 	bad(func(c *Config) { c.API.MaxRequestBytes = 1 << 10 }, "api.max-request-bytes")
 	bad(func(c *Config) { c.API.MaxConcurrentStreams = 0 }, "api.max-concurrent-streams")
 	bad(func(c *Config) { c.API.KeepaliveMinTime = 0 }, "api.keepalive-min-time")

@@ -711,6 +711,7 @@ type Envelope struct {
 	//	*Envelope_Kick
 	//	*Envelope_Presence
 	//	*Envelope_Sweep
+	//	*Envelope_GateDown
 	Body          isEnvelope_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -860,6 +861,15 @@ func (x *Envelope) GetSweep() *Sweep {
 	return nil
 }
 
+func (x *Envelope) GetGateDown() *GateDown {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_GateDown); ok {
+			return x.GateDown
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Body interface {
 	isEnvelope_Body()
 }
@@ -896,6 +906,10 @@ type Envelope_Sweep struct {
 	Sweep *Sweep `protobuf:"bytes,17,opt,name=sweep,proto3,oneof"`
 }
 
+type Envelope_GateDown struct {
+	GateDown *GateDown `protobuf:"bytes,18,opt,name=gate_down,json=gateDown,proto3,oneof"`
+}
+
 func (*Envelope_Login) isEnvelope_Body() {}
 
 func (*Envelope_Frame) isEnvelope_Body() {}
@@ -912,6 +926,56 @@ func (*Envelope_Presence) isEnvelope_Body() {}
 
 func (*Envelope_Sweep) isEnvelope_Body() {}
 
+func (*Envelope_GateDown) isEnvelope_Body() {}
+
+// GateDown tells an identity's actor that a gate instance is gone, so a
+// session on it has ended without a DeviceClosed. The routing layer sends
+// it to every actor in its memory when a gate instance leaves its set of
+// live gates; an actor not in memory finds out when it loads.
+type GateDown struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GateId        string                 `protobuf:"bytes,1,opt,name=gate_id,json=gateId,proto3" json:"gate_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GateDown) Reset() {
+	*x = GateDown{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GateDown) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GateDown) ProtoMessage() {}
+
+func (x *GateDown) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GateDown.ProtoReflect.Descriptor instead.
+func (*GateDown) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GateDown) GetGateId() string {
+	if x != nil {
+		return x.GateId
+	}
+	return ""
+}
+
 // Sweep asks an identity's actor to drop its expired messages (sent by the
 // node's background sweep of the inbox store, for identities that hold
 // expired messages and may never come back).
@@ -923,7 +987,7 @@ type Sweep struct {
 
 func (x *Sweep) Reset() {
 	*x = Sweep{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[9]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +999,7 @@ func (x *Sweep) String() string {
 func (*Sweep) ProtoMessage() {}
 
 func (x *Sweep) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[9]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1012,7 @@ func (x *Sweep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sweep.ProtoReflect.Descriptor instead.
 func (*Sweep) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{9}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{10}
 }
 
 // Reply answers an Envelope that carried a req_id.
@@ -968,7 +1032,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1044,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1057,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{10}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Reply) GetReqId() uint64 {
@@ -1085,7 +1149,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1161,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1174,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{11}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Failure) GetCode() int32 {
@@ -1141,7 +1205,7 @@ type Push struct {
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1217,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1230,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Push) GetMsgtype() uint32 {
@@ -1226,7 +1290,7 @@ type PushReply struct {
 
 func (x *PushReply) Reset() {
 	*x = PushReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1302,7 @@ func (x *PushReply) String() string {
 func (*PushReply) ProtoMessage() {}
 
 func (x *PushReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1315,7 @@ func (x *PushReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushReply.ProtoReflect.Descriptor instead.
 func (*PushReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PushReply) GetCode() int32 {
@@ -1306,7 +1370,7 @@ type Kick struct {
 
 func (x *Kick) Reset() {
 	*x = Kick{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1382,7 @@ func (x *Kick) String() string {
 func (*Kick) ProtoMessage() {}
 
 func (x *Kick) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1395,7 @@ func (x *Kick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kick.ProtoReflect.Descriptor instead.
 func (*Kick) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Kick) GetReason() devicepb.KickReason {
@@ -1357,7 +1421,7 @@ type KickReply struct {
 
 func (x *KickReply) Reset() {
 	*x = KickReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1369,7 +1433,7 @@ func (x *KickReply) String() string {
 func (*KickReply) ProtoMessage() {}
 
 func (x *KickReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1382,7 +1446,7 @@ func (x *KickReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickReply.ProtoReflect.Descriptor instead.
 func (*KickReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *KickReply) GetWasOnline() bool {
@@ -1400,7 +1464,7 @@ type PresenceQuery struct {
 
 func (x *PresenceQuery) Reset() {
 	*x = PresenceQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1476,7 @@ func (x *PresenceQuery) String() string {
 func (*PresenceQuery) ProtoMessage() {}
 
 func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1489,7 @@ func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceQuery.ProtoReflect.Descriptor instead.
 func (*PresenceQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
 }
 
 type PresenceReply struct {
@@ -1445,7 +1509,7 @@ type PresenceReply struct {
 
 func (x *PresenceReply) Reset() {
 	*x = PresenceReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1521,7 @@ func (x *PresenceReply) String() string {
 func (*PresenceReply) ProtoMessage() {}
 
 func (x *PresenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1534,7 @@ func (x *PresenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceReply.ProtoReflect.Descriptor instead.
 func (*PresenceReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PresenceReply) GetOnline() bool {
@@ -1554,7 +1618,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1566,7 +1630,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1579,7 +1643,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -1660,7 +1724,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1736,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1749,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -1727,7 +1791,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +1803,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +1816,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -1830,7 +1894,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +1906,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +1919,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -1935,7 +1999,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\bapp_code\x18\x02 \x01(\rR\aappCode\x12\x10\n" +
 	"\x03uid\x18\x03 \x01(\tR\x03uid\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12\x12\n" +
-	"\x04zstd\x18\x05 \x01(\bR\x04zstd\"\xb2\x04\n" +
+	"\x04zstd\x18\x05 \x01(\bR\x04zstd\"\xed\x04\n" +
 	"\bEnvelope\x12\x19\n" +
 	"\bapp_code\x18\x01 \x01(\rR\aappCode\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x15\n" +
@@ -1950,8 +2014,11 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\x04push\x18\x0e \x01(\v2\x16.courier.actor.v1.PushH\x00R\x04push\x12,\n" +
 	"\x04kick\x18\x0f \x01(\v2\x16.courier.actor.v1.KickH\x00R\x04kick\x12=\n" +
 	"\bpresence\x18\x10 \x01(\v2\x1f.courier.actor.v1.PresenceQueryH\x00R\bpresence\x12/\n" +
-	"\x05sweep\x18\x11 \x01(\v2\x17.courier.actor.v1.SweepH\x00R\x05sweepB\x06\n" +
-	"\x04body\"\a\n" +
+	"\x05sweep\x18\x11 \x01(\v2\x17.courier.actor.v1.SweepH\x00R\x05sweep\x129\n" +
+	"\tgate_down\x18\x12 \x01(\v2\x1a.courier.actor.v1.GateDownH\x00R\bgateDownB\x06\n" +
+	"\x04body\"#\n" +
+	"\bGateDown\x12\x17\n" +
+	"\agate_id\x18\x01 \x01(\tR\x06gateId\"\a\n" +
 	"\x05Sweep\"\x82\x02\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
@@ -2042,7 +2109,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),           // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),       // 1: courier.actor.v1.DeviceLogin
@@ -2053,58 +2120,60 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ToConn)(nil),            // 6: courier.actor.v1.ToConn
 	(*LoginOutcome)(nil),      // 7: courier.actor.v1.LoginOutcome
 	(*Envelope)(nil),          // 8: courier.actor.v1.Envelope
-	(*Sweep)(nil),             // 9: courier.actor.v1.Sweep
-	(*Reply)(nil),             // 10: courier.actor.v1.Reply
-	(*Failure)(nil),           // 11: courier.actor.v1.Failure
-	(*Push)(nil),              // 12: courier.actor.v1.Push
-	(*PushReply)(nil),         // 13: courier.actor.v1.PushReply
-	(*Kick)(nil),              // 14: courier.actor.v1.Kick
-	(*KickReply)(nil),         // 15: courier.actor.v1.KickReply
-	(*PresenceQuery)(nil),     // 16: courier.actor.v1.PresenceQuery
-	(*PresenceReply)(nil),     // 17: courier.actor.v1.PresenceReply
-	(*SessionRecord)(nil),     // 18: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),      // 19: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),        // 20: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil), // 21: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),    // 22: courier.device.v1.Login
-	(*devicepb.C2C)(nil),      // 23: courier.device.v1.C2C
-	(devicepb.KickReason)(0),  // 24: courier.device.v1.KickReason
-	(devicepb.Platform)(0),    // 25: courier.device.v1.Platform
-	(devicepb.Kind)(0),        // 26: courier.device.v1.Kind
+	(*GateDown)(nil),          // 9: courier.actor.v1.GateDown
+	(*Sweep)(nil),             // 10: courier.actor.v1.Sweep
+	(*Reply)(nil),             // 11: courier.actor.v1.Reply
+	(*Failure)(nil),           // 12: courier.actor.v1.Failure
+	(*Push)(nil),              // 13: courier.actor.v1.Push
+	(*PushReply)(nil),         // 14: courier.actor.v1.PushReply
+	(*Kick)(nil),              // 15: courier.actor.v1.Kick
+	(*KickReply)(nil),         // 16: courier.actor.v1.KickReply
+	(*PresenceQuery)(nil),     // 17: courier.actor.v1.PresenceQuery
+	(*PresenceReply)(nil),     // 18: courier.actor.v1.PresenceReply
+	(*SessionRecord)(nil),     // 19: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),      // 20: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),        // 21: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil), // 22: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),    // 23: courier.device.v1.Login
+	(*devicepb.C2C)(nil),      // 24: courier.device.v1.C2C
+	(devicepb.KickReason)(0),  // 25: courier.device.v1.KickReason
+	(devicepb.Platform)(0),    // 26: courier.device.v1.Platform
+	(devicepb.Kind)(0),        // 27: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	22, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	23, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	23, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	24, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
 	2,  // 9: courier.actor.v1.Envelope.frame:type_name -> courier.actor.v1.DeviceFrame
 	3,  // 10: courier.actor.v1.Envelope.closed:type_name -> courier.actor.v1.DeviceClosed
 	4,  // 11: courier.actor.v1.Envelope.c2c:type_name -> courier.actor.v1.C2CSend
-	12, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
-	14, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
-	16, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
-	9,  // 15: courier.actor.v1.Envelope.sweep:type_name -> courier.actor.v1.Sweep
-	13, // 16: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
-	15, // 17: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
-	17, // 18: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
-	11, // 19: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	24, // 20: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 21: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	25, // 22: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	0,  // 23: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	25, // 24: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	18, // 25: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	26, // 26: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	13, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
+	15, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
+	17, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
+	10, // 15: courier.actor.v1.Envelope.sweep:type_name -> courier.actor.v1.Sweep
+	9,  // 16: courier.actor.v1.Envelope.gate_down:type_name -> courier.actor.v1.GateDown
+	14, // 17: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
+	16, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
+	18, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
+	12, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
+	25, // 21: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 22: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	26, // 23: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	0,  // 24: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	26, // 25: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	19, // 26: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	27, // 27: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -2121,8 +2190,9 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Envelope_Kick)(nil),
 		(*Envelope_Presence)(nil),
 		(*Envelope_Sweep)(nil),
+		(*Envelope_GateDown)(nil),
 	}
-	file_courier_actor_v1_actor_proto_msgTypes[10].OneofWrappers = []any{
+	file_courier_actor_v1_actor_proto_msgTypes[11].OneofWrappers = []any{
 		(*Reply_Push)(nil),
 		(*Reply_Kick)(nil),
 		(*Reply_Presence)(nil),
@@ -2134,7 +2204,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

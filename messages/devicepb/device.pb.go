@@ -96,6 +96,9 @@ const (
 	Code_UNAVAILABLE Code = 46
 	// An error the server did not expect; retrying may help.
 	Code_INTERNAL Code = 47
+	// The request's client_msg_id is longer than 128 bytes (C2S, C2C).
+	// Nothing was accepted; do not resend it unchanged.
+	Code_CLIENT_MSG_ID_TOO_LONG Code = 48
 )
 
 // Enum value maps for Code.
@@ -126,33 +129,35 @@ var (
 		45: "STORE_UNAVAILABLE",
 		46: "UNAVAILABLE",
 		47: "INTERNAL",
+		48: "CLIENT_MSG_ID_TOO_LONG",
 	}
 	Code_value = map[string]int32{
-		"OK":                  0,
-		"UNSUPPORTED_VERSION": 1,
-		"FRAME_TOO_LARGE":     2,
-		"BAD_FLAGS":           3,
-		"NOT_LOGGED_IN":       4,
-		"UNKNOWN_COMMAND":     5,
-		"BAD_BODY":            6,
-		"APP_MISMATCH":        7,
-		"RATE_LIMITED":        8,
-		"ALREADY_LOGGED_IN":   9,
-		"SERVER_BUSY":         10,
-		"AUTH_FAILED":         20,
-		"TOKEN_EXPIRED":       21,
-		"UID_BLOCKED":         22,
-		"UNKNOWN_APP":         23,
-		"BAD_UID":             24,
-		"BAD_LOGIN_FIELD":     25,
-		"NO_SUBSCRIBER":       40,
-		"UPSTREAM_BUSY":       41,
-		"BAD_RECEIVER":        42,
-		"RECEIVER_BLOCKED":    43,
-		"INBOX_FULL":          44,
-		"STORE_UNAVAILABLE":   45,
-		"UNAVAILABLE":         46,
-		"INTERNAL":            47,
+		"OK":                     0,
+		"UNSUPPORTED_VERSION":    1,
+		"FRAME_TOO_LARGE":        2,
+		"BAD_FLAGS":              3,
+		"NOT_LOGGED_IN":          4,
+		"UNKNOWN_COMMAND":        5,
+		"BAD_BODY":               6,
+		"APP_MISMATCH":           7,
+		"RATE_LIMITED":           8,
+		"ALREADY_LOGGED_IN":      9,
+		"SERVER_BUSY":            10,
+		"AUTH_FAILED":            20,
+		"TOKEN_EXPIRED":          21,
+		"UID_BLOCKED":            22,
+		"UNKNOWN_APP":            23,
+		"BAD_UID":                24,
+		"BAD_LOGIN_FIELD":        25,
+		"NO_SUBSCRIBER":          40,
+		"UPSTREAM_BUSY":          41,
+		"BAD_RECEIVER":           42,
+		"RECEIVER_BLOCKED":       43,
+		"INBOX_FULL":             44,
+		"STORE_UNAVAILABLE":      45,
+		"UNAVAILABLE":            46,
+		"INTERNAL":               47,
+		"CLIENT_MSG_ID_TOO_LONG": 48,
 	}
 )
 
@@ -1515,7 +1520,7 @@ const file_courier_device_v1_device_proto_rawDesc = "" +
 	"\bhas_more\x18\x03 \x01(\bR\ahasMore\"L\n" +
 	"\x05Error\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.courier.device.v1.CodeR\x04code\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason*\xc9\x03\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason*\xe5\x03\n" +
 	"\x04Code\x12\x06\n" +
 	"\x02OK\x10\x00\x12\x17\n" +
 	"\x13UNSUPPORTED_VERSION\x10\x01\x12\x13\n" +
@@ -1543,7 +1548,8 @@ const file_courier_device_v1_device_proto_rawDesc = "" +
 	"INBOX_FULL\x10,\x12\x15\n" +
 	"\x11STORE_UNAVAILABLE\x10-\x12\x0f\n" +
 	"\vUNAVAILABLE\x10.\x12\f\n" +
-	"\bINTERNAL\x10/*\xaf\x01\n" +
+	"\bINTERNAL\x10/\x12\x1a\n" +
+	"\x16CLIENT_MSG_ID_TOO_LONG\x100*\xaf\x01\n" +
 	"\n" +
 	"KickReason\x12\x1b\n" +
 	"\x17KICK_REASON_UNSPECIFIED\x10\x00\x12\x17\n" +

@@ -1,0 +1,649 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/actors/store"
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/devicepb"
+	"github.com/courier-im/courier/testkit"
+)
+
+// These tests run device actors on a local actor system, with a fake
+// store that can block, fail or fence on demand and a router that keeps a
+// child per identity with the same passivation handshake as the cluster's
+// routing layer.
+
+// fakeStore is an in-memory store.Store. Writes are applied in order by
+// one goroutine, like the real committer.
+type fakeStore struct {
+	mu      sync.Mutex
+	meta    map[store.Identity]*actorpb.IdentityMeta
+	inbox   map[store.Identity]map[uint32]*actorpb.InboxEntry
+	idem    map[store.Identity]map[string]*actorpb.IdempotencyRecord
+	owner   map[store.Identity]uint64
+	writes  []*store.Write // applied, in order
+	qmu     sync.RWMutex   // guards closed against sends on queue
+	closed  bool
+	queue   chan pendingWrite
+	hold    chan struct{} // while not nil, writes wait for it to close
+	release func()        // closes hold
+	held    atomic.Int32  // writes waiting for hold
+	failW   func(*store.Write) error
+	failL   atomic.Int32 // loads to fail
+	panicL  atomic.Int32 // loads to panic in
+	loads   atomic.Int32
+	closeMu sync.Once
+	done    chan struct{}
+}
+
+type pendingWrite struct {
+	w    *store.Write
+	done func(error)
+}
+
+func newFakeStore() *fakeStore {
+	s := &fakeStore{
+		meta:  map[store.Identity]*actorpb.IdentityMeta{},
+		inbox: map[store.Identity]map[uint32]*actorpb.InboxEntry{},
+		idem:  map[store.Identity]map[string]*actorpb.IdempotencyRecord{},
+		owner: map[store.Identity]uint64{},
+		queue: make(chan pendingWrite, 1<<16),
+		done:  make(chan struct{}),
+	}
+	go s.run()
+	return s
+}
+
+func (s *fakeStore) run() {
+	defer close(s.done)
+	for p := range s.queue {
+		s.mu.Lock()
+		hold := s.hold
+		s.mu.Unlock()
+		if hold != nil {
+			s.held.Add(1)
+			<-hold
+			s.held.Add(-1)
+		}
+		p.done(s.apply(p.w))
+	}
+}
+
+// holdWrites makes writes wait until release is called.
+func (s *fakeStore) holdWrites() (release func()) {
+	ch := make(chan struct{})
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.hold = nil
+			s.mu.Unlock()
+			close(ch)
+		})
+	}
+	s.mu.Lock()
+	s.hold, s.release = ch, release
+	s.mu.Unlock()
+	return release
+}
+
+func (s *fakeStore) apply(w *store.Write) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failW != nil {
+		if err := s.failW(w); err != nil {
+			return err
+		}
+	}
+	if w.Owner != s.owner[w.ID] {
+		return store.ErrFenced
+	}
+	if w.Meta != nil {
+		s.meta[w.ID] = proto.Clone(w.Meta).(*actorpb.IdentityMeta)
+	}
+	if s.inbox[w.ID] == nil {
+		s.inbox[w.ID] = map[uint32]*actorpb.InboxEntry{}
+	}
+	for _, e := range w.Put {
+		s.inbox[w.ID][e.Seq] = e
+	}
+	for _, seq := range w.Delete {
+		delete(s.inbox[w.ID], seq)
+	}
+	if s.idem[w.ID] == nil {
+		s.idem[w.ID] = map[string]*actorpb.IdempotencyRecord{}
+	}
+	for _, p := range w.Idem {
+		s.idem[w.ID][p.Key] = p.Record
+	}
+	s.writes = append(s.writes, w)
+	return nil
+}
+
+func (s *fakeStore) Load(_ context.Context, id store.Identity) (*store.Snapshot, error) {
+	s.loads.Add(1)
+	if s.panicL.Add(-1) >= 0 {
+		panic("fakeStore: load panics on demand")
+	}
+	if s.failL.Add(-1) >= 0 {
+		return nil, store.ErrUnavailable
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.owner[id]++
+	snap := &store.Snapshot{Owner: s.owner[id]}
+	if m := s.meta[id]; m != nil {
+		snap.Meta = proto.Clone(m).(*actorpb.IdentityMeta)
+	}
+	for _, e := range s.inbox[id] {
+		snap.Inbox = append(snap.Inbox, e)
+	}
+	return snap, nil
+}
+
+// claim makes the identity another owner's, as a Load elsewhere would.
+func (s *fakeStore) claim(id store.Identity) {
+	s.mu.Lock()
+	s.owner[id]++
+	s.mu.Unlock()
+}
+
+func (s *fakeStore) session(id store.Identity) *actorpb.SessionRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.meta[id].GetSession()
+}
+
+func (s *fakeStore) stored(id store.Identity) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.inbox[id])
+}
+
+func (s *fakeStore) Idempotency(_ context.Context, id store.Identity, key string) (*actorpb.IdempotencyRecord, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.idem[id][key], nil
+}
+
+func (s *fakeStore) Submit(w *store.Write, done func(error)) {
+	s.qmu.RLock()
+	defer s.qmu.RUnlock()
+	if s.closed {
+		done(store.ErrClosed)
+		return
+	}
+	s.queue <- pendingWrite{w, done}
+}
+
+func (s *fakeStore) Expired(context.Context, time.Time, int, func(store.Identity)) error { return nil }
+
+func (s *fakeStore) Close() error {
+	s.closeMu.Do(func() {
+		s.mu.Lock()
+		release := s.release
+		s.mu.Unlock()
+		if release != nil {
+			release()
+		}
+		s.qmu.Lock()
+		s.closed = true
+		close(s.queue)
+		s.qmu.Unlock()
+		<-s.done
+	})
+	return nil
+}
+
+// testRouter keeps one actor per identity like cluster.System: envelopes
+// are counted per child, and a child passivates only with the current
+// count.
+type testRouter struct {
+	sys   *actor.ActorSystem
+	props *actor.Props
+
+	mu          sync.Mutex
+	children    map[store.Identity]*testChild
+	replies     map[uint64]chan *actorpb.Reply
+	conns       []*actorpb.ToConn
+	nextReq     uint64
+	passivated  map[store.Identity]int
+	retired     map[store.Identity]int
+	activations map[store.Identity]int
+}
+
+type testChild struct {
+	pid       *actor.PID
+	forwarded uint64
+}
+
+func (r *testRouter) Send(env *actorpb.Envelope) {
+	id := store.Identity{App: uint16(env.AppCode), UID: env.Uid}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.children[id]
+	if c == nil {
+		c = &testChild{pid: r.sys.Root.Spawn(r.props)}
+		r.children[id] = c
+		r.activations[id]++
+	}
+	c.forwarded++
+	r.sys.Root.Send(c.pid, env)
+}
+
+func (r *testRouter) Passivate(app uint16, uid string, pid *actor.PID, seen uint64) {
+	id := store.Identity{App: app, UID: uid}
+	r.mu.Lock()
+	c := r.children[id]
+	if c == nil || c.pid.Id != pid.Id || c.forwarded != seen {
+		r.mu.Unlock()
+		return
+	}
+	delete(r.children, id)
+	r.passivated[id]++
+	r.mu.Unlock()
+	r.sys.Root.Poison(pid)
+}
+
+func (r *testRouter) Retire(app uint16, uid string, pid *actor.PID) {
+	id := store.Identity{App: app, UID: uid}
+	r.mu.Lock()
+	if c := r.children[id]; c != nil && c.pid.Id == pid.Id {
+		delete(r.children, id)
+		r.retired[id]++
+	}
+	r.mu.Unlock()
+	r.sys.Root.Poison(pid)
+}
+
+func (r *testRouter) SendToConn(_ *actorpb.ConnRef, m *actorpb.ToConn) {
+	r.mu.Lock()
+	r.conns = append(r.conns, m)
+	r.mu.Unlock()
+}
+
+func (r *testRouter) Reply(_ string, rep *actorpb.Reply) {
+	r.mu.Lock()
+	ch := r.replies[rep.ReqId]
+	delete(r.replies, rep.ReqId)
+	r.mu.Unlock()
+	if ch != nil {
+		ch <- rep
+	}
+}
+
+// request sends env and waits up to 5 s for its reply (nil if none).
+func (r *testRouter) request(env *actorpb.Envelope) *actorpb.Reply {
+	ch := make(chan *actorpb.Reply, 1)
+	r.mu.Lock()
+	r.nextReq++
+	env.ReqId, env.ReplyAddress = r.nextReq, "test"
+	r.replies[env.ReqId] = ch
+	r.mu.Unlock()
+	r.Send(env)
+	select {
+	case rep := <-ch:
+		return rep
+	case <-time.After(5 * time.Second):
+		return nil
+	}
+}
+
+func (r *testRouter) count(m map[store.Identity]int, id store.Identity) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return m[id]
+}
+
+// frames returns the frames sent to connections so far, of one command.
+func (r *testRouter) frames(cmd uint32) []*actorpb.OutFrame {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*actorpb.OutFrame
+	for _, tc := range r.conns {
+		for _, f := range tc.Frames {
+			if f.Cmd == cmd {
+				out = append(out, f)
+			}
+		}
+	}
+	return out
+}
+
+type actorHarness struct {
+	t     *testing.T
+	cfg   Config
+	store *fakeStore
+	r     *testRouter
+	deps  *Deps
+}
+
+func newActorHarness(t *testing.T, tune func(*Config)) *actorHarness {
+	h := &actorHarness{t: t, cfg: DefaultConfig(), store: newFakeStore()}
+	h.cfg.PassivateAfter = 100 * time.Millisecond
+	if tune != nil {
+		tune(&h.cfg)
+	}
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}))
+	h.r = &testRouter{sys: sys, children: map[store.Identity]*testChild{}, replies: map[uint64]chan *actorpb.Reply{},
+		passivated: map[store.Identity]int{}, retired: map[store.Identity]int{}, activations: map[store.Identity]int{}}
+	h.deps = NewDeps(Deps{Config: &h.cfg, Store: h.store, Router: h.r, IDs: NewIDGen(),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	h.r.props = actor.PropsFromProducer(h.deps.NewActor)
+	t.Cleanup(func() {
+		sys.Shutdown()
+		h.store.Close()
+	})
+	return h
+}
+
+var alice = store.Identity{App: 1, UID: "alice"}
+
+func env(id store.Identity, body any) *actorpb.Envelope {
+	e := &actorpb.Envelope{AppCode: uint32(id.App), Uid: id.UID}
+	switch b := body.(type) {
+	case *actorpb.DeviceLogin:
+		e.Body = &actorpb.Envelope_Login{Login: b}
+	case *actorpb.DeviceClosed:
+		e.Body = &actorpb.Envelope_Closed{Closed: b}
+	case *actorpb.Push:
+		e.Body = &actorpb.Envelope_Push{Push: b}
+	case *actorpb.C2CSend:
+		e.Body = &actorpb.Envelope_C2C{C2C: b}
+	case *actorpb.DeviceFrame:
+		e.Body = &actorpb.Envelope_Frame{Frame: b}
+	case *actorpb.Kick:
+		e.Body = &actorpb.Envelope_Kick{Kick: b}
+	case nil:
+		e.Body = &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}
+	default:
+		panic("env: unknown body")
+	}
+	return e
+}
+
+func (h *actorHarness) presence(id store.Identity) *actorpb.PresenceReply {
+	h.t.Helper()
+	rep := h.r.request(env(id, nil))
+	if rep == nil || rep.GetPresence() == nil {
+		h.t.Fatalf("presence of %v: %v", id, rep)
+	}
+	return rep.GetPresence()
+}
+
+func (h *actorHarness) login(id store.Identity, c *actorpb.ConnRef) {
+	h.t.Helper()
+	h.r.Send(env(id, &actorpb.DeviceLogin{Conn: c, Login: &devicepb.Login{Uid: id.UID}, FrameSeq: 1}))
+	testkit.Eventually(h.t, 5*time.Second, func() bool { return h.store.session(id).GetOnline() }, "the login was not stored")
+}
+
+func (h *actorHarness) waitPassivated(id store.Identity, n int) {
+	h.t.Helper()
+	testkit.Eventually(h.t, 5*time.Second, func() bool { return h.r.count(h.r.passivated, id) >= n },
+		"the identity's actor never passivated")
+}
+
+// TestActorPassivatesAfterPanic: a panic while handling an envelope is
+// answered, and the actor still leaves memory once idle. The library's
+// supervisor used to replace the panicking actor with a fresh one whose
+// envelope count started at 0, so the routing layer's handshake never
+// matched again and the identity stayed in memory for good.
+func TestActorPassivatesAfterPanic(t *testing.T) {
+	h := newActorHarness(t, nil)
+	h.presence(alice) // activated, counted 1
+	h.waitPassivated(alice, 1)
+	h.store.panicL.Store(1)
+	if rep := h.r.request(env(alice, nil)); rep == nil || rep.GetFailure() == nil {
+		t.Fatalf("the envelope the actor panicked on was answered %v, want a failure", rep)
+	}
+	if p := h.presence(alice); p.Online {
+		t.Fatal("presence after the panic")
+	}
+	h.waitPassivated(alice, 2)
+}
+
+// TestEnvelopeWithNilFieldsIsRefused: an envelope from a peer with a
+// missing field is refused at the actor's door (a request with
+// INVALID_ARGUMENT), never handed to the state machine.
+func TestEnvelopeWithNilFieldsIsRefused(t *testing.T) {
+	h := newActorHarness(t, nil)
+	bad := []*actorpb.Envelope{
+		{AppCode: 1, Uid: "alice", Body: &actorpb.Envelope_Push{}},
+		{AppCode: 1, Uid: "alice", Body: &actorpb.Envelope_Kick{}},
+		{AppCode: 1, Uid: "alice"},
+		{AppCode: 1, Uid: "alice", Body: &actorpb.Envelope_Login{Login: &actorpb.DeviceLogin{}}},
+		{AppCode: 1, Uid: "alice", Body: &actorpb.Envelope_Frame{Frame: &actorpb.DeviceFrame{Cmd: 0x33}}},
+		{AppCode: 1, Uid: "alice", Body: &actorpb.Envelope_C2C{C2C: &actorpb.C2CSend{FromUid: "bob"}}},
+		{AppCode: 1, Uid: "alice", Body: &actorpb.Envelope_Closed{}},
+		{AppCode: 70000, Uid: "alice", Body: &actorpb.Envelope_Presence{}},
+	}
+	for i, e := range bad {
+		rep := h.r.request(e)
+		if rep == nil || rep.GetFailure().GetCode() != int32(codes.InvalidArgument) {
+			t.Fatalf("bad envelope %d: %v, want INVALID_ARGUMENT", i, rep)
+		}
+	}
+	// One-way envelopes with missing fields are dropped, and the actor
+	// goes on serving and passivating.
+	for _, e := range bad {
+		h.r.Send(proto.Clone(e).(*actorpb.Envelope))
+	}
+	h.presence(alice)
+	h.waitPassivated(alice, 1)
+}
+
+// TestClosedKeptWhileTheStoreCannotLoad: a connection's close that
+// reaches an identity whose load fails is not dropped: the actor retries
+// the load and applies it, so the session does not stay online.
+func TestClosedKeptWhileTheStoreCannotLoad(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	h.waitPassivated(alice, 1)
+	h.store.failL.Store(3)
+	h.r.Send(env(alice, &actorpb.DeviceClosed{Conn: c, Epoch: 1}))
+	testkit.Eventually(t, 10*time.Second, func() bool { return !h.store.session(alice).GetOnline() },
+		"the close was dropped with the failed load: the session stays online")
+	h.waitPassivated(alice, 2)
+}
+
+// TestClosedSurvivesAFailedWrite: when the write that ends a session
+// fails, the actor reloads from the store (where the session is still
+// online) and must end it again.
+func TestClosedSurvivesAFailedWrite(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	var failed atomic.Bool
+	h.store.mu.Lock()
+	h.store.failW = func(w *store.Write) error {
+		if w.Meta != nil && !w.Meta.GetSession().GetOnline() && !failed.Swap(true) {
+			return errors.New("disk hiccup")
+		}
+		return nil
+	}
+	h.store.mu.Unlock()
+	h.r.Send(env(alice, &actorpb.DeviceClosed{Conn: c, Epoch: 1}))
+	testkit.Eventually(t, 5*time.Second, failed.Load, "the offline write was never tried")
+	testkit.Eventually(t, 5*time.Second, func() bool { return !h.store.session(alice).GetOnline() },
+		"after the failed write the session came back online from the store")
+	if p := h.presence(alice); p.Online {
+		t.Fatal("presence says online after the close")
+	}
+}
+
+// TestActorPassivatesAfterBeingBusy: an actor that is busy when its idle
+// timer first fires (a message delivered and not yet acknowledged) leaves
+// memory once it is idle. The library's receive timeout fires only once.
+func TestActorPassivatesAfterBeingBusy(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil {
+		t.Fatalf("push: %v", rep)
+	}
+	var s2c []*actorpb.OutFrame
+	testkit.Eventually(t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) > 0 }, "no delivery")
+	time.Sleep(3 * h.cfg.PassivateAfter) // idle timers fire while the message waits for its ack
+	if h.r.count(h.r.passivated, alice) != 0 {
+		t.Fatal("passivated with a message in flight")
+	}
+	var m devicepb.S2C
+	if err := proto.Unmarshal(s2c[0].Body, &m); err != nil {
+		t.Fatal(err)
+	}
+	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
+	h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
+	h.waitPassivated(alice, 1)
+}
+
+// TestFencedActorStopsAndTheNextEnvelopeClaimsAgain: an actor whose write
+// the store fences (another activation claimed the identity meanwhile)
+// answers its waiting caller with a retryable UNAVAILABLE that says the
+// identity moved, delivers nothing, and leaves the routing layer; the
+// identity's next envelope activates a fresh actor, which claims the
+// identity again and serves it.
+func TestFencedActorStopsAndTheNextEnvelopeClaimsAgain(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	release := h.store.holdWrites()
+	replies := make(chan *actorpb.Reply, 1)
+	go func() {
+		replies <- h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x"), IdempotencyKey: "k1"}))
+	}()
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.held.Load() > 0 }, "the push was never written")
+	h.store.claim(alice) // another node loads the identity
+	release()
+	rep := <-replies
+	if f := rep.GetFailure(); f == nil || f.Code != int32(codes.Unavailable) || f.Message != Moved {
+		t.Fatalf("the fenced push was answered %v, want UNAVAILABLE %q", rep, Moved)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.retired, alice) == 1 }, "the fenced actor did not retire")
+	if n := len(h.r.frames(uint32(messages.CmdS2C))); n != 0 {
+		t.Fatalf("the fenced actor delivered %d messages", n)
+	}
+	if h.store.stored(alice) != 0 {
+		t.Fatal("a fenced write changed the store")
+	}
+	// The retry with the same key is served by a fresh activation.
+	rep = h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x"), IdempotencyKey: "k1"}))
+	if p := rep.GetPush(); p == nil || p.Duplicate || p.Seq != 1 {
+		t.Fatalf("retry after the move: %v", rep)
+	}
+	if a := h.r.count(h.r.activations, alice); a != 2 {
+		t.Fatalf("%d activations, want 2", a)
+	}
+	if h.store.stored(alice) != 1 {
+		t.Fatal("the retry was not stored")
+	}
+}
+
+// TestFencedDeletionRetiresTheActor: a deletion (submitted without
+// waiting) that the store fences also ends the actor.
+func TestFencedDeletionRetiresTheActor(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil {
+		t.Fatalf("push: %v", rep)
+	}
+	var s2c []*actorpb.OutFrame
+	testkit.Eventually(t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) > 0 }, "no delivery")
+	var m devicepb.S2C
+	if err := proto.Unmarshal(s2c[0].Body, &m); err != nil {
+		t.Fatal(err)
+	}
+	h.store.claim(alice)
+	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
+	h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.retired, alice) == 1 }, "the actor of a fenced deletion did not retire")
+	if p := h.presence(alice); !p.Online || p.Pending != 1 {
+		t.Fatalf("the fresh activation: online %v pending %d", p.Online, p.Pending)
+	}
+}
+
+// TestStorePressureReachesTheCallers: while the store does not complete
+// writes, at most the node's budget of writes is pending; beyond it new
+// stored pushes, C2C and logins are refused at once with their documented
+// codes instead of waiting (or blocking an actor on a full commit queue),
+// identities that need no write are served as usual, and what must still
+// be written (a session's end) waits for room and is written once the
+// store catches up.
+func TestStorePressureReachesTheCallers(t *testing.T) {
+	h := newActorHarness(t, func(c *Config) { c.MaxPendingWrites = 2 })
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	release := h.store.holdWrites()
+	defer release()
+	// Two pushes take the budget and wait for the store.
+	var waiting sync.WaitGroup
+	for _, uid := range []string{"w1", "w2"} {
+		waiting.Add(1)
+		go func() {
+			defer waiting.Done()
+			if rep := h.r.request(env(store.Identity{App: 1, UID: uid}, &actorpb.Push{Stored: true})); rep.GetPush() == nil {
+				t.Errorf("push to %s once the store caught up: %v", uid, rep)
+			}
+		}()
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.deps.Writes.Full() }, "the pushes never took the budget")
+	// New stored work is refused at once.
+	start := time.Now()
+	for i := range 50 {
+		rep := h.r.request(env(store.Identity{App: 1, UID: fmt.Sprint("other-", i)}, &actorpb.Push{Stored: true}))
+		if f := rep.GetFailure(); f == nil || f.Code != int32(codes.Unavailable) {
+			t.Fatalf("push while the store is behind: %v, want UNAVAILABLE", rep)
+		}
+	}
+	h.r.Send(env(store.Identity{App: 1, UID: "bob"}, &actorpb.C2CSend{ReplyTo: c, FromUid: "carol", FrameSeq: 5,
+		C2C: &devicepb.C2C{ToUid: "bob", ClientMsgId: "c1"}}))
+	h.r.Send(env(store.Identity{App: 1, UID: "dave"}, &actorpb.DeviceLogin{Conn: c, FrameSeq: 6, Login: &devicepb.Login{Uid: "dave"}}))
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		return len(h.r.frames(uint32(messages.CmdC2CAck))) == 1 && len(h.r.frames(uint32(messages.CmdLoginAck))) == 2
+	}, "C2C and LOGIN were not answered while the store is behind")
+	var ca devicepb.C2CAck
+	_ = proto.Unmarshal(h.r.frames(uint32(messages.CmdC2CAck))[0].Body, &ca)
+	var la devicepb.LoginAck
+	_ = proto.Unmarshal(h.r.frames(uint32(messages.CmdLoginAck))[1].Body, &la)
+	if ca.Code != devicepb.Code_STORE_UNAVAILABLE || la.Code != devicepb.Code_STORE_UNAVAILABLE {
+		t.Fatalf("C2C_ACK %v, LOGIN_ACK %v; want STORE_UNAVAILABLE", ca.Code, la.Code)
+	}
+	// An identity that needs no write is served as usual.
+	h.presence(store.Identity{App: 1, UID: "eve"})
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("answers took %v while the store was behind", d)
+	}
+	// A session's end must still be written: it waits for room.
+	h.r.Send(env(alice, &actorpb.DeviceClosed{Conn: c, Epoch: 1}))
+	if p := h.presence(alice); p.Online {
+		t.Fatal("presence says online after the close")
+	}
+	h.store.mu.Lock()
+	held := h.store.held.Load() + int32(len(h.store.queue))
+	h.store.mu.Unlock()
+	if held > 2 {
+		t.Fatalf("%d writes handed to the store, budget 2", held)
+	}
+	release()
+	waiting.Wait()
+	testkit.Eventually(t, 5*time.Second, func() bool { return !h.store.session(alice).GetOnline() },
+		"the session's end was never written")
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.deps.Writes.InUse() == 0 }, "write slots leaked")
+}

@@ -1,0 +1,98 @@
+package node_test
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/messages/devicepb"
+	"github.com/courier-im/courier/testkit"
+)
+
+// TestSlowDiskRefusesNewWorkAndServesTheRest runs a node on a disk whose
+// fsync takes seconds (a FUSE loopback the test slows down from outside
+// the node). The node keeps at most its budget of writes waiting for the
+// disk: beyond it, stored pushes are refused at once with UNAVAILABLE
+// and C2C with STORE_UNAVAILABLE, while what needs no write goes on
+// (presence, fire-and-forget to an online device, upstream); once the
+// disk is fast again, stored pushes are accepted again.
+func TestSlowDiskRefusesNewWorkAndServesTheRest(t *testing.T) {
+	disk := testkit.NewSlowDisk(t)
+	n := testkit.StartNode(t, testkit.NodeOptions{DataDir: disk.Dir, Args: []string{"--actors.max-pending-writes", "8"}})
+	api := n.API(t)
+	calm := n.Device(t, 1, "calm")
+	sender := n.Device(t, 1, "sender")
+
+	disk.SetSyncDelay(4 * time.Second)
+	const pushes = 100
+	type result struct {
+		err  error
+		took time.Duration
+	}
+	results := make(chan result, pushes)
+	var wg sync.WaitGroup
+	for i := range pushes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			_, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: fmt.Sprint("busy-", i), Payload: []byte("x")})
+			results <- result{err, time.Since(start)}
+		}()
+	}
+	// Meanwhile, what needs no write is served at once.
+	start := time.Now()
+	pr, err := api.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: []string{"calm"}})
+	if err != nil || !pr.Entries[0].Online {
+		t.Fatalf("presence while the disk is slow: %v %v", pr, err)
+	}
+	r, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: "calm", Payload: []byte("gps"),
+		Delivery: apipb.Delivery_DELIVERY_FIRE_AND_FORGET})
+	if err != nil || !r.Online {
+		t.Fatalf("fire-and-forget while the disk is slow: %v %v", r, err)
+	}
+	if _, m := expectS2C(t, calm); string(m.Payload) != "gps" {
+		t.Fatalf("fire-and-forget payload %q", m.Payload)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("presence and fire-and-forget took %v while the disk was slow", took)
+	}
+	wg.Wait()
+	close(results)
+	quick := 0
+	for res := range results {
+		if status.Code(res.err) == codes.Unavailable && strings.Contains(status.Convert(res.err).Message(), "overloaded") && res.took < 2*time.Second {
+			quick++
+		}
+	}
+	if quick < pushes/2 {
+		t.Fatalf("%d of %d pushes were refused at once as overloaded while the disk was slow", quick, pushes)
+	}
+	// A C2C while the writes of the pushes above are still waiting (the
+	// slow fsync lasts 4 s each) is refused too, at once.
+	for i := range 8 {
+		go func() {
+			_, _ = api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: fmt.Sprint("busy-again-", i), Payload: []byte("x")})
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // they take the budget
+	seq := sendC2C(sender, "busy-0", "c-1", "hello")
+	if ack := expectC2CAck(t, sender, seq); ack.Code != devicepb.Code_STORE_UNAVAILABLE {
+		t.Fatalf("C2C while the disk is slow: %v %q", ack.Code, ack.Reason)
+	}
+
+	disk.SetSyncDelay(0)
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		_, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: "after", Payload: []byte("x")})
+		return err == nil
+	}, "stored pushes were not accepted again once the disk was fast")
+	calm.Send(messages.CmdKeepalive, calm.NextSeq(), nil)
+	calm.Expect(messages.CmdKeepaliveAck)
+}
