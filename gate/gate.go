@@ -39,8 +39,9 @@ type Gate struct {
 
 	loginTicks, idleTicks int64 // timeouts in ticks, rounded up, plus one
 
-	nextID atomic.Uint64
-	conns  atomic.Int64
+	nextID  atomic.Uint64
+	conns   atomic.Int64
+	backlog DelayWindow // drain delays of the loops (Backlog)
 
 	loopsMu sync.Mutex
 	loops   atomic.Pointer[[]*loop] // copy-on-write: loops seen by OnOpen

@@ -3,6 +3,7 @@ package gate
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // The write path from Deliver to the socket costs, per connection written
@@ -42,6 +43,7 @@ type drainList struct {
 	conns  []*conn
 	spare  []*conn // the other buffer of conns, while the loop drains one
 	queued bool
+	since  int64 // g.nanos() when the task was queued
 }
 
 // drainTask is the loop's task that drains its list (a gnet.Runnable
@@ -55,7 +57,9 @@ func (l *loop) queueDrain(s *conn) error {
 	d.mu.Lock()
 	d.conns = append(d.conns, s)
 	first := !d.queued
-	d.queued = true
+	if first {
+		d.queued, d.since = true, l.g.nanos()
+	}
 	d.mu.Unlock()
 	if !first {
 		return nil
@@ -73,12 +77,15 @@ func (l *loop) queueDrain(s *conn) error {
 
 // Run drains every connection on the loop's list (event loop only).
 func (t *drainTask) Run(context.Context) error {
-	d := &t.l.drains
+	l := t.l
+	d := &l.drains
 	d.mu.Lock()
 	conns := d.conns
 	d.conns, d.spare = d.spare[:0], nil
 	d.queued = false
+	since := d.since
 	d.mu.Unlock()
+	l.g.noteDrainDelay(time.Duration(l.g.nanos() - since))
 	for i, s := range conns {
 		s.drain()
 		conns[i] = nil
@@ -90,3 +97,15 @@ func (t *drainTask) Run(context.Context) error {
 	d.mu.Unlock()
 	return nil
 }
+
+// noteDrainDelay records how long a loop's drain task waited: the time
+// the oldest frames it writes spent queued before their loop got to them.
+func (g *Gate) noteDrainDelay(d time.Duration) {
+	g.metrics.drainDelay.Observe(d.Seconds())
+	g.backlog.Observe(d, time.Now())
+}
+
+// Backlog is how long the frames Deliver queues have lately been waiting
+// for their event loops, at the least (DelayWindow.Standing): above a few
+// milliseconds, the loops are not keeping up with what the node sends.
+func (g *Gate) Backlog() time.Duration { return g.backlog.Standing(time.Now()) }

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -64,13 +65,31 @@ type Limits struct {
 	// MaxConnectionIdle closes a connection with no call open for this
 	// long (default 5 minutes) with GOAWAY; clients reconnect on demand.
 	MaxConnectionIdle time.Duration
+
+	// MaxPushesInFlight bounds the pushes the node has accepted from
+	// calls and not yet answered, all callers together (default 4096): a
+	// Push or PushMany that would go beyond is refused at once with
+	// RESOURCE_EXHAUSTED. It bounds how long pushes can queue in the node
+	// (about this many divided by the node's rate) and the memory they
+	// hold; it must hold one PushMany of MaxBatch.
+	MaxPushesInFlight int
+	// MaxGateBacklog refuses new Push and PushMany calls at once with
+	// RESOURCE_EXHAUSTED while the frames the local gate has to write
+	// have been waiting longer than this for its event loops (the
+	// smallest wait over the last 100 ms, gate.DelayWindow; default
+	// 20 ms; 0: never): the devices' connections are not keeping up with
+	// what is pushed, and more would only queue. Fire-and-forget pushes
+	// are answered before they are written, so this is what bounds their
+	// delivery latency under overload.
+	MaxGateBacklog time.Duration
 }
 
 // DefaultLimits returns the defaults documented on Limits.
 func DefaultLimits() Limits {
 	return Limits{MaxPayload: 60 << 10, MaxBatch: 1000, DefaultTTL: 72 * time.Hour, MaxTTL: 30 * 24 * time.Hour, MaxIdempotencyKey: 128,
 		MaxRequestBytes: 16 << 20, MaxConcurrentStreams: 256, KeepaliveMinTime: 10 * time.Second,
-		KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second, MaxConnectionIdle: 5 * time.Minute}
+		KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second, MaxConnectionIdle: 5 * time.Minute,
+		MaxPushesInFlight: 4096, MaxGateBacklog: 20 * time.Millisecond}
 }
 
 // Deps are what the server works with.
@@ -82,6 +101,9 @@ type Deps struct {
 	Lists    Lists
 	Stats    *stats.Recorder
 	Upstream *upstream.Router
+	// Backlog, if set, is the local gate's (gate.Gate.Backlog), for
+	// Limits.MaxGateBacklog.
+	Backlog func() time.Duration
 }
 
 // Server implements apipb.CourierServer.
@@ -94,11 +116,38 @@ type Server struct {
 	lists  Lists
 	stats  *stats.Recorder
 	up     *upstream.Router
+
+	backlog  func() time.Duration
+	inFlight atomic.Int64 // pushes accepted from calls, not yet answered
 }
 
 // New returns a server.
 func New(d Deps) *Server {
-	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream}
+	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream,
+		backlog: d.Backlog}
+}
+
+// admit takes n pushes into the node's budget (release gives them back),
+// or refuses them at once with RESOURCE_EXHAUSTED when the node is behind
+// (Limits.MaxGateBacklog) or the budget is spent (MaxPushesInFlight).
+func (s *Server) admit(n int) (release func(), err error) {
+	if max := s.limits.MaxGateBacklog; max > 0 && s.backlog != nil {
+		if b := s.backlog(); b > max {
+			return nil, status.Errorf(codes.ResourceExhausted,
+				"node overloaded: its gate's connections are %v behind what was pushed (limit %v, api.max-gate-backlog); nothing was accepted: retry later, backing off",
+				b.Round(time.Millisecond), max)
+		}
+	}
+	if max := s.limits.MaxPushesInFlight; max > 0 {
+		if in := s.inFlight.Add(int64(n)); in > int64(max) {
+			s.inFlight.Add(-int64(n))
+			return nil, status.Errorf(codes.ResourceExhausted,
+				"node overloaded: %d pushes in flight, limit %d (api.max-pushes-in-flight); nothing was accepted: retry later, backing off",
+				in-int64(n), max)
+		}
+		return func() { s.inFlight.Add(-int64(n)) }, nil
+	}
+	return func() {}, nil
 }
 
 // streamWorkers is the number of goroutines that run calls. A push call
@@ -225,6 +274,11 @@ func (s *Server) Push(ctx context.Context, r *apipb.PushRequest) (*apipb.PushRes
 	if err != nil {
 		return nil, err
 	}
+	release, err := s.admit(1)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	rep, err := s.req.Request(ctx, env)
 	if err := replyError(rep, err); err != nil {
 		return nil, err
@@ -256,6 +310,11 @@ func (s *Server) PushMany(ctx context.Context, r *apipb.PushManyRequest) (*apipb
 		envs = append(envs, env)
 		idx = append(idx, i)
 	}
+	release, err := s.admit(len(envs))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	reps, errs := s.req.RequestMany(ctx, envs)
 	for j, i := range idx {
 		if err := replyError(reps[j], errs[j]); err != nil {

@@ -221,6 +221,10 @@ func checkAPILimits(l *api.Limits) error {
 		return fmt.Errorf("node: api.keepalive-timeout %v: must be at least 1s", l.KeepaliveTimeout)
 	case l.MaxConnectionIdle < time.Second:
 		return fmt.Errorf("node: api.max-connection-idle %v: must be at least 1s", l.MaxConnectionIdle)
+	case l.MaxPushesInFlight < l.MaxBatch:
+		return fmt.Errorf("node: api.max-pushes-in-flight %d: must hold one PushMany of api.max-batch (%d)", l.MaxPushesInFlight, l.MaxBatch)
+	case l.MaxGateBacklog < 0:
+		return fmt.Errorf("node: api.max-gate-backlog %v: must not be negative (0: never refuse)", l.MaxGateBacklog)
 	}
 	return nil
 }

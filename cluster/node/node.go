@@ -122,7 +122,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		br.gateAddr.Store(&public)
 	}
 
-	srv := api.New(api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Lists: n.gate.Lists(), Stats: n.stats, Upstream: n.up})
+	srv := api.New(api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Lists: n.gate.Lists(), Stats: n.stats, Upstream: n.up,
+		Backlog: n.gate.Backlog})
 	n.grpc = grpc.NewServer(srv.ServerOptions()...)
 	apipb.RegisterCourierServer(n.grpc, srv)
 	if n.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {

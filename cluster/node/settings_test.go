@@ -94,6 +94,8 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.API.MaxConcurrentStreams = 0 }, "api.max-concurrent-streams")
 	bad(func(c *Config) { c.API.KeepaliveMinTime = 0 }, "api.keepalive-min-time")
 	bad(func(c *Config) { c.API.MaxConnectionIdle = time.Millisecond }, "api.max-connection-idle")
+	bad(func(c *Config) { c.API.MaxPushesInFlight = c.API.MaxBatch - 1 }, "api.max-pushes-in-flight")
+	bad(func(c *Config) { c.API.MaxGateBacklog = -time.Millisecond }, "api.max-gate-backlog")
 }
 
 // TestGateFieldsAreSettings: every name a gate error is rewritten to is a
