@@ -10,7 +10,7 @@ FUZZTIME  ?= 60s
 
 export PATH := $(BIN):$(PATH)
 
-.PHONY: build run test check bench proto fuzz tools clean vet lint fmt tidy-check proto-check
+.PHONY: build run test check bench proto fuzz tools clean vet lint fmt tidy-check proto-check proto-lint release
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
@@ -48,7 +48,7 @@ proto: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 		--go-grpc_out=. --go-grpc_opt=module=github.com/courier-im/courier \
 		$(PROTOS)
 
-check: fmt vet lint tidy-check proto-check
+check: fmt vet lint tidy-check proto-check proto-lint
 
 fmt:
 	@out=$$(find . -name '*.go' ! -name '*.pb.go' ! -path './bin/*' ! -path './.cache/*' -print0 | xargs -0 gofmt -l); \
@@ -77,5 +77,32 @@ proto-check: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 		[ -f $$tmp/$$f ] || { echo "generated file without a .proto: $$f"; exit 1; }; \
 	done
 
+# The .proto files' packages and the options of other languages'
+# generators (java_package, objc_class_prefix, swift_prefix,
+# csharp_namespace, ...), read from the descriptors protoc produced for the
+# generated code (which proto-check keeps fresh).
+proto-lint:
+	$(GO) test -count=1 -run '^TestProtoOptions$$' ./messages/
+
+# Versioned static binaries for Linux servers: dist/courier-VERSION-linux-ARCH.tar.gz
+# (courier, courierctl, courier-bench) and SHA256SUMS. `courier version`
+# prints VERSION (default: git describe).
+VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+DIST          ?= $(CURDIR)/dist
+RELEASE_ARCHS ?= amd64 arm64
+RELEASE_CMDS  ?= ./cmd/courier ./cmd/courierctl ./cmd/courier-bench
+
+release:
+	@rm -rf $(DIST) && mkdir -p $(DIST)
+	@set -e; for arch in $(RELEASE_ARCHS); do \
+		dir=courier-$(VERSION)-linux-$$arch; \
+		echo "building $$dir"; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -buildvcs=false \
+			-ldflags "-s -w -X main.version=$(VERSION)" -o $(DIST)/$$dir/ $(RELEASE_CMDS); \
+		cp README.md deploy/courier.service $(DIST)/$$dir/; \
+		tar -C $(DIST) -czf $(DIST)/$$dir.tar.gz $$dir; \
+	done
+	@cd $(DIST) && sha256sum *.tar.gz > SHA256SUMS && cat SHA256SUMS
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)

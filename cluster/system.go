@@ -114,7 +114,7 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		}
 		l.Close()
 	}
-	libLog := log.With("component", "protoactor")
+	libLog := slog.New(libHandler{log.Handler()}).With("component", "protoactor")
 	s.actors = actor.NewActorSystem(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return libLog }),
 		actor.WithDeadLetterThrottleCount(3),
@@ -431,7 +431,7 @@ func (s *System) deliverLocal(gateID string, m *actorpb.ToConn) {
 func (s *System) Shutdown() {
 	s.shutdownOnce.Do(func() {
 		if s.cluster != nil {
-			s.cluster.Shutdown(true)
+			stopMember(s.cluster)
 		}
 		s.dispatcher.stop()
 	})

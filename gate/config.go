@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/courier-im/courier/gate/internal/ipset"
 	"github.com/courier-im/courier/messages"
 )
 
@@ -76,6 +77,17 @@ type Config struct {
 	NewConnsPerIP      float64
 	NewConnsPerIPBurst int
 	IPLimiterSize      int
+
+	// ProxyProtocol: connections from ProxyFrom (load balancers) must
+	// start with a PROXY protocol header (version 2 or 1); the client
+	// address it carries replaces the balancer's for the IP lists, the
+	// per-IP connection rate, logs and presence. A connection from any
+	// other address that sends a PROXY header is refused; without
+	// ProxyProtocol every PROXY header is. Default off.
+	ProxyProtocol bool
+	// ProxyFrom are the addresses or CIDR prefixes of the trusted load
+	// balancers (required with ProxyProtocol).
+	ProxyFrom []string
 
 	// Lists are the black and white lists at start. ListsFile, if set,
 	// names a JSON file (format: ListsSnapshot) that replaces them at
@@ -167,6 +179,12 @@ func (c *Config) validate() error {
 	}
 	if c.MaxConns < 0 {
 		return invalid("Config.MaxConns %d: want >= 0", c.MaxConns)
+	}
+	if c.ProxyProtocol && len(c.ProxyFrom) == 0 {
+		return invalid("Config.ProxyFrom: empty; with Config.ProxyProtocol name the load balancers' addresses")
+	}
+	if _, err := ipset.Parse(c.ProxyFrom); err != nil {
+		return invalid("Config.ProxyFrom: %v", err)
 	}
 	if fdCap, err := fdConnCap(c.FDReserve); err != nil {
 		return invalid("Config.FDReserve: %v", err)

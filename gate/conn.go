@@ -23,7 +23,9 @@ const (
 // logged-in connection costs this struct, its registry entry and gnet's
 // own conn. Queues are allocated only while frames wait.
 //
-// Fields in the first group are set in OnOpen and never change. The
+// Fields in the first group are set in OnOpen and never change (but
+// remote, once, on the loop, when a PROXY header names the client: before
+// any frame is read, so before anyone else can know the connection). The
 // second group belongs to the connection's event loop. The third is
 // shared with Deliver (any goroutine) and guarded by mu.
 type conn struct {
@@ -46,6 +48,7 @@ type conn struct {
 	state         connState
 	zstd          bool // compression negotiated
 	reachedLogin  bool // the Handler saw Login: it gets Closed
+	proxyWait     bool // from a trusted proxy, its PROXY header not yet read
 	closed        bool
 	closeReason   CloseReason
 

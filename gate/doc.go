@@ -38,4 +38,11 @@
 // over its limit (MaxDeviceIDLen, MaxAppVersionLen, MaxTokenLen).
 // APP_MISMATCH is checked after "command known" and before "body
 // decodes".
+//
+// Behind load balancers (Config.ProxyProtocol), a connection from a
+// trusted balancer (Config.ProxyFrom) starts with a PROXY protocol header
+// (version 2 or 1, internal/proxyproto), read from gnet's buffer without
+// waiting on the loop; the client address it names is the connection's
+// from then on (IP lists, per-IP rate, logs, ConnInfo.Remote). A PROXY
+// header from anyone else is refused.
 package gate

@@ -33,8 +33,12 @@ func errorFrame(code devicepb.Code, reason string) []byte {
 	return b
 }
 
-// OnBoot releases the port holder: gnet's first listener now has the port.
-func (e *events) OnBoot(gnet.Engine) gnet.Action {
+// OnBoot releases the port holder (gnet's first listener now has the
+// port) and keeps the engine, to stop it on Shutdown.
+func (e *events) OnBoot(eng gnet.Engine) gnet.Action {
+	e.g.mu.Lock()
+	e.g.engine = &eng
+	e.g.mu.Unlock()
 	e.g.closeHolder()
 	return gnet.None
 }
@@ -58,11 +62,13 @@ func (e *events) OnTick() (time.Duration, gnet.Action) {
 }
 
 // OnOpen admits or refuses a new connection: draining, IP lists,
-// connection cap, per-IP rate, in that order.
+// connection cap, per-IP rate, in that order. For a connection from a
+// trusted proxy the IP checks wait for its PROXY header (proxy.go).
 func (e *events) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	g := e.g
 	l := g.loopOf(c.EventLoop())
 	remote := addrPort(c.RemoteAddr())
+	proxied := g.trustedProxy(remote.Addr())
 	n := g.conns.Add(1)
 	refuse := func(reason string, out []byte) ([]byte, gnet.Action) {
 		if g.conns.Add(-1) == 0 && g.draining.Load() {
@@ -75,7 +81,7 @@ func (e *events) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if g.draining.Load() {
 		return refuse(refuseDraining, refusedBusy)
 	}
-	if denied, list := g.lists.cur.Load().ipDenied(remote.Addr()); denied {
+	if denied, list := g.lists.cur.Load().ipDenied(remote.Addr()); denied && !proxied {
 		g.metrics.listHits.WithLabelValues(list).Inc()
 		return refuse(list, nil)
 	}
@@ -83,12 +89,12 @@ func (e *events) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		g.metrics.limitHits.WithLabelValues(limitConnCap).Inc()
 		return refuse(refuseConnCap, refusedBusy)
 	}
-	if g.ipRate != nil && !g.ipRate.Allow(remote.Addr(), time.Now()) {
+	if !proxied && g.ipRate != nil && !g.ipRate.Allow(remote.Addr(), time.Now()) {
 		g.metrics.limitHits.WithLabelValues(limitIPRate).Inc()
 		return refuse(refuseIPRate, refusedRateLimited)
 	}
 	now := g.nowTick()
-	s := &conn{id: ConnID(g.nextID.Add(1)), c: c, loop: l, remote: remote, openedAt: now, lastActive: now}
+	s := &conn{id: ConnID(g.nextID.Add(1)), c: c, loop: l, remote: remote, openedAt: now, lastActive: now, proxyWait: proxied}
 	s.node.Value = s
 	c.SetContext(s)
 	g.reg.put(s)

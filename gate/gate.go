@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/courier-im/courier/gate/internal/iprate"
+	"github.com/courier-im/courier/gate/internal/ipset"
 	"github.com/courier-im/courier/gate/internal/wheel"
 	"github.com/courier-im/courier/messages"
 	"github.com/panjf2000/gnet/v2"
@@ -32,6 +33,7 @@ type Gate struct {
 	metrics  *metrics
 	lists    *Lists
 	ipRate   *iprate.Limiter // nil: no per-IP limit
+	proxies  *ipset.Set      // trusted PROXY protocol senders; nil: none
 	reg      *registry
 	events   *events
 	maxConns int64
@@ -49,7 +51,8 @@ type Gate struct {
 	mu      sync.Mutex // guards started, addr, holder
 	started bool
 	addr    *net.TCPAddr
-	holder  int // fd holding the port until gnet has bound; -1 when closed
+	holder  int          // fd holding the port until gnet has bound; -1 when closed
+	engine  *gnet.Engine // from OnBoot: stops the engine when no loop is known
 
 	ready        chan struct{} // closed at the first OnTick: every loop listens
 	readyOnce    sync.Once
@@ -113,6 +116,9 @@ func New(cfg Config, h Handler, reg prometheus.Registerer, log *slog.Logger) (*G
 	g.loginTicks, g.idleTicks = ceil(cfg.LoginTimeout), ceil(cfg.idleTimeout())
 	if cfg.NewConnsPerIP > 0 {
 		g.ipRate = iprate.New(cfg.NewConnsPerIP, cfg.NewConnsPerIPBurst, cfg.IPLimiterSize)
+	}
+	if cfg.ProxyProtocol {
+		g.proxies, _ = ipset.Parse(cfg.ProxyFrom) // validated
 	}
 	g.events = &events{g: g}
 	g.loops.Store(&[]*loop{})
@@ -260,8 +266,9 @@ func (g *Gate) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// stopEngine makes gnet return: at once through a loop that is known,
-// or at the next tick.
+// stopEngine makes gnet return: at once through a loop that is known, or
+// through the engine (a gate that never had a connection knows no loop;
+// without this it would wait for the next tick).
 func (g *Gate) stopEngine() {
 	g.stopping.Store(true)
 	for _, l := range *g.loops.Load() {
@@ -272,6 +279,18 @@ func (g *Gate) stopEngine() {
 			return
 		}
 	}
+	g.mu.Lock()
+	eng := g.engine
+	g.mu.Unlock()
+	if eng == nil {
+		return
+	}
+	// Engine.Stop signals the engine at once, then polls until it is
+	// down; the poll ends when gnet.Run has returned.
+	ctx, cancel := context.WithCancel(context.Background())
+	g.wg.Add(2)
+	go func() { defer g.wg.Done(); _ = eng.Stop(ctx) }()
+	go func() { defer g.wg.Done(); <-g.done; cancel() }()
 }
 
 func (g *Gate) signalDrained() { g.drainedOnce.Do(func() { close(g.drained) }) }

@@ -130,6 +130,9 @@ func (l *loop) kickAll(k kick, reason CloseReason) {
 func (l *loop) enforceLists() {
 	lists := l.g.lists.cur.Load()
 	for _, s := range l.conns() {
+		if s.proxyWait {
+			continue // its address is known at its PROXY header, checked then
+		}
 		if denied, list := lists.ipDenied(s.remote.Addr()); denied {
 			l.g.metrics.listHits.WithLabelValues(list).Inc()
 			s.kick(kickIP, CloseBlocked)

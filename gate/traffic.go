@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/courier-im/courier/gate/internal/proxyproto"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/devicepb"
 	"github.com/panjf2000/gnet/v2"
@@ -34,6 +35,11 @@ func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.Close
 	}
 	g, l := e.g, s.loop
+	if s.proxyWait {
+		if done, act := s.proxyHeader(c); !done {
+			return act
+		}
+	}
 	now := g.nanos()
 	act := gnet.None
 	frames := 0
@@ -112,6 +118,13 @@ func (s *conn) headerError(h messages.Header, err error, raw []byte) gnet.Action
 	l := s.loop
 	s.closeReason = CloseProtocol
 	switch {
+	case errors.Is(err, messages.ErrBadMagic) && proxyproto.Looks(raw):
+		// A PROXY header from an address that is not a trusted proxy
+		// (gate.proxy-from), or while gate.proxy-protocol is off: the
+		// address it claims is not believed.
+		l.g.metrics.protocolErrors.WithLabelValues("PROXY_UNTRUSTED").Inc()
+		l.g.log.Debug("gate: PROXY header from an untrusted address; closing", "conn", s.id, "remote", s.remote)
+		return gnet.Close
 	case errors.Is(err, messages.ErrBadMagic):
 		l.g.metrics.protocolErrors.WithLabelValues("BAD_MAGIC").Inc()
 		l.g.log.Debug("gate: bad magic; closing", "conn", s.id, "remote", s.remote, "head", strconv.Quote(string(raw)))

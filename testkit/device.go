@@ -1,8 +1,8 @@
 package testkit
 
 import (
+	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -10,10 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/client"
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/devicepb"
-	"google.golang.org/protobuf/proto"
 )
 
 // DeviceConfig tunes a Device. The zero value is usable.
@@ -29,35 +31,25 @@ type DeviceConfig struct {
 	MaxBody uint32
 }
 
-// Frame is a frame as a Device received it.
-type Frame struct {
-	messages.Header
-	// Body is the body, decompressed if the header said so (the header's
-	// flags still say it was), owned by the caller.
-	Body []byte
-	// Msg is Body decoded with messages.DecodeBody (nil for commands whose
-	// body is empty).
-	Msg proto.Message
-}
+// Frame is a frame as a Device received it: the body decompressed if the
+// header said so (the header's flags still say it was), and decoded.
+type Frame = client.Frame
 
-// Device is a blocking device-protocol client over real TCP, for tests.
-// It compresses and decompresses bodies once LOGIN_ACK says compression is
-// on, and refuses compressed frames before. Methods that fail the test
-// (Send, Expect, Login, ...) must be called from the test's goroutine;
-// ReadFrame and TrySend only return errors. A Device is used by one
-// goroutine at a time; Close may be called from any.
+// Device is a blocking device-protocol client over real TCP, for tests
+// that drive the protocol frame by frame (tests of a whole device use
+// client.Client). It is built on client.Conn: it compresses bodies of 64
+// bytes or more and decompresses once LOGIN_ACK says compression is on,
+// and refuses compressed frames before. Methods that fail the test (Send,
+// Expect, Login, ...) must be called from the test's goroutine; ReadFrame
+// and TrySend only return errors. A Device is used by one goroutine at a
+// time; Close may be called from any.
 type Device struct {
-	t        testing.TB
-	cfg      DeviceConfig
-	conn     net.Conn
-	r        *messages.Reader
-	compress bool
-	seq      uint32
-	closeMu  sync.Once
+	t       testing.TB
+	cfg     DeviceConfig
+	c       *client.Conn
+	seq     uint32
+	closeMu sync.Once
 }
-
-// zstdCodec is shared by all devices (it is safe for concurrent use).
-var zstdCodec = sync.OnceValues(func() (*messages.Zstd, error) { return messages.NewZstd(16 << 20) })
 
 // Dial connects a Device to addr, failing the test if it cannot. The
 // connection is closed at the end of the test.
@@ -82,40 +74,28 @@ func DialErr(t testing.TB, addr string, cfg DeviceConfig) (*Device, error) {
 	if cfg.MaxBody == 0 {
 		cfg.MaxBody = 16 << 20
 	}
-	dialer := net.Dialer{Timeout: cfg.Timeout}
-	if cfg.LocalAddr != "" {
-		la, err := localAddr(cfg.LocalAddr)
-		if err != nil {
-			return nil, err
-		}
-		dialer.LocalAddr = la
-	}
-	c, err := dialer.Dial("tcp", addr)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+	defer cancel()
+	c, err := client.DialConn(ctx, addr, client.ConnConfig{AppCode: cfg.AppCode, MaxBody: cfg.MaxBody,
+		CompressThreshold: 64, WriteTimeout: cfg.Timeout, LocalAddr: cfg.LocalAddr})
 	if err != nil {
 		return nil, err
 	}
-	d := &Device{t: t, cfg: cfg, conn: c, r: messages.NewReader(c, cfg.MaxBody)}
+	d := &Device{t: t, cfg: cfg, c: c}
 	t.Cleanup(d.Close)
 	return d, nil
 }
 
-func localAddr(s string) (*net.TCPAddr, error) {
-	if ip := net.ParseIP(s); ip != nil {
-		return &net.TCPAddr{IP: ip}, nil
-	}
-	return net.ResolveTCPAddr("tcp", s)
-}
-
 // Conn returns the underlying connection (to stop reading, half-close,
 // or write arbitrary bytes).
-func (d *Device) Conn() net.Conn { return d.conn }
+func (d *Device) Conn() net.Conn { return d.c.NetConn() }
 
 // AppCode returns the appcode the device writes in its headers.
 func (d *Device) AppCode() uint16 { return d.cfg.AppCode }
 
 // Compressing reports whether the server turned compression on in
 // LOGIN_ACK.
-func (d *Device) Compressing() bool { return d.compress }
+func (d *Device) Compressing() bool { return d.c.Compressing() }
 
 // NextSeq returns a new seq for a client frame (1, 2, ...).
 func (d *Device) NextSeq() uint32 {
@@ -124,7 +104,7 @@ func (d *Device) NextSeq() uint32 {
 }
 
 // Close closes the connection. It is safe to call more than once.
-func (d *Device) Close() { d.closeMu.Do(func() { _ = d.conn.Close() }) }
+func (d *Device) Close() { d.closeMu.Do(func() { _ = d.c.Close() }) }
 
 // Login sends LOGIN for uid with token (asking for compression if zstd)
 // and returns the LOGIN_ACK, failing the test if another frame or none
@@ -152,7 +132,7 @@ func (d *Device) LoginWith(login *devicepb.Login) *devicepb.LoginAck {
 		if !login.Zstd {
 			d.t.Fatalf("testkit: server turned on compression the client did not ask for")
 		}
-		d.compress = true
+		d.c.SetCompression(true)
 	}
 	return ack
 }
@@ -171,36 +151,15 @@ func (d *Device) Send(cmd messages.Cmd, seq uint32, body proto.Message) {
 // returns any error. The body is compressed if compression is on and it
 // is 64 bytes or more, or if h.Flags already has messages.FlagZstd.
 func (d *Device) TrySend(h messages.Header, body proto.Message) error {
-	var raw []byte
-	if body != nil {
-		var err error
-		if raw, err = proto.Marshal(body); err != nil {
-			return err
-		}
-	}
-	if (d.compress && len(raw) >= 64) || h.Flags&messages.FlagZstd != 0 {
-		z, err := zstdCodec()
-		if err != nil {
-			return err
-		}
-		raw = z.Compress(nil, raw)
-		h.Flags |= messages.FlagZstd
-	}
-	return d.write(messages.AppendFrame(nil, h, raw))
+	return d.c.WriteFrame(h, body)
 }
 
 // SendRaw writes b as it is, failing the test on a write error.
 func (d *Device) SendRaw(b []byte) {
 	d.t.Helper()
-	if err := d.write(b); err != nil {
+	if err := d.c.WriteRaw(b); err != nil {
 		d.t.Fatalf("testkit: send raw: %v", err)
 	}
-}
-
-func (d *Device) write(b []byte) error {
-	_ = d.conn.SetWriteDeadline(time.Now().Add(d.cfg.Timeout))
-	_, err := d.conn.Write(b)
-	return err
 }
 
 // ReadFrame reads the next frame within the device's timeout. It returns
@@ -209,28 +168,8 @@ func (d *Device) write(b []byte) error {
 // the client (a compressed frame before compression was agreed, a body
 // that does not decode).
 func (d *Device) ReadFrame() (Frame, error) {
-	_ = d.conn.SetReadDeadline(time.Now().Add(d.cfg.Timeout))
-	f, err := d.r.ReadFrame()
-	if err != nil {
-		return Frame{}, err
-	}
-	out := Frame{Header: f.Header, Body: append([]byte(nil), f.Body...)}
-	if f.Compressed() {
-		if !d.compress {
-			return out, fmt.Errorf("testkit: %v frame compressed, but compression is not on", f.Cmd)
-		}
-		z, err := zstdCodec()
-		if err != nil {
-			return out, err
-		}
-		if out.Body, err = z.Decompress(nil, f.Body); err != nil {
-			return out, fmt.Errorf("testkit: %v frame: %w", f.Cmd, err)
-		}
-	}
-	if out.Msg, err = messages.DecodeBody(f.Cmd, out.Body); err != nil {
-		return out, fmt.Errorf("testkit: %v body: %w", f.Cmd, err)
-	}
-	return out, nil
+	_ = d.c.NetConn().SetReadDeadline(time.Now().Add(d.cfg.Timeout))
+	return d.c.ReadFrame()
 }
 
 // Expect reads the next frame and fails the test unless it is a cmd.

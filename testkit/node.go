@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/courier-im/courier/client"
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages/apipb"
 )
@@ -81,6 +82,8 @@ type NodeOptions struct {
 	DataDir string
 	// Args are extra flags, after the testkit's defaults (so they win).
 	Args []string
+	// Env are extra environment variables ("COURIER_X=v").
+	Env []string
 }
 
 // Node is a courier node running as a separate process, as in production.
@@ -158,7 +161,7 @@ func (n *Node) start() {
 	n.cmd = exec.Command(bin, args...)
 	n.logs = &syncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
-	n.cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66")
+	n.cmd.Env = append(append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66"), n.opts.Env...)
 	if err := n.cmd.Start(); err != nil {
 		t.Fatalf("testkit: start courier: %v", err)
 	}
@@ -199,6 +202,9 @@ func (n *Node) kill() {
 	_ = n.cmd.Process.Kill()
 	<-n.exited
 }
+
+// DataDir returns the node's data directory.
+func (n *Node) DataDir() string { return n.opts.DataDir }
 
 // Logs returns what the node has written so far.
 func (n *Node) Logs() string { return n.logs.String() }
@@ -250,16 +256,23 @@ func (n *Node) Device(t testing.TB, app uint16, uid string) *Device {
 	return d
 }
 
-// API returns a client of the node's gRPC API that authenticates with
-// key; Ctx adds the key to a context.
+// API returns a client of the node's gRPC API (plaintext); Ctx adds an
+// API key to a call's context.
 func (n *Node) API(t testing.TB) apipb.CourierClient {
 	t.Helper()
-	conn, err := grpc.NewClient(n.APIAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return apipb.NewCourierClient(n.GRPC(t, grpc.WithTransportCredentials(insecure.NewCredentials())))
+}
+
+// GRPC returns a connection to the node's API port made with opts (which
+// must say how to secure it), closed at the end of the test.
+func (n *Node) GRPC(t testing.TB, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(n.APIAddr, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return apipb.NewCourierClient(conn)
+	return conn
 }
 
 // Ctx returns a context carrying key, cancelled at the end of the test.
@@ -267,4 +280,25 @@ func Ctx(t testing.TB, key string) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+}
+
+// Client logs uid of app in through a client.Client (the library's
+// device: keepalive, acks, reconnects) with fast reconnect settings for
+// tests; mut, if not nil, adjusts the configuration first. The client is
+// closed at the end of the test.
+func (n *Node) Client(t testing.TB, app uint16, uid string, mut func(*client.Config)) *client.Client {
+	t.Helper()
+	cfg := client.Config{Addr: n.GateAddr, AppCode: app, UID: uid, Token: Token(t, app, uid), DeviceID: "client-" + uid,
+		BackoffInitial: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond, ShutdownJitter: 200 * time.Millisecond}
+	if mut != nil {
+		mut(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatalf("testkit: client login of %d/%s: %v", app, uid, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -46,7 +46,7 @@ func TestDeviceAgainstScriptedServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	z, _ := zstdCodec()
+	z, _ := messages.NewZstd(1 << 20)
 	payload := make([]byte, 4096)
 	serverErr := make(chan error, 1)
 	go func() {

@@ -59,7 +59,19 @@ func (k Keys) lookup(ctx context.Context) (scope, error) {
 	return scope{app: app}, nil
 }
 
-func (k Keys) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+// public reports whether a method is served without an API key: the
+// standard health service (for load balancers and orchestrators) and
+// server reflection (the schema, which is public anyway).
+func public(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/") ||
+		strings.HasPrefix(fullMethod, "/grpc.reflection.v1.ServerReflection/") ||
+		strings.HasPrefix(fullMethod, "/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+func (k Keys) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if public(info.FullMethod) {
+		return h(ctx, req)
+	}
 	s, err := k.lookup(ctx)
 	if err != nil {
 		return nil, err
@@ -74,7 +86,10 @@ type scopedStream struct {
 
 func (s scopedStream) Context() context.Context { return s.ctx }
 
-func (k Keys) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+func (k Keys) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if public(info.FullMethod) {
+		return h(srv, ss)
+	}
 	s, err := k.lookup(ss.Context())
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"strconv"
 	"strings"
@@ -26,6 +27,13 @@ type Config struct {
 	APIAddr string
 	// HTTPAddr serves /metrics and /healthz (default ":7002"; "" disables).
 	HTTPAddr string
+	// APITLSCert and APITLSKey are PEM files of the API's certificate and
+	// key: set, the API speaks only TLS (default: plaintext).
+	APITLSCert string
+	APITLSKey  string
+	// APITLSClientCA is a PEM file of the CAs whose client certificates
+	// the API requires (default: no client certificate asked).
+	APITLSClientCA string
 	// GatePublicAddr is the gate address presence reports (default: the
 	// gate's listen address).
 	GatePublicAddr string
@@ -37,6 +45,12 @@ type Config struct {
 	// APIKeys maps an API key to the appcode it acts for, or "*" for an
 	// operator key.
 	APIKeys map[string]string
+	// AppSecretFiles maps an appcode to a file holding its secret, and
+	// APIKeyFiles a file holding an API key to the appcode it acts for
+	// (or "*"): secrets outside argv and the environment. A file's
+	// content, trailing newlines removed, is the secret.
+	AppSecretFiles map[string]string
+	APIKeyFiles    map[string]string
 	// ShutdownGrace bounds the graceful shutdown (default 10 s).
 	ShutdownGrace time.Duration
 
@@ -81,8 +95,12 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	if c.APIAddr == "" {
 		return nil, nil, fmt.Errorf("node: api-addr: must not be empty")
 	}
-	secrets = make(map[uint16][]byte, len(c.AppSecrets))
-	for app, secret := range c.AppSecrets {
+	appSecrets, apiKeys, err := c.withFiles()
+	if err != nil {
+		return nil, nil, err
+	}
+	secrets = make(map[uint16][]byte, len(appSecrets))
+	for app, secret := range appSecrets {
 		n, err := strconv.ParseUint(app, 10, 16)
 		if err != nil || n == 0 {
 			return nil, nil, fmt.Errorf("node: app-secret %q: the appcode must be in [1, 65535]", app)
@@ -92,8 +110,8 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 		}
 		secrets[uint16(n)] = []byte(secret)
 	}
-	keys = make(api.Keys, len(c.APIKeys))
-	for key, app := range c.APIKeys {
+	keys = make(api.Keys, len(apiKeys))
+	for key, app := range apiKeys {
 		if len(key) < 16 {
 			return nil, nil, fmt.Errorf("node: api-key %q...: at least 16 bytes", key[:min(4, len(key))])
 		}
@@ -157,6 +175,52 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	return secrets, keys, nil
 }
 
+// withFiles returns the app secrets and API keys given inline and in
+// files, together.
+func (c *Config) withFiles() (appSecrets, apiKeys map[string]string, err error) {
+	appSecrets, apiKeys = maps.Clone(c.AppSecrets), maps.Clone(c.APIKeys)
+	if appSecrets == nil {
+		appSecrets = map[string]string{}
+	}
+	if apiKeys == nil {
+		apiKeys = map[string]string{}
+	}
+	for app, path := range c.AppSecretFiles {
+		s, err := readSecret(path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("node: app-secret-file %s=%s: %w", app, path, err)
+		}
+		if _, dup := appSecrets[app]; dup {
+			return nil, nil, fmt.Errorf("node: app-secret-file %s=%s: app %s also has an app-secret", app, path, app)
+		}
+		appSecrets[app] = s
+	}
+	for path, app := range c.APIKeyFiles {
+		k, err := readSecret(path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("node: api-key-file %s=%s: %w", path, app, err)
+		}
+		if _, dup := apiKeys[k]; dup {
+			return nil, nil, fmt.Errorf("node: api-key-file %s: the same key is given twice", path)
+		}
+		apiKeys[k] = app
+	}
+	return appSecrets, apiKeys, nil
+}
+
+// readSecret reads a secret file: its content without trailing newlines.
+func readSecret(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", errors.New("the file is empty")
+	}
+	return s, nil
+}
+
 // gateFields names the gate's Config fields as the node's settings, so
 // that a gate configuration error names what the operator set (a test
 // checks every setting exists). Longer field names come first: the
@@ -167,6 +231,7 @@ var gateFields = [][2]string{
 	{"Config.NewConnsPerIP", "gate.new-conns-per-ip"},
 	{"Config.MaxOutboundBuffered", "gate.max-outbound-buffered"},
 	{"Config.ListsPollInterval", "gate.lists-poll-interval"},
+	{"Config.ProxyProtocol", "gate.proxy-protocol"},
 	{"Config.HeartbeatInterval", "gate.heartbeat-interval"},
 	{"Config.CompressThreshold", "gate.compress-threshold"},
 	{"Config.FramesPerSecond", "gate.frames-per-second"},
@@ -183,6 +248,7 @@ var gateFields = [][2]string{
 	{"Config.ByteBurst", "gate.byte-burst"},
 	{"Config.FDReserve", "gate.fd-reserve"},
 	{"Config.ListsFile", "gate.lists-file"},
+	{"Config.ProxyFrom", "gate.proxy-from"},
 	{"Config.MaxConns", "gate.max-conns"},
 	{"Config.Lists", "gate.lists-file"},
 	{"Config.Loops", "gate.loops"},
@@ -202,7 +268,7 @@ func gateError(err error) error {
 	if !errors.Is(err, gate.ErrInvalidConfig) {
 		return err
 	}
-	return errors.New("node: " + gateSettings.Replace(err.Error()))
+	return configError{errors.New("node: " + gateSettings.Replace(err.Error()))}
 }
 
 // checkAPILimits checks the gRPC server's connection limits.

@@ -1,7 +1,10 @@
 // Package node assembles a Courier node: its cluster membership, the
-// device actors and their inbox store, the gate, the gRPC API and the HTTP
-// endpoint of metrics and health. It is what `courier` runs and what the
-// tests start as a separate process.
+// device actors and their inbox store, the gate, the gRPC API (with TLS,
+// grpc.health.v1 and reflection) and the HTTP endpoint of metrics,
+// /healthz and /readyz (Node.Ready). It is what `courier` runs and what
+// the tests start as a separate process. Start's errors say what to fix:
+// ErrConfig for a setting (named), ErrDataDirInUse for a data directory
+// another process holds.
 //
 // Start order matters: the store opens, then the cluster member starts,
 // before any other gRPC in the process, because the actor library replaces

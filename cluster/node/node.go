@@ -10,13 +10,19 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 
 	"github.com/courier-im/courier/actors"
 	"github.com/courier-im/courier/actors/stats"
@@ -44,6 +50,9 @@ type Node struct {
 	http  *http.Server
 	httpL net.Listener
 
+	health   *health.Server // grpc.health.v1 on the API port
+	stopping atomic.Bool    // Shutdown has begun: not ready
+
 	quit chan struct{} // stops the expiry sweep
 	wg   sync.WaitGroup
 	once sync.Once
@@ -57,7 +66,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 	secrets, keys, err := cfg.resolve()
 	if err != nil {
-		return nil, err
+		return nil, asConfigError(err)
 	}
 	n := &Node{cfg: cfg, log: log, reg: prometheus.NewRegistry(), quit: make(chan struct{})}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -89,7 +98,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		},
 	}, log)
 	if err != nil {
-		return nil, err
+		return nil, storeOpenError(cfg.DataDir, err)
 	}
 	n.stats = stats.New()
 	n.reg.MustRegister(n.stats)
@@ -122,10 +131,25 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		br.gateAddr.Store(&public)
 	}
 
+	apiTLS, err := cfg.apiTLS()
+	if err != nil {
+		return nil, asConfigError(err)
+	}
 	srv := api.New(api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Lists: n.gate.Lists(), Stats: n.stats, Upstream: n.up,
 		Backlog: n.gate.Backlog})
-	n.grpc = grpc.NewServer(srv.ServerOptions()...)
+	opts := srv.ServerOptions()
+	if apiTLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(apiTLS)))
+	}
+	n.grpc = grpc.NewServer(opts...)
 	apipb.RegisterCourierServer(n.grpc, srv)
+	// grpc.health.v1 (for load balancers; no API key needed) and server
+	// reflection (grpcurl works without the .proto files).
+	n.health = health.NewServer()
+	n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(n.grpc, n.health)
+	reflection.Register(n.grpc)
 	if n.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
 		return nil, fmt.Errorf("node: api-addr %s: %w", cfg.APIAddr, err)
 	}
@@ -149,6 +173,13 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if err := n.Ready(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ready")
+		})
 		n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		n.wg.Add(1)
 		go func() {
@@ -158,6 +189,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 			}
 		}()
 	}
+	n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	log.Info("node: started", "name", cfg.Name, "gate", n.GateAddr(), "api", n.APIAddr(), "http", n.HTTPAddr(),
 		"cluster", n.sys.Address(), "data", cfg.DataDir)
 	return n, nil
@@ -196,6 +229,36 @@ func newInstanceID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// Ready returns nil when the node serves: its store is open, its gate
+// listens, and it is a member of the cluster hosting identities; otherwise
+// an error saying what is missing. A node that has begun to shut down is
+// not ready.
+func (n *Node) Ready() error {
+	var missing []string
+	if n.stopping.Load() {
+		missing = append(missing, "shutting down")
+	}
+	if n.store == nil {
+		missing = append(missing, "store not open")
+	}
+	if n.gate == nil {
+		missing = append(missing, "no gate")
+	} else {
+		select {
+		case <-n.gate.Done():
+			missing = append(missing, "gate stopped")
+		default:
+		}
+	}
+	if n.sys == nil || !n.sys.Joined() {
+		missing = append(missing, "not a member of the cluster")
+	}
+	if len(missing) > 0 {
+		return errors.New(strings.Join(missing, "; "))
+	}
+	return nil
+}
+
 // Failed is closed when a part the node cannot live without stopped by
 // itself (the gate's event engine); Err says why. The process should exit
 // rather than go on as a node that serves no device.
@@ -222,11 +285,18 @@ func (n *Node) HTTPAddr() string {
 func (n *Node) Shutdown(ctx context.Context) error {
 	var errs []error
 	n.once.Do(func() {
+		start := time.Now()
+		step := func(what string) { n.log.Debug("node: shutdown: "+what, "after", time.Since(start)) }
+		n.stopping.Store(true)
 		close(n.quit)
+		if n.health != nil {
+			n.health.Shutdown() // NOT_SERVING: load balancers stop sending calls
+		}
 		if n.gate != nil {
 			if err := n.gate.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("gate: %w", err))
 			}
+			step("gate stopped")
 		}
 		if n.up != nil {
 			// Upstream streams end so that GracefulStop does not wait for them.
@@ -240,21 +310,25 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			case <-ctx.Done():
 				n.grpc.Stop()
 			}
+			step("API stopped")
 		}
 		if n.http != nil {
 			_ = n.http.Shutdown(ctx)
 		}
 		n.wg.Wait()
+		step("HTTP stopped")
 		// Actors stop before the store closes. Every accepted message is
 		// already durable; what an actor has not written yet is at most a
 		// session going offline, which the next activation corrects.
 		if n.sys != nil {
 			n.sys.Shutdown()
+			step("actors stopped")
 		}
 		if n.store != nil {
 			if err := n.store.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("store: %w", err))
 			}
+			step("store closed")
 		}
 	})
 	return errors.Join(errs...)

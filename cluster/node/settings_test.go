@@ -136,3 +136,26 @@ func TestNodeRefusesExposedRemoting(t *testing.T) {
 		t.Fatalf("error %q does not name cluster.bind and loopback", err)
 	}
 }
+
+func TestAPITLSSettings(t *testing.T) {
+	tests := []struct {
+		cert, key, ca string
+		want          string
+	}{
+		{"", "", "", ""},
+		{"cert.pem", "", "", "api.tls-cert and api.tls-key: set both or neither"},
+		{"", "", "ca.pem", "api.tls-cert and api.tls-key: set both or neither"},
+		{"/nonexistent/cert.pem", "/nonexistent/key.pem", "", "api.tls-cert/api.tls-key: open /nonexistent/cert.pem"},
+	}
+	for _, tt := range tests {
+		c := DefaultConfig()
+		c.APITLSCert, c.APITLSKey, c.APITLSClientCA = tt.cert, tt.key, tt.ca
+		cfg, err := c.apiTLS()
+		switch {
+		case tt.want == "" && (err != nil || cfg != nil):
+			t.Errorf("no TLS settings: %v %v", cfg, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%+v: error %v, want %q", tt, err, tt.want)
+		}
+	}
+}

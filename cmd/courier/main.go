@@ -13,13 +13,19 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
+	"sort"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -33,64 +39,108 @@ const (
 	devOpKey  = "courier-dev-operator-key"
 )
 
+// version is stamped by `make release` (-ldflags "-X main.version=...").
+var version = ""
+
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
-func run(args []string) int {
+// courierctlEnv are the variables courierctl reads; a node ignores them
+// without a warning (they are often set in the same shell).
+var courierctlEnv = map[string]bool{"COURIER_API": true, "COURIER_GATE": true, "COURIER_APP_SECRET": true,
+	"COURIER_API_TLS": true, "COURIER_API_TLS_CA": true,
+	"COURIER_API_TLS_CERT": true, "COURIER_API_TLS_KEY": true, "COURIER_GATE_TLS": true, "COURIER_GATE_TLS_CA": true,
+	"COURIER_GATE_TLS_CERT": true, "COURIER_GATE_TLS_KEY": true}
+
+// run runs the node until a signal and returns the exit code: 0 after a
+// clean shutdown, 1 when the node failed, 2 for a mistake on the command
+// line or in the settings.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	start := time.Now()
 	cfg := node.DefaultConfig()
 	fs := pflag.NewFlagSet("courier", pflag.ContinueOnError)
 	fs.SortFlags = false
+	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "YAML config file (keys are the flag names; nested maps allowed)")
-	dev := fs.Bool("dev", false, "development mode: a demo app (appcode 1) with a known token secret and API keys")
+	dev := fs.Bool("dev", false, "development mode: a demo app (appcode 1) with a known token secret and API keys, listening on 127.0.0.1 only")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logJSON := fs.Bool("log-json", false, "log as JSON lines")
 	gcPercent := fs.Int("gc-percent", 200, "Go GC target percentage (the GOGC environment variable wins); higher trades memory under load for CPU")
 	addrFile := fs.String("addr-file", "", "write the bound addresses as JSON to this file once started (for tools and tests)")
 	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (\"\" disables; for profiling only)")
 	node.BindSettings(fs, &cfg)
-	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: courier [flags]\n\nEvery flag is also an environment variable (COURIER_GATE_ADDR for --gate.addr)\nand a config file key.\n\n%s", fs.FlagUsages())
+	usage := func(w io.Writer) {
+		fmt.Fprintf(w, `Usage: courier [flags]
+       courier version
+
+Every flag is also an environment variable (COURIER_GATE_ADDR for
+--gate.addr; maps as KEY=VALUE,KEY=VALUE) and a key of the --config file.
+
+%s`, fs.FlagUsages())
 	}
-	if err := fs.Parse(args); err != nil {
-		if err == pflag.ErrHelp {
-			return 0
-		}
+	fs.Usage = func() { usage(stdout) } // pflag calls it for --help only
+	usageError := func(err error) int {
+		fmt.Fprintf(stderr, "courier: %v\n\n", err)
+		usage(stderr)
 		return 2
 	}
-	if err := node.ApplyFileAndEnv(fs, *configPath, os.Getenv); err != nil {
-		fmt.Fprintln(os.Stderr, "courier:", err)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
+		return usageError(err)
+	}
+	switch {
+	case fs.NArg() == 1 && fs.Arg(0) == "version":
+		fmt.Fprintf(stdout, "courier %s (%s, %s/%s)\n", versionString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return 0
+	case fs.NArg() > 0:
+		return usageError(fmt.Errorf("unexpected argument %q (courier takes flags only, and the command \"version\")", fs.Arg(0)))
+	}
+	if err := node.ApplyFileAndEnv(fs, *configPath, getenv); err != nil {
+		fmt.Fprintln(stderr, "courier:", err)
 		return 2
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		fmt.Fprintf(os.Stderr, "courier: --log-level %q: %v\n", *logLevel, err)
+		fmt.Fprintf(stderr, "courier: --log-level %q: %v\n", *logLevel, err)
 		return 2
 	}
-	var h slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	var h slog.Handler = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})
 	if *logJSON {
-		h = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+		h = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})
 	}
 	log := slog.New(h)
-	if os.Getenv("GOGC") == "" {
+	for _, name := range unknownEnv(fs, os.Environ()) {
+		log.Warn("courier: unknown environment variable, ignored", "name", name)
+	}
+	if getenv("GOGC") == "" {
 		debug.SetGCPercent(*gcPercent)
 	}
 	if *dev {
-		if len(cfg.AppSecrets) == 0 {
+		if err := devLoopback(fs, &cfg); err != nil {
+			fmt.Fprintln(stderr, "courier:", err)
+			return 2
+		}
+		if len(cfg.AppSecrets) == 0 && len(cfg.AppSecretFiles) == 0 {
 			cfg.AppSecrets["1"] = devSecret
 		}
-		if len(cfg.APIKeys) == 0 {
+		if len(cfg.APIKeys) == 0 && len(cfg.APIKeyFiles) == 0 {
 			cfg.APIKeys[devKey] = "1"
 			cfg.APIKeys[devOpKey] = "*"
 		}
 	}
-	if len(cfg.AppSecrets) == 0 {
+	if len(cfg.AppSecrets) == 0 && len(cfg.AppSecretFiles) == 0 {
 		log.Warn("no --app-secret configured: every device login will fail")
 	}
 
 	n, err := node.Start(cfg, log)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "courier:", err)
+		fmt.Fprintln(stderr, "courier:", err)
+		if errors.Is(err, node.ErrConfig) {
+			return 2
+		}
 		return 1
 	}
 	addrs := map[string]string{"gate": n.GateAddr(), "api": n.APIAddr(), "http": n.HTTPAddr()}
@@ -110,7 +160,7 @@ func run(args []string) int {
 		}
 	}
 	if *dev {
-		printDevHelp(n)
+		printDevHelp(stderr, n)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	failed := false
@@ -129,12 +179,65 @@ func run(args []string) int {
 	defer cancel()
 	if err := n.Shutdown(sctx); err != nil {
 		log.Error("courier: shutdown", "err", err)
-		return 1
+		failed = true
 	}
+	log.Info("courier: stopped", "ran", time.Since(start).Round(time.Millisecond), "failed", failed)
 	if failed {
 		return 1
 	}
 	return 0
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// unknownEnv returns the COURIER_* variables of env that are no setting
+// of fs (nor one of courierctl's), sorted: most likely misspellings.
+func unknownEnv(fs *pflag.FlagSet, env []string) []string {
+	known := map[string]bool{}
+	fs.VisitAll(func(f *pflag.Flag) { known[node.EnvName(f.Name)] = true })
+	var out []string
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "COURIER_") && !known[name] && !courierctlEnv[name] {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// devLoopback makes --dev listen on 127.0.0.1 only: it publishes known
+// keys. Addresses left at their defaults move to 127.0.0.1; one set to
+// anything but a loopback address is refused.
+func devLoopback(fs *pflag.FlagSet, cfg *node.Config) error {
+	for _, a := range []struct {
+		name string
+		addr *string
+	}{{"gate.addr", &cfg.Gate.Addr}, {"api-addr", &cfg.APIAddr}, {"http-addr", &cfg.HTTPAddr}} {
+		if *a.addr == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(*a.addr)
+		if err != nil {
+			return fmt.Errorf("%s %q: %w", a.name, *a.addr, err)
+		}
+		if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+			continue
+		}
+		if fs.Changed(a.name) {
+			return fmt.Errorf("--dev publishes known keys, so it listens on loopback only: %s %q is not a loopback address (drop --dev, or use 127.0.0.1)", a.name, *a.addr)
+		}
+		*a.addr = net.JoinHostPort("127.0.0.1", port)
+	}
+	return nil
 }
 
 // dialable turns a listen address such as ":7000" or "[::]:7001" into one
@@ -150,9 +253,9 @@ func dialable(addr string) string {
 	return net.JoinHostPort(host, port)
 }
 
-func printDevHelp(n *node.Node) {
+func printDevHelp(w io.Writer, n *node.Node) {
 	gate, api := dialable(n.GateAddr()), dialable(n.APIAddr())
-	fmt.Fprintf(os.Stderr, `
+	fmt.Fprintf(w, `
 Courier is running (development mode).
   devices connect to  %s   (appcode 1, token secret %q)
   app-servers call    %s   (API key %q; operator key %q)

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -22,13 +24,19 @@ import (
 type apiFlags struct {
 	addr    string
 	key     string
+	keyFile string
 	timeout time.Duration
+	tls     tlsFlags
+	out     io.Writer // the command's standard output
 }
 
 func (f *apiFlags) bind(c *cobra.Command) {
 	c.Flags().StringVar(&f.addr, "api", envOr("COURIER_API", "127.0.0.1:7001"), "gRPC API address (env COURIER_API)")
 	c.Flags().StringVar(&f.key, "key", os.Getenv("COURIER_API_KEY"), "API key (env COURIER_API_KEY)")
+	c.Flags().StringVar(&f.keyFile, "key-file", os.Getenv("COURIER_API_KEY_FILE"), "read the API key from this file (env COURIER_API_KEY_FILE)")
 	c.Flags().DurationVar(&f.timeout, "timeout", 10*time.Second, "call timeout")
+	f.tls.bind(c, "the API", "COURIER_API")
+	c.PreRun = func(c *cobra.Command, _ []string) { f.out = c.OutOrStdout() }
 }
 
 func envOr(name, def string) string {
@@ -40,10 +48,25 @@ func envOr(name, def string) string {
 
 // dial connects and returns a context carrying the key.
 func (f *apiFlags) dial() (apipb.CourierClient, context.Context, func(), error) {
-	if f.key == "" {
-		return nil, nil, nil, fmt.Errorf("--key (or COURIER_API_KEY) is required")
+	if f.keyFile != "" {
+		b, err := os.ReadFile(f.keyFile)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--key-file: %w", err)
+		}
+		f.key = strings.TrimRight(string(b), "\r\n")
 	}
-	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if f.key == "" {
+		return nil, nil, nil, fmt.Errorf("--key, --key-file or COURIER_API_KEY is required")
+	}
+	creds := insecure.NewCredentials()
+	tlsCfg, err := f.tls.config()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if tlsCfg != nil {
+		creds = credentials.NewTLS(tlsCfg)
+	}
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("--api %s: %w", f.addr, err)
 	}
@@ -63,16 +86,16 @@ func (f *apiFlags) call(do func(context.Context, apipb.CourierClient) (proto.Mes
 	if err != nil {
 		return err
 	}
-	printJSON(resp)
+	printJSON(f.out, resp)
 	return nil
 }
 
-func printJSON(m proto.Message) {
+func printJSON(w io.Writer, m proto.Message) {
 	b, _ := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(m)
 	var v any
 	_ = json.Unmarshal(b, &v)
 	out, _ := json.MarshalIndent(v, "", "  ")
-	fmt.Println(string(out))
+	fmt.Fprintln(w, string(out))
 }
 
 func pushCmd() *cobra.Command {
@@ -109,7 +132,7 @@ func pushCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				printJSON(resp)
+				printJSON(f.out, resp)
 				return nil
 			}
 			many := &apipb.PushManyRequest{}
@@ -120,7 +143,7 @@ func pushCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			printJSON(resp)
+			printJSON(f.out, resp)
 			return nil
 		},
 	}
@@ -201,7 +224,7 @@ func listEditCmd(verb string) *cobra.Command {
 	c := &cobra.Command{
 		Use:   verb + " ENTRY...",
 		Short: strings.ToUpper(verb[:1]) + verb[1:] + " entries of a list (ip-blacklist, ip-whitelist, uid-blacklist)",
-		Args:  cobra.MinimumNArgs(1),
+		Args:  minArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			kinds := map[string]apipb.AccessList{
 				"ip-blacklist": apipb.AccessList_IP_BLACKLIST, "ip-whitelist": apipb.AccessList_IP_WHITELIST,
@@ -226,7 +249,7 @@ func listEditCmd(verb string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			printJSON(resp)
+			printJSON(f.out, resp)
 			return nil
 		},
 	}

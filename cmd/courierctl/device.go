@@ -6,12 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/courier-im/courier/client"
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/devicepb"
@@ -26,192 +28,267 @@ import (
 
 func tokenCmd() *cobra.Command {
 	var app uint32
-	var uid, secret string
+	var uid, secret, secretFile string
 	var ttl time.Duration
 	c := &cobra.Command{
 		Use:   "token",
 		Short: "Mint a device token (HS256 JWT) for testing",
-		RunE: func(*cobra.Command, []string) error {
-			tok, err := gate.MintToken([]byte(secret), uint16(app), uid, ttl)
+		Args:  noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if uid == "" {
+				return errors.New("--uid is required")
+			}
+			s, err := secretValue(secret, secretFile)
 			if err != nil {
 				return err
 			}
-			fmt.Println(tok)
+			tok, err := gate.MintToken([]byte(s), uint16(app), uid, ttl)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.OutOrStdout(), tok)
 			return nil
 		},
 	}
 	c.Flags().Uint32Var(&app, "app", 1, "appcode")
 	c.Flags().StringVar(&uid, "uid", "", "uid")
 	c.Flags().StringVar(&secret, "secret", os.Getenv("COURIER_APP_SECRET"), "the app's token secret (env COURIER_APP_SECRET)")
+	c.Flags().StringVar(&secretFile, "secret-file", "", "read the app's token secret from this file")
 	c.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "token lifetime (at most the node's gate.max-token-lifetime, 7 days by default)")
 	return c
 }
 
-// demoDevice is a device that logs in, prints what it receives, acks it and
-// keeps the connection alive.
-type demoDevice struct {
-	conn net.Conn
-	app  uint16
-	mu   sync.Mutex // serialises writes
-	seq  uint32
-	buf  []byte
-}
-
-func (d *demoDevice) send(cmd messages.Cmd, msgtype uint16, body proto.Message) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.seq++
-	var err error
-	d.buf, err = messages.AppendMessage(d.buf[:0], messages.Header{Cmd: cmd, AppCode: d.app, MsgType: msgtype, Seq: d.seq}, body)
-	if err != nil {
-		return err
-	}
-	_, err = d.conn.Write(d.buf)
-	return err
-}
-
-func show(name string, h messages.Header, m proto.Message) {
-	s := ""
-	if m != nil {
-		b, _ := protojson.Marshal(m)
-		s = string(b)
-	}
-	// Payloads are bytes; show them as text when they are.
-	switch p := m.(type) {
-	case *devicepb.S2C:
-		if utf8.Valid(p.Payload) {
-			s = fmt.Sprintf("msg_id=%s payload=%q", p.MsgId, p.Payload)
-		}
-	case *devicepb.C2CPush:
-		if utf8.Valid(p.Payload) {
-			s = fmt.Sprintf("msg_id=%s from=%s payload=%q", p.MsgId, p.FromUid, p.Payload)
-		}
-	}
-	fmt.Printf("%s %-16s seq=%-6d msgtype=%-4d %s\n", time.Now().Format("15:04:05.000"), name, h.Seq, h.MsgType, s)
-}
-
-// commands reads "c2c UID TEXT", "c2s MSGTYPE TEXT" and "pull AFTER_SEQ"
-// lines and sends them.
-func (d *demoDevice) commands(in io.Reader) {
-	sc := bufio.NewScanner(in)
-	for sc.Scan() {
-		f := strings.SplitN(strings.TrimSpace(sc.Text()), " ", 3)
-		var err error
-		switch {
-		case len(f) == 3 && f[0] == "c2c":
-			err = d.send(messages.CmdC2C, 0, &devicepb.C2C{ToUid: f[1], ClientMsgId: strconv.FormatInt(time.Now().UnixNano(), 36), Payload: []byte(f[2])})
-		case len(f) == 3 && f[0] == "c2s":
-			var mt uint64
-			if mt, err = strconv.ParseUint(f[1], 10, 16); err == nil {
-				err = d.send(messages.CmdC2S, uint16(mt), &devicepb.C2S{ClientMsgId: strconv.FormatInt(time.Now().UnixNano(), 36), Payload: []byte(f[2])})
-			}
-		case len(f) == 2 && f[0] == "pull":
-			var after uint64
-			if after, err = strconv.ParseUint(f[1], 10, 32); err == nil {
-				err = d.send(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: uint32(after)})
-			}
-		case len(f) == 1 && f[0] == "":
-		default:
-			fmt.Fprintln(os.Stderr, `commands: "c2c UID TEXT", "c2s MSGTYPE TEXT", "pull AFTER_SEQ"`)
-		}
+// secretValue returns the secret given inline or in a file (trailing
+// newline removed).
+func secretValue(inline, file string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "send:", err)
+			return "", fmt.Errorf("--secret-file: %w", err)
 		}
+		return strings.TrimRight(string(b), "\r\n"), nil
 	}
+	if inline == "" {
+		return "", errors.New("--secret, --secret-file or COURIER_APP_SECRET is required")
+	}
+	return inline, nil
+}
+
+// printer serialises lines from the client's goroutine and ours.
+type printer struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (p *printer) printf(format string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintf(p.w, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05.000")}, args...)...)
+}
+
+// payload shows bytes as text when they are.
+func payload(b []byte) string {
+	if utf8.Valid(b) {
+		return strconv.Quote(string(b))
+	}
+	return fmt.Sprintf("%x", b)
+}
+
+// frameLine renders a frame: the inbox seq of stored messages is labelled
+// inbox-seq, the frame seq of requests and answers seq.
+func frameLine(out bool, h messages.Header, m proto.Message) string {
+	dir := "←"
+	if out {
+		dir = "→"
+	}
+	label := "seq"
+	if h.Cmd == messages.CmdS2C || h.Cmd == messages.CmdC2CPush {
+		label = "inbox-seq"
+	}
+	z := ""
+	if h.Compressed() {
+		z = " zstd"
+	}
+	body := ""
+	switch p := m.(type) {
+	case nil:
+	case *devicepb.S2C:
+		body = fmt.Sprintf("msg_id=%s payload=%s", p.MsgId, payload(p.Payload))
+	case *devicepb.C2CPush:
+		body = fmt.Sprintf("msg_id=%s from=%s payload=%s", p.MsgId, p.FromUid, payload(p.Payload))
+	default:
+		b, _ := protojson.Marshal(m)
+		body = string(b)
+	}
+	return fmt.Sprintf("%s %-16s %s=%-5d msgtype=%-4d%s %s", dir, h.Cmd, label, h.Seq, h.MsgType, z, body)
 }
 
 func deviceCmd() *cobra.Command {
-	var addr, uid, secret, token, deviceID string
+	var addr, discover, uid, secret, secretFile, token, deviceID string
 	var app uint32
-	var noAck, interactive bool
+	var noAck, interactive, verbose bool
+	var backoffMax time.Duration
+	var tf tlsFlags
 	c := &cobra.Command{
 		Use:   "device",
-		Short: "Act as a demo device: log in, print pushes, acknowledge them",
-		RunE: func(*cobra.Command, []string) error {
+		Short: "Act as a demo device: log in, print pushes, acknowledge them, reconnect",
+		Long: `Act as a demo device: log in, print what arrives, acknowledge it, keep the
+session alive and reconnect when the connection drops (not after being
+logged in elsewhere or kicked).
+
+Standard input takes commands, one per line: "c2c UID TEXT", "c2s MSGTYPE
+TEXT", "pull AFTER_SEQ", "logout". At the end of the input the device logs
+out and exits (use --stdin=false to read nothing and run until Ctrl-C).
+
+Frames are labelled with their frame seq (seq=, echoed by answers) or, for
+S2C and C2C_PUSH, their inbox seq (inbox-seq=). -v shows every frame sent
+and received, the acks included.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if uid == "" {
+				return errors.New("--uid is required")
+			}
 			if token == "" {
-				if secret == "" {
-					return errors.New("--token or --secret is required")
+				s, err := secretValue(secret, secretFile)
+				if err != nil {
+					return fmt.Errorf("--token or a secret is required: %w", err)
 				}
-				var err error
-				if token, err = gate.MintToken([]byte(secret), uint16(app), uid, 24*time.Hour); err != nil {
+				if token, err = gate.MintToken([]byte(s), uint16(app), uid, 24*time.Hour); err != nil {
 					return err
 				}
 			}
-			conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			tlsCfg, err := tf.config()
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			d := &demoDevice{conn: conn, app: uint16(app)}
-			if err := d.send(messages.CmdLogin, 0, &devicepb.Login{Uid: uid, Token: token, DeviceId: deviceID,
-				Platform: devicepb.Platform_DESKTOP, AppVersion: "courierctl"}); err != nil {
+			p := &printer{w: cmd.OutOrStdout()}
+			cfg := client.Config{Addr: addr, Discovery: discover, AppCode: uint16(app), UID: uid, Token: token,
+				DeviceID: deviceID, Platform: devicepb.Platform_DESKTOP, AppVersion: "courierctl", ManualAck: noAck, TLS: tlsCfg,
+				BackoffInitial: min(time.Second, backoffMax), BackoffMax: backoffMax, Logger: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+				OnState: func(s client.State, err error) {
+					if err != nil {
+						p.printf("%s (%v)", s, err)
+					} else {
+						p.printf("%s", s)
+					}
+				}}
+			if verbose {
+				cfg.OnFrame = func(out bool, h messages.Header, m proto.Message) { p.printf("%s", frameLine(out, h, m)) }
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cl, err := client.Dial(ctx, cfg)
+			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-			defer stop()
-			go func() { <-ctx.Done(); _ = d.send(messages.CmdLogout, 0, nil) }()
-			if interactive {
-				go d.commands(os.Stdin)
-			}
-			r := messages.NewReader(conn, 1<<20)
-			var heartbeat *time.Ticker
-			defer func() {
-				if heartbeat != nil {
-					heartbeat.Stop()
+			defer cl.Close()
+			p.printf("logged in as %d/%s (epoch %d)", app, uid, cl.Epoch())
+			go func() {
+				for {
+					m, err := cl.Recv(context.Background())
+					if err != nil {
+						return
+					}
+					if verbose {
+						continue // OnFrame showed it
+					}
+					cmd, from := "S2C", ""
+					if m.Kind == client.KindC2C {
+						cmd, from = "C2C_PUSH", " from="+m.FromUID
+					}
+					p.printf("← %-16s inbox-seq=%-5d msgtype=%-4d msg_id=%s%s payload=%s", cmd, m.Seq, m.MsgType, m.MsgID, from, payload(m.Payload))
 				}
 			}()
-			for {
-				f, err := r.ReadFrame()
-				if err != nil {
-					if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
-						return nil
-					}
-					return fmt.Errorf("connection: %w", err)
-				}
-				m, err := messages.DecodeBody(f.Cmd, f.Body)
-				if err != nil {
-					fmt.Printf("undecodable %v body: %v\n", f.Cmd, err)
-					continue
-				}
-				show(f.Cmd.String(), f.Header, m)
-				switch msg := m.(type) {
-				case *devicepb.LoginAck:
-					if msg.Code != devicepb.Code_OK {
-						return fmt.Errorf("login refused: %v %s", msg.Code, msg.Reason)
-					}
-					hb := time.Duration(msg.HeartbeatSeconds) * time.Second
-					heartbeat = time.NewTicker(hb)
-					go func(t *time.Ticker) {
-						for range t.C {
-							if d.send(messages.CmdKeepalive, 0, nil) != nil {
-								return
-							}
-						}
-					}(heartbeat)
-				case *devicepb.S2C:
-					if !noAck && f.Seq != 0 {
-						_ = d.send(messages.CmdS2CAck, f.MsgType, &devicepb.S2CAck{MsgId: msg.MsgId})
-					}
-				case *devicepb.C2CPush:
-					if !noAck {
-						_ = d.send(messages.CmdC2CPushAck, f.MsgType, &devicepb.C2CPushAck{MsgId: msg.MsgId})
-					}
-				case *devicepb.Kickout:
-					return nil
-				}
-				if f.Cmd == messages.CmdLogoutAck {
-					return nil
-				}
+			eof := make(chan struct{})
+			if interactive {
+				go func() {
+					defer close(eof)
+					deviceCommands(ctx, cl, cmd.InOrStdin(), p)
+				}()
 			}
+			select {
+			case <-ctx.Done():
+			case <-eof:
+			case <-cl.Done():
+				var ke *client.KickedError
+				if errors.As(cl.Err(), &ke) {
+					return fmt.Errorf("kicked out: %v %s", ke.Reason, ke.Detail)
+				}
+				return cl.Err()
+			}
+			lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := cl.Logout(lctx); err != nil {
+				return fmt.Errorf("logout: %w", err)
+			}
+			p.printf("logged out")
+			return nil
 		},
 	}
 	c.Flags().StringVar(&addr, "gate", envOr("COURIER_GATE", "127.0.0.1:7000"), "gate address (env COURIER_GATE)")
+	c.Flags().StringVar(&discover, "discover", "", "gate discovery URL (a node's http://HOST:PORT/v1/gates); --gate is the fallback")
 	c.Flags().Uint32Var(&app, "app", 1, "appcode")
 	c.Flags().StringVar(&uid, "uid", "", "uid")
 	c.Flags().StringVar(&secret, "secret", os.Getenv("COURIER_APP_SECRET"), "the app's token secret, to mint a token (env COURIER_APP_SECRET)")
-	c.Flags().StringVar(&token, "token", "", "a token (instead of --secret)")
+	c.Flags().StringVar(&secretFile, "secret-file", "", "read the app's token secret from this file")
+	c.Flags().StringVar(&token, "token", "", "a token (instead of a secret)")
 	c.Flags().StringVar(&deviceID, "device-id", "courierctl", "device id")
 	c.Flags().BoolVar(&noAck, "no-ack", false, "do not acknowledge pushes (to watch redelivery)")
-	c.Flags().BoolVar(&interactive, "stdin", true, `read commands from standard input: "c2c UID TEXT", "c2s MSGTYPE TEXT", "pull AFTER_SEQ"`)
+	c.Flags().BoolVar(&interactive, "stdin", true, `read commands from standard input; log out at its end`)
+	c.Flags().DurationVar(&backoffMax, "backoff-max", time.Minute, "longest wait between reconnection attempts (they start at 1s and double)")
+	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "show every frame sent and received, acks and keepalives included")
+	tf.bind(c, "the gate (a load balancer terminating TLS)", "COURIER_GATE")
 	return c
+}
+
+// deviceCommands reads commands until the end of in or ctx.
+func deviceCommands(ctx context.Context, cl *client.Client, in io.Reader, p *printer) {
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		f := strings.SplitN(strings.TrimSpace(sc.Text()), " ", 3)
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		switch {
+		case len(f) == 3 && f[0] == "c2c":
+			r, err := cl.SendC2C(cctx, f[1], 0, []byte(f[2]))
+			report(p, "C2C_ACK", r.MsgID, r.ClientMsgID, err)
+		case len(f) == 3 && f[0] == "c2s":
+			mt, err := strconv.ParseUint(f[1], 10, 16)
+			if err != nil {
+				p.printf("c2s: msgtype %q: %v", f[1], err)
+				break
+			}
+			r, err := cl.SendC2S(cctx, uint16(mt), []byte(f[2]))
+			report(p, "C2S_ACK", r.MsgID, r.ClientMsgID, err)
+		case len(f) == 2 && f[0] == "pull":
+			after, err := strconv.ParseUint(f[1], 10, 32)
+			if err != nil {
+				p.printf("pull: after seq %q: %v", f[1], err)
+				break
+			}
+			r, err := cl.Pull(cctx, uint32(after), 0)
+			if err != nil {
+				p.printf("PULL failed: %v", err)
+				break
+			}
+			for _, m := range r.Messages {
+				p.printf("  pulled %s inbox-seq=%d msgtype=%d msg_id=%s payload=%s", m.Kind, m.Seq, m.MsgType, m.MsgID, payload(m.Payload))
+			}
+			p.printf("← PULL_ACK %d messages, has_more=%v", len(r.Messages), r.HasMore)
+		case len(f) == 1 && (f[0] == "logout" || f[0] == "quit"):
+			cancel()
+			return
+		case len(f) == 1 && f[0] == "":
+		default:
+			p.printf(`commands: "c2c UID TEXT", "c2s MSGTYPE TEXT", "pull AFTER_SEQ", "logout"`)
+		}
+		cancel()
+	}
+}
+
+func report(p *printer, what, msgID, clientID string, err error) {
+	if err != nil {
+		p.printf("%s failed: %v (client_msg_id %s)", what, err, clientID)
+		return
+	}
+	p.printf("← %s OK msg_id=%s client_msg_id=%s", what, msgID, clientID)
 }

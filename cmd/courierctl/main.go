@@ -4,22 +4,113 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"runtime/debug"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
 
+// version is stamped by `make release` (-ldflags "-X main.version=...").
+var version = ""
+
 func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// usageError is a mistake on the command line: it is printed with the
+// command's usage and exits 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// run executes the command line and returns the exit code: 0, 1 when the
+// command failed, 2 for a mistake on the command line.
+func run(args []string, in io.Reader, out, errw io.Writer) int {
+	root := newRoot()
+	root.SetArgs(args)
+	root.SetIn(in)
+	root.SetOut(out)
+	root.SetErr(errw)
+	cmd, err := root.ExecuteC()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(errw, "courierctl:", err)
+	var ue usageError
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
+		fmt.Fprintf(errw, "\n%s", cmd.UsageString())
+		return 2
+	}
+	return 1
+}
+
+func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "courierctl",
 		Short:         "Operate a Courier node and try it out",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Args:          noArgs,
+		RunE:          func(c *cobra.Command, _ []string) error { return c.Help() },
 	}
-	root.AddCommand(tokenCmd(), deviceCmd(), pushCmd(), kickCmd(), presenceCmd(), statsCmd(), upstreamCmd(), listsCmd())
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "courierctl:", err)
-		os.Exit(1)
+	root.AddCommand(tokenCmd(), deviceCmd(), pushCmd(), kickCmd(), presenceCmd(), statsCmd(), upstreamCmd(), listsCmd(), versionCmd())
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+		if c.Args == nil {
+			c.Args = noArgs
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+	return root
+}
+
+// noArgs refuses positional arguments as a usage error.
+func noArgs(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		if c.HasSubCommands() {
+			return usageError{fmt.Errorf("unknown command %q for %q", args[0], c.CommandPath())}
+		}
+		return usageError{fmt.Errorf("%s takes no arguments, got %q", c.CommandPath(), args)}
+	}
+	return nil
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print courierctl's version",
+		RunE: func(c *cobra.Command, _ []string) error {
+			fmt.Fprintln(c.OutOrStdout(), "courierctl", versionString())
+			return nil
+		},
+	}
+}
+
+// minArgs wants at least n positional arguments.
+func minArgs(n int) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) < n {
+			return usageError{fmt.Errorf("%s needs at least %d argument(s)", c.CommandPath(), n)}
+		}
+		return nil
 	}
 }

@@ -10,7 +10,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/messages/apipb"
 )
@@ -54,7 +53,7 @@ func upstreamCmd() *cobra.Command {
 					if utf8.Valid(m.Payload) {
 						p = fmt.Sprintf("%q", m.Payload)
 					}
-					fmt.Printf("%s C2S app=%d msgtype=%d uid=%s msg_id=%s client_msg_id=%s attempt=%d payload=%s\n",
+					fmt.Fprintf(f.out, "%s C2S app=%d msgtype=%d uid=%s msg_id=%s client_msg_id=%s attempt=%d payload=%s\n",
 						time.UnixMilli(m.ReceivedAtMs).Format("15:04:05.000"), m.AppCode, m.Msgtype, m.Uid, m.MsgId, m.ClientMsgId, m.Attempt, p)
 					ids = append(ids, m.DeliveryId)
 				}
@@ -68,27 +67,6 @@ func upstreamCmd() *cobra.Command {
 	c.Flags().Uint32Var(&app, "app", 1, "appcode")
 	c.Flags().UintSliceVar(&msgtypes, "msgtype", nil, "msgtypes to take (default: all of the app's)")
 	c.Flags().Uint32Var(&window, "window", 0, "most unacknowledged deliveries (0: the node's default)")
-	return c
-}
-
-func statsCmd() *cobra.Command {
-	var f apiFlags
-	var app uint32
-	var msgtypes []uint
-	var window time.Duration
-	c := &cobra.Command{
-		Use:   "stats",
-		Short: "Show delivery statistics (arrival rate, ack latency) per msgtype",
-		RunE: func(*cobra.Command, []string) error {
-			return f.call(func(ctx context.Context, cl apipb.CourierClient) (proto.Message, error) {
-				return cl.Stats(ctx, &apipb.StatsRequest{AppCode: app, Msgtypes: toU32(msgtypes), WindowSeconds: uint32(window / time.Second)})
-			})
-		},
-	}
-	f.bind(c)
-	c.Flags().Uint32Var(&app, "app", 1, "appcode")
-	c.Flags().UintSliceVar(&msgtypes, "msgtype", nil, "only these msgtypes")
-	c.Flags().DurationVar(&window, "window", time.Minute, "recent window (at most 1h)")
 	return c
 }
 

@@ -2095,7 +2095,9 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\x11IdempotencyRecord\x12\x15\n" +
 	"\x06msg_id\x18\x01 \x01(\tR\x05msgId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\rR\x03seq\x12\"\n" +
-	"\rexpires_at_ms\x18\x03 \x01(\x03R\vexpiresAtMsB0Z.github.com/courier-im/courier/messages/actorpbb\x06proto3"
+	"\rexpires_at_ms\x18\x03 \x01(\x03R\vexpiresAtMsB{\n" +
+	"\x13im.courier.actor.v1B\n" +
+	"ActorProtoP\x01Z.github.com/courier-im/courier/messages/actorpb\xa2\x02\x03CAV\xaa\x02\x10Courier.Actor.V1\xba\x02\fCourierActorb\x06proto3"
 
 var (
 	file_courier_actor_v1_actor_proto_rawDescOnce sync.Once

@@ -1986,7 +1986,10 @@ const file_courier_v1_api_proto_rawDesc = "" +
 	"\x05Stats\x12\x18.courier.v1.StatsRequest\x1a\x19.courier.v1.StatsResponse\x12I\n" +
 	"\bUpstream\x12\x1b.courier.v1.UpstreamRequest\x1a\x1c.courier.v1.UpstreamDelivery(\x010\x01\x12L\n" +
 	"\x0eGetAccessLists\x12!.courier.v1.GetAccessListsRequest\x1a\x17.courier.v1.AccessLists\x12P\n" +
-	"\x10UpdateAccessList\x12#.courier.v1.UpdateAccessListRequest\x1a\x17.courier.v1.AccessListsB.Z,github.com/courier-im/courier/messages/apipbb\x06proto3"
+	"\x10UpdateAccessList\x12#.courier.v1.UpdateAccessListRequest\x1a\x17.courier.v1.AccessListsBi\n" +
+	"\rim.courier.v1B\bApiProtoP\x01Z,github.com/courier-im/courier/messages/apipb\xa2\x02\x03CRV\xaa\x02\n" +
+	"Courier.V1\xba\x02\n" +
+	"CourierApib\x06proto3"
 
 var (
 	file_courier_v1_api_proto_rawDescOnce sync.Once

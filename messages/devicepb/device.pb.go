@@ -1569,7 +1569,8 @@ const file_courier_device_v1_device_proto_rawDesc = "" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bKIND_S2C\x10\x01\x12\f\n" +
-	"\bKIND_C2C\x10\x02B1Z/github.com/courier-im/courier/messages/devicepbb\x06proto3"
+	"\bKIND_C2C\x10\x02B\x80\x01\n" +
+	"\x14im.courier.device.v1B\vDeviceProtoP\x01Z/github.com/courier-im/courier/messages/devicepb\xa2\x02\x03CDV\xaa\x02\x11Courier.Device.V1\xba\x02\rCourierDeviceb\x06proto3"
 
 var (
 	file_courier_device_v1_device_proto_rawDescOnce sync.Once

@@ -1,0 +1,98 @@
+package client
+
+import (
+	"testing"
+	"time"
+)
+
+func TestBackoffBounds(t *testing.T) {
+	for _, r := range []float64{0, 0.5, 0.999999} {
+		b := newBackoff(100*time.Millisecond, 2*time.Second)
+		b.rand = func() float64 { return r }
+		bound := 100 * time.Millisecond
+		for i := range 12 {
+			d := b.next()
+			if d < 0 || d >= bound || d > 2*time.Second {
+				t.Fatalf("rand %v attempt %d: wait %v outside [0, %v)", r, i, d, bound)
+			}
+			if want := time.Duration(r * float64(bound)); d != want {
+				t.Fatalf("rand %v attempt %d: wait %v, want %v", r, i, d, want)
+			}
+			bound = min(2*bound, 2*time.Second)
+			if b.bound() != bound {
+				t.Fatalf("attempt %d: bound %v, want %v", i, b.bound(), bound)
+			}
+		}
+		if b.bound() != 2*time.Second {
+			t.Fatalf("bound %v did not reach the maximum", b.bound())
+		}
+		if d := b.soon(2 * time.Second); d != time.Duration(r*float64(2*time.Second)) || b.bound() != 2*time.Second {
+			t.Fatalf("soon: %v, bound %v", d, b.bound())
+		}
+		b.reset()
+		if b.bound() != 100*time.Millisecond {
+			t.Fatalf("reset: bound %v", b.bound())
+		}
+	}
+	// The real random source stays within the bound too.
+	b := newBackoff(time.Millisecond, 8*time.Millisecond)
+	for i := range 1000 {
+		if d := b.next(); d < 0 || d >= 8*time.Millisecond {
+			t.Fatalf("attempt %d: %v", i, d)
+		}
+	}
+}
+
+func TestSeenSet(t *testing.T) {
+	s := newSeenSet(3)
+	for _, id := range []string{"a", "b", "c"} {
+		if !s.add(id) {
+			t.Fatalf("%s known before it was added", id)
+		}
+	}
+	if s.add("a") {
+		t.Fatal("duplicate a accepted")
+	}
+	s.acked("b")
+	if known, acked := s.lookup("b"); !known || !acked {
+		t.Fatalf("b: known %v acked %v", known, acked)
+	}
+	if !s.add("d") { // forgets a, the oldest
+		t.Fatal("d refused")
+	}
+	if known, _ := s.lookup("a"); known || s.len() != 3 {
+		t.Fatalf("a still known (len %d)", s.len())
+	}
+	if s.add("b") || s.add("c") || s.add("d") {
+		t.Fatal("recent ids forgotten")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	ok := Config{Addr: "127.0.0.1:1", AppCode: 1, UID: "u", Token: "t"}
+	tests := []struct {
+		name string
+		mut  func(*Config)
+	}{
+		{"no appcode", func(c *Config) { c.AppCode = 0 }},
+		{"no uid", func(c *Config) { c.UID = "" }},
+		{"long uid", func(c *Config) { c.UID = string(make([]byte, 129)) }},
+		{"no token", func(c *Config) { c.Token = "" }},
+		{"no gate", func(c *Config) { c.Addr = "" }},
+		{"bad discovery", func(c *Config) { c.Discovery = "gates.example.com" }},
+		{"backoff", func(c *Config) { c.BackoffInitial, c.BackoffMax = 2*time.Second, time.Second }},
+	}
+	c := ok
+	c.fill()
+	if err := c.validate(); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	for _, tt := range tests {
+		c := ok
+		tt.mut(&c)
+		c.fill()
+		if err := c.validate(); err == nil {
+			t.Errorf("%s: accepted", tt.name)
+		}
+	}
+}

@@ -1,0 +1,213 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/devicepb"
+)
+
+// Config is what a Client runs with. AppCode, UID, a token (Token or
+// TokenSource) and a gate (Addr or Discovery) are required; every other
+// field has a default (DefaultConfig).
+type Config struct {
+	// Addr is the gate's address, "host:port". The name is resolved again
+	// at every connection.
+	Addr string
+	// Discovery is the URL of a gate discovery endpoint (a node's
+	// `GET /v1/gates`), asked before connecting; its answer is
+	// {"gates":[{"addr":"host:port", ...}, ...]}, best gate first. The
+	// client tries the gates in order and asks again when it has tried
+	// them all. "app=APPCODE" is added to the query. If discovery fails
+	// and Addr is set, Addr is used.
+	Discovery string
+	// HTTPClient asks Discovery (default: a client with a 5 s timeout).
+	HTTPClient *http.Client
+
+	// AppCode and UID are the identity.
+	AppCode uint16
+	UID     string
+	// Token is the device token from the app-server (a static one: a
+	// login it fails stops the client for good).
+	Token string
+	// TokenSource, if set, is asked for a token before every login
+	// instead of Token, and again after AUTH_FAILED (once) or
+	// TOKEN_EXPIRED.
+	TokenSource func(ctx context.Context) (string, error)
+	// DeviceID, Platform and AppVersion go in LOGIN (informational).
+	DeviceID   string
+	Platform   devicepb.Platform
+	AppVersion string
+
+	// NoCompression stops the client from asking for zstd at login
+	// (default: it asks, and compresses bodies of CompressThreshold bytes
+	// or more when the server agrees).
+	NoCompression     bool
+	CompressThreshold int // default 512
+
+	// ManualAck: the caller acknowledges each message with Ack. By
+	// default a message is acknowledged when Recv (or Pull) returns it.
+	ManualAck bool
+	// ResumeSeq is the highest inbox seq the app handled in an earlier
+	// run (persist LastSeq to fill it). After each login the client PULLs
+	// what came after it.
+	ResumeSeq uint32
+
+	// TLS, if set, connects with TLS (to a load balancer terminating TLS
+	// in front of the gates).
+	TLS *tls.Config
+	// DialTimeout bounds a TCP (and TLS) connect (default 10 s).
+	DialTimeout time.Duration
+	// LoginTimeout bounds the wait for LOGIN_ACK (default 12 s: the
+	// gate's login timeout is 10 s).
+	LoginTimeout time.Duration
+	// WriteTimeout bounds every write; a write that times out drops the
+	// connection (default 10 s).
+	WriteTimeout time.Duration
+	// MaxFrameSize is the gate's frame limit: larger C2S and C2C bodies are
+	// refused with ErrTooLarge before they are sent (default 64 KiB, the
+	// gate's default).
+	MaxFrameSize uint32
+	// MaxBody is the largest body accepted from the server (default
+	// 16 MiB).
+	MaxBody uint32
+
+	// BackoffInitial and BackoffMax bound the wait before reconnecting:
+	// a random time in [0, b), b starting at BackoffInitial and doubling
+	// up to BackoffMax after each failed attempt (defaults 1 s, 60 s). A
+	// session that lasted BackoffReset (default 60 s) starts b again at
+	// BackoffInitial. After KICKOUT SERVER_SHUTDOWN the wait is a random
+	// time in [0, ShutdownJitter) (default 2 s) and b does not grow.
+	BackoffInitial time.Duration
+	BackoffMax     time.Duration
+	BackoffReset   time.Duration
+	ShutdownJitter time.Duration
+	// ResendAfter: a C2C or C2S that got no answer this long after it was
+	// sent is sent again with the same client message id (default 15 s).
+	// Unanswered sends are also sent again after every reconnect.
+	ResendAfter time.Duration
+
+	// RecvBuffer is how many received messages wait for Recv before the
+	// client stops reading the connection (default 256; a gate whose
+	// queue for the device fills up disconnects it as a slow client).
+	RecvBuffer int
+	// MaxOutbox bounds the sends waiting for their answer (default 1024).
+	MaxOutbox int
+	// DedupSize is how many message ids the client remembers to drop
+	// duplicates (default 10,000). Older ids are forgotten first.
+	DedupSize int
+
+	// Logger receives the client's logs (default: slog.Default()).
+	Logger *slog.Logger
+	// OnFrame, if set, is called with every frame sent (out true) and
+	// received, on the client's goroutine: it must not block. For tools
+	// and debugging.
+	OnFrame func(out bool, h messages.Header, body proto.Message)
+	// OnState, if set, is called on every change of the connection's
+	// state, on the client's goroutine: it must not block.
+	OnState func(s State, err error)
+}
+
+// DefaultConfig returns a Config with every default filled in and no
+// identity, token or gate.
+func DefaultConfig() Config {
+	return Config{
+		Platform:          devicepb.Platform_OTHER,
+		AppVersion:        "courier-go-client",
+		CompressThreshold: 512,
+		DialTimeout:       10 * time.Second,
+		LoginTimeout:      12 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		MaxFrameSize:      messages.DefaultMaxBody,
+		MaxBody:           16 << 20,
+		BackoffInitial:    time.Second,
+		BackoffMax:        60 * time.Second,
+		BackoffReset:      60 * time.Second,
+		ShutdownJitter:    2 * time.Second,
+		ResendAfter:       15 * time.Second,
+		RecvBuffer:        256,
+		MaxOutbox:         1024,
+		DedupSize:         10_000,
+	}
+}
+
+// fill sets the zero fields of c to their defaults.
+func (c *Config) fill() {
+	d := DefaultConfig()
+	set := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setInt := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	if c.Platform == devicepb.Platform_PLATFORM_UNSPECIFIED {
+		c.Platform = d.Platform
+	}
+	if c.AppVersion == "" {
+		c.AppVersion = d.AppVersion
+	}
+	setInt(&c.CompressThreshold, d.CompressThreshold)
+	set(&c.DialTimeout, d.DialTimeout)
+	set(&c.LoginTimeout, d.LoginTimeout)
+	set(&c.WriteTimeout, d.WriteTimeout)
+	if c.MaxFrameSize == 0 {
+		c.MaxFrameSize = d.MaxFrameSize
+	}
+	if c.MaxBody == 0 {
+		c.MaxBody = d.MaxBody
+	}
+	set(&c.BackoffInitial, d.BackoffInitial)
+	set(&c.BackoffMax, d.BackoffMax)
+	set(&c.BackoffReset, d.BackoffReset)
+	set(&c.ShutdownJitter, d.ShutdownJitter)
+	set(&c.ResendAfter, d.ResendAfter)
+	setInt(&c.RecvBuffer, d.RecvBuffer)
+	setInt(&c.MaxOutbox, d.MaxOutbox)
+	setInt(&c.DedupSize, d.DedupSize)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.HTTPClient == nil {
+		c.HTTPClient = &http.Client{Timeout: 5 * time.Second}
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.AppCode == 0:
+		return fmt.Errorf("client: AppCode: must be in [1, 65535]")
+	case len(c.UID) == 0 || len(c.UID) > 128:
+		return fmt.Errorf("client: UID: must be 1 to 128 bytes, got %d", len(c.UID))
+	case len(c.DeviceID) > 128 || len(c.AppVersion) > 128:
+		return fmt.Errorf("client: DeviceID and AppVersion: at most 128 bytes each (the gate refuses longer)")
+	case c.Token == "" && c.TokenSource == nil:
+		return fmt.Errorf("client: Token or TokenSource is required")
+	case c.Addr == "" && c.Discovery == "":
+		return fmt.Errorf("client: Addr or Discovery is required: %w", ErrNoGate)
+	case c.BackoffMax < c.BackoffInitial:
+		return fmt.Errorf("client: BackoffMax %v: less than BackoffInitial %v", c.BackoffMax, c.BackoffInitial)
+	case c.CompressThreshold < 0, c.RecvBuffer < 0, c.MaxOutbox < 0, c.DedupSize < 0:
+		return fmt.Errorf("client: sizes must not be negative")
+	case c.MaxBody > maxDecompressed:
+		return fmt.Errorf("client: MaxBody %d: at most %d", c.MaxBody, maxDecompressed)
+	}
+	if c.Discovery != "" {
+		u, err := url.Parse(c.Discovery)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("client: Discovery %q: want an http(s) URL", c.Discovery)
+		}
+	}
+	return nil
+}

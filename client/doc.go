@@ -1,0 +1,39 @@
+// Package client is a Go client of Courier's device protocol
+// (docs/protocol.md), for apps, tools and tests: it connects to a gate (an
+// address, or the gates a discovery endpoint lists), logs in with a token
+// from the app-server, keeps the session alive on the interval LOGIN_ACK
+// gives, and hands the app the pushes it receives (S2C from app-servers,
+// C2C_PUSH from other users), acknowledging each once Recv returned it (or
+// when the app calls Ack, with Config.ManualAck). The app sends C2S
+// upstream and C2C to other users; each send waits for its answer and is
+// resent with the same client message id until it comes. Bodies are
+// zstd-compressed both ways when the server agrees.
+//
+// When the connection drops, the client reconnects with jittered
+// exponential backoff, logs in again, PULLs what came after the last seq
+// the app received (so there is no gap), resends unanswered sends and
+// unconfirmed C2C_PUSH_ACKs, and drops the duplicates the server's
+// redeliveries bring (by msg_id). After KICKOUT SERVER_SHUTDOWN it
+// reconnects within a short random delay; after LOGGED_IN_ELSEWHERE,
+// KICKED_BY_OPERATOR, KICKED_BY_APP_SERVER and UID_BLACKLISTED, and after a
+// login refusal that retrying cannot fix, it stops: Recv returns the
+// *KickedError or *LoginError.
+//
+// Goroutines: a Client has one goroutine that owns all its state (the
+// connection, the outbox, the received queue), a reader goroutine per
+// connection, and one per connection attempt; the API's methods talk to
+// the owner through channels and may be called from any goroutine. Close
+// (or Logout) ends them all before it returns.
+//
+// What may be lost where: nothing acknowledged by the server is lost by
+// the client. Messages received but not yet returned by Recv when the
+// client stops are not acknowledged, so the server delivers them again to
+// the next session. The de-duplication memory (Config.DedupSize ids) and
+// LastSeq live in memory only: an app that must not see a message twice
+// across restarts persists the ids it handled and LastSeq (pass it as
+// Config.ResumeSeq). A send whose context ends before its answer may or
+// may not have been accepted; resend it with the same client message id.
+//
+// Conn is the layer below: one connection's framing, compression and body
+// codecs, for tests and tools that need to write arbitrary frames.
+package client

@@ -1,0 +1,800 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/devicepb"
+)
+
+// Requests from the API's goroutines to the client's goroutine.
+type (
+	sendReq struct {
+		ctx     context.Context
+		cmd     messages.Cmd // CmdC2C or CmdC2S
+		msgtype uint16
+		id      string
+		body    proto.Message
+		res     chan sendResult // buffered 1
+		seq     uint32          // frame seq on the current connection, 0: not sent on it
+		sentAt  time.Time
+	}
+	sendResult struct {
+		msgID string
+		err   error
+	}
+	pullReq struct {
+		ctx          context.Context
+		after, limit uint32
+		res          chan pullResult // buffered 1
+		seq          uint32
+		sentAt       time.Time
+	}
+	pullResult struct {
+		msgs    []*Message
+		hasMore bool
+		err     error
+	}
+	ackReq struct {
+		msg *Message
+		// pulled: a message Pull returned, to be marked seen (and
+		// acknowledged unless ManualAck); otherwise an explicit Ack.
+		pulled bool
+	}
+	logoutReq struct{}
+)
+
+type outKey struct {
+	cmd messages.Cmd
+	id  string
+}
+
+// dialResult is what a connection attempt produced.
+type dialResult struct {
+	conn  *Conn
+	addr  string
+	login *devicepb.Login
+	ack   *devicepb.LoginAck
+	addrs []string // from discovery: the gates to try next
+	err   error
+}
+
+// readResult is one frame (or the error that ended reading).
+type readResult struct {
+	f   Frame
+	err error
+}
+
+// session is one logged-in connection.
+type session struct {
+	conn       *Conn
+	addr       string
+	frames     chan readResult
+	stop       chan struct{} // closed to stop the reader
+	readerDone chan struct{}
+	heartbeat  time.Duration
+	started    time.Time
+	lastRecv   time.Time
+	seq        uint32 // last frame seq used
+	kicked     *devicepb.Kickout
+	resumeSeq  uint32 // frame seq of the client's own PULL, 0: none
+	logoutSeq  uint32
+}
+
+// loop is the state of the client's goroutine. Everything here belongs to
+// it; the API talks to it through Client.reqs and Client.out.
+type loop struct {
+	c   *Client
+	cfg *Config
+	log *slog.Logger
+	bo  *backoff
+
+	ctx    context.Context // cancelled when the client stops
+	cancel context.CancelFunc
+
+	sess      *session
+	dialing   chan dialResult // non-nil while an attempt runs
+	wait      *time.Timer     // non-nil while waiting to reconnect
+	keepalive *time.Timer
+	resend    *time.Ticker
+
+	outbox   map[outKey]*sendReq
+	order    []*sendReq // outbox in the order of the sends
+	inflight map[uint32]*sendReq
+	pulls    []*pullReq // user pulls, sent or waiting for a connection
+	seen     *seenSet
+	queue    []*Message // received, waiting for Recv
+	unconf   map[string]struct{}
+
+	addrs      []string // gates to try, from Discovery
+	tokenRetry bool     // a login failed on its token: one retry with a fresh one
+	firstDone  bool
+	logout     bool
+	terminal   error
+}
+
+func newLoop(c *Client) *loop {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &loop{
+		c: c, cfg: &c.cfg, log: c.cfg.Logger.With("uid", c.cfg.UID, "app", c.cfg.AppCode),
+		bo:  newBackoff(c.cfg.BackoffInitial, c.cfg.BackoffMax),
+		ctx: ctx, cancel: cancel,
+		outbox:   map[outKey]*sendReq{},
+		inflight: map[uint32]*sendReq{},
+		seen:     newSeenSet(c.cfg.DedupSize),
+		unconf:   map[string]struct{}{},
+	}
+}
+
+func (l *loop) run() {
+	defer close(l.c.done)
+	tick := min(max(l.cfg.ResendAfter/4, 50*time.Millisecond), time.Second)
+	l.resend = time.NewTicker(tick)
+	defer l.resend.Stop()
+	l.startDial()
+	for l.terminal == nil {
+		var frames chan readResult
+		if l.sess != nil && len(l.queue) < l.cfg.RecvBuffer {
+			frames = l.sess.frames
+		}
+		var out chan *Message
+		var head *Message
+		if len(l.queue) > 0 {
+			out, head = l.c.out, l.queue[0]
+		}
+		var waitC, kaC <-chan time.Time
+		if l.wait != nil {
+			waitC = l.wait.C
+		}
+		if l.keepalive != nil {
+			kaC = l.keepalive.C
+		}
+		select {
+		case <-l.c.quit:
+			l.terminal = ErrClosed
+		case r := <-l.dialing:
+			l.dialing = nil
+			l.dialed(r)
+		case <-waitC:
+			l.wait = nil
+			l.startDial()
+		case r := <-frames:
+			if r.err != nil {
+				l.disconnect(r.err)
+			} else {
+				l.sess.lastRecv = time.Now()
+				l.handle(r.f)
+			}
+		case out <- head:
+			l.queue[0] = nil
+			l.queue = l.queue[1:]
+			if !l.cfg.ManualAck {
+				l.ack(head)
+			}
+		case r := <-l.c.reqs:
+			l.request(r)
+		case <-kaC:
+			l.keepaliveDue()
+		case <-l.resend.C:
+			l.resendDue()
+		}
+	}
+	l.stop()
+}
+
+// setState records and reports a state change.
+func (l *loop) setState(s State, err error) {
+	if State(l.c.state.Swap(int32(s))) == s && err == nil {
+		return
+	}
+	if l.cfg.OnState != nil {
+		l.cfg.OnState(s, err)
+	}
+}
+
+// startDial starts a connection attempt on its own goroutine, which the
+// loop waits for (dialing).
+func (l *loop) startDial() {
+	l.setState(StateConnecting, nil)
+	ch := make(chan dialResult, 1)
+	l.dialing = ch
+	addrs := l.addrs
+	if len(addrs) > 0 {
+		l.addrs = addrs[1:]
+	}
+	login := &devicepb.Login{Uid: l.cfg.UID, DeviceId: l.cfg.DeviceID, Platform: l.cfg.Platform,
+		AppVersion: l.cfg.AppVersion, Zstd: !l.cfg.NoCompression}
+	go func() { ch <- l.connect(l.ctx, addrs, login) }()
+}
+
+// connect resolves a gate, dials it and logs in. It runs on its own
+// goroutine and touches nothing of the loop's but what it was given.
+func (l *loop) connect(ctx context.Context, addrs []string, login *devicepb.Login) (r dialResult) {
+	r.login = login
+	cfg := l.cfg
+	switch {
+	case len(addrs) > 0:
+		r.addr = addrs[0]
+	case cfg.Discovery != "":
+		found, err := discover(ctx, cfg.HTTPClient, cfg.Discovery, cfg.AppCode)
+		switch {
+		case err == nil:
+			// The others are tried next (the loop keeps them).
+			r.addr, r.addrs = found[0], found[1:]
+		case cfg.Addr != "":
+			l.log.Warn("client: gate discovery failed; using Addr", "err", err, "addr", cfg.Addr)
+			r.addr = cfg.Addr
+		default:
+			r.err = err
+			return r
+		}
+	default:
+		r.addr = cfg.Addr
+	}
+	token := cfg.Token
+	if cfg.TokenSource != nil {
+		t, err := cfg.TokenSource(ctx)
+		if err != nil {
+			r.err = err
+			return r
+		}
+		token = t
+	}
+	login.Token = token
+	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	conn, err := DialConn(dctx, r.addr, ConnConfig{AppCode: cfg.AppCode, MaxBody: cfg.MaxBody,
+		CompressThreshold: cfg.CompressThreshold, WriteTimeout: cfg.WriteTimeout, TLS: cfg.TLS})
+	cancel()
+	if err != nil {
+		r.err = err
+		return r
+	}
+	// Close stops a login in progress when the client stops.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	ack, err := conn.Login(login, 1, cfg.LoginTimeout)
+	if !stop() {
+		err = ErrClosed
+	}
+	if err != nil {
+		conn.Close()
+		r.err = err
+		return r
+	}
+	r.conn, r.ack = conn, ack
+	return r
+}
+
+// dialed handles the outcome of a connection attempt.
+func (l *loop) dialed(r dialResult) {
+	if r.addrs != nil {
+		l.addrs = r.addrs
+	}
+	if r.conn != nil && l.cfg.OnFrame != nil {
+		l.cfg.OnFrame(true, messages.Header{Cmd: messages.CmdLogin, AppCode: l.cfg.AppCode, Seq: 1}, redactToken(r.login))
+		l.cfg.OnFrame(false, messages.Header{Cmd: messages.CmdLoginAck, AppCode: l.cfg.AppCode, Seq: 1}, r.ack)
+	}
+	if r.err != nil {
+		l.failed(r.err)
+		return
+	}
+	if r.ack.Code != devicepb.Code_OK {
+		r.conn.Close()
+		err := &LoginError{Code: r.ack.Code, Reason: r.ack.Reason}
+		if err.Permanent() {
+			tokenCode := err.Code == devicepb.Code_AUTH_FAILED || err.Code == devicepb.Code_TOKEN_EXPIRED
+			if tokenCode && l.cfg.TokenSource != nil && !l.tokenRetry {
+				// docs/protocol.md §6: fetch a fresh token and try once more.
+				l.tokenRetry = true
+				l.c.setLastErr(err)
+				l.log.Info("client: login refused; retrying with a fresh token", "code", err.Code)
+				l.startDial()
+				return
+			}
+			l.fail(err)
+			return
+		}
+		l.failed(err)
+		return
+	}
+	l.tokenRetry = false
+	l.connected(r)
+}
+
+// failed handles an attempt that failed in a way a later one may not.
+func (l *loop) failed(err error) {
+	l.c.setLastErr(err)
+	if errors.Is(err, ErrClosed) {
+		return
+	}
+	d := l.bo.next()
+	l.log.Debug("client: connection failed", "err", err, "retry_in", d)
+	l.waitFor(d, err)
+}
+
+func (l *loop) waitFor(d time.Duration, err error) {
+	l.setState(StateWaiting, err)
+	l.wait = time.NewTimer(d)
+}
+
+// fail stops the client for good with err.
+func (l *loop) fail(err error) {
+	l.terminal = err
+}
+
+func redactToken(login *devicepb.Login) *devicepb.Login {
+	c := proto.Clone(login).(*devicepb.Login)
+	if c.Token != "" {
+		c.Token = "…"
+	}
+	return c
+}
+
+// connected starts a session on a logged-in connection.
+func (l *loop) connected(r dialResult) {
+	now := time.Now()
+	hb := time.Duration(r.ack.HeartbeatSeconds) * time.Second
+	if hb <= 0 {
+		hb = 30 * time.Second
+	}
+	s := &session{conn: r.conn, addr: r.addr, frames: make(chan readResult, 64), stop: make(chan struct{}),
+		readerDone: make(chan struct{}), heartbeat: hb, started: now, lastRecv: now, seq: 1}
+	l.sess = s
+	l.addrs = nil // the next connection asks discovery again
+	l.c.epoch.Store(r.ack.Epoch)
+	go s.read()
+	l.keepalive = time.NewTimer(hb)
+	l.log.Debug("client: logged in", "gate", r.addr, "epoch", r.ack.Epoch, "pending", r.ack.Pending,
+		"last_seq", r.ack.LastSeq, "zstd", r.ack.Zstd)
+	if !l.firstDone {
+		l.firstDone = true
+		l.c.first <- nil
+	}
+	l.setState(StateConnected, nil)
+
+	// Resume: fetch what came after the last seq handed to the app.
+	last := l.c.lastSeq.Load()
+	if r.ack.LastSeq < last {
+		// docs/protocol.md §9.6: our seq is not valid for this server.
+		l.log.Warn("client: the server's last seq is below ours; pulling from 0", "server", r.ack.LastSeq, "ours", last)
+		l.c.lastSeq.Store(0)
+		last = 0
+	}
+	if r.ack.LastSeq > last {
+		l.resumePull(last)
+	}
+	for id := range l.unconf {
+		l.write(messages.CmdC2CPushAck, 0, &devicepb.C2CPushAck{MsgId: id})
+	}
+	for _, s := range l.order {
+		l.sendOut(s)
+	}
+	for _, p := range l.pulls {
+		l.pullOut(p)
+	}
+}
+
+// read is the session's reader goroutine. It ends when the connection
+// fails or is closed, or when stop is closed.
+func (s *session) read() {
+	defer close(s.readerDone)
+	for {
+		f, err := s.conn.ReadFrame()
+		select {
+		case s.frames <- readResult{f, err}:
+		case <-s.stop:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// closeSession closes the connection and waits for its reader.
+func (l *loop) closeSession() *session {
+	s := l.sess
+	if s == nil {
+		return nil
+	}
+	l.sess = nil
+	s.conn.Close()
+	close(s.stop)
+	<-s.readerDone
+	if l.keepalive != nil {
+		l.keepalive.Stop()
+		l.keepalive = nil
+	}
+	clear(l.inflight)
+	for _, r := range l.order {
+		r.seq, r.sentAt = 0, time.Time{}
+	}
+	for _, p := range l.pulls {
+		p.seq, p.sentAt = 0, time.Time{}
+	}
+	return s
+}
+
+// disconnect ends the session after a connection failure or a kickout and
+// decides what comes next.
+func (l *loop) disconnect(cause error) {
+	s := l.closeSession()
+	if s == nil {
+		return
+	}
+	if l.logout {
+		l.fail(ErrClosed)
+		return
+	}
+	if time.Since(s.started) >= l.cfg.BackoffReset {
+		l.bo.reset()
+	}
+	if k := s.kicked; k != nil {
+		switch k.Reason {
+		case devicepb.KickReason_LOGGED_IN_ELSEWHERE, devicepb.KickReason_KICKED_BY_OPERATOR,
+			devicepb.KickReason_KICKED_BY_APP_SERVER, devicepb.KickReason_UID_BLACKLISTED:
+			l.fail(&KickedError{Reason: k.Reason, Detail: k.Detail})
+			return
+		case devicepb.KickReason_SERVER_SHUTDOWN:
+			d := l.bo.soon(l.cfg.ShutdownJitter)
+			l.log.Info("client: the gate is shutting down; reconnecting", "in", d)
+			l.waitFor(d, &KickedError{Reason: k.Reason, Detail: k.Detail})
+			return
+		}
+		cause = &KickedError{Reason: k.Reason, Detail: k.Detail}
+	}
+	d := l.bo.next()
+	l.log.Info("client: disconnected; reconnecting", "err", cause, "in", d)
+	l.c.setLastErr(cause)
+	l.waitFor(d, cause)
+}
+
+// stop ends everything the loop owns; the client has stopped.
+func (l *loop) stop() {
+	err := l.terminal
+	l.closeSession()
+	l.cancel()
+	if l.dialing != nil {
+		if r := <-l.dialing; r.conn != nil {
+			r.conn.Close()
+		}
+	}
+	if l.wait != nil {
+		l.wait.Stop()
+	}
+	l.c.setErr(err)
+	for _, s := range l.order {
+		s.res <- sendResult{err: err}
+	}
+	for _, p := range l.pulls {
+		p.res <- pullResult{err: err}
+	}
+	l.order, l.pulls = nil, nil
+	if !l.firstDone {
+		l.firstDone = true
+		l.c.first <- err
+	}
+	l.setState(StateClosed, err)
+	if !errors.Is(err, ErrClosed) {
+		l.log.Warn("client: stopped", "err", err)
+	}
+}
+
+// nextSeq returns the next frame seq of the session.
+func (l *loop) nextSeq() uint32 {
+	l.sess.seq++
+	if l.sess.seq == 0 {
+		l.sess.seq = 1
+	}
+	return l.sess.seq
+}
+
+// write sends a frame on the session, if there is one, and returns its
+// seq (0 when nothing was sent). A write error ends the session.
+func (l *loop) write(cmd messages.Cmd, msgtype uint16, body proto.Message) uint32 {
+	if l.sess == nil {
+		return 0
+	}
+	seq := l.nextSeq()
+	h, err := l.sess.conn.writeFrame(messages.Header{Cmd: cmd, AppCode: l.cfg.AppCode, MsgType: msgtype, Seq: seq}, body)
+	if err != nil {
+		l.disconnect(err)
+		return 0
+	}
+	if l.cfg.OnFrame != nil {
+		l.cfg.OnFrame(true, h, body)
+	}
+	return seq
+}
+
+func (l *loop) request(r any) {
+	switch r := r.(type) {
+	case *sendReq:
+		k := outKey{r.cmd, r.id}
+		switch {
+		case l.outbox[k] != nil:
+			r.res <- sendResult{err: errors.New("client: client message id " + r.id + " is already waiting for its answer")}
+			return
+		case len(l.order) >= l.cfg.MaxOutbox:
+			r.res <- sendResult{err: ErrOutboxFull}
+			return
+		}
+		l.outbox[k] = r
+		l.order = append(l.order, r)
+		l.sendOut(r)
+	case *pullReq:
+		l.pulls = append(l.pulls, r)
+		l.pullOut(r)
+	case *ackReq:
+		if r.pulled {
+			if !l.seen.add(r.msg.MsgID) {
+				// Pushed too: the app has it now, Recv must not return it.
+				l.queue = slices.DeleteFunc(l.queue, func(m *Message) bool { return m.MsgID == r.msg.MsgID })
+				if _, acked := l.seen.lookup(r.msg.MsgID); acked {
+					return
+				}
+			}
+			if l.cfg.ManualAck {
+				return
+			}
+		}
+		l.ack(r.msg)
+	case *logoutReq:
+		l.logout = true
+		if l.sess == nil {
+			l.fail(ErrClosed)
+			return
+		}
+		if seq := l.write(messages.CmdLogout, 0, nil); l.sess != nil {
+			l.sess.logoutSeq = seq
+		}
+	}
+}
+
+func (l *loop) sendOut(r *sendReq) {
+	if r.ctx.Err() != nil {
+		l.dropSend(r)
+		return
+	}
+	if seq := l.write(r.cmd, r.msgtype, r.body); seq != 0 {
+		if r.seq != 0 {
+			delete(l.inflight, r.seq)
+		}
+		r.seq, r.sentAt = seq, time.Now()
+		l.inflight[seq] = r
+	}
+}
+
+func (l *loop) dropSend(r *sendReq) {
+	delete(l.outbox, outKey{r.cmd, r.id})
+	if r.seq != 0 {
+		delete(l.inflight, r.seq)
+	}
+	if i := slices.Index(l.order, r); i >= 0 {
+		l.order = slices.Delete(l.order, i, i+1)
+	}
+}
+
+func (l *loop) pullOut(p *pullReq) {
+	if p.ctx.Err() != nil {
+		l.dropPull(p)
+		return
+	}
+	if seq := l.write(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: p.after, Limit: p.limit}); seq != 0 {
+		p.seq, p.sentAt = seq, time.Now()
+	}
+}
+
+func (l *loop) dropPull(p *pullReq) {
+	if i := slices.Index(l.pulls, p); i >= 0 {
+		l.pulls = slices.Delete(l.pulls, i, i+1)
+	}
+}
+
+func (l *loop) resumePull(after uint32) {
+	if seq := l.write(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: after}); l.sess != nil {
+		l.sess.resumeSeq = seq
+	}
+}
+
+// ack acknowledges m (sent now if connected; otherwise the server's
+// redelivery is acknowledged again, see deliver).
+func (l *loop) ack(m *Message) {
+	l.seen.acked(m.MsgID)
+	switch {
+	case m.Kind == KindC2C:
+		l.unconf[m.MsgID] = struct{}{}
+		if len(l.unconf) > l.cfg.DedupSize {
+			for id := range l.unconf { // forget one: its push will come again and be acked again
+				delete(l.unconf, id)
+				break
+			}
+		}
+		l.write(messages.CmdC2CPushAck, 0, &devicepb.C2CPushAck{MsgId: m.MsgID})
+	case m.Seq != 0:
+		l.write(messages.CmdS2CAck, 0, &devicepb.S2CAck{MsgId: m.MsgID})
+	}
+	// A fire-and-forget push (seq 0) is not stored: nothing to acknowledge.
+}
+
+// deliver queues a received message for Recv unless it is a duplicate.
+func (l *loop) deliver(m *Message) {
+	if !l.seen.add(m.MsgID) {
+		if _, acked := l.seen.lookup(m.MsgID); acked {
+			l.ack(m) // our earlier ack may have been lost
+		}
+		return
+	}
+	l.queue = append(l.queue, m)
+}
+
+func (l *loop) keepaliveDue() {
+	s := l.sess
+	if s == nil {
+		return
+	}
+	if len(l.queue) >= l.cfg.RecvBuffer {
+		// Not reading (the app is behind): silence is ours, not the link's.
+		s.lastRecv = time.Now()
+	}
+	if time.Since(s.lastRecv) > 2*s.heartbeat {
+		l.disconnect(errors.New("client: nothing from the server for two heartbeats"))
+		return
+	}
+	l.write(messages.CmdKeepalive, 0, nil)
+	if l.keepalive != nil {
+		l.keepalive.Reset(s.heartbeat)
+	}
+}
+
+func (l *loop) resendDue() {
+	now := time.Now()
+	for _, r := range slices.Clone(l.order) {
+		if r.ctx.Err() != nil {
+			l.dropSend(r)
+			continue
+		}
+		if l.sess != nil && r.seq != 0 && now.Sub(r.sentAt) >= l.cfg.ResendAfter {
+			l.sendOut(r)
+		}
+	}
+	for _, p := range slices.Clone(l.pulls) {
+		if p.ctx.Err() != nil {
+			l.dropPull(p)
+			continue
+		}
+		if l.sess != nil && p.seq != 0 && now.Sub(p.sentAt) >= l.cfg.ResendAfter {
+			l.pullOut(p)
+		}
+	}
+}
+
+// handle acts on a frame from the server.
+func (l *loop) handle(f Frame) {
+	if l.cfg.OnFrame != nil {
+		l.cfg.OnFrame(false, f.Header, f.Msg)
+	}
+	switch m := f.Msg.(type) {
+	case *devicepb.S2C:
+		l.deliver(&Message{Kind: KindS2C, Seq: f.Seq, MsgType: f.MsgType, MsgID: m.MsgId, Payload: m.Payload,
+			SentAt: msTime(m.SentAtMs), ExpiresAt: msTime(m.ExpiresAtMs)})
+	case *devicepb.C2CPush:
+		l.deliver(&Message{Kind: KindC2C, Seq: f.Seq, MsgType: f.MsgType, MsgID: m.MsgId, Payload: m.Payload,
+			FromUID: m.FromUid, ClientMsgID: m.ClientMsgId, SentAt: msTime(m.SentAtMs)})
+	case *devicepb.C2CPushAckAck:
+		delete(l.unconf, m.MsgId)
+	case *devicepb.C2CAck:
+		l.answered(f.Seq, outKey{messages.CmdC2C, m.ClientMsgId}, m.Code, m.Reason, m.MsgId)
+	case *devicepb.C2SAck:
+		l.answered(f.Seq, outKey{messages.CmdC2S, m.ClientMsgId}, m.Code, m.Reason, m.MsgId)
+	case *devicepb.PullAck:
+		l.pulled(f.Seq, m)
+	case *devicepb.Kickout:
+		l.sess.kicked = m
+		l.disconnect(nil)
+	case *devicepb.Error:
+		l.serverError(f.Seq, m)
+	default:
+		switch f.Cmd {
+		case messages.CmdLogoutAck:
+			if l.sess.logoutSeq != 0 {
+				l.disconnect(nil)
+			}
+		case messages.CmdKeepaliveAck:
+		default:
+			l.log.Debug("client: ignoring frame", "cmd", f.Cmd, "seq", f.Seq)
+		}
+	}
+}
+
+func msTime(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms)
+}
+
+// answered resolves a send by its client message id (or, for a server
+// that does not echo it, by the frame seq).
+func (l *loop) answered(seq uint32, k outKey, code devicepb.Code, reason, msgID string) {
+	r := l.outbox[k]
+	if r == nil || k.id == "" {
+		r = l.inflight[seq]
+	}
+	if r == nil || r.cmd != k.cmd {
+		return // an answer to a send we gave up on, or a duplicate answer
+	}
+	l.dropSend(r)
+	if code != devicepb.Code_OK {
+		r.res <- sendResult{err: &ResultError{Code: code, Reason: reason}}
+		return
+	}
+	r.res <- sendResult{msgID: msgID}
+}
+
+func storedMessage(s *devicepb.StoredMessage) *Message {
+	k := KindS2C
+	if s.Kind == devicepb.Kind_KIND_C2C {
+		k = KindC2C
+	}
+	return &Message{Kind: k, Seq: s.Seq, MsgType: uint16(s.Msgtype), MsgID: s.MsgId, Payload: s.Payload,
+		FromUID: s.FromUid, ClientMsgID: s.ClientMsgId, SentAt: msTime(s.SentAtMs), ExpiresAt: msTime(s.ExpiresAtMs)}
+}
+
+func (l *loop) pulled(seq uint32, a *devicepb.PullAck) {
+	if s := l.sess; s != nil && seq == s.resumeSeq && seq != 0 {
+		s.resumeSeq = 0
+		if a.Code != devicepb.Code_OK {
+			l.log.Warn("client: resume PULL refused; the pushes will bring the messages", "code", a.Code)
+			return
+		}
+		for _, sm := range a.Messages {
+			l.deliver(storedMessage(sm))
+		}
+		if a.HasMore && len(a.Messages) > 0 {
+			l.resumePull(a.Messages[len(a.Messages)-1].Seq)
+		}
+		return
+	}
+	for _, p := range l.pulls {
+		if p.seq == seq && seq != 0 {
+			l.dropPull(p)
+			if a.Code != devicepb.Code_OK {
+				p.res <- pullResult{err: &ResultError{Code: a.Code}}
+				return
+			}
+			msgs := make([]*Message, len(a.Messages))
+			for i, sm := range a.Messages {
+				msgs[i] = storedMessage(sm)
+			}
+			p.res <- pullResult{msgs: msgs, hasMore: a.HasMore}
+			return
+		}
+	}
+}
+
+// serverError handles an ERROR frame: the answer to one of our frames, or
+// a refusal of the connection.
+func (l *loop) serverError(seq uint32, e *devicepb.Error) {
+	err := &ServerError{Code: e.Code, Reason: e.Reason}
+	if r := l.inflight[seq]; r != nil && seq != 0 {
+		// The server refused the frame itself (BAD_BODY, ...): resending
+		// it unchanged gets the same answer.
+		l.dropSend(r)
+		r.res <- sendResult{err: &ResultError{Code: e.Code, Reason: e.Reason}}
+		return
+	}
+	for _, p := range l.pulls {
+		if p.seq == seq && seq != 0 {
+			l.dropPull(p)
+			p.res <- pullResult{err: &ResultError{Code: e.Code, Reason: e.Reason}}
+			return
+		}
+	}
+	l.log.Warn("client: server error", "err", err, "seq", seq)
+}

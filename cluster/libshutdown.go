@@ -1,0 +1,48 @@
+package cluster
+
+import (
+	"context"
+	"log/slog"
+
+	pcluster "github.com/asynkron/protoactor-go/cluster"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// stopMember leaves the cluster gracefully, as the library's
+// Cluster.Shutdown(true) does, without its hard-coded two-second sleep
+// "to wait ownership transferring complete" (cluster/cluster.go in
+// protoactor-go): that sleep is for the library's own identity lookup,
+// which Courier does not use to activate identities (placement and
+// handoff are ours), and it made every node shutdown two seconds longer.
+// Members learn of the departure from the gossip state and the provider.
+func stopMember(c *pcluster.Cluster) {
+	c.Gossip.SetState(pcluster.GracefullyLeftKey, &emptypb.Empty{})
+	c.ActorSystem.Shutdown()
+	_ = c.Config.ClusterProvider.Shutdown(true)
+	c.IdentityLookup.Shutdown()
+	c.Gossip.Shutdown()
+	c.Remote.Shutdown(true)
+}
+
+// libHandler passes the library's log records on one level lower than
+// they were logged (Info becomes Debug, Warn becomes Info, Error becomes
+// Warn): Proto.Actor reports every routine step of starting and stopping
+// at Info, which would drown the node's own lines at the default level,
+// while its warnings and errors still show at Info and Warn.
+type libHandler struct{ h slog.Handler }
+
+// demote is how far the library's levels are lowered.
+const demote = 4
+
+func (l libHandler) Enabled(ctx context.Context, lv slog.Level) bool {
+	return l.h.Enabled(ctx, lv-demote)
+}
+
+func (l libHandler) Handle(ctx context.Context, r slog.Record) error {
+	r.Level -= demote
+	return l.h.Handle(ctx, r)
+}
+
+func (l libHandler) WithAttrs(as []slog.Attr) slog.Handler { return libHandler{l.h.WithAttrs(as)} }
+
+func (l libHandler) WithGroup(name string) slog.Handler { return libHandler{l.h.WithGroup(name)} }

@@ -1,0 +1,278 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/courier-im/courier/client"
+	"github.com/courier-im/courier/cluster/node"
+	"github.com/courier-im/courier/gate"
+	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/testkit"
+)
+
+// courier runs the real binary with args and env and returns its exit
+// code, standard output and standard error.
+func courier(t *testing.T, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testkit.CourierBinary(t), args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errw bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errw
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, out.String(), errw.String()
+	case errors.As(err, &ee):
+		return ee.ExitCode(), out.String(), errw.String()
+	}
+	t.Fatalf("courier %v: %v", args, err)
+	return -1, "", ""
+}
+
+// loopback are flags that keep a node that does start on free local ports.
+func loopback(t *testing.T) []string {
+	return []string{"--data-dir", t.TempDir(), "--gate.addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0",
+		"--http-addr", "127.0.0.1:0", "--cluster.bind", "127.0.0.1:0"}
+}
+
+func TestCommandLineErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		code int
+		err  string // in stderr
+		out  string // in stdout
+	}{
+		{"unknown flag", []string{"--nope"}, 2, "courier: unknown flag: --nope", ""},
+		{"malformed value", []string{"--gate.max-conns", "many"}, 2, `invalid argument "many" for "--gate.max-conns"`, ""},
+		{"malformed duration", []string{"--shutdown-grace=10"}, 2, `invalid argument "10" for "--shutdown-grace"`, ""},
+		{"positional argument", []string{"stop", "--dev"}, 2, `unexpected argument "stop"`, ""},
+		{"dev on a public address", []string{"--dev", "--gate.addr", ":7000"}, 2, `--dev publishes known keys, so it listens on loopback only: gate.addr ":7000"`, ""},
+		{"short secret", []string{"--app-secret", "1=short"}, 2, "node: app-secret for app 1: at least 16 bytes", ""},
+		{"missing secret file", []string{"--app-secret-file", "1=/nonexistent/secret"}, 2, "node: app-secret-file 1=/nonexistent/secret: open /nonexistent/secret", ""},
+		{"bad log level", []string{"--log-level", "loud"}, 2, `--log-level "loud"`, ""},
+		{"version", []string{"version"}, 0, "", "courier "},
+		{"help", []string{"--help"}, 0, "", "Usage: courier [flags]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := tt.args
+			if tt.code != 0 && !strings.HasPrefix(tt.name, "dev") {
+				args = append(loopback(t), args...)
+			}
+			code, out, errw := courier(t, nil, args...)
+			if code != tt.code || !strings.Contains(errw, tt.err) || !strings.Contains(out, tt.out) {
+				t.Fatalf("exit %d (want %d)\nstdout: %s\nstderr: %s", code, tt.code, out, errw)
+			}
+			if code == 0 && errw != "" {
+				t.Fatalf("stderr on success: %s", errw)
+			}
+			// Mistakes in the command line show the usage; the node never
+			// started.
+			if strings.Contains(tt.err, "flag") || strings.Contains(tt.err, "argument") {
+				if !strings.Contains(errw, "Usage: courier") || !strings.Contains(errw, "--gate.addr") {
+					t.Fatalf("no usage after the error:\n%s", errw)
+				}
+			}
+			if strings.Contains(errw, "node: started") {
+				t.Fatalf("a node started:\n%s", errw)
+			}
+		})
+	}
+}
+
+func TestUnknownEnvironmentVariableWarned(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "not-a-dir")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The node fails on its data dir after warning about the misspelling;
+	// courierctl's variables are not warned about.
+	code, _, errw := courier(t, []string{"COURIER_GATE_ADR=:7000", "COURIER_API=127.0.0.1:7001"},
+		append(loopback(t), "--data-dir", file)...)
+	if code != 1 || !strings.Contains(errw, `msg="courier: unknown environment variable, ignored" name=COURIER_GATE_ADR`) ||
+		strings.Contains(errw, "name=COURIER_API\n") {
+		t.Fatalf("exit %d:\n%s", code, errw)
+	}
+}
+
+func TestUnknownEnv(t *testing.T) {
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	cfg := node.DefaultConfig()
+	node.BindSettings(fs, &cfg)
+	got := unknownEnv(fs, []string{"COURIER_GATE_ADDR=1", "COURIER_GATE_ADR=1", "COURIER_APP_SECRET_FILE=1=x", "COURIER_GATE=x", "HOME=/", "COURIER_ZZ=1"})
+	if strings.Join(got, ",") != "COURIER_GATE_ADR,COURIER_ZZ" {
+		t.Fatalf("unknown: %v", got)
+	}
+}
+
+func TestDevLoopback(t *testing.T) {
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	cfg := node.DefaultConfig()
+	node.BindSettings(fs, &cfg)
+	if err := fs.Parse([]string{"--api-addr", "localhost:9001"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := devLoopback(fs, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Gate.Addr != "127.0.0.1:7000" || cfg.APIAddr != "localhost:9001" || cfg.HTTPAddr != "127.0.0.1:7002" {
+		t.Fatalf("addresses %q %q %q", cfg.Gate.Addr, cfg.APIAddr, cfg.HTTPAddr)
+	}
+}
+
+func TestDataDirInUse(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{})
+	args := loopback(t)
+	args[1] = n.DataDir()
+	code, _, errw := courier(t, nil, args...)
+	if code != 1 || !strings.Contains(errw, "data directory in use by another process") || !strings.Contains(errw, "is another courier running on it?") {
+		t.Fatalf("exit %d:\n%s", code, errw)
+	}
+}
+
+// TestSecretsFromFiles starts a node whose app secret and API keys come
+// from files, one of them through the environment's map syntax, and uses
+// them.
+func TestSecretsFromFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	secret := write("app3.secret", "secret-of-app-3-from-a-file")
+	key := write("app3.key", "api-key-of-app-3-from-a-file")
+	opKey := write("ops.key", "operator-key-from-a-file")
+	n := testkit.StartNode(t, testkit.NodeOptions{
+		Args: []string{"--app-secret-file", "3=" + secret},
+		// The map syntax of the environment: KEY=VALUE,KEY=VALUE.
+		Env: []string{"COURIER_API_KEY_FILE=" + key + "=3," + opKey + "=*"},
+	})
+	// The file's secret (without its newline) signs tokens the gate takes.
+	cfg := client.Config{Addr: n.GateAddr, AppCode: 3, UID: "u1", TokenSource: func(context.Context) (string, error) {
+		return gateToken(t, "secret-of-app-3-from-a-file", 3, "u1"), nil
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatalf("login with the file's secret: %v", err)
+	}
+	defer c.Close()
+	api := n.API(t)
+	for _, k := range []string{"api-key-of-app-3-from-a-file", "operator-key-from-a-file"} {
+		if _, err := api.Presence(testkit.Ctx(t, k), &apipb.PresenceRequest{AppCode: 3, Uids: []string{"u1"}}); err != nil {
+			t.Fatalf("presence with key %s: %v", k, err)
+		}
+	}
+}
+
+// TestReadyAndQuietShutdown checks /readyz, that Proto.Actor's routine
+// lines stay below the info level, and that an idle node stops at once
+// with a final "stopped" line (it used to sleep two seconds in the actor
+// library and up to a tick in the gate).
+func TestReadyAndQuietShutdown(t *testing.T) {
+	dir := t.TempDir()
+	addrFile := filepath.Join(dir, "addrs.json")
+	args := append(loopback(t), "--addr-file", addrFile, "--app-secret", "1=0123456789abcdef")
+	cmd := exec.Command(testkit.CourierBinary(t), args...)
+	var errw safeBuffer
+	cmd.Stderr = &errw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+	var httpAddr string
+	testkit.Eventually(t, 60*time.Second, func() bool {
+		b, err := os.ReadFile(addrFile)
+		if m := regexp.MustCompile(`"http":"([^"]+)"`).FindSubmatch(b); err == nil && m != nil {
+			httpAddr = string(m[1])
+			return true
+		}
+		return false
+	}, "the node did not start:\n%s", &errw)
+	resp, err := http.Get("http://" + httpAddr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "ready\n" {
+		t.Fatalf("/readyz: %d %q", resp.StatusCode, body)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		done <- err
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, errw.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no exit after SIGTERM:\n%s", errw.String())
+	}
+	logs := errw.String()
+	if strings.Contains(logs, "component=protoactor") {
+		t.Fatalf("Proto.Actor's lines at the info level:\n%s", logs)
+	}
+	stamps := regexp.MustCompile(`time=(\S+) level=INFO msg="courier: (shutting down|stopped)"`).FindAllStringSubmatch(logs, -1)
+	if len(stamps) != 2 || stamps[1][2] != "stopped" {
+		t.Fatalf("no shutting down / stopped lines:\n%s", logs)
+	}
+	from, _ := time.Parse(time.RFC3339Nano, stamps[0][1])
+	to, _ := time.Parse(time.RFC3339Nano, stamps[1][1])
+	if took := to.Sub(from); took > 1500*time.Millisecond {
+		t.Fatalf("an idle node took %v to stop:\n%s", took, logs)
+	}
+}
+
+// safeBuffer collects a process's output while the test reads it.
+type safeBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *safeBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *safeBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func gateToken(t *testing.T, secret string, app uint16, uid string) string {
+	t.Helper()
+	tok, err := gate.MintToken([]byte(secret), app, uid, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/testkit"
+)
+
+func TestCommandLineErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		code int
+		err  string // in stderr
+		out  string // in stdout
+	}{
+		{[]string{"bogus"}, 2, `unknown command "bogus"`, ""},
+		{[]string{"push", "--nope"}, 2, "unknown flag: --nope", ""},
+		{[]string{"push", "--app", "x"}, 2, `invalid argument "x" for "--app"`, ""},
+		{[]string{"push", "alice"}, 2, `takes no arguments, got ["alice"]`, ""},
+		{[]string{"lists", "add"}, 2, "needs at least 1 argument", ""},
+		{[]string{"device", "--gate"}, 2, "flag needs an argument", ""},
+		{[]string{"push", "--uid", "a", "--key", ""}, 1, "--key, --key-file or COURIER_API_KEY is required", ""},
+		{[]string{"token", "--uid", "u", "--secret", "0123456789abcdef"}, 0, "", "eyJ"},
+		{[]string{"version"}, 0, "", "courierctl "},
+		{[]string{"--help"}, 0, "", "Usage:"},
+		{[]string{"push", "--help"}, 0, "", "--idempotency-key"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Setenv("COURIER_API_KEY", "")
+			var out, errw bytes.Buffer
+			code := run(tt.args, strings.NewReader(""), &out, &errw)
+			if code != tt.code || !strings.Contains(errw.String(), tt.err) || !strings.Contains(out.String(), tt.out) {
+				t.Fatalf("exit %d (want %d)\nstdout: %s\nstderr: %s", code, tt.code, out.String(), errw.String())
+			}
+			if tt.code == 2 && !strings.Contains(errw.String(), "Usage:") {
+				t.Fatalf("usage error without the usage:\n%s", errw.String())
+			}
+			if tt.code == 0 && errw.Len() != 0 {
+				t.Fatalf("stderr on success: %s", errw.String())
+			}
+		})
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// device runs `courierctl device` with a pipe as its input.
+type device struct {
+	in   *io.PipeWriter
+	out  syncBuffer
+	errw syncBuffer
+	code chan int
+}
+
+func startDevice(t *testing.T, args ...string) *device {
+	d := &device{code: make(chan int, 1)}
+	r, w := io.Pipe()
+	d.in = w
+	go func() { d.code <- run(append([]string{"device"}, args...), r, &d.out, &d.errw) }()
+	t.Cleanup(func() { w.Close() })
+	return d
+}
+
+func (d *device) waitFor(t *testing.T, s string) {
+	t.Helper()
+	testkit.Eventually(t, 20*time.Second, func() bool { return strings.Contains(d.out.String(), s) },
+		"device output never showed %q:\n%s\nstderr:\n%s", s, &d.out, &d.errw)
+}
+
+func (d *device) exit(t *testing.T) int {
+	t.Helper()
+	select {
+	case c := <-d.code:
+		return c
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the device did not exit:\n%s", d.out.String())
+		return -1
+	}
+}
+
+func TestDeviceVerboseAndEndOfInput(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{})
+	d := startDevice(t, "--gate", n.GateAddr, "--uid", "alice", "--secret", testkit.App1Secret, "-v")
+	d.waitFor(t, "logged in as 1/alice")
+	r, err := n.API(t).Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: "alice", Msgtype: 4, Payload: []byte("order 17")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The push is labelled with its inbox seq, the ack it sends with its
+	// own frame seq.
+	d.waitFor(t, fmt.Sprintf("← S2C              inbox-seq=%-5d msgtype=4    msg_id=%s payload=\"order 17\"", r.Seq, r.MsgId))
+	d.waitFor(t, `→ S2C_ACK          seq=`)
+	d.waitFor(t, fmt.Sprintf(`{"msgId":"%s"}`, r.MsgId))
+	fmt.Fprintln(d.in, "c2c bob hello bob")
+	d.waitFor(t, "← C2C_ACK OK msg_id=")
+	d.in.Close() // end of input: log out and exit
+	if c := d.exit(t); c != 0 {
+		t.Fatalf("exit %d:\n%s\n%s", c, d.out.String(), d.errw.String())
+	}
+	if out := d.out.String(); !strings.Contains(out, "→ LOGOUT") || !strings.Contains(out, "logged out") {
+		t.Fatalf("no logout:\n%s", out)
+	}
+}
+
+func TestDeviceReconnectsAfterShutdown(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{})
+	var gate atomic.Value
+	gate.Store(n.GateAddr)
+	disc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, `{"gates":[{"addr":%q}]}`, gate.Load())
+	}))
+	defer disc.Close()
+	d := startDevice(t, "--discover", disc.URL+"/v1/gates", "--backoff-max", "500ms", "--uid", "bob", "--secret", testkit.App1Secret)
+	d.waitFor(t, "logged in as 1/bob")
+	n.Stop(syscall.SIGTERM)
+	d.waitFor(t, "kicked out: SERVER_SHUTDOWN")
+	n.Restart()
+	gate.Store(n.GateAddr)
+	r, err := n.API(t).Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: "bob", Payload: []byte("after restart")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(t, "msg_id="+r.MsgId)
+	d.in.Close()
+	if c := d.exit(t); c != 0 {
+		t.Fatalf("exit %d:\n%s\n%s", c, d.out.String(), d.errw.String())
+	}
+}
+
+func TestDeviceKickedExits(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{})
+	d := startDevice(t, "--gate", n.GateAddr, "--uid", "carol", "--secret", testkit.App1Secret)
+	d.waitFor(t, "logged in as 1/carol")
+	n.Device(t, 1, "carol")
+	if c := d.exit(t); c != 1 || !strings.Contains(d.errw.String(), "LOGGED_IN_ELSEWHERE") {
+		t.Fatalf("exit %d:\n%s\n%s", c, d.out.String(), d.errw.String())
+	}
+}
+
+func TestAPIOverTLS(t *testing.T) {
+	files := testkit.NewTLSFiles(t)
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--api.tls-cert", files.ServerCert, "--api.tls-key", files.ServerKey,
+		"--api.tls-client-ca", files.CA}})
+	keyFile := t.TempDir() + "/key"
+	if err := os.WriteFile(keyFile, []byte(testkit.App1Key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"presence", "--api", n.APIAddr, "--key-file", keyFile, "--uid", "alice", "--tls-ca", files.CA}
+	var out, errw bytes.Buffer
+	if code := run(append(base, "--tls-cert", files.ClientCert, "--tls-key", files.ClientKey), nil, &out, &errw); code != 0 || !strings.Contains(out.String(), `"uid": "alice"`) {
+		t.Fatalf("presence over mutual TLS: exit %d\n%s\n%s", code, out.String(), errw.String())
+	}
+	out.Reset()
+	errw.Reset()
+	if code := run(base, nil, &out, &errw); code != 1 || !strings.Contains(errw.String(), "Unavailable") {
+		t.Fatalf("presence without a client certificate: exit %d\n%s\n%s", code, out.String(), errw.String())
+	}
+}
+
+func TestStatsTable(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{})
+	c := n.Client(t, 1, "alice", nil)
+	api := n.API(t)
+	for _, mt := range []uint32{3, 3, 9} {
+		if _, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: "alice", Msgtype: mt, Payload: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Recv(testkit.Ctx(t, "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := []string{"stats", "--api", n.APIAddr, "--key", testkit.App1Key}
+	var out, errw bytes.Buffer
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		out.Reset()
+		return run(args, nil, &out, &errw) == 0 && regexp.MustCompile(`(?m)^\s+all\s+3\s+3\s+3\s`).MatchString(out.String())
+	}, "stats never counted the 3 acks:\n%s%s", &out, &errw)
+	table := out.String()
+	for _, want := range []string{"app 1, last 1m0s:", "RATE (msg/s)", "ARRIVAL", "ACK p50", "since the node started:", "100.0%"} {
+		if !strings.Contains(table, want) {
+			t.Fatalf("no %q in\n%s", want, table)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^\s+3\s+2\s+2\s+2\s+0\s+0\s+0\s+0\.03\s+100\.0%\s+\d+(\.\d)?(µs|ms)`).MatchString(table) {
+		t.Fatalf("msgtype 3's row:\n%s", table)
+	}
+	out.Reset()
+	if code := run(append(args, "--json"), nil, &out, &errw); code != 0 || !strings.Contains(out.String(), `"arrivalRateTotal": 1`) {
+		t.Fatalf("--json: %d\n%s", code, out.String())
+	}
+}
