@@ -30,6 +30,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.StringToStringVar(&c.AppSecretFiles, "app-secret-file", c.AppSecretFiles, "APPCODE=FILE: an app's token secret read from FILE (repeatable; keeps it out of argv)")
 	fs.StringToStringVar(&c.APIKeyFiles, "api-key-file", c.APIKeyFiles, `FILE=APPCODE: an API key read from FILE and the appcode it acts for, "*" for an operator key (repeatable)`)
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "bound on graceful shutdown")
+	fs.DurationVar(&c.IdleMemoryRelease, "idle-memory-release", c.IdleMemoryRelease, "how often to check for idleness and then return free heap memory to the OS (0: never)")
 
 	g := &c.Gate
 	fs.StringVar(&g.Addr, "gate.addr", g.Addr, "device TCP listen address")
