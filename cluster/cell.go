@@ -60,18 +60,29 @@ func (s *System) spawnCell() *actor.PID {
 	c := &cell{sys: s}
 	c.run = c.drain
 	c.ctx = cellContext{c: c, a: s.newChild()}
+	// The first send through a PID caches its process in it (PID.ref
+	// keeps any process but the library's own dead ones): sends through
+	// this PID (routing's, and the actor's own Self) then reach the cell
+	// without the registry. So the cell is registered only for that first
+	// send, under one fixed id (the registry's maps never shrink: a new id
+	// per cell would leave a few hundred bytes behind per identity ever
+	// activated), and the PID gets its own unique id afterwards.
 	reg := s.actors.ProcessRegistry
-	c.pid, _ = reg.Add(c, reg.NextId()) // ids are unique: never present
-	c.ctx.self = c.pid
-	// The first send through the PID caches the cell in it (PID.ref keeps
-	// any process but the library's own dead ones), so the registry's
-	// entry can go at once: sends through this PID (routing's, and the
-	// actor's own Self) reach the cell without the registry, and the
-	// registry's maps, which never shrink, do not grow with the actors.
-	s.actors.Root.Send(c.pid, startedMessage)
-	reg.Remove(c.pid)
-	return c.pid
+	cellSpawnMu.Lock()
+	pid, _ := reg.Add(c, cellSpawnID)
+	s.actors.Root.Send(pid, startedMessage)
+	reg.Remove(pid)
+	cellSpawnMu.Unlock()
+	pid.Id = reg.NextId()
+	c.pid, c.ctx.self = pid, pid
+	return pid
 }
+
+// cellSpawnID is the id under which a cell is registered for its first
+// message (spawnCell); cellSpawnMu makes one cell at a time use it.
+const cellSpawnID = "courier-cell-spawning"
+
+var cellSpawnMu sync.Mutex
 
 var (
 	startedMessage  = &actor.Started{}
