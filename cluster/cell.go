@@ -70,13 +70,17 @@ func (s *System) spawnCell() *actor.PID {
 	reg := s.actors.ProcessRegistry
 	cellSpawnMu.Lock()
 	pid, _ := reg.Add(c, cellSpawnID)
-	s.actors.Root.Send(pid, startedMessage)
+	s.actors.Root.Send(pid, cacheProbe{}) // dropped by the cell
 	reg.Remove(pid)
 	cellSpawnMu.Unlock()
 	pid.Id = reg.NextId()
 	c.pid, c.ctx.self = pid, pid
+	c.post(startedMessage)
 	return pid
 }
+
+// cacheProbe is what spawnCell sends to make a PID cache its cell.
+type cacheProbe struct{}
 
 // cellSpawnID is the id under which a cell is registered for its first
 // message (spawnCell); cellSpawnMu makes one cell at a time use it.
@@ -175,7 +179,11 @@ func (c *cell) stop() {
 }
 
 // SendUserMessage implements actor.Process.
-func (c *cell) SendUserMessage(_ *actor.PID, m any) { c.post(m) }
+func (c *cell) SendUserMessage(_ *actor.PID, m any) {
+	if _, ok := m.(cacheProbe); !ok {
+		c.post(m)
+	}
+}
 
 // SendSystemMessage implements actor.Process. The library's system
 // messages concern watchers, children and supervision, which cells do
