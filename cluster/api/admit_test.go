@@ -101,3 +101,42 @@ func TestGateBacklogRefusesPushes(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestSlowPushesRefuseMore: while push calls have been taking longer than
+// api.max-push-delay and at least api.max-batch pushes are in flight, new
+// calls are refused; with fewer in flight, a slow node still serves them.
+func TestSlowPushesRefuseMore(t *testing.T) {
+	lim := DefaultLimits()
+	lim.MaxBatch, lim.MaxPushDelay = 2, 50*time.Millisecond
+	req := &heldReq{release: make(chan struct{}), entered: make(chan int, 8)}
+	s := New(Deps{Req: req, Limits: lim})
+	push := func() *apipb.PushManyRequest {
+		return &apipb.PushManyRequest{Items: []*apipb.PushRequest{{AppCode: 1, Uid: "u", Payload: []byte("x")}}}
+	}
+	// Calls that each take 60 ms, over more than two windows of 100 ms.
+	now := time.Now()
+	for i := range 4 {
+		s.calls.Observe(60*time.Millisecond, now.Add(time.Duration(i)*110*time.Millisecond))
+	}
+	time.Sleep(10 * time.Millisecond)
+	done := make(chan struct{})
+	go func() { // one push in flight: below max-batch, served
+		defer close(done)
+		if _, err := s.PushMany(scoped(1), push()); err != nil {
+			t.Errorf("one push in flight on a slow node: %v", err)
+		}
+	}()
+	<-req.entered
+	go func() {
+		if _, err := s.PushMany(scoped(1), push()); err != nil {
+			t.Errorf("second push: %v", err)
+		}
+	}()
+	<-req.entered // two in flight: max-batch
+	_, err := s.PushMany(scoped(1), push())
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "api.max-push-delay") {
+		t.Fatalf("slow calls, two in flight: %v", err)
+	}
+	close(req.release)
+	<-done
+}

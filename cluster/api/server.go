@@ -15,6 +15,7 @@ import (
 	"github.com/courier-im/courier/actors/stats"
 	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/cluster/upstream"
+	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/apipb"
 	"github.com/courier-im/courier/messages/devicepb"
@@ -82,6 +83,14 @@ type Limits struct {
 	// are answered before they are written, so this is what bounds their
 	// delivery latency under overload.
 	MaxGateBacklog time.Duration
+	// MaxPushDelay refuses new Push and PushMany calls at once with
+	// RESOURCE_EXHAUSTED while push calls have been taking longer than
+	// this to be answered (the smallest over the last 100 ms) and the
+	// node holds at least MaxBatch pushes in flight (default 50 ms; 0:
+	// never): pushes are queueing in the node, and more would only wait
+	// longer. A node with fewer pushes in flight serves every call,
+	// however slow its disk.
+	MaxPushDelay time.Duration
 }
 
 // DefaultLimits returns the defaults documented on Limits.
@@ -89,7 +98,7 @@ func DefaultLimits() Limits {
 	return Limits{MaxPayload: 60 << 10, MaxBatch: 1000, DefaultTTL: 72 * time.Hour, MaxTTL: 30 * 24 * time.Hour, MaxIdempotencyKey: 128,
 		MaxRequestBytes: 16 << 20, MaxConcurrentStreams: 256, KeepaliveMinTime: 10 * time.Second,
 		KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second, MaxConnectionIdle: 5 * time.Minute,
-		MaxPushesInFlight: 4096, MaxGateBacklog: 20 * time.Millisecond}
+		MaxPushesInFlight: 4096, MaxGateBacklog: 20 * time.Millisecond, MaxPushDelay: 50 * time.Millisecond}
 }
 
 // Deps are what the server works with.
@@ -118,7 +127,8 @@ type Server struct {
 	up     *upstream.Router
 
 	backlog  func() time.Duration
-	inFlight atomic.Int64 // pushes accepted from calls, not yet answered
+	inFlight atomic.Int64     // pushes accepted from calls, not yet answered
+	calls    gate.DelayWindow // how long push calls take to be answered
 }
 
 // New returns a server.
@@ -127,9 +137,10 @@ func New(d Deps) *Server {
 		backlog: d.Backlog}
 }
 
-// admit takes n pushes into the node's budget (release gives them back),
-// or refuses them at once with RESOURCE_EXHAUSTED when the node is behind
-// (Limits.MaxGateBacklog) or the budget is spent (MaxPushesInFlight).
+// admit takes n pushes into the node's budget (release gives them back
+// and records how long the call took), or refuses them at once with
+// RESOURCE_EXHAUSTED when the node is behind (Limits.MaxGateBacklog,
+// MaxPushDelay) or the budget is spent (MaxPushesInFlight).
 func (s *Server) admit(n int) (release func(), err error) {
 	if max := s.limits.MaxGateBacklog; max > 0 && s.backlog != nil {
 		if b := s.backlog(); b > max {
@@ -138,16 +149,26 @@ func (s *Server) admit(n int) (release func(), err error) {
 				b.Round(time.Millisecond), max)
 		}
 	}
-	if max := s.limits.MaxPushesInFlight; max > 0 {
-		if in := s.inFlight.Add(int64(n)); in > int64(max) {
-			s.inFlight.Add(-int64(n))
+	if max := s.limits.MaxPushDelay; max > 0 && s.inFlight.Load() >= int64(s.limits.MaxBatch) {
+		if d := s.calls.Standing(time.Now()); d > max {
 			return nil, status.Errorf(codes.ResourceExhausted,
-				"node overloaded: %d pushes in flight, limit %d (api.max-pushes-in-flight); nothing was accepted: retry later, backing off",
-				in-int64(n), max)
+				"node overloaded: pushes have been taking %v to be answered (limit %v, api.max-push-delay); nothing was accepted: retry later, backing off",
+				d.Round(time.Millisecond), max)
 		}
-		return func() { s.inFlight.Add(-int64(n)) }, nil
 	}
-	return func() {}, nil
+	in := s.inFlight.Add(int64(n))
+	if max := s.limits.MaxPushesInFlight; max > 0 && in > int64(max) {
+		s.inFlight.Add(-int64(n))
+		return nil, status.Errorf(codes.ResourceExhausted,
+			"node overloaded: %d pushes in flight, limit %d (api.max-pushes-in-flight); nothing was accepted: retry later, backing off",
+			in-int64(n), max)
+	}
+	start := time.Now()
+	return func() {
+		now := time.Now()
+		s.calls.Observe(now.Sub(start), now)
+		s.inFlight.Add(-int64(n))
+	}, nil
 }
 
 // streamWorkers is the number of goroutines that run calls. A push call

@@ -302,6 +302,8 @@ func checkAPILimits(l *api.Limits) error {
 		return fmt.Errorf("node: api.max-pushes-in-flight %d: must hold one PushMany of api.max-batch (%d)", l.MaxPushesInFlight, l.MaxBatch)
 	case l.MaxGateBacklog < 0:
 		return fmt.Errorf("node: api.max-gate-backlog %v: must not be negative (0: never refuse)", l.MaxGateBacklog)
+	case l.MaxPushDelay < 0:
+		return fmt.Errorf("node: api.max-push-delay %v: must not be negative (0: never refuse)", l.MaxPushDelay)
 	}
 	return nil
 }
