@@ -35,8 +35,8 @@ func (s scope) check(app uint32) error {
 	return nil
 }
 
-func (k Keys) lookup(ctx context.Context) (scope, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
+// lookup returns the scope of the key in a call's metadata.
+func (k Keys) lookup(md metadata.MD) (scope, error) {
 	vals := md.Get("authorization")
 	if len(vals) == 0 {
 		return scope{}, status.Error(codes.Unauthenticated, `missing API key: send metadata "authorization: Bearer <key>"`)
@@ -68,15 +68,30 @@ func public(fullMethod string) bool {
 		strings.HasPrefix(fullMethod, "/grpc.reflection.v1alpha.ServerReflection/")
 }
 
+// authenticated returns ctx with the call's scope: the one the tap
+// handle found (admission.tap, before the request was read), or, on a
+// server without it, the key's in the metadata.
+func (k Keys) authenticated(ctx context.Context) (context.Context, error) {
+	if _, ok := ctx.Value(scopeKey{}).(scope); ok {
+		return ctx, nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	s, err := k.lookup(md)
+	if err != nil {
+		return nil, err
+	}
+	return context.WithValue(ctx, scopeKey{}, s), nil
+}
+
 func (k Keys) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	if public(info.FullMethod) {
 		return h(ctx, req)
 	}
-	s, err := k.lookup(ctx)
+	ctx, err := k.authenticated(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return h(context.WithValue(ctx, scopeKey{}, s), req)
+	return h(ctx, req)
 }
 
 type scopedStream struct {
@@ -90,11 +105,11 @@ func (k Keys) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo,
 	if public(info.FullMethod) {
 		return h(srv, ss)
 	}
-	s, err := k.lookup(ss.Context())
+	ctx, err := k.authenticated(ss.Context())
 	if err != nil {
 		return err
 	}
-	return h(srv, scopedStream{ss, context.WithValue(ss.Context(), scopeKey{}, s)})
+	return h(srv, scopedStream{ss, ctx})
 }
 
 func scopeOf(ctx context.Context) scope {

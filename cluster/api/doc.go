@@ -7,5 +7,15 @@
 // their own beyond the node's push admission: pushes in flight are counted
 // and, beyond Limits.MaxPushesInFlight, while calls queue longer than
 // MaxPushDelay, or while the local gate is more than MaxGateBacklog behind,
-// new push calls are refused at once with RESOURCE_EXHAUSTED (admit).
+// new push calls are refused at once with RESOURCE_EXHAUSTED (admitPushes).
+//
+// Admission (admission.go) happens before a call's request is read: the
+// key is checked in gRPC's tap handle, on the connection's reader
+// goroutine (it never blocks), and Server.Listener caps the connections
+// gRPC serves. What a client without a key can make the node hold is
+// thereby bounded by Limits (MaxConnections, MaxUnauthenticatedCalls,
+// MaxRequestBytes) and a fixed bound on a call's headers. gRPC owns the
+// goroutines of connections and calls; the only ones this package starts
+// are timers that close connections over the cap, and the tap's releases
+// of the slots of calls without a key when they end.
 package api

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -10,10 +11,14 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -32,28 +37,45 @@ type served struct {
 	client apipb.CourierClient
 	req    *fakeReq
 	up     *upstream.Router
+	srv    *Server
 }
 
-func serve(t *testing.T, lim Limits) *served {
+func serve(t *testing.T, lim Limits) *served { t.Helper(); return serveTuned(t, lim, nil) }
+
+// serveTuned is serve with tune applied to the Server before it serves.
+func serveTuned(t *testing.T, lim Limits, tune func(*Server)) *served {
 	t.Helper()
 	up := upstream.New(upstream.DefaultConfig(), nil)
 	t.Cleanup(up.Close)
 	req := &fakeReq{}
 	s := New(Deps{Keys: Keys{testKey: 1}, Req: req, Limits: lim, Upstream: up})
+	if tune != nil {
+		tune(s)
+	}
 	srv := grpc.NewServer(s.ServerOptions()...)
 	apipb.RegisterCourierServer(srv, s)
+	// As on a node: health checks and reflection need no key.
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = srv.Serve(ln) }()
+	go func() { _ = srv.Serve(s.Listener(ln)) }()
 	t.Cleanup(srv.Stop) // before up.Close: streams end first
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return &served{addr: ln.Addr().String(), client: apipb.NewCourierClient(dialAPI(t, ln.Addr().String())), req: req, up: up, srv: s}
+}
+
+// dialAPI returns a client connection of its own to the API at addr.
+func dialAPI(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &served{addr: ln.Addr().String(), client: apipb.NewCourierClient(conn), req: req, up: up}
+	return conn
 }
 
 func authed(t *testing.T, d time.Duration) context.Context {
@@ -156,6 +178,10 @@ func TestConcurrentStreamsAreBounded(t *testing.T) {
 type rawConn struct {
 	c  net.Conn
 	fr *http2.Framer
+	// HPACK state of the connection, both ways (admission_test.go).
+	hb  bytes.Buffer
+	enc *hpack.Encoder
+	dec *hpack.Decoder
 }
 
 func dialRaw(t *testing.T, addr string) *rawConn {
@@ -168,7 +194,8 @@ func dialRaw(t *testing.T, addr string) *rawConn {
 	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
 		t.Fatal(err)
 	}
-	r := &rawConn{c: c, fr: http2.NewFramer(c, c)}
+	r := &rawConn{c: c, fr: http2.NewFramer(c, c), dec: hpack.NewDecoder(4096, nil)}
+	r.enc = hpack.NewEncoder(&r.hb)
 	if err := r.fr.WriteSettings(); err != nil {
 		t.Fatal(err)
 	}

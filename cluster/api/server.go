@@ -91,6 +91,16 @@ type Limits struct {
 	// longer. A node with fewer pushes in flight serves every call,
 	// however slow its disk.
 	MaxPushDelay time.Duration
+	// MaxConnections bounds the API connections open at once (default
+	// 1024; Server.Listener). Calls on a connection over it get
+	// RESOURCE_EXHAUSTED, and it is closed.
+	MaxConnections int
+	// MaxUnauthenticatedCalls bounds the calls without an API key
+	// (health checks, reflection) open at once on the node (default 16):
+	// with MaxConnections, it bounds what a client without a key can make
+	// the node hold. Other calls are authenticated before their request
+	// is read.
+	MaxUnauthenticatedCalls int
 }
 
 // DefaultLimits returns the defaults documented on Limits.
@@ -98,7 +108,8 @@ func DefaultLimits() Limits {
 	return Limits{MaxPayload: 60 << 10, MaxBatch: 1000, DefaultTTL: 72 * time.Hour, MaxTTL: 30 * 24 * time.Hour, MaxIdempotencyKey: 128,
 		MaxRequestBytes: 16 << 20, MaxConcurrentStreams: 256, KeepaliveMinTime: 10 * time.Second,
 		KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second, MaxConnectionIdle: 5 * time.Minute,
-		MaxPushesInFlight: 4096, MaxGateBacklog: 20 * time.Millisecond, MaxPushDelay: 50 * time.Millisecond}
+		MaxPushesInFlight: 4096, MaxGateBacklog: 20 * time.Millisecond, MaxPushDelay: 50 * time.Millisecond,
+		MaxConnections: 1024, MaxUnauthenticatedCalls: 16}
 }
 
 // Deps are what the server works with.
@@ -129,19 +140,20 @@ type Server struct {
 	backlog  func() time.Duration
 	inFlight atomic.Int64     // pushes accepted from calls, not yet answered
 	calls    gate.DelayWindow // how long push calls take to be answered
+	adm      *admission
 }
 
 // New returns a server.
 func New(d Deps) *Server {
 	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream,
-		backlog: d.Backlog}
+		backlog: d.Backlog, adm: newAdmission(d.Keys, d.Limits)}
 }
 
-// admit takes n pushes into the node's budget (release gives them back
+// admitPushes takes n pushes into the node's budget (release gives them back
 // and records how long the call took), or refuses them at once with
 // RESOURCE_EXHAUSTED when the node is behind (Limits.MaxGateBacklog,
 // MaxPushDelay) or the budget is spent (MaxPushesInFlight).
-func (s *Server) admit(n int) (release func(), err error) {
+func (s *Server) admitPushes(n int) (release func(), err error) {
 	if max := s.limits.MaxGateBacklog; max > 0 && s.backlog != nil {
 		if b := s.backlog(); b > max {
 			return nil, status.Errorf(codes.ResourceExhausted,
@@ -176,13 +188,16 @@ func (s *Server) admit(n int) (release func(), err error) {
 // so there are more of them than cores.
 const streamWorkers = 64
 
-// ServerOptions returns the options that authenticate every call and
-// apply the connection limits of Limits (request size, concurrent
-// streams, keepalive policy, idle connections); pass them to
-// grpc.NewServer.
+// ServerOptions returns the options that authenticate every call (from
+// its headers, before its request is read) and apply the limits of
+// Limits (request size, concurrent streams, calls without a key,
+// keepalive policy, idle connections); pass them to grpc.NewServer, and
+// serve on Listener for the connection cap.
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	l := s.limits
 	return []grpc.ServerOption{
+		grpc.InTapHandle(s.adm.tap),
+		grpc.MaxHeaderListSize(maxHeaderListSize),
 		grpc.ChainUnaryInterceptor(s.keys.unary),
 		grpc.ChainStreamInterceptor(s.keys.stream),
 		grpc.MaxRecvMsgSize(l.MaxRequestBytes),
@@ -295,7 +310,7 @@ func (s *Server) Push(ctx context.Context, r *apipb.PushRequest) (*apipb.PushRes
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.admit(1)
+	release, err := s.admitPushes(1)
 	if err != nil {
 		return nil, err
 	}
@@ -331,7 +346,7 @@ func (s *Server) PushMany(ctx context.Context, r *apipb.PushManyRequest) (*apipb
 		envs = append(envs, env)
 		idx = append(idx, i)
 	}
-	release, err := s.admit(len(envs))
+	release, err := s.admitPushes(len(envs))
 	if err != nil {
 		return nil, err
 	}

@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"os"
+	"regexp"
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -150,4 +152,25 @@ func TestProxyProtocolSettings(t *testing.T) {
 	}
 	// A direct client elsewhere needs no header.
 	n.Device(t, 1, "direct")
+}
+
+var refusedConnsRe = regexp.MustCompile(`(?m)^courier_api_connections_refused_total (\d+)`)
+
+// TestAPIConnectionCap: a node started with api.max-connections serves
+// that many API connections; a client over the cap is told so
+// (RESOURCE_EXHAUSTED naming the setting) and counted in the metrics.
+func TestAPIConnectionCap(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--api.max-connections", "1"}})
+	ctx := testkit.Ctx(t, testkit.App1Key)
+	insecureCreds := grpc.WithTransportCredentials(insecure.NewCredentials())
+	if err := presence(ctx, n.GRPC(t, insecureCreds)); err != nil {
+		t.Fatal(err)
+	}
+	err := presence(ctx, n.GRPC(t, insecureCreds))
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "api.max-connections") {
+		t.Fatalf("a second connection: %v, want RESOURCE_EXHAUSTED naming api.max-connections", err)
+	}
+	if got := metric(t, n, refusedConnsRe); got != 1 {
+		t.Fatalf("courier_api_connections_refused_total %d, want 1", got)
+	}
 }

@@ -304,6 +304,10 @@ func checkAPILimits(l *api.Limits) error {
 		return fmt.Errorf("node: api.max-gate-backlog %v: must not be negative (0: never refuse)", l.MaxGateBacklog)
 	case l.MaxPushDelay < 0:
 		return fmt.Errorf("node: api.max-push-delay %v: must not be negative (0: never refuse)", l.MaxPushDelay)
+	case l.MaxConnections < 1:
+		return fmt.Errorf("node: api.max-connections %d: must be at least 1", l.MaxConnections)
+	case l.MaxUnauthenticatedCalls < 1:
+		return fmt.Errorf("node: api.max-unauthenticated-calls %d: must be at least 1 (health checks need one)", l.MaxUnauthenticatedCalls)
 	}
 	return nil
 }

@@ -152,9 +152,11 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(n.grpc, n.health)
 	reflection.Register(n.grpc)
+	n.reg.MustRegister(srv.Collectors()...)
 	if n.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
 		return nil, fmt.Errorf("node: api-addr %s: %w", cfg.APIAddr, err)
 	}
+	n.apiLn = srv.Listener(n.apiLn) // api.max-connections
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()

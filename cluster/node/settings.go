@@ -102,6 +102,8 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.IntVar(&l.MaxPushesInFlight, "api.max-pushes-in-flight", l.MaxPushesInFlight, "pushes accepted and not yet answered, all callers together; a call beyond gets RESOURCE_EXHAUSTED at once")
 	fs.DurationVar(&l.MaxGateBacklog, "api.max-gate-backlog", l.MaxGateBacklog, "refuse new pushes (RESOURCE_EXHAUSTED) while the gate's frames wait longer than this for its event loops (0: never)")
 	fs.DurationVar(&l.MaxPushDelay, "api.max-push-delay", l.MaxPushDelay, "refuse new pushes (RESOURCE_EXHAUSTED) while push calls take longer than this and api.max-batch or more pushes are in flight (0: never)")
+	fs.IntVar(&l.MaxConnections, "api.max-connections", l.MaxConnections, "API connections open at once; calls on further ones get RESOURCE_EXHAUSTED and they are closed")
+	fs.IntVar(&l.MaxUnauthenticatedCalls, "api.max-unauthenticated-calls", l.MaxUnauthenticatedCalls, "calls without an API key (health checks, reflection) open at once; more get RESOURCE_EXHAUSTED")
 
 	u := &c.Upstream
 	fs.IntVar(&u.QueueLen, "upstream.queue-len", u.QueueLen, "C2S messages queued per appcode and msgtype for a subscriber with room; beyond, UPSTREAM_BUSY")

@@ -98,6 +98,8 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.API.MaxGateBacklog = -time.Millisecond }, "api.max-gate-backlog")
 	bad(func(c *Config) { c.API.MaxPushDelay = -time.Millisecond }, "api.max-push-delay")
 	bad(func(c *Config) { c.IdleMemoryRelease = -time.Second }, "idle-memory-release")
+	bad(func(c *Config) { c.API.MaxConnections = 0 }, "api.max-connections")
+	bad(func(c *Config) { c.API.MaxUnauthenticatedCalls = 0 }, "api.max-unauthenticated-calls")
 }
 
 // TestGateFieldsAreSettings: every name a gate error is rewritten to is a

@@ -46,12 +46,21 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
-// courierctlEnv are the variables courierctl reads; a node ignores them
-// without a warning (they are often set in the same shell).
-var courierctlEnv = map[string]bool{"COURIER_API": true, "COURIER_GATE": true, "COURIER_APP_SECRET": true,
-	"COURIER_API_TLS": true, "COURIER_API_TLS_CA": true,
-	"COURIER_API_TLS_CERT": true, "COURIER_API_TLS_KEY": true, "COURIER_GATE_TLS": true, "COURIER_GATE_TLS_CA": true,
+// courierctlEnv are the old names of courierctl's variables (it reads
+// COURIERCTL_* now, and these with a warning) that are no setting of the
+// node: a node ignores them without a warning, as they may be set in the
+// same shell.
+var courierctlEnv = map[string]bool{"COURIER_API": true, "COURIER_GATE": true,
+	"COURIER_API_TLS": true, "COURIER_API_TLS_CA": true, "COURIER_GATE_TLS": true, "COURIER_GATE_TLS_CA": true,
 	"COURIER_GATE_TLS_CERT": true, "COURIER_GATE_TLS_KEY": true}
+
+// courierctlHint is added to an error about one of the node's variables
+// that courierctl once read with another meaning.
+var courierctlHint = map[string]string{
+	"COURIER_API_KEY":      "COURIERCTL_KEY",
+	"COURIER_API_KEY_FILE": "COURIERCTL_KEY_FILE",
+	"COURIER_APP_SECRET":   "COURIERCTL_SECRET",
+}
 
 // run runs the node until a signal and returns the exit code: 0 after a
 // clean shutdown, 1 when the node failed, 2 for a mistake on the command
@@ -59,17 +68,10 @@ var courierctlEnv = map[string]bool{"COURIER_API": true, "COURIER_GATE": true, "
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	start := time.Now()
 	cfg := node.DefaultConfig()
-	fs := pflag.NewFlagSet("courier", pflag.ContinueOnError)
-	fs.SortFlags = false
+	var cf cmdFlags
+	fs := newFlagSet(&cfg, &cf)
 	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "YAML config file (keys are the flag names; nested maps allowed)")
-	dev := fs.Bool("dev", false, "development mode: a demo app (appcode 1) with a known token secret and API keys, listening on 127.0.0.1 only")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	logJSON := fs.Bool("log-json", false, "log as JSON lines")
-	gcPercent := fs.Int("gc-percent", 200, "Go GC target percentage (the GOGC environment variable wins); higher trades memory under load for CPU")
-	addrFile := fs.String("addr-file", "", "write the bound addresses as JSON to this file once started (for tools and tests)")
-	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (\"\" disables; for profiling only)")
-	node.BindSettings(fs, &cfg)
+	configPath, dev, logLevel, logJSON, gcPercent, addrFile, pprofAddr := &cf.config, &cf.dev, &cf.logLevel, &cf.logJSON, &cf.gcPercent, &cf.addrFile, &cf.pprofAddr
 	usage := func(w io.Writer) {
 		fmt.Fprintf(w, `Usage: courier [flags]
        courier version
@@ -98,8 +100,17 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 	case fs.NArg() > 0:
 		return usageError(fmt.Errorf("unexpected argument %q (courier takes flags only, and the command \"version\")", fs.Arg(0)))
 	}
+	if v := getenv(node.EnvName("config")); v != "" && !fs.Changed("config") {
+		*configPath = v // the file is read before the other variables apply
+	}
 	if err := node.ApplyFileAndEnv(fs, *configPath, getenv); err != nil {
 		fmt.Fprintln(stderr, "courier:", err)
+		for env, ctl := range courierctlHint {
+			if strings.HasPrefix(err.Error(), env+":") {
+				fmt.Fprintf(stderr, "courier: %s is the node's setting (--%s, a map); a value for courierctl goes in %s\n",
+					env, strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(env, "COURIER_"), "_", "-")), ctl)
+			}
+		}
 		return 2
 	}
 	var level slog.Level
@@ -186,6 +197,30 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 		return 1
 	}
 	return 0
+}
+
+// cmdFlags are courier's own flags, besides the node's settings.
+type cmdFlags struct {
+	config, logLevel, addrFile, pprofAddr string
+	dev, logJSON                          bool
+	gcPercent                             int
+}
+
+// newFlagSet declares every flag of courier: its own (into f), then the
+// node's settings (into cfg), with their defaults. docs/operating.md
+// documents each (a test checks it).
+func newFlagSet(cfg *node.Config, f *cmdFlags) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("courier", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.StringVar(&f.config, "config", "", "YAML config file (keys are the flag names; nested maps allowed)")
+	fs.BoolVar(&f.dev, "dev", false, "development mode: a demo app (appcode 1) with a known token secret and API keys, listening on 127.0.0.1 only")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
+	fs.IntVar(&f.gcPercent, "gc-percent", 200, "Go GC target percentage (the GOGC environment variable wins); higher trades memory under load for CPU")
+	fs.StringVar(&f.addrFile, "addr-file", "", "write the bound addresses as JSON to this file once started (for tools and tests)")
+	fs.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (\"\" disables; for profiling only)")
+	node.BindSettings(fs, cfg)
+	return fs
 }
 
 func versionString() string {

@@ -114,6 +114,38 @@ func TestUnknownEnvironmentVariableWarned(t *testing.T) {
 	}
 }
 
+// TestCourierctlVariablesInTheSameShell: courierctl's variables
+// (COURIERCTL_*, and its old COURIER_API and COURIER_GATE) do not disturb
+// a node started in the same shell; a bare key in COURIER_API_KEY, as
+// courierctl once read it, stops the node with a hint at COURIERCTL_KEY.
+func TestCourierctlVariablesInTheSameShell(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Env: []string{"COURIERCTL_KEY=" + testkit.App1Key, "COURIERCTL_API=127.0.0.1:1",
+		"COURIERCTL_SECRET=" + testkit.App1Secret, "COURIERCTL_GATE=127.0.0.1:1", "COURIERCTL_API_TLS_CA=/x", "COURIER_API=127.0.0.1:1",
+		"COURIER_GATE=127.0.0.1:1"}})
+	n.Device(t, 1, "alice") // it serves
+	if strings.Contains(n.Logs(), "unknown environment variable") {
+		t.Fatalf("courierctl's variables were warned about:\n%s", n.Logs())
+	}
+	code, _, errw := courier(t, []string{"COURIER_API_KEY=" + testkit.App1Key}, loopback(t)...)
+	if code != 2 || !strings.Contains(errw, "COURIER_API_KEY is the node's setting (--api-key, a map); a value for courierctl goes in COURIERCTL_KEY") {
+		t.Fatalf("a bare key in COURIER_API_KEY: exit %d\n%s", code, errw)
+	}
+}
+
+// TestConfigFileFromEnvironment: COURIER_CONFIG names the settings file
+// like --config (it used to be applied after the file was read, so the
+// file was silently ignored).
+func TestConfigFileFromEnvironment(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(file, []byte("gate:\n  adr: x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errw := courier(t, []string{"COURIER_CONFIG=" + file}, loopback(t)...)
+	if code != 2 || !strings.Contains(errw, `unknown setting "gate.adr"`) {
+		t.Fatalf("COURIER_CONFIG with an unknown key: exit %d\n%s", code, errw)
+	}
+}
+
 func TestUnknownEnv(t *testing.T) {
 	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
 	cfg := node.DefaultConfig()

@@ -31,19 +31,12 @@ type apiFlags struct {
 }
 
 func (f *apiFlags) bind(c *cobra.Command) {
-	c.Flags().StringVar(&f.addr, "api", envOr("COURIER_API", "127.0.0.1:7001"), "gRPC API address (env COURIER_API)")
-	c.Flags().StringVar(&f.key, "key", os.Getenv("COURIER_API_KEY"), "API key (env COURIER_API_KEY)")
-	c.Flags().StringVar(&f.keyFile, "key-file", os.Getenv("COURIER_API_KEY_FILE"), "read the API key from this file (env COURIER_API_KEY_FILE)")
+	envString(c.Flags(), &f.addr, "api", "COURIERCTL_API", "127.0.0.1:7001", "gRPC API address", false)
+	envString(c.Flags(), &f.key, "key", "COURIERCTL_KEY", "", "API key", true)
+	envString(c.Flags(), &f.keyFile, "key-file", "COURIERCTL_KEY_FILE", "", "read the API key from this file", false)
 	c.Flags().DurationVar(&f.timeout, "timeout", 10*time.Second, "call timeout")
-	f.tls.bind(c, "the API", "COURIER_API")
+	f.tls.bind(c, "the API", "COURIERCTL_API")
 	c.PreRun = func(c *cobra.Command, _ []string) { f.out = c.OutOrStdout() }
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }
 
 // dial connects and returns a context carrying the key.
@@ -56,7 +49,7 @@ func (f *apiFlags) dial() (apipb.CourierClient, context.Context, func(), error) 
 		f.key = strings.TrimRight(string(b), "\r\n")
 	}
 	if f.key == "" {
-		return nil, nil, nil, fmt.Errorf("--key, --key-file or COURIER_API_KEY is required")
+		return nil, nil, nil, fmt.Errorf("--key, --key-file or COURIERCTL_KEY is required")
 	}
 	creds := insecure.NewCredentials()
 	tlsCfg, err := f.tls.config()

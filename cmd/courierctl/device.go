@@ -52,7 +52,7 @@ func tokenCmd() *cobra.Command {
 	}
 	c.Flags().Uint32Var(&app, "app", 1, "appcode")
 	c.Flags().StringVar(&uid, "uid", "", "uid")
-	c.Flags().StringVar(&secret, "secret", os.Getenv("COURIER_APP_SECRET"), "the app's token secret (env COURIER_APP_SECRET)")
+	envString(c.Flags(), &secret, "secret", "COURIERCTL_SECRET", "", "the app's token secret", true)
 	c.Flags().StringVar(&secretFile, "secret-file", "", "read the app's token secret from this file")
 	c.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "token lifetime (at most the node's gate.max-token-lifetime, 7 days by default)")
 	return c
@@ -69,7 +69,7 @@ func secretValue(inline, file string) (string, error) {
 		return strings.TrimRight(string(b), "\r\n"), nil
 	}
 	if inline == "" {
-		return "", errors.New("--secret, --secret-file or COURIER_APP_SECRET is required")
+		return "", errors.New("--secret, --secret-file or COURIERCTL_SECRET is required")
 	}
 	return inline, nil
 }
@@ -225,11 +225,11 @@ and received, the acks included.`,
 			return nil
 		},
 	}
-	c.Flags().StringVar(&addr, "gate", envOr("COURIER_GATE", "127.0.0.1:7000"), "gate address (env COURIER_GATE)")
+	envString(c.Flags(), &addr, "gate", "COURIERCTL_GATE", "127.0.0.1:7000", "gate address", false)
 	c.Flags().StringVar(&discover, "discover", "", "gate discovery URL (a node's http://HOST:PORT/v1/gates); --gate is the fallback")
 	c.Flags().Uint32Var(&app, "app", 1, "appcode")
 	c.Flags().StringVar(&uid, "uid", "", "uid")
-	c.Flags().StringVar(&secret, "secret", os.Getenv("COURIER_APP_SECRET"), "the app's token secret, to mint a token (env COURIER_APP_SECRET)")
+	envString(c.Flags(), &secret, "secret", "COURIERCTL_SECRET", "", "the app's token secret, to mint a token", true)
 	c.Flags().StringVar(&secretFile, "secret-file", "", "read the app's token secret from this file")
 	c.Flags().StringVar(&token, "token", "", "a token (instead of a secret)")
 	c.Flags().StringVar(&deviceID, "device-id", "courierctl", "device id")
@@ -237,7 +237,7 @@ and received, the acks included.`,
 	c.Flags().BoolVar(&interactive, "stdin", true, `read commands from standard input; log out at its end`)
 	c.Flags().DurationVar(&backoffMax, "backoff-max", time.Minute, "longest wait between reconnection attempts (they start at 1s and double)")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "show every frame sent and received, acks and keepalives included")
-	tf.bind(c, "the gate (a load balancer terminating TLS)", "COURIER_GATE")
+	tf.bind(c, "the gate (a load balancer terminating TLS)", "COURIERCTL_GATE")
 	return c
 }
 

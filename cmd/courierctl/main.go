@@ -1,6 +1,9 @@
 // Command courierctl is the tool of operators and app-server developers:
 // mint a device token, act as a demo device, push, kick, ask presence and
 // statistics, and edit the gate's access lists.
+//
+// Its environment variables are COURIERCTL_* (COURIERCTL_API,
+// COURIERCTL_KEY, ...; env.go): COURIER_* ones are the node's settings.
 package main
 
 import (
@@ -51,12 +54,16 @@ func run(args []string, in io.Reader, out, errw io.Writer) int {
 
 func newRoot() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "courierctl",
-		Short:         "Operate a Courier node and try it out",
+		Use:   "courierctl",
+		Short: "Operate a Courier node and try it out",
+		Long: "Operate a Courier node and try it out.\n\nFlags marked (env COURIERCTL_...) default to that environment variable;\n" +
+			"COURIER_* variables are the node's settings, not courierctl's.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          noArgs,
 		RunE:          func(c *cobra.Command, _ []string) error { return c.Help() },
+		// Run before each command's own PreRun.
+		PersistentPreRun: func(c *cobra.Command, _ []string) { warnLegacyEnv(c) },
 	}
 	root.AddCommand(tokenCmd(), deviceCmd(), pushCmd(), kickCmd(), presenceCmd(), statsCmd(), upstreamCmd(), listsCmd(), versionCmd())
 	var walk func(c *cobra.Command)

@@ -32,7 +32,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"push", "alice"}, 2, `takes no arguments, got ["alice"]`, ""},
 		{[]string{"lists", "add"}, 2, "needs at least 1 argument", ""},
 		{[]string{"device", "--gate"}, 2, "flag needs an argument", ""},
-		{[]string{"push", "--uid", "a", "--key", ""}, 1, "--key, --key-file or COURIER_API_KEY is required", ""},
+		{[]string{"push", "--uid", "a", "--key", ""}, 1, "--key, --key-file or COURIERCTL_KEY is required", ""},
 		{[]string{"token", "--uid", "u", "--secret", "0123456789abcdef"}, 0, "", "eyJ"},
 		{[]string{"version"}, 0, "", "courierctl "},
 		{[]string{"--help"}, 0, "", "Usage:"},
@@ -40,6 +40,7 @@ func TestCommandLineErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Setenv("COURIERCTL_KEY", "")
 			t.Setenv("COURIER_API_KEY", "")
 			var out, errw bytes.Buffer
 			code := run(tt.args, strings.NewReader(""), &out, &errw)
@@ -216,5 +217,91 @@ func TestStatsTable(t *testing.T) {
 	out.Reset()
 	if code := run(append(args, "--json"), nil, &out, &errw); code != 0 || !strings.Contains(out.String(), `"arrivalRateTotal": 1`) {
 		t.Fatalf("--json: %d\n%s", code, out.String())
+	}
+}
+
+// TestEnvironment: courierctl reads COURIERCTL_* variables; the old
+// COURIER_* names work with a warning where they cannot be the node's
+// settings, and the node's own values (COURIER_API_KEY=KEY=APPCODE, set
+// for a node in the same shell) are left alone.
+func TestEnvironment(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{})
+	for _, name := range []string{"COURIERCTL_API", "COURIERCTL_KEY", "COURIERCTL_KEY_FILE", "COURIER_API", "COURIER_API_KEY", "COURIER_API_KEY_FILE"} {
+		t.Setenv(name, "")
+	}
+	presence := func(args ...string) (int, string, string) {
+		t.Helper()
+		var out, errw bytes.Buffer
+		code := run(append([]string{"presence", "--uid", "alice"}, args...), nil, &out, &errw)
+		return code, out.String(), errw.String()
+	}
+
+	t.Setenv("COURIERCTL_API", n.APIAddr)
+	t.Setenv("COURIERCTL_KEY", testkit.App1Key)
+	t.Setenv("COURIER_API_KEY", "another-key-of-the-node-0001=2") // the node's, in the same shell
+	if code, out, errw := presence(); code != 0 || !strings.Contains(out, `"uid": "alice"`) || errw != "" {
+		t.Fatalf("with COURIERCTL_API and COURIERCTL_KEY: exit %d\n%s\n%s", code, out, errw)
+	}
+	// --help does not print the key as the flag's default.
+	if code, out, _ := presence("--help"); code != 0 || strings.Contains(out, testkit.App1Key) {
+		t.Fatalf("--help shows the key:\n%s", out)
+	}
+
+	t.Setenv("COURIERCTL_KEY", "")
+	if code, _, errw := presence(); code != 1 || !strings.Contains(errw, "COURIERCTL_KEY is required") || strings.Contains(errw, "deprecated") {
+		t.Fatalf("with only the node's COURIER_API_KEY: exit %d\n%s", code, errw)
+	}
+
+	// The old names, with values only courierctl can mean.
+	t.Setenv("COURIERCTL_API", "")
+	t.Setenv("COURIER_API", n.APIAddr)
+	t.Setenv("COURIER_API_KEY", testkit.App1Key)
+	code, out, errw := presence()
+	if code != 0 || !strings.Contains(out, `"uid": "alice"`) {
+		t.Fatalf("with the old names: exit %d\n%s\n%s", code, out, errw)
+	}
+	for _, w := range []string{"COURIER_API is deprecated (COURIER_* variables are the node's settings): set COURIERCTL_API instead",
+		"COURIER_API_KEY is deprecated (COURIER_* variables are the node's settings): set COURIERCTL_KEY instead"} {
+		if !strings.Contains(errw, w) {
+			t.Fatalf("no warning %q:\n%s", w, errw)
+		}
+	}
+	// No warning for a variable the command line overrides.
+	if code, _, errw := presence("--key", testkit.App1Key); code != 0 || strings.Contains(errw, "COURIER_API_KEY is deprecated") {
+		t.Fatalf("--key given: exit %d\n%s", code, errw)
+	}
+
+	// The node's api.tls-cert is never courierctl's client certificate.
+	t.Setenv("COURIER_API_TLS_CERT", "/nonexistent/server.pem")
+	t.Setenv("COURIER_API_TLS_KEY", "/nonexistent/server.key")
+	if code, _, errw := presence(); code != 0 {
+		t.Fatalf("with the node's TLS settings in the environment: exit %d\n%s", code, errw)
+	}
+}
+
+func TestLegacyValueIsOurs(t *testing.T) {
+	key, secret := notNodeMap(false), notNodeMap(true)
+	tests := []struct {
+		f    func(string) bool
+		v    string
+		ours bool
+	}{
+		{key, "courier-dev-api-key-0001", true},
+		{key, "Y291cmllci1rZXk=", true}, // base64 with padding: "=" is no appcode
+		{key, "Y291cmllci1rZXk==", true},
+		{key, "courier-dev-api-key-0001=1", false},
+		{key, "k1-0123456789abcdef=2,k2-0123456789abcdef=*", false},
+		{key, "k1-0123456789abcdef=2,bare", true},
+		{key, "/run/secrets/key", true},
+		{key, "/run/secrets/key=3", false},
+		{secret, "courier-dev-secret-app-1", true},
+		{secret, "1=courier-dev-secret-app-1", false},
+		{secret, "1=a,2=b", false},
+		{secret, "x=courier-dev-secret", true},
+	}
+	for _, tt := range tests {
+		if got := tt.f(tt.v); got != tt.ours {
+			t.Errorf("%q: courierctl's %v, want %v", tt.v, got, tt.ours)
+		}
 	}
 }

@@ -19,12 +19,13 @@ type tlsFlags struct {
 
 // bind declares --tls, --tls-ca, --tls-cert, --tls-key and
 // --tls-server-name; env is the prefix of their environment variables
-// (COURIER_API: COURIER_API_TLS_CA, ...).
+// (COURIERCTL_API: COURIERCTL_API_TLS_CA, ...).
 func (f *tlsFlags) bind(c *cobra.Command, what, env string) {
-	c.Flags().BoolVar(&f.on, "tls", os.Getenv(env+"_TLS") == "true", "connect to "+what+" with TLS (env "+env+"_TLS=true; implied by the other --tls-* flags)")
-	c.Flags().StringVar(&f.ca, "tls-ca", os.Getenv(env+"_TLS_CA"), "PEM file of the CA that signed the server's certificate (default: the system's roots; env "+env+"_TLS_CA)")
-	c.Flags().StringVar(&f.cert, "tls-cert", os.Getenv(env+"_TLS_CERT"), "PEM client certificate, for servers that require one (env "+env+"_TLS_CERT)")
-	c.Flags().StringVar(&f.key, "tls-key", os.Getenv(env+"_TLS_KEY"), "PEM key of --tls-cert (env "+env+"_TLS_KEY)")
+	fs := c.Flags()
+	envBool(fs, &f.on, "tls", env+"_TLS", "connect to "+what+" with TLS (env "+env+"_TLS=true; implied by the other --tls-* flags)")
+	envString(fs, &f.ca, "tls-ca", env+"_TLS_CA", "", "PEM file of the CA that signed the server's certificate (default: the system's roots)", false)
+	envString(fs, &f.cert, "tls-cert", env+"_TLS_CERT", "", "PEM client certificate, for servers that require one", false)
+	envString(fs, &f.key, "tls-key", env+"_TLS_KEY", "", "PEM key of --tls-cert", false)
 	c.Flags().StringVar(&f.serverName, "tls-server-name", "", "name to verify the server's certificate against (default: the host dialled)")
 }
 

@@ -1,0 +1,189 @@
+package api
+
+import (
+	"context"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
+)
+
+// What an API client can make the node hold before it is authenticated:
+// a connection (at most Limits.MaxConnections of them), one header block
+// per connection being read (at most maxHeaderListSize), and, for the
+// few calls that need no key (health checks, reflection), their requests
+// (at most Limits.MaxUnauthenticatedCalls of them at once, each up to
+// Limits.MaxRequestBytes). Every other call is authenticated from its
+// headers, in gRPC's tap handle, before a byte of its request is read:
+// a call without a valid key is refused there and its body discarded.
+
+// maxHeaderListSize bounds the headers (metadata) of one call. gRPC's
+// default is 16 MiB; an API call sends a few hundred bytes.
+const maxHeaderListSize = 64 << 10
+
+// overConns is how many connections over Limits.MaxConnections are
+// served at once just long enough to answer their calls with
+// RESOURCE_EXHAUSTED (so that the client learns why); beyond them a
+// connection over the cap is closed at once. overGrace is how long such
+// a connection lives.
+const (
+	overConns = 16
+	overGrace = 2 * time.Second
+)
+
+// admission holds the API's bounds on connections and on calls without
+// a key, and their metrics. Its methods are safe for concurrent use: the
+// tap runs on gRPC's transport goroutines, Accept on gRPC's serving one.
+type admission struct {
+	keys       Keys
+	maxConns   int
+	overConns  int // overConns, lowered by tests
+	maxPublic  int64
+	public     atomic.Int64 // unauthenticated calls open
+	mu         sync.Mutex
+	open, over int
+	overAddrs  map[string]bool // remote addresses of connections over the cap
+
+	connsOpen    prometheus.Gauge
+	connsRefused prometheus.Counter
+	callsRefused *prometheus.CounterVec
+}
+
+func newAdmission(keys Keys, l Limits) *admission {
+	return &admission{
+		keys: keys, maxConns: l.MaxConnections, overConns: overConns, maxPublic: int64(l.MaxUnauthenticatedCalls),
+		overAddrs: map[string]bool{},
+		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_api_connections",
+			Help: "Open connections to the gRPC API (within api.max-connections)."}),
+		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_api_connections_refused_total",
+			Help: "Connections to the gRPC API over api.max-connections: their calls got RESOURCE_EXHAUSTED, or they were closed at once."}),
+		callsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_api_calls_refused_total",
+			Help: "API calls refused before their request was read, by reason: unauthenticated (no or unknown key), unauthenticated_calls (over api.max-unauthenticated-calls), max_connections (on a connection over api.max-connections)."},
+			[]string{"reason"}),
+	}
+}
+
+func (a *admission) collectors() []prometheus.Collector {
+	return []prometheus.Collector{a.connsOpen, a.connsRefused, a.callsRefused}
+}
+
+// tap admits or refuses a call from its headers, before gRPC reads its
+// request. It runs on the connection's reader goroutine, under the
+// transport's lock: it must not block.
+func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if a.isOver(ctx) {
+		a.callsRefused.WithLabelValues("max_connections").Inc()
+		return nil, status.Errorf(codes.ResourceExhausted,
+			"too many API connections: this node serves at most %d at once (api.max-connections), and this connection is closed in a moment; share connections between calls, or retry later", a.maxConns)
+	}
+	if public(info.FullMethodName) {
+		if n := a.public.Add(1); n > a.maxPublic {
+			a.public.Add(-1)
+			a.callsRefused.WithLabelValues("unauthenticated_calls").Inc()
+			return nil, status.Errorf(codes.ResourceExhausted,
+				"too many calls without an API key at once (health checks, reflection): at most %d (api.max-unauthenticated-calls); retry later", a.maxPublic)
+		}
+		// The stream's context ends with the call, whatever its outcome.
+		context.AfterFunc(ctx, func() { a.public.Add(-1) })
+		return ctx, nil
+	}
+	sc, err := a.keys.lookup(info.Header)
+	if err != nil {
+		a.callsRefused.WithLabelValues("unauthenticated").Inc()
+		return nil, err
+	}
+	return context.WithValue(ctx, scopeKey{}, sc), nil
+}
+
+func (a *admission) isOver(ctx context.Context) bool {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.overAddrs) > 0 && a.overAddrs[p.Addr.String()]
+}
+
+// Listener wraps the API's listener with the connection cap
+// (Limits.MaxConnections): gRPC serves at most that many connections at
+// once. A connection over the cap is answered: its calls are refused with
+// RESOURCE_EXHAUSTED naming api.max-connections, and it is closed after
+// 2 s; when more than 16 such connections are open, further ones are
+// closed at once. Both are counted (courier_api_connections_refused_total).
+func (s *Server) Listener(ln net.Listener) net.Listener {
+	return &limitListener{Listener: ln, a: s.adm}
+}
+
+// Collectors returns the API's metrics, for a node's registry.
+func (s *Server) Collectors() []prometheus.Collector { return s.adm.collectors() }
+
+type limitListener struct {
+	net.Listener
+	a *admission
+}
+
+// Accept returns the next connection within the cap, or one over it that
+// will be answered; it closes those that cannot be.
+func (l *limitListener) Accept() (net.Conn, error) {
+	a := l.a
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		a.mu.Lock()
+		switch {
+		case a.open < a.maxConns:
+			a.open++
+			a.mu.Unlock()
+			a.connsOpen.Inc()
+			return &limitedConn{Conn: c, release: func() {
+				a.mu.Lock()
+				a.open--
+				a.mu.Unlock()
+				a.connsOpen.Dec()
+			}}, nil
+		case a.over < a.overConns:
+			key := c.RemoteAddr().String()
+			a.over++
+			a.overAddrs[key] = true
+			a.mu.Unlock()
+			a.connsRefused.Inc()
+			lc := &limitedConn{Conn: c, release: func() {
+				a.mu.Lock()
+				a.over--
+				delete(a.overAddrs, key)
+				a.mu.Unlock()
+			}}
+			// gRPC resets the connection's deadlines after its handshake;
+			// a timer closes it whatever gRPC does (a second Close is
+			// harmless).
+			time.AfterFunc(overGrace, func() { _ = lc.Close() })
+			return lc, nil
+		default:
+			a.mu.Unlock()
+			a.connsRefused.Inc()
+			_ = c.Close()
+		}
+	}
+}
+
+// limitedConn gives its slot back when closed.
+type limitedConn struct {
+	net.Conn
+	release func()
+	once    sync.Once
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
