@@ -18,10 +18,14 @@ build:
 run: build
 	$(BIN)/courier --dev
 
-# The race detector on everything, then a short fixed run of the frame
-# decoder's fuzz target (make fuzz runs it longer).
+# The race detector on everything (the end-to-end tests on Pebble, the
+# store's contract on Pebble and PostgreSQL), the end-to-end tests again on
+# PostgreSQL, then a short fixed run of the frame decoder's fuzz target
+# (make fuzz runs it longer). Tests start a throwaway PostgreSQL of
+# Debian's package, installed with apt-get if missing (testkit/postgres.go).
 test:
 	$(GO) test -race -count=1 -timeout 15m $(GOPKGS)
+	COURIER_TEST_STORE=postgres $(GO) test -race -count=1 -timeout 15m ./cluster/node/
 	$(GO) test -run '^$$' -fuzz FuzzParser -fuzztime 10s ./messages/
 
 # The codec's Go benchmarks, then the standard load set of courier-bench

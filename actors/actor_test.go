@@ -192,6 +192,12 @@ func (s *fakeStore) Submit(w *store.Write, done func(error)) {
 
 func (s *fakeStore) Expired(context.Context, time.Time, int, func(store.Identity)) error { return nil }
 
+// The actors do not use the lists document.
+func (s *fakeStore) Lists(context.Context) (uint64, []byte, error) { return 0, nil, nil }
+func (s *fakeStore) SetLists(context.Context, uint64, []byte) (uint64, error) {
+	return 0, store.ErrUnavailable
+}
+
 func (s *fakeStore) Close() error {
 	s.closeMu.Do(func() {
 		s.mu.Lock()

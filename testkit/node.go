@@ -84,6 +84,23 @@ type NodeOptions struct {
 	Args []string
 	// Env are extra environment variables ("COURIER_X=v").
 	Env []string
+	// PostgresDSN, if set, runs the node on the PostgreSQL store of that
+	// database. If empty and the environment has COURIER_TEST_STORE=postgres,
+	// the node gets a new database of the shared test server (so a whole
+	// end-to-end suite runs on PostgreSQL: make test does it).
+	PostgresDSN string
+	// Pebble keeps the node on the embedded store whatever
+	// COURIER_TEST_STORE says (tests of the node's own disk).
+	Pebble bool
+}
+
+// TestStore returns the store the end-to-end tests run on by default:
+// "postgres" if COURIER_TEST_STORE says so, else "pebble".
+func TestStore() string {
+	if os.Getenv("COURIER_TEST_STORE") == "postgres" {
+		return "postgres"
+	}
+	return "pebble"
 }
 
 // Node is a courier node running as a separate process, as in production.
@@ -93,6 +110,7 @@ type Node struct {
 	cmd      *exec.Cmd
 	logs     *syncBuffer
 	exited   chan struct{}
+	stopped  bool // by Stop, not by itself
 	GateAddr string
 	APIAddr  string
 	HTTPAddr string
@@ -124,8 +142,23 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 	if opts.DataDir == "" {
 		opts.DataDir = t.TempDir()
 	}
+	if opts.PostgresDSN == "" && !opts.Pebble && TestStore() == "postgres" {
+		opts.PostgresDSN = PostgresDB(t)
+	}
 	n := &Node{t: t, opts: opts}
 	n.start()
+	t.Cleanup(func() {
+		exited := !n.kill() && !n.stopped
+		switch logs := n.logs.String(); {
+		case strings.Contains(logs, "WARNING: DATA RACE"):
+			t.Errorf("testkit: the node reported a data race:\n%s", logs)
+		case exited:
+			// A node that died by itself explains the failures it caused.
+			t.Errorf("testkit: the node exited by itself (%v):\n%s", n.cmd.ProcessState, tail([]byte(logs)))
+		case t.Failed():
+			t.Logf("testkit: the node's last logs:\n%s", tail([]byte(logs)))
+		}
+	})
 	return n
 }
 
@@ -157,22 +190,23 @@ func (n *Node) start() {
 		"--shutdown-grace", "5s",
 		"--log-level", "debug",
 	}
+	if n.opts.PostgresDSN != "" {
+		args = append(args, "--store", "postgres", "--store.timeout", "3s")
+	}
 	args = append(args, n.opts.Args...)
 	n.cmd = exec.Command(bin, args...)
 	n.logs = &syncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
 	n.cmd.Env = append(append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66"), n.opts.Env...)
+	if n.opts.PostgresDSN != "" {
+		// The environment, not argv: as an operator should pass it.
+		n.cmd.Env = append(n.cmd.Env, "COURIER_STORE_DSN="+n.opts.PostgresDSN)
+	}
 	if err := n.cmd.Start(); err != nil {
 		t.Fatalf("testkit: start courier: %v", err)
 	}
-	n.exited = make(chan struct{})
+	n.exited, n.stopped = make(chan struct{}), false
 	go func() { _ = n.cmd.Wait(); close(n.exited) }()
-	t.Cleanup(func() {
-		n.kill()
-		if strings.Contains(n.logs.String(), "WARNING: DATA RACE") {
-			t.Errorf("testkit: the node reported a data race:\n%s", n.logs.String())
-		}
-	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
@@ -188,19 +222,22 @@ func (n *Node) start() {
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
+			n.kill()
 			t.Fatalf("testkit: courier did not start within 60s:\n%s", n.logs.String())
 		}
 	}
 }
 
-func (n *Node) kill() {
+// kill stops the process and reports whether it was still running.
+func (n *Node) kill() bool {
 	select {
 	case <-n.exited:
-		return
+		return false
 	default:
 	}
 	_ = n.cmd.Process.Kill()
 	<-n.exited
+	return true
 }
 
 // DataDir returns the node's data directory.
@@ -213,6 +250,7 @@ func (n *Node) Logs() string { return n.logs.String() }
 // waits for the process to end.
 func (n *Node) Stop(sig syscall.Signal) {
 	n.t.Helper()
+	n.stopped = true
 	_ = n.cmd.Process.Signal(sig)
 	select {
 	case <-n.exited:

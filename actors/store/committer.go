@@ -9,6 +9,12 @@ import (
 type pending struct {
 	w    *Write
 	done func(error)
+	// sweep, if set, makes this an expiry sweep round of the lane (w is
+	// unused).
+	sweep *idemSweep
+	// err is this write's own failure (ErrFenced), set by the commit
+	// function; the other writes of the batch are not affected.
+	err error
 }
 
 // committer turns concurrently submitted writes into batches: one commit
@@ -20,10 +26,14 @@ type pending struct {
 // one batch is assembled and applied while another waits for its sync
 // (the storage engine joins concurrent syncs). An identity always uses
 // the same lane: its writes complete in the order they were submitted.
+//
+// The commit function returns the failure of the whole batch (every write
+// of it fails with that error) or nil; it may fail single writes by
+// setting their err, which then alone fail.
 type committer struct {
 	lanes    []chan pending
 	maxBatch int
-	commit   func([]pending) error
+	commit   func(lane int, batch []pending) error
 	// submitTimeout bounds how long Submit waits for room in the queue.
 	submitTimeout time.Duration
 
@@ -35,7 +45,7 @@ type committer struct {
 	observe func(n int, d time.Duration, err error)
 }
 
-func newCommitter(lanes, queueLen, maxBatch int, commit func([]pending) error) *committer {
+func newCommitter(lanes, queueLen, maxBatch int, commit func(int, []pending) error) *committer {
 	c := &committer{
 		lanes:         make([]chan pending, lanes),
 		maxBatch:      maxBatch,
@@ -45,45 +55,47 @@ func newCommitter(lanes, queueLen, maxBatch int, commit func([]pending) error) *
 	for i := range c.lanes {
 		c.lanes[i] = make(chan pending, queueLen/lanes+1)
 		c.wg.Add(1)
-		go c.run(c.lanes[i])
+		go c.run(i, c.lanes[i])
 	}
 	return c
 }
 
-// lane picks the queue of an identity (FNV-1a of app and uid).
-func (c *committer) lane(id Identity) chan pending {
+// laneOf picks the lane of an identity (FNV-1a of app and uid).
+func (c *committer) laneOf(id Identity) int {
 	h := uint32(2166136261)
 	h = (h ^ uint32(id.App>>8)) * 16777619
 	h = (h ^ uint32(id.App&0xff)) * 16777619
 	for i := 0; i < len(id.UID); i++ {
 		h = (h ^ uint32(id.UID[i])) * 16777619
 	}
-	return c.lanes[h%uint32(len(c.lanes))]
+	return int(h % uint32(len(c.lanes)))
 }
 
-func (c *committer) submit(w *Write, done func(error)) {
+func (c *committer) submit(p pending) { c.submitLane(c.laneOf(p.w.ID), p) }
+
+func (c *committer) submitLane(lane int, p pending) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.closed {
-		done(ErrClosed)
+		p.done(ErrClosed)
 		return
 	}
-	q := c.lane(w.ID)
+	q := c.lanes[lane]
 	select {
-	case q <- pending{w, done}:
+	case q <- p:
 		return
 	default:
 	}
 	t := time.NewTimer(c.submitTimeout)
 	defer t.Stop()
 	select {
-	case q <- pending{w, done}:
+	case q <- p:
 	case <-t.C:
-		done(ErrOverloaded)
+		p.done(ErrOverloaded)
 	}
 }
 
-func (c *committer) run(queue chan pending) {
+func (c *committer) run(lane int, queue chan pending) {
 	defer c.wg.Done()
 	batch := make([]pending, 0, c.maxBatch)
 	for p := range queue {
@@ -101,12 +113,16 @@ func (c *committer) run(queue chan pending) {
 			}
 		}
 		start := time.Now()
-		err := c.commit(batch)
+		err := c.commit(lane, batch)
 		if c.observe != nil {
 			c.observe(len(batch), time.Since(start), err)
 		}
 		for i := range batch {
-			batch[i].done(err)
+			e := err
+			if e == nil {
+				e = batch[i].err
+			}
+			batch[i].done(e)
 			batch[i] = pending{}
 		}
 	}

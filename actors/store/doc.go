@@ -1,13 +1,34 @@
 // Package store is the durable inbox of Courier: per identity (appcode +
-// uid) its undelivered messages by seq, its session record and last seq and
-// epoch, and the idempotency records of pushes and C2C sends.
+// uid) its undelivered messages by seq, its meta (last seq, session
+// record) and its owner epoch; the idempotency records of pushes and the
+// dedup records of C2C sends; and the access lists, as one versioned
+// document. Two implementations keep one contract (contract_test.go runs
+// against both): Pebble, embedded, for one node; PostgreSQL, shared by the
+// nodes of a cluster.
 //
 // Writes are asynchronous and group-committed: Submit queues a Write and
-// returns; a committer turns everything queued into one batch with one
-// sync, then calls each Write's done function. The writes of one identity
-// complete in the order they were submitted. A device actor keeps at most
-// one Write in flight anyway, so a failed Write can be rolled back by
-// reloading.
+// returns; a committer goroutine per lane (an identity always uses the
+// same lane) turns everything queued into one batch with one sync (one
+// transaction), then calls each Write's done function from that
+// goroutine. The writes of one identity complete in the order they were
+// submitted. A device actor keeps at most one Write in flight anyway, so a
+// failed Write can be rolled back by reloading.
+//
+// Ownership fencing: Load claims the identity and returns a new owner
+// epoch; every Write carries the epoch of the activation that made it and
+// fails alone with ErrFenced, changing nothing, once another Load has
+// claimed the identity. What was written before the claim is in the new
+// Load's snapshot. So of two activations of one identity (two nodes that
+// both believe they own it) exactly one can write.
+//
+// Goroutines: the committer lanes and the idempotency sweep belong to the
+// store and end in Close, which first commits what is queued. What a
+// crash loses: with Pebble, writes submitted without Sync whose batch had
+// no synced write (deletions of acknowledged messages: delivered once
+// more); nothing whose done function reported success for a synced
+// write. With PostgreSQL the same, the database's crash included; a
+// commit whose answer was lost with the connection is reported failed
+// though it may have been stored (callers retry with an idempotency key).
 //
 // Implementations are safe for concurrent use.
 package store

@@ -17,4 +17,10 @@ var (
 	// identity's: another activation claimed the identity since. Nothing
 	// was written; the writer must stop acting for the identity.
 	ErrFenced = errors.New("store: identity claimed by another owner")
+	// ErrConflict is returned by SetLists when the stored version is no
+	// longer the one the change was based on: read again and retry.
+	ErrConflict = errors.New("store: version conflict")
+	// ErrSchema is returned when the stored data is of a newer format (or
+	// schema version) than this binary knows: it must not touch it.
+	ErrSchema = errors.New("store: data of a newer version")
 )

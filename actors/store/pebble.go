@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -17,19 +18,32 @@ import (
 	"github.com/courier-im/courier/messages/actorpb"
 )
 
-// Key layout. Every identity key is app (2 bytes) + uid length (1 byte) +
-// uid, so that one identity's keys never prefix another's.
+// Key layout. Every identity key (idkey) is app (2 bytes) + uid length
+// (1 byte) + uid, so that one identity's keys never prefix another's.
 //
-//	'm' idkey                  -> IdentityMeta
-//	'i' idkey seq(4)           -> InboxEntry
-//	'k' idkey key              -> IdempotencyRecord
-//	'x' expiresMs(8) 'k'-key   -> (empty) expiry index of idempotency keys
+//	'V'                            -> format version (4 bytes)
+//	'm' idkey                      -> IdentityMeta
+//	'o' idkey                      -> owner epoch (8 bytes)
+//	'i' idkey seq(4)               -> InboxEntry
+//	'e' expiresMs(8) idkey seq(4)  -> (empty) expiry index of the inbox
+//	'k' idkey key                  -> IdempotencyRecord
+//	'x' expiresMs(8) 'k'-key       -> (empty) expiry index of idempotency keys
+//	'L'                            -> lists version (8) + lists document
 const (
-	prefixMeta   = 'm'
-	prefixInbox  = 'i'
-	prefixIdem   = 'k'
-	prefixExpiry = 'x'
+	prefixVersion     = 'V'
+	prefixMeta        = 'm'
+	prefixOwner       = 'o'
+	prefixInbox       = 'i'
+	prefixInboxExpiry = 'e'
+	prefixIdem        = 'k'
+	prefixExpiry      = 'x'
+	prefixLists       = 'L'
 )
+
+// pebbleFormat is the key layout this code writes. Version 1 (no 'V' key)
+// lacked the inbox expiry index and the owner keys; it is upgraded at
+// open. A database of a higher version is refused.
+const pebbleFormat = 2
 
 // PebbleConfig configures the embedded store.
 type PebbleConfig struct {
@@ -45,14 +59,26 @@ type PebbleConfig struct {
 	Lanes int
 	// CacheSize is the block cache in bytes (default 64 MiB).
 	CacheSize int
-	// SweepInterval is how often expired idempotency keys are deleted
-	// (default 1 minute).
+	// MemTableSize is the size of one memtable in bytes (default 32 MiB).
+	MemTableSize int
+	// SweepInterval is how often expired idempotency and C2C-dedup
+	// records are looked for when the last sweep found fewer than
+	// SweepBatch (default 1 s). While a sweep finds full batches, the next
+	// starts as soon as the last one's own duration has passed again.
 	SweepInterval time.Duration
+	// SweepBatch is the most expired records one sweep round deletes
+	// (default 1000).
+	SweepBatch int
 	// NoSync skips the fsync of each batch. Only for benchmarks that
 	// measure everything but the disk; a crash then loses the last batches.
 	NoSync bool
 	// Observe, if set, is told each batch's size and commit time.
 	Observe func(n int, d time.Duration, err error)
+	// Swept, if set, is told how many expired idempotency records each
+	// sweep round deleted.
+	Swept func(n int)
+	// Now is the clock of expiries (default time.Now; tests set it).
+	Now func() time.Time
 }
 
 func (c *PebbleConfig) setDefaults() error {
@@ -68,27 +94,62 @@ func (c *PebbleConfig) setDefaults() error {
 	if c.CacheSize <= 0 {
 		c.CacheSize = 64 << 20
 	}
+	if c.MemTableSize <= 0 {
+		c.MemTableSize = 32 << 20
+	}
 	if c.Lanes <= 0 {
 		c.Lanes = 2
 	}
 	if c.SweepInterval <= 0 {
-		c.SweepInterval = time.Minute
+		c.SweepInterval = time.Second
+	}
+	if c.SweepBatch <= 0 {
+		c.SweepBatch = 1000
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Swept == nil {
+		c.Swept = func(int) {}
 	}
 	return nil
 }
 
 // Pebble is the single-node Store on an embedded Pebble database.
+//
+// Each commit lane is the only writer of its identities' inbox, meta and
+// idempotency keys; the expiry sweep deletes through the lanes too, so a
+// record rewritten while the sweep looks at it is never deleted. Owner
+// epochs are pebbleOwners': a Load's claim sees every write that passed
+// its owner check before it, and fences every write checked after it.
 type Pebble struct {
 	db   *pebble.DB
 	c    *committer
+	cfg  PebbleConfig
 	sync *pebble.WriteOptions
 	log  *slog.Logger
 	now  func() time.Time
+
+	own *pebbleOwners
 
 	// mu guards db against use after Close (Pebble panics then): reads
 	// hold it shared, Close exclusively.
 	mu     sync.RWMutex
 	closed bool
+
+	listsMu sync.Mutex // serializes SetLists
+
+	// sweepStart is when the idempotency sweep last started from the
+	// beginning of its index, sweptUpTo the expiry it has swept up to
+	// since (Unix ms).
+	sweepStart atomic.Int64
+	sweptUpTo  atomic.Uint64
+
+	// failCommit, if set, fails every commit with it (tests of failures);
+	// commitDelay (ns) widens the window between the owner check and the
+	// commit (tests of fencing).
+	failCommit  atomic.Pointer[error]
+	commitDelay atomic.Int64
 
 	quit      chan struct{}
 	wg        sync.WaitGroup
@@ -114,7 +175,7 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 		// Most inbox entries are acknowledged within seconds: a larger
 		// memtable lets an entry and its deletion meet there and vanish
 		// at flush, instead of being flushed and compacted away later.
-		MemTableSize:                32 << 20,
+		MemTableSize:                uint64(cfg.MemTableSize),
 		MemTableStopWritesThreshold: 4,
 	}
 	// Nearly every idempotency lookup is for a key that does not exist
@@ -127,15 +188,68 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open pebble in %s: %w", cfg.Dir, err)
 	}
-	s := &Pebble{db: db, sync: pebble.Sync, log: log, now: time.Now, quit: make(chan struct{})}
+	s := &Pebble{db: db, cfg: cfg, sync: pebble.Sync, log: log, now: cfg.Now, quit: make(chan struct{})}
+	if err := s.upgrade(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if cfg.NoSync {
 		s.sync = pebble.NoSync
 	}
+	s.own = newPebbleOwners(db)
 	s.c = newCommitter(cfg.Lanes, cfg.QueueLen, cfg.MaxBatch, s.commit)
 	s.c.observe = cfg.Observe
 	s.wg.Add(1)
-	go s.sweepLoop(cfg.SweepInterval)
+	go s.sweepLoop()
 	return s, nil
+}
+
+// upgrade checks the format version and brings a version-1 database to
+// the current one (it builds the inbox expiry index).
+func (s *Pebble) upgrade() error {
+	v, closer, err := s.db.Get([]byte{prefixVersion})
+	switch {
+	case err == nil:
+		defer closer.Close()
+		if len(v) != 4 {
+			return fmt.Errorf("store: corrupt format version %x in %s", v, s.cfg.Dir)
+		}
+		if got := binary.BigEndian.Uint32(v); got > pebbleFormat {
+			return fmt.Errorf("%w: pebble format %d in %s, this binary knows up to %d", ErrSchema, got, s.cfg.Dir, pebbleFormat)
+		}
+		return nil
+	case !errors.Is(err, pebble.ErrNotFound):
+		return fmt.Errorf("store: read format version: %w", err)
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixInbox}, UpperBound: []byte{prefixInbox + 1}})
+	if err != nil {
+		return err
+	}
+	n := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		if exp := entryExpiry(it.Value()); exp != 0 {
+			if err := b.Set(inboxExpiryKey(nil, exp, it.Key()), nil, nil); err != nil {
+				it.Close()
+				return err
+			}
+			n++
+		}
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("store: upgrade: %w", err)
+	}
+	if err := b.Set([]byte{prefixVersion}, binary.BigEndian.AppendUint32(nil, pebbleFormat), nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("store: upgrade: %w", err)
+	}
+	if n > 0 {
+		s.log.Info("store: indexed the expiry of stored messages", "entries", n)
+	}
+	return nil
 }
 
 func appendIDKey(dst []byte, prefix byte, id Identity) []byte {
@@ -145,8 +259,25 @@ func appendIDKey(dst []byte, prefix byte, id Identity) []byte {
 	return append(dst, id.UID...)
 }
 
+// parseIDKey decodes the identity at the start of k (after its prefix
+// byte) and returns the rest of k.
+func parseIDKey(k []byte) (Identity, []byte, bool) {
+	if len(k) < 4 || len(k) < 4+int(k[3]) {
+		return Identity{}, nil, false
+	}
+	n := 4 + int(k[3])
+	return Identity{App: binary.BigEndian.Uint16(k[1:3]), UID: string(k[4:n])}, k[n:], true
+}
+
 func inboxKey(dst []byte, id Identity, seq uint32) []byte {
 	return binary.BigEndian.AppendUint32(appendIDKey(dst, prefixInbox, id), seq)
+}
+
+// inboxExpiryKey is the index key of the inbox entry stored under ik.
+func inboxExpiryKey(dst []byte, expiresMs int64, ik []byte) []byte {
+	dst = append(dst, prefixInboxExpiry)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(expiresMs))
+	return append(dst, ik[1:]...)
 }
 
 func idemKey(id Identity, key string) []byte {
@@ -170,7 +301,8 @@ func prefixEnd(p []byte) []byte {
 	return nil
 }
 
-// Load implements Store.
+// Load implements Store. It claims the identity (pebbleOwners), then
+// reads.
 func (s *Pebble) Load(_ context.Context, id Identity) (*Snapshot, error) {
 	if !id.Valid() {
 		return nil, ErrBadIdentity
@@ -180,7 +312,11 @@ func (s *Pebble) Load(_ context.Context, id Identity) (*Snapshot, error) {
 	if s.closed {
 		return nil, ErrClosed
 	}
-	snap := &Snapshot{Meta: &actorpb.IdentityMeta{}}
+	owner, err := s.own.claim(id)
+	if err != nil {
+		return nil, err
+	}
+	snap := &Snapshot{Owner: owner, Meta: &actorpb.IdentityMeta{}}
 	v, closer, err := s.db.Get(appendIDKey(nil, prefixMeta, id))
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
@@ -210,47 +346,6 @@ func (s *Pebble) Load(_ context.Context, id Identity) (*Snapshot, error) {
 		return nil, fmt.Errorf("%w: inbox of %s: %v", ErrUnavailable, id, err)
 	}
 	return snap, nil
-}
-
-// Expired implements Store.
-func (s *Pebble) Expired(ctx context.Context, now time.Time, max int, fn func(Identity)) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return ErrClosed
-	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixInbox}, UpperBound: []byte{prefixInbox + 1}})
-	if err != nil {
-		return fmt.Errorf("%w: inbox scan: %v", ErrUnavailable, err)
-	}
-	defer it.Close()
-	nowMs := now.UnixMilli()
-	var last []byte // idkey of the last identity reported
-	n := 0
-	var e actorpb.InboxEntry
-	for ok := it.First(); ok && n < max; ok = it.Next() {
-		k := it.Key()
-		if len(k) < 4+4 || len(k) < 4+int(k[3])+4 {
-			continue
-		}
-		idk := k[:4+int(k[3])] // prefix, app, uid length, uid
-		if last != nil && bytes.Equal(idk, last) {
-			continue
-		}
-		if err := proto.Unmarshal(it.Value(), &e); err != nil || e.ExpiresAtMs == 0 || e.ExpiresAtMs > nowMs {
-			continue
-		}
-		last = bytes.Clone(idk)
-		fn(Identity{App: binary.BigEndian.Uint16(idk[1:3]), UID: string(idk[4:])})
-		n++
-		if n%1024 == 0 && ctx.Err() != nil {
-			return ctx.Err()
-		}
-	}
-	if err := it.Error(); err != nil {
-		return fmt.Errorf("%w: inbox scan: %v", ErrUnavailable, err)
-	}
-	return nil
 }
 
 // Idempotency implements Store.
@@ -292,141 +387,15 @@ func (s *Pebble) Submit(w *Write, done func(error)) {
 		done(ErrBadIdentity)
 		return
 	}
-	s.c.submit(w, done)
-}
-
-// commit writes a batch of Writes with one sync.
-func (s *Pebble) commit(ws []pending) error {
-	b := s.db.NewBatch()
-	defer b.Close()
-	var key []byte
-	var val []byte
-	sync := false
-	for _, p := range ws {
-		w := p.w
-		sync = sync || w.Sync
-		if w.Meta != nil {
-			var err error
-			if val, err = (proto.MarshalOptions{}).MarshalAppend(val[:0], w.Meta); err != nil {
-				return err
-			}
-			if err := b.Set(appendIDKey(key[:0], prefixMeta, w.ID), val, nil); err != nil {
-				return err
-			}
-		}
-		for _, e := range w.Put {
-			var err error
-			if val, err = (proto.MarshalOptions{}).MarshalAppend(val[:0], e); err != nil {
-				return err
-			}
-			if err := b.Set(inboxKey(key[:0], w.ID, e.Seq), val, nil); err != nil {
-				return err
-			}
-		}
-		for _, seq := range w.Delete {
-			// An inbox key is set exactly once (seqs are never reused
-			// once written), which is what SingleDelete needs: the
-			// entry and its tombstone cancel out at the first flush or
-			// compaction that sees both.
-			if err := b.SingleDelete(inboxKey(key[:0], w.ID, seq), nil); err != nil {
-				return err
-			}
-		}
-		for _, ip := range w.Idem {
-			var err error
-			if val, err = (proto.MarshalOptions{}).MarshalAppend(val[:0], ip.Record); err != nil {
-				return err
-			}
-			ik := idemKey(w.ID, ip.Key)
-			if err := b.Set(ik, val, nil); err != nil {
-				return err
-			}
-			if ip.Record.ExpiresAtMs != 0 {
-				if err := b.Set(expiryKey(ip.Record.ExpiresAtMs, ik), nil, nil); err != nil {
-					return err
-				}
-			}
-		}
-	}
-	opts := pebble.NoSync
-	if sync {
-		opts = s.sync
-	}
-	if err := b.Commit(opts); err != nil {
-		return fmt.Errorf("%w: commit: %v", ErrUnavailable, err)
-	}
-	return nil
-}
-
-// sweepLoop deletes expired idempotency keys.
-func (s *Pebble) sweepLoop(every time.Duration) {
-	defer s.wg.Done()
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.quit:
-			return
-		case <-t.C:
-			if n, err := s.SweepExpired(); err != nil {
-				s.log.Warn("store: sweeping expired idempotency keys", "err", err)
-			} else if n > 0 {
-				s.log.Debug("store: swept expired idempotency keys", "count", n)
-			}
-		}
-	}
-}
-
-// SweepExpired deletes the idempotency keys whose expiry has passed and
-// returns how many it deleted.
-func (s *Pebble) SweepExpired() (int, error) {
-	upper := binary.BigEndian.AppendUint64([]byte{prefixExpiry}, uint64(s.now().UnixMilli()))
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixExpiry}, UpperBound: upper})
-	if err != nil {
-		return 0, err
-	}
-	b := s.db.NewBatch()
-	defer b.Close()
-	n := 0
-	nowMs := s.now().UnixMilli()
-	for ok := it.First(); ok && n < 10000; ok = it.Next() {
-		k := it.Key()
-		// The key may have been written again with a later expiry.
-		if rec, err := s.idemRecord(k[9:]); err != nil {
-			it.Close()
-			return 0, err
-		} else if rec != nil && (rec.ExpiresAtMs == 0 || rec.ExpiresAtMs > nowMs) {
-			if err := b.Delete(k, nil); err != nil {
-				it.Close()
-				return 0, err
-			}
-			continue
-		}
-		if err := b.Delete(k[9:], nil); err != nil {
-			it.Close()
-			return 0, err
-		}
-		if err := b.Delete(k, nil); err != nil {
-			it.Close()
-			return 0, err
-		}
-		n++
-	}
-	if err := it.Close(); err != nil {
-		return 0, err
-	}
-	if n == 0 {
-		return 0, nil
-	}
-	return n, b.Commit(pebble.NoSync)
+	s.c.submit(pending{w: w, done: done})
 }
 
 // Close implements Store.
 func (s *Pebble) Close() error {
 	s.closeOnce.Do(func() {
-		s.c.close()
 		close(s.quit)
-		s.wg.Wait()
+		s.wg.Wait() // the sweep submits to the committer
+		s.c.close()
 		s.mu.Lock()
 		s.closed = true
 		s.closeErr = s.db.Close()

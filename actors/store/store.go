@@ -83,12 +83,22 @@ type Store interface {
 	// identity complete in submission order. After Close, done is called
 	// with ErrClosed.
 	Submit(w *Write, done func(error))
-	// Expired calls fn for every identity that holds an inbox entry whose
-	// expiry is before now, once per identity, at most max identities.
-	// It reads the whole inbox, so it is for an occasional background
-	// sweep (the inbox of a healthy platform is small: messages leave it
-	// when acknowledged).
+	// Expired calls fn for identities that hold an inbox entry whose
+	// expiry is before now, once per identity, at most max identities,
+	// earliest expiry first. It reads an index by expiry, never the whole
+	// inbox. Stores shared by several nodes report an identity to one
+	// node at a time: an identity reported is not reported again (to any
+	// node) for a lease of a minute, by when its actor has dropped what
+	// expired.
 	Expired(ctx context.Context, now time.Time, max int, fn func(Identity)) error
+	// Lists returns the stored access-lists document (opaque to the store)
+	// and its version: 0 and nil if none was ever stored.
+	Lists(ctx context.Context) (version uint64, doc []byte, err error)
+	// SetLists stores doc as the next version if the stored version is
+	// still prev (compare-and-set), durably, and returns the new version.
+	// If another writer stored a version since, it fails with ErrConflict
+	// and changes nothing.
+	SetLists(ctx context.Context, prev uint64, doc []byte) (uint64, error)
 	// Close flushes queued writes and releases the store.
 	Close() error
 }

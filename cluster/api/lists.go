@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"sort"
@@ -15,9 +16,14 @@ import (
 	"github.com/courier-im/courier/messages/devicepb"
 )
 
-// Lists are the gate's black and white lists (implemented by *gate.Lists).
+// Lists are the gate's black and white lists (implemented by *gate.Lists,
+// and by the node's lists kept in the inbox store).
 type Lists interface {
 	Snapshot() gate.ListsSnapshot
+	// Modify applies a change; when it returns nil the change is in
+	// force (and durable, for the node's lists). An error wrapping
+	// gate.ErrBadLists means the result does not parse; any other, that
+	// it could not be stored (nothing changed).
 	Modify(func(*gate.ListsSnapshot)) error
 }
 
@@ -109,8 +115,12 @@ func (s *Server) UpdateAccessList(ctx context.Context, r *apipb.UpdateAccessList
 			}
 		}
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, gate.ErrBadLists):
 		return nil, status.Errorf(codes.InvalidArgument, "lists: %v", err)
+	case err != nil:
+		// Not stored: nothing changed.
+		return nil, status.Errorf(codes.Unavailable, "lists: the change could not be stored (%v); nothing changed, retry", err)
 	}
 	if r.List == apipb.AccessList_UID_BLACKLIST && len(r.Add) > 0 {
 		envs := make([]*actorpb.Envelope, len(r.Add))

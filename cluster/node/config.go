@@ -37,8 +37,25 @@ type Config struct {
 	// GatePublicAddr is the gate address presence reports (default: the
 	// gate's listen address).
 	GatePublicAddr string
+	// Store is the inbox store: "pebble" (default: embedded, in DataDir)
+	// or "postgres" (StoreDSN: every node of a cluster shares it).
+	Store string
+	// StoreDSN is the PostgreSQL connection string (libpq keyword/value
+	// or URL). StoreDSNFile names a file holding it instead, so that the
+	// password is neither in argv nor in the environment.
+	StoreDSN     string
+	StoreDSNFile string
+	// StoreMaxConns bounds the connections to PostgreSQL (default 16).
+	StoreMaxConns int
+	// StoreLanes is the number of group commits in flight at once
+	// (default: 2 for Pebble, 4 for PostgreSQL).
+	StoreLanes int
+	// StoreTimeout bounds one PostgreSQL transaction, load or lookup
+	// (default 5 s): beyond it the operation fails as unavailable.
+	StoreTimeout time.Duration
 	// StoreNoSync skips the store's fsync (benchmarks only: a crash may
-	// lose the last accepted messages).
+	// lose the last accepted messages). With PostgreSQL:
+	// synchronous_commit off.
 	StoreNoSync bool
 	// AppSecrets maps an appcode to the HS256 secret of its device tokens.
 	AppSecrets map[string]string
@@ -84,6 +101,9 @@ func DefaultConfig() Config {
 		HTTPAddr:          ":7002",
 		ShutdownGrace:     10 * time.Second,
 		IdleMemoryRelease: 10 * time.Second,
+		Store:             "pebble",
+		StoreMaxConns:     16,
+		StoreTimeout:      5 * time.Second,
 		AppSecrets:        map[string]string{},
 		APIKeys:           map[string]string{},
 		Gate:              g,
@@ -105,6 +125,13 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	}
 	if c.APIAddr == "" {
 		return nil, nil, fmt.Errorf("node: api-addr: must not be empty")
+	}
+	if err := c.resolveStore(); err != nil {
+		return nil, nil, err
+	}
+	// The node, not the gate, watches the lists file (lists.go).
+	if c.Gate.ListsFile != "" && c.Gate.ListsPollInterval < 10*time.Millisecond {
+		return nil, nil, fmt.Errorf("node: gate.lists-poll-interval %v: at least 10ms", c.Gate.ListsPollInterval)
 	}
 	appSecrets, apiKeys, err := c.withFiles()
 	if err != nil {
@@ -184,6 +211,45 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 		return nil, nil, fmt.Errorf("node: upstream.max-bytes %d: must be at least upstream.app-max-bytes %d", u.MaxBytes, u.AppMaxBytes)
 	}
 	return secrets, keys, nil
+}
+
+// resolveStore checks the store settings and reads store.dsn-file.
+func (c *Config) resolveStore() error {
+	switch c.Store {
+	case "pebble":
+		if c.StoreDSN != "" || c.StoreDSNFile != "" {
+			return errors.New("node: store.dsn/store.dsn-file: set, but store is pebble (use --store postgres)")
+		}
+	case "postgres":
+		if c.StoreDSN != "" && c.StoreDSNFile != "" {
+			return errors.New("node: store.dsn and store.dsn-file: set only one")
+		}
+		if c.StoreDSNFile != "" {
+			dsn, err := readSecret(c.StoreDSNFile)
+			if err != nil {
+				return fmt.Errorf("node: store.dsn-file %s: %w", c.StoreDSNFile, err)
+			}
+			c.StoreDSN, c.StoreDSNFile = strings.TrimSpace(dsn), ""
+		}
+		if c.StoreDSN == "" {
+			return errors.New("node: store.dsn: required with store postgres (or store.dsn-file)")
+		}
+		if c.StoreMaxConns < 2 {
+			return fmt.Errorf("node: store.max-conns %d: at least 2", c.StoreMaxConns)
+		}
+		if c.StoreLanes >= c.StoreMaxConns {
+			return fmt.Errorf("node: store.lanes %d: must be below store.max-conns %d", c.StoreLanes, c.StoreMaxConns)
+		}
+	default:
+		return fmt.Errorf("node: store %q: must be pebble or postgres", c.Store)
+	}
+	if c.StoreLanes < 0 || c.StoreLanes > 64 {
+		return fmt.Errorf("node: store.lanes %d: must be in [0, 64] (0: the store's default)", c.StoreLanes)
+	}
+	if c.StoreTimeout < 100*time.Millisecond {
+		return fmt.Errorf("node: store.timeout %v: at least 100ms", c.StoreTimeout)
+	}
+	return nil
 }
 
 // withFiles returns the app secrets and API keys given inline and in

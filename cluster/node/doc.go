@@ -6,6 +6,11 @@
 // ErrConfig for a setting (named), ErrDataDirInUse for a data directory
 // another process holds.
 //
+// The node keeps the gate's access lists in the store (lists.go): it
+// loads them before the gate accepts devices, stores each API change
+// before answering, and polls the stored version every second, applying
+// what other nodes stored.
+//
 // Start order matters: the store opens, then the cluster member starts,
 // before any other gRPC in the process, because the actor library replaces
 // gRPC's global logger when it starts its remoting; then the gate and the

@@ -400,10 +400,13 @@ func TestPassivationKeepsInbox(t *testing.T) {
 
 var activeRe = regexp.MustCompile(`(?m)^courier_actors_active (\d+)`)
 
-func testRestart(t *testing.T, sig syscall.Signal) {
+func testRestart(t *testing.T, sig syscall.Signal) { testRestartWith(t, sig, testkit.NodeOptions{}) }
+
+func testRestartWith(t *testing.T, sig syscall.Signal, opts testkit.NodeOptions) {
 	// Short passivation: every identity of this test leaves memory soon
 	// after its last message, unless something keeps it (a ghost session).
-	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--actors.passivate-after", "300ms"}})
+	opts.Args = append(opts.Args, "--actors.passivate-after", "300ms")
+	n := testkit.StartNode(t, opts)
 	api := n.API(t)
 	// olga is online when the node stops, and never comes back.
 	n.Device(t, 1, "olga")

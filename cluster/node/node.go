@@ -41,7 +41,8 @@ type Node struct {
 	log   *slog.Logger
 	reg   *prometheus.Registry
 	sys   *cluster.System
-	store *store.Pebble
+	store store.Store
+	lists *durableLists
 	stats *stats.Recorder
 	up    *upstream.Router
 	gate  *gate.Gate
@@ -84,23 +85,18 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		Help: "Writes (one per identity) in one group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)})
 	commitErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_commit_errors_total",
 		Help: "Group commits that failed (their writes were refused)."})
-	n.reg.MustRegister(commitSeconds, batchWrites, commitErrors)
-	// Every lane of the commit queue holds the actors' whole write budget,
-	// so that submitting a write never waits (actors.WriteBudget).
-	const lanes = 2
-	n.store, err = store.OpenPebble(store.PebbleConfig{
-		Dir: filepath.Join(cfg.DataDir, "inbox"), NoSync: cfg.StoreNoSync,
-		Lanes: lanes, QueueLen: lanes * cfg.Actors.MaxPendingWrites,
-		Observe: func(writes int, d time.Duration, err error) {
-			commitSeconds.Observe(d.Seconds())
-			batchWrites.Observe(float64(writes))
-			if err != nil {
-				commitErrors.Inc()
-			}
-		},
-	}, log)
-	if err != nil {
-		return nil, storeOpenError(cfg.DataDir, err)
+	swept := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_swept_records_total",
+		Help: "Expired idempotency and C2C-dedup records deleted by the store's sweep."})
+	n.reg.MustRegister(commitSeconds, batchWrites, commitErrors, swept)
+	observe := func(writes int, d time.Duration, err error) {
+		commitSeconds.Observe(d.Seconds())
+		batchWrites.Observe(float64(writes))
+		if err != nil {
+			commitErrors.Inc()
+		}
+	}
+	if n.store, err = openStore(cfg, log, observe, func(k int) { swept.Add(float64(k)) }); err != nil {
+		return nil, err
 	}
 	n.stats = stats.New()
 	n.reg.MustRegister(n.stats)
@@ -116,6 +112,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 
 	gcfg := cfg.Gate
 	gcfg.AppSecrets = secrets
+	// The node keeps the lists in the store and applies them (and the
+	// lists file) to the gate itself.
+	gcfg.ListsFile = ""
 	br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, up: n.up, ids: ids}
 	n.gate, err = gate.New(gcfg, br, n.reg, log)
 	if err != nil {
@@ -125,6 +124,19 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	n.sys.SetGate(sink{n.gate, br.gateID})
 	public := cfg.GatePublicAddr
 	br.gateAddr.Store(&public)
+	// The stored lists are in force before the first device connects.
+	n.lists = &durableLists{st: n.store, gate: n.gate.Lists(), log: log, file: cfg.Gate.ListsFile}
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err = n.lists.start(sctx, cfg.Gate.Lists)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.lists.run(n.quit, cfg.Gate.ListsPollInterval)
+	}()
 	if err := n.gate.Start(); err != nil {
 		return nil, err
 	}
@@ -137,7 +149,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, asConfigError(err)
 	}
-	srv := api.New(api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Lists: n.gate.Lists(), Stats: n.stats, Upstream: n.up,
+	srv := api.New(api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Lists: n.lists, Stats: n.stats, Upstream: n.up,
 		Backlog: n.gate.Backlog})
 	opts := srv.ServerOptions()
 	if apiTLS != nil {
@@ -203,8 +215,40 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	log.Info("node: started", "name", cfg.Name, "gate", n.GateAddr(), "api", n.APIAddr(), "http", n.HTTPAddr(),
-		"cluster", n.sys.Address(), "data", cfg.DataDir)
+		"cluster", n.sys.Address(), "store", cfg.Store, "data", cfg.DataDir)
 	return n, nil
+}
+
+// openStore opens the configured inbox store.
+func openStore(cfg Config, log *slog.Logger, observe func(int, time.Duration, error), swept func(int)) (store.Store, error) {
+	lanes := cfg.StoreLanes
+	if lanes == 0 {
+		lanes = 2 // Pebble: one batch applied while another syncs
+		if cfg.Store == "postgres" {
+			lanes = 4 // round trips and WAL flushes overlap
+		}
+	}
+	// Every lane of the commit queue holds the actors' whole write budget,
+	// so that submitting a write never waits (actors.WriteBudget), plus
+	// room for the loads' claims (Pebble; bounded by the actor workers)
+	// and the sweep's rounds (one per lane).
+	queue := lanes * (cfg.Actors.MaxPendingWrites + 256)
+	if cfg.Store == "postgres" {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s, err := store.OpenPostgres(ctx, store.PostgresConfig{DSN: cfg.StoreDSN, MaxConns: cfg.StoreMaxConns, Lanes: lanes,
+			QueueLen: queue, Timeout: cfg.StoreTimeout, NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept}, log)
+		if err != nil {
+			return nil, fmt.Errorf("node: store postgres: %w", err)
+		}
+		return s, nil
+	}
+	s, err := store.OpenPebble(store.PebbleConfig{Dir: filepath.Join(cfg.DataDir, "inbox"), Lanes: lanes, QueueLen: queue,
+		NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept}, log)
+	if err != nil {
+		return nil, storeOpenError(cfg.DataDir, err)
+	}
+	return s, nil
 }
 
 // sweepExpired periodically has the actors of identities with expired

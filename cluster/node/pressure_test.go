@@ -25,7 +25,7 @@ import (
 // disk is fast again, stored pushes are accepted again.
 func TestSlowDiskRefusesNewWorkAndServesTheRest(t *testing.T) {
 	disk := testkit.NewSlowDisk(t)
-	n := testkit.StartNode(t, testkit.NodeOptions{DataDir: disk.Dir, Args: []string{"--actors.max-pending-writes", "8"}})
+	n := testkit.StartNode(t, testkit.NodeOptions{DataDir: disk.Dir, Pebble: true, Args: []string{"--actors.max-pending-writes", "8"}})
 	api := n.API(t)
 	calm := n.Device(t, 1, "calm")
 	sender := n.Device(t, 1, "sender")

@@ -84,6 +84,14 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.Upstream.AppMaxBytes = 1000 }, "upstream.app-max-bytes")
 	bad(func(c *Config) { c.Upstream.MaxBytes = c.Upstream.AppMaxBytes - 1 }, "upstream.max-bytes")
 	bad(func(c *Config) { c.API.MaxPayload = 1 << 20 }, "api.max-payload")
+	bad(func(c *Config) { c.Store = "mysql" }, `store "mysql"`)
+	bad(func(c *Config) { c.Store = "postgres" }, "store.dsn")
+	bad(func(c *Config) { c.StoreDSN = "postgres://x" }, "store.dsn")
+	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreDSNFile = "postgres", "a", "b" }, "store.dsn-file")
+	bad(func(c *Config) { c.Store, c.StoreDSNFile = "postgres", "/nonexistent/dsn" }, "store.dsn-file")
+	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreLanes = "postgres", "x", 16 }, "store.lanes")
+	bad(func(c *Config) { c.StoreTimeout = time.Millisecond }, "store.timeout")
+	bad(func(c *Config) { c.Gate.ListsFile, c.Gate.ListsPollInterval = "x", 0 }, "gate.lists-poll-interval")
 	bad(func(c *Config) { c.Actors.C2CSenderMaxMessages = c.Actors.C2CMaxMessages + 1 }, "actors.c2c-sender-max-messages")
 	bad(func(c *Config) { c.Actors.MaxPendingWrites = 0 }, "actors.max-pending-writes")
 	// The login burst and a PULL_ACK must fit the gate's queue for a
@@ -100,6 +108,43 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.IdleMemoryRelease = -time.Second }, "idle-memory-release")
 	bad(func(c *Config) { c.API.MaxConnections = 0 }, "api.max-connections")
 	bad(func(c *Config) { c.API.MaxUnauthenticatedCalls = 0 }, "api.max-unauthenticated-calls")
+}
+
+// TestStoreDSNFromFileAndEnv: the DSN comes from store.dsn-file (its
+// whitespace trimmed) or from COURIER_STORE_DSN, never needing argv.
+func TestStoreDSNFromFileAndEnv(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "dsn")
+	if err := os.WriteFile(file, []byte("postgres://courier:pw@db/courier\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := DefaultConfig()
+	c.Store, c.StoreDSNFile = "postgres", file
+	if _, _, err := c.resolve(); err != nil || c.StoreDSN != "postgres://courier:pw@db/courier" {
+		t.Fatalf("dsn from file: %q %v", c.StoreDSN, err)
+	}
+	cfg := DefaultConfig()
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	BindSettings(fs, &cfg)
+	_ = fs.Parse([]string{"--store", "postgres"})
+	env := map[string]string{"COURIER_STORE_DSN": "host=db user=courier"}
+	if err := ApplyFileAndEnv(fs, "", func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := cfg.resolve(); err != nil || cfg.StoreDSN != "host=db user=courier" {
+		t.Fatalf("dsn from the environment: %q %v", cfg.StoreDSN, err)
+	}
+	// In the config file, the store and its settings are dotted keys.
+	yml := filepath.Join(t.TempDir(), "node.yaml")
+	_ = os.WriteFile(yml, []byte("store: postgres\nstore.dsn-file: "+file+"\n"), 0o644)
+	cfg = DefaultConfig()
+	fs = pflag.NewFlagSet("t", pflag.ContinueOnError)
+	BindSettings(fs, &cfg)
+	if err := ApplyFileAndEnv(fs, yml, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := cfg.resolve(); err != nil || cfg.StoreDSN != "postgres://courier:pw@db/courier" {
+		t.Fatalf("dsn from the config file's dsn-file: %q %v", cfg.StoreDSN, err)
+	}
 }
 
 // TestGateFieldsAreSettings: every name a gate error is rewritten to is a

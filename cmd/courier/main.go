@@ -146,6 +146,11 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 		log.Warn("no --app-secret configured: every device login will fail")
 	}
 
+	// Signals are caught before the node starts: a SIGTERM that arrives
+	// while it starts (or right after --addr-file appears) shuts it down
+	// gracefully instead of killing it.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	n, err := node.Start(cfg, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "courier:", err)
@@ -173,7 +178,6 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 	if *dev {
 		printDevHelp(stderr, n)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	failed := false
 	select {
 	case <-ctx.Done():

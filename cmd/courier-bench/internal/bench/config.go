@@ -26,6 +26,9 @@ type Config struct {
 	NodePID                   int
 	Spawn                     string
 	SpawnArgs                 []string
+	// DBPID is the process id of the node's database server (the
+	// PostgreSQL postmaster): its CPU and its backends' are reported.
+	DBPID int
 
 	// AppCode, Secret (device tokens) and APIKey (app-server).
 	AppCode uint16

@@ -174,11 +174,16 @@ func (s *session) measuring(ctx context.Context) cpu {
 	return s.readCPU(ctx)
 }
 
-// cpu is a reading of the node's and the generator's CPU time.
+// cpu is a reading of the node's and the generator's CPU time, the
+// database's, and the node's store commits so far.
 type cpu struct {
 	at              time.Time
 	node, gen, work time.Duration // work: the device workers' share of gen
 	nodeOK          bool
+	db              time.Duration
+	dbOK            bool
+	commits, writes float64
+	commitsOK       bool
 }
 
 func (s *session) readCPU(ctx context.Context) cpu {
@@ -191,6 +196,15 @@ func (s *session) readCPU(ctx context.Context) cpu {
 	}
 	if d, err := s.node.CPU(ctx); err == nil {
 		c.node, c.nodeOK = d, true
+	}
+	if s.cfg.DBPID > 0 {
+		if d, err := procstat.TreeCPU(s.cfg.DBPID); err == nil {
+			c.db, c.dbOK = d, true
+		}
+	}
+	if m, err := s.node.Scrape(ctx, "courier_store_commit_writes_count", "courier_store_commit_writes_sum"); err == nil {
+		c.commits, c.writes = m["courier_store_commit_writes_count"], m["courier_store_commit_writes_sum"]
+		c.commitsOK = len(m) == 2
 	}
 	return c
 }
@@ -208,6 +222,22 @@ func (s *session) cpuFigures(a, b cpu, msgs int64, what string) {
 		}
 	} else {
 		s.res.note("node CPU unknown: give --node-pid or --node-metrics")
+	}
+	if a.dbOK && b.dbOK {
+		db := (b.db - a.db).Seconds()
+		s.res.fig("database CPU", db, "s")
+		s.res.fig("database CPU share", 100*db/wall, "% of a core")
+		if msgs > 0 {
+			s.res.fig("database CPU per "+what, db*1e6/float64(msgs), "µs")
+		}
+	}
+	if a.commitsOK && b.commitsOK && b.commits > a.commits {
+		commits := b.commits - a.commits
+		s.res.fig("store commits/s", commits/wall, "/s")
+		s.res.fig("store writes per commit", (b.writes-a.writes)/commits, "")
+		if msgs > 0 {
+			s.res.fig("delivered messages per store commit", float64(msgs)/commits, "")
+		}
 	}
 	gen := (b.gen - a.gen).Seconds()
 	s.res.fig("bench CPU", gen, "s")

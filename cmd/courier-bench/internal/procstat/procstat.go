@@ -24,26 +24,83 @@ var ErrNoSource = errors.New("procstat: no pid or metrics address")
 
 // CPU returns the user+system CPU time pid has used.
 func CPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := readStat(pid)
 	if err != nil {
 		return 0, err
+	}
+	return st.cpu, nil
+}
+
+// TreeCPU returns the CPU time of pid and all its descendants, those
+// running and those it has reaped (a database server's postmaster and
+// its backends).
+func TreeCPU(pid int) (time.Duration, error) {
+	root, err := readStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	stats := map[int]stat{}
+	children := map[int][]int{}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil || p == pid {
+			continue
+		}
+		if st, err := readStat(p); err == nil {
+			stats[p] = st
+			children[st.ppid] = append(children[st.ppid], p)
+		}
+	}
+	total := root.cpu + root.childCPU
+	queue := append([]int(nil), children[pid]...)
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		// A descendant's reaped children are in its own childCPU.
+		total += stats[p].cpu + stats[p].childCPU
+		queue = append(queue, children[p]...)
+	}
+	return total, nil
+}
+
+// stat is what CPU accounting reads from /proc/PID/stat.
+type stat struct {
+	ppid          int
+	cpu, childCPU time.Duration // own; of waited-for children
+}
+
+func readStat(pid int) (stat, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return stat{}, err
 	}
 	// The command name (field 2) may hold spaces; fields after its ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("procstat: /proc/%d/stat: no ')'", pid)
+		return stat{}, fmt.Errorf("procstat: /proc/%d/stat: no ')'", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("procstat: /proc/%d/stat: %d fields", pid, len(f))
+	if len(f) < 15 {
+		return stat{}, fmt.Errorf("procstat: /proc/%d/stat: %d fields", pid, len(f))
 	}
-	// After ')': state(0) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(11) stime(12).
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
+	// After ')': state(0) ppid(1) pgrp session tty tpgid flags minflt
+	// cminflt majflt cmajflt utime(11) stime(12) cutime(13) cstime(14).
+	var v [5]int64
+	var errs []error
+	for i, k := range []int{1, 11, 12, 13, 14} {
+		var err error
+		v[i], err = strconv.ParseInt(f[k], 10, 64)
+		errs = append(errs, err)
 	}
-	return time.Duration(ut+st) * time.Second / clockTick, nil
+	if err := errors.Join(errs...); err != nil {
+		return stat{}, err
+	}
+	tick := func(n int64) time.Duration { return time.Duration(n) * time.Second / clockTick }
+	return stat{ppid: int(v[0]), cpu: tick(v[1] + v[2]), childCPU: tick(v[3] + v[4])}, nil
 }
 
 // SelfCPU returns the CPU time of this process, at rusage precision.

@@ -1,0 +1,668 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/devicepb"
+	"github.com/courier-im/courier/testkit"
+)
+
+func TestMain(m *testing.M) { os.Exit(testkit.Main(m)) }
+
+// The contract every Store keeps, run against each implementation: what
+// the device actors rely on, whichever store a node uses.
+
+// clock is an injected clock.
+type clock struct{ ms atomic.Int64 }
+
+func newClock() *clock {
+	c := &clock{}
+	c.ms.Store(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC).UnixMilli())
+	return c
+}
+
+func (c *clock) Now() time.Time                 { return time.UnixMilli(c.ms.Load()) }
+func (c *clock) Advance(d time.Duration)        { c.ms.Add(d.Milliseconds()) }
+func (c *clock) At(d time.Duration) int64       { return c.Now().Add(d).UnixMilli() }
+func (c *clock) Time(d time.Duration) time.Time { return c.Now().Add(d) }
+
+// opts are what a contract test may ask of the store it opens.
+type opts struct {
+	clock   *clock
+	observe func(n int, d time.Duration, err error)
+	// sweepInterval is long by default: tests sweep by hand.
+	sweepInterval time.Duration
+}
+
+// kind is one Store implementation under test.
+type kind struct {
+	name string
+	// open opens a store on a fresh location and returns a function that
+	// opens another store on the same data (with the same options).
+	open func(t *testing.T, o opts) (Store, func() Store)
+	// sweep runs one idempotency sweep round of up to max records.
+	sweep func(s Store, max int) (int, error)
+	// breakCommits makes every commit fail until the returned function
+	// is called.
+	breakCommits func(t *testing.T, s Store) (restore func())
+	// widenRaces, if set, makes the window between a commit's owner
+	// check and its commit long enough for a test to hit.
+	widenRaces func(s Store)
+}
+
+func kinds() []kind {
+	return []kind{
+		{
+			name: "pebble",
+			open: func(t *testing.T, o opts) (Store, func() Store) {
+				dir := t.TempDir()
+				open := func() Store {
+					s, err := OpenPebble(PebbleConfig{Dir: dir, Now: o.clock.Now, Observe: o.observe, SweepInterval: o.sweepInterval}, quiet)
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { s.Close() })
+					return s
+				}
+				return open(), open
+			},
+			sweep: func(s Store, max int) (int, error) { return s.(*Pebble).SweepIdempotency(max) },
+			// Pebble makes a batch visible within microseconds of its
+			// owner check; a millisecond lets claims land in between.
+			widenRaces: func(s Store) { s.(*Pebble).commitDelay.Store(int64(time.Millisecond)) },
+			breakCommits: func(_ *testing.T, s Store) func() {
+				// Pebble fails a commit only when the disk does: the
+				// hook stands in for it, on the real commit path.
+				err := fmt.Errorf("%w: injected disk failure", ErrUnavailable)
+				s.(*Pebble).failCommit.Store(&err)
+				return func() { s.(*Pebble).failCommit.Store(nil) }
+			},
+		},
+		{
+			name: "postgres",
+			open: func(t *testing.T, o opts) (Store, func() Store) {
+				dsn := testkit.PostgresDB(t)
+				open := func() Store {
+					s, err := OpenPostgres(context.Background(), PostgresConfig{DSN: dsn, Now: o.clock.Now, Observe: o.observe,
+						SweepInterval: o.sweepInterval, Timeout: 3 * time.Second}, quiet)
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { s.Close() })
+					return s
+				}
+				return open(), open
+			},
+			sweep: func(s Store, max int) (int, error) { return s.(*Postgres).SweepIdempotency(max) },
+			breakCommits: func(t *testing.T, s Store) func() {
+				// A real failure: another session holds the inbox table
+				// locked, so every commit runs into the store's timeout.
+				ctx := context.Background()
+				conn, err := s.(*Postgres).pool.Acquire(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				tx, err := conn.Begin(ctx)
+				if err == nil {
+					_, err = tx.Exec(ctx, "LOCK TABLE courier_identities IN ACCESS EXCLUSIVE MODE")
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				return func() {
+					_ = tx.Rollback(ctx)
+					conn.Release()
+				}
+			},
+		},
+	}
+}
+
+// TestContract runs every contract test against every store.
+func TestContract(t *testing.T) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, k kind)
+	}{
+		{"LoadEmpty", testLoadEmpty},
+		{"InboxBySeq", testInboxBySeq},
+		{"LastSeqAndSessionAcrossRestart", testMetaAcrossRestart},
+		{"IdempotencyExpiry", testIdempotencyExpiry},
+		{"IdempotencySweepKeepsRewritten", testSweepKeepsRewritten},
+		{"ExpiredByIndex", testExpiredByIndex},
+		{"Lists", testLists},
+		{"FencingTwoActivations", testFencing},
+		{"FencedWriteFailsAlone", testFencedWriteAlone},
+		{"FencingUnderConcurrentWrites", testFencingConcurrent},
+		{"GroupCommitManyIdentities", testGroupCommit},
+		{"FailedCommitReportedToEveryWaiter", testFailedCommit},
+		{"Closed", testClosed},
+	}
+	for _, k := range kinds() {
+		t.Run(k.name, func(t *testing.T) {
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) { tc.fn(t, k) })
+			}
+		})
+	}
+}
+
+// submit submits w and waits for its outcome.
+func submit(s Store, w *Write) error {
+	errc := make(chan error, 1)
+	s.Submit(w, func(err error) { errc <- err })
+	return <-errc
+}
+
+func mustSubmit(t *testing.T, s Store, w *Write) {
+	t.Helper()
+	if err := submit(s, w); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+}
+
+func load(t *testing.T, s Store, id Identity) *Snapshot {
+	t.Helper()
+	snap, err := s.Load(context.Background(), id)
+	if err != nil {
+		t.Fatalf("load %s: %v", id, err)
+	}
+	return snap
+}
+
+func entry(seq uint32) *actorpb.InboxEntry {
+	return &actorpb.InboxEntry{Seq: seq, Kind: devicepb.Kind_KIND_S2C, MsgId: fmt.Sprintf("m%d", seq), Payload: []byte("p")}
+}
+
+func seqs(snap *Snapshot) []uint32 {
+	var out []uint32
+	for _, e := range snap.Inbox {
+		out = append(out, e.Seq)
+	}
+	return out
+}
+
+func testLoadEmpty(t *testing.T, k kind) {
+	s, _ := k.open(t, opts{clock: newClock()})
+	snap := load(t, s, Identity{App: 1, UID: "nobody"})
+	if snap.Meta == nil || snap.Meta.LastSeq != 0 || len(snap.Inbox) != 0 || snap.Owner == 0 {
+		t.Fatalf("empty identity: %+v", snap)
+	}
+	if _, err := s.Load(context.Background(), Identity{App: 1}); !errors.Is(err, ErrBadIdentity) {
+		t.Fatalf("empty uid: %v", err)
+	}
+	if err := submit(s, &Write{ID: Identity{App: 1}}); !errors.Is(err, ErrBadIdentity) {
+		t.Fatalf("write of an empty uid: %v", err)
+	}
+}
+
+func testInboxBySeq(t *testing.T, k kind) {
+	s, _ := k.open(t, opts{clock: newClock()})
+	id := Identity{App: 2, UID: "driver-1"}
+	// A uid that is a prefix of the other must not see its entries, nor
+	// the same uid of another app.
+	other, otherApp := Identity{App: 2, UID: "driver-10"}, Identity{App: 3, UID: "driver-1"}
+	snap := load(t, s, id)
+	w := &Write{ID: id, Owner: snap.Owner}
+	for _, seq := range []uint32{70000, 1, 256, 255, 65536, 2} {
+		w.Put = append(w.Put, entry(seq))
+	}
+	mustSubmit(t, s, w)
+	for _, o := range []Identity{other, otherApp} {
+		mustSubmit(t, s, &Write{ID: o, Owner: load(t, s, o).Owner, Put: []*actorpb.InboxEntry{entry(1)}})
+	}
+	snap = load(t, s, id)
+	mustSubmit(t, s, &Write{ID: id, Owner: snap.Owner, Delete: []uint32{2, 999}})
+	snap = load(t, s, id)
+	want := []uint32{1, 255, 256, 65536, 70000}
+	if got := seqs(snap); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("inbox %v, want %v", got, want)
+	}
+	if !proto.Equal(snap.Inbox[4], entry(70000)) {
+		t.Fatalf("entry = %v", snap.Inbox[4])
+	}
+	if got := seqs(load(t, s, other)); fmt.Sprint(got) != "[1]" {
+		t.Fatalf("other identity's inbox %v", got)
+	}
+}
+
+func testMetaAcrossRestart(t *testing.T, k kind) {
+	s, reopen := k.open(t, opts{clock: newClock()})
+	id := Identity{App: 2, UID: "ana"}
+	snap := load(t, s, id)
+	meta := &actorpb.IdentityMeta{LastSeq: 3, LastEpoch: 7, Session: &actorpb.SessionRecord{Epoch: 7, Online: true, DeviceId: "phone"}}
+	mustSubmit(t, s, &Write{ID: id, Owner: snap.Owner, Meta: meta, Put: []*actorpb.InboxEntry{entry(1), entry(2), entry(3)}, Sync: true})
+	// Entries without the meta: the last seq is the highest entry's.
+	mustSubmit(t, s, &Write{ID: id, Owner: snap.Owner, Put: []*actorpb.InboxEntry{entry(4)}, Sync: true})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := reopen()
+	snap2 := load(t, s2, id)
+	if !proto.Equal(snap2.Meta, meta) {
+		t.Fatalf("meta = %v, want %v", snap2.Meta, meta)
+	}
+	if got := seqs(snap2); fmt.Sprint(got) != "[1 2 3 4]" {
+		t.Fatalf("inbox %v", got)
+	}
+	if snap2.Owner == snap.Owner {
+		t.Fatalf("owner %d handed out twice", snap.Owner)
+	}
+}
+
+func testIdempotencyExpiry(t *testing.T, k kind) {
+	c := newClock()
+	s, _ := k.open(t, opts{clock: c})
+	id := Identity{App: 1, UID: "u"}
+	snap := load(t, s, id)
+	live := &actorpb.IdempotencyRecord{MsgId: "m1", Seq: 1, ExpiresAtMs: c.At(time.Hour)}
+	old := &actorpb.IdempotencyRecord{MsgId: "m0", Seq: 9, ExpiresAtMs: c.At(-time.Second)}
+	// C2C dedup keys share the table; any bytes are allowed in a key.
+	dedup := &actorpb.IdempotencyRecord{MsgId: "c1", Seq: 2, ExpiresAtMs: c.At(time.Minute)}
+	mustSubmit(t, s, &Write{ID: id, Owner: snap.Owner, Idem: []IdemPut{{"p:k1", live}, {"p:k0", old}, {"c:bob\x00\xff", dedup}}})
+	ctx := context.Background()
+	if got, err := s.Idempotency(ctx, id, "p:k1"); err != nil || !proto.Equal(got, live) {
+		t.Fatalf("k1 = %v, %v", got, err)
+	}
+	if got, err := s.Idempotency(ctx, id, "c:bob\x00\xff"); err != nil || !proto.Equal(got, dedup) {
+		t.Fatalf("dedup key = %v, %v", got, err)
+	}
+	if got, err := s.Idempotency(ctx, id, "p:k0"); got != nil || err != nil {
+		t.Fatalf("expired key returned: %v, %v", got, err)
+	}
+	if got, err := s.Idempotency(ctx, Identity{App: 1, UID: "v"}, "p:k1"); got != nil || err != nil {
+		t.Fatalf("another identity's key: %v, %v", got, err)
+	}
+	if n, err := k.sweep(s, 100); err != nil || n != 1 {
+		t.Fatalf("sweep = %d, %v; want 1", n, err)
+	}
+	c.Advance(2 * time.Minute)
+	if got, _ := s.Idempotency(ctx, id, "c:bob\x00\xff"); got != nil {
+		t.Fatal("expired dedup key returned")
+	}
+	if n, err := k.sweep(s, 100); err != nil || n != 1 {
+		t.Fatalf("second sweep = %d, %v; want 1", n, err)
+	}
+	c.Advance(-2 * time.Minute)
+	if got, _ := s.Idempotency(ctx, id, "c:bob\x00\xff"); got != nil {
+		t.Fatal("swept key still there")
+	}
+	if got, _ := s.Idempotency(ctx, id, "p:k1"); got == nil {
+		t.Fatal("live key swept")
+	}
+}
+
+// testSweepKeepsRewritten: a record written again with a later expiry
+// after its first expiry survives the sweep of the first.
+func testSweepKeepsRewritten(t *testing.T, k kind) {
+	c := newClock()
+	s, _ := k.open(t, opts{clock: c})
+	id := Identity{App: 1, UID: "u"}
+	owner := load(t, s, id).Owner
+	mustSubmit(t, s, &Write{ID: id, Owner: owner, Idem: []IdemPut{{"k", &actorpb.IdempotencyRecord{MsgId: "a", ExpiresAtMs: c.At(time.Second)}}}})
+	c.Advance(time.Minute)
+	mustSubmit(t, s, &Write{ID: id, Owner: owner, Idem: []IdemPut{{"k", &actorpb.IdempotencyRecord{MsgId: "b", ExpiresAtMs: c.At(time.Hour)}}}})
+	if _, err := k.sweep(s, 100); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Idempotency(context.Background(), id, "k")
+	if err != nil || got == nil || got.MsgId != "b" {
+		t.Fatalf("rewritten record after the sweep: %v, %v", got, err)
+	}
+}
+
+func testExpiredByIndex(t *testing.T, k kind) {
+	c := newClock()
+	s, _ := k.open(t, opts{clock: c})
+	exp := func(seq uint32, d time.Duration) *actorpb.InboxEntry {
+		e := entry(seq)
+		e.ExpiresAtMs = c.At(d)
+		return e
+	}
+	a, b, cc := Identity{App: 1, UID: "a"}, Identity{App: 1, UID: "b"}, Identity{App: 2, UID: "c"}
+	// a: one live and one expired entry; b: only live; c: expired twice.
+	oa := load(t, s, a).Owner
+	mustSubmit(t, s, &Write{ID: a, Owner: oa, Put: []*actorpb.InboxEntry{exp(1, time.Hour), exp(2, -time.Second)}})
+	mustSubmit(t, s, &Write{ID: b, Owner: load(t, s, b).Owner, Put: []*actorpb.InboxEntry{exp(1, time.Hour), entry(2)}})
+	oc := load(t, s, cc).Owner
+	mustSubmit(t, s, &Write{ID: cc, Owner: oc, Put: []*actorpb.InboxEntry{exp(1, -time.Minute), exp(2, -time.Second)}})
+	expired := func(max int) []Identity {
+		var got []Identity
+		if err := s.Expired(context.Background(), c.Now(), max, func(id Identity) { got = append(got, id) }); err != nil {
+			t.Fatal(err)
+		}
+		sort.Slice(got, func(i, j int) bool { return got[i].String() < got[j].String() })
+		return got
+	}
+	if got := expired(100); len(got) != 2 || got[0] != a || got[1] != cc {
+		t.Fatalf("expired identities %v", got)
+	}
+	// The actor of c drops its expired entries: c is not reported again;
+	// a is (a store shared by nodes reports it after its lease).
+	mustSubmit(t, s, &Write{ID: cc, Owner: oc, Delete: []uint32{1, 2}})
+	c.Advance(2 * time.Minute)
+	if got := expired(100); len(got) != 1 || got[0] != a {
+		t.Fatalf("after c's sweep: %v", got)
+	}
+	c.Advance(2 * time.Minute)
+	if got := expired(1); len(got) != 1 {
+		t.Fatalf("max not respected: %v", got)
+	}
+	// Later, a's live entry has expired too; b's entry without expiry
+	// never does.
+	c.Advance(2 * time.Hour)
+	if got := expired(100); len(got) != 2 || got[0] != a || got[1] != b {
+		t.Fatalf("two hours later: %v", got)
+	}
+}
+
+func testLists(t *testing.T, k kind) {
+	s, reopen := k.open(t, opts{clock: newClock()})
+	ctx := context.Background()
+	v, doc, err := s.Lists(ctx)
+	if err != nil || v != 0 || doc != nil {
+		t.Fatalf("no lists yet: %d %q %v", v, doc, err)
+	}
+	if v, err = s.SetLists(ctx, 0, []byte(`{"a":1}`)); err != nil || v != 1 {
+		t.Fatalf("first set: %d %v", v, err)
+	}
+	if _, err := s.SetLists(ctx, 0, []byte(`{"lost":1}`)); !errors.Is(err, ErrConflict) {
+		t.Fatalf("set on a stale version: %v", err)
+	}
+	if v, err = s.SetLists(ctx, 1, []byte(`{"a":2}`)); err != nil || v != 2 {
+		t.Fatalf("second set: %d %v", v, err)
+	}
+	if _, err := s.SetLists(ctx, 1, []byte(`{"lost":2}`)); !errors.Is(err, ErrConflict) {
+		t.Fatalf("set on a stale version: %v", err)
+	}
+	s.Close()
+	s = reopen()
+	if v, doc, err := s.Lists(ctx); err != nil || v != 2 || string(doc) != `{"a":2}` {
+		t.Fatalf("after reopen: %d %q %v", v, doc, err)
+	}
+}
+
+// testFencing: two activations of one identity. The older one's writes
+// fail and change nothing; what it wrote before the newer one's claim is
+// in the newer one's snapshot.
+func testFencing(t *testing.T, k kind) {
+	s, _ := k.open(t, opts{clock: newClock()})
+	id := Identity{App: 1, UID: "split"}
+	first := load(t, s, id)
+	mustSubmit(t, s, &Write{ID: id, Owner: first.Owner, Put: []*actorpb.InboxEntry{entry(1)}, Meta: &actorpb.IdentityMeta{LastSeq: 1}})
+	second := load(t, s, id)
+	if second.Owner == first.Owner {
+		t.Fatalf("both activations got owner %d", first.Owner)
+	}
+	if got := seqs(second); fmt.Sprint(got) != "[1]" {
+		t.Fatalf("the second activation does not see the first's write: %v", got)
+	}
+	// The first activation goes on as if it still owned the identity.
+	for _, w := range []*Write{
+		{ID: id, Owner: first.Owner, Put: []*actorpb.InboxEntry{entry(2)}},
+		{ID: id, Owner: first.Owner, Delete: []uint32{1}},
+		{ID: id, Owner: first.Owner, Meta: &actorpb.IdentityMeta{LastSeq: 99}},
+		{ID: id, Owner: first.Owner, Idem: []IdemPut{{"k", &actorpb.IdempotencyRecord{MsgId: "stale"}}}},
+		{ID: id, Owner: 0, Put: []*actorpb.InboxEntry{entry(3)}},
+	} {
+		if err := submit(s, w); !errors.Is(err, ErrFenced) {
+			t.Fatalf("stale write %+v: %v, want ErrFenced", w, err)
+		}
+	}
+	mustSubmit(t, s, &Write{ID: id, Owner: second.Owner, Put: []*actorpb.InboxEntry{entry(2)}, Meta: &actorpb.IdentityMeta{LastSeq: 2}})
+	third := load(t, s, id)
+	if got := seqs(third); fmt.Sprint(got) != "[1 2]" || third.Meta.LastSeq != 2 {
+		t.Fatalf("after the stale writes: inbox %v, last seq %d", got, third.Meta.LastSeq)
+	}
+	if rec, _ := s.Idempotency(context.Background(), id, "k"); rec != nil {
+		t.Fatalf("a fenced write stored an idempotency record: %v", rec)
+	}
+	if err := submit(s, &Write{ID: id, Owner: second.Owner, Put: []*actorpb.InboxEntry{entry(3)}}); !errors.Is(err, ErrFenced) {
+		t.Fatalf("second activation after the third's claim: %v", err)
+	}
+}
+
+// testFencedWriteAlone: in one batch, a fenced write fails and the
+// others commit.
+func testFencedWriteAlone(t *testing.T, k kind) {
+	s, _ := k.open(t, opts{clock: newClock()})
+	ids := make([]Identity, 50)
+	owners := make([]uint64, len(ids))
+	for i := range ids {
+		ids[i] = Identity{App: 1, UID: fmt.Sprintf("u%d", i)}
+		owners[i] = load(t, s, ids[i]).Owner
+	}
+	victim := 17
+	load(t, s, ids[victim]) // a new activation fences the old owner
+	var wg sync.WaitGroup
+	errs := make([]error, len(ids))
+	for i := range ids {
+		wg.Add(1)
+		s.Submit(&Write{ID: ids[i], Owner: owners[i], Put: []*actorpb.InboxEntry{entry(1)}, Sync: true}, func(err error) {
+			errs[i] = err
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		switch {
+		case i == victim && !errors.Is(err, ErrFenced):
+			t.Errorf("fenced write: %v", err)
+		case i != victim && err != nil:
+			t.Errorf("write %d failed with the fenced one: %v", i, err)
+		}
+		n := len(load(t, s, ids[i]).Inbox)
+		if (i == victim) != (n == 0) {
+			t.Errorf("identity %d holds %d entries", i, n)
+		}
+	}
+}
+
+// testFencingConcurrent: while an activation streams writes, another
+// claims the identity. Every write the first saw succeed is in the
+// second's snapshot; every other failed with ErrFenced and left nothing.
+func testFencingConcurrent(t *testing.T, k kind) {
+	s, _ := k.open(t, opts{clock: newClock()})
+	if k.widenRaces != nil {
+		k.widenRaces(s)
+	}
+	id := Identity{App: 1, UID: "race"}
+	for round := range 20 {
+		first := load(t, s, id)
+		base := uint32(round * 1_000_000)
+		var mu sync.Mutex
+		ok := map[uint32]bool{}
+		var fenced atomic.Int32
+		var wg sync.WaitGroup
+		stop := make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := uint32(1); ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				seq := base + i
+				err := submit(s, &Write{ID: id, Owner: first.Owner, Put: []*actorpb.InboxEntry{entry(seq)}, Sync: i%2 == 0})
+				switch {
+				case err == nil:
+					mu.Lock()
+					ok[seq] = true
+					mu.Unlock()
+				case errors.Is(err, ErrFenced):
+					fenced.Add(1)
+				default:
+					t.Errorf("write %d: %v", seq, err)
+					return
+				}
+				if i == 900_000 {
+					t.Errorf("round %d: still writing after 900,000 writes", round)
+					return
+				}
+			}
+		}()
+		testkit.Eventually(t, 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(ok) >= 20 }, "first writes")
+		second := load(t, s, id)
+		testkit.Eventually(t, 30*time.Second, func() bool { return fenced.Load() >= 3 }, "writes after the claim fail")
+		close(stop)
+		wg.Wait()
+		mu.Lock()
+		inSnap := map[uint32]bool{}
+		for _, e := range second.Inbox {
+			if e.Seq > base {
+				inSnap[e.Seq] = true
+			}
+		}
+		for seq := range ok {
+			if !inSnap[seq] {
+				t.Fatalf("round %d: write %d succeeded but the next owner's snapshot lacks it", round, seq)
+			}
+		}
+		for seq := range inSnap {
+			if !ok[seq] {
+				t.Fatalf("round %d: snapshot holds %d, which was not reported written", round, seq)
+			}
+		}
+		now := load(t, s, id)
+		n := 0
+		for _, e := range now.Inbox {
+			if e.Seq > base {
+				n++
+			}
+		}
+		if n != len(ok) {
+			t.Fatalf("round %d: %d entries stored, %d writes succeeded (fenced writes left some)", round, n, len(ok))
+		}
+		mu.Unlock()
+	}
+}
+
+// testGroupCommit checks that concurrent writers of many identities share
+// commits and that every write completes, in submission order per
+// identity.
+func testGroupCommit(t *testing.T, k kind) {
+	var mu sync.Mutex
+	batches, writes := 0, 0
+	s, _ := k.open(t, opts{clock: newClock(), observe: func(n int, _ time.Duration, err error) {
+		mu.Lock()
+		batches++
+		writes += n
+		mu.Unlock()
+	}})
+	const writers, each = 50, 40
+	owners := make([]uint64, writers)
+	for w := range writers {
+		owners[w] = load(t, s, Identity{App: 1, UID: fmt.Sprintf("u%d", w)}).Owner
+	}
+	mu.Lock()
+	batches, writes = 0, 0 // only the writes below
+	mu.Unlock()
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := Identity{App: 1, UID: fmt.Sprintf("u%d", w)}
+			done := make(chan error, each)
+			last := 0
+			var order sync.Mutex
+			for i := 1; i <= each; i++ {
+				s.Submit(&Write{ID: id, Owner: owners[w], Put: []*actorpb.InboxEntry{entry(uint32(i))}, Sync: true}, func(err error) {
+					order.Lock()
+					if last != i-1 {
+						err = fmt.Errorf("write %d completed after %d", i, last)
+					}
+					last = i
+					order.Unlock()
+					done <- err
+				})
+			}
+			for range each {
+				if err := <-done; err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	mu.Lock()
+	if writes != writers*each {
+		t.Fatalf("committed %d writes, want %d", writes, writers*each)
+	}
+	if batches >= writes/4 {
+		t.Fatalf("%d batches for %d writes: no group commit", batches, writes)
+	}
+	t.Logf("%d writes in %d batches", writes, batches)
+	mu.Unlock()
+	for w := range writers {
+		if snap := load(t, s, Identity{App: 1, UID: fmt.Sprintf("u%d", w)}); len(snap.Inbox) != each {
+			t.Fatalf("u%d inbox: %d entries", w, len(snap.Inbox))
+		}
+	}
+}
+
+// testFailedCommit: when a commit fails, every write of it is told, and
+// nothing of it is stored; the store works again afterwards.
+func testFailedCommit(t *testing.T, k kind) {
+	s, _ := k.open(t, opts{clock: newClock()})
+	const n = 30
+	ids := make([]Identity, n)
+	owners := make([]uint64, n)
+	for i := range ids {
+		ids[i] = Identity{App: 1, UID: fmt.Sprintf("f%d", i)}
+		owners[i] = load(t, s, ids[i]).Owner
+	}
+	restore := k.breakCommits(t, s)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range ids {
+		wg.Add(1)
+		s.Submit(&Write{ID: ids[i], Owner: owners[i], Put: []*actorpb.InboxEntry{entry(1)}, Sync: true}, func(err error) {
+			errs[i] = err
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	restore()
+	for i, err := range errs {
+		if !errors.Is(err, ErrUnavailable) {
+			t.Errorf("write %d: %v, want ErrUnavailable", i, err)
+		}
+	}
+	for i := range ids {
+		if snap := load(t, s, ids[i]); len(snap.Inbox) != 0 {
+			t.Fatalf("a failed write was stored: %v", seqs(snap))
+		}
+	}
+	// The store recovers by itself.
+	mustSubmit(t, s, &Write{ID: ids[0], Owner: load(t, s, ids[0]).Owner, Put: []*actorpb.InboxEntry{entry(1)}})
+}
+
+func testClosed(t *testing.T, k kind) {
+	s, _ := k.open(t, opts{clock: newClock()})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	if err := submit(s, &Write{ID: Identity{App: 1, UID: "u"}, Delete: []uint32{1}}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("submit after close: %v", err)
+	}
+	if _, err := s.Load(context.Background(), Identity{App: 1, UID: "u"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("load after close: %v", err)
+	}
+}

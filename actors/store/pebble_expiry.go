@@ -1,0 +1,181 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Expired implements Store: it walks the inbox expiry index from the
+// earliest expiry up to now.
+func (s *Pebble) Expired(ctx context.Context, now time.Time, max int, fn func(Identity)) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	upper := binary.BigEndian.AppendUint64([]byte{prefixInboxExpiry}, uint64(now.UnixMilli()))
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixInboxExpiry}, UpperBound: upper})
+	if err != nil {
+		return fmt.Errorf("%w: expiry index: %v", ErrUnavailable, err)
+	}
+	defer it.Close()
+	seen := map[Identity]struct{}{}
+	var scanned int
+	for ok := it.First(); ok && len(seen) < max; ok = it.Next() {
+		k := it.Key()
+		if len(k) < 9 {
+			continue
+		}
+		// After the expiry, the key is an inbox key without its prefix.
+		id, _, ok := parseIDKey(k[8:])
+		if !ok {
+			continue
+		}
+		if _, dup := seen[id]; !dup {
+			seen[id] = struct{}{}
+			fn(id)
+		}
+		if scanned++; scanned%1024 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("%w: expiry index: %v", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// sweepLoop deletes expired idempotency and C2C-dedup records, a round of
+// at most SweepBatch at a time. While rounds come back full (a backlog),
+// the next one starts after a pause as long as the last round took: the
+// sweep uses at most about half of one core, and deletes far faster than
+// the commit path can insert (an insert is part of a synced commit, a
+// deletion is not).
+func (s *Pebble) sweepLoop() {
+	defer s.wg.Done()
+	t := time.NewTimer(s.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+		}
+		start := time.Now()
+		n, err := s.SweepIdempotency(s.cfg.SweepBatch)
+		wait := s.cfg.SweepInterval
+		switch {
+		case err != nil:
+			s.log.Warn("store: sweeping expired idempotency records", "err", err)
+		case n >= s.cfg.SweepBatch:
+			wait = time.Since(start)
+		case n > 0:
+			s.log.Debug("store: swept expired idempotency records", "count", n)
+		}
+		t.Reset(wait)
+	}
+}
+
+// SweepIdempotency runs one sweep round: it finds at most max index
+// entries of idempotency records that expired by now (earliest first) and
+// has each lane's committer delete them. It returns how many index
+// entries it processed (records deleted, plus index entries of records
+// that were written again with a later expiry).
+func (s *Pebble) SweepIdempotency(max int) (int, error) {
+	nowMs := s.now().UnixMilli()
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return 0, ErrClosed
+	}
+	upper := binary.BigEndian.AppendUint64([]byte{prefixExpiry}, uint64(nowMs)+1)
+	lower := s.sweepFrom(nowMs)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		s.mu.RUnlock()
+		return 0, fmt.Errorf("%w: idempotency expiry index: %v", ErrUnavailable, err)
+	}
+	rounds := make([]*idemSweep, s.cfg.Lanes)
+	n := 0
+	var lastExp uint64
+	for ok := it.First(); ok && n < max; ok = it.Next() {
+		k := it.Key()
+		if len(k) < 9+4 {
+			continue
+		}
+		lastExp = binary.BigEndian.Uint64(k[1:9])
+		id, _, ok := parseIDKey(k[9:])
+		if !ok {
+			continue
+		}
+		lane := s.c.laneOf(id)
+		if rounds[lane] == nil {
+			rounds[lane] = &idemSweep{nowMs: nowMs}
+		}
+		rounds[lane].keys = append(rounds[lane].keys, bytes.Clone(k))
+		n++
+	}
+	err = it.Close()
+	s.mu.RUnlock()
+	if err != nil {
+		return 0, fmt.Errorf("%w: idempotency expiry index: %v", ErrUnavailable, err)
+	}
+	if n > 0 {
+		s.sweptUpTo.Store(lastExp)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(rounds))
+	for lane, sw := range rounds {
+		if sw == nil {
+			continue
+		}
+		wg.Add(1)
+		s.c.submitLane(lane, pending{sweep: sw, done: func(err error) { errs[lane] = err; wg.Done() }})
+	}
+	wg.Wait()
+	deleted := 0
+	for lane, err := range errs {
+		if err != nil {
+			return 0, err
+		}
+		if rounds[lane] != nil {
+			deleted += rounds[lane].deleted
+		}
+	}
+	s.cfg.Swept(deleted)
+	return n, nil
+}
+
+// sweepRescan is how far before the last swept expiry a round starts, and
+// sweepRestart how often a round starts from the beginning of the index.
+// A round does not start at the beginning each time: the keys deleted by
+// earlier rounds are tombstones there until compactions drop them, and
+// walking over them again and again would make a long backlog quadratic.
+// Records expire in the order they are written (now + a TTL), so only a
+// record whose expiry lies before the last one swept (a clock set back)
+// waits for the next restart.
+const (
+	sweepRescan  = time.Second
+	sweepRestart = 10 * time.Minute
+)
+
+// sweepFrom returns the lower bound of the next sweep round.
+func (s *Pebble) sweepFrom(nowMs int64) []byte {
+	start := []byte{prefixExpiry}
+	if last := s.sweepStart.Load(); last == 0 || nowMs-last > sweepRestart.Milliseconds() || nowMs < last {
+		s.sweepStart.Store(nowMs)
+		s.sweptUpTo.Store(0)
+		return start
+	}
+	upTo := s.sweptUpTo.Load()
+	if upTo <= uint64(sweepRescan.Milliseconds()) {
+		return start
+	}
+	return binary.BigEndian.AppendUint64(start, upTo-uint64(sweepRescan.Milliseconds()))
+}

@@ -1,0 +1,126 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// pebbleOwners are the owner epochs of a Pebble store: the 'o' keys are
+// the truth, a bounded cache spares most reads. A claim and the owner
+// check of a write exclude each other (mu), and a claim waits for the
+// writes that passed the check before it to be committed (inflight), so
+// that its Load reads them. A claim does not wait for anything else: an
+// identity with nothing in flight is claimed at once, however slow the
+// disk's syncs are.
+type pebbleOwners struct {
+	db       *pebble.DB
+	mu       sync.Mutex
+	cond     sync.Cond
+	cache    map[Identity]uint64
+	inflight map[Identity]int // writes checked and not yet committed
+}
+
+// maxOwnerCache bounds the owner epochs cached.
+const maxOwnerCache = 1 << 17
+
+func newPebbleOwners(db *pebble.DB) *pebbleOwners {
+	o := &pebbleOwners{db: db, cache: map[Identity]uint64{}, inflight: map[Identity]int{}}
+	o.cond.L = &o.mu
+	return o
+}
+
+// get returns the owner epoch of id (0: never claimed). Call with mu held.
+func (o *pebbleOwners) get(id Identity) (uint64, error) {
+	if e, ok := o.cache[id]; ok {
+		return e, nil
+	}
+	v, closer, err := o.db.Get(appendIDKey(nil, prefixOwner, id))
+	var e uint64
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return 0, fmt.Errorf("%w: owner of %s: %v", ErrUnavailable, id, err)
+	default:
+		if len(v) == 8 {
+			e = binary.BigEndian.Uint64(v)
+		}
+		closer.Close()
+	}
+	if len(o.cache) >= maxOwnerCache {
+		// Any entry may go: the 'o' key it caches is in the database.
+		for k := range o.cache {
+			delete(o.cache, k)
+			if len(o.cache) < maxOwnerCache*7/8 {
+				break
+			}
+		}
+	}
+	o.cache[id] = e
+	return e, nil
+}
+
+// claim gives id a new owner epoch, once every write of an older owner
+// that passed its check has been committed.
+func (o *pebbleOwners) claim(id Identity) (uint64, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	cur, err := o.get(id)
+	if err != nil {
+		return 0, err
+	}
+	cur++
+	// Not synced: after a crash no activation of before it is alive, and
+	// the epochs only need to differ among live ones. The write is
+	// visible when Set returns; Pebble publishes before it syncs, so an
+	// unsynced write does not wait for a sync in progress.
+	if err := o.db.Set(appendIDKey(nil, prefixOwner, id), binary.BigEndian.AppendUint64(nil, cur), pebble.NoSync); err != nil {
+		return 0, fmt.Errorf("%w: claim %s: %v", ErrUnavailable, id, err)
+	}
+	o.cache[id] = cur
+	for o.inflight[id] > 0 {
+		o.cond.Wait()
+	}
+	return cur, nil
+}
+
+// check marks the writes of ws whose owner is no longer their identity's
+// with ErrFenced, and counts the others in flight until done is called.
+func (o *pebbleOwners) check(ws []pending) (done func(), err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var checked []Identity
+	release := func() {
+		o.mu.Lock()
+		for _, id := range checked {
+			if o.inflight[id]--; o.inflight[id] <= 0 {
+				delete(o.inflight, id)
+			}
+		}
+		o.mu.Unlock()
+		o.cond.Broadcast()
+	}
+	for i := range ws {
+		p := &ws[i]
+		if p.sweep != nil {
+			continue
+		}
+		cur, err := o.get(p.w.ID)
+		if err != nil {
+			o.mu.Unlock()
+			release()
+			o.mu.Lock()
+			return nil, err
+		}
+		if cur == 0 || p.w.Owner != cur {
+			p.err = ErrFenced
+			continue
+		}
+		o.inflight[p.w.ID]++
+		checked = append(checked, p.w.ID)
+	}
+	return release, nil
+}

@@ -1,0 +1,309 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/messages/actorpb"
+)
+
+// PostgresConfig configures the PostgreSQL store.
+type PostgresConfig struct {
+	// DSN is a libpq connection string or URL. Required.
+	DSN string
+	// MaxConns is the most connections to the database (default: Lanes
+	// + 8: one per commit lane, the rest for loads and lookups).
+	MaxConns int
+	// Lanes is the number of batches committed concurrently (default 4):
+	// each waits for a round trip and the database's WAL flush, so more
+	// lanes keep the database busy (it joins concurrent flushes).
+	Lanes int
+	// MaxBatch is the most writes in one transaction (default 1024).
+	MaxBatch int
+	// QueueLen is the length of the commit queues, all lanes together
+	// (default 8192).
+	QueueLen int
+	// Timeout bounds one transaction, load or lookup, including the wait
+	// for a connection (default 5 s). A store that cannot reach the
+	// database fails within it.
+	Timeout time.Duration
+	// SweepInterval and SweepBatch pace the idempotency sweep as in
+	// PebbleConfig (defaults 1 s and 1000).
+	SweepInterval time.Duration
+	SweepBatch    int
+	// ExpiredLease is how long an identity reported by Expired is not
+	// reported again, to this node or another (default 1 minute).
+	ExpiredLease time.Duration
+	// NoSync commits with synchronous_commit off (benchmarks only: a
+	// crash of the database loses the last commits).
+	NoSync bool
+	// Observe, if set, is told each batch's size and commit time.
+	Observe func(n int, d time.Duration, err error)
+	// Swept, if set, is told how many expired idempotency records each
+	// sweep round deleted.
+	Swept func(n int)
+	// Now is the clock of expiries (default time.Now; tests set it).
+	Now func() time.Time
+}
+
+func (c *PostgresConfig) setDefaults() error {
+	if c.DSN == "" {
+		return errors.New("store: postgres DSN is required")
+	}
+	if c.Lanes <= 0 {
+		c.Lanes = 4
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = c.Lanes + 8
+	}
+	if c.MaxConns <= c.Lanes {
+		return fmt.Errorf("store: postgres MaxConns %d: must exceed Lanes %d (loads need connections too)", c.MaxConns, c.Lanes)
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 1024
+	}
+	if c.QueueLen <= 0 {
+		c.QueueLen = 8192
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 5 * time.Second
+	}
+	if c.SweepInterval <= 0 {
+		c.SweepInterval = time.Second
+	}
+	if c.SweepBatch <= 0 {
+		c.SweepBatch = 1000
+	}
+	if c.ExpiredLease <= 0 {
+		c.ExpiredLease = time.Minute
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Swept == nil {
+		c.Swept = func(int) {}
+	}
+	return nil
+}
+
+// Postgres is the Store of a cluster: every node reaches the same
+// database.
+//
+// Fencing: Load bumps the identity's owner epoch (an UPDATE, which takes
+// the row's lock) and reads its inbox in the same transaction. A commit
+// first share-locks the rows of its identities whose epoch is still the
+// writer's (SELECT ... FOR SHARE); every statement after it is joined with
+// that condition. So a write committed before a claim is seen by the
+// claim's Load, and a write after it changes nothing and fails alone
+// with ErrFenced.
+type Postgres struct {
+	pool *pgxpool.Pool
+	c    *committer
+	cfg  PostgresConfig
+	log  *slog.Logger
+	now  func() time.Time
+
+	// failCommit, if set, fails every commit with it (tests of failures).
+	failCommit atomic.Pointer[error]
+
+	quit      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// OpenPostgres connects, applies the schema migrations this binary knows
+// (under an advisory lock, so that nodes starting together are safe) and
+// starts the committer and the idempotency sweep. It refuses a database
+// whose schema is newer than it knows (ErrSchema).
+func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*Postgres, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	pc, err := pgxpool.ParseConfig(cfg.DSN)
+	if err != nil {
+		// The parser's message may quote the DSN, password included.
+		return nil, fmt.Errorf("store: postgres DSN does not parse (%s)", redact(err.Error(), cfg.DSN))
+	}
+	pc.MaxConns = int32(cfg.MaxConns)
+	pc.MinConns = 0
+	pc.HealthCheckPeriod = 10 * time.Second
+	if pc.ConnConfig.ConnectTimeout == 0 || pc.ConnConfig.ConnectTimeout > cfg.Timeout {
+		pc.ConnConfig.ConnectTimeout = cfg.Timeout
+	}
+	rp := pc.ConnConfig.RuntimeParams
+	rp["application_name"] = "courier"
+	// A commit answers only once its WAL is flushed, whatever the
+	// database's default.
+	rp["synchronous_commit"] = "on"
+	if cfg.NoSync {
+		rp["synchronous_commit"] = "off"
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("store: postgres: %w", err)
+	}
+	s := &Postgres{pool: pool, cfg: cfg, log: log, now: cfg.Now, quit: make(chan struct{})}
+	mctx, cancel := context.WithTimeout(ctx, max(cfg.Timeout, 30*time.Second))
+	defer cancel()
+	if err := migrate(mctx, pool, log); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	s.c = newCommitter(cfg.Lanes, cfg.QueueLen, cfg.MaxBatch, s.commit)
+	s.c.observe = cfg.Observe
+	s.wg.Add(1)
+	go s.sweepLoop()
+	return s, nil
+}
+
+// redact removes the DSN's password from msg.
+func redact(msg, dsn string) string {
+	if c, err := pgx.ParseConfig(dsn); err == nil && c.Password != "" {
+		return strings.ReplaceAll(msg, c.Password, "****")
+	}
+	if i := strings.Index(msg, dsn); i >= 0 {
+		return msg[:i] + "(dsn)" + msg[i+len(dsn):]
+	}
+	return msg
+}
+
+// unavailable wraps a database error as ErrUnavailable (a fenced write
+// or a closed store is not).
+func unavailable(what string, err error) error {
+	if errors.Is(err, ErrClosed) {
+		return err
+	}
+	return fmt.Errorf("%w: %s: %v", ErrUnavailable, what, err)
+}
+
+const (
+	sqlClaim = `INSERT INTO courier_identities (app, uid, owner) VALUES ($1, $2, 1)
+ON CONFLICT (app, uid) DO UPDATE SET owner = courier_identities.owner + 1
+RETURNING owner, meta`
+	sqlInbox = `SELECT entry FROM courier_inbox WHERE app = $1 AND uid = $2 ORDER BY seq`
+)
+
+// Load implements Store: the claim and the read are one transaction.
+func (s *Postgres) Load(ctx context.Context, id Identity) (*Snapshot, error) {
+	if !id.Valid() {
+		return nil, ErrBadIdentity
+	}
+	if s.closing() {
+		return nil, ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	snap := &Snapshot{Meta: &actorpb.IdentityMeta{}}
+	// One round trip: the two statements run in one implicit
+	// transaction, so the claim's row lock is held while the inbox is read.
+	b := &pgx.Batch{}
+	b.Queue(sqlClaim, int32(id.App), []byte(id.UID))
+	b.Queue(sqlInbox, int32(id.App), []byte(id.UID))
+	err := func() error {
+		br := s.pool.SendBatch(ctx, b)
+		defer br.Close()
+		var owner int64
+		var meta []byte
+		if err := br.QueryRow().Scan(&owner, &meta); err != nil {
+			return err
+		}
+		snap.Owner = uint64(owner)
+		if meta != nil {
+			if err := proto.Unmarshal(meta, snap.Meta); err != nil {
+				return fmt.Errorf("corrupt meta: %w", err)
+			}
+		}
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var v []byte
+			if err := rows.Scan(&v); err != nil {
+				return err
+			}
+			e := &actorpb.InboxEntry{}
+			if err := proto.Unmarshal(v, e); err != nil {
+				return fmt.Errorf("corrupt inbox entry: %w", err)
+			}
+			snap.Inbox = append(snap.Inbox, e)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return br.Close()
+	}()
+	if err != nil {
+		return nil, unavailable("load "+id.String(), err)
+	}
+	return snap, nil
+}
+
+const sqlIdempotency = `SELECT record FROM courier_idempotency
+WHERE app = $1 AND uid = $2 AND key = $3 AND (expires_at IS NULL OR expires_at > $4)`
+
+// Idempotency implements Store.
+func (s *Postgres) Idempotency(ctx context.Context, id Identity, key string) (*actorpb.IdempotencyRecord, error) {
+	if s.closing() {
+		return nil, ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	var b []byte
+	err := s.pool.QueryRow(ctx, sqlIdempotency, int32(id.App), []byte(id.UID), []byte(key), s.now().UnixMilli()).Scan(&b)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, unavailable("idempotency key of "+id.String(), err)
+	}
+	rec := &actorpb.IdempotencyRecord{}
+	if err := proto.Unmarshal(b, rec); err != nil {
+		return nil, fmt.Errorf("store: corrupt idempotency record of %s: %w", id, err)
+	}
+	return rec, nil
+}
+
+// Submit implements Store.
+func (s *Postgres) Submit(w *Write, done func(error)) {
+	if !w.ID.Valid() {
+		done(ErrBadIdentity)
+		return
+	}
+	s.c.submit(pending{w: w, done: done})
+}
+
+func (s *Postgres) closing() bool {
+	select {
+	case <-s.quit:
+		return true
+	default:
+		return false
+	}
+}
+
+// Close implements Store: it stops the sweep, commits what is queued and
+// closes the connections.
+func (s *Postgres) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.quit)
+		s.wg.Wait()
+		s.c.close()
+		s.pool.Close()
+	})
+	return nil
+}

@@ -1,0 +1,11 @@
+package node_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/courier-im/courier/testkit"
+)
+
+// TestMain stops the test process's PostgreSQL server at the end.
+func TestMain(m *testing.M) { os.Exit(testkit.Main(m)) }
