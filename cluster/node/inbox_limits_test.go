@@ -71,8 +71,8 @@ func TestHugeClientMsgIDsDoNotLockOutTheReceiver(t *testing.T) {
 	}
 	// Whatever is waiting arrives, without KICKOUT SLOW_CLIENT.
 	drainAcking(t, victim, int(ack.Pending))
-	// The session is alive (C2C_PUSH_ACK_ACKs of the last acks may come
-	// first: a store's deletion can take longer than a keepalive).
+	// The connection is still open: a keepalive is answered (after the
+	// C2C_PUSH_ACK_ACKs of the last acks, which may still be on the way).
 	seq := victim.NextSeq()
 	victim.Send(messages.CmdKeepalive, seq, nil)
 	for {
