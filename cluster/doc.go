@@ -38,13 +38,16 @@
 //
 // Goroutines and what may be lost: actor mailboxes run on a fixed pool of
 // workers (poolDispatcher) that never grows; when it is busy, runs wait in
-// a list bounded by the number of actors. Placement and gate liveness
-// change on the membership's watcher goroutine. Envelopes are counted per
-// identity under a shard lock, and an actor stops (passivates, or moves
-// because another member owns it now) only when it has received every
-// envelope counted for it, so passivation loses nothing; an actor retired
-// after its store write was fenced hands the envelopes that still reach it
-// back to routing. One-way envelopes to a node that is gone are lost
-// (requests time out with ErrNoReply, and the caller may retry); what they
-// carried is repeated by their sender or corrected at the next load.
+// a list bounded by the number of actors. The identities' actors run in
+// cells (cell.go), a mailbox of our own in place of the library's actor
+// process, reached through the PID routing hands out. Placement and gate
+// liveness change on the membership's watcher goroutine. Envelopes are
+// counted per identity under a shard lock, and an actor stops
+// (passivates, or hands off because another member owns it now) only when
+// it has received every envelope counted for it, so passivation loses
+// nothing; an actor retired after its store write was fenced hands the
+// envelopes that still reach it back to routing. One-way envelopes to a
+// node that is gone are lost (requests time out with ErrNoReply, and the
+// caller may retry); what they carried is repeated by their sender or
+// corrected at the next load.
 package cluster

@@ -26,6 +26,9 @@ func (s *System) SetNodeHandler(h NodeHandler) { s.nodeHandler.Store(&h) }
 
 func (s *System) answerNode(req *actorpb.NodeRequest) *actorpb.Reply {
 	var r *actorpb.Reply
+	if req.GetPing() != nil {
+		return &actorpb.Reply{ReqId: req.ReqId, Body: &actorpb.Reply_Pong{Pong: &actorpb.Pong{}}}
+	}
 	if lc := req.GetLeaseCheck(); lc != nil {
 		r = s.answerLease(lc)
 	} else if h := s.nodeHandler.Load(); h != nil {

@@ -284,6 +284,33 @@ func (s *System) Members() []string {
 	return out
 }
 
+// lingerAfterLeave is how long a leaving node keeps its remoting up after
+// it left the membership: members that have not yet seen it leave may
+// still send it envelopes, which it forwards to their new owners.
+const lingerAfterLeave = time.Second
+
+// drainRemoting waits until what this node sent (replies, deliveries,
+// forwarded envelopes, handed-off closes) has reached the other members
+// (a ping answered by each: remoting keeps order per peer), and until
+// lingerAfterLeave has passed since it left, before remoting stops.
+func (s *System) drainRemoting(left time.Time) {
+	others := false
+	for _, m := range s.View().Live(0) {
+		others = others || m.Address != s.address
+	}
+	if !others {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	defer cancel()
+	if _, missing := s.Gather(ctx, 0, &actorpb.NodeRequest{Body: &actorpb.NodeRequest_Ping{Ping: &actorpb.Ping{}}}); len(missing) > 0 {
+		s.log.Debug("cluster: members that did not answer the leaving node's ping", "members", missing)
+	}
+	if rest := lingerAfterLeave - time.Since(left); rest > 0 {
+		time.Sleep(rest)
+	}
+}
+
 // leavePlacement routes every identity as if this node were gone (it has
 // left the membership, so no new view comes) and hands its actors off.
 func (s *System) leavePlacement() {
@@ -416,26 +443,27 @@ func (s *System) RequestMany(ctx context.Context, envs []*actorpb.Envelope) ([]*
 		ctx, cancel = context.WithTimeout(ctx, s.cfg.RequestTimeout)
 		defer cancel()
 	}
-	ids := make([]uint64, len(envs))
-	chans := make([]chan *actorpb.Reply, len(envs))
-	for i, env := range envs {
-		ids[i], chans[i] = s.replies.register()
-		env.ReqId, env.ReplyAddress = ids[i], s.address
+	replies := make([]*actorpb.Reply, len(envs))
+	errs := make([]error, len(envs))
+	if len(envs) == 0 {
+		return replies, errs
 	}
-	defer func() {
-		for _, id := range ids {
-			s.replies.forget(id)
-		}
-	}()
+	// One wait for the whole batch: the caller wakes once, when the last
+	// reply is in, not once per reply.
+	w := s.replies.registerMany(len(envs))
+	for i, env := range envs {
+		env.ReqId, env.ReplyAddress = w.base+uint64(i), s.address
+	}
 	for _, env := range envs {
 		s.Send(env)
 	}
-	replies := make([]*actorpb.Reply, len(envs))
-	errs := make([]error, len(envs))
-	for i, ch := range chans {
-		select {
-		case replies[i] = <-ch:
-		case <-ctx.Done():
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+	}
+	s.replies.forgetMany(w)
+	for i := range envs {
+		if replies[i] = w.slots[i].Load(); replies[i] == nil {
 			s.metrics.requestTimeouts.Inc()
 			errs[i] = fmt.Errorf("%w: %s/%d/%s", ErrNoReply, ctx.Err(), envs[i].AppCode, envs[i].Uid)
 		}
@@ -579,6 +607,7 @@ func (s *System) Shutdown() {
 			s.log.Warn("cluster: leaving", "err", err)
 		}
 		cancel()
+		left := time.Now()
 		if s.actors != nil && s.newChild != nil {
 			s.leavePlacement()
 			deadline := time.Now().Add(s.cfg.RequestTimeout)
@@ -588,6 +617,9 @@ func (s *System) Shutdown() {
 			if n := s.handoffsPending(); n > 0 {
 				s.log.Warn("cluster: stopping with handoffs unfinished; their callers time out and retry", "actors", n)
 			}
+		}
+		if s.actors != nil {
+			s.drainRemoting(left)
 		}
 		if s.remote != nil {
 			// Not the library's graceful shutdown: it flags its stream
@@ -623,6 +655,8 @@ func (r *replyRegistry) init() {
 type replyShard struct {
 	mu      sync.Mutex
 	waiting map[uint64]waiter
+	many    map[uint64]*batchWait // requests of a RequestMany, by id
+	manyTo  map[uint64]string     // where such a request went (sentTo)
 }
 
 // waiter is a request waiting for its reply: where it went (the member's
@@ -655,6 +689,11 @@ func (r *replyRegistry) sentTo(id uint64, address string) {
 	if w, ok := sh.waiting[id]; ok {
 		w.to = address
 		sh.waiting[id] = w
+	} else if sh.many[id] != nil {
+		if sh.manyTo == nil {
+			sh.manyTo = map[uint64]string{}
+		}
+		sh.manyTo[id] = address
 	}
 	sh.mu.Unlock()
 }
@@ -663,27 +702,27 @@ func (r *replyRegistry) sentTo(id uint64, address string) {
 // retryable failure (its connection broke: they were lost with it), and
 // returns how many.
 func (r *replyRegistry) failTo(address string) int {
-	n := 0
+	var lost []uint64
 	for i := range r.shards {
 		sh := &r.shards[i]
-		var lost []uint64
-		var chans []chan *actorpb.Reply
 		sh.mu.Lock()
 		for id, w := range sh.waiting {
 			if w.to == address {
 				lost = append(lost, id)
-				chans = append(chans, w.ch)
-				delete(sh.waiting, id)
+			}
+		}
+		for id, to := range sh.manyTo {
+			if to == address {
+				lost = append(lost, id)
 			}
 		}
 		sh.mu.Unlock()
-		for j, ch := range chans {
-			ch <- &actorpb.Reply{ReqId: lost[j], Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{
-				Code: int32(codes.Unavailable), Message: "cluster: the connection to the node that owns the identity broke; retry"}}}
-		}
-		n += len(lost)
 	}
-	return n
+	for _, id := range lost {
+		r.deliver(&actorpb.Reply{ReqId: id, Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{
+			Code: int32(codes.Unavailable), Message: "cluster: the connection to the node that owns the identity broke; retry"}}})
+	}
+	return len(lost)
 }
 
 func (r *replyRegistry) forget(id uint64) {
@@ -696,10 +735,70 @@ func (r *replyRegistry) forget(id uint64) {
 func (r *replyRegistry) deliver(rep *actorpb.Reply) {
 	sh := &r.shards[rep.ReqId%uint64(len(r.shards))]
 	sh.mu.Lock()
-	w, ok := sh.waiting[rep.ReqId]
+	one, ok := sh.waiting[rep.ReqId]
 	delete(sh.waiting, rep.ReqId)
+	var w *batchWait
+	if !ok {
+		if w = sh.many[rep.ReqId]; w != nil {
+			delete(sh.many, rep.ReqId)
+			delete(sh.manyTo, rep.ReqId)
+		}
+	}
 	sh.mu.Unlock()
-	if ok {
-		w.ch <- rep // buffered 1, and deleted above: never blocks
+	switch {
+	case ok:
+		one.ch <- rep // buffered 1, and deleted above: never blocks
+	case w != nil:
+		w.slots[rep.ReqId-w.base].Store(rep)
+		if w.left.Add(-1) == 0 {
+			close(w.done)
+		}
+	}
+}
+
+// batchWait collects the replies of a RequestMany, whose requests have
+// the consecutive ids base, base+1, …
+type batchWait struct {
+	base  uint64
+	slots []atomic.Pointer[actorpb.Reply] // by id - base
+	left  atomic.Int64                    // replies still missing
+	done  chan struct{}                   // closed when none is
+}
+
+// registerMany reserves n consecutive ids (none of them 0) and waits for
+// their replies together.
+func (r *replyRegistry) registerMany(n int) *batchWait {
+	base := r.next.Add(uint64(n)) - uint64(n) + 1
+	for base == 0 || base+uint64(n-1) < base { // the block holds 0 (wrapped): take the next
+		base = r.next.Add(uint64(n)) - uint64(n) + 1
+	}
+	w := &batchWait{base: base, slots: make([]atomic.Pointer[actorpb.Reply], n), done: make(chan struct{})}
+	w.left.Store(int64(n))
+	for i := range n {
+		id := base + uint64(i)
+		sh := &r.shards[id%uint64(len(r.shards))]
+		sh.mu.Lock()
+		if sh.many == nil {
+			sh.many = map[uint64]*batchWait{}
+		}
+		sh.many[id] = w
+		sh.mu.Unlock()
+	}
+	return w
+}
+
+// forgetMany drops what is still registered of w: replies that come
+// later are not waited for.
+func (r *replyRegistry) forgetMany(w *batchWait) {
+	if w.left.Load() == 0 {
+		return // every reply came, and took its entry with it
+	}
+	for i := range w.slots {
+		id := w.base + uint64(i)
+		sh := &r.shards[id%uint64(len(r.shards))]
+		sh.mu.Lock()
+		delete(sh.many, id)
+		delete(sh.manyTo, id)
+		sh.mu.Unlock()
 	}
 }

@@ -131,7 +131,13 @@ func pushStream(t *testing.T, api apipb.CourierClient, uids []string, workers in
 						mu.Unlock()
 						break
 					}
-					if c := status.Code(err); (c != codes.Unavailable && c != codes.DeadlineExceeded) || attempt == 50 {
+					c := status.Code(err)
+					if c == codes.ResourceExhausted && attempt < 200 {
+						// Overloaded (admission): nothing accepted, back off.
+						time.Sleep(50 * time.Millisecond)
+						continue
+					}
+					if (c != codes.Unavailable && c != codes.DeadlineExceeded) || attempt == 50 {
 						mu.Lock()
 						fails = append(fails, fmt.Sprintf("%s %s: %v", uid, key, err))
 						mu.Unlock()

@@ -62,10 +62,12 @@ type Node struct {
 	drainMu  sync.Mutex
 
 	roles membership.Roles
-	quit  chan struct{} // stops the expiry sweep and the load publisher
+	quit  chan struct{} // stops the expiry sweep, the load publisher and the idle memory release
 	never chan struct{} // Failed of a node without a gate
-	wg    sync.WaitGroup
-	once  sync.Once
+
+	memReleases prometheus.Counter
+	wg          sync.WaitGroup
+	once        sync.Once
 }
 
 // Version is the node's version, published to the other members (the
@@ -123,6 +125,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		if n.store, err = openStore(cfg, log, observe, func(k int) { swept.Add(float64(k)) }); err != nil {
 			return nil, err
 		}
+		n.store = newFenceCounting(n.store, n.reg)
 	}
 	if roles.Has(membership.RoleActors) {
 		deps = actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats})
@@ -199,6 +202,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.hub,
 			Members: n.sys.View, Provider: cfg.Cluster.Provider, ClusterStats: n.clusterStats, Lists: clusterLists{n},
 			Drain: n.drainMember}
+		if n.gate != nil {
+			deps.Backlog = n.gate.Backlog
+		}
 		apiTLS, err := cfg.apiTLS()
 		if err != nil {
 			return nil, asConfigError(err)
@@ -232,6 +238,13 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		self.APIAddr = reachable(n.apiLn.Addr().String(), n.sys.Address())
 	}
 
+	n.memReleases = prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_node_idle_memory_releases_total",
+		Help: "Times the node, idle, returned its heap's free memory to the operating system (idle-memory-release)."})
+	n.reg.MustRegister(n.memReleases)
+	if cfg.IdleMemoryRelease > 0 {
+		n.wg.Add(1)
+		go n.releaseIdleMemory(cfg.IdleMemoryRelease)
+	}
 	if roles.Has(membership.RoleActors) && cfg.Actors.ExpirySweep > 0 {
 		n.wg.Add(1)
 		go n.sweepExpired(cfg.Actors.ExpirySweep)

@@ -244,6 +244,9 @@ func TestFencingAcrossTwoNodes(t *testing.T) {
 		t.Fatalf("a's push after b claimed the identity: %v %v, want UNAVAILABLE", r, err)
 	}
 	// Its actor stopped: the identity was claimed elsewhere.
+	if n := metric(t, a, regexp.MustCompile(`(?m)^courier_store_fenced_writes_total (\d+)`)); n < 1 {
+		t.Fatalf("fenced writes counted on a: %d", n)
+	}
 	if n := metric(t, a, regexp.MustCompile(`(?m)^courier_actors_retired_total (\d+)`)); n < 1 {
 		t.Fatalf("node a retired %d actors after a fenced write", n)
 	}

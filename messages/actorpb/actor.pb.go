@@ -1070,6 +1070,7 @@ type Reply struct {
 	//	*Reply_Failure
 	//	*Reply_StatsPart
 	//	*Reply_Lists
+	//	*Reply_Pong
 	//	*Reply_LeaseVouch
 	//	*Reply_DrainStarted
 	Body          isReply_Body `protobuf_oneof:"body"`
@@ -1175,6 +1176,15 @@ func (x *Reply) GetLists() *ListsReply {
 	return nil
 }
 
+func (x *Reply) GetPong() *Pong {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_Pong); ok {
+			return x.Pong
+		}
+	}
+	return nil
+}
+
 func (x *Reply) GetLeaseVouch() *LeaseVouch {
 	if x != nil {
 		if x, ok := x.Body.(*Reply_LeaseVouch); ok {
@@ -1221,6 +1231,10 @@ type Reply_Lists struct {
 	Lists *ListsReply `protobuf:"bytes,21,opt,name=lists,proto3,oneof"`
 }
 
+type Reply_Pong struct {
+	Pong *Pong `protobuf:"bytes,22,opt,name=pong,proto3,oneof"`
+}
+
 type Reply_LeaseVouch struct {
 	LeaseVouch *LeaseVouch `protobuf:"bytes,30,opt,name=lease_vouch,json=leaseVouch,proto3,oneof"`
 }
@@ -1241,9 +1255,47 @@ func (*Reply_StatsPart) isReply_Body() {}
 
 func (*Reply_Lists) isReply_Body() {}
 
+func (*Reply_Pong) isReply_Body() {}
+
 func (*Reply_LeaseVouch) isReply_Body() {}
 
 func (*Reply_DrainStarted) isReply_Body() {}
+
+type Pong struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pong) Reset() {
+	*x = Pong{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pong) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pong) ProtoMessage() {}
+
+func (x *Pong) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pong.ProtoReflect.Descriptor instead.
+func (*Pong) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
+}
 
 // Failure: the request could not be handled. code is a gRPC status code.
 type Failure struct {
@@ -1256,7 +1308,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1268,7 +1320,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1281,7 +1333,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Failure) GetCode() int32 {
@@ -1312,7 +1364,7 @@ type Push struct {
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1324,7 +1376,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1337,7 +1389,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Push) GetMsgtype() uint32 {
@@ -1397,7 +1449,7 @@ type PushReply struct {
 
 func (x *PushReply) Reset() {
 	*x = PushReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1409,7 +1461,7 @@ func (x *PushReply) String() string {
 func (*PushReply) ProtoMessage() {}
 
 func (x *PushReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1422,7 +1474,7 @@ func (x *PushReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushReply.ProtoReflect.Descriptor instead.
 func (*PushReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PushReply) GetCode() int32 {
@@ -1477,7 +1529,7 @@ type Kick struct {
 
 func (x *Kick) Reset() {
 	*x = Kick{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1489,7 +1541,7 @@ func (x *Kick) String() string {
 func (*Kick) ProtoMessage() {}
 
 func (x *Kick) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1502,7 +1554,7 @@ func (x *Kick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kick.ProtoReflect.Descriptor instead.
 func (*Kick) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Kick) GetReason() devicepb.KickReason {
@@ -1528,7 +1580,7 @@ type KickReply struct {
 
 func (x *KickReply) Reset() {
 	*x = KickReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +1592,7 @@ func (x *KickReply) String() string {
 func (*KickReply) ProtoMessage() {}
 
 func (x *KickReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +1605,7 @@ func (x *KickReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickReply.ProtoReflect.Descriptor instead.
 func (*KickReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *KickReply) GetWasOnline() bool {
@@ -1571,7 +1623,7 @@ type PresenceQuery struct {
 
 func (x *PresenceQuery) Reset() {
 	*x = PresenceQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1635,7 @@ func (x *PresenceQuery) String() string {
 func (*PresenceQuery) ProtoMessage() {}
 
 func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1648,7 @@ func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceQuery.ProtoReflect.Descriptor instead.
 func (*PresenceQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
 }
 
 type PresenceReply struct {
@@ -1616,7 +1668,7 @@ type PresenceReply struct {
 
 func (x *PresenceReply) Reset() {
 	*x = PresenceReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1628,7 +1680,7 @@ func (x *PresenceReply) String() string {
 func (*PresenceReply) ProtoMessage() {}
 
 func (x *PresenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1641,7 +1693,7 @@ func (x *PresenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceReply.ProtoReflect.Descriptor instead.
 func (*PresenceReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PresenceReply) GetOnline() bool {
@@ -1719,6 +1771,7 @@ type NodeRequest struct {
 	//	*NodeRequest_Stats
 	//	*NodeRequest_ListsEdit
 	//	*NodeRequest_ListsGet
+	//	*NodeRequest_Ping
 	//	*NodeRequest_LeaseCheck
 	//	*NodeRequest_Drain
 	Body          isNodeRequest_Body `protobuf_oneof:"body"`
@@ -1728,7 +1781,7 @@ type NodeRequest struct {
 
 func (x *NodeRequest) Reset() {
 	*x = NodeRequest{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +1793,7 @@ func (x *NodeRequest) String() string {
 func (*NodeRequest) ProtoMessage() {}
 
 func (x *NodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +1806,7 @@ func (x *NodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
 func (*NodeRequest) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NodeRequest) GetReqId() uint64 {
@@ -1804,6 +1857,15 @@ func (x *NodeRequest) GetListsGet() *ListsGet {
 	return nil
 }
 
+func (x *NodeRequest) GetPing() *Ping {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_Ping); ok {
+			return x.Ping
+		}
+	}
+	return nil
+}
+
 func (x *NodeRequest) GetLeaseCheck() *LeaseCheck {
 	if x != nil {
 		if x, ok := x.Body.(*NodeRequest_LeaseCheck); ok {
@@ -1841,6 +1903,12 @@ type NodeRequest_ListsGet struct {
 	ListsGet *ListsGet `protobuf:"bytes,12,opt,name=lists_get,json=listsGet,proto3,oneof"`
 }
 
+type NodeRequest_Ping struct {
+	// Answer at once (a node that leaves uses it as a barrier: once a
+	// member answered, everything sent to it before has arrived).
+	Ping *Ping `protobuf:"bytes,13,opt,name=ping,proto3,oneof"`
+}
+
 type NodeRequest_LeaseCheck struct {
 	// Vouch for the asker's membership while the provider cannot be
 	// reached (cluster/membership/lease.go); answered with LeaseVouch.
@@ -1858,6 +1926,8 @@ func (*NodeRequest_ListsEdit) isNodeRequest_Body() {}
 
 func (*NodeRequest_ListsGet) isNodeRequest_Body() {}
 
+func (*NodeRequest_Ping) isNodeRequest_Body() {}
+
 func (*NodeRequest_LeaseCheck) isNodeRequest_Body() {}
 
 func (*NodeRequest_Drain) isNodeRequest_Body() {}
@@ -1873,7 +1943,7 @@ type DrainStart struct {
 
 func (x *DrainStart) Reset() {
 	*x = DrainStart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +1955,7 @@ func (x *DrainStart) String() string {
 func (*DrainStart) ProtoMessage() {}
 
 func (x *DrainStart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,7 +1968,7 @@ func (x *DrainStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStart.ProtoReflect.Descriptor instead.
 func (*DrainStart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DrainStart) GetWindowMs() int64 {
@@ -1921,7 +1991,7 @@ type DrainStarted struct {
 
 func (x *DrainStarted) Reset() {
 	*x = DrainStarted{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1933,7 +2003,7 @@ func (x *DrainStarted) String() string {
 func (*DrainStarted) ProtoMessage() {}
 
 func (x *DrainStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1946,7 +2016,7 @@ func (x *DrainStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStarted.ProtoReflect.Descriptor instead.
 func (*DrainStarted) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DrainStarted) GetMember() string {
@@ -1987,7 +2057,7 @@ type LeaseCheck struct {
 
 func (x *LeaseCheck) Reset() {
 	*x = LeaseCheck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1999,7 +2069,7 @@ func (x *LeaseCheck) String() string {
 func (*LeaseCheck) ProtoMessage() {}
 
 func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2012,7 +2082,7 @@ func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseCheck.ProtoReflect.Descriptor instead.
 func (*LeaseCheck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *LeaseCheck) GetMember() string {
@@ -2038,7 +2108,7 @@ type LeaseVouch struct {
 
 func (x *LeaseVouch) Reset() {
 	*x = LeaseVouch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2050,7 +2120,7 @@ func (x *LeaseVouch) String() string {
 func (*LeaseVouch) ProtoMessage() {}
 
 func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2063,7 +2133,7 @@ func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseVouch.ProtoReflect.Descriptor instead.
 func (*LeaseVouch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LeaseVouch) GetVouch() bool {
@@ -2094,6 +2164,42 @@ func (x *LeaseVouch) GetSettling() bool {
 	return false
 }
 
+type Ping struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ping) Reset() {
+	*x = Ping{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ping) ProtoMessage() {}
+
+func (x *Ping) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ping.ProtoReflect.Descriptor instead.
+func (*Ping) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+}
+
 type ListsGet struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2102,7 +2208,7 @@ type ListsGet struct {
 
 func (x *ListsGet) Reset() {
 	*x = ListsGet{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2114,7 +2220,7 @@ func (x *ListsGet) String() string {
 func (*ListsGet) ProtoMessage() {}
 
 func (x *ListsGet) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2127,7 +2233,7 @@ func (x *ListsGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsGet.ProtoReflect.Descriptor instead.
 func (*ListsGet) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
 }
 
 // ListsReply is a gate's whole lists, in the JSON of gate.ListsSnapshot
@@ -2141,7 +2247,7 @@ type ListsReply struct {
 
 func (x *ListsReply) Reset() {
 	*x = ListsReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2153,7 +2259,7 @@ func (x *ListsReply) String() string {
 func (*ListsReply) ProtoMessage() {}
 
 func (x *ListsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2166,7 +2272,7 @@ func (x *ListsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsReply.ProtoReflect.Descriptor instead.
 func (*ListsReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListsReply) GetJson() []byte {
@@ -2190,7 +2296,7 @@ type StatsQuery struct {
 
 func (x *StatsQuery) Reset() {
 	*x = StatsQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2202,7 +2308,7 @@ func (x *StatsQuery) String() string {
 func (*StatsQuery) ProtoMessage() {}
 
 func (x *StatsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2215,7 +2321,7 @@ func (x *StatsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsQuery.ProtoReflect.Descriptor instead.
 func (*StatsQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatsQuery) GetAppCode() uint32 {
@@ -2257,7 +2363,7 @@ type StatCounts struct {
 
 func (x *StatCounts) Reset() {
 	*x = StatCounts{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2269,7 +2375,7 @@ func (x *StatCounts) String() string {
 func (*StatCounts) ProtoMessage() {}
 
 func (x *StatCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2282,7 +2388,7 @@ func (x *StatCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatCounts.ProtoReflect.Descriptor instead.
 func (*StatCounts) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatCounts) GetAccepted() uint64 {
@@ -2362,7 +2468,7 @@ type Hist struct {
 
 func (x *Hist) Reset() {
 	*x = Hist{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2374,7 +2480,7 @@ func (x *Hist) String() string {
 func (*Hist) ProtoMessage() {}
 
 func (x *Hist) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2387,7 +2493,7 @@ func (x *Hist) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hist.ProtoReflect.Descriptor instead.
 func (*Hist) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Hist) GetIndex() []uint32 {
@@ -2432,7 +2538,7 @@ type RawStat struct {
 
 func (x *RawStat) Reset() {
 	*x = RawStat{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2444,7 +2550,7 @@ func (x *RawStat) String() string {
 func (*RawStat) ProtoMessage() {}
 
 func (x *RawStat) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2457,7 +2563,7 @@ func (x *RawStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawStat.ProtoReflect.Descriptor instead.
 func (*RawStat) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RawStat) GetMsgtype() uint32 {
@@ -2505,7 +2611,7 @@ type StatsPart struct {
 
 func (x *StatsPart) Reset() {
 	*x = StatsPart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2517,7 +2623,7 @@ func (x *StatsPart) String() string {
 func (*StatsPart) ProtoMessage() {}
 
 func (x *StatsPart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2530,7 +2636,7 @@ func (x *StatsPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsPart.ProtoReflect.Descriptor instead.
 func (*StatsPart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StatsPart) GetStats() []*RawStat {
@@ -2559,7 +2665,7 @@ type UpstreamSubscribe struct {
 
 func (x *UpstreamSubscribe) Reset() {
 	*x = UpstreamSubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2571,7 +2677,7 @@ func (x *UpstreamSubscribe) String() string {
 func (*UpstreamSubscribe) ProtoMessage() {}
 
 func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2584,7 +2690,7 @@ func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamSubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamSubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpstreamSubscribe) GetSubId() string {
@@ -2631,7 +2737,7 @@ type UpstreamUnsubscribe struct {
 
 func (x *UpstreamUnsubscribe) Reset() {
 	*x = UpstreamUnsubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2643,7 +2749,7 @@ func (x *UpstreamUnsubscribe) String() string {
 func (*UpstreamUnsubscribe) ProtoMessage() {}
 
 func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2656,7 +2762,7 @@ func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamUnsubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamUnsubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *UpstreamUnsubscribe) GetSubId() string {
@@ -2679,7 +2785,7 @@ type UpstreamBatch struct {
 
 func (x *UpstreamBatch) Reset() {
 	*x = UpstreamBatch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2691,7 +2797,7 @@ func (x *UpstreamBatch) String() string {
 func (*UpstreamBatch) ProtoMessage() {}
 
 func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2704,7 +2810,7 @@ func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamBatch.ProtoReflect.Descriptor instead.
 func (*UpstreamBatch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *UpstreamBatch) GetSubId() string {
@@ -2740,7 +2846,7 @@ type UpstreamAck struct {
 
 func (x *UpstreamAck) Reset() {
 	*x = UpstreamAck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2752,7 +2858,7 @@ func (x *UpstreamAck) String() string {
 func (*UpstreamAck) ProtoMessage() {}
 
 func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2765,7 +2871,7 @@ func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAck.ProtoReflect.Descriptor instead.
 func (*UpstreamAck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *UpstreamAck) GetSubId() string {
@@ -2800,7 +2906,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2812,7 +2918,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2825,7 +2931,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -2906,7 +3012,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2918,7 +3024,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2931,7 +3037,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -2973,7 +3079,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2985,7 +3091,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2998,7 +3104,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{38}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -3076,7 +3182,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3088,7 +3194,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3101,7 +3207,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{39}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -3202,7 +3308,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\bGateDown\x12\x17\n" +
 	"\agate_id\x18\x01 \x01(\tR\x06gateId\"\t\n" +
 	"\aHandoff\"\a\n" +
-	"\x05Sweep\"\xfe\x03\n" +
+	"\x05Sweep\"\xac\x04\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
 	"\x04push\x18\n" +
@@ -3212,11 +3318,13 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\afailure\x18\r \x01(\v2\x19.courier.actor.v1.FailureH\x00R\afailure\x12<\n" +
 	"\n" +
 	"stats_part\x18\x14 \x01(\v2\x1b.courier.actor.v1.StatsPartH\x00R\tstatsPart\x124\n" +
-	"\x05lists\x18\x15 \x01(\v2\x1c.courier.actor.v1.ListsReplyH\x00R\x05lists\x12?\n" +
+	"\x05lists\x18\x15 \x01(\v2\x1c.courier.actor.v1.ListsReplyH\x00R\x05lists\x12,\n" +
+	"\x04pong\x18\x16 \x01(\v2\x16.courier.actor.v1.PongH\x00R\x04pong\x12?\n" +
 	"\vlease_vouch\x18\x1e \x01(\v2\x1c.courier.actor.v1.LeaseVouchH\x00R\n" +
 	"leaseVouch\x12E\n" +
 	"\rdrain_started\x18\x1f \x01(\v2\x1e.courier.actor.v1.DrainStartedH\x00R\fdrainStartedB\x06\n" +
-	"\x04body\"7\n" +
+	"\x04body\"\x06\n" +
+	"\x04Pong\"7\n" +
 	"\aFailure\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\xbd\x01\n" +
@@ -3252,7 +3360,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\vapp_version\x18\a \x01(\tR\n" +
 	"appVersion\x12%\n" +
 	"\x0flogged_in_at_ms\x18\b \x01(\x03R\floggedInAtMs\x12\x18\n" +
-	"\apending\x18\t \x01(\rR\apending\"\xff\x02\n" +
+	"\apending\x18\t \x01(\rR\apending\"\xad\x03\n" +
 	"\vNodeRequest\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12#\n" +
 	"\rreply_address\x18\x02 \x01(\tR\freplyAddress\x124\n" +
@@ -3260,7 +3368,8 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	" \x01(\v2\x1c.courier.actor.v1.StatsQueryH\x00R\x05stats\x12D\n" +
 	"\n" +
 	"lists_edit\x18\v \x01(\v2#.courier.v1.UpdateAccessListRequestH\x00R\tlistsEdit\x129\n" +
-	"\tlists_get\x18\f \x01(\v2\x1a.courier.actor.v1.ListsGetH\x00R\blistsGet\x12?\n" +
+	"\tlists_get\x18\f \x01(\v2\x1a.courier.actor.v1.ListsGetH\x00R\blistsGet\x12,\n" +
+	"\x04ping\x18\r \x01(\v2\x16.courier.actor.v1.PingH\x00R\x04ping\x12?\n" +
 	"\vlease_check\x18\x1e \x01(\v2\x1c.courier.actor.v1.LeaseCheckH\x00R\n" +
 	"leaseCheck\x124\n" +
 	"\x05drain\x18\x1f \x01(\v2\x1c.courier.actor.v1.DrainStartH\x00R\x05drainB\x06\n" +
@@ -3281,7 +3390,8 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\x05vouch\x18\x01 \x01(\bR\x05vouch\x12\x12\n" +
 	"\x04live\x18\x02 \x01(\bR\x04live\x12#\n" +
 	"\rprovider_down\x18\x03 \x01(\bR\fproviderDown\x12\x1a\n" +
-	"\bsettling\x18\x04 \x01(\bR\bsettling\"\n" +
+	"\bsettling\x18\x04 \x01(\bR\bsettling\"\x06\n" +
+	"\x04Ping\"\n" +
 	"\n" +
 	"\bListsGet\" \n" +
 	"\n" +
@@ -3378,7 +3488,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),                       // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),                   // 1: courier.actor.v1.DeviceLogin
@@ -3393,90 +3503,94 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*Handoff)(nil),                       // 10: courier.actor.v1.Handoff
 	(*Sweep)(nil),                         // 11: courier.actor.v1.Sweep
 	(*Reply)(nil),                         // 12: courier.actor.v1.Reply
-	(*Failure)(nil),                       // 13: courier.actor.v1.Failure
-	(*Push)(nil),                          // 14: courier.actor.v1.Push
-	(*PushReply)(nil),                     // 15: courier.actor.v1.PushReply
-	(*Kick)(nil),                          // 16: courier.actor.v1.Kick
-	(*KickReply)(nil),                     // 17: courier.actor.v1.KickReply
-	(*PresenceQuery)(nil),                 // 18: courier.actor.v1.PresenceQuery
-	(*PresenceReply)(nil),                 // 19: courier.actor.v1.PresenceReply
-	(*NodeRequest)(nil),                   // 20: courier.actor.v1.NodeRequest
-	(*DrainStart)(nil),                    // 21: courier.actor.v1.DrainStart
-	(*DrainStarted)(nil),                  // 22: courier.actor.v1.DrainStarted
-	(*LeaseCheck)(nil),                    // 23: courier.actor.v1.LeaseCheck
-	(*LeaseVouch)(nil),                    // 24: courier.actor.v1.LeaseVouch
-	(*ListsGet)(nil),                      // 25: courier.actor.v1.ListsGet
-	(*ListsReply)(nil),                    // 26: courier.actor.v1.ListsReply
-	(*StatsQuery)(nil),                    // 27: courier.actor.v1.StatsQuery
-	(*StatCounts)(nil),                    // 28: courier.actor.v1.StatCounts
-	(*Hist)(nil),                          // 29: courier.actor.v1.Hist
-	(*RawStat)(nil),                       // 30: courier.actor.v1.RawStat
-	(*StatsPart)(nil),                     // 31: courier.actor.v1.StatsPart
-	(*UpstreamSubscribe)(nil),             // 32: courier.actor.v1.UpstreamSubscribe
-	(*UpstreamUnsubscribe)(nil),           // 33: courier.actor.v1.UpstreamUnsubscribe
-	(*UpstreamBatch)(nil),                 // 34: courier.actor.v1.UpstreamBatch
-	(*UpstreamAck)(nil),                   // 35: courier.actor.v1.UpstreamAck
-	(*SessionRecord)(nil),                 // 36: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),                  // 37: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),                    // 38: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil),             // 39: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),                // 40: courier.device.v1.Login
-	(*devicepb.C2C)(nil),                  // 41: courier.device.v1.C2C
-	(devicepb.KickReason)(0),              // 42: courier.device.v1.KickReason
-	(devicepb.Platform)(0),                // 43: courier.device.v1.Platform
-	(*apipb.UpdateAccessListRequest)(nil), // 44: courier.v1.UpdateAccessListRequest
-	(*apipb.UpstreamMessage)(nil),         // 45: courier.v1.UpstreamMessage
-	(devicepb.Kind)(0),                    // 46: courier.device.v1.Kind
+	(*Pong)(nil),                          // 13: courier.actor.v1.Pong
+	(*Failure)(nil),                       // 14: courier.actor.v1.Failure
+	(*Push)(nil),                          // 15: courier.actor.v1.Push
+	(*PushReply)(nil),                     // 16: courier.actor.v1.PushReply
+	(*Kick)(nil),                          // 17: courier.actor.v1.Kick
+	(*KickReply)(nil),                     // 18: courier.actor.v1.KickReply
+	(*PresenceQuery)(nil),                 // 19: courier.actor.v1.PresenceQuery
+	(*PresenceReply)(nil),                 // 20: courier.actor.v1.PresenceReply
+	(*NodeRequest)(nil),                   // 21: courier.actor.v1.NodeRequest
+	(*DrainStart)(nil),                    // 22: courier.actor.v1.DrainStart
+	(*DrainStarted)(nil),                  // 23: courier.actor.v1.DrainStarted
+	(*LeaseCheck)(nil),                    // 24: courier.actor.v1.LeaseCheck
+	(*LeaseVouch)(nil),                    // 25: courier.actor.v1.LeaseVouch
+	(*Ping)(nil),                          // 26: courier.actor.v1.Ping
+	(*ListsGet)(nil),                      // 27: courier.actor.v1.ListsGet
+	(*ListsReply)(nil),                    // 28: courier.actor.v1.ListsReply
+	(*StatsQuery)(nil),                    // 29: courier.actor.v1.StatsQuery
+	(*StatCounts)(nil),                    // 30: courier.actor.v1.StatCounts
+	(*Hist)(nil),                          // 31: courier.actor.v1.Hist
+	(*RawStat)(nil),                       // 32: courier.actor.v1.RawStat
+	(*StatsPart)(nil),                     // 33: courier.actor.v1.StatsPart
+	(*UpstreamSubscribe)(nil),             // 34: courier.actor.v1.UpstreamSubscribe
+	(*UpstreamUnsubscribe)(nil),           // 35: courier.actor.v1.UpstreamUnsubscribe
+	(*UpstreamBatch)(nil),                 // 36: courier.actor.v1.UpstreamBatch
+	(*UpstreamAck)(nil),                   // 37: courier.actor.v1.UpstreamAck
+	(*SessionRecord)(nil),                 // 38: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),                  // 39: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),                    // 40: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil),             // 41: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),                // 42: courier.device.v1.Login
+	(*devicepb.C2C)(nil),                  // 43: courier.device.v1.C2C
+	(devicepb.KickReason)(0),              // 44: courier.device.v1.KickReason
+	(devicepb.Platform)(0),                // 45: courier.device.v1.Platform
+	(*apipb.UpdateAccessListRequest)(nil), // 46: courier.v1.UpdateAccessListRequest
+	(*apipb.UpstreamMessage)(nil),         // 47: courier.v1.UpstreamMessage
+	(devicepb.Kind)(0),                    // 48: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	40, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	42, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	41, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	43, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
 	2,  // 9: courier.actor.v1.Envelope.frame:type_name -> courier.actor.v1.DeviceFrame
 	3,  // 10: courier.actor.v1.Envelope.closed:type_name -> courier.actor.v1.DeviceClosed
 	4,  // 11: courier.actor.v1.Envelope.c2c:type_name -> courier.actor.v1.C2CSend
-	14, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
-	16, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
-	18, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
+	15, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
+	17, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
+	19, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
 	11, // 15: courier.actor.v1.Envelope.sweep:type_name -> courier.actor.v1.Sweep
 	9,  // 16: courier.actor.v1.Envelope.gate_down:type_name -> courier.actor.v1.GateDown
-	15, // 17: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
-	17, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
-	19, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
-	13, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	31, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
-	26, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
-	24, // 23: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
-	22, // 24: courier.actor.v1.Reply.drain_started:type_name -> courier.actor.v1.DrainStarted
-	42, // 25: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 26: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	43, // 27: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	27, // 28: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
-	44, // 29: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
-	25, // 30: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
-	23, // 31: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
-	21, // 32: courier.actor.v1.NodeRequest.drain:type_name -> courier.actor.v1.DrainStart
-	28, // 33: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
-	28, // 34: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
-	29, // 35: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
-	29, // 36: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
-	30, // 37: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
-	45, // 38: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
-	0,  // 39: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	43, // 40: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	36, // 41: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	46, // 42: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	43, // [43:43] is the sub-list for method output_type
-	43, // [43:43] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	16, // 17: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
+	18, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
+	20, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
+	14, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
+	33, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	28, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
+	13, // 23: courier.actor.v1.Reply.pong:type_name -> courier.actor.v1.Pong
+	25, // 24: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
+	23, // 25: courier.actor.v1.Reply.drain_started:type_name -> courier.actor.v1.DrainStarted
+	44, // 26: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 27: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	45, // 28: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	29, // 29: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	46, // 30: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	27, // 31: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
+	26, // 32: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
+	24, // 33: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
+	22, // 34: courier.actor.v1.NodeRequest.drain:type_name -> courier.actor.v1.DrainStart
+	30, // 35: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	30, // 36: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	31, // 37: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	31, // 38: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	32, // 39: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	47, // 40: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
+	0,  // 41: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	45, // 42: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	38, // 43: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	48, // 44: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	45, // [45:45] is the sub-list for method output_type
+	45, // [45:45] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -3502,13 +3616,15 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Reply_Failure)(nil),
 		(*Reply_StatsPart)(nil),
 		(*Reply_Lists)(nil),
+		(*Reply_Pong)(nil),
 		(*Reply_LeaseVouch)(nil),
 		(*Reply_DrainStarted)(nil),
 	}
-	file_courier_actor_v1_actor_proto_msgTypes[20].OneofWrappers = []any{
+	file_courier_actor_v1_actor_proto_msgTypes[21].OneofWrappers = []any{
 		(*NodeRequest_Stats)(nil),
 		(*NodeRequest_ListsEdit)(nil),
 		(*NodeRequest_ListsGet)(nil),
+		(*NodeRequest_Ping)(nil),
 		(*NodeRequest_LeaseCheck)(nil),
 		(*NodeRequest_Drain)(nil),
 	}
@@ -3518,7 +3634,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
