@@ -3,6 +3,7 @@ package testkit
 import (
 	"encoding/json"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -94,8 +95,11 @@ func StartConsulOn(t testing.TB, host string) *Consul {
 	return c
 }
 
-// freePorts finds n distinct free TCP ports on 127.0.0.1. They are free
-// when it returns; a process that binds them later may race another.
+// freePorts finds n distinct free TCP ports on 127.0.0.1, below the
+// kernel's ephemeral range (32768 and up here): a service restarted on
+// its old ports (Consul, PostgreSQL) must not find one taken by an
+// outgoing connection meanwhile. They are free when it returns; a
+// process that binds them later may race another.
 func freePorts(n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
@@ -104,16 +108,24 @@ func freePorts(n int) ([]int, error) {
 		}
 	}()
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			return nil, fmt.Errorf("no %d free ports in [%d, %d)", n, lowPortMin, lowPortMax)
+		}
+		p := lowPortMin + mrand.IntN(lowPortMax-lowPortMin)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
 		if err != nil {
-			return nil, err
+			continue
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
 	}
 	return ports, nil
 }
+
+// The range freePorts draws from: below the ephemeral range, above the
+// ports services usually have.
+const lowPortMin, lowPortMax = 20000, 32000
 
 func (c *Consul) start() {
 	t := c.t

@@ -257,12 +257,12 @@ func (p *Postgres) Start() error {
 		return errors.New("testkit: postgres is running")
 	}
 	if p.Port == 0 {
-		l, err := net.Listen("tcp", net.JoinHostPort(p.host, "0"))
+		// Below the ephemeral range: a restart finds the port free again.
+		ports, err := freePorts(1)
 		if err != nil {
 			return err
 		}
-		p.Port = l.Addr().(*net.TCPAddr).Port
-		l.Close()
+		p.Port = ports[0]
 	}
 	logf, err := os.OpenFile(filepath.Join(p.dir, "log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {

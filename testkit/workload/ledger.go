@@ -89,8 +89,10 @@ type Counts struct {
 	// Unconfirmed: received, but the sender never heard it was accepted
 	// (it gave up, or the answer was lost and not retried yet).
 	Unconfirmed int64 `json:"unconfirmed"`
-	// LostSample names a few lost keys, for the report.
-	LostSample []string `json:"lost_sample,omitempty"`
+	// LostSample names a few lost keys, for the report; DisorderSample a
+	// few first deliveries out of order, and seqs reused.
+	LostSample     []string `json:"lost_sample,omitempty"`
+	DisorderSample []string `json:"disorder_sample,omitempty"`
 }
 
 // Upstream is the ledger of C2S messages.
@@ -202,6 +204,9 @@ func (l *Ledger) String() string {
 		if len(c.LostSample) > 0 {
 			fmt.Fprintf(&b, "       lost, for example: %s\n", strings.Join(c.LostSample, ", "))
 		}
+		for _, d := range c.DisorderSample {
+			fmt.Fprintf(&b, "       %s\n", d)
+		}
 	}
 	row("push", l.Pushes)
 	row("c2c", l.C2C)
@@ -272,6 +277,10 @@ func count(kind Kind, accepts []accept, receipts []receipt) Counts {
 		ids[r.key][r.msgID] = true
 		if r.seq < maxSeq[r.uid] {
 			c.OutOfOrder++
+			if len(c.DisorderSample) < 5 {
+				c.DisorderSample = append(c.DisorderSample, fmt.Sprintf("%s: seq %d (%s) first received at %s, after seq %d",
+					r.uid, r.seq, r.msgID, r.at.Format("15:04:05.000"), maxSeq[r.uid]))
+			}
 		}
 		maxSeq[r.uid] = max(maxSeq[r.uid], r.seq)
 		if bySeq[r.uid] == nil {
@@ -279,6 +288,10 @@ func count(kind Kind, accepts []accept, receipts []receipt) Counts {
 		}
 		if other, ok := bySeq[r.uid][r.seq]; ok && other != r.msgID {
 			c.SeqReused++
+			if len(c.DisorderSample) < 5 {
+				c.DisorderSample = append(c.DisorderSample, fmt.Sprintf("%s: seq %d reused for %s (first %s) at %s",
+					r.uid, r.seq, r.msgID, other, r.at.Format("15:04:05.000")))
+			}
 		}
 		bySeq[r.uid][r.seq] = r.msgID
 	}
