@@ -67,7 +67,7 @@ func TestPausedActorNode(t *testing.T) {
 	time.Sleep(2 * time.Second)
 
 	before := nodeMetrics(n2, "courier_cluster_rejoins_total", "courier_cluster_lease_lost_total",
-		"courier_actors_retired_total", "courier_cluster_lease_refused_total")
+		"courier_store_fenced_writes_total", "courier_cluster_lease_refused_total")
 	w.Fault("SIGSTOP actor node2")
 	n2.Pause()
 	time.Sleep(4 * time.Second) // four TTLs: node2 is taken for gone
@@ -81,10 +81,10 @@ func TestPausedActorNode(t *testing.T) {
 		t.Error("the ledger is not clean")
 	}
 	after := nodeMetrics(n2, "courier_cluster_rejoins_total", "courier_cluster_lease_lost_total",
-		"courier_actors_retired_total", "courier_cluster_lease_refused_total")
+		"courier_store_fenced_writes_total", "courier_cluster_lease_refused_total")
 	d := func(m string) float64 { return after[m] - before[m] }
-	t.Logf("the zombie: lease lost %v times, rejoined %v times, %v actors retired by fenced writes, %v envelopes or deliveries refused without a lease; pushes interrupted %v by the pause",
-		d("courier_cluster_lease_lost_total"), d("courier_cluster_rejoins_total"), d("courier_actors_retired_total"),
+	t.Logf("the zombie: lease lost %v times, rejoined %v times, %v writes fenced by the store, %v envelopes or deliveries refused without a lease; pushes interrupted %v by the pause",
+		d("courier_cluster_lease_lost_total"), d("courier_cluster_rejoins_total"), d("courier_store_fenced_writes_total"),
 		d("courier_cluster_lease_refused_total"), l.Faults[0].Interruption.Round(time.Millisecond))
 	if d("courier_cluster_rejoins_total") < 1 || d("courier_cluster_lease_lost_total") < 1 {
 		t.Error("the zombie did not lose its lease and rejoin")
