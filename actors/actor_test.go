@@ -46,8 +46,13 @@ type fakeStore struct {
 	failL   atomic.Int32 // loads to fail
 	panicL  atomic.Int32 // loads to panic in
 	loads   atomic.Int32
-	closeMu sync.Once
-	done    chan struct{}
+	lookups atomic.Int32
+	// readGate, while not nil, holds reads (loads and idempotency
+	// lookups) until it is closed; readsHeld counts the reads waiting.
+	readGate  chan struct{}
+	readsHeld atomic.Int32
+	closeMu   sync.Once
+	done      chan struct{}
 }
 
 type pendingWrite struct {
@@ -134,7 +139,38 @@ func (s *fakeStore) apply(w *store.Write) error {
 	return nil
 }
 
+// holdReads makes loads and idempotency lookups wait until release is
+// called.
+func (s *fakeStore) holdReads() (release func()) {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.readGate = ch
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.readGate = nil
+			s.mu.Unlock()
+			close(ch)
+		})
+	}
+}
+
+// waitRead blocks while reads are held.
+func (s *fakeStore) waitRead() {
+	s.mu.Lock()
+	gate := s.readGate
+	s.mu.Unlock()
+	if gate != nil {
+		s.readsHeld.Add(1)
+		<-gate
+		s.readsHeld.Add(-1)
+	}
+}
+
 func (s *fakeStore) Load(_ context.Context, id store.Identity) (*store.Snapshot, error) {
+	s.waitRead()
 	s.loads.Add(1)
 	if s.panicL.Add(-1) >= 0 {
 		panic("fakeStore: load panics on demand")
@@ -175,9 +211,23 @@ func (s *fakeStore) stored(id store.Identity) int {
 }
 
 func (s *fakeStore) Idempotency(_ context.Context, id store.Identity, key string) (*actorpb.IdempotencyRecord, error) {
+	s.waitRead()
+	s.lookups.Add(1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.idem[id][key], nil
+}
+
+func (s *fakeStore) LoadAsync(id store.Identity, _ time.Time, done func(*store.Snapshot, error)) {
+	done(s.Load(context.Background(), id))
+}
+
+func (s *fakeStore) IdempotencyAsync(id store.Identity, keys []string, _ time.Time, done func([]*actorpb.IdempotencyRecord, error)) {
+	recs := make([]*actorpb.IdempotencyRecord, len(keys))
+	for i, k := range keys {
+		recs[i], _ = s.Idempotency(context.Background(), id, k)
+	}
+	done(recs, nil)
 }
 
 func (s *fakeStore) Submit(w *store.Write, done func(error)) {

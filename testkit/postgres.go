@@ -327,6 +327,7 @@ func (p *Postgres) Stop(immediate bool) {
 		sig = syscall.SIGQUIT
 	}
 	_ = p.cmd.Process.Signal(sig)
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGCONT) // if paused
 	select {
 	case <-p.exited:
 	case <-time.After(30 * time.Second):
@@ -334,6 +335,33 @@ func (p *Postgres) Stop(immediate bool) {
 		<-p.exited
 	}
 	p.cmd = nil
+}
+
+// Pause stops every process of the server (SIGSTOP to its process
+// group: the postmaster and its backends), as a database that hangs:
+// connections stay open and connecting still succeeds at the TCP level,
+// but nothing is answered. Resume (or the end of the test) lets it go on.
+func (p *Postgres) Pause(t testing.TB) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		t.Fatal("testkit: postgres is not running")
+	}
+	if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("testkit: pause postgres: %v", err)
+	}
+	t.Cleanup(p.Resume)
+}
+
+// Resume continues a paused server. It is safe to call when the server
+// is not paused.
+func (p *Postgres) Resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil {
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGCONT)
+	}
 }
 
 // Close stops the server and removes its data.
