@@ -46,7 +46,7 @@ func (s *Postgres) Load(ctx context.Context, id Identity) (*Snapshot, error) {
 		err  error
 	}
 	ch := make(chan result, 1)
-	s.LoadAsync(id, s.deadline(ctx), func(snap *Snapshot, err error) { ch <- result{snap, err} })
+	s.LoadAsync(id, deadlineOf(ctx), func(snap *Snapshot, err error) { ch <- result{snap, err} })
 	select {
 	case r := <-ch:
 		return r.snap, r.err
@@ -63,7 +63,7 @@ func (s *Postgres) Idempotency(ctx context.Context, id Identity, key string) (*a
 		err  error
 	}
 	ch := make(chan result, 1)
-	s.IdempotencyAsync(id, []string{key}, s.deadline(ctx), func(recs []*actorpb.IdempotencyRecord, err error) { ch <- result{recs, err} })
+	s.IdempotencyAsync(id, []string{key}, deadlineOf(ctx), func(recs []*actorpb.IdempotencyRecord, err error) { ch <- result{recs, err} })
 	select {
 	case r := <-ch:
 		if r.err != nil {
@@ -75,13 +75,12 @@ func (s *Postgres) Idempotency(ctx context.Context, id Identity, key string) (*a
 	}
 }
 
-// deadline is ctx's deadline, at most the store's timeout from now.
-func (s *Postgres) deadline(ctx context.Context) time.Time {
-	d := time.Now().Add(s.cfg.Timeout)
-	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
-		return cd
+// deadlineOf is ctx's deadline, or none (the store's timeout applies).
+func deadlineOf(ctx context.Context) time.Time {
+	if d, ok := ctx.Deadline(); ok {
+		return d
 	}
-	return d
+	return time.Now().Add(24 * time.Hour)
 }
 
 // LoadAsync implements Store: the load goes in the next read round trip.
@@ -90,7 +89,16 @@ func (s *Postgres) LoadAsync(id Identity, deadline time.Time, done func(*Snapsho
 		done(nil, ErrBadIdentity)
 		return
 	}
-	s.r.submit(readReq{id: id, deadline: deadline, loaded: done})
+	s.r.submit(readReq{id: id, deadline: s.cap(deadline), loaded: done})
+}
+
+// cap bounds a read's deadline by the store's timeout: a read is
+// answered within it, the wait for a round trip included.
+func (s *Postgres) cap(deadline time.Time) time.Time {
+	if d := time.Now().Add(s.cfg.Timeout); d.Before(deadline) {
+		return d
+	}
+	return deadline
 }
 
 // IdempotencyAsync implements Store: the lookup goes in the next read
@@ -104,7 +112,7 @@ func (s *Postgres) IdempotencyAsync(id Identity, keys []string, deadline time.Ti
 		done(nil, nil)
 		return
 	}
-	s.r.submit(readReq{id: id, keys: keys, deadline: deadline, found: done})
+	s.r.submit(readReq{id: id, keys: keys, deadline: s.cap(deadline), found: done})
 }
 
 // pgLoads are the loads of one identity in a read batch.

@@ -353,8 +353,10 @@ func TestPostgresPausedKeepsActiveIdentitiesServed(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	var slowest time.Duration
 	for range logins {
 		r := <-results
+		slowest = max(slowest, r.took)
 		switch {
 		case r.err != nil:
 			t.Fatalf("login while the database hangs: %v", r.err)
@@ -364,6 +366,8 @@ func TestPostgresPausedKeepsActiveIdentitiesServed(t *testing.T) {
 			t.Fatalf("a login was answered after %v, store.timeout is %v", r.took, storeTimeout)
 		}
 	}
+
+	t.Logf("%d logins refused while the database hung, the last after %v", logins, slowest.Round(time.Millisecond))
 
 	pg.Resume()
 	testkit.Eventually(t, 30*time.Second, func() bool { return loginCode(t, n, "after") == devicepb.Code_OK },
