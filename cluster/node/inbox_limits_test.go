@@ -71,7 +71,22 @@ func TestHugeClientMsgIDsDoNotLockOutTheReceiver(t *testing.T) {
 	}
 	// Whatever is waiting arrives, without KICKOUT SLOW_CLIENT.
 	drainAcking(t, victim, int(ack.Pending))
-	victim.Keepalive()
+	// The connection is still open: a keepalive is answered (after the
+	// C2C_PUSH_ACK_ACKs of the last acks, which may still be on the way).
+	seq := victim.NextSeq()
+	victim.Send(messages.CmdKeepalive, seq, nil)
+	for {
+		f, err := victim.ReadFrame()
+		if err != nil {
+			t.Fatalf("waiting for KEEPALIVE_ACK: %v", err)
+		}
+		if f.Cmd == messages.CmdKeepaliveAck && f.Seq == seq {
+			break
+		}
+		if f.Cmd != messages.CmdC2CPushAckAck {
+			t.Fatalf("waiting for KEEPALIVE_ACK: got %v", f.Cmd)
+		}
+	}
 }
 
 // TestC2CFloodDoesNotStarveAppServerPushes is the C2C lockout of issue 9:
