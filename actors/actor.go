@@ -598,8 +598,12 @@ func (a *deviceActor) sendEffects() {
 	if a.d == nil {
 		return
 	}
-	for _, e := range a.d.Effects() {
-		a.send(e)
+	effs := a.d.Effects()
+	for i := range effs {
+		a.send(effs[i])
+		// An idle actor must not keep its last frames and replies alive
+		// until its next message.
+		effs[i] = Effect{}
 	}
 }
 

@@ -156,15 +156,17 @@ func NewDevice(cfg *Config, id store.Identity, snap *store.Snapshot, stats Stats
 		stats = NopStats{}
 	}
 	d := &Device{
-		cfg:        cfg,
-		id:         id,
-		stats:      stats,
-		newID:      newID,
-		owner:      snap.Owner,
-		meta:       snap.Meta,
-		byMsgID:    make(map[string]*item, len(snap.Inbox)),
-		senders:    map[string]*usage{},
-		recentIdem: map[string]idemMemo{},
+		cfg:   cfg,
+		id:    id,
+		stats: stats,
+		newID: newID,
+		owner: snap.Owner,
+		meta:  snap.Meta,
+	}
+	// The maps are made when first written: most identities in memory
+	// hold no message, no C2C sender and no idempotency key.
+	if len(snap.Inbox) > 0 {
+		d.byMsgID = make(map[string]*item, len(snap.Inbox))
 	}
 	if d.meta == nil {
 		d.meta = &actorpb.IdentityMeta{}
@@ -226,6 +228,9 @@ func (d *Device) KnowsIdempotencyKey(key string) bool {
 // remember keeps rec in memory under key until it is durable, and forgets
 // the oldest durable keys beyond maxRecentIdem.
 func (d *Device) remember(key string, rec *actorpb.IdempotencyRecord) {
+	if d.recentIdem == nil {
+		d.recentIdem = map[string]idemMemo{}
+	}
 	d.recentIdem[key] = idemMemo{rec: rec, tag: d.submitted + 1} // in d.next
 	d.idemOrder = append(d.idemOrder, key)
 	for len(d.recentIdem) > maxRecentIdem {
@@ -250,6 +255,9 @@ func (d *Device) count(it *item, sign int) {
 	d.c2c.bytes += sign * it.size
 	u := d.senders[it.e.FromUid]
 	if u == nil {
+		if d.senders == nil {
+			d.senders = map[string]*usage{}
+		}
 		u = &usage{}
 		d.senders[it.e.FromUid] = u
 	}
@@ -687,6 +695,9 @@ func (d *Device) accept(now time.Time, e *actorpb.InboxEntry, key string, rememb
 	e.Seq = d.meta.LastSeq
 	it := &item{e: e, size: EntryBytes(e)}
 	d.inbox = append(d.inbox, it)
+	if d.byMsgID == nil {
+		d.byMsgID = map[string]*item{}
+	}
 	d.byMsgID[e.MsgId] = it
 	d.count(it, 1)
 	d.noteExpiry(e.ExpiresAtMs)

@@ -16,7 +16,9 @@
 //
 // Goroutines and what may be lost: actor mailboxes run on a fixed pool of
 // workers (poolDispatcher) that never grows; when it is busy, runs wait in
-// a list bounded by the number of actors. Envelopes are counted per
+// a list bounded by the number of actors. The identities' actors run in
+// cells (cell.go), a mailbox of our own in place of the library's actor
+// process, reached through the PID routing hands out. Envelopes are counted per
 // identity under a shard lock, and an actor stops (passivates) only when
 // it has received every envelope counted for it, so passivation loses
 // nothing; an actor retired after its store write was fenced hands the

@@ -45,7 +45,7 @@ func (s *System) routeLocal(hash uint64, env *actorpb.Envelope) {
 	sh.mu.Lock()
 	c, ok := sh.children[k]
 	if !ok {
-		c = &child{pid: s.actors.Root.Spawn(s.childProps)}
+		c = &child{pid: s.spawnCell()}
 		sh.children[k] = c
 		s.metrics.active.Inc()
 		s.metrics.activations.Inc()

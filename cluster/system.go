@@ -327,26 +327,27 @@ func (s *System) RequestMany(ctx context.Context, envs []*actorpb.Envelope) ([]*
 		ctx, cancel = context.WithTimeout(ctx, s.cfg.RequestTimeout)
 		defer cancel()
 	}
-	ids := make([]uint64, len(envs))
-	chans := make([]chan *actorpb.Reply, len(envs))
-	for i, env := range envs {
-		ids[i], chans[i] = s.replies.register()
-		env.ReqId, env.ReplyAddress = ids[i], s.address
+	replies := make([]*actorpb.Reply, len(envs))
+	errs := make([]error, len(envs))
+	if len(envs) == 0 {
+		return replies, errs
 	}
-	defer func() {
-		for _, id := range ids {
-			s.replies.forget(id)
-		}
-	}()
+	// One wait for the whole batch: the caller wakes once, when the last
+	// reply is in, not once per reply.
+	w := s.replies.registerMany(len(envs))
+	for i, env := range envs {
+		env.ReqId, env.ReplyAddress = w.base+uint64(i), s.address
+	}
 	for _, env := range envs {
 		s.Send(env)
 	}
-	replies := make([]*actorpb.Reply, len(envs))
-	errs := make([]error, len(envs))
-	for i, ch := range chans {
-		select {
-		case replies[i] = <-ch:
-		case <-ctx.Done():
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+	}
+	s.replies.forgetMany(w)
+	for i := range envs {
+		if replies[i] = w.slots[i].Load(); replies[i] == nil {
 			s.metrics.requestTimeouts.Inc()
 			errs[i] = fmt.Errorf("%w: %s/%d/%s", ErrNoReply, ctx.Err(), envs[i].AppCode, envs[i].Uid)
 		}
@@ -447,6 +448,7 @@ type replyRegistry struct {
 type replyShard struct {
 	mu      sync.Mutex
 	waiting map[uint64]chan *actorpb.Reply
+	many    map[uint64]*batchWait // requests of a RequestMany, by id
 }
 
 func (r *replyRegistry) register() (uint64, chan *actorpb.Reply) {
@@ -474,8 +476,66 @@ func (r *replyRegistry) deliver(rep *actorpb.Reply) {
 	sh.mu.Lock()
 	ch := sh.waiting[rep.ReqId]
 	delete(sh.waiting, rep.ReqId)
+	var w *batchWait
+	if ch == nil {
+		if w = sh.many[rep.ReqId]; w != nil {
+			delete(sh.many, rep.ReqId)
+		}
+	}
 	sh.mu.Unlock()
-	if ch != nil {
+	switch {
+	case ch != nil:
 		ch <- rep // buffered 1, and deleted above: never blocks
+	case w != nil:
+		w.slots[rep.ReqId-w.base].Store(rep)
+		if w.left.Add(-1) == 0 {
+			close(w.done)
+		}
+	}
+}
+
+// batchWait collects the replies of a RequestMany, whose requests have
+// the consecutive ids base, base+1, …
+type batchWait struct {
+	base  uint64
+	slots []atomic.Pointer[actorpb.Reply] // by id - base
+	left  atomic.Int64                    // replies still missing
+	done  chan struct{}                   // closed when none is
+}
+
+// registerMany reserves n consecutive ids (none of them 0) and waits for
+// their replies together.
+func (r *replyRegistry) registerMany(n int) *batchWait {
+	base := r.next.Add(uint64(n)) - uint64(n) + 1
+	for base == 0 || base+uint64(n-1) < base { // the block holds 0 (wrapped): take the next
+		base = r.next.Add(uint64(n)) - uint64(n) + 1
+	}
+	w := &batchWait{base: base, slots: make([]atomic.Pointer[actorpb.Reply], n), done: make(chan struct{})}
+	w.left.Store(int64(n))
+	for i := range n {
+		id := base + uint64(i)
+		sh := &r.shards[id%uint64(len(r.shards))]
+		sh.mu.Lock()
+		if sh.many == nil {
+			sh.many = map[uint64]*batchWait{}
+		}
+		sh.many[id] = w
+		sh.mu.Unlock()
+	}
+	return w
+}
+
+// forgetMany drops what is still registered of w: replies that come
+// later are not waited for.
+func (r *replyRegistry) forgetMany(w *batchWait) {
+	if w.left.Load() == 0 {
+		return // every reply came, and took its entry with it
+	}
+	for i := range w.slots {
+		id := w.base + uint64(i)
+		sh := &r.shards[id%uint64(len(r.shards))]
+		sh.mu.Lock()
+		delete(sh.many, id)
+		sh.mu.Unlock()
 	}
 }

@@ -1,7 +1,12 @@
 package gate
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,5 +101,90 @@ func TestJWTWithoutMaximumLifetime(t *testing.T) {
 	noExp, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "u", "app": 1}).SignedString(secret)
 	if err := a.Verify(1, "u", noExp); !errors.Is(err, ErrAuthFailed) {
 		t.Fatalf("no exp: %v", err)
+	}
+}
+
+// TestJWTCheckMatchesGolangJWT: the gate's own token check (jwt.go)
+// accepts exactly the tokens golang-jwt's parser accepts with the same
+// rules, and calls the same ones expired, over tokens forged and mangled
+// in every part; a remembered header never lets another one through.
+func TestJWTCheckMatchesGolangJWT(t *testing.T) {
+	secret := []byte("secret-of-app-one-0123456789abcd")
+	a := NewJWTAuthenticator(map[uint16][]byte{1: secret}, 0)
+	ref := jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired())
+	b64 := base64.RawURLEncoding.EncodeToString
+	sign := func(header, claims string) string {
+		signed := b64([]byte(header)) + "." + b64([]byte(claims))
+		mac := hmac.New(sha256.New, secret)
+		mac.Write([]byte(signed))
+		return signed + "." + b64(mac.Sum(nil))
+	}
+	exp := time.Now().Add(time.Hour).Unix()
+	past := time.Now().Add(-time.Hour).Unix()
+	good := fmt.Sprintf(`{"sub":"alice","app":1,"exp":%d}`, exp)
+	hs := `{"alg":"HS256","typ":"JWT"}`
+	valid := sign(hs, good)
+	tokens := []string{
+		valid,
+		sign(`{"alg":"HS256"}`, good),
+		sign(`{"typ":"JWT","alg":"HS256","kid":"k1"}`, good),
+		sign(`{"ALG":"HS256"}`, good),
+		sign(`{"alg":"HS384"}`, good),
+		sign(`{"alg":"none"}`, good),
+		sign(`{"alg":"HS256","alg":"none"}`, good),
+		sign(`{"alg":"none","alg":"HS256"}`, good),
+		sign(`{"alg":["HS256"]}`, good),
+		sign(`["HS256"]`, good),
+		sign(`null`, good),
+		sign(`not json`, good),
+		sign(hs, fmt.Sprintf(`{"sub":"alice","app":1,"exp":%d}`, past)),
+		sign(hs, fmt.Sprintf(`{"sub":"alice","app":1,"exp":%d,"nbf":%d}`, exp, exp)),
+		sign(hs, fmt.Sprintf(`{"sub":"alice","app":1,"exp":"%d"}`, exp)),
+		sign(hs, fmt.Sprintf(`{"sub":"alice","app":70000,"exp":%d}`, exp)),
+		sign(hs, fmt.Sprintf(`{"sub":"alice","app":1,"exp":%d.5}`, exp)),
+		sign(hs, `{"sub":"alice","app":1}`),
+		sign(hs, `[]`),
+		sign(hs, `{"sub":"alice"`),
+		valid + ".",
+		valid + "=",
+		strings.TrimSuffix(valid, valid[len(valid)-2:]),
+		valid[:len(valid)-1] + "A",
+		strings.Replace(valid, ".", "..", 1),
+		b64([]byte(hs)) + "." + b64([]byte(good)) + ".",
+		b64([]byte(hs)) + "." + b64([]byte(good)),
+		"=" + valid,
+		"",
+		"..",
+		"a.b.c",
+	}
+	for i, tok := range tokens {
+		var claims tokenClaims
+		_, refErr := ref.ParseWithClaims(tok, &claims, func(*jwt.Token) (any, error) { return secret, nil })
+		err := a.Verify(1, "alice", tok)
+		if (refErr == nil) != (err == nil) || errors.Is(refErr, jwt.ErrTokenExpired) != errors.Is(err, ErrTokenExpired) {
+			t.Errorf("token %d %q: golang-jwt says %v, the gate %v", i, tok, refErr, err)
+		}
+		// Again, with the valid token's header remembered in between.
+		_ = a.Verify(1, "alice", valid)
+		if err2 := a.Verify(1, "alice", tok); (err2 == nil) != (err == nil) {
+			t.Errorf("token %d %q: %v, then %v", i, tok, err, err2)
+		}
+	}
+}
+
+// BenchmarkJWTVerify is the gate's cost of verifying one LOGIN's token
+// (the default authenticator, a token as MintToken makes it).
+func BenchmarkJWTVerify(b *testing.B) {
+	secret := []byte("secret-of-app-one-0123456789abcd")
+	a := NewJWTAuthenticator(map[uint16][]byte{1: secret}, 30*24*time.Hour)
+	tok, err := MintToken(secret, 1, "b1234567-000042", time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := a.Verify(1, "b1234567-000042", tok); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -54,7 +54,7 @@ type conn struct {
 
 	// shared with Deliver, under mu
 	mu            sync.Mutex
-	out           [][]byte // encoded frames waiting for the loop; nil when empty
+	out           *[]byte // encoded frames waiting for the loop (outbuf.go); nil when empty
 	outFrames     int32
 	outBytes      int32
 	sEpoch        uint64                // session epoch (Deliver's staleness check)
@@ -64,7 +64,7 @@ type conn struct {
 	sAskedZstd    bool // the client asked for zstd in LOGIN
 	sZstd         bool // compress queued frames
 	sClosed       bool // OnClose ran
-	drainQueued   bool // a drain task is on the loop's queue
+	drainQueued   bool // the connection is on its loop's drain list
 	sCloseReq     CloseReason
 	sAckCredit    int32  // ack credit of the queued frames, moved to ackCredit by drain
 	loginAck      []byte // the queued LOGIN_ACK frame (in out) until drained

@@ -1,15 +1,10 @@
 package gate
 
 import (
-	"context"
-
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/devicepb"
 )
-
-// maxIovecs is the most buffers one writev takes (Linux IOV_MAX).
-const maxIovecs = 1024
 
 // Deliver acts on one of the gate's connections. It may be called from
 // any goroutine (and from Handler callbacks); it never blocks on the
@@ -18,7 +13,7 @@ const maxIovecs = 1024
 // The frames are encoded at once (header with the connection's appcode;
 // a body of at least Config.CompressThreshold bytes is zstd-compressed
 // for a connection that negotiated it, if that makes it smaller) into the
-// connection's bounded queue, which its event loop drains with one writev
+// connection's bounded queue, which its event loop drains with one write
 // for everything waiting. Then, on the loop, in this order: if m.Login is
 // set, the login's outcome applies (ok: the connection is logged in as
 // app, uid, epoch, zstd, and frames of m are its first; not ok: it is
@@ -76,7 +71,11 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 	case overflow:
 		s.overflow(m)
 	case len(m.Frames) > 0:
-		buf := make([]byte, 0, size)
+		if s.out == nil {
+			s.out = getOutBuf()
+		}
+		buf := *s.out
+		before := len(buf)
 		for _, f := range m.Frames {
 			start := len(buf)
 			buf = g.appendFrame(buf, f, s.sApp, s.sZstd)
@@ -84,9 +83,9 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 				s.loginAck = buf[start:len(buf):len(buf)]
 			}
 		}
-		s.out = append(s.out, buf)
+		*s.out = buf
 		s.outFrames += int32(len(m.Frames))
-		s.outBytes += int32(len(buf))
+		s.outBytes += int32(len(buf) - before)
 		s.sAckCredit += credit
 	}
 	if lo := m.Login; lo != nil {
@@ -108,7 +107,7 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 		g.slowClient(limitOutQueue)
 		g.log.Debug("gate: outbound queue full; disconnecting", "conn", s.id, "remote", s.remote)
 		if sched {
-			_ = s.execDrain()
+			_ = s.loop.queueDrain(s)
 		}
 		return ErrSlowClient
 	}
@@ -119,7 +118,7 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 		g.log.Debug("gate: close requested", "conn", s.id, "reason", m.CloseReason)
 	}
 	if sched {
-		return s.execDrain()
+		return s.loop.queueDrain(s)
 	}
 	return nil
 }
@@ -140,11 +139,13 @@ func (s *conn) overflow(m *actorpb.ToConn) {
 			}
 		}
 	}
-	kick, _ := messages.AppendMessage(nil, messages.Header{Cmd: messages.CmdKickout, AppCode: s.sApp},
+	// The queue's buffer is dropped, not reused: ack may point into it.
+	out := append([]byte(nil), ack...)
+	out, _ = messages.AppendMessage(out, messages.Header{Cmd: messages.CmdKickout, AppCode: s.sApp},
 		&devicepb.Kickout{Reason: kickSlow.reason, Detail: kickSlow.detail})
-	s.out, s.outFrames, s.outBytes = [][]byte{kick}, 1, int32(len(kick))
+	s.out, s.outFrames, s.outBytes = &out, 1, int32(len(out))
 	if ack != nil {
-		s.out, s.outFrames, s.outBytes = [][]byte{ack, kick}, 2, int32(len(ack)+len(kick))
+		s.outFrames = 2
 	}
 	s.loginAck, s.sAckCredit = nil, 0
 	s.sCloseReq = CloseSlowClient
@@ -157,14 +158,6 @@ func (s *conn) schedule() bool {
 	}
 	s.drainQueued = true
 	return true
-}
-
-// execDrain queues s's drain on its loop.
-func (s *conn) execDrain() error {
-	if err := s.loop.el.Execute(context.Background(), s); err != nil {
-		return ErrClosed
-	}
-	return nil
 }
 
 // deliverGone answers a Deliver for a connection the gate no longer holds.
@@ -194,14 +187,7 @@ func (g *Gate) appendFrame(dst []byte, f *actorpb.OutFrame, app uint16, zstd boo
 	return messages.AppendFrame(dst, h, f.Body)
 }
 
-// Run drains s's queue on its event loop (s is a gnet.Runnable, so
-// queuing a drain allocates nothing of ours).
-func (s *conn) Run(context.Context) error {
-	s.drain()
-	return nil
-}
-
-// drain writes what Deliver queued in one writev, then applies a login
+// drain writes what Deliver queued in one write, then applies a login
 // outcome and a close request (event loop only).
 func (s *conn) drain() {
 	if s.closed {
@@ -213,8 +199,12 @@ func (s *conn) drain() {
 	s.loginAck = nil
 	s.mu.Unlock()
 	s.addAckCredit(credit)
-	if len(out) > 0 && !s.writeQueued(out) {
-		return
+	if out != nil {
+		ok := s.writeQueued(*out)
+		putOutBuf(out)
+		if !ok {
+			return
+		}
 	}
 	if login != nil {
 		s.applyLogin(login, zstd)
@@ -224,26 +214,20 @@ func (s *conn) drain() {
 	}
 }
 
-// writeQueued writes bufs; false if s closed meanwhile.
-func (s *conn) writeQueued(bufs [][]byte) bool {
+// writeQueued writes buf, everything queued since the last drain, with
+// one write (gnet keeps what the socket does not take); false if s closed
+// meanwhile.
+func (s *conn) writeQueued(buf []byte) bool {
 	g := s.loop.g
-	total := 0
-	for _, b := range bufs {
-		total += len(b)
-	}
-	if s.c.OutboundBuffered()+total > g.cfg.MaxOutboundBuffered {
+	if s.c.OutboundBuffered()+len(buf) > g.cfg.MaxOutboundBuffered {
 		g.slowClient(limitOutBuffered)
 		g.log.Debug("gate: outbound buffer full; disconnecting", "conn", s.id, "remote", s.remote)
 		s.closeOnLoop(CloseSlowClient)
 		return false
 	}
-	for len(bufs) > 0 && !s.closed {
-		n := min(len(bufs), maxIovecs)
-		_, _ = s.c.Writev(bufs[:n])
-		g.metrics.writeBatches.Inc()
-		bufs = bufs[n:]
-	}
-	g.metrics.bytesOut.Add(float64(total))
+	_, _ = s.c.Write(buf)
+	g.metrics.writeBatches.Inc()
+	g.metrics.bytesOut.Add(float64(len(buf)))
 	return !s.closed
 }
 

@@ -19,7 +19,10 @@
 // (Authenticator; HS256 JWTs by default, see MintToken) and checked
 // against the uid blacklist before the Handler sees them. Timeouts run on
 // one timing wheel per loop, so a tick costs the connections that came due,
-// not all of them. Black and white lists change at runtime through
+// not all of them. Gate.Backlog says how long frames queued by Deliver
+// have lately waited for their loops (the smallest drain delay over
+// 100 ms, DelayWindow): the node stops accepting pushes while it is high.
+// Black and white lists change at runtime through
 // Gate.Lists or a JSON file (ListsSnapshot documents the format). Counters
 // are courier_gate_* on the Prometheus registerer given to New.
 //

@@ -41,8 +41,9 @@ type Gate struct {
 
 	loginTicks, idleTicks int64 // timeouts in ticks, rounded up, plus one
 
-	nextID atomic.Uint64
-	conns  atomic.Int64
+	nextID  atomic.Uint64
+	conns   atomic.Int64
+	backlog DelayWindow // drain delays of the loops (Backlog)
 
 	loopsMu sync.Mutex
 	loops   atomic.Pointer[[]*loop] // copy-on-write: loops seen by OnOpen
@@ -336,6 +337,7 @@ func (g *Gate) loopOf(el gnet.EventLoop) *loop {
 		}
 	}
 	l := &loop{g: g, el: el, wheel: wheel.New[conn](wheelSlots, g.nowTick())}
+	l.drainTask = &drainTask{l}
 	next := append(append(make([]*loop, 0, len(old)+1), old...), l)
 	g.loops.Store(&next)
 	return l

@@ -19,7 +19,7 @@ const wheelSlots = 512
 const maxReplyBuf = 64 << 10
 
 // loop is the gate's state of one gnet event loop. Everything but el,
-// g and tickQueued belongs to the loop's goroutine.
+// g, tickQueued and drains belongs to the loop's goroutine.
 type loop struct {
 	g          *Gate
 	el         gnet.EventLoop
@@ -31,6 +31,9 @@ type loop struct {
 	zdec  *messages.ZstdDecoder // the loop's decoder, made at its first compressed frame
 	check [256]proto.Message    // reused messages for checking bodies
 	tmp   []*conn
+
+	drains    drainList  // connections whose queues wait (any goroutine, under its lock)
+	drainTask *drainTask // drains them (outbuf.go)
 }
 
 // decompress decodes a compressed body into the loop's buffer (valid

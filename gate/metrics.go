@@ -48,6 +48,7 @@ type metrics struct {
 	deliverDropped *prometheus.CounterVec
 	listReloads    *prometheus.CounterVec
 	listSizes      *prometheus.GaugeVec
+	drainDelay     prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -69,7 +70,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		framesOutVec:   vec("frames_out_total", "Frames queued or written to devices, by command.", "cmd"),
 		bytesIn:        counter("bytes_in_total", "Bytes of whole frames received from devices."),
 		bytesOut:       counter("bytes_out_total", "Bytes written to devices."),
-		writeBatches:   counter("write_batches_total", "Batched writes of queued frames (one writev each)."),
+		writeBatches:   counter("write_batches_total", "Batched writes of queued frames (one write each)."),
 		limitHits:      vec("limit_hits_total", "Times a limit refused or closed a connection, by limit.", "limit"),
 		listHits:       vec("list_hits_total", "Connections or logins refused by a list, by list.", "list"),
 		slowClients:    counter("slow_client_disconnects_total", "Clients disconnected because their outbound queue or buffer was full."),
@@ -79,6 +80,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		listReloads:    vec("list_updates_total", "Black/white list updates, by source and result.", "source", "result"),
 		listSizes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "list_entries", Help: "Entries in each black/white list."}, []string{"list"}),
+		drainDelay: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "drain_delay_seconds", Help: "Time frames queued by Deliver waited for their event loop to start writing them.",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14)}),
 	}
 	for i := range m.framesIn {
 		name := "unknown"
@@ -93,7 +97,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.opens, m.refusals, m.logins, m.loginFailures,
 		m.framesInVec, m.framesOutVec, m.bytesIn, m.bytesOut, m.writeBatches, m.limitHits, m.listHits,
-		m.slowClients, m.protocolErrors, m.closes, m.deliverDropped, m.listReloads, m.listSizes} {
+		m.slowClients, m.protocolErrors, m.closes, m.deliverDropped, m.listReloads, m.listSizes, m.drainDelay} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("gate: register metrics: %w", err)
 		}

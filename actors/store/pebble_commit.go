@@ -34,6 +34,7 @@ func (s *Pebble) commit(_ int, ws []pending) error {
 	defer b.Close()
 	var (
 		key  []byte
+		ekey []byte // an expiry index key (Pebble copies keys: one buffer serves the batch)
 		val  []byte
 		sync bool
 		// what this batch wrote, for the lookups of later writes in it
@@ -70,7 +71,8 @@ func (s *Pebble) commit(_ int, ws []pending) error {
 				return err
 			}
 			if e.ExpiresAtMs != 0 {
-				if err := b.Set(inboxExpiryKey(nil, e.ExpiresAtMs, key), nil, nil); err != nil {
+				ekey = inboxExpiryKey(ekey[:0], e.ExpiresAtMs, key)
+				if err := b.Set(ekey, nil, nil); err != nil {
 					return err
 				}
 				if putExpiry == nil {
@@ -96,7 +98,8 @@ func (s *Pebble) commit(_ int, ws []pending) error {
 				return err
 			}
 			if exp != 0 {
-				if err := b.SingleDelete(inboxExpiryKey(nil, exp, key), nil); err != nil {
+				ekey = inboxExpiryKey(ekey[:0], exp, key)
+				if err := b.SingleDelete(ekey, nil); err != nil {
 					return err
 				}
 			}

@@ -4,7 +4,10 @@
 // authenticated by an API key that acts for one appcode (or, for an
 // operator key, all of them). Handlers turn calls into requests to the
 // identities' actors through the cluster layer; they hold no state of
-// their own.
+// their own beyond the node's push admission: pushes in flight are counted
+// and, beyond Limits.MaxPushesInFlight, while calls queue longer than
+// MaxPushDelay, or while the local gate is more than MaxGateBacklog behind,
+// new push calls are refused at once with RESOURCE_EXHAUSTED (admitPushes).
 //
 // Admission (admission.go) happens before a call's request is read: the
 // key is checked in gRPC's tap handle, on the connection's reader

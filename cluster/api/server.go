@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/courier-im/courier/actors/stats"
 	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/cluster/upstream"
+	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/apipb"
 	"github.com/courier-im/courier/messages/devicepb"
@@ -64,6 +66,31 @@ type Limits struct {
 	// MaxConnectionIdle closes a connection with no call open for this
 	// long (default 5 minutes) with GOAWAY; clients reconnect on demand.
 	MaxConnectionIdle time.Duration
+
+	// MaxPushesInFlight bounds the pushes the node has accepted from
+	// calls and not yet answered, all callers together (default 4096): a
+	// Push or PushMany that would go beyond is refused at once with
+	// RESOURCE_EXHAUSTED. It bounds how long pushes can queue in the node
+	// (about this many divided by the node's rate) and the memory they
+	// hold; it must hold one PushMany of MaxBatch.
+	MaxPushesInFlight int
+	// MaxGateBacklog refuses new Push and PushMany calls at once with
+	// RESOURCE_EXHAUSTED while the frames the local gate has to write
+	// have been waiting longer than this for its event loops (the
+	// smallest wait over the last 100 ms, gate.DelayWindow; default
+	// 20 ms; 0: never): the devices' connections are not keeping up with
+	// what is pushed, and more would only queue. Fire-and-forget pushes
+	// are answered before they are written, so this is what bounds their
+	// delivery latency under overload.
+	MaxGateBacklog time.Duration
+	// MaxPushDelay refuses new Push and PushMany calls at once with
+	// RESOURCE_EXHAUSTED while push calls have been taking longer than
+	// this to be answered (the smallest over the last 100 ms) and the
+	// node holds at least MaxBatch pushes in flight (default 50 ms; 0:
+	// never): pushes are queueing in the node, and more would only wait
+	// longer. A node with fewer pushes in flight serves every call,
+	// however slow its disk.
+	MaxPushDelay time.Duration
 	// MaxConnections bounds the API connections open at once (default
 	// 1024; Server.Listener). Calls on a connection over it get
 	// RESOURCE_EXHAUSTED, and it is closed.
@@ -81,6 +108,7 @@ func DefaultLimits() Limits {
 	return Limits{MaxPayload: 60 << 10, MaxBatch: 1000, DefaultTTL: 72 * time.Hour, MaxTTL: 30 * 24 * time.Hour, MaxIdempotencyKey: 128,
 		MaxRequestBytes: 16 << 20, MaxConcurrentStreams: 256, KeepaliveMinTime: 10 * time.Second,
 		KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second, MaxConnectionIdle: 5 * time.Minute,
+		MaxPushesInFlight: 4096, MaxGateBacklog: 20 * time.Millisecond, MaxPushDelay: 50 * time.Millisecond,
 		MaxConnections: 1024, MaxUnauthenticatedCalls: 16}
 }
 
@@ -93,6 +121,9 @@ type Deps struct {
 	Lists    Lists
 	Stats    *stats.Recorder
 	Upstream *upstream.Router
+	// Backlog, if set, is the local gate's (gate.Gate.Backlog), for
+	// Limits.MaxGateBacklog.
+	Backlog func() time.Duration
 }
 
 // Server implements apipb.CourierServer.
@@ -105,14 +136,57 @@ type Server struct {
 	lists  Lists
 	stats  *stats.Recorder
 	up     *upstream.Router
-	adm    *admission
+
+	backlog  func() time.Duration
+	inFlight atomic.Int64     // pushes accepted from calls, not yet answered
+	calls    gate.DelayWindow // how long push calls take to be answered
+	adm      *admission
 }
 
 // New returns a server.
 func New(d Deps) *Server {
 	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream,
-		adm: newAdmission(d.Keys, d.Limits)}
+		backlog: d.Backlog, adm: newAdmission(d.Keys, d.Limits)}
 }
+
+// admitPushes takes n pushes into the node's budget (release gives them back
+// and records how long the call took), or refuses them at once with
+// RESOURCE_EXHAUSTED when the node is behind (Limits.MaxGateBacklog,
+// MaxPushDelay) or the budget is spent (MaxPushesInFlight).
+func (s *Server) admitPushes(n int) (release func(), err error) {
+	if max := s.limits.MaxGateBacklog; max > 0 && s.backlog != nil {
+		if b := s.backlog(); b > max {
+			return nil, status.Errorf(codes.ResourceExhausted,
+				"node overloaded: its gate's connections are %v behind what was pushed (limit %v, api.max-gate-backlog); nothing was accepted: retry later, backing off",
+				b.Round(time.Millisecond), max)
+		}
+	}
+	if max := s.limits.MaxPushDelay; max > 0 && s.inFlight.Load() >= int64(s.limits.MaxBatch) {
+		if d := s.calls.Standing(time.Now()); d > max {
+			return nil, status.Errorf(codes.ResourceExhausted,
+				"node overloaded: pushes have been taking %v to be answered (limit %v, api.max-push-delay); nothing was accepted: retry later, backing off",
+				d.Round(time.Millisecond), max)
+		}
+	}
+	in := s.inFlight.Add(int64(n))
+	if max := s.limits.MaxPushesInFlight; max > 0 && in > int64(max) {
+		s.inFlight.Add(-int64(n))
+		return nil, status.Errorf(codes.ResourceExhausted,
+			"node overloaded: %d pushes in flight, limit %d (api.max-pushes-in-flight); nothing was accepted: retry later, backing off",
+			in-int64(n), max)
+	}
+	start := time.Now()
+	return func() {
+		now := time.Now()
+		s.calls.Observe(now.Sub(start), now)
+		s.inFlight.Add(-int64(n))
+	}, nil
+}
+
+// streamWorkers is the number of goroutines that run calls. A push call
+// holds its goroutine until the actors answered (after the store's sync),
+// so there are more of them than cores.
+const streamWorkers = 64
 
 // ServerOptions returns the options that authenticate every call (from
 // its headers, before its request is read) and apply the limits of
@@ -128,6 +202,10 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 		grpc.ChainStreamInterceptor(s.keys.stream),
 		grpc.MaxRecvMsgSize(l.MaxRequestBytes),
 		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
+		// Handlers run on long-lived goroutines that keep their grown
+		// stacks (a goroutine per call spent a tenth of a small call's
+		// CPU growing its stack); calls beyond them get their own.
+		grpc.NumStreamWorkers(streamWorkers),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time: l.KeepaliveTime, Timeout: l.KeepaliveTimeout, MaxConnectionIdle: l.MaxConnectionIdle,
@@ -148,8 +226,9 @@ func checkIdentity(app uint32, uid string) error {
 	return nil
 }
 
-// pushEnvelope validates one push and turns it into an envelope.
-func (s *Server) pushEnvelope(sc scope, r *apipb.PushRequest, now time.Time) (*actorpb.Envelope, error) {
+// pushEnvelope validates one push and makes it an envelope (in env, if
+// not nil).
+func (s *Server) pushEnvelope(sc scope, r *apipb.PushRequest, now time.Time, env *pushEnv) (*actorpb.Envelope, error) {
 	if err := checkIdentity(r.AppCode, r.Uid); err != nil {
 		return nil, err
 	}
@@ -176,14 +255,29 @@ func (s *Server) pushEnvelope(sc scope, r *apipb.PushRequest, now time.Time) (*a
 	if ttl == 0 {
 		ttl = s.limits.DefaultTTL
 	}
-	return &actorpb.Envelope{AppCode: r.AppCode, Uid: r.Uid, Body: &actorpb.Envelope_Push{Push: &actorpb.Push{
+	if env == nil {
+		env = &pushEnv{}
+	}
+	env.push = actorpb.Push{
 		Msgtype:        r.Msgtype,
 		Payload:        r.Payload,
 		Stored:         r.Delivery == apipb.Delivery_DELIVERY_STORED,
 		IdempotencyKey: r.IdempotencyKey,
 		SentAtMs:       now.UnixMilli(),
 		ExpiresAtMs:    now.Add(ttl).UnixMilli(),
-	}}}, nil
+	}
+	env.body.Push = &env.push
+	env.env = actorpb.Envelope{AppCode: r.AppCode, Uid: r.Uid, Body: &env.body}
+	return &env.env, nil
+}
+
+// pushEnv is the three messages of a push's envelope in one allocation
+// (PushMany makes one slice of them per call). The actor does not keep
+// them once it has handled the push.
+type pushEnv struct {
+	env  actorpb.Envelope
+	body actorpb.Envelope_Push
+	push actorpb.Push
 }
 
 // replyError turns a missing reply or a Failure into a gRPC status.
@@ -197,25 +291,35 @@ func replyError(r *actorpb.Reply, err error) error {
 	return nil
 }
 
-func pushResponse(r *actorpb.Reply) (*apipb.PushResponse, error) {
+// pushResponse fills out (new if nil) from a push's reply.
+func pushResponse(r *actorpb.Reply, out *apipb.PushResponse) (*apipb.PushResponse, error) {
 	p := r.GetPush()
 	if p == nil {
 		return nil, status.Errorf(codes.Internal, "unexpected reply %T", r.GetBody())
 	}
-	return &apipb.PushResponse{MsgId: p.MsgId, Seq: p.Seq, Duplicate: p.Duplicate, Online: p.Online}, nil
+	if out == nil {
+		out = &apipb.PushResponse{}
+	}
+	out.MsgId, out.Seq, out.Duplicate, out.Online = p.MsgId, p.Seq, p.Duplicate, p.Online
+	return out, nil
 }
 
 // Push implements apipb.CourierServer.
 func (s *Server) Push(ctx context.Context, r *apipb.PushRequest) (*apipb.PushResponse, error) {
-	env, err := s.pushEnvelope(scopeOf(ctx), r, s.now())
+	env, err := s.pushEnvelope(scopeOf(ctx), r, s.now(), nil)
 	if err != nil {
 		return nil, err
 	}
+	release, err := s.admitPushes(1)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	rep, err := s.req.Request(ctx, env)
 	if err := replyError(rep, err); err != nil {
 		return nil, err
 	}
-	return pushResponse(rep)
+	return pushResponse(rep, nil)
 }
 
 // PushMany implements apipb.CourierServer.
@@ -223,33 +327,43 @@ func (s *Server) PushMany(ctx context.Context, r *apipb.PushManyRequest) (*apipb
 	if len(r.Items) > s.limits.MaxBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "items: %d, limit %d per call", len(r.Items), s.limits.MaxBatch)
 	}
-	sc, now := scopeOf(ctx), s.now()
-	results := make([]*apipb.PushItemResult, len(r.Items))
-	envs := make([]*actorpb.Envelope, 0, len(r.Items))
-	idx := make([]int, 0, len(r.Items))
+	sc, now, n := scopeOf(ctx), s.now(), len(r.Items)
+	// The messages of all items in a few allocations, not a few per item.
+	results := make([]*apipb.PushItemResult, n)
+	resultsOf := make([]apipb.PushItemResult, n)
+	responses := make([]apipb.PushResponse, n)
+	slab := make([]pushEnv, n)
+	envs := make([]*actorpb.Envelope, 0, n)
+	idx := make([]int, 0, n)
 	for i, it := range r.Items {
-		env, err := s.pushEnvelope(sc, it, now)
+		results[i] = &resultsOf[i]
+		env, err := s.pushEnvelope(sc, it, now, &slab[i])
 		if err != nil {
 			st := status.Convert(err)
-			results[i] = &apipb.PushItemResult{Code: int32(st.Code()), Error: fmt.Sprintf("items[%d]: %s", i, st.Message())}
+			resultsOf[i] = apipb.PushItemResult{Code: int32(st.Code()), Error: fmt.Sprintf("items[%d]: %s", i, st.Message())}
 			continue
 		}
 		envs = append(envs, env)
 		idx = append(idx, i)
 	}
+	release, err := s.admitPushes(len(envs))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	reps, errs := s.req.RequestMany(ctx, envs)
 	for j, i := range idx {
 		if err := replyError(reps[j], errs[j]); err != nil {
 			st := status.Convert(err)
-			results[i] = &apipb.PushItemResult{Code: int32(st.Code()), Error: st.Message()}
+			resultsOf[i] = apipb.PushItemResult{Code: int32(st.Code()), Error: st.Message()}
 			continue
 		}
-		resp, err := pushResponse(reps[j])
+		resp, err := pushResponse(reps[j], &responses[i])
 		if err != nil {
-			results[i] = &apipb.PushItemResult{Code: int32(codes.Internal), Error: err.Error()}
+			resultsOf[i] = apipb.PushItemResult{Code: int32(codes.Internal), Error: err.Error()}
 			continue
 		}
-		results[i] = &apipb.PushItemResult{Response: resp}
+		resultsOf[i].Response = resp
 	}
 	return &apipb.PushManyResponse{Results: results}, nil
 }

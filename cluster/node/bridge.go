@@ -90,10 +90,29 @@ func (b *bridge) Frame(c gate.ConnInfo, h messages.Header, body []byte) {
 			C2C: &m, AtMs: time.Now().UnixMilli(),
 		}}})
 	default: // S2C_ACK, C2C_PUSH_ACK, PULL: the device's own actor
-		b.sys.Send(&actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &actorpb.Envelope_Frame{Frame: &actorpb.DeviceFrame{
-			Conn: b.ref(c.ID), Epoch: c.Epoch, Cmd: uint32(h.Cmd), Msgtype: uint32(h.MsgType), Seq: h.Seq, Body: bytes.Clone(body),
-		}}})
+		e := &frameEnvelope{}
+		e.ref = actorpb.ConnRef{GateAddress: b.sys.Address(), GateId: b.gateID, ConnId: uint64(c.ID), GateNode: b.node}
+		e.frame = actorpb.DeviceFrame{Conn: &e.ref, Epoch: c.Epoch, Cmd: uint32(h.Cmd), Msgtype: uint32(h.MsgType), Seq: h.Seq}
+		if len(body) <= len(e.buf) {
+			e.frame.Body = append(e.buf[:0:len(e.buf)], body...)
+		} else {
+			e.frame.Body = bytes.Clone(body)
+		}
+		e.body.Frame = &e.frame
+		e.env = actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &e.body}
+		b.sys.Send(&e.env)
 	}
+}
+
+// frameEnvelope is the envelope of a device's frame for its actor in one
+// allocation (the gate's busiest path: every acknowledgement), with room
+// for the body of an S2C_ACK or C2C_PUSH_ACK.
+type frameEnvelope struct {
+	env   actorpb.Envelope
+	body  actorpb.Envelope_Frame
+	frame actorpb.DeviceFrame
+	ref   actorpb.ConnRef
+	buf   [48]byte
 }
 
 func clientIDTooLong(n int) string {

@@ -79,6 +79,13 @@ type Config struct {
 	APIKeyFiles    map[string]string
 	// ShutdownGrace bounds the graceful shutdown (default 10 s).
 	ShutdownGrace time.Duration
+	// IdleMemoryRelease is how often the node checks whether it has been
+	// idle (allocated less than 1 MiB since the last check) and, if so,
+	// returns the memory its heap holds free to the operating system
+	// (default 10 s; 0: never). After a burst the Go runtime otherwise
+	// keeps up to the GC target (three times the live heap at the default
+	// gc-percent) resident until the next burst.
+	IdleMemoryRelease time.Duration
 
 	Gate     gate.Config
 	Cluster  cluster.Config
@@ -97,29 +104,33 @@ func DefaultConfig() Config {
 	a := actors.DefaultConfig()
 	a.Heartbeat = g.HeartbeatInterval
 	return Config{
-		Name:           host,
-		DataDir:        "./data",
-		APIAddr:        ":7001",
-		HTTPAddr:       ":7002",
-		ShutdownGrace:  10 * time.Second,
-		Store:          "pebble",
-		StoreMaxConns:  16,
-		StoreReaders:   4,
-		StoreReadQueue: 4096,
-		StoreTimeout:   5 * time.Second,
-		AppSecrets:     map[string]string{},
-		APIKeys:        map[string]string{},
-		Gate:           g,
-		Cluster:        cluster.DefaultConfig(),
-		Actors:         a,
-		API:            api.DefaultLimits(),
-		Upstream:       upstream.DefaultConfig(),
+		Name:              host,
+		DataDir:           "./data",
+		APIAddr:           ":7001",
+		HTTPAddr:          ":7002",
+		ShutdownGrace:     10 * time.Second,
+		IdleMemoryRelease: 10 * time.Second,
+		Store:             "pebble",
+		StoreMaxConns:     16,
+		StoreReaders:      4,
+		StoreReadQueue:    4096,
+		StoreTimeout:      5 * time.Second,
+		AppSecrets:        map[string]string{},
+		APIKeys:           map[string]string{},
+		Gate:              g,
+		Cluster:           cluster.DefaultConfig(),
+		Actors:            a,
+		API:               api.DefaultLimits(),
+		Upstream:          upstream.DefaultConfig(),
 	}
 }
 
 // resolve derives component settings from the node's and checks what the
 // components do not.
 func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error) {
+	if c.IdleMemoryRelease < 0 {
+		return nil, nil, fmt.Errorf("node: idle-memory-release %v: must not be negative (0: never)", c.IdleMemoryRelease)
+	}
 	if c.DataDir == "" {
 		return nil, nil, fmt.Errorf("node: data-dir: must not be empty")
 	}
@@ -373,6 +384,12 @@ func checkAPILimits(l *api.Limits) error {
 		return fmt.Errorf("node: api.keepalive-timeout %v: must be at least 1s", l.KeepaliveTimeout)
 	case l.MaxConnectionIdle < time.Second:
 		return fmt.Errorf("node: api.max-connection-idle %v: must be at least 1s", l.MaxConnectionIdle)
+	case l.MaxPushesInFlight < l.MaxBatch:
+		return fmt.Errorf("node: api.max-pushes-in-flight %d: must hold one PushMany of api.max-batch (%d)", l.MaxPushesInFlight, l.MaxBatch)
+	case l.MaxGateBacklog < 0:
+		return fmt.Errorf("node: api.max-gate-backlog %v: must not be negative (0: never refuse)", l.MaxGateBacklog)
+	case l.MaxPushDelay < 0:
+		return fmt.Errorf("node: api.max-push-delay %v: must not be negative (0: never refuse)", l.MaxPushDelay)
 	case l.MaxConnections < 1:
 		return fmt.Errorf("node: api.max-connections %d: must be at least 1", l.MaxConnections)
 	case l.MaxUnauthenticatedCalls < 1:

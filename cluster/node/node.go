@@ -54,9 +54,11 @@ type Node struct {
 	health   *health.Server // grpc.health.v1 on the API port
 	stopping atomic.Bool    // Shutdown has begun: not ready
 
-	quit chan struct{} // stops the expiry sweep
-	wg   sync.WaitGroup
-	once sync.Once
+	quit chan struct{} // stops the expiry sweep and the idle memory release
+
+	memReleases prometheus.Counter
+	wg          sync.WaitGroup
+	once        sync.Once
 }
 
 // Start builds and starts a node. On error everything already started is
@@ -160,7 +162,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, asConfigError(err)
 	}
-	srv := api.New(api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Lists: n.lists, Stats: n.stats, Upstream: n.up})
+	srv := api.New(api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Lists: n.lists, Stats: n.stats, Upstream: n.up,
+		Backlog: n.gate.Backlog})
 	opts := srv.ServerOptions()
 	if apiTLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(apiTLS)))
@@ -187,6 +190,13 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		}
 	}()
 
+	n.memReleases = prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_node_idle_memory_releases_total",
+		Help: "Times the node, idle, returned its heap's free memory to the operating system (idle-memory-release)."})
+	n.reg.MustRegister(n.memReleases)
+	if cfg.IdleMemoryRelease > 0 {
+		n.wg.Add(1)
+		go n.releaseIdleMemory(cfg.IdleMemoryRelease)
+	}
 	if cfg.Actors.ExpirySweep > 0 {
 		n.wg.Add(1)
 		go n.sweepExpired(cfg.Actors.ExpirySweep)

@@ -38,6 +38,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.StringToStringVar(&c.AppSecretFiles, "app-secret-file", c.AppSecretFiles, "APPCODE=FILE: an app's token secret read from FILE (repeatable; keeps it out of argv)")
 	fs.StringToStringVar(&c.APIKeyFiles, "api-key-file", c.APIKeyFiles, `FILE=APPCODE: an API key read from FILE and the appcode it acts for, "*" for an operator key (repeatable)`)
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "bound on graceful shutdown")
+	fs.DurationVar(&c.IdleMemoryRelease, "idle-memory-release", c.IdleMemoryRelease, "how often to check for idleness and then return free heap memory to the OS (0: never)")
 
 	g := &c.Gate
 	fs.StringVar(&g.Addr, "gate.addr", g.Addr, "device TCP listen address")
@@ -107,6 +108,9 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.DurationVar(&l.KeepaliveTime, "api.keepalive-time", l.KeepaliveTime, "ping an API connection quiet for this long")
 	fs.DurationVar(&l.KeepaliveTimeout, "api.keepalive-timeout", l.KeepaliveTimeout, "close an API connection whose ping is not answered within this")
 	fs.DurationVar(&l.MaxConnectionIdle, "api.max-connection-idle", l.MaxConnectionIdle, "close an API connection with no call open for this long")
+	fs.IntVar(&l.MaxPushesInFlight, "api.max-pushes-in-flight", l.MaxPushesInFlight, "pushes accepted and not yet answered, all callers together; a call beyond gets RESOURCE_EXHAUSTED at once")
+	fs.DurationVar(&l.MaxGateBacklog, "api.max-gate-backlog", l.MaxGateBacklog, "refuse new pushes (RESOURCE_EXHAUSTED) while the gate's frames wait longer than this for its event loops (0: never)")
+	fs.DurationVar(&l.MaxPushDelay, "api.max-push-delay", l.MaxPushDelay, "refuse new pushes (RESOURCE_EXHAUSTED) while push calls take longer than this and api.max-batch or more pushes are in flight (0: never)")
 	fs.IntVar(&l.MaxConnections, "api.max-connections", l.MaxConnections, "API connections open at once; calls on further ones get RESOURCE_EXHAUSTED and they are closed")
 	fs.IntVar(&l.MaxUnauthenticatedCalls, "api.max-unauthenticated-calls", l.MaxUnauthenticatedCalls, "calls without an API key (health checks, reflection) open at once; more get RESOURCE_EXHAUSTED")
 

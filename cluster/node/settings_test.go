@@ -106,6 +106,10 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.API.MaxConcurrentStreams = 0 }, "api.max-concurrent-streams")
 	bad(func(c *Config) { c.API.KeepaliveMinTime = 0 }, "api.keepalive-min-time")
 	bad(func(c *Config) { c.API.MaxConnectionIdle = time.Millisecond }, "api.max-connection-idle")
+	bad(func(c *Config) { c.API.MaxPushesInFlight = c.API.MaxBatch - 1 }, "api.max-pushes-in-flight")
+	bad(func(c *Config) { c.API.MaxGateBacklog = -time.Millisecond }, "api.max-gate-backlog")
+	bad(func(c *Config) { c.API.MaxPushDelay = -time.Millisecond }, "api.max-push-delay")
+	bad(func(c *Config) { c.IdleMemoryRelease = -time.Second }, "idle-memory-release")
 	bad(func(c *Config) { c.API.MaxConnections = 0 }, "api.max-connections")
 	bad(func(c *Config) { c.API.MaxUnauthenticatedCalls = 0 }, "api.max-unauthenticated-calls")
 }

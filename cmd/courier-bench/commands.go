@@ -206,7 +206,7 @@ func pushCmd() *cobra.Command {
 	f.DurationVar(&pc.Duration, "duration", 10*time.Second, "how long to push")
 	f.Int64Var(&pc.Count, "count", 0, "most pushes (0: no limit)")
 	f.IntVar(&pc.Batch, "batch", 1, "1: Push calls; more: PushMany calls of this many items")
-	f.IntVar(&pc.Concurrency, "concurrency", 0, "API calls in flight (0: 64 for Push, 8 for PushMany)")
+	f.IntVar(&pc.Concurrency, "concurrency", 0, "most API calls in flight (0: 64 for Push, 8 for PushMany; with --rate, at least rate x 100 ms / batch)")
 	f.IntVar(&pc.GRPCConns, "grpc-conns", 2, "gRPC connections to the API")
 	f.BoolVar(&pc.FireAndForget, "ff", false, "fire-and-forget pushes (default: stored)")
 	f.IntVar(&pc.Ghosts, "ghosts", 0, "extra uids that never log in, pushed to round-robin with the devices")

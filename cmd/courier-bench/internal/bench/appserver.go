@@ -92,6 +92,21 @@ func (s *session) pushLoad(ctx context.Context, pc PushConfig, st *pushStats) er
 					Delivery: delivery, TtlMs: pc.TTL.Milliseconds()}
 			}
 			many := &apipb.PushManyRequest{}
+			// A refused call (RESOURCE_EXHAUSTED: the node is overloaded)
+			// is followed by a pause, as the API asks of app-servers:
+			// 10 ms, doubling to 100 ms while calls are refused.
+			var backoff time.Duration
+			pause := func(err error) {
+				if status.Code(err) != codes.ResourceExhausted {
+					backoff = 0
+					return
+				}
+				backoff = min(max(2*backoff, 10*time.Millisecond), 100*time.Millisecond)
+				select {
+				case <-time.After(backoff):
+				case <-ctx.Done():
+				}
+			}
 			for ctx.Err() == nil {
 				k := ticket.Add(1) - 1
 				first := k * int64(pc.Batch)
@@ -143,8 +158,10 @@ func (s *session) pushLoad(ctx context.Context, pc PushConfig, st *pushStats) er
 					if err != nil {
 						st.fail(err, 1)
 						s.acct.answered(idx0, pushFailed, false, 0, 0, 0)
+						pause(err)
 						continue
 					}
+					backoff = 0
 					s.answer(idx0, r, pc.FireAndForget, callNs, st)
 					continue
 				}
@@ -159,8 +176,10 @@ func (s *session) pushLoad(ctx context.Context, pc PushConfig, st *pushStats) er
 					for j := range n {
 						s.acct.answered(idx0+j, pushFailed, false, 0, 0, 0)
 					}
+					pause(err)
 					continue
 				}
+				backoff = 0
 				for j, it := range r.Results {
 					if it.Code != 0 {
 						st.fail(status.Error(codes.Code(it.Code), it.Error), 1)

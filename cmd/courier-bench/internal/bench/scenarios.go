@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"sync/atomic"
@@ -209,8 +210,10 @@ type PushConfig struct {
 	Count    int64
 	// Batch: 1 calls Push; more calls PushMany with that many items.
 	Batch int
-	// Concurrency is the number of calls in flight (default 64 for Push,
-	// 8 for PushMany).
+	// Concurrency is the most calls in flight (default 64 for Push, 8 for
+	// PushMany; at a fixed Rate at least enough calls for the rate when
+	// each takes 100 ms, so that a fixed-rate run measures the node's
+	// latency, not the generator's limit on calls in flight).
 	Concurrency int
 	// GRPCConns is the number of gRPC connections (default 2).
 	GRPCConns int
@@ -242,6 +245,9 @@ func (pc *PushConfig) setDefaults() {
 		pc.Concurrency = 64
 		if pc.Batch > 1 {
 			pc.Concurrency = 8
+		}
+		if pc.Rate > 0 {
+			pc.Concurrency = max(pc.Concurrency, int(math.Ceil(pc.Rate*0.1/float64(pc.Batch))))
 		}
 	}
 	if pc.GRPCConns <= 0 {

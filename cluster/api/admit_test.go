@@ -1,0 +1,142 @@
+package api
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+// heldReq answers pushes only when released, so that they stay in flight.
+type heldReq struct {
+	instantReq
+	release chan struct{}
+	entered chan int
+}
+
+func (h *heldReq) RequestMany(ctx context.Context, envs []*actorpb.Envelope) ([]*actorpb.Reply, []error) {
+	h.entered <- len(envs)
+	<-h.release
+	return h.instantReq.RequestMany(ctx, envs)
+}
+
+// TestPushesInFlightAreBounded: beyond api.max-pushes-in-flight, a call is
+// refused at once with RESOURCE_EXHAUSTED naming the setting; once the
+// pushes in flight are answered, calls are accepted again.
+func TestPushesInFlightAreBounded(t *testing.T) {
+	lim := DefaultLimits()
+	lim.MaxBatch, lim.MaxPushesInFlight = 10, 15
+	req := &heldReq{release: make(chan struct{}), entered: make(chan int, 4)}
+	s := New(Deps{Req: req, Limits: lim})
+	many := func(n int) *apipb.PushManyRequest {
+		r := &apipb.PushManyRequest{}
+		for range n {
+			r.Items = append(r.Items, &apipb.PushRequest{AppCode: 1, Uid: "u", Payload: []byte("x")})
+		}
+		return r
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if _, err := s.PushMany(scoped(1), many(10)); err != nil {
+			t.Errorf("first call: %v", err)
+		}
+	}()
+	<-req.entered // 10 in flight
+	start := time.Now()
+	_, err := s.PushMany(scoped(1), many(6))
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !contains(st.Message(), "api.max-pushes-in-flight") {
+		t.Fatalf("16 in flight: %v", err)
+	}
+	if _, err := s.Push(scoped(1), many(1).Items[0]); err != nil {
+		// 11 in flight: within the limit (Push goes through Request).
+		t.Fatalf("11 in flight: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("the refusal took %v", d)
+	}
+	close(req.release)
+	wg.Wait()
+	if _, err := s.PushMany(scoped(1), many(10)); err != nil {
+		t.Fatalf("after the answers: %v", err)
+	}
+	if n := s.inFlight.Load(); n != 0 {
+		t.Fatalf("%d pushes still counted in flight", n)
+	}
+}
+
+// TestGateBacklogRefusesPushes: while the gate's backlog is above
+// api.max-gate-backlog, pushes are refused with RESOURCE_EXHAUSTED; with
+// the limit at 0 they never are.
+func TestGateBacklogRefusesPushes(t *testing.T) {
+	backlog := 50 * time.Millisecond
+	lim := DefaultLimits()
+	s := New(Deps{Req: instantReq{}, Limits: lim, Backlog: func() time.Duration { return backlog }})
+	push := &apipb.PushRequest{AppCode: 1, Uid: "u", Payload: []byte("x")}
+	_, err := s.Push(scoped(1), push)
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !contains(st.Message(), "api.max-gate-backlog") {
+		t.Fatalf("backlog 50ms: %v", err)
+	}
+	resp, err := s.PushMany(scoped(1), &apipb.PushManyRequest{Items: []*apipb.PushRequest{push}})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("PushMany with backlog 50ms: %v %v", resp, err)
+	}
+	backlog = 5 * time.Millisecond
+	if _, err := s.Push(scoped(1), push); err != nil {
+		t.Fatalf("backlog 5ms: %v", err)
+	}
+	backlog = time.Second
+	s.limits.MaxGateBacklog = 0
+	if _, err := s.Push(scoped(1), push); err != nil {
+		t.Fatalf("limit off: %v", err)
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestSlowPushesRefuseMore: while push calls have been taking longer than
+// api.max-push-delay and at least api.max-batch pushes are in flight, new
+// calls are refused; with fewer in flight, a slow node still serves them.
+func TestSlowPushesRefuseMore(t *testing.T) {
+	lim := DefaultLimits()
+	lim.MaxBatch, lim.MaxPushDelay = 2, 50*time.Millisecond
+	req := &heldReq{release: make(chan struct{}), entered: make(chan int, 8)}
+	s := New(Deps{Req: req, Limits: lim})
+	push := func() *apipb.PushManyRequest {
+		return &apipb.PushManyRequest{Items: []*apipb.PushRequest{{AppCode: 1, Uid: "u", Payload: []byte("x")}}}
+	}
+	// Calls that each take 60 ms, over more than two windows of 100 ms.
+	now := time.Now()
+	for i := range 4 {
+		s.calls.Observe(60*time.Millisecond, now.Add(time.Duration(i)*110*time.Millisecond))
+	}
+	time.Sleep(10 * time.Millisecond)
+	done := make(chan struct{})
+	go func() { // one push in flight: below max-batch, served
+		defer close(done)
+		if _, err := s.PushMany(scoped(1), push()); err != nil {
+			t.Errorf("one push in flight on a slow node: %v", err)
+		}
+	}()
+	<-req.entered
+	go func() {
+		if _, err := s.PushMany(scoped(1), push()); err != nil {
+			t.Errorf("second push: %v", err)
+		}
+	}()
+	<-req.entered // two in flight: max-batch
+	_, err := s.PushMany(scoped(1), push())
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "api.max-push-delay") {
+		t.Fatalf("slow calls, two in flight: %v", err)
+	}
+	close(req.release)
+	<-done
+}

@@ -1,0 +1,131 @@
+package node_test
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/messages/devicepb"
+	"github.com/courier-im/courier/testkit"
+)
+
+// Allocation budgets of the hot paths, per message, for the whole node
+// process (API, routing, actor, store, gate): what
+// TestHotPathAllocationsPerMessage measured when they were set, plus
+// about 15%. A change that makes the node allocate more per push fails
+// the test; one that makes it allocate less should lower the budget.
+//
+// Measured 2026-11-30 (go1.26.8; two runs, and one with the race
+// detector): stored 36.5-36.7 (38.6 with -race), fire-and-forget
+// 15.0-15.1 (15.4). Main before this work (fd92878): 55.7 and 26.7.
+const (
+	storedAllocBudget = 44.0
+	ffAllocBudget     = 18.0
+)
+
+// TestHotPathAllocationsPerMessage pushes to logged-in devices that
+// acknowledge, and counts the node's heap allocations per message
+// (go_memstats_mallocs_total of the node process, less what reading the
+// metric itself costs): stored pushes in calls of 50, delivered, acked
+// and deleted, then fire-and-forget ones.
+func TestHotPathAllocationsPerMessage(t *testing.T) {
+	// The budgets are the embedded store's (the single-node default); the
+	// PostgreSQL store's path allocates about 98 per stored message
+	// (mostly pgx), unbudgeted for now.
+	n := testkit.StartNode(t, testkit.NodeOptions{Pebble: true, Args: []string{"--log-level", "warn"}})
+	api := n.API(t)
+	const devices = 50
+	var acked atomic.Int64
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // after the devices' Close (cleanups run last first)
+	uids := make([]string, devices)
+	for i := range devices {
+		uids[i] = fmt.Sprintf("alloc-%02d", i)
+		d := n.Device(t, 1, uids[i])
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				f, err := d.ReadFrame()
+				if err != nil {
+					return // closed at the end of the test
+				}
+				if f.Cmd != messages.CmdS2C {
+					continue
+				}
+				if f.Seq != 0 { // stored: acknowledge
+					d.Send(messages.CmdS2CAck, d.NextSeq(), &devicepb.S2CAck{MsgId: f.Msg.(*devicepb.S2C).MsgId})
+				}
+				acked.Add(1)
+			}
+		}()
+		t.Cleanup(d.Close)
+	}
+	payload := make([]byte, 128)
+	push := func(count int, delivery apipb.Delivery) {
+		t.Helper()
+		want := acked.Load() + int64(count)
+		for sent := 0; sent < count; sent += devices {
+			req := &apipb.PushManyRequest{}
+			for _, uid := range uids {
+				req.Items = append(req.Items, &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: payload, Delivery: delivery})
+			}
+			resp, err := api.PushMany(testkit.Ctx(t, testkit.App1Key), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range resp.Results {
+				if r.Code != 0 {
+					t.Fatalf("push refused: %v %s", r.Code, r.Error)
+				}
+			}
+		}
+		testkit.Eventually(t, time.Minute, func() bool { return acked.Load() >= want }, "pushes not received")
+		// Deletions of acknowledged messages are written after the acks.
+		time.Sleep(300 * time.Millisecond)
+	}
+	mallocs := func() float64 {
+		t.Helper()
+		resp, err := http.Get("http://" + n.HTTPAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "go_memstats_mallocs_total "); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return f
+			}
+		}
+		t.Fatal("no go_memstats_mallocs_total in /metrics")
+		return 0
+	}
+	measure := func(name string, delivery apipb.Delivery, budget float64) {
+		const count = 5000
+		push(500, delivery) // warm up: actors active, buffers grown
+		a := mallocs()
+		scrape := mallocs() - a
+		b := mallocs()
+		push(count, delivery)
+		c := mallocs()
+		per := (c - b - scrape) / count
+		t.Logf("%s: %.1f allocations per message (budget %.0f; reading the metric: %.0f)", name, per, budget, scrape)
+		if per > budget {
+			t.Errorf("%s: %.1f allocations per message, over the budget of %.0f", name, per, budget)
+		}
+	}
+	measure("stored", apipb.Delivery_DELIVERY_STORED, storedAllocBudget)
+	measure("fire-and-forget", apipb.Delivery_DELIVERY_FIRE_AND_FORGET, ffAllocBudget)
+}

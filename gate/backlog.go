@@ -1,0 +1,56 @@
+package gate
+
+import (
+	"sync"
+	"time"
+)
+
+// DelayWindow tells whether work has been queueing for longer than it
+// should, in the way CoDel does: what counts is not the worst delay seen
+// but the smallest one over a window (100 ms). A burst that is worked off
+// within the window leaves some short delays in it; a standing queue,
+// which every piece of work waits behind, does not. The gate feeds one
+// with its drain delays (Gate.Backlog); the API feeds its own with the
+// time push calls take, and refuses new pushes while either says the
+// node is behind.
+//
+// It is safe for concurrent use.
+type DelayWindow struct {
+	mu     sync.Mutex
+	start  time.Time     // of the window being measured
+	min    time.Duration // smallest delay in it (-1: none yet)
+	last   time.Duration // smallest delay of the last window that had any
+	lastAt time.Time     // end of that window
+}
+
+// delayWindowLength is the window over which the smallest delay counts.
+const delayWindowLength = 100 * time.Millisecond
+
+// Observe records one piece of work's delay, measured at now.
+func (w *DelayWindow) Observe(d time.Duration, now time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.start.IsZero() {
+		w.start, w.min = now, -1
+	}
+	if now.Sub(w.start) >= delayWindowLength {
+		if w.min >= 0 {
+			w.last, w.lastAt = w.min, now
+		}
+		w.start, w.min = now, -1
+	}
+	if w.min < 0 || d < w.min {
+		w.min = d
+	}
+}
+
+// Standing returns the smallest delay of the last whole window, or 0 if
+// no work was seen in the last two windows (an idle queue is not behind).
+func (w *DelayWindow) Standing(now time.Time) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.lastAt.IsZero() || now.Sub(w.lastAt) > 2*delayWindowLength {
+		return 0
+	}
+	return w.last
+}
