@@ -416,6 +416,7 @@ func needsWrite(env *actorpb.Envelope) bool {
 func (a *deviceActor) envelope(ctx actor.Context, env *actorpb.Envelope) {
 	a.current = env
 	if why := checkEnvelope(env); why != "" {
+		a.current = nil
 		a.deps.Log.Debug("actors: refusing a bad envelope", "identity", a.id, "why", why)
 		if env.ReqId != 0 {
 			a.reply(ReplyTo{Address: env.ReplyAddress, ReqID: env.ReqId}, failure(codes.InvalidArgument, "actors: bad envelope: "+why))
@@ -466,12 +467,12 @@ func (a *deviceActor) handleCurrent(ctx actor.Context, env *actorpb.Envelope) {
 	if !ok {
 		return
 	}
-	a.apply(ctx, env, rec)
+	a.apply(env, rec)
 }
 
 // apply hands env to the machine; rec is the idempotency record of its
 // key, if it has one and the store holds it.
-func (a *deviceActor) apply(_ actor.Context, env *actorpb.Envelope, rec *actorpb.IdempotencyRecord) {
+func (a *deviceActor) apply(env *actorpb.Envelope, rec *actorpb.IdempotencyRecord) {
 	to := ReplyTo{Address: env.ReplyAddress, ReqID: env.ReqId}
 	now := a.deps.Now()
 	d := a.d

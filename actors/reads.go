@@ -195,7 +195,7 @@ func (a *deviceActor) finishCurrent(ctx actor.Context, r *pendingRead) {
 		}
 		a.prefetched[k] = r.recs[i+1]
 	}
-	a.apply(ctx, r.env, r.recs[0])
+	a.apply(r.env, r.recs[0])
 }
 
 // readRefusal is what callers are told when a read failed.

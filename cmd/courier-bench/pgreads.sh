@@ -4,7 +4,10 @@
 # interleaved A, B, A, B, … so that both see the same minutes of a shared
 # machine. Each round runs, on a fresh database per run:
 #   push     stored pushes, each with an idempotency key of its own (the
-#            node looks every key up before accepting the push)
+#            node looks every key up before accepting the push), as fast
+#            as they go
+#   rate     the same at a fixed rate (RATE/s), which both binaries
+#            sustain: CPU per message and latency at equal load
 #   connect  logins of identities the node has never seen (a load each)
 # and, for reference, the same push run on Pebble. It prints every run
 # and the median of each figure per binary. Node and database CPU per
@@ -16,8 +19,10 @@
 #   OUT      where the JSON results go (default: a new temp dir)
 #   RUNS     rounds (default 3)
 #   DEVICES  devices of the push runs (default 10000)
-#   LOGINS   logins of the connect runs (default 20000)
+#   LOGINS   logins of the connect runs (default 15000: below the node's
+#            connection cap, 20,000 open files minus gate.fd-reserve)
 #   SECS     length of a push run (default 20)
+#   RATE     pushes/s of the fixed-rate run (default 4000)
 set -euo pipefail
 
 A=${1:?old courier binary}
@@ -26,8 +31,9 @@ BENCH=${BENCH:-bin/courier-bench}
 OUT=${OUT:-$(mktemp -d -t courier-pgreads-XXXXXX)}
 RUNS=${RUNS:-3}
 DEVICES=${DEVICES:-10000}
-LOGINS=${LOGINS:-20000}
+LOGINS=${LOGINS:-15000}
 SECS=${SECS:-20}
+RATE=${RATE:-4000}
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 
@@ -69,6 +75,7 @@ for i in $(seq 1 "$RUNS"); do
 		bin=$A
 		[ "$side" = B ] && bin=$B
 		run "push-pg-$side-$i" "$bin" postgres push --devices "$DEVICES" --batch 100 --duration "${SECS}s" --idempotency-keys
+		run "rate-pg-$side-$i" "$bin" postgres push --devices "$DEVICES" --batch 20 --concurrency 64 --rate "$RATE" --duration "${SECS}s" --idempotency-keys
 		run "connect-pg-$side-$i" "$bin" postgres connect --devices "$LOGINS"
 		run "push-pebble-$side-$i" "$bin" pebble push --devices "$DEVICES" --batch 100 --duration "${SECS}s" --idempotency-keys
 	done
@@ -95,7 +102,7 @@ def load(name):
                 f[n + " p99 ms"] = l["p99_us"] / 1000
     return f
 print(f"results in {out}")
-for scen in ["push-pg", "connect-pg", "push-pebble"]:
+for scen in ["push-pg", "rate-pg", "connect-pg", "push-pebble"]:
     rows = {s: [r for r in (load(f"{scen}-{s}-{i}") for i in range(1, runs + 1)) if r] for s in "AB"}
     names = [n for n in want if any(n in r for r in rows["A"] + rows["B"])]
     names += sorted({k for r in rows["A"] + rows["B"] for k in r if k.endswith(" ms")})
