@@ -23,6 +23,13 @@
 #            connection cap, 20,000 open files minus gate.fd-reserve)
 #   SECS     length of a push run (default 20)
 #   RATE     pushes/s of the fixed-rate run (default 4000)
+#
+# The nodes run with their overload refusals off (api.max-gate-backlog
+# and api.max-push-delay 0): on a busy machine those refuse a share of
+# the pushes that depends on what else runs, and both binaries should
+# take every push offered. Each database is dropped after its run and
+# the server checkpointed before the next, so that no run pays for
+# another's vacuum or checkpoint.
 set -euo pipefail
 
 A=${1:?old courier binary}
@@ -54,19 +61,22 @@ trap cleanup EXIT
 pgpid=$(head -1 "$pgdir/data/postmaster.pid")
 echo "PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') pid $pgpid on 127.0.0.1:$port; results in $OUT"
 
+psql_() { "$pgbin/psql" -h 127.0.0.1 -p "$port" -U courier -d postgres "$@"; }
+
 run() { # name bin store args...
 	local name=$1 bin=$2 store=$3
 	shift 3
-	local extra=()
+	local extra=(--node-arg=--api.max-gate-backlog=0 --node-arg=--api.max-push-delay=0) db=""
 	if [ "$store" = postgres ]; then
-		local db="bench_$RANDOM$RANDOM"
-		"$pgbin/psql" -h 127.0.0.1 -p "$port" -U courier -d postgres -qc "CREATE DATABASE $db"
+		db="bench_$RANDOM$RANDOM"
+		psql_ -qc "CHECKPOINT" -qc "CREATE DATABASE $db"
 		export COURIER_STORE_DSN="postgres://courier@127.0.0.1:$port/$db?sslmode=disable"
-		extra=(--node-arg=--store=postgres --db-pid "$pgpid")
+		extra+=(--node-arg=--store=postgres --db-pid "$pgpid")
 	fi
 	"$BENCH" "$@" --spawn-node "$bin" "${extra[@]}" --quiet --out "$OUT/$name.json" >"$OUT/$name.txt" 2>&1 ||
 		echo "run $name: exit status $? (see $OUT/$name.txt)"
 	unset COURIER_STORE_DSN
+	[ -z "$db" ] || psql_ -qc "DROP DATABASE $db WITH (FORCE)"
 	echo "done: $name"
 }
 
