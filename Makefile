@@ -10,13 +10,18 @@ FUZZTIME  ?= 60s
 
 export PATH := $(BIN):$(PATH)
 
-.PHONY: build run test check bench proto fuzz tools clean vet lint fmt tidy-check proto-check proto-lint release
+.PHONY: build run cluster test check bench proto fuzz tools consul clean vet lint fmt tidy-check proto-check proto-lint release
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/ ./cmd/...
 
 run: build
 	$(BIN)/courier --dev
+
+# Three nodes with different roles on a Consul dev agent, on loopback
+# (scripts/cluster.sh says how to reach them; Ctrl-C stops everything).
+cluster:
+	@scripts/cluster.sh
 
 # The race detector on everything (the end-to-end tests on Pebble, the
 # store's contract on Pebble and PostgreSQL), the end-to-end tests again on
@@ -44,6 +49,11 @@ tools: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/staticcheck
 
 $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/staticcheck: tools/go.mod tools/go.sum
 	cd tools && $(GO) build -o $(BIN)/ tool
+
+# The Consul agent of the tests and of `make cluster`: v1.13.9 built from
+# the module proxy (tools/consul) once per machine; prints its path.
+consul:
+	@scripts/consul.sh
 
 proto: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler"; exit 1; }

@@ -30,6 +30,9 @@ type Router interface {
 	// activates a fresh actor. Envelopes already on their way to the
 	// retired one reach it anyway; it hands them back to Send.
 	Retire(app uint16, uid string, pid *actor.PID)
+	// HandedOff says the actor finished a handoff (*actorpb.Handoff):
+	// nothing it accepted is in flight any more, and it stops.
+	HandedOff(app uint16, uid string, pid *actor.PID)
 	// Send delivers an envelope to its identity's actor, wherever it is.
 	Send(env *actorpb.Envelope)
 }
@@ -138,9 +141,12 @@ type deviceActor struct {
 	// fenceSeen: a detached write was fenced while a write was in flight;
 	// the actor stops when that write completes.
 	fenceSeen bool
-	// retired: the actor left the routing layer (fenced); it only hands
-	// the envelopes that still reach it back to the router.
+	// retired: the actor left the routing layer (fenced, or handed off);
+	// it only hands the envelopes that still reach it back to the router.
 	retired bool
+	// handingOff: another member owns the identity now; the actor
+	// completes what is in flight, loads nothing, and then stops.
+	handingOff bool
 
 	// closes are the recent closes of the identity's connections,
 	// applied again to every machine loaded; unapplied says one came
@@ -184,7 +190,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 			a.id = store.Identity{App: uint16(m.AppCode), UID: m.Uid}
 		}
 		a.seen++
-		if a.retired {
+		if a.retired || a.handingOff {
 			a.deps.Router.Send(m)
 			return
 		}
@@ -205,6 +211,14 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		if a.retired {
 			return
 		}
+	case *actorpb.Handoff:
+		if a.retired {
+			return
+		}
+		a.handingOff = true
+		// What waits for a store read was not accepted: the new owner
+		// takes it, in order, ahead of what reaches this actor later.
+		a.forwardWaiting()
 	case detachedFenced:
 		if a.retired || a.d == nil {
 			return
@@ -249,6 +263,28 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	}
 	a.drain(ctx)
 	a.perform(ctx)
+	if a.handingOff {
+		a.finishHandoff(ctx)
+	}
+}
+
+// finishHandoff stops an actor handing its identity off once nothing it
+// accepted is in flight: no write pending, in flight or waiting for a
+// slot, no effect waiting for a write. Deliveries the device has not
+// acknowledged need not wait: the new owner loads them and delivers them
+// again (same seq and msg id). Recent closes are sent on to the new owner,
+// which applies them to the session it loads.
+func (a *deviceActor) finishHandoff(ctx actor.Context) {
+	if a.retired || a.writing || a.slotWait || (a.d != nil && !a.d.Settled()) {
+		return
+	}
+	a.retired = true
+	a.d = nil
+	a.stopTimers()
+	a.deps.Router.HandedOff(a.id.App, a.id.UID, ctx.Self())
+	for _, c := range a.closes {
+		a.deps.Router.Send(&actorpb.Envelope{AppCode: uint32(a.id.App), Uid: a.id.UID, Body: &actorpb.Envelope_Closed{Closed: c}})
+	}
 }
 
 // idle reports whether the actor may leave memory without losing

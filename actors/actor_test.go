@@ -312,6 +312,7 @@ type testRouter struct {
 	nextReq     uint64
 	passivated  map[store.Identity]int
 	retired     map[store.Identity]int
+	handedOff   map[store.Identity]int
 	activations map[store.Identity]int
 }
 
@@ -355,6 +356,13 @@ func (r *testRouter) Retire(app uint16, uid string, pid *actor.PID) {
 		delete(r.children, id)
 		r.retired[id]++
 	}
+	r.mu.Unlock()
+	r.sys.Root.Poison(pid)
+}
+
+func (r *testRouter) HandedOff(app uint16, uid string, pid *actor.PID) {
+	r.mu.Lock()
+	r.handedOff[store.Identity{App: app, UID: uid}]++
 	r.mu.Unlock()
 	r.sys.Root.Poison(pid)
 }
@@ -431,7 +439,8 @@ func newActorHarness(t *testing.T, tune func(*Config)) *actorHarness {
 		return slog.New(slog.NewTextHandler(io.Discard, nil))
 	}))
 	h.r = &testRouter{sys: sys, children: map[store.Identity]*testChild{}, replies: map[uint64]chan *actorpb.Reply{},
-		passivated: map[store.Identity]int{}, retired: map[store.Identity]int{}, activations: map[store.Identity]int{}}
+		passivated: map[store.Identity]int{}, retired: map[store.Identity]int{}, handedOff: map[store.Identity]int{},
+		activations: map[store.Identity]int{}}
 	h.deps = NewDeps(Deps{Config: &h.cfg, Store: h.store, Router: h.r, IDs: NewIDGen(),
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	h.r.props = actor.PropsFromProducer(h.deps.NewActor)
@@ -735,4 +744,78 @@ func TestStorePressureReachesTheCallers(t *testing.T) {
 	testkit.Eventually(t, 5*time.Second, func() bool { return !h.store.session(alice).GetOnline() },
 		"the session's end was never written")
 	testkit.Eventually(t, 5*time.Second, func() bool { return h.deps.Writes.InUse() == 0 }, "write slots leaked")
+}
+
+// handoff does what the routing layer does when another member comes to
+// own id: the actor leaves the routing, then hears Handoff.
+func (r *testRouter) handoff(id store.Identity) {
+	r.mu.Lock()
+	c := r.children[id]
+	delete(r.children, id)
+	r.mu.Unlock()
+	r.sys.Root.Send(c.pid, &actorpb.Handoff{})
+}
+
+// TestHandoffCompletesWhatIsInFlight: an actor whose identity moves while
+// a push is being written completes it (the API hears success, not a
+// failure), loads nothing more, and stops; the new activation finds the
+// push in the store. Before handoffs, the routing layer poisoned such an
+// actor and the push's reply was lost.
+func TestHandoffCompletesWhatIsInFlight(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	release := h.store.holdWrites()
+	replies := make(chan *actorpb.Reply, 1)
+	go func() {
+		replies <- h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x"), IdempotencyKey: "k1"}))
+	}()
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.held.Load() > 0 }, "the push was never written")
+	loads := h.store.loads.Load()
+	h.r.handoff(alice)
+	time.Sleep(50 * time.Millisecond)
+	if n := h.r.count(h.r.handedOff, alice); n != 0 {
+		t.Fatal("handed off with a write in flight")
+	}
+	release()
+	rep := <-replies
+	if p := rep.GetPush(); p == nil || p.Seq != 1 {
+		t.Fatalf("the push in flight during the handoff was answered %v, want success", rep)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.handedOff, alice) == 1 }, "the actor did not finish its handoff")
+	if n := h.store.loads.Load(); n != loads {
+		t.Fatalf("the actor handing off loaded the identity again (%d loads)", n-loads)
+	}
+	// The new owner's activation sees what was completed.
+	if p := h.presence(alice); p.Pending != 1 {
+		t.Fatalf("pending %d after the handoff", p.Pending)
+	}
+	if a := h.r.count(h.r.activations, alice); a != 2 {
+		t.Fatalf("%d activations, want 2", a)
+	}
+}
+
+// TestHandoffWhileTheWriteFails: a write that fails during a handoff is
+// answered with a retryable failure and the actor stops without loading
+// the identity again (which would claim it from its new owner).
+func TestHandoffWhileTheWriteFails(t *testing.T) {
+	h := newActorHarness(t, nil)
+	h.presence(alice)
+	release := h.store.holdWrites()
+	replies := make(chan *actorpb.Reply, 1)
+	go func() { replies <- h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")})) }()
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.held.Load() > 0 }, "the push was never written")
+	h.store.mu.Lock()
+	h.store.failW = func(*store.Write) error { return store.ErrUnavailable }
+	h.store.mu.Unlock()
+	loads := h.store.loads.Load()
+	h.r.handoff(alice)
+	release()
+	if f := (<-replies).GetFailure(); f == nil || f.Code != int32(codes.Unavailable) {
+		t.Fatalf("the failed push was answered %v", f)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.handedOff, alice) == 1 }, "the actor did not finish its handoff")
+	if n := h.store.loads.Load(); n != loads {
+		t.Fatalf("the actor handing off loaded the identity again (%d loads)", n-loads)
+	}
 }

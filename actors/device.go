@@ -218,6 +218,13 @@ func (d *Device) Idle() bool {
 	return d.next == nil && !d.inFlight && len(d.waiting) == 0 && len(d.ready) == 0 && d.inflight == 0
 }
 
+// Settled reports whether nothing the machine accepted is in flight: no
+// write pending or in flight, no effect waiting for a write. (Deliveries
+// not yet acknowledged may remain: they are in the store.)
+func (d *Device) Settled() bool {
+	return d.next == nil && !d.inFlight && len(d.waiting) == 0
+}
+
 // KnowsIdempotencyKey reports whether key was written while the machine
 // was in memory (the caller need not ask the store).
 func (d *Device) KnowsIdempotencyKey(key string) bool {

@@ -99,8 +99,16 @@ func (a *deviceActor) startRead(ctx actor.Context, r *pendingRead) {
 	a.finishRead(ctx, r)
 }
 
-// startLoad loads the identity for env (nil: no envelope waits).
+// startLoad loads the identity for env (nil: no envelope waits). An
+// actor handing its identity off loads nothing (that would claim the
+// identity from its new owner): env goes to the new owner.
 func (a *deviceActor) startLoad(ctx actor.Context, env *actorpb.Envelope) {
+	if a.handingOff {
+		if env != nil {
+			a.deps.Router.Send(env)
+		}
+		return
+	}
 	a.startRead(ctx, &pendingRead{load: true, env: env})
 }
 
@@ -314,7 +322,11 @@ func (a *deviceActor) drain(ctx actor.Context) {
 }
 
 // forwardWaiting hands what waits for a read back to routing, for the
-// identity's next activation (the actor is retiring).
+// identity's next activation or its new owner (the actor is retiring or
+// handing off). The read's answer, if it comes, is ignored. A load
+// already sent may still claim the identity after the next activation
+// has: that activation's writes are then fenced and it starts over,
+// which loses nothing.
 func (a *deviceActor) forwardWaiting() {
 	if r := a.read; r != nil {
 		a.read = nil

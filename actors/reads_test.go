@@ -442,3 +442,33 @@ func TestFencedWhileLookingUp(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 }
+
+// TestHandoffWhileReading: an actor whose identity moves while it waits
+// for a store read (here an idempotency lookup, with more pushes
+// stashed behind it) hands what waits to the new owner, in order, and
+// stops at once; the new owner accepts the pushes, each once.
+func TestHandoffWhileReading(t *testing.T) {
+	h := newActorHarness(t, func(c *Config) { c.PassivateAfter = time.Minute })
+	h.login(alice, &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1})
+	release := h.store.holdReads()
+	defer release()
+	p1 := h.r.ask(env(alice, stored("k1")))
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.readsHeld.Load() == 1 }, "the lookup never started")
+	p2 := h.r.ask(env(alice, stored("")))
+	p3 := h.r.ask(env(alice, stored("k3")))
+	time.Sleep(50 * time.Millisecond)
+	h.r.handoff(alice)
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.handedOff, alice) == 1 },
+		"the actor waiting for a read did not finish its handoff")
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.activations, alice) == 2 },
+		"what waited did not reach the new owner")
+	release()
+	for i, ch := range []<-chan *actorpb.Reply{p1, p2, p3} {
+		if p := reply(t, ch).GetPush(); p.GetSeq() != uint32(i+1) || p.GetDuplicate() {
+			t.Fatalf("push %d on the new owner: %v", i+1, p)
+		}
+	}
+	if n := h.store.stored(alice); n != 3 {
+		t.Fatalf("%d pushes stored, want 3", n)
+	}
+}

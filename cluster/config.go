@@ -6,11 +6,19 @@ import (
 	"net/netip"
 	"strconv"
 	"time"
+
+	"github.com/courier-im/courier/cluster/membership"
+	"github.com/courier-im/courier/cluster/mtls"
 )
 
-// ProviderMemory is the in-process membership of a single node (and of
-// tests). It never detects a dead member.
-const ProviderMemory = "memory"
+// Membership providers (membership.ProviderMemory and ProviderConsul).
+const (
+	// ProviderMemory is the in-process membership of a single node (and of
+	// tests). It never detects a dead member.
+	ProviderMemory = membership.ProviderMemory
+	// ProviderConsul registers the node in a Consul agent.
+	ProviderConsul = membership.ProviderConsul
+)
 
 // Config configures a node's cluster membership and its actor routing.
 type Config struct {
@@ -18,14 +26,29 @@ type Config struct {
 	// (default "courier").
 	Name string
 	// Bind is the host:port of the node's actor remoting endpoint (default
-	// "127.0.0.1:0", a free port). It must be a loopback address: the
-	// endpoint does not authenticate its peers (checkRemotingExposure).
+	// "127.0.0.1:0", a free port). Without TLS it must be a loopback
+	// address: a plaintext endpoint does not authenticate its peers
+	// (checkRemotingExposure).
 	Bind string
 	// Advertise is the host:port other nodes use to reach this one
 	// (default: the bound address). Required when Bind is 0.0.0.0.
 	Advertise string
-	// Provider is the membership provider: "memory" (default, one node).
+	// Provider is the membership provider: "memory" (default, one node) or
+	// "consul".
 	Provider string
+	// Consul is the Consul agent's HTTP address (default
+	// "127.0.0.1:8500"); ConsulToken its ACL token, if any.
+	Consul      string
+	ConsulToken string
+	// TTL is how long a member stays live without refreshing its Consul
+	// check (default 3 s); DeregisterAfter removes a member critical this
+	// long (default 1 m); LoadInterval is the most often the node
+	// publishes its load (default 1 s); JoinTimeout bounds joining
+	// (default 30 s).
+	TTL, DeregisterAfter, LoadInterval, JoinTimeout time.Duration
+	// TLS secures remoting between members with mutual TLS. Without it
+	// remoting is plaintext and may only bind a loopback address.
+	TLS mtls.Files
 	// Shards is the number of host actors per node among which identities
 	// are spread (default 8). All nodes of a cluster must use the same.
 	Shards int
@@ -33,20 +56,33 @@ type Config struct {
 	// caller's context has no earlier deadline (default 5 s).
 	RequestTimeout time.Duration
 	// MaxHops is how often an envelope may be forwarded while nodes
-	// disagree about ownership during a topology change (default 3).
+	// disagree about ownership during a topology change (default 3);
+	// beyond, a request fails with a retryable error.
 	MaxHops int
 }
 
 // DefaultConfig returns the defaults documented on Config's fields.
 func DefaultConfig() Config {
+	m := membership.DefaultConfig()
 	return Config{
-		Name:           "courier",
-		Bind:           "127.0.0.1:0",
-		Provider:       ProviderMemory,
-		Shards:         8,
-		RequestTimeout: 5 * time.Second,
-		MaxHops:        3,
+		Name:            "courier",
+		Bind:            "127.0.0.1:0",
+		Provider:        ProviderMemory,
+		Consul:          m.Consul,
+		TTL:             m.TTL,
+		DeregisterAfter: m.DeregisterAfter,
+		LoadInterval:    m.LoadInterval,
+		JoinTimeout:     m.JoinTimeout,
+		Shards:          8,
+		RequestTimeout:  5 * time.Second,
+		MaxHops:         3,
 	}
+}
+
+// membership returns the membership provider's part of the settings.
+func (c *Config) membership() membership.Config {
+	return membership.Config{Provider: c.Provider, Cluster: c.Name, Consul: c.Consul, ConsulToken: c.ConsulToken,
+		TTL: c.TTL, DeregisterAfter: c.DeregisterAfter, LoadInterval: c.LoadInterval, JoinTimeout: c.JoinTimeout}
 }
 
 func (c *Config) validate() error {
@@ -60,14 +96,23 @@ func (c *Config) validate() error {
 	if _, err := strconv.Atoi(port); err != nil {
 		return fmt.Errorf("cluster.bind %q: bad port", c.Bind)
 	}
-	if err := checkRemotingExposure(c); err != nil {
-		return err
-	}
 	if (host == "" || host == "0.0.0.0" || host == "::") && c.Advertise == "" {
 		return fmt.Errorf("cluster.advertise: required when bind is %q", c.Bind)
 	}
-	if c.Provider != ProviderMemory {
-		return fmt.Errorf("cluster.provider %q: must be %q", c.Provider, ProviderMemory)
+	if c.Advertise != "" {
+		if _, p, err := net.SplitHostPort(c.Advertise); err != nil || p == "0" {
+			return fmt.Errorf("cluster.advertise %q: want host:port with the port other nodes reach", c.Advertise)
+		}
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return err
+	}
+	if err := checkRemotingExposure(c); err != nil {
+		return err
+	}
+	m := c.membership()
+	if err := m.Validate(); err != nil {
+		return err
 	}
 	if c.Shards < 1 || c.Shards > 256 {
 		return fmt.Errorf("cluster.shards %d: must be in [1, 256]", c.Shards)
@@ -81,13 +126,15 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// checkRemotingExposure refuses a remoting endpoint other machines could
-// reach. The remoting port accepts any envelope from whoever connects
+// checkRemotingExposure refuses a plaintext remoting endpoint other
+// machines could reach. The remoting port accepts actor envelopes
 // (logins, pushes, kicks: everything the API's keys and the devices'
-// tokens guard), so until members authenticate each other with mutual
-// TLS it may only listen on a loopback address. This is the one place
-// to lift the rule once mutual TLS is configured.
+// tokens guard), so without mutual TLS between members (cluster.tls-*) it
+// may only listen on a loopback address.
 func checkRemotingExposure(c *Config) error {
+	if c.TLS.Enabled() {
+		return nil
+	}
 	host, _, _ := net.SplitHostPort(c.Bind)
 	if host == "localhost" {
 		return nil
@@ -95,7 +142,7 @@ func checkRemotingExposure(c *Config) error {
 	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
 		return nil
 	}
-	return fmt.Errorf("cluster.bind %q: must be a loopback address (127.0.0.1, ::1 or localhost): "+
-		"the actor remoting port accepts unauthenticated envelopes, so it must not be reachable from "+
-		"other machines until members use mutual TLS (docs/operating.md)", c.Bind)
+	return fmt.Errorf("cluster.bind %q: must be a loopback address (127.0.0.1, ::1 or localhost) without mutual TLS: "+
+		"the actor remoting port accepts envelopes from whoever connects, so set cluster.tls-ca, cluster.tls-cert "+
+		"and cluster.tls-key before other machines may reach it (docs/operating.md)", c.Bind)
 }

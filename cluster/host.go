@@ -91,29 +91,85 @@ func (s *System) Retire(app uint16, uid string, pid *actor.PID) {
 		s.metrics.retired.Inc()
 	}
 	sh.mu.Unlock()
+	s.handoffEnded(pid) // fenced while handing off
 	s.actors.Root.Poison(pid)
 }
 
-// dropMoved stops the local actors of identities another member owns now.
-// Their state is in the store; they come back on the owner at their next
-// envelope.
+// HandedOff is called by an identity's actor that finished handing its
+// identity off (actors.Router): it stops.
+func (s *System) HandedOff(_ uint16, _ string, pid *actor.PID) {
+	s.handoffEnded(pid)
+	s.actors.Root.Poison(pid)
+}
+
+// handoff tells actors that left this node's routing (another member owns
+// their identity now, or this node is leaving) to complete what they have
+// in flight and stop (*actorpb.Handoff).
+func (s *System) handoff(pids []*actor.PID) {
+	for _, pid := range pids {
+		s.handingOff.Store(pid.Id, struct{}{})
+		s.metrics.handoffs.Inc()
+		s.metrics.handingOff.Inc()
+		s.actors.Root.Send(pid, &actorpb.Handoff{})
+	}
+}
+
+func (s *System) handoffEnded(pid *actor.PID) {
+	if _, ok := s.handingOff.LoadAndDelete(pid.Id); ok {
+		s.metrics.handingOff.Dec()
+	}
+}
+
+// handoffsPending reports how many actors have not finished handing off.
+func (s *System) handoffsPending() int {
+	n := 0
+	s.handingOff.Range(func(any, any) bool { n++; return true })
+	return n
+}
+
+// dropMoved hands off the local actors of identities this node does not
+// own under p (another member does, or none: this node is leaving). They
+// leave the routing at once, under their shard's lock, so that no
+// envelope is sent to them after the Handoff: every envelope they got
+// before it is theirs to complete. The new owner loads the identity from
+// the store at its next envelope (claiming it: a write of the old
+// activation that lands after that claim is fenced, and its caller is
+// told to retry).
 func (s *System) dropMoved(p *placement) {
 	for i := range s.local {
 		sh := &s.local[i]
 		var moved []*actor.PID
 		sh.mu.Lock()
 		for k, c := range sh.children {
-			if o := p.owner(identityHash(k.app, k.uid)); o != nil && o.address != s.address {
+			if o := p.owner(identityHash(k.app, k.uid)); o == nil || o.address != s.address {
 				delete(sh.children, k)
 				moved = append(moved, c.pid)
 			}
 		}
 		sh.mu.Unlock()
-		for _, pid := range moved {
-			s.metrics.active.Dec()
-			s.metrics.moved.Inc()
-			s.actors.Root.Poison(pid)
+		s.metrics.active.Sub(float64(len(moved)))
+		s.metrics.moved.Add(float64(len(moved)))
+		s.handoff(moved)
+	}
+}
+
+// dropAll hands off every local actor: this node rejoined as a new
+// instance, and while it was taken for gone other members may have taken
+// over its identities (their writes fence this node's).
+func (s *System) dropAll() {
+	for i := range s.local {
+		sh := &s.local[i]
+		sh.mu.Lock()
+		children := sh.children
+		sh.children = map[childKey]*child{}
+		sh.mu.Unlock()
+		pids := make([]*actor.PID, 0, len(children))
+		for _, c := range children {
+			pids = append(pids, c.pid)
 		}
+		s.metrics.active.Sub(float64(len(pids)))
+		s.metrics.moved.Add(float64(len(pids)))
+		s.handoff(pids)
 	}
 }
 
@@ -130,21 +186,27 @@ func (h *host) Receive(ctx actor.Context) {
 }
 
 // route sends env towards the owner of its identity: here, or to the
-// owner's host while members disagree (at most MaxHops times, then here).
+// owner's host. While members disagree about the owner an envelope may be
+// forwarded up to MaxHops times; beyond, or when no member hosts
+// identities, a request fails with a retryable error and a one-way
+// envelope is counted as undeliverable. An identity is never served by a
+// node that does not own it: two owners could both act for it.
 func (s *System) route(env *actorpb.Envelope) {
 	hash := identityHash(uint16(env.AppCode), env.Uid)
 	owner := s.placement.Load().owner(hash)
-	if owner != nil && owner.address != s.address {
-		if int(env.Hops) < s.cfg.MaxHops {
-			env.Hops++
-			s.actors.Root.Send(owner.hosts[shard(hash, s.cfg.Shards)], env)
-			s.metrics.forwarded.Inc()
-			return
-		}
-		// Members disagree for longer than a few hops: serve here rather
-		// than bounce; the store keeps the identity's state consistent.
-		s.log.Warn("cluster: identity owned elsewhere, serving locally after max hops",
-			"app", env.AppCode, "uid", env.Uid, "owner", owner.address)
+	switch {
+	case owner == nil:
+		s.fail(env, codes.Unavailable, "cluster: no live member hosts identities; retry")
+	case owner.address == s.address:
+		s.routeLocal(hash, env)
+	case int(env.Hops) >= s.cfg.MaxHops:
+		s.metrics.hopsExceeded.Inc()
+		s.log.Warn("cluster: members disagree about an identity's owner; refusing rather than serving it here",
+			"app", env.AppCode, "uid", env.Uid, "owner", owner.address, "hops", env.Hops)
+		s.fail(env, codes.Unavailable, "cluster: the identity's owner is changing; retry")
+	default:
+		env.Hops++
+		s.actors.Root.Send(owner.hosts[shard(hash, s.cfg.Shards)], env)
+		s.metrics.forwarded.Inc()
 	}
-	s.routeLocal(hash, env)
 }

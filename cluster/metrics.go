@@ -11,6 +11,9 @@ type metrics struct {
 	retired         prometheus.Counter
 	gates           prometheus.Gauge
 	forwarded       prometheus.Counter
+	hopsExceeded    prometheus.Counter
+	handoffs        prometheus.Counter
+	handingOff      prometheus.Gauge
 	requestTimeouts prometheus.Counter
 	undeliverable   prometheus.Counter
 	staleConns      prometheus.Counter
@@ -33,7 +36,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		gates: prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_cluster_gates",
 			Help: "Gate instances this node knows to be alive; sessions on any other are ended."}),
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_forwarded_total",
-			Help: "Envelopes forwarded to another member during a topology change."}),
+			Help: "Envelopes this node sent on to the member that owns their identity."}),
+		handoffs: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_handoffs_total",
+			Help: "Identity actors told to hand their identity off (another member owns it now, or this node is leaving)."}),
+		handingOff: prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_cluster_handoffs_in_progress",
+			Help: "Identity actors completing what they have in flight before they stop."}),
+		hopsExceeded: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_hops_exceeded_total",
+			Help: "Envelopes refused because members disagreed about their owner for more than cluster.max-hops forwards."}),
 		requestTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_request_timeouts_total",
 			Help: "Requests to identities whose reply did not come in time."}),
 		undeliverable: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_undeliverable_total",
@@ -43,6 +52,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.retired, m.gates, m.forwarded,
+			m.hopsExceeded, m.handoffs, m.handingOff,
 			m.requestTimeouts, m.undeliverable, m.staleConns)
 	}
 	return m

@@ -91,3 +91,14 @@ func (p *placement) owner(h uint64) *placedMember {
 
 // shard picks the host actor of an identity on its member.
 func shard(h uint64, shards int) int { return int(mix(h) % uint64(shards)) }
+
+// OwnerOf returns which of the given actor members' remoting addresses
+// owns the identity app/uid, as every node computes it ("" if there is
+// none). For tools and tests: nodes keep their own placement.
+func OwnerOf(members []string, app uint16, uid string) string {
+	p := newPlacement(append([]string(nil), members...), 1, 0)
+	if o := p.owner(identityHash(app, uid)); o != nil {
+		return o.address
+	}
+	return ""
+}

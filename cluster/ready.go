@@ -1,8 +1,12 @@
 package cluster
 
-// Joined reports whether this member is in the cluster's topology as a
-// host of identities (the node's /readyz asks). It turns false when the
-// member leaves the topology, as it does when it shuts down.
+// Joined reports whether this node is a live member of the cluster (the
+// node's /readyz asks): it joined, its current instance is live in its own
+// view, and it has not begun to leave.
 func (s *System) Joined() bool {
-	return s.placement.Load().find(s.address) != nil
+	if s.left.Load() {
+		return false
+	}
+	v := s.view.Load()
+	return v.Self.ID != "" && v.Self.Live()
 }

@@ -2,32 +2,27 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-	pcluster "github.com/asynkron/protoactor-go/cluster"
-	"github.com/asynkron/protoactor-go/cluster/clusterproviders/test"
-	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
 	"github.com/asynkron/protoactor-go/remote"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/messages/actorpb"
 )
-
-// DeviceKind is the cluster kind members declare when they host device
-// actors. Placement only considers members of this kind.
-const DeviceKind = "device"
 
 // Well-known actor names on every node.
 const (
@@ -57,19 +52,35 @@ type System struct {
 	cfg        Config
 	log        *slog.Logger
 	actors     *actor.ActorSystem
-	cluster    *pcluster.Cluster
+	remote     *remote.Remote
+	members    *membership.Membership
 	address    string
 	newChild   ChildFactory
 	childProps *actor.Props
 
 	placement atomic.Pointer[placement]
+	view      atomic.Pointer[membership.View]
+	selfID    atomic.Pointer[string] // this node's member instance
 	gate      atomic.Pointer[gateHolder]
 	// gates are the ids of the gate instances known to be alive: the
 	// local gate's, and (fed by membership) other members'.
-	gatesMu sync.RWMutex
-	gates   map[string]struct{}
-	replies replyRegistry
-	metrics *metrics
+	gatesMu  sync.RWMutex
+	gates    map[string]struct{}
+	replies  replyRegistry
+	metrics  *metrics
+	onRejoin func()
+
+	// handingOff holds the PIDs (by id) of actors handing off.
+	handingOff sync.Map
+	left       atomic.Bool // Shutdown has begun
+
+	// memberGates are the gate instances of live members as of the last
+	// view (owned by the membership's watcher goroutine).
+	memberGates map[string]bool
+
+	nodeHandler atomic.Pointer[NodeHandler]
+	viewMu      sync.Mutex
+	viewHooks   []func(*membership.View)
 
 	dispatcher *poolDispatcher
 	local      []localShard
@@ -82,9 +93,9 @@ type System struct {
 
 type gateHolder struct{ g GateSink }
 
-// Start joins the node to the cluster. newChild may be nil for a node that
-// hosts no identities (it then declares no device kind). Start returns once
-// the node sees itself in the cluster's topology.
+// Start starts the node's actor system and remoting. newChild may be nil
+// for a node that hosts no identities (no actors role). The node takes no
+// part in the cluster until Join.
 func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *slog.Logger) (*System, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -94,7 +105,9 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 	}
 	s := &System{cfg: cfg, log: log, newChild: newChild, metrics: newMetrics(reg), gates: map[string]struct{}{},
 		dispatcher: newPoolDispatcher(4*runtime.GOMAXPROCS(0), 1<<16, 300)}
+	s.replies.init()
 	s.placement.Store(newPlacement(nil, cfg.Shards, 0))
+	s.view.Store(&membership.View{})
 	if newChild != nil {
 		s.childProps = actor.PropsFromProducer(actor.Producer(newChild), actor.WithDispatcher(s.dispatcher))
 	}
@@ -102,6 +115,12 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 	for i := range s.local {
 		s.local[i].children = map[childKey]*child{}
 	}
+	var err error
+	if s.members, err = membership.New(cfg.membership(), reg, log); err != nil {
+		s.dispatcher.stop()
+		return nil, err
+	}
+	s.members.Subscribe(s.onView)
 
 	host, portStr, _ := net.SplitHostPort(cfg.Bind)
 	port, _ := strconv.Atoi(portStr)
@@ -114,45 +133,19 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		}
 		l.Close()
 	}
+	ropts, err := remotingOptions(&cfg)
+	if err != nil {
+		s.dispatcher.stop()
+		return nil, err
+	}
 	libLog := slog.New(libHandler{log.Handler()}).With("component", "protoactor")
 	s.actors = actor.NewActorSystem(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return libLog }),
 		actor.WithDeadLetterThrottleCount(3),
 		actor.WithDeadLetterThrottleInterval(10*time.Second),
 	)
-	ropts := []remote.ConfigOption{
-		// Batches of up to 1000 envelopes must fit gRPC's message limit.
-		remote.WithServerOptions(grpc.MaxRecvMsgSize(64 << 20)),
-		remote.WithDialOptions(grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20))),
-		remote.WithEndpointWriterBatchSize(500),
-	}
-	if cfg.Advertise != "" {
-		ropts = append(ropts, remote.WithAdvertisedHost(cfg.Advertise))
-	}
-	rcfg := remote.Configure(host, port, ropts...)
-
-	provider := test.NewTestProvider(test.NewInMemAgent())
-	var kinds []*pcluster.Kind
-	if newChild != nil {
-		// The kind is declared for placement; activation goes through our
-		// own routing (routeLocal), never through the library's identity
-		// lookup.
-		kinds = append(kinds, pcluster.NewKind(DeviceKind, actor.PropsFromFunc(func(actor.Context) {})))
-	}
-	ccfg := pcluster.Configure(cfg.Name, provider, disthash.New(), rcfg, pcluster.WithKinds(kinds...))
-	s.cluster = pcluster.New(s.actors, ccfg)
-
-	topo := make(chan struct{}, 1)
-	s.actors.EventStream.Subscribe(func(ev any) {
-		if t, ok := ev.(*pcluster.ClusterTopology); ok {
-			s.onTopology(t)
-			select {
-			case topo <- struct{}{}:
-			default:
-			}
-		}
-	})
-	if err := s.startMember(); err != nil {
+	s.remote = remote.NewRemote(s.actors, remote.Configure(host, port, ropts...))
+	if err := s.startRemote(); err != nil {
 		s.dispatcher.stop()
 		return nil, err
 	}
@@ -173,56 +166,104 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		s.Shutdown()
 		return nil, fmt.Errorf("cluster: spawn gate sink: %w", err)
 	}
-
-	deadline := time.After(30 * time.Second)
-	for newChild != nil && s.placement.Load().find(s.address) == nil {
-		select {
-		case <-topo:
-		case <-deadline:
-			s.Shutdown()
-			return nil, errors.New("cluster: this node did not appear in the cluster topology within 30s")
-		}
+	if _, err := s.actors.Root.SpawnNamed(actor.PropsFromFunc(s.receiveNodeRequest), nodeName); err != nil {
+		s.Shutdown()
+		return nil, fmt.Errorf("cluster: spawn node actor: %w", err)
 	}
-	log.Info("cluster: member started", "address", s.address, "cluster", cfg.Name, "provider", cfg.Provider)
+	log.Info("cluster: remoting started", "address", s.address, "cluster", cfg.Name, "tls", cfg.TLS.Enabled())
 	return s, nil
 }
 
-func (s *System) startMember() (err error) {
+func (s *System) startRemote() (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("cluster: start member: %v", r)
+			err = fmt.Errorf("cluster: start remoting on %s: %v", s.cfg.Bind, r)
 		}
 	}()
-	s.cluster.StartMember()
+	s.remote.Start()
 	return nil
 }
 
-func (s *System) onTopology(t *pcluster.ClusterTopology) {
-	var addrs []string
-	for _, m := range t.Members {
-		for _, k := range m.Kinds {
-			if k == DeviceKind {
-				addrs = append(addrs, m.Address())
-				break
-			}
+// Join makes the node a member of the cluster: it publishes self (whose
+// Address is set here to the remoting address) and returns once it sees
+// itself live, with placement computed. onRejoin, if not nil, is called
+// (on the membership's goroutine) when the node had to rejoin as a new
+// instance: other members took it for gone, ended its gate's sessions and
+// took over its identities; the System has dropped its actors, and the
+// node's gate must drop its connections.
+func (s *System) Join(ctx context.Context, self membership.Member, onRejoin func()) error {
+	if self.Roles.Has(membership.RoleActors) != (s.newChild != nil) {
+		return fmt.Errorf("cluster: the actors role needs an actor factory, and only it does")
+	}
+	self.Address = s.address
+	s.onRejoin = onRejoin
+	if err := s.members.Join(ctx, self); err != nil {
+		return err
+	}
+	s.log.Info("cluster: joined", "member", s.members.View().Self.ID, "address", s.address, "provider", s.cfg.Provider,
+		"roles", self.Roles.String())
+	return nil
+}
+
+// SetLoad publishes the node's load to the other members (within the
+// load interval).
+func (s *System) SetLoad(l membership.Load) { s.members.SetLoad(l) }
+
+// View returns the cluster as this node sees it now.
+func (s *System) View() *membership.View { return s.view.Load() }
+
+// Active returns the number of identity actors in this node's memory.
+func (s *System) Active() int {
+	n := 0
+	for i := range s.local {
+		sh := &s.local[i]
+		sh.mu.Lock()
+		n += len(sh.children)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// onView takes a new view of the membership: placement over the live
+// members with the actors role, and, when this node had to rejoin as a
+// new instance, a clean slate. It runs on the membership's watcher
+// goroutine, one view at a time.
+func (s *System) onView(v *membership.View) {
+	prev := s.view.Swap(v)
+	if prevSelf := s.selfID.Load(); prevSelf != nil && *prevSelf != v.Self.ID && v.Self.ID != "" {
+		s.log.Warn("cluster: this node rejoined as a new instance; dropping its actors", "old", *prevSelf, "new", v.Self.ID)
+		s.dropAll()
+		if s.onRejoin != nil {
+			s.onRejoin()
 		}
 	}
-	p := newPlacement(addrs, s.cfg.Shards, t.TopologyHash)
+	id := v.Self.ID
+	s.selfID.Store(&id)
+	if v.SameShape(prev) {
+		return
+	}
+	seen := map[string]bool{}
+	var addrs []string
+	for _, m := range v.Live(membership.RoleActors) {
+		if !seen[m.Address] {
+			seen[m.Address] = true
+			addrs = append(addrs, m.Address)
+		}
+	}
+	p := newPlacement(addrs, s.cfg.Shards, v.Seq)
 	s.placement.Store(p)
+	s.syncGates(v)
 	s.metrics.members.Set(float64(len(addrs)))
-	s.log.Info("cluster: topology", "members", len(t.Members), "device_hosts", len(addrs), "hash", t.TopologyHash)
-	if s.address != "" {
+	s.log.Info("cluster: placement", "live_members", len(v.Live(0)), "actor_members", len(addrs), "view", v.Seq)
+	if s.newChild != nil {
 		s.dropMoved(p)
 	}
-}
-
-func (p *placement) find(address string) *placedMember {
-	for i := range p.members {
-		if p.members[i].address == address {
-			return &p.members[i]
-		}
+	s.viewMu.Lock()
+	hooks := s.viewHooks
+	s.viewMu.Unlock()
+	for _, fn := range hooks {
+		fn(v)
 	}
-	return nil
 }
 
 // Address is this node's address in the cluster.
@@ -236,6 +277,76 @@ func (s *System) Members() []string {
 		out[i] = m.address
 	}
 	return out
+}
+
+// lingerAfterLeave is how long a leaving node keeps its remoting up after
+// it left the membership: members that have not yet seen it leave may
+// still send it envelopes, which it forwards to their new owners.
+const lingerAfterLeave = time.Second
+
+// drainRemoting waits until what this node sent (replies, deliveries,
+// forwarded envelopes, handed-off closes) has reached the other members
+// (a ping answered by each: remoting keeps order per peer), and until
+// lingerAfterLeave has passed since it left, before remoting stops.
+func (s *System) drainRemoting(left time.Time) {
+	others := false
+	for _, m := range s.View().Live(0) {
+		others = others || m.Address != s.address
+	}
+	if !others {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	defer cancel()
+	if _, missing := s.Gather(ctx, 0, &actorpb.NodeRequest{Body: &actorpb.NodeRequest_Ping{Ping: &actorpb.Ping{}}}); len(missing) > 0 {
+		s.log.Debug("cluster: members that did not answer the leaving node's ping", "members", missing)
+	}
+	if rest := lingerAfterLeave - time.Since(left); rest > 0 {
+		time.Sleep(rest)
+	}
+}
+
+// leavePlacement routes every identity as if this node were gone (it has
+// left the membership, so no new view comes) and hands its actors off.
+func (s *System) leavePlacement() {
+	v := s.view.Load()
+	var addrs []string
+	for _, m := range v.Live(membership.RoleActors) {
+		if m.Address != s.address && !slices.Contains(addrs, m.Address) {
+			addrs = append(addrs, m.Address)
+		}
+	}
+	p := newPlacement(addrs, s.cfg.Shards, v.Seq+1)
+	s.placement.Store(p)
+	s.dropMoved(p)
+	s.log.Info("cluster: left; identities handed off", "to_members", len(addrs), "handing_off", s.handoffsPending())
+}
+
+// syncGates makes the live gates those of the view's live members with
+// the gate role (and this node's own gate): sessions on the gates of
+// members that left end, on every actor in memory here.
+func (s *System) syncGates(v *membership.View) {
+	now := map[string]bool{}
+	for _, m := range v.Live(membership.RoleGate) {
+		if m.GateID != "" {
+			now[m.GateID] = true
+		}
+	}
+	local := ""
+	if h := s.gate.Load(); h != nil {
+		local = h.g.GateID()
+	}
+	for id := range now {
+		if !s.memberGates[id] {
+			s.AddGate(id)
+		}
+	}
+	for id := range s.memberGates {
+		if !now[id] && id != local {
+			s.RemoveGate(id)
+		}
+	}
+	s.memberGates = now
 }
 
 // SetGate registers the node's gate, to which ToConn messages for this
@@ -427,12 +538,42 @@ func (s *System) deliverLocal(gateID string, m *actorpb.ToConn) {
 	}}})
 }
 
-// Shutdown leaves the cluster and stops the actor system. It is safe to
-// call more than once.
+// Shutdown leaves the cluster (other members stop routing here at once),
+// hands every identity off to its new owner (each actor completes what it
+// has in flight; envelopes still arriving are forwarded), waits for the
+// handoffs within the request timeout, and stops remoting and the actor
+// system. It is safe to call more than once.
 func (s *System) Shutdown() {
 	s.shutdownOnce.Do(func() {
-		if s.cluster != nil {
-			stopMember(s.cluster)
+		s.left.Store(true)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := s.members.Leave(ctx); err != nil {
+			s.log.Warn("cluster: leaving", "err", err)
+		}
+		cancel()
+		left := time.Now()
+		if s.actors != nil && s.newChild != nil {
+			s.leavePlacement()
+			deadline := time.Now().Add(s.cfg.RequestTimeout)
+			for s.handoffsPending() > 0 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n := s.handoffsPending(); n > 0 {
+				s.log.Warn("cluster: stopping with handoffs unfinished; their callers time out and retry", "actors", n)
+			}
+		}
+		if s.actors != nil {
+			s.drainRemoting(left)
+		}
+		if s.remote != nil {
+			// Not the library's graceful shutdown: it flags its stream
+			// readers as suspended without synchronization while they read
+			// (a data race the detector reports whenever a peer is
+			// connected). The handoffs are done; the server just stops.
+			s.remote.Shutdown(false)
+		}
+		if s.actors != nil {
+			s.actors.Shutdown()
 		}
 		s.dispatcher.stop()
 	})
@@ -445,6 +586,16 @@ type replyRegistry struct {
 	shards [32]replyShard
 }
 
+// init starts the ids at a random point, so that a reply meant for an
+// earlier run of this node (same address, restarted) never matches a
+// request of this one: ids are unique across nodes (each has its own
+// reply address) and, with overwhelming odds, across restarts.
+func (r *replyRegistry) init() {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	r.next.Store(binary.LittleEndian.Uint64(b[:]) >> 1)
+}
+
 type replyShard struct {
 	mu      sync.Mutex
 	waiting map[uint64]chan *actorpb.Reply
@@ -453,6 +604,9 @@ type replyShard struct {
 
 func (r *replyRegistry) register() (uint64, chan *actorpb.Reply) {
 	id := r.next.Add(1)
+	if id == 0 { // 0 means "no reply wanted"
+		id = r.next.Add(1)
+	}
 	ch := make(chan *actorpb.Reply, 1)
 	sh := &r.shards[id%uint64(len(r.shards))]
 	sh.mu.Lock()

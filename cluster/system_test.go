@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -9,7 +10,9 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc/codes"
 
+	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/testkit"
 )
@@ -26,6 +29,10 @@ type echo struct {
 }
 
 func (e *echo) Receive(ctx actor.Context) {
+	if _, ok := ctx.Message().(*actorpb.Handoff); ok {
+		e.sys.HandedOff(e.app, e.uid, ctx.Self())
+		return
+	}
 	env, ok := ctx.Message().(*actorpb.Envelope)
 	if !ok {
 		return
@@ -83,6 +90,16 @@ func TestSystemOneMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(sys.Shutdown)
+	// Before joining, no member hosts identities: requests fail at once,
+	// retryably.
+	early, err := sys.Request(context.Background(), &actorpb.Envelope{AppCode: 1, Uid: "early", Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}})
+	if err != nil || early.GetFailure().GetCode() != int32(codes.Unavailable) {
+		t.Fatalf("request before joining: %v %v", early, err)
+	}
+	self := membership.Member{Name: "test", Roles: membership.RoleActors | membership.RoleAPI, APIAddr: "127.0.0.1:1"}
+	if err := sys.Join(context.Background(), self, nil); err != nil {
+		t.Fatal(err)
+	}
 	if m := sys.Members(); len(m) != 1 || m[0] != sys.Address() {
 		t.Fatalf("members %v, address %s", m, sys.Address())
 	}
@@ -189,5 +206,50 @@ func TestSystemOneMember(t *testing.T) {
 	}
 	if got := presence("erin"); got != 1 || testutil.ToFloat64(sys.metrics.retired) != 1 {
 		t.Fatalf("after Retire the next envelope reached an actor that saw %d (retired %v)", got, testutil.ToFloat64(sys.metrics.retired))
+	}
+}
+
+// TestRouteNeverServesAnotherMembersIdentity: while members disagree about
+// an identity's owner, an envelope is forwarded at most MaxHops times and
+// then refused retryably; it is never served by a node that does not own
+// the identity (two owners could both act for it). One member per test
+// process (FACTS): this reuses a fresh single member.
+func TestRouteNeverServesAnotherMembersIdentity(t *testing.T) {
+	var sys *System
+	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{sys: sys, log: &sync.Map{}} }, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sys.Shutdown)
+	if err := sys.Join(context.Background(), membership.Member{Name: "t", Roles: membership.RoleActors}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// This node believes another member owns everything.
+	sys.placement.Store(newPlacement([]string{"127.0.0.1:1"}, sys.cfg.Shards, 0))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := sys.Request(ctx, &actorpb.Envelope{AppCode: 1, Uid: "x", Hops: uint32(sys.cfg.MaxHops),
+		Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}})
+	if err != nil || r.GetFailure().GetCode() != int32(codes.Unavailable) || !strings.Contains(r.GetFailure().GetMessage(), "retry") {
+		t.Fatalf("after max hops: %v %v", r, err)
+	}
+	if got := testutil.ToFloat64(sys.metrics.active); got != 0 {
+		t.Fatalf("an actor was activated for an identity owned elsewhere (%v)", got)
+	}
+	if testutil.ToFloat64(sys.metrics.hopsExceeded) != 1 {
+		t.Fatal("not counted")
+	}
+}
+
+// Request ids start at a random point, so that a late reply meant for an
+// earlier run of a node (same address) cannot match a new request.
+func TestRequestIDsDoNotRestartAtOne(t *testing.T) {
+	var a, b replyRegistry
+	a.init()
+	b.init()
+	idA, _ := a.register()
+	idB, _ := b.register()
+	if idA == 1 || idB == 1 || idA == idB {
+		t.Fatalf("first ids %d and %d", idA, idB)
 	}
 }

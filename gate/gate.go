@@ -354,3 +354,17 @@ func (g *Gate) eachLoop(f func(*loop)) {
 func (g *Gate) enforceLists() {
 	g.eachLoop(func(l *loop) { l.exec(l.enforceLists) })
 }
+
+// MaxConns returns the connection cap (configured, or derived from the
+// open-files limit).
+func (g *Gate) MaxConns() int { return int(g.maxConns) }
+
+// KickAll sends KICKOUT (SERVER_SHUTDOWN: reconnect) to every connection
+// and closes it, and goes on accepting new ones. A node that rejoined the
+// cluster as a new instance uses it: the others took its sessions for
+// ended.
+func (g *Gate) KickAll() {
+	g.eachLoop(func(l *loop) {
+		l.exec(func() { l.kickAll(kickShutdown, CloseShutdown) })
+	})
+}

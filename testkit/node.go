@@ -80,6 +80,10 @@ func CourierBinary(t testing.TB) string {
 type NodeOptions struct {
 	// DataDir is the node's data directory (default: a new temp dir).
 	DataDir string
+	// Name is the node's name (default "test-node").
+	Name string
+	// Roles are the node's roles ("gate,api"; default all).
+	Roles string
 	// Args are extra flags, after the testkit's defaults (so they win).
 	Args []string
 	// Env are extra environment variables ("COURIER_X=v").
@@ -105,15 +109,19 @@ func TestStore() string {
 
 // Node is a courier node running as a separate process, as in production.
 type Node struct {
-	t        testing.TB
-	opts     NodeOptions
-	cmd      *exec.Cmd
-	logs     *syncBuffer
-	exited   chan struct{}
-	stopped  bool // by Stop, not by itself
+	t       testing.TB
+	opts    NodeOptions
+	cmd     *exec.Cmd
+	logs    *syncBuffer
+	exited  chan struct{}
+	stopped bool // by Stop, not by itself
+	// The node's addresses in its current run (empty for a component
+	// its roles do not include).
 	GateAddr string
 	APIAddr  string
 	HTTPAddr string
+	// ClusterAddr is the node's actor remoting address.
+	ClusterAddr string
 }
 
 // syncBuffer collects a process's output.
@@ -168,8 +176,12 @@ func (n *Node) start() {
 	bin := CourierBinary(t)
 	addrFile := filepath.Join(n.opts.DataDir, "addrs.json")
 	_ = os.Remove(addrFile)
+	name := n.opts.Name
+	if name == "" {
+		name = "test-node"
+	}
 	args := []string{
-		"--name", "test-node",
+		"--name", name,
 		"--data-dir", n.opts.DataDir,
 		"--addr-file", addrFile,
 		"--gate.addr", "127.0.0.1:0",
@@ -190,6 +202,9 @@ func (n *Node) start() {
 		"--shutdown-grace", "5s",
 		"--log-level", "debug",
 	}
+	if n.opts.Roles != "" {
+		args = append(args, "--roles", n.opts.Roles)
+	}
 	if n.opts.PostgresDSN != "" {
 		args = append(args, "--store", "postgres", "--store.timeout", "3s")
 	}
@@ -198,6 +213,7 @@ func (n *Node) start() {
 	n.logs = &syncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
 	n.cmd.Env = append(append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66"), n.opts.Env...)
+	n.cmd.SysProcAttr = childProcAttr()
 	if n.opts.PostgresDSN != "" {
 		// The environment, not argv: as an operator should pass it.
 		n.cmd.Env = append(n.cmd.Env, "COURIER_STORE_DSN="+n.opts.PostgresDSN)
@@ -210,9 +226,9 @@ func (n *Node) start() {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
-			var a struct{ Gate, API, HTTP string }
-			if json.Unmarshal(b, &a) == nil && a.Gate != "" {
-				n.GateAddr, n.APIAddr, n.HTTPAddr = a.Gate, a.API, a.HTTP
+			var a struct{ Gate, API, HTTP, Cluster string }
+			if json.Unmarshal(b, &a) == nil && a.Cluster != "" {
+				n.GateAddr, n.APIAddr, n.HTTPAddr, n.ClusterAddr = a.Gate, a.API, a.HTTP, a.Cluster
 				return
 			}
 		}
@@ -318,6 +334,50 @@ func Ctx(t testing.TB, key string) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+}
+
+// Name returns the node's name.
+func (n *Node) Name() string {
+	if n.opts.Name == "" {
+		return "test-node"
+	}
+	return n.opts.Name
+}
+
+// Roles returns the node's roles as given ("gate,actors,api" if none
+// were).
+func (n *Node) Roles() string {
+	if n.opts.Roles == "" {
+		return "gate,actors,api"
+	}
+	return n.opts.Roles
+}
+
+// Running reports whether the node's process runs.
+func (n *Node) Running() bool {
+	select {
+	case <-n.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Pause stops the node's process (SIGSTOP) without killing it, as a
+// long GC pause, a frozen VM or a partition would; Resume continues it.
+func (n *Node) Pause() {
+	n.t.Helper()
+	if err := n.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		n.t.Fatalf("testkit: pause: %v", err)
+	}
+}
+
+// Resume continues a paused node (SIGCONT).
+func (n *Node) Resume() {
+	n.t.Helper()
+	if err := n.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		n.t.Fatalf("testkit: resume: %v", err)
+	}
 }
 
 // Client logs uid of app in through a client.Client (the library's

@@ -3,6 +3,8 @@ package testkit
 import (
 	"fmt"
 	"net"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,5 +91,38 @@ func TestDeviceAgainstScriptedServer(t *testing.T) {
 	d.ExpectClosed()
 	if err := <-serverErr; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestConsulKeepsDataAcrossRestart starts the real agent, writes a key,
+// kills and restarts it, and reads the key back.
+func TestConsulKeepsDataAcrossRestart(t *testing.T) {
+	c := StartConsul(t)
+	put := func() error {
+		req, _ := http.NewRequest(http.MethodPut, "http://"+c.Addr+"/v1/kv/testkit/k", strings.NewReader("v1"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("PUT: %s", resp.Status)
+		}
+		return nil
+	}
+	if err := put(); err != nil {
+		t.Fatal(err)
+	}
+	c.Stop()
+	if _, err := http.Get("http://" + c.Addr + "/v1/status/leader"); err == nil {
+		t.Fatal("the agent still answers after Stop")
+	}
+	c.Restart()
+	var kv []struct{ Value []byte }
+	Eventually(t, 10*time.Second, func() bool {
+		return getJSON("http://"+c.Addr+"/v1/kv/testkit/k", &kv) == nil && len(kv) == 1
+	}, "the key written before the restart")
+	if string(kv[0].Value) != "v1" {
+		t.Fatalf("value %q after restart", kv[0].Value)
 	}
 }

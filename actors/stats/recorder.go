@@ -1,7 +1,6 @@
 package stats
 
 import (
-	"sort"
 	"sync"
 	"time"
 )
@@ -241,58 +240,7 @@ type Stat struct {
 // Snapshot returns the statistics of app's msgtypes (all if msgtypes is
 // empty), sorted by msgtype, with the recent window of length window
 // (rounded up to 10 s for counters and to a minute for latencies), and
-// their sum.
+// their sum: this node's alone (Merge sums several nodes').
 func (r *Recorder) Snapshot(app uint16, msgtypes []uint32, window time.Duration) (per []Stat, all Stat) {
-	window = min(max(window, slotSize), MaxWindow)
-	want := map[uint32]bool{}
-	for _, m := range msgtypes {
-		want[m] = true
-	}
-	r.mu.RLock()
-	var keys []Key
-	idx := map[Key]*series{}
-	for k, s := range r.series {
-		if k.App == app && (len(want) == 0 || want[k.Msgtype]) {
-			keys = append(keys, k)
-			idx[k] = s
-		}
-	}
-	r.mu.RUnlock()
-	sort.Slice(keys, func(i, j int) bool { return keys[i].Msgtype < keys[j].Msgtype })
-
-	now := r.now()
-	cur := now.UnixNano() / int64(slotSize)
-	first := cur - int64((window+slotSize-1)/slotSize) + 1
-	lcur := now.UnixNano() / int64(latSlotSize)
-	lfirst := lcur - int64((window+latSlotSize-1)/latSlotSize) + 1
-
-	all = Stat{Key: Key{App: app}}
-	var allH, allWH histogram
-	for _, k := range keys {
-		s := idx[k]
-		st := Stat{Key: k}
-		var wh histogram
-		s.mu.Lock()
-		st.Total = s.total
-		for i := range s.slots {
-			if sl := &s.slots[i]; sl.epoch >= first && sl.epoch <= cur {
-				st.Window.add(&sl.c)
-			}
-		}
-		for _, ls := range s.latency {
-			if ls != nil && ls.epoch >= lfirst && ls.epoch <= lcur {
-				wh.merge(&ls.h)
-			}
-		}
-		st.TotalLatency = s.totalH.summary()
-		allH.merge(&s.totalH)
-		s.mu.Unlock()
-		st.WindowLatency = wh.summary()
-		allWH.merge(&wh)
-		all.Total.add(&st.Total)
-		all.Window.add(&st.Window)
-		per = append(per, st)
-	}
-	all.TotalLatency, all.WindowLatency = allH.summary(), allWH.summary()
-	return per, all
+	return Merge(app, r.Raw(app, msgtypes, window))
 }

@@ -48,7 +48,7 @@ func serveTuned(t *testing.T, lim Limits, tune func(*Server)) *served {
 	up := upstream.New(upstream.DefaultConfig(), nil)
 	t.Cleanup(up.Close)
 	req := &fakeReq{}
-	s := New(Deps{Keys: Keys{testKey: 1}, Req: req, Limits: lim, Upstream: up})
+	s := New(Deps{Keys: Keys{testKey: 1}, Req: req, Limits: lim, Upstream: upstream.NewLocalHub(up)})
 	if tune != nil {
 		tune(s)
 	}

@@ -16,15 +16,26 @@ import (
 	"github.com/courier-im/courier/messages/devicepb"
 )
 
-// Lists are the gate's black and white lists (implemented by *gate.Lists,
-// and by the node's lists kept in the inbox store).
+// Lists are the black and white lists of the cluster's gates: LocalLists
+// for a node's own gate, or the node's cluster-wide lists, which store an
+// edit (in the inbox store, when the node has one) and apply it on every
+// live gate. An Edit error with a gRPC status is passed on; one wrapping
+// gate.ErrBadLists is a bad edit (INVALID_ARGUMENT); any other means the
+// edit could not be stored and nothing changed (UNAVAILABLE).
 type Lists interface {
-	Snapshot() gate.ListsSnapshot
-	// Modify applies a change; when it returns nil the change is in
-	// force (and durable, for the node's lists). An error wrapping
-	// gate.ErrBadLists means the result does not parse; any other, that
-	// it could not be stored (nothing changed).
-	Modify(func(*gate.ListsSnapshot)) error
+	Snapshot(ctx context.Context) (gate.ListsSnapshot, error)
+	Edit(ctx context.Context, r *apipb.UpdateAccessListRequest) error
+}
+
+// LocalLists are one gate's lists.
+func LocalLists(l *gate.Lists) Lists { return localLists{l} }
+
+type localLists struct{ l *gate.Lists }
+
+func (l localLists) Snapshot(context.Context) (gate.ListsSnapshot, error) { return l.l.Snapshot(), nil }
+
+func (l localLists) Edit(_ context.Context, r *apipb.UpdateAccessListRequest) error {
+	return l.l.Modify(func(s *gate.ListsSnapshot) { ApplyListEdit(s, r) })
 }
 
 func toAPI(s gate.ListsSnapshot, app uint32, all bool) *apipb.AccessLists {
@@ -56,7 +67,23 @@ func (s *Server) GetAccessLists(ctx context.Context, r *apipb.GetAccessListsRequ
 			return nil, err
 		}
 	}
-	return toAPI(s.lists.Snapshot(), r.AppCode, all), nil
+	snap, err := s.lists.Snapshot(ctx)
+	if err != nil {
+		return nil, listsError(err)
+	}
+	return toAPI(snap, r.AppCode, all), nil
+}
+
+// listsError turns a Lists error into a gRPC status.
+func listsError(err error) error {
+	if st, ok := status.FromError(err); ok {
+		return st.Err()
+	}
+	if errors.Is(err, gate.ErrBadLists) {
+		return status.Errorf(codes.InvalidArgument, "lists: %v", err)
+	}
+	// Not stored: nothing changed.
+	return status.Errorf(codes.Unavailable, "lists: the change could not be stored (%v); nothing changed, retry", err)
 }
 
 // UpdateAccessList implements apipb.CourierServer. IP lists and whitelist
@@ -96,31 +123,8 @@ func (s *Server) UpdateAccessList(ctx context.Context, r *apipb.UpdateAccessList
 	if r.WhitelistMode != nil && !sc.operator() {
 		return nil, status.Error(codes.PermissionDenied, "whitelist_mode is node-wide: it needs an operator key")
 	}
-	err := s.lists.Modify(func(l *gate.ListsSnapshot) {
-		if r.WhitelistMode != nil {
-			l.WhitelistMode = *r.WhitelistMode
-		}
-		switch r.List {
-		case apipb.AccessList_IP_BLACKLIST:
-			l.IPBlacklist = edit(l.IPBlacklist, r.Add, r.Remove)
-		case apipb.AccessList_IP_WHITELIST:
-			l.IPWhitelist = edit(l.IPWhitelist, r.Add, r.Remove)
-		case apipb.AccessList_UID_BLACKLIST:
-			if l.UIDBlacklist == nil {
-				l.UIDBlacklist = map[uint16][]string{}
-			}
-			l.UIDBlacklist[uint16(r.AppCode)] = edit(l.UIDBlacklist[uint16(r.AppCode)], r.Add, r.Remove)
-			if len(l.UIDBlacklist[uint16(r.AppCode)]) == 0 {
-				delete(l.UIDBlacklist, uint16(r.AppCode))
-			}
-		}
-	})
-	switch {
-	case errors.Is(err, gate.ErrBadLists):
-		return nil, status.Errorf(codes.InvalidArgument, "lists: %v", err)
-	case err != nil:
-		// Not stored: nothing changed.
-		return nil, status.Errorf(codes.Unavailable, "lists: the change could not be stored (%v); nothing changed, retry", err)
+	if err := s.lists.Edit(ctx, r); err != nil {
+		return nil, listsError(err)
 	}
 	if r.List == apipb.AccessList_UID_BLACKLIST && len(r.Add) > 0 {
 		envs := make([]*actorpb.Envelope, len(r.Add))
@@ -136,7 +140,33 @@ func (s *Server) UpdateAccessList(ctx context.Context, r *apipb.UpdateAccessList
 		}
 	}
 	all := sc.operator() && r.List != apipb.AccessList_UID_BLACKLIST
-	return toAPI(s.lists.Snapshot(), r.AppCode, all), nil
+	snap, err := s.lists.Snapshot(ctx)
+	if err != nil {
+		return nil, listsError(err)
+	}
+	return toAPI(snap, r.AppCode, all), nil
+}
+
+// ApplyListEdit applies a validated UpdateAccessList request to l: what
+// every gate of the cluster does with it.
+func ApplyListEdit(l *gate.ListsSnapshot, r *apipb.UpdateAccessListRequest) {
+	if r.WhitelistMode != nil {
+		l.WhitelistMode = *r.WhitelistMode
+	}
+	switch r.List {
+	case apipb.AccessList_IP_BLACKLIST:
+		l.IPBlacklist = edit(l.IPBlacklist, r.Add, r.Remove)
+	case apipb.AccessList_IP_WHITELIST:
+		l.IPWhitelist = edit(l.IPWhitelist, r.Add, r.Remove)
+	case apipb.AccessList_UID_BLACKLIST:
+		if l.UIDBlacklist == nil {
+			l.UIDBlacklist = map[uint16][]string{}
+		}
+		l.UIDBlacklist[uint16(r.AppCode)] = edit(l.UIDBlacklist[uint16(r.AppCode)], r.Add, r.Remove)
+		if len(l.UIDBlacklist[uint16(r.AppCode)]) == 0 {
+			delete(l.UIDBlacklist, uint16(r.AppCode))
+		}
+	}
 }
 
 // edit returns list with add appended (once) and remove taken out.

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -15,13 +16,11 @@ import (
 // fakeLists fails every change with err.
 type fakeLists struct{ err error }
 
-func (f fakeLists) Snapshot() gate.ListsSnapshot { return gate.ListsSnapshot{} }
-
-func (f fakeLists) Modify(fn func(*gate.ListsSnapshot)) error {
-	var s gate.ListsSnapshot
-	fn(&s)
-	return f.err
+func (f fakeLists) Snapshot(context.Context) (gate.ListsSnapshot, error) {
+	return gate.ListsSnapshot{}, nil
 }
+
+func (f fakeLists) Edit(context.Context, *apipb.UpdateAccessListRequest) error { return f.err }
 
 // TestListEditErrors: a change that does not parse is the caller's
 // mistake (INVALID_ARGUMENT); one that could not be stored is not
@@ -37,7 +36,7 @@ func TestListEditErrors(t *testing.T) {
 		s := New(Deps{Req: &fakeReq{}, Limits: DefaultLimits(), Lists: fakeLists{tc.err}})
 		_, err := s.UpdateAccessList(scoped(1), &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1, Add: []string{"u"}})
 		if status.Code(err) != tc.code {
-			t.Errorf("Modify failing with %q: %v, want %v", tc.err, err, tc.code)
+			t.Errorf("Edit failing with %q: %v, want %v", tc.err, err, tc.code)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/courier-im/courier/actors/stats"
 	"github.com/courier-im/courier/actors/store"
+	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/cluster/upstream"
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages/actorpb"
@@ -120,11 +121,22 @@ type Deps struct {
 	// Lists, Stats and Upstream may be nil on a node without a gate.
 	Lists    Lists
 	Stats    *stats.Recorder
-	Upstream *upstream.Router
+	Upstream *upstream.Hub
 	// Backlog, if set, is the local gate's (gate.Gate.Backlog), for
 	// Limits.MaxGateBacklog.
 	Backlog func() time.Duration
+	// Members returns the node's view of the cluster, and Provider names
+	// the membership provider (for Members; may be nil).
+	Members  func() *membership.View
+	Provider string
+	// ClusterStats, if set, gathers every live node's statistics for
+	// Stats (otherwise Stats answers with this node's Stats alone).
+	ClusterStats ClusterStats
 }
+
+// ClusterStats returns the raw statistics of app of every live node that
+// answered before ctx ended, and the names of those that did not.
+type ClusterStats func(ctx context.Context, app uint16, msgtypes []uint32, window time.Duration) ([][]stats.RawStat, []string)
 
 // Server implements apipb.CourierServer.
 type Server struct {
@@ -135,18 +147,22 @@ type Server struct {
 	now    func() time.Time
 	lists  Lists
 	stats  *stats.Recorder
-	up     *upstream.Router
+	up     *upstream.Hub
 
 	backlog  func() time.Duration
 	inFlight atomic.Int64     // pushes accepted from calls, not yet answered
 	calls    gate.DelayWindow // how long push calls take to be answered
 	adm      *admission
+	view     func() *membership.View
+	prov     string
+
+	clusterStats ClusterStats
 }
 
 // New returns a server.
 func New(d Deps) *Server {
 	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream,
-		backlog: d.Backlog, adm: newAdmission(d.Keys, d.Limits)}
+		backlog: d.Backlog, adm: newAdmission(d.Keys, d.Limits), view: d.Members, prov: d.Provider, clusterStats: d.ClusterStats}
 }
 
 // admitPushes takes n pushes into the node's budget (release gives them back

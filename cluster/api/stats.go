@@ -16,7 +16,7 @@ func (s *Server) Stats(ctx context.Context, r *apipb.StatsRequest) (*apipb.Stats
 	if err := scopeOf(ctx).check(r.AppCode); err != nil {
 		return nil, err
 	}
-	if s.stats == nil {
+	if s.stats == nil && s.clusterStats == nil {
 		return nil, status.Error(codes.FailedPrecondition, "this node keeps no statistics")
 	}
 	if r.WindowSeconds > uint32(stats.MaxWindow/time.Second) {
@@ -26,8 +26,17 @@ func (s *Server) Stats(ctx context.Context, r *apipb.StatsRequest) (*apipb.Stats
 	if window == 0 {
 		window = time.Minute
 	}
-	per, all := s.stats.Snapshot(uint16(r.AppCode), r.Msgtypes, window)
-	out := &apipb.StatsResponse{AppCode: r.AppCode, WindowSeconds: uint32(window / time.Second), All: toStats(all)}
+	var per []stats.Stat
+	var all stats.Stat
+	var missing []string
+	if s.clusterStats != nil {
+		var parts [][]stats.RawStat
+		parts, missing = s.clusterStats(ctx, uint16(r.AppCode), r.Msgtypes, window)
+		per, all = stats.Merge(uint16(r.AppCode), parts...)
+	} else {
+		per, all = s.stats.Snapshot(uint16(r.AppCode), r.Msgtypes, window)
+	}
+	out := &apipb.StatsResponse{AppCode: r.AppCode, WindowSeconds: uint32(window / time.Second), All: toStats(all), NodesMissing: missing}
 	for _, st := range per {
 		out.Msgtypes = append(out.Msgtypes, toStats(st))
 	}

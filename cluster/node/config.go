@@ -13,6 +13,7 @@ import (
 	"github.com/courier-im/courier/actors"
 	"github.com/courier-im/courier/cluster"
 	"github.com/courier-im/courier/cluster/api"
+	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/cluster/upstream"
 	"github.com/courier-im/courier/gate"
 )
@@ -22,6 +23,9 @@ import (
 type Config struct {
 	// Name identifies the node in logs and presence (default: host name).
 	Name string
+	// Roles are what the node runs: any of "gate", "actors", "api",
+	// comma-separated (default all three).
+	Roles string
 	// DataDir holds the embedded store (default "./data").
 	DataDir string
 	// APIAddr is the gRPC API's listen address (default ":7001").
@@ -105,6 +109,7 @@ func DefaultConfig() Config {
 	a.Heartbeat = g.HeartbeatInterval
 	return Config{
 		Name:              host,
+		Roles:             "gate,actors,api",
 		DataDir:           "./data",
 		APIAddr:           ":7001",
 		HTTPAddr:          ":7002",
@@ -127,6 +132,15 @@ func DefaultConfig() Config {
 
 // resolve derives component settings from the node's and checks what the
 // components do not.
+// roles parses the node's roles.
+func (c *Config) roles() (membership.Roles, error) {
+	r, err := membership.ParseRoles(c.Roles)
+	if err != nil {
+		return 0, fmt.Errorf("node: roles: %v", err)
+	}
+	return r, nil
+}
+
 func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error) {
 	if c.IdleMemoryRelease < 0 {
 		return nil, nil, fmt.Errorf("node: idle-memory-release %v: must not be negative (0: never)", c.IdleMemoryRelease)

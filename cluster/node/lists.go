@@ -2,232 +2,132 @@ package node
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"os"
-	"sync"
+	"sort"
+	"strings"
 	"time"
 
-	"github.com/courier-im/courier/actors/store"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/courier-im/courier/cluster/api"
+	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/gate"
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
 )
 
-// listsPoll is how often a node looks for a lists change another node
-// stored: a change made through any node's API is in force on every node
-// within about this long.
-const listsPoll = time.Second
+// listsWait bounds how long an edit of the access lists waits for every
+// gate to confirm it: an edit is in force on every live gate within this
+// time, or the call fails.
+const listsWait = 2 * time.Second
 
-// listsDoc is the stored form of the access lists (JSON): the lists and,
-// if they came from the lists file, the SHA-256 of that file's content.
-type listsDoc struct {
-	Lists gate.ListsSnapshot `json:"lists"`
-	// FileSHA256 is the hash of the lists file these lists were last
-	// replaced with. At start, a file with the same content does not
-	// replace the lists (API changes made since stay); a file with
-	// another content does.
-	FileSHA256 string `json:"file_sha256,omitempty"`
-}
+// clusterLists are the access lists of every gate in the cluster
+// (api.Lists): an edit is sent to every live member with the gate role,
+// which stores it (its durableLists: in the shared PostgreSQL store, where
+// the edit is idempotent, or in its own Pebble) and applies it; the answer
+// comes from this node's gate, or from another one. Gates that were not
+// live then get it from the shared store within a second (listsPoll), or,
+// with Pebble, copy the others' lists when they join.
+type clusterLists struct{ n *Node }
 
-// durableLists are the gate's lists kept in the store: the store's
-// document is the truth, the gate applies it. A change through the API
-// is stored (compare-and-set on the document's version) before the gate
-// applies it and before the API answers; every node polls the version.
-// It implements api.Lists.
-type durableLists struct {
-	st   store.Store
-	gate *gate.Lists
-	log  *slog.Logger
-	file string // gate.lists-file, "" if none
-
-	mu       sync.Mutex // serializes changes and the poll
-	version  uint64     // of the document the gate applies
-	fileSHA  string     // of the document the gate applies
-	localSHA string     // of the lists file as this node last read it
-}
-
-// start loads the stored lists, lets a changed lists file replace them,
-// and applies the result to the gate. It fails if the store cannot be
-// read: a node must not admit devices the lists refuse.
-func (l *durableLists) start(ctx context.Context, initial gate.ListsSnapshot) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	v, doc, err := l.read(ctx)
-	if err != nil {
-		return fmt.Errorf("node: loading the access lists from the store: %w", err)
+func (l clusterLists) Edit(ctx context.Context, r *apipb.UpdateAccessListRequest) error {
+	ctx, cancel := context.WithTimeout(ctx, listsWait)
+	defer cancel()
+	replies, missing := l.n.sys.Gather(ctx, membership.RoleGate, &actorpb.NodeRequest{Body: &actorpb.NodeRequest_ListsEdit{ListsEdit: r}})
+	if len(replies) == 0 && len(missing) == 0 {
+		return status.Error(codes.FailedPrecondition, "no gate in the cluster")
 	}
-	if v == 0 {
-		doc.Lists = initial
+	var failed []string
+	applied := 0
+	for name, rep := range replies {
+		f := rep.GetFailure()
+		switch {
+		case f == nil:
+			applied++
+		case f.Code == int32(codes.InvalidArgument):
+			return status.Errorf(codes.InvalidArgument, "lists: %s", f.Message)
+		default:
+			failed = append(failed, fmt.Sprintf("%s (%s)", name, f.Message))
+		}
 	}
-	if l.file != "" {
-		return l.syncFileLocked(ctx, true)
+	failed = append(failed, missing...)
+	if len(failed) > 0 {
+		sort.Strings(failed)
+		return status.Errorf(codes.Unavailable, "the edit is in force on %d gate(s) but not confirmed by %s within %v; retry it (edits can be repeated)",
+			applied, strings.Join(failed, ", "), listsWait)
 	}
-	if err := l.gate.Update(doc.Lists); err != nil {
-		return fmt.Errorf("node: the stored access lists (version %d): %w", v, err)
-	}
-	l.version, l.fileSHA = v, doc.FileSHA256
 	return nil
 }
 
-func (l *durableLists) read(ctx context.Context) (uint64, listsDoc, error) {
-	v, b, err := l.st.Lists(ctx)
-	if err != nil || v == 0 {
-		return v, listsDoc{}, err
+func (l clusterLists) Snapshot(ctx context.Context) (gate.ListsSnapshot, error) {
+	if l.n.gate != nil {
+		return l.n.gate.Lists().Snapshot(), nil
 	}
-	var doc listsDoc
-	if err := json.Unmarshal(b, &doc); err != nil {
-		return 0, listsDoc{}, fmt.Errorf("corrupt lists document (version %d): %w", v, err)
-	}
-	return v, doc, nil
+	ctx, cancel := context.WithTimeout(ctx, listsWait)
+	defer cancel()
+	return l.n.peerLists(ctx)
 }
 
-// Snapshot implements api.Lists.
-func (l *durableLists) Snapshot() gate.ListsSnapshot { return l.gate.Snapshot() }
-
-// Modify implements api.Lists: it applies f to the stored lists and
-// stores the result, retrying if another node stored a change meanwhile.
-// When it returns nil the change is durable and in force on this node.
-// It fails with an error wrapping gate.ErrBadLists if the result does not
-// parse, or store.ErrUnavailable.
-func (l *durableLists) Modify(f func(*gate.ListsSnapshot)) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for {
-		v, doc, err := l.read(ctx)
-		if err != nil {
-			return err
-		}
-		if v == 0 {
-			doc.Lists = l.gate.Snapshot()
-		}
-		f(&doc.Lists)
-		b, err := json.Marshal(doc.Lists)
-		if err == nil {
-			_, err = gate.ParseListsSnapshot(b)
-		}
-		if err != nil {
-			return err
-		}
-		if err := l.storeLocked(ctx, v, doc); errors.Is(err, store.ErrConflict) && ctx.Err() == nil {
+// peerLists asks the other live gates for their lists and returns the
+// first answer.
+func (n *Node) peerLists(ctx context.Context) (gate.ListsSnapshot, error) {
+	replies, _ := n.sys.Gather(ctx, membership.RoleGate, &actorpb.NodeRequest{Body: &actorpb.NodeRequest_ListsGet{ListsGet: &actorpb.ListsGet{}}})
+	self := n.cfg.Name
+	for name, r := range replies {
+		if name == self {
 			continue
-		} else if err != nil {
-			return err
 		}
-		return nil
-	}
-}
-
-// storeLocked stores doc over version prev and applies it.
-func (l *durableLists) storeLocked(ctx context.Context, prev uint64, doc listsDoc) error {
-	b, err := json.Marshal(doc)
-	if err != nil {
-		return err
-	}
-	v, err := l.st.SetLists(ctx, prev, b)
-	if err != nil {
-		return err
-	}
-	l.version, l.fileSHA = v, doc.FileSHA256
-	return l.gate.Update(doc.Lists)
-}
-
-// run polls the store (and the lists file) until quit is closed.
-func (l *durableLists) run(quit <-chan struct{}, filePoll time.Duration) {
-	t := time.NewTicker(listsPoll)
-	defer t.Stop()
-	var fileTick <-chan time.Time
-	if l.file != "" {
-		ft := time.NewTicker(filePoll)
-		defer ft.Stop()
-		fileTick = ft.C
-	}
-	for {
-		select {
-		case <-quit:
-			return
-		case <-t.C:
-			if err := l.poll(); err != nil {
-				l.log.Warn("node: reading the stored access lists", "err", err)
-			}
-		case <-fileTick:
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			l.mu.Lock()
-			err := l.syncFileLocked(ctx, false)
-			l.mu.Unlock()
-			cancel()
-			if err != nil {
-				l.log.Warn("node: lists file not applied; keeping the current lists", "path", l.file, "err", err)
-			}
+		if lr := r.GetLists(); lr != nil {
+			return gate.ParseListsSnapshot(lr.Json)
 		}
 	}
+	return gate.ListsSnapshot{}, status.Error(codes.Unavailable, "no gate answered with its lists")
 }
 
-// poll applies a version another node stored.
-func (l *durableLists) poll() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// answerLists applies a lists request to this node's gate.
+func (n *Node) answerLists(req *actorpb.NodeRequest) *actorpb.Reply {
+	fail := func(code codes.Code, msg string) *actorpb.Reply {
+		return &actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(code), Message: msg}}}
+	}
+	if n.gate == nil {
+		return fail(codes.FailedPrecondition, "this node has no gate")
+	}
+	if e := req.GetListsEdit(); e != nil {
+		// Stored first (in force here once stored), then in the gate.
+		err := n.lists.Modify(func(s *gate.ListsSnapshot) { api.ApplyListEdit(s, e) })
+		switch {
+		case errors.Is(err, gate.ErrBadLists):
+			return fail(codes.InvalidArgument, err.Error())
+		case err != nil:
+			return fail(codes.Unavailable, "not stored: "+err.Error())
+		}
+	}
+	b, err := json.Marshal(n.gate.Lists().Snapshot())
+	if err != nil {
+		return fail(codes.Internal, err.Error())
+	}
+	return &actorpb.Reply{Body: &actorpb.Reply_Lists{Lists: &actorpb.ListsReply{Json: b}}}
+}
+
+// syncLists gives a gate that just joined the lists the other gates
+// have, unless it reads them from a file or shares the store they keep
+// them in (PostgreSQL: it loaded them at start). With a store of its own
+// (Pebble), an edit made between its joining and this copy may be
+// overwritten on this gate.
+func (n *Node) syncLists() {
+	if n.gate == nil || n.cfg.Gate.ListsFile != "" || n.cfg.Store == "postgres" || len(n.sys.View().Live(membership.RoleGate)) < 2 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), listsWait)
 	defer cancel()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	v, doc, err := l.read(ctx)
-	if err != nil || v == l.version {
-		return err
+	s, err := n.peerLists(ctx)
+	if err == nil {
+		err = n.lists.Modify(func(l *gate.ListsSnapshot) { *l = s })
 	}
-	if err := l.gate.Update(doc.Lists); err != nil {
-		return fmt.Errorf("version %d: %w", v, err)
-	}
-	l.version, l.fileSHA = v, doc.FileSHA256
-	return nil
-}
-
-// syncFileLocked stores the lists file's content as the lists if it
-// differs from the file the current lists came from: at start, and later
-// when the file changes on this node (a node does not undo another's
-// newer file with its own older one while both run). At start any error
-// is returned; later a file that does not parse keeps the current lists.
-func (l *durableLists) syncFileLocked(ctx context.Context, initial bool) error {
-	b, err := os.ReadFile(l.file)
 	if err != nil {
-		if initial {
-			return fmt.Errorf("node: gate.lists-file: %w", err)
-		}
-		return err
+		n.log.Warn("node: could not copy the access lists from the other gates; this gate starts with its own", "err", err)
 	}
-	sum := sha256.Sum256(b)
-	sha := hex.EncodeToString(sum[:])
-	if !initial && sha == l.localSHA {
-		return nil
-	}
-	v, doc, err := l.read(ctx)
-	if err != nil {
-		return err
-	}
-	if v != 0 && doc.FileSHA256 == sha {
-		l.localSHA = sha
-		if initial {
-			if err := l.gate.Update(doc.Lists); err != nil {
-				return err
-			}
-			l.version, l.fileSHA = v, sha
-		}
-		return nil
-	}
-	s, err := gate.ParseListsSnapshot(b)
-	if err != nil {
-		if initial {
-			return fmt.Errorf("node: gate.lists-file %s: %w", l.file, err)
-		}
-		l.localSHA = sha // logged once per content
-		return err
-	}
-	if err := l.storeLocked(ctx, v, listsDoc{Lists: s, FileSHA256: sha}); err != nil {
-		return err
-	}
-	l.localSHA = sha
-	l.log.Info("node: the lists file replaced the access lists", "path", l.file, "version", l.version)
-	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,12 +24,15 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/actors"
 	"github.com/courier-im/courier/actors/stats"
 	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/cluster"
 	"github.com/courier-im/courier/cluster/api"
+	"github.com/courier-im/courier/cluster/discovery"
+	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/cluster/upstream"
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages/actorpb"
@@ -45,6 +49,7 @@ type Node struct {
 	lists *durableLists
 	stats *stats.Recorder
 	up    *upstream.Router
+	hub   *upstream.Hub
 	gate  *gate.Gate
 	grpc  *grpc.Server
 	apiLn net.Listener
@@ -54,24 +59,36 @@ type Node struct {
 	health   *health.Server // grpc.health.v1 on the API port
 	stopping atomic.Bool    // Shutdown has begun: not ready
 
-	quit chan struct{} // stops the expiry sweep and the idle memory release
+	roles membership.Roles
+	quit  chan struct{} // stops the expiry sweep, the load publisher and the idle memory release
+	never chan struct{} // Failed of a node without a gate
 
 	memReleases prometheus.Counter
 	wg          sync.WaitGroup
 	once        sync.Once
 }
 
-// Start builds and starts a node. On error everything already started is
-// stopped again.
+// Version is the node's version, published to the other members (the
+// courier command sets it to its own, which `make build` and `make
+// release` stamp).
+var Version = "dev"
+
+// Start builds and starts a node with the components of its roles and
+// joins the cluster. On error everything already started is stopped
+// again.
 func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if log == nil {
 		log = slog.Default()
+	}
+	roles, err := cfg.roles()
+	if err != nil {
+		return nil, asConfigError(err)
 	}
 	secrets, keys, err := cfg.resolve()
 	if err != nil {
 		return nil, asConfigError(err)
 	}
-	n := &Node{cfg: cfg, log: log, reg: prometheus.NewRegistry(), quit: make(chan struct{})}
+	n := &Node{cfg: cfg, log: log, roles: roles, reg: prometheus.NewRegistry(), quit: make(chan struct{}), never: make(chan struct{})}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {
@@ -79,116 +96,155 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		}
 	}()
 
-	commitSeconds := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_seconds",
-		Help: "Time of one group commit of the inbox store (write and sync).", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14)})
-	batchWrites := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_writes",
-		Help: "Writes (one per identity) in one group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)})
-	commitErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_commit_errors_total",
-		Help: "Group commits that failed (their writes were refused)."})
-	swept := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_swept_records_total",
-		Help: "Expired idempotency and C2C-dedup records deleted by the store's sweep."})
-	readSeconds := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_read_seconds",
-		Help: "Time of one read round trip of the PostgreSQL store (loads and idempotency lookups of many identities).", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18)})
-	batchReads := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_read_reads",
-		Help: "Reads (loads and idempotency lookups) in one read round trip of the PostgreSQL store.", Buckets: prometheus.ExponentialBuckets(1, 2, 10)})
-	readErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_read_errors_total",
-		Help: "Read round trips of the PostgreSQL store that failed (their reads were refused)."})
-	n.reg.MustRegister(commitSeconds, batchWrites, commitErrors, swept, readSeconds, batchReads, readErrors)
-	observe := func(writes int, d time.Duration, err error) {
-		commitSeconds.Observe(d.Seconds())
-		batchWrites.Observe(float64(writes))
-		if err != nil {
-			commitErrors.Inc()
-		}
-	}
-	observeRead := func(reads int, d time.Duration, err error) {
-		readSeconds.Observe(d.Seconds())
-		batchReads.Observe(float64(reads))
-		if err != nil {
-			readErrors.Inc()
-		}
-	}
-	if n.store, err = openStore(cfg, log, observe, observeRead, func(k int) { swept.Add(float64(k)) }); err != nil {
-		return nil, err
-	}
+	var newChild cluster.ChildFactory
+	ids := actors.NewIDGen()
 	n.stats = stats.New()
 	n.reg.MustRegister(n.stats)
-	n.up = upstream.New(cfg.Upstream, n.stats)
-	ids := actors.NewIDGen()
-	deps := actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats})
-	// The cluster member starts before any other gRPC in the process.
-	n.sys, err = cluster.Start(cfg.Cluster, deps.NewActor, n.reg, log)
-	if err != nil {
-		return nil, err
-	}
-	deps.Router, deps.Gates = n.sys, n.sys
-
-	gcfg := cfg.Gate
-	gcfg.AppSecrets = secrets
-	// The node keeps the lists in the store and applies them (and the
-	// lists file) to the gate itself.
-	gcfg.ListsFile = ""
-	br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, up: n.up, ids: ids}
-	n.gate, err = gate.New(gcfg, br, n.reg, log)
-	if err != nil {
-		return nil, gateError(err)
-	}
-	br.g = n.gate
-	n.sys.SetGate(sink{n.gate, br.gateID})
-	public := cfg.GatePublicAddr
-	br.gateAddr.Store(&public)
-	// The stored lists are in force before the first device connects.
-	n.lists = &durableLists{st: n.store, gate: n.gate.Lists(), log: log, file: cfg.Gate.ListsFile}
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	err = n.lists.start(sctx, cfg.Gate.Lists)
-	cancel()
-	if err != nil {
-		return nil, err
-	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		n.lists.run(n.quit, cfg.Gate.ListsPollInterval)
-	}()
-	if err := n.gate.Start(); err != nil {
-		return nil, err
-	}
-	if public == "" {
-		public = n.gate.Addr().String()
-		br.gateAddr.Store(&public)
-	}
-
-	apiTLS, err := cfg.apiTLS()
-	if err != nil {
-		return nil, asConfigError(err)
-	}
-	srv := api.New(api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Lists: n.lists, Stats: n.stats, Upstream: n.up,
-		Backlog: n.gate.Backlog})
-	opts := srv.ServerOptions()
-	if apiTLS != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(apiTLS)))
-	}
-	n.grpc = grpc.NewServer(opts...)
-	apipb.RegisterCourierServer(n.grpc, srv)
-	// grpc.health.v1 (for load balancers; no API key needed) and server
-	// reflection (grpcurl works without the .proto files).
-	n.health = health.NewServer()
-	n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
-	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	healthpb.RegisterHealthServer(n.grpc, n.health)
-	reflection.Register(n.grpc)
-	n.reg.MustRegister(srv.Collectors()...)
-	if n.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
-		return nil, fmt.Errorf("node: api-addr %s: %w", cfg.APIAddr, err)
-	}
-	n.apiLn = srv.Listener(n.apiLn) // api.max-connections
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		if err := n.grpc.Serve(n.apiLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			log.Error("node: gRPC API stopped", "err", err)
+	var deps *actors.Deps
+	if roles.Has(membership.RoleActors) || roles.Has(membership.RoleGate) {
+		// The actors' inbox, and the gate's stored access lists.
+		commitSeconds := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_seconds",
+			Help: "Time of one group commit of the inbox store (write and sync).", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14)})
+		batchWrites := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_commit_writes",
+			Help: "Writes (one per identity) in one group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)})
+		commitErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_commit_errors_total",
+			Help: "Group commits that failed (their writes were refused)."})
+		swept := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_swept_records_total",
+			Help: "Expired idempotency and C2C-dedup records deleted by the store's sweep."})
+		readSeconds := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_read_seconds",
+			Help: "Time of one read round trip of the PostgreSQL store (loads and idempotency lookups of many identities).", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18)})
+		batchReads := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_read_reads",
+			Help: "Reads (loads and idempotency lookups) in one read round trip of the PostgreSQL store.", Buckets: prometheus.ExponentialBuckets(1, 2, 10)})
+		readErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_read_errors_total",
+			Help: "Read round trips of the PostgreSQL store that failed (their reads were refused)."})
+		n.reg.MustRegister(commitSeconds, batchWrites, commitErrors, swept, readSeconds, batchReads, readErrors)
+		observe := func(writes int, d time.Duration, err error) {
+			commitSeconds.Observe(d.Seconds())
+			batchWrites.Observe(float64(writes))
+			if err != nil {
+				commitErrors.Inc()
+			}
 		}
-	}()
+		observeRead := func(reads int, d time.Duration, err error) {
+			readSeconds.Observe(d.Seconds())
+			batchReads.Observe(float64(reads))
+			if err != nil {
+				readErrors.Inc()
+			}
+		}
+		if n.store, err = openStore(cfg, log, observe, observeRead, func(k int) { swept.Add(float64(k)) }); err != nil {
+			return nil, err
+		}
+		n.store = newFenceCounting(n.store, n.reg)
+	}
+	if roles.Has(membership.RoleActors) {
+		deps = actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats})
+		newChild = deps.NewActor
+	}
+	n.up = upstream.New(cfg.Upstream, n.stats)
+	// The cluster member starts before any other gRPC in the process.
+	n.sys, err = cluster.Start(cfg.Cluster, newChild, n.reg, log)
+	if err != nil {
+		return nil, err
+	}
+	if deps != nil {
+		deps.Router, deps.Gates = n.sys, n.sys
+	}
+	n.sys.SetNodeHandler(n.answerNode)
+	n.hub = upstream.NewHub(n.up, upTransport{n.sys}, log)
+	if err := n.sys.Serve(upstreamName, n.hub.Receive); err != nil {
+		return nil, fmt.Errorf("node: upstream actor: %w", err)
+	}
+	n.sys.OnView(func(v *membership.View) {
+		var live []string
+		for _, m := range v.Live(0) {
+			live = append(live, m.Address)
+		}
+		var gates []upstream.GateRef
+		for _, m := range v.Live(membership.RoleGate) {
+			gates = append(gates, upstream.GateRef{Address: m.Address, Instance: m.ID})
+		}
+		n.hub.SetMembers(live, gates)
+	})
+
+	self := membership.Member{Name: cfg.Name, Roles: roles, Version: Version}
+	if roles.Has(membership.RoleGate) {
+		gcfg := cfg.Gate
+		gcfg.AppSecrets = secrets
+		// The node keeps the lists in the store and applies them (and the
+		// lists file) to the gate itself.
+		gcfg.ListsFile = ""
+		br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, up: n.up, ids: ids}
+		n.gate, err = gate.New(gcfg, br, n.reg, log)
+		if err != nil {
+			return nil, gateError(err)
+		}
+		br.g = n.gate
+		n.sys.SetGate(sink{n.gate, br.gateID})
+		public := cfg.GatePublicAddr
+		br.gateAddr.Store(&public)
+		// The stored lists are in force before the first device connects.
+		n.lists = &durableLists{st: n.store, gate: n.gate.Lists(), log: log, file: cfg.Gate.ListsFile}
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err = n.lists.start(sctx, cfg.Gate.Lists)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			n.lists.run(n.quit, cfg.Gate.ListsPollInterval)
+		}()
+		if err := n.gate.Start(); err != nil {
+			return nil, err
+		}
+		if public == "" {
+			public = reachable(n.gate.Addr().String(), n.sys.Address())
+			br.gateAddr.Store(&public)
+		}
+		self.GateID, self.GateAddr = br.gateID, public
+		self.Apps = gateApps(secrets)
+	}
+
+	if roles.Has(membership.RoleAPI) {
+		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.hub,
+			Members: n.sys.View, Provider: cfg.Cluster.Provider, ClusterStats: n.clusterStats, Lists: clusterLists{n}}
+		if n.gate != nil {
+			deps.Backlog = n.gate.Backlog
+		}
+		apiTLS, err := cfg.apiTLS()
+		if err != nil {
+			return nil, asConfigError(err)
+		}
+		srv := api.New(deps)
+		opts := srv.ServerOptions()
+		if apiTLS != nil {
+			opts = append(opts, grpc.Creds(credentials.NewTLS(apiTLS)))
+		}
+		n.grpc = grpc.NewServer(opts...)
+		apipb.RegisterCourierServer(n.grpc, srv)
+		// grpc.health.v1 (for load balancers; no API key needed) and server
+		// reflection (grpcurl works without the .proto files).
+		n.health = health.NewServer()
+		n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+		n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+		healthpb.RegisterHealthServer(n.grpc, n.health)
+		reflection.Register(n.grpc)
+		n.reg.MustRegister(srv.Collectors()...)
+		if n.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+			return nil, fmt.Errorf("node: api-addr %s: %w", cfg.APIAddr, err)
+		}
+		n.apiLn = srv.Listener(n.apiLn) // api.max-connections
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			if err := n.grpc.Serve(n.apiLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				log.Error("node: gRPC API stopped", "err", err)
+			}
+		}()
+		self.APIAddr = reachable(n.apiLn.Addr().String(), n.sys.Address())
+	}
 
 	n.memReleases = prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_node_idle_memory_releases_total",
 		Help: "Times the node, idle, returned its heap's free memory to the operating system (idle-memory-release)."})
@@ -197,7 +253,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		n.wg.Add(1)
 		go n.releaseIdleMemory(cfg.IdleMemoryRelease)
 	}
-	if cfg.Actors.ExpirySweep > 0 {
+	if roles.Has(membership.RoleActors) && cfg.Actors.ExpirySweep > 0 {
 		n.wg.Add(1)
 		go n.sweepExpired(cfg.Actors.ExpirySweep)
 	}
@@ -209,6 +265,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		if roles.Has(membership.RoleAPI) {
+			mux.Handle(discovery.Path, discovery.Handler(n.sys.View))
+		}
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 			if err := n.Ready(); err != nil {
 				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
@@ -224,13 +283,34 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 				log.Error("node: HTTP stopped", "err", err)
 			}
 		}()
+		self.HTTPAddr = reachable(n.httpL.Addr().String(), n.sys.Address())
 	}
-	n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	log.Info("node: started", "name", cfg.Name, "gate", n.GateAddr(), "api", n.APIAddr(), "http", n.HTTPAddr(),
-		"cluster", n.sys.Address(), "store", cfg.Store, "data", cfg.DataDir)
+
+	self.Load = n.load()
+	if err := n.sys.Join(context.Background(), self, n.rejoined); err != nil {
+		return nil, err
+	}
+	n.syncLists()
+	n.wg.Add(1)
+	go n.publishLoad(cfg.Cluster.LoadInterval)
+	if n.health != nil {
+		n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+		n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	}
+	log.Info("node: started", "name", cfg.Name, "roles", roles.String(), "gate", n.GateAddr(), "api", n.APIAddr(),
+		"http", n.HTTPAddr(), "cluster", n.sys.Address(), "store", cfg.Store, "data", cfg.DataDir)
 	return n, nil
 }
+
+// upstreamName is the well-known actor of every node's upstream hub.
+const upstreamName = "courier-upstream"
+
+// upTransport carries the upstream hubs' messages over remoting.
+type upTransport struct{ sys *cluster.System }
+
+func (t upTransport) Self() string { return t.sys.Address() }
+
+func (t upTransport) Send(address string, m proto.Message) { t.sys.SendNode(address, upstreamName, m) }
 
 // postgresLanes is the default of store.lanes with PostgreSQL: round
 // trips and WAL flushes overlap.
@@ -269,6 +349,75 @@ func openStore(cfg Config, log *slog.Logger, observe, observeRead func(int, time
 	return s, nil
 }
 
+// load is what the node publishes about how busy it is.
+func (n *Node) load() membership.Load {
+	var l membership.Load
+	if n.gate != nil {
+		l.Conns, l.MaxConns = n.gate.Conns(), n.gate.MaxConns()
+	}
+	if n.sys != nil {
+		l.Actors = n.sys.Active()
+	}
+	return l
+}
+
+// publishLoad hands the node's load to the membership, which publishes
+// it when it changed.
+func (n *Node) publishLoad(every time.Duration) {
+	defer n.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.quit:
+			return
+		case <-t.C:
+			n.sys.SetLoad(n.load())
+		}
+	}
+}
+
+// rejoined is called when the node had to rejoin the cluster as a new
+// instance: the other members took it for gone and ended the sessions on
+// its gate, so its devices are told to reconnect and log in again.
+func (n *Node) rejoined() {
+	if n.gate != nil {
+		n.log.Warn("node: rejoined the cluster as a new instance; devices on this gate must log in again")
+		n.gate.KickAll()
+	}
+}
+
+// gateApps lists the apps whose devices the gate accepts, for gate
+// discovery. Beyond 80 apps the list would not fit the membership's
+// metadata and none is published, meaning every app.
+func gateApps(secrets map[uint16][]byte) []uint16 {
+	if len(secrets) > 80 {
+		return nil
+	}
+	apps := make([]uint16, 0, len(secrets))
+	for app := range secrets {
+		apps = append(apps, app)
+	}
+	slices.Sort(apps)
+	return apps
+}
+
+// reachable turns a listen address such as ":7001" or "0.0.0.0:7001" into
+// one other machines can dial, with the host of the node's remoting
+// address (which other members reach).
+func reachable(listen, remoting string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		if h, _, err := net.SplitHostPort(remoting); err == nil {
+			host = h
+		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
 // sweepExpired periodically has the actors of identities with expired
 // messages drop them, so that devices that never come back do not keep
 // their messages on disk forever. An identity found is sent a Sweep; its
@@ -302,20 +451,22 @@ func newInstanceID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Ready returns nil when the node serves: its store is open, its gate
-// listens, and it is a member of the cluster hosting identities; otherwise
-// an error saying what is missing. A node that has begun to shut down is
+// Ready returns nil when the node serves: the parts of its roles run (the
+// store open, the gate listening) and it is a live member of the cluster;
+// otherwise an error saying what is missing. A node that has begun to shut down is
 // not ready.
 func (n *Node) Ready() error {
 	var missing []string
 	if n.stopping.Load() {
 		missing = append(missing, "shutting down")
 	}
-	if n.store == nil {
+	if n.store == nil && (n.roles.Has(membership.RoleActors) || n.roles.Has(membership.RoleGate)) {
 		missing = append(missing, "store not open")
 	}
 	if n.gate == nil {
-		missing = append(missing, "no gate")
+		if n.roles.Has(membership.RoleGate) {
+			missing = append(missing, "no gate")
+		}
 	} else {
 		select {
 		case <-n.gate.Done():
@@ -335,16 +486,42 @@ func (n *Node) Ready() error {
 // Failed is closed when a part the node cannot live without stopped by
 // itself (the gate's event engine); Err says why. The process should exit
 // rather than go on as a node that serves no device.
-func (n *Node) Failed() <-chan struct{} { return n.gate.Done() }
+func (n *Node) Failed() <-chan struct{} {
+	if n.gate == nil {
+		return n.never
+	}
+	return n.gate.Done()
+}
 
 // Err returns why the node failed, or nil.
-func (n *Node) Err() error { return n.gate.Err() }
+func (n *Node) Err() error {
+	if n.gate == nil {
+		return nil
+	}
+	return n.gate.Err()
+}
 
-// GateAddr is the gate's listen address.
-func (n *Node) GateAddr() string { return n.gate.Addr().String() }
+// Roles returns the node's roles ("gate,actors,api").
+func (n *Node) Roles() string { return n.roles.String() }
 
-// APIAddr is the gRPC API's listen address.
-func (n *Node) APIAddr() string { return n.apiLn.Addr().String() }
+// ClusterAddr is the node's actor remoting address.
+func (n *Node) ClusterAddr() string { return n.sys.Address() }
+
+// GateAddr is the gate's listen address ("" without the gate role).
+func (n *Node) GateAddr() string {
+	if n.gate == nil {
+		return ""
+	}
+	return n.gate.Addr().String()
+}
+
+// APIAddr is the gRPC API's listen address ("" without the api role).
+func (n *Node) APIAddr() string {
+	if n.apiLn == nil {
+		return ""
+	}
+	return n.apiLn.Addr().String()
+}
 
 // HTTPAddr is the metrics endpoint's address ("" if disabled).
 func (n *Node) HTTPAddr() string {
@@ -371,8 +548,12 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			}
 			step("gate stopped")
 		}
+		if n.hub != nil {
+			// Upstream streams end so that GracefulStop does not wait for
+			// them; this node's subscriptions leave the other gates.
+			n.hub.Close()
+		}
 		if n.up != nil {
-			// Upstream streams end so that GracefulStop does not wait for them.
 			n.up.Close()
 		}
 		if n.grpc != nil {

@@ -16,7 +16,8 @@ import (
 // COURIER_ followed by its name in upper case with '.' and '-' as '_'
 // (COURIER_GATE_HEARTBEAT_INTERVAL).
 func BindSettings(fs *pflag.FlagSet, c *Config) {
-	fs.StringVar(&c.Name, "name", c.Name, "node name in logs and presence")
+	fs.StringVar(&c.Name, "name", c.Name, "node name in logs, presence and the cluster's member list")
+	fs.StringVar(&c.Roles, "roles", c.Roles, "what the node runs: any of gate, actors, api, comma-separated")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory of the embedded inbox store")
 	fs.StringVar(&c.APIAddr, "api-addr", c.APIAddr, "gRPC API listen address")
 	fs.StringVar(&c.APITLSCert, "api.tls-cert", c.APITLSCert, "PEM certificate of the gRPC API; with api.tls-key the API speaks only TLS")
@@ -71,7 +72,16 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&cl.Name, "cluster.name", cl.Name, "cluster name")
 	fs.StringVar(&cl.Bind, "cluster.bind", cl.Bind, "actor remoting listen address")
 	fs.StringVar(&cl.Advertise, "cluster.advertise", cl.Advertise, "actor remoting address other nodes use (default: the bound address)")
-	fs.StringVar(&cl.Provider, "cluster.provider", cl.Provider, `membership provider ("memory": a single node)`)
+	fs.StringVar(&cl.Provider, "cluster.provider", cl.Provider, `membership provider: "memory" (a single node) or "consul"`)
+	fs.StringVar(&cl.Consul, "cluster.consul", cl.Consul, "HTTP address of the Consul agent (provider consul)")
+	fs.StringVar(&cl.ConsulToken, "cluster.consul-token", cl.ConsulToken, "ACL token for the Consul agent, if it needs one")
+	fs.DurationVar(&cl.TTL, "cluster.ttl", cl.TTL, "a member not refreshing its Consul check for this long is out (and rejoins as a new instance)")
+	fs.DurationVar(&cl.DeregisterAfter, "cluster.deregister-after", cl.DeregisterAfter, "Consul removes a member critical for this long (at least 1m)")
+	fs.DurationVar(&cl.LoadInterval, "cluster.load-interval", cl.LoadInterval, "most often the node publishes its load (connections, actors) to the cluster")
+	fs.DurationVar(&cl.JoinTimeout, "cluster.join-timeout", cl.JoinTimeout, "bound on joining the cluster at start")
+	fs.StringVar(&cl.TLS.CA, "cluster.tls-ca", cl.TLS.CA, "PEM file of the cluster CA: remoting peers must present a certificate it signed (mutual TLS)")
+	fs.StringVar(&cl.TLS.Cert, "cluster.tls-cert", cl.TLS.Cert, "PEM file of this node's certificate, signed by cluster.tls-ca")
+	fs.StringVar(&cl.TLS.Key, "cluster.tls-key", cl.TLS.Key, "PEM file of this node's private key")
 	fs.IntVar(&cl.Shards, "cluster.shards", cl.Shards, "host actors per node (same on every node)")
 	fs.DurationVar(&cl.RequestTimeout, "cluster.request-timeout", cl.RequestTimeout, "bound on a request to an identity's actor")
 	fs.IntVar(&cl.MaxHops, "cluster.max-hops", cl.MaxHops, "forwards allowed while nodes disagree about ownership")

@@ -35,7 +35,18 @@ func loginCode(t *testing.T, n *testkit.Node, uid string) devicepb.Code {
 	t.Helper()
 	d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
 	defer d.Close()
-	return d.Login(uid, testkit.Token(t, 1, uid), false).Code
+	d.Send(messages.CmdLogin, d.NextSeq(), &devicepb.Login{Uid: uid, Token: testkit.Token(t, 1, uid), DeviceId: "dev-" + uid})
+	f, err := d.ReadFrame()
+	switch {
+	case err != nil:
+		t.Fatalf("login of %s: %v", uid, err)
+	case f.Cmd == messages.CmdKickout && f.Msg.(*devicepb.Kickout).Reason == devicepb.KickReason_UID_BLACKLISTED:
+		// The ban came into force while the login was on its way.
+		return devicepb.Code_UID_BLOCKED
+	case f.Cmd != messages.CmdLoginAck:
+		t.Fatalf("login of %s: got %v", uid, f.Cmd)
+	}
+	return f.Msg.(*devicepb.LoginAck).Code
 }
 
 // refusedAtLogin reports whether a login of uid is refused as blocked.
@@ -233,6 +244,9 @@ func TestFencingAcrossTwoNodes(t *testing.T) {
 		t.Fatalf("a's push after b claimed the identity: %v %v, want UNAVAILABLE", r, err)
 	}
 	// Its actor stopped: the identity was claimed elsewhere.
+	if n := metric(t, a, regexp.MustCompile(`(?m)^courier_store_fenced_writes_total (\d+)`)); n < 1 {
+		t.Fatalf("fenced writes counted on a: %d", n)
+	}
 	if n := metric(t, a, regexp.MustCompile(`(?m)^courier_actors_retired_total (\d+)`)); n < 1 {
 		t.Fatalf("node a retired %d actors after a fenced write", n)
 	}

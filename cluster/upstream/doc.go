@@ -17,5 +17,13 @@
 // live in memory: a node that crashes loses what its subscribers had not
 // yet acknowledged (docs/operating.md).
 //
-// A Router is safe for concurrent use. Lock order: Router.mu only.
+// Across nodes (Hub): a C2S stays in the router of the gate node that
+// received it; an app-server subscribed on any api node is a subscriber
+// (a proxy) in every live gate's router, whose deliveries travel to the
+// api node over remoting and whose acks travel back. A proxy of an api
+// node that left the cluster is closed, and what it held goes to the
+// other subscribers.
+//
+// A Router is safe for concurrent use. Lock order: Router.mu only; in the
+// hub, Hub.mu before Router.mu.
 package upstream

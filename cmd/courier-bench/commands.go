@@ -39,10 +39,12 @@ func (c *common) bind(cmd *cobra.Command) {
 	c.cfg = d
 	f := cmd.Flags()
 	f.StringVar(&c.cfg.Gate, "gate", d.Gate, "the node's device gate (IPv4:port)")
+	f.StringVar(&c.cfg.Discover, "discover", "", "an api node's HTTP address (http://HOST:PORT): take the gates from its gate discovery instead of --gate, workers spread over them")
 	f.StringVar(&c.cfg.API, "api", d.API, "the node's gRPC API")
 	f.StringVar(&c.cfg.Metrics, "node-metrics", d.Metrics, `the node's /metrics host:port, for its CPU and memory ("" : none)`)
 	f.StringVar(&c.cfg.Pprof, "node-pprof", "", "the node's pprof host:port (courier --pprof-addr), to force a GC before memory samples and for --profile")
 	f.IntVar(&c.cfg.NodePID, "node-pid", 0, "the local node's process id: CPU and RSS from /proc (more precise than /metrics)")
+	f.IntSliceVar(&c.cfg.MorePIDs, "more-node-pids", nil, "the other local nodes of a cluster (process ids): their CPU is added to the node's (node CPU is then the cluster's)")
 	f.IntVar(&c.cfg.DBPID, "db-pid", 0, "the PostgreSQL server's process id (head -1 PGDATA/postmaster.pid): its CPU and its backends' are reported")
 	f.StringVar(&c.cfg.Spawn, "spawn-node", "", "start this courier binary fresh for the run (temp data dir, free ports, gate limits off, pprof on) and stop it after")
 	f.StringArrayVar(&c.cfg.SpawnArgs, "node-arg", nil, "extra flag for the spawned node (repeatable), e.g. --node-arg=--store-no-sync")

@@ -151,6 +151,7 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 	// gracefully instead of killing it.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	node.Version = versionString()
 	n, err := node.Start(cfg, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "courier:", err)
@@ -159,7 +160,8 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 		}
 		return 1
 	}
-	addrs := map[string]string{"gate": n.GateAddr(), "api": n.APIAddr(), "http": n.HTTPAddr()}
+	addrs := map[string]string{"name": cfg.Name, "roles": n.Roles(), "gate": n.GateAddr(), "api": n.APIAddr(),
+		"http": n.HTTPAddr(), "cluster": n.ClusterAddr()}
 	if *pprofAddr != "" {
 		if addrs["pprof"], err = startPprof(*pprofAddr, log); err != nil {
 			log.Error("courier: --pprof-addr", "err", err)

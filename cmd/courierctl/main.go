@@ -65,7 +65,8 @@ func newRoot() *cobra.Command {
 		// Run before each command's own PreRun.
 		PersistentPreRun: func(c *cobra.Command, _ []string) { warnLegacyEnv(c) },
 	}
-	root.AddCommand(tokenCmd(), deviceCmd(), pushCmd(), kickCmd(), presenceCmd(), statsCmd(), upstreamCmd(), listsCmd(), versionCmd())
+	root.AddCommand(tokenCmd(), deviceCmd(), pushCmd(), kickCmd(), presenceCmd(), statsCmd(), upstreamCmd(), listsCmd(), versionCmd(),
+		certsCmd(), membersCmd())
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
 		c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })

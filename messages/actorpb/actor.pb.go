@@ -12,6 +12,7 @@
 package actorpb
 
 import (
+	apipb "github.com/courier-im/courier/messages/apipb"
 	devicepb "github.com/courier-im/courier/messages/devicepb"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -976,6 +977,48 @@ func (x *GateDown) GetGateId() string {
 	return ""
 }
 
+// Handoff tells an identity's actor that another member owns its
+// identity now (membership changed, or this node is leaving): it takes no
+// new work, completes what it has in flight (the store write and what
+// waits for it: API replies, deliveries, acknowledgements), hands any
+// envelope that still reaches it to the new owner, and stops. Sent only
+// inside a node.
+type Handoff struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Handoff) Reset() {
+	*x = Handoff{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Handoff) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Handoff) ProtoMessage() {}
+
+func (x *Handoff) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Handoff.ProtoReflect.Descriptor instead.
+func (*Handoff) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{10}
+}
+
 // Sweep asks an identity's actor to drop its expired messages (sent by the
 // node's background sweep of the inbox store, for identities that hold
 // expired messages and may never come back).
@@ -987,7 +1030,7 @@ type Sweep struct {
 
 func (x *Sweep) Reset() {
 	*x = Sweep{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1042,7 @@ func (x *Sweep) String() string {
 func (*Sweep) ProtoMessage() {}
 
 func (x *Sweep) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1055,7 @@ func (x *Sweep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sweep.ProtoReflect.Descriptor instead.
 func (*Sweep) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{10}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{11}
 }
 
 // Reply answers an Envelope that carried a req_id.
@@ -1025,6 +1068,9 @@ type Reply struct {
 	//	*Reply_Kick
 	//	*Reply_Presence
 	//	*Reply_Failure
+	//	*Reply_StatsPart
+	//	*Reply_Lists
+	//	*Reply_Pong
 	Body          isReply_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1032,7 +1078,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1090,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1103,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{11}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Reply) GetReqId() uint64 {
@@ -1110,6 +1156,33 @@ func (x *Reply) GetFailure() *Failure {
 	return nil
 }
 
+func (x *Reply) GetStatsPart() *StatsPart {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_StatsPart); ok {
+			return x.StatsPart
+		}
+	}
+	return nil
+}
+
+func (x *Reply) GetLists() *ListsReply {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_Lists); ok {
+			return x.Lists
+		}
+	}
+	return nil
+}
+
+func (x *Reply) GetPong() *Pong {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_Pong); ok {
+			return x.Pong
+		}
+	}
+	return nil
+}
+
 type isReply_Body interface {
 	isReply_Body()
 }
@@ -1130,6 +1203,18 @@ type Reply_Failure struct {
 	Failure *Failure `protobuf:"bytes,13,opt,name=failure,proto3,oneof"`
 }
 
+type Reply_StatsPart struct {
+	StatsPart *StatsPart `protobuf:"bytes,20,opt,name=stats_part,json=statsPart,proto3,oneof"`
+}
+
+type Reply_Lists struct {
+	Lists *ListsReply `protobuf:"bytes,21,opt,name=lists,proto3,oneof"`
+}
+
+type Reply_Pong struct {
+	Pong *Pong `protobuf:"bytes,22,opt,name=pong,proto3,oneof"`
+}
+
 func (*Reply_Push) isReply_Body() {}
 
 func (*Reply_Kick) isReply_Body() {}
@@ -1137,6 +1222,48 @@ func (*Reply_Kick) isReply_Body() {}
 func (*Reply_Presence) isReply_Body() {}
 
 func (*Reply_Failure) isReply_Body() {}
+
+func (*Reply_StatsPart) isReply_Body() {}
+
+func (*Reply_Lists) isReply_Body() {}
+
+func (*Reply_Pong) isReply_Body() {}
+
+type Pong struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pong) Reset() {
+	*x = Pong{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pong) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pong) ProtoMessage() {}
+
+func (x *Pong) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pong.ProtoReflect.Descriptor instead.
+func (*Pong) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
+}
 
 // Failure: the request could not be handled. code is a gRPC status code.
 type Failure struct {
@@ -1149,7 +1276,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1288,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1301,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Failure) GetCode() int32 {
@@ -1205,7 +1332,7 @@ type Push struct {
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1344,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1357,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Push) GetMsgtype() uint32 {
@@ -1290,7 +1417,7 @@ type PushReply struct {
 
 func (x *PushReply) Reset() {
 	*x = PushReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1429,7 @@ func (x *PushReply) String() string {
 func (*PushReply) ProtoMessage() {}
 
 func (x *PushReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1442,7 @@ func (x *PushReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushReply.ProtoReflect.Descriptor instead.
 func (*PushReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PushReply) GetCode() int32 {
@@ -1370,7 +1497,7 @@ type Kick struct {
 
 func (x *Kick) Reset() {
 	*x = Kick{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1509,7 @@ func (x *Kick) String() string {
 func (*Kick) ProtoMessage() {}
 
 func (x *Kick) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1522,7 @@ func (x *Kick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kick.ProtoReflect.Descriptor instead.
 func (*Kick) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Kick) GetReason() devicepb.KickReason {
@@ -1421,7 +1548,7 @@ type KickReply struct {
 
 func (x *KickReply) Reset() {
 	*x = KickReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1560,7 @@ func (x *KickReply) String() string {
 func (*KickReply) ProtoMessage() {}
 
 func (x *KickReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1573,7 @@ func (x *KickReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickReply.ProtoReflect.Descriptor instead.
 func (*KickReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *KickReply) GetWasOnline() bool {
@@ -1464,7 +1591,7 @@ type PresenceQuery struct {
 
 func (x *PresenceQuery) Reset() {
 	*x = PresenceQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1603,7 @@ func (x *PresenceQuery) String() string {
 func (*PresenceQuery) ProtoMessage() {}
 
 func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1616,7 @@ func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceQuery.ProtoReflect.Descriptor instead.
 func (*PresenceQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
 }
 
 type PresenceReply struct {
@@ -1509,7 +1636,7 @@ type PresenceReply struct {
 
 func (x *PresenceReply) Reset() {
 	*x = PresenceReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1521,7 +1648,7 @@ func (x *PresenceReply) String() string {
 func (*PresenceReply) ProtoMessage() {}
 
 func (x *PresenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1534,7 +1661,7 @@ func (x *PresenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceReply.ProtoReflect.Descriptor instead.
 func (*PresenceReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PresenceReply) GetOnline() bool {
@@ -1600,6 +1727,868 @@ func (x *PresenceReply) GetPending() uint32 {
 	return 0
 }
 
+// NodeRequest asks a node, not an identity: a cluster-wide service sends
+// it to the well-known node actor of every member concerned and combines
+// their Replies.
+type NodeRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ReqId        uint64                 `protobuf:"varint,1,opt,name=req_id,json=reqId,proto3" json:"req_id,omitempty"`
+	ReplyAddress string                 `protobuf:"bytes,2,opt,name=reply_address,json=replyAddress,proto3" json:"reply_address,omitempty"`
+	// Types that are valid to be assigned to Body:
+	//
+	//	*NodeRequest_Stats
+	//	*NodeRequest_ListsEdit
+	//	*NodeRequest_ListsGet
+	//	*NodeRequest_Ping
+	Body          isNodeRequest_Body `protobuf_oneof:"body"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeRequest) Reset() {
+	*x = NodeRequest{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeRequest) ProtoMessage() {}
+
+func (x *NodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
+func (*NodeRequest) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *NodeRequest) GetReqId() uint64 {
+	if x != nil {
+		return x.ReqId
+	}
+	return 0
+}
+
+func (x *NodeRequest) GetReplyAddress() string {
+	if x != nil {
+		return x.ReplyAddress
+	}
+	return ""
+}
+
+func (x *NodeRequest) GetBody() isNodeRequest_Body {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *NodeRequest) GetStats() *StatsQuery {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_Stats); ok {
+			return x.Stats
+		}
+	}
+	return nil
+}
+
+func (x *NodeRequest) GetListsEdit() *apipb.UpdateAccessListRequest {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_ListsEdit); ok {
+			return x.ListsEdit
+		}
+	}
+	return nil
+}
+
+func (x *NodeRequest) GetListsGet() *ListsGet {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_ListsGet); ok {
+			return x.ListsGet
+		}
+	}
+	return nil
+}
+
+func (x *NodeRequest) GetPing() *Ping {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_Ping); ok {
+			return x.Ping
+		}
+	}
+	return nil
+}
+
+type isNodeRequest_Body interface {
+	isNodeRequest_Body()
+}
+
+type NodeRequest_Stats struct {
+	Stats *StatsQuery `protobuf:"bytes,10,opt,name=stats,proto3,oneof"`
+}
+
+type NodeRequest_ListsEdit struct {
+	// Apply this (validated) edit to the node's gate lists; answered with
+	// the lists after it.
+	ListsEdit *apipb.UpdateAccessListRequest `protobuf:"bytes,11,opt,name=lists_edit,json=listsEdit,proto3,oneof"`
+}
+
+type NodeRequest_ListsGet struct {
+	// Answer with the node's gate lists.
+	ListsGet *ListsGet `protobuf:"bytes,12,opt,name=lists_get,json=listsGet,proto3,oneof"`
+}
+
+type NodeRequest_Ping struct {
+	// Answer at once (a node that leaves uses it as a barrier: once a
+	// member answered, everything sent to it before has arrived).
+	Ping *Ping `protobuf:"bytes,13,opt,name=ping,proto3,oneof"`
+}
+
+func (*NodeRequest_Stats) isNodeRequest_Body() {}
+
+func (*NodeRequest_ListsEdit) isNodeRequest_Body() {}
+
+func (*NodeRequest_ListsGet) isNodeRequest_Body() {}
+
+func (*NodeRequest_Ping) isNodeRequest_Body() {}
+
+type Ping struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ping) Reset() {
+	*x = Ping{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ping) ProtoMessage() {}
+
+func (x *Ping) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ping.ProtoReflect.Descriptor instead.
+func (*Ping) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+}
+
+type ListsGet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListsGet) Reset() {
+	*x = ListsGet{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListsGet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListsGet) ProtoMessage() {}
+
+func (x *ListsGet) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListsGet.ProtoReflect.Descriptor instead.
+func (*ListsGet) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
+}
+
+// ListsReply is a gate's whole lists, in the JSON of gate.ListsSnapshot
+// (the lists file's format).
+type ListsReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Json          []byte                 `protobuf:"bytes,1,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListsReply) Reset() {
+	*x = ListsReply{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListsReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListsReply) ProtoMessage() {}
+
+func (x *ListsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListsReply.ProtoReflect.Descriptor instead.
+func (*ListsReply) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListsReply) GetJson() []byte {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
+
+// StatsQuery asks for a node's delivery statistics of one app, answered
+// with a StatsPart.
+type StatsQuery struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AppCode uint32                 `protobuf:"varint,1,opt,name=app_code,json=appCode,proto3" json:"app_code,omitempty"`
+	// Only these msgtypes; empty means all.
+	Msgtypes      []uint32 `protobuf:"varint,2,rep,packed,name=msgtypes,proto3" json:"msgtypes,omitempty"`
+	WindowMs      int64    `protobuf:"varint,3,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsQuery) Reset() {
+	*x = StatsQuery{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsQuery) ProtoMessage() {}
+
+func (x *StatsQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsQuery.ProtoReflect.Descriptor instead.
+func (*StatsQuery) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *StatsQuery) GetAppCode() uint32 {
+	if x != nil {
+		return x.AppCode
+	}
+	return 0
+}
+
+func (x *StatsQuery) GetMsgtypes() []uint32 {
+	if x != nil {
+		return x.Msgtypes
+	}
+	return nil
+}
+
+func (x *StatsQuery) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+// StatCounts are event counts (actors/stats.Counts).
+type StatCounts struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Accepted         uint64                 `protobuf:"varint,1,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	Delivered        uint64                 `protobuf:"varint,2,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	Acked            uint64                 `protobuf:"varint,3,opt,name=acked,proto3" json:"acked,omitempty"`
+	Retried          uint64                 `protobuf:"varint,4,opt,name=retried,proto3" json:"retried,omitempty"`
+	Expired          uint64                 `protobuf:"varint,5,opt,name=expired,proto3" json:"expired,omitempty"`
+	Dropped          uint64                 `protobuf:"varint,6,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	UpstreamReceived uint64                 `protobuf:"varint,7,opt,name=upstream_received,json=upstreamReceived,proto3" json:"upstream_received,omitempty"`
+	UpstreamAcked    uint64                 `protobuf:"varint,8,opt,name=upstream_acked,json=upstreamAcked,proto3" json:"upstream_acked,omitempty"`
+	AcceptedStored   uint64                 `protobuf:"varint,9,opt,name=accepted_stored,json=acceptedStored,proto3" json:"accepted_stored,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *StatCounts) Reset() {
+	*x = StatCounts{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatCounts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatCounts) ProtoMessage() {}
+
+func (x *StatCounts) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatCounts.ProtoReflect.Descriptor instead.
+func (*StatCounts) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *StatCounts) GetAccepted() uint64 {
+	if x != nil {
+		return x.Accepted
+	}
+	return 0
+}
+
+func (x *StatCounts) GetDelivered() uint64 {
+	if x != nil {
+		return x.Delivered
+	}
+	return 0
+}
+
+func (x *StatCounts) GetAcked() uint64 {
+	if x != nil {
+		return x.Acked
+	}
+	return 0
+}
+
+func (x *StatCounts) GetRetried() uint64 {
+	if x != nil {
+		return x.Retried
+	}
+	return 0
+}
+
+func (x *StatCounts) GetExpired() uint64 {
+	if x != nil {
+		return x.Expired
+	}
+	return 0
+}
+
+func (x *StatCounts) GetDropped() uint64 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
+}
+
+func (x *StatCounts) GetUpstreamReceived() uint64 {
+	if x != nil {
+		return x.UpstreamReceived
+	}
+	return 0
+}
+
+func (x *StatCounts) GetUpstreamAcked() uint64 {
+	if x != nil {
+		return x.UpstreamAcked
+	}
+	return 0
+}
+
+func (x *StatCounts) GetAcceptedStored() uint64 {
+	if x != nil {
+		return x.AcceptedStored
+	}
+	return 0
+}
+
+// Hist is a latency histogram's non-empty buckets (index[i] holds
+// count[i] samples), its sample count and maximum in microseconds.
+type Hist struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         []uint32               `protobuf:"varint,1,rep,packed,name=index,proto3" json:"index,omitempty"`
+	Count         []uint32               `protobuf:"varint,2,rep,packed,name=count,proto3" json:"count,omitempty"`
+	N             uint64                 `protobuf:"varint,3,opt,name=n,proto3" json:"n,omitempty"`
+	MaxUs         uint64                 `protobuf:"varint,4,opt,name=max_us,json=maxUs,proto3" json:"max_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Hist) Reset() {
+	*x = Hist{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Hist) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Hist) ProtoMessage() {}
+
+func (x *Hist) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Hist.ProtoReflect.Descriptor instead.
+func (*Hist) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *Hist) GetIndex() []uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return nil
+}
+
+func (x *Hist) GetCount() []uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return nil
+}
+
+func (x *Hist) GetN() uint64 {
+	if x != nil {
+		return x.N
+	}
+	return 0
+}
+
+func (x *Hist) GetMaxUs() uint64 {
+	if x != nil {
+		return x.MaxUs
+	}
+	return 0
+}
+
+// RawStat is one msgtype's statistics on one node.
+type RawStat struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Msgtype       uint32                 `protobuf:"varint,1,opt,name=msgtype,proto3" json:"msgtype,omitempty"`
+	Total         *StatCounts            `protobuf:"bytes,2,opt,name=total,proto3" json:"total,omitempty"`
+	Window        *StatCounts            `protobuf:"bytes,3,opt,name=window,proto3" json:"window,omitempty"`
+	TotalLatency  *Hist                  `protobuf:"bytes,4,opt,name=total_latency,json=totalLatency,proto3" json:"total_latency,omitempty"`
+	WindowLatency *Hist                  `protobuf:"bytes,5,opt,name=window_latency,json=windowLatency,proto3" json:"window_latency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RawStat) Reset() {
+	*x = RawStat{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RawStat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RawStat) ProtoMessage() {}
+
+func (x *RawStat) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RawStat.ProtoReflect.Descriptor instead.
+func (*RawStat) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RawStat) GetMsgtype() uint32 {
+	if x != nil {
+		return x.Msgtype
+	}
+	return 0
+}
+
+func (x *RawStat) GetTotal() *StatCounts {
+	if x != nil {
+		return x.Total
+	}
+	return nil
+}
+
+func (x *RawStat) GetWindow() *StatCounts {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *RawStat) GetTotalLatency() *Hist {
+	if x != nil {
+		return x.TotalLatency
+	}
+	return nil
+}
+
+func (x *RawStat) GetWindowLatency() *Hist {
+	if x != nil {
+		return x.WindowLatency
+	}
+	return nil
+}
+
+// StatsPart is one node's answer to a StatsQuery.
+type StatsPart struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Stats         []*RawStat             `protobuf:"bytes,1,rep,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsPart) Reset() {
+	*x = StatsPart{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsPart) ProtoMessage() {}
+
+func (x *StatsPart) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsPart.ProtoReflect.Descriptor instead.
+func (*StatsPart) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *StatsPart) GetStats() []*RawStat {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
+// UpstreamSubscribe: an app-server subscribed on the api node at
+// sink_address; the gate node holds a subscription for it in its upstream
+// router (a proxy) and sends it what its devices publish, until
+// UpstreamUnsubscribe or the api node leaves the cluster.
+type UpstreamSubscribe struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique in the cluster and across restarts of the api node.
+	SubId       string   `protobuf:"bytes,1,opt,name=sub_id,json=subId,proto3" json:"sub_id,omitempty"`
+	SinkAddress string   `protobuf:"bytes,2,opt,name=sink_address,json=sinkAddress,proto3" json:"sink_address,omitempty"`
+	AppCode     uint32   `protobuf:"varint,3,opt,name=app_code,json=appCode,proto3" json:"app_code,omitempty"`
+	Msgtypes    []uint32 `protobuf:"varint,4,rep,packed,name=msgtypes,proto3" json:"msgtypes,omitempty"`
+	// Deliveries the gate may have in flight to this subscription.
+	Window        uint32 `protobuf:"varint,5,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamSubscribe) Reset() {
+	*x = UpstreamSubscribe{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamSubscribe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamSubscribe) ProtoMessage() {}
+
+func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamSubscribe.ProtoReflect.Descriptor instead.
+func (*UpstreamSubscribe) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *UpstreamSubscribe) GetSubId() string {
+	if x != nil {
+		return x.SubId
+	}
+	return ""
+}
+
+func (x *UpstreamSubscribe) GetSinkAddress() string {
+	if x != nil {
+		return x.SinkAddress
+	}
+	return ""
+}
+
+func (x *UpstreamSubscribe) GetAppCode() uint32 {
+	if x != nil {
+		return x.AppCode
+	}
+	return 0
+}
+
+func (x *UpstreamSubscribe) GetMsgtypes() []uint32 {
+	if x != nil {
+		return x.Msgtypes
+	}
+	return nil
+}
+
+func (x *UpstreamSubscribe) GetWindow() uint32 {
+	if x != nil {
+		return x.Window
+	}
+	return 0
+}
+
+type UpstreamUnsubscribe struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SubId         string                 `protobuf:"bytes,1,opt,name=sub_id,json=subId,proto3" json:"sub_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamUnsubscribe) Reset() {
+	*x = UpstreamUnsubscribe{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamUnsubscribe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamUnsubscribe) ProtoMessage() {}
+
+func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamUnsubscribe.ProtoReflect.Descriptor instead.
+func (*UpstreamUnsubscribe) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *UpstreamUnsubscribe) GetSubId() string {
+	if x != nil {
+		return x.SubId
+	}
+	return ""
+}
+
+// UpstreamBatch: deliveries from the gate at gate_address to a
+// subscription; their delivery ids are the gate router's.
+type UpstreamBatch struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	SubId         string                   `protobuf:"bytes,1,opt,name=sub_id,json=subId,proto3" json:"sub_id,omitempty"`
+	GateAddress   string                   `protobuf:"bytes,2,opt,name=gate_address,json=gateAddress,proto3" json:"gate_address,omitempty"`
+	Messages      []*apipb.UpstreamMessage `protobuf:"bytes,3,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamBatch) Reset() {
+	*x = UpstreamBatch{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamBatch) ProtoMessage() {}
+
+func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamBatch.ProtoReflect.Descriptor instead.
+func (*UpstreamBatch) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *UpstreamBatch) GetSubId() string {
+	if x != nil {
+		return x.SubId
+	}
+	return ""
+}
+
+func (x *UpstreamBatch) GetGateAddress() string {
+	if x != nil {
+		return x.GateAddress
+	}
+	return ""
+}
+
+func (x *UpstreamBatch) GetMessages() []*apipb.UpstreamMessage {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+// UpstreamAck: the app-server processed these deliveries (the gate
+// router's ids).
+type UpstreamAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SubId         string                 `protobuf:"bytes,1,opt,name=sub_id,json=subId,proto3" json:"sub_id,omitempty"`
+	DeliveryIds   []uint64               `protobuf:"varint,2,rep,packed,name=delivery_ids,json=deliveryIds,proto3" json:"delivery_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamAck) Reset() {
+	*x = UpstreamAck{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamAck) ProtoMessage() {}
+
+func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamAck.ProtoReflect.Descriptor instead.
+func (*UpstreamAck) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *UpstreamAck) GetSubId() string {
+	if x != nil {
+		return x.SubId
+	}
+	return ""
+}
+
+func (x *UpstreamAck) GetDeliveryIds() []uint64 {
+	if x != nil {
+		return x.DeliveryIds
+	}
+	return nil
+}
+
 // SessionRecord is an identity's current session, stored durably.
 type SessionRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1618,7 +2607,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +2619,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +2632,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -1724,7 +2713,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +2725,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +2738,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -1791,7 +2780,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +2792,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +2805,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -1894,7 +2883,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1906,7 +2895,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1919,7 +2908,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -1947,7 +2936,7 @@ var File_courier_actor_v1_actor_proto protoreflect.FileDescriptor
 
 const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\n" +
-	"\x1ccourier/actor/v1/actor.proto\x12\x10courier.actor.v1\x1a\x1ecourier/device/v1/device.proto\"{\n" +
+	"\x1ccourier/actor/v1/actor.proto\x12\x10courier.actor.v1\x1a\x1ecourier/device/v1/device.proto\x1a\x14courier/v1/api.proto\"{\n" +
 	"\aConnRef\x12!\n" +
 	"\fgate_address\x18\x01 \x01(\tR\vgateAddress\x12\x17\n" +
 	"\agate_id\x18\x02 \x01(\tR\x06gateId\x12\x17\n" +
@@ -2018,16 +3007,22 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\tgate_down\x18\x12 \x01(\v2\x1a.courier.actor.v1.GateDownH\x00R\bgateDownB\x06\n" +
 	"\x04body\"#\n" +
 	"\bGateDown\x12\x17\n" +
-	"\agate_id\x18\x01 \x01(\tR\x06gateId\"\a\n" +
-	"\x05Sweep\"\x82\x02\n" +
+	"\agate_id\x18\x01 \x01(\tR\x06gateId\"\t\n" +
+	"\aHandoff\"\a\n" +
+	"\x05Sweep\"\xa4\x03\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
 	"\x04push\x18\n" +
 	" \x01(\v2\x1b.courier.actor.v1.PushReplyH\x00R\x04push\x121\n" +
 	"\x04kick\x18\v \x01(\v2\x1b.courier.actor.v1.KickReplyH\x00R\x04kick\x12=\n" +
 	"\bpresence\x18\f \x01(\v2\x1f.courier.actor.v1.PresenceReplyH\x00R\bpresence\x125\n" +
-	"\afailure\x18\r \x01(\v2\x19.courier.actor.v1.FailureH\x00R\afailureB\x06\n" +
-	"\x04body\"7\n" +
+	"\afailure\x18\r \x01(\v2\x19.courier.actor.v1.FailureH\x00R\afailure\x12<\n" +
+	"\n" +
+	"stats_part\x18\x14 \x01(\v2\x1b.courier.actor.v1.StatsPartH\x00R\tstatsPart\x124\n" +
+	"\x05lists\x18\x15 \x01(\v2\x1c.courier.actor.v1.ListsReplyH\x00R\x05lists\x12,\n" +
+	"\x04pong\x18\x16 \x01(\v2\x16.courier.actor.v1.PongH\x00R\x04pongB\x06\n" +
+	"\x04body\"\x06\n" +
+	"\x04Pong\"7\n" +
 	"\aFailure\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\xbd\x01\n" +
@@ -2063,7 +3058,67 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\vapp_version\x18\a \x01(\tR\n" +
 	"appVersion\x12%\n" +
 	"\x0flogged_in_at_ms\x18\b \x01(\x03R\floggedInAtMs\x12\x18\n" +
-	"\apending\x18\t \x01(\rR\apending\"\xbb\x02\n" +
+	"\apending\x18\t \x01(\rR\apending\"\xb6\x02\n" +
+	"\vNodeRequest\x12\x15\n" +
+	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12#\n" +
+	"\rreply_address\x18\x02 \x01(\tR\freplyAddress\x124\n" +
+	"\x05stats\x18\n" +
+	" \x01(\v2\x1c.courier.actor.v1.StatsQueryH\x00R\x05stats\x12D\n" +
+	"\n" +
+	"lists_edit\x18\v \x01(\v2#.courier.v1.UpdateAccessListRequestH\x00R\tlistsEdit\x129\n" +
+	"\tlists_get\x18\f \x01(\v2\x1a.courier.actor.v1.ListsGetH\x00R\blistsGet\x12,\n" +
+	"\x04ping\x18\r \x01(\v2\x16.courier.actor.v1.PingH\x00R\x04pingB\x06\n" +
+	"\x04body\"\x06\n" +
+	"\x04Ping\"\n" +
+	"\n" +
+	"\bListsGet\" \n" +
+	"\n" +
+	"ListsReply\x12\x12\n" +
+	"\x04json\x18\x01 \x01(\fR\x04json\"`\n" +
+	"\n" +
+	"StatsQuery\x12\x19\n" +
+	"\bapp_code\x18\x01 \x01(\rR\aappCode\x12\x1a\n" +
+	"\bmsgtypes\x18\x02 \x03(\rR\bmsgtypes\x12\x1b\n" +
+	"\twindow_ms\x18\x03 \x01(\x03R\bwindowMs\"\xa7\x02\n" +
+	"\n" +
+	"StatCounts\x12\x1a\n" +
+	"\baccepted\x18\x01 \x01(\x04R\baccepted\x12\x1c\n" +
+	"\tdelivered\x18\x02 \x01(\x04R\tdelivered\x12\x14\n" +
+	"\x05acked\x18\x03 \x01(\x04R\x05acked\x12\x18\n" +
+	"\aretried\x18\x04 \x01(\x04R\aretried\x12\x18\n" +
+	"\aexpired\x18\x05 \x01(\x04R\aexpired\x12\x18\n" +
+	"\adropped\x18\x06 \x01(\x04R\adropped\x12+\n" +
+	"\x11upstream_received\x18\a \x01(\x04R\x10upstreamReceived\x12%\n" +
+	"\x0eupstream_acked\x18\b \x01(\x04R\rupstreamAcked\x12'\n" +
+	"\x0faccepted_stored\x18\t \x01(\x04R\x0eacceptedStored\"W\n" +
+	"\x04Hist\x12\x14\n" +
+	"\x05index\x18\x01 \x03(\rR\x05index\x12\x14\n" +
+	"\x05count\x18\x02 \x03(\rR\x05count\x12\f\n" +
+	"\x01n\x18\x03 \x01(\x04R\x01n\x12\x15\n" +
+	"\x06max_us\x18\x04 \x01(\x04R\x05maxUs\"\x89\x02\n" +
+	"\aRawStat\x12\x18\n" +
+	"\amsgtype\x18\x01 \x01(\rR\amsgtype\x122\n" +
+	"\x05total\x18\x02 \x01(\v2\x1c.courier.actor.v1.StatCountsR\x05total\x124\n" +
+	"\x06window\x18\x03 \x01(\v2\x1c.courier.actor.v1.StatCountsR\x06window\x12;\n" +
+	"\rtotal_latency\x18\x04 \x01(\v2\x16.courier.actor.v1.HistR\ftotalLatency\x12=\n" +
+	"\x0ewindow_latency\x18\x05 \x01(\v2\x16.courier.actor.v1.HistR\rwindowLatency\"<\n" +
+	"\tStatsPart\x12/\n" +
+	"\x05stats\x18\x01 \x03(\v2\x19.courier.actor.v1.RawStatR\x05stats\"\x9c\x01\n" +
+	"\x11UpstreamSubscribe\x12\x15\n" +
+	"\x06sub_id\x18\x01 \x01(\tR\x05subId\x12!\n" +
+	"\fsink_address\x18\x02 \x01(\tR\vsinkAddress\x12\x19\n" +
+	"\bapp_code\x18\x03 \x01(\rR\aappCode\x12\x1a\n" +
+	"\bmsgtypes\x18\x04 \x03(\rR\bmsgtypes\x12\x16\n" +
+	"\x06window\x18\x05 \x01(\rR\x06window\",\n" +
+	"\x13UpstreamUnsubscribe\x12\x15\n" +
+	"\x06sub_id\x18\x01 \x01(\tR\x05subId\"\x82\x01\n" +
+	"\rUpstreamBatch\x12\x15\n" +
+	"\x06sub_id\x18\x01 \x01(\tR\x05subId\x12!\n" +
+	"\fgate_address\x18\x02 \x01(\tR\vgateAddress\x127\n" +
+	"\bmessages\x18\x03 \x03(\v2\x1b.courier.v1.UpstreamMessageR\bmessages\"G\n" +
+	"\vUpstreamAck\x12\x15\n" +
+	"\x06sub_id\x18\x01 \x01(\tR\x05subId\x12!\n" +
+	"\fdelivery_ids\x18\x02 \x03(\x04R\vdeliveryIds\"\xbb\x02\n" +
 	"\rSessionRecord\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12-\n" +
 	"\x04conn\x18\x02 \x01(\v2\x19.courier.actor.v1.ConnRefR\x04conn\x12\x1b\n" +
@@ -2111,71 +3166,101 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
-	(*ConnRef)(nil),           // 0: courier.actor.v1.ConnRef
-	(*DeviceLogin)(nil),       // 1: courier.actor.v1.DeviceLogin
-	(*DeviceFrame)(nil),       // 2: courier.actor.v1.DeviceFrame
-	(*DeviceClosed)(nil),      // 3: courier.actor.v1.DeviceClosed
-	(*C2CSend)(nil),           // 4: courier.actor.v1.C2CSend
-	(*OutFrame)(nil),          // 5: courier.actor.v1.OutFrame
-	(*ToConn)(nil),            // 6: courier.actor.v1.ToConn
-	(*LoginOutcome)(nil),      // 7: courier.actor.v1.LoginOutcome
-	(*Envelope)(nil),          // 8: courier.actor.v1.Envelope
-	(*GateDown)(nil),          // 9: courier.actor.v1.GateDown
-	(*Sweep)(nil),             // 10: courier.actor.v1.Sweep
-	(*Reply)(nil),             // 11: courier.actor.v1.Reply
-	(*Failure)(nil),           // 12: courier.actor.v1.Failure
-	(*Push)(nil),              // 13: courier.actor.v1.Push
-	(*PushReply)(nil),         // 14: courier.actor.v1.PushReply
-	(*Kick)(nil),              // 15: courier.actor.v1.Kick
-	(*KickReply)(nil),         // 16: courier.actor.v1.KickReply
-	(*PresenceQuery)(nil),     // 17: courier.actor.v1.PresenceQuery
-	(*PresenceReply)(nil),     // 18: courier.actor.v1.PresenceReply
-	(*SessionRecord)(nil),     // 19: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),      // 20: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),        // 21: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil), // 22: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),    // 23: courier.device.v1.Login
-	(*devicepb.C2C)(nil),      // 24: courier.device.v1.C2C
-	(devicepb.KickReason)(0),  // 25: courier.device.v1.KickReason
-	(devicepb.Platform)(0),    // 26: courier.device.v1.Platform
-	(devicepb.Kind)(0),        // 27: courier.device.v1.Kind
+	(*ConnRef)(nil),                       // 0: courier.actor.v1.ConnRef
+	(*DeviceLogin)(nil),                   // 1: courier.actor.v1.DeviceLogin
+	(*DeviceFrame)(nil),                   // 2: courier.actor.v1.DeviceFrame
+	(*DeviceClosed)(nil),                  // 3: courier.actor.v1.DeviceClosed
+	(*C2CSend)(nil),                       // 4: courier.actor.v1.C2CSend
+	(*OutFrame)(nil),                      // 5: courier.actor.v1.OutFrame
+	(*ToConn)(nil),                        // 6: courier.actor.v1.ToConn
+	(*LoginOutcome)(nil),                  // 7: courier.actor.v1.LoginOutcome
+	(*Envelope)(nil),                      // 8: courier.actor.v1.Envelope
+	(*GateDown)(nil),                      // 9: courier.actor.v1.GateDown
+	(*Handoff)(nil),                       // 10: courier.actor.v1.Handoff
+	(*Sweep)(nil),                         // 11: courier.actor.v1.Sweep
+	(*Reply)(nil),                         // 12: courier.actor.v1.Reply
+	(*Pong)(nil),                          // 13: courier.actor.v1.Pong
+	(*Failure)(nil),                       // 14: courier.actor.v1.Failure
+	(*Push)(nil),                          // 15: courier.actor.v1.Push
+	(*PushReply)(nil),                     // 16: courier.actor.v1.PushReply
+	(*Kick)(nil),                          // 17: courier.actor.v1.Kick
+	(*KickReply)(nil),                     // 18: courier.actor.v1.KickReply
+	(*PresenceQuery)(nil),                 // 19: courier.actor.v1.PresenceQuery
+	(*PresenceReply)(nil),                 // 20: courier.actor.v1.PresenceReply
+	(*NodeRequest)(nil),                   // 21: courier.actor.v1.NodeRequest
+	(*Ping)(nil),                          // 22: courier.actor.v1.Ping
+	(*ListsGet)(nil),                      // 23: courier.actor.v1.ListsGet
+	(*ListsReply)(nil),                    // 24: courier.actor.v1.ListsReply
+	(*StatsQuery)(nil),                    // 25: courier.actor.v1.StatsQuery
+	(*StatCounts)(nil),                    // 26: courier.actor.v1.StatCounts
+	(*Hist)(nil),                          // 27: courier.actor.v1.Hist
+	(*RawStat)(nil),                       // 28: courier.actor.v1.RawStat
+	(*StatsPart)(nil),                     // 29: courier.actor.v1.StatsPart
+	(*UpstreamSubscribe)(nil),             // 30: courier.actor.v1.UpstreamSubscribe
+	(*UpstreamUnsubscribe)(nil),           // 31: courier.actor.v1.UpstreamUnsubscribe
+	(*UpstreamBatch)(nil),                 // 32: courier.actor.v1.UpstreamBatch
+	(*UpstreamAck)(nil),                   // 33: courier.actor.v1.UpstreamAck
+	(*SessionRecord)(nil),                 // 34: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),                  // 35: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),                    // 36: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil),             // 37: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),                // 38: courier.device.v1.Login
+	(*devicepb.C2C)(nil),                  // 39: courier.device.v1.C2C
+	(devicepb.KickReason)(0),              // 40: courier.device.v1.KickReason
+	(devicepb.Platform)(0),                // 41: courier.device.v1.Platform
+	(*apipb.UpdateAccessListRequest)(nil), // 42: courier.v1.UpdateAccessListRequest
+	(*apipb.UpstreamMessage)(nil),         // 43: courier.v1.UpstreamMessage
+	(devicepb.Kind)(0),                    // 44: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	23, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	38, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	24, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	39, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
 	2,  // 9: courier.actor.v1.Envelope.frame:type_name -> courier.actor.v1.DeviceFrame
 	3,  // 10: courier.actor.v1.Envelope.closed:type_name -> courier.actor.v1.DeviceClosed
 	4,  // 11: courier.actor.v1.Envelope.c2c:type_name -> courier.actor.v1.C2CSend
-	13, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
-	15, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
-	17, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
-	10, // 15: courier.actor.v1.Envelope.sweep:type_name -> courier.actor.v1.Sweep
+	15, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
+	17, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
+	19, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
+	11, // 15: courier.actor.v1.Envelope.sweep:type_name -> courier.actor.v1.Sweep
 	9,  // 16: courier.actor.v1.Envelope.gate_down:type_name -> courier.actor.v1.GateDown
-	14, // 17: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
-	16, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
-	18, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
-	12, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	25, // 21: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 22: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	26, // 23: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	0,  // 24: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	26, // 25: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	19, // 26: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	27, // 27: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	28, // [28:28] is the sub-list for method output_type
-	28, // [28:28] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	16, // 17: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
+	18, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
+	20, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
+	14, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
+	29, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	24, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
+	13, // 23: courier.actor.v1.Reply.pong:type_name -> courier.actor.v1.Pong
+	40, // 24: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 25: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	41, // 26: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	25, // 27: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	42, // 28: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	23, // 29: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
+	22, // 30: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
+	26, // 31: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	26, // 32: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	27, // 33: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	27, // 34: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	28, // 35: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	43, // 36: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
+	0,  // 37: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	41, // 38: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	34, // 39: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	44, // 40: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -2194,11 +3279,20 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Envelope_Sweep)(nil),
 		(*Envelope_GateDown)(nil),
 	}
-	file_courier_actor_v1_actor_proto_msgTypes[11].OneofWrappers = []any{
+	file_courier_actor_v1_actor_proto_msgTypes[12].OneofWrappers = []any{
 		(*Reply_Push)(nil),
 		(*Reply_Kick)(nil),
 		(*Reply_Presence)(nil),
 		(*Reply_Failure)(nil),
+		(*Reply_StatsPart)(nil),
+		(*Reply_Lists)(nil),
+		(*Reply_Pong)(nil),
+	}
+	file_courier_actor_v1_actor_proto_msgTypes[21].OneofWrappers = []any{
+		(*NodeRequest_Stats)(nil),
+		(*NodeRequest_ListsEdit)(nil),
+		(*NodeRequest_ListsGet)(nil),
+		(*NodeRequest_Ping)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2206,7 +3300,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

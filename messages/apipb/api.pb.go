@@ -1184,7 +1184,10 @@ type StatsResponse struct {
 	WindowSeconds uint32                 `protobuf:"varint,2,opt,name=window_seconds,json=windowSeconds,proto3" json:"window_seconds,omitempty"`
 	Msgtypes      []*MsgtypeStats        `protobuf:"bytes,3,rep,name=msgtypes,proto3" json:"msgtypes,omitempty"`
 	// Sums over the msgtypes returned.
-	All           *MsgtypeStats `protobuf:"bytes,4,opt,name=all,proto3" json:"all,omitempty"`
+	All *MsgtypeStats `protobuf:"bytes,4,opt,name=all,proto3" json:"all,omitempty"`
+	// The statistics are the sum over the cluster's live nodes. Nodes that
+	// did not answer in time are named here; their counts are missing.
+	NodesMissing  []string `protobuf:"bytes,5,rep,name=nodes_missing,json=nodesMissing,proto3" json:"nodes_missing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1243,6 +1246,13 @@ func (x *StatsResponse) GetMsgtypes() []*MsgtypeStats {
 func (x *StatsResponse) GetAll() *MsgtypeStats {
 	if x != nil {
 		return x.All
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetNodesMissing() []string {
+	if x != nil {
+		return x.NodesMissing
 	}
 	return nil
 }
@@ -1841,6 +1851,288 @@ func (x *UpdateAccessListRequest) GetWhitelistMode() bool {
 	return false
 }
 
+type MembersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembersRequest) Reset() {
+	*x = MembersRequest{}
+	mi := &file_courier_v1_api_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembersRequest) ProtoMessage() {}
+
+func (x *MembersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_v1_api_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
+func (*MembersRequest) Descriptor() ([]byte, []int) {
+	return file_courier_v1_api_proto_rawDescGZIP(), []int{25}
+}
+
+// Member is one instance of a node in the cluster.
+type Member struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The instance id: new at every start and every rejoin of the node.
+	Id   string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Any of "gate", "actors", "api".
+	Roles   []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	Version string   `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	// Actor remoting address (host:port).
+	Address string `protobuf:"bytes,5,opt,name=address,proto3" json:"address,omitempty"`
+	// The gate's instance id and public address (gate role).
+	GateId   string `protobuf:"bytes,6,opt,name=gate_id,json=gateId,proto3" json:"gate_id,omitempty"`
+	GateAddr string `protobuf:"bytes,7,opt,name=gate_addr,json=gateAddr,proto3" json:"gate_addr,omitempty"`
+	// gRPC API (api role) and HTTP (metrics, health, gate discovery).
+	ApiAddr  string `protobuf:"bytes,8,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
+	HttpAddr string `protobuf:"bytes,9,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	// Load: the gate's connections and cap, identity actors in memory.
+	Conns    uint32 `protobuf:"varint,10,opt,name=conns,proto3" json:"conns,omitempty"`
+	MaxConns uint32 `protobuf:"varint,11,opt,name=max_conns,json=maxConns,proto3" json:"max_conns,omitempty"`
+	Actors   uint32 `protobuf:"varint,12,opt,name=actors,proto3" json:"actors,omitempty"`
+	// "passing", "warning" or "critical" (the membership check).
+	Health string `protobuf:"bytes,13,opt,name=health,proto3" json:"health,omitempty"`
+	// A blocked instance was seen out of the cluster once and is never
+	// taken back (its node rejoins as a new instance).
+	Blocked bool `protobuf:"varint,14,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	// Whether the instance takes part in the cluster (passing, not blocked).
+	Live        bool  `protobuf:"varint,15,opt,name=live,proto3" json:"live,omitempty"`
+	StartedAtMs int64 `protobuf:"varint,16,opt,name=started_at_ms,json=startedAtMs,proto3" json:"started_at_ms,omitempty"`
+	// Apps whose devices the gate accepts; empty means all.
+	Apps          []uint32 `protobuf:"varint,17,rep,packed,name=apps,proto3" json:"apps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_courier_v1_api_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_v1_api_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_courier_v1_api_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *Member) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Member) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Member) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *Member) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Member) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Member) GetGateId() string {
+	if x != nil {
+		return x.GateId
+	}
+	return ""
+}
+
+func (x *Member) GetGateAddr() string {
+	if x != nil {
+		return x.GateAddr
+	}
+	return ""
+}
+
+func (x *Member) GetApiAddr() string {
+	if x != nil {
+		return x.ApiAddr
+	}
+	return ""
+}
+
+func (x *Member) GetHttpAddr() string {
+	if x != nil {
+		return x.HttpAddr
+	}
+	return ""
+}
+
+func (x *Member) GetConns() uint32 {
+	if x != nil {
+		return x.Conns
+	}
+	return 0
+}
+
+func (x *Member) GetMaxConns() uint32 {
+	if x != nil {
+		return x.MaxConns
+	}
+	return 0
+}
+
+func (x *Member) GetActors() uint32 {
+	if x != nil {
+		return x.Actors
+	}
+	return 0
+}
+
+func (x *Member) GetHealth() string {
+	if x != nil {
+		return x.Health
+	}
+	return ""
+}
+
+func (x *Member) GetBlocked() bool {
+	if x != nil {
+		return x.Blocked
+	}
+	return false
+}
+
+func (x *Member) GetLive() bool {
+	if x != nil {
+		return x.Live
+	}
+	return false
+}
+
+func (x *Member) GetStartedAtMs() int64 {
+	if x != nil {
+		return x.StartedAtMs
+	}
+	return 0
+}
+
+func (x *Member) GetApps() []uint32 {
+	if x != nil {
+		return x.Apps
+	}
+	return nil
+}
+
+type MembersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node that answered (its instance id) and the membership provider.
+	AnsweredBy string `protobuf:"bytes,1,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
+	Provider   string `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
+	// Every registered instance, live or not, sorted by name then id.
+	Members       []*Member `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembersResponse) Reset() {
+	*x = MembersResponse{}
+	mi := &file_courier_v1_api_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembersResponse) ProtoMessage() {}
+
+func (x *MembersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_v1_api_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
+func (*MembersResponse) Descriptor() ([]byte, []int) {
+	return file_courier_v1_api_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *MembersResponse) GetAnsweredBy() string {
+	if x != nil {
+		return x.AnsweredBy
+	}
+	return ""
+}
+
+func (x *MembersResponse) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *MembersResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
 var File_courier_v1_api_proto protoreflect.FileDescriptor
 
 const file_courier_v1_api_proto_rawDesc = "" +
@@ -1921,12 +2213,13 @@ const file_courier_v1_api_proto_rawDesc = "" +
 	"\x12arrival_rate_total\x18\x04 \x01(\x01R\x10arrivalRateTotal\x12.\n" +
 	"\x13arrival_rate_window\x18\x05 \x01(\x01R\x11arrivalRateWindow\x12?\n" +
 	"\x11ack_latency_total\x18\x06 \x01(\v2\x13.courier.v1.LatencyR\x0fackLatencyTotal\x12A\n" +
-	"\x12ack_latency_window\x18\a \x01(\v2\x13.courier.v1.LatencyR\x10ackLatencyWindow\"\xb3\x01\n" +
+	"\x12ack_latency_window\x18\a \x01(\v2\x13.courier.v1.LatencyR\x10ackLatencyWindow\"\xd8\x01\n" +
 	"\rStatsResponse\x12\x19\n" +
 	"\bapp_code\x18\x01 \x01(\rR\aappCode\x12%\n" +
 	"\x0ewindow_seconds\x18\x02 \x01(\rR\rwindowSeconds\x124\n" +
 	"\bmsgtypes\x18\x03 \x03(\v2\x18.courier.v1.MsgtypeStatsR\bmsgtypes\x12*\n" +
-	"\x03all\x18\x04 \x01(\v2\x18.courier.v1.MsgtypeStatsR\x03all\"}\n" +
+	"\x03all\x18\x04 \x01(\v2\x18.courier.v1.MsgtypeStatsR\x03all\x12#\n" +
+	"\rnodes_missing\x18\x05 \x03(\tR\fnodesMissing\"}\n" +
 	"\x0fUpstreamRequest\x125\n" +
 	"\tsubscribe\x18\x01 \x01(\v2\x15.courier.v1.SubscribeH\x00R\tsubscribe\x12+\n" +
 	"\x03ack\x18\x02 \x01(\v2\x17.courier.v1.UpstreamAckH\x00R\x03ackB\x06\n" +
@@ -1968,7 +2261,32 @@ const file_courier_v1_api_proto_rawDesc = "" +
 	"\x03add\x18\x03 \x03(\tR\x03add\x12\x16\n" +
 	"\x06remove\x18\x04 \x03(\tR\x06remove\x12*\n" +
 	"\x0ewhitelist_mode\x18\x05 \x01(\bH\x00R\rwhitelistMode\x88\x01\x01B\x11\n" +
-	"\x0f_whitelist_mode*=\n" +
+	"\x0f_whitelist_mode\"\x10\n" +
+	"\x0eMembersRequest\"\xad\x03\n" +
+	"\x06Member\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\tR\aversion\x12\x18\n" +
+	"\aaddress\x18\x05 \x01(\tR\aaddress\x12\x17\n" +
+	"\agate_id\x18\x06 \x01(\tR\x06gateId\x12\x1b\n" +
+	"\tgate_addr\x18\a \x01(\tR\bgateAddr\x12\x19\n" +
+	"\bapi_addr\x18\b \x01(\tR\aapiAddr\x12\x1b\n" +
+	"\thttp_addr\x18\t \x01(\tR\bhttpAddr\x12\x14\n" +
+	"\x05conns\x18\n" +
+	" \x01(\rR\x05conns\x12\x1b\n" +
+	"\tmax_conns\x18\v \x01(\rR\bmaxConns\x12\x16\n" +
+	"\x06actors\x18\f \x01(\rR\x06actors\x12\x16\n" +
+	"\x06health\x18\r \x01(\tR\x06health\x12\x18\n" +
+	"\ablocked\x18\x0e \x01(\bR\ablocked\x12\x12\n" +
+	"\x04live\x18\x0f \x01(\bR\x04live\x12\"\n" +
+	"\rstarted_at_ms\x18\x10 \x01(\x03R\vstartedAtMs\x12\x12\n" +
+	"\x04apps\x18\x11 \x03(\rR\x04apps\"|\n" +
+	"\x0fMembersResponse\x12\x1f\n" +
+	"\vanswered_by\x18\x01 \x01(\tR\n" +
+	"answeredBy\x12\x1a\n" +
+	"\bprovider\x18\x02 \x01(\tR\bprovider\x12,\n" +
+	"\amembers\x18\x03 \x03(\v2\x12.courier.v1.MemberR\amembers*=\n" +
 	"\bDelivery\x12\x13\n" +
 	"\x0fDELIVERY_STORED\x10\x00\x12\x1c\n" +
 	"\x18DELIVERY_FIRE_AND_FORGET\x10\x01*`\n" +
@@ -1977,7 +2295,7 @@ const file_courier_v1_api_proto_rawDesc = "" +
 	"\x17ACCESS_LIST_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fIP_BLACKLIST\x10\x01\x12\x10\n" +
 	"\fIP_WHITELIST\x10\x02\x12\x11\n" +
-	"\rUID_BLACKLIST\x10\x032\xb6\x04\n" +
+	"\rUID_BLACKLIST\x10\x032\xfa\x04\n" +
 	"\aCourier\x129\n" +
 	"\x04Push\x12\x17.courier.v1.PushRequest\x1a\x18.courier.v1.PushResponse\x12E\n" +
 	"\bPushMany\x12\x1b.courier.v1.PushManyRequest\x1a\x1c.courier.v1.PushManyResponse\x129\n" +
@@ -1986,7 +2304,8 @@ const file_courier_v1_api_proto_rawDesc = "" +
 	"\x05Stats\x12\x18.courier.v1.StatsRequest\x1a\x19.courier.v1.StatsResponse\x12I\n" +
 	"\bUpstream\x12\x1b.courier.v1.UpstreamRequest\x1a\x1c.courier.v1.UpstreamDelivery(\x010\x01\x12L\n" +
 	"\x0eGetAccessLists\x12!.courier.v1.GetAccessListsRequest\x1a\x17.courier.v1.AccessLists\x12P\n" +
-	"\x10UpdateAccessList\x12#.courier.v1.UpdateAccessListRequest\x1a\x17.courier.v1.AccessListsBi\n" +
+	"\x10UpdateAccessList\x12#.courier.v1.UpdateAccessListRequest\x1a\x17.courier.v1.AccessLists\x12B\n" +
+	"\aMembers\x12\x1a.courier.v1.MembersRequest\x1a\x1b.courier.v1.MembersResponseBi\n" +
 	"\rim.courier.v1B\bApiProtoP\x01Z,github.com/courier-im/courier/messages/apipb\xa2\x02\x03CRV\xaa\x02\n" +
 	"Courier.V1\xba\x02\n" +
 	"CourierApib\x06proto3"
@@ -2004,7 +2323,7 @@ func file_courier_v1_api_proto_rawDescGZIP() []byte {
 }
 
 var file_courier_v1_api_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_courier_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_courier_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_courier_v1_api_proto_goTypes = []any{
 	(Delivery)(0),                   // 0: courier.v1.Delivery
 	(AccessList)(0),                 // 1: courier.v1.AccessList
@@ -2033,6 +2352,9 @@ var file_courier_v1_api_proto_goTypes = []any{
 	(*UidList)(nil),                 // 24: courier.v1.UidList
 	(*AccessLists)(nil),             // 25: courier.v1.AccessLists
 	(*UpdateAccessListRequest)(nil), // 26: courier.v1.UpdateAccessListRequest
+	(*MembersRequest)(nil),          // 27: courier.v1.MembersRequest
+	(*Member)(nil),                  // 28: courier.v1.Member
+	(*MembersResponse)(nil),         // 29: courier.v1.MembersResponse
 }
 var file_courier_v1_api_proto_depIdxs = []int32{
 	0,  // 0: courier.v1.PushRequest.delivery:type_name -> courier.v1.Delivery
@@ -2052,27 +2374,30 @@ var file_courier_v1_api_proto_depIdxs = []int32{
 	21, // 14: courier.v1.UpstreamDelivery.messages:type_name -> courier.v1.UpstreamMessage
 	24, // 15: courier.v1.AccessLists.uid_blacklists:type_name -> courier.v1.UidList
 	1,  // 16: courier.v1.UpdateAccessListRequest.list:type_name -> courier.v1.AccessList
-	2,  // 17: courier.v1.Courier.Push:input_type -> courier.v1.PushRequest
-	4,  // 18: courier.v1.Courier.PushMany:input_type -> courier.v1.PushManyRequest
-	7,  // 19: courier.v1.Courier.Kick:input_type -> courier.v1.KickRequest
-	9,  // 20: courier.v1.Courier.Presence:input_type -> courier.v1.PresenceRequest
-	13, // 21: courier.v1.Courier.Stats:input_type -> courier.v1.StatsRequest
-	18, // 22: courier.v1.Courier.Upstream:input_type -> courier.v1.UpstreamRequest
-	23, // 23: courier.v1.Courier.GetAccessLists:input_type -> courier.v1.GetAccessListsRequest
-	26, // 24: courier.v1.Courier.UpdateAccessList:input_type -> courier.v1.UpdateAccessListRequest
-	3,  // 25: courier.v1.Courier.Push:output_type -> courier.v1.PushResponse
-	6,  // 26: courier.v1.Courier.PushMany:output_type -> courier.v1.PushManyResponse
-	8,  // 27: courier.v1.Courier.Kick:output_type -> courier.v1.KickResponse
-	12, // 28: courier.v1.Courier.Presence:output_type -> courier.v1.PresenceResponse
-	17, // 29: courier.v1.Courier.Stats:output_type -> courier.v1.StatsResponse
-	22, // 30: courier.v1.Courier.Upstream:output_type -> courier.v1.UpstreamDelivery
-	25, // 31: courier.v1.Courier.GetAccessLists:output_type -> courier.v1.AccessLists
-	25, // 32: courier.v1.Courier.UpdateAccessList:output_type -> courier.v1.AccessLists
-	25, // [25:33] is the sub-list for method output_type
-	17, // [17:25] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	28, // 17: courier.v1.MembersResponse.members:type_name -> courier.v1.Member
+	2,  // 18: courier.v1.Courier.Push:input_type -> courier.v1.PushRequest
+	4,  // 19: courier.v1.Courier.PushMany:input_type -> courier.v1.PushManyRequest
+	7,  // 20: courier.v1.Courier.Kick:input_type -> courier.v1.KickRequest
+	9,  // 21: courier.v1.Courier.Presence:input_type -> courier.v1.PresenceRequest
+	13, // 22: courier.v1.Courier.Stats:input_type -> courier.v1.StatsRequest
+	18, // 23: courier.v1.Courier.Upstream:input_type -> courier.v1.UpstreamRequest
+	23, // 24: courier.v1.Courier.GetAccessLists:input_type -> courier.v1.GetAccessListsRequest
+	26, // 25: courier.v1.Courier.UpdateAccessList:input_type -> courier.v1.UpdateAccessListRequest
+	27, // 26: courier.v1.Courier.Members:input_type -> courier.v1.MembersRequest
+	3,  // 27: courier.v1.Courier.Push:output_type -> courier.v1.PushResponse
+	6,  // 28: courier.v1.Courier.PushMany:output_type -> courier.v1.PushManyResponse
+	8,  // 29: courier.v1.Courier.Kick:output_type -> courier.v1.KickResponse
+	12, // 30: courier.v1.Courier.Presence:output_type -> courier.v1.PresenceResponse
+	17, // 31: courier.v1.Courier.Stats:output_type -> courier.v1.StatsResponse
+	22, // 32: courier.v1.Courier.Upstream:output_type -> courier.v1.UpstreamDelivery
+	25, // 33: courier.v1.Courier.GetAccessLists:output_type -> courier.v1.AccessLists
+	25, // 34: courier.v1.Courier.UpdateAccessList:output_type -> courier.v1.AccessLists
+	29, // 35: courier.v1.Courier.Members:output_type -> courier.v1.MembersResponse
+	27, // [27:36] is the sub-list for method output_type
+	18, // [18:27] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_courier_v1_api_proto_init() }
@@ -2091,7 +2416,7 @@ func file_courier_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_v1_api_proto_rawDesc), len(file_courier_v1_api_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   25,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

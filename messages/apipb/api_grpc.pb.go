@@ -37,6 +37,7 @@ const (
 	Courier_Upstream_FullMethodName         = "/courier.v1.Courier/Upstream"
 	Courier_GetAccessLists_FullMethodName   = "/courier.v1.Courier/GetAccessLists"
 	Courier_UpdateAccessList_FullMethodName = "/courier.v1.Courier/UpdateAccessList"
+	Courier_Members_FullMethodName          = "/courier.v1.Courier/Members"
 )
 
 // CourierClient is the client API for Courier service.
@@ -65,6 +66,10 @@ type CourierClient interface {
 	// UpdateAccessList adds entries to and removes entries from one list, at
 	// runtime, on every gate of the node.
 	UpdateAccessList(ctx context.Context, in *UpdateAccessListRequest, opts ...grpc.CallOption) (*AccessLists, error)
+	// Members lists the cluster's nodes as the answering node sees them:
+	// roles, addresses, load, health, version, and the blocked instances.
+	// Operator keys only.
+	Members(ctx context.Context, in *MembersRequest, opts ...grpc.CallOption) (*MembersResponse, error)
 }
 
 type courierClient struct {
@@ -158,6 +163,16 @@ func (c *courierClient) UpdateAccessList(ctx context.Context, in *UpdateAccessLi
 	return out, nil
 }
 
+func (c *courierClient) Members(ctx context.Context, in *MembersRequest, opts ...grpc.CallOption) (*MembersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MembersResponse)
+	err := c.cc.Invoke(ctx, Courier_Members_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CourierServer is the server API for Courier service.
 // All implementations must embed UnimplementedCourierServer
 // for forward compatibility.
@@ -184,6 +199,10 @@ type CourierServer interface {
 	// UpdateAccessList adds entries to and removes entries from one list, at
 	// runtime, on every gate of the node.
 	UpdateAccessList(context.Context, *UpdateAccessListRequest) (*AccessLists, error)
+	// Members lists the cluster's nodes as the answering node sees them:
+	// roles, addresses, load, health, version, and the blocked instances.
+	// Operator keys only.
+	Members(context.Context, *MembersRequest) (*MembersResponse, error)
 	mustEmbedUnimplementedCourierServer()
 }
 
@@ -217,6 +236,9 @@ func (UnimplementedCourierServer) GetAccessLists(context.Context, *GetAccessList
 }
 func (UnimplementedCourierServer) UpdateAccessList(context.Context, *UpdateAccessListRequest) (*AccessLists, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateAccessList not implemented")
+}
+func (UnimplementedCourierServer) Members(context.Context, *MembersRequest) (*MembersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Members not implemented")
 }
 func (UnimplementedCourierServer) mustEmbedUnimplementedCourierServer() {}
 func (UnimplementedCourierServer) testEmbeddedByValue()                 {}
@@ -372,6 +394,24 @@ func _Courier_UpdateAccessList_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Courier_Members_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MembersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CourierServer).Members(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Courier_Members_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CourierServer).Members(ctx, req.(*MembersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Courier_ServiceDesc is the grpc.ServiceDesc for Courier service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -406,6 +446,10 @@ var Courier_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateAccessList",
 			Handler:    _Courier_UpdateAccessList_Handler,
+		},
+		{
+			MethodName: "Members",
+			Handler:    _Courier_Members_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

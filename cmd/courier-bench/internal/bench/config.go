@@ -23,9 +23,17 @@ type Config struct {
 	// the run (the addresses and PID are then its own); SpawnArgs are
 	// extra flags for it.
 	Gate, API, Metrics, Pprof string
-	NodePID                   int
-	Spawn                     string
-	SpawnArgs                 []string
+	// Discover, if set, is an api node's HTTP address (http://HOST:PORT):
+	// the gates come from its gate discovery instead of Gate, and the
+	// workers spread over them (worker i on gate i mod their number,
+	// least loaded first).
+	Discover string
+	NodePID  int
+	// MorePIDs are the other local node processes of a cluster: their CPU
+	// is added to the node's, so that CPU per message is the cluster's.
+	MorePIDs  []int
+	Spawn     string
+	SpawnArgs []string
 	// DBPID is the process id of the node's database server (the
 	// PostgreSQL postmaster): its CPU and its backends' are reported.
 	DBPID int

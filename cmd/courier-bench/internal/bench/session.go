@@ -6,9 +6,11 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/courier-im/courier/cluster/discovery"
 	"github.com/courier-im/courier/cmd/courier-bench/internal/farm"
 	"github.com/courier-im/courier/cmd/courier-bench/internal/ipc"
 	"github.com/courier-im/courier/cmd/courier-bench/internal/nodeproc"
@@ -22,6 +24,7 @@ type session struct {
 	res     *Result
 	node    procstat.Node
 	spawned *nodeproc.Node
+	gates   []string // the workers' gates (--gate, or from --discover)
 	acct    *accountant
 	workers []*ipc.Worker
 	ranges  [][2]int // device indices [from, to) of each worker
@@ -45,6 +48,20 @@ func open(ctx context.Context, cfg Config, scenario string, settings map[string]
 		s.cfg.Gate, s.cfg.API, s.cfg.Metrics, s.cfg.Pprof, s.cfg.NodePID = n.Gate, n.API, n.HTTP, n.Pprof, n.PID()
 		s.cfg.Secret, s.cfg.APIKey, s.cfg.AppCode = nodeproc.DevSecret, nodeproc.DevAPIKey, 1
 	}
+	s.gates = []string{s.cfg.Gate}
+	if s.cfg.Discover != "" {
+		gates, err := discovery.Fetch(ctx, s.cfg.Discover, s.cfg.AppCode)
+		if err != nil {
+			s.close()
+			return nil, fmt.Errorf("bench: --discover: %w", err)
+		}
+		s.gates = s.gates[:0]
+		for _, g := range gates {
+			s.gates = append(s.gates, g.Addr)
+		}
+		s.cfg.Gate = strings.Join(s.gates, ",")
+		settings["gates"] = len(s.gates)
+	}
 	s.node = procstat.Node{PID: s.cfg.NodePID, Metrics: s.cfg.Metrics, Pprof: s.cfg.Pprof}
 	s.res.Node = NodeInfo{Gate: s.cfg.Gate, API: s.cfg.API, Metrics: s.cfg.Metrics, PID: s.cfg.NodePID, Spawned: s.spawned != nil}
 	if s.spawned != nil {
@@ -64,9 +81,12 @@ func open(ctx context.Context, cfg Config, scenario string, settings map[string]
 }
 
 func (s *session) startWorkers(ctx context.Context) error {
-	gate, err := netip.ParseAddrPort(s.cfg.Gate)
-	if err != nil {
-		return fmt.Errorf("bench: gate address %q: %w (want IPv4:port)", s.cfg.Gate, err)
+	gates := make([]netip.AddrPort, len(s.gates))
+	for i, g := range s.gates {
+		var err error
+		if gates[i], err = netip.ParseAddrPort(g); err != nil {
+			return fmt.Errorf("bench: gate address %q: %w (want IPv4:port)", g, err)
+		}
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -80,7 +100,7 @@ func (s *session) startWorkers(ctx context.Context) error {
 	for w := range n {
 		from, to := s.cfg.Devices*w/n, s.cfg.Devices*(w+1)/n
 		fc := farm.Config{
-			Gate: gate, AppCode: s.cfg.AppCode, Secret: []byte(s.cfg.Secret), UIDPrefix: s.cfg.UIDPrefix,
+			Gate: gates[w%len(gates)], AppCode: s.cfg.AppCode, Secret: []byte(s.cfg.Secret), UIDPrefix: s.cfg.UIDPrefix,
 			First: from, Count: to - from, Sources: s.cfg.Sources, Loops: s.cfg.Loops, WorkerID: w,
 			RunID: s.cfg.runID, MsgType: s.cfg.MsgType, PayloadSize: s.cfg.PayloadSize,
 			Keepalive: s.cfg.Keepalive, DropEvery: s.cfg.DropEvery,
@@ -199,6 +219,11 @@ func (s *session) readCPU(ctx context.Context) cpu {
 	}
 	if d, err := s.node.CPU(ctx); err == nil {
 		c.node, c.nodeOK = d, true
+		for _, pid := range s.cfg.MorePIDs {
+			d, err := procstat.CPU(pid)
+			c.node += d
+			c.nodeOK = c.nodeOK && err == nil
+		}
 	}
 	if s.cfg.DBPID > 0 {
 		if d, err := procstat.TreeCPU(s.cfg.DBPID); err == nil {

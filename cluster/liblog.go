@@ -3,26 +3,7 @@ package cluster
 import (
 	"context"
 	"log/slog"
-
-	pcluster "github.com/asynkron/protoactor-go/cluster"
-	"google.golang.org/protobuf/types/known/emptypb"
 )
-
-// stopMember leaves the cluster gracefully, as the library's
-// Cluster.Shutdown(true) does, without its hard-coded two-second sleep
-// "to wait ownership transferring complete" (cluster/cluster.go in
-// protoactor-go): that sleep is for the library's own identity lookup,
-// which Courier does not use to activate identities (placement and
-// handoff are ours), and it made every node shutdown two seconds longer.
-// Members learn of the departure from the gossip state and the provider.
-func stopMember(c *pcluster.Cluster) {
-	c.Gossip.SetState(pcluster.GracefullyLeftKey, &emptypb.Empty{})
-	c.ActorSystem.Shutdown()
-	_ = c.Config.ClusterProvider.Shutdown(true)
-	c.IdentityLookup.Shutdown()
-	c.Gossip.Shutdown()
-	c.Remote.Shutdown(true)
-}
 
 // libHandler passes the library's log records on one level lower than
 // they were logged (Info becomes Debug, Warn becomes Info, Error becomes

@@ -1,0 +1,141 @@
+package stats
+
+import (
+	"sort"
+	"time"
+)
+
+// Hist is a latency histogram in a form that crosses nodes: its non-empty
+// buckets (index, count), sample count and maximum (µs). Histograms of
+// different nodes merge exactly: every node uses the same buckets.
+type Hist struct {
+	Index []uint32
+	Count []uint32
+	N     uint64
+	Max   uint64
+}
+
+func (h *histogram) export() Hist {
+	out := Hist{N: h.n, Max: h.max}
+	for i, c := range h.counts {
+		if c != 0 {
+			out.Index = append(out.Index, uint32(i))
+			out.Count = append(out.Count, c)
+		}
+	}
+	return out
+}
+
+// add merges o into h, ignoring bucket indexes out of range (from a node
+// of another version).
+func (h *histogram) add(o *Hist) {
+	for i, b := range o.Index {
+		if int(b) < len(h.counts) && i < len(o.Count) {
+			h.counts[b] += o.Count[i]
+		}
+	}
+	h.n += o.N
+	h.max = max(h.max, o.Max)
+}
+
+// RawStat is one msgtype's statistics on one node, before percentiles are
+// read: what Merge sums across nodes.
+type RawStat struct {
+	Msgtype         uint32
+	Total, Window   Counts
+	TotalH, WindowH Hist
+}
+
+// Raw returns the node's statistics of app's msgtypes (all if msgtypes is
+// empty) with the recent window of length window (rounded up to 10 s for
+// counters and to a minute for latencies), sorted by msgtype.
+func (r *Recorder) Raw(app uint16, msgtypes []uint32, window time.Duration) []RawStat {
+	window = min(max(window, slotSize), MaxWindow)
+	want := map[uint32]bool{}
+	for _, m := range msgtypes {
+		want[m] = true
+	}
+	r.mu.RLock()
+	var keys []Key
+	idx := map[Key]*series{}
+	for k, s := range r.series {
+		if k.App == app && (len(want) == 0 || want[k.Msgtype]) {
+			keys = append(keys, k)
+			idx[k] = s
+		}
+	}
+	r.mu.RUnlock()
+	sort.Slice(keys, func(i, j int) bool { return keys[i].Msgtype < keys[j].Msgtype })
+
+	now := r.now()
+	cur := now.UnixNano() / int64(slotSize)
+	first := cur - int64((window+slotSize-1)/slotSize) + 1
+	lcur := now.UnixNano() / int64(latSlotSize)
+	lfirst := lcur - int64((window+latSlotSize-1)/latSlotSize) + 1
+
+	out := make([]RawStat, 0, len(keys))
+	for _, k := range keys {
+		s := idx[k]
+		st := RawStat{Msgtype: k.Msgtype}
+		var wh histogram
+		s.mu.Lock()
+		st.Total = s.total
+		for i := range s.slots {
+			if sl := &s.slots[i]; sl.epoch >= first && sl.epoch <= cur {
+				st.Window.add(&sl.c)
+			}
+		}
+		for _, ls := range s.latency {
+			if ls != nil && ls.epoch >= lfirst && ls.epoch <= lcur {
+				wh.merge(&ls.h)
+			}
+		}
+		st.TotalH = s.totalH.export()
+		s.mu.Unlock()
+		st.WindowH = wh.export()
+		out = append(out, st)
+	}
+	return out
+}
+
+// Merge sums the raw statistics of several nodes into one answer per
+// msgtype, sorted by msgtype, and their sum.
+func Merge(app uint16, parts ...[]RawStat) (per []Stat, all Stat) {
+	type acc struct {
+		st     Stat
+		th, wh histogram
+	}
+	by := map[uint32]*acc{}
+	for _, part := range parts {
+		for i := range part {
+			r := &part[i]
+			a := by[r.Msgtype]
+			if a == nil {
+				a = &acc{st: Stat{Key: Key{App: app, Msgtype: r.Msgtype}}}
+				by[r.Msgtype] = a
+			}
+			a.st.Total.add(&r.Total)
+			a.st.Window.add(&r.Window)
+			a.th.add(&r.TotalH)
+			a.wh.add(&r.WindowH)
+		}
+	}
+	msgtypes := make([]uint32, 0, len(by))
+	for m := range by {
+		msgtypes = append(msgtypes, m)
+	}
+	sort.Slice(msgtypes, func(i, j int) bool { return msgtypes[i] < msgtypes[j] })
+	all = Stat{Key: Key{App: app}}
+	var allH, allWH histogram
+	for _, m := range msgtypes {
+		a := by[m]
+		a.st.TotalLatency, a.st.WindowLatency = a.th.summary(), a.wh.summary()
+		allH.merge(&a.th)
+		allWH.merge(&a.wh)
+		all.Total.add(&a.st.Total)
+		all.Window.add(&a.st.Window)
+		per = append(per, a.st)
+	}
+	all.TotalLatency, all.WindowLatency = allH.summary(), allWH.summary()
+	return per, all
+}

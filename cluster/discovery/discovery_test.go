@@ -1,0 +1,65 @@
+package discovery
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/courier-im/courier/cluster/membership"
+)
+
+func view() *membership.View {
+	live := membership.HealthPassing
+	return &membership.View{Members: []membership.Member{
+		{ID: "a", Name: "busy", Roles: membership.RoleGate, GateAddr: "10.0.0.1:7000", Health: live, Apps: []uint16{1, 2}, Load: membership.Load{Conns: 500, MaxConns: 1000}},
+		{ID: "b", Name: "idle", Roles: membership.AllRoles, GateAddr: "10.0.0.2:7000", Health: live, Apps: []uint16{1, 2}, Load: membership.Load{Conns: 10, MaxConns: 1000}},
+		{ID: "c", Name: "big", Roles: membership.RoleGate, GateAddr: "10.0.0.3:7000", Health: live, Apps: []uint16{1, 2}, Load: membership.Load{Conns: 100, MaxConns: 100000}},
+		{ID: "d", Name: "dead", Roles: membership.RoleGate, GateAddr: "10.0.0.4:7000", Health: membership.HealthCritical},
+		{ID: "e", Name: "zombie", Roles: membership.RoleGate, GateAddr: "10.0.0.5:7000", Health: live, Blocked: true},
+		{ID: "f", Name: "app2 only", Roles: membership.RoleGate, GateAddr: "10.0.0.6:7000", Health: live, Apps: []uint16{2}},
+		{ID: "g", Name: "actors", Roles: membership.RoleActors, Health: live},
+	}}
+}
+
+func TestGatesLeastLoadedFirst(t *testing.T) {
+	var addrs []string
+	for _, g := range Gates(view(), 1) {
+		addrs = append(addrs, g.Node)
+	}
+	if got := strings.Join(addrs, ","); got != "big,idle,busy" {
+		t.Fatalf("app 1 gates %s", got)
+	}
+	if g := Gates(view(), 2); len(g) != 4 || g[0].Node != "app2 only" {
+		t.Fatalf("app 2 gates %v", g)
+	}
+}
+
+func TestHandlerAndFetch(t *testing.T) {
+	v := view()
+	srv := httptest.NewServer(Handler(func() *membership.View { return v }))
+	defer srv.Close()
+	gates, err := Fetch(context.Background(), srv.URL, 1)
+	if err != nil || len(gates) != 3 || gates[0].Addr != "10.0.0.3:7000" || gates[0].Load != 0.001 {
+		t.Fatalf("fetch: %v %v", gates, err)
+	}
+	for q, code := range map[string]int{"": 400, "?app=0": 400, "?app=70000": 400, "?app=x": 400, "?app=9": 503} {
+		resp, err := http.Get(srv.URL + Path + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != code {
+			t.Errorf("%q: %d, want %d", q, resp.StatusCode, code)
+		}
+	}
+	if _, err := Fetch(context.Background(), srv.URL, 9); err == nil || !strings.Contains(err.Error(), "no live gate accepts app 9") {
+		t.Fatalf("fetch of an app without gates: %v", err)
+	}
+	resp, _ := http.Post(srv.URL+Path+"?app=1", "text/plain", nil)
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("POST: %d", resp.StatusCode)
+	}
+	resp.Body.Close()
+}

@@ -1,0 +1,126 @@
+package cluster
+
+import (
+	"context"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/cluster/membership"
+	"github.com/courier-im/courier/messages/actorpb"
+)
+
+// nodeName is the well-known actor of every node that answers
+// NodeRequests (cluster-wide services: statistics).
+const nodeName = "courier-node"
+
+// NodeHandler answers a NodeRequest on this node. It runs on the node
+// actor, one request at a time, and must be quick.
+type NodeHandler func(*actorpb.NodeRequest) *actorpb.Reply
+
+// SetNodeHandler installs the node's answer to NodeRequests. Until then,
+// and for requests it does not know, the answer is a Failure.
+func (s *System) SetNodeHandler(h NodeHandler) { s.nodeHandler.Store(&h) }
+
+func (s *System) answerNode(req *actorpb.NodeRequest) *actorpb.Reply {
+	var r *actorpb.Reply
+	if req.GetPing() != nil {
+		return &actorpb.Reply{ReqId: req.ReqId, Body: &actorpb.Reply_Pong{Pong: &actorpb.Pong{}}}
+	}
+	if h := s.nodeHandler.Load(); h != nil {
+		r = (*h)(req)
+	}
+	if r == nil {
+		r = &actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{
+			Code: int32(codes.Unimplemented), Message: "cluster: this node does not answer that request"}}}
+	}
+	r.ReqId = req.ReqId
+	return r
+}
+
+func (s *System) receiveNodeRequest(ctx actor.Context) {
+	if req, ok := ctx.Message().(*actorpb.NodeRequest); ok {
+		s.Reply(req.ReplyAddress, s.answerNode(req))
+	}
+}
+
+// Gather sends req to every live member with all of roles (this node
+// answers directly) and returns the replies that came before ctx ended,
+// by member name, and the names of the members that did not answer. (Two
+// live members of the same name are told apart by their instance ids.)
+func (s *System) Gather(ctx context.Context, roles membership.Roles, req *actorpb.NodeRequest) (map[string]*actorpb.Reply, []string) {
+	members := s.View().Live(roles)
+	names := map[string]int{}
+	for _, m := range members {
+		names[m.Name]++
+	}
+	for i := range members {
+		if names[members[i].Name] > 1 {
+			members[i].Name += "/" + members[i].ID
+		}
+	}
+	type pending struct {
+		name string
+		id   uint64
+		ch   chan *actorpb.Reply
+	}
+	replies := make(map[string]*actorpb.Reply, len(members))
+	var waiting []pending
+	for _, m := range members {
+		if m.Address == s.address {
+			q := proto.Clone(req).(*actorpb.NodeRequest)
+			replies[m.Name] = s.answerNode(q)
+			continue
+		}
+		id, ch := s.replies.register()
+		q := proto.Clone(req).(*actorpb.NodeRequest)
+		q.ReqId, q.ReplyAddress = id, s.address
+		s.actors.Root.Send(actor.NewPID(m.Address, nodeName), q)
+		waiting = append(waiting, pending{m.Name, id, ch})
+	}
+	var missing []string
+	for _, p := range waiting {
+		select {
+		case r := <-p.ch:
+			replies[p.name] = r
+			continue
+		default:
+		}
+		select {
+		case r := <-p.ch:
+			replies[p.name] = r
+		case <-ctx.Done():
+			s.replies.forget(p.id)
+			missing = append(missing, p.name)
+		}
+	}
+	return replies, missing
+}
+
+// Serve spawns the well-known actor name on this node, which hands every
+// message other nodes send it (SendNode) to fn, one at a time. fn must
+// not block.
+func (s *System) Serve(name string, fn func(proto.Message)) error {
+	_, err := s.actors.Root.SpawnNamed(actor.PropsFromFunc(func(ctx actor.Context) {
+		if m, ok := ctx.Message().(proto.Message); ok {
+			fn(m)
+		}
+	}), name)
+	return err
+}
+
+// SendNode sends m to the well-known actor name of the node at address
+// (this node's included), without waiting.
+func (s *System) SendNode(address, name string, m proto.Message) {
+	s.actors.Root.Send(actor.NewPID(address, name), m)
+}
+
+// OnView has fn called with the membership view whenever the live
+// members change (and with the first view), on the membership's goroutine,
+// after placement. Call it before Join.
+func (s *System) OnView(fn func(*membership.View)) {
+	s.viewMu.Lock()
+	s.viewHooks = append(s.viewHooks, fn)
+	s.viewMu.Unlock()
+}

@@ -1,0 +1,118 @@
+package membership
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// consulBackend registers members as instances of one Consul service (the
+// cluster's name), each with a TTL check, and watches that service's
+// health with blocking queries.
+type consulBackend struct {
+	client   *api.Client
+	service  string
+	ttl      time.Duration
+	dereg    time.Duration
+	wait     time.Duration   // a blocking query's longest wait
+	badMeta  map[string]bool // owned by the watcher goroutine
+	addrDesc string
+	log      *slog.Logger
+}
+
+func newConsulBackend(cfg *Config, log *slog.Logger) (*consulBackend, error) {
+	ccfg := api.DefaultConfig()
+	ccfg.Address = cfg.Consul
+	ccfg.Token = cfg.ConsulToken
+	// Blocking queries wait up to 10 s; the client must wait longer.
+	ccfg.HttpClient = &http.Client{Timeout: 20 * time.Second}
+	c, err := api.NewClient(ccfg)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.consul %q: %w", cfg.Consul, err)
+	}
+	return &consulBackend{client: c, service: cfg.Cluster, ttl: cfg.TTL, dereg: cfg.DeregisterAfter,
+		wait: 10 * time.Second, badMeta: map[string]bool{}, addrDesc: cfg.Consul, log: log}, nil
+}
+
+func checkID(id string) string { return "courier:" + id }
+
+func (b *consulBackend) register(ctx context.Context, self *Member) error {
+	host, portStr, err := net.SplitHostPort(self.Address)
+	if err != nil {
+		return fmt.Errorf("remoting address %q: %w", self.Address, err)
+	}
+	port, _ := strconv.Atoi(portStr)
+	reg := &api.AgentServiceRegistration{
+		ID:      self.ID,
+		Name:    b.service,
+		Tags:    strings.Split(self.Roles.String(), ","),
+		Address: host,
+		Port:    port,
+		Meta:    encodeMeta(self),
+		Check: &api.AgentServiceCheck{
+			CheckID:                        checkID(self.ID),
+			Name:                           "courier member " + self.Name,
+			TTL:                            b.ttl.String(),
+			Status:                         api.HealthPassing,
+			DeregisterCriticalServiceAfter: b.dereg.String(),
+		},
+	}
+	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
+	return b.client.Agent().ServiceRegisterOpts(reg, opts)
+}
+
+func (b *consulBackend) pass(ctx context.Context, id string) error {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	return b.client.Agent().UpdateTTLOpts(checkID(id), "", api.HealthPassing, q)
+}
+
+func (b *consulBackend) deregister(ctx context.Context, id string) error {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	return b.client.Agent().ServiceDeregisterOpts(id, q)
+}
+
+func (b *consulBackend) watch(ctx context.Context, index uint64) ([]Member, uint64, error) {
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: b.wait}).WithContext(ctx)
+	entries, meta, err := b.client.Health().Service(b.service, "", false, q)
+	if err != nil {
+		return nil, 0, fmt.Errorf("consul at %s: %w", b.addrDesc, err)
+	}
+	out := make([]Member, 0, len(entries))
+	for _, e := range entries {
+		m, err := decodeMeta(e.Service.Meta, net.JoinHostPort(e.Service.Address, strconv.Itoa(e.Service.Port)))
+		if err != nil {
+			// Not a Courier member (or an incompatible one): leave it out,
+			// once said.
+			if !b.badMeta[e.Service.ID] {
+				b.badMeta[e.Service.ID] = true
+				b.log.Warn("membership: a registration of the cluster's service is not a Courier member; ignored",
+					"service_id", e.Service.ID, "err", err)
+			}
+			continue
+		}
+		m.Health = e.Checks.AggregatedStatus()
+		out = append(out, m)
+	}
+	return out, meta.LastIndex, nil
+}
+
+func (b *consulBackend) canExpire() bool { return true }
+
+// isGone reports whether err says the agent does not know the instance
+// (its registration expired or the agent restarted without it).
+func isGone(err error) bool {
+	var se api.StatusError
+	if errors.As(err, &se) {
+		return se.Code == http.StatusNotFound || strings.Contains(se.Body, "does not have associated TTL") ||
+			strings.Contains(se.Body, "Unknown check")
+	}
+	return errors.Is(err, errUnknownInstance)
+}

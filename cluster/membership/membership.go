@@ -1,0 +1,483 @@
+package membership
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Providers.
+const (
+	// ProviderMemory: the node is its own single-member cluster.
+	ProviderMemory = "memory"
+	// ProviderConsul: members register in a Consul agent.
+	ProviderConsul = "consul"
+)
+
+// Config configures a node's membership.
+type Config struct {
+	// Provider is "memory" (default) or "consul".
+	Provider string
+	// Cluster is the cluster's name, the Consul service members register
+	// as (default "courier").
+	Cluster string
+	// Consul is the HTTP address of the Consul agent (default
+	// "127.0.0.1:8500").
+	Consul string
+	// ConsulToken is the ACL token, if the agent needs one.
+	ConsulToken string
+	// TTL is how long a member stays live without refreshing its check
+	// (default 3 s). A node that could not refresh for this long rejoins
+	// as a new instance. Sessions on a departed gate end within TTL + 1 s.
+	TTL time.Duration
+	// DeregisterAfter removes the registration of a member whose check
+	// stayed critical this long (default 1 m, Consul's minimum).
+	DeregisterAfter time.Duration
+	// LoadInterval is the most often a member publishes its load
+	// (default 1 s).
+	LoadInterval time.Duration
+	// JoinTimeout bounds Join (default 30 s).
+	JoinTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults documented on Config's fields.
+func DefaultConfig() Config {
+	return Config{
+		Provider:        ProviderMemory,
+		Cluster:         "courier",
+		Consul:          "127.0.0.1:8500",
+		TTL:             3 * time.Second,
+		DeregisterAfter: time.Minute,
+		LoadInterval:    time.Second,
+		JoinTimeout:     30 * time.Second,
+	}
+}
+
+// Validate checks the configuration; errors name the node's settings.
+func (c *Config) Validate() error {
+	switch c.Provider {
+	case ProviderMemory:
+	case ProviderConsul:
+		if _, _, err := net.SplitHostPort(c.Consul); err != nil {
+			return fmt.Errorf("cluster.consul %q: want host:port of the Consul agent's HTTP API: %v", c.Consul, err)
+		}
+	default:
+		return fmt.Errorf("cluster.provider %q: must be %q or %q", c.Provider, ProviderMemory, ProviderConsul)
+	}
+	switch {
+	case c.Cluster == "":
+		return fmt.Errorf("cluster.name: must not be empty")
+	case c.TTL < time.Second:
+		return fmt.Errorf("cluster.ttl %v: must be at least 1s", c.TTL)
+	case c.DeregisterAfter < time.Minute:
+		return fmt.Errorf("cluster.deregister-after %v: must be at least 1m (Consul's minimum)", c.DeregisterAfter)
+	case c.LoadInterval < 100*time.Millisecond:
+		return fmt.Errorf("cluster.load-interval %v: must be at least 100ms", c.LoadInterval)
+	case c.JoinTimeout <= 0:
+		return fmt.Errorf("cluster.join-timeout %v: must be positive", c.JoinTimeout)
+	}
+	return nil
+}
+
+// backend is a provider's storage of registrations.
+type backend interface {
+	// register publishes self (again) as live.
+	register(ctx context.Context, self *Member) error
+	// pass refreshes the liveness of instance id.
+	pass(ctx context.Context, id string) error
+	// deregister removes instance id.
+	deregister(ctx context.Context, id string) error
+	// watch returns every registration, with its Health, once they may
+	// differ from index (or after the provider's wait), and the new index.
+	watch(ctx context.Context, index uint64) ([]Member, uint64, error)
+	// canExpire reports whether other nodes can see this node's
+	// registration expire (false for the in-memory provider).
+	canExpire() bool
+}
+
+// Membership is one node's membership. Its methods are safe for
+// concurrent use.
+type Membership struct {
+	cfg     Config
+	log     *slog.Logger
+	be      backend
+	metrics *metrics
+
+	mu        sync.Mutex
+	self      Member               // current instance; its ID changes at rejoin
+	published Load                 // load in the last registration
+	load      Load                 // latest load
+	subs      []func(*View)        // called in order on the watcher goroutine
+	blocked   map[string]time.Time // instance id -> when it stopped being live
+	wasLive   map[string]bool      // instances live in the last view
+	joined    bool
+	closed    bool
+
+	view   atomic.Pointer[View]
+	seq    uint64        // views published, owned by the watcher
+	rejoin chan struct{} // the watcher saw this node's current instance out
+	quit   chan struct{}
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New makes a node's membership; Join registers it. reg may be nil.
+func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Membership, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	m := &Membership{cfg: cfg, log: log, metrics: newMetrics(reg), blocked: map[string]time.Time{},
+		wasLive: map[string]bool{}, rejoin: make(chan struct{}, 1), quit: make(chan struct{})}
+	switch cfg.Provider {
+	case ProviderConsul:
+		be, err := newConsulBackend(&cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		m.be = be
+	default:
+		m.be = newMemoryBackend()
+	}
+	m.view.Store(&View{})
+	return m, nil
+}
+
+// Subscribe has fn called with every new View, in order, on the
+// membership's watcher goroutine (fn must not block). Call it before Join.
+func (m *Membership) Subscribe(fn func(*View)) {
+	m.mu.Lock()
+	m.subs = append(m.subs, fn)
+	m.mu.Unlock()
+}
+
+// View returns the latest view (empty before Join).
+func (m *Membership) View() *View { return m.view.Load() }
+
+// Join registers self (its ID and StartedAt are set here) and returns
+// once this node sees itself live, or fails after the join timeout.
+func (m *Membership) Join(ctx context.Context, self Member) error {
+	self.ID = newInstanceID(self.Name)
+	self.StartedAt = time.Now()
+	if err := self.validate(); err != nil {
+		return fmt.Errorf("membership: %w", err)
+	}
+	m.mu.Lock()
+	if m.closed || m.joined {
+		m.mu.Unlock()
+		return fmt.Errorf("membership: Join called twice or after Leave")
+	}
+	m.joined = true
+	m.self = self
+	m.load, m.published = self.Load, self.Load
+	m.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.JoinTimeout)
+	defer cancel()
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		err := m.be.register(ctx, &self)
+		if err == nil {
+			break
+		}
+		m.metrics.errors.Inc()
+		m.log.Warn("membership: registration failed; retrying", "provider", m.cfg.Provider, "consul", m.cfg.Consul, "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("membership: register with %s at %s: %w", m.cfg.Provider, m.cfg.Consul, err)
+		case <-time.After(wait):
+		}
+	}
+	seen := make(chan struct{})
+	var once sync.Once
+	m.Subscribe(func(v *View) {
+		if v.Self.Live() {
+			once.Do(func() { close(seen) })
+		}
+	})
+	wctx, wcancel := context.WithCancel(context.Background())
+	m.cancel = wcancel
+	m.wg.Add(2)
+	go m.watchLoop(wctx)
+	go m.refreshLoop(wctx)
+	select {
+	case <-seen:
+		m.log.Info("membership: joined", "member", self.ID, "roles", self.Roles.String(), "address", self.Address,
+			"provider", m.cfg.Provider)
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w within %v (provider %s)", ErrJoinTimeout, m.cfg.JoinTimeout, m.cfg.Provider)
+	}
+}
+
+// SetLoad records the node's load; it is published within the load
+// interval when it changed.
+func (m *Membership) SetLoad(l Load) {
+	m.mu.Lock()
+	m.load = l
+	m.mu.Unlock()
+}
+
+// Leave stops the membership's goroutines and removes this node's
+// registration (others see it leave at once, not after the TTL). It is
+// safe to call more than once, and without Join.
+func (m *Membership) Leave(ctx context.Context) error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	joined, id := m.joined, m.self.ID
+	m.mu.Unlock()
+	close(m.quit)
+	if m.cancel != nil {
+		m.cancel()
+	}
+	m.wg.Wait()
+	if !joined {
+		return nil
+	}
+	if err := m.be.deregister(ctx, id); err != nil {
+		return fmt.Errorf("membership: leave: %w", err)
+	}
+	m.log.Info("membership: left", "member", id)
+	return nil
+}
+
+// refreshLoop keeps this instance's registration live, publishes its
+// load, and rejoins as a new instance when it may have been seen out.
+func (m *Membership) refreshLoop(ctx context.Context) {
+	defer m.wg.Done()
+	every := m.cfg.TTL / 3
+	t := time.NewTicker(every)
+	defer t.Stop()
+	lastOK, lastLoad := time.Now(), time.Now()
+	for {
+		select {
+		case <-m.quit:
+			return
+		case <-m.rejoin:
+			if m.selfBlocked() {
+				m.rejoinAs(ctx, "this instance was seen out of the cluster")
+				lastOK, lastLoad = time.Now(), time.Now()
+			}
+			continue
+		case <-t.C:
+		}
+		if m.selfBlocked() {
+			// Seen out while it was being registered (or before this node
+			// knew it as its own): the others block it for good.
+			m.rejoinAs(ctx, "this instance was seen out of the cluster")
+			lastOK, lastLoad = time.Now(), time.Now()
+			continue
+		}
+		if m.be.canExpire() && time.Since(lastOK) > m.cfg.TTL {
+			// Others may have seen this instance expire and taken over its
+			// identities: come back as a new one.
+			m.rejoinAs(ctx, fmt.Sprintf("could not refresh the registration for %v", time.Since(lastOK).Round(time.Millisecond)))
+			lastOK, lastLoad = time.Now(), time.Now()
+			continue
+		}
+		m.mu.Lock()
+		self, load, changed := m.self, m.load, m.load != m.published
+		m.mu.Unlock()
+		// A call may take up to the TTL: a slow agent (one that just
+		// restarted) is not yet a missed refresh.
+		rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
+		var err error
+		if changed && time.Since(lastLoad) >= m.cfg.LoadInterval {
+			self.Load = load
+			if err = m.be.register(rctx, &self); err == nil {
+				lastLoad = time.Now()
+				m.mu.Lock()
+				if m.self.ID == self.ID {
+					m.published = load
+				}
+				m.mu.Unlock()
+			}
+		} else {
+			err = m.be.pass(rctx, self.ID)
+		}
+		cancel()
+		if err == nil {
+			lastOK = time.Now()
+			continue
+		}
+		m.metrics.errors.Inc()
+		if ctx.Err() == nil {
+			m.log.Warn("membership: refreshing the registration failed", "member", self.ID, "err", err)
+		}
+		if isGone(err) {
+			// The agent no longer has this instance (restarted, or it
+			// expired): others saw it leave.
+			m.rejoinAs(ctx, "the agent lost this instance's registration")
+			lastOK, lastLoad = time.Now(), time.Now()
+		}
+	}
+}
+
+// rejoinAs registers this node again under a new instance id, retrying
+// until it succeeds or the membership closes, then removes the old one.
+func (m *Membership) rejoinAs(ctx context.Context, why string) {
+	m.mu.Lock()
+	old := m.self
+	self := old
+	self.ID = newInstanceID(old.Name)
+	self.StartedAt = time.Now()
+	self.Load = m.load
+	m.mu.Unlock()
+	m.log.Warn("membership: rejoining as a new instance", "old", old.ID, "new", self.ID, "why", why)
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
+		err := m.be.register(rctx, &self)
+		cancel()
+		if err == nil {
+			break
+		}
+		m.metrics.errors.Inc()
+		select {
+		case <-m.quit:
+			return
+		case <-time.After(wait):
+		}
+	}
+	m.mu.Lock()
+	m.self = self
+	m.published = self.Load
+	m.mu.Unlock()
+	m.metrics.rejoins.Inc()
+	dctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
+	if err := m.be.deregister(dctx, old.ID); err != nil && !isGone(err) {
+		m.log.Debug("membership: removing the old instance failed (it expires)", "member", old.ID, "err", err)
+	}
+	cancel()
+}
+
+// selfBlocked reports whether this node's current instance is blocked in
+// its own view: it was live and then was not, so the others take it for
+// gone.
+func (m *Membership) selfBlocked() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.blocked[m.self.ID]
+	return ok
+}
+
+// watchLoop follows the registrations and publishes views.
+func (m *Membership) watchLoop(ctx context.Context) {
+	defer m.wg.Done()
+	var index uint64
+	wait := 100 * time.Millisecond
+	for {
+		regs, next, err := m.be.watch(ctx, index)
+		select {
+		case <-m.quit:
+			return
+		default:
+		}
+		if err != nil {
+			m.metrics.errors.Inc()
+			m.log.Warn("membership: watching the members failed; keeping the last view", "err", err, "retry_in", wait)
+			select {
+			case <-m.quit:
+				return
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 5*time.Second)
+			continue
+		}
+		wait = 100 * time.Millisecond
+		if next < index {
+			next = 0 // the index went backwards (a new Consul): start over
+		}
+		index = next
+		m.publish(regs)
+	}
+}
+
+// publish derives a view from the registrations and hands it to the
+// subscribers.
+func (m *Membership) publish(regs []Member) {
+	now := time.Now()
+	m.mu.Lock()
+	selfID := m.self.ID
+	sort.Slice(regs, func(i, j int) bool { return regs[i].ID < regs[j].ID })
+	present := make(map[string]bool, len(regs))
+	for i := range regs {
+		r := &regs[i]
+		present[r.ID] = true
+		if _, ok := m.blocked[r.ID]; ok {
+			r.Blocked = true
+		}
+	}
+	live := map[string]bool{}
+	for i := range regs {
+		if regs[i].Live() {
+			live[regs[i].ID] = true
+		}
+	}
+	// An instance that was live and no longer is never comes back.
+	for id := range m.wasLive {
+		if !live[id] {
+			m.blocked[id] = now
+			for i := range regs {
+				if regs[i].ID == id {
+					regs[i].Blocked = true
+				}
+			}
+		}
+	}
+	_, selfOut := m.blocked[selfID]
+	m.wasLive = live
+	for id, since := range m.blocked {
+		if !present[id] && now.Sub(since) > 10*m.cfg.DeregisterAfter {
+			delete(m.blocked, id)
+		}
+	}
+	view := &View{Members: regs}
+	if s := view.Find(selfID); s != nil {
+		view.Self = *s
+	} else {
+		view.Self = m.self
+		view.Self.Health = HealthCritical
+	}
+	subs := m.subs
+	blocked := len(m.blocked)
+	m.mu.Unlock()
+
+	if selfOut {
+		select {
+		case m.rejoin <- struct{}{}:
+		default:
+		}
+	}
+	m.seq++
+	view.Seq = m.seq
+	prev := m.view.Swap(view)
+	if !view.SameShape(prev) {
+		m.metrics.changes.Inc()
+		m.log.Info("membership: members changed", "live", len(view.Live(0)), "registered", len(regs), "blocked", blocked)
+	}
+	m.metrics.set(view, blocked)
+	for _, fn := range subs {
+		fn(view)
+	}
+}
+
+// newInstanceID names a new instance of the node called name.
+func newInstanceID(name string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return name + "-" + hex.EncodeToString(b[:])
+}

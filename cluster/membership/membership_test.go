@@ -1,0 +1,265 @@
+package membership
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/courier-im/courier/testkit"
+)
+
+func TestParseRoles(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Roles
+		err  bool
+	}{
+		{"gate,actors,api", AllRoles, false},
+		{"api, gate", RoleGate | RoleAPI, false},
+		{"actors", RoleActors, false},
+		{"", 0, true},
+		{"gate,bogus", 0, true},
+		{" , ", 0, true},
+	} {
+		got, err := ParseRoles(tc.in)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("ParseRoles(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+	if s := (RoleAPI | RoleGate).String(); s != "gate,api" {
+		t.Errorf("String %q", s)
+	}
+}
+
+func TestMetaRoundTrip(t *testing.T) {
+	m := Member{ID: "n1-abc", Name: "n1", Address: "10.0.0.1:7100", Roles: RoleGate | RoleActors, Version: "v1.2",
+		GateID: "g1", GateAddr: "203.0.113.1:7000", Apps: []uint16{1, 65535}, APIAddr: "10.0.0.1:7001", HTTPAddr: "10.0.0.1:7002",
+		Load: Load{Conns: 5, MaxConns: 100, Actors: 7}, StartedAt: time.UnixMilli(1700000000123)}
+	got, err := decodeMeta(encodeMeta(&m), m.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.StartedAt = got.StartedAt.UTC()
+	m.StartedAt = m.StartedAt.UTC()
+	if !reflect.DeepEqual(got, m) {
+		t.Fatalf("round trip\n got %+v\nwant %+v", got, m)
+	}
+	if _, err := decodeMeta(map[string]string{"id": "x"}, "h:1"); err == nil {
+		t.Fatal("a registration without roles decoded")
+	}
+	if _, err := decodeMeta(map[string]string{"roles": "gate"}, "h:1"); err == nil {
+		t.Fatal("a registration without an id decoded")
+	}
+}
+
+func TestValidateMember(t *testing.T) {
+	ok := Member{Name: "n", Address: "h:1", Roles: RoleActors}
+	if err := ok.validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range map[string]Member{
+		"gate without gate id": {Name: "n", Address: "h:1", Roles: RoleGate, GateAddr: "h:2"},
+		"api without address":  {Name: "n", Address: "h:1", Roles: RoleAPI},
+		"no roles":             {Name: "n", Address: "h:1"},
+		"no address":           {Name: "n", Roles: RoleActors},
+	} {
+		if err := m.validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// A member instance that stops being live is blocked, and stays blocked
+// when its registration passes again.
+func TestPublishBlocksDepartedInstances(t *testing.T) {
+	m, err := New(DefaultConfig(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.self = Member{ID: "self", Name: "self", Address: "h:1", Roles: AllRoles}
+	var views []*View
+	m.Subscribe(func(v *View) { views = append(views, v) })
+	a := Member{ID: "a", Address: "h:2", Roles: RoleActors, Health: HealthPassing}
+	self := m.self
+	self.Health = HealthPassing
+	m.publish([]Member{self, a})
+	if got := views[0].Live(RoleActors); len(got) != 2 {
+		t.Fatalf("live actors %v", got)
+	}
+	a.Health = HealthCritical
+	m.publish([]Member{self, a})
+	if got := views[1].Live(RoleActors); len(got) != 1 || got[0].ID != "self" {
+		t.Fatalf("after a went critical: %v", got)
+	}
+	a.Health = HealthPassing // a zombie that refreshed again
+	b := Member{ID: "b", Address: "h:3", Roles: RoleGate, Health: HealthPassing}
+	m.publish([]Member{self, a, b})
+	v := views[2]
+	if got := v.Live(0); len(got) != 2 || got[0].ID != "b" || got[1].ID != "self" {
+		t.Fatalf("after a came back and b joined: live %v", got)
+	}
+	if f := v.Find("a"); f == nil || !f.Blocked || f.Live() {
+		t.Fatalf("a not listed as blocked: %+v", f)
+	}
+	if v.SameShape(views[1]) {
+		t.Fatal("a join kept the shape")
+	}
+	b.Load.Conns = 9
+	m.publish([]Member{self, a, b})
+	if !views[3].SameShape(v) || views[3].Seq != 4 {
+		t.Fatalf("a load change changed the shape (seq %d)", views[3].Seq)
+	}
+	// This node seen out: it asks to rejoin.
+	self.Health = HealthCritical
+	m.publish([]Member{self, a, b})
+	select {
+	case <-m.rejoin:
+	default:
+		t.Fatal("no rejoin after this instance was seen out")
+	}
+}
+
+func join(t *testing.T, cfg Config, name string, roles Roles) *Membership {
+	t.Helper()
+	m, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := Member{Name: name, Address: "127.0.0.1:1", Roles: roles, Version: "test", HTTPAddr: "127.0.0.1:2"}
+	if roles.Has(RoleGate) {
+		self.GateID, self.GateAddr = "gate-of-"+name, "127.0.0.1:3"
+	}
+	if roles.Has(RoleAPI) {
+		self.APIAddr = "127.0.0.1:4"
+	}
+	if err := m.Join(context.Background(), self); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Leave(context.Background()) })
+	return m
+}
+
+func consulConfig(c *testkit.Consul) Config {
+	cfg := DefaultConfig()
+	cfg.Provider = ProviderConsul
+	cfg.Consul = c.Addr
+	cfg.TTL = time.Second
+	cfg.LoadInterval = 100 * time.Millisecond
+	return cfg
+}
+
+func liveIDs(m *Membership) map[string]bool {
+	out := map[string]bool{}
+	for _, x := range m.View().Live(0) {
+		out[x.ID] = true
+	}
+	return out
+}
+
+func TestConsulJoinLoadLeave(t *testing.T) {
+	c := testkit.StartConsul(t)
+	cfg := consulConfig(c)
+	a := join(t, cfg, "a", RoleGate|RoleAPI)
+	b := join(t, cfg, "b", RoleActors)
+	aID, bID := a.View().Self.ID, b.View().Self.ID
+	for _, m := range []*Membership{a, b} {
+		testkit.Eventually(t, 10*time.Second, func() bool {
+			ids := liveIDs(m)
+			return ids[aID] && ids[bID] && len(ids) == 2
+		}, "both members live")
+	}
+	if got := a.View().Live(RoleActors); len(got) != 1 || got[0].ID != bID {
+		t.Fatalf("actor members seen by a: %v", got)
+	}
+	g := b.View().Find(aID)
+	if g.GateID != "gate-of-a" || g.APIAddr != "127.0.0.1:4" || g.Roles != RoleGate|RoleAPI || g.Version != "test" {
+		t.Fatalf("a as b sees it: %+v", g)
+	}
+	a.SetLoad(Load{Conns: 42, MaxConns: 1000})
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		m := b.View().Find(aID)
+		return m != nil && m.Load.Conns == 42 && m.Live()
+	}, "a's load published")
+	if err := a.Leave(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return !liveIDs(b)[aID] }, "a gone after Leave")
+	if got := b.View().Live(0); len(got) != 1 {
+		t.Fatalf("live after leave: %v", got)
+	}
+}
+
+// flaky fails its calls to the provider while fail is set, as a node cut
+// off from Consul (or paused) does.
+type flaky struct {
+	backend
+	fail atomic.Bool
+}
+
+var errCut = errors.New("cut off")
+
+func (f *flaky) register(ctx context.Context, self *Member) error {
+	if f.fail.Load() {
+		return errCut
+	}
+	return f.backend.register(ctx, self)
+}
+
+func (f *flaky) pass(ctx context.Context, id string) error {
+	if f.fail.Load() {
+		return errCut
+	}
+	return f.backend.pass(ctx, id)
+}
+
+// A node that cannot refresh its registration for longer than the TTL is
+// seen out by the others, blocked, and comes back as a new instance.
+func TestConsulExpiredMemberRejoins(t *testing.T) {
+	c := testkit.StartConsul(t)
+	cfg := consulConfig(c)
+	a := join(t, cfg, "a", AllRoles)
+	b, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb := &flaky{backend: b.be}
+	b.be = fb
+	var mu sync.Mutex
+	var selves []string
+	b.Subscribe(func(v *View) {
+		mu.Lock()
+		if len(selves) == 0 || selves[len(selves)-1] != v.Self.ID {
+			selves = append(selves, v.Self.ID)
+		}
+		mu.Unlock()
+	})
+	if err := b.Join(context.Background(), Member{Name: "b", Address: "127.0.0.1:5", Roles: RoleActors}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Leave(context.Background()) })
+	old := b.View().Self.ID
+	testkit.Eventually(t, 10*time.Second, func() bool { return liveIDs(a)[old] }, "b live")
+
+	fb.fail.Store(true)
+	start := time.Now()
+	testkit.Eventually(t, 10*time.Second, func() bool { return !liveIDs(a)[old] }, "b seen out")
+	t.Logf("b seen out %v after it stopped refreshing (TTL %v)", time.Since(start).Round(time.Millisecond), cfg.TTL)
+	if f := a.View().Find(old); f != nil && !f.Blocked {
+		t.Fatalf("b's old instance not blocked: %+v", f)
+	}
+	fb.fail.Store(false)
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		id := b.View().Self.ID
+		return id != old && liveIDs(a)[id] && !liveIDs(a)[old]
+	}, "b back as a new instance")
+	// The subscribers hear of the new instance too (after View shows it).
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return selves[0] == old && selves[len(selves)-1] != old
+	}, "b's subscribers never saw its new instance")
+}

@@ -1,0 +1,538 @@
+package upstream
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+// Transport carries the hubs' messages between nodes (implemented by the
+// node with its cluster membership). Send must not block.
+type Transport interface {
+	// Self is this node's remoting address.
+	Self() string
+	// Send delivers m to the hub of the node at address.
+	Send(address string, m proto.Message)
+}
+
+// Hub joins the upstream routers of every gate in the cluster to the
+// app-servers subscribed on any api node. A device's C2S stays in the
+// router of the gate that received it until an app-server acknowledges
+// it; an app-server's subscription on an api node is a subscriber in the
+// router of every live gate (a proxy, whose deliveries travel to the api
+// node and whose acks travel back). When an api node leaves the cluster,
+// the gates close its proxies and what it held unacknowledged goes to the
+// other subscribers; when a gate leaves, what its router held is lost
+// (the router is in memory).
+//
+// Goroutines: one pump per proxy (gate side: it moves deliveries from the
+// router to the api node), owned by the Hub and stopped by Close or when
+// the proxy closes. Lock order: Hub.mu, then Router.mu or fanin.mu.
+type Hub struct {
+	r   *Router
+	t   Transport
+	log *slog.Logger
+
+	mu      sync.Mutex
+	proxies map[string]*proxy        // gate side, by subscription id
+	subs    map[string]*Subscription // api side, by subscription id
+	gates   []GateRef                // live gate members
+	live    map[string]bool          // live members' addresses
+	closed  bool
+	prefix  string // of this process's subscription ids: address and a random part
+	nextSub atomic.Uint64
+
+	quit chan struct{}
+	wg   sync.WaitGroup
+}
+
+// resubscribeEvery is how often a subscription repeats its subscribe to
+// the gates (they ignore what they already have): a subscribe lost, or
+// refused by a gate whose view did not yet include the api node, is
+// repaired within this time. A subscription thus reaches every live gate
+// within this time of the later of its start and the gate's joining.
+const resubscribeEvery = 2 * time.Second
+
+// GateRef names one live instance of a gate member.
+type GateRef struct {
+	Address  string // remoting address
+	Instance string // member instance id: new at every start and rejoin
+}
+
+// NewHub returns the hub of a node's router r. A node without the gate
+// role has a router that no device publishes to.
+func NewHub(r *Router, t Transport, log *slog.Logger) *Hub {
+	if log == nil {
+		log = slog.Default()
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	h := &Hub{r: r, t: t, log: log, proxies: map[string]*proxy{}, subs: map[string]*Subscription{}, live: map[string]bool{},
+		prefix: t.Self() + "/" + hex.EncodeToString(b[:]) + "/", quit: make(chan struct{})}
+	h.wg.Add(1)
+	go h.resubscribeLoop()
+	return h
+}
+
+// resubscribeLoop repeats every subscription's subscribe to the other
+// nodes' gates.
+func (h *Hub) resubscribeLoop() {
+	defer h.wg.Done()
+	t := time.NewTicker(resubscribeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.quit:
+			return
+		case <-t.C:
+		}
+		h.mu.Lock()
+		subs := make([]*Subscription, 0, len(h.subs))
+		for _, s := range h.subs {
+			subs = append(subs, s)
+		}
+		h.mu.Unlock()
+		for _, s := range subs {
+			s.resubscribe()
+		}
+	}
+}
+
+// proxy is a subscription of an app-server on another node (or this one),
+// held in this gate's router.
+type proxy struct {
+	id   string
+	sink string // the api node's address
+	sub  *Subscriber
+}
+
+// SetMembers takes the cluster's live members (their remoting addresses)
+// and the live gate instances: subscriptions attach to new gates and
+// forget departed ones, and proxies of api nodes that left are closed
+// (what they held goes back to the queues).
+func (h *Hub) SetMembers(live []string, gates []GateRef) {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return
+	}
+	h.live = map[string]bool{}
+	for _, a := range live {
+		h.live[a] = true
+	}
+	h.gates = append(h.gates[:0:0], gates...)
+	var gone []*proxy
+	for id, p := range h.proxies {
+		if !h.live[p.sink] {
+			gone = append(gone, p)
+			delete(h.proxies, id)
+		}
+	}
+	subs := make([]*Subscription, 0, len(h.subs))
+	for _, s := range h.subs {
+		subs = append(subs, s)
+	}
+	h.mu.Unlock()
+	for _, p := range gone {
+		h.log.Info("upstream: an api node left; its subscription's deliveries go to the other subscribers", "sub", p.id, "api_node", p.sink)
+		p.sub.Close()
+	}
+	for _, s := range subs {
+		s.attach(gates)
+	}
+}
+
+// Receive handles a message from another node's hub.
+func (h *Hub) Receive(m proto.Message) {
+	switch m := m.(type) {
+	case *actorpb.UpstreamSubscribe:
+		h.openProxy(m)
+	case *actorpb.UpstreamUnsubscribe:
+		h.closeProxy(m.SubId)
+	case *actorpb.UpstreamAck:
+		h.mu.Lock()
+		p := h.proxies[m.SubId]
+		h.mu.Unlock()
+		if p != nil {
+			p.sub.Ack(m.DeliveryIds)
+		}
+	case *actorpb.UpstreamBatch:
+		h.mu.Lock()
+		s := h.subs[m.SubId]
+		h.mu.Unlock()
+		if s == nil {
+			// The subscription ended: the gate stops sending and gives what
+			// it sent to the other subscribers.
+			h.t.Send(m.GateAddress, &actorpb.UpstreamUnsubscribe{SubId: m.SubId})
+			return
+		}
+		s.fan.deliver(m.GateAddress, m.Messages, false)
+	}
+}
+
+// openProxy subscribes an api node's app-server in this gate's router.
+func (h *Hub) openProxy(m *actorpb.UpstreamSubscribe) {
+	h.mu.Lock()
+	// A sink this node does not see live is refused: it left (a zombie
+	// must rejoin first), or it joined a moment ago and its next
+	// subscribe, within resubscribeEvery, is taken.
+	if h.closed || h.proxies[m.SubId] != nil || !h.live[m.SinkAddress] {
+		h.mu.Unlock()
+		return
+	}
+	sub, err := h.r.Subscribe(uint16(m.AppCode), m.Msgtypes, int(m.Window))
+	if err != nil {
+		h.mu.Unlock()
+		return
+	}
+	p := &proxy{id: m.SubId, sink: m.SinkAddress, sub: sub}
+	h.proxies[m.SubId] = p
+	h.wg.Add(1)
+	h.mu.Unlock()
+	go h.pump(p)
+}
+
+// pump moves a proxy's deliveries to its api node until it closes.
+func (h *Hub) pump(p *proxy) {
+	defer h.wg.Done()
+	self := h.t.Self()
+	for {
+		msgs := p.sub.Next(h.quit)
+		if msgs == nil {
+			return
+		}
+		h.t.Send(p.sink, &actorpb.UpstreamBatch{SubId: p.id, GateAddress: self, Messages: msgs})
+	}
+}
+
+func (h *Hub) closeProxy(id string) {
+	h.mu.Lock()
+	p := h.proxies[id]
+	delete(h.proxies, id)
+	h.mu.Unlock()
+	if p != nil {
+		p.sub.Close()
+	}
+}
+
+// Subscribe subscribes an app-server of this node to app's msgtypes
+// (empty: all) on every live gate of the cluster; window bounds what each
+// gate has in flight to it (0: the default).
+func (h *Hub) Subscribe(app uint16, msgtypes []uint32, window int) (*Subscription, error) {
+	if window <= 0 {
+		window = h.r.cfg.DefaultInFlight
+	}
+	window = min(window, h.r.cfg.MaxInFlight)
+	s := &Subscription{h: h, id: h.prefix + strconv.FormatUint(h.nextSub.Add(1), 10), app: app,
+		msgtypes: msgtypes, window: window, fan: newFanin(), at: map[string]*attachment{}}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil, ErrClosed
+	}
+	h.subs[s.id] = s
+	gates := append([]GateRef(nil), h.gates...)
+	h.mu.Unlock()
+	s.attach(gates)
+	return s, nil
+}
+
+// Close closes every proxy and subscription and waits for the pumps. It
+// is safe to call more than once.
+func (h *Hub) Close() {
+	h.mu.Lock()
+	if !h.closed {
+		close(h.quit)
+	}
+	h.closed = true
+	proxies, subs := h.proxies, h.subs
+	h.proxies, h.subs = map[string]*proxy{}, map[string]*Subscription{}
+	h.mu.Unlock()
+	for _, p := range proxies {
+		p.sub.Close()
+	}
+	for _, s := range subs {
+		s.Close()
+	}
+	h.wg.Wait()
+}
+
+// Subscription is an app-server's subscription on this node, fed by the
+// routers of every gate in the cluster. Its delivery ids are its own.
+type Subscription struct {
+	h        *Hub
+	id       string
+	app      uint16
+	msgtypes []uint32
+	window   int
+	fan      *fanin
+
+	mu     sync.Mutex
+	at     map[string]*attachment // by gate instance
+	closed bool
+}
+
+// attachment is a Subscription's part at one gate.
+type attachment struct {
+	address string
+	local   *Subscriber // this node's own router; nil for another node's
+}
+
+// attach subscribes at the gate instances not yet subscribed to, and
+// forgets the ones that left (what they held is gone with them).
+func (s *Subscription) attach(gates []GateRef) {
+	self := s.h.t.Self()
+	s.mu.Lock()
+	present := map[string]bool{}
+	for _, g := range gates {
+		present[g.Instance] = true
+	}
+	for inst, a := range s.at {
+		if !present[inst] {
+			delete(s.at, inst)
+			if a.local != nil {
+				a.local.Close()
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, g := range gates {
+		s.mu.Lock()
+		_, done := s.at[g.Instance]
+		if s.closed || done {
+			s.mu.Unlock()
+			continue
+		}
+		if g.Address != self {
+			s.at[g.Instance] = &attachment{address: g.Address}
+			s.mu.Unlock()
+			s.h.t.Send(g.Address, &actorpb.UpstreamSubscribe{SubId: s.id, SinkAddress: self, AppCode: uint32(s.app),
+				Msgtypes: s.msgtypes, Window: uint32(s.window)})
+			continue
+		}
+		// This node's own gate: subscribe directly, no remoting.
+		sub, err := s.h.r.Subscribe(s.app, s.msgtypes, s.window)
+		if err != nil {
+			s.mu.Unlock()
+			continue
+		}
+		s.at[g.Instance] = &attachment{address: g.Address, local: sub}
+		s.mu.Unlock()
+		s.h.wg.Add(1)
+		go func() {
+			defer s.h.wg.Done()
+			for {
+				msgs := sub.Next(s.fan.done)
+				if msgs == nil {
+					return
+				}
+				s.fan.deliver(self, msgs, true)
+			}
+		}()
+	}
+}
+
+// resubscribe repeats the subscribe to every other node's gate.
+func (s *Subscription) resubscribe() {
+	s.mu.Lock()
+	var to []string
+	if !s.closed {
+		for _, a := range s.at {
+			if a.local == nil {
+				to = append(to, a.address)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, addr := range to {
+		s.h.t.Send(addr, &actorpb.UpstreamSubscribe{SubId: s.id, SinkAddress: s.h.t.Self(), AppCode: uint32(s.app),
+			Msgtypes: s.msgtypes, Window: uint32(s.window)})
+	}
+}
+
+// Next blocks until deliveries are ready (at most the router's MaxBatch
+// and MaxBatchBytes, unless a single message is larger) or done is closed; nil means the subscription or the node is closing.
+func (s *Subscription) Next(done <-chan struct{}) []*apipb.UpstreamMessage {
+	return s.fan.take(done, s.h.r.cfg.MaxBatch, s.h.r.cfg.MaxBatchBytes)
+}
+
+// Ack acknowledges deliveries to the gates they came from.
+func (s *Subscription) Ack(ids []uint64) {
+	self := s.h.t.Self()
+	for gate, gids := range s.fan.ack(ids) {
+		var local *Subscriber
+		if gate == self {
+			s.mu.Lock()
+			for _, a := range s.at {
+				if a.local != nil {
+					local = a.local
+				}
+			}
+			s.mu.Unlock()
+		}
+		if local != nil {
+			local.Ack(gids)
+		} else if gate != self {
+			s.h.t.Send(gate, &actorpb.UpstreamAck{SubId: s.id, DeliveryIds: gids})
+		}
+	}
+}
+
+// Close ends the subscription on every gate; what it held
+// unacknowledged goes to the other subscribers.
+func (s *Subscription) Close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	at := s.at
+	s.mu.Unlock()
+	s.h.mu.Lock()
+	delete(s.h.subs, s.id)
+	s.h.mu.Unlock()
+	s.fan.close()
+	for _, a := range at {
+		if a.local != nil {
+			a.local.Close()
+		} else {
+			s.h.t.Send(a.address, &actorpb.UpstreamUnsubscribe{SubId: s.id})
+		}
+	}
+}
+
+// fanin merges deliveries from several gates into one stream of
+// deliveries with ids of its own.
+type fanin struct {
+	mu     sync.Mutex
+	lastID uint64
+	origin map[uint64]origin
+	outbox []*apipb.UpstreamMessage
+	notify chan struct{}
+	done   chan struct{}
+	closed bool
+}
+
+type origin struct {
+	gate string
+	id   uint64
+}
+
+func newFanin() *fanin {
+	return &fanin{origin: map[uint64]origin{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// deliver takes messages from gate; shared says they belong to a local
+// router (and are copied before their delivery id is rewritten).
+func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return
+	}
+	for _, m := range msgs {
+		if shared {
+			m = proto.Clone(m).(*apipb.UpstreamMessage)
+		}
+		f.lastID++
+		f.origin[f.lastID] = origin{gate, m.DeliveryId}
+		m.DeliveryId = f.lastID
+		f.outbox = append(f.outbox, m)
+	}
+	select {
+	case f.notify <- struct{}{}:
+	default:
+	}
+}
+
+// take returns the next deliveries: at most maxN messages and maxBytes
+// of Size (a single larger message goes alone), blocking until there are
+// some or done is closed.
+func (f *fanin) take(done <-chan struct{}, maxN int, maxBytes int64) []*apipb.UpstreamMessage {
+	for {
+		f.mu.Lock()
+		if f.closed {
+			f.mu.Unlock()
+			return nil
+		}
+		if len(f.outbox) > 0 {
+			n, bytes := 1, Size(f.outbox[0])
+			for n < min(len(f.outbox), maxN) {
+				if bytes += Size(f.outbox[n]); bytes > maxBytes {
+					break
+				}
+				n++
+			}
+			out := make([]*apipb.UpstreamMessage, n)
+			copy(out, f.outbox)
+			rest := copy(f.outbox, f.outbox[n:])
+			clear(f.outbox[rest:])
+			f.outbox = f.outbox[:rest]
+			if rest > 0 {
+				select {
+				case f.notify <- struct{}{}:
+				default:
+				}
+			}
+			f.mu.Unlock()
+			return out
+		}
+		f.mu.Unlock()
+		select {
+		case <-f.notify:
+		case <-done:
+			return nil
+		case <-f.done:
+			return nil
+		}
+	}
+}
+
+// ack maps delivery ids back to the gates' ids, by gate; unknown ids are
+// ignored.
+func (f *fanin) ack(ids []uint64) map[string][]uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string][]uint64{}
+	for _, id := range ids {
+		if o, ok := f.origin[id]; ok {
+			delete(f.origin, id)
+			out[o.gate] = append(out[o.gate], o.id)
+		}
+	}
+	return out
+}
+
+func (f *fanin) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.closed {
+		f.closed = true
+		close(f.done)
+	}
+}
+
+// NewLocalHub returns a hub for a router alone: subscriptions take only
+// what this node's devices publish (a single node, and tests).
+func NewLocalHub(r *Router) *Hub {
+	h := NewHub(r, localTransport{}, nil)
+	h.SetMembers([]string{localAddress}, []GateRef{{Address: localAddress, Instance: localAddress}})
+	return h
+}
+
+const localAddress = "local"
+
+type localTransport struct{}
+
+func (localTransport) Self() string               { return localAddress }
+func (localTransport) Send(string, proto.Message) {}

@@ -1,0 +1,206 @@
+package upstream
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+// net connects hubs by address, delivering at once (the real transport is
+// the actor remoting, asynchronous).
+type net struct {
+	mu   sync.Mutex
+	hubs map[string]*Hub
+}
+
+type netTransport struct {
+	n    *net
+	self string
+}
+
+func (t netTransport) Self() string { return t.self }
+
+func (t netTransport) Send(address string, m proto.Message) {
+	t.n.mu.Lock()
+	h := t.n.hubs[address]
+	t.n.mu.Unlock()
+	if h != nil {
+		h.Receive(proto.Clone(m))
+	}
+}
+
+func (n *net) hub(t *testing.T, addr string) (*Hub, *Router) {
+	r := New(DefaultConfig(), nil)
+	h := NewHub(r, netTransport{n, addr}, nil)
+	n.mu.Lock()
+	n.hubs[addr] = h
+	n.mu.Unlock()
+	t.Cleanup(func() { h.Close(); r.Close() })
+	return h, r
+}
+
+func next(t *testing.T, s *Subscription) []*apipb.UpstreamMessage {
+	t.Helper()
+	done := make(chan struct{})
+	timer := time.AfterFunc(500*time.Millisecond, func() { close(done) })
+	defer timer.Stop()
+	var out []*apipb.UpstreamMessage
+	for {
+		got := s.Next(done)
+		if got == nil {
+			return out
+		}
+		out = append(out, got...)
+	}
+}
+
+// C2S published at a gate reaches subscriptions on two api nodes, shared
+// between them; when one api node leaves, what it held unacknowledged goes
+// to the other.
+func TestHubAcrossNodes(t *testing.T) {
+	n := &net{hubs: map[string]*Hub{}}
+	gate, gr := n.hub(t, "gate")
+	a1, _ := n.hub(t, "api1")
+	a2, _ := n.hub(t, "api2")
+	all := []string{"gate", "api1", "api2"}
+	gates := []GateRef{{Address: "gate", Instance: "gate-1"}}
+	for _, h := range []*Hub{gate, a1, a2} {
+		h.SetMembers(all, gates)
+	}
+	s1, _ := a1.Subscribe(1, []uint32{7}, 5)
+	s2, _ := a2.Subscribe(1, []uint32{7}, 5)
+	for i := range 10 {
+		if err := gr.Publish(msg(1, 7, fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got1, got2 := next(t, s1), next(t, s2)
+	if len(got1) != 5 || len(got2) != 5 {
+		t.Fatalf("shared %d/%d", len(got1), len(got2))
+	}
+	// api2 acks with its own ids; api1 acks nothing and leaves.
+	var ids []uint64
+	for _, m := range got2 {
+		ids = append(ids, m.DeliveryId)
+	}
+	s2.Ack(ids)
+	gate.SetMembers([]string{"gate", "api2"}, gates)
+	again := next(t, s2)
+	var msgIDs []string
+	for _, m := range again {
+		msgIDs = append(msgIDs, m.MsgId)
+		if m.Attempt != 2 {
+			t.Fatalf("redelivery attempt %d", m.Attempt)
+		}
+	}
+	sort.Strings(msgIDs)
+	var want []string
+	for _, m := range got1 {
+		want = append(want, m.MsgId)
+	}
+	sort.Strings(want)
+	if fmt.Sprint(msgIDs) != fmt.Sprint(want) {
+		t.Fatalf("redelivered %v, want api1's %v", msgIDs, want)
+	}
+	ids = ids[:0]
+	for _, m := range again {
+		ids = append(ids, m.DeliveryId)
+	}
+	s2.Ack(ids)
+	if b := gr.Bytes(); b != 0 {
+		t.Fatalf("the gate still holds %d bytes after every ack", b)
+	}
+	// A subscription that ends gives back what it holds.
+	_ = gr.Publish(msg(1, 7, "last"))
+	if got := next(t, s2); len(got) != 1 {
+		t.Fatalf("last: %v", got)
+	}
+	s2.Close()
+	if err := gr.Publish(msg(1, 7, "nobody")); err == nil {
+		t.Fatal("published with no subscriber left")
+	}
+	if gr.Queued() != 1 {
+		t.Fatalf("the unacked message did not go back to the queue (%d queued)", gr.Queued())
+	}
+}
+
+// A node's own gate feeds its subscriptions without the transport, and
+// delivery ids are the subscription's own, whatever router they came from.
+func TestHubLocalAndRemoteGates(t *testing.T) {
+	n := &net{hubs: map[string]*Hub{}}
+	g1, r1 := n.hub(t, "g1")
+	g2, r2 := n.hub(t, "g2")
+	all := []string{"g1", "g2"}
+	gates := []GateRef{{Address: "g1", Instance: "i1"}, {Address: "g2", Instance: "i2"}}
+	g1.SetMembers(all, gates)
+	g2.SetMembers(all, gates)
+	s, _ := g1.Subscribe(1, nil, 10)
+	_ = r1.Publish(msg(1, 1, "local"))
+	_ = r2.Publish(msg(1, 1, "remote"))
+	got := next(t, s)
+	if len(got) != 2 || got[0].DeliveryId == got[1].DeliveryId {
+		t.Fatalf("got %v", got)
+	}
+	s.Ack([]uint64{got[0].DeliveryId, got[1].DeliveryId})
+	if r1.Bytes() != 0 || r2.Bytes() != 0 {
+		t.Fatalf("held after acks: %d, %d", r1.Bytes(), r2.Bytes())
+	}
+}
+
+// TestHubBatchesFitTheByteBound: however many deliveries the gates have
+// queued for a subscription, one Next returns at most MaxBatchBytes
+// (app-servers keep gRPC's default 4 MiB receive limit).
+func TestHubBatchesFitTheByteBound(t *testing.T) {
+	r := New(DefaultConfig(), nil)
+	defer r.Close()
+	h := NewLocalHub(r)
+	defer h.Close()
+	first, _ := r.Subscribe(1, nil, 1) // holds one, the rest queue
+	defer first.Close()
+	for i := range 100 {
+		if err := r.Publish(&apipb.UpstreamMessage{AppCode: 1, MsgId: fmt.Sprint(i), Payload: make([]byte, 60<<10)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, _ := h.Subscribe(1, nil, 1000)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.fan.mu.Lock()
+		n := len(s.fan.outbox)
+		s.fan.mu.Unlock()
+		if n == 99 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	got := 0
+	for got < 99 {
+		batch := next1(t, s)
+		var size int64
+		for _, m := range batch {
+			size += Size(m)
+		}
+		if size > r.cfg.MaxBatchBytes {
+			t.Fatalf("a batch of %d messages, %d bytes", len(batch), size)
+		}
+		got += len(batch)
+	}
+}
+
+func next1(t *testing.T, s *Subscription) []*apipb.UpstreamMessage {
+	t.Helper()
+	done := make(chan struct{})
+	timer := time.AfterFunc(2*time.Second, func() { close(done) })
+	defer timer.Stop()
+	b := s.Next(done)
+	if b == nil {
+		t.Fatal("no batch")
+	}
+	return b
+}

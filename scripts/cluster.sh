@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# `make cluster`: a Courier cluster on this machine, in one command.
+#
+#   a Consul dev agent        127.0.0.1:$CONSUL_PORT (default 8500)
+#   the store                 $STORE: "pebble" (one per node, default) or
+#                             "postgres" (shared; see start_store)
+#   node1  gate,api           ports BASE+0..3   (gate, api, http, remoting)
+#   node2  actors             ports BASE+10..13
+#   node3  gate,actors,api    ports BASE+20..23 (BASE defaults to 7000)
+#
+# Every node runs with --dev (app 1, its demo token secret and API keys).
+# TLS=1 makes the members talk over mutual TLS with certificates from
+# `courierctl certs`. Everything lives in .cluster/ (ignored by git): data,
+# logs (.cluster/*.log) and addrs.json with every node's addresses. Ctrl-C
+# or SIGTERM stops every process this script started.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PATH=/usr/local/go/bin:$PATH
+
+BASE=${BASE:-7000}
+CONSUL_PORT=${CONSUL_PORT:-8500}
+STORE=${STORE:-pebble}
+TLS=${TLS:-0}
+dir=$root/.cluster
+bin=$root/bin
+
+pids=()
+stop_all() {
+	trap - INT TERM EXIT
+	echo
+	echo "cluster: stopping"
+	# Nodes first (graceful: they leave the cluster), then the services.
+	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+		kill -TERM "${pids[i]}" 2>/dev/null || true
+		wait "${pids[i]}" 2>/dev/null || true
+	done
+	stop_store
+	echo "cluster: stopped (data and logs stay in $dir)"
+}
+trap stop_all EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+fail() {
+	echo "cluster: $*" >&2
+	exit 1
+}
+
+port_free() { ! (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # what, seconds, command...
+	local what=$1 secs=$2
+	shift 2
+	for ((n = 0; n < secs * 10; n++)); do
+		if "$@"; then return 0; fi
+		sleep 0.1
+	done
+	fail "$what did not come up within ${secs}s (logs in $dir)"
+}
+
+# ---- the store ----------------------------------------------------------
+# start_store prepares the inbox store and sets store_args, the flags every
+# node gets. stop_store undoes it.
+store_args=()
+pg_dir=""
+start_store() {
+	case $STORE in
+	pebble)
+		echo "cluster: store: Pebble, one per node. An identity's inbox stays on the node that"
+		echo "         held it, so it does not follow the identity when membership changes: for"
+		echo "         that, the shared PostgreSQL store (STORE=postgres) is needed."
+		;;
+	postgres)
+		start_postgres
+		;;
+	*) fail "STORE=$STORE: want pebble or postgres" ;;
+	esac
+}
+
+start_postgres() {
+	local pgbin
+	pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+	if [ -z "$pgbin" ]; then
+		echo "cluster: installing PostgreSQL (apt-get)"
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+		pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+	fi
+	local port=$((BASE + 432))
+	port_free "$port" || fail "port $port (PostgreSQL) is taken: set BASE"
+	pg_dir=$dir/postgres
+	rm -rf "$pg_dir" && mkdir -p "$pg_dir"
+	local as=()
+	if [ "$(id -u)" = 0 ]; then
+		chown postgres "$pg_dir"
+		as=(runuser -u postgres --)
+	fi
+	"${as[@]}" "$pgbin/initdb" -D "$pg_dir/data" -A trust -U courier >"$dir/postgres-init.log"
+	"${as[@]}" "$pgbin/pg_ctl" -D "$pg_dir/data" -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1" \
+		-l "$pg_dir/postgres.log" start >/dev/null
+	pg_ctl_cmd=("${as[@]}" "$pgbin/pg_ctl" -D "$pg_dir/data")
+	echo "cluster: PostgreSQL on 127.0.0.1:$port (log $pg_dir/postgres.log)"
+	# The nodes find it in COURIER_STORE_DSN (not in argv, which every
+	# local user can read).
+	if "$bin/courier" --help 2>&1 | grep -q -- '--store.dsn'; then
+		store_args=(--store postgres)
+		export COURIER_STORE_DSN="postgres://courier@127.0.0.1:$port/postgres?sslmode=disable"
+	else
+		echo "cluster: this build has no PostgreSQL store yet: the nodes use Pebble" >&2
+	fi
+}
+
+stop_store() {
+	if [ -n "$pg_dir" ]; then
+		"${pg_ctl_cmd[@]}" stop -m fast >/dev/null 2>&1 || true
+	fi
+}
+
+# ---- build ---------------------------------------------------------------
+make -s build
+consul=$(scripts/consul.sh)
+rm -rf "$dir"
+mkdir -p "$dir"
+
+# ---- Consul --------------------------------------------------------------
+port_free "$CONSUL_PORT" || fail "port $CONSUL_PORT (Consul) is taken: set CONSUL_PORT"
+"$consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port "$CONSUL_PORT" \
+	-serf-lan-port $((CONSUL_PORT + 1)) -serf-wan-port $((CONSUL_PORT + 2)) -server-port $((CONSUL_PORT + 3)) \
+	-dns-port -1 -grpc-port -1 -hcl 'disable_update_check = true' -hcl 'check_update_interval = "0s"' \
+	>"$dir/consul.log" 2>&1 &
+pids+=($!)
+consul_ready() { curl -sf "http://127.0.0.1:$CONSUL_PORT/v1/status/leader" 2>/dev/null | grep -q 127.0.0.1; }
+wait_for "Consul" 30 consul_ready
+echo "cluster: Consul dev agent on 127.0.0.1:$CONSUL_PORT (UI http://127.0.0.1:$CONSUL_PORT/ui, log $dir/consul.log)"
+
+start_store
+
+# ---- TLS -----------------------------------------------------------------
+tls_args() { :; }
+if [ "$TLS" = 1 ]; then
+	"$bin/courierctl" certs --dir "$dir/certs" --nodes node1,node2,node3 --hosts 127.0.0.1,localhost >/dev/null
+	tls_args() {
+		echo --cluster.tls-ca "$dir/certs/ca.pem" --cluster.tls-cert "$dir/certs/$1.pem" --cluster.tls-key "$dir/certs/$1-key.pem"
+	}
+	echo "cluster: members use mutual TLS (certificates in $dir/certs)"
+fi
+
+# ---- nodes ---------------------------------------------------------------
+names=(node1 node2 node3)
+roles=(gate,api actors gate,actors,api)
+for i in 0 1 2; do
+	name=${names[i]}
+	p=$((BASE + 10 * i))
+	for q in $p $((p + 1)) $((p + 2)) $((p + 3)); do
+		port_free "$q" || fail "port $q ($name) is taken: set BASE"
+	done
+	args=(--dev --name "$name" --roles "${roles[i]}" --data-dir "$dir/$name"
+		--gate.addr "127.0.0.1:$p" --api-addr "127.0.0.1:$((p + 1))" --http-addr "127.0.0.1:$((p + 2))"
+		--cluster.bind "127.0.0.1:$((p + 3))" --cluster.provider consul --cluster.consul "127.0.0.1:$CONSUL_PORT"
+		--addr-file "$dir/$name.json")
+	args+=("${store_args[@]}") # actors keep their inboxes there, gates their access lists
+	# shellcheck disable=SC2046
+	"$bin/courier" "${args[@]}" $(tls_args "$name") >"$dir/$name.log" 2>&1 &
+	pids+=($!)
+done
+for name in "${names[@]}"; do
+	wait_for "$name" 60 test -s "$dir/$name.json"
+done
+{
+	printf '{"consul": "127.0.0.1:%s", "discover": "http://127.0.0.1:%s", "nodes": [' "$CONSUL_PORT" $((BASE + 2))
+	sep=""
+	for name in "${names[@]}"; do
+		printf '%s\n  %s' "$sep" "$(cat "$dir/$name.json")"
+		sep=","
+	done
+	printf '\n]}\n'
+} >"$dir/addrs.json"
+
+cat <<EOF
+
+Courier cluster running: three nodes on Consul (logs in $dir/*.log).
+  node1  gate,api          gate 127.0.0.1:$BASE  api 127.0.0.1:$((BASE + 1))  http 127.0.0.1:$((BASE + 2))
+  node2  actors            (no gate, no API)     http 127.0.0.1:$((BASE + 12))
+  node3  gate,actors,api   gate 127.0.0.1:$((BASE + 20))  api 127.0.0.1:$((BASE + 21))  http 127.0.0.1:$((BASE + 22))
+Every address is in $dir/addrs.json.
+
+Try it, in another terminal:
+  bin/courierctl members --api 127.0.0.1:$((BASE + 1)) --key courier-dev-operator-key
+  curl 'http://127.0.0.1:$((BASE + 2))/v1/gates?app=1'
+  bin/courierctl device --discover http://127.0.0.1:$((BASE + 2))/v1/gates --app 1 --uid alice --secret courier-dev-secret-app-1
+  bin/courierctl push --api 127.0.0.1:$((BASE + 21)) --key courier-dev-api-key-0001 --app 1 --uid alice --payload 'hello from node3'
+
+Ctrl-C stops the cluster.
+EOF
+# Wait until a signal, or until a process ends by itself.
+set +e
+wait -n "${pids[@]}"
+echo "cluster: a process ended by itself; see $dir/*.log" >&2
+exit 1

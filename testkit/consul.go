@@ -1,0 +1,216 @@
+package testkit
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	consulOnce sync.Once
+	consulBin  string
+	consulErr  error
+)
+
+// inCI reports whether the tests run in CI, where a service a test needs
+// and cannot get is a failure, never a skip.
+func inCI() bool { return os.Getenv("CI") == "true" }
+
+// ConsulBinary returns the path of the Consul agent (v1.13.9, built from
+// the module proxy by scripts/consul.sh once per machine). If it cannot be
+// built, the test fails in CI (CI=true) and is skipped elsewhere.
+func ConsulBinary(t testing.TB) string {
+	t.Helper()
+	consulOnce.Do(func() {
+		cmd := exec.Command(filepath.Join(moduleRoot(), "scripts", "consul.sh"))
+		var stderr syncBuffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			consulErr = fmt.Errorf("scripts/consul.sh: %v\n%s", err, stderr.String())
+			return
+		}
+		consulBin = strings.TrimSpace(string(out))
+	})
+	if consulErr != nil {
+		if inCI() {
+			t.Fatalf("testkit: no Consul agent: %v", consulErr)
+		}
+		t.Skipf("testkit: no Consul agent (CI would fail here): %v", consulErr)
+	}
+	return consulBin
+}
+
+// Consul is a real Consul agent for tests: one server that is its own
+// leader, with its data in a directory of its own, on free loopback ports.
+// Stop and Restart keep the data and the ports, for tests of a Consul
+// outage.
+type Consul struct {
+	t   testing.TB
+	bin string
+	dir string
+	// Addr is the agent's HTTP address (host:port), what nodes are given
+	// as --cluster.consul.
+	Addr  string
+	ports [4]int // http, serf lan, serf wan, server rpc
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan struct{}
+}
+
+// StartConsul starts a Consul agent and waits until it has a leader and
+// has registered itself. It is killed at the end of the test.
+func StartConsul(t testing.TB) *Consul {
+	t.Helper()
+	c := &Consul{t: t, bin: ConsulBinary(t), dir: t.TempDir()}
+	ports, err := freePorts(len(c.ports))
+	if err != nil {
+		t.Fatalf("testkit: ports for Consul: %v", err)
+	}
+	copy(c.ports[:], ports)
+	c.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(c.ports[0]))
+	t.Cleanup(c.kill)
+	c.start()
+	return c
+}
+
+// freePorts finds n distinct free TCP ports on 127.0.0.1. They are free
+// when it returns; a process that binds them later may race another.
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func (c *Consul) start() {
+	t := c.t
+	t.Helper()
+	p := func(i int) string { return strconv.Itoa(c.ports[i]) }
+	cmd := exec.Command(c.bin, "agent",
+		"-server", "-bootstrap-expect", "1",
+		"-data-dir", filepath.Join(c.dir, "data"),
+		"-node", "testkit",
+		"-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-http-port", p(0), "-serf-lan-port", p(1), "-serf-wan-port", p(2), "-server-port", p(3),
+		"-dns-port", "-1", "-grpc-port", "-1",
+		// Raft's fastest timers (elections in about a second), check
+		// output synced at once, no calls home.
+		"-hcl", "performance { raft_multiplier = 1 }",
+		"-hcl", `check_update_interval = "0s"`,
+		"-hcl", "disable_update_check = true",
+	)
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.SysProcAttr = childProcAttr()
+	if err := cmd.Start(); err != nil {
+		if inCI() {
+			t.Fatalf("testkit: start Consul: %v", err)
+		}
+		t.Skipf("testkit: start Consul (CI would fail here): %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	c.mu.Lock()
+	c.cmd, c.logs, c.exited = cmd, logs, exited
+	c.mu.Unlock()
+
+	deadline := time.Now().Add(60 * time.Second)
+	for !c.ready() {
+		select {
+		case <-exited:
+			t.Fatalf("testkit: Consul exited at start (%v):\n%s", cmd.ProcessState, logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testkit: Consul had no leader within 60s:\n%s", logs.String())
+		}
+	}
+}
+
+// ready reports whether the agent has a leader and its own node is in
+// the catalog (so that registrations succeed).
+func (c *Consul) ready() bool {
+	var leader string
+	if getJSON("http://"+c.Addr+"/v1/status/leader", &leader) != nil || leader == "" {
+		return false
+	}
+	var nodes []struct{ Node string }
+	return getJSON("http://"+c.Addr+"/v1/catalog/nodes", &nodes) == nil && len(nodes) > 0
+}
+
+func getJSON(url string, v any) error {
+	cl := http.Client{Timeout: 2 * time.Second}
+	resp, err := cl.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// Stop kills the agent (as a crash would) and waits for it to exit. Its
+// data stays for Restart.
+func (c *Consul) Stop() {
+	c.t.Helper()
+	c.kill()
+}
+
+// Restart starts the stopped agent again on its ports and its data.
+func (c *Consul) Restart() {
+	c.t.Helper()
+	c.start()
+}
+
+func (c *Consul) kill() {
+	c.mu.Lock()
+	cmd, exited := c.cmd, c.exited
+	c.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	select {
+	case <-exited:
+		return
+	default:
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	<-exited
+}
+
+// Logs returns what the agent has written so far (in its current run).
+func (c *Consul) Logs() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.logs == nil {
+		return ""
+	}
+	return c.logs.String()
+}
