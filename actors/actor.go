@@ -165,13 +165,14 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		}
 	}()
 	msg := ctx.Message()
-	if _, ok := msg.(idleCheck); !ok {
-		a.lastActive = time.Now()
-	}
 	switch m := msg.(type) {
 	case *actor.Started:
+		a.lastActive = time.Now()
 		a.armIdle(ctx, a.deps.Config.PassivateAfter)
 	case *actorpb.Envelope:
+		// Only envelopes count as activity: the actor's own timers and
+		// completions do not keep it in memory.
+		a.lastActive = time.Now()
 		if a.seen == 0 {
 			a.id = store.Identity{App: uint16(m.AppCode), UID: m.Uid}
 		}
@@ -195,6 +196,10 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 			return
 		}
 		a.handingOff = true
+		if a.d != nil {
+			// The new owner would deliver them again.
+			a.d.FlushDeletions()
+		}
 	case detachedFenced:
 		if a.retired || a.d == nil {
 			return
@@ -222,6 +227,13 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		if wait := a.deps.Config.PassivateAfter - time.Since(a.lastActive); wait > 0 {
 			a.armIdle(ctx, wait)
 			return
+		}
+		if a.d != nil && a.d.IdleButDeletions() && a.quiet() {
+			// Idle but for the deletions of what was acknowledged last:
+			// write them, and look again once they are written.
+			a.d.FlushDeletions()
+			a.armIdle(ctx, min(a.deps.Config.PassivateAfter, flushSettle))
+			break
 		}
 		a.armIdle(ctx, a.deps.Config.PassivateAfter) // in case the router says not yet
 		if a.idle() {
@@ -265,9 +277,17 @@ func (a *deviceActor) finishHandoff(ctx actor.Context) {
 // idle reports whether the actor may leave memory without losing
 // anything.
 func (a *deviceActor) idle() bool {
-	return a.seen > 0 && !a.retired && (a.d == nil || a.d.Idle()) && a.detached.Load() == 0 &&
-		!a.writing && !a.unapplied && !a.slotWait
+	return a.quiet() && (a.d == nil || a.d.Idle())
 }
+
+// quiet is idle but for the machine: nothing of the actor itself in flight.
+func (a *deviceActor) quiet() bool {
+	return a.seen > 0 && !a.retired && a.detached.Load() == 0 && !a.writing && !a.unapplied && !a.slotWait
+}
+
+// flushSettle is how long after writing its pending deletions an
+// otherwise idle actor looks again whether it may leave memory.
+const flushSettle = time.Second
 
 // armIdle schedules the next idle check.
 func (a *deviceActor) armIdle(ctx actor.Context, after time.Duration) {

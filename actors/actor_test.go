@@ -570,8 +570,58 @@ func TestFencedActorStopsAndTheNextEnvelopeClaimsAgain(t *testing.T) {
 	}
 }
 
-// TestFencedDeletionRetiresTheActor: a deletion (submitted without
-// waiting) that the store fences also ends the actor.
+// TestDeletionsWaitForTheNextWrite: an acknowledged message is deleted
+// with the identity's next write, not a write of its own; an actor that
+// writes nothing more writes its deletions before it hands the identity
+// off, or before it leaves memory when idle.
+func TestDeletionsWaitForTheNextWrite(t *testing.T) {
+	h := newActorHarness(t, func(c *Config) { c.PassivateAfter = time.Minute })
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	ackNext := func(id store.Identity) {
+		t.Helper()
+		if rep := h.r.request(env(id, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil {
+			t.Fatalf("push: %v", rep)
+		}
+		var s2c []*actorpb.OutFrame
+		testkit.Eventually(t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) > 0 }, "no delivery")
+		h.r.mu.Lock()
+		h.r.conns = nil
+		h.r.mu.Unlock()
+		var m devicepb.S2C
+		if err := proto.Unmarshal(s2c[0].Body, &m); err != nil {
+			t.Fatal(err)
+		}
+		ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
+		h.r.Send(env(id, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
+		if p := h.presence(id); p.Pending != 0 { // answered after the ack
+			t.Fatalf("pending %d after the ack", p.Pending)
+		}
+	}
+	h.login(alice, c)
+	ackNext(alice)
+	if n := h.store.stored(alice); n != 1 {
+		t.Fatalf("%d entries stored after the ack, want 1 (its deletion waits)", n)
+	}
+	ackNext(alice) // the second push's write deletes the first
+	if n := h.store.stored(alice); n != 1 {
+		t.Fatalf("%d entries stored after the second ack, want 1", n)
+	}
+	h.r.handoff(alice)
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.handedOff, alice) == 1 }, "the actor did not finish its handoff")
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.stored(alice) == 0 }, "the handoff left acknowledged messages stored")
+
+	h2 := newActorHarness(t, nil) // actors leave memory after 100 ms idle
+	h, c = h2, &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	ackNext(alice)
+	h.waitPassivated(alice, 1)
+	if n := h.store.stored(alice); n != 0 {
+		t.Fatalf("%d entries stored after passivation, want 0", n)
+	}
+}
+
+// TestFencedDeletionRetiresTheActor: a deletion (written without waiting,
+// by the idle actor) that the store fences also ends the actor.
 func TestFencedDeletionRetiresTheActor(t *testing.T) {
 	h := newActorHarness(t, nil)
 	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
