@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/courier-im/courier/actors/store"
+	"github.com/courier-im/courier/gate/wheel"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/devicepb"
@@ -60,6 +61,8 @@ type Deps struct {
 	// Writes is the node's budget of pending store writes (default: one
 	// of Config.MaxPendingWrites slots).
 	Writes *WriteBudget
+
+	idle *idleWheel // the actors' idle checks
 }
 
 // NewDeps fills in the defaults of d (the clock, no statistics, the write
@@ -81,6 +84,7 @@ func NewDeps(d Deps) *Deps {
 		}
 		d.Writes = NewWriteBudget(n)
 	}
+	d.idle = newIdleWheel(d.Config.PassivateAfter)
 	return &d
 }
 
@@ -125,10 +129,13 @@ type deviceActor struct {
 
 	timer   *time.Timer
 	timerAt time.Time
-	// idleTimer checks every PassivateAfter whether the actor has been
-	// idle that long (the library's receive timeout is not used: it fires
-	// once, and its timer races with the mailbox).
-	idleTimer  *time.Timer
+	// idleNode schedules, on the node's idle wheel, a check every
+	// PassivateAfter whether the actor has been idle that long (the
+	// library's receive timeout is not used: it fires once, and its timer
+	// races with the mailbox). self is the PID the check is posted to
+	// (guarded by the wheel's lock).
+	idleNode   wheel.Node[deviceActor]
+	self       *actor.PID
 	lastActive time.Time
 	// detached counts deletions submitted without waiting that the store
 	// has not finished: the actor does not passivate before they are
@@ -291,17 +298,14 @@ const flushSettle = time.Second
 
 // armIdle schedules the next idle check.
 func (a *deviceActor) armIdle(ctx actor.Context, after time.Duration) {
-	self, root := ctx.Self(), ctx.ActorSystem().Root
-	a.idleTimer = time.AfterFunc(after, func() { root.Send(self, idleCheck{}) })
+	a.deps.idle.schedule(a, ctx.Self(), ctx.ActorSystem().Root, after)
 }
 
 func (a *deviceActor) stopTimers() {
 	if a.timer != nil {
 		a.timer.Stop()
 	}
-	if a.idleTimer != nil {
-		a.idleTimer.Stop()
-	}
+	a.deps.idle.cancel(a)
 	if a.reloadTimer != nil {
 		a.reloadTimer.Stop()
 		a.reloadTimer = nil

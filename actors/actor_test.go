@@ -339,14 +339,14 @@ func (r *testRouter) frames(cmd uint32) []*actorpb.OutFrame {
 }
 
 type actorHarness struct {
-	t     *testing.T
+	t     testing.TB
 	cfg   Config
 	store *fakeStore
 	r     *testRouter
 	deps  *Deps
 }
 
-func newActorHarness(t *testing.T, tune func(*Config)) *actorHarness {
+func newActorHarness(t testing.TB, tune func(*Config)) *actorHarness {
 	h := &actorHarness{t: t, cfg: DefaultConfig(), store: newFakeStore()}
 	h.cfg.PassivateAfter = 100 * time.Millisecond
 	if tune != nil {

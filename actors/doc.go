@@ -15,7 +15,9 @@
 // once and keeps what it must still write in memory until a slot frees.
 // Loads and idempotency lookups are synchronous reads, bounded by
 // Config.StoreTimeout. Timers (redelivery, idleness, load retries) post
-// messages to the actor. Nothing depending on a write leaves the actor
+// messages to the actor; the idle checks of all the node's actors share
+// one timing wheel and one runtime timer (idle.go), which runs only while
+// actors are in memory. Nothing depending on a write leaves the actor
 // before the write is durable, so a crash of the process loses no
 // accepted message; it may lose deletions of acknowledged messages (they
 // are delivered again) and a session's end, which the next activation
