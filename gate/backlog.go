@@ -9,7 +9,11 @@ import (
 // should, in the way CoDel does: what counts is not the worst delay seen
 // but the smallest one over a window (100 ms). A burst that is worked off
 // within the window leaves some short delays in it; a standing queue,
-// which every piece of work waits behind, does not. The gate feeds one
+// which every piece of work waits behind, does not. A window with fewer
+// than delayWindowMinWork pieces of work says nothing is behind: sparse
+// work that waited (a descheduled loop, a garbage collection) is not a
+// queue, and one slow sample must not refuse an idle node's pushes.
+// The gate feeds one
 // with its drain delays (Gate.Backlog); the API feeds its own with the
 // time push calls take, and refuses new pushes while either says the
 // node is behind.
@@ -19,12 +23,17 @@ type DelayWindow struct {
 	mu     sync.Mutex
 	start  time.Time     // of the window being measured
 	min    time.Duration // smallest delay in it (-1: none yet)
+	n      int           // pieces of work seen in it
 	last   time.Duration // smallest delay of the last window that had any
 	lastAt time.Time     // end of that window
 }
 
 // delayWindowLength is the window over which the smallest delay counts.
 const delayWindowLength = 100 * time.Millisecond
+
+// delayWindowMinWork is the least work a window must see for its delay to
+// count as a standing queue.
+const delayWindowMinWork = 8
 
 // Observe records one piece of work's delay, measured at now.
 func (w *DelayWindow) Observe(d time.Duration, now time.Time) {
@@ -36,9 +45,13 @@ func (w *DelayWindow) Observe(d time.Duration, now time.Time) {
 	if now.Sub(w.start) >= delayWindowLength {
 		if w.min >= 0 {
 			w.last, w.lastAt = w.min, now
+			if w.n < delayWindowMinWork {
+				w.last = 0
+			}
 		}
-		w.start, w.min = now, -1
+		w.start, w.min, w.n = now, -1, 0
 	}
+	w.n++
 	if w.min < 0 || d < w.min {
 		w.min = d
 	}

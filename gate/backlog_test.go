@@ -37,4 +37,11 @@ func TestDelayWindow(t *testing.T) {
 	if d := w.Standing(at(900)); d != 0 {
 		t.Fatalf("idle: %v, want 0", d)
 	}
+	// Sparse work that waited (one slow piece per window) is not a queue.
+	for ms := 1000; ms <= 1500; ms += 60 {
+		w.Observe(60*time.Millisecond, at(ms))
+	}
+	if d := w.Standing(at(1500)); d != 0 {
+		t.Fatalf("sparse slow work: %v, want 0", d)
+	}
 }

@@ -113,12 +113,17 @@ func TestSlowPushesRefuseMore(t *testing.T) {
 	push := func() *apipb.PushManyRequest {
 		return &apipb.PushManyRequest{Items: []*apipb.PushRequest{{AppCode: 1, Uid: "u", Payload: []byte("x")}}}
 	}
-	// Calls that each take 60 ms, over more than two windows of 100 ms.
-	now := time.Now()
-	for i := range 4 {
-		s.calls.Observe(60*time.Millisecond, now.Add(time.Duration(i)*110*time.Millisecond))
+	var once sync.Once
+	release := func() { once.Do(func() { close(req.release) }) }
+	t.Cleanup(release) // a failing test must not leave calls held forever
+	// Calls that each take 60 ms, ten per window of 100 ms (a window with
+	// little work in it says nothing), over more than two windows; the
+	// last ones dated ahead, so that a test descheduled for a while on a
+	// loaded machine still finds the windows recent.
+	now := time.Now().Add(-100 * time.Millisecond)
+	for i := range 40 {
+		s.calls.Observe(60*time.Millisecond, now.Add(time.Duration(i)*10*time.Millisecond))
 	}
-	time.Sleep(10 * time.Millisecond)
 	done := make(chan struct{})
 	go func() { // one push in flight: below max-batch, served
 		defer close(done)
@@ -137,6 +142,6 @@ func TestSlowPushesRefuseMore(t *testing.T) {
 	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "api.max-push-delay") {
 		t.Fatalf("slow calls, two in flight: %v", err)
 	}
-	close(req.release)
+	release()
 	<-done
 }
