@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
-	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -95,12 +94,12 @@ func (d *Deps) NewActor() actor.Actor { return &deviceActor{deps: d} }
 
 // Messages a device actor sends itself.
 type (
-	writeDone      struct{ err error }
-	detachedFenced struct{}
-	slotFree       struct{}
-	tick           struct{}
-	reload         struct{}
-	idleCheck      struct{}
+	writeDone    struct{ err error }
+	detachedDone struct{ fenced bool }
+	slotFree     struct{}
+	tick         struct{}
+	reload       struct{}
+	idleCheck    struct{}
 )
 
 // Answers of envelopes the actor cannot hand to its machine.
@@ -137,10 +136,11 @@ type deviceActor struct {
 	idleNode   wheel.Node[deviceActor]
 	self       *actor.PID
 	lastActive time.Time
-	// detached counts deletions submitted without waiting that the store
-	// has not finished: the actor does not passivate before they are
-	// done, or its next activation would load the entries again.
-	detached atomic.Int32
+	// detached counts deletions submitted without waiting whose
+	// detachedDone has not come: the actor does not passivate or finish
+	// a handoff before they are done, or the next activation would load
+	// the entries again (and its claim could fence the deletion).
+	detached int
 	// writing: a write taken from a machine has not completed. No machine
 	// is loaded meanwhile (the load could miss the write).
 	writing bool
@@ -207,16 +207,19 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 			// The new owner would deliver them again.
 			a.d.FlushDeletions()
 		}
-	case detachedFenced:
+	case detachedDone:
+		a.detached--
 		if a.retired || a.d == nil {
 			return
 		}
-		if a.writing {
-			a.fenceSeen = true // the write in flight ends it
+		if m.fenced {
+			if a.writing {
+				a.fenceSeen = true // the write in flight ends it
+				return
+			}
+			a.fence(ctx)
 			return
 		}
-		a.fence(ctx)
-		return
 	case slotFree:
 		a.slotWait = false
 	case tick:
@@ -264,12 +267,13 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 
 // finishHandoff stops an actor handing its identity off once nothing it
 // accepted is in flight: no write pending, in flight or waiting for a
-// slot, no effect waiting for a write. Deliveries the device has not
+// slot (the deletions of what was acknowledged, flushed by the handoff or
+// an idle check, included), no effect waiting for a write. Deliveries the device has not
 // acknowledged need not wait: the new owner loads them and delivers them
 // again (same seq and msg id). Recent closes are sent on to the new owner,
 // which applies them to the session it loads.
 func (a *deviceActor) finishHandoff(ctx actor.Context) {
-	if a.retired || a.writing || a.slotWait || (a.d != nil && !a.d.Settled()) {
+	if a.retired || a.writing || a.slotWait || a.detached > 0 || (a.d != nil && !a.d.Settled()) {
 		return
 	}
 	a.retired = true
@@ -289,7 +293,7 @@ func (a *deviceActor) idle() bool {
 
 // quiet is idle but for the machine: nothing of the actor itself in flight.
 func (a *deviceActor) quiet() bool {
-	return a.seen > 0 && !a.retired && a.detached.Load() == 0 && !a.writing && !a.unapplied && !a.slotWait
+	return a.seen > 0 && !a.retired && a.detached == 0 && !a.writing && !a.unapplied && !a.slotWait
 }
 
 // flushSettle is how long after writing its pending deletions an
@@ -596,16 +600,13 @@ func (a *deviceActor) submit(ctx actor.Context) {
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	budget := a.deps.Writes
 	if w := d.TakeDetached(); w != nil {
-		a.detached.Add(1)
+		a.detached++
 		a.deps.Store.Submit(w, func(err error) {
 			budget.Release()
 			if err != nil {
 				a.deps.Log.Debug("actors: deleting acknowledged messages failed; they will be delivered again", "identity", w.ID, "err", err)
 			}
-			if errors.Is(err, store.ErrFenced) {
-				root.Send(self, detachedFenced{})
-			}
-			a.detached.Add(-1)
+			root.Send(self, detachedDone{fenced: errors.Is(err, store.ErrFenced)})
 		})
 		return
 	}
