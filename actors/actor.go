@@ -1,7 +1,6 @@
 package actors
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -163,6 +162,21 @@ type deviceActor struct {
 	unapplied   bool
 	reloadTimer *time.Timer
 	reloadWait  time.Duration
+
+	// Store reads (reads.go). read is the one outstanding (nil: none);
+	// stash holds the envelopes that arrived meanwhile, in order (at
+	// most Config.MaxStashed), stashOrdered how many of them are not
+	// deferred (mayOvertake). prefetched are idempotency records looked
+	// up ahead for stashed envelopes, by key (nil: none stored). recheck:
+	// a close, a gate's end or a sweep did not fit in the stash and is
+	// applied once it is handled. current is the envelope being handled,
+	// answered if the actor panics.
+	read         *pendingRead
+	stash        []*actorpb.Envelope
+	stashOrdered int
+	prefetched   map[string]*actorpb.IdempotencyRecord
+	recheck      bool
+	current      *actorpb.Envelope
 }
 
 func (a *deviceActor) Receive(ctx actor.Context) {
@@ -189,6 +203,13 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 			return
 		}
 		a.envelope(ctx, m)
+	case *readDone:
+		if a.retired || m.r != a.read {
+			return // given up: the actor was fenced
+		}
+		a.read = nil
+		a.finishRead(ctx, m.r)
+	case drainStash:
 	case *writeDone:
 		a.writing = false
 		if a.retired {
@@ -203,6 +224,9 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 			return
 		}
 		a.handingOff = true
+		// What waits for a store read was not accepted: the new owner
+		// takes it, in order, ahead of what reaches this actor later.
+		a.forwardWaiting()
 		if a.d != nil {
 			// The new owner would deliver them again.
 			a.d.FlushDeletions()
@@ -229,10 +253,10 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		}
 	case reload:
 		a.reloadTimer = nil
-		if a.retired || a.d != nil || a.writing || !a.unapplied {
+		if a.retired || a.d != nil || a.writing || !a.unapplied || a.read != nil {
 			return
 		}
-		a.load(ctx)
+		a.startLoad(ctx, nil)
 	case idleCheck:
 		if wait := a.deps.Config.PassivateAfter - time.Since(a.lastActive); wait > 0 {
 			a.armIdle(ctx, wait)
@@ -259,6 +283,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	default:
 		return
 	}
+	a.drain(ctx)
 	a.perform(ctx)
 	if a.handingOff {
 		a.finishHandoff(ctx)
@@ -268,9 +293,9 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 // finishHandoff stops an actor handing its identity off once nothing it
 // accepted is in flight: no write pending, in flight or waiting for a
 // slot (the deletions of what was acknowledged, flushed by the handoff or
-// an idle check, included), no effect waiting for a write. Deliveries the device has not
-// acknowledged need not wait: the new owner loads them and delivers them
-// again (same seq and msg id). Recent closes are sent on to the new owner,
+// an idle check, included), no effect waiting for a write. Deliveries the
+// device has not acknowledged need not wait: the new owner loads them and
+// delivers them again (same seq and msg id). Recent closes are sent on to the new owner,
 // which applies them to the session it loads.
 func (a *deviceActor) finishHandoff(ctx actor.Context) {
 	if a.retired || a.writing || a.slotWait || a.detached > 0 || (a.d != nil && !a.d.Settled()) {
@@ -293,7 +318,8 @@ func (a *deviceActor) idle() bool {
 
 // quiet is idle but for the machine: nothing of the actor itself in flight.
 func (a *deviceActor) quiet() bool {
-	return a.seen > 0 && !a.retired && a.detached == 0 && !a.writing && !a.unapplied && !a.slotWait
+	return a.seen > 0 && !a.retired && a.detached == 0 && !a.writing && !a.unapplied && !a.slotWait &&
+		a.read == nil && len(a.stash) == 0
 }
 
 // flushSettle is how long after writing its pending deletions an
@@ -320,8 +346,8 @@ func (a *deviceActor) writeDone(ctx actor.Context, err error) {
 	if a.d == nil {
 		// The write of a machine dropped after a panic: the store has it
 		// now, so a machine may be loaded again.
-		if a.unapplied {
-			a.load(ctx)
+		if a.unapplied && a.read == nil {
+			a.startLoad(ctx, nil)
 		}
 		return
 	}
@@ -332,8 +358,10 @@ func (a *deviceActor) writeDone(ctx actor.Context, err error) {
 	case err != nil:
 		a.deps.Log.Warn("actors: store write failed; reloading identity", "identity", a.id, "err", err)
 		a.perform(ctx) // the failures
-		a.d = nil
-		a.load(ctx)
+		a.d, a.prefetched = nil, nil
+		if a.read == nil { // else the lookup's answer starts its envelope over
+			a.startLoad(ctx, nil)
+		}
 	}
 }
 
@@ -352,6 +380,7 @@ func (a *deviceActor) fence(ctx actor.Context) {
 	a.d = nil
 	a.stopTimers()
 	a.deps.Router.Retire(a.id.App, a.id.UID, ctx.Self())
+	a.forwardWaiting()
 	// The next activation reads the store, where a close this actor
 	// applied may have been fenced: it hears of them again.
 	for _, c := range a.closes {
@@ -372,9 +401,11 @@ func (a *deviceActor) crashed(ctx actor.Context, r any) {
 	}()
 	a.deps.Log.Error("actors: panic in an identity's actor; its state is rebuilt from the store",
 		"identity", a.id, "panic", r, "message", fmt.Sprintf("%T", ctx.Message()), "stack", string(debug.Stack()))
-	if env, ok := ctx.Message().(*actorpb.Envelope); ok {
+	if env := a.current; env != nil {
+		a.current = nil
 		a.refuse(env, codes.Internal, devicepb.Code_INTERNAL, crashed)
 	}
+	a.prefetched = nil
 	if a.d != nil {
 		d := a.d
 		a.d = nil
@@ -383,27 +414,17 @@ func (a *deviceActor) crashed(ctx actor.Context, r any) {
 			a.send(e)
 		}
 	}
+	if a.read == nil && len(a.stash) > 0 {
+		// What waits is handled after this message, not inside the
+		// recovery.
+		ctx.ActorSystem().Root.Send(ctx.Self(), drainStash{})
+	}
 }
 
-// load reads the identity from the store and builds its machine. The
-// session it finds has ended if its gate instance is gone or one of the
-// recent closes names its connection.
-func (a *deviceActor) load(ctx actor.Context) bool {
-	if a.handingOff {
-		// Loading would claim the identity from its new owner.
-		return false
-	}
-	c, cancel := context.WithTimeout(context.Background(), a.deps.Config.StoreTimeout)
-	snap, err := a.deps.Store.Load(c, a.id)
-	cancel()
-	if err != nil {
-		a.deps.Log.Warn("actors: loading identity failed", "identity", a.id, "err", err)
-		if a.unapplied {
-			a.scheduleReload(ctx)
-		}
-		return false
-	}
-	a.reloadWait = 0
+// build makes the machine from a snapshot the store loaded. The session
+// it finds has ended if its gate instance is gone or one of the recent
+// closes names its connection.
+func (a *deviceActor) build(snap *store.Snapshot) {
 	d := NewDevice(a.deps.Config, a.id, snap, a.deps.Stats, a.deps.IDs.Next)
 	a.d = d
 	now := a.deps.Now()
@@ -418,7 +439,6 @@ func (a *deviceActor) load(ctx actor.Context) bool {
 	// again (a gate that no longer has the connection says so, and the
 	// session ends).
 	d.Tick(now)
-	return true
 }
 
 func (a *deviceActor) gateAlive(id string) bool {
@@ -456,18 +476,40 @@ func needsWrite(env *actorpb.Envelope) bool {
 	return false
 }
 
+// envelope takes in an envelope: it is handled now, or waits in the
+// stash behind an outstanding store read (reads.go).
 func (a *deviceActor) envelope(ctx actor.Context, env *actorpb.Envelope) {
-	to := ReplyTo{Address: env.ReplyAddress, ReqID: env.ReqId}
+	a.current = env
 	if why := checkEnvelope(env); why != "" {
+		a.current = nil
 		a.deps.Log.Debug("actors: refusing a bad envelope", "identity", a.id, "why", why)
-		if to.ReqID != 0 {
-			a.reply(to, failure(codes.InvalidArgument, "actors: bad envelope: "+why))
+		if env.ReqId != 0 {
+			a.reply(ReplyTo{Address: env.ReplyAddress, ReqID: env.ReqId}, failure(codes.InvalidArgument, "actors: bad envelope: "+why))
 		}
 		return
 	}
 	if c := env.GetClosed(); c != nil {
 		a.noteClose(c)
 	}
+	if (a.read == nil && len(a.stash) == 0) || a.mayOvertake(env) {
+		a.handle(ctx, env)
+		return
+	}
+	a.current = nil
+	a.stashEnv(env)
+}
+
+// handle hands env to the machine, first loading the machine or looking
+// up env's idempotency key if needed; then env waits for that read.
+// Until it returns env is the actor's current envelope, answered if the
+// actor panics (not with a deferred reset: the recovery runs after it).
+func (a *deviceActor) handle(ctx actor.Context, env *actorpb.Envelope) {
+	a.current = env
+	a.handleCurrent(ctx, env)
+	a.current = nil
+}
+
+func (a *deviceActor) handleCurrent(ctx actor.Context, env *actorpb.Envelope) {
 	if needsWrite(env) && a.deps.Writes.Full() {
 		a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, overloaded)
 		return
@@ -479,11 +521,24 @@ func (a *deviceActor) envelope(ctx actor.Context, env *actorpb.Envelope) {
 		if env.GetClosed() != nil {
 			a.unapplied = true
 		}
-		if a.writing || !a.load(ctx) {
+		if a.writing {
 			a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, storeDown)
 			return
 		}
+		a.startLoad(ctx, env)
+		return
 	}
+	rec, ok := a.idempotency(ctx, env)
+	if !ok {
+		return
+	}
+	a.apply(env, rec)
+}
+
+// apply hands env to the machine; rec is the idempotency record of its
+// key, if it has one and the store holds it.
+func (a *deviceActor) apply(env *actorpb.Envelope, rec *actorpb.IdempotencyRecord) {
+	to := ReplyTo{Address: env.ReplyAddress, ReqID: env.ReqId}
 	now := a.deps.Now()
 	d := a.d
 	switch b := env.Body.(type) {
@@ -496,18 +551,8 @@ func (a *deviceActor) envelope(ctx actor.Context, env *actorpb.Envelope) {
 	case *actorpb.Envelope_GateDown:
 		d.GateDown(now, b.GateDown.GateId)
 	case *actorpb.Envelope_C2C:
-		rec, err := a.idempotency(d, C2CKey(b.C2C.FromUid, b.C2C.GetC2C().GetClientMsgId()), b.C2C.GetC2C().GetClientMsgId() != "")
-		if err != nil {
-			a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, storeDown)
-			return
-		}
 		d.C2C(now, b.C2C, rec)
 	case *actorpb.Envelope_Push:
-		rec, err := a.idempotency(d, PushKey(b.Push.IdempotencyKey), b.Push.Stored && b.Push.IdempotencyKey != "")
-		if err != nil {
-			a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, storeDown)
-			return
-		}
 		d.Push(now, to, b.Push, rec)
 	case *actorpb.Envelope_Kick:
 		d.Kick(now, to, b.Kick)
@@ -516,16 +561,6 @@ func (a *deviceActor) envelope(ctx actor.Context, env *actorpb.Envelope) {
 	case *actorpb.Envelope_Sweep:
 		d.Tick(now)
 	}
-}
-
-// idempotency looks key up in the store unless the device knows it.
-func (a *deviceActor) idempotency(d *Device, key string, use bool) (*actorpb.IdempotencyRecord, error) {
-	if !use || d.KnowsIdempotencyKey(key) {
-		return nil, nil
-	}
-	c, cancel := context.WithTimeout(context.Background(), a.deps.Config.StoreTimeout)
-	defer cancel()
-	return a.deps.Store.Idempotency(c, a.id, key)
 }
 
 func (a *deviceActor) reply(to ReplyTo, r *actorpb.Reply) {

@@ -30,25 +30,32 @@ import (
 // fakeStore is an in-memory store.Store. Writes are applied in order by
 // one goroutine, like the real committer.
 type fakeStore struct {
-	mu      sync.Mutex
-	meta    map[store.Identity]*actorpb.IdentityMeta
-	inbox   map[store.Identity]map[uint32]*actorpb.InboxEntry
-	idem    map[store.Identity]map[string]*actorpb.IdempotencyRecord
-	owner   map[store.Identity]uint64
-	writes  []*store.Write // applied, in order
-	qmu     sync.RWMutex   // guards closed against sends on queue
-	closed  bool
-	queue   chan pendingWrite
-	hold    chan struct{}           // while not nil, writes wait for it to close
-	holdIf  func(*store.Write) bool // which writes hold holds (nil: all)
-	release func()                  // closes hold
-	held    atomic.Int32            // writes waiting for hold
-	failW   func(*store.Write) error
-	failL   atomic.Int32 // loads to fail
-	panicL  atomic.Int32 // loads to panic in
-	loads   atomic.Int32
-	closeMu sync.Once
-	done    chan struct{}
+	mu       sync.Mutex
+	meta     map[store.Identity]*actorpb.IdentityMeta
+	inbox    map[store.Identity]map[uint32]*actorpb.InboxEntry
+	idem     map[store.Identity]map[string]*actorpb.IdempotencyRecord
+	owner    map[store.Identity]uint64
+	writes   []*store.Write // applied, in order
+	qmu      sync.RWMutex   // guards closed against sends on queue
+	closed   bool
+	queue    chan pendingWrite
+	hold     chan struct{}           // while not nil, writes wait for it to close
+	holdIf   func(*store.Write) bool // which writes hold holds (nil: all)
+	release  func()                  // closes hold
+	held     atomic.Int32            // writes waiting for hold
+	failW    func(*store.Write) error
+	failL    atomic.Int32 // loads to fail
+	panicL   atomic.Int32 // loads to panic in
+	loads    atomic.Int32
+	lookups  atomic.Int32 // idempotency reads
+	lookedUp atomic.Int32 // keys they asked for
+	// readHold makes reads (loads and idempotency lookups) wait in
+	// heldReads until answerHeld; readsHeld counts them.
+	readHold  bool
+	heldReads []func(error)
+	readsHeld atomic.Int32
+	closeMu   sync.Once
+	done      chan struct{}
 }
 
 type pendingWrite struct {
@@ -139,6 +146,48 @@ func (s *fakeStore) apply(w *store.Write) error {
 	return nil
 }
 
+// holdReads makes loads and idempotency lookups wait, as a database
+// that does not answer, until release is called (which answers them).
+func (s *fakeStore) holdReads() (release func()) {
+	s.mu.Lock()
+	s.readHold = true
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.readHold = false
+			s.mu.Unlock()
+			s.answerHeld(nil)
+		})
+	}
+}
+
+// answerHeld answers the reads held so far: with err, or (nil) by
+// reading.
+func (s *fakeStore) answerHeld(err error) {
+	s.mu.Lock()
+	held := s.heldReads
+	s.heldReads = nil
+	s.mu.Unlock()
+	for _, answer := range held {
+		s.readsHeld.Add(-1)
+		answer(err)
+	}
+}
+
+// holding queues answer if reads are held, and reports whether it did.
+func (s *fakeStore) holding(answer func(error)) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.readHold {
+		return false
+	}
+	s.heldReads = append(s.heldReads, answer)
+	s.readsHeld.Add(1)
+	return true
+}
+
 func (s *fakeStore) Load(_ context.Context, id store.Identity) (*store.Snapshot, error) {
 	s.loads.Add(1)
 	if s.panicL.Add(-1) >= 0 {
@@ -183,6 +232,40 @@ func (s *fakeStore) Idempotency(_ context.Context, id store.Identity, key string
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.idem[id][key], nil
+}
+
+// LoadAsync reads inline, or later while reads are held.
+func (s *fakeStore) LoadAsync(id store.Identity, _ time.Time, done func(*store.Snapshot, error)) {
+	answer := func(err error) {
+		if err != nil {
+			done(nil, err)
+			return
+		}
+		done(s.Load(context.Background(), id))
+	}
+	if !s.holding(answer) {
+		answer(nil)
+	}
+}
+
+// IdempotencyAsync reads inline, or later while reads are held.
+func (s *fakeStore) IdempotencyAsync(id store.Identity, keys []string, _ time.Time, done func([]*actorpb.IdempotencyRecord, error)) {
+	answer := func(err error) {
+		if err != nil {
+			done(nil, err)
+			return
+		}
+		s.lookups.Add(1)
+		s.lookedUp.Add(int32(len(keys)))
+		recs := make([]*actorpb.IdempotencyRecord, len(keys))
+		for i, k := range keys {
+			recs[i], _ = s.Idempotency(context.Background(), id, k)
+		}
+		done(recs, nil)
+	}
+	if !s.holding(answer) {
+		answer(nil)
+	}
 }
 
 func (s *fakeStore) Submit(w *store.Write, done func(error)) {

@@ -76,8 +76,17 @@ type Config struct {
 	// so that submitting never waits.
 	MaxPendingWrites int
 	// StoreTimeout bounds one read of the inbox store: loading an identity
-	// or looking up an idempotency key (default 5 s).
+	// or looking up an idempotency key (default 5 s). The actor does not
+	// wait for it on its worker: envelopes that arrive meanwhile wait in
+	// its stash.
 	StoreTimeout time.Duration
+	// MaxStashed bounds the envelopes one identity holds while it waits
+	// for a store read (default 1024: a whole PushMany to one identity
+	// fits). Beyond, requests are refused at once (UNAVAILABLE to the
+	// API, STORE_UNAVAILABLE to a LOGIN, C2C or PULL) and
+	// acknowledgements dropped (the device repeats them); closes are
+	// kept.
+	MaxStashed int
 }
 
 // DefaultConfig returns the defaults documented on Config's fields.
@@ -103,6 +112,7 @@ func DefaultConfig() Config {
 		ExpirySweep:          10 * time.Minute,
 		MaxPendingWrites:     4096,
 		StoreTimeout:         5 * time.Second,
+		MaxStashed:           1024,
 	}
 }
 
@@ -145,6 +155,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("actors.max-pending-writes %d: must be in [1, 1048576]", c.MaxPendingWrites)
 	case c.StoreTimeout < 10*time.Millisecond:
 		return fmt.Errorf("actors.store-timeout %v: must be at least 10ms", c.StoreTimeout)
+	case c.MaxStashed < 1 || c.MaxStashed > 1<<16:
+		return fmt.Errorf("actors.max-stashed %d: must be in [1, 65536]", c.MaxStashed)
 	}
 	return nil
 }

@@ -10,14 +10,19 @@
 //
 // Goroutines and what may be lost: an actor runs on its mailbox's
 // goroutine (the routing layer's worker pool) and never blocks on the
-// store's commit: it takes a slot of the node's WriteBudget before it
-// submits a write, and when none is free it refuses new stored work at
-// once and keeps what it must still write in memory until a slot frees.
-// Loads and idempotency lookups are synchronous reads, bounded by
-// Config.StoreTimeout. Timers (redelivery, idleness, load retries) post
-// messages to the actor; the idle checks of all the node's actors share
-// one timing wheel and one runtime timer (idle.go), which runs only while
-// actors are in memory. Nothing depending on a write leaves the actor
+// store. It takes a slot of the node's WriteBudget before it submits a
+// write, and when none is free it refuses new stored work at once and
+// keeps what it must still write in memory until a slot frees. Its reads
+// (its load, idempotency lookups) are asynchronous too (reads.go): the
+// store answers inline (Pebble) or later with a message, within
+// Config.StoreTimeout; meanwhile the identity's envelopes wait in the
+// actor's stash (at most Config.MaxStashed; beyond, they are answered at
+// once) and are handled in arrival order once the read is answered. A
+// store whose read queue is full refuses the read, and the actor the
+// work. Timers (redelivery, idleness, load retries) post messages to the
+// actor; the idle checks of all the node's actors share one timing wheel
+// and one runtime timer (idle.go), which runs only while actors are in
+// memory. Nothing depending on a write leaves the actor
 // before the write is durable, so a crash of the process loses no
 // accepted message; it may lose deletions of acknowledged messages (they
 // are delivered again) and a session's end, which the next activation

@@ -20,8 +20,9 @@ import (
 // so they are bounded by the number of actors, not by the traffic.
 //
 // Only Courier's own actors use it: none of them ever waits for another
-// actor, and none blocks on the store's commit (actors.WriteBudget), so a
-// worker is never blocked on work queued behind it.
+// actor, and none blocks on the store (its writes: actors.WriteBudget; its
+// reads are asynchronous), so a worker is never blocked on work queued
+// behind it, nor on a database that hangs.
 type poolDispatcher struct {
 	work       chan func()
 	throughput int

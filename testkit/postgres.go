@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -327,6 +329,7 @@ func (p *Postgres) Stop(immediate bool) {
 		sig = syscall.SIGQUIT
 	}
 	_ = p.cmd.Process.Signal(sig)
+	p.resume() // if paused
 	select {
 	case <-p.exited:
 	case <-time.After(30 * time.Second):
@@ -334,6 +337,74 @@ func (p *Postgres) Stop(immediate bool) {
 		<-p.exited
 	}
 	p.cmd = nil
+}
+
+// Pause stops every process of the server (SIGSTOP to the postmaster,
+// then to each of its children: backends lead process groups of their
+// own), as a database that hangs: connections stay open and connecting
+// still succeeds at the TCP level, but nothing is answered. Resume (or
+// the end of the test) lets it go on.
+func (p *Postgres) Pause(t testing.TB) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		t.Fatal("testkit: postgres is not running")
+	}
+	pm := p.cmd.Process.Pid
+	// The postmaster first: stopped, it starts no new backend.
+	if err := syscall.Kill(pm, syscall.SIGSTOP); err != nil {
+		t.Fatalf("testkit: pause postgres: %v", err)
+	}
+	for _, pid := range children(pm) {
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
+	t.Cleanup(p.Resume)
+}
+
+// Resume continues a paused server. It is safe to call when the server
+// is not paused.
+func (p *Postgres) Resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil {
+		p.resume()
+	}
+}
+
+func (p *Postgres) resume() {
+	pm := p.cmd.Process.Pid
+	for _, pid := range children(pm) {
+		_ = syscall.Kill(pid, syscall.SIGCONT)
+	}
+	_ = syscall.Kill(pm, syscall.SIGCONT)
+}
+
+// children returns the processes whose parent is pid (from /proc).
+func children(pid int) []int {
+	var out []int
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parens.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(string(b[i+1:]))
+		if len(fields) < 2 {
+			continue
+		}
+		if ppid, err := strconv.Atoi(fields[1]); err == nil && ppid == pid {
+			if c, err := strconv.Atoi(filepath.Base(filepath.Dir(f))); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
 }
 
 // Close stops the server and removes its data.

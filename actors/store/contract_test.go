@@ -59,6 +59,10 @@ type kind struct {
 	// widenRaces, if set, makes the window between a commit's owner
 	// check and its commit long enough for a test to hit.
 	widenRaces func(s Store)
+	// blockReads, if set, makes loads and idempotency lookups wait (for
+	// the database) until the returned function is called. Stores that
+	// read inline (Pebble) have no reads to block.
+	blockReads func(t *testing.T, s Store) (restore func())
 }
 
 func kinds() []kind {
@@ -108,24 +112,37 @@ func kinds() []kind {
 			breakCommits: func(t *testing.T, s Store) func() {
 				// A real failure: another session holds the inbox table
 				// locked, so every commit runs into the store's timeout.
-				ctx := context.Background()
-				conn, err := s.(*Postgres).pool.Acquire(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				tx, err := conn.Begin(ctx)
-				if err == nil {
-					_, err = tx.Exec(ctx, "LOCK TABLE courier_identities IN ACCESS EXCLUSIVE MODE")
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				return func() {
-					_ = tx.Rollback(ctx)
-					conn.Release()
-				}
+				return lockTables(t, s.(*Postgres), "courier_identities")
+			},
+			blockReads: func(t *testing.T, s Store) func() {
+				return lockTables(t, s.(*Postgres), "courier_identities", "courier_idempotency")
 			},
 		},
+	}
+}
+
+// lockTables has another session of the database hold tables locked
+// (ACCESS EXCLUSIVE: not even read) until the returned function is
+// called.
+func lockTables(t *testing.T, s *Postgres, tables ...string) func() {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(ctx)
+	for _, table := range tables {
+		if err == nil {
+			_, err = tx.Exec(ctx, "LOCK TABLE "+table+" IN ACCESS EXCLUSIVE MODE")
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		_ = tx.Rollback(ctx)
+		conn.Release()
 	}
 }
 
@@ -148,6 +165,11 @@ func TestContract(t *testing.T) {
 		{"GroupCommitManyIdentities", testGroupCommit},
 		{"FailedCommitReportedToEveryWaiter", testFailedCommit},
 		{"Closed", testClosed},
+		{"AsyncReads", testAsyncReads},
+		{"AsyncLoadsOfManyIdentities", testAsyncLoadsOfMany},
+		{"AsyncLoadsOfOneIdentityTogether", testAsyncLoadsOfOne},
+		{"AsyncReadsAnsweredByTheirDeadline", testAsyncReadDeadline},
+		{"ClaimsAndCommitsTogether", testClaimsAndCommits},
 	}
 	for _, k := range kinds() {
 		t.Run(k.name, func(t *testing.T) {
@@ -670,5 +692,306 @@ func testClosed(t *testing.T, k kind) {
 	}
 	if _, err := s.Load(context.Background(), Identity{App: 1, UID: "u"}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("load after close: %v", err)
+	}
+}
+
+// loadAsync calls LoadAsync and waits for its answer.
+func loadAsync(s Store, id Identity, deadline time.Time) (*Snapshot, error) {
+	type result struct {
+		snap *Snapshot
+		err  error
+	}
+	ch := make(chan result, 1)
+	s.LoadAsync(id, deadline, func(snap *Snapshot, err error) { ch <- result{snap, err} })
+	r := <-ch
+	return r.snap, r.err
+}
+
+// lookupAsync calls IdempotencyAsync and waits for its answer.
+func lookupAsync(s Store, id Identity, keys ...string) ([]*actorpb.IdempotencyRecord, error) {
+	return lookupBy(s, id, time.Now().Add(10*time.Second), keys...)
+}
+
+func lookupBy(s Store, id Identity, deadline time.Time, keys ...string) ([]*actorpb.IdempotencyRecord, error) {
+	type result struct {
+		recs []*actorpb.IdempotencyRecord
+		err  error
+	}
+	ch := make(chan result, 1)
+	s.IdempotencyAsync(id, keys, deadline, func(recs []*actorpb.IdempotencyRecord, err error) { ch <- result{recs, err} })
+	r := <-ch
+	return r.recs, r.err
+}
+
+// testAsyncReads: LoadAsync and IdempotencyAsync answer as Load and
+// Idempotency do; a lookup of several keys answers each in its place.
+func testAsyncReads(t *testing.T, k kind) {
+	c := newClock()
+	s, _ := k.open(t, opts{clock: c})
+	id := Identity{App: 1, UID: "async"}
+	snap, err := loadAsync(s, id, time.Now().Add(10*time.Second))
+	if err != nil || snap.Owner == 0 || snap.Meta == nil || len(snap.Inbox) != 0 {
+		t.Fatalf("first load: %+v, %v", snap, err)
+	}
+	live := &actorpb.IdempotencyRecord{MsgId: "m1", Seq: 1, ExpiresAtMs: c.At(time.Hour)}
+	forever := &actorpb.IdempotencyRecord{MsgId: "m2", Seq: 2}
+	old := &actorpb.IdempotencyRecord{MsgId: "m0", Seq: 9, ExpiresAtMs: c.At(-time.Second)}
+	meta := &actorpb.IdentityMeta{LastSeq: 2, LastEpoch: 1}
+	mustSubmit(t, s, &Write{ID: id, Owner: snap.Owner, Meta: meta, Put: []*actorpb.InboxEntry{entry(2), entry(1)},
+		Idem: []IdemPut{{"p:k1", live}, {"p:k2", forever}, {"p:k0", old}}, Sync: true})
+	snap2, err := loadAsync(s, id, time.Now().Add(10*time.Second))
+	if err != nil {
+		t.Fatalf("second load: %v", err)
+	}
+	if snap2.Owner <= snap.Owner || !proto.Equal(snap2.Meta, meta) || fmt.Sprint(seqs(snap2)) != "[1 2]" {
+		t.Fatalf("second load: owner %d after %d, meta %v, inbox %v", snap2.Owner, snap.Owner, snap2.Meta, seqs(snap2))
+	}
+	if err := submit(s, &Write{ID: id, Owner: snap.Owner, Delete: []uint32{1}}); !errors.Is(err, ErrFenced) {
+		t.Fatalf("write of the first load's owner after the second: %v", err)
+	}
+	recs, err := lookupAsync(s, id, "p:k2", "p:none", "p:k0", "p:k1", "p:k2")
+	if err != nil || len(recs) != 5 {
+		t.Fatalf("lookup: %v, %v", recs, err)
+	}
+	want := []*actorpb.IdempotencyRecord{forever, nil, nil, live, forever}
+	for i := range want {
+		if !proto.Equal(recs[i], want[i]) || (want[i] == nil) != (recs[i] == nil) {
+			t.Fatalf("key %d: %v, want %v", i, recs[i], want[i])
+		}
+	}
+	if recs, err := lookupAsync(s, Identity{App: 1, UID: "other"}, "p:k1"); err != nil || len(recs) != 1 || recs[0] != nil {
+		t.Fatalf("another identity's key: %v, %v", recs, err)
+	}
+	if _, err := loadAsync(s, Identity{App: 1}, time.Now().Add(time.Second)); !errors.Is(err, ErrBadIdentity) {
+		t.Fatalf("empty uid: %v", err)
+	}
+	s.Close()
+	if _, err := loadAsync(s, id, time.Now().Add(time.Second)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("load after close: %v", err)
+	}
+	if _, err := lookupAsync(s, id, "p:k1"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("lookup after close: %v", err)
+	}
+}
+
+// testAsyncLoadsOfMany: many identities load and look up at once (a
+// login storm); each gets its own snapshot and records.
+func testAsyncLoadsOfMany(t *testing.T, k kind) {
+	c := newClock()
+	s, _ := k.open(t, opts{clock: c})
+	const n = 300
+	id := func(i int) Identity { return Identity{App: uint16(1 + i%3), UID: fmt.Sprintf("storm-%d", i)} }
+	for i := range n {
+		if i%2 == 0 {
+			continue // half have nothing stored
+		}
+		w := &Write{ID: id(i), Owner: load(t, s, id(i)).Owner, Meta: &actorpb.IdentityMeta{LastSeq: uint32(i)}}
+		for seq := range i % 5 {
+			w.Put = append(w.Put, entry(uint32(seq+1)))
+		}
+		w.Idem = []IdemPut{{"k", &actorpb.IdempotencyRecord{MsgId: fmt.Sprint("m", i), ExpiresAtMs: c.At(time.Hour)}}}
+		mustSubmit(t, s, w)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*n)
+	for i := range n {
+		wg.Add(2)
+		s.LoadAsync(id(i), time.Now().Add(20*time.Second), func(snap *Snapshot, err error) {
+			defer wg.Done()
+			switch {
+			case err != nil:
+				errs <- fmt.Errorf("load %d: %w", i, err)
+			case i%2 == 0 && (snap.Meta.LastSeq != 0 || len(snap.Inbox) != 0):
+				errs <- fmt.Errorf("load %d: last seq %d, inbox %v; want nothing", i, snap.Meta.LastSeq, seqs(snap))
+			case i%2 == 1 && (snap.Meta.LastSeq != uint32(i) || len(snap.Inbox) != i%5):
+				errs <- fmt.Errorf("load %d: last seq %d, inbox %v", i, snap.Meta.LastSeq, seqs(snap))
+			}
+		})
+		s.IdempotencyAsync(id(i), []string{"k"}, time.Now().Add(20*time.Second), func(recs []*actorpb.IdempotencyRecord, err error) {
+			defer wg.Done()
+			switch {
+			case err != nil:
+				errs <- fmt.Errorf("lookup %d: %w", i, err)
+			case i%2 == 0 && recs[0] != nil, i%2 == 1 && recs[0].GetMsgId() != fmt.Sprint("m", i):
+				errs <- fmt.Errorf("lookup %d: %v", i, recs[0])
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// testAsyncLoadsOfOne: loads of one identity issued at once (they may
+// share a round trip) get distinct owner epochs, and only the last
+// claim's owner can write, as if they had come one after the other.
+func testAsyncLoadsOfOne(t *testing.T, k kind) {
+	s, _ := k.open(t, opts{clock: newClock()})
+	id := Identity{App: 1, UID: "twice"}
+	mustSubmit(t, s, &Write{ID: id, Owner: load(t, s, id).Owner, Put: []*actorpb.InboxEntry{entry(1)}})
+	const n = 8
+	owners := make(chan uint64, n)
+	for range n {
+		s.LoadAsync(id, time.Now().Add(20*time.Second), func(snap *Snapshot, err error) {
+			if err != nil || fmt.Sprint(seqs(snap)) != "[1]" {
+				t.Errorf("load: %v %v", seqs(snap), err)
+				owners <- 0
+				return
+			}
+			owners <- snap.Owner
+		})
+	}
+	seen := map[uint64]bool{}
+	var last uint64
+	for range n {
+		o := <-owners
+		if seen[o] {
+			t.Fatalf("owner %d handed out twice", o)
+		}
+		seen[o] = true
+		last = max(last, o)
+	}
+	for o := range seen {
+		err := submit(s, &Write{ID: id, Owner: o, Put: []*actorpb.InboxEntry{entry(2)}})
+		if o == last && err != nil {
+			t.Fatalf("the last claim's write: %v", err)
+		}
+		if o != last && !errors.Is(err, ErrFenced) {
+			t.Fatalf("an earlier claim's write: %v, want ErrFenced", err)
+		}
+	}
+}
+
+// testAsyncReadDeadline: a read the database does not answer is
+// answered with ErrUnavailable by its deadline; so is a read queued
+// behind it, and the store reads again once the database does.
+func testAsyncReadDeadline(t *testing.T, k kind) {
+	s, _ := k.open(t, opts{clock: newClock()})
+	if k.blockReads == nil {
+		// A store that reads inline answers before the call returns.
+		answered := false
+		s.LoadAsync(Identity{App: 1, UID: "inline"}, time.Now().Add(time.Millisecond), func(_ *Snapshot, err error) {
+			answered = err == nil
+		})
+		s.IdempotencyAsync(Identity{App: 1, UID: "inline"}, []string{"k"}, time.Now().Add(time.Millisecond), func(_ []*actorpb.IdempotencyRecord, err error) {
+			answered = answered && err == nil
+		})
+		if !answered {
+			t.Fatalf("%s has no reads to block, but did not answer inline", k.name)
+		}
+		return
+	}
+	id := Identity{App: 1, UID: "late"}
+	restore := k.blockReads(t, s)
+	start := time.Now()
+	const wait = 500 * time.Millisecond
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if i%2 == 0 {
+				_, err = loadAsync(s, Identity{App: 1, UID: fmt.Sprint("late-", i)}, time.Now().Add(wait))
+			} else {
+				_, err = lookupBy(s, id, time.Now().Add(wait), "k")
+			}
+			if !errors.Is(err, ErrUnavailable) {
+				t.Errorf("read %d while the database does not answer: %v, want ErrUnavailable", i, err)
+			}
+			if d := time.Since(start); d > wait+3*time.Second {
+				t.Errorf("read %d answered after %v, its deadline was %v", i, d, wait)
+			}
+		}()
+	}
+	wg.Wait()
+	restore()
+	if _, err := loadAsync(s, id, time.Now().Add(10*time.Second)); err != nil {
+		t.Fatalf("load once the database answers: %v", err)
+	}
+}
+
+// testClaimsAndCommitsTogether: loads of many identities (claims) and
+// commits of the same identities run at once, in both orders of
+// arrival, without failing each other (no deadlock between a batch of
+// claims and a batch of writes): every write either commits or is
+// fenced by a claim, and every load succeeds.
+func testClaimsAndCommits(t *testing.T, k kind) {
+	s, _ := k.open(t, opts{clock: newClock()})
+	const n = 40
+	ids := make([]Identity, n)
+	var mu sync.Mutex
+	owners := make([]uint64, n)
+	for i := range ids {
+		// Reverse order of names against index: arrival order is not
+		// lock order.
+		ids[i] = Identity{App: 1, UID: fmt.Sprintf("mix-%03d", n-i)}
+		owners[i] = load(t, s, ids[i]).Owner
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	var wg sync.WaitGroup
+	var loads, writes, fenced atomic.Int64
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for seq := uint32(1); time.Now().Before(deadline); seq++ {
+				var done sync.WaitGroup
+				for j := range n {
+					i := (j*7 + w) % n
+					mu.Lock()
+					o := owners[i]
+					mu.Unlock()
+					done.Add(1)
+					s.Submit(&Write{ID: ids[i], Owner: o, Put: []*actorpb.InboxEntry{entry(seq)}, Meta: &actorpb.IdentityMeta{LastSeq: seq}, Sync: true}, func(err error) {
+						defer done.Done()
+						switch {
+						case err == nil:
+							writes.Add(1)
+						case errors.Is(err, ErrFenced):
+							fenced.Add(1)
+						default:
+							t.Errorf("write: %v", err)
+						}
+					})
+				}
+				done.Wait()
+			}
+		}()
+	}
+	for l := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				var done sync.WaitGroup
+				for j := range n {
+					i := j
+					if l == 1 {
+						i = n - 1 - j
+					}
+					done.Add(1)
+					s.LoadAsync(ids[i], time.Now().Add(10*time.Second), func(snap *Snapshot, err error) {
+						defer done.Done()
+						if err != nil {
+							t.Errorf("load: %v", err)
+							return
+						}
+						loads.Add(1)
+						mu.Lock()
+						owners[i] = max(owners[i], snap.Owner)
+						mu.Unlock()
+					})
+				}
+				done.Wait()
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d loads, %d writes committed, %d fenced", loads.Load(), writes.Load(), fenced.Load())
+	if loads.Load() == 0 || writes.Load() == 0 {
+		t.Fatal("nothing happened")
 	}
 }

@@ -14,6 +14,14 @@
 // submitted. A device actor keeps at most one Write in flight anyway, so a
 // failed Write can be rolled back by reloading.
 //
+// Reads for callers that must not wait (LoadAsync, IdempotencyAsync)
+// answer through a function too. Pebble reads inline, in microseconds.
+// PostgreSQL queues the read for a fixed number of reader goroutines,
+// and the reads of all identities that arrive while those round trips
+// are in flight go together in the next one; a read is answered by its
+// deadline, and one that finds the queue full fails at once
+// (ErrOverloaded). Load and Idempotency are these reads, waited for.
+//
 // Ownership fencing: Load claims the identity and returns a new owner
 // epoch; every Write carries the epoch of the activation that made it and
 // fails alone with ErrFenced, changing nothing, once another Load has
@@ -21,8 +29,9 @@
 // Load's snapshot. So of two activations of one identity (two nodes that
 // both believe they own it) exactly one can write.
 //
-// Goroutines: the committer lanes and the idempotency sweep belong to the
-// store and end in Close, which first commits what is queued. What a
+// Goroutines: the committer lanes, the readers and the idempotency sweep
+// belong to the store and end in Close, which fails the reads still
+// queued (ErrClosed) and commits the writes that are. What a
 // crash loses: with Pebble, writes submitted without Sync whose batch had
 // no synced write (deletions of acknowledged messages: delivered once
 // more); nothing whose done function reported success for a synced

@@ -360,6 +360,28 @@ func (s *Pebble) Idempotency(_ context.Context, id Identity, key string) (*actor
 	return rec, nil
 }
 
+// LoadAsync implements Store: Pebble reads inline (microseconds, see
+// BenchmarkPebbleReads) and calls done before it returns. The deadline
+// is not needed: only a claim of an identity with a write of an older
+// owner in flight waits, for that write's sync.
+func (s *Pebble) LoadAsync(id Identity, _ time.Time, done func(*Snapshot, error)) {
+	done(s.Load(context.Background(), id))
+}
+
+// IdempotencyAsync implements Store, inline as LoadAsync.
+func (s *Pebble) IdempotencyAsync(id Identity, keys []string, _ time.Time, done func([]*actorpb.IdempotencyRecord, error)) {
+	recs := make([]*actorpb.IdempotencyRecord, len(keys))
+	for i, k := range keys {
+		rec, err := s.Idempotency(context.Background(), id, k)
+		if err != nil {
+			done(nil, err)
+			return
+		}
+		recs[i] = rec
+	}
+	done(recs, nil)
+}
+
 func (s *Pebble) idemRecord(k []byte) (*actorpb.IdempotencyRecord, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -185,3 +185,66 @@ func BenchmarkPebbleCommit(b *testing.B) {
 	}
 	wg.Wait()
 }
+
+// BenchmarkPebbleReads measures the reads a device actor makes inline
+// on its worker (Pebble's LoadAsync and IdempotencyAsync do not queue):
+// loading an identity (claim, meta, a small inbox) and looking up an
+// idempotency key that is not there (a new push) or is.
+func BenchmarkPebbleReads(b *testing.B) {
+	s, err := OpenPebble(PebbleConfig{Dir: b.TempDir()}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	const ids = 20000
+	id := func(i int) Identity { return Identity{App: 1, UID: fmt.Sprintf("user-%d", i%ids)} }
+	payload := make([]byte, 200)
+	var wg sync.WaitGroup
+	for i := range ids {
+		snap, err := s.Load(context.Background(), id(i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		w := &Write{ID: id(i), Owner: snap.Owner, Meta: &actorpb.IdentityMeta{LastSeq: 3, LastEpoch: 1}, Sync: i%1000 == 0,
+			Idem: []IdemPut{{"push:k", &actorpb.IdempotencyRecord{MsgId: "m", Seq: 1, ExpiresAtMs: time.Now().Add(time.Hour).UnixMilli()}}}}
+		for seq := range 3 {
+			w.Put = append(w.Put, &actorpb.InboxEntry{Seq: uint32(seq + 1), MsgId: "m", Payload: payload})
+		}
+		wg.Add(1)
+		s.Submit(w, func(error) { wg.Done() })
+	}
+	wg.Wait()
+	// Part of the data on disk, part in the memtable, as in a node that
+	// has run for a while.
+	if err := s.db.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Hour)
+	b.Run("load", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			i++
+			s.LoadAsync(id(i), deadline, func(snap *Snapshot, err error) {
+				if err != nil || len(snap.Inbox) != 3 {
+					b.Fatal(err)
+				}
+			})
+		}
+	})
+	for _, key := range []string{"push:new", "push:k"} {
+		b.Run("lookup "+key, func(b *testing.B) {
+			b.ReportAllocs()
+			keys := []string{key}
+			i := 0
+			for b.Loop() {
+				i++
+				s.IdempotencyAsync(id(i), keys, deadline, func(_ []*actorpb.IdempotencyRecord, err error) {
+					if err != nil {
+						b.Fatal(err)
+					}
+				})
+			}
+		})
+	}
+}

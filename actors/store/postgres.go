@@ -12,9 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"google.golang.org/protobuf/proto"
-
-	"github.com/courier-im/courier/messages/actorpb"
 )
 
 // PostgresConfig configures the PostgreSQL store.
@@ -22,7 +19,8 @@ type PostgresConfig struct {
 	// DSN is a libpq connection string or URL. Required.
 	DSN string
 	// MaxConns is the most connections to the database (default: Lanes
-	// + 8: one per commit lane, the rest for loads and lookups).
+	// + Readers + 4: one per commit lane and per reader, the rest for
+	// the sweeps and the lists).
 	MaxConns int
 	// Lanes is the number of batches committed concurrently (default 4):
 	// each waits for a round trip and the database's WAL flush, so more
@@ -33,6 +31,16 @@ type PostgresConfig struct {
 	// QueueLen is the length of the commit queues, all lanes together
 	// (default 8192).
 	QueueLen int
+	// Readers is the most read round trips (loads and idempotency
+	// lookups) in flight at once (default 4, fewer if MaxConns leaves
+	// less room): reads that arrive while they are busy go together in
+	// the next round trip.
+	Readers int
+	// MaxReadBatch is the most reads in one round trip (default 256).
+	MaxReadBatch int
+	// ReadQueueLen is the most reads waiting for a round trip (default
+	// 4096); beyond, a read fails at once with ErrOverloaded.
+	ReadQueueLen int
 	// Timeout bounds one transaction, load or lookup, including the wait
 	// for a connection (default 5 s). A store that cannot reach the
 	// database fails within it.
@@ -49,6 +57,8 @@ type PostgresConfig struct {
 	NoSync bool
 	// Observe, if set, is told each batch's size and commit time.
 	Observe func(n int, d time.Duration, err error)
+	// ObserveRead, if set, is told each read round trip's reads and time.
+	ObserveRead func(n int, d time.Duration, err error)
 	// Swept, if set, is told how many expired idempotency records each
 	// sweep round deleted.
 	Swept func(n int)
@@ -63,11 +73,26 @@ func (c *PostgresConfig) setDefaults() error {
 	if c.Lanes <= 0 {
 		c.Lanes = 4
 	}
+	if c.Readers < 0 {
+		return fmt.Errorf("store: postgres Readers %d: must not be negative", c.Readers)
+	}
 	if c.MaxConns <= 0 {
-		c.MaxConns = c.Lanes + 8
+		c.MaxConns = c.Lanes + max(c.Readers, 4) + 4
 	}
 	if c.MaxConns <= c.Lanes {
 		return fmt.Errorf("store: postgres MaxConns %d: must exceed Lanes %d (loads need connections too)", c.MaxConns, c.Lanes)
+	}
+	if c.Readers == 0 {
+		c.Readers = max(1, min(4, c.MaxConns-c.Lanes-1))
+	}
+	if c.Lanes+c.Readers > c.MaxConns {
+		return fmt.Errorf("store: postgres Lanes %d + Readers %d: must not exceed MaxConns %d", c.Lanes, c.Readers, c.MaxConns)
+	}
+	if c.MaxReadBatch <= 0 {
+		c.MaxReadBatch = 256
+	}
+	if c.ReadQueueLen <= 0 {
+		c.ReadQueueLen = 4096
 	}
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = 1024
@@ -105,10 +130,14 @@ func (c *PostgresConfig) setDefaults() error {
 // writer's (SELECT ... FOR SHARE); every statement after it is joined with
 // that condition. So a write committed before a claim is seen by the
 // claim's Load, and a write after it changes nothing and fails alone
-// with ErrFenced.
+// with ErrFenced. The loads of many identities go in one round trip
+// (reader, postgres_read.go): their claims lock rows in (app, uid)
+// order, the order in which a commit locks them too, so the two never
+// deadlock.
 type Postgres struct {
 	pool *pgxpool.Pool
 	c    *committer
+	r    *reader
 	cfg  PostgresConfig
 	log  *slog.Logger
 	now  func() time.Time
@@ -164,6 +193,8 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*P
 	}
 	s.c = newCommitter(cfg.Lanes, cfg.QueueLen, cfg.MaxBatch, s.commit)
 	s.c.observe = cfg.Observe
+	s.r = newReader(cfg.Readers, cfg.ReadQueueLen, cfg.MaxReadBatch, s.readBatch)
+	s.r.observe = cfg.ObserveRead
 	s.wg.Add(1)
 	go s.sweepLoop()
 	return s, nil
@@ -189,95 +220,6 @@ func unavailable(what string, err error) error {
 	return fmt.Errorf("%w: %s: %v", ErrUnavailable, what, err)
 }
 
-const (
-	sqlClaim = `INSERT INTO courier_identities (app, uid, owner) VALUES ($1, $2, 1)
-ON CONFLICT (app, uid) DO UPDATE SET owner = courier_identities.owner + 1
-RETURNING owner, meta`
-	sqlInbox = `SELECT entry FROM courier_inbox WHERE app = $1 AND uid = $2 ORDER BY seq`
-)
-
-// Load implements Store: the claim and the read are one transaction.
-func (s *Postgres) Load(ctx context.Context, id Identity) (*Snapshot, error) {
-	if !id.Valid() {
-		return nil, ErrBadIdentity
-	}
-	if s.closing() {
-		return nil, ErrClosed
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	defer cancel()
-	snap := &Snapshot{Meta: &actorpb.IdentityMeta{}}
-	// One round trip: the two statements run in one implicit
-	// transaction, so the claim's row lock is held while the inbox is read.
-	b := &pgx.Batch{}
-	b.Queue(sqlClaim, int32(id.App), []byte(id.UID))
-	b.Queue(sqlInbox, int32(id.App), []byte(id.UID))
-	err := func() error {
-		br := s.pool.SendBatch(ctx, b)
-		defer br.Close()
-		var owner int64
-		var meta []byte
-		if err := br.QueryRow().Scan(&owner, &meta); err != nil {
-			return err
-		}
-		snap.Owner = uint64(owner)
-		if meta != nil {
-			if err := proto.Unmarshal(meta, snap.Meta); err != nil {
-				return fmt.Errorf("corrupt meta: %w", err)
-			}
-		}
-		rows, err := br.Query()
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var v []byte
-			if err := rows.Scan(&v); err != nil {
-				return err
-			}
-			e := &actorpb.InboxEntry{}
-			if err := proto.Unmarshal(v, e); err != nil {
-				return fmt.Errorf("corrupt inbox entry: %w", err)
-			}
-			snap.Inbox = append(snap.Inbox, e)
-		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		return br.Close()
-	}()
-	if err != nil {
-		return nil, unavailable("load "+id.String(), err)
-	}
-	return snap, nil
-}
-
-const sqlIdempotency = `SELECT record FROM courier_idempotency
-WHERE app = $1 AND uid = $2 AND key = $3 AND (expires_at IS NULL OR expires_at > $4)`
-
-// Idempotency implements Store.
-func (s *Postgres) Idempotency(ctx context.Context, id Identity, key string) (*actorpb.IdempotencyRecord, error) {
-	if s.closing() {
-		return nil, ErrClosed
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	defer cancel()
-	var b []byte
-	err := s.pool.QueryRow(ctx, sqlIdempotency, int32(id.App), []byte(id.UID), []byte(key), s.now().UnixMilli()).Scan(&b)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, unavailable("idempotency key of "+id.String(), err)
-	}
-	rec := &actorpb.IdempotencyRecord{}
-	if err := proto.Unmarshal(b, rec); err != nil {
-		return nil, fmt.Errorf("store: corrupt idempotency record of %s: %w", id, err)
-	}
-	return rec, nil
-}
-
 // Submit implements Store.
 func (s *Postgres) Submit(w *Write, done func(error)) {
 	if !w.ID.Valid() {
@@ -296,12 +238,14 @@ func (s *Postgres) closing() bool {
 	}
 }
 
-// Close implements Store: it stops the sweep, commits what is queued and
-// closes the connections.
+// Close implements Store: it stops the sweep, fails the reads that are
+// queued (ErrClosed), commits the writes that are queued and closes the
+// connections.
 func (s *Postgres) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.quit)
 		s.wg.Wait()
+		s.r.close()
 		s.c.close()
 		s.pool.Close()
 	})

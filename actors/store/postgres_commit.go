@@ -13,10 +13,14 @@ import (
 // identities whose owner epoch is still the writer's and returns the
 // indexes of those writes; every later statement joins the same
 // condition, so a fenced write changes nothing. Arrays (unnest) carry a
-// whole batch in one statement each.
+// whole batch in one statement each. The rows are locked in (app, uid)
+// order, the order in which a batch of loads claims them (sqlClaim):
+// transactions that lock in one order never wait for each other in a
+// cycle. The later statements lock only rows the first has locked.
 const (
 	sqlFence = `SELECT v.i FROM unnest($1::int[], $2::bytea[], $3::bigint[], $4::int[]) AS v(app, uid, owner, i)
 JOIN courier_identities d ON d.app = v.app AND d.uid = v.uid AND d.owner = v.owner
+ORDER BY d.app, d.uid
 FOR SHARE OF d`
 	sqlMeta = `UPDATE courier_identities d SET meta = v.meta
 FROM unnest($1::int[], $2::bytea[], $3::bigint[], $4::bytea[]) AS v(app, uid, owner, meta)

@@ -191,3 +191,92 @@ func TestPostgresOutage(t *testing.T) {
 	}
 	mustSubmit(t, s, &Write{ID: id, Owner: snap.Owner, Put: []*actorpb.InboxEntry{entry(2)}})
 }
+
+// TestPostgresReadsBatched: reads that arrive while the reader's round
+// trips are busy go together in the next one (one statement of arrays
+// per kind), and every read gets its own answer.
+func TestPostgresReadsBatched(t *testing.T) {
+	var mu sync.Mutex
+	var trips []int
+	s := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t), Readers: 1, ObserveRead: func(n int, _ time.Duration, err error) {
+		mu.Lock()
+		trips = append(trips, n)
+		mu.Unlock()
+	}})
+	for i := range 10 {
+		id := Identity{App: 1, UID: fmt.Sprint("b", i)}
+		mustSubmit(t, s, &Write{ID: id, Owner: load(t, s, id).Owner, Put: []*actorpb.InboxEntry{entry(uint32(i + 1))},
+			Idem: []IdemPut{{"k", &actorpb.IdempotencyRecord{MsgId: fmt.Sprint("m", i)}}}})
+	}
+	mu.Lock()
+	trips = nil
+	mu.Unlock()
+	restore := lockTables(t, s, "courier_identities", "courier_idempotency")
+	// The first read takes the reader; the others queue behind it.
+	const n = 200
+	var wg sync.WaitGroup
+	wg.Add(2 * n)
+	for i := range n {
+		id := Identity{App: 1, UID: fmt.Sprint("b", i%10)}
+		s.LoadAsync(id, time.Now().Add(30*time.Second), func(snap *Snapshot, err error) {
+			defer wg.Done()
+			if err != nil || len(snap.Inbox) != 1 || snap.Inbox[0].Seq != uint32(i%10+1) {
+				t.Errorf("load %d: %v, %v", i, snap, err)
+			}
+		})
+		s.IdempotencyAsync(id, []string{"none", "k"}, time.Now().Add(30*time.Second), func(recs []*actorpb.IdempotencyRecord, err error) {
+			defer wg.Done()
+			if err != nil || recs[0] != nil || recs[1].GetMsgId() != fmt.Sprint("m", i%10) {
+				t.Errorf("lookup %d: %v, %v", i, recs, err)
+			}
+		})
+	}
+	time.Sleep(100 * time.Millisecond)
+	restore()
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	total := 0
+	for _, k := range trips {
+		total += k
+	}
+	if total != 2*n || len(trips) > 4 {
+		t.Fatalf("%d reads in %d round trips (%v): want them batched", total, len(trips), trips)
+	}
+	t.Logf("%d reads in round trips of %v", total, trips)
+}
+
+// TestPostgresReadQueueFull: when the database is slow and the read
+// queue is full, a read fails at once with ErrOverloaded (the caller
+// refuses the work), rather than waiting.
+func TestPostgresReadQueueFull(t *testing.T) {
+	s := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t), Readers: 1, MaxReadBatch: 1, ReadQueueLen: 4})
+	restore := lockTables(t, s, "courier_identities")
+	defer restore()
+	errs := make(chan error, 6)
+	for i := range 6 {
+		s.LoadAsync(Identity{App: 1, UID: fmt.Sprint("q", i)}, time.Now().Add(30*time.Second), func(_ *Snapshot, err error) { errs <- err })
+		if i == 0 {
+			// The reader takes the first read and waits for the database.
+			testkit.Eventually(t, 5*time.Second, func() bool { return len(s.r.queue) == 0 }, "the reader did not take the first read")
+		}
+	}
+	start := time.Now()
+	select {
+	case err := <-errs:
+		if !errors.Is(err, ErrOverloaded) {
+			t.Fatalf("read beyond the queue: %v, want ErrOverloaded", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the read beyond the queue was not answered")
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("refusing took %v", d)
+	}
+	restore()
+	for range 5 {
+		if err := <-errs; err != nil {
+			t.Fatalf("queued read: %v", err)
+		}
+	}
+}

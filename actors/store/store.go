@@ -82,6 +82,23 @@ type Store interface {
 	// Idempotency returns the record stored under key, or nil if there is
 	// none or it has expired.
 	Idempotency(ctx context.Context, id Identity, key string) (*actorpb.IdempotencyRecord, error)
+	// LoadAsync is Load for a caller that must not wait for the store (a
+	// device actor, on a worker pool that every identity shares). done
+	// is called exactly once with Load's result, by deadline at the
+	// latest (then with ErrUnavailable), and must not block. A store whose
+	// reads take microseconds reads inline and calls done before
+	// LoadAsync returns; one whose reads are round trips queues the read,
+	// and reads of all identities queued meanwhile go together in one
+	// round trip. When its read queue is full, done gets ErrOverloaded at
+	// once: LoadAsync itself never waits. Like Load, it claims the
+	// identity (once it reads; a read that fails may or may not have
+	// claimed it).
+	LoadAsync(id Identity, deadline time.Time, done func(*Snapshot, error))
+	// IdempotencyAsync looks up several keys of one identity as
+	// Idempotency does, in the way of LoadAsync: done gets one record per
+	// key, in the order of keys (nil where there is none or it has
+	// expired), or an error.
+	IdempotencyAsync(id Identity, keys []string, deadline time.Time, done func([]*actorpb.IdempotencyRecord, error))
 	// Submit queues w for the next group commit and returns at once. done
 	// is called exactly once, from the committer's goroutine, when w is
 	// durable (nil) or has failed; it must not block. The writes of one

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -54,6 +55,14 @@ type Config struct {
 	// StoreLanes is the number of group commits in flight at once
 	// (default: 2 for Pebble, 4 for PostgreSQL).
 	StoreLanes int
+	// StoreReaders is the most read round trips (loads, idempotency
+	// lookups) in flight at once on PostgreSQL (default 4); the reads
+	// that arrive meanwhile go together in the next ones.
+	StoreReaders int
+	// StoreReadQueue bounds the reads waiting for a round trip on
+	// PostgreSQL (default 4096); beyond, a read is refused at once and
+	// the caller told to retry.
+	StoreReadQueue int
 	// StoreTimeout bounds one PostgreSQL transaction, load or lookup
 	// (default 5 s): beyond it the operation fails as unavailable.
 	StoreTimeout time.Duration
@@ -108,6 +117,8 @@ func DefaultConfig() Config {
 		IdleMemoryRelease: 10 * time.Second,
 		Store:             "pebble",
 		StoreMaxConns:     16,
+		StoreReaders:      4,
+		StoreReadQueue:    4096,
 		StoreTimeout:      5 * time.Second,
 		AppSecrets:        map[string]string{},
 		APIKeys:           map[string]string{},
@@ -253,6 +264,15 @@ func (c *Config) resolveStore() error {
 		}
 		if c.StoreLanes >= c.StoreMaxConns {
 			return fmt.Errorf("node: store.lanes %d: must be below store.max-conns %d", c.StoreLanes, c.StoreMaxConns)
+		}
+		if c.StoreReaders < 1 || c.StoreReaders > 64 {
+			return fmt.Errorf("node: store.readers %d: must be in [1, 64]", c.StoreReaders)
+		}
+		if lanes := cmp.Or(c.StoreLanes, postgresLanes); lanes+c.StoreReaders > c.StoreMaxConns {
+			return fmt.Errorf("node: store.readers %d: with store.lanes %d must fit in store.max-conns %d", c.StoreReaders, lanes, c.StoreMaxConns)
+		}
+		if c.StoreReadQueue < 1 || c.StoreReadQueue > 1<<20 {
+			return fmt.Errorf("node: store.read-queue %d: must be in [1, 1048576]", c.StoreReadQueue)
 		}
 	default:
 		return fmt.Errorf("node: store %q: must be pebble or postgres", c.Store)

@@ -111,7 +111,13 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 			Help: "Group commits that failed (their writes were refused)."})
 		swept := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_swept_records_total",
 			Help: "Expired idempotency and C2C-dedup records deleted by the store's sweep."})
-		n.reg.MustRegister(commitSeconds, batchWrites, commitErrors, swept)
+		readSeconds := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_read_seconds",
+			Help: "Time of one read round trip of the PostgreSQL store (loads and idempotency lookups of many identities).", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18)})
+		batchReads := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "courier_store_read_reads",
+			Help: "Reads (loads and idempotency lookups) in one read round trip of the PostgreSQL store.", Buckets: prometheus.ExponentialBuckets(1, 2, 10)})
+		readErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_read_errors_total",
+			Help: "Read round trips of the PostgreSQL store that failed (their reads were refused)."})
+		n.reg.MustRegister(commitSeconds, batchWrites, commitErrors, swept, readSeconds, batchReads, readErrors)
 		observe := func(writes int, d time.Duration, err error) {
 			commitSeconds.Observe(d.Seconds())
 			batchWrites.Observe(float64(writes))
@@ -119,7 +125,14 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 				commitErrors.Inc()
 			}
 		}
-		if n.store, err = openStore(cfg, log, observe, func(k int) { swept.Add(float64(k)) }); err != nil {
+		observeRead := func(reads int, d time.Duration, err error) {
+			readSeconds.Observe(d.Seconds())
+			batchReads.Observe(float64(reads))
+			if err != nil {
+				readErrors.Inc()
+			}
+		}
+		if n.store, err = openStore(cfg, log, observe, observeRead, func(k int) { swept.Add(float64(k)) }); err != nil {
 			return nil, err
 		}
 		n.store = newFenceCounting(n.store, n.reg)
@@ -299,13 +312,17 @@ func (t upTransport) Self() string { return t.sys.Address() }
 
 func (t upTransport) Send(address string, m proto.Message) { t.sys.SendNode(address, upstreamName, m) }
 
+// postgresLanes is the default of store.lanes with PostgreSQL: round
+// trips and WAL flushes overlap.
+const postgresLanes = 4
+
 // openStore opens the configured inbox store.
-func openStore(cfg Config, log *slog.Logger, observe func(int, time.Duration, error), swept func(int)) (store.Store, error) {
+func openStore(cfg Config, log *slog.Logger, observe, observeRead func(int, time.Duration, error), swept func(int)) (store.Store, error) {
 	lanes := cfg.StoreLanes
 	if lanes == 0 {
 		lanes = 2 // Pebble: one batch applied while another syncs
 		if cfg.Store == "postgres" {
-			lanes = 4 // round trips and WAL flushes overlap
+			lanes = postgresLanes
 		}
 	}
 	// Every lane of the commit queue holds the actors' whole write budget,
@@ -317,7 +334,8 @@ func openStore(cfg Config, log *slog.Logger, observe func(int, time.Duration, er
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		s, err := store.OpenPostgres(ctx, store.PostgresConfig{DSN: cfg.StoreDSN, MaxConns: cfg.StoreMaxConns, Lanes: lanes,
-			QueueLen: queue, Timeout: cfg.StoreTimeout, NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept}, log)
+			QueueLen: queue, Readers: cfg.StoreReaders, ReadQueueLen: cfg.StoreReadQueue, Timeout: cfg.StoreTimeout,
+			NoSync: cfg.StoreNoSync, Observe: observe, ObserveRead: observeRead, Swept: swept}, log)
 		if err != nil {
 			return nil, fmt.Errorf("node: store postgres: %w", err)
 		}

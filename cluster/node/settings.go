@@ -30,7 +30,9 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.StoreDSNFile, "store.dsn-file", c.StoreDSNFile, "file holding the PostgreSQL connection string")
 	fs.IntVar(&c.StoreMaxConns, "store.max-conns", c.StoreMaxConns, "most connections to PostgreSQL")
 	fs.IntVar(&c.StoreLanes, "store.lanes", c.StoreLanes, "group commits in flight at once (0: 2 for pebble, 4 for postgres)")
-	fs.DurationVar(&c.StoreTimeout, "store.timeout", c.StoreTimeout, "bound on one PostgreSQL transaction, load or lookup")
+	fs.IntVar(&c.StoreReaders, "store.readers", c.StoreReaders, "PostgreSQL read round trips (loads, idempotency lookups) in flight at once; reads arriving meanwhile go together in the next")
+	fs.IntVar(&c.StoreReadQueue, "store.read-queue", c.StoreReadQueue, "PostgreSQL reads waiting for a round trip; beyond, new work that needs a read is refused (retry)")
+	fs.DurationVar(&c.StoreTimeout, "store.timeout", c.StoreTimeout, "bound on one PostgreSQL transaction, load or lookup, the wait for it included")
 	fs.BoolVar(&c.StoreNoSync, "store-no-sync", c.StoreNoSync, "skip the store's fsync, or commit with synchronous_commit off (benchmarks only: a crash may lose accepted messages)")
 	fs.StringToStringVar(&c.AppSecrets, "app-secret", c.AppSecrets, "APPCODE=SECRET: HS256 secret of an app's device tokens (repeatable, at least 16 bytes)")
 	fs.StringToStringVar(&c.APIKeys, "api-key", c.APIKeys, `KEY=APPCODE: an app-server API key and the appcode it acts for, "*" for an operator key (repeatable)`)
@@ -102,6 +104,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.DurationVar(&a.ExpirySweep, "actors.expiry-sweep", a.ExpirySweep, "how often expired messages of identities not in memory are dropped (0: only when they come back)")
 	fs.IntVar(&a.MaxPendingWrites, "actors.max-pending-writes", a.MaxPendingWrites, "store writes in flight on the node; beyond, new stored messages and logins are refused (retry)")
 	fs.DurationVar(&a.StoreTimeout, "actors.store-timeout", a.StoreTimeout, "bound on one read of the inbox store (loading an identity, an idempotency lookup)")
+	fs.IntVar(&a.MaxStashed, "actors.max-stashed", a.MaxStashed, "envelopes one identity holds while it waits for a store read; beyond, they are refused (retry)")
 
 	l := &c.API
 	fs.IntVar(&l.MaxPayload, "api.max-payload", l.MaxPayload, "largest push payload in bytes")

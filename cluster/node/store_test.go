@@ -285,3 +285,107 @@ func TestFencingAcrossTwoNodes(t *testing.T) {
 	}
 	d.Keepalive()
 }
+
+// TestPostgresPausedKeepsActiveIdentitiesServed: PostgreSQL hangs (its
+// processes are paused: connections stay open and nothing is answered,
+// unlike a database that refuses connections) while more identities log
+// in than the node has workers. Every one of those logins gets
+// STORE_UNAVAILABLE within store.timeout, and meanwhile an identity
+// already in memory still gets its fire-and-forget pushes and answers
+// presence at once: no worker of the node waits for the database. Once
+// the database goes on, logins succeed again.
+func TestPostgresPausedKeepsActiveIdentitiesServed(t *testing.T) {
+	pg := testkit.StartPostgres(t)
+	const storeTimeout = 3 * time.Second
+	n := testkit.StartNode(t, testkit.NodeOptions{PostgresDSN: pg.CreateDB(t), Args: []string{"--store.timeout", storeTimeout.String()}})
+	api := n.API(t)
+	online := n.Device(t, 1, "watcher")
+	presence := func() *apipb.PresenceEntry {
+		t.Helper()
+		r, err := api.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: []string{"watcher"}})
+		if err != nil || len(r.Entries) != 1 {
+			t.Fatalf("presence: %v %v", r, err)
+		}
+		return r.Entries[0]
+	}
+	if !presence().Online {
+		t.Fatal("the watcher is not online")
+	}
+
+	pg.Pause(t)
+	// More logins of identities not in memory than the node has workers
+	// (4 per core): each needs a load, which the database does not answer.
+	const logins = 40
+	type result struct {
+		code devicepb.Code
+		took time.Duration
+		err  error
+	}
+	results := make(chan result, logins)
+	for i := range logins {
+		go func() {
+			start := time.Now()
+			d, err := testkit.DialErr(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1, Timeout: 30 * time.Second})
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			defer d.Close()
+			uid := fmt.Sprintf("newcomer-%d", i)
+			if err := d.TrySend(messages.Header{Cmd: messages.CmdLogin, AppCode: 1, Seq: 1}, &devicepb.Login{Uid: uid, Token: testkit.Token(t, 1, uid)}); err != nil {
+				results <- result{err: err}
+				return
+			}
+			f, err := d.ReadFrame()
+			if err == nil && f.Cmd != messages.CmdLoginAck {
+				err = fmt.Errorf("got %v, want LOGIN_ACK", f.Cmd)
+			}
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			results <- result{code: f.Msg.(*devicepb.LoginAck).Code, took: time.Since(start)}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // the logins reach their actors
+
+	// The identity in memory is served at once, again and again.
+	for i := range 5 {
+		start := time.Now()
+		if !presence().Online {
+			t.Fatal("the watcher went offline")
+		}
+		ff := &apipb.PushRequest{AppCode: 1, Uid: "watcher", Payload: []byte(fmt.Sprint("gps", i)), Delivery: apipb.Delivery_DELIVERY_FIRE_AND_FORGET}
+		if r := push(t, api, testkit.App1Key, ff); !r.Online {
+			t.Fatalf("fire-and-forget while the database hangs: %v", r)
+		}
+		if _, m := expectS2C(t, online); string(m.Payload) != fmt.Sprint("gps", i) {
+			t.Fatalf("payload %q", m.Payload)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("presence and a fire-and-forget push took %v while the database hangs", d)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var slowest time.Duration
+	for range logins {
+		r := <-results
+		slowest = max(slowest, r.took)
+		switch {
+		case r.err != nil:
+			t.Fatalf("login while the database hangs: %v", r.err)
+		case r.code != devicepb.Code_STORE_UNAVAILABLE:
+			t.Fatalf("login while the database hangs: %v, want STORE_UNAVAILABLE", r.code)
+		case r.took > storeTimeout+2*time.Second:
+			t.Fatalf("a login was answered after %v, store.timeout is %v", r.took, storeTimeout)
+		}
+	}
+
+	t.Logf("%d logins refused while the database hung, the last after %v", logins, slowest.Round(time.Millisecond))
+
+	pg.Resume()
+	resumed := time.Now()
+	testkit.Eventually(t, 60*time.Second, func() bool { return loginCode(t, n, "after") == devicepb.Code_OK },
+		"logins do not succeed once the database goes on")
+	t.Logf("logins succeed again %v after the database went on", time.Since(resumed).Round(time.Millisecond))
+}

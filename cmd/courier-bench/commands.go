@@ -214,6 +214,7 @@ func pushCmd() *cobra.Command {
 	f.IntVar(&pc.Ghosts, "ghosts", 0, "extra uids that never log in, pushed to round-robin with the devices")
 	f.DurationVar(&pc.TTL, "ttl", 0, "time to live of stored pushes (0: the node's default)")
 	f.BoolVar(&pc.VerifyPending, "verify-pending", true, "after the drain, ask the node (Presence) how many stored messages are unacknowledged")
+	f.BoolVar(&pc.IdempotencyKeys, "idempotency-keys", false, "give every stored push an idempotency key of its own (the node looks each up in its store)")
 	return cmd
 }
 

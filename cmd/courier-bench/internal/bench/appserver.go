@@ -140,6 +140,9 @@ func (s *session) pushLoad(ctx context.Context, pc PushConfig, st *pushStats) er
 				for j := range n {
 					it := items[j]
 					it.Uid = s.uid(dev(idx0 + j))
+					if pc.IdempotencyKeys && !pc.FireAndForget {
+						it.IdempotencyKey = fmt.Sprintf("%x-%d", s.cfg.runID, idx0+j)
+					}
 					it.Payload = wire.AppendPayload(it.Payload[:0], wire.Payload{Kind: wire.KindPush, RunID: s.cfg.runID,
 						Index: uint64(idx0 + j), SentNs: stamp.UnixNano()}, s.cfg.PayloadSize)
 				}

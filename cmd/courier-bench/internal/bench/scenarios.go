@@ -75,7 +75,8 @@ func Connect(ctx context.Context, cfg Config, cc ConnectConfig) (*Result, error)
 	var totalOK, totalFail int64
 	from := 0
 	c0 := s.measuring(ctx)
-	var cpuLogin time.Duration
+	var cpuLogin, dbLogin time.Duration
+	dbOK := true
 	for _, to := range steps {
 		s.acct.resetLogins()
 		a := s.readCPU(ctx)
@@ -86,6 +87,8 @@ func Connect(ctx context.Context, cfg Config, cc ConnectConfig) (*Result, error)
 		}
 		b := s.readCPU(ctx)
 		cpuLogin += b.node - a.node
+		dbLogin += b.db - a.db
+		dbOK = dbOK && a.dbOK && b.dbOK
 		ok, fail, _, span, _ := s.acct.logins()
 		totalOK += ok
 		totalFail += fail
@@ -129,6 +132,9 @@ func Connect(ctx context.Context, cfg Config, cc ConnectConfig) (*Result, error)
 	}
 	if c1.nodeOK && totalOK > 0 {
 		s.res.fig("node CPU per login", cpuLogin.Seconds()*1e6/float64(totalOK), "µs")
+	}
+	if dbOK && c1.dbOK && totalOK > 0 {
+		s.res.fig("database CPU per login", dbLogin.Seconds()*1e6/float64(totalOK), "µs")
 	}
 	s.cpuFigures(c0, c1, 0, "")
 	for _, m := range samples {
@@ -223,6 +229,9 @@ type PushConfig struct {
 	// VerifyPending asks the node (Presence) how many stored messages are
 	// unacknowledged after the drain.
 	VerifyPending bool
+	// IdempotencyKeys gives every stored push an idempotency key of its
+	// own (the node looks each up in its store before accepting it).
+	IdempotencyKeys bool
 }
 
 func (pc *PushConfig) setDefaults() {

@@ -204,6 +204,9 @@ type cpu struct {
 	dbOK            bool
 	commits, writes float64
 	commitsOK       bool
+	// The PostgreSQL store's read round trips and the reads they carried.
+	readTrips, reads float64
+	readsOK          bool
 }
 
 func (s *session) readCPU(ctx context.Context) cpu {
@@ -230,6 +233,10 @@ func (s *session) readCPU(ctx context.Context) cpu {
 	if m, err := s.node.Scrape(ctx, "courier_store_commit_writes_count", "courier_store_commit_writes_sum"); err == nil {
 		c.commits, c.writes = m["courier_store_commit_writes_count"], m["courier_store_commit_writes_sum"]
 		c.commitsOK = len(m) == 2
+	}
+	if m, err := s.node.Scrape(ctx, "courier_store_read_reads_count", "courier_store_read_reads_sum"); err == nil {
+		c.readTrips, c.reads = m["courier_store_read_reads_count"], m["courier_store_read_reads_sum"]
+		c.readsOK = len(m) == 2
 	}
 	return c
 }
@@ -263,6 +270,11 @@ func (s *session) cpuFigures(a, b cpu, msgs int64, what string) {
 		if msgs > 0 {
 			s.res.fig("delivered messages per store commit", float64(msgs)/commits, "")
 		}
+	}
+	if a.readsOK && b.readsOK && b.readTrips > a.readTrips {
+		trips := b.readTrips - a.readTrips
+		s.res.fig("store read round trips/s", trips/wall, "/s")
+		s.res.fig("store reads per round trip", (b.reads-a.reads)/trips, "")
 	}
 	gen := (b.gen - a.gen).Seconds()
 	s.res.fig("bench CPU", gen, "s")
