@@ -10,7 +10,7 @@ FUZZTIME  ?= 60s
 
 export PATH := $(BIN):$(PATH)
 
-.PHONY: build run cluster test check bench proto fuzz tools consul clean vet lint fmt tidy-check proto-check proto-lint release
+.PHONY: build run cluster chaos test check bench proto fuzz tools consul clean vet lint fmt tidy-check proto-check proto-lint release
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/ ./cmd/...
@@ -18,10 +18,17 @@ build:
 run: build
 	$(BIN)/courier --dev
 
-# Three nodes with different roles on a Consul dev agent, on loopback
-# (scripts/cluster.sh says how to reach them; Ctrl-C stops everything).
+# Three nodes with different roles on a Consul agent, on loopback, under
+# a supervisor that starts again whatever exits (scripts/cluster.sh says
+# how to reach them; Ctrl-C stops everything).
 cluster:
 	@scripts/cluster.sh
+
+# Faults under load against a running `make cluster` (in another
+# terminal; STORE=postgres for the shared store), then the exact ledger:
+# courier-bench chaos, 10 minutes by default (CHAOS_ARGS="--duration 2m").
+chaos: build
+	$(BIN)/courier-bench chaos $(CHAOS_ARGS)
 
 # The race detector on everything (the end-to-end tests on Pebble, the
 # store's contract on Pebble and PostgreSQL), the end-to-end tests again on

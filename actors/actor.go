@@ -568,36 +568,48 @@ func (a *deviceActor) reply(to ReplyTo, r *actorpb.Reply) {
 	a.deps.Router.Reply(to.Address, r)
 }
 
-// refuse answers an envelope the machine does not get: a request with
-// code and why, a LOGIN, C2C or PULL with the device code dc; anything
-// else is dropped (an acknowledgement is then repeated by the device, or
-// its message delivered again).
+// refuse answers an envelope the machine does not get (Refusal).
 func (a *deviceActor) refuse(env *actorpb.Envelope, code codes.Code, dc devicepb.Code, why string) {
+	conn, tc, r := Refusal(env, code, dc, why)
+	if tc != nil {
+		a.deps.Router.SendToConn(conn, tc)
+	}
+	if r != nil {
+		a.reply(ReplyTo{Address: env.ReplyAddress, ReqID: env.ReqId}, r)
+	}
+}
+
+// Refusal is the answer to an envelope that will not be handled: to a
+// request, a failure with code and why; to a LOGIN, C2C or PULL, the
+// device's answer frame with the device code dc, for the gate that holds
+// conn; to anything else nothing (an acknowledgement is then repeated by
+// the device, or its message delivered again). The routing layer uses it
+// for envelopes it could not deliver.
+func Refusal(env *actorpb.Envelope, code codes.Code, dc devicepb.Code, why string) (conn *actorpb.ConnRef, tc *actorpb.ToConn, r *actorpb.Reply) {
 	switch b := env.Body.(type) {
 	case *actorpb.Envelope_Login:
-		tc := &actorpb.ToConn{AppCode: uint32(a.id.App), Uid: a.id.UID, ConnId: b.Login.GetConn().GetConnId(),
+		return b.Login.Conn, &actorpb.ToConn{AppCode: env.AppCode, Uid: env.Uid, ConnId: b.Login.GetConn().GetConnId(),
 			Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, b.Login.FrameSeq,
 				&devicepb.LoginAck{Code: dc, Reason: why})},
-			Login: &actorpb.LoginOutcome{Ok: false}}
-		a.deps.Router.SendToConn(b.Login.Conn, tc)
+			Login: &actorpb.LoginOutcome{Ok: false}}, nil
 	case *actorpb.Envelope_C2C:
 		m := b.C2C
-		tc := &actorpb.ToConn{AppCode: uint32(a.id.App), Uid: m.FromUid, ConnId: m.ReplyTo.GetConnId(), Epoch: m.ReplyEpoch,
+		return m.ReplyTo, &actorpb.ToConn{AppCode: env.AppCode, Uid: m.FromUid, ConnId: m.ReplyTo.GetConnId(), Epoch: m.ReplyEpoch,
 			Frames: []*actorpb.OutFrame{frame(messages.CmdC2CAck, m.Msgtype, m.FrameSeq, &devicepb.C2CAck{
-				Code: dc, ClientMsgId: m.GetC2C().GetClientMsgId(), Reason: why})}}
-		a.deps.Router.SendToConn(m.ReplyTo, tc)
+				Code: dc, ClientMsgId: m.GetC2C().GetClientMsgId(), Reason: why})}}, nil
 	case *actorpb.Envelope_Frame:
 		if messages.Cmd(b.Frame.Cmd) == messages.CmdPull {
-			a.deps.Router.SendToConn(b.Frame.Conn, &actorpb.ToConn{AppCode: uint32(a.id.App), Uid: a.id.UID,
+			return b.Frame.Conn, &actorpb.ToConn{AppCode: env.AppCode, Uid: env.Uid,
 				ConnId: b.Frame.GetConn().GetConnId(), Epoch: b.Frame.Epoch,
 				Frames: []*actorpb.OutFrame{frame(messages.CmdPullAck, b.Frame.Msgtype, b.Frame.Seq,
-					&devicepb.PullAck{Code: dc})}})
+					&devicepb.PullAck{Code: dc})}}, nil
 		}
 	default:
 		if env.ReqId != 0 {
-			a.reply(ReplyTo{Address: env.ReplyAddress, ReqID: env.ReqId}, failure(code, why))
+			return nil, nil, failure(code, why)
 		}
 	}
+	return nil, nil, nil
 }
 
 // perform submits the next write (when the budget has a slot), sends

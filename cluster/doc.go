@@ -18,6 +18,10 @@
 //     one goes away every identity actor in memory is told (a GateDown
 //     envelope), and actors that load later check their session against
 //     the set, so a session on a gate that is gone is over at once.
+//   - lease.go: a node without its membership lease (it cannot be sure
+//     it is still a member) serves none of its identities, drops their
+//     actors and, while Consul cannot be reached, asks the other members
+//     to vouch for it (package membership's lease).
 //   - request/reply (system.go) correlated by our own ids (random start,
 //     unique per node and across restarts) without the library's futures,
 //     whose late replies race; gate sinks that deliver an actor's frames to

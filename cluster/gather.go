@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/grpc/codes"
@@ -28,7 +29,9 @@ func (s *System) answerNode(req *actorpb.NodeRequest) *actorpb.Reply {
 	if req.GetPing() != nil {
 		return &actorpb.Reply{ReqId: req.ReqId, Body: &actorpb.Reply_Pong{Pong: &actorpb.Pong{}}}
 	}
-	if h := s.nodeHandler.Load(); h != nil {
+	if lc := req.GetLeaseCheck(); lc != nil {
+		r = s.answerLease(lc)
+	} else if h := s.nodeHandler.Load(); h != nil {
 		r = (*h)(req)
 	}
 	if r == nil {
@@ -74,6 +77,7 @@ func (s *System) Gather(ctx context.Context, roles membership.Roles, req *actorp
 			continue
 		}
 		id, ch := s.replies.register()
+		s.replies.sentTo(id, m.Address)
 		q := proto.Clone(req).(*actorpb.NodeRequest)
 		q.ReqId, q.ReplyAddress = id, s.address
 		s.actors.Root.Send(actor.NewPID(m.Address, nodeName), q)
@@ -96,6 +100,26 @@ func (s *System) Gather(ctx context.Context, roles membership.Roles, req *actorp
 		}
 	}
 	return replies, missing
+}
+
+// AskNode sends req to the node at address (this node answers directly)
+// and returns its reply, or an error when none came before ctx ended.
+func (s *System) AskNode(ctx context.Context, address string, req *actorpb.NodeRequest) (*actorpb.Reply, error) {
+	if address == s.address {
+		return s.answerNode(req), nil
+	}
+	id, ch := s.replies.register()
+	defer s.replies.forget(id)
+	s.replies.sentTo(id, address)
+	q := proto.Clone(req).(*actorpb.NodeRequest)
+	q.ReqId, q.ReplyAddress = id, s.address
+	s.actors.Root.Send(actor.NewPID(address, nodeName), q)
+	select {
+	case r := <-ch:
+		return r, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: node %s: %v", ErrNoReply, address, ctx.Err())
+	}
 }
 
 // Serve spawns the well-known actor name on this node, which hands every

@@ -197,6 +197,9 @@ func (s *System) route(env *actorpb.Envelope) {
 	switch {
 	case owner == nil:
 		s.fail(env, codes.Unavailable, "cluster: no live member hosts identities; retry")
+	case owner.address == s.address && !s.members.LeaseValid():
+		s.metrics.leaseRefused.Inc()
+		s.fail(env, codes.Unavailable, "cluster: this node is not sure it is still a member (its membership lease lapsed); retry")
 	case owner.address == s.address:
 		s.routeLocal(hash, env)
 	case int(env.Hops) >= s.cfg.MaxHops:
@@ -206,6 +209,9 @@ func (s *System) route(env *actorpb.Envelope) {
 		s.fail(env, codes.Unavailable, "cluster: the identity's owner is changing; retry")
 	default:
 		env.Hops++
+		if env.ReqId != 0 && env.ReplyAddress == s.address {
+			s.replies.sentTo(env.ReqId, owner.address)
+		}
 		s.actors.Root.Send(owner.hosts[shard(hash, s.cfg.Shards)], env)
 		s.metrics.forwarded.Inc()
 	}

@@ -17,6 +17,8 @@ type metrics struct {
 	requestTimeouts prometheus.Counter
 	undeliverable   prometheus.Counter
 	staleConns      prometheus.Counter
+	leaseRefused    prometheus.Counter
+	unreachable     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -49,11 +51,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "One-way envelopes dropped because no member hosts identities."}),
 		staleConns: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_stale_conn_deliveries_total",
 			Help: "Deliveries to connections that were gone; the identity's actor was told."}),
+		leaseRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_lease_refused_total",
+			Help: "Envelopes refused and frames not delivered for this node's identities while it held no membership lease."}),
+		unreachable: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_unreachable_total",
+			Help: "Requests answered UNAVAILABLE at once because the member they were sent to could not be reached."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.retired, m.gates, m.forwarded,
 			m.hopsExceeded, m.handoffs, m.handingOff,
-			m.requestTimeouts, m.undeliverable, m.staleConns)
+			m.requestTimeouts, m.undeliverable, m.staleConns, m.leaseRefused, m.unreachable)
 	}
 	return m
 }

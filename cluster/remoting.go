@@ -29,6 +29,13 @@ func remotingOptions(cfg *Config) ([]remote.ConfigOption, error) {
 		remote.WithServerOptions(server...),
 		remote.WithDialOptions(grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20))),
 		remote.WithEndpointWriterBatchSize(500),
+		// One connection attempt, not the library's five two seconds
+		// apart: while it retries, what is sent to the member waits in
+		// the writer's mailbox, and requests to a member that died would
+		// wait for their deadline. After one failed attempt what waits is
+		// dead-lettered, and System.deadLetter answers requests with a
+		// retryable failure at once; the next send tries again.
+		func(c *remote.Config) { c.MaxRetryCount = 1 },
 	}
 	if cfg.Advertise != "" {
 		opts = append(opts, remote.WithAdvertisedHost(cfg.Advertise))

@@ -78,9 +78,11 @@ type System struct {
 	// view (owned by the membership's watcher goroutine).
 	memberGates map[string]bool
 
-	nodeHandler atomic.Pointer[NodeHandler]
-	viewMu      sync.Mutex
-	viewHooks   []func(*membership.View)
+	nodeHandler   atomic.Pointer[NodeHandler]
+	undeliverable atomic.Pointer[func(*actorpb.Envelope)]
+	viewMu        sync.Mutex
+	viewHooks     []func(*membership.View)
+	leaseHooks    []func(valid bool) // under viewMu
 
 	dispatcher *poolDispatcher
 	local      []localShard
@@ -121,6 +123,8 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		return nil, err
 	}
 	s.members.Subscribe(s.onView)
+	s.members.SetConfirm(s.confirmLease)
+	s.members.OnLease(s.onLease)
 
 	host, portStr, _ := net.SplitHostPort(cfg.Bind)
 	port, _ := strconv.Atoi(portStr)
@@ -144,6 +148,7 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		actor.WithDeadLetterThrottleCount(3),
 		actor.WithDeadLetterThrottleInterval(10*time.Second),
 	)
+	s.actors.EventStream.Subscribe(s.deadLetter)
 	s.remote = remote.NewRemote(s.actors, remote.Configure(host, port, ropts...))
 	if err := s.startRemote(); err != nil {
 		s.dispatcher.stop()
@@ -244,7 +249,7 @@ func (s *System) onView(v *membership.View) {
 	}
 	seen := map[string]bool{}
 	var addrs []string
-	for _, m := range v.Live(membership.RoleActors) {
+	for _, m := range v.Serving(membership.RoleActors) {
 		if !seen[m.Address] {
 			seen[m.Address] = true
 			addrs = append(addrs, m.Address)
@@ -311,7 +316,7 @@ func (s *System) drainRemoting(left time.Time) {
 func (s *System) leavePlacement() {
 	v := s.view.Load()
 	var addrs []string
-	for _, m := range v.Live(membership.RoleActors) {
+	for _, m := range v.Serving(membership.RoleActors) {
 		if m.Address != s.address && !slices.Contains(addrs, m.Address) {
 			addrs = append(addrs, m.Address)
 		}
@@ -484,6 +489,51 @@ func (s *System) pidOf(cache *sync.Map, address, name string) *actor.PID {
 	return p
 }
 
+// deadLetter answers, at once, a request the actor library could not
+// deliver (its member's remoting cannot be reached: the member died or is
+// cut off), and the requests sent to a member whose connection broke,
+// instead of leaving their callers to wait for their deadline: they retry
+// while membership catches up. It runs on the library's event stream, in
+// the goroutine that gave up on the message.
+func (s *System) deadLetter(evt any) {
+	if t, ok := evt.(*remote.EndpointTerminatedEvent); ok {
+		// The connection to a member broke (it died, or restarted): the
+		// requests it had not answered are lost with it.
+		if n := s.replies.failTo(t.Address); n > 0 {
+			s.metrics.unreachable.Add(float64(n))
+			s.log.Info("cluster: the connection to a member broke; its pending requests fail (retry)", "address", t.Address, "requests", n)
+		}
+		return
+	}
+	dl, ok := evt.(*actor.DeadLetterEvent)
+	if !ok {
+		return
+	}
+	switch m := dl.Message.(type) {
+	case *actorpb.Envelope:
+		if h := s.undeliverable.Load(); h != nil {
+			s.metrics.unreachable.Inc()
+			(*h)(m)
+		} else if m.ReqId != 0 {
+			s.metrics.unreachable.Inc()
+			s.fail(m, codes.Unavailable, "cluster: the node that owns the identity cannot be reached; retry")
+		}
+	case *actorpb.NodeRequest:
+		if m.ReqId != 0 {
+			s.metrics.unreachable.Inc()
+			s.Reply(m.ReplyAddress, &actorpb.Reply{ReqId: m.ReqId, Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{
+				Code: int32(codes.Unavailable), Message: "cluster: the node cannot be reached"}}})
+		}
+	}
+}
+
+// OnUndeliverable has fn answer the envelopes the actor library could not
+// deliver to their identity's node (it cannot be reached): a request, a
+// device's login, C2C or PULL, which would otherwise wait for their
+// deadline (actors.Refusal says how). Without it only requests are
+// answered. fn runs on the library's goroutine and must not block.
+func (s *System) OnUndeliverable(fn func(env *actorpb.Envelope)) { s.undeliverable.Store(&fn) }
+
 // fail answers a request envelope that cannot be delivered.
 func (s *System) fail(env *actorpb.Envelope, code codes.Code, msg string) {
 	if env.ReqId == 0 {
@@ -502,6 +552,12 @@ func (s *System) receiveReply(ctx actor.Context) {
 
 // SendToConn delivers m to the gate that holds conn, on any node.
 func (s *System) SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) {
+	if !s.members.LeaseValid() {
+		// Without its lease this node may no longer own the identity:
+		// its owner delivers.
+		s.metrics.leaseRefused.Inc()
+		return
+	}
 	if conn.GetGateAddress() == s.address {
 		s.deliverLocal(conn.GetGateId(), m)
 		return
@@ -598,8 +654,16 @@ func (r *replyRegistry) init() {
 
 type replyShard struct {
 	mu      sync.Mutex
-	waiting map[uint64]chan *actorpb.Reply
+	waiting map[uint64]waiter
 	many    map[uint64]*batchWait // requests of a RequestMany, by id
+	manyTo  map[uint64]string     // where such a request went (sentTo)
+}
+
+// waiter is a request waiting for its reply: where it went (the member's
+// remoting address; "" while unknown or local) and where the reply goes.
+type waiter struct {
+	ch chan *actorpb.Reply
+	to string
 }
 
 func (r *replyRegistry) register() (uint64, chan *actorpb.Reply) {
@@ -611,11 +675,54 @@ func (r *replyRegistry) register() (uint64, chan *actorpb.Reply) {
 	sh := &r.shards[id%uint64(len(r.shards))]
 	sh.mu.Lock()
 	if sh.waiting == nil {
-		sh.waiting = map[uint64]chan *actorpb.Reply{}
+		sh.waiting = map[uint64]waiter{}
 	}
-	sh.waiting[id] = ch
+	sh.waiting[id] = waiter{ch: ch}
 	sh.mu.Unlock()
 	return id, ch
+}
+
+// sentTo records that request id went to the member at address.
+func (r *replyRegistry) sentTo(id uint64, address string) {
+	sh := &r.shards[id%uint64(len(r.shards))]
+	sh.mu.Lock()
+	if w, ok := sh.waiting[id]; ok {
+		w.to = address
+		sh.waiting[id] = w
+	} else if sh.many[id] != nil {
+		if sh.manyTo == nil {
+			sh.manyTo = map[uint64]string{}
+		}
+		sh.manyTo[id] = address
+	}
+	sh.mu.Unlock()
+}
+
+// failTo answers every request sent to the member at address with a
+// retryable failure (its connection broke: they were lost with it), and
+// returns how many.
+func (r *replyRegistry) failTo(address string) int {
+	var lost []uint64
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		for id, w := range sh.waiting {
+			if w.to == address {
+				lost = append(lost, id)
+			}
+		}
+		for id, to := range sh.manyTo {
+			if to == address {
+				lost = append(lost, id)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	for _, id := range lost {
+		r.deliver(&actorpb.Reply{ReqId: id, Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{
+			Code: int32(codes.Unavailable), Message: "cluster: the connection to the node that owns the identity broke; retry"}}})
+	}
+	return len(lost)
 }
 
 func (r *replyRegistry) forget(id uint64) {
@@ -628,18 +735,19 @@ func (r *replyRegistry) forget(id uint64) {
 func (r *replyRegistry) deliver(rep *actorpb.Reply) {
 	sh := &r.shards[rep.ReqId%uint64(len(r.shards))]
 	sh.mu.Lock()
-	ch := sh.waiting[rep.ReqId]
+	one, ok := sh.waiting[rep.ReqId]
 	delete(sh.waiting, rep.ReqId)
 	var w *batchWait
-	if ch == nil {
+	if !ok {
 		if w = sh.many[rep.ReqId]; w != nil {
 			delete(sh.many, rep.ReqId)
+			delete(sh.manyTo, rep.ReqId)
 		}
 	}
 	sh.mu.Unlock()
 	switch {
-	case ch != nil:
-		ch <- rep // buffered 1, and deleted above: never blocks
+	case ok:
+		one.ch <- rep // buffered 1, and deleted above: never blocks
 	case w != nil:
 		w.slots[rep.ReqId-w.base].Store(rep)
 		if w.left.Add(-1) == 0 {
@@ -690,6 +798,7 @@ func (r *replyRegistry) forgetMany(w *batchWait) {
 		sh := &r.shards[id%uint64(len(r.shards))]
 		sh.mu.Lock()
 		delete(sh.many, id)
+		delete(sh.manyTo, id)
 		sh.mu.Unlock()
 	}
 }

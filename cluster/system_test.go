@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -251,5 +253,75 @@ func TestRequestIDsDoNotRestartAtOne(t *testing.T) {
 	idB, _ := b.register()
 	if idA == 1 || idB == 1 || idA == idB {
 		t.Fatalf("first ids %d and %d", idA, idB)
+	}
+}
+
+// A request to an identity whose owner cannot be reached (its node died:
+// nothing listens at its address) fails at once with a retryable error,
+// instead of waiting for the caller's deadline: the app-server retries
+// while membership catches up.
+func TestRequestToUnreachableOwnerFailsFast(t *testing.T) {
+	var sys *System
+	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{sys: sys, log: &sync.Map{}} }, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sys.Shutdown)
+	if err := sys.Join(context.Background(), membership.Member{Name: "t", Roles: membership.RoleActors}, nil); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	sys.placement.Store(newPlacement([]string{dead}, sys.cfg.Shards, 0))
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		start := time.Now()
+		r, err := sys.Request(ctx, &actorpb.Envelope{AppCode: 1, Uid: fmt.Sprintf("x%d", i),
+			Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}})
+		cancel()
+		if err != nil || r.GetFailure().GetCode() != int32(codes.Unavailable) || !strings.Contains(r.GetFailure().GetMessage(), "retry") {
+			t.Fatalf("request %d to an unreachable owner: %v %v after %v", i, r, err, time.Since(start))
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Fatalf("request %d failed only after %v", i, took)
+		}
+	}
+}
+
+// Requests sent to a member whose connection broke fail at once; the
+// others keep waiting.
+func TestRepliesFailToBrokenMember(t *testing.T) {
+	var r replyRegistry
+	r.init()
+	a, cha := r.register()
+	b, chb := r.register()
+	_, chc := r.register()
+	r.sentTo(a, "10.0.0.1:7100")
+	r.sentTo(b, "10.0.0.2:7100")
+	if n := r.failTo("10.0.0.1:7100"); n != 1 {
+		t.Fatalf("failed %d requests, want 1", n)
+	}
+	select {
+	case rep := <-cha:
+		if rep.ReqId != a || rep.GetFailure().GetCode() != int32(codes.Unavailable) {
+			t.Fatalf("reply %v", rep)
+		}
+	default:
+		t.Fatal("the request to the broken member got no reply")
+	}
+	select {
+	case rep := <-chb:
+		t.Fatalf("a request to another member was answered: %v", rep)
+	case rep := <-chc:
+		t.Fatalf("a request to no member yet was answered: %v", rep)
+	default:
+	}
+	r.deliver(&actorpb.Reply{ReqId: b})
+	if rep := <-chb; rep.ReqId != b {
+		t.Fatalf("reply %v", rep)
 	}
 }

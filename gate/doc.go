@@ -28,7 +28,7 @@
 //
 // Beyond PROTOCOL.md, clients may see: an ERROR with seq 0 right after
 // connecting, SERVER_BUSY (connection cap reached, or the gate is
-// draining) or RATE_LIMITED (too many new connections from the address),
+// draining or refusing new connections: Refuse, MoveOff) or RATE_LIMITED (too many new connections from the address),
 // then a close; a close without any frame when the source address is
 // refused by the IP lists; ERROR RATE_LIMITED answering the frame that ran
 // a per-connection rate dry, then a close (acks of what the gate delivered

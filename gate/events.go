@@ -78,7 +78,7 @@ func (e *events) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		g.log.Debug("gate: connection refused", "remote", remote, "reason", reason)
 		return out, gnet.Close
 	}
-	if g.draining.Load() {
+	if g.draining.Load() || g.refusing.Load() {
 		return refuse(refuseDraining, refusedBusy)
 	}
 	if denied, list := g.lists.cur.Load().ipDenied(remote.Addr()); denied && !proxied {

@@ -59,6 +59,8 @@ type Gate struct {
 	done         chan struct{} // closed when gnet.Run has returned
 	runErr       error         // set before done is closed
 	draining     atomic.Bool   // Shutdown began: refuse new connections
+	refusing     atomic.Bool   // Refuse: refuse new connections for now
+	moveOffTurn  atomic.Uint32 // MoveOff: which loop gets the larger share next
 	stopping     atomic.Bool   // stop the engine
 	drained      chan struct{} // closed when draining and no connection is left
 	drainedOnce  sync.Once

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make cluster`: a Courier cluster on this machine, in one command.
 #
-#   a Consul dev agent        127.0.0.1:$CONSUL_PORT (default 8500)
+#   a Consul server agent     127.0.0.1:$CONSUL_PORT (default 8500), its
+#                             data in .cluster/consul
 #   the store                 $STORE: "pebble" (one per node, default) or
 #                             "postgres" (shared; see start_store)
 #   node1  gate,api           ports BASE+0..3   (gate, api, http, remoting)
@@ -13,6 +14,12 @@
 # `courierctl certs`. Everything lives in .cluster/ (ignored by git): data,
 # logs (.cluster/*.log) and addrs.json with every node's addresses. Ctrl-C
 # or SIGTERM stops every process this script started.
+#
+# The nodes and Consul run under a supervisor (as systemd's Restart=
+# would): one that exits, for any reason, is started again after a
+# second with the same settings and data. Their process ids are in
+# .cluster/NAME.pid, and .cluster/pg_ctl runs pg_ctl on the PostgreSQL
+# (STORE=postgres): what `courier-bench chaos` needs to apply faults.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -30,6 +37,7 @@ stop_all() {
 	trap - INT TERM EXIT
 	echo
 	echo "cluster: stopping"
+	touch "$dir/stopping"
 	# Nodes first (graceful: they leave the cluster), then the services.
 	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
 		kill -TERM "${pids[i]}" 2>/dev/null || true
@@ -37,6 +45,38 @@ stop_all() {
 	done
 	stop_store
 	echo "cluster: stopped (data and logs stay in $dir)"
+}
+
+# supervise NAME LOG COMMAND...: runs COMMAND in the background and again
+# a second after it exits, until the cluster stops; NAME.pid holds the
+# current process id, and while NAME.hold exists it is not started again.
+# SIGTERM to the supervisor stops its process (continued first, in case it
+# was paused) and the supervisor.
+supervise() {
+	local name=$1 log=$2
+	shift 2
+	(
+		child=0
+		trap 'kill -CONT $child 2>/dev/null; kill -TERM $child 2>/dev/null; wait $child 2>/dev/null; exit 0' TERM
+		while [ ! -e "$dir/stopping" ]; do
+			"$@" >>"$log" 2>&1 &
+			child=$!
+			echo "$child" >"$dir/$name.pid"
+			wait "$child" && rc=0 || rc=$?
+			[ -e "$dir/stopping" ] && break
+			if [ "$rc" = 2 ]; then
+				# A mistake in the settings: starting it again would not help.
+				echo "cluster: $name exited (2: bad settings, see $log); not starting it again" | tee -a "$log" >&2
+				break
+			fi
+			echo "cluster: $name exited ($rc); starting it again" | tee -a "$log" >&2
+			sleep 1
+			# NAME.hold keeps it down (a machine that takes a while to come
+			# back: courier-bench chaos --down).
+			while [ -e "$dir/$name.hold" ] && [ ! -e "$dir/stopping" ]; do sleep 0.2; done
+		done
+	) &
+	pids+=($!)
 }
 trap stop_all EXIT
 trap 'exit 130' INT
@@ -99,6 +139,12 @@ start_postgres() {
 	"${as[@]}" "$pgbin/pg_ctl" -D "$pg_dir/data" -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1" \
 		-l "$pg_dir/postgres.log" start >/dev/null
 	pg_ctl_cmd=("${as[@]}" "$pgbin/pg_ctl" -D "$pg_dir/data")
+	# For faults (courier-bench chaos): .cluster/pg_ctl restart -m fast -w
+	cat >"$dir/pg_ctl" <<EOF
+#!/bin/sh
+exec ${as[*]} "$pgbin/pg_ctl" -D "$pg_dir/data" -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1" -l "$pg_dir/postgres.log" "\$@"
+EOF
+	chmod +x "$dir/pg_ctl"
 	echo "cluster: PostgreSQL on 127.0.0.1:$port (log $pg_dir/postgres.log)"
 	# The nodes find it in COURIER_STORE_DSN (not in argv, which every
 	# local user can read).
@@ -124,14 +170,19 @@ mkdir -p "$dir"
 
 # ---- Consul --------------------------------------------------------------
 port_free "$CONSUL_PORT" || fail "port $CONSUL_PORT (Consul) is taken: set CONSUL_PORT"
-"$consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port "$CONSUL_PORT" \
+# A server with its data in .cluster/consul (not -dev): restarted, it
+# comes back with the members' registrations.
+supervise consul "$dir/consul.log" "$consul" agent -server -bootstrap-expect 1 -data-dir "$dir/consul" -node courier-cluster \
+	-bind 127.0.0.1 -client 127.0.0.1 -http-port "$CONSUL_PORT" \
 	-serf-lan-port $((CONSUL_PORT + 1)) -serf-wan-port $((CONSUL_PORT + 2)) -server-port $((CONSUL_PORT + 3)) \
-	-dns-port -1 -grpc-port -1 -hcl 'disable_update_check = true' -hcl 'check_update_interval = "0s"' \
-	>"$dir/consul.log" 2>&1 &
-pids+=($!)
-consul_ready() { curl -sf "http://127.0.0.1:$CONSUL_PORT/v1/status/leader" 2>/dev/null | grep -q 127.0.0.1; }
-wait_for "Consul" 30 consul_ready
-echo "cluster: Consul dev agent on 127.0.0.1:$CONSUL_PORT (UI http://127.0.0.1:$CONSUL_PORT/ui, log $dir/consul.log)"
+	-dns-port -1 -grpc-port -1 -hcl 'performance { raft_multiplier = 1 }' -hcl 'disable_update_check = true' \
+	-hcl 'check_update_interval = "0s"' -ui
+consul_ready() {
+	curl -sf "http://127.0.0.1:$CONSUL_PORT/v1/status/leader" 2>/dev/null | grep -q 127.0.0.1 &&
+		curl -sf "http://127.0.0.1:$CONSUL_PORT/v1/catalog/nodes" 2>/dev/null | grep -q courier-cluster
+}
+wait_for "Consul" 60 consul_ready
+echo "cluster: Consul on 127.0.0.1:$CONSUL_PORT (UI http://127.0.0.1:$CONSUL_PORT/ui, log $dir/consul.log)"
 
 start_store
 
@@ -160,8 +211,7 @@ for i in 0 1 2; do
 		--addr-file "$dir/$name.json")
 	args+=("${store_args[@]}") # actors keep their inboxes there, gates their access lists
 	# shellcheck disable=SC2046
-	"$bin/courier" "${args[@]}" $(tls_args "$name") >"$dir/$name.log" 2>&1 &
-	pids+=($!)
+	supervise "$name" "$dir/$name.log" "$bin/courier" "${args[@]}" $(tls_args "$name")
 done
 for name in "${names[@]}"; do
 	wait_for "$name" 60 test -s "$dir/$name.json"
@@ -189,11 +239,13 @@ Try it, in another terminal:
   curl 'http://127.0.0.1:$((BASE + 2))/v1/gates?app=1'
   bin/courierctl device --discover http://127.0.0.1:$((BASE + 2))/v1/gates --app 1 --uid alice --secret courier-dev-secret-app-1
   bin/courierctl push --api 127.0.0.1:$((BASE + 21)) --key courier-dev-api-key-0001 --app 1 --uid alice --payload 'hello from node3'
+  bin/courierctl drain node3 --api 127.0.0.1:$((BASE + 1)) --key courier-dev-operator-key   # it comes back by itself
+  make chaos        # faults under load for 10 minutes, then the ledger (CHAOS_ARGS=--duration=2m)
 
-Ctrl-C stops the cluster.
+Ctrl-C stops the cluster. A node or Consul that exits is started again.
 EOF
-# Wait until a signal, or until a process ends by itself.
+# Wait until a signal (a supervisor ends only when the cluster stops).
 set +e
 wait -n "${pids[@]}"
-echo "cluster: a process ended by itself; see $dir/*.log" >&2
+echo "cluster: a supervisor ended by itself; see $dir/*.log" >&2
 exit 1

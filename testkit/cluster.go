@@ -25,10 +25,18 @@ type ClusterOptions struct {
 	// TLS makes the members talk over mutual TLS, with a CA and node
 	// certificates the testkit makes.
 	TLS bool
+	// Network, if set, puts every node in a namespace of its own on it
+	// and Consul on its cluster network (Network.ClusterHost), so that a
+	// test can cut nodes off (Network.Cut). It implies TLS.
+	Network *Network
 	// Store is "postgres" (every node on one new database of the test
 	// PostgreSQL: the cluster's store) or "pebble" (each node its own);
 	// default: TestStore().
 	Store string
+	// Postgres, if set, is the server the cluster's database is made on
+	// (a test's own, which it may stop and restart) instead of the shared
+	// one; it implies Store "postgres".
+	Postgres *Postgres
 }
 
 // Cluster is a Courier cluster for tests, in the manner of hashicorp
@@ -58,9 +66,24 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	if opts.Store == "" {
 		opts.Store = TestStore()
 	}
-	c := &Cluster{t: t, opts: opts, Consul: StartConsul(t)}
+	if opts.Postgres != nil {
+		opts.Store = "postgres"
+	}
+	if opts.Network != nil {
+		opts.TLS = true
+	}
+	c := &Cluster{t: t, opts: opts}
+	if opts.Network != nil {
+		c.Consul = StartConsulOn(t, opts.Network.ClusterHost())
+	} else {
+		c.Consul = StartConsul(t)
+	}
 	if opts.Store == "postgres" {
-		c.DSN = PostgresDB(t)
+		if opts.Postgres != nil {
+			c.DSN = opts.Postgres.CreateDB(t)
+		} else {
+			c.DSN = PostgresDB(t)
+		}
 	}
 	if opts.TLS {
 		c.Certs = t.TempDir()
@@ -93,12 +116,17 @@ func (c *Cluster) AddNode(roles string, args ...string) *Node {
 		"--cluster.ttl", "1s",
 		"--cluster.load-interval", "200ms",
 	}
+	var hosts []string
+	if nw := c.opts.Network; nw != nil {
+		clusterIP, _ := nw.AddHost(name)
+		hosts = append(hosts, clusterIP)
+	}
 	if c.opts.TLS {
-		all = append(all, c.NodeCertArgs(name)...)
+		all = append(all, c.NodeCertArgs(name, hosts...)...)
 	}
 	all = append(all, c.opts.Args...)
 	all = append(all, args...)
-	n := StartNode(c.t, NodeOptions{Name: name, Roles: roles, Args: all, PostgresDSN: c.DSN})
+	n := StartNode(c.t, NodeOptions{Name: name, Roles: roles, Args: all, PostgresDSN: c.DSN, Network: c.opts.Network})
 	c.mu.Lock()
 	c.Nodes = append(c.Nodes, n)
 	c.mu.Unlock()
@@ -106,10 +134,11 @@ func (c *Cluster) AddNode(roles string, args ...string) *Node {
 }
 
 // NodeCertArgs makes a certificate of the cluster's CA for node name
-// (valid for 127.0.0.1 and localhost) and returns the flags that use it.
-func (c *Cluster) NodeCertArgs(name string) []string {
+// (valid for 127.0.0.1, localhost and hosts) and returns the flags that
+// use it.
+func (c *Cluster) NodeCertArgs(name string, hosts ...string) []string {
 	c.t.Helper()
-	p, err := mtls.IssueNode(c.ca, name, []string{"127.0.0.1", "localhost"}, 24*time.Hour)
+	p, err := mtls.IssueNode(c.ca, name, append([]string{"127.0.0.1", "localhost"}, hosts...), 24*time.Hour)
 	if err != nil {
 		c.t.Fatal(err)
 	}

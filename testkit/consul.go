@@ -3,6 +3,7 @@ package testkit
 import (
 	"encoding/json"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -56,9 +57,10 @@ func ConsulBinary(t testing.TB) string {
 // Stop and Restart keep the data and the ports, for tests of a Consul
 // outage.
 type Consul struct {
-	t   testing.TB
-	bin string
-	dir string
+	t    testing.TB
+	bin  string
+	dir  string
+	host string // the address it listens on
 	// Addr is the agent's HTTP address (host:port), what nodes are given
 	// as --cluster.consul.
 	Addr  string
@@ -70,24 +72,34 @@ type Consul struct {
 	exited chan struct{}
 }
 
-// StartConsul starts a Consul agent and waits until it has a leader and
-// has registered itself. It is killed at the end of the test.
+// StartConsul starts a Consul agent on 127.0.0.1 and waits until it has a
+// leader and has registered itself. It is killed at the end of the test.
 func StartConsul(t testing.TB) *Consul {
 	t.Helper()
-	c := &Consul{t: t, bin: ConsulBinary(t), dir: t.TempDir()}
+	return StartConsulOn(t, "127.0.0.1")
+}
+
+// StartConsulOn is StartConsul on another local address (a Network's
+// ClusterHost).
+func StartConsulOn(t testing.TB, host string) *Consul {
+	t.Helper()
+	c := &Consul{t: t, bin: ConsulBinary(t), dir: t.TempDir(), host: host}
 	ports, err := freePorts(len(c.ports))
 	if err != nil {
 		t.Fatalf("testkit: ports for Consul: %v", err)
 	}
 	copy(c.ports[:], ports)
-	c.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(c.ports[0]))
+	c.Addr = net.JoinHostPort(host, strconv.Itoa(c.ports[0]))
 	t.Cleanup(c.kill)
 	c.start()
 	return c
 }
 
-// freePorts finds n distinct free TCP ports on 127.0.0.1. They are free
-// when it returns; a process that binds them later may race another.
+// freePorts finds n distinct free TCP ports on 127.0.0.1, below the
+// kernel's ephemeral range (32768 and up here): a service restarted on
+// its old ports (Consul, PostgreSQL) must not find one taken by an
+// outgoing connection meanwhile. They are free when it returns; a
+// process that binds them later may race another.
 func freePorts(n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
@@ -96,16 +108,24 @@ func freePorts(n int) ([]int, error) {
 		}
 	}()
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			return nil, fmt.Errorf("no %d free ports in [%d, %d)", n, lowPortMin, lowPortMax)
+		}
+		p := lowPortMin + mrand.IntN(lowPortMax-lowPortMin)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
 		if err != nil {
-			return nil, err
+			continue
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
 	}
 	return ports, nil
 }
+
+// The range freePorts draws from: below the ephemeral range, above the
+// ports services usually have.
+const lowPortMin, lowPortMax = 20000, 32000
 
 func (c *Consul) start() {
 	t := c.t
@@ -115,7 +135,7 @@ func (c *Consul) start() {
 		"-server", "-bootstrap-expect", "1",
 		"-data-dir", filepath.Join(c.dir, "data"),
 		"-node", "testkit",
-		"-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-bind", c.host, "-client", c.host,
 		"-http-port", p(0), "-serf-lan-port", p(1), "-serf-wan-port", p(2), "-server-port", p(3),
 		"-dns-port", "-1", "-grpc-port", "-1",
 		// Raft's fastest timers (elections in about a second), check

@@ -88,6 +88,11 @@ type NodeOptions struct {
 	Args []string
 	// Env are extra environment variables ("COURIER_X=v").
 	Env []string
+	// Network, if set, runs the node in a namespace of its own on it
+	// (Network.AddHost(Name)): gate, API and HTTP listen on its public
+	// address, remoting on its cluster address (not loopback: Args must
+	// carry the mutual TLS flags).
+	Network *Network
 	// PostgresDSN, if set, runs the node on the PostgreSQL store of that
 	// database. If empty and the environment has COURIER_TEST_STORE=postgres,
 	// the node gets a new database of the shared test server (so a whole
@@ -180,14 +185,18 @@ func (n *Node) start() {
 	if name == "" {
 		name = "test-node"
 	}
+	public, cluster := "127.0.0.1", "127.0.0.1"
+	if n.opts.Network != nil {
+		cluster, public = n.opts.Network.AddHost(name)
+	}
 	args := []string{
 		"--name", name,
 		"--data-dir", n.opts.DataDir,
 		"--addr-file", addrFile,
-		"--gate.addr", "127.0.0.1:0",
-		"--api-addr", "127.0.0.1:0",
-		"--http-addr", "127.0.0.1:0",
-		"--cluster.bind", "127.0.0.1:0",
+		"--gate.addr", public + ":0",
+		"--api-addr", public + ":0",
+		"--http-addr", public + ":0",
+		"--cluster.bind", cluster + ":0",
 		"--app-secret", "1=" + App1Secret,
 		"--app-secret", "2=" + App2Secret,
 		"--api-key", App1Key + "=1",
@@ -200,6 +209,7 @@ func (n *Node) start() {
 		"--actors.retry-initial", "300ms",
 		"--actors.retry-max", "1s",
 		"--shutdown-grace", "5s",
+		"--drain-window", "1s",
 		"--log-level", "debug",
 	}
 	if n.opts.Roles != "" {
@@ -210,6 +220,9 @@ func (n *Node) start() {
 	}
 	args = append(args, n.opts.Args...)
 	n.cmd = exec.Command(bin, args...)
+	if n.opts.Network != nil {
+		n.cmd = n.opts.Network.Command(name, bin, args...)
+	}
 	n.logs = &syncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
 	n.cmd.Env = append(append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66"), n.opts.Env...)
@@ -275,6 +288,29 @@ func (n *Node) Stop(sig syscall.Signal) {
 	}
 	if sig == syscall.SIGTERM && !n.cmd.ProcessState.Success() {
 		n.t.Fatalf("testkit: courier exited with %v after SIGTERM:\n%s", n.cmd.ProcessState, n.logs.String())
+	}
+}
+
+// Signal sends sig to the node's process and returns at once.
+func (n *Node) Signal(sig syscall.Signal) {
+	n.t.Helper()
+	if err := n.cmd.Process.Signal(sig); err != nil {
+		n.t.Fatalf("testkit: signal %v: %v", sig, err)
+	}
+}
+
+// WaitExit waits up to d for the node's process to end by itself and
+// fails the test unless it did, with exit status 0.
+func (n *Node) WaitExit(d time.Duration) {
+	n.t.Helper()
+	n.stopped = true // an exit the test asked for
+	select {
+	case <-n.exited:
+	case <-time.After(d):
+		n.t.Fatalf("testkit: courier did not exit within %v:\n%s", d, n.logs.String())
+	}
+	if !n.cmd.ProcessState.Success() {
+		n.t.Fatalf("testkit: courier exited with %v:\n%s", n.cmd.ProcessState, n.logs.String())
 	}
 }
 

@@ -32,6 +32,7 @@ import (
 // of the machine).
 type Postgres struct {
 	Port int
+	host string // the address it listens on
 	dir  string
 	bin  string
 	cred *syscall.Credential
@@ -65,7 +66,14 @@ func PostgresDB(t testing.TB) string {
 // its end: for tests that stop or restart the server.
 func StartPostgres(t testing.TB) *Postgres {
 	t.Helper()
-	p, err := startPostgres()
+	return StartPostgresOn(t, "127.0.0.1")
+}
+
+// StartPostgresOn is StartPostgres listening on another local address (a
+// Network's ClusterHost), trusting connections from its /16.
+func StartPostgresOn(t testing.TB, host string) *Postgres {
+	t.Helper()
+	p, err := startPostgresOn(host)
 	if err != nil {
 		unavailablePG(t, err)
 	}
@@ -93,7 +101,7 @@ func Main(m *testing.M) int {
 
 // DSN returns the connection string of database db.
 func (p *Postgres) DSN(db string) string {
-	return fmt.Sprintf("postgres://courier@127.0.0.1:%d/%s?sslmode=disable", p.Port, db)
+	return fmt.Sprintf("postgres://courier@%s/%s?sslmode=disable", net.JoinHostPort(p.host, strconv.Itoa(p.Port)), db)
 }
 
 // CreateDB creates a new empty database, dropped at the end of the test
@@ -187,7 +195,9 @@ func postgresBin() (string, error) {
 
 var installMu sync.Mutex
 
-func startPostgres() (*Postgres, error) {
+func startPostgres() (*Postgres, error) { return startPostgresOn("127.0.0.1") }
+
+func startPostgresOn(host string) (*Postgres, error) {
 	bin, err := postgresBin()
 	if err != nil {
 		return nil, err
@@ -196,7 +206,7 @@ func startPostgres() (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Postgres{dir: dir, bin: bin}
+	p := &Postgres{dir: dir, bin: bin, host: host}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -216,6 +226,17 @@ func startPostgres() (*Postgres, error) {
 	if out, err := initdb.CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb: %v: %s", err, out)
+	}
+	if ip := net.ParseIP(host); ip != nil && !ip.IsLoopback() {
+		hba, err := os.OpenFile(filepath.Join(dir, "data", "pg_hba.conf"), os.O_APPEND|os.O_WRONLY, 0)
+		if err == nil {
+			_, err = fmt.Fprintf(hba, "host all courier %s/16 trust\n", ip.Mask(net.CIDRMask(16, 32)))
+			hba.Close()
+		}
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("pg_hba.conf: %w", err)
+		}
 	}
 	for attempt := 0; ; attempt++ {
 		if err = p.Start(); err == nil || attempt == 2 {
@@ -238,12 +259,12 @@ func (p *Postgres) Start() error {
 		return errors.New("testkit: postgres is running")
 	}
 	if p.Port == 0 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		// Below the ephemeral range: a restart finds the port free again.
+		ports, err := freePorts(1)
 		if err != nil {
 			return err
 		}
-		p.Port = l.Addr().(*net.TCPAddr).Port
-		l.Close()
+		p.Port = ports[0]
 	}
 	logf, err := os.OpenFile(filepath.Join(p.dir, "log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -251,7 +272,7 @@ func (p *Postgres) Start() error {
 	}
 	defer logf.Close()
 	cmd := exec.Command(filepath.Join(p.bin, "postgres"), "-D", filepath.Join(p.dir, "data"),
-		"-p", strconv.Itoa(p.Port), "-k", p.dir, "-c", "listen_addresses=127.0.0.1",
+		"-p", strconv.Itoa(p.Port), "-k", p.dir, "-c", "listen_addresses="+p.host,
 		"-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300",
 		"-c", "shared_buffers=64MB")
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -126,3 +126,41 @@ func TestConsulKeepsDataAcrossRestart(t *testing.T) {
 		t.Fatalf("value %q after restart", kv[0].Value)
 	}
 }
+
+// A cluster on a Network: each node in a namespace of its own, Consul on
+// the cluster network. Cut takes a node's cluster leg down (its remoting
+// cannot be reached, its gate can), Heal brings it back.
+func TestNetworkCutAndHeal(t *testing.T) {
+	nw := NewNetwork(t)
+	c := StartCluster(t, ClusterOptions{Roles: []string{"", "actors"}, Network: nw})
+	n1, n2 := c.Node("node1"), c.Node("node2")
+	if !strings.HasPrefix(n1.GateAddr, "10.213.") || !strings.HasPrefix(n2.ClusterAddr, "10.213.") {
+		t.Fatalf("addresses not on the network: gate %s, remoting %s", n1.GateAddr, n2.ClusterAddr)
+	}
+	reach := func(addr string) bool {
+		conn, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+		if err == nil {
+			conn.Close()
+		}
+		return err == nil
+	}
+	if !reach(n2.ClusterAddr) || !reach(n1.GateAddr) {
+		t.Fatal("nodes not reachable before the cut")
+	}
+	nw.Cut("node2")
+	if reach(n2.ClusterAddr) {
+		t.Fatal("node2's remoting reachable after the cut")
+	}
+	if !reach(n2.HTTPAddr) {
+		t.Fatal("node2's public leg went down with the cut")
+	}
+	Eventually(t, 10*time.Second, func() bool {
+		v, _ := n1.Metric(`courier_cluster_members{role="actors"}`)
+		return v == 1
+	}, "node1 saw node2 leave")
+	nw.Heal("node2")
+	c.WaitConverged()
+	if v, _ := n2.Metric("courier_cluster_rejoins_total"); v < 1 {
+		t.Fatalf("node2 did not rejoin after the cut (%v)", v)
+	}
+}

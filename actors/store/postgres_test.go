@@ -234,12 +234,21 @@ func TestPostgresReadsBatched(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	restore()
 	wg.Wait()
-	mu.Lock()
-	defer mu.Unlock()
+	// A round trip is observed after its reads are answered: wait for the
+	// last one's observation.
 	total := 0
-	for _, k := range trips {
-		total += k
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		total = 0
+		for _, k := range trips {
+			total += k
+		}
+		if total >= 2*n || time.Now().After(deadline) {
+			break // holding mu
+		}
+		mu.Unlock()
 	}
+	defer mu.Unlock()
 	if total != 2*n || len(trips) > 4 {
 		t.Fatalf("%d reads in %d round trips (%v): want them batched", total, len(trips), trips)
 	}

@@ -28,7 +28,7 @@ func (s *Server) Members(ctx context.Context, _ *apipb.MembersRequest) (*apipb.M
 			Id: m.ID, Name: m.Name, Roles: strings.Split(m.Roles.String(), ","), Version: m.Version,
 			Address: m.Address, GateId: m.GateID, GateAddr: m.GateAddr, ApiAddr: m.APIAddr, HttpAddr: m.HTTPAddr,
 			Conns: uint32(m.Load.Conns), MaxConns: uint32(m.Load.MaxConns), Actors: uint32(m.Load.Actors),
-			Health: m.Health, Blocked: m.Blocked, Live: m.Live(), StartedAtMs: m.StartedAt.UnixMilli(),
+			Health: m.Health, Blocked: m.Blocked, Live: m.Live(), StartedAtMs: m.StartedAt.UnixMilli(), Draining: m.Draining,
 		}
 		for _, a := range m.Apps {
 			pm.Apps = append(pm.Apps, uint32(a))

@@ -132,6 +132,8 @@ type Deps struct {
 	// ClusterStats, if set, gathers every live node's statistics for
 	// Stats (otherwise Stats answers with this node's Stats alone).
 	ClusterStats ClusterStats
+	// Drain begins a node's drain (for Drain; nil: unavailable).
+	Drain Drainer
 }
 
 // ClusterStats returns the raw statistics of app of every live node that
@@ -157,12 +159,14 @@ type Server struct {
 	prov     string
 
 	clusterStats ClusterStats
+	drain        Drainer
 }
 
 // New returns a server.
 func New(d Deps) *Server {
 	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream,
-		backlog: d.Backlog, adm: newAdmission(d.Keys, d.Limits), view: d.Members, prov: d.Provider, clusterStats: d.ClusterStats}
+		backlog: d.Backlog, adm: newAdmission(d.Keys, d.Limits), view: d.Members, prov: d.Provider, clusterStats: d.ClusterStats,
+		drain: d.Drain}
 }
 
 // admitPushes takes n pushes into the node's budget (release gives them back

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
@@ -42,11 +43,12 @@ type errorBody struct {
 	Error string `json:"error"`
 }
 
-// Gates returns the live gates of v that accept app's devices, least
-// loaded first (then by fewer connections, then by address).
+// Gates returns the live gates of v that accept app's devices and are not
+// draining, least loaded first (then by fewer connections, then by
+// address).
 func Gates(v *membership.View, app uint16) []Gate {
 	var out []Gate
-	for _, m := range v.Live(membership.RoleGate) {
+	for _, m := range v.Serving(membership.RoleGate) {
 		if !m.AcceptsApp(app) {
 			continue
 		}
@@ -62,6 +64,33 @@ func Gates(v *membership.View, app uint16) []Gate {
 	return out
 }
 
+// TieLoad is how close two gates' loads (connections / cap) are for an
+// answer to list them in random order: half a percent of capacity, a few
+// dozen connections on a gate of 20,000. Loads are up to a load interval
+// old, so every device asking within it would otherwise get the same
+// first gate: all the devices of a gate that died, or of a fresh cluster,
+// would pile onto one gate.
+const TieLoad = 0.005
+
+// SpreadTies shuffles runs of gates whose loads are within TieLoad of the
+// run's least loaded one, with intn (rand.IntN), and keeps the order
+// between runs. gates must be least loaded first.
+func SpreadTies(gates []Gate, intn func(int) int) []Gate {
+	for i := 0; i < len(gates); {
+		j := i + 1
+		for j < len(gates) && gates[j].Load-gates[i].Load < TieLoad {
+			j++
+		}
+		run := gates[i:j]
+		for k := len(run) - 1; k > 0; k-- {
+			l := intn(k + 1)
+			run[k], run[l] = run[l], run[k]
+		}
+		i = j
+	}
+	return gates
+}
+
 // Handler serves Path from view (the node's latest membership view).
 func Handler(view func() *membership.View) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -75,7 +104,7 @@ func Handler(view func() *membership.View) http.Handler {
 			reply(w, http.StatusBadRequest, errorBody{fmt.Sprintf("app %q: want the appcode, 1 to 65535", r.URL.Query().Get("app"))})
 			return
 		}
-		gates := Gates(view(), uint16(app))
+		gates := SpreadTies(Gates(view(), uint16(app)), rand.IntN)
 		if len(gates) == 0 {
 			reply(w, http.StatusServiceUnavailable, errorBody{fmt.Sprintf("no live gate accepts app %d: retry later", app)})
 			return

@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"context"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -62,4 +63,26 @@ func TestHandlerAndFetch(t *testing.T) {
 		t.Fatalf("POST: %d", resp.StatusCode)
 	}
 	resp.Body.Close()
+}
+
+// Gates whose loads are within TieLoad of each other come first in
+// random order, so that devices asking at once do not all pick the same
+// gate; the order between gates farther apart holds.
+func TestSpreadTies(t *testing.T) {
+	gates := func() []Gate {
+		return []Gate{{Addr: "a", Load: 0}, {Addr: "b", Load: 0.002}, {Addr: "c", Load: 0.004}, {Addr: "d", Load: 0.3}, {Addr: "e", Load: 0.9}}
+	}
+	first := map[string]int{}
+	for range 300 {
+		g := SpreadTies(gates(), rand.IntN)
+		first[g[0].Addr]++
+		if g[3].Addr != "d" || g[4].Addr != "e" {
+			t.Fatalf("order between runs changed: %v", g)
+		}
+	}
+	for _, a := range []string{"a", "b", "c"} {
+		if first[a] < 50 {
+			t.Fatalf("tied gates first %v times of 300: %v", first[a], first)
+		}
+	}
 }

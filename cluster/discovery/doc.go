@@ -4,10 +4,12 @@
 //	GET /v1/gates?app=N
 //
 // on its HTTP address: the public addresses of the live gates that accept
-// app N's devices, least loaded first (connections / capacity), from the
-// node's current view of the membership, so a departed gate is gone from
-// the list within the membership TTL and loads are at most a load
-// interval old. Fetch is the client side, used by courierctl and
+// app N's devices, least loaded first (connections / capacity; gates
+// within half a percent of capacity in random order, so that devices
+// asking at once spread: SpreadTies), not draining, from the node's
+// current view of the membership, so a departed gate is gone from the
+// list within the membership TTL and loads are at most a load interval
+// old. Fetch is the client side, used by courierctl and
 // courier-bench and shown in docs/protocol.md's reconnect advice.
 //
 // The handler keeps no state and starts no goroutine; it runs on the HTTP

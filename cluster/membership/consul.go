@@ -79,8 +79,8 @@ func (b *consulBackend) deregister(ctx context.Context, id string) error {
 	return b.client.Agent().ServiceDeregisterOpts(id, q)
 }
 
-func (b *consulBackend) watch(ctx context.Context, index uint64) ([]Member, uint64, error) {
-	q := (&api.QueryOptions{WaitIndex: index, WaitTime: b.wait}).WithContext(ctx)
+func (b *consulBackend) watch(ctx context.Context, index uint64, wait time.Duration) ([]Member, uint64, error) {
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: min(wait, b.wait)}).WithContext(ctx)
 	entries, meta, err := b.client.Health().Service(b.service, "", false, q)
 	if err != nil {
 		return nil, 0, fmt.Errorf("consul at %s: %w", b.addrDesc, err)

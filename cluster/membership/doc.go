@@ -16,11 +16,20 @@
 // registration failing) and rejoins as a new instance; Rejoined tells the
 // rest of the node to drop what it held.
 //
+// A node acts as a member only while it holds its lease (lease.go): until
+// a TTL after the last refresh the provider took, so that a paused or cut
+// off node has stopped before anyone takes over from it. While the
+// provider cannot be reached at all (Consul restarting), the members
+// vouch for each other instead, and after such an outage each member has
+// a grace to refresh before it is taken for gone: a Consul restart moves
+// nothing and reconnects no device.
+//
 // Goroutines: a Membership owns two, started by Join and waited for by
 // Leave: the refresher (the TTL check, load updates, rejoining) and the
 // watcher (a blocking query of the registrations; it publishes each new
 // View to the subscribers, in order, on its own goroutine, so subscribers
 // must not block). Nothing here holds a message: what a lost Consul costs
-// is stale views (nodes keep routing by the last one) and, after the TTL,
-// every member rejoining when it comes back.
+// is stale views (nodes keep routing by the last one); a member that
+// cannot have every other member vouch for it stops serving after the TTL
+// and rejoins as a new instance when Consul is back.
 package membership

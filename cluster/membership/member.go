@@ -100,6 +100,10 @@ type Member struct {
 	Load              Load
 	// StartedAt is when this instance joined.
 	StartedAt time.Time
+	// Draining: the node is moving everything off before it stops. It
+	// stays live (its gate's sessions go on until its devices move), but
+	// takes no new devices and hosts no identity (Serving).
+	Draining bool
 
 	// Set by the provider in a View, not by the member itself.
 
@@ -109,6 +113,10 @@ type Member struct {
 	// Blocked: the instance was seen not live once and is never taken
 	// back.
 	Blocked bool
+	// Grace: the provider does not say the instance is passing, but it
+	// was live before an outage of the provider (or another member
+	// vouched for it) and has a grace to refresh: it is taken as live.
+	Grace bool
 }
 
 // AcceptsApp reports whether the member's gate accepts devices of app.
@@ -117,7 +125,7 @@ func (m *Member) AcceptsApp(app uint16) bool {
 }
 
 // Live reports whether the member takes part in the cluster.
-func (m *Member) Live() bool { return m.Health == HealthPassing && !m.Blocked }
+func (m *Member) Live() bool { return (m.Health == HealthPassing || m.Grace) && !m.Blocked }
 
 // Health values.
 const (
@@ -131,7 +139,7 @@ const (
 func sameShape(a, b *Member) bool {
 	return a.ID == b.ID && a.Name == b.Name && a.Address == b.Address && a.Roles == b.Roles &&
 		a.Version == b.Version && a.GateID == b.GateID && a.GateAddr == b.GateAddr &&
-		a.APIAddr == b.APIAddr && a.HTTPAddr == b.HTTPAddr && slices.Equal(a.Apps, b.Apps)
+		a.APIAddr == b.APIAddr && a.HTTPAddr == b.HTTPAddr && slices.Equal(a.Apps, b.Apps) && a.Draining == b.Draining
 }
 
 // Meta keys of a member's registration. Consul allows 64 keys of at most
@@ -150,6 +158,7 @@ const (
 	metaActors   = "actors"
 	metaStarted  = "started_ms"
 	metaApps     = "apps"
+	metaDraining = "draining"
 )
 
 // maxMetaValue is Consul's limit on a meta value.
@@ -162,8 +171,15 @@ func encodeMeta(m *Member) map[string]string {
 		metaGateID: m.GateID, metaGateAddr: m.GateAddr, metaAPIAddr: m.APIAddr, metaHTTPAddr: m.HTTPAddr,
 		metaConns: strconv.Itoa(m.Load.Conns), metaMaxConns: strconv.Itoa(m.Load.MaxConns),
 		metaActors: strconv.Itoa(m.Load.Actors), metaStarted: strconv.FormatInt(m.StartedAt.UnixMilli(), 10),
-		metaApps: encodeApps(m.Apps),
+		metaApps: encodeApps(m.Apps), metaDraining: encodeBool(m.Draining),
 	}
+}
+
+func encodeBool(b bool) string {
+	if b {
+		return "1"
+	}
+	return ""
 }
 
 func encodeApps(apps []uint16) string {
@@ -203,6 +219,7 @@ func decodeMeta(meta map[string]string, address string) (Member, error) {
 	}
 	m.Load = Load{Conns: num(metaConns), MaxConns: num(metaMaxConns), Actors: num(metaActors)}
 	m.Apps = decodeApps(meta[metaApps])
+	m.Draining = meta[metaDraining] == "1"
 	if ms, err := strconv.ParseInt(meta[metaStarted], 10, 64); err == nil {
 		m.StartedAt = time.UnixMilli(ms)
 	}
@@ -251,6 +268,19 @@ func (v *View) Live(roles Roles) []Member {
 	var out []Member
 	for _, m := range v.Members {
 		if m.Live() && m.Roles.Has(roles) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Serving returns the live members with all of roles that are not
+// draining: those that take new devices (gate) and host identities
+// (actors). Sorted by ID.
+func (v *View) Serving(roles Roles) []Member {
+	var out []Member
+	for _, m := range v.Live(roles) {
+		if !m.Draining {
 			out = append(out, m)
 		}
 	}

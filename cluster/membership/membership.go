@@ -97,8 +97,8 @@ type backend interface {
 	// deregister removes instance id.
 	deregister(ctx context.Context, id string) error
 	// watch returns every registration, with its Health, once they may
-	// differ from index (or after the provider's wait), and the new index.
-	watch(ctx context.Context, index uint64) ([]Member, uint64, error)
+	// differ from index (or after at most wait), and the new index.
+	watch(ctx context.Context, index uint64, wait time.Duration) ([]Member, uint64, error)
 	// canExpire reports whether other nodes can see this node's
 	// registration expire (false for the in-memory provider).
 	canExpire() bool
@@ -122,6 +122,19 @@ type Membership struct {
 	joined    bool
 	closed    bool
 
+	// The lease (lease.go). lease is until when this instance may act
+	// (Unix ns; 0: none); providerOK the last successful call to the
+	// provider (Unix ns); leaseLost is owned by the refresher.
+	lease       atomic.Int64
+	providerOK  atomic.Int64
+	leaseLost   bool
+	confirm     func(ctx context.Context, v *View) bool
+	leaseHooks  []func(valid bool)
+	blindSince  time.Time            // first failed provider call since the last success (under mu)
+	settleUntil time.Time            // members that were live are not taken for gone before (under mu)
+	vouched     map[string]time.Time // instance -> not taken for gone before (under mu)
+	prevView    *View                // the last view published, for members the provider lost (watcher)
+
 	view   atomic.Pointer[View]
 	seq    uint64        // views published, owned by the watcher
 	rejoin chan struct{} // the watcher saw this node's current instance out
@@ -139,7 +152,7 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Membership, 
 		log = slog.Default()
 	}
 	m := &Membership{cfg: cfg, log: log, metrics: newMetrics(reg), blocked: map[string]time.Time{},
-		wasLive: map[string]bool{}, rejoin: make(chan struct{}, 1), quit: make(chan struct{})}
+		wasLive: map[string]bool{}, vouched: map[string]time.Time{}, rejoin: make(chan struct{}, 1), quit: make(chan struct{})}
 	switch cfg.Provider {
 	case ProviderConsul:
 		be, err := newConsulBackend(&cfg, log)
@@ -186,8 +199,11 @@ func (m *Membership) Join(ctx context.Context, self Member) error {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.JoinTimeout)
 	defer cancel()
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		sent := time.Now()
 		err := m.be.register(ctx, &self)
 		if err == nil {
+			m.providerContact(true)
+			m.renew(sent)
 			break
 		}
 		m.metrics.errors.Inc()
@@ -218,6 +234,21 @@ func (m *Membership) Join(ctx context.Context, self Member) error {
 	case <-ctx.Done():
 		return fmt.Errorf("%w within %v (provider %s)", ErrJoinTimeout, m.cfg.JoinTimeout, m.cfg.Provider)
 	}
+}
+
+// SetDraining publishes that this node is draining (Member.Draining) at
+// once, and keeps it so until the node leaves.
+func (m *Membership) SetDraining(ctx context.Context) error {
+	m.mu.Lock()
+	m.self.Draining = true
+	self := m.self
+	self.Load = m.load
+	m.mu.Unlock()
+	if err := m.be.register(ctx, &self); err != nil {
+		return fmt.Errorf("membership: publish draining: %w", err)
+	}
+	m.log.Info("membership: this node is draining", "member", self.ID)
+	return nil
 }
 
 // SetLoad records the node's load; it is published within the load
@@ -255,14 +286,15 @@ func (m *Membership) Leave(ctx context.Context) error {
 	return nil
 }
 
-// refreshLoop keeps this instance's registration live, publishes its
-// load, and rejoins as a new instance when it may have been seen out.
+// refreshLoop keeps this instance's registration live and its lease
+// (lease.go) running, publishes its load, and rejoins as a new instance
+// when it lost its lease or was seen out.
 func (m *Membership) refreshLoop(ctx context.Context) {
 	defer m.wg.Done()
 	every := m.cfg.TTL / 3
 	t := time.NewTicker(every)
 	defer t.Stop()
-	lastOK, lastLoad := time.Now(), time.Now()
+	lastLoad := time.Now()
 	for {
 		select {
 		case <-m.quit:
@@ -270,7 +302,7 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 		case <-m.rejoin:
 			if m.selfBlocked() {
 				m.rejoinAs(ctx, "this instance was seen out of the cluster")
-				lastOK, lastLoad = time.Now(), time.Now()
+				lastLoad = time.Now()
 			}
 			continue
 		case <-t.C:
@@ -279,22 +311,24 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 			// Seen out while it was being registered (or before this node
 			// knew it as its own): the others block it for good.
 			m.rejoinAs(ctx, "this instance was seen out of the cluster")
-			lastOK, lastLoad = time.Now(), time.Now()
+			lastLoad = time.Now()
 			continue
 		}
-		if m.be.canExpire() && time.Since(lastOK) > m.cfg.TTL {
+		if m.be.canExpire() && !m.LeaseValid() {
 			// Others may have seen this instance expire and taken over its
 			// identities: come back as a new one.
-			m.rejoinAs(ctx, fmt.Sprintf("could not refresh the registration for %v", time.Since(lastOK).Round(time.Millisecond)))
-			lastOK, lastLoad = time.Now(), time.Now()
+			m.rejoinAs(ctx, "its lease lapsed: it could neither refresh its registration nor have every member vouch for it")
+			lastLoad = time.Now()
 			continue
 		}
 		m.mu.Lock()
 		self, load, changed := m.self, m.load, m.load != m.published
 		m.mu.Unlock()
-		// A call may take up to the TTL: a slow agent (one that just
-		// restarted) is not yet a missed refresh.
-		rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
+		// A call may take half the TTL: a busy agent is not yet a missed
+		// refresh. One that fails leaves time to ask the other members
+		// to vouch (lease.go) before the lease lapses.
+		rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
+		sent := time.Now()
 		var err error
 		if changed && time.Since(lastLoad) >= m.cfg.LoadInterval {
 			self.Load = load
@@ -311,25 +345,48 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 		}
 		cancel()
 		if err == nil {
-			lastOK = time.Now()
+			m.providerContact(true)
+			m.renew(sent)
 			continue
 		}
 		m.metrics.errors.Inc()
-		if ctx.Err() == nil {
-			m.log.Warn("membership: refreshing the registration failed", "member", self.ID, "err", err)
+		if ctx.Err() != nil {
+			continue
 		}
 		if isGone(err) {
-			// The agent no longer has this instance (restarted, or it
-			// expired): others saw it leave.
+			m.providerContact(true)
+			if m.LeaseValid() {
+				// The agent lost the registration (it restarted without its
+				// data) but nobody can have seen this instance leave: the
+				// lease still runs. Register the same instance again; the
+				// others give it a grace after their own outage.
+				self.Load = load
+				rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
+				err := m.be.register(rctx, &self)
+				cancel()
+				if err == nil {
+					m.log.Info("membership: the provider had lost this instance's registration; registered it again", "member", self.ID)
+					m.renew(sent)
+					continue
+				}
+			}
+			// The agent no longer has this instance (it expired): others
+			// saw it leave.
 			m.rejoinAs(ctx, "the agent lost this instance's registration")
-			lastOK, lastLoad = time.Now(), time.Now()
+			lastLoad = time.Now()
+			continue
 		}
+		m.providerContact(false)
+		m.log.Warn("membership: refreshing the registration failed; asking the other members to vouch", "member", self.ID, "err", err)
+		m.askPeers(ctx)
 	}
 }
 
 // rejoinAs registers this node again under a new instance id, retrying
 // until it succeeds or the membership closes, then removes the old one.
 func (m *Membership) rejoinAs(ctx context.Context, why string) {
+	// Whatever this instance held is another's now: stop at once.
+	m.setLease(false, why)
 	m.mu.Lock()
 	old := m.self
 	self := old
@@ -340,11 +397,15 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 	m.log.Warn("membership: rejoining as a new instance", "old", old.ID, "new", self.ID, "why", why)
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
 		rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
+		sent := time.Now()
 		err := m.be.register(rctx, &self)
 		cancel()
 		if err == nil {
+			m.providerContact(true)
+			m.renew(sent)
 			break
 		}
+		m.providerContact(false)
 		m.metrics.errors.Inc()
 		select {
 		case <-m.quit:
@@ -357,6 +418,7 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 	m.published = self.Load
 	m.mu.Unlock()
 	m.metrics.rejoins.Inc()
+	m.setLease(true, "")
 	dctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
 	if err := m.be.deregister(dctx, old.ID); err != nil && !isGone(err) {
 		m.log.Debug("membership: removing the old instance failed (it expires)", "member", old.ID, "err", err)
@@ -374,18 +436,23 @@ func (m *Membership) selfBlocked() bool {
 	return ok
 }
 
+// maxWatchWait is the longest a blocking query of the registrations
+// waits for a change.
+const maxWatchWait = 10 * time.Second
+
 // watchLoop follows the registrations and publishes views.
 func (m *Membership) watchLoop(ctx context.Context) {
 	defer m.wg.Done()
 	var index uint64
 	wait := 100 * time.Millisecond
 	for {
-		regs, next, err := m.be.watch(ctx, index)
+		regs, next, err := m.be.watch(ctx, index, m.watchWait(maxWatchWait))
 		select {
 		case <-m.quit:
 			return
 		default:
 		}
+		m.providerContact(err == nil)
 		if err != nil {
 			m.metrics.errors.Inc()
 			m.log.Warn("membership: watching the members failed; keeping the last view", "err", err, "retry_in", wait)
@@ -427,6 +494,31 @@ func (m *Membership) publish(regs []Member) {
 			live[regs[i].ID] = true
 		}
 	}
+	// Members that were live and are not now, within their grace (after
+	// this node's provider outage, or vouched for): taken as live still.
+	for id := range m.wasLive {
+		if live[id] || id != selfID && m.isOldSelf(id) || !now.Before(m.graceUntil(id)) {
+			continue
+		}
+		found := false
+		for i := range regs {
+			if regs[i].ID == id {
+				regs[i].Grace, found = true, true
+			}
+		}
+		if !found && m.prevView != nil {
+			if p := m.prevView.Find(id); p != nil {
+				g := *p
+				g.Grace = true
+				regs = append(regs, g)
+				found = true
+			}
+		}
+		if found {
+			live[id] = true
+		}
+	}
+	sort.Slice(regs, func(i, j int) bool { return regs[i].ID < regs[j].ID })
 	// An instance that was live and no longer is never comes back.
 	for id := range m.wasLive {
 		if !live[id] {
@@ -464,6 +556,7 @@ func (m *Membership) publish(regs []Member) {
 	}
 	m.seq++
 	view.Seq = m.seq
+	m.prevView = view
 	prev := m.view.Swap(view)
 	if !view.SameShape(prev) {
 		m.metrics.changes.Inc()

@@ -38,7 +38,7 @@ func TestParseRoles(t *testing.T) {
 func TestMetaRoundTrip(t *testing.T) {
 	m := Member{ID: "n1-abc", Name: "n1", Address: "10.0.0.1:7100", Roles: RoleGate | RoleActors, Version: "v1.2",
 		GateID: "g1", GateAddr: "203.0.113.1:7000", Apps: []uint16{1, 65535}, APIAddr: "10.0.0.1:7001", HTTPAddr: "10.0.0.1:7002",
-		Load: Load{Conns: 5, MaxConns: 100, Actors: 7}, StartedAt: time.UnixMilli(1700000000123)}
+		Load: Load{Conns: 5, MaxConns: 100, Actors: 7}, StartedAt: time.UnixMilli(1700000000123), Draining: true}
 	got, err := decodeMeta(encodeMeta(&m), m.Address)
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +254,10 @@ func TestConsulExpiredMemberRejoins(t *testing.T) {
 	fb.fail.Store(false)
 	testkit.Eventually(t, 10*time.Second, func() bool {
 		id := b.View().Self.ID
-		return id != old && liveIDs(a)[id] && !liveIDs(a)[old]
+		mu.Lock()
+		last := selves[len(selves)-1]
+		mu.Unlock()
+		return id != old && last == id && liveIDs(a)[id] && !liveIDs(a)[old]
 	}, "b back as a new instance")
 	// The subscribers hear of the new instance too (after View shows it).
 	testkit.Eventually(t, 5*time.Second, func() bool {
@@ -262,4 +265,161 @@ func TestConsulExpiredMemberRejoins(t *testing.T) {
 		defer mu.Unlock()
 		return selves[0] == old && selves[len(selves)-1] != old
 	}, "b's subscribers never saw its new instance")
+}
+
+func (f *flaky) watch(ctx context.Context, index uint64, wait time.Duration) ([]Member, uint64, error) {
+	if f.fail.Load() {
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+		}
+		return nil, 0, errCut
+	}
+	return f.backend.watch(ctx, index, wait)
+}
+
+// After this node's outage of the provider, members that were live and
+// are not passing (the provider restored their checks as critical, or
+// lost them) are taken as live for a grace; after it, they are blocked.
+// A member this node vouched for has the same grace.
+func TestPublishGrace(t *testing.T) {
+	cfg := DefaultConfig()
+	m, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.self = Member{ID: "self", Name: "self", Address: "h:1", Roles: AllRoles}
+	var views []*View
+	m.Subscribe(func(v *View) { views = append(views, v) })
+	self := m.self
+	self.Health = HealthPassing
+	a := Member{ID: "a", Address: "h:2", Roles: RoleActors, Health: HealthPassing}
+	b := Member{ID: "b", Address: "h:3", Roles: RoleGate, Health: HealthPassing}
+	m.publish([]Member{self, a, b})
+
+	// The provider was out and is back: every check restored critical,
+	// and b's registration lost.
+	m.providerContact(false)
+	m.providerContact(true)
+	self.Health, a.Health = HealthCritical, HealthCritical
+	m.publish([]Member{self, a})
+	v := views[1]
+	if got := v.Live(0); len(got) != 3 || !v.SameShape(views[0]) {
+		t.Fatalf("within the grace: live %v", got)
+	}
+	if f := v.Find("a"); !f.Grace || f.Blocked {
+		t.Fatalf("a within the grace: %+v", f)
+	}
+	select {
+	case <-m.rejoin:
+		t.Fatal("this node asked to rejoin within its grace")
+	default:
+	}
+	// a refreshes in time; b does not come back: after the grace it is
+	// gone for good.
+	a.Health, self.Health = HealthPassing, HealthPassing
+	m.mu.Lock()
+	m.settleUntil = time.Now().Add(-time.Millisecond)
+	m.mu.Unlock()
+	m.publish([]Member{self, a})
+	if got := views[2].Live(0); len(got) != 2 || got[0].ID != "a" || got[1].ID != "self" {
+		t.Fatalf("after the grace: live %v", got)
+	}
+	if m.blocked["b"].IsZero() {
+		t.Fatal("b not blocked after the grace")
+	}
+
+	// A vouch: a promised grace to a, without any outage here.
+	if ans := m.Vouch("a"); ans.Vouch {
+		t.Fatalf("vouched with the provider reachable and no grace running: %+v", ans)
+	}
+	m.providerContact(false)
+	if ans := m.Vouch("a"); !ans.Vouch || !ans.Live || !ans.ProviderDown {
+		t.Fatalf("did not vouch with the provider down: %+v", ans)
+	}
+	if ans := m.Vouch("b"); ans.Vouch {
+		t.Fatalf("vouched for a blocked member: %+v", ans)
+	}
+	m.mu.Lock()
+	m.blindSince = time.Time{} // the provider is back, without a grace
+	m.settleUntil = time.Time{}
+	m.mu.Unlock()
+	a.Health = HealthCritical
+	m.publish([]Member{self, a})
+	if f := views[3].Find("a"); !f.Live() || !f.Grace {
+		t.Fatalf("a vouched for, then critical: %+v", f)
+	}
+}
+
+// Consul cannot be reached by anyone (it restarts): the members vouch
+// for each other, keep their leases and their instances, and nobody is
+// taken for gone when it is back. Then one member alone is cut off: the
+// other does not vouch for it, its lease lapses (the hooks hear it) and
+// it comes back as a new instance.
+func TestConsulOutageLeaseVouched(t *testing.T) {
+	c := testkit.StartConsul(t)
+	cfg := consulConfig(c)
+	var ms [2]*Membership
+	var fl [2]*flaky
+	var leases [2][]bool
+	var mu sync.Mutex
+	for i, name := range []string{"a", "b"} {
+		m, err := New(cfg, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl[i] = &flaky{backend: m.be}
+		m.be = fl[i]
+		other := 1 - i
+		m.SetConfirm(func(ctx context.Context, v *View) bool { return ms[other].Vouch(v.Self.ID).Vouch })
+		m.OnLease(func(valid bool) {
+			mu.Lock()
+			leases[i] = append(leases[i], valid)
+			mu.Unlock()
+		})
+		if err := m.Join(context.Background(), Member{Name: name, Address: "127.0.0.1:" + string(rune('5'+i)), Roles: RoleActors}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = m.Leave(context.Background()) })
+		ms[i] = m
+	}
+	ids := [2]string{ms[0].View().Self.ID, ms[1].View().Self.ID}
+	for _, m := range ms {
+		testkit.Eventually(t, 10*time.Second, func() bool { l := liveIDs(m); return l[ids[0]] && l[ids[1]] }, "both live")
+	}
+
+	fl[0].fail.Store(true)
+	fl[1].fail.Store(true)
+	end := time.Now().Add(4 * cfg.TTL)
+	for time.Now().Before(end) {
+		for i, m := range ms {
+			if !m.LeaseValid() {
+				t.Fatalf("%d lost its lease in a provider outage both see", i)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fl[0].fail.Store(false)
+	fl[1].fail.Store(false)
+	time.Sleep(3 * cfg.TTL)
+	for i, m := range ms {
+		if m.View().Self.ID != ids[i] || !liveIDs(m)[ids[0]] || !liveIDs(m)[ids[1]] || !m.LeaseValid() {
+			t.Fatalf("%d after the outage: self %s, live %v", i, m.View().Self.ID, liveIDs(m))
+		}
+	}
+
+	// Only b cut off: a has the provider and does not vouch.
+	fl[1].fail.Store(true)
+	testkit.Eventually(t, 5*time.Second, func() bool { return !ms[1].LeaseValid() }, "b's lease lapsed")
+	testkit.Eventually(t, 5*time.Second, func() bool { return !liveIDs(ms[0])[ids[1]] }, "a sees b gone")
+	fl[1].fail.Store(false)
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		id := ms[1].View().Self.ID
+		return id != ids[1] && liveIDs(ms[0])[id] && ms[1].LeaseValid()
+	}, "b back as a new instance")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(leases[0]) != 0 || !reflect.DeepEqual(leases[1], []bool{false, true}) {
+		t.Fatalf("lease hooks: a %v, b %v", leases[0], leases[1])
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 )
 
 // errUnknownInstance: the in-memory provider has no such instance.
@@ -55,7 +56,7 @@ func (b *memoryBackend) deregister(_ context.Context, id string) error {
 	return nil
 }
 
-func (b *memoryBackend) watch(ctx context.Context, index uint64) ([]Member, uint64, error) {
+func (b *memoryBackend) watch(ctx context.Context, index uint64, _ time.Duration) ([]Member, uint64, error) {
 	b.mu.Lock()
 	for b.index == index {
 		ch := b.changed

@@ -8,6 +8,10 @@ type metrics struct {
 	changes prometheus.Counter
 	rejoins prometheus.Counter
 	errors  prometheus.Counter
+	// The lease (lease.go).
+	leaseLost prometheus.Counter
+	vouched   prometheus.Counter
+	grace     prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -22,9 +26,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Times this node rejoined as a new instance after it may have been seen out."}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_provider_errors_total",
 			Help: "Failed calls to the membership provider (Consul)."}),
+		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_lease_lost_total",
+			Help: "Times this node lost its lease (it stopped serving until it rejoined)."}),
+		vouched: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_lease_vouched_total",
+			Help: "Lease extensions granted by every other member while the provider could not be reached."}),
+		grace: prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_cluster_grace_members",
+			Help: "Members taken as live on a grace: not passing at the provider after its outage, or vouched for."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.live, m.blocked, m.changes, m.rejoins, m.errors)
+		reg.MustRegister(m.live, m.blocked, m.changes, m.rejoins, m.errors, m.leaseLost, m.vouched, m.grace)
 	}
 	return m
 }
@@ -34,4 +44,11 @@ func (m *metrics) set(v *View, blocked int) {
 		m.live.WithLabelValues(r.name).Set(float64(len(v.Live(r.r))))
 	}
 	m.blocked.Set(float64(blocked))
+	grace := 0
+	for i := range v.Members {
+		if v.Members[i].Grace {
+			grace++
+		}
+	}
+	m.grace.Set(float64(grace))
 }

@@ -81,8 +81,14 @@ type Config struct {
 	// content, trailing newlines removed, is the secret.
 	AppSecretFiles map[string]string
 	APIKeyFiles    map[string]string
-	// ShutdownGrace bounds the graceful shutdown (default 10 s).
+	// ShutdownGrace bounds the graceful shutdown, the drain included
+	// (default 30 s).
 	ShutdownGrace time.Duration
+	// DrainWindow spreads a drain's kickouts (SIGTERM, courierctl drain)
+	// over this long, so that the other gates are not hit by a reconnect
+	// storm (default 10 s; 0 kicks every device at once; less than
+	// ShutdownGrace).
+	DrainWindow time.Duration
 	// IdleMemoryRelease is how often the node checks whether it has been
 	// idle (allocated less than 1 MiB since the last check) and, if so,
 	// returns the memory its heap holds free to the operating system
@@ -113,7 +119,8 @@ func DefaultConfig() Config {
 		DataDir:           "./data",
 		APIAddr:           ":7001",
 		HTTPAddr:          ":7002",
-		ShutdownGrace:     10 * time.Second,
+		ShutdownGrace:     30 * time.Second,
+		DrainWindow:       10 * time.Second,
 		IdleMemoryRelease: 10 * time.Second,
 		Store:             "pebble",
 		StoreMaxConns:     16,
@@ -150,6 +157,10 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	}
 	if c.APIAddr == "" {
 		return nil, nil, fmt.Errorf("node: api-addr: must not be empty")
+	}
+	if c.DrainWindow < 0 || c.DrainWindow > api.MaxDrainWindow || c.DrainWindow >= c.ShutdownGrace {
+		return nil, nil, fmt.Errorf("node: drain-window %v: must be in [0, %v] and less than shutdown-grace %v",
+			c.DrainWindow, api.MaxDrainWindow, c.ShutdownGrace)
 	}
 	if err := c.resolveStore(); err != nil {
 		return nil, nil, err

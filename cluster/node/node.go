@@ -58,6 +58,8 @@ type Node struct {
 
 	health   *health.Server // grpc.health.v1 on the API port
 	stopping atomic.Bool    // Shutdown has begun: not ready
+	drain    *drainState    // drain.go
+	drainMu  sync.Mutex
 
 	roles membership.Roles
 	quit  chan struct{} // stops the expiry sweep, the load publisher and the idle memory release
@@ -88,7 +90,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, asConfigError(err)
 	}
-	n := &Node{cfg: cfg, log: log, roles: roles, reg: prometheus.NewRegistry(), quit: make(chan struct{}), never: make(chan struct{})}
+	n := &Node{cfg: cfg, log: log, roles: roles, reg: prometheus.NewRegistry(), quit: make(chan struct{}), never: make(chan struct{}),
+		drain: newDrainState()}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {
@@ -151,6 +154,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		deps.Router, deps.Gates = n.sys, n.sys
 	}
 	n.sys.SetNodeHandler(n.answerNode)
+	n.sys.OnUndeliverable(n.undeliverable)
 	n.hub = upstream.NewHub(n.up, upTransport{n.sys}, log)
 	if err := n.sys.Serve(upstreamName, n.hub.Receive); err != nil {
 		return nil, fmt.Errorf("node: upstream actor: %w", err)
@@ -209,7 +213,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 
 	if roles.Has(membership.RoleAPI) {
 		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.hub,
-			Members: n.sys.View, Provider: cfg.Cluster.Provider, ClusterStats: n.clusterStats, Lists: clusterLists{n}}
+			Members: n.sys.View, Provider: cfg.Cluster.Provider, ClusterStats: n.clusterStats, Lists: clusterLists{n},
+			Drain: n.drainMember}
 		if n.gate != nil {
 			deps.Backlog = n.gate.Backlog
 		}
@@ -266,7 +271,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		mux.Handle("/metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		if roles.Has(membership.RoleAPI) {
-			mux.Handle(discovery.Path, discovery.Handler(n.sys.View))
+			mux.Handle(discovery.Path, discovery.Handler(n.discoveryView))
 		}
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 			if err := n.Ready(); err != nil {
@@ -287,6 +292,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 
 	self.Load = n.load()
+	n.sys.OnLease(n.leaseChanged)
 	if err := n.sys.Join(context.Background(), self, n.rejoined); err != nil {
 		return nil, err
 	}
@@ -378,13 +384,38 @@ func (n *Node) publishLoad(every time.Duration) {
 }
 
 // rejoined is called when the node had to rejoin the cluster as a new
-// instance: the other members took it for gone and ended the sessions on
-// its gate, so its devices are told to reconnect and log in again.
+// instance. Its devices were told to reconnect when it lost its lease
+// (leaseChanged), before it rejoined.
 func (n *Node) rejoined() {
-	if n.gate != nil {
-		n.log.Warn("node: rejoined the cluster as a new instance; devices on this gate must log in again")
-		n.gate.KickAll()
+	n.log.Warn("node: rejoined the cluster as a new instance")
+}
+
+// leaseChanged is called when the node loses its membership lease
+// (false) and holds one again (true). Without it, the other members may
+// have taken it for gone and ended the sessions on its gate: its devices
+// are told to reconnect (to another gate, through discovery) and new
+// connections are refused until the node holds a lease again.
+func (n *Node) leaseChanged(valid bool) {
+	if n.gate == nil {
+		return
 	}
+	if !valid {
+		n.log.Warn("node: no membership lease; devices on this gate are told to reconnect elsewhere")
+		n.gate.Refuse(true)
+		n.gate.KickAll()
+		return
+	}
+	n.gate.Refuse(false)
+}
+
+// discoveryView is the membership as gate discovery answers from it:
+// nothing while this node holds no lease (its view may be stale), so
+// that devices ask another node.
+func (n *Node) discoveryView() *membership.View {
+	if !n.sys.LeaseValid() {
+		return &membership.View{}
+	}
+	return n.sys.View()
 }
 
 // gateApps lists the apps whose devices the gate accepts, for gate

@@ -24,6 +24,8 @@ func (n *Node) answerNode(req *actorpb.NodeRequest) *actorpb.Reply {
 		return &actorpb.Reply{Body: &actorpb.Reply_StatsPart{StatsPart: toStatsPart(raw)}}
 	case *actorpb.NodeRequest_ListsEdit, *actorpb.NodeRequest_ListsGet:
 		return n.answerLists(req)
+	case *actorpb.NodeRequest_Drain:
+		return &actorpb.Reply{Body: &actorpb.Reply_DrainStarted{DrainStarted: n.startDrain(time.Duration(b.Drain.WindowMs) * time.Millisecond)}}
 	}
 	return &actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{
 		Code: int32(codes.Unimplemented), Message: "node: unknown node request"}}}

@@ -15,6 +15,15 @@ import (
 	"github.com/courier-im/courier/cmd/courier-bench/internal/procstat"
 )
 
+// errUnclean is returned when a chaos run's ledger is not clean (exit
+// status 3): something accepted was lost, stored twice or delivered out
+// of order, or a device saw what it should not.
+type errUnclean struct{}
+
+func (errUnclean) Error() string {
+	return "the ledger is not clean: something accepted was lost, stored twice or out of order (see above)"
+}
+
 // errLost is returned when a run lost messages (exit status 3).
 type errLost struct{ n int64 }
 
@@ -147,7 +156,7 @@ scenario needs.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(connectCmd(), pushCmd(), c2cCmd(), upstreamCmd(), reconnectCmd(), reportCmd())
+	root.AddCommand(connectCmd(), pushCmd(), c2cCmd(), upstreamCmd(), reconnectCmd(), reportCmd(), chaosCmd())
 	return root
 }
 

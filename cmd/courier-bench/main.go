@@ -8,6 +8,7 @@
 //	courier-bench upstream --devices 10000 --rate 20000          # C2S to a subscribed app-server
 //	courier-bench reconnect --devices 10000                      # drop all at once, time until all back
 //	courier-bench report a.json b.json                           # compare result files
+//	courier-bench chaos --duration 10m                           # faults under load against make cluster, the exact ledger
 //
 // By default it talks to a `make run` node (bin/courier --dev) on
 // 127.0.0.1:7000-7002; --spawn-node bin/courier starts a fresh node per
@@ -36,8 +37,9 @@ func main() {
 	err := newRoot().ExecuteContext(ctx)
 	stop()
 	var lost errLost
+	var unclean errUnclean
 	switch {
-	case errors.As(err, &lost):
+	case errors.As(err, &lost), errors.As(err, &unclean):
 		fmt.Fprintln(os.Stderr, "courier-bench:", err)
 		os.Exit(3)
 	case errors.Is(err, bench.ErrUpstreamUnimplemented):

@@ -180,9 +180,12 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 	if *dev {
 		printDevHelp(stderr, n)
 	}
-	failed := false
+	failed, signalled := false, false
 	select {
 	case <-ctx.Done():
+		signalled = true
+	case <-n.Drained():
+		log.Info("courier: drained (courierctl drain); stopping")
 	case <-n.Failed():
 		// Only a gate that died by itself gets here before a signal.
 		if err := n.Err(); err != nil {
@@ -194,6 +197,13 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 	log.Info("courier: shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 	defer cancel()
+	if signalled {
+		// Move the devices and identities off first, without a storm
+		// (drain-window); a drain asked through the API is waited for.
+		if err := n.Drain(sctx, cfg.DrainWindow); err != nil {
+			log.Warn("courier: drain", "err", err)
+		}
+	}
 	if err := n.Shutdown(sctx); err != nil {
 		log.Error("courier: shutdown", "err", err)
 		failed = true

@@ -66,7 +66,7 @@ func newRoot() *cobra.Command {
 		PersistentPreRun: func(c *cobra.Command, _ []string) { warnLegacyEnv(c) },
 	}
 	root.AddCommand(tokenCmd(), deviceCmd(), pushCmd(), kickCmd(), presenceCmd(), statsCmd(), upstreamCmd(), listsCmd(), versionCmd(),
-		certsCmd(), membersCmd())
+		certsCmd(), membersCmd(), drainCmd())
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
 		c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })

@@ -37,6 +37,9 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"version"}, 0, "", "courierctl "},
 		{[]string{"--help"}, 0, "", "Usage:"},
 		{[]string{"push", "--help"}, 0, "", "--idempotency-key"},
+		{[]string{"drain"}, 2, "drain takes one node name (or instance id), got 0 arguments", ""},
+		{[]string{"drain", "node1", "node2"}, 2, "got 2 arguments", ""},
+		{[]string{"drain", "--help"}, 0, "", "--window"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -55,6 +55,8 @@ func printMembers(out io.Writer, r *apipb.MembersResponse) {
 			switch {
 			case m.Blocked:
 				state = "blocked"
+			case m.Live && m.Draining:
+				state = "draining"
 			case m.Live:
 				state = "live"
 			}

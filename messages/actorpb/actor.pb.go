@@ -1071,6 +1071,8 @@ type Reply struct {
 	//	*Reply_StatsPart
 	//	*Reply_Lists
 	//	*Reply_Pong
+	//	*Reply_LeaseVouch
+	//	*Reply_DrainStarted
 	Body          isReply_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1183,6 +1185,24 @@ func (x *Reply) GetPong() *Pong {
 	return nil
 }
 
+func (x *Reply) GetLeaseVouch() *LeaseVouch {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_LeaseVouch); ok {
+			return x.LeaseVouch
+		}
+	}
+	return nil
+}
+
+func (x *Reply) GetDrainStarted() *DrainStarted {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_DrainStarted); ok {
+			return x.DrainStarted
+		}
+	}
+	return nil
+}
+
 type isReply_Body interface {
 	isReply_Body()
 }
@@ -1215,6 +1235,14 @@ type Reply_Pong struct {
 	Pong *Pong `protobuf:"bytes,22,opt,name=pong,proto3,oneof"`
 }
 
+type Reply_LeaseVouch struct {
+	LeaseVouch *LeaseVouch `protobuf:"bytes,30,opt,name=lease_vouch,json=leaseVouch,proto3,oneof"`
+}
+
+type Reply_DrainStarted struct {
+	DrainStarted *DrainStarted `protobuf:"bytes,31,opt,name=drain_started,json=drainStarted,proto3,oneof"`
+}
+
 func (*Reply_Push) isReply_Body() {}
 
 func (*Reply_Kick) isReply_Body() {}
@@ -1228,6 +1256,10 @@ func (*Reply_StatsPart) isReply_Body() {}
 func (*Reply_Lists) isReply_Body() {}
 
 func (*Reply_Pong) isReply_Body() {}
+
+func (*Reply_LeaseVouch) isReply_Body() {}
+
+func (*Reply_DrainStarted) isReply_Body() {}
 
 type Pong struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1740,6 +1772,8 @@ type NodeRequest struct {
 	//	*NodeRequest_ListsEdit
 	//	*NodeRequest_ListsGet
 	//	*NodeRequest_Ping
+	//	*NodeRequest_LeaseCheck
+	//	*NodeRequest_Drain
 	Body          isNodeRequest_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1832,6 +1866,24 @@ func (x *NodeRequest) GetPing() *Ping {
 	return nil
 }
 
+func (x *NodeRequest) GetLeaseCheck() *LeaseCheck {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_LeaseCheck); ok {
+			return x.LeaseCheck
+		}
+	}
+	return nil
+}
+
+func (x *NodeRequest) GetDrain() *DrainStart {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
 type isNodeRequest_Body interface {
 	isNodeRequest_Body()
 }
@@ -1857,6 +1909,17 @@ type NodeRequest_Ping struct {
 	Ping *Ping `protobuf:"bytes,13,opt,name=ping,proto3,oneof"`
 }
 
+type NodeRequest_LeaseCheck struct {
+	// Vouch for the asker's membership while the provider cannot be
+	// reached (cluster/membership/lease.go); answered with LeaseVouch.
+	LeaseCheck *LeaseCheck `protobuf:"bytes,30,opt,name=lease_check,json=leaseCheck,proto3,oneof"`
+}
+
+type NodeRequest_Drain struct {
+	// Begin draining this node (answered with DrainStarted).
+	Drain *DrainStart `protobuf:"bytes,31,opt,name=drain,proto3,oneof"`
+}
+
 func (*NodeRequest_Stats) isNodeRequest_Body() {}
 
 func (*NodeRequest_ListsEdit) isNodeRequest_Body() {}
@@ -1864,6 +1927,242 @@ func (*NodeRequest_ListsEdit) isNodeRequest_Body() {}
 func (*NodeRequest_ListsGet) isNodeRequest_Body() {}
 
 func (*NodeRequest_Ping) isNodeRequest_Body() {}
+
+func (*NodeRequest_LeaseCheck) isNodeRequest_Body() {}
+
+func (*NodeRequest_Drain) isNodeRequest_Body() {}
+
+// DrainStart: spread the gate's kickouts over window_ms (0: the node's
+// setting).
+type DrainStart struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WindowMs      int64                  `protobuf:"varint,1,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainStart) Reset() {
+	*x = DrainStart{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainStart) ProtoMessage() {}
+
+func (x *DrainStart) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainStart.ProtoReflect.Descriptor instead.
+func (*DrainStart) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DrainStart) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+// DrainStarted: the node began draining.
+type DrainStarted struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        string                 `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	WindowMs      int64                  `protobuf:"varint,2,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	Conns         uint32                 `protobuf:"varint,3,opt,name=conns,proto3" json:"conns,omitempty"`
+	Actors        uint32                 `protobuf:"varint,4,opt,name=actors,proto3" json:"actors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainStarted) Reset() {
+	*x = DrainStarted{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainStarted) ProtoMessage() {}
+
+func (x *DrainStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainStarted.ProtoReflect.Descriptor instead.
+func (*DrainStarted) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DrainStarted) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *DrainStarted) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+func (x *DrainStarted) GetConns() uint32 {
+	if x != nil {
+		return x.Conns
+	}
+	return 0
+}
+
+func (x *DrainStarted) GetActors() uint32 {
+	if x != nil {
+		return x.Actors
+	}
+	return 0
+}
+
+// LeaseCheck names the asking member instance.
+type LeaseCheck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        string                 `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseCheck) Reset() {
+	*x = LeaseCheck{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseCheck) ProtoMessage() {}
+
+func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseCheck.ProtoReflect.Descriptor instead.
+func (*LeaseCheck) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *LeaseCheck) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+// LeaseVouch: vouch is true when the answering node sees the asker live
+// and cannot trust the provider itself (it cannot reach it, or it is
+// within its grace after an outage); it then promises not to take the
+// asker for gone for a TTL. The rest says why.
+type LeaseVouch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vouch         bool                   `protobuf:"varint,1,opt,name=vouch,proto3" json:"vouch,omitempty"`
+	Live          bool                   `protobuf:"varint,2,opt,name=live,proto3" json:"live,omitempty"`
+	ProviderDown  bool                   `protobuf:"varint,3,opt,name=provider_down,json=providerDown,proto3" json:"provider_down,omitempty"`
+	Settling      bool                   `protobuf:"varint,4,opt,name=settling,proto3" json:"settling,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseVouch) Reset() {
+	*x = LeaseVouch{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseVouch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseVouch) ProtoMessage() {}
+
+func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseVouch.ProtoReflect.Descriptor instead.
+func (*LeaseVouch) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *LeaseVouch) GetVouch() bool {
+	if x != nil {
+		return x.Vouch
+	}
+	return false
+}
+
+func (x *LeaseVouch) GetLive() bool {
+	if x != nil {
+		return x.Live
+	}
+	return false
+}
+
+func (x *LeaseVouch) GetProviderDown() bool {
+	if x != nil {
+		return x.ProviderDown
+	}
+	return false
+}
+
+func (x *LeaseVouch) GetSettling() bool {
+	if x != nil {
+		return x.Settling
+	}
+	return false
+}
 
 type Ping struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1873,7 +2172,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +2184,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,7 +2197,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
 }
 
 type ListsGet struct {
@@ -1909,7 +2208,7 @@ type ListsGet struct {
 
 func (x *ListsGet) Reset() {
 	*x = ListsGet{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +2220,7 @@ func (x *ListsGet) String() string {
 func (*ListsGet) ProtoMessage() {}
 
 func (x *ListsGet) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +2233,7 @@ func (x *ListsGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsGet.ProtoReflect.Descriptor instead.
 func (*ListsGet) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
 }
 
 // ListsReply is a gate's whole lists, in the JSON of gate.ListsSnapshot
@@ -1948,7 +2247,7 @@ type ListsReply struct {
 
 func (x *ListsReply) Reset() {
 	*x = ListsReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +2259,7 @@ func (x *ListsReply) String() string {
 func (*ListsReply) ProtoMessage() {}
 
 func (x *ListsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2272,7 @@ func (x *ListsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsReply.ProtoReflect.Descriptor instead.
 func (*ListsReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListsReply) GetJson() []byte {
@@ -1997,7 +2296,7 @@ type StatsQuery struct {
 
 func (x *StatsQuery) Reset() {
 	*x = StatsQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2308,7 @@ func (x *StatsQuery) String() string {
 func (*StatsQuery) ProtoMessage() {}
 
 func (x *StatsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2321,7 @@ func (x *StatsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsQuery.ProtoReflect.Descriptor instead.
 func (*StatsQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatsQuery) GetAppCode() uint32 {
@@ -2064,7 +2363,7 @@ type StatCounts struct {
 
 func (x *StatCounts) Reset() {
 	*x = StatCounts{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2076,7 +2375,7 @@ func (x *StatCounts) String() string {
 func (*StatCounts) ProtoMessage() {}
 
 func (x *StatCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2089,7 +2388,7 @@ func (x *StatCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatCounts.ProtoReflect.Descriptor instead.
 func (*StatCounts) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatCounts) GetAccepted() uint64 {
@@ -2169,7 +2468,7 @@ type Hist struct {
 
 func (x *Hist) Reset() {
 	*x = Hist{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2181,7 +2480,7 @@ func (x *Hist) String() string {
 func (*Hist) ProtoMessage() {}
 
 func (x *Hist) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2194,7 +2493,7 @@ func (x *Hist) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hist.ProtoReflect.Descriptor instead.
 func (*Hist) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Hist) GetIndex() []uint32 {
@@ -2239,7 +2538,7 @@ type RawStat struct {
 
 func (x *RawStat) Reset() {
 	*x = RawStat{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2251,7 +2550,7 @@ func (x *RawStat) String() string {
 func (*RawStat) ProtoMessage() {}
 
 func (x *RawStat) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2264,7 +2563,7 @@ func (x *RawStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawStat.ProtoReflect.Descriptor instead.
 func (*RawStat) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RawStat) GetMsgtype() uint32 {
@@ -2312,7 +2611,7 @@ type StatsPart struct {
 
 func (x *StatsPart) Reset() {
 	*x = StatsPart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2324,7 +2623,7 @@ func (x *StatsPart) String() string {
 func (*StatsPart) ProtoMessage() {}
 
 func (x *StatsPart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2337,7 +2636,7 @@ func (x *StatsPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsPart.ProtoReflect.Descriptor instead.
 func (*StatsPart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StatsPart) GetStats() []*RawStat {
@@ -2366,7 +2665,7 @@ type UpstreamSubscribe struct {
 
 func (x *UpstreamSubscribe) Reset() {
 	*x = UpstreamSubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2378,7 +2677,7 @@ func (x *UpstreamSubscribe) String() string {
 func (*UpstreamSubscribe) ProtoMessage() {}
 
 func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2391,7 +2690,7 @@ func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamSubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamSubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpstreamSubscribe) GetSubId() string {
@@ -2438,7 +2737,7 @@ type UpstreamUnsubscribe struct {
 
 func (x *UpstreamUnsubscribe) Reset() {
 	*x = UpstreamUnsubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2749,7 @@ func (x *UpstreamUnsubscribe) String() string {
 func (*UpstreamUnsubscribe) ProtoMessage() {}
 
 func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2762,7 @@ func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamUnsubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamUnsubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *UpstreamUnsubscribe) GetSubId() string {
@@ -2486,7 +2785,7 @@ type UpstreamBatch struct {
 
 func (x *UpstreamBatch) Reset() {
 	*x = UpstreamBatch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2498,7 +2797,7 @@ func (x *UpstreamBatch) String() string {
 func (*UpstreamBatch) ProtoMessage() {}
 
 func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2511,7 +2810,7 @@ func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamBatch.ProtoReflect.Descriptor instead.
 func (*UpstreamBatch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *UpstreamBatch) GetSubId() string {
@@ -2547,7 +2846,7 @@ type UpstreamAck struct {
 
 func (x *UpstreamAck) Reset() {
 	*x = UpstreamAck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2559,7 +2858,7 @@ func (x *UpstreamAck) String() string {
 func (*UpstreamAck) ProtoMessage() {}
 
 func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2572,7 +2871,7 @@ func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAck.ProtoReflect.Descriptor instead.
 func (*UpstreamAck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *UpstreamAck) GetSubId() string {
@@ -2607,7 +2906,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2619,7 +2918,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2632,7 +2931,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -2713,7 +3012,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2725,7 +3024,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2738,7 +3037,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -2780,7 +3079,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2792,7 +3091,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2805,7 +3104,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -2883,7 +3182,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2895,7 +3194,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2908,7 +3207,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -3009,7 +3308,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\bGateDown\x12\x17\n" +
 	"\agate_id\x18\x01 \x01(\tR\x06gateId\"\t\n" +
 	"\aHandoff\"\a\n" +
-	"\x05Sweep\"\xa4\x03\n" +
+	"\x05Sweep\"\xac\x04\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
 	"\x04push\x18\n" +
@@ -3020,7 +3319,10 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\n" +
 	"stats_part\x18\x14 \x01(\v2\x1b.courier.actor.v1.StatsPartH\x00R\tstatsPart\x124\n" +
 	"\x05lists\x18\x15 \x01(\v2\x1c.courier.actor.v1.ListsReplyH\x00R\x05lists\x12,\n" +
-	"\x04pong\x18\x16 \x01(\v2\x16.courier.actor.v1.PongH\x00R\x04pongB\x06\n" +
+	"\x04pong\x18\x16 \x01(\v2\x16.courier.actor.v1.PongH\x00R\x04pong\x12?\n" +
+	"\vlease_vouch\x18\x1e \x01(\v2\x1c.courier.actor.v1.LeaseVouchH\x00R\n" +
+	"leaseVouch\x12E\n" +
+	"\rdrain_started\x18\x1f \x01(\v2\x1e.courier.actor.v1.DrainStartedH\x00R\fdrainStartedB\x06\n" +
 	"\x04body\"\x06\n" +
 	"\x04Pong\"7\n" +
 	"\aFailure\x12\x12\n" +
@@ -3058,7 +3360,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\vapp_version\x18\a \x01(\tR\n" +
 	"appVersion\x12%\n" +
 	"\x0flogged_in_at_ms\x18\b \x01(\x03R\floggedInAtMs\x12\x18\n" +
-	"\apending\x18\t \x01(\rR\apending\"\xb6\x02\n" +
+	"\apending\x18\t \x01(\rR\apending\"\xad\x03\n" +
 	"\vNodeRequest\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12#\n" +
 	"\rreply_address\x18\x02 \x01(\tR\freplyAddress\x124\n" +
@@ -3067,8 +3369,28 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\n" +
 	"lists_edit\x18\v \x01(\v2#.courier.v1.UpdateAccessListRequestH\x00R\tlistsEdit\x129\n" +
 	"\tlists_get\x18\f \x01(\v2\x1a.courier.actor.v1.ListsGetH\x00R\blistsGet\x12,\n" +
-	"\x04ping\x18\r \x01(\v2\x16.courier.actor.v1.PingH\x00R\x04pingB\x06\n" +
-	"\x04body\"\x06\n" +
+	"\x04ping\x18\r \x01(\v2\x16.courier.actor.v1.PingH\x00R\x04ping\x12?\n" +
+	"\vlease_check\x18\x1e \x01(\v2\x1c.courier.actor.v1.LeaseCheckH\x00R\n" +
+	"leaseCheck\x124\n" +
+	"\x05drain\x18\x1f \x01(\v2\x1c.courier.actor.v1.DrainStartH\x00R\x05drainB\x06\n" +
+	"\x04body\")\n" +
+	"\n" +
+	"DrainStart\x12\x1b\n" +
+	"\twindow_ms\x18\x01 \x01(\x03R\bwindowMs\"q\n" +
+	"\fDrainStarted\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\tR\x06member\x12\x1b\n" +
+	"\twindow_ms\x18\x02 \x01(\x03R\bwindowMs\x12\x14\n" +
+	"\x05conns\x18\x03 \x01(\rR\x05conns\x12\x16\n" +
+	"\x06actors\x18\x04 \x01(\rR\x06actors\"$\n" +
+	"\n" +
+	"LeaseCheck\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\tR\x06member\"w\n" +
+	"\n" +
+	"LeaseVouch\x12\x14\n" +
+	"\x05vouch\x18\x01 \x01(\bR\x05vouch\x12\x12\n" +
+	"\x04live\x18\x02 \x01(\bR\x04live\x12#\n" +
+	"\rprovider_down\x18\x03 \x01(\bR\fproviderDown\x12\x1a\n" +
+	"\bsettling\x18\x04 \x01(\bR\bsettling\"\x06\n" +
 	"\x04Ping\"\n" +
 	"\n" +
 	"\bListsGet\" \n" +
@@ -3166,7 +3488,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),                       // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),                   // 1: courier.actor.v1.DeviceLogin
@@ -3190,37 +3512,41 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*PresenceQuery)(nil),                 // 19: courier.actor.v1.PresenceQuery
 	(*PresenceReply)(nil),                 // 20: courier.actor.v1.PresenceReply
 	(*NodeRequest)(nil),                   // 21: courier.actor.v1.NodeRequest
-	(*Ping)(nil),                          // 22: courier.actor.v1.Ping
-	(*ListsGet)(nil),                      // 23: courier.actor.v1.ListsGet
-	(*ListsReply)(nil),                    // 24: courier.actor.v1.ListsReply
-	(*StatsQuery)(nil),                    // 25: courier.actor.v1.StatsQuery
-	(*StatCounts)(nil),                    // 26: courier.actor.v1.StatCounts
-	(*Hist)(nil),                          // 27: courier.actor.v1.Hist
-	(*RawStat)(nil),                       // 28: courier.actor.v1.RawStat
-	(*StatsPart)(nil),                     // 29: courier.actor.v1.StatsPart
-	(*UpstreamSubscribe)(nil),             // 30: courier.actor.v1.UpstreamSubscribe
-	(*UpstreamUnsubscribe)(nil),           // 31: courier.actor.v1.UpstreamUnsubscribe
-	(*UpstreamBatch)(nil),                 // 32: courier.actor.v1.UpstreamBatch
-	(*UpstreamAck)(nil),                   // 33: courier.actor.v1.UpstreamAck
-	(*SessionRecord)(nil),                 // 34: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),                  // 35: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),                    // 36: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil),             // 37: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),                // 38: courier.device.v1.Login
-	(*devicepb.C2C)(nil),                  // 39: courier.device.v1.C2C
-	(devicepb.KickReason)(0),              // 40: courier.device.v1.KickReason
-	(devicepb.Platform)(0),                // 41: courier.device.v1.Platform
-	(*apipb.UpdateAccessListRequest)(nil), // 42: courier.v1.UpdateAccessListRequest
-	(*apipb.UpstreamMessage)(nil),         // 43: courier.v1.UpstreamMessage
-	(devicepb.Kind)(0),                    // 44: courier.device.v1.Kind
+	(*DrainStart)(nil),                    // 22: courier.actor.v1.DrainStart
+	(*DrainStarted)(nil),                  // 23: courier.actor.v1.DrainStarted
+	(*LeaseCheck)(nil),                    // 24: courier.actor.v1.LeaseCheck
+	(*LeaseVouch)(nil),                    // 25: courier.actor.v1.LeaseVouch
+	(*Ping)(nil),                          // 26: courier.actor.v1.Ping
+	(*ListsGet)(nil),                      // 27: courier.actor.v1.ListsGet
+	(*ListsReply)(nil),                    // 28: courier.actor.v1.ListsReply
+	(*StatsQuery)(nil),                    // 29: courier.actor.v1.StatsQuery
+	(*StatCounts)(nil),                    // 30: courier.actor.v1.StatCounts
+	(*Hist)(nil),                          // 31: courier.actor.v1.Hist
+	(*RawStat)(nil),                       // 32: courier.actor.v1.RawStat
+	(*StatsPart)(nil),                     // 33: courier.actor.v1.StatsPart
+	(*UpstreamSubscribe)(nil),             // 34: courier.actor.v1.UpstreamSubscribe
+	(*UpstreamUnsubscribe)(nil),           // 35: courier.actor.v1.UpstreamUnsubscribe
+	(*UpstreamBatch)(nil),                 // 36: courier.actor.v1.UpstreamBatch
+	(*UpstreamAck)(nil),                   // 37: courier.actor.v1.UpstreamAck
+	(*SessionRecord)(nil),                 // 38: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),                  // 39: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),                    // 40: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil),             // 41: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),                // 42: courier.device.v1.Login
+	(*devicepb.C2C)(nil),                  // 43: courier.device.v1.C2C
+	(devicepb.KickReason)(0),              // 44: courier.device.v1.KickReason
+	(devicepb.Platform)(0),                // 45: courier.device.v1.Platform
+	(*apipb.UpdateAccessListRequest)(nil), // 46: courier.v1.UpdateAccessListRequest
+	(*apipb.UpstreamMessage)(nil),         // 47: courier.v1.UpstreamMessage
+	(devicepb.Kind)(0),                    // 48: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	38, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	42, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	39, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	43, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
@@ -3236,31 +3562,35 @@ var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	18, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
 	20, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
 	14, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	29, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
-	24, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
+	33, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	28, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
 	13, // 23: courier.actor.v1.Reply.pong:type_name -> courier.actor.v1.Pong
-	40, // 24: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 25: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	41, // 26: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	25, // 27: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
-	42, // 28: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
-	23, // 29: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
-	22, // 30: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
-	26, // 31: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
-	26, // 32: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
-	27, // 33: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
-	27, // 34: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
-	28, // 35: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
-	43, // 36: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
-	0,  // 37: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	41, // 38: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	34, // 39: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	44, // 40: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	41, // [41:41] is the sub-list for method output_type
-	41, // [41:41] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	25, // 24: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
+	23, // 25: courier.actor.v1.Reply.drain_started:type_name -> courier.actor.v1.DrainStarted
+	44, // 26: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 27: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	45, // 28: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	29, // 29: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	46, // 30: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	27, // 31: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
+	26, // 32: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
+	24, // 33: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
+	22, // 34: courier.actor.v1.NodeRequest.drain:type_name -> courier.actor.v1.DrainStart
+	30, // 35: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	30, // 36: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	31, // 37: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	31, // 38: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	32, // 39: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	47, // 40: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
+	0,  // 41: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	45, // 42: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	38, // 43: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	48, // 44: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	45, // [45:45] is the sub-list for method output_type
+	45, // [45:45] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -3287,12 +3617,16 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Reply_StatsPart)(nil),
 		(*Reply_Lists)(nil),
 		(*Reply_Pong)(nil),
+		(*Reply_LeaseVouch)(nil),
+		(*Reply_DrainStarted)(nil),
 	}
 	file_courier_actor_v1_actor_proto_msgTypes[21].OneofWrappers = []any{
 		(*NodeRequest_Stats)(nil),
 		(*NodeRequest_ListsEdit)(nil),
 		(*NodeRequest_ListsGet)(nil),
 		(*NodeRequest_Ping)(nil),
+		(*NodeRequest_LeaseCheck)(nil),
+		(*NodeRequest_Drain)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3300,7 +3634,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

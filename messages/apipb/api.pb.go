@@ -1917,7 +1917,10 @@ type Member struct {
 	Live        bool  `protobuf:"varint,15,opt,name=live,proto3" json:"live,omitempty"`
 	StartedAtMs int64 `protobuf:"varint,16,opt,name=started_at_ms,json=startedAtMs,proto3" json:"started_at_ms,omitempty"`
 	// Apps whose devices the gate accepts; empty means all.
-	Apps          []uint32 `protobuf:"varint,17,rep,packed,name=apps,proto3" json:"apps,omitempty"`
+	Apps []uint32 `protobuf:"varint,17,rep,packed,name=apps,proto3" json:"apps,omitempty"`
+	// The node is draining (Drain, or SIGTERM): it is out of gate
+	// discovery and hosts no identity, and will stop.
+	Draining      bool `protobuf:"varint,18,opt,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2071,6 +2074,122 @@ func (x *Member) GetApps() []uint32 {
 	return nil
 }
 
+func (x *Member) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+type DrainRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's name (every live instance of it) or one instance's id.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Spread the kickouts over this many milliseconds (0: the node's
+	// drain.window setting), at most 10 minutes.
+	WindowMs      int64 `protobuf:"varint,2,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainRequest) Reset() {
+	*x = DrainRequest{}
+	mi := &file_courier_v1_api_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainRequest) ProtoMessage() {}
+
+func (x *DrainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_v1_api_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
+func (*DrainRequest) Descriptor() ([]byte, []int) {
+	return file_courier_v1_api_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *DrainRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *DrainRequest) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+type DrainResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The instances that began draining, with their connections and
+	// identity actors at that moment.
+	Members       []*Member `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	WindowMs      int64     `protobuf:"varint,2,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainResponse) Reset() {
+	*x = DrainResponse{}
+	mi := &file_courier_v1_api_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainResponse) ProtoMessage() {}
+
+func (x *DrainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_v1_api_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
+func (*DrainResponse) Descriptor() ([]byte, []int) {
+	return file_courier_v1_api_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *DrainResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *DrainResponse) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
 type MembersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The node that answered (its instance id) and the membership provider.
@@ -2084,7 +2203,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_courier_v1_api_proto_msgTypes[27]
+	mi := &file_courier_v1_api_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2096,7 +2215,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_v1_api_proto_msgTypes[27]
+	mi := &file_courier_v1_api_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2109,7 +2228,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_courier_v1_api_proto_rawDescGZIP(), []int{27}
+	return file_courier_v1_api_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MembersResponse) GetAnsweredBy() string {
@@ -2262,7 +2381,7 @@ const file_courier_v1_api_proto_rawDesc = "" +
 	"\x06remove\x18\x04 \x03(\tR\x06remove\x12*\n" +
 	"\x0ewhitelist_mode\x18\x05 \x01(\bH\x00R\rwhitelistMode\x88\x01\x01B\x11\n" +
 	"\x0f_whitelist_mode\"\x10\n" +
-	"\x0eMembersRequest\"\xad\x03\n" +
+	"\x0eMembersRequest\"\xc9\x03\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -2281,7 +2400,14 @@ const file_courier_v1_api_proto_rawDesc = "" +
 	"\ablocked\x18\x0e \x01(\bR\ablocked\x12\x12\n" +
 	"\x04live\x18\x0f \x01(\bR\x04live\x12\"\n" +
 	"\rstarted_at_ms\x18\x10 \x01(\x03R\vstartedAtMs\x12\x12\n" +
-	"\x04apps\x18\x11 \x03(\rR\x04apps\"|\n" +
+	"\x04apps\x18\x11 \x03(\rR\x04apps\x12\x1a\n" +
+	"\bdraining\x18\x12 \x01(\bR\bdraining\"?\n" +
+	"\fDrainRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1b\n" +
+	"\twindow_ms\x18\x02 \x01(\x03R\bwindowMs\"Z\n" +
+	"\rDrainResponse\x12,\n" +
+	"\amembers\x18\x01 \x03(\v2\x12.courier.v1.MemberR\amembers\x12\x1b\n" +
+	"\twindow_ms\x18\x02 \x01(\x03R\bwindowMs\"|\n" +
 	"\x0fMembersResponse\x12\x1f\n" +
 	"\vanswered_by\x18\x01 \x01(\tR\n" +
 	"answeredBy\x12\x1a\n" +
@@ -2295,7 +2421,7 @@ const file_courier_v1_api_proto_rawDesc = "" +
 	"\x17ACCESS_LIST_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fIP_BLACKLIST\x10\x01\x12\x10\n" +
 	"\fIP_WHITELIST\x10\x02\x12\x11\n" +
-	"\rUID_BLACKLIST\x10\x032\xfa\x04\n" +
+	"\rUID_BLACKLIST\x10\x032\xb8\x05\n" +
 	"\aCourier\x129\n" +
 	"\x04Push\x12\x17.courier.v1.PushRequest\x1a\x18.courier.v1.PushResponse\x12E\n" +
 	"\bPushMany\x12\x1b.courier.v1.PushManyRequest\x1a\x1c.courier.v1.PushManyResponse\x129\n" +
@@ -2305,7 +2431,8 @@ const file_courier_v1_api_proto_rawDesc = "" +
 	"\bUpstream\x12\x1b.courier.v1.UpstreamRequest\x1a\x1c.courier.v1.UpstreamDelivery(\x010\x01\x12L\n" +
 	"\x0eGetAccessLists\x12!.courier.v1.GetAccessListsRequest\x1a\x17.courier.v1.AccessLists\x12P\n" +
 	"\x10UpdateAccessList\x12#.courier.v1.UpdateAccessListRequest\x1a\x17.courier.v1.AccessLists\x12B\n" +
-	"\aMembers\x12\x1a.courier.v1.MembersRequest\x1a\x1b.courier.v1.MembersResponseBi\n" +
+	"\aMembers\x12\x1a.courier.v1.MembersRequest\x1a\x1b.courier.v1.MembersResponse\x12<\n" +
+	"\x05Drain\x12\x18.courier.v1.DrainRequest\x1a\x19.courier.v1.DrainResponseBi\n" +
 	"\rim.courier.v1B\bApiProtoP\x01Z,github.com/courier-im/courier/messages/apipb\xa2\x02\x03CRV\xaa\x02\n" +
 	"Courier.V1\xba\x02\n" +
 	"CourierApib\x06proto3"
@@ -2323,7 +2450,7 @@ func file_courier_v1_api_proto_rawDescGZIP() []byte {
 }
 
 var file_courier_v1_api_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_courier_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_courier_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_courier_v1_api_proto_goTypes = []any{
 	(Delivery)(0),                   // 0: courier.v1.Delivery
 	(AccessList)(0),                 // 1: courier.v1.AccessList
@@ -2354,7 +2481,9 @@ var file_courier_v1_api_proto_goTypes = []any{
 	(*UpdateAccessListRequest)(nil), // 26: courier.v1.UpdateAccessListRequest
 	(*MembersRequest)(nil),          // 27: courier.v1.MembersRequest
 	(*Member)(nil),                  // 28: courier.v1.Member
-	(*MembersResponse)(nil),         // 29: courier.v1.MembersResponse
+	(*DrainRequest)(nil),            // 29: courier.v1.DrainRequest
+	(*DrainResponse)(nil),           // 30: courier.v1.DrainResponse
+	(*MembersResponse)(nil),         // 31: courier.v1.MembersResponse
 }
 var file_courier_v1_api_proto_depIdxs = []int32{
 	0,  // 0: courier.v1.PushRequest.delivery:type_name -> courier.v1.Delivery
@@ -2374,30 +2503,33 @@ var file_courier_v1_api_proto_depIdxs = []int32{
 	21, // 14: courier.v1.UpstreamDelivery.messages:type_name -> courier.v1.UpstreamMessage
 	24, // 15: courier.v1.AccessLists.uid_blacklists:type_name -> courier.v1.UidList
 	1,  // 16: courier.v1.UpdateAccessListRequest.list:type_name -> courier.v1.AccessList
-	28, // 17: courier.v1.MembersResponse.members:type_name -> courier.v1.Member
-	2,  // 18: courier.v1.Courier.Push:input_type -> courier.v1.PushRequest
-	4,  // 19: courier.v1.Courier.PushMany:input_type -> courier.v1.PushManyRequest
-	7,  // 20: courier.v1.Courier.Kick:input_type -> courier.v1.KickRequest
-	9,  // 21: courier.v1.Courier.Presence:input_type -> courier.v1.PresenceRequest
-	13, // 22: courier.v1.Courier.Stats:input_type -> courier.v1.StatsRequest
-	18, // 23: courier.v1.Courier.Upstream:input_type -> courier.v1.UpstreamRequest
-	23, // 24: courier.v1.Courier.GetAccessLists:input_type -> courier.v1.GetAccessListsRequest
-	26, // 25: courier.v1.Courier.UpdateAccessList:input_type -> courier.v1.UpdateAccessListRequest
-	27, // 26: courier.v1.Courier.Members:input_type -> courier.v1.MembersRequest
-	3,  // 27: courier.v1.Courier.Push:output_type -> courier.v1.PushResponse
-	6,  // 28: courier.v1.Courier.PushMany:output_type -> courier.v1.PushManyResponse
-	8,  // 29: courier.v1.Courier.Kick:output_type -> courier.v1.KickResponse
-	12, // 30: courier.v1.Courier.Presence:output_type -> courier.v1.PresenceResponse
-	17, // 31: courier.v1.Courier.Stats:output_type -> courier.v1.StatsResponse
-	22, // 32: courier.v1.Courier.Upstream:output_type -> courier.v1.UpstreamDelivery
-	25, // 33: courier.v1.Courier.GetAccessLists:output_type -> courier.v1.AccessLists
-	25, // 34: courier.v1.Courier.UpdateAccessList:output_type -> courier.v1.AccessLists
-	29, // 35: courier.v1.Courier.Members:output_type -> courier.v1.MembersResponse
-	27, // [27:36] is the sub-list for method output_type
-	18, // [18:27] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	28, // 17: courier.v1.DrainResponse.members:type_name -> courier.v1.Member
+	28, // 18: courier.v1.MembersResponse.members:type_name -> courier.v1.Member
+	2,  // 19: courier.v1.Courier.Push:input_type -> courier.v1.PushRequest
+	4,  // 20: courier.v1.Courier.PushMany:input_type -> courier.v1.PushManyRequest
+	7,  // 21: courier.v1.Courier.Kick:input_type -> courier.v1.KickRequest
+	9,  // 22: courier.v1.Courier.Presence:input_type -> courier.v1.PresenceRequest
+	13, // 23: courier.v1.Courier.Stats:input_type -> courier.v1.StatsRequest
+	18, // 24: courier.v1.Courier.Upstream:input_type -> courier.v1.UpstreamRequest
+	23, // 25: courier.v1.Courier.GetAccessLists:input_type -> courier.v1.GetAccessListsRequest
+	26, // 26: courier.v1.Courier.UpdateAccessList:input_type -> courier.v1.UpdateAccessListRequest
+	27, // 27: courier.v1.Courier.Members:input_type -> courier.v1.MembersRequest
+	29, // 28: courier.v1.Courier.Drain:input_type -> courier.v1.DrainRequest
+	3,  // 29: courier.v1.Courier.Push:output_type -> courier.v1.PushResponse
+	6,  // 30: courier.v1.Courier.PushMany:output_type -> courier.v1.PushManyResponse
+	8,  // 31: courier.v1.Courier.Kick:output_type -> courier.v1.KickResponse
+	12, // 32: courier.v1.Courier.Presence:output_type -> courier.v1.PresenceResponse
+	17, // 33: courier.v1.Courier.Stats:output_type -> courier.v1.StatsResponse
+	22, // 34: courier.v1.Courier.Upstream:output_type -> courier.v1.UpstreamDelivery
+	25, // 35: courier.v1.Courier.GetAccessLists:output_type -> courier.v1.AccessLists
+	25, // 36: courier.v1.Courier.UpdateAccessList:output_type -> courier.v1.AccessLists
+	31, // 37: courier.v1.Courier.Members:output_type -> courier.v1.MembersResponse
+	30, // 38: courier.v1.Courier.Drain:output_type -> courier.v1.DrainResponse
+	29, // [29:39] is the sub-list for method output_type
+	19, // [19:29] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_courier_v1_api_proto_init() }
@@ -2416,7 +2548,7 @@ func file_courier_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_v1_api_proto_rawDesc), len(file_courier_v1_api_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,7 @@ const (
 	Courier_GetAccessLists_FullMethodName   = "/courier.v1.Courier/GetAccessLists"
 	Courier_UpdateAccessList_FullMethodName = "/courier.v1.Courier/UpdateAccessList"
 	Courier_Members_FullMethodName          = "/courier.v1.Courier/Members"
+	Courier_Drain_FullMethodName            = "/courier.v1.Courier/Drain"
 )
 
 // CourierClient is the client API for Courier service.
@@ -70,6 +71,12 @@ type CourierClient interface {
 	// roles, addresses, load, health, version, and the blocked instances.
 	// Operator keys only.
 	Members(ctx context.Context, in *MembersRequest, opts ...grpc.CallOption) (*MembersResponse, error)
+	// Drain moves everything off one node and stops it: it leaves gate
+	// discovery and the placement of identities at once (its identities
+	// are handed over), tells its devices to reconnect elsewhere with
+	// KICKOUT SERVER_SHUTDOWN spread over a window, then exits. It answers
+	// as soon as the drain has begun. Operator keys only.
+	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
 }
 
 type courierClient struct {
@@ -173,6 +180,16 @@ func (c *courierClient) Members(ctx context.Context, in *MembersRequest, opts ..
 	return out, nil
 }
 
+func (c *courierClient) Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainResponse)
+	err := c.cc.Invoke(ctx, Courier_Drain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CourierServer is the server API for Courier service.
 // All implementations must embed UnimplementedCourierServer
 // for forward compatibility.
@@ -203,6 +220,12 @@ type CourierServer interface {
 	// roles, addresses, load, health, version, and the blocked instances.
 	// Operator keys only.
 	Members(context.Context, *MembersRequest) (*MembersResponse, error)
+	// Drain moves everything off one node and stops it: it leaves gate
+	// discovery and the placement of identities at once (its identities
+	// are handed over), tells its devices to reconnect elsewhere with
+	// KICKOUT SERVER_SHUTDOWN spread over a window, then exits. It answers
+	// as soon as the drain has begun. Operator keys only.
+	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
 	mustEmbedUnimplementedCourierServer()
 }
 
@@ -239,6 +262,9 @@ func (UnimplementedCourierServer) UpdateAccessList(context.Context, *UpdateAcces
 }
 func (UnimplementedCourierServer) Members(context.Context, *MembersRequest) (*MembersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Members not implemented")
+}
+func (UnimplementedCourierServer) Drain(context.Context, *DrainRequest) (*DrainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Drain not implemented")
 }
 func (UnimplementedCourierServer) mustEmbedUnimplementedCourierServer() {}
 func (UnimplementedCourierServer) testEmbeddedByValue()                 {}
@@ -412,6 +438,24 @@ func _Courier_Members_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Courier_Drain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CourierServer).Drain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Courier_Drain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CourierServer).Drain(ctx, req.(*DrainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Courier_ServiceDesc is the grpc.ServiceDesc for Courier service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -450,6 +494,10 @@ var Courier_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Members",
 			Handler:    _Courier_Members_Handler,
+		},
+		{
+			MethodName: "Drain",
+			Handler:    _Courier_Drain_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

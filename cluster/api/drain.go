@@ -1,0 +1,60 @@
+package api
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/courier-im/courier/cluster/membership"
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+// MaxDrainWindow is the longest window a Drain call may ask for.
+const MaxDrainWindow = 10 * time.Minute
+
+// Drainer begins the drain of member m (this node or another) with its
+// kickouts spread over window (0: that node's setting), and returns as
+// soon as it has begun.
+type Drainer func(ctx context.Context, m membership.Member, window time.Duration) (*actorpb.DrainStarted, error)
+
+// Drain implements apipb.CourierServer: it begins draining every live
+// instance of the named node (or the one instance with that id).
+// Operator keys only.
+func (s *Server) Drain(ctx context.Context, r *apipb.DrainRequest) (*apipb.DrainResponse, error) {
+	if !scopeOf(ctx).operator() {
+		return nil, status.Error(codes.PermissionDenied, "Drain needs an operator API key")
+	}
+	if s.view == nil || s.drain == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this node has no membership")
+	}
+	if r.Node == "" {
+		return nil, status.Error(codes.InvalidArgument, "node: the node's name or instance id is required")
+	}
+	window := time.Duration(r.WindowMs) * time.Millisecond
+	if window < 0 || window > MaxDrainWindow {
+		return nil, status.Errorf(codes.InvalidArgument, "window_ms %d: must be in [0, %d]", r.WindowMs, MaxDrainWindow.Milliseconds())
+	}
+	var targets []membership.Member
+	for _, m := range s.view().Live(0) {
+		if m.Name == r.Node || m.ID == r.Node {
+			targets = append(targets, m)
+		}
+	}
+	if len(targets) == 0 {
+		return nil, status.Errorf(codes.NotFound, "node %q: no live member of that name or instance id (courierctl members lists them)", r.Node)
+	}
+	out := &apipb.DrainResponse{WindowMs: r.WindowMs}
+	for _, m := range targets {
+		ds, err := s.drain(ctx, m, window)
+		if err != nil {
+			return out, status.Errorf(codes.Unavailable, "node %s (%s) did not begin draining: %v; retry", m.Name, m.ID, err)
+		}
+		out.WindowMs = ds.WindowMs
+		out.Members = append(out.Members, &apipb.Member{Id: m.ID, Name: m.Name, Address: m.Address, Live: true, Draining: true,
+			Conns: ds.Conns, Actors: ds.Actors, GateAddr: m.GateAddr, ApiAddr: m.APIAddr, HttpAddr: m.HTTPAddr})
+	}
+	return out, nil
+}

@@ -1,0 +1,69 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/courier-im/courier/cluster/membership"
+	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+func TestDrainRequests(t *testing.T) {
+	live := func(id, name string) membership.Member {
+		return membership.Member{ID: id, Name: name, Address: "h:" + id, Roles: membership.RoleGate, Health: membership.HealthPassing}
+	}
+	view := &membership.View{Members: []membership.Member{live("n1-a", "n1"), live("n2-a", "n2"), live("n2-b", "n2"),
+		{ID: "n3-a", Name: "n3", Health: membership.HealthCritical}}}
+	var asked []string
+	var windows []time.Duration
+	fail := ""
+	s := New(Deps{Members: func() *membership.View { return view }, Drain: func(_ context.Context, m membership.Member, w time.Duration) (*actorpb.DrainStarted, error) {
+		if m.ID == fail {
+			return nil, errors.New("no answer")
+		}
+		asked = append(asked, m.ID)
+		windows = append(windows, w)
+		return &actorpb.DrainStarted{Member: m.ID, WindowMs: 7000, Conns: 3}, nil
+	}})
+	op := scoped(AllApps)
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		req  *apipb.DrainRequest
+		code codes.Code
+	}{
+		{"an app's key", scoped(1), &apipb.DrainRequest{Node: "n1"}, codes.PermissionDenied},
+		{"no node", op, &apipb.DrainRequest{}, codes.InvalidArgument},
+		{"negative window", op, &apipb.DrainRequest{Node: "n1", WindowMs: -1}, codes.InvalidArgument},
+		{"window over 10 minutes", op, &apipb.DrainRequest{Node: "n1", WindowMs: 600_001}, codes.InvalidArgument},
+		{"unknown node", op, &apipb.DrainRequest{Node: "n9"}, codes.NotFound},
+		{"a node that is not live", op, &apipb.DrainRequest{Node: "n3"}, codes.NotFound},
+	} {
+		if _, err := s.Drain(tc.ctx, tc.req); status.Code(err) != tc.code {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.code)
+		}
+	}
+	if len(asked) != 0 {
+		t.Fatalf("refused calls drained %v", asked)
+	}
+	r, err := s.Drain(op, &apipb.DrainRequest{Node: "n2", WindowMs: 2000})
+	if err != nil || len(r.Members) != 2 || r.WindowMs != 7000 || r.Members[0].Conns != 3 || !r.Members[1].Draining {
+		t.Fatalf("Drain n2: %v %v", r, err)
+	}
+	if len(asked) != 2 || asked[0] != "n2-a" || asked[1] != "n2-b" || windows[0] != 2*time.Second {
+		t.Fatalf("asked %v %v", asked, windows)
+	}
+	if _, err := s.Drain(op, &apipb.DrainRequest{Node: "n1-a"}); err != nil || asked[2] != "n1-a" || windows[2] != 0 {
+		t.Fatalf("Drain by instance id: %v %v %v", err, asked, windows)
+	}
+	fail = "n1-a"
+	if _, err := s.Drain(op, &apipb.DrainRequest{Node: "n1"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a node that did not answer: %v", err)
+	}
+}

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+func drainCmd() *cobra.Command {
+	var f apiFlags
+	var window, wait time.Duration
+	c := &cobra.Command{
+		Use:   "drain NODE",
+		Short: "Move everything off a node and stop it: out of discovery and placement at once, devices told to reconnect elsewhere over a window (operator key)",
+		Example: `  courierctl drain node3 --key OPS_KEY
+  courierctl drain node3 --key OPS_KEY --window 30s --wait 2m`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError{fmt.Errorf("drain takes one node name (or instance id), got %d arguments", len(args))}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, ctx, done, err := f.dial()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := cl.Drain(ctx, &apipb.DrainRequest{Node: args[0], WindowMs: window.Milliseconds()})
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			for _, m := range resp.Members {
+				fmt.Fprintf(out, "%s (%s): draining, %d connections and %d identity actors to move over %v\n",
+					m.Name, m.Id, m.Conns, m.Actors, time.Duration(resp.WindowMs)*time.Millisecond)
+			}
+			if wait <= 0 {
+				return nil
+			}
+			return waitGone(cl, f.key, resp.Members, wait, out)
+		},
+	}
+	f.bind(c)
+	c.Flags().DurationVar(&window, "window", 0, "spread the kickouts over this long (0: the node's drain-window; at most 10m)")
+	c.Flags().DurationVar(&wait, "wait", 0, "wait up to this long until the drained instances have left the cluster (0: do not wait)")
+	return c
+}
+
+// waitGone polls Members until none of ms is registered any more.
+func waitGone(cl apipb.CourierClient, key string, ms []*apipb.Member, wait time.Duration, out io.Writer) error {
+	deadline := time.Now().Add(wait)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+		r, err := cl.Members(ctx, &apipb.MembersRequest{})
+		cancel()
+		if err == nil {
+			left := 0
+			for _, m := range ms {
+				for _, x := range r.Members {
+					if x.Id == m.Id && x.Live {
+						left++
+					}
+				}
+			}
+			if left == 0 {
+				fmt.Fprintln(out, "drained: the node has left the cluster")
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the node is still in the cluster after %v (err %v)", wait, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}

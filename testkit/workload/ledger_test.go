@@ -1,0 +1,133 @@
+package workload
+
+import (
+	"testing"
+	"time"
+)
+
+func TestCount(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	acc := func(key, uid, id string, seq uint32) accept {
+		return accept{kind: KindPush, key: key, uid: uid, msgID: id, seq: seq, start: t0, at: t0}
+	}
+	rcv := func(key, uid, id string, seq uint32, ms int) receipt {
+		return receipt{kind: KindPush, key: key, uid: uid, msgID: id, seq: seq, at: at(ms)}
+	}
+	cases := []struct {
+		name     string
+		accepts  []accept
+		receipts []receipt
+		want     Counts
+	}{
+		{"all delivered once", []accept{acc("k1", "a", "m1", 1), acc("k2", "a", "m2", 2)},
+			[]receipt{rcv("k1", "a", "m1", 1, 1), rcv("k2", "a", "m2", 2, 2)},
+			Counts{Accepted: 2, Delivered: 2}},
+		{"one lost", []accept{acc("k1", "a", "m1", 1), acc("k2", "a", "m2", 2)},
+			[]receipt{rcv("k1", "a", "m1", 1, 1)},
+			Counts{Accepted: 2, Delivered: 1, Lost: 1, LostSample: []string{"k2"}}},
+		{"redelivered is within the contract", []accept{acc("k1", "a", "m1", 1)},
+			[]receipt{rcv("k1", "a", "m1", 1, 1), rcv("k1", "a", "m1", 1, 5)},
+			Counts{Accepted: 1, Delivered: 1, Redelivered: 1}},
+		{"a retried call answered as a duplicate counts once", []accept{acc("k1", "a", "m1", 1), acc("k1", "a", "m1", 1)},
+			[]receipt{rcv("k1", "a", "m1", 1, 1)},
+			Counts{Accepted: 1, Delivered: 1}},
+		{"stored twice: a second id for one key", []accept{acc("k1", "a", "m1", 1), acc("k1", "a", "m9", 2)},
+			[]receipt{rcv("k1", "a", "m1", 1, 1), rcv("k1", "a", "m9", 2, 2)},
+			Counts{Accepted: 1, Delivered: 1, StoredTwice: 1}},
+		{"stored twice, seen only by the device", []accept{acc("k1", "a", "m1", 1)},
+			[]receipt{rcv("k1", "a", "m1", 1, 1), rcv("k1", "a", "m7", 2, 2)},
+			Counts{Accepted: 1, Delivered: 1, StoredTwice: 1}},
+		{"out of order first deliveries", []accept{acc("k1", "a", "m1", 1), acc("k2", "a", "m2", 2)},
+			[]receipt{rcv("k2", "a", "m2", 2, 1), rcv("k1", "a", "m1", 1, 2)},
+			Counts{Accepted: 2, Delivered: 2, OutOfOrder: 1}},
+		{"a late redelivery is not out of order", []accept{acc("k1", "a", "m1", 1), acc("k2", "a", "m2", 2)},
+			[]receipt{rcv("k1", "a", "m1", 1, 1), rcv("k2", "a", "m2", 2, 2), rcv("k1", "a", "m1", 1, 3)},
+			Counts{Accepted: 2, Delivered: 2, Redelivered: 1}},
+		{"order is per identity", []accept{acc("k1", "a", "m1", 5), acc("k2", "b", "m2", 1)},
+			[]receipt{rcv("k1", "a", "m1", 5, 1), rcv("k2", "b", "m2", 1, 2)},
+			Counts{Accepted: 2, Delivered: 2}},
+		{"seq reused for another message", []accept{acc("k1", "a", "m1", 1), acc("k2", "a", "m2", 1)},
+			[]receipt{rcv("k1", "a", "m1", 1, 1), rcv("k2", "a", "m2", 1, 2)},
+			Counts{Accepted: 2, Delivered: 2, SeqReused: 1}},
+		{"received but never confirmed to the sender", nil,
+			[]receipt{rcv("k1", "a", "m1", 1, 1)},
+			Counts{Unconfirmed: 1}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := count(KindPush, tc.accepts, tc.receipts)
+			if got.LostSample == nil {
+				got.LostSample = nil
+			}
+			if len(got.LostSample) == 0 {
+				got.LostSample = nil
+			}
+			if got.Accepted != tc.want.Accepted || got.Delivered != tc.want.Delivered || got.Lost != tc.want.Lost ||
+				got.StoredTwice != tc.want.StoredTwice || got.Redelivered != tc.want.Redelivered ||
+				got.OutOfOrder != tc.want.OutOfOrder || got.SeqReused != tc.want.SeqReused ||
+				got.Unconfirmed != tc.want.Unconfirmed || len(got.LostSample) != len(tc.want.LostSample) {
+				t.Fatalf("got %+v\nwant %+v", got, tc.want)
+			}
+			// The other kind sees nothing.
+			if o := count(KindC2C, tc.accepts, tc.receipts); o.Accepted != 0 || o.Delivered != 0 || o.Unconfirmed != 0 {
+				t.Fatalf("c2c counted push records: %+v", o)
+			}
+		})
+	}
+}
+
+func TestFaultReports(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	accepts := []accept{
+		// Before the fault: not measured.
+		{kind: KindPush, key: "k0", uid: "a", msgID: "m0", start: at(-500), at: at(-490)},
+		// Caught in the fault: tried at -100, accepted after retries at 2900.
+		{kind: KindPush, key: "k1", uid: "a", msgID: "m1", start: at(-100), at: at(2900)},
+		// First tried after the fault.
+		{kind: KindPush, key: "k2", uid: "a", msgID: "m2", start: at(100), at: at(3000)},
+		{kind: KindPush, key: "k3", uid: "b", msgID: "m3", start: at(200), at: at(210)},
+	}
+	receipts := []receipt{
+		{kind: KindPush, key: "k0", uid: "a", msgID: "m0", at: at(-480)},
+		{kind: KindPush, key: "k1", uid: "a", msgID: "m1", at: at(2950)},
+		{kind: KindPush, key: "k2", uid: "a", msgID: "m2", at: at(3100)},
+		{kind: KindPush, key: "k3", uid: "b", msgID: "m3", at: at(220)},
+	}
+	sessions := []Session{
+		{Dev: 0, Up: at(-5000), Down: at(50)},
+		{Dev: 0, Up: at(1500)},
+		{Dev: 1, Up: at(-5000)},
+	}
+	r := faultReports([]mark{{"kill", t0}}, accepts, receipts, sessions)
+	if len(r) != 1 {
+		t.Fatal(r)
+	}
+	f := r[0]
+	// k1: tried before the fault, delivered 2950 ms after it; k2: tried
+	// 100 ms after, delivered 3000 ms after that try.
+	if f.Interruption != 3000*time.Millisecond || f.Median != 3000*time.Millisecond || f.APIWait != 2900*time.Millisecond ||
+		f.Reconnects != 1 || f.DevicesBack != 1500*time.Millisecond || f.PeakReconnects != 1 {
+		t.Fatalf("%+v", f)
+	}
+	// A device that never came back.
+	sessions = sessions[:1]
+	if r := faultReports([]mark{{"kill", t0}}, accepts, receipts, sessions); r[0].DevicesBack != -1 {
+		t.Fatalf("%+v", r[0])
+	}
+}
+
+func TestPeakRate(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	var ts []time.Time
+	for _, ms := range []int{0, 100, 200, 1500, 1600, 1700, 1800, 5000} {
+		ts = append(ts, t0.Add(time.Duration(ms)*time.Millisecond))
+	}
+	if got := PeakRate(ts, time.Second); got != 4 {
+		t.Fatalf("peak %d, want 4", got)
+	}
+	if got := PeakRate(nil, time.Second); got != 0 {
+		t.Fatalf("peak of nothing %d", got)
+	}
+}
