@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
-	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/grpc/codes"
 
 	"github.com/courier-im/courier/actors/store"
+	"github.com/courier-im/courier/gate/wheel"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/devicepb"
@@ -59,6 +59,8 @@ type Deps struct {
 	// Writes is the node's budget of pending store writes (default: one
 	// of Config.MaxPendingWrites slots).
 	Writes *WriteBudget
+
+	idle *idleWheel // the actors' idle checks
 }
 
 // NewDeps fills in the defaults of d (the clock, no statistics, the write
@@ -80,6 +82,7 @@ func NewDeps(d Deps) *Deps {
 		}
 		d.Writes = NewWriteBudget(n)
 	}
+	d.idle = newIdleWheel(d.Config.PassivateAfter)
 	return &d
 }
 
@@ -90,12 +93,12 @@ func (d *Deps) NewActor() actor.Actor { return &deviceActor{deps: d} }
 
 // Messages a device actor sends itself.
 type (
-	writeDone      struct{ err error }
-	detachedFenced struct{}
-	slotFree       struct{}
-	tick           struct{}
-	reload         struct{}
-	idleCheck      struct{}
+	writeDone    struct{ err error }
+	detachedDone struct{ fenced bool }
+	slotFree     struct{}
+	tick         struct{}
+	reload       struct{}
+	idleCheck    struct{}
 )
 
 // Answers of envelopes the actor cannot hand to its machine.
@@ -124,15 +127,19 @@ type deviceActor struct {
 
 	timer   *time.Timer
 	timerAt time.Time
-	// idleTimer checks every PassivateAfter whether the actor has been
-	// idle that long (the library's receive timeout is not used: it fires
-	// once, and its timer races with the mailbox).
-	idleTimer  *time.Timer
+	// idleNode schedules, on the node's idle wheel, a check every
+	// PassivateAfter whether the actor has been idle that long (the
+	// library's receive timeout is not used: it fires once, and its timer
+	// races with the mailbox). self is the PID the check is posted to
+	// (guarded by the wheel's lock).
+	idleNode   wheel.Node[deviceActor]
+	self       *actor.PID
 	lastActive time.Time
-	// detached counts deletions submitted without waiting that the store
-	// has not finished: the actor does not passivate before they are
-	// done, or its next activation would load the entries again.
-	detached atomic.Int32
+	// detached counts deletions submitted without waiting whose
+	// detachedDone has not come: the actor does not passivate or finish
+	// a handoff before they are done, or the next activation would load
+	// the entries again (and its claim could fence the deletion).
+	detached int
 	// writing: a write taken from a machine has not completed. No machine
 	// is loaded meanwhile (the load could miss the write).
 	writing bool
@@ -179,13 +186,14 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		}
 	}()
 	msg := ctx.Message()
-	if _, ok := msg.(idleCheck); !ok {
-		a.lastActive = time.Now()
-	}
 	switch m := msg.(type) {
 	case *actor.Started:
+		a.lastActive = time.Now()
 		a.armIdle(ctx, a.deps.Config.PassivateAfter)
 	case *actorpb.Envelope:
+		// Only envelopes count as activity: the actor's own timers and
+		// completions do not keep it in memory.
+		a.lastActive = time.Now()
 		if a.seen == 0 {
 			a.id = store.Identity{App: uint16(m.AppCode), UID: m.Uid}
 		}
@@ -219,16 +227,23 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		// What waits for a store read was not accepted: the new owner
 		// takes it, in order, ahead of what reaches this actor later.
 		a.forwardWaiting()
-	case detachedFenced:
+		if a.d != nil {
+			// The new owner would deliver them again.
+			a.d.FlushDeletions()
+		}
+	case detachedDone:
+		a.detached--
 		if a.retired || a.d == nil {
 			return
 		}
-		if a.writing {
-			a.fenceSeen = true // the write in flight ends it
+		if m.fenced {
+			if a.writing {
+				a.fenceSeen = true // the write in flight ends it
+				return
+			}
+			a.fence(ctx)
 			return
 		}
-		a.fence(ctx)
-		return
 	case slotFree:
 		a.slotWait = false
 	case tick:
@@ -246,6 +261,13 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		if wait := a.deps.Config.PassivateAfter - time.Since(a.lastActive); wait > 0 {
 			a.armIdle(ctx, wait)
 			return
+		}
+		if a.d != nil && a.d.IdleButDeletions() && a.quiet() {
+			// Idle but for the deletions of what was acknowledged last:
+			// write them, and look again once they are written.
+			a.d.FlushDeletions()
+			a.armIdle(ctx, min(a.deps.Config.PassivateAfter, flushSettle))
+			break
 		}
 		a.armIdle(ctx, a.deps.Config.PassivateAfter) // in case the router says not yet
 		if a.idle() {
@@ -270,12 +292,13 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 
 // finishHandoff stops an actor handing its identity off once nothing it
 // accepted is in flight: no write pending, in flight or waiting for a
-// slot, no effect waiting for a write. Deliveries the device has not
-// acknowledged need not wait: the new owner loads them and delivers them
-// again (same seq and msg id). Recent closes are sent on to the new owner,
+// slot (the deletions of what was acknowledged, flushed by the handoff or
+// an idle check, included), no effect waiting for a write. Deliveries the
+// device has not acknowledged need not wait: the new owner loads them and
+// delivers them again (same seq and msg id). Recent closes are sent on to the new owner,
 // which applies them to the session it loads.
 func (a *deviceActor) finishHandoff(ctx actor.Context) {
-	if a.retired || a.writing || a.slotWait || (a.d != nil && !a.d.Settled()) {
+	if a.retired || a.writing || a.slotWait || a.detached > 0 || (a.d != nil && !a.d.Settled()) {
 		return
 	}
 	a.retired = true
@@ -290,23 +313,29 @@ func (a *deviceActor) finishHandoff(ctx actor.Context) {
 // idle reports whether the actor may leave memory without losing
 // anything.
 func (a *deviceActor) idle() bool {
-	return a.seen > 0 && !a.retired && (a.d == nil || a.d.Idle()) && a.detached.Load() == 0 &&
-		!a.writing && !a.unapplied && !a.slotWait && a.read == nil && len(a.stash) == 0
+	return a.quiet() && (a.d == nil || a.d.Idle())
 }
+
+// quiet is idle but for the machine: nothing of the actor itself in flight.
+func (a *deviceActor) quiet() bool {
+	return a.seen > 0 && !a.retired && a.detached == 0 && !a.writing && !a.unapplied && !a.slotWait &&
+		a.read == nil && len(a.stash) == 0
+}
+
+// flushSettle is how long after writing its pending deletions an
+// otherwise idle actor looks again whether it may leave memory.
+const flushSettle = time.Second
 
 // armIdle schedules the next idle check.
 func (a *deviceActor) armIdle(ctx actor.Context, after time.Duration) {
-	self, root := ctx.Self(), ctx.ActorSystem().Root
-	a.idleTimer = time.AfterFunc(after, func() { root.Send(self, idleCheck{}) })
+	a.deps.idle.schedule(a, ctx.Self(), ctx.ActorSystem().Root, after)
 }
 
 func (a *deviceActor) stopTimers() {
 	if a.timer != nil {
 		a.timer.Stop()
 	}
-	if a.idleTimer != nil {
-		a.idleTimer.Stop()
-	}
+	a.deps.idle.cancel(a)
 	if a.reloadTimer != nil {
 		a.reloadTimer.Stop()
 		a.reloadTimer = nil
@@ -618,16 +647,13 @@ func (a *deviceActor) submit(ctx actor.Context) {
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	budget := a.deps.Writes
 	if w := d.TakeDetached(); w != nil {
-		a.detached.Add(1)
+		a.detached++
 		a.deps.Store.Submit(w, func(err error) {
 			budget.Release()
 			if err != nil {
 				a.deps.Log.Debug("actors: deleting acknowledged messages failed; they will be delivered again", "identity", w.ID, "err", err)
 			}
-			if errors.Is(err, store.ErrFenced) {
-				root.Send(self, detachedFenced{})
-			}
-			a.detached.Add(-1)
+			root.Send(self, detachedDone{fenced: errors.Is(err, store.ErrFenced)})
 		})
 		return
 	}

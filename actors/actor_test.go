@@ -39,9 +39,10 @@ type fakeStore struct {
 	qmu      sync.RWMutex   // guards closed against sends on queue
 	closed   bool
 	queue    chan pendingWrite
-	hold     chan struct{} // while not nil, writes wait for it to close
-	release  func()        // closes hold
-	held     atomic.Int32  // writes waiting for hold
+	hold     chan struct{}           // while not nil, writes wait for it to close
+	holdIf   func(*store.Write) bool // which writes hold holds (nil: all)
+	release  func()                  // closes hold
+	held     atomic.Int32            // writes waiting for hold
 	failW    func(*store.Write) error
 	failL    atomic.Int32 // loads to fail
 	panicL   atomic.Int32 // loads to panic in
@@ -79,9 +80,9 @@ func (s *fakeStore) run() {
 	defer close(s.done)
 	for p := range s.queue {
 		s.mu.Lock()
-		hold := s.hold
+		hold, holdIf := s.hold, s.holdIf
 		s.mu.Unlock()
-		if hold != nil {
+		if hold != nil && (holdIf == nil || holdIf(p.w)) {
 			s.held.Add(1)
 			<-hold
 			s.held.Add(-1)
@@ -91,19 +92,23 @@ func (s *fakeStore) run() {
 }
 
 // holdWrites makes writes wait until release is called.
-func (s *fakeStore) holdWrites() (release func()) {
+func (s *fakeStore) holdWrites() (release func()) { return s.holdWritesIf(nil) }
+
+// holdWritesIf makes the writes for which holdIf is true (all if it is
+// nil) wait until release is called.
+func (s *fakeStore) holdWritesIf(holdIf func(*store.Write) bool) (release func()) {
 	ch := make(chan struct{})
 	var once sync.Once
 	release = func() {
 		once.Do(func() {
 			s.mu.Lock()
-			s.hold = nil
+			s.hold, s.holdIf = nil, nil
 			s.mu.Unlock()
 			close(ch)
 		})
 	}
 	s.mu.Lock()
-	s.hold, s.release = ch, release
+	s.hold, s.holdIf, s.release = ch, holdIf, release
 	s.mu.Unlock()
 	return release
 }
@@ -422,14 +427,14 @@ func (r *testRouter) frames(cmd uint32) []*actorpb.OutFrame {
 }
 
 type actorHarness struct {
-	t     *testing.T
+	t     testing.TB
 	cfg   Config
 	store *fakeStore
 	r     *testRouter
 	deps  *Deps
 }
 
-func newActorHarness(t *testing.T, tune func(*Config)) *actorHarness {
+func newActorHarness(t testing.TB, tune func(*Config)) *actorHarness {
 	h := &actorHarness{t: t, cfg: DefaultConfig(), store: newFakeStore()}
 	h.cfg.PassivateAfter = 100 * time.Millisecond
 	if tune != nil {
@@ -653,8 +658,128 @@ func TestFencedActorStopsAndTheNextEnvelopeClaimsAgain(t *testing.T) {
 	}
 }
 
-// TestFencedDeletionRetiresTheActor: a deletion (submitted without
-// waiting) that the store fences also ends the actor.
+// TestDeletionsWaitForTheNextWrite: an acknowledged message is deleted
+// with the identity's next write, not a write of its own; an actor that
+// writes nothing more writes its deletions before it hands the identity
+// off, or before it leaves memory when idle.
+func TestDeletionsWaitForTheNextWrite(t *testing.T) {
+	h := newActorHarness(t, func(c *Config) { c.PassivateAfter = time.Minute })
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	ackNext := func(id store.Identity) { t.Helper(); h.pushAndAck(id, c) }
+	h.login(alice, c)
+	ackNext(alice)
+	if n := h.store.stored(alice); n != 1 {
+		t.Fatalf("%d entries stored after the ack, want 1 (its deletion waits)", n)
+	}
+	ackNext(alice) // the second push's write deletes the first
+	if n := h.store.stored(alice); n != 1 {
+		t.Fatalf("%d entries stored after the second ack, want 1", n)
+	}
+	h.r.handoff(alice)
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.handedOff, alice) == 1 }, "the actor did not finish its handoff")
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.stored(alice) == 0 }, "the handoff left acknowledged messages stored")
+
+	h2 := newActorHarness(t, nil) // actors leave memory after 100 ms idle
+	h, c = h2, &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	ackNext(alice)
+	h.waitPassivated(alice, 1)
+	if n := h.store.stored(alice); n != 0 {
+		t.Fatalf("%d entries stored after passivation, want 0", n)
+	}
+}
+
+// pushAndAck pushes a stored message to id, which is logged in on c, and
+// acknowledges its delivery.
+func (h *actorHarness) pushAndAck(id store.Identity, c *actorpb.ConnRef) {
+	h.t.Helper()
+	if rep := h.r.request(env(id, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil {
+		h.t.Fatalf("push: %v", rep)
+	}
+	var s2c []*actorpb.OutFrame
+	testkit.Eventually(h.t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) > 0 }, "no delivery")
+	h.r.mu.Lock()
+	h.r.conns = nil
+	h.r.mu.Unlock()
+	var m devicepb.S2C
+	if err := proto.Unmarshal(s2c[0].Body, &m); err != nil {
+		h.t.Fatal(err)
+	}
+	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
+	h.r.Send(env(id, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
+	if p := h.presence(id); p.Pending != 0 { // answered after the ack
+		h.t.Fatalf("pending %d after the ack", p.Pending)
+	}
+}
+
+// TestHandoffWaitsForTheDeletions: an actor handing its identity off
+// finishes only once the deletions of what was acknowledged are stored,
+// whether the handoff flushes them (with the meta, or alone while the
+// entry with the highest seq stays: a detached write) or an idle check
+// did just before; otherwise the new owner could load and deliver again
+// what the device acknowledged, and its claim could fence the deletion.
+func TestHandoffWaitsForTheDeletions(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		unacked   bool // a second message stays unacknowledged
+		idleFlush bool // the idle check flushes the deletion first
+	}{{"with the meta", false, false}, {"detached", true, false}, {"flushed when idle", false, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			passivateAfter := time.Minute
+			if tc.idleFlush {
+				passivateAfter = 100 * time.Millisecond
+			}
+			h := newActorHarness(t, func(c *Config) { c.PassivateAfter = passivateAfter })
+			c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+			h.login(alice, c)
+			release := h.store.holdWritesIf(func(w *store.Write) bool { return len(w.Put) == 0 && len(w.Delete) > 0 })
+			defer release()
+			if tc.unacked {
+				// Both delivered, the first acknowledged: its deletion needs
+				// no meta, since the second (highest seq) stays.
+				for _, p := range []string{"x", "y"} {
+					if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte(p)})); rep.GetPush() == nil {
+						t.Fatalf("push: %v", rep)
+					}
+				}
+				var s2c []*actorpb.OutFrame
+				testkit.Eventually(t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) == 2 }, "no deliveries")
+				var m devicepb.S2C
+				if err := proto.Unmarshal(s2c[0].Body, &m); err != nil {
+					t.Fatal(err)
+				}
+				ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
+				h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
+				if p := h.presence(alice); p.Pending != 1 {
+					t.Fatalf("pending %d after the first ack, want 1", p.Pending)
+				}
+			} else {
+				h.pushAndAck(alice, c)
+			}
+			if tc.idleFlush {
+				testkit.Eventually(t, 5*time.Second, func() bool { return h.store.held.Load() > 0 }, "the idle actor never flushed its deletion")
+			}
+			h.r.handoff(alice)
+			testkit.Eventually(t, 5*time.Second, func() bool { return h.store.held.Load() > 0 }, "the deletion was never written")
+			time.Sleep(100 * time.Millisecond)
+			if n := h.r.count(h.r.handedOff, alice); n != 0 {
+				t.Fatal("handed off before the deletion was stored")
+			}
+			release()
+			testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.handedOff, alice) == 1 }, "the actor did not finish its handoff")
+			want := 0
+			if tc.unacked {
+				want = 1
+			}
+			if n := h.store.stored(alice); n != want {
+				t.Fatalf("%d entries stored after the handoff, want %d", n, want)
+			}
+		})
+	}
+}
+
+// TestFencedDeletionRetiresTheActor: a deletion (written without waiting,
+// by the idle actor) that the store fences also ends the actor.
 func TestFencedDeletionRetiresTheActor(t *testing.T) {
 	h := newActorHarness(t, nil)
 	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}

@@ -97,10 +97,21 @@ type Device struct {
 	session *actorpb.SessionRecord // nil when offline
 	// savedLastSeq is the LastSeq in the stored meta. Each stored entry
 	// carries its seq, so a push need not rewrite the meta; the meta's
-	// LastSeq is brought up to date when entries are deleted (atomically
-	// with the deletion), so the highest seq is never forgotten.
+	// LastSeq is brought up to date when a write deletes the entry that
+	// carries the highest seq (atomically with the deletion), so the
+	// highest seq is never forgotten.
 	savedLastSeq uint32
 	takenLastSeq uint32 // LastSeq of the meta in the write in flight
+
+	// dels are the deletions of entries acknowledged (or expired) that no
+	// write carries yet, and delExps the expiries those entries were
+	// stored with (the store then need not read them). They ride in the
+	// identity's next write, so an acknowledged message costs no write of
+	// its own; an identity that writes nothing more flushes them before
+	// it leaves memory or hands off (FlushDeletions). Lost in a crash,
+	// the entries are delivered again: nothing depends on a deletion.
+	dels    []uint32
+	delExps []int64
 
 	inbox   []*item // by seq
 	byMsgID map[string]*item
@@ -212,10 +223,52 @@ func (d *Device) WriteReady() bool {
 }
 
 // Idle reports whether the machine can be dropped from memory without
-// losing anything: no write pending or in flight, no effect waiting, no
-// message delivered and unacknowledged.
+// losing anything: no write pending or in flight, no deletion waiting for
+// a write (FlushDeletions), no effect waiting, no message delivered and
+// unacknowledged.
 func (d *Device) Idle() bool {
-	return d.next == nil && !d.inFlight && len(d.waiting) == 0 && len(d.ready) == 0 && d.inflight == 0
+	return d.next == nil && !d.inFlight && len(d.dels) == 0 && len(d.waiting) == 0 && len(d.ready) == 0 && d.inflight == 0
+}
+
+// IdleButDeletions reports whether the machine would be Idle once its
+// pending deletions are written.
+func (d *Device) IdleButDeletions() bool {
+	return len(d.dels) > 0 && d.next == nil && !d.inFlight && len(d.waiting) == 0 && len(d.ready) == 0 && d.inflight == 0
+}
+
+// FlushDeletions makes the pending deletions part of the next write, for
+// a machine that will write nothing else soon (it is about to leave
+// memory, or to hand its identity off). It reports whether there were
+// any. The write is detachable (TakeDetached) unless it must bring the
+// meta's last seq along.
+func (d *Device) FlushDeletions() bool {
+	if len(d.dels) == 0 || d.broken {
+		return false
+	}
+	d.takeDeletions(d.write())
+	return true
+}
+
+// takeDeletions moves the pending deletions into w, with the meta if the
+// highest seq could otherwise be forgotten. It need not come along when
+// the stored meta has it, or when the entry carrying it stays in the
+// inbox and no write is in flight: every entry in the inbox is then
+// stored, by w or by an earlier write that completed. (While a write is
+// in flight, w may be detached and land even if that write fails.)
+func (d *Device) takeDeletions(w *store.Write) {
+	if len(d.dels) == 0 {
+		return
+	}
+	w.Delete = append(w.Delete, d.dels...)
+	w.DeleteExpiry = append(w.DeleteExpiry, d.delExps...)
+	d.dels, d.delExps = d.dels[:0], d.delExps[:0]
+	n := len(d.inbox)
+	kept := !d.inFlight && n > 0 && d.inbox[n-1].e.Seq == d.meta.LastSeq
+	if w.Meta == nil && d.meta.LastSeq > d.savedLastSeq && !kept {
+		// No sync needed: lost together with the deletion, the entry
+		// keeps the seq.
+		w.Meta = d.meta
+	}
 }
 
 // Settled reports whether nothing the machine accepted is in flight: no
@@ -342,6 +395,7 @@ func (d *Device) TakeWrite() *store.Write {
 	}
 	w := d.next
 	d.next = nil
+	d.takeDeletions(w)
 	if w.Meta != nil {
 		// The committer encodes the write on its own goroutine while the
 		// machine goes on changing its meta; session records are never
@@ -575,7 +629,8 @@ func (d *Device) ack(now time.Time, msgID string) {
 	d.stats.Acked(d.id.App, it.e.Msgtype, now.Sub(time.UnixMilli(it.e.SentAtMs)))
 }
 
-// remove deletes an entry from the inbox (memory and store).
+// remove deletes an entry from the inbox: from memory now, from the store
+// with the identity's next write.
 func (d *Device) remove(it *item) {
 	i := sort.Search(len(d.inbox), func(i int) bool { return d.inbox[i].e.Seq >= it.e.Seq })
 	if i < len(d.inbox) && d.inbox[i] == it {
@@ -590,14 +645,9 @@ func (d *Device) remove(it *item) {
 		d.inflight--
 		d.inflightBytes -= it.size
 	}
-	w := d.write()
-	w.Delete = append(w.Delete, it.e.Seq)
-	if w.Meta == nil && d.meta.LastSeq > d.savedLastSeq {
-		// The deleted entry may have carried the highest seq: keep it in
-		// the meta, in the same atomic write (no sync needed: lost
-		// together with the deletion, the entry keeps it).
-		w.Meta = d.meta
-	}
+	// The deletion waits for the identity's next write (takeDeletions).
+	d.dels = append(d.dels, it.e.Seq)
+	d.delExps = append(d.delExps, it.e.ExpiresAtMs)
 }
 
 func (d *Device) pull(after, limit uint32) *devicepb.PullAck {

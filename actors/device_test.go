@@ -192,10 +192,20 @@ func TestAckDeletesAndRetryBacksOff(t *testing.T) {
 	}
 	ackBody, _ := proto.Marshal(&devicepb.S2CAck{MsgId: "m1"})
 	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ackBody})
+	writes := len(h.writes)
 	h.settle()
-	last := h.writes[len(h.writes)-1]
-	if len(last.Delete) != 1 || last.Delete[0] != 1 {
-		t.Fatalf("ack did not delete: %+v", last)
+	// The deletion waits for the identity's next write; the machine is
+	// idle but for it, and writes it alone when asked to.
+	if len(h.writes) != writes || h.d.Idle() || !h.d.IdleButDeletions() {
+		t.Fatalf("after ack: %d writes (was %d), idle %v", len(h.writes), writes, h.d.Idle())
+	}
+	if !h.d.FlushDeletions() {
+		t.Fatal("nothing to flush")
+	}
+	w := h.d.TakeDetached()
+	if w == nil || len(w.Delete) != 1 || w.Delete[0] != 1 || len(w.DeleteExpiry) != 1 ||
+		w.DeleteExpiry[0] != h.now.Add(-9*time.Second).Add(time.Hour).UnixMilli() || w.Meta != nil {
+		t.Fatalf("ack did not delete: %+v", w)
 	}
 	if h.d.Pending() != 0 || !h.d.Idle() || !h.d.NextDue().IsZero() {
 		t.Fatalf("after ack: pending %d idle %v", h.d.Pending(), h.d.Idle())
@@ -500,22 +510,48 @@ func TestLastSeqWithoutMetaWrites(t *testing.T) {
 	if w := d.TakeWrite(); w.Put[0].Seq != 13 {
 		t.Fatalf("next seq %d, want 13", w.Put[0].Seq)
 	}
-	// Deleting entries brings the stored last seq along, without a sync
-	// (an ack may come on any connection, even while the identity has no
-	// session).
-	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: "m2"})
-	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
-	h.settle()
-	last := h.writes[len(h.writes)-1]
-	if len(last.Delete) != 1 || last.Meta == nil || last.Meta.LastSeq != 2 || last.Sync {
-		t.Fatalf("delete write: %+v", last)
+	ackOf := func(id string) {
+		// (An ack may come on any connection, even while the identity
+		// has no session.)
+		ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: id})
+		h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
 	}
-	// Once stored, later deletions do not repeat it.
-	ack, _ = proto.Marshal(&devicepb.S2CAck{MsgId: "m1"})
-	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
-	h.settle()
-	if last = h.writes[len(h.writes)-1]; last.Meta != nil {
-		t.Fatalf("meta written again: %+v", last)
+	// The deletion of the highest seq rides in the next push's write,
+	// whose entry carries a higher one: no meta.
+	ackOf("m2")
+	h.push("c", 0)
+	w := h.d.TakeWrite()
+	if len(w.Put) != 1 || w.Put[0].Seq != 3 || fmt.Sprint(w.Delete) != "[2]" || w.Meta != nil {
+		t.Fatalf("push write with a deletion: %+v", w)
+	}
+	// A deletion flushed while that write is in flight brings the last
+	// seq along (the write may fail, and the deletion land), and waits
+	// for it.
+	ackOf("m1")
+	h.d.FlushDeletions()
+	if h.d.TakeDetached() != nil {
+		t.Fatal("a deletion that brings the meta was detached")
+	}
+	h.d.WriteDone(nil)
+	w = h.d.TakeWrite()
+	if fmt.Sprint(w.Delete) != "[1]" || w.Meta == nil || w.Meta.LastSeq != 3 || w.Sync {
+		t.Fatalf("flushed deletion: %+v", w)
+	}
+	h.d.WriteDone(nil)
+	// Deleting the entry that carries the highest seq brings it along,
+	// without a sync; once stored, later deletions do not repeat it.
+	ackOf("m3")
+	h.d.FlushDeletions()
+	if w := h.d.TakeDetached(); w == nil || fmt.Sprint(w.Delete) != "[3]" || w.Meta != nil {
+		t.Fatalf("deletion after the meta: %+v", w)
+	}
+	h.push("d", 0)
+	h.d.TakeWrite()
+	h.d.WriteDone(nil)
+	ackOf("m4")
+	h.d.FlushDeletions()
+	if w := h.d.TakeWrite(); w == nil || fmt.Sprint(w.Delete) != "[4]" || w.Meta.GetLastSeq() != 4 || w.Sync {
+		t.Fatalf("deletion of the highest seq: %+v", w)
 	}
 }
 

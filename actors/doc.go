@@ -20,7 +20,9 @@
 // once) and are handled in arrival order once the read is answered. A
 // store whose read queue is full refuses the read, and the actor the
 // work. Timers (redelivery, idleness, load retries) post messages to the
-// actor. Nothing depending on a write leaves the actor
+// actor; the idle checks of all the node's actors share one timing wheel
+// and one runtime timer (idle.go), which runs only while actors are in
+// memory. Nothing depending on a write leaves the actor
 // before the write is durable, so a crash of the process loses no
 // accepted message; it may lose deletions of acknowledged messages (they
 // are delivered again) and a session's end, which the next activation

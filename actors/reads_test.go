@@ -31,7 +31,7 @@ type testPool struct {
 	closed bool
 }
 
-func newTestPool(t *testing.T, workers int) *testPool {
+func newTestPool(t testing.TB, workers int) *testPool {
 	p := &testPool{work: make(chan func(), 1<<16)}
 	p.wg.Add(workers)
 	for range workers {

@@ -5,7 +5,7 @@ import (
 	"sync"
 
 	"github.com/courier-im/courier/gate/internal/bucket"
-	"github.com/courier-im/courier/gate/internal/wheel"
+	"github.com/courier-im/courier/gate/wheel"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/panjf2000/gnet/v2"
 )

@@ -12,7 +12,7 @@ import (
 
 	"github.com/courier-im/courier/gate/internal/iprate"
 	"github.com/courier-im/courier/gate/internal/ipset"
-	"github.com/courier-im/courier/gate/internal/wheel"
+	"github.com/courier-im/courier/gate/wheel"
 	"github.com/courier-im/courier/messages"
 	"github.com/panjf2000/gnet/v2"
 	gerrors "github.com/panjf2000/gnet/v2/pkg/errors"

@@ -4,7 +4,7 @@ import (
 	"context"
 	"sync/atomic"
 
-	"github.com/courier-im/courier/gate/internal/wheel"
+	"github.com/courier-im/courier/gate/wheel"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/devicepb"
 	"github.com/panjf2000/gnet/v2"

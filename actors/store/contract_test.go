@@ -358,7 +358,8 @@ func testExpiredByIndex(t *testing.T, k kind) {
 	mustSubmit(t, s, &Write{ID: a, Owner: oa, Put: []*actorpb.InboxEntry{exp(1, time.Hour), exp(2, -time.Second)}})
 	mustSubmit(t, s, &Write{ID: b, Owner: load(t, s, b).Owner, Put: []*actorpb.InboxEntry{exp(1, time.Hour), entry(2)}})
 	oc := load(t, s, cc).Owner
-	mustSubmit(t, s, &Write{ID: cc, Owner: oc, Put: []*actorpb.InboxEntry{exp(1, -time.Minute), exp(2, -time.Second)}})
+	c1, c2 := exp(1, -time.Minute), exp(2, -time.Second)
+	mustSubmit(t, s, &Write{ID: cc, Owner: oc, Put: []*actorpb.InboxEntry{c1, c2}})
 	expired := func(max int) []Identity {
 		var got []Identity
 		if err := s.Expired(context.Background(), c.Now(), max, func(id Identity) { got = append(got, id) }); err != nil {
@@ -370,9 +371,14 @@ func testExpiredByIndex(t *testing.T, k kind) {
 	if got := expired(100); len(got) != 2 || got[0] != a || got[1] != cc {
 		t.Fatalf("expired identities %v", got)
 	}
-	// The actor of c drops its expired entries: c is not reported again;
-	// a is (a store shared by nodes reports it after its lease).
-	mustSubmit(t, s, &Write{ID: cc, Owner: oc, Delete: []uint32{1, 2}})
+	// The actor of c drops its expired entries (one with its expiry
+	// given, one without): c is not reported again; a is (a store shared
+	// by nodes reports it after its lease).
+	mustSubmit(t, s, &Write{ID: cc, Owner: oc, Delete: []uint32{1}, DeleteExpiry: []int64{c1.ExpiresAtMs}})
+	mustSubmit(t, s, &Write{ID: cc, Owner: oc, Delete: []uint32{2}})
+	if snap := load(t, s, cc); len(snap.Inbox) != 0 {
+		t.Fatalf("c's inbox after the deletions: %v", snap.Inbox)
+	}
 	c.Advance(2 * time.Minute)
 	if got := expired(100); len(got) != 1 || got[0] != a {
 		t.Fatalf("after c's sweep: %v", got)

@@ -41,6 +41,15 @@ func (s *Pebble) commit(_ int, ws []pending) error {
 		putExpiry  map[string]int64 // inbox key -> expiry
 		idemExpiry map[string]int64 // idempotency key -> expiry
 	)
+	// Deletions without their expiries read them from the batch or the
+	// database; only then must the batch's puts be remembered.
+	lookups := false
+	for i := range ws {
+		if w := ws[i].w; w != nil && len(w.Delete) > 0 && len(w.DeleteExpiry) != len(w.Delete) {
+			lookups = true
+			break
+		}
+	}
 	for i := range ws {
 		p := &ws[i]
 		if p.sweep != nil {
@@ -75,20 +84,30 @@ func (s *Pebble) commit(_ int, ws []pending) error {
 				if err := b.Set(ekey, nil, nil); err != nil {
 					return err
 				}
-				if putExpiry == nil {
-					putExpiry = map[string]int64{}
+				if lookups {
+					if putExpiry == nil {
+						putExpiry = map[string]int64{}
+					}
+					putExpiry[string(key)] = e.ExpiresAtMs
 				}
-				putExpiry[string(key)] = e.ExpiresAtMs
 			}
 		}
-		for _, seq := range w.Delete {
+		hinted := len(w.DeleteExpiry) == len(w.Delete)
+		for j, seq := range w.Delete {
 			key = inboxKey(key[:0], w.ID, seq)
-			exp, found, err := s.storedExpiry(key, putExpiry)
-			if err != nil {
-				return err
-			}
-			if !found {
-				continue
+			var exp int64
+			if hinted {
+				// The writer knows the entry is stored (a SingleDelete of
+				// a key never set deletes nothing).
+				exp = w.DeleteExpiry[j]
+			} else {
+				var found bool
+				if exp, found, err = s.storedExpiry(key, putExpiry); err != nil {
+					return err
+				}
+				if !found {
+					continue
+				}
 			}
 			// An inbox key is set exactly once (seqs are never reused
 			// once written), which is what SingleDelete needs: the

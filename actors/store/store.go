@@ -55,8 +55,13 @@ type Write struct {
 	Meta *actorpb.IdentityMeta
 	// Put adds inbox entries (or replaces them, by seq).
 	Put []*actorpb.InboxEntry
-	// Delete removes inbox entries by seq.
+	// Delete removes inbox entries by seq; a seq not stored is ignored.
 	Delete []uint32
+	// DeleteExpiry is nil, or the ExpiresAtMs each entry of Delete was
+	// stored with (one per seq, in the same order), for a writer that
+	// knows them: the store then need not read the entries to find their
+	// expiry index.
+	DeleteExpiry []int64
 	// Idem records idempotency keys; they expire at Record.ExpiresAtMs.
 	Idem []IdemPut
 	// Sync asks for the write to be durable before it counts as done. A
