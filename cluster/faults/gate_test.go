@@ -39,7 +39,7 @@ func TestGateKilled(t *testing.T) {
 	stray.Close()
 	time.Sleep(2 * time.Second)
 
-	l := finish(t, w)
+	l := finishCrashed(t, w)
 	if !l.Clean(true) {
 		t.Fatal("the ledger is not clean")
 	}
@@ -76,7 +76,7 @@ func TestGateAndActorNodeKilled(t *testing.T) {
 		"every device back, on node1's gate")
 	time.Sleep(2 * time.Second)
 
-	l := finish(t, w)
+	l := finishCrashed(t, w)
 	if !l.Clean(true) {
 		t.Fatal("the ledger is not clean")
 	}

@@ -50,12 +50,27 @@ func startLoad(t *testing.T, cfg workload.Config) *workload.Workload {
 
 // finish stops the traffic, waits until everything accepted has arrived
 // (or a minute), logs the ledger and returns it.
-func finish(t *testing.T, w *workload.Workload) workload.Ledger {
+func finish(t *testing.T, w *workload.Workload) workload.Ledger { return finishWith(t, w, -1) }
+
+// finishCrashed is finish for a test that crashed a node: C2S the dead
+// node held for the app-servers is lost by contract, so only a few
+// seconds are given to C2S still on their way once everything else
+// arrived (the ledger reports the rest as lost; Clean(true) allows it).
+func finishCrashed(t *testing.T, w *workload.Workload) workload.Ledger {
+	return finishWith(t, w, 5*time.Second)
+}
+
+func finishWith(t *testing.T, w *workload.Workload, c2sGrace time.Duration) workload.Ledger {
 	t.Helper()
 	w.StopTraffic()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	err := w.Settle(ctx)
+	var err error
+	if c2sGrace >= 0 {
+		err = w.SettleStored(ctx, c2sGrace)
+	} else {
+		err = w.Settle(ctx)
+	}
 	l := w.Ledger()
 	t.Logf("ledger:\n%s", l.String())
 	if err != nil {

@@ -1,6 +1,7 @@
 package workload
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -129,5 +130,33 @@ func TestPeakRate(t *testing.T) {
 	}
 	if got := PeakRate(nil, time.Second); got != 0 {
 		t.Fatalf("peak of nothing %d", got)
+	}
+}
+
+// TestSettleStoredGivesUpOnC2SOnly: after a crash, C2S the dead node held
+// may be lost by contract. SettleStored stops waiting for them alone
+// after its grace (Settle would wait for them until its context ends),
+// but never gives up on a stored message.
+func TestSettleStoredGivesUpOnC2SOnly(t *testing.T) {
+	w := &Workload{rec: newRecorder()}
+	w.rec.c2sAccepted("c2s-1") // accepted, never received
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := w.Settle(ctx); err == nil {
+		t.Fatal("Settle returned with a C2S undelivered")
+	}
+	if err := w.SettleStored(context.Background(), 100*time.Millisecond); err != nil {
+		t.Fatalf("SettleStored with only a C2S missing: %v", err)
+	}
+	if l := w.Ledger(); l.C2S.Lost != 1 || l.Clean(false) || !l.Clean(true) {
+		t.Fatalf("the ledger: C2S %+v, clean %v/%v", l.C2S, l.Clean(false), l.Clean(true))
+	}
+
+	w.rec.accepted(accept{kind: KindPush, key: "push-1", uid: "u"}) // a stored message missing too
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	if err := w.SettleStored(ctx2, 10*time.Millisecond); err == nil {
+		t.Fatal("SettleStored gave up on a stored message")
 	}
 }
