@@ -38,9 +38,31 @@ type receiver struct {
 
 func startReceiver(t *testing.T, gateAddr, uid string) *receiver {
 	t.Helper()
-	d := testkit.Dial(t, gateAddr, testkit.DeviceConfig{AppCode: 1, Timeout: 120 * time.Second})
-	if ack := d.Login(uid, testkit.Token(t, 1, uid), false); ack.Code != devicepb.Code_OK {
-		t.Fatalf("login %s: %v", uid, ack)
+	// A login can go unanswered until the gate's login timeout when its
+	// identity's owner rejoins as a new instance meanwhile (seen in CI: a
+	// node of a fresh cluster lost its lease on a loaded machine); a
+	// client then connects again, and so does this receiver, twice at most.
+	var d *testkit.Device
+	for attempt := 1; ; attempt++ {
+		d = testkit.Dial(t, gateAddr, testkit.DeviceConfig{AppCode: 1, Timeout: 120 * time.Second})
+		seq := d.NextSeq()
+		err := d.TrySend(messages.Header{Cmd: messages.CmdLogin, AppCode: 1, Seq: seq},
+			&devicepb.Login{Uid: uid, Token: testkit.Token(t, 1, uid), DeviceId: "dev-" + uid, Platform: devicepb.Platform_ANDROID, AppVersion: "test"})
+		var f testkit.Frame
+		if err == nil {
+			f, err = d.ReadFrame()
+		}
+		if err == nil {
+			if ack, ok := f.Msg.(*devicepb.LoginAck); !ok || f.Seq != seq || ack.Code != devicepb.Code_OK {
+				t.Fatalf("login %s: %v %v", uid, f.Cmd, f.Msg)
+			}
+			break
+		}
+		d.Close()
+		if attempt == 3 {
+			t.Fatalf("login %s: %v, %d times", uid, err, attempt)
+		}
+		t.Logf("login %s: %v; connecting again", uid, err)
 	}
 	r := &receiver{uid: uid, d: d, got: map[string]uint32{}, done: make(chan struct{})}
 	go func() {
