@@ -1,6 +1,7 @@
 package procstat
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"testing"
@@ -31,17 +32,22 @@ func TestTreeCPU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done")
-	if err := cmd.Run(); err != nil {
-		t.Fatal(err)
+	// A child busy long enough to be measured (a fast machine finishes
+	// the loop in less: it runs again, longer).
+	var child time.Duration
+	for n := 200000; child < 50*time.Millisecond; n *= 2 {
+		if n > 200000<<6 {
+			t.Fatalf("a child looping %d times used only %v of CPU", n/2, child)
+		}
+		cmd := exec.Command("sh", "-c", fmt.Sprintf("i=0; while [ $i -lt %d ]; do i=$((i+1)); done", n))
+		if err := cmd.Run(); err != nil {
+			t.Fatal(err)
+		}
+		child += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
 	after, err := TreeCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
-	}
-	child := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-	if child < 50*time.Millisecond {
-		t.Skipf("the child used only %v", child)
 	}
 	if after-before < child-20*time.Millisecond {
 		t.Fatalf("tree CPU grew %v, the reaped child used %v", after-before, child)
