@@ -254,53 +254,41 @@ func (s *Postgres) sendReads(ctx context.Context, loads []*pgLoads, kApp []int32
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		rows, err = br.Query()
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			var i int64
-			var v []byte
-			if err := rows.Scan(&i, &v); err != nil {
-				rows.Close()
-				return err
-			}
-			if i < 1 || i > int64(len(loads)) {
-				rows.Close()
-				return fmt.Errorf("inbox row of identity %d of %d", i, len(loads))
-			}
-			loads[i-1].inbox = append(loads[i-1].inbox, v)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		if err := scanIndexed(br, len(loads), "inbox row of identity", func(i int, v []byte) {
+			loads[i].inbox = append(loads[i].inbox, v)
+		}); err != nil {
 			return err
 		}
 	}
 	if len(kApp) > 0 {
-		rows, err := br.Query()
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			var i int64
-			var v []byte
-			if err := rows.Scan(&i, &v); err != nil {
-				rows.Close()
-				return err
-			}
-			if i < 1 || i > int64(len(kApp)) {
-				rows.Close()
-				return fmt.Errorf("lookup row %d of %d", i, len(kApp))
-			}
-			found(i-1, v)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		if err := scanIndexed(br, len(kApp), "lookup row", func(i int, v []byte) { found(int64(i), v) }); err != nil {
 			return err
 		}
 	}
 	// Close reads the end of the implicit transaction: its commit.
 	return br.Close()
+}
+
+// scanIndexed reads the next result of br, rows of (1-based index into
+// n requests, value), and gives each to fn with its 0-based index.
+func scanIndexed(br pgx.BatchResults, n int, what string, fn func(i int, v []byte)) error {
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var i int64
+		var v []byte
+		if err := rows.Scan(&i, &v); err != nil {
+			return err
+		}
+		if i < 1 || i > int64(n) {
+			return fmt.Errorf("%s %d of %d", what, i, n)
+		}
+		fn(int(i-1), v)
+	}
+	return rows.Err()
 }
 
 // answerLoads answers the loads of one identity: the k-th of n gets the

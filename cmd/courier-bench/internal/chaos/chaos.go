@@ -389,55 +389,56 @@ func (o *ops) whole(ctx context.Context, limit time.Duration, target string, old
 	}
 }
 
-// missing returns the nodes that the first API to answer does not list
-// live and serving (for target, as an instance other than old).
-func (o *ops) missing(ctx context.Context, target string, old []string) ([]string, error) {
+// members returns the member list of the first API to answer.
+func (o *ops) members(ctx context.Context) ([]*apipb.Member, error) {
 	var last error
 	for _, api := range o.apis {
 		cctx, cancel := o.ctx(ctx)
 		r, err := api.Members(cctx, &apipb.MembersRequest{})
 		cancel()
-		if err != nil {
-			last = err
-			continue
+		if err == nil {
+			return r.Members, nil
 		}
-		var missing []string
-		for _, n := range o.c.Nodes {
-			ok := false
-			for _, m := range r.Members {
-				if m.Name == n.Name && m.Live && !m.Draining && (n.Name != target || !slices.Contains(old, m.Id)) {
-					ok = true
-				}
-			}
-			if !ok {
-				missing = append(missing, n.Name)
-			}
-		}
-		return missing, nil
+		last = err
 	}
 	return nil, fmt.Errorf("no API answered Members: %w", last)
 }
 
-// instances returns the ids of node name's live instances.
-func (o *ops) instances(ctx context.Context, name string) ([]string, error) {
-	var last error
-	for _, api := range o.apis {
-		cctx, cancel := o.ctx(ctx)
-		r, err := api.Members(cctx, &apipb.MembersRequest{})
-		cancel()
-		if err != nil {
-			last = err
-			continue
-		}
-		var ids []string
-		for _, m := range r.Members {
-			if m.Name == name && m.Live {
-				ids = append(ids, m.Id)
+// missing returns the nodes that the first API to answer does not list
+// live and serving (for target, as an instance other than old).
+func (o *ops) missing(ctx context.Context, target string, old []string) ([]string, error) {
+	members, err := o.members(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	for _, n := range o.c.Nodes {
+		ok := false
+		for _, m := range members {
+			if m.Name == n.Name && m.Live && !m.Draining && (n.Name != target || !slices.Contains(old, m.Id)) {
+				ok = true
 			}
 		}
-		return ids, nil
+		if !ok {
+			missing = append(missing, n.Name)
+		}
 	}
-	return nil, last
+	return missing, nil
+}
+
+// instances returns the ids of node name's live instances.
+func (o *ops) instances(ctx context.Context, name string) ([]string, error) {
+	members, err := o.members(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, m := range members {
+		if m.Name == name && m.Live {
+			ids = append(ids, m.Id)
+		}
+	}
+	return ids, nil
 }
 
 // consulLeader checks that the cluster's Consul answers with a leader.
