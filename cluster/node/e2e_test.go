@@ -42,6 +42,40 @@ func ackS2C(d *testkit.Device, msgID string) {
 	d.Send(messages.CmdS2CAck, d.NextSeq(), &devicepb.S2CAck{MsgId: msgID})
 }
 
+// stream reads a device's stored messages in seq order, as a client
+// following the protocol does: a redelivery (a message the node sent again
+// because its ack had not arrived after retry-initial, which a loaded
+// machine can stretch) repeats an earlier seq with the same msg_id; it is
+// acknowledged again and skipped. Anything else out of order fails.
+type stream struct {
+	t    *testing.T
+	d    *testkit.Device
+	last uint32
+	ids  map[uint32]string
+}
+
+func newStream(t *testing.T, d *testkit.Device) *stream {
+	return &stream{t: t, d: d, ids: map[uint32]string{}}
+}
+
+// next returns the next message not seen before; its seq is above every
+// earlier one.
+func (s *stream) next() (uint32, *devicepb.S2C) {
+	s.t.Helper()
+	for {
+		seq, m := expectS2C(s.t, s.d)
+		if seq > s.last {
+			s.last, s.ids[seq] = seq, m.MsgId
+			return seq, m
+		}
+		if s.ids[seq] != m.MsgId {
+			s.t.Fatalf("seq %d again (after %d) with msg_id %s, first delivered as %q", seq, s.last, m.MsgId, s.ids[seq])
+		}
+		s.t.Logf("seq %d delivered again (its ack came after the retry)", seq)
+		ackS2C(s.d, m.MsgId)
+	}
+}
+
 func TestLoginKeepaliveLogout(t *testing.T) {
 	n := testkit.StartNode(t, testkit.NodeOptions{})
 	d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
@@ -434,8 +468,9 @@ func testRestartWith(t *testing.T, sig syscall.Signal, opts testkit.NodeOptions)
 	if ack.Pending != count {
 		t.Fatalf("after %v: pending %d, want %d", sig, ack.Pending, count)
 	}
+	st := newStream(t, d)
 	for i := range count {
-		seq, m := expectS2C(t, d)
+		seq, m := st.next()
 		if seq != uint32(i+1) || string(m.Payload) != strconv.Itoa(i) {
 			t.Fatalf("after %v, message %d: seq %d %q", sig, i, seq, m.Payload)
 		}

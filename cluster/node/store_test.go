@@ -203,8 +203,9 @@ func TestPostgresRestartWhilePushesStream(t *testing.T) {
 		t.Fatalf("LOGIN_ACK %v pending %d, want %d", ack.Code, ack.Pending, total)
 	}
 	lastSeq := uint32(0)
+	st := newStream(t, d)
 	for i := range total {
-		seq, m := expectS2C(t, d)
+		seq, m := st.next()
 		if seq <= lastSeq || m.MsgId != results[i].msgID || string(m.Payload) != fmt.Sprint(i) {
 			t.Fatalf("message %d: seq %d (after %d) id %s payload %q; accepted as %s", i, seq, lastSeq, m.MsgId, m.Payload, results[i].msgID)
 		}
@@ -275,8 +276,9 @@ func TestFencingAcrossTwoNodes(t *testing.T) {
 	}
 	last := uint32(0)
 	seen := map[string]bool{}
+	st := newStream(t, d)
 	for i := range 40 {
-		seq, m := expectS2C(t, d)
+		seq, m := st.next()
 		if seq <= last || seen[m.MsgId] || string(m.Payload) != fmt.Sprint(i) || ids[i] != m.MsgId {
 			t.Fatalf("message %d: seq %d after %d, id %s (seen %v), payload %q", i, seq, last, m.MsgId, seen[m.MsgId], m.Payload)
 		}
