@@ -95,26 +95,7 @@ func TestHotPathAllocationsPerMessage(t *testing.T) {
 		// Deletions of acknowledged messages are written after the acks.
 		time.Sleep(300 * time.Millisecond)
 	}
-	mallocs := func() float64 {
-		t.Helper()
-		resp, err := http.Get("http://" + n.HTTPAddr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "go_memstats_mallocs_total "); ok {
-				f, err := strconv.ParseFloat(v, 64)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return f
-			}
-		}
-		t.Fatal("no go_memstats_mallocs_total in /metrics")
-		return 0
-	}
+	mallocs := func() float64 { return nodeMallocs(t, n) }
 	measure := func(name string, delivery apipb.Delivery, budget float64) {
 		const count = 5000
 		push(500, delivery) // warm up: actors active, buffers grown
@@ -131,4 +112,103 @@ func TestHotPathAllocationsPerMessage(t *testing.T) {
 	}
 	measure("stored", apipb.Delivery_DELIVERY_STORED, storedAllocBudget)
 	measure("fire-and-forget", apipb.Delivery_DELIVERY_FIRE_AND_FORGET, ffAllocBudget)
+}
+
+// loginAllocBudget is the budget of TestLoginAllocations: the node
+// process's heap allocations per login of an identity it has never seen
+// (accept, LOGIN, token check, activation, store load, session write,
+// LOGIN_ACK). Measured 2026-11-30 (go1.26.8) at its introduction: see the
+// test's history; the budget is the measurement plus about 10%.
+const loginAllocBudget = 999.0
+
+// TestLoginAllocations logs in fresh identities, many at once, and counts
+// the node's heap allocations per login (go_memstats_mallocs_total of the
+// node process, less what reading the metric itself costs). The
+// connections stay open until the count is taken: closing is not part of
+// a login.
+func TestLoginAllocations(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Pebble: true, Args: []string{"--log-level", "warn"}})
+	const (
+		workers = 16
+		warmup  = 400
+		count   = 3000
+	)
+	login := func(prefix string, total int) {
+		t.Helper()
+		tokens := make([]string, total)
+		for i := range tokens {
+			tokens[i] = testkit.Token(t, 1, fmt.Sprintf("%s-%05d", prefix, i))
+		}
+		errs := make(chan error, workers)
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Go(func() {
+				for {
+					i := int(next.Add(1)) - 1
+					if i >= total {
+						return
+					}
+					uid := fmt.Sprintf("%s-%05d", prefix, i)
+					d, err := testkit.DialErr(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1, Timeout: time.Minute})
+					if err != nil {
+						errs <- err
+						return
+					}
+					if err := d.TrySend(messages.Header{Cmd: messages.CmdLogin, AppCode: 1, Seq: 1},
+						&devicepb.Login{Uid: uid, Token: tokens[i], DeviceId: "dev-" + uid, AppVersion: "test"}); err != nil {
+						errs <- err
+						return
+					}
+					f, err := d.ReadFrame()
+					if err != nil {
+						errs <- err
+						return
+					}
+					if ack, ok := f.Msg.(*devicepb.LoginAck); !ok || ack.Code != devicepb.Code_OK {
+						errs <- fmt.Errorf("login of %s: got %v %v", uid, f.Cmd, f.Msg)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+	login("warm", warmup) // buffers grown, loops' first connections
+	a := nodeMallocs(t, n)
+	scrape := nodeMallocs(t, n) - a
+	b := nodeMallocs(t, n)
+	login("fresh", count)
+	c := nodeMallocs(t, n)
+	per := (c - b - scrape) / count
+	t.Logf("%.1f allocations per login (budget %.0f; reading the metric: %.0f)", per, loginAllocBudget, scrape)
+	if per > loginAllocBudget {
+		t.Errorf("%.1f allocations per login, over the budget of %.0f", per, loginAllocBudget)
+	}
+}
+
+// nodeMallocs reads go_memstats_mallocs_total from the node's /metrics.
+func nodeMallocs(t *testing.T, n *testkit.Node) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + n.HTTPAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "go_memstats_mallocs_total "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatal("no go_memstats_mallocs_total in /metrics")
+	return 0
 }
