@@ -36,6 +36,10 @@ type Effect struct {
 	// replaced by a Failure with FailMsg (or a generic message).
 	FailConn *actorpb.ToConn
 	FailMsg  string
+	// failLogin: ToConn is a LOGIN_ACK OK; if the write fails, the
+	// connection gets LOGIN_ACK STORE_UNAVAILABLE instead (made only
+	// then: loginFailure).
+	failLogin bool
 }
 
 const (
@@ -462,6 +466,8 @@ func (d *Device) Abort(code codes.Code, msg string) {
 			d.ready = append(d.ready, Effect{ReplyTo: q.eff.ReplyTo, Reply: r})
 		case q.eff.FailConn != nil:
 			d.ready = append(d.ready, Effect{Conn: q.eff.Conn, ToConn: q.eff.FailConn})
+		case q.eff.failLogin:
+			d.ready = append(d.ready, Effect{Conn: q.eff.Conn, ToConn: loginFailure(q.eff.ToConn)})
 		}
 	}
 	d.waiting = nil
@@ -531,11 +537,25 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 	}
 	tc := d.toConn(m.Conn, d.session.Epoch, frame(messages.CmdLoginAck, 0, m.FrameSeq, ack))
 	tc.Login = &actorpb.LoginOutcome{Ok: true, AppCode: uint32(d.id.App), Uid: d.id.UID, Epoch: d.session.Epoch, Zstd: d.session.Zstd}
-	fail := d.toConn(m.Conn, 0, frame(messages.CmdLoginAck, 0, m.FrameSeq,
-		&devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE, Reason: "session could not be recorded; retry"}))
-	fail.Login = &actorpb.LoginOutcome{Ok: false}
-	d.emit(Effect{Conn: m.Conn, ToConn: tc, FailConn: fail})
+	d.emit(Effect{Conn: m.Conn, ToConn: tc, failLogin: true})
 	d.pump(now)
+}
+
+// loginFailedBody is the body of LOGIN_ACK STORE_UNAVAILABLE.
+var loginFailedBody = func() []byte {
+	b, err := proto.Marshal(&devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE, Reason: "session could not be recorded; retry"})
+	if err != nil {
+		panic(err) // a fixed message always encodes
+	}
+	return b
+}()
+
+// loginFailure is the answer to a LOGIN whose session write failed, on
+// the connection of ok, its LOGIN_ACK OK: LOGIN_ACK STORE_UNAVAILABLE.
+func loginFailure(ok *actorpb.ToConn) *actorpb.ToConn {
+	return &actorpb.ToConn{AppCode: ok.AppCode, Uid: ok.Uid, ConnId: ok.ConnId,
+		Frames: []*actorpb.OutFrame{{Cmd: uint32(messages.CmdLoginAck), Seq: ok.Frames[0].Seq, Body: loginFailedBody}},
+		Login:  &actorpb.LoginOutcome{Ok: false}}
 }
 
 // endSession kicks the current session, unless it is on conn.

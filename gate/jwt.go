@@ -38,6 +38,7 @@ type appKey struct {
 type macState struct {
 	mac hash.Hash
 	buf []byte
+	raw []byte // the decoded claims
 }
 
 func newAppKey(secret []byte) *appKey {
@@ -48,13 +49,11 @@ func newAppKey(secret []byte) *appKey {
 
 // validSignature reports whether sig (base64url, unpadded) is the
 // HMAC-SHA256 of signed with the app's secret.
-func (k *appKey) validSignature(signed, sig string) bool {
+func (st *macState) validSignature(signed, sig string) bool {
 	var want, got [sha256.Size]byte
 	if len(sig) != base64.RawURLEncoding.EncodedLen(len(want)) {
 		return false
 	}
-	st := k.macs.Get().(*macState)
-	defer k.macs.Put(st)
 	st.buf = append(st.buf[:0], sig...)
 	if n, err := base64.RawURLEncoding.Decode(want[:], st.buf); err != nil || n != len(want) {
 		return false
@@ -63,10 +62,28 @@ func (k *appKey) validSignature(signed, sig string) bool {
 	st.mac.Reset()
 	_, _ = st.mac.Write(st.buf)
 	st.mac.Sum(got[:0])
-	if cap(st.buf) > MaxTokenLen {
-		st.buf = nil
-	}
 	return hmac.Equal(want[:], got[:])
+}
+
+// decode decodes seg (base64url, unpadded) into the state's scratch
+// space: the result is valid until the state's next use.
+func (st *macState) decode(seg string) ([]byte, error) {
+	st.buf = append(st.buf[:0], seg...)
+	n := base64.RawURLEncoding.DecodedLen(len(seg))
+	if cap(st.raw) < n {
+		st.raw = make([]byte, n)
+	}
+	n, err := base64.RawURLEncoding.Decode(st.raw[:n], st.buf)
+	return st.raw[:n], err
+}
+
+// release returns the state to its app's pool, unless a long token grew
+// its scratch space.
+func (k *appKey) release(st *macState) {
+	if cap(st.buf) > MaxTokenLen || cap(st.raw) > MaxTokenLen {
+		st.buf, st.raw = nil, nil
+	}
+	k.macs.Put(st)
 }
 
 // parse verifies token with key and decodes and validates its claims
@@ -81,10 +98,12 @@ func (a *JWTAuthenticator) parse(token string, key *appKey, claims *tokenClaims)
 	if err := a.checkHeader(header); err != nil {
 		return err
 	}
-	if !key.validSignature(token[:len(header)+1+len(payload)], sig) {
+	st := key.macs.Get().(*macState)
+	defer key.release(st)
+	if !st.validSignature(token[:len(header)+1+len(payload)], sig) {
 		return fmt.Errorf("%w: %w", jwt.ErrTokenSignatureInvalid, jwt.ErrSignatureInvalid)
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(payload)
+	raw, err := st.decode(payload)
 	if err != nil {
 		return fmt.Errorf("%w: could not base64 decode claim: %v", jwt.ErrTokenMalformed, err)
 	}
@@ -107,6 +126,12 @@ func (a *JWTAuthenticator) checkHeader(seg string) error {
 	if last := a.header.Load(); last != nil && *last == seg {
 		return nil
 	}
+	return a.checkNewHeader(seg)
+}
+
+// checkNewHeader is checkHeader of a header not remembered (apart, so
+// that the remembered one's check does not move seg to the heap).
+func (a *JWTAuthenticator) checkNewHeader(seg string) error {
 	raw, err := base64.RawURLEncoding.DecodeString(seg)
 	if err != nil {
 		return fmt.Errorf("%w: could not base64 decode header: %v", jwt.ErrTokenMalformed, err)

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -291,14 +290,37 @@ func expiryKey(expiresMs int64, ik []byte) []byte {
 
 // prefixEnd returns the smallest key greater than every key with prefix p.
 func prefixEnd(p []byte) []byte {
-	end := bytes.Clone(p)
+	return appendPrefixEnd(nil, p)
+}
+
+// appendPrefixEnd appends prefixEnd(p) to dst (nothing if there is none:
+// p is all 0xff).
+func appendPrefixEnd(dst, p []byte) []byte {
+	start := len(dst)
+	dst = append(dst, p...)
+	end := dst[start:]
 	for i := len(end) - 1; i >= 0; i-- {
 		end[i]++
 		if end[i] != 0 {
-			return end[:i+1]
+			return dst[:start+i+1]
 		}
 	}
-	return nil
+	if start == 0 {
+		return nil
+	}
+	return dst[:start]
+}
+
+// keyBuf is scratch space for the keys of one read (Load), pooled.
+type keyBuf struct{ a, b []byte }
+
+var keyBufs = sync.Pool{New: func() any { return new(keyBuf) }}
+
+func (kb *keyBuf) release() {
+	if cap(kb.a) > 1024 || cap(kb.b) > 1024 {
+		return
+	}
+	keyBufs.Put(kb)
 }
 
 // Load implements Store. It claims the identity (pebbleOwners), then
@@ -312,12 +334,15 @@ func (s *Pebble) Load(_ context.Context, id Identity) (*Snapshot, error) {
 	if s.closed {
 		return nil, ErrClosed
 	}
-	owner, err := s.own.claim(id)
+	kb := keyBufs.Get().(*keyBuf)
+	defer kb.release() // after the iterator's Close: it holds the bounds
+	owner, err := s.own.claim(id, kb)
 	if err != nil {
 		return nil, err
 	}
 	snap := &Snapshot{Owner: owner, Meta: &actorpb.IdentityMeta{}}
-	v, closer, err := s.db.Get(appendIDKey(nil, prefixMeta, id))
+	kb.a = appendIDKey(kb.a[:0], prefixMeta, id)
+	v, closer, err := s.db.Get(kb.a)
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
 	case err != nil:
@@ -329,8 +354,9 @@ func (s *Pebble) Load(_ context.Context, id Identity) (*Snapshot, error) {
 			return nil, fmt.Errorf("store: corrupt meta of %s: %w", id, err)
 		}
 	}
-	lower := appendIDKey(nil, prefixInbox, id)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
+	kb.a = appendIDKey(kb.a[:0], prefixInbox, id)
+	kb.b = appendPrefixEnd(kb.b[:0], kb.a)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: kb.a, UpperBound: kb.b})
 	if err != nil {
 		return nil, fmt.Errorf("%w: inbox of %s: %v", ErrUnavailable, id, err)
 	}
