@@ -96,7 +96,7 @@ func (o *pebbleOwners) claim(id Identity, kb *keyBuf) (uint64, error) {
 func (o *pebbleOwners) check(ws []pending) (done func(), err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	var checked []Identity
+	checked := make([]Identity, 0, len(ws))
 	var kb keyBuf
 	release := func() {
 		o.mu.Lock()

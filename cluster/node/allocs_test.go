@@ -114,12 +114,17 @@ func TestHotPathAllocationsPerMessage(t *testing.T) {
 	measure("fire-and-forget", apipb.Delivery_DELIVERY_FIRE_AND_FORGET, ffAllocBudget)
 }
 
-// loginAllocBudget is the budget of TestLoginAllocations: the node
-// process's heap allocations per login of an identity it has never seen
-// (accept, LOGIN, token check, activation, store load, session write,
-// LOGIN_ACK). Measured 2026-11-30 (go1.26.8) at its introduction: see the
-// test's history; the budget is the measurement plus about 10%.
-const loginAllocBudget = 999.0
+// Budgets of TestLoginAllocations: the node process's heap allocations
+// per login of an identity it has never seen (accept, LOGIN, token check,
+// activation, store load, session write, LOGIN_ACK), without and with the
+// race detector (which the node is then built with, and which makes
+// sync.Pool drop some of what it is given). Measured 2026-11-30
+// (go1.26.8): main before issue 13's round 3 (ab2da75) 84.7; after it
+// 54.3-54.6, 63.6 with -race. The budgets are those plus about 10%.
+const (
+	loginAllocBudget     = 60.0
+	loginAllocBudgetRace = 70.0
+)
 
 // TestLoginAllocations logs in fresh identities, many at once, and counts
 // the node's heap allocations per login (go_memstats_mallocs_total of the
@@ -185,9 +190,13 @@ func TestLoginAllocations(t *testing.T) {
 	login("fresh", count)
 	c := nodeMallocs(t, n)
 	per := (c - b - scrape) / count
-	t.Logf("%.1f allocations per login (budget %.0f; reading the metric: %.0f)", per, loginAllocBudget, scrape)
-	if per > loginAllocBudget {
-		t.Errorf("%.1f allocations per login, over the budget of %.0f", per, loginAllocBudget)
+	budget := loginAllocBudget
+	if testkit.RaceEnabled {
+		budget = loginAllocBudgetRace
+	}
+	t.Logf("%.1f allocations per login (budget %.0f; reading the metric: %.0f)", per, budget, scrape)
+	if per > budget {
+		t.Errorf("%.1f allocations per login, over the budget of %.0f", per, budget)
 	}
 }
 
