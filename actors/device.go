@@ -526,7 +526,8 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 	}
 	d.meta.Session = d.session
 	d.persistMeta()
-	ack := &devicepb.LoginAck{
+	a := &loginAnswer{}
+	a.ack = devicepb.LoginAck{
 		Code:             devicepb.Code_OK,
 		Epoch:            d.session.Epoch,
 		HeartbeatSeconds: uint32(d.cfg.Heartbeat / time.Second),
@@ -535,10 +536,27 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 		Zstd:             d.session.Zstd,
 		LastSeq:          d.meta.LastSeq,
 	}
-	tc := d.toConn(m.Conn, d.session.Epoch, frame(messages.CmdLoginAck, 0, m.FrameSeq, ack))
-	tc.Login = &actorpb.LoginOutcome{Ok: true, AppCode: uint32(d.id.App), Uid: d.id.UID, Epoch: d.session.Epoch, Zstd: d.session.Zstd}
-	d.emit(Effect{Conn: m.Conn, ToConn: tc, failLogin: true})
+	body, err := proto.Marshal(&a.ack)
+	if err != nil {
+		panic(fmt.Sprintf("actors: marshal LoginAck: %v", err)) // our own message cannot fail
+	}
+	a.frame = actorpb.OutFrame{Cmd: uint32(messages.CmdLoginAck), Seq: m.FrameSeq, Body: body}
+	a.frames[0] = &a.frame
+	a.outcome = actorpb.LoginOutcome{Ok: true, AppCode: uint32(d.id.App), Uid: d.id.UID, Epoch: d.session.Epoch, Zstd: d.session.Zstd}
+	a.tc = actorpb.ToConn{AppCode: uint32(d.id.App), Uid: d.id.UID, ConnId: m.Conn.ConnId, Epoch: d.session.Epoch,
+		Frames: a.frames[:], Login: &a.outcome}
+	d.emit(Effect{Conn: m.Conn, ToConn: &a.tc, failLogin: true})
 	d.pump(now)
+}
+
+// loginAnswer is a LOGIN_ACK OK for the gate in one allocation. Nothing
+// keeps it once the gate has it.
+type loginAnswer struct {
+	tc      actorpb.ToConn
+	frames  [1]*actorpb.OutFrame
+	frame   actorpb.OutFrame
+	outcome actorpb.LoginOutcome
+	ack     devicepb.LoginAck
 }
 
 // loginFailedBody is the body of LOGIN_ACK STORE_UNAVAILABLE.
