@@ -66,14 +66,16 @@ func (o *pebbleOwners) get(id Identity, kb *keyBuf) (uint64, error) {
 }
 
 // claim gives id a new owner epoch, once every write of an older owner
-// that passed its check has been committed. kb is scratch space.
-func (o *pebbleOwners) claim(id Identity, kb *keyBuf) (uint64, error) {
+// that passed its check has been committed, and reports whether id was
+// never claimed before. kb is scratch space.
+func (o *pebbleOwners) claim(id Identity, kb *keyBuf) (epoch uint64, first bool, err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	cur, err := o.get(id, kb)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
+	first = cur == 0
 	cur++
 	// Not synced: after a crash no activation of before it is alive, and
 	// the epochs only need to differ among live ones. The write is
@@ -82,13 +84,13 @@ func (o *pebbleOwners) claim(id Identity, kb *keyBuf) (uint64, error) {
 	kb.a = appendIDKey(kb.a[:0], prefixOwner, id)
 	kb.b = binary.BigEndian.AppendUint64(kb.b[:0], cur)
 	if err := o.db.Set(kb.a, kb.b, pebble.NoSync); err != nil {
-		return 0, fmt.Errorf("%w: claim %s: %v", ErrUnavailable, id, err)
+		return 0, false, fmt.Errorf("%w: claim %s: %v", ErrUnavailable, id, err)
 	}
 	o.cache[id] = cur
 	for o.inflight[id] > 0 {
 		o.cond.Wait()
 	}
-	return cur, nil
+	return cur, first, nil
 }
 
 // check marks the writes of ws whose owner is no longer their identity's
