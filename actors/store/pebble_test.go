@@ -242,8 +242,9 @@ func BenchmarkPebbleCommit(b *testing.B) {
 
 // BenchmarkPebbleReads measures the reads a device actor makes inline
 // on its worker (Pebble's LoadAsync and IdempotencyAsync do not queue):
-// loading an identity (claim, meta, a small inbox) and looking up an
-// idempotency key that is not there (a new push) or is.
+// loading an identity (claim, meta, a small inbox), loading one never
+// seen (the claim only), and looking up an idempotency key that is not
+// there (a new push) or is.
 func BenchmarkPebbleReads(b *testing.B) {
 	s, err := OpenPebble(PebbleConfig{Dir: b.TempDir()}, nil)
 	if err != nil {
@@ -281,6 +282,18 @@ func BenchmarkPebbleReads(b *testing.B) {
 			i++
 			s.LoadAsync(id(i), deadline, func(snap *Snapshot, err error) {
 				if err != nil || len(snap.Inbox) != 3 {
+					b.Fatal(err)
+				}
+			})
+		}
+	})
+	b.Run("load new", func(b *testing.B) { // an identity never seen: a first login
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			i++
+			s.LoadAsync(Identity{App: 1, UID: fmt.Sprintf("new-%d-%d", b.N, i)}, deadline, func(snap *Snapshot, err error) {
+				if err != nil || len(snap.Inbox) != 0 {
 					b.Fatal(err)
 				}
 			})
