@@ -380,13 +380,8 @@ func expiryKey(expiresMs int64, ik []byte) []byte {
 	return append(k, ik...)
 }
 
-// prefixEnd returns the smallest key greater than every key with prefix p.
-func prefixEnd(p []byte) []byte {
-	return appendPrefixEnd(nil, p)
-}
-
-// appendPrefixEnd appends prefixEnd(p) to dst (nothing if there is none:
-// p is all 0xff).
+// appendPrefixEnd appends the smallest key greater than every key with
+// prefix p to dst (nothing if there is none: p is all 0xff).
 func appendPrefixEnd(dst, p []byte) []byte {
 	start := len(dst)
 	dst = append(dst, p...)
