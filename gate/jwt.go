@@ -24,8 +24,8 @@ import (
 // tokenClaims and pass golang-jwt's own Validator; only the order differs
 // (the signature is checked before the claims are decoded, so a forged
 // token costs no JSON decoding). Claims of the usual shape are decoded by
-// decodeClaimsFast (1.3 µs and 8 allocations per token instead of 4.3 µs
-// and 21 with encoding/json), anything else by encoding/json.
+// decodeClaimsFast, anything else by encoding/json (BenchmarkJWTVerify:
+// 1.0 µs and 6 allocations per token; 4.3 µs and 21 with encoding/json).
 
 // appKey is an app's secret with a pool of HMACs keyed with it.
 type appKey struct {
