@@ -60,7 +60,8 @@ type Deps struct {
 	// of Config.MaxPendingWrites slots).
 	Writes *WriteBudget
 
-	idle *idleWheel // the actors' idle checks
+	idle  *idleWheel    // the actors' idle checks
+	newID func() string // IDs.Next, bound once (not per machine built)
 }
 
 // NewDeps fills in the defaults of d (the clock, no statistics, the write
@@ -83,6 +84,7 @@ func NewDeps(d Deps) *Deps {
 		d.Writes = NewWriteBudget(n)
 	}
 	d.idle = newIdleWheel(d.Config.PassivateAfter)
+	d.newID = d.IDs.Next
 	return &d
 }
 
@@ -126,7 +128,7 @@ type deviceActor struct {
 	seen uint64  // envelopes received, for the passivation handshake
 
 	timer   *time.Timer
-	timerAt time.Time
+	timerAt int64 // when timer fires (Unix nanoseconds; 0: not armed)
 	// idleNode schedules, on the node's idle wheel, a check every
 	// PassivateAfter whether the actor has been idle that long (the
 	// library's receive timeout is not used: it fires once, and its timer
@@ -134,7 +136,7 @@ type deviceActor struct {
 	// (guarded by the wheel's lock).
 	idleNode   wheel.Node[deviceActor]
 	self       *actor.PID
-	lastActive time.Time
+	lastActive time.Duration // the last envelope's time (since the idle wheel's start)
 	// detached counts deletions submitted without waiting whose
 	// detachedDone has not come: the actor does not passivate or finish
 	// a handoff before they are done, or the next activation would load
@@ -188,12 +190,12 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	msg := ctx.Message()
 	switch m := msg.(type) {
 	case *actor.Started:
-		a.lastActive = time.Now()
+		a.lastActive = a.deps.idle.since()
 		a.armIdle(ctx, a.deps.Config.PassivateAfter)
 	case *actorpb.Envelope:
 		// Only envelopes count as activity: the actor's own timers and
 		// completions do not keep it in memory.
-		a.lastActive = time.Now()
+		a.lastActive = a.deps.idle.since()
 		if a.seen == 0 {
 			a.id = store.Identity{App: uint16(m.AppCode), UID: m.Uid}
 		}
@@ -247,7 +249,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	case slotFree:
 		a.slotWait = false
 	case tick:
-		a.timerAt = time.Time{}
+		a.timerAt = 0
 		if a.d != nil {
 			a.d.Tick(a.deps.Now())
 		}
@@ -258,7 +260,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		}
 		a.startLoad(ctx, nil)
 	case idleCheck:
-		if wait := a.deps.Config.PassivateAfter - time.Since(a.lastActive); wait > 0 {
+		if wait := a.deps.Config.PassivateAfter - (a.deps.idle.since() - a.lastActive); wait > 0 {
 			a.armIdle(ctx, wait)
 			return
 		}
@@ -425,7 +427,7 @@ func (a *deviceActor) crashed(ctx actor.Context, r any) {
 // it finds has ended if its gate instance is gone or one of the recent
 // closes names its connection.
 func (a *deviceActor) build(snap *store.Snapshot) {
-	d := NewDevice(a.deps.Config, a.id, snap, a.deps.Stats, a.deps.IDs.Next)
+	d := NewDevice(a.deps.Config, a.id, snap, a.deps.Stats, a.deps.newID)
 	a.d = d
 	now := a.deps.Now()
 	if s := d.Session(); s != nil && !a.gateAlive(s.GetConn().GetGateId()) {
@@ -629,13 +631,13 @@ func (a *deviceActor) perform(ctx actor.Context) {
 	}
 	a.sendEffects()
 	next := d.NextDue()
-	if next.IsZero() || (!a.timerAt.IsZero() && !next.Before(a.timerAt)) {
+	if next.IsZero() || (a.timerAt != 0 && next.UnixNano() >= a.timerAt) {
 		return
 	}
 	if a.timer != nil {
 		a.timer.Stop()
 	}
-	a.timerAt = next
+	a.timerAt = next.UnixNano()
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	a.timer = time.AfterFunc(max(time.Until(next), time.Millisecond), func() { root.Send(self, tick{}) })
 }
@@ -680,6 +682,7 @@ func (a *deviceActor) sendEffects() {
 		// until its next message.
 		effs[i] = Effect{}
 	}
+	a.d.Release()
 }
 
 func (a *deviceActor) send(e Effect) {

@@ -3,7 +3,9 @@ package actors
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -110,8 +112,7 @@ type Device struct {
 	// its own; an identity that writes nothing more flushes them before
 	// it leaves memory or hands off (FlushDeletions). Lost in a crash,
 	// the entries are delivered again: nothing depends on a deletion.
-	dels    []uint32
-	delExps []int64
+	dels []deletion
 
 	inbox   []*item // by seq
 	byMsgID map[string]*item
@@ -120,17 +121,14 @@ type Device struct {
 	// per sender, so that one user cannot fill another's C2C room alone.
 	s2c, c2c      usage
 	senders       map[string]*usage // C2C by sender uid
-	inflight      int
 	inflightBytes int
 	// minExpiry is a lower bound of the inbox's earliest expiry (Unix ms,
 	// 0: none), so that most calls skip the expiry scan.
 	minExpiry int64
-	// recentIdem remembers idempotency records written while active, so a
+	// recent remembers idempotency records written while active, so a
 	// duplicate that arrives before its first write is durable is caught
-	// (the store does not have it yet). idemOrder lists its keys oldest
-	// first; a key leaves memory only once its record is durable.
-	recentIdem map[string]idemMemo
-	idemOrder  []string
+	// (the store does not have it yet); nil until the first.
+	recent *recentIdem
 
 	// Output commit. Writes are numbered from 1; submitted is the number
 	// of the last write handed out by TakeWrite, durable the last one that
@@ -138,12 +136,65 @@ type Device struct {
 	next      *store.Write
 	submitted uint64
 	durable   uint64
-	inFlight  bool
-	waiting   []queued
-	ready     []Effect
-	spare     []Effect // the other buffer of ready (see Effects)
-	broken    bool
-	fenced    bool
+	fx        *effects // nil while no effect is queued (Release)
+	// inflight is the number of messages delivered and not yet
+	// acknowledged (at most Config.Window, 4096); it shares a word with
+	// the flags.
+	inflight int32
+	inFlight bool
+	broken   bool
+	fenced   bool
+}
+
+// deletion is an acknowledged (or expired) entry's seq and the expiry it
+// was stored with, waiting for a write to carry its deletion.
+type deletion struct {
+	seq uint32
+	exp int64
+}
+
+// recentIdem are the idempotency records a machine wrote while in
+// memory; order lists their keys oldest first. A key leaves memory only
+// once its record is durable.
+type recentIdem struct {
+	m     map[string]idemMemo
+	order []string
+}
+
+// effects are a machine's queued effects: waiting for a write, and ready
+// to perform, with spare, the other buffer of ready (see Effects). A
+// machine holds them only while something is queued: Release gives them
+// back to effectsPool, so that the identities in memory with nothing to
+// send (most of them) do not each keep their last buffers.
+type effects struct {
+	waiting []queued
+	ready   []Effect
+	spare   []Effect
+}
+
+var effectsPool = sync.Pool{New: func() any { return new(effects) }}
+
+// effectsKeep is the largest buffer capacity that goes back to
+// effectsPool; bigger ones (after a burst) are left to the garbage
+// collector.
+const effectsKeep = 64
+
+// queue returns the machine's effect queues, taking them from the pool
+// if it has none.
+func (d *Device) queue() *effects {
+	if d.fx == nil {
+		d.fx = effectsPool.Get().(*effects)
+	}
+	return d.fx
+}
+
+// queued reports how many effects wait for a write and how many are
+// ready.
+func (d *Device) queued() (waiting, ready int) {
+	if d.fx == nil {
+		return 0, 0
+	}
+	return len(d.fx.waiting), len(d.fx.ready)
 }
 
 // usage is what a part of the inbox holds.
@@ -227,13 +278,15 @@ func (d *Device) WriteReady() bool {
 // a write (FlushDeletions), no effect waiting, no message delivered and
 // unacknowledged.
 func (d *Device) Idle() bool {
-	return d.next == nil && !d.inFlight && len(d.dels) == 0 && len(d.waiting) == 0 && len(d.ready) == 0 && d.inflight == 0
+	w, r := d.queued()
+	return d.next == nil && !d.inFlight && len(d.dels) == 0 && w == 0 && r == 0 && d.inflight == 0
 }
 
 // IdleButDeletions reports whether the machine would be Idle once its
 // pending deletions are written.
 func (d *Device) IdleButDeletions() bool {
-	return len(d.dels) > 0 && d.next == nil && !d.inFlight && len(d.waiting) == 0 && len(d.ready) == 0 && d.inflight == 0
+	w, r := d.queued()
+	return len(d.dels) > 0 && d.next == nil && !d.inFlight && w == 0 && r == 0 && d.inflight == 0
 }
 
 // FlushDeletions makes the pending deletions part of the next write, for
@@ -259,9 +312,13 @@ func (d *Device) takeDeletions(w *store.Write) {
 	if len(d.dels) == 0 {
 		return
 	}
-	w.Delete = append(w.Delete, d.dels...)
-	w.DeleteExpiry = append(w.DeleteExpiry, d.delExps...)
-	d.dels, d.delExps = d.dels[:0], d.delExps[:0]
+	w.Delete = slices.Grow(w.Delete, len(d.dels))
+	w.DeleteExpiry = slices.Grow(w.DeleteExpiry, len(d.dels))
+	for _, x := range d.dels {
+		w.Delete = append(w.Delete, x.seq)
+		w.DeleteExpiry = append(w.DeleteExpiry, x.exp)
+	}
+	d.dels = d.dels[:0]
 	n := len(d.inbox)
 	kept := !d.inFlight && n > 0 && d.inbox[n-1].e.Seq == d.meta.LastSeq
 	if w.Meta == nil && d.meta.LastSeq > d.savedLastSeq && !kept {
@@ -275,32 +332,44 @@ func (d *Device) takeDeletions(w *store.Write) {
 // write pending or in flight, no effect waiting for a write. (Deliveries
 // not yet acknowledged may remain: they are in the store.)
 func (d *Device) Settled() bool {
-	return d.next == nil && !d.inFlight && len(d.waiting) == 0
+	w, _ := d.queued()
+	return d.next == nil && !d.inFlight && w == 0
 }
 
 // KnowsIdempotencyKey reports whether key was written while the machine
 // was in memory (the caller need not ask the store).
 func (d *Device) KnowsIdempotencyKey(key string) bool {
-	_, ok := d.recentIdem[key]
+	_, ok := d.recentRecord(key)
 	return ok
+}
+
+// recentRecord returns the record remembered under key, if any.
+func (d *Device) recentRecord(key string) (idemMemo, bool) {
+	if d.recent == nil {
+		return idemMemo{}, false
+	}
+	m, ok := d.recent.m[key]
+	return m, ok
 }
 
 // remember keeps rec in memory under key until it is durable, and forgets
 // the oldest durable keys beyond maxRecentIdem.
 func (d *Device) remember(key string, rec *actorpb.IdempotencyRecord) {
-	if d.recentIdem == nil {
-		d.recentIdem = map[string]idemMemo{}
+	r := d.recent
+	if r == nil {
+		r = &recentIdem{m: map[string]idemMemo{}}
+		d.recent = r
 	}
-	d.recentIdem[key] = idemMemo{rec: rec, tag: d.submitted + 1} // in d.next
-	d.idemOrder = append(d.idemOrder, key)
-	for len(d.recentIdem) > maxRecentIdem {
-		oldest := d.idemOrder[0]
-		if d.recentIdem[oldest].tag > d.durable {
+	r.m[key] = idemMemo{rec: rec, tag: d.submitted + 1} // in d.next
+	r.order = append(r.order, key)
+	for len(r.m) > maxRecentIdem {
+		oldest := r.order[0]
+		if r.m[oldest].tag > d.durable {
 			break // the oldest key is not durable yet, and no later one is
 		}
-		delete(d.recentIdem, oldest)
-		d.idemOrder[0] = ""
-		d.idemOrder = d.idemOrder[1:]
+		delete(r.m, oldest)
+		r.order[0] = ""
+		r.order = r.order[1:]
 	}
 }
 
@@ -345,13 +414,14 @@ func (d *Device) persistMeta() {
 
 // emit queues an effect behind every write the machine has produced so far.
 func (d *Device) emit(e Effect) {
+	fx := d.queue()
 	switch {
 	case d.next != nil:
-		d.waiting = append(d.waiting, queued{d.submitted + 1, e})
+		fx.waiting = append(fx.waiting, queued{d.submitted + 1, e})
 	case d.inFlight:
-		d.waiting = append(d.waiting, queued{d.submitted, e})
+		fx.waiting = append(fx.waiting, queued{d.submitted, e})
 	default:
-		d.ready = append(d.ready, e)
+		fx.ready = append(fx.ready, e)
 	}
 }
 
@@ -368,17 +438,19 @@ func (d *Device) TakeDetached() *store.Write {
 	d.next = nil
 	// Effects queued behind this write now wait only for the write in
 	// flight, if any.
-	for i := range d.waiting {
-		if d.waiting[i].tag > d.submitted {
-			d.waiting[i].tag = d.submitted
+	if fx := d.fx; fx != nil {
+		for i := range fx.waiting {
+			if fx.waiting[i].tag > d.submitted {
+				fx.waiting[i].tag = d.submitted
+			}
 		}
-	}
-	if !d.inFlight {
-		for _, q := range d.waiting {
-			d.ready = append(d.ready, q.eff)
+		if !d.inFlight {
+			for _, q := range fx.waiting {
+				fx.ready = append(fx.ready, q.eff)
+			}
+			clear(fx.waiting)
+			fx.waiting = fx.waiting[:0]
 		}
-		clear(d.waiting)
-		d.waiting = d.waiting[:0]
 	}
 	return w
 }
@@ -426,17 +498,21 @@ func (d *Device) WriteDone(err error) {
 	}
 	d.durable = d.submitted
 	d.savedLastSeq = max(d.savedLastSeq, d.takenLastSeq)
+	fx := d.fx
+	if fx == nil {
+		return
+	}
 	n := 0
-	for _, q := range d.waiting {
+	for _, q := range fx.waiting {
 		if q.tag > d.durable {
 			break
 		}
-		d.ready = append(d.ready, q.eff)
+		fx.ready = append(fx.ready, q.eff)
 		n++
 	}
-	rest := copy(d.waiting, d.waiting[n:])
-	clear(d.waiting[rest:])
-	d.waiting = d.waiting[:rest]
+	rest := copy(fx.waiting, fx.waiting[n:])
+	clear(fx.waiting[rest:])
+	fx.waiting = fx.waiting[:rest]
 }
 
 // Abort breaks the machine: everything that waits for a write is void.
@@ -447,7 +523,12 @@ func (d *Device) WriteDone(err error) {
 // actor then rebuilds the machine from the store, or stops.
 func (d *Device) Abort(code codes.Code, msg string) {
 	d.broken = true
-	for _, q := range d.waiting {
+	fx := d.fx
+	if fx == nil {
+		d.next = nil
+		return
+	}
+	for _, q := range fx.waiting {
 		switch {
 		case q.eff.Reply != nil:
 			m := msg
@@ -459,23 +540,46 @@ func (d *Device) Abort(code codes.Code, msg string) {
 			}
 			r := failure(code, m)
 			r.ReqId = q.eff.ReplyTo.ReqID
-			d.ready = append(d.ready, Effect{ReplyTo: q.eff.ReplyTo, Reply: r})
+			fx.ready = append(fx.ready, Effect{ReplyTo: q.eff.ReplyTo, Reply: r})
 		case q.eff.FailConn != nil:
-			d.ready = append(d.ready, Effect{Conn: q.eff.Conn, ToConn: q.eff.FailConn})
+			fx.ready = append(fx.ready, Effect{Conn: q.eff.Conn, ToConn: q.eff.FailConn})
 		}
 	}
-	d.waiting = nil
+	clear(fx.waiting)
+	fx.waiting = fx.waiting[:0]
 	d.next = nil
 }
 
 // Effects returns the effects to perform now, in order, and forgets them.
 // The slice is the machine's: it stays valid until the next call of
-// Effects, and must not be kept.
+// Effects or Release, and must not be kept.
 func (d *Device) Effects() []Effect {
-	out := d.ready
-	clear(d.spare)
-	d.ready, d.spare = d.spare[:0], out
+	fx := d.fx
+	if fx == nil {
+		return nil
+	}
+	out := fx.ready
+	clear(fx.spare)
+	fx.ready, fx.spare = fx.spare[:0], out
 	return out
+}
+
+// Release says the caller is done with the slice Effects returned last.
+// A machine with no effect queued then gives its buffers back to a pool
+// shared by all machines: an identity in memory with nothing to send
+// keeps none.
+func (d *Device) Release() {
+	fx := d.fx
+	if fx == nil || len(fx.waiting) > 0 || len(fx.ready) > 0 {
+		return
+	}
+	d.fx = nil
+	clear(fx.spare)
+	if cap(fx.waiting) > effectsKeep || cap(fx.ready) > effectsKeep || cap(fx.spare) > effectsKeep {
+		return
+	}
+	fx.spare = fx.spare[:0]
+	effectsPool.Put(fx)
 }
 
 // ---- inputs ----
@@ -646,8 +750,7 @@ func (d *Device) remove(it *item) {
 		d.inflightBytes -= it.size
 	}
 	// The deletion waits for the identity's next write (takeDeletions).
-	d.dels = append(d.dels, it.e.Seq)
-	d.delExps = append(d.delExps, it.e.ExpiresAtMs)
+	d.dels = append(d.dels, deletion{it.e.Seq, it.e.ExpiresAtMs})
 }
 
 func (d *Device) pull(after, limit uint32) *devicepb.PullAck {
@@ -689,7 +792,7 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 		return
 	}
 	if m.IdempotencyKey != "" {
-		if r, ok := d.recentIdem[PushKey(m.IdempotencyKey)]; ok {
+		if r, ok := d.recentRecord(PushKey(m.IdempotencyKey)); ok {
 			rec = r.rec
 		}
 		if rec != nil {
@@ -800,7 +903,7 @@ func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.Idempotency
 				&devicepb.C2CAck{Code: code, MsgId: msgID, ClientMsgId: c.GetClientMsgId(), Reason: reason})},
 		}
 	}
-	if r, ok := d.recentIdem[key]; ok {
+	if r, ok := d.recentRecord(key); ok {
 		rec = r.rec
 	}
 	if rec != nil {
@@ -845,7 +948,8 @@ func (d *Device) Presence(to ReplyTo) {
 		p.Conn, p.Epoch, p.GateAddr = s.Conn, s.Epoch, s.GateAddr
 		p.DeviceId, p.Platform, p.AppVersion, p.LoggedInAtMs = s.DeviceId, s.Platform, s.AppVersion, s.LoggedInAtMs
 	}
-	d.ready = append(d.ready, Effect{ReplyTo: to, Reply: &actorpb.Reply{ReqId: to.ReqID, Body: &actorpb.Reply_Presence{Presence: p}}})
+	fx := d.queue()
+	fx.ready = append(fx.ready, Effect{ReplyTo: to, Reply: &actorpb.Reply{ReqId: to.ReqID, Body: &actorpb.Reply_Presence{Presence: p}}})
 }
 
 // Tick redelivers what is due and expires what is past its expiry.
@@ -878,7 +982,7 @@ func (d *Device) NextDue() time.Time {
 	}
 	seen := 0
 	for _, it := range d.inbox {
-		if seen >= d.inflight {
+		if seen >= int(d.inflight) {
 			break
 		}
 		if it.sent {
@@ -938,12 +1042,12 @@ func (d *Device) deliveryFrame(e *actorpb.InboxEntry) *actorpb.OutFrame {
 // pump delivers unsent entries in seq order while the window (count and
 // bytes) has room, in one effect.
 func (d *Device) pump(now time.Time) {
-	if d.session == nil || d.inflight >= d.cfg.Window {
+	if d.session == nil || int(d.inflight) >= d.cfg.Window {
 		return
 	}
 	var frames []*actorpb.OutFrame
 	for _, it := range d.inbox {
-		if d.inflight >= d.cfg.Window {
+		if int(d.inflight) >= d.cfg.Window {
 			break
 		}
 		if it.sent {
