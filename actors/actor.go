@@ -141,7 +141,11 @@ type deviceActor struct {
 	// detachedDone has not come: the actor does not passivate or finish
 	// a handoff before they are done, or the next activation would load
 	// the entries again (and its claim could fence the deletion).
-	detached int
+	detached int32
+	// stashOrdered and reloadStep are described below (Store reads,
+	// closes); they and the flags that follow share one word.
+	stashOrdered int32
+	reloadStep   uint8
 	// writing: a write taken from a machine has not completed. No machine
 	// is loaded meanwhile (the load could miss the write).
 	writing bool
@@ -156,14 +160,15 @@ type deviceActor struct {
 	// handingOff: another member owns the identity now; the actor
 	// completes what is in flight, loads nothing, and then stops.
 	handingOff bool
+	unapplied  bool // see closes
+	recheck    bool // see Store reads
 
 	// closes are the recent closes of the identity's connections,
 	// applied again to every machine loaded; unapplied says one came
-	// while no machine could be loaded (the load is retried meanwhile).
+	// while no machine could be loaded (the load is retried meanwhile,
+	// after 100 ms doubling to 5 s: reloadStep counts the retries).
 	closes      []*actorpb.DeviceClosed
-	unapplied   bool
 	reloadTimer *time.Timer
-	reloadWait  time.Duration
 
 	// Store reads (reads.go). read is the one outstanding (nil: none);
 	// stash holds the envelopes that arrived meanwhile, in order (at
@@ -173,12 +178,10 @@ type deviceActor struct {
 	// a close, a gate's end or a sweep did not fit in the stash and is
 	// applied once it is handled. current is the envelope being handled,
 	// answered if the actor panics.
-	read         *pendingRead
-	stash        []*actorpb.Envelope
-	stashOrdered int
-	prefetched   map[string]*actorpb.IdempotencyRecord
-	recheck      bool
-	current      *actorpb.Envelope
+	read       *pendingRead
+	stash      []*actorpb.Envelope
+	prefetched map[string]*actorpb.IdempotencyRecord
+	current    *actorpb.Envelope
 }
 
 func (a *deviceActor) Receive(ctx actor.Context) {
@@ -447,15 +450,21 @@ func (a *deviceActor) gateAlive(id string) bool {
 	return a.deps.Gates == nil || a.deps.Gates.GateAlive(id)
 }
 
+// maxReloadStep is the retry from which a reload waits the most (5 s).
+const maxReloadStep = 7
+
 // scheduleReload retries a failed load later (100 ms, doubling to 5 s),
 // for a close that must still be applied.
 func (a *deviceActor) scheduleReload(ctx actor.Context) {
 	if a.reloadTimer != nil {
 		return
 	}
-	a.reloadWait = min(max(2*a.reloadWait, 100*time.Millisecond), 5*time.Second)
+	if a.reloadStep < maxReloadStep {
+		a.reloadStep++
+	}
+	wait := min(100*time.Millisecond<<(a.reloadStep-1), 5*time.Second)
 	self, root := ctx.Self(), ctx.ActorSystem().Root
-	a.reloadTimer = time.AfterFunc(a.reloadWait, func() { root.Send(self, reload{}) })
+	a.reloadTimer = time.AfterFunc(wait, func() { root.Send(self, reload{}) })
 }
 
 // noteClose remembers a close of one of the identity's connections.
