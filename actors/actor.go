@@ -60,8 +60,8 @@ type Deps struct {
 	// of Config.MaxPendingWrites slots).
 	Writes *WriteBudget
 
-	idle  *idleWheel    // the actors' idle checks
-	newID func() string // IDs.Next, bound once (not per machine built)
+	idle     *idleWheel  // the actors' idle checks
+	machines *MachineEnv // what the machines share
 }
 
 // NewDeps fills in the defaults of d (the clock, no statistics, the write
@@ -84,7 +84,7 @@ func NewDeps(d Deps) *Deps {
 		d.Writes = NewWriteBudget(n)
 	}
 	d.idle = newIdleWheel(d.Config.PassivateAfter)
-	d.newID = d.IDs.Next
+	d.machines = &MachineEnv{Config: d.Config, Stats: d.Stats, NewID: d.IDs.Next}
 	return &d
 }
 
@@ -430,7 +430,7 @@ func (a *deviceActor) crashed(ctx actor.Context, r any) {
 // it finds has ended if its gate instance is gone or one of the recent
 // closes names its connection.
 func (a *deviceActor) build(snap *store.Snapshot) {
-	d := NewDevice(a.deps.Config, a.id, snap, a.deps.Stats, a.deps.newID)
+	d := NewDeviceIn(a.deps.machines, a.id, snap)
 	a.d = d
 	now := a.deps.Now()
 	if s := d.Session(); s != nil && !a.gateAlive(s.GetConn().GetGateId()) {

@@ -90,10 +90,8 @@ type queued struct {
 //
 // A Device is not safe for concurrent use.
 type Device struct {
-	cfg     *Config
+	env     *MachineEnv
 	id      store.Identity
-	stats   Stats
-	newID   func() string
 	owner   uint64 // the owner epoch of the snapshot, stamped on every write
 	meta    *actorpb.IdentityMeta
 	session *actorpb.SessionRecord // nil when offline
@@ -212,16 +210,31 @@ type idemMemo struct {
 // by the inbox limits: each belongs to a stored message).
 const maxRecentIdem = 256
 
+// MachineEnv is what every machine of a node shares: its settings, its
+// statistics and its message id generator (one pointer per machine
+// instead of three fields).
+type MachineEnv struct {
+	Config *Config
+	Stats  Stats         // nil: none
+	NewID  func() string // message ids
+}
+
 // NewDevice rebuilds the machine of id from a store snapshot.
 func NewDevice(cfg *Config, id store.Identity, snap *store.Snapshot, stats Stats, newID func() string) *Device {
-	if stats == nil {
-		stats = NopStats{}
+	return NewDeviceIn(&MachineEnv{Config: cfg, Stats: stats, NewID: newID}, id, snap)
+}
+
+// NewDeviceIn rebuilds the machine of id from a store snapshot, in env
+// (shared, not to be changed once a machine uses it).
+func NewDeviceIn(env *MachineEnv, id store.Identity, snap *store.Snapshot) *Device {
+	if env.Stats == nil {
+		e := *env
+		e.Stats = NopStats{}
+		env = &e
 	}
 	d := &Device{
-		cfg:   cfg,
+		env:   env,
 		id:    id,
-		stats: stats,
-		newID: newID,
 		owner: snap.Owner,
 		meta:  snap.Meta,
 	}
@@ -627,7 +640,7 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 	ack := &devicepb.LoginAck{
 		Code:             devicepb.Code_OK,
 		Epoch:            d.session.Epoch,
-		HeartbeatSeconds: uint32(d.cfg.Heartbeat / time.Second),
+		HeartbeatSeconds: uint32(d.env.Config.Heartbeat / time.Second),
 		ServerTimeMs:     now.UnixMilli(),
 		Pending:          uint32(len(d.inbox)),
 		Zstd:             d.session.Zstd,
@@ -730,7 +743,7 @@ func (d *Device) ack(now time.Time, msgID string) {
 		return
 	}
 	d.remove(it)
-	d.stats.Acked(d.id.App, it.e.Msgtype, now.Sub(time.UnixMilli(it.e.SentAtMs)))
+	d.env.Stats.Acked(d.id.App, it.e.Msgtype, now.Sub(time.UnixMilli(it.e.SentAtMs)))
 }
 
 // remove deletes an entry from the inbox: from memory now, from the store
@@ -754,15 +767,15 @@ func (d *Device) remove(it *item) {
 }
 
 func (d *Device) pull(after, limit uint32) *devicepb.PullAck {
-	if limit == 0 || int(limit) > d.cfg.PullPage {
-		limit = uint32(d.cfg.PullPage)
+	if limit == 0 || int(limit) > d.env.Config.PullPage {
+		limit = uint32(d.env.Config.PullPage)
 	}
 	i := sort.Search(len(d.inbox), func(i int) bool { return d.inbox[i].e.Seq > after })
 	ack := &devicepb.PullAck{Code: devicepb.Code_OK}
 	size := 0
 	for ; i < len(d.inbox) && len(ack.Messages) < int(limit); i++ {
 		e := d.inbox[i].e
-		if size += d.inbox[i].size; size > d.cfg.WindowBytes && len(ack.Messages) > 0 {
+		if size += d.inbox[i].size; size > d.env.Config.WindowBytes && len(ack.Messages) > 0 {
 			break
 		}
 		ack.Messages = append(ack.Messages, &devicepb.StoredMessage{
@@ -778,15 +791,15 @@ func (d *Device) pull(after, limit uint32) *devicepb.PullAck {
 // caller found in the store for m's key (nil if none or no key).
 func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.IdempotencyRecord) {
 	if !m.Stored {
-		d.stats.Accepted(d.id.App, m.Msgtype, false)
-		id := d.newID()
+		d.env.Stats.Accepted(d.id.App, m.Msgtype, false)
+		id := d.env.NewID()
 		online := d.session != nil
 		if online {
 			d.emit(Effect{Conn: d.session.Conn, ToConn: d.toConn(d.session.Conn, d.session.Epoch,
 				frame(messages.CmdS2C, m.Msgtype, 0, &devicepb.S2C{MsgId: id, Payload: m.Payload, SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs}))})
-			d.stats.Delivered(d.id.App, m.Msgtype)
+			d.env.Stats.Delivered(d.id.App, m.Msgtype)
 		} else {
-			d.stats.Dropped(d.id.App, m.Msgtype)
+			d.env.Stats.Dropped(d.id.App, m.Msgtype)
 		}
 		d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{MsgId: id, Online: online}}}, "")
 		return
@@ -803,7 +816,7 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 	}
 	d.expire(now)
 	e := &actorpb.InboxEntry{
-		Kind: devicepb.Kind_KIND_S2C, MsgId: d.newID(), Msgtype: m.Msgtype, Payload: m.Payload,
+		Kind: devicepb.Kind_KIND_S2C, MsgId: d.env.NewID(), Msgtype: m.Msgtype, Payload: m.Payload,
 		SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs, Seq: d.meta.LastSeq + 1,
 	}
 	if err := d.room(e); err != "" {
@@ -823,26 +836,26 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 func (d *Device) room(e *actorpb.InboxEntry) string {
 	n := EntryBytes(e)
 	if e.Kind != devicepb.Kind_KIND_C2C {
-		if d.s2c.n >= d.cfg.InboxMaxMessages {
+		if d.s2c.n >= d.env.Config.InboxMaxMessages {
 			return fmt.Sprintf("inbox of %s is full: %d pushes waiting for acknowledgement", d.id, d.s2c.n)
 		}
-		if d.s2c.bytes+n > d.cfg.InboxMaxBytes {
-			return fmt.Sprintf("inbox of %s is full: %d bytes of pushes waiting, limit %d", d.id, d.s2c.bytes, d.cfg.InboxMaxBytes)
+		if d.s2c.bytes+n > d.env.Config.InboxMaxBytes {
+			return fmt.Sprintf("inbox of %s is full: %d bytes of pushes waiting, limit %d", d.id, d.s2c.bytes, d.env.Config.InboxMaxBytes)
 		}
 		return ""
 	}
-	if d.c2c.n >= d.cfg.C2CMaxMessages {
+	if d.c2c.n >= d.env.Config.C2CMaxMessages {
 		return fmt.Sprintf("the receiver's inbox is full: %d messages from users waiting for acknowledgement", d.c2c.n)
 	}
-	if d.c2c.bytes+n > d.cfg.C2CMaxBytes {
-		return fmt.Sprintf("the receiver's inbox is full: %d bytes of messages from users waiting, limit %d", d.c2c.bytes, d.cfg.C2CMaxBytes)
+	if d.c2c.bytes+n > d.env.Config.C2CMaxBytes {
+		return fmt.Sprintf("the receiver's inbox is full: %d bytes of messages from users waiting, limit %d", d.c2c.bytes, d.env.Config.C2CMaxBytes)
 	}
 	if u := d.senders[e.FromUid]; u != nil {
-		if u.n >= d.cfg.C2CSenderMaxMessages {
+		if u.n >= d.env.Config.C2CSenderMaxMessages {
 			return fmt.Sprintf("the receiver has not acknowledged %d of your messages yet: that is your share of its inbox", u.n)
 		}
-		if u.bytes+n > d.cfg.C2CSenderMaxBytes {
-			return fmt.Sprintf("the receiver has not acknowledged %d bytes of your messages yet, your share of its inbox is %d", u.bytes, d.cfg.C2CSenderMaxBytes)
+		if u.bytes+n > d.env.Config.C2CSenderMaxBytes {
+			return fmt.Sprintf("the receiver has not acknowledged %d bytes of your messages yet, your share of its inbox is %d", u.bytes, d.env.Config.C2CSenderMaxBytes)
 		}
 	}
 	return ""
@@ -865,11 +878,11 @@ func (d *Device) accept(now time.Time, e *actorpb.InboxEntry, key string, rememb
 	w.Put = append(w.Put, e)
 	w.Sync = true
 	if remember {
-		rec := &actorpb.IdempotencyRecord{MsgId: e.MsgId, Seq: e.Seq, ExpiresAtMs: now.Add(d.cfg.IdempotencyTTL).UnixMilli()}
+		rec := &actorpb.IdempotencyRecord{MsgId: e.MsgId, Seq: e.Seq, ExpiresAtMs: now.Add(d.env.Config.IdempotencyTTL).UnixMilli()}
 		w.Idem = append(w.Idem, store.IdemPut{Key: key, Record: rec})
 		d.remember(key, rec)
 	}
-	d.stats.Accepted(d.id.App, e.Msgtype, true)
+	d.env.Stats.Accepted(d.id.App, e.Msgtype, true)
 }
 
 func failure(code codes.Code, msg string) *actorpb.Reply {
@@ -912,8 +925,8 @@ func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.Idempotency
 	}
 	d.expire(now)
 	e := &actorpb.InboxEntry{
-		Kind: devicepb.Kind_KIND_C2C, MsgId: d.newID(), Msgtype: m.Msgtype, Payload: c.GetPayload(), Seq: d.meta.LastSeq + 1,
-		SentAtMs: m.AtMs, ExpiresAtMs: now.Add(d.cfg.C2CTTL).UnixMilli(), FromUid: m.FromUid, ClientMsgId: c.GetClientMsgId(),
+		Kind: devicepb.Kind_KIND_C2C, MsgId: d.env.NewID(), Msgtype: m.Msgtype, Payload: c.GetPayload(), Seq: d.meta.LastSeq + 1,
+		SentAtMs: m.AtMs, ExpiresAtMs: now.Add(d.env.Config.C2CTTL).UnixMilli(), FromUid: m.FromUid, ClientMsgId: c.GetClientMsgId(),
 	}
 	if err := d.room(e); err != "" {
 		d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_INBOX_FULL, "", err)})
@@ -966,7 +979,7 @@ func (d *Device) Tick(now time.Time) {
 		frames = append(frames, d.deliveryFrame(it.e))
 		it.attempts++
 		it.due = now.Add(d.backoff(it.attempts))
-		d.stats.Retried(d.id.App, it.e.Msgtype)
+		d.env.Stats.Retried(d.id.App, it.e.Msgtype)
 	}
 	if len(frames) > 0 {
 		d.emit(Effect{Conn: d.session.Conn, ToConn: d.toConn(d.session.Conn, d.session.Epoch, frames...)})
@@ -996,11 +1009,11 @@ func (d *Device) NextDue() time.Time {
 }
 
 func (d *Device) backoff(attempts int) time.Duration {
-	b := d.cfg.RetryInitial
-	for i := 1; i < attempts && b < d.cfg.RetryMax; i++ {
+	b := d.env.Config.RetryInitial
+	for i := 1; i < attempts && b < d.env.Config.RetryMax; i++ {
 		b *= 2
 	}
-	return min(b, d.cfg.RetryMax)
+	return min(b, d.env.Config.RetryMax)
 }
 
 func (d *Device) noteExpiry(ms int64) {
@@ -1026,7 +1039,7 @@ func (d *Device) expire(now time.Time) {
 	}
 	for _, it := range gone {
 		d.remove(it)
-		d.stats.Expired(d.id.App, it.e.Msgtype)
+		d.env.Stats.Expired(d.id.App, it.e.Msgtype)
 	}
 }
 
@@ -1042,18 +1055,18 @@ func (d *Device) deliveryFrame(e *actorpb.InboxEntry) *actorpb.OutFrame {
 // pump delivers unsent entries in seq order while the window (count and
 // bytes) has room, in one effect.
 func (d *Device) pump(now time.Time) {
-	if d.session == nil || int(d.inflight) >= d.cfg.Window {
+	if d.session == nil || int(d.inflight) >= d.env.Config.Window {
 		return
 	}
 	var frames []*actorpb.OutFrame
 	for _, it := range d.inbox {
-		if int(d.inflight) >= d.cfg.Window {
+		if int(d.inflight) >= d.env.Config.Window {
 			break
 		}
 		if it.sent {
 			continue
 		}
-		if d.inflight > 0 && d.inflightBytes+it.size > d.cfg.WindowBytes {
+		if d.inflight > 0 && d.inflightBytes+it.size > d.env.Config.WindowBytes {
 			break
 		}
 		frames = append(frames, d.deliveryFrame(it.e))
@@ -1062,10 +1075,10 @@ func (d *Device) pump(now time.Time) {
 		d.inflight++
 		d.inflightBytes += it.size
 		if it.delivered {
-			d.stats.Retried(d.id.App, it.e.Msgtype)
+			d.env.Stats.Retried(d.id.App, it.e.Msgtype)
 		} else {
 			it.delivered = true
-			d.stats.Delivered(d.id.App, it.e.Msgtype)
+			d.env.Stats.Delivered(d.id.App, it.e.Msgtype)
 		}
 	}
 	if len(frames) > 0 {
