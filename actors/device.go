@@ -90,11 +90,17 @@ type queued struct {
 //
 // A Device is not safe for concurrent use.
 type Device struct {
-	env     *MachineEnv
-	id      store.Identity
-	owner   uint64 // the owner epoch of the snapshot, stamped on every write
-	meta    *actorpb.IdentityMeta
-	session *actorpb.SessionRecord // nil when offline
+	env   *MachineEnv
+	id    store.Identity
+	owner uint64 // the owner epoch of the snapshot, stamped on every write
+	// The identity's meta, kept as fields (the IdentityMeta a write
+	// stores is made when the write is taken): the last seq assigned, the
+	// last session epoch and the session record (stored: online or not;
+	// session: the live one, nil when offline).
+	lastEpoch uint64
+	stored    *actorpb.SessionRecord
+	session   *actorpb.SessionRecord
+	lastSeq   uint32
 	// savedLastSeq is the LastSeq in the stored meta. Each stored entry
 	// carries its seq, so a push need not rewrite the meta; the meta's
 	// LastSeq is brought up to date when a write deletes the entry that
@@ -102,10 +108,13 @@ type Device struct {
 	// highest seq is never forgotten.
 	savedLastSeq uint32
 	takenLastSeq uint32 // LastSeq of the meta in the write in flight
+	// inflight is the number of messages delivered and not yet
+	// acknowledged (at most Config.Window, 4096).
+	inflight int32
 
 	// dels are the deletions of entries acknowledged (or expired) that no
-	// write carries yet, and delExps the expiries those entries were
-	// stored with (the store then need not read them). They ride in the
+	// write carries yet, with the expiries those entries were stored
+	// with (the store then need not read them). They ride in the
 	// identity's next write, so an acknowledged message costs no write of
 	// its own; an identity that writes nothing more flushes them before
 	// it leaves memory or hands off (FlushDeletions). Lost in a crash,
@@ -135,13 +144,9 @@ type Device struct {
 	submitted uint64
 	durable   uint64
 	fx        *effects // nil while no effect is queued (Release)
-	// inflight is the number of messages delivered and not yet
-	// acknowledged (at most Config.Window, 4096); it shares a word with
-	// the flags.
-	inflight int32
-	inFlight bool
-	broken   bool
-	fenced   bool
+	inFlight  bool
+	broken    bool
+	fenced    bool
 }
 
 // deletion is an acknowledged (or expired) entry's seq and the expiry it
@@ -236,23 +241,22 @@ func NewDeviceIn(env *MachineEnv, id store.Identity, snap *store.Snapshot) *Devi
 		env:   env,
 		id:    id,
 		owner: snap.Owner,
-		meta:  snap.Meta,
 	}
 	// The maps are made when first written: most identities in memory
 	// hold no message, no C2C sender and no idempotency key.
 	if len(snap.Inbox) > 0 {
 		d.byMsgID = make(map[string]*item, len(snap.Inbox))
 	}
-	if d.meta == nil {
-		d.meta = &actorpb.IdentityMeta{}
+	if m := snap.Meta; m != nil {
+		d.lastSeq, d.lastEpoch, d.stored = m.LastSeq, m.LastEpoch, m.Session
 	}
-	if s := d.meta.Session; s != nil && s.Online {
+	if s := d.stored; s != nil && s.Online {
 		d.session = s
 	}
 	d.inbox = make([]*item, 0, len(snap.Inbox))
-	d.savedLastSeq = d.meta.LastSeq
+	d.savedLastSeq = d.lastSeq
 	for _, e := range snap.Inbox {
-		d.meta.LastSeq = max(d.meta.LastSeq, e.Seq)
+		d.lastSeq = max(d.lastSeq, e.Seq)
 		it := &item{e: e, size: EntryBytes(e)}
 		d.inbox = append(d.inbox, it)
 		d.byMsgID[e.MsgId] = it
@@ -333,11 +337,11 @@ func (d *Device) takeDeletions(w *store.Write) {
 	}
 	d.dels = d.dels[:0]
 	n := len(d.inbox)
-	kept := !d.inFlight && n > 0 && d.inbox[n-1].e.Seq == d.meta.LastSeq
-	if w.Meta == nil && d.meta.LastSeq > d.savedLastSeq && !kept {
+	kept := !d.inFlight && n > 0 && d.inbox[n-1].e.Seq == d.lastSeq
+	if w.Meta == nil && d.lastSeq > d.savedLastSeq && !kept {
 		// No sync needed: lost together with the deletion, the entry
 		// keeps the seq.
-		w.Meta = d.meta
+		w.Meta = metaPending
 	}
 }
 
@@ -419,10 +423,14 @@ func (d *Device) write() *store.Write {
 	return d.next
 }
 
+// metaPending marks a write that must store the identity's meta: TakeWrite
+// replaces it with the meta as it is then. It never reaches the store.
+var metaPending = &actorpb.IdentityMeta{}
+
 // persistMeta stores the meta (a session change) durably.
 func (d *Device) persistMeta() {
 	w := d.write()
-	w.Meta, w.Sync = d.meta, true
+	w.Meta, w.Sync = metaPending, true
 }
 
 // emit queues an effect behind every write the machine has produced so far.
@@ -484,9 +492,9 @@ func (d *Device) TakeWrite() *store.Write {
 	if w.Meta != nil {
 		// The committer encodes the write on its own goroutine while the
 		// machine goes on changing its meta; session records are never
-		// changed once made, so a shallow copy is a snapshot.
-		w.Meta = &actorpb.IdentityMeta{LastSeq: d.meta.LastSeq, LastEpoch: d.meta.LastEpoch, Session: d.meta.Session}
-		d.takenLastSeq = d.meta.LastSeq
+		// changed once made, so sharing the record is safe.
+		w.Meta = &actorpb.IdentityMeta{LastSeq: d.lastSeq, LastEpoch: d.lastEpoch, Session: d.stored}
+		d.takenLastSeq = d.lastSeq
 	}
 	d.submitted++
 	d.inFlight = true
@@ -622,10 +630,10 @@ func (d *Device) toConn(conn *actorpb.ConnRef, epoch uint64, frames ...*actorpb.
 func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 	d.endSession(devicepb.KickReason_LOGGED_IN_ELSEWHERE, "logged in on another connection", m.Conn)
 	d.expire(now)
-	d.meta.LastEpoch++
+	d.lastEpoch++
 	l := m.GetLogin()
 	d.session = &actorpb.SessionRecord{
-		Epoch:        d.meta.LastEpoch,
+		Epoch:        d.lastEpoch,
 		Conn:         m.Conn,
 		GateAddr:     m.GateAddr,
 		DeviceId:     l.GetDeviceId(),
@@ -635,7 +643,7 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 		Online:       true,
 		Zstd:         l.GetZstd(),
 	}
-	d.meta.Session = d.session
+	d.stored = d.session
 	d.persistMeta()
 	ack := &devicepb.LoginAck{
 		Code:             devicepb.Code_OK,
@@ -644,7 +652,7 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 		ServerTimeMs:     now.UnixMilli(),
 		Pending:          uint32(len(d.inbox)),
 		Zstd:             d.session.Zstd,
-		LastSeq:          d.meta.LastSeq,
+		LastSeq:          d.lastSeq,
 	}
 	tc := d.toConn(m.Conn, d.session.Epoch, frame(messages.CmdLoginAck, 0, m.FrameSeq, ack))
 	tc.Login = &actorpb.LoginOutcome{Ok: true, AppCode: uint32(d.id.App), Uid: d.id.UID, Epoch: d.session.Epoch, Zstd: d.session.Zstd}
@@ -676,7 +684,7 @@ func (d *Device) goOffline() {
 		return
 	}
 	// A new record: the old one may be part of a write in flight.
-	d.meta.Session = &actorpb.SessionRecord{
+	d.stored = &actorpb.SessionRecord{
 		Epoch: s.Epoch, Conn: s.Conn, GateAddr: s.GateAddr, DeviceId: s.DeviceId, Platform: s.Platform,
 		AppVersion: s.AppVersion, LoggedInAtMs: s.LoggedInAtMs, Online: false, Zstd: s.Zstd,
 	}
@@ -817,7 +825,7 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 	d.expire(now)
 	e := &actorpb.InboxEntry{
 		Kind: devicepb.Kind_KIND_S2C, MsgId: d.env.NewID(), Msgtype: m.Msgtype, Payload: m.Payload,
-		SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs, Seq: d.meta.LastSeq + 1,
+		SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs, Seq: d.lastSeq + 1,
 	}
 	if err := d.room(e); err != "" {
 		d.reply(to, failure(codes.ResourceExhausted, err), "")
@@ -864,8 +872,8 @@ func (d *Device) room(e *actorpb.InboxEntry) string {
 // accept stores e under its seq (the next one) with an idempotency record
 // under key when remember is set.
 func (d *Device) accept(now time.Time, e *actorpb.InboxEntry, key string, remember bool) {
-	d.meta.LastSeq++
-	e.Seq = d.meta.LastSeq
+	d.lastSeq++
+	e.Seq = d.lastSeq
 	it := &item{e: e, size: EntryBytes(e)}
 	d.inbox = append(d.inbox, it)
 	if d.byMsgID == nil {
@@ -925,7 +933,7 @@ func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.Idempotency
 	}
 	d.expire(now)
 	e := &actorpb.InboxEntry{
-		Kind: devicepb.Kind_KIND_C2C, MsgId: d.env.NewID(), Msgtype: m.Msgtype, Payload: c.GetPayload(), Seq: d.meta.LastSeq + 1,
+		Kind: devicepb.Kind_KIND_C2C, MsgId: d.env.NewID(), Msgtype: m.Msgtype, Payload: c.GetPayload(), Seq: d.lastSeq + 1,
 		SentAtMs: m.AtMs, ExpiresAtMs: now.Add(d.env.Config.C2CTTL).UnixMilli(), FromUid: m.FromUid, ClientMsgId: c.GetClientMsgId(),
 	}
 	if err := d.room(e); err != "" {
