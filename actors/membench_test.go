@@ -16,9 +16,9 @@ import (
 // one that makes it smaller should lower the budget.
 //
 // Measured 2026-11-30 (go1.26.8, 20,000 identities): 1,873 B before issue
-// 13's third round of memory work, 1,601 B after it (and 1,601 B with the
-// race detector).
-const activeIdentityBudget = 1730
+// 13's third round of memory work, 1,488 B after it (1,500 B with the race
+// detector).
+const activeIdentityBudget = 1610
 
 // activeIdentityHeap activates n identities (a presence query each, which
 // loads an empty identity) that stay in memory, and returns the heap in
