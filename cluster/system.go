@@ -536,7 +536,9 @@ func (s *System) deadLetter(evt any) {
 // C2C or PULL would otherwise wait for their deadline, or for ever
 // (actors.Refusal says how). Without it only requests are answered. fn
 // runs on the library's goroutine or the sender's, and must not block.
-func (s *System) OnUndeliverable(fn func(env *actorpb.Envelope, why string)) { s.undeliverable.Store(&fn) }
+func (s *System) OnUndeliverable(fn func(env *actorpb.Envelope, why string)) {
+	s.undeliverable.Store(&fn)
+}
 
 // OnLeaseless has fn say what this node still sends of a ToConn while it
 // holds no lease (actors.Leaseless: the answers to a device's requests,
