@@ -9,6 +9,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/gate/wheel"
@@ -621,6 +622,65 @@ func Refusal(env *actorpb.Envelope, code codes.Code, dc devicepb.Code, why strin
 		}
 	}
 	return nil, nil, nil
+}
+
+// leaselessWhy is the reason of the refusals a node without its
+// membership lease sends in place of its answers (Leaseless).
+const leaselessWhy = "the node serving this identity lost its place in the cluster meanwhile: retry (a C2C with the same client_msg_id: it is never stored twice)"
+
+// Leaseless is what a node that lost its membership lease still sends of
+// tc (cluster.System.OnLeaseless). It may no longer own the identity, so
+// it delivers nothing, kicks nobody and confirms nothing; but a device's
+// LOGIN, C2C or PULL must not go unanswered. So each LOGIN_ACK, C2C_ACK
+// and PULL_ACK of tc goes out as a retryable refusal (STORE_UNAVAILABLE;
+// one that already refuses goes out as it is), a login's outcome as
+// failed (the gate closes the connection, and the session ends wherever
+// it was recorded); every other frame is dropped: the identity's owner
+// sends it, or the device repeats what it acknowledges. The result is nil
+// when nothing is left.
+func Leaseless(tc *actorpb.ToConn) *actorpb.ToConn {
+	var frames []*actorpb.OutFrame
+	for _, f := range tc.GetFrames() {
+		if r := leaselessAnswer(f); r != nil {
+			frames = append(frames, r)
+		}
+	}
+	if len(frames) == 0 {
+		return nil
+	}
+	out := &actorpb.ToConn{AppCode: tc.AppCode, Uid: tc.Uid, GateId: tc.GateId, ConnId: tc.ConnId, Epoch: tc.Epoch, Frames: frames}
+	if tc.Login != nil {
+		out.Login, out.Epoch = &actorpb.LoginOutcome{Ok: false}, 0
+	}
+	return out
+}
+
+// leaselessAnswer is f as a node without its lease sends it: an answer
+// refusing (as it was, or STORE_UNAVAILABLE in place of OK), or nil.
+func leaselessAnswer(f *actorpb.OutFrame) *actorpb.OutFrame {
+	cmd := messages.Cmd(f.Cmd)
+	switch cmd {
+	case messages.CmdLoginAck:
+		var ack devicepb.LoginAck
+		if proto.Unmarshal(f.Body, &ack) == nil && ack.Code != devicepb.Code_OK {
+			return f
+		}
+		return frame(cmd, f.Msgtype, f.Seq, &devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE, Reason: leaselessWhy})
+	case messages.CmdC2CAck:
+		var ack devicepb.C2CAck
+		if proto.Unmarshal(f.Body, &ack) == nil && ack.Code != devicepb.Code_OK {
+			return f
+		}
+		return frame(cmd, f.Msgtype, f.Seq, &devicepb.C2CAck{Code: devicepb.Code_STORE_UNAVAILABLE,
+			ClientMsgId: ack.ClientMsgId, Reason: leaselessWhy})
+	case messages.CmdPullAck:
+		var ack devicepb.PullAck
+		if proto.Unmarshal(f.Body, &ack) == nil && ack.Code != devicepb.Code_OK {
+			return f
+		}
+		return frame(cmd, f.Msgtype, f.Seq, &devicepb.PullAck{Code: devicepb.Code_STORE_UNAVAILABLE})
+	}
+	return nil
 }
 
 // perform submits the next write (when the budget has a slot), sends

@@ -211,9 +211,11 @@ func (h *host) Receive(ctx actor.Context) {
 
 // route sends env towards the owner of its identity: here, or to the
 // owner's host. While members disagree about the owner an envelope may be
-// forwarded up to MaxHops times; beyond, or when no member hosts
-// identities, a request fails with a retryable error and a one-way
-// envelope is counted as undeliverable. An identity is never served by a
+// forwarded up to MaxHops times; beyond, when no member hosts
+// identities, or when this node owns the identity but holds no lease, a
+// request fails with a retryable error and a one-way envelope is counted
+// as undeliverable and refused through OnUndeliverable (a device's
+// LOGIN, C2C or PULL gets its retryable answer). An identity is never served by a
 // node that does not own it: two owners could both act for it.
 func (s *System) route(env *actorpb.Envelope) {
 	hash := identityHash(uint16(env.AppCode), env.Uid)
