@@ -61,7 +61,8 @@ type Deps struct {
 	// of Config.MaxPendingWrites slots).
 	Writes *WriteBudget
 
-	idle *idleWheel // the actors' idle checks
+	idle     *idleWheel  // the actors' idle checks
+	machines *MachineEnv // what the machines share
 }
 
 // NewDeps fills in the defaults of d (the clock, no statistics, the write
@@ -84,6 +85,7 @@ func NewDeps(d Deps) *Deps {
 		d.Writes = NewWriteBudget(n)
 	}
 	d.idle = newIdleWheel(d.Config.PassivateAfter)
+	d.machines = &MachineEnv{Config: d.Config, Stats: d.Stats, NewID: d.IDs.Next}
 	return &d
 }
 
@@ -127,7 +129,7 @@ type deviceActor struct {
 	seen uint64  // envelopes received, for the passivation handshake
 
 	timer   *time.Timer
-	timerAt time.Time
+	timerAt int64 // when timer fires (Unix nanoseconds; 0: not armed)
 	// idleNode schedules, on the node's idle wheel, a check every
 	// PassivateAfter whether the actor has been idle that long (the
 	// library's receive timeout is not used: it fires once, and its timer
@@ -135,12 +137,16 @@ type deviceActor struct {
 	// (guarded by the wheel's lock).
 	idleNode   wheel.Node[deviceActor]
 	self       *actor.PID
-	lastActive time.Time
+	lastActive time.Duration // the last envelope's time (since the idle wheel's start)
 	// detached counts deletions submitted without waiting whose
 	// detachedDone has not come: the actor does not passivate or finish
 	// a handoff before they are done, or the next activation would load
 	// the entries again (and its claim could fence the deletion).
-	detached int
+	detached int32
+	// stashOrdered and reloadStep are described below (Store reads,
+	// closes); they and the flags that follow share one word.
+	stashOrdered int32
+	reloadStep   uint8
 	// writing: a write taken from a machine has not completed. No machine
 	// is loaded meanwhile (the load could miss the write).
 	writing bool
@@ -155,14 +161,15 @@ type deviceActor struct {
 	// handingOff: another member owns the identity now; the actor
 	// completes what is in flight, loads nothing, and then stops.
 	handingOff bool
+	unapplied  bool // see closes
+	recheck    bool // see Store reads
 
 	// closes are the recent closes of the identity's connections,
 	// applied again to every machine loaded; unapplied says one came
-	// while no machine could be loaded (the load is retried meanwhile).
+	// while no machine could be loaded (the load is retried meanwhile,
+	// after 100 ms doubling to 5 s: reloadStep counts the retries).
 	closes      []*actorpb.DeviceClosed
-	unapplied   bool
 	reloadTimer *time.Timer
-	reloadWait  time.Duration
 
 	// Store reads (reads.go). read is the one outstanding (nil: none);
 	// stash holds the envelopes that arrived meanwhile, in order (at
@@ -172,12 +179,10 @@ type deviceActor struct {
 	// a close, a gate's end or a sweep did not fit in the stash and is
 	// applied once it is handled. current is the envelope being handled,
 	// answered if the actor panics.
-	read         *pendingRead
-	stash        []*actorpb.Envelope
-	stashOrdered int
-	prefetched   map[string]*actorpb.IdempotencyRecord
-	recheck      bool
-	current      *actorpb.Envelope
+	read       *pendingRead
+	stash      []*actorpb.Envelope
+	prefetched map[string]*actorpb.IdempotencyRecord
+	current    *actorpb.Envelope
 }
 
 func (a *deviceActor) Receive(ctx actor.Context) {
@@ -189,12 +194,12 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	msg := ctx.Message()
 	switch m := msg.(type) {
 	case *actor.Started:
-		a.lastActive = time.Now()
+		a.lastActive = a.deps.idle.since()
 		a.armIdle(ctx, a.deps.Config.PassivateAfter)
 	case *actorpb.Envelope:
 		// Only envelopes count as activity: the actor's own timers and
 		// completions do not keep it in memory.
-		a.lastActive = time.Now()
+		a.lastActive = a.deps.idle.since()
 		if a.seen == 0 {
 			a.id = store.Identity{App: uint16(m.AppCode), UID: m.Uid}
 		}
@@ -248,7 +253,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	case slotFree:
 		a.slotWait = false
 	case tick:
-		a.timerAt = time.Time{}
+		a.timerAt = 0
 		if a.d != nil {
 			a.d.Tick(a.deps.Now())
 		}
@@ -259,7 +264,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		}
 		a.startLoad(ctx, nil)
 	case idleCheck:
-		if wait := a.deps.Config.PassivateAfter - time.Since(a.lastActive); wait > 0 {
+		if wait := a.deps.Config.PassivateAfter - (a.deps.idle.since() - a.lastActive); wait > 0 {
 			a.armIdle(ctx, wait)
 			return
 		}
@@ -426,7 +431,7 @@ func (a *deviceActor) crashed(ctx actor.Context, r any) {
 // it finds has ended if its gate instance is gone or one of the recent
 // closes names its connection.
 func (a *deviceActor) build(snap *store.Snapshot) {
-	d := NewDevice(a.deps.Config, a.id, snap, a.deps.Stats, a.deps.IDs.Next)
+	d := NewDeviceIn(a.deps.machines, a.id, snap)
 	a.d = d
 	now := a.deps.Now()
 	if s := d.Session(); s != nil && !a.gateAlive(s.GetConn().GetGateId()) {
@@ -446,15 +451,21 @@ func (a *deviceActor) gateAlive(id string) bool {
 	return a.deps.Gates == nil || a.deps.Gates.GateAlive(id)
 }
 
+// maxReloadStep is the retry from which a reload waits the most (5 s).
+const maxReloadStep = 7
+
 // scheduleReload retries a failed load later (100 ms, doubling to 5 s),
 // for a close that must still be applied.
 func (a *deviceActor) scheduleReload(ctx actor.Context) {
 	if a.reloadTimer != nil {
 		return
 	}
-	a.reloadWait = min(max(2*a.reloadWait, 100*time.Millisecond), 5*time.Second)
+	if a.reloadStep < maxReloadStep {
+		a.reloadStep++
+	}
+	wait := min(100*time.Millisecond<<(a.reloadStep-1), 5*time.Second)
 	self, root := ctx.Self(), ctx.ActorSystem().Root
-	a.reloadTimer = time.AfterFunc(a.reloadWait, func() { root.Send(self, reload{}) })
+	a.reloadTimer = time.AfterFunc(wait, func() { root.Send(self, reload{}) })
 }
 
 // noteClose remembers a close of one of the identity's connections.
@@ -689,13 +700,13 @@ func (a *deviceActor) perform(ctx actor.Context) {
 	}
 	a.sendEffects()
 	next := d.NextDue()
-	if next.IsZero() || (!a.timerAt.IsZero() && !next.Before(a.timerAt)) {
+	if next.IsZero() || (a.timerAt != 0 && next.UnixNano() >= a.timerAt) {
 		return
 	}
 	if a.timer != nil {
 		a.timer.Stop()
 	}
-	a.timerAt = next
+	a.timerAt = next.UnixNano()
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	a.timer = time.AfterFunc(max(time.Until(next), time.Millisecond), func() { root.Send(self, tick{}) })
 }
@@ -740,6 +751,7 @@ func (a *deviceActor) sendEffects() {
 		// until its next message.
 		effs[i] = Effect{}
 	}
+	a.d.Release()
 }
 
 func (a *deviceActor) send(e Effect) {
