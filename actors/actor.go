@@ -9,6 +9,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/gate/wheel"
@@ -60,7 +61,8 @@ type Deps struct {
 	// of Config.MaxPendingWrites slots).
 	Writes *WriteBudget
 
-	idle *idleWheel // the actors' idle checks
+	idle     *idleWheel  // the actors' idle checks
+	machines *MachineEnv // what the machines share
 }
 
 // NewDeps fills in the defaults of d (the clock, no statistics, the write
@@ -83,6 +85,7 @@ func NewDeps(d Deps) *Deps {
 		d.Writes = NewWriteBudget(n)
 	}
 	d.idle = newIdleWheel(d.Config.PassivateAfter)
+	d.machines = &MachineEnv{Config: d.Config, Stats: d.Stats, NewID: d.IDs.Next}
 	return &d
 }
 
@@ -126,7 +129,7 @@ type deviceActor struct {
 	seen uint64  // envelopes received, for the passivation handshake
 
 	timer   *time.Timer
-	timerAt time.Time
+	timerAt int64 // when timer fires (Unix nanoseconds; 0: not armed)
 	// idleNode schedules, on the node's idle wheel, a check every
 	// PassivateAfter whether the actor has been idle that long (the
 	// library's receive timeout is not used: it fires once, and its timer
@@ -134,12 +137,16 @@ type deviceActor struct {
 	// (guarded by the wheel's lock).
 	idleNode   wheel.Node[deviceActor]
 	self       *actor.PID
-	lastActive time.Time
+	lastActive time.Duration // the last envelope's time (since the idle wheel's start)
 	// detached counts deletions submitted without waiting whose
 	// detachedDone has not come: the actor does not passivate or finish
 	// a handoff before they are done, or the next activation would load
 	// the entries again (and its claim could fence the deletion).
-	detached int
+	detached int32
+	// stashOrdered and reloadStep are described below (Store reads,
+	// closes); they and the flags that follow share one word.
+	stashOrdered int32
+	reloadStep   uint8
 	// writing: a write taken from a machine has not completed. No machine
 	// is loaded meanwhile (the load could miss the write).
 	writing bool
@@ -154,14 +161,15 @@ type deviceActor struct {
 	// handingOff: another member owns the identity now; the actor
 	// completes what is in flight, loads nothing, and then stops.
 	handingOff bool
+	unapplied  bool // see closes
+	recheck    bool // see Store reads
 
 	// closes are the recent closes of the identity's connections,
 	// applied again to every machine loaded; unapplied says one came
-	// while no machine could be loaded (the load is retried meanwhile).
+	// while no machine could be loaded (the load is retried meanwhile,
+	// after 100 ms doubling to 5 s: reloadStep counts the retries).
 	closes      []*actorpb.DeviceClosed
-	unapplied   bool
 	reloadTimer *time.Timer
-	reloadWait  time.Duration
 
 	// Store reads (reads.go). read is the one outstanding (nil: none);
 	// stash holds the envelopes that arrived meanwhile, in order (at
@@ -171,12 +179,10 @@ type deviceActor struct {
 	// a close, a gate's end or a sweep did not fit in the stash and is
 	// applied once it is handled. current is the envelope being handled,
 	// answered if the actor panics.
-	read         *pendingRead
-	stash        []*actorpb.Envelope
-	stashOrdered int
-	prefetched   map[string]*actorpb.IdempotencyRecord
-	recheck      bool
-	current      *actorpb.Envelope
+	read       *pendingRead
+	stash      []*actorpb.Envelope
+	prefetched map[string]*actorpb.IdempotencyRecord
+	current    *actorpb.Envelope
 }
 
 func (a *deviceActor) Receive(ctx actor.Context) {
@@ -188,12 +194,12 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	msg := ctx.Message()
 	switch m := msg.(type) {
 	case *actor.Started:
-		a.lastActive = time.Now()
+		a.lastActive = a.deps.idle.since()
 		a.armIdle(ctx, a.deps.Config.PassivateAfter)
 	case *actorpb.Envelope:
 		// Only envelopes count as activity: the actor's own timers and
 		// completions do not keep it in memory.
-		a.lastActive = time.Now()
+		a.lastActive = a.deps.idle.since()
 		if a.seen == 0 {
 			a.id = store.Identity{App: uint16(m.AppCode), UID: m.Uid}
 		}
@@ -247,7 +253,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	case slotFree:
 		a.slotWait = false
 	case tick:
-		a.timerAt = time.Time{}
+		a.timerAt = 0
 		if a.d != nil {
 			a.d.Tick(a.deps.Now())
 		}
@@ -258,7 +264,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		}
 		a.startLoad(ctx, nil)
 	case idleCheck:
-		if wait := a.deps.Config.PassivateAfter - time.Since(a.lastActive); wait > 0 {
+		if wait := a.deps.Config.PassivateAfter - (a.deps.idle.since() - a.lastActive); wait > 0 {
 			a.armIdle(ctx, wait)
 			return
 		}
@@ -425,7 +431,7 @@ func (a *deviceActor) crashed(ctx actor.Context, r any) {
 // it finds has ended if its gate instance is gone or one of the recent
 // closes names its connection.
 func (a *deviceActor) build(snap *store.Snapshot) {
-	d := NewDevice(a.deps.Config, a.id, snap, a.deps.Stats, a.deps.IDs.Next)
+	d := NewDeviceIn(a.deps.machines, a.id, snap)
 	a.d = d
 	now := a.deps.Now()
 	if s := d.Session(); s != nil && !a.gateAlive(s.GetConn().GetGateId()) {
@@ -445,15 +451,21 @@ func (a *deviceActor) gateAlive(id string) bool {
 	return a.deps.Gates == nil || a.deps.Gates.GateAlive(id)
 }
 
+// maxReloadStep is the retry from which a reload waits the most (5 s).
+const maxReloadStep = 7
+
 // scheduleReload retries a failed load later (100 ms, doubling to 5 s),
 // for a close that must still be applied.
 func (a *deviceActor) scheduleReload(ctx actor.Context) {
 	if a.reloadTimer != nil {
 		return
 	}
-	a.reloadWait = min(max(2*a.reloadWait, 100*time.Millisecond), 5*time.Second)
+	if a.reloadStep < maxReloadStep {
+		a.reloadStep++
+	}
+	wait := min(100*time.Millisecond<<(a.reloadStep-1), 5*time.Second)
 	self, root := ctx.Self(), ctx.ActorSystem().Root
-	a.reloadTimer = time.AfterFunc(a.reloadWait, func() { root.Send(self, reload{}) })
+	a.reloadTimer = time.AfterFunc(wait, func() { root.Send(self, reload{}) })
 }
 
 // noteClose remembers a close of one of the identity's connections.
@@ -612,6 +624,65 @@ func Refusal(env *actorpb.Envelope, code codes.Code, dc devicepb.Code, why strin
 	return nil, nil, nil
 }
 
+// leaselessWhy is the reason of the refusals a node without its
+// membership lease sends in place of its answers (Leaseless).
+const leaselessWhy = "the node serving this identity lost its place in the cluster meanwhile: retry (a C2C with the same client_msg_id: it is never stored twice)"
+
+// Leaseless is what a node that lost its membership lease still sends of
+// tc (cluster.System.OnLeaseless). It may no longer own the identity, so
+// it delivers nothing, kicks nobody and confirms nothing; but a device's
+// LOGIN, C2C or PULL must not go unanswered. So each LOGIN_ACK, C2C_ACK
+// and PULL_ACK of tc goes out as a retryable refusal (STORE_UNAVAILABLE;
+// one that already refuses goes out as it is), a login's outcome as
+// failed (the gate closes the connection, and the session ends wherever
+// it was recorded); every other frame is dropped: the identity's owner
+// sends it, or the device repeats what it acknowledges. The result is nil
+// when nothing is left.
+func Leaseless(tc *actorpb.ToConn) *actorpb.ToConn {
+	var frames []*actorpb.OutFrame
+	for _, f := range tc.GetFrames() {
+		if r := leaselessAnswer(f); r != nil {
+			frames = append(frames, r)
+		}
+	}
+	if len(frames) == 0 {
+		return nil
+	}
+	out := &actorpb.ToConn{AppCode: tc.AppCode, Uid: tc.Uid, GateId: tc.GateId, ConnId: tc.ConnId, Epoch: tc.Epoch, Frames: frames}
+	if tc.Login != nil {
+		out.Login, out.Epoch = &actorpb.LoginOutcome{Ok: false}, 0
+	}
+	return out
+}
+
+// leaselessAnswer is f as a node without its lease sends it: an answer
+// refusing (as it was, or STORE_UNAVAILABLE in place of OK), or nil.
+func leaselessAnswer(f *actorpb.OutFrame) *actorpb.OutFrame {
+	cmd := messages.Cmd(f.Cmd)
+	switch cmd {
+	case messages.CmdLoginAck:
+		var ack devicepb.LoginAck
+		if proto.Unmarshal(f.Body, &ack) == nil && ack.Code != devicepb.Code_OK {
+			return f
+		}
+		return frame(cmd, f.Msgtype, f.Seq, &devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE, Reason: leaselessWhy})
+	case messages.CmdC2CAck:
+		var ack devicepb.C2CAck
+		if proto.Unmarshal(f.Body, &ack) == nil && ack.Code != devicepb.Code_OK {
+			return f
+		}
+		return frame(cmd, f.Msgtype, f.Seq, &devicepb.C2CAck{Code: devicepb.Code_STORE_UNAVAILABLE,
+			ClientMsgId: ack.ClientMsgId, Reason: leaselessWhy})
+	case messages.CmdPullAck:
+		var ack devicepb.PullAck
+		if proto.Unmarshal(f.Body, &ack) == nil && ack.Code != devicepb.Code_OK {
+			return f
+		}
+		return frame(cmd, f.Msgtype, f.Seq, &devicepb.PullAck{Code: devicepb.Code_STORE_UNAVAILABLE})
+	}
+	return nil
+}
+
 // perform submits the next write (when the budget has a slot), sends
 // released effects and re-arms the timer.
 func (a *deviceActor) perform(ctx actor.Context) {
@@ -629,13 +700,13 @@ func (a *deviceActor) perform(ctx actor.Context) {
 	}
 	a.sendEffects()
 	next := d.NextDue()
-	if next.IsZero() || (!a.timerAt.IsZero() && !next.Before(a.timerAt)) {
+	if next.IsZero() || (a.timerAt != 0 && next.UnixNano() >= a.timerAt) {
 		return
 	}
 	if a.timer != nil {
 		a.timer.Stop()
 	}
-	a.timerAt = next
+	a.timerAt = next.UnixNano()
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	a.timer = time.AfterFunc(max(time.Until(next), time.Millisecond), func() { root.Send(self, tick{}) })
 }
@@ -680,6 +751,7 @@ func (a *deviceActor) sendEffects() {
 		// until its next message.
 		effs[i] = Effect{}
 	}
+	a.d.Release()
 }
 
 func (a *deviceActor) send(e Effect) {

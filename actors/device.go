@@ -3,7 +3,9 @@ package actors
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -92,13 +94,17 @@ type queued struct {
 //
 // A Device is not safe for concurrent use.
 type Device struct {
-	cfg     *Config
-	id      store.Identity
-	stats   Stats
-	newID   func() string
-	owner   uint64 // the owner epoch of the snapshot, stamped on every write
-	meta    *actorpb.IdentityMeta
-	session *actorpb.SessionRecord // nil when offline
+	env   *MachineEnv
+	id    store.Identity
+	owner uint64 // the owner epoch of the snapshot, stamped on every write
+	// The identity's meta, kept as fields (the IdentityMeta a write
+	// stores is made when the write is taken): the last seq assigned, the
+	// last session epoch and the session record (stored: online or not;
+	// session: the live one, nil when offline).
+	lastEpoch uint64
+	stored    *actorpb.SessionRecord
+	session   *actorpb.SessionRecord
+	lastSeq   uint32
 	// savedLastSeq is the LastSeq in the stored meta. Each stored entry
 	// carries its seq, so a push need not rewrite the meta; the meta's
 	// LastSeq is brought up to date when a write deletes the entry that
@@ -106,16 +112,18 @@ type Device struct {
 	// highest seq is never forgotten.
 	savedLastSeq uint32
 	takenLastSeq uint32 // LastSeq of the meta in the write in flight
+	// inflight is the number of messages delivered and not yet
+	// acknowledged (at most Config.Window, 4096).
+	inflight int32
 
 	// dels are the deletions of entries acknowledged (or expired) that no
-	// write carries yet, and delExps the expiries those entries were
-	// stored with (the store then need not read them). They ride in the
+	// write carries yet, with the expiries those entries were stored
+	// with (the store then need not read them). They ride in the
 	// identity's next write, so an acknowledged message costs no write of
 	// its own; an identity that writes nothing more flushes them before
 	// it leaves memory or hands off (FlushDeletions). Lost in a crash,
 	// the entries are delivered again: nothing depends on a deletion.
-	dels    []uint32
-	delExps []int64
+	dels []deletion
 
 	inbox   []*item // by seq
 	byMsgID map[string]*item
@@ -124,17 +132,14 @@ type Device struct {
 	// per sender, so that one user cannot fill another's C2C room alone.
 	s2c, c2c      usage
 	senders       map[string]*usage // C2C by sender uid
-	inflight      int
 	inflightBytes int
 	// minExpiry is a lower bound of the inbox's earliest expiry (Unix ms,
 	// 0: none), so that most calls skip the expiry scan.
 	minExpiry int64
-	// recentIdem remembers idempotency records written while active, so a
+	// recent remembers idempotency records written while active, so a
 	// duplicate that arrives before its first write is durable is caught
-	// (the store does not have it yet). idemOrder lists its keys oldest
-	// first; a key leaves memory only once its record is durable.
-	recentIdem map[string]idemMemo
-	idemOrder  []string
+	// (the store does not have it yet); nil until the first.
+	recent *recentIdem
 
 	// Output commit. Writes are numbered from 1; submitted is the number
 	// of the last write handed out by TakeWrite, durable the last one that
@@ -142,12 +147,61 @@ type Device struct {
 	next      *store.Write
 	submitted uint64
 	durable   uint64
+	fx        *effects // nil while no effect is queued (Release)
 	inFlight  bool
-	waiting   []queued
-	ready     []Effect
-	spare     []Effect // the other buffer of ready (see Effects)
 	broken    bool
 	fenced    bool
+}
+
+// deletion is an acknowledged (or expired) entry's seq and the expiry it
+// was stored with, waiting for a write to carry its deletion.
+type deletion struct {
+	seq uint32
+	exp int64
+}
+
+// recentIdem are the idempotency records a machine wrote while in
+// memory; order lists their keys oldest first. A key leaves memory only
+// once its record is durable.
+type recentIdem struct {
+	m     map[string]idemMemo
+	order []string
+}
+
+// effects are a machine's queued effects: waiting for a write, and ready
+// to perform, with spare, the other buffer of ready (see Effects). A
+// machine holds them only while something is queued: Release gives them
+// back to effectsPool, so that the identities in memory with nothing to
+// send (most of them) do not each keep their last buffers.
+type effects struct {
+	waiting []queued
+	ready   []Effect
+	spare   []Effect
+}
+
+var effectsPool = sync.Pool{New: func() any { return new(effects) }}
+
+// effectsKeep is the largest buffer capacity that goes back to
+// effectsPool; bigger ones (after a burst) are left to the garbage
+// collector.
+const effectsKeep = 64
+
+// queue returns the machine's effect queues, taking them from the pool
+// if it has none.
+func (d *Device) queue() *effects {
+	if d.fx == nil {
+		d.fx = effectsPool.Get().(*effects)
+	}
+	return d.fx
+}
+
+// queued reports how many effects wait for a write and how many are
+// ready.
+func (d *Device) queued() (waiting, ready int) {
+	if d.fx == nil {
+		return 0, 0
+	}
+	return len(d.fx.waiting), len(d.fx.ready)
 }
 
 // usage is what a part of the inbox holds.
@@ -165,34 +219,48 @@ type idemMemo struct {
 // by the inbox limits: each belongs to a stored message).
 const maxRecentIdem = 256
 
+// MachineEnv is what every machine of a node shares: its settings, its
+// statistics and its message id generator (one pointer per machine
+// instead of three fields).
+type MachineEnv struct {
+	Config *Config
+	Stats  Stats         // nil: none
+	NewID  func() string // message ids
+}
+
 // NewDevice rebuilds the machine of id from a store snapshot.
 func NewDevice(cfg *Config, id store.Identity, snap *store.Snapshot, stats Stats, newID func() string) *Device {
-	if stats == nil {
-		stats = NopStats{}
+	return NewDeviceIn(&MachineEnv{Config: cfg, Stats: stats, NewID: newID}, id, snap)
+}
+
+// NewDeviceIn rebuilds the machine of id from a store snapshot, in env
+// (shared, not to be changed once a machine uses it).
+func NewDeviceIn(env *MachineEnv, id store.Identity, snap *store.Snapshot) *Device {
+	if env.Stats == nil {
+		e := *env
+		e.Stats = NopStats{}
+		env = &e
 	}
 	d := &Device{
-		cfg:   cfg,
+		env:   env,
 		id:    id,
-		stats: stats,
-		newID: newID,
 		owner: snap.Owner,
-		meta:  snap.Meta,
 	}
 	// The maps are made when first written: most identities in memory
 	// hold no message, no C2C sender and no idempotency key.
 	if len(snap.Inbox) > 0 {
 		d.byMsgID = make(map[string]*item, len(snap.Inbox))
 	}
-	if d.meta == nil {
-		d.meta = &actorpb.IdentityMeta{}
+	if m := snap.Meta; m != nil {
+		d.lastSeq, d.lastEpoch, d.stored = m.LastSeq, m.LastEpoch, m.Session
 	}
-	if s := d.meta.Session; s != nil && s.Online {
+	if s := d.stored; s != nil && s.Online {
 		d.session = s
 	}
 	d.inbox = make([]*item, 0, len(snap.Inbox))
-	d.savedLastSeq = d.meta.LastSeq
+	d.savedLastSeq = d.lastSeq
 	for _, e := range snap.Inbox {
-		d.meta.LastSeq = max(d.meta.LastSeq, e.Seq)
+		d.lastSeq = max(d.lastSeq, e.Seq)
 		it := &item{e: e, size: EntryBytes(e)}
 		d.inbox = append(d.inbox, it)
 		d.byMsgID[e.MsgId] = it
@@ -231,13 +299,15 @@ func (d *Device) WriteReady() bool {
 // a write (FlushDeletions), no effect waiting, no message delivered and
 // unacknowledged.
 func (d *Device) Idle() bool {
-	return d.next == nil && !d.inFlight && len(d.dels) == 0 && len(d.waiting) == 0 && len(d.ready) == 0 && d.inflight == 0
+	w, r := d.queued()
+	return d.next == nil && !d.inFlight && len(d.dels) == 0 && w == 0 && r == 0 && d.inflight == 0
 }
 
 // IdleButDeletions reports whether the machine would be Idle once its
 // pending deletions are written.
 func (d *Device) IdleButDeletions() bool {
-	return len(d.dels) > 0 && d.next == nil && !d.inFlight && len(d.waiting) == 0 && len(d.ready) == 0 && d.inflight == 0
+	w, r := d.queued()
+	return len(d.dels) > 0 && d.next == nil && !d.inFlight && w == 0 && r == 0 && d.inflight == 0
 }
 
 // FlushDeletions makes the pending deletions part of the next write, for
@@ -263,15 +333,19 @@ func (d *Device) takeDeletions(w *store.Write) {
 	if len(d.dels) == 0 {
 		return
 	}
-	w.Delete = append(w.Delete, d.dels...)
-	w.DeleteExpiry = append(w.DeleteExpiry, d.delExps...)
-	d.dels, d.delExps = d.dels[:0], d.delExps[:0]
+	w.Delete = slices.Grow(w.Delete, len(d.dels))
+	w.DeleteExpiry = slices.Grow(w.DeleteExpiry, len(d.dels))
+	for _, x := range d.dels {
+		w.Delete = append(w.Delete, x.seq)
+		w.DeleteExpiry = append(w.DeleteExpiry, x.exp)
+	}
+	d.dels = d.dels[:0]
 	n := len(d.inbox)
-	kept := !d.inFlight && n > 0 && d.inbox[n-1].e.Seq == d.meta.LastSeq
-	if w.Meta == nil && d.meta.LastSeq > d.savedLastSeq && !kept {
+	kept := !d.inFlight && n > 0 && d.inbox[n-1].e.Seq == d.lastSeq
+	if w.Meta == nil && d.lastSeq > d.savedLastSeq && !kept {
 		// No sync needed: lost together with the deletion, the entry
 		// keeps the seq.
-		w.Meta = d.meta
+		w.Meta = metaPending
 	}
 }
 
@@ -279,32 +353,44 @@ func (d *Device) takeDeletions(w *store.Write) {
 // write pending or in flight, no effect waiting for a write. (Deliveries
 // not yet acknowledged may remain: they are in the store.)
 func (d *Device) Settled() bool {
-	return d.next == nil && !d.inFlight && len(d.waiting) == 0
+	w, _ := d.queued()
+	return d.next == nil && !d.inFlight && w == 0
 }
 
 // KnowsIdempotencyKey reports whether key was written while the machine
 // was in memory (the caller need not ask the store).
 func (d *Device) KnowsIdempotencyKey(key string) bool {
-	_, ok := d.recentIdem[key]
+	_, ok := d.recentRecord(key)
 	return ok
+}
+
+// recentRecord returns the record remembered under key, if any.
+func (d *Device) recentRecord(key string) (idemMemo, bool) {
+	if d.recent == nil {
+		return idemMemo{}, false
+	}
+	m, ok := d.recent.m[key]
+	return m, ok
 }
 
 // remember keeps rec in memory under key until it is durable, and forgets
 // the oldest durable keys beyond maxRecentIdem.
 func (d *Device) remember(key string, rec *actorpb.IdempotencyRecord) {
-	if d.recentIdem == nil {
-		d.recentIdem = map[string]idemMemo{}
+	r := d.recent
+	if r == nil {
+		r = &recentIdem{m: map[string]idemMemo{}}
+		d.recent = r
 	}
-	d.recentIdem[key] = idemMemo{rec: rec, tag: d.submitted + 1} // in d.next
-	d.idemOrder = append(d.idemOrder, key)
-	for len(d.recentIdem) > maxRecentIdem {
-		oldest := d.idemOrder[0]
-		if d.recentIdem[oldest].tag > d.durable {
+	r.m[key] = idemMemo{rec: rec, tag: d.submitted + 1} // in d.next
+	r.order = append(r.order, key)
+	for len(r.m) > maxRecentIdem {
+		oldest := r.order[0]
+		if r.m[oldest].tag > d.durable {
 			break // the oldest key is not durable yet, and no later one is
 		}
-		delete(d.recentIdem, oldest)
-		d.idemOrder[0] = ""
-		d.idemOrder = d.idemOrder[1:]
+		delete(r.m, oldest)
+		r.order[0] = ""
+		r.order = r.order[1:]
 	}
 }
 
@@ -341,21 +427,26 @@ func (d *Device) write() *store.Write {
 	return d.next
 }
 
+// metaPending marks a write that must store the identity's meta: TakeWrite
+// replaces it with the meta as it is then. It never reaches the store.
+var metaPending = &actorpb.IdentityMeta{}
+
 // persistMeta stores the meta (a session change) durably.
 func (d *Device) persistMeta() {
 	w := d.write()
-	w.Meta, w.Sync = d.meta, true
+	w.Meta, w.Sync = metaPending, true
 }
 
 // emit queues an effect behind every write the machine has produced so far.
 func (d *Device) emit(e Effect) {
+	fx := d.queue()
 	switch {
 	case d.next != nil:
-		d.waiting = append(d.waiting, queued{d.submitted + 1, e})
+		fx.waiting = append(fx.waiting, queued{d.submitted + 1, e})
 	case d.inFlight:
-		d.waiting = append(d.waiting, queued{d.submitted, e})
+		fx.waiting = append(fx.waiting, queued{d.submitted, e})
 	default:
-		d.ready = append(d.ready, e)
+		fx.ready = append(fx.ready, e)
 	}
 }
 
@@ -372,17 +463,19 @@ func (d *Device) TakeDetached() *store.Write {
 	d.next = nil
 	// Effects queued behind this write now wait only for the write in
 	// flight, if any.
-	for i := range d.waiting {
-		if d.waiting[i].tag > d.submitted {
-			d.waiting[i].tag = d.submitted
+	if fx := d.fx; fx != nil {
+		for i := range fx.waiting {
+			if fx.waiting[i].tag > d.submitted {
+				fx.waiting[i].tag = d.submitted
+			}
 		}
-	}
-	if !d.inFlight {
-		for _, q := range d.waiting {
-			d.ready = append(d.ready, q.eff)
+		if !d.inFlight {
+			for _, q := range fx.waiting {
+				fx.ready = append(fx.ready, q.eff)
+			}
+			clear(fx.waiting)
+			fx.waiting = fx.waiting[:0]
 		}
-		clear(d.waiting)
-		d.waiting = d.waiting[:0]
 	}
 	return w
 }
@@ -403,9 +496,9 @@ func (d *Device) TakeWrite() *store.Write {
 	if w.Meta != nil {
 		// The committer encodes the write on its own goroutine while the
 		// machine goes on changing its meta; session records are never
-		// changed once made, so a shallow copy is a snapshot.
-		w.Meta = &actorpb.IdentityMeta{LastSeq: d.meta.LastSeq, LastEpoch: d.meta.LastEpoch, Session: d.meta.Session}
-		d.takenLastSeq = d.meta.LastSeq
+		// changed once made, so sharing the record is safe.
+		w.Meta = &actorpb.IdentityMeta{LastSeq: d.lastSeq, LastEpoch: d.lastEpoch, Session: d.stored}
+		d.takenLastSeq = d.lastSeq
 	}
 	d.submitted++
 	d.inFlight = true
@@ -430,17 +523,21 @@ func (d *Device) WriteDone(err error) {
 	}
 	d.durable = d.submitted
 	d.savedLastSeq = max(d.savedLastSeq, d.takenLastSeq)
+	fx := d.fx
+	if fx == nil {
+		return
+	}
 	n := 0
-	for _, q := range d.waiting {
+	for _, q := range fx.waiting {
 		if q.tag > d.durable {
 			break
 		}
-		d.ready = append(d.ready, q.eff)
+		fx.ready = append(fx.ready, q.eff)
 		n++
 	}
-	rest := copy(d.waiting, d.waiting[n:])
-	clear(d.waiting[rest:])
-	d.waiting = d.waiting[:rest]
+	rest := copy(fx.waiting, fx.waiting[n:])
+	clear(fx.waiting[rest:])
+	fx.waiting = fx.waiting[:rest]
 }
 
 // Abort breaks the machine: everything that waits for a write is void.
@@ -451,7 +548,12 @@ func (d *Device) WriteDone(err error) {
 // actor then rebuilds the machine from the store, or stops.
 func (d *Device) Abort(code codes.Code, msg string) {
 	d.broken = true
-	for _, q := range d.waiting {
+	fx := d.fx
+	if fx == nil {
+		d.next = nil
+		return
+	}
+	for _, q := range fx.waiting {
 		switch {
 		case q.eff.Reply != nil:
 			m := msg
@@ -463,25 +565,48 @@ func (d *Device) Abort(code codes.Code, msg string) {
 			}
 			r := failure(code, m)
 			r.ReqId = q.eff.ReplyTo.ReqID
-			d.ready = append(d.ready, Effect{ReplyTo: q.eff.ReplyTo, Reply: r})
+			fx.ready = append(fx.ready, Effect{ReplyTo: q.eff.ReplyTo, Reply: r})
 		case q.eff.FailConn != nil:
-			d.ready = append(d.ready, Effect{Conn: q.eff.Conn, ToConn: q.eff.FailConn})
+			fx.ready = append(fx.ready, Effect{Conn: q.eff.Conn, ToConn: q.eff.FailConn})
 		case q.eff.failLogin:
-			d.ready = append(d.ready, Effect{Conn: q.eff.Conn, ToConn: loginFailure(q.eff.ToConn)})
+			fx.ready = append(fx.ready, Effect{Conn: q.eff.Conn, ToConn: loginFailure(q.eff.ToConn)})
 		}
 	}
-	d.waiting = nil
+	clear(fx.waiting)
+	fx.waiting = fx.waiting[:0]
 	d.next = nil
 }
 
 // Effects returns the effects to perform now, in order, and forgets them.
 // The slice is the machine's: it stays valid until the next call of
-// Effects, and must not be kept.
+// Effects or Release, and must not be kept.
 func (d *Device) Effects() []Effect {
-	out := d.ready
-	clear(d.spare)
-	d.ready, d.spare = d.spare[:0], out
+	fx := d.fx
+	if fx == nil {
+		return nil
+	}
+	out := fx.ready
+	clear(fx.spare)
+	fx.ready, fx.spare = fx.spare[:0], out
 	return out
+}
+
+// Release says the caller is done with the slice Effects returned last.
+// A machine with no effect queued then gives its buffers back to a pool
+// shared by all machines: an identity in memory with nothing to send
+// keeps none.
+func (d *Device) Release() {
+	fx := d.fx
+	if fx == nil || len(fx.waiting) > 0 || len(fx.ready) > 0 {
+		return
+	}
+	d.fx = nil
+	clear(fx.spare)
+	if cap(fx.waiting) > effectsKeep || cap(fx.ready) > effectsKeep || cap(fx.spare) > effectsKeep {
+		return
+	}
+	fx.spare = fx.spare[:0]
+	effectsPool.Put(fx)
 }
 
 // ---- inputs ----
@@ -511,10 +636,10 @@ func (d *Device) toConn(conn *actorpb.ConnRef, epoch uint64, frames ...*actorpb.
 func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 	d.endSession(devicepb.KickReason_LOGGED_IN_ELSEWHERE, "logged in on another connection", m.Conn)
 	d.expire(now)
-	d.meta.LastEpoch++
+	d.lastEpoch++
 	l := m.GetLogin()
 	d.session = &actorpb.SessionRecord{
-		Epoch:        d.meta.LastEpoch,
+		Epoch:        d.lastEpoch,
 		Conn:         m.Conn,
 		GateAddr:     m.GateAddr,
 		DeviceId:     l.GetDeviceId(),
@@ -524,17 +649,17 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 		Online:       true,
 		Zstd:         l.GetZstd(),
 	}
-	d.meta.Session = d.session
+	d.stored = d.session
 	d.persistMeta()
 	a := &loginAnswer{}
 	a.ack = devicepb.LoginAck{
 		Code:             devicepb.Code_OK,
 		Epoch:            d.session.Epoch,
-		HeartbeatSeconds: uint32(d.cfg.Heartbeat / time.Second),
+		HeartbeatSeconds: uint32(d.env.Config.Heartbeat / time.Second),
 		ServerTimeMs:     now.UnixMilli(),
 		Pending:          uint32(len(d.inbox)),
 		Zstd:             d.session.Zstd,
-		LastSeq:          d.meta.LastSeq,
+		LastSeq:          d.lastSeq,
 	}
 	body, err := proto.Marshal(&a.ack)
 	if err != nil {
@@ -597,7 +722,7 @@ func (d *Device) goOffline() {
 		return
 	}
 	// A new record: the old one may be part of a write in flight.
-	d.meta.Session = &actorpb.SessionRecord{
+	d.stored = &actorpb.SessionRecord{
 		Epoch: s.Epoch, Conn: s.Conn, GateAddr: s.GateAddr, DeviceId: s.DeviceId, Platform: s.Platform,
 		AppVersion: s.AppVersion, LoggedInAtMs: s.LoggedInAtMs, Online: false, Zstd: s.Zstd,
 	}
@@ -664,7 +789,7 @@ func (d *Device) ack(now time.Time, msgID string) {
 		return
 	}
 	d.remove(it)
-	d.stats.Acked(d.id.App, it.e.Msgtype, now.Sub(time.UnixMilli(it.e.SentAtMs)))
+	d.env.Stats.Acked(d.id.App, it.e.Msgtype, now.Sub(time.UnixMilli(it.e.SentAtMs)))
 }
 
 // remove deletes an entry from the inbox: from memory now, from the store
@@ -684,20 +809,19 @@ func (d *Device) remove(it *item) {
 		d.inflightBytes -= it.size
 	}
 	// The deletion waits for the identity's next write (takeDeletions).
-	d.dels = append(d.dels, it.e.Seq)
-	d.delExps = append(d.delExps, it.e.ExpiresAtMs)
+	d.dels = append(d.dels, deletion{it.e.Seq, it.e.ExpiresAtMs})
 }
 
 func (d *Device) pull(after, limit uint32) *devicepb.PullAck {
-	if limit == 0 || int(limit) > d.cfg.PullPage {
-		limit = uint32(d.cfg.PullPage)
+	if limit == 0 || int(limit) > d.env.Config.PullPage {
+		limit = uint32(d.env.Config.PullPage)
 	}
 	i := sort.Search(len(d.inbox), func(i int) bool { return d.inbox[i].e.Seq > after })
 	ack := &devicepb.PullAck{Code: devicepb.Code_OK}
 	size := 0
 	for ; i < len(d.inbox) && len(ack.Messages) < int(limit); i++ {
 		e := d.inbox[i].e
-		if size += d.inbox[i].size; size > d.cfg.WindowBytes && len(ack.Messages) > 0 {
+		if size += d.inbox[i].size; size > d.env.Config.WindowBytes && len(ack.Messages) > 0 {
 			break
 		}
 		ack.Messages = append(ack.Messages, &devicepb.StoredMessage{
@@ -713,21 +837,21 @@ func (d *Device) pull(after, limit uint32) *devicepb.PullAck {
 // caller found in the store for m's key (nil if none or no key).
 func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.IdempotencyRecord) {
 	if !m.Stored {
-		d.stats.Accepted(d.id.App, m.Msgtype, false)
-		id := d.newID()
+		d.env.Stats.Accepted(d.id.App, m.Msgtype, false)
+		id := d.env.NewID()
 		online := d.session != nil
 		if online {
 			d.emit(Effect{Conn: d.session.Conn, ToConn: d.toConn(d.session.Conn, d.session.Epoch,
 				frame(messages.CmdS2C, m.Msgtype, 0, &devicepb.S2C{MsgId: id, Payload: m.Payload, SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs}))})
-			d.stats.Delivered(d.id.App, m.Msgtype)
+			d.env.Stats.Delivered(d.id.App, m.Msgtype)
 		} else {
-			d.stats.Dropped(d.id.App, m.Msgtype)
+			d.env.Stats.Dropped(d.id.App, m.Msgtype)
 		}
 		d.reply(to, &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{MsgId: id, Online: online}}}, "")
 		return
 	}
 	if m.IdempotencyKey != "" {
-		if r, ok := d.recentIdem[PushKey(m.IdempotencyKey)]; ok {
+		if r, ok := d.recentRecord(PushKey(m.IdempotencyKey)); ok {
 			rec = r.rec
 		}
 		if rec != nil {
@@ -738,8 +862,8 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 	}
 	d.expire(now)
 	e := &actorpb.InboxEntry{
-		Kind: devicepb.Kind_KIND_S2C, MsgId: d.newID(), Msgtype: m.Msgtype, Payload: m.Payload,
-		SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs, Seq: d.meta.LastSeq + 1,
+		Kind: devicepb.Kind_KIND_S2C, MsgId: d.env.NewID(), Msgtype: m.Msgtype, Payload: m.Payload,
+		SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs, Seq: d.lastSeq + 1,
 	}
 	if err := d.room(e); err != "" {
 		d.reply(to, failure(codes.ResourceExhausted, err), "")
@@ -758,26 +882,26 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 func (d *Device) room(e *actorpb.InboxEntry) string {
 	n := EntryBytes(e)
 	if e.Kind != devicepb.Kind_KIND_C2C {
-		if d.s2c.n >= d.cfg.InboxMaxMessages {
+		if d.s2c.n >= d.env.Config.InboxMaxMessages {
 			return fmt.Sprintf("inbox of %s is full: %d pushes waiting for acknowledgement", d.id, d.s2c.n)
 		}
-		if d.s2c.bytes+n > d.cfg.InboxMaxBytes {
-			return fmt.Sprintf("inbox of %s is full: %d bytes of pushes waiting, limit %d", d.id, d.s2c.bytes, d.cfg.InboxMaxBytes)
+		if d.s2c.bytes+n > d.env.Config.InboxMaxBytes {
+			return fmt.Sprintf("inbox of %s is full: %d bytes of pushes waiting, limit %d", d.id, d.s2c.bytes, d.env.Config.InboxMaxBytes)
 		}
 		return ""
 	}
-	if d.c2c.n >= d.cfg.C2CMaxMessages {
+	if d.c2c.n >= d.env.Config.C2CMaxMessages {
 		return fmt.Sprintf("the receiver's inbox is full: %d messages from users waiting for acknowledgement", d.c2c.n)
 	}
-	if d.c2c.bytes+n > d.cfg.C2CMaxBytes {
-		return fmt.Sprintf("the receiver's inbox is full: %d bytes of messages from users waiting, limit %d", d.c2c.bytes, d.cfg.C2CMaxBytes)
+	if d.c2c.bytes+n > d.env.Config.C2CMaxBytes {
+		return fmt.Sprintf("the receiver's inbox is full: %d bytes of messages from users waiting, limit %d", d.c2c.bytes, d.env.Config.C2CMaxBytes)
 	}
 	if u := d.senders[e.FromUid]; u != nil {
-		if u.n >= d.cfg.C2CSenderMaxMessages {
+		if u.n >= d.env.Config.C2CSenderMaxMessages {
 			return fmt.Sprintf("the receiver has not acknowledged %d of your messages yet: that is your share of its inbox", u.n)
 		}
-		if u.bytes+n > d.cfg.C2CSenderMaxBytes {
-			return fmt.Sprintf("the receiver has not acknowledged %d bytes of your messages yet, your share of its inbox is %d", u.bytes, d.cfg.C2CSenderMaxBytes)
+		if u.bytes+n > d.env.Config.C2CSenderMaxBytes {
+			return fmt.Sprintf("the receiver has not acknowledged %d bytes of your messages yet, your share of its inbox is %d", u.bytes, d.env.Config.C2CSenderMaxBytes)
 		}
 	}
 	return ""
@@ -786,8 +910,8 @@ func (d *Device) room(e *actorpb.InboxEntry) string {
 // accept stores e under its seq (the next one) with an idempotency record
 // under key when remember is set.
 func (d *Device) accept(now time.Time, e *actorpb.InboxEntry, key string, remember bool) {
-	d.meta.LastSeq++
-	e.Seq = d.meta.LastSeq
+	d.lastSeq++
+	e.Seq = d.lastSeq
 	it := &item{e: e, size: EntryBytes(e)}
 	d.inbox = append(d.inbox, it)
 	if d.byMsgID == nil {
@@ -800,11 +924,11 @@ func (d *Device) accept(now time.Time, e *actorpb.InboxEntry, key string, rememb
 	w.Put = append(w.Put, e)
 	w.Sync = true
 	if remember {
-		rec := &actorpb.IdempotencyRecord{MsgId: e.MsgId, Seq: e.Seq, ExpiresAtMs: now.Add(d.cfg.IdempotencyTTL).UnixMilli()}
+		rec := &actorpb.IdempotencyRecord{MsgId: e.MsgId, Seq: e.Seq, ExpiresAtMs: now.Add(d.env.Config.IdempotencyTTL).UnixMilli()}
 		w.Idem = append(w.Idem, store.IdemPut{Key: key, Record: rec})
 		d.remember(key, rec)
 	}
-	d.stats.Accepted(d.id.App, e.Msgtype, true)
+	d.env.Stats.Accepted(d.id.App, e.Msgtype, true)
 }
 
 func failure(code codes.Code, msg string) *actorpb.Reply {
@@ -838,7 +962,7 @@ func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.Idempotency
 				&devicepb.C2CAck{Code: code, MsgId: msgID, ClientMsgId: c.GetClientMsgId(), Reason: reason})},
 		}
 	}
-	if r, ok := d.recentIdem[key]; ok {
+	if r, ok := d.recentRecord(key); ok {
 		rec = r.rec
 	}
 	if rec != nil {
@@ -847,8 +971,8 @@ func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.Idempotency
 	}
 	d.expire(now)
 	e := &actorpb.InboxEntry{
-		Kind: devicepb.Kind_KIND_C2C, MsgId: d.newID(), Msgtype: m.Msgtype, Payload: c.GetPayload(), Seq: d.meta.LastSeq + 1,
-		SentAtMs: m.AtMs, ExpiresAtMs: now.Add(d.cfg.C2CTTL).UnixMilli(), FromUid: m.FromUid, ClientMsgId: c.GetClientMsgId(),
+		Kind: devicepb.Kind_KIND_C2C, MsgId: d.env.NewID(), Msgtype: m.Msgtype, Payload: c.GetPayload(), Seq: d.lastSeq + 1,
+		SentAtMs: m.AtMs, ExpiresAtMs: now.Add(d.env.Config.C2CTTL).UnixMilli(), FromUid: m.FromUid, ClientMsgId: c.GetClientMsgId(),
 	}
 	if err := d.room(e); err != "" {
 		d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_INBOX_FULL, "", err)})
@@ -883,7 +1007,8 @@ func (d *Device) Presence(to ReplyTo) {
 		p.Conn, p.Epoch, p.GateAddr = s.Conn, s.Epoch, s.GateAddr
 		p.DeviceId, p.Platform, p.AppVersion, p.LoggedInAtMs = s.DeviceId, s.Platform, s.AppVersion, s.LoggedInAtMs
 	}
-	d.ready = append(d.ready, Effect{ReplyTo: to, Reply: &actorpb.Reply{ReqId: to.ReqID, Body: &actorpb.Reply_Presence{Presence: p}}})
+	fx := d.queue()
+	fx.ready = append(fx.ready, Effect{ReplyTo: to, Reply: &actorpb.Reply{ReqId: to.ReqID, Body: &actorpb.Reply_Presence{Presence: p}}})
 }
 
 // Tick redelivers what is due and expires what is past its expiry.
@@ -900,7 +1025,7 @@ func (d *Device) Tick(now time.Time) {
 		frames = append(frames, d.deliveryFrame(it.e))
 		it.attempts++
 		it.due = now.Add(d.backoff(it.attempts))
-		d.stats.Retried(d.id.App, it.e.Msgtype)
+		d.env.Stats.Retried(d.id.App, it.e.Msgtype)
 	}
 	if len(frames) > 0 {
 		d.emit(Effect{Conn: d.session.Conn, ToConn: d.toConn(d.session.Conn, d.session.Epoch, frames...)})
@@ -916,7 +1041,7 @@ func (d *Device) NextDue() time.Time {
 	}
 	seen := 0
 	for _, it := range d.inbox {
-		if seen >= d.inflight {
+		if seen >= int(d.inflight) {
 			break
 		}
 		if it.sent {
@@ -930,11 +1055,11 @@ func (d *Device) NextDue() time.Time {
 }
 
 func (d *Device) backoff(attempts int) time.Duration {
-	b := d.cfg.RetryInitial
-	for i := 1; i < attempts && b < d.cfg.RetryMax; i++ {
+	b := d.env.Config.RetryInitial
+	for i := 1; i < attempts && b < d.env.Config.RetryMax; i++ {
 		b *= 2
 	}
-	return min(b, d.cfg.RetryMax)
+	return min(b, d.env.Config.RetryMax)
 }
 
 func (d *Device) noteExpiry(ms int64) {
@@ -960,7 +1085,7 @@ func (d *Device) expire(now time.Time) {
 	}
 	for _, it := range gone {
 		d.remove(it)
-		d.stats.Expired(d.id.App, it.e.Msgtype)
+		d.env.Stats.Expired(d.id.App, it.e.Msgtype)
 	}
 }
 
@@ -976,18 +1101,18 @@ func (d *Device) deliveryFrame(e *actorpb.InboxEntry) *actorpb.OutFrame {
 // pump delivers unsent entries in seq order while the window (count and
 // bytes) has room, in one effect.
 func (d *Device) pump(now time.Time) {
-	if d.session == nil || d.inflight >= d.cfg.Window {
+	if d.session == nil || int(d.inflight) >= d.env.Config.Window {
 		return
 	}
 	var frames []*actorpb.OutFrame
 	for _, it := range d.inbox {
-		if d.inflight >= d.cfg.Window {
+		if int(d.inflight) >= d.env.Config.Window {
 			break
 		}
 		if it.sent {
 			continue
 		}
-		if d.inflight > 0 && d.inflightBytes+it.size > d.cfg.WindowBytes {
+		if d.inflight > 0 && d.inflightBytes+it.size > d.env.Config.WindowBytes {
 			break
 		}
 		frames = append(frames, d.deliveryFrame(it.e))
@@ -996,10 +1121,10 @@ func (d *Device) pump(now time.Time) {
 		d.inflight++
 		d.inflightBytes += it.size
 		if it.delivered {
-			d.stats.Retried(d.id.App, it.e.Msgtype)
+			d.env.Stats.Retried(d.id.App, it.e.Msgtype)
 		} else {
 			it.delivered = true
-			d.stats.Delivered(d.id.App, it.e.Msgtype)
+			d.env.Stats.Delivered(d.id.App, it.e.Msgtype)
 		}
 	}
 	if len(frames) > 0 {

@@ -625,8 +625,8 @@ func TestRecentKeysKeptUntilDurable(t *testing.T) {
 	h.settle()
 	h.d.Push(h.now, ReplyTo{"api", 9999}, &actorpb.Push{Stored: true, IdempotencyKey: "one-more"}, nil)
 	h.settle()
-	if len(h.d.recentIdem) > maxRecentIdem {
-		t.Fatalf("%d keys in memory once durable, want at most %d", len(h.d.recentIdem), maxRecentIdem)
+	if len(h.d.recent.m) > maxRecentIdem {
+		t.Fatalf("%d keys in memory once durable, want at most %d", len(h.d.recent.m), maxRecentIdem)
 	}
 }
 

@@ -169,7 +169,7 @@ func (a *deviceActor) finishCurrent(ctx actor.Context, r *pendingRead) {
 			a.loadFailed(ctx, r)
 			return
 		}
-		a.reloadWait = 0
+		a.reloadStep = 0
 		a.build(r.snap)
 		if r.env != nil {
 			a.handle(ctx, r.env)

@@ -37,7 +37,6 @@ import (
 type cell struct {
 	sys *System
 	pid *actor.PID
-	run func() // c.drain, made once: scheduling a run allocates nothing
 	ctx cellContext
 
 	mu      sync.Mutex
@@ -58,7 +57,6 @@ const cellQueueKeep = 16
 // its PID.
 func (s *System) spawnCell() *actor.PID {
 	c := &cell{sys: s}
-	c.run = c.drain
 	c.ctx = cellContext{c: c, a: s.newChild()}
 	// The first send through a PID caches its process in it (PID.ref
 	// keeps any process but the library's own dead ones): sends through
@@ -74,7 +72,7 @@ func (s *System) spawnCell() *actor.PID {
 	reg.Remove(pid)
 	cellSpawnMu.Unlock()
 	pid.Id = reg.NextId()
-	c.pid, c.ctx.self = pid, pid
+	c.pid = pid
 	c.post(startedMessage)
 	return pid
 }
@@ -106,13 +104,13 @@ func (c *cell) post(m any) {
 	c.active = true
 	c.mu.Unlock()
 	if schedule {
-		c.sys.dispatcher.Schedule(c.run)
+		c.sys.dispatcher.schedule(c)
 	}
 }
 
-// drain is a run: it hands the actor what waits, batch by batch, until
-// the mailbox is empty, the cell stops or the run limit is reached.
-func (c *cell) drain() {
+// Run is a run (runner): it hands the actor what waits, batch by batch,
+// until the mailbox is empty, the cell stops or the run limit is reached.
+func (c *cell) Run() {
 	handled := 0
 	for {
 		c.mu.Lock()
@@ -123,7 +121,7 @@ func (c *cell) drain() {
 		}
 		if handled >= cellRunLimit {
 			c.mu.Unlock()
-			c.sys.dispatcher.Schedule(c.run) // still active: nobody else schedules it
+			c.sys.dispatcher.schedule(c) // still active: nobody else schedules it
 			return
 		}
 		batch := c.queue
@@ -210,14 +208,13 @@ func (c *cell) Stop(*actor.PID) {
 // interface); the actor's own recovery reports it.
 type cellContext struct {
 	actor.Context
-	c    *cell
-	a    actor.Actor
-	self *actor.PID
-	msg  any
+	c   *cell
+	a   actor.Actor
+	msg any
 }
 
 func (x *cellContext) Message() any                     { return x.msg }
-func (x *cellContext) Self() *actor.PID                 { return x.self }
+func (x *cellContext) Self() *actor.PID                 { return x.c.pid }
 func (x *cellContext) ActorSystem() *actor.ActorSystem  { return x.c.sys.actors }
 func (x *cellContext) Logger() *slog.Logger             { return x.c.sys.log }
 func (x *cellContext) Actor() actor.Actor               { return x.a }

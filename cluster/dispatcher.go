@@ -24,19 +24,19 @@ import (
 // reads are asynchronous), so a worker is never blocked on work queued
 // behind it, nor on a database that hangs.
 type poolDispatcher struct {
-	work       chan func()
+	work       chan runner
 	throughput int
 	stopped    atomic.Bool
 	quit       chan struct{}
 	wg         sync.WaitGroup
 
 	mu       sync.Mutex
-	overflow []func()
+	overflow []runner
 	nOver    atomic.Int64 // len(overflow), read without the lock
 }
 
 func newPoolDispatcher(workers, queue, throughput int) *poolDispatcher {
-	d := &poolDispatcher{work: make(chan func(), queue), throughput: throughput, quit: make(chan struct{})}
+	d := &poolDispatcher{work: make(chan runner, queue), throughput: throughput, quit: make(chan struct{})}
 	d.wg.Add(workers)
 	for range workers {
 		go d.loop()
@@ -44,54 +44,66 @@ func newPoolDispatcher(workers, queue, throughput int) *poolDispatcher {
 	return d
 }
 
-func nop() {}
+// runner is a run for the workers: a cell (scheduling it allocates
+// nothing, and it keeps no closure of itself) or a library mailbox's
+// function (runFunc).
+type runner interface{ Run() }
+
+type runFunc func()
+
+func (f runFunc) Run() { f() }
+
+var nop = runFunc(func() {})
 
 func (d *poolDispatcher) loop() {
 	defer d.wg.Done()
 	for {
 		if d.nOver.Load() > 0 {
-			if fn := d.popOverflow(); fn != nil {
-				fn()
+			if r := d.popOverflow(); r != nil {
+				r.Run()
 				continue
 			}
 		}
 		select {
-		case fn := <-d.work:
-			fn()
+		case r := <-d.work:
+			r.Run()
 		case <-d.quit:
 			return
 		}
 	}
 }
 
-func (d *poolDispatcher) popOverflow() func() {
+func (d *poolDispatcher) popOverflow() runner {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(d.overflow) == 0 {
 		return nil
 	}
-	fn := d.overflow[0]
+	r := d.overflow[0]
 	d.overflow[0] = nil
 	d.overflow = d.overflow[1:]
 	d.nOver.Add(-1)
-	return fn
+	return r
 }
 
 // Schedule implements actor.Dispatcher.
-func (d *poolDispatcher) Schedule(fn func()) {
+func (d *poolDispatcher) Schedule(fn func()) { d.schedule(runFunc(fn)) }
+
+// schedule queues r's run.
+func (d *poolDispatcher) schedule(r runner) {
 	if d.stopped.Load() {
 		// The workers are gone (the node is stopping): the run still
 		// happens, so that no message is left unhandled.
-		go fn()
+		go r.Run()
 		return
 	}
 	select {
-	case d.work <- fn:
+	case d.work <- r:
 		return
 	default:
 	}
 	d.mu.Lock()
-	d.overflow = append(d.overflow, fn)
+	d.overflow = append(d.overflow, r)
 	d.nOver.Add(1)
 	d.mu.Unlock()
 	if d.stopped.Load() {
@@ -121,8 +133,8 @@ func (d *poolDispatcher) stop() {
 	// Runs queued after the workers left still happen.
 	for {
 		select {
-		case fn := <-d.work:
-			go fn()
+		case r := <-d.work:
+			go r.Run()
 		default:
 			d.drainOverflow()
 			return
@@ -131,7 +143,7 @@ func (d *poolDispatcher) stop() {
 }
 
 func (d *poolDispatcher) drainOverflow() {
-	for fn := d.popOverflow(); fn != nil; fn = d.popOverflow() {
-		go fn()
+	for r := d.popOverflow(); r != nil; r = d.popOverflow() {
+		go r.Run()
 	}
 }

@@ -12,7 +12,8 @@
 //     that member's host actor); the owner activates the identity's actor
 //     and hands it the envelope. No identity is served by a node that does
 //     not own it: after cluster.max-hops forwards, or with no actor member,
-//     a request fails with a retryable error.
+//     a request fails with a retryable error, and so does a device's
+//     LOGIN, C2C or PULL (OnUndeliverable).
 //   - gate liveness (AddGate, RemoveGate, GateAlive): the gate instances
 //     alive, the local gate's and, fed by membership, other members'. When
 //     one goes away every identity actor in memory is told (a GateDown
@@ -20,8 +21,10 @@
 //     the set, so a session on a gate that is gone is over at once.
 //   - lease.go: a node without its membership lease (it cannot be sure
 //     it is still a member) serves none of its identities, drops their
-//     actors and, while Consul cannot be reached, asks the other members
-//     to vouch for it (package membership's lease).
+//     actors, sends nothing to gates but refusals of the devices'
+//     requests that reach it (OnLeaseless; they retry) and, while Consul
+//     cannot be reached, asks the other members to vouch for it (package
+//     membership's lease).
 //   - request/reply (system.go) correlated by our own ids (random start,
 //     unique per node and across restarts) without the library's futures,
 //     whose late replies race; gate sinks that deliver an actor's frames to

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"maps"
 	"strconv"
 	"sync"
 
@@ -30,6 +31,25 @@ type child struct {
 type localShard struct {
 	mu       sync.Mutex
 	children map[childKey]*child
+	peak     int // the most children held since the map was made
+}
+
+// shardShrinkMin is the least peak after which a shard's map is rebuilt
+// smaller (shrink).
+const shardShrinkMin = 64
+
+// shrink rebuilds the shard's map once it holds at most a quarter of its
+// peak (call with mu held). Go maps never give back their room, so after
+// a wave of passivations the routing would go on costing what the peak
+// needed (about 60 bytes per identity); the copy is paid for by the
+// deletions since the peak.
+func (sh *localShard) shrink() {
+	if sh.peak < shardShrinkMin || len(sh.children) > sh.peak/4 {
+		return
+	}
+	m := make(map[childKey]*child, len(sh.children))
+	maps.Copy(m, sh.children)
+	sh.children, sh.peak = m, len(m)
 }
 
 // routeLocal delivers env to the local actor of its identity, activating
@@ -47,6 +67,7 @@ func (s *System) routeLocal(hash uint64, env *actorpb.Envelope) {
 	if !ok {
 		c = &child{pid: s.spawnCell()}
 		sh.children[k] = c
+		sh.peak = max(sh.peak, len(sh.children))
 		s.metrics.active.Inc()
 		s.metrics.activations.Inc()
 	}
@@ -69,6 +90,7 @@ func (s *System) Passivate(app uint16, uid string, pid *actor.PID, seen uint64) 
 		return
 	}
 	delete(sh.children, k)
+	sh.shrink()
 	sh.mu.Unlock()
 	s.metrics.active.Dec()
 	s.metrics.passivations.Inc()
@@ -87,6 +109,7 @@ func (s *System) Retire(app uint16, uid string, pid *actor.PID) {
 	c, ok := sh.children[k]
 	if ok && c.pid.Id == pid.Id {
 		delete(sh.children, k)
+		sh.shrink()
 		s.metrics.active.Dec()
 		s.metrics.retired.Inc()
 	}
@@ -146,6 +169,7 @@ func (s *System) dropMoved(p *placement) {
 				moved = append(moved, c.pid)
 			}
 		}
+		sh.shrink()
 		sh.mu.Unlock()
 		s.metrics.active.Sub(float64(len(moved)))
 		s.metrics.moved.Add(float64(len(moved)))
@@ -161,7 +185,7 @@ func (s *System) dropAll() {
 		sh := &s.local[i]
 		sh.mu.Lock()
 		children := sh.children
-		sh.children = map[childKey]*child{}
+		sh.children, sh.peak = map[childKey]*child{}, 0
 		sh.mu.Unlock()
 		pids := make([]*actor.PID, 0, len(children))
 		for _, c := range children {
@@ -187,9 +211,11 @@ func (h *host) Receive(ctx actor.Context) {
 
 // route sends env towards the owner of its identity: here, or to the
 // owner's host. While members disagree about the owner an envelope may be
-// forwarded up to MaxHops times; beyond, or when no member hosts
-// identities, a request fails with a retryable error and a one-way
-// envelope is counted as undeliverable. An identity is never served by a
+// forwarded up to MaxHops times; beyond, when no member hosts
+// identities, or when this node owns the identity but holds no lease, a
+// request fails with a retryable error and a one-way envelope is counted
+// as undeliverable and refused through OnUndeliverable (a device's
+// LOGIN, C2C or PULL gets its retryable answer). An identity is never served by a
 // node that does not own it: two owners could both act for it.
 func (s *System) route(env *actorpb.Envelope) {
 	hash := identityHash(uint16(env.AppCode), env.Uid)

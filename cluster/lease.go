@@ -8,10 +8,12 @@ import (
 )
 
 // The lease (cluster/membership/lease.go) as routing sees it: a node
-// without one serves none of its identities (requests fail retryably,
-// frames its actors would send are dropped: the identity's real owner
-// delivers them), drops every identity actor it holds when it loses it,
-// and tells the node (OnLease) so that its gate stops taking devices.
+// without one serves none of its identities (requests fail retryably, and
+// so do a device's LOGIN, C2C and PULL; of the frames its actors would
+// send only the answers to a device's requests go out, as refusals
+// (OnLeaseless): the identity's real owner delivers the rest), drops
+// every identity actor it holds when it loses it, and tells the node
+// (OnLease) so that its gate stops taking devices.
 
 // LeaseValid reports whether this node holds its membership lease.
 func (s *System) LeaseValid() bool { return s.members.LeaseValid() }

@@ -79,7 +79,8 @@ type System struct {
 	memberGates map[string]bool
 
 	nodeHandler   atomic.Pointer[NodeHandler]
-	undeliverable atomic.Pointer[func(*actorpb.Envelope)]
+	undeliverable atomic.Pointer[func(env *actorpb.Envelope, why string)]
+	leaseless     atomic.Pointer[func(*actorpb.ToConn) *actorpb.ToConn]
 	viewMu        sync.Mutex
 	viewHooks     []func(*membership.View)
 	leaseHooks    []func(valid bool) // under viewMu
@@ -513,7 +514,7 @@ func (s *System) deadLetter(evt any) {
 	case *actorpb.Envelope:
 		if h := s.undeliverable.Load(); h != nil {
 			s.metrics.unreachable.Inc()
-			(*h)(m)
+			(*h)(m, "the node that owns the identity cannot be reached; retry")
 		} else if m.ReqId != 0 {
 			s.metrics.unreachable.Inc()
 			s.fail(m, codes.Unavailable, "cluster: the node that owns the identity cannot be reached; retry")
@@ -527,17 +528,33 @@ func (s *System) deadLetter(evt any) {
 	}
 }
 
-// OnUndeliverable has fn answer the envelopes the actor library could not
-// deliver to their identity's node (it cannot be reached): a request, a
-// device's login, C2C or PULL, which would otherwise wait for their
-// deadline (actors.Refusal says how). Without it only requests are
-// answered. fn runs on the library's goroutine and must not block.
-func (s *System) OnUndeliverable(fn func(env *actorpb.Envelope)) { s.undeliverable.Store(&fn) }
+// OnUndeliverable has fn answer, with why, the envelopes that cannot
+// reach their identity's actor: the actor library could not deliver them
+// to their identity's node (it cannot be reached), or routing refused
+// them (no member hosts identities, the owner is changing, this node
+// owns the identity but lost its lease). A request, a device's login,
+// C2C or PULL would otherwise wait for their deadline, or for ever
+// (actors.Refusal says how). Without it only requests are answered. fn
+// runs on the library's goroutine or the sender's, and must not block.
+func (s *System) OnUndeliverable(fn func(env *actorpb.Envelope, why string)) {
+	s.undeliverable.Store(&fn)
+}
 
-// fail answers a request envelope that cannot be delivered.
+// OnLeaseless has fn say what this node still sends of a ToConn while it
+// holds no lease (actors.Leaseless: the answers to a device's requests,
+// as retryable refusals; nil: nothing). Without it nothing is sent then.
+// fn must not block.
+func (s *System) OnLeaseless(fn func(*actorpb.ToConn) *actorpb.ToConn) { s.leaseless.Store(&fn) }
+
+// fail answers an envelope that cannot be delivered: a request with a
+// failure, a one-way envelope through OnUndeliverable (a device's LOGIN,
+// C2C or PULL gets its refusal; the rest is counted and dropped).
 func (s *System) fail(env *actorpb.Envelope, code codes.Code, msg string) {
 	if env.ReqId == 0 {
 		s.metrics.undeliverable.Inc()
+		if h := s.undeliverable.Load(); h != nil {
+			(*h)(env, msg)
+		}
 		return
 	}
 	s.Reply(env.ReplyAddress, &actorpb.Reply{ReqId: env.ReqId, Body: &actorpb.Reply_Failure{
@@ -554,9 +571,17 @@ func (s *System) receiveReply(ctx actor.Context) {
 func (s *System) SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) {
 	if !s.members.LeaseValid() {
 		// Without its lease this node may no longer own the identity:
-		// its owner delivers.
+		// its owner delivers. A device's request is still answered, with
+		// a refusal it retries (OnLeaseless), not left to its timeout.
 		s.metrics.leaseRefused.Inc()
-		return
+		if h := s.leaseless.Load(); h != nil {
+			m = (*h)(m)
+		} else {
+			m = nil
+		}
+		if m == nil {
+			return
+		}
 	}
 	if conn.GetGateAddress() == s.address {
 		s.deliverLocal(conn.GetGateId(), m)

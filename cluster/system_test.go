@@ -259,7 +259,10 @@ func TestRequestIDsDoNotRestartAtOne(t *testing.T) {
 // A request to an identity whose owner cannot be reached (its node died:
 // nothing listens at its address) fails at once with a retryable error,
 // instead of waiting for the caller's deadline: the app-server retries
-// while membership catches up.
+// while membership catches up. "At once" is the remoting library's one
+// failed dial plus its fixed 2 s pause before it gives the endpoint up;
+// the bound leaves room for a loaded machine and stays well below the
+// 10 s deadline.
 func TestRequestToUnreachableOwnerFailsFast(t *testing.T) {
 	var sys *System
 	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{sys: sys, log: &sync.Map{}} }, nil, nil)
@@ -286,7 +289,7 @@ func TestRequestToUnreachableOwnerFailsFast(t *testing.T) {
 		if err != nil || r.GetFailure().GetCode() != int32(codes.Unavailable) || !strings.Contains(r.GetFailure().GetMessage(), "retry") {
 			t.Fatalf("request %d to an unreachable owner: %v %v after %v", i, r, err, time.Since(start))
 		}
-		if took := time.Since(start); took > 3*time.Second {
+		if took := time.Since(start); took > 5*time.Second {
 			t.Fatalf("request %d failed only after %v", i, took)
 		}
 	}

@@ -38,11 +38,12 @@ type conn struct {
 	// event loop only
 	uid, deviceID string
 	epoch         uint64
-	openedAt      int64 // tick
-	lastActive    int64 // tick of the last frame received
+	// lastActive is a tick: when the connection opened until it is
+	// logged in (the login timeout counts from it), then of the last
+	// frame received (the idle timeout).
+	lastActive    int64
 	frameTokens   bucket.Bucket
 	byteTokens    bucket.Bucket
-	ackCredit     int32 // acks the client owes for what was written to it (ackcredit.go)
 	freeKeepalive int64 // nanos from which a KEEPALIVE passes the frame limit free
 	app           uint16
 	state         connState
@@ -66,8 +67,13 @@ type conn struct {
 	sClosed       bool // OnClose ran
 	drainQueued   bool // the connection is on its loop's drain list
 	sCloseReq     CloseReason
-	sAckCredit    int32  // ack credit of the queued frames, moved to ackCredit by drain
-	loginAck      []byte // the queued LOGIN_ACK frame (in out) until drained
+	sAckCredit    int32 // ack credit of the queued frames, moved to ackCredit by drain
+	// loginAckAt and loginAckEnd are where the queued LOGIN_ACK frame is
+	// in out, until drained (loginAckEnd 0: none).
+	loginAckAt, loginAckEnd int32
+
+	// event loop only (beside sAckCredit, to share its word)
+	ackCredit int32 // acks the client owes for what was written to it (ackcredit.go)
 }
 
 // info describes the connection to the Handler (event loop only).

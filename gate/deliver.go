@@ -80,7 +80,7 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 			start := len(buf)
 			buf = g.appendFrame(buf, f, s.sApp, s.sZstd)
 			if m.Login != nil && messages.Cmd(f.Cmd) == messages.CmdLoginAck {
-				s.loginAck = buf[start:len(buf):len(buf)]
+				s.loginAckAt, s.loginAckEnd = int32(start), int32(len(buf))
 			}
 		}
 		*s.out = buf
@@ -130,7 +130,10 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 // the session end with its epoch.
 func (s *conn) overflow(m *actorpb.ToConn) {
 	g := s.loop.g
-	ack := s.loginAck
+	var ack []byte
+	if s.loginAckEnd > 0 {
+		ack = (*s.out)[s.loginAckAt:s.loginAckEnd]
+	}
 	if m.Login != nil {
 		for _, f := range m.Frames {
 			if messages.Cmd(f.Cmd) == messages.CmdLoginAck {
@@ -147,7 +150,7 @@ func (s *conn) overflow(m *actorpb.ToConn) {
 	if ack != nil {
 		s.outFrames = 2
 	}
-	s.loginAck, s.sAckCredit = nil, 0
+	s.loginAckAt, s.loginAckEnd, s.sAckCredit = 0, 0, 0
 	s.sCloseReq = CloseSlowClient
 }
 
@@ -196,7 +199,7 @@ func (s *conn) drain() {
 	s.mu.Lock()
 	out, login, closeReq, zstd, credit := s.out, s.pendingLogin, s.sCloseReq, s.sZstd, s.sAckCredit
 	s.out, s.outFrames, s.outBytes, s.pendingLogin, s.drainQueued, s.sAckCredit = nil, 0, 0, nil, false, 0
-	s.loginAck = nil
+	s.loginAckAt, s.loginAckEnd = 0, 0
 	s.mu.Unlock()
 	s.addAckCredit(credit)
 	if out != nil {

@@ -94,7 +94,7 @@ func (e *events) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		return refuse(refuseIPRate, refusedRateLimited)
 	}
 	now := g.nowTick()
-	s := &conn{id: ConnID(g.nextID.Add(1)), c: c, loop: l, remote: remote, openedAt: now, lastActive: now, proxyWait: proxied}
+	s := &conn{id: ConnID(g.nextID.Add(1)), c: c, loop: l, remote: remote, lastActive: now, proxyWait: proxied}
 	s.node.Value = s
 	c.SetContext(s)
 	g.reg.put(s)
@@ -126,7 +126,7 @@ func (e *events) OnClose(c gnet.Conn, err error) gnet.Action {
 	g.reg.del(s.id)
 	s.mu.Lock()
 	s.sClosed = true
-	s.out, s.pendingLogin, s.loginAck = nil, nil, nil
+	s.out, s.pendingLogin, s.loginAckAt, s.loginAckEnd = nil, nil, 0, 0
 	s.mu.Unlock()
 
 	reason := s.closeReason

@@ -97,7 +97,7 @@ func (s *conn) deadline(g *Gate) int64 {
 	if s.state == stateLoggedIn {
 		return s.lastActive + g.idleTicks
 	}
-	return s.openedAt + g.loginTicks
+	return s.lastActive + g.loginTicks // opened at
 }
 
 // conns returns the loop's connections in l.tmp (valid until the next call).

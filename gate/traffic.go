@@ -79,7 +79,7 @@ func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
 			}
 		}
 	}
-	if frames > 0 {
+	if frames > 0 && s.state == stateLoggedIn { // before, lastActive is when it opened
 		s.lastActive = now / int64(g.cfg.TickInterval)
 	}
 	l.flush(s)

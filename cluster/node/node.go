@@ -155,6 +155,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 	n.sys.SetNodeHandler(n.answerNode)
 	n.sys.OnUndeliverable(n.undeliverable)
+	n.sys.OnLeaseless(actors.Leaseless)
 	n.hub = upstream.NewHub(n.up, upTransport{n.sys}, log)
 	if err := n.sys.Serve(upstreamName, n.hub.Receive); err != nil {
 		return nil, fmt.Errorf("node: upstream actor: %w", err)

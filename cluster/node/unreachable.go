@@ -9,12 +9,11 @@ import (
 )
 
 // undeliverable answers an envelope that could not reach its identity's
-// node (cluster.System.OnUndeliverable): a request fails UNAVAILABLE, a
+// actor (cluster.System.OnUndeliverable): a request fails UNAVAILABLE, a
 // login, C2C or PULL gets STORE_UNAVAILABLE (the device retries), at once
 // rather than at its deadline.
-func (n *Node) undeliverable(env *actorpb.Envelope) {
-	conn, tc, r := actors.Refusal(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE,
-		"the node that owns the identity cannot be reached; retry")
+func (n *Node) undeliverable(env *actorpb.Envelope, why string) {
+	conn, tc, r := actors.Refusal(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, why)
 	if tc != nil {
 		n.sys.SendToConn(conn, tc)
 	}

@@ -168,7 +168,7 @@ func (s *session) heapProfile(ctx context.Context, path string) error {
 }
 
 // memSample waits for the node to go idle, makes it collect garbage if
-// it can, and reads its memory.
+// it can, and reads its memory once its RSS has stopped falling.
 func (s *session) memSample(ctx context.Context, devices int) (memSample, error) {
 	deadline := time.Now().Add(20 * time.Second)
 	prev := s.readCPU(ctx)
@@ -196,9 +196,32 @@ func (s *session) memSample(ctx context.Context, devices int) (memSample, error)
 	if m.rss, err = s.node.RSS(ctx); err != nil {
 		return m, err
 	}
+	// The node may still be returning memory to the OS (its idle release
+	// follows the GC just forced; the runtime's scavenger works in the
+	// background): the sample is the RSS once it has stopped falling
+	// (by less than 0.5% over rssSettle), within rssSettleMax.
+	settled := time.Now()
+	for start := settled; time.Since(settled) < rssSettle && time.Since(start) < rssSettleMax; {
+		time.Sleep(rssPoll)
+		r, err := s.node.RSS(ctx)
+		if err != nil {
+			return m, err
+		}
+		if r < m.rss-m.rss/200 {
+			settled = time.Now()
+		}
+		m.rss = min(m.rss, r)
+	}
 	m.heap, _ = s.node.HeapInuse(ctx)
 	return m, nil
 }
+
+// How memSample waits for the node's RSS to settle.
+const (
+	rssPoll      = 250 * time.Millisecond
+	rssSettle    = time.Second
+	rssSettleMax = 5 * time.Second
+)
 
 // PushConfig tunes the push scenario.
 type PushConfig struct {
