@@ -38,6 +38,10 @@ type Effect struct {
 	// replaced by a Failure with FailMsg (or a generic message).
 	FailConn *actorpb.ToConn
 	FailMsg  string
+	// failLogin: ToConn is a LOGIN_ACK OK; if the write fails, the
+	// connection gets LOGIN_ACK STORE_UNAVAILABLE instead (made only
+	// then: loginFailure).
+	failLogin bool
 }
 
 const (
@@ -564,6 +568,8 @@ func (d *Device) Abort(code codes.Code, msg string) {
 			fx.ready = append(fx.ready, Effect{ReplyTo: q.eff.ReplyTo, Reply: r})
 		case q.eff.FailConn != nil:
 			fx.ready = append(fx.ready, Effect{Conn: q.eff.Conn, ToConn: q.eff.FailConn})
+		case q.eff.failLogin:
+			fx.ready = append(fx.ready, Effect{Conn: q.eff.Conn, ToConn: loginFailure(q.eff.ToConn)})
 		}
 	}
 	clear(fx.waiting)
@@ -645,7 +651,8 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 	}
 	d.stored = d.session
 	d.persistMeta()
-	ack := &devicepb.LoginAck{
+	a := &loginAnswer{}
+	a.ack = devicepb.LoginAck{
 		Code:             devicepb.Code_OK,
 		Epoch:            d.session.Epoch,
 		HeartbeatSeconds: uint32(d.env.Config.Heartbeat / time.Second),
@@ -654,13 +661,44 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 		Zstd:             d.session.Zstd,
 		LastSeq:          d.lastSeq,
 	}
-	tc := d.toConn(m.Conn, d.session.Epoch, frame(messages.CmdLoginAck, 0, m.FrameSeq, ack))
-	tc.Login = &actorpb.LoginOutcome{Ok: true, AppCode: uint32(d.id.App), Uid: d.id.UID, Epoch: d.session.Epoch, Zstd: d.session.Zstd}
-	fail := d.toConn(m.Conn, 0, frame(messages.CmdLoginAck, 0, m.FrameSeq,
-		&devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE, Reason: "session could not be recorded; retry"}))
-	fail.Login = &actorpb.LoginOutcome{Ok: false}
-	d.emit(Effect{Conn: m.Conn, ToConn: tc, FailConn: fail})
+	body, err := proto.Marshal(&a.ack)
+	if err != nil {
+		panic(fmt.Sprintf("actors: marshal LoginAck: %v", err)) // our own message cannot fail
+	}
+	a.frame = actorpb.OutFrame{Cmd: uint32(messages.CmdLoginAck), Seq: m.FrameSeq, Body: body}
+	a.frames[0] = &a.frame
+	a.outcome = actorpb.LoginOutcome{Ok: true, AppCode: uint32(d.id.App), Uid: d.id.UID, Epoch: d.session.Epoch, Zstd: d.session.Zstd}
+	a.tc = actorpb.ToConn{AppCode: uint32(d.id.App), Uid: d.id.UID, ConnId: m.Conn.ConnId, Epoch: d.session.Epoch,
+		Frames: a.frames[:], Login: &a.outcome}
+	d.emit(Effect{Conn: m.Conn, ToConn: &a.tc, failLogin: true})
 	d.pump(now)
+}
+
+// loginAnswer is a LOGIN_ACK OK for the gate in one allocation. Nothing
+// keeps it once the gate has it.
+type loginAnswer struct {
+	tc      actorpb.ToConn
+	frames  [1]*actorpb.OutFrame
+	frame   actorpb.OutFrame
+	outcome actorpb.LoginOutcome
+	ack     devicepb.LoginAck
+}
+
+// loginFailedBody is the body of LOGIN_ACK STORE_UNAVAILABLE.
+var loginFailedBody = func() []byte {
+	b, err := proto.Marshal(&devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE, Reason: "session could not be recorded; retry"})
+	if err != nil {
+		panic(err) // a fixed message always encodes
+	}
+	return b
+}()
+
+// loginFailure is the answer to a LOGIN whose session write failed, on
+// the connection of ok, its LOGIN_ACK OK: LOGIN_ACK STORE_UNAVAILABLE.
+func loginFailure(ok *actorpb.ToConn) *actorpb.ToConn {
+	return &actorpb.ToConn{AppCode: ok.AppCode, Uid: ok.Uid, ConnId: ok.ConnId,
+		Frames: []*actorpb.OutFrame{{Cmd: uint32(messages.CmdLoginAck), Seq: ok.Frames[0].Seq, Body: loginFailedBody}},
+		Login:  &actorpb.LoginOutcome{Ok: false}}
 }
 
 // endSession kicks the current session, unless it is on conn.

@@ -670,6 +670,9 @@ func TestFencedWriteAnswersMovedAndDeliversNothing(t *testing.T) {
 				if a := body(t, f, &devicepb.LoginAck{}); a.Code != devicepb.Code_STORE_UNAVAILABLE {
 					t.Fatalf("waiting login answered %v", a)
 				}
+				if tc := e.ToConn; f.Seq != 1 || tc.ConnId != 1 || tc.Uid != "u" || tc.Login == nil || tc.Login.Ok {
+					t.Fatalf("waiting login answered seq %d on conn %d of %q, outcome %v", f.Seq, tc.ConnId, tc.Uid, tc.Login)
+				}
 				acks++
 			default:
 				t.Fatalf("a fenced machine delivered %v", messages.Cmd(f.Cmd))

@@ -143,6 +143,13 @@ func TestJWTCheckMatchesGolangJWT(t *testing.T) {
 		sign(hs, fmt.Sprintf(`{"sub":"alice","app":70000,"exp":%d}`, exp)),
 		sign(hs, fmt.Sprintf(`{"sub":"alice","app":1,"exp":%d.5}`, exp)),
 		sign(hs, `{"sub":"alice","app":1}`),
+		// Claims the fast decoder leaves to encoding/json (jwt.go).
+		sign(hs, fmt.Sprintf(`{"SUB":"alice","App":1,"exp":%d}`, exp)),
+		sign(hs, fmt.Sprintf(`{"sub":"bob","sub":"alice","app":1,"exp":%d}`, exp)),
+		sign(hs, fmt.Sprintf(`{"sub":"al\u0069ce","app":1,"exp":%d,"aud":"x","jti":"j"}`, exp)),
+		sign(hs, fmt.Sprintf(`{"sub":"alice","app":1,"exp":%d,"exp":null}`, exp)),
+		sign(hs, fmt.Sprintf(`{"sub":"alice","app":1,"exp":%de0}`, exp)),
+		sign(hs, fmt.Sprintf(`{"sub":"alice","app":1,"exp":%d} `, exp)),
 		sign(hs, `[]`),
 		sign(hs, `{"sub":"alice"`),
 		valid + ".",

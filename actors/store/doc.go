@@ -27,7 +27,10 @@
 // fails alone with ErrFenced, changing nothing, once another Load has
 // claimed the identity. What was written before the claim is in the new
 // Load's snapshot. So of two activations of one identity (two nodes that
-// both believe they own it) exactly one can write.
+// both believe they own it) exactly one can write. Pebble also uses the
+// owner key to spare reads: an identity it has never claimed has nothing
+// stored (every write needs a claim, which is in Pebble's log ahead of
+// it), so its first Load reads only the owner key (completeOwners).
 //
 // Goroutines: the committer lanes, the readers and the idempotency sweep
 // belong to the store and end in Close, which fails the reads still

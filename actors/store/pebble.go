@@ -29,6 +29,7 @@ import (
 //	'k' idkey key                  -> IdempotencyRecord
 //	'x' expiresMs(8) 'k'-key       -> (empty) expiry index of idempotency keys
 //	'L'                            -> lists version (8) + lists document
+//	'O'                            -> (empty) every identity with an 'm' or 'i' key has an 'o' key
 const (
 	prefixVersion     = 'V'
 	prefixMeta        = 'm'
@@ -38,6 +39,7 @@ const (
 	prefixIdem        = 'k'
 	prefixExpiry      = 'x'
 	prefixLists       = 'L'
+	keyOwnersComplete = 'O'
 )
 
 // pebbleFormat is the key layout this code writes. Version 1 (no 'V' key)
@@ -131,6 +133,10 @@ type Pebble struct {
 	now  func() time.Time
 
 	own *pebbleOwners
+	// ownersComplete: every identity with a meta or inbox key has an
+	// owner key (completeOwners), so a load of an identity never claimed
+	// reads nothing else.
+	ownersComplete bool
 
 	// mu guards db against use after Close (Pebble panics then): reads
 	// hold it shared, Close exclusively.
@@ -196,6 +202,10 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	if cfg.NoSync {
 		s.sync = pebble.NoSync
 	}
+	if err := s.completeOwners(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	s.own = newPebbleOwners(db)
 	s.c = newCommitter(cfg.Lanes, cfg.QueueLen, cfg.MaxBatch, s.commit)
 	s.c.observe = cfg.Observe
@@ -252,6 +262,87 @@ func (s *Pebble) upgrade() error {
 	return nil
 }
 
+// completeOwners makes sure every identity with stored meta or inbox
+// entries has an owner key, and records that it does ('O'). Identities
+// get their owner key when first claimed (Load), before anything of
+// theirs can be written, and the claim is in Pebble's log ahead of the
+// write (a synced write syncs the log up to it, and a log is synced when
+// Pebble moves to the next; the store configures no WAL failover): a load
+// then need not look for the data of an identity never claimed. Databases of format 1 had no owner keys,
+// and those upgraded by binaries before this check got none: their
+// identities get owner epoch 1 here, once.
+func (s *Pebble) completeOwners() error {
+	_, closer, err := s.db.Get([]byte{keyOwnersComplete})
+	switch {
+	case err == nil:
+		closer.Close()
+		s.ownersComplete = true
+		return nil
+	case !errors.Is(err, pebble.ErrNotFound):
+		return fmt.Errorf("store: read owners marker: %w", err)
+	}
+	b := s.db.NewBatch()
+	defer func() { b.Close() }()
+	epoch := binary.BigEndian.AppendUint64(nil, 1)
+	n := 0
+	for _, prefix := range []byte{prefixMeta, prefixInbox} {
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
+		if err != nil {
+			return fmt.Errorf("store: complete owners: %w", err)
+		}
+		var last, okey []byte
+		for ok := it.First(); ok; ok = it.Next() {
+			k := it.Key()
+			if len(k) < 4 || len(k) < 4+int(k[3]) {
+				continue // not an identity key
+			}
+			idk := k[1 : 4+int(k[3])]
+			if bytes.Equal(idk, last) {
+				continue // the identity's next inbox entry
+			}
+			last = append(last[:0], idk...)
+			okey = append(append(okey[:0], prefixOwner), idk...)
+			_, closer, err := s.db.Get(okey)
+			if err == nil {
+				closer.Close()
+				continue
+			}
+			if !errors.Is(err, pebble.ErrNotFound) {
+				it.Close()
+				return fmt.Errorf("store: complete owners: %w", err)
+			}
+			// An identity with both meta and inbox is set twice: the
+			// same value.
+			if err := b.Set(okey, epoch, nil); err != nil {
+				it.Close()
+				return err
+			}
+			if n++; n%10000 == 0 {
+				if err := b.Commit(pebble.NoSync); err != nil {
+					it.Close()
+					return fmt.Errorf("store: complete owners: %w", err)
+				}
+				b.Close()
+				b = s.db.NewBatch()
+			}
+		}
+		if err := it.Close(); err != nil {
+			return fmt.Errorf("store: complete owners: %w", err)
+		}
+	}
+	if err := b.Set([]byte{keyOwnersComplete}, nil, nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("store: complete owners: %w", err)
+	}
+	if n > 0 {
+		s.log.Info("store: gave identities stored without an owner epoch one", "identities", n)
+	}
+	s.ownersComplete = true
+	return nil
+}
+
 func appendIDKey(dst []byte, prefix byte, id Identity) []byte {
 	dst = append(dst, prefix)
 	dst = binary.BigEndian.AppendUint16(dst, id.App)
@@ -289,16 +380,34 @@ func expiryKey(expiresMs int64, ik []byte) []byte {
 	return append(k, ik...)
 }
 
-// prefixEnd returns the smallest key greater than every key with prefix p.
-func prefixEnd(p []byte) []byte {
-	end := bytes.Clone(p)
+// appendPrefixEnd appends the smallest key greater than every key with
+// prefix p to dst (nothing if there is none: p is all 0xff).
+func appendPrefixEnd(dst, p []byte) []byte {
+	start := len(dst)
+	dst = append(dst, p...)
+	end := dst[start:]
 	for i := len(end) - 1; i >= 0; i-- {
 		end[i]++
 		if end[i] != 0 {
-			return end[:i+1]
+			return dst[:start+i+1]
 		}
 	}
-	return nil
+	if start == 0 {
+		return nil
+	}
+	return dst[:start]
+}
+
+// keyBuf is scratch space for the keys of one read (Load), pooled.
+type keyBuf struct{ a, b []byte }
+
+var keyBufs = sync.Pool{New: func() any { return new(keyBuf) }}
+
+func (kb *keyBuf) release() {
+	if cap(kb.a) > 1024 || cap(kb.b) > 1024 {
+		return
+	}
+	keyBufs.Put(kb)
 }
 
 // Load implements Store. It claims the identity (pebbleOwners), then
@@ -312,12 +421,20 @@ func (s *Pebble) Load(_ context.Context, id Identity) (*Snapshot, error) {
 	if s.closed {
 		return nil, ErrClosed
 	}
-	owner, err := s.own.claim(id)
+	kb := keyBufs.Get().(*keyBuf)
+	defer kb.release() // after the iterator's Close: it holds the bounds
+	owner, first, err := s.own.claim(id, kb)
 	if err != nil {
 		return nil, err
 	}
 	snap := &Snapshot{Owner: owner, Meta: &actorpb.IdentityMeta{}}
-	v, closer, err := s.db.Get(appendIDKey(nil, prefixMeta, id))
+	if first && s.ownersComplete {
+		// Never claimed, so never written (ownersComplete): nothing to
+		// read.
+		return snap, nil
+	}
+	kb.a = appendIDKey(kb.a[:0], prefixMeta, id)
+	v, closer, err := s.db.Get(kb.a)
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
 	case err != nil:
@@ -329,8 +446,9 @@ func (s *Pebble) Load(_ context.Context, id Identity) (*Snapshot, error) {
 			return nil, fmt.Errorf("store: corrupt meta of %s: %w", id, err)
 		}
 	}
-	lower := appendIDKey(nil, prefixInbox, id)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
+	kb.a = appendIDKey(kb.a[:0], prefixInbox, id)
+	kb.b = appendPrefixEnd(kb.b[:0], kb.a)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: kb.a, UpperBound: kb.b})
 	if err != nil {
 		return nil, fmt.Errorf("%w: inbox of %s: %v", ErrUnavailable, id, err)
 	}

@@ -67,7 +67,8 @@ func (s *Pebble) commit(_ int, ws []pending) error {
 			if val, err = (proto.MarshalOptions{}).MarshalAppend(val[:0], w.Meta); err != nil {
 				return err
 			}
-			if err := b.Set(appendIDKey(key[:0], prefixMeta, w.ID), val, nil); err != nil {
+			key = appendIDKey(key[:0], prefixMeta, w.ID)
+			if err := b.Set(key, val, nil); err != nil {
 				return err
 			}
 		}

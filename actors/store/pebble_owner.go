@@ -33,12 +33,14 @@ func newPebbleOwners(db *pebble.DB) *pebbleOwners {
 	return o
 }
 
-// get returns the owner epoch of id (0: never claimed). Call with mu held.
-func (o *pebbleOwners) get(id Identity) (uint64, error) {
+// get returns the owner epoch of id (0: never claimed). Call with mu
+// held. kb is scratch space for the key.
+func (o *pebbleOwners) get(id Identity, kb *keyBuf) (uint64, error) {
 	if e, ok := o.cache[id]; ok {
 		return e, nil
 	}
-	v, closer, err := o.db.Get(appendIDKey(nil, prefixOwner, id))
+	kb.a = appendIDKey(kb.a[:0], prefixOwner, id)
+	v, closer, err := o.db.Get(kb.a)
 	var e uint64
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
@@ -64,27 +66,31 @@ func (o *pebbleOwners) get(id Identity) (uint64, error) {
 }
 
 // claim gives id a new owner epoch, once every write of an older owner
-// that passed its check has been committed.
-func (o *pebbleOwners) claim(id Identity) (uint64, error) {
+// that passed its check has been committed, and reports whether id was
+// never claimed before. kb is scratch space.
+func (o *pebbleOwners) claim(id Identity, kb *keyBuf) (epoch uint64, first bool, err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	cur, err := o.get(id)
+	cur, err := o.get(id, kb)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
+	first = cur == 0
 	cur++
 	// Not synced: after a crash no activation of before it is alive, and
 	// the epochs only need to differ among live ones. The write is
 	// visible when Set returns; Pebble publishes before it syncs, so an
 	// unsynced write does not wait for a sync in progress.
-	if err := o.db.Set(appendIDKey(nil, prefixOwner, id), binary.BigEndian.AppendUint64(nil, cur), pebble.NoSync); err != nil {
-		return 0, fmt.Errorf("%w: claim %s: %v", ErrUnavailable, id, err)
+	kb.a = appendIDKey(kb.a[:0], prefixOwner, id)
+	kb.b = binary.BigEndian.AppendUint64(kb.b[:0], cur)
+	if err := o.db.Set(kb.a, kb.b, pebble.NoSync); err != nil {
+		return 0, false, fmt.Errorf("%w: claim %s: %v", ErrUnavailable, id, err)
 	}
 	o.cache[id] = cur
 	for o.inflight[id] > 0 {
 		o.cond.Wait()
 	}
-	return cur, nil
+	return cur, first, nil
 }
 
 // check marks the writes of ws whose owner is no longer their identity's
@@ -92,7 +98,8 @@ func (o *pebbleOwners) claim(id Identity) (uint64, error) {
 func (o *pebbleOwners) check(ws []pending) (done func(), err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	var checked []Identity
+	checked := make([]Identity, 0, len(ws))
+	var kb keyBuf
 	release := func() {
 		o.mu.Lock()
 		for _, id := range checked {
@@ -108,7 +115,7 @@ func (o *pebbleOwners) check(ws []pending) (done func(), err error) {
 		if p.sweep != nil {
 			continue
 		}
-		cur, err := o.get(p.w.ID)
+		cur, err := o.get(p.w.ID, &kb)
 		if err != nil {
 			o.mu.Unlock()
 			release()

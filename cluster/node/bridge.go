@@ -46,9 +46,20 @@ func (b *bridge) publicAddr() string {
 
 // Login implements gate.Handler.
 func (b *bridge) Login(c gate.ConnInfo, frameSeq uint32, login *devicepb.Login) {
-	b.sys.Send(&actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &actorpb.Envelope_Login{Login: &actorpb.DeviceLogin{
-		Conn: b.ref(c.ID), Login: login, FrameSeq: frameSeq, AtMs: time.Now().UnixMilli(), GateAddr: b.publicAddr(),
-	}}})
+	e := &loginEnvelope{}
+	e.login = actorpb.DeviceLogin{Conn: b.ref(c.ID), Login: login, FrameSeq: frameSeq, AtMs: time.Now().UnixMilli(), GateAddr: b.publicAddr()}
+	e.body.Login = &e.login
+	e.env = actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &e.body}
+	b.sys.Send(&e.env)
+}
+
+// loginEnvelope is the envelope of a LOGIN for its actor in one
+// allocation, but for the connection's ConnRef: the session keeps that
+// one while it lasts, and must not keep the rest alive with it.
+type loginEnvelope struct {
+	env   actorpb.Envelope
+	body  actorpb.Envelope_Login
+	login actorpb.DeviceLogin
 }
 
 // Frame implements gate.Handler.
