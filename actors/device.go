@@ -841,8 +841,7 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 		id := d.env.NewID()
 		online := d.session != nil
 		if online {
-			d.emit(Effect{Conn: d.session.Conn, ToConn: d.toConn(d.session.Conn, d.session.Epoch,
-				frame(messages.CmdS2C, m.Msgtype, 0, &devicepb.S2C{MsgId: id, Payload: m.Payload, SentAtMs: m.SentAtMs, ExpiresAtMs: m.ExpiresAtMs}))})
+			d.emit(Effect{Conn: d.session.Conn, ToConn: d.s2cToConn(m.Msgtype, id, m.Payload, m.SentAtMs, m.ExpiresAtMs)})
 			d.env.Stats.Delivered(d.id.App, m.Msgtype)
 		} else {
 			d.env.Stats.Dropped(d.id.App, m.Msgtype)
@@ -1094,8 +1093,7 @@ func (d *Device) deliveryFrame(e *actorpb.InboxEntry) *actorpb.OutFrame {
 		return frame(messages.CmdC2CPush, e.Msgtype, e.Seq, &devicepb.C2CPush{
 			MsgId: e.MsgId, FromUid: e.FromUid, Payload: e.Payload, SentAtMs: e.SentAtMs, ClientMsgId: e.ClientMsgId})
 	}
-	return frame(messages.CmdS2C, e.Msgtype, e.Seq, &devicepb.S2C{
-		MsgId: e.MsgId, Payload: e.Payload, SentAtMs: e.SentAtMs, ExpiresAtMs: e.ExpiresAtMs})
+	return s2cFrame(e.Msgtype, e.Seq, e.MsgId, e.Payload, e.SentAtMs, e.ExpiresAtMs)
 }
 
 // pump delivers unsent entries in seq order while the window (count and
