@@ -57,10 +57,15 @@ func appendS2C(b []byte, msgID string, payload []byte, sentAtMs, expiresAtMs int
 	return b
 }
 
+// s2cBody returns the encoded S2C body in a buffer of its exact size.
+func s2cBody(msgID string, payload []byte, sentAtMs, expiresAtMs int64) []byte {
+	return appendS2C(make([]byte, 0, sizeS2C(msgID, payload, sentAtMs, expiresAtMs)), msgID, payload, sentAtMs, expiresAtMs)
+}
+
 // s2cFrame returns the S2C frame of a push, its body encoded by hand.
 func s2cFrame(msgtype, seq uint32, msgID string, payload []byte, sentAtMs, expiresAtMs int64) *actorpb.OutFrame {
-	body := appendS2C(make([]byte, 0, sizeS2C(msgID, payload, sentAtMs, expiresAtMs)), msgID, payload, sentAtMs, expiresAtMs)
-	return &actorpb.OutFrame{Cmd: uint32(messages.CmdS2C), Msgtype: msgtype, Seq: seq, Body: body}
+	return &actorpb.OutFrame{Cmd: uint32(messages.CmdS2C), Msgtype: msgtype, Seq: seq,
+		Body: s2cBody(msgID, payload, sentAtMs, expiresAtMs)}
 }
 
 // oneFrameToConn is a ToConn carrying one frame, in one allocation with
@@ -75,8 +80,7 @@ type oneFrameToConn struct {
 // session's connection; the body is the frame's only other allocation.
 func (d *Device) s2cToConn(msgtype uint32, msgID string, payload []byte, sentAtMs, expiresAtMs int64) *actorpb.ToConn {
 	o := &oneFrameToConn{}
-	o.frame = actorpb.OutFrame{Cmd: uint32(messages.CmdS2C), Msgtype: msgtype,
-		Body: appendS2C(make([]byte, 0, sizeS2C(msgID, payload, sentAtMs, expiresAtMs)), msgID, payload, sentAtMs, expiresAtMs)}
+	o.frame = actorpb.OutFrame{Cmd: uint32(messages.CmdS2C), Msgtype: msgtype, Body: s2cBody(msgID, payload, sentAtMs, expiresAtMs)}
 	o.frames[0] = &o.frame
 	o.tc = actorpb.ToConn{AppCode: uint32(d.id.App), Uid: d.id.UID, ConnId: d.session.Conn.ConnId, Epoch: d.session.Epoch,
 		Frames: o.frames[:]}
