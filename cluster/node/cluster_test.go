@@ -628,14 +628,45 @@ func TestPausedNodeRejoins(t *testing.T) {
 		}
 		return live == 1 && (blocked == 1 || len(ms) == 1)
 	}, "node1 back as a new instance, its old one blocked or gone")
-	// It serves again: a login on its gate, a push through node3.
-	d = n1.Device(t, 1, uid)
+	// It serves again: a login on its gate (which refuses new connections
+	// with SERVER_BUSY until node1 holds its own lease again, a moment
+	// after the others see it back: a client reconnects later, as this
+	// one does), a push through node3.
+	d = deviceOnceAccepting(t, n1, uid, 15*time.Second)
 	r := push(t, api3, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("after the pause")})
 	if _, m := expectS2C(t, d); m.MsgId != r.MsgId {
 		t.Fatalf("S2C %v", m)
 	}
 	if v, _ := n1.Metric("courier_cluster_rejoins_total"); v < 1 {
 		t.Fatalf("rejoins %v", v)
+	}
+}
+
+// deviceOnceAccepting logs uid in on n's gate as a client does: a
+// connection refused at open with SERVER_BUSY is retried after a pause,
+// until within has passed.
+func deviceOnceAccepting(t *testing.T, n *testkit.Node, uid string, within time.Duration) *testkit.Device {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		seq := d.NextSeq()
+		d.Send(messages.CmdLogin, seq, &devicepb.Login{Uid: uid, Token: testkit.Token(t, 1, uid), DeviceId: "dev-" + uid,
+			Platform: devicepb.Platform_ANDROID, AppVersion: "test"})
+		f, err := d.ReadFrame()
+		if err != nil {
+			t.Fatalf("login of %s on %s: %v", uid, n.Name(), err)
+		}
+		if e, ok := f.Msg.(*devicepb.Error); ok && f.Cmd == messages.CmdError && e.Code == devicepb.Code_SERVER_BUSY && time.Now().Before(deadline) {
+			d.Close()
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		ack, ok := f.Msg.(*devicepb.LoginAck)
+		if f.Cmd != messages.CmdLoginAck || !ok || f.Seq != seq || ack.Code != devicepb.Code_OK {
+			t.Fatalf("login of %s on %s: %v seq %d %v", uid, n.Name(), f.Cmd, f.Seq, f.Msg)
+		}
+		return d
 	}
 }
 
