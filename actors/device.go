@@ -757,16 +757,15 @@ func (d *Device) GateDown(now time.Time, gateID string) {
 func (d *Device) Frame(now time.Time, m *actorpb.DeviceFrame) {
 	switch messages.Cmd(m.Cmd) {
 	case messages.CmdS2CAck:
-		var ack devicepb.S2CAck
-		if proto.Unmarshal(m.Body, &ack) == nil {
-			d.ack(now, ack.MsgId)
+		if id, ok := messages.MsgIDBody(m.Body); ok {
+			d.ack(now, id)
 		}
 	case messages.CmdC2CPushAck:
 		var ack devicepb.C2CPushAck
 		if proto.Unmarshal(m.Body, &ack) != nil {
 			return
 		}
-		d.ack(now, ack.MsgId)
+		d.ack(now, []byte(ack.MsgId))
 		// Answered even for an unknown id: the receiver's ack of a message
 		// already deleted must still stop its resending.
 		d.emit(Effect{Conn: m.Conn, ToConn: d.toConn(m.Conn, m.Epoch,
@@ -783,8 +782,8 @@ func (d *Device) Frame(now time.Time, m *actorpb.DeviceFrame) {
 	d.pump(now)
 }
 
-func (d *Device) ack(now time.Time, msgID string) {
-	it, ok := d.byMsgID[msgID]
+func (d *Device) ack(now time.Time, msgID []byte) {
+	it, ok := d.byMsgID[string(msgID)]
 	if !ok {
 		return
 	}
