@@ -60,6 +60,9 @@ type Deps struct {
 	// Writes is the node's budget of pending store writes (default: one
 	// of Config.MaxPendingWrites slots).
 	Writes *WriteBudget
+	// Fenced, if set, is called for each write the store refused because
+	// another activation had claimed the identity since (store.ErrFenced).
+	Fenced func()
 
 	idle     *idleWheel  // the actors' idle checks
 	machines *MachineEnv // what the machines share
@@ -84,6 +87,9 @@ func NewDeps(d Deps) *Deps {
 		}
 		d.Writes = NewWriteBudget(n)
 	}
+	if d.Fenced == nil {
+		d.Fenced = func() {}
+	}
 	d.idle = newIdleWheel(d.Config.PassivateAfter)
 	d.machines = &MachineEnv{Config: d.Config, Stats: d.Stats, NewID: d.IDs.Next}
 	return &d
@@ -100,8 +106,14 @@ type (
 	detachedDone struct{ fenced bool }
 	slotFree     struct{}
 	tick         struct{}
-	reload       struct{}
-	idleCheck    struct{}
+)
+
+// writeOK is the completion of every successful write (it is only read).
+var writeOK = &writeDone{}
+
+type (
+	reload    struct{}
+	idleCheck struct{}
 )
 
 // Answers of envelopes the actor cannot hand to its machine.
@@ -692,7 +704,9 @@ func (a *deviceActor) perform(ctx actor.Context) {
 	}
 	if d.WriteReady() && !a.slotWait {
 		self, root := ctx.Self(), ctx.ActorSystem().Root
-		if a.deps.Writes.Acquire(a, func() { root.Send(self, slotFree{}) }) {
+		// The wake-up closure is made only when there is no slot: a
+		// write per message would otherwise allocate it.
+		if a.deps.Writes.TryAcquire() || a.deps.Writes.Acquire(a, func() { root.Send(self, slotFree{}) }) {
 			a.submit(ctx)
 		} else {
 			a.slotWait = true
@@ -721,6 +735,9 @@ func (a *deviceActor) submit(ctx actor.Context) {
 		a.detached++
 		a.deps.Store.Submit(w, func(err error) {
 			budget.Release()
+			if errors.Is(err, store.ErrFenced) {
+				a.deps.Fenced()
+			}
 			if err != nil {
 				a.deps.Log.Debug("actors: deleting acknowledged messages failed; they will be delivered again", "identity", w.ID, "err", err)
 			}
@@ -736,6 +753,13 @@ func (a *deviceActor) submit(ctx actor.Context) {
 	a.writing = true
 	a.deps.Store.Submit(w, func(err error) {
 		budget.Release()
+		if err == nil {
+			root.Send(self, writeOK) // no allocation for the usual outcome
+			return
+		}
+		if errors.Is(err, store.ErrFenced) {
+			a.deps.Fenced()
+		}
 		root.Send(self, &writeDone{err})
 	})
 }

@@ -42,6 +42,18 @@ func (b *WriteBudget) InUse() int {
 	return b.used
 }
 
+// TryAcquire takes a slot and returns true, or returns false if none is
+// free (and registers nothing).
+func (b *WriteBudget) TryAcquire() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used < b.max {
+		b.used++
+		return true
+	}
+	return false
+}
+
 // Acquire takes a slot and returns true, or, if none is free, registers
 // wake under key (once per key) and returns false: wake is called, from
 // whichever goroutine frees a slot, when the caller should try again. It

@@ -30,5 +30,6 @@ func NewIDGen() *IDGen {
 
 // Next returns a new id such as "k3j9x2a0qv1m-1a".
 func (g *IDGen) Next() string {
-	return g.prefix + strconv.FormatUint(g.n.Add(1), 36)
+	var b [40]byte // the prefix (13) and a base-36 uint64 (at most 13): one allocation, the string's
+	return string(strconv.AppendUint(append(b[:0], g.prefix...), g.n.Add(1), 36))
 }

@@ -138,10 +138,12 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		if n.store, err = openStore(cfg, log, observe, observeRead, func(k int) { swept.Add(float64(k)) }); err != nil {
 			return nil, err
 		}
-		n.store = newFenceCounting(n.store, n.reg)
 	}
 	if roles.Has(membership.RoleActors) {
-		deps = actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats})
+		fenced := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_fenced_writes_total",
+			Help: "Writes refused because another activation had claimed their identity since (ownership fencing)."})
+		n.reg.MustRegister(fenced)
+		deps = actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats, Fenced: fenced.Inc})
 		newChild = deps.NewActor
 	}
 	n.up = upstream.New(cfg.Upstream, n.stats)
