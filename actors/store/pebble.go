@@ -71,6 +71,11 @@ type PebbleConfig struct {
 	// SweepBatch is the most expired records one sweep round deletes
 	// (default 1000).
 	SweepBatch int
+	// MinSyncInterval is the shortest time between two syncs of the log
+	// (0: a sync starts as soon as one is asked for and the last ended).
+	// Writes that arrive meanwhile share the next sync: fewer syncs, each
+	// write waits up to this much longer.
+	MinSyncInterval time.Duration
 	// NoSync skips the fsync of each batch. Only for benchmarks that
 	// measure everything but the disk; a crash then loses the last batches.
 	NoSync bool
@@ -183,6 +188,9 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 		// at flush, instead of being flushed and compacted away later.
 		MemTableSize:                uint64(cfg.MemTableSize),
 		MemTableStopWritesThreshold: 4,
+	}
+	if d := cfg.MinSyncInterval; d > 0 {
+		opts.WALMinSyncInterval = func() time.Duration { return d }
 	}
 	// Nearly every idempotency lookup is for a key that does not exist
 	// (a new push or C2C id): Bloom filters answer those without reading

@@ -315,3 +315,27 @@ func BenchmarkPebbleReads(b *testing.B) {
 		})
 	}
 }
+
+// TestPebbleMinSyncIntervalSpacesSyncs: synced writes submitted one after
+// another each wait for their own sync, and the syncs are at least
+// MinSyncInterval apart.
+func TestPebbleMinSyncIntervalSpacesSyncs(t *testing.T) {
+	const interval, writes = 10 * time.Millisecond, 20
+	s, err := OpenPebble(PebbleConfig{Dir: t.TempDir(), MinSyncInterval: interval}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	id := Identity{App: 1, UID: "spaced"}
+	owner := load(t, s, id).Owner
+	start := time.Now()
+	for i := 1; i <= writes; i++ {
+		mustSubmit(t, s, &Write{ID: id, Owner: owner, Put: []*actorpb.InboxEntry{entry(uint32(i))}, Sync: true})
+	}
+	if took, least := time.Since(start), (writes-1)*interval; took < least {
+		t.Fatalf("%d synced writes in a row took %v: their syncs were not %v apart (at least %v)", writes, took, interval, least)
+	}
+	if n := len(load(t, s, id).Inbox); n != writes {
+		t.Fatalf("%d entries stored, want %d", n, writes)
+	}
+}

@@ -351,7 +351,7 @@ func openStore(cfg Config, log *slog.Logger, observe, observeRead func(int, time
 		return s, nil
 	}
 	s, err := store.OpenPebble(store.PebbleConfig{Dir: filepath.Join(cfg.DataDir, "inbox"), Lanes: lanes, QueueLen: queue,
-		NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept}, log)
+		MinSyncInterval: cfg.StoreMinSyncInterval, NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept}, log)
 	if err != nil {
 		return nil, storeOpenError(cfg.DataDir, err)
 	}

@@ -30,6 +30,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.StoreDSNFile, "store.dsn-file", c.StoreDSNFile, "file holding the PostgreSQL connection string")
 	fs.IntVar(&c.StoreMaxConns, "store.max-conns", c.StoreMaxConns, "most connections to PostgreSQL")
 	fs.IntVar(&c.StoreLanes, "store.lanes", c.StoreLanes, "group commits in flight at once (0: 2 for pebble, 4 for postgres)")
+	fs.DurationVar(&c.StoreMinSyncInterval, "store.min-sync-interval", c.StoreMinSyncInterval, "pebble: shortest time between two syncs of the log; the writes that arrive meanwhile share the next sync")
 	fs.IntVar(&c.StoreReaders, "store.readers", c.StoreReaders, "PostgreSQL read round trips (loads, idempotency lookups) in flight at once; reads arriving meanwhile go together in the next")
 	fs.IntVar(&c.StoreReadQueue, "store.read-queue", c.StoreReadQueue, "PostgreSQL reads waiting for a round trip; beyond, new work that needs a read is refused (retry)")
 	fs.DurationVar(&c.StoreTimeout, "store.timeout", c.StoreTimeout, "bound on one PostgreSQL transaction, load or lookup, the wait for it included")

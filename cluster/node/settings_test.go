@@ -91,6 +91,8 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.Store, c.StoreDSNFile = "postgres", "/nonexistent/dsn" }, "store.dsn-file")
 	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreLanes = "postgres", "x", 16 }, "store.lanes")
 	bad(func(c *Config) { c.StoreTimeout = time.Millisecond }, "store.timeout")
+	bad(func(c *Config) { c.StoreMinSyncInterval = -time.Millisecond }, "store.min-sync-interval")
+	bad(func(c *Config) { c.StoreMinSyncInterval = time.Second }, "store.min-sync-interval")
 	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreReaders = "postgres", "x", 0 }, "store.readers")
 	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreReaders = "postgres", "x", 13 }, "store.readers")
 	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreReadQueue = "postgres", "x", 0 }, "store.read-queue")
