@@ -2,6 +2,7 @@ package stats
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -113,6 +114,7 @@ type latSlot struct {
 }
 
 type series struct {
+	key     Key
 	mu      sync.Mutex
 	total   Counts
 	totalH  histogram
@@ -127,6 +129,10 @@ type Recorder struct {
 	mu     sync.RWMutex
 	series map[Key]*series
 	keys   map[uint16]int // msgtypes tracked per app, OtherMsgtype excluded
+	// last is the series found last: most events of a node are of a few
+	// keys, and this spares them the map and its read lock (whose
+	// counter every core would otherwise write).
+	last atomic.Pointer[series]
 }
 
 // New returns an empty recorder.
@@ -136,10 +142,14 @@ func New() *Recorder {
 
 func (r *Recorder) get(app uint16, msgtype uint32) *series {
 	k := Key{app, msgtype}
+	if s := r.last.Load(); s != nil && s.key == k {
+		return s
+	}
 	r.mu.RLock()
 	s := r.series[k]
 	r.mu.RUnlock()
 	if s != nil {
+		r.last.Store(s)
 		return s
 	}
 	r.mu.Lock()
@@ -157,7 +167,7 @@ func (r *Recorder) get(app uint16, msgtype uint32) *series {
 			r.keys[app]++
 		}
 	}
-	s = &series{}
+	s = &series{key: k}
 	r.series[k] = s
 	return s
 }
