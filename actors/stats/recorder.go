@@ -147,6 +147,11 @@ func (r *Recorder) get(app uint16, msgtype uint32) *series {
 	}
 	r.mu.RLock()
 	s := r.series[k]
+	if s == nil && k.Msgtype != OtherMsgtype && r.keys[app] >= maxKeysPerApp {
+		// An untracked msgtype of an app at its budget: counted as the
+		// app's other msgtypes, without the write lock.
+		s = r.series[Key{app, OtherMsgtype}]
+	}
 	r.mu.RUnlock()
 	if s != nil {
 		r.last.Store(s)
