@@ -761,15 +761,15 @@ func (d *Device) Frame(now time.Time, m *actorpb.DeviceFrame) {
 			d.ack(now, id)
 		}
 	case messages.CmdC2CPushAck:
-		var ack devicepb.C2CPushAck
-		if proto.Unmarshal(m.Body, &ack) != nil {
+		id, ok := messages.MsgIDBody(m.Body)
+		if !ok {
 			return
 		}
-		d.ack(now, []byte(ack.MsgId))
+		d.ack(now, id)
 		// Answered even for an unknown id: the receiver's ack of a message
 		// already deleted must still stop its resending.
 		d.emit(Effect{Conn: m.Conn, ToConn: d.toConn(m.Conn, m.Epoch,
-			frame(messages.CmdC2CPushAckAck, m.Msgtype, m.Seq, &devicepb.C2CPushAckAck{MsgId: ack.MsgId}))})
+			frame(messages.CmdC2CPushAckAck, m.Msgtype, m.Seq, &devicepb.C2CPushAckAck{MsgId: string(id)}))})
 	case messages.CmdPull:
 		var pull devicepb.Pull
 		if proto.Unmarshal(m.Body, &pull) != nil {
