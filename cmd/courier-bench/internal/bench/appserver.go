@@ -260,6 +260,11 @@ func (s *session) subscribe(ctx context.Context, n int, maxInFlight uint32) ([]*
 		if err == nil {
 			err = st.Send(&apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Subscribe{Subscribe: &apipb.Subscribe{
 				AppCode: uint32(s.cfg.AppCode), Msgtypes: []uint32{uint32(s.cfg.MsgType)}, MaxInFlight: maxInFlight}}})
+			if errors.Is(err, io.EOF) {
+				// The server ended the stream first (a node without the
+				// API answers at once): its status comes with Recv.
+				_, err = st.Recv()
+			}
 		}
 		if err != nil {
 			stop()
