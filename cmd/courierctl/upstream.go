@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"time"
@@ -34,7 +36,7 @@ func upstreamCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := st.Send(&apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Subscribe{Subscribe: &apipb.Subscribe{
+			if err := sendUpstream(st, &apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Subscribe{Subscribe: &apipb.Subscribe{
 				AppCode: app, Msgtypes: toU32(msgtypes), MaxInFlight: window}}}); err != nil {
 				return err
 			}
@@ -57,7 +59,7 @@ func upstreamCmd() *cobra.Command {
 						time.UnixMilli(m.ReceivedAtMs).Format("15:04:05.000"), m.AppCode, m.Msgtype, m.Uid, m.MsgId, m.ClientMsgId, m.Attempt, p)
 					ids = append(ids, m.DeliveryId)
 				}
-				if err := st.Send(&apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Ack{Ack: &apipb.UpstreamAck{DeliveryIds: ids}}}); err != nil {
+				if err := sendUpstream(st, &apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Ack{Ack: &apipb.UpstreamAck{DeliveryIds: ids}}}); err != nil {
 					return err
 				}
 			}
@@ -68,6 +70,23 @@ func upstreamCmd() *cobra.Command {
 	c.Flags().UintSliceVar(&msgtypes, "msgtype", nil, "msgtypes to take (default: all of the app's)")
 	c.Flags().Uint32Var(&window, "window", 0, "most unacknowledged deliveries (0: the node's default)")
 	return c
+}
+
+// sendUpstream sends r on st. A Send that finds the stream ended by the
+// node returns io.EOF; the node's reason (a refused subscription, say)
+// comes with Recv after whatever it sent before, and that is what is
+// returned (deliveries skipped here are unacknowledged: the node sends
+// them again).
+func sendUpstream(st apipb.Courier_UpstreamClient, r *apipb.UpstreamRequest) error {
+	err := st.Send(r)
+	if !errors.Is(err, io.EOF) {
+		return err
+	}
+	for {
+		if _, err := st.Recv(); err != nil {
+			return err
+		}
+	}
 }
 
 func toU32(v []uint) []uint32 {
