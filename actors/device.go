@@ -902,7 +902,7 @@ func (d *Device) room(e *actorpb.InboxEntry) string {
 	return ""
 }
 
-// accept stores it's entry under its seq (the next one) with an
+// accept stores the item's entry under its seq (the next one) with an
 // idempotency record under key when remember is set.
 func (d *Device) accept(now time.Time, it *item, key string, remember bool) {
 	e := it.e

@@ -129,11 +129,17 @@ type Recorder struct {
 	mu     sync.RWMutex
 	series map[Key]*series
 	keys   map[uint16]int // msgtypes tracked per app, OtherMsgtype excluded
-	// last is the series found last: most events of a node are of a few
-	// keys, and this spares them the map and its read lock (whose
-	// counter every core would otherwise write).
-	last atomic.Pointer[series]
+	// recent holds series found before, one per slot of a small
+	// direct-mapped cache: most events of a node are of a few keys, and
+	// it spares them the map and its read lock (whose reader count every
+	// core would otherwise write). Several hot keys mostly get slots of
+	// their own instead of evicting one another.
+	recent [recentSlots]atomic.Pointer[series]
 }
+
+const recentSlots = 64
+
+func recentSlot(k Key) int { return int((k.Msgtype ^ uint32(k.App)*0x9e3779b1) % recentSlots) }
 
 // New returns an empty recorder.
 func New() *Recorder {
@@ -142,7 +148,8 @@ func New() *Recorder {
 
 func (r *Recorder) get(app uint16, msgtype uint32) *series {
 	k := Key{app, msgtype}
-	if s := r.last.Load(); s != nil && s.key == k {
+	slot := &r.recent[recentSlot(k)]
+	if s := slot.Load(); s != nil && s.key == k {
 		return s
 	}
 	r.mu.RLock()
@@ -154,7 +161,9 @@ func (r *Recorder) get(app uint16, msgtype uint32) *series {
 	}
 	r.mu.RUnlock()
 	if s != nil {
-		r.last.Store(s)
+		if s.key == k { // not the app's "other" series standing in for k
+			slot.Store(s)
+		}
 		return s
 	}
 	r.mu.Lock()

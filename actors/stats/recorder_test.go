@@ -160,10 +160,20 @@ func TestStatsKeyBudgetIsPerApp(t *testing.T) {
 // pushed message is counted two or three times, from every core, mostly
 // under one app and msgtype.
 func BenchmarkRecorderParallel(b *testing.B) {
-	r := New()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			r.Delivered(1, 7)
-		}
+	b.Run("one key", func(b *testing.B) {
+		r := New()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				r.Delivered(1, 7)
+			}
+		})
+	})
+	b.Run("four keys", func(b *testing.B) {
+		r := New()
+		b.RunParallel(func(pb *testing.PB) {
+			for m := uint32(0); pb.Next(); m++ {
+				r.Delivered(1, m%4)
+			}
+		})
 	})
 }
