@@ -53,7 +53,7 @@ func moduleRoot() string {
 func CourierBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "courier-testkit-")
+		dir, err := processTempDir("courier-testkit-")
 		if err != nil {
 			buildErr = err
 			return

@@ -202,7 +202,7 @@ func startPostgresOn(host string) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "courier-pg-")
+	dir, err := processTempDir("courier-pg-")
 	if err != nil {
 		return nil, err
 	}
