@@ -9,8 +9,14 @@ import (
 )
 
 func TestSelf(t *testing.T) {
+	// Busy until this process has used 60 ms of CPU (rusage), not for a
+	// span of wall time: on a loaded machine 50 ms of wall time got less
+	// than /proc's 10 ms tick, and /proc said 0.
 	start := time.Now()
-	for time.Since(start) < 50*time.Millisecond {
+	for SelfCPU() < 60*time.Millisecond {
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("only %v of CPU in 30 s", SelfCPU())
+		}
 	}
 	c, err := CPU(os.Getpid())
 	if err != nil || c <= 0 {
