@@ -263,6 +263,8 @@ func TestRequestIDsDoNotRestartAtOne(t *testing.T) {
 // failed dial plus its fixed 2 s pause before it gives the endpoint up;
 // the bound leaves room for a loaded machine and stays well below the
 // 10 s deadline.
+// It must stay the last test of the package to start a System (see the
+// concurrent part).
 func TestRequestToUnreachableOwnerFailsFast(t *testing.T) {
 	var sys *System
 	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{sys: sys, log: &sync.Map{}} }, nil, nil)
@@ -293,6 +295,43 @@ func TestRequestToUnreachableOwnerFailsFast(t *testing.T) {
 			t.Fatalf("request %d failed only after %v", i, took)
 		}
 	}
+
+	// Then from sixteen goroutines at once, for 3 s: they also hit the
+	// endpoint being torn down and the next one being started. (Here, not
+	// in a test of its own with a System of its own: the endpoint writers
+	// close gRPC connections, which read gRPC's global logger, and the
+	// actor library's remote.Start sets it without synchronization, so
+	// the race detector flags any System started after this one in the
+	// same process. A node process starts one.)
+	const senders = 16
+	until := time.Now().Add(3 * time.Second)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var sent int
+	var worst time.Duration
+	for g := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(until); i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+				start := time.Now()
+				r, err := sys.Request(ctx, &actorpb.Envelope{AppCode: 1, Uid: fmt.Sprintf("g%d-%d", g, i),
+					Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}})
+				cancel()
+				took := time.Since(start)
+				mu.Lock()
+				sent++
+				worst = max(worst, took)
+				if err != nil || r.GetFailure().GetCode() != int32(codes.Unavailable) || took > 5*time.Second {
+					t.Errorf("sender %d request %d: %v %v after %v", g, i, r, err, took)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d concurrent requests, slowest answered after %v", sent, worst)
 }
 
 // Requests sent to a member whose connection broke fail at once; the
@@ -327,58 +366,4 @@ func TestRepliesFailToBrokenMember(t *testing.T) {
 	if rep := <-chb; rep.ReqId != b {
 		t.Fatalf("reply %v", rep)
 	}
-}
-
-// Requests sent from many goroutines at once to an unreachable owner all
-// fail within the bound, including those sent while the library tears
-// down the endpoint that just failed to connect and those that start a
-// new one.
-func TestRequestsToUnreachableOwnerAllAnswered(t *testing.T) {
-	var sys *System
-	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{sys: sys, log: &sync.Map{}} }, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sys.Shutdown)
-	if err := sys.Join(context.Background(), membership.Member{Name: "t", Roles: membership.RoleActors}, nil); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String()
-	l.Close()
-	sys.placement.Store(newPlacement([]string{dead}, sys.cfg.Shards, 0))
-
-	const senders = 16
-	until := time.Now().Add(3 * time.Second)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var sent, slow int
-	var worst time.Duration
-	for g := range senders {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; time.Now().Before(until); i++ {
-				ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
-				start := time.Now()
-				r, err := sys.Request(ctx, &actorpb.Envelope{AppCode: 1, Uid: fmt.Sprintf("g%d-%d", g, i),
-					Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}})
-				cancel()
-				took := time.Since(start)
-				mu.Lock()
-				sent++
-				worst = max(worst, took)
-				if err != nil || r.GetFailure().GetCode() != int32(codes.Unavailable) || took > 5*time.Second {
-					slow++
-					t.Errorf("sender %d request %d: %v %v after %v", g, i, r, err, took)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	t.Logf("%d requests, %d unanswered within 5 s, slowest %v", sent, slow, worst)
 }
