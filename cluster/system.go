@@ -149,12 +149,23 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		actor.WithDeadLetterThrottleCount(3),
 		actor.WithDeadLetterThrottleInterval(10*time.Second),
 	)
-	s.actors.EventStream.Subscribe(s.deadLetter)
 	s.remote = remote.NewRemote(s.actors, remote.Configure(host, port, ropts...))
 	if err := s.startRemote(); err != nil {
 		s.dispatcher.stop()
 		return nil, err
 	}
+	// After the remoting's own subscription (the event stream calls its
+	// handlers in the order they subscribed): when a member's endpoint
+	// fails, the library first forgets it (later sends start a new one)
+	// and tells its writer to stop, and only then does deadLetter fail
+	// the requests sent to that member. A request is recorded (sentTo)
+	// before it is sent, so one that still reached the old writer is
+	// among them. In the other order a request recorded just after the
+	// failing could still find the old endpoint, land behind the stop in
+	// its writer's mailbox and be dropped without a word: its caller
+	// waited for its deadline (a rare 10 s in
+	// TestRequestToUnreachableOwnerFailsFast).
+	s.actors.EventStream.Subscribe(s.deadLetter)
 	s.address = s.actors.Address()
 
 	for i := range cfg.Shards {
