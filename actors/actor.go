@@ -22,7 +22,11 @@ import (
 // anywhere in the cluster, and leaves memory (implemented by
 // *cluster.System).
 type Router interface {
-	SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn)
+	// SendToConn sends m to a device's connection and reports whether it
+	// went out as it is: false when this node holds no membership lease
+	// (then only the answers to the device's requests go, as retryable
+	// refusals, or nothing).
+	SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) bool
 	Reply(address string, r *actorpb.Reply)
 	// Passivate asks to stop the actor; seen is the number of envelopes
 	// it has received. It stops only if that is every envelope sent to it.
@@ -147,9 +151,13 @@ type deviceActor struct {
 	// library's receive timeout is not used: it fires once, and its timer
 	// races with the mailbox). self is the PID the check is posted to
 	// (guarded by the wheel's lock).
-	idleNode   wheel.Node[deviceActor]
-	self       *actor.PID
-	lastActive time.Duration // the last envelope's time (since the idle wheel's start)
+	idleNode wheel.Node[deviceActor]
+	self     *actor.PID
+	// refusedLogin is the session a LOGIN_ACK OK opened that the router
+	// could not send (the node lost its lease): perform posts it back to
+	// the actor as a close (loginRefused).
+	refusedLogin *actorpb.DeviceClosed
+	lastActive   time.Duration // the last envelope's time (since the idle wheel's start)
 	// detached counts deletions submitted without waiting whose
 	// detachedDone has not come: the actor does not passivate or finish
 	// a handoff before they are done, or the next activation would load
@@ -227,6 +235,13 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		}
 		a.read = nil
 		a.finishRead(ctx, m.r)
+	case loginRefused:
+		// Not an envelope: it does not count in the passivation
+		// handshake (the router did not send it).
+		if a.retired || a.handingOff {
+			return
+		}
+		a.envelope(ctx, &actorpb.Envelope{AppCode: uint32(a.id.App), Uid: a.id.UID, Body: &actorpb.Envelope_Closed{Closed: m.c}})
 	case drainStash:
 	case *writeDone:
 		a.writing = false
@@ -713,6 +728,10 @@ func (a *deviceActor) perform(ctx actor.Context) {
 		}
 	}
 	a.sendEffects()
+	if c := a.refusedLogin; c != nil {
+		a.refusedLogin = nil
+		ctx.ActorSystem().Root.Send(ctx.Self(), loginRefused{c})
+	}
 	next := d.NextDue()
 	if next.IsZero() || (a.timerAt != 0 && next.UnixNano() >= a.timerAt) {
 		return
@@ -778,9 +797,18 @@ func (a *deviceActor) sendEffects() {
 	a.d.Release()
 }
 
+// loginRefused ends a session whose LOGIN_ACK OK went out as a refusal.
+type loginRefused struct{ c *actorpb.DeviceClosed }
+
 func (a *deviceActor) send(e Effect) {
 	if e.ToConn != nil {
-		a.deps.Router.SendToConn(e.Conn, e.ToConn)
+		if !a.deps.Router.SendToConn(e.Conn, e.ToConn) && e.ToConn.GetLogin().GetOk() {
+			// The node lost its lease while the LOGIN was on its way: the
+			// device was refused, so the session the machine just opened
+			// ends (perform posts it), instead of showing online until a
+			// delivery finds the connection gone.
+			a.refusedLogin = &actorpb.DeviceClosed{Conn: e.Conn, Epoch: e.ToConn.Epoch, Reason: "login refused: the node holds no membership lease"}
+		}
 	} else if e.Reply != nil {
 		a.deps.Router.Reply(e.ReplyTo.Address, e.Reply)
 	}

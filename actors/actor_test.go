@@ -319,6 +319,9 @@ type testRouter struct {
 	retired     map[store.Identity]int
 	handedOff   map[store.Identity]int
 	activations map[store.Identity]int
+	// leaseless makes SendToConn report that nothing went as it was (a
+	// node without its membership lease).
+	leaseless atomic.Bool
 }
 
 type testChild struct {
@@ -372,10 +375,11 @@ func (r *testRouter) HandedOff(app uint16, uid string, pid *actor.PID) {
 	r.sys.Root.Poison(pid)
 }
 
-func (r *testRouter) SendToConn(_ *actorpb.ConnRef, m *actorpb.ToConn) {
+func (r *testRouter) SendToConn(_ *actorpb.ConnRef, m *actorpb.ToConn) bool {
 	r.mu.Lock()
 	r.conns = append(r.conns, m)
 	r.mu.Unlock()
+	return !r.leaseless.Load()
 }
 
 func (r *testRouter) Reply(_ string, rep *actorpb.Reply) {
@@ -564,6 +568,26 @@ func TestClosedKeptWhileTheStoreCannotLoad(t *testing.T) {
 	testkit.Eventually(t, 10*time.Second, func() bool { return !h.store.session(alice).GetOnline() },
 		"the close was dropped with the failed load: the session stays online")
 	h.waitPassivated(alice, 2)
+}
+
+// TestLoginWithoutLeaseEndsTheSession: when the node loses its lease
+// while a LOGIN is on its way, the router turns the LOGIN_ACK OK into a
+// refusal; the session the actor opened ends at once instead of showing
+// online until a delivery finds the connection gone, and the actor still
+// leaves memory when idle.
+func TestLoginWithoutLeaseEndsTheSession(t *testing.T) {
+	h := newActorHarness(t, nil)
+	h.r.leaseless.Store(true)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.r.Send(env(alice, &actorpb.DeviceLogin{Conn: c, Login: &devicepb.Login{Uid: alice.UID}, FrameSeq: 1}))
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		return len(h.r.frames(uint32(messages.CmdLoginAck))) == 1 && h.store.session(alice) != nil && !h.store.session(alice).GetOnline()
+	}, "the refused login's session was not ended")
+	if p := h.presence(alice); p.Online {
+		t.Fatal("presence says online after the login was refused")
+	}
+	h.r.leaseless.Store(false)
+	h.waitPassivated(alice, 1)
 }
 
 // TestClosedSurvivesAFailedWrite: when the write that ends a session

@@ -578,8 +578,11 @@ func (s *System) receiveReply(ctx actor.Context) {
 	}
 }
 
-// SendToConn delivers m to the gate that holds conn, on any node.
-func (s *System) SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) {
+// SendToConn delivers m to the gate that holds conn, on any node, and
+// reports whether m went as it is: false when this node holds no lease
+// (then only the answers to a device's requests go, as refusals:
+// OnLeaseless).
+func (s *System) SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) bool {
 	if !s.members.LeaseValid() {
 		// Without its lease this node may no longer own the identity:
 		// its owner delivers. A device's request is still answered, with
@@ -590,10 +593,16 @@ func (s *System) SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) {
 		} else {
 			m = nil
 		}
-		if m == nil {
-			return
+		if m != nil {
+			s.sendToConn(conn, m)
 		}
+		return false
 	}
+	s.sendToConn(conn, m)
+	return true
+}
+
+func (s *System) sendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) {
 	if conn.GetGateAddress() == s.address {
 		s.deliverLocal(conn.GetGateId(), m)
 		return
