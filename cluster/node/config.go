@@ -97,7 +97,8 @@ type Config struct {
 	// last check) and, if so, returns the memory its heap holds free to
 	// the operating system (default 250 ms; 0: never). After a burst the
 	// Go runtime otherwise keeps up to the GC target (three times the live
-	// heap at the default gc-percent) resident until the next burst.
+	// heap at the default gc-percent, and at least courier's gc-min-heap)
+	// resident until the next burst.
 	IdleMemoryRelease time.Duration
 
 	Gate     gate.Config

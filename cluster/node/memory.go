@@ -28,8 +28,9 @@ const (
 
 // releaseIdleMemory returns the heap's free memory to the operating
 // system once the node has gone idle. At the default gc-percent of 200
-// the Go runtime keeps up to three times the live heap resident after a
-// burst (its scavenger only returns what is above the GC target), so a
+// the Go runtime keeps up to three times the live heap (and up to the
+// GC floor, GCFloor) resident after a burst (its scavenger only returns
+// what is above the GC target), so a
 // node whose devices are idle would go on holding what the burst used
 // (a login burst's garbage, or the actors that passivated: no GC runs
 // while a node is idle, so what they held would not even be known to be

@@ -126,8 +126,12 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 	for _, name := range unknownEnv(fs, os.Environ()) {
 		log.Warn("courier: unknown environment variable, ignored", "name", name)
 	}
+	if cf.gcMinHeap < 0 {
+		fmt.Fprintf(stderr, "courier: --gc-min-heap %d: must be 0 (none) or a number of bytes\n", cf.gcMinHeap)
+		return 2
+	}
 	if getenv("GOGC") == "" {
-		debug.SetGCPercent(*gcPercent)
+		defer node.StartGCFloor(*gcPercent, uint64(cf.gcMinHeap)).Stop()
 	}
 	if *dev {
 		if err := devLoopback(fs, &cfg); err != nil {
@@ -220,6 +224,7 @@ type cmdFlags struct {
 	config, logLevel, addrFile, pprofAddr string
 	dev, logJSON                          bool
 	gcPercent                             int
+	gcMinHeap                             int64
 }
 
 // newFlagSet declares every flag of courier: its own (into f), then the
@@ -233,6 +238,7 @@ func newFlagSet(cfg *node.Config, f *cmdFlags) *pflag.FlagSet {
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
 	fs.IntVar(&f.gcPercent, "gc-percent", 200, "Go GC target percentage (the GOGC environment variable wins); higher trades memory under load for CPU")
+	fs.Int64Var(&f.gcMinHeap, "gc-min-heap", 512<<20, "bytes the Go heap may grow to before a GC cycle however small the live heap (0: no floor; GOGC set turns it off, GOMEMLIMIT still caps it): fewer GC cycles under load for a small node, and shorter latency tails, for memory")
 	fs.StringVar(&f.addrFile, "addr-file", "", "write the bound addresses as JSON to this file once started (for tools and tests)")
 	fs.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this address (\"\" disables; for profiling only)")
 	node.BindSettings(fs, cfg)

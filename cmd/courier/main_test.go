@@ -69,6 +69,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{"short secret", []string{"--app-secret", "1=short"}, 2, "node: app-secret for app 1: at least 16 bytes", ""},
 		{"missing secret file", []string{"--app-secret-file", "1=/nonexistent/secret"}, 2, "node: app-secret-file 1=/nonexistent/secret: open /nonexistent/secret", ""},
 		{"bad log level", []string{"--log-level", "loud"}, 2, `--log-level "loud"`, ""},
+		{"negative GC floor", []string{"--gc-min-heap=-1"}, 2, "--gc-min-heap -1: must be 0 (none) or a number of bytes", ""},
 		{"version", []string{"version"}, 0, "", "courier "},
 		{"help", []string{"--help"}, 0, "", "Usage: courier [flags]"},
 	}
