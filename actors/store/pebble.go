@@ -56,8 +56,10 @@ type PebbleConfig struct {
 	// QueueLen is the length of the commit queues, all lanes together
 	// (default 8192).
 	QueueLen int
-	// Lanes is the number of batches committed concurrently (default 2):
-	// one is applied while another waits for its sync.
+	// Lanes is the number of batches committed concurrently (default 1).
+	// More let one batch be applied while another waits for its sync, but
+	// the log's syncs still come one after another: each lane's batch
+	// then waits for the other's sync as well as its own.
 	Lanes int
 	// CacheSize is the block cache in bytes (default 64 MiB).
 	CacheSize int
@@ -105,7 +107,7 @@ func (c *PebbleConfig) setDefaults() error {
 		c.MemTableSize = 32 << 20
 	}
 	if c.Lanes <= 0 {
-		c.Lanes = 2
+		c.Lanes = 1
 	}
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = time.Second

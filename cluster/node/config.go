@@ -53,7 +53,7 @@ type Config struct {
 	// StoreMaxConns bounds the connections to PostgreSQL (default 16).
 	StoreMaxConns int
 	// StoreLanes is the number of group commits in flight at once
-	// (default: 2 for Pebble, 4 for PostgreSQL).
+	// (default: 1 for Pebble, 4 for PostgreSQL).
 	StoreLanes int
 	// StoreMinSyncInterval is the shortest time between two syncs of
 	// Pebble's log (default 1 ms; 0: sync as soon as the last one ends).

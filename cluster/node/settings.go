@@ -29,7 +29,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.StoreDSN, "store.dsn", c.StoreDSN, "PostgreSQL connection string (prefer store.dsn-file or COURIER_STORE_DSN: argv is visible to every local user)")
 	fs.StringVar(&c.StoreDSNFile, "store.dsn-file", c.StoreDSNFile, "file holding the PostgreSQL connection string")
 	fs.IntVar(&c.StoreMaxConns, "store.max-conns", c.StoreMaxConns, "most connections to PostgreSQL")
-	fs.IntVar(&c.StoreLanes, "store.lanes", c.StoreLanes, "group commits in flight at once (0: 2 for pebble, 4 for postgres)")
+	fs.IntVar(&c.StoreLanes, "store.lanes", c.StoreLanes, "group commits in flight at once (0: 1 for pebble, 4 for postgres)")
 	fs.DurationVar(&c.StoreMinSyncInterval, "store.min-sync-interval", c.StoreMinSyncInterval, "pebble: shortest time between two syncs of the log; the writes that arrive meanwhile share the next sync")
 	fs.IntVar(&c.StoreReaders, "store.readers", c.StoreReaders, "PostgreSQL read round trips (loads, idempotency lookups) in flight at once; reads arriving meanwhile go together in the next")
 	fs.IntVar(&c.StoreReadQueue, "store.read-queue", c.StoreReadQueue, "PostgreSQL reads waiting for a round trip; beyond, new work that needs a read is refused (retry)")
