@@ -325,13 +325,12 @@ func (t upTransport) Send(address string, m proto.Message) { t.sys.SendNode(addr
 // trips and WAL flushes overlap.
 const postgresLanes = 4
 
-// pebbleLanes is the default of store.lanes with Pebble. Pebble's log
-// syncs one after another whatever the number of lanes, so a second lane
-// only splits each sync's writes in two: measured 2026-12-01 (BENCHMARKS.md,
-// round 7), one lane took the stored p99 at 26,450 pushes/s in calls of
-// 10 from 20-65 ms to 13-43 ms (three interleaved A/Bs, 0.66-0.67x) with
-// half the commits and 3-4% less CPU per message, and the maximum rate up
-// by 5-10%.
+// pebbleLanes is the default of store.lanes with Pebble (the store's own
+// default too; the node needs the number for the queue's length below).
+// Pebble's log syncs one after another whatever the number of lanes, so
+// a second lane only splits each sync's writes in two. BENCHMARKS.md,
+// round 7, has the A/Bs: at 26,450 stored pushes/s a third lower p99 and
+// 2-4% less CPU per message; at 20,000/s mixed.
 const pebbleLanes = 1
 
 // openStore opens the configured inbox store.
