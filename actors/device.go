@@ -3,6 +3,7 @@ package actors
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"sync"
@@ -116,14 +117,22 @@ type Device struct {
 	// acknowledged (at most Config.Window, 4096).
 	inflight int32
 
-	// dels are the deletions of entries acknowledged (or expired) that no
-	// write carries yet, with the expiries those entries were stored
-	// with (the store then need not read them). They ride in the
+	// dels are the seqs of entries acknowledged (or expired) whose
+	// deletion no write carries yet. They ride in the
 	// identity's next write, so an acknowledged message costs no write of
 	// its own; an identity that writes nothing more flushes them before
 	// it leaves memory or hands off (FlushDeletions). Lost in a crash,
 	// the entries are delivered again: nothing depends on a deletion.
-	dels []deletion
+	dels []uint32
+	// indexed are the expiry buckets (store.ExpiryBucket) of the store's
+	// inbox index that this machine knows are stored or in a write it
+	// took: those of the entries it loaded and of those it stored since,
+	// less those a write of its own unindexed. A write tells the store
+	// which of its entries' buckets are indexed already (Write.Indexed),
+	// so that a stream of messages to one identity costs two index
+	// updates per bucket, not two per message. Usually one or two.
+	indexed []int64
+	leaving bool // FlushDeletions was called: the next write may unindex every bucket
 
 	inbox   []*item // by seq
 	byMsgID map[string]*item
@@ -151,13 +160,6 @@ type Device struct {
 	inFlight  bool
 	broken    bool
 	fenced    bool
-}
-
-// deletion is an acknowledged (or expired) entry's seq and the expiry it
-// was stored with, waiting for a write to carry its deletion.
-type deletion struct {
-	seq uint32
-	exp int64
 }
 
 // recentIdem are the idempotency records a machine wrote while in
@@ -266,6 +268,9 @@ func NewDeviceIn(env *MachineEnv, id store.Identity, snap *store.Snapshot) *Devi
 		d.byMsgID[e.MsgId] = it
 		d.count(it, 1)
 		d.noteExpiry(e.ExpiresAtMs)
+		if b := store.ExpiryBucket(e.ExpiresAtMs); b != 0 && !slices.Contains(d.indexed, b) {
+			d.indexed = append(d.indexed, b)
+		}
 	}
 	sort.Slice(d.inbox, func(i, j int) bool { return d.inbox[i].e.Seq < d.inbox[j].e.Seq })
 	return d
@@ -320,7 +325,50 @@ func (d *Device) FlushDeletions() bool {
 		return false
 	}
 	d.takeDeletions(d.write())
+	d.leaving = true
 	return true
+}
+
+// takeIndex fills in the index hints of w, a write being taken
+// (store.Write.Indexed and Unindex), and brings d.indexed up to date.
+// Buckets are unindexed only when no deletion waits outside a write (an
+// acknowledged entry is stored until its deletion is). While the
+// machine stays, the newest bucket stays indexed even with the inbox
+// empty, so that the next message's write need not index it again;
+// once the machine is leaving (FlushDeletions), it goes too.
+func (d *Device) takeIndex(w *store.Write) {
+	leaving := d.leaving
+	d.leaving = false
+	for _, e := range w.Put {
+		b := store.ExpiryBucket(e.ExpiresAtMs)
+		switch {
+		case b == 0:
+		case !slices.Contains(d.indexed, b):
+			d.indexed = append(d.indexed, b)
+		case !slices.Contains(w.Indexed, b):
+			w.Indexed = append(w.Indexed, b)
+		}
+	}
+	if len(d.indexed) == 0 || len(d.dels) > 0 {
+		return
+	}
+	// Every entry in the inbox expires at minExpiry or later (a lower
+	// bound; 0: none has an expiry), so no entry falls in a bucket
+	// before minExpiry's.
+	keepFrom := int64(math.MaxInt64)
+	if len(d.inbox) > 0 && d.minExpiry != 0 {
+		keepFrom = store.ExpiryBucket(d.minExpiry)
+	}
+	newest := slices.Max(d.indexed)
+	kept := d.indexed[:0]
+	for _, b := range d.indexed {
+		if b < keepFrom && (leaving || b != newest) {
+			w.Unindex = append(w.Unindex, b)
+		} else {
+			kept = append(kept, b)
+		}
+	}
+	d.indexed = kept
 }
 
 // takeDeletions moves the pending deletions into w, with the meta if the
@@ -333,12 +381,7 @@ func (d *Device) takeDeletions(w *store.Write) {
 	if len(d.dels) == 0 {
 		return
 	}
-	w.Delete = slices.Grow(w.Delete, len(d.dels))
-	w.DeleteExpiry = slices.Grow(w.DeleteExpiry, len(d.dels))
-	for _, x := range d.dels {
-		w.Delete = append(w.Delete, x.seq)
-		w.DeleteExpiry = append(w.DeleteExpiry, x.exp)
-	}
+	w.Delete = append(w.Delete, d.dels...)
 	d.dels = d.dels[:0]
 	n := len(d.inbox)
 	kept := !d.inFlight && n > 0 && d.inbox[n-1].e.Seq == d.lastSeq
@@ -477,6 +520,7 @@ func (d *Device) TakeDetached() *store.Write {
 			fx.waiting = fx.waiting[:0]
 		}
 	}
+	d.takeIndex(w)
 	return w
 }
 
@@ -493,6 +537,7 @@ func (d *Device) TakeWrite() *store.Write {
 	w := d.next
 	d.next = nil
 	d.takeDeletions(w)
+	d.takeIndex(w)
 	if w.Meta != nil {
 		// The committer encodes the write on its own goroutine while the
 		// machine goes on changing its meta; session records are never
@@ -808,7 +853,7 @@ func (d *Device) remove(it *item) {
 		d.inflightBytes -= it.size
 	}
 	// The deletion waits for the identity's next write (takeDeletions).
-	d.dels = append(d.dels, deletion{it.e.Seq, it.e.ExpiresAtMs})
+	d.dels = append(d.dels, it.e.Seq)
 }
 
 func (d *Device) pull(after, limit uint32) *devicepb.PullAck {

@@ -203,8 +203,10 @@ func TestAckDeletesAndRetryBacksOff(t *testing.T) {
 		t.Fatal("nothing to flush")
 	}
 	w := h.d.TakeDetached()
-	if w == nil || len(w.Delete) != 1 || w.Delete[0] != 1 || len(w.DeleteExpiry) != 1 ||
-		w.DeleteExpiry[0] != h.now.Add(-9*time.Second).Add(time.Hour).UnixMilli() || w.Meta != nil {
+	// The machine is leaving: its entry's expiry bucket is unindexed too.
+	bucket := store.ExpiryBucket(h.now.Add(-9 * time.Second).Add(time.Hour).UnixMilli())
+	if w == nil || len(w.Delete) != 1 || w.Delete[0] != 1 || w.Meta != nil ||
+		len(w.Unindex) != 1 || w.Unindex[0] != bucket {
 		t.Fatalf("ack did not delete: %+v", w)
 	}
 	if h.d.Pending() != 0 || !h.d.Idle() || !h.d.NextDue().IsZero() {
@@ -684,5 +686,76 @@ func TestFencedWriteAnswersMovedAndDeliversNothing(t *testing.T) {
 	}
 	if d.TakeWrite() != nil || d.TakeDetached() != nil {
 		t.Fatal("a fenced machine wrote again")
+	}
+}
+
+// TestExpiryIndexHints: a stream of messages to one identity indexes each
+// expiry bucket once (later writes tell the store it is indexed), keeps
+// the newest bucket while the machine stays, unindexes a bucket once no
+// entry is left in it, and every bucket when the machine leaves.
+func TestExpiryIndexHints(t *testing.T) {
+	h := newHarness(t)
+	ackOf := func(id string) {
+		ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: id})
+		h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
+	}
+	take := func() *store.Write {
+		t.Helper()
+		w := h.d.TakeWrite()
+		if w == nil {
+			t.Fatal("no write")
+		}
+		h.d.WriteDone(nil)
+		return w
+	}
+	b1 := store.ExpiryBucket(h.now.Add(time.Hour).UnixMilli())
+	h.push("a", 0)
+	if w := take(); len(w.Put) != 1 || w.Indexed != nil || w.Unindex != nil {
+		t.Fatalf("first write: indexed %v unindex %v", w.Indexed, w.Unindex)
+	}
+	ackOf("m1")
+	h.push("b", 0)
+	if w := take(); fmt.Sprint(w.Delete) != "[1]" || fmt.Sprint(w.Indexed) != fmt.Sprint([]int64{b1}) || w.Unindex != nil {
+		t.Fatalf("second write: delete %v indexed %v unindex %v", w.Delete, w.Indexed, w.Unindex)
+	}
+	// Two minutes later the next message expires in the next bucket; the
+	// inbox holds nothing in the first any more.
+	h.now = h.now.Add(2 * time.Minute)
+	b2 := store.ExpiryBucket(h.now.Add(time.Hour).UnixMilli())
+	ackOf("m2")
+	h.push("c", 0)
+	if w := take(); b2 == b1 || w.Indexed != nil || fmt.Sprint(w.Unindex) != fmt.Sprint([]int64{b1}) {
+		t.Fatalf("write in the next bucket: indexed %v unindex %v (buckets %d, %d)", w.Indexed, w.Unindex, b1, b2)
+	}
+	// Emptied, the inbox keeps the newest bucket indexed until the
+	// machine leaves.
+	ackOf("m3")
+	h.push("d", 0)
+	ackOf("m4")
+	if w := take(); fmt.Sprint(w.Delete) != "[3 4]" || fmt.Sprint(w.Indexed) != fmt.Sprint([]int64{b2}) || w.Unindex != nil {
+		t.Fatalf("write emptying the inbox: delete %v indexed %v unindex %v", w.Delete, w.Indexed, w.Unindex)
+	}
+	h.push("e", 0)
+	take()
+	ackOf("m5")
+	if !h.d.FlushDeletions() {
+		t.Fatal("nothing to flush")
+	}
+	w := h.d.TakeDetached()
+	if w == nil {
+		w = take() // it brings the meta along
+	}
+	if fmt.Sprint(w.Delete) != "[5]" || fmt.Sprint(w.Unindex) != fmt.Sprint([]int64{b2}) {
+		t.Fatalf("leaving: delete %v unindex %v", w.Delete, w.Unindex)
+	}
+	// Rebuilt from the store, a machine knows its entries' buckets are
+	// indexed, and keeps those that still hold entries.
+	cfg := DefaultConfig()
+	exp := h.now.Add(time.Hour).UnixMilli()
+	d := NewDevice(&cfg, store.Identity{App: 1, UID: "u"}, &store.Snapshot{Inbox: []*actorpb.InboxEntry{
+		{Seq: 1, MsgId: "x", ExpiresAtMs: exp - 3*store.ExpiryBucketMs}, {Seq: 2, MsgId: "y", ExpiresAtMs: exp}}}, nil, func() string { return "z" })
+	d.Push(h.now, ReplyTo{}, &actorpb.Push{Stored: true, ExpiresAtMs: exp}, nil)
+	if w := d.TakeWrite(); fmt.Sprint(w.Indexed) != fmt.Sprint([]int64{store.ExpiryBucket(exp)}) || w.Unindex != nil {
+		t.Fatalf("rebuilt machine's write: indexed %v unindex %v", w.Indexed, w.Unindex)
 	}
 }

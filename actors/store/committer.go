@@ -12,6 +12,9 @@ type pending struct {
 	// sweep, if set, makes this an expiry sweep round of the lane (w is
 	// unused).
 	sweep *idemSweep
+	// unindex, if set, makes this a round of the inbox index sweep of the
+	// lane (w is unused).
+	unindex *unindexRound
 	// err is this write's own failure (ErrFenced), set by the commit
 	// function; the other writes of the batch are not affected.
 	err error

@@ -371,11 +371,11 @@ func testExpiredByIndex(t *testing.T, k kind) {
 	if got := expired(100); len(got) != 2 || got[0] != a || got[1] != cc {
 		t.Fatalf("expired identities %v", got)
 	}
-	// The actor of c drops its expired entries (one with its expiry
-	// given, one without): c is not reported again; a is (a store shared
-	// by nodes reports it after its lease).
-	mustSubmit(t, s, &Write{ID: cc, Owner: oc, Delete: []uint32{1}, DeleteExpiry: []int64{c1.ExpiresAtMs}})
-	mustSubmit(t, s, &Write{ID: cc, Owner: oc, Delete: []uint32{2}})
+	// The actor of c drops its expired entries (once without, once with
+	// an Unindex hint): c is not reported again; a is (a store shared by
+	// nodes reports it after its lease).
+	mustSubmit(t, s, &Write{ID: cc, Owner: oc, Delete: []uint32{1}})
+	mustSubmit(t, s, &Write{ID: cc, Owner: oc, Delete: []uint32{2}, Unindex: []int64{ExpiryBucket(c1.ExpiresAtMs), ExpiryBucket(c2.ExpiresAtMs)}})
 	if snap := load(t, s, cc); len(snap.Inbox) != 0 {
 		t.Fatalf("c's inbox after the deletions: %v", snap.Inbox)
 	}

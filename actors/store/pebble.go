@@ -25,7 +25,7 @@ import (
 //	'm' idkey                      -> IdentityMeta
 //	'o' idkey                      -> owner epoch (8 bytes)
 //	'i' idkey seq(4)               -> InboxEntry
-//	'e' expiresMs(8) idkey seq(4)  -> (empty) expiry index of the inbox
+//	'E' bucketMs(8) idkey          -> (empty) the identity has inbox entries expiring in the bucket
 //	'k' idkey key                  -> IdempotencyRecord
 //	'x' expiresMs(8) 'k'-key       -> (empty) expiry index of idempotency keys
 //	'L'                            -> lists version (8) + lists document
@@ -35,7 +35,8 @@ const (
 	prefixMeta        = 'm'
 	prefixOwner       = 'o'
 	prefixInbox       = 'i'
-	prefixInboxExpiry = 'e'
+	prefixInboxIndex  = 'E'
+	prefixOldIndex    = 'e' // format 2's per-entry inbox expiry index
 	prefixIdem        = 'k'
 	prefixExpiry      = 'x'
 	prefixLists       = 'L'
@@ -43,9 +44,11 @@ const (
 )
 
 // pebbleFormat is the key layout this code writes. Version 1 (no 'V' key)
-// lacked the inbox expiry index and the owner keys; it is upgraded at
-// open. A database of a higher version is refused.
-const pebbleFormat = 2
+// lacked the inbox expiry index and the owner keys; version 2 indexed the
+// expiry of each inbox entry ('e' keys) instead of each identity's expiry
+// buckets. Both are upgraded at open. A database of a higher version is
+// refused.
+const pebbleFormat = 3
 
 // PebbleConfig configures the embedded store.
 type PebbleConfig struct {
@@ -224,20 +227,25 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	return s, nil
 }
 
-// upgrade checks the format version and brings a version-1 database to
-// the current one (it builds the inbox expiry index).
+// upgrade checks the format version and brings a version-1 or -2
+// database to the current one: it builds the inbox expiry index by bucket
+// from the stored entries and drops format 2's index by entry.
 func (s *Pebble) upgrade() error {
 	v, closer, err := s.db.Get([]byte{prefixVersion})
 	switch {
 	case err == nil:
-		defer closer.Close()
 		if len(v) != 4 {
+			closer.Close()
 			return fmt.Errorf("store: corrupt format version %x in %s", v, s.cfg.Dir)
 		}
-		if got := binary.BigEndian.Uint32(v); got > pebbleFormat {
+		got := binary.BigEndian.Uint32(v)
+		closer.Close()
+		if got > pebbleFormat {
 			return fmt.Errorf("%w: pebble format %d in %s, this binary knows up to %d", ErrSchema, got, s.cfg.Dir, pebbleFormat)
 		}
-		return nil
+		if got == pebbleFormat {
+			return nil
+		}
 	case !errors.Is(err, pebble.ErrNotFound):
 		return fmt.Errorf("store: read format version: %w", err)
 	}
@@ -248,9 +256,16 @@ func (s *Pebble) upgrade() error {
 		return err
 	}
 	n := 0
+	var key []byte
 	for ok := it.First(); ok; ok = it.Next() {
 		if exp := entryExpiry(it.Value()); exp != 0 {
-			if err := b.Set(inboxExpiryKey(nil, exp, it.Key()), nil, nil); err != nil {
+			ik := it.Key()
+			id, _, ok := parseIDKey(ik)
+			if !ok {
+				continue
+			}
+			key = inboxIndexKey(key[:0], ExpiryBucket(exp), id)
+			if err := b.Set(key, nil, nil); err != nil {
 				it.Close()
 				return err
 			}
@@ -259,6 +274,9 @@ func (s *Pebble) upgrade() error {
 	}
 	if err := it.Close(); err != nil {
 		return fmt.Errorf("store: upgrade: %w", err)
+	}
+	if err := b.DeleteRange([]byte{prefixOldIndex}, []byte{prefixOldIndex + 1}, nil); err != nil {
+		return err
 	}
 	if err := b.Set([]byte{prefixVersion}, binary.BigEndian.AppendUint32(nil, pebbleFormat), nil); err != nil {
 		return err
@@ -374,11 +392,24 @@ func inboxKey(dst []byte, id Identity, seq uint32) []byte {
 	return binary.BigEndian.AppendUint32(appendIDKey(dst, prefixInbox, id), seq)
 }
 
-// inboxExpiryKey is the index key of the inbox entry stored under ik.
-func inboxExpiryKey(dst []byte, expiresMs int64, ik []byte) []byte {
-	dst = append(dst, prefixInboxExpiry)
-	dst = binary.BigEndian.AppendUint64(dst, uint64(expiresMs))
-	return append(dst, ik[1:]...)
+// inboxIndexKey is the index key of id's inbox entries expiring in
+// bucket (ExpiryBucket).
+func inboxIndexKey(dst []byte, bucket int64, id Identity) []byte {
+	dst = append(dst, prefixInboxIndex)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(bucket))
+	dst = binary.BigEndian.AppendUint16(dst, id.App)
+	dst = append(dst, byte(len(id.UID)))
+	return append(dst, id.UID...)
+}
+
+// parseIndexKey decodes an inbox index key.
+func parseIndexKey(k []byte) (bucket int64, id Identity, ok bool) {
+	if len(k) < 9 || k[0] != prefixInboxIndex {
+		return 0, Identity{}, false
+	}
+	// The bucket's last byte stands in for parseIDKey's prefix.
+	id, rest, ok := parseIDKey(k[8:])
+	return int64(binary.BigEndian.Uint64(k[1:9])), id, ok && len(rest) == 0
 }
 
 func idemKey(id Identity, key string) []byte {

@@ -1,8 +1,8 @@
 package store
 
 import (
-	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -34,19 +34,24 @@ func (s *Pebble) commit(_ int, ws []pending) error {
 	defer b.Close()
 	var (
 		key  []byte
-		ekey []byte // an expiry index key (Pebble copies keys: one buffer serves the batch)
+		ikey []byte // an index key (Pebble copies keys: one buffer serves the batch)
 		val  []byte
 		sync bool
 		// what this batch wrote, for the lookups of later writes in it
-		putExpiry  map[string]int64 // inbox key -> expiry
 		idemExpiry map[string]int64 // idempotency key -> expiry
+		// identities whose entries this batch puts, when an index sweep
+		// round rides in it (it leaves their index keys alone)
+		putIDs map[Identity]struct{}
+		// A write's Indexed hint is trusted only for buckets ending after
+		// soonMs: the sweep (Expired) deletes keys with no entry in their
+		// bucket up to a bucket's length past its now, through this
+		// lane, so a key it may have deleted before this batch is set
+		// again whatever the writer believes.
+		soonMs = s.now().UnixMilli() + 2*ExpiryBucketMs
 	)
-	// Deletions without their expiries read them from the batch or the
-	// database; only then must the batch's puts be remembered.
-	lookups := false
 	for i := range ws {
-		if w := ws[i].w; w != nil && len(w.Delete) > 0 && len(w.DeleteExpiry) != len(w.Delete) {
-			lookups = true
+		if ws[i].unindex != nil {
+			putIDs = map[Identity]struct{}{}
 			break
 		}
 	}
@@ -54,6 +59,12 @@ func (s *Pebble) commit(_ int, ws []pending) error {
 		p := &ws[i]
 		if p.sweep != nil {
 			if err := s.applySweep(b, p.sweep, idemExpiry); err != nil {
+				return err
+			}
+			continue
+		}
+		if p.unindex != nil {
+			if err := s.applyUnindex(b, p.unindex, putIDs); err != nil {
 				return err
 			}
 			continue
@@ -72,6 +83,7 @@ func (s *Pebble) commit(_ int, ws []pending) error {
 				return err
 			}
 		}
+		var last int64 // the bucket last indexed for this write
 		for _, e := range w.Put {
 			if val, err = (proto.MarshalOptions{}).MarshalAppend(val[:0], e); err != nil {
 				return err
@@ -80,48 +92,38 @@ func (s *Pebble) commit(_ int, ws []pending) error {
 			if err := b.Set(key, val, nil); err != nil {
 				return err
 			}
-			if e.ExpiresAtMs != 0 {
-				ekey = inboxExpiryKey(ekey[:0], e.ExpiresAtMs, key)
-				if err := b.Set(ekey, nil, nil); err != nil {
-					return err
-				}
-				if lookups {
-					if putExpiry == nil {
-						putExpiry = map[string]int64{}
-					}
-					putExpiry[string(key)] = e.ExpiresAtMs
-				}
+			if e.ExpiresAtMs == 0 {
+				continue
+			}
+			bucket := ExpiryBucket(e.ExpiresAtMs)
+			if bucket == last || (bucket > soonMs && slices.Contains(w.Indexed, bucket)) {
+				continue
+			}
+			last = bucket
+			// Set more than once, an index key is deleted with Delete,
+			// never SingleDelete.
+			ikey = inboxIndexKey(ikey[:0], bucket, w.ID)
+			if err := b.Set(ikey, nil, nil); err != nil {
+				return err
 			}
 		}
-		hinted := len(w.DeleteExpiry) == len(w.Delete)
-		for j, seq := range w.Delete {
-			key = inboxKey(key[:0], w.ID, seq)
-			var exp int64
-			if hinted {
-				// The writer knows the entry is stored (a SingleDelete of
-				// a key never set deletes nothing).
-				exp = w.DeleteExpiry[j]
-			} else {
-				var found bool
-				if exp, found, err = s.storedExpiry(key, putExpiry); err != nil {
-					return err
-				}
-				if !found {
-					continue
-				}
-			}
+		if putIDs != nil && len(w.Put) > 0 {
+			putIDs[w.ID] = struct{}{}
+		}
+		for _, seq := range w.Delete {
 			// An inbox key is set exactly once (seqs are never reused
 			// once written), which is what SingleDelete needs: the
 			// entry and its tombstone cancel out at the first flush or
-			// compaction that sees both. So is its index key.
+			// compaction that sees both.
+			key = inboxKey(key[:0], w.ID, seq)
 			if err := b.SingleDelete(key, nil); err != nil {
 				return err
 			}
-			if exp != 0 {
-				ekey = inboxExpiryKey(ekey[:0], exp, key)
-				if err := b.SingleDelete(ekey, nil); err != nil {
-					return err
-				}
+		}
+		for _, bucket := range w.Unindex {
+			ikey = inboxIndexKey(ikey[:0], bucket, w.ID)
+			if err := b.Delete(ikey, nil); err != nil {
+				return err
 			}
 		}
 		for _, ip := range w.Idem {
@@ -160,23 +162,6 @@ func (s *Pebble) commit(_ int, ws []pending) error {
 		return fmt.Errorf("%w: commit: %v", ErrUnavailable, err)
 	}
 	return nil
-}
-
-// storedExpiry returns the expiry of the inbox entry under key, and
-// whether it exists.
-func (s *Pebble) storedExpiry(key []byte, batch map[string]int64) (int64, bool, error) {
-	if exp, ok := batch[string(key)]; ok {
-		return exp, true, nil
-	}
-	v, closer, err := s.db.Get(key)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("%w: read %x: %v", ErrUnavailable, key, err)
-	}
-	defer closer.Close()
-	return entryExpiry(v), true, nil
 }
 
 // entryExpiry reads expires_at_ms from an encoded InboxEntry without

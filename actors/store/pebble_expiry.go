@@ -11,44 +11,150 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 )
 
-// Expired implements Store: it walks the inbox expiry index from the
-// earliest expiry up to now.
+// Expired implements Store: it walks the inbox index from the earliest
+// bucket up to the one that ends a bucket's length after now, and looks
+// at the inbox of each identity found: one with an entry expired by now
+// is reported; an index key with no stored entry in its bucket (left by
+// a write lost in a crash, or by a writer whose Unindex hint came too
+// late) is deleted through the identity's lane. It examines at most
+// 4*max index keys.
 func (s *Pebble) Expired(ctx context.Context, now time.Time, max int, fn func(Identity)) error {
+	nowMs := now.UnixMilli()
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	if s.closed {
+		s.mu.RUnlock()
 		return ErrClosed
 	}
-	upper := binary.BigEndian.AppendUint64([]byte{prefixInboxExpiry}, uint64(now.UnixMilli()))
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixInboxExpiry}, UpperBound: upper})
+	upper := binary.BigEndian.AppendUint64([]byte{prefixInboxIndex}, uint64(nowMs+ExpiryBucketMs)+1)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixInboxIndex}, UpperBound: upper})
 	if err != nil {
+		s.mu.RUnlock()
 		return fmt.Errorf("%w: expiry index: %v", ErrUnavailable, err)
 	}
-	defer it.Close()
 	seen := map[Identity]struct{}{}
-	var scanned int
-	for ok := it.First(); ok && len(seen) < max; ok = it.Next() {
-		k := it.Key()
-		if len(k) < 9 {
-			continue
-		}
-		// After the expiry, the key is an inbox key without its prefix.
-		id, _, ok := parseIDKey(k[8:])
+	rounds := make([]*unindexRound, s.cfg.Lanes)
+	examined := 0
+	for ok := it.First(); ok && len(seen) < max && examined < 4*max; ok = it.Next() {
+		bucket, id, ok := parseIndexKey(it.Key())
 		if !ok {
 			continue
 		}
-		if _, dup := seen[id]; !dup {
+		if _, dup := seen[id]; dup {
+			continue
+		}
+		examined++
+		expired, needed, err := s.inboxHas(id, nowMs, bucket)
+		if err != nil {
+			it.Close()
+			s.mu.RUnlock()
+			return err
+		}
+		switch {
+		case expired:
 			seen[id] = struct{}{}
 			fn(id)
+		case !needed:
+			lane := s.c.laneOf(id)
+			if rounds[lane] == nil {
+				rounds[lane] = &unindexRound{}
+			}
+			rounds[lane].keys = append(rounds[lane].keys, indexKey{bucket, id})
 		}
-		if scanned++; scanned%1024 == 0 && ctx.Err() != nil {
+		if examined%1024 == 0 && ctx.Err() != nil {
+			it.Close()
+			s.mu.RUnlock()
 			return ctx.Err()
 		}
 	}
-	if err := it.Error(); err != nil {
+	err = it.Close()
+	s.mu.RUnlock()
+	if err != nil {
 		return fmt.Errorf("%w: expiry index: %v", ErrUnavailable, err)
 	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(rounds))
+	for lane, r := range rounds {
+		if r == nil {
+			continue
+		}
+		wg.Add(1)
+		s.c.submitLane(lane, pending{unindex: r, done: func(err error) { errs[lane] = err; wg.Done() }})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// unindexRound is a round of the inbox index sweep for one lane: index
+// keys that had no entry in their bucket when Expired looked, checked
+// again and deleted by the lane's committer.
+type unindexRound struct {
+	keys    []indexKey
+	deleted int // set by the committer
+}
+
+type indexKey struct {
+	bucket int64
+	id     Identity
+}
+
+// applyUnindex deletes the index keys of a round that still have no
+// stored entry in their bucket. The lane is the only writer of its
+// identities' entries, so what it reads is what earlier batches
+// committed; an identity whose entries this batch puts is left for the
+// next round.
+func (s *Pebble) applyUnindex(b *pebble.Batch, r *unindexRound, putIDs map[Identity]struct{}) error {
+	var key []byte
+	for _, k := range r.keys {
+		if _, ok := putIDs[k.id]; ok {
+			continue
+		}
+		_, needed, err := s.inboxHas(k.id, 0, k.bucket)
+		if err != nil {
+			return err
+		}
+		if needed {
+			continue
+		}
+		key = inboxIndexKey(key[:0], k.bucket, k.id)
+		if err := b.Delete(key, nil); err != nil {
+			return err
+		}
+		r.deleted++
+	}
+	return nil
+}
+
+// inboxHas reads id's stored entries: expired reports one that expired
+// by nowMs (0: not asked), needed one that expires in bucket.
+func (s *Pebble) inboxHas(id Identity, nowMs, bucket int64) (expired, needed bool, err error) {
+	lower := appendIDKey(nil, prefixInbox, id)
+	upper := appendPrefixEnd(nil, lower)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return false, false, fmt.Errorf("%w: read the inbox of %v: %v", ErrUnavailable, id, err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		exp := entryExpiry(it.Value())
+		if exp == 0 {
+			continue
+		}
+		if nowMs != 0 && exp <= nowMs {
+			expired = true
+			break
+		}
+		if ExpiryBucket(exp) == bucket {
+			needed = true
+		}
+	}
+	if err := it.Close(); err != nil {
+		return false, false, fmt.Errorf("%w: read the inbox of %v: %v", ErrUnavailable, id, err)
+	}
+	return expired, needed, nil
 }
 
 // sweepLoop deletes expired idempotency and C2C-dedup records, a round of

@@ -112,7 +112,7 @@ func (o *pebbleOwners) check(ws []pending) (done func(), err error) {
 	}
 	for i := range ws {
 		p := &ws[i]
-		if p.sweep != nil {
+		if p.sweep != nil || p.unindex != nil {
 			continue
 		}
 		cur, err := o.get(p.w.ID, &kb)

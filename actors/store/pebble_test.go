@@ -339,3 +339,166 @@ func TestPebbleMinSyncIntervalSpacesSyncs(t *testing.T) {
 		t.Fatalf("%d entries stored, want %d", n, writes)
 	}
 }
+
+// indexKeys lists the inbox index keys of the database as "bucket/uid",
+// bucket in minutes from the clock's now.
+func indexKeys(t *testing.T, s *Pebble, c *clock) []string {
+	t.Helper()
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixInboxIndex}, UpperBound: []byte{prefixInboxIndex + 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	var out []string
+	for ok := it.First(); ok; ok = it.Next() {
+		b, id, ok := parseIndexKey(it.Key())
+		if !ok {
+			t.Fatalf("bad index key %x", it.Key())
+		}
+		out = append(out, fmt.Sprintf("%d/%s", (b-ExpiryBucket(c.At(0)))/ExpiryBucketMs, id.UID))
+	}
+	return out
+}
+
+// TestPebbleIndexesBuckets: the inbox index has one key per identity and
+// expiry bucket. A write whose bucket the writer says is indexed does not
+// set it again, unless the bucket is due soon (the sweep may have deleted
+// it); Unindex deletes keys; the sweep deletes keys with no entry in
+// their bucket, and keeps those with one.
+func TestPebbleIndexesBuckets(t *testing.T) {
+	c := newClock()
+	// Start at the beginning of a bucket, so that bucket offsets are exact.
+	c.Advance(time.Duration(ExpiryBucket(c.At(0))-c.At(0)) * time.Millisecond)
+	s, err := OpenPebble(PebbleConfig{Dir: t.TempDir(), Now: c.Now}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, b := Identity{App: 1, UID: "a"}, Identity{App: 1, UID: "b"}
+	oa, ob := load(t, s, a).Owner, load(t, s, b).Owner
+	at := func(seq uint32, d time.Duration) *actorpb.InboxEntry {
+		e := entry(seq)
+		e.ExpiresAtMs = c.At(d)
+		return e
+	}
+	// Two entries of a in one bucket, one of b without expiry.
+	mustSubmit(t, s, &Write{ID: a, Owner: oa, Put: []*actorpb.InboxEntry{at(1, 10*time.Minute), at(2, 10*time.Minute-time.Second)}})
+	mustSubmit(t, s, &Write{ID: b, Owner: ob, Put: []*actorpb.InboxEntry{entry(1)}})
+	if got := fmt.Sprint(indexKeys(t, s, c)); got != "[10/a]" {
+		t.Fatalf("index after the first writes: %s", got)
+	}
+	// Deleted with Unindex, then written again with Indexed claiming it
+	// (wrongly): a bucket 10 minutes away is not set again; one due
+	// within two buckets is, whatever the hint says.
+	mustSubmit(t, s, &Write{ID: a, Owner: oa, Delete: []uint32{1, 2}, Unindex: []int64{ExpiryBucket(c.At(10 * time.Minute))}})
+	if got := indexKeys(t, s, c); len(got) != 0 {
+		t.Fatalf("index after Unindex: %v", got)
+	}
+	mustSubmit(t, s, &Write{ID: a, Owner: oa, Put: []*actorpb.InboxEntry{at(3, 10*time.Minute), at(4, time.Minute)},
+		Indexed: []int64{ExpiryBucket(c.At(10 * time.Minute)), ExpiryBucket(c.At(time.Minute))}})
+	if got := fmt.Sprint(indexKeys(t, s, c)); got != "[1/a]" {
+		t.Fatalf("index after a write with hints: %s", got)
+	}
+	// b's entry gets an index key it does not need (as if left by a write
+	// lost in a crash), and a's entry 4 is deleted without Unindex.
+	mustSubmit(t, s, &Write{ID: b, Owner: ob, Put: []*actorpb.InboxEntry{at(2, 30*time.Second)}})
+	mustSubmit(t, s, &Write{ID: b, Owner: ob, Delete: []uint32{2}})
+	mustSubmit(t, s, &Write{ID: a, Owner: oa, Delete: []uint32{4}, Indexed: []int64{ExpiryBucket(c.At(10 * time.Minute))}})
+	if got := fmt.Sprint(indexKeys(t, s, c)); got != "[1/a 1/b]" {
+		t.Fatalf("index before the sweep: %s", got)
+	}
+	var reported []Identity
+	if err := s.Expired(context.Background(), c.Now(), 10, func(id Identity) { reported = append(reported, id) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(reported) != 0 {
+		t.Fatalf("reported %v with nothing expired", reported)
+	}
+	if got := indexKeys(t, s, c); len(got) != 0 {
+		t.Fatalf("stale keys left by the sweep: %v", got)
+	}
+	// Entry 3 (10 minutes) is still stored but unindexed (the wrong hint
+	// above); once due, a write in its bucket indexes it, and the sweep
+	// reports a when it expires and keeps the key.
+	c.Advance(9 * time.Minute)
+	mustSubmit(t, s, &Write{ID: a, Owner: oa, Put: []*actorpb.InboxEntry{at(5, time.Minute)}, Indexed: []int64{ExpiryBucket(c.At(time.Minute))}})
+	c.Advance(time.Minute)
+	if err := s.Expired(context.Background(), c.Now(), 10, func(id Identity) { reported = append(reported, id) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(reported) != 1 || reported[0] != a {
+		t.Fatalf("reported %v, want a", reported)
+	}
+	if got := fmt.Sprint(indexKeys(t, s, c)); got != "[0/a]" {
+		t.Fatalf("index after the report: %s", got)
+	}
+}
+
+// TestPebbleUpgradesFormat2: format 2's index by entry is replaced by the
+// index by bucket at open.
+func TestPebbleUpgradesFormat2(t *testing.T) {
+	dir := t.TempDir()
+	c := newClock()
+	db, err := pebble.Open(dir, &pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := Identity{App: 1, UID: "old"}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for seq, d := range []time.Duration{-time.Minute, time.Hour, time.Hour + time.Second} {
+		e := entry(uint32(seq + 1))
+		e.ExpiresAtMs = c.At(d)
+		v, _ := proto.Marshal(e)
+		ik := inboxKey(nil, id, e.Seq)
+		must(db.Set(ik, v, nil))
+		old := binary.BigEndian.AppendUint64([]byte{prefixOldIndex}, uint64(e.ExpiresAtMs))
+		must(db.Set(append(old, ik[1:]...), nil, nil))
+	}
+	must(db.Set(appendIDKey(nil, prefixOwner, id), binary.BigEndian.AppendUint64(nil, 1), nil))
+	must(db.Set([]byte{keyOwnersComplete}, nil, nil))
+	must(db.Set([]byte{prefixVersion}, binary.BigEndian.AppendUint32(nil, 2), pebble.Sync))
+	must(db.Close())
+
+	s, err := OpenPebble(PebbleConfig{Dir: dir, Now: c.Now}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want := map[int64]bool{ExpiryBucket(c.At(-time.Minute)): true, ExpiryBucket(c.At(time.Hour)): true, ExpiryBucket(c.At(time.Hour + time.Second)): true}
+	old, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixOldIndex}, UpperBound: []byte{prefixOldIndex + 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old.First() {
+		t.Fatalf("format 2 index key left: %x", old.Key())
+	}
+	old.Close()
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixInboxIndex}, UpperBound: []byte{prefixInboxIndex + 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		b, got, ok := parseIndexKey(it.Key())
+		if !ok || got != id || !want[b] {
+			t.Fatalf("key after the upgrade: %x", it.Key())
+		}
+		n++
+	}
+	it.Close()
+	if n != len(want) {
+		t.Fatalf("%d index keys after the upgrade, want %d", n, len(want))
+	}
+	var reported []Identity
+	if err := s.Expired(context.Background(), c.Now(), 10, func(id Identity) { reported = append(reported, id) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(reported) != 1 || reported[0] != id {
+		t.Fatalf("expired after the upgrade: %v", reported)
+	}
+}

@@ -57,11 +57,18 @@ type Write struct {
 	Put []*actorpb.InboxEntry
 	// Delete removes inbox entries by seq; a seq not stored is ignored.
 	Delete []uint32
-	// DeleteExpiry is nil, or the ExpiresAtMs each entry of Delete was
-	// stored with (one per seq, in the same order), for a writer that
-	// knows them: the store then need not read the entries to find their
-	// expiry index.
-	DeleteExpiry []int64
+	// Indexed and Unindex are hints for a store that indexes the inbox's
+	// expiry by identity and ExpiryBucket (Pebble; PostgreSQL indexes
+	// each entry and ignores them). Indexed lists buckets the writer knows
+	// are indexed for its identity already: the store need not index the
+	// entries of Put that fall in them again. Unindex lists buckets in
+	// which, once this write is applied, none of the identity's stored
+	// entries falls: their index keys go. A wrong hint costs no message:
+	// an index key of a bucket reached by the expiry sweep with no entry
+	// in it is deleted by the sweep, and a bucket due within a bucket's
+	// length is indexed whatever Indexed says.
+	Indexed []int64
+	Unindex []int64
 	// Idem records idempotency keys; they expire at Record.ExpiresAtMs.
 	Idem []IdemPut
 	// Sync asks for the write to be durable before it counts as done. A
@@ -70,6 +77,23 @@ type Write struct {
 	// actor: the deletion of an acknowledged message, which then is
 	// delivered once more).
 	Sync bool
+}
+
+// ExpiryBucketMs is the width of the expiry buckets of the inbox index
+// (Write.Indexed): an identity has one index key per bucket in which its
+// stored entries expire, not one per entry, so that a message stored and
+// acknowledged costs two index updates per identity and minute instead of
+// two per message.
+const ExpiryBucketMs = 60_000
+
+// ExpiryBucket returns the bucket of an entry expiring at expiresMs: the
+// end of its bucket (so every entry of a bucket has expired once the
+// bucket has). expiresMs is not 0.
+func ExpiryBucket(expiresMs int64) int64 {
+	if expiresMs <= 0 {
+		return 0
+	}
+	return (expiresMs + ExpiryBucketMs - 1) / ExpiryBucketMs * ExpiryBucketMs
 }
 
 // Store is the durable inbox.
