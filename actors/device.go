@@ -465,9 +465,22 @@ func (d *Device) count(it *item, sign int) {
 
 func (d *Device) write() *store.Write {
 	if d.next == nil {
-		d.next = &store.Write{ID: d.id, Owner: d.owner}
+		b := &writeBuf{}
+		b.w = store.Write{ID: d.id, Owner: d.owner, Put: b.put[:0], Delete: b.del[:0], Indexed: b.idx[:0]}
+		d.next = &b.w
 	}
 	return d.next
+}
+
+// writeBuf is a write with room for its usual contents (one entry, a
+// couple of deletions, one indexed bucket) in the same allocation, so
+// that a message's write is one allocation, not four. Appending beyond
+// the room moves that slice to an allocation of its own.
+type writeBuf struct {
+	w   store.Write
+	put [1]*actorpb.InboxEntry
+	del [2]uint32
+	idx [1]int64
 }
 
 // metaPending marks a write that must store the identity's meta: TakeWrite
