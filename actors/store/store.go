@@ -131,8 +131,9 @@ type Store interface {
 	Submit(w *Write, done func(error))
 	// Expired calls fn for identities that hold an inbox entry whose
 	// expiry is before now, once per identity, at most max identities,
-	// earliest expiry first. It reads an index by expiry, never the whole
-	// inbox. Stores shared by several nodes report an identity to one
+	// earliest expiry first (to the minute: ExpiryBucket). It reads an
+	// index by expiry, and the inboxes of the identities it finds, never
+	// the whole inbox. Stores shared by several nodes report an identity to one
 	// node at a time: an identity reported is not reported again (to any
 	// node) for a lease of a minute, by when its actor has dropped what
 	// expired.
