@@ -98,6 +98,31 @@ func (c *committer) submitLane(lane int, p pending) {
 	}
 }
 
+// submitRounds submits round(lane) to each lane that has one (ok) and
+// waits until all are committed; it returns the first lane's failure.
+// The sweeps use it: a round goes through its lane so that it is
+// ordered with the writes of the lane's identities.
+func (c *committer) submitRounds(round func(lane int) (p pending, ok bool)) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(c.lanes))
+	for lane := range c.lanes {
+		p, ok := round(lane)
+		if !ok {
+			continue
+		}
+		wg.Add(1)
+		p.done = func(err error) { errs[lane] = err; wg.Done() }
+		c.submitLane(lane, p)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (c *committer) run(lane int, queue chan pending) {
 	defer c.wg.Done()
 	batch := make([]pending, 0, c.maxBatch)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -71,22 +70,9 @@ func (s *Pebble) Expired(ctx context.Context, now time.Time, max int, fn func(Id
 	if err != nil {
 		return fmt.Errorf("%w: expiry index: %v", ErrUnavailable, err)
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(rounds))
-	for lane, r := range rounds {
-		if r == nil {
-			continue
-		}
-		wg.Add(1)
-		s.c.submitLane(lane, pending{unindex: r, done: func(err error) { errs[lane] = err; wg.Done() }})
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return s.c.submitRounds(func(lane int) (pending, bool) {
+		return pending{unindex: rounds[lane]}, rounds[lane] != nil
+	})
 }
 
 // unindexRound is a round of the inbox index sweep for one lane: index
@@ -235,23 +221,15 @@ func (s *Pebble) SweepIdempotency(max int) (int, error) {
 	if n > 0 {
 		s.sweptUpTo.Store(lastExp)
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(rounds))
-	for lane, sw := range rounds {
-		if sw == nil {
-			continue
-		}
-		wg.Add(1)
-		s.c.submitLane(lane, pending{sweep: sw, done: func(err error) { errs[lane] = err; wg.Done() }})
+	if err := s.c.submitRounds(func(lane int) (pending, bool) {
+		return pending{sweep: rounds[lane]}, rounds[lane] != nil
+	}); err != nil {
+		return 0, err
 	}
-	wg.Wait()
 	deleted := 0
-	for lane, err := range errs {
-		if err != nil {
-			return 0, err
-		}
-		if rounds[lane] != nil {
-			deleted += rounds[lane].deleted
+	for _, r := range rounds {
+		if r != nil {
+			deleted += r.deleted
 		}
 	}
 	s.cfg.Swept(deleted)
