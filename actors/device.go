@@ -124,7 +124,7 @@ type Device struct {
 	// it leaves memory or hands off (FlushDeletions). Lost in a crash,
 	// the entries are delivered again: nothing depends on a deletion.
 	dels []uint32
-	// indexed are the expiry buckets (store.ExpiryBucket) of the store's
+	// indexed are the expiry buckets (store.ExpiryBucket, ascending) of the store's
 	// inbox index that this machine knows are stored or in a write it
 	// took: those of the entries it loaded and of those it stored since,
 	// less those a write of its own unindexed. A write tells the store
@@ -268,8 +268,8 @@ func NewDeviceIn(env *MachineEnv, id store.Identity, snap *store.Snapshot) *Devi
 		d.byMsgID[e.MsgId] = it
 		d.count(it, 1)
 		d.noteExpiry(e.ExpiresAtMs)
-		if b := store.ExpiryBucket(e.ExpiresAtMs); b != 0 && !slices.Contains(d.indexed, b) {
-			d.indexed = append(d.indexed, b)
+		if b := store.ExpiryBucket(e.ExpiresAtMs); b != 0 {
+			d.indexed, _ = addBucket(d.indexed, b)
 		}
 	}
 	sort.Slice(d.inbox, func(i, j int) bool { return d.inbox[i].e.Seq < d.inbox[j].e.Seq })
@@ -339,14 +339,18 @@ func (d *Device) FlushDeletions() bool {
 func (d *Device) takeIndex(w *store.Write) {
 	leaving := d.leaving
 	d.leaving = false
+	// Only buckets indexed before this write are hints: one that an
+	// earlier entry of the same write brings is not stored yet.
 	for _, e := range w.Put {
-		b := store.ExpiryBucket(e.ExpiresAtMs)
-		switch {
-		case b == 0:
-		case !slices.Contains(d.indexed, b):
-			d.indexed = append(d.indexed, b)
-		case !slices.Contains(w.Indexed, b):
-			w.Indexed = append(w.Indexed, b)
+		if b := store.ExpiryBucket(e.ExpiresAtMs); b != 0 {
+			if _, found := slices.BinarySearch(d.indexed, b); found {
+				w.Indexed, _ = addBucket(w.Indexed, b)
+			}
+		}
+	}
+	for _, e := range w.Put {
+		if b := store.ExpiryBucket(e.ExpiresAtMs); b != 0 {
+			d.indexed, _ = addBucket(d.indexed, b)
 		}
 	}
 	if len(d.indexed) == 0 || len(d.dels) > 0 {
@@ -359,7 +363,7 @@ func (d *Device) takeIndex(w *store.Write) {
 	if len(d.inbox) > 0 && d.minExpiry != 0 {
 		keepFrom = store.ExpiryBucket(d.minExpiry)
 	}
-	newest := slices.Max(d.indexed)
+	newest := d.indexed[len(d.indexed)-1]
 	kept := d.indexed[:0]
 	for _, b := range d.indexed {
 		if b < keepFrom && (leaving || b != newest) {
@@ -369,6 +373,17 @@ func (d *Device) takeIndex(w *store.Write) {
 		}
 	}
 	d.indexed = kept
+}
+
+// addBucket adds b to the ascending buckets bs unless it is there, and
+// reports whether it added it. Binary search: an app-server may give each
+// of an identity's messages its own minute of expiry.
+func addBucket(bs []int64, b int64) ([]int64, bool) {
+	i, found := slices.BinarySearch(bs, b)
+	if found {
+		return bs, false
+	}
+	return slices.Insert(bs, i, b), true
 }
 
 // takeDeletions moves the pending deletions into w, with the meta if the

@@ -3,6 +3,7 @@ package actors
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -757,5 +758,35 @@ func TestExpiryIndexHints(t *testing.T) {
 	d.Push(h.now, ReplyTo{}, &actorpb.Push{Stored: true, ExpiresAtMs: exp}, nil)
 	if w := d.TakeWrite(); fmt.Sprint(w.Indexed) != fmt.Sprint([]int64{store.ExpiryBucket(exp)}) || w.Unindex != nil {
 		t.Fatalf("rebuilt machine's write: indexed %v unindex %v", w.Indexed, w.Unindex)
+	}
+}
+
+// TestExpiryIndexHintsManyBuckets: messages of one identity expiring in
+// many minutes, in any order, are each indexed once; a write's hints
+// are ascending and without repeats, as the store reads them, and never
+// name a bucket that an earlier entry of the same write brings (the
+// store would then index neither).
+func TestExpiryIndexHintsManyBuckets(t *testing.T) {
+	h := newHarness(t)
+	for _, m := range []int{7, 3, 9, 3, 1} {
+		h.d.Push(h.now, ReplyTo{}, &actorpb.Push{Stored: true, ExpiresAtMs: h.now.Add(time.Duration(m) * time.Minute).UnixMilli()}, nil)
+	}
+	if w := h.d.TakeWrite(); len(w.Put) != 5 || len(w.Indexed) != 0 {
+		t.Fatalf("first write: %d entries, indexed %v", len(w.Put), w.Indexed)
+	}
+	h.d.WriteDone(nil)
+	for _, m := range []int{9, 1, 9, 3} {
+		h.d.Push(h.now, ReplyTo{}, &actorpb.Push{Stored: true, ExpiresAtMs: h.now.Add(time.Duration(m) * time.Minute).UnixMilli()}, nil)
+	}
+	w := h.d.TakeWrite()
+	var want []int64
+	for _, m := range []int{1, 3, 9} {
+		want = append(want, store.ExpiryBucket(h.now.Add(time.Duration(m)*time.Minute).UnixMilli()))
+	}
+	if fmt.Sprint(w.Indexed) != fmt.Sprint(want) {
+		t.Fatalf("indexed %v, want %v", w.Indexed, want)
+	}
+	if !slices.IsSorted(h.d.indexed) || len(h.d.indexed) != 4 {
+		t.Fatalf("the machine's buckets %v", h.d.indexed)
 	}
 }

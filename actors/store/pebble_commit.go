@@ -96,7 +96,10 @@ func (s *Pebble) commit(_ int, ws []pending) error {
 				continue
 			}
 			bucket := ExpiryBucket(e.ExpiresAtMs)
-			if bucket == last || (bucket > soonMs && slices.Contains(w.Indexed, bucket)) {
+			if bucket == last {
+				continue
+			}
+			if _, indexed := slices.BinarySearch(w.Indexed, bucket); indexed && bucket > soonMs {
 				continue
 			}
 			last = bucket

@@ -395,7 +395,7 @@ func TestPebbleIndexesBuckets(t *testing.T) {
 		t.Fatalf("index after Unindex: %v", got)
 	}
 	mustSubmit(t, s, &Write{ID: a, Owner: oa, Put: []*actorpb.InboxEntry{at(3, 10*time.Minute), at(4, time.Minute)},
-		Indexed: []int64{ExpiryBucket(c.At(10 * time.Minute)), ExpiryBucket(c.At(time.Minute))}})
+		Indexed: []int64{ExpiryBucket(c.At(time.Minute)), ExpiryBucket(c.At(10 * time.Minute))}})
 	if got := fmt.Sprint(indexKeys(t, s, c)); got != "[1/a]" {
 		t.Fatalf("index after a write with hints: %s", got)
 	}

@@ -59,7 +59,7 @@ type Write struct {
 	Delete []uint32
 	// Indexed and Unindex are hints for a store that indexes the inbox's
 	// expiry by identity and ExpiryBucket (Pebble; PostgreSQL indexes
-	// each entry and ignores them). Indexed lists buckets the writer knows
+	// each entry and ignores them). Indexed lists, ascending, buckets the writer knows
 	// are indexed for its identity already: the store need not index the
 	// entries of Put that fall in them again. Unindex lists buckets in
 	// which, once this write is applied, none of the identity's stored
