@@ -86,11 +86,12 @@ tidy-check:
 
 # Regenerates into a scratch directory and compares with the committed code.
 proto-check: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
+	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler"; exit 1; }
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	protoc -I $(PROTO_DIR) \
 		--go_out=$$tmp --go_opt=module=github.com/courier-im/courier \
 		--go-grpc_out=$$tmp --go-grpc_opt=module=github.com/courier-im/courier \
-		$(PROTOS) && \
+		$(PROTOS) || exit 1; \
 	for f in $$(cd $$tmp && find . -name '*.go'); do \
 		cmp -s $$tmp/$$f $$f || { echo "generated code is stale: $$f (run make proto)"; exit 1; }; \
 	done; \
