@@ -145,7 +145,10 @@ func newRoot() *cobra.Command {
 		Short: "Courier's load generator: simulated devices and an app-server against a node",
 		Long: `courier-bench plays many devices and an app-server against a Courier node and
 counts every message: rates, latency percentiles (HDR histograms), exact loss,
-and the CPU the node and the generator used.
+the CPU the node and the generator used, and how busy the whole machine was
+(its cores' busy, kernel and hypervisor-stolen shares, from /proc/stat: on a
+machine the node shares with the generator, a latency figure taken while it
+was nearly full measures the machine, not the code).
 
 Every scenario is bounded in time and count and stops by itself. It prints a
 progress line a second, then a summary; --out writes the result as JSON, and

@@ -207,10 +207,16 @@ type cpu struct {
 	// The PostgreSQL store's read round trips and the reads they carried.
 	readTrips, reads float64
 	readsOK          bool
+	// The whole machine's (the generator's; the node's too when local).
+	mach   procstat.Machine
+	machOK bool
 }
 
 func (s *session) readCPU(ctx context.Context) cpu {
 	c := cpu{at: time.Now(), gen: procstat.SelfCPU()}
+	if m, err := procstat.MachineCPU(); err == nil {
+		c.mach, c.machOK = m, true
+	}
 	for _, w := range s.workers {
 		if d, err := procstat.CPU(w.PID()); err == nil {
 			c.gen += d
@@ -275,6 +281,13 @@ func (s *session) cpuFigures(a, b cpu, msgs int64, what string) {
 		trips := b.readTrips - a.readTrips
 		s.res.fig("store read round trips/s", trips/wall, "/s")
 		s.res.fig("store reads per round trip", (b.reads-a.reads)/trips, "")
+	}
+	if a.machOK && b.machOK && b.mach.Total > a.mach.Total {
+		total := (b.mach.Total - a.mach.Total).Seconds()
+		share := func(d time.Duration) float64 { return 100 * d.Seconds() / total }
+		s.res.fig("this machine's CPU busy", share(b.mach.Busy-a.mach.Busy), "% of all cores")
+		s.res.fig("this machine's CPU in the kernel", share(b.mach.Kernel-a.mach.Kernel), "% of all cores")
+		s.res.fig("this machine's CPU stolen by the hypervisor", share(b.mach.Steal-a.mach.Steal), "% of all cores")
 	}
 	gen := (b.gen - a.gen).Seconds()
 	s.res.fig("bench CPU", gen, "s")

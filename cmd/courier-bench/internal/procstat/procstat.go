@@ -287,3 +287,52 @@ func (n Node) Profile(ctx context.Context, d time.Duration, w io.Writer) error {
 	_, err = io.Copy(w, resp.Body)
 	return err
 }
+
+// Machine is the CPU time all of the machine's cores spent, by kind,
+// since boot (the first line of /proc/stat). Two readings' difference
+// says how busy the machine was between them: the generator and the
+// node share it in a local run, and a latency figure read without it
+// mixes the code's cost with the machine's.
+type Machine struct {
+	Busy   time.Duration // user, nice, system, irq, softirq, steal
+	Kernel time.Duration // system, irq, softirq
+	Steal  time.Duration // what the hypervisor ran elsewhere while this VM waited
+	Total  time.Duration // Busy, idle and iowait
+}
+
+// MachineCPU reads /proc/stat.
+func MachineCPU() (Machine, error) {
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		return Machine{}, err
+	}
+	defer f.Close()
+	line, err := bufio.NewReader(f).ReadString('\n')
+	if err != nil {
+		return Machine{}, fmt.Errorf("procstat: /proc/stat: %w", err)
+	}
+	return parseMachine(line)
+}
+
+// parseMachine parses /proc/stat's "cpu" line: user nice system idle
+// iowait irq softirq steal guest guest_nice, in USER_HZ ticks (guest
+// time is already counted in user and nice).
+func parseMachine(line string) (Machine, error) {
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return Machine{}, fmt.Errorf("procstat: /proc/stat: not a cpu line: %q", line)
+	}
+	var v [8]int64
+	for i := range v {
+		n, err := strconv.ParseInt(f[i+1], 10, 64)
+		if err != nil {
+			return Machine{}, fmt.Errorf("procstat: /proc/stat: field %d: %w", i+1, err)
+		}
+		v[i] = n
+	}
+	tick := func(n int64) time.Duration { return time.Duration(n) * time.Second / clockTick }
+	user, nice, system, idle, iowait, irq, softirq, steal := v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]
+	busy := user + nice + system + irq + softirq + steal
+	return Machine{Busy: tick(busy), Kernel: tick(system + irq + softirq), Steal: tick(steal),
+		Total: tick(busy + idle + iowait)}, nil
+}

@@ -59,3 +59,34 @@ func TestTreeCPU(t *testing.T) {
 		t.Fatalf("tree CPU grew %v, the reaped child used %v", after-before, child)
 	}
 }
+
+func TestParseMachine(t *testing.T) {
+	m, err := parseMachine("cpu  4705 150 1120 16250 520 30 40 60 0 0\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tick := func(n int64) time.Duration { return time.Duration(n) * 10 * time.Millisecond }
+	want := Machine{Busy: tick(4705 + 150 + 1120 + 30 + 40 + 60), Kernel: tick(1120 + 30 + 40), Steal: tick(60),
+		Total: tick(4705 + 150 + 1120 + 30 + 40 + 60 + 16250 + 520)}
+	if m != want {
+		t.Fatalf("parseMachine = %+v, want %+v", m, want)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7 8", "cpu 1 2 3", "cpu 1 2 x 4 5 6 7 8"} {
+		if _, err := parseMachine(bad); err == nil {
+			t.Errorf("parseMachine(%q) did not fail", bad)
+		}
+	}
+	// This machine's own reading grows with time.
+	a, err := MachineCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	b, err := MachineCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Total <= a.Total || b.Busy < a.Busy || b.Busy > b.Total {
+		t.Fatalf("readings %+v then %+v", a, b)
+	}
+}
