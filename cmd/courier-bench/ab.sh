@@ -11,6 +11,7 @@
 #
 # Compare node CPU per message first: it is the figure that survives a
 # machine shared with other work (wall-clock rates and latencies do not).
+# The machine's busy share says whether both sides saw the same machine.
 set -euo pipefail
 
 A=${1:?old courier binary}
@@ -36,7 +37,8 @@ python3 - "$OUT" "$RUNS" <<'EOF'
 import json, os, statistics, sys
 out, runs = sys.argv[1], int(sys.argv[2])
 want = ["node CPU per delivered message", "node CPU per login", "delivered/s", "logins/s",
-        "node RSS per device (2000→10000)", "node heap per device (2000→10000)", "lost", "failed"]
+        "node RSS per device (2000→10000)", "node heap per device (2000→10000)", "lost", "failed",
+        "this machine's CPU busy", "this machine's CPU in the kernel"]
 lat = ["API call → device receipt", "API call → API answer", "login"]
 def load(side, i):
     p = os.path.join(out, f"{side}-{i}.json")
