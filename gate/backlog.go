@@ -12,7 +12,11 @@ import (
 // which every piece of work waits behind, does not. A window with fewer
 // than delayWindowMinWork pieces of work says nothing is behind: sparse
 // work that waited (a descheduled loop, a garbage collection) is not a
-// queue, and one slow sample must not refuse an idle node's pushes.
+// queue, and one slow sample must not refuse an idle node's pushes. A
+// sample may stand for many pieces of work (ObserveN): one drain of a
+// loop writes every connection that queued frames while it waited, and a
+// loop that is far behind drains seldom, each time a great many
+// connections; counting its drains instead would hide the worst backlog.
 // The gate feeds one
 // with its drain delays (Gate.Backlog); the API feeds its own with the
 // time push calls take, and refuses new pushes while either says the
@@ -36,7 +40,13 @@ const delayWindowLength = 100 * time.Millisecond
 const delayWindowMinWork = 8
 
 // Observe records one piece of work's delay, measured at now.
-func (w *DelayWindow) Observe(d time.Duration, now time.Time) {
+func (w *DelayWindow) Observe(d time.Duration, now time.Time) { w.ObserveN(d, 1, now) }
+
+// ObserveN records a delay that n pieces of work waited at the least or
+// the most (such as a drain's connections: the first queued waited d, the
+// last less), measured at now. n counts towards delayWindowMinWork; the
+// delay is one sample.
+func (w *DelayWindow) ObserveN(d time.Duration, n int, now time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.start.IsZero() {
@@ -51,7 +61,7 @@ func (w *DelayWindow) Observe(d time.Duration, now time.Time) {
 		}
 		w.start, w.min, w.n = now, -1, 0
 	}
-	w.n++
+	w.n += max(n, 1)
 	if w.min < 0 || d < w.min {
 		w.min = d
 	}

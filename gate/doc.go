@@ -21,7 +21,8 @@
 // one timing wheel per loop, so a tick costs the connections that came due,
 // not all of them. Gate.Backlog says how long frames queued by Deliver
 // have lately waited for their loops (the smallest drain delay over
-// 100 ms, DelayWindow): the node stops accepting pushes while it is high.
+// 100 ms, DelayWindow, while frames still wait): the node stops accepting
+// pushes while it is high.
 // Black and white lists change at runtime through
 // Gate.Lists or a JSON file (ListsSnapshot documents the format). Counters
 // are courier_gate_* on the Prometheus registerer given to New.

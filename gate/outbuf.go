@@ -3,6 +3,7 @@ package gate
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -44,6 +45,9 @@ type drainList struct {
 	spare  []*conn // the other buffer of conns, while the loop drains one
 	queued bool
 	since  int64 // g.nanos() when the task was queued
+	// waiting is since while the task is queued and 0 once the loop has
+	// taken the list (read without the lock by Gate.Backlog).
+	waiting atomic.Int64
 }
 
 // drainTask is the loop's task that drains its list (a gnet.Runnable
@@ -59,6 +63,7 @@ func (l *loop) queueDrain(s *conn) error {
 	first := !d.queued
 	if first {
 		d.queued, d.since = true, l.g.nanos()
+		d.waiting.Store(d.since) // nanos is never 0
 	}
 	d.mu.Unlock()
 	if !first {
@@ -69,6 +74,7 @@ func (l *loop) queueDrain(s *conn) error {
 		d.mu.Lock()
 		clear(d.conns)
 		d.conns, d.queued = d.conns[:0], false
+		d.waiting.Store(0)
 		d.mu.Unlock()
 		return ErrClosed
 	}
@@ -84,8 +90,9 @@ func (t *drainTask) Run(context.Context) error {
 	d.conns, d.spare = d.spare[:0], nil
 	d.queued = false
 	since := d.since
+	d.waiting.Store(0)
 	d.mu.Unlock()
-	l.g.noteDrainDelay(time.Duration(l.g.nanos() - since))
+	l.g.noteDrainDelay(time.Duration(l.g.nanos()-since), len(conns))
 	for i, s := range conns {
 		s.drain()
 		conns[i] = nil
@@ -100,12 +107,40 @@ func (t *drainTask) Run(context.Context) error {
 
 // noteDrainDelay records how long a loop's drain task waited: the time
 // the oldest frames it writes spent queued before their loop got to them.
-func (g *Gate) noteDrainDelay(d time.Duration) {
+// conns is how many connections it drains: the work that waited.
+func (g *Gate) noteDrainDelay(d time.Duration, conns int) {
 	g.metrics.drainDelay.Observe(d.Seconds())
-	g.backlog.Observe(d, time.Now())
+	g.backlog.ObserveN(d, conns, time.Now())
 }
 
 // Backlog is how long the frames Deliver queues have lately been waiting
-// for their event loops, at the least (DelayWindow.Standing): above a few
+// for their event loops, at the least (DelayWindow.Standing), but no more
+// than the oldest frames waiting now have waited so far: above a few
 // milliseconds, the loops are not keeping up with what the node sends.
-func (g *Gate) Backlog() time.Duration { return g.backlog.Standing(time.Now()) }
+// The second bound ends a refusal as soon as the loops have caught up
+// (nothing waits), instead of two windows later: refusing an idle gate's
+// pushes would only waste its capacity.
+func (g *Gate) Backlog() time.Duration {
+	standing := g.backlog.Standing(time.Now())
+	if standing == 0 {
+		return 0
+	}
+	return min(standing, g.oldestWait())
+}
+
+// oldestWait is how long the oldest drain task queued on any loop has
+// waited so far (0: none is waiting).
+func (g *Gate) oldestWait() time.Duration {
+	ls := g.loops.Load()
+	if ls == nil {
+		return 0
+	}
+	now := g.nanos()
+	var oldest int64
+	for _, l := range *ls {
+		if since := l.drains.waiting.Load(); since != 0 {
+			oldest = max(oldest, now-since)
+		}
+	}
+	return time.Duration(oldest)
+}
