@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -74,8 +75,8 @@ func TestPushesInFlightAreBounded(t *testing.T) {
 }
 
 // TestGateBacklogRefusesPushes: while the gate's backlog is above
-// api.max-gate-backlog, pushes are refused with RESOURCE_EXHAUSTED; with
-// the limit at 0 they never are.
+// api.max-gate-backlog, pushes are refused with RESOURCE_EXHAUSTED (after
+// waiting that long for it to fall); with the limit at 0 they never are.
 func TestGateBacklogRefusesPushes(t *testing.T) {
 	backlog := 50 * time.Millisecond
 	lim := DefaultLimits()
@@ -92,6 +93,12 @@ func TestGateBacklogRefusesPushes(t *testing.T) {
 	backlog = 5 * time.Millisecond
 	if _, err := s.Push(scoped(1), push); err != nil {
 		t.Fatalf("backlog 5ms: %v", err)
+	}
+	backlog = time.Second
+	t0 := time.Now()
+	_, err = s.Push(scoped(1), push)
+	if took := time.Since(t0); status.Code(err) != codes.ResourceExhausted || took < lim.MaxGateBacklog || took > 10*lim.MaxGateBacklog {
+		t.Fatalf("backlog 1s: refused after %v (want %v, about): %v", took, lim.MaxGateBacklog, err)
 	}
 	backlog = time.Second
 	s.limits.MaxGateBacklog = 0
@@ -144,4 +151,23 @@ func TestSlowPushesRefuseMore(t *testing.T) {
 	}
 	release()
 	<-done
+}
+
+// TestGateBacklogWaitedOut: a push that finds the gate behind waits for it
+// to catch up and is accepted if it does within api.max-gate-backlog.
+func TestGateBacklogWaitedOut(t *testing.T) {
+	var behind atomic.Bool
+	behind.Store(true)
+	lim := DefaultLimits()
+	s := New(Deps{Req: instantReq{}, Limits: lim, Backlog: func() time.Duration {
+		if behind.Load() {
+			return time.Second
+		}
+		return 0
+	}})
+	time.AfterFunc(lim.MaxGateBacklog/4, func() { behind.Store(false) })
+	push := &apipb.PushRequest{AppCode: 1, Uid: "u", Payload: []byte("x")}
+	if _, err := s.Push(scoped(1), push); err != nil {
+		t.Fatalf("gate caught up within %v: %v", lim.MaxGateBacklog, err)
+	}
 }

@@ -7,7 +7,9 @@
 // their own beyond the node's push admission: pushes in flight are counted
 // and, beyond Limits.MaxPushesInFlight, while calls queue longer than
 // MaxPushDelay, or while the local gate is more than MaxGateBacklog behind,
-// new push calls are refused at once with RESOURCE_EXHAUSTED (admitPushes).
+// new push calls are refused with RESOURCE_EXHAUSTED (admitPushes; at once,
+// but for the gate's backlog, which a call waits out for up to
+// MaxGateBacklog first).
 //
 // Admission (admission.go) happens before a call's request is read: the
 // key is checked in gRPC's tap handle, on the connection's reader
