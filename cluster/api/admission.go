@@ -53,6 +53,9 @@ type admission struct {
 	connsOpen    prometheus.Gauge
 	connsRefused prometheus.Counter
 	callsRefused *prometheus.CounterVec
+	// The node's push admission (Server.admitPushes).
+	pushesRefused *prometheus.CounterVec
+	gateWaits     prometheus.Counter
 }
 
 func newAdmission(keys Keys, l Limits) *admission {
@@ -66,11 +69,16 @@ func newAdmission(keys Keys, l Limits) *admission {
 		callsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_api_calls_refused_total",
 			Help: "API calls refused before their request was read, by reason: unauthenticated (no or unknown key), unauthenticated_calls (over api.max-unauthenticated-calls), max_connections (on a connection over api.max-connections)."},
 			[]string{"reason"}),
+		pushesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_api_pushes_refused_total",
+			Help: "Pushes refused with RESOURCE_EXHAUSTED because the node was overloaded, by reason: gate_backlog (api.max-gate-backlog), push_delay (api.max-push-delay), pushes_in_flight (api.max-pushes-in-flight)."},
+			[]string{"reason"}),
+		gateWaits: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_api_gate_backlog_waits_total",
+			Help: "Push calls that found the node's gate behind (api.max-gate-backlog) and waited for it; those it did not catch up for are also in courier_api_pushes_refused_total{reason=\"gate_backlog\"}."}),
 	}
 }
 
 func (a *admission) collectors() []prometheus.Collector {
-	return []prometheus.Collector{a.connsOpen, a.connsRefused, a.callsRefused}
+	return []prometheus.Collector{a.connsOpen, a.connsRefused, a.callsRefused, a.pushesRefused, a.gateWaits}
 }
 
 // tap admits or refuses a call from its headers, before gRPC reads its

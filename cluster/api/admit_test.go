@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -57,6 +58,9 @@ func TestPushesInFlightAreBounded(t *testing.T) {
 	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !contains(st.Message(), "api.max-pushes-in-flight") {
 		t.Fatalf("16 in flight: %v", err)
 	}
+	if got := testutil.ToFloat64(s.adm.pushesRefused.WithLabelValues("pushes_in_flight")); got != 6 {
+		t.Fatalf("courier_api_pushes_refused_total{reason=pushes_in_flight} = %v, want 6", got)
+	}
 	if _, err := s.Push(scoped(1), many(1).Items[0]); err != nil {
 		// 11 in flight: within the limit (Push goes through Request).
 		t.Fatalf("11 in flight: %v", err)
@@ -100,7 +104,14 @@ func TestGateBacklogRefusesPushes(t *testing.T) {
 	if took := time.Since(t0); status.Code(err) != codes.ResourceExhausted || took < lim.MaxGateBacklog || took > 10*lim.MaxGateBacklog {
 		t.Fatalf("backlog 1s: refused after %v (want %v, about): %v", took, lim.MaxGateBacklog, err)
 	}
-	backlog = time.Second
+	// Three calls of one push waited and were refused (the one at 5 ms
+	// did not wait).
+	if got := testutil.ToFloat64(s.adm.pushesRefused.WithLabelValues("gate_backlog")); got != 3 {
+		t.Fatalf("courier_api_pushes_refused_total{reason=gate_backlog} = %v, want 3", got)
+	}
+	if got := testutil.ToFloat64(s.adm.gateWaits); got != 3 {
+		t.Fatalf("courier_api_gate_backlog_waits_total = %v, want 3", got)
+	}
 	s.limits.MaxGateBacklog = 0
 	if _, err := s.Push(scoped(1), push); err != nil {
 		t.Fatalf("limit off: %v", err)
@@ -149,6 +160,9 @@ func TestSlowPushesRefuseMore(t *testing.T) {
 	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "api.max-push-delay") {
 		t.Fatalf("slow calls, two in flight: %v", err)
 	}
+	if got := testutil.ToFloat64(s.adm.pushesRefused.WithLabelValues("push_delay")); got != 1 {
+		t.Fatalf("courier_api_pushes_refused_total{reason=push_delay} = %v, want 1", got)
+	}
 	release()
 	<-done
 }
@@ -169,5 +183,8 @@ func TestGateBacklogWaitedOut(t *testing.T) {
 	push := &apipb.PushRequest{AppCode: 1, Uid: "u", Payload: []byte("x")}
 	if _, err := s.Push(scoped(1), push); err != nil {
 		t.Fatalf("gate caught up within %v: %v", lim.MaxGateBacklog, err)
+	}
+	if w, r := testutil.ToFloat64(s.adm.gateWaits), testutil.ToFloat64(s.adm.pushesRefused.WithLabelValues("gate_backlog")); w != 1 || r != 0 {
+		t.Fatalf("waits %v, refused %v: want 1 and 0", w, r)
 	}
 }

@@ -180,10 +180,14 @@ func New(d Deps) *Server {
 func (s *Server) admitPushes(n int) (release func(), err error) {
 	if max := s.limits.MaxGateBacklog; max > 0 && s.backlog != nil {
 		b := s.backlog()
+		if b > max {
+			s.adm.gateWaits.Inc()
+		}
 		for end := time.Now().Add(max); b > max && time.Now().Before(end); b = s.backlog() {
 			time.Sleep(2 * time.Millisecond)
 		}
 		if b > max {
+			s.adm.pushesRefused.WithLabelValues("gate_backlog").Add(float64(n))
 			return nil, status.Errorf(codes.ResourceExhausted,
 				"node overloaded: its gate's connections are %v behind what was pushed (limit %v, api.max-gate-backlog); nothing was accepted: retry later, backing off",
 				b.Round(time.Millisecond), max)
@@ -191,6 +195,7 @@ func (s *Server) admitPushes(n int) (release func(), err error) {
 	}
 	if max := s.limits.MaxPushDelay; max > 0 && s.inFlight.Load() >= int64(s.limits.MaxBatch) {
 		if d := s.calls.Standing(time.Now()); d > max {
+			s.adm.pushesRefused.WithLabelValues("push_delay").Add(float64(n))
 			return nil, status.Errorf(codes.ResourceExhausted,
 				"node overloaded: pushes have been taking %v to be answered (limit %v, api.max-push-delay); nothing was accepted: retry later, backing off",
 				d.Round(time.Millisecond), max)
@@ -199,6 +204,7 @@ func (s *Server) admitPushes(n int) (release func(), err error) {
 	in := s.inFlight.Add(int64(n))
 	if max := s.limits.MaxPushesInFlight; max > 0 && in > int64(max) {
 		s.inFlight.Add(-int64(n))
+		s.adm.pushesRefused.WithLabelValues("pushes_in_flight").Add(float64(n))
 		return nil, status.Errorf(codes.ResourceExhausted,
 			"node overloaded: %d pushes in flight, limit %d (api.max-pushes-in-flight); nothing was accepted: retry later, backing off",
 			in-int64(n), max)
