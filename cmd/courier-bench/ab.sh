@@ -38,6 +38,7 @@ import json, os, statistics, sys
 out, runs = sys.argv[1], int(sys.argv[2])
 want = ["node CPU per delivered message", "node CPU per login", "delivered/s", "logins/s",
         "node RSS per device (2000→10000)", "node heap per device (2000→10000)", "lost", "failed",
+        "of which refused as overloaded (RESOURCE_EXHAUSTED)",
         "this machine's CPU busy", "this machine's CPU in the kernel"]
 lat = ["API call → device receipt", "API call → API answer", "login"]
 def load(side, i):

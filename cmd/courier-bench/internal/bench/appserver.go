@@ -47,12 +47,16 @@ func (s *session) authCtx(ctx context.Context) context.Context {
 // pushStats are the app-server's counters while pushing.
 type pushStats struct {
 	calls, items, accepted, failed atomic.Int64
+	refused                        atomic.Int64 // of failed: RESOURCE_EXHAUSTED (the node overloaded)
 	mu                             sync.Mutex
 	errors                         map[string]int64
 }
 
 func (p *pushStats) fail(err error, n int) {
 	p.failed.Add(int64(n))
+	if status.Code(err) == codes.ResourceExhausted {
+		p.refused.Add(int64(n))
+	}
 	p.mu.Lock()
 	p.errors[status.Code(err).String()+": "+status.Convert(err).Message()] += int64(n)
 	p.mu.Unlock()

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/courier-im/courier/cmd/courier-bench/internal/ipc"
 	"github.com/courier-im/courier/messages/apipb"
@@ -226,5 +228,18 @@ func TestUpstreamUnimplemented(t *testing.T) {
 	_, err = Upstream(context.Background(), cfg, TrafficConfig{Count: 1})
 	if !errors.Is(err, ErrUpstreamUnimplemented) || !strings.Contains(err.Error(), "Upstream API") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestRefusedAmongFailed: pushes refused with RESOURCE_EXHAUSTED (the
+// node overloaded) are counted apart, among the failed ones; other errors
+// are not.
+func TestRefusedAmongFailed(t *testing.T) {
+	st := &pushStats{errors: map[string]int64{}}
+	st.fail(status.Error(codes.ResourceExhausted, "node overloaded"), 100)
+	st.fail(status.Error(codes.Unavailable, "node gone"), 10)
+	st.fail(errors.New("no status"), 1)
+	if f, r := st.failed.Load(), st.refused.Load(); f != 111 || r != 100 {
+		t.Fatalf("failed %d, refused %d: want 111 and 100", f, r)
 	}
 }

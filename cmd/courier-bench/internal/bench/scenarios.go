@@ -340,6 +340,7 @@ func Push(ctx context.Context, cfg Config, pc PushConfig) (*Result, error) {
 		r.fig("dropped (offline, as the API said)", float64(t.Dropped), "")
 	}
 	r.fig("failed", float64(t.Failed), "")
+	r.fig("of which refused as overloaded (RESOURCE_EXHAUSTED)", float64(st.refused.Load()), "")
 	r.fig("delivered", float64(t.Delivered), "")
 	r.fig("acked by devices", float64(acked), "")
 	r.fig("lost", float64(t.Lost), "")
