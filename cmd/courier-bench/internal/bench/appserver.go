@@ -47,16 +47,24 @@ func (s *session) authCtx(ctx context.Context) context.Context {
 // pushStats are the app-server's counters while pushing.
 type pushStats struct {
 	calls, items, accepted, failed atomic.Int64
-	refused                        atomic.Int64 // of failed: RESOURCE_EXHAUSTED (the node overloaded)
+	refused                        atomic.Int64 // of failed: calls refused with RESOURCE_EXHAUSTED (the node overloaded)
 	mu                             sync.Mutex
 	errors                         map[string]int64
 }
 
+// fail counts n pushes of a failed call; a call refused with
+// RESOURCE_EXHAUSTED is the node's overload admission (per-item codes go
+// to failItem: an item's RESOURCE_EXHAUSTED is one identity's limit).
 func (p *pushStats) fail(err error, n int) {
-	p.failed.Add(int64(n))
 	if status.Code(err) == codes.ResourceExhausted {
 		p.refused.Add(int64(n))
 	}
+	p.failItem(err, n)
+}
+
+// failItem counts n failed pushes.
+func (p *pushStats) failItem(err error, n int) {
+	p.failed.Add(int64(n))
 	p.mu.Lock()
 	p.errors[status.Code(err).String()+": "+status.Convert(err).Message()] += int64(n)
 	p.mu.Unlock()
@@ -186,7 +194,7 @@ func (s *session) pushLoad(ctx context.Context, pc PushConfig, st *pushStats) er
 				backoff = 0
 				for j, it := range r.Results {
 					if it.Code != 0 {
-						st.fail(status.Error(codes.Code(it.Code), it.Error), 1)
+						st.failItem(status.Error(codes.Code(it.Code), it.Error), 1)
 						s.acct.answered(idx0+int64(j), pushFailed, false, 0, 0, 0)
 						continue
 					}

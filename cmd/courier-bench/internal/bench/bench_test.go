@@ -231,15 +231,17 @@ func TestUpstreamUnimplemented(t *testing.T) {
 	}
 }
 
-// TestRefusedAmongFailed: pushes refused with RESOURCE_EXHAUSTED (the
-// node overloaded) are counted apart, among the failed ones; other errors
-// are not.
+// TestRefusedAmongFailed: pushes of calls refused with
+// RESOURCE_EXHAUSTED (the node overloaded) are counted apart, among the
+// failed ones; other errors, and an item's own RESOURCE_EXHAUSTED (one
+// identity's limit), are not.
 func TestRefusedAmongFailed(t *testing.T) {
 	st := &pushStats{errors: map[string]int64{}}
 	st.fail(status.Error(codes.ResourceExhausted, "node overloaded"), 100)
 	st.fail(status.Error(codes.Unavailable, "node gone"), 10)
 	st.fail(errors.New("no status"), 1)
-	if f, r := st.failed.Load(), st.refused.Load(); f != 111 || r != 100 {
-		t.Fatalf("failed %d, refused %d: want 111 and 100", f, r)
+	st.failItem(status.Error(codes.ResourceExhausted, "inbox full"), 1)
+	if f, r := st.failed.Load(), st.refused.Load(); f != 112 || r != 100 {
+		t.Fatalf("failed %d, refused %d: want 112 and 100", f, r)
 	}
 }
