@@ -99,9 +99,11 @@ func readStat(pid int) (stat, error) {
 	if err := errors.Join(errs...); err != nil {
 		return stat{}, err
 	}
-	tick := func(n int64) time.Duration { return time.Duration(n) * time.Second / clockTick }
 	return stat{ppid: int(v[0]), cpu: tick(v[1] + v[2]), childCPU: tick(v[3] + v[4])}, nil
 }
+
+// tick converts USER_HZ ticks, the unit of /proc's CPU times.
+func tick(n int64) time.Duration { return time.Duration(n) * time.Second / clockTick }
 
 // SelfCPU returns the CPU time of this process, at rusage precision.
 func SelfCPU() time.Duration {
@@ -330,7 +332,6 @@ func parseMachine(line string) (Machine, error) {
 		}
 		v[i] = n
 	}
-	tick := func(n int64) time.Duration { return time.Duration(n) * time.Second / clockTick }
 	user, nice, system, idle, iowait, irq, softirq, steal := v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]
 	busy := user + nice + system + irq + softirq + steal
 	return Machine{Busy: tick(busy), Kernel: tick(system + irq + softirq), Steal: tick(steal),
