@@ -42,11 +42,16 @@ type Router interface {
 	Send(env *actorpb.Envelope)
 }
 
-// Gates tells which gate instances are alive (implemented by
-// *cluster.System). A session on a gate instance that is not alive has
-// ended, even if nobody said so: its connection went with the gate.
+// Gates tells which gate instances are alive, and which are behind
+// (implemented by *cluster.System). A session on a gate instance that is
+// not alive has ended, even if nobody said so: its connection went with
+// the gate.
 type Gates interface {
 	GateAlive(id string) bool
+	// GateBehind returns how far behind the gate holding conn is, if it
+	// is over api.max-gate-backlog, else 0: a push to conn that came
+	// through the API of the node at requester is then refused.
+	GateBehind(conn *actorpb.ConnRef, requester string) time.Duration
 }
 
 // Deps are what every device actor of a node shares.
@@ -567,12 +572,36 @@ func (a *deviceActor) handleCurrent(ctx actor.Context, env *actorpb.Envelope) {
 		a.startLoad(ctx, env)
 		return
 	}
+	if why := a.gateBehind(env); why != "" {
+		a.refuse(env, codes.ResourceExhausted, devicepb.Code_OK, why)
+		return
+	}
 	rec, ok := a.idempotency(ctx, env)
 	if !ok {
 		return
 	}
 	a.apply(env, rec)
 }
+
+// gateBehind returns why a push is refused because the gate holding the
+// device's connection is behind (Gates.GateBehind), or "". An offline
+// device's pushes wait in the store or are dropped as usual.
+func (a *deviceActor) gateBehind(env *actorpb.Envelope) string {
+	if env.GetPush() == nil || a.deps.Gates == nil || !a.d.Online() {
+		return ""
+	}
+	b := a.deps.Gates.GateBehind(a.d.Session().GetConn(), env.ReplyAddress)
+	if b <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s: the gate holding %s's connection is %v behind what was pushed to it (api.max-gate-backlog); nothing was accepted: retry later, backing off",
+		Overloaded, a.id, b.Round(100*time.Microsecond))
+}
+
+// Overloaded starts the message of every push refused because the node
+// (its API, or the gate of the push's device) is overloaded, as the API
+// documents it.
+const Overloaded = "node overloaded"
 
 // apply hands env to the machine; rec is the idempotency record of its
 // key, if it has one and the store holds it.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -966,5 +967,66 @@ func TestHandoffWhileTheWriteFails(t *testing.T) {
 	testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.handedOff, alice) == 1 }, "the actor did not finish its handoff")
 	if n := h.store.loads.Load(); n != loads {
 		t.Fatalf("the actor handing off loaded the identity again (%d loads)", n-loads)
+	}
+}
+
+// behindGates is a Gates whose gate g1 is as far behind as behind says.
+type behindGates struct {
+	behind    atomic.Int64
+	requester atomic.Pointer[string]
+}
+
+func (g *behindGates) GateAlive(string) bool { return true }
+
+func (g *behindGates) GateBehind(conn *actorpb.ConnRef, requester string) time.Duration {
+	g.requester.Store(&requester)
+	if conn.GetGateId() != "g1" {
+		return 0
+	}
+	return time.Duration(g.behind.Load())
+}
+
+// TestPushRefusedWhileTheGateIsBehind: while the gate holding the
+// device's connection is behind (Gates.GateBehind), its pushes, stored or
+// not, are refused with RESOURCE_EXHAUSTED before anything is accepted:
+// nothing stored, nothing sent, nothing counted; an offline identity's
+// pushes wait in the store as usual, and the refusals end with the
+// backlog.
+func TestPushRefusedWhileTheGateIsBehind(t *testing.T) {
+	h := newActorHarness(t, nil)
+	g := &behindGates{}
+	h.deps.Gates = g
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	sent := func() int {
+		h.r.mu.Lock()
+		defer h.r.mu.Unlock()
+		return len(h.r.conns)
+	}
+	before := sent()
+	g.behind.Store(int64(35 * time.Millisecond))
+	for _, stored := range []bool{true, false} {
+		rep := h.r.request(env(alice, &actorpb.Push{Stored: stored, Payload: []byte("x")}))
+		f := rep.GetFailure()
+		if f == nil || f.Code != int32(codes.ResourceExhausted) || !strings.HasPrefix(f.Message, Overloaded+": the gate holding 1/alice's connection is 35ms behind") {
+			t.Fatalf("push (stored %v) while the gate is 35 ms behind: %v", stored, rep)
+		}
+	}
+	if r := g.requester.Load(); r == nil || *r != "test" {
+		t.Fatalf("GateBehind asked for requester %v, want the push's reply address", r)
+	}
+	if n := h.store.stored(alice); n != 0 || sent() != before {
+		t.Fatalf("refused pushes left %d stored messages and %d frames sent", n, sent()-before)
+	}
+	if p := h.presence(alice); p.Pending != 0 || !p.Online {
+		t.Fatalf("presence after the refusals: %v", p)
+	}
+	// An identity offline is not refused: its push waits in the store.
+	if rep := h.r.request(env(store.Identity{App: 1, UID: "offline"}, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil {
+		t.Fatalf("stored push to an offline identity while a gate is behind: %v", rep)
+	}
+	g.behind.Store(0)
+	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil || rep.GetPush().Seq != 1 {
+		t.Fatalf("push once the gate caught up: %v", rep)
 	}
 }

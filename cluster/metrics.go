@@ -19,6 +19,7 @@ type metrics struct {
 	staleConns      prometheus.Counter
 	leaseRefused    prometheus.Counter
 	unreachable     prometheus.Counter
+	gateBehind      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -55,11 +56,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Envelopes refused and frames not delivered for this node's identities while it held no membership lease."}),
 		unreachable: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_unreachable_total",
 			Help: "Requests answered UNAVAILABLE at once because the member they were sent to could not be reached."}),
+		gateBehind: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_pushes_refused_gate_backlog_total",
+			Help: "Pushes this node's identity actors refused with RESOURCE_EXHAUSTED because the gate holding the device's connection, on another node or taken through another node's API, reported a backlog over api.max-gate-backlog."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.retired, m.gates, m.forwarded,
 			m.hopsExceeded, m.handoffs, m.handingOff,
-			m.requestTimeouts, m.undeliverable, m.staleConns, m.leaseRefused, m.unreachable)
+			m.requestTimeouts, m.undeliverable, m.staleConns, m.leaseRefused, m.unreachable, m.gateBehind)
 	}
 	return m
 }

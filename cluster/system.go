@@ -43,6 +43,9 @@ type GateSink interface {
 	// Deliver acts on one of the gate's connections. It returns
 	// ErrConnGone if the connection is not (or no longer) there.
 	Deliver(m *actorpb.ToConn) error
+	// Backlog is how far the gate's event loops are behind what it was
+	// asked to write (gate.Gate.Backlog).
+	Backlog() time.Duration
 }
 
 // System is a node's membership in the cluster and the way the rest of
@@ -88,8 +91,14 @@ type System struct {
 	dispatcher *poolDispatcher
 	local      []localShard
 
+	// paths are the ways to the gates this node writes to, by node
+	// address, and guard what is too far behind on them (gatebacklog.go).
+	paths   sync.Map // address -> *gatePath
+	guard   atomic.Pointer[gateGuard]
+	started time.Time
+	quit    chan struct{} // closed when Shutdown begins
+
 	replyPIDs sync.Map // address -> *actor.PID of its replies actor
-	sinkPIDs  sync.Map // address -> *actor.PID of its gate sink
 
 	shutdownOnce sync.Once
 }
@@ -107,6 +116,7 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		log = slog.Default()
 	}
 	s := &System{cfg: cfg, log: log, newChild: newChild, metrics: newMetrics(reg), gates: map[string]struct{}{},
+		started: time.Now(), quit: make(chan struct{}),
 		dispatcher: newPoolDispatcher(4*runtime.GOMAXPROCS(0), 1<<16, 300)}
 	s.replies.init()
 	s.placement.Store(newPlacement(nil, cfg.Shards, 0))
@@ -603,17 +613,26 @@ func (s *System) SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) bool {
 }
 
 func (s *System) sendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) {
-	if conn.GetGateAddress() == s.address {
+	p := s.path(conn.GetGateAddress())
+	if !p.used.Load() {
+		p.used.Store(true) // probe this way (gatebacklog.go)
+	}
+	if p.pid == nil {
 		s.deliverLocal(conn.GetGateId(), m)
 		return
 	}
 	m.GateId = conn.GetGateId()
-	s.actors.Root.Send(s.pidOf(&s.sinkPIDs, conn.GetGateAddress(), gateSinkName), m)
+	s.actors.Root.Send(p.pid, m)
 }
 
 func (s *System) receiveToConn(ctx actor.Context) {
-	if m, ok := ctx.Message().(*actorpb.ToConn); ok {
+	switch m := ctx.Message().(type) {
+	case *actorpb.ToConn:
 		s.deliverLocal(m.GateId, m)
+	case *actorpb.GateProbe:
+		s.answerProbe(m)
+	case *actorpb.GateProbeAnswer:
+		s.probeAnswered(m)
 	}
 }
 
@@ -647,6 +666,7 @@ func (s *System) deliverLocal(gateID string, m *actorpb.ToConn) {
 func (s *System) Shutdown() {
 	s.shutdownOnce.Do(func() {
 		s.left.Store(true)
+		close(s.quit)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := s.members.Leave(ctx); err != nil {
 			s.log.Warn("cluster: leaving", "err", err)

@@ -68,6 +68,8 @@ type fakeGate struct {
 
 func (g *fakeGate) GateID() string { return "gate-1" }
 
+func (g *fakeGate) Backlog() time.Duration { return 0 }
+
 func (g *fakeGate) Deliver(m *actorpb.ToConn) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()

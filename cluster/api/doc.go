@@ -9,7 +9,9 @@
 // MaxPushDelay, or while the local gate is more than MaxGateBacklog behind,
 // new push calls are refused with RESOURCE_EXHAUSTED (admitPushes; at once,
 // but for the gate's backlog, which a call waits out for up to
-// MaxGateBacklog first).
+// MaxGateBacklog first). Gates on other nodes are the actors' to watch
+// (cluster/gatebacklog.go): a push to a device on one that is behind comes
+// back from its actor refused, and is answered so, item by item.
 //
 // Admission (admission.go) happens before a call's request is read: the
 // key is checked in gRPC's tap handle, on the connection's reader

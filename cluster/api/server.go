@@ -87,6 +87,9 @@ type Limits struct {
 	// up before it is refused: a saturated loop catches up within a
 	// drain or two, and a call held that long costs the node less than
 	// one refused and sent again (measured: a third of the refusals).
+	// The node's identity actors refuse pushes to devices on other
+	// nodes' gates that are this far behind (cluster.System.SetGateGuard,
+	// set from this on every node).
 	MaxGateBacklog time.Duration
 	// MaxPushDelay refuses new Push and PushMany calls at once with
 	// RESOURCE_EXHAUSTED while push calls have been taking longer than

@@ -1,10 +1,18 @@
 package faults
 
 import (
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/messages/devicepb"
 	"github.com/courier-im/courier/testkit"
 )
 
@@ -85,5 +93,112 @@ func TestGateAndActorNodeKilled(t *testing.T) {
 		f.Interruption.Round(time.Millisecond), f.Worst)
 	if f.DevicesBack > 6*time.Second {
 		t.Errorf("the last device came back only %v after the kill", f.DevicesBack)
+	}
+}
+
+// TestStoppedGateRefusesPushes: a gate-only node stops (SIGSTOP) while
+// pushes to its devices come through another node's API, their actors on
+// a third. The actors' node finds the way to that gate behind (its probe
+// goes unanswered) and refuses further pushes to its devices at once with
+// RESOURCE_EXHAUSTED ("node overloaded: the gate holding ..."), instead of
+// queueing them behind the stopped node for as long as it is stopped;
+// pushes to a device on the other gate are served all along. Once the
+// gate is back its devices' pushes are served again, and every push
+// accepted for them meanwhile arrives, in order.
+func TestStoppedGateRefusesPushes(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate", "actors", "gate,api"}})
+	dumpOnFailure(t, c, "level=WARN", "level=ERROR")
+	n1, n2, n3 := c.Node("node1"), c.Node("node2"), c.Node("node3")
+	api := n3.API(t)
+	ctx := testkit.Ctx(t, testkit.App1Key)
+	slow, fine := n1.Device(t, 1, "on-stopped-gate"), n3.Device(t, 1, "on-other-gate")
+
+	next := 0 // the payload of the next push to slow: its number
+	var accepted []int
+	// pushSlow pushes the next payload to slow and reports whether it was
+	// refused because its gate is behind (any other failure fails).
+	pushSlow := func() (refused bool, took time.Duration) {
+		t.Helper()
+		start := time.Now()
+		_, err := api.Push(ctx, &apipb.PushRequest{AppCode: 1, Uid: "on-stopped-gate", Payload: []byte(strconv.Itoa(next)),
+			Delivery: apipb.Delivery_DELIVERY_FIRE_AND_FORGET})
+		took = time.Since(start)
+		next++
+		if err == nil {
+			accepted = append(accepted, next-1)
+			return false, took
+		}
+		if status.Code(err) != codes.ResourceExhausted || !strings.HasPrefix(status.Convert(err).Message(), "node overloaded: the gate holding") {
+			t.Fatalf("push %d to a device on the stopped gate: %v", next-1, err)
+		}
+		return true, took
+	}
+	pushFine := func(payload string) {
+		t.Helper()
+		if _, err := api.Push(ctx, &apipb.PushRequest{AppCode: 1, Uid: "on-other-gate", Payload: []byte(payload),
+			Delivery: apipb.Delivery_DELIVERY_FIRE_AND_FORGET}); err != nil {
+			t.Fatalf("push to the device on the working gate: %v", err)
+		}
+		if f := fine.Expect(messages.CmdS2C); string(f.Msg.(*devicepb.S2C).Payload) != payload {
+			t.Fatalf("the device on the working gate got %q, want %q", f.Msg.(*devicepb.S2C).Payload, payload)
+		}
+	}
+	for range 20 { // both ways in use, and probed
+		if refused, _ := pushSlow(); refused {
+			t.Fatal("a push refused while every gate keeps up")
+		}
+		pushFine("before")
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// Stopped for less than the tests' membership TTL (1 s): node1 stays
+	// a member, and its sessions live.
+	const stop = 400 * time.Millisecond
+	before, _ := n2.Metric("courier_cluster_pushes_refused_gate_backlog_total")
+	n1.Pause()
+	stopped := time.Now()
+	var firstRefusal time.Duration
+	refusals, pushedWhileStopped := 0, 0
+	for time.Since(stopped) < stop {
+		refused, took := pushSlow()
+		pushedWhileStopped++
+		if refused {
+			if refusals == 0 {
+				firstRefusal = time.Since(stopped)
+			}
+			refusals++
+			if took > 200*time.Millisecond {
+				t.Errorf("a refusal took %v: not fast", took)
+			}
+		}
+		pushFine("while stopped")
+		time.Sleep(5 * time.Millisecond)
+	}
+	n1.Resume()
+	resumed := time.Now()
+	if refusals == 0 {
+		t.Fatalf("none of %d pushes to the stopped gate's device was refused", pushedWhileStopped)
+	}
+	acceptedWhileStopped := len(accepted) - 20
+	// Served again once the gate answers.
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		refused, _ := pushSlow()
+		return !refused
+	}, "pushes to the gate's devices still refused after it came back")
+	back := time.Since(resumed)
+	for i, want := range accepted {
+		f := slow.Expect(messages.CmdS2C)
+		if got := string(f.Msg.(*devicepb.S2C).Payload); got != strconv.Itoa(want) {
+			t.Fatalf("delivery %d to the device on the stopped gate: payload %s, want %d (accepted in this order: %v)", i, got, want, accepted)
+		}
+	}
+	after, _ := n2.Metric("courier_cluster_pushes_refused_gate_backlog_total")
+	t.Logf("gate stopped %v: first refusal after %v; %d of %d pushes to its device refused, %d accepted (and delivered once it was back); served again %v after it came back",
+		stop, firstRefusal.Round(time.Millisecond), refusals, pushedWhileStopped, acceptedWhileStopped, back.Round(time.Millisecond))
+	if after-before < float64(refusals) {
+		t.Errorf("courier_cluster_pushes_refused_gate_backlog_total on the actors' node rose by %v, want %d", after-before, refusals)
+	}
+	if firstRefusal > 200*time.Millisecond {
+		t.Errorf("the first refusal came %v after the gate stopped", firstRefusal)
 	}
 }

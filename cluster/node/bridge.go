@@ -177,6 +177,8 @@ type sink struct {
 
 func (s sink) GateID() string { return s.id }
 
+func (s sink) Backlog() time.Duration { return s.g.Backlog() }
+
 // Deliver reports only a connection that is gone: the gate itself handles
 // (and tells the actor about) slow clients, and a stale epoch is a late
 // write the current session must not hear of.

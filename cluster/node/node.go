@@ -254,6 +254,11 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		self.APIAddr = reachable(n.apiLn.Addr().String(), n.sys.Address())
 	}
 
+	// Pushes to devices on a gate that is behind are refused by their
+	// actors, wherever the API that took them is (the local API also
+	// holds calls while the local gate is behind).
+	n.sys.SetGateGuard(cfg.API.MaxGateBacklog, n.gate != nil && roles.Has(membership.RoleAPI))
+
 	n.memReleases = prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_node_idle_memory_releases_total",
 		Help: "Times the node, idle, returned its heap's free memory to the operating system (idle-memory-release)."})
 	n.reg.MustRegister(n.memReleases)

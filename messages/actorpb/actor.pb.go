@@ -977,6 +977,129 @@ func (x *GateDown) GetGateId() string {
 	return ""
 }
 
+// GateProbe measures how far behind a gate on another node is, as the
+// identities' actors that write to it see it. A node that hosts
+// identities sends one, while it has been sending ToConn messages to the
+// gate's node, to that node's gate sink, behind those messages; the sink
+// answers with a GateProbeAnswer to reply_address. The time the answer
+// takes (on the prober's clock alone) is what the ToConn messages wait in
+// transit and in the sink; the answer adds what they then wait in the
+// gate (gate.Gate.Backlog).
+type GateProbe struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The prober's own, echoed back.
+	SentAtNs      int64  `protobuf:"varint,1,opt,name=sent_at_ns,json=sentAtNs,proto3" json:"sent_at_ns,omitempty"`
+	ReplyAddress  string `protobuf:"bytes,2,opt,name=reply_address,json=replyAddress,proto3" json:"reply_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GateProbe) Reset() {
+	*x = GateProbe{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GateProbe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GateProbe) ProtoMessage() {}
+
+func (x *GateProbe) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GateProbe.ProtoReflect.Descriptor instead.
+func (*GateProbe) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *GateProbe) GetSentAtNs() int64 {
+	if x != nil {
+		return x.SentAtNs
+	}
+	return 0
+}
+
+func (x *GateProbe) GetReplyAddress() string {
+	if x != nil {
+		return x.ReplyAddress
+	}
+	return ""
+}
+
+type GateProbeAnswer struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SentAtNs int64                  `protobuf:"varint,1,opt,name=sent_at_ns,json=sentAtNs,proto3" json:"sent_at_ns,omitempty"`
+	// The address of the node that answered (the gate's).
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// How far the gate's event loops were behind when it answered.
+	BacklogUs     int64 `protobuf:"varint,3,opt,name=backlog_us,json=backlogUs,proto3" json:"backlog_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GateProbeAnswer) Reset() {
+	*x = GateProbeAnswer{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GateProbeAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GateProbeAnswer) ProtoMessage() {}
+
+func (x *GateProbeAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GateProbeAnswer.ProtoReflect.Descriptor instead.
+func (*GateProbeAnswer) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GateProbeAnswer) GetSentAtNs() int64 {
+	if x != nil {
+		return x.SentAtNs
+	}
+	return 0
+}
+
+func (x *GateProbeAnswer) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *GateProbeAnswer) GetBacklogUs() int64 {
+	if x != nil {
+		return x.BacklogUs
+	}
+	return 0
+}
+
 // Handoff tells an identity's actor that another member owns its
 // identity now (membership changed, or this node is leaving): it takes no
 // new work, completes what it has in flight (the store write and what
@@ -991,7 +1114,7 @@ type Handoff struct {
 
 func (x *Handoff) Reset() {
 	*x = Handoff{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1003,7 +1126,7 @@ func (x *Handoff) String() string {
 func (*Handoff) ProtoMessage() {}
 
 func (x *Handoff) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[10]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1016,7 +1139,7 @@ func (x *Handoff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Handoff.ProtoReflect.Descriptor instead.
 func (*Handoff) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{10}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
 }
 
 // Sweep asks an identity's actor to drop its expired messages (sent by the
@@ -1030,7 +1153,7 @@ type Sweep struct {
 
 func (x *Sweep) Reset() {
 	*x = Sweep{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1165,7 @@ func (x *Sweep) String() string {
 func (*Sweep) ProtoMessage() {}
 
 func (x *Sweep) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[11]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1178,7 @@ func (x *Sweep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sweep.ProtoReflect.Descriptor instead.
 func (*Sweep) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{11}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
 }
 
 // Reply answers an Envelope that carried a req_id.
@@ -1080,7 +1203,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1215,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[12]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1228,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Reply) GetReqId() uint64 {
@@ -1269,7 +1392,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1404,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[13]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1417,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{13}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
 }
 
 // Failure: the request could not be handled. code is a gRPC status code.
@@ -1308,7 +1431,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1320,7 +1443,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[14]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1333,7 +1456,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{14}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Failure) GetCode() int32 {
@@ -1364,7 +1487,7 @@ type Push struct {
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1376,7 +1499,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[15]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1389,7 +1512,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{15}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Push) GetMsgtype() uint32 {
@@ -1449,7 +1572,7 @@ type PushReply struct {
 
 func (x *PushReply) Reset() {
 	*x = PushReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1584,7 @@ func (x *PushReply) String() string {
 func (*PushReply) ProtoMessage() {}
 
 func (x *PushReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[16]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1597,7 @@ func (x *PushReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushReply.ProtoReflect.Descriptor instead.
 func (*PushReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{16}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PushReply) GetCode() int32 {
@@ -1529,7 +1652,7 @@ type Kick struct {
 
 func (x *Kick) Reset() {
 	*x = Kick{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1664,7 @@ func (x *Kick) String() string {
 func (*Kick) ProtoMessage() {}
 
 func (x *Kick) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[17]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1677,7 @@ func (x *Kick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kick.ProtoReflect.Descriptor instead.
 func (*Kick) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{17}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Kick) GetReason() devicepb.KickReason {
@@ -1580,7 +1703,7 @@ type KickReply struct {
 
 func (x *KickReply) Reset() {
 	*x = KickReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1592,7 +1715,7 @@ func (x *KickReply) String() string {
 func (*KickReply) ProtoMessage() {}
 
 func (x *KickReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[18]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1605,7 +1728,7 @@ func (x *KickReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickReply.ProtoReflect.Descriptor instead.
 func (*KickReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{18}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KickReply) GetWasOnline() bool {
@@ -1623,7 +1746,7 @@ type PresenceQuery struct {
 
 func (x *PresenceQuery) Reset() {
 	*x = PresenceQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1758,7 @@ func (x *PresenceQuery) String() string {
 func (*PresenceQuery) ProtoMessage() {}
 
 func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[19]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1771,7 @@ func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceQuery.ProtoReflect.Descriptor instead.
 func (*PresenceQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{19}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
 }
 
 type PresenceReply struct {
@@ -1668,7 +1791,7 @@ type PresenceReply struct {
 
 func (x *PresenceReply) Reset() {
 	*x = PresenceReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1680,7 +1803,7 @@ func (x *PresenceReply) String() string {
 func (*PresenceReply) ProtoMessage() {}
 
 func (x *PresenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[20]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1693,7 +1816,7 @@ func (x *PresenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceReply.ProtoReflect.Descriptor instead.
 func (*PresenceReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{20}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PresenceReply) GetOnline() bool {
@@ -1781,7 +1904,7 @@ type NodeRequest struct {
 
 func (x *NodeRequest) Reset() {
 	*x = NodeRequest{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +1916,7 @@ func (x *NodeRequest) String() string {
 func (*NodeRequest) ProtoMessage() {}
 
 func (x *NodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[21]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +1929,7 @@ func (x *NodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
 func (*NodeRequest) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{21}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *NodeRequest) GetReqId() uint64 {
@@ -1943,7 +2066,7 @@ type DrainStart struct {
 
 func (x *DrainStart) Reset() {
 	*x = DrainStart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2078,7 @@ func (x *DrainStart) String() string {
 func (*DrainStart) ProtoMessage() {}
 
 func (x *DrainStart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[22]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2091,7 @@ func (x *DrainStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStart.ProtoReflect.Descriptor instead.
 func (*DrainStart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{22}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DrainStart) GetWindowMs() int64 {
@@ -1991,7 +2114,7 @@ type DrainStarted struct {
 
 func (x *DrainStarted) Reset() {
 	*x = DrainStarted{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2003,7 +2126,7 @@ func (x *DrainStarted) String() string {
 func (*DrainStarted) ProtoMessage() {}
 
 func (x *DrainStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[23]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2016,7 +2139,7 @@ func (x *DrainStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStarted.ProtoReflect.Descriptor instead.
 func (*DrainStarted) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{23}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DrainStarted) GetMember() string {
@@ -2057,7 +2180,7 @@ type LeaseCheck struct {
 
 func (x *LeaseCheck) Reset() {
 	*x = LeaseCheck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2069,7 +2192,7 @@ func (x *LeaseCheck) String() string {
 func (*LeaseCheck) ProtoMessage() {}
 
 func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2082,7 +2205,7 @@ func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseCheck.ProtoReflect.Descriptor instead.
 func (*LeaseCheck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LeaseCheck) GetMember() string {
@@ -2108,7 +2231,7 @@ type LeaseVouch struct {
 
 func (x *LeaseVouch) Reset() {
 	*x = LeaseVouch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2243,7 @@ func (x *LeaseVouch) String() string {
 func (*LeaseVouch) ProtoMessage() {}
 
 func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2256,7 @@ func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseVouch.ProtoReflect.Descriptor instead.
 func (*LeaseVouch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LeaseVouch) GetVouch() bool {
@@ -2172,7 +2295,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2184,7 +2307,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2197,7 +2320,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
 }
 
 type ListsGet struct {
@@ -2208,7 +2331,7 @@ type ListsGet struct {
 
 func (x *ListsGet) Reset() {
 	*x = ListsGet{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2343,7 @@ func (x *ListsGet) String() string {
 func (*ListsGet) ProtoMessage() {}
 
 func (x *ListsGet) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +2356,7 @@ func (x *ListsGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsGet.ProtoReflect.Descriptor instead.
 func (*ListsGet) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
 }
 
 // ListsReply is a gate's whole lists, in the JSON of gate.ListsSnapshot
@@ -2247,7 +2370,7 @@ type ListsReply struct {
 
 func (x *ListsReply) Reset() {
 	*x = ListsReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2259,7 +2382,7 @@ func (x *ListsReply) String() string {
 func (*ListsReply) ProtoMessage() {}
 
 func (x *ListsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2272,7 +2395,7 @@ func (x *ListsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsReply.ProtoReflect.Descriptor instead.
 func (*ListsReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListsReply) GetJson() []byte {
@@ -2296,7 +2419,7 @@ type StatsQuery struct {
 
 func (x *StatsQuery) Reset() {
 	*x = StatsQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2308,7 +2431,7 @@ func (x *StatsQuery) String() string {
 func (*StatsQuery) ProtoMessage() {}
 
 func (x *StatsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2321,7 +2444,7 @@ func (x *StatsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsQuery.ProtoReflect.Descriptor instead.
 func (*StatsQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StatsQuery) GetAppCode() uint32 {
@@ -2363,7 +2486,7 @@ type StatCounts struct {
 
 func (x *StatCounts) Reset() {
 	*x = StatCounts{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2375,7 +2498,7 @@ func (x *StatCounts) String() string {
 func (*StatCounts) ProtoMessage() {}
 
 func (x *StatCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2388,7 +2511,7 @@ func (x *StatCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatCounts.ProtoReflect.Descriptor instead.
 func (*StatCounts) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StatCounts) GetAccepted() uint64 {
@@ -2468,7 +2591,7 @@ type Hist struct {
 
 func (x *Hist) Reset() {
 	*x = Hist{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2480,7 +2603,7 @@ func (x *Hist) String() string {
 func (*Hist) ProtoMessage() {}
 
 func (x *Hist) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2493,7 +2616,7 @@ func (x *Hist) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hist.ProtoReflect.Descriptor instead.
 func (*Hist) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Hist) GetIndex() []uint32 {
@@ -2538,7 +2661,7 @@ type RawStat struct {
 
 func (x *RawStat) Reset() {
 	*x = RawStat{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2550,7 +2673,7 @@ func (x *RawStat) String() string {
 func (*RawStat) ProtoMessage() {}
 
 func (x *RawStat) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2563,7 +2686,7 @@ func (x *RawStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawStat.ProtoReflect.Descriptor instead.
 func (*RawStat) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RawStat) GetMsgtype() uint32 {
@@ -2611,7 +2734,7 @@ type StatsPart struct {
 
 func (x *StatsPart) Reset() {
 	*x = StatsPart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2623,7 +2746,7 @@ func (x *StatsPart) String() string {
 func (*StatsPart) ProtoMessage() {}
 
 func (x *StatsPart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2636,7 +2759,7 @@ func (x *StatsPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsPart.ProtoReflect.Descriptor instead.
 func (*StatsPart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StatsPart) GetStats() []*RawStat {
@@ -2665,7 +2788,7 @@ type UpstreamSubscribe struct {
 
 func (x *UpstreamSubscribe) Reset() {
 	*x = UpstreamSubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2677,7 +2800,7 @@ func (x *UpstreamSubscribe) String() string {
 func (*UpstreamSubscribe) ProtoMessage() {}
 
 func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2690,7 +2813,7 @@ func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamSubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamSubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *UpstreamSubscribe) GetSubId() string {
@@ -2737,7 +2860,7 @@ type UpstreamUnsubscribe struct {
 
 func (x *UpstreamUnsubscribe) Reset() {
 	*x = UpstreamUnsubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2749,7 +2872,7 @@ func (x *UpstreamUnsubscribe) String() string {
 func (*UpstreamUnsubscribe) ProtoMessage() {}
 
 func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2762,7 +2885,7 @@ func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamUnsubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamUnsubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *UpstreamUnsubscribe) GetSubId() string {
@@ -2785,7 +2908,7 @@ type UpstreamBatch struct {
 
 func (x *UpstreamBatch) Reset() {
 	*x = UpstreamBatch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2797,7 +2920,7 @@ func (x *UpstreamBatch) String() string {
 func (*UpstreamBatch) ProtoMessage() {}
 
 func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2810,7 +2933,7 @@ func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamBatch.ProtoReflect.Descriptor instead.
 func (*UpstreamBatch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *UpstreamBatch) GetSubId() string {
@@ -2846,7 +2969,7 @@ type UpstreamAck struct {
 
 func (x *UpstreamAck) Reset() {
 	*x = UpstreamAck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2858,7 +2981,7 @@ func (x *UpstreamAck) String() string {
 func (*UpstreamAck) ProtoMessage() {}
 
 func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2871,7 +2994,7 @@ func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAck.ProtoReflect.Descriptor instead.
 func (*UpstreamAck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *UpstreamAck) GetSubId() string {
@@ -2906,7 +3029,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2918,7 +3041,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2931,7 +3054,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{38}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -3012,7 +3135,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3147,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3160,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{39}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -3079,7 +3202,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3091,7 +3214,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3104,7 +3227,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{40}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -3182,7 +3305,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3194,7 +3317,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3207,7 +3330,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{41}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -3306,7 +3429,17 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\tgate_down\x18\x12 \x01(\v2\x1a.courier.actor.v1.GateDownH\x00R\bgateDownB\x06\n" +
 	"\x04body\"#\n" +
 	"\bGateDown\x12\x17\n" +
-	"\agate_id\x18\x01 \x01(\tR\x06gateId\"\t\n" +
+	"\agate_id\x18\x01 \x01(\tR\x06gateId\"N\n" +
+	"\tGateProbe\x12\x1c\n" +
+	"\n" +
+	"sent_at_ns\x18\x01 \x01(\x03R\bsentAtNs\x12#\n" +
+	"\rreply_address\x18\x02 \x01(\tR\freplyAddress\"h\n" +
+	"\x0fGateProbeAnswer\x12\x1c\n" +
+	"\n" +
+	"sent_at_ns\x18\x01 \x01(\x03R\bsentAtNs\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
+	"\n" +
+	"backlog_us\x18\x03 \x01(\x03R\tbacklogUs\"\t\n" +
 	"\aHandoff\"\a\n" +
 	"\x05Sweep\"\xac\x04\n" +
 	"\x05Reply\x12\x15\n" +
@@ -3488,7 +3621,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),                       // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),                   // 1: courier.actor.v1.DeviceLogin
@@ -3500,92 +3633,94 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*LoginOutcome)(nil),                  // 7: courier.actor.v1.LoginOutcome
 	(*Envelope)(nil),                      // 8: courier.actor.v1.Envelope
 	(*GateDown)(nil),                      // 9: courier.actor.v1.GateDown
-	(*Handoff)(nil),                       // 10: courier.actor.v1.Handoff
-	(*Sweep)(nil),                         // 11: courier.actor.v1.Sweep
-	(*Reply)(nil),                         // 12: courier.actor.v1.Reply
-	(*Pong)(nil),                          // 13: courier.actor.v1.Pong
-	(*Failure)(nil),                       // 14: courier.actor.v1.Failure
-	(*Push)(nil),                          // 15: courier.actor.v1.Push
-	(*PushReply)(nil),                     // 16: courier.actor.v1.PushReply
-	(*Kick)(nil),                          // 17: courier.actor.v1.Kick
-	(*KickReply)(nil),                     // 18: courier.actor.v1.KickReply
-	(*PresenceQuery)(nil),                 // 19: courier.actor.v1.PresenceQuery
-	(*PresenceReply)(nil),                 // 20: courier.actor.v1.PresenceReply
-	(*NodeRequest)(nil),                   // 21: courier.actor.v1.NodeRequest
-	(*DrainStart)(nil),                    // 22: courier.actor.v1.DrainStart
-	(*DrainStarted)(nil),                  // 23: courier.actor.v1.DrainStarted
-	(*LeaseCheck)(nil),                    // 24: courier.actor.v1.LeaseCheck
-	(*LeaseVouch)(nil),                    // 25: courier.actor.v1.LeaseVouch
-	(*Ping)(nil),                          // 26: courier.actor.v1.Ping
-	(*ListsGet)(nil),                      // 27: courier.actor.v1.ListsGet
-	(*ListsReply)(nil),                    // 28: courier.actor.v1.ListsReply
-	(*StatsQuery)(nil),                    // 29: courier.actor.v1.StatsQuery
-	(*StatCounts)(nil),                    // 30: courier.actor.v1.StatCounts
-	(*Hist)(nil),                          // 31: courier.actor.v1.Hist
-	(*RawStat)(nil),                       // 32: courier.actor.v1.RawStat
-	(*StatsPart)(nil),                     // 33: courier.actor.v1.StatsPart
-	(*UpstreamSubscribe)(nil),             // 34: courier.actor.v1.UpstreamSubscribe
-	(*UpstreamUnsubscribe)(nil),           // 35: courier.actor.v1.UpstreamUnsubscribe
-	(*UpstreamBatch)(nil),                 // 36: courier.actor.v1.UpstreamBatch
-	(*UpstreamAck)(nil),                   // 37: courier.actor.v1.UpstreamAck
-	(*SessionRecord)(nil),                 // 38: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),                  // 39: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),                    // 40: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil),             // 41: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),                // 42: courier.device.v1.Login
-	(*devicepb.C2C)(nil),                  // 43: courier.device.v1.C2C
-	(devicepb.KickReason)(0),              // 44: courier.device.v1.KickReason
-	(devicepb.Platform)(0),                // 45: courier.device.v1.Platform
-	(*apipb.UpdateAccessListRequest)(nil), // 46: courier.v1.UpdateAccessListRequest
-	(*apipb.UpstreamMessage)(nil),         // 47: courier.v1.UpstreamMessage
-	(devicepb.Kind)(0),                    // 48: courier.device.v1.Kind
+	(*GateProbe)(nil),                     // 10: courier.actor.v1.GateProbe
+	(*GateProbeAnswer)(nil),               // 11: courier.actor.v1.GateProbeAnswer
+	(*Handoff)(nil),                       // 12: courier.actor.v1.Handoff
+	(*Sweep)(nil),                         // 13: courier.actor.v1.Sweep
+	(*Reply)(nil),                         // 14: courier.actor.v1.Reply
+	(*Pong)(nil),                          // 15: courier.actor.v1.Pong
+	(*Failure)(nil),                       // 16: courier.actor.v1.Failure
+	(*Push)(nil),                          // 17: courier.actor.v1.Push
+	(*PushReply)(nil),                     // 18: courier.actor.v1.PushReply
+	(*Kick)(nil),                          // 19: courier.actor.v1.Kick
+	(*KickReply)(nil),                     // 20: courier.actor.v1.KickReply
+	(*PresenceQuery)(nil),                 // 21: courier.actor.v1.PresenceQuery
+	(*PresenceReply)(nil),                 // 22: courier.actor.v1.PresenceReply
+	(*NodeRequest)(nil),                   // 23: courier.actor.v1.NodeRequest
+	(*DrainStart)(nil),                    // 24: courier.actor.v1.DrainStart
+	(*DrainStarted)(nil),                  // 25: courier.actor.v1.DrainStarted
+	(*LeaseCheck)(nil),                    // 26: courier.actor.v1.LeaseCheck
+	(*LeaseVouch)(nil),                    // 27: courier.actor.v1.LeaseVouch
+	(*Ping)(nil),                          // 28: courier.actor.v1.Ping
+	(*ListsGet)(nil),                      // 29: courier.actor.v1.ListsGet
+	(*ListsReply)(nil),                    // 30: courier.actor.v1.ListsReply
+	(*StatsQuery)(nil),                    // 31: courier.actor.v1.StatsQuery
+	(*StatCounts)(nil),                    // 32: courier.actor.v1.StatCounts
+	(*Hist)(nil),                          // 33: courier.actor.v1.Hist
+	(*RawStat)(nil),                       // 34: courier.actor.v1.RawStat
+	(*StatsPart)(nil),                     // 35: courier.actor.v1.StatsPart
+	(*UpstreamSubscribe)(nil),             // 36: courier.actor.v1.UpstreamSubscribe
+	(*UpstreamUnsubscribe)(nil),           // 37: courier.actor.v1.UpstreamUnsubscribe
+	(*UpstreamBatch)(nil),                 // 38: courier.actor.v1.UpstreamBatch
+	(*UpstreamAck)(nil),                   // 39: courier.actor.v1.UpstreamAck
+	(*SessionRecord)(nil),                 // 40: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),                  // 41: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),                    // 42: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil),             // 43: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),                // 44: courier.device.v1.Login
+	(*devicepb.C2C)(nil),                  // 45: courier.device.v1.C2C
+	(devicepb.KickReason)(0),              // 46: courier.device.v1.KickReason
+	(devicepb.Platform)(0),                // 47: courier.device.v1.Platform
+	(*apipb.UpdateAccessListRequest)(nil), // 48: courier.v1.UpdateAccessListRequest
+	(*apipb.UpstreamMessage)(nil),         // 49: courier.v1.UpstreamMessage
+	(devicepb.Kind)(0),                    // 50: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	42, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	44, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	43, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	45, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
 	2,  // 9: courier.actor.v1.Envelope.frame:type_name -> courier.actor.v1.DeviceFrame
 	3,  // 10: courier.actor.v1.Envelope.closed:type_name -> courier.actor.v1.DeviceClosed
 	4,  // 11: courier.actor.v1.Envelope.c2c:type_name -> courier.actor.v1.C2CSend
-	15, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
-	17, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
-	19, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
-	11, // 15: courier.actor.v1.Envelope.sweep:type_name -> courier.actor.v1.Sweep
+	17, // 12: courier.actor.v1.Envelope.push:type_name -> courier.actor.v1.Push
+	19, // 13: courier.actor.v1.Envelope.kick:type_name -> courier.actor.v1.Kick
+	21, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
+	13, // 15: courier.actor.v1.Envelope.sweep:type_name -> courier.actor.v1.Sweep
 	9,  // 16: courier.actor.v1.Envelope.gate_down:type_name -> courier.actor.v1.GateDown
-	16, // 17: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
-	18, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
-	20, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
-	14, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	33, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
-	28, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
-	13, // 23: courier.actor.v1.Reply.pong:type_name -> courier.actor.v1.Pong
-	25, // 24: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
-	23, // 25: courier.actor.v1.Reply.drain_started:type_name -> courier.actor.v1.DrainStarted
-	44, // 26: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	18, // 17: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
+	20, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
+	22, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
+	16, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
+	35, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	30, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
+	15, // 23: courier.actor.v1.Reply.pong:type_name -> courier.actor.v1.Pong
+	27, // 24: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
+	25, // 25: courier.actor.v1.Reply.drain_started:type_name -> courier.actor.v1.DrainStarted
+	46, // 26: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
 	0,  // 27: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	45, // 28: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	29, // 29: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
-	46, // 30: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
-	27, // 31: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
-	26, // 32: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
-	24, // 33: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
-	22, // 34: courier.actor.v1.NodeRequest.drain:type_name -> courier.actor.v1.DrainStart
-	30, // 35: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
-	30, // 36: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
-	31, // 37: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
-	31, // 38: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
-	32, // 39: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
-	47, // 40: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
+	47, // 28: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	31, // 29: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	48, // 30: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	29, // 31: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
+	28, // 32: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
+	26, // 33: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
+	24, // 34: courier.actor.v1.NodeRequest.drain:type_name -> courier.actor.v1.DrainStart
+	32, // 35: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	32, // 36: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	33, // 37: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	33, // 38: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	34, // 39: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	49, // 40: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
 	0,  // 41: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	45, // 42: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	38, // 43: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	48, // 44: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	47, // 42: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	40, // 43: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	50, // 44: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
 	45, // [45:45] is the sub-list for method output_type
 	45, // [45:45] is the sub-list for method input_type
 	45, // [45:45] is the sub-list for extension type_name
@@ -3609,7 +3744,7 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Envelope_Sweep)(nil),
 		(*Envelope_GateDown)(nil),
 	}
-	file_courier_actor_v1_actor_proto_msgTypes[12].OneofWrappers = []any{
+	file_courier_actor_v1_actor_proto_msgTypes[14].OneofWrappers = []any{
 		(*Reply_Push)(nil),
 		(*Reply_Kick)(nil),
 		(*Reply_Presence)(nil),
@@ -3620,7 +3755,7 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Reply_LeaseVouch)(nil),
 		(*Reply_DrainStarted)(nil),
 	}
-	file_courier_actor_v1_actor_proto_msgTypes[21].OneofWrappers = []any{
+	file_courier_actor_v1_actor_proto_msgTypes[23].OneofWrappers = []any{
 		(*NodeRequest_Stats)(nil),
 		(*NodeRequest_ListsEdit)(nil),
 		(*NodeRequest_ListsGet)(nil),
@@ -3634,7 +3769,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   42,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
