@@ -3,7 +3,8 @@
 # (BENCHMARKS.md): starts a Consul dev agent and the nodes of LAYOUT on
 # free loopback ports, runs `courier-bench push` with the devices on the
 # gate nodes (gate discovery), the pushes through the api node and the
-# node CPU summed over every node, then stops everything.
+# node CPU summed over every node, keeps each node's metrics after the run
+# (OUT/metrics-nodeN.txt), then stops everything.
 #
 #   cmd/courier-bench/cluster.sh LAYOUT [courier-bench push flags...]
 #
@@ -18,6 +19,10 @@
 #   DEVICES  simulated devices (default 2000)
 #   STORE    "pebble" (each node its own, default) or "postgres" with
 #            COURIER_STORE_DSN set (the cluster store)
+#   NODE1_CPU  percent of one core node1 may use (a CPU cgroup with a
+#            10 ms period; needs a writable cgroup v1 cpu controller or
+#            cgroup v2 with cpu): makes node1's gate the one that falls
+#            behind, to see the overload guard across nodes (split3)
 #
 # Membership does not change during a run, so Pebble per node measures
 # the routing costs faithfully (an identity's actor stays where it is).
@@ -40,10 +45,12 @@ dir=$(mktemp -d -t courier-bench-nodes-XXXXXX)
 consul=$("$root/scripts/consul.sh")
 
 pids=()
+cgroup=""
 cleanup() {
 	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
 		kill "${pids[i]}" 2>/dev/null && wait "${pids[i]}" 2>/dev/null || true
 	done
+	[ -z "$cgroup" ] || rmdir "$cgroup" 2>/dev/null || true
 	rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -75,6 +82,23 @@ for i in "${!roles[@]}"; do
 	pids+=($!)
 	node_pids+=($!)
 done
+# limit_cpu PID PERCENT puts PID in a new CPU cgroup of PERCENT of a core.
+limit_cpu() {
+	local quota=$(($2 * 100))
+	if [ -w /sys/fs/cgroup/cpu ]; then
+		cgroup=/sys/fs/cgroup/cpu/courier-bench-$$
+		mkdir "$cgroup" && echo 10000 >"$cgroup/cpu.cfs_period_us" && echo "$quota" >"$cgroup/cpu.cfs_quota_us"
+	elif [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control; then
+		cgroup=/sys/fs/cgroup/courier-bench-$$
+		mkdir "$cgroup" && echo "$quota 10000" >"$cgroup/cpu.max"
+	else
+		echo "cluster.sh: NODE1_CPU needs a writable cgroup cpu controller" >&2
+		exit 2
+	fi
+	echo "$1" >"$cgroup/cgroup.procs"
+	echo "node1 limited to $2% of a core ($cgroup)"
+}
+[ -z "${NODE1_CPU:-}" ] || limit_cpu "${node_pids[0]}" "$NODE1_CPU"
 addr() { sed -E "s/.*\"$2\":\"([^\"]*)\".*/\1/" "$dir/$1.json"; }
 api="" http=""
 for i in "${!roles[@]}"; do
@@ -93,3 +117,8 @@ echo "layout $layout: roles ${roles[*]}; node pids ${node_pids[*]}; results in $
 flags=(--discover "http://$http/v1/gates" --api "$api" --node-pid "${node_pids[0]}" --devices "$DEVICES")
 [ -n "$more" ] && flags+=(--more-node-pids "$more")
 "$BIN/courier-bench" push "${flags[@]}" --out "$OUT/push-$layout.json" "$@"
+# Each node's metrics after the run, for what the figures leave out.
+for i in "${!roles[@]}"; do
+	n=node$((i + 1))
+	curl -sf "http://$(addr "$n" http)/metrics" >"$OUT/metrics-$n.txt" || echo "cluster.sh: no metrics from $n" >&2
+done

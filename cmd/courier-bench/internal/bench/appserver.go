@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,26 +48,59 @@ func (s *session) authCtx(ctx context.Context) context.Context {
 // pushStats are the app-server's counters while pushing.
 type pushStats struct {
 	calls, items, accepted, failed atomic.Int64
-	refused                        atomic.Int64 // of failed: calls refused with RESOURCE_EXHAUSTED (the node overloaded)
+	refused                        atomic.Int64 // of failed: refused with RESOURCE_EXHAUSTED because the node is overloaded
 	mu                             sync.Mutex
 	errors                         map[string]int64
 }
 
 // fail counts n pushes of a failed call; a call refused with
-// RESOURCE_EXHAUSTED is the node's overload admission (per-item codes go
-// to failItem: an item's RESOURCE_EXHAUSTED is one identity's limit).
+// RESOURCE_EXHAUSTED is the node's overload admission.
 func (p *pushStats) fail(err error, n int) {
 	if status.Code(err) == codes.ResourceExhausted {
 		p.refused.Add(int64(n))
 	}
-	p.failItem(err, n)
+	p.count(err, n, "")
 }
 
-// failItem counts n failed pushes.
-func (p *pushStats) failItem(err error, n int) {
+// failItem counts a failed item of an answered call and reports whether
+// it was refused because the node is overloaded (the gate of its device
+// is behind): an item's RESOURCE_EXHAUSTED is otherwise one identity's
+// limit (its inbox is full).
+func (p *pushStats) failItem(err error) bool {
+	over := overloaded(err)
+	key := ""
+	if over {
+		p.refused.Add(1)
+		// The message names the identity and the delay: one line for all.
+		key = status.Code(err).String() + ": node overloaded: the gate holding the device's connection is behind (api.max-gate-backlog)"
+	}
+	p.count(err, 1, key)
+	return over
+}
+
+// overloaded reports whether an item's error is the node's overload:
+// docs/api.md starts those messages with "node overloaded".
+func overloaded(err error) bool {
+	return status.Code(err) == codes.ResourceExhausted && strings.HasPrefix(status.Convert(err).Message(), "node overloaded")
+}
+
+// maxErrorKinds bounds the distinct error messages kept for the report:
+// item errors name their identity, so a run can have as many as pushes.
+const maxErrorKinds = 16
+
+// count counts n failed pushes, under key in the report (default: the
+// error's code and message).
+func (p *pushStats) count(err error, n int, key string) {
 	p.failed.Add(int64(n))
+	code := status.Code(err).String()
+	if key == "" {
+		key = code + ": " + status.Convert(err).Message()
+	}
 	p.mu.Lock()
-	p.errors[status.Code(err).String()+": "+status.Convert(err).Message()] += int64(n)
+	if _, ok := p.errors[key]; !ok && len(p.errors) >= maxErrorKinds {
+		key = code + ": (other messages)"
+	}
+	p.errors[key] += int64(n)
 	p.mu.Unlock()
 }
 
@@ -191,15 +225,20 @@ func (s *session) pushLoad(ctx context.Context, pc PushConfig, st *pushStats) er
 					pause(err)
 					continue
 				}
-				backoff = 0
+				var over error
 				for j, it := range r.Results {
 					if it.Code != 0 {
-						st.failItem(status.Error(codes.Code(it.Code), it.Error), 1)
+						if e := status.Error(codes.Code(it.Code), it.Error); st.failItem(e) {
+							over = e
+						}
 						s.acct.answered(idx0+int64(j), pushFailed, false, 0, 0, 0)
 						continue
 					}
 					s.answer(idx0+int64(j), it.Response, pc.FireAndForget, callNs, st)
 				}
+				// Items refused because their gate is behind ask for the
+				// same pause as a refused call.
+				pause(over)
 			}
 		}()
 	}

@@ -232,16 +232,22 @@ func TestUpstreamUnimplemented(t *testing.T) {
 }
 
 // TestRefusedAmongFailed: pushes of calls refused with
-// RESOURCE_EXHAUSTED (the node overloaded) are counted apart, among the
-// failed ones; other errors, and an item's own RESOURCE_EXHAUSTED (one
+// RESOURCE_EXHAUSTED (the node overloaded), and items refused because
+// their device's gate is behind, are counted apart, among the failed
+// ones; other errors, and an item's own RESOURCE_EXHAUSTED (one
 // identity's limit), are not.
 func TestRefusedAmongFailed(t *testing.T) {
 	st := &pushStats{errors: map[string]int64{}}
-	st.fail(status.Error(codes.ResourceExhausted, "node overloaded"), 100)
+	st.fail(status.Error(codes.ResourceExhausted, "node overloaded: 4096 pushes in flight"), 100)
 	st.fail(status.Error(codes.Unavailable, "node gone"), 10)
 	st.fail(errors.New("no status"), 1)
-	st.failItem(status.Error(codes.ResourceExhausted, "inbox full"), 1)
-	if f, r := st.failed.Load(), st.refused.Load(); f != 112 || r != 100 {
-		t.Fatalf("failed %d, refused %d: want 112 and 100", f, r)
+	if st.failItem(status.Error(codes.ResourceExhausted, "inbox of 1/u is full: 1000 pushes waiting for acknowledgement")) {
+		t.Fatal("an item's full inbox taken for the node's overload")
+	}
+	if !st.failItem(status.Error(codes.ResourceExhausted, "node overloaded: the gate holding 1/u's connection is 31ms behind")) {
+		t.Fatal("an item refused because its gate is behind not taken for the node's overload")
+	}
+	if f, r := st.failed.Load(), st.refused.Load(); f != 113 || r != 101 {
+		t.Fatalf("failed %d, refused %d: want 113 and 101", f, r)
 	}
 }
