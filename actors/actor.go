@@ -594,7 +594,7 @@ func (a *deviceActor) gateBehind(env *actorpb.Envelope) string {
 	if b <= 0 {
 		return ""
 	}
-	return fmt.Sprintf("%s: the gate holding %s's connection is %v behind what was pushed to it (api.max-gate-backlog); nothing was accepted: retry later, backing off",
+	return fmt.Sprintf("%s: deliveries to the gate holding %s's connection are %v late (api.max-gate-backlog); nothing was accepted: retry later, backing off",
 		Overloaded, a.id, b.Round(100*time.Microsecond))
 }
 

@@ -100,7 +100,7 @@ func TestGateAndActorNodeKilled(t *testing.T) {
 // pushes to its devices come through another node's API, their actors on
 // a third. The actors' node finds the way to that gate behind (its probe
 // goes unanswered) and refuses further pushes to its devices at once with
-// RESOURCE_EXHAUSTED ("node overloaded: the gate holding ..."), instead of
+// RESOURCE_EXHAUSTED ("node overloaded: deliveries to the gate holding ..."), instead of
 // queueing them behind the stopped node for as long as it is stopped;
 // pushes to a device on the other gate are served all along. Once the
 // gate is back its devices' pushes are served again, and every push
@@ -128,7 +128,7 @@ func TestStoppedGateRefusesPushes(t *testing.T) {
 			accepted = append(accepted, next-1)
 			return false, took
 		}
-		if status.Code(err) != codes.ResourceExhausted || !strings.HasPrefix(status.Convert(err).Message(), "node overloaded: the gate holding") {
+		if status.Code(err) != codes.ResourceExhausted || !strings.HasPrefix(status.Convert(err).Message(), "node overloaded: deliveries to the gate holding") {
 			t.Fatalf("push %d to a device on the stopped gate: %v", next-1, err)
 		}
 		return true, took

@@ -72,7 +72,7 @@ func (p *pushStats) failItem(err error) bool {
 	if over {
 		p.refused.Add(1)
 		// The message names the identity and the delay: one line for all.
-		key = status.Code(err).String() + ": node overloaded: the gate holding the device's connection is behind (api.max-gate-backlog)"
+		key = status.Code(err).String() + ": node overloaded: deliveries to the gate holding the device's connection are late (api.max-gate-backlog)"
 	}
 	p.count(err, 1, key)
 	return over

@@ -244,7 +244,7 @@ func TestRefusedAmongFailed(t *testing.T) {
 	if st.failItem(status.Error(codes.ResourceExhausted, "inbox of 1/u is full: 1000 pushes waiting for acknowledgement")) {
 		t.Fatal("an item's full inbox taken for the node's overload")
 	}
-	if !st.failItem(status.Error(codes.ResourceExhausted, "node overloaded: the gate holding 1/u's connection is 31ms behind")) {
+	if !st.failItem(status.Error(codes.ResourceExhausted, "node overloaded: deliveries to the gate holding 1/u's connection are 31ms late")) {
 		t.Fatal("an item refused because its gate is behind not taken for the node's overload")
 	}
 	if f, r := st.failed.Load(), st.refused.Load(); f != 113 || r != 101 {
