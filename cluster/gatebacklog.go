@@ -63,6 +63,9 @@ const pathIdleTicks = 12000
 
 // path returns the way to the gate of the node at address.
 func (s *System) path(address string) *gatePath {
+	if s.localPath != nil && address == s.address {
+		return s.localPath
+	}
 	if p, ok := s.paths.Load(address); ok {
 		return p.(*gatePath)
 	}
@@ -105,7 +108,7 @@ func (s *System) probeGates(tick time.Duration) {
 		now := s.nanos()
 		s.paths.Range(func(k, v any) bool {
 			p := v.(*gatePath)
-			if p.used.Load() {
+			if p.used.Load() || p.pid == nil {
 				p.idle = 0
 			} else if p.idle++; p.idle > pathIdleTicks {
 				s.paths.Delete(k)

@@ -93,10 +93,11 @@ type System struct {
 
 	// paths are the ways to the gates this node writes to, by node
 	// address, and guard what is too far behind on them (gatebacklog.go).
-	paths   sync.Map // address -> *gatePath
-	guard   atomic.Pointer[gateGuard]
-	started time.Time
-	quit    chan struct{} // closed when Shutdown begins
+	paths     sync.Map  // address -> *gatePath
+	localPath *gatePath // this node's own, also in paths (never forgotten)
+	guard     atomic.Pointer[gateGuard]
+	started   time.Time
+	quit      chan struct{} // closed when Shutdown begins
 
 	replyPIDs sync.Map // address -> *actor.PID of its replies actor
 
@@ -177,6 +178,8 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 	// TestRequestToUnreachableOwnerFailsFast).
 	s.actors.EventStream.Subscribe(s.deadLetter)
 	s.address = s.actors.Address()
+	s.localPath = &gatePath{}
+	s.paths.Store(s.address, s.localPath)
 
 	for i := range cfg.Shards {
 		props := actor.PropsFromProducer(func() actor.Actor { return newHost(s) }, actor.WithDispatcher(s.dispatcher))
