@@ -94,8 +94,9 @@ func (s *System) SetGateGuard(bound time.Duration, localCovered bool) {
 }
 
 // probeGates probes, every tick, each gate node this node has written to
-// since the last probe and is not waiting for an answer from, and samples
-// its own gate's backlog.
+// since the last probe and is not waiting for an answer from, if it
+// answers probes (membership.Member.GateProbes), and samples its own
+// gate's backlog.
 func (s *System) probeGates(tick time.Duration) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
@@ -122,6 +123,13 @@ func (s *System) probeGates(tick time.Duration) {
 				return true
 			}
 			if since := p.probeAt.Load(); since != 0 && now-since < int64(probeTimeout) {
+				return true
+			}
+			if probes := s.probes.Load(); probes == nil || !(*probes)[k.(string)] {
+				// Not (or no longer) a live gate node that answers probes
+				// (an earlier version): its way goes unmeasured.
+				p.used.Store(false)
+				p.probeAt.Store(0)
 				return true
 			}
 			if !p.used.Swap(false) {

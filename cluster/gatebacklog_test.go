@@ -1,12 +1,16 @@
 package cluster
 
 import (
+	"io"
+	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/testkit"
 )
 
 // TestGateBehind: what an identity's actor is told of the gate holding a
@@ -112,5 +116,28 @@ func TestGateProbeTick(t *testing.T) {
 		if got := GateProbeTick(c.bound); got != c.tick {
 			t.Errorf("GateProbeTick(%v) = %v, want %v", c.bound, got, c.tick)
 		}
+	}
+}
+
+// TestProbesOnlyToNodesThatAnswer: a way to a gate node of an earlier
+// version (no GateProbes in its registration) is never probed: its
+// remoting would not know the message and would drop the connection
+// deliveries go on. A way to one that answers is probed once used.
+func TestProbesOnlyToNodesThatAnswer(t *testing.T) {
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}))
+	defer sys.Shutdown()
+	s := &System{address: "self:1", started: time.Now(), metrics: newMetrics(nil), quit: make(chan struct{}), actors: sys}
+	defer close(s.quit)
+	s.probes.Store(&map[string]bool{"new:1": true})
+	old, cur := s.path("old:1"), s.path("new:1")
+	old.used.Store(true)
+	cur.used.Store(true)
+	go s.probeGates(time.Millisecond)
+	testkit.Eventually(t, 5*time.Second, func() bool { return cur.probeAt.Load() != 0 }, "the way to a node that answers was not probed")
+	time.Sleep(20 * time.Millisecond)
+	if old.probeAt.Load() != 0 || old.used.Load() {
+		t.Fatal("a node of an earlier version was probed")
 	}
 }

@@ -93,8 +93,9 @@ type System struct {
 
 	// paths are the ways to the gates this node writes to, by node
 	// address, and guard what is too far behind on them (gatebacklog.go).
-	paths     sync.Map  // address -> *gatePath
-	localPath *gatePath // this node's own, also in paths (never forgotten)
+	paths     sync.Map                        // address -> *gatePath
+	localPath *gatePath                       // this node's own, also in paths (never forgotten)
+	probes    atomic.Pointer[map[string]bool] // addresses of live gate nodes that answer probes
 	guard     atomic.Pointer[gateGuard]
 	started   time.Time
 	quit      chan struct{} // closed when Shutdown begins
@@ -357,11 +358,16 @@ func (s *System) leavePlacement() {
 // members that left end, on every actor in memory here.
 func (s *System) syncGates(v *membership.View) {
 	now := map[string]bool{}
+	probes := map[string]bool{}
 	for _, m := range v.Live(membership.RoleGate) {
 		if m.GateID != "" {
 			now[m.GateID] = true
 		}
+		if m.GateProbes {
+			probes[m.Address] = true
+		}
 	}
+	s.probes.Store(&probes)
 	local := ""
 	if h := s.gate.Load(); h != nil {
 		local = h.g.GateID()

@@ -104,6 +104,11 @@ type Member struct {
 	// stays live (its gate's sessions go on until its devices move), but
 	// takes no new devices and hosts no identity (Serving).
 	Draining bool
+	// GateProbes: the node answers the probes of the way to its gate
+	// (cluster/gatebacklog.go). A node of an earlier version does not
+	// know the message, and its remoting would drop the connection it
+	// came on: it is never sent one.
+	GateProbes bool
 
 	// Set by the provider in a View, not by the member itself.
 
@@ -139,7 +144,8 @@ const (
 func sameShape(a, b *Member) bool {
 	return a.ID == b.ID && a.Name == b.Name && a.Address == b.Address && a.Roles == b.Roles &&
 		a.Version == b.Version && a.GateID == b.GateID && a.GateAddr == b.GateAddr &&
-		a.APIAddr == b.APIAddr && a.HTTPAddr == b.HTTPAddr && slices.Equal(a.Apps, b.Apps) && a.Draining == b.Draining
+		a.APIAddr == b.APIAddr && a.HTTPAddr == b.HTTPAddr && slices.Equal(a.Apps, b.Apps) && a.Draining == b.Draining &&
+		a.GateProbes == b.GateProbes
 }
 
 // Meta keys of a member's registration. Consul allows 64 keys of at most
@@ -159,6 +165,7 @@ const (
 	metaStarted  = "started_ms"
 	metaApps     = "apps"
 	metaDraining = "draining"
+	metaProbes   = "gate_probes"
 )
 
 // maxMetaValue is Consul's limit on a meta value.
@@ -171,7 +178,7 @@ func encodeMeta(m *Member) map[string]string {
 		metaGateID: m.GateID, metaGateAddr: m.GateAddr, metaAPIAddr: m.APIAddr, metaHTTPAddr: m.HTTPAddr,
 		metaConns: strconv.Itoa(m.Load.Conns), metaMaxConns: strconv.Itoa(m.Load.MaxConns),
 		metaActors: strconv.Itoa(m.Load.Actors), metaStarted: strconv.FormatInt(m.StartedAt.UnixMilli(), 10),
-		metaApps: encodeApps(m.Apps), metaDraining: encodeBool(m.Draining),
+		metaApps: encodeApps(m.Apps), metaDraining: encodeBool(m.Draining), metaProbes: encodeBool(m.GateProbes),
 	}
 }
 
@@ -220,6 +227,7 @@ func decodeMeta(meta map[string]string, address string) (Member, error) {
 	m.Load = Load{Conns: num(metaConns), MaxConns: num(metaMaxConns), Actors: num(metaActors)}
 	m.Apps = decodeApps(meta[metaApps])
 	m.Draining = meta[metaDraining] == "1"
+	m.GateProbes = meta[metaProbes] == "1"
 	if ms, err := strconv.ParseInt(meta[metaStarted], 10, 64); err == nil {
 		m.StartedAt = time.UnixMilli(ms)
 	}

@@ -174,7 +174,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		n.hub.SetMembers(live, gates)
 	})
 
-	self := membership.Member{Name: cfg.Name, Roles: roles, Version: Version}
+	self := membership.Member{Name: cfg.Name, Roles: roles, Version: Version, GateProbes: true}
 	if roles.Has(membership.RoleGate) {
 		gcfg := cfg.Gate
 		gcfg.AppSecrets = secrets
