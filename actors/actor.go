@@ -573,7 +573,10 @@ func (a *deviceActor) handleCurrent(ctx actor.Context, env *actorpb.Envelope) {
 		return
 	}
 	if why := a.gateBehind(env); why != "" {
-		a.refuse(env, codes.ResourceExhausted, devicepb.Code_OK, why)
+		if env.ReqId != 0 {
+			a.reply(ReplyTo{Address: env.ReplyAddress, ReqID: env.ReqId}, &actorpb.Reply{Body: &actorpb.Reply_Failure{
+				Failure: &actorpb.Failure{Code: int32(codes.ResourceExhausted), Message: why, GateLate: true}}})
+		}
 		return
 	}
 	rec, ok := a.idempotency(ctx, env)

@@ -1008,7 +1008,7 @@ func TestPushRefusedWhileTheGateIsBehind(t *testing.T) {
 	for _, stored := range []bool{true, false} {
 		rep := h.r.request(env(alice, &actorpb.Push{Stored: stored, Payload: []byte("x")}))
 		f := rep.GetFailure()
-		if f == nil || f.Code != int32(codes.ResourceExhausted) || !strings.HasPrefix(f.Message, Overloaded+": deliveries to the gate holding 1/alice's connection are 35ms late") {
+		if f == nil || f.Code != int32(codes.ResourceExhausted) || !f.GateLate || !strings.HasPrefix(f.Message, Overloaded+": deliveries to the gate holding 1/alice's connection are 35ms late") {
 			t.Fatalf("push (stored %v) while the gate is 35 ms behind: %v", stored, rep)
 		}
 	}

@@ -70,7 +70,7 @@ func newAdmission(keys Keys, l Limits) *admission {
 			Help: "API calls refused before their request was read, by reason: unauthenticated (no or unknown key), unauthenticated_calls (over api.max-unauthenticated-calls), max_connections (on a connection over api.max-connections)."},
 			[]string{"reason"}),
 		pushesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_api_pushes_refused_total",
-			Help: "Pushes refused with RESOURCE_EXHAUSTED because the node was overloaded, by reason: gate_backlog (api.max-gate-backlog), push_delay (api.max-push-delay), pushes_in_flight (api.max-pushes-in-flight)."},
+			Help: "Pushes refused with RESOURCE_EXHAUSTED because the node was overloaded, by reason: gate_backlog (api.max-gate-backlog), remote_gate_backlog (pushes their identity's actor refused because deliveries to the device's gate, on another node, were later than api.max-gate-backlog), push_delay (api.max-push-delay), pushes_in_flight (api.max-pushes-in-flight)."},
 			[]string{"reason"}),
 		gateWaits: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_api_gate_backlog_waits_total",
 			Help: "Push calls that found the node's gate behind (api.max-gate-backlog) and waited for it; those it did not catch up for are also in courier_api_pushes_refused_total{reason=\"gate_backlog\"}."}),

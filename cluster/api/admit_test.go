@@ -188,3 +188,63 @@ func TestGateBacklogWaitedOut(t *testing.T) {
 		t.Fatalf("waits %v, refused %v: want 1 and 0", w, r)
 	}
 }
+
+// lateReq refuses pushes to the uids in late as an actor does while their
+// gate is late (Failure.GateLate); it records every envelope it is sent,
+// in order.
+type lateReq struct {
+	mu   sync.Mutex
+	late map[string]bool
+	sent []string
+}
+
+func (l *lateReq) Request(ctx context.Context, env *actorpb.Envelope) (*actorpb.Reply, error) {
+	r, e := l.RequestMany(ctx, []*actorpb.Envelope{env})
+	return r[0], e[0]
+}
+
+func (l *lateReq) RequestMany(_ context.Context, envs []*actorpb.Envelope) ([]*actorpb.Reply, []error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	reps := make([]*actorpb.Reply, len(envs))
+	for i, e := range envs {
+		l.sent = append(l.sent, e.Uid+":"+string(e.GetPush().Payload))
+		if l.late[e.Uid] {
+			reps[i] = &actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{
+				Code: int32(codes.ResourceExhausted), Message: "node overloaded: deliveries to the gate holding 1/" + e.Uid + "'s connection are 30ms late", GateLate: true}}}
+			continue
+		}
+		reps[i] = &actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{MsgId: "m"}}}
+	}
+	return reps, make([]error, len(envs))
+}
+
+// TestLateGateRefusalsCounted: a push its actor refused because its
+// device's gate, on another node, is late is answered refused at once, in
+// its item, and counted under remote_gate_backlog; the call's other items
+// are served.
+func TestLateGateRefusalsCounted(t *testing.T) {
+	lim := DefaultLimits()
+	req := &lateReq{late: map[string]bool{"slow": true}}
+	s := New(Deps{Req: req, Limits: lim})
+	item := func(uid, payload string) *apipb.PushRequest {
+		return &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte(payload)}
+	}
+	r, err := s.PushMany(scoped(1), &apipb.PushManyRequest{Items: []*apipb.PushRequest{item("slow", "1"), item("fine", "2")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Results[0].Code != int32(codes.ResourceExhausted) || !strings.HasPrefix(r.Results[0].Error, "node overloaded: deliveries to the gate holding") || r.Results[1].Code != 0 {
+		t.Fatalf("results %v", r.Results)
+	}
+	_, err = s.Push(scoped(1), item("slow", "3"))
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.HasPrefix(st.Message(), "node overloaded: deliveries to the gate holding") {
+		t.Fatalf("Push to a device whose gate is late: %v", err)
+	}
+	if got := strings.Join(req.sent, " "); got != "slow:1 fine:2 slow:3" {
+		t.Fatalf("sent %s; want each push once", got)
+	}
+	if got := testutil.ToFloat64(s.adm.pushesRefused.WithLabelValues("remote_gate_backlog")); got != 2 {
+		t.Fatalf("courier_api_pushes_refused_total{reason=remote_gate_backlog} = %v, want 2", got)
+	}
+}

@@ -1422,9 +1422,14 @@ func (*Pong) Descriptor() ([]byte, []int) {
 
 // Failure: the request could not be handled. code is a gRPC status code.
 type Failure struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Code    int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// gate_late: a push refused (RESOURCE_EXHAUSTED) because deliveries to
+	// its device's gate are later than api.max-gate-backlog; nothing of it
+	// was accepted, and the same envelope sent again once the gate caught
+	// up is handled as if it were the first.
+	GateLate      bool `protobuf:"varint,3,opt,name=gate_late,json=gateLate,proto3" json:"gate_late,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1471,6 +1476,13 @@ func (x *Failure) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *Failure) GetGateLate() bool {
+	if x != nil {
+		return x.GateLate
+	}
+	return false
 }
 
 type Push struct {
@@ -3457,10 +3469,11 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"leaseVouch\x12E\n" +
 	"\rdrain_started\x18\x1f \x01(\v2\x1e.courier.actor.v1.DrainStartedH\x00R\fdrainStartedB\x06\n" +
 	"\x04body\"\x06\n" +
-	"\x04Pong\"7\n" +
+	"\x04Pong\"T\n" +
 	"\aFailure\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xbd\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1b\n" +
+	"\tgate_late\x18\x03 \x01(\bR\bgateLate\"\xbd\x01\n" +
 	"\x04Push\x12\x18\n" +
 	"\amsgtype\x18\x01 \x01(\rR\amsgtype\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x16\n" +
