@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/remote"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/courier-im/courier/messages/actorpb"
@@ -18,7 +19,7 @@ import (
 // real remoting, is TestStoppedGateRefusesPushes in cluster/faults).
 func TestGateBehind(t *testing.T) {
 	s := &System{address: "self:1", started: time.Now().Add(-time.Minute), metrics: newMetrics(nil)}
-	remote := &actorpb.ConnRef{GateAddress: "gate:1", GateId: "g1", ConnId: 1}
+	far := &actorpb.ConnRef{GateAddress: "gate:1", GateId: "g1", ConnId: 1}
 	local := &actorpb.ConnRef{GateAddress: "self:1", GateId: "g0", ConnId: 2}
 	answer := func(address string, rtt, backlog time.Duration) {
 		s.probeAnswered(&actorpb.GateProbeAnswer{SentAtNs: s.nanos() - int64(rtt), Address: address, BacklogUs: backlog.Microseconds()})
@@ -26,13 +27,13 @@ func TestGateBehind(t *testing.T) {
 
 	s.path("gate:1")
 	answer("gate:1", 30*time.Millisecond, 10*time.Millisecond)
-	if d := s.GateBehind(remote, "api:1"); d != 0 {
+	if d := s.GateBehind(far, "api:1"); d != 0 {
 		t.Fatalf("no guard set: %v", d)
 	}
 	s.guard.Store(&gateGuard{max: 20 * time.Millisecond, expiry: 50 * time.Millisecond, localCovered: true})
 
 	// A way measured 40 ms late (30 of round trip, 10 in the gate).
-	if d := s.GateBehind(remote, "api:1"); d < 40*time.Millisecond || d > 45*time.Millisecond {
+	if d := s.GateBehind(far, "api:1"); d < 40*time.Millisecond || d > 45*time.Millisecond {
 		t.Fatalf("remote gate 40 ms behind: GateBehind %v", d)
 	}
 	if got := testutil.ToFloat64(s.metrics.gateBehind); got != 1 {
@@ -44,13 +45,13 @@ func TestGateBehind(t *testing.T) {
 	}
 	// Caught up: the next answer ends the refusals.
 	answer("gate:1", time.Millisecond, 2*time.Millisecond)
-	if d := s.GateBehind(remote, "api:1"); d != 0 {
+	if d := s.GateBehind(far, "api:1"); d != 0 {
 		t.Fatalf("remote gate caught up: GateBehind %v", d)
 	}
 	// A measurement older than the expiry no longer counts.
 	answer("gate:1", 100*time.Millisecond, 0)
 	s.path("gate:1").at.Store(s.nanos() - int64(60*time.Millisecond))
-	if d := s.GateBehind(remote, "api:1"); d != 0 {
+	if d := s.GateBehind(far, "api:1"); d != 0 {
 		t.Fatalf("stale measurement: GateBehind %v", d)
 	}
 	// A probe unanswered for longer than the bound is a gate that far
@@ -58,13 +59,20 @@ func TestGateBehind(t *testing.T) {
 	answer("gate:1", time.Millisecond, 0)
 	p := s.path("gate:1")
 	p.probeAt.Store(s.nanos() - int64(10*time.Millisecond))
-	if d := s.GateBehind(remote, "api:1"); d != 0 {
+	if d := s.GateBehind(far, "api:1"); d != 0 {
 		t.Fatalf("probe out 10 ms: GateBehind %v", d)
 	}
 	p.probeAt.Store(s.nanos() - int64(25*time.Millisecond))
-	if d := s.GateBehind(remote, "api:1"); d < 25*time.Millisecond {
+	if d := s.GateBehind(far, "api:1"); d < 25*time.Millisecond {
 		t.Fatalf("probe out 25 ms: GateBehind %v", d)
 	}
+	// A broken connection to the node loses the probe: it no longer
+	// counts (the next one goes on a new connection).
+	s.deadLetter(&remote.EndpointTerminatedEvent{Address: "gate:1"})
+	if p.probeAt.Load() != 0 {
+		t.Fatal("a probe lost with its connection still counts")
+	}
+	p.probeAt.Store(s.nanos() - int64(25*time.Millisecond))
 	// Its answer, late, clears it; a late answer to an earlier probe
 	// counts as a measurement but leaves the newer probe out.
 	sent := p.probeAt.Load()

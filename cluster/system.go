@@ -534,6 +534,12 @@ func (s *System) deadLetter(evt any) {
 			s.metrics.unreachable.Add(float64(n))
 			s.log.Info("cluster: the connection to a member broke; its pending requests fail (retry)", "address", t.Address, "requests", n)
 		}
+		// So is a probe of the way to its gate: the next one, on a new
+		// connection, measures it (a node back at the same address is not
+		// refused for the lost probe's age).
+		if v, ok := s.paths.Load(t.Address); ok {
+			v.(*gatePath).probeAt.Store(0)
+		}
 		return
 	}
 	dl, ok := evt.(*actor.DeadLetterEvent)
