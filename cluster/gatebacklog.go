@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,16 +20,20 @@ import (
 // probes each gate node it has been writing to, every GateProbeTick: a
 // GateProbe sent behind its ToConn messages comes back when the sink got
 // to it, with the gate's own backlog; the round trip (on this node's clock
-// alone) plus that backlog is the delay of that way. While it, or the age
-// of a probe not answered yet, is over the bound, the actors refuse pushes
-// to that gate's connections with RESOURCE_EXHAUSTED before they accept
-// anything (GateBehind): only that gate's devices are refused, and a slow
-// gate does not stop pushes to the others. A way nothing is sent on is not
-// probed, so an idle cluster sends no probes.
+// alone) plus that backlog is the delay of that way. What counts is the
+// standing delay, as for the local gate (gate.DelayWindow): the smallest
+// over a window as long as the bound in which at least probeMinWork
+// pushes went that way, so that a slow probe standing for a few pushes (a
+// descheduled node, a garbage collection) refuses nothing; a probe
+// unanswered for longer than the window, with probeMinWork pushes sent
+// before or after it, counts as that late. While the delay is over the bound, the actors refuse
+// pushes to that gate's connections with RESOURCE_EXHAUSTED before they
+// accept anything (GateBehind): only that gate's devices are refused, and
+// a slow gate does not stop pushes to the others. A way nothing is sent on
+// is not probed, so an idle cluster sends no probes.
 
 // GateProbeTick is how often a node probes the gates it has been writing
-// to: a quarter of bound, from 1 to 50 ms. A measurement counts for ten
-// ticks.
+// to: a quarter of bound, from 1 to 50 ms.
 func GateProbeTick(bound time.Duration) time.Duration {
 	return min(max(bound/4, time.Millisecond), 50*time.Millisecond)
 }
@@ -39,8 +44,17 @@ func GateProbeTick(bound time.Duration) time.Duration {
 // devices for good.
 const probeTimeout = time.Second
 
+// probeMinWork is the pushes that must have gone a way (sent or refused)
+// in a window for its smallest delay to count as a standing queue.
+// (Measured with a gate node held to 40% of a core, a window of the bound
+// kept the delivery p99 where probes taken one by one did, 240–260 ms;
+// one of 100 ms let it reach 560–700 ms.)
+const probeMinWork = 8
+
 type gateGuard struct {
-	max, expiry time.Duration
+	// max is the bound, and the length of the windows of the ways'
+	// delays (ns).
+	max time.Duration
 	// localCovered: this node's API holds and refuses calls while its own
 	// gate is behind, so its actors need not check that gate again for
 	// pushes that came through it.
@@ -50,11 +64,51 @@ type gateGuard struct {
 // gatePath is what this node knows of the way to one node's gate.
 type gatePath struct {
 	pid     *actor.PID   // that node's gate sink (nil: this node's own gate)
-	used    atomic.Bool  // a ToConn went that way since the last probe
+	work    atomic.Int64 // pushes sent or refused that way since the last probe
 	probeAt atomic.Int64 // when the probe not answered yet was sent (System.nanos; 0: none)
-	delay   atomic.Int64 // the last measurement: round trip plus the gate's backlog (ns)
-	at      atomic.Int64 // when it was taken (System.nanos)
+	probeN  atomic.Int64 // the work it stands for
+	win     delayWindow  // its delays: round trip plus the gate's backlog
 	idle    int          // ticks in a row nothing went that way (probeGates only)
+}
+
+// delayWindow is the smallest delay over windows of a given length, in
+// the manner of gate.DelayWindow, on System.nanos.
+type delayWindow struct {
+	mu     sync.Mutex
+	start  int64 // of the window being measured (0: none yet)
+	min    int64 // smallest delay in it
+	n      int64 // work seen in it
+	last   int64 // smallest delay of the last window that saw probeMinWork
+	lastAt int64 // end of that window (0: none)
+}
+
+func (w *delayWindow) observe(d, n, now, length int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.start != 0 && now-w.start >= length {
+		if w.n >= probeMinWork {
+			w.last, w.lastAt = w.min, now
+		} else {
+			w.last, w.lastAt = 0, now
+		}
+		w.start = 0
+	}
+	if w.start == 0 {
+		w.start, w.min, w.n = now, d, 0
+	}
+	w.n += n
+	w.min = min(w.min, d)
+}
+
+// standing returns the smallest delay of the last whole window, or 0 if
+// it saw too little work or is older than two windows.
+func (w *delayWindow) standing(now, length int64) int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.lastAt == 0 || now-w.lastAt > 2*length {
+		return 0
+	}
+	return w.last
 }
 
 // pathIdleTicks is how many ticks in a row a way may go unused before it
@@ -88,9 +142,8 @@ func (s *System) SetGateGuard(bound time.Duration, localCovered bool) {
 	if bound <= 0 || s.newChild == nil {
 		return
 	}
-	tick := GateProbeTick(bound)
-	s.guard.Store(&gateGuard{max: bound, expiry: 10 * tick, localCovered: localCovered})
-	go s.probeGates(tick)
+	s.guard.Store(&gateGuard{max: bound, localCovered: localCovered})
+	go s.probeGates(GateProbeTick(bound))
 }
 
 // probeGates probes, every tick, each gate node this node has written to
@@ -98,6 +151,10 @@ func (s *System) SetGateGuard(bound time.Duration, localCovered bool) {
 // answers probes (membership.Member.GateProbes), and samples its own
 // gate's backlog.
 func (s *System) probeGates(tick time.Duration) {
+	g := s.guard.Load()
+	if g == nil {
+		return
+	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
@@ -109,16 +166,15 @@ func (s *System) probeGates(tick time.Duration) {
 		now := s.nanos()
 		s.paths.Range(func(k, v any) bool {
 			p := v.(*gatePath)
-			if p.used.Load() || p.pid == nil {
+			if p.work.Load() != 0 || p.pid == nil {
 				p.idle = 0
 			} else if p.idle++; p.idle > pathIdleTicks {
 				s.paths.Delete(k)
 				return true
 			}
 			if p.pid == nil {
-				if p.used.Swap(false) || p.delay.Load() != 0 {
-					p.delay.Store(int64(s.localBacklog()))
-					p.at.Store(now)
+				if n := p.work.Swap(0); n > 0 {
+					p.win.observe(int64(s.localBacklog()), n, now, int64(g.max))
 				}
 				return true
 			}
@@ -128,14 +184,16 @@ func (s *System) probeGates(tick time.Duration) {
 			if probes := s.probes.Load(); probes == nil || !(*probes)[k.(string)] {
 				// Not (or no longer) a live gate node that answers probes
 				// (an earlier version): its way goes unmeasured.
-				p.used.Store(false)
+				p.work.Store(0)
 				p.probeAt.Store(0)
 				return true
 			}
-			if !p.used.Swap(false) {
+			n := p.work.Swap(0)
+			if n == 0 {
 				p.probeAt.Store(0)
 				return true
 			}
+			p.probeN.Store(n)
 			p.probeAt.Store(now)
 			s.actors.Root.Send(p.pid, &actorpb.GateProbe{SentAtNs: now, ReplyAddress: s.address})
 			return true
@@ -168,18 +226,26 @@ func (s *System) probeAnswered(m *actorpb.GateProbeAnswer) {
 	if m.SentAtNs <= 0 || m.SentAtNs > now {
 		return // not one of this run's
 	}
-	p.delay.Store(now - m.SentAtNs + m.BacklogUs*int64(time.Microsecond))
-	p.at.Store(now)
+	n := int64(1) // an earlier probe's late answer
+	if p.probeAt.Load() == m.SentAtNs {
+		n = p.probeN.Load()
+	}
+	length := int64(time.Second)
+	if g := s.guard.Load(); g != nil {
+		length = int64(g.max)
+	}
+	p.win.observe(now-m.SentAtNs+m.BacklogUs*int64(time.Microsecond), n, now, length)
 	p.probeAt.CompareAndSwap(m.SentAtNs, 0)
 }
 
 // GateBehind returns how far behind the gate holding conn is, if that is
 // over the bound, else 0 (actors.Gates): a push from requester (the
 // address of the node whose API took it) to conn is then refused. The
-// delay is the last measurement of the way, if recent, or the age of the
-// probe not answered yet, whichever is more. A push that came through
-// this node's API to this node's gate is not checked again: the API held
-// it while the gate was behind.
+// delay is the way's standing delay, or the age of the probe not answered
+// yet once that is longer than the window and probeMinWork pushes wait on
+// it, whichever is more. A push that
+// came through this node's API to this node's gate is not checked again:
+// the API held it while the gate was behind.
 func (s *System) GateBehind(conn *actorpb.ConnRef, requester string) time.Duration {
 	g := s.guard.Load()
 	if g == nil {
@@ -195,23 +261,17 @@ func (s *System) GateBehind(conn *actorpb.ConnRef, requester string) time.Durati
 	}
 	p := v.(*gatePath)
 	now := s.nanos()
-	var d int64
-	if now-p.at.Load() <= int64(g.expiry) {
-		d = p.delay.Load()
-	}
-	if since := p.probeAt.Load(); since != 0 {
+	d := p.win.standing(now, int64(g.max))
+	if since := p.probeAt.Load(); since != 0 && now-since > int64(g.max) && p.probeN.Load()+p.work.Load() >= probeMinWork {
 		d = max(d, now-since)
 	}
 	if d <= int64(g.max) {
 		return 0
 	}
-	// Keep probing while refusing, though nothing goes that way: the
-	// refusals end with the first answer that finds the gate caught up,
-	// not when the measurement expires (a gate idle meanwhile is capacity
-	// lost).
-	if !p.used.Load() {
-		p.used.Store(true)
-	}
+	// A refused push is work on that way too: the probing goes on while
+	// nothing is sent, and the refusals end with the first window that
+	// finds the gate caught up.
+	p.work.Add(1)
 	s.metrics.gateBehind.Inc()
 	return time.Duration(d)
 }

@@ -21,50 +21,73 @@ func TestGateBehind(t *testing.T) {
 	s := &System{address: "self:1", started: time.Now().Add(-time.Minute), metrics: newMetrics(nil)}
 	far := &actorpb.ConnRef{GateAddress: "gate:1", GateId: "g1", ConnId: 1}
 	local := &actorpb.ConnRef{GateAddress: "self:1", GateId: "g0", ConnId: 2}
-	answer := func(address string, rtt, backlog time.Duration) {
-		s.probeAnswered(&actorpb.GateProbeAnswer{SentAtNs: s.nanos() - int64(rtt), Address: address, BacklogUs: backlog.Microseconds()})
+	ms := int64(time.Millisecond)
+	L := 20 * ms // the bound, and the windows' length
+	// window gives p a whole window, just ended, whose delays were d (and
+	// 5 ms more) for work pushes in all.
+	window := func(p *gatePath, d time.Duration, work int64) {
+		now := s.nanos()
+		p.win = delayWindow{}
+		p.win.observe(int64(d)+5*ms, work/2, now-5*L/2, L)
+		p.win.observe(int64(d), work-work/2, now-7*L/4, L)
+		p.win.observe(ms, 0, now-7*L/5, L) // the next window begins
 	}
 
-	s.path("gate:1")
-	answer("gate:1", 30*time.Millisecond, 10*time.Millisecond)
+	p := s.path("gate:1")
+	window(p, 40*time.Millisecond, 20)
 	if d := s.GateBehind(far, "api:1"); d != 0 {
 		t.Fatalf("no guard set: %v", d)
 	}
-	s.guard.Store(&gateGuard{max: 20 * time.Millisecond, expiry: 50 * time.Millisecond, localCovered: true})
+	s.guard.Store(&gateGuard{max: 20 * time.Millisecond, localCovered: true})
 
-	// A way measured 40 ms late (30 of round trip, 10 in the gate).
-	if d := s.GateBehind(far, "api:1"); d < 40*time.Millisecond || d > 45*time.Millisecond {
-		t.Fatalf("remote gate 40 ms behind: GateBehind %v", d)
+	// A window of 20 pushes that all waited 40 ms or more.
+	if d := s.GateBehind(far, "api:1"); d != 40*time.Millisecond {
+		t.Fatalf("remote way 40 ms late: GateBehind %v", d)
 	}
 	if got := testutil.ToFloat64(s.metrics.gateBehind); got != 1 {
 		t.Fatalf("refusals counted: %v", got)
 	}
-	// While refusing, the way stays probed though nothing is sent on it.
-	if !s.path("gate:1").used.Load() {
-		t.Fatal("a refused way is not probed again")
+	// A refused push is work on that way: it stays probed though nothing
+	// is sent on it.
+	if p.work.Load() != 1 {
+		t.Fatalf("work after a refusal: %d", p.work.Load())
 	}
-	// Caught up: the next answer ends the refusals.
-	answer("gate:1", time.Millisecond, 2*time.Millisecond)
+	// One slow probe, standing for little work, is not a queue.
+	window(p, 40*time.Millisecond, probeMinWork-1)
 	if d := s.GateBehind(far, "api:1"); d != 0 {
-		t.Fatalf("remote gate caught up: GateBehind %v", d)
+		t.Fatalf("a slow probe for %d pushes: GateBehind %v", probeMinWork-1, d)
 	}
-	// A measurement older than the expiry no longer counts.
-	answer("gate:1", 100*time.Millisecond, 0)
-	s.path("gate:1").at.Store(s.nanos() - int64(60*time.Millisecond))
+	// Caught up: the smallest delay of the window is what counts, and
+	// one probe that found the way fast ends the refusals.
+	now := s.nanos()
+	p.win = delayWindow{}
+	p.win.observe(40*ms, 10, now-5*L/2, L)
+	p.win.observe(2*ms, 10, now-7*L/4, L)
+	p.win.observe(40*ms, 0, now-7*L/5, L)
 	if d := s.GateBehind(far, "api:1"); d != 0 {
-		t.Fatalf("stale measurement: GateBehind %v", d)
+		t.Fatalf("a window with a 2 ms probe: GateBehind %v", d)
 	}
-	// A probe unanswered for longer than the bound is a gate that far
-	// behind, whatever was measured before.
-	answer("gate:1", time.Millisecond, 0)
-	p := s.path("gate:1")
-	p.probeAt.Store(s.nanos() - int64(10*time.Millisecond))
+	// A window older than two windows no longer counts.
+	window(p, 40*time.Millisecond, 20)
+	p.win.lastAt -= 3 * L
+	if d := s.GateBehind(far, "api:1"); d != 0 {
+		t.Fatalf("stale window: GateBehind %v", d)
+	}
+	// A probe unanswered for longer than the window counts as that late;
+	// a shorter wait does not (a descheduled node, a collection).
+	p.win = delayWindow{}
+	p.probeAt.Store(s.nanos() - 10*ms)
 	if d := s.GateBehind(far, "api:1"); d != 0 {
 		t.Fatalf("probe out 10 ms: GateBehind %v", d)
 	}
-	p.probeAt.Store(s.nanos() - int64(25*time.Millisecond))
-	if d := s.GateBehind(far, "api:1"); d < 25*time.Millisecond {
-		t.Fatalf("probe out 25 ms: GateBehind %v", d)
+	p.probeAt.Store(s.nanos() - 150*ms)
+	p.probeN.Store(1)
+	if d := s.GateBehind(far, "api:1"); d != 0 {
+		t.Fatalf("probe out 150 ms for one push: GateBehind %v", d)
+	}
+	p.work.Store(probeMinWork - 1)
+	if d := s.GateBehind(far, "api:1"); d < 150*time.Millisecond {
+		t.Fatalf("probe out 150 ms with %d pushes waiting: GateBehind %v", probeMinWork, d)
 	}
 	// A broken connection to the node loses the probe: it no longer
 	// counts (the next one goes on a new connection).
@@ -72,17 +95,19 @@ func TestGateBehind(t *testing.T) {
 	if p.probeAt.Load() != 0 {
 		t.Fatal("a probe lost with its connection still counts")
 	}
-	p.probeAt.Store(s.nanos() - int64(25*time.Millisecond))
-	// Its answer, late, clears it; a late answer to an earlier probe
-	// counts as a measurement but leaves the newer probe out.
-	sent := p.probeAt.Load()
+	// The answer to the probe out stands for the work it was sent for; a
+	// late answer to an earlier one for one push, and leaves the newer
+	// probe out.
+	sent := s.nanos() - 10*ms
+	p.probeAt.Store(sent)
+	p.probeN.Store(12)
 	s.probeAnswered(&actorpb.GateProbeAnswer{SentAtNs: sent - int64(time.Second), Address: "gate:1"})
-	if p.probeAt.Load() != sent {
-		t.Fatal("an earlier probe's answer cleared the newer probe")
+	if p.probeAt.Load() != sent || p.win.n != 1 {
+		t.Fatalf("an earlier probe's answer: probe out %v, work %d", p.probeAt.Load() != 0, p.win.n)
 	}
-	s.probeAnswered(&actorpb.GateProbeAnswer{SentAtNs: sent, Address: "gate:1"})
-	if p.probeAt.Load() != 0 {
-		t.Fatal("the probe's answer did not clear it")
+	s.probeAnswered(&actorpb.GateProbeAnswer{SentAtNs: sent, Address: "gate:1", BacklogUs: 5000})
+	if p.probeAt.Load() != 0 || p.win.n != 13 || p.win.min > 16*ms {
+		t.Fatalf("the probe's answer: probe out %v, work %d, min %v", p.probeAt.Load() != 0, p.win.n, time.Duration(p.win.min))
 	}
 	// Answers not of this run, or from a node never written to, are
 	// ignored.
@@ -101,15 +126,14 @@ func TestGateBehind(t *testing.T) {
 	if lp.pid != nil {
 		t.Fatal("the way to the local gate goes through remoting")
 	}
-	lp.delay.Store(int64(50 * time.Millisecond))
-	lp.at.Store(s.nanos())
+	window(lp, 50*time.Millisecond, 20)
 	if d := s.GateBehind(local, "self:1"); d != 0 {
 		t.Fatalf("local gate, pushed through the local API: GateBehind %v", d)
 	}
 	if d := s.GateBehind(local, "api:1"); d != 50*time.Millisecond {
 		t.Fatalf("local gate, pushed through another node's API: GateBehind %v", d)
 	}
-	s.guard.Store(&gateGuard{max: 20 * time.Millisecond, expiry: 50 * time.Millisecond})
+	s.guard.Store(&gateGuard{max: 20 * time.Millisecond})
 	if d := s.GateBehind(local, "self:1"); d != 50*time.Millisecond {
 		t.Fatalf("local gate, no API guard here: GateBehind %v", d)
 	}
@@ -137,15 +161,16 @@ func TestProbesOnlyToNodesThatAnswer(t *testing.T) {
 	}))
 	defer sys.Shutdown()
 	s := &System{address: "self:1", started: time.Now(), metrics: newMetrics(nil), quit: make(chan struct{}), actors: sys}
+	s.guard.Store(&gateGuard{max: 20 * time.Millisecond})
 	defer close(s.quit)
 	s.probes.Store(&map[string]bool{"new:1": true})
 	old, cur := s.path("old:1"), s.path("new:1")
-	old.used.Store(true)
-	cur.used.Store(true)
+	old.work.Store(3)
+	cur.work.Store(3)
 	go s.probeGates(time.Millisecond)
 	testkit.Eventually(t, 5*time.Second, func() bool { return cur.probeAt.Load() != 0 }, "the way to a node that answers was not probed")
 	time.Sleep(20 * time.Millisecond)
-	if old.probeAt.Load() != 0 || old.used.Load() {
+	if old.probeAt.Load() != 0 || old.work.Load() != 0 {
 		t.Fatal("a node of an earlier version was probed")
 	}
 }
