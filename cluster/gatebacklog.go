@@ -163,7 +163,9 @@ func (s *System) probeGates(tick time.Duration) {
 			return
 		case <-t.C:
 		}
+		s.probeTicks.Add(1)
 		now := s.nanos()
+		busy := false
 		s.paths.Range(func(k, v any) bool {
 			p := v.(*gatePath)
 			if p.work.Load() != 0 || p.pid == nil {
@@ -174,11 +176,13 @@ func (s *System) probeGates(tick time.Duration) {
 			}
 			if p.pid == nil {
 				if n := p.work.Swap(0); n > 0 {
+					busy = true
 					p.win.observe(int64(s.localBacklog()), n, now, int64(g.max))
 				}
 				return true
 			}
 			if since := p.probeAt.Load(); since != 0 && now-since < int64(probeTimeout) {
+				busy = true
 				return true
 			}
 			if probes := s.probes.Load(); probes == nil || !(*probes)[k.(string)] {
@@ -193,11 +197,35 @@ func (s *System) probeGates(tick time.Duration) {
 				p.probeAt.Store(0)
 				return true
 			}
+			busy = true
 			p.probeN.Store(n)
 			p.probeAt.Store(now)
 			s.actors.Root.Send(p.pid, &actorpb.GateProbe{SentAtNs: now, ReplyAddress: s.address})
 			return true
 		})
+		if busy {
+			continue
+		}
+		// Nothing went anywhere since the last tick and no probe is out:
+		// sleep until something is sent (wakeProber), instead of waking
+		// every tick on an idle node. Ways are forgotten only while
+		// awake, which is soon enough.
+		t.Stop()
+		select {
+		case <-s.quit:
+			return
+		case <-s.wake:
+		}
+		t.Reset(tick)
+	}
+}
+
+// wakeProber wakes the prober if it sleeps: the first push on a way since
+// its last probe calls it.
+func (s *System) wakeProber() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -271,7 +299,9 @@ func (s *System) GateBehind(conn *actorpb.ConnRef, requester string) time.Durati
 	// A refused push is work on that way too: the probing goes on while
 	// nothing is sent, and the refusals end with the first window that
 	// finds the gate caught up.
-	p.work.Add(1)
+	if p.work.Add(1) == 1 {
+		s.wakeProber()
+	}
 	s.metrics.gateBehind.Inc()
 	return time.Duration(d)
 }

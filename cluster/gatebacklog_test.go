@@ -174,3 +174,40 @@ func TestProbesOnlyToNodesThatAnswer(t *testing.T) {
 		t.Fatal("a node of an earlier version was probed")
 	}
 }
+
+// TestProberSleepsWhenIdle: with nothing sent and no probe out, the
+// prober stops waking every tick; the next delivery wakes it, and the way
+// is probed again.
+func TestProberSleepsWhenIdle(t *testing.T) {
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}))
+	defer sys.Shutdown()
+	s := &System{address: "self:1", started: time.Now(), metrics: newMetrics(nil), quit: make(chan struct{}),
+		wake: make(chan struct{}, 1), actors: sys}
+	defer close(s.quit)
+	s.guard.Store(&gateGuard{max: 20 * time.Millisecond})
+	s.probes.Store(&map[string]bool{"gate:1": true})
+	conn := &actorpb.ConnRef{GateAddress: "gate:1", GateId: "g1", ConnId: 1}
+	p := s.path("gate:1")
+	answer := func() {
+		t.Helper()
+		testkit.Eventually(t, 5*time.Second, func() bool { return p.probeAt.Load() != 0 }, "the way was not probed")
+		s.probeAnswered(&actorpb.GateProbeAnswer{SentAtNs: p.probeAt.Load(), Address: "gate:1"})
+	}
+
+	go s.probeGates(time.Millisecond)
+	s.sendToConn(conn, &actorpb.ToConn{ConnId: 1})
+	answer()
+	time.Sleep(20 * time.Millisecond) // a tick finds nothing to do, and the prober sleeps
+	before := s.probeTicks.Load()
+	time.Sleep(50 * time.Millisecond)
+	if n := s.probeTicks.Load() - before; n != 0 {
+		t.Fatalf("the prober woke %d times in 50 ms with nothing sent", n)
+	}
+	s.sendToConn(conn, &actorpb.ToConn{ConnId: 1})
+	answer()
+	if s.probeTicks.Load() == before {
+		t.Fatal("a delivery did not wake the prober")
+	}
+}

@@ -93,12 +93,14 @@ type System struct {
 
 	// paths are the ways to the gates this node writes to, by node
 	// address, and guard what is too far behind on them (gatebacklog.go).
-	paths     sync.Map                        // address -> *gatePath
-	localPath *gatePath                       // this node's own, also in paths (never forgotten)
-	probes    atomic.Pointer[map[string]bool] // addresses of live gate nodes that answer probes
-	guard     atomic.Pointer[gateGuard]
-	started   time.Time
-	quit      chan struct{} // closed when Shutdown begins
+	paths      sync.Map                        // address -> *gatePath
+	localPath  *gatePath                       // this node's own, also in paths (never forgotten)
+	probes     atomic.Pointer[map[string]bool] // addresses of live gate nodes that answer probes
+	wake       chan struct{}                   // wakes the prober when it sleeps (buffer of 1)
+	probeTicks atomic.Int64                    // the prober's wakeups (tests)
+	guard      atomic.Pointer[gateGuard]
+	started    time.Time
+	quit       chan struct{} // closed when Shutdown begins
 
 	replyPIDs sync.Map // address -> *actor.PID of its replies actor
 
@@ -118,7 +120,7 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		log = slog.Default()
 	}
 	s := &System{cfg: cfg, log: log, newChild: newChild, metrics: newMetrics(reg), gates: map[string]struct{}{},
-		started: time.Now(), quit: make(chan struct{}),
+		started: time.Now(), quit: make(chan struct{}), wake: make(chan struct{}, 1),
 		dispatcher: newPoolDispatcher(4*runtime.GOMAXPROCS(0), 1<<16, 300)}
 	s.replies.init()
 	s.placement.Store(newPlacement(nil, cfg.Shards, 0))
@@ -629,7 +631,9 @@ func (s *System) SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) bool {
 
 func (s *System) sendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) {
 	p := s.path(conn.GetGateAddress())
-	p.work.Add(1) // probe this way (gatebacklog.go)
+	if p.work.Add(1) == 1 { // probe this way (gatebacklog.go)
+		s.wakeProber()
+	}
 	if p.pid == nil {
 		s.deliverLocal(conn.GetGateId(), m)
 		return
