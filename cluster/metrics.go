@@ -57,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		unreachable: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_unreachable_total",
 			Help: "Requests answered UNAVAILABLE at once because the member they were sent to could not be reached."}),
 		gateBehind: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_pushes_refused_gate_backlog_total",
-			Help: "Pushes this node's identity actors refused with RESOURCE_EXHAUSTED because the gate holding the device's connection, on another node or taken through another node's API, reported a backlog over api.max-gate-backlog."}),
+			Help: "Pushes this node's identity actors refused with RESOURCE_EXHAUSTED because deliveries to the gate holding the device's connection (on another node, or pushed through another node's API) stood later than api.max-gate-backlog."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.retired, m.gates, m.forwarded,
