@@ -1,12 +1,12 @@
 package cluster
 
 import (
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages/actorpb"
 )
 
@@ -21,7 +21,7 @@ import (
 // GateProbe sent behind its ToConn messages comes back when the sink got
 // to it, with the gate's own backlog; the round trip (on this node's clock
 // alone) plus that backlog is the delay of that way. What counts is the
-// standing delay, as for the local gate (gate.DelayWindow): the smallest
+// standing delay, as for the local gate (a gate.DelayWindow): the smallest
 // over a window as long as the bound in which at least probeMinWork
 // pushes went that way, so that a slow probe standing for a few pushes (a
 // descheduled node, a garbage collection) refuses nothing; a probe
@@ -45,11 +45,11 @@ func GateProbeTick(bound time.Duration) time.Duration {
 const probeTimeout = time.Second
 
 // probeMinWork is the pushes that must have gone a way (sent or refused)
-// in a window for its smallest delay to count as a standing queue.
-// (Measured with a gate node held to 40% of a core, a window of the bound
-// kept the delivery p99 where probes taken one by one did, 240–260 ms;
-// one of 100 ms let it reach 560–700 ms.)
-const probeMinWork = 8
+// in a window for its smallest delay to count as a standing queue, as
+// for the local gate. (Measured with a gate node held to 40% of a core,
+// a window of the bound kept the delivery p99 where probes taken one by
+// one did, 240–260 ms; one of 100 ms let it reach 560–700 ms.)
+const probeMinWork = gate.DelayWindowMinWork
 
 type gateGuard struct {
 	// max is the bound, and the length of the windows of the ways'
@@ -63,52 +63,30 @@ type gateGuard struct {
 
 // gatePath is what this node knows of the way to one node's gate.
 type gatePath struct {
-	pid     *actor.PID   // that node's gate sink (nil: this node's own gate)
-	work    atomic.Int64 // pushes sent or refused that way since the last probe
-	probeAt atomic.Int64 // when the probe not answered yet was sent (System.nanos; 0: none)
-	probeN  atomic.Int64 // the work it stands for
-	win     delayWindow  // its delays: round trip plus the gate's backlog
-	idle    int          // ticks in a row nothing went that way (probeGates only)
+	pid *actor.PID // that node's gate sink (nil: this node's own gate)
+	// work counts the pushes sent or refused that way since the last
+	// probe, up to probeMinWork (more would tell nothing, and each
+	// delivery would write the shared counter).
+	work    atomic.Int64
+	probeAt atomic.Int64     // when the probe not answered yet was sent (System.nanos; 0: none)
+	probeN  atomic.Int64     // the work it stands for
+	win     gate.DelayWindow // its delays: round trip plus the gate's backlog; Length the bound
+	// lateUntil: until then (System.nanos) win may stand over the bound,
+	// for a delay over it was seen; after it, GateBehind does not take
+	// win's lock, once per push.
+	lateUntil atomic.Int64
+	idle      int // ticks in a row nothing went that way (probeGates only)
 }
 
-// delayWindow is the smallest delay over windows of a given length, in
-// the manner of gate.DelayWindow, on System.nanos.
-type delayWindow struct {
-	mu     sync.Mutex
-	start  int64 // of the window being measured (0: none yet)
-	min    int64 // smallest delay in it
-	n      int64 // work seen in it
-	last   int64 // smallest delay of the last window that saw probeMinWork
-	lastAt int64 // end of that window (0: none)
-}
-
-func (w *delayWindow) observe(d, n, now, length int64) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.start != 0 && now-w.start >= length {
-		if w.n >= probeMinWork {
-			w.last, w.lastAt = w.min, now
-		} else {
-			w.last, w.lastAt = 0, now
-		}
-		w.start = 0
+// addWork counts a push on the way, and wakes the prober for the first
+// since the last probe.
+func (s *System) addWork(p *gatePath) {
+	if p.work.Load() >= probeMinWork {
+		return
 	}
-	if w.start == 0 {
-		w.start, w.min, w.n = now, d, 0
+	if p.work.Add(1) == 1 {
+		s.wakeProber()
 	}
-	w.n += n
-	w.min = min(w.min, d)
-}
-
-// standing returns the smallest delay of the last whole window, or 0 if
-// it saw too little work or is older than two windows.
-func (w *delayWindow) standing(now, length int64) int64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.lastAt == 0 || now-w.lastAt > 2*length {
-		return 0
-	}
-	return w.last
 }
 
 // pathIdleTicks is how many ticks in a row a way may go unused before it
@@ -124,6 +102,9 @@ func (s *System) path(address string) *gatePath {
 		return p.(*gatePath)
 	}
 	p := &gatePath{}
+	if g := s.guard.Load(); g != nil {
+		p.win.Length = g.max
+	}
 	if address != s.address {
 		p.pid = actor.NewPID(address, gateSinkName)
 	}
@@ -143,6 +124,9 @@ func (s *System) SetGateGuard(bound time.Duration, localCovered bool) {
 		return
 	}
 	s.guard.Store(&gateGuard{max: bound, localCovered: localCovered})
+	if s.localPath != nil {
+		s.localPath.win.Length = bound // before anything uses it
+	}
 	go s.probeGates(GateProbeTick(bound))
 }
 
@@ -151,8 +135,7 @@ func (s *System) SetGateGuard(bound time.Duration, localCovered bool) {
 // answers probes (membership.Member.GateProbes), and samples its own
 // gate's backlog.
 func (s *System) probeGates(tick time.Duration) {
-	g := s.guard.Load()
-	if g == nil {
+	if s.guard.Load() == nil {
 		return
 	}
 	t := time.NewTicker(tick)
@@ -177,7 +160,7 @@ func (s *System) probeGates(tick time.Duration) {
 			if p.pid == nil {
 				if n := p.work.Swap(0); n > 0 {
 					busy = true
-					p.win.observe(int64(s.localBacklog()), n, now, int64(g.max))
+					s.observe(p, s.localBacklog(), n)
 				}
 				return true
 			}
@@ -229,6 +212,17 @@ func (s *System) wakeProber() {
 	}
 }
 
+// observe records a delay of the way p that stands for n pushes. A
+// window's smallest delay can be over the bound only if all of its delays
+// were, and it counts for two windows after it ends: so a delay over the
+// bound makes the way worth looking at for three windows.
+func (s *System) observe(p *gatePath, d time.Duration, n int64) {
+	p.win.ObserveN(d, int(n), time.Now())
+	if g := s.guard.Load(); g != nil && d > g.max {
+		p.lateUntil.Store(s.nanos() + 3*int64(g.max))
+	}
+}
+
 func (s *System) localBacklog() time.Duration {
 	if h := s.gate.Load(); h != nil {
 		return h.g.Backlog()
@@ -258,11 +252,7 @@ func (s *System) probeAnswered(m *actorpb.GateProbeAnswer) {
 	if p.probeAt.Load() == m.SentAtNs {
 		n = p.probeN.Load()
 	}
-	length := int64(time.Second)
-	if g := s.guard.Load(); g != nil {
-		length = int64(g.max)
-	}
-	p.win.observe(now-m.SentAtNs+m.BacklogUs*int64(time.Microsecond), n, now, length)
+	s.observe(p, time.Duration(now-m.SentAtNs)+time.Duration(m.BacklogUs)*time.Microsecond, n)
 	p.probeAt.CompareAndSwap(m.SentAtNs, 0)
 }
 
@@ -289,7 +279,10 @@ func (s *System) GateBehind(conn *actorpb.ConnRef, requester string) time.Durati
 	}
 	p := v.(*gatePath)
 	now := s.nanos()
-	d := p.win.standing(now, int64(g.max))
+	var d int64
+	if now < p.lateUntil.Load() {
+		d = int64(p.win.Standing(time.Now()))
+	}
 	if since := p.probeAt.Load(); since != 0 && now-since > int64(g.max) && p.probeN.Load()+p.work.Load() >= probeMinWork {
 		d = max(d, now-since)
 	}
@@ -299,9 +292,7 @@ func (s *System) GateBehind(conn *actorpb.ConnRef, requester string) time.Durati
 	// A refused push is work on that way too: the probing goes on while
 	// nothing is sent, and the refusals end with the first window that
 	// finds the gate caught up.
-	if p.work.Add(1) == 1 {
-		s.wakeProber()
-	}
+	s.addWork(p)
 	s.metrics.gateBehind.Inc()
 	return time.Duration(d)
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/asynkron/protoactor-go/remote"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/testkit"
 )
@@ -22,19 +23,20 @@ func TestGateBehind(t *testing.T) {
 	far := &actorpb.ConnRef{GateAddress: "gate:1", GateId: "g1", ConnId: 1}
 	local := &actorpb.ConnRef{GateAddress: "self:1", GateId: "g0", ConnId: 2}
 	ms := int64(time.Millisecond)
-	L := 20 * ms // the bound, and the windows' length
-	// window gives p a whole window, just ended, whose delays were d (and
-	// 5 ms more) for work pushes in all.
-	window := func(p *gatePath, d time.Duration, work int64) {
-		now := s.nanos()
-		p.win = delayWindow{}
-		p.win.observe(int64(d)+5*ms, work/2, now-5*L/2, L)
-		p.win.observe(int64(d), work-work/2, now-7*L/4, L)
-		p.win.observe(ms, 0, now-7*L/5, L) // the next window begins
+	const L = 20 * time.Millisecond // the bound, and the windows' length
+	// window gives p a whole window, ended ago (and a little) before now,
+	// whose delays were d (and 5 ms more) for work pushes in all.
+	window := func(p *gatePath, d time.Duration, work int, ago time.Duration) {
+		end := time.Now().Add(-ago)
+		p.win = gate.DelayWindow{Length: L}
+		p.win.ObserveN(d+5*time.Millisecond, work/2, end.Add(-5*L/2))
+		p.win.ObserveN(d, work-work/2, end.Add(-7*L/4))
+		p.win.ObserveN(time.Millisecond, 1, end.Add(-7*L/5)) // the next window begins
+		p.lateUntil.Store(s.nanos() + int64(time.Hour))      // as observe does for a late delay
 	}
 
 	p := s.path("gate:1")
-	window(p, 40*time.Millisecond, 20)
+	window(p, 40*time.Millisecond, 20, 0)
 	if d := s.GateBehind(far, "api:1"); d != 0 {
 		t.Fatalf("no guard set: %v", d)
 	}
@@ -52,30 +54,48 @@ func TestGateBehind(t *testing.T) {
 	if p.work.Load() != 1 {
 		t.Fatalf("work after a refusal: %d", p.work.Load())
 	}
+	// Counted up to what a window needs, not per delivery beyond it.
+	for range 3 * probeMinWork {
+		s.addWork(p)
+	}
+	if p.work.Load() != probeMinWork {
+		t.Fatalf("work after many deliveries: %d, want %d", p.work.Load(), probeMinWork)
+	}
+	p.work.Store(1) // back to the one refusal
 	// One slow probe, standing for little work, is not a queue.
-	window(p, 40*time.Millisecond, probeMinWork-1)
+	window(p, 40*time.Millisecond, probeMinWork-1, 0)
 	if d := s.GateBehind(far, "api:1"); d != 0 {
 		t.Fatalf("a slow probe for %d pushes: GateBehind %v", probeMinWork-1, d)
 	}
 	// Caught up: the smallest delay of the window is what counts, and
 	// one probe that found the way fast ends the refusals.
-	now := s.nanos()
-	p.win = delayWindow{}
-	p.win.observe(40*ms, 10, now-5*L/2, L)
-	p.win.observe(2*ms, 10, now-7*L/4, L)
-	p.win.observe(40*ms, 0, now-7*L/5, L)
+	now := time.Now()
+	p.win = gate.DelayWindow{Length: L}
+	p.win.ObserveN(40*time.Millisecond, 10, now.Add(-5*L/2))
+	p.win.ObserveN(2*time.Millisecond, 10, now.Add(-7*L/4))
+	p.win.ObserveN(40*time.Millisecond, 1, now.Add(-7*L/5))
+	p.lateUntil.Store(s.nanos() + int64(time.Hour))
 	if d := s.GateBehind(far, "api:1"); d != 0 {
 		t.Fatalf("a window with a 2 ms probe: GateBehind %v", d)
 	}
+	// A way whose delays were never over the bound is not looked at.
+	window(p, 40*time.Millisecond, 20, 0)
+	p.lateUntil.Store(0)
+	if d := s.GateBehind(far, "api:1"); d != 0 {
+		t.Fatalf("a way never seen late: GateBehind %v", d)
+	}
+	s.observe(p, 30*time.Millisecond, 1)
+	if p.lateUntil.Load() <= s.nanos() {
+		t.Fatal("a delay over the bound did not make the way worth looking at")
+	}
 	// A window older than two windows no longer counts.
-	window(p, 40*time.Millisecond, 20)
-	p.win.lastAt -= 3 * L
+	window(p, 40*time.Millisecond, 20, 3*L)
 	if d := s.GateBehind(far, "api:1"); d != 0 {
 		t.Fatalf("stale window: GateBehind %v", d)
 	}
 	// A probe unanswered for longer than the window counts as that late;
 	// a shorter wait does not (a descheduled node, a collection).
-	p.win = delayWindow{}
+	p.win = gate.DelayWindow{Length: L}
 	p.probeAt.Store(s.nanos() - 10*ms)
 	if d := s.GateBehind(far, "api:1"); d != 0 {
 		t.Fatalf("probe out 10 ms: GateBehind %v", d)
@@ -97,17 +117,23 @@ func TestGateBehind(t *testing.T) {
 	}
 	// The answer to the probe out stands for the work it was sent for; a
 	// late answer to an earlier one for one push, and leaves the newer
-	// probe out.
+	// probe out. (The window is closed by hand, ahead of the clock, to
+	// see what it counted: its delay stands only with probeMinWork.)
+	p.win = gate.DelayWindow{Length: L}
 	sent := s.nanos() - 10*ms
 	p.probeAt.Store(sent)
 	p.probeN.Store(12)
 	s.probeAnswered(&actorpb.GateProbeAnswer{SentAtNs: sent - int64(time.Second), Address: "gate:1"})
-	if p.probeAt.Load() != sent || p.win.n != 1 {
-		t.Fatalf("an earlier probe's answer: probe out %v, work %d", p.probeAt.Load() != 0, p.win.n)
+	at := time.Now().Add(L)
+	p.win.ObserveN(time.Second, 1, at)
+	if p.probeAt.Load() != sent || p.win.Standing(at) != 0 {
+		t.Fatalf("an earlier probe's answer: probe out %v, standing %v (want none: one push)", p.probeAt.Load() != 0, p.win.Standing(at))
 	}
 	s.probeAnswered(&actorpb.GateProbeAnswer{SentAtNs: sent, Address: "gate:1", BacklogUs: 5000})
-	if p.probeAt.Load() != 0 || p.win.n != 13 || p.win.min > 16*ms {
-		t.Fatalf("the probe's answer: probe out %v, work %d, min %v", p.probeAt.Load() != 0, p.win.n, time.Duration(p.win.min))
+	at = at.Add(L + time.Millisecond)
+	p.win.ObserveN(time.Second, 1, at)
+	if d := p.win.Standing(at); p.probeAt.Load() != 0 || d == 0 || d > 16*time.Millisecond {
+		t.Fatalf("the probe's answer: probe out %v, standing %v (want its 15 ms, for 13 pushes)", p.probeAt.Load() != 0, d)
 	}
 	// Answers not of this run, or from a node never written to, are
 	// ignored.
@@ -126,7 +152,7 @@ func TestGateBehind(t *testing.T) {
 	if lp.pid != nil {
 		t.Fatal("the way to the local gate goes through remoting")
 	}
-	window(lp, 50*time.Millisecond, 20)
+	window(lp, 50*time.Millisecond, 20, 0)
 	if d := s.GateBehind(local, "self:1"); d != 0 {
 		t.Fatalf("local gate, pushed through the local API: GateBehind %v", d)
 	}

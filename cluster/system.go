@@ -631,9 +631,7 @@ func (s *System) SendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) bool {
 
 func (s *System) sendToConn(conn *actorpb.ConnRef, m *actorpb.ToConn) {
 	p := s.path(conn.GetGateAddress())
-	if p.work.Add(1) == 1 { // probe this way (gatebacklog.go)
-		s.wakeProber()
-	}
+	s.addWork(p) // probe this way (gatebacklog.go)
 	if p.pid == nil {
 		s.deliverLocal(conn.GetGateId(), m)
 		return

@@ -10,7 +10,7 @@ import (
 // but the smallest one over a window (100 ms). A burst that is worked off
 // within the window leaves some short delays in it; a standing queue,
 // which every piece of work waits behind, does not. A window with fewer
-// than delayWindowMinWork pieces of work says nothing is behind: sparse
+// than DelayWindowMinWork pieces of work says nothing is behind: sparse
 // work that waited (a descheduled loop, a garbage collection) is not a
 // queue, and one slow sample must not refuse an idle node's pushes. A
 // sample may stand for many pieces of work (ObserveN): one drain of a
@@ -20,10 +20,15 @@ import (
 // The gate feeds one
 // with its drain delays (Gate.Backlog); the API feeds its own with the
 // time push calls take, and refuses new pushes while either says the
-// node is behind.
+// node is behind; the cluster one per gate node it writes to, with the
+// delays its probes measure on the way there.
 //
-// It is safe for concurrent use.
+// It is safe for concurrent use; Length must be set before it is used.
 type DelayWindow struct {
+	// Length is the window over which the smallest delay counts (0:
+	// 100 ms).
+	Length time.Duration
+
 	mu     sync.Mutex
 	start  time.Time     // of the window being measured
 	min    time.Duration // smallest delay in it (-1: none yet)
@@ -32,19 +37,27 @@ type DelayWindow struct {
 	lastAt time.Time     // end of that window
 }
 
-// delayWindowLength is the window over which the smallest delay counts.
+// delayWindowLength is the default window over which the smallest delay
+// counts.
 const delayWindowLength = 100 * time.Millisecond
 
-// delayWindowMinWork is the least work a window must see for its delay to
+func (w *DelayWindow) length() time.Duration {
+	if w.Length > 0 {
+		return w.Length
+	}
+	return delayWindowLength
+}
+
+// DelayWindowMinWork is the least work a window must see for its delay to
 // count as a standing queue.
-const delayWindowMinWork = 8
+const DelayWindowMinWork = 8
 
 // Observe records one piece of work's delay, measured at now.
 func (w *DelayWindow) Observe(d time.Duration, now time.Time) { w.ObserveN(d, 1, now) }
 
 // ObserveN records a delay that n pieces of work waited at the least or
 // the most (such as a drain's connections: the first queued waited d, the
-// last less), measured at now. n counts towards delayWindowMinWork; the
+// last less), measured at now. n counts towards DelayWindowMinWork; the
 // delay is one sample.
 func (w *DelayWindow) ObserveN(d time.Duration, n int, now time.Time) {
 	w.mu.Lock()
@@ -52,10 +65,10 @@ func (w *DelayWindow) ObserveN(d time.Duration, n int, now time.Time) {
 	if w.start.IsZero() {
 		w.start, w.min = now, -1
 	}
-	if now.Sub(w.start) >= delayWindowLength {
+	if now.Sub(w.start) >= w.length() {
 		if w.min >= 0 {
 			w.last, w.lastAt = w.min, now
-			if w.n < delayWindowMinWork {
+			if w.n < DelayWindowMinWork {
 				w.last = 0
 			}
 		}
@@ -72,7 +85,7 @@ func (w *DelayWindow) ObserveN(d time.Duration, n int, now time.Time) {
 func (w *DelayWindow) Standing(now time.Time) time.Duration {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.lastAt.IsZero() || now.Sub(w.lastAt) > 2*delayWindowLength {
+	if w.lastAt.IsZero() || now.Sub(w.lastAt) > 2*w.length() {
 		return 0
 	}
 	return w.last
