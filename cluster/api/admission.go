@@ -22,6 +22,12 @@ import (
 // Limits.MaxRequestBytes). Every other call is authenticated from its
 // headers, in gRPC's tap handle, before a byte of its request is read:
 // a call without a valid key is refused there and its body discarded.
+//
+// What a client with a key can make the node hold is bounded the same
+// way, node-wide: at most Limits.MaxCallsInFlight calls open at once
+// (each reading a request of up to Limits.MaxRequestBytes) and
+// Limits.MaxUpstreamStreams upstream streams; a call beyond is refused in
+// the tap, before its request is read.
 
 // maxHeaderListSize bounds the headers (metadata) of one call. gRPC's
 // default is 16 MiB; an API call sends a few hundred bytes.
@@ -46,6 +52,10 @@ type admission struct {
 	overConns  int // overConns, lowered by tests
 	maxPublic  int64
 	public     atomic.Int64 // unauthenticated calls open
+	maxCalls   int64
+	calls      atomic.Int64 // calls with a key open, but upstream streams
+	maxStreams int64
+	streams    atomic.Int64 // upstream streams open
 	mu         sync.Mutex
 	open, over int
 	overAddrs  map[string]bool // remote addresses of connections over the cap
@@ -61,13 +71,14 @@ type admission struct {
 func newAdmission(keys Keys, l Limits) *admission {
 	return &admission{
 		keys: keys, maxConns: l.MaxConnections, overConns: overConns, maxPublic: int64(l.MaxUnauthenticatedCalls),
+		maxCalls: int64(l.MaxCallsInFlight), maxStreams: int64(l.MaxUpstreamStreams),
 		overAddrs: map[string]bool{},
 		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_api_connections",
 			Help: "Open connections to the gRPC API (within api.max-connections)."}),
 		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_api_connections_refused_total",
 			Help: "Connections to the gRPC API over api.max-connections: their calls got RESOURCE_EXHAUSTED, or they were closed at once."}),
 		callsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_api_calls_refused_total",
-			Help: "API calls refused before their request was read, by reason: unauthenticated (no or unknown key), unauthenticated_calls (over api.max-unauthenticated-calls), max_connections (on a connection over api.max-connections)."},
+			Help: "API calls refused before their request was read, by reason: unauthenticated (no or unknown key), unauthenticated_calls (over api.max-unauthenticated-calls), calls_in_flight (over api.max-calls-in-flight), upstream_streams (over api.max-upstream-streams), max_connections (on a connection over api.max-connections)."},
 			[]string{"reason"}),
 		pushesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_api_pushes_refused_total",
 			Help: "Pushes refused with RESOURCE_EXHAUSTED because the node was overloaded, by reason: gate_backlog (api.max-gate-backlog), remote_gate_backlog (pushes their identity's actor refused because deliveries to the device's gate, on another node, were later than api.max-gate-backlog), push_delay (api.max-push-delay), pushes_in_flight (api.max-pushes-in-flight)."},
@@ -78,7 +89,30 @@ func newAdmission(keys Keys, l Limits) *admission {
 }
 
 func (a *admission) collectors() []prometheus.Collector {
-	return []prometheus.Collector{a.connsOpen, a.connsRefused, a.callsRefused, a.pushesRefused, a.gateWaits}
+	callsOpen := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "courier_api_calls_open",
+		Help: "API calls with a key open on the node, upstream streams apart (within api.max-calls-in-flight)."},
+		func() float64 { return float64(a.calls.Load()) })
+	streamsOpen := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "courier_api_upstream_streams_open",
+		Help: "Upstream streams open on the node (within api.max-upstream-streams)."},
+		func() float64 { return float64(a.streams.Load()) })
+	return []prometheus.Collector{a.connsOpen, a.connsRefused, a.callsRefused, a.pushesRefused, a.gateWaits, callsOpen, streamsOpen}
+}
+
+// upstreamMethod is the one long-lived call: it is bounded apart
+// (Limits.MaxUpstreamStreams), so that app-servers' subscriptions do not
+// take the slots of pushes.
+const upstreamMethod = "/courier.v1.Courier/Upstream"
+
+// take counts a call in n, within max, until ctx (the call's) ends; it
+// reports false, counting nothing, when max are open already.
+func take(ctx context.Context, n *atomic.Int64, max int64) bool {
+	if n.Add(1) > max {
+		n.Add(-1)
+		return false
+	}
+	// The stream's context ends with the call, whatever its outcome.
+	context.AfterFunc(ctx, func() { n.Add(-1) })
+	return true
 }
 
 // tap admits or refuses a call from its headers, before gRPC reads its
@@ -91,20 +125,28 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 			"too many API connections: this node serves at most %d at once (api.max-connections), and this connection is closed in a moment; share connections between calls, or retry later", a.maxConns)
 	}
 	if public(info.FullMethodName) {
-		if n := a.public.Add(1); n > a.maxPublic {
-			a.public.Add(-1)
+		if !take(ctx, &a.public, a.maxPublic) {
 			a.callsRefused.WithLabelValues("unauthenticated_calls").Inc()
 			return nil, status.Errorf(codes.ResourceExhausted,
 				"too many calls without an API key at once (health checks, reflection): at most %d (api.max-unauthenticated-calls); retry later", a.maxPublic)
 		}
-		// The stream's context ends with the call, whatever its outcome.
-		context.AfterFunc(ctx, func() { a.public.Add(-1) })
 		return ctx, nil
 	}
 	sc, err := a.keys.lookup(info.Header)
 	if err != nil {
 		a.callsRefused.WithLabelValues("unauthenticated").Inc()
 		return nil, err
+	}
+	if info.FullMethodName == upstreamMethod {
+		if !take(ctx, &a.streams, a.maxStreams) {
+			a.callsRefused.WithLabelValues("upstream_streams").Inc()
+			return nil, status.Errorf(codes.ResourceExhausted,
+				"too many upstream streams open on this node: at most %d (api.max-upstream-streams); subscribe on another node, or retry later", a.maxStreams)
+		}
+	} else if !take(ctx, &a.calls, a.maxCalls) {
+		a.callsRefused.WithLabelValues("calls_in_flight").Inc()
+		return nil, status.Errorf(codes.ResourceExhausted,
+			"node overloaded: %d API calls open at once on this node, the most it reads (api.max-calls-in-flight); nothing of this call was read: retry later, backing off, and put many pushes in one PushMany", a.maxCalls)
 	}
 	return context.WithValue(ctx, scopeKey{}, sc), nil
 }

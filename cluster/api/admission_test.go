@@ -274,3 +274,75 @@ func TestCallHeadersAreBounded(t *testing.T) {
 		t.Fatalf("a call with 32 KiB of metadata: %v", err)
 	}
 }
+
+// TestCallsWithAKeyAreBounded: calls with a key are at most
+// api.max-calls-in-flight at once on the node, whichever connections
+// they come on, and upstream streams at most api.max-upstream-streams,
+// apart from them. A call beyond is refused from its headers, before its
+// request is read (RESOURCE_EXHAUSTED naming the setting); the slot is
+// free again when a call ends, however it ends.
+func TestCallsWithAKeyAreBounded(t *testing.T) {
+	lim := DefaultLimits()
+	lim.MaxCallsInFlight = 2
+	lim.MaxUpstreamStreams = 1
+	s := serve(t, lim)
+	key := "Bearer " + testKey
+	// Two calls whose requests are "still coming", on two connections.
+	r1, r2 := dialRaw(t, s.addr), dialRaw(t, s.addr)
+	r1.openCall(t, 1, "/courier.v1.Courier/Push", key)
+	r2.openCall(t, 1, "/courier.v1.Courier/Presence", key)
+	testkit.Eventually(t, 10*time.Second, func() bool { return s.srv.adm.calls.Load() == 2 }, "the two open calls are not counted")
+
+	// A third, on a third connection, is answered at once, unread.
+	r3 := dialRaw(t, s.addr)
+	r3.openCall(t, 1, "/courier.v1.Courier/Push", key)
+	if code, msg, ok := r3.answer(t, 1, 5*time.Second); !ok || code != "8" || !strings.Contains(msg, "api.max-calls-in-flight") {
+		t.Fatalf("a third call before its request: answered %v %q %q, want 8 (RESOURCE_EXHAUSTED) naming api.max-calls-in-flight", ok, code, msg)
+	}
+	_, err := s.client.Push(authed(t, 10*time.Second), &apipb.PushRequest{AppCode: 1, Uid: "u"})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "node overloaded") {
+		t.Fatalf("a push over api.max-calls-in-flight: %v, want RESOURCE_EXHAUSTED \"node overloaded\"", err)
+	}
+	if got := testutil.ToFloat64(s.srv.adm.callsRefused.WithLabelValues("calls_in_flight")); got != 2 {
+		t.Fatalf("courier_api_calls_refused_total{reason=calls_in_flight} %v, want 2", got)
+	}
+
+	// Upstream streams have slots of their own: one is served while the
+	// calls are full, a second is refused.
+	up, err := s.client.Upstream(authed(t, time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Send(&apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Subscribe{Subscribe: &apipb.Subscribe{AppCode: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return s.srv.adm.streams.Load() == 1 }, "the upstream stream is not counted")
+	up2, err := s.client.Upstream(authed(t, 10*time.Second))
+	if err == nil {
+		_, err = up2.Recv()
+	}
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "api.max-upstream-streams") {
+		t.Fatalf("a second upstream stream: %v, want RESOURCE_EXHAUSTED naming api.max-upstream-streams", err)
+	}
+
+	// A call the client resets gives its slot back; so does one answered.
+	if err := r1.fr.WriteRSTStream(1, http2.ErrCodeCancel); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		_, err := s.client.Push(authed(t, 10*time.Second), &apipb.PushRequest{AppCode: 1, Uid: "u"})
+		return err == nil
+	}, "the slot of a reset call never came back")
+	// (Shortly after they end: with two slots free, one lagging release
+	// is no refusal.)
+	if err := r2.fr.WriteRSTStream(1, http2.ErrCodeCancel); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return s.srv.adm.calls.Load() == 0 }, "slots not given back")
+	for range 20 {
+		if _, err := s.client.Push(authed(t, 10*time.Second), &apipb.PushRequest{AppCode: 1, Uid: "u"}); err != nil {
+			t.Fatalf("sequential pushes: %v", err)
+		}
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return s.srv.adm.calls.Load() == 0 }, "slots of answered calls not given back")
+}

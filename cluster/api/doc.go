@@ -18,8 +18,10 @@
 // goroutine (it never blocks), and Server.Listener caps the connections
 // gRPC serves. What a client without a key can make the node hold is
 // thereby bounded by Limits (MaxConnections, MaxUnauthenticatedCalls,
-// MaxRequestBytes) and a fixed bound on a call's headers. gRPC owns the
+// MaxRequestBytes) and a fixed bound on a call's headers; what a client
+// with a key can, by MaxCallsInFlight and MaxUpstreamStreams, counted
+// in the tap too, node-wide. gRPC owns the
 // goroutines of connections and calls; the only ones this package starts
 // are timers that close connections over the cap, and the tap's releases
-// of the slots of calls without a key when they end.
+// of the slots of calls when they end.
 package api

@@ -44,12 +44,12 @@ type Limits struct {
 	MaxIdempotencyKey int
 
 	// MaxRequestBytes is the largest request message the server reads
-	// (default 16 MiB): a PushMany must fit in it, so MaxBatch pushes of
-	// up to MaxRequestBytes/MaxBatch bytes each (16 KiB at the defaults),
-	// or fewer larger ones. A larger request is refused by gRPC with
-	// RESOURCE_EXHAUSTED before any of it is handled. gRPC reads a
-	// request before it is authenticated, so this also bounds what an
-	// unauthenticated client makes the server buffer per call.
+	// (default 4 MiB, gRPC's own default): a PushMany must fit in it, so
+	// MaxBatch pushes of up to MaxRequestBytes/MaxBatch bytes each (4 KiB
+	// at the defaults), or fewer larger ones. A larger request is refused
+	// by gRPC with RESOURCE_EXHAUSTED before any of it is handled. With
+	// MaxCallsInFlight, MaxUpstreamStreams and MaxUnauthenticatedCalls it
+	// bounds the request bytes the node holds.
 	MaxRequestBytes int
 	// MaxConcurrentStreams bounds the calls open at once on one
 	// connection (default 256); further calls wait in the client.
@@ -109,15 +109,27 @@ type Limits struct {
 	// the node hold. Other calls are authenticated before their request
 	// is read.
 	MaxUnauthenticatedCalls int
+	// MaxCallsInFlight bounds the calls with a key open at once on the
+	// node, all clients and connections together, upstream streams apart
+	// (default 256). A call beyond is refused with RESOURCE_EXHAUSTED from
+	// its headers, before its request is read: with MaxRequestBytes, this
+	// is what bounds the request bytes an app-server can make the node
+	// hold (MaxConnections × MaxConcurrentStreams alone allow 262,144
+	// calls). 256 calls answered in 5 ms each are 51,200 calls a second.
+	MaxCallsInFlight int
+	// MaxUpstreamStreams bounds the Upstream streams open at once on the
+	// node (default 128): each is a subscription attached to every gate
+	// of the cluster.
+	MaxUpstreamStreams int
 }
 
 // DefaultLimits returns the defaults documented on Limits.
 func DefaultLimits() Limits {
 	return Limits{MaxPayload: 60 << 10, MaxBatch: 1000, DefaultTTL: 72 * time.Hour, MaxTTL: 30 * 24 * time.Hour, MaxIdempotencyKey: 128,
-		MaxRequestBytes: 16 << 20, MaxConcurrentStreams: 256, KeepaliveMinTime: 10 * time.Second,
+		MaxRequestBytes: 4 << 20, MaxConcurrentStreams: 256, KeepaliveMinTime: 10 * time.Second,
 		KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second, MaxConnectionIdle: 5 * time.Minute,
 		MaxPushesInFlight: 4096, MaxGateBacklog: 20 * time.Millisecond, MaxPushDelay: 50 * time.Millisecond,
-		MaxConnections: 1024, MaxUnauthenticatedCalls: 16}
+		MaxConnections: 1024, MaxUnauthenticatedCalls: 16, MaxCallsInFlight: 256, MaxUpstreamStreams: 128}
 }
 
 // Deps are what the server works with.

@@ -432,6 +432,10 @@ func checkAPILimits(l *api.Limits) error {
 		return fmt.Errorf("node: api.max-connections %d: must be at least 1", l.MaxConnections)
 	case l.MaxUnauthenticatedCalls < 1:
 		return fmt.Errorf("node: api.max-unauthenticated-calls %d: must be at least 1 (health checks need one)", l.MaxUnauthenticatedCalls)
+	case l.MaxCallsInFlight < 1:
+		return fmt.Errorf("node: api.max-calls-in-flight %d: must be at least 1", l.MaxCallsInFlight)
+	case l.MaxUpstreamStreams < 1:
+		return fmt.Errorf("node: api.max-upstream-streams %d: must be at least 1", l.MaxUpstreamStreams)
 	}
 	return nil
 }

@@ -125,6 +125,8 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.DurationVar(&l.MaxPushDelay, "api.max-push-delay", l.MaxPushDelay, "refuse new pushes (RESOURCE_EXHAUSTED) while push calls take longer than this and api.max-batch or more pushes are in flight (0: never)")
 	fs.IntVar(&l.MaxConnections, "api.max-connections", l.MaxConnections, "API connections open at once; calls on further ones get RESOURCE_EXHAUSTED and they are closed")
 	fs.IntVar(&l.MaxUnauthenticatedCalls, "api.max-unauthenticated-calls", l.MaxUnauthenticatedCalls, "calls without an API key (health checks, reflection) open at once; more get RESOURCE_EXHAUSTED")
+	fs.IntVar(&l.MaxCallsInFlight, "api.max-calls-in-flight", l.MaxCallsInFlight, "API calls with a key open at once on the node, upstream streams apart; more get RESOURCE_EXHAUSTED before their request is read")
+	fs.IntVar(&l.MaxUpstreamStreams, "api.max-upstream-streams", l.MaxUpstreamStreams, "upstream streams open at once on the node; more get RESOURCE_EXHAUSTED")
 
 	u := &c.Upstream
 	fs.IntVar(&u.QueueLen, "upstream.queue-len", u.QueueLen, "C2S messages queued per appcode and msgtype for a subscriber with room; beyond, UPSTREAM_BUSY")

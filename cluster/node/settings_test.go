@@ -114,6 +114,8 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.IdleMemoryRelease = -time.Second }, "idle-memory-release")
 	bad(func(c *Config) { c.API.MaxConnections = 0 }, "api.max-connections")
 	bad(func(c *Config) { c.API.MaxUnauthenticatedCalls = 0 }, "api.max-unauthenticated-calls")
+	bad(func(c *Config) { c.API.MaxCallsInFlight = 0 }, "api.max-calls-in-flight")
+	bad(func(c *Config) { c.API.MaxUpstreamStreams = 0 }, "api.max-upstream-streams")
 }
 
 // TestStoreDSNFromFileAndEnv: the DSN comes from store.dsn-file (its
