@@ -15,6 +15,7 @@ import (
 	"github.com/courier-im/courier/gate/wheel"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
 	"github.com/courier-im/courier/messages/devicepb"
 )
 
@@ -575,7 +576,8 @@ func (a *deviceActor) handleCurrent(ctx actor.Context, env *actorpb.Envelope) {
 	if why := a.gateBehind(env); why != "" {
 		if env.ReqId != 0 {
 			a.reply(ReplyTo{Address: env.ReplyAddress, ReqID: env.ReqId}, &actorpb.Reply{Body: &actorpb.Reply_Failure{
-				Failure: &actorpb.Failure{Code: int32(codes.ResourceExhausted), Message: why, GateLate: true}}})
+				Failure: &actorpb.Failure{Code: int32(codes.ResourceExhausted), Message: why, GateLate: true,
+					Reason: apipb.ReasonNodeOverloaded, Setting: "api.max-gate-backlog"}}})
 		}
 		return
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
 	"github.com/courier-im/courier/messages/devicepb"
 	"github.com/courier-im/courier/testkit"
 )
@@ -1008,7 +1009,7 @@ func TestPushRefusedWhileTheGateIsBehind(t *testing.T) {
 	for _, stored := range []bool{true, false} {
 		rep := h.r.request(env(alice, &actorpb.Push{Stored: stored, Payload: []byte("x")}))
 		f := rep.GetFailure()
-		if f == nil || f.Code != int32(codes.ResourceExhausted) || !f.GateLate || !strings.HasPrefix(f.Message, Overloaded+": deliveries to the gate holding 1/alice's connection are 35ms late") {
+		if f == nil || f.Code != int32(codes.ResourceExhausted) || !f.GateLate || f.Reason != apipb.ReasonNodeOverloaded || f.Setting != "api.max-gate-backlog" || !strings.HasPrefix(f.Message, Overloaded+": deliveries to the gate holding 1/alice's connection are 35ms late") {
 			t.Fatalf("push (stored %v) while the gate is 35 ms behind: %v", stored, rep)
 		}
 	}

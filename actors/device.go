@@ -15,6 +15,7 @@ import (
 	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
 	"github.com/courier-im/courier/messages/devicepb"
 )
 
@@ -934,8 +935,10 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 	it, e := newItem()
 	e.Kind, e.MsgId, e.Msgtype, e.Payload = devicepb.Kind_KIND_S2C, d.env.NewID(), m.Msgtype, m.Payload
 	e.SentAtMs, e.ExpiresAtMs, e.Seq = m.SentAtMs, m.ExpiresAtMs, d.lastSeq+1
-	if err := d.room(e); err != "" {
-		d.reply(to, failure(codes.ResourceExhausted, err), "")
+	if why, setting := d.room(e); why != "" {
+		f := failure(codes.ResourceExhausted, why)
+		f.GetFailure().Reason, f.GetFailure().Setting = apipb.ReasonInboxFull, setting
+		d.reply(to, f, "")
 		return
 	}
 	d.accept(now, it, PushKey(m.IdempotencyKey), m.IdempotencyKey != "")
@@ -945,34 +948,34 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 }
 
 // room returns why e (its seq already set) does not fit in its budget,
-// or "". App-server pushes and C2C messages have budgets of their own;
-// C2C also per sender.
-func (d *Device) room(e *actorpb.InboxEntry) string {
+// and the setting of that budget, or "". App-server pushes and C2C
+// messages have budgets of their own; C2C also per sender.
+func (d *Device) room(e *actorpb.InboxEntry) (why, setting string) {
 	n := EntryBytes(e)
 	if e.Kind != devicepb.Kind_KIND_C2C {
 		if d.s2c.n >= d.env.Config.InboxMaxMessages {
-			return fmt.Sprintf("inbox of %s is full: %d pushes waiting for acknowledgement", d.id, d.s2c.n)
+			return fmt.Sprintf("inbox of %s is full: %d pushes waiting for acknowledgement (actors.inbox-max-messages)", d.id, d.s2c.n), "actors.inbox-max-messages"
 		}
 		if d.s2c.bytes+n > d.env.Config.InboxMaxBytes {
-			return fmt.Sprintf("inbox of %s is full: %d bytes of pushes waiting, limit %d", d.id, d.s2c.bytes, d.env.Config.InboxMaxBytes)
+			return fmt.Sprintf("inbox of %s is full: %d bytes of pushes waiting, limit %d (actors.inbox-max-bytes)", d.id, d.s2c.bytes, d.env.Config.InboxMaxBytes), "actors.inbox-max-bytes"
 		}
-		return ""
+		return "", ""
 	}
 	if d.c2c.n >= d.env.Config.C2CMaxMessages {
-		return fmt.Sprintf("the receiver's inbox is full: %d messages from users waiting for acknowledgement", d.c2c.n)
+		return fmt.Sprintf("the receiver's inbox is full: %d messages from users waiting for acknowledgement", d.c2c.n), "actors.c2c-max-messages"
 	}
 	if d.c2c.bytes+n > d.env.Config.C2CMaxBytes {
-		return fmt.Sprintf("the receiver's inbox is full: %d bytes of messages from users waiting, limit %d", d.c2c.bytes, d.env.Config.C2CMaxBytes)
+		return fmt.Sprintf("the receiver's inbox is full: %d bytes of messages from users waiting, limit %d", d.c2c.bytes, d.env.Config.C2CMaxBytes), "actors.c2c-max-bytes"
 	}
 	if u := d.senders[e.FromUid]; u != nil {
 		if u.n >= d.env.Config.C2CSenderMaxMessages {
-			return fmt.Sprintf("the receiver has not acknowledged %d of your messages yet: that is your share of its inbox", u.n)
+			return fmt.Sprintf("the receiver has not acknowledged %d of your messages yet: that is your share of its inbox", u.n), "actors.c2c-sender-max-messages"
 		}
 		if u.bytes+n > d.env.Config.C2CSenderMaxBytes {
-			return fmt.Sprintf("the receiver has not acknowledged %d bytes of your messages yet, your share of its inbox is %d", u.bytes, d.env.Config.C2CSenderMaxBytes)
+			return fmt.Sprintf("the receiver has not acknowledged %d bytes of your messages yet, your share of its inbox is %d", u.bytes, d.env.Config.C2CSenderMaxBytes), "actors.c2c-sender-max-bytes"
 		}
 	}
-	return ""
+	return "", ""
 }
 
 // accept stores the item's entry under its seq (the next one) with an
@@ -1073,8 +1076,8 @@ func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.Idempotency
 	e.Kind, e.MsgId, e.Msgtype, e.Payload, e.Seq = devicepb.Kind_KIND_C2C, d.env.NewID(), m.Msgtype, c.GetPayload(), d.lastSeq+1
 	e.SentAtMs, e.ExpiresAtMs = m.AtMs, now.Add(d.env.Config.C2CTTL).UnixMilli()
 	e.FromUid, e.ClientMsgId = m.FromUid, c.GetClientMsgId()
-	if err := d.room(e); err != "" {
-		d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_INBOX_FULL, "", err)})
+	if why, _ := d.room(e); why != "" {
+		d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_INBOX_FULL, "", why)})
 		return
 	}
 	d.accept(now, it, key, c.GetClientMsgId() != "")

@@ -13,6 +13,7 @@ import (
 	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/messages/apipb"
 	"github.com/courier-im/courier/messages/devicepb"
 )
 
@@ -297,7 +298,8 @@ func TestInboxLimit(t *testing.T) {
 		h.push("x", uint64(i+1))
 	}
 	effs := h.settle()
-	if f := effs[2].Reply.GetFailure(); f == nil || f.Code != int32(codes.ResourceExhausted) {
+	if f := effs[2].Reply.GetFailure(); f == nil || f.Code != int32(codes.ResourceExhausted) ||
+		f.Reason != apipb.ReasonInboxFull || f.Setting != "actors.inbox-max-messages" {
 		t.Fatalf("third push: %v", effs[2].Reply)
 	}
 	if h.d.Pending() != 2 {

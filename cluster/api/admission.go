@@ -10,8 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
+
+	"github.com/courier-im/courier/messages/apipb"
 )
 
 // What an API client can make the node hold before it is authenticated:
@@ -121,13 +122,13 @@ func take(ctx context.Context, n *atomic.Int64, max int64) bool {
 func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
 	if a.isOver(ctx) {
 		a.callsRefused.WithLabelValues("max_connections").Inc()
-		return nil, status.Errorf(codes.ResourceExhausted,
+		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-connections",
 			"too many API connections: this node serves at most %d at once (api.max-connections), and this connection is closed in a moment; share connections between calls, or retry later", a.maxConns)
 	}
 	if public(info.FullMethodName) {
 		if !take(ctx, &a.public, a.maxPublic) {
 			a.callsRefused.WithLabelValues("unauthenticated_calls").Inc()
-			return nil, status.Errorf(codes.ResourceExhausted,
+			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-unauthenticated-calls",
 				"too many calls without an API key at once (health checks, reflection): at most %d (api.max-unauthenticated-calls); retry later", a.maxPublic)
 		}
 		return ctx, nil
@@ -140,12 +141,12 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 	if info.FullMethodName == upstreamMethod {
 		if !take(ctx, &a.streams, a.maxStreams) {
 			a.callsRefused.WithLabelValues("upstream_streams").Inc()
-			return nil, status.Errorf(codes.ResourceExhausted,
+			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-upstream-streams",
 				"too many upstream streams open on this node: at most %d (api.max-upstream-streams); subscribe on another node, or retry later", a.maxStreams)
 		}
 	} else if !take(ctx, &a.calls, a.maxCalls) {
 		a.callsRefused.WithLabelValues("calls_in_flight").Inc()
-		return nil, status.Errorf(codes.ResourceExhausted,
+		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-calls-in-flight",
 			"node overloaded: %d API calls open at once on this node, the most it reads (api.max-calls-in-flight); nothing of this call was read: retry later, backing off, and put many pushes in one PushMany", a.maxCalls)
 	}
 	return context.WithValue(ctx, scopeKey{}, sc), nil

@@ -236,6 +236,7 @@ func TestUnauthenticatedCallsAreBounded(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "api.max-unauthenticated-calls") {
 		t.Fatalf("a third call without a key: %v, want RESOURCE_EXHAUSTED naming api.max-unauthenticated-calls", err)
 	}
+	wantReason(t, err, apipb.ReasonLimitReached, "api.max-unauthenticated-calls")
 	if got := testutil.ToFloat64(s.srv.adm.callsRefused.WithLabelValues("unauthenticated_calls")); got != 1 {
 		t.Fatalf("courier_api_calls_refused_total{reason=unauthenticated_calls} %v", got)
 	}
@@ -303,6 +304,7 @@ func TestCallsWithAKeyAreBounded(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "node overloaded") {
 		t.Fatalf("a push over api.max-calls-in-flight: %v, want RESOURCE_EXHAUSTED \"node overloaded\"", err)
 	}
+	wantReason(t, err, apipb.ReasonNodeOverloaded, "api.max-calls-in-flight")
 	if got := testutil.ToFloat64(s.srv.adm.callsRefused.WithLabelValues("calls_in_flight")); got != 2 {
 		t.Fatalf("courier_api_calls_refused_total{reason=calls_in_flight} %v, want 2", got)
 	}
@@ -324,6 +326,7 @@ func TestCallsWithAKeyAreBounded(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "api.max-upstream-streams") {
 		t.Fatalf("a second upstream stream: %v, want RESOURCE_EXHAUSTED naming api.max-upstream-streams", err)
 	}
+	wantReason(t, err, apipb.ReasonLimitReached, "api.max-upstream-streams")
 
 	// A call the client resets gives its slot back; so does one answered.
 	if err := r1.fr.WriteRSTStream(1, http2.ErrCodeCancel); err != nil {

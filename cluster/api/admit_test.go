@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -58,6 +59,7 @@ func TestPushesInFlightAreBounded(t *testing.T) {
 	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !contains(st.Message(), "api.max-pushes-in-flight") {
 		t.Fatalf("16 in flight: %v", err)
 	}
+	wantReason(t, err, apipb.ReasonNodeOverloaded, "api.max-pushes-in-flight")
 	if got := testutil.ToFloat64(s.adm.pushesRefused.WithLabelValues("pushes_in_flight")); got != 6 {
 		t.Fatalf("courier_api_pushes_refused_total{reason=pushes_in_flight} = %v, want 6", got)
 	}
@@ -90,6 +92,8 @@ func TestGateBacklogRefusesPushes(t *testing.T) {
 	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !contains(st.Message(), "api.max-gate-backlog") {
 		t.Fatalf("backlog 50ms: %v", err)
 	}
+	wantReason(t, err, apipb.ReasonNodeOverloaded, "api.max-gate-backlog")
+
 	resp, err := s.PushMany(scoped(1), &apipb.PushManyRequest{Items: []*apipb.PushRequest{push}})
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("PushMany with backlog 50ms: %v %v", resp, err)
@@ -160,6 +164,8 @@ func TestSlowPushesRefuseMore(t *testing.T) {
 	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "api.max-push-delay") {
 		t.Fatalf("slow calls, two in flight: %v", err)
 	}
+	wantReason(t, err, apipb.ReasonNodeOverloaded, "api.max-push-delay")
+
 	if got := testutil.ToFloat64(s.adm.pushesRefused.WithLabelValues("push_delay")); got != 1 {
 		t.Fatalf("courier_api_pushes_refused_total{reason=push_delay} = %v, want 1", got)
 	}
@@ -234,17 +240,39 @@ func TestLateGateRefusalsCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Results[0].Code != int32(codes.ResourceExhausted) || !strings.HasPrefix(r.Results[0].Error, "node overloaded: deliveries to the gate holding") || r.Results[1].Code != 0 {
+	if r.Results[0].Code != int32(codes.ResourceExhausted) || !strings.HasPrefix(r.Results[0].Error, "node overloaded: deliveries to the gate holding") ||
+		r.Results[0].Reason != apipb.ReasonNodeOverloaded || r.Results[1].Code != 0 || r.Results[1].Reason != "" {
 		t.Fatalf("results %v", r.Results)
 	}
 	_, err = s.Push(scoped(1), item("slow", "3"))
 	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.HasPrefix(st.Message(), "node overloaded: deliveries to the gate holding") {
 		t.Fatalf("Push to a device whose gate is late: %v", err)
 	}
+	// The fake answers as a node of the version before Failure.reason
+	// did: the API still names the reason.
+	wantReason(t, err, apipb.ReasonNodeOverloaded, "api.max-gate-backlog")
 	if got := strings.Join(req.sent, " "); got != "slow:1 fine:2 slow:3" {
 		t.Fatalf("sent %s; want each push once", got)
 	}
 	if got := testutil.ToFloat64(s.adm.pushesRefused.WithLabelValues("remote_gate_backlog")); got != 2 {
 		t.Fatalf("courier_api_pushes_refused_total{reason=remote_gate_backlog} = %v, want 2", got)
 	}
+}
+
+// wantReason fails t unless err carries Courier's google.rpc.ErrorInfo
+// with reason and the setting.
+func wantReason(t *testing.T, err error, reason, setting string) {
+	t.Helper()
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			if info.Domain != apipb.ErrorDomain || info.Reason != reason || info.Metadata[apipb.SettingKey] != setting {
+				t.Fatalf("%v: ErrorInfo %v, want reason %s, setting %s", err, info, reason, setting)
+			}
+			if Reason(err) != reason {
+				t.Fatalf("Reason(%v) = %q", err, Reason(err))
+			}
+			return
+		}
+	}
+	t.Fatalf("%v: no ErrorInfo among the details, want reason %s", err, reason)
 }

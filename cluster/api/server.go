@@ -203,7 +203,7 @@ func (s *Server) admitPushes(n int) (release func(), err error) {
 		}
 		if b > max {
 			s.adm.pushesRefused.WithLabelValues("gate_backlog").Add(float64(n))
-			return nil, status.Errorf(codes.ResourceExhausted,
+			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-gate-backlog",
 				"node overloaded: its gate's connections are %v behind what was pushed (limit %v, api.max-gate-backlog); nothing was accepted: retry later, backing off",
 				b.Round(time.Millisecond), max)
 		}
@@ -211,7 +211,7 @@ func (s *Server) admitPushes(n int) (release func(), err error) {
 	if max := s.limits.MaxPushDelay; max > 0 && s.inFlight.Load() >= int64(s.limits.MaxBatch) {
 		if d := s.calls.Standing(time.Now()); d > max {
 			s.adm.pushesRefused.WithLabelValues("push_delay").Add(float64(n))
-			return nil, status.Errorf(codes.ResourceExhausted,
+			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-push-delay",
 				"node overloaded: pushes have been taking %v to be answered (limit %v, api.max-push-delay); nothing was accepted: retry later, backing off",
 				d.Round(time.Millisecond), max)
 		}
@@ -220,7 +220,7 @@ func (s *Server) admitPushes(n int) (release func(), err error) {
 	if max := s.limits.MaxPushesInFlight; max > 0 && in > int64(max) {
 		s.inFlight.Add(-int64(n))
 		s.adm.pushesRefused.WithLabelValues("pushes_in_flight").Add(float64(n))
-		return nil, status.Errorf(codes.ResourceExhausted,
+		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-pushes-in-flight",
 			"node overloaded: %d pushes in flight, limit %d (api.max-pushes-in-flight); nothing was accepted: retry later, backing off",
 			in-int64(n), max)
 	}
@@ -335,6 +335,9 @@ func replyError(r *actorpb.Reply, err error) error {
 		return status.Errorf(codes.Unavailable, "the identity's actor did not answer in time (%v); the push may or may not have been accepted: retry with the same idempotency key", err)
 	}
 	if f := r.GetFailure(); f != nil {
+		if reason, setting := failureReason(f); reason != "" {
+			return refusal(codes.Code(f.Code), reason, setting, f.Message)
+		}
 		return status.Error(codes.Code(f.Code), f.Message)
 	}
 	return nil
@@ -406,6 +409,11 @@ func (s *Server) PushMany(ctx context.Context, r *apipb.PushManyRequest) (*apipb
 	reps, errs := s.req.RequestMany(ctx, envs)
 	s.countLate(reps, errs)
 	for j, i := range idx {
+		if f := reps[j].GetFailure(); errs[j] == nil && f.GetCode() != 0 {
+			reason, _ := failureReason(f)
+			resultsOf[i] = apipb.PushItemResult{Code: f.Code, Error: f.Message, Reason: reason}
+			continue
+		}
 		if err := replyError(reps[j], errs[j]); err != nil {
 			st := status.Convert(err)
 			resultsOf[i] = apipb.PushItemResult{Code: int32(st.Code()), Error: st.Message()}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -170,7 +171,56 @@ func TestAPIConnectionCap(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "api.max-connections") {
 		t.Fatalf("a second connection: %v, want RESOURCE_EXHAUSTED naming api.max-connections", err)
 	}
+	if info := errorInfo(err); info.GetReason() != apipb.ReasonLimitReached || info.GetMetadata()[apipb.SettingKey] != "api.max-connections" {
+		t.Fatalf("a second connection: ErrorInfo %v, want LIMIT_REACHED and the setting", info)
+	}
 	if got := metric(t, n, refusedConnsRe); got != 1 {
 		t.Fatalf("courier_api_connections_refused_total %d, want 1", got)
+	}
+}
+
+// errorInfo returns the google.rpc.ErrorInfo of Courier's domain among
+// err's status details, nil if there is none.
+func errorInfo(err error) *errdetails.ErrorInfo {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == apipb.ErrorDomain {
+			return info
+		}
+	}
+	return nil
+}
+
+// TestAPIRefusalReasons: a push refused because the identity's inbox is
+// full says so in a form a program reads without parsing the message:
+// the status of a Push carries an ErrorInfo with reason INBOX_FULL and
+// the setting, and a PushMany's item its reason, over real gRPC from a
+// real node; an item that went through has no reason.
+func TestAPIRefusalReasons(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--actors.inbox-max-messages", "2"}})
+	api, ctx := n.API(t), testkit.Ctx(t, testkit.App1Key)
+	push := func(uid string) *apipb.PushRequest {
+		return &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("order")}
+	}
+	for range 2 {
+		if _, err := api.Push(ctx, push("full")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := api.Push(ctx, push("full"))
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a third push to an inbox of 2: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if info := errorInfo(err); info.GetReason() != apipb.ReasonInboxFull || info.GetMetadata()[apipb.SettingKey] != "actors.inbox-max-messages" {
+		t.Fatalf("a third push to an inbox of 2: ErrorInfo %v, want INBOX_FULL and actors.inbox-max-messages", info)
+	}
+	r, err := api.PushMany(ctx, &apipb.PushManyRequest{Items: []*apipb.PushRequest{push("full"), push("room")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Results[0]; got.Code != int32(codes.ResourceExhausted) || got.Reason != apipb.ReasonInboxFull || !strings.Contains(got.Error, "actors.inbox-max-messages") {
+		t.Fatalf("an item to the full inbox: %v", got)
+	}
+	if got := r.Results[1]; got.Code != 0 || got.Reason != "" || got.Response.GetSeq() != 1 {
+		t.Fatalf("an item to an inbox with room: %v", got)
 	}
 }

@@ -1429,7 +1429,12 @@ type Failure struct {
 	// its device's gate are later than api.max-gate-backlog; nothing of it
 	// was accepted, and the same envelope sent again once the gate caught
 	// up is handled as if it were the first.
-	GateLate      bool `protobuf:"varint,3,opt,name=gate_late,json=gateLate,proto3" json:"gate_late,omitempty"`
+	GateLate bool `protobuf:"varint,3,opt,name=gate_late,json=gateLate,proto3" json:"gate_late,omitempty"`
+	// reason: the word the API gives app-servers for this failure
+	// (PushItemResult.reason, google.rpc.ErrorInfo.reason), if any.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// setting: the setting that bounds it, for the reason's metadata.
+	Setting       string `protobuf:"bytes,5,opt,name=setting,proto3" json:"setting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1483,6 +1488,20 @@ func (x *Failure) GetGateLate() bool {
 		return x.GateLate
 	}
 	return false
+}
+
+func (x *Failure) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Failure) GetSetting() string {
+	if x != nil {
+		return x.Setting
+	}
+	return ""
 }
 
 type Push struct {
@@ -3469,11 +3488,13 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"leaseVouch\x12E\n" +
 	"\rdrain_started\x18\x1f \x01(\v2\x1e.courier.actor.v1.DrainStartedH\x00R\fdrainStartedB\x06\n" +
 	"\x04body\"\x06\n" +
-	"\x04Pong\"T\n" +
+	"\x04Pong\"\x86\x01\n" +
 	"\aFailure\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1b\n" +
-	"\tgate_late\x18\x03 \x01(\bR\bgateLate\"\xbd\x01\n" +
+	"\tgate_late\x18\x03 \x01(\bR\bgateLate\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x18\n" +
+	"\asetting\x18\x05 \x01(\tR\asetting\"\xbd\x01\n" +
 	"\x04Push\x12\x18\n" +
 	"\amsgtype\x18\x01 \x01(\rR\amsgtype\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x16\n" +

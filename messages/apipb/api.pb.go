@@ -360,8 +360,14 @@ type PushItemResult struct {
 	// gRPC status code of this item (0 = OK).
 	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
 	// What went wrong, for a failed item.
-	Error         string        `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
-	Response      *PushResponse `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
+	Error    string        `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	Response *PushResponse `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
+	// Why a failed item failed, for programs, where the code alone does not
+	// say: "NODE_OVERLOADED" (retry soon, backing off) or "INBOX_FULL"
+	// (retry much later: the device must come online and acknowledge);
+	// empty otherwise. A failed call carries the same word as the reason of
+	// a google.rpc.ErrorInfo in its status details.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -415,6 +421,13 @@ func (x *PushItemResult) GetResponse() *PushResponse {
 		return x.Response
 	}
 	return nil
+}
+
+func (x *PushItemResult) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 type PushManyResponse struct {
@@ -2272,11 +2285,12 @@ const file_courier_v1_api_proto_rawDesc = "" +
 	"\tduplicate\x18\x03 \x01(\bR\tduplicate\x12\x16\n" +
 	"\x06online\x18\x04 \x01(\bR\x06online\"@\n" +
 	"\x0fPushManyRequest\x12-\n" +
-	"\x05items\x18\x01 \x03(\v2\x17.courier.v1.PushRequestR\x05items\"p\n" +
+	"\x05items\x18\x01 \x03(\v2\x17.courier.v1.PushRequestR\x05items\"\x88\x01\n" +
 	"\x0ePushItemResult\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x124\n" +
-	"\bresponse\x18\x03 \x01(\v2\x18.courier.v1.PushResponseR\bresponse\"H\n" +
+	"\bresponse\x18\x03 \x01(\v2\x18.courier.v1.PushResponseR\bresponse\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"H\n" +
 	"\x10PushManyResponse\x124\n" +
 	"\aresults\x18\x01 \x03(\v2\x1a.courier.v1.PushItemResultR\aresults\"R\n" +
 	"\vKickRequest\x12\x19\n" +

@@ -62,12 +62,13 @@ func (p *pushStats) fail(err error, n int) {
 	p.count(err, n, "")
 }
 
-// failItem counts a failed item of an answered call and reports whether
-// it was refused because the node is overloaded (the gate of its device
-// is behind): an item's RESOURCE_EXHAUSTED is otherwise one identity's
-// limit (its inbox is full).
-func (p *pushStats) failItem(err error) bool {
-	over := overloaded(err)
+// failItem counts a failed item of an answered call, with its reason
+// (PushItemResult.reason), and reports whether it was refused because the
+// node is overloaded (the gate of its device is behind): an item's
+// RESOURCE_EXHAUSTED is otherwise one identity's limit (its inbox is
+// full).
+func (p *pushStats) failItem(err error, reason string) bool {
+	over := reason == apipb.ReasonNodeOverloaded || reason == "" && overloaded(err)
 	key := ""
 	if over {
 		p.refused.Add(1)
@@ -78,8 +79,9 @@ func (p *pushStats) failItem(err error) bool {
 	return over
 }
 
-// overloaded reports whether an item's error is the node's overload:
-// docs/api.md starts those messages with "node overloaded".
+// overloaded reports whether an item's error is the node's overload, from
+// a node of a version that gave no reason: docs/api.md starts those
+// messages with "node overloaded".
 func overloaded(err error) bool {
 	return status.Code(err) == codes.ResourceExhausted && strings.HasPrefix(status.Convert(err).Message(), "node overloaded")
 }
@@ -228,7 +230,7 @@ func (s *session) pushLoad(ctx context.Context, pc PushConfig, st *pushStats) er
 				var over error
 				for j, it := range r.Results {
 					if it.Code != 0 {
-						if e := status.Error(codes.Code(it.Code), it.Error); st.failItem(e) {
+						if e := status.Error(codes.Code(it.Code), it.Error); st.failItem(e, it.Reason) {
 							over = e
 						}
 						s.acct.answered(idx0+int64(j), pushFailed, false, 0, 0, 0)

@@ -241,13 +241,17 @@ func TestRefusedAmongFailed(t *testing.T) {
 	st.fail(status.Error(codes.ResourceExhausted, "node overloaded: 4096 pushes in flight"), 100)
 	st.fail(status.Error(codes.Unavailable, "node gone"), 10)
 	st.fail(errors.New("no status"), 1)
-	if st.failItem(status.Error(codes.ResourceExhausted, "inbox of 1/u is full: 1000 pushes waiting for acknowledgement")) {
+	if st.failItem(status.Error(codes.ResourceExhausted, "inbox of 1/u is full: 1000 pushes waiting for acknowledgement"), apipb.ReasonInboxFull) {
 		t.Fatal("an item's full inbox taken for the node's overload")
 	}
-	if !st.failItem(status.Error(codes.ResourceExhausted, "node overloaded: deliveries to the gate holding 1/u's connection are 31ms late")) {
+	if !st.failItem(status.Error(codes.ResourceExhausted, "node overloaded: deliveries to the gate holding 1/u's connection are 31ms late"), apipb.ReasonNodeOverloaded) {
 		t.Fatal("an item refused because its gate is behind not taken for the node's overload")
 	}
-	if f, r := st.failed.Load(), st.refused.Load(); f != 113 || r != 101 {
-		t.Fatalf("failed %d, refused %d: want 113 and 101", f, r)
+	// A node of a version without reasons: the message says it.
+	if !st.failItem(status.Error(codes.ResourceExhausted, "node overloaded: deliveries to the gate holding 1/v's connection are 31ms late"), "") {
+		t.Fatal("an item refused by an older node because its gate is behind not taken for the node's overload")
+	}
+	if f, r := st.failed.Load(), st.refused.Load(); f != 114 || r != 102 {
+		t.Fatalf("failed %d, refused %d: want 114 and 102", f, r)
 	}
 }

@@ -1,0 +1,28 @@
+package apipb
+
+// The reasons of failures, for programs: PushItemResult.reason, and the
+// reason of the google.rpc.ErrorInfo (domain ErrorDomain) in a failed
+// call's status details, with the setting that bounds it in its metadata
+// under "setting". Each says what to do where the gRPC code alone does
+// not: both are RESOURCE_EXHAUSTED.
+const (
+	// ReasonNodeOverloaded: the node, or the gate holding the device's
+	// connection, is behind; nothing was accepted. Retry soon, backing
+	// off, with the same idempotency keys.
+	ReasonNodeOverloaded = "NODE_OVERLOADED"
+	// ReasonInboxFull: the identity's inbox holds too many stored pushes
+	// waiting for acknowledgement; nothing was accepted. Retry much
+	// later: the device must come online and acknowledge.
+	ReasonInboxFull = "INBOX_FULL"
+	// ReasonLimitReached: a per-node cap on connections or streams
+	// (api.max-connections, api.max-upstream-streams,
+	// api.max-unauthenticated-calls): share connections, go to another
+	// node, or retry later.
+	ReasonLimitReached = "LIMIT_REACHED"
+)
+
+// ErrorDomain is the domain of Courier's google.rpc.ErrorInfo details.
+const ErrorDomain = "courier.im"
+
+// SettingKey is the ErrorInfo metadata key that names the setting.
+const SettingKey = "setting"
