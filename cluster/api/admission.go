@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/tap"
@@ -105,15 +106,37 @@ func (a *admission) collectors() []prometheus.Collector {
 const upstreamMethod = "/courier.v1.Courier/Upstream"
 
 // take counts a call in n, within max, until ctx (the call's) ends; it
-// reports false, counting nothing, when max are open already.
-func take(ctx context.Context, n *atomic.Int64, max int64) bool {
+// returns nil, counting nothing, when max are open already, and else a
+// function that gives the slot back at once (false if it was already).
+func take(ctx context.Context, n *atomic.Int64, max int64) (release func() bool) {
 	if n.Add(1) > max {
 		n.Add(-1)
+		return nil
+	}
+	// The stream's context ends with the call, whatever its outcome; but
+	// only after its answer is written, so a unary call's handler gives
+	// its slot back as it returns (admission.unary): a client that calls
+	// again as soon as it has its answer finds the slot free.
+	stop := context.AfterFunc(ctx, func() { n.Add(-1) })
+	return func() bool {
+		if stop() {
+			n.Add(-1)
+			return true
+		}
 		return false
 	}
-	// The stream's context ends with the call, whatever its outcome.
-	context.AfterFunc(ctx, func() { n.Add(-1) })
-	return true
+}
+
+// slotKey keys the release of a call's slot in its context.
+type slotKey struct{}
+
+// unary gives a unary call's slot back when its handler returns.
+func (a *admission) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	resp, err := h(ctx, req)
+	if release, ok := ctx.Value(slotKey{}).(func() bool); ok {
+		release()
+	}
+	return resp, err
 }
 
 // tap admits or refuses a call from its headers, before gRPC reads its
@@ -126,7 +149,7 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 			"too many API connections: this node serves at most %d at once (api.max-connections), and this connection is closed in a moment; share connections between calls, or retry later", a.maxConns)
 	}
 	if public(info.FullMethodName) {
-		if !take(ctx, &a.public, a.maxPublic) {
+		if take(ctx, &a.public, a.maxPublic) == nil {
 			a.callsRefused.WithLabelValues("unauthenticated_calls").Inc()
 			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-unauthenticated-calls",
 				"too many calls without an API key at once (health checks, reflection): at most %d (api.max-unauthenticated-calls); retry later", a.maxPublic)
@@ -139,15 +162,19 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 		return nil, err
 	}
 	if info.FullMethodName == upstreamMethod {
-		if !take(ctx, &a.streams, a.maxStreams) {
+		if take(ctx, &a.streams, a.maxStreams) == nil {
 			a.callsRefused.WithLabelValues("upstream_streams").Inc()
 			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-upstream-streams",
 				"too many upstream streams open on this node: at most %d (api.max-upstream-streams); subscribe on another node, or retry later", a.maxStreams)
 		}
-	} else if !take(ctx, &a.calls, a.maxCalls) {
-		a.callsRefused.WithLabelValues("calls_in_flight").Inc()
-		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-calls-in-flight",
-			"node overloaded: %d API calls open at once on this node, the most it reads (api.max-calls-in-flight); nothing of this call was read: retry later, backing off, and put many pushes in one PushMany", a.maxCalls)
+	} else {
+		release := take(ctx, &a.calls, a.maxCalls)
+		if release == nil {
+			a.callsRefused.WithLabelValues("calls_in_flight").Inc()
+			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-calls-in-flight",
+				"node overloaded: %d API calls open at once on this node, the most it reads (api.max-calls-in-flight); nothing of this call was read: retry later, backing off, and put many pushes in one PushMany", a.maxCalls)
+		}
+		ctx = context.WithValue(ctx, slotKey{}, release)
 	}
 	return context.WithValue(ctx, scopeKey{}, sc), nil
 }
