@@ -287,7 +287,19 @@ func TestRunReturnsAfterShutdown(t *testing.T) {
 	h.g.Store(g)
 	done := make(chan error, 1)
 	go func() { done <- g.Run() }()
-	testkit.Eventually(t, wait, func() bool { return g.Addr() != nil }, "listening")
+	// Addr is known as soon as the port is reserved (bound, not yet
+	// listening): wait for Run to accept connections.
+	testkit.Eventually(t, wait, func() bool {
+		a := g.Addr()
+		if a == nil {
+			return false
+		}
+		c, err := net.Dial("tcp", a.String())
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, "listening")
 	d := testkit.Dial(t, g.Addr().String(), testkit.DeviceConfig{AppCode: app1})
 	if ack := d.Login("run", token(t, app1, "run"), false); ack.Code != devicepb.Code_OK {
 		t.Fatal(ack.Code)

@@ -297,7 +297,9 @@ func (g *Gate) stopEngine() {
 
 func (g *Gate) signalDrained() { g.drainedOnce.Do(func() { close(g.drained) }) }
 
-// Addr returns the address the gate listens on (nil before Start).
+// Addr returns the address the gate listens on (nil before Start). It is
+// known once Start has reserved the port, before the gate accepts
+// connections: Start returns when it does.
 func (g *Gate) Addr() net.Addr {
 	g.mu.Lock()
 	defer g.mu.Unlock()
