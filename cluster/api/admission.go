@@ -105,36 +105,51 @@ func (a *admission) collectors() []prometheus.Collector {
 // take the slots of pushes.
 const upstreamMethod = "/courier.v1.Courier/Upstream"
 
-// take counts a call in n, within max, until ctx (the call's) ends; it
-// returns nil, counting nothing, when max are open already, and else a
-// function that gives the slot back at once (false if it was already).
-func take(ctx context.Context, n *atomic.Int64, max int64) (release func() bool) {
+// call is what the tap learned of a call: its scope (for a call with a
+// key), and the slot it holds, in a count of open calls.
+type call struct {
+	sc   scope
+	n    *atomic.Int64
+	stop func() bool // of the release at the call's end
+}
+
+// take counts the call in n, within max, until ctx (the call's) ends; it
+// reports false, counting nothing, when max are open already.
+func (c *call) take(ctx context.Context, n *atomic.Int64, max int64) bool {
 	if n.Add(1) > max {
 		n.Add(-1)
-		return nil
+		return false
 	}
 	// The stream's context ends with the call, whatever its outcome; but
-	// only after its answer is written, so a unary call's handler gives
-	// its slot back as it returns (admission.unary): a client that calls
+	// only after its answer is written, so a unary call gives its slot
+	// back as its handler returns (admission.unary): a client that calls
 	// again as soon as it has its answer finds the slot free.
-	stop := context.AfterFunc(ctx, func() { n.Add(-1) })
-	return func() bool {
-		if stop() {
-			n.Add(-1)
-			return true
-		}
-		return false
+	c.n, c.stop = n, context.AfterFunc(ctx, c.ended)
+	return true
+}
+
+func (c *call) ended() { c.n.Add(-1) }
+
+// release gives the call's slot back now, unless its end already did.
+func (c *call) release() {
+	if c.stop != nil && c.stop() {
+		c.n.Add(-1)
 	}
 }
 
-// slotKey keys the release of a call's slot in its context.
-type slotKey struct{}
-
-// unary gives a unary call's slot back when its handler returns.
+// unary authenticates a call the tap did not (on a server without it),
+// and gives a unary call's slot back when its handler returns.
 func (a *admission) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if public(info.FullMethod) {
+		return h(ctx, req)
+	}
+	ctx, err := a.keys.authenticated(ctx)
+	if err != nil {
+		return nil, err
+	}
 	resp, err := h(ctx, req)
-	if release, ok := ctx.Value(slotKey{}).(func() bool); ok {
-		release()
+	if c, ok := ctx.Value(scopeKey{}).(*call); ok {
+		c.release()
 	}
 	return resp, err
 }
@@ -149,7 +164,7 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 			"too many API connections: this node serves at most %d at once (api.max-connections), and this connection is closed in a moment; share connections between calls, or retry later", a.maxConns)
 	}
 	if public(info.FullMethodName) {
-		if take(ctx, &a.public, a.maxPublic) == nil {
+		if !(&call{}).take(ctx, &a.public, a.maxPublic) {
 			a.callsRefused.WithLabelValues("unauthenticated_calls").Inc()
 			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-unauthenticated-calls",
 				"too many calls without an API key at once (health checks, reflection): at most %d (api.max-unauthenticated-calls); retry later", a.maxPublic)
@@ -161,22 +176,19 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 		a.callsRefused.WithLabelValues("unauthenticated").Inc()
 		return nil, err
 	}
+	c := &call{sc: sc}
 	if info.FullMethodName == upstreamMethod {
-		if take(ctx, &a.streams, a.maxStreams) == nil {
+		if !c.take(ctx, &a.streams, a.maxStreams) {
 			a.callsRefused.WithLabelValues("upstream_streams").Inc()
 			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-upstream-streams",
 				"too many upstream streams open on this node: at most %d (api.max-upstream-streams); subscribe on another node, or retry later", a.maxStreams)
 		}
-	} else {
-		release := take(ctx, &a.calls, a.maxCalls)
-		if release == nil {
-			a.callsRefused.WithLabelValues("calls_in_flight").Inc()
-			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-calls-in-flight",
-				"node overloaded: %d API calls open at once on this node, the most it reads (api.max-calls-in-flight); nothing of this call was read: retry later, backing off, and put many pushes in one PushMany", a.maxCalls)
-		}
-		ctx = context.WithValue(ctx, slotKey{}, release)
+	} else if !c.take(ctx, &a.calls, a.maxCalls) {
+		a.callsRefused.WithLabelValues("calls_in_flight").Inc()
+		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-calls-in-flight",
+			"node overloaded: %d API calls open at once on this node, the most it reads (api.max-calls-in-flight); nothing of this call was read: retry later, backing off, and put many pushes in one PushMany", a.maxCalls)
 	}
-	return context.WithValue(ctx, scopeKey{}, sc), nil
+	return context.WithValue(ctx, scopeKey{}, c), nil
 }
 
 func (a *admission) isOver(ctx context.Context) bool {

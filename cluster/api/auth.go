@@ -72,7 +72,7 @@ func public(fullMethod string) bool {
 // handle found (admission.tap, before the request was read), or, on a
 // server without it, the key's in the metadata.
 func (k Keys) authenticated(ctx context.Context) (context.Context, error) {
-	if _, ok := ctx.Value(scopeKey{}).(scope); ok {
+	if ctx.Value(scopeKey{}) != nil {
 		return ctx, nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -81,17 +81,6 @@ func (k Keys) authenticated(ctx context.Context) (context.Context, error) {
 		return nil, err
 	}
 	return context.WithValue(ctx, scopeKey{}, s), nil
-}
-
-func (k Keys) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if public(info.FullMethod) {
-		return h(ctx, req)
-	}
-	ctx, err := k.authenticated(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return h(ctx, req)
 }
 
 type scopedStream struct {
@@ -112,7 +101,14 @@ func (k Keys) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo,
 	return h(srv, scopedStream{ss, ctx})
 }
 
+// scopeOf returns the call's scope: the tap's (in its call), or the
+// interceptors'.
 func scopeOf(ctx context.Context) scope {
-	s, _ := ctx.Value(scopeKey{}).(scope)
-	return s
+	switch v := ctx.Value(scopeKey{}).(type) {
+	case *call:
+		return v.sc
+	case scope:
+		return v
+	}
+	return scope{}
 }

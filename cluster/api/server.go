@@ -247,7 +247,7 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.InTapHandle(s.adm.tap),
 		grpc.MaxHeaderListSize(maxHeaderListSize),
-		grpc.ChainUnaryInterceptor(s.keys.unary, s.adm.unary),
+		grpc.UnaryInterceptor(s.adm.unary),
 		grpc.ChainStreamInterceptor(s.keys.stream),
 		grpc.MaxRecvMsgSize(l.MaxRequestBytes),
 		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),

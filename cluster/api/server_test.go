@@ -123,7 +123,7 @@ func TestKeys(t *testing.T) {
 	call := func(md ...string) (scope, error) {
 		var got scope
 		ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(md...))
-		_, err := keys.unary(ctx, nil, &grpc.UnaryServerInfo{}, func(ctx context.Context, _ any) (any, error) {
+		_, err := newAdmission(keys, DefaultLimits()).unary(ctx, nil, &grpc.UnaryServerInfo{}, func(ctx context.Context, _ any) (any, error) {
 			got = scopeOf(ctx)
 			return nil, nil
 		})
