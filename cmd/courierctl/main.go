@@ -15,6 +15,10 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/status"
+
+	"github.com/courier-im/courier/messages/apipb"
 )
 
 // version is stamped by `make release` (-ldflags "-X main.version=...").
@@ -44,6 +48,9 @@ func run(args []string, in io.Reader, out, errw io.Writer) int {
 		return 0
 	}
 	fmt.Fprintln(errw, "courierctl:", err)
+	if why := reason(err); why != "" {
+		fmt.Fprintln(errw, "courierctl:", why)
+	}
 	var ue usageError
 	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
 		fmt.Fprintf(errw, "\n%s", cmd.UsageString())
@@ -121,4 +128,18 @@ func minArgs(n int) cobra.PositionalArgs {
 		}
 		return nil
 	}
+}
+
+// reason describes the google.rpc.ErrorInfo of a refusal by the node
+// (docs/api.md, Errors), "" if err has none.
+func reason(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == apipb.ErrorDomain {
+			if s := info.Metadata[apipb.SettingKey]; s != "" {
+				return fmt.Sprintf("reason %s (setting %s)", info.Reason, s)
+			}
+			return "reason " + info.Reason
+		}
+	}
+	return ""
 }

@@ -308,3 +308,19 @@ func TestLegacyValueIsOurs(t *testing.T) {
 		}
 	}
 }
+
+// TestPushRefusalReason: a push the node refuses prints, after the
+// message, the refusal's reason and setting (its google.rpc.ErrorInfo).
+func TestPushRefusalReason(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--actors.inbox-max-messages", "1"}})
+	args := []string{"push", "--api", n.APIAddr, "--key", testkit.App1Key, "--uid", "offline", "--payload", "x"}
+	var out, errw bytes.Buffer
+	if code := run(args, nil, &out, &errw); code != 0 {
+		t.Fatalf("first push: exit %d\n%s", code, errw.String())
+	}
+	out.Reset()
+	if code := run(args, nil, &out, &errw); code != 1 ||
+		!strings.Contains(errw.String(), "courierctl: reason INBOX_FULL (setting actors.inbox-max-messages)") {
+		t.Fatalf("a push to a full inbox: exit %d\n%s", code, errw.String())
+	}
+}
