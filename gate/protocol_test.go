@@ -108,7 +108,11 @@ func TestProtocolErrorsAfterLogin(t *testing.T) {
 	tg.waitMetric(t, 1, "courier_gate_protocol_errors_total", "code", "APP_MISMATCH")
 }
 
-func TestFrameBeforeLoginAckClosesPendingLogin(t *testing.T) {
+// TestFrameBeforeLoginAck: a frame sent behind a LOGIN, before its
+// LOGIN_ACK, is answered NOT_LOGGED_IN and the connection stays open:
+// PROTOCOL.md closes only a connection whose first frame is not LOGIN.
+// The login goes on, and the connection serves once it has succeeded.
+func TestFrameBeforeLoginAck(t *testing.T) {
 	tg := startGate(t, nil)
 	tg.h.hold.Store(true)
 	d := tg.dial(t)
@@ -117,14 +121,27 @@ func TestFrameBeforeLoginAckClosesPendingLogin(t *testing.T) {
 	// A second LOGIN while pending: ALREADY_LOGGED_IN, still open.
 	d.Send(messages.CmdLogin, 2, &devicepb.Login{Uid: "bob", Token: token(t, app1, "bob")})
 	d.ExpectError(devicepb.Code_ALREADY_LOGGED_IN, 2)
-	// Anything else while pending: NOT_LOGGED_IN, then close.
+	// Anything else while pending: NOT_LOGGED_IN, still open, and the
+	// frame never reaches the node.
 	d.Send(messages.CmdKeepalive, 3, nil)
 	d.ExpectError(devicepb.Code_NOT_LOGGED_IN, 3)
-	d.ExpectClosed()
-	// It reached Login, so the handler hears it closed (epoch 0: never
-	// logged in).
-	testkit.Eventually(t, wait, func() bool { return len(tg.h.closedFor("bob")) == 1 }, "Closed for bob")
-	if c := tg.h.closedFor("bob")[0]; c.reason != gate.CloseProtocol || c.info.Epoch != 0 {
+	d.Send(messages.CmdC2S, 4, &devicepb.C2S{ClientMsgId: "early", Payload: []byte("x")})
+	d.ExpectError(devicepb.Code_NOT_LOGGED_IN, 4)
+	if n := len(tg.h.Frames()); n != 0 {
+		t.Fatalf("the node got %d frames sent before LOGIN_ACK", n)
+	}
+	// The node answers the login: the connection serves.
+	if err := tg.h.answer(tg.h.Logins()[0], 1, false, true); err != nil {
+		t.Fatal(err)
+	}
+	if f := d.Expect(messages.CmdLoginAck); f.Msg.(*devicepb.LoginAck).Code != devicepb.Code_OK || f.Seq != 1 {
+		t.Fatalf("LOGIN_ACK %+v", f)
+	}
+	d.Send(messages.CmdKeepalive, 5, nil)
+	if f := d.Expect(messages.CmdKeepaliveAck); f.Seq != 5 {
+		t.Fatalf("KEEPALIVE_ACK seq %d, want 5", f.Seq)
+	}
+	if c := tg.h.closedFor("bob"); len(c) != 0 {
 		t.Fatalf("Closed %+v", c)
 	}
 }

@@ -165,9 +165,11 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 		l.sendError(app, h.Seq, devicepb.Code_ALREADY_LOGGED_IN, "already logged in or logging in")
 		return gnet.None
 	case s.state == statePending:
-		l.sendError(app, h.Seq, devicepb.Code_NOT_LOGGED_IN, "frame before LOGIN_ACK")
-		s.closeReason = CloseProtocol
-		return gnet.Close
+		// Only the first frame must be LOGIN (then close); a frame sent
+		// behind it, before the login succeeded, fails the logged-in check
+		// and is answered, but the login goes on.
+		l.sendError(app, h.Seq, devicepb.Code_NOT_LOGGED_IN, "frame before LOGIN_ACK: send it again after LOGIN_ACK")
+		return gnet.None
 	}
 	if !h.Cmd.FromClient() {
 		l.sendError(app, h.Seq, devicepb.Code_UNKNOWN_COMMAND, "unknown command "+h.Cmd.String())
