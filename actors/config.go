@@ -53,7 +53,8 @@ type Config struct {
 	// C2CSenderMaxBytes is the same share in bytes (default 512 KiB).
 	C2CSenderMaxBytes int
 	// IdempotencyTTL is how long idempotency keys and C2C client message
-	// ids are remembered (default 24 h).
+	// ids are remembered (default 24 h); C2C client message ids at least
+	// as long as their message lives (C2CTTL).
 	IdempotencyTTL time.Duration
 	// PullPage is the most messages one PULL_ACK carries (default 100).
 	PullPage int

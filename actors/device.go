@@ -996,7 +996,15 @@ func (d *Device) accept(now time.Time, it *item, key string, remember bool) {
 	w.Put = append(w.Put, e)
 	w.Sync = true
 	if remember {
-		rec := &actorpb.IdempotencyRecord{MsgId: e.MsgId, Seq: e.Seq, ExpiresAtMs: now.Add(d.env.Config.IdempotencyTTL).UnixMilli()}
+		ttl := d.env.Config.IdempotencyTTL
+		if e.Kind == devicepb.Kind_KIND_C2C {
+			// A sender may resend a C2C whose C2C_ACK it never got for as
+			// long as the message may still be delivered (a phone offline
+			// for days resends its outbox when it comes back): the id is
+			// remembered as long as the message lives.
+			ttl = max(ttl, d.env.Config.C2CTTL)
+		}
+		rec := &actorpb.IdempotencyRecord{MsgId: e.MsgId, Seq: e.Seq, ExpiresAtMs: now.Add(ttl).UnixMilli()}
 		w.Idem = append(w.Idem, store.IdemPut{Key: key, Record: rec})
 		d.remember(key, rec)
 	}

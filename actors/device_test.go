@@ -792,3 +792,29 @@ func TestExpiryIndexHintsManyBuckets(t *testing.T) {
 		t.Fatalf("the machine's buckets %v", h.d.indexed)
 	}
 }
+
+// TestC2CIdsRememberedWhileTheMessageLives: a C2C client message id is
+// remembered as long as its message may still be delivered (the C2C
+// expiry, 7 days), not only the push idempotency keys' 24 hours: a phone
+// offline for two days that resends its outbox must not store it twice.
+func TestC2CIdsRememberedWhileTheMessageLives(t *testing.T) {
+	h := newHarness(t)
+	h.d.C2C(h.now, &actorpb.C2CSend{ReplyTo: conn(9), FrameSeq: 1, FromUid: "rider-3",
+		C2C: &devicepb.C2C{ToUid: "driver-7", ClientMsgId: "c-1", Payload: []byte("hi")}}, nil)
+	h.d.Push(h.now, ReplyTo{"api", 1}, &actorpb.Push{Stored: true, Payload: []byte("order"), IdempotencyKey: "k-1",
+		SentAtMs: h.now.UnixMilli(), ExpiresAtMs: h.now.Add(time.Hour).UnixMilli()}, nil)
+	h.settle()
+	got := map[string]int64{}
+	for _, w := range h.writes {
+		for _, p := range w.Idem {
+			got[p.Key] = p.Record.ExpiresAtMs - h.now.UnixMilli()
+		}
+	}
+	cfg := DefaultConfig()
+	if d := got[C2CKey("rider-3", "c-1")]; d != cfg.C2CTTL.Milliseconds() {
+		t.Fatalf("the C2C id is remembered for %v, want the C2C expiry %v (records %v)", time.Duration(d)*time.Millisecond, cfg.C2CTTL, got)
+	}
+	if d := got[PushKey("k-1")]; d != cfg.IdempotencyTTL.Milliseconds() {
+		t.Fatalf("the push key is remembered for %v, want %v (records %v)", time.Duration(d)*time.Millisecond, cfg.IdempotencyTTL, got)
+	}
+}
