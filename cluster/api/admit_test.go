@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -263,16 +262,11 @@ func TestLateGateRefusalsCounted(t *testing.T) {
 // with reason and the setting.
 func wantReason(t *testing.T, err error, reason, setting string) {
 	t.Helper()
-	for _, d := range status.Convert(err).Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			if info.Domain != apipb.ErrorDomain || info.Reason != reason || info.Metadata[apipb.SettingKey] != setting {
-				t.Fatalf("%v: ErrorInfo %v, want reason %s, setting %s", err, info, reason, setting)
-			}
-			if Reason(err) != reason {
-				t.Fatalf("Reason(%v) = %q", err, Reason(err))
-			}
-			return
-		}
+	info := apipb.ErrorInfo(err)
+	if info == nil {
+		t.Fatalf("%v: no ErrorInfo among the details, want reason %s", err, reason)
 	}
-	t.Fatalf("%v: no ErrorInfo among the details, want reason %s", err, reason)
+	if info.Domain != apipb.ErrorDomain || info.Reason != reason || info.Metadata[apipb.SettingKey] != setting {
+		t.Fatalf("%v: ErrorInfo %v, want reason %s, setting %s", err, info, reason, setting)
+	}
 }

@@ -36,17 +36,6 @@ func refusalf(code codes.Code, reason, setting, format string, args ...any) erro
 	return refusal(code, reason, setting, fmt.Sprintf(format, args...))
 }
 
-// Reason returns the reason of err's google.rpc.ErrorInfo in Courier's
-// domain, "" if it has none.
-func Reason(err error) string {
-	for _, d := range status.Convert(err).Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == apipb.ErrorDomain {
-			return info.Reason
-		}
-	}
-	return ""
-}
-
 // failureReason is the reason of an actor's Failure: its own, or, from a
 // node of a version that gave none, NODE_OVERLOADED for a refusal for a
 // late gate.

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -171,23 +170,12 @@ func TestAPIConnectionCap(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "api.max-connections") {
 		t.Fatalf("a second connection: %v, want RESOURCE_EXHAUSTED naming api.max-connections", err)
 	}
-	if info := errorInfo(err); info.GetReason() != apipb.ReasonLimitReached || info.GetMetadata()[apipb.SettingKey] != "api.max-connections" {
+	if info := apipb.ErrorInfo(err); info.GetReason() != apipb.ReasonLimitReached || info.GetMetadata()[apipb.SettingKey] != "api.max-connections" {
 		t.Fatalf("a second connection: ErrorInfo %v, want LIMIT_REACHED and the setting", info)
 	}
 	if got := metric(t, n, refusedConnsRe); got != 1 {
 		t.Fatalf("courier_api_connections_refused_total %d, want 1", got)
 	}
-}
-
-// errorInfo returns the google.rpc.ErrorInfo of Courier's domain among
-// err's status details, nil if there is none.
-func errorInfo(err error) *errdetails.ErrorInfo {
-	for _, d := range status.Convert(err).Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == apipb.ErrorDomain {
-			return info
-		}
-	}
-	return nil
 }
 
 // TestAPIRefusalReasons: a push refused because the identity's inbox is
@@ -210,7 +198,7 @@ func TestAPIRefusalReasons(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("a third push to an inbox of 2: %v, want RESOURCE_EXHAUSTED", err)
 	}
-	if info := errorInfo(err); info.GetReason() != apipb.ReasonInboxFull || info.GetMetadata()[apipb.SettingKey] != "actors.inbox-max-messages" {
+	if info := apipb.ErrorInfo(err); info.GetReason() != apipb.ReasonInboxFull || info.GetMetadata()[apipb.SettingKey] != "actors.inbox-max-messages" {
 		t.Fatalf("a third push to an inbox of 2: ErrorInfo %v, want INBOX_FULL and actors.inbox-max-messages", info)
 	}
 	r, err := api.PushMany(ctx, &apipb.PushManyRequest{Items: []*apipb.PushRequest{push("full"), push("room")}})

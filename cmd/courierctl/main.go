@@ -15,8 +15,6 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc/status"
 
 	"github.com/courier-im/courier/messages/apipb"
 )
@@ -133,13 +131,12 @@ func minArgs(n int) cobra.PositionalArgs {
 // reason describes the google.rpc.ErrorInfo of a refusal by the node
 // (docs/api.md, Errors), "" if err has none.
 func reason(err error) string {
-	for _, d := range status.Convert(err).Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == apipb.ErrorDomain {
-			if s := info.Metadata[apipb.SettingKey]; s != "" {
-				return fmt.Sprintf("reason %s (setting %s)", info.Reason, s)
-			}
-			return "reason " + info.Reason
-		}
+	info := apipb.ErrorInfo(err)
+	if info == nil {
+		return ""
 	}
-	return ""
+	if s := info.Metadata[apipb.SettingKey]; s != "" {
+		return fmt.Sprintf("reason %s (setting %s)", info.Reason, s)
+	}
+	return "reason " + info.Reason
 }

@@ -1,5 +1,10 @@
 package apipb
 
+import (
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/status"
+)
+
 // The reasons of failures, for programs: PushItemResult.reason, and the
 // reason of the google.rpc.ErrorInfo (domain ErrorDomain) in a failed
 // call's status details, with the setting that bounds it in its metadata
@@ -26,3 +31,14 @@ const ErrorDomain = "courier.im"
 
 // SettingKey is the ErrorInfo metadata key that names the setting.
 const SettingKey = "setting"
+
+// ErrorInfo returns the google.rpc.ErrorInfo of Courier's domain among
+// the status details of err (a gRPC error), nil if it has none.
+func ErrorInfo(err error) *errdetails.ErrorInfo {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == ErrorDomain {
+			return info
+		}
+	}
+	return nil
+}
