@@ -159,7 +159,7 @@ scenario needs.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(connectCmd(), pushCmd(), c2cCmd(), upstreamCmd(), reconnectCmd(), reportCmd(), chaosCmd())
+	root.AddCommand(connectCmd(), pushCmd(), c2cCmd(), upstreamCmd(), reconnectCmd(), reportCmd(), chaosCmd(), apiFloodCmd())
 	return root
 }
 
