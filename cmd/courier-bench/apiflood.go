@@ -2,17 +2,14 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/net/http2"
 
 	"github.com/courier-im/courier/cmd/courier-bench/internal/bench"
 	"github.com/courier-im/courier/cmd/courier-bench/internal/procstat"
@@ -39,12 +36,14 @@ and never the last one: the node reads and holds what it admits. After
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), hold)
 			defer cancel()
-			ts := make([]*http2.Transport, conns)
+			// A transport per connection: each keeps one HTTP/2 connection
+			// for as many calls as the node lets it carry.
+			ts := make([]*http.Transport, conns)
 			for i := range ts {
-				ts[i] = &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, n, a string, _ *tls.Config) (net.Conn, error) {
-					var d net.Dialer
-					return d.DialContext(ctx, n, a)
-				}}
+				p := new(http.Protocols)
+				p.SetUnencryptedHTTP2(true)
+				ts[i] = &http.Transport{Protocols: p}
+				defer ts[i].CloseIdleConnections()
 			}
 			var answered, refused atomic.Int64
 			for i := range calls {
