@@ -3,6 +3,8 @@ package actors
 import (
 	"fmt"
 	"time"
+
+	"github.com/courier-im/courier/messages"
 )
 
 // Config tunes device actors. Every node of a cluster should use the same.
@@ -58,6 +60,12 @@ type Config struct {
 	IdempotencyTTL time.Duration
 	// PullPage is the most messages one PULL_ACK carries (default 100).
 	PullPage int
+	// MaxFrameSize is the largest body the server sends a device (default
+	// 64 KiB, the gate's frame limit, which the node sets here): a
+	// PULL_ACK's page ends before it, and a C2C whose delivery would not
+	// fit is refused with MESSAGE_TOO_LARGE. Devices written from the
+	// protocol size their readers to the frame limit.
+	MaxFrameSize int
 	// ExpirySweep is how often the node looks through the inbox store for
 	// expired messages of identities that are not in memory (devices that
 	// never came back), and has their actors drop them (default 10 min;
@@ -109,6 +117,7 @@ func DefaultConfig() Config {
 		C2CSenderMaxBytes:    512 << 10,
 		IdempotencyTTL:       24 * time.Hour,
 		PullPage:             100,
+		MaxFrameSize:         messages.DefaultMaxBody,
 		PassivateAfter:       30 * time.Second,
 		ExpirySweep:          10 * time.Minute,
 		MaxPendingWrites:     4096,
@@ -148,6 +157,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("actors.idempotency-ttl %v: must be at least 1m", c.IdempotencyTTL)
 	case c.PullPage < 1 || c.PullPage > 1000:
 		return fmt.Errorf("actors.pull-page %d: must be in [1, 1000]", c.PullPage)
+	case c.MaxFrameSize < 1024 || c.MaxFrameSize > 16<<20:
+		return fmt.Errorf("actors.max-frame-size %d: must be in [1 KiB, 16 MiB]", c.MaxFrameSize)
 	case c.ExpirySweep != 0 && c.ExpirySweep < 100*time.Millisecond:
 		return fmt.Errorf("actors.expiry-sweep %v: must be 0 (off) or at least 100ms", c.ExpirySweep)
 	case c.PassivateAfter < 100*time.Millisecond:

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/actors/store"
@@ -64,6 +65,21 @@ const MaxClientMsgIDLen = 128
 // its share of a PULL_ACK (a StoredMessage has its fields, plus a few
 // bytes of wrapping), so the budgets hold whatever the entries contain.
 func EntryBytes(e *actorpb.InboxEntry) int { return proto.Size(e) + messages.HeaderSize }
+
+// pullAckHasMore is what a PULL_ACK's has_more adds to its body.
+const pullAckHasMore = 2
+
+// pullAckEntry is what a message of n encoded bytes adds to a PULL_ACK's
+// body: StoredMessage has InboxEntry's fields under the same numbers, so
+// its size is n, plus its tag and length in the repeated field.
+func pullAckEntry(n int) int { return 1 + protowire.SizeVarint(uint64(n)) + n }
+
+// tooLarge reports how many bytes the largest frame that can carry e
+// alone (a PULL_ACK of that one message; S2C and C2C_PUSH carry a subset
+// of its fields) would pass the frame limit by, or 0 if it fits.
+func (d *Device) tooLarge(e *actorpb.InboxEntry) int {
+	return max(0, pullAckHasMore+pullAckEntry(proto.Size(e))-d.env.Config.MaxFrameSize)
+}
 
 // item is an inbox entry and its delivery state in the current session.
 type item struct {
@@ -891,10 +907,16 @@ func (d *Device) pull(after, limit uint32) *devicepb.PullAck {
 	}
 	i := sort.Search(len(d.inbox), func(i int) bool { return d.inbox[i].e.Seq > after })
 	ack := &devicepb.PullAck{Code: devicepb.Code_OK}
-	size := 0
+	// The page ends before its entries pass the window's bytes, or its
+	// body the frame limit (has_more included): a device sizes its reader
+	// to the frame limit. One message always goes: C2C refuses what
+	// would not fit alone (tooLarge), and pushes leave 1 KiB for the rest.
+	size, body := 0, pullAckHasMore
 	for ; i < len(d.inbox) && len(ack.Messages) < int(limit); i++ {
 		e := d.inbox[i].e
-		if size += d.inbox[i].size; size > d.env.Config.WindowBytes && len(ack.Messages) > 0 {
+		size += d.inbox[i].size
+		body += pullAckEntry(d.inbox[i].size - messages.HeaderSize)
+		if (size > d.env.Config.WindowBytes || body > d.env.Config.MaxFrameSize) && len(ack.Messages) > 0 {
 			break
 		}
 		ack.Messages = append(ack.Messages, &devicepb.StoredMessage{
@@ -1084,6 +1106,15 @@ func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.Idempotency
 	e.Kind, e.MsgId, e.Msgtype, e.Payload, e.Seq = devicepb.Kind_KIND_C2C, d.env.NewID(), m.Msgtype, c.GetPayload(), d.lastSeq+1
 	e.SentAtMs, e.ExpiresAtMs = m.AtMs, now.Add(d.env.Config.C2CTTL).UnixMilli()
 	e.FromUid, e.ClientMsgId = m.FromUid, c.GetClientMsgId()
+	if over := d.tooLarge(e); over > 0 {
+		// Stored, it could never be delivered: the C2C frame fitted the
+		// limit, but its delivery adds the message id, the sender, the
+		// times and the seq.
+		d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_MESSAGE_TOO_LARGE, "", fmt.Sprintf(
+			"delivered, the message would take %d bytes more than the %d-byte frame limit: shorten the payload by at least %d bytes",
+			over, d.env.Config.MaxFrameSize, over))})
+		return
+	}
 	if why, _ := d.room(e); why != "" {
 		d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_INBOX_FULL, "", why)})
 		return

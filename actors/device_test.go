@@ -447,6 +447,7 @@ func TestRestoreFromSnapshot(t *testing.T) {
 func TestWindowBytes(t *testing.T) {
 	h := newHarness(t)
 	h.cfg.WindowBytes = 100 << 10
+	h.cfg.MaxFrameSize = 1 << 20 // the window, not the frame limit, ends the PULL_ACK
 	big := string(make([]byte, 40<<10))
 	for range 5 {
 		h.push(big, 0)

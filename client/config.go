@@ -77,7 +77,7 @@ type Config struct {
 	// gate's default).
 	MaxFrameSize uint32
 	// MaxBody is the largest body accepted from the server (default
-	// 16 MiB).
+	// 16 MiB, generous; see ConnConfig.MaxBody).
 	MaxBody uint32
 
 	// BackoffInitial and BackoffMax bound the wait before reconnecting:

@@ -21,7 +21,9 @@ type ConnConfig struct {
 	// (default 1).
 	AppCode uint16
 	// MaxBody is the largest body, compressed or not, accepted from the
-	// server (default 16 MiB: a PULL_ACK can be several MiB).
+	// server (default 16 MiB, generous: a server keeps what it sends
+	// within its frame limit, 64 KiB by default, but servers before
+	// MESSAGE_TOO_LARGE sent PULL_ACKs of a few hundred KiB).
 	MaxBody uint32
 	// CompressThreshold: once compression is on, bodies of at least this
 	// many bytes are sent compressed (default 512).

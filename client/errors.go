@@ -96,7 +96,8 @@ func (e *ResultError) Temporary() bool {
 	switch e.Code {
 	case devicepb.Code_NO_SUBSCRIBER, devicepb.Code_BAD_RECEIVER, devicepb.Code_RECEIVER_BLOCKED,
 		devicepb.Code_BAD_BODY, devicepb.Code_UNKNOWN_COMMAND, devicepb.Code_APP_MISMATCH,
-		devicepb.Code_BAD_FLAGS, devicepb.Code_FRAME_TOO_LARGE, devicepb.Code_CLIENT_MSG_ID_TOO_LONG:
+		devicepb.Code_BAD_FLAGS, devicepb.Code_FRAME_TOO_LARGE, devicepb.Code_CLIENT_MSG_ID_TOO_LONG,
+		devicepb.Code_MESSAGE_TOO_LARGE:
 		return false
 	}
 	return true

@@ -27,7 +27,10 @@ type DeviceConfig struct {
 	LocalAddr string
 	// Timeout bounds the dial and every read and write (0: 5 s).
 	Timeout time.Duration
-	// MaxBody is the largest body accepted from the server (0: 16 MiB).
+	// MaxBody is the largest body accepted from the server (0: 64 KiB,
+	// the protocol's default frame limit, which everything the server
+	// sends must fit: a larger frame fails the test that reads it). A
+	// test of a node with a larger gate.max-frame-size sets it.
 	MaxBody uint32
 }
 
@@ -72,7 +75,7 @@ func DialErr(t testing.TB, addr string, cfg DeviceConfig) (*Device, error) {
 		cfg.Timeout = 5 * time.Second
 	}
 	if cfg.MaxBody == 0 {
-		cfg.MaxBody = 16 << 20
+		cfg.MaxBody = messages.DefaultMaxBody
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 	defer cancel()

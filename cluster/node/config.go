@@ -209,8 +209,10 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 		}
 		keys[key] = int(n)
 	}
-	// The actors announce the gate's heartbeat in LOGIN_ACK.
+	// The actors announce the gate's heartbeat in LOGIN_ACK, and keep
+	// what they send within its frame limit.
 	c.Actors.Heartbeat = c.Gate.HeartbeatInterval
+	c.Actors.MaxFrameSize = int(c.Gate.MaxFrameSize)
 	if err := c.Actors.Validate(); err != nil {
 		// The heartbeat is the gate's setting.
 		return nil, nil, errors.New(strings.Replace(err.Error(), "actors.heartbeat", "gate.heartbeat-interval", 1))

@@ -46,7 +46,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	g := &c.Gate
 	fs.StringVar(&g.Addr, "gate.addr", g.Addr, "device TCP listen address")
 	fs.IntVar(&g.Loops, "gate.loops", g.Loops, "event loops (0: one per CPU)")
-	fs.Uint32Var(&g.MaxFrameSize, "gate.max-frame-size", g.MaxFrameSize, "largest frame body accepted, and cap on a decompressed body")
+	fs.Uint32Var(&g.MaxFrameSize, "gate.max-frame-size", g.MaxFrameSize, "largest frame body accepted, cap on a decompressed body, and bound on the bodies the node sends")
 	fs.IntVar(&g.MaxConns, "gate.max-conns", g.MaxConns, "connection cap (0: open-files limit minus gate.fd-reserve)")
 	fs.IntVar(&g.FDReserve, "gate.fd-reserve", g.FDReserve, "file descriptors kept free for everything but device connections")
 	fs.DurationVar(&g.LoginTimeout, "gate.login-timeout", g.LoginTimeout, "close connections not logged in after this")

@@ -99,6 +99,10 @@ const (
 	// The request's client_msg_id is longer than 128 bytes (C2S, C2C).
 	// Nothing was accepted; do not resend it unchanged.
 	Code_CLIENT_MSG_ID_TOO_LONG Code = 48
+	// The C2C's delivery to the receiver (its payload with the message id,
+	// the sender's uid, the times and the seq) would not fit the frame
+	// limit. Nothing was stored; shorten the payload, then send it again.
+	Code_MESSAGE_TOO_LARGE Code = 49
 )
 
 // Enum value maps for Code.
@@ -130,6 +134,7 @@ var (
 		46: "UNAVAILABLE",
 		47: "INTERNAL",
 		48: "CLIENT_MSG_ID_TOO_LONG",
+		49: "MESSAGE_TOO_LARGE",
 	}
 	Code_value = map[string]int32{
 		"OK":                     0,
@@ -158,6 +163,7 @@ var (
 		"UNAVAILABLE":            46,
 		"INTERNAL":               47,
 		"CLIENT_MSG_ID_TOO_LONG": 48,
+		"MESSAGE_TOO_LARGE":      49,
 	}
 )
 
@@ -1520,7 +1526,7 @@ const file_courier_device_v1_device_proto_rawDesc = "" +
 	"\bhas_more\x18\x03 \x01(\bR\ahasMore\"L\n" +
 	"\x05Error\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.courier.device.v1.CodeR\x04code\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason*\xe5\x03\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason*\xfc\x03\n" +
 	"\x04Code\x12\x06\n" +
 	"\x02OK\x10\x00\x12\x17\n" +
 	"\x13UNSUPPORTED_VERSION\x10\x01\x12\x13\n" +
@@ -1549,7 +1555,8 @@ const file_courier_device_v1_device_proto_rawDesc = "" +
 	"\x11STORE_UNAVAILABLE\x10-\x12\x0f\n" +
 	"\vUNAVAILABLE\x10.\x12\f\n" +
 	"\bINTERNAL\x10/\x12\x1a\n" +
-	"\x16CLIENT_MSG_ID_TOO_LONG\x100*\xaf\x01\n" +
+	"\x16CLIENT_MSG_ID_TOO_LONG\x100\x12\x15\n" +
+	"\x11MESSAGE_TOO_LARGE\x101*\xaf\x01\n" +
 	"\n" +
 	"KickReason\x12\x1b\n" +
 	"\x17KICK_REASON_UNSPECIFIED\x10\x00\x12\x17\n" +
