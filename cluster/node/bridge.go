@@ -31,6 +31,7 @@ type bridge struct {
 	g        *gate.Gate // set after the gate is created
 	up       *upstream.Router
 	ids      *actors.IDGen
+	maxFrame int // the gate's frame limit, which its answers keep within
 }
 
 func (b *bridge) ref(id gate.ConnID) *actorpb.ConnRef {
@@ -72,7 +73,7 @@ func (b *bridge) Frame(c gate.ConnInfo, h messages.Header, body []byte) {
 		}
 		if len(m.ClientMsgId) > actors.MaxClientMsgIDLen {
 			b.reply(c, h, messages.CmdC2SAck, &devicepb.C2SAck{Code: devicepb.Code_CLIENT_MSG_ID_TOO_LONG,
-				ClientMsgId: m.ClientMsgId, Reason: clientIDTooLong(len(m.ClientMsgId))})
+				ClientMsgId: b.echoID(m.ClientMsgId), Reason: clientIDTooLong(len(m.ClientMsgId))})
 			return
 		}
 		b.reply(c, h, messages.CmdC2SAck, b.c2s(c, h, &m))
@@ -83,7 +84,7 @@ func (b *bridge) Frame(c gate.ConnInfo, h messages.Header, body []byte) {
 		}
 		if len(m.ClientMsgId) > actors.MaxClientMsgIDLen {
 			b.reply(c, h, messages.CmdC2CAck, &devicepb.C2CAck{Code: devicepb.Code_CLIENT_MSG_ID_TOO_LONG,
-				ClientMsgId: m.ClientMsgId, Reason: clientIDTooLong(len(m.ClientMsgId))})
+				ClientMsgId: b.echoID(m.ClientMsgId), Reason: clientIDTooLong(len(m.ClientMsgId))})
 			return
 		}
 		if m.ToUid == "" || len(m.ToUid) > store.MaxUIDLen || m.ToUid == c.UID {
@@ -124,6 +125,17 @@ type frameEnvelope struct {
 	frame actorpb.DeviceFrame
 	ref   actorpb.ConnRef
 	buf   [48]byte
+}
+
+// echoID is the client_msg_id an answer to a refused C2S or C2C echoes:
+// the id, unless it is too long for the answer to fit the frame limit
+// with its code and reason (a C2C of a whole frame that is nearly all
+// id). Then it is empty, and the frame's seq says what is answered.
+func (b *bridge) echoID(id string) string {
+	if len(id) > b.maxFrame-1024 {
+		return ""
+	}
+	return id
 }
 
 func clientIDTooLong(n int) string {

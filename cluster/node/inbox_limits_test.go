@@ -64,6 +64,16 @@ func TestHugeClientMsgIDsDoNotLockOutTheReceiver(t *testing.T) {
 	if ack := sendC2S(t, mallory, 3, strings.Repeat("z", 129)); ack.Code != devicepb.Code_CLIENT_MSG_ID_TOO_LONG {
 		t.Fatalf("C2S with a 129-byte client_msg_id: %v", ack.Code)
 	}
+	// A frame that is all id: echoed, the answer would pass the frame
+	// limit (testkit's devices read with that cap), so the id is left
+	// out and the seq says what is answered.
+	whole := strings.Repeat("w", messages.DefaultMaxBody-len("victim")-2-4)
+	if ack := expectC2CAck(t, mallory, sendC2C(mallory, "victim", whole, "")); ack.Code != devicepb.Code_CLIENT_MSG_ID_TOO_LONG || ack.ClientMsgId != "" {
+		t.Fatalf("C2C of a whole frame of client_msg_id: %v, echoed %d bytes", ack.Code, len(ack.ClientMsgId))
+	}
+	if ack := sendC2S(t, mallory, 3, whole[:len(whole)-40]); ack.Code != devicepb.Code_CLIENT_MSG_ID_TOO_LONG || ack.ClientMsgId != "" {
+		t.Fatalf("C2S of a whole frame of client_msg_id: %v, echoed %d bytes", ack.Code, len(ack.ClientMsgId))
+	}
 	victim := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
 	ack := victim.Login("victim", testkit.Token(t, 1, "victim"), false)
 	if ack.Code != devicepb.Code_OK {
