@@ -29,7 +29,11 @@ import (
 // way, node-wide: at most Limits.MaxCallsInFlight calls open at once
 // (each reading a request of up to Limits.MaxRequestBytes) and
 // Limits.MaxUpstreamStreams upstream streams; a call beyond is refused in
-// the tap, before its request is read.
+// the tap, before its request is read. Each app (the appcode of the
+// call's key; operator keys together are one more) may hold only its
+// share of them (Limits.MaxAppCallsInFlight, MaxAppUpstreamStreams), and
+// of the pushes in flight (MaxAppPushesInFlight, in Server.admitPushes),
+// so that the others always find room.
 
 // maxHeaderListSize bounds the headers (metadata) of one call. gRPC's
 // default is 16 MiB; an API call sends a few hundred bytes.
@@ -58,9 +62,13 @@ type admission struct {
 	calls      atomic.Int64 // calls with a key open, but upstream streams
 	maxStreams int64
 	streams    atomic.Int64 // upstream streams open
-	mu         sync.Mutex
-	open, over int
-	overAddrs  map[string]bool // remote addresses of connections over the cap
+	// Each app's share: its counts, by scope (read-only after
+	// newAdmission: the keys are fixed), and their limits.
+	shares                                   map[int]*share
+	maxAppCalls, maxAppStreams, maxAppPushes int64
+	mu                                       sync.Mutex
+	open, over                               int
+	overAddrs                                map[string]bool // remote addresses of connections over the cap
 
 	connsOpen    prometheus.Gauge
 	connsRefused prometheus.Counter
@@ -71,23 +79,40 @@ type admission struct {
 }
 
 func newAdmission(keys Keys, l Limits) *admission {
+	appCalls, appStreams, appPushes := l.AppShares()
 	return &admission{
 		keys: keys, maxConns: l.MaxConnections, overConns: overConns, maxPublic: int64(l.MaxUnauthenticatedCalls),
 		maxCalls: int64(l.MaxCallsInFlight), maxStreams: int64(l.MaxUpstreamStreams),
+		shares:      shares(keys),
+		maxAppCalls: int64(appCalls), maxAppStreams: int64(appStreams), maxAppPushes: int64(appPushes),
 		overAddrs: map[string]bool{},
 		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_api_connections",
 			Help: "Open connections to the gRPC API (within api.max-connections)."}),
 		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_api_connections_refused_total",
 			Help: "Connections to the gRPC API over api.max-connections: their calls got RESOURCE_EXHAUSTED, or they were closed at once."}),
 		callsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_api_calls_refused_total",
-			Help: "API calls refused before their request was read, by reason: unauthenticated (no or unknown key), unauthenticated_calls (over api.max-unauthenticated-calls), calls_in_flight (over api.max-calls-in-flight), upstream_streams (over api.max-upstream-streams), max_connections (on a connection over api.max-connections)."},
+			Help: "API calls refused before their request was read, by reason: unauthenticated (no or unknown key), unauthenticated_calls (over api.max-unauthenticated-calls), calls_in_flight (over api.max-calls-in-flight), app_calls_in_flight (over api.max-app-calls-in-flight), upstream_streams (over api.max-upstream-streams), app_upstream_streams (over api.max-app-upstream-streams), max_connections (on a connection over api.max-connections)."},
 			[]string{"reason"}),
 		pushesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_api_pushes_refused_total",
-			Help: "Pushes refused with RESOURCE_EXHAUSTED because the node was overloaded, by reason: gate_backlog (api.max-gate-backlog), remote_gate_backlog (pushes their identity's actor refused because deliveries to the device's gate, on another node, were later than api.max-gate-backlog), push_delay (api.max-push-delay), pushes_in_flight (api.max-pushes-in-flight)."},
+			Help: "Pushes refused with RESOURCE_EXHAUSTED because the node was overloaded, by reason: gate_backlog (api.max-gate-backlog), remote_gate_backlog (pushes their identity's actor refused because deliveries to the device's gate, on another node, were later than api.max-gate-backlog), push_delay (api.max-push-delay), pushes_in_flight (api.max-pushes-in-flight), app_pushes_in_flight (api.max-app-pushes-in-flight)."},
 			[]string{"reason"}),
 		gateWaits: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_api_gate_backlog_waits_total",
 			Help: "Push calls that found the node's gate behind (api.max-gate-backlog) and waited for it; those it did not catch up for are also in courier_api_pushes_refused_total{reason=\"gate_backlog\"}."}),
 	}
+}
+
+// share is what the calls with the keys of one app hold: calls, upstream
+// streams and pushes in flight.
+type share struct{ calls, streams, pushes atomic.Int64 }
+
+func shares(keys Keys) map[int]*share {
+	m := map[int]*share{}
+	for _, app := range keys {
+		if m[app] == nil {
+			m[app] = &share{}
+		}
+	}
+	return m
 }
 
 func (a *admission) collectors() []prometheus.Collector {
@@ -106,34 +131,54 @@ func (a *admission) collectors() []prometheus.Collector {
 const upstreamMethod = "/courier.v1.Courier/Upstream"
 
 // call is what the tap learned of a call: its scope (for a call with a
-// key), and the slot it holds, in a count of open calls.
+// key), and the slots it holds, in the node's count of open calls and in
+// its app's (app: nil for calls without a key).
 type call struct {
-	sc   scope
-	n    *atomic.Int64
-	stop func() bool // of the release at the call's end
+	sc     scope
+	n, app *atomic.Int64
+	stop   func() bool // of the release at the call's end
 }
 
-// take counts the call in n, within max, until ctx (the call's) ends; it
-// reports false, counting nothing, when max are open already.
-func (c *call) take(ctx context.Context, n *atomic.Int64, max int64) bool {
+// Which count refused a call (call.take).
+const (
+	taken = iota
+	nodeFull
+	appFull
+)
+
+// take counts the call in the node's count (n, within max) and in its
+// app's (app, within appMax; nil for none), until ctx (the call's) ends.
+// It reports which was full (the node's first), counting nothing, or
+// taken.
+func (c *call) take(ctx context.Context, n *atomic.Int64, max int64, app *atomic.Int64, appMax int64) int {
 	if n.Add(1) > max {
 		n.Add(-1)
-		return false
+		return nodeFull
+	}
+	if app != nil && app.Add(1) > appMax {
+		app.Add(-1)
+		n.Add(-1)
+		return appFull
 	}
 	// The stream's context ends with the call, whatever its outcome; but
 	// only after its answer is written, so a unary call gives its slot
 	// back as its handler returns (admission.unary): a client that calls
 	// again as soon as it has its answer finds the slot free.
-	c.n, c.stop = n, context.AfterFunc(ctx, c.ended)
-	return true
+	c.n, c.app, c.stop = n, app, context.AfterFunc(ctx, c.ended)
+	return taken
 }
 
-func (c *call) ended() { c.n.Add(-1) }
+func (c *call) ended() {
+	c.n.Add(-1)
+	if c.app != nil {
+		c.app.Add(-1)
+	}
+}
 
-// release gives the call's slot back now, unless its end already did.
+// release gives the call's slots back now, unless its end already did.
 func (c *call) release() {
 	if c.stop != nil && c.stop() {
-		c.n.Add(-1)
+		c.ended()
 	}
 }
 
@@ -164,7 +209,7 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 			"too many API connections: this node serves at most %d at once (api.max-connections), and this connection is closed in a moment; share connections between calls, or retry later", a.maxConns)
 	}
 	if public(info.FullMethodName) {
-		if !(&call{}).take(ctx, &a.public, a.maxPublic) {
+		if (&call{}).take(ctx, &a.public, a.maxPublic, nil, 0) != taken {
 			a.callsRefused.WithLabelValues("unauthenticated_calls").Inc()
 			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-unauthenticated-calls",
 				"too many calls without an API key at once (health checks, reflection): at most %d (api.max-unauthenticated-calls); retry later", a.maxPublic)
@@ -176,14 +221,27 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 		a.callsRefused.WithLabelValues("unauthenticated").Inc()
 		return nil, err
 	}
+	sc.sh = a.shares[sc.app]
 	c := &call{sc: sc}
 	if info.FullMethodName == upstreamMethod {
-		if !c.take(ctx, &a.streams, a.maxStreams) {
+		switch c.take(ctx, &a.streams, a.maxStreams, &sc.sh.streams, a.maxAppStreams) {
+		case appFull:
+			a.callsRefused.WithLabelValues("app_upstream_streams").Inc()
+			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-app-upstream-streams",
+				"too many upstream streams open on this node for this app: at most %d (api.max-app-upstream-streams); close streams you no longer read, subscribe on another node, or retry later", a.maxAppStreams)
+		case nodeFull:
 			a.callsRefused.WithLabelValues("upstream_streams").Inc()
 			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-upstream-streams",
 				"too many upstream streams open on this node: at most %d (api.max-upstream-streams); subscribe on another node, or retry later", a.maxStreams)
 		}
-	} else if !c.take(ctx, &a.calls, a.maxCalls) {
+		return context.WithValue(ctx, scopeKey{}, c), nil
+	}
+	switch c.take(ctx, &a.calls, a.maxCalls, &sc.sh.calls, a.maxAppCalls) {
+	case appFull:
+		a.callsRefused.WithLabelValues("app_calls_in_flight").Inc()
+		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-app-calls-in-flight",
+			"node overloaded for this app: %d of its API calls open at once on this node, its share (api.max-app-calls-in-flight); nothing of this call was read: retry later, backing off, and put many pushes in one PushMany", a.maxAppCalls)
+	case nodeFull:
 		a.callsRefused.WithLabelValues("calls_in_flight").Inc()
 		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-calls-in-flight",
 			"node overloaded: %d API calls open at once on this node, the most it reads (api.max-calls-in-flight); nothing of this call was read: retry later, backing off, and put many pushes in one PushMany", a.maxCalls)

@@ -284,7 +284,7 @@ func TestCallHeadersAreBounded(t *testing.T) {
 // free again when a call ends, however it ends.
 func TestCallsWithAKeyAreBounded(t *testing.T) {
 	lim := DefaultLimits()
-	lim.MaxCallsInFlight = 2
+	lim.MaxCallsInFlight, lim.MaxAppCallsInFlight = 2, 2 // one app may fill the node here
 	lim.MaxUpstreamStreams = 1
 	s := serve(t, lim)
 	key := "Bearer " + testKey
@@ -353,4 +353,135 @@ func TestCallsWithAKeyAreBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, 10*time.Second, func() bool { return s.srv.adm.calls.Load() == 0 }, "slots not given back")
+}
+
+// TestOneAppCannotTakeTheNode: the calls with the keys of one app hold at
+// most its share of the node's calls and upstream streams, so another
+// app's calls are served while the first one floods the node; past the
+// node-wide cap, every app is refused.
+func TestOneAppCannotTakeTheNode(t *testing.T) {
+	lim := DefaultLimits()
+	lim.MaxCallsInFlight, lim.MaxAppCallsInFlight = 3, 2
+	lim.MaxUpstreamStreams, lim.MaxAppUpstreamStreams = 2, 1
+	s := serve(t, lim)
+	one, two := "Bearer "+testKey, "Bearer "+testKey2
+	// App 1 opens two calls whose requests are "still coming": its share.
+	r1, r2 := dialRaw(t, s.addr), dialRaw(t, s.addr)
+	r1.openCall(t, 1, "/courier.v1.Courier/Push", one)
+	r2.openCall(t, 1, "/courier.v1.Courier/Push", one)
+	testkit.Eventually(t, 10*time.Second, func() bool { return s.srv.adm.calls.Load() == 2 }, "app 1's calls are not counted")
+	// Its third is refused, unread, naming its share; the node has room.
+	r3 := dialRaw(t, s.addr)
+	r3.openCall(t, 1, "/courier.v1.Courier/Push", one)
+	if code, msg, ok := r3.answer(t, 1, 5*time.Second); !ok || code != "8" || !strings.Contains(msg, "api.max-app-calls-in-flight") {
+		t.Fatalf("app 1's third call: answered %v %q %q, want 8 (RESOURCE_EXHAUSTED) naming api.max-app-calls-in-flight", ok, code, msg)
+	}
+	_, err := s.client.Push(authed(t, 10*time.Second), &apipb.PushRequest{AppCode: 1, Uid: "u"})
+	wantReason(t, err, apipb.ReasonNodeOverloaded, "api.max-app-calls-in-flight")
+	if got := testutil.ToFloat64(s.srv.adm.callsRefused.WithLabelValues("app_calls_in_flight")); got != 2 {
+		t.Fatalf("courier_api_calls_refused_total{reason=app_calls_in_flight} %v, want 2", got)
+	}
+	// App 2 is served meanwhile, call after call.
+	ctx2 := metadata.NewOutgoingContext(authed(t, 10*time.Second), metadata.Pairs("authorization", two))
+	for range 20 {
+		if _, err := s.client.Push(ctx2, &apipb.PushRequest{AppCode: 2, Uid: "u"}); err != nil {
+			t.Fatalf("app 2 while app 1 holds its share: %v", err)
+		}
+	}
+	// App 2 holding one call fills the node: now app 2 meets the node's cap.
+	r4 := dialRaw(t, s.addr)
+	r4.openCall(t, 1, "/courier.v1.Courier/Push", two)
+	testkit.Eventually(t, 10*time.Second, func() bool { return s.srv.adm.calls.Load() == 3 }, "app 2's call is not counted")
+	if _, err := s.client.Push(ctx2, &apipb.PushRequest{AppCode: 2, Uid: "u"}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("app 2 with the node full: %v", err)
+	} else {
+		wantReason(t, err, apipb.ReasonNodeOverloaded, "api.max-calls-in-flight")
+	}
+	// A reset call of app 1 gives back both its slots.
+	if err := r1.fr.WriteRSTStream(1, http2.ErrCodeCancel); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return s.srv.adm.calls.Load() == 2 && s.srv.adm.shares[1].calls.Load() == 1 && s.srv.adm.shares[2].calls.Load() == 1
+	}, "a reset call's slots did not come back")
+
+	// Upstream streams: one per app here.
+	up, err := s.client.Upstream(authed(t, time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Send(&apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Subscribe{Subscribe: &apipb.Subscribe{AppCode: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return s.srv.adm.streams.Load() == 1 }, "app 1's stream is not counted")
+	up2, err := s.client.Upstream(authed(t, 10*time.Second))
+	if err == nil {
+		_, err = up2.Recv()
+	}
+	wantReason(t, err, apipb.ReasonLimitReached, "api.max-app-upstream-streams")
+	up3, err := s.client.Upstream(metadata.NewOutgoingContext(authed(t, time.Minute), metadata.Pairs("authorization", two)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up3.Send(&apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Subscribe{Subscribe: &apipb.Subscribe{AppCode: 2}}}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return s.srv.adm.streams.Load() == 2 }, "app 2's stream was not served while app 1 holds its share")
+}
+
+// TestAppShareOfPushesInFlight: the pushes in flight of one app stop at
+// its share, while another app's are admitted up to the node's budget;
+// releases give back both counts.
+func TestAppShareOfPushesInFlight(t *testing.T) {
+	lim := DefaultLimits()
+	lim.MaxPushesInFlight, lim.MaxAppPushesInFlight = 300, 200
+	lim.MaxGateBacklog, lim.MaxPushDelay = 0, 0
+	s := New(Deps{Keys: Keys{testKey: 1, testKey2: 2}, Req: &fakeReq{}, Limits: lim})
+	one, two := scope{app: 1, sh: s.adm.shares[1]}, scope{app: 2, sh: s.adm.shares[2]}
+	r1, err := s.admitPushes(one, 150)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.admitPushes(one, 51)
+	wantReason(t, err, apipb.ReasonNodeOverloaded, "api.max-app-pushes-in-flight")
+	r2, err := s.admitPushes(two, 150)
+	if err != nil {
+		t.Fatalf("app 2 with app 1 at 150 of its 200: %v", err)
+	}
+	// 300 in flight: the node's budget is spent for both.
+	_, err = s.admitPushes(one, 1)
+	wantReason(t, err, apipb.ReasonNodeOverloaded, "api.max-pushes-in-flight")
+	if got := s.adm.shares[1].pushes.Load(); got != 150 {
+		t.Fatalf("app 1 counted %d pushes after a refusal by the node, want 150", got)
+	}
+	if got := testutil.ToFloat64(s.adm.pushesRefused.WithLabelValues("app_pushes_in_flight")); got != 51 {
+		t.Fatalf("courier_api_pushes_refused_total{reason=app_pushes_in_flight} %v, want 51", got)
+	}
+	r1()
+	r2()
+	if s.inFlight.Load() != 0 || s.adm.shares[1].pushes.Load() != 0 || s.adm.shares[2].pushes.Load() != 0 {
+		t.Fatalf("after the releases: node %d, app 1 %d, app 2 %d", s.inFlight.Load(), s.adm.shares[1].pushes.Load(), s.adm.shares[2].pushes.Load())
+	}
+	r3, err := s.admitPushes(one, 200)
+	if err != nil {
+		t.Fatalf("app 1's whole share after the releases: %v", err)
+	}
+	r3()
+}
+
+// TestAppSharesDefaultToHalf: 0 is half of the node's, and a share of
+// pushes always holds one PushMany.
+func TestAppSharesDefaultToHalf(t *testing.T) {
+	l := DefaultLimits()
+	if c, s, p := l.AppShares(); c != 128 || s != 64 || p != 2048 {
+		t.Fatalf("default shares %d calls, %d streams, %d pushes; want 128, 64, 2048", c, s, p)
+	}
+	l.MaxCallsInFlight, l.MaxUpstreamStreams, l.MaxPushesInFlight, l.MaxBatch = 1, 1, 1500, 1000
+	if c, s, p := l.AppShares(); c != 1 || s != 1 || p != 1000 {
+		t.Fatalf("shares of small caps %d, %d, %d; want 1, 1, 1000", c, s, p)
+	}
+	l.MaxAppCallsInFlight = 1
+	if c, _, _ := l.AppShares(); c != 1 {
+		t.Fatalf("a set share %d, want 1", c)
+	}
 }

@@ -20,8 +20,12 @@ type Keys map[string]int
 
 type scopeKey struct{}
 
-// scope is what a call's key allows.
-type scope struct{ app int }
+// scope is what a call's key allows, and the app's share of the node's
+// budgets its calls count against (nil where the tap did not run).
+type scope struct {
+	app int
+	sh  *share
+}
 
 func (s scope) allows(app uint32) bool { return s.app == AllApps || uint32(s.app) == app }
 

@@ -20,7 +20,9 @@
 // thereby bounded by Limits (MaxConnections, MaxUnauthenticatedCalls,
 // MaxRequestBytes) and a fixed bound on a call's headers; what a client
 // with a key can, by MaxCallsInFlight and MaxUpstreamStreams, counted
-// in the tap too, node-wide. gRPC owns the
+// in the tap too, node-wide, and one app's keys by their shares of them
+// (MaxAppCallsInFlight, MaxAppUpstreamStreams; MaxAppPushesInFlight of
+// the pushes). gRPC owns the
 // goroutines of connections and calls; the only ones this package starts
 // are timers that close connections over the cap, and the tap's releases
 // of the slots of calls when they end.

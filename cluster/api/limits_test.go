@@ -29,7 +29,10 @@ import (
 // These tests run the API over real gRPC with the server options a node
 // uses (Server.ServerOptions), on 127.0.0.1.
 
-const testKey = "key-of-app-one-000"
+const (
+	testKey  = "key-of-app-one-000"
+	testKey2 = "key-of-app-two-000"
+)
 
 // served is an API server on a real listener and a client of it.
 type served struct {
@@ -48,7 +51,7 @@ func serveTuned(t *testing.T, lim Limits, tune func(*Server)) *served {
 	up := upstream.New(upstream.DefaultConfig(), nil)
 	t.Cleanup(up.Close)
 	req := &fakeReq{}
-	s := New(Deps{Keys: Keys{testKey: 1}, Req: req, Limits: lim, Upstream: upstream.NewLocalHub(up)})
+	s := New(Deps{Keys: Keys{testKey: 1, testKey2: 2}, Req: req, Limits: lim, Upstream: upstream.NewLocalHub(up)})
 	if tune != nil {
 		tune(s)
 	}

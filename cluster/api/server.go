@@ -121,6 +121,33 @@ type Limits struct {
 	// node (default 128): each is a subscription attached to every gate
 	// of the cluster.
 	MaxUpstreamStreams int
+	// MaxAppCallsInFlight, MaxAppUpstreamStreams and MaxAppPushesInFlight
+	// are one app's share of MaxCallsInFlight, MaxUpstreamStreams and
+	// MaxPushesInFlight: what the calls with keys of one appcode may hold
+	// at once (operator keys count together as one more app). 0 (the
+	// default) is half of the node's (128, 64 and 2048 at their
+	// defaults; for pushes at least MaxBatch), so that one app-server that
+	// floods the node, or leaks streams, leaves the other apps half of it:
+	// a passenger app's retry storm does not stop the orders to drivers.
+	// Beyond its share, an app's call is refused with RESOURCE_EXHAUSTED
+	// (NODE_OVERLOADED for calls and pushes, LIMIT_REACHED for streams),
+	// naming the setting.
+	MaxAppCallsInFlight   int
+	MaxAppUpstreamStreams int
+	MaxAppPushesInFlight  int
+}
+
+// AppShares returns one app's shares of the node's calls, upstream
+// streams and pushes in flight, the defaults (0) resolved.
+func (l Limits) AppShares() (calls, streams, pushes int) {
+	half := func(share, node, least int) int {
+		if share > 0 {
+			return share
+		}
+		return min(node, max(node/2, least))
+	}
+	return half(l.MaxAppCallsInFlight, l.MaxCallsInFlight, 1), half(l.MaxAppUpstreamStreams, l.MaxUpstreamStreams, 1),
+		half(l.MaxAppPushesInFlight, l.MaxPushesInFlight, l.MaxBatch)
 }
 
 // DefaultLimits returns the defaults documented on Limits.
@@ -192,7 +219,7 @@ func New(d Deps) *Server {
 // and records how long the call took), or refuses them at once with
 // RESOURCE_EXHAUSTED when the node is behind (Limits.MaxGateBacklog,
 // MaxPushDelay) or the budget is spent (MaxPushesInFlight).
-func (s *Server) admitPushes(n int) (release func(), err error) {
+func (s *Server) admitPushes(sc scope, n int) (release func(), err error) {
 	if max := s.limits.MaxGateBacklog; max > 0 && s.backlog != nil {
 		b := s.backlog()
 		if b > max {
@@ -224,11 +251,27 @@ func (s *Server) admitPushes(n int) (release func(), err error) {
 			"node overloaded: %d pushes in flight, limit %d (api.max-pushes-in-flight); nothing was accepted: retry later, backing off",
 			in-int64(n), max)
 	}
+	// Then the app's share: an app over it must not take the node's
+	// budget from the others.
+	app := sc.sh
+	if app != nil {
+		if in := app.pushes.Add(int64(n)); in > s.adm.maxAppPushes {
+			app.pushes.Add(-int64(n))
+			s.inFlight.Add(-int64(n))
+			s.adm.pushesRefused.WithLabelValues("app_pushes_in_flight").Add(float64(n))
+			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-app-pushes-in-flight",
+				"node overloaded for this app: %d of its pushes in flight, its share is %d (api.max-app-pushes-in-flight); nothing was accepted: retry later, backing off",
+				in-int64(n), s.adm.maxAppPushes)
+		}
+	}
 	start := time.Now()
 	return func() {
 		now := time.Now()
 		s.calls.Observe(now.Sub(start), now)
 		s.inFlight.Add(-int64(n))
+		if app != nil {
+			app.pushes.Add(-int64(n))
+		}
 	}, nil
 }
 
@@ -362,7 +405,7 @@ func (s *Server) Push(ctx context.Context, r *apipb.PushRequest) (*apipb.PushRes
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.admitPushes(1)
+	release, err := s.admitPushes(scopeOf(ctx), 1)
 	if err != nil {
 		return nil, err
 	}
@@ -401,7 +444,7 @@ func (s *Server) PushMany(ctx context.Context, r *apipb.PushManyRequest) (*apipb
 		envs = append(envs, env)
 		idx = append(idx, i)
 	}
-	release, err := s.admitPushes(len(envs))
+	release, err := s.admitPushes(sc, len(envs))
 	if err != nil {
 		return nil, err
 	}

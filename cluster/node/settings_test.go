@@ -116,6 +116,9 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.API.MaxUnauthenticatedCalls = 0 }, "api.max-unauthenticated-calls")
 	bad(func(c *Config) { c.API.MaxCallsInFlight = 0 }, "api.max-calls-in-flight")
 	bad(func(c *Config) { c.API.MaxUpstreamStreams = 0 }, "api.max-upstream-streams")
+	bad(func(c *Config) { c.API.MaxAppCallsInFlight = c.API.MaxCallsInFlight + 1 }, "api.max-app-calls-in-flight")
+	bad(func(c *Config) { c.API.MaxAppUpstreamStreams = -1 }, "api.max-app-upstream-streams")
+	bad(func(c *Config) { c.API.MaxAppPushesInFlight = c.API.MaxBatch - 1 }, "api.max-app-pushes-in-flight")
 }
 
 // TestStoreDSNFromFileAndEnv: the DSN comes from store.dsn-file (its

@@ -8,10 +8,11 @@ import (
 	"github.com/courier-im/courier/testkit"
 )
 
-// TestAPIFlood: against a node with api.max-calls-in-flight 4, ten
-// unfinished calls: four are held, six refused before their request.
+// TestAPIFlood: against a node with api.max-calls-in-flight 4 (all of it
+// one app's share), ten unfinished calls: four are held, six refused
+// before their request.
 func TestAPIFlood(t *testing.T) {
-	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--api.max-calls-in-flight", "4"}})
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--api.max-calls-in-flight", "4", "--api.max-app-calls-in-flight", "4"}})
 	cmd := apiFloodCmd()
 	var out bytes.Buffer
 	cmd.SetOut(&out)
