@@ -6,6 +6,8 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -1079,7 +1081,18 @@ func (d *Device) reply(to ReplyTo, r *actorpb.Reply, failMsg string) {
 func PushKey(key string) string { return "push:" + key }
 
 // C2CKey is the idempotency key of a C2C message in its receiver's space.
-func C2CKey(fromUID, clientMsgID string) string { return "c2c:" + fromUID + "\x00" + clientMsgID }
+// A NUL ends the sender's uid, which is unambiguous unless the uid holds
+// a NUL itself (the protocol allows any bytes): then ("a\x00b", "c") and
+// ("a", "b\x00c") would share a key, and the second message, from
+// another user, would be acknowledged and never stored. Such a uid gets
+// a key of its own form, its length first, under another prefix; every
+// other uid keeps the form its stored records have.
+func C2CKey(fromUID, clientMsgID string) string {
+	if strings.IndexByte(fromUID, 0) < 0 {
+		return "c2c:" + fromUID + "\x00" + clientMsgID
+	}
+	return "c2c#" + strconv.Itoa(len(fromUID)) + ":" + fromUID + clientMsgID
+}
 
 // C2C stores a message from another user of the app and acknowledges it to
 // the sender's connection. rec is the idempotency record the caller found

@@ -819,3 +819,25 @@ func TestC2CIdsRememberedWhileTheMessageLives(t *testing.T) {
 		t.Fatalf("the push key is remembered for %v, want %v (records %v)", time.Duration(d)*time.Millisecond, cfg.IdempotencyTTL, got)
 	}
 }
+
+// TestC2CKeysOfUIDsWithNUL: a NUL in a sender's uid must not make two
+// senders' messages share a de-duplication key; the second would be
+// acknowledged and never stored. Keys of ordinary uids keep the form
+// their stored records have.
+func TestC2CKeysOfUIDsWithNUL(t *testing.T) {
+	if C2CKey("a\x00b", "c") == C2CKey("a", "b\x00c") {
+		t.Fatal("C2CKey(\"a\\x00b\", \"c\") == C2CKey(\"a\", \"b\\x00c\")")
+	}
+	if got := C2CKey("rider-3", "c-1"); got != "c2c:rider-3\x00c-1" {
+		t.Fatalf("the key of an ordinary uid changed: %q", got)
+	}
+	h := newHarness(t)
+	for i, s := range []struct{ from, id string }{{"a\x00b", "c"}, {"a", "b\x00c"}, {"a\x00", "b\x00c"}, {"a", "\x00b\x00c"}} {
+		h.d.C2C(h.now, &actorpb.C2CSend{ReplyTo: conn(9), FrameSeq: uint32(i + 1), FromUid: s.from, AtMs: h.now.UnixMilli(),
+			C2C: &devicepb.C2C{ToUid: "driver-7", ClientMsgId: s.id, Payload: []byte("hi")}}, nil)
+		ack := body(t, framesTo(h.settle(), 9)[0], &devicepb.C2CAck{})
+		if ack.Code != devicepb.Code_OK || h.d.Pending() != i+1 {
+			t.Fatalf("C2C %d from %q id %q: %v, %d stored, want %d", i, s.from, s.id, ack.Code, h.d.Pending(), i+1)
+		}
+	}
+}
