@@ -50,6 +50,7 @@ type conn struct {
 	zstd          bool // compression negotiated
 	reachedLogin  bool // the Handler saw Login: it gets Closed
 	proxyWait     bool // from a trusted proxy, its PROXY header not yet read
+	sawFrame      bool // a whole frame reached onFrame: the next is not the first
 	closed        bool
 	closeReason   CloseReason
 

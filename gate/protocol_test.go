@@ -146,6 +146,35 @@ func TestFrameBeforeLoginAck(t *testing.T) {
 	}
 }
 
+// TestFrameAfterARefusedLogin: only a first frame that is not LOGIN
+// closes the connection. A first LOGIN refused with the connection left
+// open (a body that does not decode, a flag not negotiated) does not make
+// the next frame a first one: it gets NOT_LOGGED_IN, the connection stays
+// open, and a good LOGIN then succeeds.
+func TestFrameAfterARefusedLogin(t *testing.T) {
+	tg := startGate(t, nil)
+	d := tg.dial(t)
+	d.SendRaw(frame(messages.Header{Cmd: messages.CmdLogin, AppCode: app1, Seq: 1}, []byte{0xff, 0xff}))
+	d.ExpectError(devicepb.Code_BAD_BODY, 1)
+	d.Send(messages.CmdKeepalive, 2, nil)
+	d.ExpectError(devicepb.Code_NOT_LOGGED_IN, 2)
+	d.SendRaw(frame(messages.Header{Cmd: messages.CmdLogin, AppCode: app1, Seq: 3, Flags: messages.FlagZstd}, []byte{1}))
+	d.ExpectError(devicepb.Code_BAD_FLAGS, 3)
+	d.Send(messages.CmdC2S, 4, &devicepb.C2S{ClientMsgId: "early", Payload: []byte("x")})
+	d.ExpectError(devicepb.Code_NOT_LOGGED_IN, 4)
+	if n := len(tg.h.Frames()); n != 0 {
+		t.Fatalf("the node got %d frames sent before a login", n)
+	}
+	if ack := d.Login("bob", token(t, app1, "bob"), false); ack.Code != devicepb.Code_OK {
+		t.Fatalf("LOGIN after refused frames: %v", ack.Code)
+	}
+	// A connection whose first frame is not LOGIN is still closed.
+	d2 := tg.dial(t)
+	d2.Send(messages.CmdKeepalive, 7, nil)
+	d2.ExpectError(devicepb.Code_NOT_LOGGED_IN, 7)
+	d2.ExpectClosed()
+}
+
 // TestPartialAndPipelinedFrames sends frames a byte at a time, and many
 // frames in one write.
 func TestPartialAndPipelinedFrames(t *testing.T) {

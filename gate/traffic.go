@@ -148,6 +148,8 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 	l := s.loop
 	g := l.g
 	app := s.replyApp(h)
+	first := !s.sawFrame
+	s.sawFrame = true
 	if badFlags {
 		l.sendError(app, h.Seq, devicepb.Code_BAD_FLAGS, "reserved flag bits set")
 		return gnet.None
@@ -157,10 +159,17 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 		return gnet.None
 	}
 	switch {
-	case s.state == stateFresh && h.Cmd != messages.CmdLogin:
+	case s.state == stateFresh && h.Cmd != messages.CmdLogin && first:
 		l.sendError(app, h.Seq, devicepb.Code_NOT_LOGGED_IN, "LOGIN must be the first frame")
 		s.closeReason = CloseProtocol
 		return gnet.Close
+	case s.state == stateFresh && h.Cmd != messages.CmdLogin:
+		// Only a first frame that is not LOGIN closes the connection. One
+		// after a LOGIN that was refused and left it open (BAD_BODY,
+		// BAD_FLAGS, a field over its bound) fails the logged-in check,
+		// and the client may still log in until the login timeout.
+		l.sendError(app, h.Seq, devicepb.Code_NOT_LOGGED_IN, "not logged in: send LOGIN")
+		return gnet.None
 	case s.state != stateFresh && h.Cmd == messages.CmdLogin:
 		l.sendError(app, h.Seq, devicepb.Code_ALREADY_LOGGED_IN, "already logged in or logging in")
 		return gnet.None
