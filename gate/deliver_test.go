@@ -91,6 +91,10 @@ func TestCompression(t *testing.T) {
 	zd.SendRaw(frame(messages.Header{Cmd: messages.CmdC2S, AppCode: app1, Seq: 12, Flags: messages.FlagZstd},
 		z.Compress(nil, []byte{0xFF, 0xFF, 0xFF, 0xFF})))
 	zd.ExpectError(devicepb.Code_BAD_BODY, 12)
+	// Flagged compressed but empty: no zstd frame, so it does not
+	// decompress (a KEEPALIVE, whose body is empty, too).
+	zd.SendRaw(frame(messages.Header{Cmd: messages.CmdKeepalive, AppCode: app1, Seq: 13, Flags: messages.FlagZstd}, nil))
+	zd.ExpectError(devicepb.Code_BAD_BODY, 13)
 	zd.Keepalive()
 	if n := len(tg.h.Frames()); n != 1 {
 		t.Fatalf("handler got %d frames", n)

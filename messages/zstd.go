@@ -132,6 +132,10 @@ func NewZstdDecoder(maxBody uint32) (*ZstdDecoder, error) {
 // the cap. dst may be reused across calls: its capacity is grown once to
 // len(dst) plus the cap.
 func (d *ZstdDecoder) Decompress(dst, src []byte) ([]byte, error) {
+	if len(src) == 0 {
+		// Not a zstd frame: the decoder would answer with nothing.
+		return dst, ErrDecompress
+	}
 	start := len(dst)
 	buf := slices.Grow(dst, d.max)
 	// The decoder stops where the capacity ends.

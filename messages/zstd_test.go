@@ -109,6 +109,7 @@ func TestZstdRefusesBombs(t *testing.T) {
 		"streaming, 8 MiB window":    streamCompress(t, zeros, 8<<20),
 		"just over the limit":        streamCompress(t, make([]byte, DefaultMaxBody+1), 8<<20),
 		"content size just over cap": big.Compress(nil, make([]byte, DefaultMaxBody+1)),
+		"empty, not a zstd frame":    {},
 	} {
 		buf := make([]byte, 0, 16)
 		if out, err := d.Decompress(buf, bomb); !errors.Is(err, ErrDecompress) || len(out) != 0 {
