@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -209,8 +210,9 @@ func (c *Conn) writeLocked(b []byte) error {
 // when the server closed the connection, a net.Error on a deadline set
 // through NetConn, and an error for a frame that breaks the protocol
 // towards the client: a compressed frame while compression is off, a body
-// that does not decompress or decode. Set a deadline on NetConn to bound
-// it. Only one goroutine may read.
+// that does not decompress or decode. A command it does not know comes
+// with a nil Msg, to be ignored. Set a deadline on NetConn to bound it.
+// Only one goroutine may read.
 func (c *Conn) ReadFrame() (Frame, error) {
 	f, err := c.r.ReadFrame()
 	if err != nil {
@@ -232,7 +234,13 @@ func (c *Conn) ReadFrame() (Frame, error) {
 			return out, fmt.Errorf("%w: %v frame decompresses to %d bytes, more than %d", ErrProtocol, f.Cmd, len(out.Body), c.cfg.MaxBody)
 		}
 	}
-	if out.Msg, err = messages.DecodeBody(f.Cmd, out.Body); err != nil {
+	out.Msg, err = messages.DecodeBody(f.Cmd, out.Body)
+	if errors.Is(err, messages.ErrBodyNotEmpty) {
+		// A command this client does not know, or a body on one that has
+		// none: a newer server's. Ignored, as unknown fields are.
+		err = nil
+	}
+	if err != nil {
 		return out, fmt.Errorf("%w: %v body: %v", ErrProtocol, f.Cmd, err)
 	}
 	return out, nil

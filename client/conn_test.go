@@ -1,0 +1,56 @@
+package client_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/courier-im/courier/client"
+	"github.com/courier-im/courier/messages"
+)
+
+// TestReadFrameIgnoresWhatANewerServerAdds: docs/protocol.md tells
+// clients to ignore commands they do not know; the client must not break
+// the connection over one with a body, nor over a body on a command that
+// has none.
+func TestReadFrameIgnoresWhatANewerServerAdds(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	defer func() { <-done }()
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var b []byte
+		b = messages.AppendFrame(b, messages.Header{Cmd: messages.Cmd(0x50), AppCode: 1, Seq: 1}, []byte{0x08, 0x01, 0x12, 0x01, 'x'})
+		b = messages.AppendFrame(b, messages.Header{Cmd: messages.CmdKeepaliveAck, AppCode: 1, Seq: 2}, []byte{0x08, 0x01})
+		b = messages.AppendFrame(b, messages.Header{Cmd: messages.CmdKeepaliveAck, AppCode: 1, Seq: 3}, nil)
+		_, _ = c.Write(b)
+		_, _ = io.Copy(io.Discard, c) // until the client closes
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := client.DialConn(ctx, ln.Addr().String(), client.ConnConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for seq := uint32(1); seq <= 3; seq++ {
+		f, err := c.ReadFrame()
+		if err != nil {
+			t.Fatalf("frame %d: %v", seq, err)
+		}
+		if f.Seq != seq || f.Msg != nil {
+			t.Fatalf("frame %d: seq %d, message %v", seq, f.Seq, f.Msg)
+		}
+	}
+}
