@@ -663,7 +663,7 @@ func Refusal(env *actorpb.Envelope, code codes.Code, dc devicepb.Code, why strin
 	case *actorpb.Envelope_Login:
 		return b.Login.Conn, &actorpb.ToConn{AppCode: env.AppCode, Uid: env.Uid, ConnId: b.Login.GetConn().GetConnId(),
 			Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, b.Login.FrameSeq,
-				&devicepb.LoginAck{Code: dc, Reason: why})},
+				&devicepb.LoginAck{Code: dc, Reason: why, ServerTimeMs: time.Now().UnixMilli()})},
 			Login: &actorpb.LoginOutcome{Ok: false}}, nil
 	case *actorpb.Envelope_C2C:
 		m := b.C2C
@@ -726,7 +726,7 @@ func leaselessAnswer(f *actorpb.OutFrame) *actorpb.OutFrame {
 		if proto.Unmarshal(f.Body, &ack) == nil && ack.Code != devicepb.Code_OK {
 			return f
 		}
-		return frame(cmd, f.Msgtype, f.Seq, &devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE, Reason: leaselessWhy})
+		return frame(cmd, f.Msgtype, f.Seq, &devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE, Reason: leaselessWhy, ServerTimeMs: ack.ServerTimeMs})
 	case messages.CmdC2CAck:
 		var ack devicepb.C2CAck
 		if proto.Unmarshal(f.Body, &ack) == nil && ack.Code != devicepb.Code_OK {

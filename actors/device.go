@@ -776,21 +776,16 @@ type loginAnswer struct {
 	ack     devicepb.LoginAck
 }
 
-// loginFailedBody is the body of LOGIN_ACK STORE_UNAVAILABLE.
-var loginFailedBody = func() []byte {
-	b, err := proto.Marshal(&devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE, Reason: "session could not be recorded; retry"})
-	if err != nil {
-		panic(err) // a fixed message always encodes
-	}
-	return b
-}()
-
-// loginFailure is the answer to a LOGIN whose session write failed, on
-// the connection of ok, its LOGIN_ACK OK: LOGIN_ACK STORE_UNAVAILABLE.
+// loginFailure is the LOGIN_ACK STORE_UNAVAILABLE that replaces the OK
+// one, ok, when the session's write fails: with its server time, as
+// every LOGIN_ACK has.
 func loginFailure(ok *actorpb.ToConn) *actorpb.ToConn {
+	var was devicepb.LoginAck
+	_ = proto.Unmarshal(ok.Frames[0].Body, &was) // the state machine's own encoding
 	return &actorpb.ToConn{AppCode: ok.AppCode, Uid: ok.Uid, ConnId: ok.ConnId,
-		Frames: []*actorpb.OutFrame{{Cmd: uint32(messages.CmdLoginAck), Seq: ok.Frames[0].Seq, Body: loginFailedBody}},
-		Login:  &actorpb.LoginOutcome{Ok: false}}
+		Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, ok.Frames[0].Seq, &devicepb.LoginAck{
+			Code: devicepb.Code_STORE_UNAVAILABLE, Reason: "session could not be recorded; retry", ServerTimeMs: was.ServerTimeMs})},
+		Login: &actorpb.LoginOutcome{Ok: false}}
 }
 
 // endSession kicks the current session, unless it is on conn.

@@ -841,3 +841,22 @@ func TestC2CKeysOfUIDsWithNUL(t *testing.T) {
 		}
 	}
 }
+
+// TestLoginWriteFailureKeepsServerTime: the LOGIN_ACK STORE_UNAVAILABLE
+// that replaces the OK one when the session's write fails carries the
+// server time, as every LOGIN_ACK does.
+func TestLoginWriteFailureKeepsServerTime(t *testing.T) {
+	h := newHarness(t)
+	h.d.Login(h.now, &actorpb.DeviceLogin{Conn: conn(1), FrameSeq: 5, Login: &devicepb.Login{Uid: "driver-7"}})
+	if w := h.d.TakeWrite(); w == nil {
+		t.Fatal("a login without a write")
+	}
+	h.d.WriteDone(errors.New("disk on fire"))
+	fs := framesTo(h.d.Effects(), 1)
+	if len(fs) != 1 || messages.Cmd(fs[0].Cmd) != messages.CmdLoginAck || fs[0].Seq != 5 {
+		t.Fatalf("answer to a login whose write failed: %v", fs)
+	}
+	if a := body(t, fs[0], &devicepb.LoginAck{}); a.Code != devicepb.Code_STORE_UNAVAILABLE || a.ServerTimeMs != h.now.UnixMilli() {
+		t.Fatalf("LOGIN_ACK %v at %d, want STORE_UNAVAILABLE at %d", a.Code, a.ServerTimeMs, h.now.UnixMilli())
+	}
+}

@@ -13,22 +13,22 @@ import (
 // no delivery, no kickout.
 func TestLeaseless(t *testing.T) {
 	okLogin := &actorpb.ToConn{AppCode: 1, Uid: "u", ConnId: 7, Epoch: 3,
-		Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, 11, &devicepb.LoginAck{Code: devicepb.Code_OK, Epoch: 3, Pending: 2})},
+		Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, 11, &devicepb.LoginAck{Code: devicepb.Code_OK, Epoch: 3, Pending: 2, ServerTimeMs: 1234})},
 		Login:  &actorpb.LoginOutcome{Ok: true, AppCode: 1, Uid: "u", Epoch: 3}}
 	got := Leaseless(okLogin)
 	if got == nil || len(got.Frames) != 1 || got.Login == nil || got.Login.Ok || got.Epoch != 0 || got.ConnId != 7 {
 		t.Fatalf("login: %v", got)
 	}
 	if f := got.Frames[0]; messages.Cmd(f.Cmd) != messages.CmdLoginAck || f.Seq != 11 ||
-		body(t, f, &devicepb.LoginAck{}).Code != devicepb.Code_STORE_UNAVAILABLE {
-		t.Fatalf("LOGIN_ACK OK became %v", f)
+		body(t, f, &devicepb.LoginAck{}).Code != devicepb.Code_STORE_UNAVAILABLE || body(t, f, &devicepb.LoginAck{}).ServerTimeMs != 1234 {
+		t.Fatalf("LOGIN_ACK OK became %v (every LOGIN_ACK carries the server time)", f)
 	}
 
 	// A refusal goes out as it is.
 	_, refusal, _ := Refusal(&actorpb.Envelope{AppCode: 1, Uid: "u", Body: &actorpb.Envelope_Login{Login: &actorpb.DeviceLogin{
 		Conn: &actorpb.ConnRef{ConnId: 7}, FrameSeq: 12}}}, 0, devicepb.Code_INTERNAL, "boom")
 	if got := Leaseless(refusal); got == nil || body(t, got.Frames[0], &devicepb.LoginAck{}).Code != devicepb.Code_INTERNAL ||
-		got.Login.Ok || got.Frames[0].Seq != 12 {
+		body(t, got.Frames[0], &devicepb.LoginAck{}).ServerTimeMs == 0 || got.Login.Ok || got.Frames[0].Seq != 12 {
 		t.Fatalf("refusal: %v", got)
 	}
 
