@@ -863,8 +863,12 @@ func (d *Device) Frame(now time.Time, m *actorpb.DeviceFrame) {
 			return
 		}
 		d.expire(now)
+		// The answer waits for the writes before it (it may hold messages
+		// they store); if one fails, the device is told to PULL again
+		// rather than left waiting for an answer that never comes.
 		d.emit(Effect{Conn: m.Conn, ToConn: d.toConn(m.Conn, m.Epoch,
-			frame(messages.CmdPullAck, m.Msgtype, m.Seq, d.pull(pull.AfterSeq, pull.Limit)))})
+			frame(messages.CmdPullAck, m.Msgtype, m.Seq, d.pull(pull.AfterSeq, pull.Limit))),
+			FailConn: d.toConn(m.Conn, m.Epoch, frame(messages.CmdPullAck, m.Msgtype, m.Seq, &devicepb.PullAck{Code: devicepb.Code_STORE_UNAVAILABLE}))})
 	}
 	d.pump(now)
 }

@@ -860,3 +860,26 @@ func TestLoginWriteFailureKeepsServerTime(t *testing.T) {
 		t.Fatalf("LOGIN_ACK %v at %d, want STORE_UNAVAILABLE at %d", a.Code, a.ServerTimeMs, h.now.UnixMilli())
 	}
 }
+
+// TestPullAnsweredWhenTheWriteBeforeItFails: a PULL_ACK waits for the
+// writes before it; when one fails, the PULL is answered STORE_UNAVAILABLE
+// (PULL again later), not left without an answer.
+func TestPullAnsweredWhenTheWriteBeforeItFails(t *testing.T) {
+	h := newHarness(t)
+	h.login(1)
+	h.settle()
+	h.push("a", 7)
+	if w := h.d.TakeWrite(); w == nil {
+		t.Fatal("a push without a write")
+	}
+	pull, _ := proto.Marshal(&devicepb.Pull{})
+	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: h.d.session.Epoch, Cmd: uint32(messages.CmdPull), Seq: 44, Body: pull})
+	h.d.WriteDone(errors.New("disk on fire"))
+	fs := framesTo(h.d.Effects(), 1)
+	if len(fs) != 1 || messages.Cmd(fs[0].Cmd) != messages.CmdPullAck || fs[0].Seq != 44 {
+		t.Fatalf("answer to a PULL behind a failed write: %v", cmds(fs))
+	}
+	if a := body(t, fs[0], &devicepb.PullAck{}); a.Code != devicepb.Code_STORE_UNAVAILABLE || len(a.Messages) != 0 {
+		t.Fatalf("PULL_ACK %v with %d messages, want STORE_UNAVAILABLE and none", a.Code, len(a.Messages))
+	}
+}
