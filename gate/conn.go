@@ -14,7 +14,8 @@ import (
 type connState uint8
 
 const (
-	stateFresh    connState = iota // no LOGIN accepted yet
+	stateNew      connState = iota // no whole frame yet: the next is the first
+	stateFresh                     // frames, but no LOGIN accepted yet
 	statePending                   // LOGIN handed to the Handler, no answer yet
 	stateLoggedIn                  // the Handler accepted the login
 )
@@ -50,7 +51,6 @@ type conn struct {
 	zstd          bool // compression negotiated
 	reachedLogin  bool // the Handler saw Login: it gets Closed
 	proxyWait     bool // from a trusted proxy, its PROXY header not yet read
-	sawFrame      bool // a whole frame reached onFrame: the next is not the first
 	closed        bool
 	closeReason   CloseReason
 

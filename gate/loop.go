@@ -136,7 +136,7 @@ func (l *loop) enforceLists() {
 		if denied, list := lists.ipDenied(s.remote.Addr()); denied {
 			l.g.metrics.listHits.WithLabelValues(list).Inc()
 			s.kick(kickIP, CloseBlocked)
-		} else if s.state != stateFresh && lists.uidBlocked(s.app, s.uid) {
+		} else if s.state >= statePending && lists.uidBlocked(s.app, s.uid) {
 			l.g.metrics.listHits.WithLabelValues(listUIDBlacklist).Inc()
 			s.kick(kickUID, CloseBlocked)
 		}

@@ -148,8 +148,10 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 	l := s.loop
 	g := l.g
 	app := s.replyApp(h)
-	first := !s.sawFrame
-	s.sawFrame = true
+	first := s.state == stateNew
+	if first {
+		s.state = stateFresh
+	}
 	if badFlags {
 		l.sendError(app, h.Seq, devicepb.Code_BAD_FLAGS, "reserved flag bits set")
 		return gnet.None
