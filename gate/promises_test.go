@@ -126,6 +126,32 @@ func TestBadMagicAfterLoginCloses(t *testing.T) {
 	}
 }
 
+// TestBadMagicBeforeAWholeHeader: two bytes of another magic are enough:
+// a foreign client that sends less than a header (a probe, the start of
+// an HTTP request) is closed at once, not at the login timeout.
+func TestBadMagicBeforeAWholeHeader(t *testing.T) {
+	tg := startGate(t, func(c *gate.Config) { c.LoginTimeout = time.Minute })
+	for _, head := range []string{"GE", "hi\n", "\xc0\xdf"} {
+		d := tg.dial(t)
+		start := time.Now()
+		d.SendRaw([]byte(head))
+		d.ExpectClosed()
+		if took := time.Since(start); took > 5*time.Second {
+			t.Fatalf("%q closed after %v", head, took)
+		}
+	}
+	// The right magic, a byte at a time, is waited for.
+	d := tg.dial(t)
+	b := frame(messages.Header{Cmd: messages.CmdLogin, AppCode: app1, Seq: 1}, mustMarshal(&devicepb.Login{Uid: "ann", Token: token(t, app1, "ann")}))
+	for i := range b {
+		d.SendRaw(b[i : i+1])
+		time.Sleep(time.Millisecond)
+	}
+	if f := d.Expect(messages.CmdLoginAck); f.Msg.(*devicepb.LoginAck).Code != devicepb.Code_OK {
+		t.Fatalf("LOGIN_ACK %v", f.Msg)
+	}
+}
+
 // TestAnyClientFrameIsActivity: §8.4 — any frame from the client counts
 // as activity for the idle timeout (not only KEEPALIVE), and frames the
 // server sends do not.

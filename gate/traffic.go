@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"encoding/binary"
 	"errors"
 	"strconv"
 	"time"
@@ -46,7 +47,14 @@ func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
 	for act == gnet.None {
 		hb, err := c.Peek(messages.HeaderSize)
 		if err != nil {
-			break // short: wait for more
+			// A partial header: wait for more. Its first two bytes already
+			// say whether this is the protocol at all: a foreign client (an
+			// HTTP request, a probe) is closed at once, not at the login
+			// timeout.
+			if p, err := c.Peek(2); err == nil && binary.BigEndian.Uint16(p) != messages.Magic {
+				act = s.headerError(messages.Header{}, messages.ErrBadMagic, p)
+			}
+			break
 		}
 		h, herr := messages.ParseHeader(hb, g.cfg.MaxFrameSize)
 		if herr != nil && !errors.Is(herr, messages.ErrBadFlags) {
