@@ -469,14 +469,14 @@ func TestAppShareOfPushesInFlight(t *testing.T) {
 	r3()
 }
 
-// TestAppSharesDefaultToHalf: 0 is half of the node's, and a share of
-// pushes always holds one PushMany.
-func TestAppSharesDefaultToHalf(t *testing.T) {
+// TestAppSharesDefault: 0 is three quarters of the node's, and a share
+// of pushes always holds one PushMany.
+func TestAppSharesDefault(t *testing.T) {
 	l := DefaultLimits()
-	if c, s, p := l.AppShares(); c != 128 || s != 64 || p != 2048 {
-		t.Fatalf("default shares %d calls, %d streams, %d pushes; want 128, 64, 2048", c, s, p)
+	if c, s, p := l.AppShares(); c != 192 || s != 96 || p != 3072 {
+		t.Fatalf("default shares %d calls, %d streams, %d pushes; want 192, 96, 3072", c, s, p)
 	}
-	l.MaxCallsInFlight, l.MaxUpstreamStreams, l.MaxPushesInFlight, l.MaxBatch = 1, 1, 1500, 1000
+	l.MaxCallsInFlight, l.MaxUpstreamStreams, l.MaxPushesInFlight, l.MaxBatch = 1, 1, 1100, 1000
 	if c, s, p := l.AppShares(); c != 1 || s != 1 || p != 1000 {
 		t.Fatalf("shares of small caps %d, %d, %d; want 1, 1, 1000", c, s, p)
 	}

@@ -125,10 +125,12 @@ type Limits struct {
 	// are one app's share of MaxCallsInFlight, MaxUpstreamStreams and
 	// MaxPushesInFlight: what the calls with keys of one appcode may hold
 	// at once (operator keys count together as one more app). 0 (the
-	// default) is half of the node's (128, 64 and 2048 at their
+	// default) is three quarters of the node's (192, 96 and 3072 at their
 	// defaults; for pushes at least MaxBatch), so that one app-server that
-	// floods the node, or leaks streams, leaves the other apps half of it:
-	// a passenger app's retry storm does not stop the orders to drivers.
+	// floods the node, or leaks streams, leaves the other apps a quarter
+	// of it (64 calls answered in 5 ms are 12,800 calls a second): a
+	// passenger app's retry storm does not stop the orders to drivers,
+	// and an app alone on a node loses little of it.
 	// Beyond its share, an app's call is refused with RESOURCE_EXHAUSTED
 	// (NODE_OVERLOADED for calls and pushes, LIMIT_REACHED for streams),
 	// naming the setting.
@@ -140,14 +142,14 @@ type Limits struct {
 // AppShares returns one app's shares of the node's calls, upstream
 // streams and pushes in flight, the defaults (0) resolved.
 func (l Limits) AppShares() (calls, streams, pushes int) {
-	half := func(share, node, least int) int {
-		if share > 0 {
-			return share
+	share := func(set, node, least int) int {
+		if set > 0 {
+			return set
 		}
-		return min(node, max(node/2, least))
+		return min(node, max(node*3/4, least))
 	}
-	return half(l.MaxAppCallsInFlight, l.MaxCallsInFlight, 1), half(l.MaxAppUpstreamStreams, l.MaxUpstreamStreams, 1),
-		half(l.MaxAppPushesInFlight, l.MaxPushesInFlight, l.MaxBatch)
+	return share(l.MaxAppCallsInFlight, l.MaxCallsInFlight, 1), share(l.MaxAppUpstreamStreams, l.MaxUpstreamStreams, 1),
+		share(l.MaxAppPushesInFlight, l.MaxPushesInFlight, l.MaxBatch)
 }
 
 // DefaultLimits returns the defaults documented on Limits.

@@ -439,11 +439,11 @@ func checkAPILimits(l *api.Limits) error {
 	case l.MaxUpstreamStreams < 1:
 		return fmt.Errorf("node: api.max-upstream-streams %d: must be at least 1", l.MaxUpstreamStreams)
 	case l.MaxAppCallsInFlight < 0 || l.MaxAppCallsInFlight > l.MaxCallsInFlight:
-		return fmt.Errorf("node: api.max-app-calls-in-flight %d: must be in [1, api.max-calls-in-flight %d], or 0 for half of it", l.MaxAppCallsInFlight, l.MaxCallsInFlight)
+		return fmt.Errorf("node: api.max-app-calls-in-flight %d: must be in [1, api.max-calls-in-flight %d], or 0 for three quarters of it", l.MaxAppCallsInFlight, l.MaxCallsInFlight)
 	case l.MaxAppUpstreamStreams < 0 || l.MaxAppUpstreamStreams > l.MaxUpstreamStreams:
-		return fmt.Errorf("node: api.max-app-upstream-streams %d: must be in [1, api.max-upstream-streams %d], or 0 for half of it", l.MaxAppUpstreamStreams, l.MaxUpstreamStreams)
+		return fmt.Errorf("node: api.max-app-upstream-streams %d: must be in [1, api.max-upstream-streams %d], or 0 for three quarters of it", l.MaxAppUpstreamStreams, l.MaxUpstreamStreams)
 	case l.MaxAppPushesInFlight != 0 && (l.MaxAppPushesInFlight < l.MaxBatch || l.MaxAppPushesInFlight > l.MaxPushesInFlight):
-		return fmt.Errorf("node: api.max-app-pushes-in-flight %d: must hold one PushMany of api.max-batch (%d) and be at most api.max-pushes-in-flight (%d), or 0 for half of it", l.MaxAppPushesInFlight, l.MaxBatch, l.MaxPushesInFlight)
+		return fmt.Errorf("node: api.max-app-pushes-in-flight %d: must hold one PushMany of api.max-batch (%d) and be at most api.max-pushes-in-flight (%d), or 0 for three quarters of it", l.MaxAppPushesInFlight, l.MaxBatch, l.MaxPushesInFlight)
 	}
 	return nil
 }

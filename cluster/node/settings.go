@@ -127,9 +127,9 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.IntVar(&l.MaxUnauthenticatedCalls, "api.max-unauthenticated-calls", l.MaxUnauthenticatedCalls, "calls without an API key (health checks, reflection) open at once; more get RESOURCE_EXHAUSTED")
 	fs.IntVar(&l.MaxCallsInFlight, "api.max-calls-in-flight", l.MaxCallsInFlight, "API calls with a key open at once on the node, upstream streams apart; more get RESOURCE_EXHAUSTED before their request is read")
 	fs.IntVar(&l.MaxUpstreamStreams, "api.max-upstream-streams", l.MaxUpstreamStreams, "upstream streams open at once on the node; more get RESOURCE_EXHAUSTED")
-	fs.IntVar(&l.MaxAppCallsInFlight, "api.max-app-calls-in-flight", l.MaxAppCallsInFlight, "one app's share of api.max-calls-in-flight (its keys' calls; operator keys together are one app); 0: half")
-	fs.IntVar(&l.MaxAppUpstreamStreams, "api.max-app-upstream-streams", l.MaxAppUpstreamStreams, "one app's share of api.max-upstream-streams; 0: half")
-	fs.IntVar(&l.MaxAppPushesInFlight, "api.max-app-pushes-in-flight", l.MaxAppPushesInFlight, "one app's share of api.max-pushes-in-flight, at least api.max-batch; 0: half")
+	fs.IntVar(&l.MaxAppCallsInFlight, "api.max-app-calls-in-flight", l.MaxAppCallsInFlight, "one app's share of api.max-calls-in-flight (its keys' calls; operator keys together are one app); 0: three quarters")
+	fs.IntVar(&l.MaxAppUpstreamStreams, "api.max-app-upstream-streams", l.MaxAppUpstreamStreams, "one app's share of api.max-upstream-streams; 0: three quarters")
+	fs.IntVar(&l.MaxAppPushesInFlight, "api.max-app-pushes-in-flight", l.MaxAppPushesInFlight, "one app's share of api.max-pushes-in-flight, at least api.max-batch; 0: three quarters")
 
 	u := &c.Upstream
 	fs.IntVar(&u.QueueLen, "upstream.queue-len", u.QueueLen, "C2S messages queued per appcode and msgtype for a subscriber with room; beyond, UPSTREAM_BUSY")
