@@ -33,10 +33,10 @@ func (s *Server) Drain(ctx context.Context, r *apipb.DrainRequest) (*apipb.Drain
 	if r.Node == "" {
 		return nil, status.Error(codes.InvalidArgument, "node: the node's name or instance id is required")
 	}
-	window := time.Duration(r.WindowMs) * time.Millisecond
-	if window < 0 || window > MaxDrainWindow {
+	if r.WindowMs < 0 || r.WindowMs > MaxDrainWindow.Milliseconds() { // in milliseconds: a Duration of it could wrap
 		return nil, status.Errorf(codes.InvalidArgument, "window_ms %d: must be in [0, %d]", r.WindowMs, MaxDrainWindow.Milliseconds())
 	}
+	window := time.Duration(r.WindowMs) * time.Millisecond
 	var targets []membership.Member
 	for _, m := range s.view().Live(0) {
 		if m.Name == r.Node || m.ID == r.Node {

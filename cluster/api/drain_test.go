@@ -42,6 +42,7 @@ func TestDrainRequests(t *testing.T) {
 		{"no node", op, &apipb.DrainRequest{}, codes.InvalidArgument},
 		{"negative window", op, &apipb.DrainRequest{Node: "n1", WindowMs: -1}, codes.InvalidArgument},
 		{"window over 10 minutes", op, &apipb.DrainRequest{Node: "n1", WindowMs: 600_001}, codes.InvalidArgument},
+		{"window wrapping as a Duration", op, &apipb.DrainRequest{Node: "n1", WindowMs: 18_446_744_073_710}, codes.InvalidArgument},
 		{"unknown node", op, &apipb.DrainRequest{Node: "n9"}, codes.NotFound},
 		{"a node that is not live", op, &apipb.DrainRequest{Node: "n3"}, codes.NotFound},
 	} {

@@ -338,7 +338,7 @@ func (s *Server) pushEnvelope(sc scope, r *apipb.PushRequest, now time.Time, env
 		return nil, status.Errorf(codes.InvalidArgument, "idempotency_key: %d bytes, limit %d", len(r.IdempotencyKey), s.limits.MaxIdempotencyKey)
 	case r.TtlMs < 0:
 		return nil, status.Errorf(codes.InvalidArgument, "ttl_ms %d: must not be negative", r.TtlMs)
-	case time.Duration(r.TtlMs)*time.Millisecond > s.limits.MaxTTL:
+	case r.TtlMs > s.limits.MaxTTL.Milliseconds(): // in milliseconds: a Duration of it could wrap
 		return nil, status.Errorf(codes.InvalidArgument, "ttl_ms %d: more than the maximum %v", r.TtlMs, s.limits.MaxTTL)
 	case r.Delivery != apipb.Delivery_DELIVERY_STORED && r.Delivery != apipb.Delivery_DELIVERY_FIRE_AND_FORGET:
 		return nil, status.Errorf(codes.InvalidArgument, "delivery %d: unknown", r.Delivery)

@@ -58,6 +58,9 @@ func TestPushValidationNamesTheField(t *testing.T) {
 		{"payload", func(r *apipb.PushRequest) { r.Payload = make([]byte, 61<<10) }, codes.InvalidArgument, "payload"},
 		{"negative ttl", func(r *apipb.PushRequest) { r.TtlMs = -1 }, codes.InvalidArgument, "ttl_ms"},
 		{"ttl above max", func(r *apipb.PushRequest) { r.TtlMs = (31 * 24 * time.Hour).Milliseconds() }, codes.InvalidArgument, "ttl_ms"},
+		// As a Duration these wrap: to a negative one, and to 0.45 ms.
+		{"ttl wrapping negative", func(r *apipb.PushRequest) { r.TtlMs = 9_223_372_036_855 }, codes.InvalidArgument, "ttl_ms"},
+		{"ttl wrapping small", func(r *apipb.PushRequest) { r.TtlMs = 18_446_744_073_710 }, codes.InvalidArgument, "ttl_ms"},
 		{"key too long", func(r *apipb.PushRequest) { r.IdempotencyKey = strings.Repeat("k", 129) }, codes.InvalidArgument, "idempotency_key"},
 		{"key on fire-and-forget", func(r *apipb.PushRequest) {
 			r.Delivery, r.IdempotencyKey = apipb.Delivery_DELIVERY_FIRE_AND_FORGET, "k"
@@ -152,5 +155,18 @@ func TestEditList(t *testing.T) {
 	got := edit([]string{"a", "b", "c"}, []string{"d", "a", "e"}, []string{"b", "e"})
 	if strings.Join(got, ",") != "a,c,d" {
 		t.Fatalf("edit = %v", got)
+	}
+}
+
+// TestStatsAppCodeInRange: an operator key may ask for any app's
+// statistics, but only of an appcode there can be: 65537 was cut to 16
+// bits and answered with app 1's, labelled 65537.
+func TestStatsAppCodeInRange(t *testing.T) {
+	s := New(Deps{Req: &fakeReq{}, Limits: DefaultLimits()})
+	for _, app := range []uint32{0, 65536, 65537} {
+		if _, err := s.Stats(scoped(AllApps), &apipb.StatsRequest{AppCode: app}); status.Code(err) != codes.InvalidArgument ||
+			!strings.Contains(err.Error(), "app_code") {
+			t.Fatalf("Stats of app_code %d: %v, want INVALID_ARGUMENT naming app_code", app, err)
+		}
 	}
 }

@@ -13,6 +13,9 @@ import (
 
 // Stats implements apipb.CourierServer.
 func (s *Server) Stats(ctx context.Context, r *apipb.StatsRequest) (*apipb.StatsResponse, error) {
+	if r.AppCode == 0 || r.AppCode > 0xFFFF {
+		return nil, status.Errorf(codes.InvalidArgument, "app_code %d: must be in [1, 65535]", r.AppCode)
+	}
 	if err := scopeOf(ctx).check(r.AppCode); err != nil {
 		return nil, err
 	}
