@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -268,5 +269,18 @@ func wantReason(t *testing.T, err error, reason, setting string) {
 	}
 	if info.Domain != apipb.ErrorDomain || info.Reason != reason || info.Metadata[apipb.SettingKey] != setting {
 		t.Fatalf("%v: ErrorInfo %v, want reason %s, setting %s", err, info, reason, setting)
+	}
+	// An overloaded node says how long to wait; other refusals do not.
+	var retry *errdetails.RetryInfo
+	for _, d := range status.Convert(err).Details() {
+		if r, ok := d.(*errdetails.RetryInfo); ok {
+			retry = r
+		}
+	}
+	switch {
+	case reason == apipb.ReasonNodeOverloaded && (retry == nil || retry.RetryDelay.AsDuration() != RetryAfterOverload):
+		t.Fatalf("%v: RetryInfo %v, want a delay of %v", err, retry, RetryAfterOverload)
+	case reason != apipb.ReasonNodeOverloaded && retry != nil:
+		t.Fatalf("%v: RetryInfo %v on a %s refusal", err, retry, reason)
 	}
 }

@@ -3,10 +3,13 @@ package api
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/apipb"
@@ -16,16 +19,27 @@ import (
 // API answers it as FAILED_PRECONDITION.
 var errNoLists = errors.New("this node has no gate")
 
+// RetryAfterOverload is the google.rpc.RetryInfo delay of a
+// NODE_OVERLOADED refusal: the least a caller should wait before it
+// retries (then doubling, as docs/api.md says).
+const RetryAfterOverload = 10 * time.Millisecond
+
 // refusal is a status of code with a google.rpc.ErrorInfo detail that
 // gives reason (apipb.Reason*) and, if not empty, the setting that bounds
-// it, for programs that should not parse messages.
+// it, for programs that should not parse messages; a NODE_OVERLOADED one
+// also carries a google.rpc.RetryInfo (RetryAfterOverload), which gRPC
+// client libraries that honour it wait for.
 func refusal(code codes.Code, reason, setting, msg string) error {
 	st := status.New(code, msg)
 	info := &errdetails.ErrorInfo{Reason: reason, Domain: apipb.ErrorDomain}
 	if setting != "" {
 		info.Metadata = map[string]string{apipb.SettingKey: setting}
 	}
-	if d, err := st.WithDetails(info); err == nil {
+	details := []protoadapt.MessageV1{info}
+	if reason == apipb.ReasonNodeOverloaded {
+		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(RetryAfterOverload)})
+	}
+	if d, err := st.WithDetails(details...); err == nil {
 		st = d
 	}
 	return st.Err()
