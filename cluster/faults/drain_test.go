@@ -2,6 +2,9 @@ package faults
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -39,6 +42,10 @@ func drainCase(t *testing.T, window time.Duration, drain func(c *testkit.Cluster
 		return err == nil && len(gates) == 1 && gates[0].Addr == n1.GateAddr
 	}, "node3's gate left discovery")
 	left := time.Since(at)
+	// A load balancer's readiness check says the same from the start.
+	if code, body := readyz(t, n3); code != http.StatusServiceUnavailable || !strings.Contains(body, "draining") {
+		t.Errorf("node3's /readyz while it drains: %d %q, want 503 draining", code, body)
+	}
 	testkit.Eventually(t, window+15*time.Second, func() bool { return w.OnlineGate(n1.GateAddr) == cfg.Devices },
 		"every device moved to node1's gate")
 	moved := time.Since(at)
@@ -94,4 +101,16 @@ func TestDrainOnSIGTERM(t *testing.T) {
 	drainCase(t, 3*time.Second, func(c *testkit.Cluster) {
 		c.Node("node3").Signal(syscall.SIGTERM)
 	})
+}
+
+// readyz is n's /readyz answer.
+func readyz(t *testing.T, n *testkit.Node) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + n.HTTPAddr + "/readyz")
+	if err != nil {
+		t.Fatalf("/readyz of %s: %v", n.Name(), err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

@@ -506,6 +506,14 @@ func (n *Node) Ready() error {
 	var missing []string
 	if n.stopping.Load() {
 		missing = append(missing, "shutting down")
+	} else {
+		select {
+		case <-n.drain.started:
+			// Load balancers stop sending devices and calls here from the
+			// drain's start, as gRPC health and gate discovery do.
+			missing = append(missing, "draining")
+		default:
+		}
 	}
 	if n.store == nil && (n.roles.Has(membership.RoleActors) || n.roles.Has(membership.RoleGate)) {
 		missing = append(missing, "store not open")
