@@ -85,7 +85,10 @@ func (c *Config) membership() membership.Config {
 		TTL: c.TTL, DeregisterAfter: c.DeregisterAfter, LoadInterval: c.LoadInterval, JoinTimeout: c.JoinTimeout}
 }
 
-func (c *Config) validate() error {
+// Validate reports the first setting that is wrong, by name. Start calls
+// it; a node calls it first, to tell a mistake in its settings from a
+// failure to join.
+func (c *Config) Validate() error {
 	if c.Name == "" {
 		return fmt.Errorf("cluster.name: must not be empty")
 	}
@@ -96,6 +99,14 @@ func (c *Config) validate() error {
 	if _, err := strconv.Atoi(port); err != nil {
 		return fmt.Errorf("cluster.bind %q: bad port", c.Bind)
 	}
+	if err := c.TLS.Validate(); err != nil {
+		return err
+	}
+	// Exposure first: a bind other machines reach, without TLS, is the
+	// mistake to name, whatever else is missing.
+	if err := checkRemotingExposure(c); err != nil {
+		return err
+	}
 	if (host == "" || host == "0.0.0.0" || host == "::") && c.Advertise == "" {
 		return fmt.Errorf("cluster.advertise: required when bind is %q", c.Bind)
 	}
@@ -103,12 +114,6 @@ func (c *Config) validate() error {
 		if _, p, err := net.SplitHostPort(c.Advertise); err != nil || p == "0" {
 			return fmt.Errorf("cluster.advertise %q: want host:port with the port other nodes reach", c.Advertise)
 		}
-	}
-	if err := c.TLS.Validate(); err != nil {
-		return err
-	}
-	if err := checkRemotingExposure(c); err != nil {
-		return err
 	}
 	m := c.membership()
 	if err := m.Validate(); err != nil {

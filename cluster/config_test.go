@@ -13,7 +13,7 @@ func TestRemotingRefusesNonLoopbackBind(t *testing.T) {
 	for _, bind := range []string{"0.0.0.0:0", ":7100", "[::]:7100", "10.1.2.3:7100", "192.168.0.5:0", "example.com:7100"} {
 		cfg := DefaultConfig()
 		cfg.Bind, cfg.Advertise = bind, "10.1.2.3:7100"
-		err := cfg.validate()
+		err := cfg.Validate()
 		if err == nil || !strings.Contains(err.Error(), "cluster.bind") || !strings.Contains(err.Error(), "loopback") {
 			t.Errorf("bind %q: %v, want an error naming cluster.bind and loopback", bind, err)
 		}
@@ -21,7 +21,7 @@ func TestRemotingRefusesNonLoopbackBind(t *testing.T) {
 	for _, bind := range []string{"127.0.0.1:0", "127.0.0.2:7100", "[::1]:7100", "localhost:7100"} {
 		cfg := DefaultConfig()
 		cfg.Bind = bind
-		if err := cfg.validate(); err != nil {
+		if err := cfg.Validate(); err != nil {
 			t.Errorf("bind %q: %v", bind, err)
 		}
 	}

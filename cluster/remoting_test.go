@@ -37,7 +37,7 @@ func TestRemotingExposedWithTLS(t *testing.T) {
 		if tc.tls {
 			cfg.TLS = files
 		}
-		err := cfg.validate()
+		err := cfg.Validate()
 		if (err == nil) != tc.ok {
 			t.Errorf("bind %s tls %v: %v", tc.bind, tc.tls, err)
 		}

@@ -113,7 +113,7 @@ type gateHolder struct{ g GateSink }
 // for a node that hosts no identities (no actors role). The node takes no
 // part in the cluster until Join.
 func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *slog.Logger) (*System, error) {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if log == nil {

@@ -90,6 +90,12 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err != nil {
 		return nil, asConfigError(err)
 	}
+	// The cluster's settings too: cluster.Start fails alike on a wrong
+	// setting and on a Consul it cannot reach, and only the second is
+	// worth a restart.
+	if err := cfg.Cluster.Validate(); err != nil {
+		return nil, asConfigError(err)
+	}
 	n := &Node{cfg: cfg, log: log, roles: roles, reg: prometheus.NewRegistry(), quit: make(chan struct{}), never: make(chan struct{}),
 		drain: newDrainState()}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
