@@ -146,9 +146,6 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 			cfg.APIKeys[devOpKey] = "*"
 		}
 	}
-	if len(cfg.AppSecrets) == 0 && len(cfg.AppSecretFiles) == 0 {
-		log.Warn("no --app-secret configured: every device login will fail")
-	}
 
 	// Signals are caught before the node starts: a SIGTERM that arrives
 	// while it starts (or right after --addr-file appears) shuts it down

@@ -15,7 +15,9 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/courier-im/courier/cluster/node"
 	"github.com/courier-im/courier/testkit"
 )
 
@@ -156,6 +158,15 @@ func TestSystemdUnit(t *testing.T) {
 		if !strings.Contains(unit, want) {
 			t.Fatalf("the unit has no %q", want)
 		}
+	}
+	// systemd must wait longer than the node's own bound on a graceful
+	// stop, or it kills the node as the node finishes.
+	m := regexp.MustCompile(`(?m)^TimeoutStopSec=(\S+)$`).FindStringSubmatch(unit)
+	if m == nil {
+		t.Fatal("the unit sets no TimeoutStopSec")
+	}
+	if stop, err := time.ParseDuration(m[1]); err != nil || stop <= node.DefaultConfig().ShutdownGrace {
+		t.Fatalf("TimeoutStopSec=%s: want more than shutdown-grace's default %v", m[1], node.DefaultConfig().ShutdownGrace)
 	}
 	sa, err := exec.LookPath("systemd-analyze")
 	if err != nil {
