@@ -53,22 +53,23 @@ const (
 // a key, and their metrics. Its methods are safe for concurrent use: the
 // tap runs on gRPC's transport goroutines, Accept on gRPC's serving one.
 type admission struct {
-	keys       Keys
-	maxConns   int
-	overConns  int // overConns, lowered by tests
-	maxPublic  int64
-	public     atomic.Int64 // unauthenticated calls open
-	maxCalls   int64
-	calls      atomic.Int64 // calls with a key open, but upstream streams
-	maxStreams int64
-	streams    atomic.Int64 // upstream streams open
+	keys      Keys
+	maxConns  int
+	overConns int // overConns, lowered by tests
+	maxPublic int64
+	public    atomic.Int64 // unauthenticated calls open
+	calls     atomic.Int64 // calls with a key open, but upstream streams
+	streams   atomic.Int64 // upstream streams open
+	// The two budgets a call with a key takes a slot in, one or the
+	// other, with its app's share of it.
+	callBudget, streamBudget budget
 	// Each app's share: its counts, by scope (read-only after
-	// newAdmission: the keys are fixed), and their limits.
-	shares                                   map[int]*share
-	maxAppCalls, maxAppStreams, maxAppPushes int64
-	mu                                       sync.Mutex
-	open, over                               int
-	overAddrs                                map[string]bool // remote addresses of connections over the cap
+	// newAdmission: the keys are fixed), and the share of pushes.
+	shares       map[int]*share
+	maxAppPushes int64
+	mu           sync.Mutex
+	open, over   int
+	overAddrs    map[string]bool // remote addresses of connections over the cap
 
 	connsOpen    prometheus.Gauge
 	connsRefused prometheus.Counter
@@ -80,11 +81,9 @@ type admission struct {
 
 func newAdmission(keys Keys, l Limits) *admission {
 	appCalls, appStreams, appPushes := l.AppShares()
-	return &admission{
+	a := &admission{
 		keys: keys, maxConns: l.MaxConnections, overConns: overConns, maxPublic: int64(l.MaxUnauthenticatedCalls),
-		maxCalls: int64(l.MaxCallsInFlight), maxStreams: int64(l.MaxUpstreamStreams),
-		shares:      shares(keys),
-		maxAppCalls: int64(appCalls), maxAppStreams: int64(appStreams), maxAppPushes: int64(appPushes),
+		shares: shares(keys), maxAppPushes: int64(appPushes),
 		overAddrs: map[string]bool{},
 		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_api_connections",
 			Help: "Open connections to the gRPC API (within api.max-connections)."}),
@@ -99,6 +98,31 @@ func newAdmission(keys Keys, l Limits) *admission {
 		gateWaits: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_api_gate_backlog_waits_total",
 			Help: "Push calls that found the node's gate behind (api.max-gate-backlog) and waited for it; those it did not catch up for are also in courier_api_pushes_refused_total{reason=\"gate_backlog\"}."}),
 	}
+	a.callBudget = budget{n: &a.calls, max: int64(l.MaxCallsInFlight), appMax: int64(appCalls),
+		app: func(s *share) *atomic.Int64 { return &s.calls }, label: "calls_in_flight", appLabel: "app_calls_in_flight",
+		refused: refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-calls-in-flight",
+			"node overloaded: %d API calls open at once on this node, the most it reads (api.max-calls-in-flight); nothing of this call was read: retry later, backing off, and put many pushes in one PushMany", l.MaxCallsInFlight),
+		appRefused: refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-app-calls-in-flight",
+			"node overloaded for this app: %d of its API calls open at once on this node, its share (api.max-app-calls-in-flight); nothing of this call was read: retry later, backing off, and put many pushes in one PushMany", appCalls)}
+	a.streamBudget = budget{n: &a.streams, max: int64(l.MaxUpstreamStreams), appMax: int64(appStreams),
+		app: func(s *share) *atomic.Int64 { return &s.streams }, label: "upstream_streams", appLabel: "app_upstream_streams",
+		refused: refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-upstream-streams",
+			"too many upstream streams open on this node: at most %d (api.max-upstream-streams); subscribe on another node, or retry later", l.MaxUpstreamStreams),
+		appRefused: refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-app-upstream-streams",
+			"too many upstream streams open on this node for this app: at most %d (api.max-app-upstream-streams); close streams you no longer read, subscribe on another node, or retry later", appStreams)}
+	return a
+}
+
+// budget is a node-wide count of open calls with a key (calls, or
+// upstream streams), its bound, each app's share of it, and the
+// refusals for each being full, made once: their messages only name the
+// bounds, and a flood of refusals costs no allocation for them.
+type budget struct {
+	n                   *atomic.Int64
+	max, appMax         int64
+	app                 func(*share) *atomic.Int64 // the app's count of it
+	label, appLabel     string                     // courier_api_calls_refused_total's reasons
+	refused, appRefused error
 }
 
 // share is what the calls with the keys of one app hold: calls, upstream
@@ -222,29 +246,18 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 		return nil, err
 	}
 	sc.sh = a.shares[sc.app]
-	c := &call{sc: sc}
+	b := &a.callBudget
 	if info.FullMethodName == upstreamMethod {
-		switch c.take(ctx, &a.streams, a.maxStreams, &sc.sh.streams, a.maxAppStreams) {
-		case appFull:
-			a.callsRefused.WithLabelValues("app_upstream_streams").Inc()
-			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-app-upstream-streams",
-				"too many upstream streams open on this node for this app: at most %d (api.max-app-upstream-streams); close streams you no longer read, subscribe on another node, or retry later", a.maxAppStreams)
-		case nodeFull:
-			a.callsRefused.WithLabelValues("upstream_streams").Inc()
-			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-upstream-streams",
-				"too many upstream streams open on this node: at most %d (api.max-upstream-streams); subscribe on another node, or retry later", a.maxStreams)
-		}
-		return context.WithValue(ctx, scopeKey{}, c), nil
+		b = &a.streamBudget
 	}
-	switch c.take(ctx, &a.calls, a.maxCalls, &sc.sh.calls, a.maxAppCalls) {
+	c := &call{sc: sc}
+	switch c.take(ctx, b.n, b.max, b.app(sc.sh), b.appMax) {
 	case appFull:
-		a.callsRefused.WithLabelValues("app_calls_in_flight").Inc()
-		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-app-calls-in-flight",
-			"node overloaded for this app: %d of its API calls open at once on this node, its share (api.max-app-calls-in-flight); nothing of this call was read: retry later, backing off, and put many pushes in one PushMany", a.maxAppCalls)
+		a.callsRefused.WithLabelValues(b.appLabel).Inc()
+		return nil, b.appRefused
 	case nodeFull:
-		a.callsRefused.WithLabelValues("calls_in_flight").Inc()
-		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-calls-in-flight",
-			"node overloaded: %d API calls open at once on this node, the most it reads (api.max-calls-in-flight); nothing of this call was read: retry later, backing off, and put many pushes in one PushMany", a.maxCalls)
+		a.callsRefused.WithLabelValues(b.label).Inc()
+		return nil, b.refused
 	}
 	return context.WithValue(ctx, scopeKey{}, c), nil
 }
