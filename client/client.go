@@ -203,8 +203,9 @@ func (c *Client) Recv(ctx context.Context) (*Message, error) {
 }
 
 // Ack acknowledges a message returned by Recv or Pull (ManualAck mode;
-// in the default mode it is a no-op for those). Acks of a connection that
-// drops are sent again when the server redelivers the message.
+// in the default mode, where they were acknowledged when returned, it
+// does nothing). Acks of a connection that drops are sent again when the
+// server redelivers the message.
 func (c *Client) Ack(ctx context.Context, m *Message) error {
 	return c.request(ctx, &ackReq{msg: m})
 }
@@ -212,7 +213,8 @@ func (c *Client) Ack(ctx context.Context, m *Message) error {
 // SendC2C sends payload to another user of the same app and waits until
 // the server has stored it in the receiver's inbox (C2C_ACK OK).
 // Unanswered, it is resent with the same client message id after
-// ResendAfter and after every reconnect; the server stores it once. A
+// ResendAfter and after every reconnect (and after a RATE_LIMITED close);
+// the server stores it once. A
 // C2C_ACK with another code is a *ResultError: if it is Temporary, call
 // again later WithClientMsgID(result.ClientMsgID). When ctx ends first
 // the message may or may not have been stored; resending it with the same
@@ -302,12 +304,15 @@ func (c *Client) Pull(ctx context.Context, afterSeq, limit uint32) (PullResult, 
 		}
 		for _, m := range r.msgs {
 			c.advance(m.Seq)
-			// Mark them seen (and acked unless manual) now that the
-			// caller has them.
-			_ = c.request(context.WithoutCancel(ctx), &ackReq{msg: m, pulled: true})
 		}
+		// Mark them seen (and acked unless manual) now that the caller
+		// has them; until then Recv waits.
+		_ = c.request(context.WithoutCancel(ctx), &pullTaken{p: p, msgs: r.msgs})
 		return PullResult{Messages: r.msgs, HasMore: r.hasMore}, nil
 	case <-ctx.Done():
+		// An answer that came meanwhile is given back: its messages stay
+		// the server's to deliver.
+		_ = c.request(context.WithoutCancel(ctx), &pullTaken{p: p, abandoned: true})
 		return PullResult{}, ctx.Err()
 	case <-c.done:
 		return PullResult{}, c.Err()
@@ -324,7 +329,8 @@ func (c *Client) advance(seq uint32) {
 	}
 }
 
-// LastSeq returns the highest inbox seq handed to the app (by Recv). An
+// LastSeq returns the highest inbox seq handed to the app (by Recv or
+// Pull; a Pull from an earlier seq may have handed it a later one). An
 // app that persists it passes it as Config.ResumeSeq on its next start.
 func (c *Client) LastSeq() uint32 { return c.lastSeq.Load() }
 

@@ -95,6 +95,24 @@ type Config struct {
 	// Unanswered sends are also sent again after every reconnect.
 	ResendAfter time.Duration
 
+	// FrameRate and FrameBurst pace the frames the client sends that the
+	// gate counts against a connection's frame rate (C2S, C2C, PULL,
+	// LOGOUT, and C2C_PUSH_ACKs sent again on a new connection; acks of
+	// what the server delivered, and a KEEPALIVE per heartbeat, do not
+	// count): at most FrameBurst back to back, then FrameRate a second.
+	// ByteRate and ByteBurst do the same for the bytes of every frame.
+	// Frames over them wait for their turn, in order, so that a client
+	// reconnecting with a full outbox is not closed with RATE_LIMITED
+	// (docs/protocol.md §13). The defaults, 40 frames a second in bursts
+	// of 150 and 200 KiB a second in bursts of 768 KiB, are under the
+	// gate's default limits (50 and 200; 256 KiB and 1 MiB); set them
+	// under the limits of the gates you connect to. ByteBurst is at least
+	// MaxFrameSize plus the 18-byte header.
+	FrameRate  float64
+	FrameBurst int
+	ByteRate   int
+	ByteBurst  int
+
 	// RecvBuffer is how many received messages wait for Recv before the
 	// client stops reading the connection (default 256; a gate whose
 	// queue for the device fills up disconnects it as a slow client).
@@ -114,7 +132,13 @@ type Config struct {
 	// OnState, if set, is called on every change of the connection's
 	// state, on the client's goroutine: it must not block.
 	OnState func(s State, err error)
+
+	ownHTTP bool // HTTPClient is the client's own (fill)
 }
+
+// MaxTokenLen is the longest token the gate accepts in LOGIN
+// (docs/protocol.md §13; longer: BAD_LOGIN_FIELD).
+const MaxTokenLen = 4096
 
 // DefaultConfig returns a Config with every default filled in and no
 // identity, token or gate.
@@ -133,6 +157,10 @@ func DefaultConfig() Config {
 		BackoffReset:      60 * time.Second,
 		ShutdownJitter:    2 * time.Second,
 		ResendAfter:       15 * time.Second,
+		FrameRate:         40,
+		FrameBurst:        150,
+		ByteRate:          200 << 10,
+		ByteBurst:         768 << 10,
 		RecvBuffer:        256,
 		MaxOutbox:         1024,
 		DedupSize:         10_000,
@@ -173,6 +201,12 @@ func (c *Config) fill() {
 	set(&c.BackoffReset, d.BackoffReset)
 	set(&c.ShutdownJitter, d.ShutdownJitter)
 	set(&c.ResendAfter, d.ResendAfter)
+	if c.FrameRate == 0 {
+		c.FrameRate = d.FrameRate
+	}
+	setInt(&c.FrameBurst, d.FrameBurst)
+	setInt(&c.ByteRate, d.ByteRate)
+	setInt(&c.ByteBurst, d.ByteBurst)
 	setInt(&c.RecvBuffer, d.RecvBuffer)
 	setInt(&c.MaxOutbox, d.MaxOutbox)
 	setInt(&c.DedupSize, d.DedupSize)
@@ -180,7 +214,10 @@ func (c *Config) fill() {
 		c.Logger = slog.Default()
 	}
 	if c.HTTPClient == nil {
-		c.HTTPClient = &http.Client{Timeout: 5 * time.Second}
+		// Its own transport, whose idle connections the client closes
+		// when it stops.
+		c.HTTPClient = &http.Client{Timeout: 5 * time.Second, Transport: http.DefaultTransport.(*http.Transport).Clone()}
+		c.ownHTTP = true
 	}
 }
 
@@ -192,6 +229,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("client: UID: must be 1 to 128 bytes, got %d", len(c.UID))
 	case len(c.DeviceID) > 128 || len(c.AppVersion) > 128:
 		return fmt.Errorf("client: DeviceID and AppVersion: at most 128 bytes each (the gate refuses longer)")
+	case len(c.Token) > MaxTokenLen:
+		return fmt.Errorf("client: Token of %d bytes: at most %d (the gate refuses longer)", len(c.Token), MaxTokenLen)
 	case c.Token == "" && c.TokenSource == nil:
 		return fmt.Errorf("client: Token or TokenSource is required")
 	case c.Addr == "" && c.Discovery == "":
@@ -200,6 +239,11 @@ func (c *Config) validate() error {
 		return fmt.Errorf("client: BackoffMax %v: less than BackoffInitial %v", c.BackoffMax, c.BackoffInitial)
 	case c.CompressThreshold < 0, c.RecvBuffer < 0, c.MaxOutbox < 0, c.DedupSize < 0:
 		return fmt.Errorf("client: sizes must not be negative")
+	case c.FrameRate < 0, c.FrameBurst < 1, c.ByteRate < 1:
+		return fmt.Errorf("client: FrameRate, FrameBurst, ByteRate: must be positive")
+	case c.ByteBurst < int(c.MaxFrameSize)+messages.HeaderSize:
+		return fmt.Errorf("client: ByteBurst %d: at least MaxFrameSize plus the header (%d), or the largest frame never goes",
+			c.ByteBurst, int(c.MaxFrameSize)+messages.HeaderSize)
 	case c.MaxBody > maxDecompressed:
 		return fmt.Errorf("client: MaxBody %d: at most %d", c.MaxBody, maxDecompressed)
 	}

@@ -13,7 +13,13 @@
 // exponential backoff, logs in again, PULLs what came after the last seq
 // the app received (so there is no gap), resends unanswered sends and
 // unconfirmed C2C_PUSH_ACKs, and drops the duplicates the server's
-// redeliveries bring (by msg_id). After KICKOUT SERVER_SHUTDOWN it
+// redeliveries bring (by msg_id). What it sends of its own accord is paced
+// under the gate's per-connection limits (Config.FrameRate, ByteRate): a
+// client that reconnects with a full outbox sends it over seconds rather
+// than be closed with RATE_LIMITED. A message Pull returns is not returned
+// by Recv too, though the server pushes it as well. When a write fails,
+// the client reads what the server sent before it closed, so a KICKOUT is
+// not missed for a broken pipe. After KICKOUT SERVER_SHUTDOWN it
 // reconnects within a short random delay; after LOGGED_IN_ELSEWHERE,
 // KICKED_BY_OPERATOR, KICKED_BY_APP_SERVER and UID_BLACKLISTED, and after a
 // login refusal that retrying cannot fix, it stops: Recv returns the

@@ -42,7 +42,7 @@ func (e *LoginError) Error() string {
 func (e *LoginError) Permanent() bool {
 	switch e.Code {
 	case devicepb.Code_UID_BLOCKED, devicepb.Code_UNKNOWN_APP, devicepb.Code_BAD_UID,
-		devicepb.Code_AUTH_FAILED, devicepb.Code_TOKEN_EXPIRED:
+		devicepb.Code_BAD_LOGIN_FIELD, devicepb.Code_AUTH_FAILED, devicepb.Code_TOKEN_EXPIRED:
 		return true
 	}
 	return false
@@ -63,9 +63,11 @@ func (e *KickedError) Error() string {
 	return fmt.Sprintf("client: kicked out: %v", e.Reason)
 }
 
-// ServerError is an ERROR frame from the server: the gate refused the
-// connection at connect (SERVER_BUSY, RATE_LIMITED), or refused a request
-// frame (BAD_BODY, ...).
+// ServerError is an ERROR frame that refused the connection at connect
+// (SERVER_BUSY, RATE_LIMITED), returned by Dial when it gives up and by
+// Conn.Login. An ERROR frame answering a send or a pull is that call's
+// *ResultError; a RATE_LIMITED one ends the connection, and the send or
+// pull it answers is sent again on the next.
 type ServerError struct {
 	Code   devicepb.Code
 	Reason string
@@ -76,7 +78,8 @@ func (e *ServerError) Error() string {
 }
 
 // ResultError is a request's answer with a code other than OK: C2C_ACK,
-// C2S_ACK or PULL_ACK.
+// C2S_ACK or PULL_ACK, or an ERROR frame that refused the request's frame
+// (BAD_BODY, FRAME_TOO_LARGE, ...).
 type ResultError struct {
 	Code   devicepb.Code
 	Reason string

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/messages"
@@ -41,11 +42,16 @@ type (
 		hasMore bool
 		err     error
 	}
-	ackReq struct {
-		msg *Message
-		// pulled: a message Pull returned, to be marked seen (and
-		// acknowledged unless ManualAck); otherwise an explicit Ack.
-		pulled bool
+	// ackReq is an explicit Ack.
+	ackReq struct{ msg *Message }
+	// pullTaken ends the hand-over of a pull's messages: Pull returned
+	// them to the app (they are marked seen, and acknowledged unless
+	// ManualAck), or, with abandoned, its context ended first (the
+	// messages stay the server's to deliver again).
+	pullTaken struct {
+		p         *pullReq
+		msgs      []*Message
+		abandoned bool
 	}
 	logoutReq struct{}
 )
@@ -85,6 +91,18 @@ type session struct {
 	kicked     *devicepb.Kickout
 	resumeSeq  uint32 // frame seq of the client's own PULL, 0: none
 	logoutSeq  uint32
+	// resumeWant: the client's own PULL (after resumeAfter) waits for
+	// its turn (pacing).
+	resumeWant  bool
+	resumeAfter uint32
+	// broken is the write error that ended the session: the client
+	// writes nothing more and reads what the server sent before it
+	// closed (a KICKOUT decides what comes next) until the reader ends.
+	broken error
+	// frames and bytes pace what the client sends of its own accord
+	// (Config.FrameRate, ByteRate); a fresh connection starts full, as
+	// the gate's buckets do.
+	frameTokens, byteTokens *rate.Limiter
 }
 
 // loop is the state of the client's goroutine. Everything here belongs to
@@ -110,7 +128,18 @@ type loop struct {
 	pulls    []*pullReq // user pulls, sent or waiting for a connection
 	seen     *seenSet
 	queue    []*Message // received, waiting for Recv
-	unconf   map[string]struct{}
+	// unconf: C2C_PUSH_ACKs the server has not confirmed, with the
+	// session (gen) they were last sent on; they are sent again on each
+	// new session until C2C_PUSH_ACK_ACK.
+	unconf     map[string]uint64
+	gen        uint64 // sessions so far
+	unconfSent uint64 // every unconf entry was sent on this session
+	// handing: pulls whose messages are on their way to the app (Pull has
+	// them or is about to), by id. Until Pull says it took them (or gave
+	// up), Recv waits and pushes of those ids are not queued: the app
+	// gets each message from one of the two only.
+	handing map[*pullReq]map[string]struct{}
+	pace    *time.Timer // non-nil while frames wait for their turn
 
 	addrs      []string // gates to try, from Discovery
 	tokenRetry bool     // a login failed on its token: one retry with a fresh one
@@ -128,7 +157,8 @@ func newLoop(c *Client) *loop {
 		outbox:   map[outKey]*sendReq{},
 		inflight: map[uint32]*sendReq{},
 		seen:     newSeenSet(c.cfg.DedupSize),
-		unconf:   map[string]struct{}{},
+		unconf:   map[string]uint64{},
+		handing:  map[*pullReq]map[string]struct{}{},
 	}
 }
 
@@ -140,20 +170,23 @@ func (l *loop) run() {
 	l.startDial()
 	for l.terminal == nil {
 		var frames chan readResult
-		if l.sess != nil && len(l.queue) < l.cfg.RecvBuffer {
+		if l.sess != nil && (len(l.queue) < l.cfg.RecvBuffer || l.sess.broken != nil) {
 			frames = l.sess.frames
 		}
 		var out chan *Message
 		var head *Message
-		if len(l.queue) > 0 {
+		if len(l.queue) > 0 && len(l.handing) == 0 {
 			out, head = l.c.out, l.queue[0]
 		}
-		var waitC, kaC <-chan time.Time
+		var waitC, kaC, paceC <-chan time.Time
 		if l.wait != nil {
 			waitC = l.wait.C
 		}
 		if l.keepalive != nil {
 			kaC = l.keepalive.C
+		}
+		if l.pace != nil {
+			paceC = l.pace.C
 		}
 		select {
 		case <-l.c.quit:
@@ -166,6 +199,9 @@ func (l *loop) run() {
 			l.startDial()
 		case r := <-frames:
 			if r.err != nil {
+				if l.sess.broken != nil {
+					r.err = l.sess.broken
+				}
 				l.disconnect(r.err)
 			} else {
 				l.sess.lastRecv = time.Now()
@@ -183,6 +219,9 @@ func (l *loop) run() {
 			l.keepaliveDue()
 		case <-l.resend.C:
 			l.resendDue()
+		case <-paceC:
+			l.pace = nil
+			l.flush()
 		}
 	}
 	l.stop()
@@ -343,8 +382,11 @@ func (l *loop) connected(r dialResult) {
 		hb = 30 * time.Second
 	}
 	s := &session{conn: r.conn, addr: r.addr, frames: make(chan readResult, 64), stop: make(chan struct{}),
-		readerDone: make(chan struct{}), heartbeat: hb, started: now, lastRecv: now, seq: 1}
+		readerDone: make(chan struct{}), heartbeat: hb, started: now, lastRecv: now, seq: 1,
+		frameTokens: rate.NewLimiter(rate.Limit(l.cfg.FrameRate), l.cfg.FrameBurst),
+		byteTokens:  rate.NewLimiter(rate.Limit(l.cfg.ByteRate), l.cfg.ByteBurst)}
 	l.sess = s
+	l.gen++
 	l.addrs = nil // the next connection asks discovery again
 	l.c.epoch.Store(r.ack.Epoch)
 	go s.read()
@@ -366,17 +408,11 @@ func (l *loop) connected(r dialResult) {
 		last = 0
 	}
 	if r.ack.LastSeq > last {
-		l.resumePull(last)
+		s.resumeWant, s.resumeAfter = true, last
 	}
-	for id := range l.unconf {
-		l.write(messages.CmdC2CPushAck, 0, &devicepb.C2CPushAck{MsgId: id})
-	}
-	for _, s := range l.order {
-		l.sendOut(s)
-	}
-	for _, p := range l.pulls {
-		l.pullOut(p)
-	}
+	// Then what waits: unconfirmed acks, the sends, the pulls, as fast
+	// as the gate's limits let them go (flush).
+	l.flush()
 }
 
 // read is the session's reader goroutine. It ends when the connection
@@ -409,6 +445,10 @@ func (l *loop) closeSession() *session {
 	if l.keepalive != nil {
 		l.keepalive.Stop()
 		l.keepalive = nil
+	}
+	if l.pace != nil {
+		l.pace.Stop()
+		l.pace = nil
 	}
 	clear(l.inflight)
 	for _, r := range l.order {
@@ -467,6 +507,9 @@ func (l *loop) stop() {
 	if l.wait != nil {
 		l.wait.Stop()
 	}
+	if l.cfg.ownHTTP {
+		l.cfg.HTTPClient.CloseIdleConnections()
+	}
 	l.c.setErr(err)
 	for _, s := range l.order {
 		s.res <- sendResult{err: err}
@@ -495,15 +538,44 @@ func (l *loop) nextSeq() uint32 {
 }
 
 // write sends a frame on the session, if there is one, and returns its
-// seq (0 when nothing was sent). A write error ends the session.
+// seq (0 when nothing was sent). It is for frames the gate does not count
+// against the connection's frame rate (acks of what it delivered, a
+// KEEPALIVE per heartbeat) or that must go now (LOGOUT); their bytes
+// still count. A write error breaks the session (see session.broken).
 func (l *loop) write(cmd messages.Cmd, msgtype uint16, body proto.Message) uint32 {
-	if l.sess == nil {
+	s := l.sess
+	if s == nil || s.broken != nil {
 		return 0
 	}
+	s.byteTokens.ReserveN(time.Now(), min(messages.HeaderSize+proto.Size(body), l.cfg.ByteBurst))
+	return l.writeNow(cmd, msgtype, body)
+}
+
+// writePaced sends a frame the gate counts against the connection's
+// frame rate if the pacing lets it go now: sent is false when it must
+// wait its turn (flush sends it later). seq is 0 when nothing was sent for
+// another reason (no session, a write error).
+func (l *loop) writePaced(cmd messages.Cmd, msgtype uint16, body proto.Message) (seq uint32, sent bool) {
+	s := l.sess
+	if s == nil || s.broken != nil {
+		return 0, true
+	}
+	now := time.Now()
+	n := min(messages.HeaderSize+proto.Size(body), l.cfg.ByteBurst)
+	if s.frameTokens.TokensAt(now) < 1 || s.byteTokens.TokensAt(now) < float64(n) {
+		return 0, false
+	}
+	s.frameTokens.AllowN(now, 1)
+	s.byteTokens.AllowN(now, n)
+	return l.writeNow(cmd, msgtype, body), true
+}
+
+func (l *loop) writeNow(cmd messages.Cmd, msgtype uint16, body proto.Message) uint32 {
+	s := l.sess
 	seq := l.nextSeq()
-	h, err := l.sess.conn.writeFrame(messages.Header{Cmd: cmd, AppCode: l.cfg.AppCode, MsgType: msgtype, Seq: seq}, body)
+	h, err := s.conn.writeFrame(messages.Header{Cmd: cmd, AppCode: l.cfg.AppCode, MsgType: msgtype, Seq: seq}, body)
 	if err != nil {
-		l.disconnect(err)
+		l.breakSession(err)
 		return 0
 	}
 	if l.cfg.OnFrame != nil {
@@ -512,10 +584,114 @@ func (l *loop) write(cmd messages.Cmd, msgtype uint16, body proto.Message) uint3
 	return seq
 }
 
+// breakSession handles a write that failed. The server may have closed
+// the connection right after a KICKOUT the client has not read yet (it
+// stops reading while the app is behind): ending the session now would
+// lose it, and reconnecting after LOGGED_IN_ELSEWHERE kicks the user's
+// other device. So the client writes nothing more and reads what is left,
+// for at most brokenReadFor, before it decides (disconnect).
+func (l *loop) breakSession(err error) {
+	s := l.sess
+	s.broken = err
+	_ = s.conn.NetConn().SetReadDeadline(time.Now().Add(brokenReadFor))
+	l.log.Debug("client: write failed; reading what the server sent before deciding", "err", err)
+}
+
+// brokenReadFor bounds the reading of a connection whose writes failed.
+const brokenReadFor = 2 * time.Second
+
+// flush sends what waits for the connection, in this order, as far as the
+// pacing lets it: the client's own resume PULL, C2C_PUSH_ACKs the server
+// has not confirmed, sends (C2C, C2S) not sent on this connection, pulls.
+// The rest goes when the pace timer fires: a client with a full outbox
+// that reconnects would otherwise send it all back to back, and the gate
+// closes a connection that bursts past its frame limit (docs/protocol.md
+// §13) before the sends are answered, again at every reconnect.
+func (l *loop) flush() {
+	s := l.sess
+	if s == nil || s.broken != nil || l.pace != nil {
+		return
+	}
+	blocked := false
+	if s.resumeWant {
+		seq, sent := l.writePaced(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: s.resumeAfter})
+		if !sent {
+			l.waitTurn()
+			return
+		}
+		s.resumeWant, s.resumeSeq = false, seq
+	}
+	if l.unconfSent != l.gen {
+		for id, gen := range l.unconf {
+			if gen == l.gen {
+				continue
+			}
+			seq, sent := l.writePaced(messages.CmdC2CPushAck, 0, &devicepb.C2CPushAck{MsgId: id})
+			if !sent {
+				l.waitTurn()
+				return
+			}
+			if seq == 0 {
+				return
+			}
+			l.unconf[id] = l.gen
+		}
+		l.unconfSent = l.gen
+	}
+	for _, r := range l.order {
+		if r.seq != 0 {
+			continue
+		}
+		if r.ctx.Err() != nil {
+			continue // dropped at the next resend check
+		}
+		seq, sent := l.writePaced(r.cmd, r.msgtype, r.body)
+		if !sent {
+			blocked = true
+			break
+		}
+		if seq == 0 {
+			return
+		}
+		r.seq, r.sentAt = seq, time.Now()
+		l.inflight[seq] = r
+	}
+	for _, p := range l.pulls {
+		if blocked {
+			break
+		}
+		if p.seq != 0 || p.ctx.Err() != nil {
+			continue
+		}
+		seq, sent := l.writePaced(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: p.after, Limit: p.limit})
+		if !sent {
+			blocked = true
+			break
+		}
+		if seq == 0 {
+			return
+		}
+		p.seq, p.sentAt = seq, time.Now()
+	}
+	if blocked {
+		l.waitTurn()
+	}
+}
+
+// waitTurn arms the pace timer: flush goes on when a frame may go.
+func (l *loop) waitTurn() {
+	d := time.Duration(float64(time.Second) / float64(l.cfg.FrameRate))
+	l.pace = time.NewTimer(max(d, 5*time.Millisecond))
+}
+
 func (l *loop) request(r any) {
 	switch r := r.(type) {
 	case *sendReq:
 		k := outKey{r.cmd, r.id}
+		if old := l.outbox[k]; old != nil && old.ctx.Err() != nil {
+			// Its caller gave up: this send of the same id replaces it.
+			l.dropSend(old)
+		}
 		switch {
 		case l.outbox[k] != nil:
 			r.res <- sendResult{err: errors.New("client: client message id " + r.id + " is already waiting for its answer")}
@@ -526,22 +702,35 @@ func (l *loop) request(r any) {
 		}
 		l.outbox[k] = r
 		l.order = append(l.order, r)
-		l.sendOut(r)
+		l.flush()
 	case *pullReq:
 		l.pulls = append(l.pulls, r)
-		l.pullOut(r)
-	case *ackReq:
-		if r.pulled {
-			if !l.seen.add(r.msg.MsgID) {
+		l.flush()
+	case *pullTaken:
+		if _, ok := l.handing[r.p]; !ok {
+			// Abandoned before its answer came: it is not asked for again.
+			l.dropPull(r.p)
+			return
+		}
+		delete(l.handing, r.p)
+		if r.abandoned {
+			return // the messages stay the server's, pushed again
+		}
+		for _, m := range r.msgs {
+			if !l.seen.add(m.MsgID) {
 				// Pushed too: the app has it now, Recv must not return it.
-				l.queue = slices.DeleteFunc(l.queue, func(m *Message) bool { return m.MsgID == r.msg.MsgID })
-				if _, acked := l.seen.lookup(r.msg.MsgID); acked {
-					return
+				l.queue = slices.DeleteFunc(l.queue, func(q *Message) bool { return q.MsgID == m.MsgID })
+				if _, acked := l.seen.lookup(m.MsgID); acked {
+					continue
 				}
 			}
-			if l.cfg.ManualAck {
-				return
+			if !l.cfg.ManualAck {
+				l.ack(m)
 			}
+		}
+	case *ackReq:
+		if !l.cfg.ManualAck {
+			return // acknowledged when Recv or Pull returned it
 		}
 		l.ack(r.msg)
 	case *logoutReq:
@@ -552,21 +741,8 @@ func (l *loop) request(r any) {
 		}
 		if seq := l.write(messages.CmdLogout, 0, nil); l.sess != nil {
 			l.sess.logoutSeq = seq
+			l.sess.frameTokens.ReserveN(time.Now(), 1)
 		}
-	}
-}
-
-func (l *loop) sendOut(r *sendReq) {
-	if r.ctx.Err() != nil {
-		l.dropSend(r)
-		return
-	}
-	if seq := l.write(r.cmd, r.msgtype, r.body); seq != 0 {
-		if r.seq != 0 {
-			delete(l.inflight, r.seq)
-		}
-		r.seq, r.sentAt = seq, time.Now()
-		l.inflight[seq] = r
 	}
 }
 
@@ -580,25 +756,9 @@ func (l *loop) dropSend(r *sendReq) {
 	}
 }
 
-func (l *loop) pullOut(p *pullReq) {
-	if p.ctx.Err() != nil {
-		l.dropPull(p)
-		return
-	}
-	if seq := l.write(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: p.after, Limit: p.limit}); seq != 0 {
-		p.seq, p.sentAt = seq, time.Now()
-	}
-}
-
 func (l *loop) dropPull(p *pullReq) {
 	if i := slices.Index(l.pulls, p); i >= 0 {
 		l.pulls = slices.Delete(l.pulls, i, i+1)
-	}
-}
-
-func (l *loop) resumePull(after uint32) {
-	if seq := l.write(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: after}); l.sess != nil {
-		l.sess.resumeSeq = seq
 	}
 }
 
@@ -608,14 +768,16 @@ func (l *loop) ack(m *Message) {
 	l.seen.acked(m.MsgID)
 	switch {
 	case m.Kind == KindC2C:
-		l.unconf[m.MsgID] = struct{}{}
-		if len(l.unconf) > l.cfg.DedupSize {
+		if len(l.unconf) >= l.cfg.DedupSize {
 			for id := range l.unconf { // forget one: its push will come again and be acked again
 				delete(l.unconf, id)
 				break
 			}
 		}
-		l.write(messages.CmdC2CPushAck, 0, &devicepb.C2CPushAck{MsgId: m.MsgID})
+		l.unconf[m.MsgID] = 0
+		if l.write(messages.CmdC2CPushAck, 0, &devicepb.C2CPushAck{MsgId: m.MsgID}) != 0 {
+			l.unconf[m.MsgID] = l.gen
+		}
 	case m.Seq != 0:
 		l.write(messages.CmdS2CAck, 0, &devicepb.S2CAck{MsgId: m.MsgID})
 	}
@@ -624,12 +786,23 @@ func (l *loop) ack(m *Message) {
 
 // deliver queues a received message for Recv unless it is a duplicate.
 func (l *loop) deliver(m *Message) {
-	if !l.seen.add(m.MsgID) {
-		if _, acked := l.seen.lookup(m.MsgID); acked {
+	if known, acked := l.seen.lookup(m.MsgID); known {
+		if acked {
 			l.ack(m) // our earlier ack may have been lost
 		}
 		return
 	}
+	for _, ids := range l.handing {
+		if _, ok := ids[m.MsgID]; ok {
+			return // a pull is handing it to the app (pullTaken)
+		}
+	}
+	if l.sess != nil && l.sess.broken != nil && len(l.queue) >= l.cfg.RecvBuffer {
+		// Read past the buffer only to find a KICKOUT (breakSession): not
+		// acknowledged, it is delivered again.
+		return
+	}
+	l.seen.add(m.MsgID)
 	l.queue = append(l.queue, m)
 }
 
@@ -652,6 +825,8 @@ func (l *loop) keepaliveDue() {
 	}
 }
 
+// resendDue drops sends and pulls whose callers gave up, and sends again
+// (flush) those unanswered for ResendAfter.
 func (l *loop) resendDue() {
 	now := time.Now()
 	for _, r := range slices.Clone(l.order) {
@@ -659,8 +834,9 @@ func (l *loop) resendDue() {
 			l.dropSend(r)
 			continue
 		}
-		if l.sess != nil && r.seq != 0 && now.Sub(r.sentAt) >= l.cfg.ResendAfter {
-			l.sendOut(r)
+		if r.seq != 0 && now.Sub(r.sentAt) >= l.cfg.ResendAfter {
+			delete(l.inflight, r.seq)
+			r.seq = 0
 		}
 	}
 	for _, p := range slices.Clone(l.pulls) {
@@ -668,10 +844,11 @@ func (l *loop) resendDue() {
 			l.dropPull(p)
 			continue
 		}
-		if l.sess != nil && p.seq != 0 && now.Sub(p.sentAt) >= l.cfg.ResendAfter {
-			l.pullOut(p)
+		if p.seq != 0 && now.Sub(p.sentAt) >= l.cfg.ResendAfter {
+			p.seq = 0
 		}
 	}
+	l.flush()
 }
 
 // handle acts on a frame from the server.
@@ -757,7 +934,8 @@ func (l *loop) pulled(seq uint32, a *devicepb.PullAck) {
 			l.deliver(storedMessage(sm))
 		}
 		if a.HasMore && len(a.Messages) > 0 {
-			l.resumePull(a.Messages[len(a.Messages)-1].Seq)
+			s.resumeWant, s.resumeAfter = true, a.Messages[len(a.Messages)-1].Seq
+			l.flush()
 		}
 		return
 	}
@@ -769,9 +947,14 @@ func (l *loop) pulled(seq uint32, a *devicepb.PullAck) {
 				return
 			}
 			msgs := make([]*Message, len(a.Messages))
+			ids := make(map[string]struct{}, len(msgs))
 			for i, sm := range a.Messages {
 				msgs[i] = storedMessage(sm)
+				ids[sm.MsgId] = struct{}{}
 			}
+			// Until Pull has them (pullTaken), Recv waits and pushes of
+			// these ids are not queued.
+			l.handing[p] = ids
 			p.res <- pullResult{msgs: msgs, hasMore: a.HasMore}
 			return
 		}
@@ -782,6 +965,21 @@ func (l *loop) pulled(seq uint32, a *devicepb.PullAck) {
 // a refusal of the connection.
 func (l *loop) serverError(seq uint32, e *devicepb.Error) {
 	err := &ServerError{Code: e.Code, Reason: e.Reason}
+	if e.Code == devicepb.Code_RATE_LIMITED {
+		// The gate closes the connection: the frame it answers was not
+		// processed, and is sent again on the next connection.
+		if r := l.inflight[seq]; r != nil && seq != 0 {
+			delete(l.inflight, seq)
+			r.seq = 0
+		}
+		for _, p := range l.pulls {
+			if p.seq == seq && seq != 0 {
+				p.seq = 0
+			}
+		}
+		l.log.Warn("client: rate limited by the gate; the connection ends", "err", err, "seq", seq)
+		return
+	}
 	if r := l.inflight[seq]; r != nil && seq != 0 {
 		// The server refused the frame itself (BAD_BODY, ...): resending
 		// it unchanged gets the same answer.

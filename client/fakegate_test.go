@@ -1,0 +1,351 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/courier-im/courier/client"
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/devicepb"
+)
+
+// These tests run the client against a scripted gate on real TCP: the
+// orderings they need (a push racing a PULL_ACK, a KICKOUT behind a full
+// receive buffer, a reconnect with a full outbox) are ones a real node
+// gives only by chance.
+
+// fakeGate answers each connection's LOGIN with LOGIN_ACK OK (heartbeat
+// as given), then runs script with the connection's number (from 1).
+type fakeGate struct {
+	ln     net.Listener
+	logins atomic.Int32
+	wg     sync.WaitGroup
+}
+
+func startFakeGate(t *testing.T, heartbeat uint32, script func(n int32, c *client.Conn)) *fakeGate {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &fakeGate{ln: ln}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			g.wg.Add(1)
+			go func() {
+				defer g.wg.Done()
+				defer nc.Close()
+				c := client.NewConn(nc, client.ConnConfig{AppCode: 1})
+				f, err := c.ReadFrame()
+				if err != nil || f.Cmd != messages.CmdLogin {
+					return
+				}
+				n := g.logins.Add(1)
+				if c.WriteMessage(messages.CmdLoginAck, 0, f.Seq, &devicepb.LoginAck{Code: devicepb.Code_OK,
+					Epoch: uint64(n), HeartbeatSeconds: heartbeat, ServerTimeMs: time.Now().UnixMilli()}) != nil {
+					return
+				}
+				script(n, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); g.wg.Wait() })
+	return g
+}
+
+func (g *fakeGate) addr() string { return g.ln.Addr().String() }
+
+func dialFake(t *testing.T, g *fakeGate, mut func(*client.Config)) *client.Client {
+	t.Helper()
+	cfg := client.Config{Addr: g.addr(), AppCode: 1, UID: "fay", Token: "t", NoCompression: true,
+		BackoffInitial: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond}
+	if mut != nil {
+		mut(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatalf("dial the fake gate: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestPulledNotAlsoReceived: the server pushes what a PULL returns until
+// it is acked (docs/protocol.md §9.6). A page answered while its messages
+// are pushed right behind it must reach the app once: from Pull, not from
+// Recv as well.
+func TestPulledNotAlsoReceived(t *testing.T) {
+	const rounds, page = 100, 20
+	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
+		round := 0
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				return
+			}
+			if f.Cmd != messages.CmdPull {
+				continue
+			}
+			var b []byte
+			ack := &devicepb.PullAck{Code: devicepb.Code_OK}
+			for i := range page {
+				id := fmt.Sprintf("m%d-%d", round, i)
+				seq := uint32(round*page + i + 1)
+				ack.Messages = append(ack.Messages, &devicepb.StoredMessage{MsgId: id, Seq: seq, Kind: devicepb.Kind_KIND_S2C})
+			}
+			b, _ = messages.AppendMessage(b, messages.Header{Cmd: messages.CmdPullAck, AppCode: 1, Seq: f.Seq}, ack)
+			for _, m := range ack.Messages {
+				b, _ = messages.AppendMessage(b, messages.Header{Cmd: messages.CmdS2C, AppCode: 1, Seq: m.Seq},
+					&devicepb.S2C{MsgId: m.MsgId})
+			}
+			if c.WriteRaw(b) != nil {
+				return
+			}
+			round++
+		}
+	})
+	c := dialFake(t, g, nil)
+	got := make(chan *client.Message, rounds*page)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for {
+			m, err := c.Recv(ctx)
+			if err != nil {
+				return
+			}
+			got <- m
+		}
+	}()
+	for round := range rounds {
+		pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+		r, err := c.Pull(pctx, uint32(round*page), page)
+		pcancel()
+		if err != nil || len(r.Messages) != page {
+			t.Fatalf("pull %d: %d messages, %v", round, len(r.Messages), err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // let pushes still queued reach Recv
+	if n := len(got); n != 0 {
+		m := <-got
+		t.Fatalf("%d pulled messages were also returned by Recv (the first: %s)", n, m.MsgID)
+	}
+}
+
+// TestKickoutReadAfterAFailedWrite: the gate sends KICKOUT
+// LOGGED_IN_ELSEWHERE and closes while the app is behind (the client has
+// stopped reading). The client's next writes (its KEEPALIVEs) fail; it
+// must still find the KICKOUT and stop, not log in again and kick the
+// user's other device (docs/protocol.md §7).
+func TestKickoutReadAfterAFailedWrite(t *testing.T) {
+	g := startFakeGate(t, 1, func(n int32, c *client.Conn) {
+		if n > 1 {
+			_ = c.WriteMessage(messages.CmdKickout, 0, 0, &devicepb.Kickout{Reason: devicepb.KickReason_LOGGED_IN_ELSEWHERE})
+			return
+		}
+		var b []byte
+		for i := range 300 {
+			b, _ = messages.AppendMessage(b, messages.Header{Cmd: messages.CmdS2C, AppCode: 1, Seq: uint32(i + 1)},
+				&devicepb.S2C{MsgId: fmt.Sprint("k", i)})
+		}
+		b, _ = messages.AppendMessage(b, messages.Header{Cmd: messages.CmdKickout, AppCode: 1},
+			&devicepb.Kickout{Reason: devicepb.KickReason_LOGGED_IN_ELSEWHERE, Detail: "another device"})
+		_ = c.WriteRaw(b)
+		// Closed with the client's KEEPALIVEs unread: they draw a reset.
+	})
+	c := dialFake(t, g, func(cfg *client.Config) { cfg.RecvBuffer = 256 })
+	select {
+	case <-c.Done():
+	case <-time.After(8 * time.Second):
+		t.Fatalf("the client did not stop after the KICKOUT (logins: %d)", g.logins.Load())
+	}
+	var k *client.KickedError
+	if err := c.Err(); !errors.As(err, &k) || k.Reason != devicepb.KickReason_LOGGED_IN_ELSEWHERE {
+		t.Fatalf("stopped with %v, want the KICKOUT", err)
+	}
+	if n := g.logins.Load(); n != 1 {
+		t.Fatalf("%d logins: the client logged in again after LOGGED_IN_ELSEWHERE", n)
+	}
+}
+
+// TestReconnectWithAFullOutboxIsPaced: sends made while disconnected go
+// out on the next connection no faster than the pacing lets them (the
+// gate closes a connection that bursts past its frame limit before they
+// are answered, and would again at every reconnect), and all of them are
+// answered on that one connection.
+func TestReconnectWithAFullOutboxIsPaced(t *testing.T) {
+	const sends, burst, rate = 300, 50, 500.0
+	type arrival struct {
+		at  time.Time
+		cmd messages.Cmd
+	}
+	var mu sync.Mutex
+	var arrivals []arrival
+	var second time.Time
+	g := startFakeGate(t, 30, func(n int32, c *client.Conn) {
+		if n == 1 {
+			// The first connection ends at once: the sends wait for the next.
+			time.Sleep(300 * time.Millisecond)
+			return
+		}
+		mu.Lock()
+		second = time.Now()
+		mu.Unlock()
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			arrivals = append(arrivals, arrival{time.Now(), f.Cmd})
+			mu.Unlock()
+			if m, ok := f.Msg.(*devicepb.C2S); ok {
+				if c.WriteMessage(messages.CmdC2SAck, f.MsgType, f.Seq, &devicepb.C2SAck{Code: devicepb.Code_OK,
+					MsgId: "s-" + m.ClientMsgId, ClientMsgId: m.ClientMsgId}) != nil {
+					return
+				}
+			}
+		}
+	})
+	c := dialFake(t, g, func(cfg *client.Config) {
+		cfg.FrameRate, cfg.FrameBurst = rate, burst
+		cfg.BackoffInitial, cfg.BackoffMax = 500*time.Millisecond, 500*time.Millisecond
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	errs := make(chan error, sends)
+	time.Sleep(50 * time.Millisecond)
+	for i := range sends {
+		go func() {
+			_, err := c.SendC2S(ctx, 3, []byte("gps"), client.WithClientMsgID(fmt.Sprint("o", i)))
+			errs <- err
+		}()
+	}
+	for range sends {
+		if err := <-errs; err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if n := g.logins.Load(); n != 2 {
+		t.Fatalf("%d logins, want 2: the sends were not all answered on the second connection", n)
+	}
+	// Tokens at any arrival: burst + rate × time since the connection
+	// started (with slack for scheduling).
+	c2s := 0
+	for _, a := range arrivals {
+		if a.cmd != messages.CmdC2S {
+			continue
+		}
+		c2s++
+		allowed := burst + rate*a.at.Sub(second).Seconds() + 10
+		if float64(c2s) > allowed {
+			t.Fatalf("C2S %d arrived %v after the login: more than the pacing allows (%.0f)", c2s, a.at.Sub(second), allowed)
+		}
+	}
+	if c2s < sends {
+		t.Fatalf("%d C2S frames arrived, want at least %d", c2s, sends)
+	}
+}
+
+// TestBadLoginFieldIsPermanent: a refusal that retrying cannot fix ends
+// Dial at once (docs/protocol.md §14), and a static token over the gate's
+// limit is refused before anything is sent.
+func TestBadLoginFieldIsPermanent(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	var logins atomic.Int32
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c := client.NewConn(nc, client.ConnConfig{AppCode: 1})
+			if f, err := c.ReadFrame(); err == nil && f.Cmd == messages.CmdLogin {
+				logins.Add(1)
+				_ = c.WriteMessage(messages.CmdLoginAck, 0, f.Seq, &devicepb.LoginAck{Code: devicepb.Code_BAD_LOGIN_FIELD, Reason: "token too long"})
+			}
+			nc.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = client.Dial(ctx, client.Config{Addr: ln.Addr().String(), AppCode: 1, UID: "bo",
+		TokenSource: func(context.Context) (string, error) { return "t", nil }, BackoffInitial: 10 * time.Millisecond})
+	var le *client.LoginError
+	if !errors.As(err, &le) || le.Code != devicepb.Code_BAD_LOGIN_FIELD || logins.Load() != 1 {
+		t.Fatalf("Dial: %v after %d logins in %v, want BAD_LOGIN_FIELD after one", err, logins.Load(), time.Since(start))
+	}
+	_, err = client.Dial(ctx, client.Config{Addr: ln.Addr().String(), AppCode: 1, UID: "bo", Token: string(make([]byte, client.MaxTokenLen+1))})
+	if err == nil || logins.Load() != 1 {
+		t.Fatalf("Dial with a %d-byte token: %v (logins %d)", client.MaxTokenLen+1, err, logins.Load())
+	}
+}
+
+// TestResendRightAfterGivingUp: a send whose caller gave up may be made
+// again with the same client message id at once (SendC2C's doc), and in
+// the default mode Ack sends nothing more: Recv acknowledged already.
+func TestResendRightAfterGivingUp(t *testing.T) {
+	var acks, c2s atomic.Int32
+	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
+		_ = c.WriteMessage(messages.CmdS2C, 0, 1, &devicepb.S2C{MsgId: "p1"})
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch m := f.Msg.(type) {
+			case *devicepb.S2CAck:
+				acks.Add(1)
+			case *devicepb.C2S:
+				if c2s.Add(1) == 1 {
+					continue // the first is not answered
+				}
+				_ = c.WriteMessage(messages.CmdC2SAck, f.MsgType, f.Seq, &devicepb.C2SAck{Code: devicepb.Code_OK, MsgId: "s1", ClientMsgId: m.ClientMsgId})
+			}
+		}
+	})
+	c := dialFake(t, g, nil)
+	m := recv(t, c)
+	if err := c.Ack(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	_, err := c.SendC2S(ctx, 3, []byte("x"), client.WithClientMsgID("same"))
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the unanswered send: %v", err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if r, err := c.SendC2S(ctx, 3, []byte("x"), client.WithClientMsgID("same")); err != nil || r.MsgID != "s1" {
+		t.Fatalf("the same id again at once: %+v, %v", r, err)
+	}
+	if n := acks.Load(); n != 1 {
+		t.Fatalf("%d S2C_ACKs for one message received and Acked in the default mode, want 1", n)
+	}
+}
