@@ -668,13 +668,13 @@ func Refusal(env *actorpb.Envelope, code codes.Code, dc devicepb.Code, why strin
 	case *actorpb.Envelope_C2C:
 		m := b.C2C
 		return m.ReplyTo, &actorpb.ToConn{AppCode: env.AppCode, Uid: m.FromUid, ConnId: m.ReplyTo.GetConnId(), Epoch: m.ReplyEpoch,
-			Frames: []*actorpb.OutFrame{frame(messages.CmdC2CAck, m.Msgtype, m.FrameSeq, &devicepb.C2CAck{
+			Frames: []*actorpb.OutFrame{frame(messages.CmdC2CAck, 0, m.FrameSeq, &devicepb.C2CAck{
 				Code: dc, ClientMsgId: m.GetC2C().GetClientMsgId(), Reason: why})}}, nil
 	case *actorpb.Envelope_Frame:
 		if messages.Cmd(b.Frame.Cmd) == messages.CmdPull {
 			return b.Frame.Conn, &actorpb.ToConn{AppCode: env.AppCode, Uid: env.Uid,
 				ConnId: b.Frame.GetConn().GetConnId(), Epoch: b.Frame.Epoch,
-				Frames: []*actorpb.OutFrame{frame(messages.CmdPullAck, b.Frame.Msgtype, b.Frame.Seq,
+				Frames: []*actorpb.OutFrame{frame(messages.CmdPullAck, 0, b.Frame.Seq,
 					&devicepb.PullAck{Code: dc})}}, nil
 		}
 	default:

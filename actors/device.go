@@ -856,7 +856,7 @@ func (d *Device) Frame(now time.Time, m *actorpb.DeviceFrame) {
 		// Answered even for an unknown id: the receiver's ack of a message
 		// already deleted must still stop its resending.
 		d.emit(Effect{Conn: m.Conn, ToConn: d.toConn(m.Conn, m.Epoch,
-			frame(messages.CmdC2CPushAckAck, m.Msgtype, m.Seq, &devicepb.C2CPushAckAck{MsgId: string(id)}))})
+			frame(messages.CmdC2CPushAckAck, 0, m.Seq, &devicepb.C2CPushAckAck{MsgId: string(id)}))})
 	case messages.CmdPull:
 		var pull devicepb.Pull
 		if proto.Unmarshal(m.Body, &pull) != nil {
@@ -867,8 +867,8 @@ func (d *Device) Frame(now time.Time, m *actorpb.DeviceFrame) {
 		// they store); if one fails, the device is told to PULL again
 		// rather than left waiting for an answer that never comes.
 		d.emit(Effect{Conn: m.Conn, ToConn: d.toConn(m.Conn, m.Epoch,
-			frame(messages.CmdPullAck, m.Msgtype, m.Seq, d.pull(pull.AfterSeq, pull.Limit))),
-			FailConn: d.toConn(m.Conn, m.Epoch, frame(messages.CmdPullAck, m.Msgtype, m.Seq, &devicepb.PullAck{Code: devicepb.Code_STORE_UNAVAILABLE}))})
+			frame(messages.CmdPullAck, 0, m.Seq, d.pull(pull.AfterSeq, pull.Limit))),
+			FailConn: d.toConn(m.Conn, m.Epoch, frame(messages.CmdPullAck, 0, m.Seq, &devicepb.PullAck{Code: devicepb.Code_STORE_UNAVAILABLE}))})
 	}
 	d.pump(now)
 }
@@ -1102,7 +1102,7 @@ func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.Idempotency
 	ackTo := func(code devicepb.Code, msgID, reason string) *actorpb.ToConn {
 		return &actorpb.ToConn{
 			AppCode: uint32(d.id.App), Uid: m.FromUid, ConnId: m.ReplyTo.GetConnId(), Epoch: m.ReplyEpoch,
-			Frames: []*actorpb.OutFrame{frame(messages.CmdC2CAck, m.Msgtype, m.FrameSeq,
+			Frames: []*actorpb.OutFrame{frame(messages.CmdC2CAck, 0, m.FrameSeq,
 				&devicepb.C2CAck{Code: code, MsgId: msgID, ClientMsgId: c.GetClientMsgId(), Reason: reason})},
 		}
 	}

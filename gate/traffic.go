@@ -202,7 +202,7 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 	if h.Compressed() {
 		out, err := l.decompress(body)
 		if err != nil {
-			l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "body does not decompress within the frame limit (windows up to 8 MiB)")
+			l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "body does not decompress within the frame limit (windows up to 128 MiB)")
 			return gnet.None
 		}
 		body = out

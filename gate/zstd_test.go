@@ -21,13 +21,15 @@ import (
 	"github.com/courier-im/courier/testkit"
 )
 
+const streamWindow = 8 << 20
+
 // streamZstd compresses body as a streaming encoder does over a socket
 // (flushed before the end, so no content size): the frame declares the
 // encoder's window, here 8 MiB.
 func streamZstd(t testing.TB, body []byte) []byte {
 	t.Helper()
 	var buf bytes.Buffer
-	w, err := zstd.NewWriter(&buf, zstd.WithWindowSize(messages.MaxZstdWindow))
+	w, err := zstd.NewWriter(&buf, zstd.WithWindowSize(streamWindow))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +44,7 @@ func streamZstd(t testing.TB, body []byte) []byte {
 		t.Fatal(err)
 	}
 	var h zstd.Header
-	if err := h.Decode(buf.Bytes()); err != nil || h.SingleSegment || h.WindowSize != messages.MaxZstdWindow {
+	if err := h.Decode(buf.Bytes()); err != nil || h.SingleSegment || h.WindowSize != streamWindow {
 		t.Fatalf("streaming frame header %+v, %v", h, err)
 	}
 	return buf.Bytes()

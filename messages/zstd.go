@@ -9,13 +9,15 @@ import (
 )
 
 // MaxZstdWindow is the largest window a compressed body's zstd frame may
-// declare: 8 MiB, the decoder minimum RFC 8878 recommends, so that any
-// standard encoder's output decodes (a streaming encoder that does not
-// know the size in advance declares a window of 1–8 MiB even for a few
-// bytes). With a frame limit above 8 MiB the limit is accepted too. The
-// window costs no memory of its own: bodies are decoded whole into the
-// output buffer, which is capped at the frame limit.
-const MaxZstdWindow = 8 << 20
+// declare: 128 MiB (a window log of 27), the most the reference decoder
+// accepts by default, so that any standard encoder's output decodes
+// without long-distance settings (a streaming encoder that does not know
+// the size in advance declares a window of 1–8 MiB even for a few bytes,
+// and zstd's --ultra levels 20–22 declare 32–128 MiB). With a frame limit
+// above it the limit is accepted too. The window costs no memory of its
+// own: bodies are decoded whole into the output buffer, which is capped at
+// the frame limit.
+const MaxZstdWindow = 128 << 20
 
 // Zstd compresses and decompresses frame bodies (flag bit 0). It is safe
 // for concurrent use; one per process is enough. Compressions run on the

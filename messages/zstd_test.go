@@ -3,6 +3,7 @@ package messages
 import (
 	"bytes"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 
@@ -47,17 +48,21 @@ func declaredWindow(t testing.TB, frame []byte) uint64 {
 	return h.WindowSize
 }
 
-// TestZstdAcceptsStreamingWindowsUpTo8MiB: a standard streaming encoder's
-// frame of a 30-byte body declares a window of up to 8 MiB (the decoder
-// minimum RFC 8878 recommends); it decodes whatever the frame limit.
-// Windows above 8 MiB (and above the frame limit) are refused.
-func TestZstdAcceptsStreamingWindowsUpTo8MiB(t *testing.T) {
+// TestZstdAcceptsStreamingWindows: a standard streaming encoder's frame
+// of a 30-byte body declares a window (1–8 MiB by default, up to 128 MiB
+// at zstd's --ultra levels 20–22); it decodes whatever the frame limit,
+// up to the 128 MiB the reference decoder accepts by default, at no cost
+// in memory. A larger window is refused.
+func TestZstdAcceptsStreamingWindows(t *testing.T) {
 	body := []byte("driver 42 at 31.2304,121.4737!") // 30 bytes
-	for _, window := range []int{1 << 20, 8 << 20} {
-		c := streamCompress(t, body, window)
-		if w := declaredWindow(t, c); w != uint64(window) {
-			t.Fatalf("the streaming encoder declared window %d, want %d", w, window)
-		}
+	// A window log of 27 (level 22's) written into an 8 MiB frame's
+	// Window_Descriptor (exponent 27-10, mantissa 0): an encoder with a
+	// 128 MiB window would allocate it.
+	ultra := streamCompress(t, body, 8<<20)
+	ultra[5] = 17 << 3
+	for _, c := range [][]byte{streamCompress(t, body, 1<<20), streamCompress(t, body, 8<<20),
+		streamCompress(t, body, 16<<20), ultra} {
+		window := declaredWindow(t, c)
 		z, err := NewZstd(DefaultMaxBody)
 		if err != nil {
 			t.Fatal(err)
@@ -73,9 +78,26 @@ func TestZstdAcceptsStreamingWindowsUpTo8MiB(t *testing.T) {
 			}
 		}
 	}
+	if w := declaredWindow(t, ultra); w != MaxZstdWindow {
+		t.Fatalf("the patched frame declares %d", w)
+	}
 	d, _ := NewZstdDecoder(DefaultMaxBody)
-	if _, err := d.Decompress(nil, streamCompress(t, body, 16<<20)); !errors.Is(err, ErrDecompress) {
-		t.Fatalf("a 16 MiB window: %v", err)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	buf := make([]byte, 0, DefaultMaxBody)
+	for range 100 {
+		if _, err := d.Decompress(buf, ultra); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Fatalf("100 bodies declaring a 128 MiB window allocated %d bytes", n)
+	}
+	over := bytes.Clone(ultra)
+	over[5] = 18 << 3 // 256 MiB
+	if _, err := d.Decompress(nil, over); !errors.Is(err, ErrDecompress) {
+		t.Fatalf("a 256 MiB window: %v", err)
 	}
 	// libzstd 1.5's own streaming output (`printf ... | zstd -c`, from a
 	// pipe: no content size, a 2 MiB window, a checksum).

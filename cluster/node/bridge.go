@@ -164,14 +164,15 @@ func (b *bridge) c2s(c gate.ConnInfo, h messages.Header, m *devicepb.C2S) *devic
 	return ack
 }
 
-// reply answers a frame on its own connection, straight through the gate.
+// reply answers a frame on its own connection, straight through the gate,
+// with msgtype 0: PROTOCOL.md's control replies are control frames.
 func (b *bridge) reply(c gate.ConnInfo, h messages.Header, cmd messages.Cmd, m proto.Message) {
 	body, _ := proto.Marshal(m)
 	if b.g == nil {
 		return
 	}
 	_ = b.g.Deliver(&actorpb.ToConn{AppCode: uint32(c.AppCode), Uid: c.UID, ConnId: uint64(c.ID), Epoch: c.Epoch,
-		Frames: []*actorpb.OutFrame{{Cmd: uint32(cmd), Msgtype: uint32(h.MsgType), Seq: h.Seq, Body: body}}})
+		Frames: []*actorpb.OutFrame{{Cmd: uint32(cmd), Seq: h.Seq, Body: body}}})
 }
 
 // Closed implements gate.Handler.

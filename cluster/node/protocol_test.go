@@ -54,14 +54,13 @@ func expectHeader(t *testing.T, d *testkit.Device, cmd messages.Cmd, seq uint32,
 	return f
 }
 
-// TestRepliesEchoSeqAndMsgtype: §3 "Seq echo" — LOGIN_ACK, LOGOUT_ACK,
+// TestRepliesEchoSeqMsgtypeZero: §3 "Seq echo" — LOGIN_ACK, LOGOUT_ACK,
 // KEEPALIVE_ACK, C2S_ACK, C2C_ACK, C2C_PUSH_ACK_ACK, PULL_ACK and ERROR
-// carry the seq of the frame they answer; C2S_ACK, C2C_ACK,
-// C2C_PUSH_ACK_ACK and PULL_ACK also echo its msgtype, the others carry
-// msgtype 0; server frames carry the session's appcode (§2); C2C_PUSH
+// carry the seq of the frame they answer, and msgtype 0 (PROTOCOL.md: "0
+// on control frames", whatever the request's); server frames carry the session's appcode (§2); C2C_PUSH
 // carries the sender's msgtype and the receiver's inbox seq; KICKOUT has
 // seq 0 and msgtype 0 (§7).
-func TestRepliesEchoSeqAndMsgtype(t *testing.T) {
+func TestRepliesEchoSeqMsgtypeZero(t *testing.T) {
 	n := testkit.StartNode(t, testkit.NodeOptions{})
 	const app = 2
 	rider := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: app})
@@ -75,12 +74,12 @@ func TestRepliesEchoSeqAndMsgtype(t *testing.T) {
 	expectHeader(t, rider, messages.CmdKeepaliveAck, 102, 0, app)
 
 	send(t, rider, messages.Header{Cmd: messages.CmdC2S, Seq: 103, MsgType: 9}, &devicepb.C2S{ClientMsgId: "gps-1", Payload: []byte("x")})
-	if a := expectHeader(t, rider, messages.CmdC2SAck, 103, 9, app).Msg.(*devicepb.C2SAck); a.Code != devicepb.Code_NO_SUBSCRIBER || a.ClientMsgId != "gps-1" || a.MsgId != "" {
+	if a := expectHeader(t, rider, messages.CmdC2SAck, 103, 0, app).Msg.(*devicepb.C2SAck); a.Code != devicepb.Code_NO_SUBSCRIBER || a.ClientMsgId != "gps-1" || a.MsgId != "" {
 		t.Fatalf("C2S_ACK %v: want NO_SUBSCRIBER, client_msg_id echoed, no msg_id", a)
 	}
 
 	send(t, rider, messages.Header{Cmd: messages.CmdC2C, Seq: 104, MsgType: 6}, &devicepb.C2C{ToUid: "driver", ClientMsgId: "c-1", Payload: []byte("hi")})
-	c2cAck := expectHeader(t, rider, messages.CmdC2CAck, 104, 6, app).Msg.(*devicepb.C2CAck)
+	c2cAck := expectHeader(t, rider, messages.CmdC2CAck, 104, 0, app).Msg.(*devicepb.C2CAck)
 	if c2cAck.Code != devicepb.Code_OK || c2cAck.ClientMsgId != "c-1" || c2cAck.MsgId == "" {
 		t.Fatalf("C2C_ACK %v", c2cAck)
 	}
@@ -89,12 +88,12 @@ func TestRepliesEchoSeqAndMsgtype(t *testing.T) {
 		t.Fatalf("C2C_PUSH %v", p)
 	}
 	send(t, driver, messages.Header{Cmd: messages.CmdC2CPushAck, Seq: 201, MsgType: 6}, &devicepb.C2CPushAck{MsgId: p.MsgId})
-	if aa := expectHeader(t, driver, messages.CmdC2CPushAckAck, 201, 6, app).Msg.(*devicepb.C2CPushAckAck); aa.MsgId != p.MsgId {
+	if aa := expectHeader(t, driver, messages.CmdC2CPushAckAck, 201, 0, app).Msg.(*devicepb.C2CPushAckAck); aa.MsgId != p.MsgId {
 		t.Fatalf("C2C_PUSH_ACK_ACK %v", aa)
 	}
 
 	send(t, rider, messages.Header{Cmd: messages.CmdPull, Seq: 105, MsgType: 4}, &devicepb.Pull{})
-	if pa := expectHeader(t, rider, messages.CmdPullAck, 105, 4, app).Msg.(*devicepb.PullAck); pa.Code != devicepb.Code_OK || len(pa.Messages) != 0 || pa.HasMore {
+	if pa := expectHeader(t, rider, messages.CmdPullAck, 105, 0, app).Msg.(*devicepb.PullAck); pa.Code != devicepb.Code_OK || len(pa.Messages) != 0 || pa.HasMore {
 		t.Fatalf("PULL_ACK %v", pa)
 	}
 
