@@ -230,6 +230,11 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 		return nil, nil, fmt.Errorf("node: actors.window %d: two windows and their LOGIN_ACK (%d frames) must fit gate.out-queue-frames (%d)",
 			c.Actors.Window, 2*(c.Actors.Window+1), c.Gate.OutQueueFrames)
 	}
+	if c.API.DefaultTTL < time.Second {
+		// 0 is not "none": every push without ttl_ms would be accepted and
+		// expire at once, undelivered.
+		return nil, nil, fmt.Errorf("node: api.default-ttl %v: must be at least 1s", c.API.DefaultTTL)
+	}
 	if c.API.DefaultTTL > c.API.MaxTTL {
 		return nil, nil, fmt.Errorf("node: api.default-ttl %v: more than api.max-ttl %v", c.API.DefaultTTL, c.API.MaxTTL)
 	}
@@ -411,6 +416,10 @@ func gateError(err error) error {
 // checkAPILimits checks the gRPC server's connection limits.
 func checkAPILimits(l *api.Limits) error {
 	switch {
+	case l.MaxBatch < 1:
+		return fmt.Errorf("node: api.max-batch %d: must be at least 1", l.MaxBatch)
+	case l.MaxIdempotencyKey < 1 || l.MaxIdempotencyKey > 1024:
+		return fmt.Errorf("node: api.max-idempotency-key %d: must be in [1, 1024]", l.MaxIdempotencyKey)
 	case l.MaxRequestBytes < l.MaxPayload+4096 || l.MaxRequestBytes > 1<<30:
 		return fmt.Errorf("node: api.max-request-bytes %d: must hold one push of api.max-payload (at least %d) and be at most 1 GiB",
 			l.MaxRequestBytes, l.MaxPayload+4096)

@@ -119,6 +119,11 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.API.MaxAppCallsInFlight = c.API.MaxCallsInFlight + 1 }, "api.max-app-calls-in-flight")
 	bad(func(c *Config) { c.API.MaxAppUpstreamStreams = -1 }, "api.max-app-upstream-streams")
 	bad(func(c *Config) { c.API.MaxAppPushesInFlight = c.API.MaxBatch - 1 }, "api.max-app-pushes-in-flight")
+	bad(func(c *Config) { c.API.DefaultTTL = 0 }, "api.default-ttl")
+	bad(func(c *Config) { c.API.MaxTTL = -time.Hour }, "api.default-ttl")
+	bad(func(c *Config) { c.API.MaxBatch = 0 }, "api.max-batch")
+	bad(func(c *Config) { c.API.MaxIdempotencyKey = 0 }, "api.max-idempotency-key")
+	bad(func(c *Config) { c.API.MaxIdempotencyKey = 1025 }, "api.max-idempotency-key")
 }
 
 // TestStoreDSNFromFileAndEnv: the DSN comes from store.dsn-file (its

@@ -332,7 +332,12 @@ func (s *Subscriber) Close() {
 			break
 		}
 	}
-	// Requeue newest first so that the oldest ends up at the front.
+	// Requeue newest first so that the oldest ends up at the front. Their
+	// age starts again: MaxAge drops what no subscriber took, and these
+	// were taken (a stream that held them longer than MaxAge must not
+	// have them dropped the moment it ends). Older messages behind them
+	// then expire no sooner than these: kept longer, never dropped early.
+	now := r.now()
 	back := make([]*message, 0, len(s.inflight))
 	for _, m := range s.inflight {
 		back = append(back, m)
@@ -347,6 +352,7 @@ func (s *Subscriber) Close() {
 			q = &queue{}
 			r.queues[k] = q
 		}
+		m.queuedAt = now
 		q.pushFront(m)
 		touched[k] = true
 	}

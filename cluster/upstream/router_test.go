@@ -103,6 +103,36 @@ func TestExpireQueued(t *testing.T) {
 	}
 }
 
+// TestRequeuedAreNotExpiredAtOnce: a subscriber held a message longer
+// than MaxAge and went away; the message goes to the next subscriber,
+// not to the expiry (it was taken: MaxAge is for what nobody took).
+func TestRequeuedAreNotExpiredAtOnce(t *testing.T) {
+	cfg := DefaultConfig()
+	r := New(cfg, nil)
+	defer r.Close()
+	now := time.Now()
+	r.now = func() time.Time { return now }
+	a, _ := r.Subscribe(1, nil, 0)
+	_ = r.Publish(msg(1, 1, "held"))
+	if got := take(t, a); len(got) != 1 {
+		t.Fatalf("first subscriber got %v", got)
+	}
+	now = now.Add(cfg.MaxAge + time.Minute)
+	a.Close()
+	r.expire()
+	b, _ := r.Subscribe(1, nil, 0)
+	if got := take(t, b); len(got) != 1 || got[0].MsgId != "held" || got[0].Attempt != 2 {
+		t.Fatalf("after the first subscriber went away: %v, want the held message again", got)
+	}
+	// Left untaken for MaxAge after that, it expires as any other.
+	b.Close()
+	now = now.Add(cfg.MaxAge + time.Second)
+	r.expire()
+	if r.Queued() != 0 {
+		t.Fatalf("queued %d after MaxAge untaken", r.Queued())
+	}
+}
+
 // sized returns a message of app with a payload of n bytes.
 func sized(app uint32, id string, n int) *apipb.UpstreamMessage {
 	return &apipb.UpstreamMessage{AppCode: app, Msgtype: 1, MsgId: id, Uid: "u", Payload: make([]byte, n)}
