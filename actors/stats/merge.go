@@ -46,6 +46,14 @@ type RawStat struct {
 	TotalH, WindowH Hist
 }
 
+// RoundWindow returns the window a recent window of d covers: d rounded
+// up to the 10-second slots counters are kept in, at least one slot and at
+// most MaxWindow.
+func RoundWindow(d time.Duration) time.Duration {
+	d = min(max(d, slotSize), MaxWindow)
+	return (d + slotSize - 1) / slotSize * slotSize
+}
+
 // Raw returns the node's statistics of app's msgtypes (all if msgtypes is
 // empty) with the recent window of length window (rounded up to 10 s for
 // counters and to a minute for latencies), sorted by msgtype.

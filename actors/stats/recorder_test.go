@@ -177,3 +177,15 @@ func BenchmarkRecorderParallel(b *testing.B) {
 		})
 	})
 }
+
+// TestRoundWindow: a window is what the 10-second slots cover.
+func TestRoundWindow(t *testing.T) {
+	for in, want := range map[time.Duration]time.Duration{
+		0: 10 * time.Second, 5 * time.Second: 10 * time.Second, 10 * time.Second: 10 * time.Second,
+		11 * time.Second: 20 * time.Second, time.Minute: time.Minute, 2 * time.Hour: MaxWindow,
+	} {
+		if got := RoundWindow(in); got != want {
+			t.Errorf("RoundWindow(%v) = %v, want %v", in, got, want)
+		}
+	}
+}

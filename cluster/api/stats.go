@@ -29,6 +29,9 @@ func (s *Server) Stats(ctx context.Context, r *apipb.StatsRequest) (*apipb.Stats
 	if window == 0 {
 		window = time.Minute
 	}
+	// Counted in slots: the window is what they cover, and the answer says
+	// so (a rate over 5 s of a 10 s slot's counts would be twice too high).
+	window = stats.RoundWindow(window)
 	var per []stats.Stat
 	var all stats.Stat
 	var missing []string

@@ -130,6 +130,12 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 		fmt.Fprintf(stderr, "courier: --gc-min-heap %d: must be 0 (none) or a number of bytes\n", cf.gcMinHeap)
 		return 2
 	}
+	if cf.gcPercent < 10 || cf.gcPercent > 10000 {
+		// A negative one would turn the collector off, and the floor's
+		// arithmetic with it: that is GOGC=off's to ask for.
+		fmt.Fprintf(stderr, "courier: --gc-percent %d: must be in [10, 10000] (GOGC=off in the environment turns the collector off)\n", cf.gcPercent)
+		return 2
+	}
 	if getenv("GOGC") == "" {
 		defer node.StartGCFloor(*gcPercent, uint64(cf.gcMinHeap)).Stop()
 	}

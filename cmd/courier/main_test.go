@@ -70,6 +70,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{"missing secret file", []string{"--app-secret-file", "1=/nonexistent/secret"}, 2, "node: app-secret-file 1=/nonexistent/secret: open /nonexistent/secret", ""},
 		{"bad log level", []string{"--log-level", "loud"}, 2, `--log-level "loud"`, ""},
 		{"negative GC floor", []string{"--gc-min-heap=-1"}, 2, "--gc-min-heap -1: must be 0 (none) or a number of bytes", ""},
+		{"GC off by a negative percent", []string{"--gc-percent=-1"}, 2, "--gc-percent -1: must be in [10, 10000]", ""},
 		// The cluster's settings are mistakes too (exit 2: systemd does
 		// not restart), not failures to join.
 		{"cluster shards", []string{"--cluster.shards", "0"}, 2, "cluster.shards 0: must be in [1, 256]", ""},

@@ -28,6 +28,10 @@ type apiFlags struct {
 	timeout time.Duration
 	tls     tlsFlags
 	out     io.Writer // the command's standard output
+	// keyFlag and keyFileFlag: given on the command line (a flag wins
+	// over either variable).
+	keyFlag, keyFileFlag bool
+	keyResolved          bool
 }
 
 func (f *apiFlags) bind(c *cobra.Command) {
@@ -36,20 +40,49 @@ func (f *apiFlags) bind(c *cobra.Command) {
 	envString(c.Flags(), &f.keyFile, "key-file", "COURIERCTL_KEY_FILE", "", "read the API key from this file", false)
 	c.Flags().DurationVar(&f.timeout, "timeout", 10*time.Second, "call timeout")
 	f.tls.bind(c, "the API", "COURIERCTL_API")
-	c.PreRun = func(c *cobra.Command, _ []string) { f.out = c.OutOrStdout() }
+	c.PreRun = func(c *cobra.Command, _ []string) {
+		f.out = c.OutOrStdout()
+		f.keyFlag, f.keyFileFlag = c.Flags().Changed("key"), c.Flags().Changed("key-file")
+	}
 }
 
-// dial connects and returns a context carrying the key.
-func (f *apiFlags) dial() (apipb.CourierClient, context.Context, func(), error) {
-	if f.keyFile != "" {
+// resolveKey settles where the key comes from: a flag wins over either
+// variable; two sources at the same level are a mistake to name, not a
+// choice to make silently (the wrong key only shows as PERMISSION_DENIED).
+func (f *apiFlags) resolveKey() error {
+	if f.keyResolved {
+		return nil
+	}
+	readFile := false
+	switch {
+	case f.keyFlag && f.keyFileFlag:
+		return usageError{fmt.Errorf("--key and --key-file: give one")}
+	case f.keyFlag:
+	case f.keyFileFlag:
+		readFile = true
+	case f.key != "" && f.keyFile != "":
+		return usageError{fmt.Errorf("COURIERCTL_KEY and COURIERCTL_KEY_FILE are both set: unset one, or give --key or --key-file")}
+	default:
+		readFile = f.keyFile != ""
+	}
+	if readFile {
 		b, err := os.ReadFile(f.keyFile)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--key-file: %w", err)
+			return fmt.Errorf("--key-file: %w", err)
 		}
 		f.key = strings.TrimRight(string(b), "\r\n")
 	}
 	if f.key == "" {
-		return nil, nil, nil, fmt.Errorf("--key, --key-file or COURIERCTL_KEY is required")
+		return fmt.Errorf("--key, --key-file or COURIERCTL_KEY is required")
+	}
+	f.keyResolved = true
+	return nil
+}
+
+// dial connects and returns a context carrying the key.
+func (f *apiFlags) dial() (apipb.CourierClient, context.Context, func(), error) {
+	if err := f.resolveKey(); err != nil {
+		return nil, nil, nil, err
 	}
 	creds := insecure.NewCredentials()
 	tlsCfg, err := f.tls.config()
@@ -137,6 +170,16 @@ func pushCmd() *cobra.Command {
 				return err
 			}
 			printJSON(f.out, resp)
+			failed := 0
+			for _, r := range resp.Results {
+				if r.Code != 0 {
+					failed++
+				}
+			}
+			if failed > 0 {
+				// As a single push that fails: exit 1.
+				return fmt.Errorf("%d of %d pushes failed: see their code and error above", failed, len(resp.Results))
+			}
 			return nil
 		},
 	}

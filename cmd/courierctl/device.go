@@ -42,6 +42,9 @@ func tokenCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := checkApp(app); err != nil {
+				return err
+			}
 			tok, err := gate.MintToken([]byte(s), uint16(app), uid, ttl)
 			if err != nil {
 				return err
@@ -56,6 +59,15 @@ func tokenCmd() *cobra.Command {
 	c.Flags().StringVar(&secretFile, "secret-file", "", "read the app's token secret from this file")
 	c.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "token lifetime (at most the node's gate.max-token-lifetime, 7 days by default)")
 	return c
+}
+
+// checkApp refuses an appcode that does not fit the protocol's 16 bits
+// (it would wrap to another app's).
+func checkApp(app uint32) error {
+	if app == 0 || app > 0xFFFF {
+		return usageError{fmt.Errorf("--app %d: must be in [1, 65535]", app)}
+	}
+	return nil
 }
 
 // secretValue returns the secret given inline or in a file (trailing
@@ -127,7 +139,7 @@ func deviceCmd() *cobra.Command {
 	var addr, discover, uid, secret, secretFile, token, deviceID string
 	var app uint32
 	var noAck, interactive, verbose bool
-	var backoffMax time.Duration
+	var backoffMax, tokenTTL time.Duration
 	var tf tlsFlags
 	c := &cobra.Command{
 		Use:   "device",
@@ -148,12 +160,15 @@ and received, the acks included.`,
 			if uid == "" {
 				return errors.New("--uid is required")
 			}
+			if err := checkApp(app); err != nil {
+				return err
+			}
 			if token == "" {
 				s, err := secretValue(secret, secretFile)
 				if err != nil {
 					return fmt.Errorf("--token or a secret is required: %w", err)
 				}
-				if token, err = gate.MintToken([]byte(s), uint16(app), uid, 24*time.Hour); err != nil {
+				if token, err = gate.MintToken([]byte(s), uint16(app), uid, tokenTTL); err != nil {
 					return err
 				}
 			}
@@ -236,6 +251,7 @@ and received, the acks included.`,
 	c.Flags().BoolVar(&noAck, "no-ack", false, "do not acknowledge pushes (to watch redelivery)")
 	c.Flags().BoolVar(&interactive, "stdin", true, `read commands from standard input; log out at its end`)
 	c.Flags().DurationVar(&backoffMax, "backoff-max", time.Minute, "longest wait between reconnection attempts (they start at 1s and double)")
+	c.Flags().DurationVar(&tokenTTL, "ttl", 24*time.Hour, "lifetime of the token minted from the secret (at most the node's gate.max-token-lifetime)")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "show every frame sent and received, acks and keepalives included")
 	tf.bind(c, "the gate (a load balancer terminating TLS)", "COURIERCTL_GATE")
 	return c

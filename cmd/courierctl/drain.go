@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/courier-im/courier/messages/apipb"
 )
@@ -32,6 +34,11 @@ func drainCmd() *cobra.Command {
 				return err
 			}
 			defer done()
+			// Which node answers us, and the others' API addresses: the
+			// drained node may be the one we ask through (the only one, on
+			// a single node), and then --wait asks another, or takes the
+			// node's exit for its leaving.
+			before, _ := cl.Members(ctx, &apipb.MembersRequest{})
 			resp, err := cl.Drain(ctx, &apipb.DrainRequest{Node: args[0], WindowMs: window.Milliseconds()})
 			if err != nil {
 				return err
@@ -44,7 +51,7 @@ func drainCmd() *cobra.Command {
 			if wait <= 0 {
 				return nil
 			}
-			return waitGone(cl, f.key, resp.Members, wait, out)
+			return waitGone(&f, cl, before, resp.Members, wait, out)
 		},
 	}
 	f.bind(c)
@@ -53,27 +60,55 @@ func drainCmd() *cobra.Command {
 	return c
 }
 
-// waitGone polls Members until none of ms is registered any more.
-func waitGone(cl apipb.CourierClient, key string, ms []*apipb.Member, wait time.Duration, out io.Writer) error {
+// waitGone polls Members until none of ms is registered any more. When
+// the node asked through (before.AnsweredBy) is one of ms, it polls
+// another live member's API address instead; with none left to ask, the
+// drained node no longer answering is its exit, as the drain asked.
+func waitGone(f *apiFlags, cl apipb.CourierClient, before *apipb.MembersResponse, ms []*apipb.Member, wait time.Duration, out io.Writer) error {
+	drained := map[string]bool{}
+	for _, m := range ms {
+		drained[m.Id] = true
+	}
+	var others []string
+	selfDrained := before != nil && drained[before.AnsweredBy]
+	if selfDrained {
+		for _, m := range before.Members {
+			if !drained[m.Id] && m.Live && m.ApiAddr != "" {
+				others = append(others, m.ApiAddr)
+			}
+		}
+		if len(others) > 0 {
+			alt := *f
+			alt.addr = others[0]
+			c, _, done, err := alt.dial()
+			if err != nil {
+				return err
+			}
+			defer done()
+			cl, selfDrained = c, false
+			fmt.Fprintf(out, "waiting through %s: %s is the node being drained\n", others[0], f.addr)
+		}
+	}
 	deadline := time.Now().Add(wait)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.key)
 		r, err := cl.Members(ctx, &apipb.MembersRequest{})
 		cancel()
 		if err == nil {
 			left := 0
-			for _, m := range ms {
-				for _, x := range r.Members {
-					if x.Id == m.Id && x.Live {
-						left++
-					}
+			for _, x := range r.Members {
+				if drained[x.Id] && x.Live {
+					left++
 				}
 			}
 			if left == 0 {
 				fmt.Fprintln(out, "drained: the node has left the cluster")
 				return nil
 			}
+		} else if selfDrained && status.Code(err) == codes.Unavailable {
+			fmt.Fprintf(out, "drained: the node has exited (%s no longer answers)\n", f.addr)
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the node is still in the cluster after %v (err %v)", wait, err)

@@ -40,6 +40,8 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"drain"}, 2, "drain takes one node name (or instance id), got 0 arguments", ""},
 		{[]string{"drain", "node1", "node2"}, 2, "got 2 arguments", ""},
 		{[]string{"drain", "--help"}, 0, "", "--window"},
+		{[]string{"token", "--uid", "u", "--secret", "0123456789abcdef", "--app", "65537"}, 2, "--app 65537: must be in [1, 65535]", ""},
+		{[]string{"device", "--uid", "u", "--secret", "0123456789abcdef", "--app", "0"}, 2, "--app 0: must be in [1, 65535]", ""},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -322,5 +324,70 @@ func TestPushRefusalReason(t *testing.T) {
 	if code := run(args, nil, &out, &errw); code != 1 ||
 		!strings.Contains(errw.String(), "courierctl: reason INBOX_FULL (setting actors.inbox-max-messages)") {
 		t.Fatalf("a push to a full inbox: exit %d\n%s", code, errw.String())
+	}
+	// Several uids are one PushMany: an item refused fails the command as
+	// a single push does, after the results are printed.
+	out.Reset()
+	errw.Reset()
+	if code := run(append(args, "--uid", "another"), nil, &out, &errw); code != 1 ||
+		!strings.Contains(errw.String(), "1 of 2 pushes failed") || !strings.Contains(out.String(), "INBOX_FULL") {
+		t.Fatalf("a PushMany with one item refused: exit %d\nstdout: %s\nstderr: %s", code, out.String(), errw.String())
+	}
+}
+
+// TestDrainWaitThroughTheDrainedNode: `drain --wait` asked through the
+// node it drains (its own API address) waits through another member and
+// reports success once the node has left, rather than failing when the
+// node it asked exits as told.
+func TestDrainWaitThroughTheDrainedNode(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"", ""}})
+	c.WaitConverged()
+	n2 := c.Node("node2")
+	var out, errw bytes.Buffer
+	code := run([]string{"drain", "node2", "--api", n2.APIAddr, "--key", testkit.OperatorKey, "--window", "100ms", "--wait", "60s"},
+		nil, &out, &errw)
+	if code != 0 || !strings.Contains(out.String(), "drained: the node has left the cluster") {
+		t.Fatalf("drain --wait through node2: exit %d\nstdout: %s\nstderr: %s", code, out.String(), errw.String())
+	}
+	n2.WaitExit(30 * time.Second)
+}
+
+// TestKeySources: a flag wins over either variable; two sources at one
+// level are refused, naming both, rather than one chosen silently.
+func TestKeySources(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{})
+	for _, name := range []string{"COURIERCTL_KEY", "COURIERCTL_KEY_FILE", "COURIER_API_KEY", "COURIER_API_KEY_FILE"} {
+		t.Setenv(name, "")
+	}
+	wrong := t.TempDir() + "/wrong-key"
+	if err := os.WriteFile(wrong, []byte("not-a-key-of-this-node-0001\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	presence := func(args ...string) (int, string) {
+		t.Helper()
+		var out, errw bytes.Buffer
+		code := run(append([]string{"presence", "--api", n.APIAddr, "--uid", "alice"}, args...), nil, &out, &errw)
+		return code, errw.String()
+	}
+	t.Setenv("COURIERCTL_KEY_FILE", wrong)
+	if code, errw := presence("--key", testkit.App1Key); code != 0 {
+		t.Fatalf("--key with COURIERCTL_KEY_FILE set: exit %d\n%s", code, errw)
+	}
+	if code, errw := presence("--key", testkit.App1Key, "--key-file", wrong); code != 2 || !strings.Contains(errw, "--key and --key-file: give one") {
+		t.Fatalf("--key and --key-file: exit %d\n%s", code, errw)
+	}
+	t.Setenv("COURIERCTL_KEY", testkit.App1Key)
+	if code, errw := presence(); code != 2 || !strings.Contains(errw, "COURIERCTL_KEY and COURIERCTL_KEY_FILE are both set") {
+		t.Fatalf("both variables: exit %d\n%s", code, errw)
+	}
+}
+
+// TestStatsNamesMissingNodes: counts without some nodes say so above the
+// tables, not only in --json.
+func TestStatsNamesMissingNodes(t *testing.T) {
+	var out bytes.Buffer
+	printStats(&out, &apipb.StatsResponse{AppCode: 1, WindowSeconds: 60, NodesMissing: []string{"node2", "node3"}})
+	if !strings.HasPrefix(out.String(), "incomplete: node2, node3 did not answer") {
+		t.Fatalf("stats with nodes missing:\n%s", out.String())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -21,12 +22,14 @@ func statsCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "stats",
 		Short: "Show delivery statistics per msgtype: counts, rates, ack latency",
-		Long: `Show the node's delivery statistics of an app, per msgtype and summed
-(all): over the recent window and since the node started. Counts are
-messages; rate is messages accepted per second over the window; arrival
-is acked / accepted (stored messages); ack latency is the time from
-acceptance to the device's acknowledgement. --json prints the API's answer
-as it is, for machines.`,
+		Long: `Show the delivery statistics of an app, per msgtype and summed (all),
+of the whole cluster whichever node you ask: over the recent window
+(rounded up to 10 s) and since each node started. Counts are messages;
+rate is messages accepted per second over the window; arrival is acked /
+accepted (stored messages); ack latency is the time from acceptance to the
+device's acknowledgement. Nodes that did not answer in time are named
+first: the counts leave them out. --json prints the API's answer as it
+is, for machines.`,
 		RunE: func(*cobra.Command, []string) error {
 			cl, ctx, done, err := f.dial()
 			if err != nil {
@@ -48,7 +51,7 @@ as it is, for machines.`,
 	f.bind(c)
 	c.Flags().Uint32Var(&app, "app", 1, "appcode")
 	c.Flags().UintSliceVar(&msgtypes, "msgtype", nil, "only these msgtypes")
-	c.Flags().DurationVar(&window, "window", time.Minute, "recent window (10s to 1h)")
+	c.Flags().DurationVar(&window, "window", time.Minute, "recent window (up to 1h; rounded up to 10s)")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the answer as JSON")
 	return c
 }
@@ -57,6 +60,9 @@ as it is, for machines.`,
 // the node started.
 func printStats(w io.Writer, r *apipb.StatsResponse) {
 	win := time.Duration(r.WindowSeconds) * time.Second
+	if len(r.NodesMissing) > 0 {
+		fmt.Fprintf(w, "incomplete: %s did not answer; their counts are left out\n\n", strings.Join(r.NodesMissing, ", "))
+	}
 	fmt.Fprintf(w, "app %d, last %v:\n", r.AppCode, win)
 	table(w, r, true, win)
 	fmt.Fprintf(w, "\napp %d, since the node started:\n", r.AppCode)

@@ -23,7 +23,7 @@ func upstreamCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "upstream",
 		Short: "Act as a demo app-server: print the devices' C2S traffic and acknowledge it",
-		RunE: func(*cobra.Command, []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, _, done, err := f.dial()
 			if err != nil {
 				return err
@@ -40,7 +40,7 @@ func upstreamCmd() *cobra.Command {
 				AppCode: app, Msgtypes: toU32(msgtypes), MaxInFlight: window}}}); err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "subscribed to app %d msgtypes %v; Ctrl-C to stop\n", app, msgtypes)
+			fmt.Fprintf(cmd.ErrOrStderr(), "subscribing to app %d msgtypes %v; Ctrl-C to stop\n", app, msgtypes)
 			for {
 				d, err := st.Recv()
 				if err != nil {
