@@ -129,7 +129,7 @@ type (
 // Answers of envelopes the actor cannot hand to its machine.
 const (
 	overloaded = "the inbox store is overloaded: nothing was accepted; retry later with the same idempotency key"
-	crashed    = "the identity's actor failed on this request: nothing was accepted; retry later with the same idempotency key"
+	crashed    = "the identity's actor failed while this request was in flight: it may or may not have been accepted; retry later with the same idempotency key"
 )
 
 // keptCloses is how many recent connection closes an actor remembers, to

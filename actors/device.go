@@ -966,7 +966,7 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 	}
 	d.accept(now, it, PushKey(m.IdempotencyKey), m.IdempotencyKey != "")
 	d.reply(to, pushReply(e.MsgId, e.Seq, d.session != nil, false),
-		"the inbox store is unavailable: nothing was accepted; retry with the same idempotency key")
+		"the inbox store did not confirm the write: the push may or may not be stored; retry with the same idempotency key (without one, a retry may deliver it twice)")
 	d.pump(now)
 }
 
@@ -1133,7 +1133,7 @@ func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.Idempotency
 	}
 	d.accept(now, it, key, c.GetClientMsgId() != "")
 	d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_OK, e.MsgId, ""),
-		FailConn: ackTo(devicepb.Code_STORE_UNAVAILABLE, "", "the message could not be stored; resend it")})
+		FailConn: ackTo(devicepb.Code_STORE_UNAVAILABLE, "", "the store did not confirm the message: it may or may not be stored; resend it with the same client_msg_id")})
 	d.pump(now)
 }
 

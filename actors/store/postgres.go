@@ -180,6 +180,15 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*P
 	if cfg.NoSync {
 		rp["synchronous_commit"] = "off"
 	}
+	// A node cut off from the database in the middle of a transaction
+	// (a batch half sent) is noticed by the server in about 11 s, not the
+	// operating system's two hours, so that the row locks its transaction
+	// holds stop blocking the identities' new owners. (A node that gives
+	// up on a statement itself closes its connection, and pgx then sends
+	// the server a cancel request: TestPostgresGivesUpOnTheServerToo.)
+	rp["tcp_keepalives_idle"] = "5"
+	rp["tcp_keepalives_interval"] = "2"
+	rp["tcp_keepalives_count"] = "3"
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("store: postgres: %w", err)

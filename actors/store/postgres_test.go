@@ -301,3 +301,46 @@ func TestPostgresReadQueueFull(t *testing.T) {
 		}
 	}
 }
+
+// TestPostgresGivesUpOnTheServerToo: a read that waits on a lock (a row
+// another node's stalled transaction holds) fails after store.timeout,
+// and its statement stops waiting in the database as well (pgx cancels
+// it when it closes the connection): no backend is left queued on the
+// lock, and the retries do not pile up there. Checked in the database
+// itself, so that a change of driver or of its settings cannot quietly
+// leave them there. And the sessions carry their TCP keepalive settings.
+func TestPostgresGivesUpOnTheServerToo(t *testing.T) {
+	s := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t), Timeout: time.Second})
+	id := Identity{App: 1, UID: "locked"}
+	load(t, s, id)
+	var once sync.Once
+	unlock := lockTables(t, s, "courier_identities")
+	restore := func() { once.Do(unlock) }
+	defer restore()
+	for i := range 3 {
+		start := time.Now()
+		if _, err := s.Load(context.Background(), id); err == nil {
+			t.Fatalf("load %d behind the lock succeeded", i)
+		} else if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("load %d failed after %v, want about the 1 s timeout: %v", i, d, err)
+		}
+	}
+	waiting := func() int {
+		var n int
+		if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	testkit.Eventually(t, 3*time.Second, func() bool { return waiting() == 0 },
+		"statements the store gave up on still wait on the lock in the database")
+	restore()
+	if _, err := s.Load(context.Background(), id); err != nil {
+		t.Fatalf("load after the lock: %v", err)
+	}
+	var idle string
+	if err := s.pool.QueryRow(context.Background(), "SHOW tcp_keepalives_idle").Scan(&idle); err != nil || idle != "5" {
+		t.Fatalf("tcp_keepalives_idle %q, %v", idle, err)
+	}
+}

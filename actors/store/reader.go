@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/courier-im/courier/messages/actorpb"
@@ -41,7 +42,11 @@ func (r *readReq) fail(err error) {
 // reaches the callers. A read still queued at its deadline fails with
 // ErrUnavailable without being sent; the read function bounds its round
 // trip by the earliest deadline of its batch, so every read is answered
-// by its deadline.
+// by its deadline. So a read left less time than twice the recent round
+// trip is failed rather than sent: it would cut its whole batch's round
+// trip short, and under a backlog (reads queued for most of their
+// timeout) every batch would fail, the database idle, though it could
+// serve them all. The reads shed are the stale ones; fresh ones go on.
 type reader struct {
 	queue    chan readReq
 	maxBatch int
@@ -56,6 +61,22 @@ type reader struct {
 	// observe, if set, is told each round trip's reads, time and error.
 	observe func(n int, d time.Duration, err error)
 	now     func() time.Time
+	// rtt is a moving average of the round trips (ns).
+	rtt atomic.Int64
+}
+
+// minReadTime is the least time left a read must have to be sent, however
+// fast the database has lately answered.
+const minReadTime = 10 * time.Millisecond
+
+// noteRoundTrip folds d into the moving average of round trips.
+func (r *reader) noteRoundTrip(d time.Duration) {
+	old := r.rtt.Load()
+	if old == 0 {
+		r.rtt.Store(int64(d))
+		return
+	}
+	r.rtt.Store(old - old/8 + int64(d)/8)
 }
 
 func newReader(workers, queueLen, maxBatch int, read func([]readReq) error) *reader {
@@ -102,12 +123,15 @@ func (r *reader) run() {
 				break fill
 			}
 		}
-		// Reads whose caller has stopped waiting are not sent.
+		// Reads whose caller has stopped waiting, or soon will, are not
+		// sent.
 		now := r.now()
+		need := max(2*time.Duration(r.rtt.Load()), minReadTime)
 		live := batch[:0]
 		for _, q := range batch {
-			if !q.deadline.After(now) {
-				q.fail(fmt.Errorf("%w: no database connection answered within the read's timeout", ErrUnavailable))
+			if left := q.deadline.Sub(now); left < need {
+				q.fail(fmt.Errorf("%w: waited for a database connection until %v before the read's timeout, less than the database takes to answer (about %v)",
+					ErrUnavailable, max(left, 0).Round(time.Millisecond), (need / 2).Round(time.Millisecond)))
 				continue
 			}
 			live = append(live, q)
@@ -115,8 +139,12 @@ func (r *reader) run() {
 		if len(live) > 0 {
 			start := time.Now()
 			err := r.read(live)
+			// A failed round trip counts too: one that timed out took at
+			// least this long.
+			d := time.Since(start)
+			r.noteRoundTrip(d)
 			if r.observe != nil {
-				r.observe(len(live), time.Since(start), err)
+				r.observe(len(live), d, err)
 			}
 		}
 		clear(batch[:cap(batch)])

@@ -61,13 +61,17 @@ func (m *Membership) LeaseValid() bool {
 	if !m.be.canExpire() {
 		return m.lease.Load() != 0
 	}
-	return time.Now().UnixNano() < m.lease.Load()
+	return m.mono(time.Now()) < m.lease.Load()
 }
+
+// mono is t on the lease's clock: ns since clock0 by the monotonic clock
+// (t must come from time.Now), at least 1 so that 0 stays "no lease".
+func (m *Membership) mono(t time.Time) int64 { return max(int64(t.Sub(m.clock0)), 1) }
 
 // renew extends the lease to TTL after sent, when a refresh sent then
 // succeeded (or every member vouched).
 func (m *Membership) renew(sent time.Time) {
-	until := sent.Add(m.cfg.TTL).UnixNano()
+	until := m.mono(sent.Add(m.cfg.TTL))
 	for {
 		cur := m.lease.Load()
 		if cur >= until || m.lease.CompareAndSwap(cur, until) {
@@ -117,7 +121,7 @@ func (m *Membership) askPeers(ctx context.Context) bool {
 	sent, valid := time.Now(), m.LeaseValid()
 	// The answers help only while the lease runs: wait that long (a
 	// member slow to answer, on a busy machine, is not a missing one).
-	budget := max(time.Until(time.Unix(0, m.lease.Load())), m.cfg.TTL/4)
+	budget := max(time.Duration(m.lease.Load()-m.mono(time.Now())), m.cfg.TTL/4)
 	cctx, cancel := context.WithTimeout(ctx, min(budget, m.cfg.TTL/2))
 	ok := confirm(cctx, m.View())
 	cancel()

@@ -122,9 +122,12 @@ type Membership struct {
 	joined    bool
 	closed    bool
 
-	// The lease (lease.go). lease is until when this instance may act
-	// (Unix ns; 0: none); providerOK the last successful call to the
-	// provider (Unix ns); leaseLost is owned by the refresher.
+	// The lease (lease.go). lease is until when this instance may act,
+	// in ns of the monotonic clock since clock0 (0: none), so that a step
+	// of the wall clock (NTP) cannot lengthen it; providerOK the last
+	// successful call to the provider (Unix ns); leaseLost is owned by the
+	// refresher.
+	clock0      time.Time
 	lease       atomic.Int64
 	providerOK  atomic.Int64
 	leaseLost   bool
@@ -151,7 +154,7 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Membership, 
 	if log == nil {
 		log = slog.Default()
 	}
-	m := &Membership{cfg: cfg, log: log, metrics: newMetrics(reg), blocked: map[string]time.Time{},
+	m := &Membership{cfg: cfg, log: log, metrics: newMetrics(reg), blocked: map[string]time.Time{}, clock0: time.Now(),
 		wasLive: map[string]bool{}, vouched: map[string]time.Time{}, rejoin: make(chan struct{}, 1), quit: make(chan struct{})}
 	switch cfg.Provider {
 	case ProviderConsul:
