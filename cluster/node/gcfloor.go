@@ -49,8 +49,14 @@ func StartGCFloor(base int, floor uint64) *GCFloor {
 	return g
 }
 
-// Stop leaves the GC percentage as it is and stops adjusting it.
-func (g *GCFloor) Stop() { g.stopped.Store(true) }
+// Stop leaves the GC percentage as it is and stops adjusting it: once it
+// returns, no adjustment already under way sets it any more (whoever sets
+// it next keeps it).
+func (g *GCFloor) Stop() {
+	g.mu.Lock()
+	g.stopped.Store(true)
+	g.mu.Unlock()
+}
 
 // Percent is the GC percentage set last.
 func (g *GCFloor) Percent() int {
@@ -85,6 +91,9 @@ func (g *GCFloor) adjust() {
 	p := floorPercent(g.base, g.floor, g.sample[0].Value.Uint64())
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.stopped.Load() {
+		return // a cleanup that checked before Stop
+	}
 	if p != g.percent {
 		g.percent = p
 		debug.SetGCPercent(p)
