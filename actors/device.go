@@ -724,8 +724,38 @@ func (d *Device) toConn(conn *actorpb.ConnRef, epoch uint64, frames ...*actorpb.
 	return &actorpb.ToConn{AppCode: uint32(d.id.App), Uid: d.id.UID, ConnId: conn.ConnId, Epoch: epoch, Frames: frames}
 }
 
-// Login starts a new session on the connection in m, ending any other.
+// loginSkew is how far past its gate's deadline a LOGIN may arrive and
+// still count as newer than the session: the clocks of the gate's node
+// and this one may differ by this much.
+const loginSkew = 10 * time.Second
+
+// superseded reports whether the LOGIN m is older than the current
+// session on another connection, and so must not end it: its connection
+// was opened before the session's on the same gate (a gate numbers its
+// connections in order), or the LOGIN comes long after its gate gave up
+// on it. Both happen when a LOGIN is held up (a partition, a paused
+// node) while the device logged in again on a new connection: the late
+// LOGIN would kick the device's only live session.
+func (d *Device) superseded(now time.Time, m *actorpb.DeviceLogin) bool {
+	s := d.session
+	switch {
+	case s == nil || s.Conn == nil || m.Conn == nil || sameConn(s.Conn, m.Conn):
+		return false
+	case s.Conn.GateId == m.Conn.GateId && s.Conn.GateAddress == m.Conn.GateAddress && m.Conn.ConnId < s.Conn.ConnId:
+		return true
+	}
+	return m.DeadlineMs != 0 && now.UnixMilli() > m.DeadlineMs+loginSkew.Milliseconds()
+}
+
+// Login starts a new session on the connection in m, ending any other;
+// or, for a LOGIN older than the session, answers it as a login at once
+// superseded by the session: LOGIN_ACK OK, then KICKOUT
+// LOGGED_IN_ELSEWHERE (PROTOCOL.md: a newer LOGIN kicks the older one).
 func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
+	if d.superseded(now, m) {
+		d.supersede(now, m)
+		return
+	}
 	d.endSession(devicepb.KickReason_LOGGED_IN_ELSEWHERE, "logged in on another connection", m.Conn)
 	d.expire(now)
 	d.lastEpoch++
@@ -764,6 +794,22 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 		Frames: a.frames[:], Login: &a.outcome}
 	d.emit(Effect{Conn: m.Conn, ToConn: &a.tc, failLogin: true})
 	d.pump(now)
+}
+
+// supersede answers a LOGIN older than the current session: accepted and
+// kicked at once, without touching the session (see superseded). Its
+// connection is usually gone by then, and the answer dropped.
+func (d *Device) supersede(now time.Time, m *actorpb.DeviceLogin) {
+	s := d.session
+	ack := frame(messages.CmdLoginAck, 0, m.FrameSeq, &devicepb.LoginAck{Code: devicepb.Code_OK, Epoch: s.Epoch,
+		HeartbeatSeconds: uint32(d.env.Config.Heartbeat / time.Second), ServerTimeMs: now.UnixMilli(),
+		Pending: uint32(len(d.inbox)), LastSeq: d.lastSeq})
+	kick := frame(messages.CmdKickout, 0, 0, &devicepb.Kickout{Reason: devicepb.KickReason_LOGGED_IN_ELSEWHERE,
+		Detail: "logged in on another connection"})
+	tc := d.toConn(m.Conn, s.Epoch, ack, kick)
+	tc.Login = &actorpb.LoginOutcome{Ok: true, AppCode: uint32(d.id.App), Uid: d.id.UID, Epoch: s.Epoch}
+	tc.Close, tc.CloseReason = true, devicepb.KickReason_LOGGED_IN_ELSEWHERE.String()
+	d.emit(Effect{Conn: m.Conn, ToConn: tc})
 }
 
 // loginAnswer is a LOGIN_ACK OK for the gate in one allocation. Nothing

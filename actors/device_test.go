@@ -883,3 +883,69 @@ func TestPullAnsweredWhenTheWriteBeforeItFails(t *testing.T) {
 		t.Fatalf("PULL_ACK %v with %d messages, want STORE_UNAVAILABLE and none", a.Code, len(a.Messages))
 	}
 }
+
+// TestLateLoginDoesNotKickANewerSession: a LOGIN held up (a partition)
+// while the device logged in again on a new connection reaches the
+// identity after that session began. It must not kick the device's only
+// live session: it is answered as a login at once superseded (LOGIN_ACK
+// OK, KICKOUT LOGGED_IN_ELSEWHERE, close) and the session stays. Older
+// means an earlier connection of the same gate, or a LOGIN past its
+// gate's deadline by more than the clocks may differ. A LOGIN from
+// another gate within its deadline is newer, and kicks as ever.
+func TestLateLoginDoesNotKickANewerSession(t *testing.T) {
+	other := func(id uint64) *actorpb.ConnRef {
+		return &actorpb.ConnRef{GateAddress: "n2", GateId: "g2", ConnId: id}
+	}
+	for _, tt := range []struct {
+		name  string
+		late  *actorpb.ConnRef
+		dl    time.Duration // deadline relative to now
+		kicks bool
+	}{
+		{"an earlier connection of the same gate", conn(3), 10 * time.Second, false},
+		{"another gate, long past its deadline", other(9), -loginSkew - time.Second, false},
+		{"another gate, within its deadline", other(9), 10 * time.Second, true},
+		{"another gate, just past its deadline (clock skew)", other(9), -time.Second, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			e := h.login(5)
+			h.settle()
+			h.d.Login(h.now, &actorpb.DeviceLogin{Conn: tt.late, FrameSeq: 7, Login: &devicepb.Login{Uid: "driver-7"},
+				DeadlineMs: h.now.Add(tt.dl).UnixMilli()})
+			effs := h.settle()
+			toSession := framesTo(effs, 5)
+			if tt.kicks {
+				if len(toSession) != 1 || messages.Cmd(toSession[0].Cmd) != messages.CmdKickout || h.d.session.Conn.ConnId != tt.late.ConnId {
+					t.Fatalf("a newer login: the session got %v and is on conn %d", cmds(toSession), h.d.session.Conn.ConnId)
+				}
+				return
+			}
+			if len(toSession) != 0 || !h.d.Online() || h.d.session.Conn.ConnId != 5 || h.d.session.Epoch != e {
+				t.Fatalf("the late login touched the session: it got %v, session %+v", cmds(toSession), h.d.session)
+			}
+			var answer *actorpb.ToConn
+			for _, f := range effs {
+				if f.Conn.ConnId == tt.late.ConnId {
+					answer = f.ToConn
+				}
+			}
+			if answer == nil || len(answer.Frames) != 2 || !answer.Close || !answer.GetLogin().GetOk() {
+				t.Fatalf("the late login's answer: %+v", answer)
+			}
+			if a := body(t, answer.Frames[0], &devicepb.LoginAck{}); messages.Cmd(answer.Frames[0].Cmd) != messages.CmdLoginAck ||
+				a.Code != devicepb.Code_OK || answer.Frames[0].Seq != 7 || a.ServerTimeMs == 0 {
+				t.Fatalf("its LOGIN_ACK: %v", a)
+			}
+			if k := body(t, answer.Frames[1], &devicepb.Kickout{}); k.Reason != devicepb.KickReason_LOGGED_IN_ELSEWHERE {
+				t.Fatalf("its KICKOUT: %v", k)
+			}
+			// Nothing was written for it: the session's record is as it was.
+			for _, w := range h.writes[1:] {
+				if w.Meta != nil {
+					t.Fatalf("the late login wrote the identity's record: %v", w.Meta)
+				}
+			}
+		})
+	}
+}

@@ -32,6 +32,8 @@ type bridge struct {
 	up       *upstream.Router
 	ids      *actors.IDGen
 	maxFrame int // the gate's frame limit, which its answers keep within
+	// loginTimeout is the gate's: a LOGIN's deadline (DeviceLogin.deadline_ms).
+	loginTimeout time.Duration
 }
 
 func (b *bridge) ref(id gate.ConnID) *actorpb.ConnRef {
@@ -48,7 +50,9 @@ func (b *bridge) publicAddr() string {
 // Login implements gate.Handler.
 func (b *bridge) Login(c gate.ConnInfo, frameSeq uint32, login *devicepb.Login) {
 	e := &loginEnvelope{}
-	e.login = actorpb.DeviceLogin{Conn: b.ref(c.ID), Login: login, FrameSeq: frameSeq, AtMs: time.Now().UnixMilli(), GateAddr: b.publicAddr()}
+	now := time.Now()
+	e.login = actorpb.DeviceLogin{Conn: b.ref(c.ID), Login: login, FrameSeq: frameSeq, AtMs: now.UnixMilli(), GateAddr: b.publicAddr(),
+		DeadlineMs: now.Add(b.loginTimeout).UnixMilli()}
 	e.body.Login = &e.login
 	e.env = actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &e.body}
 	b.sys.Send(&e.env)

@@ -187,7 +187,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		// The node keeps the lists in the store and applies them (and the
 		// lists file) to the gate itself.
 		gcfg.ListsFile = ""
-		br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, up: n.up, ids: ids, maxFrame: int(cfg.Gate.MaxFrameSize)}
+		br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, up: n.up, ids: ids, maxFrame: int(cfg.Gate.MaxFrameSize),
+			loginTimeout: cfg.Gate.LoginTimeout}
 		n.gate, err = gate.New(gcfg, br, n.reg, log)
 		if err != nil {
 			return nil, gateError(err)

@@ -113,7 +113,12 @@ type DeviceLogin struct {
 	FrameSeq uint32 `protobuf:"varint,3,opt,name=frame_seq,json=frameSeq,proto3" json:"frame_seq,omitempty"`
 	AtMs     int64  `protobuf:"varint,4,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
 	// The gate's public address, for presence.
-	GateAddr      string `protobuf:"bytes,5,opt,name=gate_addr,json=gateAddr,proto3" json:"gate_addr,omitempty"`
+	GateAddr string `protobuf:"bytes,5,opt,name=gate_addr,json=gateAddr,proto3" json:"gate_addr,omitempty"`
+	// When the gate gives up on this login (at_ms plus its login timeout,
+	// by the gate node's clock; 0: not known). A LOGIN that reaches its
+	// identity well after it (held up in a partition) must not end a
+	// session that began since: its connection is closed by then.
+	DeadlineMs    int64 `protobuf:"varint,6,opt,name=deadline_ms,json=deadlineMs,proto3" json:"deadline_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -181,6 +186,13 @@ func (x *DeviceLogin) GetGateAddr() string {
 		return x.GateAddr
 	}
 	return ""
+}
+
+func (x *DeviceLogin) GetDeadlineMs() int64 {
+	if x != nil {
+		return x.DeadlineMs
+	}
+	return 0
 }
 
 // DeviceFrame: a frame of a logged-in connection that the device actor
@@ -3394,13 +3406,15 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\fgate_address\x18\x01 \x01(\tR\vgateAddress\x12\x17\n" +
 	"\agate_id\x18\x02 \x01(\tR\x06gateId\x12\x17\n" +
 	"\aconn_id\x18\x03 \x01(\x04R\x06connId\x12\x1b\n" +
-	"\tgate_node\x18\x04 \x01(\tR\bgateNode\"\xbb\x01\n" +
+	"\tgate_node\x18\x04 \x01(\tR\bgateNode\"\xdc\x01\n" +
 	"\vDeviceLogin\x12-\n" +
 	"\x04conn\x18\x01 \x01(\v2\x19.courier.actor.v1.ConnRefR\x04conn\x12.\n" +
 	"\x05login\x18\x02 \x01(\v2\x18.courier.device.v1.LoginR\x05login\x12\x1b\n" +
 	"\tframe_seq\x18\x03 \x01(\rR\bframeSeq\x12\x13\n" +
 	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\x12\x1b\n" +
-	"\tgate_addr\x18\x05 \x01(\tR\bgateAddr\"\xa4\x01\n" +
+	"\tgate_addr\x18\x05 \x01(\tR\bgateAddr\x12\x1f\n" +
+	"\vdeadline_ms\x18\x06 \x01(\x03R\n" +
+	"deadlineMs\"\xa4\x01\n" +
 	"\vDeviceFrame\x12-\n" +
 	"\x04conn\x18\x01 \x01(\v2\x19.courier.actor.v1.ConnRefR\x04conn\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +
