@@ -500,6 +500,18 @@ func (h *actorHarness) login(id store.Identity, c *actorpb.ConnRef) {
 	h.t.Helper()
 	h.r.Send(env(id, &actorpb.DeviceLogin{Conn: c, Login: &devicepb.Login{Uid: id.UID}, FrameSeq: 1}))
 	testkit.Eventually(h.t, 5*time.Second, func() bool { return h.store.session(id).GetOnline() }, "the login was not stored")
+	// And answered: the LOGIN_ACK follows the write's completion, so a
+	// test counting frames from here must not see it arrive later.
+	testkit.Eventually(h.t, 5*time.Second, func() bool {
+		h.r.mu.Lock()
+		defer h.r.mu.Unlock()
+		for _, tc := range h.r.conns {
+			if tc.Login != nil && tc.ConnId == c.ConnId && tc.Uid == id.UID {
+				return true
+			}
+		}
+		return false
+	}, "the login was not answered")
 }
 
 func (h *actorHarness) waitPassivated(id store.Identity, n int) {
