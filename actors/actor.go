@@ -113,7 +113,13 @@ func (d *Deps) NewActor() actor.Actor { return &deviceActor{deps: d} }
 // Messages a device actor sends itself.
 type (
 	writeDone    struct{ err error }
-	detachedDone struct{ fenced bool }
+	// detachedDone: a detached deletion is done; fenced, with the owner
+	// epoch it was written under (a fence of an older activation's write,
+	// after this actor reloaded the identity, ends nothing).
+	detachedDone struct {
+		fenced bool
+		owner  uint64
+	}
 	slotFree     struct{}
 	tick         struct{}
 )
@@ -275,7 +281,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		if a.retired || a.d == nil {
 			return
 		}
-		if m.fenced {
+		if m.fenced && m.owner == a.d.Owner() {
 			if a.writing {
 				a.fenceSeen = true // the write in flight ends it
 				return
@@ -794,7 +800,7 @@ func (a *deviceActor) submit(ctx actor.Context) {
 			if err != nil {
 				a.deps.Log.Debug("actors: deleting acknowledged messages failed; they will be delivered again", "identity", w.ID, "err", err)
 			}
-			root.Send(self, detachedDone{fenced: errors.Is(err, store.ErrFenced)})
+			root.Send(self, detachedDone{fenced: errors.Is(err, store.ErrFenced), owner: w.Owner})
 		})
 		return
 	}

@@ -249,6 +249,9 @@ type MachineEnv struct {
 	NewID  func() string // message ids
 }
 
+// Owner is the owner epoch the machine's writes carry (its snapshot's).
+func (d *Device) Owner() uint64 { return d.owner }
+
 // NewDevice rebuilds the machine of id from a store snapshot.
 func NewDevice(cfg *Config, id store.Identity, snap *store.Snapshot, stats Stats, newID func() string) *Device {
 	return NewDeviceIn(&MachineEnv{Config: cfg, Stats: stats, NewID: newID}, id, snap)
