@@ -112,7 +112,7 @@ func (d *Deps) NewActor() actor.Actor { return &deviceActor{deps: d} }
 
 // Messages a device actor sends itself.
 type (
-	writeDone    struct{ err error }
+	writeDone struct{ err error }
 	// detachedDone: a detached deletion is done; fenced, with the owner
 	// epoch it was written under (a fence of an older activation's write,
 	// after this actor reloaded the identity, ends nothing).
@@ -120,8 +120,8 @@ type (
 		fenced bool
 		owner  uint64
 	}
-	slotFree     struct{}
-	tick         struct{}
+	slotFree struct{}
+	tick     struct{}
 )
 
 // writeOK is the completion of every successful write (it is only read).
