@@ -251,6 +251,8 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 		return nil, nil, fmt.Errorf("node: upstream.queue-len %d: must be at least 1", u.QueueLen)
 	case u.MaxAge < time.Second:
 		return nil, nil, fmt.Errorf("node: upstream.max-age %v: must be at least 1s", u.MaxAge)
+	case u.ResendAfter != 0 && u.ResendAfter < time.Second:
+		return nil, nil, fmt.Errorf("node: upstream.resend-after %v: must be at least 1s, or 0 for never", u.ResendAfter)
 	case u.DefaultInFlight < 1 || u.MaxInFlight < u.DefaultInFlight:
 		return nil, nil, fmt.Errorf("node: upstream.default-in-flight %d: must be in [1, upstream.max-in-flight %d]", u.DefaultInFlight, u.MaxInFlight)
 	case u.MaxBatch < 1:

@@ -134,6 +134,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	u := &c.Upstream
 	fs.IntVar(&u.QueueLen, "upstream.queue-len", u.QueueLen, "C2S messages queued per appcode and msgtype for a subscriber with room; beyond, UPSTREAM_BUSY")
 	fs.DurationVar(&u.MaxAge, "upstream.max-age", u.MaxAge, "queued C2S messages no subscriber took for this long are dropped (and counted)")
+	fs.DurationVar(&u.ResendAfter, "upstream.resend-after", u.ResendAfter, "a delivery to an app-server on another node not acknowledged this long is sent again, to any subscriber (a batch lost between nodes); 0: never")
 	fs.IntVar(&u.DefaultInFlight, "upstream.default-in-flight", u.DefaultInFlight, "unacknowledged deliveries per subscriber that asks for no limit")
 	fs.IntVar(&u.MaxInFlight, "upstream.max-in-flight", u.MaxInFlight, "most unacknowledged deliveries a subscriber may ask for")
 	fs.IntVar(&u.MaxBatch, "upstream.max-batch", u.MaxBatch, "most messages in one delivery to a subscriber")

@@ -81,6 +81,7 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.APIKeys = map[string]string{"0123456789abcdef": "x"} }, "api-key")
 	bad(func(c *Config) { c.Actors.Window = 0 }, "actors.window")
 	bad(func(c *Config) { c.Upstream.QueueLen = 0 }, "upstream.queue-len")
+	bad(func(c *Config) { c.Upstream.ResendAfter = time.Millisecond }, "upstream.resend-after")
 	bad(func(c *Config) { c.Upstream.AppMaxBytes = 1000 }, "upstream.app-max-bytes")
 	bad(func(c *Config) { c.Upstream.MaxBytes = c.Upstream.AppMaxBytes - 1 }, "upstream.max-bytes")
 	bad(func(c *Config) { c.API.MaxPayload = 1 << 20 }, "api.max-payload")

@@ -194,6 +194,8 @@ func (h *Hub) openProxy(m *actorpb.UpstreamSubscribe) {
 		h.mu.Unlock()
 		return
 	}
+	// Its batches travel over remoting, where one can be lost.
+	sub.ResendAfter()
 	p := &proxy{id: m.SubId, sink: m.SinkAddress, sub: sub}
 	h.proxies[m.SubId] = p
 	h.wg.Add(1)

@@ -15,6 +15,14 @@ type Config struct {
 	// MaxAge drops queued messages no subscriber took for this long
 	// (default 10 minutes); each is counted as dropped.
 	MaxAge time.Duration
+	// ResendAfter: a delivery to a subscriber that asked for it
+	// (Subscriber.ResendAfter: the hub's proxies of app-servers on other
+	// nodes) not acknowledged this long after it left is queued again for
+	// any subscriber (default 1 minute; 0: never). Between nodes a batch
+	// can be lost (the remoting stream broke); without this, its messages
+	// would stay in flight, never delivered, for as long as the
+	// subscription lasts.
+	ResendAfter time.Duration
 	// DefaultInFlight is a subscriber's window when it asks for none
 	// (default 1024); MaxInFlight caps what it may ask (default 65,536).
 	DefaultInFlight int
@@ -35,7 +43,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
-	return Config{QueueLen: 1 << 16, MaxAge: 10 * time.Minute, DefaultInFlight: 1024, MaxInFlight: 1 << 16, MaxBatch: 256,
+	return Config{QueueLen: 1 << 16, MaxAge: 10 * time.Minute, ResendAfter: time.Minute, DefaultInFlight: 1024, MaxInFlight: 1 << 16, MaxBatch: 256,
 		MaxBatchBytes: 1 << 20, AppMaxBytes: 64 << 20, MaxBytes: 256 << 20}
 }
 
@@ -67,7 +75,8 @@ type key struct {
 type message struct {
 	m        *apipb.UpstreamMessage
 	queuedAt time.Time
-	size     int64 // Size(m), held against the budgets until acked or dropped
+	sentAt   time.Time // when Next handed it out (zero: still in the outbox)
+	size     int64     // Size(m), held against the budgets until acked or dropped
 }
 
 // queue is a FIFO of one (appcode, msgtype).
@@ -113,6 +122,19 @@ type Subscriber struct {
 	outbox   []*apipb.UpstreamMessage
 	notify   chan struct{}
 	closed   bool
+	// resend: deliveries not acknowledged this long after Next handed
+	// them out are queued again (0: never; ResendAfter).
+	resend time.Duration
+}
+
+// ResendAfter makes the deliveries to s that are not acknowledged within
+// the router's Config.ResendAfter of leaving go back to the queue, for any
+// subscriber: for a subscriber whose deliveries can be lost on the way
+// (another node's).
+func (s *Subscriber) ResendAfter() {
+	s.r.mu.Lock()
+	s.resend = s.r.cfg.ResendAfter
+	s.r.mu.Unlock()
 }
 
 // Router is a node's upstream router.
@@ -265,6 +287,14 @@ func (s *Subscriber) Next(done <-chan struct{}) []*apipb.UpstreamMessage {
 			}
 			out := make([]*apipb.UpstreamMessage, n)
 			copy(out, s.outbox)
+			if s.resend > 0 {
+				now := s.r.now()
+				for _, m := range out {
+					if im := s.inflight[m.DeliveryId]; im != nil {
+						im.sentAt = now
+					}
+				}
+			}
 			rest := copy(s.outbox, s.outbox[n:])
 			clear(s.outbox[rest:])
 			s.outbox = s.outbox[:rest]
@@ -418,9 +448,11 @@ func (r *Router) expireLoop() {
 }
 
 func (r *Router) expire() {
-	cut := r.now().Add(-r.cfg.MaxAge)
+	now := r.now()
+	cut := now.Add(-r.cfg.MaxAge)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.resendLocked(now)
 	for k, q := range r.queues {
 		for q.len() > 0 && q.peek().queuedAt.Before(cut) {
 			r.release(k.app, q.pop().size)
@@ -431,6 +463,44 @@ func (r *Router) expire() {
 		if q.len() == 0 {
 			delete(r.queues, k)
 		}
+	}
+}
+
+// resendLocked queues again the deliveries of the subscribers that asked
+// for it (Subscriber.ResendAfter) unacknowledged for longer than that:
+// oldest first, at the front of their queues, as a closed subscriber's.
+func (r *Router) resendLocked(now time.Time) {
+	touched := map[key]bool{}
+	for _, subs := range r.subs {
+		for _, s := range subs {
+			if s.resend <= 0 || s.closed {
+				continue
+			}
+			cut := now.Add(-s.resend)
+			var back []*message
+			for id, m := range s.inflight {
+				if !m.sentAt.IsZero() && m.sentAt.Before(cut) {
+					back = append(back, m)
+					delete(s.inflight, id)
+				}
+			}
+			sortByID(back)
+			for i := len(back) - 1; i >= 0; i-- {
+				m := back[i]
+				k := key{uint16(m.m.AppCode), m.m.Msgtype}
+				q := r.queues[k]
+				if q == nil {
+					q = &queue{}
+					r.queues[k] = q
+				}
+				m.queuedAt, m.sentAt = now, time.Time{}
+				q.pushFront(m)
+				touched[k] = true
+			}
+		}
+	}
+	for k := range touched {
+		r.dispatchLocked(k, r.queues[k])
 	}
 }
 

@@ -255,3 +255,47 @@ func TestBatchesAreBoundedInBytes(t *testing.T) {
 		t.Fatalf("batches %v: the large message must go alone", sizes)
 	}
 }
+
+// TestResendUnacknowledged: a delivery to a subscriber whose batches can
+// be lost on the way (another node's, ResendAfter) that is not
+// acknowledged within Config.ResendAfter goes back to the queue and out
+// again (attempt + 1); one that is acknowledged in time does not, and a
+// subscriber that did not ask keeps what it holds.
+func TestResendUnacknowledged(t *testing.T) {
+	cfg := DefaultConfig()
+	r := New(cfg, nil)
+	defer r.Close()
+	now := time.Now()
+	r.now = func() time.Time { return now }
+	remote, _ := r.Subscribe(1, []uint32{1}, 0)
+	remote.ResendAfter()
+	local, _ := r.Subscribe(1, []uint32{2}, 0)
+	_ = r.Publish(msg(1, 1, "lost"))
+	_ = r.Publish(msg(1, 1, "acked"))
+	_ = r.Publish(msg(1, 2, "held"))
+	got := take(t, remote)
+	if len(got) != 2 || len(take(t, local)) != 1 {
+		t.Fatalf("first deliveries: %v", got)
+	}
+	remote.Ack([]uint64{got[1].DeliveryId})
+	now = now.Add(cfg.ResendAfter - time.Second)
+	r.expire()
+	if again := take(t, remote); len(again) != 0 {
+		t.Fatalf("resent before ResendAfter: %v", again)
+	}
+	now = now.Add(2 * time.Second)
+	r.expire()
+	again := take(t, remote)
+	if len(again) != 1 || again[0].MsgId != "lost" || again[0].Attempt != 2 {
+		t.Fatalf("after ResendAfter: %v, want the unacknowledged one, attempt 2", again)
+	}
+	if again := take(t, local); len(again) != 0 {
+		t.Fatalf("a subscriber that did not ask got %v", again)
+	}
+	remote.Ack([]uint64{again[0].DeliveryId})
+	now = now.Add(2 * cfg.ResendAfter)
+	r.expire()
+	if n := r.Queued(); n != 0 || len(take(t, remote)) != 0 {
+		t.Fatalf("after the ack: %d queued", n)
+	}
+}
