@@ -430,6 +430,13 @@ type origin struct {
 	id   uint64
 }
 
+// maxOrigins bounds the deliveries a fanin remembers for their acks. A
+// stream that never acknowledges gets what it holds again from the gates
+// on other nodes every upstream.resend-after, each time under new ids:
+// past the bound the oldest are forgotten (an ack of one is ignored, and
+// its gate sends it again).
+const maxOrigins = 1 << 17
+
 func newFanin() *fanin {
 	return &fanin{origin: map[uint64]origin{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
 }
@@ -450,6 +457,13 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 		f.origin[f.lastID] = origin{gate, m.DeliveryId}
 		m.DeliveryId = f.lastID
 		f.outbox = append(f.outbox, m)
+	}
+	if len(f.origin) > maxOrigins {
+		for id := range f.origin {
+			if id+maxOrigins/2 <= f.lastID {
+				delete(f.origin, id)
+			}
+		}
 	}
 	select {
 	case f.notify <- struct{}{}:

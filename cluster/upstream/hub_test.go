@@ -204,3 +204,29 @@ func next1(t *testing.T, s *Subscription) []*apipb.UpstreamMessage {
 	}
 	return b
 }
+
+// TestFaninForgetsTheOldestUnacknowledged: a stream that never
+// acknowledges is sent the same messages again and again (resend-after);
+// what the fan-in remembers for their acks stays bounded.
+func TestFaninForgetsTheOldestUnacknowledged(t *testing.T) {
+	f := newFanin()
+	defer f.close()
+	for i := range 3 * maxOrigins / 1000 {
+		msgs := make([]*apipb.UpstreamMessage, 1000)
+		for j := range msgs {
+			msgs[j] = &apipb.UpstreamMessage{DeliveryId: uint64(i*1000 + j)}
+		}
+		f.deliver("gate", msgs, false)
+		f.take(nil, 1000, 1<<30)
+	}
+	f.mu.Lock()
+	n := len(f.origin)
+	f.mu.Unlock()
+	if n > maxOrigins {
+		t.Fatalf("%d deliveries remembered, want at most %d", n, maxOrigins)
+	}
+	// The newest are still acknowledged to their gate.
+	if got := f.ack([]uint64{f.lastID}); len(got["gate"]) != 1 {
+		t.Fatalf("the newest delivery's ack: %v", got)
+	}
+}
