@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -204,10 +205,16 @@ func (s *Pebble) applySweep(b *pebble.Batch, sw *idemSweep, batch map[string]int
 		exp, found := batch[string(ik)]
 		if !found {
 			rec, err := s.idemRecord(ik)
-			if err != nil {
+			switch {
+			case errors.Is(err, ErrUnavailable):
 				return err
-			}
-			if rec != nil {
+			case err != nil:
+				// Unreadable, and its index says it has expired: it goes,
+				// rather than failing this batch, and the writes sharing
+				// it, at every round.
+				s.log.Warn("store: dropping an unreadable idempotency record at its expiry", "key", fmt.Sprintf("%x", ik), "err", err)
+				exp, found = sw.nowMs, true
+			case rec != nil:
 				exp, found = rec.ExpiresAtMs, true
 			}
 		}

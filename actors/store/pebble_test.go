@@ -502,3 +502,32 @@ func TestPebbleUpgradesFormat2(t *testing.T) {
 		t.Fatalf("expired after the upgrade: %v", reported)
 	}
 }
+
+// TestPebbleSweepDropsAnUnreadableRecord: an idempotency record that no
+// longer decodes, whose index says it has expired, is dropped by the
+// sweep rather than failing its round (and every write sharing the
+// round's batch) again at each sweep.
+func TestPebbleSweepDropsAnUnreadableRecord(t *testing.T) {
+	s, err := OpenPebble(PebbleConfig{Dir: t.TempDir()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ik := idemKey(Identity{App: 1, UID: "u"}, "broken")
+	past := time.Now().Add(-time.Hour).UnixMilli()
+	if err := s.db.Set(ik, []byte{0xff, 0xff, 0xff}, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Set(expiryKey(past, ik), nil, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.SweepIdempotency(100); err != nil || n != 1 {
+		t.Fatalf("sweep: %d keys, %v", n, err)
+	}
+	if _, closer, err := s.db.Get(ik); !errors.Is(err, pebble.ErrNotFound) {
+		if closer != nil {
+			closer.Close()
+		}
+		t.Fatalf("the unreadable record is still there: %v", err)
+	}
+}
