@@ -203,6 +203,7 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*P
 	s.c = newCommitter(cfg.Lanes, cfg.QueueLen, cfg.MaxBatch, s.commit)
 	s.c.observe = cfg.Observe
 	s.r = newReader(cfg.Readers, cfg.ReadQueueLen, cfg.MaxReadBatch, s.readBatch)
+	s.r.maxNeed = cfg.Timeout / 4
 	s.r.observe = cfg.ObserveRead
 	s.wg.Add(1)
 	go s.sweepLoop()

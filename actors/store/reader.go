@@ -61,8 +61,12 @@ type reader struct {
 	// observe, if set, is told each round trip's reads, time and error.
 	observe func(n int, d time.Duration, err error)
 	now     func() time.Time
-	// rtt is a moving average of the round trips (ns).
-	rtt atomic.Int64
+	// rtt is a moving average of the successful round trips (ns);
+	// maxNeed caps what a read must have left to be sent (a quarter of
+	// the store's timeout): a read with that much left is always tried,
+	// so that an outage's slow round trips cannot lock the reader out.
+	rtt     atomic.Int64
+	maxNeed time.Duration
 }
 
 // minReadTime is the least time left a read must have to be sent, however
@@ -127,6 +131,9 @@ func (r *reader) run() {
 		// sent.
 		now := r.now()
 		need := max(2*time.Duration(r.rtt.Load()), minReadTime)
+		if r.maxNeed > 0 {
+			need = min(need, r.maxNeed)
+		}
 		live := batch[:0]
 		for _, q := range batch {
 			if left := q.deadline.Sub(now); left < need {
@@ -139,10 +146,13 @@ func (r *reader) run() {
 		if len(live) > 0 {
 			start := time.Now()
 			err := r.read(live)
-			// A failed round trip counts too: one that timed out took at
-			// least this long.
+			// Only successes count: a round trip that failed (timed out,
+			// or could not connect) says nothing of how fast the database
+			// answers, and would raise the bar after an outage.
 			d := time.Since(start)
-			r.noteRoundTrip(d)
+			if err == nil {
+				r.noteRoundTrip(d)
+			}
 			if r.observe != nil {
 				r.observe(len(live), d, err)
 			}

@@ -72,3 +72,47 @@ func TestReaderShedsReadsThatCannotMakeIt(t *testing.T) {
 		}
 	}
 }
+
+// TestReaderRecoversAfterAnOutage: round trips that fail slowly (an
+// outage: connects time out) must not raise the bar a read has to clear
+// to be sent, or every read would be shed for good once the database is
+// back. A fresh read is always tried.
+func TestReaderRecoversAfterAnOutage(t *testing.T) {
+	var down sync.Mutex
+	outage := true
+	read := func(batch []readReq) error {
+		down.Lock()
+		failing := outage
+		down.Unlock()
+		if failing {
+			time.Sleep(time.Until(batch[0].deadline)) // a connect that times out
+			for _, q := range batch {
+				q.fail(ErrUnavailable)
+			}
+			return ErrUnavailable
+		}
+		for _, q := range batch {
+			q.loaded(&Snapshot{}, nil)
+		}
+		return nil
+	}
+	r := newReader(1, 64, 16, read)
+	r.maxNeed = 250 * time.Millisecond // a quarter of a 1 s timeout
+	defer r.close()
+	load := func() error {
+		errc := make(chan error, 1)
+		r.submit(readReq{id: Identity{App: 1, UID: "u"}, deadline: time.Now().Add(time.Second), loaded: func(_ *Snapshot, err error) { errc <- err }})
+		return <-errc
+	}
+	for range 5 {
+		if err := load(); err == nil {
+			t.Fatal("a read during the outage succeeded")
+		}
+	}
+	down.Lock()
+	outage = false
+	down.Unlock()
+	if err := load(); err != nil {
+		t.Fatalf("the first read after the outage: %v", err)
+	}
+}
