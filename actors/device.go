@@ -732,31 +732,40 @@ func (d *Device) toConn(conn *actorpb.ConnRef, epoch uint64, frames ...*actorpb.
 // and this one may differ by this much.
 const loginSkew = 10 * time.Second
 
-// superseded reports whether the LOGIN m is older than the current
-// session on another connection, and so must not end it: its connection
-// was opened before the session's on the same gate (a gate numbers its
-// connections in order), or the LOGIN comes long after its gate gave up
-// on it. Both happen when a LOGIN is held up (a partition, a paused
-// node) while the device logged in again on a new connection: the late
-// LOGIN would kick the device's only live session.
-func (d *Device) superseded(now time.Time, m *actorpb.DeviceLogin) bool {
+// superseded says whether the LOGIN m must not end the current session
+// on another connection: older, its connection was opened before the
+// session's on the same gate (a gate numbers its connections in order);
+// late, it comes long after its gate gave up on it. Both happen when a
+// LOGIN is held up (a partition, a paused node) while the device logged
+// in again on a new connection: the late LOGIN would kick the device's
+// only live session.
+func (d *Device) superseded(now time.Time, m *actorpb.DeviceLogin) (older, late bool) {
 	s := d.session
 	switch {
 	case s == nil || s.Conn == nil || m.Conn == nil || sameConn(s.Conn, m.Conn):
-		return false
+		return false, false
 	case s.Conn.GateId == m.Conn.GateId && s.Conn.GateAddress == m.Conn.GateAddress && m.Conn.ConnId < s.Conn.ConnId:
-		return true
+		return true, false
 	}
-	return m.DeadlineMs != 0 && now.UnixMilli() > m.DeadlineMs+loginSkew.Milliseconds()
+	return false, m.DeadlineMs != 0 && now.UnixMilli() > m.DeadlineMs+loginSkew.Milliseconds()
 }
 
-// Login starts a new session on the connection in m, ending any other;
-// or, for a LOGIN older than the session, answers it as a login at once
-// superseded by the session: LOGIN_ACK OK, then KICKOUT
-// LOGGED_IN_ELSEWHERE (PROTOCOL.md: a newer LOGIN kicks the older one).
+// Login starts a new session on the connection in m, ending any other.
+// A LOGIN older than the session is answered as a login at once
+// superseded by it: LOGIN_ACK OK, then KICKOUT LOGGED_IN_ELSEWHERE
+// (PROTOCOL.md: a newer LOGIN kicks the older one). A late one is refused
+// with STORE_UNAVAILABLE, to reconnect: lateness is judged by two nodes'
+// clocks, and if they disagree by far more than loginSkew a device must
+// not be told to stop for good.
 func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
-	if d.superseded(now, m) {
+	if older, late := d.superseded(now, m); older {
 		d.supersede(now, m)
+		return
+	} else if late {
+		d.emit(Effect{Conn: m.Conn, ToConn: &actorpb.ToConn{AppCode: uint32(d.id.App), Uid: d.id.UID, ConnId: m.Conn.ConnId,
+			Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, m.FrameSeq, &devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE,
+				Reason: "this login reached the server after its gate's login timeout: reconnect", ServerTimeMs: now.UnixMilli()})},
+			Login: &actorpb.LoginOutcome{Ok: false}}})
 		return
 	}
 	d.endSession(devicepb.KickReason_LOGGED_IN_ELSEWHERE, "logged in on another connection", m.Conn)

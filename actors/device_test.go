@@ -897,15 +897,16 @@ func TestLateLoginDoesNotKickANewerSession(t *testing.T) {
 		return &actorpb.ConnRef{GateAddress: "n2", GateId: "g2", ConnId: id}
 	}
 	for _, tt := range []struct {
-		name  string
-		late  *actorpb.ConnRef
-		dl    time.Duration // deadline relative to now
-		kicks bool
+		name    string
+		late    *actorpb.ConnRef
+		dl      time.Duration // deadline relative to now
+		kicks   bool
+		refused bool // LOGIN_ACK STORE_UNAVAILABLE rather than OK + KICKOUT
 	}{
-		{"an earlier connection of the same gate", conn(3), 10 * time.Second, false},
-		{"another gate, long past its deadline", other(9), -loginSkew - time.Second, false},
-		{"another gate, within its deadline", other(9), 10 * time.Second, true},
-		{"another gate, just past its deadline (clock skew)", other(9), -time.Second, true},
+		{"an earlier connection of the same gate", conn(3), 10 * time.Second, false, false},
+		{"another gate, long past its deadline", other(9), -loginSkew - time.Second, false, true},
+		{"another gate, within its deadline", other(9), 10 * time.Second, true, false},
+		{"another gate, just past its deadline (clock skew)", other(9), -time.Second, true, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t)
@@ -930,8 +931,17 @@ func TestLateLoginDoesNotKickANewerSession(t *testing.T) {
 					answer = f.ToConn
 				}
 			}
+			if tt.refused {
+				// Judged by two clocks: refused, to reconnect, not kicked
+				// for good.
+				if answer == nil || len(answer.Frames) != 1 || answer.GetLogin().GetOk() ||
+					body(t, answer.Frames[0], &devicepb.LoginAck{}).Code != devicepb.Code_STORE_UNAVAILABLE {
+					t.Fatalf("the late login's answer: %+v", answer)
+				}
+				return
+			}
 			if answer == nil || len(answer.Frames) != 2 || !answer.Close || !answer.GetLogin().GetOk() {
-				t.Fatalf("the late login's answer: %+v", answer)
+				t.Fatalf("the older login's answer: %+v", answer)
 			}
 			if a := body(t, answer.Frames[0], &devicepb.LoginAck{}); messages.Cmd(answer.Frames[0].Cmd) != messages.CmdLoginAck ||
 				a.Code != devicepb.Code_OK || answer.Frames[0].Seq != 7 || a.ServerTimeMs == 0 {
