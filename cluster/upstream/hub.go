@@ -419,6 +419,13 @@ type fanin struct {
 	mu     sync.Mutex
 	lastID uint64
 	origin map[uint64]origin
+	// held maps back: the deliveries not acknowledged yet, by origin. A
+	// gate sends a delivery again when its ack is late (resend-after); one
+	// still held here (waiting for the app-server, or being processed) is
+	// not taken twice, so a slow app-server is not sent the same
+	// messages again and again and what waits here stays bounded by the
+	// gates' windows.
+	held map[origin]uint64
 	outbox []*apipb.UpstreamMessage
 	notify chan struct{}
 	done   chan struct{}
@@ -438,7 +445,7 @@ type origin struct {
 const maxOrigins = 1 << 17
 
 func newFanin() *fanin {
-	return &fanin{origin: map[uint64]origin{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
+	return &fanin{origin: map[uint64]origin{}, held: map[origin]uint64{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // deliver takes messages from gate; shared says they belong to a local
@@ -450,18 +457,26 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 		return
 	}
 	for _, m := range msgs {
+		o := origin{gate, m.DeliveryId}
+		if _, ok := f.held[o]; ok {
+			continue // sent again by its gate while still held here
+		}
 		if shared {
 			m = proto.Clone(m).(*apipb.UpstreamMessage)
 		}
 		f.lastID++
-		f.origin[f.lastID] = origin{gate, m.DeliveryId}
+		f.origin[f.lastID] = o
+		f.held[o] = f.lastID
 		m.DeliveryId = f.lastID
 		f.outbox = append(f.outbox, m)
 	}
 	if len(f.origin) > maxOrigins {
-		for id := range f.origin {
+		for id, o := range f.origin {
 			if id+maxOrigins/2 <= f.lastID {
 				delete(f.origin, id)
+				if f.held[o] == id {
+					delete(f.held, o)
+				}
 			}
 		}
 	}
@@ -523,6 +538,9 @@ func (f *fanin) ack(ids []uint64) map[string][]uint64 {
 	for _, id := range ids {
 		if o, ok := f.origin[id]; ok {
 			delete(f.origin, id)
+			if f.held[o] == id {
+				delete(f.held, o)
+			}
 			out[o.gate] = append(out[o.gate], o.id)
 		}
 	}

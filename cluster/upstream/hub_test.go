@@ -230,3 +230,28 @@ func TestFaninForgetsTheOldestUnacknowledged(t *testing.T) {
 		t.Fatalf("the newest delivery's ack: %v", got)
 	}
 }
+
+// TestFaninTakesADeliveryOnceWhileHeld: a gate sends a delivery again
+// when its ack is late; while the fan-in still holds it (the app-server
+// has not acknowledged it), the copy is not taken, so a slow app-server
+// does not get the same messages over and over and the fan-in stays
+// bounded. Once acknowledged, a later copy (its ack was lost on the way
+// back) is taken again.
+func TestFaninTakesADeliveryOnceWhileHeld(t *testing.T) {
+	f := newFanin()
+	defer f.close()
+	f.deliver("g", []*apipb.UpstreamMessage{{DeliveryId: 7, MsgId: "a"}}, false)
+	f.deliver("g", []*apipb.UpstreamMessage{{DeliveryId: 7, MsgId: "a", Attempt: 2}}, false)
+	f.deliver("h", []*apipb.UpstreamMessage{{DeliveryId: 7, MsgId: "b"}}, false) // another gate's 7
+	got := f.take(nil, 10, 1<<20)
+	if len(got) != 2 || got[0].MsgId != "a" || got[1].MsgId != "b" {
+		t.Fatalf("took %v, want a once and b", got)
+	}
+	if acked := f.ack([]uint64{got[0].DeliveryId}); len(acked["g"]) != 1 || acked["g"][0] != 7 {
+		t.Fatalf("ack: %v", acked)
+	}
+	f.deliver("g", []*apipb.UpstreamMessage{{DeliveryId: 7, MsgId: "a", Attempt: 3}}, false)
+	if again := f.take(nil, 10, 1<<20); len(again) != 1 || again[0].Attempt != 3 {
+		t.Fatalf("after the ack, the copy: %v", again)
+	}
+}
