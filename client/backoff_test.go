@@ -81,11 +81,21 @@ func TestConfigValidate(t *testing.T) {
 		{"no gate", func(c *Config) { c.Addr = "" }},
 		{"bad discovery", func(c *Config) { c.Discovery = "gates.example.com" }},
 		{"backoff", func(c *Config) { c.BackoffInitial, c.BackoffMax = 2*time.Second, time.Second }},
+		{"byte burst under a frame", func(c *Config) { c.ByteBurst = int(DefaultConfig().MaxFrameSize) }},
+		{"long token", func(c *Config) { c.Token = string(make([]byte, MaxTokenLen+1)) }},
 	}
 	c := ok
 	c.fill()
 	if err := c.validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
+	}
+	// A frame limit raised above the default byte burst raises the burst's
+	// default with it.
+	c = ok
+	c.MaxFrameSize = 1 << 20
+	c.fill()
+	if err := c.validate(); err != nil || c.ByteBurst < 1<<20+18 {
+		t.Fatalf("MaxFrameSize of 1 MiB: burst %d, %v", c.ByteBurst, err)
 	}
 	for _, tt := range tests {
 		c := ok

@@ -107,7 +107,7 @@ type Config struct {
 	// of 150 and 200 KiB a second in bursts of 768 KiB, are under the
 	// gate's default limits (50 and 200; 256 KiB and 1 MiB); set them
 	// under the limits of the gates you connect to. ByteBurst is at least
-	// MaxFrameSize plus the 18-byte header.
+	// MaxFrameSize plus the 18-byte header (its default is raised to that).
 	FrameRate  float64
 	FrameBurst int
 	ByteRate   int
@@ -206,7 +206,8 @@ func (c *Config) fill() {
 	}
 	setInt(&c.FrameBurst, d.FrameBurst)
 	setInt(&c.ByteRate, d.ByteRate)
-	setInt(&c.ByteBurst, d.ByteBurst)
+	// At least the largest frame, for a gate whose frame limit was raised.
+	setInt(&c.ByteBurst, max(d.ByteBurst, int(c.MaxFrameSize)+messages.HeaderSize))
 	setInt(&c.RecvBuffer, d.RecvBuffer)
 	setInt(&c.MaxOutbox, d.MaxOutbox)
 	setInt(&c.DedupSize, d.DedupSize)

@@ -90,6 +90,7 @@ func waitGone(f *apiFlags, cl apipb.CourierClient, before *apipb.MembersResponse
 		}
 	}
 	deadline := time.Now().Add(wait)
+	var gone time.Time // since when the drained node asked through has not answered
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.key)
@@ -107,8 +108,16 @@ func waitGone(f *apiFlags, cl apipb.CourierClient, before *apipb.MembersResponse
 				return nil
 			}
 		} else if selfDrained && status.Code(err) == codes.Unavailable {
-			fmt.Fprintf(out, "drained: the node has exited (%s no longer answers)\n", f.addr)
-			return nil
+			// Gone for good, not a moment's hiccup: it stops its API
+			// before it has left the cluster.
+			if gone.IsZero() {
+				gone = time.Now()
+			} else if time.Since(gone) >= 3*time.Second {
+				fmt.Fprintf(out, "drained: the node has exited (%s no longer answers)\n", f.addr)
+				return nil
+			}
+		} else {
+			gone = time.Time{}
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the node is still in the cluster after %v (err %v)", wait, err)
