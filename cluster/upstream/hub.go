@@ -425,7 +425,7 @@ type fanin struct {
 	// not taken twice, so a slow app-server is not sent the same
 	// messages again and again and what waits here stays bounded by the
 	// gates' windows.
-	held map[origin]uint64
+	held   map[origin]uint64
 	outbox []*apipb.UpstreamMessage
 	notify chan struct{}
 	done   chan struct{}
