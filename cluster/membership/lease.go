@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 )
 
@@ -61,7 +62,8 @@ func (m *Membership) LeaseValid() bool {
 	if !m.be.canExpire() {
 		return m.lease.Load() != 0
 	}
-	return m.mono(time.Now()) < m.lease.Load()
+	now := time.Now()
+	return m.mono(now) < m.lease.Load() && now.UnixNano() < m.leaseWall.Load()
 }
 
 // mono is t on the lease's clock: ns since clock0 by the monotonic clock
@@ -69,12 +71,22 @@ func (m *Membership) LeaseValid() bool {
 func (m *Membership) mono(t time.Time) int64 { return max(int64(t.Sub(m.clock0)), 1) }
 
 // renew extends the lease to TTL after sent, when a refresh sent then
-// succeeded (or every member vouched).
+// succeeded (or every member vouched), by both clocks: the lease holds
+// while neither says it ran out. The monotonic clock is immune to the
+// wall clock's steps (NTP setting it back would lengthen a lapsed
+// lease), the wall clock counts a suspended machine's sleep (the
+// monotonic clock stops with it); either running out first is the safe
+// way to be wrong.
 func (m *Membership) renew(sent time.Time) {
-	until := m.mono(sent.Add(m.cfg.TTL))
+	extend(&m.lease, m.mono(sent.Add(m.cfg.TTL)))
+	extend(&m.leaseWall, sent.Add(m.cfg.TTL).UnixNano())
+}
+
+// extend raises v to until unless it is already later.
+func extend(v *atomic.Int64, until int64) {
 	for {
-		cur := m.lease.Load()
-		if cur >= until || m.lease.CompareAndSwap(cur, until) {
+		cur := v.Load()
+		if cur >= until || v.CompareAndSwap(cur, until) {
 			return
 		}
 	}
@@ -89,6 +101,7 @@ func (m *Membership) setLease(valid bool, why string) {
 	m.leaseLost = !valid
 	if !valid {
 		m.lease.Store(0)
+		m.leaseWall.Store(0)
 		m.metrics.leaseLost.Inc()
 		m.log.Warn("membership: this node lost its lease; it stops serving identities and its gate's devices until it rejoins",
 			"member", m.selfID(), "why", why)

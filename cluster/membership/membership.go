@@ -129,6 +129,7 @@ type Membership struct {
 	// refresher.
 	clock0      time.Time
 	lease       atomic.Int64
+	leaseWall   atomic.Int64 // the same end by the wall clock (Unix ns)
 	providerOK  atomic.Int64
 	leaseLost   bool
 	confirm     func(ctx context.Context, v *View) bool
