@@ -186,9 +186,12 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*P
 	// holds stop blocking the identities' new owners. (A node that gives
 	// up on a statement itself closes its connection, and pgx then sends
 	// the server a cancel request: TestPostgresGivesUpOnTheServerToo.)
-	rp["tcp_keepalives_idle"] = "5"
-	rp["tcp_keepalives_interval"] = "2"
-	rp["tcp_keepalives_count"] = "3"
+	// Values the DSN gives are kept.
+	for k, v := range map[string]string{"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3"} {
+		if _, set := rp[k]; !set {
+			rp[k] = v
+		}
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("store: postgres: %w", err)

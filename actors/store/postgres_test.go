@@ -343,4 +343,9 @@ func TestPostgresGivesUpOnTheServerToo(t *testing.T) {
 	if err := s.pool.QueryRow(context.Background(), "SHOW tcp_keepalives_idle").Scan(&idle); err != nil || idle != "5" {
 		t.Fatalf("tcp_keepalives_idle %q, %v", idle, err)
 	}
+	// A value the DSN gives is kept.
+	s2 := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t) + "&tcp_keepalives_idle=7"})
+	if err := s2.pool.QueryRow(context.Background(), "SHOW tcp_keepalives_idle").Scan(&idle); err != nil || idle != "7" {
+		t.Fatalf("tcp_keepalives_idle from the DSN: %q, %v", idle, err)
+	}
 }
