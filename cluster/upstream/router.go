@@ -367,25 +367,12 @@ func (s *Subscriber) Close() {
 	// were taken (a stream that held them longer than MaxAge must not
 	// have them dropped the moment it ends). Older messages behind them
 	// then expire no sooner than these: kept longer, never dropped early.
-	now := r.now()
 	back := make([]*message, 0, len(s.inflight))
 	for _, m := range s.inflight {
 		back = append(back, m)
 	}
-	sortByID(back)
 	touched := map[key]bool{}
-	for i := len(back) - 1; i >= 0; i-- {
-		m := back[i]
-		k := key{uint16(m.m.AppCode), m.m.Msgtype}
-		q := r.queues[k]
-		if q == nil {
-			q = &queue{}
-			r.queues[k] = q
-		}
-		m.queuedAt = now
-		q.pushFront(m)
-		touched[k] = true
-	}
+	r.requeueLocked(back, r.now(), touched)
 	s.inflight, s.outbox = nil, nil
 	for k := range touched {
 		r.dispatchLocked(k, r.queues[k])
@@ -466,6 +453,25 @@ func (r *Router) expire() {
 	}
 }
 
+// requeueLocked puts messages taken back from a subscriber at the front
+// of their queues, oldest first (the newest is pushed first), their age
+// counted from now, and notes their queues in touched for a dispatch.
+func (r *Router) requeueLocked(back []*message, now time.Time, touched map[key]bool) {
+	sortByID(back)
+	for i := len(back) - 1; i >= 0; i-- {
+		m := back[i]
+		k := key{uint16(m.m.AppCode), m.m.Msgtype}
+		q := r.queues[k]
+		if q == nil {
+			q = &queue{}
+			r.queues[k] = q
+		}
+		m.queuedAt, m.sentAt = now, time.Time{}
+		q.pushFront(m)
+		touched[k] = true
+	}
+}
+
 // resendLocked queues again the deliveries of the subscribers that asked
 // for it (Subscriber.ResendAfter) unacknowledged for longer than that:
 // oldest first, at the front of their queues, as a closed subscriber's.
@@ -484,19 +490,7 @@ func (r *Router) resendLocked(now time.Time) {
 					delete(s.inflight, id)
 				}
 			}
-			sortByID(back)
-			for i := len(back) - 1; i >= 0; i-- {
-				m := back[i]
-				k := key{uint16(m.m.AppCode), m.m.Msgtype}
-				q := r.queues[k]
-				if q == nil {
-					q = &queue{}
-					r.queues[k] = q
-				}
-				m.queuedAt, m.sentAt = now, time.Time{}
-				q.pushFront(m)
-				touched[k] = true
-			}
+			r.requeueLocked(back, now, touched)
 		}
 	}
 	for k := range touched {
