@@ -139,7 +139,7 @@ func deviceCmd() *cobra.Command {
 	var addr, discover, uid, secret, secretFile, token, deviceID string
 	var app uint32
 	var noAck, interactive, verbose bool
-	var backoffMax, tokenTTL time.Duration
+	var backoffMax, tokenTTL, connectTimeout time.Duration
 	var tf tlsFlags
 	c := &cobra.Command{
 		Use:   "device",
@@ -192,8 +192,16 @@ and received, the acks included.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			cl, err := client.Dial(ctx, cfg)
+			dctx, dcancel := ctx, context.CancelFunc(func() {})
+			if connectTimeout > 0 {
+				dctx, dcancel = context.WithTimeout(ctx, connectTimeout)
+			}
+			cl, err := client.Dial(dctx, cfg)
+			dcancel()
 			if err != nil {
+				if ctx.Err() == nil && dctx.Err() != nil {
+					return fmt.Errorf("not logged in within --connect-timeout %v: %w", connectTimeout, err)
+				}
 				return err
 			}
 			defer cl.Close()
@@ -251,6 +259,7 @@ and received, the acks included.`,
 	c.Flags().BoolVar(&noAck, "no-ack", false, "do not acknowledge pushes (to watch redelivery)")
 	c.Flags().BoolVar(&interactive, "stdin", true, `read commands from standard input; log out at its end`)
 	c.Flags().DurationVar(&backoffMax, "backoff-max", time.Minute, "longest wait between reconnection attempts (they start at 1s and double)")
+	c.Flags().DurationVar(&connectTimeout, "connect-timeout", 30*time.Second, "give up if the first login has not succeeded by then (0: keep trying, as a device does); reconnections after it are not bounded")
 	c.Flags().DurationVar(&tokenTTL, "ttl", 24*time.Hour, "lifetime of the token minted from the secret (at most the node's gate.max-token-lifetime)")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "show every frame sent and received, acks and keepalives included")
 	tf.bind(c, "the gate (a load balancer terminating TLS)", "COURIERCTL_GATE")

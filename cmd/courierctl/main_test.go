@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -169,6 +170,25 @@ func TestDeviceKickedExits(t *testing.T) {
 	n.Device(t, 1, "carol")
 	if c := d.exit(t); c != 1 || !strings.Contains(d.errw.String(), "LOGGED_IN_ELSEWHERE") {
 		t.Fatalf("exit %d:\n%s\n%s", c, d.out.String(), d.errw.String())
+	}
+}
+
+func TestDeviceGivesUpOnAWrongGate(t *testing.T) {
+	// A listener that is closed at once: its port refuses connections.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	start := time.Now()
+	d := startDevice(t, "--gate", addr, "--uid", "dave", "--secret", testkit.App1Secret, "--connect-timeout", "1500ms")
+	if c := d.exit(t); c != 1 || !strings.Contains(d.errw.String(), "not logged in within --connect-timeout 1.5s") ||
+		!strings.Contains(d.errw.String(), "connection refused") {
+		t.Fatalf("exit %d:\n%s\n%s", c, d.out.String(), d.errw.String())
+	}
+	if took := time.Since(start); took < 1500*time.Millisecond || took > 10*time.Second {
+		t.Fatalf("gave up after %v, want about 1.5s", took)
 	}
 }
 
