@@ -355,3 +355,33 @@ func TestUpstreamDeliveriesFitAClientsDefaultLimit(t *testing.T) {
 		got += len(d.Messages)
 	}
 }
+
+// TestSubscribeMsgtypesAreBounded: a subscribe lists at most
+// MaxSubscribeMsgtypes distinct msgtypes (it is repeated to every gate of
+// the cluster every 2 s); duplicates do not count.
+func TestSubscribeMsgtypesAreBounded(t *testing.T) {
+	s := serve(t, DefaultLimits())
+	subscribe := func(types []uint32) error {
+		st, err := s.client.Upstream(authed(t, 10*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Subscribe{Subscribe: &apipb.Subscribe{AppCode: 1, Msgtypes: types}}}); err != nil {
+			t.Fatal(err)
+		}
+		_ = st.CloseSend()
+		_, err = st.Recv()
+		return err
+	}
+	many := make([]uint32, MaxSubscribeMsgtypes+1)
+	for i := range many {
+		many[i] = uint32(i)
+	}
+	if err := subscribe(many); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "more than 1024 distinct") {
+		t.Fatalf("%d msgtypes: %v", len(many), err)
+	}
+	dups := make([]uint32, 100_000) // 100,000 times msgtype 0: one
+	if err := subscribe(dups); err != nil && status.Code(err) == codes.InvalidArgument {
+		t.Fatalf("duplicates: %v", err)
+	}
+}

@@ -31,14 +31,13 @@ func (s *Server) Upstream(stream apipb.Courier_UpstreamServer) error {
 	if err := scopeOf(stream.Context()).check(sub.AppCode); err != nil {
 		return err
 	}
-	for i, m := range sub.Msgtypes {
-		if m > 0xFFFF {
-			return status.Errorf(codes.InvalidArgument, "msgtypes[%d] %d: must be in [0, 65535]", i, m)
-		}
-	}
-	subscriber, err := s.up.Subscribe(uint16(sub.AppCode), sub.Msgtypes, int(sub.MaxInFlight))
+	msgtypes, err := checkMsgtypes(sub.Msgtypes)
 	if err != nil {
-		return status.Errorf(codes.Unavailable, "upstream: %v", err)
+		return err
+	}
+	subscriber, err := s.up.Subscribe(uint16(sub.AppCode), msgtypes, int(sub.MaxInFlight))
+	if err != nil {
+		return status.Error(codes.Unavailable, err.Error())
 	}
 	defer subscriber.Close()
 
@@ -79,4 +78,30 @@ func (s *Server) Upstream(stream apipb.Courier_UpstreamServer) error {
 			return err
 		}
 	}
+}
+
+// MaxSubscribeMsgtypes bounds the distinct msgtypes of one subscribe (a
+// subscription repeats them to every gate of the cluster every 2 s); an
+// app-server that wants more subscribes to all of them (none listed).
+const MaxSubscribeMsgtypes = 1024
+
+// checkMsgtypes checks a subscribe's msgtypes and returns them without
+// duplicates.
+func checkMsgtypes(in []uint32) ([]uint32, error) {
+	seen := make(map[uint32]bool, min(len(in), MaxSubscribeMsgtypes+1))
+	out := make([]uint32, 0, min(len(in), MaxSubscribeMsgtypes))
+	for i, m := range in {
+		if m > 0xFFFF {
+			return nil, status.Errorf(codes.InvalidArgument, "msgtypes[%d] %d: must be in [0, 65535]", i, m)
+		}
+		if seen[m] {
+			continue
+		}
+		if len(out) == MaxSubscribeMsgtypes {
+			return nil, status.Errorf(codes.InvalidArgument, "msgtypes: more than %d distinct; subscribe to all of the app's (an empty list) and ignore the rest", MaxSubscribeMsgtypes)
+		}
+		seen[m] = true
+		out = append(out, m)
+	}
+	return out, nil
 }

@@ -153,6 +153,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		newChild = deps.NewActor
 	}
 	n.up = upstream.New(cfg.Upstream, n.stats)
+	n.up.SetLog(log)
 	// The cluster member starts before any other gRPC in the process.
 	n.sys, err = cluster.Start(cfg.Cluster, newChild, n.reg, log)
 	if err != nil {
@@ -593,6 +594,16 @@ func (n *Node) HTTPAddr() string {
 	return n.httpL.Addr().String()
 }
 
+// settleContext is the part of ctx's time the upstream router gets to
+// empty at shutdown: half of what is left (10 s without a deadline).
+func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		d = time.Until(dl) / 2
+	}
+	return context.WithTimeout(ctx, d)
+}
+
 // Shutdown stops the node gracefully within ctx. Safe to call twice.
 func (n *Node) Shutdown(ctx context.Context) error {
 	var errs []error
@@ -609,6 +620,19 @@ func (n *Node) Shutdown(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("gate: %w", err))
 			}
 			step("gate stopped")
+		}
+		if n.up != nil && n.gate != nil {
+			// The gate took no C2S since it stopped; what it took waits in
+			// the router for the app-servers. Give them half of what is
+			// left of the grace to take and acknowledge it, the
+			// subscriptions of this node's API and of the other nodes'
+			// still open: Close drops (and counts) whatever is left.
+			sctx, cancel := settleContext(ctx)
+			if !n.up.Settle(sctx) {
+				n.log.Warn("node: shutdown: C2S messages still wait for app-servers", "bytes", n.up.Bytes())
+			}
+			cancel()
+			step("upstream settled")
 		}
 		if n.hub != nil {
 			// Upstream streams end so that GracefulStop does not wait for

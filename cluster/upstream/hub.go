@@ -46,6 +46,7 @@ type Hub struct {
 	proxies map[string]*proxy        // gate side, by subscription id
 	subs    map[string]*Subscription // api side, by subscription id
 	gates   []GateRef                // live gate members
+	gen     uint64                   // SetMembers calls: orders the subscriptions' attaches
 	live    map[string]bool          // live members' addresses
 	closed  bool
 	prefix  string // of this process's subscription ids: address and a random part
@@ -61,6 +62,14 @@ type Hub struct {
 // repaired within this time. A subscription thus reaches every live gate
 // within this time of the later of its start and the gate's joining.
 const resubscribeEvery = 2 * time.Second
+
+// proxyLease is how long a gate keeps a proxy its api node has not
+// subscribed again (every resubscribeEvery): a subscription that ended
+// while its unsubscribe was lost, or raced a subscribe, and one of an api
+// node restarted at the same address, would otherwise hold what it was
+// given, undelivered, for as long as the api node lives. What an expired
+// proxy held goes to the other subscribers.
+const proxyLease = 15 * time.Second
 
 // GateRef names one live instance of a gate member.
 type GateRef struct {
@@ -101,9 +110,28 @@ func (h *Hub) resubscribeLoop() {
 			subs = append(subs, s)
 		}
 		h.mu.Unlock()
+		h.expireProxies(time.Now())
 		for _, s := range subs {
 			s.resubscribe()
 		}
+	}
+}
+
+// expireProxies closes the proxies whose api node has not subscribed
+// again for proxyLease.
+func (h *Hub) expireProxies(now time.Time) {
+	h.mu.Lock()
+	var stale []*proxy
+	for id, p := range h.proxies {
+		if now.Sub(p.seen) > proxyLease {
+			stale = append(stale, p)
+			delete(h.proxies, id)
+		}
+	}
+	h.mu.Unlock()
+	for _, p := range stale {
+		h.log.Info("upstream: a subscription was not renewed by its api node; its deliveries go to the other subscribers", "sub", p.id, "api_node", p.sink)
+		p.sub.Close()
 	}
 }
 
@@ -113,6 +141,7 @@ type proxy struct {
 	id   string
 	sink string // the api node's address
 	sub  *Subscriber
+	seen time.Time // the last subscribe from the api node (h.mu)
 }
 
 // SetMembers takes the cluster's live members (their remoting addresses)
@@ -130,6 +159,8 @@ func (h *Hub) SetMembers(live []string, gates []GateRef) {
 		h.live[a] = true
 	}
 	h.gates = append(h.gates[:0:0], gates...)
+	h.gen++
+	gen := h.gen
 	var gone []*proxy
 	for id, p := range h.proxies {
 		if !h.live[p.sink] {
@@ -147,7 +178,7 @@ func (h *Hub) SetMembers(live []string, gates []GateRef) {
 		p.sub.Close()
 	}
 	for _, s := range subs {
-		s.attach(gates)
+		s.attach(gates, gen)
 	}
 }
 
@@ -185,7 +216,12 @@ func (h *Hub) openProxy(m *actorpb.UpstreamSubscribe) {
 	// A sink this node does not see live is refused: it left (a zombie
 	// must rejoin first), or it joined a moment ago and its next
 	// subscribe, within resubscribeEvery, is taken.
-	if h.closed || h.proxies[m.SubId] != nil || !h.live[m.SinkAddress] {
+	if p := h.proxies[m.SubId]; p != nil {
+		p.seen = time.Now()
+		h.mu.Unlock()
+		return
+	}
+	if h.closed || !h.live[m.SinkAddress] {
 		h.mu.Unlock()
 		return
 	}
@@ -196,7 +232,7 @@ func (h *Hub) openProxy(m *actorpb.UpstreamSubscribe) {
 	}
 	// Its batches travel over remoting, where one can be lost.
 	sub.ResendAfter()
-	p := &proxy{id: m.SubId, sink: m.SinkAddress, sub: sub}
+	p := &proxy{id: m.SubId, sink: m.SinkAddress, sub: sub, seen: time.Now()}
 	h.proxies[m.SubId] = p
 	h.wg.Add(1)
 	h.mu.Unlock()
@@ -242,9 +278,9 @@ func (h *Hub) Subscribe(app uint16, msgtypes []uint32, window int) (*Subscriptio
 		return nil, ErrClosed
 	}
 	h.subs[s.id] = s
-	gates := append([]GateRef(nil), h.gates...)
+	gates, gen := append([]GateRef(nil), h.gates...), h.gen
 	h.mu.Unlock()
-	s.attach(gates)
+	s.attach(gates, gen)
 	return s, nil
 }
 
@@ -278,8 +314,13 @@ type Subscription struct {
 	window   int
 	fan      *fanin
 
+	// mu is held while the subscription sends its subscribes and
+	// unsubscribes (Transport.Send does not block), so that the gates get
+	// them in the order of the decisions: no subscribe after the
+	// unsubscribe of a subscription that ended.
 	mu     sync.Mutex
 	at     map[string]*attachment // by gate instance
+	gen    uint64                 // of the gate list attached to (Hub.gen)
 	closed bool
 }
 
@@ -290,10 +331,17 @@ type attachment struct {
 }
 
 // attach subscribes at the gate instances not yet subscribed to, and
-// forgets the ones that left (what they held is gone with them).
-func (s *Subscription) attach(gates []GateRef) {
+// forgets the ones that left (what they held is gone with them). gen is
+// the Hub.gen of gates: a list older than the one attached to is ignored
+// (Subscribe's attach can run after a SetMembers' newer one).
+func (s *Subscription) attach(gates []GateRef, gen uint64) {
 	self := s.h.t.Self()
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || gen < s.gen {
+		return
+	}
+	s.gen = gen
 	present := map[string]bool{}
 	for _, g := range gates {
 		present[g.Instance] = true
@@ -306,17 +354,12 @@ func (s *Subscription) attach(gates []GateRef) {
 			}
 		}
 	}
-	s.mu.Unlock()
 	for _, g := range gates {
-		s.mu.Lock()
-		_, done := s.at[g.Instance]
-		if s.closed || done {
-			s.mu.Unlock()
+		if _, done := s.at[g.Instance]; done {
 			continue
 		}
 		if g.Address != self {
 			s.at[g.Instance] = &attachment{address: g.Address}
-			s.mu.Unlock()
 			s.h.t.Send(g.Address, &actorpb.UpstreamSubscribe{SubId: s.id, SinkAddress: self, AppCode: uint32(s.app),
 				Msgtypes: s.msgtypes, Window: uint32(s.window)})
 			continue
@@ -324,11 +367,9 @@ func (s *Subscription) attach(gates []GateRef) {
 		// This node's own gate: subscribe directly, no remoting.
 		sub, err := s.h.r.Subscribe(s.app, s.msgtypes, s.window)
 		if err != nil {
-			s.mu.Unlock()
 			continue
 		}
 		s.at[g.Instance] = &attachment{address: g.Address, local: sub}
-		s.mu.Unlock()
 		s.h.wg.Add(1)
 		go func() {
 			defer s.h.wg.Done()
@@ -346,18 +387,15 @@ func (s *Subscription) attach(gates []GateRef) {
 // resubscribe repeats the subscribe to every other node's gate.
 func (s *Subscription) resubscribe() {
 	s.mu.Lock()
-	var to []string
-	if !s.closed {
-		for _, a := range s.at {
-			if a.local == nil {
-				to = append(to, a.address)
-			}
-		}
+	defer s.mu.Unlock()
+	if s.closed {
+		return
 	}
-	s.mu.Unlock()
-	for _, addr := range to {
-		s.h.t.Send(addr, &actorpb.UpstreamSubscribe{SubId: s.id, SinkAddress: s.h.t.Self(), AppCode: uint32(s.app),
-			Msgtypes: s.msgtypes, Window: uint32(s.window)})
+	for _, a := range s.at {
+		if a.local == nil {
+			s.h.t.Send(a.address, &actorpb.UpstreamSubscribe{SubId: s.id, SinkAddress: s.h.t.Self(), AppCode: uint32(s.app),
+				Msgtypes: s.msgtypes, Window: uint32(s.window)})
+		}
 	}
 }
 
@@ -398,19 +436,19 @@ func (s *Subscription) Close() {
 		return
 	}
 	s.closed = true
-	at := s.at
-	s.mu.Unlock()
-	s.h.mu.Lock()
-	delete(s.h.subs, s.id)
-	s.h.mu.Unlock()
-	s.fan.close()
-	for _, a := range at {
+	for _, a := range s.at {
 		if a.local != nil {
 			a.local.Close()
 		} else {
 			s.h.t.Send(a.address, &actorpb.UpstreamUnsubscribe{SubId: s.id})
 		}
 	}
+	s.at = map[string]*attachment{}
+	s.mu.Unlock()
+	s.h.mu.Lock()
+	delete(s.h.subs, s.id)
+	s.h.mu.Unlock()
+	s.fan.close()
 }
 
 // fanin merges deliveries from several gates into one stream of
@@ -437,11 +475,14 @@ type origin struct {
 	id   uint64
 }
 
-// maxOrigins bounds the deliveries a fanin remembers for their acks. A
-// stream that never acknowledges gets what it holds again from the gates
-// on other nodes every upstream.resend-after, each time under new ids:
-// past the bound the oldest are forgotten (an ack of one is ignored, and
-// its gate sends it again).
+// maxOrigins bounds the deliveries a fanin holds unacknowledged, waiting
+// for the app-server or delivered to it. The gates' windows bound them
+// already (each gate has at most the window in flight to the
+// subscription), but not their number: past the bound, deliveries are
+// not taken (they stay in flight at their gate, which sends them again
+// after upstream.resend-after, to this subscription or another), so that
+// a stream that stops reading holds at most this many, however many
+// gates feed it.
 const maxOrigins = 1 << 17
 
 func newFanin() *fanin {
@@ -461,6 +502,9 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 		if _, ok := f.held[o]; ok {
 			continue // sent again by its gate while still held here
 		}
+		if len(f.origin) >= maxOrigins {
+			continue // full: its gate sends it again
+		}
 		if shared {
 			m = proto.Clone(m).(*apipb.UpstreamMessage)
 		}
@@ -469,16 +513,6 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 		f.held[o] = f.lastID
 		m.DeliveryId = f.lastID
 		f.outbox = append(f.outbox, m)
-	}
-	if len(f.origin) > maxOrigins {
-		for id, o := range f.origin {
-			if id+maxOrigins/2 <= f.lastID {
-				delete(f.origin, id)
-				if f.held[o] == id {
-					delete(f.held, o)
-				}
-			}
-		}
 	}
 	select {
 	case f.notify <- struct{}{}:

@@ -205,29 +205,43 @@ func next1(t *testing.T, s *Subscription) []*apipb.UpstreamMessage {
 	return b
 }
 
-// TestFaninForgetsTheOldestUnacknowledged: a stream that never
-// acknowledges is sent the same messages again and again (resend-after);
-// what the fan-in remembers for their acks stays bounded.
-func TestFaninForgetsTheOldestUnacknowledged(t *testing.T) {
+// TestFaninHoldsAtMostMaxOrigins: three gates fill their windows to a
+// stream that stops reading, and send it all again (resend-after) under
+// the same ids and new ones: what the fan-in holds stays bounded, and
+// what it did not take is taken once the app-server acknowledges.
+func TestFaninHoldsAtMostMaxOrigins(t *testing.T) {
 	f := newFanin()
 	defer f.close()
-	for i := range 3 * maxOrigins / 1000 {
-		msgs := make([]*apipb.UpstreamMessage, 1000)
-		for j := range msgs {
-			msgs[j] = &apipb.UpstreamMessage{DeliveryId: uint64(i*1000 + j)}
+	for round := range 3 {
+		for g := range 3 {
+			for i := range maxOrigins / 1000 {
+				msgs := make([]*apipb.UpstreamMessage, 1000)
+				for j := range msgs {
+					msgs[j] = &apipb.UpstreamMessage{DeliveryId: uint64(round*maxOrigins + i*1000 + j)}
+				}
+				f.deliver(fmt.Sprint("gate", g), msgs, false)
+			}
 		}
-		f.deliver("gate", msgs, false)
-		f.take(nil, 1000, 1<<30)
 	}
 	f.mu.Lock()
-	n := len(f.origin)
+	n, out, last := len(f.origin), len(f.outbox), f.lastID
 	f.mu.Unlock()
-	if n > maxOrigins {
-		t.Fatalf("%d deliveries remembered, want at most %d", n, maxOrigins)
+	if n > maxOrigins || out > maxOrigins {
+		t.Fatalf("%d deliveries held, %d waiting: want at most %d", n, out, maxOrigins)
 	}
-	// The newest are still acknowledged to their gate.
-	if got := f.ack([]uint64{f.lastID}); len(got["gate"]) != 1 {
-		t.Fatalf("the newest delivery's ack: %v", got)
+	// Full: a new delivery is not taken (its gate sends it again)...
+	f.deliver("gate0", []*apipb.UpstreamMessage{{DeliveryId: 1 << 40}}, false)
+	if f.lastID != last {
+		t.Fatal("a delivery was taken past the bound")
+	}
+	// ... until the app-server acknowledges one.
+	got := f.take(nil, 1, 1<<30)
+	if acked := f.ack([]uint64{got[0].DeliveryId}); len(acked) != 1 {
+		t.Fatalf("the ack of a held delivery: %v", acked)
+	}
+	f.deliver("gate0", []*apipb.UpstreamMessage{{DeliveryId: 1 << 40}}, false)
+	if f.lastID != last+1 {
+		t.Fatal("a delivery was not taken after an ack made room")
 	}
 }
 
@@ -253,5 +267,124 @@ func TestFaninTakesADeliveryOnceWhileHeld(t *testing.T) {
 	f.deliver("g", []*apipb.UpstreamMessage{{DeliveryId: 7, MsgId: "a", Attempt: 3}}, false)
 	if again := f.take(nil, 10, 1<<20); len(again) != 1 || again[0].Attempt != 3 {
 		t.Fatalf("after the ack, the copy: %v", again)
+	}
+}
+
+// TestGateRestartedAtTheSameAddress: an api node still holds a delivery
+// of a gate's previous process when the gate comes back at the same
+// address. The new process's deliveries are new to it (they used to
+// reuse the old ids: the new message was taken for a resend of the old
+// one and skipped, and the ack of the old one acknowledged the new).
+func TestGateRestartedAtTheSameAddress(t *testing.T) {
+	n := &net{hubs: map[string]*Hub{}}
+	g, gr := n.hub(t, "g")
+	a, _ := n.hub(t, "a")
+	all := []string{"g", "a"}
+	g.SetMembers(all, []GateRef{{Address: "g", Instance: "g-1"}})
+	a.SetMembers(all, []GateRef{{Address: "g", Instance: "g-1"}})
+	s, _ := a.Subscribe(1, []uint32{7}, 10)
+	if err := gr.Publish(msg(1, 7, "old")); err != nil {
+		t.Fatal(err)
+	}
+	old := next(t, s)
+	if len(old) != 1 {
+		t.Fatalf("before the restart: %v", old)
+	}
+	g.Close()
+	gr.Close()
+	g2, gr2 := n.hub(t, "g") // the new process, at the same address
+	g2.SetMembers(all, []GateRef{{Address: "g", Instance: "g-2"}})
+	a.SetMembers(all, []GateRef{{Address: "g", Instance: "g-2"}})
+	if err := gr2.Publish(msg(1, 7, "new")); err != nil {
+		t.Fatal(err)
+	}
+	got := next(t, s)
+	if len(got) != 1 || got[0].MsgId != "new" {
+		t.Fatalf("after the restart: %v", got)
+	}
+	s.Ack([]uint64{old[0].DeliveryId})
+	if gr2.Bytes() == 0 {
+		t.Fatal("the ack of the old process's delivery acknowledged the new one")
+	}
+	s.Ack([]uint64{got[0].DeliveryId})
+	if b := gr2.Bytes(); b != 0 {
+		t.Fatalf("%d bytes held after the new delivery's ack", b)
+	}
+}
+
+// TestProxyExpiresWithoutResubscribe: an api node restarted at the same
+// address (or a subscription whose unsubscribe was lost) no longer
+// renews its proxies; after proxyLease the gate closes them and what they
+// held goes to the other subscribers, even with resend-after off.
+func TestProxyExpiresWithoutResubscribe(t *testing.T) {
+	n := &net{hubs: map[string]*Hub{}}
+	cfg := DefaultConfig()
+	cfg.ResendAfter = 0
+	gr := New(cfg, nil)
+	g := NewHub(gr, netTransport{n, "g"}, nil)
+	n.hubs["g"] = g
+	t.Cleanup(func() { g.Close(); gr.Close() })
+	a, _ := n.hub(t, "a")
+	all := []string{"g", "a"}
+	gates := []GateRef{{Address: "g", Instance: "g-1"}}
+	g.SetMembers(all, gates)
+	a.SetMembers(all, gates)
+	s, _ := a.Subscribe(1, nil, 1)
+	_ = gr.Publish(msg(1, 7, "held"))
+	if got := next(t, s); len(got) != 1 {
+		t.Fatalf("first: %v", got)
+	}
+	// The api node's process is replaced: the old one stops renewing.
+	n.mu.Lock()
+	delete(n.hubs, "a")
+	n.mu.Unlock()
+	local, _ := gr.Subscribe(1, nil, 1) // another subscriber
+	defer local.Close()
+	g.expireProxies(time.Now().Add(proxyLease / 2))
+	if gr.Queued() != 0 || len(local.inflight) != 0 {
+		t.Fatal("a proxy within its lease was closed")
+	}
+	g.expireProxies(time.Now().Add(proxyLease + time.Second))
+	done := make(chan struct{})
+	time.AfterFunc(2*time.Second, func() { close(done) })
+	got := local.Next(done)
+	if len(got) != 1 || got[0].MsgId != "held" || got[0].Attempt != 2 {
+		t.Fatalf("the expired proxy's delivery: %v", got)
+	}
+}
+
+// TestSubscriptionsRaceMembership: subscriptions opening and closing
+// while the gate list changes (run with -race: Close ranged over the map
+// attach deleted from, a crash of the whole node).
+func TestSubscriptionsRaceMembership(t *testing.T) {
+	n := &net{hubs: map[string]*Hub{}}
+	a, _ := n.hub(t, "a")
+	lists := [][]GateRef{{{Address: "g1", Instance: "1"}, {Address: "g2", Instance: "2"}}, {{Address: "g3", Instance: "3"}}}
+	all := []string{"a", "g1", "g2", "g3"}
+	a.SetMembers(all, lists[0])
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := range 300 {
+			a.SetMembers(all, lists[i%2])
+		}
+	}()
+	for range 300 {
+		s, err := a.Subscribe(1, nil, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+	}
+	wg.Wait()
+	// The last list wins, whatever order the attaches ran in.
+	s, _ := a.Subscribe(1, nil, 1)
+	defer s.Close()
+	a.SetMembers(all, lists[0])
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.at) != 2 || s.at["1"] == nil || s.at["2"] == nil {
+		t.Fatalf("attached to %v", s.at)
 	}
 }

@@ -1,8 +1,14 @@
 package upstream
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"log/slog"
 	"sync"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/messages/apipb"
 )
@@ -142,15 +148,22 @@ type Router struct {
 	cfg   Config
 	stats Stats
 	now   func() time.Time
+	log   *slog.Logger
 
 	mu       sync.Mutex
 	queues   map[key]*queue
 	subs     map[uint16][]*Subscriber
 	appBytes map[uint16]int64 // Size of what is held per app, queued or in flight
 	bytes    int64            // the sum of appBytes
-	nextID   uint64
-	rr       int
-	closed   bool
+	// nextID is the last delivery id given. It starts at a random point
+	// of [0, 2^62): the hubs of other nodes know a gate's deliveries by
+	// its address and their id, and a gate restarted at the same address
+	// must not reuse the ids its previous process gave (an api node still
+	// holding one would take the new message for a resend of the old, and
+	// an ack of the old would acknowledge the new).
+	nextID uint64
+	rr     int
+	closed bool
 
 	quit chan struct{}
 	wg   sync.WaitGroup
@@ -158,8 +171,10 @@ type Router struct {
 
 // New returns a router; stats may be nil.
 func New(cfg Config, stats Stats) *Router {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
 	r := &Router{cfg: cfg, stats: stats, now: time.Now, queues: map[key]*queue{}, subs: map[uint16][]*Subscriber{},
-		appBytes: map[uint16]int64{}, quit: make(chan struct{})}
+		appBytes: map[uint16]int64{}, nextID: binary.LittleEndian.Uint64(b[:]) >> 2, log: slog.Default(), quit: make(chan struct{})}
 	r.wg.Add(1)
 	go r.expireLoop()
 	return r
@@ -230,6 +245,12 @@ func (r *Router) dispatchLocked(k key, q *queue) {
 		}
 		r.rr++
 		m := q.pop()
+		if m.m.Attempt > 0 {
+			// Sent before: the batch that carried it may still be being
+			// encoded (remoting) or copied (a local fan-in) without the
+			// router's lock. The message handed out is never written again.
+			m.m = proto.Clone(m.m).(*apipb.UpstreamMessage)
+		}
 		m.m.Attempt++
 		best.inflight[m.m.DeliveryId] = m
 		best.outbox = append(best.outbox, m.m)
@@ -498,7 +519,31 @@ func (r *Router) resendLocked(now time.Time) {
 	}
 }
 
+// SetLog sets the logger of the router's warnings (default slog.Default).
+func (r *Router) SetLog(l *slog.Logger) { r.log = l }
+
+// Settle waits until the router holds nothing (every message taken and
+// acknowledged by an app-server) or ctx ends, and reports whether it is
+// empty. A node stopping waits for it after its gate stopped, so that
+// what its devices sent reaches the app-servers.
+func (r *Router) Settle(ctx context.Context) bool {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if r.Bytes() == 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return r.Bytes() == 0
+		case <-t.C:
+		}
+	}
+}
+
 // Close stops the router: subscribers' Next returns nil, Publish fails.
+// What it still holds, queued or delivered and not acknowledged, is
+// dropped: counted (Stats.UpstreamDropped) and logged.
 func (r *Router) Close() {
 	r.mu.Lock()
 	if r.closed {
@@ -506,7 +551,31 @@ func (r *Router) Close() {
 		return
 	}
 	r.closed = true
+	dropped := 0
+	drop := func(m *message) {
+		dropped++
+		if r.stats != nil {
+			r.stats.UpstreamDropped(uint16(m.m.AppCode), m.m.Msgtype)
+		}
+	}
+	for _, q := range r.queues {
+		for q.len() > 0 {
+			drop(q.pop())
+		}
+	}
+	for _, subs := range r.subs {
+		for _, s := range subs {
+			for _, m := range s.inflight {
+				drop(m)
+			}
+			s.inflight, s.outbox = nil, nil
+		}
+	}
+	r.queues, r.appBytes, r.bytes = map[key]*queue{}, map[uint16]int64{}, 0
 	r.mu.Unlock()
 	close(r.quit)
 	r.wg.Wait()
+	if dropped > 0 {
+		r.log.Warn("upstream: stopped with C2S messages no app-server acknowledged; they are dropped (counted as dropped)", "messages", dropped)
+	}
 }

@@ -1,8 +1,10 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -297,5 +299,64 @@ func TestResendUnacknowledged(t *testing.T) {
 	r.expire()
 	if n := r.Queued(); n != 0 || len(take(t, remote)) != 0 {
 		t.Fatalf("after the ack: %d queued", n)
+	}
+}
+
+type countStats struct {
+	mu                       sync.Mutex
+	received, acked, dropped int
+}
+
+func (c *countStats) UpstreamReceived(uint16, uint32) { c.mu.Lock(); c.received++; c.mu.Unlock() }
+func (c *countStats) UpstreamAcked(uint16, uint32)    { c.mu.Lock(); c.acked++; c.mu.Unlock() }
+func (c *countStats) UpstreamDropped(uint16, uint32)  { c.mu.Lock(); c.dropped++; c.mu.Unlock() }
+
+// TestStoppingCountsWhatIsLeft: a node stopping waits (Settle) for the
+// app-servers to acknowledge what its devices sent, and what is left when
+// the router closes is counted as dropped, not lost silently.
+func TestStoppingCountsWhatIsLeft(t *testing.T) {
+	st := &countStats{}
+	r := New(DefaultConfig(), st)
+	h := NewLocalHub(r)
+	s, _ := h.Subscribe(1, nil, 1)
+	for i := range 3 {
+		if err := r.Publish(msg(1, 1, fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := next1(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if r.Settle(ctx) {
+		t.Fatal("settled with three messages held")
+	}
+	s.Ack([]uint64{got[0].DeliveryId}) // one acknowledged, two left
+	h.Close()
+	r.Close()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.received != 3 || st.acked != 1 || st.dropped != 2 {
+		t.Fatalf("received %d, acked %d, dropped %d: want 3, 1, 2", st.received, st.acked, st.dropped)
+	}
+	if r.Bytes() != 0 {
+		t.Fatalf("%d bytes held after Close", r.Bytes())
+	}
+}
+
+// TestSettleReturnsOnceAcknowledged: Settle returns as soon as the last
+// message is acknowledged.
+func TestSettleReturnsOnceAcknowledged(t *testing.T) {
+	r := New(DefaultConfig(), nil)
+	defer r.Close()
+	s, _ := r.Subscribe(1, nil, 10)
+	defer s.Close()
+	_ = r.Publish(msg(1, 1, "a"))
+	got := take(t, s)
+	time.AfterFunc(50*time.Millisecond, func() { s.Ack([]uint64{got[0].DeliveryId}) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if !r.Settle(ctx) || time.Since(start) > 5*time.Second {
+		t.Fatalf("Settle: %v after the ack", time.Since(start))
 	}
 }
