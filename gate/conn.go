@@ -68,13 +68,14 @@ type conn struct {
 	sClosed       bool // OnClose ran
 	drainQueued   bool // the connection is on its loop's drain list
 	sCloseReq     CloseReason
-	sAckCredit    int32 // ack credit of the queued frames, moved to ackCredit by drain
+	sAckCredit    int16 // ack credit of the queued frames (at most maxAckCredit), moved to ackCredit by drain
+	// ackCredit is the event loop's (beside sAckCredit, to share its word):
+	// acks the client owes for what was written to it (ackcredit.go).
+	ackCredit int16
+	sPulledTo uint32 // the highest seq a PULL_ACK queued on the connection carried (ackcredit.go)
 	// loginAckAt and loginAckEnd are where the queued LOGIN_ACK frame is
 	// in out, until drained (loginAckEnd 0: none).
 	loginAckAt, loginAckEnd int32
-
-	// event loop only (beside sAckCredit, to share its word)
-	ackCredit int32 // acks the client owes for what was written to it (ackcredit.go)
 }
 
 // info describes the connection to the Handler (event loop only).

@@ -42,14 +42,12 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 		return g.deliverGone(m)
 	}
 	var size int
-	var credit int32
 	for _, f := range m.Frames {
 		if f.Cmd > 0xFF || !messages.Cmd(f.Cmd).FromServer() {
 			g.metrics.deliverDropped.WithLabelValues("bad_frame").Inc()
 			return ErrBadFrame
 		}
 		size += messages.HeaderSize + len(f.Body)
-		credit += ackCredit(f)
 	}
 
 	s.mu.Lock()
@@ -86,7 +84,9 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 		*s.out = buf
 		s.outFrames += int32(len(m.Frames))
 		s.outBytes += int32(len(buf) - before)
-		s.sAckCredit += credit
+		for _, f := range m.Frames {
+			s.sAckCredit = min(s.sAckCredit+ackCredit(f, &s.sPulledTo), maxAckCredit)
+		}
 	}
 	if lo := m.Login; lo != nil {
 		s.sLoginPending = false

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/actorpb"
@@ -135,6 +137,52 @@ func TestAcksAreCreditedAgainstDeliveries(t *testing.T) {
 	}
 }
 
+// TestRepeatedPullsEarnCreditOnce: a client that never acks can PULL the
+// same page again and again; its messages earn ack credit once per
+// connection, so each PULL (one frame token) does not buy a page of free
+// frames. A later page with higher seqs earns its own.
+func TestRepeatedPullsEarnCreditOnce(t *testing.T) {
+	tg := startGate(t, func(c *gate.Config) { c.FramesPerSecond = 1; c.FrameBurst = 5 })
+	d, ack := tg.login(t, "puller", false) // the LOGIN takes one token
+	c := tg.connOf(t, "puller")
+	page := func(from uint32) {
+		pull := &devicepb.PullAck{}
+		for i := range uint32(10) {
+			pull.Messages = append(pull.Messages, &devicepb.StoredMessage{Seq: from + i, Kind: devicepb.Kind_KIND_S2C, MsgId: "p"})
+		}
+		tc := &actorpb.ToConn{ConnId: uint64(c.ID), Epoch: ack.Epoch, Frames: []*actorpb.OutFrame{{Cmd: uint32(messages.CmdPullAck), Seq: 7, Body: mustMarshal(pull)}}}
+		if err := tg.Deliver(tc); err != nil {
+			t.Fatal(err)
+		}
+		d.Expect(messages.CmdPullAck)
+	}
+	page(1)
+	page(1) // the same page again: no more credit
+	page(1)
+	page(11) // the next page: 10 more
+	// 20 credits and 4 tokens: 24 acks pass, the 25th is refused.
+	sent := 0
+	for i := range 40 {
+		if err := d.TrySend(messages.Header{Cmd: messages.CmdS2CAck, AppCode: app1, Seq: uint32(300 + i)}, &devicepb.S2CAck{MsgId: "never-sent"}); err != nil {
+			break // closed
+		}
+		sent++
+	}
+	for {
+		f, err := d.ReadFrame()
+		if err != nil {
+			t.Fatalf("no RATE_LIMITED before the close (%d sent): %v", sent, err)
+		}
+		if f.Cmd == messages.CmdError {
+			if e := f.Msg.(*devicepb.Error); e.Code != devicepb.Code_RATE_LIMITED || f.Seq != 300+24 {
+				t.Fatalf("ERROR %v for seq %d, want RATE_LIMITED for seq %d", e, f.Seq, 300+24)
+			}
+			break
+		}
+	}
+	d.ExpectClosed()
+}
+
 func TestByteRateLimit(t *testing.T) {
 	tg := startGate(t, func(c *gate.Config) {
 		c.MaxFrameSize = 16 << 10
@@ -162,4 +210,36 @@ func TestConfiguredMaxFrameSize(t *testing.T) {
 	d.Send(messages.CmdC2S, 2, &devicepb.C2S{Payload: make([]byte, 2100)})
 	d.ExpectError(devicepb.Code_FRAME_TOO_LARGE, 2)
 	d.ExpectClosed()
+}
+
+// TestByteRateCountsDecompressedBodies: a few bytes of zstd can stand for
+// a whole frame of payload; the byte rate counts what they decompress to,
+// so compression does not multiply what a connection makes the node
+// store and forward.
+func TestByteRateCountsDecompressedBodies(t *testing.T) {
+	tg := startGate(t, func(c *gate.Config) {
+		c.MaxFrameSize = 16 << 10
+		c.BytesPerSecond = 100
+		c.ByteBurst = 40 << 10
+	})
+	d, ack := tg.login(t, "squeezer", true)
+	if !ack.Zstd {
+		t.Fatal("compression not on")
+	}
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := enc.EncodeAll(mustMarshal(&devicepb.C2S{Payload: []byte(strings.Repeat("b", 15<<10))}), nil)
+	if len(body) > 200 {
+		t.Fatalf("compressed to %d bytes", len(body))
+	}
+	for seq := uint32(1); seq <= 3; seq++ { // 45 KiB decompressed > 40 KiB burst
+		d.SendRaw(frame(messages.Header{Cmd: messages.CmdC2S, AppCode: app1, Seq: seq, Flags: messages.FlagZstd}, body))
+	}
+	d.ExpectError(devicepb.Code_RATE_LIMITED, 3)
+	d.ExpectClosed()
+	if n := len(tg.h.Frames()); n != 2 {
+		t.Fatalf("handler got %d frames, want the 2 within the burst", n)
+	}
 }

@@ -59,6 +59,16 @@ func TestProtocolErrorsBeforeLogin(t *testing.T) {
 			d.Keepalive()
 		})
 	}
+	// A frame refused for its flags does not count as the first: a
+	// non-LOGIN frame after it is still the first frame, and closes.
+	t.Run("bad flags then not LOGIN", func(t *testing.T) {
+		d := tg.dial(t)
+		d.SendRaw(hdr(func(b []byte) { b[4] = 0x02 }))
+		d.ExpectError(devicepb.Code_BAD_FLAGS, 77)
+		d.SendRaw(hdr(func([]byte) {}))
+		d.ExpectError(devicepb.Code_NOT_LOGGED_IN, 77)
+		d.ExpectClosed()
+	})
 	tg.waitMetric(t, 2, "courier_gate_protocol_errors_total", "code", "BAD_MAGIC")
 	tg.waitMetric(t, 1, "courier_gate_limit_hits_total", "limit", "frame_size")
 }

@@ -156,10 +156,9 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 	l := s.loop
 	g := l.g
 	app := s.replyApp(h)
-	first := s.state == stateNew
-	if first {
-		s.state = stateFresh
-	}
+	// A frame refused for its flags is answered and does not count as the
+	// first: the next frame still has to be LOGIN, or the connection
+	// closes.
 	if badFlags {
 		l.sendError(app, h.Seq, devicepb.Code_BAD_FLAGS, "reserved flag bits set")
 		return gnet.None
@@ -167,6 +166,10 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 	if h.Compressed() && !s.zstd {
 		l.sendError(app, h.Seq, devicepb.Code_BAD_FLAGS, "zstd flag without compression negotiated at login")
 		return gnet.None
+	}
+	first := s.state == stateNew
+	if first {
+		s.state = stateFresh
 	}
 	switch {
 	case s.state == stateFresh && h.Cmd != messages.CmdLogin && first:
@@ -204,6 +207,16 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 		if err != nil {
 			l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "body does not decompress within the frame limit (windows up to 128 MiB)")
 			return gnet.None
+		}
+		// The byte rate counts a body at its decompressed size: what the
+		// node stores and forwards (a few bytes of zstd can stand for a
+		// whole frame of payload).
+		if cfg := &g.cfg; cfg.BytesPerSecond > 0 && len(out) > len(body) &&
+			!s.byteTokens.Take(g.nanos(), int64(len(out)-len(body)), int64(cfg.BytesPerSecond), int64(cfg.ByteBurst)) {
+			g.metrics.limitHits.WithLabelValues(limitByteRate).Inc()
+			l.sendError(app, h.Seq, devicepb.Code_RATE_LIMITED, "sending too fast (decompressed bodies count)")
+			s.closeReason = CloseRateLimited
+			return gnet.Close
 		}
 		body = out
 		h.Flags &^= messages.FlagZstd
