@@ -74,6 +74,20 @@ func (b *consulBackend) pass(ctx context.Context, id string) error {
 	return b.client.Agent().UpdateTTLOpts(checkID(id), "", api.HealthPassing, q)
 }
 
+// reach asks the agent for the servers' leader, which a client agent
+// forwards to the servers: it fails when they cannot be reached (a server
+// agent answers it itself, as one of them).
+func (b *consulBackend) reach(ctx context.Context) error {
+	leader, err := b.client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("consul at %s: %w", b.addrDesc, err)
+	}
+	if leader == "" {
+		return fmt.Errorf("consul at %s: no leader", b.addrDesc)
+	}
+	return nil
+}
+
 func (b *consulBackend) deregister(ctx context.Context, id string) error {
 	q := (&api.QueryOptions{}).WithContext(ctx)
 	return b.client.Agent().ServiceDeregisterOpts(id, q)

@@ -94,6 +94,11 @@ type backend interface {
 	register(ctx context.Context, self *Member) error
 	// pass refreshes the liveness of instance id.
 	pass(ctx context.Context, id string) error
+	// reach checks that the provider's servers answer: pass and register
+	// may be answered by an agent on this machine that is cut off from
+	// them, and then the other members see this node's registration
+	// expire although its refreshes succeed.
+	reach(ctx context.Context) error
 	// deregister removes instance id.
 	deregister(ctx context.Context, id string) error
 	// watch returns every registration, with its Health, once they may
@@ -347,6 +352,11 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 		} else {
 			err = m.be.pass(rctx, self.ID)
 		}
+		if err == nil {
+			if err = m.be.reach(rctx); err != nil {
+				err = fmt.Errorf("the agent took the refresh, but its servers do not answer: %w", err)
+			}
+		}
 		cancel()
 		if err == nil {
 			m.providerContact(true)
@@ -402,7 +412,21 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
 		rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
 		sent := time.Now()
-		err := m.be.register(rctx, &self)
+		// Registered with an agent whose servers do not answer, the new
+		// instance would be no more seen than the old one was; worse, its
+		// check would lapse between attempts and the others would block
+		// it for good. So register only once the servers answer, and
+		// check they still did afterwards; an instance registered without
+		// that is removed and the next attempt takes a new id.
+		err := m.be.reach(rctx)
+		if err == nil {
+			if err = m.be.register(rctx, &self); err == nil {
+				if err = m.be.reach(rctx); err != nil {
+					_ = m.be.deregister(rctx, self.ID)
+					self.ID = newInstanceID(old.Name)
+				}
+			}
+		}
 		cancel()
 		if err == nil {
 			m.providerContact(true)

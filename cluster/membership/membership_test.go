@@ -198,6 +198,11 @@ func TestConsulJoinLoadLeave(t *testing.T) {
 type flaky struct {
 	backend
 	fail atomic.Bool
+	// serversCut: the agent on the node's machine answers (pass and
+	// register succeed) but its servers cannot be reached (reach and
+	// watch fail), as for a node with its own client agent on the wrong
+	// side of a partition.
+	serversCut atomic.Bool
 }
 
 var errCut = errors.New("cut off")
@@ -267,8 +272,15 @@ func TestConsulExpiredMemberRejoins(t *testing.T) {
 	}, "b's subscribers never saw its new instance")
 }
 
+func (f *flaky) reach(ctx context.Context) error {
+	if f.fail.Load() || f.serversCut.Load() {
+		return errCut
+	}
+	return f.backend.reach(ctx)
+}
+
 func (f *flaky) watch(ctx context.Context, index uint64, wait time.Duration) ([]Member, uint64, error) {
-	if f.fail.Load() {
+	if f.fail.Load() || f.serversCut.Load() {
 		select {
 		case <-time.After(50 * time.Millisecond):
 		case <-ctx.Done():
@@ -421,5 +433,61 @@ func TestConsulOutageLeaseVouched(t *testing.T) {
 	defer mu.Unlock()
 	if len(leases[0]) != 0 || !reflect.DeepEqual(leases[1], []bool{false, true}) {
 		t.Fatalf("lease hooks: a %v, b %v", leases[0], leases[1])
+	}
+}
+
+// TestLeaseNeedsTheServers: a node whose own Consul agent still takes its
+// refreshes, but cannot reach the servers, is seen out by the others
+// (they see its agent's node fail): its lease must lapse although every
+// refresh succeeds, so that it stops acting for identities others now
+// own. It comes back as a new instance once the servers answer again.
+func TestLeaseNeedsTheServers(t *testing.T) {
+	c := testkit.StartConsul(t)
+	cfg := consulConfig(c)
+	a := join(t, cfg, "a", AllRoles)
+	b, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb := &flaky{backend: b.be}
+	b.be = fb
+	b.SetConfirm(func(ctx context.Context, v *View) bool { return a.Vouch(v.Self.ID).Vouch })
+	var mu sync.Mutex
+	var leases []bool
+	b.OnLease(func(valid bool) {
+		mu.Lock()
+		leases = append(leases, valid)
+		mu.Unlock()
+	})
+	if err := b.Join(context.Background(), Member{Name: "b", Address: "127.0.0.1:5", Roles: RoleActors}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Leave(context.Background()) })
+	old := b.View().Self.ID
+	testkit.Eventually(t, 10*time.Second, func() bool { return liveIDs(a)[old] }, "b live")
+
+	fb.serversCut.Store(true)
+	start := time.Now()
+	testkit.Eventually(t, 4*cfg.TTL, func() bool { return !b.LeaseValid() }, "b's lease lapsed while its agent took its refreshes")
+	t.Logf("b's lease lapsed %v after its servers were cut off (TTL %v)", time.Since(start).Round(time.Millisecond), cfg.TTL)
+	// Registering again with the same agent gives it no lease either.
+	time.Sleep(2 * cfg.TTL)
+	if b.LeaseValid() {
+		t.Fatal("b holds a lease again while its servers are cut off")
+	}
+	fb.serversCut.Store(false)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		id := b.View().Self.ID
+		if id != old && liveIDs(a)[id] && b.LeaseValid() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("b not back as a new instance: b's view: self %+v, live %v; a sees %v; lease %v", b.View().Self, liveIDs(b), liveIDs(a), b.LeaseValid())
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(leases) < 2 || leases[0] || !leases[len(leases)-1] {
+		t.Fatalf("lease hooks: %v", leases)
 	}
 }
