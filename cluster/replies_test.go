@@ -3,6 +3,11 @@ package cluster
 import (
 	"testing"
 
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/courier-im/courier/messages/actorpb"
 )
 
@@ -41,6 +46,48 @@ func TestReplyBatch(t *testing.T) {
 	for i := range r.shards {
 		if n := len(r.shards[i].many) + len(r.shards[i].waiting); n != 0 {
 			t.Fatalf("shard %d still holds %d entries", i, n)
+		}
+	}
+}
+
+// TestLeaselessReplies: a node without its lease answers an identity's
+// push, kick or presence with a retryable failure (the push was not
+// delivered, the KICKOUT not sent, and no other node wakes the identity),
+// and lets failures and the node's own replies through as they are.
+func TestLeaselessReplies(t *testing.T) {
+	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{} }, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sys.Shutdown)
+	// Not joined: no lease.
+	cases := []struct {
+		in      *actorpb.Reply
+		failure bool // becomes UNAVAILABLE
+	}{
+		{&actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{MsgId: "m", Seq: 4}}}, true},
+		{&actorpb.Reply{Body: &actorpb.Reply_Kick{Kick: &actorpb.KickReply{WasOnline: true}}}, true},
+		{&actorpb.Reply{Body: &actorpb.Reply_Presence{Presence: &actorpb.PresenceReply{Online: true}}}, true},
+		{&actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{Code: int32(codes.ResourceExhausted), Error: "full"}}}, false},
+		{&actorpb.Reply{Body: &actorpb.Reply_Pong{Pong: &actorpb.Pong{}}}, false},
+		{&actorpb.Reply{Body: &actorpb.Reply_LeaseVouch{LeaseVouch: &actorpb.LeaseVouch{}}}, false},
+	}
+	for _, c := range cases {
+		w := sys.replies.registerMany(1)
+		c.in.ReqId = w.base
+		sys.Reply(sys.Address(), c.in)
+		<-w.done
+		got := w.slots[0].Load()
+		sys.replies.forgetMany(w)
+		code := got.GetFailure().GetCode()
+		if p := got.GetPush(); p != nil {
+			code = p.GetCode()
+		}
+		switch {
+		case c.failure && (code != int32(codes.Unavailable) || got.GetPush().GetMsgId() != ""):
+			t.Errorf("%v went out as %v, want UNAVAILABLE", c.in, got)
+		case !c.failure && !proto.Equal(got, c.in):
+			t.Errorf("%v went out as %v, want it as it is", c.in, got)
 		}
 	}
 }

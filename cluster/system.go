@@ -504,8 +504,13 @@ func (s *System) RequestMany(ctx context.Context, envs []*actorpb.Envelope) ([]*
 	return replies, errs
 }
 
-// Reply answers a request made with Request on any node.
+// Reply answers a request made with Request on any node. Without its
+// lease this node answers an identity's push, kick or presence query
+// with a retryable failure, as SendToConn refuses (leaselessReply).
 func (s *System) Reply(address string, r *actorpb.Reply) {
+	if !s.members.LeaseValid() {
+		r = leaselessReply(r)
+	}
 	if address == s.address {
 		s.replies.deliver(r)
 		return
@@ -881,4 +886,31 @@ func (r *replyRegistry) forgetMany(w *batchWait) {
 		delete(sh.manyTo, id)
 		sh.mu.Unlock()
 	}
+}
+
+// leaselessWhy is what an app-server is told of a request its identity's
+// actor handled while this node held no lease.
+const leaselessWhy = "cluster: the node serving this identity lost its membership lease while handling it: it may or may not have taken effect, and it was not delivered to the device; retry (a push with the same idempotency key is not stored twice)"
+
+// leaselessReply is r as a node without its lease sends it. An identity's
+// actor may finish a request after the lease lapsed: a stored push's
+// write completes, a kick's session write. Its success would be a
+// promise the node cannot keep: SendToConn no longer delivers the push
+// or the KICKOUT, and no other node activates the identity to deliver
+// what it stored until something else arrives for it. So the success
+// goes out as UNAVAILABLE: the app-server retries, the retry wakes the
+// identity at its owner, and the owner delivers (an idempotency key makes
+// the retry find the stored push). Failures and replies that are not an
+// identity's go as they are.
+func leaselessReply(r *actorpb.Reply) *actorpb.Reply {
+	switch b := r.Body.(type) {
+	case *actorpb.Reply_Push:
+		if b.Push.GetCode() != 0 {
+			return r
+		}
+		return &actorpb.Reply{ReqId: r.ReqId, Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{Code: int32(codes.Unavailable), Error: leaselessWhy}}}
+	case *actorpb.Reply_Kick, *actorpb.Reply_Presence:
+		return &actorpb.Reply{ReqId: r.ReqId, Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(codes.Unavailable), Message: leaselessWhy}}}
+	}
+	return r
 }
