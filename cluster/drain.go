@@ -16,7 +16,10 @@ func (s *System) Drain(ctx context.Context) error {
 		return err
 	}
 	for {
-		if s.View().Self.Draining && s.handoffsPending() == 0 {
+		// The view is published before the actors it moves are counted
+		// as handoffs (onView registers them shard by shard after): only
+		// once the view is applied does no pending handoff mean none.
+		if v := s.View(); v.Self.Draining && s.appliedView.Load() >= v.Seq && s.handoffsPending() == 0 {
 			return nil
 		}
 		select {

@@ -52,14 +52,17 @@ type GateSink interface {
 // Courier talks to identities and to gates anywhere in it. Its methods are
 // safe for concurrent use.
 type System struct {
-	cfg        Config
-	log        *slog.Logger
-	actors     *actor.ActorSystem
-	remote     *remote.Remote
-	members    *membership.Membership
-	address    string
-	newChild   ChildFactory
-	childProps *actor.Props
+	cfg     Config
+	log     *slog.Logger
+	actors  *actor.ActorSystem
+	remote  *remote.Remote
+	members *membership.Membership
+	// appliedView is the Seq of the last view onView finished applying
+	// (placement swapped, the actors it moves registered as handoffs).
+	appliedView atomic.Uint64
+	address     string
+	newChild    ChildFactory
+	childProps  *actor.Props
 
 	placement atomic.Pointer[placement]
 	view      atomic.Pointer[membership.View]
@@ -273,6 +276,7 @@ func (s *System) onView(v *membership.View) {
 	id := v.Self.ID
 	s.selfID.Store(&id)
 	if v.SameShape(prev) {
+		s.appliedView.Store(v.Seq)
 		return
 	}
 	seen := map[string]bool{}
@@ -291,6 +295,8 @@ func (s *System) onView(v *membership.View) {
 	if s.newChild != nil {
 		s.dropMoved(p)
 	}
+	// Its handoffs are registered: Drain may count them.
+	s.appliedView.Store(v.Seq)
 	s.viewMu.Lock()
 	hooks := s.viewHooks
 	s.viewMu.Unlock()
