@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -187,7 +188,14 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*P
 	// up on a statement itself closes its connection, and pgx then sends
 	// the server a cancel request: TestPostgresGivesUpOnTheServerToo.)
 	// Values the DSN gives are kept.
-	for k, v := range map[string]string{"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3"} {
+	// A node paused in the middle of sending a batch (SIGSTOP, a VM
+	// freeze) keeps its connection: the kernel still answers keepalives.
+	// Its transaction, waiting for the rest of the batch, is then ended
+	// by the server after store.timeout idle, which the node would have
+	// given up at anyway, and its locks with it.
+	idleTx := strconv.FormatInt(max(cfg.Timeout.Milliseconds(), 1), 10)
+	for k, v := range map[string]string{"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3",
+		"idle_in_transaction_session_timeout": idleTx} {
 		if _, set := rp[k]; !set {
 			rp[k] = v
 		}

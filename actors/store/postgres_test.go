@@ -349,3 +349,32 @@ func TestPostgresGivesUpOnTheServerToo(t *testing.T) {
 		t.Fatalf("tcp_keepalives_idle from the DSN: %q, %v", idle, err)
 	}
 }
+
+// TestPostgresEndsAPausedTransaction: a node paused halfway through
+// sending a batch holds its transaction's row locks for as long as the
+// pause (its kernel keeps the connection alive); the server ends a
+// transaction idle for store.timeout, and the new owner's claim goes on.
+func TestPostgresEndsAPausedTransaction(t *testing.T) {
+	s := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t), Timeout: time.Second})
+	ctx := context.Background()
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the paused node
+	if _, err := tx.Exec(ctx, "SELECT 1"); err == nil {
+		t.Fatal("a transaction idle past store.timeout was not ended by the server")
+	}
+	var v string
+	if err := s.pool.QueryRow(ctx, "SHOW idle_in_transaction_session_timeout").Scan(&v); err != nil || v != "1s" {
+		t.Fatalf("idle_in_transaction_session_timeout %q, %v", v, err)
+	}
+}
