@@ -909,13 +909,8 @@ const leaselessWhy = "cluster: the node serving this identity lost its membershi
 // the retry find the stored push). Failures and replies that are not an
 // identity's go as they are.
 func leaselessReply(r *actorpb.Reply) *actorpb.Reply {
-	switch b := r.Body.(type) {
-	case *actorpb.Reply_Push:
-		if b.Push.GetCode() != 0 {
-			return r
-		}
-		return &actorpb.Reply{ReqId: r.ReqId, Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{Code: int32(codes.Unavailable), Error: leaselessWhy}}}
-	case *actorpb.Reply_Kick, *actorpb.Reply_Presence:
+	switch r.Body.(type) {
+	case *actorpb.Reply_Push, *actorpb.Reply_Kick, *actorpb.Reply_Presence:
 		return &actorpb.Reply{ReqId: r.ReqId, Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(codes.Unavailable), Message: leaselessWhy}}}
 	}
 	return r

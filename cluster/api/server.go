@@ -394,6 +394,9 @@ func pushResponse(r *actorpb.Reply, out *apipb.PushResponse) (*apipb.PushRespons
 	if p == nil {
 		return nil, status.Errorf(codes.Internal, "unexpected reply %T", r.GetBody())
 	}
+	if p.Code != 0 {
+		return nil, status.Error(codes.Code(p.Code), p.Error)
+	}
 	if out == nil {
 		out = &apipb.PushResponse{}
 	}
@@ -466,7 +469,8 @@ func (s *Server) PushMany(ctx context.Context, r *apipb.PushManyRequest) (*apipb
 		}
 		resp, err := pushResponse(reps[j], &responses[i])
 		if err != nil {
-			resultsOf[i] = apipb.PushItemResult{Code: int32(codes.Internal), Error: err.Error()}
+			st := status.Convert(err)
+			resultsOf[i] = apipb.PushItemResult{Code: int32(st.Code()), Error: st.Message()}
 			continue
 		}
 		resultsOf[i].Response = resp

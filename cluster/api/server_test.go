@@ -170,3 +170,38 @@ func TestStatsAppCodeInRange(t *testing.T) {
 		}
 	}
 }
+
+// replyReq answers every request with rep.
+type replyReq struct{ rep *actorpb.Reply }
+
+func (f replyReq) Request(context.Context, *actorpb.Envelope) (*actorpb.Reply, error) {
+	return f.rep, nil
+}
+func (f replyReq) RequestMany(_ context.Context, envs []*actorpb.Envelope) ([]*actorpb.Reply, []error) {
+	reps := make([]*actorpb.Reply, len(envs))
+	for i := range reps {
+		reps[i] = f.rep
+	}
+	return reps, make([]error, len(envs))
+}
+
+// TestPushReplyFailuresReachTheCaller: a push the identity's node
+// answers with a failure (a node that lost its lease while handling it
+// answers UNAVAILABLE) is an error for the app-server, never an OK with
+// an empty msg_id; so is a push reply that carries a code.
+func TestPushReplyFailuresReachTheCaller(t *testing.T) {
+	for _, rep := range []*actorpb.Reply{
+		{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(codes.Unavailable), Message: "lost its lease"}}},
+		{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{Code: int32(codes.Unavailable), Error: "lost its lease"}}},
+	} {
+		s := New(Deps{Req: replyReq{rep}, Limits: DefaultLimits()})
+		_, err := s.Push(scoped(1), &apipb.PushRequest{AppCode: 1, Uid: "u", Payload: []byte("x")})
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "lost its lease") {
+			t.Errorf("Push answered %v: %v", rep, err)
+		}
+		many, err := s.PushMany(scoped(1), &apipb.PushManyRequest{Items: []*apipb.PushRequest{{AppCode: 1, Uid: "u", Payload: []byte("x")}}})
+		if err != nil || many.Results[0].Code != int32(codes.Unavailable) || many.Results[0].Response != nil {
+			t.Errorf("PushMany answered %v: %v %v", rep, many, err)
+		}
+	}
+}
