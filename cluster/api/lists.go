@@ -123,6 +123,20 @@ func (s *Server) UpdateAccessList(ctx context.Context, r *apipb.UpdateAccessList
 	if r.WhitelistMode != nil && !sc.operator() {
 		return nil, status.Error(codes.PermissionDenied, "whitelist_mode is node-wide: it needs an operator key")
 	}
+	if n := len(r.Add) + len(r.Remove); n > s.limits.MaxBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "add and remove: %d entries, limit %d per call (api.max-batch): split the edit", n, s.limits.MaxBatch)
+	}
+	if len(r.Add) > 0 {
+		before, err := s.lists.Snapshot(ctx)
+		if err != nil {
+			return nil, listsError(err)
+		}
+		cur := currentList(before, r)
+		if after := len(edit(cur, r.Add, r.Remove)); after > MaxListEntries && after > len(cur) {
+			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "",
+				"the list would hold %d entries, more than the %d a list may hold; nothing was changed", after, MaxListEntries)
+		}
+	}
 	if err := s.lists.Edit(ctx, r); err != nil {
 		return nil, listsError(err)
 	}
@@ -169,16 +183,37 @@ func ApplyListEdit(l *gate.ListsSnapshot, r *apipb.UpdateAccessListRequest) {
 	}
 }
 
-// edit returns list with add appended (once) and remove taken out.
-func edit(list, add, remove []string) []string {
-	out := make([]string, 0, len(list)+len(add))
-	for _, e := range list {
-		if !slices.Contains(remove, e) {
-			out = append(out, e)
-		}
+// MaxListEntries bounds each access list (an IP list, one app's uid
+// blacklist): every gate node holds them all, and GetAccessLists returns
+// a list whole, which at 128-byte uids stays within the 4 MiB a gRPC
+// client receives by default.
+const MaxListEntries = 20_000
+
+// currentList is the list r edits, as it is in l.
+func currentList(l gate.ListsSnapshot, r *apipb.UpdateAccessListRequest) []string {
+	switch r.List {
+	case apipb.AccessList_IP_BLACKLIST:
+		return l.IPBlacklist
+	case apipb.AccessList_IP_WHITELIST:
+		return l.IPWhitelist
+	case apipb.AccessList_UID_BLACKLIST:
+		return l.UIDBlacklist[uint16(r.AppCode)]
 	}
-	for _, e := range add {
-		if !slices.Contains(out, e) && !slices.Contains(remove, e) {
+	return nil
+}
+
+// edit returns list with add appended (once) and remove taken out, in
+// time linear in their lengths.
+func edit(list, add, remove []string) []string {
+	gone := make(map[string]bool, len(remove))
+	for _, e := range remove {
+		gone[e] = true
+	}
+	out := make([]string, 0, len(list)+len(add))
+	in := make(map[string]bool, len(list)+len(add))
+	for _, e := range slices.Concat(list, add) {
+		if !gone[e] && !in[e] {
+			in[e] = true
 			out = append(out, e)
 		}
 	}

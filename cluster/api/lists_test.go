@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -39,4 +42,68 @@ func TestListEditErrors(t *testing.T) {
 			t.Errorf("Edit failing with %q: %v, want %v", tc.err, err, tc.code)
 		}
 	}
+}
+
+// TestListEditsAreBounded: one call adds or removes at most api.max-batch
+// entries (each added uid is also a kick), a list holds at most
+// MaxListEntries (refused whole, nothing changed), and applying an edit
+// costs time linear in the list, not quadratic.
+func TestListEditsAreBounded(t *testing.T) {
+	lists := &memLists{}
+	lim := DefaultLimits()
+	s := New(Deps{Req: &fakeReq{}, Limits: lim, Lists: lists})
+	uids := func(from, n int) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = fmt.Sprint("u", from+i)
+		}
+		return out
+	}
+	_, err := s.UpdateAccessList(scoped(1), &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1, Add: uids(0, lim.MaxBatch+1)})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "api.max-batch") {
+		t.Fatalf("an edit over api.max-batch: %v", err)
+	}
+	for i := 0; i < MaxListEntries; i += lim.MaxBatch {
+		if _, err := s.UpdateAccessList(scoped(1), &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1, Add: uids(i, lim.MaxBatch)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = s.UpdateAccessList(scoped(1), &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1, Add: uids(MaxListEntries, 1)})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "20000 a list may hold") {
+		t.Fatalf("an edit past MaxListEntries: %v", err)
+	}
+	if n := len(lists.snap.UIDBlacklist[1]); n != MaxListEntries {
+		t.Fatalf("the list holds %d", n)
+	}
+	// Replacing one entry by another keeps the size: allowed.
+	if _, err := s.UpdateAccessList(scoped(1), &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1,
+		Add: uids(MaxListEntries, 1), Remove: uids(0, 1)}); err != nil {
+		t.Fatalf("a swap at the bound: %v", err)
+	}
+	start := time.Now()
+	l := gate.ListsSnapshot{}
+	ApplyListEdit(&l, &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1, Add: uids(0, 50_000)})
+	ApplyListEdit(&l, &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1, Add: uids(25_000, 50_000), Remove: uids(0, 10_000)})
+	if d := time.Since(start); d > 2*time.Second || len(l.UIDBlacklist[1]) != 65_000 {
+		t.Fatalf("two edits of 50,000: %v, %d entries", d, len(l.UIDBlacklist[1]))
+	}
+}
+
+// memLists are lists in memory, edited as every gate edits its own.
+type memLists struct {
+	mu   sync.Mutex
+	snap gate.ListsSnapshot
+}
+
+func (m *memLists) Snapshot(context.Context) (gate.ListsSnapshot, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.snap, nil
+}
+
+func (m *memLists) Edit(_ context.Context, r *apipb.UpdateAccessListRequest) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ApplyListEdit(&m.snap, r)
+	return nil
 }
