@@ -438,18 +438,25 @@ func (d *Device) Settled() bool {
 }
 
 // KnowsIdempotencyKey reports whether key was written while the machine
-// was in memory (the caller need not ask the store).
-func (d *Device) KnowsIdempotencyKey(key string) bool {
-	_, ok := d.recentRecord(key)
+// was in memory and has not expired at now (the caller need not ask the
+// store).
+func (d *Device) KnowsIdempotencyKey(key string, now time.Time) bool {
+	_, ok := d.recentRecord(key, now)
 	return ok
 }
 
-// recentRecord returns the record remembered under key, if any.
-func (d *Device) recentRecord(key string) (idemMemo, bool) {
+// recentRecord returns the record remembered under key, if any and not
+// expired at now: a key is remembered for its record's lifetime
+// (actors.idempotency-ttl, the C2C expiry), as in the store, however long
+// the identity stays in memory.
+func (d *Device) recentRecord(key string, now time.Time) (idemMemo, bool) {
 	if d.recent == nil {
 		return idemMemo{}, false
 	}
 	m, ok := d.recent.m[key]
+	if ok && m.rec.GetExpiresAtMs() != 0 && m.rec.GetExpiresAtMs() <= now.UnixMilli() {
+		return idemMemo{}, false
+	}
 	return m, ok
 }
 
@@ -1004,7 +1011,7 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 		return
 	}
 	if m.IdempotencyKey != "" {
-		if r, ok := d.recentRecord(PushKey(m.IdempotencyKey)); ok {
+		if r, ok := d.recentRecord(PushKey(m.IdempotencyKey), now); ok {
 			rec = r.rec
 		}
 		if rec != nil {
@@ -1164,7 +1171,7 @@ func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.Idempotency
 				&devicepb.C2CAck{Code: code, MsgId: msgID, ClientMsgId: c.GetClientMsgId(), Reason: reason})},
 		}
 	}
-	if r, ok := d.recentRecord(key); ok {
+	if r, ok := d.recentRecord(key, now); ok {
 		rec = r.rec
 	}
 	if rec != nil {

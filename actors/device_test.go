@@ -616,7 +616,7 @@ func TestRecentKeysKeptUntilDurable(t *testing.T) {
 	// Retries of every key, before anything is durable: the store has
 	// none of them (the caller passes no record).
 	for i := range n {
-		if !h.d.KnowsIdempotencyKey(PushKey(key(i))) {
+		if !h.d.KnowsIdempotencyKey(PushKey(key(i)), h.now) {
 			t.Fatalf("key %d forgotten before its record is durable", i)
 		}
 		h.d.Push(h.now, ReplyTo{"api", uint64(n + i + 1)}, &actorpb.Push{Stored: true, IdempotencyKey: key(i)}, nil)
@@ -957,5 +957,32 @@ func TestLateLoginDoesNotKickANewerSession(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRememberedKeysExpire: an idempotency key is remembered for
+// actors.idempotency-ttl, in memory as in the store: an identity that
+// stays in memory (traffic keeps it active) takes the same key again,
+// a day later, as a new push, not as a duplicate of the old one.
+func TestRememberedKeysExpire(t *testing.T) {
+	h := newHarness(t)
+	push := func(reqID uint64) {
+		h.d.Push(h.now, ReplyTo{"api", reqID}, &actorpb.Push{Stored: true, IdempotencyKey: "order-1", Payload: []byte("x"),
+			SentAtMs: h.now.UnixMilli(), ExpiresAtMs: h.now.Add(72 * time.Hour).UnixMilli()}, nil)
+		h.settle()
+	}
+	push(1)
+	h.now = h.now.Add(time.Hour)
+	push(2) // within the TTL: a duplicate
+	if n := h.d.Pending(); n != 1 {
+		t.Fatalf("%d stored after a retry within the TTL", n)
+	}
+	h.now = h.now.Add(h.cfg.IdempotencyTTL)
+	if h.d.KnowsIdempotencyKey(PushKey("order-1"), h.now) {
+		t.Fatal("an expired key is still known")
+	}
+	push(3)
+	if n := h.d.Pending(); n != 2 {
+		t.Fatalf("%d stored: the key was taken for the expired one's duplicate", n)
 	}
 }

@@ -134,7 +134,8 @@ func lookupKey(env *actorpb.Envelope) string {
 // the stash, needs no read.
 func (a *deviceActor) idempotency(ctx actor.Context, env *actorpb.Envelope) (*actorpb.IdempotencyRecord, bool) {
 	key := lookupKey(env)
-	if key == "" || a.d.KnowsIdempotencyKey(key) {
+	now := a.deps.Now()
+	if key == "" || a.d.KnowsIdempotencyKey(key, now) {
 		return nil, true
 	}
 	if rec, ok := a.prefetched[key]; ok {
@@ -147,7 +148,7 @@ func (a *deviceActor) idempotency(ctx actor.Context, env *actorpb.Envelope) (*ac
 			break
 		}
 		k := lookupKey(e)
-		if _, ok := a.prefetched[k]; k == "" || ok || a.d.KnowsIdempotencyKey(k) || slices.Contains(keys, k) {
+		if _, ok := a.prefetched[k]; k == "" || ok || a.d.KnowsIdempotencyKey(k, now) || slices.Contains(keys, k) {
 			continue
 		}
 		keys = append(keys, k)
