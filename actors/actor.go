@@ -193,8 +193,13 @@ type deviceActor struct {
 	// handingOff: another member owns the identity now; the actor
 	// completes what is in flight, loads nothing, and then stops.
 	handingOff bool
-	unapplied  bool // see closes
-	recheck    bool // see Store reads
+	// unapplied: a machine must be loaded, for a close that came while
+	// none could be (see closes), or because one with work left (a
+	// session to deliver to, stored messages) was dropped after a failed
+	// write or a panic: only a machine retries deliveries, and the
+	// identity may get no other envelope to rebuild one.
+	unapplied bool
+	recheck   bool // see Store reads
 
 	// closes are the recent closes of the identity's connections,
 	// applied again to every machine loaded; unapplied says one came
@@ -403,6 +408,7 @@ func (a *deviceActor) writeDone(ctx actor.Context, err error) {
 	case err != nil:
 		a.deps.Log.Warn("actors: store write failed; reloading identity", "identity", a.id, "err", err)
 		a.perform(ctx) // the failures
+		a.unapplied = a.unapplied || hasWork(a.d)
 		a.d, a.prefetched = nil, nil
 		if a.read == nil { // else the lookup's answer starts its envelope over
 			a.startLoad(ctx, nil)
@@ -433,6 +439,12 @@ func (a *deviceActor) fence(ctx actor.Context) {
 	}
 }
 
+// hasWork reports whether d had something only a machine does: a
+// session to deliver to, or stored messages.
+func hasWork(d *Device) bool {
+	return d != nil && (d.Session() != nil || d.Pending() > 0)
+}
+
 // crashed handles a panic of the actor (a bug): the envelope being
 // handled is answered, the machine's waiting callers get a retryable
 // failure, and the machine is dropped, to be rebuilt from the store once
@@ -454,10 +466,14 @@ func (a *deviceActor) crashed(ctx actor.Context, r any) {
 	if a.d != nil {
 		d := a.d
 		a.d = nil
+		a.unapplied = a.unapplied || hasWork(d)
 		d.Abort(codes.Unavailable, crashed)
 		for _, e := range d.Effects() {
 			a.send(e)
 		}
+	}
+	if a.unapplied && !a.writing && a.read == nil {
+		a.scheduleReload(ctx) // after the recovery (writeDone loads once a write in flight ends)
 	}
 	if a.read == nil && len(a.stash) > 0 {
 		// What waits is handled after this message, not inside the

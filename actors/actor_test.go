@@ -1043,3 +1043,40 @@ func TestPushRefusedWhileTheGateIsBehind(t *testing.T) {
 		t.Fatalf("push once the gate caught up: %v", rep)
 	}
 }
+
+// TestDeliveriesResumeAfterAFailedRebuild: a write fails, and so does the
+// load that would rebuild the machine (the store is down). The identity
+// may get no other envelope (its device's acks are dropped while the
+// store is down, and an idle device sends nothing else): the actor keeps
+// retrying the load, and once it succeeds the session resumes and what
+// was in flight is delivered again, rather than waiting for the next
+// push or login.
+func TestDeliveriesResumeAfterAFailedRebuild(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("p1")})); rep.GetPush() == nil {
+		t.Fatalf("push: %v", rep)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return len(h.r.frames(uint32(messages.CmdS2C))) == 1 }, "p1 not delivered")
+	h.store.mu.Lock()
+	h.store.failW = func(w *store.Write) error {
+		if len(w.Put) > 0 {
+			return store.ErrUnavailable
+		}
+		return nil
+	}
+	h.store.mu.Unlock()
+	h.store.failL.Store(2) // the rebuild fails, and its first retry
+	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("p2")})); rep.GetFailure() == nil {
+		t.Fatalf("push during the outage: %v", rep)
+	}
+	h.store.mu.Lock()
+	h.store.failW = nil
+	h.store.mu.Unlock()
+	testkit.Eventually(t, 10*time.Second, func() bool { return len(h.r.frames(uint32(messages.CmdS2C))) >= 2 },
+		"p1 was never delivered again after the store came back")
+	if h.r.count(h.r.passivated, alice) != 0 {
+		t.Fatal("the identity left memory with a session to deliver to")
+	}
+}
