@@ -713,25 +713,32 @@ const leaselessWhy = "the node serving this identity lost its place in the clust
 
 // Leaseless is what a node that lost its membership lease still sends of
 // tc (cluster.System.OnLeaseless). It may no longer own the identity, so
-// it delivers nothing, kicks nobody and confirms nothing; but a device's
-// LOGIN, C2C or PULL must not go unanswered. So each LOGIN_ACK, C2C_ACK
-// and PULL_ACK of tc goes out as a retryable refusal (STORE_UNAVAILABLE;
-// one that already refuses goes out as it is), a login's outcome as
-// failed (the gate closes the connection, and the session ends wherever
-// it was recorded); every other frame is dropped: the identity's owner
-// sends it, or the device repeats what it acknowledges. The result is nil
-// when nothing is left.
+// it delivers nothing and confirms nothing; but a device's LOGIN, C2C or
+// PULL must not go unanswered. So each LOGIN_ACK, C2C_ACK and PULL_ACK of
+// tc goes out as a retryable refusal (STORE_UNAVAILABLE; one that already
+// refuses goes out as it is), a login's outcome as failed (the gate
+// closes the connection, and the session ends wherever it was recorded).
+// A KICKOUT and close of a connection go out too: effects wait for their
+// write, so the session's end they carry out is in the store already,
+// written while this node still owned the identity (else the write was
+// fenced and the effect voided); dropped, the connection would stay
+// logged in with nobody to deliver to it, the store saying it ended. (The
+// epoch keeps them from a newer session.) Every other frame is dropped:
+// the identity's owner sends it, or the device repeats what it
+// acknowledges. The result is nil when nothing is left.
 func Leaseless(tc *actorpb.ToConn) *actorpb.ToConn {
 	var frames []*actorpb.OutFrame
 	for _, f := range tc.GetFrames() {
 		if r := leaselessAnswer(f); r != nil {
 			frames = append(frames, r)
+		} else if tc.Close && messages.Cmd(f.Cmd) == messages.CmdKickout {
+			frames = append(frames, f)
 		}
 	}
-	if len(frames) == 0 {
+	if len(frames) == 0 && !tc.Close {
 		return nil
 	}
-	out := &actorpb.ToConn{AppCode: tc.AppCode, Uid: tc.Uid, GateId: tc.GateId, ConnId: tc.ConnId, Epoch: tc.Epoch, Frames: frames}
+	out := &actorpb.ToConn{AppCode: tc.AppCode, Uid: tc.Uid, GateId: tc.GateId, ConnId: tc.ConnId, Epoch: tc.Epoch, Frames: frames, Close: tc.Close}
 	if tc.Login != nil {
 		out.Login, out.Epoch = &actorpb.LoginOutcome{Ok: false}, 0
 	}

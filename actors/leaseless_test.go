@@ -9,8 +9,8 @@ import (
 )
 
 // A node without its lease answers a device's requests with retryable
-// refusals and sends nothing else: no success it could not stand behind,
-// no delivery, no kickout.
+// refusals and sends nothing else but the kickouts its store writes
+// decided: no success it could not stand behind, no delivery.
 func TestLeaseless(t *testing.T) {
 	okLogin := &actorpb.ToConn{AppCode: 1, Uid: "u", ConnId: 7, Epoch: 3,
 		Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, 11, &devicepb.LoginAck{Code: devicepb.Code_OK, Epoch: 3, Pending: 2, ServerTimeMs: 1234})},
@@ -54,17 +54,26 @@ func TestLeaseless(t *testing.T) {
 		t.Fatalf("PULL_ACK became %v", a)
 	}
 
-	// Deliveries, kickouts and acks of acks are the owner's to send.
+	// Deliveries and acks of acks are the owner's to send.
 	for name, tc := range map[string]*actorpb.ToConn{
-		"S2C": {ConnId: 8, Epoch: 5, Frames: []*actorpb.OutFrame{frame(messages.CmdS2C, 0, 1, &devicepb.S2C{MsgId: "m"})}},
-		"KICKOUT": {ConnId: 8, Epoch: 5, Close: true,
-			Frames: []*actorpb.OutFrame{frame(messages.CmdKickout, 0, 0, &devicepb.Kickout{Reason: devicepb.KickReason_LOGGED_IN_ELSEWHERE})}},
+		"S2C":              {ConnId: 8, Epoch: 5, Frames: []*actorpb.OutFrame{frame(messages.CmdS2C, 0, 1, &devicepb.S2C{MsgId: "m"})}},
 		"C2C_PUSH_ACK_ACK": {ConnId: 8, Epoch: 5, Frames: []*actorpb.OutFrame{frame(messages.CmdC2CPushAckAck, 0, 2, &devicepb.C2CPushAckAck{MsgId: "m"})}},
-		"close only":       {ConnId: 8, Epoch: 5, Close: true},
 	} {
 		if got := Leaseless(tc); got != nil {
 			t.Errorf("%s: sent %v", name, got)
 		}
+	}
+	// A KICKOUT and close carry out a session's end the store has already
+	// (effects wait for their write): they go, or the kicked connection
+	// would stay logged in with nobody delivering to it.
+	kick := frame(messages.CmdKickout, 0, 0, &devicepb.Kickout{Reason: devicepb.KickReason_LOGGED_IN_ELSEWHERE})
+	if got := Leaseless(&actorpb.ToConn{ConnId: 8, Epoch: 5, Close: true, Frames: []*actorpb.OutFrame{
+		frame(messages.CmdS2C, 0, 1, &devicepb.S2C{MsgId: "m"}), kick}}); got == nil || !got.Close || got.Epoch != 5 ||
+		len(got.Frames) != 1 || messages.Cmd(got.Frames[0].Cmd) != messages.CmdKickout {
+		t.Fatalf("KICKOUT: %v", got)
+	}
+	if got := Leaseless(&actorpb.ToConn{ConnId: 8, Epoch: 5, Close: true}); got == nil || !got.Close || len(got.Frames) != 0 {
+		t.Fatalf("close only: %v", got)
 	}
 	// An answer among deliveries goes out alone.
 	mixed := &actorpb.ToConn{ConnId: 8, Epoch: 5, Frames: []*actorpb.OutFrame{
