@@ -46,12 +46,33 @@ type RawStat struct {
 	TotalH, WindowH Hist
 }
 
-// RoundWindow returns the window a recent window of d covers: d rounded
-// up to the 10-second slots counters are kept in, at least one slot and at
-// most MaxWindow.
+// RoundWindow returns d rounded up to the 10-second slots counters are
+// kept in, at least one slot and at most MaxWindow.
 func RoundWindow(d time.Duration) time.Duration {
 	d = min(max(d, slotSize), MaxWindow)
 	return (d + slotSize - 1) / slotSize * slotSize
+}
+
+// windowSlots returns the first slot (of size) a recent window of d
+// counts at now, cur being now's slot, which is partly elapsed: the
+// window's whole slots before it too, so that the counts cover at least
+// d rounded up to the slots (a window of the whole ring, n slots, counts
+// one fewer).
+func windowSlots(d, size time.Duration, n int64, now time.Time) (first, cur int64) {
+	cur = now.UnixNano() / int64(size)
+	back := int64((d + size - 1) / size)
+	if back >= n {
+		back = n - 1
+	}
+	return cur - back, cur
+}
+
+// Covered returns how long the counters of a recent window of d cover at
+// now: the whole 10-second slots of RoundWindow(d) and the elapsed part
+// of the current slot (an hour's window: one slot less).
+func Covered(d time.Duration, now time.Time) time.Duration {
+	first, cur := windowSlots(RoundWindow(d), slotSize, numSlots, now)
+	return time.Duration(cur-first)*slotSize + time.Duration(now.UnixNano()%int64(slotSize))
 }
 
 // Raw returns the node's statistics of app's msgtypes (all if msgtypes is
@@ -76,10 +97,8 @@ func (r *Recorder) Raw(app uint16, msgtypes []uint32, window time.Duration) []Ra
 	sort.Slice(keys, func(i, j int) bool { return keys[i].Msgtype < keys[j].Msgtype })
 
 	now := r.now()
-	cur := now.UnixNano() / int64(slotSize)
-	first := cur - int64((window+slotSize-1)/slotSize) + 1
-	lcur := now.UnixNano() / int64(latSlotSize)
-	lfirst := lcur - int64((window+latSlotSize-1)/latSlotSize) + 1
+	first, cur := windowSlots(window, slotSize, numSlots, now)
+	lfirst, lcur := windowSlots(window, latSlotSize, numLatSlots, now)
 
 	out := make([]RawStat, 0, len(keys))
 	for _, k := range keys {

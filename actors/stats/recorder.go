@@ -28,14 +28,24 @@ const (
 	// maxKeysPerApp bounds the msgtypes tracked per appcode; beyond it
 	// events of the app's new msgtypes are counted under its
 	// OtherMsgtype. The budget is per app so that one app's devices
-	// cannot push another app's msgtypes into "other"; the number of
-	// apps is bounded by the node's configuration (a device logs in only
-	// to an app with a secret).
-	maxKeysPerApp = 4096
+	// cannot push another app's msgtypes into "other". A series holds
+	// about 32 KiB (up to about 110 KiB once acks fill its latency
+	// slots), and a device chooses its C2C msgtypes: 256 bound one app to
+	// 8 MiB (28 MiB).
+	maxKeysPerApp = 256
+	// maxSeries bounds the series of all apps together (an operator key
+	// may push to any appcode): beyond it, a new (app, msgtype) is
+	// counted under the app's OtherMsgtype if the app has that series,
+	// else under (OtherApp, OtherMsgtype). About 256 MiB at most.
+	maxSeries = 8192
 )
 
 // OtherMsgtype collects the msgtypes beyond the tracking limit.
 const OtherMsgtype = uint32(1 << 31)
+
+// OtherApp, with OtherMsgtype, collects the events of apps the node
+// started tracking after it held maxSeries series (appcode 0 is no app's).
+const OtherApp = uint16(0)
 
 // Counts are event counts.
 type Counts struct {
@@ -154,10 +164,13 @@ func (r *Recorder) get(app uint16, msgtype uint32) *series {
 	}
 	r.mu.RLock()
 	s := r.series[k]
-	if s == nil && k.Msgtype != OtherMsgtype && r.keys[app] >= maxKeysPerApp {
+	if s == nil && k.Msgtype != OtherMsgtype && (r.keys[app] >= maxKeysPerApp || len(r.series) >= maxSeries) {
 		// An untracked msgtype of an app at its budget: counted as the
 		// app's other msgtypes, without the write lock.
 		s = r.series[Key{app, OtherMsgtype}]
+	}
+	if s == nil && len(r.series) >= maxSeries {
+		s = r.series[Key{OtherApp, OtherMsgtype}]
 	}
 	r.mu.RUnlock()
 	if s != nil {
@@ -171,15 +184,20 @@ func (r *Recorder) get(app uint16, msgtype uint32) *series {
 	if s = r.series[k]; s != nil {
 		return s
 	}
-	if k.Msgtype != OtherMsgtype {
-		if r.keys[app] >= maxKeysPerApp {
-			k.Msgtype = OtherMsgtype
-			if s = r.series[k]; s != nil {
-				return s
-			}
-		} else {
-			r.keys[app]++
+	if k.Msgtype != OtherMsgtype && (r.keys[app] >= maxKeysPerApp || len(r.series) >= maxSeries) {
+		k.Msgtype = OtherMsgtype
+		if s = r.series[k]; s != nil {
+			return s
 		}
+	}
+	if len(r.series) >= maxSeries {
+		k = Key{OtherApp, OtherMsgtype}
+		if s = r.series[k]; s != nil {
+			return s
+		}
+	}
+	if k.Msgtype != OtherMsgtype {
+		r.keys[app]++
 	}
 	s = &series{key: k}
 	r.series[k] = s

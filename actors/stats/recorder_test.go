@@ -156,6 +156,37 @@ func TestStatsKeyBudgetIsPerApp(t *testing.T) {
 	}
 }
 
+// TestStatsSeriesAreBoundedAcrossApps: an operator key may push to any
+// appcode, and a device chooses its C2C msgtypes. However many apps and
+// msgtypes, the node holds at most maxSeries series (and the apps'
+// overflow); nothing is left uncounted.
+func TestStatsSeriesAreBoundedAcrossApps(t *testing.T) {
+	r := New()
+	apps := maxSeries/maxKeysPerApp + 8
+	for a := 1; a <= apps; a++ {
+		for m := range uint32(maxKeysPerApp + 1) {
+			r.Accepted(uint16(a), m, true)
+		}
+	}
+	r.mu.RLock()
+	n := len(r.series)
+	r.mu.RUnlock()
+	if n > maxSeries+1 {
+		t.Fatalf("%d series for %d apps", n, apps)
+	}
+	var total uint64
+	for a := 0; a <= apps; a++ {
+		_, all := r.Snapshot(uint16(a), nil, time.Minute)
+		total += all.Total.Accepted
+	}
+	if want := uint64(apps * (maxKeysPerApp + 1)); total != want {
+		t.Fatalf("%d events counted, want %d", total, want)
+	}
+	if _, other := r.Snapshot(OtherApp, nil, time.Minute); other.Total.Accepted == 0 {
+		t.Fatal("nothing counted under the other apps")
+	}
+}
+
 // BenchmarkRecorderParallel is the hot path of a node's statistics: every
 // pushed message is counted two or three times, from every core, mostly
 // under one app and msgtype.
@@ -187,5 +218,36 @@ func TestRoundWindow(t *testing.T) {
 		if got := RoundWindow(in); got != want {
 			t.Errorf("RoundWindow(%v) = %v, want %v", in, got, want)
 		}
+	}
+}
+
+// TestWindowCoversWhatItSays: one event a second; a 10-second window
+// asked for 1 s into a slot counts the whole slot before and the second
+// elapsed, and Covered says 11 s: a rate from the two is right (the
+// window used to count the current second alone and say 10 s).
+func TestWindowCoversWhatItSays(t *testing.T) {
+	r := New()
+	start := time.Unix(1_800_000_000, 0) // a slot boundary
+	var now time.Time
+	r.now = func() time.Time { return now }
+	for i := range 121 {
+		now = start.Add(time.Duration(i) * time.Second)
+		r.Accepted(1, 1, true)
+	}
+	now = now.Add(999 * time.Millisecond) // 120.999 s: 0.999 s into a slot
+	_, all := r.Snapshot(1, nil, 10*time.Second)
+	covered := Covered(10*time.Second, now)
+	if covered < 10*time.Second || covered > 11*time.Second {
+		t.Fatalf("covered %v", covered)
+	}
+	if got := all.Window.Accepted; got != 11 {
+		t.Fatalf("%d events in the window, want 11 (10 s before the current slot and its 1 s)", got)
+	}
+	if rate := float64(all.Window.Accepted) / covered.Seconds(); rate < 0.95 || rate > 1.1 {
+		t.Fatalf("a rate of %.2f/s from a window of 1/s", rate)
+	}
+	// A window of the whole hour counts one slot less than the ring.
+	if c := Covered(time.Hour, now); c > time.Hour || c < time.Hour-slotSize {
+		t.Fatalf("an hour's window covers %v", c)
 	}
 }

@@ -29,8 +29,11 @@ func (s *Server) Stats(ctx context.Context, r *apipb.StatsRequest) (*apipb.Stats
 	if window == 0 {
 		window = time.Minute
 	}
-	// Counted in slots: the window is what they cover, and the answer says
-	// so (a rate over 5 s of a 10 s slot's counts would be twice too high).
+	// Counted in 10-second slots, the current one partly elapsed: the
+	// counts cover the window rounded up to the slots and the current
+	// slot's elapsed part, and the answer says how long (a rate over the
+	// window asked for would be off by up to a slot's counts).
+	covered := stats.Covered(window, s.now())
 	window = stats.RoundWindow(window)
 	var per []stats.Stat
 	var all stats.Stat
@@ -42,7 +45,7 @@ func (s *Server) Stats(ctx context.Context, r *apipb.StatsRequest) (*apipb.Stats
 	} else {
 		per, all = s.stats.Snapshot(uint16(r.AppCode), r.Msgtypes, window)
 	}
-	out := &apipb.StatsResponse{AppCode: r.AppCode, WindowSeconds: uint32(window / time.Second), All: toStats(all), NodesMissing: missing}
+	out := &apipb.StatsResponse{AppCode: r.AppCode, WindowSeconds: uint32((covered + time.Second - 1) / time.Second), All: toStats(all), NodesMissing: missing}
 	for _, st := range per {
 		out.Msgtypes = append(out.Msgtypes, toStats(st))
 	}
