@@ -457,8 +457,8 @@ func TestAppShareOfPushesInFlight(t *testing.T) {
 	if got := testutil.ToFloat64(s.adm.pushesRefused.WithLabelValues("app_pushes_in_flight")); got != 51 {
 		t.Fatalf("courier_api_pushes_refused_total{reason=app_pushes_in_flight} %v, want 51", got)
 	}
-	r1()
-	r2()
+	r1(context.Background())
+	r2(context.Background())
 	if s.inFlight.Load() != 0 || s.adm.shares[1].pushes.Load() != 0 || s.adm.shares[2].pushes.Load() != 0 {
 		t.Fatalf("after the releases: node %d, app 1 %d, app 2 %d", s.inFlight.Load(), s.adm.shares[1].pushes.Load(), s.adm.shares[2].pushes.Load())
 	}
@@ -466,7 +466,7 @@ func TestAppShareOfPushesInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatalf("app 1's whole share after the releases: %v", err)
 	}
-	r3()
+	r3(context.Background())
 }
 
 // TestAppSharesDefault: 0 is three quarters of the node's, and a share

@@ -217,11 +217,12 @@ func New(d Deps) *Server {
 		drain: d.Drain}
 }
 
-// admitPushes takes n pushes into the node's budget (release gives them back
+// admitPushes takes n pushes into the node's budget (release gives them back,
+// abandonedHold later if the call's ctx ended first,
 // and records how long the call took), or refuses them at once with
 // RESOURCE_EXHAUSTED when the node is behind (Limits.MaxGateBacklog,
 // MaxPushDelay) or the budget is spent (MaxPushesInFlight).
-func (s *Server) admitPushes(sc scope, n int) (release func(), err error) {
+func (s *Server) admitPushes(sc scope, n int) (release func(ctx context.Context), err error) {
 	if max := s.limits.MaxGateBacklog; max > 0 && s.backlog != nil {
 		b := s.backlog()
 		if b > max {
@@ -267,15 +268,32 @@ func (s *Server) admitPushes(sc scope, n int) (release func(), err error) {
 		}
 	}
 	start := time.Now()
-	return func() {
+	return func(ctx context.Context) {
 		now := time.Now()
 		s.calls.Observe(now.Sub(start), now)
-		s.inFlight.Add(-int64(n))
-		if app != nil {
-			app.pushes.Add(-int64(n))
+		give := func() {
+			s.inFlight.Add(-int64(n))
+			if app != nil {
+				app.pushes.Add(-int64(n))
+			}
 		}
+		if ctx.Err() != nil {
+			// The caller gave up (cancelled, or past its deadline) before
+			// every push was answered: those still wait in the actors'
+			// mailboxes, and counting them out now would let a caller with
+			// short deadlines keep any number queued. They count for
+			// abandonedHold more.
+			time.AfterFunc(abandonedHold, give)
+			return
+		}
+		give()
 	}, nil
 }
+
+// abandonedHold is how long the pushes of a call its caller gave up on
+// still count against the budgets: about the longest a queued push waits
+// for its actor on a node that is behind.
+const abandonedHold = 5 * time.Second
 
 // streamWorkers is the number of goroutines that run calls. A push call
 // holds its goroutine until the actors answered (after the store's sync),
@@ -414,7 +432,7 @@ func (s *Server) Push(ctx context.Context, r *apipb.PushRequest) (*apipb.PushRes
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	defer release(ctx)
 	rep, err := s.req.Request(ctx, env)
 	if rep.GetFailure().GetGateLate() {
 		s.countLate([]*actorpb.Reply{rep}, []error{err})
@@ -453,7 +471,7 @@ func (s *Server) PushMany(ctx context.Context, r *apipb.PushManyRequest) (*apipb
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	defer release(ctx)
 	reps, errs := s.req.RequestMany(ctx, envs)
 	s.countLate(reps, errs)
 	for j, i := range idx {

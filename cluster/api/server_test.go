@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -203,5 +204,49 @@ func TestPushReplyFailuresReachTheCaller(t *testing.T) {
 		if err != nil || many.Results[0].Code != int32(codes.Unavailable) || many.Results[0].Response != nil {
 			t.Errorf("PushMany answered %v: %v %v", rep, many, err)
 		}
+	}
+}
+
+// stuckReq never answers: its envelopes stay queued until the caller
+// gives up.
+type stuckReq struct{}
+
+func (stuckReq) Request(ctx context.Context, _ *actorpb.Envelope) (*actorpb.Reply, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func (stuckReq) RequestMany(ctx context.Context, envs []*actorpb.Envelope) ([]*actorpb.Reply, []error) {
+	<-ctx.Done()
+	errs := make([]error, len(envs))
+	for i := range errs {
+		errs[i] = ctx.Err()
+	}
+	return make([]*actorpb.Reply, len(envs)), errs
+}
+
+// TestAbandonedPushesStillCount: a caller that gives up on its calls
+// (short deadlines, retried) leaves their pushes queued at the actors;
+// they keep counting against api.max-pushes-in-flight for a while, so
+// such a caller cannot keep more queued than the budget.
+func TestAbandonedPushesStillCount(t *testing.T) {
+	lim := DefaultLimits()
+	s := New(Deps{Req: stuckReq{}, Limits: lim})
+	items := make([]*apipb.PushRequest, lim.MaxBatch)
+	for i := range items {
+		items[i] = &apipb.PushRequest{AppCode: 1, Uid: fmt.Sprint("u", i), Payload: []byte("x")}
+	}
+	var refused error
+	for range lim.MaxPushesInFlight/lim.MaxBatch + 1 {
+		ctx, cancel := context.WithTimeout(scoped(1), time.Millisecond)
+		_, err := s.PushMany(ctx, &apipb.PushManyRequest{Items: items})
+		cancel()
+		if err != nil {
+			refused = err
+			break
+		}
+	}
+	if status.Code(refused) != codes.ResourceExhausted || !strings.Contains(refused.Error(), "api.max-pushes-in-flight") {
+		t.Fatalf("calls given up on freed their pushes at once: %v", refused)
 	}
 }
