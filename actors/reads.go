@@ -36,7 +36,7 @@ import (
 const maxLookupKeys = 128
 
 // stashFull answers an envelope that does not fit in the stash.
-const stashFull = "the identity is waiting for the inbox store and has too many requests queued: nothing was accepted; retry later with the same idempotency key"
+const stashFull = "the identity is waiting for the inbox store and has too many requests queued (actors.max-stashed): nothing was accepted; retry later with the same idempotency key"
 
 // pendingRead is a store read an actor waits for: a load of its
 // identity, or a lookup of idempotency keys.

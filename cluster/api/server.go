@@ -351,13 +351,13 @@ func (s *Server) pushEnvelope(sc scope, r *apipb.PushRequest, now time.Time, env
 	case r.Msgtype > 0xFFFF:
 		return nil, status.Errorf(codes.InvalidArgument, "msgtype %d: must be in [0, 65535]", r.Msgtype)
 	case len(r.Payload) > s.limits.MaxPayload:
-		return nil, status.Errorf(codes.InvalidArgument, "payload: %d bytes, limit %d", len(r.Payload), s.limits.MaxPayload)
+		return nil, status.Errorf(codes.InvalidArgument, "payload: %d bytes, limit %d (api.max-payload)", len(r.Payload), s.limits.MaxPayload)
 	case len(r.IdempotencyKey) > s.limits.MaxIdempotencyKey:
-		return nil, status.Errorf(codes.InvalidArgument, "idempotency_key: %d bytes, limit %d", len(r.IdempotencyKey), s.limits.MaxIdempotencyKey)
+		return nil, status.Errorf(codes.InvalidArgument, "idempotency_key: %d bytes, limit %d (api.max-idempotency-key)", len(r.IdempotencyKey), s.limits.MaxIdempotencyKey)
 	case r.TtlMs < 0:
 		return nil, status.Errorf(codes.InvalidArgument, "ttl_ms %d: must not be negative", r.TtlMs)
 	case r.TtlMs > s.limits.MaxTTL.Milliseconds(): // in milliseconds: a Duration of it could wrap
-		return nil, status.Errorf(codes.InvalidArgument, "ttl_ms %d: more than the maximum %v", r.TtlMs, s.limits.MaxTTL)
+		return nil, status.Errorf(codes.InvalidArgument, "ttl_ms %d: more than the maximum %v (api.max-ttl)", r.TtlMs, s.limits.MaxTTL)
 	case r.Delivery != apipb.Delivery_DELIVERY_STORED && r.Delivery != apipb.Delivery_DELIVERY_FIRE_AND_FORGET:
 		return nil, status.Errorf(codes.InvalidArgument, "delivery %d: unknown", r.Delivery)
 	case r.Delivery == apipb.Delivery_DELIVERY_FIRE_AND_FORGET && r.IdempotencyKey != "":
@@ -446,7 +446,7 @@ func (s *Server) Push(ctx context.Context, r *apipb.PushRequest) (*apipb.PushRes
 // PushMany implements apipb.CourierServer.
 func (s *Server) PushMany(ctx context.Context, r *apipb.PushManyRequest) (*apipb.PushManyResponse, error) {
 	if len(r.Items) > s.limits.MaxBatch {
-		return nil, status.Errorf(codes.InvalidArgument, "items: %d, limit %d per call", len(r.Items), s.limits.MaxBatch)
+		return nil, status.Errorf(codes.InvalidArgument, "items: %d, limit %d per call (api.max-batch)", len(r.Items), s.limits.MaxBatch)
 	}
 	sc, now, n := scopeOf(ctx), s.now(), len(r.Items)
 	// The messages of all items in a few allocations, not a few per item.
@@ -546,7 +546,7 @@ func (s *Server) Presence(ctx context.Context, r *apipb.PresenceRequest) (*apipb
 		return nil, err
 	}
 	if len(r.Uids) == 0 || len(r.Uids) > s.limits.MaxBatch {
-		return nil, status.Errorf(codes.InvalidArgument, "uids: %d, want 1 to %d", len(r.Uids), s.limits.MaxBatch)
+		return nil, status.Errorf(codes.InvalidArgument, "uids: %d, want 1 to %d (api.max-batch)", len(r.Uids), s.limits.MaxBatch)
 	}
 	envs := make([]*actorpb.Envelope, len(r.Uids))
 	for i, uid := range r.Uids {
