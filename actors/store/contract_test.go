@@ -132,6 +132,11 @@ func lockTables(t *testing.T, s *Postgres, tables ...string) func() {
 		t.Fatal(err)
 	}
 	tx, err := conn.Begin(ctx)
+	if err == nil {
+		// Another session, not a node's: the store's sessions end a
+		// transaction idle for store.timeout, this one holds its locks.
+		_, err = tx.Exec(ctx, "SET LOCAL idle_in_transaction_session_timeout = 0")
+	}
 	for _, table := range tables {
 		if err == nil {
 			_, err = tx.Exec(ctx, "LOCK TABLE "+table+" IN ACCESS EXCLUSIVE MODE")
