@@ -116,7 +116,7 @@ func DefaultConfig() Config {
 		Loops:        0,                       // one event loop per CPU
 		MaxFrameSize: messages.DefaultMaxBody, // 64 KiB, PROTOCOL.md's default
 		MaxConns:     0,                       // open-files limit minus FDReserve
-		FDReserve:    1024,                    // for gRPC, Consul, the store, metrics, logs
+		FDReserve:    2048,                    // for gRPC, Consul, the store, metrics, logs
 
 		LoginTimeout:      10 * time.Second, // PROTOCOL.md's default
 		HeartbeatInterval: 30 * time.Second, // a mobile radio wakes twice a minute at most

@@ -173,6 +173,10 @@ type Pebble struct {
 	closeErr  error
 }
 
+// PebbleMaxOpenFiles bounds the files Pebble keeps open (its table
+// cache), part of what a node's gate leaves to the rest of the node.
+const PebbleMaxOpenFiles = 512
+
 // OpenPebble opens (or creates) the store in cfg.Dir.
 func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	if err := cfg.setDefaults(); err != nil {
@@ -193,6 +197,9 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 		// at flush, instead of being flushed and compacted away later.
 		MemTableSize:                uint64(cfg.MemTableSize),
 		MemTableStopWritesThreshold: 4,
+		// Within the node's file descriptors kept from its gate
+		// (gate.fd-reserve): a gate that cannot accept stops.
+		MaxOpenFiles: PebbleMaxOpenFiles,
 	}
 	if d := cfg.MinSyncInterval; d > 0 {
 		opts.WALMinSyncInterval = func() time.Duration { return d }

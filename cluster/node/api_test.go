@@ -1,14 +1,19 @@
 package node_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -18,6 +23,7 @@ import (
 	reflectpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/courier-im/courier/cluster/node"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/apipb"
 	"github.com/courier-im/courier/messages/devicepb"
@@ -210,5 +216,53 @@ func TestAPIRefusalReasons(t *testing.T) {
 	}
 	if got := r.Results[1]; got.Code != 0 || got.Reason != "" || got.Response.GetSeq() != 1 {
 		t.Fatalf("an item to an inbox with room: %v", got)
+	}
+}
+
+// TestHTTPConnectionsAreBounded: the HTTP endpoint holds at most
+// node.HTTPMaxConns connections (each a descriptor the gate leaves to the rest
+// of the node; a gate that cannot accept stops): one more waits in the
+// kernel's queue until another closes, and is served then.
+func TestHTTPConnectionsAreBounded(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{})
+	get := func(c net.Conn) error {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.Body.Close()
+	}
+	conns := make([]net.Conn, node.HTTPMaxConns)
+	for i := range conns {
+		c, err := net.Dial("tcp", n.HTTPAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := get(c); err != nil { // accepted and kept alive
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		conns[i] = c
+	}
+	extra, err := net.Dial("tcp", n.HTTPAddr) // the kernel's queue takes it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	done := make(chan error, 1)
+	go func() { done <- get(extra) }()
+	select {
+	case err := <-done:
+		t.Fatalf("connection %d served while %d were held: %v", node.HTTPMaxConns+1, node.HTTPMaxConns, err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	conns[0].Close()
+	if err := <-done; err != nil {
+		t.Fatalf("the waiting connection once another closed: %v", err)
 	}
 }

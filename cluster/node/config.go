@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/courier-im/courier/actors"
+	"github.com/courier-im/courier/actors/store"
 	"github.com/courier-im/courier/cluster"
 	"github.com/courier-im/courier/cluster/api"
 	"github.com/courier-im/courier/cluster/membership"
@@ -175,6 +176,9 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	if err := c.resolveStore(); err != nil {
 		return nil, nil, err
 	}
+	if err := c.checkFDReserve(); err != nil {
+		return nil, nil, err
+	}
 	// The node, not the gate, watches the lists file (lists.go).
 	if c.Gate.ListsFile != "" && c.Gate.ListsPollInterval < 10*time.Millisecond {
 		return nil, nil, fmt.Errorf("node: gate.lists-poll-interval %v: at least 10ms", c.Gate.ListsPollInterval)
@@ -266,6 +270,43 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 		return nil, nil, fmt.Errorf("node: upstream.max-bytes %d: must be at least upstream.app-max-bytes %d", u.MaxBytes, u.AppMaxBytes)
 	}
 	return secrets, keys, nil
+}
+
+// fdOther is what a node holds open besides its listeners' connections
+// and its store: Consul, the members' remoting, logs, pprof.
+const fdOther = 256
+
+// checkFDReserve checks that the descriptors the gate leaves to the rest
+// of the node (gate.fd-reserve) hold everything else it may open at once:
+// a gate whose accept fails for lack of descriptors stops, closing every
+// device's connection.
+func (c *Config) checkFDReserve() error {
+	roles, err := c.roles()
+	if err != nil || !roles.Has(membership.RoleGate) {
+		return err
+	}
+	need, parts := fdOther, []string{fmt.Sprintf("%d for Consul, the members and logs", fdOther)}
+	if roles.Has(membership.RoleAPI) {
+		need += c.API.MaxConnections + 16
+		parts = append(parts, fmt.Sprintf("api.max-connections %d + 16", c.API.MaxConnections))
+	}
+	if c.HTTPAddr != "" {
+		need += HTTPMaxConns
+		parts = append(parts, fmt.Sprintf("%d HTTP connections", HTTPMaxConns))
+	}
+	switch {
+	case c.Store == "postgres":
+		need += c.StoreMaxConns
+		parts = append(parts, fmt.Sprintf("store.max-conns %d", c.StoreMaxConns))
+	case roles.Has(membership.RoleActors):
+		need += store.PebbleMaxOpenFiles
+		parts = append(parts, fmt.Sprintf("%d Pebble files", store.PebbleMaxOpenFiles))
+	}
+	if c.Gate.FDReserve < need {
+		return fmt.Errorf("node: gate.fd-reserve %d: less than the rest of the node may hold open at once (%s: %d); raise it, or lower api.max-connections",
+			c.Gate.FDReserve, strings.Join(parts, ", "), need)
+	}
+	return nil
 }
 
 // resolveStore checks the store settings and reads store.dsn-file.

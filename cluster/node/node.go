@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -283,8 +284,12 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		if n.httpL, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 			return nil, fmt.Errorf("node: http-addr %s: %w", cfg.HTTPAddr, err)
 		}
+		// Within the descriptors the gate leaves to the rest of the node
+		// (a gate that cannot accept stops): connections beyond wait in
+		// the kernel's queue.
+		n.httpL = netutil.LimitListener(n.httpL, HTTPMaxConns)
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
+		mux.Handle("/metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{MaxRequestsInFlight: 4, Timeout: 20 * time.Second}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		if roles.Has(membership.RoleAPI) {
 			mux.Handle(discovery.Path, discovery.Handler(n.discoveryView))
@@ -296,7 +301,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 			}
 			fmt.Fprintln(w, "ready")
 		})
-		n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
@@ -327,6 +333,10 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 	return n, nil
 }
+
+// HTTPMaxConns bounds the connections the HTTP endpoint (metrics,
+// health, gate discovery) holds at once.
+const HTTPMaxConns = 128
 
 // upstreamName is the well-known actor of every node's upstream hub.
 const upstreamName = "courier-upstream"

@@ -114,6 +114,10 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.API.MaxPushDelay = -time.Millisecond }, "api.max-push-delay")
 	bad(func(c *Config) { c.IdleMemoryRelease = -time.Second }, "idle-memory-release")
 	bad(func(c *Config) { c.API.MaxConnections = 0 }, "api.max-connections")
+	// The gate stops when an accept fails for lack of descriptors: what
+	// it leaves to the rest of the node must hold all of it.
+	bad(func(c *Config) { c.API.MaxConnections = c.Gate.FDReserve }, "gate.fd-reserve")
+	bad(func(c *Config) { c.Gate.FDReserve = 1024 }, "gate.fd-reserve")
 	bad(func(c *Config) { c.API.MaxUnauthenticatedCalls = 0 }, "api.max-unauthenticated-calls")
 	bad(func(c *Config) { c.API.MaxCallsInFlight = 0 }, "api.max-calls-in-flight")
 	bad(func(c *Config) { c.API.MaxUpstreamStreams = 0 }, "api.max-upstream-streams")
