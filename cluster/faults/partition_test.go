@@ -1,6 +1,8 @@
 package faults
 
 import (
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,6 +42,11 @@ func TestPartition(t *testing.T) {
 	testkit.Eventually(t, 15*time.Second, func() bool { return w.OnlineGate(n1.GateAddr) == cfg.Devices },
 		"the minority's devices moved to the majority's gate")
 	moved := time.Since(at).Round(time.Millisecond)
+	// Without its lease the minority serves nothing: a load balancer
+	// checking /readyz must stop sending devices there.
+	if code, body := readyz(t, n3); code != http.StatusServiceUnavailable || !strings.Contains(body, "no membership lease") {
+		t.Errorf("the minority's /readyz without its lease: %d %q, want 503 no membership lease", code, body)
+	}
 	time.Sleep(3 * time.Second)
 	w.Fault("partition healed")
 	nw.Heal("node3")

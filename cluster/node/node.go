@@ -434,6 +434,7 @@ func (n *Node) rejoined() {
 // are told to reconnect (to another gate, through discovery) and new
 // connections are refused until the node holds a lease again.
 func (n *Node) leaseChanged(valid bool) {
+	n.setHealth(valid)
 	if n.gate == nil {
 		return
 	}
@@ -444,6 +445,21 @@ func (n *Node) leaseChanged(valid bool) {
 		return
 	}
 	n.gate.Refuse(false)
+}
+
+// setHealth sets gRPC health to SERVING or NOT_SERVING with the lease, as
+// /readyz says; a draining or stopping node stays NOT_SERVING (its
+// health server was shut down, which ignores later changes).
+func (n *Node) setHealth(serving bool) {
+	if n.health == nil {
+		return
+	}
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, st)
+	n.health.SetServingStatus("", st)
 }
 
 // discoveryView is the membership as gate discovery answers from it:
@@ -553,6 +569,10 @@ func (n *Node) Ready() error {
 	}
 	if n.sys == nil || !n.sys.Joined() {
 		missing = append(missing, "not a member of the cluster")
+	} else if !n.sys.LeaseValid() {
+		// Its gate refuses devices and its identities are refused: a load
+		// balancer must not send here until it rejoined.
+		missing = append(missing, "no membership lease")
 	}
 	if len(missing) > 0 {
 		return errors.New(strings.Join(missing, "; "))
