@@ -98,7 +98,8 @@ proto-check: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 	for f in $$(cd $$tmp && find . -name '*.go'); do \
 		cmp -s $$tmp/$$f $$f || { echo "generated code is stale: $$f (run make proto)"; exit 1; }; \
 	done; \
-	for f in $$(git ls-files 'messages/*.pb.go'); do \
+	tracked=$$(git ls-files 'messages/*.pb.go') && [ -n "$$tracked" ] || { echo "git ls-files found no generated files"; exit 1; }; \
+	for f in $$tracked; do \
 		[ -f $$tmp/$$f ] || { echo "generated file without a .proto: $$f"; exit 1; }; \
 	done
 

@@ -175,12 +175,14 @@ func postgresBin() (string, error) {
 		return "", errors.New("not installed (apt-get install -y postgresql) and not root to install it")
 	}
 	install := func() ([]byte, error) {
-		cmd := exec.Command("apt-get", "install", "-y", "-qq", "postgresql")
+		// Test binaries of several packages may install at once: the
+		// second waits for dpkg's lock instead of failing on it.
+		cmd := exec.Command("apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq", "postgresql")
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		return cmd.CombinedOutput()
 	}
 	if _, err := install(); err != nil {
-		if out, err := exec.Command("apt-get", "update", "-qq").CombinedOutput(); err != nil {
+		if out, err := exec.Command("apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-qq").CombinedOutput(); err != nil {
 			return "", fmt.Errorf("apt-get update: %v: %s", err, out)
 		}
 		if out, err := install(); err != nil {
