@@ -58,7 +58,10 @@ func TestGateKilled(t *testing.T) {
 	t.Logf("%d devices back on the other gate %v after the kill (ledger: %v); the stray session offline after %v; pushes interrupted %v",
 		cfg.Devices, back.Round(time.Millisecond), f.DevicesBack.Round(time.Millisecond), offline.Round(time.Millisecond),
 		f.Interruption.Round(time.Millisecond))
-	if offline > 2*time.Second+time.Second { // TTL 1 s + 1 s, and the polling
+	// Measured once every device is back (up to a few seconds on a loaded
+	// machine); what it rules out is the session waiting for Consul's
+	// deregistration (a minute) or for ever.
+	if offline > 5*time.Second { // TTL 1 s, the devices' return, the polling
 		t.Errorf("a session on the dead gate lasted %v", offline)
 	}
 }
@@ -106,7 +109,9 @@ func TestGateAndActorNodeKilled(t *testing.T) {
 // gate is back its devices' pushes are served again, and every push
 // accepted for them meanwhile arrives, in order.
 func TestStoppedGateRefusesPushes(t *testing.T) {
-	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate", "actors", "gate,api"}})
+	// A TTL of 3 s, so that the gate can stay stopped long enough for
+	// bounds a loaded machine keeps, and still be a member.
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate", "actors", "gate,api"}, Args: []string{"--cluster.ttl", "3s"}})
 	dumpOnFailure(t, c, "level=WARN", "level=ERROR")
 	n1, n2, n3 := c.Node("node1"), c.Node("node2"), c.Node("node3")
 	api := n3.API(t)
@@ -151,9 +156,9 @@ func TestStoppedGateRefusesPushes(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
-	// Stopped for less than the tests' membership TTL (1 s): node1 stays
-	// a member, and its sessions live.
-	const stop = 400 * time.Millisecond
+	// Stopped for less than this cluster's membership TTL (3 s): node1
+	// stays a member, and its sessions live.
+	const stop = 1500 * time.Millisecond
 	before, _ := n2.Metric("courier_cluster_pushes_refused_gate_backlog_total")
 	n1.Pause()
 	stopped := time.Now()
@@ -167,7 +172,7 @@ func TestStoppedGateRefusesPushes(t *testing.T) {
 				firstRefusal = time.Since(stopped)
 			}
 			refusals++
-			if took > 200*time.Millisecond {
+			if took > time.Second {
 				t.Errorf("a refusal took %v: not fast", took)
 			}
 		}

@@ -573,8 +573,10 @@ func TestSessionsOnDepartedGateEnd(t *testing.T) {
 	}
 	took := time.Since(killed)
 	t.Logf("sessions on the killed gate offline cluster-wide after %v (TTL %v)", took.Round(time.Millisecond), ttl)
-	if took > ttl+time.Second {
-		t.Fatalf("took %v, more than the TTL + 1 s", took)
+	// What this rules out is waiting for Consul's deregistration (a
+	// minute); 3 s of margin for a loaded machine's Consul.
+	if took > ttl+3*time.Second {
+		t.Fatalf("took %v, more than the TTL + 3 s", took)
 	}
 }
 
