@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -178,7 +179,7 @@ func ApplyFileAndEnv(fs *pflag.FlagSet, path string, getenv func(string) string)
 				continue
 			}
 			if err := fs.Set(k, flat[k]); err != nil {
-				return fmt.Errorf("config file %s: %s: %w", path, k, err)
+				return fmt.Errorf("config file %s: %s: %w", path, k, RedactSecret(err))
 			}
 		}
 	}
@@ -189,11 +190,29 @@ func ApplyFileAndEnv(fs *pflag.FlagSet, path string, getenv func(string) string)
 		}
 		if v := getenv(EnvName(f.Name)); v != "" {
 			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s: %w", EnvName(f.Name), e)
+				err = fmt.Errorf("%s: %w", EnvName(f.Name), RedactSecret(e))
 			}
 		}
 	})
 	return err
+}
+
+// secretSettings hold secrets: an error about one of their values does
+// not repeat the value (it would end up in logs).
+var secretSettings = map[string]bool{"app-secret": true, "api-key": true, "store.dsn": true}
+
+// RedactSecret returns err, or, for an invalid value of a setting that
+// holds secrets, an error that names the setting without the value.
+func RedactSecret(err error) error {
+	var iv *pflag.InvalidValueError
+	if !errors.As(err, &iv) || !secretSettings[iv.GetFlag().Name] {
+		return err
+	}
+	what := "not a comma-separated list of KEY=VALUE pairs"
+	if iv.GetFlag().Name == "store.dsn" {
+		what = "not a valid value"
+	}
+	return fmt.Errorf("invalid value for --%s: %s (the value is not shown: it holds secrets)", iv.GetFlag().Name, what)
 }
 
 // flatten turns nested maps into "a.b" keys. A map under a key that is a

@@ -91,7 +91,7 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
-		return usageError(err)
+		return usageError(node.RedactSecret(err))
 	}
 	switch {
 	case fs.NArg() == 1 && fs.Arg(0) == "version":

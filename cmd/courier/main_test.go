@@ -314,3 +314,24 @@ func gateToken(t *testing.T, secret string, app uint16, uid string) string {
 	}
 	return tok
 }
+
+// TestMalformedSecretsAreNotEchoed: a malformed value of a setting that
+// holds secrets is refused naming the setting, not repeating the value
+// (the error goes to the logs), from the environment and the command
+// line alike.
+func TestMalformedSecretsAreNotEchoed(t *testing.T) {
+	const secret = "s3cr3t-0123456789abcdef"
+	for _, tc := range []struct {
+		env  []string
+		args []string
+	}{
+		{env: []string{"COURIER_APP_SECRET=1=" + secret + ",2=x,oops"}},
+		{env: []string{"COURIER_API_KEY=" + secret + "=1,k=2,oops"}},
+		{args: []string{"--app-secret", "1=" + secret + ",2=x,oops"}},
+	} {
+		code, _, errw := courier(t, tc.env, append(loopback(t), tc.args...)...)
+		if code != 2 || strings.Contains(errw, secret) || !strings.Contains(errw, "the value is not shown") {
+			t.Errorf("%v %v: exit %d:\n%s", tc.env, tc.args, code, errw)
+		}
+	}
+}
