@@ -65,9 +65,14 @@ func (f Files) Config() (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster.tls-cert %s: %w", f.Cert, err)
 	}
-	opts := x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	if _, err := leaf.Verify(opts); err != nil {
-		return nil, fmt.Errorf("cluster.tls-cert %s: not a node certificate of the CA in cluster.tls-ca: %w", f.Cert, err)
+	// A member is a server to the members that dial it and a client of
+	// those it dials: its certificate must allow both (Verify accepts a
+	// chain that allows any one of the usages it is given).
+	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
+		opts := x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{usage}}
+		if _, err := leaf.Verify(opts); err != nil {
+			return nil, fmt.Errorf("cluster.tls-cert %s: not a node certificate of the CA in cluster.tls-ca (it must allow both server and client authentication): %w", f.Cert, err)
+		}
 	}
 	return &tls.Config{
 		Certificates: []tls.Certificate{cert},
