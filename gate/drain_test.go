@@ -75,7 +75,9 @@ func TestMoveOffSpreadsKickouts(t *testing.T) {
 		}
 		peak = max(peak, c)
 	}
-	if peak > 12 || took < window*3/4 {
+	// Even, 4 per 100 ms; all at once, 40. Client receive times bunch up
+	// when the test's goroutines are descheduled: up to 20 is spread.
+	if peak > 20 || took < window*3/4 {
 		t.Fatalf("kickouts not spread: peak %d per 100 ms, took %v", peak, took)
 	}
 	busy := tg.dial(t)

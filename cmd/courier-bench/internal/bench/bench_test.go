@@ -156,7 +156,9 @@ func TestAgainstNode(t *testing.T) {
 			t.Fatalf("counts %d %d", dev.Count, api.Count)
 		}
 		lo := delay.Microseconds()
-		if dev.P50 < lo || dev.P50 > lo+api.P99+50_000 {
+		// Never before the delay; after it by about an API answer (a loaded
+		// machine running a race-built node: 250 ms of margin).
+		if dev.P50 < lo || dev.P50 > lo+api.P99+250_000 {
 			t.Fatalf("p50 %dµs with a %v delay (API answers p99 %dµs)", dev.P50, delay, api.P99)
 		}
 		if api.P50 >= lo {
