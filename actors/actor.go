@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"runtime/debug"
 	"time"
 
@@ -179,6 +180,10 @@ type deviceActor struct {
 	// closes); they and the flags that follow share one word.
 	stashOrdered int32
 	reloadStep   uint8
+	// crashes counts the panics since the last write that succeeded: a
+	// machine that panics again and again (a record this binary cannot
+	// handle) is not reloaded by itself more than maxCrashReloads times.
+	crashes uint8
 	// writing: a write taken from a machine has not completed. No machine
 	// is loaded meanwhile (the load could miss the write).
 	writing bool
@@ -413,6 +418,8 @@ func (a *deviceActor) writeDone(ctx actor.Context, err error) {
 		if a.read == nil { // else the lookup's answer starts its envelope over
 			a.startLoad(ctx, nil)
 		}
+	default:
+		a.crashes = 0 // the machine works
 	}
 }
 
@@ -438,6 +445,10 @@ func (a *deviceActor) fence(ctx actor.Context) {
 		a.deps.Router.Send(&actorpb.Envelope{AppCode: uint32(a.id.App), Uid: a.id.UID, Body: &actorpb.Envelope_Closed{Closed: c}})
 	}
 }
+
+// maxCrashReloads is how many panics in a row the actor reloads its
+// machine after by itself; after more, the identity's next envelope does.
+const maxCrashReloads = 3
 
 // hasWork reports whether d had something only a machine does: a
 // session to deliver to, or stored messages.
@@ -466,7 +477,10 @@ func (a *deviceActor) crashed(ctx actor.Context, r any) {
 	if a.d != nil {
 		d := a.d
 		a.d = nil
-		a.unapplied = a.unapplied || hasWork(d)
+		if a.crashes < 255 {
+			a.crashes++
+		}
+		a.unapplied = a.unapplied || (hasWork(d) && a.crashes <= maxCrashReloads)
 		d.Abort(codes.Unavailable, crashed)
 		for _, e := range d.Effects() {
 			a.send(e)
@@ -519,6 +533,9 @@ func (a *deviceActor) scheduleReload(ctx actor.Context) {
 		a.reloadStep++
 	}
 	wait := min(100*time.Millisecond<<(a.reloadStep-1), 5*time.Second)
+	// From half to the whole of it: the actors a store outage stopped do
+	// not all retry at the same moments.
+	wait = wait/2 + rand.N(wait/2+1)
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	a.reloadTimer = time.AfterFunc(wait, func() { root.Send(self, reload{}) })
 }

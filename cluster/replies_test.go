@@ -52,8 +52,8 @@ func TestReplyBatch(t *testing.T) {
 
 // TestLeaselessReplies: a node without its lease answers an identity's
 // push, kick or presence with a retryable failure (the push was not
-// delivered, the KICKOUT not sent, and no other node wakes the identity),
-// and lets failures and the node's own replies through as they are.
+// delivered, and no other node wakes the identity to deliver it), and
+// lets failures and the node's own replies through as they are.
 func TestLeaselessReplies(t *testing.T) {
 	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{} }, prometheus.NewRegistry(), nil)
 	if err != nil {

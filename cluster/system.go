@@ -896,18 +896,19 @@ func (r *replyRegistry) forgetMany(w *batchWait) {
 
 // leaselessWhy is what an app-server is told of a request its identity's
 // actor handled while this node held no lease.
-const leaselessWhy = "cluster: the node serving this identity lost its membership lease while handling it: it may or may not have taken effect, and it was not delivered to the device; retry (a push with the same idempotency key is not stored twice)"
+const leaselessWhy = "cluster: the node serving this identity lost its membership lease while handling it: it may or may not have taken effect, and a push was not delivered to the device; retry (a push with the same idempotency key is not stored twice)"
 
 // leaselessReply is r as a node without its lease sends it. An identity's
 // actor may finish a request after the lease lapsed: a stored push's
-// write completes, a kick's session write. Its success would be a
-// promise the node cannot keep: SendToConn no longer delivers the push
-// or the KICKOUT, and no other node activates the identity to deliver
-// what it stored until something else arrives for it. So the success
-// goes out as UNAVAILABLE: the app-server retries, the retry wakes the
-// identity at its owner, and the owner delivers (an idempotency key makes
-// the retry find the stored push). Failures and replies that are not an
-// identity's go as they are.
+// write completes, a kick's session write. A push's success would be a
+// promise the node cannot keep: SendToConn no longer delivers it, and no
+// other node activates the identity to deliver what it stored until
+// something else arrives for it. So the success goes out as UNAVAILABLE:
+// the app-server retries, the retry wakes the identity at its owner, and
+// the owner delivers (an idempotency key makes the retry find the stored
+// push). A kick's KICKOUT does go (actors.Leaseless), and its retry finds
+// the device offline; a presence answer may be stale. Failures and
+// replies that are not an identity's go as they are.
 func leaselessReply(r *actorpb.Reply) *actorpb.Reply {
 	switch r.Body.(type) {
 	case *actorpb.Reply_Push, *actorpb.Reply_Kick, *actorpb.Reply_Presence:

@@ -321,10 +321,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	n.syncLists()
 	n.wg.Add(1)
 	go n.publishLoad(cfg.Cluster.LoadInterval)
-	if n.health != nil {
-		n.health.SetServingStatus(apipb.Courier_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-		n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	}
+	// SERVING, unless the lease was lost since the join (leaseChanged ran).
+	n.setHealth(n.sys.LeaseValid())
 	log.Info("node: started", "name", cfg.Name, "roles", roles.String(), "gate", n.GateAddr(), "api", n.APIAddr(),
 		"http", n.HTTPAddr(), "cluster", n.sys.Address(), "store", cfg.Store, "data", cfg.DataDir)
 	if cfg.Cluster.Provider == membership.ProviderConsul && cfg.Store == "pebble" && roles.Has(membership.RoleActors) {

@@ -461,8 +461,11 @@ type fanin struct {
 	// gate sends a delivery again when its ack is late (resend-after); one
 	// still held here (waiting for the app-server, or being processed) is
 	// not taken twice, so a slow app-server is not sent the same
-	// messages again and again and what waits here stays bounded by the
-	// gates' windows.
+	// messages again and again, and what the fanin holds stays bounded by
+	// what the gates have in flight to the subscription: each gate's
+	// window, and its byte budgets (nothing is forgotten or skipped: a
+	// delivery skipped here would wait at its gate for a resend, for good
+	// from this node's own gate, which does not resend).
 	held   map[origin]uint64
 	outbox []*apipb.UpstreamMessage
 	notify chan struct{}
@@ -474,16 +477,6 @@ type origin struct {
 	gate string
 	id   uint64
 }
-
-// maxOrigins bounds the deliveries a fanin holds unacknowledged, waiting
-// for the app-server or delivered to it. The gates' windows bound them
-// already (each gate has at most the window in flight to the
-// subscription), but not their number: past the bound, deliveries are
-// not taken (they stay in flight at their gate, which sends them again
-// after upstream.resend-after, to this subscription or another), so that
-// a stream that stops reading holds at most this many, however many
-// gates feed it.
-const maxOrigins = 1 << 17
 
 func newFanin() *fanin {
 	return &fanin{origin: map[uint64]origin{}, held: map[origin]uint64{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
@@ -501,9 +494,6 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 		o := origin{gate, m.DeliveryId}
 		if _, ok := f.held[o]; ok {
 			continue // sent again by its gate while still held here
-		}
-		if len(f.origin) >= maxOrigins {
-			continue // full: its gate sends it again
 		}
 		if shared {
 			m = proto.Clone(m).(*apipb.UpstreamMessage)

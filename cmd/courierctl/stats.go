@@ -51,7 +51,7 @@ is, for machines.`,
 	f.bind(c)
 	c.Flags().Uint32Var(&app, "app", 1, "appcode")
 	c.Flags().UintSliceVar(&msgtypes, "msgtype", nil, "only these msgtypes")
-	c.Flags().DurationVar(&window, "window", time.Minute, "recent window (up to 1h; rounded up to 10s)")
+	c.Flags().DurationVar(&window, "window", time.Minute, "recent window (up to 1h; rounded up to 10s, plus the current 10s slot's elapsed part: the table says what the counts cover)")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the answer as JSON")
 	return c
 }
