@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,6 +90,13 @@ type PebbleConfig struct {
 	// Swept, if set, is told how many expired idempotency records each
 	// sweep round deleted.
 	Swept func(n int)
+	// DiskEvent, if set, is told of the disk's trouble as Pebble sees it:
+	// "disk_slow" (an operation on a file has taken over 5 s; repeated
+	// every 2 s while it lasts), "write_stall" and "write_stall_end"
+	// (writes wait for flushes or compactions), "background_error" (a
+	// flush or compaction failed: a full disk), "low_disk_space" (under
+	// 10, 5, 3, 2 or 1 % free). It must not block.
+	DiskEvent func(event string)
 	// Now is the clock of expiries (default time.Now; tests set it).
 	Now func() time.Time
 }
@@ -188,7 +196,8 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	cache := pebble.NewCache(int64(cfg.CacheSize))
 	defer cache.Unref() // the DB holds its own reference
 	opts := &pebble.Options{
-		Logger: pebbleLogger{log},
+		Logger:        pebbleLogger{log},
+		EventListener: diskEvents(cfg.DiskEvent, log),
 		// Filter and index blocks of the tables stay cached: idempotency
 		// lookups read them for every new push and C2C id.
 		Cache: cache,
@@ -603,7 +612,56 @@ func (l pebbleLogger) Errorf(format string, args ...any) {
 	l.log.Error("pebble: " + fmt.Sprintf(format, args...))
 }
 
+// Fatalf ends the process, as Pebble's own logger does: Pebble calls it
+// when it can no longer keep what it promised (a commit's log write
+// failed: a full disk), and nothing it holds may be trusted after. A
+// panic would do on Pebble's goroutines, but one raised on an actor's,
+// whose recover catches it, would leave the node running on a broken
+// store. A restart replays what was synced.
 func (l pebbleLogger) Fatalf(format string, args ...any) {
-	l.log.Error("pebble: fatal: " + fmt.Sprintf(format, args...))
-	panic(fmt.Sprintf(format, args...))
+	l.log.Error("pebble: fatal: " + fmt.Sprintf(format, args...) + "; the node exits")
+	pebbleExit(1)
+}
+
+// pebbleExit is os.Exit (a variable for tests).
+var pebbleExit = os.Exit
+
+// diskEvents is the listener that tells fn, and the log, of the disk's
+// trouble (PebbleConfig.DiskEvent). Pebble calls it from its own
+// goroutines, some while writes wait: it only counts and logs, at most
+// once a second per kind.
+func diskEvents(fn func(string), log *slog.Logger) *pebble.EventListener {
+	if fn == nil {
+		fn = func(string) {}
+	}
+	var mu sync.Mutex
+	last := map[string]time.Time{}
+	note := func(event, msg string, args ...any) {
+		fn(event)
+		mu.Lock()
+		quiet := time.Since(last[event]) < time.Second
+		if !quiet {
+			last[event] = time.Now()
+		}
+		mu.Unlock()
+		if !quiet {
+			log.Warn("store: "+msg, args...)
+		}
+	}
+	return &pebble.EventListener{
+		DiskSlow: func(i pebble.DiskSlowInfo) {
+			note("disk_slow", "the disk is slow: an operation has not completed", "file", i.Path, "op", i.OpType.String(), "for", i.Duration.Round(time.Millisecond))
+		},
+		WriteStallBegin: func(i pebble.WriteStallBeginInfo) {
+			note("write_stall", "writes are stalled, waiting for the disk", "reason", i.Reason)
+		},
+		WriteStallEnd: func() { note("write_stall_end", "writes are no longer stalled") },
+		BackgroundError: func(err error) {
+			note("background_error", "a flush or compaction failed (is the disk full?)", "err", err)
+		},
+		LowDiskSpace: func(i pebble.LowDiskSpaceInfo) {
+			note("low_disk_space", "the disk is running out of space", "available_bytes", i.AvailBytes, "total_bytes", i.TotalBytes,
+				"under_percent", i.PercentThreshold)
+		},
+	}
 }

@@ -1,11 +1,15 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -529,5 +533,50 @@ func TestPebbleSweepDropsAnUnreadableRecord(t *testing.T) {
 			closer.Close()
 		}
 		t.Fatalf("the unreadable record is still there: %v", err)
+	}
+}
+
+// TestPebbleDiskEvents: the disk's trouble as Pebble reports it reaches
+// the node (a metric per event) and the log, at most once a second per
+// kind however often Pebble repeats it (a disk-slow report comes every
+// 2 s while an operation is stuck; background errors come back to back).
+func TestPebbleDiskEvents(t *testing.T) {
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	got := map[string]int{}
+	l := diskEvents(func(e string) { mu.Lock(); got[e]++; mu.Unlock() }, slog.New(slog.NewTextHandler(&buf, nil)))
+	for range 5 {
+		l.DiskSlow(pebble.DiskSlowInfo{Path: "000001.log", Duration: 6 * time.Second})
+		l.BackgroundError(errors.New("no space left on device"))
+	}
+	l.WriteStallBegin(pebble.WriteStallBeginInfo{Reason: "memtable count limit reached"})
+	l.WriteStallEnd()
+	l.LowDiskSpace(pebble.LowDiskSpaceInfo{AvailBytes: 1 << 20, TotalBytes: 1 << 30, PercentThreshold: 1})
+	mu.Lock()
+	defer mu.Unlock()
+	if got["disk_slow"] != 5 || got["background_error"] != 5 || got["write_stall"] != 1 || got["write_stall_end"] != 1 || got["low_disk_space"] != 1 {
+		t.Fatalf("events %v", got)
+	}
+	logs := buf.String()
+	if n := strings.Count(logs, "the disk is slow"); n != 1 {
+		t.Fatalf("%d disk-slow lines in a second:\n%s", n, logs)
+	}
+	for _, want := range []string{"is the disk full?", "writes are stalled", "running out of space", "file=000001.log"} {
+		if !strings.Contains(logs, want) {
+			t.Fatalf("no %q in\n%s", want, logs)
+		}
+	}
+}
+
+// TestPebbleFatalEndsTheProcess: Pebble's Fatalf (a commit's log write
+// failed) ends the process rather than panicking, which an actor's
+// recover would catch, leaving the node on a broken store.
+func TestPebbleFatalEndsTheProcess(t *testing.T) {
+	code := -1
+	pebbleExit = func(c int) { code = c }
+	defer func() { pebbleExit = os.Exit }()
+	pebbleLogger{slog.New(slog.NewTextHandler(io.Discard, nil))}.Fatalf("pebble: fatal commit error: %v", "no space left on device")
+	if code != 1 {
+		t.Fatalf("exit code %d, want 1", code)
 	}
 }

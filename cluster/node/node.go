@@ -127,7 +127,20 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 			Help: "Reads (loads and idempotency lookups) in one read round trip of the PostgreSQL store.", Buckets: prometheus.ExponentialBuckets(1, 2, 10)})
 		readErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_read_errors_total",
 			Help: "Read round trips of the PostgreSQL store that failed (their reads were refused)."})
-		n.reg.MustRegister(commitSeconds, batchWrites, commitErrors, swept, readSeconds, batchReads, readErrors)
+		diskEvents := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_store_disk_events_total",
+			Help: "Trouble of the Pebble store's disk, by event: disk_slow (an operation pending over 5 s, counted every 2 s while it lasts), write_stall and write_stall_end, background_error (a flush or compaction failed: a full disk?), low_disk_space (under 10, 5, 3, 2, 1 % free)."}, []string{"event"})
+		stalled := prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_store_write_stalled",
+			Help: "1 while the Pebble store's writes are stalled waiting for the disk (flushes, compactions)."})
+		n.reg.MustRegister(commitSeconds, batchWrites, commitErrors, swept, readSeconds, batchReads, readErrors, diskEvents, stalled)
+		diskEvent := func(event string) {
+			diskEvents.WithLabelValues(event).Inc()
+			switch event {
+			case "write_stall":
+				stalled.Set(1)
+			case "write_stall_end":
+				stalled.Set(0)
+			}
+		}
 		observe := func(writes int, d time.Duration, err error) {
 			commitSeconds.Observe(d.Seconds())
 			batchWrites.Observe(float64(writes))
@@ -142,7 +155,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 				readErrors.Inc()
 			}
 		}
-		if n.store, err = openStore(cfg, log, observe, observeRead, func(k int) { swept.Add(float64(k)) }); err != nil {
+		if n.store, err = openStore(cfg, log, observe, observeRead, func(k int) { swept.Add(float64(k)) }, diskEvent); err != nil {
 			return nil, err
 		}
 	}
@@ -359,7 +372,7 @@ const postgresLanes = 4
 const pebbleLanes = 1
 
 // openStore opens the configured inbox store.
-func openStore(cfg Config, log *slog.Logger, observe, observeRead func(int, time.Duration, error), swept func(int)) (store.Store, error) {
+func openStore(cfg Config, log *slog.Logger, observe, observeRead func(int, time.Duration, error), swept func(int), diskEvent func(string)) (store.Store, error) {
 	lanes := cfg.StoreLanes
 	if lanes == 0 {
 		lanes = pebbleLanes
@@ -384,7 +397,7 @@ func openStore(cfg Config, log *slog.Logger, observe, observeRead func(int, time
 		return s, nil
 	}
 	s, err := store.OpenPebble(store.PebbleConfig{Dir: filepath.Join(cfg.DataDir, "inbox"), Lanes: lanes, QueueLen: queue,
-		MinSyncInterval: cfg.StoreMinSyncInterval, NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept}, log)
+		MinSyncInterval: cfg.StoreMinSyncInterval, NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept, DiskEvent: diskEvent}, log)
 	if err != nil {
 		return nil, storeOpenError(cfg.DataDir, err)
 	}
@@ -626,6 +639,22 @@ func (n *Node) HTTPAddr() string {
 	return n.httpL.Addr().String()
 }
 
+// within runs fn and reports whether it returned before ctx ended (it
+// goes on in the background otherwise).
+func within(ctx context.Context, fn func()) bool {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // settleContext is the part of ctx's time the upstream router gets to
 // empty at shutdown: half of what is left (10 s without a deadline).
 func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -692,12 +721,24 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		// Actors stop before the store closes. Every accepted message is
 		// already durable; what an actor has not written yet is at most a
 		// session going offline, which the next activation corrects.
+		// Both wait for the store's writes in flight: a disk that hangs
+		// would hold them past the grace (the store's synced writes are
+		// safe; a restart replays them).
 		if n.sys != nil {
-			n.sys.Shutdown()
+			if !within(ctx, n.sys.Shutdown) {
+				errs = append(errs, errors.New("actors: not stopped within shutdown-grace (is the store's disk hung?)"))
+			}
 			step("actors stopped")
 		}
 		if n.store != nil {
-			if err := n.store.Close(); err != nil {
+			closed := make(chan error, 1)
+			var err error
+			if within(ctx, func() { closed <- n.store.Close() }) {
+				err = <-closed
+			} else {
+				err = errors.New("not closed within shutdown-grace (is its disk hung?)")
+			}
+			if err != nil {
 				errs = append(errs, fmt.Errorf("store: %w", err))
 			}
 			step("store closed")
