@@ -1175,7 +1175,11 @@ func (d *Device) C2C(now time.Time, m *actorpb.C2CSend, rec *actorpb.Idempotency
 		rec = r.rec
 	}
 	if rec != nil {
-		d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_OK, rec.MsgId, "")})
+		// The answer waits for the writes before it (the original's among
+		// them, when it is not durable yet); if one fails, the resend is
+		// answered as the original is.
+		d.emit(Effect{Conn: m.ReplyTo, ToConn: ackTo(devicepb.Code_OK, rec.MsgId, ""),
+			FailConn: ackTo(devicepb.Code_STORE_UNAVAILABLE, "", "the store did not confirm the message: it may or may not be stored; resend it with the same client_msg_id")})
 		return
 	}
 	d.expire(now)

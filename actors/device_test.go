@@ -986,3 +986,28 @@ func TestRememberedKeysExpire(t *testing.T) {
 		t.Fatalf("%d stored: the key was taken for the expired one's duplicate", n)
 	}
 }
+
+// TestC2CResendAnsweredWhenTheWriteFails: a C2C resent while the
+// original's write is in flight is answered once that write is done; if
+// it fails, both get STORE_UNAVAILABLE (the resend's answer used to be
+// dropped: the device waited for a C2C_ACK that never came).
+func TestC2CResendAnsweredWhenTheWriteFails(t *testing.T) {
+	h := newHarness(t)
+	send := func(seq uint32) {
+		h.d.C2C(h.now, &actorpb.C2CSend{ReplyTo: conn(9), ReplyEpoch: 4, FrameSeq: seq, FromUid: "rider-3",
+			C2C: &devicepb.C2C{ToUid: "driver-7", ClientMsgId: "c-1", Payload: []byte("hi")}}, nil)
+	}
+	send(1)
+	if w := h.d.TakeWrite(); w == nil {
+		t.Fatal("no write for the C2C")
+	}
+	send(2) // the resend, while the original's write is in flight
+	h.d.WriteDone(errors.New("disk"))
+	got := map[uint32]devicepb.Code{}
+	for _, f := range framesTo(h.d.Effects(), 9) {
+		got[f.Seq] = body(t, f, &devicepb.C2CAck{}).Code
+	}
+	if got[1] != devicepb.Code_STORE_UNAVAILABLE || got[2] != devicepb.Code_STORE_UNAVAILABLE || len(got) != 2 {
+		t.Fatalf("answers %v, want STORE_UNAVAILABLE for seq 1 and 2", got)
+	}
+}

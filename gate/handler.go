@@ -2,6 +2,7 @@ package gate
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/devicepb"
@@ -23,6 +24,9 @@ type ConnInfo struct {
 	Epoch uint64
 	// DeviceID as the client reported it at login.
 	DeviceID string
+	// LoginDeadline, given with Login only, is when the gate gives up on
+	// the login: its login timeout after the connection opened.
+	LoginDeadline time.Time
 }
 
 // CloseReason says why a connection ended.

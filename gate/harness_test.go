@@ -34,8 +34,11 @@ var (
 // LoginOutcome and the LOGIN_ACK), records everything, and can hold or
 // reject logins.
 type fakeHandler struct {
-	g      atomic.Pointer[gate.Gate]
-	hold   atomic.Bool // leave logins pending
+	g    atomic.Pointer[gate.Gate]
+	hold atomic.Bool // leave logins pending
+	// ackC2S: answer each C2S at once from Frame (C2S_ACK OK through
+	// Deliver), as the node's bridge does.
+	ackC2S atomic.Bool
 	reject atomic.Bool // answer logins with a failure
 	epoch  atomic.Uint64
 
@@ -87,6 +90,11 @@ func (h *fakeHandler) Frame(c gate.ConnInfo, hd messages.Header, body []byte) {
 	h.mu.Lock()
 	h.frames = append(h.frames, frameCall{c, hd, append([]byte(nil), body...)})
 	h.mu.Unlock()
+	if hd.Cmd == messages.CmdC2S && h.ackC2S.Load() {
+		ack, _ := proto.Marshal(&devicepb.C2SAck{Code: devicepb.Code_OK, MsgId: "up-1"})
+		_ = h.g.Load().Deliver(&actorpb.ToConn{ConnId: uint64(c.ID), Epoch: c.Epoch,
+			Frames: []*actorpb.OutFrame{{Cmd: uint32(messages.CmdC2SAck), Seq: hd.Seq, Body: ack}}})
+	}
 }
 
 func (h *fakeHandler) Closed(c gate.ConnInfo, reason gate.CloseReason) {

@@ -240,3 +240,22 @@ func TestCustomAuthenticator(t *testing.T) {
 		t.Fatalf("LOGIN_ACK %v", ack.Code)
 	}
 }
+
+// TestLoginDeadlineCountsFromTheOpening: the Handler is told when the gate
+// gives up on a LOGIN: its login timeout after the connection opened, not
+// after the LOGIN arrived (a node judging a late LOGIN by the latter
+// took one held up for most of a login timeout as on time).
+func TestLoginDeadlineCountsFromTheOpening(t *testing.T) {
+	tg := startGate(t, func(c *gate.Config) { c.LoginTimeout = 2 * time.Second })
+	opened := time.Now()
+	d := tg.dial(t)
+	time.Sleep(700 * time.Millisecond)
+	if ack := d.Login("late-lucy", token(t, app1, "late-lucy"), false); ack.Code != devicepb.Code_OK {
+		t.Fatalf("login: %v", ack.Code)
+	}
+	dl := tg.connOf(t, "late-lucy").LoginDeadline
+	want := opened.Add(2 * time.Second)
+	if diff := dl.Sub(want); diff < -200*time.Millisecond || diff > 300*time.Millisecond {
+		t.Fatalf("login deadline %v after the opening, want about 2s", dl.Sub(opened))
+	}
+}

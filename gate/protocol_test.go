@@ -236,3 +236,24 @@ func TestKeepaliveAndLogout(t *testing.T) {
 	}
 	tg.waitMetric(t, 1, "courier_gate_closes_total", "reason", "logout")
 }
+
+// TestAnswersBeforeLogoutAreSent: a device that sends a C2S and LOGOUT in
+// one write (an app closing) gets the C2S_ACK the handler gave at once,
+// then LOGOUT_ACK: the close used to drop the answers queued through
+// Deliver, and the device sent the C2S again on its next connection.
+func TestAnswersBeforeLogoutAreSent(t *testing.T) {
+	tg := startGate(t, nil)
+	tg.h.ackC2S.Store(true)
+	d, _ := tg.login(t, "leaver", false)
+	c2s := frame(messages.Header{Cmd: messages.CmdC2S, AppCode: app1, Seq: 5}, mustMarshal(&devicepb.C2S{ClientMsgId: "c1", Payload: []byte("bye")}))
+	logout := frame(messages.Header{Cmd: messages.CmdLogout, AppCode: app1, Seq: 6}, nil)
+	d.SendRaw(append(c2s, logout...))
+	f := d.Expect(messages.CmdC2SAck)
+	if f.Seq != 5 || f.Msg.(*devicepb.C2SAck).Code != devicepb.Code_OK {
+		t.Fatalf("C2S_ACK %v seq %d", f.Msg, f.Seq)
+	}
+	if f := d.Expect(messages.CmdLogoutAck); f.Seq != 6 {
+		t.Fatalf("LOGOUT_ACK seq %d", f.Seq)
+	}
+	d.ExpectClosed()
+}

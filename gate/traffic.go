@@ -237,6 +237,13 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 			l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "LOGOUT has no body")
 			return gnet.None
 		}
+		// Answers already given to the frames before it go first: the
+		// loop's own, then those queued through Deliver (a C2S_ACK the
+		// handler answered at once), which the close would drop.
+		l.flush(s)
+		if s.drain(); s.closed {
+			return gnet.Close
+		}
 		l.reply(app, messages.CmdLogoutAck, h.Seq, nil)
 		s.closeReason = CloseLogout
 		return gnet.Close
@@ -280,7 +287,9 @@ func (s *conn) onLogin(h messages.Header, body []byte) gnet.Action {
 	s.mu.Lock()
 	s.sApp, s.sLoginPending, s.sAskedZstd = h.AppCode, true, m.Zstd
 	s.mu.Unlock()
-	g.h.Login(s.info(), h.Seq, m)
+	info := s.info()
+	info.LoginDeadline = g.start.Add(time.Duration(s.deadline(g)) * g.cfg.TickInterval)
+	g.h.Login(info, h.Seq, m)
 	return gnet.None
 }
 

@@ -51,8 +51,12 @@ func (b *bridge) publicAddr() string {
 func (b *bridge) Login(c gate.ConnInfo, frameSeq uint32, login *devicepb.Login) {
 	e := &loginEnvelope{}
 	now := time.Now()
+	deadline := c.LoginDeadline // the gate's: its timeout from the connection's opening
+	if deadline.IsZero() {
+		deadline = now.Add(b.loginTimeout)
+	}
 	e.login = actorpb.DeviceLogin{Conn: b.ref(c.ID), Login: login, FrameSeq: frameSeq, AtMs: now.UnixMilli(), GateAddr: b.publicAddr(),
-		DeadlineMs: now.Add(b.loginTimeout).UnixMilli()}
+		DeadlineMs: deadline.UnixMilli()}
 	e.body.Login = &e.login
 	e.env = actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &e.body}
 	b.sys.Send(&e.env)

@@ -1,10 +1,12 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -404,12 +406,23 @@ func (s *Subscriber) Close() {
 	}
 }
 
+// sortByID sorts in delivery order: O(n log n), under the router's lock,
+// which every gate loop takes to publish a C2S (a window may be 65,536:
+// the insertion sort of a map's random order took seconds).
 func sortByID(ms []*message) {
-	// Insertion sort: a subscriber's window is small and mostly ordered.
-	for i := 1; i < len(ms); i++ {
-		for j := i; j > 0 && ms[j].m.DeliveryId < ms[j-1].m.DeliveryId; j-- {
-			ms[j], ms[j-1] = ms[j-1], ms[j]
-		}
+	// The ids sorted beside their messages: no pointer chased per
+	// comparison.
+	type idm struct {
+		id uint64
+		m  *message
+	}
+	byID := make([]idm, len(ms))
+	for i, m := range ms {
+		byID[i] = idm{m.m.DeliveryId, m}
+	}
+	slices.SortFunc(byID, func(a, b idm) int { return cmp.Compare(a.id, b.id) })
+	for i := range byID {
+		ms[i] = byID[i].m
 	}
 }
 

@@ -114,8 +114,8 @@ type DeviceLogin struct {
 	AtMs     int64  `protobuf:"varint,4,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
 	// The gate's public address, for presence.
 	GateAddr string `protobuf:"bytes,5,opt,name=gate_addr,json=gateAddr,proto3" json:"gate_addr,omitempty"`
-	// When the gate gives up on this login (at_ms plus its login timeout,
-	// by the gate node's clock; 0: not known). A LOGIN that reaches its
+	// When the gate gives up on this login (its login timeout after the
+	// connection opened, by the gate node's clock; 0: not known). A LOGIN that reaches its
 	// identity well after it (held up in a partition) must not end a
 	// session that began since: its connection is closed by then.
 	DeadlineMs    int64 `protobuf:"varint,6,opt,name=deadline_ms,json=deadlineMs,proto3" json:"deadline_ms,omitempty"`
