@@ -288,7 +288,9 @@ func (s *conn) onLogin(h messages.Header, body []byte) gnet.Action {
 	s.sApp, s.sLoginPending, s.sAskedZstd = h.AppCode, true, m.Zstd
 	s.mu.Unlock()
 	info := s.info()
-	info.LoginDeadline = g.start.Add(time.Duration(s.deadline(g)) * g.cfg.TickInterval)
+	// Now plus what is left (by the monotonic clock): a wall clock stepped
+	// since the gate started does not shift it.
+	info.LoginDeadline = time.Now().Add(time.Duration(s.deadline(g))*g.cfg.TickInterval - time.Since(g.start))
 	g.h.Login(info, h.Seq, m)
 	return gnet.None
 }

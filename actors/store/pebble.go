@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -143,12 +144,14 @@ func (c *PebbleConfig) setDefaults() error {
 // epochs are pebbleOwners': a Load's claim sees every write that passed
 // its owner check before it, and fences every write checked after it.
 type Pebble struct {
-	db   *pebble.DB
-	c    *committer
-	cfg  PebbleConfig
-	sync *pebble.WriteOptions
-	log  *slog.Logger
-	now  func() time.Time
+	db *pebble.DB
+	c  *committer
+	// stopEvents ends the goroutine that logs the disk's trouble.
+	stopEvents func()
+	cfg        PebbleConfig
+	sync       *pebble.WriteOptions
+	log        *slog.Logger
+	now        func() time.Time
 
 	own *pebbleOwners
 	// ownersComplete: every identity with a meta or inbox key has an
@@ -193,11 +196,12 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	events, stopEvents := diskEvents(cfg.DiskEvent, log)
 	cache := pebble.NewCache(int64(cfg.CacheSize))
 	defer cache.Unref() // the DB holds its own reference
 	opts := &pebble.Options{
 		Logger:        pebbleLogger{log},
-		EventListener: diskEvents(cfg.DiskEvent, log),
+		EventListener: events,
 		// Filter and index blocks of the tables stay cached: idempotency
 		// lookups read them for every new push and C2C id.
 		Cache: cache,
@@ -221,11 +225,13 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	}
 	db, err := pebble.Open(cfg.Dir, opts)
 	if err != nil {
+		stopEvents()
 		return nil, fmt.Errorf("store: open pebble in %s: %w", cfg.Dir, err)
 	}
-	s := &Pebble{db: db, cfg: cfg, sync: pebble.Sync, log: log, now: cfg.Now, quit: make(chan struct{})}
+	s := &Pebble{db: db, cfg: cfg, sync: pebble.Sync, log: log, now: cfg.Now, quit: make(chan struct{}), stopEvents: stopEvents}
 	if err := s.upgrade(); err != nil {
 		db.Close()
+		stopEvents()
 		return nil, err
 	}
 	if cfg.NoSync {
@@ -233,6 +239,7 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	}
 	if err := s.completeOwners(); err != nil {
 		db.Close()
+		stopEvents()
 		return nil, err
 	}
 	s.own = newPebbleOwners(db)
@@ -597,6 +604,7 @@ func (s *Pebble) Close() error {
 		s.closed = true
 		s.closeErr = s.db.Close()
 		s.mu.Unlock()
+		s.stopEvents()
 	})
 	return s.closeErr
 }
@@ -619,7 +627,7 @@ func (l pebbleLogger) Errorf(format string, args ...any) {
 // whose recover catches it, would leave the node running on a broken
 // store. A restart replays what was synced.
 func (l pebbleLogger) Fatalf(format string, args ...any) {
-	l.log.Error("pebble: fatal: " + fmt.Sprintf(format, args...) + "; the node exits")
+	l.log.Error("pebble: fatal: "+fmt.Sprintf(format, args...)+"; the node exits", "stack", string(debug.Stack()))
 	pebbleExit(1)
 }
 
@@ -628,40 +636,75 @@ var pebbleExit = os.Exit
 
 // diskEvents is the listener that tells fn, and the log, of the disk's
 // trouble (PebbleConfig.DiskEvent). Pebble calls it from its own
-// goroutines, some while writes wait: it only counts and logs, at most
-// once a second per kind.
-func diskEvents(fn func(string), log *slog.Logger) *pebble.EventListener {
+// goroutines, some while it holds its locks and writes wait, and asks
+// that it do no I/O: it counts at once and hands the log line to a
+// goroutine of its own (at most one a second per kind; dropped when that
+// goroutine is behind). stop ends that goroutine.
+func diskEvents(fn func(string), log *slog.Logger) (l *pebble.EventListener, stop func()) {
 	if fn == nil {
 		fn = func(string) {}
 	}
+	type line struct {
+		level slog.Level
+		msg   string
+		args  []any
+	}
+	lines := make(chan line, 16)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ln := range lines {
+			log.Log(context.Background(), ln.level, "store: "+ln.msg, ln.args...)
+		}
+	}()
 	var mu sync.Mutex
 	last := map[string]time.Time{}
-	note := func(event, msg string, args ...any) {
+	stopped := false
+	// After stop, events (Pebble's last ones, while it closes) are
+	// counted, not logged.
+	guarded := func(event string, level slog.Level, msg string, args ...any) {
 		fn(event)
 		mu.Lock()
-		quiet := time.Since(last[event]) < time.Second
-		if !quiet {
-			last[event] = time.Now()
+		defer mu.Unlock()
+		if stopped || time.Since(last[event]) < time.Second {
+			return
 		}
-		mu.Unlock()
-		if !quiet {
-			log.Warn("store: "+msg, args...)
+		last[event] = time.Now()
+		select {
+		case lines <- line{level, msg, args}:
+		default:
 		}
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			mu.Lock()
+			stopped = true
+			close(lines)
+			mu.Unlock()
+			<-done
+		})
 	}
 	return &pebble.EventListener{
 		DiskSlow: func(i pebble.DiskSlowInfo) {
-			note("disk_slow", "the disk is slow: an operation has not completed", "file", i.Path, "op", i.OpType.String(), "for", i.Duration.Round(time.Millisecond))
+			guarded("disk_slow", slog.LevelWarn, "the disk is slow: an operation has not completed", "file", i.Path, "op", i.OpType.String(), "for", i.Duration.Round(time.Millisecond))
 		},
 		WriteStallBegin: func(i pebble.WriteStallBeginInfo) {
-			note("write_stall", "writes are stalled, waiting for the disk", "reason", i.Reason)
+			guarded("write_stall", slog.LevelWarn, "writes are stalled, waiting for the disk", "reason", i.Reason)
 		},
-		WriteStallEnd: func() { note("write_stall_end", "writes are no longer stalled") },
+		WriteStallEnd: func() { guarded("write_stall_end", slog.LevelInfo, "writes are no longer stalled") },
 		BackgroundError: func(err error) {
-			note("background_error", "a flush or compaction failed (is the disk full?)", "err", err)
+			guarded("background_error", slog.LevelWarn, "a background operation (a flush, a compaction) failed: is the disk full?", "err", err)
 		},
 		LowDiskSpace: func(i pebble.LowDiskSpaceInfo) {
-			note("low_disk_space", "the disk is running out of space", "available_bytes", i.AvailBytes, "total_bytes", i.TotalBytes,
+			guarded("low_disk_space", slog.LevelWarn, "the disk is running out of space", "available_bytes", i.AvailBytes, "total_bytes", i.TotalBytes,
 				"under_percent", i.PercentThreshold)
 		},
-	}
+		// Pebble's default ends the process (Fatalf); the read that found
+		// the corruption fails anyway, and one identity that cannot be
+		// read must not take the node down at each restart.
+		DataCorruption: func(i pebble.DataCorruptionInfo) {
+			guarded("data_corruption", slog.LevelError, "a file of the store is corrupt: reads of what it holds fail", "file", i.Path, "err", i.Details)
+		},
+	}, stop
 }

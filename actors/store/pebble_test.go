@@ -544,7 +544,7 @@ func TestPebbleDiskEvents(t *testing.T) {
 	var buf bytes.Buffer
 	var mu sync.Mutex
 	got := map[string]int{}
-	l := diskEvents(func(e string) { mu.Lock(); got[e]++; mu.Unlock() }, slog.New(slog.NewTextHandler(&buf, nil)))
+	l, stop := diskEvents(func(e string) { mu.Lock(); got[e]++; mu.Unlock() }, slog.New(slog.NewTextHandler(&buf, nil)))
 	for range 5 {
 		l.DiskSlow(pebble.DiskSlowInfo{Path: "000001.log", Duration: 6 * time.Second})
 		l.BackgroundError(errors.New("no space left on device"))
@@ -552,16 +552,21 @@ func TestPebbleDiskEvents(t *testing.T) {
 	l.WriteStallBegin(pebble.WriteStallBeginInfo{Reason: "memtable count limit reached"})
 	l.WriteStallEnd()
 	l.LowDiskSpace(pebble.LowDiskSpaceInfo{AvailBytes: 1 << 20, TotalBytes: 1 << 30, PercentThreshold: 1})
+	// A corrupt table is reported, not fatal (Pebble's default): the
+	// read that found it fails on its own.
+	l.DataCorruption(pebble.DataCorruptionInfo{Path: "000007.sst", Details: errors.New("checksum mismatch")})
+	stop()                                                                         // the log lines are written by a goroutine of their own
+	l.DiskSlow(pebble.DiskSlowInfo{Path: "000001.log", Duration: 8 * time.Second}) // after stop: counted only
 	mu.Lock()
 	defer mu.Unlock()
-	if got["disk_slow"] != 5 || got["background_error"] != 5 || got["write_stall"] != 1 || got["write_stall_end"] != 1 || got["low_disk_space"] != 1 {
+	if got["disk_slow"] != 6 || got["background_error"] != 5 || got["write_stall"] != 1 || got["write_stall_end"] != 1 || got["low_disk_space"] != 1 || got["data_corruption"] != 1 {
 		t.Fatalf("events %v", got)
 	}
 	logs := buf.String()
 	if n := strings.Count(logs, "the disk is slow"); n != 1 {
 		t.Fatalf("%d disk-slow lines in a second:\n%s", n, logs)
 	}
-	for _, want := range []string{"is the disk full?", "writes are stalled", "running out of space", "file=000001.log"} {
+	for _, want := range []string{"is the disk full?", "writes are stalled", "running out of space", "file=000001.log", "is corrupt", "file=000007.sst"} {
 		if !strings.Contains(logs, want) {
 			t.Fatalf("no %q in\n%s", want, logs)
 		}

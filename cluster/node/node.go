@@ -132,14 +132,21 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		stalled := prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_store_write_stalled",
 			Help: "1 while the Pebble store's writes are stalled waiting for the disk (flushes, compactions)."})
 		n.reg.MustRegister(commitSeconds, batchWrites, commitErrors, swept, readSeconds, batchReads, readErrors, diskEvents, stalled)
+		var stallMu sync.Mutex
+		stalledWriters := 0 // Pebble tells each writer that waits
 		diskEvent := func(event string) {
 			diskEvents.WithLabelValues(event).Inc()
-			switch event {
-			case "write_stall":
-				stalled.Set(1)
-			case "write_stall_end":
-				stalled.Set(0)
+			if event != "write_stall" && event != "write_stall_end" {
+				return
 			}
+			stallMu.Lock()
+			defer stallMu.Unlock()
+			if event == "write_stall" {
+				stalledWriters++
+			} else {
+				stalledWriters = max(stalledWriters-1, 0)
+			}
+			stalled.Set(float64(min(stalledWriters, 1)))
 		}
 		observe := func(writes int, d time.Duration, err error) {
 			commitSeconds.Observe(d.Seconds())
@@ -639,6 +646,18 @@ func (n *Node) HTTPAddr() string {
 	return n.httpL.Addr().String()
 }
 
+// finalContext is ctx for the last steps of a shutdown: at least 5 s
+// from now, whatever is left of ctx.
+func finalContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		d = max(time.Until(dl), d)
+	} else {
+		return context.WithCancel(context.WithoutCancel(ctx))
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), d)
+}
+
 // within runs fn and reports whether it returned before ctx ended (it
 // goes on in the background otherwise).
 func within(ctx context.Context, fn func()) bool {
@@ -723,9 +742,13 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		// session going offline, which the next activation corrects.
 		// Both wait for the store's writes in flight: a disk that hangs
 		// would hold them past the grace (the store's synced writes are
-		// safe; a restart replays them).
+		// safe; a restart replays them). They get a few seconds even when
+		// the steps before used the grace up: leaving the cluster and
+		// closing the store cleanly matter more than the last seconds.
+		fctx, fcancel := finalContext(ctx)
+		defer fcancel()
 		if n.sys != nil {
-			if !within(ctx, n.sys.Shutdown) {
+			if !within(fctx, n.sys.Shutdown) {
 				errs = append(errs, errors.New("actors: not stopped within shutdown-grace (is the store's disk hung?)"))
 			}
 			step("actors stopped")
@@ -733,7 +756,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		if n.store != nil {
 			closed := make(chan error, 1)
 			var err error
-			if within(ctx, func() { closed <- n.store.Close() }) {
+			if within(fctx, func() { closed <- n.store.Close() }) {
 				err = <-closed
 			} else {
 				err = errors.New("not closed within shutdown-grace (is its disk hung?)")
