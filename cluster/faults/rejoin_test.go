@@ -104,6 +104,12 @@ func TestRequestsToLeaselessOwnerAnswered(t *testing.T) {
 		t.Errorf("C2C_ACK %v", ack)
 	}
 
+	// The fault took: node3 woke without its lease (else quick OKs above
+	// would pass without testing anything).
+	if lost, _ := n3.Metric("courier_cluster_lease_lost_total"); lost < 1 {
+		t.Fatalf("node3 did not lose its lease (courier_cluster_lease_lost_total %v)", lost)
+	}
+
 	// Consul again: node3 rejoins as a new instance, and the device that
 	// was refused logs in.
 	consul.cut(false)

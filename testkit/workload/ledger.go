@@ -84,8 +84,12 @@ type Counts struct {
 	// OutOfOrder: first deliveries of a seq lower than one the identity
 	// had already received.
 	OutOfOrder int64 `json:"out_of_order"`
-	// SeqReused: a seq received again with another msg id.
+	// SeqReused: a seq received again with another msg id, or a msg id
+	// received again with another seq (a redelivery keeps both).
 	SeqReused int64 `json:"seq_reused"`
+	// Misrouted: delivered to another identity than the one it was sent
+	// to.
+	Misrouted int64 `json:"misrouted"`
 	// Unconfirmed: received, but the sender never heard it was accepted
 	// (it gave up, or the answer was lost and not retried yet).
 	Unconfirmed int64 `json:"unconfirmed"`
@@ -188,19 +192,21 @@ type Ledger struct {
 // anything unexpected. C2S lost to a crash is allowed when c2sLossOK.
 func (l *Ledger) Clean(c2sLossOK bool) bool {
 	for _, c := range []Counts{l.Pushes, l.C2C} {
-		if c.Lost != 0 || c.StoredTwice != 0 || c.OutOfOrder != 0 || c.SeqReused != 0 {
+		if c.Lost != 0 || c.StoredTwice != 0 || c.OutOfOrder != 0 || c.SeqReused != 0 || c.Misrouted != 0 {
 			return false
 		}
 	}
-	return (c2sLossOK || l.C2S.Lost == 0) && l.Calls.Failed == 0 && len(l.Devices.Unexpected) == 0
+	// A push abandoned (retried for Config.GiveUp) is an outage the
+	// ledger would otherwise count as neither lost nor failed.
+	return (c2sLossOK || l.C2S.Lost == 0) && l.Calls.Failed == 0 && l.Calls.Abandoned == 0 && len(l.Devices.Unexpected) == 0
 }
 
 // String prints the ledger for people.
 func (l *Ledger) String() string {
 	var b strings.Builder
 	row := func(name string, c Counts) {
-		fmt.Fprintf(&b, "%-6s accepted %d  delivered %d  lost %d  stored twice %d  redelivered %d  out of order %d  seq reused %d  unconfirmed %d\n",
-			name, c.Accepted, c.Delivered, c.Lost, c.StoredTwice, c.Redelivered, c.OutOfOrder, c.SeqReused, c.Unconfirmed)
+		fmt.Fprintf(&b, "%-6s accepted %d  delivered %d  lost %d  stored twice %d  redelivered %d  out of order %d  seq reused %d  misrouted %d  unconfirmed %d\n",
+			name, c.Accepted, c.Delivered, c.Lost, c.StoredTwice, c.Redelivered, c.OutOfOrder, c.SeqReused, c.Misrouted, c.Unconfirmed)
 		if len(c.LostSample) > 0 {
 			fmt.Fprintf(&b, "       lost, for example: %s\n", strings.Join(c.LostSample, ", "))
 		}
@@ -236,16 +242,20 @@ func (l *Ledger) String() string {
 }
 
 // count computes the ledger of one kind from what was accepted and what
-// was received. It is a pure function of its inputs.
+// was received. It is a pure function of its inputs. Order and seqs are
+// checked over both kinds together (S2C and C2C share an identity's
+// seqs) and counted in the kind of the receipt that breaks them.
 func count(kind Kind, accepts []accept, receipts []receipt) Counts {
 	var c Counts
 	ids := map[string]map[string]bool{} // key -> msg ids (accepted or received)
 	accepted := map[string]bool{}
+	to := map[string]string{} // key -> the identity it was sent to
 	for _, a := range accepts {
 		if a.kind != kind {
 			continue
 		}
 		accepted[a.key] = true
+		to[a.key] = a.uid
 		if ids[a.key] == nil {
 			ids[a.key] = map[string]bool{}
 		}
@@ -253,47 +263,56 @@ func count(kind Kind, accepts []accept, receipts []receipt) Counts {
 	}
 	c.Accepted = int64(len(accepted))
 
-	rs := make([]receipt, 0, len(receipts))
-	for _, r := range receipts {
-		if r.kind == kind {
-			rs = append(rs, r)
+	rs := append([]receipt(nil), receipts...)
+	sort.SliceStable(rs, func(i, j int) bool { return rs[i].at.Before(rs[j].at) })
+	note := func(format string, args ...any) {
+		if len(c.DisorderSample) < 5 {
+			c.DisorderSample = append(c.DisorderSample, fmt.Sprintf(format, args...))
 		}
 	}
-	sort.SliceStable(rs, func(i, j int) bool { return rs[i].at.Before(rs[j].at) })
-	seen := map[string]bool{} // msg ids received
+	seqOf := map[string]uint32{} // msg ids received, with their seq
 	received := map[string]bool{}
 	maxSeq := map[string]uint32{}
 	bySeq := map[string]map[uint32]string{}
 	for _, r := range rs {
-		if seen[r.msgID] {
-			c.Redelivered++
+		mine := r.kind == kind
+		if seq, ok := seqOf[r.msgID]; ok {
+			if mine {
+				c.Redelivered++
+				if seq != r.seq {
+					c.SeqReused++
+					note("%s: %s delivered again with seq %d, first with %d", r.uid, r.msgID, r.seq, seq)
+				}
+			}
 			continue
 		}
-		seen[r.msgID] = true
-		received[r.key] = true
-		if ids[r.key] == nil {
-			ids[r.key] = map[string]bool{}
-		}
-		ids[r.key][r.msgID] = true
-		if r.seq < maxSeq[r.uid] {
+		seqOf[r.msgID] = r.seq
+		if r.seq < maxSeq[r.uid] && mine {
 			c.OutOfOrder++
-			if len(c.DisorderSample) < 5 {
-				c.DisorderSample = append(c.DisorderSample, fmt.Sprintf("%s: seq %d (%s) first received at %s, after seq %d",
-					r.uid, r.seq, r.msgID, r.at.Format("15:04:05.000"), maxSeq[r.uid]))
-			}
+			note("%s: seq %d (%s) first received at %s, after seq %d",
+				r.uid, r.seq, r.msgID, r.at.Format("15:04:05.000"), maxSeq[r.uid])
 		}
 		maxSeq[r.uid] = max(maxSeq[r.uid], r.seq)
 		if bySeq[r.uid] == nil {
 			bySeq[r.uid] = map[uint32]string{}
 		}
-		if other, ok := bySeq[r.uid][r.seq]; ok && other != r.msgID {
+		if other, ok := bySeq[r.uid][r.seq]; ok && other != r.msgID && mine {
 			c.SeqReused++
-			if len(c.DisorderSample) < 5 {
-				c.DisorderSample = append(c.DisorderSample, fmt.Sprintf("%s: seq %d reused for %s (first %s) at %s",
-					r.uid, r.seq, r.msgID, other, r.at.Format("15:04:05.000")))
-			}
+			note("%s: seq %d reused for %s (first %s) at %s", r.uid, r.seq, r.msgID, other, r.at.Format("15:04:05.000"))
 		}
 		bySeq[r.uid][r.seq] = r.msgID
+		if !mine {
+			continue
+		}
+		received[r.key] = true
+		if u, ok := to[r.key]; ok && u != r.uid {
+			c.Misrouted++
+			note("%s received %s, sent to %s", r.uid, r.key, u)
+		}
+		if ids[r.key] == nil {
+			ids[r.key] = map[string]bool{}
+		}
+		ids[r.key][r.msgID] = true
 	}
 	var lost []string
 	for key := range accepted {

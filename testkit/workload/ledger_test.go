@@ -2,6 +2,7 @@ package workload
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 )
@@ -54,20 +55,23 @@ func TestCount(t *testing.T) {
 		{"received but never confirmed to the sender", nil,
 			[]receipt{rcv("k1", "a", "m1", 1, 1)},
 			Counts{Unconfirmed: 1}},
+		{"delivered to another identity", []accept{acc("k1", "a", "m1", 1)},
+			[]receipt{rcv("k1", "b", "m1", 1, 1)},
+			Counts{Accepted: 1, Delivered: 1, Misrouted: 1}},
+		{"redelivered with another seq", []accept{acc("k1", "a", "m1", 1)},
+			[]receipt{rcv("k1", "a", "m1", 1, 1), rcv("k1", "a", "m1", 2, 5)},
+			Counts{Accepted: 1, Delivered: 1, Redelivered: 1, SeqReused: 1}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			got := count(KindPush, tc.accepts, tc.receipts)
-			if got.LostSample == nil {
-				got.LostSample = nil
-			}
 			if len(got.LostSample) == 0 {
 				got.LostSample = nil
 			}
 			if got.Accepted != tc.want.Accepted || got.Delivered != tc.want.Delivered || got.Lost != tc.want.Lost ||
 				got.StoredTwice != tc.want.StoredTwice || got.Redelivered != tc.want.Redelivered ||
 				got.OutOfOrder != tc.want.OutOfOrder || got.SeqReused != tc.want.SeqReused ||
-				got.Unconfirmed != tc.want.Unconfirmed || len(got.LostSample) != len(tc.want.LostSample) {
+				got.Unconfirmed != tc.want.Unconfirmed || got.Misrouted != tc.want.Misrouted || !slices.Equal(got.LostSample, tc.want.LostSample) {
 				t.Fatalf("got %+v\nwant %+v", got, tc.want)
 			}
 			// The other kind sees nothing.
@@ -75,6 +79,31 @@ func TestCount(t *testing.T) {
 				t.Fatalf("c2c counted push records: %+v", o)
 			}
 		})
+	}
+}
+
+// TestCountAcrossKinds: S2C and C2C share an identity's seqs: order and
+// reuse are checked over both, and counted in the kind of the receipt
+// that breaks them.
+func TestCountAcrossKinds(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	accepts := []accept{
+		{kind: KindPush, key: "p12", uid: "a", msgID: "m12", seq: 12},
+		{kind: KindC2C, key: "c10", uid: "a", msgID: "m10", seq: 10},
+		{kind: KindC2C, key: "c12", uid: "a", msgID: "x12", seq: 12},
+	}
+	receipts := []receipt{
+		{kind: KindPush, key: "p12", uid: "a", msgID: "m12", seq: 12, at: at(1)},
+		{kind: KindC2C, key: "c10", uid: "a", msgID: "m10", seq: 10, at: at(2)}, // after 12
+		{kind: KindC2C, key: "c12", uid: "a", msgID: "x12", seq: 12, at: at(3)}, // 12 again
+	}
+	push, c2c := count(KindPush, accepts, receipts), count(KindC2C, accepts, receipts)
+	if push.OutOfOrder != 0 || push.SeqReused != 0 || push.Delivered != 1 {
+		t.Fatalf("push %+v", push)
+	}
+	if c2c.OutOfOrder != 1 || c2c.SeqReused != 1 || c2c.Delivered != 2 || len(c2c.DisorderSample) != 2 {
+		t.Fatalf("c2c %+v", c2c)
 	}
 }
 
