@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -214,6 +215,11 @@ func (d *device) read(c net.Conn, r *messages.Reader) (string, time.Duration) {
 			if proto.Unmarshal(f.Body, &m) != nil {
 				w.rec.unexpected(d.uid + ": C2C_PUSH body does not decode")
 				continue
+			}
+			// The payload is "sender/client id": the sender the platform
+			// names must be that one.
+			if !strings.HasPrefix(string(m.Payload), m.FromUid+"/") {
+				w.rec.unexpected(fmt.Sprintf("%s: C2C_PUSH %q from %q", d.uid, m.Payload, m.FromUid))
 			}
 			w.rec.received(receipt{kind: KindC2C, uid: d.uid, key: string(m.Payload), msgID: m.MsgId, seq: f.Seq, at: now})
 			d.send(messages.CmdC2CPushAck, f.MsgType, &devicepb.C2CPushAck{MsgId: m.MsgId})
