@@ -19,9 +19,11 @@ type recorder struct {
 	ffRecv   map[string]bool
 	c2sAcked map[string]bool
 	c2sRecv  map[string]int
-	calls    Calls
-	kicks    map[string]int64
-	weird    []string
+	// c2sReceipts counts every C2S delivery, redeliveries included.
+	c2sReceipts int
+	calls       Calls
+	kicks       map[string]int64
+	weird       []string
 }
 
 func newRecorder() *recorder {
@@ -72,7 +74,16 @@ func (r *recorder) c2sAccepted(id string) {
 func (r *recorder) c2sReceived(id string) {
 	r.mu.Lock()
 	r.c2sRecv[id]++
+	r.c2sReceipts++
 	r.mu.Unlock()
+}
+
+// activity counts the receipts so far, stored and C2S: it changes while
+// anything still arrives.
+func (r *recorder) activity() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.receipts) + r.c2sReceipts
 }
 
 func (r *recorder) callOK(duplicate bool) {

@@ -439,10 +439,24 @@ func (w *Workload) SettleStored(ctx context.Context, c2sGrace time.Duration) err
 	return w.settle(ctx, c2sGrace)
 }
 
+// settleQuiet is how long nothing may arrive before Settle returns.
+const settleQuiet = time.Second
+
 // settle waits as Settle does; with c2sGrace >= 0, missing C2S
 // deliveries alone end the wait after c2sGrace.
 func (w *Workload) settle(ctx context.Context, c2sGrace time.Duration) error {
 	var onlyC2S time.Time // since when only C2S deliveries are missing
+	// done ends the wait once nothing more arrives for settleQuiet: a
+	// second copy, a reused seq or a late out-of-order delivery right
+	// after the last missing message must still reach the ledger.
+	var quietSince time.Time
+	quietAt := -1
+	done := func() bool {
+		if n := w.rec.activity(); n != quietAt {
+			quietAt, quietSince = n, time.Now()
+		}
+		return time.Since(quietSince) >= settleQuiet
+	}
 	for {
 		stored, up := w.rec.pendingDeliveries()
 		unanswered := 0
@@ -452,13 +466,14 @@ func (w *Workload) settle(ctx context.Context, c2sGrace time.Duration) error {
 			d.mu.Unlock()
 		}
 		if stored == 0 && up == 0 && unanswered == 0 {
-			return nil
-		}
-		if c2sGrace >= 0 && stored == 0 && unanswered == 0 {
+			if done() {
+				return nil
+			}
+		} else if c2sGrace >= 0 && stored == 0 && unanswered == 0 {
 			if onlyC2S.IsZero() {
 				onlyC2S = time.Now()
 			}
-			if time.Since(onlyC2S) >= c2sGrace {
+			if time.Since(onlyC2S) >= c2sGrace && done() {
 				return nil
 			}
 		} else {
@@ -466,6 +481,9 @@ func (w *Workload) settle(ctx context.Context, c2sGrace time.Duration) error {
 		}
 		select {
 		case <-ctx.Done():
+			if stored == 0 && up == 0 && unanswered == 0 {
+				return nil // all there; ctx ended during the quiet second
+			}
 			return fmt.Errorf("workload: still missing after %v: %d stored messages undelivered, %d C2S undelivered, %d C2C/C2S unanswered",
 				ctx.Err(), stored, up, unanswered)
 		case <-time.After(50 * time.Millisecond):
