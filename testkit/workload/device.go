@@ -257,6 +257,7 @@ func (d *device) answered(clientID string, code devicepb.Code, msgID, reason str
 	if p != nil && code == devicepb.Code_OK {
 		delete(d.pending, clientID)
 	}
+	gate := d.gate // the connection that got the answer: the gate that took it
 	d.mu.Unlock()
 	if p == nil {
 		return // an answer to a resend already answered
@@ -265,7 +266,7 @@ func (d *device) answered(clientID string, code devicepb.Code, msgID, reason str
 	case code == devicepb.Code_OK && p.cmd == messages.CmdC2C:
 		d.w.rec.accepted(accept{kind: KindC2C, key: string(p.payload), uid: p.to, msgID: msgID, start: p.start, at: now})
 	case code == devicepb.Code_OK:
-		d.w.rec.c2sAccepted(p.clientID)
+		d.w.rec.c2sAccepted(p.clientID, gate)
 	case code == devicepb.Code_STORE_UNAVAILABLE || code == devicepb.Code_UPSTREAM_BUSY ||
 		code == devicepb.Code_UNAVAILABLE || code == devicepb.Code_NO_SUBSCRIBER || code == devicepb.Code_INBOX_FULL:
 		// Resent after ResendAfter.

@@ -168,7 +168,7 @@ func TestPeakRate(t *testing.T) {
 // but never gives up on a stored message.
 func TestSettleStoredGivesUpOnC2SOnly(t *testing.T) {
 	w := &Workload{rec: newRecorder()}
-	w.rec.c2sAccepted("c2s-1") // accepted, never received
+	w.rec.c2sAccepted("c2s-1", "gate-a") // accepted, never received
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -180,6 +180,10 @@ func TestSettleStoredGivesUpOnC2SOnly(t *testing.T) {
 	}
 	if l := w.Ledger(); l.C2S.Lost != 1 || l.Clean(false) || !l.Clean(true) {
 		t.Fatalf("the ledger: C2S %+v, clean %v/%v", l.C2S, l.Clean(false), l.Clean(true))
+	}
+	// Lost by the gate that crashed: allowed; by another: not.
+	if l := w.Ledger(); !l.CleanButC2SOf("gate-a") || l.CleanButC2SOf("gate-b") {
+		t.Fatalf("C2S lost by gate-a: clean but gate-a's %v, but gate-b's %v", l.CleanButC2SOf("gate-a"), l.CleanButC2SOf("gate-b"))
 	}
 
 	w.rec.accepted(accept{kind: KindPush, key: "push-1", uid: "u"}) // a stored message missing too

@@ -19,6 +19,7 @@ type recorder struct {
 	ffRecv   map[string]bool
 	c2sAcked map[string]bool
 	c2sRecv  map[string]int
+	c2sGate  map[string]string // the gate that accepted each C2S
 	// c2sReceipts counts every C2S delivery, redeliveries included.
 	c2sReceipts int
 	calls       Calls
@@ -27,7 +28,7 @@ type recorder struct {
 }
 
 func newRecorder() *recorder {
-	return &recorder{ffRecv: map[string]bool{}, c2sAcked: map[string]bool{}, c2sRecv: map[string]int{},
+	return &recorder{ffRecv: map[string]bool{}, c2sAcked: map[string]bool{}, c2sRecv: map[string]int{}, c2sGate: map[string]string{},
 		kicks: map[string]int64{}, calls: Calls{Codes: map[string]int64{}}}
 }
 
@@ -65,8 +66,12 @@ func (r *recorder) ffReceived(key string) {
 	r.mu.Unlock()
 }
 
-func (r *recorder) c2sAccepted(id string) {
+// c2sAccepted records a C2S answered OK through gate (its address).
+func (r *recorder) c2sAccepted(id, gate string) {
 	r.mu.Lock()
+	if !r.c2sAcked[id] {
+		r.c2sGate[id] = gate // the first acceptance holds it
+	}
 	r.c2sAcked[id] = true
 	r.mu.Unlock()
 }
@@ -172,6 +177,10 @@ func (r *recorder) ledger(devices int) Ledger {
 			l.C2S.Delivered++
 		} else {
 			l.C2S.Lost++
+			if l.C2S.LostByGate == nil {
+				l.C2S.LostByGate = map[string]int64{}
+			}
+			l.C2S.LostByGate[r.c2sGate[id]]++
 		}
 	}
 	for _, n := range r.c2sRecv {
