@@ -51,9 +51,10 @@ func TestReplyBatch(t *testing.T) {
 }
 
 // TestLeaselessReplies: a node without its lease answers an identity's
-// push, kick or presence with a retryable failure (the push was not
-// delivered, and no other node wakes the identity to deliver it), and
-// lets failures and the node's own replies through as they are.
+// push or presence with a retryable failure (the push was not delivered,
+// and no other node wakes the identity to deliver it), and lets a kick's
+// answer (its KICKOUT goes), failures and the node's own replies through
+// as they are.
 func TestLeaselessReplies(t *testing.T) {
 	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{} }, prometheus.NewRegistry(), nil)
 	if err != nil {
@@ -66,7 +67,9 @@ func TestLeaselessReplies(t *testing.T) {
 		failure bool // becomes UNAVAILABLE
 	}{
 		{&actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{MsgId: "m", Seq: 4}}}, true},
-		{&actorpb.Reply{Body: &actorpb.Reply_Kick{Kick: &actorpb.KickReply{WasOnline: true}}}, true},
+		// A kick did what it says: its session's end is stored and its
+		// KICKOUT goes (actors.Leaseless).
+		{&actorpb.Reply{Body: &actorpb.Reply_Kick{Kick: &actorpb.KickReply{WasOnline: true}}}, false},
 		{&actorpb.Reply{Body: &actorpb.Reply_Presence{Presence: &actorpb.PresenceReply{Online: true}}}, true},
 		{&actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(codes.ResourceExhausted), Message: "full"}}}, false},
 		{&actorpb.Reply{Body: &actorpb.Reply_Pong{Pong: &actorpb.Pong{}}}, false},

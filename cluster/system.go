@@ -511,7 +511,7 @@ func (s *System) RequestMany(ctx context.Context, envs []*actorpb.Envelope) ([]*
 }
 
 // Reply answers a request made with Request on any node. Without its
-// lease this node answers an identity's push, kick or presence query
+// lease this node answers an identity's push or presence query
 // with a retryable failure, as SendToConn refuses (leaselessReply).
 func (s *System) Reply(address string, r *actorpb.Reply) {
 	if !s.members.LeaseValid() {
@@ -906,12 +906,14 @@ const leaselessWhy = "cluster: the node serving this identity lost its membershi
 // something else arrives for it. So the success goes out as UNAVAILABLE:
 // the app-server retries, the retry wakes the identity at its owner, and
 // the owner delivers (an idempotency key makes the retry find the stored
-// push). A kick's KICKOUT does go (actors.Leaseless), and its retry finds
-// the device offline; a presence answer may be stale. Failures and
-// replies that are not an identity's go as they are.
+// push). A presence answer may be stale: it goes as UNAVAILABLE too. A
+// kick's answer goes as it is: its session's end is stored and its
+// KICKOUT goes (actors.Leaseless), so it did what it says (a retry would
+// find the device offline and say so). Failures and replies that are not
+// an identity's go as they are.
 func leaselessReply(r *actorpb.Reply) *actorpb.Reply {
 	switch r.Body.(type) {
-	case *actorpb.Reply_Push, *actorpb.Reply_Kick, *actorpb.Reply_Presence:
+	case *actorpb.Reply_Push, *actorpb.Reply_Presence:
 		return &actorpb.Reply{ReqId: r.ReqId, Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(codes.Unavailable), Message: leaselessWhy}}}
 	}
 	return r
