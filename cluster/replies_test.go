@@ -67,9 +67,11 @@ func TestLeaselessReplies(t *testing.T) {
 		failure bool // becomes UNAVAILABLE
 	}{
 		{&actorpb.Reply{Body: &actorpb.Reply_Push{Push: &actorpb.PushReply{MsgId: "m", Seq: 4}}}, true},
-		// A kick did what it says: its session's end is stored and its
-		// KICKOUT goes (actors.Leaseless).
+		// A kick that ended a session did what it says: the session's end
+		// is stored and its KICKOUT goes (actors.Leaseless). One that
+		// found none may be stale.
 		{&actorpb.Reply{Body: &actorpb.Reply_Kick{Kick: &actorpb.KickReply{WasOnline: true}}}, false},
+		{&actorpb.Reply{Body: &actorpb.Reply_Kick{Kick: &actorpb.KickReply{}}}, true},
 		{&actorpb.Reply{Body: &actorpb.Reply_Presence{Presence: &actorpb.PresenceReply{Online: true}}}, true},
 		{&actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(codes.ResourceExhausted), Message: "full"}}}, false},
 		{&actorpb.Reply{Body: &actorpb.Reply_Pong{Pong: &actorpb.Pong{}}}, false},

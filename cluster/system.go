@@ -907,14 +907,21 @@ const leaselessWhy = "cluster: the node serving this identity lost its membershi
 // the app-server retries, the retry wakes the identity at its owner, and
 // the owner delivers (an idempotency key makes the retry find the stored
 // push). A presence answer may be stale: it goes as UNAVAILABLE too. A
-// kick's answer goes as it is: its session's end is stored and its
-// KICKOUT goes (actors.Leaseless), so it did what it says (a retry would
-// find the device offline and say so). Failures and replies that are not
-// an identity's go as they are.
+// kick that ended a session goes as it is: the session's end is stored
+// (the write would have been fenced had another node claimed the
+// identity) and its KICKOUT goes (actors.Leaseless), so it did what it
+// says, and a retry would find the device offline. One that found no
+// session may be stale, as a presence answer: UNAVAILABLE. Failures and
+// replies that are not an identity's go as they are.
 func leaselessReply(r *actorpb.Reply) *actorpb.Reply {
-	switch r.Body.(type) {
+	switch b := r.Body.(type) {
+	case *actorpb.Reply_Kick:
+		if b.Kick.GetWasOnline() {
+			return r
+		}
 	case *actorpb.Reply_Push, *actorpb.Reply_Presence:
-		return &actorpb.Reply{ReqId: r.ReqId, Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(codes.Unavailable), Message: leaselessWhy}}}
+	default:
+		return r
 	}
-	return r
+	return &actorpb.Reply{ReqId: r.ReqId, Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(codes.Unavailable), Message: leaselessWhy}}}
 }
