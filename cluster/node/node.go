@@ -723,11 +723,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			n.up.Close()
 		}
 		if n.grpc != nil {
-			stopped := make(chan struct{})
-			go func() { n.grpc.GracefulStop(); close(stopped) }()
-			select {
-			case <-stopped:
-			case <-ctx.Done():
+			if !within(ctx, n.grpc.GracefulStop) {
 				n.grpc.Stop()
 			}
 			step("API stopped")
