@@ -242,12 +242,7 @@ func TestConsulExpiredMemberRejoins(t *testing.T) {
 		}
 		mu.Unlock()
 	})
-	if err := b.Join(context.Background(), Member{Name: "b", Address: "127.0.0.1:5", Roles: RoleActors}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Leave(context.Background()) })
-	old := b.View().Self.ID
-	testkit.Eventually(t, 10*time.Second, func() bool { return liveIDs(a)[old] }, "b live")
+	old := joinSeenBy(t, b, a)
 
 	fb.fail.Store(true)
 	start := time.Now()
@@ -459,12 +454,7 @@ func TestLeaseNeedsTheServers(t *testing.T) {
 		leases = append(leases, valid)
 		mu.Unlock()
 	})
-	if err := b.Join(context.Background(), Member{Name: "b", Address: "127.0.0.1:5", Roles: RoleActors}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Leave(context.Background()) })
-	old := b.View().Self.ID
-	testkit.Eventually(t, 10*time.Second, func() bool { return liveIDs(a)[old] }, "b live")
+	old := joinSeenBy(t, b, a)
 
 	fb.serversCut.Store(true)
 	start := time.Now()
@@ -490,4 +480,17 @@ func TestLeaseNeedsTheServers(t *testing.T) {
 	if len(leases) < 2 || leases[0] || !leases[len(leases)-1] {
 		t.Fatalf("lease hooks: %v", leases)
 	}
+}
+
+// joinSeenBy joins b (an actors member named "b") and waits until a sees
+// it live; it returns b's instance id.
+func joinSeenBy(t *testing.T, b, a *Membership) string {
+	t.Helper()
+	if err := b.Join(context.Background(), Member{Name: "b", Address: "127.0.0.1:5", Roles: RoleActors}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Leave(context.Background()) })
+	id := b.View().Self.ID
+	testkit.Eventually(t, 10*time.Second, func() bool { return liveIDs(a)[id] }, "b live")
+	return id
 }
