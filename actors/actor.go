@@ -136,6 +136,7 @@ type (
 // Answers of envelopes the actor cannot hand to its machine.
 const (
 	overloaded = "the inbox store is overloaded (the node's store writes in flight, actors.max-pending-writes, or reads queued, store.read-queue, are at their bound): nothing was accepted; retry later with the same idempotency key"
+	stalled    = "the inbox store has not completed a commit for longer than store.stall-after (its disk or database does not answer): nothing was accepted; retry later with the same idempotency key"
 	crashed    = "the identity's actor failed while this request was in flight: it may or may not have been accepted; retry later with the same idempotency key"
 )
 
@@ -594,9 +595,15 @@ func (a *deviceActor) handle(ctx actor.Context, env *actorpb.Envelope) {
 }
 
 func (a *deviceActor) handleCurrent(ctx actor.Context, env *actorpb.Envelope) {
-	if needsWrite(env) && a.deps.Writes.Full() {
-		a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, overloaded)
-		return
+	if needsWrite(env) {
+		if a.deps.Writes.Full() {
+			a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, overloaded)
+			return
+		}
+		if a.deps.Store.Stalled() {
+			a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, stalled)
+			return
+		}
 	}
 	if a.d == nil {
 		if env.GetGateDown() != nil {

@@ -44,6 +44,7 @@ type fakeStore struct {
 	hold     chan struct{}           // while not nil, writes wait for it to close
 	holdIf   func(*store.Write) bool // which writes hold holds (nil: all)
 	release  func()                  // closes hold
+	stalled  atomic.Bool             // what Stalled reports
 	held     atomic.Int32            // writes waiting for hold
 	failW    func(*store.Write) error
 	failL    atomic.Int32 // loads to fail
@@ -287,6 +288,9 @@ func (s *fakeStore) Lists(context.Context) (uint64, []byte, error) { return 0, n
 func (s *fakeStore) SetLists(context.Context, uint64, []byte) (uint64, error) {
 	return 0, store.ErrUnavailable
 }
+
+func (s *fakeStore) CommitWait() time.Duration { return 0 }
+func (s *fakeStore) Stalled() bool             { return s.stalled.Load() }
 
 func (s *fakeStore) Close() error {
 	s.closeMu.Do(func() {
@@ -907,6 +911,49 @@ func TestStorePressureReachesTheCallers(t *testing.T) {
 	testkit.Eventually(t, 5*time.Second, func() bool { return !h.store.session(alice).GetOnline() },
 		"the session's end was never written")
 	testkit.Eventually(t, 5*time.Second, func() bool { return h.deps.Writes.InUse() == 0 }, "write slots leaked")
+}
+
+// TestStalledStoreRefusesNewWrites: while the store says a commit has
+// waited past its stall bound, new stored pushes and C2C are refused at
+// once with UNAVAILABLE / STORE_UNAVAILABLE saying nothing was accepted
+// and naming store.stall-after (no write reaches the store, no reload);
+// fire-and-forget is served; once the store is back, stored pushes are
+// accepted again.
+func TestStalledStoreRefusesNewWrites(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	h.store.mu.Lock()
+	before := len(h.store.writes)
+	h.store.mu.Unlock()
+	h.store.stalled.Store(true)
+	rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")}))
+	if f := rep.GetFailure(); f == nil || f.Code != int32(codes.Unavailable) ||
+		!strings.Contains(f.Message, "store.stall-after") || !strings.Contains(f.Message, "nothing was accepted") {
+		t.Fatalf("stored push while the store is stalled: %v", rep)
+	}
+	h.r.Send(env(store.Identity{App: 1, UID: "bob"}, &actorpb.C2CSend{ReplyTo: c, FromUid: "alice", FrameSeq: 5,
+		C2C: &devicepb.C2C{ToUid: "bob", ClientMsgId: "c1"}}))
+	testkit.Eventually(t, 5*time.Second, func() bool { return len(h.r.frames(uint32(messages.CmdC2CAck))) == 1 },
+		"C2C was not answered while the store is stalled")
+	var ca devicepb.C2CAck
+	_ = proto.Unmarshal(h.r.frames(uint32(messages.CmdC2CAck))[0].Body, &ca)
+	if ca.Code != devicepb.Code_STORE_UNAVAILABLE {
+		t.Fatalf("C2C_ACK while the store is stalled: %v %q", ca.Code, ca.Reason)
+	}
+	if rep := h.r.request(env(alice, &actorpb.Push{Payload: []byte("gps")})); rep.GetPush() == nil {
+		t.Fatalf("fire-and-forget while the store is stalled: %v", rep)
+	}
+	h.store.mu.Lock()
+	after := len(h.store.writes)
+	h.store.mu.Unlock()
+	if after != before {
+		t.Fatalf("%d writes reached the store while it was stalled", after-before)
+	}
+	h.store.stalled.Store(false)
+	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("y")})); rep.GetPush() == nil {
+		t.Fatalf("stored push once the store is back: %v", rep)
+	}
 }
 
 // handoff does what the routing layer does when another member comes to

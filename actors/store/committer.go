@@ -1,7 +1,9 @@
 package store
 
 import (
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -46,11 +48,22 @@ type committer struct {
 
 	// observe, if set, is told each batch's size and commit time.
 	observe func(n int, d time.Duration, err error)
+
+	// since holds, per lane, when its commit in progress began (the
+	// monotonic clock's nanoseconds since monoStart, plus one; 0 while
+	// none is). stallAfter, if positive, is how long
+	// a commit may wait before new writes are refused at once: a disk
+	// that hangs holds a commit, and with it every write queued behind
+	// it, for as long as it hangs; the callers of those would only learn
+	// of it at their own deadlines.
+	since      []atomic.Int64
+	stallAfter time.Duration
 }
 
 func newCommitter(lanes, queueLen, maxBatch int, commit func(int, []pending) error) *committer {
 	c := &committer{
 		lanes:         make([]chan pending, lanes),
+		since:         make([]atomic.Int64, lanes),
 		maxBatch:      maxBatch,
 		commit:        commit,
 		submitTimeout: 5 * time.Second,
@@ -83,6 +96,12 @@ func (c *committer) submitLane(lane int, p pending) {
 		p.done(ErrClosed)
 		return
 	}
+	if c.stallAfter > 0 {
+		if w := c.waiting(); w > c.stallAfter {
+			p.done(fmt.Errorf("%w: a commit has waited %v for the disk (store.stall-after %v)", ErrUnavailable, w.Round(time.Second), c.stallAfter))
+			return
+		}
+	}
 	q := c.lanes[lane]
 	select {
 	case q <- p:
@@ -97,6 +116,30 @@ func (c *committer) submitLane(lane int, p pending) {
 		p.done(ErrOverloaded)
 	}
 }
+
+// waiting returns how long the oldest commit in progress has waited (0
+// when none is). The lanes of one store share its disk (Pebble: one log),
+// so the oldest of them speaks for all.
+func (c *committer) waiting() time.Duration {
+	var oldest int64
+	for i := range c.since {
+		if t := c.since[i].Load(); t != 0 && (oldest == 0 || t < oldest) {
+			oldest = t
+		}
+	}
+	if oldest == 0 {
+		return 0
+	}
+	return max(time.Since(monoStart)-time.Duration(oldest-1), 0)
+}
+
+// stalled reports whether a commit has waited past stallAfter.
+func (c *committer) stalled() bool {
+	return c.stallAfter > 0 && c.waiting() > c.stallAfter
+}
+
+// monoStart is the reference of the committers' monotonic times.
+var monoStart = time.Now()
 
 // submitRounds submits round(lane) to each lane that has one (ok) and
 // waits until all are committed; it returns the first lane's failure.
@@ -141,7 +184,9 @@ func (c *committer) run(lane int, queue chan pending) {
 			}
 		}
 		start := time.Now()
+		c.since[lane].Store(int64(start.Sub(monoStart)) + 1)
 		err := c.commit(lane, batch)
+		c.since[lane].Store(0)
 		if c.observe != nil {
 			c.observe(len(batch), time.Since(start), err)
 		}

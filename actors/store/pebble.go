@@ -88,6 +88,10 @@ type PebbleConfig struct {
 	NoSync bool
 	// Observe, if set, is told each batch's size and commit time.
 	Observe func(n int, d time.Duration, err error)
+	// StallAfter, if positive, is how long a commit may wait for the
+	// disk before new writes fail at once with ErrUnavailable (until it
+	// completes); CommitWait reports the wait.
+	StallAfter time.Duration
 	// Swept, if set, is told how many expired idempotency records each
 	// sweep round deleted.
 	Swept func(n int)
@@ -245,6 +249,7 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	s.own = newPebbleOwners(db)
 	s.c = newCommitter(cfg.Lanes, cfg.QueueLen, cfg.MaxBatch, s.commit)
 	s.c.observe = cfg.Observe
+	s.c.stallAfter = cfg.StallAfter
 	s.wg.Add(1)
 	go s.sweepLoop()
 	return s, nil
@@ -593,6 +598,12 @@ func (s *Pebble) Submit(w *Write, done func(error)) {
 	}
 	s.c.submit(pending{w: w, done: done})
 }
+
+// CommitWait implements Store.
+func (s *Pebble) CommitWait() time.Duration { return s.c.waiting() }
+
+// Stalled implements Store.
+func (s *Pebble) Stalled() bool { return s.c.stalled() }
 
 // Close implements Store.
 func (s *Pebble) Close() error {

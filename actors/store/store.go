@@ -146,6 +146,13 @@ type Store interface {
 	// If another writer stored a version since, it fails with ErrConflict
 	// and changes nothing.
 	SetLists(ctx context.Context, prev uint64, doc []byte) (uint64, error)
+	// CommitWait returns how long the oldest commit in progress has
+	// waited for the disk or the database (0 when none is in progress).
+	CommitWait() time.Duration
+	// Stalled reports whether that wait is past the store's StallAfter:
+	// new writes then fail at once with ErrUnavailable, and callers
+	// should refuse work that needs one before taking it in.
+	Stalled() bool
 	// Close flushes queued writes and releases the store.
 	Close() error
 }

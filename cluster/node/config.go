@@ -70,6 +70,10 @@ type Config struct {
 	// StoreTimeout bounds one PostgreSQL transaction, load or lookup
 	// (default 5 s): beyond it the operation fails as unavailable.
 	StoreTimeout time.Duration
+	// StoreStallAfter is how long a store commit may wait for the disk
+	// or the database before the node refuses new writes at once and
+	// /readyz says so, until the commit completes (0: never).
+	StoreStallAfter time.Duration
 	// StoreNoSync skips the store's fsync (benchmarks only: a crash may
 	// lose the last accepted messages). With PostgreSQL:
 	// synchronous_commit off.
@@ -132,6 +136,7 @@ func DefaultConfig() Config {
 		StoreReaders:      4,
 		StoreReadQueue:    4096,
 		StoreTimeout:      5 * time.Second,
+		StoreStallAfter:   10 * time.Second,
 		// Measured (BENCHMARKS.md): at 18,000 stored pushes/s in calls of
 		// 10, 1 ms between syncs took 10% less CPU per message than
 		// syncing back to back (about 1,500 fdatasyncs/s at 100-130 µs of
@@ -356,6 +361,9 @@ func (c *Config) resolveStore() error {
 	}
 	if c.StoreTimeout < 100*time.Millisecond {
 		return fmt.Errorf("node: store.timeout %v: at least 100ms", c.StoreTimeout)
+	}
+	if c.StoreStallAfter != 0 && c.StoreStallAfter < time.Second {
+		return fmt.Errorf("node: store.stall-after %v: 0 (never) or at least 1s", c.StoreStallAfter)
 	}
 	return nil
 }

@@ -165,6 +165,10 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		if n.store, err = openStore(cfg, log, observe, observeRead, func(k int) { swept.Add(float64(k)) }, diskEvent); err != nil {
 			return nil, err
 		}
+		s := n.store
+		n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "courier_store_commit_wait_seconds",
+			Help: "How long the inbox store's oldest commit in progress has waited for the disk or the database (0: none in progress). Past store.stall-after, new writes are refused and /readyz fails."},
+			func() float64 { return s.CommitWait().Seconds() }))
 	}
 	if roles.Has(membership.RoleActors) {
 		fenced := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_fenced_writes_total",
@@ -397,14 +401,14 @@ func openStore(cfg Config, log *slog.Logger, observe, observeRead func(int, time
 		defer cancel()
 		s, err := store.OpenPostgres(ctx, store.PostgresConfig{DSN: cfg.StoreDSN, MaxConns: cfg.StoreMaxConns, Lanes: lanes,
 			QueueLen: queue, Readers: cfg.StoreReaders, ReadQueueLen: cfg.StoreReadQueue, Timeout: cfg.StoreTimeout,
-			NoSync: cfg.StoreNoSync, Observe: observe, ObserveRead: observeRead, Swept: swept}, log)
+			StallAfter: cfg.StoreStallAfter, NoSync: cfg.StoreNoSync, Observe: observe, ObserveRead: observeRead, Swept: swept}, log)
 		if err != nil {
 			return nil, fmt.Errorf("node: store postgres: %w", err)
 		}
 		return s, nil
 	}
 	s, err := store.OpenPebble(store.PebbleConfig{Dir: filepath.Join(cfg.DataDir, "inbox"), Lanes: lanes, QueueLen: queue,
-		MinSyncInterval: cfg.StoreMinSyncInterval, NoSync: cfg.StoreNoSync, Observe: observe, Swept: swept, DiskEvent: diskEvent}, log)
+		MinSyncInterval: cfg.StoreMinSyncInterval, NoSync: cfg.StoreNoSync, StallAfter: cfg.StoreStallAfter, Observe: observe, Swept: swept, DiskEvent: diskEvent}, log)
 	if err != nil {
 		return nil, storeOpenError(cfg.DataDir, err)
 	}
@@ -573,6 +577,10 @@ func (n *Node) Ready() error {
 	}
 	if n.store == nil && (n.roles.Has(membership.RoleActors) || n.roles.Has(membership.RoleGate)) {
 		missing = append(missing, "store not open")
+	} else if n.store != nil && n.store.Stalled() {
+		// New writes are refused meanwhile (a hung disk, a database that
+		// does not answer): devices and calls are better served elsewhere.
+		missing = append(missing, fmt.Sprintf("a store commit has waited %v (store.stall-after %v)", n.store.CommitWait().Round(time.Second), n.cfg.StoreStallAfter))
 	}
 	if n.gate == nil {
 		if n.roles.Has(membership.RoleGate) {

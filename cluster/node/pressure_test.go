@@ -2,6 +2,8 @@ package node_test
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -95,4 +97,65 @@ func TestSlowDiskRefusesNewWorkAndServesTheRest(t *testing.T) {
 	}, "stored pushes were not accepted again once the disk was fast")
 	calm.Send(messages.CmdKeepalive, calm.NextSeq(), nil)
 	calm.Expect(messages.CmdKeepaliveAck)
+}
+
+// TestHungDiskMakesTheNodeUnready runs a node on a disk whose fsync hangs
+// for 8 s. Once a commit has waited store.stall-after, the node refuses
+// new stored pushes at once with UNAVAILABLE naming the setting (they
+// would otherwise wait for the disk until their callers' deadlines),
+// /readyz fails naming the store and the wait shows in
+// courier_store_commit_wait_seconds; once the commit completes, the node
+// is ready again and accepts stored pushes, and the push that waited was
+// delivered.
+func TestHungDiskMakesTheNodeUnready(t *testing.T) {
+	disk := testkit.NewSlowDisk(t)
+	n := testkit.StartNode(t, testkit.NodeOptions{DataDir: disk.Dir, Pebble: true, Args: []string{"--store.stall-after", "1s", "--cluster.request-timeout", "20s"}})
+	api := n.API(t)
+
+	disk.SetSyncDelay(8 * time.Second)
+	waited := make(chan error, 1)
+	go func() {
+		_, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: "first", Payload: []byte("held")})
+		waited <- err
+	}()
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		code, body := readyz(t, n)
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "store.stall-after")
+	}, "/readyz did not fail while a commit hung")
+	if w, ok := n.Metric("courier_store_commit_wait_seconds"); !ok || w < 1 {
+		t.Errorf("courier_store_commit_wait_seconds while a commit hangs: %v (exposed %v), want at least 1", w, ok)
+	}
+	start := time.Now()
+	_, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: "second", Payload: []byte("x")})
+	if took := time.Since(start); status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "store.stall-after") || took > 2*time.Second {
+		t.Fatalf("a stored push while a commit hangs: %v after %v, want UNAVAILABLE naming store.stall-after at once", err, took)
+	}
+
+	disk.SetSyncDelay(0)
+	if err := <-waited; err != nil {
+		t.Fatalf("the push whose commit hung: %v", err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		code, _ := readyz(t, n)
+		return code == http.StatusOK
+	}, "/readyz did not recover once the commit completed")
+	if _, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: "second", Payload: []byte("y")}); err != nil {
+		t.Fatalf("a stored push once the disk is back: %v", err)
+	}
+	d := n.Device(t, 1, "first")
+	if _, m := expectS2C(t, d); string(m.Payload) != "held" {
+		t.Fatalf("the push whose commit hung delivered %q", m.Payload)
+	}
+}
+
+func readyz(t *testing.T, n *testkit.Node) (int, string) {
+	t.Helper()
+	cl := http.Client{Timeout: 5 * time.Second}
+	resp, err := cl.Get("http://" + n.HTTPAddr + "/readyz")
+	if err != nil {
+		t.Fatalf("/readyz: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
