@@ -577,9 +577,11 @@ func (n *Node) Ready() error {
 	}
 	if n.store == nil && (n.roles.Has(membership.RoleActors) || n.roles.Has(membership.RoleGate)) {
 		missing = append(missing, "store not open")
-	} else if n.store != nil && n.store.Stalled() {
-		// New writes are refused meanwhile (a hung disk, a database that
-		// does not answer): devices and calls are better served elsewhere.
+	} else if n.store != nil && n.cfg.Store != "postgres" && n.store.Stalled() {
+		// New writes are refused meanwhile (a hung disk): devices and
+		// calls are better served elsewhere. Not for PostgreSQL: it is
+		// every node's, and taking them all out of the balancers would
+		// stop what needs no write (fire-and-forget, presence) too.
 		missing = append(missing, fmt.Sprintf("a store commit has waited %v (store.stall-after %v)", n.store.CommitWait().Round(time.Second), n.cfg.StoreStallAfter))
 	}
 	if n.gate == nil {
