@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/grpc/codes"
@@ -42,10 +43,75 @@ func (s *System) answerNode(req *actorpb.NodeRequest) *actorpb.Reply {
 	return r
 }
 
+// receiveNodeRequest is the node actor: it answers what the cluster's
+// own upkeep needs at once (pings, lease checks, seen-out notices) and
+// hands the rest (statistics, lists, drains) to the node's work actor,
+// in order. A request there may wait on the store (a lists edit): lease
+// checks queued behind it would come too late for the members asking
+// while the provider is down, and every one of them would lose its lease.
 func (s *System) receiveNodeRequest(ctx actor.Context) {
+	req, ok := ctx.Message().(*actorpb.NodeRequest)
+	if !ok {
+		return
+	}
+	switch {
+	case req.GetSeenOut() != nil:
+		s.members.SeenOut(req.GetSeenOut().GetMember())
+	case req.GetPing() != nil, req.GetLeaseCheck() != nil, s.nodeWork == nil:
+		s.Reply(req.ReplyAddress, s.answerNode(req))
+	default:
+		ctx.Send(s.nodeWork, req)
+	}
+}
+
+// receiveNodeWork is the node's work actor (see receiveNodeRequest).
+func (s *System) receiveNodeWork(ctx actor.Context) {
 	if req, ok := ctx.Message().(*actorpb.NodeRequest); ok {
 		s.Reply(req.ReplyAddress, s.answerNode(req))
 	}
+}
+
+// seenOutEvery is how often this node tells a member that its view blocks
+// that member's instance while the provider still lists it passing.
+const seenOutEvery = 2 * time.Second
+
+// tellSeenOut tells the members whose instance this node's view blocks
+// though the provider lists it passing (they do not know they are out:
+// SeenOut), at most every seenOutEvery each. It runs on the membership's
+// watcher goroutine, with each view.
+func (s *System) tellSeenOut(v *membership.View) {
+	for _, m := range s.seenOutDue(v, time.Now()) {
+		s.log.Warn("cluster: a member this node took for gone is still listed passing; telling it to rejoin", "member", m.ID, "address", m.Address)
+		s.metrics.seenOut.Inc()
+		s.actors.Root.Send(actor.NewPID(m.Address, nodeName), &actorpb.NodeRequest{Body: &actorpb.NodeRequest_SeenOut{SeenOut: &actorpb.SeenOut{Member: m.ID}}})
+	}
+}
+
+// seenOutDue returns the members of v to tell they are out now, and
+// records that they were told.
+func (s *System) seenOutDue(v *membership.View, now time.Time) []membership.Member {
+	var due []membership.Member
+	present := map[string]bool{}
+	for _, m := range v.Members {
+		if !m.Blocked || m.Health != membership.HealthPassing || m.Address == "" || m.Address == s.address {
+			continue
+		}
+		present[m.ID] = true
+		if last, ok := s.seenOutSent[m.ID]; ok && now.Sub(last) < seenOutEvery {
+			continue
+		}
+		if s.seenOutSent == nil {
+			s.seenOutSent = map[string]time.Time{}
+		}
+		s.seenOutSent[m.ID] = now
+		due = append(due, m)
+	}
+	for id := range s.seenOutSent {
+		if !present[id] {
+			delete(s.seenOutSent, id)
+		}
+	}
+	return due
 }
 
 // Gather sends req to every live member with all of roles (this node

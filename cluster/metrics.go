@@ -20,6 +20,7 @@ type metrics struct {
 	leaseRefused    prometheus.Counter
 	unreachable     prometheus.Counter
 	gateBehind      prometheus.Counter
+	seenOut         prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -58,11 +59,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Requests answered UNAVAILABLE at once because the member they were sent to could not be reached."}),
 		gateBehind: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_pushes_refused_gate_backlog_total",
 			Help: "Pushes this node's identity actors refused with RESOURCE_EXHAUSTED because deliveries to the gate holding the device's connection (on another node, or pushed through another node's API) stood later than api.max-gate-backlog."}),
+		seenOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_seen_out_sent_total",
+			Help: "Notices this node sent a member whose instance its view blocks (taken for gone) while the provider listed it passing, telling it to rejoin as a new instance."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.retired, m.gates, m.forwarded,
 			m.hopsExceeded, m.handoffs, m.handingOff,
-			m.requestTimeouts, m.undeliverable, m.staleConns, m.leaseRefused, m.unreachable, m.gateBehind)
+			m.requestTimeouts, m.undeliverable, m.staleConns, m.leaseRefused, m.unreachable, m.gateBehind, m.seenOut)
 	}
 	return m
 }

@@ -107,6 +107,12 @@ type System struct {
 
 	replyPIDs sync.Map // address -> *actor.PID of its replies actor
 
+	// nodeWork is the node's work actor (receiveNodeRequest);
+	// seenOutSent, when this node last told each member it is out
+	// (tellSeenOut; the watcher goroutine's).
+	nodeWork    *actor.PID
+	seenOutSent map[string]time.Time
+
 	shutdownOnce sync.Once
 }
 
@@ -202,6 +208,10 @@ func Start(cfg Config, newChild ChildFactory, reg prometheus.Registerer, log *sl
 		s.Shutdown()
 		return nil, fmt.Errorf("cluster: spawn gate sink: %w", err)
 	}
+	if s.nodeWork, err = s.actors.Root.SpawnNamed(actor.PropsFromFunc(s.receiveNodeWork), nodeName+"-work"); err != nil {
+		s.Shutdown()
+		return nil, fmt.Errorf("cluster: spawn node work actor: %w", err)
+	}
 	if _, err := s.actors.Root.SpawnNamed(actor.PropsFromFunc(s.receiveNodeRequest), nodeName); err != nil {
 		s.Shutdown()
 		return nil, fmt.Errorf("cluster: spawn node actor: %w", err)
@@ -275,6 +285,7 @@ func (s *System) onView(v *membership.View) {
 	}
 	id := v.Self.ID
 	s.selfID.Store(&id)
+	s.tellSeenOut(v)
 	if v.SameShape(prev) {
 		s.appliedView.Store(v.Seq)
 		return

@@ -58,9 +58,6 @@ type PostgresConfig struct {
 	NoSync bool
 	// Observe, if set, is told each batch's size and commit time.
 	Observe func(n int, d time.Duration, err error)
-	// StallAfter is PebbleConfig.StallAfter (a commit is bounded by
-	// Timeout too).
-	StallAfter time.Duration
 	// ObserveRead, if set, is told each read round trip's reads and time.
 	ObserveRead func(n int, d time.Duration, err error)
 	// Swept, if set, is told how many expired idempotency records each
@@ -216,7 +213,6 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*P
 	}
 	s.c = newCommitter(cfg.Lanes, cfg.QueueLen, cfg.MaxBatch, s.commit)
 	s.c.observe = cfg.Observe
-	s.c.stallAfter = cfg.StallAfter
 	s.r = newReader(cfg.Readers, cfg.ReadQueueLen, cfg.MaxReadBatch, s.readBatch)
 	s.r.maxNeed = cfg.Timeout / 4
 	s.r.observe = cfg.ObserveRead
@@ -266,8 +262,10 @@ func (s *Postgres) closing() bool {
 // CommitWait implements Store.
 func (s *Postgres) CommitWait() time.Duration { return s.c.waiting() }
 
-// Stalled implements Store.
-func (s *Postgres) Stalled() bool { return s.c.stalled() }
+// Stalled implements Store: never (a commit is bounded by Timeout; one
+// waiting for a row lock, a single identity's, is no stall of the
+// database).
+func (s *Postgres) Stalled() bool { return false }
 
 // Close implements Store: it stops the sweep, fails the reads that are
 // queued (ErrClosed), commits the writes that are queued and closes the

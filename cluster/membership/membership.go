@@ -454,6 +454,31 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 	cancel()
 }
 
+// SeenOut is told by another member that its view blocks instance id:
+// it took it for gone (live, then not) and never takes it back. If id is
+// this node's current instance, this node rejoins as a new one, as when
+// it sees itself out: a provider's member list can be seen differently by
+// two nodes (one's blocking query saw the instance critical for a moment,
+// the other's did not; a local agent restarted and lost the registration
+// while this node's own watch was failing), and without this the two
+// would act for the same identities until this node restarted.
+func (m *Membership) SeenOut(id string) {
+	m.mu.Lock()
+	if m.closed || id == "" || id != m.self.ID {
+		m.mu.Unlock()
+		return
+	}
+	if _, ok := m.blocked[id]; !ok {
+		m.blocked[id] = time.Now()
+	}
+	m.mu.Unlock()
+	m.log.Warn("membership: another member has taken this instance for gone; rejoining", "member", id)
+	select {
+	case m.rejoin <- struct{}{}:
+	default:
+	}
+}
+
 // selfBlocked reports whether this node's current instance is blocked in
 // its own view: it was live and then was not, so the others take it for
 // gone.

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/courier-im/courier/testkit"
 )
 
@@ -493,4 +495,27 @@ func joinSeenBy(t *testing.T, b, a *Membership) string {
 	id := b.View().Self.ID
 	testkit.Eventually(t, 10*time.Second, func() bool { return liveIDs(a)[id] }, "b live")
 	return id
+}
+
+// TestSeenOutRejoins: a member telling this node that its view blocks
+// this node's current instance makes it rejoin as a new instance; a
+// notice about another instance (an old one of this node's, a stale
+// notice) changes nothing.
+func TestSeenOutRejoins(t *testing.T) {
+	m := join(t, DefaultConfig(), "a", AllRoles)
+	first := m.View().Self.ID
+	m.SeenOut("a-000000000000")
+	m.SeenOut("")
+	time.Sleep(200 * time.Millisecond)
+	if id := m.View().Self.ID; id != first || testutil.ToFloat64(m.metrics.rejoins) != 0 {
+		t.Fatalf("a notice about another instance changed this one: %s -> %s", first, id)
+	}
+	m.SeenOut(first)
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		v := m.View()
+		return v.Self.ID != first && v.Self.Live()
+	}, "the node did not rejoin as a new instance after it was told it is out")
+	if f := m.View().Find(first); f != nil && f.Live() {
+		t.Fatalf("the old instance is still live: %+v", f)
+	}
 }

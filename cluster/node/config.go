@@ -70,9 +70,9 @@ type Config struct {
 	// StoreTimeout bounds one PostgreSQL transaction, load or lookup
 	// (default 5 s): beyond it the operation fails as unavailable.
 	StoreTimeout time.Duration
-	// StoreStallAfter is how long a store commit may wait for the disk
-	// or the database before the node refuses new writes at once and
-	// /readyz says so, until the commit completes (0: never).
+	// StoreStallAfter is how long a Pebble commit may wait for the disk
+	// before the node refuses new writes at once and /readyz says so,
+	// until the commit completes (0: never).
 	StoreStallAfter time.Duration
 	// StoreNoSync skips the store's fsync (benchmarks only: a crash may
 	// lose the last accepted messages). With PostgreSQL:

@@ -401,7 +401,7 @@ func openStore(cfg Config, log *slog.Logger, observe, observeRead func(int, time
 		defer cancel()
 		s, err := store.OpenPostgres(ctx, store.PostgresConfig{DSN: cfg.StoreDSN, MaxConns: cfg.StoreMaxConns, Lanes: lanes,
 			QueueLen: queue, Readers: cfg.StoreReaders, ReadQueueLen: cfg.StoreReadQueue, Timeout: cfg.StoreTimeout,
-			StallAfter: cfg.StoreStallAfter, NoSync: cfg.StoreNoSync, Observe: observe, ObserveRead: observeRead, Swept: swept}, log)
+			NoSync: cfg.StoreNoSync, Observe: observe, ObserveRead: observeRead, Swept: swept}, log)
 		if err != nil {
 			return nil, fmt.Errorf("node: store postgres: %w", err)
 		}
@@ -577,11 +577,12 @@ func (n *Node) Ready() error {
 	}
 	if n.store == nil && (n.roles.Has(membership.RoleActors) || n.roles.Has(membership.RoleGate)) {
 		missing = append(missing, "store not open")
-	} else if n.store != nil && n.cfg.Store != "postgres" && n.store.Stalled() {
+	} else if n.store != nil && n.store.Stalled() {
 		// New writes are refused meanwhile (a hung disk): devices and
-		// calls are better served elsewhere. Not for PostgreSQL: it is
-		// every node's, and taking them all out of the balancers would
-		// stop what needs no write (fire-and-forget, presence) too.
+		// calls are better served elsewhere. (Pebble only: a PostgreSQL
+		// commit is bounded by store.timeout, and a stall of the
+		// database, every node's, would take them all out of the
+		// balancers at once.)
 		missing = append(missing, fmt.Sprintf("a store commit has waited %v (store.stall-after %v)", n.store.CommitWait().Round(time.Second), n.cfg.StoreStallAfter))
 	}
 	if n.gate == nil {

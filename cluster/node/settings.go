@@ -35,7 +35,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.IntVar(&c.StoreReaders, "store.readers", c.StoreReaders, "PostgreSQL read round trips (loads, idempotency lookups) in flight at once; reads arriving meanwhile go together in the next")
 	fs.IntVar(&c.StoreReadQueue, "store.read-queue", c.StoreReadQueue, "PostgreSQL reads waiting for a round trip; beyond, new work that needs a read is refused (retry)")
 	fs.DurationVar(&c.StoreTimeout, "store.timeout", c.StoreTimeout, "bound on one PostgreSQL transaction, load or lookup, the wait for it included")
-	fs.DurationVar(&c.StoreStallAfter, "store.stall-after", c.StoreStallAfter, "a store commit waiting this long for the disk or the database makes the node refuse new writes at once and /readyz fail, until it completes (0: never)")
+	fs.DurationVar(&c.StoreStallAfter, "store.stall-after", c.StoreStallAfter, "pebble: a store commit waiting this long for the disk makes the node refuse new writes at once and /readyz fail, until it completes (0: never)")
 	fs.BoolVar(&c.StoreNoSync, "store-no-sync", c.StoreNoSync, "skip the store's fsync, or commit with synchronous_commit off (benchmarks only: a crash may lose accepted messages)")
 	fs.StringToStringVar(&c.AppSecrets, "app-secret", c.AppSecrets, "APPCODE=SECRET: HS256 secret of an app's device tokens (repeatable, at least 16 bytes)")
 	fs.StringToStringVar(&c.APIKeys, "api-key", c.APIKeys, `KEY=APPCODE: an app-server API key and the appcode it acts for, "*" for an operator key (repeatable)`)

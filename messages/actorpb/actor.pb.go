@@ -1940,6 +1940,7 @@ type NodeRequest struct {
 	//	*NodeRequest_Ping
 	//	*NodeRequest_LeaseCheck
 	//	*NodeRequest_Drain
+	//	*NodeRequest_SeenOut
 	Body          isNodeRequest_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2050,6 +2051,15 @@ func (x *NodeRequest) GetDrain() *DrainStart {
 	return nil
 }
 
+func (x *NodeRequest) GetSeenOut() *SeenOut {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_SeenOut); ok {
+			return x.SeenOut
+		}
+	}
+	return nil
+}
+
 type isNodeRequest_Body interface {
 	isNodeRequest_Body()
 }
@@ -2086,6 +2096,12 @@ type NodeRequest_Drain struct {
 	Drain *DrainStart `protobuf:"bytes,31,opt,name=drain,proto3,oneof"`
 }
 
+type NodeRequest_SeenOut struct {
+	// One-way (not answered): the sender has taken the receiver's
+	// instance for gone for good, though the provider lists it passing.
+	SeenOut *SeenOut `protobuf:"bytes,32,opt,name=seen_out,json=seenOut,proto3,oneof"`
+}
+
 func (*NodeRequest_Stats) isNodeRequest_Body() {}
 
 func (*NodeRequest_ListsEdit) isNodeRequest_Body() {}
@@ -2098,6 +2114,57 @@ func (*NodeRequest_LeaseCheck) isNodeRequest_Body() {}
 
 func (*NodeRequest_Drain) isNodeRequest_Body() {}
 
+func (*NodeRequest_SeenOut) isNodeRequest_Body() {}
+
+// SeenOut: the sender's view blocks instance member (it was live, then
+// was not: the sender placed its identities elsewhere and ended its
+// gate's sessions, and never takes it back). If member is the receiver's
+// current instance, the receiver rejoins as a new one; otherwise the two
+// would each act for the same identities.
+type SeenOut struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        string                 `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SeenOut) Reset() {
+	*x = SeenOut{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SeenOut) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SeenOut) ProtoMessage() {}
+
+func (x *SeenOut) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SeenOut.ProtoReflect.Descriptor instead.
+func (*SeenOut) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SeenOut) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
 // DrainStart: spread the gate's kickouts over window_ms (0: the node's
 // setting).
 type DrainStart struct {
@@ -2109,7 +2176,7 @@ type DrainStart struct {
 
 func (x *DrainStart) Reset() {
 	*x = DrainStart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2188,7 @@ func (x *DrainStart) String() string {
 func (*DrainStart) ProtoMessage() {}
 
 func (x *DrainStart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2201,7 @@ func (x *DrainStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStart.ProtoReflect.Descriptor instead.
 func (*DrainStart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DrainStart) GetWindowMs() int64 {
@@ -2157,7 +2224,7 @@ type DrainStarted struct {
 
 func (x *DrainStarted) Reset() {
 	*x = DrainStarted{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2169,7 +2236,7 @@ func (x *DrainStarted) String() string {
 func (*DrainStarted) ProtoMessage() {}
 
 func (x *DrainStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2182,7 +2249,7 @@ func (x *DrainStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStarted.ProtoReflect.Descriptor instead.
 func (*DrainStarted) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DrainStarted) GetMember() string {
@@ -2223,7 +2290,7 @@ type LeaseCheck struct {
 
 func (x *LeaseCheck) Reset() {
 	*x = LeaseCheck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2235,7 +2302,7 @@ func (x *LeaseCheck) String() string {
 func (*LeaseCheck) ProtoMessage() {}
 
 func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2248,7 +2315,7 @@ func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseCheck.ProtoReflect.Descriptor instead.
 func (*LeaseCheck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LeaseCheck) GetMember() string {
@@ -2274,7 +2341,7 @@ type LeaseVouch struct {
 
 func (x *LeaseVouch) Reset() {
 	*x = LeaseVouch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2286,7 +2353,7 @@ func (x *LeaseVouch) String() string {
 func (*LeaseVouch) ProtoMessage() {}
 
 func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2299,7 +2366,7 @@ func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseVouch.ProtoReflect.Descriptor instead.
 func (*LeaseVouch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LeaseVouch) GetVouch() bool {
@@ -2338,7 +2405,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2350,7 +2417,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2363,7 +2430,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
 }
 
 type ListsGet struct {
@@ -2374,7 +2441,7 @@ type ListsGet struct {
 
 func (x *ListsGet) Reset() {
 	*x = ListsGet{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2386,7 +2453,7 @@ func (x *ListsGet) String() string {
 func (*ListsGet) ProtoMessage() {}
 
 func (x *ListsGet) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2399,7 +2466,7 @@ func (x *ListsGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsGet.ProtoReflect.Descriptor instead.
 func (*ListsGet) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
 }
 
 // ListsReply is a gate's whole lists, in the JSON of gate.ListsSnapshot
@@ -2413,7 +2480,7 @@ type ListsReply struct {
 
 func (x *ListsReply) Reset() {
 	*x = ListsReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2425,7 +2492,7 @@ func (x *ListsReply) String() string {
 func (*ListsReply) ProtoMessage() {}
 
 func (x *ListsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2438,7 +2505,7 @@ func (x *ListsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsReply.ProtoReflect.Descriptor instead.
 func (*ListsReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListsReply) GetJson() []byte {
@@ -2462,7 +2529,7 @@ type StatsQuery struct {
 
 func (x *StatsQuery) Reset() {
 	*x = StatsQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2474,7 +2541,7 @@ func (x *StatsQuery) String() string {
 func (*StatsQuery) ProtoMessage() {}
 
 func (x *StatsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2487,7 +2554,7 @@ func (x *StatsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsQuery.ProtoReflect.Descriptor instead.
 func (*StatsQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StatsQuery) GetAppCode() uint32 {
@@ -2529,7 +2596,7 @@ type StatCounts struct {
 
 func (x *StatCounts) Reset() {
 	*x = StatCounts{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2541,7 +2608,7 @@ func (x *StatCounts) String() string {
 func (*StatCounts) ProtoMessage() {}
 
 func (x *StatCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2554,7 +2621,7 @@ func (x *StatCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatCounts.ProtoReflect.Descriptor instead.
 func (*StatCounts) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StatCounts) GetAccepted() uint64 {
@@ -2634,7 +2701,7 @@ type Hist struct {
 
 func (x *Hist) Reset() {
 	*x = Hist{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +2713,7 @@ func (x *Hist) String() string {
 func (*Hist) ProtoMessage() {}
 
 func (x *Hist) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +2726,7 @@ func (x *Hist) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hist.ProtoReflect.Descriptor instead.
 func (*Hist) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Hist) GetIndex() []uint32 {
@@ -2704,7 +2771,7 @@ type RawStat struct {
 
 func (x *RawStat) Reset() {
 	*x = RawStat{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2716,7 +2783,7 @@ func (x *RawStat) String() string {
 func (*RawStat) ProtoMessage() {}
 
 func (x *RawStat) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2729,7 +2796,7 @@ func (x *RawStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawStat.ProtoReflect.Descriptor instead.
 func (*RawStat) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RawStat) GetMsgtype() uint32 {
@@ -2777,7 +2844,7 @@ type StatsPart struct {
 
 func (x *StatsPart) Reset() {
 	*x = StatsPart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2789,7 +2856,7 @@ func (x *StatsPart) String() string {
 func (*StatsPart) ProtoMessage() {}
 
 func (x *StatsPart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2802,7 +2869,7 @@ func (x *StatsPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsPart.ProtoReflect.Descriptor instead.
 func (*StatsPart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StatsPart) GetStats() []*RawStat {
@@ -2831,7 +2898,7 @@ type UpstreamSubscribe struct {
 
 func (x *UpstreamSubscribe) Reset() {
 	*x = UpstreamSubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2843,7 +2910,7 @@ func (x *UpstreamSubscribe) String() string {
 func (*UpstreamSubscribe) ProtoMessage() {}
 
 func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2856,7 +2923,7 @@ func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamSubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamSubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *UpstreamSubscribe) GetSubId() string {
@@ -2903,7 +2970,7 @@ type UpstreamUnsubscribe struct {
 
 func (x *UpstreamUnsubscribe) Reset() {
 	*x = UpstreamUnsubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2915,7 +2982,7 @@ func (x *UpstreamUnsubscribe) String() string {
 func (*UpstreamUnsubscribe) ProtoMessage() {}
 
 func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2928,7 +2995,7 @@ func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamUnsubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamUnsubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *UpstreamUnsubscribe) GetSubId() string {
@@ -2951,7 +3018,7 @@ type UpstreamBatch struct {
 
 func (x *UpstreamBatch) Reset() {
 	*x = UpstreamBatch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2963,7 +3030,7 @@ func (x *UpstreamBatch) String() string {
 func (*UpstreamBatch) ProtoMessage() {}
 
 func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2976,7 +3043,7 @@ func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamBatch.ProtoReflect.Descriptor instead.
 func (*UpstreamBatch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{38}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *UpstreamBatch) GetSubId() string {
@@ -3012,7 +3079,7 @@ type UpstreamAck struct {
 
 func (x *UpstreamAck) Reset() {
 	*x = UpstreamAck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3091,7 @@ func (x *UpstreamAck) String() string {
 func (*UpstreamAck) ProtoMessage() {}
 
 func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3104,7 @@ func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAck.ProtoReflect.Descriptor instead.
 func (*UpstreamAck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{39}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *UpstreamAck) GetSubId() string {
@@ -3072,7 +3139,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3084,7 +3151,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3097,7 +3164,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{40}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -3178,7 +3245,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3190,7 +3257,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3203,7 +3270,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{41}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -3245,7 +3312,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[42]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3257,7 +3324,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[42]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3270,7 +3337,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{42}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -3348,7 +3415,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[43]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3360,7 +3427,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[43]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3373,7 +3440,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{43}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -3541,7 +3608,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\vapp_version\x18\a \x01(\tR\n" +
 	"appVersion\x12%\n" +
 	"\x0flogged_in_at_ms\x18\b \x01(\x03R\floggedInAtMs\x12\x18\n" +
-	"\apending\x18\t \x01(\rR\apending\"\xad\x03\n" +
+	"\apending\x18\t \x01(\rR\apending\"\xe5\x03\n" +
 	"\vNodeRequest\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12#\n" +
 	"\rreply_address\x18\x02 \x01(\tR\freplyAddress\x124\n" +
@@ -3553,8 +3620,11 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\x04ping\x18\r \x01(\v2\x16.courier.actor.v1.PingH\x00R\x04ping\x12?\n" +
 	"\vlease_check\x18\x1e \x01(\v2\x1c.courier.actor.v1.LeaseCheckH\x00R\n" +
 	"leaseCheck\x124\n" +
-	"\x05drain\x18\x1f \x01(\v2\x1c.courier.actor.v1.DrainStartH\x00R\x05drainB\x06\n" +
-	"\x04body\")\n" +
+	"\x05drain\x18\x1f \x01(\v2\x1c.courier.actor.v1.DrainStartH\x00R\x05drain\x126\n" +
+	"\bseen_out\x18  \x01(\v2\x19.courier.actor.v1.SeenOutH\x00R\aseenOutB\x06\n" +
+	"\x04body\"!\n" +
+	"\aSeenOut\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\tR\x06member\")\n" +
 	"\n" +
 	"DrainStart\x12\x1b\n" +
 	"\twindow_ms\x18\x01 \x01(\x03R\bwindowMs\"q\n" +
@@ -3669,7 +3739,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),                       // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),                   // 1: courier.actor.v1.DeviceLogin
@@ -3695,41 +3765,42 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*PresenceQuery)(nil),                 // 21: courier.actor.v1.PresenceQuery
 	(*PresenceReply)(nil),                 // 22: courier.actor.v1.PresenceReply
 	(*NodeRequest)(nil),                   // 23: courier.actor.v1.NodeRequest
-	(*DrainStart)(nil),                    // 24: courier.actor.v1.DrainStart
-	(*DrainStarted)(nil),                  // 25: courier.actor.v1.DrainStarted
-	(*LeaseCheck)(nil),                    // 26: courier.actor.v1.LeaseCheck
-	(*LeaseVouch)(nil),                    // 27: courier.actor.v1.LeaseVouch
-	(*Ping)(nil),                          // 28: courier.actor.v1.Ping
-	(*ListsGet)(nil),                      // 29: courier.actor.v1.ListsGet
-	(*ListsReply)(nil),                    // 30: courier.actor.v1.ListsReply
-	(*StatsQuery)(nil),                    // 31: courier.actor.v1.StatsQuery
-	(*StatCounts)(nil),                    // 32: courier.actor.v1.StatCounts
-	(*Hist)(nil),                          // 33: courier.actor.v1.Hist
-	(*RawStat)(nil),                       // 34: courier.actor.v1.RawStat
-	(*StatsPart)(nil),                     // 35: courier.actor.v1.StatsPart
-	(*UpstreamSubscribe)(nil),             // 36: courier.actor.v1.UpstreamSubscribe
-	(*UpstreamUnsubscribe)(nil),           // 37: courier.actor.v1.UpstreamUnsubscribe
-	(*UpstreamBatch)(nil),                 // 38: courier.actor.v1.UpstreamBatch
-	(*UpstreamAck)(nil),                   // 39: courier.actor.v1.UpstreamAck
-	(*SessionRecord)(nil),                 // 40: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),                  // 41: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),                    // 42: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil),             // 43: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),                // 44: courier.device.v1.Login
-	(*devicepb.C2C)(nil),                  // 45: courier.device.v1.C2C
-	(devicepb.KickReason)(0),              // 46: courier.device.v1.KickReason
-	(devicepb.Platform)(0),                // 47: courier.device.v1.Platform
-	(*apipb.UpdateAccessListRequest)(nil), // 48: courier.v1.UpdateAccessListRequest
-	(*apipb.UpstreamMessage)(nil),         // 49: courier.v1.UpstreamMessage
-	(devicepb.Kind)(0),                    // 50: courier.device.v1.Kind
+	(*SeenOut)(nil),                       // 24: courier.actor.v1.SeenOut
+	(*DrainStart)(nil),                    // 25: courier.actor.v1.DrainStart
+	(*DrainStarted)(nil),                  // 26: courier.actor.v1.DrainStarted
+	(*LeaseCheck)(nil),                    // 27: courier.actor.v1.LeaseCheck
+	(*LeaseVouch)(nil),                    // 28: courier.actor.v1.LeaseVouch
+	(*Ping)(nil),                          // 29: courier.actor.v1.Ping
+	(*ListsGet)(nil),                      // 30: courier.actor.v1.ListsGet
+	(*ListsReply)(nil),                    // 31: courier.actor.v1.ListsReply
+	(*StatsQuery)(nil),                    // 32: courier.actor.v1.StatsQuery
+	(*StatCounts)(nil),                    // 33: courier.actor.v1.StatCounts
+	(*Hist)(nil),                          // 34: courier.actor.v1.Hist
+	(*RawStat)(nil),                       // 35: courier.actor.v1.RawStat
+	(*StatsPart)(nil),                     // 36: courier.actor.v1.StatsPart
+	(*UpstreamSubscribe)(nil),             // 37: courier.actor.v1.UpstreamSubscribe
+	(*UpstreamUnsubscribe)(nil),           // 38: courier.actor.v1.UpstreamUnsubscribe
+	(*UpstreamBatch)(nil),                 // 39: courier.actor.v1.UpstreamBatch
+	(*UpstreamAck)(nil),                   // 40: courier.actor.v1.UpstreamAck
+	(*SessionRecord)(nil),                 // 41: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),                  // 42: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),                    // 43: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil),             // 44: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),                // 45: courier.device.v1.Login
+	(*devicepb.C2C)(nil),                  // 46: courier.device.v1.C2C
+	(devicepb.KickReason)(0),              // 47: courier.device.v1.KickReason
+	(devicepb.Platform)(0),                // 48: courier.device.v1.Platform
+	(*apipb.UpdateAccessListRequest)(nil), // 49: courier.v1.UpdateAccessListRequest
+	(*apipb.UpstreamMessage)(nil),         // 50: courier.v1.UpstreamMessage
+	(devicepb.Kind)(0),                    // 51: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	44, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	45, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	45, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	46, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
@@ -3745,35 +3816,36 @@ var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	20, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
 	22, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
 	16, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	35, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
-	30, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
+	36, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	31, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
 	15, // 23: courier.actor.v1.Reply.pong:type_name -> courier.actor.v1.Pong
-	27, // 24: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
-	25, // 25: courier.actor.v1.Reply.drain_started:type_name -> courier.actor.v1.DrainStarted
-	46, // 26: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	28, // 24: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
+	26, // 25: courier.actor.v1.Reply.drain_started:type_name -> courier.actor.v1.DrainStarted
+	47, // 26: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
 	0,  // 27: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	47, // 28: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	31, // 29: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
-	48, // 30: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
-	29, // 31: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
-	28, // 32: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
-	26, // 33: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
-	24, // 34: courier.actor.v1.NodeRequest.drain:type_name -> courier.actor.v1.DrainStart
-	32, // 35: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
-	32, // 36: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
-	33, // 37: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
-	33, // 38: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
-	34, // 39: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
-	49, // 40: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
-	0,  // 41: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	47, // 42: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	40, // 43: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	50, // 44: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	45, // [45:45] is the sub-list for method output_type
-	45, // [45:45] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	48, // 28: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	32, // 29: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	49, // 30: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	30, // 31: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
+	29, // 32: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
+	27, // 33: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
+	25, // 34: courier.actor.v1.NodeRequest.drain:type_name -> courier.actor.v1.DrainStart
+	24, // 35: courier.actor.v1.NodeRequest.seen_out:type_name -> courier.actor.v1.SeenOut
+	33, // 36: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	33, // 37: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	34, // 38: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	34, // 39: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	35, // 40: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	50, // 41: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
+	0,  // 42: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	48, // 43: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	41, // 44: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	51, // 45: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	46, // [46:46] is the sub-list for method output_type
+	46, // [46:46] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -3810,6 +3882,7 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*NodeRequest_Ping)(nil),
 		(*NodeRequest_LeaseCheck)(nil),
 		(*NodeRequest_Drain)(nil),
+		(*NodeRequest_SeenOut)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3817,7 +3890,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   44,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
