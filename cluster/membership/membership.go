@@ -347,7 +347,15 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 				if m.self.ID == self.ID {
 					m.published = load
 				}
+				// SetDraining may have registered the flag after the copy
+				// above was taken, and this registration, without it,
+				// landed after its: publish it again.
+				lost := m.self.ID == self.ID && m.self.Draining && !self.Draining
+				self.Draining = m.self.Draining
 				m.mu.Unlock()
+				if lost {
+					err = m.be.register(rctx, &self)
+				}
 			}
 		} else {
 			err = m.be.pass(rctx, self.ID)
@@ -442,9 +450,20 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 		}
 	}
 	m.mu.Lock()
+	// A drain begun meanwhile (SetDraining set it on the old instance)
+	// holds for the new one.
+	lost := m.self.Draining && !self.Draining
+	self.Draining = self.Draining || m.self.Draining
 	m.self = self
 	m.published = self.Load
 	m.mu.Unlock()
+	if lost {
+		rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
+		if err := m.be.register(rctx, &self); err != nil {
+			m.log.Warn("membership: publishing that the new instance drains failed; the next load change publishes it", "member", self.ID, "err", err)
+		}
+		cancel()
+	}
 	m.metrics.rejoins.Inc()
 	m.setLease(true, "")
 	dctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)

@@ -519,3 +519,66 @@ func TestSeenOutRejoins(t *testing.T) {
 		t.Fatalf("the old instance is still live: %+v", f)
 	}
 }
+
+// holdRegs holds the registrations without the draining flag while hold
+// is set, and records the last one that completed.
+type holdRegs struct {
+	backend
+	hold    atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+	mu      sync.Mutex
+	last    Member
+}
+
+func (h *holdRegs) register(ctx context.Context, self *Member) error {
+	if h.hold.Load() && !self.Draining {
+		h.hold.Store(false)
+		close(h.entered)
+		<-h.release
+	}
+	err := h.backend.register(ctx, self)
+	if err == nil {
+		h.mu.Lock()
+		h.last = *self
+		h.mu.Unlock()
+	}
+	return err
+}
+
+func (h *holdRegs) lastDraining() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.last.Draining
+}
+
+// TestDrainingSurvivesALoadRegistration: a drain published while the
+// refresher's registration of a load change (taken before it, without
+// the flag) is in flight, and landing before it, is published again.
+func TestDrainingSurvivesALoadRegistration(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.LoadInterval = 100 * time.Millisecond
+	m, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &holdRegs{backend: m.be, entered: make(chan struct{}), release: make(chan struct{})}
+	m.be = h
+	if err := m.Join(context.Background(), Member{Name: "a", Address: "127.0.0.1:1", Roles: RoleActors, Version: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Leave(context.Background()) })
+	h.hold.Store(true)
+	m.SetLoad(Load{Conns: 5, MaxConns: 10})
+	select {
+	case <-h.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the refresher never registered the load change")
+	}
+	if err := m.SetDraining(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	close(h.release)
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.lastDraining() && m.View().Self.Draining },
+		"the drain was overwritten by the load registration taken before it")
+}

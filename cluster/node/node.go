@@ -466,6 +466,14 @@ func (n *Node) leaseChanged(valid bool) {
 		n.gate.KickAll()
 		return
 	}
+	if n.stopping.Load() {
+		return
+	}
+	select {
+	case <-n.drain.started:
+		return // a drain's refusal holds: the devices belong elsewhere
+	default:
+	}
 	n.gate.Refuse(false)
 }
 
