@@ -178,9 +178,12 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 		return gnet.Close
 	case s.state == stateFresh && h.Cmd != messages.CmdLogin:
 		// Only a first frame that is not LOGIN closes the connection. One
-		// after a LOGIN that was refused and left it open (BAD_BODY,
-		// BAD_FLAGS, a field over its bound) fails the logged-in check,
-		// and the client may still log in until the login timeout.
+		// after a LOGIN that was refused and left it open (ERROR BAD_BODY:
+		// its body does not decode) fails the logged-in check, and the
+		// client may still log in until the login timeout. A LOGIN refused
+		// for its flags does not count as the first frame (above), and one
+		// with a field over its bound is answered LOGIN_ACK and closed
+		// (failLogin).
 		l.sendError(app, h.Seq, devicepb.Code_NOT_LOGGED_IN, "not logged in: send LOGIN")
 		return gnet.None
 	case s.state != stateFresh && h.Cmd == messages.CmdLogin:
