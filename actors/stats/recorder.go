@@ -33,6 +33,9 @@ const (
 	// slots), and a device chooses its C2C msgtypes: 256 bound one app to
 	// 8 MiB (28 MiB).
 	maxKeysPerApp = 256
+	// MaxQueryMsgtypes is the most msgtypes one query names: an app has
+	// no more series than maxKeysPerApp (its OtherMsgtype included).
+	MaxQueryMsgtypes = maxKeysPerApp + 1
 	// maxSeries bounds the series of all apps together (an operator key
 	// may push to any appcode): beyond it, a new (app, msgtype) is
 	// counted under the app's OtherMsgtype if the app has that series,

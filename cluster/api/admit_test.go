@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/courier-im/courier/actors/stats"
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/apipb"
 )
@@ -282,5 +283,50 @@ func wantReason(t *testing.T, err error, reason, setting string) {
 		t.Fatalf("%v: RetryInfo %v, want a delay of %v", err, retry, RetryAfterOverload)
 	case reason != apipb.ReasonNodeOverloaded && retry != nil:
 		t.Fatalf("%v: RetryInfo %v on a %s refusal", err, retry, reason)
+	}
+}
+
+// TestPushManyOfInvalidItemsIsNotRefusedWhole: a PushMany none of whose
+// items is valid gets each item's own error even while the node is
+// behind, not a whole-call overload that would have it retry them
+// unchanged.
+func TestPushManyOfInvalidItemsIsNotRefusedWhole(t *testing.T) {
+	s := New(Deps{Req: instantReq{}, Limits: DefaultLimits(), Backlog: func() time.Duration { return time.Second }})
+	resp, err := s.PushMany(scoped(1), &apipb.PushManyRequest{Items: []*apipb.PushRequest{
+		{AppCode: 2, Uid: "u", Payload: []byte("x")},
+		{AppCode: 1, Uid: "", Payload: []byte("x")},
+	}})
+	if err != nil {
+		t.Fatalf("PushMany of invalid items while behind: %v", err)
+	}
+	if r := resp.Results; len(r) != 2 || r[0].Code != int32(codes.PermissionDenied) || r[1].Code != int32(codes.InvalidArgument) {
+		t.Fatalf("results %v, want PERMISSION_DENIED and INVALID_ARGUMENT", r)
+	}
+}
+
+// TestStatsQueryIsBounded: a Stats call names at most MaxQueryMsgtypes
+// msgtypes, each a msgtype or the others' series, before anything is
+// asked of the nodes.
+func TestStatsQueryIsBounded(t *testing.T) {
+	asked := 0
+	s := New(Deps{Req: instantReq{}, Limits: DefaultLimits(), ClusterStats: func(context.Context, uint16, []uint32, time.Duration) ([][]stats.RawStat, []string) {
+		asked++
+		return nil, nil
+	}})
+	many := make([]uint32, stats.MaxQueryMsgtypes+1)
+	for i := range many {
+		many[i] = uint32(i)
+	}
+	if _, err := s.Stats(scoped(1), &apipb.StatsRequest{AppCode: 1, Msgtypes: many}); status.Code(err) != codes.InvalidArgument || !contains(err.Error(), "msgtypes") {
+		t.Fatalf("%d msgtypes: %v", len(many), err)
+	}
+	if _, err := s.Stats(scoped(1), &apipb.StatsRequest{AppCode: 1, Msgtypes: []uint32{1, 70000}}); status.Code(err) != codes.InvalidArgument || !contains(err.Error(), "msgtypes[1]") {
+		t.Fatalf("msgtype 70000: %v", err)
+	}
+	if asked != 0 {
+		t.Fatalf("the nodes were asked %d times for refused queries", asked)
+	}
+	if _, err := s.Stats(scoped(1), &apipb.StatsRequest{AppCode: 1, Msgtypes: append(many[:stats.MaxQueryMsgtypes-1], stats.OtherMsgtype)}); err != nil || asked != 1 {
+		t.Fatalf("%d msgtypes with the others' series: %v (asked %d)", stats.MaxQueryMsgtypes, err, asked)
 	}
 }

@@ -467,6 +467,11 @@ func (s *Server) PushMany(ctx context.Context, r *apipb.PushManyRequest) (*apipb
 		envs = append(envs, env)
 		idx = append(idx, i)
 	}
+	if len(envs) == 0 {
+		// Nothing to admit: the caller needs its items' own errors, not
+		// an overload that would have it retry them unchanged.
+		return &apipb.PushManyResponse{Results: results}, nil
+	}
 	release, err := s.admitPushes(sc, len(envs))
 	if err != nil {
 		return nil, err

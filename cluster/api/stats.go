@@ -25,6 +25,16 @@ func (s *Server) Stats(ctx context.Context, r *apipb.StatsRequest) (*apipb.Stats
 	if r.WindowSeconds > uint32(stats.MaxWindow/time.Second) {
 		return nil, status.Errorf(codes.InvalidArgument, "window_seconds %d: at most %d", r.WindowSeconds, int(stats.MaxWindow/time.Second))
 	}
+	// The query goes to every node, each of which indexes it.
+	if len(r.Msgtypes) > stats.MaxQueryMsgtypes {
+		return nil, status.Errorf(codes.InvalidArgument, "msgtypes: %d listed, at most %d (an app's statistics keep %d msgtypes and the others together)",
+			len(r.Msgtypes), stats.MaxQueryMsgtypes, stats.MaxQueryMsgtypes-1)
+	}
+	for i, mt := range r.Msgtypes {
+		if mt > 0xFFFF && mt != stats.OtherMsgtype {
+			return nil, status.Errorf(codes.InvalidArgument, "msgtypes[%d] %d: must be in [0, 65535], or %d (the others together)", i, mt, stats.OtherMsgtype)
+		}
+	}
 	window := time.Duration(r.WindowSeconds) * time.Second
 	if window == 0 {
 		window = time.Minute
