@@ -1,6 +1,7 @@
 package messages
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -131,19 +132,38 @@ func NewZstdDecoder(maxBody uint32) (*ZstdDecoder, error) {
 // MaxZstdWindow, or decompresses to more than the cap. A frame that
 // declares its content size above the cap is refused before decoding;
 // one that does not is refused after at most one block (128 KiB) past
-// the cap. dst may be reused across calls: its capacity is grown once to
-// len(dst) plus the cap.
+// the cap. dst may be reused across calls: its capacity is grown to
+// len(dst) plus what the frame declares it holds (or 64 KiB, or 16 times
+// src), and to the cap only if that is too little.
 func (d *ZstdDecoder) Decompress(dst, src []byte) ([]byte, error) {
 	if len(src) == 0 {
 		// Not a zstd frame: the decoder would answer with nothing.
 		return dst, ErrDecompress
 	}
-	start := len(dst)
-	buf := slices.Grow(dst, d.max)
-	// The decoder stops where the capacity ends.
-	out, err := d.dec.DecodeAll(src, buf[:start:start+d.max])
-	if err != nil || len(out)-start > d.max {
-		return dst, ErrDecompress
+	// Room for what the frame says it holds (a frame that declares more
+	// than the cap is refused here), else a guess; the whole cap only
+	// when that was too little. A cap of 64 MiB (a client's) must not
+	// cost 64 MiB per body of a few hundred bytes.
+	room := min(d.max, max(64<<10, 16*len(src)))
+	var h zstd.Header
+	if h.Decode(src) == nil && h.HasFCS {
+		if h.FrameContentSize > uint64(d.max) {
+			return dst, ErrDecompress
+		}
+		room = int(h.FrameContentSize)
 	}
-	return out, nil
+	start := len(dst)
+	for {
+		buf := slices.Grow(dst, room)
+		// The decoder stops where the capacity ends.
+		out, err := d.dec.DecodeAll(src, buf[:start:start+room])
+		if errors.Is(err, zstd.ErrDecoderSizeExceeded) && room < d.max {
+			room = d.max // several frames, or a guess too small
+			continue
+		}
+		if err != nil || len(out)-start > d.max {
+			return dst, ErrDecompress
+		}
+		return out, nil
+	}
 }

@@ -179,3 +179,42 @@ func TestCompressDoesNotWaitForABusyEncoder(t *testing.T) {
 		t.Fatal("Compress waited for a busy encoder")
 	}
 }
+
+// TestZstdSmallBodiesCostTheirSize: a codec whose cap is 64 MiB (a
+// client's) decompresses a body of a few hundred bytes into about that
+// much memory, not the cap; a body whose frame does not say its size,
+// larger than the first guess, or of two frames, still decompresses
+// whole.
+func TestZstdSmallBodiesCostTheirSize(t *testing.T) {
+	z, err := NewZstd(64 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("order 7 to driver 42; "), 30) // 660 bytes
+	c := z.Compress(nil, body)
+	if _, err := z.Decompress(nil, c); err != nil { // the decoder's own setup
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range 10 {
+		got, err := z.Decompress(nil, c)
+		if err != nil || !bytes.Equal(got, body) {
+			t.Fatalf("%d bytes out, %v", len(got), err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Fatalf("10 bodies of %d bytes (cap 64 MiB) allocated %d bytes", len(body), n)
+	}
+	// No content size, 20× larger than its compressed form and past 64
+	// KiB: more than the first guess.
+	big := make([]byte, 1<<20)
+	if got, err := z.Decompress(nil, streamCompress(t, big, 8<<20)); err != nil || len(got) != len(big) {
+		t.Fatalf("a streamed 1 MiB body: %d bytes, %v", len(got), err)
+	}
+	two := append(z.Compress(nil, body), z.Compress(nil, big)...)
+	if got, err := z.Decompress(nil, two); err != nil || len(got) != len(body)+len(big) {
+		t.Fatalf("two frames: %d bytes, %v", len(got), err)
+	}
+}
