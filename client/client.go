@@ -136,6 +136,7 @@ type Client struct {
 	lastErr error // the last connection failure, for Dial's error
 
 	lastSeq atomic.Uint32
+	dropped atomic.Uint64 // fire-and-forget pushes dropped past RecvBuffer
 	state   atomic.Int32
 	epoch   atomic.Uint64
 	ids     atomic.Uint64
@@ -333,6 +334,12 @@ func (c *Client) advance(seq uint32) {
 // Pull; a Pull from an earlier seq may have handed it a later one). An
 // app that persists it passes it as Config.ResumeSeq on its next start.
 func (c *Client) LastSeq() uint32 { return c.lastSeq.Load() }
+
+// DroppedPushes returns how many fire-and-forget pushes (seq 0) the
+// client dropped because RecvBuffer messages were waiting for Recv.
+// Stored messages are never dropped: past RecvBuffer they are left
+// unacknowledged, and the server delivers them again.
+func (c *Client) DroppedPushes() uint64 { return c.dropped.Load() }
 
 // State returns the connection's state now.
 func (c *Client) State() State { return State(c.state.Load()) }

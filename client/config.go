@@ -113,9 +113,12 @@ type Config struct {
 	ByteRate   int
 	ByteBurst  int
 
-	// RecvBuffer is how many received messages wait for Recv before the
-	// client stops reading the connection (default 256; a gate whose
-	// queue for the device fills up disconnects it as a slow client).
+	// RecvBuffer is how many received messages wait for Recv (default
+	// 256). The connection is read on regardless (answers to sends and
+	// pulls must get through); past it, a stored message is left
+	// unacknowledged (the server delivers it again later) and a
+	// fire-and-forget push is dropped (Client.DroppedPushes). The
+	// client's own resume PULLs ask for no more than there is room for.
 	RecvBuffer int
 	// MaxOutbox bounds the sends waiting for their answer (default 1024).
 	MaxOutbox int

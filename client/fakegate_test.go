@@ -13,6 +13,7 @@ import (
 	"github.com/courier-im/courier/client"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/devicepb"
+	"github.com/courier-im/courier/testkit"
 )
 
 // These tests run the client against a scripted gate on real TCP: the
@@ -29,6 +30,12 @@ type fakeGate struct {
 }
 
 func startFakeGate(t *testing.T, heartbeat uint32, script func(n int32, c *client.Conn)) *fakeGate {
+	t.Helper()
+	return startFakeGateAt(t, heartbeat, 0, script)
+}
+
+// startFakeGateAt is startFakeGate whose LOGIN_ACKs say last_seq.
+func startFakeGateAt(t *testing.T, heartbeat, lastSeq uint32, script func(n int32, c *client.Conn)) *fakeGate {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -54,7 +61,7 @@ func startFakeGate(t *testing.T, heartbeat uint32, script func(n int32, c *clien
 				}
 				n := g.logins.Add(1)
 				if c.WriteMessage(messages.CmdLoginAck, 0, f.Seq, &devicepb.LoginAck{Code: devicepb.Code_OK,
-					Epoch: uint64(n), HeartbeatSeconds: heartbeat, ServerTimeMs: time.Now().UnixMilli()}) != nil {
+					Epoch: uint64(n), HeartbeatSeconds: heartbeat, ServerTimeMs: time.Now().UnixMilli(), LastSeq: lastSeq}) != nil {
 					return
 				}
 				script(n, c)
@@ -347,5 +354,151 @@ func TestResendRightAfterGivingUp(t *testing.T) {
 	}
 	if n := acks.Load(); n != 1 {
 		t.Fatalf("%d S2C_ACKs for one message received and Acked in the default mode, want 1", n)
+	}
+}
+
+// TestAnswersGetThroughAFullQueue: with RecvBuffer messages waiting for
+// Recv, the client still reads its connection: an app that takes one
+// message and then waits for a send's answer gets it (docs/protocol.md
+// §16: never block reading while waiting for an answer). Past the buffer,
+// stored messages are left unacknowledged (the server delivers them
+// again) and fire-and-forget pushes are dropped and counted.
+func TestAnswersGetThroughAFullQueue(t *testing.T) {
+	const stored, fireAndForget, buffer = 300, 50, 256
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
+		var b []byte
+		for i := range stored {
+			b, _ = messages.AppendMessage(b, messages.Header{Cmd: messages.CmdS2C, AppCode: 1, Seq: uint32(i + 1)},
+				&devicepb.S2C{MsgId: fmt.Sprint("s", i)})
+		}
+		for i := range fireAndForget {
+			b, _ = messages.AppendMessage(b, messages.Header{Cmd: messages.CmdS2C, AppCode: 1},
+				&devicepb.S2C{MsgId: fmt.Sprint("f", i)})
+		}
+		if c.WriteRaw(b) != nil {
+			return
+		}
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch m := f.Msg.(type) {
+			case *devicepb.S2CAck:
+				mu.Lock()
+				acked[m.MsgId] = true
+				mu.Unlock()
+			case *devicepb.C2S:
+				_ = c.WriteMessage(messages.CmdC2SAck, f.MsgType, f.Seq, &devicepb.C2SAck{Code: devicepb.Code_OK, MsgId: "up-1", ClientMsgId: m.ClientMsgId})
+			}
+		}
+	})
+	c := dialFake(t, g, func(cfg *client.Config) { cfg.RecvBuffer = buffer })
+	testkit.Eventually(t, 5*time.Second, func() bool { return c.DroppedPushes() == fireAndForget },
+		"the fire-and-forget pushes past the buffer were not counted as dropped")
+	if m := recv(t, c); m.MsgID != "s0" {
+		t.Fatalf("first message %s", m.MsgID)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if r, err := c.SendC2S(ctx, 3, []byte("receipt")); err != nil || r.MsgID != "up-1" {
+		t.Fatalf("a send with the queue full: %+v, %v", r, err)
+	}
+	for i := 1; i < buffer; i++ {
+		if m := recv(t, c); m.MsgID != fmt.Sprint("s", i) {
+			t.Fatalf("message %d: %s", i, m.MsgID)
+		}
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer rcancel()
+	if m, err := c.Recv(rctx); err == nil {
+		t.Fatalf("a message past the buffer was queued: %s", m.MsgID)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked) == buffer
+	}, "the messages taken were not all acknowledged")
+	mu.Lock()
+	defer mu.Unlock()
+	for i := buffer; i < stored; i++ {
+		if acked[fmt.Sprint("s", i)] {
+			t.Fatalf("s%d, past the buffer, was acknowledged: the server would not deliver it again", i)
+		}
+	}
+}
+
+// TestResumePullsFitTheQueue: the client's own resume PULLs (after a
+// login whose last_seq is ahead) ask for no more messages than its
+// queue has room for, and the next page waits until the app took a
+// quarter of it.
+func TestResumePullsFitTheQueue(t *testing.T) {
+	const buffer, stored = 150, 1000
+	limits := make(chan uint32, 64)
+	g := startFakeGateAt(t, 30, stored, func(_ int32, c *client.Conn) {
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				return
+			}
+			p, ok := f.Msg.(*devicepb.Pull)
+			if !ok {
+				continue
+			}
+			limits <- p.Limit
+			n := p.Limit
+			if n == 0 || n > 100 {
+				n = 100
+			}
+			ack := &devicepb.PullAck{Code: devicepb.Code_OK, HasMore: p.AfterSeq+n < stored}
+			for seq := p.AfterSeq + 1; seq <= p.AfterSeq+n && seq <= stored; seq++ {
+				ack.Messages = append(ack.Messages, &devicepb.StoredMessage{MsgId: fmt.Sprint("m", seq), Seq: seq, Kind: devicepb.Kind_KIND_S2C})
+			}
+			if c.WriteMessage(messages.CmdPullAck, 0, f.Seq, ack) != nil {
+				return
+			}
+		}
+	})
+	c := dialFake(t, g, func(cfg *client.Config) { cfg.RecvBuffer = buffer })
+	next := func() uint32 {
+		t.Helper()
+		select {
+		case l := <-limits:
+			return l
+		case <-time.After(5 * time.Second):
+			t.Fatal("no resume PULL")
+			return 0
+		}
+	}
+	if l := next(); l != 100 {
+		t.Fatalf("first resume PULL asks for %d, want 100", l)
+	}
+	if l := next(); l != buffer-100 {
+		t.Fatalf("second resume PULL asks for %d, want the %d the queue has room for", l, buffer-100)
+	}
+	select {
+	case l := <-limits:
+		t.Fatalf("a resume PULL for %d with the queue full", l)
+	case <-time.After(300 * time.Millisecond):
+	}
+	for i := 1; i <= 10; i++ {
+		if m := recv(t, c); m.Seq != uint32(i) {
+			t.Fatalf("message %d has seq %d", i, m.Seq)
+		}
+	}
+	select {
+	case l := <-limits:
+		t.Fatalf("a resume PULL for %d after the app took 10 of %d: one per message taken", l, buffer)
+	case <-time.After(300 * time.Millisecond):
+	}
+	for i := 11; i <= 40; i++ {
+		if m := recv(t, c); m.Seq != uint32(i) {
+			t.Fatalf("message %d has seq %d", i, m.Seq)
+		}
+	}
+	if l := next(); l < buffer/4 || l > 40 {
+		t.Fatalf("after the app took 40, a resume PULL asks for %d", l)
 	}
 }

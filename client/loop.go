@@ -146,6 +146,9 @@ type loop struct {
 	firstDone  bool
 	logout     bool
 	terminal   error
+	// droppedLogged: when the last warning about dropped fire-and-forget
+	// pushes was logged (at most one a minute).
+	droppedLogged time.Time
 }
 
 func newLoop(c *Client) *loop {
@@ -170,7 +173,11 @@ func (l *loop) run() {
 	l.startDial()
 	for l.terminal == nil {
 		var frames chan readResult
-		if l.sess != nil && (len(l.queue) < l.cfg.RecvBuffer || l.sess.broken != nil) {
+		// The connection is read whatever the queue holds: the answers
+		// to sends and pulls come on it too, and an app that waits for
+		// one before it takes the next message must get it (deliver says
+		// what happens to messages past RecvBuffer).
+		if l.sess != nil {
 			frames = l.sess.frames
 		}
 		var out chan *Message
@@ -212,6 +219,9 @@ func (l *loop) run() {
 			l.queue = l.queue[1:]
 			if !l.cfg.ManualAck {
 				l.ack(head)
+			}
+			if l.sess != nil && l.sess.resumeWant {
+				l.flush() // a resume page may fit now
 			}
 		case r := <-l.c.reqs:
 			l.request(r)
@@ -597,6 +607,10 @@ func (l *loop) breakSession(err error) {
 	l.log.Debug("client: write failed; reading what the server sent before deciding", "err", err)
 }
 
+// resumePage is the most messages the client's own resume PULL asks for
+// (the server's default page).
+const resumePage = 100
+
 // brokenReadFor bounds the reading of a connection whose writes failed.
 const brokenReadFor = 2 * time.Second
 
@@ -613,8 +627,11 @@ func (l *loop) flush() {
 		return
 	}
 	blocked := false
-	if s.resumeWant {
-		seq, sent := l.writePaced(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: s.resumeAfter})
+	if room := l.cfg.RecvBuffer - len(l.queue); s.resumeWant && room >= min(resumePage, max(l.cfg.RecvBuffer/4, 1)) {
+		// A page no larger than the queue has room for, once it has room
+		// for a page or a quarter of itself (asked again as the app takes
+		// messages: run's Recv case), not a PULL per message taken.
+		seq, sent := l.writePaced(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: s.resumeAfter, Limit: uint32(min(room, resumePage))})
 		if !sent {
 			l.waitTurn()
 			return
@@ -797,12 +814,28 @@ func (l *loop) deliver(m *Message) {
 			return // a pull is handing it to the app (pullTaken)
 		}
 	}
-	if l.sess != nil && l.sess.broken != nil && len(l.queue) >= l.cfg.RecvBuffer {
-		// Read past the buffer only to find a KICKOUT (breakSession): not
-		// acknowledged, it is delivered again.
+	if len(l.queue) >= l.cfg.RecvBuffer {
+		// The app is RecvBuffer messages behind. A stored message is left
+		// unacknowledged: the server delivers it again later (it sends at
+		// most its window of them unacknowledged, so they are few). A
+		// fire-and-forget push is dropped, and counted: nothing keeps it,
+		// and the alternative, to stop reading, would hold the answers
+		// the app may be waiting for and have the gate disconnect the
+		// device as a slow client, dropping its queue anyway.
+		if m.Seq == 0 {
+			l.c.dropped.Add(1)
+			if time.Since(l.droppedLogged) >= time.Minute {
+				l.droppedLogged = time.Now()
+				l.log.Warn("client: the app is RecvBuffer messages behind; fire-and-forget pushes are dropped", "recv_buffer", l.cfg.RecvBuffer, "dropped_so_far", l.c.dropped.Load())
+			}
+		}
 		return
 	}
-	l.seen.add(m.MsgID)
+	if m.Seq != 0 {
+		// Only stored messages come again; a fire-and-forget push's id
+		// would only push out the ids that matter.
+		l.seen.add(m.MsgID)
+	}
 	l.queue = append(l.queue, m)
 }
 
@@ -810,10 +843,6 @@ func (l *loop) keepaliveDue() {
 	s := l.sess
 	if s == nil {
 		return
-	}
-	if len(l.queue) >= l.cfg.RecvBuffer {
-		// Not reading (the app is behind): silence is ours, not the link's.
-		s.lastRecv = time.Now()
 	}
 	if time.Since(s.lastRecv) > 2*s.heartbeat {
 		l.disconnect(errors.New("client: nothing from the server for two heartbeats"))
