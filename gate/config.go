@@ -207,6 +207,12 @@ func (c *Config) validate() error {
 	if c.IdleTimeout < 0 || (c.IdleTimeout > 0 && c.IdleTimeout < c.TickInterval) {
 		return invalid("Config.IdleTimeout %v: want 0 or at least Config.TickInterval (%v)", c.IdleTimeout, c.TickInterval)
 	}
+	if c.IdleTimeout > 0 && c.IdleTimeout < 2*c.HeartbeatInterval {
+		// Clients send a KEEPALIVE every heartbeat (LOGIN_ACK says how
+		// often) and know of no other timeout: below two, a client doing
+		// just that would be closed.
+		return invalid("Config.IdleTimeout %v: want 0 (3 heartbeats) or at least twice Config.HeartbeatInterval (%v)", c.IdleTimeout, c.HeartbeatInterval)
+	}
 	if c.CompressThreshold < 0 {
 		return invalid("Config.CompressThreshold %d: want >= 0", c.CompressThreshold)
 	}

@@ -23,6 +23,7 @@ func TestConfigValidate(t *testing.T) {
 		{"Config.LoginTimeout", func(c *gate.Config) { c.LoginTimeout = time.Millisecond }},
 		{"Config.HeartbeatInterval", func(c *gate.Config) { c.HeartbeatInterval = 0; c.IdleTimeout = time.Second }},
 		{"Config.IdleTimeout", func(c *gate.Config) { c.IdleTimeout = -1 }},
+		{"Config.IdleTimeout", func(c *gate.Config) { c.HeartbeatInterval, c.IdleTimeout = 30*time.Second, 20*time.Second }},
 		{"Config.OutQueueFrames", func(c *gate.Config) { c.OutQueueFrames = 0 }},
 		{"Config.OutQueueBytes", func(c *gate.Config) { c.OutQueueBytes = 100 }},
 		{"Config.MaxOutboundBuffered", func(c *gate.Config) { c.MaxOutboundBuffered = 100 }},

@@ -182,7 +182,7 @@ func TestLoginTimeout(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
-	tg := startGate(t, func(c *gate.Config) { c.IdleTimeout = 200 * time.Millisecond })
+	tg := startGate(t, func(c *gate.Config) { c.IdleTimeout, c.HeartbeatInterval = 200*time.Millisecond, 100*time.Millisecond })
 	busy, _ := tg.login(t, "judy", false)
 	quiet, _ := tg.login(t, "ken", false)
 	// busy keeps talking for several idle timeouts and stays.

@@ -144,14 +144,19 @@ func (l *loop) enforceLists() {
 }
 
 // kick writes what is queued, then KICKOUT, and closes (event loop only).
+// A connection not logged in is closed without a KICKOUT: its client
+// waits for LOGIN_ACK, and a KICKOUT would carry no session's appcode
+// (docs/protocol.md §8.2: reconnect with backoff).
 func (s *conn) kick(k kick, reason CloseReason) {
 	s.drain()
 	if s.closed {
 		return
 	}
-	l := s.loop
-	l.reply(s.app, messages.CmdKickout, 0, &devicepb.Kickout{Reason: k.reason, Detail: k.detail})
-	l.flush(s)
+	if s.state == stateLoggedIn {
+		l := s.loop
+		l.reply(s.app, messages.CmdKickout, 0, &devicepb.Kickout{Reason: k.reason, Detail: k.detail})
+		l.flush(s)
+	}
 	s.closeOnLoop(reason)
 }
 

@@ -156,7 +156,7 @@ func TestBadMagicBeforeAWholeHeader(t *testing.T) {
 // as activity for the idle timeout (not only KEEPALIVE), and frames the
 // server sends do not.
 func TestAnyClientFrameIsActivity(t *testing.T) {
-	tg := startGate(t, func(c *gate.Config) { c.IdleTimeout = time.Second })
+	tg := startGate(t, func(c *gate.Config) { c.IdleTimeout, c.HeartbeatInterval = time.Second, 500*time.Millisecond })
 	chatty, _ := tg.login(t, "chatty", false)
 	listener, ack := tg.login(t, "listener", false)
 	lc := tg.connOf(t, "listener")
