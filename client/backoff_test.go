@@ -83,6 +83,9 @@ func TestConfigValidate(t *testing.T) {
 		{"backoff", func(c *Config) { c.BackoffInitial, c.BackoffMax = 2*time.Second, time.Second }},
 		{"byte burst under a frame", func(c *Config) { c.ByteBurst = int(DefaultConfig().MaxFrameSize) }},
 		{"long token", func(c *Config) { c.Token = string(make([]byte, MaxTokenLen+1)) }},
+		{"negative backoff", func(c *Config) { c.BackoffInitial, c.BackoffMax = -time.Second, -time.Second }},
+		{"negative resend", func(c *Config) { c.ResendAfter = -time.Second }},
+		{"negative jitter", func(c *Config) { c.ShutdownJitter = -time.Second }},
 	}
 	c := ok
 	c.fill()

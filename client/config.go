@@ -239,6 +239,11 @@ func (c *Config) validate() error {
 		return fmt.Errorf("client: Token or TokenSource is required")
 	case c.Addr == "" && c.Discovery == "":
 		return fmt.Errorf("client: Addr or Discovery is required: %w", ErrNoGate)
+	case c.DialTimeout < 0, c.LoginTimeout < 0, c.WriteTimeout < 0, c.BackoffInitial < 0, c.BackoffMax < 0,
+		c.BackoffReset < 0, c.ShutdownJitter < 0, c.ResendAfter < 0:
+		// Zero means the default; a negative wait would make a loop of
+		// reconnects or resends without pause.
+		return fmt.Errorf("client: durations (DialTimeout, LoginTimeout, WriteTimeout, BackoffInitial, BackoffMax, BackoffReset, ShutdownJitter, ResendAfter) must not be negative")
 	case c.BackoffMax < c.BackoffInitial:
 		return fmt.Errorf("client: BackoffMax %v: less than BackoffInitial %v", c.BackoffMax, c.BackoffInitial)
 	case c.CompressThreshold < 0, c.RecvBuffer < 0, c.MaxOutbox < 0, c.DedupSize < 0:

@@ -186,8 +186,13 @@ func (c *Conn) writeFrame(h messages.Header, body proto.Message) (messages.Heade
 			return h, err
 		}
 		c.zbuf = z.Compress(c.zbuf[:0], raw)
-		h.Flags |= messages.FlagZstd
-		c.wbuf = messages.AppendFrame(c.wbuf[:0], h, c.zbuf)
+		// Sent compressed only when that makes it smaller (or asked for):
+		// incompressible bodies (encrypted, images) grow by the frame's
+		// overhead, and one near the frame limit would pass it.
+		if len(c.zbuf) < len(raw) || h.Flags&messages.FlagZstd != 0 {
+			h.Flags |= messages.FlagZstd
+			c.wbuf = messages.AppendFrame(c.wbuf[:0], h, c.zbuf)
+		}
 	}
 	h.Length = uint32(len(c.wbuf) - messages.HeaderSize)
 	return h, c.writeLocked(c.wbuf)

@@ -1,7 +1,9 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"io"
 	"net"
 	"testing"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/courier-im/courier/client"
 	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/devicepb"
 )
 
 // TestReadFrameIgnoresWhatANewerServerAdds: docs/protocol.md tells
@@ -51,6 +54,40 @@ func TestReadFrameIgnoresWhatANewerServerAdds(t *testing.T) {
 		}
 		if f.Seq != seq || f.Msg != nil {
 			t.Fatalf("frame %d: seq %d, message %v", seq, f.Seq, f.Msg)
+		}
+	}
+}
+
+// TestIncompressibleBodiesGoUncompressed: with compression on, a body
+// that zstd would make larger (random bytes) goes as it is, so that one
+// near the frame limit stays within it; a compressible one goes
+// compressed.
+func TestIncompressibleBodiesGoUncompressed(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	w := client.NewConn(a, client.ConnConfig{AppCode: 1})
+	w.SetCompression(true)
+	r := client.NewConn(b, client.ConnConfig{AppCode: 1})
+	r.SetCompression(true)
+	random := make([]byte, 65_500)
+	_, _ = rand.Read(random)
+	for _, tc := range []struct {
+		payload    []byte
+		compressed bool
+	}{{random, false}, {bytes.Repeat([]byte("gps "), 1000), true}} {
+		go func() {
+			_ = w.WriteFrame(messages.Header{Cmd: messages.CmdC2S, AppCode: 1, Seq: 2}, &devicepb.C2S{ClientMsgId: "c", Payload: tc.payload})
+		}()
+		f, err := r.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Compressed() != tc.compressed || f.Length > messages.DefaultMaxBody {
+			t.Fatalf("a body of %d bytes: compressed %v, length %d", len(tc.payload), f.Compressed(), f.Length)
+		}
+		if m, ok := f.Msg.(*devicepb.C2S); !ok || !bytes.Equal(m.Payload, tc.payload) {
+			t.Fatalf("payload of %d bytes not read back", len(tc.payload))
 		}
 	}
 }
