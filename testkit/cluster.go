@@ -124,6 +124,9 @@ func (c *Cluster) AddNode(roles string, args ...string) *Node {
 	if c.opts.TLS {
 		all = append(all, c.NodeCertArgs(name, hosts...)...)
 	}
+	if c.opts.Store != "postgres" {
+		all = append(all, "--cluster.local-store") // a test of what needs no shared store
+	}
 	all = append(all, c.opts.Args...)
 	all = append(all, args...)
 	n := StartNode(c.t, NodeOptions{Name: name, Roles: roles, Args: all, PostgresDSN: c.DSN, Network: c.opts.Network})

@@ -70,6 +70,10 @@ type Config struct {
 	// StoreTimeout bounds one PostgreSQL transaction, load or lookup
 	// (default 5 s): beyond it the operation fails as unavailable.
 	StoreTimeout time.Duration
+	// ClusterLocalStore lets a cluster node (Consul) with the actors role
+	// keep its own Pebble inbox: identities that move lose what was
+	// stored for them (trials, --dev, tests that need no shared store).
+	ClusterLocalStore bool
 	// StoreStallAfter is how long a Pebble commit may wait for the disk
 	// before the node refuses new writes at once and /readyz says so,
 	// until the commit completes (0: never).
@@ -180,6 +184,12 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	}
 	if err := c.resolveStore(); err != nil {
 		return nil, nil, err
+	}
+	if roles, err := c.roles(); err == nil && roles.Has(membership.RoleActors) && c.Store == "pebble" &&
+		c.Cluster.Provider == membership.ProviderConsul && !c.ClusterLocalStore {
+		return nil, nil, errors.New("node: store pebble: a cluster node (cluster.provider consul) with the actors role needs the store every node shares " +
+			"(--store postgres --store.dsn-file FILE): with its own Pebble inbox, an identity that moves to another node (a join, a drain, a crash) " +
+			"does not find what was stored for it, and its seqs start over; --cluster.local-store allows it for trials")
 	}
 	if err := c.checkFDReserve(); err != nil {
 		return nil, nil, err

@@ -350,7 +350,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	log.Info("node: started", "name", cfg.Name, "roles", roles.String(), "gate", n.GateAddr(), "api", n.APIAddr(),
 		"http", n.HTTPAddr(), "cluster", n.sys.Address(), "store", cfg.Store, "data", cfg.DataDir)
 	if cfg.Cluster.Provider == membership.ProviderConsul && cfg.Store == "pebble" && roles.Has(membership.RoleActors) {
-		log.Warn("node: a cluster node with its own Pebble inbox: an identity that moves to another node (a join, a drain, a crash) " +
+		log.Warn("node: a cluster node with its own Pebble inbox (cluster.local-store): an identity that moves to another node (a join, a drain, a crash) " +
 			"does not find what was stored for it here, and its seqs start over; a cluster shares PostgreSQL (--store postgres)")
 	}
 	return n, nil

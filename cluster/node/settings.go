@@ -76,6 +76,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&cl.Name, "cluster.name", cl.Name, "cluster name")
 	fs.StringVar(&cl.Bind, "cluster.bind", cl.Bind, "actor remoting listen address")
 	fs.StringVar(&cl.Advertise, "cluster.advertise", cl.Advertise, "actor remoting address other nodes use (default: the bound address)")
+	fs.BoolVar(&c.ClusterLocalStore, "cluster.local-store", c.ClusterLocalStore, "let a cluster node with the actors role keep its own Pebble inbox (trials only: an identity that moves loses what was stored for it)")
 	fs.StringVar(&cl.Provider, "cluster.provider", cl.Provider, `membership provider: "memory" (a single node) or "consul"`)
 	fs.StringVar(&cl.Consul, "cluster.consul", cl.Consul, "HTTP address of the Consul agent (provider consul)")
 	fs.StringVar(&cl.ConsulToken, "cluster.consul-token", cl.ConsulToken, "ACL token for the Consul agent, if it needs one")

@@ -92,6 +92,19 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.Store, c.StoreDSNFile = "postgres", "/nonexistent/dsn" }, "store.dsn-file")
 	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreLanes = "postgres", "x", 16 }, "store.lanes")
 	bad(func(c *Config) { c.StoreTimeout = time.Millisecond }, "store.timeout")
+	bad(func(c *Config) { c.Cluster.Provider = "consul" }, "cluster.local-store")
+	for _, ok := range []func(*Config){
+		func(c *Config) { c.Cluster.Provider, c.ClusterLocalStore = "consul", true },
+		func(c *Config) { c.Cluster.Provider, c.Roles = "consul", "gate,api" },
+	} {
+		c := DefaultConfig()
+		c.AppSecrets = map[string]string{"1": "0123456789abcdef"}
+		ok(&c)
+		if _, _, err := c.resolve(); err != nil {
+			t.Errorf("a Consul node allowed its own Pebble store: %v", err)
+		}
+	}
+	bad(func(c *Config) { c.StoreStallAfter = time.Millisecond }, "store.stall-after")
 	bad(func(c *Config) { c.StoreMinSyncInterval = -time.Millisecond }, "store.min-sync-interval")
 	bad(func(c *Config) { c.StoreMinSyncInterval = time.Second }, "store.min-sync-interval")
 	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreReaders = "postgres", "x", 0 }, "store.readers")

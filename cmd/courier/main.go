@@ -147,6 +147,7 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 		if len(cfg.AppSecrets) == 0 && len(cfg.AppSecretFiles) == 0 {
 			cfg.AppSecrets["1"] = devSecret
 		}
+		cfg.ClusterLocalStore = true // make cluster's nodes keep their own inboxes by default
 		if len(cfg.APIKeys) == 0 && len(cfg.APIKeyFiles) == 0 {
 			cfg.APIKeys[devKey] = "1"
 			cfg.APIKeys[devOpKey] = "*"
