@@ -227,7 +227,17 @@ func flatten(fs *pflag.FlagSet, prefix string, tree map[string]any, out map[stri
 		}
 		f := fs.Lookup(name)
 		m, isMap := v.(map[string]any)
+		list, isList := v.([]any)
 		switch {
+		case f != nil && isList && strings.HasSuffix(f.Value.Type(), "Slice"):
+			// A YAML list under a list setting (gate.proxy-from).
+			parts := make([]string, len(list))
+			for i, e := range list {
+				parts[i] = fmt.Sprint(e)
+			}
+			out[name] = strings.Join(parts, ",")
+		case f != nil && isList:
+			return fmt.Errorf("setting %q takes one value, not a list", name)
 		case f != nil && isMap && f.Value.Type() == "stringToString":
 			parts := make([]string, 0, len(m))
 			for mk, mv := range m {

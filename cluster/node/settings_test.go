@@ -22,6 +22,7 @@ data-dir: /file/data
 gate:
   addr: ":9000"
   heartbeat-interval: 45s
+  proxy-from: [10.0.0.0/8, 192.168.1.7]
 actors.window: 8
 app-secret:
   "1": file-secret-0123456789
@@ -50,6 +51,8 @@ app-secret:
 		t.Errorf("window %d", cfg.Actors.Window)
 	case cfg.AppSecrets["1"] != "file-secret-0123456789":
 		t.Errorf("secrets %v", cfg.AppSecrets)
+	case len(cfg.Gate.ProxyFrom) != 2 || cfg.Gate.ProxyFrom[0] != "10.0.0.0/8" || cfg.Gate.ProxyFrom[1] != "192.168.1.7":
+		t.Errorf("gate.proxy-from from a YAML list: %q", cfg.Gate.ProxyFrom)
 	}
 	if _, _, err := cfg.resolve(); err != nil {
 		t.Fatalf("resolve: %v", err)
