@@ -147,6 +147,9 @@ type Membership struct {
 	view   atomic.Pointer[View]
 	seq    uint64        // views published, owned by the watcher
 	rejoin chan struct{} // the watcher saw this node's current instance out
+	// wakeWatch cuts the watcher's wait after a failure short (a rejoin
+	// waits for a view with its new instance).
+	wakeWatch chan struct{}
 	quit   chan struct{}
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -161,7 +164,7 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Membership, 
 		log = slog.Default()
 	}
 	m := &Membership{cfg: cfg, log: log, metrics: newMetrics(reg), blocked: map[string]time.Time{}, clock0: time.Now(),
-		wasLive: map[string]bool{}, vouched: map[string]time.Time{}, rejoin: make(chan struct{}, 1), quit: make(chan struct{})}
+		wasLive: map[string]bool{}, vouched: map[string]time.Time{}, rejoin: make(chan struct{}, 1), wakeWatch: make(chan struct{}, 1), quit: make(chan struct{})}
 	switch cfg.Provider {
 	case ProviderConsul:
 		be, err := newConsulBackend(&cfg, log)
@@ -278,7 +281,7 @@ func (m *Membership) Leave(ctx context.Context) error {
 		return nil
 	}
 	m.closed = true
-	joined, id := m.joined, m.self.ID
+	joined := m.joined
 	m.mu.Unlock()
 	close(m.quit)
 	if m.cancel != nil {
@@ -288,6 +291,11 @@ func (m *Membership) Leave(ctx context.Context) error {
 	if !joined {
 		return nil
 	}
+	// Read after the goroutines stopped: a rejoin that completed
+	// meanwhile registered another instance.
+	m.mu.Lock()
+	id := m.self.ID
+	m.mu.Unlock()
 	if err := m.be.deregister(ctx, id); err != nil {
 		return fmt.Errorf("membership: leave: %w", err)
 	}
@@ -417,6 +425,7 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 	self.Load = m.load
 	m.mu.Unlock()
 	m.log.Warn("membership: rejoining as a new instance", "old", old.ID, "new", self.ID, "why", why)
+	var registered time.Time
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
 		rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
 		sent := time.Now()
@@ -438,7 +447,7 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 		cancel()
 		if err == nil {
 			m.providerContact(true)
-			m.renew(sent)
+			registered = sent
 			break
 		}
 		m.providerContact(false)
@@ -464,6 +473,26 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 		}
 		cancel()
 	}
+	// Serve only once this node's view holds the new instance: the view
+	// it has may be from before (its watch failed while the provider
+	// could not be reached, and waits out a backoff), placing on this
+	// node identities the others have placed elsewhere since. Bounded:
+	// the registration's check must be refreshed within the TTL.
+	select {
+	case m.wakeWatch <- struct{}{}:
+	default:
+	}
+	for end := time.Now().Add(m.cfg.TTL / 2); !m.viewHas(self.ID) && time.Now().Before(end); {
+		select {
+		case <-m.quit:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if !m.viewHas(self.ID) {
+		m.log.Warn("membership: serving as the new instance before this node's view shows it (the provider's member list did not answer)", "member", self.ID)
+	}
+	m.renew(registered)
 	m.metrics.rejoins.Inc()
 	m.setLease(true, "")
 	dctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
@@ -471,6 +500,12 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 		m.log.Debug("membership: removing the old instance failed (it expires)", "member", old.ID, "err", err)
 	}
 	cancel()
+}
+
+// viewHas reports whether the published view's own instance is id, live.
+func (m *Membership) viewHas(id string) bool {
+	v := m.View()
+	return v.Self.ID == id && v.Self.Live()
 }
 
 // SeenOut is told by another member that its view blocks instance id:
@@ -532,8 +567,10 @@ func (m *Membership) watchLoop(ctx context.Context) {
 			case <-m.quit:
 				return
 			case <-time.After(wait):
+				wait = min(2*wait, 5*time.Second)
+			case <-m.wakeWatch: // a rejoin waits for a view
+				wait = 100 * time.Millisecond
 			}
-			wait = min(2*wait, 5*time.Second)
 			continue
 		}
 		wait = 100 * time.Millisecond

@@ -582,3 +582,58 @@ func TestDrainingSurvivesALoadRegistration(t *testing.T) {
 	testkit.Eventually(t, 5*time.Second, func() bool { return h.lastDraining() && m.View().Self.Draining },
 		"the drain was overwritten by the load registration taken before it")
 }
+
+// cutWatch fails the watch while cut is set (the provider's member list
+// does not answer; registrations still go through).
+type cutWatch struct {
+	backend
+	cut atomic.Bool
+}
+
+func (c *cutWatch) watch(ctx context.Context, index uint64, wait time.Duration) ([]Member, uint64, error) {
+	if c.cut.Load() {
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-ctx.Done():
+		}
+		return nil, 0, errCut
+	}
+	return c.backend.watch(ctx, index, wait)
+}
+
+// TestRejoinServesOnceTheViewHasIt: a node that rejoined as a new
+// instance takes no lease until its view holds that instance (with the
+// view from before, it would act for identities placed elsewhere since).
+func TestRejoinServesOnceTheViewHasIt(t *testing.T) {
+	m, err := New(DefaultConfig(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cw := &cutWatch{backend: m.be}
+	m.be = cw
+	if err := m.Join(context.Background(), Member{Name: "a", Address: "127.0.0.1:1", Roles: RoleActors, Version: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Leave(context.Background()) })
+	first := m.View().Self.ID
+	cw.cut.Store(true)
+	// A change ends the watcher's query in flight; its next fails, and
+	// it waits.
+	other := Member{ID: "b-1", Name: "b", Address: "127.0.0.1:5", Roles: RoleActors, Version: "test"}
+	if err := cw.backend.register(context.Background(), &other); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return m.View().Find("b-1") != nil }, "the change was not seen")
+	time.Sleep(50 * time.Millisecond)
+	m.SeenOut(first)
+	testkit.Eventually(t, 5*time.Second, func() bool { return !m.LeaseValid() }, "the lease was not dropped")
+	time.Sleep(300 * time.Millisecond)
+	if m.LeaseValid() {
+		t.Fatalf("a lease again while the view still shows %s as this node (first %s)", m.View().Self.ID, first)
+	}
+	cw.cut.Store(false)
+	testkit.Eventually(t, 5*time.Second, m.LeaseValid, "no lease once the view came")
+	if v := m.View(); v.Self.ID == first || !v.Self.Live() {
+		t.Fatalf("serving with the view's own instance %s (first %s, live %v)", v.Self.ID, first, v.Self.Live())
+	}
+}
