@@ -150,9 +150,9 @@ type Membership struct {
 	// wakeWatch cuts the watcher's wait after a failure short (a rejoin
 	// waits for a view with its new instance).
 	wakeWatch chan struct{}
-	quit   chan struct{}
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	quit      chan struct{}
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 }
 
 // New makes a node's membership; Join registers it. reg may be nil.
