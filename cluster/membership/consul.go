@@ -99,6 +99,12 @@ func (b *consulBackend) watch(ctx context.Context, index uint64, wait time.Durat
 	if err != nil {
 		return nil, 0, fmt.Errorf("consul at %s: %w", b.addrDesc, err)
 	}
+	if meta.ResultsFilteredByACLs {
+		// The token may not read every member (service:read, node:read):
+		// taken as the truth, the list would have every node block the
+		// members it cannot see, itself included, and rejoin for ever.
+		return nil, 0, fmt.Errorf("consul at %s: the ACL token (cluster.consul-token) may not read every registration of service %q: it needs service:read on it and node:read", b.addrDesc, b.service)
+	}
 	out := make([]Member, 0, len(entries))
 	for _, e := range entries {
 		m, err := decodeMeta(e.Service.Meta, net.JoinHostPort(e.Service.Address, strconv.Itoa(e.Service.Port)))
