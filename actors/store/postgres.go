@@ -193,9 +193,18 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*P
 	// Its transaction, waiting for the rest of the batch, is then ended
 	// by the server after store.timeout idle, which the node would have
 	// given up at anyway, and its locks with it.
+	//
+	// A transaction paused in the middle of its batch is not idle,
+	// though (the server waits for the rest of the batch, its Sync), and
+	// holds its row locks for as long as the pause lasts. The reads and
+	// commits that queue behind one of them wait at most lock_timeout,
+	// half of store.timeout: a read batch that hits it is read again one
+	// identity at a time (readApart), so that only the locked identity's
+	// reads fail, not every read that shared its round trip.
 	idleTx := strconv.FormatInt(max(cfg.Timeout.Milliseconds(), 1), 10)
+	lockWait := strconv.FormatInt(max(cfg.Timeout.Milliseconds()/2, 1), 10)
 	for k, v := range map[string]string{"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3",
-		"idle_in_transaction_session_timeout": idleTx} {
+		"idle_in_transaction_session_timeout": idleTx, "lock_timeout": lockWait} {
 		if _, set := rp[k]; !set {
 			rp[k] = v
 		}

@@ -80,6 +80,13 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 		return unavailable("connect", err)
 	}
 	defer conn.Release()
+	// Another node may be migrating (the lock), and a migration's DDL
+	// waits for the locks of running transactions: no lock_timeout here,
+	// ctx bounds it.
+	if _, err := conn.Exec(ctx, "SET lock_timeout = 0"); err != nil {
+		return unavailable("migration session", err)
+	}
+	defer func() { _, _ = conn.Exec(context.Background(), "RESET lock_timeout") }()
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(migrationLock)); err != nil {
 		return unavailable("migration lock", err)
 	}

@@ -3,11 +3,14 @@ package store
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/courier-im/courier/messages/actorpb"
@@ -186,6 +189,10 @@ func (s *Postgres) readBatch(batch []readReq) error {
 		}
 		recs[i][kPos[row]] = rec
 	})
+	if err != nil && lockTimedOut(err) && !oneIdentity(batch) {
+		s.readApart(batch)
+		return err
+	}
 	if err != nil {
 		for i := range batch {
 			what := "idempotency keys of "
@@ -208,6 +215,58 @@ func (s *Postgres) readBatch(batch []readReq) error {
 	}
 	return nil
 }
+
+// lockTimedOut reports whether err is PostgreSQL's lock_timeout.
+func lockTimedOut(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "55P03" // lock_not_available
+}
+
+// oneIdentity reports whether every read of batch is of one identity.
+func oneIdentity(batch []readReq) bool {
+	for i := range batch {
+		if batch[i].id != batch[0].id {
+			return false
+		}
+	}
+	return true
+}
+
+// readApart reads a batch that waited past lock_timeout again, one
+// identity per round trip: one identity's row locked by a transaction
+// that does not end (a node paused in the middle of its batch) fails
+// that identity's reads, not every read that came with it. The round
+// trips go readApartConns at a time, so that a locked identity holds up
+// one of them for its lock_timeout, not the others behind it.
+func (s *Postgres) readApart(batch []readReq) {
+	var order []Identity
+	groups := map[Identity][]readReq{}
+	for _, q := range batch {
+		if _, ok := groups[q.id]; !ok {
+			order = append(order, q.id)
+		}
+		groups[q.id] = append(groups[q.id], q)
+	}
+	next := make(chan []readReq)
+	var wg sync.WaitGroup
+	for range min(readApartConns, len(order)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for g := range next {
+				_ = s.readBatch(g)
+			}
+		}()
+	}
+	for _, id := range order {
+		next <- groups[id]
+	}
+	close(next)
+	wg.Wait()
+}
+
+// readApartConns is how many round trips readApart has in flight.
+const readApartConns = 4
 
 // sendReads runs the statements of a read batch and fills loads; found
 // is called with each lookup row found (its index among the key arrays)

@@ -378,3 +378,63 @@ func TestPostgresEndsAPausedTransaction(t *testing.T) {
 		t.Fatalf("idle_in_transaction_session_timeout %q, %v", v, err)
 	}
 }
+
+// TestPostgresLockedIdentityFailsAlone: an identity whose row another
+// transaction holds locked and does not end (a node paused in the middle
+// of its batch: the server waits for the rest, its locks held) fails its
+// own loads; the loads that shared a round trip with it are read again
+// apart and succeed, within store.timeout.
+func TestPostgresLockedIdentityFailsAlone(t *testing.T) {
+	const timeout = 2 * time.Second
+	s := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t), Timeout: timeout, Readers: 1})
+	ctx := context.Background()
+	locked := Identity{App: 1, UID: "paused"}
+	if _, err := s.Load(ctx, locked); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err == nil {
+		_, err = tx.Exec(ctx, "SET LOCAL idle_in_transaction_session_timeout = 0")
+	}
+	if err == nil {
+		_, err = tx.Exec(ctx, "SELECT 1 FROM courier_identities WHERE app = 1 AND uid = $1 FOR UPDATE", []byte(locked.UID))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx); conn.Release() }()
+
+	const others = 20
+	type result struct {
+		id  Identity
+		err error
+	}
+	results := make(chan result, others+1)
+	start := time.Now()
+	// One reader: the first round trip takes the locked identity alone
+	// or with some others, the next takes the rest while it waits.
+	for _, id := range append([]Identity{locked}, func() (ids []Identity) {
+		for i := range others {
+			ids = append(ids, Identity{App: 1, UID: fmt.Sprint("free-", i)})
+		}
+		return ids
+	}()...) {
+		s.LoadAsync(id, time.Now().Add(30*time.Second), func(_ *Snapshot, err error) { results <- result{id, err} })
+	}
+	for range others + 1 {
+		r := <-results
+		switch {
+		case r.id == locked && r.err == nil:
+			t.Fatal("the locked identity loaded")
+		case r.id != locked && r.err != nil:
+			t.Fatalf("%s, which shared a round trip with the locked identity, failed: %v", r.id, r.err)
+		}
+	}
+	if took := time.Since(start); took > timeout+time.Second {
+		t.Fatalf("the loads took %v (store.timeout %v)", took, timeout)
+	}
+}
