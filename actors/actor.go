@@ -316,6 +316,15 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	case idleCheck:
 		if wait := a.deps.Config.PassivateAfter - (a.deps.idle.since() - a.lastActive); wait > 0 {
 			a.armIdle(ctx, wait)
+			if a.d != nil && a.d.IdleButDeletions() && a.quiet() {
+				// Active (presence queries, fire-and-forget pushes) but
+				// writing nothing: the deletions of what was acknowledged
+				// would wait for a write for as long as that lasts, the
+				// entries stored and delivered again after a crash or a
+				// move. At most one such write per PassivateAfter.
+				a.d.FlushDeletions()
+				break
+			}
 			return
 		}
 		if a.d != nil && a.d.IdleButDeletions() && a.quiet() {

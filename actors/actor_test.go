@@ -1127,3 +1127,37 @@ func TestDeliveriesResumeAfterAFailedRebuild(t *testing.T) {
 		t.Fatal("the identity left memory with a session to deliver to")
 	}
 }
+
+// TestAcknowledgedDeletedWhileActive: an identity that stays active
+// without writing (fire-and-forget pushes keep coming) still deletes
+// what its device acknowledged, within a few PassivateAfter, rather than
+// when it leaves memory.
+func TestAcknowledgedDeletedWhileActive(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil {
+		t.Fatalf("push: %v", rep)
+	}
+	var s2c []*actorpb.OutFrame
+	testkit.Eventually(t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) > 0 }, "no delivery")
+	var m devicepb.S2C
+	if err := proto.Unmarshal(s2c[0].Body, &m); err != nil {
+		t.Fatal(err)
+	}
+	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
+	h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
+	deadline := time.Now().Add(5 * time.Second)
+	for h.store.stored(alice) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the acknowledged entry is still stored after %v of activity", 5*time.Second)
+		}
+		if rep := h.r.request(env(alice, &actorpb.Push{Payload: []byte("gps")})); rep.GetPush() == nil {
+			t.Fatalf("fire-and-forget: %v", rep)
+		}
+		time.Sleep(h.cfg.PassivateAfter / 4)
+	}
+	if h.r.count(h.r.passivated, alice) != 0 {
+		t.Fatal("the identity left memory: this test needs it active")
+	}
+}
