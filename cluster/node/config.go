@@ -234,7 +234,8 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	c.Actors.MaxFrameSize = int(c.Gate.MaxFrameSize)
 	if err := c.Actors.Validate(); err != nil {
 		// The heartbeat is the gate's setting.
-		return nil, nil, errors.New(strings.Replace(err.Error(), "actors.heartbeat", "gate.heartbeat-interval", 1))
+		return nil, nil, errors.New(strings.NewReplacer("actors.heartbeat", "gate.heartbeat-interval",
+			"actors.max-frame-size", "gate.max-frame-size").Replace(err.Error()))
 	}
 	// The login burst (LOGIN_ACK and a window of messages) and one
 	// PULL_ACK or round of redeliveries must fit the gate's queues for a
@@ -429,6 +430,7 @@ func readSecret(path string) (string, error) {
 // checks every setting exists). Longer field names come first: the
 // replacer tries them in order.
 var gateFields = [][2]string{
+	{"Config.AppSecrets: empty and no Config.Authenticator", "app-secret: none set (a node with the gate role needs the token secret of at least one app)"},
 	{"Config.NewConnsPerIPBurst", "gate.new-conns-per-ip-burst"},
 	{"Config.MaxTokenLifetime", "gate.max-token-lifetime"},
 	{"Config.NewConnsPerIP", "gate.new-conns-per-ip"},

@@ -248,6 +248,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 
 	if roles.Has(membership.RoleAPI) {
+		if len(keys) == 0 {
+			log.Warn("node: the api role has no api-key (api-key, api-key-file): every call will be refused UNAUTHENTICATED")
+		}
 		deps := api.Deps{Keys: keys, Req: n.sys, Limits: cfg.API, Stats: n.stats, Upstream: n.hub,
 			Members: n.sys.View, Provider: cfg.Cluster.Provider, ClusterStats: n.clusterStats, Lists: clusterLists{n},
 			Drain: n.drainMember}

@@ -245,3 +245,18 @@ func TestAPITLSSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestSettingsErrorsUseTheNodesNames: errors found by the gate's and the
+// actors' own checks name the node's settings, not their Go fields.
+func TestSettingsErrorsUseTheNodesNames(t *testing.T) {
+	c := DefaultConfig()
+	c.AppSecrets = map[string]string{"1": "0123456789abcdef"}
+	c.Gate.MaxFrameSize = 100
+	if _, _, err := c.resolve(); err == nil || !strings.Contains(err.Error(), "gate.max-frame-size") || strings.Contains(err.Error(), "actors.") {
+		t.Errorf("a frame limit of 100: %v", err)
+	}
+	err := gateError(fmt.Errorf("%w: Config.AppSecrets: empty and no Config.Authenticator", gate.ErrInvalidConfig))
+	if !strings.Contains(err.Error(), "app-secret: none set") || strings.Contains(err.Error(), "Config.") {
+		t.Errorf("no app secret: %v", err)
+	}
+}

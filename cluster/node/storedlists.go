@@ -193,7 +193,7 @@ func (l *durableLists) syncFileLocked(ctx context.Context, initial bool) error {
 	b, err := os.ReadFile(l.file)
 	if err != nil {
 		if initial {
-			return fmt.Errorf("node: gate.lists-file: %w", err)
+			return asConfigError(fmt.Errorf("node: gate.lists-file: %w", err))
 		}
 		return err
 	}
@@ -219,7 +219,7 @@ func (l *durableLists) syncFileLocked(ctx context.Context, initial bool) error {
 	s, err := gate.ParseListsSnapshot(b)
 	if err != nil {
 		if initial {
-			return fmt.Errorf("node: gate.lists-file %s: %w", l.file, err)
+			return asConfigError(fmt.Errorf("node: gate.lists-file %s: %w", l.file, err))
 		}
 		l.localSHA = sha // logged once per content
 		return err

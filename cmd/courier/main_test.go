@@ -75,6 +75,8 @@ func TestCommandLineErrors(t *testing.T) {
 		// not restart), not failures to join.
 		{"cluster shards", []string{"--cluster.shards", "0"}, 2, "cluster.shards 0: must be in [1, 256]", ""},
 		{"public remoting without TLS", []string{"--cluster.bind", "0.0.0.0:7003"}, 2, `cluster.bind "0.0.0.0:7003": must be a loopback address`, ""},
+		{"missing lists file", []string{"--app-secret", "1=0123456789abcdef", "--gate.lists-file", "/nonexistent/lists.json"}, 2, "node: gate.lists-file: open /nonexistent/lists.json", ""},
+		{"cluster on its own pebble", []string{"--app-secret", "1=0123456789abcdef", "--cluster.provider", "consul"}, 2, "--cluster.local-store allows it", ""},
 		{"version", []string{"version"}, 0, "", "courier "},
 		{"help", []string{"--help"}, 0, "", "Usage: courier [flags]"},
 	}
