@@ -74,9 +74,15 @@ type Deps struct {
 	// Fenced, if set, is called for each write the store refused because
 	// another activation had claimed the identity since (store.ErrFenced).
 	Fenced func()
+	// Refused, if set, is called for each request refused at once for
+	// the node's store pressure, with why: "pending_writes"
+	// (actors.max-pending-writes), "store_stalled" (store.stall-after),
+	// "stash_full" (actors.max-stashed), "read_queue" (store.read-queue).
+	Refused func(why string)
 
 	idle     *idleWheel  // the actors' idle checks
 	machines *MachineEnv // what the machines share
+	warns    *warnThrottle
 }
 
 // NewDeps fills in the defaults of d (the clock, no statistics, the write
@@ -101,7 +107,11 @@ func NewDeps(d Deps) *Deps {
 	if d.Fenced == nil {
 		d.Fenced = func() {}
 	}
+	if d.Refused == nil {
+		d.Refused = func(string) {}
+	}
 	d.idle = newIdleWheel(d.Config.PassivateAfter)
+	d.warns = &warnThrottle{}
 	d.machines = &MachineEnv{Config: d.Config, Stats: d.Stats, NewID: d.IDs.Next}
 	return &d
 }
@@ -421,7 +431,7 @@ func (a *deviceActor) writeDone(ctx actor.Context, err error) {
 	case a.d.Fenced(), a.fenceSeen:
 		a.fence(ctx)
 	case err != nil:
-		a.deps.Log.Warn("actors: store write failed; reloading identity", "identity", a.id, "err", err)
+		a.deps.warns.warn(a.deps.Log, time.Now(), "actors: store write failed; reloading identity", "identity", a.id, "err", err)
 		a.perform(ctx) // the failures
 		a.unapplied = a.unapplied || hasWork(a.d)
 		a.d, a.prefetched = nil, nil
@@ -606,10 +616,12 @@ func (a *deviceActor) handle(ctx actor.Context, env *actorpb.Envelope) {
 func (a *deviceActor) handleCurrent(ctx actor.Context, env *actorpb.Envelope) {
 	if needsWrite(env) {
 		if a.deps.Writes.Full() {
+			a.deps.Refused("pending_writes")
 			a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, overloaded)
 			return
 		}
 		if a.deps.Store.Stalled() {
+			a.deps.Refused("store_stalled")
 			a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, stalled)
 			return
 		}

@@ -184,7 +184,7 @@ func (a *deviceActor) finishCurrent(ctx actor.Context, r *pendingRead) {
 		return
 	}
 	if r.err != nil {
-		a.deps.Log.Warn("actors: idempotency lookup failed", "identity", a.id, "err", r.err)
+		a.deps.warns.warn(a.deps.Log, time.Now(), "actors: idempotency lookup failed", "identity", a.id, "err", r.err)
 		why := readRefusal(r.err)
 		a.refuse(r.env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, why)
 		// The stashed envelopes whose keys went in the same lookup get
@@ -220,8 +220,11 @@ func readRefusal(err error) string {
 // retryable failure, a close is kept for a later load (retried), and
 // the rest (acknowledgements, which the device repeats) is dropped.
 func (a *deviceActor) loadFailed(ctx actor.Context, r *pendingRead) {
-	a.deps.Log.Warn("actors: loading identity failed", "identity", a.id, "err", r.err)
+	a.deps.warns.warn(a.deps.Log, time.Now(), "actors: loading identity failed", "identity", a.id, "err", r.err)
 	why := readRefusal(r.err)
+	if errors.Is(r.err, store.ErrOverloaded) {
+		a.deps.Refused("read_queue")
+	}
 	waiting := a.stash
 	if r.env != nil {
 		waiting = append([]*actorpb.Envelope{r.env}, waiting...)
@@ -281,6 +284,7 @@ func (a *deviceActor) stashEnv(env *actorpb.Envelope) {
 		case *actorpb.Envelope_Closed, *actorpb.Envelope_GateDown, *actorpb.Envelope_Sweep:
 			a.recheck = true
 		default:
+			a.deps.Refused("stash_full")
 			a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, stashFull)
 		}
 		return

@@ -173,8 +173,14 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if roles.Has(membership.RoleActors) {
 		fenced := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_fenced_writes_total",
 			Help: "Writes refused because another activation had claimed their identity since (ownership fencing)."})
-		n.reg.MustRegister(fenced)
-		deps = actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats, Fenced: fenced.Inc})
+		refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_actors_refused_total",
+			Help: "Requests (stored pushes, C2C, logins, ...) refused at once for the store's pressure, by why: pending_writes (actors.max-pending-writes), store_stalled (store.stall-after), stash_full (actors.max-stashed), read_queue (store.read-queue)."}, []string{"why"})
+		for _, why := range []string{"pending_writes", "store_stalled", "stash_full", "read_queue"} {
+			refused.WithLabelValues(why)
+		}
+		n.reg.MustRegister(fenced, refused)
+		deps = actors.NewDeps(actors.Deps{Config: &n.cfg.Actors, Store: n.store, IDs: ids, Log: log, Stats: n.stats, Fenced: fenced.Inc,
+			Refused: func(why string) { refused.WithLabelValues(why).Inc() }})
 		newChild = deps.NewActor
 	}
 	n.up = upstream.New(cfg.Upstream, n.stats)

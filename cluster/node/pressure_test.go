@@ -130,6 +130,9 @@ func TestHungDiskMakesTheNodeUnready(t *testing.T) {
 	if took := time.Since(start); status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "store.stall-after") || took > 2*time.Second {
 		t.Fatalf("a stored push while a commit hangs: %v after %v, want UNAVAILABLE naming store.stall-after at once", err, took)
 	}
+	if v, ok := n.Metric(`courier_actors_refused_total{why="store_stalled"}`); !ok || v < 1 {
+		t.Errorf(`courier_actors_refused_total{why="store_stalled"} = %v (exposed %v), want at least 1`, v, ok)
+	}
 
 	disk.SetSyncDelay(0)
 	if err := <-waited; err != nil {
