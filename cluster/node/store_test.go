@@ -38,10 +38,14 @@ func loginCode(t *testing.T, n *testkit.Node, uid string) devicepb.Code {
 	d.Send(messages.CmdLogin, d.NextSeq(), &devicepb.Login{Uid: uid, Token: testkit.Token(t, 1, uid), DeviceId: "dev-" + uid})
 	f, err := d.ReadFrame()
 	switch {
+	case testkit.Closed(err):
+		// The ban came into force while the login was on its way: the
+		// connection is closed without a frame (docs/protocol.md §8.2).
+		return devicepb.Code_UID_BLOCKED
 	case err != nil:
 		t.Fatalf("login of %s: %v", uid, err)
 	case f.Cmd == messages.CmdKickout && f.Msg.(*devicepb.Kickout).Reason == devicepb.KickReason_UID_BLACKLISTED:
-		// The ban came into force while the login was on its way.
+		// The ban came into force right after the login.
 		return devicepb.Code_UID_BLOCKED
 	case f.Cmd != messages.CmdLoginAck:
 		t.Fatalf("login of %s: got %v", uid, f.Cmd)
@@ -50,14 +54,20 @@ func loginCode(t *testing.T, n *testkit.Node, uid string) devicepb.Code {
 }
 
 // refusedAtLogin reports whether a login of uid is refused as blocked.
-// A login that the ban overtakes is kicked (KICKOUT UID_BLACKLISTED)
-// rather than answered: not refused at login yet.
+// A login that the ban overtakes is closed (or, logged in, kicked with
+// KICKOUT UID_BLACKLISTED) rather than answered: not refused at login
+// yet.
 func refusedAtLogin(t *testing.T, n *testkit.Node, uid string) bool {
 	t.Helper()
 	d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
 	defer d.Close()
 	d.Send(messages.CmdLogin, d.NextSeq(), &devicepb.Login{Uid: uid, Token: testkit.Token(t, 1, uid)})
 	f, err := d.ReadFrame()
+	if testkit.Closed(err) {
+		// Banned while its LOGIN was in flight: closed without a frame
+		// (docs/protocol.md §8.2); the next try is refused at login.
+		return false
+	}
 	if err != nil {
 		t.Fatalf("login of %s: %v", uid, err)
 	}
