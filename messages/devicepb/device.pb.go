@@ -94,7 +94,9 @@ const (
 	Code_STORE_UNAVAILABLE Code = 45
 	// The server could not complete the request in time; it may be retried.
 	Code_UNAVAILABLE Code = 46
-	// An error the server did not expect; retrying may help.
+	// An error the server did not expect; retrying may help. What it
+	// answers may have been accepted (a C2C stored): resend with the same
+	// client_msg_id.
 	Code_INTERNAL Code = 47
 	// The request's client_msg_id is longer than 128 bytes (C2S, C2C).
 	// Nothing was accepted; do not resend it unchanged.
