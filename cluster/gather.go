@@ -77,8 +77,9 @@ const seenOutEvery = 2 * time.Second
 
 // tellSeenOut tells the members whose instance this node's view blocks
 // though the provider lists it passing (they do not know they are out:
-// SeenOut), at most every seenOutEvery each. It runs on the membership's
-// watcher goroutine, with each view.
+// SeenOut), at most every seenOutEvery each. It runs with each view (on
+// the membership's watcher goroutine) and every seenOutEvery (seenOutLoop:
+// a quiet cluster's views come every 10 s, and a notice may be lost).
 func (s *System) tellSeenOut(v *membership.View) {
 	for _, m := range s.seenOutDue(v, time.Now()) {
 		s.log.Warn("cluster: a member this node took for gone is still listed passing; telling it to rejoin", "member", m.ID, "address", m.Address)
@@ -87,9 +88,25 @@ func (s *System) tellSeenOut(v *membership.View) {
 	}
 }
 
+// seenOutLoop sends the notices again while they are due.
+func (s *System) seenOutLoop() {
+	t := time.NewTicker(seenOutEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+			s.tellSeenOut(s.View())
+		}
+	}
+}
+
 // seenOutDue returns the members of v to tell they are out now, and
 // records that they were told.
 func (s *System) seenOutDue(v *membership.View, now time.Time) []membership.Member {
+	s.seenOutMu.Lock()
+	defer s.seenOutMu.Unlock()
 	var due []membership.Member
 	present := map[string]bool{}
 	for _, m := range v.Members {

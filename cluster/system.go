@@ -109,8 +109,9 @@ type System struct {
 
 	// nodeWork is the node's work actor (receiveNodeRequest);
 	// seenOutSent, when this node last told each member it is out
-	// (tellSeenOut; the watcher goroutine's).
+	// (tellSeenOut).
 	nodeWork    *actor.PID
+	seenOutMu   sync.Mutex
 	seenOutSent map[string]time.Time
 
 	shutdownOnce sync.Once
@@ -246,6 +247,7 @@ func (s *System) Join(ctx context.Context, self membership.Member, onRejoin func
 	if err := s.members.Join(ctx, self); err != nil {
 		return err
 	}
+	go s.seenOutLoop()
 	s.log.Info("cluster: joined", "member", s.members.View().Self.ID, "address", s.address, "provider", s.cfg.Provider,
 		"roles", self.Roles.String())
 	return nil

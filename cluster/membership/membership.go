@@ -473,16 +473,25 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 		}
 		cancel()
 	}
+	// The old instance goes first: the members that did not block it
+	// must not route to it, and a Leave during the wait below would only
+	// remove the new one.
+	dctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
+	if err := m.be.deregister(dctx, old.ID); err != nil && !isGone(err) {
+		m.log.Debug("membership: removing the old instance failed (it expires)", "member", old.ID, "err", err)
+	}
+	cancel()
 	// Serve only once this node's view holds the new instance: the view
 	// it has may be from before (its watch failed while the provider
 	// could not be reached, and waits out a backoff), placing on this
 	// node identities the others have placed elsewhere since. Bounded:
-	// the registration's check must be refreshed within the TTL.
+	// the new instance's check must be refreshed within the TTL of its
+	// registration.
 	select {
 	case m.wakeWatch <- struct{}{}:
 	default:
 	}
-	for end := time.Now().Add(m.cfg.TTL / 2); !m.viewHas(self.ID) && time.Now().Before(end); {
+	for end := registered.Add(m.cfg.TTL / 2); !m.viewHas(self.ID) && time.Now().Before(end); {
 		select {
 		case <-m.quit:
 			return
@@ -492,14 +501,28 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 	if !m.viewHas(self.ID) {
 		m.log.Warn("membership: serving as the new instance before this node's view shows it (the provider's member list did not answer)", "member", self.ID)
 	}
+	// The lease runs from a refresh of the new instance sent now, not
+	// from its registration: the calls and the wait above may have taken
+	// most of a TTL.
 	m.renew(registered)
-	m.metrics.rejoins.Inc()
-	m.setLease(true, "")
-	dctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
-	if err := m.be.deregister(dctx, old.ID); err != nil && !isGone(err) {
-		m.log.Debug("membership: removing the old instance failed (it expires)", "member", old.ID, "err", err)
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
+	sent := time.Now()
+	err := m.be.pass(rctx, self.ID)
+	if err == nil {
+		err = m.be.reach(rctx)
 	}
 	cancel()
+	if err == nil {
+		m.renew(sent)
+	}
+	m.metrics.rejoins.Inc()
+	if !m.LeaseValid() {
+		// Its registration's lease ran out meanwhile: the next tick
+		// rejoins again (the lease stays lost).
+		m.log.Warn("membership: the new instance's lease ran out before it could serve", "member", self.ID, "err", err)
+		return
+	}
+	m.setLease(true, "")
 }
 
 // viewHas reports whether the published view's own instance is id, live.
@@ -526,6 +549,10 @@ func (m *Membership) SeenOut(id string) {
 		m.blocked[id] = time.Now()
 	}
 	m.mu.Unlock()
+	// Serve nothing more at once; the refresher drops what the instance
+	// held (setLease) and rejoins when it gets to it.
+	m.lease.Store(0)
+	m.leaseWall.Store(0)
 	m.log.Warn("membership: another member has taken this instance for gone; rejoining", "member", id)
 	select {
 	case m.rejoin <- struct{}{}:

@@ -56,6 +56,11 @@ func (n *Node) Drain(ctx context.Context, window time.Duration) error {
 		return n.Drain(ctx, window)
 	default:
 		close(d.started)
+		if n.gate != nil {
+			// Here, under drainMu, so that a lease regained meanwhile
+			// (leaseChanged) cannot open the gate again.
+			n.gate.Refuse(true)
+		}
 	}
 	n.drainMu.Unlock()
 

@@ -475,6 +475,8 @@ func (n *Node) leaseChanged(valid bool) {
 		n.gate.KickAll()
 		return
 	}
+	n.drainMu.Lock()
+	defer n.drainMu.Unlock()
 	if n.stopping.Load() {
 		return
 	}
