@@ -326,7 +326,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	case idleCheck:
 		if wait := a.deps.Config.PassivateAfter - (a.deps.idle.since() - a.lastActive); wait > 0 {
 			a.armIdle(ctx, wait)
-			if a.d != nil && a.d.IdleButDeletions() && a.quiet() {
+			if a.d != nil && a.d.IdleButDeletions() && a.quiet() && !a.deps.Store.Stalled() {
 				// Active (presence queries, fire-and-forget pushes) but
 				// writing nothing: the deletions of what was acknowledged
 				// would wait for a write for as long as that lasts, the
@@ -338,6 +338,13 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 			return
 		}
 		if a.d != nil && a.d.IdleButDeletions() && a.quiet() {
+			if a.deps.Store.Stalled() {
+				// The write would be refused, and the failure reload the
+				// identity (its acknowledged messages delivered again):
+				// stay, and try at the next check.
+				a.armIdle(ctx, a.deps.Config.PassivateAfter)
+				return
+			}
 			// Idle but for the deletions of what was acknowledged last:
 			// write them, and look again once they are written.
 			a.d.FlushDeletions()

@@ -1161,3 +1161,40 @@ func TestAcknowledgedDeletedWhileActive(t *testing.T) {
 		t.Fatal("the identity left memory: this test needs it active")
 	}
 }
+
+// TestNoDeletionsWrittenWhileStalled: while the store is stalled, an
+// identity with only deletions to write does not try (the write would be
+// refused and the identity reloaded, its acknowledged messages delivered
+// again); once the store is back, it writes them.
+func TestNoDeletionsWrittenWhileStalled(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil {
+		t.Fatalf("push: %v", rep)
+	}
+	var s2c []*actorpb.OutFrame
+	testkit.Eventually(t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) > 0 }, "no delivery")
+	var m devicepb.S2C
+	if err := proto.Unmarshal(s2c[0].Body, &m); err != nil {
+		t.Fatal(err)
+	}
+	h.store.stalled.Store(true)
+	h.store.mu.Lock()
+	writes := len(h.store.writes)
+	h.store.mu.Unlock()
+	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
+	h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
+	time.Sleep(5 * h.cfg.PassivateAfter)
+	h.store.mu.Lock()
+	after := len(h.store.writes)
+	h.store.mu.Unlock()
+	if after != writes {
+		t.Fatalf("%d writes while the store was stalled", after-writes)
+	}
+	if n := len(h.r.frames(uint32(messages.CmdS2C))); n != 1 {
+		t.Fatalf("%d deliveries: the identity was reloaded and delivered again", n)
+	}
+	h.store.stalled.Store(false)
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.stored(alice) == 0 }, "the deletion was not written once the store was back")
+}

@@ -116,8 +116,9 @@ type Config struct {
 	// RecvBuffer is how many received messages wait for Recv (default
 	// 256). The connection is read on regardless (answers to sends and
 	// pulls must get through); past it, a stored message is left
-	// unacknowledged (the server delivers it again later) and a
-	// fire-and-forget push is dropped (Client.DroppedPushes). The
+	// unacknowledged (the server delivers it again later). Fire-and-forget
+	// pushes fill at most three quarters of it, the rest kept for stored
+	// messages; beyond, they are dropped (Client.DroppedPushes). The
 	// client's own resume PULLs ask for no more than there is room for.
 	RecvBuffer int
 	// MaxOutbox bounds the sends waiting for their answer (default 1024).

@@ -502,3 +502,37 @@ func TestResumePullsFitTheQueue(t *testing.T) {
 		t.Fatalf("after the app took 40, a resume PULL asks for %d", l)
 	}
 }
+
+// TestStoredMessagesGetPastAFireAndForgetStream: fire-and-forget pushes
+// fill at most three quarters of the receive queue; stored messages that
+// come behind a stream of them still get in.
+func TestStoredMessagesGetPastAFireAndForgetStream(t *testing.T) {
+	const buffer, ff, stored = 256, 300, 10
+	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
+		var b []byte
+		for i := range ff {
+			b, _ = messages.AppendMessage(b, messages.Header{Cmd: messages.CmdS2C, AppCode: 1}, &devicepb.S2C{MsgId: fmt.Sprint("f", i)})
+		}
+		for i := range stored {
+			b, _ = messages.AppendMessage(b, messages.Header{Cmd: messages.CmdS2C, AppCode: 1, Seq: uint32(i + 1)}, &devicepb.S2C{MsgId: fmt.Sprint("s", i)})
+		}
+		if c.WriteRaw(b) != nil {
+			return
+		}
+		for {
+			if _, err := c.ReadFrame(); err != nil {
+				return
+			}
+		}
+	})
+	c := dialFake(t, g, func(cfg *client.Config) { cfg.RecvBuffer = buffer })
+	kept := buffer - buffer/4
+	testkit.Eventually(t, 5*time.Second, func() bool { return c.DroppedPushes() == ff-uint64(kept) },
+		"the fire-and-forget pushes past three quarters of the queue were not dropped")
+	for i := range kept + stored {
+		m := recv(t, c)
+		if want := i >= kept; (m.Seq != 0) != want {
+			t.Fatalf("message %d: %s (seq %d)", i, m.MsgID, m.Seq)
+		}
+	}
+}

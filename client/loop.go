@@ -814,8 +814,15 @@ func (l *loop) deliver(m *Message) {
 			return // a pull is handing it to the app (pullTaken)
 		}
 	}
-	if len(l.queue) >= l.cfg.RecvBuffer {
-		// The app is RecvBuffer messages behind. A stored message is left
+	// Fire-and-forget pushes may fill only three quarters of the queue:
+	// the rest is for stored messages, which a stream of them would
+	// otherwise keep out (each would come again, and again find it full).
+	limit := l.cfg.RecvBuffer
+	if m.Seq == 0 {
+		limit -= l.cfg.RecvBuffer / 4
+	}
+	if len(l.queue) >= limit {
+		// The app is that far behind. A stored message is left
 		// unacknowledged: the server delivers it again later (it sends at
 		// most its window of them unacknowledged, so they are few). A
 		// fire-and-forget push is dropped, and counted: nothing keeps it,

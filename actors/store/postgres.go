@@ -145,6 +145,10 @@ type Postgres struct {
 
 	// failCommit, if set, fails every commit with it (tests of failures).
 	failCommit atomic.Pointer[error]
+	// apart holds the pool's spare connections readApart may use: not
+	// the commit lanes' or the readers', and two for the sweeps and the
+	// lists.
+	apart chan struct{}
 
 	quit      chan struct{}
 	wg        sync.WaitGroup
@@ -213,7 +217,8 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*P
 	if err != nil {
 		return nil, fmt.Errorf("store: postgres: %w", err)
 	}
-	s := &Postgres{pool: pool, cfg: cfg, log: log, now: cfg.Now, quit: make(chan struct{})}
+	s := &Postgres{pool: pool, cfg: cfg, log: log, now: cfg.Now, quit: make(chan struct{}),
+		apart: make(chan struct{}, max(cfg.MaxConns-cfg.Lanes-cfg.Readers-2, 0))}
 	mctx, cancel := context.WithTimeout(ctx, max(cfg.Timeout, 30*time.Second))
 	defer cancel()
 	if err := migrate(mctx, pool, log); err != nil {

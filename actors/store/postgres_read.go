@@ -247,12 +247,27 @@ func (s *Postgres) readApart(batch []readReq) {
 		}
 		groups[q.id] = append(groups[q.id], q)
 	}
+	// The reader's own connection, and spare ones of the pool if any are
+	// free (the commit lanes and the other readers keep theirs).
+	workers := 1
+	for workers < min(readApartConns, len(order)) {
+		select {
+		case s.apart <- struct{}{}:
+			workers++
+			continue
+		default:
+		}
+		break
+	}
 	next := make(chan []readReq)
 	var wg sync.WaitGroup
-	for range min(readApartConns, len(order)) {
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if w > 0 {
+				defer func() { <-s.apart }()
+			}
 			for g := range next {
 				_ = s.readBatch(g)
 			}
@@ -265,7 +280,7 @@ func (s *Postgres) readApart(batch []readReq) {
 	wg.Wait()
 }
 
-// readApartConns is how many round trips readApart has in flight.
+// readApartConns is the most round trips one readApart has in flight.
 const readApartConns = 4
 
 // sendReads runs the statements of a read batch and fills loads; found

@@ -310,7 +310,13 @@ func TestPostgresReadQueueFull(t *testing.T) {
 // itself, so that a change of driver or of its settings cannot quietly
 // leave them there. And the sessions carry their TCP keepalive settings.
 func TestPostgresGivesUpOnTheServerToo(t *testing.T) {
-	s := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t), Timeout: time.Second})
+	// Without lock_timeout (the DSN's value is kept): this test is of
+	// the node giving up at its own deadline, not of the server's.
+	s := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t) + "&lock_timeout=0", Timeout: time.Second})
+	var lt string
+	if err := s.pool.QueryRow(context.Background(), "SHOW lock_timeout").Scan(&lt); err != nil || lt != "0" {
+		t.Fatalf("lock_timeout %q (%v): the DSN's value must be kept", lt, err)
+	}
 	id := Identity{App: 1, UID: "locked"}
 	load(t, s, id)
 	var once sync.Once
@@ -377,6 +383,9 @@ func TestPostgresEndsAPausedTransaction(t *testing.T) {
 	if err := s.pool.QueryRow(ctx, "SHOW idle_in_transaction_session_timeout").Scan(&v); err != nil || v != "1s" {
 		t.Fatalf("idle_in_transaction_session_timeout %q, %v", v, err)
 	}
+	if err := s.pool.QueryRow(ctx, "SHOW lock_timeout").Scan(&v); err != nil || v != "500ms" {
+		t.Fatalf("lock_timeout %q, %v: want half of store.timeout", v, err)
+	}
 }
 
 // TestPostgresLockedIdentityFailsAlone: an identity whose row another
@@ -386,7 +395,7 @@ func TestPostgresEndsAPausedTransaction(t *testing.T) {
 // apart and succeed, within store.timeout.
 func TestPostgresLockedIdentityFailsAlone(t *testing.T) {
 	const timeout = 2 * time.Second
-	s := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t), Timeout: timeout, Readers: 1})
+	s := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t), Timeout: timeout})
 	ctx := context.Background()
 	locked := Identity{App: 1, UID: "paused"}
 	if _, err := s.Load(ctx, locked); err != nil {
@@ -408,22 +417,26 @@ func TestPostgresLockedIdentityFailsAlone(t *testing.T) {
 	}
 	defer func() { _ = tx.Rollback(ctx); conn.Release() }()
 
+	// One round trip of the locked identity and 20 others, as a reader
+	// forms it under load.
 	const others = 20
 	type result struct {
 		id  Identity
 		err error
 	}
 	results := make(chan result, others+1)
+	ids := []Identity{locked}
+	for i := range others {
+		ids = append(ids, Identity{App: 1, UID: fmt.Sprint("free-", i)})
+	}
+	var batch []readReq
+	for _, id := range ids {
+		batch = append(batch, readReq{id: id, deadline: s.cap(time.Now().Add(30 * time.Second)),
+			loaded: func(_ *Snapshot, err error) { results <- result{id, err} }})
+	}
 	start := time.Now()
-	// One reader: the first round trip takes the locked identity alone
-	// or with some others, the next takes the rest while it waits.
-	for _, id := range append([]Identity{locked}, func() (ids []Identity) {
-		for i := range others {
-			ids = append(ids, Identity{App: 1, UID: fmt.Sprint("free-", i)})
-		}
-		return ids
-	}()...) {
-		s.LoadAsync(id, time.Now().Add(30*time.Second), func(_ *Snapshot, err error) { results <- result{id, err} })
+	if err := s.readBatch(batch); !lockTimedOut(err) {
+		t.Fatalf("the batch's round trip: %v, want lock_timeout", err)
 	}
 	for range others + 1 {
 		r := <-results
