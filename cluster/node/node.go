@@ -100,6 +100,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	n := &Node{cfg: cfg, log: log, roles: roles, reg: prometheus.NewRegistry(), quit: make(chan struct{}), never: make(chan struct{}),
 		drain: newDrainState()}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	certExpiry(cfg, n.reg, log)
 	defer func() {
 		if err != nil {
 			n.Shutdown(context.Background())
