@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -64,31 +65,38 @@ func Gates(v *membership.View, app uint16) []Gate {
 	return out
 }
 
-// TieLoad is how close two gates' loads (connections / cap) are for an
-// answer to list them in random order: half a percent of capacity, a few
-// dozen connections on a gate of 20,000. Loads are up to a load interval
-// old, so every device asking within it would otherwise get the same
-// first gate: all the devices of a gate that died, or of a fresh cluster,
-// would pile onto one gate.
-const TieLoad = 0.005
-
-// SpreadTies shuffles runs of gates whose loads are within TieLoad of the
-// run's least loaded one, with intn (rand.IntN), and keeps the order
-// between runs. gates must be least loaded first.
-func SpreadTies(gates []Gate, intn func(int) int) []Gate {
-	for i := 0; i < len(gates); {
-		j := i + 1
-		for j < len(gates) && gates[j].Load-gates[i].Load < TieLoad {
-			j++
+// Spread orders gates (least loaded first, as Gates returns them) at
+// random, weighted by their free capacity (1 - load): a gate with twice
+// the room comes first twice as often, and a full one last. Loads are up
+// to a load interval old, so every device asking within it would
+// otherwise get the same first gate: the devices of a gate that died (or
+// of a new cluster) would pile onto the least loaded one, past its cap,
+// and retry in a storm. rnd returns a number in [0, 1) (rand.Float64).
+func Spread(gates []Gate, rnd func() float64) []Gate {
+	// Efraimidis-Spirakis: sorted by u^(1/w) descending is a weighted
+	// random order.
+	keys := make([]float64, len(gates))
+	for i, g := range gates {
+		w := 1 - g.Load
+		if g.MaxConns == 0 {
+			w = 1 // cap unknown
 		}
-		run := gates[i:j]
-		for k := len(run) - 1; k > 0; k-- {
-			l := intn(k + 1)
-			run[k], run[l] = run[l], run[k]
+		if w <= 0 {
+			keys[i] = -1 // full: last, in load order
+			continue
 		}
-		i = j
+		keys[i] = math.Pow(rnd(), 1/w)
 	}
-	return gates
+	idx := make([]int, len(gates))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(keys[b], keys[a]) })
+	out := make([]Gate, len(gates))
+	for i, j := range idx {
+		out[i] = gates[j]
+	}
+	return out
 }
 
 // Handler serves Path from view (the node's latest membership view).
@@ -104,7 +112,7 @@ func Handler(view func() *membership.View) http.Handler {
 			reply(w, http.StatusBadRequest, errorBody{fmt.Sprintf("app %q: want the appcode, 1 to 65535", r.URL.Query().Get("app"))})
 			return
 		}
-		gates := SpreadTies(Gates(view(), uint16(app)), rand.IntN)
+		gates := Spread(Gates(view(), uint16(app)), rand.Float64)
 		if len(gates) == 0 {
 			reply(w, http.StatusServiceUnavailable, errorBody{fmt.Sprintf("no live gate accepts app %d: retry later", app)})
 			return

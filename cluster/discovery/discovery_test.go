@@ -42,8 +42,15 @@ func TestHandlerAndFetch(t *testing.T) {
 	srv := httptest.NewServer(Handler(func() *membership.View { return v }))
 	defer srv.Close()
 	gates, err := Fetch(context.Background(), srv.URL, 1)
-	if err != nil || len(gates) != 3 || gates[0].Addr != "10.0.0.3:7000" || gates[0].Load != 0.001 {
+	if err != nil || len(gates) != 3 {
 		t.Fatalf("fetch: %v %v", gates, err)
+	}
+	loads := map[string]float64{}
+	for _, g := range gates {
+		loads[g.Addr] = g.Load
+	}
+	if loads["10.0.0.3:7000"] != 0.001 || loads["10.0.0.2:7000"] != 0.01 || loads["10.0.0.1:7000"] != 0.5 {
+		t.Fatalf("fetch: %v", gates)
 	}
 	for q, code := range map[string]int{"": 400, "?app=0": 400, "?app=70000": 400, "?app=x": 400, "?app=9": 503} {
 		resp, err := http.Get(srv.URL + Path + q)
@@ -65,24 +72,30 @@ func TestHandlerAndFetch(t *testing.T) {
 	resp.Body.Close()
 }
 
-// Gates whose loads are within TieLoad of each other come first in
-// random order, so that devices asking at once do not all pick the same
-// gate; the order between gates farther apart holds.
-func TestSpreadTies(t *testing.T) {
-	gates := func() []Gate {
-		return []Gate{{Addr: "a", Load: 0}, {Addr: "b", Load: 0.002}, {Addr: "c", Load: 0.004}, {Addr: "d", Load: 0.3}, {Addr: "e", Load: 0.9}}
-	}
+// Spread orders the gates at random, weighted by free capacity, so that
+// devices asking at once do not all pick the same gate: the least loaded
+// comes first most often but not always, a gate with twice the room
+// about twice as often, and a full gate last.
+func TestSpread(t *testing.T) {
+	gates := []Gate{{Addr: "a", Load: 0.10, MaxConns: 1}, {Addr: "b", Load: 0.12, MaxConns: 1},
+		{Addr: "c", Load: 0.55, MaxConns: 1}, {Addr: "full", Load: 1, MaxConns: 1}}
 	first := map[string]int{}
-	for range 300 {
-		g := SpreadTies(gates(), rand.IntN)
+	const n = 20000
+	for range n {
+		g := Spread(gates, rand.Float64)
 		first[g[0].Addr]++
-		if g[3].Addr != "d" || g[4].Addr != "e" {
-			t.Fatalf("order between runs changed: %v", g)
+		if g[3].Addr != "full" {
+			t.Fatalf("a full gate not last: %v", g)
 		}
 	}
-	for _, a := range []string{"a", "b", "c"} {
-		if first[a] < 50 {
-			t.Fatalf("tied gates first %v times of 300: %v", first[a], first)
-		}
+	// Weights 0.90, 0.88, 0.45: a and b about 39% each, c about 22%.
+	if a := float64(first["a"]) / n; a > 0.5 || a < 0.3 {
+		t.Fatalf("the least loaded gate first %.0f%% of the time: %v", 100*a, first)
+	}
+	if c := float64(first["c"]) / n; c < 0.12 || c > 0.3 {
+		t.Fatalf("the gate with half the room first %.0f%% of the time: %v", 100*c, first)
+	}
+	if gates[0].Addr != "a" {
+		t.Fatal("Spread changed its argument")
 	}
 }

@@ -4,9 +4,9 @@
 //	GET /v1/gates?app=N
 //
 // on its HTTP address: the public addresses of the live gates that accept
-// app N's devices, least loaded first (connections / capacity; gates
-// within half a percent of capacity in random order, so that devices
-// asking at once spread: SpreadTies), not draining, from the node's
+// app N's devices, in a random order weighted by free capacity (so that
+// devices asking at once spread rather than all pick the least loaded:
+// Spread), not draining, from the node's
 // current view of the membership, so a departed gate is gone from the
 // list within the membership TTL and loads are at most a load interval
 // old. Fetch is the client side, used by courierctl and
