@@ -129,7 +129,7 @@ func reply(w http.ResponseWriter, code int, body any) {
 }
 
 // Fetch asks the discovery endpoint at base ("http://host:port", with or
-// without the path) for app's gates, least loaded first.
+// without the path) for app's gates, in the order it answers (Spread).
 func Fetch(ctx context.Context, base string, app uint16) ([]Gate, error) {
 	u, err := url.Parse(base)
 	if err != nil || u.Host == "" {

@@ -26,7 +26,7 @@ type Config struct {
 	// Discover, if set, is an api node's HTTP address (http://HOST:PORT):
 	// the gates come from its gate discovery instead of Gate, and the
 	// workers spread over them (worker i on gate i mod their number,
-	// least loaded first).
+	// in the order discovery gives them).
 	Discover string
 	NodePID  int
 	// MorePIDs are the other local node processes of a cluster: their CPU
