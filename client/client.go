@@ -83,6 +83,11 @@ type Message struct {
 	SentAt      time.Time
 	// ExpiresAt is when the platform stops delivering it (zero: never).
 	ExpiresAt time.Time
+
+	// gen is the session it came on: the gate lets the acks of what it
+	// delivered on a connection through beyond the frame rate, and only
+	// those (ack).
+	gen uint64
 }
 
 // C2CResult is the answer to a C2C: the message is stored in the

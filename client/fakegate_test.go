@@ -536,3 +536,74 @@ func TestStoredMessagesGetPastAFireAndForgetStream(t *testing.T) {
 		}
 	}
 }
+
+// TestAcksOfAnEarlierConnectionArePaced: the gate lets through beyond its
+// frame rate only the acks of what it delivered on the same connection.
+// An app acknowledging (ManualAck) after a reconnect what it received
+// before sends those acks within the client's frame pacing, not in one
+// burst past the gate's limit.
+func TestAcksOfAnEarlierConnectionArePaced(t *testing.T) {
+	const n, burst, rate = 300, 50, 100.0
+	closeFirst := make(chan struct{})
+	var closeOnce sync.Once
+	release := func() { closeOnce.Do(func() { close(closeFirst) }) }
+	var mu sync.Mutex
+	var acks []time.Time
+	var second time.Time
+	g := startFakeGate(t, 30, func(conn int32, c *client.Conn) {
+		if conn == 1 {
+			var b []byte
+			for i := range n {
+				b, _ = messages.AppendMessage(b, messages.Header{Cmd: messages.CmdS2C, AppCode: 1, Seq: uint32(i + 1)}, &devicepb.S2C{MsgId: fmt.Sprint("m", i)})
+			}
+			if c.WriteRaw(b) != nil {
+				return
+			}
+			<-closeFirst
+			return
+		}
+		mu.Lock()
+		second = time.Now()
+		mu.Unlock()
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				return
+			}
+			if f.Cmd == messages.CmdS2CAck {
+				mu.Lock()
+				acks = append(acks, time.Now())
+				mu.Unlock()
+			}
+		}
+	})
+	t.Cleanup(release) // runs before the gate's cleanup, which waits for its script
+	c := dialFake(t, g, func(cfg *client.Config) {
+		cfg.ManualAck, cfg.FrameRate, cfg.FrameBurst, cfg.RecvBuffer = true, rate, burst, 2*n
+	})
+	var got []*client.Message
+	for range n {
+		got = append(got, recv(t, c))
+	}
+	release()
+	testkit.Eventually(t, 10*time.Second, func() bool { return g.logins.Load() == 2 && c.State() == client.StateConnected },
+		"no second connection")
+	for _, m := range got {
+		if err := c.Ack(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	// Tokens at any arrival: burst + rate × time since the connection
+	// started (with slack for scheduling).
+	for i, at := range acks {
+		if allowed := burst + rate*at.Sub(second).Seconds() + 10; float64(i+1) > allowed {
+			t.Fatalf("ack %d arrived %v after the login: more than the pacing allows (%.0f)", i+1, at.Sub(second), allowed)
+		}
+	}
+	if len(acks) == 0 {
+		t.Fatal("no ack arrived")
+	}
+}

@@ -792,17 +792,31 @@ func (l *loop) ack(m *Message) {
 			}
 		}
 		l.unconf[m.MsgID] = 0
-		if l.write(messages.CmdC2CPushAck, 0, &devicepb.C2CPushAck{MsgId: m.MsgID}) != 0 {
+		if l.writeAck(m, messages.CmdC2CPushAck, &devicepb.C2CPushAck{MsgId: m.MsgID}) != 0 {
 			l.unconf[m.MsgID] = l.gen
 		}
 	case m.Seq != 0:
-		l.write(messages.CmdS2CAck, 0, &devicepb.S2CAck{MsgId: m.MsgID})
+		l.writeAck(m, messages.CmdS2CAck, &devicepb.S2CAck{MsgId: m.MsgID})
 	}
 	// A fire-and-forget push (seq 0) is not stored: nothing to acknowledge.
 }
 
+// writeAck writes an acknowledgement: at once for a message received on
+// this connection (the gate credits it), else within the frame pacing
+// like any other frame, or not now (the server delivers the message
+// again, and its ack then goes at once). It returns the frame's seq, 0
+// if not written.
+func (l *loop) writeAck(m *Message, cmd messages.Cmd, body proto.Message) uint32 {
+	if m.gen == l.gen {
+		return l.write(cmd, 0, body)
+	}
+	seq, _ := l.writePaced(cmd, 0, body)
+	return seq
+}
+
 // deliver queues a received message for Recv unless it is a duplicate.
 func (l *loop) deliver(m *Message) {
+	m.gen = l.gen
 	if known, acked := l.seen.lookup(m.MsgID); known {
 		if acked {
 			l.ack(m) // our earlier ack may have been lost
@@ -986,6 +1000,7 @@ func (l *loop) pulled(seq uint32, a *devicepb.PullAck) {
 			ids := make(map[string]struct{}, len(msgs))
 			for i, sm := range a.Messages {
 				msgs[i] = storedMessage(sm)
+				msgs[i].gen = l.gen
 				ids[sm.MsgId] = struct{}{}
 			}
 			// Until Pull has them (pullTaken), Recv waits and pushes of
