@@ -430,7 +430,6 @@ func readSecret(path string) (string, error) {
 // checks every setting exists). Longer field names come first: the
 // replacer tries them in order.
 var gateFields = [][2]string{
-	{"Config.AppSecrets: empty and no Config.Authenticator", "app-secret: none set (a node with the gate role needs the token secret of at least one app)"},
 	{"Config.NewConnsPerIPBurst", "gate.new-conns-per-ip-burst"},
 	{"Config.MaxTokenLifetime", "gate.max-token-lifetime"},
 	{"Config.NewConnsPerIP", "gate.new-conns-per-ip"},
@@ -473,7 +472,9 @@ func gateError(err error) error {
 	if !errors.Is(err, gate.ErrInvalidConfig) {
 		return err
 	}
-	return configError{errors.New("node: " + gateSettings.Replace(err.Error()))}
+	msg := strings.Replace(err.Error(), "Config.AppSecrets: empty and no Config.Authenticator",
+		"app-secret: none set (a node with the gate role needs the token secret of at least one app)", 1)
+	return configError{errors.New("node: " + gateSettings.Replace(msg))}
 }
 
 // checkAPILimits checks the gRPC server's connection limits.
