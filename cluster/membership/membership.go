@@ -391,6 +391,9 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 				// lease still runs. Register the same instance again; the
 				// others give it a grace after their own outage.
 				self.Load = load
+				m.mu.Lock()
+				self.Draining = self.Draining || m.self.Draining // a drain begun since the copy
+				m.mu.Unlock()
 				rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
 				err := m.be.register(rctx, &self)
 				cancel()
