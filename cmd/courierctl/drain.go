@@ -120,7 +120,7 @@ func waitGone(f *apiFlags, cl apipb.CourierClient, before *apipb.MembersResponse
 			gone = time.Time{}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the node is still in the cluster after %v (err %v)", wait, err)
+			return waitTimeout{fmt.Errorf("the node is still in the cluster after %v (err %v)", wait, err)}
 		}
 		time.Sleep(500 * time.Millisecond)
 	}

@@ -15,6 +15,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/courier-im/courier/messages/apipb"
 )
@@ -33,8 +35,26 @@ type usageError struct{ err error }
 func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
 
+// Exit codes besides 0 (done), 1 (the command failed) and 2 (a mistake
+// on the command line): scripts (an upgrade, a drain) tell a refusal
+// from what a later try may get through.
+const (
+	// exitRetry: the node could not take the call now (UNAVAILABLE,
+	// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED NODE_OVERLOADED): the same
+	// command may succeed later or on another node.
+	exitRetry = 3
+	// exitWaitTimeout: drain --wait ran out before the node left.
+	exitWaitTimeout = 4
+)
+
+// waitTimeout is drain --wait's error when its time ran out.
+type waitTimeout struct{ err error }
+
+func (e waitTimeout) Error() string { return e.err.Error() }
+
 // run executes the command line and returns the exit code: 0, 1 when the
-// command failed, 2 for a mistake on the command line.
+// command failed, 2 for a mistake on the command line, exitRetry and
+// exitWaitTimeout.
 func run(args []string, in io.Reader, out, errw io.Writer) int {
 	root := newRoot()
 	root.SetArgs(args)
@@ -53,6 +73,20 @@ func run(args []string, in io.Reader, out, errw io.Writer) int {
 	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
 		fmt.Fprintf(errw, "\n%s", cmd.UsageString())
 		return 2
+	}
+	var wt waitTimeout
+	if errors.As(err, &wt) {
+		return exitWaitTimeout
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return exitRetry
+	case codes.ResourceExhausted:
+		// The node's overload passes; an inbox full or a list at its cap
+		// waits for something else.
+		if info := apipb.ErrorInfo(err); info != nil && info.Reason == apipb.ReasonNodeOverloaded {
+			return exitRetry
+		}
 	}
 	return 1
 }

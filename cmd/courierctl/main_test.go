@@ -34,6 +34,8 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"lists", "add"}, 2, "needs at least 1 argument", ""},
 		{[]string{"device", "--gate"}, 2, "flag needs an argument", ""},
 		{[]string{"push", "--uid", "a", "--key", ""}, 1, "--key, --key-file or COURIERCTL_KEY is required", ""},
+		// Nothing listens there: a later try may get through (exit 3).
+		{[]string{"push", "--api", "127.0.0.1:1", "--key", "0123456789abcdef", "--uid", "a", "--payload", "x"}, 3, "Unavailable", ""},
 		{[]string{"token", "--uid", "u", "--secret", "0123456789abcdef"}, 0, "", "eyJ"},
 		{[]string{"version"}, 0, "", "courierctl "},
 		{[]string{"--help"}, 0, "", "Usage:"},
