@@ -33,6 +33,9 @@ func (s scope) operator() bool { return s.app == AllApps }
 
 // check returns PERMISSION_DENIED unless the key acts for app.
 func (s scope) check(app uint32) error {
+	if app == 0 || app > 0xFFFF {
+		return status.Errorf(codes.InvalidArgument, "app_code %d: must be in [1, 65535]", app)
+	}
 	if !s.allows(app) {
 		return status.Errorf(codes.PermissionDenied, "this API key acts for appcode %d, not %d", s.app, app)
 	}
@@ -45,8 +48,11 @@ func (k Keys) lookup(md metadata.MD) (scope, error) {
 	if len(vals) == 0 {
 		return scope{}, status.Error(codes.Unauthenticated, `missing API key: send metadata "authorization: Bearer <key>"`)
 	}
-	key, ok := strings.CutPrefix(vals[0], "Bearer ")
-	if !ok {
+	// The scheme is case-insensitive, followed by one or more spaces
+	// (RFC 7235, 9110).
+	scheme, key, ok := strings.Cut(vals[0], " ")
+	key = strings.TrimLeft(key, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || key == "" {
 		return scope{}, status.Error(codes.Unauthenticated, `malformed authorization metadata: want "Bearer <key>"`)
 	}
 	// Compare against every key in constant time per key, so the time

@@ -150,6 +150,24 @@ func TestKeys(t *testing.T) {
 	if err != nil || !sc.allows(2) || !sc.operator() {
 		t.Fatalf("operator key: %+v %v", sc, err)
 	}
+	// The scheme is case-insensitive, and any number of spaces may
+	// follow it (RFC 9110).
+	for _, v := range []string{"bearer key-of-app-one-000", "BEARER  key-of-app-one-000"} {
+		if sc, err := call("authorization", v); err != nil || !sc.allows(1) {
+			t.Fatalf("%q: %+v %v", v, sc, err)
+		}
+	}
+	if _, err := call("authorization", "Bearer "); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("no key after the scheme: %v", err)
+	}
+	// A key of app 1 naming no app, or one that cannot be, is told about
+	// the field (not that the key acts for another app).
+	if err := (scope{app: 1}).check(0); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "app_code 0") {
+		t.Fatalf("app_code 0: %v", err)
+	}
+	if err := (scope{app: 1}).check(2); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("another app: %v", err)
+	}
 }
 
 func TestEditList(t *testing.T) {
