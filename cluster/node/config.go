@@ -191,6 +191,17 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 			"(--store postgres --store.dsn-file FILE): with its own Pebble inbox, an identity that moves to another node (a join, a drain, a crash) " +
 			"does not find what was stored for it, and its seqs start over; --cluster.local-store allows it for trials")
 	}
+	// The commit queues are allocated at start, each lane holding the
+	// actors' whole write budget (openStore): 64 lanes of a million
+	// would be gigabytes before the first write.
+	lanes := cmp.Or(c.StoreLanes, pebbleLanes)
+	if c.Store == "postgres" {
+		lanes = cmp.Or(c.StoreLanes, postgresLanes)
+	}
+	if slots := lanes * (c.Actors.MaxPendingWrites + 256); slots > maxCommitSlots {
+		return nil, nil, fmt.Errorf("node: store.lanes %d × (actors.max-pending-writes %d + 256) = %d commit queue slots: at most %d (about 100 MiB)",
+			lanes, c.Actors.MaxPendingWrites, slots, maxCommitSlots)
+	}
 	if err := c.checkFDReserve(); err != nil {
 		return nil, nil, err
 	}
@@ -378,6 +389,9 @@ func (c *Config) resolveStore() error {
 	}
 	return nil
 }
+
+// maxCommitSlots bounds the store's commit queues, all lanes together.
+const maxCommitSlots = 1 << 21
 
 // withFiles returns the app secrets and API keys given inline and in
 // files, together.

@@ -108,6 +108,7 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 		}
 	}
 	bad(func(c *Config) { c.StoreStallAfter = time.Millisecond }, "store.stall-after")
+	bad(func(c *Config) { c.StoreLanes, c.Actors.MaxPendingWrites = 64, 1<<20 }, "commit queue slots")
 	bad(func(c *Config) { c.StoreMinSyncInterval = -time.Millisecond }, "store.min-sync-interval")
 	bad(func(c *Config) { c.StoreMinSyncInterval = time.Second }, "store.min-sync-interval")
 	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreReaders = "postgres", "x", 0 }, "store.readers")
