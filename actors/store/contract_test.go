@@ -163,6 +163,7 @@ func TestContract(t *testing.T) {
 		{"IdempotencyExpiry", testIdempotencyExpiry},
 		{"IdempotencySweepKeepsRewritten", testSweepKeepsRewritten},
 		{"ExpiredByIndex", testExpiredByIndex},
+		{"ExpiredEarliestFirst", testExpiredEarliestFirst},
 		{"Lists", testLists},
 		{"FencingTwoActivations", testFencing},
 		{"FencedWriteFailsAlone", testFencedWriteAlone},
@@ -397,6 +398,29 @@ func testExpiredByIndex(t *testing.T, k kind) {
 	c.Advance(2 * time.Hour)
 	if got := expired(100); len(got) != 2 || got[0] != a || got[1] != b {
 		t.Fatalf("two hours later: %v", got)
+	}
+}
+
+// testExpiredEarliestFirst: with fewer identities asked for than have
+// expired entries, those whose entries expired first are reported.
+func testExpiredEarliestFirst(t *testing.T, k kind) {
+	c := newClock()
+	s, _ := k.open(t, opts{clock: c})
+	// Written latest-expired first, so that neither the order of writing
+	// nor that of the uids gives the answer.
+	for i, ago := range []time.Duration{time.Second, time.Minute, 2 * time.Hour, 3 * time.Hour} {
+		id := Identity{App: 1, UID: fmt.Sprint("u", 9-i)}
+		e := entry(1)
+		e.ExpiresAtMs = c.At(-ago)
+		mustSubmit(t, s, &Write{ID: id, Owner: load(t, s, id).Owner, Put: []*actorpb.InboxEntry{e}})
+	}
+	var got []string
+	if err := s.Expired(context.Background(), c.Now(), 2, func(id Identity) { got = append(got, id.UID) }); err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(got)
+	if len(got) != 2 || got[0] != "u6" || got[1] != "u7" {
+		t.Fatalf("the two earliest expired: %v, want [u6 u7]", got)
 	}
 }
 

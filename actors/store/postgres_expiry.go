@@ -21,13 +21,14 @@ func (s *Postgres) Expired(ctx context.Context, now time.Time, max int, fn func(
 		sqlPage = `SELECT app, uid, expires_at, seq FROM courier_inbox
 WHERE expires_at <= $1 AND (expires_at, app, uid, seq) > ($2, $3, $4, $5)
 ORDER BY expires_at, app, uid, seq LIMIT $6`
-		// At most $5 identities of the page whose lease has run out;
-		// SKIP LOCKED passes over those another node is claiming now.
+		// At most $5 identities of the page whose lease has run out,
+		// earliest expiry first (the order they are listed in); SKIP
+		// LOCKED passes over those another node is claiming now.
 		sqlLease = `UPDATE courier_identities SET sweep_after = $1
 WHERE (app, uid) IN (
   SELECT d.app, d.uid FROM courier_identities d
-  JOIN unnest($2::int[], $3::bytea[]) AS v(a, u) ON d.app = v.a AND d.uid = v.u
-  WHERE d.sweep_after <= $4 LIMIT $5 FOR UPDATE OF d SKIP LOCKED)
+  JOIN unnest($2::int[], $3::bytea[]) WITH ORDINALITY AS v(a, u, o) ON d.app = v.a AND d.uid = v.u
+  WHERE d.sweep_after <= $4 ORDER BY v.o LIMIT $5 FOR UPDATE OF d SKIP LOCKED)
 RETURNING app, uid`
 	)
 	if s.closing() {
