@@ -238,7 +238,7 @@ func (s *System) route(env *actorpb.Envelope) {
 		if env.ReqId != 0 && env.ReplyAddress == s.address {
 			s.replies.sentTo(env.ReqId, owner.address)
 		}
-		s.actors.Root.Send(owner.hosts[shard(hash, s.cfg.Shards)], env)
+		s.actors.Root.Send(owner.hosts[shard(hash, len(owner.hosts))], env) // the owner's shards
 		s.metrics.forwarded.Inc()
 	}
 }

@@ -23,13 +23,21 @@ type placedMember struct {
 	hosts   []*actor.PID // host actors on that member, by shard
 }
 
-func newPlacement(addresses []string, shards int, hash uint64) *placement {
+// newPlacement places over addresses, each member running shardsOf(its
+// address) host actors (shards when shardsOf is nil or says 0).
+func newPlacement(addresses []string, shards int, hash uint64, shardsOf ...func(string) int) *placement {
 	sort.Strings(addresses)
 	p := &placement{hash: hash}
 	for _, a := range addresses {
 		m := placedMember{address: a, seed: fnv64(0, a)}
-		m.hosts = make([]*actor.PID, shards)
-		for i := range shards {
+		n := shards
+		if len(shardsOf) > 0 {
+			if k := shardsOf[0](a); k > 0 {
+				n = k
+			}
+		}
+		m.hosts = make([]*actor.PID, n)
+		for i := range n {
 			m.hosts[i] = actor.NewPID(a, hostName(i))
 		}
 		p.members = append(p.members, m)

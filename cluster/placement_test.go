@@ -69,3 +69,24 @@ func TestIdentityHashSeparatesApps(t *testing.T) {
 		t.Fatal("app bytes not ordered in the hash")
 	}
 }
+
+// TestPlacementUsesEachMembersShards: an identity is sent to the host
+// actor its owner's own shard count picks, whatever the sender's.
+func TestPlacementUsesEachMembersShards(t *testing.T) {
+	shards := map[string]int{"a:1": 16, "b:1": 0}
+	p := newPlacement([]string{"a:1", "b:1"}, 8, 0, func(addr string) int { return shards[addr] })
+	for _, m := range p.members {
+		want := 16
+		if m.address == "b:1" {
+			want = 8 // not published: the sender's
+		}
+		if len(m.hosts) != want {
+			t.Fatalf("%s: %d hosts, want %d", m.address, len(m.hosts), want)
+		}
+		for i, h := range m.hosts {
+			if h.Id != hostName(i) || h.Address != m.address {
+				t.Fatalf("%s host %d: %v", m.address, i, h)
+			}
+		}
+	}
+}

@@ -243,6 +243,7 @@ func (s *System) Join(ctx context.Context, self membership.Member, onRejoin func
 		return fmt.Errorf("cluster: the actors role needs an actor factory, and only it does")
 	}
 	self.Address = s.address
+	self.Shards = s.cfg.Shards
 	s.onRejoin = onRejoin
 	if err := s.members.Join(ctx, self); err != nil {
 		return err
@@ -300,7 +301,7 @@ func (s *System) onView(v *membership.View) {
 			addrs = append(addrs, m.Address)
 		}
 	}
-	p := newPlacement(addrs, s.cfg.Shards, v.Seq)
+	p := newPlacement(addrs, s.cfg.Shards, v.Seq, shardsIn(v))
 	s.placement.Store(p)
 	s.syncGates(v)
 	s.metrics.members.Set(float64(len(addrs)))
@@ -315,6 +316,19 @@ func (s *System) onView(v *membership.View) {
 	s.viewMu.Unlock()
 	for _, fn := range hooks {
 		fn(v)
+	}
+}
+
+// shardsIn returns how many host actors the member at an address of v
+// runs (0 when it does not say).
+func shardsIn(v *membership.View) func(string) int {
+	return func(addr string) int {
+		for _, m := range v.Members {
+			if m.Address == addr && m.Live() {
+				return m.Shards
+			}
+		}
+		return 0
 	}
 }
 
@@ -368,7 +382,7 @@ func (s *System) leavePlacement() {
 			addrs = append(addrs, m.Address)
 		}
 	}
-	p := newPlacement(addrs, s.cfg.Shards, v.Seq+1)
+	p := newPlacement(addrs, s.cfg.Shards, v.Seq+1, shardsIn(v))
 	s.placement.Store(p)
 	s.dropMoved(p)
 	s.log.Info("cluster: left; identities handed off", "to_members", len(addrs), "handing_off", s.handoffsPending())

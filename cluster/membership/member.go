@@ -109,6 +109,11 @@ type Member struct {
 	// know the message, and its remoting would drop the connection it
 	// came on: it is never sent one.
 	GateProbes bool
+	// Shards is how many host actors the member runs (cluster.shards);
+	// members route an identity to the host its owner's count picks, so
+	// that nodes with different settings agree. 0: not published (an
+	// earlier version; the same as this node's is assumed).
+	Shards int
 
 	// Set by the provider in a View, not by the member itself.
 
@@ -166,6 +171,7 @@ const (
 	metaApps     = "apps"
 	metaDraining = "draining"
 	metaProbes   = "gate_probes"
+	metaShards   = "shards"
 )
 
 // maxMetaValue is Consul's limit on a meta value.
@@ -179,6 +185,7 @@ func encodeMeta(m *Member) map[string]string {
 		metaConns: strconv.Itoa(m.Load.Conns), metaMaxConns: strconv.Itoa(m.Load.MaxConns),
 		metaActors: strconv.Itoa(m.Load.Actors), metaStarted: strconv.FormatInt(m.StartedAt.UnixMilli(), 10),
 		metaApps: encodeApps(m.Apps), metaDraining: encodeBool(m.Draining), metaProbes: encodeBool(m.GateProbes),
+		metaShards: strconv.Itoa(m.Shards),
 	}
 }
 
@@ -228,6 +235,7 @@ func decodeMeta(meta map[string]string, address string) (Member, error) {
 	m.Apps = decodeApps(meta[metaApps])
 	m.Draining = meta[metaDraining] == "1"
 	m.GateProbes = meta[metaProbes] == "1"
+	m.Shards = num(metaShards)
 	if ms, err := strconv.ParseInt(meta[metaStarted], 10, 64); err == nil {
 		m.StartedAt = time.UnixMilli(ms)
 	}

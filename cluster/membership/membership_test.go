@@ -40,7 +40,7 @@ func TestParseRoles(t *testing.T) {
 func TestMetaRoundTrip(t *testing.T) {
 	m := Member{ID: "n1-abc", Name: "n1", Address: "10.0.0.1:7100", Roles: RoleGate | RoleActors, Version: "v1.2",
 		GateID: "g1", GateAddr: "203.0.113.1:7000", Apps: []uint16{1, 65535}, APIAddr: "10.0.0.1:7001", HTTPAddr: "10.0.0.1:7002",
-		Load: Load{Conns: 5, MaxConns: 100, Actors: 7}, StartedAt: time.UnixMilli(1700000000123), Draining: true}
+		Load: Load{Conns: 5, MaxConns: 100, Actors: 7}, StartedAt: time.UnixMilli(1700000000123), Draining: true, Shards: 16}
 	got, err := decodeMeta(encodeMeta(&m), m.Address)
 	if err != nil {
 		t.Fatal(err)
