@@ -567,6 +567,16 @@ func (a *deviceActor) scheduleReload(ctx actor.Context) {
 	a.reloadTimer = time.AfterFunc(wait, func() { root.Send(self, reload{}) })
 }
 
+// closedConn reports whether a recent close names connection c.
+func (a *deviceActor) closedConn(c *actorpb.ConnRef) bool {
+	for _, k := range a.closes {
+		if kc := k.GetConn(); kc.GetGateId() == c.GetGateId() && kc.GetConnId() == c.GetConnId() {
+			return true
+		}
+	}
+	return false
+}
+
 // noteClose remembers a close of one of the identity's connections.
 func (a *deviceActor) noteClose(c *actorpb.DeviceClosed) {
 	if len(a.closes) == keptCloses {
@@ -601,6 +611,15 @@ func (a *deviceActor) envelope(ctx actor.Context, env *actorpb.Envelope) {
 	}
 	if c := env.GetClosed(); c != nil {
 		a.noteClose(c)
+	}
+	if l := env.GetLogin(); l != nil && a.closedConn(l.GetConn()) {
+		// The connection's close overtook its LOGIN (they came by
+		// different ways, around a view change): a session opened now
+		// would be online on a connection that is gone. Nobody is left
+		// to answer.
+		a.current = nil
+		a.deps.Log.Debug("actors: LOGIN of a connection already closed; dropped", "identity", a.id)
+		return
 	}
 	if (a.read == nil && len(a.stash) == 0) || a.mayOvertake(env) {
 		a.handle(ctx, env)

@@ -1198,3 +1198,21 @@ func TestNoDeletionsWrittenWhileStalled(t *testing.T) {
 	h.store.stalled.Store(false)
 	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.stored(alice) == 0 }, "the deletion was not written once the store was back")
 }
+
+// TestCloseBeforeItsLogin: a connection's close that reaches the actor
+// before its LOGIN (they came by different ways around a view change)
+// keeps the LOGIN from opening a session on the connection that is gone.
+func TestCloseBeforeItsLogin(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 7}
+	h.r.Send(env(alice, &actorpb.DeviceClosed{Conn: c, Epoch: 0}))
+	h.r.Send(env(alice, &actorpb.DeviceLogin{Conn: c, Login: &devicepb.Login{Uid: alice.UID}, FrameSeq: 1}))
+	if p := h.presence(alice); p.Online {
+		t.Fatal("online on a connection whose close came first")
+	}
+	if h.store.session(alice).GetOnline() {
+		t.Fatal("the session was stored online")
+	}
+	// Another connection logs in as usual.
+	h.login(alice, &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 8})
+}

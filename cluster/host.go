@@ -65,6 +65,16 @@ func (s *System) routeLocal(hash uint64, env *actorpb.Envelope) {
 	sh.mu.Lock()
 	c, ok := sh.children[k]
 	if !ok {
+		// The caller read the placement before taking the lock: a view
+		// change may have moved the identity since, and its dropMoved
+		// (which takes this lock after storing the placement) already
+		// run. An actor activated now would be in no handoff, and would
+		// claim the identity from its new owner: route it again.
+		if o := s.placement.Load().owner(hash); o == nil || o.address != s.address {
+			sh.mu.Unlock()
+			s.route(env)
+			return
+		}
 		c = &child{pid: s.spawnCell()}
 		sh.children[k] = c
 		sh.peak = max(sh.peak, len(sh.children))
@@ -127,28 +137,33 @@ func (s *System) HandedOff(_ uint16, _ string, pid *actor.PID) {
 
 // handoff tells actors that left this node's routing (another member owns
 // their identity now, or this node is leaving) to complete what they have
-// in flight and stop (*actorpb.Handoff).
+// in flight and stop (*actorpb.Handoff). The caller recorded them in
+// handingOff, under their shard's lock.
 func (s *System) handoff(pids []*actor.PID) {
 	for _, pid := range pids {
-		s.handingOff.Store(pid.Id, struct{}{})
 		s.metrics.handoffs.Inc()
-		s.metrics.handingOff.Inc()
 		s.actors.Root.Send(pid, &actorpb.Handoff{})
+	}
+}
+
+// markHandingOff records that pid's actor is handing off, until
+// handoffEnded.
+func (s *System) markHandingOff(pid *actor.PID) {
+	if _, loaded := s.handingOff.LoadOrStore(pid.Id, struct{}{}); !loaded {
+		s.handingOffN.Add(1)
+		s.metrics.handingOff.Inc()
 	}
 }
 
 func (s *System) handoffEnded(pid *actor.PID) {
 	if _, ok := s.handingOff.LoadAndDelete(pid.Id); ok {
+		s.handingOffN.Add(-1)
 		s.metrics.handingOff.Dec()
 	}
 }
 
 // handoffsPending reports how many actors have not finished handing off.
-func (s *System) handoffsPending() int {
-	n := 0
-	s.handingOff.Range(func(any, any) bool { n++; return true })
-	return n
-}
+func (s *System) handoffsPending() int { return int(s.handingOffN.Load()) }
 
 // dropMoved hands off the local actors of identities this node does not
 // own under p (another member does, or none: this node is leaving). They
@@ -167,6 +182,9 @@ func (s *System) dropMoved(p *placement) {
 			if o := p.owner(identityHash(k.app, k.uid)); o == nil || o.address != s.address {
 				delete(sh.children, k)
 				moved = append(moved, c.pid)
+				// Under the lock: a Retire of the actor after it (fenced)
+				// finds the entry and ends it.
+				s.markHandingOff(c.pid)
 			}
 		}
 		sh.shrink()
@@ -186,11 +204,12 @@ func (s *System) dropAll() {
 		sh.mu.Lock()
 		children := sh.children
 		sh.children, sh.peak = map[childKey]*child{}, 0
-		sh.mu.Unlock()
 		pids := make([]*actor.PID, 0, len(children))
 		for _, c := range children {
 			pids = append(pids, c.pid)
+			s.markHandingOff(c.pid) // as in dropMoved
 		}
+		sh.mu.Unlock()
 		s.metrics.active.Sub(float64(len(pids)))
 		s.metrics.moved.Add(float64(len(pids)))
 		s.handoff(pids)

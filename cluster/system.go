@@ -77,8 +77,9 @@ type System struct {
 	onRejoin func()
 
 	// handingOff holds the PIDs (by id) of actors handing off.
-	handingOff sync.Map
-	left       atomic.Bool // Shutdown has begun
+	handingOff  sync.Map
+	handingOffN atomic.Int64 // its entries
+	left        atomic.Bool  // Shutdown has begun
 
 	// memberGates are the gate instances of live members as of the last
 	// view (owned by the membership's watcher goroutine).
@@ -817,8 +818,9 @@ func (r *replyRegistry) sentTo(id uint64, address string) {
 }
 
 // failTo answers every request sent to the member at address with a
-// retryable failure (its connection broke: they were lost with it), and
-// returns how many.
+// retryable failure (its connection broke: a request or its reply was
+// lost with it, so it may or may not have taken effect), and returns how
+// many.
 func (r *replyRegistry) failTo(address string) int {
 	var lost []uint64
 	for i := range r.shards {
@@ -838,7 +840,7 @@ func (r *replyRegistry) failTo(address string) int {
 	}
 	for _, id := range lost {
 		r.deliver(&actorpb.Reply{ReqId: id, Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{
-			Code: int32(codes.Unavailable), Message: "cluster: the connection to the node that owns the identity broke; retry"}}})
+			Code: int32(codes.Unavailable), Message: "cluster: the connection to the node that owns the identity broke: the request may or may not have taken effect; retry with the same idempotency key"}}})
 	}
 	return len(lost)
 }

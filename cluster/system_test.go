@@ -369,3 +369,69 @@ func TestRepliesFailToBrokenMember(t *testing.T) {
 		t.Fatalf("reply %v", rep)
 	}
 }
+
+// TestNoActivationAfterTheIdentityMoved: a sender that read the
+// placement before a view change moved an identity away (and dropMoved
+// ran) does not activate it here: it is routed again (here, with no
+// member left, refused), not served by a node that does not own it. And
+// an actor retired while it is handed off leaves no handoff pending.
+func TestNoActivationAfterTheIdentityMoved(t *testing.T) {
+	var sys *System
+	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{sys: sys, log: &sync.Map{}} }, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sys.Shutdown)
+	if err := sys.Join(context.Background(), membership.Member{Name: "t", Roles: membership.RoleActors}, nil); err != nil {
+		t.Fatal(err)
+	}
+	presence := func(uid string) *actorpb.Envelope {
+		return &actorpb.Envelope{AppCode: 1, Uid: uid, Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := sys.Request(ctx, presence("held")); err != nil {
+		t.Fatal(err)
+	}
+	held := identityHash(1, "held")
+	sh := &sys.local[shard(held, len(sys.local))]
+	sh.mu.Lock()
+	pid := sh.children[childKey{1, "held"}].pid
+	sh.mu.Unlock()
+
+	// The view changes: no member hosts identities any more.
+	gone := newPlacement(nil, sys.cfg.Shards, 99)
+	sys.placement.Store(gone)
+	// A handoff whose actor is retired (fenced) before its Handoff is
+	// sent: dropMoved's part under the lock, Retire, then the send.
+	sh.mu.Lock()
+	delete(sh.children, childKey{1, "held"})
+	sys.markHandingOff(pid)
+	sh.mu.Unlock()
+	sys.Retire(1, "held", pid)
+	sys.handoff([]*actor.PID{pid})
+	if n := sys.handoffsPending(); n != 0 {
+		t.Fatalf("%d handoffs pending after the actor was retired", n)
+	}
+
+	// A sender that read the old placement delivers here.
+	id, ch := sys.replies.register()
+	env := presence("late")
+	env.ReqId, env.ReplyAddress = id, sys.Address()
+	sys.routeLocal(identityHash(1, "late"), env)
+	select {
+	case r := <-ch:
+		if r.GetFailure().GetCode() != int32(codes.Unavailable) {
+			t.Fatalf("a request for a moved identity answered %v, want UNAVAILABLE", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer")
+	}
+	lsh := &sys.local[shard(identityHash(1, "late"), len(sys.local))]
+	lsh.mu.Lock()
+	_, activated := lsh.children[childKey{1, "late"}]
+	lsh.mu.Unlock()
+	if activated {
+		t.Fatal("an identity this node does not own was activated here")
+	}
+}
