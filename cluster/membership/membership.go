@@ -507,7 +507,6 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 	// The lease runs from a refresh of the new instance sent now, not
 	// from its registration: the calls and the wait above may have taken
 	// most of a TTL.
-	m.renew(registered)
 	rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
 	sent := time.Now()
 	err := m.be.pass(rctx, self.ID)
@@ -515,9 +514,11 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 		err = m.be.reach(rctx)
 	}
 	cancel()
-	if err == nil {
-		m.renew(sent)
+	if err != nil {
+		sent = registered
 	}
+	// Renewed right before the hooks hear of it (no call in between).
+	m.renew(sent)
 	m.metrics.rejoins.Inc()
 	if !m.LeaseValid() {
 		// Its registration's lease ran out meanwhile: the next tick
