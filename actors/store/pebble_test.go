@@ -190,7 +190,9 @@ func TestPebbleSweepKeepsUp(t *testing.T) {
 	// 3 s on this machine (2 cores, shared) without the race detector.
 	bound := 60 * time.Second
 	if testkit.RaceEnabled {
-		bound *= 5
+		// 3 min measured with the race detector on an idle machine: room
+		// for the rest of a CI run's packages beside it.
+		bound *= 8
 	}
 	start := time.Now()
 	testkit.Eventually(t, bound, func() bool { return swept.Load() == identities*perIdentity },
