@@ -119,8 +119,8 @@ func (c *Config) Validate() error {
 	if err := m.Validate(); err != nil {
 		return err
 	}
-	if c.Shards < 1 || c.Shards > 256 {
-		return fmt.Errorf("cluster.shards %d: must be in [1, 256]", c.Shards)
+	if c.Shards < 1 || c.Shards > maxShards {
+		return fmt.Errorf("cluster.shards %d: must be in [1, %d]", c.Shards, maxShards)
 	}
 	if c.RequestTimeout <= 0 {
 		return fmt.Errorf("cluster.request-timeout %v: must be positive", c.RequestTimeout)
@@ -151,3 +151,7 @@ func checkRemotingExposure(c *Config) error {
 		"the actor remoting port accepts envelopes from whoever connects, so set cluster.tls-ca, cluster.tls-cert "+
 		"and cluster.tls-key before other machines may reach it (docs/operating.md)", c.Bind)
 }
+
+// maxShards bounds cluster.shards (and what a member's registration may
+// say of its own).
+const maxShards = 256

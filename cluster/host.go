@@ -140,6 +140,9 @@ func (s *System) HandedOff(_ uint16, _ string, pid *actor.PID) {
 // in flight and stop (*actorpb.Handoff). The caller recorded them in
 // handingOff, under their shard's lock.
 func (s *System) handoff(pids []*actor.PID) {
+	if s.beforeHandoff != nil {
+		s.beforeHandoff(pids)
+	}
 	for _, pid := range pids {
 		s.metrics.handoffs.Inc()
 		s.actors.Root.Send(pid, &actorpb.Handoff{})

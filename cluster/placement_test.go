@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"github.com/courier-im/courier/cluster/membership"
 	"testing"
 )
 
@@ -88,5 +89,29 @@ func TestPlacementUsesEachMembersShards(t *testing.T) {
 				t.Fatalf("%s host %d: %v", m.address, i, h)
 			}
 		}
+	}
+}
+
+// TestShardsOfAnAddressWithTwoInstances: a restarted node's old instance
+// may still be listed beside its new one at the same address; the fewer
+// shards of the two are used (any host routes to the member's
+// identities), and a count past the bound is cut to it.
+func TestShardsOfAnAddressWithTwoInstances(t *testing.T) {
+	live := membership.HealthPassing
+	v := &membership.View{Members: []membership.Member{
+		{ID: "a-old", Address: "a:1", Health: live, Shards: 16},
+		{ID: "a-new", Address: "a:1", Health: live, Shards: 8},
+		{ID: "b", Address: "b:1", Health: live, Shards: 1 << 20},
+		{ID: "c-gone", Address: "c:1", Health: membership.HealthCritical, Shards: 2},
+	}}
+	of := shardsIn(v)
+	if n := of("a:1"); n != 8 {
+		t.Fatalf("a: %d shards, want 8", n)
+	}
+	if n := of("b:1"); n != maxShards {
+		t.Fatalf("b: %d shards, want %d", n, maxShards)
+	}
+	if n := of("c:1"); n != 0 {
+		t.Fatalf("c (not live): %d shards, want 0 (this node's count)", n)
 	}
 }

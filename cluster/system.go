@@ -79,7 +79,10 @@ type System struct {
 	// handingOff holds the PIDs (by id) of actors handing off.
 	handingOff  sync.Map
 	handingOffN atomic.Int64 // its entries
-	left        atomic.Bool  // Shutdown has begun
+	// beforeHandoff, if set, is called with the actors about to be told
+	// to hand off (tests: what happens between dropMoved's lock and it).
+	beforeHandoff func([]*actor.PID)
+	left          atomic.Bool // Shutdown has begun
 
 	// memberGates are the gate instances of live members as of the last
 	// view (owned by the membership's watcher goroutine).
@@ -324,12 +327,17 @@ func (s *System) onView(v *membership.View) {
 // runs (0 when it does not say).
 func shardsIn(v *membership.View) func(string) int {
 	return func(addr string) int {
+		// The fewest of the live instances there (a restarted node's old
+		// instance may still be listed): any host of a member routes to
+		// its identities, so a count below its own is safe, one above is
+		// not.
+		n := 0
 		for _, m := range v.Members {
-			if m.Address == addr && m.Live() {
-				return m.Shards
+			if m.Address == addr && m.Live() && m.Shards > 0 && (n == 0 || m.Shards < n) {
+				n = m.Shards
 			}
 		}
-		return 0
+		return min(n, maxShards)
 	}
 }
 

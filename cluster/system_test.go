@@ -402,14 +402,17 @@ func TestNoActivationAfterTheIdentityMoved(t *testing.T) {
 	// The view changes: no member hosts identities any more.
 	gone := newPlacement(nil, sys.cfg.Shards, 99)
 	sys.placement.Store(gone)
-	// A handoff whose actor is retired (fenced) before its Handoff is
-	// sent: dropMoved's part under the lock, Retire, then the send.
-	sh.mu.Lock()
-	delete(sh.children, childKey{1, "held"})
-	sys.markHandingOff(pid)
-	sh.mu.Unlock()
-	sys.Retire(1, "held", pid)
-	sys.handoff([]*actor.PID{pid})
+	// A handoff whose actor is retired (fenced) after dropMoved let go of
+	// its shard's lock, before its Handoff is sent.
+	sys.beforeHandoff = func(pids []*actor.PID) {
+		for _, p := range pids {
+			if p.Id == pid.Id {
+				sys.Retire(1, "held", pid)
+			}
+		}
+	}
+	sys.dropMoved(gone)
+	sys.beforeHandoff = nil
 	if n := sys.handoffsPending(); n != 0 {
 		t.Fatalf("%d handoffs pending after the actor was retired", n)
 	}

@@ -406,10 +406,15 @@ func testExpiredByIndex(t *testing.T, k kind) {
 func testExpiredEarliestFirst(t *testing.T, k kind) {
 	c := newClock()
 	s, _ := k.open(t, opts{clock: c})
-	// Written latest-expired first, so that neither the order of writing
-	// nor that of the uids gives the answer.
-	for i, ago := range []time.Duration{time.Second, time.Minute, 2 * time.Hour, 3 * time.Hour} {
-		id := Identity{App: 1, UID: fmt.Sprint("u", 9-i)}
+	// Neither the order of writing nor that of the uids gives the
+	// answer: the earliest expired are u8 and u6, written second and
+	// fourth.
+	for _, w := range []struct {
+		uid string
+		ago time.Duration
+	}{{"u9", time.Minute}, {"u8", 3 * time.Hour}, {"u7", time.Second}, {"u6", 2 * time.Hour}} {
+		id := Identity{App: 1, UID: w.uid}
+		ago := w.ago
 		e := entry(1)
 		e.ExpiresAtMs = c.At(-ago)
 		mustSubmit(t, s, &Write{ID: id, Owner: load(t, s, id).Owner, Put: []*actorpb.InboxEntry{e}})
@@ -419,8 +424,8 @@ func testExpiredEarliestFirst(t *testing.T, k kind) {
 		t.Fatal(err)
 	}
 	sort.Strings(got)
-	if len(got) != 2 || got[0] != "u6" || got[1] != "u7" {
-		t.Fatalf("the two earliest expired: %v, want [u6 u7]", got)
+	if len(got) != 2 || got[0] != "u6" || got[1] != "u8" {
+		t.Fatalf("the two earliest expired: %v, want [u6 u8]", got)
 	}
 }
 

@@ -78,8 +78,17 @@ func (m *Membership) mono(t time.Time) int64 { return max(int64(t.Sub(m.clock0))
 // monotonic clock stops with it); either running out first is the safe
 // way to be wrong.
 func (m *Membership) renew(sent time.Time) {
+	if m.selfBlocked() {
+		// Seen out (SeenOut, or this node's own watch) while the refresh
+		// was in flight: the instance is done; a rejoin follows.
+		return
+	}
 	extend(&m.lease, m.mono(sent.Add(m.cfg.TTL)))
 	extend(&m.leaseWall, sent.Add(m.cfg.TTL).UnixNano())
+	if m.selfBlocked() {
+		m.lease.Store(0) // blocked meanwhile: undo
+		m.leaseWall.Store(0)
+	}
 }
 
 // extend raises v to until unless it is already later.

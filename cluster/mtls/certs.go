@@ -59,6 +59,9 @@ func IssueNode(ca PEM, name string, hosts []string, validity time.Duration) (PEM
 	if err != nil {
 		return PEM{}, err
 	}
+	if !time.Now().Before(caCert.NotAfter) {
+		return PEM{}, fmt.Errorf("mtls: the CA expired on %s: make a new one", caCert.NotAfter.UTC().Format(time.RFC3339))
+	}
 	notAfter := time.Now().Add(validity)
 	if notAfter.After(caCert.NotAfter) {
 		notAfter = caCert.NotAfter

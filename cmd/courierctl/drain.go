@@ -96,6 +96,12 @@ func waitGone(f *apiFlags, cl apipb.CourierClient, before *apipb.MembersResponse
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.key)
 		r, err := cl.Members(ctx, &apipb.MembersRequest{})
 		cancel()
+		switch status.Code(err) {
+		case codes.OK, codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Canceled:
+		default:
+			// A refusal (the key, the call): waiting will not change it.
+			return fmt.Errorf("waiting for the node to leave: %w", err)
+		}
 		if err == nil {
 			left := 0
 			for _, x := range r.Members {
