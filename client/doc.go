@@ -39,6 +39,11 @@
 // across restarts persists the ids it handled and LastSeq (pass it as
 // Config.ResumeSeq). A send whose context ends before its answer may or
 // may not have been accepted; resend it with the same client message id.
+// The connection is read all the time, answers included, however far
+// behind the app is: past Config.RecvBuffer waiting messages a stored one
+// is left unacknowledged (the server delivers it again) and a
+// fire-and-forget push, which nothing keeps, is dropped and counted
+// (DroppedPushes; they may fill three quarters of the buffer).
 //
 // Conn is the layer below: one connection's framing, compression and body
 // codecs, for tests and tools that need to write arbitrary frames.
