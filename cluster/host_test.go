@@ -1,8 +1,17 @@
 package cluster
 
 import (
+	"context"
 	"strconv"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/grpc/codes"
+
+	"github.com/courier-im/courier/cluster/membership"
+	"github.com/courier-im/courier/messages/actorpb"
 )
 
 // TestShardShrinksAfterPassivations: a shard's map is rebuilt once it
@@ -51,5 +60,77 @@ func TestShardShrinksAfterPassivations(t *testing.T) {
 	m[childKey{1, "y"}] = &child{}
 	if _, ok := small.children[childKey{1, "y"}]; !ok {
 		t.Fatal("a shard that never held shardShrinkMin children was rebuilt")
+	}
+}
+
+// (In this file, not system_test.go: a System started after
+// TestRequestToUnreachableOwnerFailsFast races with the gRPC logger its
+// endpoint writers use; see there.)
+// TestNoActivationAfterTheIdentityMoved: a sender that read the
+// placement before a view change moved an identity away (and dropMoved
+// ran) does not activate it here: it is routed again (here, with no
+// member left, refused), not served by a node that does not own it. And
+// an actor retired while it is handed off leaves no handoff pending.
+func TestNoActivationAfterTheIdentityMoved(t *testing.T) {
+	var sys *System
+	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{sys: sys, log: &sync.Map{}} }, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sys.Shutdown)
+	if err := sys.Join(context.Background(), membership.Member{Name: "t", Roles: membership.RoleActors}, nil); err != nil {
+		t.Fatal(err)
+	}
+	presence := func(uid string) *actorpb.Envelope {
+		return &actorpb.Envelope{AppCode: 1, Uid: uid, Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := sys.Request(ctx, presence("held")); err != nil {
+		t.Fatal(err)
+	}
+	held := identityHash(1, "held")
+	sh := &sys.local[shard(held, len(sys.local))]
+	sh.mu.Lock()
+	pid := sh.children[childKey{1, "held"}].pid
+	sh.mu.Unlock()
+
+	// The view changes: no member hosts identities any more.
+	gone := newPlacement(nil, sys.cfg.Shards, 99)
+	sys.placement.Store(gone)
+	// A handoff whose actor is retired (fenced) after dropMoved let go of
+	// its shard's lock, before its Handoff is sent.
+	sys.beforeHandoff = func(pids []*actor.PID) {
+		for _, p := range pids {
+			if p.Id == pid.Id {
+				sys.Retire(1, "held", pid)
+			}
+		}
+	}
+	sys.dropMoved(gone)
+	sys.beforeHandoff = nil
+	if n := sys.handoffsPending(); n != 0 {
+		t.Fatalf("%d handoffs pending after the actor was retired", n)
+	}
+
+	// A sender that read the old placement delivers here.
+	id, ch := sys.replies.register()
+	env := presence("late")
+	env.ReqId, env.ReplyAddress = id, sys.Address()
+	sys.routeLocal(identityHash(1, "late"), env)
+	select {
+	case r := <-ch:
+		if r.GetFailure().GetCode() != int32(codes.Unavailable) {
+			t.Fatalf("a request for a moved identity answered %v, want UNAVAILABLE", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer")
+	}
+	lsh := &sys.local[shard(identityHash(1, "late"), len(sys.local))]
+	lsh.mu.Lock()
+	_, activated := lsh.children[childKey{1, "late"}]
+	lsh.mu.Unlock()
+	if activated {
+		t.Fatal("an identity this node does not own was activated here")
 	}
 }
