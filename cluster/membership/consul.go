@@ -29,11 +29,23 @@ type consulBackend struct {
 }
 
 func newConsulBackend(cfg *Config, log *slog.Logger) (*consulBackend, error) {
+	// The defaults read Consul's own variables (CONSUL_HTTP_TOKEN,
+	// CONSUL_CACERT, CONSUL_CLIENT_CERT, ...): kept unless a setting says
+	// otherwise.
 	ccfg := api.DefaultConfig()
 	ccfg.Address = cfg.Consul
-	ccfg.Token = cfg.ConsulToken
-	// Blocking queries wait up to 10 s; the client must wait longer.
-	ccfg.HttpClient = &http.Client{Timeout: 20 * time.Second}
+	if cfg.ConsulToken != "" {
+		ccfg.Token = cfg.ConsulToken
+	}
+	// Blocking queries wait up to 10 s; the client must wait longer. The
+	// client is built as the api package would (its TLS settings kept),
+	// with that timeout.
+	hc, err := api.NewHttpClient(ccfg.Transport, ccfg.TLSConfig)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.consul %q: TLS settings (CONSUL_CACERT, ...): %w", cfg.Consul, err)
+	}
+	hc.Timeout = 20 * time.Second
+	ccfg.HttpClient = hc
 	c, err := api.NewClient(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("cluster.consul %q: %w", cfg.Consul, err)

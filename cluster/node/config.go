@@ -70,6 +70,9 @@ type Config struct {
 	// StoreTimeout bounds one PostgreSQL transaction, load or lookup
 	// (default 5 s): beyond it the operation fails as unavailable.
 	StoreTimeout time.Duration
+	// ConsulTokenFile names a file holding the Consul ACL token
+	// (cluster.consul-token), kept out of argv and the environment.
+	ConsulTokenFile string
 	// ClusterLocalStore lets a cluster node (Consul) with the actors role
 	// keep its own Pebble inbox: identities that move lose what was
 	// stored for them (trials, --dev, tests that need no shared store).
@@ -184,6 +187,16 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	}
 	if err := c.resolveStore(); err != nil {
 		return nil, nil, err
+	}
+	if c.ConsulTokenFile != "" {
+		if c.Cluster.ConsulToken != "" {
+			return nil, nil, errors.New("node: cluster.consul-token and cluster.consul-token-file: set only one")
+		}
+		tok, err := readSecret(c.ConsulTokenFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("node: cluster.consul-token-file %s: %w", c.ConsulTokenFile, err)
+		}
+		c.Cluster.ConsulToken, c.ConsulTokenFile = strings.TrimSpace(tok), ""
 	}
 	if roles, err := c.roles(); err == nil && roles.Has(membership.RoleActors) && c.Store == "pebble" &&
 		c.Cluster.Provider == membership.ProviderConsul && !c.ClusterLocalStore {

@@ -96,6 +96,8 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreLanes = "postgres", "x", 16 }, "store.lanes")
 	bad(func(c *Config) { c.StoreTimeout = time.Millisecond }, "store.timeout")
 	bad(func(c *Config) { c.Cluster.Provider = "consul" }, "cluster.local-store")
+	bad(func(c *Config) { c.ConsulTokenFile = "/nonexistent/token" }, "cluster.consul-token-file")
+	bad(func(c *Config) { c.ConsulTokenFile, c.Cluster.ConsulToken = "/nonexistent/token", "t" }, "set only one")
 	for _, ok := range []func(*Config){
 		func(c *Config) { c.Cluster.Provider, c.ClusterLocalStore = "consul", true },
 		func(c *Config) { c.Cluster.Provider, c.Roles = "consul", "gate,api" },
@@ -259,5 +261,20 @@ func TestSettingsErrorsUseTheNodesNames(t *testing.T) {
 	err := gateError(fmt.Errorf("%w: Config.AppSecrets: empty and no Config.Authenticator", gate.ErrInvalidConfig))
 	if !strings.Contains(err.Error(), "app-secret: none set") || strings.Contains(err.Error(), "Config.") {
 		t.Errorf("no app secret: %v", err)
+	}
+}
+
+// TestConsulTokenFromAFile: the token file's content (trimmed) is the
+// token.
+func TestConsulTokenFromAFile(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(f, []byte("  s3cr3t-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := DefaultConfig()
+	c.AppSecrets = map[string]string{"1": "0123456789abcdef"}
+	c.ConsulTokenFile = f
+	if _, _, err := c.resolve(); err != nil || c.Cluster.ConsulToken != "s3cr3t-token" {
+		t.Fatalf("token %q, %v", c.Cluster.ConsulToken, err)
 	}
 }
