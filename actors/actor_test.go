@@ -640,21 +640,12 @@ func TestActorPassivatesAfterBeingBusy(t *testing.T) {
 	h := newActorHarness(t, nil)
 	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
 	h.login(alice, c)
-	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil {
-		t.Fatalf("push: %v", rep)
-	}
-	var s2c []*actorpb.OutFrame
-	testkit.Eventually(t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) > 0 }, "no delivery")
+	m := h.pushDelivered(alice)
 	time.Sleep(3 * h.cfg.PassivateAfter) // idle timers fire while the message waits for its ack
 	if h.r.count(h.r.passivated, alice) != 0 {
 		t.Fatal("passivated with a message in flight")
 	}
-	var m devicepb.S2C
-	if err := proto.Unmarshal(s2c[0].Body, &m); err != nil {
-		t.Fatal(err)
-	}
-	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
-	h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
+	h.ackS2C(alice, c, m.MsgId)
 	h.waitPassivated(alice, 1)
 }
 
@@ -735,23 +726,43 @@ func TestDeletionsWaitForTheNextWrite(t *testing.T) {
 // acknowledges its delivery.
 func (h *actorHarness) pushAndAck(id store.Identity, c *actorpb.ConnRef) {
 	h.t.Helper()
+	m := h.pushDelivered(id)
+	h.r.mu.Lock()
+	h.r.conns = nil
+	h.r.mu.Unlock()
+	h.ackS2C(id, c, m.MsgId)
+	if p := h.presence(id); p.Pending != 0 { // answered after the ack
+		h.t.Fatalf("pending %d after the ack", p.Pending)
+	}
+}
+
+// pushDelivered pushes a stored message to id, which is logged in, and
+// returns the first S2C delivered.
+func (h *actorHarness) pushDelivered(id store.Identity) *devicepb.S2C {
+	h.t.Helper()
 	if rep := h.r.request(env(id, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil {
 		h.t.Fatalf("push: %v", rep)
 	}
 	var s2c []*actorpb.OutFrame
 	testkit.Eventually(h.t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) > 0 }, "no delivery")
-	h.r.mu.Lock()
-	h.r.conns = nil
-	h.r.mu.Unlock()
 	var m devicepb.S2C
 	if err := proto.Unmarshal(s2c[0].Body, &m); err != nil {
 		h.t.Fatal(err)
 	}
-	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
+	return &m
+}
+
+// ackS2C sends the S2C_ACK of msgID from id's connection c.
+func (h *actorHarness) ackS2C(id store.Identity, c *actorpb.ConnRef, msgID string) {
+	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: msgID})
 	h.r.Send(env(id, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
-	if p := h.presence(id); p.Pending != 0 { // answered after the ack
-		h.t.Fatalf("pending %d after the ack", p.Pending)
-	}
+}
+
+// writeCount returns how many writes the store has applied.
+func (h *actorHarness) writeCount() int {
+	h.store.mu.Lock()
+	defer h.store.mu.Unlock()
+	return len(h.store.writes)
 }
 
 // TestHandoffWaitsForTheDeletions: an actor handing its identity off
@@ -923,9 +934,7 @@ func TestStalledStoreRefusesNewWrites(t *testing.T) {
 	h := newActorHarness(t, nil)
 	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
 	h.login(alice, c)
-	h.store.mu.Lock()
-	before := len(h.store.writes)
-	h.store.mu.Unlock()
+	before := h.writeCount()
 	h.store.stalled.Store(true)
 	rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")}))
 	if f := rep.GetFailure(); f == nil || f.Code != int32(codes.Unavailable) ||
@@ -944,10 +953,7 @@ func TestStalledStoreRefusesNewWrites(t *testing.T) {
 	if rep := h.r.request(env(alice, &actorpb.Push{Payload: []byte("gps")})); rep.GetPush() == nil {
 		t.Fatalf("fire-and-forget while the store is stalled: %v", rep)
 	}
-	h.store.mu.Lock()
-	after := len(h.store.writes)
-	h.store.mu.Unlock()
-	if after != before {
+	if after := h.writeCount(); after != before {
 		t.Fatalf("%d writes reached the store while it was stalled", after-before)
 	}
 	h.store.stalled.Store(false)
@@ -1136,17 +1142,7 @@ func TestAcknowledgedDeletedWhileActive(t *testing.T) {
 	h := newActorHarness(t, nil)
 	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
 	h.login(alice, c)
-	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil {
-		t.Fatalf("push: %v", rep)
-	}
-	var s2c []*actorpb.OutFrame
-	testkit.Eventually(t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) > 0 }, "no delivery")
-	var m devicepb.S2C
-	if err := proto.Unmarshal(s2c[0].Body, &m); err != nil {
-		t.Fatal(err)
-	}
-	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
-	h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
+	h.ackS2C(alice, c, h.pushDelivered(alice).MsgId)
 	deadline := time.Now().Add(5 * time.Second)
 	for h.store.stored(alice) != 0 {
 		if time.Now().After(deadline) {
@@ -1170,26 +1166,12 @@ func TestNoDeletionsWrittenWhileStalled(t *testing.T) {
 	h := newActorHarness(t, nil)
 	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
 	h.login(alice, c)
-	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")})); rep.GetPush() == nil {
-		t.Fatalf("push: %v", rep)
-	}
-	var s2c []*actorpb.OutFrame
-	testkit.Eventually(t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) > 0 }, "no delivery")
-	var m devicepb.S2C
-	if err := proto.Unmarshal(s2c[0].Body, &m); err != nil {
-		t.Fatal(err)
-	}
+	m := h.pushDelivered(alice)
 	h.store.stalled.Store(true)
-	h.store.mu.Lock()
-	writes := len(h.store.writes)
-	h.store.mu.Unlock()
-	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
-	h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
+	writes := h.writeCount()
+	h.ackS2C(alice, c, m.MsgId)
 	time.Sleep(5 * h.cfg.PassivateAfter)
-	h.store.mu.Lock()
-	after := len(h.store.writes)
-	h.store.mu.Unlock()
-	if after != writes {
+	if after := h.writeCount(); after != writes {
 		t.Fatalf("%d writes while the store was stalled", after-writes)
 	}
 	if n := len(h.r.frames(uint32(messages.CmdS2C))); n != 1 {
