@@ -126,6 +126,18 @@ func kinds() []kind {
 // called.
 func lockTables(t *testing.T, s *Postgres, tables ...string) func() {
 	t.Helper()
+	var stmts []string
+	for _, table := range tables {
+		stmts = append(stmts, "LOCK TABLE "+table+" IN ACCESS EXCLUSIVE MODE")
+	}
+	return holdLocks(t, s, stmts...)
+}
+
+// holdLocks has another session of the database run stmts in a
+// transaction and hold the locks they take until the returned function
+// is called.
+func holdLocks(t *testing.T, s *Postgres, stmts ...string) func() {
+	t.Helper()
 	ctx := context.Background()
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -137,9 +149,9 @@ func lockTables(t *testing.T, s *Postgres, tables ...string) func() {
 		// transaction idle for store.timeout, this one holds its locks.
 		_, err = tx.Exec(ctx, "SET LOCAL idle_in_transaction_session_timeout = 0")
 	}
-	for _, table := range tables {
+	for _, stmt := range stmts {
 		if err == nil {
-			_, err = tx.Exec(ctx, "LOCK TABLE "+table+" IN ACCESS EXCLUSIVE MODE")
+			_, err = tx.Exec(ctx, stmt)
 		}
 	}
 	if err != nil {

@@ -401,21 +401,7 @@ func TestPostgresLockedIdentityFailsAlone(t *testing.T) {
 	if _, err := s.Load(ctx, locked); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := conn.Begin(ctx)
-	if err == nil {
-		_, err = tx.Exec(ctx, "SET LOCAL idle_in_transaction_session_timeout = 0")
-	}
-	if err == nil {
-		_, err = tx.Exec(ctx, "SELECT 1 FROM courier_identities WHERE app = 1 AND uid = $1 FOR UPDATE", []byte(locked.UID))
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx); conn.Release() }()
+	defer holdLocks(t, s, "SELECT 1 FROM courier_identities WHERE app = 1 AND uid = 'paused' FOR UPDATE")()
 
 	// One round trip of the locked identity and 20 others, as a reader
 	// forms it under load.
