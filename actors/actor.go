@@ -146,7 +146,7 @@ type (
 // Answers of envelopes the actor cannot hand to its machine.
 const (
 	overloaded = "the inbox store is overloaded (the node's store writes in flight, actors.max-pending-writes, or reads queued, store.read-queue, are at their bound): nothing was accepted; retry later with the same idempotency key"
-	stalled    = "the inbox store has not completed a commit for longer than store.stall-after (its disk or database does not answer): nothing was accepted; retry later with the same idempotency key"
+	stalled    = "the inbox store has not completed a commit for longer than store.stall-after (its disk does not answer): nothing was accepted; retry later with the same idempotency key"
 	crashed    = "the identity's actor failed while this request was in flight: it may or may not have been accepted; retry later with the same idempotency key"
 )
 
