@@ -195,6 +195,9 @@ type deviceActor struct {
 	// machine that panics again and again (a record this binary cannot
 	// handle) is not reloaded by itself more than maxCrashReloads times.
 	crashes uint8
+	// writeFails counts the store writes that failed in a row: from the
+	// second, the reload that follows waits (scheduleReload).
+	writeFails uint8
 	// writing: a write taken from a machine has not completed. No machine
 	// is loaded meanwhile (the load could miss the write).
 	writing bool
@@ -442,11 +445,23 @@ func (a *deviceActor) writeDone(ctx actor.Context, err error) {
 		a.perform(ctx) // the failures
 		a.unapplied = a.unapplied || hasWork(a.d)
 		a.d, a.prefetched = nil, nil
-		if a.read == nil { // else the lookup's answer starts its envelope over
+		if a.writeFails < 255 {
+			a.writeFails++
+		}
+		switch {
+		case a.read != nil: // the lookup's answer starts its envelope over
+		case a.writeFails == 1:
 			a.startLoad(ctx, nil)
+		default:
+			// Failing again (a store refusing every write: a stalled
+			// disk): each reload would claim the identity and write the
+			// same again at once. Later, then, and for sure (a close
+			// applied by the load must still be written).
+			a.unapplied = true
+			a.scheduleReload(ctx)
 		}
 	default:
-		a.crashes = 0 // the machine works
+		a.crashes, a.writeFails = 0, 0 // the machine works
 	}
 }
 
@@ -559,7 +574,10 @@ func (a *deviceActor) scheduleReload(ctx actor.Context) {
 	if a.reloadStep < maxReloadStep {
 		a.reloadStep++
 	}
-	wait := min(100*time.Millisecond<<(a.reloadStep-1), 5*time.Second)
+	// A load that succeeds resets reloadStep; writes failing one after
+	// the other still wait longer each time.
+	step := max(int(a.reloadStep), min(int(a.writeFails)-1, maxReloadStep))
+	wait := min(100*time.Millisecond<<(step-1), 5*time.Second)
 	// From half to the whole of it: the actors a store outage stopped do
 	// not all retry at the same moments.
 	wait = wait/2 + rand.N(wait/2+1)

@@ -278,6 +278,11 @@ func (s *fakeStore) Submit(w *store.Write, done func(error)) {
 		done(store.ErrClosed)
 		return
 	}
+	if s.stalled.Load() {
+		// As the committer does: refused at once, inline.
+		done(fmt.Errorf("%w: a commit has waited for the disk (store.stall-after)", store.ErrUnavailable))
+		return
+	}
 	s.queue <- pendingWrite{w, done}
 }
 
@@ -960,6 +965,26 @@ func TestStalledStoreRefusesNewWrites(t *testing.T) {
 	if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("y")})); rep.GetPush() == nil {
 		t.Fatalf("stored push once the store is back: %v", rep)
 	}
+}
+
+// TestRefusedWritesBackOff: a close that needs a write while the store
+// refuses every write (a stalled disk) is retried with a backoff, not at
+// the actor's speed (each retry a load, and a claim of the identity), and
+// applied once the store takes writes again.
+func TestRefusedWritesBackOff(t *testing.T) {
+	h := newActorHarness(t, nil)
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	before := h.store.loads.Load()
+	h.store.stalled.Store(true)
+	h.r.Send(env(alice, &actorpb.DeviceClosed{Conn: c, Epoch: 1}))
+	time.Sleep(500 * time.Millisecond)
+	if n := h.store.loads.Load() - before; n > 5 {
+		t.Fatalf("%d loads in 500 ms while every write was refused", n)
+	}
+	h.store.stalled.Store(false)
+	testkit.Eventually(t, 10*time.Second, func() bool { return !h.store.session(alice).GetOnline() },
+		"the session's end was never written once the store took writes again")
 }
 
 // handoff does what the routing layer does when another member comes to
