@@ -90,11 +90,14 @@ type Counts struct {
 	// Misrouted: delivered to another identity than the one it was sent
 	// to.
 	Misrouted int64 `json:"misrouted"`
+	// WrongSeq: first deliveries whose seq differs from the one the API
+	// answered for that msg id (pushes only: a C2C_ACK carries no seq).
+	WrongSeq int64 `json:"wrong_seq"`
 	// Unconfirmed: received, but the sender never heard it was accepted
 	// (it gave up, or the answer was lost and not retried yet).
 	Unconfirmed int64 `json:"unconfirmed"`
 	// LostSample names a few lost keys, for the report; DisorderSample a
-	// few first deliveries out of order, and seqs reused.
+	// few first deliveries out of order, seqs reused and wrong seqs.
 	LostSample     []string `json:"lost_sample,omitempty"`
 	DisorderSample []string `json:"disorder_sample,omitempty"`
 }
@@ -190,11 +193,12 @@ type Ledger struct {
 }
 
 // Clean reports whether nothing accepted was lost, stored twice,
-// delivered out of order or given a reused seq, and no device saw
-// anything unexpected. C2S lost to a crash is allowed when c2sLossOK.
+// delivered out of order, misrouted, given a reused seq or another seq
+// than the API answered, and no device saw anything unexpected. C2S lost
+// to a crash is allowed when c2sLossOK.
 func (l *Ledger) Clean(c2sLossOK bool) bool {
 	for _, c := range []Counts{l.Pushes, l.C2C} {
-		if c.Lost != 0 || c.StoredTwice != 0 || c.OutOfOrder != 0 || c.SeqReused != 0 || c.Misrouted != 0 {
+		if c.Lost != 0 || c.StoredTwice != 0 || c.OutOfOrder != 0 || c.SeqReused != 0 || c.Misrouted != 0 || c.WrongSeq != 0 {
 			return false
 		}
 	}
@@ -222,8 +226,8 @@ func (l *Ledger) CleanButC2SOf(gates ...string) bool {
 func (l *Ledger) String() string {
 	var b strings.Builder
 	row := func(name string, c Counts) {
-		fmt.Fprintf(&b, "%-6s accepted %d  delivered %d  lost %d  stored twice %d  redelivered %d  out of order %d  seq reused %d  misrouted %d  unconfirmed %d\n",
-			name, c.Accepted, c.Delivered, c.Lost, c.StoredTwice, c.Redelivered, c.OutOfOrder, c.SeqReused, c.Misrouted, c.Unconfirmed)
+		fmt.Fprintf(&b, "%-6s accepted %d  delivered %d  lost %d  stored twice %d  redelivered %d  out of order %d  seq reused %d  wrong seq %d  misrouted %d  unconfirmed %d\n",
+			name, c.Accepted, c.Delivered, c.Lost, c.StoredTwice, c.Redelivered, c.OutOfOrder, c.SeqReused, c.WrongSeq, c.Misrouted, c.Unconfirmed)
 		if len(c.LostSample) > 0 {
 			fmt.Fprintf(&b, "       lost, for example: %s\n", strings.Join(c.LostSample, ", "))
 		}
@@ -266,13 +270,17 @@ func count(kind Kind, accepts []accept, receipts []receipt) Counts {
 	var c Counts
 	ids := map[string]map[string]bool{} // key -> msg ids (accepted or received)
 	accepted := map[string]bool{}
-	to := map[string]string{} // key -> the identity it was sent to
+	to := map[string]string{}     // key -> the identity it was sent to
+	apiSeq := map[string]uint32{} // msg id -> the seq the API answered (0: unknown)
 	for _, a := range accepts {
 		if a.kind != kind {
 			continue
 		}
 		accepted[a.key] = true
 		to[a.key] = a.uid
+		if _, ok := apiSeq[a.msgID]; !ok && a.seq != 0 {
+			apiSeq[a.msgID] = a.seq // a duplicate answer names the first one's
+		}
 		if ids[a.key] == nil {
 			ids[a.key] = map[string]bool{}
 		}
@@ -322,6 +330,10 @@ func count(kind Kind, accepts []accept, receipts []receipt) Counts {
 			continue
 		}
 		received[r.key] = true
+		if want, ok := apiSeq[r.msgID]; ok && want != r.seq {
+			c.WrongSeq++
+			note("%s: %s first received with seq %d, the API answered %d", r.uid, r.msgID, r.seq, want)
+		}
 		if u, ok := to[r.key]; ok && u != r.uid {
 			c.Misrouted++
 			note("%s received %s, sent to %s", r.uid, r.key, u)

@@ -61,6 +61,13 @@ func TestCount(t *testing.T) {
 		{"redelivered with another seq", []accept{acc("k1", "a", "m1", 1)},
 			[]receipt{rcv("k1", "a", "m1", 1, 1), rcv("k1", "a", "m1", 2, 5)},
 			Counts{Accepted: 1, Delivered: 1, Redelivered: 1, SeqReused: 1}},
+		// In order, no seq reused: only the API's answer tells it apart.
+		{"delivered with another seq than the API answered", []accept{acc("k1", "a", "m1", 1), acc("k2", "a", "m2", 2)},
+			[]receipt{rcv("k1", "a", "m1", 1, 1), rcv("k2", "a", "m2", 3, 2)},
+			Counts{Accepted: 2, Delivered: 2, WrongSeq: 1}},
+		{"a seq the API did not give (C2C) is not compared", []accept{acc("k1", "a", "m1", 0)},
+			[]receipt{rcv("k1", "a", "m1", 7, 1)},
+			Counts{Accepted: 1, Delivered: 1}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -71,8 +78,15 @@ func TestCount(t *testing.T) {
 			if got.Accepted != tc.want.Accepted || got.Delivered != tc.want.Delivered || got.Lost != tc.want.Lost ||
 				got.StoredTwice != tc.want.StoredTwice || got.Redelivered != tc.want.Redelivered ||
 				got.OutOfOrder != tc.want.OutOfOrder || got.SeqReused != tc.want.SeqReused ||
-				got.Unconfirmed != tc.want.Unconfirmed || got.Misrouted != tc.want.Misrouted || !slices.Equal(got.LostSample, tc.want.LostSample) {
+				got.Unconfirmed != tc.want.Unconfirmed || got.Misrouted != tc.want.Misrouted || got.WrongSeq != tc.want.WrongSeq ||
+				!slices.Equal(got.LostSample, tc.want.LostSample) {
 				t.Fatalf("got %+v\nwant %+v", got, tc.want)
+			}
+			// Clean fails on every defect the case has.
+			l := Ledger{Pushes: got}
+			defect := got.Lost+got.StoredTwice+got.OutOfOrder+got.SeqReused+got.Misrouted+got.WrongSeq > 0
+			if l.Clean(false) == defect {
+				t.Fatalf("clean %v with %+v", l.Clean(false), got)
 			}
 			// The other kind sees nothing.
 			if o := count(KindC2C, tc.accepts, tc.receipts); o.Accepted != 0 || o.Delivered != 0 || o.Unconfirmed != 0 {
