@@ -3,6 +3,7 @@ package workload
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -174,12 +175,21 @@ type FaultReport struct {
 	Reconnects     int `json:"reconnects"`
 	PeakReconnects int `json:"peak_reconnects"`
 	// DevicesBack: from the fault until every device whose session ended
-	// in the fault's first 10 s was logged in again (0: none ended).
+	// in the fault's first 10 s was logged in again (0: none ended;
+	// NeverBack if one of them was not when the ledger was taken, so that
+	// a bound on it fails).
 	DevicesBack time.Duration `json:"devices_back"`
+	// NotBack counts those devices that were not logged in again when the
+	// ledger was taken; Clean fails if any.
+	NotBack int `json:"not_back,omitempty"`
 	// Worst names the push that waited longest and the device that came
 	// back last, for a look at the logs.
 	Worst string `json:"worst,omitempty"`
 }
+
+// NeverBack is FaultReport.DevicesBack when a device did not come back:
+// longer than any bound a caller may check it against.
+const NeverBack = time.Duration(math.MaxInt64)
 
 // Ledger is the exact account of a run.
 type Ledger struct {
@@ -194,11 +204,17 @@ type Ledger struct {
 
 // Clean reports whether nothing accepted was lost, stored twice,
 // delivered out of order, misrouted, given a reused seq or another seq
-// than the API answered, and no device saw anything unexpected. C2S lost
-// to a crash is allowed when c2sLossOK.
+// than the API answered, no device saw anything unexpected, and every
+// device a fault disconnected came back. C2S lost to a crash is allowed
+// when c2sLossOK.
 func (l *Ledger) Clean(c2sLossOK bool) bool {
 	for _, c := range []Counts{l.Pushes, l.C2C} {
 		if c.Lost != 0 || c.StoredTwice != 0 || c.OutOfOrder != 0 || c.SeqReused != 0 || c.Misrouted != 0 || c.WrongSeq != 0 {
+			return false
+		}
+	}
+	for _, f := range l.Faults {
+		if f.NotBack > 0 {
 			return false
 		}
 	}
@@ -252,9 +268,13 @@ func (l *Ledger) String() string {
 		fmt.Fprintf(&b, "       %s\n", u)
 	}
 	for _, f := range l.Faults {
-		fmt.Fprintf(&b, "fault  %-28s interruption %v (median %v)  api wait %v  reconnects %d (peak %d/s)  devices back %v\n",
+		back := f.DevicesBack.Round(time.Millisecond).String()
+		if f.NotBack > 0 {
+			back = fmt.Sprintf("never (%d not back)", f.NotBack)
+		}
+		fmt.Fprintf(&b, "fault  %-28s interruption %v (median %v)  api wait %v  reconnects %d (peak %d/s)  devices back %s\n",
 			f.Name, f.Interruption.Round(time.Millisecond), f.Median.Round(time.Millisecond),
-			f.APIWait.Round(time.Millisecond), f.Reconnects, f.PeakReconnects, f.DevicesBack.Round(time.Millisecond))
+			f.APIWait.Round(time.Millisecond), f.Reconnects, f.PeakReconnects, back)
 		if f.Worst != "" {
 			fmt.Fprintf(&b, "       worst: %s\n", f.Worst)
 		}
@@ -447,7 +467,7 @@ func faultReports(marks []mark, accepts []accept, receipts []receipt, sessions [
 				lastDown[s.Dev] = s.Down
 			}
 		}
-		lastDev := ""
+		lastDev, notBack := "", -1
 		for dev, down := range lastDown {
 			var up time.Time
 			var gate string
@@ -457,14 +477,20 @@ func faultReports(marks []mark, accepts []accept, receipts []receipt, sessions [
 				}
 			}
 			if up.IsZero() {
-				f.DevicesBack = -1 // a device never came back
-				lastDev = fmt.Sprintf("device %d never came back", dev)
-				break
+				f.NotBack++
+				if notBack < 0 || dev < notBack {
+					notBack = dev
+				}
+				continue
 			}
 			if back := up.Sub(m.at); back > f.DevicesBack {
 				f.DevicesBack = back
 				lastDev = fmt.Sprintf("device %d back on %s", dev, gate)
 			}
+		}
+		if f.NotBack > 0 {
+			f.DevicesBack = NeverBack
+			lastDev = fmt.Sprintf("%d devices never came back, device %d among them", f.NotBack, notBack)
 		}
 		f.Worst = strings.Trim(worstPush+"; "+lastDev, "; ")
 		out = append(out, f)

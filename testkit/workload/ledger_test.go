@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -155,10 +156,18 @@ func TestFaultReports(t *testing.T) {
 		f.Reconnects != 1 || f.DevicesBack != 1500*time.Millisecond || f.PeakReconnects != 1 {
 		t.Fatalf("%+v", f)
 	}
-	// A device that never came back.
+	// A device that never came back: a bound on DevicesBack fails, and so
+	// does Clean.
 	sessions = sessions[:1]
-	if r := faultReports([]mark{{"kill", t0}}, accepts, receipts, sessions); r[0].DevicesBack != -1 {
-		t.Fatalf("%+v", r[0])
+	r = faultReports([]mark{{"kill", t0}}, accepts, receipts, sessions)
+	if f := r[0]; f.NotBack != 1 || f.DevicesBack != NeverBack || !(f.DevicesBack > 6*time.Second) {
+		t.Fatalf("%+v", f)
+	}
+	if l := (Ledger{Faults: r}); l.Clean(true) || l.CleanButC2SOf() {
+		t.Fatal("a ledger with a device that never came back is clean")
+	}
+	if l := (Ledger{Faults: r}); !strings.Contains(l.String(), "devices back never (1 not back)") {
+		t.Fatalf("the ledger says %q", l.String())
 	}
 }
 
