@@ -21,7 +21,7 @@ func chaosCmd() *cobra.Command {
 	var devices int
 	cmd := &cobra.Command{
 		Use:   "chaos",
-		Short: "faults under load against `make cluster`, one at a time, then the exact ledger (exit 3 if anything was lost)",
+		Short: "faults under load against `make cluster`, one at a time, then the exact ledger (exit 3 if the run is not clean)",
 		Long: `chaos runs devices (reconnecting through gate discovery), app-servers
 (retrying with idempotency keys), C2C and C2S at steady rates against the
 cluster make cluster runs, applies random faults to its processes one at a
@@ -29,7 +29,11 @@ time (kill, pause, term, drain, consul, postgres; --faults picks, "kill:node2"
 targets a node), waits after each until the cluster is whole again, then
 stops the traffic, waits for what is in flight and prints the ledger:
 accepted, delivered, lost, stored twice, redelivered, out of order per
-identity, and each fault's interruption. Loopback clusters only.`,
+identity, and each fault's interruption. The run is clean (exit 0) only if
+a fault ran, every fault applied and the cluster was whole after each,
+everything accepted arrived but C2S held by a killed node's gate, and no
+device saw anything unexpected; otherwise it says why and exits 3.
+Loopback clusters only.`,
 		Example: `  make cluster STORE=postgres &                       # in another terminal
   courier-bench chaos --duration 10m                   # the soak
   courier-bench chaos --faults kill:node1 --count 1 --devices 10000 --start-on node1   # a gate dies under 10,000 devices
@@ -71,9 +75,13 @@ identity, and each fault's interruption. Loopback clusters only.`,
 				}
 			}
 			if !rep.Clean {
+				fmt.Fprintln(w, "\nnot clean:")
+				for _, why := range rep.Why {
+					fmt.Fprintf(w, "  %s\n", why)
+				}
 				return errUnclean{}
 			}
-			fmt.Fprintln(w, "clean: nothing accepted was lost, stored twice or delivered out of order")
+			fmt.Fprintf(w, "clean: %d faults applied, each followed by a whole cluster; nothing accepted was lost (C2S only by a killed node), stored twice or delivered out of order\n", len(rep.Faults))
 			return nil
 		},
 	}

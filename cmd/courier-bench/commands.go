@@ -15,13 +15,14 @@ import (
 	"github.com/courier-im/courier/cmd/courier-bench/internal/procstat"
 )
 
-// errUnclean is returned when a chaos run's ledger is not clean (exit
-// status 3): something accepted was lost, stored twice or delivered out
-// of order, or a device saw what it should not.
+// errUnclean is returned when a chaos run is not clean (exit status 3):
+// a fault did not apply or the cluster did not heal, or the ledger is
+// not clean (something accepted was lost, stored twice or delivered out
+// of order, or a device saw what it should not).
 type errUnclean struct{}
 
 func (errUnclean) Error() string {
-	return "the ledger is not clean: something accepted was lost, stored twice or out of order (see above)"
+	return "the chaos run is not clean (the reasons are above)"
 }
 
 // errLost is returned when a run lost messages (exit status 3).

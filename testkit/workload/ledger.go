@@ -3,6 +3,7 @@ package workload
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sort"
@@ -208,34 +209,60 @@ type Ledger struct {
 // device a fault disconnected came back. C2S lost to a crash is allowed
 // when c2sLossOK.
 func (l *Ledger) Clean(c2sLossOK bool) bool {
-	for _, c := range []Counts{l.Pushes, l.C2C} {
-		if c.Lost != 0 || c.StoredTwice != 0 || c.OutOfOrder != 0 || c.SeqReused != 0 || c.Misrouted != 0 || c.WrongSeq != 0 {
-			return false
-		}
-	}
-	for _, f := range l.Faults {
-		if f.NotBack > 0 {
-			return false
-		}
-	}
-	// A push abandoned (retried for Config.GiveUp) is an outage the
-	// ledger would otherwise count as neither lost nor failed.
-	return (c2sLossOK || l.C2S.Lost == 0) && l.Calls.Failed == 0 && l.Calls.Abandoned == 0 && len(l.Devices.Unexpected) == 0
+	return len(l.problems(func(string) bool { return c2sLossOK })) == 0
 }
 
 // CleanButC2SOf is Clean for a run in which the nodes of gates crashed:
 // only C2S those gates accepted may be lost (their node held them in
 // memory); what the others accepted must arrive.
-func (l *Ledger) CleanButC2SOf(gates ...string) bool {
-	if !l.Clean(true) {
-		return false
-	}
-	for gate, n := range l.C2S.LostByGate {
-		if n > 0 && !slices.Contains(gates, gate) {
-			return false
+func (l *Ledger) CleanButC2SOf(gates ...string) bool { return len(l.Problems(gates...)) == 0 }
+
+// Problems says why CleanButC2SOf(crashedGates...) is false, one line a
+// reason; none when it is true.
+func (l *Ledger) Problems(crashedGates ...string) []string {
+	return l.problems(func(gate string) bool { return slices.Contains(crashedGates, gate) })
+}
+
+// problems lists what keeps the ledger from being clean; C2S lost
+// through a gate is allowed if c2sLossOK(gate) ("": a gate unknown).
+func (l *Ledger) problems(c2sLossOK func(gate string) bool) []string {
+	var out []string
+	add := func(n int64, format string, args ...any) {
+		if n != 0 {
+			out = append(out, fmt.Sprintf(format, append([]any{n}, args...)...))
 		}
 	}
-	return true
+	for _, k := range []struct {
+		name string
+		c    Counts
+	}{{"push", l.Pushes}, {"c2c", l.C2C}} {
+		add(k.c.Lost, "%d %s accepted and never delivered", k.name)
+		add(k.c.StoredTwice, "%d %s stored twice", k.name)
+		add(k.c.OutOfOrder, "%d %s first delivered out of order", k.name)
+		add(k.c.SeqReused, "%d %s seqs reused", k.name)
+		add(k.c.WrongSeq, "%d %s delivered with another seq than the API answered", k.name)
+		add(k.c.Misrouted, "%d %s delivered to another identity", k.name)
+	}
+	var attributed int64
+	for _, gate := range slices.Sorted(maps.Keys(l.C2S.LostByGate)) {
+		n := l.C2S.LostByGate[gate]
+		attributed += n
+		if !c2sLossOK(gate) {
+			add(n, "%d c2s lost that gate %s accepted (its node did not crash)", gate)
+		}
+	}
+	if !c2sLossOK("") {
+		add(l.C2S.Lost-attributed, "%d c2s lost, accepted by no known gate")
+	}
+	add(l.Calls.Failed, "%d API calls failed with a status not to retry")
+	// A push abandoned (retried for Config.GiveUp) is an outage the
+	// ledger would otherwise count as neither lost nor failed.
+	add(l.Calls.Abandoned, "%d pushes abandoned after retrying for the give-up time")
+	add(int64(len(l.Devices.Unexpected)), "%d unexpected things seen by devices")
+	for _, f := range l.Faults {
+		add(int64(f.NotBack), "%d devices never came back after fault %q", f.Name)
+	}
+	return out
 }
 
 // String prints the ledger for people.

@@ -208,6 +208,10 @@ func TestSettleStoredGivesUpOnC2SOnly(t *testing.T) {
 	if l := w.Ledger(); !l.CleanButC2SOf("gate-a") || l.CleanButC2SOf("gate-b") {
 		t.Fatalf("C2S lost by gate-a: clean but gate-a's %v, but gate-b's %v", l.CleanButC2SOf("gate-a"), l.CleanButC2SOf("gate-b"))
 	}
+	l := w.Ledger()
+	if p := l.Problems("gate-b"); len(p) != 1 || !strings.Contains(p[0], "1 c2s lost that gate gate-a accepted") {
+		t.Fatalf("problems %q", p)
+	}
 
 	w.rec.accepted(accept{kind: KindPush, key: "push-1", uid: "u"}) // a stored message missing too
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)

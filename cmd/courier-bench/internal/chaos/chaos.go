@@ -97,9 +97,12 @@ type Applied struct {
 type Report struct {
 	Faults []Applied       `json:"faults"`
 	Ledger workload.Ledger `json:"ledger"`
-	// Clean: nothing accepted was lost, stored twice, out of order, and
-	// no C2S was lost but to a crash of the node that held it.
-	Clean bool `json:"clean"`
+	// Clean: at least one fault ran, every one applied and was followed
+	// by a whole cluster, what was accepted settled, nothing accepted was
+	// lost, stored twice or out of order, and no C2S was lost but what
+	// the gate of a node killed held. Why lists what is not so.
+	Clean bool     `json:"clean"`
+	Why   []string `json:"why,omitempty"`
 }
 
 // Run runs the workload and the faults until Duration (or Count faults),
@@ -173,6 +176,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	w.Run()
 
 	rep := &Report{}
+	var crashed []string // the gates of the nodes killed
 	end := time.Now().Add(cfg.Duration)
 	for i := 0; time.Now().Before(end) && (cfg.Count == 0 || i < cfg.Count) && ctx.Err() == nil; i++ {
 		gap := cfg.Every/2 + time.Duration(rng.Int64N(int64(cfg.Every)+1))
@@ -198,6 +202,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err := ops.apply(ctx, f.kind, target, cfg.PauseFor, cfg.Down); err != nil {
 			a.Err = err.Error()
 			logf("  %v", err)
+		} else if n, _ := c.node(target); f.kind == Kill && n.Gate != "" {
+			// SIGKILL reached it: what its gate held is lost by contract.
+			crashed = append(crashed, n.Gate)
 		}
 		if err := ops.whole(ctx, cfg.Heal, target, old); err != nil {
 			a.Err = strings.TrimSpace(a.Err + "; " + err.Error())
@@ -212,15 +219,37 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	w.StopTraffic()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Settle)
 	// Kills may lose C2S the dead node held (by contract; the ledger counts
-	// them and Clean(true) allows it): they are not waited for long.
+	// them and the verdict allows them): they are not waited for long.
 	serr := w.SettleStored(sctx, 10*time.Second)
 	cancel()
 	if serr != nil {
 		logf("chaos: %v", serr)
 	}
 	rep.Ledger = w.Ledger()
-	rep.Clean = rep.Ledger.Clean(true) && serr == nil
+	rep.Why = verdict(rep.Faults, crashed, &rep.Ledger, serr)
+	rep.Clean = len(rep.Why) == 0
 	return rep, nil
+}
+
+// verdict says why a run is not clean (nothing if it is): no fault ran,
+// a fault failed to apply or the cluster was not whole again after it,
+// what was accepted did not settle, or the ledger is not clean but for
+// C2S accepted by crashed, the gates of the nodes killed (only a crash
+// may lose C2S: the node held them in memory, docs/protocol.md §11).
+func verdict(faults []Applied, crashed []string, l *workload.Ledger, settleErr error) []string {
+	var why []string
+	if len(faults) == 0 {
+		why = append(why, "no fault ran (the run ended or was stopped before the first)")
+	}
+	for i, f := range faults {
+		if f.Err != "" {
+			why = append(why, fmt.Sprintf("fault %d (%s) failed or the cluster was not whole after it: %s", i+1, f.Name, f.Err))
+		}
+	}
+	if settleErr != nil {
+		why = append(why, fmt.Sprintf("not everything accepted arrived: %v", settleErr))
+	}
+	return append(why, l.Problems(crashed...)...)
 }
 
 // planned is one entry of the faults' draw.
