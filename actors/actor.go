@@ -77,7 +77,10 @@ type Deps struct {
 	// Refused, if set, is called for each request refused at once for
 	// the node's store pressure, with why: "pending_writes"
 	// (actors.max-pending-writes), "store_stalled" (store.stall-after),
-	// "stash_full" (actors.max-stashed), "read_queue" (store.read-queue).
+	// "stash_full" (actors.max-stashed), "read_queue" (store.read-queue),
+	// "answers_waiting" (Device.Backlogged: about four times
+	// actors.window-bytes of answers behind a write that does not
+	// complete).
 	Refused func(why string)
 
 	idle     *idleWheel  // the actors' idle checks
@@ -146,6 +149,7 @@ type (
 // Answers of envelopes the actor cannot hand to its machine.
 const (
 	overloaded = "the inbox store is overloaded (the node's store writes in flight, actors.max-pending-writes, or reads queued, store.read-queue, are at their bound): nothing was accepted; retry later with the same idempotency key"
+	backlogged = "the identity's store writes have not completed and its answers wait behind them (about four times actors.window-bytes): nothing was done; retry later"
 	stalled    = "the inbox store has not completed a commit for longer than store.stall-after (its disk does not answer): nothing was accepted; retry later with the same idempotency key"
 	crashed    = "the identity's actor failed while this request was in flight: it may or may not have been accepted; retry later with the same idempotency key"
 )
@@ -605,6 +609,21 @@ func (a *deviceActor) noteClose(c *actorpb.DeviceClosed) {
 }
 
 // needsWrite reports whether handling env stores something new.
+// answersOnly reports whether env needs no write of its own but is
+// answered behind the machine's writes (Device.Backlogged): a
+// fire-and-forget push, presence, a kick, a PULL.
+func answersOnly(env *actorpb.Envelope) bool {
+	switch b := env.Body.(type) {
+	case *actorpb.Envelope_Push:
+		return !b.Push.GetStored()
+	case *actorpb.Envelope_Presence, *actorpb.Envelope_Kick:
+		return true
+	case *actorpb.Envelope_Frame:
+		return messages.Cmd(b.Frame.Cmd) == messages.CmdPull
+	}
+	return false
+}
+
 func needsWrite(env *actorpb.Envelope) bool {
 	switch b := env.Body.(type) {
 	case *actorpb.Envelope_Login, *actorpb.Envelope_C2C:
@@ -682,6 +701,11 @@ func (a *deviceActor) handleCurrent(ctx actor.Context, env *actorpb.Envelope) {
 			return
 		}
 		a.startLoad(ctx, env)
+		return
+	}
+	if a.d.Backlogged() && answersOnly(env) {
+		a.deps.Refused("answers_waiting")
+		a.refuse(env, codes.Unavailable, devicepb.Code_STORE_UNAVAILABLE, backlogged)
 		return
 	}
 	if why := a.gateBehind(env); why != "" {

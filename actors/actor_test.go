@@ -967,6 +967,61 @@ func TestStalledStoreRefusesNewWrites(t *testing.T) {
 	}
 }
 
+// TestAnswersBehindAStuckWriteAreBounded: while an identity's write does
+// not complete, what needs no write of its own but is answered behind it
+// (fire-and-forget pushes, pulls, presence) is held up to about four
+// delivery windows; beyond, it is refused at once (UNAVAILABLE naming
+// actors.window-bytes; a PULL_ACK STORE_UNAVAILABLE) instead of piling
+// up for as long as the write hangs. Once the write completes, what was
+// held goes out and new pushes are served again.
+func TestAnswersBehindAStuckWriteAreBounded(t *testing.T) {
+	h := newActorHarness(t, func(c *Config) { c.WindowBytes = 64 << 10 })
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c)
+	release := h.store.holdWrites()
+	defer release()
+	stuck := h.r.ask(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")}))
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.held.Load() > 0 }, "the push was never written")
+	payload := make([]byte, 16<<10)
+	var held []<-chan *actorpb.Reply
+	refused := 0
+	for range 40 { // 640 KiB of fire-and-forget pushes behind the write
+		ch := h.r.ask(env(alice, &actorpb.Push{Payload: payload}))
+		select {
+		case rep := <-ch:
+			if f := rep.GetFailure(); f == nil || f.Code != int32(codes.Unavailable) || !strings.Contains(f.Message, "actors.window-bytes") {
+				t.Fatalf("a push answered at once behind a stuck write: %v", rep)
+			}
+			refused++
+		case <-time.After(100 * time.Millisecond):
+			held = append(held, ch)
+		}
+	}
+	// 4 × 64 KiB of 16 KiB bodies: 16 held, the rest refused.
+	if len(held) < 14 || len(held) > 17 || refused == 0 {
+		t.Fatalf("%d pushes held behind the stuck write, %d refused; want about 16 held", len(held), refused)
+	}
+	h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdPull), Seq: 7}))
+	testkit.Eventually(t, 5*time.Second, func() bool { return len(h.r.frames(uint32(messages.CmdPullAck))) == 1 }, "the PULL was not answered")
+	var pa devicepb.PullAck
+	_ = proto.Unmarshal(h.r.frames(uint32(messages.CmdPullAck))[0].Body, &pa)
+	if pa.Code != devicepb.Code_STORE_UNAVAILABLE {
+		t.Fatalf("PULL behind a stuck write: %v", pa.Code)
+	}
+	release()
+	if p := reply(t, stuck).GetPush(); p.GetSeq() != 1 {
+		t.Fatalf("the stored push: %v", p)
+	}
+	for _, ch := range held {
+		if p := reply(t, ch).GetPush(); !p.GetOnline() {
+			t.Fatalf("a held push: %v", p)
+		}
+	}
+	if rep := h.r.request(env(alice, &actorpb.Push{Payload: payload})); !rep.GetPush().GetOnline() {
+		t.Fatalf("a push once the write completed: %v", rep)
+	}
+}
+
 // TestRefusedWritesBackOff: a close that needs a write while the store
 // refuses every write (a stalled disk) is retried with a backoff, not at
 // the actor's speed (each retry a load, and a claim of the identity), and

@@ -198,6 +198,31 @@ type effects struct {
 	waiting []queued
 	ready   []Effect
 	spare   []Effect
+	// waitBytes is about what waiting holds (effectCost): Backlogged
+	// bounds it.
+	waitBytes int
+}
+
+// effectCost is what an effect is counted at while it waits for a write:
+// its frames' bodies and a fixed share for the rest.
+func effectCost(e *Effect) int {
+	n := 64
+	if e.ToConn != nil {
+		for _, f := range e.ToConn.Frames {
+			n += len(f.Body)
+		}
+	}
+	return n
+}
+
+// Backlogged reports whether the effects waiting for the machine's writes
+// hold about four delivery windows (actors.window-bytes) or more: a write
+// that does not complete (a hung disk, a full write budget) while answers
+// that need no write of their own (fire-and-forget pushes, presence,
+// pulls) keep coming would otherwise pile up without a bound. The actor
+// refuses those while it holds.
+func (d *Device) Backlogged() bool {
+	return d.fx != nil && d.fx.waitBytes >= 4*d.env.Config.WindowBytes
 }
 
 var effectsPool = sync.Pool{New: func() any { return new(effects) }}
@@ -543,8 +568,10 @@ func (d *Device) emit(e Effect) {
 	switch {
 	case d.next != nil:
 		fx.waiting = append(fx.waiting, queued{d.submitted + 1, e})
+		fx.waitBytes += effectCost(&e)
 	case d.inFlight:
 		fx.waiting = append(fx.waiting, queued{d.submitted, e})
+		fx.waitBytes += effectCost(&e)
 	default:
 		fx.ready = append(fx.ready, e)
 	}
@@ -574,7 +601,7 @@ func (d *Device) TakeDetached() *store.Write {
 				fx.ready = append(fx.ready, q.eff)
 			}
 			clear(fx.waiting)
-			fx.waiting = fx.waiting[:0]
+			fx.waiting, fx.waitBytes = fx.waiting[:0], 0
 		}
 	}
 	d.takeIndex(w)
@@ -635,6 +662,7 @@ func (d *Device) WriteDone(err error) {
 			break
 		}
 		fx.ready = append(fx.ready, q.eff)
+		fx.waitBytes -= effectCost(&q.eff)
 		n++
 	}
 	rest := copy(fx.waiting, fx.waiting[n:])
@@ -675,7 +703,7 @@ func (d *Device) Abort(code codes.Code, msg string) {
 		}
 	}
 	clear(fx.waiting)
-	fx.waiting = fx.waiting[:0]
+	fx.waiting, fx.waitBytes = fx.waiting[:0], 0
 	d.next = nil
 }
 
@@ -704,6 +732,7 @@ func (d *Device) Release() {
 	}
 	d.fx = nil
 	clear(fx.spare)
+	fx.waitBytes = 0
 	if cap(fx.waiting) > effectsKeep || cap(fx.ready) > effectsKeep || cap(fx.spare) > effectsKeep {
 		return
 	}
@@ -918,6 +947,11 @@ func (d *Device) Frame(now time.Time, m *actorpb.DeviceFrame) {
 			return
 		}
 		d.ack(now, id)
+		if d.Backlogged() {
+			// Not answered while answers pile up behind a write that does
+			// not complete: the device sends its ack again.
+			break
+		}
 		// Answered even for an unknown id: the receiver's ack of a message
 		// already deleted must still stop its resending.
 		d.emit(Effect{Conn: m.Conn, ToConn: d.toConn(m.Conn, m.Epoch,

@@ -243,33 +243,28 @@ func (a *deviceActor) loadFailed(ctx actor.Context, r *pendingRead) {
 	}
 }
 
-// deferred reports whether env's effects wait for a store write anyway
-// (a stored push, a C2C), so that a presence query or a fire-and-forget
-// push may overtake it (see mayOvertake).
+// deferred reports whether a presence query may overtake env (see
+// mayOvertake): a push or a C2C, which change nothing presence answers
+// before they are written.
 func deferred(env *actorpb.Envelope) bool {
-	switch b := env.Body.(type) {
-	case *actorpb.Envelope_Push:
-		return b.Push.GetStored()
-	case *actorpb.Envelope_C2C:
+	switch env.Body.(type) {
+	case *actorpb.Envelope_Push, *actorpb.Envelope_C2C:
 		return true
 	}
 	return false
 }
 
 // mayOvertake reports whether env may be handled ahead of the stash:
-// a presence query or a fire-and-forget push, while an idempotency
-// lookup is outstanding and everything stashed is deferred.
+// a presence query, while an idempotency lookup is outstanding and
+// everything stashed is deferred. Not a fire-and-forget push: its frame
+// would reach the device before the stored pushes accepted ahead of it
+// (behind a write, it waits for the write).
 func (a *deviceActor) mayOvertake(env *actorpb.Envelope) bool {
 	if a.d == nil || a.read == nil || a.read.load || a.stashOrdered > 0 {
 		return false
 	}
-	switch b := env.Body.(type) {
-	case *actorpb.Envelope_Presence:
-		return true
-	case *actorpb.Envelope_Push:
-		return !b.Push.GetStored()
-	}
-	return false
+	_, ok := env.Body.(*actorpb.Envelope_Presence)
+	return ok
 }
 
 // stashEnv keeps env until the outstanding read is answered. Beyond

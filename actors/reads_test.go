@@ -2,6 +2,7 @@ package actors
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -223,9 +224,9 @@ func TestLookupKeepsOrder(t *testing.T) {
 	p1 := h.r.ask(env(alice, stored("k1")))
 	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.readsHeld.Load() == 1 }, "the lookup never started")
 	p2 := h.r.ask(env(alice, stored("")))
-	if rep := h.requestWithin(2*time.Second, env(alice, &actorpb.Push{Payload: []byte("gps")})); !rep.GetPush().GetOnline() {
-		t.Fatalf("fire-and-forget while the lookup is outstanding: %v", rep)
-	}
+	// A fire-and-forget push waits too: its frame must not reach the
+	// device before the stored pushes accepted ahead of it.
+	ff := h.r.ask(env(alice, &actorpb.Push{Payload: []byte("gps")}))
 	if p := h.requestWithin(2*time.Second, env(alice, nil)).GetPresence(); !p.GetOnline() || p.GetPending() != 0 {
 		t.Fatalf("presence while the lookup is outstanding: %v", p)
 	}
@@ -235,12 +236,19 @@ func TestLookupKeepsOrder(t *testing.T) {
 	pres := h.r.ask(env(alice, nil))
 	time.Sleep(50 * time.Millisecond)
 	noReply(t, p2, "a stored push behind the lookup")
+	noReply(t, ff, "a fire-and-forget push behind the lookup")
 	noReply(t, kick, "a kick behind the lookup")
 	noReply(t, pres, "presence behind a kick")
 
 	release()
 	if r1, r2 := reply(t, p1).GetPush(), reply(t, p2).GetPush(); r1.GetSeq() != 1 || r2.GetSeq() != 2 {
 		t.Fatalf("pushes answered %v, %v; want seqs 1 and 2", r1, r2)
+	}
+	if r := reply(t, ff).GetPush(); !r.GetOnline() {
+		t.Fatalf("fire-and-forget behind the lookup: %v", r)
+	}
+	if got, want := h.r.s2cSeqs(), []uint32{1, 2, 0}; !slices.Equal(got, want) {
+		t.Fatalf("the device got seqs %v, want %v (in the order accepted; 0: the fire-and-forget push)", got, want)
 	}
 	if k := reply(t, kick).GetKick(); !k.GetWasOnline() {
 		t.Fatalf("kick: %v", k)

@@ -175,8 +175,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		fenced := prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_store_fenced_writes_total",
 			Help: "Writes refused because another activation had claimed their identity since (ownership fencing)."})
 		refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_actors_refused_total",
-			Help: "Requests (stored pushes, C2C, logins, ...) refused at once for the store's pressure, by why: pending_writes (actors.max-pending-writes), store_stalled (store.stall-after), stash_full (actors.max-stashed), read_queue (store.read-queue)."}, []string{"why"})
-		for _, why := range []string{"pending_writes", "store_stalled", "stash_full", "read_queue"} {
+			Help: "Requests (stored pushes, C2C, logins, ...) refused at once for the store's pressure, by why: pending_writes (actors.max-pending-writes), store_stalled (store.stall-after), stash_full (actors.max-stashed), read_queue (store.read-queue), answers_waiting (answers behind an identity's write that does not complete, about 4 × actors.window-bytes)."}, []string{"why"})
+		for _, why := range []string{"pending_writes", "store_stalled", "stash_full", "read_queue", "answers_waiting"} {
 			refused.WithLabelValues(why)
 		}
 		n.reg.MustRegister(fenced, refused)
