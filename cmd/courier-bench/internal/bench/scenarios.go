@@ -513,6 +513,7 @@ func C2C(ctx context.Context, cfg Config, tc TrafficConfig) (*Result, error) {
 	for k, v := range t.RefusedBy {
 		r.note("%d C2C refused: %s", v, k)
 	}
+	r.note("latency counts from each message's scheduled time (no coordinated omission)")
 	if got := float64(t.Sent) / sendSecs; got < 0.95*tc.Rate && tc.Count == 0 {
 		r.note("the devices sent only %.0f of %.0f messages/s", got, tc.Rate)
 	}
@@ -592,6 +593,7 @@ func Upstream(ctx context.Context, cfg Config, tc TrafficConfig) (*Result, error
 	for k, v := range t.RefusedBy {
 		r.note("%d C2S refused: %s", v, k)
 	}
+	r.note("latency counts from each message's scheduled time (no coordinated omission)")
 	if subErr != nil {
 		r.note("upstream stream: %v", subErr)
 	}

@@ -693,9 +693,19 @@ func (l *loop) paceTraffic(t int64) {
 		if d == nil {
 			return
 		}
-		l.send(d, tr.kind)
+		l.send(d, tr.kind, tr.scheduled(tr.sent, t))
 		tr.sent++
 	}
+}
+
+// scheduled is when message k (from 0) of tr was due: its latency counts
+// from then, not from when a loop that fell behind got to write it (no
+// coordinated omission). Without a rate it is now.
+func (tr *traffic) scheduled(k, now int64) int64 {
+	if tr.rate <= 0 {
+		return now
+	}
+	return min(tr.t0+int64(float64(k)*1e9/tr.rate), now)
 }
 
 func (l *loop) nextSender(tr *traffic) *device {
@@ -709,12 +719,12 @@ func (l *loop) nextSender(tr *traffic) *device {
 	return nil
 }
 
-// send writes one C2C (to the device's partner, g xor 1) or C2S frame.
-func (l *loop) send(d *device, kind Kind) {
+// send writes one C2C (to the device's partner, g xor 1) or C2S frame
+// that was due at t (Unix ns): its Sent record and payload carry t.
+func (l *loop) send(d *device, kind Kind, t int64) {
 	cfg := &l.f.cfg
 	l.counter++
 	idx := uint64(cfg.WorkerID)<<48 | uint64(l.id)<<40 | l.counter
-	t := now()
 	l.idxBuf = strconv.AppendUint(l.idxBuf[:0], idx, 10)
 	pk := wire.KindC2C
 	if kind == SentC2S {

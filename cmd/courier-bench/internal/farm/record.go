@@ -8,10 +8,10 @@ type Kind uint8
 // Record kinds.
 const (
 	RecvS2C     Kind = 1 // an S2C push arrived (first or retried delivery)
-	SentC2C     Kind = 2 // a device sent C2C
+	SentC2C     Kind = 2 // a device sent C2C (T: when it was due, by the rate)
 	AckC2C      Kind = 3 // the sender got C2C_ACK (Code is its result)
 	RecvC2C     Kind = 4 // the receiver got C2C_PUSH
-	SentC2S     Kind = 5 // a device sent C2S
+	SentC2S     Kind = 5 // a device sent C2S (T: when it was due, by the rate)
 	AckC2S      Kind = 6 // the device got C2S_ACK (Code is its result)
 	RecvForeign Kind = 7 // an S2C or C2C_PUSH whose payload is not this run's (Idx 0)
 )
