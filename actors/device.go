@@ -1073,6 +1073,11 @@ func (d *Device) Push(now time.Time, to ReplyTo, m *actorpb.Push, rec *actorpb.I
 // and the setting of that budget, or "". App-server pushes and C2C
 // messages have budgets of their own; C2C also per sender.
 func (d *Device) room(e *actorpb.InboxEntry) (why, setting string) {
+	if d.lastSeq == math.MaxUint32 {
+		// The next seq would wrap to 0, which means "not stored", and
+		// then reuse the seqs of messages still stored.
+		return fmt.Sprintf("%s has been given every seq (%d): no more messages can be stored for it", d.id, uint32(math.MaxUint32)), ""
+	}
 	n := EntryBytes(e)
 	if e.Kind != devicepb.Kind_KIND_C2C {
 		if d.s2c.n >= d.env.Config.InboxMaxMessages {

@@ -3,7 +3,9 @@ package actors
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -1009,5 +1011,41 @@ func TestC2CResendAnsweredWhenTheWriteFails(t *testing.T) {
 	}
 	if got[1] != devicepb.Code_STORE_UNAVAILABLE || got[2] != devicepb.Code_STORE_UNAVAILABLE || len(got) != 2 {
 		t.Fatalf("answers %v, want STORE_UNAVAILABLE for seq 1 and 2", got)
+	}
+}
+
+// TestSeqsDoNotWrap: an identity given the last seq (2^32-1) stores no
+// more messages (seq 0 means "not stored", and the next would reuse the
+// seqs of messages still stored): pushes and C2C are refused as a full
+// inbox, nothing is written.
+func TestSeqsDoNotWrap(t *testing.T) {
+	cfg := DefaultConfig()
+	d := NewDevice(&cfg, store.Identity{App: 1, UID: "u"}, &store.Snapshot{Meta: &actorpb.IdentityMeta{LastSeq: math.MaxUint32 - 1}}, nil, func() string { return "m" })
+	now := time.Now()
+	d.Push(now, ReplyTo{"api", 1}, &actorpb.Push{Stored: true, Payload: []byte("x")}, nil)
+	w := d.TakeWrite()
+	if w == nil || len(w.Put) != 1 || w.Put[0].Seq != math.MaxUint32 {
+		t.Fatalf("the last seq was not given: %v", w)
+	}
+	d.WriteDone(nil)
+	d.Effects()
+	d.Push(now, ReplyTo{"api", 2}, &actorpb.Push{Stored: true, Payload: []byte("y")}, nil)
+	d.C2C(now, &actorpb.C2CSend{ReplyTo: conn(2), FromUid: "v", FrameSeq: 3, C2C: &devicepb.C2C{ToUid: "u", ClientMsgId: "c"}}, nil)
+	if w := d.TakeWrite(); w != nil {
+		t.Fatalf("a message was stored past the last seq: %v", w)
+	}
+	var refusedPush, refusedC2C bool
+	for _, e := range d.Effects() {
+		if f := e.Reply.GetFailure(); f != nil && f.Code == int32(codes.ResourceExhausted) && strings.Contains(f.Message, "every seq") {
+			refusedPush = true
+		}
+		for _, f := range e.ToConn.GetFrames() {
+			if messages.Cmd(f.Cmd) == messages.CmdC2CAck && body(t, f, &devicepb.C2CAck{}).Code == devicepb.Code_INBOX_FULL {
+				refusedC2C = true
+			}
+		}
+	}
+	if !refusedPush || !refusedC2C {
+		t.Fatalf("past the last seq: push refused %v, C2C refused %v", refusedPush, refusedC2C)
 	}
 }
