@@ -97,12 +97,18 @@ func (q *queue) len() int        { return len(q.items) - q.head }
 func (q *queue) push(m *message) { q.items = append(q.items, m) }
 func (q *queue) peek() *message  { return q.items[q.head] }
 func (q *queue) pushFront(m *message) {
-	if q.head > 0 {
-		q.head--
-		q.items[q.head] = m
-		return
+	if q.head == 0 {
+		// Room at the front, doubling as append does at the back: a
+		// requeue of n messages costs O(n + len), not n copies of the
+		// queue (under the router's lock, which every gate loop takes).
+		n := q.len()
+		room := max(n, 16)
+		items := make([]*message, room+n)
+		copy(items[room:], q.items)
+		q.items, q.head = items, room
 	}
-	q.items = append([]*message{m}, q.items...)
+	q.head--
+	q.items[q.head] = m
 }
 
 func (q *queue) pop() *message {
