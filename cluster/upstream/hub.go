@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"log/slog"
+	mrand "math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -456,6 +457,10 @@ func (s *Subscription) Close() {
 type fanin struct {
 	mu     sync.Mutex
 	lastID uint64
+	// taken is the last id take handed out (ids go out in order): an ack
+	// of a later one, still in the outbox, is ignored (the app-server
+	// never had it; acknowledged, it would be lost with the outbox).
+	taken  uint64
 	origin map[uint64]origin
 	// held maps back: the deliveries not acknowledged yet, by origin. A
 	// gate sends a delivery again when its ack is late (resend-after); one
@@ -479,7 +484,11 @@ type origin struct {
 }
 
 func newFanin() *fanin {
-	return &fanin{origin: map[uint64]origin{}, held: map[origin]uint64{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
+	// Ids start at a random point, as the routers' do: acks an app-server
+	// still sends from its previous stream do not match this one's.
+	start := mrand.Uint64N(1 << 62)
+	return &fanin{lastID: start, taken: start, origin: map[uint64]origin{}, held: map[origin]uint64{},
+		notify: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // deliver takes messages from gate; shared says they belong to a local
@@ -530,6 +539,7 @@ func (f *fanin) take(done <-chan struct{}, maxN int, maxBytes int64) []*apipb.Up
 			}
 			out := make([]*apipb.UpstreamMessage, n)
 			copy(out, f.outbox)
+			f.taken = out[n-1].DeliveryId
 			rest := copy(f.outbox, f.outbox[n:])
 			clear(f.outbox[rest:])
 			f.outbox = f.outbox[:rest]
@@ -553,13 +563,16 @@ func (f *fanin) take(done <-chan struct{}, maxN int, maxBytes int64) []*apipb.Up
 	}
 }
 
-// ack maps delivery ids back to the gates' ids, by gate; unknown ids are
-// ignored.
+// ack maps delivery ids back to the gates' ids, by gate; unknown ids,
+// and those not handed out yet, are ignored.
 func (f *fanin) ack(ids []uint64) map[string][]uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := map[string][]uint64{}
 	for _, id := range ids {
+		if id > f.taken {
+			continue
+		}
 		if o, ok := f.origin[id]; ok {
 			delete(f.origin, id)
 			if f.held[o] == id {

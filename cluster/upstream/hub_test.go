@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -372,5 +373,40 @@ func TestSubscriptionsRaceMembership(t *testing.T) {
 	defer s.mu.Unlock()
 	if len(s.at) != 2 || s.at["1"] == nil || s.at["2"] == nil {
 		t.Fatalf("attached to %v", s.at)
+	}
+}
+
+// TestAckOfAnIDNotHandedOutIsIgnored: the fanin numbers deliveries as
+// they arrive; an ack of one still waiting in its outbox (an app-server
+// guessing, or acking from its previous stream) used to acknowledge it
+// at its gate, and closing the stream then lost it. It is ignored, and
+// the message goes to the next stream.
+func TestAckOfAnIDNotHandedOutIsIgnored(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxBatch = 1
+	r := New(cfg, nil)
+	defer r.Close()
+	h := NewLocalHub(r)
+	defer h.Close()
+	s, _ := h.Subscribe(1, nil, 10)
+	for _, id := range []string{"m1", "m2"} {
+		if err := r.Publish(msg(1, 7, id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := next1(t, s)
+	if len(first) != 1 || first[0].MsgId != "m1" {
+		t.Fatalf("first delivery %v", first)
+	}
+	s.Ack([]uint64{first[0].DeliveryId + 1}) // m2's, not handed out
+	s.Close()
+	s2, _ := h.Subscribe(1, nil, 10)
+	defer s2.Close()
+	var ids []string
+	for _, m := range next(t, s2) {
+		ids = append(ids, m.MsgId)
+	}
+	if !slices.Contains(ids, "m2") {
+		t.Fatalf("the next stream got %v: m2 was lost", ids)
 	}
 }
