@@ -63,6 +63,14 @@ func (s *Server) Upstream(stream apipb.Courier_UpstreamServer) error {
 	}()
 	for {
 		msgs := subscriber.Next(done)
+		select {
+		case <-done:
+			// The request side ended (a half-close, an error): what was
+			// taken could not be acknowledged any more; it goes to
+			// another subscriber when the subscription closes.
+			msgs = nil
+		default:
+		}
 		if msgs == nil {
 			select {
 			case err := <-recvErr:
