@@ -25,11 +25,12 @@ func (errUnclean) Error() string {
 	return "the chaos run is not clean (the reasons are above)"
 }
 
-// errLost is returned when a run lost messages (exit status 3).
-type errLost struct{ n int64 }
+// errFailed is returned when a run lost messages or failed another
+// check (exit status 3); it names each.
+type errFailed struct{ why []string }
 
-func (e errLost) Error() string {
-	return fmt.Sprintf("%d messages accepted by the platform were never received", e.n)
+func (e errFailed) Error() string {
+	return "the run failed: " + strings.Join(e.why, "; ")
 }
 
 // common are the flags every scenario shares.
@@ -76,7 +77,7 @@ func (c *common) bind(cmd *cobra.Command) {
 	f.DurationVar(&c.cfg.DrainIdle, "drain-idle", d.DrainIdle, "end the drain when nothing arrived for this long")
 	f.StringVar(&c.out, "out", "", "write the result as JSON to this file")
 	f.BoolVar(&c.quiet, "quiet", false, "no progress lines")
-	f.BoolVar(&c.allowLoss, "allow-loss", false, "exit 0 even if messages were lost (otherwise exit status 3)")
+	f.BoolVar(&c.allowLoss, "allow-loss", false, "do not fail the run for lost messages alone (otherwise exit status 3; other failed checks still exit 3)")
 	f.StringVar(&c.profile, "profile", "", "write a CPU profile of the node (needs its pprof) taken during the measured phase to this file")
 	f.DurationVar(&c.profileDelay, "profile-delay", 2*time.Second, "start --profile this long into the measured phase")
 	f.DurationVar(&c.profileFor, "profile-seconds", 5*time.Second, "length of --profile")
@@ -120,7 +121,8 @@ func (c *common) prepare(cmd *cobra.Command) (bench.Config, error) {
 	return cfg, nil
 }
 
-// finish prints and writes the result and turns loss into an error.
+// finish prints and writes the result and turns loss (unless
+// --allow-loss) and every other failed check into an error.
 func (c *common) finish(cmd *cobra.Command, r *bench.Result, err error) error {
 	if r != nil {
 		r.WriteSummary(cmd.OutOrStdout())
@@ -134,8 +136,13 @@ func (c *common) finish(cmd *cobra.Command, r *bench.Result, err error) error {
 	if err != nil {
 		return err
 	}
+	var why []string
 	if r.Lost > 0 && !c.allowLoss {
-		return errLost{r.Lost}
+		why = append(why, fmt.Sprintf("%d messages accepted by the platform were never received", r.Lost))
+	}
+	why = append(why, r.Failures...)
+	if len(why) > 0 {
+		return errFailed{why}
 	}
 	return nil
 }
@@ -155,8 +162,14 @@ Every scenario is bounded in time and count and stops by itself. It prints a
 progress line a second, then a summary; --out writes the result as JSON, and
 'courier-bench report' compares result files.
 
-Exit status: 0 ok, 1 error, 3 messages were lost, 4 the node lacks an API the
-scenario needs.`,
+Exit status: 0 ok; 1 error (nothing measured, or not every device came
+online); 3 the run failed a check: messages were lost, received with another
+seq, msg id or device than answered, received again as another message,
+received though not accepted, pushes failed with another status than
+RESOURCE_EXHAUSTED (the overload refusal, expected at the highest rate),
+stored messages were still pending on the node after the drain, or that
+check could not be made (the summary's FAILED lines say which); 4 the node
+lacks an API the scenario needs.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -36,10 +36,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRoot().ExecuteContext(ctx)
 	stop()
-	var lost errLost
+	var failed errFailed
 	var unclean errUnclean
 	switch {
-	case errors.As(err, &lost), errors.As(err, &unclean):
+	case errors.As(err, &failed), errors.As(err, &unclean):
 		fmt.Fprintln(os.Stderr, "courier-bench:", err)
 		os.Exit(3)
 	case errors.Is(err, bench.ErrUpstreamUnimplemented):

@@ -83,6 +83,9 @@ func (t *msgTotals) tally(r *msgRec, mismatch bool, lost func() string) {
 	case r.code != 0:
 		t.Refused++
 		t.RefusedBy[devicepb.Code(r.code).String()]++
+		if r.recvs > 0 {
+			t.Unexpected++
+		}
 	default:
 		t.AckOK++
 		recordNs(t.AckLat, r.ackNs-r.sentNs)
@@ -117,6 +120,10 @@ type accountant struct {
 	delivered int64                   // first receipts of this run's pushes
 	lastRecv  int64                   // time of the latest first receipt (push, C2C or C2S)
 	dups      int64
+	// dupsOther: receipts again of a message that differ from its first
+	// receipt (another msg id, seq or receiver): another message with the
+	// same index, not a redelivery.
+	dupsOther int64
 	unknown   int64 // receipts of indices never pushed
 	foreign   int64 // receipts of other runs' messages
 
@@ -219,6 +226,9 @@ func (a *accountant) records(rs []farm.Record) {
 			if p.recvs > 0 {
 				p.recvs = min(p.recvs+1, 255)
 				a.dups++
+				if r.Hash != p.recvHash || r.Seq != p.recvSeq || int32(r.Dev) != p.recvDev {
+					a.dupsOther++
+				}
 				continue
 			}
 			p.recvs = 1
@@ -244,6 +254,9 @@ func (a *accountant) records(rs []farm.Record) {
 				a.lastRecv = max(a.lastRecv, r.T)
 			} else {
 				a.dups++
+				if r.Hash != c.recvHash || int32(r.Dev) != c.receiver {
+					a.dupsOther++
+				}
 			}
 			c.recvs = min(c.recvs+1, 255)
 		case farm.SentC2S:
@@ -290,6 +303,9 @@ func (a *accountant) upstream(idx uint64, msgHash uint64, uid string, t int64) {
 		a.lastRecv = max(a.lastRecv, t)
 	} else {
 		a.dups++
+		if msgHash != c.recvHash || uid != c.recvUID {
+			a.dupsOther++
+		}
 	}
 	c.recvs = min(c.recvs+1, 255)
 }
@@ -297,8 +313,12 @@ func (a *accountant) upstream(idx uint64, msgHash uint64, uid string, t int64) {
 // pushTotals is the final accounting of a push run.
 type pushTotals struct {
 	Pushed, Accepted, Dropped, Failed, Delivered, Lost, Mismatched, Unexpected, Dups, Unknown, Foreign int64
-	ExpectedNow                                                                                        int64
-	LostSample                                                                                         []string
+	// DupsOther: receipts again of a push that differ from its first one
+	// (msg id, seq or device); FailedOther: pushes whose call or item
+	// failed with another status than RESOURCE_EXHAUSTED (set by the
+	// scenario).
+	DupsOther, FailedOther int64
+	LostSample             []string
 }
 
 // expectedPushes counts accepted pushes to online devices (those the
@@ -327,7 +347,7 @@ func (a *accountant) pushProgress() (expected, delivered, answered int64) {
 func (a *accountant) pushTotals(uid func(dev int32) string) pushTotals {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := pushTotals{Pushed: a.npush, Dups: a.dups, Unknown: a.unknown, Foreign: a.foreign}
+	t := pushTotals{Pushed: a.npush, Dups: a.dups, DupsOther: a.dupsOther, Unknown: a.unknown, Foreign: a.foreign}
 	for i := int64(0); i < a.npush; i++ {
 		p := a.push(i)
 		if p.recvs > 0 {
@@ -362,15 +382,18 @@ func (a *accountant) pushTotals(uid func(dev int32) string) pushTotals {
 // msgTotals is the final accounting of C2C or C2S messages.
 type msgTotals struct {
 	Sent, AckOK, Refused, NoAck, Delivered, Lost, Mismatched, Dups int64
-	RefusedBy                                                      map[string]int64
-	LostSample                                                     []string
-	AckLat, DeliverLat                                             *hdrhistogram.Histogram
+	// DupsOther: receipts again that differ from the first (msg id or
+	// receiver); Unexpected: received though the ack refused it.
+	DupsOther, Unexpected int64
+	RefusedBy             map[string]int64
+	LostSample            []string
+	AckLat, DeliverLat    *hdrhistogram.Histogram
 }
 
 func (a *accountant) c2cTotals() msgTotals {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := msgTotals{RefusedBy: map[string]int64{}, AckLat: newHist(), DeliverLat: newHist(), Dups: a.dups}
+	t := msgTotals{RefusedBy: map[string]int64{}, AckLat: newHist(), DeliverLat: newHist(), Dups: a.dups, DupsOther: a.dupsOther}
 	for idx, c := range a.c2c {
 		if !c.sent {
 			continue
@@ -385,7 +408,7 @@ func (a *accountant) c2cTotals() msgTotals {
 func (a *accountant) c2sTotals() msgTotals {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := msgTotals{RefusedBy: map[string]int64{}, AckLat: newHist(), DeliverLat: newHist(), Dups: a.dups}
+	t := msgTotals{RefusedBy: map[string]int64{}, AckLat: newHist(), DeliverLat: newHist(), Dups: a.dups, DupsOther: a.dupsOther}
 	for idx, c := range a.c2s {
 		if !c.sent {
 			continue

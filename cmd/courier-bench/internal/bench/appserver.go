@@ -49,6 +49,7 @@ func (s *session) authCtx(ctx context.Context) context.Context {
 type pushStats struct {
 	calls, items, accepted, failed atomic.Int64
 	refused                        atomic.Int64 // of failed: refused with RESOURCE_EXHAUSTED because the node is overloaded
+	other                          atomic.Int64 // of failed: with another status than RESOURCE_EXHAUSTED
 	mu                             sync.Mutex
 	errors                         map[string]int64
 }
@@ -94,6 +95,9 @@ const maxErrorKinds = 16
 // error's code and message).
 func (p *pushStats) count(err error, n int, key string) {
 	p.failed.Add(int64(n))
+	if status.Code(err) != codes.ResourceExhausted {
+		p.other.Add(int64(n))
+	}
 	code := status.Code(err).String()
 	if key == "" {
 		key = code + ": " + status.Convert(err).Message()

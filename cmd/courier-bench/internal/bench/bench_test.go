@@ -114,6 +114,9 @@ func TestAgainstNode(t *testing.T) {
 		if r.Devices.Discarded < discarded { // more if a discarded push was redelivered
 			t.Fatalf("discarded %d, want %d", r.Devices.Discarded, discarded)
 		}
+		if len(r.Failures) != 0 { // the loss is the only defect
+			t.Fatalf("failures %q", r.Failures)
+		}
 	})
 
 	// Fire-and-forget to uids that never log in is dropped by the node,
@@ -137,6 +140,9 @@ func TestAgainstNode(t *testing.T) {
 		}
 		if r.Lost != wantLost || fig(t, r, "dropped (offline, as the API said)") != wantDropped {
 			t.Fatalf("lost %d (want %d), figures %+v", r.Lost, wantLost, r.Figures)
+		}
+		if len(r.Failures) != 0 { // drops the API announced are no failure
+			t.Fatalf("failures %q", r.Failures)
 		}
 	})
 
@@ -178,6 +184,9 @@ func TestAgainstNode(t *testing.T) {
 		if l, ok := r.LatencyOf("C2C → C2C_PUSH (receiver)"); !ok || l.Count != 200 {
 			t.Fatalf("latencies %+v", r.Latencies)
 		}
+		if len(r.Failures) != 0 {
+			t.Fatalf("failures %q", r.Failures)
+		}
 	})
 
 	t.Run("upstream", func(t *testing.T) {
@@ -186,8 +195,8 @@ func TestAgainstNode(t *testing.T) {
 			t.Fatal(err)
 		}
 		if r.Lost != 0 || fig(t, r, "sent") != 200 || fig(t, r, "received by the app-server") != 200 ||
-			fig(t, r, "mismatched (uid or msg id)") != 0 {
-			t.Fatalf("figures %+v notes %v", r.Figures, r.Notes)
+			fig(t, r, "mismatched (uid or msg id)") != 0 || len(r.Failures) != 0 {
+			t.Fatalf("figures %+v notes %v failures %q", r.Figures, r.Notes, r.Failures)
 		}
 	})
 
@@ -255,5 +264,68 @@ func TestRefusedAmongFailed(t *testing.T) {
 	}
 	if f, r := st.failed.Load(), st.refused.Load(); f != 114 || r != 102 {
 		t.Fatalf("failed %d, refused %d: want 114 and 102", f, r)
+	}
+}
+
+// TestChecks: what fails a push, C2C or C2S run besides loss, and what
+// does not (overload refusals, fire-and-forget drops the API announced,
+// redeliveries of the same stored message).
+func TestChecks(t *testing.T) {
+	ok := pushTotals{Pushed: 100, Accepted: 80, Dropped: 0, Failed: 20, Delivered: 80, Dups: 3}
+	if f := ok.failures(false, pendingCheck{asked: true}); len(f) != 0 {
+		t.Fatalf("refusals and redeliveries failed the run: %q", f)
+	}
+	ff := pushTotals{Pushed: 100, Accepted: 60, Dropped: 40, Delivered: 60}
+	if f := ff.failures(true, pendingCheck{}); len(f) != 0 {
+		t.Fatalf("fire-and-forget drops failed the run: %q", f)
+	}
+	pushCases := []struct {
+		name    string
+		t       pushTotals
+		ff      bool
+		pending pendingCheck
+		want    string
+	}{
+		{"mismatched", pushTotals{Mismatched: 2}, false, pendingCheck{}, "2 pushes delivered with another seq"},
+		{"received again as another message", pushTotals{Dups: 5, DupsOther: 1}, false, pendingCheck{}, "1 pushes received again as another message"},
+		{"fire-and-forget delivered twice", pushTotals{Dups: 1}, true, pendingCheck{}, "1 fire-and-forget pushes delivered again"},
+		{"received though the call failed", pushTotals{Unexpected: 1, Unknown: 1}, false, pendingCheck{}, "2 pushes received though not accepted"},
+		{"failed otherwise", pushTotals{Failed: 7, FailedOther: 4}, false, pendingCheck{}, "4 pushes failed with another status"},
+		{"pending after the drain", pushTotals{}, false, pendingCheck{asked: true, n: 9}, "9 stored messages still unacknowledged"},
+		{"pending unknown", pushTotals{}, false, pendingCheck{asked: true, err: errors.New("bench: presence: Unavailable")}, "check of what is pending on the node failed"},
+	}
+	for _, tc := range pushCases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := tc.t.failures(tc.ff, tc.pending)
+			if len(f) != 1 || !strings.Contains(f[0], tc.want) {
+				t.Fatalf("failures %q, want one with %q", f, tc.want)
+			}
+		})
+	}
+	msg := msgTotals{Sent: 10, AckOK: 8, Refused: 2, Delivered: 8, Dups: 2}
+	if f := msg.failures("C2C"); len(f) != 0 {
+		t.Fatalf("refusals and redeliveries failed the run: %q", f)
+	}
+	for _, bad := range []msgTotals{{NoAck: 1}, {Mismatched: 1}, {DupsOther: 1}, {Unexpected: 1}} {
+		if f := bad.failures("C2S"); len(f) != 1 || !strings.Contains(f[0], "1 C2S") {
+			t.Fatalf("%+v: failures %q", bad, f)
+		}
+	}
+}
+
+// TestOnlyOverloadRefusalsAreNotFailures: a push failed with any status
+// but RESOURCE_EXHAUSTED counts among the failures of the run.
+func TestOnlyOverloadRefusalsAreNotFailures(t *testing.T) {
+	st := &pushStats{errors: map[string]int64{}}
+	st.fail(status.Error(codes.ResourceExhausted, "node overloaded: 4096 pushes in flight"), 100)
+	st.failItem(status.Error(codes.ResourceExhausted, "inbox of 1/u is full"), apipb.ReasonInboxFull)
+	if n := st.other.Load(); n != 0 {
+		t.Fatalf("%d overload refusals counted as failures", n)
+	}
+	st.fail(status.Error(codes.Unavailable, "node gone"), 10)
+	st.fail(errors.New("PushMany answered 3 results for 4 items"), 4)
+	st.failItem(status.Error(codes.InvalidArgument, "payload too large"), "")
+	if n := st.other.Load(); n != 15 {
+		t.Fatalf("%d failures, want 15", n)
 	}
 }

@@ -94,10 +94,13 @@ type Result struct {
 	Figures   []Figure       `json:"figures"`
 	Latencies []Latency      `json:"latencies"`
 	// Lost counts messages the platform accepted that never arrived.
-	Lost       int64      `json:"lost"`
-	LostSample []string   `json:"lost_sample,omitempty"`
-	Devices    farm.Stats `json:"devices"`
-	Notes      []string   `json:"notes,omitempty"`
+	Lost       int64    `json:"lost"`
+	LostSample []string `json:"lost_sample,omitempty"`
+	// Failures lists the other checks the run failed (checks.go), one
+	// line each: the figures of such a run do not stand.
+	Failures []string   `json:"failures,omitempty"`
+	Devices  farm.Stats `json:"devices"`
+	Notes    []string   `json:"notes,omitempty"`
 }
 
 func (r *Result) fig(name string, v float64, unit string) {
@@ -198,6 +201,9 @@ func (r *Result) WriteSummary(w io.Writer) {
 	}
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
+	}
+	for _, f := range r.Failures {
+		fmt.Fprintf(w, "FAILED: %s\n", f)
 	}
 }
 

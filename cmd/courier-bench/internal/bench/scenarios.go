@@ -327,6 +327,7 @@ func Push(ctx context.Context, cfg Config, pc PushConfig) (*Result, error) {
 		return nil, err
 	}
 	t := s.acct.pushTotals(s.uid)
+	t.FailedOther = st.other.Load()
 	dev := s.devStats()
 	s.res.Devices = dev
 	acked := dev.AckedS2C - base.AckedS2C
@@ -372,14 +373,29 @@ func Push(ctx context.Context, cfg Config, pc PushConfig) (*Result, error) {
 			r.note("the generator reached only %.0f of %.0f pushes/s", got, pc.Rate)
 		}
 	}
+	var pending pendingCheck
 	if pc.VerifyPending && !pc.FireAndForget {
-		if p, err := s.pendingOnNode(ctx); err != nil {
-			r.note("presence check: %v", err)
-		} else {
-			r.fig("pending on the node after drain (Presence)", float64(p), "")
+		pending = s.pendingAfterDrain(ctx)
+		if pending.err == nil {
+			r.fig("pending on the node after drain (Presence)", float64(pending.n), "")
 		}
 	}
+	r.Failures = t.failures(pc.FireAndForget, pending)
 	return r, nil
+}
+
+// pendingAfterDrain asks the node how many stored messages the devices
+// have not acknowledged, again for up to DrainIdle while some are (the
+// devices' last acks may still be on their way).
+func (s *session) pendingAfterDrain(ctx context.Context) pendingCheck {
+	deadline := time.Now().Add(s.cfg.DrainIdle)
+	for {
+		n, err := s.pendingOnNode(ctx)
+		if err != nil || n == 0 || !time.Now().Before(deadline) {
+			return pendingCheck{asked: true, n: n, err: err}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // deliverySpan is the time from the start of sending to the last first
@@ -510,6 +526,7 @@ func C2C(ctx context.Context, cfg Config, tc TrafficConfig) (*Result, error) {
 	r.lat("C2C → C2C_ACK (sender)", t.AckLat)
 	r.lat("C2C → C2C_PUSH (receiver)", t.DeliverLat)
 	r.Lost, r.LostSample = t.Lost, t.LostSample
+	r.Failures = t.failures("C2C")
 	for k, v := range t.RefusedBy {
 		r.note("%d C2C refused: %s", v, k)
 	}
@@ -590,6 +607,7 @@ func Upstream(ctx context.Context, cfg Config, tc TrafficConfig) (*Result, error
 	r.lat("C2S → C2S_ACK (device)", t.AckLat)
 	r.lat("C2S → app-server receipt", t.DeliverLat)
 	r.Lost, r.LostSample = t.Lost, t.LostSample
+	r.Failures = t.failures("C2S")
 	for k, v := range t.RefusedBy {
 		r.note("%d C2S refused: %s", v, k)
 	}
