@@ -160,6 +160,8 @@ func (b *bridge) c2s(c gate.ConnInfo, h messages.Header, m *devicepb.C2S) *devic
 	})
 	ack := &devicepb.C2SAck{Code: devicepb.Code_OK, MsgId: id, ClientMsgId: m.ClientMsgId}
 	switch {
+	case errors.Is(err, upstream.ErrTooLarge):
+		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_MESSAGE_TOO_LARGE, "", fmt.Sprintf("a C2S goes to the app-servers in one gRPC message: at most %d bytes with its ids", upstream.MaxMessageSize)
 	case errors.Is(err, upstream.ErrNoSubscriber):
 		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_NO_SUBSCRIBER, "", "no app-server is subscribed to this appcode and msgtype"
 	case errors.Is(err, upstream.ErrFull):

@@ -12,6 +12,8 @@ var (
 	// for the message's appcode (Config.AppMaxBytes) or for the node
 	// (Config.MaxBytes).
 	ErrOverBudget = errors.New("upstream: byte budget full")
+	// ErrTooLarge: the message is larger than MaxMessageSize.
+	ErrTooLarge = errors.New("upstream: message too large")
 	// ErrClosed: the router is shut down.
 	ErrClosed = errors.New("upstream: closed")
 )

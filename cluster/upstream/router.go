@@ -190,9 +190,20 @@ func New(cfg Config, stats Stats) *Router {
 
 func (s *Subscriber) takes(msgtype uint32) bool { return s.all || s.msgtypes[msgtype] }
 
+// MaxMessageSize is the largest C2S (its UpstreamMessage's Size) the
+// router takes: one goes to an app-server in one UpstreamDelivery, and
+// gRPC clients receive at most 4 MiB by default. A larger one (possible
+// only with gate.max-frame-size above it) would fail every stream it was
+// sent to, and be sent again and again.
+const MaxMessageSize = 4<<20 - 64<<10
+
 // Publish accepts a device's C2S for the app-servers. It returns
-// ErrNoSubscriber, ErrFull or ErrOverBudget when it does not accept it.
+// ErrTooLarge, ErrNoSubscriber, ErrFull or ErrOverBudget when it does
+// not accept it.
 func (r *Router) Publish(m *apipb.UpstreamMessage) error {
+	if Size(m) > MaxMessageSize {
+		return ErrTooLarge
+	}
 	k := key{uint16(m.AppCode), m.Msgtype}
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -425,3 +425,22 @@ func TestQueuePushFrontIsAmortized(t *testing.T) {
 		t.Fatalf("%d left", q.len())
 	}
 }
+
+// TestPublishRefusesWhatNoDeliveryCanCarry: a C2S larger than
+// MaxMessageSize (a gate.max-frame-size above 4 MiB allows one) is
+// refused: sent, it would fail every app-server stream whose client
+// keeps gRPC's default receive limit, and go round for ever.
+func TestPublishRefusesWhatNoDeliveryCanCarry(t *testing.T) {
+	r := New(DefaultConfig(), nil)
+	defer r.Close()
+	s, _ := r.Subscribe(1, nil, 10)
+	defer s.Close()
+	big := &apipb.UpstreamMessage{AppCode: 1, Msgtype: 1, MsgId: "m", Payload: make([]byte, MaxMessageSize)}
+	if err := r.Publish(big); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("a C2S of %d bytes: %v", Size(big), err)
+	}
+	big.Payload = big.Payload[:MaxMessageSize-MessageOverhead-1]
+	if err := r.Publish(big); err != nil {
+		t.Fatalf("a C2S of %d bytes: %v", Size(big), err)
+	}
+}
