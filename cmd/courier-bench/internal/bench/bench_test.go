@@ -222,6 +222,17 @@ func TestAgainstNode(t *testing.T) {
 			t.Fatalf("no memory slope: %+v", r.Figures)
 		}
 	})
+
+	// Logins the node refuses: no figure of logins/s or memory per device
+	// is produced from a run in which the devices did not come online.
+	t.Run("connect with refused logins fails", func(t *testing.T) {
+		cfg := testConfig(n, 10)
+		cfg.Secret = "not-the-secret-of-app-1"
+		r, err := Connect(ctx, cfg, ConnectConfig{MemAt: []int{5, 10}, Settle: 2 * time.Second})
+		if err == nil || r != nil || !strings.Contains(err.Error(), "0 of 5 devices online") {
+			t.Fatalf("connect with tokens the node refuses: %v %+v", err, r)
+		}
+	})
 }
 
 // A node without the Upstream API makes the scenario fail with a clear

@@ -80,7 +80,13 @@ func Connect(ctx context.Context, cfg Config, cc ConnectConfig) (*Result, error)
 	for _, to := range steps {
 		s.acct.resetLogins()
 		a := s.readCPU(ctx)
-		if err := s.login(ctx, from, to, cc.Rate); err != nil {
+		err := s.login(ctx, from, to, cc.Rate)
+		if err == nil {
+			// Figures per login and memory per device hold only for a
+			// step that logged every device in.
+			err = s.allOnline(to, fmt.Sprintf("logins up to %d devices", to))
+		}
+		if err != nil {
 			close(stop)
 			wg.Wait()
 			return nil, err
@@ -100,6 +106,12 @@ func Connect(ctx context.Context, cfg Config, cc ConnectConfig) (*Result, error)
 			if err != nil {
 				s.res.note("memory at %d devices: %v", to, err)
 				continue
+			}
+			// The sample is of to devices only if none left meanwhile.
+			if err := s.allOnline(to, fmt.Sprintf("memory sample at %d devices", to)); err != nil {
+				close(stop)
+				wg.Wait()
+				return nil, err
 			}
 			samples = append(samples, m)
 		}
@@ -417,13 +429,25 @@ func (s *session) setupLogin(ctx context.Context) error {
 	if err := s.nodeAlive(); err != nil {
 		return err
 	}
-	st := s.devStats()
-	if st.Online < int64(s.cfg.Devices) {
-		return fmt.Errorf("bench: only %d of %d devices logged in (%d failed; last error: %s)", st.Online, s.cfg.Devices, st.LoginFailed, st.LastError)
+	if err := s.allOnline(s.cfg.Devices, "setup"); err != nil {
+		return err
 	}
-	s.res.note("setup: %d devices logged in in %.1fs", st.Online, time.Since(start).Seconds())
+	s.res.note("setup: %d devices logged in in %.1fs", s.cfg.Devices, time.Since(start).Seconds())
 	time.Sleep(300 * time.Millisecond)
 	return nil
+}
+
+// allOnline fails unless exactly want devices are logged in now (a
+// figure per device or of the time until all were in would otherwise be
+// of fewer devices than it says), naming why the others are not.
+func (s *session) allOnline(want int, what string) error {
+	st := s.devStats()
+	if st.Online == int64(want) {
+		return nil
+	}
+	_, fail, codes, _, _ := s.acct.logins()
+	return fmt.Errorf("bench: %s: %d of %d devices online (%d logins failed since the last count %v; last error: %s)",
+		what, st.Online, want, fail, codes, st.LastError)
 }
 
 // TrafficConfig tunes the c2c and upstream scenarios.
@@ -661,6 +685,10 @@ func Reconnect(ctx context.Context, cfg Config, rc ReconnectConfig) (*Result, er
 		return nil, err
 	}
 	if err := s.nodeAlive(); err != nil {
+		return nil, err
+	}
+	// "Time until all back" is that only if all came back.
+	if err := s.allOnline(s.cfg.Devices, "reconnect"); err != nil {
 		return nil, err
 	}
 	r := s.res
