@@ -355,8 +355,19 @@ func (s *Subscription) attach(gates []GateRef, gen uint64) {
 			}
 		}
 	}
+	hasLocal := false
+	for _, a := range s.at {
+		hasLocal = hasLocal || a.local != nil
+	}
 	for _, g := range gates {
 		if _, done := s.at[g.Instance]; done {
+			continue
+		}
+		if g.Address == self && hasLocal {
+			// Two instances at this node's address (it restarted within
+			// the membership TTL: the old one is still listed) are one
+			// router: a second local attachment would split its
+			// deliveries, and acks would reach only one of them.
 			continue
 		}
 		if g.Address != self {
@@ -371,6 +382,7 @@ func (s *Subscription) attach(gates []GateRef, gen uint64) {
 			continue
 		}
 		s.at[g.Instance] = &attachment{address: g.Address, local: sub}
+		hasLocal = true
 		s.h.wg.Add(1)
 		go func() {
 			defer s.h.wg.Done()

@@ -410,3 +410,40 @@ func TestAckOfAnIDNotHandedOutIsIgnored(t *testing.T) {
 		t.Fatalf("the next stream got %v: m2 was lost", ids)
 	}
 }
+
+// TestTwoInstancesAtThisAddressAreOneAttachment: a node restarted within
+// the membership TTL is listed twice (old and new instance, one
+// address). A subscription attached to its router once per instance:
+// deliveries split between the two, acks reached one, and the other's
+// stayed held until the old instance expired (then delivered again).
+func TestTwoInstancesAtThisAddressAreOneAttachment(t *testing.T) {
+	r := New(DefaultConfig(), nil)
+	defer r.Close()
+	h := NewLocalHub(r)
+	defer h.Close()
+	h.SetMembers([]string{localAddress}, []GateRef{{Address: localAddress, Instance: "i1"}, {Address: localAddress, Instance: "i2"}})
+	s, _ := h.Subscribe(1, nil, 100)
+	defer s.Close()
+	for i := range 20 {
+		if err := r.Publish(msg(1, 7, fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := 0
+	for got < 20 {
+		batch := next1(t, s)
+		var ids []uint64
+		for _, m := range batch {
+			ids = append(ids, m.DeliveryId)
+		}
+		s.Ack(ids)
+		got += len(batch)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r.Bytes() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b := r.Bytes(); b != 0 {
+		t.Fatalf("%d bytes still held after every delivery was acknowledged", b)
+	}
+}
