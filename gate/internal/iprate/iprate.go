@@ -36,9 +36,16 @@ func New(perSecond float64, burst, maxAddrs int) *Limiter {
 		m: make(map[netip.Addr]*list.Element)}
 }
 
-// Allow reports whether one more event from a is allowed at now.
+// Allow reports whether one more event from a is allowed at now. IPv6
+// addresses count by their /64: one host (a home line, a cloud VM) has a
+// whole /64 to pick source addresses from.
 func (l *Limiter) Allow(a netip.Addr, now time.Time) bool {
 	a = a.Unmap().WithZone("")
+	if a.Is6() {
+		if p, err := a.Prefix(64); err == nil {
+			a = p.Addr()
+		}
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if el, ok := l.m[a]; ok {

@@ -1,6 +1,7 @@
 package iprate
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -29,5 +30,24 @@ func TestPerAddressAndBounded(t *testing.T) {
 	}
 	if l.Len() != 3 {
 		t.Fatalf("remembers %d addresses, want 3", l.Len())
+	}
+}
+
+// TestIPv6CountsByItsSlash64: a host picks source addresses from its
+// whole /64; counted per address, it was never limited.
+func TestIPv6CountsByItsSlash64(t *testing.T) {
+	l := New(1, 3, 100)
+	now := time.Now()
+	for i := range 3 {
+		a := netip.MustParseAddr(fmt.Sprintf("2001:db8:1:2::%x", i+1))
+		if !l.Allow(a, now) {
+			t.Fatalf("event %d of the burst refused", i)
+		}
+	}
+	if l.Allow(netip.MustParseAddr("2001:db8:1:2:ffff::9"), now) {
+		t.Fatal("a fourth address of the same /64 got past a burst of 3")
+	}
+	if !l.Allow(netip.MustParseAddr("2001:db8:1:3::1"), now) {
+		t.Fatal("another /64 was refused")
 	}
 }
