@@ -40,15 +40,17 @@ func WireCode(err error) devicepb.Code {
 		return devicepb.Code_FRAME_TOO_LARGE
 	case errors.Is(err, ErrBadFlags):
 		return devicepb.Code_BAD_FLAGS
-	case errors.Is(err, ErrDecompress):
+	case errors.Is(err, ErrDecompress), errors.Is(err, ErrBodyNotEmpty):
 		return devicepb.Code_BAD_BODY
 	}
 	return devicepb.Code_OK
 }
 
 // Fatal reports whether a decoding error ends the connection: bad magic,
-// unsupported version, oversized length and truncation do; bad flags and
-// bodies that do not decompress do not.
+// unsupported version, oversized length and truncation do; bad flags,
+// bodies that do not decompress or must be empty, and a short header
+// (read more) do not.
 func Fatal(err error) bool {
-	return err != nil && !errors.Is(err, ErrBadFlags) && !errors.Is(err, ErrDecompress)
+	return err != nil && !errors.Is(err, ErrBadFlags) && !errors.Is(err, ErrDecompress) &&
+		!errors.Is(err, ErrBodyNotEmpty) && !errors.Is(err, ErrShortHeader)
 }

@@ -266,3 +266,30 @@ func TestZstd(t *testing.T) {
 		t.Fatalf("bomb: %v", err)
 	}
 }
+
+// TestErrorAnswers: each decoding error maps to the answer PROTOCOL.md
+// gives it; a body that must be empty is BAD_BODY and the connection
+// stays, and a short header only means "read more".
+func TestErrorAnswers(t *testing.T) {
+	for _, c := range []struct {
+		err   error
+		code  devicepb.Code
+		fatal bool
+	}{
+		{ErrShortHeader, devicepb.Code_OK, false},
+		{ErrBadMagic, devicepb.Code_OK, true},
+		{ErrUnsupportedVersion, devicepb.Code_UNSUPPORTED_VERSION, true},
+		{ErrFrameTooLarge, devicepb.Code_FRAME_TOO_LARGE, true},
+		{ErrBadFlags, devicepb.Code_BAD_FLAGS, false},
+		{ErrTruncated, devicepb.Code_OK, true},
+		{ErrDecompress, devicepb.Code_BAD_BODY, false},
+		{ErrBodyNotEmpty, devicepb.Code_BAD_BODY, false},
+	} {
+		if got := WireCode(c.err); got != c.code {
+			t.Errorf("WireCode(%v) = %v, want %v", c.err, got, c.code)
+		}
+		if got := Fatal(c.err); got != c.fatal {
+			t.Errorf("Fatal(%v) = %v, want %v", c.err, got, c.fatal)
+		}
+	}
+}
