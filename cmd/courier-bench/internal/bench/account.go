@@ -12,12 +12,27 @@ import (
 	"github.com/courier-im/courier/messages/devicepb"
 )
 
-// newHist returns a histogram of microseconds from 1 µs to 10 minutes
-// at 3 significant digits.
-func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, 600_000_000, 3) }
+// histMax is the longest latency a histogram holds, in µs: a day. A
+// fixed-rate run counts latency from each message's scheduled time, so a
+// long run that falls behind has latencies as long as the run (the
+// earlier bound, 10 minutes, dropped them); a day costs a few more KiB
+// per histogram.
+const histMax = 24 * 3600 * 1_000_000
 
-func recordNs(h *hdrhistogram.Histogram, ns int64) {
-	_ = h.RecordValue(max(ns/1000, 1))
+// newHist returns a histogram of microseconds from 1 µs to histMax at 3
+// significant digits.
+func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, histMax, 3) }
+
+// recordNs records a latency of ns into h, in µs (under 1 µs as 1), and
+// reports false for one h cannot hold: negative (a clock stepped back
+// between the two stamps, or a stamp is wrong) or over histMax. The
+// caller counts those, and the run fails on them: percentiles that
+// leave samples out look better than what happened.
+func recordNs(h *hdrhistogram.Histogram, ns int64) bool {
+	if ns < 0 {
+		return false
+	}
+	return h.RecordValue(max(ns/1000, 1)) == nil
 }
 
 // States of a push as the API answered it.
@@ -72,7 +87,9 @@ func (t *msgTotals) tally(r *msgRec, mismatch bool, lost func() string) {
 	t.Sent++
 	if r.recvs > 0 {
 		t.Delivered++
-		recordNs(t.DeliverLat, r.recvNs-r.sentNs)
+		if !recordNs(t.DeliverLat, r.recvNs-r.sentNs) {
+			t.OutOfRange++
+		}
 		if mismatch {
 			t.Mismatched++
 		}
@@ -88,7 +105,9 @@ func (t *msgTotals) tally(r *msgRec, mismatch bool, lost func() string) {
 		}
 	default:
 		t.AckOK++
-		recordNs(t.AckLat, r.ackNs-r.sentNs)
+		if !recordNs(t.AckLat, r.ackNs-r.sentNs) {
+			t.OutOfRange++
+		}
 		if r.recvs == 0 {
 			t.Lost++
 			if len(t.LostSample) < 20 {
@@ -126,6 +145,9 @@ type accountant struct {
 	dupsOther int64
 	unknown   int64 // receipts of indices never pushed
 	foreign   int64 // receipts of other runs' messages
+	// outOfRange: login, push and API latencies the histograms could not
+	// hold (recordNs), over the whole run.
+	outOfRange int64
 
 	// C2C and C2S, by index
 	c2c      map[uint64]*c2cRec
@@ -194,7 +216,7 @@ func (a *accountant) answered(i int64, state uint8, online bool, seq uint32, has
 	r := a.push(i)
 	r.state, r.online, r.respSeq, r.respHash = state, online, seq, hash
 	if callNs > 0 {
-		recordNs(a.apiLat, callNs)
+		a.record(a.apiLat, callNs)
 	}
 }
 
@@ -212,7 +234,7 @@ func (a *accountant) records(rs []farm.Record) {
 			a.lastDone = max(a.lastDone, r.T)
 			if r.Code == 0 {
 				a.loginOK++
-				recordNs(a.loginLat, r.T-start)
+				a.record(a.loginLat, r.T-start)
 			} else {
 				a.loginFail++
 				a.loginCodes[loginCode(r.Code)]++
@@ -233,7 +255,7 @@ func (a *accountant) records(rs []farm.Record) {
 			}
 			p.recvs = 1
 			p.recvNs, p.recvHash, p.recvSeq, p.recvDev = r.T, r.Hash, r.Seq, int32(r.Dev)
-			recordNs(a.pushLat, r.T-p.sendNs)
+			a.record(a.pushLat, r.T-p.sendNs)
 			a.delivered++
 			a.lastRecv = max(a.lastRecv, r.T)
 		case farm.RecvForeign:
@@ -272,6 +294,22 @@ func (a *accountant) records(rs []farm.Record) {
 			}
 		}
 	}
+}
+
+// record records a latency of ns into h, counting it if out of range;
+// a.mu is held.
+func (a *accountant) record(h *hdrhistogram.Histogram, ns int64) {
+	if !recordNs(h, ns) {
+		a.outOfRange++
+	}
+}
+
+// latenciesOutOfRange returns how many login, push and API latencies the
+// histograms could not hold.
+func (a *accountant) latenciesOutOfRange() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.outOfRange
 }
 
 func (a *accountant) c2cRec(i uint64) *c2cRec {
@@ -318,7 +356,9 @@ type pushTotals struct {
 	// failed with another status than RESOURCE_EXHAUSTED (set by the
 	// scenario).
 	DupsOther, FailedOther int64
-	LostSample             []string
+	// OutOfRange: latencies the histograms could not hold (recordNs).
+	OutOfRange int64
+	LostSample []string
 }
 
 // expectedPushes counts accepted pushes to online devices (those the
@@ -347,7 +387,7 @@ func (a *accountant) pushProgress() (expected, delivered, answered int64) {
 func (a *accountant) pushTotals(uid func(dev int32) string) pushTotals {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := pushTotals{Pushed: a.npush, Dups: a.dups, DupsOther: a.dupsOther, Unknown: a.unknown, Foreign: a.foreign}
+	t := pushTotals{Pushed: a.npush, Dups: a.dups, DupsOther: a.dupsOther, Unknown: a.unknown, Foreign: a.foreign, OutOfRange: a.outOfRange}
 	for i := int64(0); i < a.npush; i++ {
 		p := a.push(i)
 		if p.recvs > 0 {
@@ -383,17 +423,20 @@ func (a *accountant) pushTotals(uid func(dev int32) string) pushTotals {
 type msgTotals struct {
 	Sent, AckOK, Refused, NoAck, Delivered, Lost, Mismatched, Dups int64
 	// DupsOther: receipts again that differ from the first (msg id or
-	// receiver); Unexpected: received though the ack refused it.
-	DupsOther, Unexpected int64
-	RefusedBy             map[string]int64
-	LostSample            []string
-	AckLat, DeliverLat    *hdrhistogram.Histogram
+	// receiver); Unexpected: received though the ack refused it;
+	// OutOfRange: latencies the histograms could not hold (recordNs),
+	// the run's logins' included.
+	DupsOther, Unexpected, OutOfRange int64
+	RefusedBy                         map[string]int64
+	LostSample                        []string
+	AckLat, DeliverLat                *hdrhistogram.Histogram
 }
 
 func (a *accountant) c2cTotals() msgTotals {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := msgTotals{RefusedBy: map[string]int64{}, AckLat: newHist(), DeliverLat: newHist(), Dups: a.dups, DupsOther: a.dupsOther}
+	t := msgTotals{RefusedBy: map[string]int64{}, AckLat: newHist(), DeliverLat: newHist(), Dups: a.dups, DupsOther: a.dupsOther,
+		OutOfRange: a.outOfRange}
 	for idx, c := range a.c2c {
 		if !c.sent {
 			continue
@@ -408,7 +451,8 @@ func (a *accountant) c2cTotals() msgTotals {
 func (a *accountant) c2sTotals() msgTotals {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := msgTotals{RefusedBy: map[string]int64{}, AckLat: newHist(), DeliverLat: newHist(), Dups: a.dups, DupsOther: a.dupsOther}
+	t := msgTotals{RefusedBy: map[string]int64{}, AckLat: newHist(), DeliverLat: newHist(), Dups: a.dups, DupsOther: a.dupsOther,
+		OutOfRange: a.outOfRange}
 	for idx, c := range a.c2s {
 		if !c.sent {
 			continue

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/courier-im/courier/cmd/courier-bench/internal/farm"
 	"github.com/courier-im/courier/cmd/courier-bench/internal/ipc"
 	"github.com/courier-im/courier/messages/apipb"
 	"github.com/courier-im/courier/testkit"
@@ -338,5 +339,42 @@ func TestOnlyOverloadRefusalsAreNotFailures(t *testing.T) {
 	st.failItem(status.Error(codes.InvalidArgument, "payload too large"), "")
 	if n := st.other.Load(); n != 15 {
 		t.Fatalf("%d failures, want 15", n)
+	}
+}
+
+// TestLatencyOutOfRange: a latency the histograms cannot hold (negative,
+// or over histMax) is counted and fails the run rather than vanishing
+// from the percentiles; one of over 10 minutes (the old bound) is
+// recorded.
+func TestLatencyOutOfRange(t *testing.T) {
+	h := newHist()
+	if !recordNs(h, 500) || !recordNs(h, (11*time.Minute).Nanoseconds()) || h.TotalCount() != 2 {
+		t.Fatalf("in-range samples: %d recorded", h.TotalCount())
+	}
+	if recordNs(h, -1) || recordNs(h, 2*histMax*1000) || h.TotalCount() != 2 {
+		t.Fatalf("out-of-range samples taken: %d recorded", h.TotalCount())
+	}
+
+	a := newAccountant(2, "p-")
+	first := a.reserve(2, 1_000_000_000, func(i int64) int32 { return int32(i) })
+	a.answered(first, pushAccepted, true, 1, 7, 1000)
+	a.answered(first+1, pushAccepted, true, 1, 8, 1000)
+	a.records([]farm.Record{
+		{Kind: farm.LoginDone, Idx: 2_000_000_000, T: 1_000_000_000}, // answered before it was dialled
+		{Kind: farm.RecvS2C, Idx: uint64(first), Dev: 0, Seq: 1, Hash: 7, T: 2_000_000_000},
+		{Kind: farm.RecvS2C, Idx: uint64(first + 1), Dev: 1, Seq: 1, Hash: 8, T: 500_000_000}, // before it was sent
+		{Kind: farm.SentC2C, Idx: 1, Dev: 0, T: 3_000_000_000},
+		{Kind: farm.AckC2C, Idx: 1, Dev: 0, Hash: 9, T: 3_000_100_000},
+		{Kind: farm.RecvC2C, Idx: 1, Dev: 1, Hash: 9, T: 2_999_000_000}, // before it was sent
+	})
+	if n := a.latenciesOutOfRange(); n != 2 {
+		t.Fatalf("%d login and push latencies out of range, want 2", n)
+	}
+	pt := a.pushTotals(func(g int32) string { return "p-" + string(rune('0'+g)) })
+	if f := pt.failures(false, pendingCheck{}); len(f) != 1 || !strings.Contains(f[0], "2 latency samples could not be recorded") {
+		t.Fatalf("push failures %q", f)
+	}
+	if ct := a.c2cTotals(); ct.OutOfRange != 3 || ct.Delivered != 1 {
+		t.Fatalf("c2c totals %+v", ct)
 	}
 }

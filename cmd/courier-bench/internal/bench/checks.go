@@ -1,6 +1,9 @@
 package bench
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // The checks a run must pass for its figures to stand. Loss is apart
 // (Result.Lost, which --allow-loss lets through); every other check that
@@ -34,6 +37,7 @@ func (t pushTotals) failures(ff bool, p pendingCheck) []string {
 	}
 	add(t.Unexpected+t.Unknown, "%d pushes received though not accepted (the call failed, the API said dropped, or never pushed)")
 	add(t.FailedOther, "%d pushes failed with another status than RESOURCE_EXHAUSTED (the notes say which)")
+	out = append(out, latencyFailures(t.OutOfRange)...)
 	switch {
 	case p.err != nil:
 		out = append(out, fmt.Sprintf("the check of what is pending on the node failed: %v", p.err))
@@ -57,5 +61,15 @@ func (t msgTotals) failures(what string) []string {
 	add(t.Mismatched, "%d %s received by another than the one sent to, or with another msg id than the ack said")
 	add(t.DupsOther, "%d %s received again as another message (msg id or receiver): not a redelivery")
 	add(t.Unexpected, "%d %s received though refused")
-	return out
+	return append(out, latencyFailures(t.OutOfRange)...)
+}
+
+// latencyFailures fails a run with n latency samples the histograms
+// could not hold: its percentiles leave them out.
+func latencyFailures(n int64) []string {
+	if n == 0 {
+		return nil
+	}
+	return []string{fmt.Sprintf("%d latency samples could not be recorded (negative: a clock stepped back; or over %v): the percentiles leave them out",
+		n, time.Duration(histMax)*time.Microsecond)}
 }

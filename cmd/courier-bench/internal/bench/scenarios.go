@@ -164,6 +164,7 @@ func Connect(ctx context.Context, cfg Config, cc ConnectConfig) (*Result, error)
 		}
 		s.res.note("memory excludes the kernel's socket buffers (a few KiB per idle TCP connection, on both ends)")
 	}
+	s.res.Failures = latencyFailures(s.acct.latenciesOutOfRange())
 	return s.res, nil
 }
 
@@ -699,5 +700,6 @@ func Reconnect(ctx context.Context, cfg Config, rc ReconnectConfig) (*Result, er
 	r.fig("time until all back", back.Seconds(), "s")
 	r.fig("online at the end", float64(r.Devices.Online), "")
 	s.cpuFigures(c0, c1, ok, "login")
+	r.Failures = latencyFailures(s.acct.latenciesOutOfRange())
 	return r, nil
 }
