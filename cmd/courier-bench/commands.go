@@ -165,11 +165,12 @@ progress line a second, then a summary; --out writes the result as JSON, and
 Exit status: 0 ok; 1 error (nothing measured, or not every device came
 online); 3 the run failed a check: messages were lost, received with another
 seq, msg id or device than answered, received again as another message,
-received though not accepted, pushes failed with another status than
-RESOURCE_EXHAUSTED (the overload refusal, expected at the highest rate),
-stored messages were still pending on the node after the drain, or that
-check could not be made (the summary's FAILED lines say which); 4 the node
-lacks an API the scenario needs.`,
+received though not accepted or refused, or never answered; pushes failed
+with another status than RESOURCE_EXHAUSTED (the overload refusal, expected
+at the highest rate); stored messages were still pending on the node after
+the drain, or that check could not be made; latency samples could not be
+recorded (the summary's FAILED lines say which); 4 the node lacks an API the
+scenario needs.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
