@@ -89,4 +89,7 @@ func TestPausedActorNode(t *testing.T) {
 	if d("courier_cluster_rejoins_total") < 1 || d("courier_cluster_lease_lost_total") < 1 {
 		t.Error("the zombie did not lose its lease and rejoin")
 	}
+	if d("courier_cluster_lease_refused_total") < 1 {
+		t.Error("the zombie refused nothing: what reached it while paused was served without a lease, or the fault did not bite")
+	}
 }

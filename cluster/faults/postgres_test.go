@@ -45,6 +45,12 @@ func TestPostgresRestarted(t *testing.T) {
 	if ff == 0 {
 		t.Error("no fire-and-forget push was delivered while PostgreSQL was down")
 	}
+	if c2s == 0 {
+		t.Error("no C2S was delivered while PostgreSQL was down")
+	}
+	if l.Devices.Reconnects != 0 {
+		t.Errorf("%d device reconnects: connected devices must stay connected while PostgreSQL is down", l.Devices.Reconnects)
+	}
 	if refused == 0 {
 		t.Error("no stored push was refused while PostgreSQL was down: the fault did not bite")
 	}
