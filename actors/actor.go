@@ -608,15 +608,15 @@ func (a *deviceActor) noteClose(c *actorpb.DeviceClosed) {
 	a.closes = append(a.closes, c)
 }
 
-// needsWrite reports whether handling env stores something new.
-// answersOnly reports whether env needs no write of its own but is
-// answered behind the machine's writes (Device.Backlogged): a
-// fire-and-forget push, presence, a kick, a PULL.
+// answersOnly reports whether env is answered behind the machine's
+// writes but brings no stored message of its own (Device.Backlogged): a
+// fire-and-forget push, a kick (at most a session's end to write), a
+// PULL. Not presence: it is answered at once, whatever is in flight.
 func answersOnly(env *actorpb.Envelope) bool {
 	switch b := env.Body.(type) {
 	case *actorpb.Envelope_Push:
 		return !b.Push.GetStored()
-	case *actorpb.Envelope_Presence, *actorpb.Envelope_Kick:
+	case *actorpb.Envelope_Kick:
 		return true
 	case *actorpb.Envelope_Frame:
 		return messages.Cmd(b.Frame.Cmd) == messages.CmdPull
@@ -624,6 +624,7 @@ func answersOnly(env *actorpb.Envelope) bool {
 	return false
 }
 
+// needsWrite reports whether handling env stores something new.
 func needsWrite(env *actorpb.Envelope) bool {
 	switch b := env.Body.(type) {
 	case *actorpb.Envelope_Login, *actorpb.Envelope_C2C:
@@ -814,10 +815,23 @@ func Refusal(env *actorpb.Envelope, code codes.Code, dc devicepb.Code, why strin
 		}
 	default:
 		if env.ReqId != 0 {
-			return nil, nil, failure(code, why)
+			r := failure(code, why)
+			if setting, ok := storeBusy[why]; ok {
+				r.GetFailure().Reason, r.GetFailure().Setting = apipb.ReasonStoreBusy, setting
+			}
+			return nil, nil, r
 		}
 	}
 	return nil, nil, nil
+}
+
+// storeBusy maps the refusals for the store's pressure, which accept
+// nothing, to the setting that bounds each (apipb.ReasonStoreBusy).
+var storeBusy = map[string]string{
+	overloaded: "actors.max-pending-writes",
+	stalled:    "store.stall-after",
+	stashFull:  "actors.max-stashed",
+	backlogged: "actors.window-bytes",
 }
 
 // leaselessWhy is the reason of the refusals a node without its

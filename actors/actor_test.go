@@ -943,7 +943,8 @@ func TestStalledStoreRefusesNewWrites(t *testing.T) {
 	h.store.stalled.Store(true)
 	rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte("x")}))
 	if f := rep.GetFailure(); f == nil || f.Code != int32(codes.Unavailable) ||
-		!strings.Contains(f.Message, "store.stall-after") || !strings.Contains(f.Message, "nothing was accepted") {
+		!strings.Contains(f.Message, "store.stall-after") || !strings.Contains(f.Message, "nothing was accepted") ||
+		f.Reason != apipb.ReasonStoreBusy || f.Setting != "store.stall-after" {
 		t.Fatalf("stored push while the store is stalled: %v", rep)
 	}
 	h.r.Send(env(store.Identity{App: 1, UID: "bob"}, &actorpb.C2CSend{ReplyTo: c, FromUid: "alice", FrameSeq: 5,
@@ -989,7 +990,8 @@ func TestAnswersBehindAStuckWriteAreBounded(t *testing.T) {
 		ch := h.r.ask(env(alice, &actorpb.Push{Payload: payload}))
 		select {
 		case rep := <-ch:
-			if f := rep.GetFailure(); f == nil || f.Code != int32(codes.Unavailable) || !strings.Contains(f.Message, "actors.window-bytes") {
+			if f := rep.GetFailure(); f == nil || f.Code != int32(codes.Unavailable) || !strings.Contains(f.Message, "actors.window-bytes") ||
+				f.Reason != apipb.ReasonStoreBusy || f.Setting != "actors.window-bytes" {
 				t.Fatalf("a push answered at once behind a stuck write: %v", rep)
 			}
 			refused++
@@ -1000,6 +1002,9 @@ func TestAnswersBehindAStuckWriteAreBounded(t *testing.T) {
 	// 4 × 64 KiB of 16 KiB bodies: 16 held, the rest refused.
 	if len(held) < 14 || len(held) > 17 || refused == 0 {
 		t.Fatalf("%d pushes held behind the stuck write, %d refused; want about 16 held", len(held), refused)
+	}
+	if p := h.presence(alice); !p.GetOnline() {
+		t.Fatalf("presence behind a stuck write: %v", p)
 	}
 	h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c, Epoch: 1, Cmd: uint32(messages.CmdPull), Seq: 7}))
 	testkit.Eventually(t, 5*time.Second, func() bool { return len(h.r.frames(uint32(messages.CmdPullAck))) == 1 }, "the PULL was not answered")

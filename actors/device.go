@@ -218,8 +218,8 @@ func effectCost(e *Effect) int {
 // Backlogged reports whether the effects waiting for the machine's writes
 // hold about four delivery windows (actors.window-bytes) or more: a write
 // that does not complete (a hung disk, a full write budget) while answers
-// that need no write of their own (fire-and-forget pushes, presence,
-// pulls) keep coming would otherwise pile up without a bound. The actor
+// that need no write of their own (fire-and-forget pushes, kicks, pulls)
+// keep coming would otherwise pile up without a bound. The actor
 // refuses those while it holds.
 func (d *Device) Backlogged() bool {
 	return d.fx != nil && d.fx.waitBytes >= 4*d.env.Config.WindowBytes

@@ -21,13 +21,11 @@ import (
 // inline (Pebble). While a read is outstanding the envelopes that arrive
 // wait in the actor's stash, in arrival order, and are handled in that
 // order once it is answered, so the identity's order holds as if the
-// read had been synchronous. Two kinds of envelope may be handled ahead
-// of the stash while an idempotency lookup is outstanding, because the
-// synchronous actor already let them overtake the same envelopes: a
-// presence query and a fire-and-forget push, provided everything stashed
-// is a stored push or a C2C (whose effects wait for their write anyway,
-// so a fire-and-forget push overtook them before). Nothing overtakes a
-// load: without a machine there is nothing to answer from.
+// read had been synchronous. A presence query may be handled ahead of
+// the stash while an idempotency lookup is outstanding, provided
+// everything stashed is a push or a C2C (presence is answered at once
+// behind their writes too). Nothing overtakes a load: without a machine
+// there is nothing to answer from.
 
 // maxLookupKeys bounds the idempotency keys of one lookup: the key of
 // the envelope that waits for it and those of stashed envelopes, looked

@@ -9,7 +9,9 @@ import (
 // reason of the google.rpc.ErrorInfo (domain ErrorDomain) in a failed
 // call's status details, with the setting that bounds it in its metadata
 // under "setting". Each says what to do where the gRPC code alone does
-// not: both are RESOURCE_EXHAUSTED.
+// not: NODE_OVERLOADED and INBOX_FULL are both RESOURCE_EXHAUSTED, and
+// STORE_BUSY tells an UNAVAILABLE that accepted nothing from one that may
+// have taken effect.
 const (
 	// ReasonNodeOverloaded: the node, or the gate holding the device's
 	// connection, is behind; nothing was accepted. Retry soon, backing
@@ -24,6 +26,12 @@ const (
 	// api.max-unauthenticated-calls): share connections, go to another
 	// node, or retry later.
 	ReasonLimitReached = "LIMIT_REACHED"
+	// ReasonStoreBusy (UNAVAILABLE): the inbox store is behind or stalled
+	// for the identity (writes in flight at their bound, a commit stalled,
+	// reads queued at their bound, the identity's queue of work waiting
+	// for the store full); nothing was done. Retry later, backing off,
+	// with the same idempotency keys.
+	ReasonStoreBusy = "STORE_BUSY"
 )
 
 // ErrorDomain is the domain of Courier's google.rpc.ErrorInfo details.
