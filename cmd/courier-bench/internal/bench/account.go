@@ -100,7 +100,7 @@ func (t *msgTotals) tally(r *msgRec, mismatch bool, lost func() string) {
 	case r.code != 0:
 		t.Refused++
 		t.RefusedBy[devicepb.Code(r.code).String()]++
-		if r.recvs > 0 {
+		if r.recvs > 0 && !maybeStored(devicepb.Code(r.code)) {
 			t.Unexpected++
 		}
 	default:
@@ -423,7 +423,8 @@ func (a *accountant) pushTotals(uid func(dev int32) string) pushTotals {
 type msgTotals struct {
 	Sent, AckOK, Refused, NoAck, Delivered, Lost, Mismatched, Dups int64
 	// DupsOther: receipts again that differ from the first (msg id or
-	// receiver); Unexpected: received though the ack refused it;
+	// receiver); Unexpected: received though the ack refused it (but for
+	// STORE_UNAVAILABLE and INTERNAL, which may have stored it);
 	// OutOfRange: latencies the histograms could not hold (recordNs),
 	// the run's logins' included.
 	DupsOther, Unexpected, OutOfRange int64
@@ -529,4 +530,12 @@ func (a *accountant) pushed() int64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.npush
+}
+
+// maybeStored reports whether a C2C refused with code may have been
+// stored all the same (docs/protocol.md: a write that failed after it
+// was submitted, a commit that timed out and landed): its delivery is
+// no defect.
+func maybeStored(code devicepb.Code) bool {
+	return code == devicepb.Code_STORE_UNAVAILABLE || code == devicepb.Code_INTERNAL
 }

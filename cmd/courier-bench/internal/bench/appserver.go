@@ -49,7 +49,8 @@ func (s *session) authCtx(ctx context.Context) context.Context {
 type pushStats struct {
 	calls, items, accepted, failed atomic.Int64
 	refused                        atomic.Int64 // of failed: refused with RESOURCE_EXHAUSTED because the node is overloaded
-	other                          atomic.Int64 // of failed: with another status than RESOURCE_EXHAUSTED
+	storeBusy                      atomic.Int64 // of failed: refused with UNAVAILABLE STORE_BUSY (nothing accepted)
+	other                          atomic.Int64 // of failed: with another status than RESOURCE_EXHAUSTED or STORE_BUSY
 	mu                             sync.Mutex
 	errors                         map[string]int64
 }
@@ -60,7 +61,11 @@ func (p *pushStats) fail(err error, n int) {
 	if status.Code(err) == codes.ResourceExhausted {
 		p.refused.Add(int64(n))
 	}
-	p.count(err, n, "")
+	reason := ""
+	if info := apipb.ErrorInfo(err); info != nil {
+		reason = info.Reason
+	}
+	p.count(err, n, "", reason)
 }
 
 // failItem counts a failed item of an answered call, with its reason
@@ -76,7 +81,7 @@ func (p *pushStats) failItem(err error, reason string) bool {
 		// The message names the identity and the delay: one line for all.
 		key = status.Code(err).String() + ": node overloaded: deliveries to the gate holding the device's connection are late (api.max-gate-backlog)"
 	}
-	p.count(err, 1, key)
+	p.count(err, 1, key, reason)
 	return over
 }
 
@@ -93,9 +98,13 @@ const maxErrorKinds = 16
 
 // count counts n failed pushes, under key in the report (default: the
 // error's code and message).
-func (p *pushStats) count(err error, n int, key string) {
+func (p *pushStats) count(err error, n int, key, reason string) {
 	p.failed.Add(int64(n))
-	if status.Code(err) != codes.ResourceExhausted {
+	switch {
+	case status.Code(err) == codes.Unavailable && reason == apipb.ReasonStoreBusy:
+		// The store's admission: nothing was accepted, like an overload.
+		p.storeBusy.Add(int64(n))
+	case status.Code(err) != codes.ResourceExhausted:
 		p.other.Add(int64(n))
 	}
 	code := status.Code(err).String()

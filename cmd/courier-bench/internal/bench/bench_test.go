@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -17,6 +18,7 @@ import (
 	"github.com/courier-im/courier/cmd/courier-bench/internal/farm"
 	"github.com/courier-im/courier/cmd/courier-bench/internal/ipc"
 	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/messages/devicepb"
 	"github.com/courier-im/courier/testkit"
 )
 
@@ -287,6 +289,10 @@ func TestChecks(t *testing.T) {
 	if f := ok.failures(false, pendingCheck{asked: true}); len(f) != 0 {
 		t.Fatalf("refusals and redeliveries failed the run: %q", f)
 	}
+	lost := pushTotals{Pushed: 10, Accepted: 10, Delivered: 8, Lost: 2}
+	if f := lost.failures(false, pendingCheck{asked: true, n: 2}); len(f) != 0 {
+		t.Fatalf("the lost pushes, still pending, failed the run again (loss has its own rule, --allow-loss): %q", f)
+	}
 	ff := pushTotals{Pushed: 100, Accepted: 60, Dropped: 40, Delivered: 60}
 	if f := ff.failures(true, pendingCheck{}); len(f) != 0 {
 		t.Fatalf("fire-and-forget drops failed the run: %q", f)
@@ -304,6 +310,7 @@ func TestChecks(t *testing.T) {
 		{"received though the call failed", pushTotals{Unexpected: 1, Unknown: 1}, false, pendingCheck{}, "2 pushes received though not accepted"},
 		{"failed otherwise", pushTotals{Failed: 7, FailedOther: 4}, false, pendingCheck{}, "4 pushes failed with another status"},
 		{"pending after the drain", pushTotals{}, false, pendingCheck{asked: true, n: 9}, "9 stored messages still unacknowledged"},
+		{"pending beyond the lost", pushTotals{Lost: 2}, false, pendingCheck{asked: true, n: 5}, "3 stored messages still unacknowledged"},
 		{"pending unknown", pushTotals{}, false, pendingCheck{asked: true, err: errors.New("bench: presence: Unavailable")}, "check of what is pending on the node failed"},
 	}
 	for _, tc := range pushCases {
@@ -326,11 +333,17 @@ func TestChecks(t *testing.T) {
 }
 
 // TestOnlyOverloadRefusalsAreNotFailures: a push failed with any status
-// but RESOURCE_EXHAUSTED counts among the failures of the run.
+// but RESOURCE_EXHAUSTED, or UNAVAILABLE with reason STORE_BUSY (the
+// store's admission, nothing accepted), counts among the failures of the
+// run.
 func TestOnlyOverloadRefusalsAreNotFailures(t *testing.T) {
 	st := &pushStats{errors: map[string]int64{}}
 	st.fail(status.Error(codes.ResourceExhausted, "node overloaded: 4096 pushes in flight"), 100)
 	st.failItem(status.Error(codes.ResourceExhausted, "inbox of 1/u is full"), apipb.ReasonInboxFull)
+	st.failItem(status.Error(codes.Unavailable, "the inbox store is overloaded"), apipb.ReasonStoreBusy)
+	busy, _ := status.New(codes.Unavailable, "the inbox store has not completed a commit").WithDetails(
+		&errdetails.ErrorInfo{Reason: apipb.ReasonStoreBusy, Domain: apipb.ErrorDomain})
+	st.fail(busy.Err(), 10)
 	if n := st.other.Load(); n != 0 {
 		t.Fatalf("%d overload refusals counted as failures", n)
 	}
@@ -376,5 +389,24 @@ func TestLatencyOutOfRange(t *testing.T) {
 	}
 	if ct := a.c2cTotals(); ct.OutOfRange != 3 || ct.Delivered != 1 {
 		t.Fatalf("c2c totals %+v", ct)
+	}
+}
+
+// TestRefusedButMaybeStored: a C2C answered STORE_UNAVAILABLE or INTERNAL
+// may have been stored all the same (docs/protocol.md), so its delivery
+// is no defect; one refused outright (INBOX_FULL) and delivered is.
+func TestRefusedButMaybeStored(t *testing.T) {
+	tally := func(code devicepb.Code) msgTotals {
+		m := msgTotals{RefusedBy: map[string]int64{}, AckLat: newHist(), DeliverLat: newHist()}
+		m.tally(&msgRec{sentNs: 1, ackNs: 2, recvNs: 3, code: uint8(code), sent: true, acked: true, recvs: 1}, false, func() string { return "" })
+		return m
+	}
+	for _, c := range []devicepb.Code{devicepb.Code_STORE_UNAVAILABLE, devicepb.Code_INTERNAL} {
+		if m := tally(c); m.Unexpected != 0 || len(m.failures("C2C")) != 0 {
+			t.Fatalf("a C2C answered %v and delivered: %v", c, m.failures("C2C"))
+		}
+	}
+	if m := tally(devicepb.Code_INBOX_FULL); m.Unexpected != 1 {
+		t.Fatal("a C2C refused INBOX_FULL and delivered is not counted")
 	}
 }

@@ -36,13 +36,16 @@ func (t pushTotals) failures(ff bool, p pendingCheck) []string {
 		add(t.DupsOther, "%d pushes received again as another message (msg id, seq or device): not a redelivery")
 	}
 	add(t.Unexpected+t.Unknown, "%d pushes received though not accepted (the call failed, the API said dropped, or never pushed)")
-	add(t.FailedOther, "%d pushes failed with another status than RESOURCE_EXHAUSTED (the notes say which)")
+	add(t.FailedOther, "%d pushes failed with another status than RESOURCE_EXHAUSTED or UNAVAILABLE STORE_BUSY (the notes say which)")
 	out = append(out, latencyFailures(t.OutOfRange)...)
 	switch {
 	case p.err != nil:
 		out = append(out, fmt.Sprintf("the check of what is pending on the node failed: %v", p.err))
 	case p.asked:
-		add(p.n, "%d stored messages still unacknowledged on the node after the drain (Presence)")
+		// A stored push lost on the way to its device is still pending:
+		// it is counted as lost (which --allow-loss lets through), not
+		// again here.
+		add(max(p.n-t.Lost, 0), "%d stored messages still unacknowledged on the node after the drain (Presence), beyond those counted lost")
 	}
 	return out
 }
