@@ -50,6 +50,14 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 		size += messages.HeaderSize + len(f.Body)
 	}
 
+	// Compression (up to a few ms for a large body) happens before the
+	// connection's lock, which its event loop takes too: encoded for the
+	// connection's session as it is now, kept if that has not changed.
+	pre, preApp := g.precompress(s, m)
+	if pre != nil {
+		defer putOutBuf(pre)
+	}
+
 	s.mu.Lock()
 	switch {
 	case s.sClosed || s.sCloseReq != 0:
@@ -74,11 +82,15 @@ func (g *Gate) Deliver(m *actorpb.ToConn) error {
 		}
 		buf := *s.out
 		before := len(buf)
-		for _, f := range m.Frames {
-			start := len(buf)
-			buf = g.appendFrame(buf, f, s.sApp, s.sZstd)
-			if m.Login != nil && messages.Cmd(f.Cmd) == messages.CmdLoginAck {
-				s.loginAckAt, s.loginAckEnd = int32(start), int32(len(buf))
+		if pre != nil && s.sZstd && s.sApp == preApp {
+			buf = append(buf, *pre...)
+		} else {
+			for _, f := range m.Frames {
+				start := len(buf)
+				buf = g.appendFrame(buf, f, s.sApp, s.sZstd)
+				if m.Login != nil && messages.Cmd(f.Cmd) == messages.CmdLoginAck {
+					s.loginAckAt, s.loginAckEnd = int32(start), int32(len(buf))
+				}
 			}
 		}
 		*s.out = buf
@@ -179,6 +191,9 @@ func (g *Gate) appendFrame(dst []byte, f *actorpb.OutFrame, app uint16, zstd boo
 	if zstd && len(f.Body) > 0 && len(f.Body) >= g.cfg.CompressThreshold {
 		start := len(dst)
 		dst = messages.AppendHeader(dst, h)
+		if g.compressing != nil {
+			g.compressing()
+		}
 		dst = g.zstd.Compress(dst, f.Body)
 		if n := len(dst) - start - messages.HeaderSize; n < len(f.Body) {
 			h.Flags, h.Length = messages.FlagZstd, uint32(n)
@@ -188,6 +203,34 @@ func (g *Gate) appendFrame(dst []byte, f *actorpb.OutFrame, app uint16, zstd boo
 		dst = dst[:start]
 	}
 	return messages.AppendFrame(dst, h, f.Body)
+}
+
+// precompress encodes m's frames for s outside s's lock when one of them
+// would be compressed (the session reads zstd, a body reaches the
+// threshold; never with a login outcome, whose LOGIN_ACK goes plain). It
+// returns nil otherwise, and the appcode it encoded them with.
+func (g *Gate) precompress(s *conn, m *actorpb.ToConn) (*[]byte, uint16) {
+	if m.Login != nil {
+		return nil, 0
+	}
+	big := false
+	for _, f := range m.Frames {
+		big = big || (len(f.Body) > 0 && len(f.Body) >= g.cfg.CompressThreshold)
+	}
+	if !big {
+		return nil, 0
+	}
+	s.mu.Lock()
+	zstd, app := s.sZstd, s.sApp
+	s.mu.Unlock()
+	if !zstd {
+		return nil, 0
+	}
+	out := getOutBuf()
+	for _, f := range m.Frames {
+		*out = g.appendFrame(*out, f, app, true)
+	}
+	return out, app
 }
 
 // drain writes what Deliver queued in one write, then applies a login

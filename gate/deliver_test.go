@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,6 +33,35 @@ func expectS2C(t *testing.T, d *testkit.Device, seq uint32, payload []byte) test
 			len(f.Msg.(*devicepb.S2C).Payload), seq, len(payload))
 	}
 	return f
+}
+
+// TestCompressionOutsideTheConnLock: a body is compressed before the
+// connection's lock is taken (its event loop takes the same lock to
+// write: compressing a large body under it stalled every connection of
+// the loop), and still reaches the client compressed and whole.
+func TestCompressionOutsideTheConnLock(t *testing.T) {
+	tg := startGate(t, nil)
+	zd, ack := tg.login(t, "zoe", true)
+	zc := tg.connOf(t, "zoe")
+	var calls, locked atomic.Int32
+	gate.SetCompressing(tg.Gate, func() {
+		calls.Add(1)
+		if gate.ConnLocked(tg.Gate, zc.ID) {
+			locked.Add(1)
+		}
+	})
+	big := []byte(strings.Repeat("order 42: pick up at gate 7; ", 100))
+	for i := range 3 {
+		if err := tg.Deliver(s2c(zc, ack.Epoch, uint32(i+1), big)); err != nil {
+			t.Fatal(err)
+		}
+		if f := expectS2C(t, zd, uint32(i+1), big); !f.Compressed() {
+			t.Fatalf("delivery %d not compressed", i)
+		}
+	}
+	if calls.Load() == 0 || locked.Load() != 0 {
+		t.Fatalf("%d of %d compressions ran under the connection's lock", locked.Load(), calls.Load())
+	}
 }
 
 func TestCompression(t *testing.T) {

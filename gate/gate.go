@@ -45,6 +45,8 @@ type Gate struct {
 	conns   atomic.Int64
 	backlog DelayWindow // drain delays of the loops (Backlog)
 
+	compressing func() // tests: called before each body is compressed
+
 	loopsMu sync.Mutex
 	loops   atomic.Pointer[[]*loop] // copy-on-write: loops seen by OnOpen
 
