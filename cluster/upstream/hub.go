@@ -272,7 +272,7 @@ func (h *Hub) Subscribe(app uint16, msgtypes []uint32, window int) (*Subscriptio
 	}
 	window = min(window, h.r.cfg.MaxInFlight)
 	s := &Subscription{h: h, id: h.prefix + strconv.FormatUint(h.nextSub.Add(1), 10), app: app,
-		msgtypes: msgtypes, window: window, fan: newFanin(), at: map[string]*attachment{}}
+		msgtypes: msgtypes, window: window, fan: newFanin(window), at: map[string]*attachment{}}
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -485,6 +485,17 @@ type fanin struct {
 	// from this node's own gate, which does not resend).
 	held   map[origin]uint64
 	outbox []*apipb.UpstreamMessage
+	// window is the subscription's window at each gate; gates the
+	// addresses that delivered, local this node's own (its router never
+	// resends). A gate resends what was not acknowledged in time, to
+	// whichever subscriber: to a stream that takes nothing (its
+	// app-server stopped reading) the other gates' deliveries would come
+	// again and again, the resent ones never leaving the outbox. So the
+	// outbox holds at most a window per gate: beyond, the oldest from
+	// other nodes' gates (resent by them by then) are forgotten.
+	window int
+	gates  map[string]bool
+	local  string
 	notify chan struct{}
 	done   chan struct{}
 	closed bool
@@ -495,12 +506,12 @@ type origin struct {
 	id   uint64
 }
 
-func newFanin() *fanin {
+func newFanin(window int) *fanin {
 	// Ids start at a random point, as the routers' do: acks an app-server
 	// still sends from its previous stream do not match this one's.
 	start := mrand.Uint64N(1 << 62)
 	return &fanin{lastID: start, taken: start, origin: map[uint64]origin{}, held: map[origin]uint64{},
-		notify: make(chan struct{}, 1), done: make(chan struct{})}
+		window: max(window, 1), gates: map[string]bool{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // deliver takes messages from gate; shared says they belong to a local
@@ -510,6 +521,10 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 	defer f.mu.Unlock()
 	if f.closed {
 		return
+	}
+	f.gates[gate] = true
+	if shared {
+		f.local = gate
 	}
 	for _, m := range msgs {
 		o := origin{gate, m.DeliveryId}
@@ -525,10 +540,34 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 		m.DeliveryId = f.lastID
 		f.outbox = append(f.outbox, m)
 	}
+	if over := len(f.outbox) - f.window*len(f.gates); over > 0 {
+		f.forgetOldest(over)
+	}
 	select {
 	case f.notify <- struct{}{}:
 	default:
 	}
+}
+
+// forgetOldest drops up to n of the oldest deliveries in the outbox that
+// came from other nodes' gates (f.mu held).
+func (f *fanin) forgetOldest(n int) {
+	kept := f.outbox[:0]
+	for _, m := range f.outbox {
+		if n > 0 {
+			if o := f.origin[m.DeliveryId]; o.gate != f.local {
+				delete(f.origin, m.DeliveryId)
+				if f.held[o] == m.DeliveryId {
+					delete(f.held, o)
+				}
+				n--
+				continue
+			}
+		}
+		kept = append(kept, m)
+	}
+	clear(f.outbox[len(kept):])
+	f.outbox = kept
 }
 
 // take returns the next deliveries: at most maxN messages and maxBytes

@@ -210,9 +210,9 @@ func next1(t *testing.T, s *Subscription) []*apipb.UpstreamMessage {
 // stream that stops reading, and send it all again (resend-after) under
 // the same ids, again and again: the fanin holds each delivery once.
 func TestFaninResendsDoNotGrowIt(t *testing.T) {
-	f := newFanin()
-	defer f.close()
 	const window = 50_000
+	f := newFanin(window)
+	defer f.close()
 	for range 3 {
 		for g := range 3 {
 			for i := range window / 1000 {
@@ -239,7 +239,7 @@ func TestFaninResendsDoNotGrowIt(t *testing.T) {
 // bounded. Once acknowledged, a later copy (its ack was lost on the way
 // back) is taken again.
 func TestFaninTakesADeliveryOnceWhileHeld(t *testing.T) {
-	f := newFanin()
+	f := newFanin(10)
 	defer f.close()
 	f.deliver("g", []*apipb.UpstreamMessage{{DeliveryId: 7, MsgId: "a"}}, false)
 	f.deliver("g", []*apipb.UpstreamMessage{{DeliveryId: 7, MsgId: "a", Attempt: 2}}, false)
@@ -445,5 +445,39 @@ func TestTwoInstancesAtThisAddressAreOneAttachment(t *testing.T) {
 	}
 	if b := r.Bytes(); b != 0 {
 		t.Fatalf("%d bytes still held after every delivery was acknowledged", b)
+	}
+}
+
+// TestFaninOfAStuckStreamStaysBounded: a stream that takes nothing (its
+// app-server stopped reading, its connection alive) while other nodes'
+// gates resend what it holds to other subscribers and send it new
+// deliveries in their place: its fanin keeps at most a window per gate,
+// forgetting the oldest from other nodes (resent by their gates), never
+// this node's own gate's (it does not resend).
+func TestFaninOfAStuckStreamStaysBounded(t *testing.T) {
+	const window = 100
+	f := newFanin(window)
+	defer f.close()
+	f.deliver("self", []*apipb.UpstreamMessage{{DeliveryId: 1, MsgId: "own"}}, true)
+	for round := range 50 { // each round: the gate's window again, new ids
+		msgs := make([]*apipb.UpstreamMessage, window)
+		for j := range msgs {
+			msgs[j] = &apipb.UpstreamMessage{DeliveryId: uint64(round*window + j), MsgId: fmt.Sprint(round, "/", j)}
+		}
+		f.deliver("other", msgs, false)
+	}
+	f.mu.Lock()
+	n, out := len(f.origin), len(f.outbox)
+	first := f.outbox[0].MsgId
+	f.mu.Unlock()
+	if out > 2*window || n > 2*window {
+		t.Fatalf("%d deliveries waiting, %d held, after 50 windows from one gate: want at most a window per gate", out, n)
+	}
+	if first != "own" {
+		t.Fatalf("the local gate's delivery was forgotten (first waiting: %s)", first)
+	}
+	got := f.take(nil, 1000, 1<<30)
+	if last := got[len(got)-1].MsgId; last != "49/99" {
+		t.Fatalf("the newest delivery is not kept: last %s", last)
 	}
 }
