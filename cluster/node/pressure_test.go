@@ -130,6 +130,9 @@ func TestHungDiskMakesTheNodeUnready(t *testing.T) {
 	if took := time.Since(start); status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "store.stall-after") || took > 2*time.Second {
 		t.Fatalf("a stored push while a commit hangs: %v after %v, want UNAVAILABLE naming store.stall-after at once", err, took)
 	}
+	if info := apipb.ErrorInfo(err); info.GetReason() != apipb.ReasonStoreBusy || info.GetMetadata()[apipb.SettingKey] != "store.stall-after" {
+		t.Fatalf("the refusal's ErrorInfo %v, want STORE_BUSY and store.stall-after", info)
+	}
 	if v, ok := n.Metric(`courier_actors_refused_total{why="store_stalled"}`); !ok || v < 1 {
 		t.Errorf(`courier_actors_refused_total{why="store_stalled"} = %v (exposed %v), want at least 1`, v, ok)
 	}
