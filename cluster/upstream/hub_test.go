@@ -481,3 +481,50 @@ func TestFaninOfAStuckStreamStaysBounded(t *testing.T) {
 		t.Fatalf("the newest delivery is not kept: last %s", last)
 	}
 }
+
+// TestLocalAttachmentOutlivesTheOldInstance: of two instances at this
+// node's address, the one the subscription attached through leaves the
+// view: the subscription attaches through the other; what the
+// app-server holds from before is acknowledged through it, and new
+// deliveries come through it.
+func TestLocalAttachmentOutlivesTheOldInstance(t *testing.T) {
+	r := New(DefaultConfig(), nil)
+	defer r.Close()
+	h := NewLocalHub(r)
+	defer h.Close()
+	h.SetMembers([]string{localAddress}, []GateRef{{Address: localAddress, Instance: "i1"}, {Address: localAddress, Instance: "i2"}})
+	s, _ := h.Subscribe(1, nil, 100)
+	defer s.Close()
+	if err := r.Publish(msg(1, 7, "before")); err != nil {
+		t.Fatal(err)
+	}
+	before := next1(t, s)
+	if len(before) != 1 || before[0].MsgId != "before" {
+		t.Fatalf("before: %v", before)
+	}
+	s.mu.Lock()
+	var attached string
+	for inst, a := range s.at {
+		if a.local != nil {
+			attached = inst
+		}
+	}
+	s.mu.Unlock()
+	other := map[string]string{"i1": "i2", "i2": "i1"}[attached]
+	h.SetMembers([]string{localAddress}, []GateRef{{Address: localAddress, Instance: other}})
+	if err := r.Publish(msg(1, 7, "after")); err != nil {
+		t.Fatalf("publish after the old instance left: %v", err)
+	}
+	after := next1(t, s)
+	if len(after) != 1 || after[0].MsgId != "after" {
+		t.Fatalf("after the old instance left: %v (the held one must not come again)", after)
+	}
+	s.Ack([]uint64{before[0].DeliveryId, after[0].DeliveryId})
+	deadline := time.Now().Add(5 * time.Second)
+	for r.Bytes() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b := r.Bytes(); b != 0 {
+		t.Fatalf("%d bytes held after everything was acknowledged", b)
+	}
+}
