@@ -14,8 +14,8 @@ import (
 //
 // Schedule never blocks the sender (a gate event loop, a timer, the
 // store's committer) and never starts a goroutine: when every worker is
-// busy and the queue is full, the run waits in an overflow list that the
-// workers drain before they take new work. Both hold at most one run per
+// busy and the queue is full, the run waits in an overflow list, which
+// the workers take turns with the queue to drain. Both hold at most one run per
 // mailbox (a mailbox schedules itself again only after its run started),
 // so they are bounded by the number of actors, not by the traffic.
 //
@@ -57,10 +57,24 @@ var nop = runFunc(func() {})
 
 func (d *poolDispatcher) loop() {
 	defer d.wg.Done()
+	queueTurn := false
 	for {
 		if d.nOver.Load() > 0 {
+			// Runs in the queue and in the overflow take turns: taking the
+			// overflow first, always, starved what waited in the queue for
+			// as long as saturation kept refilling the overflow.
+			if queueTurn {
+				queueTurn = false
+				select {
+				case r := <-d.work:
+					r.Run()
+					continue
+				default:
+				}
+			}
 			if r := d.popOverflow(); r != nil {
 				r.Run()
+				queueTurn = true
 				continue
 			}
 		}

@@ -54,6 +54,45 @@ func TestPoolDispatcherNeverBlocksNorSpawns(t *testing.T) {
 	wg.Wait()
 }
 
+// TestPoolDispatcherQueueIsNotStarved: with the queue full and runs
+// arriving in the overflow as fast as the workers take them (saturation),
+// a run waiting in the queue still gets its turn; the overflow used to
+// be taken first, always.
+func TestPoolDispatcherQueueIsNotStarved(t *testing.T) {
+	d := newPoolDispatcher(1, 1, 10)
+	defer d.stop()
+	block := make(chan struct{})
+	d.Schedule(func() { <-block })
+	time.Sleep(20 * time.Millisecond) // the worker is in its blocked run
+	var order atomic.Int64
+	queued := make(chan int64, 1)
+	d.Schedule(func() { queued <- order.Add(1) }) // the queue's one slot
+	// Each overflow run schedules the next while the queue is full: the
+	// overflow never runs dry until the chain ends.
+	const chain = 200
+	var next func(n int)
+	done := make(chan struct{})
+	next = func(n int) {
+		order.Add(1)
+		if n == chain {
+			close(done)
+			return
+		}
+		d.Schedule(func() { next(n + 1) })
+	}
+	d.Schedule(func() { next(1) })
+	close(block)
+	select {
+	case at := <-queued:
+		if at > 3 {
+			t.Fatalf("the queued run ran %dth, behind %d runs of the overflow", at, at-1)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the queued run never ran")
+	}
+	<-done
+}
+
 func TestReplyRegistry(t *testing.T) {
 	var r replyRegistry
 	id, ch := r.register()
