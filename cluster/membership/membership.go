@@ -259,6 +259,17 @@ func (m *Membership) SetDraining(ctx context.Context) error {
 	if err := m.be.register(ctx, &self); err != nil {
 		return fmt.Errorf("membership: publish draining: %w", err)
 	}
+	m.mu.Lock()
+	replaced := m.self.ID != self.ID
+	m.mu.Unlock()
+	if replaced {
+		// A rejoin replaced the instance meanwhile (it carries the flag
+		// on) and may have removed the old one before this registration
+		// brought it back, passing, until its TTL: remove it again.
+		if err := m.be.deregister(ctx, self.ID); err != nil && !isGone(err) {
+			m.log.Debug("membership: removing the old instance a drain registered again failed (it expires)", "member", self.ID, "err", err)
+		}
+	}
 	m.log.Info("membership: this node is draining", "member", self.ID)
 	return nil
 }
