@@ -969,6 +969,9 @@ func (d *Device) Frame(now time.Time, m *actorpb.DeviceFrame) {
 			frame(messages.CmdPullAck, 0, m.Seq, d.pull(pull.AfterSeq, pull.Limit))),
 			FailConn: d.toConn(m.Conn, m.Epoch, frame(messages.CmdPullAck, 0, m.Seq, &devicepb.PullAck{Code: devicepb.Code_STORE_UNAVAILABLE}))})
 	}
+	// An ack makes room in the window: what it lets out must not have
+	// expired meanwhile (the timer's tick may still be on its way).
+	d.expire(now)
 	d.pump(now)
 }
 

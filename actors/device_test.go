@@ -1049,3 +1049,36 @@ func TestSeqsDoNotWrap(t *testing.T) {
 		t.Fatalf("past the last seq: push refused %v, C2C refused %v", refusedPush, refusedC2C)
 	}
 }
+
+// TestAckLetsOutNothingExpired: an ack that frees the window lets out
+// the next message only if it has not expired meanwhile (the expiry
+// timer's tick may not have come yet): the acks' path did not expire.
+func TestAckLetsOutNothingExpired(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.Window = 1
+	h.login(1)
+	h.settle()
+	at := h.now
+	for i, exp := range []time.Duration{time.Hour, time.Second} {
+		h.d.Push(h.now, ReplyTo{"api", uint64(i + 1)}, &actorpb.Push{Stored: true, Payload: []byte(fmt.Sprint("p", i)),
+			SentAtMs: at.UnixMilli(), ExpiresAtMs: at.Add(exp).UnixMilli()}, nil)
+	}
+	fs := framesTo(h.settle(), 1)
+	var first *devicepb.S2C
+	for _, f := range fs {
+		if messages.Cmd(f.Cmd) == messages.CmdS2C {
+			first = body(t, f, &devicepb.S2C{})
+		}
+	}
+	if first == nil || string(first.Payload) != "p0" {
+		t.Fatalf("first delivery %v", first)
+	}
+	h.now = at.Add(2 * time.Second) // the second has expired; no Tick yet
+	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: first.MsgId})
+	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: h.d.session.Epoch, Cmd: uint32(messages.CmdS2CAck), Body: ack})
+	for _, f := range framesTo(h.settle(), 1) {
+		if messages.Cmd(f.Cmd) == messages.CmdS2C {
+			t.Fatalf("an expired message went out after the ack: %q", body(t, f, &devicepb.S2C{}).Payload)
+		}
+	}
+}
