@@ -549,28 +549,52 @@ func reachable(listen, remoting string) string {
 // messages drop them, so that devices that never come back do not keep
 // their messages on disk forever. An identity found is sent a Sweep; its
 // actor expires what is due (counted as expired) and passivates again.
+// Rounds take at most sweepRound identities, sent sweepChunk at a time
+// spaced by sweepPause (each Sweep loads an identity, in the read queue
+// logins and pushes use); a full round is followed by another at once,
+// so that a backlog is worked off at up to sweepChunk/sweepPause
+// identities a second instead of one round per interval.
 func (n *Node) sweepExpired(every time.Duration) {
 	defer n.wg.Done()
-	t := time.NewTicker(every)
-	defer t.Stop()
+	wait := every
 	for {
 		select {
 		case <-n.quit:
 			return
-		case <-t.C:
+		case <-time.After(wait):
 		}
-		count := 0
-		err := n.store.Expired(context.Background(), time.Now(), 100_000, func(id store.Identity) {
-			count++
-			n.sys.Send(&actorpb.Envelope{AppCode: uint32(id.App), Uid: id.UID, Body: &actorpb.Envelope_Sweep{Sweep: &actorpb.Sweep{}}})
+		var ids []store.Identity
+		err := n.store.Expired(context.Background(), time.Now(), sweepRound, func(id store.Identity) {
+			ids = append(ids, id)
 		})
 		if err != nil {
 			n.log.Warn("node: expiry sweep", "err", err)
-		} else if count > 0 {
-			n.log.Debug("node: expiry sweep", "identities", count)
+		} else if len(ids) > 0 {
+			n.log.Debug("node: expiry sweep", "identities", len(ids))
+		}
+		for i, id := range ids {
+			if i > 0 && i%sweepChunk == 0 {
+				select {
+				case <-n.quit:
+					return
+				case <-time.After(sweepPause):
+				}
+			}
+			n.sys.Send(&actorpb.Envelope{AppCode: uint32(id.App), Uid: id.UID, Body: &actorpb.Envelope_Sweep{Sweep: &actorpb.Sweep{}}})
+		}
+		wait = every
+		if len(ids) == sweepRound {
+			wait = sweepPause // more are due: go on
 		}
 	}
 }
+
+// The expiry sweep's pace (sweepExpired).
+const (
+	sweepRound = 10_000
+	sweepChunk = 500
+	sweepPause = 100 * time.Millisecond
+)
 
 func newInstanceID() string {
 	var b [8]byte
