@@ -4,7 +4,7 @@
 // traffic received and acknowledged by app-servers, and the latency from
 // acceptance to acknowledgement, in total and over a recent window.
 //
-// Each appcode tracks at most 4,096 msgtypes of its own; the app's
+// Each appcode tracks at most 256 msgtypes of its own; the app's
 // further msgtypes are summed under OtherMsgtype. Percentiles are
 // nearest-rank (the ceil(q × n)-th sample) over logarithmic buckets.
 //

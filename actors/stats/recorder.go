@@ -39,7 +39,8 @@ const (
 	// maxSeries bounds the series of all apps together (an operator key
 	// may push to any appcode): beyond it, a new (app, msgtype) is
 	// counted under the app's OtherMsgtype if the app has that series,
-	// else under (OtherApp, OtherMsgtype). About 256 MiB at most.
+	// else under (OtherApp, OtherMsgtype). A series is about 32 KiB, up
+	// to about 110 KiB with its latency slots full: 0.9 GiB at most.
 	maxSeries = 8192
 )
 
