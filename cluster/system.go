@@ -299,7 +299,7 @@ func (s *System) onView(v *membership.View) {
 	}
 	seen := map[string]bool{}
 	var addrs []string
-	for _, m := range v.Serving(membership.RoleActors) {
+	for _, m := range hosts(v) {
 		if !seen[m.Address] {
 			seen[m.Address] = true
 			addrs = append(addrs, m.Address)
@@ -379,6 +379,17 @@ func (s *System) drainRemoting(left time.Time) {
 	if rest := lingerAfterLeave - time.Since(left); rest > 0 {
 		time.Sleep(rest)
 	}
+}
+
+// hosts are the members the view places identities on: those that serve
+// with the actors role; if every one of them is draining (the last one
+// is drained, or all at once), the draining ones, which keep what they
+// host until they stop rather than leave it to nobody.
+func hosts(v *membership.View) []membership.Member {
+	if m := v.Serving(membership.RoleActors); len(m) > 0 {
+		return m
+	}
+	return v.Live(membership.RoleActors)
 }
 
 // leavePlacement routes every identity as if this node were gone (it has

@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -10,7 +11,9 @@ import (
 	"time"
 
 	"github.com/courier-im/courier/cluster/discovery"
+	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/messages/devicepb"
 	"github.com/courier-im/courier/testkit"
 	"github.com/courier-im/courier/testkit/workload"
 )
@@ -113,4 +116,43 @@ func readyz(t *testing.T, n *testkit.Node) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// TestDrainOfTheLastActorNode: the only node that hosts identities is
+// drained while another gate remains: it keeps its identities until it
+// stops (nobody could take them over), so pushes to its devices go on
+// through the drain window. Its identities used to be placed on nobody
+// as soon as it published that it drained: every push and login of the
+// cluster refused for the whole window.
+func TestDrainOfTheLastActorNode(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api,actors", "gate"}})
+	n1, n2 := c.Node("node1"), c.Node("node2")
+	d := n2.Device(t, 1, "on-the-other-gate")
+	for i := range 30 { // node1's own devices keep it up over the window
+		n1.Device(t, 1, fmt.Sprint("on-node1-", i))
+	}
+	api := n1.API(t)
+	ctx := testkit.Ctx(t, testkit.App1Key)
+	if _, err := api.Push(ctx, &apipb.PushRequest{AppCode: 1, Uid: "on-the-other-gate", Payload: []byte("before")}); err != nil {
+		t.Fatalf("push before the drain: %v", err)
+	}
+	ack := func(f testkit.Frame) {
+		d.Send(messages.CmdS2CAck, d.NextSeq(), &devicepb.S2CAck{MsgId: f.Msg.(*devicepb.S2C).MsgId})
+	}
+	ack(d.Expect(messages.CmdS2C))
+	if _, err := api.Drain(testkit.Ctx(t, testkit.OperatorKey), &apipb.DrainRequest{Node: "node1", WindowMs: 10_000}); err != nil {
+		t.Fatalf("Drain: %v", err)
+	}
+	time.Sleep(time.Second) // the others have the view with node1 draining
+	for i := range 3 {
+		if _, err := api.Push(ctx, &apipb.PushRequest{AppCode: 1, Uid: "on-the-other-gate", Payload: []byte(fmt.Sprint("during ", i))}); err != nil {
+			t.Fatalf("push %d while the last actor node drains: %v", i, err)
+		}
+		f := d.Expect(messages.CmdS2C)
+		if string(f.Msg.(*devicepb.S2C).Payload) != fmt.Sprint("during ", i) {
+			t.Fatalf("delivery %d: %v", i, f.Msg)
+		}
+		ack(f)
+		time.Sleep(500 * time.Millisecond)
+	}
 }
