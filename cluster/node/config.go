@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -180,6 +181,24 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	}
 	if c.APIAddr == "" {
 		return nil, nil, fmt.Errorf("node: api-addr: must not be empty")
+	}
+	// Listen addresses are checked here, so that a mistake is a settings
+	// error (exit 2, which systemd does not restart on), not a failed
+	// listen at start.
+	for _, a := range []struct{ name, addr string }{{"api-addr", c.APIAddr}, {"http-addr", c.HTTPAddr}} {
+		if a.addr == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(a.addr); err != nil {
+			return nil, nil, fmt.Errorf("node: %s %q: want host:port or :port: %v", a.name, a.addr, err)
+		} else if n, err := strconv.ParseUint(port, 10, 16); err != nil && port != "" {
+			return nil, nil, fmt.Errorf("node: %s %q: port %q is not a number in [0, 65535]", a.name, a.addr, port)
+		} else if n == 0 && port != "0" {
+			return nil, nil, fmt.Errorf("node: %s %q: no port", a.name, a.addr)
+		}
+	}
+	if _, port, _ := net.SplitHostPort(c.HTTPAddr); c.HTTPAddr != "" && c.HTTPAddr == c.APIAddr && port != "0" {
+		return nil, nil, fmt.Errorf("node: http-addr %q: the same as api-addr", c.HTTPAddr)
 	}
 	if c.DrainWindow < 0 || c.DrainWindow > api.MaxDrainWindow || c.DrainWindow >= c.ShutdownGrace {
 		return nil, nil, fmt.Errorf("node: drain-window %v: must be in [0, %v] and less than shutdown-grace %v",
