@@ -37,8 +37,12 @@ func (s *Server) Drain(ctx context.Context, r *apipb.DrainRequest) (*apipb.Drain
 		return nil, status.Errorf(codes.InvalidArgument, "window_ms %d: must be in [0, %d]", r.WindowMs, MaxDrainWindow.Milliseconds())
 	}
 	window := time.Duration(r.WindowMs) * time.Millisecond
+	v := s.view()
+	if v.Self.ID == "" {
+		return nil, status.Error(codes.Unavailable, "this node has not joined the cluster yet: retry")
+	}
 	var targets []membership.Member
-	for _, m := range s.view().Live(0) {
+	for _, m := range v.Live(0) {
 		if m.Name == r.Node || m.ID == r.Node {
 			targets = append(targets, m)
 		}

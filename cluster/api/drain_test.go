@@ -20,6 +20,17 @@ func TestDrainRequests(t *testing.T) {
 	}
 	view := &membership.View{Members: []membership.Member{live("n1-a", "n1"), live("n2-a", "n2"), live("n2-b", "n2"),
 		{ID: "n3-a", Name: "n3", Health: membership.HealthCritical}}}
+	view.Self = view.Members[0]
+	// Before this node joined, its view is empty: come back, rather than
+	// "no such node".
+	early := New(Deps{Members: func() *membership.View { return &membership.View{} },
+		Drain: func(context.Context, membership.Member, time.Duration) (*actorpb.DrainStarted, error) { return nil, nil }})
+	if _, err := early.Drain(scoped(AllApps), &apipb.DrainRequest{Node: "n1"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Drain before the node joined: %v, want UNAVAILABLE", err)
+	}
+	if _, err := early.Members(scoped(AllApps), &apipb.MembersRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Members before the node joined: %v, want UNAVAILABLE", err)
+	}
 	var asked []string
 	var windows []time.Duration
 	fail := ""

@@ -22,6 +22,9 @@ func (s *Server) Members(ctx context.Context, _ *apipb.MembersRequest) (*apipb.M
 		return nil, status.Error(codes.FailedPrecondition, "this node has no membership")
 	}
 	v := s.view()
+	if v.Self.ID == "" {
+		return nil, status.Error(codes.Unavailable, "this node has not joined the cluster yet: retry")
+	}
 	out := &apipb.MembersResponse{AnsweredBy: v.Self.ID, Provider: s.prov}
 	for _, m := range v.Members {
 		pm := &apipb.Member{

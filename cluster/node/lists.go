@@ -19,6 +19,10 @@ import (
 	"github.com/courier-im/courier/messages/apipb"
 )
 
+// notJoined answers the calls that need the cluster's view before this
+// node has joined (its API serves from the start).
+const notJoined = "this node has not joined the cluster yet: retry"
+
 // listsWait bounds how long an edit of the access lists waits for every
 // gate to confirm it: an edit is in force on every live gate within this
 // time, or the call fails.
@@ -36,6 +40,9 @@ type clusterLists struct{ n *Node }
 func (l clusterLists) Edit(ctx context.Context, r *apipb.UpdateAccessListRequest) error {
 	ctx, cancel := context.WithTimeout(ctx, listsWait)
 	defer cancel()
+	if l.n.sys.View().Self.ID == "" {
+		return status.Error(codes.Unavailable, notJoined)
+	}
 	replies, missing := l.n.sys.Gather(ctx, membership.RoleGate, &actorpb.NodeRequest{Body: &actorpb.NodeRequest_ListsEdit{ListsEdit: r}})
 	if len(replies) == 0 && len(missing) == 0 {
 		return status.Error(codes.FailedPrecondition, "no gate in the cluster")
