@@ -24,7 +24,9 @@ func TestDrainRequests(t *testing.T) {
 	// Before this node joined, its view is empty: come back, rather than
 	// "no such node".
 	early := New(Deps{Members: func() *membership.View { return &membership.View{} },
-		Drain: func(context.Context, membership.Member, time.Duration) (*actorpb.DrainStarted, error) { return nil, nil }})
+		Drain: func(context.Context, membership.Member, time.Duration) (*actorpb.DrainStarted, error) {
+			return nil, nil
+		}})
 	if _, err := early.Drain(scoped(AllApps), &apipb.DrainRequest{Node: "n1"}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("Drain before the node joined: %v, want UNAVAILABLE", err)
 	}
