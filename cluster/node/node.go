@@ -786,8 +786,6 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		if n.http != nil {
 			_ = n.http.Shutdown(ctx)
 		}
-		n.wg.Wait()
-		step("HTTP stopped")
 		// Actors stop before the store closes. Every accepted message is
 		// already durable; what an actor has not written yet is at most a
 		// session going offline, which the next activation corrects.
@@ -798,6 +796,13 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		// closing the store cleanly matter more than the last seconds.
 		fctx, fcancel := finalContext(ctx)
 		defer fcancel()
+		// The node's goroutines end at quit, but one may be inside a
+		// store call that waits for the disk (the expiry sweep's commit):
+		// a hung disk must not hold the stop for ever.
+		if !within(fctx, n.wg.Wait) {
+			errs = append(errs, errors.New("node: background work not stopped within shutdown-grace (is the store's disk hung?)"))
+		}
+		step("HTTP stopped")
 		if n.sys != nil {
 			if !within(fctx, n.sys.Shutdown) {
 				errs = append(errs, errors.New("actors: not stopped within shutdown-grace (is the store's disk hung?)"))
