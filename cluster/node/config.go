@@ -200,9 +200,12 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	if _, port, _ := net.SplitHostPort(c.HTTPAddr); c.HTTPAddr != "" && c.HTTPAddr == c.APIAddr && port != "0" {
 		return nil, nil, fmt.Errorf("node: http-addr %q: the same as api-addr", c.HTTPAddr)
 	}
-	if c.DrainWindow < 0 || c.DrainWindow > api.MaxDrainWindow || c.DrainWindow >= c.ShutdownGrace {
-		return nil, nil, fmt.Errorf("node: drain-window %v: must be in [0, %v] and less than shutdown-grace %v",
-			c.DrainWindow, api.MaxDrainWindow, c.ShutdownGrace)
+	// What follows the drain in a shutdown (the C2S left for the
+	// app-servers, the API's last calls, leaving the cluster) needs its
+	// share of the grace: a quarter of it, at most 5 s.
+	if margin := min(5*time.Second, c.ShutdownGrace/4); c.DrainWindow < 0 || c.DrainWindow > api.MaxDrainWindow || c.DrainWindow > c.ShutdownGrace-margin {
+		return nil, nil, fmt.Errorf("node: drain-window %v: must be in [0, %v] and leave shutdown-grace %v at least %v after it (a quarter of it, at most 5 s)",
+			c.DrainWindow, api.MaxDrainWindow, c.ShutdownGrace, margin)
 	}
 	if err := c.resolveStore(); err != nil {
 		return nil, nil, err

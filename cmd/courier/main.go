@@ -208,9 +208,15 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 	if signalled {
 		// Move the devices and identities off first, without a storm
 		// (drain-window); a drain asked through the API is waited for.
-		if err := n.Drain(sctx, cfg.DrainWindow); err != nil {
+		// It leaves the rest of the shutdown its share of the grace
+		// (settings check drain-window against it): a drain asked
+		// through the API with a longer window is cut short, not the
+		// steps after it.
+		dctx, dcancel := context.WithTimeout(sctx, cfg.ShutdownGrace-min(5*time.Second, cfg.ShutdownGrace/4))
+		if err := n.Drain(dctx, cfg.DrainWindow); err != nil {
 			log.Warn("courier: drain", "err", err)
 		}
+		dcancel()
 	}
 	if err := n.Shutdown(sctx); err != nil {
 		log.Error("courier: shutdown", "err", err)

@@ -80,6 +80,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{"api address without a port", []string{"--app-secret", "1=0123456789abcdef", "--api-addr", "7001"}, 2, `node: api-addr "7001": want host:port`, ""},
 		{"http address not a port", []string{"--app-secret", "1=0123456789abcdef", "--http-addr", "127.0.0.1:http"}, 2, `node: http-addr "127.0.0.1:http": port "http"`, ""},
 		{"http on the api address", []string{"--app-secret", "1=0123456789abcdef", "--api-addr", "127.0.0.1:17001", "--http-addr", "127.0.0.1:17001"}, 2, "the same as api-addr", ""},
+		{"drain window leaving no grace", []string{"--app-secret", "1=0123456789abcdef", "--drain-window", "29s", "--shutdown-grace", "30s"}, 2, "leave shutdown-grace 30s at least 5s after it", ""},
 		{"version", []string{"version"}, 0, "", "courier "},
 		{"help", []string{"--help"}, 0, "", "Usage: courier [flags]"},
 	}
