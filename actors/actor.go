@@ -200,7 +200,10 @@ type deviceActor struct {
 	// handle) is not reloaded by itself more than maxCrashReloads times.
 	crashes uint8
 	// writeFails counts the store writes that failed in a row: from the
-	// second, the reload that follows waits (scheduleReload).
+	// second, the reload that follows waits (scheduleReload). Only a write
+	// that succeeds clears it: a store that refuses every write still
+	// loads (a Pebble stall), and each ack or push after a load would
+	// otherwise write, fail and reload at once again.
 	writeFails uint8
 	// writing: a write taken from a machine has not completed. No machine
 	// is loaded meanwhile (the load could miss the write).

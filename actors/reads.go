@@ -170,11 +170,6 @@ func (a *deviceActor) finishCurrent(ctx actor.Context, r *pendingRead) {
 		}
 		a.reloadStep = 0
 		a.build(r.snap)
-		if !a.d.WriteReady() {
-			// Loaded with nothing to write again: earlier failed writes
-			// no longer make the next failure's reload wait.
-			a.writeFails = 0
-		}
 		if r.env != nil {
 			a.handle(ctx, r.env)
 		}
