@@ -485,17 +485,18 @@ type fanin struct {
 	// from this node's own gate, which does not resend).
 	held   map[origin]uint64
 	outbox []*apipb.UpstreamMessage
-	// window is the subscription's window at each gate; gates the
-	// addresses that delivered, local this node's own (its router never
-	// resends). A gate resends what was not acknowledged in time, to
-	// whichever subscriber: to a stream that takes nothing (its
-	// app-server stopped reading) the other gates' deliveries would come
-	// again and again, the resent ones never leaving the outbox. So the
-	// outbox holds at most a window per gate: beyond, the oldest from
-	// other nodes' gates (resent by them by then) are forgotten.
-	window int
-	gates  map[string]bool
-	local  string
+	// window is the subscription's window at each gate; waiting counts
+	// the outbox's deliveries by gate. A gate resends what was not
+	// acknowledged in time, to whichever subscriber: to a stream that
+	// takes nothing (its app-server stopped reading) another node's gate
+	// would send new deliveries in place of those, again and again, the
+	// resent ones never leaving the outbox. So the outbox holds at most a
+	// window of each gate's: beyond, that gate's oldest (which it has
+	// resent, or which a process of it that is gone sent) are forgotten.
+	// This node's own gate's are not: its router never resends, and
+	// never has more than a window out.
+	window  int
+	waiting map[string]int
 	notify chan struct{}
 	done   chan struct{}
 	closed bool
@@ -511,7 +512,7 @@ func newFanin(window int) *fanin {
 	// still sends from its previous stream do not match this one's.
 	start := mrand.Uint64N(1 << 62)
 	return &fanin{lastID: start, taken: start, origin: map[uint64]origin{}, held: map[origin]uint64{},
-		window: max(window, 1), gates: map[string]bool{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
+		window: max(window, 1), waiting: map[string]int{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // deliver takes messages from gate; shared says they belong to a local
@@ -521,10 +522,6 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 	defer f.mu.Unlock()
 	if f.closed {
 		return
-	}
-	f.gates[gate] = true
-	if shared {
-		f.local = gate
 	}
 	for _, m := range msgs {
 		o := origin{gate, m.DeliveryId}
@@ -539,9 +536,10 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 		f.held[o] = f.lastID
 		m.DeliveryId = f.lastID
 		f.outbox = append(f.outbox, m)
+		f.waiting[gate]++
 	}
-	if over := len(f.outbox) - f.window*len(f.gates); over > 0 {
-		f.forgetOldest(over)
+	if over := f.waiting[gate] - f.window; over > 0 && !shared {
+		f.forgetOldest(gate, over)
 	}
 	select {
 	case f.notify <- struct{}{}:
@@ -549,17 +547,18 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 	}
 }
 
-// forgetOldest drops up to n of the oldest deliveries in the outbox that
-// came from other nodes' gates (f.mu held).
-func (f *fanin) forgetOldest(n int) {
+// forgetOldest drops the n oldest deliveries of gate in the outbox (f.mu
+// held).
+func (f *fanin) forgetOldest(gate string, n int) {
 	kept := f.outbox[:0]
 	for _, m := range f.outbox {
 		if n > 0 {
-			if o := f.origin[m.DeliveryId]; o.gate != f.local {
+			if o := f.origin[m.DeliveryId]; o.gate == gate {
 				delete(f.origin, m.DeliveryId)
 				if f.held[o] == m.DeliveryId {
 					delete(f.held, o)
 				}
+				f.waiting[gate]--
 				n--
 				continue
 			}
@@ -591,6 +590,12 @@ func (f *fanin) take(done <-chan struct{}, maxN int, maxBytes int64) []*apipb.Up
 			out := make([]*apipb.UpstreamMessage, n)
 			copy(out, f.outbox)
 			f.taken = out[n-1].DeliveryId
+			for _, m := range out {
+				g := f.origin[m.DeliveryId].gate
+				if f.waiting[g]--; f.waiting[g] <= 0 {
+					delete(f.waiting, g)
+				}
+			}
 			rest := copy(f.outbox, f.outbox[n:])
 			clear(f.outbox[rest:])
 			f.outbox = f.outbox[:rest]

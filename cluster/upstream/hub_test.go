@@ -528,3 +528,22 @@ func TestLocalAttachmentOutlivesTheOldInstance(t *testing.T) {
 		t.Fatalf("%d bytes held after everything was acknowledged", b)
 	}
 }
+
+// TestFaninForgetsOnlyFromTheGateOverItsWindow: the bound is a window
+// per gate: a gate that sends past its window (it resent earlier ones
+// elsewhere) loses its own oldest; another gate's deliveries, still in
+// flight at that gate and not resent, are kept.
+func TestFaninForgetsOnlyFromTheGateOverItsWindow(t *testing.T) {
+	f := newFanin(2)
+	defer f.close()
+	f.deliver("y", []*apipb.UpstreamMessage{{DeliveryId: 1, MsgId: "y1"}, {DeliveryId: 2, MsgId: "y2"}}, false)
+	f.deliver("x", []*apipb.UpstreamMessage{{DeliveryId: 1, MsgId: "x1"}, {DeliveryId: 2, MsgId: "x2"}}, false)
+	f.deliver("x", []*apipb.UpstreamMessage{{DeliveryId: 3, MsgId: "x3"}, {DeliveryId: 4, MsgId: "x4"}}, false)
+	var ids []string
+	for _, m := range f.take(nil, 100, 1<<20) {
+		ids = append(ids, m.MsgId)
+	}
+	if want := []string{"y1", "y2", "x3", "x4"}; !slices.Equal(ids, want) {
+		t.Fatalf("waiting %v, want %v", ids, want)
+	}
+}
