@@ -564,20 +564,38 @@ func (n *Node) sweepExpired(every time.Duration) {
 		case <-time.After(wait):
 		}
 		var ids []store.Identity
-		err := n.store.Expired(context.Background(), time.Now(), sweepRound, func(id store.Identity) {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { // the store's call ends at quit
+			select {
+			case <-n.quit:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		err := n.store.Expired(ctx, time.Now(), sweepRound, func(id store.Identity) {
 			ids = append(ids, id)
 		})
+		cancel()
 		if err != nil {
+			select {
+			case <-n.quit:
+				return // cut short by the shutdown
+			default:
+			}
 			n.log.Warn("node: expiry sweep", "err", err)
 		} else if len(ids) > 0 {
 			n.log.Debug("node: expiry sweep", "identities", len(ids))
 		}
 		for i, id := range ids {
-			if i > 0 && i%sweepChunk == 0 {
+			if i%sweepChunk == 0 {
+				pause := sweepPause
+				if i == 0 {
+					pause = 0
+				}
 				select {
 				case <-n.quit:
 					return
-				case <-time.After(sweepPause):
+				case <-time.After(pause):
 				}
 			}
 			n.sys.Send(&actorpb.Envelope{AppCode: uint32(id.App), Uid: id.UID, Body: &actorpb.Envelope_Sweep{Sweep: &actorpb.Sweep{}}})
@@ -794,22 +812,30 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		// safe; a restart replays them). They get a few seconds even when
 		// the steps before used the grace up: leaving the cluster and
 		// closing the store cleanly matter more than the last seconds.
-		fctx, fcancel := finalContext(ctx)
-		defer fcancel()
 		// The node's goroutines end at quit, but one may be inside a
 		// store call that waits for the disk (the expiry sweep's commit):
-		// a hung disk must not hold the stop for ever.
-		if !within(fctx, n.wg.Wait) {
+		// a hung disk must not hold the stop for ever. The steps after
+		// get time of their own.
+		wctx, wcancel := finalContext(ctx)
+		background := within(wctx, n.wg.Wait)
+		wcancel()
+		if !background {
 			errs = append(errs, errors.New("node: background work not stopped within shutdown-grace (is the store's disk hung?)"))
 		}
 		step("HTTP stopped")
+		fctx, fcancel := finalContext(ctx)
+		defer fcancel()
 		if n.sys != nil {
 			if !within(fctx, n.sys.Shutdown) {
 				errs = append(errs, errors.New("actors: not stopped within shutdown-grace (is the store's disk hung?)"))
 			}
 			step("actors stopped")
 		}
-		if n.store != nil {
+		if n.store != nil && !background {
+			// A goroutine may still be inside the store: closing it under
+			// that call is not safe. Its synced writes are on disk.
+			errs = append(errs, errors.New("store: not closed: background work is still inside it"))
+		} else if n.store != nil {
 			closed := make(chan error, 1)
 			var err error
 			if within(fctx, func() { closed <- n.store.Close() }) {
