@@ -397,9 +397,18 @@ func hosts(v *membership.View) []membership.Member {
 func (s *System) leavePlacement() {
 	v := s.view.Load()
 	var addrs []string
-	for _, m := range v.Serving(membership.RoleActors) {
+	for _, m := range hosts(v) {
 		if m.Address != s.address && !slices.Contains(addrs, m.Address) {
 			addrs = append(addrs, m.Address)
+		}
+	}
+	if len(addrs) == 0 {
+		// Every other host drains too: they keep their identities until
+		// they stop (hosts), and the others route this node's to them.
+		for _, m := range v.Live(membership.RoleActors) {
+			if m.Address != s.address && !slices.Contains(addrs, m.Address) {
+				addrs = append(addrs, m.Address)
+			}
 		}
 	}
 	p := newPlacement(addrs, s.cfg.Shards, v.Seq+1, shardsIn(v))

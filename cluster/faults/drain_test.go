@@ -26,7 +26,7 @@ import (
 // is logged and bounded), the node exits by itself, nothing is lost.
 func drainCase(t *testing.T, window time.Duration, drain func(c *testkit.Cluster)) {
 	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", "gate"},
-		Args: []string{"--drain-window", window.String()}})
+		Args: []string{"--drain-window", window.String(), "--shutdown-grace", (window + 5*time.Second).String()}})
 	dumpOnFailure(t, c, "drain", "level=WARN", "level=ERROR")
 	n1, n3 := c.Node("node1"), c.Node("node3")
 	cfg := load(c, 60)

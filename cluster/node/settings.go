@@ -42,7 +42,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.StringToStringVar(&c.AppSecretFiles, "app-secret-file", c.AppSecretFiles, "APPCODE=FILE: an app's token secret read from FILE (repeatable; keeps it out of argv)")
 	fs.StringToStringVar(&c.APIKeyFiles, "api-key-file", c.APIKeyFiles, `FILE=APPCODE: an API key read from FILE and the appcode it acts for, "*" for an operator key (repeatable)`)
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "bound on graceful shutdown, the drain included")
-	fs.DurationVar(&c.DrainWindow, "drain-window", c.DrainWindow, "spread a drain's kickouts (SIGTERM, courierctl drain) over this long (0: all at once; less than shutdown-grace)")
+	fs.DurationVar(&c.DrainWindow, "drain-window", c.DrainWindow, "spread a drain's kickouts (SIGTERM, courierctl drain) over this long (0: all at once; at most shutdown-grace less a quarter of it, at most 5s less)")
 	fs.DurationVar(&c.IdleMemoryRelease, "idle-memory-release", c.IdleMemoryRelease, "how often to check for idleness and then return free heap memory to the OS (0: never)")
 
 	g := &c.Gate
