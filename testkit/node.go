@@ -225,7 +225,7 @@ func (n *Node) start() {
 	}
 	n.logs = &syncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
-	n.cmd.Env = append(append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66"), n.opts.Env...)
+	n.cmd.Env = append(append(nodeEnv(os.Environ()), "GORACE=halt_on_error=1 exitcode=66"), n.opts.Env...)
 	n.cmd.SysProcAttr = childProcAttr()
 	if n.opts.PostgresDSN != "" {
 		// The environment, not argv: as an operator should pass it.
@@ -435,4 +435,19 @@ func (n *Node) Client(t testing.TB, app uint16, uid string, mut func(*client.Con
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// nodeEnv is the environment a test node inherits: the test's, without
+// the node's and courierctl's own settings (COURIER_*, COURIERCTL_*),
+// which a developer may have exported for a node of their own: a test
+// node takes only what its test gives it.
+func nodeEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		if (strings.HasPrefix(kv, "COURIER_") || strings.HasPrefix(kv, "COURIERCTL_")) && !strings.HasPrefix(kv, "COURIER_TEST_") {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
 }

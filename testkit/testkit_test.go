@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -162,5 +163,15 @@ func TestNetworkCutAndHeal(t *testing.T) {
 	c.WaitConverged()
 	if v, _ := n2.Metric("courier_cluster_rejoins_total"); v < 1 {
 		t.Fatalf("node2 did not rejoin after the cut (%v)", v)
+	}
+}
+
+// TestNodeEnvLeavesOutCourierSettings: a developer's exported COURIER_*
+// and COURIERCTL_* settings do not reach test nodes; COURIER_TEST_* and
+// the rest of the environment do.
+func TestNodeEnvLeavesOutCourierSettings(t *testing.T) {
+	got := nodeEnv([]string{"PATH=/bin", "COURIER_STORE=postgres", "COURIERCTL_API_KEY=k", "COURIER_TEST_STORE=postgres", "HOME=/root"})
+	if want := []string{"PATH=/bin", "COURIER_TEST_STORE=postgres", "HOME=/root"}; !slices.Equal(got, want) {
+		t.Fatalf("node environment %q, want %q", got, want)
 	}
 }
