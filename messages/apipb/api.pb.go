@@ -368,9 +368,10 @@ type PushItemResult struct {
 	Error    string        `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
 	Response *PushResponse `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
 	// Why a failed item failed, for programs, where the code alone does not
-	// say: "NODE_OVERLOADED" (retry soon, backing off) or "INBOX_FULL"
-	// (retry much later: the device must come online and acknowledge);
-	// empty otherwise. A failed call carries the same word as the reason of
+	// say: "NODE_OVERLOADED" (retry soon, backing off), "INBOX_FULL"
+	// (retry much later: the device must come online and acknowledge) or
+	// "STORE_BUSY" (UNAVAILABLE that accepted nothing: retry later with the
+	// same key); empty otherwise. A failed call carries the same word as the reason of
 	// a google.rpc.ErrorInfo in its status details.
 	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
