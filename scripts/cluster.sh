@@ -37,7 +37,9 @@ stop_all() {
 	trap - INT TERM EXIT
 	echo
 	echo "cluster: stopping"
-	touch "$dir/stopping"
+	# Only a run that made $dir tells its supervisors to stop: a run that
+	# failed its checks must not stop another cluster's.
+	if [ -n "${created:-}" ]; then touch "$dir/stopping"; fi
 	# Nodes first (graceful: they leave the cluster), then the services.
 	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
 		kill -TERM "${pids[i]}" 2>/dev/null || true
@@ -165,8 +167,18 @@ stop_store() {
 # ---- build ---------------------------------------------------------------
 make -s build
 consul=$(scripts/consul.sh)
+# Another make cluster here? Found before anything of its is touched
+# (its data, logs and pid files are in $dir).
+for f in "$dir"/*.pid; do
+	[ -e "$f" ] || continue
+	if kill -0 "$(cat "$f" 2>/dev/null)" 2>/dev/null; then
+		fail "a cluster is already running from $dir ($(basename "$f" .pid) is up): stop it (Ctrl-C in its terminal) first"
+	fi
+done
+port_free "$CONSUL_PORT" || fail "port $CONSUL_PORT (Consul) is taken: set CONSUL_PORT"
 rm -rf "$dir"
 mkdir -p "$dir"
+created=1
 
 # ---- Consul --------------------------------------------------------------
 port_free "$CONSUL_PORT" || fail "port $CONSUL_PORT (Consul) is taken: set CONSUL_PORT"
