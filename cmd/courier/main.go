@@ -103,6 +103,15 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 	if v := getenv(node.EnvName("config")); v != "" && !fs.Changed("config") {
 		*configPath = v // the file is read before the other variables apply
 	}
+	// A variable set for a setting the command line gives too is ignored
+	// (flags win): said once the log is up, so that a key or secret added
+	// in an env file behind a unit's flags is not silently dropped.
+	var shadowed []string
+	fs.Visit(func(f *pflag.Flag) {
+		if f.Name != "config" && getenv(node.EnvName(f.Name)) != "" {
+			shadowed = append(shadowed, node.EnvName(f.Name))
+		}
+	})
 	if err := node.ApplyFileAndEnv(fs, *configPath, getenv); err != nil {
 		fmt.Fprintln(stderr, "courier:", err)
 		for env, ctl := range courierctlHint {
@@ -125,6 +134,9 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 	log := slog.New(h)
 	for _, name := range unknownEnv(fs, os.Environ()) {
 		log.Warn("courier: unknown environment variable, ignored", "name", name)
+	}
+	for _, name := range shadowed {
+		log.Warn("courier: environment variable ignored: the command line sets the same setting (flags win over the environment and the file)", "name", name)
 	}
 	if cf.gcMinHeap < 0 {
 		fmt.Fprintf(stderr, "courier: --gc-min-heap %d: must be 0 (none) or a number of bytes\n", cf.gcMinHeap)

@@ -111,6 +111,21 @@ func TestCommandLineErrors(t *testing.T) {
 	}
 }
 
+// TestShadowedEnvironmentVariableWarned: a variable for a setting the
+// command line sets too is ignored, with a warning (a key added in a
+// unit's env file behind its --api-key-file used to vanish silently).
+func TestShadowedEnvironmentVariableWarned(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "not-a-dir")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errw := courier(t, []string{"COURIER_DATA_DIR=/elsewhere"}, append(loopback(t), "--data-dir", file)...)
+	if code != 1 || !strings.Contains(errw, "environment variable ignored: the command line sets the same setting") ||
+		!strings.Contains(errw, "name=COURIER_DATA_DIR") {
+		t.Fatalf("exit %d:\n%s", code, errw)
+	}
+}
+
 func TestUnknownEnvironmentVariableWarned(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "not-a-dir")
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
