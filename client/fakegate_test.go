@@ -631,3 +631,59 @@ func TestAcksOfAnEarlierConnectionArePaced(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenExpiredAgainIsRetried: a token source that hands out an
+// expired token twice in a row (a refresh under way, a clock behind) is
+// asked again after a backoff: only AUTH_FAILED twice stops the client.
+// It used to stop after the second TOKEN_EXPIRED.
+func TestTokenExpiredAgainIsRetried(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	var logins atomic.Int32
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c := client.NewConn(nc, client.ConnConfig{AppCode: 1})
+			f, err := c.ReadFrame()
+			if err != nil || f.Cmd != messages.CmdLogin {
+				nc.Close()
+				continue
+			}
+			code := devicepb.Code_TOKEN_EXPIRED
+			if logins.Add(1) > 2 && f.Msg.(*devicepb.Login).Token == "fresh" {
+				code = devicepb.Code_OK
+			}
+			_ = c.WriteMessage(messages.CmdLoginAck, 0, f.Seq, &devicepb.LoginAck{Code: code, HeartbeatSeconds: 30, ServerTimeMs: time.Now().UnixMilli()})
+			if code != devicepb.Code_OK {
+				nc.Close()
+				continue
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); defer nc.Close(); _, _ = c.ReadFrame() }()
+		}
+	}()
+	var asked atomic.Int32
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.Dial(ctx, client.Config{Addr: ln.Addr().String(), AppCode: 1, UID: "bo", BackoffInitial: 10 * time.Millisecond,
+		TokenSource: func(context.Context) (string, error) {
+			if asked.Add(1) <= 2 {
+				return "stale", nil
+			}
+			return "fresh", nil
+		}})
+	if err != nil {
+		t.Fatalf("Dial after two expired tokens: %v (%d logins)", err, logins.Load())
+	}
+	cl.Close()
+}

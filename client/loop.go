@@ -345,6 +345,13 @@ func (l *loop) dialed(r dialResult) {
 				l.startDial()
 				return
 			}
+			if err.Code == devicepb.Code_TOKEN_EXPIRED && l.cfg.TokenSource != nil {
+				// Expired again (a refresh still under way, a clock
+				// behind): fetch again after a backoff; only AUTH_FAILED
+				// twice in a row stops (docs/protocol.md §6).
+				l.failed(err)
+				return
+			}
 			l.fail(err)
 			return
 		}
