@@ -687,3 +687,41 @@ func TestTokenExpiredAgainIsRetried(t *testing.T) {
 	}
 	cl.Close()
 }
+
+// TestLoginRefusedAsMalformedStops: an ERROR answering the LOGIN that
+// says the client sends what the server cannot take (UNSUPPORTED_VERSION,
+// BAD_BODY) ends Dial at once: every later LOGIN would get the same. It
+// used to reconnect in a loop.
+func TestLoginRefusedAsMalformedStops(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	var conns atomic.Int32
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			c := client.NewConn(nc, client.ConnConfig{AppCode: 1})
+			if f, err := c.ReadFrame(); err == nil {
+				_ = c.WriteMessage(messages.CmdError, 0, f.Seq, &devicepb.Error{Code: devicepb.Code_UNSUPPORTED_VERSION, Reason: "version 2 only"})
+			}
+			nc.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = client.Dial(ctx, client.Config{Addr: ln.Addr().String(), AppCode: 1, UID: "bo", Token: "t", BackoffInitial: 10 * time.Millisecond})
+	var se *client.ServerError
+	if !errors.As(err, &se) || se.Code != devicepb.Code_UNSUPPORTED_VERSION || conns.Load() != 1 {
+		t.Fatalf("Dial: %v after %d connections, want UNSUPPORTED_VERSION after one", err, conns.Load())
+	}
+}

@@ -329,6 +329,14 @@ func (l *loop) dialed(r dialResult) {
 		l.cfg.OnFrame(false, messages.Header{Cmd: messages.CmdLoginAck, AppCode: l.cfg.AppCode, Seq: 1}, r.ack)
 	}
 	if r.err != nil {
+		var se *ServerError
+		if errors.As(r.err, &se) && clientBug(se.Code) {
+			// The LOGIN itself was refused as malformed: the next one
+			// would be too (docs/protocol.md: do not reconnect in a loop
+			// after a fatal error caused by a client bug).
+			l.fail(r.err)
+			return
+		}
 		l.failed(r.err)
 		return
 	}
@@ -360,6 +368,17 @@ func (l *loop) dialed(r dialResult) {
 	}
 	l.tokenRetry = false
 	l.connected(r)
+}
+
+// clientBug reports whether an ERROR answering a LOGIN says the client
+// sends what no server version 1 takes: trying again cannot help.
+func clientBug(c devicepb.Code) bool {
+	switch c {
+	case devicepb.Code_UNSUPPORTED_VERSION, devicepb.Code_FRAME_TOO_LARGE, devicepb.Code_BAD_FLAGS,
+		devicepb.Code_UNKNOWN_COMMAND, devicepb.Code_BAD_BODY, devicepb.Code_APP_MISMATCH:
+		return true
+	}
+	return false
 }
 
 // failed handles an attempt that failed in a way a later one may not.
