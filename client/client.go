@@ -297,7 +297,9 @@ func (c *Client) send(ctx context.Context, cmd messages.Cmd, msgtype uint16, id 
 // the server's page size). It waits for a connection if there is none.
 // In the default mode the messages count as handled once Pull returns
 // them and are acknowledged; with ManualAck, Ack each. Pulled messages
-// are not returned again by Recv.
+// are not returned again by Recv; Pull itself reads the inbox by seq, so
+// it returns what is stored in the range even if Recv (or an earlier
+// Pull) returned it already: tell those by MsgID.
 func (c *Client) Pull(ctx context.Context, afterSeq, limit uint32) (PullResult, error) {
 	p := &pullReq{ctx: ctx, after: afterSeq, limit: limit, res: make(chan pullResult, 1)}
 	if err := c.request(ctx, p); err != nil {

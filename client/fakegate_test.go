@@ -725,3 +725,44 @@ func TestLoginRefusedAsMalformedStops(t *testing.T) {
 		t.Fatalf("Dial: %v after %d connections, want UNSUPPORTED_VERSION after one", err, conns.Load())
 	}
 }
+
+// TestRefusedResumePullIsAskedAgain: a resume PULL answered
+// STORE_UNAVAILABLE is sent again a second later (the node's store was
+// busy); it used to end the resume for the session.
+func TestRefusedResumePullIsAskedAgain(t *testing.T) {
+	pulls := make(chan time.Time, 8)
+	var n atomic.Int32
+	g := startFakeGateAt(t, 30, 300, func(_ int32, c *client.Conn) {
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				return
+			}
+			if _, ok := f.Msg.(*devicepb.Pull); !ok {
+				continue
+			}
+			pulls <- time.Now()
+			ack := &devicepb.PullAck{Code: devicepb.Code_STORE_UNAVAILABLE}
+			if n.Add(1) > 1 {
+				ack = &devicepb.PullAck{Code: devicepb.Code_OK}
+			}
+			if c.WriteMessage(messages.CmdPullAck, 0, f.Seq, ack) != nil {
+				return
+			}
+		}
+	})
+	dialFake(t, g, nil)
+	var first time.Time
+	for i := range 2 {
+		select {
+		case at := <-pulls:
+			if i == 0 {
+				first = at
+			} else if d := at.Sub(first); d < 500*time.Millisecond {
+				t.Fatalf("asked again after %v: want a pause", d)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("resume PULL %d never came", i+1)
+		}
+	}
+}

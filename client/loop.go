@@ -95,6 +95,9 @@ type session struct {
 	// its turn (pacing).
 	resumeWant  bool
 	resumeAfter uint32
+	// resumeRetry: the resume PULL was refused (the store busy); it is
+	// asked again at this time (resendDue), 0: not.
+	resumeRetry time.Time
 	// broken is the write error that ended the session: the client
 	// writes nothing more and reads what the server sent before it
 	// closed (a KICKOUT decides what comes next) until the reader ends.
@@ -905,6 +908,10 @@ func (l *loop) keepaliveDue() {
 // (flush) those unanswered for ResendAfter.
 func (l *loop) resendDue() {
 	now := time.Now()
+	if s := l.sess; s != nil && !s.resumeRetry.IsZero() && !now.Before(s.resumeRetry) {
+		s.resumeRetry, s.resumeWant = time.Time{}, true
+		l.flush()
+	}
 	for _, r := range slices.Clone(l.order) {
 		if r.ctx.Err() != nil {
 			l.dropSend(r)
@@ -1003,7 +1010,8 @@ func (l *loop) pulled(seq uint32, a *devicepb.PullAck) {
 	if s := l.sess; s != nil && seq == s.resumeSeq && seq != 0 {
 		s.resumeSeq = 0
 		if a.Code != devicepb.Code_OK {
-			l.log.Warn("client: resume PULL refused; the pushes will bring the messages", "code", a.Code)
+			l.log.Warn("client: resume PULL refused; asking again in a second", "code", a.Code)
+			s.resumeRetry = time.Now().Add(time.Second)
 			return
 		}
 		for _, sm := range a.Messages {
@@ -1042,6 +1050,14 @@ func (l *loop) pulled(seq uint32, a *devicepb.PullAck) {
 // a refusal of the connection.
 func (l *loop) serverError(seq uint32, e *devicepb.Error) {
 	err := &ServerError{Code: e.Code, Reason: e.Reason}
+	if s := l.sess; s != nil && seq != 0 && seq == s.resumeSeq && e.Code != devicepb.Code_RATE_LIMITED {
+		// The resume PULL refused by an ERROR: asked again later, as
+		// when its PULL_ACK refuses it.
+		s.resumeSeq = 0
+		s.resumeRetry = time.Now().Add(time.Second)
+		l.log.Warn("client: resume PULL refused; asking again in a second", "code", e.Code)
+		return
+	}
 	if e.Code == devicepb.Code_RATE_LIMITED {
 		// The gate closes the connection: the frame it answers was not
 		// processed, and is sent again on the next connection.
