@@ -64,7 +64,8 @@ type Config struct {
 	// TLS, if set, connects with TLS (to a load balancer terminating TLS
 	// in front of the gates).
 	TLS *tls.Config
-	// DialTimeout bounds a TCP (and TLS) connect (default 10 s).
+	// DialTimeout bounds a TCP (and TLS) connect, and a discovery request
+	// (default 10 s).
 	DialTimeout time.Duration
 	// LoginTimeout bounds the wait for LOGIN_ACK (default 12 s: the
 	// gate's login timeout is 10 s).

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -765,4 +767,29 @@ func TestRefusedResumePullIsAskedAgain(t *testing.T) {
 			t.Fatalf("resume PULL %d never came", i+1)
 		}
 	}
+}
+
+// TestStalledDiscoveryFallsBackToAddr: a discovery endpoint that takes
+// the request and never answers (an HTTPClient without Timeout) is given
+// up after DialTimeout, and the client connects through Addr; it used to
+// wait for ever.
+func TestStalledDiscoveryFallsBackToAddr(t *testing.T) {
+	stall := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-stall:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(stall)
+	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) { _, _ = c.ReadFrame() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Config{Discovery: srv.URL, Addr: g.addr(), AppCode: 1, UID: "di", Token: "t",
+		HTTPClient: &http.Client{}, DialTimeout: 300 * time.Millisecond, NoCompression: true})
+	if err != nil {
+		t.Fatalf("Dial with a stalled discovery and Addr: %v", err)
+	}
+	c.Close()
 }

@@ -274,7 +274,12 @@ func (l *loop) connect(ctx context.Context, addrs []string, login *devicepb.Logi
 	case len(addrs) > 0:
 		r.addr = addrs[0]
 	case cfg.Discovery != "":
-		found, err := discover(ctx, cfg.HTTPClient, cfg.Discovery, cfg.AppCode)
+		// Bounded like a connect: an endpoint that takes the connection
+		// and never answers (with an HTTPClient without a Timeout) must
+		// not hold the client in StateConnecting for good.
+		dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+		found, err := discover(dctx, cfg.HTTPClient, cfg.Discovery, cfg.AppCode)
+		cancel()
 		switch {
 		case err == nil:
 			// The others are tried next (the loop keeps them).
