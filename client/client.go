@@ -339,7 +339,8 @@ func (c *Client) advance(seq uint32) {
 
 // LastSeq returns the highest inbox seq handed to the app (by Recv or
 // Pull; a Pull from an earlier seq may have handed it a later one). An
-// app that persists it passes it as Config.ResumeSeq on its next start.
+// app that persists it passes it as Config.ResumeSeq on its next start
+// (with ManualAck, see ResumeSeq: persist what it acknowledged).
 func (c *Client) LastSeq() uint32 { return c.lastSeq.Load() }
 
 // DroppedPushes returns how many fire-and-forget pushes (seq 0) the

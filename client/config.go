@@ -58,7 +58,11 @@ type Config struct {
 	ManualAck bool
 	// ResumeSeq is the highest inbox seq the app handled in an earlier
 	// run (persist LastSeq to fill it). After each login the client PULLs
-	// what came after it.
+	// what came after it. With ManualAck, persist instead the highest seq
+	// up to which the app acknowledged every message: messages handed out
+	// but not acknowledged (below LastSeq) are pushed again after the
+	// login, behind what the resume PULL brings, so resuming from
+	// LastSeq would show the app later messages before them.
 	ResumeSeq uint32
 
 	// TLS, if set, connects with TLS (to a load balancer terminating TLS
