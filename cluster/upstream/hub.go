@@ -497,9 +497,9 @@ type fanin struct {
 	// never has more than a window out.
 	window  int
 	waiting map[string]int
-	notify chan struct{}
-	done   chan struct{}
-	closed bool
+	notify  chan struct{}
+	done    chan struct{}
+	closed  bool
 }
 
 type origin struct {
