@@ -61,8 +61,9 @@ type Config struct {
 	// what came after it. With ManualAck, persist instead the highest seq
 	// up to which the app acknowledged every message: messages handed out
 	// but not acknowledged (below LastSeq) are pushed again after the
-	// login, behind what the resume PULL brings, so resuming from
-	// LastSeq would show the app later messages before them.
+	// login, those beyond the delivery window behind what the resume PULL
+	// brings, so resuming from LastSeq would show the app later messages
+	// before them.
 	ResumeSeq uint32
 
 	// TLS, if set, connects with TLS (to a load balancer terminating TLS

@@ -636,8 +636,9 @@ func TestAcksOfAnEarlierConnectionArePaced(t *testing.T) {
 
 // TestTokenExpiredAgainIsRetried: a token source that hands out an
 // expired token twice in a row (a refresh under way, a clock behind) is
-// asked again after a backoff: only AUTH_FAILED twice stops the client.
-// It used to stop after the second TOKEN_EXPIRED.
+// asked again after a backoff, and an AUTH_FAILED after that still gets
+// its own retry with a fresh token: only AUTH_FAILED twice stops the
+// client. It used to stop after the second TOKEN_EXPIRED.
 func TestTokenExpiredAgainIsRetried(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -662,7 +663,10 @@ func TestTokenExpiredAgainIsRetried(t *testing.T) {
 				continue
 			}
 			code := devicepb.Code_TOKEN_EXPIRED
-			if logins.Add(1) > 2 && f.Msg.(*devicepb.Login).Token == "fresh" {
+			switch n := logins.Add(1); {
+			case n == 3:
+				code = devicepb.Code_AUTH_FAILED // its own fresh-token retry
+			case n > 3 && f.Msg.(*devicepb.Login).Token == "fresh":
 				code = devicepb.Code_OK
 			}
 			_ = c.WriteMessage(messages.CmdLoginAck, 0, f.Seq, &devicepb.LoginAck{Code: code, HeartbeatSeconds: 30, ServerTimeMs: time.Now().UnixMilli()})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -96,8 +97,11 @@ type session struct {
 	resumeWant  bool
 	resumeAfter uint32
 	// resumeRetry: the resume PULL was refused (the store busy); it is
-	// asked again at this time (resendDue), 0: not.
-	resumeRetry time.Time
+	// asked again at this time (resendDue), 0: not. resumeRefused counts
+	// the refusals in a row: the wait doubles from a second, to
+	// BackoffMax, with jitter (every device of a node comes back at once).
+	resumeRetry   time.Time
+	resumeRefused int
 	// broken is the write error that ended the session: the client
 	// writes nothing more and reads what the server sent before it
 	// closed (a KICKOUT decides what comes next) until the reader ends.
@@ -144,11 +148,14 @@ type loop struct {
 	handing map[*pullReq]map[string]struct{}
 	pace    *time.Timer // non-nil while frames wait for their turn
 
-	addrs      []string // gates to try, from Discovery
-	tokenRetry bool     // a login failed on its token: one retry with a fresh one
-	firstDone  bool
-	logout     bool
-	terminal   error
+	addrs []string // gates to try, from Discovery
+	// authRetry, expiredRetry: a login failed with AUTH_FAILED, with
+	// TOKEN_EXPIRED: each gets one immediate retry with a fresh token
+	// until a login succeeds.
+	authRetry, expiredRetry bool
+	firstDone               bool
+	logout                  bool
+	terminal                error
 	// droppedLogged: when the last warning about dropped fire-and-forget
 	// pushes was logged (at most one a minute).
 	droppedLogged time.Time
@@ -352,10 +359,14 @@ func (l *loop) dialed(r dialResult) {
 		r.conn.Close()
 		err := &LoginError{Code: r.ack.Code, Reason: r.ack.Reason}
 		if err.Permanent() {
+			retried := &l.authRetry
+			if err.Code == devicepb.Code_TOKEN_EXPIRED {
+				retried = &l.expiredRetry
+			}
 			tokenCode := err.Code == devicepb.Code_AUTH_FAILED || err.Code == devicepb.Code_TOKEN_EXPIRED
-			if tokenCode && l.cfg.TokenSource != nil && !l.tokenRetry {
+			if tokenCode && l.cfg.TokenSource != nil && !*retried {
 				// docs/protocol.md §6: fetch a fresh token and try once more.
-				l.tokenRetry = true
+				*retried = true
 				l.c.setLastErr(err)
 				l.log.Info("client: login refused; retrying with a fresh token", "code", err.Code)
 				l.startDial()
@@ -374,7 +385,7 @@ func (l *loop) dialed(r dialResult) {
 		l.failed(err)
 		return
 	}
-	l.tokenRetry = false
+	l.authRetry, l.expiredRetry = false, false
 	l.connected(r)
 }
 
@@ -382,8 +393,10 @@ func (l *loop) dialed(r dialResult) {
 // sends what no server version 1 takes: trying again cannot help.
 func clientBug(c devicepb.Code) bool {
 	switch c {
-	case devicepb.Code_UNSUPPORTED_VERSION, devicepb.Code_FRAME_TOO_LARGE, devicepb.Code_BAD_FLAGS,
+	case devicepb.Code_UNSUPPORTED_VERSION, devicepb.Code_BAD_FLAGS,
 		devicepb.Code_UNKNOWN_COMMAND, devicepb.Code_BAD_BODY, devicepb.Code_APP_MISMATCH:
+		// Not FRAME_TOO_LARGE: the limit is each gate's setting (a token
+		// may fit another gate's).
 		return true
 	}
 	return false
@@ -1011,14 +1024,24 @@ func storedMessage(s *devicepb.StoredMessage) *Message {
 		FromUID: s.FromUid, ClientMsgID: s.ClientMsgId, SentAt: msTime(s.SentAtMs), ExpiresAt: msTime(s.ExpiresAtMs)}
 }
 
+// resumeRefused schedules the session's resume PULL again after a
+// refusal: a second, doubling to BackoffMax, with jitter.
+func (l *loop) resumeRefused(s *session, code devicepb.Code) {
+	d := min(time.Second<<min(s.resumeRefused, 16), max(l.cfg.BackoffMax, time.Second))
+	s.resumeRefused++
+	d = d/2 + rand.N(d/2+1)
+	s.resumeRetry = time.Now().Add(d)
+	l.log.Warn("client: resume PULL refused; asking again later", "code", code, "in", d.Round(time.Millisecond))
+}
+
 func (l *loop) pulled(seq uint32, a *devicepb.PullAck) {
 	if s := l.sess; s != nil && seq == s.resumeSeq && seq != 0 {
 		s.resumeSeq = 0
 		if a.Code != devicepb.Code_OK {
-			l.log.Warn("client: resume PULL refused; asking again in a second", "code", a.Code)
-			s.resumeRetry = time.Now().Add(time.Second)
+			l.resumeRefused(s, a.Code)
 			return
 		}
+		s.resumeRefused = 0
 		for _, sm := range a.Messages {
 			l.deliver(storedMessage(sm))
 		}
@@ -1056,11 +1079,14 @@ func (l *loop) pulled(seq uint32, a *devicepb.PullAck) {
 func (l *loop) serverError(seq uint32, e *devicepb.Error) {
 	err := &ServerError{Code: e.Code, Reason: e.Reason}
 	if s := l.sess; s != nil && seq != 0 && seq == s.resumeSeq && e.Code != devicepb.Code_RATE_LIMITED {
-		// The resume PULL refused by an ERROR: asked again later, as
-		// when its PULL_ACK refuses it.
+		// The resume PULL refused by an ERROR: the window brings the
+		// messages anyway. A client bug's refusal is not sent again.
 		s.resumeSeq = 0
-		s.resumeRetry = time.Now().Add(time.Second)
-		l.log.Warn("client: resume PULL refused; asking again in a second", "code", e.Code)
+		if clientBug(e.Code) {
+			l.log.Warn("client: resume PULL refused as malformed; not asked again", "code", e.Code, "reason", e.Reason)
+			return
+		}
+		l.resumeRefused(s, e.Code)
 		return
 	}
 	if e.Code == devicepb.Code_RATE_LIMITED {
