@@ -812,29 +812,34 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		// safe; a restart replays them). They get a few seconds even when
 		// the steps before used the grace up: leaving the cluster and
 		// closing the store cleanly matter more than the last seconds.
+		fctx, fcancel := finalContext(ctx)
+		defer fcancel()
 		// The node's goroutines end at quit, but one may be inside a
 		// store call that waits for the disk (the expiry sweep's commit):
-		// a hung disk must not hold the stop for ever. The steps after
-		// get time of their own.
-		wctx, wcancel := finalContext(ctx)
+		// a hung disk must not hold the stop for ever. The wait takes at
+		// most half of what is left, so that the steps after keep theirs.
+		wctx, wcancel := fctx, context.CancelFunc(func() {})
+		if dl, ok := fctx.Deadline(); ok {
+			wctx, wcancel = context.WithTimeout(fctx, time.Until(dl)/2)
+		}
 		background := within(wctx, n.wg.Wait)
 		wcancel()
 		if !background {
 			errs = append(errs, errors.New("node: background work not stopped within shutdown-grace (is the store's disk hung?)"))
 		}
 		step("HTTP stopped")
-		fctx, fcancel := finalContext(ctx)
-		defer fcancel()
+		actorsStopped := true
 		if n.sys != nil {
-			if !within(fctx, n.sys.Shutdown) {
+			if actorsStopped = within(fctx, n.sys.Shutdown); !actorsStopped {
 				errs = append(errs, errors.New("actors: not stopped within shutdown-grace (is the store's disk hung?)"))
 			}
 			step("actors stopped")
 		}
-		if n.store != nil && !background {
-			// A goroutine may still be inside the store: closing it under
-			// that call is not safe. Its synced writes are on disk.
-			errs = append(errs, errors.New("store: not closed: background work is still inside it"))
+		if n.store != nil && (!background || !actorsStopped) {
+			// A goroutine or an actor may still be inside the store:
+			// closing it under that call is not safe. Its synced writes
+			// are on disk.
+			errs = append(errs, errors.New("store: not closed: work is still inside it"))
 		} else if n.store != nil {
 			closed := make(chan error, 1)
 			var err error
