@@ -35,7 +35,10 @@ chaos: build
 # PostgreSQL, then a short fixed run of the frame decoder's fuzz target
 # (make fuzz runs it longer). Tests start a throwaway PostgreSQL of
 # Debian's package, installed with apt-get if missing (testkit/postgres.go).
-test: consul
+test:
+	@# The Consul agent the cluster tests run, built first (minutes on a
+	@# fresh clone); without it (offline) they skip, unless CI=true.
+	@scripts/consul.sh >/dev/null || [ "$$CI" != true ] || exit 1
 	$(GO) test -race -count=1 -timeout 15m $(GOPKGS)
 	COURIER_TEST_STORE=postgres $(GO) test -race -count=1 -timeout 15m ./cluster/node/
 	# A count, not a duration: go1.26's fuzz coordinator can fail a run

@@ -171,7 +171,10 @@ consul=$(scripts/consul.sh)
 # (its data, logs and pid files are in $dir).
 for f in "$dir"/*.pid; do
 	[ -e "$f" ] || continue
-	if kill -0 "$(cat "$f" 2>/dev/null)" 2>/dev/null; then
+	pid=$(cat "$f" 2>/dev/null)
+	# A pid file left by a cluster that died (a reboot, SIGKILL) may name
+	# a pid reused since: only ours count (courier or the Consul agent).
+	if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qE "$bin/courier|$consul"; then
 		fail "a cluster is already running from $dir ($(basename "$f" .pid) is up): stop it (Ctrl-C in its terminal) first"
 	fi
 done
