@@ -276,40 +276,24 @@ func TestReconnectWithAFullOutboxIsPaced(t *testing.T) {
 // Dial at once (docs/protocol.md §14), and a static token over the gate's
 // limit is refused before anything is sent.
 func TestBadLoginFieldIsPermanent(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer ln.Close()
 	var logins atomic.Int32
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c := client.NewConn(nc, client.ConnConfig{AppCode: 1})
-			if f, err := c.ReadFrame(); err == nil && f.Cmd == messages.CmdLogin {
-				logins.Add(1)
-				_ = c.WriteMessage(messages.CmdLoginAck, 0, f.Seq, &devicepb.LoginAck{Code: devicepb.Code_BAD_LOGIN_FIELD, Reason: "token too long"})
-			}
-			nc.Close()
+	addr := loginServer(t, func(_ int32, f client.Frame, c *client.Conn) bool {
+		if f.Cmd == messages.CmdLogin {
+			logins.Add(1)
+			_ = c.WriteMessage(messages.CmdLoginAck, 0, f.Seq, &devicepb.LoginAck{Code: devicepb.Code_BAD_LOGIN_FIELD, Reason: "token too long"})
 		}
-	}()
+		return false
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	_, err = client.Dial(ctx, client.Config{Addr: ln.Addr().String(), AppCode: 1, UID: "bo",
+	_, err := client.Dial(ctx, client.Config{Addr: addr, AppCode: 1, UID: "bo",
 		TokenSource: func(context.Context) (string, error) { return "t", nil }, BackoffInitial: 10 * time.Millisecond})
 	var le *client.LoginError
 	if !errors.As(err, &le) || le.Code != devicepb.Code_BAD_LOGIN_FIELD || logins.Load() != 1 {
 		t.Fatalf("Dial: %v after %d logins in %v, want BAD_LOGIN_FIELD after one", err, logins.Load(), time.Since(start))
 	}
-	_, err = client.Dial(ctx, client.Config{Addr: ln.Addr().String(), AppCode: 1, UID: "bo", Token: string(make([]byte, client.MaxTokenLen+1))})
+	_, err = client.Dial(ctx, client.Config{Addr: addr, AppCode: 1, UID: "bo", Token: string(make([]byte, client.MaxTokenLen+1))})
 	if err == nil || logins.Load() != 1 {
 		t.Fatalf("Dial with a %d-byte token: %v (logins %d)", client.MaxTokenLen+1, err, logins.Load())
 	}
@@ -640,48 +624,25 @@ func TestAcksOfAnEarlierConnectionArePaced(t *testing.T) {
 // its own retry with a fresh token: only AUTH_FAILED twice stops the
 // client. It used to stop after the second TOKEN_EXPIRED.
 func TestTokenExpiredAgainIsRetried(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer ln.Close()
 	var logins atomic.Int32
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c := client.NewConn(nc, client.ConnConfig{AppCode: 1})
-			f, err := c.ReadFrame()
-			if err != nil || f.Cmd != messages.CmdLogin {
-				nc.Close()
-				continue
-			}
-			code := devicepb.Code_TOKEN_EXPIRED
-			switch n := logins.Add(1); {
-			case n == 3:
-				code = devicepb.Code_AUTH_FAILED // its own fresh-token retry
-			case n > 3 && f.Msg.(*devicepb.Login).Token == "fresh":
-				code = devicepb.Code_OK
-			}
-			_ = c.WriteMessage(messages.CmdLoginAck, 0, f.Seq, &devicepb.LoginAck{Code: code, HeartbeatSeconds: 30, ServerTimeMs: time.Now().UnixMilli()})
-			if code != devicepb.Code_OK {
-				nc.Close()
-				continue
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); defer nc.Close(); _, _ = c.ReadFrame() }()
+	addr := loginServer(t, func(_ int32, f client.Frame, c *client.Conn) bool {
+		if f.Cmd != messages.CmdLogin {
+			return false
 		}
-	}()
+		code := devicepb.Code_TOKEN_EXPIRED
+		switch n := logins.Add(1); {
+		case n == 3:
+			code = devicepb.Code_AUTH_FAILED // its own fresh-token retry
+		case n > 3 && f.Msg.(*devicepb.Login).Token == "fresh":
+			code = devicepb.Code_OK
+		}
+		_ = c.WriteMessage(messages.CmdLoginAck, 0, f.Seq, &devicepb.LoginAck{Code: code, HeartbeatSeconds: 30, ServerTimeMs: time.Now().UnixMilli()})
+		return code == devicepb.Code_OK
+	})
 	var asked atomic.Int32
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cl, err := client.Dial(ctx, client.Config{Addr: ln.Addr().String(), AppCode: 1, UID: "bo", BackoffInitial: 10 * time.Millisecond,
+	cl, err := client.Dial(ctx, client.Config{Addr: addr, AppCode: 1, UID: "bo", BackoffInitial: 10 * time.Millisecond,
 		TokenSource: func(context.Context) (string, error) {
 			if asked.Add(1) <= 2 {
 				return "stale", nil
@@ -699,33 +660,15 @@ func TestTokenExpiredAgainIsRetried(t *testing.T) {
 // BAD_BODY) ends Dial at once: every later LOGIN would get the same. It
 // used to reconnect in a loop.
 func TestLoginRefusedAsMalformedStops(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer ln.Close()
 	var conns atomic.Int32
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns.Add(1)
-			c := client.NewConn(nc, client.ConnConfig{AppCode: 1})
-			if f, err := c.ReadFrame(); err == nil {
-				_ = c.WriteMessage(messages.CmdError, 0, f.Seq, &devicepb.Error{Code: devicepb.Code_UNSUPPORTED_VERSION, Reason: "version 2 only"})
-			}
-			nc.Close()
-		}
-	}()
+	addr := loginServer(t, func(n int32, f client.Frame, c *client.Conn) bool {
+		conns.Store(n)
+		_ = c.WriteMessage(messages.CmdError, 0, f.Seq, &devicepb.Error{Code: devicepb.Code_UNSUPPORTED_VERSION, Reason: "version 2 only"})
+		return false
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err = client.Dial(ctx, client.Config{Addr: ln.Addr().String(), AppCode: 1, UID: "bo", Token: "t", BackoffInitial: 10 * time.Millisecond})
+	_, err := client.Dial(ctx, client.Config{Addr: addr, AppCode: 1, UID: "bo", Token: "t", BackoffInitial: 10 * time.Millisecond})
 	var se *client.ServerError
 	if !errors.As(err, &se) || se.Code != devicepb.Code_UNSUPPORTED_VERSION || conns.Load() != 1 {
 		t.Fatalf("Dial: %v after %d connections, want UNSUPPORTED_VERSION after one", err, conns.Load())
@@ -796,4 +739,39 @@ func TestStalledDiscoveryFallsBackToAddr(t *testing.T) {
 		t.Fatalf("Dial with a stalled discovery and Addr: %v", err)
 	}
 	c.Close()
+}
+
+// loginServer answers each connection's first frame with answer (given
+// the connection's number from 1 and the frame), then closes it, unless
+// answer returns true: then it keeps reading until the client leaves.
+// It returns the address.
+func loginServer(t *testing.T, answer func(n int32, f client.Frame, c *client.Conn) (keep bool)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var conns atomic.Int32
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := conns.Add(1)
+			c := client.NewConn(nc, client.ConnConfig{AppCode: 1})
+			f, err := c.ReadFrame()
+			if err != nil || !answer(n, f, c) {
+				nc.Close()
+				continue
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); defer nc.Close(); _, _ = c.ReadFrame() }()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
 }

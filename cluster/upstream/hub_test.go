@@ -417,13 +417,7 @@ func TestAckOfAnIDNotHandedOutIsIgnored(t *testing.T) {
 // deliveries split between the two, acks reached one, and the other's
 // stayed held until the old instance expired (then delivered again).
 func TestTwoInstancesAtThisAddressAreOneAttachment(t *testing.T) {
-	r := New(DefaultConfig(), nil)
-	defer r.Close()
-	h := NewLocalHub(r)
-	defer h.Close()
-	h.SetMembers([]string{localAddress}, []GateRef{{Address: localAddress, Instance: "i1"}, {Address: localAddress, Instance: "i2"}})
-	s, _ := h.Subscribe(1, nil, 100)
-	defer s.Close()
+	r, _, s := twoLocalInstances(t)
 	for i := range 20 {
 		if err := r.Publish(msg(1, 7, fmt.Sprint(i))); err != nil {
 			t.Fatal(err)
@@ -488,13 +482,7 @@ func TestFaninOfAStuckStreamStaysBounded(t *testing.T) {
 // app-server holds from before is acknowledged through it, and new
 // deliveries come through it.
 func TestLocalAttachmentOutlivesTheOldInstance(t *testing.T) {
-	r := New(DefaultConfig(), nil)
-	defer r.Close()
-	h := NewLocalHub(r)
-	defer h.Close()
-	h.SetMembers([]string{localAddress}, []GateRef{{Address: localAddress, Instance: "i1"}, {Address: localAddress, Instance: "i2"}})
-	s, _ := h.Subscribe(1, nil, 100)
-	defer s.Close()
+	r, h, s := twoLocalInstances(t)
 	if err := r.Publish(msg(1, 7, "before")); err != nil {
 		t.Fatal(err)
 	}
@@ -546,4 +534,15 @@ func TestFaninForgetsOnlyFromTheGateOverItsWindow(t *testing.T) {
 	if want := []string{"y1", "y2", "x3", "x4"}; !slices.Equal(ids, want) {
 		t.Fatalf("waiting %v, want %v", ids, want)
 	}
+}
+
+// twoLocalInstances is a local hub whose view lists two instances at
+// this node's address (a restart within the TTL), and a subscription.
+func twoLocalInstances(t *testing.T) (*Router, *Hub, *Subscription) {
+	r := New(DefaultConfig(), nil)
+	h := NewLocalHub(r)
+	h.SetMembers([]string{localAddress}, []GateRef{{Address: localAddress, Instance: "i1"}, {Address: localAddress, Instance: "i2"}})
+	s, _ := h.Subscribe(1, nil, 100)
+	t.Cleanup(func() { s.Close(); h.Close(); r.Close() })
+	return r, h, s
 }
