@@ -89,7 +89,10 @@ func TestPausedActorNode(t *testing.T) {
 	if d("courier_cluster_rejoins_total") < 1 || d("courier_cluster_lease_lost_total") < 1 {
 		t.Error("the zombie did not lose its lease and rejoin")
 	}
-	if d("courier_cluster_lease_refused_total") < 1 {
-		t.Error("the zombie refused nothing: what reached it while paused was served without a lease, or the fault did not bite")
+	// What the zombie still had when it woke was refused (no lease) or
+	// its writes fenced by the store, depending on where the pause caught
+	// it: at least one of the two, or the fault did not bite.
+	if d("courier_cluster_lease_refused_total")+d("courier_store_fenced_writes_total") < 1 {
+		t.Error("the zombie neither refused anything nor had a write fenced: what reached it while paused was served, or the fault did not bite")
 	}
 }
