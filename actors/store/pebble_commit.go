@@ -207,7 +207,11 @@ func (s *Pebble) applySweep(b *pebble.Batch, sw *idemSweep, batch map[string]int
 			rec, err := s.idemRecord(ik)
 			switch {
 			case errors.Is(err, ErrUnavailable):
-				return err
+				// Not read (an unreadable block): the record stays for a
+				// later round, rather than failing the writes that share
+				// this batch.
+				s.log.Warn("store: idempotency sweep: a record could not be read; kept", "key", fmt.Sprintf("%x", ik), "err", err)
+				continue
 			case err != nil:
 				// Unreadable, and its index says it has expired: it goes,
 				// rather than failing this batch, and the writes sharing

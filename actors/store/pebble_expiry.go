@@ -32,7 +32,7 @@ func (s *Pebble) Expired(ctx context.Context, now time.Time, max int, fn func(Id
 	}
 	seen := map[Identity]struct{}{}
 	rounds := make([]*unindexRound, s.cfg.Lanes)
-	examined := 0
+	examined, unreadable := 0, 0
 	for ok := it.First(); ok && len(seen) < max && examined < 4*max; ok = it.Next() {
 		bucket, id, ok := parseIndexKey(it.Key())
 		if !ok {
@@ -44,9 +44,12 @@ func (s *Pebble) Expired(ctx context.Context, now time.Time, max int, fn func(Id
 		examined++
 		expired, needed, err := s.inboxHas(id, nowMs, bucket)
 		if err != nil {
-			it.Close()
-			s.mu.RUnlock()
-			return err
+			// One unreadable inbox must not stop the sweep of every one
+			// after it (the scan starts at the earliest key each round).
+			if unreadable++; unreadable == 1 {
+				s.log.Warn("store: expiry sweep: an inbox could not be read; skipped", "identity", id, "err", err)
+			}
+			continue
 		}
 		switch {
 		case expired:
@@ -101,7 +104,11 @@ func (s *Pebble) applyUnindex(b *pebble.Batch, r *unindexRound, putIDs map[Ident
 		}
 		_, needed, err := s.inboxHas(k.id, 0, k.bucket)
 		if err != nil {
-			return err
+			// Not read: the index key stays (it only costs a look at the
+			// next sweep), rather than failing the writes sharing this
+			// batch.
+			s.log.Warn("store: expiry index: an inbox could not be read; its index key kept", "identity", k.id, "err", err)
+			continue
 		}
 		if needed {
 			continue
