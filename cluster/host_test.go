@@ -72,15 +72,7 @@ func TestShardShrinksAfterPassivations(t *testing.T) {
 // member left, refused), not served by a node that does not own it. And
 // an actor retired while it is handed off leaves no handoff pending.
 func TestNoActivationAfterTheIdentityMoved(t *testing.T) {
-	var sys *System
-	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{sys: sys, log: &sync.Map{}} }, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sys.Shutdown)
-	if err := sys.Join(context.Background(), membership.Member{Name: "t", Roles: membership.RoleActors}, nil); err != nil {
-		t.Fatal(err)
-	}
+	sys := startEchoMember(t)
 	presence := func(uid string) *actorpb.Envelope {
 		return &actorpb.Envelope{AppCode: 1, Uid: uid, Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}}
 	}
@@ -133,4 +125,20 @@ func TestNoActivationAfterTheIdentityMoved(t *testing.T) {
 	if activated {
 		t.Fatal("an identity this node does not own was activated here")
 	}
+}
+
+// startEchoMember starts a System of echo actors, joined as the only
+// member (one member per test process), stopped at the test's end.
+func startEchoMember(t *testing.T) *System {
+	t.Helper()
+	var sys *System
+	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{sys: sys, log: &sync.Map{}} }, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sys.Shutdown)
+	if err := sys.Join(context.Background(), membership.Member{Name: "t", Roles: membership.RoleActors}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return sys
 }

@@ -219,15 +219,7 @@ func TestSystemOneMember(t *testing.T) {
 // the identity (two owners could both act for it). One member per test
 // process (FACTS): this reuses a fresh single member.
 func TestRouteNeverServesAnotherMembersIdentity(t *testing.T) {
-	var sys *System
-	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{sys: sys, log: &sync.Map{}} }, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sys.Shutdown)
-	if err := sys.Join(context.Background(), membership.Member{Name: "t", Roles: membership.RoleActors}, nil); err != nil {
-		t.Fatal(err)
-	}
+	sys := startEchoMember(t)
 	// This node believes another member owns everything.
 	sys.placement.Store(newPlacement([]string{"127.0.0.1:1"}, sys.cfg.Shards, 0))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -268,15 +260,7 @@ func TestRequestIDsDoNotRestartAtOne(t *testing.T) {
 // It must stay the last test of the package to start a System (see the
 // concurrent part).
 func TestRequestToUnreachableOwnerFailsFast(t *testing.T) {
-	var sys *System
-	sys, err := Start(DefaultConfig(), func() actor.Actor { return &echo{sys: sys, log: &sync.Map{}} }, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sys.Shutdown)
-	if err := sys.Join(context.Background(), membership.Member{Name: "t", Roles: membership.RoleActors}, nil); err != nil {
-		t.Fatal(err)
-	}
+	sys := startEchoMember(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -433,13 +433,7 @@ func TestTwoInstancesAtThisAddressAreOneAttachment(t *testing.T) {
 		s.Ack(ids)
 		got += len(batch)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for r.Bytes() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if b := r.Bytes(); b != 0 {
-		t.Fatalf("%d bytes still held after every delivery was acknowledged", b)
-	}
+	waitReleased(t, r)
 }
 
 // TestFaninOfAStuckStreamStaysBounded: a stream that takes nothing (its
@@ -508,13 +502,7 @@ func TestLocalAttachmentOutlivesTheOldInstance(t *testing.T) {
 		t.Fatalf("after the old instance left: %v (the held one must not come again)", after)
 	}
 	s.Ack([]uint64{before[0].DeliveryId, after[0].DeliveryId})
-	deadline := time.Now().Add(5 * time.Second)
-	for r.Bytes() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if b := r.Bytes(); b != 0 {
-		t.Fatalf("%d bytes held after everything was acknowledged", b)
-	}
+	waitReleased(t, r)
 }
 
 // TestFaninForgetsOnlyFromTheGateOverItsWindow: the bound is a window
@@ -545,4 +533,17 @@ func twoLocalInstances(t *testing.T) (*Router, *Hub, *Subscription) {
 	s, _ := h.Subscribe(1, nil, 100)
 	t.Cleanup(func() { s.Close(); h.Close(); r.Close() })
 	return r, h, s
+}
+
+// waitReleased waits up to 5 s for r to hold nothing (every delivery
+// acknowledged), and fails the test if it still does.
+func waitReleased(t *testing.T, r *Router) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for r.Bytes() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b := r.Bytes(); b != 0 {
+		t.Fatalf("%d bytes still held after every delivery was acknowledged", b)
+	}
 }
