@@ -14,7 +14,8 @@
 // write, and when none is free it refuses new stored work at once and
 // keeps what it must still write in memory until a slot frees. Its reads
 // (its load, idempotency lookups) are asynchronous too (reads.go): the
-// store answers inline (Pebble) or later with a message, within
+// store answers later with a message (or inline, for a store that
+// can), within
 // Config.StoreTimeout; meanwhile the identity's envelopes wait in the
 // actor's stash (at most Config.MaxStashed; beyond, they are answered at
 // once) and are handled in arrival order once the read is answered. A

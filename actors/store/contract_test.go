@@ -59,9 +59,8 @@ type kind struct {
 	// widenRaces, if set, makes the window between a commit's owner
 	// check and its commit long enough for a test to hit.
 	widenRaces func(s Store)
-	// blockReads, if set, makes loads and idempotency lookups wait (for
-	// the database) until the returned function is called. Stores that
-	// read inline (Pebble) have no reads to block.
+	// blockReads makes loads and idempotency lookups wait (for the
+	// database, the disk) until the returned function is called.
 	blockReads func(t *testing.T, s Store) (restore func())
 }
 
@@ -91,6 +90,16 @@ func kinds() []kind {
 				err := fmt.Errorf("%w: injected disk failure", ErrUnavailable)
 				s.(*Pebble).failCommit.Store(&err)
 				return func() { s.(*Pebble).failCommit.Store(nil) }
+			},
+			// A read that does not return (a hung disk): holding the lock
+			// that Close takes keeps every read from starting.
+			blockReads: func(t *testing.T, s Store) func() {
+				p := s.(*Pebble)
+				p.mu.Lock()
+				var once sync.Once
+				restore := func() { once.Do(p.mu.Unlock) }
+				t.Cleanup(restore)
+				return restore
 			},
 		},
 		{
@@ -915,20 +924,6 @@ func testAsyncLoadsOfOne(t *testing.T, k kind) {
 // behind it, and the store reads again once the database does.
 func testAsyncReadDeadline(t *testing.T, k kind) {
 	s, _ := k.open(t, opts{clock: newClock()})
-	if k.blockReads == nil {
-		// A store that reads inline answers before the call returns.
-		answered := false
-		s.LoadAsync(Identity{App: 1, UID: "inline"}, time.Now().Add(time.Millisecond), func(_ *Snapshot, err error) {
-			answered = err == nil
-		})
-		s.IdempotencyAsync(Identity{App: 1, UID: "inline"}, []string{"k"}, time.Now().Add(time.Millisecond), func(_ []*actorpb.IdempotencyRecord, err error) {
-			answered = answered && err == nil
-		})
-		if !answered {
-			t.Fatalf("%s has no reads to block, but did not answer inline", k.name)
-		}
-		return
-	}
 	id := Identity{App: 1, UID: "late"}
 	restore := k.blockReads(t, s)
 	start := time.Now()
@@ -938,12 +933,20 @@ func testAsyncReadDeadline(t *testing.T, k kind) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var err error
+			// The call itself never waits for the store: its caller is an
+			// actor dispatcher's worker, which every identity shares.
+			type result struct{ err error }
+			ch := make(chan result, 1)
+			called := time.Now()
 			if i%2 == 0 {
-				_, err = loadAsync(s, Identity{App: 1, UID: fmt.Sprint("late-", i)}, time.Now().Add(wait))
+				s.LoadAsync(Identity{App: 1, UID: fmt.Sprint("late-", i)}, time.Now().Add(wait), func(_ *Snapshot, err error) { ch <- result{err} })
 			} else {
-				_, err = lookupBy(s, id, time.Now().Add(wait), "k")
+				s.IdempotencyAsync(id, []string{"k"}, time.Now().Add(wait), func(_ []*actorpb.IdempotencyRecord, err error) { ch <- result{err} })
 			}
+			if d := time.Since(called); d > wait/2 {
+				t.Errorf("read %d: the call took %v while the store does not answer", i, d)
+			}
+			err := (<-ch).err
 			if !errors.Is(err, ErrUnavailable) {
 				t.Errorf("read %d while the database does not answer: %v, want ErrUnavailable", i, err)
 			}

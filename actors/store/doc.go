@@ -15,10 +15,12 @@
 // failed Write can be rolled back by reloading.
 //
 // Reads for callers that must not wait (LoadAsync, IdempotencyAsync)
-// answer through a function too. Pebble reads inline, in microseconds.
-// PostgreSQL queues the read for a fixed number of reader goroutines,
-// and the reads of all identities that arrive while those round trips
-// are in flight go together in the next one; a read is answered by its
+// answer through a function too. Both stores queue the read for a fixed
+// number of reader goroutines (reader): Pebble's read one at a time, in
+// microseconds unless the disk hangs or Pebble stalls writes (a claim
+// writes the owner epoch); PostgreSQL's reads of all identities that
+// arrive while its round trips are in flight go together in the next
+// one. A read is answered by its
 // deadline, and one that finds the queue full fails at once
 // (ErrOverloaded). Load and Idempotency are these reads, waited for.
 //

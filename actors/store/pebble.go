@@ -104,6 +104,14 @@ type PebbleConfig struct {
 	DiskEvent func(event string)
 	// Now is the clock of expiries (default time.Now; tests set it).
 	Now func() time.Time
+	// Readers is the number of goroutines that do the loads and
+	// idempotency lookups of LoadAsync and IdempotencyAsync (default 4).
+	Readers int
+	// ReadQueueLen bounds the reads waiting for a reader (default 4096);
+	// beyond, a read fails at once with ErrOverloaded.
+	ReadQueueLen int
+	// ObserveRead, if set, is told each read's time and error (n is 1).
+	ObserveRead func(n int, d time.Duration, err error)
 }
 
 func (c *PebbleConfig) setDefaults() error {
@@ -134,6 +142,12 @@ func (c *PebbleConfig) setDefaults() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.Readers <= 0 {
+		c.Readers = 4
+	}
+	if c.ReadQueueLen <= 0 {
+		c.ReadQueueLen = 4096
+	}
 	if c.Swept == nil {
 		c.Swept = func(int) {}
 	}
@@ -150,6 +164,7 @@ func (c *PebbleConfig) setDefaults() error {
 type Pebble struct {
 	db *pebble.DB
 	c  *committer
+	r  *reader
 	// stopEvents ends the goroutine that logs the disk's trouble.
 	stopEvents func()
 	cfg        PebbleConfig
@@ -250,6 +265,8 @@ func OpenPebble(cfg PebbleConfig, log *slog.Logger) (*Pebble, error) {
 	s.c = newCommitter(cfg.Lanes, cfg.QueueLen, cfg.MaxBatch, s.commit)
 	s.c.observe = cfg.Observe
 	s.c.stallAfter = cfg.StallAfter
+	s.r = newGuardedReader(cfg.Readers, cfg.ReadQueueLen, s.readOne)
+	s.r.observe = cfg.ObserveRead
 	s.wg.Add(1)
 	go s.sweepLoop()
 	return s, nil
@@ -481,7 +498,13 @@ func (kb *keyBuf) release() {
 
 // Load implements Store. It claims the identity (pebbleOwners), then
 // reads.
-func (s *Pebble) Load(_ context.Context, id Identity) (*Snapshot, error) {
+func (s *Pebble) Load(ctx context.Context, id Identity) (*Snapshot, error) {
+	return s.load(id, deadlineOf(ctx))
+}
+
+// load is Load with the deadline of the claim's wait for an older
+// owner's write.
+func (s *Pebble) load(id Identity, deadline time.Time) (*Snapshot, error) {
 	if !id.Valid() {
 		return nil, ErrBadIdentity
 	}
@@ -492,7 +515,7 @@ func (s *Pebble) Load(_ context.Context, id Identity) (*Snapshot, error) {
 	}
 	kb := keyBufs.Get().(*keyBuf)
 	defer kb.release() // after the iterator's Close: it holds the bounds
-	owner, first, err := s.own.claim(id, kb)
+	owner, first, err := s.own.claim(id, kb, deadline)
 	if err != nil {
 		return nil, err
 	}
@@ -547,26 +570,42 @@ func (s *Pebble) Idempotency(_ context.Context, id Identity, key string) (*actor
 	return rec, nil
 }
 
-// LoadAsync implements Store: Pebble reads inline (microseconds, see
-// BenchmarkPebbleReads) and calls done before it returns. The deadline
-// is not needed: only a claim of an identity with a write of an older
-// owner in flight waits, for that write's sync.
-func (s *Pebble) LoadAsync(id Identity, _ time.Time, done func(*Snapshot, error)) {
-	done(s.Load(context.Background(), id))
+// LoadAsync implements Store: the load is queued for the store's readers
+// (PebbleConfig.Readers). A read takes microseconds (see
+// BenchmarkPebbleReads), but it may wait: a claim for an older owner's
+// write to be committed, a Set in Pebble's write stall, a read of a
+// hung disk. On the caller's goroutine (an actor dispatcher's worker)
+// a few such waits would stop every actor of the node; on a reader they
+// stop the readers, the queue fills and further reads are refused at
+// once (ErrOverloaded) while the actors go on serving what needs no read.
+func (s *Pebble) LoadAsync(id Identity, deadline time.Time, done func(*Snapshot, error)) {
+	if !id.Valid() {
+		done(nil, ErrBadIdentity)
+		return
+	}
+	s.r.submit(readReq{id: id, deadline: deadline, loaded: done})
 }
 
-// IdempotencyAsync implements Store, inline as LoadAsync.
-func (s *Pebble) IdempotencyAsync(id Identity, keys []string, _ time.Time, done func([]*actorpb.IdempotencyRecord, error)) {
-	recs := make([]*actorpb.IdempotencyRecord, len(keys))
-	for i, k := range keys {
-		rec, err := s.Idempotency(context.Background(), id, k)
+// IdempotencyAsync implements Store: queued for the readers, as LoadAsync.
+func (s *Pebble) IdempotencyAsync(id Identity, keys []string, deadline time.Time, done func([]*actorpb.IdempotencyRecord, error)) {
+	s.r.submit(readReq{id: id, keys: keys, deadline: deadline, found: done})
+}
+
+// readOne is a read of the store's readers (newGuardedReader).
+func (s *Pebble) readOne(q readReq) (*Snapshot, []*actorpb.IdempotencyRecord, error) {
+	if q.isLoad() {
+		snap, err := s.load(q.id, q.deadline)
+		return snap, nil, err
+	}
+	recs := make([]*actorpb.IdempotencyRecord, len(q.keys))
+	for i, k := range q.keys {
+		rec, err := s.Idempotency(context.Background(), q.id, k)
 		if err != nil {
-			done(nil, err)
-			return
+			return nil, nil, err
 		}
 		recs[i] = rec
 	}
-	done(recs, nil)
+	return nil, recs, nil
 }
 
 func (s *Pebble) idemRecord(k []byte) (*actorpb.IdempotencyRecord, error) {
@@ -610,6 +649,7 @@ func (s *Pebble) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.quit)
 		s.wg.Wait() // the sweep submits to the committer
+		s.r.close()
 		s.c.close()
 		s.mu.Lock()
 		s.closed = true

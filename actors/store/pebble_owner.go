@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -13,9 +14,10 @@ import (
 // the truth, a bounded cache spares most reads. A claim and the owner
 // check of a write exclude each other (mu), and a claim waits for the
 // writes that passed the check before it to be committed (inflight), so
-// that its Load reads them. A claim does not wait for anything else: an
-// identity with nothing in flight is claimed at once, however slow the
-// disk's syncs are.
+// that its Load reads them, until its deadline. A claim does not wait
+// for anything else (but Pebble's write stall, in its Set): an identity
+// with nothing in flight is claimed at once, however slow the disk's
+// syncs are.
 type pebbleOwners struct {
 	db       *pebble.DB
 	mu       sync.Mutex
@@ -67,8 +69,11 @@ func (o *pebbleOwners) get(id Identity, kb *keyBuf) (uint64, error) {
 
 // claim gives id a new owner epoch, once every write of an older owner
 // that passed its check has been committed, and reports whether id was
-// never claimed before. kb is scratch space.
-func (o *pebbleOwners) claim(id Identity, kb *keyBuf) (epoch uint64, first bool, err error) {
+// never claimed before. kb is scratch space. If those writes are not
+// committed by deadline (a hung disk), the claim fails with
+// ErrUnavailable; the new epoch stays (it only fences the older owner's
+// writes checked from now on, which a load's caller gives up anyway).
+func (o *pebbleOwners) claim(id Identity, kb *keyBuf, deadline time.Time) (epoch uint64, first bool, err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	cur, err := o.get(id, kb)
@@ -87,8 +92,23 @@ func (o *pebbleOwners) claim(id Identity, kb *keyBuf) (epoch uint64, first bool,
 		return 0, false, fmt.Errorf("%w: claim %s: %v", ErrUnavailable, id, err)
 	}
 	o.cache[id] = cur
-	for o.inflight[id] > 0 {
-		o.cond.Wait()
+	if o.inflight[id] > 0 {
+		// Rare (a reload while the last activation's write is being
+		// committed), so the timer that wakes the wait at the deadline
+		// costs nothing on the usual path. It takes mu, so its
+		// Broadcast cannot fall between the check below and Wait.
+		t := time.AfterFunc(time.Until(deadline), func() {
+			o.mu.Lock()
+			o.mu.Unlock()
+			o.cond.Broadcast()
+		})
+		defer t.Stop()
+		for o.inflight[id] > 0 {
+			if !time.Now().Before(deadline) {
+				return 0, false, fmt.Errorf("%w: claim %s: its last owner's write was not committed by the read's deadline", ErrUnavailable, id)
+			}
+			o.cond.Wait()
+		}
 	}
 	return cur, first, nil
 }

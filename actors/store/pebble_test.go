@@ -587,3 +587,53 @@ func TestPebbleFatalEndsTheProcess(t *testing.T) {
 		t.Fatalf("exit code %d, want 1", code)
 	}
 }
+
+// TestPebbleClaimWaitEndsAtTheDeadline: a load of an identity whose last
+// owner's write is being committed waits for that write, but not past
+// its deadline: a commit that hangs (a hung disk) made it wait for as
+// long as it hung, holding a reader (here the only one) from other
+// identities' loads. Once the write is committed the identity loads,
+// with the write in it.
+func TestPebbleClaimWaitEndsAtTheDeadline(t *testing.T) {
+	s, err := OpenPebble(PebbleConfig{Dir: t.TempDir(), Readers: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	id := Identity{App: 1, UID: "u"}
+	snap, err := s.Load(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.commitDelay.Store(int64(2 * time.Second))
+	committed := make(chan error, 1)
+	s.Submit(&Write{ID: id, Owner: snap.Owner, Meta: &actorpb.IdentityMeta{LastSeq: 1}, Put: []*actorpb.InboxEntry{{Seq: 1, MsgId: "m1"}}}, func(err error) { committed <- err })
+	// The write has passed its owner check once the commit sleeps.
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		s.own.mu.Lock()
+		defer s.own.mu.Unlock()
+		return s.own.inflight[id] > 0
+	}, "the write is in flight")
+	start := time.Now()
+	_, err = loadAsync(s, id, time.Now().Add(200*time.Millisecond))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("load behind a write that is not committed by the deadline: %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("the load was answered after %v, its deadline was 200ms", d)
+	}
+	if _, err := loadAsync(s, Identity{App: 1, UID: "other"}, time.Now().Add(5*time.Second)); err != nil {
+		t.Fatalf("another identity's load: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("another identity's load was answered %v after the first began: the reader was held", d)
+	}
+	if err := <-committed; err != nil {
+		t.Fatalf("the write: %v", err)
+	}
+	s.commitDelay.Store(0)
+	snap, err = loadAsync(s, id, time.Now().Add(5*time.Second))
+	if err != nil || len(snap.Inbox) != 1 || snap.Meta.GetLastSeq() != 1 {
+		t.Fatalf("load once the write is committed: %+v, %v", snap, err)
+	}
+}

@@ -67,6 +67,60 @@ type reader struct {
 	// so that an outage's slow round trips cannot lock the reader out.
 	rtt     atomic.Int64
 	maxNeed time.Duration
+
+	// readOne, instead of read, reads for a guarded reader
+	// (newGuardedReader): its reads are answered here, and by the guard
+	// if they have not been by their deadline. rtt and maxNeed are not
+	// used: nothing cuts a guarded read short.
+	readOne func(q readReq) (*Snapshot, []*actorpb.IdempotencyRecord, error)
+	slots   []*readerSlot // one per worker of a guarded reader
+	quit    chan struct{} // ends the guard
+}
+
+// readerSlot is the read a worker of a guarded reader is doing.
+type readerSlot struct {
+	mu      sync.Mutex
+	q       readReq
+	busy    bool      // a read is under way
+	failed  bool      // the guard answered it (its own answer is dropped)
+	started time.Time // when the read began
+}
+
+// begin records that the slot's worker reads q.
+func (sl *readerSlot) begin(q readReq, now time.Time) {
+	sl.mu.Lock()
+	sl.q, sl.busy, sl.failed, sl.started = q, true, false, now
+	sl.mu.Unlock()
+}
+
+// end reports whether the worker still answers its read (the guard has
+// not), and frees the slot.
+func (sl *readerSlot) end() bool {
+	sl.mu.Lock()
+	answer := !sl.failed
+	sl.q, sl.busy, sl.failed = readReq{}, false, false
+	sl.mu.Unlock()
+	return answer
+}
+
+// expire takes the slot's read from its worker if its deadline has
+// passed: the caller answers it.
+func (sl *readerSlot) expire(now time.Time) (readReq, bool) {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	if !sl.busy || sl.failed || now.Before(sl.q.deadline) {
+		return readReq{}, false
+	}
+	sl.failed = true
+	return sl.q, true
+}
+
+// stuckSince reports whether the slot's read began before t and has not
+// ended.
+func (sl *readerSlot) stuckSince(t time.Time) bool {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	return sl.busy && sl.started.Before(t)
 }
 
 // minReadTime is the least time left a read must have to be sent, however
@@ -87,9 +141,118 @@ func newReader(workers, queueLen, maxBatch int, read func([]readReq) error) *rea
 	r := &reader{queue: make(chan readReq, queueLen), maxBatch: maxBatch, read: read, now: time.Now}
 	r.wg.Add(workers)
 	for range workers {
-		go r.run()
+		go r.run(nil)
 	}
 	return r
+}
+
+// guardTick is how often the guard of a guarded reader looks for reads
+// past their deadline.
+const guardTick = 100 * time.Millisecond
+
+// newGuardedReader is a reader of reads that cannot be bounded by their
+// deadline (Pebble's: a hung disk holds a read for as long as it hangs).
+// Each worker reads one read at a time (read answers it), and a guard
+// answers by its deadline, with ErrUnavailable, a read that has not
+// ended by then (its own answer is dropped when it comes) and, while
+// every worker is held by a read that has not ended, the queued reads
+// past their deadline; the others are left queued.
+func newGuardedReader(workers, queueLen int, read func(readReq) (*Snapshot, []*actorpb.IdempotencyRecord, error)) *reader {
+	r := &reader{queue: make(chan readReq, queueLen), maxBatch: 1, readOne: read, now: time.Now, quit: make(chan struct{})}
+	r.wg.Add(workers)
+	for range workers {
+		sl := &readerSlot{}
+		r.slots = append(r.slots, sl)
+		go r.run(sl)
+	}
+	go r.guard()
+	return r
+}
+
+// readGuarded reads live one read at a time on slot, answering each
+// unless the guard has.
+func (r *reader) readGuarded(live []readReq, slot *readerSlot) error {
+	var last error
+	for _, q := range live {
+		now := r.now()
+		if !now.Before(q.deadline) {
+			q.fail(fmt.Errorf("%w: the read waited for the store's readers past its deadline", ErrUnavailable))
+			continue
+		}
+		slot.begin(q, now)
+		snap, recs, err := r.readOne(q)
+		if !slot.end() {
+			continue
+		}
+		switch {
+		case err != nil:
+			q.fail(err)
+			last = err
+		case q.isLoad():
+			q.loaded(snap, nil)
+		default:
+			q.found(recs, nil)
+		}
+	}
+	return last
+}
+
+// guard answers the reads a guarded reader's workers cannot answer by
+// their deadlines, until close.
+func (r *reader) guard() {
+	t := time.NewTicker(guardTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.quit:
+			return
+		case <-t.C:
+		}
+		now := r.now()
+		stuck := 0
+		for _, sl := range r.slots {
+			if q, ok := sl.expire(now); ok {
+				q.fail(fmt.Errorf("%w: the store did not answer the read by its deadline (a hung disk, or the store stalling its writes)", ErrUnavailable))
+			}
+			if sl.stuckSince(now.Add(-guardTick)) {
+				stuck++
+			}
+		}
+		if stuck == len(r.slots) {
+			r.shedQueued(now)
+		}
+	}
+}
+
+// shedQueued fails the queued reads past their deadline and queues the
+// others again.
+func (r *reader) shedQueued(now time.Time) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.closed {
+		return
+	}
+	var keep []readReq
+take:
+	for n := len(r.queue); n > 0; n-- {
+		select {
+		case q := <-r.queue:
+			if !now.Before(q.deadline) {
+				q.fail(fmt.Errorf("%w: the read waited past its deadline for the store's readers, all held by reads that have not ended (a hung disk?)", ErrUnavailable))
+				continue
+			}
+			keep = append(keep, q)
+		default:
+			break take
+		}
+	}
+	for _, q := range keep {
+		select {
+		case r.queue <- q:
+		default:
+			q.fail(fmt.Errorf("%w: %d reads waiting for the store", ErrOverloaded, cap(r.queue)))
+		}
+	}
 }
 
 // submit queues q, or answers it at once when the reader is closed or
@@ -110,7 +273,7 @@ func (r *reader) submit(q readReq) {
 	}
 }
 
-func (r *reader) run() {
+func (r *reader) run(slot *readerSlot) {
 	defer r.wg.Done()
 	batch := make([]readReq, 0, r.maxBatch)
 	for q := range r.queue {
@@ -126,6 +289,17 @@ func (r *reader) run() {
 			default:
 				break fill
 			}
+		}
+		if slot != nil {
+			// A guarded read is not cut short by its deadline: there is
+			// no batch for a late one to fail.
+			start := time.Now()
+			err := r.readGuarded(batch, slot)
+			if r.observe != nil {
+				r.observe(len(batch), time.Since(start), err)
+			}
+			clear(batch[:cap(batch)])
+			continue
 		}
 		// Reads whose caller has stopped waiting, or soon will, are not
 		// sent.
@@ -180,6 +354,9 @@ func (r *reader) close() {
 		}
 	}
 	close(r.queue)
+	if r.quit != nil {
+		close(r.quit)
+	}
 	r.mu.Unlock()
 	for _, q := range left {
 		q.fail(ErrClosed)

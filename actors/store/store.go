@@ -109,11 +109,11 @@ type Store interface {
 	// LoadAsync is Load for a caller that must not wait for the store (a
 	// device actor, on a worker pool that every identity shares). done
 	// is called exactly once with Load's result, by deadline at the
-	// latest (then with ErrUnavailable), and must not block. A store whose
-	// reads take microseconds reads inline and calls done before
-	// LoadAsync returns; one whose reads are round trips queues the read,
-	// and reads of all identities queued meanwhile go together in one
-	// round trip. When its read queue is full, done gets ErrOverloaded at
+	// latest (then with ErrUnavailable), and must not block. It may be
+	// called before LoadAsync returns. Both stores queue the read for a
+	// few reader goroutines (PostgreSQL's reads of all identities queued
+	// meanwhile go together in one round trip), so that a read that waits
+	// holds no caller. When its read queue is full, done gets ErrOverloaded at
 	// once: LoadAsync itself never waits. Like Load, it claims the
 	// identity (once it reads; a read that fails may or may not have
 	// claimed it).

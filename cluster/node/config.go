@@ -60,13 +60,14 @@ type Config struct {
 	// StoreMinSyncInterval is the shortest time between two syncs of
 	// Pebble's log (default 1 ms; 0: sync as soon as the last one ends).
 	StoreMinSyncInterval time.Duration
-	// StoreReaders is the most read round trips (loads, idempotency
-	// lookups) in flight at once on PostgreSQL (default 4); the reads
-	// that arrive meanwhile go together in the next ones.
+	// StoreReaders is the most reads (loads, idempotency lookups) in
+	// flight at once (default 4): PostgreSQL round trips, the reads that
+	// arrive meanwhile going together in the next ones; Pebble's reader
+	// goroutines.
 	StoreReaders int
-	// StoreReadQueue bounds the reads waiting for a round trip on
-	// PostgreSQL (default 4096); beyond, a read is refused at once and
-	// the caller told to retry.
+	// StoreReadQueue bounds the reads waiting for a reader (default
+	// 4096); beyond, a read is refused at once and the caller told to
+	// retry.
 	StoreReadQueue int
 	// StoreTimeout bounds one PostgreSQL transaction, load or lookup
 	// (default 5 s): beyond it the operation fails as unavailable.
@@ -398,17 +399,17 @@ func (c *Config) resolveStore() error {
 		if c.StoreLanes >= c.StoreMaxConns {
 			return fmt.Errorf("node: store.lanes %d: must be below store.max-conns %d", c.StoreLanes, c.StoreMaxConns)
 		}
-		if c.StoreReaders < 1 || c.StoreReaders > 64 {
-			return fmt.Errorf("node: store.readers %d: must be in [1, 64]", c.StoreReaders)
-		}
 		if lanes := cmp.Or(c.StoreLanes, postgresLanes); lanes+c.StoreReaders > c.StoreMaxConns {
 			return fmt.Errorf("node: store.readers %d: with store.lanes %d must fit in store.max-conns %d", c.StoreReaders, lanes, c.StoreMaxConns)
 		}
-		if c.StoreReadQueue < 1 || c.StoreReadQueue > 1<<20 {
-			return fmt.Errorf("node: store.read-queue %d: must be in [1, 1048576]", c.StoreReadQueue)
-		}
 	default:
 		return fmt.Errorf("node: store %q: must be pebble or postgres", c.Store)
+	}
+	if c.StoreReaders < 1 || c.StoreReaders > 64 {
+		return fmt.Errorf("node: store.readers %d: must be in [1, 64]", c.StoreReaders)
+	}
+	if c.StoreReadQueue < 1 || c.StoreReadQueue > 1<<20 {
+		return fmt.Errorf("node: store.read-queue %d: must be in [1, 1048576]", c.StoreReadQueue)
 	}
 	if c.StoreLanes < 0 || c.StoreLanes > 64 {
 		return fmt.Errorf("node: store.lanes %d: must be in [0, 64] (0: the store's default)", c.StoreLanes)

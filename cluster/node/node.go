@@ -403,8 +403,7 @@ func openStore(cfg Config, log *slog.Logger, observe, observeRead func(int, time
 	}
 	// Every lane of the commit queue holds the actors' whole write budget,
 	// so that submitting a write never waits (actors.WriteBudget), plus
-	// room for the loads' claims (Pebble; bounded by the actor workers)
-	// and the sweep's rounds (one per lane).
+	// room for the sweep's rounds (one per lane).
 	queue := lanes * (cfg.Actors.MaxPendingWrites + 256)
 	if cfg.Store == "postgres" {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -418,7 +417,8 @@ func openStore(cfg Config, log *slog.Logger, observe, observeRead func(int, time
 		return s, nil
 	}
 	s, err := store.OpenPebble(store.PebbleConfig{Dir: filepath.Join(cfg.DataDir, "inbox"), Lanes: lanes, QueueLen: queue,
-		MinSyncInterval: cfg.StoreMinSyncInterval, NoSync: cfg.StoreNoSync, StallAfter: cfg.StoreStallAfter, Observe: observe, Swept: swept, DiskEvent: diskEvent}, log)
+		MinSyncInterval: cfg.StoreMinSyncInterval, NoSync: cfg.StoreNoSync, StallAfter: cfg.StoreStallAfter, Observe: observe, Swept: swept, DiskEvent: diskEvent,
+		Readers: cfg.StoreReaders, ReadQueueLen: cfg.StoreReadQueue, ObserveRead: observeRead}, log)
 	if err != nil {
 		return nil, storeOpenError(cfg.DataDir, err)
 	}
