@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
@@ -22,6 +23,10 @@ const (
 JOIN courier_identities d ON d.app = v.app AND d.uid = v.uid AND d.owner = v.owner
 ORDER BY d.app, d.uid
 FOR SHARE OF d`
+	// sqlOwners is sqlFence without the lock: the writes whose owner is
+	// still the writer's, whoever holds their rows.
+	sqlOwners = `SELECT v.i FROM unnest($1::int[], $2::bytea[], $3::bigint[], $4::int[]) AS v(app, uid, owner, i)
+JOIN courier_identities d ON d.app = v.app AND d.uid = v.uid AND d.owner = v.owner`
 	sqlMeta = `UPDATE courier_identities d SET meta = v.meta
 FROM unnest($1::int[], $2::bytea[], $3::bigint[], $4::bytea[]) AS v(app, uid, owner, meta)
 WHERE d.app = v.app AND d.uid = v.uid AND d.owner = v.owner`
@@ -83,47 +88,26 @@ func (b *pgBatch) set(m map[pgOwned]pgRow, ord *[]pgOwned, k pgOwned, r pgRow) {
 // it asked for Sync; otherwise the transaction commits with
 // synchronous_commit off for itself alone (durable with the next flush,
 // as Pebble's unsynced batches).
+//
+// A batch whose owner check waited for a row lock past lock_timeout (a
+// node paused in the middle of its own transaction holds an identity's
+// row) is committed again at once without the locked identities, whose
+// writes alone fail (commitSkippingLocked): one locked row no longer
+// fails up to a batch's 1,024 writes of other identities.
 func (s *Postgres) commit(_ int, ws []pending) error {
-	b := &pgBatch{inbox: map[pgOwned]pgRow{}, idem: map[pgOwned]pgRow{}, meta: map[pgOwned]pgRow{}}
-	for i, p := range ws {
-		w := p.w
-		app, uid, owner := int32(w.ID.App), w.ID.UID, int64(w.Owner)
-		b.fence = append(b.fence, int32(i))
-		b.fenceApp = append(b.fenceApp, app)
-		b.fenceUID = append(b.fenceUID, []byte(uid))
-		b.fenceOwner = append(b.fenceOwner, owner)
-		b.sync = b.sync || w.Sync
-		if w.Meta != nil {
-			v, err := proto.Marshal(w.Meta)
-			if err != nil {
-				return err
-			}
-			b.set(b.meta, &b.metaOrd, pgOwned{app, uid, owner, ""}, pgRow{val: v})
-		}
-		for _, e := range w.Put {
-			v, err := proto.Marshal(e)
-			if err != nil {
-				return err
-			}
-			b.set(b.inbox, &b.inboxOrd, pgOwned{app, uid, owner, strconv.FormatUint(uint64(e.Seq), 10)}, pgRow{seq: int64(e.Seq), exp: e.ExpiresAtMs, val: v})
-		}
-		for _, seq := range w.Delete {
-			b.set(b.inbox, &b.inboxOrd, pgOwned{app, uid, owner, strconv.FormatUint(uint64(seq), 10)}, pgRow{seq: int64(seq), del: true})
-		}
-		for _, ip := range w.Idem {
-			v, err := proto.Marshal(ip.Record)
-			if err != nil {
-				return err
-			}
-			b.set(b.idem, &b.idemOrd, pgOwned{app, uid, owner, ip.Key}, pgRow{exp: ip.Record.ExpiresAtMs, val: v})
-		}
+	b, err := buildBatch(ws, nil)
+	if err != nil {
+		return err
 	}
 	if err := s.failCommit.Load(); err != nil {
 		return *err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	defer cancel()
-	allowed, err := s.send(ctx, b)
+	allowed, err := s.send(ctx, s.pool, b, len(ws))
+	if lockTimedOut(err) {
+		return s.commitSkippingLocked(ws)
+	}
 	if err != nil {
 		return unavailable("commit", err)
 	}
@@ -135,9 +119,135 @@ func (s *Postgres) commit(_ int, ws []pending) error {
 	return nil
 }
 
-// send runs the batch's statements and returns which writes were not
-// fenced.
-func (s *Postgres) send(ctx context.Context, b *pgBatch) ([]bool, error) {
+// buildBatch turns the writes of ws (those include accepts, all if nil)
+// into a batch's column arrays.
+func buildBatch(ws []pending, include func(i int) bool) (*pgBatch, error) {
+	b := &pgBatch{inbox: map[pgOwned]pgRow{}, idem: map[pgOwned]pgRow{}, meta: map[pgOwned]pgRow{}}
+	for i, p := range ws {
+		if include != nil && !include(i) {
+			continue
+		}
+		w := p.w
+		app, uid, owner := int32(w.ID.App), w.ID.UID, int64(w.Owner)
+		b.fence = append(b.fence, int32(i))
+		b.fenceApp = append(b.fenceApp, app)
+		b.fenceUID = append(b.fenceUID, []byte(uid))
+		b.fenceOwner = append(b.fenceOwner, owner)
+		b.sync = b.sync || w.Sync
+		if w.Meta != nil {
+			v, err := proto.Marshal(w.Meta)
+			if err != nil {
+				return nil, err
+			}
+			b.set(b.meta, &b.metaOrd, pgOwned{app, uid, owner, ""}, pgRow{val: v})
+		}
+		for _, e := range w.Put {
+			v, err := proto.Marshal(e)
+			if err != nil {
+				return nil, err
+			}
+			b.set(b.inbox, &b.inboxOrd, pgOwned{app, uid, owner, strconv.FormatUint(uint64(e.Seq), 10)}, pgRow{seq: int64(e.Seq), exp: e.ExpiresAtMs, val: v})
+		}
+		for _, seq := range w.Delete {
+			b.set(b.inbox, &b.inboxOrd, pgOwned{app, uid, owner, strconv.FormatUint(uint64(seq), 10)}, pgRow{seq: int64(seq), del: true})
+		}
+		for _, ip := range w.Idem {
+			v, err := proto.Marshal(ip.Record)
+			if err != nil {
+				return nil, err
+			}
+			b.set(b.idem, &b.idemOrd, pgOwned{app, uid, owner, ip.Key}, pgRow{exp: ip.Record.ExpiresAtMs, val: v})
+		}
+	}
+	return b, nil
+}
+
+// commitSkippingLocked commits ws in one transaction without the writes
+// of identities whose row another transaction holds locked: those fail
+// alone with ErrUnavailable (their actors reload, and their loads wait
+// for the lock in turn). The owner check locks what it can at once
+// (SKIP LOCKED); a write whose row it skipped but whose owner is still
+// the writer's was locked out, any other is fenced. The rest is the
+// usual batch, on the rows already locked. Two round trips, only after
+// a lock timeout.
+func (s *Postgres) commitSkippingLocked(ws []pending) error {
+	full, err := buildBatch(ws, nil)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+	defer cancel()
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return unavailable("commit", err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // after Commit, a no-op
+	indexes := func(sql string) ([]bool, error) {
+		rows, err := tx.Query(ctx, sql, full.fenceApp, full.fenceUID, full.fenceOwner, full.fence)
+		if err != nil {
+			return nil, err
+		}
+		got := make([]bool, len(ws))
+		for rows.Next() {
+			var i int32
+			if err := rows.Scan(&i); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			got[i] = true
+		}
+		return got, rows.Err()
+	}
+	lockedNow, err := indexes(sqlFence + " SKIP LOCKED")
+	if err != nil {
+		return unavailable("commit", err)
+	}
+	owned, err := indexes(sqlOwners)
+	if err != nil {
+		return unavailable("commit", err)
+	}
+	locked := 0
+	for i := range ws {
+		switch {
+		case lockedNow[i]:
+		case owned[i]:
+			ws[i].err = fmt.Errorf("%w: commit: the row of %s is locked by another transaction (a node paused in the middle of its own?) past lock_timeout", ErrUnavailable, ws[i].w.ID)
+			locked++
+		default:
+			ws[i].err = ErrFenced
+		}
+	}
+	b, err := buildBatch(ws, func(i int) bool { return lockedNow[i] })
+	if err != nil {
+		return err
+	}
+	if len(b.fence) > 0 {
+		allowed, err := s.send(ctx, tx, b, len(ws))
+		if err != nil {
+			return unavailable("commit", err)
+		}
+		for i := range ws {
+			if lockedNow[i] && !allowed[i] {
+				ws[i].err = ErrFenced
+			}
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return unavailable("commit", err)
+	}
+	s.log.Warn("store: a commit waited for locked rows past lock_timeout; committed without them", "writes", len(ws), "locked_out", locked)
+	return nil
+}
+
+// batchSender is what send sends a batch on: the pool (a transaction of
+// its own) or an open transaction.
+type batchSender interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+// send runs the batch's statements on on and returns which of n writes
+// were not fenced (indexed as the writes the batch was built from).
+func (s *Postgres) send(ctx context.Context, on batchSender, b *pgBatch, n int) ([]bool, error) {
 	q := &pgx.Batch{}
 	pre := 0
 	if !b.sync && !s.cfg.NoSync {
@@ -188,14 +298,14 @@ func (s *Postgres) send(ctx context.Context, b *pgBatch) ([]bool, error) {
 		q.Queue(sqlIdem, app, uid, owner, key, exp, val)
 		stmts++
 	}
-	br := s.pool.SendBatch(ctx, q)
+	br := on.SendBatch(ctx, q)
 	defer br.Close()
 	for range pre {
 		if _, err := br.Exec(); err != nil {
 			return nil, err
 		}
 	}
-	allowed := make([]bool, len(b.fence))
+	allowed := make([]bool, n)
 	rows, err := br.Query()
 	if err != nil {
 		return nil, err

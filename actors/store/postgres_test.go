@@ -437,3 +437,67 @@ func TestPostgresLockedIdentityFailsAlone(t *testing.T) {
 		t.Fatalf("the loads took %v (store.timeout %v)", took, timeout)
 	}
 }
+
+// TestPostgresLockedIdentityFailsItsWritesAlone: a commit batch with a
+// write of an identity whose row another transaction holds locked (a
+// node paused in the middle of its own) waited past lock_timeout and
+// failed every write of the batch, up to 1,024 identities' pushes. Now
+// the locked identity's write fails alone (retryable), the others are
+// committed, and a write of a stale owner is still fenced.
+func TestPostgresLockedIdentityFailsItsWritesAlone(t *testing.T) {
+	const timeout = 2 * time.Second
+	s := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t), Timeout: timeout})
+	ctx := context.Background()
+	ids := []Identity{{App: 1, UID: "paused"}, {App: 1, UID: "stale"}}
+	for i := range 20 {
+		ids = append(ids, Identity{App: 1, UID: fmt.Sprint("free-", i)})
+	}
+	owners := map[Identity]uint64{}
+	for _, id := range ids {
+		snap, err := s.Load(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		owners[id] = snap.Owner
+	}
+	// The stale identity is claimed again: its first owner's write is
+	// fenced.
+	if _, err := s.Load(ctx, ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	defer holdLocks(t, s, "SELECT 1 FROM courier_identities WHERE app = 1 AND uid = 'paused' FOR UPDATE")()
+
+	var batch []pending
+	for _, id := range ids {
+		w := &Write{ID: id, Owner: owners[id], Sync: true, Meta: &actorpb.IdentityMeta{LastSeq: 1},
+			Put: []*actorpb.InboxEntry{{Seq: 1, MsgId: "m1", Payload: []byte("p")}}}
+		batch = append(batch, pending{w: w, done: func(error) {}})
+	}
+	start := time.Now()
+	if err := s.commit(0, batch); err != nil {
+		t.Fatalf("the batch failed whole: %v", err)
+	}
+	if took := time.Since(start); took > timeout+time.Second {
+		t.Fatalf("the commit took %v (store.timeout %v)", took, timeout)
+	}
+	for i, p := range batch {
+		switch id := ids[i]; {
+		case i == 0:
+			if !errors.Is(p.err, ErrUnavailable) {
+				t.Fatalf("the locked identity's write: %v, want ErrUnavailable", p.err)
+			}
+		case i == 1:
+			if !errors.Is(p.err, ErrFenced) {
+				t.Fatalf("the stale owner's write: %v, want ErrFenced", p.err)
+			}
+		default:
+			if p.err != nil {
+				t.Fatalf("%s, which shared the batch with the locked identity: %v", id, p.err)
+			}
+			snap, err := s.Load(ctx, id)
+			if err != nil || len(snap.Inbox) != 1 || snap.Meta.GetLastSeq() != 1 {
+				t.Fatalf("%s after the commit: %+v, %v", id, snap, err)
+			}
+		}
+	}
+}
