@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -180,7 +181,13 @@ func (s *Postgres) readBatch(batch []readReq) error {
 	}
 	recErr := make([]error, len(batch))
 
-	err := s.sendReads(ctx, loads, kApp, kUID, kKey, func(row int64, v []byte) {
+	// A row lock that is not released (a node paused in the middle of
+	// its transaction) must time out before the batch's deadline, with
+	// time left to read the others apart (readApart): at the session's
+	// lock_timeout (half of store.timeout) a batch with less than that
+	// left failed whole on its context instead.
+	lockWait := min(s.cfg.Timeout/2, time.Until(deadline)/2)
+	err := s.sendReads(ctx, lockWait, loads, kApp, kUID, kKey, func(row int64, v []byte) {
 		i := kRead[row]
 		rec := &actorpb.IdempotencyRecord{}
 		if err := proto.Unmarshal(v, rec); err != nil {
@@ -286,8 +293,9 @@ const readApartConns = 4
 // sendReads runs the statements of a read batch and fills loads; found
 // is called with each lookup row found (its index among the key arrays)
 // and its record.
-func (s *Postgres) sendReads(ctx context.Context, loads []*pgLoads, kApp []int32, kUID, kKey [][]byte, found func(int64, []byte)) error {
+func (s *Postgres) sendReads(ctx context.Context, lockWait time.Duration, loads []*pgLoads, kApp []int32, kUID, kKey [][]byte, found func(int64, []byte)) error {
 	b := &pgx.Batch{}
+	b.Queue("SELECT set_config('lock_timeout', $1, true)", strconv.FormatInt(max(lockWait.Milliseconds(), 1), 10))
 	if len(loads) > 0 {
 		app, uid, n := make([]int32, len(loads)), make([][]byte, len(loads)), make([]int64, len(loads))
 		for i, l := range loads {
@@ -301,6 +309,9 @@ func (s *Postgres) sendReads(ctx context.Context, loads []*pgLoads, kApp []int32
 	}
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return err
+	}
 	if len(loads) > 0 {
 		rows, err := br.Query()
 		if err != nil {

@@ -392,7 +392,9 @@ func TestPostgresEndsAPausedTransaction(t *testing.T) {
 // transaction holds locked and does not end (a node paused in the middle
 // of its batch: the server waits for the rest, its locks held) fails its
 // own loads; the loads that shared a round trip with it are read again
-// apart and succeed, within store.timeout.
+// apart and succeed, within store.timeout. So too when the reads have
+// less time left than the session's lock_timeout (they waited in the
+// queue): the batch's own lock wait is shortened to leave them time.
 func TestPostgresLockedIdentityFailsAlone(t *testing.T) {
 	const timeout = 2 * time.Second
 	s := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t), Timeout: timeout})
@@ -402,6 +404,14 @@ func TestPostgresLockedIdentityFailsAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer holdLocks(t, s, "SELECT 1 FROM courier_identities WHERE app = 1 AND uid = 'paused' FOR UPDATE")()
+	for _, left := range []time.Duration{30 * time.Second, timeout * 4 / 10} {
+		t.Run(fmt.Sprint(left), func(t *testing.T) { lockedBatch(t, s, locked, left, timeout) })
+	}
+}
+
+// lockedBatch reads locked and 20 other identities in one batch, whose
+// reads have left until their deadline.
+func lockedBatch(t *testing.T, s *Postgres, locked Identity, left, timeout time.Duration) {
 
 	// One round trip of the locked identity and 20 others, as a reader
 	// forms it under load.
@@ -417,7 +427,7 @@ func TestPostgresLockedIdentityFailsAlone(t *testing.T) {
 	}
 	var batch []readReq
 	for _, id := range ids {
-		batch = append(batch, readReq{id: id, deadline: s.cap(time.Now().Add(30 * time.Second)),
+		batch = append(batch, readReq{id: id, deadline: s.cap(time.Now().Add(left)),
 			loaded: func(_ *Snapshot, err error) { results <- result{id, err} }})
 	}
 	start := time.Now()
