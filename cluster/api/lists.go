@@ -126,39 +126,72 @@ func (s *Server) UpdateAccessList(ctx context.Context, r *apipb.UpdateAccessList
 	if n := len(r.Add) + len(r.Remove); n > s.limits.MaxBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "add and remove: %d entries, limit %d per call (api.max-batch): split the edit", n, s.limits.MaxBatch)
 	}
-	if len(r.Add) > 0 {
-		before, err := s.lists.Snapshot(ctx)
-		if err != nil {
-			return nil, listsError(err)
-		}
-		cur := currentList(before, r)
-		if after := len(edit(cur, r.Add, r.Remove)); after > MaxListEntries && after > len(cur) {
-			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "",
-				"the list would hold %d entries, more than the %d a list may hold; nothing was changed", after, MaxListEntries)
+	kicks := r.List == apipb.AccessList_UID_BLACKLIST && len(r.Add) > 0
+	release := func(context.Context) {}
+	if kicks {
+		// The kicks below are requests to actors, bounded as pushes are;
+		// taken first, so that a refusal changed nothing.
+		var err error
+		if release, err = s.admitRequests(sc, len(r.Add)); err != nil {
+			return nil, err
 		}
 	}
-	if err := s.lists.Edit(ctx, r); err != nil {
-		return nil, listsError(err)
+	if err := s.editList(ctx, r); err != nil {
+		release(ctx)
+		return nil, err
 	}
-	if r.List == apipb.AccessList_UID_BLACKLIST && len(r.Add) > 0 {
+	if kicks {
 		envs := make([]*actorpb.Envelope, len(r.Add))
 		for i, uid := range r.Add {
 			envs[i] = &actorpb.Envelope{AppCode: r.AppCode, Uid: uid, Body: &actorpb.Envelope_Kick{Kick: &actorpb.Kick{
 				Reason: devicepb.KickReason_UID_BLACKLISTED, Detail: "this account is blocked"}}}
 		}
 		_, errs := s.req.RequestMany(ctx, envs)
+		release(ctx)
 		for i, err := range errs {
 			if err != nil {
 				return nil, status.Errorf(codes.Unavailable, "uid %q is blacklisted but could not be kicked yet (%v): it cannot log in again; retry to kick it", r.Add[i], err)
 			}
 		}
 	}
-	all := sc.operator() && r.List != apipb.AccessList_UID_BLACKLIST
 	snap, err := s.lists.Snapshot(ctx)
 	if err != nil {
 		return nil, listsError(err)
 	}
-	return toAPI(snap, r.AppCode, all), nil
+	// The answer holds the IP lists and, after a uid blacklist's edit,
+	// that list: every app's uid blacklists together could pass the
+	// 4 MiB a gRPC client receives by default.
+	return toAPI(snap, r.AppCode, false), nil
+}
+
+// editList checks that an edit that adds keeps its list within
+// MaxListEntries and makes it. The edits of this node that add are made
+// one at a time, so that concurrent ones cannot each pass the check
+// against the same list and take it past the bound together (edits
+// through other api nodes can still pass it by at most api.max-batch
+// each).
+func (s *Server) editList(ctx context.Context, r *apipb.UpdateAccessListRequest) error {
+	if len(r.Add) > 0 {
+		select {
+		case s.listsMu <- struct{}{}:
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		defer func() { <-s.listsMu }()
+		before, err := s.lists.Snapshot(ctx)
+		if err != nil {
+			return listsError(err)
+		}
+		cur := currentList(before, r)
+		if after := len(edit(cur, r.Add, r.Remove)); after > MaxListEntries && after > len(cur) {
+			return refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "",
+				"the list would hold %d entries, more than the %d a list may hold; nothing was changed", after, MaxListEntries)
+		}
+	}
+	if err := s.lists.Edit(ctx, r); err != nil {
+		return listsError(err)
+	}
+	return nil
 }
 
 // ApplyListEdit applies a validated UpdateAccessList request to l: what

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -122,4 +123,44 @@ func (m *memLists) Edit(_ context.Context, r *apipb.UpdateAccessListRequest) err
 	defer m.mu.Unlock()
 	ApplyListEdit(&m.snap, r)
 	return nil
+}
+
+// slowLists are memLists whose edits take a while, as a cluster's do (a
+// round trip to every gate).
+type slowLists struct{ memLists }
+
+func (m *slowLists) Edit(ctx context.Context, r *apipb.UpdateAccessListRequest) error {
+	time.Sleep(20 * time.Millisecond)
+	return m.memLists.Edit(ctx, r)
+}
+
+// TestConcurrentListEditsStayBounded: edits that add, made at once, were
+// each checked against the same list and took it past MaxListEntries
+// together (by up to the calls in flight times api.max-batch).
+func TestConcurrentListEditsStayBounded(t *testing.T) {
+	lists := &slowLists{}
+	lim := DefaultLimits()
+	s := New(Deps{Req: &fakeReq{}, Limits: lim, Lists: lists})
+	start := MaxListEntries - lim.MaxBatch/2
+	full := make([]string, start)
+	for i := range full {
+		full[i] = fmt.Sprint("u", i)
+	}
+	ApplyListEdit(&lists.snap, &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1, Add: full})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			add := make([]string, lim.MaxBatch/4)
+			for i := range add {
+				add[i] = fmt.Sprint("g", g, "-", i)
+			}
+			_, _ = s.UpdateAccessList(scoped(1), &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1, Add: add})
+		}()
+	}
+	wg.Wait()
+	if n := len(lists.snap.UIDBlacklist[1]); n > MaxListEntries {
+		t.Fatalf("concurrent edits took the list to %d entries, past %d", n, MaxListEntries)
+	}
 }

@@ -208,13 +208,17 @@ type Server struct {
 
 	clusterStats ClusterStats
 	drain        Drainer
+	// listsMu is held by an access-list edit that adds, from its check
+	// of the list's size to its end (a channel: the wait ends with the
+	// call's context).
+	listsMu chan struct{}
 }
 
 // New returns a server.
 func New(d Deps) *Server {
 	return &Server{keys: d.Keys, req: d.Req, limits: d.Limits, now: time.Now, lists: d.Lists, stats: d.Stats, up: d.Upstream,
 		backlog: d.Backlog, adm: newAdmission(d.Keys, d.Limits), view: d.Members, prov: d.Provider, clusterStats: d.ClusterStats,
-		drain: d.Drain}
+		drain: d.Drain, listsMu: make(chan struct{}, 1)}
 }
 
 // admitPushes takes n pushes into the node's budget (release gives them back,
@@ -246,6 +250,26 @@ func (s *Server) admitPushes(sc scope, n int) (release func(ctx context.Context)
 				d.Round(time.Millisecond), max)
 		}
 	}
+	give, err := s.admitRequests(sc, n)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	return func(ctx context.Context) {
+		now := time.Now()
+		s.calls.Observe(now.Sub(start), now)
+		give(ctx)
+	}, nil
+}
+
+// admitRequests takes n requests to actors (pushes, presence queries,
+// kicks) into the node's budget of requests in flight and the app's
+// share of it (release gives them back, abandonedHold later if the
+// call's ctx ended first), or refuses them at once with
+// RESOURCE_EXHAUSTED. Presence and Kick take it too: a caller that gives
+// up on its calls at once would otherwise leave any number of queries
+// queued in the actors.
+func (s *Server) admitRequests(sc scope, n int) (release func(ctx context.Context), err error) {
 	in := s.inFlight.Add(int64(n))
 	if max := s.limits.MaxPushesInFlight; max > 0 && in > int64(max) {
 		s.inFlight.Add(-int64(n))
@@ -267,10 +291,7 @@ func (s *Server) admitPushes(sc scope, n int) (release func(ctx context.Context)
 				in-int64(n), s.adm.maxAppPushes)
 		}
 	}
-	start := time.Now()
 	return func(ctx context.Context) {
-		now := time.Now()
-		s.calls.Observe(now.Sub(start), now)
 		give := func() {
 			s.inFlight.Add(-int64(n))
 			if app != nil {
@@ -537,8 +558,13 @@ func (s *Server) Kick(ctx context.Context, r *apipb.KickRequest) (*apipb.KickRes
 	if scopeOf(ctx).operator() {
 		reason = devicepb.KickReason_KICKED_BY_OPERATOR
 	}
+	release, err := s.admitRequests(scopeOf(ctx), 1)
+	if err != nil {
+		return nil, err
+	}
 	rep, err := s.req.Request(ctx, &actorpb.Envelope{AppCode: r.AppCode, Uid: r.Uid,
 		Body: &actorpb.Envelope_Kick{Kick: &actorpb.Kick{Reason: reason, Detail: r.Reason}}})
+	release(ctx)
 	if err := replyError(rep, err); err != nil {
 		return nil, err
 	}
@@ -560,7 +586,15 @@ func (s *Server) Presence(ctx context.Context, r *apipb.PresenceRequest) (*apipb
 		}
 		envs[i] = &actorpb.Envelope{AppCode: r.AppCode, Uid: uid, Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}}
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	release, err := s.admitRequests(scopeOf(ctx), len(envs))
+	if err != nil {
+		return nil, err
+	}
 	reps, errs := s.req.RequestMany(ctx, envs)
+	release(ctx)
 	out := &apipb.PresenceResponse{Entries: make([]*apipb.PresenceEntry, len(envs))}
 	for i := range envs {
 		if err := replyError(reps[i], errs[i]); err != nil {

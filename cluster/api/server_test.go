@@ -268,3 +268,36 @@ func TestAbandonedPushesStillCount(t *testing.T) {
 		t.Fatalf("calls given up on freed their pushes at once: %v", refused)
 	}
 }
+
+// TestAbandonedPresenceAndKicksCount: presence queries and kicks are
+// requests to actors as pushes are; a caller that gave up on its calls
+// at once left any number of them queued, nothing counted them. They
+// take the budget of api.max-pushes-in-flight, and keep it a while
+// after their caller gave up.
+func TestAbandonedPresenceAndKicksCount(t *testing.T) {
+	for _, call := range []string{"presence", "kick"} {
+		t.Run(call, func(t *testing.T) {
+			lim := DefaultLimits()
+			lim.MaxPushesInFlight = 8
+			s := New(Deps{Req: stuckReq{}, Limits: lim})
+			var refused error
+			for i := range 2 * lim.MaxPushesInFlight {
+				ctx, cancel := context.WithTimeout(scoped(1), 20*time.Millisecond)
+				var err error
+				if call == "presence" {
+					_, err = s.Presence(ctx, &apipb.PresenceRequest{AppCode: 1, Uids: []string{fmt.Sprint("a", i), fmt.Sprint("b", i)}})
+				} else {
+					_, err = s.Kick(ctx, &apipb.KickRequest{AppCode: 1, Uid: fmt.Sprint("u", i)})
+				}
+				cancel()
+				if status.Code(err) == codes.ResourceExhausted {
+					refused = err
+					break
+				}
+			}
+			if refused == nil || !strings.Contains(refused.Error(), "pushes-in-flight") {
+				t.Fatalf("%s calls given up on were never refused: %v", call, refused)
+			}
+		})
+	}
+}

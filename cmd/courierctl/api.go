@@ -92,7 +92,10 @@ func (f *apiFlags) dial() (apipb.CourierClient, context.Context, func(), error) 
 	if tlsCfg != nil {
 		creds = credentials.NewTLS(tlsCfg)
 	}
-	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(creds))
+	// Every app's access lists together may pass gRPC's default 4 MiB
+	// (20,000 uids of up to 128 bytes per app).
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)))
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("--api %s: %w", f.addr, err)
 	}
@@ -294,3 +297,6 @@ func listEditCmd(verb string) *cobra.Command {
 	c.Flags().StringVar(&list, "list", "uid-blacklist", "ip-blacklist, ip-whitelist or uid-blacklist")
 	return c
 }
+
+// maxRecvBytes bounds an answer courierctl takes from a node.
+const maxRecvBytes = 256 << 20
