@@ -75,6 +75,16 @@ func (s *System) routeLocal(hash uint64, env *actorpb.Envelope) {
 			s.route(env)
 			return
 		}
+		// Nor may the lease have lapsed since the caller checked it: the
+		// dropAll of its loss may have run already, and an actor
+		// activated now would claim the identity, fencing its real
+		// owner, until this node rejoins.
+		if !s.leaseHeld() {
+			sh.mu.Unlock()
+			s.metrics.leaseRefused.Inc()
+			s.fail(env, codes.Unavailable, "cluster: this node is not sure it is still a member (its membership lease lapsed); retry")
+			return
+		}
 		c = &child{pid: s.spawnCell()}
 		sh.children[k] = c
 		sh.peak = max(sh.peak, len(sh.children))
@@ -245,7 +255,7 @@ func (s *System) route(env *actorpb.Envelope) {
 	switch {
 	case owner == nil:
 		s.fail(env, codes.Unavailable, "cluster: no live member hosts identities; retry")
-	case owner.address == s.address && !s.members.LeaseValid():
+	case owner.address == s.address && !s.leaseHeld():
 		s.metrics.leaseRefused.Inc()
 		s.fail(env, codes.Unavailable, "cluster: this node is not sure it is still a member (its membership lease lapsed); retry")
 	case owner.address == s.address:

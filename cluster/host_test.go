@@ -142,3 +142,34 @@ func startEchoMember(t *testing.T) *System {
 	}
 	return sys
 }
+
+// TestNoActivationWithoutALease: a sender checks the lease before it
+// takes the identity's shard lock; the lease may lapse meanwhile, and
+// its loss's dropAll empty the shard before the sender activates an
+// actor there, which would then claim the identity from its real owner
+// until this node rejoins. The activation checks the lease again.
+func TestNoActivationWithoutALease(t *testing.T) {
+	sys := startEchoMember(t)
+	// The lease lapses after the sender's check in route.
+	sys.leaseLapsedForTest.Store(true)
+	defer sys.leaseLapsedForTest.Store(false)
+	id, ch := sys.replies.register()
+	env := &actorpb.Envelope{AppCode: 1, Uid: "late", ReqId: id, ReplyAddress: sys.Address(),
+		Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}}
+	sys.routeLocal(identityHash(1, "late"), env)
+	select {
+	case r := <-ch:
+		if r.GetFailure().GetCode() != int32(codes.Unavailable) {
+			t.Fatalf("a request without a lease answered %v, want UNAVAILABLE", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer")
+	}
+	sh := &sys.local[shard(identityHash(1, "late"), len(sys.local))]
+	sh.mu.Lock()
+	_, activated := sh.children[childKey{1, "late"}]
+	sh.mu.Unlock()
+	if activated {
+		t.Fatal("an identity was activated on a node without its lease")
+	}
+}

@@ -18,6 +18,11 @@ import (
 // LeaseValid reports whether this node holds its membership lease.
 func (s *System) LeaseValid() bool { return s.members.LeaseValid() }
 
+// leaseHeld is LeaseValid as routing sees it (tests lapse it at will).
+func (s *System) leaseHeld() bool {
+	return !s.leaseLapsedForTest.Load() && s.members.LeaseValid()
+}
+
 // OnLease has fn called when this node loses its lease (false) and when
 // it holds one again (true), on the membership's goroutine, after the
 // System's own reaction. fn must not block. Call it before Join.

@@ -82,6 +82,8 @@ type System struct {
 	// beforeHandoff, if set, is called with the actors about to be told
 	// to hand off (tests: what happens between dropMoved's lock and it).
 	beforeHandoff func([]*actor.PID)
+	// leaseLapsedForTest makes routing see this node's lease lapsed.
+	leaseLapsedForTest atomic.Bool
 	left          atomic.Bool // Shutdown has begun
 
 	// memberGates are the gate instances of live members as of the last
