@@ -84,7 +84,7 @@ type System struct {
 	beforeHandoff func([]*actor.PID)
 	// leaseLapsedForTest makes routing see this node's lease lapsed.
 	leaseLapsedForTest atomic.Bool
-	left          atomic.Bool // Shutdown has begun
+	left               atomic.Bool // Shutdown has begun
 
 	// memberGates are the gate instances of live members as of the last
 	// view (owned by the membership's watcher goroutine).
