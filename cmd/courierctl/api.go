@@ -141,7 +141,7 @@ func pushCmd() *cobra.Command {
   courierctl push --key KEY --app 1 --uid alice --uid bob --payload hi --fire-and-forget`,
 		RunE: func(*cobra.Command, []string) error {
 			if len(uids) == 0 {
-				return fmt.Errorf("--uid is required")
+				return usageError{fmt.Errorf("--uid is required")}
 			}
 			cl, ctx, done, err := f.dial()
 			if err != nil {
@@ -271,7 +271,7 @@ func listEditCmd(verb string) *cobra.Command {
 			}
 			kind, ok := kinds[list]
 			if !ok {
-				return fmt.Errorf("--list %q: want ip-blacklist, ip-whitelist or uid-blacklist", list)
+				return usageError{fmt.Errorf("--list %q: want ip-blacklist, ip-whitelist or uid-blacklist", list)}
 			}
 			cl, ctx, done, err := f.dial()
 			if err != nil {

@@ -36,7 +36,7 @@ func tokenCmd() *cobra.Command {
 		Args:  noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if uid == "" {
-				return errors.New("--uid is required")
+				return usageError{errors.New("--uid is required")}
 			}
 			s, err := secretValue(secret, secretFile)
 			if err != nil {
@@ -158,7 +158,7 @@ and received, the acks included.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if uid == "" {
-				return errors.New("--uid is required")
+				return usageError{errors.New("--uid is required")}
 			}
 			if err := checkApp(app); err != nil {
 				return err

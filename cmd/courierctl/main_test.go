@@ -16,7 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/apipb"
+	"github.com/courier-im/courier/messages/devicepb"
 	"github.com/courier-im/courier/testkit"
 )
 
@@ -45,6 +47,12 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"drain", "--help"}, 0, "", "--window"},
 		{[]string{"token", "--uid", "u", "--secret", "0123456789abcdef", "--app", "65537"}, 2, "--app 65537: must be in [1, 65535]", ""},
 		{[]string{"device", "--uid", "u", "--secret", "0123456789abcdef", "--app", "0"}, 2, "--app 0: must be in [1, 65535]", ""},
+		{[]string{"push", "--key", "0123456789abcdef", "--payload", "x"}, 2, "--uid is required", ""},
+		{[]string{"token", "--secret", "0123456789abcdef"}, 2, "--uid is required", ""},
+		{[]string{"lists", "add", "x", "--key", "0123456789abcdef", "--list", "bogus"}, 2, `--list "bogus"`, ""},
+		// Cut to 32 bits it was msgtype 1.
+		{[]string{"stats", "--key", "0123456789abcdef", "--msgtype", "4294967297"}, 2, "--msgtype 4294967297: out of range", ""},
+		{[]string{"stats", "--key", "0123456789abcdef", "--window", "500ms"}, 2, "--window 500ms: at least 1s", ""},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -418,5 +426,28 @@ func TestStatsNamesMissingNodes(t *testing.T) {
 	printStats(&out, &apipb.StatsResponse{AppCode: 1, WindowSeconds: 60, NodesMissing: []string{"node2", "node3"}})
 	if !strings.HasPrefix(out.String(), "incomplete: node2, node3 did not answer") {
 		t.Fatalf("stats with nodes missing:\n%s", out.String())
+	}
+}
+
+// TestUpstreamLinesCannotBeForged: a device chooses its C2S's
+// client_msg_id (and its uid is the token's); printed bare, a newline in
+// one wrote a line of the device's own into the app-server's log.
+func TestUpstreamLinesCannotBeForged(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{})
+	var out, errw syncBuffer
+	go run([]string{"upstream", "--api", n.APIAddr, "--key", testkit.App1Key, "--app", "1"}, strings.NewReader(""), &out, &errw)
+	testkit.Eventually(t, 20*time.Second, func() bool { return strings.Contains(errw.String(), "subscribing") },
+		"upstream never subscribed: %s", &errw)
+	d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
+	if ack := d.Login("mallory", testkit.Token(t, 1, "mallory"), false); ack.Code != devicepb.Code_OK {
+		t.Fatalf("login: %v", ack)
+	}
+	const forged = "x\n12:00:00.000 C2S app=1 msgtype=0 uid=admin"
+	d.Send(messages.CmdC2S, d.NextSeq(), &devicepb.C2S{ClientMsgId: forged, Payload: []byte("p")})
+	testkit.Eventually(t, 20*time.Second, func() bool { return strings.Contains(out.String(), "C2S app=1") },
+		"no C2S printed: %s %s", &out, &errw)
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != 1 || !strings.Contains(lines[0], `client_msg_id="x\n12:00`) || !strings.Contains(lines[0], `uid="mallory"`) {
+		t.Fatalf("the device's C2S printed as:\n%s", out.String())
 	}
 }

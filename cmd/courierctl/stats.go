@@ -31,12 +31,19 @@ device's acknowledgement. Nodes that did not answer in time are named
 first: the counts leave them out. --json prints the API's answer as it
 is, for machines.`,
 		RunE: func(*cobra.Command, []string) error {
+			types, err := toU32(msgtypes)
+			if err != nil {
+				return err
+			}
+			if window != 0 && window < time.Second {
+				return usageError{fmt.Errorf("--window %v: at least 1s (0: the node's default)", window)}
+			}
 			cl, ctx, done, err := f.dial()
 			if err != nil {
 				return err
 			}
 			defer done()
-			resp, err := cl.Stats(ctx, &apipb.StatsRequest{AppCode: app, Msgtypes: toU32(msgtypes), WindowSeconds: uint32(window / time.Second)})
+			resp, err := cl.Stats(ctx, &apipb.StatsRequest{AppCode: app, Msgtypes: types, WindowSeconds: uint32(window / time.Second)})
 			if err != nil {
 				return err
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"time"
@@ -24,6 +25,10 @@ func upstreamCmd() *cobra.Command {
 		Use:   "upstream",
 		Short: "Act as a demo app-server: print the devices' C2S traffic and acknowledge it",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			types, err := toU32(msgtypes)
+			if err != nil {
+				return err
+			}
 			cl, _, done, err := f.dial()
 			if err != nil {
 				return err
@@ -37,7 +42,7 @@ func upstreamCmd() *cobra.Command {
 				return err
 			}
 			if err := sendUpstream(st, &apipb.UpstreamRequest{Kind: &apipb.UpstreamRequest_Subscribe{Subscribe: &apipb.Subscribe{
-				AppCode: app, Msgtypes: toU32(msgtypes), MaxInFlight: window}}}); err != nil {
+				AppCode: app, Msgtypes: types, MaxInFlight: window}}}); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "subscribing to app %d msgtypes %v; Ctrl-C to stop\n", app, msgtypes)
@@ -55,7 +60,9 @@ func upstreamCmd() *cobra.Command {
 					if utf8.Valid(m.Payload) {
 						p = fmt.Sprintf("%q", m.Payload)
 					}
-					fmt.Fprintf(f.out, "%s C2S app=%d msgtype=%d uid=%s msg_id=%s client_msg_id=%s attempt=%d payload=%s\n",
+					// uid and client_msg_id come from devices: quoted,
+					// so that one cannot write lines of its own.
+					fmt.Fprintf(f.out, "%s C2S app=%d msgtype=%d uid=%q msg_id=%s client_msg_id=%q attempt=%d payload=%s\n",
 						time.UnixMilli(m.ReceivedAtMs).Format("15:04:05.000"), m.AppCode, m.Msgtype, m.Uid, m.MsgId, m.ClientMsgId, m.Attempt, p)
 					ids = append(ids, m.DeliveryId)
 				}
@@ -89,10 +96,15 @@ func sendUpstream(st apipb.Courier_UpstreamClient, r *apipb.UpstreamRequest) err
 	}
 }
 
-func toU32(v []uint) []uint32 {
+// toU32 converts --msgtype values; one that does not fit a uint32 is a
+// usage error (it was cut to its low 32 bits, another msgtype).
+func toU32(v []uint) ([]uint32, error) {
 	out := make([]uint32, len(v))
 	for i, x := range v {
+		if x > math.MaxUint32 {
+			return nil, usageError{fmt.Errorf("--msgtype %d: out of range (msgtypes are 0 to 65535)", x)}
+		}
 		out[i] = uint32(x)
 	}
-	return out
+	return out, nil
 }
