@@ -113,6 +113,11 @@ func (d *poolDispatcher) schedule(r runner) {
 	}
 	select {
 	case d.work <- r:
+		if d.stopped.Load() {
+			// stop may have emptied the queue between the check above
+			// and the send: no worker would take r.
+			d.drainWork()
+		}
 		return
 	default:
 	}
@@ -145,12 +150,18 @@ func (d *poolDispatcher) stop() {
 	close(d.quit)
 	d.wg.Wait()
 	// Runs queued after the workers left still happen.
+	d.drainWork()
+	d.drainOverflow()
+}
+
+// drainWork runs what is queued, each on a goroutine of its own (the
+// workers are gone).
+func (d *poolDispatcher) drainWork() {
 	for {
 		select {
 		case r := <-d.work:
 			go r.Run()
 		default:
-			d.drainOverflow()
 			return
 		}
 	}
