@@ -166,19 +166,61 @@ func (c *committer) submitRounds(round func(lane int) (p pending, ok bool)) erro
 	return nil
 }
 
+// maxBatchBytes bounds the bytes of a batch (pendingBytes), as maxBatch
+// its writes: 1,024 writes of large messages (api.max-payload and the
+// frame size go to 16 MiB) made a batch of gigabytes, past PostgreSQL's
+// 1 GB per value, in memory on every lane. A write larger than this goes
+// alone.
+const maxBatchBytes = 32 << 20
+
+// pendingBytes is about what p adds to a batch: its messages and records.
+func pendingBytes(p *pending) int {
+	w := p.w
+	if w == nil {
+		return 0
+	}
+	n := 64
+	for _, e := range w.Put {
+		n += 64 + len(e.Payload) + len(e.MsgId)
+	}
+	for _, ip := range w.Idem {
+		n += 64 + len(ip.Key)
+	}
+	return n
+}
+
 func (c *committer) run(lane int, queue chan pending) {
 	defer c.wg.Done()
 	batch := make([]pending, 0, c.maxBatch)
-	for p := range queue {
-		batch = append(batch[:0], p)
+	// next is a write taken from the queue that did not fit in the last
+	// batch's bytes: it starts the next one.
+	var next pending
+	held := false
+	for {
+		if !held {
+			p, ok := <-queue
+			if !ok {
+				return
+			}
+			next = p
+		}
+		batch = append(batch[:0], next)
+		bytes := pendingBytes(&next)
+		next, held = pending{}, false
 	fill:
-		for len(batch) < c.maxBatch {
+		for len(batch) < c.maxBatch && bytes < maxBatchBytes {
 			select {
 			case p, ok := <-queue:
 				if !ok {
 					break fill
 				}
+				n := pendingBytes(&p)
+				if bytes+n > maxBatchBytes {
+					next, held = p, true
+					break fill
+				}
 				batch = append(batch, p)
+				bytes += n
 			default:
 				break fill
 			}
