@@ -70,6 +70,13 @@ type admission struct {
 	mu           sync.Mutex
 	open, over   int
 	overAddrs    map[string]bool // remote addresses of connections over the cap
+	// keyless are the connections within the cap that have made no call
+	// with a key yet, by remote address: past half the cap, one that
+	// makes none for keylessGrace is closed (reapKeyless), so that
+	// clients without a key cannot hold the slots app-servers need.
+	keyless       map[string]*limitedConn
+	keylessClosed prometheus.Counter
+	keylessGrace  time.Duration // keylessGrace (tests shorten it)
 
 	connsOpen    prometheus.Gauge
 	connsRefused prometheus.Counter
@@ -84,7 +91,9 @@ func newAdmission(keys Keys, l Limits) *admission {
 	a := &admission{
 		keys: keys, maxConns: l.MaxConnections, overConns: overConns, maxPublic: int64(l.MaxUnauthenticatedCalls),
 		shares: shares(keys), maxAppPushes: int64(appPushes),
-		overAddrs: map[string]bool{},
+		overAddrs: map[string]bool{}, keyless: map[string]*limitedConn{}, keylessGrace: keylessGrace,
+		keylessClosed: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_api_keyless_connections_closed_total",
+			Help: "API connections closed because they made no call with a key within 10 s while more than half of api.max-connections were open."}),
 		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "courier_api_connections",
 			Help: "Open connections to the gRPC API (within api.max-connections)."}),
 		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_api_connections_refused_total",
@@ -146,7 +155,7 @@ func (a *admission) collectors() []prometheus.Collector {
 	streamsOpen := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "courier_api_upstream_streams_open",
 		Help: "Upstream streams open on the node (within api.max-upstream-streams)."},
 		func() float64 { return float64(a.streams.Load()) })
-	return []prometheus.Collector{a.connsOpen, a.connsRefused, a.callsRefused, a.pushesRefused, a.gateWaits, callsOpen, streamsOpen}
+	return []prometheus.Collector{a.connsOpen, a.connsRefused, a.keylessClosed, a.callsRefused, a.pushesRefused, a.gateWaits, callsOpen, streamsOpen}
 }
 
 // upstreamMethod is the one long-lived call: it is bounded apart
@@ -245,6 +254,7 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 		a.callsRefused.WithLabelValues("unauthenticated").Inc()
 		return nil, err
 	}
+	a.keyed(ctx)
 	sc.sh = a.shares[sc.app]
 	b := &a.callBudget
 	if info.FullMethodName == upstreamMethod {
@@ -260,6 +270,49 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 		return nil, b.refused
 	}
 	return context.WithValue(ctx, scopeKey{}, c), nil
+}
+
+// keyed notes that ctx's connection made a call with a key: it is no
+// longer reaped as keyless.
+func (a *admission) keyed(ctx context.Context) {
+	a.mu.Lock()
+	n := len(a.keyless)
+	a.mu.Unlock()
+	if n == 0 {
+		return
+	}
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return
+	}
+	key := p.Addr.String()
+	a.mu.Lock()
+	delete(a.keyless, key)
+	a.mu.Unlock()
+}
+
+// keylessGrace is how long a connection may go without a call with a
+// key while the node is past half its connection cap.
+const keylessGrace = 10 * time.Second
+
+// reapKeyless closes lc if it is still keyless and the node is past half
+// its cap, and otherwise looks again keylessGrace later while it stays
+// keyless (a load balancer's health checks need no key).
+func (a *admission) reapKeyless(key string, lc *limitedConn) {
+	a.mu.Lock()
+	if a.keyless[key] != lc {
+		a.mu.Unlock()
+		return
+	}
+	if a.open <= a.maxConns/2 {
+		a.mu.Unlock()
+		time.AfterFunc(a.keylessGrace, func() { a.reapKeyless(key, lc) })
+		return
+	}
+	delete(a.keyless, key)
+	a.mu.Unlock()
+	a.keylessClosed.Inc()
+	_ = lc.Close()
 }
 
 func (a *admission) isOver(ctx context.Context) bool {
@@ -303,14 +356,22 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		switch {
 		case a.open < a.maxConns:
 			a.open++
-			a.mu.Unlock()
-			a.connsOpen.Inc()
-			return &limitedConn{Conn: c, release: func() {
+			key := c.RemoteAddr().String()
+			lc := &limitedConn{Conn: c}
+			lc.release = func() {
 				a.mu.Lock()
 				a.open--
+				if a.keyless[key] == lc {
+					delete(a.keyless, key)
+				}
 				a.mu.Unlock()
 				a.connsOpen.Dec()
-			}}, nil
+			}
+			a.keyless[key] = lc
+			a.mu.Unlock()
+			a.connsOpen.Inc()
+			time.AfterFunc(a.keylessGrace, func() { a.reapKeyless(key, lc) })
+			return lc, nil
 		case a.over < a.overConns:
 			key := c.RemoteAddr().String()
 			a.over++

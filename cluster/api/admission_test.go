@@ -485,3 +485,49 @@ func TestAppSharesDefault(t *testing.T) {
 		t.Fatalf("a set share %d, want 1", c)
 	}
 }
+
+// TestKeylessConnectionsAreClosed: connections were taken from the cap
+// at accept, before any key was seen: clients without a key could hold
+// every slot (gRPC keeps an idle connection 5 minutes) and every app was
+// refused. Past half the cap, connections that have made no call with a
+// key for a while are closed until half is open; those with a key stay.
+func TestKeylessConnectionsAreClosed(t *testing.T) {
+	lim := DefaultLimits()
+	lim.MaxConnections = 4
+	s := serveTuned(t, lim, func(s *Server) { s.adm.keylessGrace = 300 * time.Millisecond })
+	if _, err := s.client.Push(authed(t, 10*time.Second), &apipb.PushRequest{AppCode: 1, Uid: "u"}); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan int, 3)
+	for i := range 3 {
+		r := dialRaw(t, s.addr)
+		go func() {
+			_ = r.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			for {
+				if _, err := r.fr.ReadFrame(); err != nil {
+					var ne net.Error
+					if !errors.As(err, &ne) || !ne.Timeout() {
+						closed <- i
+					}
+					return
+				}
+			}
+		}()
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return testutil.ToFloat64(s.srv.adm.keylessClosed) == 2 },
+		"keyless connections were not closed down to half the cap")
+	time.Sleep(time.Second)
+	if n := len(closed); n != 2 {
+		t.Fatalf("%d keyless connections closed, want 2 (down to half the cap)", n)
+	}
+	if got := testutil.ToFloat64(s.srv.adm.connsOpen); got != 2 {
+		t.Fatalf("courier_api_connections %v, want 2", got)
+	}
+	// The connection with a key was kept.
+	if _, err := s.client.Push(authed(t, 10*time.Second), &apipb.PushRequest{AppCode: 1, Uid: "u"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(s.srv.adm.connsOpen); got != 2 {
+		t.Fatalf("courier_api_connections %v after a call with a key: its connection was closed", got)
+	}
+}
