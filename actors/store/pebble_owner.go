@@ -99,8 +99,8 @@ func (o *pebbleOwners) claim(id Identity, kb *keyBuf, deadline time.Time) (epoch
 		// Broadcast cannot fall between the check below and Wait.
 		t := time.AfterFunc(time.Until(deadline), func() {
 			o.mu.Lock()
-			o.mu.Unlock()
 			o.cond.Broadcast()
+			o.mu.Unlock()
 		})
 		defer t.Stop()
 		for o.inflight[id] > 0 {

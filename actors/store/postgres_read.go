@@ -390,7 +390,9 @@ func (s *Postgres) answerLoads(batch []readReq, l *pgLoads) {
 	for k, i := range l.reqs {
 		snap, err := l.snapshot()
 		if err != nil {
-			batch[i].loaded(nil, fmt.Errorf("%w: load %s: %v", ErrUnavailable, l.id, err))
+			// Not ErrUnavailable: the database answered, and retrying
+			// reads the same bytes (as Pebble's corrupt records).
+			batch[i].loaded(nil, fmt.Errorf("store: load %s: %w", l.id, err))
 			continue
 		}
 		snap.Owner = uint64(l.owner - int64(len(l.reqs)-1-k))

@@ -511,3 +511,27 @@ func TestPostgresLockedIdentityFailsItsWritesAlone(t *testing.T) {
 		}
 	}
 }
+
+// TestPostgresCorruptRowIsNotAnOutage: an inbox entry that does not
+// decode failed its identity's loads as ErrUnavailable, which the
+// callers, the logs and the metrics take for a database outage to retry;
+// the database answered. It fails as Pebble's corrupt records do.
+func TestPostgresCorruptRowIsNotAnOutage(t *testing.T) {
+	s := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t)})
+	ctx := context.Background()
+	id := Identity{App: 1, UID: "corrupt"}
+	snap, err := s.Load(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := submit(s, &Write{ID: id, Owner: snap.Owner, Sync: true, Put: []*actorpb.InboxEntry{{Seq: 1, MsgId: "m1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, `UPDATE courier_inbox SET entry = '\xff' WHERE app = 1 AND uid = 'corrupt'`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Load(ctx, id)
+	if err == nil || errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("load of a corrupt inbox entry: %v, want a corruption, not ErrUnavailable", err)
+	}
+}
