@@ -72,7 +72,11 @@ type JWTAuthenticator struct {
 func NewJWTAuthenticator(secrets map[uint16][]byte, maxLifetime time.Duration) *JWTAuthenticator {
 	a := &JWTAuthenticator{
 		apps:        make(map[uint16]*appKey, len(secrets)),
-		validator:   jwt.NewValidator(jwt.WithExpirationRequired()),
+		// The leeway is for nbf (and iat): an app-server whose clock runs
+		// a little ahead of the gate's, minting tokens valid from "now",
+		// locked its users out (AUTH_FAILED, which a client stops on).
+		// exp is checked without it in Verify.
+		validator:   jwt.NewValidator(jwt.WithExpirationRequired(), jwt.WithLeeway(MaxIssuedAtSkew)),
 		maxLifetime: maxLifetime,
 	}
 	for app, secret := range secrets {
@@ -94,6 +98,8 @@ func (a *JWTAuthenticator) Verify(appCode uint16, uid, token string) error {
 		return fmt.Errorf("%w: %v", ErrTokenExpired, err)
 	case err != nil:
 		return fmt.Errorf("%w: %v", ErrAuthFailed, err)
+	case !time.Now().Before(claims.ExpiresAt.Time):
+		return fmt.Errorf("%w: %v", ErrTokenExpired, jwt.ErrTokenExpired)
 	case claims.Subject != uid:
 		return fmt.Errorf("%w: token is for another uid", ErrAuthFailed)
 	case claims.App != appCode:

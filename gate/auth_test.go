@@ -63,6 +63,9 @@ func TestJWTRulesRefuseEveryBadToken(t *testing.T) {
 		}(), ErrAuthFailed},
 		{"nbf in the future", 1, sign(hs256, secret, with("nbf", unix(time.Hour))), ErrAuthFailed},
 		{"nbf passed", 1, sign(hs256, secret, with("nbf", unix(-time.Second))), nil},
+		// The issuer's clock runs a little ahead: its "now" is not yet
+		// the gate's.
+		{"nbf seconds ahead (clock skew)", 1, sign(hs256, secret, with("nbf", unix(5*time.Second))), nil},
 		{"no iat", 1, sign(hs256, secret, with("iat", nil)), ErrAuthFailed},
 		{"lifetime over the maximum", 1, sign(hs256, secret, with("exp", unix(-time.Minute+maxLife+time.Second))), ErrAuthFailed},
 		{"iat in the future", 1, sign(hs256, secret, jwt.MapClaims{"sub": "alice", "app": 1,
