@@ -71,7 +71,7 @@ type JWTAuthenticator struct {
 // lifetime.
 func NewJWTAuthenticator(secrets map[uint16][]byte, maxLifetime time.Duration) *JWTAuthenticator {
 	a := &JWTAuthenticator{
-		apps:        make(map[uint16]*appKey, len(secrets)),
+		apps: make(map[uint16]*appKey, len(secrets)),
 		// The leeway is for nbf (and iat): an app-server whose clock runs
 		// a little ahead of the gate's, minting tokens valid from "now",
 		// locked its users out (AUTH_FAILED, which a client stops on).
