@@ -1004,9 +1004,13 @@ func (d *Device) remove(it *item) {
 	d.dels = append(d.dels, it.e.Seq)
 }
 
-func (d *Device) pull(after, limit uint32) *devicepb.PullAck {
-	if limit == 0 || int(limit) > d.env.Config.PullPage {
-		limit = uint32(d.env.Config.PullPage)
+// pull answers a PULL: at most asked messages (nil: the page size; more
+// than the page size: the page size; 0: none, has_more telling whether
+// any are stored past after).
+func (d *Device) pull(after uint32, asked *uint32) *devicepb.PullAck {
+	limit := uint32(d.env.Config.PullPage)
+	if asked != nil && *asked < limit {
+		limit = *asked
 	}
 	i := sort.Search(len(d.inbox), func(i int) bool { return d.inbox[i].e.Seq > after })
 	ack := &devicepb.PullAck{Code: devicepb.Code_OK}

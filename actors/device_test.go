@@ -320,7 +320,7 @@ func TestWindowAndPull(t *testing.T) {
 	if fs := framesTo(h.settle(), 1); len(fs) != 3 { // LOGIN_ACK + window of 2
 		t.Fatalf("frames after login: %v", cmds(fs))
 	}
-	pull, _ := proto.Marshal(&devicepb.Pull{AfterSeq: 1, Limit: 10})
+	pull, _ := proto.Marshal(&devicepb.Pull{AfterSeq: 1, Limit: proto.Uint32(10)})
 	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdPull), Seq: 44, Body: pull})
 	fs := framesTo(h.settle(), 1)
 	if len(fs) != 1 || fs[0].Seq != 44 {

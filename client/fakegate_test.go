@@ -433,9 +433,9 @@ func TestResumePullsFitTheQueue(t *testing.T) {
 			if !ok {
 				continue
 			}
-			limits <- p.Limit
-			n := p.Limit
-			if n == 0 || n > 100 {
+			limits <- p.GetLimit()
+			n := p.GetLimit()
+			if p.Limit == nil || n > 100 {
 				n = 100
 			}
 			ack := &devicepb.PullAck{Code: devicepb.Code_OK, HasMore: p.AfterSeq+n < stored}

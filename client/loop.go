@@ -678,7 +678,7 @@ func (l *loop) flush() {
 		// A page no larger than the queue has room for, once it has room
 		// for a page or a quarter of itself (asked again as the app takes
 		// messages: run's Recv case), not a PULL per message taken.
-		seq, sent := l.writePaced(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: s.resumeAfter, Limit: uint32(min(room, resumePage))})
+		seq, sent := l.writePaced(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: s.resumeAfter, Limit: proto.Uint32(uint32(max(min(room, resumePage), 1)))})
 		if !sent {
 			l.waitTurn()
 			return
@@ -727,7 +727,7 @@ func (l *loop) flush() {
 		if p.seq != 0 || p.ctx.Err() != nil {
 			continue
 		}
-		seq, sent := l.writePaced(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: p.after, Limit: p.limit})
+		seq, sent := l.writePaced(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: p.after, Limit: pullLimit(p.limit)})
 		if !sent {
 			blocked = true
 			break
@@ -1119,4 +1119,13 @@ func (l *loop) serverError(seq uint32, e *devicepb.Error) {
 		}
 	}
 	l.log.Warn("client: server error", "err", err, "seq", seq)
+}
+
+// pullLimit is a PULL's limit for Client.Pull's: 0 asks for the
+// server's page size (the field left out), not for no message.
+func pullLimit(limit uint32) *uint32 {
+	if limit == 0 {
+		return nil
+	}
+	return &limit
 }

@@ -3,6 +3,7 @@ package faults
 import (
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/proto"
 	"io"
 	"net"
 	"sync"
@@ -69,7 +70,7 @@ func TestRequestsToLeaselessOwnerAnswered(t *testing.T) {
 	loginSeq, pullSeq, c2cSeq := login.NextSeq(), puller.NextSeq(), sender.NextSeq()
 	login.Send(messages.CmdLogin, loginSeq, &devicepb.Login{Uid: loginUID, Token: testkit.Token(t, 1, loginUID),
 		DeviceId: "dev-" + loginUID, Platform: devicepb.Platform_ANDROID, AppVersion: "test"})
-	puller.Send(messages.CmdPull, pullSeq, &devicepb.Pull{AfterSeq: 0, Limit: 10})
+	puller.Send(messages.CmdPull, pullSeq, &devicepb.Pull{AfterSeq: 0, Limit: proto.Uint32(10)})
 	sender.Send(messages.CmdC2C, c2cSeq, &devicepb.C2C{ToUid: receiverUID, ClientMsgId: "c2c-1", Payload: []byte("hello")})
 	time.Sleep(3 * time.Second) // three TTLs: node3's lease lapsed, the others took it for gone
 

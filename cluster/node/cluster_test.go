@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"google.golang.org/protobuf/proto"
 	"strings"
 	"syscall"
 	"testing"
@@ -99,7 +100,7 @@ func TestClusterFlowsAcrossNodes(t *testing.T) {
 			t.Fatalf("pending %d", ack.Pending)
 		}
 		seq := d.NextSeq()
-		d.Send(messages.CmdPull, seq, &devicepb.Pull{AfterSeq: 0, Limit: 10})
+		d.Send(messages.CmdPull, seq, &devicepb.Pull{AfterSeq: 0, Limit: proto.Uint32(10)})
 		for {
 			f, err := d.ReadFrame()
 			if err != nil {

@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"fmt"
+	"google.golang.org/protobuf/proto"
 	"io"
 	"net/http"
 	"regexp"
@@ -309,7 +310,7 @@ func TestPullPages(t *testing.T) {
 	after, pages := uint32(0), 0
 	for {
 		seq := d.NextSeq()
-		d.Send(messages.CmdPull, seq, &devicepb.Pull{AfterSeq: after, Limit: 3})
+		d.Send(messages.CmdPull, seq, &devicepb.Pull{AfterSeq: after, Limit: proto.Uint32(3)})
 		var f testkit.Frame
 		for f = d.Expect(messages.CmdPullAck); f.Seq != seq; f = d.Expect(messages.CmdPullAck) {
 		}

@@ -259,10 +259,11 @@ func TestPullPromises(t *testing.T) {
 	for range 3 {
 		push(t, api, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: "max", Payload: []byte(strings.Repeat("L", 1500))})
 	}
-	pull := func(after, limit uint32) *devicepb.PullAck {
+	// pullAsked sends a PULL whose limit is asked (nil: left out).
+	pullAsked := func(after uint32, asked *uint32) *devicepb.PullAck {
 		t.Helper()
 		seq := d.NextSeq()
-		d.Send(messages.CmdPull, seq, &devicepb.Pull{AfterSeq: after, Limit: limit})
+		d.Send(messages.CmdPull, seq, &devicepb.Pull{AfterSeq: after, Limit: asked})
 		for {
 			f, err := d.ReadFrame()
 			if err != nil {
@@ -279,6 +280,14 @@ func TestPullPromises(t *testing.T) {
 			// fire-and-forget push) interleave.
 		}
 	}
+	// pull's limit 0 leaves the field out (the page size).
+	pull := func(after, limit uint32) *devicepb.PullAck {
+		t.Helper()
+		if limit == 0 {
+			return pullAsked(after, nil)
+		}
+		return pullAsked(after, &limit)
+	}
 	seqs := func(pa *devicepb.PullAck) []uint32 {
 		var out []uint32
 		for _, m := range pa.Messages {
@@ -293,6 +302,11 @@ func TestPullPromises(t *testing.T) {
 	}
 	if pa := pull(0, 2); len(pa.Messages) != 2 || !pa.HasMore {
 		t.Fatalf("limit 2: seqs %v", seqs(pa))
+	}
+	// "At most limit": an explicit 0 gets no message, and has_more says
+	// that some are stored.
+	if pa := pullAsked(0, new(uint32)); len(pa.Messages) != 0 || !pa.HasMore {
+		t.Fatalf("limit 0 given: seqs %v has_more %v, want none and more", seqs(pa), pa.HasMore)
 	}
 	pa := pull(4, 0)
 	if got := seqs(pa); len(got) != 3 || got[0] != 5 || got[1] != 6 || got[2] != 7 || !pa.HasMore {

@@ -1170,8 +1170,10 @@ type Pull struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Return messages with seq greater than this.
 	AfterSeq uint32 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
-	// At most this many (0 or above the server's page size: the page size).
-	Limit         uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// At most this many. Absent: the server's page size; above it: the
+	// page size. Present and 0: no message (has_more says whether any has
+	// a seq above after_seq).
+	Limit         *uint32 `protobuf:"varint,2,opt,name=limit,proto3,oneof" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1214,8 +1216,8 @@ func (x *Pull) GetAfterSeq() uint32 {
 }
 
 func (x *Pull) GetLimit() uint32 {
-	if x != nil {
-		return x.Limit
+	if x != nil && x.Limit != nil {
+		return *x.Limit
 	}
 	return 0
 }
@@ -1507,10 +1509,11 @@ const file_courier_device_v1_device_proto_rawDesc = "" +
 	"C2CPushAck\x12\x15\n" +
 	"\x06msg_id\x18\x01 \x01(\tR\x05msgId\"&\n" +
 	"\rC2CPushAckAck\x12\x15\n" +
-	"\x06msg_id\x18\x01 \x01(\tR\x05msgId\"9\n" +
+	"\x06msg_id\x18\x01 \x01(\tR\x05msgId\"H\n" +
 	"\x04Pull\x12\x1b\n" +
-	"\tafter_seq\x18\x01 \x01(\rR\bafterSeq\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x9a\x02\n" +
+	"\tafter_seq\x18\x01 \x01(\rR\bafterSeq\x12\x19\n" +
+	"\x05limit\x18\x02 \x01(\rH\x00R\x05limit\x88\x01\x01B\b\n" +
+	"\x06_limit\"\x9a\x02\n" +
 	"\rStoredMessage\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\rR\x03seq\x12+\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x17.courier.device.v1.KindR\x04kind\x12\x15\n" +
@@ -1639,6 +1642,7 @@ func file_courier_device_v1_device_proto_init() {
 	if File_courier_device_v1_device_proto != nil {
 		return
 	}
+	file_courier_device_v1_device_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
