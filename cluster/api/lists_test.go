@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -112,10 +114,17 @@ type memLists struct {
 	snap gate.ListsSnapshot
 }
 
+// Snapshot is a copy, as a gate's: edits do not change what it returned.
 func (m *memLists) Snapshot(context.Context) (gate.ListsSnapshot, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.snap, nil
+	c := m.snap
+	c.IPBlacklist, c.IPWhitelist = slices.Clone(c.IPBlacklist), slices.Clone(c.IPWhitelist)
+	c.UIDBlacklist = maps.Clone(c.UIDBlacklist)
+	for app, uids := range c.UIDBlacklist {
+		c.UIDBlacklist[app] = slices.Clone(uids)
+	}
+	return c, nil
 }
 
 func (m *memLists) Edit(_ context.Context, r *apipb.UpdateAccessListRequest) error {

@@ -387,6 +387,15 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 		cancel()
 		if err == nil {
 			m.providerContact(true)
+			if m.be.canExpire() && !m.LeaseValid() {
+				// Answered after the lease ran out: the agent may have
+				// marked the check critical before this refresh reached
+				// it, and the others taken the instance for gone; the
+				// refresh made it passing again, but the instance is done.
+				m.rejoinAs(ctx, "its refresh was answered only after its lease had run out")
+				lastLoad = time.Now()
+				continue
+			}
 			m.renew(sent)
 			continue
 		}
@@ -408,7 +417,7 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 				rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
 				err := m.be.register(rctx, &self)
 				cancel()
-				if err == nil {
+				if err == nil && m.LeaseValid() {
 					m.log.Info("membership: the provider had lost this instance's registration; registered it again", "member", self.ID)
 					m.renew(sent)
 					continue

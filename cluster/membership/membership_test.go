@@ -658,3 +658,63 @@ func TestRejoinServesOnceTheViewHasIt(t *testing.T) {
 		t.Fatal("the lease the hooks were told of is not valid")
 	}
 }
+
+// latePass answers one refresh only after the lease it would extend has
+// run out (a slow agent, a stalled node): meanwhile the agent may have
+// marked the check critical and the others taken the instance for gone.
+type latePass struct {
+	backend
+	m    *Membership
+	slow atomic.Bool
+	late atomic.Int32
+}
+
+func (f *latePass) pass(ctx context.Context, id string) error {
+	if !f.slow.Load() {
+		return f.backend.pass(ctx, id)
+	}
+	for f.m.LeaseValid() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if err := f.backend.pass(ctx, id); err != nil {
+		return err
+	}
+	f.slow.Store(false)
+	f.late.Add(1)
+	return nil
+}
+
+// TestRefreshAfterTheLeaseEndedRejoins: a refresh answered after the
+// lease ran out renewed it, as if it had never lapsed: the node kept
+// serving the identities the others had placed elsewhere. It rejoins as
+// a new instance instead.
+func TestRefreshAfterTheLeaseEndedRejoins(t *testing.T) {
+	c := testkit.StartConsul(t)
+	cfg := consulConfig(c)
+	a := join(t, cfg, "a", AllRoles)
+	b, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb := &latePass{backend: b.be, m: b}
+	b.be = fb
+	var mu sync.Mutex
+	var leases []bool
+	b.OnLease(func(valid bool) {
+		mu.Lock()
+		leases = append(leases, valid)
+		mu.Unlock()
+	})
+	old := joinSeenBy(t, b, a)
+	fb.slow.Store(true)
+	testkit.Eventually(t, 10*time.Second, func() bool { return fb.late.Load() > 0 }, "no refresh answered after the lease ran out")
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(leases) > 0 && !leases[0] && b.View().Self.ID != old
+	}, "a refresh answered after the lease ran out renewed it: no lease lost, the same instance (%v)", leases)
+}
