@@ -130,10 +130,27 @@ func (b *consulBackend) watch(ctx context.Context, index uint64, wait time.Durat
 			}
 			continue
 		}
-		m.Health = e.Checks.AggregatedStatus()
+		m.Health = memberChecks(e.Checks, e.Service.ID).AggregatedStatus()
 		out = append(out, m)
 	}
 	return out, meta.LastIndex, nil
+}
+
+// memberChecks are the checks that say whether the member of service
+// registration id is live: those of the registration itself (its TTL
+// check, a service maintenance), the agent's liveness (serfHealth) and a
+// node maintenance. Other node checks (an operator's disk or load
+// check) are left out: going warning or critical, they took every member
+// on the machine for gone, blocked for good, while the members' own
+// refreshes kept their leases running.
+func memberChecks(all api.HealthChecks, id string) api.HealthChecks {
+	out := make(api.HealthChecks, 0, len(all))
+	for _, c := range all {
+		if c.ServiceID == id || c.CheckID == "serfHealth" || c.CheckID == "_node_maintenance" {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func (b *consulBackend) canExpire() bool { return true }

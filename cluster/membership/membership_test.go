@@ -3,6 +3,7 @@ package membership
 import (
 	"context"
 	"errors"
+	"github.com/hashicorp/consul/api"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -717,4 +718,27 @@ func TestRefreshAfterTheLeaseEndedRejoins(t *testing.T) {
 		defer mu.Unlock()
 		return len(leases) > 0 && !leases[0] && b.View().Self.ID != old
 	}, "a refresh answered after the lease ran out renewed it: no lease lost, the same instance (%v)", leases)
+}
+
+// TestOtherNodeChecksDoNotTakeMembersForGone: an operator's node check
+// (a disk check) going warning made the aggregate of the node's checks
+// warning, and every member on the machine was taken for gone (blocked
+// for good; a new one could not even join). Only the member's own check,
+// the agent's liveness and maintenance count.
+func TestOtherNodeChecksDoNotTakeMembersForGone(t *testing.T) {
+	c := testkit.StartConsul(t)
+	client, err := api.NewClient(&api.Config{Address: c.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Agent().CheckRegister(&api.AgentCheckRegistration{ID: "disk", Name: "disk",
+		AgentServiceCheck: api.AgentServiceCheck{TTL: "1h", Status: api.HealthWarning}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Agent().CheckDeregister("disk") })
+	cfg := consulConfig(c)
+	a := join(t, cfg, "a", AllRoles)
+	b := join(t, cfg, "b", RoleActors)
+	bID := b.View().Self.ID
+	testkit.Eventually(t, 10*time.Second, func() bool { return liveIDs(a)[bID] }, "b live to a beside a warning node check")
 }
