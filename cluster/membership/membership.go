@@ -123,9 +123,12 @@ type Membership struct {
 	load      Load                 // latest load
 	subs      []func(*View)        // called in order on the watcher goroutine
 	blocked   map[string]time.Time // instance id -> when it stopped being live
-	wasLive   map[string]bool      // instances live in the last view
-	joined    bool
-	closed    bool
+	// registered are the instance ids this node registered and has not
+	// removed (Leave removes them all).
+	registered map[string]bool
+	wasLive    map[string]bool // instances live in the last view
+	joined     bool
+	closed     bool
 
 	// The lease (lease.go). lease is until when this instance may act,
 	// in ns of the monotonic clock since clock0 (0: none), so that a step
@@ -163,7 +166,7 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Membership, 
 	if log == nil {
 		log = slog.Default()
 	}
-	m := &Membership{cfg: cfg, log: log, metrics: newMetrics(reg), blocked: map[string]time.Time{}, clock0: time.Now(),
+	m := &Membership{cfg: cfg, log: log, metrics: newMetrics(reg), blocked: map[string]time.Time{}, registered: map[string]bool{}, clock0: time.Now(),
 		wasLive: map[string]bool{}, vouched: map[string]time.Time{}, rejoin: make(chan struct{}, 1), wakeWatch: make(chan struct{}, 1), quit: make(chan struct{})}
 	switch cfg.Provider {
 	case ProviderConsul:
@@ -212,7 +215,7 @@ func (m *Membership) Join(ctx context.Context, self Member) error {
 	defer cancel()
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
 		sent := time.Now()
-		err := m.be.register(ctx, &self)
+		err := m.register(ctx, &self)
 		if err == nil {
 			m.providerContact(true)
 			m.renew(sent)
@@ -256,7 +259,7 @@ func (m *Membership) SetDraining(ctx context.Context) error {
 	self := m.self
 	self.Load = m.load
 	m.mu.Unlock()
-	if err := m.be.register(ctx, &self); err != nil {
+	if err := m.register(ctx, &self); err != nil {
 		return fmt.Errorf("membership: publish draining: %w", err)
 	}
 	m.mu.Lock()
@@ -266,7 +269,7 @@ func (m *Membership) SetDraining(ctx context.Context) error {
 		// A rejoin replaced the instance meanwhile (it carries the flag
 		// on) and may have removed the old one before this registration
 		// brought it back, passing, until its TTL: remove it again.
-		if err := m.be.deregister(ctx, self.ID); err != nil && !isGone(err) {
+		if err := m.deregister(ctx, self.ID); err != nil && !isGone(err) {
 			m.log.Debug("membership: removing the old instance a drain registered again failed (it expires)", "member", self.ID, "err", err)
 		}
 	}
@@ -303,15 +306,56 @@ func (m *Membership) Leave(ctx context.Context) error {
 		return nil
 	}
 	// Read after the goroutines stopped: a rejoin that completed
-	// meanwhile registered another instance.
+	// meanwhile registered another instance. Every instance this node
+	// may have registered and not removed goes, the current one first:
+	// a rejoin's registration cut off by the stop (applied, its answer
+	// lost) or an old instance whose removal failed would otherwise stay
+	// live at this node's address until its TTL. With a context of their
+	// own: the caller's may be short or done.
 	m.mu.Lock()
 	id := m.self.ID
+	others := make([]string, 0, len(m.registered))
+	for r := range m.registered {
+		if r != id {
+			others = append(others, r)
+		}
+	}
 	m.mu.Unlock()
-	if err := m.be.deregister(ctx, id); err != nil {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.TTL)
+	defer cancel()
+	err := m.deregister(dctx, id)
+	for _, r := range others {
+		if err := m.deregister(dctx, r); err != nil && !isGone(err) {
+			m.log.Debug("membership: removing an earlier instance at leave failed (it expires)", "member", r, "err", err)
+		}
+	}
+	if err != nil && !isGone(err) {
 		return fmt.Errorf("membership: leave: %w", err)
 	}
 	m.log.Info("membership: left", "member", id)
 	return nil
+}
+
+// register registers self with the provider, noting its id as one to
+// remove at Leave first: a registration whose answer is lost may have
+// been applied.
+func (m *Membership) register(ctx context.Context, self *Member) error {
+	m.mu.Lock()
+	m.registered[self.ID] = true
+	m.mu.Unlock()
+	return m.be.register(ctx, self)
+}
+
+// deregister removes instance id from the provider, and from those to
+// remove at Leave once it is gone.
+func (m *Membership) deregister(ctx context.Context, id string) error {
+	err := m.be.deregister(ctx, id)
+	if err == nil || isGone(err) {
+		m.mu.Lock()
+		delete(m.registered, id)
+		m.mu.Unlock()
+	}
+	return err
 }
 
 // refreshLoop keeps this instance's registration live and its lease
@@ -360,7 +404,7 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 		var err error
 		if changed && time.Since(lastLoad) >= m.cfg.LoadInterval {
 			self.Load = load
-			if err = m.be.register(rctx, &self); err == nil {
+			if err = m.register(rctx, &self); err == nil {
 				lastLoad = time.Now()
 				m.mu.Lock()
 				if m.self.ID == self.ID {
@@ -373,7 +417,7 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 				self.Draining = m.self.Draining
 				m.mu.Unlock()
 				if lost {
-					err = m.be.register(rctx, &self)
+					err = m.register(rctx, &self)
 				}
 			}
 		} else {
@@ -415,7 +459,7 @@ func (m *Membership) refreshLoop(ctx context.Context) {
 				self.Draining = self.Draining || m.self.Draining // a drain begun since the copy
 				m.mu.Unlock()
 				rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
-				err := m.be.register(rctx, &self)
+				err := m.register(rctx, &self)
 				cancel()
 				if err == nil && m.LeaseValid() {
 					m.log.Info("membership: the provider had lost this instance's registration; registered it again", "member", self.ID)
@@ -460,9 +504,9 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 		// that is removed and the next attempt takes a new id.
 		err := m.be.reach(rctx)
 		if err == nil {
-			if err = m.be.register(rctx, &self); err == nil {
+			if err = m.register(rctx, &self); err == nil {
 				if err = m.be.reach(rctx); err != nil {
-					_ = m.be.deregister(rctx, self.ID)
+					_ = m.deregister(rctx, self.ID)
 					self.ID = newInstanceID(old.Name)
 				}
 			}
@@ -491,7 +535,7 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 	m.mu.Unlock()
 	if lost {
 		rctx, cancel := context.WithTimeout(ctx, m.cfg.TTL)
-		if err := m.be.register(rctx, &self); err != nil {
+		if err := m.register(rctx, &self); err != nil {
 			m.log.Warn("membership: publishing that the new instance drains failed; the next load change publishes it", "member", self.ID, "err", err)
 		}
 		cancel()
@@ -500,7 +544,7 @@ func (m *Membership) rejoinAs(ctx context.Context, why string) {
 	// must not route to it, and a Leave during the wait below would only
 	// remove the new one.
 	dctx, cancel := context.WithTimeout(ctx, m.cfg.TTL/2)
-	if err := m.be.deregister(dctx, old.ID); err != nil && !isGone(err) {
+	if err := m.deregister(dctx, old.ID); err != nil && !isGone(err) {
 		m.log.Debug("membership: removing the old instance failed (it expires)", "member", old.ID, "err", err)
 	}
 	cancel()

@@ -3,8 +3,11 @@ package membership
 import (
 	"context"
 	"errors"
+	"fmt"
 	"github.com/hashicorp/consul/api"
+	"maps"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -741,4 +744,62 @@ func TestOtherNodeChecksDoNotTakeMembersForGone(t *testing.T) {
 	b := join(t, cfg, "b", RoleActors)
 	bID := b.View().Self.ID
 	testkit.Eventually(t, 10*time.Second, func() bool { return liveIDs(a)[bID] }, "b live to a beside a warning node check")
+}
+
+// stuckRegister applies a registration and then gives no answer until
+// its context ends (an agent whose reply is lost).
+type stuckRegister struct {
+	backend
+	armed   atomic.Bool
+	applied atomic.Int32
+}
+
+func (f *stuckRegister) register(ctx context.Context, self *Member) error {
+	if !f.armed.Load() {
+		return f.backend.register(ctx, self)
+	}
+	if err := f.backend.register(context.Background(), self); err != nil {
+		return err
+	}
+	f.applied.Add(1)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestLeaveRemovesEveryInstance: a rejoin's registration cut off by
+// Leave (applied, its answer lost) stayed registered and passing at the
+// node's address until its TTL after the node had left; Leave removed
+// only the instance it knew as its own.
+func TestLeaveRemovesEveryInstance(t *testing.T) {
+	c := testkit.StartConsul(t)
+	cfg := consulConfig(c)
+	cfg.TTL = 5 * time.Second // the new instance would pass that long
+	b, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb := &stuckRegister{backend: b.be}
+	b.be = fb
+	if err := b.Join(context.Background(), Member{Name: "b", Address: "127.0.0.1:5", Roles: RoleActors}); err != nil {
+		t.Fatal(err)
+	}
+	fb.armed.Store(true)
+	b.SeenOut(b.View().Self.ID)
+	testkit.Eventually(t, 10*time.Second, func() bool { return fb.applied.Load() > 0 }, "the rejoin never registered")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // a caller whose context is already done
+	if err := b.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	client, err := api.NewClient(&api.Config{Address: c.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcs, err := client.Agent().ServicesWithFilter(fmt.Sprintf("Service == %q", cfg.Cluster))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svcs) != 0 {
+		t.Fatalf("registrations left after Leave: %v", slices.Collect(maps.Keys(svcs)))
+	}
 }
