@@ -665,9 +665,10 @@ const brokenReadFor = 2 * time.Second
 // pacing lets it: the client's own resume PULL, C2C_PUSH_ACKs the server
 // has not confirmed, sends (C2C, C2S) not sent on this connection, pulls.
 // The rest goes when the pace timer fires: a client with a full outbox
-// that reconnects would otherwise send it all back to back, and the gate
-// closes a connection that bursts past its frame limit (docs/protocol.md
-// §13) before the sends are answered, again at every reconnect.
+// that reconnects would otherwise send it all back to back: the gate
+// holds frames past its rate (their answers come late) and closes a
+// connection that keeps sending while more than 128 KiB of them wait
+// (docs/protocol.md §13), again at every reconnect.
 func (l *loop) flush() {
 	s := l.sess
 	if s == nil || s.broken != nil || l.pace != nil {

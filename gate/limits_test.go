@@ -1,8 +1,10 @@
 package gate_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -64,20 +66,55 @@ func TestNewConnectionsPerIP(t *testing.T) {
 	tg.waitMetric(t, 1, "courier_gate_limit_hits_total", "limit", "ip_conn_rate")
 }
 
-func TestFrameRateLimit(t *testing.T) {
-	tg := startGate(t, func(c *gate.Config) { c.FramesPerSecond = 1; c.FrameBurst = 6 })
+// TestFramesOverTheRateWait: frames past the frame rate wait in the
+// gate, in order, until the bucket has refilled: a client that bursts
+// (an outbox flushed after a reconnect) is slowed down, not cut off (the
+// contract has no rate limit). Only one that keeps sending while its
+// frames wait, past what the gate holds, is answered RATE_LIMITED and
+// closed.
+func TestFramesOverTheRateWait(t *testing.T) {
+	tg := startGate(t, func(c *gate.Config) { c.FramesPerSecond = 2; c.FrameBurst = 6 })
 	d, _ := tg.login(t, "fast", false) // the LOGIN takes one token
 	for range 6 {                      // the first KEEPALIVE of a half heartbeat is free
 		d.Keepalive()
 	}
-	d.Send(messages.CmdKeepalive, 99, nil)
-	d.ExpectError(devicepb.Code_RATE_LIMITED, 99)
+	start := time.Now()
+	for i := range 3 {
+		d.Send(messages.CmdC2S, uint32(50+i), &devicepb.C2S{ClientMsgId: fmt.Sprint("c", i)})
+	}
+	testkit.Eventually(t, wait, func() bool { return len(tg.h.Frames()) == 3 }, "the frames over the rate never reached the handler")
+	if took := time.Since(start); took < time.Second {
+		t.Fatalf("3 frames over a rate of 2/s all passed in %v", took)
+	}
+	for i, f := range tg.h.Frames() {
+		if f.h.Seq != uint32(50+i) {
+			t.Fatalf("frames handled out of order: %v", tg.h.Frames())
+		}
+	}
+	tg.waitMetric(t, 1, "courier_gate_limit_hits_total", "limit", "frame_rate")
+	// A flood while frames wait: past what the gate holds, the end.
+	payload := make([]byte, 8<<10)
+	var err error
+	for i := 0; err == nil && i < 1000; i++ {
+		err = d.TrySend(messages.Header{Cmd: messages.CmdC2S, AppCode: app1, Seq: uint32(100 + i)}, &devicepb.C2S{Payload: payload})
+	}
+	for {
+		f, err := d.ReadFrame()
+		if err != nil {
+			t.Fatalf("no RATE_LIMITED before the close: %v", err)
+		}
+		if f.Cmd == messages.CmdError {
+			if e := f.Msg.(*devicepb.Error); e.Code != devicepb.Code_RATE_LIMITED {
+				t.Fatalf("ERROR %v", e)
+			}
+			break
+		}
+	}
 	d.ExpectClosed()
 	testkit.Eventually(t, wait, func() bool { return len(tg.h.closedFor("fast")) == 1 }, "Closed for fast")
 	if r := tg.h.closedFor("fast")[0].reason; r != gate.CloseRateLimited {
 		t.Fatalf("reason %v", r)
 	}
-	tg.waitMetric(t, 1, "courier_gate_limit_hits_total", "limit", "frame_rate")
 }
 
 // TestAcksAreCreditedAgainstDeliveries: acks of frames the gate wrote
@@ -113,27 +150,14 @@ func TestAcksAreCreditedAgainstDeliveries(t *testing.T) {
 	}
 	d.Keepalive() // free as well: the first of this half heartbeat
 	testkit.Eventually(t, wait, func() bool { return len(tg.h.Frames()) == 30 }, "30 acks reach the handler (got %d)", len(tg.h.Frames()))
-	// The credit is spent: more acks take tokens (4 left) and then fail.
+	// The credit is spent: more acks take tokens (4 left) and then wait
+	// for the bucket, one a second.
 	for i := range 10 {
-		if err := d.TrySend(messages.Header{Cmd: messages.CmdS2CAck, AppCode: app1, Seq: uint32(300 + i)}, &devicepb.S2CAck{MsgId: "m"}); err != nil {
-			break // closed
-		}
+		d.Send(messages.CmdS2CAck, uint32(300+i), &devicepb.S2CAck{MsgId: "m"})
 	}
-	for {
-		f, err := d.ReadFrame()
-		if err != nil {
-			t.Fatalf("no RATE_LIMITED before the close: %v", err)
-		}
-		if f.Cmd == messages.CmdError {
-			if e := f.Msg.(*devicepb.Error); e.Code != devicepb.Code_RATE_LIMITED || f.Seq < 300 {
-				t.Fatalf("ERROR %v for seq %d", e, f.Seq)
-			}
-			break
-		}
-	}
-	d.ExpectClosed()
-	if n := len(tg.h.Frames()); n > 30+5 {
-		t.Fatalf("handler got %d frames: acks beyond the credit were not limited", n)
+	tg.waitMetric(t, 1, "courier_gate_limit_hits_total", "limit", "frame_rate")
+	if n := len(tg.h.Frames()); n > 30+4+2 {
+		t.Fatalf("handler got %d frames when the bucket ran dry: acks beyond the credit were not limited", n)
 	}
 }
 
@@ -160,27 +184,19 @@ func TestRepeatedPullsEarnCreditOnce(t *testing.T) {
 	page(1) // the same page again: no more credit
 	page(1)
 	page(11) // the next page: 10 more
-	// 20 credits and 4 tokens: 24 acks pass, the 25th is refused.
-	sent := 0
+	// 20 credits and 4 tokens: 24 acks pass, the 25th waits for the
+	// bucket (one a second).
 	for i := range 40 {
-		if err := d.TrySend(messages.Header{Cmd: messages.CmdS2CAck, AppCode: app1, Seq: uint32(300 + i)}, &devicepb.S2CAck{MsgId: "never-sent"}); err != nil {
-			break // closed
-		}
-		sent++
+		d.Send(messages.CmdS2CAck, uint32(300+i), &devicepb.S2CAck{MsgId: "never-sent"})
 	}
-	for {
-		f, err := d.ReadFrame()
-		if err != nil {
-			t.Fatalf("no RATE_LIMITED before the close (%d sent): %v", sent, err)
-		}
-		if f.Cmd == messages.CmdError {
-			if e := f.Msg.(*devicepb.Error); e.Code != devicepb.Code_RATE_LIMITED || f.Seq != 300+24 {
-				t.Fatalf("ERROR %v for seq %d, want RATE_LIMITED for seq %d", e, f.Seq, 300+24)
-			}
-			break
-		}
+	tg.waitMetric(t, 1, "courier_gate_limit_hits_total", "limit", "frame_rate")
+	frames := tg.h.Frames()
+	if n := len(frames); n < 24 || n > 24+2 {
+		t.Fatalf("handler got %d acks when the bucket ran dry, want 24 (20 credits and 4 tokens)", n)
 	}
-	d.ExpectClosed()
+	if f := frames[len(frames)-1]; f.h.Seq != uint32(300+len(frames)-1) {
+		t.Fatalf("acks handled out of order: last seq %d of %d", f.h.Seq, len(frames))
+	}
 }
 
 func TestByteRateLimit(t *testing.T) {
@@ -193,13 +209,23 @@ func TestByteRateLimit(t *testing.T) {
 	payload := []byte(strings.Repeat("b", 15<<10))
 	d.Send(messages.CmdC2S, 1, &devicepb.C2S{Payload: payload})
 	d.Send(messages.CmdC2S, 2, &devicepb.C2S{Payload: payload})
-	d.Send(messages.CmdC2S, 3, &devicepb.C2S{Payload: payload}) // 45 KiB > 40 KiB burst
+	d.Send(messages.CmdC2S, 3, &devicepb.C2S{Payload: payload}) // 45 KiB > 40 KiB burst: it waits
+	tg.waitMetric(t, 1, "courier_gate_limit_hits_total", "limit", "byte_rate")
+	if n := len(tg.h.Frames()); n != 2 {
+		t.Fatalf("handler got %d frames, want the 2 within the burst", n)
+	}
+	// More while it waits: past what the gate holds (128 KiB), the end;
+	// the answer names the frame that waits.
+	for seq := uint32(4); ; seq++ {
+		if err := d.TrySend(messages.Header{Cmd: messages.CmdC2S, AppCode: app1, Seq: seq}, &devicepb.C2S{Payload: payload}); err != nil || seq > 100 {
+			break
+		}
+	}
 	d.ExpectError(devicepb.Code_RATE_LIMITED, 3)
 	d.ExpectClosed()
 	if n := len(tg.h.Frames()); n != 2 {
 		t.Fatalf("handler got %d frames, want the 2 within the burst", n)
 	}
-	tg.waitMetric(t, 1, "courier_gate_limit_hits_total", "limit", "byte_rate")
 }
 
 func TestConfiguredMaxFrameSize(t *testing.T) {

@@ -2,6 +2,7 @@ package gate
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 
 	"github.com/courier-im/courier/gate/wheel"
@@ -34,6 +35,12 @@ type loop struct {
 
 	drains    drainList  // connections whose queues wait (any goroutine, under its lock)
 	drainTask *drainTask // drains them (outbuf.go)
+
+	// held are the loop's connections with frames held back by the rate
+	// limits and a timer to read them again (conn.hold); under heldMu,
+	// which the timers take too. Few at a time: kept off conn.
+	heldMu sync.Mutex
+	held   map[*conn]bool
 }
 
 // decompress decodes a compressed body into the loop's buffer (valid

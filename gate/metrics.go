@@ -71,7 +71,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		bytesIn:        counter("bytes_in_total", "Bytes of whole frames received from devices."),
 		bytesOut:       counter("bytes_out_total", "Bytes written to devices."),
 		writeBatches:   counter("write_batches_total", "Batched writes of queued frames (one write each)."),
-		limitHits:      vec("limit_hits_total", "Times a limit refused or closed a connection, by limit.", "limit"),
+		limitHits:      vec("limit_hits_total", "Times a limit refused or closed a connection, or (frame_rate, byte_rate) held its frames back, by limit.", "limit"),
 		listHits:       vec("list_hits_total", "Connections or logins refused by a list, by list.", "list"),
 		slowClients:    counter("slow_client_disconnects_total", "Clients disconnected because their outbound queue or buffer was full."),
 		protocolErrors: vec("protocol_errors_total", "Protocol violations, by ERROR code (BAD_MAGIC: closed without an answer).", "code"),

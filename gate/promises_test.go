@@ -63,15 +63,20 @@ func TestCheckOrderWhenTwoChecksFail(t *testing.T) {
 }
 
 // TestRateLimitComesBeforeFlags: §5 check 4 before 5 — a frame over the
-// frame rate is answered RATE_LIMITED (and closed) even if its flags are
-// wrong too.
+// frame rate waits for the bucket before anything else is checked: its
+// wrong flags are answered (BAD_FLAGS, the connection stays) once its
+// turn comes, a second later.
 func TestRateLimitComesBeforeFlags(t *testing.T) {
 	tg := startGate(t, func(c *gate.Config) { c.FramesPerSecond = 1; c.FrameBurst = 2 })
 	d, _ := tg.login(t, "quick", false) // the LOGIN takes one token
 	d.Send(messages.CmdC2S, 2, &devicepb.C2S{ClientMsgId: "a"})
+	sent := time.Now()
 	d.SendRaw(frame(messages.Header{Cmd: messages.CmdC2S, AppCode: app1, Seq: 3, Flags: 0x40}, mustMarshal(&devicepb.C2S{ClientMsgId: "b"})))
-	d.ExpectError(devicepb.Code_RATE_LIMITED, 3)
-	d.ExpectClosed()
+	d.ExpectError(devicepb.Code_BAD_FLAGS, 3)
+	if took := time.Since(sent); took < 500*time.Millisecond {
+		t.Fatalf("answered after %v: the frame over the rate did not wait", took)
+	}
+	d.Keepalive() // still open
 }
 
 // TestIgnoredParts: §2 — the reserved header byte is ignored on receipt,

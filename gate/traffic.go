@@ -66,8 +66,16 @@ func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
 			break
 		}
 		frames++
-		if limit := s.overRate(now, h.Cmd, total); limit != "" {
+		if limit, wait := s.overRate(now, h.Cmd, total); limit != "" {
 			g.metrics.limitHits.WithLabelValues(limit).Inc()
+			if c.InboundBuffered() <= s.maxHeld() {
+				// The frame and what follows it wait in gnet's buffer, in
+				// order, until the bucket has refilled: a client that
+				// bursts (an outbox flushed after a reconnect) is slowed
+				// down, not cut off.
+				s.hold(c, wait)
+				break
+			}
 			l.sendError(s.replyApp(h), h.Seq, devicepb.Code_RATE_LIMITED, "sending too fast")
 			s.closeReason = CloseRateLimited
 			act = gnet.Close
@@ -100,16 +108,50 @@ func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
 // overRate takes a frame of cmd and size bytes from the connection's
 // buckets and names the limit that ran dry, if one did. Acks the client
 // owes and its keepalives pass the frame limit on credit (ackcredit.go).
-func (s *conn) overRate(now int64, cmd messages.Cmd, size int) string {
+func (s *conn) overRate(now int64, cmd messages.Cmd, size int) (limit string, wait int64) {
 	cfg := &s.loop.g.cfg
+	if cfg.BytesPerSecond > 0 && !s.byteTokens.Take(now, int64(size), int64(cfg.BytesPerSecond), int64(cfg.ByteBurst)) {
+		return limitByteRate, s.byteTokens.Wait(now, int64(size), int64(cfg.BytesPerSecond))
+	}
 	if cfg.FramesPerSecond > 0 && !s.freeFrame(cmd, now) &&
 		!s.frameTokens.Take(now, 1, int64(cfg.FramesPerSecond), int64(cfg.FrameBurst)) {
-		return limitFrameRate
+		if cfg.BytesPerSecond > 0 {
+			s.byteTokens.Give(int64(size)) // the frame waits: taken again then
+		}
+		return limitFrameRate, s.frameTokens.Wait(now, 1, int64(cfg.FramesPerSecond))
 	}
-	if cfg.BytesPerSecond > 0 && !s.byteTokens.Take(now, int64(size), int64(cfg.BytesPerSecond), int64(cfg.ByteBurst)) {
-		return limitByteRate
+	return "", 0
+}
+
+// maxHeld bounds the bytes a connection over its rate may have waiting
+// in the gate (hold): two frames of the largest size, at least 128 KiB
+// (an outbox of hundreds of small frames). Beyond, it is answered
+// RATE_LIMITED and closed.
+func (s *conn) maxHeld() int {
+	return max(2*(int(s.loop.g.cfg.MaxFrameSize)+messages.HeaderSize), 128<<10)
+}
+
+// hold has OnTraffic called again wait ns from now, when the buckets
+// have refilled for the frame that ran them dry; until then what the
+// connection sent waits in gnet's buffer. New data arriving meanwhile
+// calls it too (and finds the buckets dry, or not).
+func (s *conn) hold(c gnet.Conn, wait int64) {
+	l := s.loop
+	l.heldMu.Lock()
+	defer l.heldMu.Unlock()
+	if l.held[s] {
+		return // a timer is set
 	}
-	return ""
+	if l.held == nil {
+		l.held = map[*conn]bool{}
+	}
+	l.held[s] = true
+	time.AfterFunc(time.Duration(wait), func() {
+		l.heldMu.Lock()
+		delete(l.held, s)
+		l.heldMu.Unlock()
+		_ = c.Wake(nil) // a closed connection: nothing to do
+	})
 }
 
 // replyApp is the appcode of answers: the login's once logged in, else

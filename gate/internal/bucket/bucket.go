@@ -37,3 +37,15 @@ func (b *Bucket) Take(now, n, perSecond, burst int64) bool {
 	b.tokens -= n
 	return true
 }
+
+// Wait returns how long after now, at perSecond, the bucket has n tokens
+// (0 if it has them now). Call it after a Take at now that failed.
+func (b *Bucket) Wait(now, n, perSecond int64) int64 {
+	if b.tokens >= n {
+		return 0
+	}
+	return max((n-b.tokens)*second/perSecond-(now-b.last), 1)
+}
+
+// Give returns n tokens taken by a Take whose use was called off.
+func (b *Bucket) Give(n int64) { b.tokens += n }

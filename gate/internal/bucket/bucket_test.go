@@ -48,3 +48,24 @@ func TestRefillCapsAtBurstAndBigTakes(t *testing.T) {
 		t.Fatal("take above burst allowed")
 	}
 }
+
+func TestWait(t *testing.T) {
+	var b Bucket
+	now := int64(1)
+	for b.Take(now, 1, 100, 10) {
+	}
+	if w := b.Wait(now, 1, 100); w != 10*ms {
+		t.Fatalf("dry at 100/s: a token in %v ns, want 10 ms", w)
+	}
+	now += 4 * ms
+	if b.Take(now, 1, 100, 10) {
+		t.Fatal("a token after 4 ms")
+	}
+	if w := b.Wait(now, 1, 100); w != 6*ms {
+		t.Fatalf("4 ms later: a token in %v ns, want 6 ms", w)
+	}
+	now += 6 * ms
+	if w := b.Wait(now, 3, 100); w <= 0 || !b.Take(now, 1, 100, 10) {
+		t.Fatalf("after the wait: %v, no token", w)
+	}
+}
