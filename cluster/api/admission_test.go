@@ -514,14 +514,17 @@ func TestKeylessConnectionsAreClosed(t *testing.T) {
 			}
 		}()
 	}
-	testkit.Eventually(t, 10*time.Second, func() bool { return testutil.ToFloat64(s.srv.adm.keylessClosed) == 2 },
-		"keyless connections were not closed down to half the cap")
+	// (A loaded machine may see a connection more, the client's own
+	// reconnect: the count is of what is left open, not of the closed.)
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return testutil.ToFloat64(s.srv.adm.keylessClosed) >= 2 && testutil.ToFloat64(s.srv.adm.connsOpen) <= 2
+	}, "keyless connections were not closed down to half the cap")
 	time.Sleep(time.Second)
-	if n := len(closed); n != 2 {
-		t.Fatalf("%d keyless connections closed, want 2 (down to half the cap)", n)
+	if n := len(closed); n < 2 || n > 3 {
+		t.Fatalf("%d of the 3 keyless connections closed, want 2 (down to half the cap)", n)
 	}
 	if got := testutil.ToFloat64(s.srv.adm.connsOpen); got != 2 {
-		t.Fatalf("courier_api_connections %v, want 2", got)
+		t.Fatalf("courier_api_connections %v, want 2: reaping stops at half the cap", got)
 	}
 	// The connection with a key was kept.
 	if _, err := s.client.Push(authed(t, 10*time.Second), &apipb.PushRequest{AppCode: 1, Uid: "u"}); err != nil {
