@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -97,4 +98,30 @@ func TestNodeActorAnswersLeaseChecksPastSlowWork(t *testing.T) {
 		v := sys.View()
 		return v.Self.ID != first && v.Self.Live()
 	}, "the node did not rejoin after a member said its instance is out")
+}
+
+// TestDepartedAddressesForgotten: the way to a member's gate and the PID
+// of its replies actor were kept per address for good; members coming
+// back at new addresses (pod IPs) grew them for the life of the process.
+// A view without the address drops them.
+func TestDepartedAddressesForgotten(t *testing.T) {
+	s := &System{address: "10.0.0.1:7003"}
+	s.localPath = &gatePath{}
+	s.paths.Store(s.address, s.localPath)
+	for _, a := range []string{"10.0.0.2:7003", "10.0.0.9:7003"} {
+		s.paths.Store(a, &gatePath{})
+		s.replyPIDs.Store(a, actor.NewPID(a, "replies"))
+	}
+	s.forgetDeparted(&membership.View{Members: []membership.Member{{ID: "b", Address: "10.0.0.2:7003", Health: membership.HealthPassing}}})
+	for _, m := range []*sync.Map{&s.paths, &s.replyPIDs} {
+		if _, ok := m.Load("10.0.0.9:7003"); ok {
+			t.Fatal("state of a departed address kept")
+		}
+		if _, ok := m.Load("10.0.0.2:7003"); !ok {
+			t.Fatal("state of a member's address dropped")
+		}
+	}
+	if _, ok := s.paths.Load(s.address); !ok {
+		t.Fatal("this node's own path dropped")
+	}
 }

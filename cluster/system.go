@@ -310,6 +310,7 @@ func (s *System) onView(v *membership.View) {
 	p := newPlacement(addrs, s.cfg.Shards, v.Seq, shardsIn(v))
 	s.placement.Store(p)
 	s.syncGates(v)
+	s.forgetDeparted(v)
 	s.metrics.members.Set(float64(len(addrs)))
 	s.log.Info("cluster: placement", "live_members", len(v.Live(0)), "actor_members", len(addrs), "view", v.Seq)
 	if s.newChild != nil {
@@ -345,6 +346,29 @@ func shardsIn(v *membership.View) func(string) int {
 
 // Address is this node's address in the cluster.
 func (s *System) Address() string { return s.address }
+
+// forgetDeparted drops what this node keeps per member address (the way
+// to its gate, the PID of its replies actor) for the addresses no member
+// of v has any more: members coming back at new addresses (pod IPs) grew
+// them for the life of the process.
+func (s *System) forgetDeparted(v *membership.View) {
+	addrs := map[string]bool{s.address: true}
+	for _, m := range v.Members {
+		addrs[m.Address] = true
+	}
+	s.replyPIDs.Range(func(k, _ any) bool {
+		if !addrs[k.(string)] {
+			s.replyPIDs.Delete(k)
+		}
+		return true
+	})
+	s.paths.Range(func(k, p any) bool {
+		if !addrs[k.(string)] && p != s.localPath {
+			s.paths.Delete(k)
+		}
+		return true
+	})
+}
 
 // Members returns the addresses of the members that host identities.
 func (s *System) Members() []string {
