@@ -122,6 +122,7 @@ func (e *events) OnClose(c gnet.Conn, err error) gnet.Action {
 	g := e.g
 	c.SetContext(nil)
 	s.closed = true
+	s.unhold()
 	s.loop.wheel.Remove(&s.node)
 	g.reg.del(s.id)
 	s.mu.Lock()

@@ -14,3 +14,15 @@ func ConnLocked(g *Gate, id ConnID) bool {
 	s.mu.Unlock()
 	return false
 }
+
+// HeldConns counts the connections with frames held back by the rate
+// limits and a timer set to read them again.
+func HeldConns(g *Gate) int {
+	n := 0
+	g.eachLoop(func(l *loop) {
+		l.heldMu.Lock()
+		n += len(l.held)
+		l.heldMu.Unlock()
+	})
+	return n
+}

@@ -214,6 +214,9 @@ func TestByteRateLimit(t *testing.T) {
 	if n := len(tg.h.Frames()); n != 2 {
 		t.Fatalf("handler got %d frames, want the 2 within the burst", n)
 	}
+	if n := gate.HeldConns(tg.Gate); n != 1 {
+		t.Fatalf("%d connections held, want 1", n)
+	}
 	// More while it waits: past what the gate holds (128 KiB), the end;
 	// the answer names the frame that waits.
 	for seq := uint32(4); ; seq++ {
@@ -226,6 +229,9 @@ func TestByteRateLimit(t *testing.T) {
 	if n := len(tg.h.Frames()); n != 2 {
 		t.Fatalf("handler got %d frames, want the 2 within the burst", n)
 	}
+	// Its timer (about 50 s away) went with the connection: nothing of it
+	// outlives the gate.
+	testkit.Eventually(t, wait, func() bool { return gate.HeldConns(tg.Gate) == 0 }, "a closed connection's hold timer left")
 }
 
 func TestConfiguredMaxFrameSize(t *testing.T) {

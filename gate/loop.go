@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/courier-im/courier/gate/wheel"
 	"github.com/courier-im/courier/messages"
@@ -40,7 +41,7 @@ type loop struct {
 	// limits and a timer to read them again (conn.hold); under heldMu,
 	// which the timers take too. Few at a time: kept off conn.
 	heldMu sync.Mutex
-	held   map[*conn]bool
+	held   map[*conn]*time.Timer
 }
 
 // decompress decodes a compressed body into the loop's buffer (valid

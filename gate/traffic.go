@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"strconv"
@@ -67,15 +68,17 @@ func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
 		}
 		frames++
 		if limit, wait := s.overRate(now, h.Cmd, total); limit != "" {
-			g.metrics.limitHits.WithLabelValues(limit).Inc()
 			if c.InboundBuffered() <= s.maxHeld() {
 				// The frame and what follows it wait in gnet's buffer, in
 				// order, until the bucket has refilled: a client that
 				// bursts (an outbox flushed after a reconnect) is slowed
 				// down, not cut off.
-				s.hold(c, wait)
+				if s.hold(c, wait) {
+					g.metrics.limitHits.WithLabelValues(limit).Inc()
+				}
 				break
 			}
+			g.metrics.limitHits.WithLabelValues(limit).Inc()
 			l.sendError(s.replyApp(h), h.Seq, devicepb.Code_RATE_LIMITED, "sending too fast")
 			s.closeReason = CloseRateLimited
 			act = gnet.Close
@@ -125,33 +128,64 @@ func (s *conn) overRate(now int64, cmd messages.Cmd, size int) (limit string, wa
 
 // maxHeld bounds the bytes a connection over its rate may have waiting
 // in the gate (hold): two frames of the largest size, at least 128 KiB
-// (an outbox of hundreds of small frames). Beyond, it is answered
-// RATE_LIMITED and closed.
+// (an outbox of hundreds of small frames); one frame until it is logged
+// in. Beyond, it is answered RATE_LIMITED and closed.
 func (s *conn) maxHeld() int {
-	return max(2*(int(s.loop.g.cfg.MaxFrameSize)+messages.HeaderSize), 128<<10)
+	frame := int(s.loop.g.cfg.MaxFrameSize) + messages.HeaderSize
+	if s.state != stateLoggedIn {
+		return frame
+	}
+	return max(2*frame, 128<<10)
 }
 
 // hold has OnTraffic called again wait ns from now, when the buckets
 // have refilled for the frame that ran them dry; until then what the
 // connection sent waits in gnet's buffer. New data arriving meanwhile
 // calls it too (and finds the buckets dry, or not).
-func (s *conn) hold(c gnet.Conn, wait int64) {
+// It reports whether it set a timer (false: one was set already).
+func (s *conn) hold(c gnet.Conn, wait int64) bool {
 	l := s.loop
 	l.heldMu.Lock()
 	defer l.heldMu.Unlock()
-	if l.held[s] {
-		return // a timer is set
+	if l.held[s] != nil {
+		return false
 	}
 	if l.held == nil {
-		l.held = map[*conn]bool{}
+		l.held = map[*conn]*time.Timer{}
 	}
-	l.held[s] = true
-	time.AfterFunc(time.Duration(wait), func() {
+	var t *time.Timer
+	t = time.AfterFunc(time.Duration(wait), func() {
 		l.heldMu.Lock()
-		delete(l.held, s)
+		mine := l.held[s] == t
+		if mine {
+			delete(l.held, s)
+		}
 		l.heldMu.Unlock()
-		_ = c.Wake(nil) // a closed connection: nothing to do
+		if !mine {
+			return // the connection closed meanwhile (unhold)
+		}
+		// On the loop, and only while the engine runs (Execute refuses
+		// after it stopped; Wake would write to its closed eventfd).
+		_ = l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			if !s.closed {
+				_ = c.Wake(nil)
+			}
+			return nil
+		}))
 	})
+	l.held[s] = t
+	return true
+}
+
+// unhold stops the timer of a connection that closed with frames held.
+func (s *conn) unhold() {
+	l := s.loop
+	l.heldMu.Lock()
+	if t := l.held[s]; t != nil {
+		t.Stop()
+		delete(l.held, s)
+	}
+	l.heldMu.Unlock()
 }
 
 // replyApp is the appcode of answers: the login's once logged in, else
