@@ -69,12 +69,14 @@ type admission struct {
 	maxAppPushes int64
 	mu           sync.Mutex
 	open, over   int
+	reaping      int             // keyless connections being closed, still in open
 	overAddrs    map[string]bool // remote addresses of connections over the cap
 	// keyless are the connections within the cap that have made no call
 	// with a key yet, by remote address: past half the cap, one that
 	// makes none for keylessGrace is closed (reapKeyless), so that
 	// clients without a key cannot hold the slots app-servers need.
 	keyless       map[string]*limitedConn
+	nKeyless      atomic.Int32 // len(keyless), read without mu
 	keylessClosed prometheus.Counter
 	keylessGrace  time.Duration // keylessGrace (tests shorten it)
 
@@ -275,10 +277,7 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 // keyed notes that ctx's connection made a call with a key: it is no
 // longer reaped as keyless.
 func (a *admission) keyed(ctx context.Context) {
-	a.mu.Lock()
-	n := len(a.keyless)
-	a.mu.Unlock()
-	if n == 0 {
+	if a.nKeyless.Load() == 0 {
 		return
 	}
 	p, ok := peer.FromContext(ctx)
@@ -288,6 +287,7 @@ func (a *admission) keyed(ctx context.Context) {
 	key := p.Addr.String()
 	a.mu.Lock()
 	delete(a.keyless, key)
+	a.nKeyless.Store(int32(len(a.keyless)))
 	a.mu.Unlock()
 }
 
@@ -304,12 +304,17 @@ func (a *admission) reapKeyless(key string, lc *limitedConn) {
 		a.mu.Unlock()
 		return
 	}
-	if a.open <= a.maxConns/2 {
+	// Those being closed count out already: their slots are given back
+	// only once closed, and timers fire together.
+	if a.open-a.reaping <= a.maxConns/2 {
 		a.mu.Unlock()
 		time.AfterFunc(a.keylessGrace, func() { a.reapKeyless(key, lc) })
 		return
 	}
 	delete(a.keyless, key)
+	a.nKeyless.Store(int32(len(a.keyless)))
+	a.reaping++
+	lc.reaped = true
 	a.mu.Unlock()
 	a.keylessClosed.Inc()
 	_ = lc.Close()
@@ -361,13 +366,18 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			lc.release = func() {
 				a.mu.Lock()
 				a.open--
+				if lc.reaped {
+					a.reaping--
+				}
 				if a.keyless[key] == lc {
 					delete(a.keyless, key)
+					a.nKeyless.Store(int32(len(a.keyless)))
 				}
 				a.mu.Unlock()
 				a.connsOpen.Dec()
 			}
 			a.keyless[key] = lc
+			a.nKeyless.Store(int32(len(a.keyless)))
 			a.mu.Unlock()
 			a.connsOpen.Inc()
 			time.AfterFunc(a.keylessGrace, func() { a.reapKeyless(key, lc) })
@@ -402,6 +412,7 @@ type limitedConn struct {
 	net.Conn
 	release func()
 	once    sync.Once
+	reaped  bool // closed as keyless (under the admission's mu)
 }
 
 func (c *limitedConn) Close() error {

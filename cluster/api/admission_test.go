@@ -520,8 +520,8 @@ func TestKeylessConnectionsAreClosed(t *testing.T) {
 		return testutil.ToFloat64(s.srv.adm.keylessClosed) >= 2 && testutil.ToFloat64(s.srv.adm.connsOpen) <= 2
 	}, "keyless connections were not closed down to half the cap")
 	time.Sleep(time.Second)
-	if n := len(closed); n < 2 || n > 3 {
-		t.Fatalf("%d of the 3 keyless connections closed, want 2 (down to half the cap)", n)
+	if n := len(closed); n < 1 || n > 2 {
+		t.Fatalf("%d of the 3 keyless connections closed, want 2 (down to half the cap; 1 if the client's own reconnect was one)", n)
 	}
 	if got := testutil.ToFloat64(s.srv.adm.connsOpen); got != 2 {
 		t.Fatalf("courier_api_connections %v, want 2: reaping stops at half the cap", got)

@@ -720,7 +720,7 @@ func TestRefreshAfterTheLeaseEndedRejoins(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(leases) > 0 && !leases[0] && b.View().Self.ID != old
-	}, "a refresh answered after the lease ran out renewed it: no lease lost, the same instance (%v)", leases)
+	}, "a refresh answered after the lease ran out renewed it: no lease lost, the same instance")
 }
 
 // TestOtherNodeChecksDoNotTakeMembersForGone: an operator's node check
