@@ -106,7 +106,8 @@ func (s *Postgres) commit(_ int, ws []pending) error {
 	defer cancel()
 	allowed, err := s.send(ctx, s.pool, b, len(ws))
 	if lockTimedOut(err) {
-		return s.commitSkippingLocked(ws)
+		// In what is left of store.timeout: the commit stays bounded by it.
+		return s.commitSkippingLocked(ctx, ws)
 	}
 	if err != nil {
 		return unavailable("commit", err)
@@ -170,13 +171,11 @@ func buildBatch(ws []pending, include func(i int) bool) (*pgBatch, error) {
 // the writer's was locked out, any other is fenced. The rest is the
 // usual batch, on the rows already locked. Two round trips, only after
 // a lock timeout.
-func (s *Postgres) commitSkippingLocked(ws []pending) error {
+func (s *Postgres) commitSkippingLocked(ctx context.Context, ws []pending) error {
 	full, err := buildBatch(ws, nil)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
-	defer cancel()
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return unavailable("commit", err)

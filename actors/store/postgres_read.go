@@ -186,7 +186,10 @@ func (s *Postgres) readBatch(batch []readReq) error {
 	// time left to read the others apart (readApart): at the session's
 	// lock_timeout (half of store.timeout) a batch with less than that
 	// left failed whole on its context instead.
-	lockWait := min(s.cfg.Timeout/2, time.Until(deadline)/2)
+	// Not below 25 ms: a claim waits for this node's own commit of the
+	// identity (its share lock, through the WAL flush), and one nearly
+	// expired read would otherwise send its whole batch apart for that.
+	lockWait := min(s.cfg.Timeout/2, max(time.Until(deadline)/2, 25*time.Millisecond))
 	err := s.sendReads(ctx, lockWait, loads, kApp, kUID, kKey, func(row int64, v []byte) {
 		i := kRead[row]
 		rec := &actorpb.IdempotencyRecord{}

@@ -227,9 +227,10 @@ func (r *reader) guard() {
 // shedQueued fails the queued reads past their deadline and queues the
 // others again.
 func (r *reader) shedQueued(now time.Time) {
+	var late, full []readReq
 	r.mu.RLock()
-	defer r.mu.RUnlock()
 	if r.closed {
+		r.mu.RUnlock()
 		return
 	}
 	var keep []readReq
@@ -238,7 +239,7 @@ take:
 		select {
 		case q := <-r.queue:
 			if !now.Before(q.deadline) {
-				q.fail(fmt.Errorf("%w: the read waited past its deadline for the store's readers, all held by reads that have not ended (a hung disk?)", ErrUnavailable))
+				late = append(late, q)
 				continue
 			}
 			keep = append(keep, q)
@@ -250,8 +251,17 @@ take:
 		select {
 		case r.queue <- q:
 		default:
-			q.fail(fmt.Errorf("%w: %d reads waiting for the store", ErrOverloaded, cap(r.queue)))
+			full = append(full, q)
 		}
+	}
+	r.mu.RUnlock()
+	// Answered outside the lock: a caller may submit again from its
+	// answer.
+	for _, q := range late {
+		q.fail(fmt.Errorf("%w: the read waited past its deadline for the store's readers, all held by reads that have not ended (a hung disk?)", ErrUnavailable))
+	}
+	for _, q := range full {
+		q.fail(fmt.Errorf("%w: %d reads waiting for the store", ErrOverloaded, cap(r.queue)))
 	}
 }
 
@@ -354,12 +364,14 @@ func (r *reader) close() {
 		}
 	}
 	close(r.queue)
-	if r.quit != nil {
-		close(r.quit)
-	}
 	r.mu.Unlock()
 	for _, q := range left {
 		q.fail(ErrClosed)
 	}
 	r.wg.Wait()
+	// The guard of a guarded reader stops last: until the reads under
+	// way have ended, it still answers those past their deadlines.
+	if r.quit != nil {
+		close(r.quit)
+	}
 }
