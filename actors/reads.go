@@ -18,7 +18,8 @@ import (
 // An actor never waits for a store read on its worker: it asks the store
 // (Store.LoadAsync, Store.IdempotencyAsync) and goes on; the answer
 // comes back as a message (readDone), or at once from a store that reads
-// inline (Pebble). While a read is outstanding the envelopes that arrive
+// inline (Pebble's idempotency lookups while its disk answers; its loads
+// go to reader goroutines). While a read is outstanding the envelopes that arrive
 // wait in the actor's stash, in arrival order, and are handled in that
 // order once it is answered, so the identity's order holds as if the
 // read had been synchronous. A presence query may be handled ahead of

@@ -18,7 +18,9 @@
 // answer through a function too. Both stores queue the read for a fixed
 // number of reader goroutines (reader): Pebble's read one at a time, in
 // microseconds unless the disk hangs or Pebble stalls writes (a claim
-// writes the owner epoch); PostgreSQL's reads of all identities that
+// writes the owner epoch), and Pebble answers idempotency lookups inline
+// while none of its reads is stuck and no commit has waited a second;
+// PostgreSQL's reads of all identities that
 // arrive while its round trips are in flight go together in the next
 // one. A read is answered by its
 // deadline, and one that finds the queue full fails at once

@@ -75,6 +75,9 @@ type reader struct {
 	readOne func(q readReq) (*Snapshot, []*actorpb.IdempotencyRecord, error)
 	slots   []*readerSlot // one per worker of a guarded reader
 	quit    chan struct{} // ends the guard
+	// stuck: at the guard's last look, a read had been under way for
+	// longer than stuckAfter (a hung disk, a write stall).
+	stuck atomic.Bool
 }
 
 // readerSlot is the read a worker of a guarded reader is doing.
@@ -150,6 +153,10 @@ func newReader(workers, queueLen, maxBatch int, read func([]readReq) error) *rea
 // past their deadline.
 const guardTick = 100 * time.Millisecond
 
+// stuckAfter is how long a read may be under way before the guard takes
+// the store for stuck (reader.stuck).
+const stuckAfter = 50 * time.Millisecond
+
 // newGuardedReader is a reader of reads that cannot be bounded by their
 // deadline (Pebble's: a hung disk holds a read for as long as it hangs).
 // Each worker reads one read at a time (read answers it), and a guard
@@ -209,7 +216,7 @@ func (r *reader) guard() {
 		case <-t.C:
 		}
 		now := r.now()
-		stuck := 0
+		stuck, slow := 0, false
 		for _, sl := range r.slots {
 			if q, ok := sl.expire(now); ok {
 				q.fail(fmt.Errorf("%w: the store did not answer the read by its deadline (a hung disk, or the store stalling its writes)", ErrUnavailable))
@@ -217,7 +224,9 @@ func (r *reader) guard() {
 			if sl.stuckSince(now.Add(-guardTick)) {
 				stuck++
 			}
+			slow = slow || sl.stuckSince(now.Add(-stuckAfter))
 		}
+		r.stuck.Store(slow)
 		if stuck == len(r.slots) {
 			r.shedQueued(now)
 		}
