@@ -106,24 +106,33 @@ func TestNoActivationAfterTheIdentityMoved(t *testing.T) {
 	}
 
 	// A sender that read the old placement delivers here.
+	routeLocalRefused(t, sys, "late", "a request for a moved identity")
+}
+
+// routeLocalRefused delivers a presence query for uid straight to this
+// node's shard, as a sender that checked placement and lease before they
+// changed would, and expects it refused UNAVAILABLE, with no actor
+// activated.
+func routeLocalRefused(t *testing.T, sys *System, uid, what string) {
+	t.Helper()
 	id, ch := sys.replies.register()
-	env := presence("late")
-	env.ReqId, env.ReplyAddress = id, sys.Address()
-	sys.routeLocal(identityHash(1, "late"), env)
+	env := &actorpb.Envelope{AppCode: 1, Uid: uid, ReqId: id, ReplyAddress: sys.Address(),
+		Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}}
+	sys.routeLocal(identityHash(1, uid), env)
 	select {
 	case r := <-ch:
 		if r.GetFailure().GetCode() != int32(codes.Unavailable) {
-			t.Fatalf("a request for a moved identity answered %v, want UNAVAILABLE", r)
+			t.Fatalf("%s answered %v, want UNAVAILABLE", what, r)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("no answer")
+		t.Fatalf("%s: no answer", what)
 	}
-	lsh := &sys.local[shard(identityHash(1, "late"), len(sys.local))]
-	lsh.mu.Lock()
-	_, activated := lsh.children[childKey{1, "late"}]
-	lsh.mu.Unlock()
+	sh := &sys.local[shard(identityHash(1, uid), len(sys.local))]
+	sh.mu.Lock()
+	_, activated := sh.children[childKey{1, uid}]
+	sh.mu.Unlock()
 	if activated {
-		t.Fatal("an identity this node does not own was activated here")
+		t.Fatalf("%s: the identity was activated here", what)
 	}
 }
 
@@ -153,23 +162,5 @@ func TestNoActivationWithoutALease(t *testing.T) {
 	// The lease lapses after the sender's check in route.
 	sys.leaseLapsedForTest.Store(true)
 	defer sys.leaseLapsedForTest.Store(false)
-	id, ch := sys.replies.register()
-	env := &actorpb.Envelope{AppCode: 1, Uid: "late", ReqId: id, ReplyAddress: sys.Address(),
-		Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}}
-	sys.routeLocal(identityHash(1, "late"), env)
-	select {
-	case r := <-ch:
-		if r.GetFailure().GetCode() != int32(codes.Unavailable) {
-			t.Fatalf("a request without a lease answered %v, want UNAVAILABLE", r)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no answer")
-	}
-	sh := &sys.local[shard(identityHash(1, "late"), len(sys.local))]
-	sh.mu.Lock()
-	_, activated := sh.children[childKey{1, "late"}]
-	sh.mu.Unlock()
-	if activated {
-		t.Fatal("an identity was activated on a node without its lease")
-	}
+	routeLocalRefused(t, sys, "late", "a request without a lease")
 }
