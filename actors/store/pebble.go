@@ -611,21 +611,28 @@ func (s *Pebble) lookupInline(id Identity, keys []string) (recs []*actorpb.Idemp
 		return nil, false, nil
 	}
 	defer s.mu.RUnlock()
+	recs, err = s.lookupLocked(id, keys)
+	return recs, true, err
+}
+
+// lookupLocked looks up keys of id as Idempotency does each; call with
+// mu held (read).
+func (s *Pebble) lookupLocked(id Identity, keys []string) ([]*actorpb.IdempotencyRecord, error) {
 	if s.closed {
-		return nil, true, ErrClosed
+		return nil, ErrClosed
 	}
 	now := s.now().UnixMilli()
-	recs = make([]*actorpb.IdempotencyRecord, len(keys))
+	recs := make([]*actorpb.IdempotencyRecord, len(keys))
 	for i, k := range keys {
 		rec, err := s.idemGet(idemKey(id, k))
 		if err != nil {
-			return nil, true, fmt.Errorf("idempotency key of %s: %w", id, err)
+			return nil, fmt.Errorf("idempotency key of %s: %w", id, err)
 		}
 		if rec != nil && (rec.ExpiresAtMs == 0 || rec.ExpiresAtMs > now) {
 			recs[i] = rec
 		}
 	}
-	return recs, true, nil
+	return recs, nil
 }
 
 // readOne is a read of the store's readers (newGuardedReader).
@@ -634,15 +641,10 @@ func (s *Pebble) readOne(q readReq) (*Snapshot, []*actorpb.IdempotencyRecord, er
 		snap, err := s.load(q.id, q.deadline)
 		return snap, nil, err
 	}
-	recs := make([]*actorpb.IdempotencyRecord, len(q.keys))
-	for i, k := range q.keys {
-		rec, err := s.Idempotency(context.Background(), q.id, k)
-		if err != nil {
-			return nil, nil, err
-		}
-		recs[i] = rec
-	}
-	return nil, recs, nil
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	recs, err := s.lookupLocked(q.id, q.keys)
+	return nil, recs, err
 }
 
 func (s *Pebble) idemRecord(k []byte) (*actorpb.IdempotencyRecord, error) {

@@ -186,16 +186,7 @@ func (s *Postgres) commitSkippingLocked(ctx context.Context, ws []pending) error
 		if err != nil {
 			return nil, err
 		}
-		got := make([]bool, len(ws))
-		for rows.Next() {
-			var i int32
-			if err := rows.Scan(&i); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			got[i] = true
-		}
-		return got, rows.Err()
+		return writeIndexes(rows, len(ws))
 	}
 	lockedNow, err := indexes(sqlFence + " SKIP LOCKED")
 	if err != nil {
@@ -304,21 +295,12 @@ func (s *Postgres) send(ctx context.Context, on batchSender, b *pgBatch, n int) 
 			return nil, err
 		}
 	}
-	allowed := make([]bool, n)
 	rows, err := br.Query()
 	if err != nil {
 		return nil, err
 	}
-	for rows.Next() {
-		var i int32
-		if err := rows.Scan(&i); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		allowed[i] = true
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	allowed, err := writeIndexes(rows, n)
+	if err != nil {
 		return nil, err
 	}
 	for range stmts - 1 {
@@ -331,4 +313,19 @@ func (s *Postgres) send(ctx context.Context, on batchSender, b *pgBatch, n int) 
 		return nil, err
 	}
 	return allowed, nil
+}
+
+// writeIndexes reads rows of write indexes (an owner check's answer) into
+// which of n writes they name, and closes rows.
+func writeIndexes(rows pgx.Rows, n int) ([]bool, error) {
+	defer rows.Close()
+	got := make([]bool, n)
+	for rows.Next() {
+		var i int32
+		if err := rows.Scan(&i); err != nil {
+			return nil, err
+		}
+		got[i] = true
+	}
+	return got, rows.Err()
 }
