@@ -453,13 +453,7 @@ func TestLeaseNeedsTheServers(t *testing.T) {
 	fb := &flaky{backend: b.be}
 	b.be = fb
 	b.SetConfirm(func(ctx context.Context, v *View) bool { return a.Vouch(v.Self.ID).Vouch })
-	var mu sync.Mutex
-	var leases []bool
-	b.OnLease(func(valid bool) {
-		mu.Lock()
-		leases = append(leases, valid)
-		mu.Unlock()
-	})
+	leases := recordLeases(b)
 	old := joinSeenBy(t, b, a)
 
 	fb.serversCut.Store(true)
@@ -484,9 +478,8 @@ func TestLeaseNeedsTheServers(t *testing.T) {
 	// The hooks hear of the lease right after it is valid (on the
 	// refresher's goroutine).
 	testkit.Eventually(t, 5*time.Second, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(leases) >= 2 && !leases[0] && leases[len(leases)-1]
+		l := leases()
+		return len(l) >= 2 && !l[0] && l[len(l)-1]
 	}, "lease hooks not told of the lease lost and then held")
 }
 
@@ -706,20 +699,13 @@ func TestRefreshAfterTheLeaseEndedRejoins(t *testing.T) {
 	}
 	fb := &latePass{backend: b.be, m: b}
 	b.be = fb
-	var mu sync.Mutex
-	var leases []bool
-	b.OnLease(func(valid bool) {
-		mu.Lock()
-		leases = append(leases, valid)
-		mu.Unlock()
-	})
+	leases := recordLeases(b)
 	old := joinSeenBy(t, b, a)
 	fb.slow.Store(true)
 	testkit.Eventually(t, 10*time.Second, func() bool { return fb.late.Load() > 0 }, "no refresh answered after the lease ran out")
 	testkit.Eventually(t, 10*time.Second, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(leases) > 0 && !leases[0] && b.View().Self.ID != old
+		l := leases()
+		return len(l) > 0 && !l[0] && b.View().Self.ID != old
 	}, "a refresh answered after the lease ran out renewed it: no lease lost, the same instance")
 }
 
@@ -801,5 +787,22 @@ func TestLeaveRemovesEveryInstance(t *testing.T) {
 	}
 	if len(svcs) != 0 {
 		t.Fatalf("registrations left after Leave: %v", slices.Collect(maps.Keys(svcs)))
+	}
+}
+
+// recordLeases records what m's lease hooks are told; the returned
+// function gives a copy so far.
+func recordLeases(m *Membership) func() []bool {
+	var mu sync.Mutex
+	var leases []bool
+	m.OnLease(func(valid bool) {
+		mu.Lock()
+		leases = append(leases, valid)
+		mu.Unlock()
+	})
+	return func() []bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(leases)
 	}
 }
