@@ -111,6 +111,18 @@ func (q *queue) pushFront(m *message) {
 	q.items[q.head] = m
 }
 
+// shrink gives back the room of a queue that held many more messages
+// than it does (a queue that never empties is never deleted, and its
+// slice would keep the room of its longest burst: up to QueueLen
+// pointers per msgtype, outside the byte budgets).
+func (q *queue) shrink() {
+	if n := q.len(); cap(q.items) > 64 && n <= cap(q.items)/4 {
+		items := make([]*message, n, max(2*n, 16))
+		copy(items, q.items[q.head:])
+		q.items, q.head = items, 0
+	}
+}
+
 func (q *queue) pop() *message {
 	m := q.items[q.head]
 	q.items[q.head] = nil
@@ -158,8 +170,13 @@ type Router struct {
 	now   func() time.Time
 	log   *slog.Logger
 
-	mu       sync.Mutex
-	queues   map[key]*queue
+	mu     sync.Mutex
+	queues map[key]*queue
+	// waiting are the queues of each app that dispatchLocked left
+	// holding messages (no subscriber that takes them had room): room
+	// freed in a subscriber's window (an ack, a resend) goes to them,
+	// whatever msgtype freed it.
+	waiting  map[uint16]map[uint32]*queue
 	subs     map[uint16][]*Subscriber
 	appBytes map[uint16]int64 // Size of what is held per app, queued or in flight
 	bytes    int64            // the sum of appBytes
@@ -181,7 +198,7 @@ type Router struct {
 func New(cfg Config, stats Stats) *Router {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	r := &Router{cfg: cfg, stats: stats, now: time.Now, queues: map[key]*queue{}, subs: map[uint16][]*Subscriber{},
+	r := &Router{cfg: cfg, stats: stats, now: time.Now, queues: map[key]*queue{}, waiting: map[uint16]map[uint32]*queue{}, subs: map[uint16][]*Subscriber{},
 		appBytes: map[uint16]int64{}, nextID: binary.LittleEndian.Uint64(b[:]) >> 2, log: slog.Default(), quit: make(chan struct{})}
 	r.wg.Add(1)
 	go r.expireLoop()
@@ -260,6 +277,12 @@ func (r *Router) dispatchLocked(k key, q *queue) {
 			}
 		}
 		if best == nil {
+			w := r.waiting[k.app]
+			if w == nil {
+				w = map[uint32]*queue{}
+				r.waiting[k.app] = w
+			}
+			w[k.msgtype] = q
 			return
 		}
 		r.rr++
@@ -276,6 +299,30 @@ func (r *Router) dispatchLocked(k key, q *queue) {
 		select {
 		case best.notify <- struct{}{}:
 		default:
+		}
+	}
+	r.notWaiting(k)
+}
+
+// notWaiting takes k's queue out of waiting (it is empty, or gone).
+func (r *Router) notWaiting(k key) {
+	if w := r.waiting[k.app]; w != nil {
+		delete(w, k.msgtype)
+		if len(w) == 0 {
+			delete(r.waiting, k.app)
+		}
+	}
+}
+
+// fillLocked hands s, which has room, what waits in the queues of its
+// app it takes.
+func (r *Router) fillLocked(s *Subscriber) {
+	for mt, q := range r.waiting[s.app] {
+		if s.closed || len(s.inflight) >= s.window {
+			return
+		}
+		if s.takes(mt) {
+			r.dispatchLocked(key{s.app, mt}, q)
 		}
 	}
 }
@@ -383,6 +430,10 @@ func (s *Subscriber) Ack(ids []uint64) {
 			r.dispatchLocked(k, q)
 		}
 	}
+	// The room may be for another msgtype's queue: one that waits
+	// would otherwise wait for that msgtype's next message (or, at a
+	// stop, for good).
+	r.fillLocked(s)
 }
 
 // Close ends the subscription: what it held unacknowledged goes back to
@@ -500,6 +551,9 @@ func (r *Router) expire() {
 		}
 		if q.len() == 0 {
 			delete(r.queues, k)
+			r.notWaiting(k)
+		} else {
+			q.shrink()
 		}
 	}
 }
@@ -528,6 +582,7 @@ func (r *Router) requeueLocked(back []*message, now time.Time, touched map[key]b
 // oldest first, at the front of their queues, as a closed subscriber's.
 func (r *Router) resendLocked(now time.Time) {
 	touched := map[key]bool{}
+	var freed []*Subscriber
 	for _, subs := range r.subs {
 		for _, s := range subs {
 			if s.resend <= 0 || s.closed {
@@ -541,11 +596,17 @@ func (r *Router) resendLocked(now time.Time) {
 					delete(s.inflight, id)
 				}
 			}
-			r.requeueLocked(back, now, touched)
+			if len(back) > 0 {
+				r.requeueLocked(back, now, touched)
+				freed = append(freed, s)
+			}
 		}
 	}
 	for k := range touched {
 		r.dispatchLocked(k, r.queues[k])
+	}
+	for _, s := range freed {
+		r.fillLocked(s)
 	}
 }
 
@@ -601,7 +662,7 @@ func (r *Router) Close() {
 			s.inflight, s.outbox = nil, nil
 		}
 	}
-	r.queues, r.appBytes, r.bytes = map[key]*queue{}, map[uint16]int64{}, 0
+	r.queues, r.waiting, r.appBytes, r.bytes = map[key]*queue{}, map[uint16]map[uint32]*queue{}, map[uint16]int64{}, 0
 	r.mu.Unlock()
 	close(r.quit)
 	r.wg.Wait()

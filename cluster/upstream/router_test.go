@@ -444,3 +444,92 @@ func TestPublishRefusesWhatNoDeliveryCanCarry(t *testing.T) {
 		t.Fatalf("a C2S of %d bytes: %v", Size(big), err)
 	}
 }
+
+// TestAckFillsEveryWaitingMsgtype: room freed by an ack of one msgtype
+// goes to another msgtype's queue that waited for room, not only to the
+// acknowledged msgtype's (a rare SOS behind a GPS flood waited for the
+// next SOS, and at a stop for good).
+func TestAckFillsEveryWaitingMsgtype(t *testing.T) {
+	cfg := DefaultConfig()
+	r := New(cfg, nil)
+	defer r.Close()
+	s, err := r.Subscribe(1, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*apipb.UpstreamMessage{msg(1, 1, "gps"), msg(1, 2, "sos")} {
+		if err := r.Publish(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := take(t, s)
+	if len(got) != 1 || got[0].MsgId != "gps" {
+		t.Fatalf("first batch %v, want gps alone (window 1)", got)
+	}
+	s.Ack([]uint64{got[0].DeliveryId})
+	if got = take(t, s); len(got) != 1 || got[0].MsgId != "sos" {
+		t.Fatalf("after the ack: %v, want sos", got)
+	}
+	s.Ack([]uint64{got[0].DeliveryId})
+	if n := r.Queued(); n != 0 {
+		t.Fatalf("%d still queued", n)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.waiting) != 0 {
+		t.Fatalf("waiting index kept %v after the queues emptied", r.waiting)
+	}
+}
+
+// TestResendFillsEveryWaitingMsgtype: a resend frees the window too; a
+// subscriber whose resent delivery went to another takes what waits in
+// its other msgtypes' queues.
+func TestResendFillsEveryWaitingMsgtype(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.ResendAfter = time.Minute
+	r := New(cfg, nil)
+	defer r.Close()
+	now := time.Now()
+	r.mu.Lock()
+	r.now = func() time.Time { return now }
+	r.mu.Unlock()
+	a, _ := r.Subscribe(1, nil, 1) // takes all, window 1; its deliveries are resent
+	a.ResendAfter()
+	if err := r.Publish(msg(1, 1, "gps")); err != nil {
+		t.Fatal(err)
+	}
+	if got := take(t, a); len(got) != 1 || got[0].MsgId != "gps" {
+		t.Fatalf("a got %v, want gps", got)
+	}
+	b, _ := r.Subscribe(1, []uint32{1}, 1) // takes msgtype 1 only
+	if err := r.Publish(msg(1, 2, "sos")); err != nil { // waits: a is full, b does not take 2
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	now = now.Add(2 * time.Minute)
+	r.rr = 1 // the resent gps goes to b (b first among the least loaded)
+	r.mu.Unlock()
+	r.expire()
+	if got := take(t, b); len(got) != 1 || got[0].MsgId != "gps" {
+		t.Fatalf("b got %v, want the resent gps", got)
+	}
+	if got := take(t, a); len(got) != 1 || got[0].MsgId != "sos" {
+		t.Fatalf("a got %v, want sos", got)
+	}
+}
+
+// TestQueueShrinksAfterABurst: a queue that never empties does not keep
+// the room of its longest burst.
+func TestQueueShrinksAfterABurst(t *testing.T) {
+	q := &queue{}
+	for range 10000 {
+		q.push(&message{})
+	}
+	for range 9990 {
+		q.pop()
+	}
+	q.shrink()
+	if c := cap(q.items); c > 64 || q.len() != 10 {
+		t.Fatalf("after shrink: len %d cap %d", q.len(), c)
+	}
+}
