@@ -497,9 +497,18 @@ type fanin struct {
 	// never has more than a window out.
 	window  int
 	waiting map[string]int
-	notify  chan struct{}
-	done    chan struct{}
-	closed  bool
+	// heldN counts held by gate, and order lists each gate's held ids
+	// oldest first (with acknowledged ones among them, dropped lazily).
+	// A gate never has more than a window out to the subscription: past
+	// that, what is held of it was taken back by the gate and resent to
+	// another stream (an app-server that reads but does not acknowledge),
+	// and the oldest is forgotten; kept, every resend-after would add a
+	// window of entries for as long as the stream lived.
+	heldN  map[string]int
+	order  map[string][]uint64
+	notify chan struct{}
+	done   chan struct{}
+	closed bool
 }
 
 type origin struct {
@@ -512,7 +521,7 @@ func newFanin(window int) *fanin {
 	// still sends from its previous stream do not match this one's.
 	start := mrand.Uint64N(1 << 62)
 	return &fanin{lastID: start, taken: start, origin: map[uint64]origin{}, held: map[origin]uint64{},
-		window: max(window, 1), waiting: map[string]int{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
+		window: max(window, 1), waiting: map[string]int{}, heldN: map[string]int{}, order: map[string][]uint64{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // deliver takes messages from gate; shared says they belong to a local
@@ -534,6 +543,8 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 		f.lastID++
 		f.origin[f.lastID] = o
 		f.held[o] = f.lastID
+		f.heldN[gate]++
+		f.order[gate] = append(f.order[gate], f.lastID)
 		m.DeliveryId = f.lastID
 		f.outbox = append(f.outbox, m)
 		f.waiting[gate]++
@@ -541,6 +552,10 @@ func (f *fanin) deliver(gate string, msgs []*apipb.UpstreamMessage, shared bool)
 	if over := f.waiting[gate] - f.window; over > 0 && !shared {
 		f.forgetOldest(gate, over)
 	}
+	if !shared {
+		f.forgetTaken(gate)
+	}
+	f.compactOrder(gate)
 	select {
 	case f.notify <- struct{}{}:
 	default:
@@ -554,10 +569,7 @@ func (f *fanin) forgetOldest(gate string, n int) {
 	for _, m := range f.outbox {
 		if n > 0 {
 			if o := f.origin[m.DeliveryId]; o.gate == gate {
-				delete(f.origin, m.DeliveryId)
-				if f.held[o] == m.DeliveryId {
-					delete(f.held, o)
-				}
+				f.forget(m.DeliveryId, o)
 				f.waiting[gate]--
 				n--
 				continue
@@ -567,6 +579,50 @@ func (f *fanin) forgetOldest(gate string, n int) {
 	}
 	clear(f.outbox[len(kept):])
 	f.outbox = kept
+}
+
+// forget drops the delivery id of origin o (f.mu held).
+func (f *fanin) forget(id uint64, o origin) {
+	delete(f.origin, id)
+	if f.held[o] == id {
+		delete(f.held, o)
+	}
+	if f.heldN[o.gate]--; f.heldN[o.gate] <= 0 {
+		delete(f.heldN, o.gate)
+	}
+}
+
+// forgetTaken forgets gate's oldest deliveries taken and not
+// acknowledged while it holds more than a window of them (see heldN).
+func (f *fanin) forgetTaken(gate string) {
+	ids := f.order[gate]
+	for f.heldN[gate] > f.window && len(ids) > 0 && ids[0] <= f.taken {
+		if o, ok := f.origin[ids[0]]; ok {
+			f.forget(ids[0], o)
+		}
+		ids = ids[1:]
+	}
+	f.order[gate] = ids
+}
+
+// compactOrder drops the acknowledged ids from gate's order once they
+// are most of it (f.mu held).
+func (f *fanin) compactOrder(gate string) {
+	ids := f.order[gate]
+	if len(ids) <= 2*f.heldN[gate]+64 {
+		return
+	}
+	kept := make([]uint64, 0, f.heldN[gate])
+	for _, id := range ids {
+		if o, ok := f.origin[id]; ok && o.gate == gate {
+			kept = append(kept, id)
+		}
+	}
+	if len(kept) == 0 {
+		delete(f.order, gate)
+		return
+	}
+	f.order[gate] = kept
 }
 
 // take returns the next deliveries: at most maxN messages and maxBytes
@@ -630,12 +686,12 @@ func (f *fanin) ack(ids []uint64) map[string][]uint64 {
 			continue
 		}
 		if o, ok := f.origin[id]; ok {
-			delete(f.origin, id)
-			if f.held[o] == id {
-				delete(f.held, o)
-			}
+			f.forget(id, o)
 			out[o.gate] = append(out[o.gate], o.id)
 		}
+	}
+	for g := range out {
+		f.compactOrder(g)
 	}
 	return out
 }

@@ -547,3 +547,53 @@ func waitReleased(t *testing.T, r *Router) {
 		t.Fatalf("%d bytes still held after every delivery was acknowledged", b)
 	}
 }
+
+// TestFaninOfAnUnacknowledgingStreamStaysBounded: an app-server that
+// reads but never acknowledges; every resend-after its gate takes the
+// window back (resends it to another stream) and sends this one a new
+// window. The fan-in keeps at most a window of the gate's.
+func TestFaninOfAnUnacknowledgingStreamStaysBounded(t *testing.T) {
+	const window = 100
+	f := newFanin(window)
+	defer f.close()
+	id := uint64(0)
+	for range 50 {
+		msgs := make([]*apipb.UpstreamMessage, window)
+		for j := range msgs {
+			id++
+			msgs[j] = &apipb.UpstreamMessage{DeliveryId: id}
+		}
+		f.deliver("other", msgs, false)
+		if got := f.take(nil, window, 1<<30); len(got) != window {
+			t.Fatalf("took %d, want %d", len(got), window)
+		}
+	}
+	f.mu.Lock()
+	n, h, o := len(f.origin), len(f.held), len(f.order["other"])
+	f.mu.Unlock()
+	if n > window || h > window || o > 2*window+64 {
+		t.Fatalf("holds %d origins, %d held, %d ordered: want at most a window (%d)", n, h, o, window)
+	}
+	// The newest window is still acknowledged through to its gate.
+	acked := f.ack([]uint64{f.taken})
+	if len(acked["other"]) != 1 || acked["other"][0] != id {
+		t.Fatalf("ack of the newest: %v, want other's %d", acked, id)
+	}
+}
+
+// TestFaninOrderStaysBoundedWhenAcknowledged: a stream that acknowledges
+// everything keeps no list of ids behind.
+func TestFaninOrderStaysBoundedWhenAcknowledged(t *testing.T) {
+	f := newFanin(10)
+	defer f.close()
+	for i := range 10_000 {
+		f.deliver("g", []*apipb.UpstreamMessage{{DeliveryId: uint64(i + 1)}}, false)
+		got := f.take(nil, 10, 1<<20)
+		f.ack([]uint64{got[0].DeliveryId})
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.order["g"]) > 100 || len(f.origin) != 0 || len(f.heldN) != 0 {
+		t.Fatalf("order %d, origin %d, heldN %v after every delivery was acknowledged", len(f.order["g"]), len(f.origin), f.heldN)
+	}
+}

@@ -501,7 +501,7 @@ func TestResendFillsEveryWaitingMsgtype(t *testing.T) {
 	if got := take(t, a); len(got) != 1 || got[0].MsgId != "gps" {
 		t.Fatalf("a got %v, want gps", got)
 	}
-	b, _ := r.Subscribe(1, []uint32{1}, 1) // takes msgtype 1 only
+	b, _ := r.Subscribe(1, []uint32{1}, 1)              // takes msgtype 1 only
 	if err := r.Publish(msg(1, 2, "sos")); err != nil { // waits: a is full, b does not take 2
 		t.Fatal(err)
 	}
