@@ -199,6 +199,10 @@ type deviceActor struct {
 	// machine that panics again and again (a record this binary cannot
 	// handle) is not reloaded by itself more than maxCrashReloads times.
 	crashes uint8
+	// refusals counts the loginRefused posted and not handled yet: the
+	// actor does not passivate before it applied them (a close that
+	// needs a load would be cut off by the stop).
+	refusals uint16
 	// writeFails counts the store writes that failed in a row: from the
 	// second, the reload that follows waits (scheduleReload). Only a write
 	// that succeeds clears it: a store that refuses every write still
@@ -281,10 +285,15 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	case loginRefused:
 		// Not an envelope: it does not count in the passivation
 		// handshake (the router did not send it).
+		a.refusals--
+		env := &actorpb.Envelope{AppCode: uint32(a.id.App), Uid: a.id.UID, Body: &actorpb.Envelope_Closed{Closed: m.c}}
 		if a.retired || a.handingOff {
+			// The identity's next actor (here or at its new owner) ends
+			// the session: dropped, it stayed online in the store.
+			a.deps.Router.Send(env)
 			return
 		}
-		a.envelope(ctx, &actorpb.Envelope{AppCode: uint32(a.id.App), Uid: a.id.UID, Body: &actorpb.Envelope_Closed{Closed: m.c}})
+		a.envelope(ctx, env)
 	case drainStash:
 	case *writeDone:
 		a.writing = false
@@ -309,7 +318,15 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		}
 	case detachedDone:
 		a.detached--
-		if a.retired || a.d == nil {
+		if a.retired {
+			return
+		}
+		if a.d == nil {
+			// Its machine was dropped (a failed write, a panic) while the
+			// deletion was out: a handoff waiting for it ends now.
+			if a.handingOff {
+				a.finishHandoff(ctx)
+			}
 			return
 		}
 		if m.fenced && m.owner == a.d.Owner() {
@@ -322,6 +339,12 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		}
 	case slotFree:
 		a.slotWait = false
+		if a.retired || a.d == nil || !a.d.WriteReady() {
+			// Nothing to write after all (the machine was dropped
+			// meanwhile): the freed slot this wake-up stands for goes to
+			// the next waiter, or it would wait for an unrelated write.
+			a.deps.Writes.Forget(a)
+		}
 	case tick:
 		a.timerAt = 0
 		if a.d != nil {
@@ -411,7 +434,7 @@ func (a *deviceActor) idle() bool {
 // quiet is idle but for the machine: nothing of the actor itself in flight.
 func (a *deviceActor) quiet() bool {
 	return a.seen > 0 && !a.retired && a.detached == 0 && !a.writing && !a.unapplied && !a.slotWait &&
-		a.read == nil && len(a.stash) == 0
+		a.read == nil && len(a.stash) == 0 && a.refusals == 0
 }
 
 // flushSettle is how long after writing its pending deletions an
@@ -923,6 +946,7 @@ func (a *deviceActor) perform(ctx actor.Context) {
 	a.sendEffects()
 	if c := a.refusedLogin; c != nil {
 		a.refusedLogin = nil
+		a.refusals++
 		ctx.ActorSystem().Root.Send(ctx.Self(), loginRefused{c})
 	}
 	next := d.NextDue()

@@ -1283,3 +1283,81 @@ func TestCloseBeforeItsLogin(t *testing.T) {
 	// Another connection logs in as usual.
 	h.login(alice, &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 8})
 }
+
+// TestHandoffEndsWhenTheMachineWentDuringADeletion: an actor handing off
+// whose write fails (its machine dropped) while a deletion flushed by the
+// handoff is still out finishes the handoff when the deletion completes;
+// it used to wait for its next timer, or for good without one (never
+// stopped, its handoff counted pending).
+func TestHandoffEndsWhenTheMachineWentDuringADeletion(t *testing.T) {
+	h := newActorHarness(t, func(c *Config) { c.PassivateAfter = time.Minute })
+	c1 := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.login(alice, c1)
+	for _, p := range []string{"x", "y"} {
+		if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte(p)})); rep.GetPush() == nil {
+			t.Fatalf("push: %v", rep)
+		}
+	}
+	// A second login stores the meta with the last seq: a deletion of the
+	// first message alone then needs no meta (it is detachable).
+	c2 := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 2}
+	h.r.mu.Lock()
+	h.r.conns = nil
+	h.r.mu.Unlock()
+	h.login(alice, c2)
+	var s2c []*actorpb.OutFrame
+	testkit.Eventually(t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) == 2 }, "no deliveries on the second connection")
+	// A kick's write (the meta) is held; both messages are acknowledged
+	// meanwhile, and the handoff flushes their deletion beside the kick's
+	// write, detached. Nothing is left to deliver: no timer of the actor
+	// runs.
+	release := h.store.holdWrites()
+	defer release()
+	replies := make(chan *actorpb.Reply, 1)
+	go func() { replies <- h.r.request(env(alice, &actorpb.Kick{})) }()
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.held.Load() == 1 }, "the kick was never written")
+	for _, f := range s2c {
+		var m devicepb.S2C
+		if err := proto.Unmarshal(f.Body, &m); err != nil {
+			t.Fatal(err)
+		}
+		ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: m.MsgId})
+		h.r.Send(env(alice, &actorpb.DeviceFrame{Conn: c2, Epoch: 2, Cmd: uint32(messages.CmdS2CAck), Body: ack}))
+	}
+	h.r.handoff(alice)
+	testkit.Eventually(t, 5*time.Second, func() bool { return len(h.store.queue) == 1 }, "the deletion was not written beside the kick")
+	h.store.mu.Lock()
+	h.store.failW = func(w *store.Write) error {
+		if w.Meta != nil {
+			return store.ErrUnavailable
+		}
+		return nil
+	}
+	h.store.mu.Unlock()
+	release()
+	<-replies
+	// At once: it used to end only at the actor's next timer (here the
+	// deliveries' retry, 2 s after they went out), or never without one.
+	testkit.Eventually(t, time.Second, func() bool { return h.r.count(h.r.handedOff, alice) == 1 }, "the actor did not finish its handoff when the deletion completed")
+}
+
+// TestLoginRefusedDuringAHandoffEndsTheSession: a LOGIN_ACK OK that went
+// out as a refusal (no lease) while the actor hands its identity off
+// still ends the session: its close goes to the identity's next actor
+// (it used to be dropped, leaving the session online in the store).
+func TestLoginRefusedDuringAHandoffEndsTheSession(t *testing.T) {
+	h := newActorHarness(t, func(c *Config) { c.PassivateAfter = time.Minute })
+	h.r.leaseless.Store(true)
+	release := h.store.holdWrites()
+	defer release()
+	c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+	h.r.Send(env(alice, &actorpb.DeviceLogin{Conn: c, Login: &devicepb.Login{Uid: alice.UID}, FrameSeq: 1}))
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.store.held.Load() == 1 }, "the login was never written")
+	h.r.handoff(alice)
+	release()
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.r.count(h.r.handedOff, alice) == 1 }, "the actor did not finish its handoff")
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		s := h.store.session(alice)
+		return s != nil && !s.GetOnline()
+	}, "the refused login's session stayed online")
+}
