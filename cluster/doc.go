@@ -19,6 +19,10 @@
 //     one goes away every identity actor in memory is told (a GateDown
 //     envelope), and actors that load later check their session against
 //     the set, so a session on a gate that is gone is over at once.
+//   - release.go: planned moves (a drain, a join) without fencing: the
+//     new owner of an identity asks its live previous owner to release
+//     it, and holds its envelopes until the previous owner's actor has
+//     completed its handoff (or 2 s), before it loads the identity.
 //   - lease.go: a node without its membership lease (it cannot be sure
 //     it is still a member) serves none of its identities, drops their
 //     actors, sends nothing to gates but refusals of the devices'

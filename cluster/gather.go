@@ -57,6 +57,8 @@ func (s *System) receiveNodeRequest(ctx actor.Context) {
 	switch {
 	case req.GetSeenOut() != nil:
 		s.members.SeenOut(req.GetSeenOut().GetMember())
+	case req.GetRelease() != nil:
+		s.answerRelease(req) // answered now, or by a timer or a handoff's end
 	case req.GetPing() != nil, req.GetLeaseCheck() != nil, s.nodeWork == nil:
 		s.Reply(req.ReplyAddress, s.answerNode(req))
 	default:

@@ -21,6 +21,11 @@ type childKey struct {
 type child struct {
 	pid       *actor.PID
 	forwarded uint64 // envelopes sent to it, under its shard's lock
+	// holding: the identity's previous owner is asked to release it
+	// (release.go); held are the envelopes counted for the actor and not
+	// sent to it yet, in order.
+	holding bool
+	held    []*actorpb.Envelope
 }
 
 // localShard is one shard of the identities this node hosts. Its lock is
@@ -90,8 +95,20 @@ func (s *System) routeLocal(hash uint64, env *actorpb.Envelope) {
 		sh.peak = max(sh.peak, len(sh.children))
 		s.metrics.active.Inc()
 		s.metrics.activations.Inc()
+		if from := s.releaseFrom(hash); from != "" && s.askRelease(from, k) {
+			c.holding = true
+			s.metrics.releaseAsked.Inc()
+		}
 	}
 	c.forwarded++
+	if c.holding {
+		if len(c.held) < releaseHoldMax {
+			c.held = append(c.held, env)
+			sh.mu.Unlock()
+			return
+		}
+		s.flushHeld(c)
+	}
 	s.actors.Root.Send(c.pid, env)
 	sh.mu.Unlock()
 }
@@ -159,19 +176,23 @@ func (s *System) handoff(pids []*actor.PID) {
 	}
 }
 
-// markHandingOff records that pid's actor is handing off, until
-// handoffEnded.
-func (s *System) markHandingOff(pid *actor.PID) {
-	if _, loaded := s.handingOff.LoadOrStore(pid.Id, struct{}{}); !loaded {
+// markHandingOff records that pid's actor, of identity k, is handing
+// off, until handoffEnded (under k's shard lock). What it held waiting
+// for a release goes to it first.
+func (s *System) markHandingOff(pid *actor.PID, k childKey, c *child) {
+	s.flushHeld(c)
+	if _, loaded := s.handingOff.LoadOrStore(pid.Id, k); !loaded {
 		s.handingOffN.Add(1)
 		s.metrics.handingOff.Inc()
+		s.handingOffKey(k)
 	}
 }
 
 func (s *System) handoffEnded(pid *actor.PID) {
-	if _, ok := s.handingOff.LoadAndDelete(pid.Id); ok {
+	if k, ok := s.handingOff.LoadAndDelete(pid.Id); ok {
 		s.handingOffN.Add(-1)
 		s.metrics.handingOff.Dec()
+		s.handoffEndedKey(k.(childKey))
 	}
 }
 
@@ -183,9 +204,10 @@ func (s *System) handoffsPending() int { return int(s.handingOffN.Load()) }
 // leave the routing at once, under their shard's lock, so that no
 // envelope is sent to them after the Handoff: every envelope they got
 // before it is theirs to complete. The new owner loads the identity from
-// the store at its next envelope (claiming it: a write of the old
-// activation that lands after that claim is fenced, and its caller is
-// told to retry).
+// the store at its next envelope, once this node answered that it
+// released it (release.go), or without that answer after a while
+// (claiming it: a write of the old activation that lands after that
+// claim is fenced, and its caller is told to retry).
 func (s *System) dropMoved(p *placement) {
 	for i := range s.local {
 		sh := &s.local[i]
@@ -197,7 +219,7 @@ func (s *System) dropMoved(p *placement) {
 				moved = append(moved, c.pid)
 				// Under the lock: a Retire of the actor after it (fenced)
 				// finds the entry and ends it.
-				s.markHandingOff(c.pid)
+				s.markHandingOff(c.pid, k, c)
 			}
 		}
 		sh.shrink()
@@ -218,9 +240,9 @@ func (s *System) dropAll() {
 		children := sh.children
 		sh.children, sh.peak = map[childKey]*child{}, 0
 		pids := make([]*actor.PID, 0, len(children))
-		for _, c := range children {
+		for k, c := range children {
 			pids = append(pids, c.pid)
-			s.markHandingOff(c.pid) // as in dropMoved
+			s.markHandingOff(c.pid, k, c) // as in dropMoved
 		}
 		sh.mu.Unlock()
 		s.metrics.active.Sub(float64(len(pids)))

@@ -8,10 +8,12 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 
 	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/messages/actorpb"
+	"github.com/courier-im/courier/testkit"
 )
 
 // TestShardShrinksAfterPassivations: a shard's map is rebuilt once it
@@ -163,4 +165,109 @@ func TestNoActivationWithoutALease(t *testing.T) {
 	sys.leaseLapsedForTest.Store(true)
 	defer sys.leaseLapsedForTest.Store(false)
 	routeLocalRefused(t, sys, "late", "a request without a lease")
+}
+
+// TestReleaseAnsweredOnceHandedOff: a member asked to release identities
+// answers once it neither owns them nor has an actor of them handing
+// off; one it still owns is answered when the wait runs out, as pending.
+func TestReleaseAnsweredOnceHandedOff(t *testing.T) {
+	sys := startEchoMember(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := sys.Request(ctx, &actorpb.Envelope{AppCode: 1, Uid: "held", Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}}); err != nil {
+		t.Fatal(err)
+	}
+	ask := func(uid string, wait time.Duration) chan *actorpb.Reply {
+		id, ch := sys.replies.register()
+		sys.answerRelease(&actorpb.NodeRequest{ReqId: id, ReplyAddress: sys.Address(), Body: &actorpb.NodeRequest_Release{
+			Release: &actorpb.Release{WaitMs: wait.Milliseconds(), Identities: []*actorpb.ReleaseIdentity{{AppCode: 1, Uid: uid}}}}})
+		return ch
+	}
+	// Owned here: answered when the wait runs out, with it pending.
+	owned := ask("held", 300*time.Millisecond)
+	select {
+	case r := <-owned:
+		t.Fatalf("answered %v while the identity is owned here", r)
+	case <-time.After(150 * time.Millisecond):
+	}
+	select {
+	case r := <-owned:
+		if r.GetReleased().GetPending() != 1 {
+			t.Fatalf("answered %v, want Released with 1 pending", r)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("not answered after its wait")
+	}
+
+	// The identity moves away; its actor's handoff is held up before the
+	// Handoff is sent.
+	gone := newPlacement(nil, sys.cfg.Shards, 99)
+	sys.placement.Store(gone)
+	hold := make(chan struct{})
+	var once sync.Once
+	unhold := func() { once.Do(func() { close(hold) }) }
+	defer unhold()
+	sys.beforeHandoff = func(pids []*actor.PID) {
+		if len(pids) > 0 {
+			<-hold
+		}
+	}
+	dropped := make(chan struct{})
+	go func() { sys.dropMoved(gone); close(dropped) }()
+	testkit.Eventually(t, 5*time.Second, func() bool { return sys.handoffsPending() == 1 }, "the handoff was not registered")
+	moving := ask("held", 5*time.Second)
+	if r := <-ask("never-here", 5*time.Second); r.GetReleased().GetPending() != 0 {
+		t.Fatalf("an identity never held here: %v", r)
+	}
+	select {
+	case r := <-moving:
+		t.Fatalf("answered %v while the actor hands off", r)
+	case <-time.After(150 * time.Millisecond):
+	}
+	unhold()
+	<-dropped
+	sys.beforeHandoff = nil
+	select {
+	case r := <-moving:
+		if r.GetReleased().GetPending() != 0 {
+			t.Fatalf("answered %v, want Released with none pending", r)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("not answered once the handoff ended")
+	}
+}
+
+// TestActivationHoldsEnvelopesUntilReleased: an identity whose previous
+// owner is a live member is activated here holding its envelopes, in
+// order, until that member answers (here it cannot: after releaseWait).
+func TestActivationHoldsEnvelopesUntilReleased(t *testing.T) {
+	sys := startEchoMember(t)
+	const gone = "127.0.0.1:1" // live in the prior view, never answers
+	sys.prior.Store(&prior{p: newPlacement([]string{gone}, sys.cfg.Shards, 1), until: time.Now().Add(time.Minute),
+		live: map[string]bool{gone: true}})
+	start := time.Now()
+	var replies []chan *actorpb.Reply
+	for range 3 {
+		id, ch := sys.replies.register()
+		sys.route(&actorpb.Envelope{AppCode: 1, Uid: "moved", ReqId: id, ReplyAddress: sys.Address(),
+			Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}})
+		replies = append(replies, ch)
+	}
+	for i, ch := range replies {
+		select {
+		case r := <-ch:
+			// The echo counts the envelopes it saw: in order, none lost.
+			if got := r.GetPresence().GetPending(); got != uint32(i+1) {
+				t.Fatalf("reply %d: %v, want the actor's count %d", i, r, i+1)
+			}
+		case <-time.After(releaseWait + 3*time.Second):
+			t.Fatalf("reply %d never came", i)
+		}
+	}
+	if waited := time.Since(start); waited < releaseWait-200*time.Millisecond {
+		t.Fatalf("answered after %v: the activation did not wait for the previous owner", waited)
+	}
+	if v := testutil.ToFloat64(sys.metrics.releaseLate); v != 1 {
+		t.Fatalf("release_late %v, want 1", v)
+	}
 }

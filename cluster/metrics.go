@@ -21,6 +21,8 @@ type metrics struct {
 	unreachable     prometheus.Counter
 	gateBehind      prometheus.Counter
 	seenOut         prometheus.Counter
+	releaseAsked    prometheus.Counter
+	releaseLate     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -61,11 +63,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Pushes this node's identity actors refused with RESOURCE_EXHAUSTED because deliveries to the gate holding the device's connection (on another node, or pushed through another node's API) stood later than api.max-gate-backlog."}),
 		seenOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_seen_out_sent_total",
 			Help: "Notices this node sent a member whose instance its view blocks (taken for gone) while the provider listed it passing, telling it to rejoin as a new instance."}),
+		releaseAsked: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_release_asked_total",
+			Help: "Activations that asked the identity's previous owner (draining, or the owner before this node joined) to finish its handoff before loading."}),
+		releaseLate: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_cluster_release_late_total",
+			Help: "Of those, the identities loaded without the previous owner's release (no answer within 2 s, or still held): writes of its handoff may be fenced."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.members, m.active, m.activations, m.passivations, m.moved, m.retired, m.gates, m.forwarded,
 			m.hopsExceeded, m.handoffs, m.handingOff,
-			m.requestTimeouts, m.undeliverable, m.staleConns, m.leaseRefused, m.unreachable, m.gateBehind, m.seenOut)
+			m.requestTimeouts, m.undeliverable, m.staleConns, m.leaseRefused, m.unreachable, m.gateBehind, m.seenOut, m.releaseAsked, m.releaseLate)
 	}
 	return m
 }

@@ -76,8 +76,14 @@ type System struct {
 	metrics  *metrics
 	onRejoin func()
 
-	// handingOff holds the PIDs (by id) of actors handing off.
-	handingOff  sync.Map
+	// handingOff holds the identities (childKey) of actors handing off,
+	// by PID id.
+	handingOff sync.Map
+	// prior, asks and rel make planned moves wait for the previous
+	// owner's handoff (release.go).
+	prior       atomic.Pointer[prior]
+	asks        releaseAsks
+	rel         releaser
 	handingOffN atomic.Int64 // its entries
 	// beforeHandoff, if set, is called with the actors about to be told
 	// to hand off (tests: what happens between dropMoved's lock and it).
@@ -308,6 +314,7 @@ func (s *System) onView(v *membership.View) {
 		}
 	}
 	p := newPlacement(addrs, s.cfg.Shards, v.Seq, shardsIn(v))
+	s.notePrior(s.placement.Load(), addrs, v)
 	s.placement.Store(p)
 	s.syncGates(v)
 	s.forgetDeparted(v)
@@ -318,6 +325,8 @@ func (s *System) onView(v *membership.View) {
 	}
 	// Its handoffs are registered: Drain may count them.
 	s.appliedView.Store(v.Seq)
+	// Identities this node no longer owns are released once handed off.
+	s.recheckRelease(nil)
 	s.viewMu.Lock()
 	hooks := s.viewHooks
 	s.viewMu.Unlock()

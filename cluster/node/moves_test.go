@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -119,8 +120,9 @@ type accepted struct {
 // pushStats counts what the pushes went through.
 type pushStats struct {
 	// retries: answers that said retry; lost: of them, the requests whose
-	// reply never came (the API's request timeout).
-	retries, lost atomic.Int64
+	// reply never came (the API's request timeout); fenced: those whose
+	// store write was fenced by the identity's new owner.
+	retries, lost, fenced atomic.Int64
 }
 
 // pushStream pushes to uids round-robin from workers goroutines until stop
@@ -172,6 +174,9 @@ func pushStream(t *testing.T, api apipb.CourierClient, uids []string, workers in
 					st.retries.Add(1)
 					if strings.Contains(err.Error(), "did not answer in time") || status.Code(err) == codes.DeadlineExceeded {
 						st.lost.Add(1)
+					}
+					if strings.Contains(err.Error(), "moved to another node") {
+						st.fenced.Add(1)
 					}
 					time.Sleep(20 * time.Millisecond)
 				}
@@ -245,6 +250,7 @@ func checkCounts(t *testing.T, acc []accepted, recv map[string]*receiver) {
 func moveUnderLoad(t *testing.T, move func(c *testkit.Cluster)) float64 {
 	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", "actors"}, Store: "postgres"})
 	n1 := c.Node("node1")
+	slowInboxWrites(t, c.DSN, 30*time.Millisecond) // handoffs have writes in flight
 	const devices = 40
 	recv := map[string]*receiver{}
 	var uids []string
@@ -260,7 +266,7 @@ func moveUnderLoad(t *testing.T, move func(c *testkit.Cluster)) float64 {
 	time.Sleep(2 * time.Second)
 	close(stop)
 	acc := wait()
-	t.Logf("%d pushes accepted, %d retries, %d replies lost", len(acc), st.retries.Load(), st.lost.Load())
+	t.Logf("%d pushes accepted, %d retries, %d replies lost, %d writes fenced", len(acc), st.retries.Load(), st.lost.Load(), st.fenced.Load())
 	// A move completes what is in flight: no caller waits for a reply
 	// that never comes (the actor that held its push was stopped).
 	if st.lost.Load() > 0 {
@@ -270,6 +276,11 @@ func moveUnderLoad(t *testing.T, move func(c *testkit.Cluster)) float64 {
 		t.Fatalf("only %d pushes", len(acc))
 	}
 	checkCounts(t, acc, recv)
+	// A planned move completes the old owner's writes before the new
+	// owner loads: none is fenced (release.go).
+	if n := st.fenced.Load(); n > 0 {
+		t.Errorf("%d pushes answered that the identity moved: the move's handoffs were fenced", n)
+	}
 	var handoffs float64
 	for _, n := range c.Running() {
 		v, _ := n.Metric("courier_cluster_handoffs_total")
@@ -309,4 +320,70 @@ func TestNodeLeavesWhilePushesStream(t *testing.T) {
 		n3.Stop(syscall.SIGTERM)
 		c.WaitConverged()
 	})
+}
+
+// TestDrainHandsOffWithoutFencing: an actor node drains while pushes
+// stream, two at a time to each identity, and devices acknowledge. The
+// new owner of each identity waits for the draining node's actor to
+// complete what it had in flight before it loads the identity, so no
+// write of the handoff is fenced: no push is answered "moved", and no
+// acknowledged message's deletion is lost (planned moves used to fall
+// back to fencing, as a crash does).
+func TestDrainHandsOffWithoutFencing(t *testing.T) {
+	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", "actors"}, Store: "postgres"})
+	n1, n3 := c.Node("node1"), c.Node("node3")
+	// Every commit that stores a message takes 30 ms more: a handoff has
+	// writes queued or in flight when the identity's new owner loads it.
+	slowInboxWrites(t, c.DSN, 30*time.Millisecond)
+	const devices = 12
+	recv := map[string]*receiver{}
+	var uids []string
+	for i := range devices {
+		uid := fmt.Sprintf("drained-%d", i)
+		uids = append(uids, uid)
+		recv[uid] = startReceiver(t, n1.GateAddr, uid)
+	}
+	stop := make(chan struct{})
+	wait, st := pushStream(t, n1.API(t), uids, 2*devices, stop)
+	time.Sleep(1500 * time.Millisecond)
+	if v, _ := n3.Metric("courier_actors_active"); v == 0 {
+		t.Fatal("node3 hosts no identity")
+	}
+	if _, err := n1.API(t).Drain(testkit.Ctx(t, testkit.OperatorKey), &apipb.DrainRequest{Node: "node3", WindowMs: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	n3.WaitExit(30 * time.Second)
+	c.WaitConverged()
+	time.Sleep(time.Second)
+	close(stop)
+	acc := wait()
+	t.Logf("%d pushes accepted, %d retries, %d replies lost, %d writes fenced", len(acc), st.retries.Load(), st.lost.Load(), st.fenced.Load())
+	checkCounts(t, acc, recv)
+	asked, _ := c.Node("node2").Metric("courier_cluster_release_asked_total")
+	late, _ := c.Node("node2").Metric("courier_cluster_release_late_total")
+	t.Logf("node2 asked node3 to release %v identities (%v late)", asked, late)
+	if asked == 0 {
+		t.Error("node2 took node3's identities over without asking it to release them")
+	}
+	if n := st.fenced.Load(); n > 0 {
+		t.Errorf("%d pushes answered that the identity moved: the drain's handoffs were fenced", n)
+	}
+}
+
+// slowInboxWrites makes every statement that inserts into the inbox
+// table of the database at dsn sleep d (a trigger).
+func slowInboxWrites(t *testing.T, dsn string, d time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, fmt.Sprintf(`CREATE FUNCTION courier_test_slow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(%g); RETURN NULL; END $$;
+CREATE TRIGGER courier_test_slow AFTER INSERT ON courier_inbox FOR EACH STATEMENT EXECUTE FUNCTION courier_test_slow();`, d.Seconds())); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -1208,6 +1208,7 @@ type Reply struct {
 	//	*Reply_Pong
 	//	*Reply_LeaseVouch
 	//	*Reply_DrainStarted
+	//	*Reply_Released
 	Body          isReply_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1338,6 +1339,15 @@ func (x *Reply) GetDrainStarted() *DrainStarted {
 	return nil
 }
 
+func (x *Reply) GetReleased() *Released {
+	if x != nil {
+		if x, ok := x.Body.(*Reply_Released); ok {
+			return x.Released
+		}
+	}
+	return nil
+}
+
 type isReply_Body interface {
 	isReply_Body()
 }
@@ -1378,6 +1388,10 @@ type Reply_DrainStarted struct {
 	DrainStarted *DrainStarted `protobuf:"bytes,31,opt,name=drain_started,json=drainStarted,proto3,oneof"`
 }
 
+type Reply_Released struct {
+	Released *Released `protobuf:"bytes,32,opt,name=released,proto3,oneof"`
+}
+
 func (*Reply_Push) isReply_Body() {}
 
 func (*Reply_Kick) isReply_Body() {}
@@ -1395,6 +1409,8 @@ func (*Reply_Pong) isReply_Body() {}
 func (*Reply_LeaseVouch) isReply_Body() {}
 
 func (*Reply_DrainStarted) isReply_Body() {}
+
+func (*Reply_Released) isReply_Body() {}
 
 type Pong struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1941,6 +1957,7 @@ type NodeRequest struct {
 	//	*NodeRequest_LeaseCheck
 	//	*NodeRequest_Drain
 	//	*NodeRequest_SeenOut
+	//	*NodeRequest_Release
 	Body          isNodeRequest_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2060,6 +2077,15 @@ func (x *NodeRequest) GetSeenOut() *SeenOut {
 	return nil
 }
 
+func (x *NodeRequest) GetRelease() *Release {
+	if x != nil {
+		if x, ok := x.Body.(*NodeRequest_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
 type isNodeRequest_Body interface {
 	isNodeRequest_Body()
 }
@@ -2102,6 +2128,12 @@ type NodeRequest_SeenOut struct {
 	SeenOut *SeenOut `protobuf:"bytes,32,opt,name=seen_out,json=seenOut,proto3,oneof"`
 }
 
+type NodeRequest_Release struct {
+	// Answer once this node no longer holds the identities (answered
+	// with Released): see Release.
+	Release *Release `protobuf:"bytes,33,opt,name=release,proto3,oneof"`
+}
+
 func (*NodeRequest_Stats) isNodeRequest_Body() {}
 
 func (*NodeRequest_ListsEdit) isNodeRequest_Body() {}
@@ -2115,6 +2147,165 @@ func (*NodeRequest_LeaseCheck) isNodeRequest_Body() {}
 func (*NodeRequest_Drain) isNodeRequest_Body() {}
 
 func (*NodeRequest_SeenOut) isNodeRequest_Body() {}
+
+func (*NodeRequest_Release) isNodeRequest_Body() {}
+
+// Release: the sender now owns these identities, which the receiver
+// owned under the placement before the last change (it drains, or the
+// sender joined), and is about to load them. The receiver answers once
+// it neither owns them under its own placement nor has an actor of them
+// still completing what it had in flight (a handoff), or once wait_ms
+// has passed: a load before that would claim the identity under the
+// handing-off actor's writes and fence them.
+type Release struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Identities    []*ReleaseIdentity     `protobuf:"bytes,1,rep,name=identities,proto3" json:"identities,omitempty"`
+	WaitMs        int64                  `protobuf:"varint,2,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Release) Reset() {
+	*x = Release{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Release) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Release) ProtoMessage() {}
+
+func (x *Release) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Release.ProtoReflect.Descriptor instead.
+func (*Release) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Release) GetIdentities() []*ReleaseIdentity {
+	if x != nil {
+		return x.Identities
+	}
+	return nil
+}
+
+func (x *Release) GetWaitMs() int64 {
+	if x != nil {
+		return x.WaitMs
+	}
+	return 0
+}
+
+type ReleaseIdentity struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AppCode       uint32                 `protobuf:"varint,1,opt,name=app_code,json=appCode,proto3" json:"app_code,omitempty"`
+	Uid           string                 `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseIdentity) Reset() {
+	*x = ReleaseIdentity{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseIdentity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseIdentity) ProtoMessage() {}
+
+func (x *ReleaseIdentity) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseIdentity.ProtoReflect.Descriptor instead.
+func (*ReleaseIdentity) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ReleaseIdentity) GetAppCode() uint32 {
+	if x != nil {
+		return x.AppCode
+	}
+	return 0
+}
+
+func (x *ReleaseIdentity) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+// Released answers Release: pending counts the identities still held
+// when wait_ms ran out (0: all released).
+type Released struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pending       uint32                 `protobuf:"varint,1,opt,name=pending,proto3" json:"pending,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Released) Reset() {
+	*x = Released{}
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Released) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Released) ProtoMessage() {}
+
+func (x *Released) ProtoReflect() protoreflect.Message {
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Released.ProtoReflect.Descriptor instead.
+func (*Released) Descriptor() ([]byte, []int) {
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *Released) GetPending() uint32 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
 
 // SeenOut: the sender's view blocks instance member (it was live, then
 // was not: the sender placed its identities elsewhere and ended its
@@ -2130,7 +2321,7 @@ type SeenOut struct {
 
 func (x *SeenOut) Reset() {
 	*x = SeenOut{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2333,7 @@ func (x *SeenOut) String() string {
 func (*SeenOut) ProtoMessage() {}
 
 func (x *SeenOut) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[24]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2346,7 @@ func (x *SeenOut) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeenOut.ProtoReflect.Descriptor instead.
 func (*SeenOut) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{24}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SeenOut) GetMember() string {
@@ -2176,7 +2367,7 @@ type DrainStart struct {
 
 func (x *DrainStart) Reset() {
 	*x = DrainStart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2188,7 +2379,7 @@ func (x *DrainStart) String() string {
 func (*DrainStart) ProtoMessage() {}
 
 func (x *DrainStart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[25]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2201,7 +2392,7 @@ func (x *DrainStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStart.ProtoReflect.Descriptor instead.
 func (*DrainStart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{25}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DrainStart) GetWindowMs() int64 {
@@ -2224,7 +2415,7 @@ type DrainStarted struct {
 
 func (x *DrainStarted) Reset() {
 	*x = DrainStarted{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2236,7 +2427,7 @@ func (x *DrainStarted) String() string {
 func (*DrainStarted) ProtoMessage() {}
 
 func (x *DrainStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[26]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2249,7 +2440,7 @@ func (x *DrainStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainStarted.ProtoReflect.Descriptor instead.
 func (*DrainStarted) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{26}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DrainStarted) GetMember() string {
@@ -2290,7 +2481,7 @@ type LeaseCheck struct {
 
 func (x *LeaseCheck) Reset() {
 	*x = LeaseCheck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2302,7 +2493,7 @@ func (x *LeaseCheck) String() string {
 func (*LeaseCheck) ProtoMessage() {}
 
 func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[27]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2315,7 +2506,7 @@ func (x *LeaseCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseCheck.ProtoReflect.Descriptor instead.
 func (*LeaseCheck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{27}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LeaseCheck) GetMember() string {
@@ -2341,7 +2532,7 @@ type LeaseVouch struct {
 
 func (x *LeaseVouch) Reset() {
 	*x = LeaseVouch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2544,7 @@ func (x *LeaseVouch) String() string {
 func (*LeaseVouch) ProtoMessage() {}
 
 func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[28]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2557,7 @@ func (x *LeaseVouch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseVouch.ProtoReflect.Descriptor instead.
 func (*LeaseVouch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{28}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LeaseVouch) GetVouch() bool {
@@ -2405,7 +2596,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2608,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[29]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +2621,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{29}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
 }
 
 type ListsGet struct {
@@ -2441,7 +2632,7 @@ type ListsGet struct {
 
 func (x *ListsGet) Reset() {
 	*x = ListsGet{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2644,7 @@ func (x *ListsGet) String() string {
 func (*ListsGet) ProtoMessage() {}
 
 func (x *ListsGet) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[30]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2657,7 @@ func (x *ListsGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsGet.ProtoReflect.Descriptor instead.
 func (*ListsGet) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{30}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
 }
 
 // ListsReply is a gate's whole lists, in the JSON of gate.ListsSnapshot
@@ -2480,7 +2671,7 @@ type ListsReply struct {
 
 func (x *ListsReply) Reset() {
 	*x = ListsReply{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2492,7 +2683,7 @@ func (x *ListsReply) String() string {
 func (*ListsReply) ProtoMessage() {}
 
 func (x *ListsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[31]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2505,7 +2696,7 @@ func (x *ListsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListsReply.ProtoReflect.Descriptor instead.
 func (*ListsReply) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{31}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListsReply) GetJson() []byte {
@@ -2529,7 +2720,7 @@ type StatsQuery struct {
 
 func (x *StatsQuery) Reset() {
 	*x = StatsQuery{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2541,7 +2732,7 @@ func (x *StatsQuery) String() string {
 func (*StatsQuery) ProtoMessage() {}
 
 func (x *StatsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[32]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2554,7 +2745,7 @@ func (x *StatsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsQuery.ProtoReflect.Descriptor instead.
 func (*StatsQuery) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{32}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StatsQuery) GetAppCode() uint32 {
@@ -2596,7 +2787,7 @@ type StatCounts struct {
 
 func (x *StatCounts) Reset() {
 	*x = StatCounts{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2608,7 +2799,7 @@ func (x *StatCounts) String() string {
 func (*StatCounts) ProtoMessage() {}
 
 func (x *StatCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[33]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2621,7 +2812,7 @@ func (x *StatCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatCounts.ProtoReflect.Descriptor instead.
 func (*StatCounts) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{33}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StatCounts) GetAccepted() uint64 {
@@ -2701,7 +2892,7 @@ type Hist struct {
 
 func (x *Hist) Reset() {
 	*x = Hist{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2713,7 +2904,7 @@ func (x *Hist) String() string {
 func (*Hist) ProtoMessage() {}
 
 func (x *Hist) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[34]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2726,7 +2917,7 @@ func (x *Hist) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hist.ProtoReflect.Descriptor instead.
 func (*Hist) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{34}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Hist) GetIndex() []uint32 {
@@ -2771,7 +2962,7 @@ type RawStat struct {
 
 func (x *RawStat) Reset() {
 	*x = RawStat{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2783,7 +2974,7 @@ func (x *RawStat) String() string {
 func (*RawStat) ProtoMessage() {}
 
 func (x *RawStat) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[35]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2796,7 +2987,7 @@ func (x *RawStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawStat.ProtoReflect.Descriptor instead.
 func (*RawStat) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{35}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RawStat) GetMsgtype() uint32 {
@@ -2844,7 +3035,7 @@ type StatsPart struct {
 
 func (x *StatsPart) Reset() {
 	*x = StatsPart{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2856,7 +3047,7 @@ func (x *StatsPart) String() string {
 func (*StatsPart) ProtoMessage() {}
 
 func (x *StatsPart) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[36]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2869,7 +3060,7 @@ func (x *StatsPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsPart.ProtoReflect.Descriptor instead.
 func (*StatsPart) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{36}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *StatsPart) GetStats() []*RawStat {
@@ -2898,7 +3089,7 @@ type UpstreamSubscribe struct {
 
 func (x *UpstreamSubscribe) Reset() {
 	*x = UpstreamSubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2910,7 +3101,7 @@ func (x *UpstreamSubscribe) String() string {
 func (*UpstreamSubscribe) ProtoMessage() {}
 
 func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[37]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2923,7 +3114,7 @@ func (x *UpstreamSubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamSubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamSubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{37}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *UpstreamSubscribe) GetSubId() string {
@@ -2970,7 +3161,7 @@ type UpstreamUnsubscribe struct {
 
 func (x *UpstreamUnsubscribe) Reset() {
 	*x = UpstreamUnsubscribe{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2982,7 +3173,7 @@ func (x *UpstreamUnsubscribe) String() string {
 func (*UpstreamUnsubscribe) ProtoMessage() {}
 
 func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[38]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2995,7 +3186,7 @@ func (x *UpstreamUnsubscribe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamUnsubscribe.ProtoReflect.Descriptor instead.
 func (*UpstreamUnsubscribe) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{38}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *UpstreamUnsubscribe) GetSubId() string {
@@ -3018,7 +3209,7 @@ type UpstreamBatch struct {
 
 func (x *UpstreamBatch) Reset() {
 	*x = UpstreamBatch{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3030,7 +3221,7 @@ func (x *UpstreamBatch) String() string {
 func (*UpstreamBatch) ProtoMessage() {}
 
 func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[39]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3043,7 +3234,7 @@ func (x *UpstreamBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamBatch.ProtoReflect.Descriptor instead.
 func (*UpstreamBatch) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{39}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *UpstreamBatch) GetSubId() string {
@@ -3079,7 +3270,7 @@ type UpstreamAck struct {
 
 func (x *UpstreamAck) Reset() {
 	*x = UpstreamAck{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3091,7 +3282,7 @@ func (x *UpstreamAck) String() string {
 func (*UpstreamAck) ProtoMessage() {}
 
 func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[40]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3104,7 +3295,7 @@ func (x *UpstreamAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAck.ProtoReflect.Descriptor instead.
 func (*UpstreamAck) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{40}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *UpstreamAck) GetSubId() string {
@@ -3139,7 +3330,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3151,7 +3342,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[41]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3164,7 +3355,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{41}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SessionRecord) GetEpoch() uint64 {
@@ -3245,7 +3436,7 @@ type IdentityMeta struct {
 
 func (x *IdentityMeta) Reset() {
 	*x = IdentityMeta{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[42]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3257,7 +3448,7 @@ func (x *IdentityMeta) String() string {
 func (*IdentityMeta) ProtoMessage() {}
 
 func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[42]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3270,7 +3461,7 @@ func (x *IdentityMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMeta.ProtoReflect.Descriptor instead.
 func (*IdentityMeta) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{42}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *IdentityMeta) GetLastSeq() uint32 {
@@ -3312,7 +3503,7 @@ type InboxEntry struct {
 
 func (x *InboxEntry) Reset() {
 	*x = InboxEntry{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[43]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3324,7 +3515,7 @@ func (x *InboxEntry) String() string {
 func (*InboxEntry) ProtoMessage() {}
 
 func (x *InboxEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[43]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3337,7 +3528,7 @@ func (x *InboxEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxEntry.ProtoReflect.Descriptor instead.
 func (*InboxEntry) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{43}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *InboxEntry) GetSeq() uint32 {
@@ -3415,7 +3606,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[44]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3427,7 +3618,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_courier_actor_v1_actor_proto_msgTypes[44]
+	mi := &file_courier_actor_v1_actor_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3440,7 +3631,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{44}
+	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *IdempotencyRecord) GetMsgId() string {
@@ -3553,7 +3744,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\n" +
 	"backlog_us\x18\x03 \x01(\x03R\tbacklogUs\"\t\n" +
 	"\aHandoff\"\a\n" +
-	"\x05Sweep\"\xac\x04\n" +
+	"\x05Sweep\"\xe6\x04\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
 	"\x04push\x18\n" +
@@ -3567,7 +3758,8 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\x04pong\x18\x16 \x01(\v2\x16.courier.actor.v1.PongH\x00R\x04pong\x12?\n" +
 	"\vlease_vouch\x18\x1e \x01(\v2\x1c.courier.actor.v1.LeaseVouchH\x00R\n" +
 	"leaseVouch\x12E\n" +
-	"\rdrain_started\x18\x1f \x01(\v2\x1e.courier.actor.v1.DrainStartedH\x00R\fdrainStartedB\x06\n" +
+	"\rdrain_started\x18\x1f \x01(\v2\x1e.courier.actor.v1.DrainStartedH\x00R\fdrainStarted\x128\n" +
+	"\breleased\x18  \x01(\v2\x1a.courier.actor.v1.ReleasedH\x00R\breleasedB\x06\n" +
 	"\x04body\"\x06\n" +
 	"\x04Pong\"\x86\x01\n" +
 	"\aFailure\x12\x12\n" +
@@ -3608,7 +3800,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\vapp_version\x18\a \x01(\tR\n" +
 	"appVersion\x12%\n" +
 	"\x0flogged_in_at_ms\x18\b \x01(\x03R\floggedInAtMs\x12\x18\n" +
-	"\apending\x18\t \x01(\rR\apending\"\xe5\x03\n" +
+	"\apending\x18\t \x01(\rR\apending\"\x9c\x04\n" +
 	"\vNodeRequest\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12#\n" +
 	"\rreply_address\x18\x02 \x01(\tR\freplyAddress\x124\n" +
@@ -3621,8 +3813,19 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\vlease_check\x18\x1e \x01(\v2\x1c.courier.actor.v1.LeaseCheckH\x00R\n" +
 	"leaseCheck\x124\n" +
 	"\x05drain\x18\x1f \x01(\v2\x1c.courier.actor.v1.DrainStartH\x00R\x05drain\x126\n" +
-	"\bseen_out\x18  \x01(\v2\x19.courier.actor.v1.SeenOutH\x00R\aseenOutB\x06\n" +
-	"\x04body\"!\n" +
+	"\bseen_out\x18  \x01(\v2\x19.courier.actor.v1.SeenOutH\x00R\aseenOut\x125\n" +
+	"\arelease\x18! \x01(\v2\x19.courier.actor.v1.ReleaseH\x00R\areleaseB\x06\n" +
+	"\x04body\"e\n" +
+	"\aRelease\x12A\n" +
+	"\n" +
+	"identities\x18\x01 \x03(\v2!.courier.actor.v1.ReleaseIdentityR\n" +
+	"identities\x12\x17\n" +
+	"\await_ms\x18\x02 \x01(\x03R\x06waitMs\">\n" +
+	"\x0fReleaseIdentity\x12\x19\n" +
+	"\bapp_code\x18\x01 \x01(\rR\aappCode\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\tR\x03uid\"$\n" +
+	"\bReleased\x12\x18\n" +
+	"\apending\x18\x01 \x01(\rR\apending\"!\n" +
 	"\aSeenOut\x12\x16\n" +
 	"\x06member\x18\x01 \x01(\tR\x06member\")\n" +
 	"\n" +
@@ -3739,7 +3942,7 @@ func file_courier_actor_v1_actor_proto_rawDescGZIP() []byte {
 	return file_courier_actor_v1_actor_proto_rawDescData
 }
 
-var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_courier_actor_v1_actor_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*ConnRef)(nil),                       // 0: courier.actor.v1.ConnRef
 	(*DeviceLogin)(nil),                   // 1: courier.actor.v1.DeviceLogin
@@ -3765,42 +3968,45 @@ var file_courier_actor_v1_actor_proto_goTypes = []any{
 	(*PresenceQuery)(nil),                 // 21: courier.actor.v1.PresenceQuery
 	(*PresenceReply)(nil),                 // 22: courier.actor.v1.PresenceReply
 	(*NodeRequest)(nil),                   // 23: courier.actor.v1.NodeRequest
-	(*SeenOut)(nil),                       // 24: courier.actor.v1.SeenOut
-	(*DrainStart)(nil),                    // 25: courier.actor.v1.DrainStart
-	(*DrainStarted)(nil),                  // 26: courier.actor.v1.DrainStarted
-	(*LeaseCheck)(nil),                    // 27: courier.actor.v1.LeaseCheck
-	(*LeaseVouch)(nil),                    // 28: courier.actor.v1.LeaseVouch
-	(*Ping)(nil),                          // 29: courier.actor.v1.Ping
-	(*ListsGet)(nil),                      // 30: courier.actor.v1.ListsGet
-	(*ListsReply)(nil),                    // 31: courier.actor.v1.ListsReply
-	(*StatsQuery)(nil),                    // 32: courier.actor.v1.StatsQuery
-	(*StatCounts)(nil),                    // 33: courier.actor.v1.StatCounts
-	(*Hist)(nil),                          // 34: courier.actor.v1.Hist
-	(*RawStat)(nil),                       // 35: courier.actor.v1.RawStat
-	(*StatsPart)(nil),                     // 36: courier.actor.v1.StatsPart
-	(*UpstreamSubscribe)(nil),             // 37: courier.actor.v1.UpstreamSubscribe
-	(*UpstreamUnsubscribe)(nil),           // 38: courier.actor.v1.UpstreamUnsubscribe
-	(*UpstreamBatch)(nil),                 // 39: courier.actor.v1.UpstreamBatch
-	(*UpstreamAck)(nil),                   // 40: courier.actor.v1.UpstreamAck
-	(*SessionRecord)(nil),                 // 41: courier.actor.v1.SessionRecord
-	(*IdentityMeta)(nil),                  // 42: courier.actor.v1.IdentityMeta
-	(*InboxEntry)(nil),                    // 43: courier.actor.v1.InboxEntry
-	(*IdempotencyRecord)(nil),             // 44: courier.actor.v1.IdempotencyRecord
-	(*devicepb.Login)(nil),                // 45: courier.device.v1.Login
-	(*devicepb.C2C)(nil),                  // 46: courier.device.v1.C2C
-	(devicepb.KickReason)(0),              // 47: courier.device.v1.KickReason
-	(devicepb.Platform)(0),                // 48: courier.device.v1.Platform
-	(*apipb.UpdateAccessListRequest)(nil), // 49: courier.v1.UpdateAccessListRequest
-	(*apipb.UpstreamMessage)(nil),         // 50: courier.v1.UpstreamMessage
-	(devicepb.Kind)(0),                    // 51: courier.device.v1.Kind
+	(*Release)(nil),                       // 24: courier.actor.v1.Release
+	(*ReleaseIdentity)(nil),               // 25: courier.actor.v1.ReleaseIdentity
+	(*Released)(nil),                      // 26: courier.actor.v1.Released
+	(*SeenOut)(nil),                       // 27: courier.actor.v1.SeenOut
+	(*DrainStart)(nil),                    // 28: courier.actor.v1.DrainStart
+	(*DrainStarted)(nil),                  // 29: courier.actor.v1.DrainStarted
+	(*LeaseCheck)(nil),                    // 30: courier.actor.v1.LeaseCheck
+	(*LeaseVouch)(nil),                    // 31: courier.actor.v1.LeaseVouch
+	(*Ping)(nil),                          // 32: courier.actor.v1.Ping
+	(*ListsGet)(nil),                      // 33: courier.actor.v1.ListsGet
+	(*ListsReply)(nil),                    // 34: courier.actor.v1.ListsReply
+	(*StatsQuery)(nil),                    // 35: courier.actor.v1.StatsQuery
+	(*StatCounts)(nil),                    // 36: courier.actor.v1.StatCounts
+	(*Hist)(nil),                          // 37: courier.actor.v1.Hist
+	(*RawStat)(nil),                       // 38: courier.actor.v1.RawStat
+	(*StatsPart)(nil),                     // 39: courier.actor.v1.StatsPart
+	(*UpstreamSubscribe)(nil),             // 40: courier.actor.v1.UpstreamSubscribe
+	(*UpstreamUnsubscribe)(nil),           // 41: courier.actor.v1.UpstreamUnsubscribe
+	(*UpstreamBatch)(nil),                 // 42: courier.actor.v1.UpstreamBatch
+	(*UpstreamAck)(nil),                   // 43: courier.actor.v1.UpstreamAck
+	(*SessionRecord)(nil),                 // 44: courier.actor.v1.SessionRecord
+	(*IdentityMeta)(nil),                  // 45: courier.actor.v1.IdentityMeta
+	(*InboxEntry)(nil),                    // 46: courier.actor.v1.InboxEntry
+	(*IdempotencyRecord)(nil),             // 47: courier.actor.v1.IdempotencyRecord
+	(*devicepb.Login)(nil),                // 48: courier.device.v1.Login
+	(*devicepb.C2C)(nil),                  // 49: courier.device.v1.C2C
+	(devicepb.KickReason)(0),              // 50: courier.device.v1.KickReason
+	(devicepb.Platform)(0),                // 51: courier.device.v1.Platform
+	(*apipb.UpdateAccessListRequest)(nil), // 52: courier.v1.UpdateAccessListRequest
+	(*apipb.UpstreamMessage)(nil),         // 53: courier.v1.UpstreamMessage
+	(devicepb.Kind)(0),                    // 54: courier.device.v1.Kind
 }
 var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	0,  // 0: courier.actor.v1.DeviceLogin.conn:type_name -> courier.actor.v1.ConnRef
-	45, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
+	48, // 1: courier.actor.v1.DeviceLogin.login:type_name -> courier.device.v1.Login
 	0,  // 2: courier.actor.v1.DeviceFrame.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 3: courier.actor.v1.DeviceClosed.conn:type_name -> courier.actor.v1.ConnRef
 	0,  // 4: courier.actor.v1.C2CSend.reply_to:type_name -> courier.actor.v1.ConnRef
-	46, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
+	49, // 5: courier.actor.v1.C2CSend.c2c:type_name -> courier.device.v1.C2C
 	5,  // 6: courier.actor.v1.ToConn.frames:type_name -> courier.actor.v1.OutFrame
 	7,  // 7: courier.actor.v1.ToConn.login:type_name -> courier.actor.v1.LoginOutcome
 	1,  // 8: courier.actor.v1.Envelope.login:type_name -> courier.actor.v1.DeviceLogin
@@ -3816,36 +4022,39 @@ var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	20, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
 	22, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
 	16, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	36, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
-	31, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
+	39, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	34, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
 	15, // 23: courier.actor.v1.Reply.pong:type_name -> courier.actor.v1.Pong
-	28, // 24: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
-	26, // 25: courier.actor.v1.Reply.drain_started:type_name -> courier.actor.v1.DrainStarted
-	47, // 26: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 27: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	48, // 28: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	32, // 29: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
-	49, // 30: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
-	30, // 31: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
-	29, // 32: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
-	27, // 33: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
-	25, // 34: courier.actor.v1.NodeRequest.drain:type_name -> courier.actor.v1.DrainStart
-	24, // 35: courier.actor.v1.NodeRequest.seen_out:type_name -> courier.actor.v1.SeenOut
-	33, // 36: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
-	33, // 37: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
-	34, // 38: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
-	34, // 39: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
-	35, // 40: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
-	50, // 41: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
-	0,  // 42: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	48, // 43: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	41, // 44: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	51, // 45: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	46, // [46:46] is the sub-list for method output_type
-	46, // [46:46] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	31, // 24: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
+	29, // 25: courier.actor.v1.Reply.drain_started:type_name -> courier.actor.v1.DrainStarted
+	26, // 26: courier.actor.v1.Reply.released:type_name -> courier.actor.v1.Released
+	50, // 27: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 28: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	51, // 29: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	35, // 30: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	52, // 31: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	33, // 32: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
+	32, // 33: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
+	30, // 34: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
+	28, // 35: courier.actor.v1.NodeRequest.drain:type_name -> courier.actor.v1.DrainStart
+	27, // 36: courier.actor.v1.NodeRequest.seen_out:type_name -> courier.actor.v1.SeenOut
+	24, // 37: courier.actor.v1.NodeRequest.release:type_name -> courier.actor.v1.Release
+	25, // 38: courier.actor.v1.Release.identities:type_name -> courier.actor.v1.ReleaseIdentity
+	36, // 39: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	36, // 40: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	37, // 41: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	37, // 42: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	38, // 43: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	53, // 44: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
+	0,  // 45: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	51, // 46: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	44, // 47: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	54, // 48: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	49, // [49:49] is the sub-list for method output_type
+	49, // [49:49] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
@@ -3874,6 +4083,7 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*Reply_Pong)(nil),
 		(*Reply_LeaseVouch)(nil),
 		(*Reply_DrainStarted)(nil),
+		(*Reply_Released)(nil),
 	}
 	file_courier_actor_v1_actor_proto_msgTypes[23].OneofWrappers = []any{
 		(*NodeRequest_Stats)(nil),
@@ -3883,6 +4093,7 @@ func file_courier_actor_v1_actor_proto_init() {
 		(*NodeRequest_LeaseCheck)(nil),
 		(*NodeRequest_Drain)(nil),
 		(*NodeRequest_SeenOut)(nil),
+		(*NodeRequest_Release)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3890,7 +4101,7 @@ func file_courier_actor_v1_actor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_courier_actor_v1_actor_proto_rawDesc), len(file_courier_actor_v1_actor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
