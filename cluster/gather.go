@@ -138,7 +138,7 @@ func (s *System) seenOutDue(v *membership.View, now time.Time) []membership.Memb
 // by member name, and the names of the members that did not answer. (Two
 // live members of the same name are told apart by their instance ids.)
 func (s *System) Gather(ctx context.Context, roles membership.Roles, req *actorpb.NodeRequest) (map[string]*actorpb.Reply, []string) {
-	members := s.View().Live(roles)
+	members := onePerAddress(s.View().Live(roles))
 	names := map[string]int{}
 	for _, m := range members {
 		names[m.Name]++
@@ -185,6 +185,26 @@ func (s *System) Gather(ctx context.Context, roles membership.Roles, req *actorp
 		}
 	}
 	return replies, missing
+}
+
+// onePerAddress keeps, of the members listed at one address, the one
+// started last: a node restarted within the TTL is still listed as its
+// old instance too, and the process at the address answers for both (a
+// request sent to each would be answered twice, and counted twice).
+func onePerAddress(members []membership.Member) []membership.Member {
+	at := map[string]int{}
+	out := members[:0:0]
+	for _, m := range members {
+		if i, ok := at[m.Address]; ok {
+			if m.StartedAt.After(out[i].StartedAt) {
+				out[i] = m
+			}
+			continue
+		}
+		at[m.Address] = len(out)
+		out = append(out, m)
+	}
+	return out
 }
 
 // AskNode sends req to the node at address (this node answers directly)

@@ -2,8 +2,10 @@ package cluster
 
 import (
 	"fmt"
-	"github.com/courier-im/courier/cluster/membership"
 	"testing"
+	"time"
+
+	"github.com/courier-im/courier/cluster/membership"
 )
 
 func TestPlacementStableAndBalanced(t *testing.T) {
@@ -113,5 +115,20 @@ func TestShardsOfAnAddressWithTwoInstances(t *testing.T) {
 	}
 	if n := of("c:1"); n != 0 {
 		t.Fatalf("c (not live): %d shards, want 0 (this node's count)", n)
+	}
+}
+
+// TestGatherAsksEachAddressOnce: a node restarted within the TTL is
+// listed twice (its old instance too); it is asked once, as its newest
+// instance (statistics summed it twice).
+func TestGatherAsksEachAddressOnce(t *testing.T) {
+	now := time.Now()
+	got := onePerAddress([]membership.Member{
+		{ID: "a-old", Name: "a", Address: "a:1", StartedAt: now.Add(-time.Hour)},
+		{ID: "b", Name: "b", Address: "b:1", StartedAt: now},
+		{ID: "a-new", Name: "a", Address: "a:1", StartedAt: now},
+	})
+	if len(got) != 2 || got[0].ID != "a-new" || got[1].ID != "b" {
+		t.Fatalf("got %+v, want a-new and b", got)
 	}
 }
