@@ -536,7 +536,7 @@ func TestRestartNothingLostOrDuplicated(t *testing.T) {
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			if fmt.Sprint(states) == "" || states[len(states)-1] != client.StateConnected {
+			if len(states) == 0 || states[len(states)-1] != client.StateConnected {
 				t.Fatalf("states %v", states)
 			}
 		})

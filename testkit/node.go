@@ -118,6 +118,9 @@ type Node struct {
 	opts    NodeOptions
 	cmd     *exec.Cmd
 	logs    *syncBuffer
+	// before holds what the node's earlier processes (before Restart)
+	// wrote, so that a data race one of them reported fails the test.
+	before strings.Builder
 	exited  chan struct{}
 	stopped bool // by Stop, not by itself
 	// The node's addresses in its current run (empty for a component
@@ -162,7 +165,7 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 	n.start()
 	t.Cleanup(func() {
 		exited := !n.kill() && !n.stopped
-		switch logs := n.logs.String(); {
+		switch logs := n.before.String() + n.logs.String(); {
 		case strings.Contains(logs, "WARNING: DATA RACE"):
 			t.Errorf("testkit: the node reported a data race:\n%s", logs)
 		case exited:
@@ -223,6 +226,9 @@ func (n *Node) start() {
 	if n.opts.Network != nil {
 		n.cmd = n.opts.Network.Command(name, bin, args...)
 	}
+	if n.logs != nil {
+		n.before.WriteString(n.logs.String())
+	}
 	n.logs = &syncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
 	n.cmd.Env = append(append(nodeEnv(os.Environ()), "GORACE=halt_on_error=1 exitcode=66"), n.opts.Env...)
@@ -279,6 +285,15 @@ func (n *Node) Logs() string { return n.logs.String() }
 // waits for the process to end.
 func (n *Node) Stop(sig syscall.Signal) {
 	n.t.Helper()
+	select {
+	case <-n.exited:
+		if !n.stopped {
+			// Died by itself (a data race halts it too): the kill the test
+			// meant to apply would hide it.
+			n.t.Fatalf("testkit: courier had exited by itself (%v) before it was stopped:\n%s", n.cmd.ProcessState, tail([]byte(n.logs.String())))
+		}
+	default:
+	}
 	n.stopped = true
 	_ = n.cmd.Process.Signal(sig)
 	select {
