@@ -136,11 +136,16 @@ type Config struct {
 	// Logger receives the client's logs (default: slog.Default()).
 	Logger *slog.Logger
 	// OnFrame, if set, is called with every frame sent (out true) and
-	// received, on the client's goroutine: it must not block. For tools
-	// and debugging.
+	// received, on the client's goroutine: it must not block, and must
+	// not call the Client's methods (they wait for that goroutine). For
+	// tools and debugging.
 	OnFrame func(out bool, h messages.Header, body proto.Message)
 	// OnState, if set, is called on every change of the connection's
-	// state, on the client's goroutine: it must not block.
+	// state, in order, on a goroutine of its own: it may call the
+	// Client's methods (send on a reconnect, Close on StateClosed). It
+	// may run a moment after the change (the last call, StateClosed,
+	// possibly after Done is closed); if it falls more than 64 changes
+	// behind, the oldest waiting are dropped (logged).
 	OnState func(s State, err error)
 
 	ownHTTP bool // HTTPClient is the client's own (fill)

@@ -775,3 +775,36 @@ func loginServer(t *testing.T, answer func(n int32, f client.Frame, c *client.Co
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	return ln.Addr().String()
 }
+
+// TestOnStateMayCallTheClient: OnState runs on a goroutine of its own,
+// so it may call the Client: Close from StateClosed used to wait for the
+// client's goroutine, which waited for the callback (hung for good).
+func TestOnStateMayCallTheClient(t *testing.T) {
+	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
+		for {
+			if _, err := c.ReadFrame(); err != nil {
+				return
+			}
+		}
+	})
+	var cl atomic.Pointer[client.Client]
+	fromCallback := make(chan struct{})
+	c := dialFake(t, g, func(cfg *client.Config) {
+		cfg.OnState = func(s client.State, _ error) {
+			if s == client.StateClosed {
+				cl.Load().Close()
+				close(fromCallback)
+			}
+		}
+	})
+	cl.Store(c)
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	for what, ch := range map[string]chan struct{}{"Close": closed, "Close from OnState": fromCallback} {
+		select {
+		case <-ch:
+		case <-time.After(3 * time.Second):
+			t.Fatalf("%s hung", what)
+		}
+	}
+}

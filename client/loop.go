@@ -119,6 +119,9 @@ type loop struct {
 	cfg *Config
 	log *slog.Logger
 	bo  *backoff
+	// notes carries state changes to OnState's goroutine (notify), so
+	// that the callback may call the Client (which waits for this loop).
+	notes chan stateNote
 
 	ctx    context.Context // cancelled when the client stops
 	cancel context.CancelFunc
@@ -177,6 +180,11 @@ func newLoop(c *Client) *loop {
 
 func (l *loop) run() {
 	defer close(l.c.done)
+	if l.cfg.OnState != nil {
+		l.notes = make(chan stateNote, stateNotesMax)
+		go notify(l.notes, l.cfg.OnState)
+		defer close(l.notes)
+	}
 	tick := min(max(l.cfg.ResendAfter/4, 50*time.Millisecond), time.Second)
 	l.resend = time.NewTicker(tick)
 	defer l.resend.Stop()
@@ -247,13 +255,42 @@ func (l *loop) run() {
 	l.stop()
 }
 
+// stateNote is a state change for OnState.
+type stateNote struct {
+	s   State
+	err error
+}
+
+// stateNotesMax bounds the state changes waiting for OnState; past it
+// (a callback that blocks), the oldest waiting is dropped.
+const stateNotesMax = 64
+
+// notify calls fn with each state change, in order, until notes closes.
+func notify(notes <-chan stateNote, fn func(State, error)) {
+	for n := range notes {
+		fn(n.s, n.err)
+	}
+}
+
 // setState records and reports a state change.
 func (l *loop) setState(s State, err error) {
 	if State(l.c.state.Swap(int32(s))) == s && err == nil {
 		return
 	}
-	if l.cfg.OnState != nil {
-		l.cfg.OnState(s, err)
+	if l.notes == nil {
+		return
+	}
+	for {
+		select {
+		case l.notes <- stateNote{s, err}:
+			return
+		default:
+		}
+		select {
+		case <-l.notes:
+			l.log.Warn("client: OnState is behind; a state change was not reported")
+		default:
+		}
 	}
 }
 
