@@ -86,9 +86,24 @@ type Conn struct {
 	zbuf []byte
 }
 
-// zstdCodec is shared by every connection of the process (it is safe for
-// concurrent use). Its cap is the largest MaxBody a Conn accepts.
-var zstdCodec = sync.OnceValues(func() (*messages.Zstd, error) { return messages.NewZstd(maxDecompressed) })
+// zstdCodecs are the codecs of the process, by the MaxBody they cap
+// decompressed bodies at (safe for concurrent use; the connections of
+// one MaxBody share one). A codec capped at the largest MaxBody would
+// let a body that does not declare its size make a connection of a
+// small MaxBody allocate up to that largest before refusing it.
+var zstdCodecs sync.Map // uint32 -> *messages.Zstd
+
+func zstdCodecFor(maxBody uint32) (*messages.Zstd, error) {
+	if z, ok := zstdCodecs.Load(maxBody); ok {
+		return z.(*messages.Zstd), nil
+	}
+	z, err := messages.NewZstd(maxBody)
+	if err != nil {
+		return nil, err
+	}
+	got, _ := zstdCodecs.LoadOrStore(maxBody, z)
+	return got.(*messages.Zstd), nil
+}
 
 // maxDecompressed caps a decompressed body from the server (and the
 // largest ConnConfig.MaxBody).
@@ -181,7 +196,7 @@ func (c *Conn) writeFrame(h messages.Header, body proto.Message) (messages.Heade
 	}
 	raw := c.wbuf[messages.HeaderSize:]
 	if (c.compress.Load() && len(raw) >= c.cfg.CompressThreshold) || h.Flags&messages.FlagZstd != 0 {
-		z, err := zstdCodec()
+		z, err := zstdCodecFor(uint32(min(c.cfg.MaxBody, maxDecompressed)))
 		if err != nil {
 			return h, err
 		}
@@ -228,7 +243,7 @@ func (c *Conn) ReadFrame() (Frame, error) {
 		if !c.compress.Load() {
 			return out, fmt.Errorf("%w: %v frame compressed, but compression is not on", ErrProtocol, f.Cmd)
 		}
-		z, err := zstdCodec()
+		z, err := zstdCodecFor(uint32(min(c.cfg.MaxBody, maxDecompressed)))
 		if err != nil {
 			return out, err
 		}

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/courier-im/courier/client"
 	"github.com/courier-im/courier/messages"
@@ -89,5 +93,45 @@ func TestIncompressibleBodiesGoUncompressed(t *testing.T) {
 		if m, ok := f.Msg.(*devicepb.C2S); !ok || !bytes.Equal(m.Payload, tc.payload) {
 			t.Fatalf("payload of %d bytes not read back", len(tc.payload))
 		}
+	}
+}
+
+// TestZstdBombCostsWhatMaxBodyAllows: a compressed body that does not
+// declare its size and decompresses to 40 MiB is refused on a connection
+// whose MaxBody is 64 KiB without allocating much more than that (a
+// codec shared by every MaxBody let it grow to the largest, 64 MiB).
+func TestZstdBombCostsWhatMaxBodyAllows(t *testing.T) {
+	var z bytes.Buffer
+	enc, err := zstd.NewWriter(&z) // streaming: no content size in the frame
+	if err != nil {
+		t.Fatal(err)
+	}
+	zeros := make([]byte, 1<<20)
+	for range 40 {
+		if _, err := enc.Write(zeros); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	frame := make([]byte, messages.HeaderSize, messages.HeaderSize+z.Len())
+	messages.PutHeader(frame, messages.Header{Cmd: messages.CmdS2C, AppCode: 1, Seq: 1, Flags: messages.FlagZstd, Length: uint32(z.Len())})
+	frame = append(frame, z.Bytes()...)
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	r := client.NewConn(b, client.ConnConfig{AppCode: 1, MaxBody: 64 << 10})
+	r.SetCompression(true)
+	go func() { _, _ = a.Write(frame) }()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	if _, err := r.ReadFrame(); !errors.Is(err, client.ErrProtocol) {
+		t.Fatalf("the bomb was read: %v", err)
+	}
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 8<<20 {
+		t.Fatalf("refusing the bomb allocated %d MiB", grew>>20)
 	}
 }
