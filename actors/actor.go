@@ -359,7 +359,7 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	case idleCheck:
 		if wait := a.deps.Config.PassivateAfter - (a.deps.idle.since() - a.lastActive); wait > 0 {
 			a.armIdle(ctx, wait)
-			if a.d != nil && a.d.IdleButDeletions() && a.quiet() && !a.deps.Store.Stalled() {
+			if a.d != nil && a.d.DeletionsWaiting() && a.quiet() && !a.deps.Store.Stalled() {
 				// Active (presence queries, fire-and-forget pushes) but
 				// writing nothing: the deletions of what was acknowledged
 				// would wait for a write for as long as that lasts, the
@@ -385,6 +385,15 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 			break
 		}
 		a.armIdle(ctx, a.deps.Config.PassivateAfter) // in case the router says not yet
+		if a.d != nil && a.d.DeletionsWaiting() && a.quiet() && !a.deps.Store.Stalled() {
+			// Not idle (a delivery waits for its acknowledgement, for as
+			// long as the device withholds it), but what it did
+			// acknowledge is deleted: stored, it would be delivered again
+			// after a crash or a move. At most one such write per
+			// PassivateAfter.
+			a.d.FlushDeletions()
+			break
+		}
 		if a.idle() {
 			a.deps.Router.Passivate(a.id.App, a.id.UID, ctx.Self(), a.seen)
 		}

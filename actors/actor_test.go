@@ -1361,3 +1361,40 @@ func TestLoginRefusedDuringAHandoffEndsTheSession(t *testing.T) {
 		return s != nil && !s.GetOnline()
 	}, "the refused login's session stayed online")
 }
+
+// TestAcknowledgedDeletedBesideAWithheldAck: a device that acknowledges
+// every message but one (it cannot parse it) still has the others
+// deleted within a PassivateAfter or so, whether the identity is busy
+// (presence queries) or quiet; they waited for the next push or the
+// session's end, and a crash or a move meanwhile delivered them again.
+func TestAcknowledgedDeletedBesideAWithheldAck(t *testing.T) {
+	for _, busy := range []bool{false, true} {
+		t.Run(fmt.Sprint("busy=", busy), func(t *testing.T) {
+			h := newActorHarness(t, nil) // PassivateAfter 100 ms
+			c := &actorpb.ConnRef{GateAddress: "n1", GateId: "g1", ConnId: 1}
+			h.login(alice, c)
+			for _, p := range []string{"x", "y"} {
+				if rep := h.r.request(env(alice, &actorpb.Push{Stored: true, Payload: []byte(p)})); rep.GetPush() == nil {
+					t.Fatalf("push: %v", rep)
+				}
+			}
+			var s2c []*actorpb.OutFrame
+			testkit.Eventually(t, 5*time.Second, func() bool { s2c = h.r.frames(uint32(messages.CmdS2C)); return len(s2c) >= 2 }, "no deliveries")
+			var m devicepb.S2C
+			if err := proto.Unmarshal(s2c[1].Body, &m); err != nil {
+				t.Fatal(err)
+			}
+			h.ackS2C(alice, c, m.MsgId) // the second; the first is withheld
+			deadline := time.Now().Add(3 * time.Second)
+			for h.store.stored(alice) != 1 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d entries stored: the acknowledged one was not deleted", h.store.stored(alice))
+				}
+				if busy {
+					h.presence(alice)
+				}
+				time.Sleep(30 * time.Millisecond)
+			}
+		})
+	}
+}

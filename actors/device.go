@@ -362,6 +362,14 @@ func (d *Device) IdleButDeletions() bool {
 	return len(d.dels) > 0 && d.next == nil && !d.inFlight && w == 0 && r == 0 && d.inflight == 0
 }
 
+// DeletionsWaiting reports whether deletions of acknowledged messages
+// wait for a write while none is pending or in flight (whatever else the
+// machine still holds: a delivery the device never acknowledges would
+// keep IdleButDeletions false for as long as it stays).
+func (d *Device) DeletionsWaiting() bool {
+	return len(d.dels) > 0 && d.next == nil && !d.inFlight && !d.broken
+}
+
 // FlushDeletions makes the pending deletions part of the next write, for
 // a machine that will write nothing else soon (it is about to leave
 // memory, or to hand its identity off). It reports whether there were
