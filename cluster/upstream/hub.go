@@ -608,6 +608,10 @@ func (f *fanin) forgetTaken(gate string) {
 // compactOrder drops the acknowledged ids from gate's order once they
 // are most of it (f.mu held).
 func (f *fanin) compactOrder(gate string) {
+	if f.heldN[gate] == 0 {
+		delete(f.order, gate) // nothing held: a gate gone leaves nothing behind
+		return
+	}
 	ids := f.order[gate]
 	if len(ids) <= 2*f.heldN[gate]+64 {
 		return
