@@ -21,11 +21,12 @@ type childKey struct {
 type child struct {
 	pid       *actor.PID
 	forwarded uint64 // envelopes sent to it, under its shard's lock
-	// holding: the identity's previous owner is asked to release it
-	// (release.go); held are the envelopes counted for the actor and not
-	// sent to it yet, in order.
-	holding bool
-	held    []*actorpb.Envelope
+	// waitRemote: the identity's previous owner, another member, is
+	// asked to release it; waitLocal: an actor of it on this node hands
+	// off (release.go). While either waits, held are the envelopes
+	// counted for the actor and not sent to it yet, in order.
+	waitRemote, waitLocal bool
+	held                  []*actorpb.Envelope
 }
 
 // localShard is one shard of the identities this node hosts. Its lock is
@@ -95,13 +96,10 @@ func (s *System) routeLocal(hash uint64, env *actorpb.Envelope) {
 		sh.peak = max(sh.peak, len(sh.children))
 		s.metrics.active.Inc()
 		s.metrics.activations.Inc()
-		if from := s.releaseFrom(hash); from != "" && s.askRelease(from, k) {
-			c.holding = true
-			s.metrics.releaseAsked.Inc()
-		}
+		s.awaitRelease(hash, k, c)
 	}
 	c.forwarded++
-	if c.holding {
+	if c.waitRemote || c.waitLocal {
 		if len(c.held) < releaseHoldMax {
 			c.held = append(c.held, env)
 			sh.mu.Unlock()
@@ -164,28 +162,34 @@ func (s *System) HandedOff(_ uint16, _ string, pid *actor.PID) {
 
 // handoff tells actors that left this node's routing (another member owns
 // their identity now, or this node is leaving) to complete what they have
-// in flight and stop (*actorpb.Handoff). The caller recorded them in
-// handingOff, under their shard's lock.
-func (s *System) handoff(pids []*actor.PID) {
+// in flight and stop (*actorpb.Handoff), then sends each what its
+// activation held for a release, which it forwards. The caller recorded
+// them in handingOff, under their shard's lock.
+func (s *System) handoff(pids []*actor.PID, held map[*actor.PID][]*actorpb.Envelope) {
 	if s.beforeHandoff != nil {
 		s.beforeHandoff(pids)
 	}
 	for _, pid := range pids {
 		s.metrics.handoffs.Inc()
 		s.actors.Root.Send(pid, &actorpb.Handoff{})
+		for _, env := range held[pid] {
+			s.actors.Root.Send(pid, env)
+		}
 	}
 }
 
-// markHandingOff records that pid's actor, of identity k, is handing
-// off, until handoffEnded (under k's shard lock). What it held waiting
-// for a release goes to it first.
-func (s *System) markHandingOff(pid *actor.PID, k childKey, c *child) {
-	s.flushHeld(c)
+// markHandingOff records that c's actor, of identity k, is handing off,
+// until handoffEnded (under k's shard lock). It returns the envelopes c
+// held waiting for a release: they go to the actor after its Handoff.
+func (s *System) markHandingOff(k childKey, c *child) []*actorpb.Envelope {
+	pid := c.pid
+	held := takeHeld(c)
 	if _, loaded := s.handingOff.LoadOrStore(pid.Id, k); !loaded {
 		s.handingOffN.Add(1)
 		s.metrics.handingOff.Inc()
 		s.handingOffKey(k)
 	}
+	return held
 }
 
 func (s *System) handoffEnded(pid *actor.PID) {
@@ -212,6 +216,7 @@ func (s *System) dropMoved(p *placement) {
 	for i := range s.local {
 		sh := &s.local[i]
 		var moved []*actor.PID
+		var held map[*actor.PID][]*actorpb.Envelope
 		sh.mu.Lock()
 		for k, c := range sh.children {
 			if o := p.owner(identityHash(k.app, k.uid)); o == nil || o.address != s.address {
@@ -219,14 +224,19 @@ func (s *System) dropMoved(p *placement) {
 				moved = append(moved, c.pid)
 				// Under the lock: a Retire of the actor after it (fenced)
 				// finds the entry and ends it.
-				s.markHandingOff(c.pid, k, c)
+				if h := s.markHandingOff(k, c); len(h) > 0 {
+					if held == nil {
+						held = map[*actor.PID][]*actorpb.Envelope{}
+					}
+					held[c.pid] = h
+				}
 			}
 		}
 		sh.shrink()
 		sh.mu.Unlock()
 		s.metrics.active.Sub(float64(len(moved)))
 		s.metrics.moved.Add(float64(len(moved)))
-		s.handoff(moved)
+		s.handoff(moved, held)
 	}
 }
 
@@ -240,14 +250,20 @@ func (s *System) dropAll() {
 		children := sh.children
 		sh.children, sh.peak = map[childKey]*child{}, 0
 		pids := make([]*actor.PID, 0, len(children))
+		var held map[*actor.PID][]*actorpb.Envelope
 		for k, c := range children {
 			pids = append(pids, c.pid)
-			s.markHandingOff(c.pid, k, c) // as in dropMoved
+			if h := s.markHandingOff(k, c); len(h) > 0 { // as in dropMoved
+				if held == nil {
+					held = map[*actor.PID][]*actorpb.Envelope{}
+				}
+				held[c.pid] = h
+			}
 		}
 		sh.mu.Unlock()
 		s.metrics.active.Sub(float64(len(pids)))
 		s.metrics.moved.Add(float64(len(pids)))
-		s.handoff(pids)
+		s.handoff(pids, held)
 	}
 }
 

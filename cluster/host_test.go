@@ -271,3 +271,106 @@ func TestActivationHoldsEnvelopesUntilReleased(t *testing.T) {
 		t.Fatalf("release_late %v, want 1", v)
 	}
 }
+
+// presenceTo routes a presence query for uid and returns where its reply
+// comes.
+func presenceTo(sys *System, uid string) chan *actorpb.Reply {
+	id, ch := sys.replies.register()
+	sys.route(&actorpb.Envelope{AppCode: 1, Uid: uid, ReqId: id, ReplyAddress: sys.Address(),
+		Body: &actorpb.Envelope_Presence{Presence: &actorpb.PresenceQuery{}}})
+	return ch
+}
+
+// TestHeldEnvelopesGoAfterTheHandoff: an activation holding envelopes
+// for a release that moves away again hands them to its actor after the
+// Handoff (which forwards them), not before: sent before, the actor
+// would load the identity, claiming it from its new owner.
+func TestHeldEnvelopesGoAfterTheHandoff(t *testing.T) {
+	sys := startEchoMember(t)
+	const silent = "127.0.0.1:1"
+	sys.prior.Store(&prior{p: newPlacement([]string{silent}, sys.cfg.Shards, 1), until: time.Now().Add(time.Minute),
+		live: map[string]bool{silent: true}})
+	reply := presenceTo(sys, "moving")
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		sh := &sys.local[shard(identityHash(1, "moving"), len(sys.local))]
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		c := sh.children[childKey{1, "moving"}]
+		return c != nil && c.waitRemote && len(c.held) == 1
+	}, "the activation does not hold the envelope")
+	sys.dropMoved(newPlacement(nil, sys.cfg.Shards, 99))
+	select {
+	case r := <-reply:
+		if n := r.GetPresence().GetPending(); n < 1000 {
+			t.Fatalf("the actor handled the held envelope before its Handoff (count %d)", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the held envelope never reached the actor")
+	}
+}
+
+// TestActivationWaitsForItsOwnHandoff: an identity whose actor here is
+// still handing off (this node rejoined, or the identity came back) is
+// activated anew holding its envelopes until that handoff ends.
+func TestActivationWaitsForItsOwnHandoff(t *testing.T) {
+	sys := startEchoMember(t)
+	if r := <-presenceTo(sys, "back"); r.GetPresence() == nil {
+		t.Fatalf("first activation: %v", r)
+	}
+	hold := make(chan struct{})
+	var once sync.Once
+	unhold := func() { once.Do(func() { close(hold) }) }
+	defer unhold()
+	sys.beforeHandoff = func(pids []*actor.PID) {
+		if len(pids) > 0 {
+			<-hold
+		}
+	}
+	dropped := make(chan struct{})
+	go func() { sys.dropAll(); close(dropped) }()
+	testkit.Eventually(t, 5*time.Second, func() bool { return sys.handoffsPending() == 1 }, "the handoff was not registered")
+	reply := presenceTo(sys, "back") // still owned here: a new activation
+	select {
+	case r := <-reply:
+		t.Fatalf("answered %v while the identity's old actor here hands off", r)
+	case <-time.After(200 * time.Millisecond):
+	}
+	unhold()
+	<-dropped
+	sys.beforeHandoff = nil
+	select {
+	case r := <-reply:
+		if r.GetPresence().GetPending() != 1 {
+			t.Fatalf("answered %v, want the new actor's first envelope", r)
+		}
+	case <-time.After(releaseWait):
+		t.Fatal("the new activation did not go on when the handoff ended")
+	}
+}
+
+// TestReleaseGoesToTheChildThatAsked: an answer to an older activation's
+// ask does not release a newer one waiting for another member.
+func TestReleaseGoesToTheChildThatAsked(t *testing.T) {
+	sys := startEchoMember(t)
+	const silent = "127.0.0.1:1"
+	sys.prior.Store(&prior{p: newPlacement([]string{silent}, sys.cfg.Shards, 1), until: time.Now().Add(time.Minute),
+		live: map[string]bool{silent: true}})
+	presenceTo(sys, "asked")
+	k := childKey{1, "asked"}
+	sh := &sys.local[shard(identityHash(1, "asked"), len(sys.local))]
+	sys.released(k, &child{}, true) // an answer meant for an earlier child
+	sh.mu.Lock()
+	c := sh.children[k]
+	waiting := c != nil && c.waitRemote && len(c.held) == 1
+	sh.mu.Unlock()
+	if !waiting {
+		t.Fatal("an answer for another child released this one")
+	}
+	sys.released(k, c, true)
+	sh.mu.Lock()
+	waiting = c.waitRemote || len(c.held) > 0
+	sh.mu.Unlock()
+	if waiting {
+		t.Fatal("its own answer did not release it")
+	}
+}

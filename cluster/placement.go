@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"sort"
+	"strings"
 
 	"github.com/asynkron/protoactor-go/actor"
 )
@@ -95,6 +96,19 @@ func (p *placement) owner(h uint64) *placedMember {
 		}
 	}
 	return best
+}
+
+// sameMembers reports whether p places over exactly addresses.
+func (p *placement) sameMembers(addresses []string) bool {
+	if len(p.members) != len(addresses) {
+		return false
+	}
+	for _, a := range addresses {
+		if _, found := sort.Find(len(p.members), func(i int) int { return strings.Compare(a, p.members[i].address) }); !found {
+			return false
+		}
+	}
+	return true
 }
 
 // shard picks the host actor of an identity on its member.

@@ -132,3 +132,26 @@ func TestGatherAsksEachAddressOnce(t *testing.T) {
 		t.Fatalf("got %+v, want a-new and b", got)
 	}
 }
+
+// TestPriorKeptWhenThePlacementStays: a view that places over the same
+// members (a gate-only member joined) keeps the record of the previous
+// owners; a changed one replaces it.
+func TestPriorKeptWhenThePlacementStays(t *testing.T) {
+	s := &System{address: "b:1", cfg: DefaultConfig()}
+	v := &membership.View{Members: []membership.Member{{Address: "a:1", Health: membership.HealthPassing}, {Address: "b:1", Health: membership.HealthPassing}}}
+	old := newPlacement([]string{"a:1"}, 4, 1)
+	s.notePrior(old, []string{"a:1", "b:1"}, v, false)
+	first := s.prior.Load()
+	if first == nil || first.p != old {
+		t.Fatal("the first change was not recorded")
+	}
+	s.notePrior(newPlacement([]string{"a:1", "b:1"}, 4, 2), []string{"a:1", "b:1"}, v, false)
+	if s.prior.Load() != first {
+		t.Fatal("a view over the same members replaced the record")
+	}
+	// A rejoin takes the placement over the others, whatever it had.
+	s.notePrior(newPlacement([]string{"a:1", "b:1"}, 4, 3), []string{"a:1", "b:1"}, v, true)
+	if p := s.prior.Load().p; len(p.members) != 1 || p.members[0].address != "a:1" {
+		t.Fatalf("after a rejoin the prior placement is %+v, want a:1 alone", p.members)
+	}
+}

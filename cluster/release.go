@@ -38,7 +38,7 @@ const releaseWait = 2 * time.Second
 const (
 	releaseBatchMax   = 512
 	releaseBatchDelay = 2 * time.Millisecond
-	releaseAsksMax    = 64
+	releaseAsksMax    = 1024
 )
 
 // releaseHoldMax is the most envelopes an activation holds while it
@@ -59,9 +59,15 @@ type prior struct {
 
 // notePrior records, when a view changes the placement from old to the
 // one over addrs, where identities were before. A node placed for the
-// first time (joining) takes old as the placement over the others.
-func (s *System) notePrior(old *placement, addrs []string, v *membership.View) {
-	if old == nil || len(old.members) == 0 {
+// first time (joining), or again as a new instance (rejoined: while it
+// was out, others held its identities), takes old as the placement over
+// the others. A view that places over the same members leaves the last
+// record (its owners are still the previous ones).
+func (s *System) notePrior(old *placement, addrs []string, v *membership.View, rejoined bool) {
+	if !rejoined && old != nil && old.sameMembers(addrs) {
+		return
+	}
+	if rejoined || old == nil || len(old.members) == 0 {
 		var others []string
 		for _, a := range addrs {
 			if a != s.address {
@@ -100,14 +106,22 @@ type releaseAsks struct {
 }
 
 type releaseBatch struct {
-	keys  []childKey
+	keys  []heldKey
 	timer *time.Timer
 }
 
-// askRelease asks the member at address to release k (its shard lock is
-// held by the caller; the answer comes on another goroutine). It reports
-// false when no ask could be made: the caller does not wait.
-func (s *System) askRelease(address string, k childKey) bool {
+// heldKey is an activation waiting for a release: its identity and its
+// child (an answer releases only the child that asked).
+type heldKey struct {
+	k childKey
+	c *child
+}
+
+// askRelease asks the member at address to release k for its child c
+// (k's shard lock is held by the caller; the answer comes on another
+// goroutine). It reports false when no ask could be made: the caller
+// does not wait.
+func (s *System) askRelease(address string, k childKey, c *child) bool {
 	a := &s.asks
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -124,7 +138,7 @@ func (s *System) askRelease(address string, k childKey) bool {
 		a.batches[address] = b
 		b.timer = time.AfterFunc(releaseBatchDelay, func() { s.sendRelease(address, b) })
 	}
-	b.keys = append(b.keys, k)
+	b.keys = append(b.keys, heldKey{k, c})
 	if len(b.keys) >= releaseBatchMax && b.timer.Stop() {
 		delete(a.batches, address)
 		go s.sendRelease(address, b)
@@ -148,8 +162,8 @@ func (s *System) sendRelease(address string, b *releaseBatch) {
 		a.mu.Unlock()
 	}()
 	req := &actorpb.Release{WaitMs: releaseWait.Milliseconds() - 100, Identities: make([]*actorpb.ReleaseIdentity, len(keys))}
-	for i, k := range keys {
-		req.Identities[i] = &actorpb.ReleaseIdentity{AppCode: uint32(k.app), Uid: k.uid}
+	for i, h := range keys {
+		req.Identities[i] = &actorpb.ReleaseIdentity{AppCode: uint32(h.k.app), Uid: h.k.uid}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), releaseWait)
 	r, err := s.AskNode(ctx, address, &actorpb.NodeRequest{Body: &actorpb.NodeRequest_Release{Release: req}})
@@ -164,38 +178,93 @@ func (s *System) sendRelease(address string, b *releaseBatch) {
 	default:
 		s.metrics.releaseLate.Add(float64(r.GetReleased().GetPending()))
 	}
-	for _, k := range keys {
-		s.released(k)
+	for _, h := range keys {
+		s.released(h.k, h.c, true)
 	}
 }
 
-// released sends the envelopes k's activation held to its actor.
-func (s *System) released(k childKey) {
+// awaitRelease makes c, k's new activation, hold its envelopes while an
+// actor of k on this node hands off, or while k's previous owner, a live
+// member, has not released it (k's shard lock held).
+func (s *System) awaitRelease(hash uint64, k childKey, c *child) {
+	if s.waitLocalHandoff(k, c) {
+		c.waitLocal = true
+		s.metrics.releaseAsked.Inc()
+		time.AfterFunc(releaseWait, func() { s.released(k, c, false) })
+	}
+	if from := s.releaseFrom(hash); from != "" && s.askRelease(from, k, c) {
+		c.waitRemote = true
+		s.metrics.releaseAsked.Inc()
+	}
+}
+
+// waitLocalHandoff registers c to go on once this node's actor of k
+// finishes handing off, if one does.
+func (s *System) waitLocalHandoff(k childKey, c *child) bool {
+	s.rel.mu.Lock()
+	defer s.rel.mu.Unlock()
+	if s.rel.busy[k] == 0 {
+		return false
+	}
+	if s.rel.local == nil {
+		s.rel.local = map[childKey]*child{}
+	}
+	s.rel.local[k] = c
+	return true
+}
+
+// released ends c's wait for the previous owner (remote) or for this
+// node's own handoff of k, and sends what it held to its actor once it
+// waits for neither; if c is no longer k's child, nothing.
+func (s *System) released(k childKey, c *child, remote bool) {
+	if !remote {
+		s.rel.mu.Lock()
+		if s.rel.local[k] == c {
+			delete(s.rel.local, k)
+		}
+		s.rel.mu.Unlock()
+	}
 	sh := &s.local[shard(identityHash(k.app, k.uid), len(s.local))]
 	sh.mu.Lock()
-	if c := sh.children[k]; c != nil {
-		s.flushHeld(c)
+	if sh.children[k] == c {
+		if remote {
+			c.waitRemote = false
+		} else {
+			c.waitLocal = false
+		}
+		if !c.waitRemote && !c.waitLocal {
+			s.flushHeld(c)
+		}
 	}
 	sh.mu.Unlock()
 }
 
-// flushHeld sends the envelopes c held, in order (its shard's lock held).
+// takeHeld detaches the envelopes c held (its shard's lock held): for a
+// child leaving the routing, which gets them after its Handoff and
+// forwards them (sent before, they would have it load, claiming the
+// identity from its new owner).
+func takeHeld(c *child) []*actorpb.Envelope {
+	held := c.held
+	c.held, c.waitRemote, c.waitLocal = nil, false, false
+	return held
+}
+
+// flushHeld sends the envelopes c held, in order, and ends its waits
+// (its shard's lock held).
 func (s *System) flushHeld(c *child) {
-	if !c.holding {
-		return
-	}
 	for i, env := range c.held {
 		s.actors.Root.Send(c.pid, env)
 		c.held[i] = nil
 	}
-	c.held, c.holding = nil, false
+	c.held, c.waitRemote, c.waitLocal = nil, false, false
 }
 
 // releaser holds the Release requests this node answers once it no
 // longer holds their identities.
 type releaser struct {
 	mu      sync.Mutex
-	busy    map[childKey]int // actors handing off, by identity
+	busy    map[childKey]int    // actors handing off, by identity
+	local   map[childKey]*child // activations waiting for one of them
 	waiters map[*releaseWaiter]struct{}
 	byKey   map[childKey][]*releaseWaiter
 }
@@ -252,22 +321,31 @@ func (s *System) answerRelease(req *actorpb.NodeRequest) {
 		r.waiters, r.byKey = map[*releaseWaiter]struct{}{}, map[childKey][]*releaseWaiter{}
 	}
 	r.waiters[w] = struct{}{}
+	keys := make([]childKey, 0, len(w.keys))
 	for k := range w.keys {
 		r.byKey[k] = append(r.byKey[k], w)
+		keys = append(keys, k)
 	}
 	r.mu.Unlock()
 	wait := min(max(time.Duration(rel.GetWaitMs())*time.Millisecond, 0), releaseWait)
 	time.AfterFunc(wait, func() { s.finishWaiter(w) })
 	// A handoff may have ended between the check and the registration.
-	s.recheckRelease(keysOf(w))
+	s.recheckRelease(keys)
 }
 
-func keysOf(w *releaseWaiter) []childKey {
-	out := make([]childKey, 0, len(w.keys))
-	for k := range w.keys {
-		out = append(out, k)
+// finishAllWaiters answers every Release request still waiting, with
+// what it waits for (a node stopping: answered now, before its remoting
+// stops, rather than never).
+func (s *System) finishAllWaiters() {
+	s.rel.mu.Lock()
+	ws := make([]*releaseWaiter, 0, len(s.rel.waiters))
+	for w := range s.rel.waiters {
+		ws = append(ws, w)
 	}
-	return out
+	s.rel.mu.Unlock()
+	for _, w := range ws {
+		s.finishWaiter(w)
+	}
 }
 
 // recheckRelease answers the waiters whose last held identity among
@@ -353,9 +431,16 @@ func (s *System) handingOffKey(k childKey) {
 // answers the Release requests that waited for it.
 func (s *System) handoffEndedKey(k childKey) {
 	s.rel.mu.Lock()
+	var waiting *child
 	if s.rel.busy[k]--; s.rel.busy[k] <= 0 {
 		delete(s.rel.busy, k)
+		waiting = s.rel.local[k]
 	}
 	s.rel.mu.Unlock()
+	if waiting != nil {
+		// An activation here that waited for this node's own handoff of
+		// the identity (it came back, or this node rejoined) goes on.
+		s.released(k, waiting, false)
+	}
 	s.recheckRelease([]childKey{k})
 }

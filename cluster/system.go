@@ -291,7 +291,9 @@ func (s *System) Active() int {
 // goroutine, one view at a time.
 func (s *System) onView(v *membership.View) {
 	prev := s.view.Swap(v)
+	rejoined := false
 	if prevSelf := s.selfID.Load(); prevSelf != nil && *prevSelf != v.Self.ID && v.Self.ID != "" {
+		rejoined = true
 		s.log.Warn("cluster: this node rejoined as a new instance; dropping its actors", "old", *prevSelf, "new", v.Self.ID)
 		s.dropAll()
 		if s.onRejoin != nil {
@@ -314,7 +316,7 @@ func (s *System) onView(v *membership.View) {
 		}
 	}
 	p := newPlacement(addrs, s.cfg.Shards, v.Seq, shardsIn(v))
-	s.notePrior(s.placement.Load(), addrs, v)
+	s.notePrior(s.placement.Load(), addrs, v, rejoined)
 	s.placement.Store(p)
 	s.syncGates(v)
 	s.forgetDeparted(v)
@@ -449,6 +451,7 @@ func (s *System) leavePlacement() {
 	p := newPlacement(addrs, s.cfg.Shards, v.Seq+1, shardsIn(v))
 	s.placement.Store(p)
 	s.dropMoved(p)
+	s.recheckRelease(nil) // it owns nothing now
 	s.log.Info("cluster: left; identities handed off", "to_members", len(addrs), "handing_off", s.handoffsPending())
 }
 
@@ -522,8 +525,13 @@ func (s *System) RemoveGate(id string) {
 		sh.mu.Lock()
 		for k, c := range sh.children {
 			c.forwarded++
-			s.actors.Root.Send(c.pid, &actorpb.Envelope{AppCode: uint32(k.app), Uid: k.uid,
-				Body: &actorpb.Envelope_GateDown{GateDown: &actorpb.GateDown{GateId: id}}})
+			env := &actorpb.Envelope{AppCode: uint32(k.app), Uid: k.uid,
+				Body: &actorpb.Envelope_GateDown{GateDown: &actorpb.GateDown{GateId: id}}}
+			if c.waitRemote || c.waitLocal {
+				c.held = append(c.held, env) // behind what it holds (release.go)
+			} else {
+				s.actors.Root.Send(c.pid, env)
+			}
 			told++
 		}
 		sh.mu.Unlock()
@@ -800,6 +808,9 @@ func (s *System) Shutdown() {
 				s.log.Warn("cluster: stopping with handoffs unfinished; their callers time out and retry", "actors", n)
 			}
 		}
+		// Release requests still waiting are answered while remoting
+		// still carries the answers.
+		s.finishAllWaiters()
 		if s.actors != nil {
 			s.drainRemoting(left)
 		}

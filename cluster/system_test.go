@@ -28,10 +28,14 @@ type echo struct {
 	app  uint16
 	uid  string
 	log  *sync.Map // uid -> []string of closes received
+	// handedOff: a Handoff came; presence answers then add 1000 to the
+	// count (tests of what reaches an actor after its Handoff).
+	handedOff bool
 }
 
 func (e *echo) Receive(ctx actor.Context) {
 	if _, ok := ctx.Message().(*actorpb.Handoff); ok {
+		e.handedOff = true
 		e.sys.HandedOff(e.app, e.uid, ctx.Self())
 		return
 	}
@@ -40,6 +44,9 @@ func (e *echo) Receive(ctx actor.Context) {
 		return
 	}
 	e.seen++
+	if e.handedOff {
+		e.seen += 1000
+	}
 	e.app, e.uid = uint16(env.AppCode), env.Uid
 	switch b := env.Body.(type) {
 	case *actorpb.Envelope_Presence:
