@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"sync"
 	"testing"
@@ -243,6 +244,7 @@ func TestReleaseAnsweredOnceHandedOff(t *testing.T) {
 func TestActivationHoldsEnvelopesUntilReleased(t *testing.T) {
 	sys := startEchoMember(t)
 	const gone = "127.0.0.1:1" // live in the prior view, never answers
+	sys.askNodeForTest = silentMember
 	sys.prior.Store(&prior{p: newPlacement([]string{gone}, sys.cfg.Shards, 1), until: time.Now().Add(time.Minute),
 		live: map[string]bool{gone: true}})
 	start := time.Now()
@@ -288,6 +290,7 @@ func presenceTo(sys *System, uid string) chan *actorpb.Reply {
 func TestHeldEnvelopesGoAfterTheHandoff(t *testing.T) {
 	sys := startEchoMember(t)
 	const silent = "127.0.0.1:1"
+	sys.askNodeForTest = silentMember
 	sys.prior.Store(&prior{p: newPlacement([]string{silent}, sys.cfg.Shards, 1), until: time.Now().Add(time.Minute),
 		live: map[string]bool{silent: true}})
 	reply := presenceTo(sys, "moving")
@@ -353,6 +356,7 @@ func TestActivationWaitsForItsOwnHandoff(t *testing.T) {
 func TestReleaseGoesToTheChildThatAsked(t *testing.T) {
 	sys := startEchoMember(t)
 	const silent = "127.0.0.1:1"
+	sys.askNodeForTest = silentMember
 	sys.prior.Store(&prior{p: newPlacement([]string{silent}, sys.cfg.Shards, 1), until: time.Now().Add(time.Minute),
 		live: map[string]bool{silent: true}})
 	presenceTo(sys, "asked")
@@ -373,4 +377,10 @@ func TestReleaseGoesToTheChildThatAsked(t *testing.T) {
 	if waiting {
 		t.Fatal("its own answer did not release it")
 	}
+}
+
+// silentMember is a member that never answers a Release ask.
+func silentMember(ctx context.Context, address string, _ *actorpb.NodeRequest) (*actorpb.Reply, error) {
+	<-ctx.Done()
+	return nil, fmt.Errorf("%w: node %s: %v", ErrNoReply, address, ctx.Err())
 }

@@ -166,7 +166,11 @@ func (s *System) sendRelease(address string, b *releaseBatch) {
 		req.Identities[i] = &actorpb.ReleaseIdentity{AppCode: uint32(h.k.app), Uid: h.k.uid}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), releaseWait)
-	r, err := s.AskNode(ctx, address, &actorpb.NodeRequest{Body: &actorpb.NodeRequest_Release{Release: req}})
+	ask := s.AskNode
+	if s.askNodeForTest != nil {
+		ask = s.askNodeForTest
+	}
+	r, err := ask(ctx, address, &actorpb.NodeRequest{Body: &actorpb.NodeRequest_Release{Release: req}})
 	cancel()
 	switch {
 	case err != nil:

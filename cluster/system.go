@@ -81,10 +81,13 @@ type System struct {
 	handingOff sync.Map
 	// prior, asks and rel make planned moves wait for the previous
 	// owner's handoff (release.go).
-	prior       atomic.Pointer[prior]
-	asks        releaseAsks
-	rel         releaser
-	handingOffN atomic.Int64 // its entries
+	prior atomic.Pointer[prior]
+	asks  releaseAsks
+	rel   releaser
+	// askNodeForTest, if set, takes the place of AskNode for Release
+	// asks (tests: a member that never answers, without remoting to it).
+	askNodeForTest func(context.Context, string, *actorpb.NodeRequest) (*actorpb.Reply, error)
+	handingOffN    atomic.Int64 // its entries
 	// beforeHandoff, if set, is called with the actors about to be told
 	// to hand off (tests: what happens between dropMoved's lock and it).
 	beforeHandoff func([]*actor.PID)
