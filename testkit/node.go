@@ -114,13 +114,13 @@ func TestStore() string {
 
 // Node is a courier node running as a separate process, as in production.
 type Node struct {
-	t       testing.TB
-	opts    NodeOptions
-	cmd     *exec.Cmd
-	logs    *syncBuffer
+	t    testing.TB
+	opts NodeOptions
+	cmd  *exec.Cmd
+	logs *syncBuffer
 	// before holds what the node's earlier processes (before Restart)
 	// wrote, so that a data race one of them reported fails the test.
-	before strings.Builder
+	before  strings.Builder
 	exited  chan struct{}
 	stopped bool // by Stop, not by itself
 	// The node's addresses in its current run (empty for a component
