@@ -153,9 +153,17 @@ func TestPostgresRestartWhilePushesStream(t *testing.T) {
 	accepted.Add(1)
 	go func() {
 		defer accepted.Done()
+		// Closed however the pushes end: a push that fails for good must
+		// not leave the wait below hanging until the package's timeout.
+		defer close(progress)
+		deadline := time.Now().Add(2 * time.Minute)
 		for i := range total {
 			req := &apipb.PushRequest{AppCode: 1, Uid: "stream", Payload: []byte(fmt.Sprint(i)), IdempotencyKey: fmt.Sprintf("k%d", i)}
 			for {
+				if time.Now().After(deadline) {
+					t.Errorf("push %d still refused after 2 minutes", i)
+					return
+				}
 				ctx, cancel := context.WithTimeout(testkit.Ctx(t, testkit.App1Key), 10*time.Second)
 				r, err := api.Push(ctx, req)
 				cancel()
