@@ -143,6 +143,11 @@ func TestDrainOfTheLastActorNode(t *testing.T) {
 	if _, err := api.Drain(testkit.Ctx(t, testkit.OperatorKey), &apipb.DrainRequest{Node: "node1", WindowMs: 10_000}); err != nil {
 		t.Fatalf("Drain: %v", err)
 	}
+	// The drain did begin (a Drain that did nothing would pass the rest).
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		code, body := readyz(t, n1)
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "draining")
+	}, "node1 does not say it drains")
 	time.Sleep(time.Second) // the others have the view with node1 draining
 	for i := range 3 {
 		if _, err := api.Push(ctx, &apipb.PushRequest{AppCode: 1, Uid: "on-the-other-gate", Payload: []byte(fmt.Sprint("during ", i))}); err != nil {
