@@ -9,12 +9,21 @@ import (
 // histogram counts latencies in logarithmic buckets: 8 per power of two
 // of microseconds, from 1 µs to 2^40 µs (12 days). A percentile is read as
 // the upper bound of its bucket, so it overstates by at most 1/8 (12.5%).
-// It is 2.6 KiB, small enough to keep one per time slot and key.
-type histogram struct {
-	counts [subBuckets * 41]uint32
+// With 32-bit counts it is 1.3 KiB, small enough to keep one per time
+// slot and key (a slot never holds 2^32 samples in a bucket); lifetimes'
+// and the sums of several nodes take 64-bit counts (wideHistogram),
+// which 2^32 acknowledgements in one bucket (12 hours at 100,000/s)
+// would wrap.
+type hist[C uint32 | uint64] struct {
+	counts [subBuckets * 41]C
 	n      uint64
 	max    uint64 // µs
 }
+
+type (
+	histogram     = hist[uint32]
+	wideHistogram = hist[uint64]
+)
 
 const (
 	subBits    = 3
@@ -40,7 +49,7 @@ func upper(b int) uint64 {
 	return (subBuckets+sub+1)<<(exp-subBits) - 1
 }
 
-func (h *histogram) record(d time.Duration) {
+func (h *hist[C]) record(d time.Duration) {
 	us := uint64(max(d.Microseconds(), 0))
 	b := min(bucketOf(us), len(h.counts)-1)
 	h.counts[b]++
@@ -48,7 +57,7 @@ func (h *histogram) record(d time.Duration) {
 	h.max = max(h.max, us)
 }
 
-func (h *histogram) merge(o *histogram) {
+func (h *hist[C]) merge(o *hist[C]) {
 	for i, c := range o.counts {
 		h.counts[i] += c
 	}
@@ -60,7 +69,7 @@ func (h *histogram) merge(o *histogram) {
 // nearest-rank definition: the ceil(q/100 × n)-th smallest sample, so
 // that with few samples a high percentile reports the worst instead of
 // dropping it. q is taken to a thousandth of a percent.
-func (h *histogram) percentile(q float64) uint64 {
+func (h *hist[C]) percentile(q float64) uint64 {
 	if h.n == 0 {
 		return 0
 	}

@@ -10,28 +10,29 @@ import (
 // different nodes merge exactly: every node uses the same buckets.
 type Hist struct {
 	Index []uint32
-	Count []uint32
+	Count []uint64
 	N     uint64
 	Max   uint64
 }
 
-func (h *histogram) export() Hist {
+func (h *hist[C]) export() Hist {
 	out := Hist{N: h.n, Max: h.max}
 	for i, c := range h.counts {
 		if c != 0 {
 			out.Index = append(out.Index, uint32(i))
-			out.Count = append(out.Count, c)
+			out.Count = append(out.Count, uint64(c))
 		}
 	}
 	return out
 }
 
 // add merges o into h, ignoring bucket indexes out of range (from a node
-// of another version).
-func (h *histogram) add(o *Hist) {
+// of another version). Merges sum into wide histograms: a 32-bit one
+// would wrap.
+func (h *hist[C]) add(o *Hist) {
 	for i, b := range o.Index {
 		if int(b) < len(h.counts) && i < len(o.Count) {
-			h.counts[b] += o.Count[i]
+			h.counts[b] += C(o.Count[i])
 		}
 	}
 	h.n += o.N
@@ -130,7 +131,7 @@ func (r *Recorder) Raw(app uint16, msgtypes []uint32, window time.Duration) []Ra
 func Merge(app uint16, parts ...[]RawStat) (per []Stat, all Stat) {
 	type acc struct {
 		st     Stat
-		th, wh histogram
+		th, wh wideHistogram
 	}
 	by := map[uint32]*acc{}
 	for _, part := range parts {
@@ -153,7 +154,7 @@ func Merge(app uint16, parts ...[]RawStat) (per []Stat, all Stat) {
 	}
 	sort.Slice(msgtypes, func(i, j int) bool { return msgtypes[i] < msgtypes[j] })
 	all = Stat{Key: Key{App: app}}
-	var allH, allWH histogram
+	var allH, allWH wideHistogram
 	for _, m := range msgtypes {
 		a := by[m]
 		a.st.TotalLatency, a.st.WindowLatency = a.th.summary(), a.wh.summary()

@@ -40,3 +40,32 @@ func TestMergeEqualsOneRecorder(t *testing.T) {
 		t.Fatalf("msgtype filter %+v", p)
 	}
 }
+
+// TestMergeCountsPastThirtyTwoBits: lifetime histograms of a hot msgtype
+// hold billions of acknowledgements in one bucket; summed over nodes
+// they pass 2^32, and 32-bit buckets wrapped (the median read as the
+// maximum).
+func TestMergeCountsPastThirtyTwoBits(t *testing.T) {
+	const big = 3_000_000_000
+	part := func() []RawStat {
+		return []RawStat{{Msgtype: 1, TotalH: Hist{Index: []uint32{10}, Count: []uint64{big}, N: big, Max: upper(200)}}}
+	}
+	slow := []RawStat{{Msgtype: 1, TotalH: Hist{Index: []uint32{200}, Count: []uint64{1}, N: 1, Max: upper(200)}}}
+	per, all := Merge(1, part(), part(), slow)
+	if len(per) != 1 {
+		t.Fatalf("%d msgtypes", len(per))
+	}
+	for _, l := range []Latency{per[0].TotalLatency, all.TotalLatency} {
+		if l.P50 != upper(10) || l.Count != 2*big+1 {
+			t.Fatalf("p50 %d (want %d), count %d", l.P50, upper(10), l.Count)
+		}
+	}
+	// A node's own lifetime histogram counts past 2^32 too.
+	var h wideHistogram
+	h.counts[10] = 1<<32 - 1
+	h.n = 1<<32 - 1
+	h.record(10 * time.Microsecond) // bucket 10
+	if e := h.export(); e.Count[0] != 1<<32 {
+		t.Fatalf("exported %v", e.Count)
+	}
+}

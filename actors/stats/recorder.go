@@ -107,7 +107,7 @@ type Latency struct {
 	P50, P90, P99, P999, Max, Count uint64
 }
 
-func (h *histogram) summary() Latency {
+func (h *hist[C]) summary() Latency {
 	return Latency{P50: h.percentile(50), P90: h.percentile(90), P99: h.percentile(99), P999: h.percentile(99.9), Max: h.max, Count: h.n}
 }
 
@@ -131,7 +131,7 @@ type series struct {
 	key     Key
 	mu      sync.Mutex
 	total   Counts
-	totalH  histogram
+	totalH  wideHistogram
 	slots   [numSlots]slot
 	latency [numLatSlots]*latSlot
 }

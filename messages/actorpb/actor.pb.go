@@ -2881,11 +2881,13 @@ func (x *StatCounts) GetAcceptedStored() uint64 {
 // Hist is a latency histogram's non-empty buckets (index[i] holds
 // count[i] samples), its sample count and maximum in microseconds.
 type Hist struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Index         []uint32               `protobuf:"varint,1,rep,packed,name=index,proto3" json:"index,omitempty"`
-	Count         []uint32               `protobuf:"varint,2,rep,packed,name=count,proto3" json:"count,omitempty"`
-	N             uint64                 `protobuf:"varint,3,opt,name=n,proto3" json:"n,omitempty"`
-	MaxUs         uint64                 `protobuf:"varint,4,opt,name=max_us,json=maxUs,proto3" json:"max_us,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Index []uint32               `protobuf:"varint,1,rep,packed,name=index,proto3" json:"index,omitempty"`
+	// uint64 since counts summed over a lifetime outgrew 32 bits (the
+	// encoding of the values an older node sent is the same).
+	Count         []uint64 `protobuf:"varint,2,rep,packed,name=count,proto3" json:"count,omitempty"`
+	N             uint64   `protobuf:"varint,3,opt,name=n,proto3" json:"n,omitempty"`
+	MaxUs         uint64   `protobuf:"varint,4,opt,name=max_us,json=maxUs,proto3" json:"max_us,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2927,7 +2929,7 @@ func (x *Hist) GetIndex() []uint32 {
 	return nil
 }
 
-func (x *Hist) GetCount() []uint32 {
+func (x *Hist) GetCount() []uint64 {
 	if x != nil {
 		return x.Count
 	}
@@ -3869,7 +3871,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\x0faccepted_stored\x18\t \x01(\x04R\x0eacceptedStored\"W\n" +
 	"\x04Hist\x12\x14\n" +
 	"\x05index\x18\x01 \x03(\rR\x05index\x12\x14\n" +
-	"\x05count\x18\x02 \x03(\rR\x05count\x12\f\n" +
+	"\x05count\x18\x02 \x03(\x04R\x05count\x12\f\n" +
 	"\x01n\x18\x03 \x01(\x04R\x01n\x12\x15\n" +
 	"\x06max_us\x18\x04 \x01(\x04R\x05maxUs\"\x89\x02\n" +
 	"\aRawStat\x12\x18\n" +
