@@ -808,3 +808,56 @@ func TestOnStateMayCallTheClient(t *testing.T) {
 		}
 	}
 }
+
+// TestSilentServerNoticedAfterTwoHeartbeats: a server that answers a
+// KEEPALIVE late and then goes silent is taken for gone two heartbeats
+// after the last frame from it (docs/protocol.md §8.4), not three (the
+// silence was checked only when a KEEPALIVE was due).
+func TestSilentServerNoticedAfterTwoHeartbeats(t *testing.T) {
+	answered := make(chan time.Time, 1)
+	g := startFakeGate(t, 1, func(n int32, c *client.Conn) {
+		once := true
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				return
+			}
+			if f.Cmd == messages.CmdKeepalive && n == 1 && once {
+				once = false
+				time.Sleep(100 * time.Millisecond)
+				if c.WriteMessage(messages.CmdKeepaliveAck, 0, f.Seq, nil) != nil {
+					return
+				}
+				answered <- time.Now()
+			}
+		}
+	})
+	gone := make(chan time.Time, 1)
+	dialFake(t, g, func(cfg *client.Config) {
+		connected := false // OnState's calls come one at a time, in order
+		cfg.OnState = func(s client.State, _ error) {
+			if s == client.StateConnected {
+				connected = true
+			} else if connected {
+				select {
+				case gone <- time.Now():
+				default:
+				}
+			}
+		}
+	})
+	var last time.Time
+	select {
+	case last = <-answered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no KEEPALIVE")
+	}
+	select {
+	case at := <-gone:
+		if d := at.Sub(last); d < 1900*time.Millisecond || d > 2600*time.Millisecond {
+			t.Fatalf("taken for gone %v after the last frame, want two heartbeats (2 s)", d.Round(time.Millisecond))
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatal("a silent server was never taken for gone")
+	}
+}

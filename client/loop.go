@@ -88,6 +88,7 @@ type session struct {
 	heartbeat  time.Duration
 	started    time.Time
 	lastRecv   time.Time
+	lastPing   time.Time // the last KEEPALIVE sent
 	seq        uint32 // last frame seq used
 	kicked     *devicepb.Kickout
 	resumeSeq  uint32 // frame seq of the client's own PULL, 0: none
@@ -471,12 +472,12 @@ func redactToken(login *devicepb.Login) *devicepb.Login {
 // connected starts a session on a logged-in connection.
 func (l *loop) connected(r dialResult) {
 	now := time.Now()
-	hb := time.Duration(r.ack.HeartbeatSeconds) * time.Second
+	hb := time.Duration(min(r.ack.HeartbeatSeconds, maxHeartbeatSeconds)) * time.Second
 	if hb <= 0 {
 		hb = 30 * time.Second
 	}
 	s := &session{conn: r.conn, addr: r.addr, frames: make(chan readResult, 64), stop: make(chan struct{}),
-		readerDone: make(chan struct{}), heartbeat: hb, started: now, lastRecv: now, seq: 1,
+		readerDone: make(chan struct{}), heartbeat: hb, started: now, lastRecv: now, lastPing: now, seq: 1,
 		frameTokens: rate.NewLimiter(rate.Limit(l.cfg.FrameRate), l.cfg.FrameBurst),
 		byteTokens:  rate.NewLimiter(rate.Limit(l.cfg.ByteRate), l.cfg.ByteBurst)}
 	l.sess = s
@@ -950,15 +951,33 @@ func (l *loop) keepaliveDue() {
 	if s == nil {
 		return
 	}
-	if time.Since(s.lastRecv) > 2*s.heartbeat {
+	now := time.Now()
+	if now.Sub(s.lastRecv) >= 2*s.heartbeat {
 		l.disconnect(errors.New("client: nothing from the server for two heartbeats"))
 		return
 	}
-	l.write(messages.CmdKeepalive, 0, nil)
+	if now.Sub(s.lastPing) >= s.heartbeat-heartbeatSlack {
+		l.write(messages.CmdKeepalive, 0, nil)
+		s.lastPing = now
+	}
 	if l.keepalive != nil {
-		l.keepalive.Reset(s.heartbeat)
+		// Wake for the next KEEPALIVE, or when the silence reaches two
+		// heartbeats, whichever comes first (checked only with each
+		// KEEPALIVE, a link that died just after an answer was noticed
+		// after three).
+		next := min(s.lastPing.Add(s.heartbeat).Sub(now), s.lastRecv.Add(2*s.heartbeat).Sub(now))
+		l.keepalive.Reset(max(next, 10*time.Millisecond))
 	}
 }
+
+// maxHeartbeatSeconds bounds the heartbeat a server may ask for (an
+// hour): a larger one would turn keepalives and the detection of a dead
+// connection off.
+const maxHeartbeatSeconds = 3600
+
+// heartbeatSlack lets a KEEPALIVE go a little early rather than a whole
+// wake-up late.
+const heartbeatSlack = 50 * time.Millisecond
 
 // resendDue drops sends and pulls whose callers gave up, and sends again
 // (flush) those unanswered for ResendAfter.
