@@ -2,6 +2,7 @@ package testkit
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
@@ -84,16 +85,31 @@ func StartConsul(t testing.TB) *Consul {
 func StartConsulOn(t testing.TB, host string) *Consul {
 	t.Helper()
 	c := &Consul{t: t, bin: ConsulBinary(t), dir: t.TempDir(), host: host}
-	ports, err := freePorts(len(c.ports))
-	if err != nil {
-		t.Fatalf("testkit: ports for Consul: %v", err)
-	}
-	copy(c.ports[:], ports)
-	c.Addr = net.JoinHostPort(host, strconv.Itoa(c.ports[0]))
 	t.Cleanup(c.kill)
-	c.start()
-	return c
+	// The ports are free when drawn, but another test process may bind
+	// one before the agent does (packages run in parallel): an agent that
+	// exits at start is started again on other ports.
+	for attempt := 1; ; attempt++ {
+		ports, err := freePorts(len(c.ports))
+		if err != nil {
+			t.Fatalf("testkit: ports for Consul: %v", err)
+		}
+		copy(c.ports[:], ports)
+		c.Addr = net.JoinHostPort(host, strconv.Itoa(c.ports[0]))
+		err = c.tryStart()
+		if err == nil {
+			return c
+		}
+		if attempt == 3 || !errors.Is(err, errExitedAtStart) {
+			t.Fatal(err)
+		}
+		t.Logf("%v; starting it again on other ports", err)
+		_ = os.RemoveAll(filepath.Join(c.dir, "data"))
+	}
 }
+
+// errExitedAtStart: the agent exited before it was ready.
+var errExitedAtStart = errors.New("testkit: Consul exited at start")
 
 // freePorts finds n distinct free TCP ports on 127.0.0.1, below the
 // kernel's ephemeral range (32768 and up here): a service restarted on
@@ -117,6 +133,13 @@ func freePorts(n int) ([]int, error) {
 		if err != nil {
 			continue
 		}
+		// Free for UDP too (Consul's Serf ports take both).
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			l.Close()
+			continue
+		}
+		u.Close()
 		ls = append(ls, l)
 		ports = append(ports, p)
 	}
@@ -128,6 +151,14 @@ func freePorts(n int) ([]int, error) {
 const lowPortMin, lowPortMax = 20000, 32000
 
 func (c *Consul) start() {
+	c.t.Helper()
+	if err := c.tryStart(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// tryStart starts the agent on c.ports and waits for it to be ready.
+func (c *Consul) tryStart() error {
 	t := c.t
 	t.Helper()
 	p := func(i int) string { return strconv.Itoa(c.ports[i]) }
@@ -163,13 +194,14 @@ func (c *Consul) start() {
 	for !c.ready() {
 		select {
 		case <-exited:
-			t.Fatalf("testkit: Consul exited at start (%v):\n%s", cmd.ProcessState, logs.String())
+			return fmt.Errorf("%w (%v):\n%s", errExitedAtStart, cmd.ProcessState, tail([]byte(logs.String())))
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("testkit: Consul had no leader within 60s:\n%s", logs.String())
+			return fmt.Errorf("testkit: Consul had no leader within 60s:\n%s", logs.String())
 		}
 	}
+	return nil
 }
 
 // ready reports whether the agent has a leader and its own node is in
