@@ -89,7 +89,7 @@ type session struct {
 	started    time.Time
 	lastRecv   time.Time
 	lastPing   time.Time // the last KEEPALIVE sent
-	seq        uint32 // last frame seq used
+	seq        uint32    // last frame seq used
 	kicked     *devicepb.Kickout
 	resumeSeq  uint32 // frame seq of the client's own PULL, 0: none
 	logoutSeq  uint32
