@@ -692,7 +692,22 @@ func TestConsulOutage(t *testing.T) {
 	if _, m := expectS2C(t, d); m.MsgId != r.MsgId {
 		t.Fatalf("S2C during the outage %v", m)
 	}
+	ackS2C(d, r.MsgId)
 	time.Sleep(2 * time.Second) // past the TTL
+	// Still down, past the TTL: each node's lease lives on the others'
+	// vouches, and routing goes on.
+	r = push(t, api, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("past the TTL")})
+	if _, m := expectS2C(t, d); m.MsgId != r.MsgId {
+		t.Fatalf("S2C past the TTL of the outage %v", m)
+	}
+	vouched := 0.0
+	for _, n := range []*testkit.Node{n1, n2, n3} {
+		v, _ := n.Metric("courier_cluster_lease_vouched_total")
+		vouched += v
+	}
+	if vouched == 0 {
+		t.Fatal("no lease was vouched for while Consul was down past the TTL")
+	}
 	c.Consul.Restart()
 	c.WaitConverged()
 	// The nodes rejoined as new instances (a slow agent just after its
