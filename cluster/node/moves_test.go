@@ -246,8 +246,9 @@ func checkCounts(t *testing.T, acc []accepted, recv map[string]*receiver) {
 	}
 }
 
-// moveUnderLoad returns the handoffs the nodes still running counted.
-func moveUnderLoad(t *testing.T, move func(c *testkit.Cluster)) float64 {
+// moveUnderLoad returns the handoffs the nodes still running counted,
+// and the releases they asked of a previous owner.
+func moveUnderLoad(t *testing.T, move func(c *testkit.Cluster)) (handoffs, asked float64) {
 	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", "actors"}, Store: "postgres"})
 	n1 := c.Node("node1")
 	slowInboxWrites(t, c.DSN, 30*time.Millisecond) // handoffs have writes in flight
@@ -281,19 +282,20 @@ func moveUnderLoad(t *testing.T, move func(c *testkit.Cluster)) float64 {
 	if n := st.fenced.Load(); n > 0 {
 		t.Errorf("%d pushes answered that the identity moved: the move's handoffs were fenced", n)
 	}
-	var handoffs float64
 	for _, n := range c.Running() {
 		v, _ := n.Metric("courier_cluster_handoffs_total")
 		handoffs += v
+		v, _ = n.Metric("courier_cluster_release_asked_total")
+		asked += v
 	}
-	t.Logf("%v handoffs", handoffs)
-	return handoffs
+	t.Logf("%v handoffs, %v releases asked", handoffs, asked)
+	return handoffs, asked
 }
 
 // TestNodeJoinsWhilePushesStream: a fourth node (actors) joins while
 // pushes stream; identities move to it; nothing is lost or duplicated.
 func TestNodeJoinsWhilePushesStream(t *testing.T) {
-	handoffs := moveUnderLoad(t, func(c *testkit.Cluster) {
+	handoffs, _ := moveUnderLoad(t, func(c *testkit.Cluster) {
 		n4 := c.AddNode("actors")
 		c.WaitConverged()
 		testkit.Eventually(t, 10*time.Second, func() bool {
@@ -312,7 +314,7 @@ func TestNodeJoinsWhilePushesStream(t *testing.T) {
 // pushes stream; its identities move to the other; nothing is lost or
 // duplicated.
 func TestNodeLeavesWhilePushesStream(t *testing.T) {
-	moveUnderLoad(t, func(c *testkit.Cluster) {
+	_, asked := moveUnderLoad(t, func(c *testkit.Cluster) {
 		n3 := c.Node("node3")
 		if v, _ := n3.Metric("courier_actors_active"); v == 0 {
 			t.Fatal("node3 hosts no identity")
@@ -320,6 +322,12 @@ func TestNodeLeavesWhilePushesStream(t *testing.T) {
 		n3.Stop(syscall.SIGTERM)
 		c.WaitConverged()
 	})
+	// The leaving node drained (published it, handed off, stayed live
+	// meanwhile): its identities' new owner asked it to release them.
+	// A node that merely died would have been asked nothing.
+	if asked == 0 {
+		t.Error("no release asked of the leaving node: it did not drain before it stopped")
+	}
 }
 
 // TestDrainHandsOffWithoutFencing: an actor node drains while pushes
