@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/courier-im/courier/client"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/devicepb"
@@ -859,5 +861,66 @@ func TestSilentServerNoticedAfterTwoHeartbeats(t *testing.T) {
 		}
 	case <-time.After(6 * time.Second):
 		t.Fatal("a silent server was never taken for gone")
+	}
+}
+
+// TestFullQueueKeepsSeqOrder: a stored message left out of a full queue
+// (the server delivers it again) holds back the later ones until it is
+// in: the app gets first deliveries in seq order (PROTOCOL.md), not the
+// next one first because one Recv made room.
+func TestFullQueueKeepsSeqOrder(t *testing.T) {
+	room := make(chan struct{})
+	g := startFakeGate(t, 30, func(n int32, c *client.Conn) {
+		if n != 1 {
+			return
+		}
+		s2c := func(seq uint32) bool {
+			return c.WriteMessage(messages.CmdS2C, 0, seq, &devicepb.S2C{MsgId: fmt.Sprint("m", seq), Payload: []byte("x")}) == nil
+		}
+		for seq := uint32(1); seq <= 5; seq++ { // 5 finds the queue (4) full
+			if !s2c(seq) {
+				return
+			}
+		}
+		<-room
+		for _, seq := range []uint32{6, 5, 6} { // 6 first; then 5 and 6 delivered again
+			if !s2c(seq) {
+				return
+			}
+		}
+		for {
+			if _, err := c.ReadFrame(); err != nil {
+				return
+			}
+		}
+	})
+	var s2cs atomic.Int32
+	c := dialFake(t, g, func(cfg *client.Config) {
+		cfg.RecvBuffer = 4
+		cfg.OnFrame = func(out bool, h messages.Header, _ proto.Message) {
+			if !out && h.Cmd == messages.CmdS2C {
+				s2cs.Add(1)
+			}
+		}
+	})
+	recv := func() uint32 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		m, err := c.Recv(ctx)
+		if err != nil {
+			t.Fatalf("recv: %v", err)
+		}
+		return m.Seq
+	}
+	// The loop that calls OnFrame also answers Recv: once it saw 5, the
+	// first Recv comes after the fifth was left out.
+	testkit.Eventually(t, 5*time.Second, func() bool { return s2cs.Load() == 5 }, "the five first deliveries did not come")
+	got := []uint32{recv()}
+	close(room)
+	for range 5 {
+		got = append(got, recv())
+	}
+	if fmt.Sprint(got) != "[1 2 3 4 5 6]" {
+		t.Fatalf("the app got seqs %v, want 1 to 6 in order", got)
 	}
 }

@@ -163,6 +163,13 @@ type loop struct {
 	// droppedLogged: when the last warning about dropped fire-and-forget
 	// pushes was logged (at most one a minute).
 	droppedLogged time.Time
+	// refusedSeq is the lowest seq of a stored message left out because
+	// the queue was full (0: none), since refusedAt: later stored
+	// messages are left out too until it is in, so that the app gets
+	// first deliveries in seq order (the server delivers each again), for
+	// at most refusedHold.
+	refusedSeq uint32
+	refusedAt  time.Time
 }
 
 func newLoop(c *Client) *loop {
@@ -921,7 +928,17 @@ func (l *loop) deliver(m *Message) {
 	if m.Seq == 0 {
 		limit -= l.cfg.RecvBuffer / 4
 	}
+	if m.Seq != 0 && l.refusedSeq != 0 {
+		if time.Since(l.refusedAt) > refusedHold {
+			l.refusedSeq = 0 // it does not come again (expired, or gone)
+		} else if m.Seq > l.refusedSeq {
+			return // after one left out: it comes again, after it
+		}
+	}
 	if len(l.queue) >= limit {
+		if m.Seq != 0 && (l.refusedSeq == 0 || m.Seq < l.refusedSeq) {
+			l.refusedSeq, l.refusedAt = m.Seq, time.Now()
+		}
 		// The app is that far behind. A stored message is left
 		// unacknowledged: the server delivers it again later (it sends at
 		// most its window of them unacknowledged, so they are few). A
@@ -942,9 +959,16 @@ func (l *loop) deliver(m *Message) {
 		// Only stored messages come again; a fire-and-forget push's id
 		// would only push out the ids that matter.
 		l.seen.add(m.MsgID)
+		if m.Seq == l.refusedSeq {
+			l.refusedSeq = 0
+		}
 	}
 	l.queue = append(l.queue, m)
 }
+
+// refusedHold bounds how long stored messages wait behind one left out
+// of a full queue for it to come again.
+const refusedHold = 30 * time.Second
 
 func (l *loop) keepaliveDue() {
 	s := l.sess
