@@ -146,6 +146,10 @@ type Client struct {
 	epoch   atomic.Uint64
 	ids     atomic.Uint64
 	idBase  string
+	// conn is the session's connection (nil between sessions): Close
+	// cuts short a write blocked on it (a stalled network), which would
+	// otherwise hold the client's goroutine, and Close, for WriteTimeout.
+	conn atomic.Pointer[Conn]
 }
 
 // Dial starts a client and returns once its first login succeeded. Until
@@ -373,7 +377,12 @@ func (c *Client) Err() error {
 // acknowledged: the server delivers them again to the next session. Safe
 // to call more than once.
 func (c *Client) Close() error {
-	c.closeOnce.Do(func() { close(c.quit) })
+	c.closeOnce.Do(func() {
+		close(c.quit)
+		if conn := c.conn.Load(); conn != nil {
+			conn.interrupt()
+		}
+	})
 	<-c.done
 	return nil
 }

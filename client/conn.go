@@ -170,6 +170,10 @@ func (c *Conn) Compressing() bool { return c.compress.Load() }
 // Close closes the connection.
 func (c *Conn) Close() error { return c.nc.Close() }
 
+// interrupt makes a read or write blocked on the connection return now
+// (safe from any goroutine).
+func (c *Conn) interrupt() { _ = c.nc.SetDeadline(time.Now()) }
+
 // WriteMessage writes a frame of cmd with the connection's appcode,
 // msgtype and seq, and body (nil: empty).
 func (c *Conn) WriteMessage(cmd messages.Cmd, msgtype uint16, seq uint32, body proto.Message) error {

@@ -924,3 +924,37 @@ func TestFullQueueKeepsSeqOrder(t *testing.T) {
 		t.Fatalf("the app got seqs %v, want 1 to 6 in order", got)
 	}
 }
+
+// TestCloseCutsAStalledWriteShort: a server that stops reading fills the
+// connection until the client's write blocks; Close returns at once
+// instead of waiting out the write's timeout.
+func TestCloseCutsAStalledWriteShort(t *testing.T) {
+	stop := make(chan struct{})
+	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
+		<-stop // reads nothing more
+	})
+	t.Cleanup(func() { close(stop) }) // before the gate's cleanup waits for this
+	c := dialFake(t, g, func(cfg *client.Config) {
+		cfg.FrameRate, cfg.FrameBurst = 1e6, 1e6
+		cfg.ByteRate, cfg.ByteBurst = 1<<30, 1<<30
+		cfg.WriteTimeout = 20 * time.Second
+	})
+	payload := make([]byte, 32<<10)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for range 400 { // ~13 MiB: far past the socket buffers
+		go func() { _, _ = c.SendC2S(ctx, 1, payload) }()
+	}
+	time.Sleep(2 * time.Second) // the writes fill the buffers and block
+	start := time.Now()
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	select {
+	case <-closed:
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("Close took %v", d.Round(time.Millisecond))
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Close waited for the stalled write")
+	}
+}

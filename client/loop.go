@@ -488,6 +488,12 @@ func (l *loop) connected(r dialResult) {
 		frameTokens: rate.NewLimiter(rate.Limit(l.cfg.FrameRate), l.cfg.FrameBurst),
 		byteTokens:  rate.NewLimiter(rate.Limit(l.cfg.ByteRate), l.cfg.ByteBurst)}
 	l.sess = s
+	l.c.conn.Store(r.conn)
+	select {
+	case <-l.c.quit: // Close came while this connection was being made
+		r.conn.interrupt()
+	default:
+	}
 	l.gen++
 	l.addrs = nil // the next connection asks discovery again
 	l.c.epoch.Store(r.ack.Epoch)
@@ -541,6 +547,7 @@ func (l *loop) closeSession() *session {
 		return nil
 	}
 	l.sess = nil
+	l.c.conn.Store(nil)
 	s.conn.Close()
 	close(s.stop)
 	<-s.readerDone
