@@ -153,12 +153,33 @@ func EnvName(setting string) string {
 }
 
 // ApplyFileAndEnv sets, for every setting not given on the command line,
-// its value from the config file (if path is not empty), then from the
-// environment, which wins over the file. Unknown keys in the file are an
-// error that names them.
+// its value from the environment, or else from the config file (if path
+// is not empty): the environment wins over the file, and replaces a list
+// or map setting whole. Unknown keys in the file are an error that names
+// them.
 func ApplyFileAndEnv(fs *pflag.FlagSet, path string, getenv func(string) string) error {
 	given := map[string]bool{}
 	fs.Visit(func(f *pflag.Flag) { given[f.Name] = true })
+	// The environment first, and the file only for what neither it nor
+	// the command line gave: each setting is set by one source. (Set
+	// after the file, a list or map setting would have the environment's
+	// value added to the file's, not replace it: a key revoked through
+	// the environment would still work.)
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || given[f.Name] {
+			return
+		}
+		if v := getenv(EnvName(f.Name)); v != "" {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s: %w", EnvName(f.Name), RedactSecret(e))
+			}
+			given[f.Name] = true
+		}
+	})
+	if err != nil {
+		return err
+	}
 	if path != "" {
 		b, err := os.ReadFile(path)
 		if err != nil {
@@ -186,18 +207,7 @@ func ApplyFileAndEnv(fs *pflag.FlagSet, path string, getenv func(string) string)
 			}
 		}
 	}
-	var err error
-	fs.VisitAll(func(f *pflag.Flag) {
-		if err != nil || given[f.Name] {
-			return
-		}
-		if v := getenv(EnvName(f.Name)); v != "" {
-			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s: %w", EnvName(f.Name), RedactSecret(e))
-			}
-		}
-	})
-	return err
+	return nil
 }
 
 // secretSettings hold secrets: an error about one of their values does
@@ -246,6 +256,8 @@ func flatten(fs *pflag.FlagSet, prefix string, tree map[string]any, out map[stri
 			}
 			sort.Strings(parts)
 			out[name] = strings.Join(parts, ",")
+		case f != nil && v == nil:
+			out[name] = "" // "key:" with no value: empty, not "<nil>"
 		case f != nil && !isMap:
 			out[name] = fmt.Sprint(v)
 		case f == nil && isMap:

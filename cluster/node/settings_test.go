@@ -278,3 +278,37 @@ func TestConsulTokenFromAFile(t *testing.T) {
 		t.Fatalf("token %q, %v", c.Cluster.ConsulToken, err)
 	}
 }
+
+// TestEnvironmentReplacesTheFilesListsAndMaps: a list or map setting in
+// both the file and the environment takes the environment's value alone
+// (it was added to the file's: a key revoked through the environment
+// still worked, a proxy range removed was still trusted). A key given
+// with no value is empty, not "<nil>".
+func TestEnvironmentReplacesTheFilesListsAndMaps(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(file, []byte(`
+api-key:
+  old-key-0123456789abcdef: "1"
+gate:
+  proxy-from: [10.0.0.0/8]
+gate-public-addr:
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	BindSettings(fs, &cfg)
+	env := map[string]string{"COURIER_API_KEY": "new-key-0123456789abcdef=1", "COURIER_GATE_PROXY_FROM": "192.168.0.0/16"}
+	if err := ApplyFileAndEnv(fs, file, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.APIKeys) != 1 || cfg.APIKeys["new-key-0123456789abcdef"] != "1" {
+		t.Errorf("api keys %v, want the environment's alone", cfg.APIKeys)
+	}
+	if len(cfg.Gate.ProxyFrom) != 1 || cfg.Gate.ProxyFrom[0] != "192.168.0.0/16" {
+		t.Errorf("gate.proxy-from %q, want the environment's alone", cfg.Gate.ProxyFrom)
+	}
+	if cfg.GatePublicAddr != "" {
+		t.Errorf("gate-public-addr %q from a key with no value, want empty", cfg.GatePublicAddr)
+	}
+}
