@@ -100,9 +100,12 @@ func (g *GCFloor) adjust() {
 	}
 }
 
-// maxFloorPercent bounds the percentage a floor asks for (a nearly empty
-// heap would otherwise ask for millions).
+// maxFloorPercent bounds the percentage a floor asks for.
 const maxFloorPercent = 100_000
+
+// runtimeHeapMinimum is the Go runtime's minimum heap at a GC percentage
+// of 100 (runtime.defaultHeapMinimum).
+const runtimeHeapMinimum = 4 << 20
 
 // floorPercent is the GC percentage that puts the goal after a cycle
 // that found live bytes at floor or more, and never below base.
@@ -110,13 +113,17 @@ func floorPercent(base int, floor, live uint64) int {
 	if base < 0 || floor == 0 {
 		return base
 	}
-	if live == 0 {
-		live = 1
-	}
+	// Below 4 MiB the runtime's goal is its minimum heap, 4 MiB times the
+	// percentage over 100 (not the live heap's growth): with the live
+	// heap taken as it was, a nearly empty one (0 before the first cycle)
+	// asked for the cap, a first goal near 4 GiB whatever the floor.
 	if live >= floor {
 		return base
 	}
 	need := math.Ceil((float64(floor)/float64(live) - 1) * 100)
+	if live < runtimeHeapMinimum {
+		need = math.Ceil(float64(floor) / runtimeHeapMinimum * 100)
+	}
 	if need > maxFloorPercent {
 		need = maxFloorPercent
 	}

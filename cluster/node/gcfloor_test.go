@@ -23,8 +23,12 @@ func TestFloorPercent(t *testing.T) {
 		{"live heap at the floor", 200, 512 * mib, 512 * mib, 200},
 		{"live heap above the floor", 200, 512 * mib, 2048 * mib, 200},
 		{"floor asks for less than the base", 400, 512 * mib, 200 * mib, 400},
-		{"empty heap: capped", 200, 512 * mib, 0, maxFloorPercent},
-		{"tiny heap: capped", 200, 512 * mib, 1024, maxFloorPercent},
+		// Below 4 MiB live the runtime's goal is its minimum heap, 4 MiB ×
+		// percent/100: the percentage puts that at the floor (it asked for
+		// the cap, a goal near 4 GiB).
+		{"empty heap (before the first cycle)", 200, 512 * mib, 0, 12800},
+		{"tiny heap", 200, 512 * mib, 1024, 12800},
+		{"a huge floor is capped", 200, 1 << 50, 1024, maxFloorPercent},
 	} {
 		if got := floorPercent(c.base, c.floor, c.live); got != c.want {
 			t.Errorf("%s: floorPercent(%d, %d, %d) = %d, want %d", c.name, c.base, c.floor, c.live, got, c.want)
@@ -50,6 +54,9 @@ func TestGCFloorRaisesTheGoal(t *testing.T) {
 		runtime.GC()
 		goal, percent := read()
 		if goal >= floor && int(percent) == g.Percent() && percent > 100 {
+			if goal > floor+floor/10 {
+				t.Fatalf("the goal is %d bytes, far above the floor %d", goal, floor)
+			}
 			break
 		}
 		if time.Now().After(deadline) {
