@@ -174,8 +174,11 @@ func (c *Config) roles() (membership.Roles, error) {
 }
 
 func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error) {
-	if c.IdleMemoryRelease < 0 {
-		return nil, nil, fmt.Errorf("node: idle-memory-release %v: must not be negative (0: never)", c.IdleMemoryRelease)
+	if c.IdleMemoryRelease < 0 || (c.IdleMemoryRelease > 0 && c.IdleMemoryRelease < 10*time.Millisecond) {
+		return nil, nil, fmt.Errorf("node: idle-memory-release %v: must be 0 (never) or at least 10ms (a shorter one is a busy loop)", c.IdleMemoryRelease)
+	}
+	if c.ShutdownGrace < time.Second {
+		return nil, nil, fmt.Errorf("node: shutdown-grace %v: must be at least 1s (a SIGTERM would skip the drain and exit at once)", c.ShutdownGrace)
 	}
 	if c.DataDir == "" {
 		return nil, nil, fmt.Errorf("node: data-dir: must not be empty")
@@ -186,7 +189,7 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 	// Listen addresses are checked here, so that a mistake is a settings
 	// error (exit 2, which systemd does not restart on), not a failed
 	// listen at start.
-	for _, a := range []struct{ name, addr string }{{"api-addr", c.APIAddr}, {"http-addr", c.HTTPAddr}} {
+	for _, a := range []struct{ name, addr string }{{"api-addr", c.APIAddr}, {"http-addr", c.HTTPAddr}, {"gate.addr", c.Gate.Addr}} {
 		if a.addr == "" {
 			continue
 		}
