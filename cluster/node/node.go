@@ -59,6 +59,7 @@ type Node struct {
 
 	health   *health.Server // grpc.health.v1 on the API port
 	stopping atomic.Bool    // Shutdown has begun: not ready
+	joined   atomic.Bool    // Start joined the cluster and synced the lists: the gate may open
 	drain    *drainState    // drain.go
 	drainMu  sync.Mutex
 
@@ -243,6 +244,11 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 			defer n.wg.Done()
 			n.lists.run(n.quit, cfg.Gate.ListsPollInterval)
 		}()
+		// Closed to devices (ERROR SERVER_BUSY at connect: they retry)
+		// until the node has joined and has the cluster's lists: a login
+		// before would be refused for want of a placement, and a
+		// blacklisted device let in by stale lists.
+		n.gate.Refuse(true)
 		if err := n.gate.Start(); err != nil {
 			return nil, err
 		}
@@ -353,6 +359,10 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		return nil, err
 	}
 	n.syncLists()
+	n.joined.Store(true)
+	if n.sys.LeaseValid() {
+		n.leaseChanged(true) // opens the gate
+	}
 	n.wg.Add(1)
 	go n.publishLoad(cfg.Cluster.LoadInterval)
 	// SERVING, unless the lease was lost since the join (leaseChanged ran).
@@ -478,8 +488,8 @@ func (n *Node) leaseChanged(valid bool) {
 	}
 	n.drainMu.Lock()
 	defer n.drainMu.Unlock()
-	if n.stopping.Load() {
-		return
+	if n.stopping.Load() || !n.joined.Load() {
+		return // not yet open (Start opens it once joined)
 	}
 	select {
 	case <-n.drain.started:
