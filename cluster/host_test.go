@@ -204,18 +204,7 @@ func TestReleaseAnsweredOnceHandedOff(t *testing.T) {
 	// Handoff is sent.
 	gone := newPlacement(nil, sys.cfg.Shards, 99)
 	sys.placement.Store(gone)
-	hold := make(chan struct{})
-	var once sync.Once
-	unhold := func() { once.Do(func() { close(hold) }) }
-	defer unhold()
-	sys.beforeHandoff = func(pids []*actor.PID) {
-		if len(pids) > 0 {
-			<-hold
-		}
-	}
-	dropped := make(chan struct{})
-	go func() { sys.dropMoved(gone); close(dropped) }()
-	testkit.Eventually(t, 5*time.Second, func() bool { return sys.handoffsPending() == 1 }, "the handoff was not registered")
+	release := holdHandoffs(t, sys, func() { sys.dropMoved(gone) })
 	moving := ask("held", 5*time.Second)
 	if r := <-ask("never-here", 5*time.Second); r.GetReleased().GetPending() != 0 {
 		t.Fatalf("an identity never held here: %v", r)
@@ -225,9 +214,7 @@ func TestReleaseAnsweredOnceHandedOff(t *testing.T) {
 		t.Fatalf("answered %v while the actor hands off", r)
 	case <-time.After(150 * time.Millisecond):
 	}
-	unhold()
-	<-dropped
-	sys.beforeHandoff = nil
+	release()
 	select {
 	case r := <-moving:
 		if r.GetReleased().GetPending() != 0 {
@@ -320,27 +307,14 @@ func TestActivationWaitsForItsOwnHandoff(t *testing.T) {
 	if r := <-presenceTo(sys, "back"); r.GetPresence() == nil {
 		t.Fatalf("first activation: %v", r)
 	}
-	hold := make(chan struct{})
-	var once sync.Once
-	unhold := func() { once.Do(func() { close(hold) }) }
-	defer unhold()
-	sys.beforeHandoff = func(pids []*actor.PID) {
-		if len(pids) > 0 {
-			<-hold
-		}
-	}
-	dropped := make(chan struct{})
-	go func() { sys.dropAll(); close(dropped) }()
-	testkit.Eventually(t, 5*time.Second, func() bool { return sys.handoffsPending() == 1 }, "the handoff was not registered")
+	release := holdHandoffs(t, sys, sys.dropAll)
 	reply := presenceTo(sys, "back") // still owned here: a new activation
 	select {
 	case r := <-reply:
 		t.Fatalf("answered %v while the identity's old actor here hands off", r)
 	case <-time.After(200 * time.Millisecond):
 	}
-	unhold()
-	<-dropped
-	sys.beforeHandoff = nil
+	release()
 	select {
 	case r := <-reply:
 		if r.GetPresence().GetPending() != 1 {
@@ -383,4 +357,31 @@ func TestReleaseGoesToTheChildThatAsked(t *testing.T) {
 func silentMember(ctx context.Context, address string, _ *actorpb.NodeRequest) (*actorpb.Reply, error) {
 	<-ctx.Done()
 	return nil, fmt.Errorf("%w: node %s: %v", ErrNoReply, address, ctx.Err())
+}
+
+// holdHandoffs runs drop (which hands one actor off) with the Handoff
+// held up after the actor left the routing, until release is called
+// (release waits for drop to return; it is called at the test's end if
+// not before).
+func holdHandoffs(t *testing.T, sys *System, drop func()) (release func()) {
+	t.Helper()
+	hold := make(chan struct{})
+	var once sync.Once
+	sys.beforeHandoff = func(pids []*actor.PID) {
+		if len(pids) > 0 {
+			<-hold
+		}
+	}
+	dropped := make(chan struct{})
+	go func() { drop(); close(dropped) }()
+	release = func() {
+		once.Do(func() {
+			close(hold)
+			<-dropped
+			sys.beforeHandoff = nil
+		})
+	}
+	t.Cleanup(release)
+	testkit.Eventually(t, 5*time.Second, func() bool { return sys.handoffsPending() == 1 }, "the handoff was not registered")
+	return release
 }
