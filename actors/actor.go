@@ -306,12 +306,14 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 		}
 	case *actorpb.Handoff:
 		if a.retired {
+			a.forwardHeld(m)
 			return
 		}
 		a.handingOff = true
 		// What waits for a store read was not accepted: the new owner
 		// takes it, in order, ahead of what reaches this actor later.
 		a.forwardWaiting()
+		a.forwardHeld(m)
 		if a.d != nil {
 			// The new owner would deliver them again.
 			a.d.FlushDeletions()
@@ -411,6 +413,15 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 	a.perform(ctx)
 	if a.handingOff {
 		a.finishHandoff(ctx)
+	}
+}
+
+// forwardHeld sends on the envelopes routing held for this actor and
+// never sent it (cluster/release.go): they are the identity's new
+// owner's.
+func (a *deviceActor) forwardHeld(m *actorpb.Handoff) {
+	for _, env := range m.GetHeld() {
+		a.deps.Router.Send(env)
 	}
 }
 

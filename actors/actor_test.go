@@ -1398,3 +1398,33 @@ func TestAcknowledgedDeletedBesideAWithheldAck(t *testing.T) {
 		})
 	}
 }
+
+// TestHandoffForwardsWhatRoutingHeld: envelopes routing held for the
+// actor (waiting for a release) come inside its Handoff; the actor hands
+// them on to the identity's next activation, even when it finishes its
+// handoff at once.
+func TestHandoffForwardsWhatRoutingHeld(t *testing.T) {
+	h := newActorHarness(t, nil)
+	h.presence(alice)
+	ch := make(chan *actorpb.Reply, 1)
+	held := env(alice, nil)
+	h.r.mu.Lock()
+	h.r.nextReq++
+	held.ReqId, held.ReplyAddress = h.r.nextReq, "test"
+	h.r.replies[held.ReqId] = ch
+	c := h.r.children[alice]
+	delete(h.r.children, alice)
+	h.r.mu.Unlock()
+	h.r.sys.Root.Send(c.pid, &actorpb.Handoff{Held: []*actorpb.Envelope{held}})
+	select {
+	case r := <-ch:
+		if r.GetPresence() == nil {
+			t.Fatalf("the held request was answered %v", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the held request was lost")
+	}
+	if a := h.r.count(h.r.activations, alice); a != 2 {
+		t.Fatalf("%d activations, want the held request answered by a second", a)
+	}
+}

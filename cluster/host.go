@@ -162,19 +162,16 @@ func (s *System) HandedOff(_ uint16, _ string, pid *actor.PID) {
 
 // handoff tells actors that left this node's routing (another member owns
 // their identity now, or this node is leaving) to complete what they have
-// in flight and stop (*actorpb.Handoff), then sends each what its
-// activation held for a release, which it forwards. The caller recorded
-// them in handingOff, under their shard's lock.
+// in flight and stop (*actorpb.Handoff), with what its activation held
+// for a release, which it forwards. The caller recorded them in
+// handingOff, under their shard's lock.
 func (s *System) handoff(pids []*actor.PID, held map[*actor.PID][]*actorpb.Envelope) {
 	if s.beforeHandoff != nil {
 		s.beforeHandoff(pids)
 	}
 	for _, pid := range pids {
 		s.metrics.handoffs.Inc()
-		s.actors.Root.Send(pid, &actorpb.Handoff{})
-		for _, env := range held[pid] {
-			s.actors.Root.Send(pid, env)
-		}
+		s.actors.Root.Send(pid, &actorpb.Handoff{Held: held[pid]})
 	}
 }
 

@@ -244,9 +244,9 @@ func (s *System) released(k childKey, c *child, remote bool) {
 }
 
 // takeHeld detaches the envelopes c held (its shard's lock held): for a
-// child leaving the routing, which gets them after its Handoff and
-// forwards them (sent before, they would have it load, claiming the
-// identity from its new owner).
+// child leaving the routing, which gets them in its Handoff and forwards
+// them (sent before, they would have it load, claiming the identity from
+// its new owner; after, they could reach a stopped actor).
 func takeHeld(c *child) []*actorpb.Envelope {
 	held := c.held
 	c.held, c.waitRemote, c.waitLocal = nil, false, false

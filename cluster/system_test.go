@@ -34,9 +34,16 @@ type echo struct {
 }
 
 func (e *echo) Receive(ctx actor.Context) {
-	if _, ok := ctx.Message().(*actorpb.Handoff); ok {
+	if h, ok := ctx.Message().(*actorpb.Handoff); ok {
 		e.handedOff = true
 		e.sys.HandedOff(e.app, e.uid, ctx.Self())
+		for _, env := range h.Held { // answered as after the Handoff
+			e.seen += 1001
+			if env.GetPresence() != nil {
+				e.sys.Reply(env.ReplyAddress, &actorpb.Reply{ReqId: env.ReqId, Body: &actorpb.Reply_Presence{
+					Presence: &actorpb.PresenceReply{Pending: uint32(e.seen)}}})
+			}
+		}
 		return
 	}
 	env, ok := ctx.Message().(*actorpb.Envelope)

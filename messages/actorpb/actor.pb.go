@@ -1119,7 +1119,13 @@ func (x *GateProbeAnswer) GetBacklogUs() int64 {
 // envelope that still reaches it to the new owner, and stops. Sent only
 // inside a node.
 type Handoff struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// held: envelopes routing held for the actor (its activation waited
+	// for the identity's previous owner to release it) and never sent to
+	// it; the actor forwards them, after what it has waiting. They travel
+	// in the Handoff, not behind it: an actor that finishes its handoff at
+	// once stops before envelopes posted after it.
+	Held          []*Envelope `protobuf:"bytes,1,rep,name=held,proto3" json:"held,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1152,6 +1158,13 @@ func (x *Handoff) ProtoReflect() protoreflect.Message {
 // Deprecated: Use Handoff.ProtoReflect.Descriptor instead.
 func (*Handoff) Descriptor() ([]byte, []int) {
 	return file_courier_actor_v1_actor_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Handoff) GetHeld() []*Envelope {
+	if x != nil {
+		return x.Held
+	}
+	return nil
 }
 
 // Sweep asks an identity's actor to drop its expired messages (sent by the
@@ -3744,8 +3757,9 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"sent_at_ns\x18\x01 \x01(\x03R\bsentAtNs\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
 	"\n" +
-	"backlog_us\x18\x03 \x01(\x03R\tbacklogUs\"\t\n" +
-	"\aHandoff\"\a\n" +
+	"backlog_us\x18\x03 \x01(\x03R\tbacklogUs\"9\n" +
+	"\aHandoff\x12.\n" +
+	"\x04held\x18\x01 \x03(\v2\x1a.courier.actor.v1.EnvelopeR\x04held\"\a\n" +
 	"\x05Sweep\"\xe6\x04\n" +
 	"\x05Reply\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x121\n" +
@@ -4020,43 +4034,44 @@ var file_courier_actor_v1_actor_proto_depIdxs = []int32{
 	21, // 14: courier.actor.v1.Envelope.presence:type_name -> courier.actor.v1.PresenceQuery
 	13, // 15: courier.actor.v1.Envelope.sweep:type_name -> courier.actor.v1.Sweep
 	9,  // 16: courier.actor.v1.Envelope.gate_down:type_name -> courier.actor.v1.GateDown
-	18, // 17: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
-	20, // 18: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
-	22, // 19: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
-	16, // 20: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
-	39, // 21: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
-	34, // 22: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
-	15, // 23: courier.actor.v1.Reply.pong:type_name -> courier.actor.v1.Pong
-	31, // 24: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
-	29, // 25: courier.actor.v1.Reply.drain_started:type_name -> courier.actor.v1.DrainStarted
-	26, // 26: courier.actor.v1.Reply.released:type_name -> courier.actor.v1.Released
-	50, // 27: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
-	0,  // 28: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
-	51, // 29: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
-	35, // 30: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
-	52, // 31: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
-	33, // 32: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
-	32, // 33: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
-	30, // 34: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
-	28, // 35: courier.actor.v1.NodeRequest.drain:type_name -> courier.actor.v1.DrainStart
-	27, // 36: courier.actor.v1.NodeRequest.seen_out:type_name -> courier.actor.v1.SeenOut
-	24, // 37: courier.actor.v1.NodeRequest.release:type_name -> courier.actor.v1.Release
-	25, // 38: courier.actor.v1.Release.identities:type_name -> courier.actor.v1.ReleaseIdentity
-	36, // 39: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
-	36, // 40: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
-	37, // 41: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
-	37, // 42: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
-	38, // 43: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
-	53, // 44: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
-	0,  // 45: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
-	51, // 46: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
-	44, // 47: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
-	54, // 48: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
-	49, // [49:49] is the sub-list for method output_type
-	49, // [49:49] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	8,  // 17: courier.actor.v1.Handoff.held:type_name -> courier.actor.v1.Envelope
+	18, // 18: courier.actor.v1.Reply.push:type_name -> courier.actor.v1.PushReply
+	20, // 19: courier.actor.v1.Reply.kick:type_name -> courier.actor.v1.KickReply
+	22, // 20: courier.actor.v1.Reply.presence:type_name -> courier.actor.v1.PresenceReply
+	16, // 21: courier.actor.v1.Reply.failure:type_name -> courier.actor.v1.Failure
+	39, // 22: courier.actor.v1.Reply.stats_part:type_name -> courier.actor.v1.StatsPart
+	34, // 23: courier.actor.v1.Reply.lists:type_name -> courier.actor.v1.ListsReply
+	15, // 24: courier.actor.v1.Reply.pong:type_name -> courier.actor.v1.Pong
+	31, // 25: courier.actor.v1.Reply.lease_vouch:type_name -> courier.actor.v1.LeaseVouch
+	29, // 26: courier.actor.v1.Reply.drain_started:type_name -> courier.actor.v1.DrainStarted
+	26, // 27: courier.actor.v1.Reply.released:type_name -> courier.actor.v1.Released
+	50, // 28: courier.actor.v1.Kick.reason:type_name -> courier.device.v1.KickReason
+	0,  // 29: courier.actor.v1.PresenceReply.conn:type_name -> courier.actor.v1.ConnRef
+	51, // 30: courier.actor.v1.PresenceReply.platform:type_name -> courier.device.v1.Platform
+	35, // 31: courier.actor.v1.NodeRequest.stats:type_name -> courier.actor.v1.StatsQuery
+	52, // 32: courier.actor.v1.NodeRequest.lists_edit:type_name -> courier.v1.UpdateAccessListRequest
+	33, // 33: courier.actor.v1.NodeRequest.lists_get:type_name -> courier.actor.v1.ListsGet
+	32, // 34: courier.actor.v1.NodeRequest.ping:type_name -> courier.actor.v1.Ping
+	30, // 35: courier.actor.v1.NodeRequest.lease_check:type_name -> courier.actor.v1.LeaseCheck
+	28, // 36: courier.actor.v1.NodeRequest.drain:type_name -> courier.actor.v1.DrainStart
+	27, // 37: courier.actor.v1.NodeRequest.seen_out:type_name -> courier.actor.v1.SeenOut
+	24, // 38: courier.actor.v1.NodeRequest.release:type_name -> courier.actor.v1.Release
+	25, // 39: courier.actor.v1.Release.identities:type_name -> courier.actor.v1.ReleaseIdentity
+	36, // 40: courier.actor.v1.RawStat.total:type_name -> courier.actor.v1.StatCounts
+	36, // 41: courier.actor.v1.RawStat.window:type_name -> courier.actor.v1.StatCounts
+	37, // 42: courier.actor.v1.RawStat.total_latency:type_name -> courier.actor.v1.Hist
+	37, // 43: courier.actor.v1.RawStat.window_latency:type_name -> courier.actor.v1.Hist
+	38, // 44: courier.actor.v1.StatsPart.stats:type_name -> courier.actor.v1.RawStat
+	53, // 45: courier.actor.v1.UpstreamBatch.messages:type_name -> courier.v1.UpstreamMessage
+	0,  // 46: courier.actor.v1.SessionRecord.conn:type_name -> courier.actor.v1.ConnRef
+	51, // 47: courier.actor.v1.SessionRecord.platform:type_name -> courier.device.v1.Platform
+	44, // 48: courier.actor.v1.IdentityMeta.session:type_name -> courier.actor.v1.SessionRecord
+	54, // 49: courier.actor.v1.InboxEntry.kind:type_name -> courier.device.v1.Kind
+	50, // [50:50] is the sub-list for method output_type
+	50, // [50:50] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_courier_actor_v1_actor_proto_init() }
