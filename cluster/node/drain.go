@@ -115,8 +115,8 @@ func (n *Node) startDrain(window time.Duration) *actorpb.DrainStarted {
 		Conns: uint32(l.Conns), Actors: uint32(l.Actors)}
 	n.drainMu.Lock()
 	defer n.drainMu.Unlock()
-	if n.drain.asked {
-		return ans
+	if n.drain.asked || n.stopping.Load() {
+		return ans // a node stopping drains as it stops (no wg.Add during Shutdown's Wait)
 	}
 	n.drain.asked = true
 	n.wg.Add(1)

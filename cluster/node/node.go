@@ -195,7 +195,6 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if deps != nil {
 		deps.Router, deps.Gates = n.sys, n.sys
 	}
-	n.sys.SetNodeHandler(n.answerNode)
 	n.sys.OnUndeliverable(n.undeliverable)
 	n.sys.OnLeaseless(actors.Leaseless)
 	n.hub = upstream.NewHub(n.up, upTransport{n.sys}, log)
@@ -354,6 +353,11 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 
 	self.Load = n.load()
+	// Requests from other nodes (statistics, list edits, drains) are
+	// answered from here on: before, the gate, the lists and the health
+	// server they use were not set yet (a process restarted at the same
+	// address gets those meant for its old instance).
+	n.sys.SetNodeHandler(n.answerNode)
 	n.sys.OnLease(n.leaseChanged)
 	if err := n.sys.Join(context.Background(), self, n.rejoined); err != nil {
 		return nil, err
@@ -773,7 +777,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	n.once.Do(func() {
 		start := time.Now()
 		step := func(what string) { n.log.Debug("node: shutdown: "+what, "after", time.Since(start)) }
+		n.drainMu.Lock() // a drain asked now sees it (startDrain)
 		n.stopping.Store(true)
+		n.drainMu.Unlock()
 		close(n.quit)
 		if n.health != nil {
 			n.health.Shutdown() // NOT_SERVING: load balancers stop sending calls
