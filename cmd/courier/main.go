@@ -122,6 +122,14 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 		}
 		return 2
 	}
+	if *addrFile != "" {
+		// A tool waiting for the file must not read a previous run's
+		// addresses (this run may fail, or bind other ports).
+		if err := os.Remove(*addrFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintln(stderr, "courier: --addr-file:", err)
+			return 2
+		}
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		fmt.Fprintf(stderr, "courier: --log-level %q: %v\n", *logLevel, err)
@@ -195,6 +203,8 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 		}
 		if err != nil {
 			log.Error("courier: --addr-file", "err", err)
+		} else {
+			defer os.Remove(*addrFile) // the addresses of a running node only
 		}
 	}
 	if *dev {

@@ -356,3 +356,20 @@ func TestMalformedSecretsAreNotEchoed(t *testing.T) {
 		}
 	}
 }
+
+// TestAddrFileOfAPreviousRunIsRemoved: --addr-file is removed at start,
+// so a tool waiting for it never reads a previous run's addresses (here
+// the run fails on a setting).
+func TestAddrFileOfAPreviousRunIsRemoved(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "addrs.json")
+	if err := os.WriteFile(f, []byte(`{"gate":"127.0.0.1:1"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := append(loopback(t), "--app-secret", "1=short", "--addr-file", f)
+	if code, _, errw := courier(t, nil, args...); code != 2 {
+		t.Fatalf("exit %d: %s", code, errw)
+	}
+	if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the previous run's --addr-file is still there (%v)", err)
+	}
+}
