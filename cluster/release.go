@@ -205,6 +205,9 @@ func (s *System) awaitRelease(hash uint64, k childKey, c *child) {
 // waitLocalHandoff registers c to go on once this node's actor of k
 // finishes handing off, if one does.
 func (s *System) waitLocalHandoff(k childKey, c *child) bool {
+	if s.handoffsPending() == 0 {
+		return false // the usual case: no lock taken per activation
+	}
 	s.rel.mu.Lock()
 	defer s.rel.mu.Unlock()
 	if s.rel.busy[k] == 0 {
