@@ -589,7 +589,7 @@ func TestSessionsOnDepartedGateEnd(t *testing.T) {
 // is taken for gone (its instance blocked, its gate's sessions ended);
 // when it runs again it notices, rejoins as a new instance without a
 // restart, tells its devices to reconnect (KICKOUT SERVER_SHUTDOWN), and
-// serves again.
+// serves again, with the access lists edited while it was out.
 func TestPausedNodeRejoins(t *testing.T) {
 	c := testkit.StartCluster(t, testkit.ClusterOptions{Roles: []string{"gate,api", "actors", ""}})
 	n1, n2, n3 := c.Node("node1"), c.Node("node2"), c.Node("node3")
@@ -614,6 +614,15 @@ func TestPausedNodeRejoins(t *testing.T) {
 		pr, err := api3.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: []string{uid}})
 		return err == nil && !pr.Entries[0].Online
 	}, "the frozen gate's session still online")
+	// A ban made while node1 is out reaches only the live gates (node3);
+	// node1 keeps its lists in its own Pebble and must copy the others'
+	// before it lets devices in again. Accepted once node1 is out of the
+	// others' view (until then, node1 cannot confirm it: UNAVAILABLE).
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		_, err := api3.UpdateAccessList(testkit.Ctx(t, testkit.App1Key), &apipb.UpdateAccessListRequest{
+			List: apipb.AccessList_UID_BLACKLIST, AppCode: 1, Add: []string{"troll"}})
+		return err == nil
+	}, "the ban through node3 not accepted while node1 is out")
 	time.Sleep(time.Second) // well past the TTL
 	n1.Resume()
 
@@ -640,6 +649,9 @@ func TestPausedNodeRejoins(t *testing.T) {
 	// after the others see it back: a client reconnects later, as this
 	// one does), a push through node3.
 	d = deviceOnceAccepting(t, n1, uid, 15*time.Second)
+	if c := loginCode(t, n1, "troll"); c != devicepb.Code_UID_BLOCKED {
+		t.Fatalf("a uid banned while node1 was out logs in on node1 once it serves again: %v, want UID_BLOCKED", c)
+	}
 	r := push(t, api3, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: uid, Payload: []byte("after the pause")})
 	if _, m := expectS2C(t, d); m.MsgId != r.MsgId {
 		t.Fatalf("S2C %v", m)

@@ -119,22 +119,39 @@ func (n *Node) answerLists(req *actorpb.NodeRequest) *actorpb.Reply {
 	return &actorpb.Reply{Body: &actorpb.Reply_Lists{Lists: &actorpb.ListsReply{Json: b}}}
 }
 
-// syncLists gives a gate that just joined the lists the other gates
-// have, unless it reads them from a file or shares the store they keep
-// them in (PostgreSQL: it loaded them at start). With a store of its own
-// (Pebble), an edit made between its joining and this copy may be
-// overwritten on this gate.
+// listsShared reports whether this node's gate gets every edit of the
+// access lists without asking the other gates: it reads them from a file,
+// or it keeps them in the store they share (PostgreSQL: it loaded them at
+// start and polls them), or it has none.
+func (n *Node) listsShared() bool {
+	return n.gate == nil || n.cfg.Gate.ListsFile != "" || n.cfg.Store == "postgres"
+}
+
+// syncLists gives a gate with lists of its own (Pebble) the lists the
+// other gates have: when it joins, and when it holds a lease again (edits
+// made meanwhile went only to the live gates). An edit that reaches this
+// gate while the copy is on its way is not overwritten: the copy is taken
+// again (up to three times).
 func (n *Node) syncLists() {
-	if n.gate == nil || n.cfg.Gate.ListsFile != "" || n.cfg.Store == "postgres" || len(n.sys.View().Live(membership.RoleGate)) < 2 {
+	if n.listsShared() || len(n.sys.View().Live(membership.RoleGate)) < 2 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), listsWait)
 	defer cancel()
-	s, err := n.peerLists(ctx)
-	if err == nil {
-		err = n.lists.Modify(func(l *gate.ListsSnapshot) { *l = s })
+	var err error
+	for range 3 {
+		v := n.lists.Version()
+		var s gate.ListsSnapshot
+		if s, err = n.peerLists(ctx); err != nil {
+			break
+		}
+		var done bool
+		if done, err = n.lists.ReplaceIf(v, s); done || err != nil {
+			break
+		}
+		err = errors.New("edits kept reaching this gate during the copy")
 	}
 	if err != nil {
-		n.log.Warn("node: could not copy the access lists from the other gates; this gate starts with its own", "err", err)
+		n.log.Warn("node: could not copy the access lists from the other gates; this gate keeps its own", "err", err)
 	}
 }

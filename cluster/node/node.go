@@ -486,7 +486,11 @@ func (n *Node) leaseChanged(valid bool) {
 	}
 	if !valid {
 		n.log.Warn("node: no membership lease; devices on this gate are told to reconnect elsewhere")
+		// Under drainMu, so that a regain's opening (openGate) that
+		// checked the lease just before cannot undo it.
+		n.drainMu.Lock()
 		n.gate.Refuse(true)
+		n.drainMu.Unlock()
 		n.gate.KickAll()
 		return
 	}
@@ -494,6 +498,30 @@ func (n *Node) leaseChanged(valid bool) {
 	defer n.drainMu.Unlock()
 	if n.stopping.Load() || !n.joined.Load() {
 		return // not yet open (Start opens it once joined)
+	}
+	if !n.listsShared() {
+		// Edits made while this node was out of the cluster did not
+		// reach its own lists: copy the other gates' before opening,
+		// off the membership's goroutine (a call of up to listsWait).
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			n.syncLists()
+			n.drainMu.Lock()
+			defer n.drainMu.Unlock()
+			n.openGateLocked()
+		}()
+		return
+	}
+	n.openGateLocked()
+}
+
+// openGateLocked lets devices in again after a lease regained, unless the
+// lease is gone again, the node stops, or a drain refuses them. Called
+// under drainMu.
+func (n *Node) openGateLocked() {
+	if n.stopping.Load() || !n.sys.LeaseValid() {
+		return
 	}
 	select {
 	case <-n.drain.started:

@@ -122,6 +122,40 @@ func (l *durableLists) Modify(f func(*gate.ListsSnapshot)) error {
 	}
 }
 
+// Version returns the version of the lists this node applies.
+func (l *durableLists) Version() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.version
+}
+
+// ReplaceIf stores s as the lists, and applies them, if this node applies
+// version v still; it reports false, storing nothing, if a change came
+// since.
+func (l *durableLists) ReplaceIf(v uint64, s gate.ListsSnapshot) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.version != v {
+		return false, nil
+	}
+	cur, doc, err := l.read(ctx)
+	if err != nil {
+		return false, err
+	}
+	if cur != v {
+		return false, nil
+	}
+	doc.Lists = s
+	if err := l.storeLocked(ctx, cur, doc); errors.Is(err, store.ErrConflict) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
 // storeLocked stores doc over version prev and applies it.
 func (l *durableLists) storeLocked(ctx context.Context, prev uint64, doc listsDoc) error {
 	b, err := json.Marshal(doc)
