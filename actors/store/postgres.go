@@ -185,6 +185,13 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*P
 	if cfg.NoSync {
 		rp["synchronous_commit"] = "off"
 	}
+	// Each statement of a batch must see every write committed before it
+	// began (a load's inbox read after its claim sees the pushes the
+	// fenced owner committed while the claim waited): READ COMMITTED,
+	// whatever the database's or the DSN's default. Under REPEATABLE
+	// READ the claim's transaction would read the inbox from a snapshot
+	// taken before, and a later push overwrite the message it missed.
+	rp["default_transaction_isolation"] = "read committed"
 	// A node cut off from the database in the middle of a transaction
 	// (a batch half sent) is noticed by the server in about 11 s, not the
 	// operating system's two hours, so that the row locks its transaction

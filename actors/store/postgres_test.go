@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/testkit"
 )
@@ -353,6 +355,28 @@ func TestPostgresGivesUpOnTheServerToo(t *testing.T) {
 	s2 := openPG(t, PostgresConfig{DSN: testkit.PostgresDB(t) + "&tcp_keepalives_idle=7"})
 	if err := s2.pool.QueryRow(context.Background(), "SHOW tcp_keepalives_idle").Scan(&idle); err != nil || idle != "7" {
 		t.Fatalf("tcp_keepalives_idle from the DSN: %q, %v", idle, err)
+	}
+}
+
+// TestPostgresReadsCommittedWhateverTheDefault: a database (or DSN) whose
+// default isolation is REPEATABLE READ does not change the store's: its
+// batches rely on each statement seeing what was committed before it.
+func TestPostgresReadsCommittedWhateverTheDefault(t *testing.T) {
+	dsn := testkit.PostgresDB(t)
+	admin := openPG(t, PostgresConfig{DSN: dsn})
+	var db string
+	if err := admin.pool.QueryRow(context.Background(), "SELECT current_database()").Scan(&db); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.pool.Exec(context.Background(), "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" SET default_transaction_isolation = 'repeatable read'"); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{dsn, dsn + "&default_transaction_isolation=serializable"} {
+		s := openPG(t, PostgresConfig{DSN: d})
+		var iso string
+		if err := s.pool.QueryRow(context.Background(), "SHOW transaction_isolation").Scan(&iso); err != nil || iso != "read committed" {
+			t.Fatalf("transaction_isolation %q, %v (DSN %s)", iso, err, d)
+		}
 	}
 }
 
