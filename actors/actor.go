@@ -131,8 +131,8 @@ type (
 	// epoch it was written under (a fence of an older activation's write,
 	// after this actor reloaded the identity, ends nothing).
 	detachedDone struct {
-		fenced bool
-		owner  uint64
+		failed, fenced bool
+		owner          uint64
 	}
 	slotFree struct{}
 	tick     struct{}
@@ -330,6 +330,9 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 				a.finishHandoff(ctx)
 			}
 			return
+		}
+		if m.failed && m.owner == a.d.Owner() {
+			a.d.DetachedFailed()
 		}
 		if m.fenced && m.owner == a.d.Owner() {
 			if a.writing {
@@ -997,7 +1000,7 @@ func (a *deviceActor) submit(ctx actor.Context) {
 			if err != nil {
 				a.deps.Log.Debug("actors: deleting acknowledged messages failed; they will be delivered again", "identity", w.ID, "err", err)
 			}
-			root.Send(self, detachedDone{fenced: errors.Is(err, store.ErrFenced), owner: w.Owner})
+			root.Send(self, detachedDone{failed: err != nil, fenced: errors.Is(err, store.ErrFenced), owner: w.Owner})
 		})
 		return
 	}

@@ -152,6 +152,11 @@ type Device struct {
 	// updates per bucket, not two per message. Usually one or two.
 	indexed []int64
 	leaving bool // FlushDeletions was called: the next write may unindex every bucket
+	// keepIndex: a detached deletion failed, so entries this machine
+	// dropped may still be stored in buckets it no longer counts as
+	// indexed; it unindexes nothing more (a stale index key costs the
+	// sweep a look; a missing one would keep such an entry for good).
+	keepIndex bool
 
 	inbox   []*item // by seq
 	byMsgID map[string]*item
@@ -408,7 +413,7 @@ func (d *Device) takeIndex(w *store.Write) {
 			d.indexed, _ = addBucket(d.indexed, b)
 		}
 	}
-	if len(d.indexed) == 0 || len(d.dels) > 0 {
+	if len(d.indexed) == 0 || len(d.dels) > 0 || d.keepIndex {
 		return
 	}
 	// Every entry in the inbox expires at minExpiry or later (a lower
@@ -615,6 +620,11 @@ func (d *Device) TakeDetached() *store.Write {
 	d.takeIndex(w)
 	return w
 }
+
+// DetachedFailed records that a write TakeDetached returned failed: its
+// deletions were not applied, and the machine unindexes no bucket from
+// then on (see keepIndex).
+func (d *Device) DetachedFailed() { d.keepIndex = true }
 
 func (d *Device) detachable(w *store.Write) bool {
 	return w.Meta == nil && len(w.Put) == 0 && len(w.Idem) == 0

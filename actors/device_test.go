@@ -766,6 +766,47 @@ func TestExpiryIndexHints(t *testing.T) {
 	}
 }
 
+// TestFailedDeletionKeepsTheIndex: a detached deletion that failed left
+// its entry stored; a later write must not unindex the bucket the entry
+// still falls in, or the entry would never expire.
+func TestFailedDeletionKeepsTheIndex(t *testing.T) {
+	h := newHarness(t)
+	ackOf := func(id string) {
+		ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: id})
+		h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
+	}
+	b := store.ExpiryBucket(h.now.Add(time.Hour).UnixMilli())
+	h.push("a", 0)
+	h.settle()
+	h.login(1) // its meta stores the last seq: m1's deletion needs no meta
+	h.settle()
+	ackOf("m1")
+	if !h.d.FlushDeletions() {
+		t.Fatal("nothing to flush")
+	}
+	w := h.d.TakeDetached()
+	if w == nil || fmt.Sprint(w.Delete) != "[1]" || fmt.Sprint(w.Unindex) != fmt.Sprint([]int64{b}) {
+		t.Fatalf("flush: %+v", w)
+	}
+	h.d.DetachedFailed() // m1 stays stored, indexed under b
+	// The machine stays (a push came), its next entry in the same bucket.
+	h.push("b", 0)
+	if w := h.d.TakeWrite(); w == nil || len(w.Put) != 1 {
+		t.Fatalf("second write %+v", w)
+	}
+	h.d.WriteDone(nil)
+	ackOf("m2")
+	if !h.d.FlushDeletions() {
+		t.Fatal("nothing to flush")
+	}
+	if w = h.d.TakeDetached(); w == nil {
+		w = h.d.TakeWrite() // it brings the meta's last seq along
+	}
+	if w == nil || fmt.Sprint(w.Delete) != "[2]" || len(w.Unindex) != 0 {
+		t.Fatalf("flush after a failed deletion: delete %v unindex %v, want [2] and no bucket", w.Delete, w.Unindex)
+	}
+}
+
 // TestExpiryIndexHintsManyBuckets: messages of one identity expiring in
 // many minutes, in any order, are each indexed once; a write's hints
 // are ascending and without repeats, as the store reads them, and never

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -253,6 +254,11 @@ func testLoadEmpty(t *testing.T, k kind) {
 	}
 	if err := submit(s, &Write{ID: Identity{App: 1}}); !errors.Is(err, ErrBadIdentity) {
 		t.Fatalf("write of an empty uid: %v", err)
+	}
+	// A uid longer than an identity's bound reads no other's records.
+	long := Identity{App: 1, UID: strings.Repeat("u", 300)}
+	if _, err := s.Idempotency(context.Background(), long, "k"); !errors.Is(err, ErrBadIdentity) {
+		t.Fatalf("idempotency key of a %d-byte uid: %v", len(long.UID), err)
 	}
 }
 

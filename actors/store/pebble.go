@@ -560,6 +560,9 @@ func (s *Pebble) load(id Identity, deadline time.Time) (*Snapshot, error) {
 
 // Idempotency implements Store.
 func (s *Pebble) Idempotency(_ context.Context, id Identity, key string) (*actorpb.IdempotencyRecord, error) {
+	if !id.Valid() {
+		return nil, ErrBadIdentity
+	}
 	rec, err := s.idemRecord(idemKey(id, key))
 	if err != nil {
 		return nil, fmt.Errorf("idempotency key of %s: %w", id, err)
@@ -594,6 +597,10 @@ func (s *Pebble) LoadAsync(id Identity, deadline time.Time, done func(*Snapshot,
 // BENCHMARKS.md round 17); otherwise it is queued for the readers, as
 // LoadAsync.
 func (s *Pebble) IdempotencyAsync(id Identity, keys []string, deadline time.Time, done func([]*actorpb.IdempotencyRecord, error)) {
+	if !id.Valid() {
+		done(nil, ErrBadIdentity)
+		return
+	}
 	if !s.r.stuck.Load() && s.c.waiting() < time.Second {
 		if recs, ok, err := s.lookupInline(id, keys); ok {
 			done(recs, err)

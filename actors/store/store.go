@@ -53,7 +53,9 @@ type Write struct {
 	Owner uint64
 	// Meta, if set, replaces the identity's meta record.
 	Meta *actorpb.IdentityMeta
-	// Put adds inbox entries (or replaces them, by seq).
+	// Put adds inbox entries. A seq is put once: it is never put again,
+	// even after its deletion (Pebble deletes entries with SingleDelete,
+	// which needs a key set only once).
 	Put []*actorpb.InboxEntry
 	// Delete removes inbox entries by seq; a seq not stored is ignored.
 	Delete []uint32
@@ -63,10 +65,12 @@ type Write struct {
 	// are indexed for its identity already: the store need not index the
 	// entries of Put that fall in them again. Unindex lists buckets in
 	// which, once this write is applied, none of the identity's stored
-	// entries falls: their index keys go. A wrong hint costs no message:
-	// an index key of a bucket reached by the expiry sweep with no entry
-	// in it is deleted by the sweep, and a bucket due within a bucket's
-	// length is indexed whatever Indexed says.
+	// entries falls: their index keys go. A wrong Indexed hint costs no
+	// message: an index key of a bucket reached by the expiry sweep with
+	// no entry in it is deleted by the sweep, and a bucket due within a
+	// bucket's length is indexed whatever Indexed says. A wrong Unindex
+	// hint does (an entry left without its index key never expires): a
+	// writer whose deletion failed sends none after it.
 	Indexed []int64
 	Unindex []int64
 	// Idem records idempotency keys; they expire at Record.ExpiresAtMs.
