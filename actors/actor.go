@@ -893,8 +893,9 @@ const leaselessWhy = "the node serving this identity lost its place in the clust
 // PULL must not go unanswered. So each LOGIN_ACK, C2C_ACK and PULL_ACK of
 // tc goes out as a retryable refusal (STORE_UNAVAILABLE; one that already
 // refuses goes out as it is), a login's outcome as failed (the gate
-// closes the connection, and the session ends wherever it was recorded).
-// A KICKOUT and close of a connection go out too: effects wait for their
+// closes the connection after its LOGIN_ACK, and the session ends wherever
+// it was recorded). A KICKOUT and close of a session's connection go out
+// too (not of a login's, which ends as a failed login): effects wait for their
 // write, so the session's end they carry out is in the store already,
 // written while this node still owned the identity (else the write was
 // fenced and the effect voided); dropped, the connection would stay
@@ -907,7 +908,9 @@ func Leaseless(tc *actorpb.ToConn) *actorpb.ToConn {
 	for _, f := range tc.GetFrames() {
 		if r := leaselessAnswer(f); r != nil {
 			frames = append(frames, r)
-		} else if tc.Close && messages.Cmd(f.Cmd) == messages.CmdKickout {
+		} else if tc.Close && tc.Login == nil && messages.Cmd(f.Cmd) == messages.CmdKickout {
+			// (A login's outcome becomes a failure below: its
+			// connection closes after the LOGIN_ACK, no session to end.)
 			frames = append(frames, f)
 		}
 	}

@@ -787,8 +787,9 @@ func (d *Device) toConn(conn *actorpb.ConnRef, epoch uint64, frames ...*actorpb.
 const loginSkew = 10 * time.Second
 
 // superseded says whether the LOGIN m must not end the current session
-// on another connection: older, its connection was opened before the
-// session's on the same gate (a gate numbers its connections in order);
+// on another connection: older, its gate received it before the
+// session's LOGIN (the same gate counts the LOGINs it forwards; a gate
+// that does not, an older version, numbers its connections in order);
 // late, it comes long after its gate gave up on it. Both happen when a
 // LOGIN is held up (a partition, a paused node) while the device logged
 // in again on a new connection: the late LOGIN would kick the device's
@@ -798,8 +799,13 @@ func (d *Device) superseded(now time.Time, m *actorpb.DeviceLogin) (older, late 
 	switch {
 	case s == nil || s.Conn == nil || m.Conn == nil || sameConn(s.Conn, m.Conn):
 		return false, false
-	case s.Conn.GateId == m.Conn.GateId && s.Conn.GateAddress == m.Conn.GateAddress && m.Conn.ConnId < s.Conn.ConnId:
-		return true, false
+	case s.Conn.GateId == m.Conn.GateId && s.Conn.GateAddress == m.Conn.GateAddress:
+		if s.LoginOrder != 0 && m.LoginOrder != 0 {
+			return m.LoginOrder < s.LoginOrder, false
+		}
+		if m.Conn.ConnId < s.Conn.ConnId {
+			return true, false
+		}
 	}
 	return false, m.DeadlineMs != 0 && now.UnixMilli() > m.DeadlineMs+loginSkew.Milliseconds()
 }
@@ -836,6 +842,7 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 		LoggedInAtMs: now.UnixMilli(),
 		Online:       true,
 		Zstd:         l.GetZstd(),
+		LoginOrder:   m.LoginOrder,
 	}
 	d.stored = d.session
 	d.persistMeta()
@@ -923,7 +930,7 @@ func (d *Device) goOffline() {
 	// A new record: the old one may be part of a write in flight.
 	d.stored = &actorpb.SessionRecord{
 		Epoch: s.Epoch, Conn: s.Conn, GateAddr: s.GateAddr, DeviceId: s.DeviceId, Platform: s.Platform,
-		AppVersion: s.AppVersion, LoggedInAtMs: s.LoggedInAtMs, Online: false, Zstd: s.Zstd,
+		AppVersion: s.AppVersion, LoggedInAtMs: s.LoggedInAtMs, Online: false, Zstd: s.Zstd, LoginOrder: s.LoginOrder,
 	}
 	d.session = nil
 	d.persistMeta()

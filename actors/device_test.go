@@ -932,9 +932,12 @@ func TestPullAnsweredWhenTheWriteBeforeItFails(t *testing.T) {
 // identity after that session began. It must not kick the device's only
 // live session: it is answered as a login at once superseded (LOGIN_ACK
 // OK, KICKOUT LOGGED_IN_ELSEWHERE, close) and the session stays. Older
-// means an earlier connection of the same gate, or a LOGIN past its
-// gate's deadline by more than the clocks may differ. A LOGIN from
-// another gate within its deadline is newer, and kicks as ever.
+// means received before the session's LOGIN by the same gate (its
+// login_order; without one, from a gate of an older version, an earlier
+// connection of that gate), or a LOGIN past its gate's deadline by more
+// than the clocks may differ. A LOGIN the same gate received later is
+// newer whatever its connection (PROTOCOL.md: a newer LOGIN kicks the
+// older one), and so is one from another gate within its deadline.
 func TestLateLoginDoesNotKickANewerSession(t *testing.T) {
 	other := func(id uint64) *actorpb.ConnRef {
 		return &actorpb.ConnRef{GateAddress: "n2", GateId: "g2", ConnId: id}
@@ -945,18 +948,25 @@ func TestLateLoginDoesNotKickANewerSession(t *testing.T) {
 		dl      time.Duration // deadline relative to now
 		kicks   bool
 		refused bool // LOGIN_ACK STORE_UNAVAILABLE rather than OK + KICKOUT
+		// login_order of the session's LOGIN and of the late one (0: a
+		// gate that does not count them)
+		sessionOrder, lateOrder uint64
 	}{
-		{"an earlier connection of the same gate", conn(3), 10 * time.Second, false, false},
-		{"another gate, long past its deadline", other(9), -loginSkew - time.Second, false, true},
-		{"another gate, within its deadline", other(9), 10 * time.Second, true, false},
-		{"another gate, just past its deadline (clock skew)", other(9), -time.Second, true, false},
+		{"an earlier connection of the same gate, no order", conn(3), 10 * time.Second, false, false, 0, 0},
+		{"received earlier by the same gate, on a later connection", conn(7), 10 * time.Second, false, false, 5, 4},
+		{"received later by the same gate, on an earlier connection", conn(3), 10 * time.Second, true, false, 4, 5},
+		{"another gate, long past its deadline", other(9), -loginSkew - time.Second, false, true, 0, 0},
+		{"another gate, within its deadline", other(9), 10 * time.Second, true, false, 0, 0},
+		{"another gate, received earlier there", other(9), 10 * time.Second, true, false, 5, 4},
+		{"another gate, just past its deadline (clock skew)", other(9), -time.Second, true, false, 0, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t)
-			e := h.login(5)
+			h.d.Login(h.now, &actorpb.DeviceLogin{Conn: conn(5), FrameSeq: 1, Login: &devicepb.Login{Uid: "driver-7"}, LoginOrder: tt.sessionOrder})
+			e := h.d.session.Epoch
 			h.settle()
 			h.d.Login(h.now, &actorpb.DeviceLogin{Conn: tt.late, FrameSeq: 7, Login: &devicepb.Login{Uid: "driver-7"},
-				DeadlineMs: h.now.Add(tt.dl).UnixMilli()})
+				DeadlineMs: h.now.Add(tt.dl).UnixMilli(), LoginOrder: tt.lateOrder})
 			effs := h.settle()
 			toSession := framesTo(effs, 5)
 			if tt.kicks {

@@ -72,6 +72,15 @@ func TestLeaseless(t *testing.T) {
 		len(got.Frames) != 1 || messages.Cmd(got.Frames[0].Cmd) != messages.CmdKickout {
 		t.Fatalf("KICKOUT: %v", got)
 	}
+	// A login superseded at once (LOGIN_ACK OK, KICKOUT, close) is a
+	// failed login: its LOGIN_ACK refuses, and no KICKOUT follows it
+	// (there is no session to end; the connection closes after it).
+	superseded := &actorpb.ToConn{ConnId: 8, Epoch: 5, Close: true, Login: &actorpb.LoginOutcome{Ok: true, Epoch: 5},
+		Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, 1, &devicepb.LoginAck{Code: devicepb.Code_OK, Epoch: 5}), kick}}
+	if got := Leaseless(superseded); got == nil || !got.Close || got.GetLogin().GetOk() || len(got.Frames) != 1 ||
+		body(t, got.Frames[0], &devicepb.LoginAck{}).Code != devicepb.Code_STORE_UNAVAILABLE {
+		t.Fatalf("a superseded login: %v", got)
+	}
 	if got := Leaseless(&actorpb.ToConn{ConnId: 8, Epoch: 5, Close: true}); got == nil || !got.Close || len(got.Frames) != 0 {
 		t.Fatalf("close only: %v", got)
 	}

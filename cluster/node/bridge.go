@@ -34,6 +34,7 @@ type bridge struct {
 	maxFrame int // the gate's frame limit, which its answers keep within
 	// loginTimeout is the gate's: a LOGIN's deadline (DeviceLogin.deadline_ms).
 	loginTimeout time.Duration
+	logins       atomic.Uint64 // LOGINs forwarded (DeviceLogin.login_order)
 }
 
 func (b *bridge) ref(id gate.ConnID) *actorpb.ConnRef {
@@ -56,7 +57,7 @@ func (b *bridge) Login(c gate.ConnInfo, frameSeq uint32, login *devicepb.Login) 
 		deadline = now.Add(b.loginTimeout)
 	}
 	e.login = actorpb.DeviceLogin{Conn: b.ref(c.ID), Login: login, FrameSeq: frameSeq, AtMs: now.UnixMilli(), GateAddr: b.publicAddr(),
-		DeadlineMs: deadline.UnixMilli()}
+		DeadlineMs: deadline.UnixMilli(), LoginOrder: b.logins.Add(1)}
 	e.body.Login = &e.login
 	e.env = actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &e.body}
 	b.sys.Send(&e.env)

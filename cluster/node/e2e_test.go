@@ -113,24 +113,45 @@ func TestBadTokenRefused(t *testing.T) {
 	d.ExpectClosed()
 }
 
+// TestSecondLoginKicksFirst: the later LOGIN wins, even on a connection
+// opened before the first one's (PROTOCOL.md: a newer LOGIN kicks the
+// older one).
 func TestSecondLoginKicksFirst(t *testing.T) {
 	n := testkit.StartNode(t, testkit.NodeOptions{})
+	early := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1}) // logs in last
 	first := n.Device(t, 1, "bob")
 	second := n.Device(t, 1, "bob")
+	if ack := early.Login("bob", testkit.Token(t, 1, "bob"), false); ack.Code != devicepb.Code_OK {
+		t.Fatalf("the later LOGIN on the earliest connection: %v", ack)
+	}
+	if k := second.Expect(messages.CmdKickout).Msg.(*devicepb.Kickout); k.Reason != devicepb.KickReason_LOGGED_IN_ELSEWHERE {
+		t.Fatalf("kick reason %v", k.Reason)
+	}
+	second.ExpectClosed()
+	early.Keepalive()
+	if r := push(t, n.API(t), testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: "bob", Payload: []byte("to the latest login"),
+		Delivery: apipb.Delivery_DELIVERY_FIRE_AND_FORGET}); !r.Online {
+		t.Fatal("push after the latest login: not online")
+	}
+	if _, m := expectS2C(t, early); string(m.Payload) != "to the latest login" {
+		t.Fatalf("payload %q", m.Payload)
+	}
+	early.Close()
 	k := first.Expect(messages.CmdKickout).Msg.(*devicepb.Kickout)
 	if k.Reason != devicepb.KickReason_LOGGED_IN_ELSEWHERE {
 		t.Fatalf("kick reason %v", k.Reason)
 	}
 	first.ExpectClosed()
-	second.Keepalive()
-	// The first connection's close came after the second login: the
-	// second session must still receive pushes.
+	third := n.Device(t, 1, "bob")
+	third.Keepalive()
+	// The kicked connections closed after the latest login: its session
+	// must still receive pushes.
 	api := n.API(t)
 	r := push(t, api, testkit.App1Key, &apipb.PushRequest{AppCode: 1, Uid: "bob", Payload: []byte("to the newest")})
 	if !r.Online {
 		t.Fatal("push after the kick: not online")
 	}
-	if _, m := expectS2C(t, second); string(m.Payload) != "to the newest" {
+	if _, m := expectS2C(t, third); string(m.Payload) != "to the newest" {
 		t.Fatalf("payload %q", m.Payload)
 	}
 }

@@ -118,7 +118,12 @@ type DeviceLogin struct {
 	// connection opened, by the gate node's clock; 0: not known). A LOGIN that reaches its
 	// identity well after it (held up in a partition) must not end a
 	// session that began since: its connection is closed by then.
-	DeadlineMs    int64 `protobuf:"varint,6,opt,name=deadline_ms,json=deadlineMs,proto3" json:"deadline_ms,omitempty"`
+	DeadlineMs int64 `protobuf:"varint,6,opt,name=deadline_ms,json=deadlineMs,proto3" json:"deadline_ms,omitempty"`
+	// The gate's count of the LOGINs it forwarded, this one included, since
+	// it started (0: not known, a gate of an older version): of two LOGINs
+	// of one identity through the same gate, the one with the higher count
+	// came later, whatever order they reach the identity in.
+	LoginOrder    uint64 `protobuf:"varint,7,opt,name=login_order,json=loginOrder,proto3" json:"login_order,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -191,6 +196,13 @@ func (x *DeviceLogin) GetGateAddr() string {
 func (x *DeviceLogin) GetDeadlineMs() int64 {
 	if x != nil {
 		return x.DeadlineMs
+	}
+	return 0
+}
+
+func (x *DeviceLogin) GetLoginOrder() uint64 {
+	if x != nil {
+		return x.LoginOrder
 	}
 	return 0
 }
@@ -3329,16 +3341,18 @@ func (x *UpstreamAck) GetDeliveryIds() []uint64 {
 
 // SessionRecord is an identity's current session, stored durably.
 type SessionRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Conn          *ConnRef               `protobuf:"bytes,2,opt,name=conn,proto3" json:"conn,omitempty"`
-	GateAddr      string                 `protobuf:"bytes,3,opt,name=gate_addr,json=gateAddr,proto3" json:"gate_addr,omitempty"`
-	DeviceId      string                 `protobuf:"bytes,4,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	Platform      devicepb.Platform      `protobuf:"varint,5,opt,name=platform,proto3,enum=courier.device.v1.Platform" json:"platform,omitempty"`
-	AppVersion    string                 `protobuf:"bytes,6,opt,name=app_version,json=appVersion,proto3" json:"app_version,omitempty"`
-	LoggedInAtMs  int64                  `protobuf:"varint,7,opt,name=logged_in_at_ms,json=loggedInAtMs,proto3" json:"logged_in_at_ms,omitempty"`
-	Online        bool                   `protobuf:"varint,8,opt,name=online,proto3" json:"online,omitempty"`
-	Zstd          bool                   `protobuf:"varint,9,opt,name=zstd,proto3" json:"zstd,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Epoch        uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Conn         *ConnRef               `protobuf:"bytes,2,opt,name=conn,proto3" json:"conn,omitempty"`
+	GateAddr     string                 `protobuf:"bytes,3,opt,name=gate_addr,json=gateAddr,proto3" json:"gate_addr,omitempty"`
+	DeviceId     string                 `protobuf:"bytes,4,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Platform     devicepb.Platform      `protobuf:"varint,5,opt,name=platform,proto3,enum=courier.device.v1.Platform" json:"platform,omitempty"`
+	AppVersion   string                 `protobuf:"bytes,6,opt,name=app_version,json=appVersion,proto3" json:"app_version,omitempty"`
+	LoggedInAtMs int64                  `protobuf:"varint,7,opt,name=logged_in_at_ms,json=loggedInAtMs,proto3" json:"logged_in_at_ms,omitempty"`
+	Online       bool                   `protobuf:"varint,8,opt,name=online,proto3" json:"online,omitempty"`
+	Zstd         bool                   `protobuf:"varint,9,opt,name=zstd,proto3" json:"zstd,omitempty"`
+	// DeviceLogin.login_order of the LOGIN that began the session.
+	LoginOrder    uint64 `protobuf:"varint,10,opt,name=login_order,json=loginOrder,proto3" json:"login_order,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3434,6 +3448,13 @@ func (x *SessionRecord) GetZstd() bool {
 		return x.Zstd
 	}
 	return false
+}
+
+func (x *SessionRecord) GetLoginOrder() uint64 {
+	if x != nil {
+		return x.LoginOrder
+	}
+	return 0
 }
 
 // IdentityMeta is an identity's durable record besides its inbox.
@@ -3679,7 +3700,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\fgate_address\x18\x01 \x01(\tR\vgateAddress\x12\x17\n" +
 	"\agate_id\x18\x02 \x01(\tR\x06gateId\x12\x17\n" +
 	"\aconn_id\x18\x03 \x01(\x04R\x06connId\x12\x1b\n" +
-	"\tgate_node\x18\x04 \x01(\tR\bgateNode\"\xdc\x01\n" +
+	"\tgate_node\x18\x04 \x01(\tR\bgateNode\"\xfd\x01\n" +
 	"\vDeviceLogin\x12-\n" +
 	"\x04conn\x18\x01 \x01(\v2\x19.courier.actor.v1.ConnRefR\x04conn\x12.\n" +
 	"\x05login\x18\x02 \x01(\v2\x18.courier.device.v1.LoginR\x05login\x12\x1b\n" +
@@ -3687,7 +3708,9 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\x12\x1b\n" +
 	"\tgate_addr\x18\x05 \x01(\tR\bgateAddr\x12\x1f\n" +
 	"\vdeadline_ms\x18\x06 \x01(\x03R\n" +
-	"deadlineMs\"\xa4\x01\n" +
+	"deadlineMs\x12\x1f\n" +
+	"\vlogin_order\x18\a \x01(\x04R\n" +
+	"loginOrder\"\xa4\x01\n" +
 	"\vDeviceFrame\x12-\n" +
 	"\x04conn\x18\x01 \x01(\v2\x19.courier.actor.v1.ConnRefR\x04conn\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +
@@ -3910,7 +3933,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\bmessages\x18\x03 \x03(\v2\x1b.courier.v1.UpstreamMessageR\bmessages\"G\n" +
 	"\vUpstreamAck\x12\x15\n" +
 	"\x06sub_id\x18\x01 \x01(\tR\x05subId\x12!\n" +
-	"\fdelivery_ids\x18\x02 \x03(\x04R\vdeliveryIds\"\xbb\x02\n" +
+	"\fdelivery_ids\x18\x02 \x03(\x04R\vdeliveryIds\"\xdc\x02\n" +
 	"\rSessionRecord\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12-\n" +
 	"\x04conn\x18\x02 \x01(\v2\x19.courier.actor.v1.ConnRefR\x04conn\x12\x1b\n" +
@@ -3921,7 +3944,10 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"appVersion\x12%\n" +
 	"\x0flogged_in_at_ms\x18\a \x01(\x03R\floggedInAtMs\x12\x16\n" +
 	"\x06online\x18\b \x01(\bR\x06online\x12\x12\n" +
-	"\x04zstd\x18\t \x01(\bR\x04zstd\"\x83\x01\n" +
+	"\x04zstd\x18\t \x01(\bR\x04zstd\x12\x1f\n" +
+	"\vlogin_order\x18\n" +
+	" \x01(\x04R\n" +
+	"loginOrder\"\x83\x01\n" +
 	"\fIdentityMeta\x12\x19\n" +
 	"\blast_seq\x18\x01 \x01(\rR\alastSeq\x12\x1d\n" +
 	"\n" +
