@@ -41,7 +41,8 @@ type conn struct {
 	epoch         uint64
 	// lastActive is a tick: when the connection opened until it is
 	// logged in (the login timeout counts from it), then of the last
-	// frame received (the idle timeout).
+	// bytes received (the idle timeout: a frame still arriving, a large
+	// one over a slow link, is not silence).
 	lastActive    int64
 	frameTokens   bucket.Bucket
 	byteTokens    bucket.Bucket

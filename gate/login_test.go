@@ -202,6 +202,29 @@ func TestIdleTimeout(t *testing.T) {
 	}
 }
 
+// TestIdleTimeoutSparesAFrameStillArriving: a large frame trickling in
+// over a slow link for several idle timeouts is not silence (PROTOCOL.md:
+// a connection silent for longer than the idle timeout is closed); it
+// arrives whole, and the connection stays.
+func TestIdleTimeoutSparesAFrameStillArriving(t *testing.T) {
+	tg := startGate(t, func(c *gate.Config) { c.IdleTimeout, c.HeartbeatInterval = 300*time.Millisecond, 150*time.Millisecond })
+	d, _ := tg.login(t, "slow", false)
+	f := frame(messages.Header{Cmd: messages.CmdC2S, AppCode: app1, Seq: 7}, mustMarshal(&devicepb.C2S{ClientMsgId: "slow-1", Payload: make([]byte, 200)}))
+	start := time.Now()
+	for i := 0; i < len(f); i += 4 {
+		d.SendRaw(f[i:min(i+4, len(f))])
+		time.Sleep(20 * time.Millisecond) // a slow link: 200 B/s
+	}
+	if took := time.Since(start); took < 3*300*time.Millisecond {
+		t.Fatalf("the frame took only %v to send: not several idle timeouts", took)
+	}
+	testkit.Eventually(t, time.Second, func() bool { return len(tg.h.Frames()) == 1 }, "the C2S does not reach the handler")
+	d.Keepalive()
+	if calls := tg.h.closedFor("slow"); len(calls) != 0 {
+		t.Fatalf("closed while its frame arrived: %+v", calls)
+	}
+}
+
 func TestJWTAuthenticator(t *testing.T) {
 	a := gate.NewJWTAuthenticator(map[uint16][]byte{app1: secret1}, gate.DefaultConfig().MaxTokenLifetime)
 	if err := a.Verify(app1, "u", mustToken(t, secret1, app1, "u")); err != nil {

@@ -98,7 +98,11 @@ func (e *events) OnTraffic(c gnet.Conn) gnet.Action {
 			}
 		}
 	}
-	if frames > 0 && s.state == stateLoggedIn { // before, lastActive is when it opened
+	// Activity is bytes received, a whole frame or more of one: OnTraffic
+	// runs when some arrive, or when hold's timer wakes it for a frame
+	// that is whole. Before login, lastActive is when the connection
+	// opened.
+	if s.state == stateLoggedIn {
 		s.lastActive = now / int64(g.cfg.TickInterval)
 	}
 	l.flush(s)
