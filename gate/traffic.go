@@ -293,13 +293,12 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 		}
 		// The byte rate counts a body at its decompressed size: what the
 		// node stores and forwards (a few bytes of zstd can stand for a
-		// whole frame of payload).
-		if cfg := &g.cfg; cfg.BytesPerSecond > 0 && len(out) > len(body) &&
-			!s.byteTokens.Take(g.nanos(), int64(len(out)-len(body)), int64(cfg.BytesPerSecond), int64(cfg.ByteBurst)) {
-			g.metrics.limitHits.WithLabelValues(limitByteRate).Inc()
-			l.sendError(app, h.Seq, devicepb.Code_RATE_LIMITED, "sending too fast (decompressed bodies count)")
-			s.closeReason = CloseRateLimited
-			return gnet.Close
+		// whole frame of payload). What the bucket lacks for it is owed,
+		// at most a frame's worth: the frames after it wait (hold) until
+		// the refill has paid it back, as they would behind the same body
+		// sent uncompressed.
+		if cfg := &g.cfg; cfg.BytesPerSecond > 0 && len(out) > len(body) {
+			s.byteTokens.Owe(g.nanos(), int64(len(out)-len(body)), int64(cfg.BytesPerSecond), int64(cfg.ByteBurst))
 		}
 		body = out
 		h.Flags &^= messages.FlagZstd

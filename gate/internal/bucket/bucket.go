@@ -49,3 +49,10 @@ func (b *Bucket) Wait(now, n, perSecond int64) int64 {
 
 // Give returns n tokens taken by a Take whose use was called off.
 func (b *Bucket) Give(n int64) { b.tokens += n }
+
+// Owe takes n tokens at now whether or not the bucket holds them: what it
+// lacks is a debt that the refill pays back before a later Take succeeds.
+func (b *Bucket) Owe(now, n, perSecond, burst int64) {
+	b.Take(now, 0, perSecond, burst) // refill to now
+	b.tokens -= n
+}
