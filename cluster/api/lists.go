@@ -126,13 +126,23 @@ func (s *Server) UpdateAccessList(ctx context.Context, r *apipb.UpdateAccessList
 	if n := len(r.Add) + len(r.Remove); n > s.limits.MaxBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "add and remove: %d entries, limit %d per call (api.max-batch): split the edit", n, s.limits.MaxBatch)
 	}
-	kicks := r.List == apipb.AccessList_UID_BLACKLIST && len(r.Add) > 0
+	// The uids the edit blacklists: those added and not removed by the
+	// same edit (the removal wins, edit), whose sessions end.
+	var banned []string
+	if r.List == apipb.AccessList_UID_BLACKLIST {
+		for _, uid := range r.Add {
+			if !slices.Contains(r.Remove, uid) {
+				banned = append(banned, uid)
+			}
+		}
+	}
+	kicks := len(banned) > 0
 	release := func(context.Context) {}
 	if kicks {
 		// The kicks below are requests to actors, bounded as pushes are;
 		// taken first, so that a refusal changed nothing.
 		var err error
-		if release, err = s.admitRequests(sc, len(r.Add)); err != nil {
+		if release, err = s.admitRequests(sc, len(banned)); err != nil {
 			return nil, err
 		}
 	}
@@ -141,16 +151,17 @@ func (s *Server) UpdateAccessList(ctx context.Context, r *apipb.UpdateAccessList
 		return nil, err
 	}
 	if kicks {
-		envs := make([]*actorpb.Envelope, len(r.Add))
-		for i, uid := range r.Add {
+		envs := make([]*actorpb.Envelope, len(banned))
+		for i, uid := range banned {
 			envs[i] = &actorpb.Envelope{AppCode: r.AppCode, Uid: uid, Body: &actorpb.Envelope_Kick{Kick: &actorpb.Kick{
 				Reason: devicepb.KickReason_UID_BLACKLISTED, Detail: "this account is blocked"}}}
 		}
-		_, errs := s.req.RequestMany(ctx, envs)
+		reps, errs := s.req.RequestMany(ctx, envs)
 		release(ctx)
-		for i, err := range errs {
-			if err != nil {
-				return nil, status.Errorf(codes.Unavailable, "uid %q is blacklisted but could not be kicked yet (%v): it cannot log in again; retry to kick it", r.Add[i], err)
+		for i := range errs {
+			if err := replyError(reps[i], errs[i]); err != nil {
+				return nil, status.Errorf(codes.Unavailable, "uid %q is blacklisted but could not be kicked yet (%s): it cannot log in again; retry to kick it",
+					banned[i], status.Convert(err).Message())
 			}
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/courier-im/courier/gate"
+	"github.com/courier-im/courier/messages/actorpb"
 	"github.com/courier-im/courier/messages/apipb"
 )
 
@@ -171,5 +172,46 @@ func TestConcurrentListEditsStayBounded(t *testing.T) {
 	wg.Wait()
 	if n := len(lists.snap.UIDBlacklist[1]); n > MaxListEntries {
 		t.Fatalf("concurrent edits took the list to %d entries, past %d", n, MaxListEntries)
+	}
+}
+
+// failingKicks answers every request with a failure, as an actor without
+// its node's lease does.
+type failingKicks struct{ fakeReq }
+
+func (f *failingKicks) RequestMany(_ context.Context, envs []*actorpb.Envelope) ([]*actorpb.Reply, []error) {
+	reps := make([]*actorpb.Reply, len(envs))
+	for i := range reps {
+		reps[i] = &actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(codes.Unavailable), Message: "no lease"}}}
+	}
+	return reps, make([]error, len(envs))
+}
+
+// TestBlacklistEditKicksWhatItBans: a uid both added and removed by one
+// edit is not blacklisted (the removal wins) and so is not kicked (a
+// KICKOUT UID_BLACKLISTED tells a client to stop for good); a kick the
+// actor answers with a failure fails the call (UNAVAILABLE: retry), as one
+// that was not answered does.
+func TestBlacklistEditKicksWhatItBans(t *testing.T) {
+	req := &fakeReq{}
+	lists := &memLists{}
+	s := New(Deps{Req: req, Limits: DefaultLimits(), Lists: lists})
+	if _, err := s.UpdateAccessList(scoped(1), &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1,
+		Add: []string{"banned", "undecided"}, Remove: []string{"undecided"}}); err != nil {
+		t.Fatal(err)
+	}
+	var kicked []string
+	for _, e := range req.got {
+		if e.GetKick() != nil {
+			kicked = append(kicked, e.Uid)
+		}
+	}
+	if fmt.Sprint(kicked) != "[banned]" {
+		t.Fatalf("kicked %v, want [banned]", kicked)
+	}
+	s = New(Deps{Req: &failingKicks{}, Limits: DefaultLimits(), Lists: &memLists{}})
+	_, err := s.UpdateAccessList(scoped(1), &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1, Add: []string{"banned"}})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "could not be kicked") {
+		t.Fatalf("a kick that failed: %v, want UNAVAILABLE", err)
 	}
 }
