@@ -181,19 +181,27 @@ const (
 	appFull
 )
 
-// take counts the call in the node's count (n, within max) and in its
-// app's (app, within appMax; nil for none), until ctx (the call's) ends.
-// It reports which was full (the node's first), counting nothing, or
-// taken.
+// take counts the call in its app's count (app, within appMax; nil for
+// none) and in the node's (n, within max), until ctx (the call's) ends.
+// It reports which was full (the node's, if both), counting nothing, or
+// taken. The app's share
+// is taken first: an app that keeps calling past it must not, even for
+// the instant of each attempt, fill the node's count the others' calls
+// need.
 func (c *call) take(ctx context.Context, n *atomic.Int64, max int64, app *atomic.Int64, appMax int64) int {
-	if n.Add(1) > max {
-		n.Add(-1)
-		return nodeFull
-	}
 	if app != nil && app.Add(1) > appMax {
 		app.Add(-1)
-		n.Add(-1)
+		if n.Load() >= max {
+			return nodeFull // the node's is the bound to name
+		}
 		return appFull
+	}
+	if n.Add(1) > max {
+		n.Add(-1)
+		if app != nil {
+			app.Add(-1)
+		}
+		return nodeFull
 	}
 	// The stream's context ends with the call, whatever its outcome; but
 	// only after its answer is written, so a unary call gives its slot

@@ -269,27 +269,51 @@ func (s *Server) admitPushes(sc scope, n int) (release func(ctx context.Context)
 // RESOURCE_EXHAUSTED. Presence and Kick take it too: a caller that gives
 // up on its calls at once would otherwise leave any number of queries
 // queued in the actors.
+// refuseAppRequests is the refusal of n requests over their app's share
+// (in: the app's count with them).
+func (s *Server) refuseAppRequests(in int64, n int) error {
+	s.adm.pushesRefused.WithLabelValues("app_pushes_in_flight").Add(float64(n))
+	return refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-app-pushes-in-flight",
+		"node overloaded for this app: %d of its pushes in flight, its share is %d (api.max-app-pushes-in-flight); nothing was accepted: retry later, backing off",
+		in-int64(n), s.adm.maxAppPushes)
+}
+
+// nodePushesFull reports whether n more requests would take the node
+// past its budget (the refusal then names it, not the app's share).
+func (s *Server) nodePushesFull(n int) bool {
+	max := s.limits.MaxPushesInFlight
+	return max > 0 && s.inFlight.Load()+int64(n) > int64(max)
+}
+
 func (s *Server) admitRequests(sc scope, n int) (release func(ctx context.Context), err error) {
-	in := s.inFlight.Add(int64(n))
-	if max := s.limits.MaxPushesInFlight; max > 0 && in > int64(max) {
-		s.inFlight.Add(-int64(n))
-		s.adm.pushesRefused.WithLabelValues("pushes_in_flight").Add(float64(n))
-		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-pushes-in-flight",
-			"node overloaded: %d pushes in flight, limit %d (api.max-pushes-in-flight); nothing was accepted: retry later, backing off",
-			in-int64(n), max)
-	}
-	// Then the app's share: an app over it must not take the node's
-	// budget from the others.
+	// The app's share first: an app over it must not take the node's
+	// budget from the others, even for the instant of each attempt. The
+	// refusal names the node's bound if that one is full too.
 	app := sc.sh
+	var appIn int64 // the app's count with these, when over its share
 	if app != nil {
 		if in := app.pushes.Add(int64(n)); in > s.adm.maxAppPushes {
-			app.pushes.Add(-int64(n))
-			s.inFlight.Add(-int64(n))
-			s.adm.pushesRefused.WithLabelValues("app_pushes_in_flight").Add(float64(n))
-			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-app-pushes-in-flight",
-				"node overloaded for this app: %d of its pushes in flight, its share is %d (api.max-app-pushes-in-flight); nothing was accepted: retry later, backing off",
-				in-int64(n), s.adm.maxAppPushes)
+			appIn = in
+			if !s.nodePushesFull(n) {
+				app.pushes.Add(-int64(n))
+				return nil, s.refuseAppRequests(appIn, n)
+			}
 		}
+	}
+	in := s.inFlight.Add(int64(n))
+	max := s.limits.MaxPushesInFlight
+	if max > 0 && in > int64(max) || appIn != 0 {
+		s.inFlight.Add(-int64(n))
+		if app != nil {
+			app.pushes.Add(-int64(n))
+		}
+		if max > 0 && in > int64(max) {
+			s.adm.pushesRefused.WithLabelValues("pushes_in_flight").Add(float64(n))
+			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-pushes-in-flight",
+				"node overloaded: %d pushes in flight, limit %d (api.max-pushes-in-flight); nothing was accepted: retry later, backing off",
+				in-int64(n), max)
+		}
+		return nil, s.refuseAppRequests(appIn, n) // the node had room after all
 	}
 	return func(ctx context.Context) {
 		give := func() {
