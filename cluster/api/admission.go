@@ -165,6 +165,9 @@ func (a *admission) collectors() []prometheus.Collector {
 // take the slots of pushes.
 const upstreamMethod = "/courier.v1.Courier/Upstream"
 
+// healthCheckMethod is the load balancers' call (see admission.tap).
+const healthCheckMethod = "/grpc.health.v1.Health/Check"
+
 // call is what the tap learned of a call: its scope (for a call with a
 // key), and the slots it holds, in the node's count of open calls and in
 // its app's (app: nil for calls without a key).
@@ -252,7 +255,15 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 			"too many API connections: this node serves at most %d at once (api.max-connections), and this connection is closed in a moment; share connections between calls, or retry later", a.maxConns)
 	}
 	if public(info.FullMethodName) {
-		if (&call{}).take(ctx, &a.public, a.maxPublic, nil, 0) != taken {
+		// Long-lived calls without a key (health Watch, reflection)
+		// hold at most half of the slots: the rest is kept for the load
+		// balancers' health Checks, which a few streams held open would
+		// otherwise refuse, taking the node out of service.
+		limit := a.maxPublic
+		if info.FullMethodName != healthCheckMethod {
+			limit = a.maxPublic / 2
+		}
+		if (&call{}).take(ctx, &a.public, limit, nil, 0) != taken {
 			a.callsRefused.WithLabelValues("unauthenticated_calls").Inc()
 			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-unauthenticated-calls",
 				"too many calls without an API key at once (health checks, reflection): at most %d (api.max-unauthenticated-calls); retry later", a.maxPublic)

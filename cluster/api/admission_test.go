@@ -205,16 +205,25 @@ func TestConnectionsFarOverTheCapAreClosed(t *testing.T) {
 func isReset(err error) bool { return err != nil && strings.Contains(err.Error(), "connection reset") }
 
 // TestUnauthenticatedCallsAreBounded: calls that need no key (health
-// checks, reflection) are at most api.max-unauthenticated-calls at once;
-// one more gets RESOURCE_EXHAUSTED naming the setting, and the slot is
-// free again when a call ends, however it ends.
+// checks, reflection) are at most api.max-unauthenticated-calls at once,
+// streams (reflection, health Watch) at most half of them, so that streams
+// held open cannot fail the load balancers' health checks; one more gets
+// RESOURCE_EXHAUSTED naming the setting, and the slot is free again when a
+// call ends, however it ends.
 func TestUnauthenticatedCallsAreBounded(t *testing.T) {
 	lim := DefaultLimits()
-	lim.MaxUnauthenticatedCalls = 2
+	lim.MaxUnauthenticatedCalls = 4 // streams: at most 2
 	s := serve(t, lim)
 	conn := dialAPI(t, s.addr)
+	refused := func(what string, err error) {
+		t.Helper()
+		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "api.max-unauthenticated-calls") {
+			t.Fatalf("%s: %v, want RESOURCE_EXHAUSTED naming api.max-unauthenticated-calls", what, err)
+		}
+		wantReason(t, err, apipb.ReasonLimitReached, "api.max-unauthenticated-calls")
+	}
 	var cancels []context.CancelFunc
-	for range 2 {
+	for i := range 3 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		cancels = append(cancels, cancel)
 		defer cancel()
@@ -225,32 +234,43 @@ func TestUnauthenticatedCallsAreBounded(t *testing.T) {
 		if err := st.Send(&reflectpb.ServerReflectionRequest{MessageRequest: &reflectpb.ServerReflectionRequest_ListServices{}}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.Recv(); err != nil {
+		_, err = st.Recv()
+		if i < 2 && err != nil {
 			t.Fatalf("reflection without a key: %v", err)
 		}
+		if i == 2 {
+			refused("a third stream without a key", err)
+		}
 	}
+	// The streams hold half the slots: health checks still pass.
 	hc := healthpb.NewHealthClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "api.max-unauthenticated-calls") {
-		t.Fatalf("a third call without a key: %v, want RESOURCE_EXHAUSTED naming api.max-unauthenticated-calls", err)
+	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("a health check beside the streams: %v", err)
 	}
-	wantReason(t, err, apipb.ReasonLimitReached, "api.max-unauthenticated-calls")
-	if got := testutil.ToFloat64(s.srv.adm.callsRefused.WithLabelValues("unauthenticated_calls")); got != 1 {
+	// Two checks whose requests are "still coming" take the rest.
+	raw := dialRaw(t, s.addr)
+	raw.openCall(t, 1, healthCheckMethod, "")
+	raw.openCall(t, 3, healthCheckMethod, "")
+	testkit.Eventually(t, 10*time.Second, func() bool { return s.srv.adm.public.Load() == 4 }, "the held checks are not counted")
+	_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+	refused("a fifth call without a key", err)
+	if got := testutil.ToFloat64(s.srv.adm.callsRefused.WithLabelValues("unauthenticated_calls")); got != 2 {
 		t.Fatalf("courier_api_calls_refused_total{reason=unauthenticated_calls} %v", got)
 	}
 	// Calls with a key are not counted against it.
 	if _, err := s.client.Push(authed(t, 10*time.Second), &apipb.PushRequest{AppCode: 1, Uid: "u"}); err != nil {
 		t.Fatal(err)
 	}
+	raw.c.Close()
 	cancels[0]() // the client gives up on a stream: its slot comes back
 	testkit.Eventually(t, 10*time.Second, func() bool {
 		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-		return err == nil
-	}, "the slot of an ended call never came back")
+		return err == nil && s.srv.adm.public.Load() <= 1
+	}, "the slots of ended calls never came back")
 	// Calls that end normally give their slot back too (shortly after
-	// they end: with two slots free, one lagging release is no refusal).
+	// they end: with slots free, one lagging release is no refusal).
 	cancels[1]()
 	testkit.Eventually(t, 10*time.Second, func() bool { return s.srv.adm.public.Load() == 0 }, "slots not given back")
 	for range 20 {
