@@ -57,6 +57,10 @@ type admission struct {
 	maxConns  int
 	overConns int // overConns, lowered by tests
 	maxPublic int64
+	// codec counts the answers encoded and not yet written (unread);
+	// maxUnread bounds them (Limits.MaxUnreadAnswerBytes; 0: no bound).
+	codec     *codec
+	maxUnread int64
 	public    atomic.Int64 // unauthenticated calls open
 	calls     atomic.Int64 // calls with a key open, but upstream streams
 	streams   atomic.Int64 // upstream streams open
@@ -91,6 +95,7 @@ type admission struct {
 func newAdmission(keys Keys, l Limits) *admission {
 	appCalls, appStreams, appPushes := l.AppShares()
 	a := &admission{
+		codec: &codec{}, maxUnread: l.MaxUnreadAnswerBytes,
 		keys: keys, maxConns: l.MaxConnections, overConns: overConns, maxPublic: int64(l.MaxUnauthenticatedCalls),
 		shares: shares(keys), maxAppPushes: int64(appPushes),
 		overAddrs: map[string]bool{}, keyless: map[string]*limitedConn{}, keylessGrace: keylessGrace,
@@ -101,7 +106,7 @@ func newAdmission(keys Keys, l Limits) *admission {
 		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_api_connections_refused_total",
 			Help: "Connections to the gRPC API over api.max-connections: their calls got RESOURCE_EXHAUSTED, or they were closed at once."}),
 		callsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_api_calls_refused_total",
-			Help: "API calls refused before their request was read, by reason: unauthenticated (no or unknown key), unauthenticated_calls (over api.max-unauthenticated-calls), calls_in_flight (over api.max-calls-in-flight), app_calls_in_flight (over api.max-app-calls-in-flight), upstream_streams (over api.max-upstream-streams), app_upstream_streams (over api.max-app-upstream-streams), max_connections (on a connection over api.max-connections)."},
+			Help: "API calls refused before their request was read, by reason: unauthenticated (no or unknown key), unauthenticated_calls (over api.max-unauthenticated-calls), calls_in_flight (over api.max-calls-in-flight), app_calls_in_flight (over api.max-app-calls-in-flight), upstream_streams (over api.max-upstream-streams), app_upstream_streams (over api.max-app-upstream-streams), unread_answers (over api.max-unread-answer-bytes), max_connections (on a connection over api.max-connections)."},
 			[]string{"reason"}),
 		pushesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_api_pushes_refused_total",
 			Help: "Pushes refused with RESOURCE_EXHAUSTED because the node was overloaded, by reason: gate_backlog (api.max-gate-backlog), remote_gate_backlog (pushes their identity's actor refused because deliveries to the device's gate, on another node, were later than api.max-gate-backlog), push_delay (api.max-push-delay), pushes_in_flight (api.max-pushes-in-flight), app_pushes_in_flight (api.max-app-pushes-in-flight)."},
@@ -157,7 +162,10 @@ func (a *admission) collectors() []prometheus.Collector {
 	streamsOpen := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "courier_api_upstream_streams_open",
 		Help: "Upstream streams open on the node (within api.max-upstream-streams)."},
 		func() float64 { return float64(a.streams.Load()) })
-	return []prometheus.Collector{a.connsOpen, a.connsRefused, a.keylessClosed, a.callsRefused, a.pushesRefused, a.gateWaits, callsOpen, streamsOpen}
+	unread := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "courier_api_unread_answer_bytes",
+		Help: "Bytes of API answers over 1 KiB encoded and not yet written to their callers' connections (within api.max-unread-answer-bytes)."},
+		func() float64 { return float64(a.codec.unread.Load()) })
+	return []prometheus.Collector{a.connsOpen, a.connsRefused, a.keylessClosed, a.callsRefused, a.pushesRefused, a.gateWaits, callsOpen, streamsOpen, unread}
 }
 
 // upstreamMethod is the one long-lived call: it is bounded apart
@@ -276,6 +284,12 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 		return nil, err
 	}
 	a.keyed(ctx)
+	if n := a.codec.unread.Load(); a.maxUnread > 0 && n > a.maxUnread {
+		a.callsRefused.WithLabelValues("unread_answers").Inc()
+		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-unread-answer-bytes",
+			"node overloaded: %d MiB of answers wait for their callers to read them (limit %d MiB, api.max-unread-answer-bytes); nothing of this call was read: read your answers, retry later",
+			n>>20, a.maxUnread>>20)
+	}
 	sc.sh = a.shares[sc.app]
 	b := &a.callBudget
 	if info.FullMethodName == upstreamMethod {

@@ -137,6 +137,15 @@ type Limits struct {
 	MaxAppCallsInFlight   int
 	MaxAppUpstreamStreams int
 	MaxAppPushesInFlight  int
+	// MaxUnreadAnswerBytes bounds the bytes of answers (each over 1 KiB)
+	// encoded and not yet written to their callers' connections (default
+	// 128 MiB; 0: no bound). A call's slot is free once its handler
+	// returns, before its answer is written: a client that does not read
+	// its answers (its HTTP/2 window kept shut) would otherwise have the
+	// node keep one per stream it opens, megabytes for a GetAccessLists.
+	// Past it, calls with a key are refused with RESOURCE_EXHAUSTED from
+	// their headers until callers read.
+	MaxUnreadAnswerBytes int64
 }
 
 // AppShares returns one app's shares of the node's calls, upstream
@@ -158,7 +167,8 @@ func DefaultLimits() Limits {
 		MaxRequestBytes: 4 << 20, MaxConcurrentStreams: 256, KeepaliveMinTime: 10 * time.Second,
 		KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second, MaxConnectionIdle: 5 * time.Minute,
 		MaxPushesInFlight: 4096, MaxGateBacklog: 20 * time.Millisecond, MaxPushDelay: 50 * time.Millisecond,
-		MaxConnections: 1024, MaxUnauthenticatedCalls: 16, MaxCallsInFlight: 256, MaxUpstreamStreams: 128}
+		MaxConnections: 1024, MaxUnauthenticatedCalls: 16, MaxCallsInFlight: 256, MaxUpstreamStreams: 128,
+		MaxUnreadAnswerBytes: 128 << 20}
 }
 
 // Deps are what the server works with.
@@ -355,8 +365,9 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.InTapHandle(s.adm.tap),
 		grpc.MaxHeaderListSize(maxHeaderListSize),
-		grpc.UnaryInterceptor(s.adm.unary),
-		grpc.ChainStreamInterceptor(s.keys.stream),
+		grpc.ForceServerCodecV2(s.adm.codec),
+		grpc.ChainUnaryInterceptor(s.adm.codec.unary, s.adm.unary),
+		grpc.ChainStreamInterceptor(s.adm.codec.stream, s.keys.stream),
 		grpc.MaxRecvMsgSize(l.MaxRequestBytes),
 		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
 		// Handlers run on long-lived goroutines that keep their grown

@@ -568,6 +568,8 @@ func checkAPILimits(l *api.Limits) error {
 		return fmt.Errorf("node: api.max-app-calls-in-flight %d: must be in [1, api.max-calls-in-flight %d], or 0 for three quarters of it", l.MaxAppCallsInFlight, l.MaxCallsInFlight)
 	case l.MaxAppUpstreamStreams < 0 || l.MaxAppUpstreamStreams > l.MaxUpstreamStreams:
 		return fmt.Errorf("node: api.max-app-upstream-streams %d: must be in [1, api.max-upstream-streams %d], or 0 for three quarters of it", l.MaxAppUpstreamStreams, l.MaxUpstreamStreams)
+	case l.MaxUnreadAnswerBytes != 0 && l.MaxUnreadAnswerBytes < int64(l.MaxRequestBytes):
+		return fmt.Errorf("node: api.max-unread-answer-bytes %d: must be at least api.max-request-bytes (%d), or 0 for no bound", l.MaxUnreadAnswerBytes, l.MaxRequestBytes)
 	case l.MaxAppPushesInFlight != 0 && (l.MaxAppPushesInFlight < l.MaxBatch || l.MaxAppPushesInFlight > l.MaxPushesInFlight):
 		return fmt.Errorf("node: api.max-app-pushes-in-flight %d: must hold one PushMany of api.max-batch (%d) and be at most api.max-pushes-in-flight (%d), or 0 for three quarters of it", l.MaxAppPushesInFlight, l.MaxBatch, l.MaxPushesInFlight)
 	}

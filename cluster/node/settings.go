@@ -134,6 +134,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.IntVar(&l.MaxAppCallsInFlight, "api.max-app-calls-in-flight", l.MaxAppCallsInFlight, "one app's share of api.max-calls-in-flight (its keys' calls; operator keys together are one app); 0: three quarters")
 	fs.IntVar(&l.MaxAppUpstreamStreams, "api.max-app-upstream-streams", l.MaxAppUpstreamStreams, "one app's share of api.max-upstream-streams; 0: three quarters")
 	fs.IntVar(&l.MaxAppPushesInFlight, "api.max-app-pushes-in-flight", l.MaxAppPushesInFlight, "one app's share of api.max-pushes-in-flight, at least api.max-batch; 0: three quarters")
+	fs.Int64Var(&l.MaxUnreadAnswerBytes, "api.max-unread-answer-bytes", l.MaxUnreadAnswerBytes, "bytes of API answers (over 1 KiB each) not yet written to callers that do not read them; past it, calls with a key get RESOURCE_EXHAUSTED (0: no bound)")
 
 	u := &c.Upstream
 	fs.IntVar(&u.QueueLen, "upstream.queue-len", u.QueueLen, "C2S messages queued per appcode and msgtype for a subscriber with room; beyond, UPSTREAM_BUSY")

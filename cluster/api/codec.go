@@ -1,0 +1,198 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/courier-im/courier/messages/apipb"
+)
+
+// codec is the server's gRPC codec: protobuf, as gRPC's own, but for two
+// things.
+//
+// A request with a string field that is not valid UTF-8 is not a decoding
+// failure: gRPC would answer it INTERNAL ("failed to unmarshal"), which
+// tells a client to retry what can never succeed. The codec leaves the
+// message empty and notes it (bad); the interceptors answer the call
+// INVALID_ARGUMENT naming the field, before any handler sees it.
+//
+// Answers larger than gRPC's pooling threshold (1 KiB) are counted in
+// unread from their encoding until the transport has written them to the
+// connection (or dropped them, with the connection). A client that does not read its answers (its HTTP/2 window
+// kept shut) leaves them queued in the node after its calls ended and gave
+// their slots back; admission refuses new calls with a key while more
+// than Limits.MaxUnreadAnswerBytes wait so. Upstream deliveries are not
+// counted: their stream's window bounds them.
+type codec struct {
+	unread atomic.Int64
+	bad    sync.Map // proto.Message -> string: why the request is refused
+}
+
+var _ encoding.CodecV2 = (*codec)(nil)
+
+func (*codec) Name() string { return "proto" }
+
+func (c *codec) Marshal(v any) (mem.BufferSlice, error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("api: cannot marshal %T: not a protobuf message", v)
+	}
+	size := proto.Size(m)
+	opts := proto.MarshalOptions{UseCachedSize: true} // the size was just computed
+	if mem.IsBelowBufferPoolingThreshold(size) {
+		b, err := opts.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	if _, upstream := v.(*apipb.UpstreamDelivery); upstream {
+		pool := mem.DefaultBufferPool()
+		buf := pool.Get(size)
+		b, err := opts.MarshalAppend((*buf)[:0], m)
+		if err != nil {
+			pool.Put(buf)
+			return nil, err
+		}
+		*buf = b
+		return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
+	}
+	b, err := opts.MarshalAppend(make([]byte, 0, size), m)
+	if err != nil {
+		return nil, err
+	}
+	p := &b
+	a := &answer{c: c, size: int64(cap(b))}
+	c.unread.Add(a.size)
+	// The transport frees the buffer once it has written it, or when
+	// the stream ends first; buffers of a connection that closes with
+	// them queued are dropped unfreed, and counted out when collected.
+	runtime.AddCleanup(p, (*answer).settle, a)
+	return mem.BufferSlice{mem.NewBuffer(p, a)}, nil
+}
+
+// answer is the pool of one encoded answer's buffer: its Put (the buffer
+// freed) or the buffer's collection counts it out of codec.unread, once.
+type answer struct {
+	c       *codec
+	size    int64
+	settled atomic.Bool
+}
+
+func (a *answer) Get(n int) *[]byte {
+	b := make([]byte, n)
+	return &b
+}
+
+func (a *answer) Put(*[]byte) { a.settle() }
+
+func (a *answer) settle() {
+	if a.settled.CompareAndSwap(false, true) {
+		a.c.unread.Add(-a.size)
+	}
+}
+
+func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return fmt.Errorf("api: cannot unmarshal into %T: not a protobuf message", v)
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	err := proto.Unmarshal(buf.ReadOnlyData(), m)
+	if err == nil {
+		return nil
+	}
+	if field := invalidUTF8(buf.ReadOnlyData(), m.ProtoReflect().Descriptor(), ""); field != "" {
+		proto.Reset(m)
+		c.bad.Store(m, field+": not valid UTF-8 (string fields must be); nothing of the request was done")
+		return nil
+	}
+	return err
+}
+
+// refused returns the status of a request the codec noted as bad (and
+// forgets it), nil for any other.
+func (c *codec) refused(req any) error {
+	if why, ok := c.bad.LoadAndDelete(req); ok {
+		return status.Error(codes.InvalidArgument, why.(string))
+	}
+	return nil
+}
+
+// unary answers a bad request before the other interceptors and the
+// handler see it.
+func (c *codec) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := c.refused(req); err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+// stream has every message a stream receives checked as unary's requests.
+func (c *codec) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	return h(srv, checkedStream{ss, c})
+}
+
+type checkedStream struct {
+	grpc.ServerStream
+	c *codec
+}
+
+func (s checkedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return s.c.refused(m)
+}
+
+// invalidUTF8 names the first string field in b, an encoded message of
+// md, that is not valid UTF-8 ("" if none, or if b does not parse): the
+// path of field names from the request, dot-separated.
+func invalidUTF8(b []byte, md protoreflect.MessageDescriptor, prefix string) string {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return ""
+		}
+		b = b[n:]
+		if fd := md.Fields().ByNumber(num); fd != nil && typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return ""
+			}
+			b = b[n:]
+			name := prefix + string(fd.Name())
+			switch fd.Kind() {
+			case protoreflect.StringKind:
+				if !utf8.Valid(v) {
+					return name
+				}
+			case protoreflect.MessageKind:
+				if field := invalidUTF8(v, fd.Message(), name+"."); field != "" {
+					return field
+				}
+			}
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return ""
+		}
+		b = b[n:]
+	}
+	return ""
+}
