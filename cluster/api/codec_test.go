@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"runtime"
@@ -111,7 +112,7 @@ func TestUnreadAnswersAreBounded(t *testing.T) {
 	lim.MaxUnreadAnswerBytes = 64 << 10
 	lists := &memLists{}
 	for i := range 300 { // an answer of about 20 KiB
-		_ = lists.Edit(nil, &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1,
+		_ = lists.Edit(context.Background(), &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1,
 			Add: []string{fmt.Sprintf("%060d", i)}})
 	}
 	s := serveTuned(t, lim, func(s *Server) { s.lists = lists })
