@@ -331,8 +331,8 @@ func (a *deviceActor) Receive(ctx actor.Context) {
 			}
 			return
 		}
-		if m.failed && m.owner == a.d.Owner() {
-			a.d.DetachedFailed()
+		if m.owner == a.d.Owner() {
+			a.d.DetachedDone(m.failed)
 		}
 		if m.fenced && m.owner == a.d.Owner() {
 			if a.writing {

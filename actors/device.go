@@ -156,7 +156,10 @@ type Device struct {
 	// dropped may still be stored in buckets it no longer counts as
 	// indexed; it unindexes nothing more (a stale index key costs the
 	// sweep a look; a missing one would keep such an entry for good).
-	keepIndex bool
+	// Nor while detached deletions are out (detachedOut): one may fail
+	// after a later write unindexed its entries' bucket.
+	keepIndex   bool
+	detachedOut int32
 
 	inbox   []*item // by seq
 	byMsgID map[string]*item
@@ -413,7 +416,7 @@ func (d *Device) takeIndex(w *store.Write) {
 			d.indexed, _ = addBucket(d.indexed, b)
 		}
 	}
-	if len(d.indexed) == 0 || len(d.dels) > 0 || d.keepIndex {
+	if len(d.indexed) == 0 || len(d.dels) > 0 || d.keepIndex || d.detachedOut > 0 {
 		return
 	}
 	// Every entry in the inbox expires at minExpiry or later (a lower
@@ -618,13 +621,19 @@ func (d *Device) TakeDetached() *store.Write {
 		}
 	}
 	d.takeIndex(w)
+	d.detachedOut++
 	return w
 }
 
-// DetachedFailed records that a write TakeDetached returned failed: its
-// deletions were not applied, and the machine unindexes no bucket from
-// then on (see keepIndex).
-func (d *Device) DetachedFailed() { d.keepIndex = true }
+// DetachedDone records the outcome of a write TakeDetached returned. A
+// failed one's deletions were not applied: the machine unindexes no
+// bucket from then on (see keepIndex).
+func (d *Device) DetachedDone(failed bool) {
+	if d.detachedOut > 0 {
+		d.detachedOut--
+	}
+	d.keepIndex = d.keepIndex || failed
+}
 
 func (d *Device) detachable(w *store.Write) bool {
 	return w.Meta == nil && len(w.Put) == 0 && len(w.Idem) == 0
@@ -801,11 +810,13 @@ func (d *Device) superseded(now time.Time, m *actorpb.DeviceLogin) (older, late 
 		return false, false
 	case s.Conn.GateId == m.Conn.GateId && s.Conn.GateAddress == m.Conn.GateAddress:
 		if s.LoginOrder != 0 && m.LoginOrder != 0 {
-			return m.LoginOrder < s.LoginOrder, false
-		}
-		if m.Conn.ConnId < s.Conn.ConnId {
+			if m.LoginOrder < s.LoginOrder {
+				return true, false
+			}
+		} else if m.Conn.ConnId < s.Conn.ConnId {
 			return true, false
 		}
+		// Newer, but maybe late still.
 	}
 	return false, m.DeadlineMs != 0 && now.UnixMilli() > m.DeadlineMs+loginSkew.Milliseconds()
 }

@@ -788,7 +788,7 @@ func TestFailedDeletionKeepsTheIndex(t *testing.T) {
 	if w == nil || fmt.Sprint(w.Delete) != "[1]" || fmt.Sprint(w.Unindex) != fmt.Sprint([]int64{b}) {
 		t.Fatalf("flush: %+v", w)
 	}
-	h.d.DetachedFailed() // m1 stays stored, indexed under b
+	h.d.DetachedDone(true) // m1 stays stored, indexed under b
 	// The machine stays (a push came), its next entry in the same bucket.
 	h.push("b", 0)
 	if w := h.d.TakeWrite(); w == nil || len(w.Put) != 1 {
@@ -805,6 +805,41 @@ func TestFailedDeletionKeepsTheIndex(t *testing.T) {
 	if w == nil || fmt.Sprint(w.Delete) != "[2]" || len(w.Unindex) != 0 {
 		t.Fatalf("flush after a failed deletion: delete %v unindex %v, want [2] and no bucket", w.Delete, w.Unindex)
 	}
+}
+
+// TestDeletionOutKeepsTheIndex: while a detached deletion is out, a later
+// write does not unindex its entries' bucket: the deletion may yet fail
+// (the store fails batches apart) and leave its entry stored.
+func TestDeletionOutKeepsTheIndex(t *testing.T) {
+	h := newHarness(t)
+	ackOf := func(id string) {
+		ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: id})
+		h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
+	}
+	b := store.ExpiryBucket(h.now.Add(time.Hour).UnixMilli())
+	h.push("a", 0)
+	h.push("b", 0)
+	h.settle()
+	h.login(1) // its meta stores the last seq: the deletions need no meta
+	h.settle()
+	ackOf("m1")
+	if !h.d.FlushDeletions() {
+		t.Fatal("nothing to flush")
+	}
+	d1 := h.d.TakeDetached() // m1's deletion, out
+	if d1 == nil || fmt.Sprint(d1.Delete) != "[1]" || len(d1.Unindex) != 0 {
+		t.Fatalf("first flush: %+v", d1)
+	}
+	ackOf("m2")
+	if !h.d.FlushDeletions() {
+		t.Fatal("nothing to flush")
+	}
+	d2 := h.d.TakeDetached()
+	if d2 == nil || fmt.Sprint(d2.Delete) != "[2]" || len(d2.Unindex) != 0 {
+		t.Fatalf("flush while m1's deletion is out: delete %v unindex %v, want [2] and no bucket (%d)", d2.Delete, d2.Unindex, b)
+	}
+	h.d.DetachedDone(false)
+	h.d.DetachedDone(false)
 }
 
 // TestExpiryIndexHintsManyBuckets: messages of one identity expiring in
@@ -955,6 +990,7 @@ func TestLateLoginDoesNotKickANewerSession(t *testing.T) {
 		{"an earlier connection of the same gate, no order", conn(3), 10 * time.Second, false, false, 0, 0},
 		{"received earlier by the same gate, on a later connection", conn(7), 10 * time.Second, false, false, 5, 4},
 		{"received later by the same gate, on an earlier connection", conn(3), 10 * time.Second, true, false, 4, 5},
+		{"received later by the same gate, long past its deadline", conn(7), -loginSkew - time.Second, false, true, 4, 5},
 		{"another gate, long past its deadline", other(9), -loginSkew - time.Second, false, true, 0, 0},
 		{"another gate, within its deadline", other(9), 10 * time.Second, true, false, 0, 0},
 		{"another gate, received earlier there", other(9), 10 * time.Second, true, false, 5, 4},
