@@ -297,8 +297,9 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 		// at most a frame's worth: the frames after it wait (hold) until
 		// the refill has paid it back, as they would behind the same body
 		// sent uncompressed.
-		if cfg := &g.cfg; cfg.BytesPerSecond > 0 && len(out) > len(body) {
-			s.byteTokens.Owe(g.nanos(), int64(len(out)-len(body)), int64(cfg.BytesPerSecond), int64(cfg.ByteBurst))
+		if cfg := &g.cfg; cfg.BytesPerSecond > 0 && len(out) > len(body) &&
+			s.byteTokens.Owe(g.nanos(), int64(len(out)-len(body)), int64(cfg.BytesPerSecond), int64(cfg.ByteBurst)) {
+			g.metrics.limitHits.WithLabelValues(limitByteRate).Inc()
 		}
 		body = out
 		h.Flags &^= messages.FlagZstd

@@ -267,14 +267,17 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 		// hold at most half of the slots: the rest is kept for the load
 		// balancers' health Checks, which a few streams held open would
 		// otherwise refuse, taking the node out of service.
-		limit := a.maxPublic
+		// (With api.max-unauthenticated-calls 1, none: that one slot
+		// is the checks'.)
+		limit, what := a.maxPublic, "calls"
 		if info.FullMethodName != healthCheckMethod {
-			limit = a.maxPublic / 2
+			limit, what = a.maxPublic/2, "streams (health Watch, reflection), half of api.max-unauthenticated-calls"
 		}
 		if (&call{}).take(ctx, &a.public, limit, nil, 0) != taken {
 			a.callsRefused.WithLabelValues("unauthenticated_calls").Inc()
 			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonLimitReached, "api.max-unauthenticated-calls",
-				"too many calls without an API key at once (health checks, reflection): at most %d (api.max-unauthenticated-calls); retry later", a.maxPublic)
+				"too many calls without an API key at once: at most %d %s (api.max-unauthenticated-calls %d, health checks included); retry later",
+				limit, what, a.maxPublic)
 		}
 		return ctx, nil
 	}

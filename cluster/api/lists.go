@@ -158,10 +158,16 @@ func (s *Server) UpdateAccessList(ctx context.Context, r *apipb.UpdateAccessList
 		}
 		reps, errs := s.req.RequestMany(ctx, envs)
 		release(ctx)
-		for i := range errs {
-			if err := replyError(reps[i], errs[i]); err != nil {
+		for i, err := range errs {
+			why := ""
+			if err != nil {
+				why = "its actor did not answer in time: " + err.Error()
+			} else if f := reps[i].GetFailure(); f != nil {
+				why = f.Message
+			}
+			if why != "" {
 				return nil, status.Errorf(codes.Unavailable, "uid %q is blacklisted but could not be kicked yet (%s): it cannot log in again; retry to kick it",
-					banned[i], status.Convert(err).Message())
+					banned[i], why)
 			}
 		}
 	}

@@ -272,6 +272,15 @@ func (s *Server) admitPushes(sc scope, n int) (release func(ctx context.Context)
 	}, nil
 }
 
+// refuseNodeRequests is the refusal of n requests over the node's budget
+// (in: the requests in flight without them).
+func (s *Server) refuseNodeRequests(in int64, n int) error {
+	s.adm.pushesRefused.WithLabelValues("pushes_in_flight").Add(float64(n))
+	return refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-pushes-in-flight",
+		"node overloaded: %d pushes in flight, limit %d (api.max-pushes-in-flight); nothing was accepted: retry later, backing off",
+		in, s.limits.MaxPushesInFlight)
+}
+
 // admitRequests takes n requests to actors (pushes, presence queries,
 // kicks) into the node's budget of requests in flight and the app's
 // share of it (release gives them back, abandonedHold later if the
@@ -279,51 +288,29 @@ func (s *Server) admitPushes(sc scope, n int) (release func(ctx context.Context)
 // RESOURCE_EXHAUSTED. Presence and Kick take it too: a caller that gives
 // up on its calls at once would otherwise leave any number of queries
 // queued in the actors.
-// refuseAppRequests is the refusal of n requests over their app's share
-// (in: the app's count with them).
-func (s *Server) refuseAppRequests(in int64, n int) error {
-	s.adm.pushesRefused.WithLabelValues("app_pushes_in_flight").Add(float64(n))
-	return refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-app-pushes-in-flight",
-		"node overloaded for this app: %d of its pushes in flight, its share is %d (api.max-app-pushes-in-flight); nothing was accepted: retry later, backing off",
-		in-int64(n), s.adm.maxAppPushes)
-}
-
-// nodePushesFull reports whether n more requests would take the node
-// past its budget (the refusal then names it, not the app's share).
-func (s *Server) nodePushesFull(n int) bool {
-	max := s.limits.MaxPushesInFlight
-	return max > 0 && s.inFlight.Load()+int64(n) > int64(max)
-}
-
 func (s *Server) admitRequests(sc scope, n int) (release func(ctx context.Context), err error) {
 	// The app's share first: an app over it must not take the node's
 	// budget from the others, even for the instant of each attempt. The
 	// refusal names the node's bound if that one is full too.
 	app := sc.sh
-	var appIn int64 // the app's count with these, when over its share
 	if app != nil {
 		if in := app.pushes.Add(int64(n)); in > s.adm.maxAppPushes {
-			appIn = in
-			if !s.nodePushesFull(n) {
-				app.pushes.Add(-int64(n))
-				return nil, s.refuseAppRequests(appIn, n)
+			app.pushes.Add(-int64(n))
+			if max := s.limits.MaxPushesInFlight; max > 0 && s.inFlight.Load()+int64(n) > int64(max) {
+				return nil, s.refuseNodeRequests(s.inFlight.Load(), n)
 			}
+			s.adm.pushesRefused.WithLabelValues("app_pushes_in_flight").Add(float64(n))
+			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-app-pushes-in-flight",
+				"node overloaded for this app: %d of its pushes in flight, its share is %d (api.max-app-pushes-in-flight); nothing was accepted: retry later, backing off",
+				in-int64(n), s.adm.maxAppPushes)
 		}
 	}
-	in := s.inFlight.Add(int64(n))
-	max := s.limits.MaxPushesInFlight
-	if max > 0 && in > int64(max) || appIn != 0 {
+	if in := s.inFlight.Add(int64(n)); s.limits.MaxPushesInFlight > 0 && in > int64(s.limits.MaxPushesInFlight) {
 		s.inFlight.Add(-int64(n))
 		if app != nil {
 			app.pushes.Add(-int64(n))
 		}
-		if max > 0 && in > int64(max) {
-			s.adm.pushesRefused.WithLabelValues("pushes_in_flight").Add(float64(n))
-			return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-pushes-in-flight",
-				"node overloaded: %d pushes in flight, limit %d (api.max-pushes-in-flight); nothing was accepted: retry later, backing off",
-				in-int64(n), max)
-		}
-		return nil, s.refuseAppRequests(appIn, n) // the node had room after all
+		return nil, s.refuseNodeRequests(in-int64(n), n)
 	}
 	return func(ctx context.Context) {
 		give := func() {

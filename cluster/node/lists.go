@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/courier-im/courier/cluster/api"
 	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/gate"
 	"github.com/courier-im/courier/messages/actorpb"
@@ -34,7 +33,8 @@ const listsWait = 2 * time.Second
 // the edit is idempotent, or in its own Pebble) and applies it; the answer
 // comes from this node's gate, or from another one. Gates that were not
 // live then get it from the shared store within a second (listsPoll), or,
-// with Pebble, copy the others' lists when they join.
+// with Pebble, copy the others' lists when they join and when they hold a
+// lease again (syncLists).
 type clusterLists struct{ n *Node }
 
 func (l clusterLists) Edit(ctx context.Context, r *apipb.UpdateAccessListRequest) error {
@@ -104,7 +104,7 @@ func (n *Node) answerLists(req *actorpb.NodeRequest) *actorpb.Reply {
 	}
 	if e := req.GetListsEdit(); e != nil {
 		// Stored first (in force here once stored), then in the gate.
-		err := n.lists.Modify(func(s *gate.ListsSnapshot) { api.ApplyListEdit(s, e) })
+		err := n.lists.Edit(e)
 		switch {
 		case errors.Is(err, gate.ErrBadLists):
 			return fail(codes.InvalidArgument, err.Error())
@@ -129,29 +129,30 @@ func (n *Node) listsShared() bool {
 
 // syncLists gives a gate with lists of its own (Pebble) the lists the
 // other gates have: when it joins, and when it holds a lease again (edits
-// made meanwhile went only to the live gates). An edit that reaches this
-// gate while the copy is on its way is not overwritten: the copy is taken
-// again (up to three times).
-func (n *Node) syncLists() {
-	if n.listsShared() || len(n.sys.View().Live(membership.RoleGate)) < 2 {
+// made meanwhile went only to the live gates). The edits that reached
+// this gate since it could be reached again (durableLists.Record) are
+// applied over the copy: the gate copied from may not have applied them
+// yet when it answered. gen is the lease generation the copy is for: a
+// copy for an earlier one (the lease was lost again since) is dropped.
+func (n *Node) syncLists(gen uint64) {
+	if n.listsShared() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), listsWait)
-	defer cancel()
-	var err error
-	for range 3 {
-		v := n.lists.Version()
-		var s gate.ListsSnapshot
-		if s, err = n.peerLists(ctx); err != nil {
-			break
+	var copied *gate.ListsSnapshot
+	if len(n.sys.View().Live(membership.RoleGate)) >= 2 {
+		ctx, cancel := context.WithTimeout(context.Background(), listsWait)
+		s, err := n.peerLists(ctx)
+		cancel()
+		if err != nil {
+			n.log.Warn("node: could not copy the access lists from the other gates; this gate keeps its own", "err", err)
+		} else {
+			copied = &s
 		}
-		var done bool
-		if done, err = n.lists.ReplaceIf(v, s); done || err != nil {
-			break
-		}
-		err = errors.New("edits kept reaching this gate during the copy")
 	}
-	if err != nil {
-		n.log.Warn("node: could not copy the access lists from the other gates; this gate keeps its own", "err", err)
+	if n.leaseGen.Load() != gen {
+		return // lost since: the next regain copies them again
+	}
+	if err := n.lists.Replace(copied); err != nil {
+		n.log.Warn("node: could not store the access lists copied from the other gates; this gate keeps its own", "err", err)
 	}
 }

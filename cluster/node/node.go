@@ -60,6 +60,7 @@ type Node struct {
 	health   *health.Server // grpc.health.v1 on the API port
 	stopping atomic.Bool    // Shutdown has begun: not ready
 	joined   atomic.Bool    // Start joined the cluster and synced the lists: the gate may open
+	leaseGen atomic.Uint64  // counts leaseChanged calls (changed under drainMu)
 	drain    *drainState    // drain.go
 	drainMu  sync.Mutex
 
@@ -232,6 +233,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		br.gateAddr.Store(&public)
 		// The stored lists are in force before the first device connects.
 		n.lists = &durableLists{st: n.store, gate: n.gate.Lists(), log: log, file: cfg.Gate.ListsFile}
+		if !n.listsShared() {
+			n.lists.Record() // edits reach it from its join on (syncLists)
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		err = n.lists.start(sctx, cfg.Gate.Lists)
 		cancel()
@@ -362,11 +366,13 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err := n.sys.Join(context.Background(), self, n.rejoined); err != nil {
 		return nil, err
 	}
-	n.syncLists()
+	n.syncLists(n.leaseGen.Load())
+	n.drainMu.Lock()
 	n.joined.Store(true)
 	if n.sys.LeaseValid() {
-		n.leaseChanged(true) // opens the gate
+		n.openGateLocked(n.leaseGen.Load())
 	}
+	n.drainMu.Unlock()
 	n.wg.Add(1)
 	go n.publishLoad(cfg.Cluster.LoadInterval)
 	// SERVING, unless the lease was lost since the join (leaseChanged ran).
@@ -484,17 +490,21 @@ func (n *Node) leaseChanged(valid bool) {
 	if n.gate == nil {
 		return
 	}
+	// Under drainMu: a regain's opening (openGateLocked) checks the
+	// generation under it too, so that one begun before this loss cannot
+	// open the gate after it.
+	n.drainMu.Lock()
+	gen := n.leaseGen.Add(1)
 	if !valid {
-		n.log.Warn("node: no membership lease; devices on this gate are told to reconnect elsewhere")
-		// Under drainMu, so that a regain's opening (openGate) that
-		// checked the lease just before cannot undo it.
-		n.drainMu.Lock()
 		n.gate.Refuse(true)
+		if !n.listsShared() {
+			n.lists.Record() // edits reach it again from its rejoin on
+		}
 		n.drainMu.Unlock()
+		n.log.Warn("node: no membership lease; devices on this gate are told to reconnect elsewhere")
 		n.gate.KickAll()
 		return
 	}
-	n.drainMu.Lock()
 	defer n.drainMu.Unlock()
 	if n.stopping.Load() || !n.joined.Load() {
 		return // not yet open (Start opens it once joined)
@@ -506,21 +516,21 @@ func (n *Node) leaseChanged(valid bool) {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			n.syncLists()
+			n.syncLists(gen)
 			n.drainMu.Lock()
 			defer n.drainMu.Unlock()
-			n.openGateLocked()
+			n.openGateLocked(gen)
 		}()
 		return
 	}
-	n.openGateLocked()
+	n.openGateLocked(gen)
 }
 
-// openGateLocked lets devices in again after a lease regained, unless the
-// lease is gone again, the node stops, or a drain refuses them. Called
-// under drainMu.
-func (n *Node) openGateLocked() {
-	if n.stopping.Load() || !n.sys.LeaseValid() {
+// openGateLocked lets devices in, for lease generation gen, unless the
+// lease changed since (lost, or regained again: that regain opens it),
+// the node stops, or a drain refuses them. Called under drainMu.
+func (n *Node) openGateLocked(gen uint64) {
+	if n.stopping.Load() || n.leaseGen.Load() != gen {
 		return
 	}
 	select {

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/courier-im/courier/actors/store"
+	"github.com/courier-im/courier/cluster/api"
 	"github.com/courier-im/courier/gate"
+	"github.com/courier-im/courier/messages/apipb"
 )
 
 // listsPoll is how often a node looks for a lists change another node
@@ -47,6 +49,9 @@ type durableLists struct {
 	version  uint64     // of the document the gate applies
 	fileSHA  string     // of the document the gate applies
 	localSHA string     // of the lists file as this node last read it
+	// recording and recent: Record.
+	recording bool
+	recent    []*apipb.UpdateAccessListRequest
 }
 
 // start loads the stored lists, lets a changed lists file replace them,
@@ -93,10 +98,15 @@ func (l *durableLists) Snapshot() gate.ListsSnapshot { return l.gate.Snapshot() 
 // It fails with an error wrapping gate.ErrBadLists if the result does not
 // parse, or store.ErrUnavailable.
 func (l *durableLists) Modify(f func(*gate.ListsSnapshot)) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.modifyLocked(f)
+}
+
+// modifyLocked is Modify under l.mu.
+func (l *durableLists) modifyLocked(f func(*gate.ListsSnapshot)) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	for {
 		v, doc, err := l.read(ctx)
 		if err != nil {
@@ -122,38 +132,51 @@ func (l *durableLists) Modify(f func(*gate.ListsSnapshot)) error {
 	}
 }
 
-// Version returns the version of the lists this node applies.
-func (l *durableLists) Version() uint64 {
+// Record has the edits this node applies from now on (Edit) kept until
+// the next Replace: a gate with lists of its own calls it before it can
+// be reached again (at start, at the loss of its lease), so that a copy
+// of another gate's lists that missed them does not undo them.
+func (l *durableLists) Record() {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.version
+	l.recording, l.recent = true, nil
+	l.mu.Unlock()
 }
 
-// ReplaceIf stores s as the lists, and applies them, if this node applies
-// version v still; it reports false, storing nothing, if a change came
-// since.
-func (l *durableLists) ReplaceIf(v uint64, s gate.ListsSnapshot) (bool, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+// Edit applies an edit another node sent (api.ApplyListEdit), stores it,
+// and keeps it while recording (Record).
+func (l *durableLists) Edit(e *apipb.UpdateAccessListRequest) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.version != v {
-		return false, nil
+	if err := l.modifyLocked(func(s *gate.ListsSnapshot) { api.ApplyListEdit(s, e) }); err != nil {
+		return err
 	}
-	cur, doc, err := l.read(ctx)
-	if err != nil {
-		return false, err
+	if l.recording {
+		l.recent = append(l.recent, e)
 	}
-	if cur != v {
-		return false, nil
+	return nil
+}
+
+// Replace stores s, with the edits kept since Record applied over it in
+// their order, as the lists, and applies them; it ends the recording. It
+// changes nothing if no recording is on (another copy replaced them
+// since), or if s is nil (the copy failed: the node keeps its own lists).
+func (l *durableLists) Replace(s *gate.ListsSnapshot) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.recording {
+		return nil
 	}
-	doc.Lists = s
-	if err := l.storeLocked(ctx, cur, doc); errors.Is(err, store.ErrConflict) {
-		return false, nil
-	} else if err != nil {
-		return false, err
+	recent := l.recent
+	l.recording, l.recent = false, nil
+	if s == nil {
+		return nil
 	}
-	return true, nil
+	return l.modifyLocked(func(cur *gate.ListsSnapshot) {
+		*cur = *s
+		for _, e := range recent {
+			api.ApplyListEdit(cur, e)
+		}
+	})
 }
 
 // storeLocked stores doc over version prev and applies it.

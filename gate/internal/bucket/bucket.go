@@ -52,7 +52,9 @@ func (b *Bucket) Give(n int64) { b.tokens += n }
 
 // Owe takes n tokens at now whether or not the bucket holds them: what it
 // lacks is a debt that the refill pays back before a later Take succeeds.
-func (b *Bucket) Owe(now, n, perSecond, burst int64) {
+// It reports whether the bucket is in debt.
+func (b *Bucket) Owe(now, n, perSecond, burst int64) bool {
 	b.Take(now, 0, perSecond, burst) // refill to now
 	b.tokens -= n
+	return b.tokens < 0
 }
