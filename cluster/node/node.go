@@ -530,7 +530,7 @@ func (n *Node) leaseChanged(valid bool) {
 // lease changed since (lost, or regained again: that regain opens it),
 // the node stops, or a drain refuses them. Called under drainMu.
 func (n *Node) openGateLocked(gen uint64) {
-	if n.stopping.Load() || n.leaseGen.Load() != gen {
+	if n.gate == nil || n.stopping.Load() || n.leaseGen.Load() != gen {
 		return
 	}
 	select {
