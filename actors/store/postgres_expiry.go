@@ -1,9 +1,11 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -41,7 +43,7 @@ RETURNING app, uid`
 		cApp       int32
 		cUID       = []byte{}
 		reported   int
-		seen       = map[Identity]bool{}
+		seen       = map[Identity]int{} // identity -> its place in the index order
 	)
 	for scanned := 0; scanned < 10*max; scanned += page {
 		if reported >= max {
@@ -67,8 +69,8 @@ RETURNING app, uid`
 			cApp, cUID = app, uid
 			n++
 			id := Identity{App: uint16(app), UID: string(uid)}
-			if !seen[id] {
-				seen[id] = true
+			if _, ok := seen[id]; !ok {
+				seen[id] = len(seen)
 				apps, uids = append(apps, app), append(uids, uid)
 			}
 		}
@@ -99,6 +101,9 @@ RETURNING app, uid`
 				cancel()
 				return unavailable("expiry lease", err)
 			}
+			// RETURNING has no order: earliest expiry first, as the
+			// contract says.
+			slices.SortFunc(claimed, func(a, b Identity) int { return cmp.Compare(seen[a], seen[b]) })
 			for _, id := range claimed {
 				fn(id)
 			}
