@@ -53,12 +53,24 @@ func (s *Server) Drain(ctx context.Context, r *apipb.DrainRequest) (*apipb.Drain
 	out := &apipb.DrainResponse{WindowMs: r.WindowMs}
 	for _, m := range targets {
 		ds, err := s.drain(ctx, m, window)
+		if status.Code(err) == codes.NotFound && m.ID != r.Node {
+			// An old instance of the node still listed (a restart
+			// within the TTL): its address answers for the new one,
+			// which is a target of its own.
+			continue
+		}
+		if status.Code(err) == codes.NotFound {
+			return out, status.Errorf(codes.NotFound, "node %s (%s): %s", m.Name, m.ID, status.Convert(err).Message())
+		}
 		if err != nil {
 			return out, status.Errorf(codes.Unavailable, "node %s (%s) did not begin draining: %v; retry", m.Name, m.ID, err)
 		}
 		out.WindowMs = ds.WindowMs
 		out.Members = append(out.Members, &apipb.Member{Id: m.ID, Name: m.Name, Address: m.Address, Live: true, Draining: true,
 			Conns: ds.Conns, Actors: ds.Actors, GateAddr: m.GateAddr, ApiAddr: m.APIAddr, HttpAddr: m.HTTPAddr})
+	}
+	if len(out.Members) == 0 {
+		return out, status.Errorf(codes.NotFound, "node %q: none of its listed instances is live any more (courierctl members lists them)", r.Node)
 	}
 	return out, nil
 }

@@ -35,10 +35,13 @@ func TestDrainRequests(t *testing.T) {
 	}
 	var asked []string
 	var windows []time.Duration
-	fail := ""
+	fail, gone := "", ""
 	s := New(Deps{Members: func() *membership.View { return view }, Drain: func(_ context.Context, m membership.Member, w time.Duration) (*actorpb.DrainStarted, error) {
 		if m.ID == fail {
 			return nil, errors.New("no answer")
+		}
+		if m.ID == gone {
+			return nil, status.Error(codes.NotFound, "instance "+m.ID+" is gone")
 		}
 		asked = append(asked, m.ID)
 		windows = append(windows, w)
@@ -79,5 +82,17 @@ func TestDrainRequests(t *testing.T) {
 	fail = "n1-a"
 	if _, err := s.Drain(op, &apipb.DrainRequest{Node: "n1"}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("a node that did not answer: %v", err)
+	}
+	// n2-a is an old instance still listed: its address answers for n2-b
+	// and refuses (NOT_FOUND). By name, n2-b drains alone; by n2-a's id,
+	// nothing drains and the caller hears the instance is gone.
+	fail, gone = "", "n2-a"
+	asked = nil
+	r, err = s.Drain(op, &apipb.DrainRequest{Node: "n2"})
+	if err != nil || len(r.Members) != 1 || r.Members[0].Id != "n2-b" || len(asked) != 1 || asked[0] != "n2-b" {
+		t.Fatalf("Drain n2 with its old instance listed: %v %v, asked %v", r, err, asked)
+	}
+	if _, err := s.Drain(op, &apipb.DrainRequest{Node: "n2-a"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("Drain of an instance that is gone: %v, want NOT_FOUND", err)
 	}
 }

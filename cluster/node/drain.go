@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/courier-im/courier/cluster/membership"
 	"github.com/courier-im/courier/messages/actorpb"
 )
@@ -134,15 +137,19 @@ func (n *Node) startDrain(window time.Duration) *actorpb.DrainStarted {
 // (api.Deps.Drain).
 func (n *Node) drainMember(ctx context.Context, m membership.Member, window time.Duration) (*actorpb.DrainStarted, error) {
 	if m.Address == n.sys.Address() {
+		if self := n.sys.View().Self.ID; m.ID != self {
+			return nil, status.Errorf(codes.NotFound, "instance %s is gone: this address is served by instance %s now", m.ID, self)
+		}
 		return n.startDrain(window), nil
 	}
 	r, err := n.sys.AskNode(ctx, m.Address, &actorpb.NodeRequest{Body: &actorpb.NodeRequest_Drain{
-		Drain: &actorpb.DrainStart{WindowMs: window.Milliseconds()}}})
+		Drain: &actorpb.DrainStart{WindowMs: window.Milliseconds(), Member: m.ID}}})
 	if err != nil {
 		return nil, err
 	}
 	if ds := r.GetDrainStarted(); ds != nil {
 		return ds, nil
 	}
-	return nil, fmt.Errorf("node %s: %s", m.Name, r.GetFailure().GetMessage())
+	f := r.GetFailure()
+	return nil, status.Errorf(codes.Code(f.GetCode()), "node %s: %s", m.Name, f.GetMessage())
 }

@@ -2384,8 +2384,12 @@ func (x *SeenOut) GetMember() string {
 // DrainStart: spread the gate's kickouts over window_ms (0: the node's
 // setting).
 type DrainStart struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WindowMs      int64                  `protobuf:"varint,1,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WindowMs int64                  `protobuf:"varint,1,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	// The instance asked to drain ("": whichever serves the address). A
+	// node whose instance differs (the one asked for is gone, this process
+	// took its address) answers a Failure NOT_FOUND and does not drain.
+	Member        string `protobuf:"bytes,2,opt,name=member,proto3" json:"member,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2425,6 +2429,13 @@ func (x *DrainStart) GetWindowMs() int64 {
 		return x.WindowMs
 	}
 	return 0
+}
+
+func (x *DrainStart) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
 }
 
 // DrainStarted: the node began draining.
@@ -3866,10 +3877,11 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\bReleased\x12\x18\n" +
 	"\apending\x18\x01 \x01(\rR\apending\"!\n" +
 	"\aSeenOut\x12\x16\n" +
-	"\x06member\x18\x01 \x01(\tR\x06member\")\n" +
+	"\x06member\x18\x01 \x01(\tR\x06member\"A\n" +
 	"\n" +
 	"DrainStart\x12\x1b\n" +
-	"\twindow_ms\x18\x01 \x01(\x03R\bwindowMs\"q\n" +
+	"\twindow_ms\x18\x01 \x01(\x03R\bwindowMs\x12\x16\n" +
+	"\x06member\x18\x02 \x01(\tR\x06member\"q\n" +
 	"\fDrainStarted\x12\x16\n" +
 	"\x06member\x18\x01 \x01(\tR\x06member\x12\x1b\n" +
 	"\twindow_ms\x18\x02 \x01(\x03R\bwindowMs\x12\x14\n" +
