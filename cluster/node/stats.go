@@ -1,8 +1,8 @@
 package node
 
 import (
-	"fmt"
 	"context"
+	"fmt"
 	"time"
 
 	"google.golang.org/grpc/codes"
