@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
-	"sync"
+	"strings"
 	"sync/atomic"
 	"unicode/utf8"
 
@@ -26,8 +26,11 @@ import (
 // A request with a string field that is not valid UTF-8 is not a decoding
 // failure: gRPC would answer it INTERNAL ("failed to unmarshal"), which
 // tells a client to retry what can never succeed. The codec leaves the
-// message empty and notes it (bad); the interceptors answer the call
-// INVALID_ARGUMENT naming the field, before any handler sees it.
+// message empty but for a mark (badMark, an unknown field holding the
+// reason); the interceptors answer the call INVALID_ARGUMENT naming the
+// field, before any handler sees it. The mark lives and dies with the
+// message: nothing is kept for a call that ends before an interceptor
+// sees it.
 //
 // Answers larger than gRPC's pooling threshold (1 KiB) are counted in
 // unread from their encoding until the transport has written them to the
@@ -38,8 +41,15 @@ import (
 // counted: their stream's window bounds them.
 type codec struct {
 	unread atomic.Int64
-	bad    sync.Map // proto.Message -> string: why the request is refused
 }
+
+// badMark is the field number of the mark of a request the codec refuses
+// (the largest a field may have; no Courier message uses it), and
+// badPrefix starts its value.
+const (
+	badMark   = protowire.MaxValidNumber
+	badPrefix = "courier: refused: "
+)
 
 var _ encoding.CodecV2 = (*codec)(nil)
 
@@ -118,17 +128,29 @@ func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	if field := invalidUTF8(buf.ReadOnlyData(), m.ProtoReflect().Descriptor(), ""); field != "" {
 		proto.Reset(m)
-		c.bad.Store(m, field+": not valid UTF-8 (string fields must be); nothing of the request was done")
+		mark := protowire.AppendTag(nil, badMark, protowire.BytesType)
+		mark = protowire.AppendString(mark, badPrefix+field+": not valid UTF-8 (string fields must be); nothing of the request was done")
+		m.ProtoReflect().SetUnknown(mark)
 		return nil
 	}
 	return err
 }
 
-// refused returns the status of a request the codec noted as bad (and
-// forgets it), nil for any other.
+// refused returns the status of a request the codec marked as bad, nil
+// for any other.
 func (c *codec) refused(req any) error {
-	if why, ok := c.bad.LoadAndDelete(req); ok {
-		return status.Error(codes.InvalidArgument, why.(string))
+	m, ok := req.(proto.Message)
+	if !ok {
+		return nil
+	}
+	u := m.ProtoReflect().GetUnknown()
+	if len(u) == 0 {
+		return nil
+	}
+	if num, typ, n := protowire.ConsumeTag(u); num == badMark && typ == protowire.BytesType {
+		if v, k := protowire.ConsumeBytes(u[n:]); k > 0 && strings.HasPrefix(string(v), badPrefix) {
+			return status.Error(codes.InvalidArgument, strings.TrimPrefix(string(v), badPrefix))
+		}
 	}
 	return nil
 }
