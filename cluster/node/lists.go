@@ -133,8 +133,9 @@ func (n *Node) listsShared() bool {
 // this gate since it could be reached again (durableLists.Record) are
 // applied over the copy: the gate copied from may not have applied them
 // yet when it answered. gen is the lease generation the copy is for: a
-// copy for an earlier one (the lease was lost again since) is dropped.
-func (n *Node) syncLists(gen uint64) {
+// copy for an earlier one (the lease was lost again since) is dropped;
+// rec is the recording it ends (durableLists.Replace).
+func (n *Node) syncLists(gen, rec uint64) {
 	if n.listsShared() {
 		return
 	}
@@ -152,7 +153,7 @@ func (n *Node) syncLists(gen uint64) {
 	if n.leaseGen.Load() != gen {
 		return // lost since: the next regain copies them again
 	}
-	if err := n.lists.Replace(copied); err != nil {
+	if err := n.lists.Replace(rec, copied); err != nil {
 		n.log.Warn("node: could not store the access lists copied from the other gates; this gate keeps its own", "err", err)
 	}
 }

@@ -366,11 +366,21 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if err := n.sys.Join(context.Background(), self, n.rejoined); err != nil {
 		return nil, err
 	}
-	n.syncLists(n.leaseGen.Load())
+	gen0 := n.leaseGen.Load()
+	if n.lists != nil {
+		n.syncLists(gen0, n.lists.Recording())
+	}
 	n.drainMu.Lock()
 	n.joined.Store(true)
-	if n.sys.LeaseValid() {
-		n.openGateLocked(n.leaseGen.Load())
+	switch {
+	case !n.sys.LeaseValid():
+		// Lost meanwhile: the regain opens the gate.
+	case n.leaseGen.Load() == gen0:
+		n.openGateLocked(gen0)
+	default:
+		// Lost and regained during the copy (which was dropped), while
+		// the regain could not open the gate: a regain's copy now.
+		n.regainLocked(n.leaseGen.Load())
 	}
 	n.drainMu.Unlock()
 	n.wg.Add(1)
@@ -509,21 +519,29 @@ func (n *Node) leaseChanged(valid bool) {
 	if n.stopping.Load() || !n.joined.Load() {
 		return // not yet open (Start opens it once joined)
 	}
-	if !n.listsShared() {
-		// Edits made while this node was out of the cluster did not
-		// reach its own lists: copy the other gates' before opening,
-		// off the membership's goroutine (a call of up to listsWait).
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			n.syncLists(gen)
-			n.drainMu.Lock()
-			defer n.drainMu.Unlock()
-			n.openGateLocked(gen)
-		}()
+	n.regainLocked(gen)
+}
+
+// regainLocked opens the gate for lease generation gen, a regain: once
+// the lists are copied from the other gates, for a gate with lists of its
+// own. Called under drainMu.
+func (n *Node) regainLocked(gen uint64) {
+	if n.listsShared() {
+		n.openGateLocked(gen)
 		return
 	}
-	n.openGateLocked(gen)
+	// Edits made while this node was out of the cluster did not reach its
+	// own lists: copy the other gates' before opening, off the
+	// membership's goroutine (a call of up to listsWait).
+	rec := n.lists.Recording()
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.syncLists(gen, rec)
+		n.drainMu.Lock()
+		defer n.drainMu.Unlock()
+		n.openGateLocked(gen)
+	}()
 }
 
 // openGateLocked lets devices in, for lease generation gen, unless the

@@ -49,7 +49,10 @@ type durableLists struct {
 	version  uint64     // of the document the gate applies
 	fileSHA  string     // of the document the gate applies
 	localSHA string     // of the lists file as this node last read it
-	// recording and recent: Record.
+	// The recording (Record), under recMu, which is never held for a
+	// store's call.
+	recMu     sync.Mutex
+	recID     uint64
 	recording bool
 	recent    []*apipb.UpdateAccessListRequest
 }
@@ -133,13 +136,28 @@ func (l *durableLists) modifyLocked(f func(*gate.ListsSnapshot)) error {
 }
 
 // Record has the edits this node applies from now on (Edit) kept until
-// the next Replace: a gate with lists of its own calls it before it can
-// be reached again (at start, at the loss of its lease), so that a copy
-// of another gate's lists that missed them does not undo them.
-func (l *durableLists) Record() {
-	l.mu.Lock()
+// the Replace of this recording, and returns the recording's id: a gate
+// with lists of its own calls it before it can be reached again (at
+// start, at the loss of its lease), so that a copy of another gate's
+// lists that missed them does not undo them. A new recording ends the
+// last (its edits are in the lists already). It does not block: the loss
+// of the lease calls it on the membership's goroutine.
+func (l *durableLists) Record() uint64 {
+	l.recMu.Lock()
+	defer l.recMu.Unlock()
+	l.recID++
 	l.recording, l.recent = true, nil
-	l.mu.Unlock()
+	return l.recID
+}
+
+// Recording returns the id of the recording on, 0 if none.
+func (l *durableLists) Recording() uint64 {
+	l.recMu.Lock()
+	defer l.recMu.Unlock()
+	if !l.recording {
+		return 0
+	}
+	return l.recID
 }
 
 // Edit applies an edit another node sent (api.ApplyListEdit), stores it,
@@ -150,24 +168,30 @@ func (l *durableLists) Edit(e *apipb.UpdateAccessListRequest) error {
 	if err := l.modifyLocked(func(s *gate.ListsSnapshot) { api.ApplyListEdit(s, e) }); err != nil {
 		return err
 	}
+	l.recMu.Lock()
 	if l.recording {
 		l.recent = append(l.recent, e)
 	}
+	l.recMu.Unlock()
 	return nil
 }
 
-// Replace stores s, with the edits kept since Record applied over it in
-// their order, as the lists, and applies them; it ends the recording. It
-// changes nothing if no recording is on (another copy replaced them
-// since), or if s is nil (the copy failed: the node keeps its own lists).
-func (l *durableLists) Replace(s *gate.ListsSnapshot) error {
+// Replace ends recording id: it stores s, with the edits kept since
+// Record applied over it in their order, as the lists, and applies them.
+// It changes nothing if id is not the recording on (a later one began:
+// the lease was lost again, and that one's copy will come), or if s is
+// nil (the copy failed: the node keeps its own lists).
+func (l *durableLists) Replace(id uint64, s *gate.ListsSnapshot) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.recording {
+	l.recMu.Lock()
+	if !l.recording || l.recID != id {
+		l.recMu.Unlock()
 		return nil
 	}
 	recent := l.recent
 	l.recording, l.recent = false, nil
+	l.recMu.Unlock()
 	if s == nil {
 		return nil
 	}

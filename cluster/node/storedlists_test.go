@@ -46,7 +46,16 @@ func TestListsCopyKeepsTheEditsMadeMeanwhile(t *testing.T) {
 		slices.Sort(s)
 		return fmt.Sprint(s)
 	}
-	l.Record()
+	// A recording ended by a later one (the lease lost again) is not
+	// replaced: the later one's copy will come.
+	stale := l.Record()
+	rec := l.Record()
+	if err := l.Replace(stale, &gate.ListsSnapshot{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := banned(); got != "[lifted]" {
+		t.Fatalf("the copy of an ended recording replaced the lists: %s", got)
+	}
 	// Two edits reach this gate: a ban, and the lifting of a ban the
 	// copy still has.
 	for _, e := range []*apipb.UpdateAccessListRequest{
@@ -58,13 +67,13 @@ func TestListsCopyKeepsTheEditsMadeMeanwhile(t *testing.T) {
 		}
 	}
 	copied := gate.ListsSnapshot{UIDBlacklist: map[uint16][]string{1: {"while-out", "lifted"}}}
-	if err := l.Replace(&copied); err != nil {
+	if err := l.Replace(rec, &copied); err != nil {
 		t.Fatal(err)
 	}
 	if got := banned(); got != "[meanwhile while-out]" {
 		t.Fatalf("after the copy: %s, want [meanwhile while-out]", got)
 	}
-	if err := l.Replace(&gate.ListsSnapshot{}); err != nil {
+	if err := l.Replace(rec, &gate.ListsSnapshot{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := banned(); got != "[meanwhile while-out]" {
