@@ -106,7 +106,7 @@ func newAdmission(keys Keys, l Limits) *admission {
 		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "courier_api_connections_refused_total",
 			Help: "Connections to the gRPC API over api.max-connections: their calls got RESOURCE_EXHAUSTED, or they were closed at once."}),
 		callsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_api_calls_refused_total",
-			Help: "API calls refused before their request was read, by reason: unauthenticated (no or unknown key), unauthenticated_calls (over api.max-unauthenticated-calls), calls_in_flight (over api.max-calls-in-flight), app_calls_in_flight (over api.max-app-calls-in-flight), upstream_streams (over api.max-upstream-streams), app_upstream_streams (over api.max-app-upstream-streams), unread_answers (over api.max-unread-answer-bytes), max_connections (on a connection over api.max-connections)."},
+			Help: "API calls refused before their request was read, by reason: unauthenticated (no or unknown key), unauthenticated_calls (over api.max-unauthenticated-calls), calls_in_flight (over api.max-calls-in-flight), app_calls_in_flight (over api.max-app-calls-in-flight), upstream_streams (over api.max-upstream-streams), app_upstream_streams (over api.max-app-upstream-streams), unread_answers (over api.max-unread-answer-bytes), app_unread_answers (over an app's three quarters of it), max_connections (on a connection over api.max-connections)."},
 			[]string{"reason"}),
 		pushesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_api_pushes_refused_total",
 			Help: "Pushes refused with RESOURCE_EXHAUSTED because the node was overloaded (for pushes_in_flight and app_pushes_in_flight also the Presence uids, kicks and blacklist kicks, which share that budget), by reason: gate_backlog (api.max-gate-backlog), remote_gate_backlog (pushes their identity's actor refused because deliveries to the device's gate, on another node, were later than api.max-gate-backlog), push_delay (api.max-push-delay), pushes_in_flight (api.max-pushes-in-flight), app_pushes_in_flight (api.max-app-pushes-in-flight)."},
@@ -143,7 +143,7 @@ type budget struct {
 
 // share is what the calls with the keys of one app hold: calls, upstream
 // streams and pushes in flight.
-type share struct{ calls, streams, pushes atomic.Int64 }
+type share struct{ calls, streams, pushes, unread atomic.Int64 }
 
 func shares(keys Keys) map[int]*share {
 	m := map[int]*share{}
@@ -287,13 +287,21 @@ func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, e
 		return nil, err
 	}
 	a.keyed(ctx)
+	sc.sh = a.shares[sc.app]
+	// The app's answers first: an app whose callers do not read theirs
+	// holds at most three quarters of the bound, and is refused alone.
+	if sh := sc.sh; a.maxUnread > 0 && sh != nil && sh.unread.Load() > a.maxUnread*3/4 {
+		a.callsRefused.WithLabelValues("app_unread_answers").Inc()
+		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-unread-answer-bytes",
+			"node overloaded for this app: %d MiB of its answers wait for their callers to read them, its share is %d MiB (three quarters of api.max-unread-answer-bytes); nothing of this call was read: read your answers, retry later",
+			sh.unread.Load()>>20, a.maxUnread*3/4>>20)
+	}
 	if n := a.codec.unread.Load(); a.maxUnread > 0 && n > a.maxUnread {
 		a.callsRefused.WithLabelValues("unread_answers").Inc()
 		return nil, refusalf(codes.ResourceExhausted, apipb.ReasonNodeOverloaded, "api.max-unread-answer-bytes",
 			"node overloaded: %d MiB of answers wait for their callers to read them (limit %d MiB, api.max-unread-answer-bytes); nothing of this call was read: read your answers, retry later",
 			n>>20, a.maxUnread>>20)
 	}
-	sc.sh = a.shares[sc.app]
 	b := &a.callBudget
 	if info.FullMethodName == upstreamMethod {
 		b = &a.streamBudget

@@ -55,7 +55,18 @@ var _ encoding.CodecV2 = (*codec)(nil)
 
 func (*codec) Name() string { return "proto" }
 
+// appAnswer is the answer of a unary call with a key (codec.unary): its
+// bytes are counted in its app's share too.
+type appAnswer struct {
+	proto.Message
+	sh *share
+}
+
 func (c *codec) Marshal(v any) (mem.BufferSlice, error) {
+	var sh *share
+	if a, ok := v.(*appAnswer); ok {
+		v, sh = a.Message, a.sh
+	}
 	m, ok := v.(proto.Message)
 	if !ok {
 		return nil, fmt.Errorf("api: cannot marshal %T: not a protobuf message", v)
@@ -85,8 +96,11 @@ func (c *codec) Marshal(v any) (mem.BufferSlice, error) {
 		return nil, err
 	}
 	p := &b
-	a := &answer{c: c, size: int64(cap(b))}
+	a := &answer{c: c, sh: sh, size: int64(cap(b))}
 	c.unread.Add(a.size)
+	if sh != nil {
+		sh.unread.Add(a.size)
+	}
 	// The transport frees the buffer once it has written it, or when
 	// the stream ends first; buffers of a connection that closes with
 	// them queued are dropped unfreed, and counted out when collected.
@@ -98,6 +112,7 @@ func (c *codec) Marshal(v any) (mem.BufferSlice, error) {
 // freed) or the buffer's collection counts it out of codec.unread, once.
 type answer struct {
 	c       *codec
+	sh      *share // its app's, nil for none
 	size    int64
 	settled atomic.Bool
 }
@@ -112,6 +127,9 @@ func (a *answer) Put(*[]byte) { a.settle() }
 func (a *answer) settle() {
 	if a.settled.CompareAndSwap(false, true) {
 		a.c.unread.Add(-a.size)
+		if a.sh != nil {
+			a.sh.unread.Add(-a.size)
+		}
 	}
 }
 
@@ -161,7 +179,13 @@ func (c *codec) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h g
 	if err := c.refused(req); err != nil {
 		return nil, err
 	}
-	return h(ctx, req)
+	resp, err := h(ctx, req)
+	if m, ok := resp.(proto.Message); ok && err == nil {
+		if sh := scopeOf(ctx).sh; sh != nil {
+			return &appAnswer{m, sh}, nil
+		}
+	}
+	return resp, err
 }
 
 // stream has every message a stream receives checked as unary's requests.

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -95,16 +96,16 @@ func TestInvalidUTF8IsTheRequestsFault(t *testing.T) {
 
 // TestUnreadAnswersAreBounded: a client that does not read its answers
 // (it keeps its HTTP/2 window shut) has its calls end, and their slots
-// come back, while their answers wait in the node; past
-// api.max-unread-answer-bytes of those, calls with a key are refused
-// (RESOURCE_EXHAUSTED naming the setting) instead of the node holding
-// more. Once the answers go (the client reads, or leaves), calls are
-// served again.
+// come back, while their answers wait in the node; past three quarters of
+// api.max-unread-answer-bytes of those for its app, that app's calls are
+// refused (RESOURCE_EXHAUSTED naming the setting) instead of the node
+// holding more, while another app's are served. Once the answers go (the
+// client reads, or leaves), calls are served again.
 func TestUnreadAnswersAreBounded(t *testing.T) {
 	lim := DefaultLimits()
-	lim.MaxUnreadAnswerBytes = 64 << 10
+	lim.MaxUnreadAnswerBytes = 256 << 10 // an app's share: 192 KiB
 	lists := &memLists{}
-	for i := range 300 { // an answer of about 20 KiB
+	for i := range 300 { // an answer of about 19 KiB
 		_ = lists.Edit(context.Background(), &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: 1,
 			Add: []string{fmt.Sprintf("%060d", i)}})
 	}
@@ -120,7 +121,8 @@ func TestUnreadAnswersAreBounded(t *testing.T) {
 	}
 	body := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(req)))
 	body = append(body, req...)
-	for i := range 8 {
+	const calls = 12
+	for i := range calls {
 		stream := uint32(2*i + 1)
 		r.openCall(t, stream, "/courier.v1.Courier/GetAccessLists", "Bearer "+testKey)
 		if err := r.fr.WriteData(stream, true, body); err != nil {
@@ -128,23 +130,31 @@ func TestUnreadAnswersAreBounded(t *testing.T) {
 		}
 	}
 	// The calls end (their slots come back); their answers wait.
+	app1 := s.srv.adm.shares[1]
 	testkit.Eventually(t, 10*time.Second, func() bool {
-		return s.srv.adm.calls.Load() == 0 && s.srv.adm.codec.unread.Load() >= 8*16<<10
+		return s.srv.adm.calls.Load() == 0 && app1.unread.Load() >= calls*16<<10
 	}, "the calls did not end with their answers counted unread")
+	if node := s.srv.adm.codec.unread.Load(); node < app1.unread.Load() || node > lim.MaxUnreadAnswerBytes {
+		t.Fatalf("the node counts %d bytes unread, app 1 %d", node, app1.unread.Load())
+	}
 	_, err = s.client.Push(authed(t, 10*time.Second), &apipb.PushRequest{AppCode: 1, Uid: "u"})
-	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "api.max-unread-answer-bytes") {
-		t.Fatalf("a call while answers wait unread: %v, want RESOURCE_EXHAUSTED naming api.max-unread-answer-bytes", err)
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "api.max-unread-answer-bytes") || !strings.Contains(err.Error(), "for this app") {
+		t.Fatalf("a call of the app while its answers wait unread: %v, want RESOURCE_EXHAUSTED for this app naming api.max-unread-answer-bytes", err)
 	}
 	wantReason(t, err, apipb.ReasonNodeOverloaded, "api.max-unread-answer-bytes")
-	if got := testutil.ToFloat64(s.srv.adm.callsRefused.WithLabelValues("unread_answers")); got != 1 {
-		t.Fatalf("courier_api_calls_refused_total{reason=unread_answers} %v", got)
+	if got := testutil.ToFloat64(s.srv.adm.callsRefused.WithLabelValues("app_unread_answers")); got != 1 {
+		t.Fatalf("courier_api_calls_refused_total{reason=app_unread_answers} %v", got)
+	}
+	ctx2 := metadata.NewOutgoingContext(authed(t, 10*time.Second), metadata.Pairs("authorization", "Bearer "+testKey2))
+	if _, err := s.client.Push(ctx2, &apipb.PushRequest{AppCode: 2, Uid: "u"}); err != nil {
+		t.Fatalf("another app's call meanwhile: %v", err)
 	}
 	// The client leaves: its answers go with its connection, dropped
 	// by the transport unfreed, and are counted out when collected.
 	r.c.Close()
 	testkit.Eventually(t, 10*time.Second, func() bool {
 		runtime.GC()
-		return s.srv.adm.codec.unread.Load() == 0
+		return s.srv.adm.codec.unread.Load() == 0 && app1.unread.Load() == 0
 	}, "the answers of a closed connection still counted")
 	if _, err := s.client.Push(authed(t, 10*time.Second), &apipb.PushRequest{AppCode: 1, Uid: "u"}); err != nil {
 		t.Fatalf("a call once the answers went: %v", err)
