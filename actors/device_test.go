@@ -69,6 +69,12 @@ func (h *harness) login(c uint64) uint64 {
 	return h.d.session.Epoch
 }
 
+// ackOf acknowledges msg id on connection 1, session epoch 1.
+func (h *harness) ackOf(id string) {
+	ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: id})
+	h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
+}
+
 func (h *harness) push(payload string, reqID uint64) {
 	h.d.Push(h.now, ReplyTo{"api", reqID}, &actorpb.Push{Stored: true, Payload: []byte(payload), SentAtMs: h.now.UnixMilli(),
 		ExpiresAtMs: h.now.Add(time.Hour).UnixMilli()}, nil)
@@ -518,15 +524,11 @@ func TestLastSeqWithoutMetaWrites(t *testing.T) {
 	if w := d.TakeWrite(); w.Put[0].Seq != 13 {
 		t.Fatalf("next seq %d, want 13", w.Put[0].Seq)
 	}
-	ackOf := func(id string) {
-		// (An ack may come on any connection, even while the identity
-		// has no session.)
-		ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: id})
-		h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
-	}
+	// (An ack may come on any connection, even while the identity has no
+	// session.)
 	// The deletion of the highest seq rides in the next push's write,
 	// whose entry carries a higher one: no meta.
-	ackOf("m2")
+	h.ackOf("m2")
 	h.push("c", 0)
 	w := h.d.TakeWrite()
 	if len(w.Put) != 1 || w.Put[0].Seq != 3 || fmt.Sprint(w.Delete) != "[2]" || w.Meta != nil {
@@ -535,7 +537,7 @@ func TestLastSeqWithoutMetaWrites(t *testing.T) {
 	// A deletion flushed while that write is in flight brings the last
 	// seq along (the write may fail, and the deletion land), and waits
 	// for it.
-	ackOf("m1")
+	h.ackOf("m1")
 	h.d.FlushDeletions()
 	if h.d.TakeDetached() != nil {
 		t.Fatal("a deletion that brings the meta was detached")
@@ -548,7 +550,7 @@ func TestLastSeqWithoutMetaWrites(t *testing.T) {
 	h.d.WriteDone(nil)
 	// Deleting the entry that carries the highest seq brings it along,
 	// without a sync; once stored, later deletions do not repeat it.
-	ackOf("m3")
+	h.ackOf("m3")
 	h.d.FlushDeletions()
 	if w := h.d.TakeDetached(); w == nil || fmt.Sprint(w.Delete) != "[3]" || w.Meta != nil {
 		t.Fatalf("deletion after the meta: %+v", w)
@@ -556,7 +558,7 @@ func TestLastSeqWithoutMetaWrites(t *testing.T) {
 	h.push("d", 0)
 	h.d.TakeWrite()
 	h.d.WriteDone(nil)
-	ackOf("m4")
+	h.ackOf("m4")
 	h.d.FlushDeletions()
 	if w := h.d.TakeWrite(); w == nil || fmt.Sprint(w.Delete) != "[4]" || w.Meta.GetLastSeq() != 4 || w.Sync {
 		t.Fatalf("deletion of the highest seq: %+v", w)
@@ -701,10 +703,6 @@ func TestFencedWriteAnswersMovedAndDeliversNothing(t *testing.T) {
 // entry is left in it, and every bucket when the machine leaves.
 func TestExpiryIndexHints(t *testing.T) {
 	h := newHarness(t)
-	ackOf := func(id string) {
-		ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: id})
-		h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
-	}
 	take := func() *store.Write {
 		t.Helper()
 		w := h.d.TakeWrite()
@@ -719,7 +717,7 @@ func TestExpiryIndexHints(t *testing.T) {
 	if w := take(); len(w.Put) != 1 || len(w.Indexed) != 0 || w.Unindex != nil {
 		t.Fatalf("first write: indexed %v unindex %v", w.Indexed, w.Unindex)
 	}
-	ackOf("m1")
+	h.ackOf("m1")
 	h.push("b", 0)
 	if w := take(); fmt.Sprint(w.Delete) != "[1]" || fmt.Sprint(w.Indexed) != fmt.Sprint([]int64{b1}) || w.Unindex != nil {
 		t.Fatalf("second write: delete %v indexed %v unindex %v", w.Delete, w.Indexed, w.Unindex)
@@ -728,22 +726,22 @@ func TestExpiryIndexHints(t *testing.T) {
 	// inbox holds nothing in the first any more.
 	h.now = h.now.Add(2 * time.Minute)
 	b2 := store.ExpiryBucket(h.now.Add(time.Hour).UnixMilli())
-	ackOf("m2")
+	h.ackOf("m2")
 	h.push("c", 0)
 	if w := take(); b2 == b1 || len(w.Indexed) != 0 || fmt.Sprint(w.Unindex) != fmt.Sprint([]int64{b1}) {
 		t.Fatalf("write in the next bucket: indexed %v unindex %v (buckets %d, %d)", w.Indexed, w.Unindex, b1, b2)
 	}
 	// Emptied, the inbox keeps the newest bucket indexed until the
 	// machine leaves.
-	ackOf("m3")
+	h.ackOf("m3")
 	h.push("d", 0)
-	ackOf("m4")
+	h.ackOf("m4")
 	if w := take(); fmt.Sprint(w.Delete) != "[3 4]" || fmt.Sprint(w.Indexed) != fmt.Sprint([]int64{b2}) || w.Unindex != nil {
 		t.Fatalf("write emptying the inbox: delete %v indexed %v unindex %v", w.Delete, w.Indexed, w.Unindex)
 	}
 	h.push("e", 0)
 	take()
-	ackOf("m5")
+	h.ackOf("m5")
 	if !h.d.FlushDeletions() {
 		t.Fatal("nothing to flush")
 	}
@@ -771,16 +769,12 @@ func TestExpiryIndexHints(t *testing.T) {
 // still falls in, or the entry would never expire.
 func TestFailedDeletionKeepsTheIndex(t *testing.T) {
 	h := newHarness(t)
-	ackOf := func(id string) {
-		ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: id})
-		h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
-	}
 	b := store.ExpiryBucket(h.now.Add(time.Hour).UnixMilli())
 	h.push("a", 0)
 	h.settle()
 	h.login(1) // its meta stores the last seq: m1's deletion needs no meta
 	h.settle()
-	ackOf("m1")
+	h.ackOf("m1")
 	if !h.d.FlushDeletions() {
 		t.Fatal("nothing to flush")
 	}
@@ -795,7 +789,7 @@ func TestFailedDeletionKeepsTheIndex(t *testing.T) {
 		t.Fatalf("second write %+v", w)
 	}
 	h.d.WriteDone(nil)
-	ackOf("m2")
+	h.ackOf("m2")
 	if !h.d.FlushDeletions() {
 		t.Fatal("nothing to flush")
 	}
@@ -812,17 +806,13 @@ func TestFailedDeletionKeepsTheIndex(t *testing.T) {
 // (the store fails batches apart) and leave its entry stored.
 func TestDeletionOutKeepsTheIndex(t *testing.T) {
 	h := newHarness(t)
-	ackOf := func(id string) {
-		ack, _ := proto.Marshal(&devicepb.S2CAck{MsgId: id})
-		h.d.Frame(h.now, &actorpb.DeviceFrame{Conn: conn(1), Epoch: 1, Cmd: uint32(messages.CmdS2CAck), Body: ack})
-	}
 	b := store.ExpiryBucket(h.now.Add(time.Hour).UnixMilli())
 	h.push("a", 0)
 	h.push("b", 0)
 	h.settle()
 	h.login(1) // its meta stores the last seq: the deletions need no meta
 	h.settle()
-	ackOf("m1")
+	h.ackOf("m1")
 	if !h.d.FlushDeletions() {
 		t.Fatal("nothing to flush")
 	}
@@ -830,7 +820,7 @@ func TestDeletionOutKeepsTheIndex(t *testing.T) {
 	if d1 == nil || fmt.Sprint(d1.Delete) != "[1]" || len(d1.Unindex) != 0 {
 		t.Fatalf("first flush: %+v", d1)
 	}
-	ackOf("m2")
+	h.ackOf("m2")
 	if !h.d.FlushDeletions() {
 		t.Fatal("nothing to flush")
 	}
