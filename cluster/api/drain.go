@@ -65,12 +65,21 @@ func (s *Server) Drain(ctx context.Context, r *apipb.DrainRequest) (*apipb.Drain
 		if err != nil {
 			return out, status.Errorf(codes.Unavailable, "node %s (%s) did not begin draining: %v; retry", m.Name, m.ID, err)
 		}
+		if ds == nil {
+			return out, status.Errorf(codes.Unavailable, "node %s (%s) did not say it began draining; retry", m.Name, m.ID)
+		}
+		if ds.Member != "" && ds.Member != m.ID {
+			// A node of an older version drained the instance that now
+			// serves m's address (it does not check the one asked for):
+			// m is not what drains.
+			continue
+		}
 		out.WindowMs = ds.WindowMs
 		out.Members = append(out.Members, &apipb.Member{Id: m.ID, Name: m.Name, Address: m.Address, Live: true, Draining: true,
 			Conns: ds.Conns, Actors: ds.Actors, GateAddr: m.GateAddr, ApiAddr: m.APIAddr, HttpAddr: m.HTTPAddr})
 	}
 	if len(out.Members) == 0 {
-		return out, status.Errorf(codes.NotFound, "node %q: none of its listed instances is live any more (courierctl members lists them)", r.Node)
+		return out, status.Errorf(codes.Unavailable, "node %q: none of its listed instances serves its address any more (it restarted or rejoined); retry once the members list shows its new instance", r.Node)
 	}
 	return out, nil
 }

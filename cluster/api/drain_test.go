@@ -35,13 +35,16 @@ func TestDrainRequests(t *testing.T) {
 	}
 	var asked []string
 	var windows []time.Duration
-	fail, gone := "", ""
+	fail, gone, oldVersion := "", "", ""
 	s := New(Deps{Members: func() *membership.View { return view }, Drain: func(_ context.Context, m membership.Member, w time.Duration) (*actorpb.DrainStarted, error) {
 		if m.ID == fail {
 			return nil, errors.New("no answer")
 		}
 		if m.ID == gone {
 			return nil, status.Error(codes.NotFound, "instance "+m.ID+" is gone")
+		}
+		if m.ID == oldVersion { // does not check the instance: drains n2-b, which serves the address
+			return &actorpb.DrainStarted{Member: "n2-b", WindowMs: 7000}, nil
 		}
 		asked = append(asked, m.ID)
 		windows = append(windows, w)
@@ -94,5 +97,12 @@ func TestDrainRequests(t *testing.T) {
 	}
 	if _, err := s.Drain(op, &apipb.DrainRequest{Node: "n2-a"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("Drain of an instance that is gone: %v, want NOT_FOUND", err)
+	}
+	// A node of an older version drains what serves the address: the
+	// instance asked for is not reported draining.
+	gone, oldVersion = "", "n2-a"
+	r, err = s.Drain(op, &apipb.DrainRequest{Node: "n2"})
+	if err != nil || len(r.Members) != 1 || r.Members[0].Id != "n2-b" {
+		t.Fatalf("Drain n2 through a node of an older version: %v %v", r, err)
 	}
 }

@@ -137,7 +137,7 @@ func (n *Node) startDrain(window time.Duration) *actorpb.DrainStarted {
 // (api.Deps.Drain).
 func (n *Node) drainMember(ctx context.Context, m membership.Member, window time.Duration) (*actorpb.DrainStarted, error) {
 	if m.Address == n.sys.Address() {
-		if self := n.sys.View().Self.ID; m.ID != self {
+		if self := n.sys.View().Self.ID; self != "" && m.ID != self {
 			return nil, status.Errorf(codes.NotFound, "instance %s is gone: this address is served by instance %s now", m.ID, self)
 		}
 		return n.startDrain(window), nil
@@ -150,6 +150,9 @@ func (n *Node) drainMember(ctx context.Context, m membership.Member, window time
 	if ds := r.GetDrainStarted(); ds != nil {
 		return ds, nil
 	}
-	f := r.GetFailure()
-	return nil, status.Errorf(codes.Code(f.GetCode()), "node %s: %s", m.Name, f.GetMessage())
+	code := codes.Unavailable // an answer it does not know (a newer node)
+	if f := r.GetFailure(); f != nil && f.Code != 0 {
+		code = codes.Code(f.Code)
+	}
+	return nil, status.Errorf(code, "node %s: %s", m.Name, r.GetFailure().GetMessage())
 }

@@ -534,6 +534,11 @@ func (n *Node) regainLocked(gen uint64) {
 	// own lists: copy the other gates' before opening, off the
 	// membership's goroutine (a call of up to listsWait).
 	rec := n.lists.Recording()
+	if rec == 0 {
+		// Ended already (a start's copy ran while the lease was lost):
+		// what reaches the gate from now on is kept over this copy.
+		rec = n.lists.Record()
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()

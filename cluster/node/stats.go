@@ -26,7 +26,10 @@ func (n *Node) answerNode(req *actorpb.NodeRequest) *actorpb.Reply {
 	case *actorpb.NodeRequest_ListsEdit, *actorpb.NodeRequest_ListsGet:
 		return n.answerLists(req)
 	case *actorpb.NodeRequest_Drain:
-		if self := n.sys.View().Self.ID; b.Drain.Member != "" && b.Drain.Member != self {
+		if self := n.sys.View().Self.ID; self == "" {
+			return &actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(codes.Unavailable),
+				Message: "this node has not joined the cluster yet: retry"}}}
+		} else if b.Drain.Member != "" && b.Drain.Member != self {
 			return &actorpb.Reply{Body: &actorpb.Reply_Failure{Failure: &actorpb.Failure{Code: int32(codes.NotFound),
 				Message: fmt.Sprintf("instance %s is gone: this address is served by instance %s now", b.Drain.Member, self)}}}
 		}
