@@ -3,14 +3,17 @@ package store
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -67,6 +70,13 @@ func SchemaVersion() int {
 	return len(ms)
 }
 
+// migrationLockWait bounds how long a migration's statement waits for a
+// table's lock before it gives up and tries again: a DDL statement queued
+// behind a long transaction holds up every later query of its table for
+// as long as it waits (PostgreSQL queues locks), which would stop the
+// cluster's commits and loads; between tries they run.
+const migrationLockWait = 2 * time.Second
+
 // migrate brings the schema to the newest version this binary knows,
 // holding an advisory lock so that nodes starting together take turns.
 // Each migration and its record commit in one transaction.
@@ -75,14 +85,19 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	return applyMigrations(ctx, pool, log, ms, migrationLockWait)
+}
+
+// applyMigrations is migrate with the migrations and the lock wait given.
+func applyMigrations(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, ms []migration, lockWait time.Duration) error {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return unavailable("connect", err)
 	}
 	defer conn.Release()
-	// Another node may be migrating (the lock), and a migration's DDL
-	// waits for the locks of running transactions: no lock_timeout here,
-	// ctx bounds it.
+	// Another node may be migrating (the advisory lock): no lock_timeout
+	// for that wait, ctx bounds it. Each migration sets its own
+	// (lockWait) and tries again.
 	if _, err := conn.Exec(ctx, "SET lock_timeout = 0"); err != nil {
 		return unavailable("migration session", err)
 	}
@@ -109,15 +124,31 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 		return fmt.Errorf("%w: the database's schema is version %d, this binary knows up to %d: run a newer courier", ErrSchema, cur, len(ms))
 	}
 	for _, m := range ms[cur:] {
-		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, m.sql); err != nil {
+		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+			err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", max(lockWait.Milliseconds(), 1))); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, m.sql); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, "INSERT INTO courier_schema (version, name) VALUES ($1, $2)", m.version, m.name)
 				return err
+			})
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "55P03" { // lock_not_available
+				log.Warn("store: a schema migration waits for transactions holding its tables; trying again", "migration", m.name, "in", wait)
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("store: migration %s: its tables stayed locked: %w", m.name, ctx.Err())
+				case <-time.After(wait):
+				}
+				continue
 			}
-			_, err := tx.Exec(ctx, "INSERT INTO courier_schema (version, name) VALUES ($1, $2)", m.version, m.name)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("store: migration %s: %w", m.name, err)
+			if err != nil {
+				return fmt.Errorf("store: migration %s: %w", m.name, err)
+			}
+			break
 		}
 		log.Info("store: applied schema migration", "version", m.version, "name", m.name)
 	}

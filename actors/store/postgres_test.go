@@ -63,6 +63,73 @@ func TestPostgresMigrations(t *testing.T) {
 	}
 }
 
+// TestPostgresMigrationDoesNotStopTraffic: a migration whose table is held
+// by a long transaction does not queue its lock for as long as that lasts
+// (which would hold up every other query of the table: the cluster's
+// commits and loads): it gives up after its lock wait and tries again,
+// the table's other queries run meanwhile, and it is applied once the
+// transaction ends.
+func TestPostgresMigrationDoesNotStopTraffic(t *testing.T) {
+	dsn := testkit.PostgresDB(t)
+	s := openPG(t, PostgresConfig{DSN: dsn})
+	ctx := context.Background()
+	long, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Close(ctx)
+	tx, err := long.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE courier_inbox IN ACCESS SHARE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := loadMigrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := migration{len(ms) + 1, fmt.Sprintf("%04d_test.sql", len(ms)+1), "ALTER TABLE courier_inbox ADD COLUMN test_only INTEGER"}
+	done := make(chan error, 1)
+	go func() { done <- applyMigrations(ctx, s.pool, quiet, append(ms, next), 200*time.Millisecond) }()
+	// Meanwhile the table serves: a query waits less than a second.
+	q, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close(ctx)
+	if _, err := q.Exec(ctx, "SET statement_timeout = 1000"); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		var n int
+		if err := q.QueryRow(ctx, "SELECT count(*) FROM courier_inbox").Scan(&n); err != nil {
+			t.Fatalf("a query of the table while the migration waits: %v", err)
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the migration ended while its table was locked: %v", err)
+	default:
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the migration once the table was free: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the migration was not applied once the table was free")
+	}
+	var v int
+	if err := q.QueryRow(ctx, "SELECT max(version) FROM courier_schema").Scan(&v); err != nil || v != next.version {
+		t.Fatalf("schema version %d, %v; want %d", v, err, next.version)
+	}
+}
+
 // TestPostgresDSNNotLogged: a DSN that does not parse is refused without
 // repeating its password.
 func TestPostgresDSNNotLogged(t *testing.T) {
