@@ -93,6 +93,9 @@ func (s *Server) UpdateAccessList(ctx context.Context, r *apipb.UpdateAccessList
 	if s.lists == nil {
 		return nil, status.Error(codes.FailedPrecondition, errNoLists.Error())
 	}
+	// The request goes to every gate as it is: without fields this node
+	// does not know of (a newer client's), which the gates would keep.
+	r.ProtoReflect().SetUnknown(nil)
 	sc := scopeOf(ctx)
 	switch r.List {
 	case apipb.AccessList_IP_BLACKLIST, apipb.AccessList_IP_WHITELIST:
