@@ -656,6 +656,10 @@ func (m *Membership) watchLoop(ctx context.Context) {
 		}
 		m.providerContact(err == nil)
 		if err != nil {
+			// The next query starts over: the provider may have lost its
+			// state (a new Consul) and would hold a query at an index it
+			// has not reached for its whole wait.
+			index = 0
 			m.metrics.errors.Inc()
 			m.log.Warn("membership: watching the members failed; keeping the last view", "err", err, "retry_in", wait)
 			select {
@@ -753,6 +757,12 @@ func (m *Membership) publish(regs []Member) {
 	m.mu.Unlock()
 
 	if selfOut {
+		// Every node that sees what this one sees takes this instance
+		// for gone: serve nothing more at once, as SeenOut, not when
+		// the refresher gets to the rejoin (it may be in a call of up
+		// to half a TTL).
+		m.lease.Store(0)
+		m.leaseWall.Store(0)
 		select {
 		case m.rejoin <- struct{}{}:
 		default:
