@@ -62,6 +62,9 @@ func (s *Server) GetAccessLists(ctx context.Context, r *apipb.GetAccessListsRequ
 	}
 	sc := scopeOf(ctx)
 	all := r.AppCode == 0 && sc.operator()
+	if r.AppCode == 0 && !sc.operator() && sc.app > 0 {
+		r.AppCode = uint32(sc.app) // an app's key: its own app
+	}
 	if !all {
 		if err := sc.check(r.AppCode); err != nil {
 			return nil, err

@@ -215,3 +215,21 @@ func TestBlacklistEditKicksWhatItBans(t *testing.T) {
 		t.Fatalf("a kick that failed: %v, want UNAVAILABLE", err)
 	}
 }
+
+// TestAccessListsOfTheKeysApp: with an app's key, app_code 0 asks for the
+// key's own app's uid blacklist (courierctl lists without --app); another
+// app's is refused.
+func TestAccessListsOfTheKeysApp(t *testing.T) {
+	lists := &memLists{}
+	for app, uid := range map[uint32]string{1: "one", 2: "two"} {
+		_ = lists.Edit(context.Background(), &apipb.UpdateAccessListRequest{List: apipb.AccessList_UID_BLACKLIST, AppCode: app, Add: []string{uid}})
+	}
+	s := New(Deps{Req: &fakeReq{}, Limits: DefaultLimits(), Lists: lists})
+	r, err := s.GetAccessLists(scoped(1), &apipb.GetAccessListsRequest{})
+	if err != nil || len(r.UidBlacklists) != 1 || r.UidBlacklists[0].AppCode != 1 || fmt.Sprint(r.UidBlacklists[0].Uids) != "[one]" {
+		t.Fatalf("app 0 with app 1's key: %v %v", r, err)
+	}
+	if _, err := s.GetAccessLists(scoped(1), &apipb.GetAccessListsRequest{AppCode: 2}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("another app's lists: %v", err)
+	}
+}

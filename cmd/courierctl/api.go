@@ -249,7 +249,7 @@ func listsCmd() *cobra.Command {
 		},
 	}
 	f.bind(c)
-	c.Flags().Uint32Var(&app, "app", 0, "appcode (0 with an operator key: all)")
+	c.Flags().Uint32Var(&app, "app", 0, "appcode (0: all with an operator key, the key's own app with an app's key)")
 	for _, verb := range []string{"add", "remove"} {
 		c.AddCommand(listEditCmd(verb))
 	}

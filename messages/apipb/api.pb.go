@@ -1635,7 +1635,8 @@ func (x *UpstreamDelivery) GetMessages() []*UpstreamMessage {
 
 type GetAccessListsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// For the uid blacklist; 0 with an operator key means all apps.
+	// For the uid blacklist; 0 means all apps with an operator key, the
+	// key's own app with an app's key.
 	AppCode       uint32 `protobuf:"varint,1,opt,name=app_code,json=appCode,proto3" json:"app_code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
