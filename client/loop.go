@@ -501,11 +501,12 @@ func (l *loop) connected(r dialResult) {
 	l.keepalive = time.NewTimer(hb)
 	l.log.Debug("client: logged in", "gate", r.addr, "epoch", r.ack.Epoch, "pending", r.ack.Pending,
 		"last_seq", r.ack.LastSeq, "zstd", r.ack.Zstd)
+	// Connected before Dial returns: its caller may read State at once.
+	l.setState(StateConnected, nil)
 	if !l.firstDone {
 		l.firstDone = true
 		l.c.first <- nil
 	}
-	l.setState(StateConnected, nil)
 
 	// Resume: fetch what came after the last seq handed to the app.
 	last := l.c.lastSeq.Load()
