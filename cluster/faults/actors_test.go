@@ -43,11 +43,13 @@ func TestActorNodeKilled(t *testing.T) {
 	t.Logf("pushes to the moved identities flowed again %v after the kill (median over identities %v); app-servers waited at most %v; TTL 3 s",
 		f.Interruption.Round(time.Millisecond), f.Median.Round(time.Millisecond), f.APIWait.Round(time.Millisecond))
 	// Alone on this 2-core machine it takes 4.5-5.5 s (the TTL, 3 s, then
-	// the loads on the new owner). Under make test it runs beside other
-	// packages' tests: one run took 8.4 s, its app-servers refused 952
-	// times as overloaded meanwhile (114-146 alone). The bound is for a
-	// node that never takes over, not for the machine's load.
-	if f.Interruption > 10*time.Second {
+	// the loads on the new owner); on 2026-12-02's slower VM 5.4-8.7 s,
+	// the binary of the day before the same. Under make test it runs
+	// beside other packages' tests: runs took 8.4, 10.6 and 11.5 s, their
+	// app-servers refused 952-2417 times as overloaded meanwhile (114-146
+	// alone). The bound is for a node that never takes over, not for the
+	// machine's load.
+	if f.Interruption > 15*time.Second {
 		t.Errorf("pushes interrupted %v (target 5 s)", f.Interruption)
 	}
 	if v := metrics(c, "courier_cluster_unreachable_total")["node1"]; v == 0 {
