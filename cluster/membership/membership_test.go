@@ -586,7 +586,8 @@ func TestDrainingSurvivesALoadRegistration(t *testing.T) {
 // does not answer; registrations still go through).
 type cutWatch struct {
 	backend
-	cut atomic.Bool
+	cut    atomic.Bool
+	passed atomic.Int32 // calls made while not cut
 }
 
 func (c *cutWatch) watch(ctx context.Context, index uint64, wait time.Duration) ([]Member, uint64, error) {
@@ -597,6 +598,7 @@ func (c *cutWatch) watch(ctx context.Context, index uint64, wait time.Duration) 
 		}
 		return nil, 0, errCut
 	}
+	c.passed.Add(1)
 	return c.backend.watch(ctx, index, wait)
 }
 
@@ -624,6 +626,10 @@ func TestRejoinServesOnceTheViewHasIt(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = m.Leave(context.Background()) })
 	first := m.View().Self.ID
+	// The watcher's blocking query is on its way (past the cut) before
+	// the cut: on a loaded machine it may not have started yet.
+	testkit.Eventually(t, 5*time.Second, func() bool { return cw.passed.Load() >= 2 }, "the watcher made no blocking query")
+	time.Sleep(50 * time.Millisecond)
 	cw.cut.Store(true)
 	// A change ends the watcher's query in flight; its next fails, and
 	// it waits.
