@@ -225,13 +225,14 @@ func (s *Pebble) SweepIdempotency(max int) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("%w: idempotency expiry index: %v", ErrUnavailable, err)
 	}
-	if n > 0 {
-		s.sweptUpTo.Store(lastExp)
-	}
 	if err := s.c.submitRounds(func(lane int) (pending, bool) {
 		return pending{sweep: rounds[lane]}, rounds[lane] != nil
 	}); err != nil {
+		// The resume point stays: the next round looks at these keys again.
 		return 0, err
+	}
+	if n > 0 {
+		s.sweptUpTo.Store(lastExp)
 	}
 	deleted := 0
 	for _, r := range rounds {

@@ -538,6 +538,50 @@ func TestPebbleSweepDropsAnUnreadableRecord(t *testing.T) {
 	}
 }
 
+// TestPebbleSweepRetriesAFailedRound: a sweep round whose deletion
+// failed (the disk) leaves the resume point where it was, so the next
+// round deletes what it found. (It advanced before the commit: the next
+// round started a second before the failed round's last expiry, and
+// earlier records waited up to ten minutes for the sweep's restart.)
+func TestPebbleSweepRetriesAFailedRound(t *testing.T) {
+	s, err := OpenPebble(PebbleConfig{Dir: t.TempDir()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	now := time.Now()
+	var keys [][]byte
+	for i, at := range []time.Time{now.Add(-time.Minute), now.Add(-time.Second)} {
+		// Records that no longer decode are dropped by the sweep as
+		// expired ones are: each needs only its index entry.
+		ik := idemKey(Identity{App: 1, UID: "u"}, fmt.Sprintf("k%d", i))
+		if err := s.db.Set(ik, []byte{0xff, 0xff, 0xff}, pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.db.Set(expiryKey(at.UnixMilli(), ik), nil, pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, ik)
+	}
+	injected := fmt.Errorf("%w: injected disk failure", ErrUnavailable)
+	s.failCommit.Store(&injected)
+	if _, err := s.SweepIdempotency(100); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("sweep with the disk failing: %v", err)
+	}
+	s.failCommit.Store(nil)
+	if n, err := s.SweepIdempotency(100); err != nil || n != 2 {
+		t.Fatalf("sweep after the failure: %d keys, %v; want both", n, err)
+	}
+	for _, ik := range keys {
+		if _, closer, err := s.db.Get(ik); !errors.Is(err, pebble.ErrNotFound) {
+			if closer != nil {
+				closer.Close()
+			}
+			t.Fatalf("record %q is still there after the second round: %v", ik, err)
+		}
+	}
+}
+
 // TestPebbleDiskEvents: the disk's trouble as Pebble reports it reaches
 // the node (a metric per event) and the log, at most once a second per
 // kind however often Pebble repeats it (a disk-slow report comes every
