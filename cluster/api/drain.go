@@ -74,7 +74,11 @@ func (s *Server) Drain(ctx context.Context, r *apipb.DrainRequest) (*apipb.Drain
 			// m is not what drains.
 			continue
 		}
-		out.WindowMs = ds.WindowMs
+		// The window in force: an instance already draining keeps its
+		// own; of several instances, the longest.
+		if first := len(out.Members) == 0; first || ds.WindowMs > out.WindowMs {
+			out.WindowMs = ds.WindowMs
+		}
 		out.Members = append(out.Members, &apipb.Member{Id: m.ID, Name: m.Name, Address: m.Address, Live: true, Draining: true,
 			Conns: ds.Conns, Actors: ds.Actors, GateAddr: m.GateAddr, ApiAddr: m.APIAddr, HttpAddr: m.HTTPAddr})
 	}

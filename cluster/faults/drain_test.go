@@ -93,8 +93,14 @@ func TestDrainThroughAPI(t *testing.T) {
 			t.Fatal("Drain with an app's key succeeded")
 		}
 		r, err := api.Drain(testkit.Ctx(t, testkit.OperatorKey), &apipb.DrainRequest{Node: "node3", WindowMs: 3000})
-		if err != nil || len(r.Members) != 1 || r.Members[0].Name != "node3" || r.Members[0].Conns != 60 {
+		if err != nil || len(r.Members) != 1 || r.Members[0].Name != "node3" || r.Members[0].Conns != 60 || r.WindowMs != 3000 {
 			t.Fatalf("Drain: %v %v", r, err)
+		}
+		// Asked again while it drains, the node goes on with its first
+		// window and says so (it answered the one asked for).
+		r, err = api.Drain(testkit.Ctx(t, testkit.OperatorKey), &apipb.DrainRequest{Node: "node3", WindowMs: 9000})
+		if err != nil || len(r.Members) != 1 || r.WindowMs != 3000 {
+			t.Fatalf("Drain of a node already draining: %v %v, want the window in force (3000 ms)", r, err)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -23,6 +24,10 @@ type drainState struct {
 	// process exits then. asked is under Node.drainMu.
 	byAPI chan struct{}
 	asked bool
+	// windowMs is the window of the drain under way (the first caller's,
+	// 0 when there is no other gate to move to): a later Drain call is
+	// told this one, not the one it asked for.
+	windowMs atomic.Int64
 }
 
 func newDrainState() *drainState {
@@ -58,6 +63,7 @@ func (n *Node) Drain(ctx context.Context, window time.Duration) error {
 		n.drainMu.Unlock()
 		return n.Drain(ctx, window)
 	default:
+		d.windowMs.Store(window.Milliseconds())
 		close(d.started)
 		if n.gate != nil {
 			// Here, under drainMu, so that a lease regained meanwhile
@@ -80,6 +86,7 @@ func (n *Node) Drain(ctx context.Context, window time.Duration) error {
 	}
 	if !others(membership.RoleGate) {
 		window = 0 // no other gate to move to: spreading would only delay the stop
+		d.windowMs.Store(0)
 	}
 	n.log.Info("node: draining", "window", window, "conns", l.Conns, "actors", l.Actors)
 	if n.health != nil {
@@ -118,6 +125,13 @@ func (n *Node) startDrain(window time.Duration) *actorpb.DrainStarted {
 		Conns: uint32(l.Conns), Actors: uint32(l.Actors)}
 	n.drainMu.Lock()
 	defer n.drainMu.Unlock()
+	select {
+	case <-n.drain.started:
+		// A drain is under way (SIGTERM, an earlier call): it goes on
+		// with its own window.
+		ans.WindowMs = n.drain.windowMs.Load()
+	default:
+	}
 	if n.drain.asked || n.stopping.Load() {
 		return ans // a node stopping drains as it stops (no wg.Add during Shutdown's Wait)
 	}

@@ -2166,8 +2166,11 @@ type DrainResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The instances that began draining, with their connections and
 	// identity actors at that moment.
-	Members       []*Member `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
-	WindowMs      int64     `protobuf:"varint,2,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	Members []*Member `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	// The window in force: an instance that was already draining (SIGTERM,
+	// an earlier call) keeps the window it began with; of several
+	// instances, the longest.
+	WindowMs      int64 `protobuf:"varint,2,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
