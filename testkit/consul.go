@@ -84,7 +84,7 @@ func StartConsul(t testing.TB) *Consul {
 // ClusterHost).
 func StartConsulOn(t testing.TB, host string) *Consul {
 	t.Helper()
-	c := &Consul{t: t, bin: ConsulBinary(t), dir: t.TempDir(), host: host}
+	c := &Consul{t: t, bin: ConsulBinary(t), dir: consulDir(t), host: host}
 	t.Cleanup(c.kill)
 	// The ports are free when drawn, but another test process may bind
 	// one before the agent does (packages run in parallel): an agent that
@@ -106,6 +106,30 @@ func StartConsulOn(t testing.TB, host string) *Consul {
 		t.Logf("%v; starting it again on other ports", err)
 		_ = os.RemoveAll(filepath.Join(c.dir, "data"))
 	}
+}
+
+// consulDir is where an agent keeps its data: in memory (/dev/shm) where
+// the machine has it. The agent commits each check update through Raft,
+// an fsync each; on a 2-core VM whose disk the other packages' tests
+// (PostgreSQL, Pebble) keep busy, those fsyncs took longer than half a
+// node's TTL, and fault tests failed because the test's Consul did not
+// answer ("its servers do not answer"), not because of the code under
+// test. tmpfs keeps the data across an agent's restart (the tests of a
+// Consul outage restart it), which -dev mode would not.
+func consulDir(t testing.TB) string {
+	const shm = "/dev/shm"
+	if fi, err := os.Stat(shm); err != nil || !fi.IsDir() {
+		return t.TempDir()
+	}
+	// A test process killed (a timeout) leaves its dirs: the next one
+	// removes those whose process is gone.
+	sweepTempDirs(shm, "courier-consul-", processAlive)
+	dir, err := os.MkdirTemp(shm, "courier-consul-"+strconv.Itoa(os.Getpid())+"-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
 }
 
 // errExitedAtStart: the agent exited before it was ready.
