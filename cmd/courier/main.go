@@ -164,14 +164,8 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 			fmt.Fprintln(stderr, "courier:", err)
 			return 2
 		}
-		if len(cfg.AppSecrets) == 0 && len(cfg.AppSecretFiles) == 0 {
-			cfg.AppSecrets["1"] = devSecret
-		}
+		devCredentials(&cfg)
 		cfg.ClusterLocalStore = true // make cluster's nodes keep their own inboxes by default
-		if len(cfg.APIKeys) == 0 && len(cfg.APIKeyFiles) == 0 {
-			cfg.APIKeys[devKey] = "1"
-			cfg.APIKeys[devOpKey] = "*"
-		}
 	}
 
 	// Signals are caught before the node starts: a SIGTERM that arrives
@@ -208,7 +202,7 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 		}
 	}
 	if *dev {
-		printDevHelp(stderr, n)
+		printDevHelp(stderr, cfg, n.GateAddr(), n.APIAddr(), n.HTTPAddr())
 	}
 	failed, signalled := false, false
 	select {
@@ -342,16 +336,60 @@ func dialable(addr string) string {
 	return net.JoinHostPort(host, port)
 }
 
-func printDevHelp(w io.Writer, n *node.Node) {
-	gate, api := dialable(n.GateAddr()), dialable(n.APIAddr())
+// devCredentials gives --dev's demo app and keys to a node that has none
+// of their kind configured: a secret or key of the operator's own turns
+// off the demo ones of that kind.
+func devCredentials(cfg *node.Config) {
+	if len(cfg.AppSecrets) == 0 && len(cfg.AppSecretFiles) == 0 {
+		cfg.AppSecrets["1"] = devSecret
+	}
+	if len(cfg.APIKeys) == 0 && len(cfg.APIKeyFiles) == 0 {
+		cfg.APIKeys[devKey] = "1"
+		cfg.APIKeys[devOpKey] = "*"
+	}
+}
+
+// printDevHelp tells how to try a --dev node. It names a demo credential
+// only if cfg holds it: one printed beside the operator's own secrets or
+// keys would be refused by the node, and would publish that it is not.
+// What is configured instead is referred to by its setting, never shown.
+func printDevHelp(w io.Writer, cfg node.Config, gateAddr, apiAddr, httpAddr string) {
+	gate, api := dialable(gateAddr), dialable(apiAddr)
+	demoApp, demoKey, demoOpKey := cfg.AppSecrets["1"] == devSecret, cfg.APIKeys[devKey] == "1", cfg.APIKeys[devOpKey] == "*"
+	devices := "token secrets as configured: app-secret, app-secret-file"
+	app, secretArg := "APPCODE", "--secret-file FILE_OF_ITS_SECRET"
+	if demoApp {
+		devices = fmt.Sprintf("appcode 1, token secret %q", devSecret)
+		app, secretArg = "1", "--secret "+devSecret
+	}
+	var keys []string
+	if demoKey {
+		keys = append(keys, fmt.Sprintf("API key %q", devKey))
+	}
+	if demoOpKey {
+		keys = append(keys, fmt.Sprintf("operator key %q", devOpKey))
+	}
+	apps := "API keys as configured: api-key, api-key-file"
+	if len(keys) > 0 {
+		apps = strings.Join(keys, "; ")
+	}
+	// The demo app's key acts for app 1 only: another app needs the
+	// operator key.
+	keyArg := "--key-file FILE_OF_AN_API_KEY"
+	switch {
+	case demoKey && demoApp:
+		keyArg = "--key " + devKey
+	case demoOpKey:
+		keyArg = "--key " + devOpKey
+	}
 	fmt.Fprintf(w, `
 Courier is running (development mode).
-  devices connect to  %s   (appcode 1, token secret %q)
-  app-servers call    %s   (API key %q; operator key %q)
+  devices connect to  %s   (%s)
+  app-servers call    %s   (%s)
   metrics             http://%s/metrics
 
 Try it, in another terminal:
-  bin/courierctl device --gate %s --app 1 --uid alice --secret %s
-  bin/courierctl push   --api %s --key %s --app 1 --uid alice --payload 'hello alice'
-`, gate, devSecret, api, devKey, devOpKey, dialable(n.HTTPAddr()), gate, devSecret, api, devKey)
+  bin/courierctl device --gate %s --app %s --uid alice %s
+  bin/courierctl push   --api %s %s --app %s --uid alice --payload 'hello alice'
+`, gate, devices, api, apps, dialable(httpAddr), gate, app, secretArg, api, keyArg, app)
 }

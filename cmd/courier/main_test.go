@@ -373,3 +373,51 @@ func TestAddrFileOfAPreviousRunIsRemoved(t *testing.T) {
 		t.Fatalf("the previous run's --addr-file is still there (%v)", err)
 	}
 }
+
+// TestDevBannerShowsOnlyCredentialsInForce: --dev adds its demo secret
+// and keys only when none of their kind is configured, and its banner
+// names only those it added. It printed all three whatever was
+// configured: credentials the node refuses, printed beside the
+// operator's own (which it must never show).
+func TestDevBannerShowsOnlyCredentialsInForce(t *testing.T) {
+	const ownSecret, ownKey = "operators-own-secret-0001", "operators-own-api-key-0001"
+	tests := []struct {
+		name      string
+		configure func(*node.Config)
+		shown     []string // in the banner
+		hidden    []string // not in it
+	}{
+		{"nothing configured", func(*node.Config) {},
+			[]string{devSecret, devKey, devOpKey, "--app 1 --uid alice --secret " + devSecret, "--key " + devKey + " --app 1"}, nil},
+		{"an app secret", func(c *node.Config) { c.AppSecrets["2"] = ownSecret },
+			[]string{devKey, devOpKey, "token secrets as configured", "--secret-file FILE_OF_ITS_SECRET", "--key " + devOpKey + " --app APPCODE"}, []string{devSecret, ownSecret}},
+		{"an app secret file", func(c *node.Config) { c.AppSecretFiles = map[string]string{"1": "/run/secrets/app1"} },
+			[]string{devKey, "token secrets as configured"}, []string{devSecret, "/run/secrets/app1"}},
+		{"an API key", func(c *node.Config) { c.APIKeys[ownKey] = "*" },
+			[]string{devSecret, "API keys as configured", "--key-file FILE_OF_AN_API_KEY"}, []string{devKey, devOpKey, ownKey}},
+		{"both", func(c *node.Config) {
+			c.AppSecrets["1"] = ownSecret
+			c.APIKeyFiles = map[string]string{"/run/secrets/ops": "*"}
+		},
+			[]string{"token secrets as configured", "API keys as configured"}, []string{devSecret, devKey, devOpKey, ownSecret, "/run/secrets/ops"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := node.DefaultConfig()
+			tt.configure(&cfg)
+			devCredentials(&cfg)
+			var b bytes.Buffer
+			printDevHelp(&b, cfg, "127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002")
+			for _, s := range tt.shown {
+				if !strings.Contains(b.String(), s) {
+					t.Errorf("no %q in the banner:\n%s", s, b.String())
+				}
+			}
+			for _, s := range tt.hidden {
+				if strings.Contains(b.String(), s) {
+					t.Errorf("%q in the banner:\n%s", s, b.String())
+				}
+			}
+		})
+	}
+}

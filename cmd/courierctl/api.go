@@ -73,7 +73,7 @@ func (f *apiFlags) resolveKey() error {
 		f.key = strings.TrimRight(string(b), "\r\n")
 	}
 	if f.key == "" {
-		return fmt.Errorf("--key, --key-file or COURIERCTL_KEY is required")
+		return usageError{fmt.Errorf("--key, --key-file or COURIERCTL_KEY is required")}
 	}
 	f.keyResolved = true
 	return nil
@@ -99,9 +99,16 @@ func (f *apiFlags) dial() (apipb.CourierClient, context.Context, func(), error) 
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("--api %s: %w", f.addr, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.key)
+	ctx, cancel := f.callCtx()
 	return apipb.NewCourierClient(conn), ctx, func() { cancel(); conn.Close() }, nil
+}
+
+// callCtx returns a context for one call: --timeout, and the key. A
+// command that makes several calls takes one for each, so that a later
+// call does not inherit what an earlier one used of the timeout.
+func (f *apiFlags) callCtx() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.key), cancel
 }
 
 // call dials, makes one call and prints its answer as JSON.
@@ -205,6 +212,9 @@ func kickCmd() *cobra.Command {
 		Use:   "kick",
 		Short: "End an identity's session (KICKOUT, then close)",
 		RunE: func(*cobra.Command, []string) error {
+			if uid == "" {
+				return usageError{fmt.Errorf("--uid is required")}
+			}
 			return f.call(func(ctx context.Context, cl apipb.CourierClient) (proto.Message, error) {
 				return cl.Kick(ctx, &apipb.KickRequest{AppCode: app, Uid: uid, Reason: reason})
 			})
@@ -225,6 +235,9 @@ func presenceCmd() *cobra.Command {
 		Use:   "presence",
 		Short: "Tell whether identities are online, and where",
 		RunE: func(*cobra.Command, []string) error {
+			if len(uids) == 0 {
+				return usageError{fmt.Errorf("--uid is required")}
+			}
 			return f.call(func(ctx context.Context, cl apipb.CourierClient) (proto.Message, error) {
 				return cl.Presence(ctx, &apipb.PresenceRequest{AppCode: app, Uids: uids})
 			})

@@ -32,10 +32,20 @@ authentication and name the hosts other members dial.`,
 			names := splitList(nodes)
 			hostList := splitList(hosts)
 			if len(names) == 0 {
-				return fmt.Errorf("--nodes: name at least one node")
+				return usageError{fmt.Errorf("--nodes: name at least one node")}
 			}
 			if len(hostList) == 0 {
-				return fmt.Errorf("--hosts: name at least one host (IP or DNS name)")
+				return usageError{fmt.Errorf("--hosts: name at least one host (IP or DNS name)")}
+			}
+			if validity <= 0 {
+				return usageError{fmt.Errorf("--validity %v: must be positive", validity)}
+			}
+			// Every name is checked before anything is written: a bad one
+			// late in the list left a CA and the first nodes' files behind.
+			for _, name := range names {
+				if strings.ContainsAny(name, `/\`) {
+					return usageError{fmt.Errorf("--nodes: %q is not a file name", name)}
+				}
 			}
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return err
@@ -46,9 +56,6 @@ authentication and name the hosts other members dial.`,
 			}
 			caPath := filepath.Join(dir, "ca.pem")
 			for _, name := range names {
-				if strings.ContainsAny(name, `/\`) {
-					return fmt.Errorf("--nodes: %q is not a file name", name)
-				}
 				p, err := mtls.IssueNode(ca, name, hostList, validity)
 				if err != nil {
 					return err

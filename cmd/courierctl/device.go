@@ -81,7 +81,7 @@ func secretValue(inline, file string) (string, error) {
 		return strings.TrimRight(string(b), "\r\n"), nil
 	}
 	if inline == "" {
-		return "", errors.New("--secret, --secret-file or COURIERCTL_SECRET is required")
+		return "", usageError{errors.New("--secret, --secret-file or COURIERCTL_SECRET is required")}
 	}
 	return inline, nil
 }
@@ -164,9 +164,12 @@ and received, the acks included.`,
 				return err
 			}
 			if token == "" {
+				if secret == "" && secretFile == "" {
+					return usageError{errors.New("--token, --secret, --secret-file or COURIERCTL_SECRET is required")}
+				}
 				s, err := secretValue(secret, secretFile)
 				if err != nil {
-					return fmt.Errorf("--token or a secret is required: %w", err)
+					return err
 				}
 				if token, err = gate.MintToken([]byte(s), uint16(app), uid, tokenTTL); err != nil {
 					return err

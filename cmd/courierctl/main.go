@@ -40,8 +40,10 @@ func (e usageError) Unwrap() error { return e.err }
 // from what a later try may get through.
 const (
 	// exitRetry: the node could not take the call now (UNAVAILABLE,
-	// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED NODE_OVERLOADED): the same
-	// command may succeed later or on another node.
+	// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED NODE_OVERLOADED), or its
+	// answer left out nodes that did not answer in time (stats): the same
+	// command may succeed, or get the whole answer, later or on another
+	// node.
 	exitRetry = 3
 	// exitWaitTimeout: drain --wait ran out before the node left.
 	exitWaitTimeout = 4
@@ -52,9 +54,16 @@ type waitTimeout struct{ err error }
 
 func (e waitTimeout) Error() string { return e.err.Error() }
 
+// incomplete is the error of a command that printed an answer with parts
+// missing (nodes that did not answer in time): it exits exitRetry, since
+// a later try may get the whole answer.
+type incomplete struct{ err error }
+
+func (e incomplete) Error() string { return e.err.Error() }
+
 // run executes the command line and returns the exit code: 0, 1 when the
-// command failed, 2 for a mistake on the command line, exitRetry and
-// exitWaitTimeout.
+// command failed, 2 for a mistake on the command line, exitRetry (also
+// for an incomplete answer) and exitWaitTimeout.
 func run(args []string, in io.Reader, out, errw io.Writer) int {
 	root := newRoot()
 	root.SetArgs(args)
@@ -77,6 +86,10 @@ func run(args []string, in io.Reader, out, errw io.Writer) int {
 	var wt waitTimeout
 	if errors.As(err, &wt) {
 		return exitWaitTimeout
+	}
+	var inc incomplete
+	if errors.As(err, &inc) {
+		return exitRetry
 	}
 	switch status.Code(err) {
 	case codes.Unavailable, codes.DeadlineExceeded:

@@ -35,7 +35,6 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"push", "alice"}, 2, `takes no arguments, got ["alice"]`, ""},
 		{[]string{"lists", "add"}, 2, "needs at least 1 argument", ""},
 		{[]string{"device", "--gate"}, 2, "flag needs an argument", ""},
-		{[]string{"push", "--uid", "a", "--key", ""}, 1, "--key, --key-file or COURIERCTL_KEY is required", ""},
 		// Nothing listens there: a later try may get through (exit 3).
 		{[]string{"push", "--api", "127.0.0.1:1", "--key", "0123456789abcdef", "--uid", "a", "--payload", "x"}, 3, "Unavailable", ""},
 		{[]string{"token", "--uid", "u", "--secret", "0123456789abcdef"}, 0, "", "eyJ"},
@@ -70,6 +69,54 @@ func TestCommandLineErrors(t *testing.T) {
 				t.Fatalf("stderr on success: %s", errw.String())
 			}
 		})
+	}
+}
+
+// TestUsageMistakesExit2: a flag missing, a value out of its range, flags
+// that go together given alone are mistakes on the command line, not
+// failures of the command: exit 2 with the usage (they exited 1, or
+// dialled the node first), and nothing is done.
+func TestUsageMistakesExit2(t *testing.T) {
+	for _, name := range []string{"COURIERCTL_KEY", "COURIERCTL_KEY_FILE", "COURIER_API_KEY", "COURIER_API_KEY_FILE", "COURIERCTL_SECRET", "COURIER_APP_SECRET",
+		"COURIERCTL_API_TLS_CERT", "COURIERCTL_API_TLS_KEY", "COURIERCTL_GATE_TLS_CERT", "COURIERCTL_GATE_TLS_KEY"} {
+		t.Setenv(name, "")
+	}
+	dir := t.TempDir()
+	// Nothing listens there: a command that dials before it checks its
+	// flags fails with exit 3 instead.
+	api := []string{"--api", "127.0.0.1:1", "--key", "0123456789abcdef"}
+	tests := []struct {
+		name string
+		args []string
+		err  string
+	}{
+		{"no key", []string{"push", "--uid", "a", "--api", "127.0.0.1:1", "--key", ""}, "--key, --key-file or COURIERCTL_KEY is required"},
+		{"no secret for a token", []string{"token", "--uid", "u"}, "--secret, --secret-file or COURIERCTL_SECRET is required"},
+		{"no secret nor token for a device", []string{"device", "--uid", "u", "--gate", "127.0.0.1:1"}, "--token, --secret, --secret-file or COURIERCTL_SECRET is required"},
+		{"client certificate without its key", append([]string{"presence", "--uid", "u", "--tls-cert", dir + "/c.pem"}, api...), "--tls-cert and --tls-key go together"},
+		{"device key without its certificate", []string{"device", "--uid", "u", "--secret", "0123456789abcdef", "--gate", "127.0.0.1:1", "--tls-key", dir + "/k.pem"}, "--tls-cert and --tls-key go together"},
+		{"kick without a uid", append([]string{"kick"}, api...), "--uid is required"},
+		{"presence without a uid", append([]string{"presence"}, api...), "--uid is required"},
+		{"drain window too long", append([]string{"drain", "node1", "--window", "11m"}, api...), "--window 11m0s: must be in [0, 10m0s]"},
+		{"drain negative wait", append([]string{"drain", "node1", "--wait", "-1s"}, api...), "--wait -1s: must not be negative"},
+		{"stats window too long", append([]string{"stats", "--window", "2h"}, api...), "--window 2h0m0s: at most 1h0m0s"},
+		{"certs for no node", []string{"certs", "--dir", dir, "--nodes", " , "}, "--nodes: name at least one node"},
+		{"certs for no host", []string{"certs", "--dir", dir, "--hosts", ""}, "--hosts: name at least one host"},
+		{"certs for a path", []string{"certs", "--dir", dir, "--nodes", "node1,../node2"}, `--nodes: "../node2" is not a file name`},
+		{"certs valid for no time", []string{"certs", "--dir", dir, "--validity", "0s"}, "--validity 0s: must be positive"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errw bytes.Buffer
+			code := run(tt.args, strings.NewReader(""), &out, &errw)
+			if code != 2 || !strings.Contains(errw.String(), "courierctl: "+tt.err) || !strings.Contains(errw.String(), "Usage:") {
+				t.Fatalf("exit %d (want 2 with the usage)\nstdout: %s\nstderr: %s", code, out.String(), errw.String())
+			}
+		})
+	}
+	// certs checked every flag before it wrote anything.
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Fatalf("certs wrote %v after a mistake on its command line", left)
 	}
 }
 
@@ -290,7 +337,7 @@ func TestEnvironment(t *testing.T) {
 	}
 
 	t.Setenv("COURIERCTL_KEY", "")
-	if code, _, errw := presence(); code != 1 || !strings.Contains(errw, "COURIERCTL_KEY is required") || strings.Contains(errw, "deprecated") {
+	if code, _, errw := presence(); code != 2 || !strings.Contains(errw, "COURIERCTL_KEY is required") || strings.Contains(errw, "deprecated") {
 		t.Fatalf("with only the node's COURIER_API_KEY: exit %d\n%s", code, errw)
 	}
 

@@ -51,15 +51,7 @@ func printMembers(out io.Writer, r *apipb.MembersResponse) {
 			if m.Blocked != blocked {
 				continue
 			}
-			state := m.Health
-			switch {
-			case m.Blocked:
-				state = "blocked"
-			case m.Live && m.Draining:
-				state = "draining"
-			case m.Live:
-				state = "live"
-			}
+			state := memberState(m)
 			self := ""
 			if m.Id == r.AnsweredBy {
 				self = " (answered)"
@@ -75,6 +67,26 @@ func printMembers(out io.Writer, r *apipb.MembersResponse) {
 	}
 	_ = w.Flush()
 	fmt.Fprintf(out, "membership: %s, as seen by %s\n", r.Provider, r.AnsweredBy)
+}
+
+// memberState is the STATE column: blocked, draining, live, or else the
+// provider's health of an instance not live (warning, critical, Consul's
+// maintenance; unknown when Consul gave a check status it does not know).
+// docs/operating.md lists them (TestMemberStatesAreDocumented).
+func memberState(m *apipb.Member) string {
+	switch {
+	case m.Blocked:
+		return "blocked"
+	case m.Live && m.Draining:
+		return "draining"
+	case m.Live:
+		return "live"
+	case m.Health == "":
+		// A blank cell would shift the columns of whoever splits the
+		// table on spaces.
+		return "unknown"
+	}
+	return m.Health
 }
 
 func dash(s string) string {

@@ -28,8 +28,9 @@ of the whole cluster whichever node you ask: over the recent window
 rate is messages accepted per second over the window; arrival is acked /
 accepted (stored messages); ack latency is the time from acceptance to the
 device's acknowledgement. Nodes that did not answer in time are named
-first: the counts leave them out. --json prints the API's answer as it
-is, for machines.`,
+first, and on standard error: the counts leave them out, and the command
+exits 3 (a later try may get them all). --json prints the API's answer as
+it is, for machines.`,
 		RunE: func(*cobra.Command, []string) error {
 			types, err := toU32(msgtypes)
 			if err != nil {
@@ -37,6 +38,9 @@ is, for machines.`,
 			}
 			if window != 0 && window < time.Second {
 				return usageError{fmt.Errorf("--window %v: at least 1s (0: the node's default)", window)}
+			}
+			if window > maxStatsWindow {
+				return usageError{fmt.Errorf("--window %v: at most %v", window, maxStatsWindow)}
 			}
 			cl, ctx, done, err := f.dial()
 			if err != nil {
@@ -49,9 +53,16 @@ is, for machines.`,
 			}
 			if asJSON {
 				printJSON(f.out, resp)
-				return nil
+			} else {
+				printStats(f.out, resp)
 			}
-			printStats(f.out, resp)
+			if len(resp.NodesMissing) > 0 {
+				// Printed all the same (the others' counts are worth
+				// seeing), but a script must not take them for the
+				// cluster's: exitRetry, as the next try may have them all.
+				return incomplete{fmt.Errorf("incomplete answer: %s did not answer in time; the counts leave them out",
+					strings.Join(resp.NodesMissing, ", "))}
+			}
 			return nil
 		},
 	}
@@ -62,6 +73,10 @@ is, for machines.`,
 	c.Flags().BoolVar(&asJSON, "json", false, "print the answer as JSON")
 	return c
 }
+
+// maxStatsWindow is the longest --window a node takes (its statistics
+// keep an hour of 10-second slots).
+const maxStatsWindow = time.Hour
 
 // printStats writes the statistics as two tables: the window, and since
 // the node started.

@@ -34,6 +34,9 @@ func (f *tlsFlags) config() (*tls.Config, error) {
 	if !f.on && f.ca == "" && f.cert == "" && f.key == "" && f.serverName == "" {
 		return nil, nil
 	}
+	if (f.cert == "") != (f.key == "") {
+		return nil, usageError{fmt.Errorf("--tls-cert and --tls-key go together")}
+	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.serverName}
 	if f.ca != "" {
 		pem, err := os.ReadFile(f.ca)
@@ -45,9 +48,6 @@ func (f *tlsFlags) config() (*tls.Config, error) {
 			return nil, fmt.Errorf("--tls-ca %s: no PEM certificate in it", f.ca)
 		}
 		cfg.RootCAs = pool
-	}
-	if (f.cert == "") != (f.key == "") {
-		return nil, fmt.Errorf("--tls-cert and --tls-key go together")
 	}
 	if f.cert != "" {
 		pair, err := tls.LoadX509KeyPair(f.cert, f.key)
