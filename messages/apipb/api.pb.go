@@ -1934,7 +1934,9 @@ type Member struct {
 	Conns    uint32 `protobuf:"varint,10,opt,name=conns,proto3" json:"conns,omitempty"`
 	MaxConns uint32 `protobuf:"varint,11,opt,name=max_conns,json=maxConns,proto3" json:"max_conns,omitempty"`
 	Actors   uint32 `protobuf:"varint,12,opt,name=actors,proto3" json:"actors,omitempty"`
-	// "passing", "warning" or "critical" (the membership check).
+	// "passing", "warning" or "critical" (the membership check),
+	// "maintenance" (Consul maintenance mode), or empty for a status
+	// Consul does not know.
 	Health string `protobuf:"bytes,13,opt,name=health,proto3" json:"health,omitempty"`
 	// A blocked instance was seen out of the cluster once and is never
 	// taken back (its node rejoins as a new instance).
