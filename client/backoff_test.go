@@ -1,6 +1,8 @@
 package client
 
 import (
+	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -106,6 +108,30 @@ func TestConfigValidate(t *testing.T) {
 		c.fill()
 		if err := c.validate(); err == nil {
 			t.Errorf("%s: accepted", tt.name)
+		}
+	}
+}
+
+// TestConfigRefusesLoginFieldsNotUTF8: LOGIN's fields are protobuf
+// strings, which do not encode unless valid UTF-8: every login would fail
+// (and the client reconnect in a loop). Dial refuses such a field at
+// once, naming it.
+func TestConfigRefusesLoginFieldsNotUTF8(t *testing.T) {
+	for _, tc := range []struct {
+		field string
+		mut   func(*Config)
+	}{
+		{"UID", func(c *Config) { c.UID = "fa\xffy" }},
+		{"DeviceID", func(c *Config) { c.DeviceID = "dev-\xfe" }},
+		{"AppVersion", func(c *Config) { c.AppVersion = "1.0\xc3" }},
+		{"Token", func(c *Config) { c.Token = "t\xff" }},
+	} {
+		c := Config{Addr: "127.0.0.1:1", AppCode: 1, UID: "u", Token: "t"}
+		tc.mut(&c)
+		c.fill()
+		err := c.validate()
+		if !errors.Is(err, ErrNotUTF8) || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("%s not UTF-8: %v, want ErrNotUTF8 naming it", tc.field, err)
 		}
 	}
 }

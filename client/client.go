@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
@@ -83,6 +84,11 @@ type Message struct {
 	SentAt      time.Time
 	// ExpiresAt is when the platform stops delivering it (zero: never).
 	ExpiresAt time.Time
+	// Redelivered (ManualAck only): Recv or Pull returned this message
+	// before and it was not acknowledged, and the server delivered it
+	// again on the same connection (its redelivery, from 2 s after the
+	// delivery before, docs/protocol.md §9.3). Ack it once handled.
+	Redelivered bool
 
 	// gen is the session it came on: the gate lets the acks of what it
 	// delivered on a connection through beyond the frame rate, and only
@@ -117,9 +123,11 @@ type SendOption func(*sendOpts)
 
 type sendOpts struct{ clientMsgID string }
 
-// WithClientMsgID sets the client message id (default: a new unique one).
-// Reuse the id of an earlier send to resend the same message: the server
-// stores a C2C only once per id (docs/protocol.md §10).
+// WithClientMsgID sets the client message id (default: a new unique one):
+// valid UTF-8 (else the send fails with ErrNotUTF8) of at most
+// MaxClientMsgIDLen bytes. Reuse the id of an earlier send to resend the
+// same message: the server stores a C2C only once per id
+// (docs/protocol.md §10).
 func WithClientMsgID(id string) SendOption { return func(o *sendOpts) { o.clientMsgID = id } }
 
 // Client is a device's connection to Courier that stays up: it logs in,
@@ -135,11 +143,17 @@ type Client struct {
 
 	closeOnce sync.Once
 	first     chan error // the first login's outcome, read by Dial
+	// notified is closed when OnState's goroutine has made its last call
+	// (nil without OnState).
+	notified chan struct{}
 
 	mu      sync.Mutex
 	err     error // why the client stopped
 	lastErr error // the last connection failure, for Dial's error
 
+	// ackDue: Recv or Pull returned messages in the default mode that the
+	// app's next call acknowledges (release).
+	ackDue  atomic.Bool
 	lastSeq atomic.Uint32
 	dropped atomic.Uint64 // fire-and-forget pushes dropped past RecvBuffer
 	state   atomic.Int32
@@ -173,6 +187,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		first:  make(chan error, 1),
 		idBase: hex.EncodeToString(b[:]),
 	}
+	if cfg.OnState != nil {
+		c.notified = make(chan struct{})
+	}
 	c.lastSeq.Store(cfg.ResumeSeq)
 	l := newLoop(c)
 	go l.run()
@@ -180,6 +197,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	case err := <-c.first:
 		if err != nil {
 			<-c.done
+			c.joinOnState()
 			return nil, err
 		}
 		return c, nil
@@ -195,15 +213,29 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 }
 
-// Recv returns the next message. In the default mode the message counts
-// as handled once Recv returns it: the client acknowledges it then. With
-// Config.ManualAck, call Ack once it is handled. Duplicates (the same
-// msg_id again) are not returned. Recv returns the client's error once it
-// has stopped.
+// Recv returns the next message. In the default mode a message counts as
+// handled once the app calls Recv (or Pull) again: the client
+// acknowledges it then, or at once when the app calls Ack. Until then the
+// server keeps it: the app that stops (a crash, Close) before its next
+// call gets it again in a later session, de-duplicated by MsgID. So call
+// Recv when done with the message before, from one goroutine (a call from
+// any goroutine acknowledges what the others were given); an app that
+// handles messages concurrently uses Config.ManualAck. Called in a loop,
+// it keeps one message unacknowledged at most, far within the server's
+// window. With Config.ManualAck, call Ack once it is handled; one not
+// acknowledged comes again when the server redelivers it (Redelivered).
+// Other duplicates (the same msg_id again) are not returned. Recv returns
+// the client's error once it has stopped.
 func (c *Client) Recv(ctx context.Context) (*Message, error) {
+	if err := c.release(ctx); err != nil {
+		return nil, err
+	}
 	select {
 	case m := <-c.out:
 		c.advance(m.Seq)
+		if !c.cfg.ManualAck {
+			c.ackDue.Store(true)
+		}
 		return m, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -212,10 +244,12 @@ func (c *Client) Recv(ctx context.Context) (*Message, error) {
 	}
 }
 
-// Ack acknowledges a message returned by Recv or Pull (ManualAck mode;
-// in the default mode, where they were acknowledged when returned, it
-// does nothing). Acks of a connection that drops are sent again when the
-// server redelivers the message.
+// Ack acknowledges a message returned by Recv or Pull. With ManualAck,
+// call it once the message is handled. In the default mode it
+// acknowledges now a message otherwise acknowledged at the app's next
+// Recv or Pull (for an app that waits long before its next call), and
+// does nothing for one already acknowledged. Acks of a connection that
+// drops are sent again when the server redelivers the message.
 func (c *Client) Ack(ctx context.Context, m *Message) error {
 	return c.request(ctx, &ackReq{msg: m})
 }
@@ -231,6 +265,9 @@ func (c *Client) Ack(ctx context.Context, m *Message) error {
 // id is safe.
 func (c *Client) SendC2C(ctx context.Context, toUID string, msgtype uint16, payload []byte, opts ...SendOption) (C2CResult, error) {
 	o := c.sendOptions(opts)
+	if !utf8.ValidString(toUID) {
+		return C2CResult{ClientMsgID: o.clientMsgID}, fmt.Errorf("%w: toUID %q", ErrNotUTF8, toUID)
+	}
 	body := &devicepb.C2C{ToUid: toUID, ClientMsgId: o.clientMsgID, Payload: payload}
 	r, err := c.send(ctx, messages.CmdC2C, msgtype, o.clientMsgID, body)
 	if err != nil {
@@ -272,6 +309,11 @@ func checkClientMsgID(id string) error {
 	if len(id) > MaxClientMsgIDLen {
 		return fmt.Errorf("client: client message id of %d bytes: at most %d", len(id), MaxClientMsgIDLen)
 	}
+	if !utf8.ValidString(id) {
+		// proto.Size counts such a string, but Marshal refuses it: queued,
+		// it would fail only when written.
+		return fmt.Errorf("%w: client message id %q", ErrNotUTF8, id)
+	}
 	return nil
 }
 
@@ -282,6 +324,12 @@ func (c *Client) send(ctx context.Context, cmd messages.Cmd, msgtype uint16, id 
 	if n := proto.Size(body); n > int(c.cfg.MaxFrameSize) {
 		return sendResult{}, fmt.Errorf("%w: %d-byte body, limit %d", ErrTooLarge, n, c.cfg.MaxFrameSize)
 	}
+	return c.enqueue(ctx, cmd, msgtype, id, body)
+}
+
+// enqueue hands a checked send to the client's goroutine and waits for
+// its answer.
+func (c *Client) enqueue(ctx context.Context, cmd messages.Cmd, msgtype uint16, id string, body proto.Message) (sendResult, error) {
 	s := &sendReq{ctx: ctx, cmd: cmd, msgtype: msgtype, id: id, body: body, res: make(chan sendResult, 1)}
 	if err := c.request(ctx, s); err != nil {
 		return sendResult{}, err
@@ -299,12 +347,16 @@ func (c *Client) send(ctx context.Context, cmd messages.Cmd, msgtype uint16, id 
 
 // Pull fetches stored messages with seq above afterSeq (at most limit; 0:
 // the server's page size). It waits for a connection if there is none.
-// In the default mode the messages count as handled once Pull returns
-// them and are acknowledged; with ManualAck, Ack each. Pulled messages
-// are not returned again by Recv; Pull itself reads the inbox by seq, so
-// it returns what is stored in the range even if Recv (or an earlier
-// Pull) returned it already: tell those by MsgID.
+// In the default mode the page counts as handled once the app calls Pull
+// (or Recv) again, and is acknowledged then, like a message from Recv;
+// with ManualAck, Ack each. Pulled messages are not returned again by
+// Recv; Pull itself reads the inbox by seq, so it returns what is stored
+// in the range even if Recv (or an earlier Pull) returned it already:
+// tell those by MsgID.
 func (c *Client) Pull(ctx context.Context, afterSeq, limit uint32) (PullResult, error) {
+	if err := c.release(ctx); err != nil {
+		return PullResult{}, err
+	}
 	p := &pullReq{ctx: ctx, after: afterSeq, limit: limit, res: make(chan pullResult, 1)}
 	if err := c.request(ctx, p); err != nil {
 		return PullResult{}, err
@@ -317,9 +369,11 @@ func (c *Client) Pull(ctx context.Context, afterSeq, limit uint32) (PullResult, 
 		for _, m := range r.msgs {
 			c.advance(m.Seq)
 		}
-		// Mark them seen (and acked unless manual) now that the caller
-		// has them; until then Recv waits.
-		_ = c.request(context.WithoutCancel(ctx), &pullTaken{p: p, msgs: r.msgs})
+		// Mark them seen now that the caller has them; until then Recv
+		// waits.
+		if c.request(context.WithoutCancel(ctx), &pullTaken{p: p, msgs: r.msgs}) == nil && !c.cfg.ManualAck && len(r.msgs) > 0 {
+			c.ackDue.Store(true)
+		}
 		return PullResult{Messages: r.msgs, HasMore: r.hasMore}, nil
 	case <-ctx.Done():
 		// An answer that came meanwhile is given back: its messages stay
@@ -329,6 +383,20 @@ func (c *Client) Pull(ctx context.Context, afterSeq, limit uint32) (PullResult, 
 	case <-c.done:
 		return PullResult{}, c.Err()
 	}
+}
+
+// release tells the client's goroutine that the app is done with what
+// Recv and Pull returned before this call (default mode: acknowledged
+// now). ackDue spares the round trip when there is nothing to release.
+func (c *Client) release(ctx context.Context) error {
+	if !c.ackDue.Swap(false) {
+		return nil
+	}
+	if err := c.request(ctx, releaseReq{}); err != nil {
+		c.ackDue.Store(true)
+		return err
+	}
+	return nil
 }
 
 // advance records that the app has the message of inbox seq.
@@ -373,9 +441,15 @@ func (c *Client) Err() error {
 // Close stops the client: the connection is closed (the server treats it
 // like a LOGOUT without answer), sends waiting for their answer fail with
 // ErrClosed, and every goroutine of the client has ended when Close
-// returns. Messages received and not yet returned by Recv are not
-// acknowledged: the server delivers them again to the next session. Safe
-// to call more than once.
+// returns, OnState's included once its last call (StateClosed) returned
+// (so OnState must not wait for what waits for Close), with two
+// exceptions: a Close called from an OnState callback does not wait for
+// that goroutine (the callback is on it), and a TokenSource call that
+// ignores its context is not waited for (Config.TokenSource). Messages received and not yet returned by Recv are not
+// acknowledged, nor, in the default mode, those Recv or Pull returned
+// since the app's last call of either (it may not have handled them): the
+// server delivers them again to the next session. Safe to call more than
+// once.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.quit)
@@ -384,7 +458,15 @@ func (c *Client) Close() error {
 		}
 	})
 	<-c.done
+	c.joinOnState()
 	return nil
+}
+
+// joinOnState waits for OnState's goroutine to end, unless called on it.
+func (c *Client) joinOnState() {
+	if c.notified != nil && !onNotifyGoroutine() {
+		<-c.notified
+	}
 }
 
 // Logout ends the session with LOGOUT and waits for LOGOUT_ACK (or ctx),
@@ -393,6 +475,7 @@ func (c *Client) Logout(ctx context.Context) error {
 	req := &logoutReq{}
 	if err := c.request(ctx, req); err != nil {
 		if errors.Is(err, ErrClosed) {
+			c.joinOnState()
 			return nil
 		}
 		c.Close()
@@ -400,6 +483,7 @@ func (c *Client) Logout(ctx context.Context) error {
 	}
 	select {
 	case <-c.done:
+		c.joinOnState()
 		return nil
 	case <-ctx.Done():
 		c.Close()

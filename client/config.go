@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
@@ -40,7 +41,13 @@ type Config struct {
 	Token string
 	// TokenSource, if set, is asked for a token before every login
 	// instead of Token, and again after AUTH_FAILED (once) or
-	// TOKEN_EXPIRED.
+	// TOKEN_EXPIRED. Its ctx ends after DialTimeout, or when the client
+	// stops: a call that has not answered by then fails the attempt,
+	// which is retried after a backoff like a failed connect. The client
+	// does not wait for a call that ignores its ctx: Dial and Close
+	// return on time, the call's goroutine outlives them until it
+	// returns, its token is dropped, and TokenSource may be called again
+	// meanwhile (at most two calls run at once).
 	TokenSource func(ctx context.Context) (string, error)
 	// DeviceID, Platform and AppVersion go in LOGIN (informational).
 	DeviceID   string
@@ -53,8 +60,11 @@ type Config struct {
 	NoCompression     bool
 	CompressThreshold int // default 512
 
-	// ManualAck: the caller acknowledges each message with Ack. By
-	// default a message is acknowledged when Recv (or Pull) returns it.
+	// ManualAck: the caller acknowledges each message with Ack; one it
+	// does not is returned again (Message.Redelivered) when the server
+	// redelivers it. By default a message Recv (or Pull) returned is
+	// acknowledged when the app calls Recv or Pull again, having handled
+	// it (or when it calls Ack).
 	ManualAck bool
 	// ResumeSeq is the highest inbox seq the app handled in an earlier
 	// run (persist LastSeq to fill it). After each login the client PULLs
@@ -69,8 +79,8 @@ type Config struct {
 	// TLS, if set, connects with TLS (to a load balancer terminating TLS
 	// in front of the gates).
 	TLS *tls.Config
-	// DialTimeout bounds a TCP (and TLS) connect, and a discovery request
-	// (default 10 s).
+	// DialTimeout bounds a TCP (and TLS) connect, a discovery request,
+	// and a TokenSource call (default 10 s).
 	DialTimeout time.Duration
 	// LoginTimeout bounds the wait for LOGIN_ACK (default 12 s: the
 	// gate's login timeout is 10 s).
@@ -144,8 +154,10 @@ type Config struct {
 	// state, in order, on a goroutine of its own: it may call the
 	// Client's methods (send on a reconnect, Close on StateClosed). It
 	// may run a moment after the change (the last call, StateClosed,
-	// possibly after Done is closed); if it falls more than 64 changes
-	// behind, the oldest waiting are dropped (logged).
+	// possibly after Done is closed), but Close and Logout return only
+	// after that last call did (unless called from OnState itself), so it
+	// must not wait for something that waits for them; if it falls more
+	// than 64 changes behind, the oldest waiting are dropped (logged).
 	OnState func(s State, err error)
 
 	ownHTTP bool // HTTPClient is the client's own (fill)
@@ -245,6 +257,16 @@ func (c *Config) validate() error {
 		return fmt.Errorf("client: UID: must be 1 to 128 bytes, got %d", len(c.UID))
 	case len(c.DeviceID) > 128 || len(c.AppVersion) > 128:
 		return fmt.Errorf("client: DeviceID and AppVersion: at most 128 bytes each (the gate refuses longer)")
+	// LOGIN's fields are protobuf strings: one that is not UTF-8 does
+	// not encode, and every login would fail the same way.
+	case !utf8.ValidString(c.UID):
+		return fmt.Errorf("%w: UID %q", ErrNotUTF8, c.UID)
+	case !utf8.ValidString(c.DeviceID):
+		return fmt.Errorf("%w: DeviceID %q", ErrNotUTF8, c.DeviceID)
+	case !utf8.ValidString(c.AppVersion):
+		return fmt.Errorf("%w: AppVersion %q", ErrNotUTF8, c.AppVersion)
+	case !utf8.ValidString(c.Token):
+		return fmt.Errorf("%w: Token", ErrNotUTF8) // a secret: not printed
 	case len(c.Token) > MaxTokenLen:
 		return fmt.Errorf("client: Token of %d bytes: at most %d (the gate refuses longer)", len(c.Token), MaxTokenLen)
 	case c.Token == "" && c.TokenSource == nil:

@@ -84,7 +84,30 @@ type Conn struct {
 	wmu  sync.Mutex
 	wbuf []byte
 	zbuf []byte
+
+	// dmu orders interrupt against the deadlines the Conn sets itself:
+	// once interrupted, no write (or Login's read) gets a new deadline,
+	// which would otherwise undo the interruption and let the next write
+	// on a stalled link block for WriteTimeout. It is not wmu, which a
+	// blocked write holds.
+	dmu         sync.Mutex
+	interrupted bool
 }
+
+// errInterrupted: the connection was interrupted (the client is closing);
+// nothing more is written on it.
+var errInterrupted = errors.New("client: connection interrupted")
+
+// encodeError is a body protobuf could not encode (a string field that
+// is not valid UTF-8): nothing was written, and the connection is as good
+// as before; the frame, not the link, is at fault.
+type encodeError struct {
+	cmd messages.Cmd
+	err error
+}
+
+func (e *encodeError) Error() string { return fmt.Sprintf("client: encode %v: %v", e.cmd, e.err) }
+func (e *encodeError) Unwrap() error { return e.err }
 
 // zstdCodecs are the codecs of the process, by the MaxBody they cap
 // decompressed bodies at (safe for concurrent use; the connections of
@@ -170,9 +193,24 @@ func (c *Conn) Compressing() bool { return c.compress.Load() }
 // Close closes the connection.
 func (c *Conn) Close() error { return c.nc.Close() }
 
-// interrupt makes a read or write blocked on the connection return now
-// (safe from any goroutine).
-func (c *Conn) interrupt() { _ = c.nc.SetDeadline(time.Now()) }
+// interrupt makes a read or write blocked on the connection return now,
+// and every later write fail at once (safe from any goroutine).
+func (c *Conn) interrupt() {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.interrupted = true
+	_ = c.nc.SetDeadline(time.Now())
+}
+
+// setReadDeadline sets the read deadline unless the connection was
+// interrupted (whose deadline, now, stays).
+func (c *Conn) setReadDeadline(t time.Time) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if !c.interrupted {
+		_ = c.nc.SetReadDeadline(t)
+	}
+}
 
 // WriteMessage writes a frame of cmd with the connection's appcode,
 // msgtype and seq, and body (nil: empty).
@@ -196,7 +234,7 @@ func (c *Conn) writeFrame(h messages.Header, body proto.Message) (messages.Heade
 	var err error
 	c.wbuf, err = messages.AppendMessage(c.wbuf[:0], h, body)
 	if err != nil {
-		return h, fmt.Errorf("client: encode %v: %w", h.Cmd, err)
+		return h, &encodeError{cmd: h.Cmd, err: err}
 	}
 	raw := c.wbuf[messages.HeaderSize:]
 	if (c.compress.Load() && len(raw) >= c.cfg.CompressThreshold) || h.Flags&messages.FlagZstd != 0 {
@@ -225,7 +263,13 @@ func (c *Conn) WriteRaw(b []byte) error {
 }
 
 func (c *Conn) writeLocked(b []byte) error {
+	c.dmu.Lock()
+	if c.interrupted {
+		c.dmu.Unlock()
+		return errInterrupted
+	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+	c.dmu.Unlock()
 	_, err := c.nc.Write(b)
 	return err
 }
@@ -283,8 +327,8 @@ func (c *Conn) Login(login *devicepb.Login, seq uint32, timeout time.Duration) (
 	if err := c.WriteMessage(messages.CmdLogin, 0, seq, login); err != nil {
 		return nil, err
 	}
-	_ = c.nc.SetReadDeadline(time.Now().Add(timeout))
-	defer c.nc.SetReadDeadline(time.Time{})
+	c.setReadDeadline(time.Now().Add(timeout))
+	defer c.setReadDeadline(time.Time{})
 	for {
 		f, err := c.ReadFrame()
 		if err != nil {

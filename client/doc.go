@@ -3,11 +3,13 @@
 // address, or the gates a discovery endpoint lists), logs in with a token
 // from the app-server, keeps the session alive on the interval LOGIN_ACK
 // gives, and hands the app the pushes it receives (S2C from app-servers,
-// C2C_PUSH from other users), acknowledging each once Recv returned it (or
-// when the app calls Ack, with Config.ManualAck). The app sends C2S
-// upstream and C2C to other users; each send waits for its answer and is
-// resent with the same client message id until it comes. Bodies are
-// zstd-compressed both ways when the server agrees.
+// C2C_PUSH from other users), acknowledging each once the app handled it:
+// when the app calls Recv (or Pull) again after Recv returned it, or Ack
+// (with Config.ManualAck, only Ack; one not acknowledged is returned again
+// when the server redelivers it). The app sends C2S upstream and C2C to
+// other users; each send waits for its answer and is resent with the same
+// client message id until it comes. Bodies are zstd-compressed both ways
+// when the server agrees.
 //
 // When the connection drops, the client reconnects with jittered
 // exponential backoff, logs in again, PULLs what came after the last seq
@@ -28,17 +30,23 @@
 // Goroutines: a Client has one goroutine that owns all its state (the
 // connection, the outbox, the received queue), a reader goroutine per
 // connection, and one per connection attempt; the API's methods talk to
-// the owner through channels and may be called from any goroutine. Close
-// (or Logout) ends them all before it returns.
+// the owner through channels and may be called from any goroutine; with
+// OnState, one more calls it. Close (or Logout) ends them all before it
+// returns, except two it cannot wait for: OnState's when Close is called
+// from OnState, and a TokenSource call that ignores its context (it is
+// abandoned after DialTimeout; its goroutine ends when it returns).
 //
 // What may be lost where: nothing acknowledged by the server is lost by
 // the client. Messages received but not yet returned by Recv when the
-// client stops are not acknowledged, so the server delivers them again to
-// the next session. The de-duplication memory (Config.DedupSize ids) and
-// LastSeq live in memory only: an app that must not see a message twice
-// across restarts persists the ids it handled and LastSeq (pass it as
-// Config.ResumeSeq). A send whose context ends before its answer may or
-// may not have been accepted; resend it with the same client message id.
+// client stops are not acknowledged, nor (by default) those Recv or Pull
+// returned since the app's last call of either, so the server delivers
+// them again to the next session. The de-duplication memory
+// (Config.DedupSize ids) and LastSeq live in memory only: an app that must
+// not see a message twice across restarts persists the ids it handled and
+// LastSeq (pass it as Config.ResumeSeq). A send whose context ends before
+// its answer may or may not have been accepted; resend it with the same
+// client message id; one that protobuf cannot encode (a string not valid
+// UTF-8) is refused before it is queued (ErrNotUTF8).
 // The connection is read all the time, answers included, however far
 // behind the app is: past Config.RecvBuffer waiting messages a stored one
 // is left unacknowledged (the server delivers it again) and a

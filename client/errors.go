@@ -25,6 +25,11 @@ var (
 	ErrOutboxFull = errors.New("client: outbox full")
 	// ErrNoGate: neither Addr nor Discovery gave an address to connect to.
 	ErrNoGate = errors.New("client: no gate address")
+	// ErrNotUTF8: a string that goes in a protobuf string field (a
+	// client message id, a receiver's uid, a LOGIN field) is not valid
+	// UTF-8, which protobuf cannot encode; the error names the field, and
+	// nothing was sent or queued.
+	ErrNotUTF8 = errors.New("client: not valid UTF-8")
 )
 
 // LoginError is a LOGIN_ACK that refused the session.

@@ -3,10 +3,15 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"reflect"
+	"runtime"
 	"slices"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
@@ -45,10 +50,14 @@ type (
 	}
 	// ackReq is an explicit Ack.
 	ackReq struct{ msg *Message }
+	// releaseReq: the app called Recv or Pull again, so it is done with
+	// what they returned before (default mode: acknowledged now).
+	releaseReq struct{}
 	// pullTaken ends the hand-over of a pull's messages: Pull returned
-	// them to the app (they are marked seen, and acknowledged unless
-	// ManualAck), or, with abandoned, its context ended first (the
-	// messages stay the server's to deliver again).
+	// them to the app (they are marked seen, and, unless ManualAck,
+	// acknowledged at the app's next call), or, with abandoned, its
+	// context ended first (the messages stay the server's to deliver
+	// again).
 	pullTaken struct {
 		p         *pullReq
 		msgs      []*Message
@@ -139,6 +148,11 @@ type loop struct {
 	pulls    []*pullReq // user pulls, sent or waiting for a connection
 	seen     *seenSet
 	queue    []*Message // received, waiting for Recv
+	// handed: in the default mode, what Recv and Pull returned since the
+	// app's last call of either; acknowledged at its next (releaseReq),
+	// when it has handled them, or by Ack. Not at Close: the server
+	// delivers them again to the next session.
+	handed []*Message
 	// unconf: C2C_PUSH_ACKs the server has not confirmed, with the
 	// session (gen) they were last sent on; they are sent again on each
 	// new session until C2C_PUSH_ACK_ACK.
@@ -149,10 +163,15 @@ type loop struct {
 	// them or is about to), by id. Until Pull says it took them (or gave
 	// up), Recv waits and pushes of those ids are not queued: the app
 	// gets each message from one of the two only.
-	handing map[*pullReq]map[string]struct{}
+	// The value is the session of a push of the id that came meanwhile
+	// (0: none), for seenEntry.pushed.
+	handing map[*pullReq]map[string]uint64
 	pace    *time.Timer // non-nil while frames wait for their turn
 
 	addrs []string // gates to try, from Discovery
+	// tokenCalls counts the TokenSource calls running, those abandoned
+	// past DialTimeout included (fetchToken).
+	tokenCalls atomic.Int32
 	// authRetry, expiredRetry: a login failed with AUTH_FAILED, with
 	// TOKEN_EXPIRED: each gets one immediate retry with a fresh token
 	// until a login succeeds.
@@ -182,7 +201,7 @@ func newLoop(c *Client) *loop {
 		inflight: map[uint32]*sendReq{},
 		seen:     newSeenSet(c.cfg.DedupSize),
 		unconf:   map[string]uint64{},
-		handing:  map[*pullReq]map[string]struct{}{},
+		handing:  map[*pullReq]map[string]uint64{},
 	}
 }
 
@@ -190,7 +209,7 @@ func (l *loop) run() {
 	defer close(l.c.done)
 	if l.cfg.OnState != nil {
 		l.notes = make(chan stateNote, stateNotesMax)
-		go notify(l.notes, l.cfg.OnState)
+		go notify(l.notes, l.cfg.OnState, l.c.notified)
 		defer close(l.notes)
 	}
 	tick := min(max(l.cfg.ResendAfter/4, 50*time.Millisecond), time.Second)
@@ -243,9 +262,7 @@ func (l *loop) run() {
 		case out <- head:
 			l.queue[0] = nil
 			l.queue = l.queue[1:]
-			if !l.cfg.ManualAck {
-				l.ack(head)
-			}
+			l.handOut(head)
 			if l.sess != nil && l.sess.resumeWant {
 				l.flush() // a resume page may fit now
 			}
@@ -273,10 +290,43 @@ type stateNote struct {
 // (a callback that blocks), the oldest waiting is dropped.
 const stateNotesMax = 64
 
-// notify calls fn with each state change, in order, until notes closes.
-func notify(notes <-chan stateNote, fn func(State, error)) {
+// notify calls fn with each state change, in order, until notes closes;
+// then it closes done (Close waits for it).
+func notify(notes <-chan stateNote, fn func(State, error), done chan<- struct{}) {
+	defer close(done)
 	for n := range notes {
 		fn(n.s, n.err)
+	}
+}
+
+// notifyName is notify's name in stack frames (onNotifyGoroutine).
+var notifyName = runtime.FuncForPC(reflect.ValueOf(notify).Pointer()).Name()
+
+// onNotifyGoroutine reports whether the caller runs on a goroutine of
+// notify, i.e. in an OnState callback: Close called there cannot wait for
+// that goroutine to end (it is the caller). Go has no goroutine identity
+// to ask; the stack is the goroutine's own, and notify is at its bottom.
+// Close of one client from another's OnState is taken for one from its
+// own: it does not wait for OnState's goroutine either, as documented.
+func onNotifyGoroutine() bool {
+	pcs := make([]uintptr, 64)
+	for {
+		n := runtime.Callers(2, pcs)
+		if n < len(pcs) {
+			pcs = pcs[:n]
+			break
+		}
+		pcs = make([]uintptr, 2*len(pcs))
+	}
+	frames := runtime.CallersFrames(pcs)
+	for {
+		f, more := frames.Next()
+		if f.Function == notifyName {
+			return true
+		}
+		if !more {
+			return false
+		}
 	}
 }
 
@@ -318,7 +368,8 @@ func (l *loop) startDial() {
 }
 
 // connect resolves a gate, dials it and logs in. It runs on its own
-// goroutine and touches nothing of the loop's but what it was given.
+// goroutine and touches nothing of the loop's but what it was given (and
+// the atomic tokenCalls).
 func (l *loop) connect(ctx context.Context, addrs []string, login *devicepb.Login) (r dialResult) {
 	r.login = login
 	cfg := l.cfg
@@ -348,7 +399,7 @@ func (l *loop) connect(ctx context.Context, addrs []string, login *devicepb.Logi
 	}
 	token := cfg.Token
 	if cfg.TokenSource != nil {
-		t, err := cfg.TokenSource(ctx)
+		t, err := l.fetchToken(ctx)
 		if err != nil {
 			r.err = err
 			return r
@@ -377,6 +428,55 @@ func (l *loop) connect(ctx context.Context, addrs []string, login *devicepb.Logi
 	}
 	r.conn, r.ack = conn, ack
 	return r
+}
+
+// maxTokenCalls bounds the TokenSource calls running at once: the one of
+// this attempt, and one that an earlier attempt gave up on (a source that
+// ignores its context may hang in a call that one more call would get
+// past). Beyond, an attempt fails at once, and the next one, after a
+// backoff, tries again: abandoned calls do not pile up.
+const maxTokenCalls = 2
+
+// fetchToken asks TokenSource for a token, for at most DialTimeout (like
+// discovery: an app-server that takes the request and never answers must
+// not hold the client in StateConnecting for good), or until the client
+// stops. A call that outlasts it is abandoned, not waited for: Close and
+// Dial return on time even if the source ignores its context; its
+// goroutine ends when the call returns, and its token is dropped. It runs
+// on the connection attempt's goroutine.
+func (l *loop) fetchToken(ctx context.Context) (string, error) {
+	if n := l.tokenCalls.Load(); n >= maxTokenCalls {
+		return "", fmt.Errorf("client: TokenSource: %d calls that passed DialTimeout have not returned (does it ignore its context?)", n)
+	}
+	l.tokenCalls.Add(1)
+	tctx, cancel := context.WithTimeout(ctx, l.cfg.DialTimeout)
+	type answer struct {
+		token string
+		err   error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		defer l.tokenCalls.Add(-1)
+		defer cancel()
+		t, err := l.cfg.TokenSource(tctx)
+		got <- answer{t, err}
+	}()
+	select {
+	case a := <-got:
+		switch {
+		case a.err != nil:
+			return "", fmt.Errorf("client: TokenSource: %w", a.err)
+		case !utf8.ValidString(a.token):
+			// It would not encode in LOGIN; the next call may do better.
+			return "", fmt.Errorf("%w: the token from TokenSource", ErrNotUTF8)
+		}
+		return a.token, nil
+	case <-tctx.Done():
+		if ctx.Err() != nil {
+			return "", ErrClosed
+		}
+		return "", fmt.Errorf("client: TokenSource did not answer within DialTimeout (%v): %w", l.cfg.DialTimeout, tctx.Err())
+	}
 }
 
 // dialed handles the outcome of a connection attempt.
@@ -652,46 +752,62 @@ func (l *loop) nextSeq() uint32 {
 // against the connection's frame rate (acks of what it delivered, a
 // KEEPALIVE per heartbeat) or that must go now (LOGOUT); their bytes
 // still count. A write error breaks the session (see session.broken).
+// Its bodies are the client's own (ids the server sent, decoded, so
+// valid UTF-8): one that does not encode is logged and not sent.
 func (l *loop) write(cmd messages.Cmd, msgtype uint16, body proto.Message) uint32 {
 	s := l.sess
 	if s == nil || s.broken != nil {
 		return 0
 	}
 	s.byteTokens.ReserveN(time.Now(), min(messages.HeaderSize+proto.Size(body), l.cfg.ByteBurst))
-	return l.writeNow(cmd, msgtype, body)
+	seq, err := l.writeNow(cmd, msgtype, body)
+	if err != nil {
+		l.log.Error("client: a frame of the client's own does not encode; not sent", "cmd", cmd, "err", err)
+	}
+	return seq
 }
 
 // writePaced sends a frame the gate counts against the connection's
 // frame rate if the pacing lets it go now: sent is false when it must
 // wait its turn (flush sends it later). seq is 0 when nothing was sent for
-// another reason (no session, a write error).
-func (l *loop) writePaced(cmd messages.Cmd, msgtype uint16, body proto.Message) (seq uint32, sent bool) {
+// another reason: no session, a write error (the session is broken), or
+// a body that does not encode (err; the session goes on, the caller
+// fails that one request).
+func (l *loop) writePaced(cmd messages.Cmd, msgtype uint16, body proto.Message) (seq uint32, sent bool, err error) {
 	s := l.sess
 	if s == nil || s.broken != nil {
-		return 0, true
+		return 0, true, nil
 	}
 	now := time.Now()
 	n := min(messages.HeaderSize+proto.Size(body), l.cfg.ByteBurst)
 	if s.frameTokens.TokensAt(now) < 1 || s.byteTokens.TokensAt(now) < float64(n) {
-		return 0, false
+		return 0, false, nil
 	}
 	s.frameTokens.AllowN(now, 1)
 	s.byteTokens.AllowN(now, n)
-	return l.writeNow(cmd, msgtype, body), true
+	seq, err = l.writeNow(cmd, msgtype, body)
+	return seq, true, err
 }
 
-func (l *loop) writeNow(cmd messages.Cmd, msgtype uint16, body proto.Message) uint32 {
+// writeNow writes a frame. A write error breaks the session (seq 0, nil
+// error); a body that does not encode is returned as err: nothing was
+// written, the link is fine, and breaking the session for it would
+// reconnect in a loop with the same frame at the head of the outbox.
+func (l *loop) writeNow(cmd messages.Cmd, msgtype uint16, body proto.Message) (uint32, error) {
 	s := l.sess
 	seq := l.nextSeq()
 	h, err := s.conn.writeFrame(messages.Header{Cmd: cmd, AppCode: l.cfg.AppCode, MsgType: msgtype, Seq: seq}, body)
+	if ee := (*encodeError)(nil); errors.As(err, &ee) {
+		return 0, err
+	}
 	if err != nil {
 		l.breakSession(err)
-		return 0
+		return 0, nil
 	}
 	if l.cfg.OnFrame != nil {
 		l.cfg.OnFrame(true, h, body)
 	}
-	return seq
+	return seq, nil
 }
 
 // breakSession handles a write that failed. The server may have closed
@@ -703,7 +819,7 @@ func (l *loop) writeNow(cmd messages.Cmd, msgtype uint16, body proto.Message) ui
 func (l *loop) breakSession(err error) {
 	s := l.sess
 	s.broken = err
-	_ = s.conn.NetConn().SetReadDeadline(time.Now().Add(brokenReadFor))
+	s.conn.setReadDeadline(time.Now().Add(brokenReadFor))
 	l.log.Debug("client: write failed; reading what the server sent before deciding", "err", err)
 }
 
@@ -732,7 +848,7 @@ func (l *loop) flush() {
 		// A page no larger than the queue has room for, once it has room
 		// for a page or a quarter of itself (asked again as the app takes
 		// messages: run's Recv case), not a PULL per message taken.
-		seq, sent := l.writePaced(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: s.resumeAfter, Limit: proto.Uint32(uint32(max(min(room, resumePage), 1)))})
+		seq, sent, _ := l.writePaced(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: s.resumeAfter, Limit: proto.Uint32(uint32(max(min(room, resumePage), 1)))})
 		if !sent {
 			l.waitTurn()
 			return
@@ -744,10 +860,14 @@ func (l *loop) flush() {
 			if gen == l.gen {
 				continue
 			}
-			seq, sent := l.writePaced(messages.CmdC2CPushAck, 0, &devicepb.C2CPushAck{MsgId: id})
+			seq, sent, err := l.writePaced(messages.CmdC2CPushAck, 0, &devicepb.C2CPushAck{MsgId: id})
 			if !sent {
 				l.waitTurn()
 				return
+			}
+			if err != nil {
+				delete(l.unconf, id) // never sendable: not tried at every flush
+				continue
 			}
 			if seq == 0 {
 				return
@@ -756,17 +876,27 @@ func (l *loop) flush() {
 		}
 		l.unconfSent = l.gen
 	}
-	for _, r := range l.order {
+	// By index: a send that fails is deleted from l.order on the way.
+	for i := 0; i < len(l.order); i++ {
+		r := l.order[i]
 		if r.seq != 0 {
 			continue
 		}
 		if r.ctx.Err() != nil {
 			continue // dropped at the next resend check
 		}
-		seq, sent := l.writePaced(r.cmd, r.msgtype, r.body)
+		seq, sent, err := l.writePaced(r.cmd, r.msgtype, r.body)
 		if !sent {
 			blocked = true
 			break
+		}
+		if err != nil {
+			// This send fails, not the session: resent, it would fail
+			// again (Client.send refuses what it can tell before).
+			l.dropSend(r)
+			i--
+			r.res <- sendResult{err: err}
+			continue
 		}
 		if seq == 0 {
 			return
@@ -774,17 +904,24 @@ func (l *loop) flush() {
 		r.seq, r.sentAt = seq, time.Now()
 		l.inflight[seq] = r
 	}
-	for _, p := range l.pulls {
+	for i := 0; i < len(l.pulls); i++ {
+		p := l.pulls[i]
 		if blocked {
 			break
 		}
 		if p.seq != 0 || p.ctx.Err() != nil {
 			continue
 		}
-		seq, sent := l.writePaced(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: p.after, Limit: pullLimit(p.limit)})
+		seq, sent, err := l.writePaced(messages.CmdPull, 0, &devicepb.Pull{AfterSeq: p.after, Limit: pullLimit(p.limit)})
 		if !sent {
 			blocked = true
 			break
+		}
+		if err != nil {
+			l.dropPull(p)
+			i--
+			p.res <- pullResult{err: err}
+			continue
 		}
 		if seq == 0 {
 			return
@@ -830,6 +967,7 @@ func (l *loop) request(r any) {
 			l.dropPull(r.p)
 			return
 		}
+		pushed := l.handing[r.p]
 		delete(l.handing, r.p)
 		if r.abandoned {
 			return // the messages stay the server's, pushed again
@@ -842,13 +980,22 @@ func (l *loop) request(r any) {
 					continue
 				}
 			}
-			if !l.cfg.ManualAck {
-				l.ack(m)
+			if gen := pushed[m.MsgID]; gen != 0 {
+				l.seen.update(m.MsgID, func(e *seenEntry) { e.pushed = gen })
 			}
+			l.handOut(m)
 		}
+	case releaseReq:
+		l.release()
 	case *ackReq:
 		if !l.cfg.ManualAck {
-			return // acknowledged when Recv or Pull returned it
+			// Acknowledged at the app's next Recv or Pull, or now: the
+			// app says it is handled.
+			if i := slices.Index(l.handed, r.msg); i >= 0 {
+				l.handed = slices.Delete(l.handed, i, i+1)
+				l.ack(r.msg)
+			}
+			return
 		}
 		l.ack(r.msg)
 	case *logoutReq:
@@ -878,6 +1025,31 @@ func (l *loop) dropPull(p *pullReq) {
 	if i := slices.Index(l.pulls, p); i >= 0 {
 		l.pulls = slices.Delete(l.pulls, i, i+1)
 	}
+}
+
+// handOut records that Recv or Pull gave m to the app. In the default
+// mode it is acknowledged when the app calls either again (release): by
+// then it has handled m. Acknowledged as it is handed, a message the app
+// was handling when it crashed or was killed would be gone; an ack that
+// waits for the app's next call costs it only the redelivery of what it
+// was handling, which it de-duplicates by MsgID.
+func (l *loop) handOut(m *Message) {
+	l.seen.update(m.MsgID, func(e *seenEntry) { e.handed = true })
+	if !l.cfg.ManualAck {
+		l.handed = append(l.handed, m)
+	}
+}
+
+// release acknowledges what the app was handed before its current call
+// of Recv or Pull (default mode).
+func (l *loop) release() {
+	for _, m := range l.handed {
+		if _, acked := l.seen.lookup(m.MsgID); !acked {
+			l.ack(m)
+		}
+	}
+	clear(l.handed)
+	l.handed = l.handed[:0]
 }
 
 // ack acknowledges m (sent now if connected; otherwise the server's
@@ -911,22 +1083,53 @@ func (l *loop) writeAck(m *Message, cmd messages.Cmd, body proto.Message) uint32
 	if m.gen == l.gen {
 		return l.write(cmd, 0, body)
 	}
-	seq, _ := l.writePaced(cmd, 0, body)
+	seq, _, err := l.writePaced(cmd, 0, body)
+	if err != nil {
+		l.log.Error("client: an ack does not encode; not sent", "cmd", cmd, "err", err)
+	}
 	return seq
 }
 
 // deliver queues a received message for Recv unless it is a duplicate.
-func (l *loop) deliver(m *Message) {
+// With ManualAck, a message the app was handed and did not acknowledge
+// is not one when the server delivers it again on the session that
+// delivered it before: that is the server's redelivery (from 2 s after,
+// docs/protocol.md §9.3), and an app that did not acknowledge wants it
+// again (or its window of unacknowledged messages would stall). The first
+// push of it on a session after a Pull returned it, or after a reconnect,
+// is dropped: the server pushes what a PULL returns, and delivers again
+// from the lowest seq at every login, while the app may still be
+// handling it.
+//
+// pushed says m came in a push (S2C, C2C_PUSH), not in the answer to the
+// client's own resume PULL.
+func (l *loop) deliver(m *Message, pushed bool) {
 	m.gen = l.gen
-	if known, acked := l.seen.lookup(m.MsgID); known {
-		if acked {
-			l.ack(m) // our earlier ack may have been lost
-		}
+	e, known := l.seen.get(m.MsgID)
+	if known && e.acked {
+		l.ack(m) // our earlier ack may have been lost
 		return
 	}
 	for _, ids := range l.handing {
 		if _, ok := ids[m.MsgID]; ok {
+			if pushed {
+				ids[m.MsgID] = l.gen
+			}
 			return // a pull is handing it to the app (pullTaken)
+		}
+	}
+	if known {
+		switch {
+		case !pushed:
+			return // pulled again
+		case e.handed && l.cfg.ManualAck && e.pushed == l.gen:
+			m.Redelivered = true // handed again, below
+		default:
+			// Waiting in the queue; or handed, and in the default mode
+			// acknowledged at the app's next call. With ManualAck, the
+			// next delivery on this session is the redelivery.
+			l.seen.update(m.MsgID, func(e *seenEntry) { e.pushed = l.gen })
+			return
 		}
 	}
 	// Fire-and-forget pushes may fill only three quarters of the queue:
@@ -967,6 +1170,12 @@ func (l *loop) deliver(m *Message) {
 		// Only stored messages come again; a fire-and-forget push's id
 		// would only push out the ids that matter.
 		l.seen.add(m.MsgID)
+		l.seen.update(m.MsgID, func(e *seenEntry) {
+			e.handed = false
+			if pushed {
+				e.pushed = l.gen
+			}
+		})
 		if m.Seq == l.refusedSeq {
 			l.refusedSeq = 0
 		}
@@ -1049,10 +1258,10 @@ func (l *loop) handle(f Frame) {
 	switch m := f.Msg.(type) {
 	case *devicepb.S2C:
 		l.deliver(&Message{Kind: KindS2C, Seq: f.Seq, MsgType: f.MsgType, MsgID: m.MsgId, Payload: m.Payload,
-			SentAt: msTime(m.SentAtMs), ExpiresAt: msTime(m.ExpiresAtMs)})
+			SentAt: msTime(m.SentAtMs), ExpiresAt: msTime(m.ExpiresAtMs)}, true)
 	case *devicepb.C2CPush:
 		l.deliver(&Message{Kind: KindC2C, Seq: f.Seq, MsgType: f.MsgType, MsgID: m.MsgId, Payload: m.Payload,
-			FromUID: m.FromUid, ClientMsgID: m.ClientMsgId, SentAt: msTime(m.SentAtMs)})
+			FromUID: m.FromUid, ClientMsgID: m.ClientMsgId, SentAt: msTime(m.SentAtMs)}, true)
 	case *devicepb.C2CPushAckAck:
 		delete(l.unconf, m.MsgId)
 	case *devicepb.C2CAck:
@@ -1132,7 +1341,7 @@ func (l *loop) pulled(seq uint32, a *devicepb.PullAck) {
 		}
 		s.resumeRefused = 0
 		for _, sm := range a.Messages {
-			l.deliver(storedMessage(sm))
+			l.deliver(storedMessage(sm), false)
 		}
 		if a.HasMore && len(a.Messages) > 0 {
 			s.resumeWant, s.resumeAfter = true, a.Messages[len(a.Messages)-1].Seq
@@ -1148,11 +1357,11 @@ func (l *loop) pulled(seq uint32, a *devicepb.PullAck) {
 				return
 			}
 			msgs := make([]*Message, len(a.Messages))
-			ids := make(map[string]struct{}, len(msgs))
+			ids := make(map[string]uint64, len(msgs))
 			for i, sm := range a.Messages {
 				msgs[i] = storedMessage(sm)
 				msgs[i].gen = l.gen
-				ids[sm.MsgId] = struct{}{}
+				ids[sm.MsgId] = 0
 			}
 			// Until Pull has them (pullTaken), Recv waits and pushes of
 			// these ids are not queued.

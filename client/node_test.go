@@ -101,8 +101,10 @@ func TestLoginReceiveAutoAck(t *testing.T) {
 	if c.LastSeq() != 3 {
 		t.Fatalf("LastSeq %d, want 3", c.LastSeq())
 	}
-	// Every message was acknowledged once Recv returned it.
-	testkit.Eventually(t, 10*time.Second, func() bool { return pending(t, api, "alice") == 0 }, "alice's inbox not empty")
+	// The app is handling the last message: it is not acknowledged yet.
+	if p := pending(t, api, "alice"); p != 1 {
+		t.Fatalf("pending %d while the app handles the last message, want 1", p)
+	}
 	// A fire-and-forget push arrives with seq 0 and is not counted.
 	if _, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: "alice", Payload: []byte("ff"),
 		Delivery: apipb.Delivery_DELIVERY_FIRE_AND_FORGET}); err != nil {
@@ -111,6 +113,8 @@ func TestLoginReceiveAutoAck(t *testing.T) {
 	if m := recv(t, c); m.Seq != 0 || string(m.Payload) != "ff" || c.LastSeq() != 3 {
 		t.Fatalf("fire-and-forget %+v, LastSeq %d", m, c.LastSeq())
 	}
+	// Every message was acknowledged once the app called Recv after it.
+	testkit.Eventually(t, 10*time.Second, func() bool { return pending(t, api, "alice") == 0 }, "alice's inbox not empty")
 	if err := c.Logout(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -128,19 +132,23 @@ func TestManualAckAndDuplicates(t *testing.T) {
 	c := dial(t, n.GateAddr, 1, "bob", func(c *client.Config) { c.ManualAck = true })
 	r := push(t, api, "bob", "hold me")
 	m := recv(t, c)
-	if m.MsgID != r.MsgId {
+	if m.MsgID != r.MsgId || m.Redelivered {
 		t.Fatalf("got %+v", m)
 	}
 	// Unacknowledged, the node redelivers it (after 300 ms, then every
-	// second in the testkit's settings); the client drops the duplicates.
+	// second in the testkit's settings): the app gets it again, marked,
+	// and every other message once unmarked.
 	r2 := push(t, api, "bob", "next")
-	if m := recv(t, c); m.MsgID != r2.MsgId {
-		t.Fatalf("after the first message came %+v (a duplicate?)", m)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
-	defer cancel()
-	if m, err := c.Recv(ctx); err == nil {
-		t.Fatalf("a redelivery reached the app: %+v", m)
+	var first, again bool
+	for !first || !again {
+		switch m := recv(t, c); {
+		case m.MsgID == r2.MsgId && !m.Redelivered && !first:
+			first = true
+		case m.Redelivered && (m.MsgID == r.MsgId || m.MsgID == r2.MsgId):
+			again = again || m.MsgID == r.MsgId
+		default:
+			t.Fatalf("a duplicate reached the app unmarked: %+v", m)
+		}
 	}
 	if p := pending(t, api, "bob"); p != 2 {
 		t.Fatalf("pending %d before the acks, want 2", p)
@@ -173,14 +181,19 @@ func TestPullPages(t *testing.T) {
 	if err != nil || len(pr.Messages) != 2 || !pr.HasMore || pr.Messages[0].Seq != 1 || pr.Messages[1].Seq != 2 {
 		t.Fatalf("pull: %+v %v", pr, err)
 	}
-	// Pulled messages are acknowledged (default mode) and not returned
-	// by Recv; the other three are.
+	// Pulled messages are acknowledged (default mode: at the app's next
+	// call) and not returned by Recv; the other three are.
 	var got []uint32
 	for range 3 {
 		got = append(got, recv(t, c).Seq)
 	}
 	if fmt.Sprint(got) != "[3 4 5]" {
 		t.Fatalf("Recv after Pull: seqs %v", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if m, err := c.Recv(ctx); err == nil { // acknowledges the last
+		t.Fatalf("an extra message: %+v", m)
 	}
 	testkit.Eventually(t, 10*time.Second, func() bool { return pending(t, api, "carol") == 0 }, "inbox not empty")
 }
@@ -460,7 +473,9 @@ func discovery(t *testing.T, gate *atomic.Value) string {
 // KICKOUT SERVER_SHUTDOWN; or killed) while messages stream to a client
 // that acknowledges only some of them, then started again on its data
 // directory with new ports that the client finds through discovery. The
-// client hands the app every message exactly once, in all seqs 1..N.
+// client hands the app every message exactly once as a first delivery, in
+// all seqs 1..N; only those it holds unacknowledged come again, marked
+// Redelivered (ManualAck).
 func TestRestartNothingLostOrDuplicated(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 		t.Run(sig.String(), func(t *testing.T) {
@@ -481,19 +496,31 @@ func TestRestartNothingLostOrDuplicated(t *testing.T) {
 			}
 			got := map[string]uint32{}
 			seqs := map[uint32]bool{}
-			take := func(m *client.Message) {
+			// take records a message handed to the app and reports whether
+			// it is a first delivery: only one the app had and did not
+			// acknowledge may come again, marked Redelivered.
+			take := func(m *client.Message) bool {
 				t.Helper()
+				if m.Redelivered {
+					if _, had := got[m.MsgID]; !had {
+						t.Fatalf("a message marked redelivered the app never had: %+v", m)
+					}
+					return false
+				}
 				if _, dup := got[m.MsgID]; dup || seqs[m.Seq] {
 					t.Fatalf("duplicate handed to the app: %+v", m)
 				}
 				got[m.MsgID], seqs[m.Seq] = m.Seq, true
+				return true
 			}
 			// Receive 10, acknowledge only 5 of them for now.
 			var held []*client.Message
-			for i := range 10 {
+			for len(got) < 10 {
 				m := recv(t, c)
-				take(m)
-				if i%2 == 0 {
+				if !take(m) {
+					continue
+				}
+				if len(got)%2 == 1 {
 					if err := c.Ack(context.Background(), m); err != nil {
 						t.Fatal(err)
 					}
@@ -511,7 +538,9 @@ func TestRestartNothingLostOrDuplicated(t *testing.T) {
 			}
 			for len(got) < 2*half {
 				m := recv(t, c)
-				take(m)
+				if !take(m) {
+					continue // a held one again: acknowledged below
+				}
 				if err := c.Ack(context.Background(), m); err != nil {
 					t.Fatal(err)
 				}
@@ -531,8 +560,14 @@ func TestRestartNothingLostOrDuplicated(t *testing.T) {
 			testkit.Eventually(t, 15*time.Second, func() bool { return pending(t, api, "ivan") == 0 }, "inbox not empty")
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			if m, err := c.Recv(ctx); err == nil {
-				t.Fatalf("extra message %+v", m)
+			for {
+				m, err := c.Recv(ctx)
+				if err != nil {
+					break
+				}
+				if take(m) { // a held one may still come again, before its ack
+					t.Fatalf("extra message %+v", m)
+				}
 			}
 			mu.Lock()
 			defer mu.Unlock()

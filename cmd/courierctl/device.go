@@ -223,13 +223,18 @@ and received, the acks included.`,
 						cmd, from = "C2C_PUSH", " from="+m.FromUID
 					}
 					p.printf("← %-16s inbox-seq=%-5d msgtype=%-4d msg_id=%s%s payload=%s", cmd, m.Seq, m.MsgType, m.MsgID, from, payload(m.Payload))
+					// Printed is handled: acknowledged now, not at the
+					// next message (which may never come before a kill).
+					if !noAck {
+						_ = cl.Ack(context.Background(), m)
+					}
 				}
 			}()
 			eof := make(chan struct{})
 			if interactive {
 				go func() {
 					defer close(eof)
-					deviceCommands(ctx, cl, cmd.InOrStdin(), p)
+					deviceCommands(ctx, cl, cmd.InOrStdin(), p, noAck)
 				}()
 			}
 			select {
@@ -270,7 +275,7 @@ and received, the acks included.`,
 }
 
 // deviceCommands reads commands until the end of in or ctx.
-func deviceCommands(ctx context.Context, cl *client.Client, in io.Reader, p *printer) {
+func deviceCommands(ctx context.Context, cl *client.Client, in io.Reader, p *printer, noAck bool) {
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		f := strings.SplitN(strings.TrimSpace(sc.Text()), " ", 3)
@@ -300,6 +305,9 @@ func deviceCommands(ctx context.Context, cl *client.Client, in io.Reader, p *pri
 			}
 			for _, m := range r.Messages {
 				p.printf("  pulled %s inbox-seq=%d msgtype=%d msg_id=%s payload=%s", m.Kind, m.Seq, m.MsgType, m.MsgID, payload(m.Payload))
+				if !noAck {
+					_ = cl.Ack(cctx, m)
+				}
 			}
 			p.printf("← PULL_ACK %d messages, has_more=%v", len(r.Messages), r.HasMore)
 		case len(f) == 1 && (f[0] == "logout" || f[0] == "quit"):

@@ -279,7 +279,11 @@ func TestStatsTable(t *testing.T) {
 		if _, err := api.Push(testkit.Ctx(t, testkit.App1Key), &apipb.PushRequest{AppCode: 1, Uid: "alice", Msgtype: mt, Payload: []byte("x")}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.Recv(testkit.Ctx(t, "")); err != nil {
+		m, err := c.Recv(testkit.Ctx(t, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Ack(testkit.Ctx(t, ""), m); err != nil { // handled
 			t.Fatal(err)
 		}
 	}

@@ -1,0 +1,111 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/courier-im/courier/client"
+	"github.com/courier-im/courier/messages"
+	"github.com/courier-im/courier/messages/devicepb"
+)
+
+// answeringGate is a fake gate that answers every C2S and C2C OK.
+func answeringGate(t *testing.T) *fakeGate {
+	t.Helper()
+	return startFakeGate(t, 30, func(_ int32, c *client.Conn) {
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch m := f.Msg.(type) {
+			case *devicepb.C2S:
+				err = c.WriteMessage(messages.CmdC2SAck, f.MsgType, f.Seq, &devicepb.C2SAck{Code: devicepb.Code_OK, MsgId: "s-" + m.ClientMsgId, ClientMsgId: m.ClientMsgId})
+			case *devicepb.C2C:
+				err = c.WriteMessage(messages.CmdC2CAck, f.MsgType, f.Seq, &devicepb.C2CAck{Code: devicepb.Code_OK, MsgId: "c-" + m.ClientMsgId, ClientMsgId: m.ClientMsgId})
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+}
+
+// TestSendNotUTF8IsRefusedBeforeItIsQueued: protobuf does not encode a
+// string field that is not valid UTF-8 (proto.Size counts it all the
+// same). Such a send is refused at the call, with ErrNotUTF8 and the
+// field's name, and never reaches the connection; it used to be queued,
+// fail in the writer, and be taken for a broken link.
+func TestSendNotUTF8IsRefusedBeforeItIsQueued(t *testing.T) {
+	g := answeringGate(t)
+	var sent atomic.Int32
+	c := dialFake(t, g, func(cfg *client.Config) {
+		cfg.OnFrame = func(out bool, h messages.Header, _ proto.Message) {
+			if out && (h.Cmd == messages.CmdC2S || h.Cmd == messages.CmdC2C) {
+				sent.Add(1)
+			}
+		}
+	})
+	for _, tc := range []struct {
+		name, field string
+		send        func(context.Context) error
+	}{
+		{"C2S client message id", "client message id", func(ctx context.Context) error {
+			_, err := c.SendC2S(ctx, 1, []byte("x"), client.WithClientMsgID("id-\xff"))
+			return err
+		}},
+		{"C2C client message id", "client message id", func(ctx context.Context) error {
+			_, err := c.SendC2C(ctx, "bob", 1, []byte("x"), client.WithClientMsgID("id-\xff"))
+			return err
+		}},
+		{"C2C receiver", "toUID", func(ctx context.Context) error {
+			_, err := c.SendC2C(ctx, "bo\xffb", 1, []byte("x"))
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			err := tc.send(ctx)
+			if !errors.Is(err, client.ErrNotUTF8) || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("send: %v, want ErrNotUTF8 naming the %s", err, tc.field)
+			}
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.SendC2S(ctx, 1, []byte("x"), client.WithClientMsgID("fine")); err != nil {
+		t.Fatalf("a valid send after the refused ones: %v", err)
+	}
+	if n, logins := sent.Load(), g.logins.Load(); n != 1 || logins != 1 {
+		t.Fatalf("%d sends written over %d logins, want the valid one on the first", n, logins)
+	}
+}
+
+// TestUnencodableSendFailsAloneNotTheSession: a send whose body does not
+// encode after all (past the API's checks) fails on its own, at once, and
+// the session goes on: the writer used to take the encode error for a
+// broken link and reconnect in a loop, the send at the head of the outbox
+// every time and every later one stuck behind it.
+func TestUnencodableSendFailsAloneNotTheSession(t *testing.T) {
+	g := answeringGate(t)
+	c := dialFake(t, g, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	err := c.SendC2SUnchecked(ctx, 1, "id-\xff", []byte("x"))
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("the send that does not encode: %v (context: %v), want its own error at once", err, ctx.Err())
+	}
+	if _, err := c.SendC2S(ctx, 1, []byte("x")); err != nil {
+		t.Fatalf("the next send: %v", err)
+	}
+	if n := g.logins.Load(); n != 1 {
+		t.Fatalf("%d logins: the encode error was taken for a broken connection", n)
+	}
+}
