@@ -166,10 +166,9 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*P
 	if log == nil {
 		log = slog.Default()
 	}
-	pc, err := pgxpool.ParseConfig(cfg.DSN)
+	pc, err := parseDSN(cfg.DSN)
 	if err != nil {
-		// The parser's message may quote the DSN, password included.
-		return nil, fmt.Errorf("store: postgres DSN does not parse (%s)", redact(err.Error(), cfg.DSN))
+		return nil, err
 	}
 	pc.MaxConns = int32(cfg.MaxConns)
 	pc.MinConns = 0
@@ -240,6 +239,23 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*P
 	s.wg.Add(1)
 	go s.sweepLoop()
 	return s, nil
+}
+
+// CheckDSN reports whether dsn parses as a PostgreSQL connection string
+// (a URL or key=value pairs), without connecting: a settings check. The
+// error does not quote the password.
+func CheckDSN(dsn string) error {
+	_, err := parseDSN(dsn)
+	return err
+}
+
+func parseDSN(dsn string) (*pgxpool.Config, error) {
+	pc, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		// The parser's message may quote the DSN, password included.
+		return nil, fmt.Errorf("store: postgres DSN does not parse (%s)", redact(err.Error(), dsn))
+	}
+	return pc, nil
 }
 
 // redact removes the DSN's password from msg.

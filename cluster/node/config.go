@@ -386,15 +386,22 @@ func (c *Config) resolveStore() error {
 		if c.StoreDSN != "" && c.StoreDSNFile != "" {
 			return errors.New("node: store.dsn and store.dsn-file: set only one")
 		}
+		field := "store.dsn"
 		if c.StoreDSNFile != "" {
 			dsn, err := readSecret(c.StoreDSNFile)
 			if err != nil {
 				return fmt.Errorf("node: store.dsn-file %s: %w", c.StoreDSNFile, err)
 			}
+			field = "store.dsn-file " + c.StoreDSNFile
 			c.StoreDSN, c.StoreDSNFile = strings.TrimSpace(dsn), ""
 		}
 		if c.StoreDSN == "" {
 			return errors.New("node: store.dsn: required with store postgres (or store.dsn-file)")
+		}
+		// A DSN that cannot parse is a settings mistake (exit 2, no
+		// restart), not a database that is down.
+		if err := store.CheckDSN(c.StoreDSN); err != nil {
+			return fmt.Errorf("node: %s: %w", field, err)
 		}
 		if c.StoreMaxConns < 2 {
 			return fmt.Errorf("node: store.max-conns %d: at least 2", c.StoreMaxConns)

@@ -96,7 +96,20 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.StoreDSN = "postgres://x" }, "store.dsn")
 	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreDSNFile = "postgres", "a", "b" }, "store.dsn-file")
 	bad(func(c *Config) { c.Store, c.StoreDSNFile = "postgres", "/nonexistent/dsn" }, "store.dsn-file")
-	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreLanes = "postgres", "x", 16 }, "store.lanes")
+	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreLanes = "postgres", "host=db", 16 }, "store.lanes")
+	// A DSN that does not parse is a settings mistake (exit 2), named,
+	// its password not shown.
+	bad(func(c *Config) { c.Store, c.StoreDSN = "postgres", "postgres://u:hunter2@db:port/x" }, "store.dsn: store: postgres DSN does not parse")
+	dsnFile := filepath.Join(t.TempDir(), "dsn")
+	_ = os.WriteFile(dsnFile, []byte("host=db port=notaport password=hunter2\n"), 0o600)
+	bad(func(c *Config) { c.Store, c.StoreDSNFile = "postgres", dsnFile }, "store.dsn-file "+dsnFile+": store: postgres DSN does not parse")
+	for _, dsn := range []string{"postgres://u:hunter2@db:port/x", "host=db port=notaport password=hunter2"} {
+		c := DefaultConfig()
+		c.Store, c.StoreDSN = "postgres", dsn
+		if _, _, err := c.resolve(); err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("DSN %q: %v (want an error without the password)", dsn, err)
+		}
+	}
 	bad(func(c *Config) { c.StoreTimeout = time.Millisecond }, "store.timeout")
 	bad(func(c *Config) { c.Cluster.Provider = "consul" }, "cluster.local-store")
 	bad(func(c *Config) { c.ConsulTokenFile = "/nonexistent/token" }, "cluster.consul-token-file")
@@ -116,9 +129,9 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	bad(func(c *Config) { c.StoreLanes, c.Actors.MaxPendingWrites = 64, 1<<20 }, "commit queue slots")
 	bad(func(c *Config) { c.StoreMinSyncInterval = -time.Millisecond }, "store.min-sync-interval")
 	bad(func(c *Config) { c.StoreMinSyncInterval = time.Second }, "store.min-sync-interval")
-	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreReaders = "postgres", "x", 0 }, "store.readers")
-	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreReaders = "postgres", "x", 13 }, "store.readers")
-	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreReadQueue = "postgres", "x", 0 }, "store.read-queue")
+	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreReaders = "postgres", "host=db", 0 }, "store.readers")
+	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreReaders = "postgres", "host=db", 13 }, "store.readers")
+	bad(func(c *Config) { c.Store, c.StoreDSN, c.StoreReadQueue = "postgres", "host=db", 0 }, "store.read-queue")
 	bad(func(c *Config) { c.Actors.MaxStashed = 0 }, "actors.max-stashed")
 	bad(func(c *Config) { c.Gate.ListsFile, c.Gate.ListsPollInterval = "x", 0 }, "gate.lists-poll-interval")
 	bad(func(c *Config) { c.Actors.C2CSenderMaxMessages = c.Actors.C2CMaxMessages + 1 }, "actors.c2c-sender-max-messages")

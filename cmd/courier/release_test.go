@@ -154,19 +154,23 @@ func TestSystemdUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 	unit := string(b)
-	for _, want := range []string{"--app-secret-file", "--api-key-file", "LoadCredential=", "RestartPreventExitStatus=2", "KillSignal=SIGTERM"} {
+	for _, want := range []string{"--app-secret-file", "--api-key-file", "LoadCredential=", "RestartPreventExitStatus=2", "KillSignal=SIGTERM",
+		// A node whose store is down at boot fails fast, again and again:
+		// without this systemd stops restarting it after 5 tries.
+		"\nStartLimitIntervalSec=0\n"} {
 		if !strings.Contains(unit, want) {
 			t.Fatalf("the unit has no %q", want)
 		}
 	}
 	// systemd must wait longer than the node's own bound on a graceful
-	// stop, or it kills the node as the node finishes.
+	// stop (the grace, then at most 5 s for the last steps: finalContext),
+	// or it kills the node as the node finishes.
 	m := regexp.MustCompile(`(?m)^TimeoutStopSec=(\S+)$`).FindStringSubmatch(unit)
 	if m == nil {
 		t.Fatal("the unit sets no TimeoutStopSec")
 	}
-	if stop, err := time.ParseDuration(m[1]); err != nil || stop <= node.DefaultConfig().ShutdownGrace {
-		t.Fatalf("TimeoutStopSec=%s: want more than shutdown-grace's default %v", m[1], node.DefaultConfig().ShutdownGrace)
+	if stop, err := time.ParseDuration(m[1]); err != nil || stop <= node.DefaultConfig().ShutdownGrace+5*time.Second {
+		t.Fatalf("TimeoutStopSec=%s: want more than shutdown-grace's default %v and 5 s", m[1], node.DefaultConfig().ShutdownGrace)
 	}
 	sa, err := exec.LookPath("systemd-analyze")
 	if err != nil {
