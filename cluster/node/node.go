@@ -258,6 +258,10 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		if public == "" {
 			public = reachable(n.gate.Addr().String(), n.sys.Address())
 			br.gateAddr.Store(&public)
+			if loopbackOnly(public) && !loopbackOnly(n.gate.Addr().String()) {
+				log.Warn("node: presence and /v1/gates give devices a loopback gate address (the host of the cluster address): set gate-public-addr to the address devices dial",
+					"gate", public, "gate.addr", cfg.Gate.Addr)
+			}
 		}
 		self.GateID, self.GateAddr = br.gateID, public
 		self.Apps = gateApps(secrets)
@@ -618,6 +622,19 @@ func reachable(listen, remoting string) string {
 		}
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// loopbackOnly reports whether addr's host is a loopback address
+// (127.0.0.1, ::1, localhost).
+func loopbackOnly(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback()
+	}
+	return host == "localhost"
 }
 
 // sweepExpired periodically has the actors of identities with expired

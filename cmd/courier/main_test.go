@@ -421,3 +421,20 @@ func TestDevBannerShowsOnlyCredentialsInForce(t *testing.T) {
 		})
 	}
 }
+
+// TestLoopbackGateAddressIsWarned: a gate listening on every interface
+// (":7000") whose address is not set publishes the cluster address's
+// host, 127.0.0.1 on a single node, in presence and /v1/gates: devices on
+// other machines that use discovery could not dial it. The node says so
+// at start, and not once gate-public-addr is set.
+func TestLoopbackGateAddressIsWarned(t *testing.T) {
+	const warning = "give devices a loopback gate address"
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--gate.addr", ":0"}})
+	if !strings.Contains(n.Logs(), warning) {
+		t.Fatalf("no warning of the loopback gate address:\n%s", n.Logs())
+	}
+	n = testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--gate.addr", ":0", "--gate-public-addr", "gate.example.com:7000"}})
+	if strings.Contains(n.Logs(), warning) {
+		t.Fatalf("warned with gate-public-addr set:\n%s", n.Logs())
+	}
+}
