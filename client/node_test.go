@@ -101,7 +101,11 @@ func TestLoginReceiveAutoAck(t *testing.T) {
 	if c.LastSeq() != 3 {
 		t.Fatalf("LastSeq %d, want 3", c.LastSeq())
 	}
-	// The app is handling the last message: it is not acknowledged yet.
+	// The app is handling the last message: it is not acknowledged yet
+	// (the one before is, on its way to the node as the third Recv was
+	// called: awaited; then the count must stay at 1).
+	testkit.Eventually(t, 10*time.Second, func() bool { return pending(t, api, "alice") == 1 }, "pending never 1 while the app handles the last message")
+	time.Sleep(300 * time.Millisecond)
 	if p := pending(t, api, "alice"); p != 1 {
 		t.Fatalf("pending %d while the app handles the last message, want 1", p)
 	}
