@@ -238,6 +238,15 @@ func flatten(fs *pflag.FlagSet, prefix string, tree map[string]any, out map[stri
 			name = prefix + "." + k
 		}
 		f := fs.Lookup(name)
+		if am, ok := v.(map[any]any); ok {
+			// A map with a key YAML reads as other than a string, such as
+			// an unquoted appcode (app-secret: {1: ...}).
+			sm := make(map[string]any, len(am))
+			for ak, av := range am {
+				sm[fmt.Sprint(ak)] = av
+			}
+			v = sm
+		}
 		m, isMap := v.(map[string]any)
 		list, isList := v.([]any)
 		switch {
@@ -257,6 +266,20 @@ func flatten(fs *pflag.FlagSet, prefix string, tree map[string]any, out map[stri
 			}
 			sort.Strings(parts)
 			out[name] = strings.Join(parts, ",")
+		case f != nil && isMap:
+			// store is a setting and the prefix of store.dsn and the
+			// others: a YAML key cannot be both a value and a map.
+			keys := make([]string, 0, len(m))
+			for mk := range m {
+				keys = append(keys, mk)
+			}
+			sort.Strings(keys)
+			under := name + ".NAME"
+			if len(keys) > 0 {
+				under = name + "." + keys[0]
+			}
+			return fmt.Errorf("setting %q takes one value, not a map: write %q: VALUE, and the settings under it dotted at the top level (%q: ...)",
+				name, name, under)
 		case f != nil && v == nil:
 			out[name] = "" // "key:" with no value: empty, not "<nil>"
 		case f != nil && !isMap:

@@ -328,3 +328,40 @@ gate-public-addr:
 		t.Errorf("gate-public-addr %q from a key with no value, want empty", cfg.GatePublicAddr)
 	}
 }
+
+// TestYAMLShapes: an unquoted appcode is a YAML integer key, which the
+// file reader took for no map at all (the app's secret then failed to
+// parse, its message unclear); a nested "store:" map, whose key is a
+// setting of its own, was reported as an unknown setting "store".
+func TestYAMLShapes(t *testing.T) {
+	load := func(yaml string) (Config, error) {
+		t.Helper()
+		file := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg := DefaultConfig()
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		BindSettings(fs, &cfg)
+		err := ApplyFileAndEnv(fs, file, func(string) string { return "" })
+		return cfg, err
+	}
+	cfg, err := load("app-secret:\n  1: a-secret-of-at-least-16-bytes\n  2: another-secret-of-16-bytes\napi-key:\n  key-of-the-dispatch-service: 2\n")
+	if err != nil || cfg.AppSecrets["1"] != "a-secret-of-at-least-16-bytes" || cfg.AppSecrets["2"] != "another-secret-of-16-bytes" ||
+		cfg.APIKeys["key-of-the-dispatch-service"] != "2" {
+		t.Fatalf("unquoted appcodes: %v %v %v", err, cfg.AppSecrets, cfg.APIKeys)
+	}
+	for _, y := range []string{"store:\n  dsn-file: /run/secrets/dsn\n", "store: {}\n"} {
+		_, err = load(y)
+		if err == nil || !strings.Contains(err.Error(), `setting "store" takes one value, not a map`) || !strings.Contains(err.Error(), "dotted") {
+			t.Fatalf("%q: %v", y, err)
+		}
+	}
+	if _, err = load("store:\n  dsn-file: /run/secrets/dsn\n"); !strings.Contains(err.Error(), `"store.dsn-file"`) {
+		t.Fatalf("the hint does not name the setting under store: %v", err)
+	}
+	cfg, err = load("store: postgres\nstore.dsn-file: /run/secrets/dsn\n")
+	if err != nil || cfg.Store != "postgres" || cfg.StoreDSNFile != "/run/secrets/dsn" {
+		t.Fatalf("dotted store settings: %v %+v", err, cfg.Store)
+	}
+}
