@@ -137,6 +137,12 @@ func (l *Lists) Snapshot() ListsSnapshot { return l.cur.Load().src.clone() }
 // ErrBadLists, and changes nothing, if an entry does not parse.
 func (l *Lists) Update(s ListsSnapshot) error { return l.update(s, "api") }
 
+// FileFailed counts a lists file that its owner (a node that keeps the
+// lists in its store and reads the file itself) could not apply, as the
+// gate counts its own Config.ListsFile's: courier_gate_list_updates_total
+// with source file and result error.
+func (l *Lists) FileFailed() { l.g.metrics.listReloads.WithLabelValues("file", "error").Inc() }
+
 // update is Update with the source named in logs and metrics.
 func (l *Lists) update(s ListsSnapshot, source string) error {
 	l.mu.Lock()

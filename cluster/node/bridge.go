@@ -35,6 +35,8 @@ type bridge struct {
 	// loginTimeout is the gate's: a LOGIN's deadline (DeviceLogin.deadline_ms).
 	loginTimeout time.Duration
 	logins       atomic.Uint64 // LOGINs forwarded (DeviceLogin.login_order)
+	// upRefused counts a C2S refused, by why (nil: not counted).
+	upRefused func(why string)
 }
 
 func (b *bridge) ref(id gate.ConnID) *actorpb.ConnRef {
@@ -160,17 +162,21 @@ func (b *bridge) c2s(c gate.ConnInfo, h messages.Header, m *devicepb.C2S) *devic
 		MsgId: id, ClientMsgId: m.ClientMsgId, Payload: m.Payload, ReceivedAtMs: time.Now().UnixMilli(),
 	})
 	ack := &devicepb.C2SAck{Code: devicepb.Code_OK, MsgId: id, ClientMsgId: m.ClientMsgId}
+	why := ""
 	switch {
 	case errors.Is(err, upstream.ErrTooLarge):
-		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_MESSAGE_TOO_LARGE, "", fmt.Sprintf("a C2S goes to the app-servers in one gRPC message: at most %d bytes with its ids", upstream.MaxMessageSize)
+		why, ack.Code, ack.MsgId, ack.Reason = "too_large", devicepb.Code_MESSAGE_TOO_LARGE, "", fmt.Sprintf("a C2S goes to the app-servers in one gRPC message: at most %d bytes with its ids", upstream.MaxMessageSize)
 	case errors.Is(err, upstream.ErrNoSubscriber):
-		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_NO_SUBSCRIBER, "", "no app-server is subscribed to this appcode and msgtype"
+		why, ack.Code, ack.MsgId, ack.Reason = "no_subscriber", devicepb.Code_NO_SUBSCRIBER, "", "no app-server is subscribed to this appcode and msgtype"
 	case errors.Is(err, upstream.ErrFull):
-		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_UPSTREAM_BUSY, "", "the app-servers are behind: retry later"
+		why, ack.Code, ack.MsgId, ack.Reason = "queue_full", devicepb.Code_UPSTREAM_BUSY, "", "the app-servers are behind: retry later"
 	case errors.Is(err, upstream.ErrOverBudget):
-		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_UPSTREAM_BUSY, "", "the app-servers are behind (upstream memory budget full): retry later"
+		why, ack.Code, ack.MsgId, ack.Reason = "over_budget", devicepb.Code_UPSTREAM_BUSY, "", "the app-servers are behind (upstream memory budget full): retry later"
 	case err != nil:
-		ack.Code, ack.MsgId, ack.Reason = devicepb.Code_UNAVAILABLE, "", "the node is shutting down: retry"
+		why, ack.Code, ack.MsgId, ack.Reason = "closed", devicepb.Code_UNAVAILABLE, "", "the node is shutting down: retry"
+	}
+	if why != "" && b.upRefused != nil {
+		b.upRefused(why)
 	}
 	return ack
 }

@@ -3,6 +3,13 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -247,6 +254,11 @@ func TestC2SNoSubscriber(t *testing.T) {
 	if a := sendC2S(t, d, 3, "gps-2"); a.Code != devicepb.Code_NO_SUBSCRIBER {
 		t.Fatalf("C2S of an unsubscribed msgtype: %v", a.Code)
 	}
+	// Operators see the refusals (the probes that failed before the
+	// subscription registered count too).
+	if got := metric(t, n, regexp.MustCompile(`(?m)^courier_upstream_refused_total\{why="no_subscriber"\} (\d+)`)); got < 2 {
+		t.Fatalf("courier_upstream_refused_total{why=no_subscriber} %d, want at least 2", got)
+	}
 }
 
 func TestC2STwoSubscribersShareLoad(t *testing.T) {
@@ -290,6 +302,11 @@ func TestC2SSubscriberDisappearsNothingLost(t *testing.T) {
 		}
 	}
 	testkit.Eventually(t, 10*time.Second, func() bool { return quitter.count() == count+1 }, "quitter did not get them")
+	// Held, unacknowledged: the gate's upstream memory shows it.
+	heldRe := regexp.MustCompile(`(?m)^courier_upstream_held_bytes (\d+)`)
+	if held := metric(t, n, heldRe); held < count*20 {
+		t.Fatalf("courier_upstream_held_bytes %d with %d C2S unacknowledged", held, count+1)
+	}
 	stayer := subscribe(t, n, 1, nil, 1000, true)
 	quitter.cancel()
 	testkit.Eventually(t, 10*time.Second, func() bool { return stayer.count() >= count+1 }, "redelivery incomplete")
@@ -306,6 +323,8 @@ func TestC2SSubscriberDisappearsNothingLost(t *testing.T) {
 		}
 	}
 	stayer.mu.Unlock()
+	// Acknowledged by the second, nothing is held any more.
+	testkit.Eventually(t, 10*time.Second, func() bool { return metric(t, n, heldRe) == 0 }, "courier_upstream_held_bytes not back to 0")
 }
 
 // TestStatisticsMatchWhatHappened pushes, acks, lets expire and drops a
@@ -379,4 +398,58 @@ func TestExpirySweepWithoutLogin(t *testing.T) {
 	if la := d.Login("gone", testkit.Token(t, 1, "gone"), false); la.Pending != 1 {
 		t.Fatalf("pending %d, want the 1 message without a short expiry", la.Pending)
 	}
+}
+
+// TestListsFileReloads: a node's gate.lists-file is read again when it
+// changes: a new content is in force at the gates; one that does not
+// parse keeps the lists in force, is logged, and counted where operators
+// alert (courier_gate_list_updates_total, source file, result error).
+func TestListsFileReloads(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "lists.json")
+	write := func(s string) {
+		t.Helper()
+		// Renamed into place, as an operator's tool should.
+		if err := os.WriteFile(file+".new", []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(file+".new", file); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"uid_blacklist": {"1": ["first"]}}`)
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--gate.lists-file", file, "--gate.lists-poll-interval", "100ms"}})
+	blocked := func(uid string) bool {
+		d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		defer d.Close()
+		return d.Login(uid, testkit.Token(t, 1, uid), false).Code == devicepb.Code_UID_BLOCKED
+	}
+	if !blocked("first") || blocked("second") {
+		t.Fatal("the lists file at start is not in force")
+	}
+	write(`{"uid_blacklist": {"1": ["second"]}}`)
+	testkit.Eventually(t, 10*time.Second, func() bool { return blocked("second") && !blocked("first") }, "the changed lists file never took effect")
+	errorsRe := regexp.MustCompile(`(?m)^courier_gate_list_updates_total\{result="error",source="file"\} (\d+)`)
+	write(`{"uid_blacklist": {"1": ["third"]`)
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return strings.Contains(n.Logs(), "lists file not applied") && metricOr0(t, n, errorsRe) == 1
+	}, "a lists file that does not parse was not logged and counted once")
+	if !blocked("second") || blocked("third") {
+		t.Fatal("a lists file that does not parse changed the lists in force")
+	}
+}
+
+// metricOr0 is metric for a series that may not exist yet.
+func metricOr0(t *testing.T, n *testkit.Node, re *regexp.Regexp) int {
+	t.Helper()
+	resp, err := http.Get("http://" + n.HTTPAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if m := re.FindSubmatch(b); m != nil {
+		v, _ := strconv.Atoi(string(m[1]))
+		return v
+	}
+	return 0
 }

@@ -188,6 +188,17 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	}
 	n.up = upstream.New(cfg.Upstream, n.stats)
 	n.up.SetLog(log)
+	up := n.up
+	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "courier_upstream_queued_messages",
+		Help: "Devices' C2S messages this node's gate holds waiting for an app-server's subscription to take them (upstream.queue-len per appcode and msgtype)."},
+		func() float64 { return float64(up.Queued()) }))
+	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "courier_upstream_held_bytes",
+		Help: "Bytes of the C2S messages this node's gate holds, queued or sent and not yet acknowledged by an app-server (bounded by upstream.max-bytes)."},
+		func() float64 { return float64(up.Bytes()) }))
+	upRefused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_upstream_refused_total",
+		Help: "C2S messages refused to the device, by why: no_subscriber (C2S_ACK NO_SUBSCRIBER), queue_full (upstream.queue-len), over_budget (upstream.app-max-bytes or upstream.max-bytes; both UPSTREAM_BUSY), too_large (MESSAGE_TOO_LARGE), closed (the node is stopping)."},
+		[]string{"why"})
+	n.reg.MustRegister(upRefused)
 	// The cluster member starts before any other gRPC in the process.
 	n.sys, err = cluster.Start(cfg.Cluster, newChild, n.reg, log)
 	if err != nil {
@@ -222,7 +233,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		// lists file) to the gate itself.
 		gcfg.ListsFile = ""
 		br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, up: n.up, ids: ids, maxFrame: int(cfg.Gate.MaxFrameSize),
-			loginTimeout: cfg.Gate.LoginTimeout}
+			loginTimeout: cfg.Gate.LoginTimeout, upRefused: func(why string) { upRefused.WithLabelValues(why).Inc() }}
 		n.gate, err = gate.New(gcfg, br, n.reg, log)
 		if err != nil {
 			return nil, gateError(err)

@@ -242,6 +242,7 @@ func (l *durableLists) run(quit <-chan struct{}, filePoll time.Duration) {
 			l.mu.Unlock()
 			cancel()
 			if err != nil {
+				l.gate.FileFailed()
 				l.log.Warn("node: lists file not applied; keeping the current lists", "path", l.file, "err", err)
 			}
 		}
