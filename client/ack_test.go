@@ -242,3 +242,81 @@ func TestPushOfAPulledMessageIsNotARedelivery(t *testing.T) {
 		t.Fatalf("after the redelivery of a pulled message not acknowledged: %+v, %v; want it again, marked", m, err)
 	}
 }
+
+// TestRedeliveryQueuedThenAckedIsNotHandedAgain: with ManualAck, the
+// server redelivers a message the app takes more than 2 s to handle; the
+// copy waits in the queue while the app is still on it. Once the app
+// acknowledges the message, that copy is not handed to it again (it
+// would be handled twice).
+func TestRedeliveryQueuedThenAckedIsNotHandedAgain(t *testing.T) {
+	acks := newAckLog()
+	again := make(chan struct{}, 2)
+	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
+		go func() {
+			for range again {
+				if c.WriteMessage(messages.CmdS2C, 0, 1, &devicepb.S2C{MsgId: "r1"}) != nil {
+					return
+				}
+			}
+		}()
+		if c.WriteMessage(messages.CmdS2C, 0, 1, &devicepb.S2C{MsgId: "r1"}) != nil {
+			return
+		}
+		readAcks(c, acks, nil)
+	})
+	t.Cleanup(func() { close(again) })
+	c := dialFake(t, g, func(cfg *client.Config) { cfg.ManualAck = true })
+	m := recv(t, c)
+	again <- struct{}{}                // redelivered while the app handles it
+	time.Sleep(300 * time.Millisecond) // the copy is queued
+	if err := c.Ack(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return acks.count("r1") == 1 }, "no ack")
+	short, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if m, err := c.Recv(short); err == nil {
+		t.Fatalf("an acknowledged message was handed again: %+v", m)
+	}
+}
+
+// TestLastMessageAckedWhenTheLoopIsCancelled: in the default mode the
+// app's loop that ends by cancelling the context of its next Recv has
+// handled the message before: it is acknowledged every time (the cancel
+// raced the release, and lost half the time). Logout acknowledges too.
+func TestLastMessageAckedWhenTheLoopIsCancelled(t *testing.T) {
+	const n = 20
+	acks := newAckLog()
+	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
+		for i := range n + 1 {
+			if c.WriteMessage(messages.CmdS2C, 0, uint32(i+1), &devicepb.S2C{MsgId: fmt.Sprint("m", i)}) != nil {
+				return
+			}
+		}
+		readAcks(c, acks, nil)
+	})
+	c := dialFake(t, g, nil)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	m := recv(t, c)
+	cancels := 0
+	for range n {
+		// A message may be ready as well: Recv then returns it or the
+		// context's error, at random.
+		next, err := c.Recv(cancelled)
+		testkit.Eventually(t, 2*time.Second, func() bool { return acks.count(m.MsgID) == 1 }, "%s not acknowledged at the next Recv (err %v)", m.MsgID, err)
+		if err == nil {
+			m = next
+			continue
+		}
+		cancels++
+		m = recv(t, c)
+	}
+	if cancels == 0 {
+		t.Fatal("no Recv with a cancelled context ended with its error")
+	}
+	ctx, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	_ = c.Logout(ctx)
+	testkit.Eventually(t, 2*time.Second, func() bool { return acks.count(m.MsgID) == 1 }, "the last message not acknowledged at Logout")
+}

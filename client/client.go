@@ -87,7 +87,10 @@ type Message struct {
 	// Redelivered (ManualAck only): Recv or Pull returned this message
 	// before and it was not acknowledged, and the server delivered it
 	// again on the same connection (its redelivery, from 2 s after the
-	// delivery before, docs/protocol.md §9.3). Ack it once handled.
+	// delivery before, docs/protocol.md §9.3). Ack it once handled. The
+	// client tells it from the last Config.DedupSize message ids: a
+	// message held unacknowledged while more than that many others came
+	// after it comes again unmarked.
 	Redelivered bool
 
 	// gen is the session it came on: the gate lets the acks of what it
@@ -392,7 +395,10 @@ func (c *Client) release(ctx context.Context) error {
 	if !c.ackDue.Swap(false) {
 		return nil
 	}
-	if err := c.request(ctx, releaseReq{}); err != nil {
+	// Not cut short by ctx: an app that stops its loop by cancelling
+	// ctx has handled what the call before returned (request still ends
+	// when the client stops).
+	if err := c.request(context.WithoutCancel(ctx), releaseReq{}); err != nil {
 		c.ackDue.Store(true)
 		return err
 	}
@@ -443,11 +449,13 @@ func (c *Client) Err() error {
 // ErrClosed, and every goroutine of the client has ended when Close
 // returns, OnState's included once its last call (StateClosed) returned
 // (so OnState must not wait for what waits for Close), with two
-// exceptions: a Close called from an OnState callback does not wait for
-// that goroutine (the callback is on it), and a TokenSource call that
-// ignores its context is not waited for (Config.TokenSource). Messages received and not yet returned by Recv are not
-// acknowledged, nor, in the default mode, those Recv or Pull returned
-// since the app's last call of either (it may not have handled them): the
+// exceptions: a Close (or a failing Dial) called from any client's
+// OnState callback does not wait for OnState's goroutine (the callback
+// may be on it), and a TokenSource call still running is not waited for
+// (its goroutine ends when it returns, Config.TokenSource). Messages
+// received and not yet returned by Recv are not acknowledged, nor, in the
+// default mode, those Recv or Pull returned since the app's last call of
+// either (it may not have handled them; Logout acknowledges them): the
 // server delivers them again to the next session. Safe to call more than
 // once.
 func (c *Client) Close() error {
@@ -470,8 +478,11 @@ func (c *Client) joinOnState() {
 }
 
 // Logout ends the session with LOGOUT and waits for LOGOUT_ACK (or ctx),
-// then closes the client.
+// then closes the client. In the default mode what Recv and Pull
+// returned last counts as handled: it is acknowledged before the LOGOUT.
 func (c *Client) Logout(ctx context.Context) error {
+	// What Recv and Pull returned is handled: acknowledged before LOGOUT.
+	_ = c.release(ctx)
 	req := &logoutReq{}
 	if err := c.request(ctx, req); err != nil {
 		if errors.Is(err, ErrClosed) {

@@ -68,12 +68,14 @@ type Config struct {
 	ManualAck bool
 	// ResumeSeq is the highest inbox seq the app handled in an earlier
 	// run (persist LastSeq to fill it). After each login the client PULLs
-	// what came after it. With ManualAck, persist instead the highest seq
-	// up to which the app acknowledged every message: messages handed out
-	// but not acknowledged (below LastSeq) are pushed again after the
-	// login, those beyond the delivery window behind what the resume PULL
-	// brings, so resuming from LastSeq would show the app later messages
-	// before them.
+	// what came after it. Messages handed out but not acknowledged when
+	// the app stopped (below LastSeq: with ManualAck, those not acked; by
+	// default, what the last Recv or Pull returned) are pushed again
+	// after the login, those beyond the server's delivery window behind
+	// what the resume PULL brings. An app that must see them in seq order
+	// (ManualAck, or default-mode Pull pages larger than the window)
+	// persists instead the highest seq up to which it handled every
+	// message.
 	ResumeSeq uint32
 
 	// TLS, if set, connects with TLS (to a load balancer terminating TLS

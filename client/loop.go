@@ -153,6 +153,9 @@ type loop struct {
 	// when it has handled them, or by Ack. Not at Close: the server
 	// delivers them again to the next session.
 	handed []*Message
+	// redelivered counts the Redelivered copies (ManualAck) in queue: an
+	// Ack of the message drops them (the app has handled it).
+	redelivered int
 	// unconf: C2C_PUSH_ACKs the server has not confirmed, with the
 	// session (gen) they were last sent on; they are sent again on each
 	// new session until C2C_PUSH_ACK_ACK.
@@ -262,6 +265,9 @@ func (l *loop) run() {
 		case out <- head:
 			l.queue[0] = nil
 			l.queue = l.queue[1:]
+			if head.Redelivered {
+				l.redelivered--
+			}
 			l.handOut(head)
 			if l.sess != nil && l.sess.resumeWant {
 				l.flush() // a resume page may fit now
@@ -975,7 +981,15 @@ func (l *loop) request(r any) {
 		for _, m := range r.msgs {
 			if !l.seen.add(m.MsgID) {
 				// Pushed too: the app has it now, Recv must not return it.
-				l.queue = slices.DeleteFunc(l.queue, func(q *Message) bool { return q.MsgID == m.MsgID })
+				l.queue = slices.DeleteFunc(l.queue, func(q *Message) bool {
+					if q.MsgID != m.MsgID {
+						return false
+					}
+					if q.Redelivered {
+						l.redelivered--
+					}
+					return true
+				})
 				if _, acked := l.seen.lookup(m.MsgID); acked {
 					continue
 				}
@@ -991,13 +1005,25 @@ func (l *loop) request(r any) {
 		if !l.cfg.ManualAck {
 			// Acknowledged at the app's next Recv or Pull, or now: the
 			// app says it is handled.
-			if i := slices.Index(l.handed, r.msg); i >= 0 {
+			// By id: the app may pass a copy of the Message.
+			if i := slices.IndexFunc(l.handed, func(m *Message) bool { return m.MsgID == r.msg.MsgID }); i >= 0 {
+				l.ack(l.handed[i])
 				l.handed = slices.Delete(l.handed, i, i+1)
-				l.ack(r.msg)
 			}
 			return
 		}
 		l.ack(r.msg)
+		if l.redelivered > 0 {
+			// A redelivery queued while the app was handling it is
+			// not handed again: it is handled.
+			l.queue = slices.DeleteFunc(l.queue, func(q *Message) bool {
+				if q.Redelivered && q.MsgID == r.msg.MsgID {
+					l.redelivered--
+					return true
+				}
+				return false
+			})
+		}
 	case *logoutReq:
 		l.logout = true
 		if l.sess == nil {
@@ -1179,6 +1205,9 @@ func (l *loop) deliver(m *Message, pushed bool) {
 		if m.Seq == l.refusedSeq {
 			l.refusedSeq = 0
 		}
+	}
+	if m.Redelivered {
+		l.redelivered++
 	}
 	l.queue = append(l.queue, m)
 }

@@ -181,7 +181,7 @@ and received, the acks included.`,
 			}
 			p := &printer{w: cmd.OutOrStdout()}
 			cfg := client.Config{Addr: addr, Discovery: discover, AppCode: uint16(app), UID: uid, Token: token,
-				DeviceID: deviceID, Platform: devicepb.Platform_DESKTOP, AppVersion: "courierctl", ManualAck: noAck, TLS: tlsCfg,
+				DeviceID: deviceID, Platform: devicepb.Platform_DESKTOP, AppVersion: "courierctl", ManualAck: true, TLS: tlsCfg,
 				BackoffInitial: min(time.Second, backoffMax), BackoffMax: backoffMax, Logger: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn})),
 				OnState: func(s client.State, err error) {
 					if err != nil {
@@ -215,16 +215,20 @@ and received, the acks included.`,
 					if err != nil {
 						return
 					}
-					if verbose {
-						continue // OnFrame showed it
+					if !verbose { // else OnFrame showed it
+						cmd, from := "S2C", ""
+						if m.Kind == client.KindC2C {
+							cmd, from = "C2C_PUSH", " from="+m.FromUID
+						}
+						if m.Redelivered {
+							from += " (redelivered)"
+						}
+						p.printf("← %-16s inbox-seq=%-5d msgtype=%-4d msg_id=%s%s payload=%s", cmd, m.Seq, m.MsgType, m.MsgID, from, payload(m.Payload))
 					}
-					cmd, from := "S2C", ""
-					if m.Kind == client.KindC2C {
-						cmd, from = "C2C_PUSH", " from="+m.FromUID
-					}
-					p.printf("← %-16s inbox-seq=%-5d msgtype=%-4d msg_id=%s%s payload=%s", cmd, m.Seq, m.MsgType, m.MsgID, from, payload(m.Payload))
-					// Printed is handled: acknowledged now, not at the
-					// next message (which may never come before a kill).
+					// Printed is handled: acknowledged now (ManualAck:
+					// the stdin commands' pull runs on another goroutine,
+					// and must not acknowledge what this one has not
+					// printed yet).
 					if !noAck {
 						_ = cl.Ack(context.Background(), m)
 					}

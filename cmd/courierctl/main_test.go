@@ -193,6 +193,11 @@ func TestDeviceVerboseAndEndOfInput(t *testing.T) {
 	if out := d.out.String(); !strings.Contains(out, "→ LOGOUT") || !strings.Contains(out, "logged out") {
 		t.Fatalf("no logout:\n%s", out)
 	}
+	// What it showed was acknowledged: nothing waits for the next run.
+	pr, err := n.API(t).Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: []string{"alice"}})
+	if err != nil || pr.Entries[0].Pending != 0 {
+		t.Fatalf("presence after the run: %v %v", pr, err)
+	}
 }
 
 func TestDeviceReconnectsAfterShutdown(t *testing.T) {
