@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -28,7 +29,7 @@ valid for the given hosts (the addresses other members dial). Start each node
 with the flags printed. For production, issue certificates from your own PKI:
 any CA works, as long as node certificates allow server and client
 authentication and name the hosts other members dial.`,
-		RunE: func(*cobra.Command, []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			names := splitList(nodes)
 			hostList := splitList(hosts)
 			if len(names) == 0 {
@@ -50,7 +51,8 @@ authentication and name the hosts other members dial.`,
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return err
 			}
-			ca, err := loadOrMakeCA(dir, validity)
+			out := cmd.OutOrStdout()
+			ca, err := loadOrMakeCA(out, dir, validity)
 			if err != nil {
 				return err
 			}
@@ -64,7 +66,7 @@ authentication and name the hosts other members dial.`,
 				if err := p.Write(cert, key); err != nil {
 					return err
 				}
-				fmt.Printf("%s: --cluster.tls-ca %s --cluster.tls-cert %s --cluster.tls-key %s\n", name, caPath, cert, key)
+				fmt.Fprintf(out, "%s: --cluster.tls-ca %s --cluster.tls-cert %s --cluster.tls-key %s\n", name, caPath, cert, key)
 			}
 			return nil
 		},
@@ -88,13 +90,13 @@ func splitList(s string) []string {
 
 // loadOrMakeCA reads DIR/ca.pem and DIR/ca-key.pem, or makes and writes
 // them.
-func loadOrMakeCA(dir string, validity time.Duration) (mtls.PEM, error) {
+func loadOrMakeCA(out io.Writer, dir string, validity time.Duration) (mtls.PEM, error) {
 	certPath, keyPath := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
 	cert, errC := os.ReadFile(certPath)
 	key, errK := os.ReadFile(keyPath)
 	switch {
 	case errC == nil && errK == nil:
-		fmt.Printf("using the CA in %s\n", certPath)
+		fmt.Fprintf(out, "using the CA in %s\n", certPath)
 		return mtls.PEM{Cert: cert, Key: key}, nil
 	case !errors.Is(errC, fs.ErrNotExist) && errC != nil:
 		return mtls.PEM{}, errC
@@ -108,6 +110,6 @@ func loadOrMakeCA(dir string, validity time.Duration) (mtls.PEM, error) {
 	if err := ca.Write(certPath, keyPath); err != nil {
 		return mtls.PEM{}, err
 	}
-	fmt.Printf("made a CA: %s (its key %s signs node certificates: keep it off the nodes)\n", certPath, keyPath)
+	fmt.Fprintf(out, "made a CA: %s (its key %s signs node certificates: keep it off the nodes)\n", certPath, keyPath)
 	return ca, nil
 }

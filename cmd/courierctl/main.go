@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -115,7 +116,17 @@ func newRoot() *cobra.Command {
 		Args:          noArgs,
 		RunE:          func(c *cobra.Command, _ []string) error { return c.Help() },
 		// Run before each command's own PreRun.
-		PersistentPreRun: func(c *cobra.Command, _ []string) { warnLegacyEnv(c) },
+		PersistentPreRunE: func(c *cobra.Command, _ []string) error {
+			warnLegacyEnv(c)
+			// Appcodes are 16 bits on the wire: a larger one is a mistake
+			// found here (exit 2), not by the node.
+			if f := c.Flags().Lookup("app"); f != nil {
+				if v, err := strconv.ParseUint(f.Value.String(), 10, 32); err == nil && v > 0xFFFF {
+					return usageError{fmt.Errorf("--app %d: an appcode is at most 65535", v)}
+				}
+			}
+			return nil
+		},
 	}
 	root.AddCommand(tokenCmd(), deviceCmd(), pushCmd(), kickCmd(), presenceCmd(), statsCmd(), upstreamCmd(), listsCmd(), versionCmd(),
 		certsCmd(), membersCmd(), drainCmd())

@@ -96,6 +96,8 @@ func TestUsageMistakesExit2(t *testing.T) {
 		{"client certificate without its key", append([]string{"presence", "--uid", "u", "--tls-cert", dir + "/c.pem"}, api...), "--tls-cert and --tls-key go together"},
 		{"device key without its certificate", []string{"device", "--uid", "u", "--secret", "0123456789abcdef", "--gate", "127.0.0.1:1", "--tls-key", dir + "/k.pem"}, "--tls-cert and --tls-key go together"},
 		{"kick without a uid", append([]string{"kick"}, api...), "--uid is required"},
+		{"appcode beyond 16 bits", append([]string{"push", "--uid", "a", "--payload", "x", "--app", "65537"}, api...), "--app 65537: an appcode is at most 65535"},
+		{"list appcode beyond 16 bits", append([]string{"lists", "add", "--list", "uid-blacklist", "--app", "70000", "u"}, api...), "--app 70000: an appcode is at most 65535"},
 		{"presence without a uid", append([]string{"presence"}, api...), "--uid is required"},
 		{"drain window too long", append([]string{"drain", "node1", "--window", "11m"}, api...), "--window 11m0s: must be in [0, 10m0s]"},
 		{"drain negative wait", append([]string{"drain", "node1", "--wait", "-1s"}, api...), "--wait -1s: must not be negative"},
@@ -505,5 +507,19 @@ func TestUpstreamLinesCannotBeForged(t *testing.T) {
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 	if len(lines) != 1 || !strings.Contains(lines[0], `client_msg_id="x\n12:00`) || !strings.Contains(lines[0], `uid="mallory"`) {
 		t.Fatalf("the device's C2S printed as:\n%s", out.String())
+	}
+}
+
+// TestCertsReportsOnItsOutput: certs says what it made on the command's
+// output (it printed to the process's stdout, past a caller's writer),
+// and reuses the CA the second time.
+func TestCertsReportsOnItsOutput(t *testing.T) {
+	dir := t.TempDir()
+	for i, want := range []string{"made a CA: " + dir + "/ca.pem", "using the CA in " + dir + "/ca.pem"} {
+		var out, errw bytes.Buffer
+		if code := run([]string{"certs", "--dir", dir, "--nodes", "node1"}, nil, &out, &errw); code != 0 ||
+			!strings.Contains(out.String(), want) || !strings.Contains(out.String(), "node1: --cluster.tls-ca "+dir+"/ca.pem") {
+			t.Fatalf("run %d: exit %d\n%s\n%s", i, code, out.String(), errw.String())
+		}
 	}
 }
