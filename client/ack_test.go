@@ -166,23 +166,7 @@ func TestPulledPageIsAckedAtTheNextCall(t *testing.T) {
 // after 32 such). It used to be dropped as a duplicate. Once acknowledged,
 // its redeliveries are only acknowledged again.
 func TestUnackedRedeliveryIsHandedAgain(t *testing.T) {
-	acks := newAckLog()
-	again := make(chan struct{}, 2)
-	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
-		go func() { // the server's redeliveries, when the test says
-			for range again {
-				if c.WriteMessage(messages.CmdS2C, 0, 1, &devicepb.S2C{MsgId: "r1"}) != nil {
-					return
-				}
-			}
-		}()
-		if c.WriteMessage(messages.CmdS2C, 0, 1, &devicepb.S2C{MsgId: "r1"}) != nil {
-			return
-		}
-		readAcks(c, acks, nil)
-	})
-	t.Cleanup(func() { close(again) }) // before the gate's cleanup waits for its script
-	c := dialFake(t, g, func(cfg *client.Config) { cfg.ManualAck = true })
+	c, acks, again := redeliveringGate(t)
 	if m := recv(t, c); m.MsgID != "r1" || m.Redelivered {
 		t.Fatalf("first delivery: %+v", m)
 	}
@@ -249,23 +233,7 @@ func TestPushOfAPulledMessageIsNotARedelivery(t *testing.T) {
 // acknowledges the message, that copy is not handed to it again (it
 // would be handled twice).
 func TestRedeliveryQueuedThenAckedIsNotHandedAgain(t *testing.T) {
-	acks := newAckLog()
-	again := make(chan struct{}, 2)
-	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
-		go func() {
-			for range again {
-				if c.WriteMessage(messages.CmdS2C, 0, 1, &devicepb.S2C{MsgId: "r1"}) != nil {
-					return
-				}
-			}
-		}()
-		if c.WriteMessage(messages.CmdS2C, 0, 1, &devicepb.S2C{MsgId: "r1"}) != nil {
-			return
-		}
-		readAcks(c, acks, nil)
-	})
-	t.Cleanup(func() { close(again) })
-	c := dialFake(t, g, func(cfg *client.Config) { cfg.ManualAck = true })
+	c, acks, again := redeliveringGate(t)
 	m := recv(t, c)
 	again <- struct{}{}                // redelivered while the app handles it
 	time.Sleep(300 * time.Millisecond) // the copy is queued
@@ -319,4 +287,29 @@ func TestLastMessageAckedWhenTheLoopIsCancelled(t *testing.T) {
 	defer cancel2()
 	_ = c.Logout(ctx)
 	testkit.Eventually(t, 2*time.Second, func() bool { return acks.count(m.MsgID) == 1 }, "the last message not acknowledged at Logout")
+}
+
+// redeliveringGate is a fake gate that delivers one stored message, r1
+// (seq 1), to a ManualAck client, and again each time the test sends on
+// again (the server's redelivery); acks logs what the client
+// acknowledged.
+func redeliveringGate(t *testing.T) (c *client.Client, acks *ackLog, again chan<- struct{}) {
+	t.Helper()
+	acks = newAckLog()
+	ch := make(chan struct{}, 2)
+	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
+		go func() { // the server's redeliveries, when the test says
+			for range ch {
+				if c.WriteMessage(messages.CmdS2C, 0, 1, &devicepb.S2C{MsgId: "r1"}) != nil {
+					return
+				}
+			}
+		}()
+		if c.WriteMessage(messages.CmdS2C, 0, 1, &devicepb.S2C{MsgId: "r1"}) != nil {
+			return
+		}
+		readAcks(c, acks, nil)
+	})
+	t.Cleanup(func() { close(ch) }) // before the gate's cleanup waits for its script
+	return dialFake(t, g, func(cfg *client.Config) { cfg.ManualAck = true }), acks, ch
 }

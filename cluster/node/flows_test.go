@@ -3,12 +3,9 @@ package node_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -436,20 +433,4 @@ func TestListsFileReloads(t *testing.T) {
 	if !blocked("second") || blocked("third") {
 		t.Fatal("a lists file that does not parse changed the lists in force")
 	}
-}
-
-// metricOr0 is metric for a series that may not exist yet.
-func metricOr0(t *testing.T, n *testkit.Node, re *regexp.Regexp) int {
-	t.Helper()
-	resp, err := http.Get("http://" + n.HTTPAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if m := re.FindSubmatch(b); m != nil {
-		v, _ := strconv.Atoi(string(m[1]))
-		return v
-	}
-	return 0
 }

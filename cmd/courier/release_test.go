@@ -130,9 +130,14 @@ func TestDockerfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	goLine := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindSubmatch(mod)
-	if goLine == nil || froms[0][1] != "golang:"+string(goLine[1]) {
-		t.Fatalf("build stage %q does not use Go %s (go.mod)", froms[0][1], goLine[1])
+	// The build stage uses exactly the Go release go.mod requires: its
+	// toolchain line, or else its go line. The golang images build with
+	// GOTOOLCHAIN=local, so a floating tag ("golang:1.26") cached at an
+	// older patch release would fail on go.mod; what Go runs this test
+	// does not matter.
+	want := goModToolchain(t, string(mod))
+	if froms[0][1] != "golang:"+want {
+		t.Fatalf("build stage %q: want golang:%s (go.mod's toolchain, or else go, line; raise both together)", froms[0][1], want)
 	}
 	for _, want := range []string{"CGO_ENABLED=0", "-X main.version=${VERSION}", "./cmd/courier"} {
 		if !strings.Contains(df, want) {
@@ -143,6 +148,36 @@ func TestDockerfile(t *testing.T) {
 	user := regexp.MustCompile(`(?m)^USER (\S+)`).FindStringSubmatch(final)
 	if user == nil || user[1] == "root" || strings.HasPrefix(user[1], "0") {
 		t.Fatalf("the final stage runs as %v", user)
+	}
+}
+
+// goModToolchain returns the Go release go.mod requires: its toolchain
+// line's ("toolchain go1.26.8": "1.26.8"), or else its go line's, which
+// must then name a release ("1.26.7", not "1.26").
+func goModToolchain(t *testing.T, mod string) string {
+	t.Helper()
+	if m := regexp.MustCompile(`(?m)^toolchain go(\S+)\s*$`).FindStringSubmatch(mod); m != nil {
+		return m[1]
+	}
+	m := regexp.MustCompile(`(?m)^go (\S+)\s*$`).FindStringSubmatch(mod)
+	if m == nil {
+		t.Fatal("go.mod has no go line")
+	}
+	if !regexp.MustCompile(`^\d+\.\d+\.\d+$`).MatchString(m[1]) {
+		t.Fatalf("go.mod's go line %q names no release (1.26.7): add a toolchain line for the Dockerfile to match", m[1])
+	}
+	return m[1]
+}
+
+func TestDockerfileGoVersionOfGoMod(t *testing.T) {
+	for mod, want := range map[string]string{
+		"module x\n\ngo 1.26.7\n":                       "1.26.7",
+		"module x\n\ngo 1.26.7\n\ntoolchain go1.26.9\n": "1.26.9",
+		"module x\n\ngo 1.26.0\ntoolchain go1.27rc1\n":  "1.27rc1",
+	} {
+		if got := goModToolchain(t, mod); got != want {
+			t.Errorf("%q: %q, want %q", mod, got, want)
+		}
 	}
 }
 
