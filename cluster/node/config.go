@@ -364,7 +364,8 @@ func (c *Config) checkFDReserve() error {
 	case c.Store == "postgres":
 		need += c.StoreMaxConns
 		parts = append(parts, fmt.Sprintf("store.max-conns %d", c.StoreMaxConns))
-	case roles.Has(membership.RoleActors):
+	case roles.Has(membership.RoleActors) || roles.Has(membership.RoleGate):
+		// Pebble: the actors' inbox, and a gate's stored access lists.
 		need += store.PebbleMaxOpenFiles
 		parts = append(parts, fmt.Sprintf("%d Pebble files", store.PebbleMaxOpenFiles))
 	}

@@ -24,7 +24,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.APITLSCert, "api.tls-cert", c.APITLSCert, "PEM certificate of the gRPC API; with api.tls-key the API speaks only TLS")
 	fs.StringVar(&c.APITLSKey, "api.tls-key", c.APITLSKey, "PEM private key of api.tls-cert")
 	fs.StringVar(&c.APITLSClientCA, "api.tls-client-ca", c.APITLSClientCA, "PEM file of CAs; set, the API requires client certificates signed by one of them")
-	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, `/metrics and /healthz listen address ("" disables)`)
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, `listen address of /metrics, /healthz, /readyz and (api role) /v1/gates, without authentication ("" disables)`)
 	fs.StringVar(&c.GatePublicAddr, "gate-public-addr", c.GatePublicAddr, "gate address reported by presence (default: the gate's listen address)")
 	fs.StringVar(&c.Store, "store", c.Store, `inbox store: "pebble" (embedded, in data-dir) or "postgres" (shared by a cluster's nodes)`)
 	fs.StringVar(&c.StoreDSN, "store.dsn", c.StoreDSN, "PostgreSQL connection string (prefer store.dsn-file or COURIER_STORE_DSN: argv is visible to every local user)")
@@ -88,7 +88,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&cl.TLS.CA, "cluster.tls-ca", cl.TLS.CA, "PEM file of the cluster CA: remoting peers must present a certificate it signed (mutual TLS)")
 	fs.StringVar(&cl.TLS.Cert, "cluster.tls-cert", cl.TLS.Cert, "PEM file of this node's certificate, signed by cluster.tls-ca")
 	fs.StringVar(&cl.TLS.Key, "cluster.tls-key", cl.TLS.Key, "PEM file of this node's private key")
-	fs.IntVar(&cl.Shards, "cluster.shards", cl.Shards, "host actors per node (same on every node)")
+	fs.IntVar(&cl.Shards, "cluster.shards", cl.Shards, "host actors per node (each node publishes its own; the others route by it)")
 	fs.DurationVar(&cl.RequestTimeout, "cluster.request-timeout", cl.RequestTimeout, "bound on a request to an identity's actor")
 	fs.IntVar(&cl.MaxHops, "cluster.max-hops", cl.MaxHops, "forwards allowed while nodes disagree about ownership")
 

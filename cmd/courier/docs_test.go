@@ -352,7 +352,7 @@ func boundCases() []boundCase {
 		{"commit queue slots: at most %d", "store.lanes", []string{"(`actors.max-pending-writes` + 256) must stay within 2,097,152"},
 			[][]string{a("--store.lanes=2", "--actors.max-pending-writes=1048321")}, [][]string{a("--store.lanes=2", "--actors.max-pending-writes=1048320")}},
 		{"gate.fd-reserve %d: less than the rest", "gate.fd-reserve",
-			[]string{"256 (consul, the members, logs) + `api.max-connections` + 16 (api role) + 128 http connections (`http-addr` set) + `store.max-conns` (postgresql) or 512 pebble files (actors role)"},
+			[]string{"256 (consul, the members, logs) + `api.max-connections` + 16 (api role) + 128 http connections (`http-addr` set) + `store.max-conns` (postgresql) or 512 pebble files (the actors or the gate role"},
 			[][]string{a("--gate.fd-reserve=1935")}, [][]string{a("--gate.fd-reserve=1936")}},
 		{"gate.lists-poll-interval %v: at least 10ms", "gate.lists-poll-interval", []string{"at least `10ms`"},
 			[][]string{a("--gate.lists-file=/nonexistent/lists.json", "--gate.lists-poll-interval=9ms")},

@@ -165,7 +165,11 @@ Every flag is also an environment variable (COURIER_GATE_ADDR for
 			return 2
 		}
 		devCredentials(&cfg)
-		cfg.ClusterLocalStore = true // make cluster's nodes keep their own inboxes by default
+		// make cluster's nodes keep their own inboxes by default: not
+		// against a cluster.local-store given (flag, environment, file).
+		if !fs.Changed("cluster.local-store") {
+			cfg.ClusterLocalStore = true
+		}
 	}
 
 	// Signals are caught before the node starts: a SIGTERM that arrives

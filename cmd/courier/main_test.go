@@ -76,6 +76,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{"cluster shards", []string{"--cluster.shards", "0"}, 2, "cluster.shards 0: must be in [1, 256]", ""},
 		{"public remoting without TLS", []string{"--cluster.bind", "0.0.0.0:7003"}, 2, `cluster.bind "0.0.0.0:7003": must be a loopback address`, ""},
 		{"missing lists file", []string{"--app-secret", "1=0123456789abcdef", "--gate.lists-file", "/nonexistent/lists.json"}, 2, "node: gate.lists-file: open /nonexistent/lists.json", ""},
+		{"dev cluster node refused its own store as asked", []string{"--dev", "--cluster.provider", "consul", "--cluster.local-store=false"}, 2, "--cluster.local-store allows it", ""},
 		{"cluster on its own pebble", []string{"--app-secret", "1=0123456789abcdef", "--cluster.provider", "consul"}, 2, "--cluster.local-store allows it", ""},
 		{"api address without a port", []string{"--app-secret", "1=0123456789abcdef", "--api-addr", "7001"}, 2, `node: api-addr "7001": want host:port`, ""},
 		{"http address not a port", []string{"--app-secret", "1=0123456789abcdef", "--http-addr", "127.0.0.1:http"}, 2, `node: http-addr "127.0.0.1:http": port "http"`, ""},
