@@ -44,7 +44,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"drain"}, 2, "drain takes one node name (or instance id), got 0 arguments", ""},
 		{[]string{"drain", "node1", "node2"}, 2, "got 2 arguments", ""},
 		{[]string{"drain", "--help"}, 0, "", "--window"},
-		{[]string{"token", "--uid", "u", "--secret", "0123456789abcdef", "--app", "65537"}, 2, "--app 65537: must be in [1, 65535]", ""},
+		{[]string{"token", "--uid", "u", "--secret", "0123456789abcdef", "--app", "65537"}, 2, "--app 65537: an appcode is at most 65535", ""},
 		{[]string{"device", "--uid", "u", "--secret", "0123456789abcdef", "--app", "0"}, 2, "--app 0: must be in [1, 65535]", ""},
 		{[]string{"push", "--key", "0123456789abcdef", "--payload", "x"}, 2, "--uid is required", ""},
 		{[]string{"token", "--secret", "0123456789abcdef"}, 2, "--uid is required", ""},
