@@ -861,7 +861,7 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 	a.ack = devicepb.LoginAck{
 		Code:             devicepb.Code_OK,
 		Epoch:            d.session.Epoch,
-		HeartbeatSeconds: uint32(d.env.Config.Heartbeat / time.Second),
+		HeartbeatSeconds: d.heartbeatSeconds(m),
 		ServerTimeMs:     now.UnixMilli(),
 		Pending:          uint32(len(d.inbox)),
 		Zstd:             d.session.Zstd,
@@ -880,13 +880,23 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 	d.pump(now)
 }
 
+// heartbeatSeconds is the interval LOGIN_ACK announces: the gate's, that
+// holds the connection and closes it when silent (the actors' own setting
+// only for a gate that does not say, an older version).
+func (d *Device) heartbeatSeconds(m *actorpb.DeviceLogin) uint32 {
+	if m.HeartbeatSeconds != 0 {
+		return m.HeartbeatSeconds
+	}
+	return uint32(d.env.Config.Heartbeat / time.Second)
+}
+
 // supersede answers a LOGIN older than the current session: accepted and
 // kicked at once, without touching the session (see superseded). Its
 // connection is usually gone by then, and the answer dropped.
 func (d *Device) supersede(now time.Time, m *actorpb.DeviceLogin) {
 	s := d.session
 	ack := frame(messages.CmdLoginAck, 0, m.FrameSeq, &devicepb.LoginAck{Code: devicepb.Code_OK, Epoch: s.Epoch,
-		HeartbeatSeconds: uint32(d.env.Config.Heartbeat / time.Second), ServerTimeMs: now.UnixMilli(),
+		HeartbeatSeconds: d.heartbeatSeconds(m), ServerTimeMs: now.UnixMilli(),
 		Pending: uint32(len(d.inbox)), LastSeq: d.lastSeq})
 	kick := frame(messages.CmdKickout, 0, 0, &devicepb.Kickout{Reason: devicepb.KickReason_LOGGED_IN_ELSEWHERE,
 		Detail: "logged in on another connection"})

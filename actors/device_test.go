@@ -1159,3 +1159,30 @@ func TestAckLetsOutNothingExpired(t *testing.T) {
 		}
 	}
 }
+
+// TestLoginAckAnnouncesTheGatesHeartbeat: the gate that holds the
+// connection closes it when silent for 3 of its heartbeats; LOGIN_ACK
+// announces that gate's interval, not the one this node's actors are set
+// to (in a cluster of gate-only and actors-only nodes, they differ). A
+// gate that does not say (0) gets the actors' own.
+func TestLoginAckAnnouncesTheGatesHeartbeat(t *testing.T) {
+	for _, tt := range []struct {
+		gate, want uint32
+	}{{5, 5}, {0, uint32(DefaultConfig().Heartbeat / time.Second)}} {
+		h := newHarness(t)
+		h.d.Login(h.now, &actorpb.DeviceLogin{Conn: conn(1), FrameSeq: 1, Login: &devicepb.Login{Uid: "driver-7"}, HeartbeatSeconds: tt.gate})
+		fs := framesTo(h.settle(), 1)
+		if len(fs) == 0 || messages.Cmd(fs[0].Cmd) != messages.CmdLoginAck {
+			t.Fatalf("gate heartbeat %d: frames %v", tt.gate, cmds(fs))
+		}
+		if a := body(t, fs[0], &devicepb.LoginAck{}); a.HeartbeatSeconds != tt.want {
+			t.Fatalf("gate heartbeat %d: LOGIN_ACK announces %d, want %d", tt.gate, a.HeartbeatSeconds, tt.want)
+		}
+		// A LOGIN older than this session, answered at once superseded,
+		// announces its own gate's too.
+		h.d.Login(h.now, &actorpb.DeviceLogin{Conn: conn(0), FrameSeq: 2, Login: &devicepb.Login{Uid: "driver-7"}, HeartbeatSeconds: 7})
+		if fs := framesTo(h.settle(), 0); len(fs) != 2 || body(t, fs[0], &devicepb.LoginAck{}).HeartbeatSeconds != 7 {
+			t.Fatalf("superseded login: frames %v", cmds(fs))
+		}
+	}
+}

@@ -37,6 +37,9 @@ type bridge struct {
 	logins       atomic.Uint64 // LOGINs forwarded (DeviceLogin.login_order)
 	// upRefused counts a C2S refused, by why (nil: not counted).
 	upRefused func(why string)
+	// heartbeatSeconds is the gate's heartbeat interval: LOGIN_ACK
+	// announces it, whichever node the identity's actor is on.
+	heartbeatSeconds uint32
 }
 
 func (b *bridge) ref(id gate.ConnID) *actorpb.ConnRef {
@@ -59,7 +62,7 @@ func (b *bridge) Login(c gate.ConnInfo, frameSeq uint32, login *devicepb.Login) 
 		deadline = now.Add(b.loginTimeout)
 	}
 	e.login = actorpb.DeviceLogin{Conn: b.ref(c.ID), Login: login, FrameSeq: frameSeq, AtMs: now.UnixMilli(), GateAddr: b.publicAddr(),
-		DeadlineMs: deadline.UnixMilli(), LoginOrder: b.logins.Add(1)}
+		DeadlineMs: deadline.UnixMilli(), LoginOrder: b.logins.Add(1), HeartbeatSeconds: b.heartbeatSeconds}
 	e.body.Login = &e.login
 	e.env = actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &e.body}
 	b.sys.Send(&e.env)

@@ -169,11 +169,19 @@ func TestClusterFlowsAcrossNodes(t *testing.T) {
 		if err != nil || len(lists.UidBlacklists) != 1 || lists.UidBlacklists[0].Uids[0] != "banned" {
 			t.Fatalf("lists at node3: %v %v", lists, err)
 		}
-		n4 := c.AddNode("gate")
+		// node4 sends heartbeats every 5 s, the others every 30 s.
+		n4 := c.AddNode("gate", "--gate.heartbeat-interval", "5s")
 		c.WaitConverged()
 		d = testkit.Dial(t, n4.GateAddr, testkit.DeviceConfig{AppCode: 1})
 		if ack := d.Login("banned", testkit.Token(t, 1, "banned"), false); ack.Code != devicepb.Code_UID_BLOCKED {
 			t.Fatalf("login at the new node4: %v", ack)
+		}
+		// LOGIN_ACK announces the interval of the gate that closes the
+		// connection after 3 silent ones, not the actor's node's.
+		uid := uidOwnedBy(t, c, n2, "beat")
+		d = testkit.Dial(t, n4.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		if ack := d.Login(uid, testkit.Token(t, 1, uid), false); ack.Code != devicepb.Code_OK || ack.HeartbeatSeconds != 5 {
+			t.Fatalf("login at node4, its actor on node2: %v", ack)
 		}
 		n4.Stop(syscall.SIGTERM)
 		c.WaitConverged()

@@ -233,7 +233,8 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		// lists file) to the gate itself.
 		gcfg.ListsFile = ""
 		br := &bridge{sys: n.sys, gateID: newInstanceID(), node: cfg.Name, up: n.up, ids: ids, maxFrame: int(cfg.Gate.MaxFrameSize),
-			loginTimeout: cfg.Gate.LoginTimeout, upRefused: func(why string) { upRefused.WithLabelValues(why).Inc() }}
+			loginTimeout: cfg.Gate.LoginTimeout, upRefused: func(why string) { upRefused.WithLabelValues(why).Inc() },
+			heartbeatSeconds: uint32(cfg.Gate.HeartbeatInterval / time.Second)}
 		n.gate, err = gate.New(gcfg, br, n.reg, log)
 		if err != nil {
 			return nil, gateError(err)

@@ -123,9 +123,14 @@ type DeviceLogin struct {
 	// it started (0: not known, a gate of an older version): of two LOGINs
 	// of one identity through the same gate, the one with the higher count
 	// came later, whatever order they reach the identity in.
-	LoginOrder    uint64 `protobuf:"varint,7,opt,name=login_order,json=loginOrder,proto3" json:"login_order,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LoginOrder uint64 `protobuf:"varint,7,opt,name=login_order,json=loginOrder,proto3" json:"login_order,omitempty"`
+	// The gate's heartbeat interval in seconds, which LOGIN_ACK announces:
+	// the gate closes a connection silent for 3 of them (or its idle
+	// timeout), whatever the identity's node is set to (0: not known, a
+	// gate of an older version: the actors' own setting).
+	HeartbeatSeconds uint32 `protobuf:"varint,8,opt,name=heartbeat_seconds,json=heartbeatSeconds,proto3" json:"heartbeat_seconds,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *DeviceLogin) Reset() {
@@ -203,6 +208,13 @@ func (x *DeviceLogin) GetDeadlineMs() int64 {
 func (x *DeviceLogin) GetLoginOrder() uint64 {
 	if x != nil {
 		return x.LoginOrder
+	}
+	return 0
+}
+
+func (x *DeviceLogin) GetHeartbeatSeconds() uint32 {
+	if x != nil {
+		return x.HeartbeatSeconds
 	}
 	return 0
 }
@@ -3711,7 +3723,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\fgate_address\x18\x01 \x01(\tR\vgateAddress\x12\x17\n" +
 	"\agate_id\x18\x02 \x01(\tR\x06gateId\x12\x17\n" +
 	"\aconn_id\x18\x03 \x01(\x04R\x06connId\x12\x1b\n" +
-	"\tgate_node\x18\x04 \x01(\tR\bgateNode\"\xfd\x01\n" +
+	"\tgate_node\x18\x04 \x01(\tR\bgateNode\"\xaa\x02\n" +
 	"\vDeviceLogin\x12-\n" +
 	"\x04conn\x18\x01 \x01(\v2\x19.courier.actor.v1.ConnRefR\x04conn\x12.\n" +
 	"\x05login\x18\x02 \x01(\v2\x18.courier.device.v1.LoginR\x05login\x12\x1b\n" +
@@ -3721,7 +3733,8 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\vdeadline_ms\x18\x06 \x01(\x03R\n" +
 	"deadlineMs\x12\x1f\n" +
 	"\vlogin_order\x18\a \x01(\x04R\n" +
-	"loginOrder\"\xa4\x01\n" +
+	"loginOrder\x12+\n" +
+	"\x11heartbeat_seconds\x18\b \x01(\rR\x10heartbeatSeconds\"\xa4\x01\n" +
 	"\vDeviceFrame\x12-\n" +
 	"\x04conn\x18\x01 \x01(\v2\x19.courier.actor.v1.ConnRefR\x04conn\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +
