@@ -143,3 +143,51 @@ func readDoc(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// TestProtocolDocSchemaIsDeviceProto: the appendix of docs/protocol.md is
+// the schema clients generate their classes from; it must be
+// device.proto, line for line once comments and blank lines are left out
+// (it said "uint32 limit" where the schema has "optional uint32 limit",
+// and code generated from it could not send a PULL limit of 0).
+func TestProtocolDocSchemaIsDeviceProto(t *testing.T) {
+	doc := readDoc(t, "../docs/protocol.md")
+	i := strings.Index(doc, "## Appendix: the body schema")
+	if i < 0 {
+		t.Fatal("docs/protocol.md has no appendix with the body schema")
+	}
+	start := strings.Index(doc[i:], "```protobuf\n")
+	if start < 0 {
+		t.Fatal("the appendix has no ```protobuf block")
+	}
+	block := doc[i+start+len("```protobuf\n"):]
+	block = block[:strings.Index(block, "```")]
+	want := schemaLines(readDoc(t, "proto/courier/device/v1/device.proto"))
+	got := schemaLines(block)
+	for k := 0; k < max(len(want), len(got)); k++ {
+		var w, g string
+		if k < len(want) {
+			w = want[k]
+		}
+		if k < len(got) {
+			g = got[k]
+		}
+		if w != g {
+			t.Fatalf("docs/protocol.md's schema differs from device.proto at its line %d (comments and blank lines left out):\n  doc:    %q\n  schema: %q", k+1, g, w)
+		}
+	}
+}
+
+// schemaLines returns a .proto text's lines without comments, blank lines
+// and surrounding spaces.
+func schemaLines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if j := strings.Index(l, "//"); j >= 0 {
+			l = l[:j]
+		}
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
