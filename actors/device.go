@@ -866,6 +866,7 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 		Pending:          uint32(len(d.inbox)),
 		Zstd:             d.session.Zstd,
 		LastSeq:          d.lastSeq,
+		MaxFrameSize:     d.maxFrameSize(m),
 	}
 	body, err := proto.Marshal(&a.ack)
 	if err != nil {
@@ -890,6 +891,15 @@ func (d *Device) heartbeatSeconds(m *actorpb.DeviceLogin) uint32 {
 	return uint32(d.env.Config.Heartbeat / time.Second)
 }
 
+// maxFrameSize is the frame limit LOGIN_ACK announces: the gate's, that
+// enforces it (the actors' own setting for a gate that does not say).
+func (d *Device) maxFrameSize(m *actorpb.DeviceLogin) uint32 {
+	if m.MaxFrameSize != 0 {
+		return m.MaxFrameSize
+	}
+	return uint32(d.env.Config.MaxFrameSize)
+}
+
 // supersede answers a LOGIN older than the current session: accepted and
 // kicked at once, without touching the session (see superseded). Its
 // connection is usually gone by then, and the answer dropped.
@@ -897,7 +907,7 @@ func (d *Device) supersede(now time.Time, m *actorpb.DeviceLogin) {
 	s := d.session
 	ack := frame(messages.CmdLoginAck, 0, m.FrameSeq, &devicepb.LoginAck{Code: devicepb.Code_OK, Epoch: s.Epoch,
 		HeartbeatSeconds: d.heartbeatSeconds(m), ServerTimeMs: now.UnixMilli(),
-		Pending: uint32(len(d.inbox)), LastSeq: d.lastSeq})
+		Pending: uint32(len(d.inbox)), LastSeq: d.lastSeq, MaxFrameSize: d.maxFrameSize(m)})
 	kick := frame(messages.CmdKickout, 0, 0, &devicepb.Kickout{Reason: devicepb.KickReason_LOGGED_IN_ELSEWHERE,
 		Detail: "logged in on another connection"})
 	tc := d.toConn(m.Conn, s.Epoch, ack, kick)

@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -1170,13 +1171,17 @@ func TestLoginAckAnnouncesTheGatesHeartbeat(t *testing.T) {
 		gate, want uint32
 	}{{5, 5}, {0, uint32(DefaultConfig().Heartbeat / time.Second)}} {
 		h := newHarness(t)
-		h.d.Login(h.now, &actorpb.DeviceLogin{Conn: conn(1), FrameSeq: 1, Login: &devicepb.Login{Uid: "driver-7"}, HeartbeatSeconds: tt.gate})
+		h.d.Login(h.now, &actorpb.DeviceLogin{Conn: conn(1), FrameSeq: 1, Login: &devicepb.Login{Uid: "driver-7"}, HeartbeatSeconds: tt.gate,
+			MaxFrameSize: tt.gate * 1024})
 		fs := framesTo(h.settle(), 1)
 		if len(fs) == 0 || messages.Cmd(fs[0].Cmd) != messages.CmdLoginAck {
 			t.Fatalf("gate heartbeat %d: frames %v", tt.gate, cmds(fs))
 		}
 		if a := body(t, fs[0], &devicepb.LoginAck{}); a.HeartbeatSeconds != tt.want {
 			t.Fatalf("gate heartbeat %d: LOGIN_ACK announces %d, want %d", tt.gate, a.HeartbeatSeconds, tt.want)
+		} else if want := cmp.Or(tt.gate*1024, uint32(DefaultConfig().MaxFrameSize)); a.MaxFrameSize != want {
+			// The frame limit likewise: the gate enforces it.
+			t.Fatalf("gate frame limit %d: LOGIN_ACK announces %d, want %d", tt.gate*1024, a.MaxFrameSize, want)
 		}
 		// A LOGIN older than this session, answered at once superseded,
 		// announces its own gate's too.

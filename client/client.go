@@ -161,8 +161,11 @@ type Client struct {
 	dropped atomic.Uint64 // fire-and-forget pushes dropped past RecvBuffer
 	state   atomic.Int32
 	epoch   atomic.Uint64
-	ids     atomic.Uint64
-	idBase  string
+	// frameLimit is the frame limit the last LOGIN_ACK announced (0:
+	// none, Config.MaxFrameSize alone).
+	frameLimit atomic.Uint32
+	ids        atomic.Uint64
+	idBase     string
 	// conn is the session's connection (nil between sessions): Close
 	// cuts short a write blocked on it (a stalled network), which would
 	// otherwise hold the client's goroutine, and Close, for WriteTimeout.
@@ -324,8 +327,12 @@ func (c *Client) send(ctx context.Context, cmd messages.Cmd, msgtype uint16, id 
 	if err := checkClientMsgID(id); err != nil {
 		return sendResult{}, err
 	}
-	if n := proto.Size(body); n > int(c.cfg.MaxFrameSize) {
-		return sendResult{}, fmt.Errorf("%w: %d-byte body, limit %d", ErrTooLarge, n, c.cfg.MaxFrameSize)
+	limit := c.cfg.MaxFrameSize
+	if a := c.frameLimit.Load(); a != 0 && a < limit {
+		limit = a // the gate's, smaller than configured
+	}
+	if n := proto.Size(body); n > int(limit) {
+		return sendResult{}, fmt.Errorf("%w: %d-byte body, limit %d", ErrTooLarge, n, limit)
 	}
 	return c.enqueue(ctx, cmd, msgtype, id, body)
 }

@@ -92,7 +92,8 @@ type Config struct {
 	WriteTimeout time.Duration
 	// MaxFrameSize is the gate's frame limit: larger C2S and C2C bodies are
 	// refused with ErrTooLarge before they are sent (default 64 KiB, the
-	// gate's default).
+	// gate's default). A smaller limit the gate announces in LOGIN_ACK
+	// applies once logged in.
 	MaxFrameSize uint32
 	// MaxBody is the largest body accepted from the server (default
 	// 16 MiB, generous; see ConnConfig.MaxBody).

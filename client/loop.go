@@ -603,6 +603,7 @@ func (l *loop) connected(r dialResult) {
 	l.gen++
 	l.addrs = nil // the next connection asks discovery again
 	l.c.epoch.Store(r.ack.Epoch)
+	l.c.frameLimit.Store(r.ack.MaxFrameSize)
 	go s.read()
 	l.keepalive = time.NewTimer(hb)
 	l.log.Debug("client: logged in", "gate", r.addr, "epoch", r.ack.Epoch, "pending", r.ack.Pending,

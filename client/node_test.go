@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -579,5 +580,26 @@ func TestRestartNothingLostOrDuplicated(t *testing.T) {
 				t.Fatalf("states %v", states)
 			}
 		})
+	}
+}
+
+// TestGateFrameLimitFromLoginAck: a gate set to a smaller frame limit
+// than the client's Config.MaxFrameSize announces it in LOGIN_ACK; the
+// client refuses a body above it with ErrTooLarge before sending it
+// (sent, the gate would answer FRAME_TOO_LARGE and close the connection),
+// and sends one that fits.
+func TestGateFrameLimitFromLoginAck(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--gate.max-frame-size", "8192", "--api.max-payload", "7168"}})
+	c := dial(t, n.GateAddr, 1, "erin", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.SendC2C(ctx, "frank", 0, make([]byte, 10<<10)); !errors.Is(err, client.ErrTooLarge) || !strings.Contains(err.Error(), "limit 8192") {
+		t.Fatalf("a C2C above the gate's 8 KiB: %v, want ErrTooLarge at 8192", err)
+	}
+	if res, err := c.SendC2C(ctx, "frank", 0, make([]byte, 4<<10)); err != nil || res.MsgID == "" {
+		t.Fatalf("a C2C that fits: %+v %v", res, err)
+	}
+	if c.State() != client.StateConnected {
+		t.Fatalf("state %v after the refusal", c.State())
 	}
 }

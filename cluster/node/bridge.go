@@ -62,7 +62,8 @@ func (b *bridge) Login(c gate.ConnInfo, frameSeq uint32, login *devicepb.Login) 
 		deadline = now.Add(b.loginTimeout)
 	}
 	e.login = actorpb.DeviceLogin{Conn: b.ref(c.ID), Login: login, FrameSeq: frameSeq, AtMs: now.UnixMilli(), GateAddr: b.publicAddr(),
-		DeadlineMs: deadline.UnixMilli(), LoginOrder: b.logins.Add(1), HeartbeatSeconds: b.heartbeatSeconds}
+		DeadlineMs: deadline.UnixMilli(), LoginOrder: b.logins.Add(1), HeartbeatSeconds: b.heartbeatSeconds,
+		MaxFrameSize: uint32(b.maxFrame)}
 	e.body.Login = &e.login
 	e.env = actorpb.Envelope{AppCode: uint32(c.AppCode), Uid: c.UID, Body: &e.body}
 	b.sys.Send(&e.env)

@@ -42,8 +42,8 @@ func TestServerFramesFitTheFrameLimit(t *testing.T) {
 	}
 	for _, zstd := range []bool{false, true} {
 		rx := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
-		if ack := rx.Login("rx", testkit.Token(t, 1, "rx"), zstd); ack.Code != devicepb.Code_OK || ack.Pending != pushes+1 {
-			t.Fatalf("LOGIN_ACK %v, pending %d, want %d", ack.Code, ack.Pending, pushes+1)
+		if ack := rx.Login("rx", testkit.Token(t, 1, "rx"), zstd); ack.Code != devicepb.Code_OK || ack.Pending != pushes+1 || ack.MaxFrameSize != messages.DefaultMaxBody {
+			t.Fatalf("LOGIN_ACK %v, pending %d, want %d, frame limit %d, want %d", ack.Code, ack.Pending, pushes+1, ack.MaxFrameSize, messages.DefaultMaxBody)
 		}
 		var got []uint32
 		after, pages := uint32(0), 0

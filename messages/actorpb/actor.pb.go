@@ -129,8 +129,11 @@ type DeviceLogin struct {
 	// timeout), whatever the identity's node is set to (0: not known, a
 	// gate of an older version: the actors' own setting).
 	HeartbeatSeconds uint32 `protobuf:"varint,8,opt,name=heartbeat_seconds,json=heartbeatSeconds,proto3" json:"heartbeat_seconds,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The gate's frame limit, which LOGIN_ACK announces (0: not known, an
+	// older gate: the actors' own actors.max-frame-size).
+	MaxFrameSize  uint32 `protobuf:"varint,9,opt,name=max_frame_size,json=maxFrameSize,proto3" json:"max_frame_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeviceLogin) Reset() {
@@ -215,6 +218,13 @@ func (x *DeviceLogin) GetLoginOrder() uint64 {
 func (x *DeviceLogin) GetHeartbeatSeconds() uint32 {
 	if x != nil {
 		return x.HeartbeatSeconds
+	}
+	return 0
+}
+
+func (x *DeviceLogin) GetMaxFrameSize() uint32 {
+	if x != nil {
+		return x.MaxFrameSize
 	}
 	return 0
 }
@@ -3723,7 +3733,7 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"\fgate_address\x18\x01 \x01(\tR\vgateAddress\x12\x17\n" +
 	"\agate_id\x18\x02 \x01(\tR\x06gateId\x12\x17\n" +
 	"\aconn_id\x18\x03 \x01(\x04R\x06connId\x12\x1b\n" +
-	"\tgate_node\x18\x04 \x01(\tR\bgateNode\"\xaa\x02\n" +
+	"\tgate_node\x18\x04 \x01(\tR\bgateNode\"\xd0\x02\n" +
 	"\vDeviceLogin\x12-\n" +
 	"\x04conn\x18\x01 \x01(\v2\x19.courier.actor.v1.ConnRefR\x04conn\x12.\n" +
 	"\x05login\x18\x02 \x01(\v2\x18.courier.device.v1.LoginR\x05login\x12\x1b\n" +
@@ -3734,7 +3744,8 @@ const file_courier_actor_v1_actor_proto_rawDesc = "" +
 	"deadlineMs\x12\x1f\n" +
 	"\vlogin_order\x18\a \x01(\x04R\n" +
 	"loginOrder\x12+\n" +
-	"\x11heartbeat_seconds\x18\b \x01(\rR\x10heartbeatSeconds\"\xa4\x01\n" +
+	"\x11heartbeat_seconds\x18\b \x01(\rR\x10heartbeatSeconds\x12$\n" +
+	"\x0emax_frame_size\x18\t \x01(\rR\fmaxFrameSize\"\xa4\x01\n" +
 	"\vDeviceFrame\x12-\n" +
 	"\x04conn\x18\x01 \x01(\v2\x19.courier.actor.v1.ConnRefR\x04conn\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +

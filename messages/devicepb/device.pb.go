@@ -481,7 +481,11 @@ type LoginAck struct {
 	Zstd bool `protobuf:"varint,7,opt,name=zstd,proto3" json:"zstd,omitempty"`
 	// Highest seq ever assigned to this identity (0 if none), so a client can
 	// tell whether it missed anything and PULL from its last seen seq.
-	LastSeq       uint32 `protobuf:"varint,8,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	LastSeq uint32 `protobuf:"varint,8,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// The gate's frame limit in bytes (0: not announced, an older server):
+	// a body the client sends must not be longer, decompressed, and every
+	// body the server sends fits it.
+	MaxFrameSize  uint32 `protobuf:"varint,9,opt,name=max_frame_size,json=maxFrameSize,proto3" json:"max_frame_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -568,6 +572,13 @@ func (x *LoginAck) GetZstd() bool {
 func (x *LoginAck) GetLastSeq() uint32 {
 	if x != nil {
 		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *LoginAck) GetMaxFrameSize() uint32 {
+	if x != nil {
+		return x.MaxFrameSize
 	}
 	return 0
 }
@@ -1460,7 +1471,7 @@ const file_courier_device_v1_device_proto_rawDesc = "" +
 	"\bplatform\x18\x04 \x01(\x0e2\x1b.courier.device.v1.PlatformR\bplatform\x12\x1f\n" +
 	"\vapp_version\x18\x05 \x01(\tR\n" +
 	"appVersion\x12\x12\n" +
-	"\x04zstd\x18\x06 \x01(\bR\x04zstd\"\x81\x02\n" +
+	"\x04zstd\x18\x06 \x01(\bR\x04zstd\"\xa7\x02\n" +
 	"\bLoginAck\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.courier.device.v1.CodeR\x04code\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x14\n" +
@@ -1469,7 +1480,8 @@ const file_courier_device_v1_device_proto_rawDesc = "" +
 	"\x0eserver_time_ms\x18\x05 \x01(\x03R\fserverTimeMs\x12\x18\n" +
 	"\apending\x18\x06 \x01(\rR\apending\x12\x12\n" +
 	"\x04zstd\x18\a \x01(\bR\x04zstd\x12\x19\n" +
-	"\blast_seq\x18\b \x01(\rR\alastSeq\"X\n" +
+	"\blast_seq\x18\b \x01(\rR\alastSeq\x12$\n" +
+	"\x0emax_frame_size\x18\t \x01(\rR\fmaxFrameSize\"X\n" +
 	"\aKickout\x125\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x1d.courier.device.v1.KickReasonR\x06reason\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\"C\n" +
