@@ -160,7 +160,14 @@ func TestProtocolDocSchemaIsDeviceProto(t *testing.T) {
 		t.Fatal("the appendix has no ```protobuf block")
 	}
 	block := doc[i+start+len("```protobuf\n"):]
-	block = block[:strings.Index(block, "```")]
+	end := strings.Index(block, "```")
+	if end < 0 {
+		t.Fatal("the appendix's ```protobuf block is not closed")
+	}
+	block = block[:end]
+	if strings.Contains(block, "/*") {
+		t.Fatal("the appendix has a /* */ comment, which this test does not strip: use //")
+	}
 	want := schemaLines(readDoc(t, "proto/courier/device/v1/device.proto"))
 	got := schemaLines(block)
 	for k := 0; k < max(len(want), len(got)); k++ {

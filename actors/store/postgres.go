@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -245,7 +246,18 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig, log *slog.Logger) (*P
 // (a URL or key=value pairs), without connecting: a settings check. The
 // error does not quote the password.
 func CheckDSN(dsn string) error {
-	_, err := parseDSN(dsn)
+	_, err := pgxpool.ParseConfig(dsn)
+	if err == nil {
+		return nil
+	}
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+		// A file the DSN names (sslrootcert, sslcert, sslkey, a service
+		// file) that cannot be read yet, such as a certificate mounted
+		// after boot: the connection's failure, retried, not a mistake
+		// in the settings.
+		return nil
+	}
+	_, err = parseDSN(dsn) // the same error, its password left out
 	return err
 }
 

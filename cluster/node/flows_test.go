@@ -433,4 +433,13 @@ func TestListsFileReloads(t *testing.T) {
 	if !blocked("second") || blocked("third") {
 		t.Fatal("a lists file that does not parse changed the lists in force")
 	}
+	// A file gone is one failure more, not one per poll.
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return metricOr0(t, n, errorsRe) == 2 }, "a lists file gone was not counted")
+	time.Sleep(500 * time.Millisecond) // 5 polls
+	if got := metricOr0(t, n, errorsRe); got != 2 || !blocked("second") {
+		t.Fatalf("with the lists file gone: %d errors counted, want 2 (once), or the lists in force changed", got)
+	}
 }

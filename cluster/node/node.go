@@ -199,6 +199,9 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		Help: "C2S messages refused to the device, by why: no_subscriber (C2S_ACK NO_SUBSCRIBER), queue_full (upstream.queue-len), over_budget (upstream.app-max-bytes or upstream.max-bytes; both UPSTREAM_BUSY), too_large (MESSAGE_TOO_LARGE), closed (the node is stopping)."},
 		[]string{"why"})
 	n.reg.MustRegister(upRefused)
+	for _, why := range []string{"no_subscriber", "queue_full", "over_budget", "too_large", "closed"} {
+		upRefused.WithLabelValues(why) // a series from the start: an alert's increase() sees the first refusal
+	}
 	// The cluster member starts before any other gRPC in the process.
 	n.sys, err = cluster.Start(cfg.Cluster, newChild, n.reg, log)
 	if err != nil {

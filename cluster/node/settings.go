@@ -186,8 +186,12 @@ func ApplyFileAndEnv(fs *pflag.FlagSet, path string, getenv func(string) string)
 		if err != nil {
 			return fmt.Errorf("config file: %w", err)
 		}
-		var tree map[string]any
-		if err := yaml.Unmarshal(b, &tree); err != nil {
+		var doc yaml.Node
+		if err := yaml.Unmarshal(b, &doc); err != nil {
+			return fmt.Errorf("config file %s: %w", path, err)
+		}
+		tree, err := yamlTree(&doc)
+		if err != nil {
 			return fmt.Errorf("config file %s: %w", path, err)
 		}
 		flat := map[string]string{}
@@ -229,6 +233,62 @@ func RedactSecret(err error) error {
 	return fmt.Errorf("invalid value for --%s: %s (the value is not shown: it holds secrets)", iv.GetFlag().Name, what)
 }
 
+// yamlTree turns a YAML document into maps, lists and strings: every key
+// and scalar as written, not as YAML would type it (an unquoted appcode
+// or an all-digit secret such as 0123456789012345 is a number to YAML,
+// printed back as another string; 010 would be 8).
+func yamlTree(doc *yaml.Node) (map[string]any, error) {
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return nil, nil // an empty file
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: the file must be a map of settings", root.Line)
+	}
+	v, err := yamlValue(root)
+	if err != nil {
+		return nil, err
+	}
+	return v.(map[string]any), nil
+}
+
+func yamlValue(n *yaml.Node) (any, error) {
+	switch n.Kind {
+	case yaml.AliasNode:
+		return yamlValue(n.Alias)
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			return nil, nil
+		}
+		return n.Value, nil
+	case yaml.SequenceNode:
+		out := make([]any, 0, len(n.Content))
+		for _, c := range n.Content {
+			v, err := yamlValue(c)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v)
+		}
+		return out, nil
+	case yaml.MappingNode:
+		out := make(map[string]any, len(n.Content)/2)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			if k.Kind != yaml.ScalarNode {
+				return nil, fmt.Errorf("line %d: a key must be a plain value", k.Line)
+			}
+			v, err := yamlValue(n.Content[i+1])
+			if err != nil {
+				return nil, err
+			}
+			out[k.Value] = v
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("line %d: unexpected YAML", n.Line)
+}
+
 // flatten turns nested maps into "a.b" keys. A map under a key that is a
 // map-valued setting (app-secret, api-key) becomes "k=v,k=v".
 func flatten(fs *pflag.FlagSet, prefix string, tree map[string]any, out map[string]string) error {
@@ -238,15 +298,6 @@ func flatten(fs *pflag.FlagSet, prefix string, tree map[string]any, out map[stri
 			name = prefix + "." + k
 		}
 		f := fs.Lookup(name)
-		if am, ok := v.(map[any]any); ok {
-			// A map with a key YAML reads as other than a string, such as
-			// an unquoted appcode (app-secret: {1: ...}).
-			sm := make(map[string]any, len(am))
-			for ak, av := range am {
-				sm[fmt.Sprint(ak)] = av
-			}
-			v = sm
-		}
 		m, isMap := v.(map[string]any)
 		list, isList := v.([]any)
 		switch {

@@ -103,6 +103,15 @@ func TestSettingsErrorsNameTheField(t *testing.T) {
 	dsnFile := filepath.Join(t.TempDir(), "dsn")
 	_ = os.WriteFile(dsnFile, []byte("host=db port=notaport password=hunter2\n"), 0o600)
 	bad(func(c *Config) { c.Store, c.StoreDSNFile = "postgres", dsnFile }, "store.dsn-file "+dsnFile+": store: postgres DSN does not parse")
+	// A certificate the DSN names that is not there yet (mounted after
+	// boot) is the connection's failure (exit 1, retried), not the
+	// settings'.
+	ok := DefaultConfig()
+	ok.AppSecrets = map[string]string{"1": "0123456789abcdef"}
+	ok.Store, ok.StoreDSN = "postgres", "host=db sslmode=verify-full sslrootcert=/nonexistent/ca.pem"
+	if _, _, err := ok.resolve(); err != nil {
+		t.Errorf("a DSN naming a certificate not there yet: %v", err)
+	}
 	for _, dsn := range []string{"postgres://u:hunter2@db:port/x", "host=db port=notaport password=hunter2"} {
 		c := DefaultConfig()
 		c.Store, c.StoreDSN = "postgres", dsn
@@ -351,13 +360,19 @@ func TestYAMLShapes(t *testing.T) {
 		cfg.APIKeys["key-of-the-dispatch-service"] != "2" {
 		t.Fatalf("unquoted appcodes: %v %v %v", err, cfg.AppSecrets, cfg.APIKeys)
 	}
+	// Keys and values as written: YAML would make numbers of them, and
+	// print them back as other strings.
+	cfg, err = load("app-secret:\n  3: 0123456789012345\napi-key:\n  0123456789012345678: 3\n")
+	if err != nil || cfg.AppSecrets["3"] != "0123456789012345" || cfg.APIKeys["0123456789012345678"] != "3" {
+		t.Fatalf("all-digit secrets and keys: %v %v %v", err, cfg.AppSecrets, cfg.APIKeys)
+	}
 	for _, y := range []string{"store:\n  dsn-file: /run/secrets/dsn\n", "store: {}\n"} {
 		_, err = load(y)
 		if err == nil || !strings.Contains(err.Error(), `setting "store" takes one value, not a map`) || !strings.Contains(err.Error(), "dotted") {
 			t.Fatalf("%q: %v", y, err)
 		}
 	}
-	if _, err = load("store:\n  dsn-file: /run/secrets/dsn\n"); !strings.Contains(err.Error(), `"store.dsn-file"`) {
+	if _, err = load("store:\n  dsn-file: /run/secrets/dsn\n"); err == nil || !strings.Contains(err.Error(), `"store.dsn-file"`) {
 		t.Fatalf("the hint does not name the setting under store: %v", err)
 	}
 	cfg, err = load("store: postgres\nstore.dsn-file: /run/secrets/dsn\n")

@@ -227,6 +227,7 @@ func (l *durableLists) run(quit <-chan struct{}, filePoll time.Duration) {
 		defer ft.Stop()
 		fileTick = ft.C
 	}
+	fileErr := "" // the last lists-file error counted
 	for {
 		select {
 		case <-quit:
@@ -241,7 +242,12 @@ func (l *durableLists) run(quit <-chan struct{}, filePoll time.Duration) {
 			err := l.syncFileLocked(ctx, false)
 			l.mu.Unlock()
 			cancel()
-			if err != nil {
+			// Counted and logged once per error, as the gate does with
+			// its own file: a file missing for an hour is one failure.
+			if err == nil {
+				fileErr = ""
+			} else if msg := err.Error(); msg != fileErr {
+				fileErr = msg
 				l.gate.FileFailed()
 				l.log.Warn("node: lists file not applied; keeping the current lists", "path", l.file, "err", err)
 			}

@@ -91,6 +91,11 @@ func TestCommandLineErrors(t *testing.T) {
 			if tt.code != 0 && !strings.HasPrefix(tt.name, "dev") {
 				args = append(loopback(t), args...)
 			}
+			if tt.code != 0 && strings.HasPrefix(tt.name, "dev") {
+				// --dev picks its addresses, not its data directory: a
+				// case that got past its check left a store in ./data.
+				args = append([]string{"--data-dir", t.TempDir()}, args...)
+			}
 			code, out, errw := courier(t, nil, args...)
 			if code != tt.code || !strings.Contains(errw, tt.err) || !strings.Contains(out, tt.out) {
 				t.Fatalf("exit %d (want %d)\nstdout: %s\nstderr: %s", code, tt.code, out, errw)
@@ -430,11 +435,12 @@ func TestDevBannerShowsOnlyCredentialsInForce(t *testing.T) {
 // at start, and not once gate-public-addr is set.
 func TestLoopbackGateAddressIsWarned(t *testing.T) {
 	const warning = "give devices a loopback gate address"
+	// The node's output reaches Logs through a pipe: waited for.
 	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--gate.addr", ":0"}})
-	if !strings.Contains(n.Logs(), warning) {
-		t.Fatalf("no warning of the loopback gate address:\n%s", n.Logs())
-	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return strings.Contains(n.Logs(), warning) }, "no warning of the loopback gate address")
 	n = testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--gate.addr", ":0", "--gate-public-addr", "gate.example.com:7000"}})
+	// "node: started" is logged after the point of the warning.
+	testkit.Eventually(t, 10*time.Second, func() bool { return strings.Contains(n.Logs(), "node: started") }, "the node never said it started")
 	if strings.Contains(n.Logs(), warning) {
 		t.Fatalf("warned with gate-public-addr set:\n%s", n.Logs())
 	}
