@@ -50,7 +50,8 @@ type Config struct {
 	// remoting is plaintext and may only bind a loopback address.
 	TLS mtls.Files
 	// Shards is the number of host actors per node among which identities
-	// are spread (default 8). All nodes of a cluster must use the same.
+	// are spread (default 8). Each node publishes its own; the others
+	// route by it.
 	Shards int
 	// RequestTimeout bounds a request to an identity's actor when the
 	// caller's context has no earlier deadline (default 5 s).

@@ -250,9 +250,11 @@ type PushResponse struct {
 	Seq uint32 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
 	// The idempotency key was seen before: nothing new was accepted.
 	Duplicate bool `protobuf:"varint,3,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
-	// The identity had a session when the message was accepted (the first
-	// delivery attempt was made at once). For fire-and-forget pushes, false
-	// means the message was dropped.
+	// The identity had a session when the message was accepted: a stored
+	// message is written to it at once unless the device's window of
+	// unacknowledged messages is full (then as acknowledgements make
+	// room). For fire-and-forget pushes, false means the message was
+	// dropped.
 	Online        bool `protobuf:"varint,4,opt,name=online,proto3" json:"online,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
