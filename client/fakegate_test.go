@@ -31,6 +31,8 @@ type fakeGate struct {
 	ln     net.Listener
 	logins atomic.Int32
 	wg     sync.WaitGroup
+	// frameLimit is the max_frame_size its LOGIN_ACKs announce (0: none).
+	frameLimit atomic.Uint32
 }
 
 func startFakeGate(t *testing.T, heartbeat uint32, script func(n int32, c *client.Conn)) *fakeGate {
@@ -65,7 +67,8 @@ func startFakeGateAt(t *testing.T, heartbeat, lastSeq uint32, script func(n int3
 				}
 				n := g.logins.Add(1)
 				if c.WriteMessage(messages.CmdLoginAck, 0, f.Seq, &devicepb.LoginAck{Code: devicepb.Code_OK,
-					Epoch: uint64(n), HeartbeatSeconds: heartbeat, ServerTimeMs: time.Now().UnixMilli(), LastSeq: lastSeq}) != nil {
+					Epoch: uint64(n), HeartbeatSeconds: heartbeat, ServerTimeMs: time.Now().UnixMilli(), LastSeq: lastSeq,
+					MaxFrameSize: g.frameLimit.Load()}) != nil {
 					return
 				}
 				script(n, c)

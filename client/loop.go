@@ -892,6 +892,15 @@ func (l *loop) flush() {
 		if r.ctx.Err() != nil {
 			continue // dropped at the next resend check
 		}
+		if lim := l.c.frameLimit.Load(); lim != 0 && proto.Size(r.body) > int(lim) {
+			// Queued before this session's gate announced a smaller
+			// limit: written, the gate would close the connection, and
+			// every session after it on the same frame.
+			l.dropSend(r)
+			i--
+			r.res <- sendResult{err: fmt.Errorf("%w: %d-byte body, the gate's limit %d", ErrTooLarge, proto.Size(r.body), lim)}
+			continue
+		}
 		seq, sent, err := l.writePaced(r.cmd, r.msgtype, r.body)
 		if !sent {
 			blocked = true

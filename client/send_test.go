@@ -13,6 +13,7 @@ import (
 	"github.com/courier-im/courier/client"
 	"github.com/courier-im/courier/messages"
 	"github.com/courier-im/courier/messages/devicepb"
+	"github.com/courier-im/courier/testkit"
 )
 
 // answeringGate is a fake gate that answers every C2S and C2C OK.
@@ -107,5 +108,62 @@ func TestUnencodableSendFailsAloneNotTheSession(t *testing.T) {
 	}
 	if n := g.logins.Load(); n != 1 {
 		t.Fatalf("%d logins: the encode error was taken for a broken connection", n)
+	}
+}
+
+// TestSendAboveANewGatesLimitFailsAlone: a send in flight when the
+// connection drops is sent again on the next session; if that session's
+// gate announces a smaller frame limit than the send's body, the send
+// fails with ErrTooLarge and is not written (the gate would close the
+// connection on it, and every session after it the same way).
+func TestSendAboveANewGatesLimitFailsAlone(t *testing.T) {
+	cut := make(chan struct{})
+	var written atomic.Int32
+	var g *fakeGate
+	g = startFakeGate(t, 30, func(n int32, c *client.Conn) {
+		if n == 1 {
+			for { // takes the C2S, never answers it
+				f, err := c.ReadFrame()
+				if err != nil {
+					return
+				}
+				if f.Cmd == messages.CmdC2S {
+					g.frameLimit.Store(8192) // the next gate's
+					<-cut
+					return
+				}
+			}
+		}
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				return
+			}
+			if f.Cmd == messages.CmdC2S {
+				written.Add(1)
+			}
+		}
+	})
+	c := dialFake(t, g, nil)
+	res := make(chan error, 1)
+	go func() {
+		_, err := c.SendC2S(context.Background(), 1, make([]byte, 10<<10))
+		res <- err
+	}()
+	testkit.Eventually(t, 5*time.Second, func() bool { return g.frameLimit.Load() != 0 }, "the C2S never reached the first gate")
+	close(cut)
+	select {
+	case err := <-res:
+		if !errors.Is(err, client.ErrTooLarge) || !strings.Contains(err.Error(), "the gate's limit 8192") {
+			t.Fatalf("the send resent to a gate of 8 KiB: %v, want ErrTooLarge", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the send neither failed nor was answered")
+	}
+	if n := written.Load(); n != 0 {
+		t.Fatalf("the C2S above the second gate's limit was written to it (%d times)", n)
+	}
+	if g.logins.Load() != 2 || c.State() != client.StateConnected {
+		t.Fatalf("logins %d, state %v: the session on the second gate should go on", g.logins.Load(), c.State())
 	}
 }
