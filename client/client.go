@@ -486,7 +486,9 @@ func (c *Client) joinOnState() {
 
 // Logout ends the session with LOGOUT and waits for LOGOUT_ACK (or ctx),
 // then closes the client. In the default mode what Recv and Pull
-// returned last counts as handled: it is acknowledged before the LOGOUT.
+// returned last counts as handled: it is acknowledged before the LOGOUT
+// (an app that calls Logout while another goroutine still handles a
+// message uses Config.ManualAck, as for concurrent handling).
 func (c *Client) Logout(ctx context.Context) error {
 	// What Recv and Pull returned is handled: acknowledged before LOGOUT.
 	_ = c.release(ctx)

@@ -668,6 +668,9 @@ func (l *loop) closeSession() *session {
 		l.pace = nil
 	}
 	clear(l.inflight)
+	// The next gate announces its own limit; until then sends are checked
+	// against Config.MaxFrameSize alone (and at flush against it).
+	l.c.frameLimit.Store(0)
 	for _, r := range l.order {
 		r.seq, r.sentAt = 0, time.Time{}
 	}
@@ -901,6 +904,7 @@ func (l *loop) flush() {
 			r.res <- sendResult{err: fmt.Errorf("%w: %d-byte body, the gate's limit %d", ErrTooLarge, proto.Size(r.body), lim)}
 			continue
 		}
+		before := l.sess.seq
 		seq, sent, err := l.writePaced(r.cmd, r.msgtype, r.body)
 		if !sent {
 			blocked = true
@@ -915,6 +919,15 @@ func (l *loop) flush() {
 			continue
 		}
 		if seq == 0 {
+			if s := l.sess; s != nil && s.broken != nil && s.seq != before {
+				// Its write failed: the gate may have closed on this very
+				// frame (FRAME_TOO_LARGE from a gate whose limit was not
+				// announced). Recorded under its seq, the ERROR read
+				// before the session ends fails it, rather than the
+				// send going first again on every session.
+				r.seq, r.sentAt = s.seq, time.Now()
+				l.inflight[s.seq] = r
+			}
 			return
 		}
 		r.seq, r.sentAt = seq, time.Now()

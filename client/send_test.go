@@ -2,7 +2,10 @@ package client_test
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
+	"io"
+	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -165,5 +168,44 @@ func TestSendAboveANewGatesLimitFailsAlone(t *testing.T) {
 	}
 	if g.logins.Load() != 2 || c.State() != client.StateConnected {
 		t.Fatalf("logins %d, state %v: the session on the second gate should go on", g.logins.Load(), c.State())
+	}
+}
+
+// TestSendTheGateClosesOnFailsAlone: a gate that does not announce its
+// frame limit (an older server) answers a body above it ERROR
+// FRAME_TOO_LARGE from the header and resets the connection, so the
+// client's write of the large body fails. The send fails with that error;
+// it does not go first again on every session after (the client used to
+// reconnect for ever, every send behind it held up).
+func TestSendTheGateClosesOnFailsAlone(t *testing.T) {
+	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
+		for {
+			var hdr [messages.HeaderSize]byte
+			if _, err := io.ReadFull(c.NetConn(), hdr[:]); err != nil {
+				return
+			}
+			h, err := messages.ParseHeader(hdr[:], 8192)
+			if errors.Is(err, messages.ErrFrameTooLarge) {
+				_ = c.WriteMessage(messages.CmdError, 0, h.Seq, &devicepb.Error{Code: devicepb.Code_FRAME_TOO_LARGE, Reason: "over 8192"})
+				_ = c.NetConn().(*net.TCPConn).SetLinger(0)
+				return // a reset: the client's write of the body fails
+			}
+			if err != nil || h.Length > 0 && func() error { _, err := io.CopyN(io.Discard, c.NetConn(), int64(h.Length)); return err }() != nil {
+				return
+			}
+		}
+	})
+	c := dialFake(t, g, func(cfg *client.Config) { cfg.MaxFrameSize = 1 << 20 })
+	body := make([]byte, 512<<10)
+	_, _ = rand.Read(body) // incompressible (compression is off anyway)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := c.SendC2S(ctx, 1, body)
+	var re *client.ResultError
+	if !errors.As(err, &re) || re.Code != devicepb.Code_FRAME_TOO_LARGE {
+		t.Fatalf("a send above the gate's unannounced limit: %v, want FRAME_TOO_LARGE", err)
+	}
+	if n := g.logins.Load(); n > 2 {
+		t.Fatalf("%d logins: the send was written again after the refusal", n)
 	}
 }
