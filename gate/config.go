@@ -70,6 +70,14 @@ type Config struct {
 	// MaxFrameSize.
 	BytesPerSecond int
 	ByteBurst      int
+	// C2CPerSecond and C2CBurst limit the C2C messages a connection may
+	// send (0 rate: no limit). Beyond, a C2C is answered C2C_ACK
+	// RATE_LIMITED and not stored; the connection goes on. Every C2C is
+	// stored for its receiver (for actors.c2c-ttl if not acknowledged),
+	// so this, times the TTL, bounds what one device can make the cluster
+	// store.
+	C2CPerSecond int
+	C2CBurst     int
 
 	// NewConnsPerIP and NewConnsPerIPBurst limit new connections per
 	// source IP (0 rate: no limit); IPLimiterSize bounds how many source
@@ -133,6 +141,8 @@ func DefaultConfig() Config {
 		FrameBurst:      200,       // a reconnect flushes acks and a PULL at once
 		BytesPerSecond:  256 << 10, // 256 KiB/s sustained upstream
 		ByteBurst:       1 << 20,   // 1 MiB: 16 max-size frames back to back
+		C2CPerSecond:    5,         // a person types far slower
+		C2CBurst:        20,        // an outbox flushed after a reconnect
 
 		NewConnsPerIP:      20,      // per second; a NAT of many phones reconnecting
 		NewConnsPerIPBurst: 100,     // after a network blip behind one NAT
@@ -236,6 +246,12 @@ func (c *Config) validate() error {
 	}
 	if c.BytesPerSecond > 0 && c.ByteBurst < int(c.MaxFrameSize)+messages.HeaderSize {
 		return invalid("Config.ByteBurst %d: want at least one frame of Config.MaxFrameSize (%d)", c.ByteBurst, int(c.MaxFrameSize)+messages.HeaderSize)
+	}
+	if c.C2CPerSecond < 0 {
+		return invalid("Config.C2CPerSecond %d: want >= 0", c.C2CPerSecond)
+	}
+	if c.C2CPerSecond > 0 && c.C2CBurst < 1 {
+		return invalid("Config.C2CBurst %d: want >= 1", c.C2CBurst)
 	}
 	if c.NewConnsPerIP < 0 {
 		return invalid("Config.NewConnsPerIP %v: want >= 0", c.NewConnsPerIP)

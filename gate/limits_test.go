@@ -282,3 +282,46 @@ func TestByteRateCountsDecompressedBodies(t *testing.T) {
 	}
 	d.Keepalive()
 }
+
+// TestC2CRate: a connection's C2C messages beyond gate.c2c-per-second
+// (and its burst) are answered C2C_ACK RATE_LIMITED with their
+// client_msg_id, not handed on (nothing stored), and the connection goes
+// on; the bucket refills. Each C2C is stored for its receiver, so this
+// rate, times the C2C TTL, bounds what one device makes the cluster
+// store.
+func TestC2CRate(t *testing.T) {
+	tg := startGate(t, func(c *gate.Config) { c.C2CPerSecond, c.C2CBurst = 1, 3 })
+	d, _ := tg.login(t, "chatty", false)
+	c2cs := func() int {
+		n := 0
+		for _, f := range tg.h.Frames() {
+			if f.h.Cmd == messages.CmdC2C {
+				n++
+			}
+		}
+		return n
+	}
+	seqs := map[uint32]string{}
+	for i := range 5 {
+		seq := d.NextSeq()
+		id := fmt.Sprint("c-", i)
+		seqs[seq] = id
+		d.Send(messages.CmdC2C, seq, &devicepb.C2C{ToUid: "friend", ClientMsgId: id, Payload: []byte("hi")})
+	}
+	for range 2 {
+		f := d.Expect(messages.CmdC2CAck)
+		a := f.Msg.(*devicepb.C2CAck)
+		if a.Code != devicepb.Code_RATE_LIMITED || a.ClientMsgId != seqs[f.Seq] || a.MsgId != "" || !strings.Contains(a.Reason, "gate.c2c-per-second") {
+			t.Fatalf("C2C_ACK seq %d: %v", f.Seq, a)
+		}
+	}
+	testkit.Eventually(t, wait, func() bool { return c2cs() == 3 }, "the burst of 3 was not handed on")
+	tg.waitMetric(t, 2, "courier_gate_limit_hits_total", "limit", "c2c_rate")
+	// The connection goes on, and the bucket refills at 1 a second.
+	seq := d.NextSeq()
+	d.Send(messages.CmdKeepalive, seq, nil)
+	d.Expect(messages.CmdKeepaliveAck)
+	time.Sleep(1100 * time.Millisecond)
+	d.Send(messages.CmdC2C, d.NextSeq(), &devicepb.C2C{ToUid: "friend", ClientMsgId: "later", Payload: []byte("hi")})
+	testkit.Eventually(t, wait, func() bool { return c2cs() == 4 }, "a C2C after the refill was not handed on")
+}

@@ -21,6 +21,7 @@ const (
 	limitIPRate      = "ip_conn_rate"
 	limitFrameRate   = "frame_rate"
 	limitByteRate    = "byte_rate"
+	limitC2CRate     = "c2c_rate"
 	limitFrameSize   = "frame_size"
 	limitOutQueue    = "out_queue"
 	limitOutBuffered = "out_buffered"

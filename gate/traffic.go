@@ -25,6 +25,9 @@ const (
 	MaxAppVersionLen = 128
 	// MaxTokenLen is the longest Login.token.
 	MaxTokenLen = 4096
+	// maxClientMsgIDLen is the longest client_msg_id the node takes (and
+	// echoes in its answers); actors.MaxClientMsgIDLen.
+	maxClientMsgIDLen = 128
 )
 
 // OnTraffic parses every whole frame gnet has buffered. A partial frame
@@ -335,8 +338,28 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 		l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "body does not decode as "+h.Cmd.String())
 		return gnet.None
 	}
+	if h.Cmd == messages.CmdC2C && g.cfg.C2CPerSecond > 0 &&
+		!s.c2cTokens.Take(g.nanos(), 1, int64(g.cfg.C2CPerSecond), int64(g.cfg.C2CBurst)) {
+		s.refuseC2C(h, body)
+		return gnet.None
+	}
 	g.h.Frame(s.info(), h, body)
 	return gnet.None
+}
+
+// refuseC2C answers a C2C over the connection's C2C rate: not stored,
+// retry later (the connection goes on).
+func (s *conn) refuseC2C(h messages.Header, body []byte) {
+	l, g := s.loop, s.loop.g
+	g.metrics.limitHits.WithLabelValues(limitC2CRate).Inc()
+	var m devicepb.C2C
+	_ = proto.Unmarshal(body, &m) // checkBody decoded it
+	id := m.ClientMsgId
+	if len(id) > maxClientMsgIDLen {
+		id = "" // refused for its length by the node; the seq says which
+	}
+	l.reply(s.app, messages.CmdC2CAck, h.Seq, &devicepb.C2CAck{Code: devicepb.Code_RATE_LIMITED, ClientMsgId: id,
+		Reason: "over this connection's C2C rate (gate.c2c-per-second " + strconv.Itoa(g.cfg.C2CPerSecond) + "): not stored; send it again later"})
 }
 
 // onLogin checks a LOGIN at the edge (uid, token, uid blacklist) and hands

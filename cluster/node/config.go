@@ -500,6 +500,8 @@ var gateFields = [][2]string{
 	{"Config.HeartbeatInterval", "gate.heartbeat-interval"},
 	{"Config.CompressThreshold", "gate.compress-threshold"},
 	{"Config.FramesPerSecond", "gate.frames-per-second"},
+	{"Config.C2CPerSecond", "gate.c2c-per-second"},
+	{"Config.C2CBurst", "gate.c2c-burst"},
 	{"Config.BytesPerSecond", "gate.bytes-per-second"},
 	{"Config.OutQueueFrames", "gate.out-queue-frames"},
 	{"Config.OutQueueBytes", "gate.out-queue-bytes"},

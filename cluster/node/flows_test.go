@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -416,9 +417,22 @@ func TestListsFileReloads(t *testing.T) {
 	write(`{"uid_blacklist": {"1": ["first"]}}`)
 	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--gate.lists-file", file, "--gate.lists-poll-interval", "100ms"}})
 	blocked := func(uid string) bool {
-		d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
-		defer d.Close()
-		return d.Login(uid, testkit.Token(t, 1, uid), false).Code == devicepb.Code_UID_BLOCKED
+		t.Helper()
+		for {
+			d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
+			if err := d.TrySend(messages.Header{Cmd: messages.CmdLogin, AppCode: 1, Seq: d.NextSeq()},
+				&devicepb.Login{Uid: uid, Token: testkit.Token(t, 1, uid)}); err != nil {
+				t.Fatal(err)
+			}
+			f, err := d.ReadFrame()
+			d.Close()
+			if err != nil {
+				// A login under way when new lists block its uid is cut
+				// off without an answer: a device logs in again.
+				continue
+			}
+			return f.Cmd == messages.CmdLoginAck && f.Msg.(*devicepb.LoginAck).Code == devicepb.Code_UID_BLOCKED
+		}
 	}
 	if !blocked("first") || blocked("second") {
 		t.Fatal("the lists file at start is not in force")
@@ -442,4 +456,41 @@ func TestListsFileReloads(t *testing.T) {
 	if got := metricOr0(t, n, errorsRe); got != 2 || !blocked("second") {
 		t.Fatalf("with the lists file gone: %d errors counted, want 2 (once), or the lists in force changed", got)
 	}
+}
+
+// TestC2CRateBoundsWhatOneDeviceStores: C2C to uids nobody uses is
+// stored for each of them; a device that sends them faster than
+// gate.c2c-per-second gets RATE_LIMITED for the rest, and those are not
+// stored (the receivers' inboxes say so), while the connection goes on.
+func TestC2CRateBoundsWhatOneDeviceStores(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--gate.c2c-per-second", "1", "--gate.c2c-burst", "2"}})
+	d := n.Device(t, 1, "spammer")
+	var stored, limited []string
+	for i := range 4 {
+		to := fmt.Sprint("ghost-", i)
+		switch a := expectC2CAck(t, d, sendC2C(d, to, fmt.Sprint("c-", i), "x")); a.Code {
+		case devicepb.Code_OK:
+			stored = append(stored, to)
+		case devicepb.Code_RATE_LIMITED:
+			limited = append(limited, to)
+		default:
+			t.Fatalf("C2C to %s: %v", to, a)
+		}
+	}
+	if len(stored) != 2 || len(limited) != 2 {
+		t.Fatalf("stored for %v, rate limited for %v: want the burst of 2 stored", stored, limited)
+	}
+	api := n.API(t)
+	r, err := api.Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: append(stored, limited...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range r.Entries {
+		if want := uint32(map[bool]int{true: 1}[slices.Contains(stored, e.Uid)]); e.Pending != want {
+			t.Fatalf("%s has %d pending, want %d", e.Uid, e.Pending, want)
+		}
+	}
+	// The connection goes on.
+	d.Send(messages.CmdKeepalive, d.NextSeq(), nil)
+	d.Expect(messages.CmdKeepaliveAck)
 }

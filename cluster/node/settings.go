@@ -61,6 +61,8 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.IntVar(&g.MaxOutboundBuffered, "gate.max-outbound-buffered", g.MaxOutboundBuffered, "bytes buffered for a peer that does not read before it is disconnected")
 	fs.IntVar(&g.FramesPerSecond, "gate.frames-per-second", g.FramesPerSecond, "frames a connection may send per second (0: no limit)")
 	fs.IntVar(&g.FrameBurst, "gate.frame-burst", g.FrameBurst, "burst of gate.frames-per-second")
+	fs.IntVar(&g.C2CPerSecond, "gate.c2c-per-second", g.C2CPerSecond, "C2C messages a connection may send per second; beyond, C2C_ACK RATE_LIMITED (0: no limit)")
+	fs.IntVar(&g.C2CBurst, "gate.c2c-burst", g.C2CBurst, "burst of gate.c2c-per-second")
 	fs.IntVar(&g.BytesPerSecond, "gate.bytes-per-second", g.BytesPerSecond, "bytes a connection may send per second (0: no limit)")
 	fs.IntVar(&g.ByteBurst, "gate.byte-burst", g.ByteBurst, "burst of gate.bytes-per-second")
 	fs.Float64Var(&g.NewConnsPerIP, "gate.new-conns-per-ip", g.NewConnsPerIP, "new connections per second per source IP (0: no limit)")

@@ -30,6 +30,7 @@ var DefaultArgs = []string{
 	"--pprof-addr", "127.0.0.1:0",
 	"--gate.new-conns-per-ip", "0",
 	"--gate.frames-per-second", "0",
+	"--gate.c2c-per-second", "0",
 	"--gate.bytes-per-second", "0",
 	"--log-level", "warn",
 }
