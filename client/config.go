@@ -131,6 +131,12 @@ type Config struct {
 	FrameBurst int
 	ByteRate   int
 	ByteBurst  int
+	// C2CRate and C2CBurst pace C2C sends the same way, under the gate's
+	// own C2C rate (default 4 a second in bursts of 16; the gate's
+	// default is 5 and 20, docs/protocol.md §13): beyond it the gate
+	// answers RATE_LIMITED and does not store the message.
+	C2CRate  float64
+	C2CBurst int
 
 	// RecvBuffer is how many received messages wait for Recv (default
 	// 256). The connection is read on regardless (answers to sends and
@@ -191,6 +197,8 @@ func DefaultConfig() Config {
 		FrameBurst:        150,
 		ByteRate:          200 << 10,
 		ByteBurst:         768 << 10,
+		C2CRate:           4,
+		C2CBurst:          16,
 		RecvBuffer:        256,
 		MaxOutbox:         1024,
 		DedupSize:         10_000,
@@ -235,6 +243,10 @@ func (c *Config) fill() {
 		c.FrameRate = d.FrameRate
 	}
 	setInt(&c.FrameBurst, d.FrameBurst)
+	if c.C2CRate == 0 {
+		c.C2CRate = d.C2CRate
+	}
+	setInt(&c.C2CBurst, d.C2CBurst)
 	setInt(&c.ByteRate, d.ByteRate)
 	// At least the largest frame, for a gate whose frame limit was raised.
 	setInt(&c.ByteBurst, max(d.ByteBurst, int(c.MaxFrameSize)+messages.HeaderSize))
@@ -287,6 +299,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("client: sizes must not be negative")
 	case c.FrameRate < 0, c.FrameBurst < 1, c.ByteRate < 1:
 		return fmt.Errorf("client: FrameRate, FrameBurst, ByteRate: must be positive")
+	case c.C2CRate < 0, c.C2CBurst < 1:
+		return fmt.Errorf("client: C2CRate, C2CBurst: must be positive")
 	case c.ByteBurst < int(c.MaxFrameSize)+messages.HeaderSize:
 		return fmt.Errorf("client: ByteBurst %d: at least MaxFrameSize plus the header (%d), or the largest frame never goes",
 			c.ByteBurst, int(c.MaxFrameSize)+messages.HeaderSize)

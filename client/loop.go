@@ -120,6 +120,7 @@ type session struct {
 	// (Config.FrameRate, ByteRate); a fresh connection starts full, as
 	// the gate's buckets do.
 	frameTokens, byteTokens *rate.Limiter
+	c2cTokens               *rate.Limiter // Config.C2CRate
 }
 
 // loop is the state of the client's goroutine. Everything here belongs to
@@ -592,7 +593,8 @@ func (l *loop) connected(r dialResult) {
 	s := &session{conn: r.conn, addr: r.addr, frames: make(chan readResult, 64), stop: make(chan struct{}),
 		readerDone: make(chan struct{}), heartbeat: hb, started: now, lastRecv: now, lastPing: now, seq: 1,
 		frameTokens: rate.NewLimiter(rate.Limit(l.cfg.FrameRate), l.cfg.FrameBurst),
-		byteTokens:  rate.NewLimiter(rate.Limit(l.cfg.ByteRate), l.cfg.ByteBurst)}
+		byteTokens:  rate.NewLimiter(rate.Limit(l.cfg.ByteRate), l.cfg.ByteBurst),
+		c2cTokens:   rate.NewLimiter(rate.Limit(l.cfg.C2CRate), l.cfg.C2CBurst)}
 	l.sess = s
 	l.c.conn.Store(r.conn)
 	select {
@@ -790,11 +792,15 @@ func (l *loop) writePaced(cmd messages.Cmd, msgtype uint16, body proto.Message) 
 	}
 	now := time.Now()
 	n := min(messages.HeaderSize+proto.Size(body), l.cfg.ByteBurst)
-	if s.frameTokens.TokensAt(now) < 1 || s.byteTokens.TokensAt(now) < float64(n) {
+	c2c := cmd == messages.CmdC2C
+	if s.frameTokens.TokensAt(now) < 1 || s.byteTokens.TokensAt(now) < float64(n) || c2c && s.c2cTokens.TokensAt(now) < 1 {
 		return 0, false, nil
 	}
 	s.frameTokens.AllowN(now, 1)
 	s.byteTokens.AllowN(now, n)
+	if c2c {
+		s.c2cTokens.AllowN(now, 1)
+	}
 	seq, err = l.writeNow(cmd, msgtype, body)
 	return seq, true, err
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -207,5 +209,49 @@ func TestSendTheGateClosesOnFailsAlone(t *testing.T) {
 	}
 	if n := g.logins.Load(); n > 2 {
 		t.Fatalf("%d logins: the send was written again after the refusal", n)
+	}
+}
+
+// TestC2CSendsArePacedUnderTheGatesC2CRate: the gate answers C2C beyond
+// its C2C rate RATE_LIMITED, unstored; the client paces its C2C sends
+// under Config.C2CRate instead (an outbox flushed after a reconnect
+// would otherwise see most of its messages refused).
+func TestC2CSendsArePacedUnderTheGatesC2CRate(t *testing.T) {
+	g := answeringGate(t)
+	var mu sync.Mutex
+	var at []time.Time
+	c := dialFake(t, g, func(cfg *client.Config) {
+		cfg.C2CRate, cfg.C2CBurst = 10, 3
+		cfg.OnFrame = func(out bool, h messages.Header, _ proto.Message) {
+			if out && h.Cmd == messages.CmdC2C {
+				mu.Lock()
+				at = append(at, time.Now())
+				mu.Unlock()
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.SendC2C(ctx, "bob", 1, []byte("x"), client.WithClientMsgID(fmt.Sprint("m", i))); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(at) != 6 {
+		t.Fatalf("%d C2C written, want 6", len(at))
+	}
+	// 3 at once, then 10 a second: the sixth at least 0.3 s after the
+	// start (0.25 s allows for the limiter's rounding).
+	if d := at[5].Sub(start); d < 250*time.Millisecond {
+		t.Fatalf("the sixth C2C went %v after the start: not paced at 10 a second after a burst of 3", d)
 	}
 }
