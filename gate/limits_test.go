@@ -325,3 +325,40 @@ func TestC2CRate(t *testing.T) {
 	d.Send(messages.CmdC2C, d.NextSeq(), &devicepb.C2C{ToUid: "friend", ClientMsgId: "later", Payload: []byte("hi")})
 	testkit.Eventually(t, wait, func() bool { return c2cs() == 4 }, "a C2C after the refill was not handed on")
 }
+
+// TestRefusedZstdBombsCountAgainstTheByteRate: a few bytes of zstd that
+// decode past the frame limit are refused BAD_BODY, but only after the
+// gate decoded that much: each is charged a whole frame's body against
+// the byte rate, so a stream of them waits like a stream of whole
+// frames (they cost one frame token and their few bytes before).
+func TestRefusedZstdBombsCountAgainstTheByteRate(t *testing.T) {
+	const rate, burst = 40 << 10, 40 << 10
+	tg := startGate(t, func(c *gate.Config) {
+		c.MaxFrameSize = 16 << 10
+		c.BytesPerSecond = rate
+		c.ByteBurst = burst
+	})
+	d, _ := tg.login(t, "bomber", true)
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bomb := enc.EncodeAll(make([]byte, 64<<10), nil) // 4 frame limits of zeros
+	if len(bomb) > 200 {
+		t.Fatalf("compressed to %d bytes", len(bomb))
+	}
+	const bombs = 6 // 6 × 16 KiB charged: 56 KiB over the burst
+	start := time.Now()
+	for seq := uint32(1); seq <= bombs; seq++ {
+		d.SendRaw(frame(messages.Header{Cmd: messages.CmdC2S, AppCode: app1, Seq: seq, Flags: messages.FlagZstd}, bomb))
+	}
+	for seq := uint32(1); seq <= bombs; seq++ {
+		d.ExpectError(devicepb.Code_BAD_BODY, seq)
+	}
+	// A keepalive behind them waits for what the bombs owe: the last
+	// ones' 5 × 16 KiB minus the burst, at 40 KiB/s.
+	d.Keepalive()
+	if took, least := time.Since(start), time.Duration((5*16<<10-burst)*int64(time.Second)/rate); took < least*9/10 {
+		t.Fatalf("%d refused bombs and a keepalive passed in %v: charged a frame each, they take no less than %v", bombs, took, least)
+	}
+}

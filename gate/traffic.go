@@ -291,6 +291,13 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 	if h.Compressed() {
 		out, err := l.decompress(body)
 		if err != nil {
+			// Refused, but decoded up to past the frame limit first: that
+			// work is charged like a whole frame's body, or a stream of
+			// small bombs would cost the gate many times the byte rate.
+			if cfg := &g.cfg; cfg.BytesPerSecond > 0 && int(cfg.MaxFrameSize) > len(body) &&
+				s.byteTokens.Owe(g.nanos(), int64(int(cfg.MaxFrameSize)-len(body)), int64(cfg.BytesPerSecond), int64(cfg.ByteBurst)) {
+				g.metrics.limitHits.WithLabelValues(limitByteRate).Inc()
+			}
 			l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "body does not decompress within the frame limit (windows up to 128 MiB)")
 			return gnet.None
 		}
