@@ -174,6 +174,8 @@ func (b *bridge) c2s(c gate.ConnInfo, h messages.Header, m *devicepb.C2S) *devic
 		why, ack.Code, ack.MsgId, ack.Reason = "no_subscriber", devicepb.Code_NO_SUBSCRIBER, "", "no app-server is subscribed to this appcode and msgtype"
 	case errors.Is(err, upstream.ErrFull):
 		why, ack.Code, ack.MsgId, ack.Reason = "queue_full", devicepb.Code_UPSTREAM_BUSY, "", "the app-servers are behind: retry later"
+	case errors.Is(err, upstream.ErrDeviceOverBudget):
+		why, ack.Code, ack.MsgId, ack.Reason = "device_over_budget", devicepb.Code_UPSTREAM_BUSY, "", "the app-servers are behind, and this device's messages waiting for them are at its share (upstream.uid-max-bytes): retry later"
 	case errors.Is(err, upstream.ErrOverBudget):
 		why, ack.Code, ack.MsgId, ack.Reason = "over_budget", devicepb.Code_UPSTREAM_BUSY, "", "the app-servers are behind (upstream memory budget full): retry later"
 	case err != nil:

@@ -334,6 +334,8 @@ func (c *Config) resolve() (secrets map[uint16][]byte, keys api.Keys, err error)
 			u.AppMaxBytes, c.Gate.MaxFrameSize, int64(c.Gate.MaxFrameSize)+upstream.MessageOverhead+1024)
 	case u.MaxBytes < u.AppMaxBytes:
 		return nil, nil, fmt.Errorf("node: upstream.max-bytes %d: must be at least upstream.app-max-bytes %d", u.MaxBytes, u.AppMaxBytes)
+	case u.UIDMaxBytes < 0:
+		return nil, nil, fmt.Errorf("node: upstream.uid-max-bytes %d: must not be negative (0: no bound of its own)", u.UIDMaxBytes)
 	}
 	return secrets, keys, nil
 }

@@ -1,7 +1,9 @@
 package node_test
 
 import (
+	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,4 +111,43 @@ func TestC2SOverTheAppByteBudgetGetsUpstreamBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, 5*time.Second, func() bool { return c2s("again").Code == devicepb.Code_OK }, "no room after the ack")
+}
+
+// TestC2SDeviceShare: while the app-servers are behind, one device's C2S
+// fill only its own share of what the gate holds for them
+// (upstream.uid-max-bytes), not its app's whole budget: past its share
+// it gets UPSTREAM_BUSY, and another device of the app still gets
+// through.
+func TestC2SDeviceShare(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--upstream.uid-max-bytes", "100000"}})
+	subscribe(t, n, 1, nil, 1, false) // takes one, never acknowledges
+	payload := make([]byte, 30<<10)
+	c2s := func(d *testkit.Device, id string) *devicepb.C2SAck {
+		t.Helper()
+		seq := d.NextSeq()
+		d.Send(messages.CmdC2S, seq, &devicepb.C2S{ClientMsgId: id, Payload: payload})
+		f := d.Expect(messages.CmdC2SAck)
+		if f.Seq != seq {
+			t.Fatalf("C2S_ACK seq %d, want %d", f.Seq, seq)
+		}
+		return f.Msg.(*devicepb.C2SAck)
+	}
+	flood := n.Device(t, 1, "flood")
+	testkit.Eventually(t, 5*time.Second, func() bool { return c2s(flood, "first").Code == devicepb.Code_OK }, "no subscriber")
+	for _, id := range []string{"second", "third"} { // 90 KiB and more held
+		if a := c2s(flood, id); a.Code != devicepb.Code_OK {
+			t.Fatalf("%s: %v", id, a)
+		}
+	}
+	a := c2s(flood, "fourth") // 120 KiB > 100,000 bytes
+	if a.Code != devicepb.Code_UPSTREAM_BUSY || !strings.Contains(a.Reason, "upstream.uid-max-bytes") {
+		t.Fatalf("over the device's share: %v", a)
+	}
+	other := n.Device(t, 1, "other")
+	if a := c2s(other, "mine"); a.Code != devicepb.Code_OK {
+		t.Fatalf("another device of the app, with the first over its share: %v", a)
+	}
+	if got := metric(t, n, regexp.MustCompile(`(?m)^courier_upstream_refused_total\{why="device_over_budget"\} (\d+)`)); got != 1 {
+		t.Fatalf("courier_upstream_refused_total{why=device_over_budget} %d, want 1", got)
+	}
 }

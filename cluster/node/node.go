@@ -196,10 +196,10 @@ func Start(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		Help: "Bytes of the C2S messages this node's gate holds, queued or sent and not yet acknowledged by an app-server (bounded by upstream.max-bytes)."},
 		func() float64 { return float64(up.Bytes()) }))
 	upRefused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "courier_upstream_refused_total",
-		Help: "C2S messages refused to the device, by why: no_subscriber (C2S_ACK NO_SUBSCRIBER), queue_full (upstream.queue-len), over_budget (upstream.app-max-bytes or upstream.max-bytes; both UPSTREAM_BUSY), too_large (MESSAGE_TOO_LARGE), closed (the node is stopping)."},
+		Help: "C2S messages refused to the device, by why: no_subscriber (C2S_ACK NO_SUBSCRIBER), queue_full (upstream.queue-len), over_budget (upstream.app-max-bytes or upstream.max-bytes), device_over_budget (upstream.uid-max-bytes; all three UPSTREAM_BUSY), too_large (MESSAGE_TOO_LARGE), closed (the node is stopping)."},
 		[]string{"why"})
 	n.reg.MustRegister(upRefused)
-	for _, why := range []string{"no_subscriber", "queue_full", "over_budget", "too_large", "closed"} {
+	for _, why := range []string{"no_subscriber", "queue_full", "over_budget", "device_over_budget", "too_large", "closed"} {
 		upRefused.WithLabelValues(why) // a series from the start: an alert's increase() sees the first refusal
 	}
 	// The cluster member starts before any other gRPC in the process.

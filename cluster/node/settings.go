@@ -146,6 +146,7 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.IntVar(&u.MaxInFlight, "upstream.max-in-flight", u.MaxInFlight, "most unacknowledged deliveries a subscriber may ask for")
 	fs.IntVar(&u.MaxBatch, "upstream.max-batch", u.MaxBatch, "most messages in one delivery to a subscriber")
 	fs.Int64Var(&u.MaxBatchBytes, "upstream.max-batch-bytes", u.MaxBatchBytes, "most bytes in one delivery to a subscriber (keep under its gRPC receive limit, 4 MiB by default)")
+	fs.Int64Var(&u.UIDMaxBytes, "upstream.uid-max-bytes", u.UIDMaxBytes, "bytes of C2S messages held per device (appcode and uid), queued or in flight; beyond, UPSTREAM_BUSY to that device (0: only the app's bound)")
 	fs.Int64Var(&u.AppMaxBytes, "upstream.app-max-bytes", u.AppMaxBytes, "bytes of C2S messages held per appcode, queued or in flight; beyond, UPSTREAM_BUSY")
 	fs.Int64Var(&u.MaxBytes, "upstream.max-bytes", u.MaxBytes, "bytes of C2S messages held for all apps, queued or in flight; beyond, UPSTREAM_BUSY")
 }

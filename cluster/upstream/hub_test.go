@@ -158,7 +158,9 @@ func TestHubLocalAndRemoteGates(t *testing.T) {
 // queued for a subscription, one Next returns at most MaxBatchBytes
 // (app-servers keep gRPC's default 4 MiB receive limit).
 func TestHubBatchesFitTheByteBound(t *testing.T) {
-	r := New(DefaultConfig(), nil)
+	cfg := DefaultConfig()
+	cfg.UIDMaxBytes = 0 // 6 MiB from one device
+	r := New(cfg, nil)
 	defer r.Close()
 	h := NewLocalHub(r)
 	defer h.Close()

@@ -47,12 +47,25 @@ type Config struct {
 	// MiB). Beyond either a C2S is refused (ErrOverBudget).
 	AppMaxBytes int64
 	MaxBytes    int64
+	// UIDMaxBytes bounds them for one device, its appcode and uid
+	// (default 1 MiB; 0: no bound of its own): beyond, its C2S are
+	// refused (ErrDeviceOverBudget), so that one device cannot take its
+	// app's budget from the others while the app-servers are behind. A
+	// device holding nothing may always send one message, whatever its
+	// size.
+	UIDMaxBytes int64
 }
 
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
 	return Config{QueueLen: 1 << 16, MaxAge: 10 * time.Minute, ResendAfter: time.Minute, DefaultInFlight: 1024, MaxInFlight: 1 << 16, MaxBatch: 256,
-		MaxBatchBytes: 1 << 20, AppMaxBytes: 64 << 20, MaxBytes: 256 << 20}
+		MaxBatchBytes: 1 << 20, AppMaxBytes: 64 << 20, MaxBytes: 256 << 20, UIDMaxBytes: 1 << 20}
+}
+
+// uidKey is a device: its appcode and uid.
+type uidKey struct {
+	app uint16
+	uid string
 }
 
 // MessageOverhead is what the router counts for a message on top of its
@@ -179,6 +192,7 @@ type Router struct {
 	waiting  map[uint16]map[uint32]*queue
 	subs     map[uint16][]*Subscriber
 	appBytes map[uint16]int64 // Size of what is held per app, queued or in flight
+	uidBytes map[uidKey]int64 // and per device
 	bytes    int64            // the sum of appBytes
 	// nextID is the last delivery id given. It starts at a random point
 	// of [0, 2^62): the hubs of other nodes know a gate's deliveries by
@@ -199,7 +213,7 @@ func New(cfg Config, stats Stats) *Router {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	r := &Router{cfg: cfg, stats: stats, now: time.Now, queues: map[key]*queue{}, waiting: map[uint16]map[uint32]*queue{}, subs: map[uint16][]*Subscriber{},
-		appBytes: map[uint16]int64{}, nextID: binary.LittleEndian.Uint64(b[:]) >> 2, log: slog.Default(), quit: make(chan struct{})}
+		appBytes: map[uint16]int64{}, uidBytes: map[uidKey]int64{}, nextID: binary.LittleEndian.Uint64(b[:]) >> 2, log: slog.Default(), quit: make(chan struct{})}
 	r.wg.Add(1)
 	go r.expireLoop()
 	return r
@@ -249,6 +263,11 @@ func (r *Router) Publish(m *apipb.UpstreamMessage) error {
 	if r.appBytes[k.app]+size > r.cfg.AppMaxBytes || r.bytes+size > r.cfg.MaxBytes {
 		return ErrOverBudget
 	}
+	uk := uidKey{k.app, m.Uid}
+	if held := r.uidBytes[uk]; r.cfg.UIDMaxBytes > 0 && held > 0 && held+size > r.cfg.UIDMaxBytes {
+		return ErrDeviceOverBudget
+	}
+	r.uidBytes[uk] += size
 	r.appBytes[k.app] += size
 	r.bytes += size
 	r.nextID++
@@ -419,7 +438,7 @@ func (s *Subscriber) Ack(ids []uint64) {
 		}
 		delete(s.inflight, id)
 		k := key{uint16(m.m.AppCode), m.m.Msgtype}
-		r.release(k.app, m.size)
+		r.release(k.app, m.m.Uid, m.size)
 		touched[k] = true
 		if r.stats != nil {
 			r.stats.UpstreamAcked(k.app, k.msgtype)
@@ -495,8 +514,12 @@ func sortByID(ms []*message) {
 }
 
 // release gives back the budget of a message no longer held (r.mu held).
-func (r *Router) release(app uint16, size int64) {
+func (r *Router) release(app uint16, uid string, size int64) {
 	r.bytes -= size
+	uk := uidKey{app, uid}
+	if r.uidBytes[uk] -= size; r.uidBytes[uk] == 0 {
+		delete(r.uidBytes, uk)
+	}
 	if r.appBytes[app] -= size; r.appBytes[app] == 0 {
 		delete(r.appBytes, app)
 	}
@@ -544,7 +567,8 @@ func (r *Router) expire() {
 	r.resendLocked(now)
 	for k, q := range r.queues {
 		for q.len() > 0 && q.peek().queuedAt.Before(cut) {
-			r.release(k.app, q.pop().size)
+			m := q.pop()
+			r.release(k.app, m.m.Uid, m.size)
 			if r.stats != nil {
 				r.stats.UpstreamDropped(k.app, k.msgtype)
 			}
@@ -662,7 +686,7 @@ func (r *Router) Close() {
 			s.inflight, s.outbox = nil, nil
 		}
 	}
-	r.queues, r.waiting, r.appBytes, r.bytes = map[key]*queue{}, map[uint16]map[uint32]*queue{}, map[uint16]int64{}, 0
+	r.queues, r.waiting, r.appBytes, r.uidBytes, r.bytes = map[key]*queue{}, map[uint16]map[uint32]*queue{}, map[uint16]int64{}, map[uidKey]int64{}, 0
 	r.mu.Unlock()
 	close(r.quit)
 	r.wg.Wait()

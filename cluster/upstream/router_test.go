@@ -533,3 +533,51 @@ func TestQueueShrinksAfterABurst(t *testing.T) {
 		t.Fatalf("after shrink: len %d cap %d", q.len(), c)
 	}
 }
+
+// TestDeviceByteShare: one device (appcode and uid) holds at most
+// UIDMaxBytes of its app's budget; another device still gets through,
+// and an ack or an expiry gives the device its room back.
+func TestDeviceByteShare(t *testing.T) {
+	from := func(uid, id string) *apipb.UpstreamMessage {
+		m := sized(1, id, 1000)
+		m.Uid = uid
+		return m
+	}
+	one := Size(from("a", "a0"))
+	cfg := DefaultConfig()
+	cfg.DefaultInFlight = 1
+	cfg.UIDMaxBytes = 3 * one
+	r := New(cfg, nil)
+	defer r.Close()
+	now := time.Now()
+	r.now = func() time.Time { return now }
+	s, _ := r.Subscribe(1, nil, 0)
+	for i := range 3 {
+		if err := r.Publish(from("a", fmt.Sprint("a", i))); err != nil {
+			t.Fatalf("device a, message %d within its share: %v", i, err)
+		}
+	}
+	if err := r.Publish(from("a", "a3")); !errors.Is(err, ErrDeviceOverBudget) {
+		t.Fatalf("device a over its share: %v", err)
+	}
+	if err := r.Publish(from("b", "b0")); err != nil {
+		t.Fatalf("device b beside a full a: %v", err)
+	}
+	got := take(t, s) // a0, in flight
+	s.Ack([]uint64{got[0].DeliveryId})
+	if err := r.Publish(from("a", "a3")); err != nil {
+		t.Fatalf("device a after an ack: %v", err)
+	}
+	// Expiry of what waits (a2, a3; a1 is in flight) gives that share
+	// back too.
+	now = now.Add(cfg.MaxAge + time.Second)
+	r.expire()
+	for i := range 2 {
+		if err := r.Publish(from("a", fmt.Sprint("a", 4+i))); err != nil {
+			t.Fatalf("device a after its queued messages expired, message %d: %v", i, err)
+		}
+	}
+	if err := r.Publish(from("a", "a6")); !errors.Is(err, ErrDeviceOverBudget) {
+		t.Fatalf("device a full again: %v", err)
+	}
+}

@@ -391,6 +391,8 @@ func boundCases() []boundCase {
 			[][]string{a("--upstream.max-batch-bytes=0")}, [][]string{a("--upstream.max-batch-bytes=1")}},
 		{"upstream.app-max-bytes %d: must hold one message", "upstream.app-max-bytes", []string{"at least one frame (`gate.max-frame-size` + 1,280)"},
 			[][]string{a("--upstream.app-max-bytes=66815")}, [][]string{a("--upstream.app-max-bytes=66816")}},
+		{"upstream.uid-max-bytes %d: must not be negative", "upstream.uid-max-bytes", []string{"not negative"},
+			[][]string{a("--upstream.uid-max-bytes=-1")}, [][]string{a("--upstream.uid-max-bytes=0")}},
 		{"upstream.max-bytes %d: must be at least upstream.app-max-bytes", "upstream.max-bytes", []string{"at least `upstream.app-max-bytes`"},
 			[][]string{a("--upstream.max-bytes=67108863")}, [][]string{a("--upstream.max-bytes=67108864")}},
 		{"store.max-conns %d: at least 2", "store.max-conns", []string{"at least 2"},
