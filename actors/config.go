@@ -96,6 +96,13 @@ type Config struct {
 	// acknowledgements dropped (the device repeats them); closes are
 	// kept.
 	MaxStashed int
+	// LoginsPerSecond and LoginBurst bound the LOGINs of one identity
+	// (default 1 a second, bursts of 10; 0 rate: no bound): beyond,
+	// LOGIN_ACK RATE_LIMITED. Each login writes the identity's record,
+	// synced, kicks the session before and sends its window again; a
+	// device with a valid token could loop on it from many addresses.
+	LoginsPerSecond float64
+	LoginBurst      int
 }
 
 // DefaultConfig returns the defaults documented on Config's fields.
@@ -123,6 +130,8 @@ func DefaultConfig() Config {
 		MaxPendingWrites:     4096,
 		StoreTimeout:         5 * time.Second,
 		MaxStashed:           1024,
+		LoginsPerSecond:      1,
+		LoginBurst:           10,
 	}
 }
 
@@ -131,6 +140,10 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Heartbeat < time.Second:
 		return fmt.Errorf("actors.heartbeat %v: must be at least 1s", c.Heartbeat)
+	case c.LoginsPerSecond < 0:
+		return fmt.Errorf("actors.logins-per-second %v: must not be negative (0: no bound)", c.LoginsPerSecond)
+	case c.LoginsPerSecond > 0 && c.LoginBurst < 1:
+		return fmt.Errorf("actors.login-burst %d: must be at least 1", c.LoginBurst)
 	case c.RetryInitial <= 0:
 		return fmt.Errorf("actors.retry-initial %v: must be positive", c.RetryInitial)
 	case c.RetryMax < c.RetryInitial:

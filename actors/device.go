@@ -122,9 +122,12 @@ type Device struct {
 	// last session epoch and the session record (stored: online or not;
 	// session: the live one, nil when offline).
 	lastEpoch uint64
-	stored    *actorpb.SessionRecord
-	session   *actorpb.SessionRecord
-	lastSeq   uint32
+	// loginTAT is the LOGIN rate's theoretical arrival time (GCRA, Unix
+	// nanoseconds; Config.LoginsPerSecond): one field, not a bucket.
+	loginTAT int64
+	stored   *actorpb.SessionRecord
+	session  *actorpb.SessionRecord
+	lastSeq  uint32
 	// savedLastSeq is the LastSeq in the stored meta. Each stored entry
 	// carries its seq, so a push need not rewrite the meta; the meta's
 	// LastSeq is brought up to date when a write deletes the entry that
@@ -821,6 +824,24 @@ func (d *Device) superseded(now time.Time, m *actorpb.DeviceLogin) (older, late 
 	return false, m.DeadlineMs != 0 && now.UnixMilli() > m.DeadlineMs+loginSkew.Milliseconds()
 }
 
+// loginWait takes a login from the identity's login rate, or returns how
+// long until one would be allowed (GCRA: at most LoginBurst at once, then
+// LoginsPerSecond).
+func (d *Device) loginWait(now time.Time) time.Duration {
+	c := d.env.Config
+	if c.LoginsPerSecond <= 0 {
+		return 0
+	}
+	interval := int64(float64(time.Second) / c.LoginsPerSecond)
+	t := now.UnixNano()
+	tat := max(d.loginTAT, t)
+	if over := tat + interval - t - int64(c.LoginBurst)*interval; over > 0 {
+		return time.Duration(over)
+	}
+	d.loginTAT = tat + interval
+	return 0
+}
+
 // Login starts a new session on the connection in m, ending any other.
 // A LOGIN older than the session is answered as a login at once
 // superseded by it: LOGIN_ACK OK, then KICKOUT LOGGED_IN_ELSEWHERE
@@ -829,6 +850,14 @@ func (d *Device) superseded(now time.Time, m *actorpb.DeviceLogin) (older, late 
 // clocks, and if they disagree by far more than loginSkew a device must
 // not be told to stop for good.
 func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
+	if wait := d.loginWait(now); wait > 0 {
+		d.emit(Effect{Conn: m.Conn, ToConn: &actorpb.ToConn{AppCode: uint32(d.id.App), Uid: d.id.UID, ConnId: m.Conn.ConnId,
+			Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, m.FrameSeq, &devicepb.LoginAck{Code: devicepb.Code_RATE_LIMITED,
+				Reason: fmt.Sprintf("too many logins of this identity (actors.logins-per-second %v, burst %d): log in again in %v",
+					d.env.Config.LoginsPerSecond, d.env.Config.LoginBurst, wait.Round(100*time.Millisecond)), ServerTimeMs: now.UnixMilli()})},
+			Login: &actorpb.LoginOutcome{Ok: false}}})
+		return
+	}
 	if older, late := d.superseded(now, m); older {
 		d.supersede(now, m)
 		return

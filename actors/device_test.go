@@ -1191,3 +1191,32 @@ func TestLoginAckAnnouncesTheGatesHeartbeat(t *testing.T) {
 		}
 	}
 }
+
+// TestLoginRate: one identity's LOGINs beyond actors.logins-per-second
+// (after a burst of actors.login-burst) are answered LOGIN_ACK
+// RATE_LIMITED, saying when to log in again, without ending the session
+// or writing anything; the rate refills.
+func TestLoginRate(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.LoginsPerSecond, h.cfg.LoginBurst = 1, 3
+	for i := range 3 {
+		h.login(uint64(i + 1))
+	}
+	h.settle()
+	epoch, writes := h.d.session.Epoch, len(h.writes)
+	h.d.Login(h.now, &actorpb.DeviceLogin{Conn: conn(9), FrameSeq: 4, Login: &devicepb.Login{Uid: "driver-7"}})
+	fs := framesTo(h.settle(), 9)
+	if len(fs) != 1 || messages.Cmd(fs[0].Cmd) != messages.CmdLoginAck || fs[0].Seq != 4 {
+		t.Fatalf("the fourth login's answer: %v", cmds(fs))
+	}
+	if a := body(t, fs[0], &devicepb.LoginAck{}); a.Code != devicepb.Code_RATE_LIMITED || !strings.Contains(a.Reason, "log in again in 1s") || a.ServerTimeMs == 0 {
+		t.Fatalf("the fourth login: %v", a)
+	}
+	if h.d.session.Epoch != epoch || h.d.session.Conn.ConnId != 3 || len(h.writes) != writes {
+		t.Fatalf("a refused login changed the session (epoch %d, conn %d) or wrote (%d writes)", h.d.session.Epoch, h.d.session.Conn.ConnId, len(h.writes)-writes)
+	}
+	h.now = h.now.Add(time.Second)
+	if h.login(10) != epoch+1 {
+		t.Fatal("a login a second later was not let in")
+	}
+}

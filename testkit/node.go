@@ -209,6 +209,7 @@ func (n *Node) start() {
 		"--gate.new-conns-per-ip", "0",
 		"--gate.frames-per-second", "0",
 		"--gate.c2c-per-second", "0",
+		"--actors.logins-per-second", "0",
 		"--gate.bytes-per-second", "0",
 		"--actors.retry-initial", "300ms",
 		"--actors.retry-max", "1s",

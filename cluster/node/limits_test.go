@@ -151,3 +151,34 @@ func TestC2SDeviceShare(t *testing.T) {
 		t.Fatalf("courier_upstream_refused_total{why=device_over_budget} %d, want 1", got)
 	}
 }
+
+// TestLoginRatePerIdentity: logins of one identity beyond
+// actors.logins-per-second and its burst are answered LOGIN_ACK
+// RATE_LIMITED (each one writes the identity's record, synced, and kicks
+// the session before); the session in place goes on, and another
+// identity logs in as usual.
+func TestLoginRatePerIdentity(t *testing.T) {
+	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--actors.logins-per-second", "0.2", "--actors.login-burst", "2"}})
+	login := func(uid string) *devicepb.LoginAck {
+		d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
+		return d.Login(uid, testkit.Token(t, 1, uid), false)
+	}
+	for i := range 2 {
+		if a := login("looper"); a.Code != devicepb.Code_OK {
+			t.Fatalf("login %d within the burst: %v", i, a)
+		}
+	}
+	d := testkit.Dial(t, n.GateAddr, testkit.DeviceConfig{AppCode: 1})
+	a := d.Login("looper", testkit.Token(t, 1, "looper"), false)
+	if a.Code != devicepb.Code_RATE_LIMITED || !strings.Contains(a.Reason, "actors.logins-per-second") {
+		t.Fatalf("a third login at once: %v", a)
+	}
+	d.ExpectClosed()
+	if a := login("someone-else"); a.Code != devicepb.Code_OK {
+		t.Fatalf("another identity: %v", a)
+	}
+	pr, err := n.API(t).Presence(testkit.Ctx(t, testkit.App1Key), &apipb.PresenceRequest{AppCode: 1, Uids: []string{"looper"}})
+	if err != nil || !pr.Entries[0].Online {
+		t.Fatalf("the session in place after a refused login: %v %v", pr, err)
+	}
+}

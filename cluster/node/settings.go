@@ -108,6 +108,8 @@ func BindSettings(fs *pflag.FlagSet, c *Config) {
 	fs.IntVar(&a.C2CSenderMaxBytes, "actors.c2c-sender-max-bytes", a.C2CSenderMaxBytes, "bytes of C2C messages one sender may have waiting per receiver")
 	fs.DurationVar(&a.IdempotencyTTL, "actors.idempotency-ttl", a.IdempotencyTTL, "how long idempotency keys and C2C client ids are remembered")
 	fs.IntVar(&a.PullPage, "actors.pull-page", a.PullPage, "most messages in one PULL_ACK")
+	fs.Float64Var(&a.LoginsPerSecond, "actors.logins-per-second", a.LoginsPerSecond, "LOGINs of one identity allowed per second; beyond, LOGIN_ACK RATE_LIMITED (0: no bound)")
+	fs.IntVar(&a.LoginBurst, "actors.login-burst", a.LoginBurst, "burst of actors.logins-per-second")
 	fs.DurationVar(&a.PassivateAfter, "actors.passivate-after", a.PassivateAfter, "idle time after which an identity leaves memory")
 	fs.DurationVar(&a.ExpirySweep, "actors.expiry-sweep", a.ExpirySweep, "how often expired messages of identities not in memory are dropped (0: only when they come back)")
 	fs.IntVar(&a.MaxPendingWrites, "actors.max-pending-writes", a.MaxPendingWrites, "store writes in flight on the node; beyond, new stored messages and logins are refused (retry)")

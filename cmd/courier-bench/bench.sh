@@ -20,7 +20,7 @@ dir=$(mktemp -d -t courier-bench-node-XXXXXX)
 
 "$BIN/courier" --dev --data-dir "$dir/data" --addr-file "$dir/addrs.json" \
 	--gate.addr 127.0.0.1:0 --api-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --pprof-addr 127.0.0.1:0 \
-	--gate.new-conns-per-ip 0 --gate.frames-per-second 0 --gate.bytes-per-second 0 --gate.c2c-per-second 0 \
+	--gate.new-conns-per-ip 0 --gate.frames-per-second 0 --gate.bytes-per-second 0 --gate.c2c-per-second 0 --actors.logins-per-second 0 \
 	--log-level warn >"$dir/node.log" 2>&1 &
 node=$!
 cleanup() {

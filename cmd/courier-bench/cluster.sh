@@ -77,7 +77,7 @@ for i in "${!roles[@]}"; do
 	"$BIN/courier" --dev --name "$n" --roles "${roles[i]}" --data-dir "$dir/$n" --addr-file "$dir/$n.json" \
 		--gate.addr 127.0.0.1:0 --api-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --cluster.bind 127.0.0.1:0 \
 		--cluster.provider consul --cluster.consul "127.0.0.1:$cport" \
-		--gate.new-conns-per-ip 0 --gate.frames-per-second 0 --gate.bytes-per-second 0 --gate.c2c-per-second 0 \
+		--gate.new-conns-per-ip 0 --gate.frames-per-second 0 --gate.bytes-per-second 0 --gate.c2c-per-second 0 --actors.logins-per-second 0 \
 		"${store_flags[@]}" --log-level warn >"$dir/$n.log" 2>&1 &
 	pids+=($!)
 	node_pids+=($!)

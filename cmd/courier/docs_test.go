@@ -541,6 +541,10 @@ func boundCases() []boundCase {
 			[][]string{a("--actors.store-timeout=9ms")}, [][]string{a("--actors.store-timeout=10ms")}},
 		{"actors.max-stashed %d: must be in [1, 65536]", "actors.max-stashed", []string{"`1` to `65536`"},
 			[][]string{a("--actors.max-stashed=0"), a("--actors.max-stashed=65537")}, [][]string{a("--actors.max-stashed=1"), a("--actors.max-stashed=65536")}},
+		{"actors.logins-per-second %v: must not be negative", "actors.logins-per-second", []string{"not negative"},
+			[][]string{a("--actors.logins-per-second=-1")}, [][]string{a("--actors.logins-per-second=0")}},
+		{"actors.login-burst %d: must be at least 1", "actors.login-burst", []string{"the burst at least 1 while the rate is not `0`"},
+			[][]string{a("--actors.login-burst=0")}, [][]string{a("--actors.login-burst=1"), a("--actors.logins-per-second=0", "--actors.login-burst=0")}},
 		// cluster/config.go, cluster/membership/membership.go
 		{"cluster.shards %d: must be in [1, %d]", "cluster.shards", []string{"1 to 256"},
 			[][]string{a("--cluster.shards=0"), a("--cluster.shards=257")}, [][]string{a("--cluster.shards=1"), a("--cluster.shards=256")}},

@@ -31,6 +31,7 @@ var DefaultArgs = []string{
 	"--gate.new-conns-per-ip", "0",
 	"--gate.frames-per-second", "0",
 	"--gate.c2c-per-second", "0",
+	"--actors.logins-per-second", "0",
 	"--gate.bytes-per-second", "0",
 	"--log-level", "warn",
 }
