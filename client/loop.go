@@ -893,6 +893,9 @@ func (l *loop) flush() {
 		l.unconfSent = l.gen
 	}
 	// By index: a send that fails is deleted from l.order on the way.
+	// C2C sends past the C2C rate wait, in their order, while the other
+	// sends and the pulls go on (the gate holds no order between them).
+	c2cWait := time.Duration(0)
 	for i := 0; i < len(l.order); i++ {
 		r := l.order[i]
 		if r.seq != 0 {
@@ -900,6 +903,15 @@ func (l *loop) flush() {
 		}
 		if r.ctx.Err() != nil {
 			continue // dropped at the next resend check
+		}
+		if r.cmd == messages.CmdC2C && l.sess != nil {
+			if c2cWait > 0 {
+				continue
+			}
+			if now := time.Now(); l.sess.c2cTokens.TokensAt(now) < 1 {
+				c2cWait = max(time.Duration((1-l.sess.c2cTokens.TokensAt(now))/l.cfg.C2CRate*float64(time.Second)), time.Millisecond)
+				continue
+			}
 		}
 		if lim := l.c.frameLimit.Load(); lim != 0 && proto.Size(r.body) > int(lim) {
 			// Queued before this session's gate announced a smaller
@@ -965,12 +977,17 @@ func (l *loop) flush() {
 	}
 	if blocked {
 		l.waitTurn()
+	} else if c2cWait > 0 && l.pace == nil {
+		l.pace = time.NewTimer(c2cWait) // when the next C2C may go
 	}
 }
 
 // waitTurn arms the pace timer: flush goes on when a frame may go.
 func (l *loop) waitTurn() {
 	d := time.Duration(float64(time.Second) / float64(l.cfg.FrameRate))
+	if l.pace != nil {
+		l.pace.Stop()
+	}
 	l.pace = time.NewTimer(max(d, 5*time.Millisecond))
 }
 

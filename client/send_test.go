@@ -255,3 +255,31 @@ func TestC2CSendsArePacedUnderTheGatesC2CRate(t *testing.T) {
 		t.Fatalf("the sixth C2C went %v after the start: not paced at 10 a second after a burst of 3", d)
 	}
 }
+
+// TestC2CWaitingForItsRateDoesNotHoldOtherSends: C2C sends past the C2C
+// rate wait their turn, in order, but a C2S (or a pull) sent after them
+// goes at once: the gate keeps no order between them, and a reconnect's
+// outbox of chat messages would otherwise hold a GPS report for minutes.
+func TestC2CWaitingForItsRateDoesNotHoldOtherSends(t *testing.T) {
+	g := answeringGate(t)
+	c := dialFake(t, g, func(cfg *client.Config) { cfg.C2CRate, cfg.C2CBurst = 1, 1 })
+	bg, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.SendC2C(bg, "bob", 1, []byte("x"), client.WithClientMsgID(fmt.Sprint("c", i))); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // the three are queued, two waiting
+	ctx, cancel2 := context.WithTimeout(context.Background(), time.Second)
+	defer cancel2()
+	if _, err := c.SendC2S(ctx, 1, []byte("gps")); err != nil {
+		t.Fatalf("a C2S behind C2C waiting for their rate: %v", err)
+	}
+	wg.Wait() // and the C2C all went, 1 a second
+}

@@ -70,8 +70,9 @@ type Config struct {
 	// MaxFrameSize.
 	BytesPerSecond int
 	ByteBurst      int
-	// C2CPerSecond and C2CBurst limit the C2C messages a connection may
-	// send (0 rate: no limit). Beyond, a C2C is answered C2C_ACK
+	// C2CPerSecond and C2CBurst limit the C2C messages an identity
+	// (appcode and uid) may send through the gate, over all its
+	// connections (0 rate: no limit). Beyond, a C2C is answered C2C_ACK
 	// RATE_LIMITED and not stored; the connection goes on. Every C2C is
 	// stored for its receiver (for actors.c2c-ttl if not acknowledged),
 	// so this, times the TTL, bounds what one device can make the cluster

@@ -46,7 +46,6 @@ type conn struct {
 	lastActive    int64
 	frameTokens   bucket.Bucket
 	byteTokens    bucket.Bucket
-	c2cTokens     bucket.Bucket
 	freeKeepalive int64 // nanos from which a KEEPALIVE passes the frame limit free
 	app           uint16
 	state         connState

@@ -33,6 +33,7 @@ type Gate struct {
 	metrics  *metrics
 	lists    *Lists
 	ipRate   *iprate.Limiter // nil: no per-IP limit
+	c2cRate  *c2cRate        // nil: no C2C rate
 	proxies  *ipset.Set      // trusted PROXY protocol senders; nil: none
 	reg      *registry
 	events   *events
@@ -120,6 +121,9 @@ func New(cfg Config, h Handler, reg prometheus.Registerer, log *slog.Logger) (*G
 	g.loginTicks, g.idleTicks = ceil(cfg.LoginTimeout), ceil(cfg.idleTimeout())
 	if cfg.NewConnsPerIP > 0 {
 		g.ipRate = iprate.New(cfg.NewConnsPerIP, cfg.NewConnsPerIPBurst, cfg.IPLimiterSize)
+	}
+	if cfg.C2CPerSecond > 0 {
+		g.c2cRate = newC2CRate(cfg.C2CPerSecond, cfg.C2CBurst)
 	}
 	if cfg.ProxyProtocol {
 		g.proxies, _ = ipset.Parse(cfg.ProxyFrom) // validated

@@ -316,7 +316,15 @@ func TestC2CRate(t *testing.T) {
 		}
 	}
 	testkit.Eventually(t, wait, func() bool { return c2cs() == 3 }, "the burst of 3 was not handed on")
-	tg.waitMetric(t, 2, "courier_gate_limit_hits_total", "limit", "c2c_rate")
+	// The rate is the identity's: a new connection of it gets no fresh
+	// burst.
+	d2, _ := tg.login(t, "chatty", false)
+	seq2 := d2.NextSeq()
+	d2.Send(messages.CmdC2C, seq2, &devicepb.C2C{ToUid: "friend", ClientMsgId: "again", Payload: []byte("hi")})
+	if f := d2.Expect(messages.CmdC2CAck); f.Seq != seq2 || f.Msg.(*devicepb.C2CAck).Code != devicepb.Code_RATE_LIMITED {
+		t.Fatalf("a C2C on a new connection of the same identity: %v", f.Msg)
+	}
+	tg.waitMetric(t, 3, "courier_gate_limit_hits_total", "limit", "c2c_rate")
 	// The connection goes on, and the bucket refills at 1 a second.
 	seq := d.NextSeq()
 	d.Send(messages.CmdKeepalive, seq, nil)

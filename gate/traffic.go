@@ -345,8 +345,7 @@ func (s *conn) onFrame(h messages.Header, badFlags bool, body []byte) gnet.Actio
 		l.sendError(app, h.Seq, devicepb.Code_BAD_BODY, "body does not decode as "+h.Cmd.String())
 		return gnet.None
 	}
-	if h.Cmd == messages.CmdC2C && g.cfg.C2CPerSecond > 0 &&
-		!s.c2cTokens.Take(g.nanos(), 1, int64(g.cfg.C2CPerSecond), int64(g.cfg.C2CBurst)) {
+	if h.Cmd == messages.CmdC2C && g.c2cRate != nil && !g.c2cRate.take(g.nanos(), s.app, s.uid) {
 		s.refuseC2C(h, body)
 		return gnet.None
 	}

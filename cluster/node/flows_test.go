@@ -465,16 +465,22 @@ func TestListsFileReloads(t *testing.T) {
 func TestC2CRateBoundsWhatOneDeviceStores(t *testing.T) {
 	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--gate.c2c-per-second", "1", "--gate.c2c-burst", "2"}})
 	d := n.Device(t, 1, "spammer")
-	var stored, limited []string
+	// All four at once (waiting for each answer, a slow store would let
+	// the bucket refill between them), then the answers by seq.
+	to := map[uint32]string{}
 	for i := range 4 {
-		to := fmt.Sprint("ghost-", i)
-		switch a := expectC2CAck(t, d, sendC2C(d, to, fmt.Sprint("c-", i), "x")); a.Code {
+		to[sendC2C(d, fmt.Sprint("ghost-", i), fmt.Sprint("c-", i), "x")] = fmt.Sprint("ghost-", i)
+	}
+	var stored, limited []string
+	for range 4 {
+		f := d.Expect(messages.CmdC2CAck)
+		switch a := f.Msg.(*devicepb.C2CAck); a.Code {
 		case devicepb.Code_OK:
-			stored = append(stored, to)
+			stored = append(stored, to[f.Seq])
 		case devicepb.Code_RATE_LIMITED:
-			limited = append(limited, to)
+			limited = append(limited, to[f.Seq])
 		default:
-			t.Fatalf("C2C to %s: %v", to, a)
+			t.Fatalf("C2C to %s: %v", to[f.Seq], a)
 		}
 	}
 	if len(stored) != 2 || len(limited) != 2 {

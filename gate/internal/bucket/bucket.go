@@ -47,6 +47,10 @@ func (b *Bucket) Wait(now, n, perSecond int64) int64 {
 	return max((n-b.tokens)*second/perSecond-(now-b.last), 1)
 }
 
+// Last returns the clock at which the bucket's tokens were last exact (0:
+// never used): a bucket left alone for its refill time since is full.
+func (b *Bucket) Last() int64 { return b.last }
+
 // Give returns n tokens taken by a Take whose use was called off.
 func (b *Bucket) Give(n int64) { b.tokens += n }
 
