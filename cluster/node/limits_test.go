@@ -83,17 +83,7 @@ func TestC2SOverTheAppByteBudgetGetsUpstreamBusy(t *testing.T) {
 	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--upstream.app-max-bytes", "70000"}})
 	sub := subscribe(t, n, 1, nil, 1, false)
 	d := n.Device(t, 1, "gps")
-	payload := make([]byte, 30<<10)
-	c2s := func(id string) *devicepb.C2SAck {
-		t.Helper()
-		seq := d.NextSeq()
-		d.Send(messages.CmdC2S, seq, &devicepb.C2S{ClientMsgId: id, Payload: payload})
-		f := d.Expect(messages.CmdC2SAck)
-		if f.Seq != seq {
-			t.Fatalf("C2S_ACK seq %d, want %d", f.Seq, seq)
-		}
-		return f.Msg.(*devicepb.C2SAck)
-	}
+	c2s := func(id string) *devicepb.C2SAck { t.Helper(); return c2s30KiB(t, d, id) }
 	// The subscription may take a moment to register.
 	testkit.Eventually(t, 5*time.Second, func() bool { return c2s("first").Code == devicepb.Code_OK }, "no subscriber")
 	if a := c2s("second"); a.Code != devicepb.Code_OK { // queued behind the one in flight
@@ -121,17 +111,7 @@ func TestC2SOverTheAppByteBudgetGetsUpstreamBusy(t *testing.T) {
 func TestC2SDeviceShare(t *testing.T) {
 	n := testkit.StartNode(t, testkit.NodeOptions{Args: []string{"--upstream.uid-max-bytes", "100000"}})
 	subscribe(t, n, 1, nil, 1, false) // takes one, never acknowledges
-	payload := make([]byte, 30<<10)
-	c2s := func(d *testkit.Device, id string) *devicepb.C2SAck {
-		t.Helper()
-		seq := d.NextSeq()
-		d.Send(messages.CmdC2S, seq, &devicepb.C2S{ClientMsgId: id, Payload: payload})
-		f := d.Expect(messages.CmdC2SAck)
-		if f.Seq != seq {
-			t.Fatalf("C2S_ACK seq %d, want %d", f.Seq, seq)
-		}
-		return f.Msg.(*devicepb.C2SAck)
-	}
+	c2s := func(d *testkit.Device, id string) *devicepb.C2SAck { t.Helper(); return c2s30KiB(t, d, id) }
 	flood := n.Device(t, 1, "flood")
 	testkit.Eventually(t, 5*time.Second, func() bool { return c2s(flood, "first").Code == devicepb.Code_OK }, "no subscriber")
 	for _, id := range []string{"second", "third"} { // 90 KiB and more held
@@ -181,4 +161,16 @@ func TestLoginRatePerIdentity(t *testing.T) {
 	if err != nil || !pr.Entries[0].Online {
 		t.Fatalf("the session in place after a refused login: %v %v", pr, err)
 	}
+}
+
+// c2s30KiB sends a C2S of 30 KiB and returns its C2S_ACK.
+func c2s30KiB(t *testing.T, d *testkit.Device, id string) *devicepb.C2SAck {
+	t.Helper()
+	seq := d.NextSeq()
+	d.Send(messages.CmdC2S, seq, &devicepb.C2S{ClientMsgId: id, Payload: make([]byte, 30<<10)})
+	f := d.Expect(messages.CmdC2SAck)
+	if f.Seq != seq {
+		t.Fatalf("C2S_ACK seq %d, want %d", f.Seq, seq)
+	}
+	return f.Msg.(*devicepb.C2SAck)
 }
