@@ -140,10 +140,10 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Heartbeat < time.Second:
 		return fmt.Errorf("actors.heartbeat %v: must be at least 1s", c.Heartbeat)
-	case c.LoginsPerSecond < 0:
-		return fmt.Errorf("actors.logins-per-second %v: must not be negative (0: no bound)", c.LoginsPerSecond)
-	case c.LoginsPerSecond > 0 && c.LoginBurst < 1:
-		return fmt.Errorf("actors.login-burst %d: must be at least 1", c.LoginBurst)
+	case c.LoginsPerSecond != 0 && !(c.LoginsPerSecond >= 0.001 && c.LoginsPerSecond <= 1e6):
+		return fmt.Errorf("actors.logins-per-second %v: must be 0 (no bound) or in [0.001, 1000000]", c.LoginsPerSecond)
+	case c.LoginsPerSecond > 0 && (c.LoginBurst < 1 || c.LoginBurst > 1e6):
+		return fmt.Errorf("actors.login-burst %d: must be in [1, 1000000]", c.LoginBurst)
 	case c.RetryInitial <= 0:
 		return fmt.Errorf("actors.retry-initial %v: must be positive", c.RetryInitial)
 	case c.RetryMax < c.RetryInitial:

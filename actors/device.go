@@ -850,14 +850,6 @@ func (d *Device) loginWait(now time.Time) time.Duration {
 // clocks, and if they disagree by far more than loginSkew a device must
 // not be told to stop for good.
 func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
-	if wait := d.loginWait(now); wait > 0 {
-		d.emit(Effect{Conn: m.Conn, ToConn: &actorpb.ToConn{AppCode: uint32(d.id.App), Uid: d.id.UID, ConnId: m.Conn.ConnId,
-			Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, m.FrameSeq, &devicepb.LoginAck{Code: devicepb.Code_RATE_LIMITED,
-				Reason: fmt.Sprintf("too many logins of this identity (actors.logins-per-second %v, burst %d): log in again in %v",
-					d.env.Config.LoginsPerSecond, d.env.Config.LoginBurst, wait.Round(100*time.Millisecond)), ServerTimeMs: now.UnixMilli()})},
-			Login: &actorpb.LoginOutcome{Ok: false}}})
-		return
-	}
 	if older, late := d.superseded(now, m); older {
 		d.supersede(now, m)
 		return
@@ -865,6 +857,16 @@ func (d *Device) Login(now time.Time, m *actorpb.DeviceLogin) {
 		d.emit(Effect{Conn: m.Conn, ToConn: &actorpb.ToConn{AppCode: uint32(d.id.App), Uid: d.id.UID, ConnId: m.Conn.ConnId,
 			Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, m.FrameSeq, &devicepb.LoginAck{Code: devicepb.Code_STORE_UNAVAILABLE,
 				Reason: "this login reached the server after its gate's login timeout: reconnect", ServerTimeMs: now.UnixMilli()})},
+			Login: &actorpb.LoginOutcome{Ok: false}}})
+		return
+	}
+	// After the older and late ones: those write nothing and end no
+	// session.
+	if wait := d.loginWait(now); wait > 0 {
+		d.emit(Effect{Conn: m.Conn, ToConn: &actorpb.ToConn{AppCode: uint32(d.id.App), Uid: d.id.UID, ConnId: m.Conn.ConnId,
+			Frames: []*actorpb.OutFrame{frame(messages.CmdLoginAck, 0, m.FrameSeq, &devicepb.LoginAck{Code: devicepb.Code_RATE_LIMITED,
+				Reason: fmt.Sprintf("too many logins of this identity (actors.logins-per-second %v, burst %d): log in again in %v",
+					d.env.Config.LoginsPerSecond, d.env.Config.LoginBurst, wait.Round(100*time.Millisecond)), ServerTimeMs: now.UnixMilli()})},
 			Login: &actorpb.LoginOutcome{Ok: false}}})
 		return
 	}

@@ -1215,6 +1215,13 @@ func TestLoginRate(t *testing.T) {
 	if h.d.session.Epoch != epoch || h.d.session.Conn.ConnId != 3 || len(h.writes) != writes {
 		t.Fatalf("a refused login changed the session (epoch %d, conn %d) or wrote (%d writes)", h.d.session.Epoch, h.d.session.Conn.ConnId, len(h.writes)-writes)
 	}
+	// A LOGIN older than the session (held up on its way) is answered as
+	// superseded, OK and kicked, as without the rate: it writes nothing.
+	h.d.Login(h.now, &actorpb.DeviceLogin{Conn: conn(0), FrameSeq: 5, Login: &devicepb.Login{Uid: "driver-7"}})
+	if fs := framesTo(h.settle(), 0); len(fs) != 2 || body(t, fs[0], &devicepb.LoginAck{}).Code != devicepb.Code_OK ||
+		messages.Cmd(fs[1].Cmd) != messages.CmdKickout {
+		t.Fatalf("an older login past the rate: %v", cmds(fs))
+	}
 	h.now = h.now.Add(time.Second)
 	if h.login(10) != epoch+1 {
 		t.Fatal("a login a second later was not let in")

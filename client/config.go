@@ -132,9 +132,11 @@ type Config struct {
 	ByteRate   int
 	ByteBurst  int
 	// C2CRate and C2CBurst pace C2C sends the same way, under the gate's
-	// own C2C rate (default 4 a second in bursts of 16; the gate's
-	// default is 5 and 20, docs/protocol.md §13): beyond it the gate
-	// answers RATE_LIMITED and does not store the message.
+	// C2C rate of the identity (default 4 a second in bursts of 16; the
+	// gate's default is 5 and 20, docs/protocol.md §13), over the
+	// client's whole life as the gate's is over the identity's
+	// connections: beyond it the gate answers RATE_LIMITED and does not
+	// store the message. Other sends and pulls do not wait for it.
 	C2CRate  float64
 	C2CBurst int
 

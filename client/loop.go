@@ -120,7 +120,6 @@ type session struct {
 	// (Config.FrameRate, ByteRate); a fresh connection starts full, as
 	// the gate's buckets do.
 	frameTokens, byteTokens *rate.Limiter
-	c2cTokens               *rate.Limiter // Config.C2CRate
 }
 
 // loop is the state of the client's goroutine. Everything here belongs to
@@ -171,6 +170,10 @@ type loop struct {
 	// (0: none), for seenEntry.pushed.
 	handing map[*pullReq]map[string]uint64
 	pace    *time.Timer // non-nil while frames wait for their turn
+	// c2cTokens paces C2C sends (Config.C2CRate), across sessions: the
+	// gate's C2C rate is the identity's and survives a reconnect.
+	c2cTokens *rate.Limiter
+	c2cPace   *time.Timer // non-nil while a C2C waits for its token
 
 	addrs []string // gates to try, from Discovery
 	// tokenCalls counts the TokenSource calls running, those abandoned
@@ -201,11 +204,12 @@ func newLoop(c *Client) *loop {
 		c: c, cfg: &c.cfg, log: c.cfg.Logger.With("uid", c.cfg.UID, "app", c.cfg.AppCode),
 		bo:  newBackoff(c.cfg.BackoffInitial, c.cfg.BackoffMax),
 		ctx: ctx, cancel: cancel,
-		outbox:   map[outKey]*sendReq{},
-		inflight: map[uint32]*sendReq{},
-		seen:     newSeenSet(c.cfg.DedupSize),
-		unconf:   map[string]uint64{},
-		handing:  map[*pullReq]map[string]uint64{},
+		outbox:    map[outKey]*sendReq{},
+		inflight:  map[uint32]*sendReq{},
+		seen:      newSeenSet(c.cfg.DedupSize),
+		unconf:    map[string]uint64{},
+		handing:   map[*pullReq]map[string]uint64{},
+		c2cTokens: rate.NewLimiter(rate.Limit(c.cfg.C2CRate), c.cfg.C2CBurst),
 	}
 }
 
@@ -244,6 +248,10 @@ func (l *loop) run() {
 		if l.pace != nil {
 			paceC = l.pace.C
 		}
+		var c2cPaceC <-chan time.Time
+		if l.c2cPace != nil {
+			c2cPaceC = l.c2cPace.C
+		}
 		select {
 		case <-l.c.quit:
 			l.terminal = ErrClosed
@@ -281,6 +289,9 @@ func (l *loop) run() {
 			l.resendDue()
 		case <-paceC:
 			l.pace = nil
+			l.flush()
+		case <-c2cPaceC:
+			l.c2cPace = nil
 			l.flush()
 		}
 	}
@@ -593,8 +604,7 @@ func (l *loop) connected(r dialResult) {
 	s := &session{conn: r.conn, addr: r.addr, frames: make(chan readResult, 64), stop: make(chan struct{}),
 		readerDone: make(chan struct{}), heartbeat: hb, started: now, lastRecv: now, lastPing: now, seq: 1,
 		frameTokens: rate.NewLimiter(rate.Limit(l.cfg.FrameRate), l.cfg.FrameBurst),
-		byteTokens:  rate.NewLimiter(rate.Limit(l.cfg.ByteRate), l.cfg.ByteBurst),
-		c2cTokens:   rate.NewLimiter(rate.Limit(l.cfg.C2CRate), l.cfg.C2CBurst)}
+		byteTokens:  rate.NewLimiter(rate.Limit(l.cfg.ByteRate), l.cfg.ByteBurst)}
 	l.sess = s
 	l.c.conn.Store(r.conn)
 	select {
@@ -668,6 +678,10 @@ func (l *loop) closeSession() *session {
 	if l.pace != nil {
 		l.pace.Stop()
 		l.pace = nil
+	}
+	if l.c2cPace != nil {
+		l.c2cPace.Stop()
+		l.c2cPace = nil
 	}
 	clear(l.inflight)
 	// The next gate announces its own limit; until then sends are checked
@@ -793,13 +807,13 @@ func (l *loop) writePaced(cmd messages.Cmd, msgtype uint16, body proto.Message) 
 	now := time.Now()
 	n := min(messages.HeaderSize+proto.Size(body), l.cfg.ByteBurst)
 	c2c := cmd == messages.CmdC2C
-	if s.frameTokens.TokensAt(now) < 1 || s.byteTokens.TokensAt(now) < float64(n) || c2c && s.c2cTokens.TokensAt(now) < 1 {
+	if s.frameTokens.TokensAt(now) < 1 || s.byteTokens.TokensAt(now) < float64(n) || c2c && l.c2cTokens.TokensAt(now) < 1 {
 		return 0, false, nil
 	}
 	s.frameTokens.AllowN(now, 1)
 	s.byteTokens.AllowN(now, n)
 	if c2c {
-		s.c2cTokens.AllowN(now, 1)
+		l.c2cTokens.AllowN(now, 1)
 	}
 	seq, err = l.writeNow(cmd, msgtype, body)
 	return seq, true, err
@@ -904,12 +918,12 @@ func (l *loop) flush() {
 		if r.ctx.Err() != nil {
 			continue // dropped at the next resend check
 		}
-		if r.cmd == messages.CmdC2C && l.sess != nil {
+		if r.cmd == messages.CmdC2C {
 			if c2cWait > 0 {
 				continue
 			}
-			if now := time.Now(); l.sess.c2cTokens.TokensAt(now) < 1 {
-				c2cWait = max(time.Duration((1-l.sess.c2cTokens.TokensAt(now))/l.cfg.C2CRate*float64(time.Second)), time.Millisecond)
+			if now := time.Now(); l.c2cTokens.TokensAt(now) < 1 {
+				c2cWait = max(time.Duration((1-l.c2cTokens.TokensAt(now))/l.cfg.C2CRate*float64(time.Second)), time.Millisecond)
 				continue
 			}
 		}
@@ -977,17 +991,17 @@ func (l *loop) flush() {
 	}
 	if blocked {
 		l.waitTurn()
-	} else if c2cWait > 0 && l.pace == nil {
-		l.pace = time.NewTimer(c2cWait) // when the next C2C may go
+	}
+	if c2cWait > 0 && l.c2cPace == nil {
+		// A timer of its own: flush waits for the frame pace alone, so
+		// the other sends and pulls do not wait for the next C2C.
+		l.c2cPace = time.NewTimer(c2cWait)
 	}
 }
 
 // waitTurn arms the pace timer: flush goes on when a frame may go.
 func (l *loop) waitTurn() {
 	d := time.Duration(float64(time.Second) / float64(l.cfg.FrameRate))
-	if l.pace != nil {
-		l.pace.Stop()
-	}
 	l.pace = time.NewTimer(max(d, 5*time.Millisecond))
 }
 

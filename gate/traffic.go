@@ -365,7 +365,7 @@ func (s *conn) refuseC2C(h messages.Header, body []byte) {
 		id = "" // refused for its length by the node; the seq says which
 	}
 	l.reply(s.app, messages.CmdC2CAck, h.Seq, &devicepb.C2CAck{Code: devicepb.Code_RATE_LIMITED, ClientMsgId: id,
-		Reason: "over this connection's C2C rate (gate.c2c-per-second " + strconv.Itoa(g.cfg.C2CPerSecond) + "): not stored; send it again later"})
+		Reason: "over this identity's C2C rate (gate.c2c-per-second " + strconv.Itoa(g.cfg.C2CPerSecond) + "): not stored; send it again later"})
 }
 
 // onLogin checks a LOGIN at the edge (uid, token, uid blacklist) and hands
