@@ -332,7 +332,7 @@ func TestUpstreamDeliveriesFitAClientsDefaultLimit(t *testing.T) {
 	defer first.Close()
 	const count = 100
 	for i := range count {
-		if err := s.up.Publish(&apipb.UpstreamMessage{AppCode: 1, Msgtype: 1, MsgId: strconv.Itoa(i), Payload: make([]byte, 60<<10)}); err != nil {
+		if err := s.up.Publish(&apipb.UpstreamMessage{AppCode: 1, Msgtype: 1, MsgId: strconv.Itoa(i), Uid: "u" + strconv.Itoa(i), Payload: make([]byte, 60<<10)}); err != nil {
 			t.Fatal(err)
 		}
 	}
