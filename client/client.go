@@ -264,7 +264,9 @@ func (c *Client) Ack(ctx context.Context, m *Message) error {
 // the server has stored it in the receiver's inbox (C2C_ACK OK).
 // Unanswered, it is resent with the same client message id after
 // ResendAfter and after every reconnect (and after a RATE_LIMITED close);
-// the server stores it once. A
+// the server stores it once. A C2C_ACK RATE_LIMITED (over the identity's
+// C2C rate, which Config.C2CRate paces under) sends it again as the
+// pacing allows, until ctx ends. A
 // C2C_ACK with another code is a *ResultError: if it is Temporary, call
 // again later WithClientMsgID(result.ClientMsgID). When ctx ends first
 // the message may or may not have been stored; resending it with the same

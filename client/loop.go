@@ -1394,6 +1394,17 @@ func (l *loop) answered(seq uint32, k outKey, code devicepb.Code, reason, msgID 
 	if r == nil || r.cmd != k.cmd {
 		return // an answer to a send we gave up on, or a duplicate answer
 	}
+	if code == devicepb.Code_RATE_LIMITED && r.cmd == messages.CmdC2C && r.seq == seq && r.ctx.Err() == nil {
+		// Over the identity's C2C rate at the gate (other clients of it,
+		// other gates): not stored. Sent again, in its place, once the
+		// pacing lets a C2C go, which it now holds back a token's time;
+		// the send's ctx bounds the tries.
+		delete(l.inflight, r.seq)
+		r.seq, r.sentAt = 0, time.Time{}
+		l.c2cTokens.ReserveN(time.Now(), 1)
+		l.flush()
+		return
+	}
 	l.dropSend(r)
 	if code != devicepb.Code_OK {
 		r.res <- sendResult{err: &ResultError{Code: code, Reason: reason}}

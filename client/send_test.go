@@ -283,3 +283,37 @@ func TestC2CWaitingForItsRateDoesNotHoldOtherSends(t *testing.T) {
 	cancel() // the C2C still waiting are given up
 	wg.Wait()
 }
+
+// TestC2CRefusedForTheRateIsSentAgain: a C2C the gate answers
+// RATE_LIMITED (the identity's C2C rate, spent by another client of it)
+// was not stored; the client sends it again once its pacing lets a C2C
+// go, and the caller gets the answer of the try that was stored.
+func TestC2CRefusedForTheRateIsSentAgain(t *testing.T) {
+	var tries atomic.Int32
+	g := startFakeGate(t, 30, func(_ int32, c *client.Conn) {
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				return
+			}
+			m, ok := f.Msg.(*devicepb.C2C)
+			if !ok {
+				continue
+			}
+			a := &devicepb.C2CAck{Code: devicepb.Code_OK, MsgId: "stored", ClientMsgId: m.ClientMsgId}
+			if tries.Add(1) == 1 {
+				a = &devicepb.C2CAck{Code: devicepb.Code_RATE_LIMITED, ClientMsgId: m.ClientMsgId, Reason: "over the identity's C2C rate"}
+			}
+			if c.WriteMessage(messages.CmdC2CAck, 0, f.Seq, a) != nil {
+				return
+			}
+		}
+	})
+	c := dialFake(t, g, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := c.SendC2C(ctx, "bob", 1, []byte("x"))
+	if err != nil || res.MsgID != "stored" || tries.Load() != 2 {
+		t.Fatalf("a C2C refused for the rate once: %+v %v after %d tries, want stored at the second", res, err, tries.Load())
+	}
+}
